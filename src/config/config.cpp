@@ -1,0 +1,541 @@
+#include "config/config.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#ifndef RINGMQ_VERSION
+#define RINGMQ_VERSION "dev"
+#endif
+
+namespace ringmq::config {
+namespace {
+
+constexpr std::string_view k_sections[] = {"node", "log", "mqtt", "admin", "sys"};
+constexpr int k_exit_usage = 2;
+constexpr int k_exit_invalid = 1;
+
+std::string_view level_name(log::level l) {
+    switch (l) {
+    case log::level::debug: return "debug";
+    case log::level::info: return "info";
+    case log::level::warn: return "warn";
+    case log::level::error: return "error";
+    case log::level::off: return "off";
+    }
+    return "?";
+}
+
+std::string_view type_name(toml::node_type t) {
+    switch (t) {
+    case toml::node_type::none: return "nothing";
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a floating-point number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    }
+    return "an unknown type";
+}
+
+// Where the effective value of one dotted key came from. The node lives in the file's table or in the override
+// storage, both of which outlive the validation pass.
+struct entry {
+    const toml::node* node;
+    std::string origin;
+};
+using entry_map = std::map<std::string, entry, std::less<>>;
+
+// The values still to validate plus the errors found so far; built once per load() on the main thread.
+struct layers {
+    entry_map entries;
+    std::deque<toml::table> override_storage; // one tiny table per flag value; deque keeps nodes' addresses stable
+    std::vector<std::string> errors;
+
+    void error(std::string_view origin, std::string_view key, std::string_view reason) {
+        errors.push_back(fmt::format("{}: {}: {}", origin, key, reason));
+    }
+
+    // Later layers replace earlier ones, so a bad value in the file that a flag overrides is not reported.
+    void set(std::string key, const toml::node* node, std::string_view origin) {
+        entries.insert_or_assign(std::move(key), entry{node, std::string(origin)});
+    }
+
+    // A flag's value, wrapped in a node so it is validated exactly like the same key in the file.
+    template <typename T>
+    void set_value(std::string key, T value, std::string_view origin) {
+        auto& t = override_storage.emplace_back();
+        t.insert_or_assign("v", std::move(value));
+        set(std::move(key), t.get("v"), origin);
+    }
+};
+
+bool is_section(std::string_view s) {
+    return std::find(std::begin(k_sections), std::end(k_sections), s) != std::end(k_sections);
+}
+
+// Flattens [section] key = value into "section.key" entries. Anything outside the known sections is an error here;
+// unknown keys inside a known section are caught later as the entries nobody consumed.
+void add_file(layers& l, const toml::table& root, std::string_view origin) {
+    for (auto&& [k, v] : root) {
+        std::string section(k.str());
+        if (!is_section(section)) {
+            l.error(origin, section, v.is_table() ? "unknown section" : "unknown key");
+            continue;
+        }
+        const toml::table* t = v.as_table();
+        if (t == nullptr) {
+            l.error(origin, section, fmt::format("expected a table, got {}", type_name(v.type())));
+            continue;
+        }
+        for (auto&& [k2, v2] : *t) l.set(fmt::format("{}.{}", section, k2.str()), &v2, origin);
+    }
+}
+
+struct parsed_toml {
+    std::optional<toml::table> table;
+    std::string error; // "<origin>:<line>:<col>: <message>" when table is empty
+};
+
+parsed_toml parse_toml(std::string_view text, std::string_view origin) {
+    parsed_toml r;
+    auto fail = [&](const toml::parse_error& e) {
+        r.error = fmt::format("{}:{}:{}: {}", origin, e.source().begin.line, e.source().begin.column, e.description());
+    };
+#if TOML_EXCEPTIONS
+    try {
+        r.table = toml::parse(text, origin);
+    } catch (const toml::parse_error& e) {
+        fail(e);
+    }
+#else
+    auto res = toml::parse(text, origin);
+    if (res)
+        r.table = std::move(res).table();
+    else
+        fail(res.error());
+#endif
+    return r;
+}
+
+// --set KEY=VALUE: VALUE is a TOML value (10, true, "x", 1.5). Anything that does not parse as exactly one TOML
+// value is taken as a bare string, so `--set mqtt.listen=127.0.0.1:1883` works without shell-quoted TOML quotes.
+void add_set(layers& l, std::string_view arg) {
+    constexpr std::string_view origin = "--set";
+    auto eq = arg.find('=');
+    auto trim = [](std::string_view s) {
+        while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+        while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+        return s;
+    };
+    std::string_view key = eq == std::string_view::npos ? std::string_view{} : trim(arg.substr(0, eq));
+    if (key.empty()) {
+        l.errors.push_back(fmt::format("{}: expected KEY=VALUE (like mqtt.max_inflight=10), got '{}'", origin, arg));
+        return;
+    }
+    std::string_view value = arg.substr(eq + 1);
+    parsed_toml p = parse_toml(fmt::format("v = {}", value), origin);
+    if (p.table && p.table->size() == 1 && p.table->contains("v")) {
+        auto& t = l.override_storage.emplace_back(std::move(*p.table));
+        l.set(std::string(key), t.get("v"), origin);
+    } else {
+        l.set_value(std::string(key), std::string(trim(value)), origin);
+    }
+}
+
+// Consumes entries key by key into the config; whatever is left at the end is an unknown key.
+class checker {
+public:
+    explicit checker(layers& l) : l_(l) {}
+
+    template <typename T>
+    void integer(std::string_view key, T& field, int64_t lo, int64_t hi) {
+        auto e = take(key);
+        if (!e) return;
+        const auto* v = e->node->as_integer();
+        if (v == nullptr) return type_error(*e, key, "an integer");
+        int64_t x = v->get();
+        if (x < lo || x > hi)
+            return l_.error(e->origin, key, fmt::format("must be between {} and {}, got {}", lo, hi, x));
+        field = static_cast<T>(x);
+    }
+
+    void number(std::string_view key, double& field, double lo, double hi) {
+        auto e = take(key);
+        if (!e) return;
+        double x;
+        if (const auto* i = e->node->as_integer())
+            x = static_cast<double>(i->get());
+        else if (const auto* f = e->node->as_floating_point())
+            x = f->get();
+        else
+            return type_error(*e, key, "a number");
+        if (!(x >= lo && x <= hi)) // also rejects nan
+            return l_.error(e->origin, key, fmt::format("must be between {:.1f} and {:.1f}, got {}", lo, hi, x));
+        field = x;
+    }
+
+    void boolean(std::string_view key, bool& field) {
+        auto e = take(key);
+        if (!e) return;
+        const auto* v = e->node->as_boolean();
+        if (v == nullptr) return type_error(*e, key, "a boolean");
+        field = v->get();
+    }
+
+    // check returns "" when the value is acceptable, else the reason.
+    // Returns true when the key was given and accepted.
+    template <typename Check>
+    bool string(std::string_view key, std::string& field, Check check) {
+        auto e = take(key);
+        if (!e) return false;
+        const auto* v = e->node->as_string();
+        if (v == nullptr) {
+            type_error(*e, key, "a string");
+            return false;
+        }
+        std::string why = check(v->get());
+        if (!why.empty()) {
+            l_.error(e->origin, key, why);
+            return false;
+        }
+        field = v->get();
+        return true;
+    }
+
+    void listen(std::string_view key, endpoint& field) {
+        endpoint ep;
+        std::string text;
+        auto check = [&](const std::string& s) {
+            std::string why;
+            return parse_endpoint(s, ep, why) ? std::string{} : fmt::format("bad endpoint '{}': {}", s, why);
+        };
+        if (string(key, text, check)) field = ep;
+    }
+
+    void level(std::string_view key, log::level& field) {
+        log::level parsed = field;
+        std::string text;
+        auto check = [&](const std::string& s) {
+            return log::parse_level(s, parsed)
+                       ? std::string{}
+                       : fmt::format("must be one of debug, info, warn, error, off, got '{}'", s);
+        };
+        if (string(key, text, check)) field = parsed;
+    }
+
+    // Origin of a key's effective value, for checks that span keys; "" when the key was not given.
+    std::string origin_of(std::string_view key) const {
+        auto it = seen_.find(key);
+        return it == seen_.end() ? std::string{} : it->second;
+    }
+
+    void report_unknown() {
+        for (auto& [key, e] : l_.entries) l_.error(e.origin, key, "unknown key");
+        l_.entries.clear();
+    }
+
+private:
+    std::optional<entry> take(std::string_view key) {
+        auto it = l_.entries.find(key);
+        if (it == l_.entries.end()) return std::nullopt;
+        entry e = std::move(it->second);
+        l_.entries.erase(it);
+        seen_.insert_or_assign(std::string(key), e.origin);
+        return e;
+    }
+
+    void type_error(const entry& e, std::string_view key, std::string_view expected) {
+        l_.error(e.origin, key, fmt::format("expected {}, got {}", expected, type_name(e.node->type())));
+    }
+
+    layers& l_;
+    std::map<std::string, std::string, std::less<>> seen_;
+};
+
+std::string not_empty(const std::string& s) { return s.empty() ? "must not be empty" : ""; }
+
+std::string check_node_name(const std::string& s) {
+    auto at = s.find('@');
+    bool blank = std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= ' ' || c == 0x7f; });
+    if (at == std::string::npos || at == 0 || at + 1 == s.size() || blank)
+        return fmt::format("must look like name@host (one word containing '@'), got '{}'", s);
+    return "";
+}
+
+bool is_wildcard(const std::string& host) { return host == "0.0.0.0" || host == "::"; }
+
+// The single validation pass over every layer; fills cfg field by field, leaving defaults where nothing was given.
+void validate(layers& l, config& cfg) {
+    constexpr int64_t u32_max = std::numeric_limits<uint32_t>::max();
+    checker c(l);
+    auto& m = cfg.limits;
+
+    c.string("node.name", cfg.node_name, check_node_name);
+    c.integer("node.shards", cfg.shards, 0, max_shards);
+    c.level("log.level", cfg.log_level);
+
+    c.listen("mqtt.listen", cfg.mqtt_listen);
+    c.integer("mqtt.max_connections", m.max_connections, 1, u32_max);
+    c.integer("mqtt.max_packet_size", m.max_packet_size, 16, 268435460);
+    c.integer("mqtt.max_client_id_len", m.max_client_id_len, 23, 65535);
+    c.integer("mqtt.max_topic_levels", m.max_topic_levels, 1, 65535);
+    c.integer("mqtt.max_inflight", m.max_inflight, 1, 65535);
+    c.integer("mqtt.max_queued_messages", m.max_queued_messages, 0, u32_max);
+    c.integer("mqtt.max_outgoing_bytes", m.max_outgoing_bytes, 1024, int64_t{1} << 40);
+    c.number("mqtt.keepalive_multiplier", m.keepalive_multiplier, 1.0, 10.0);
+    c.integer("mqtt.connect_timeout", m.connect_timeout_ms, 100, 3600000);
+    c.integer("mqtt.retry_interval", m.retry_interval_ms, 1000, 86400000);
+    c.integer("mqtt.max_retained_messages", m.max_retained_messages, 0, u32_max);
+    c.integer("mqtt.max_retained_payload", m.max_retained_payload, 1, 268435455);
+    c.boolean("mqtt.allow_anonymous", m.allow_anonymous);
+    c.boolean("mqtt.retain_available", m.retain_available);
+
+    c.boolean("admin.enabled", cfg.admin.enabled);
+    c.listen("admin.listen", cfg.admin.listen);
+    c.string("admin.users_file", cfg.admin.users_file, not_empty);
+    c.string("admin.default_user", cfg.admin.default_user, not_empty);
+    c.string("admin.default_password", cfg.admin.default_password, not_empty);
+    c.integer("admin.max_body_bytes", cfg.admin.max_body_bytes, 1024, 1073741824);
+    c.integer("admin.idle_timeout", cfg.admin.idle_timeout_ms, 1000, 86400000);
+
+    c.boolean("sys.enabled", cfg.sys.enabled);
+    c.integer("sys.interval", cfg.sys.interval_ms, 1000, 86400000);
+
+    c.report_unknown();
+
+    // Caught here rather than as EADDRINUSE after the MQTT shards are already listening.
+    const endpoint& a = cfg.admin.listen;
+    const endpoint& q = cfg.mqtt_listen;
+    if (cfg.admin.enabled && a.port != 0 && a.port == q.port &&
+        (a.host == q.host || is_wildcard(a.host) || is_wildcard(q.host))) {
+        std::string origin = c.origin_of("admin.listen");
+        std::string key = "admin.listen";
+        if (origin.empty()) { // admin left at its default: blame whoever set mqtt.listen
+            origin = c.origin_of("mqtt.listen");
+            key = "mqtt.listen";
+        }
+        l.error(
+            origin.empty() ? "defaults" : origin, key,
+            fmt::format("{} overlaps {} (admin and MQTT listeners need different ports)", to_string(a), to_string(q)));
+    }
+}
+
+bool read_file(const std::string& path, std::string& out, std::string& why) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (f == nullptr) {
+        why = std::strerror(errno);
+        return false;
+    }
+    char buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+    bool ok = !std::ferror(f);
+    if (!ok) why = std::strerror(errno); // e.g. EISDIR: fopen succeeds on a directory, read fails
+    std::fclose(f);
+    return ok;
+}
+
+load_result finish(layers& l, config cfg) {
+    validate(l, cfg);
+    load_result r;
+    if (!l.errors.empty()) {
+        r.exit_code = k_exit_invalid;
+        r.errors = std::move(l.errors);
+        return r;
+    }
+    cfg.shards = resolve_shards(cfg.shards);
+    r.cfg = std::move(cfg);
+    return r;
+}
+
+} // namespace
+
+unsigned resolve_shards(unsigned configured) {
+    if (configured != 0) return configured;
+    return std::clamp(std::thread::hardware_concurrency(), 1u, max_shards);
+}
+
+bool parse_endpoint(std::string_view s, endpoint& out, std::string& why) {
+    std::string host;
+    std::string_view port;
+    if (!s.empty() && s.front() == '[') {
+        auto close = s.find(']');
+        if (close == std::string_view::npos) {
+            why = "missing ']' after the IPv6 address";
+            return false;
+        }
+        host = s.substr(1, close - 1);
+        std::string_view rest = s.substr(close + 1);
+        if (rest.empty() || rest.front() != ':') {
+            why = "expected :PORT after ']'";
+            return false;
+        }
+        port = rest.substr(1);
+        in6_addr a6;
+        if (inet_pton(AF_INET6, host.c_str(), &a6) != 1) {
+            why = fmt::format("'{}' is not an IPv6 address", host);
+            return false;
+        }
+    } else {
+        auto colon = s.rfind(':');
+        if (colon == std::string_view::npos) {
+            why = "expected HOST:PORT";
+            return false;
+        }
+        host = s.substr(0, colon);
+        port = s.substr(colon + 1);
+        in_addr a4;
+        if (host.find(':') != std::string::npos) {
+            why = "an IPv6 address must be in brackets, like [::1]:1883";
+            return false;
+        }
+        if (host.empty()) {
+            host = "0.0.0.0";
+        } else if (inet_pton(AF_INET, host.c_str(), &a4) != 1) {
+            // Names are refused rather than resolved: a listener should not depend on DNS at start-up.
+            why = fmt::format("host '{}' is not a numeric IPv4 address (IPv6 goes in brackets)", host);
+            return false;
+        }
+    }
+    bool digits = !port.empty() && std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits) {
+        why = fmt::format("port '{}' is not a number", port);
+        return false;
+    }
+    uint64_t p = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    if (ec != std::errc{} || p > 65535) {
+        why = fmt::format("port must be between 0 and 65535, got {}", port);
+        return false;
+    }
+    out.host = std::move(host);
+    out.port = static_cast<uint16_t>(p);
+    return true;
+}
+
+std::string to_string(const endpoint& e) {
+    if (e.host.find(':') != std::string::npos) return fmt::format("[{}]:{}", e.host, e.port);
+    return fmt::format("{}:{}", e.host, e.port);
+}
+
+std::string describe(const config& c) {
+    const auto& m = c.limits;
+    return fmt::format("node={} shards={} log={} mqtt={} admin={} sys={} max_connections={} max_packet_size={} "
+                       "max_inflight={} max_queued_messages={} allow_anonymous={} config={}",
+                       c.node_name, c.shards, level_name(c.log_level), to_string(c.mqtt_listen),
+                       c.admin.enabled ? to_string(c.admin.listen) : "off",
+                       c.sys.enabled ? fmt::format("{}ms", c.sys.interval_ms) : "off", m.max_connections,
+                       m.max_packet_size, m.max_inflight, m.max_queued_messages, m.allow_anonymous,
+                       c.config_path.empty() ? "(none)" : c.config_path);
+}
+
+load_result load_from_string(std::string_view toml_text, std::string_view origin) {
+    layers l;
+    parsed_toml p = parse_toml(toml_text, origin);
+    if (p.table)
+        add_file(l, *p.table, origin);
+    else
+        l.errors.push_back(std::move(p.error));
+    return finish(l, config{});
+}
+
+load_result load(int argc, const char* const* argv) { return load(argc, argv, std::cout); }
+
+load_result load(int argc, const char* const* argv, std::ostream& out) {
+    static const char* const k_no_args[] = {"ringmq", nullptr};
+    if (argc <= 0 || argv == nullptr) {
+        argc = 1;
+        argv = k_no_args;
+    }
+
+    CLI::App app{"ringmq: an MQTT broker", "ringmq"};
+    std::string config_file, listen, shards, node_name, log_level, admin_listen;
+    std::vector<std::string> sets;
+    bool no_admin = false;
+    auto* o_config = app.add_option("-c,--config", config_file, "TOML configuration file")->type_name("FILE");
+    auto* o_listen =
+        app.add_option("--listen", listen, "MQTT listener (overrides mqtt.listen)")->type_name("HOST:PORT");
+    auto* o_shards = app.add_option("--shards", shards, "MQTT shard threads, 0..64; 0 = one per core")->type_name("N");
+    auto* o_name = app.add_option("--node-name", node_name, "node name, name@host")->type_name("NAME");
+    auto* o_level = app.add_option("--log-level", log_level, "debug, info, warn, error or off")->type_name("LEVEL");
+    auto* o_admin = app.add_option("--admin-listen", admin_listen, "admin HTTP listener")->type_name("HOST:PORT");
+    app.add_flag("--no-admin", no_admin, "disable the admin HTTP listener");
+    app.add_option("--set", sets, "dotted key and TOML value, e.g. mqtt.max_inflight=10 (repeatable)")
+        ->type_name("KEY=VALUE")
+        ->allow_extra_args(false);
+    app.set_version_flag("--version", "ringmq " RINGMQ_VERSION);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        load_result r;
+        if (e.get_exit_code() == 0) { // --help or --version
+            std::ostringstream err;
+            r.exit_code = app.exit(e, out, err);
+            return r;
+        }
+        r.exit_code = k_exit_usage;
+        r.errors.push_back(fmt::format("command line: {} (see --help)", e.what()));
+        return r;
+    }
+
+    layers l;
+    config cfg;
+    if (o_config->count() > 0) {
+        cfg.config_path = config_file;
+        std::string text, why;
+        if (!read_file(config_file, text, why)) {
+            l.errors.push_back(fmt::format("{}: cannot read config file: {}", config_file, why));
+        } else {
+            parsed_toml p = parse_toml(text, config_file);
+            if (p.table) {
+                // Keep the file's nodes alive with the overrides; entries point into it.
+                auto& t = l.override_storage.emplace_back(std::move(*p.table));
+                add_file(l, t, config_file);
+            } else {
+                l.errors.push_back(std::move(p.error));
+            }
+        }
+    }
+
+    // The dedicated flags come after --set so `--listen` wins over `--set mqtt.listen=...`.
+    for (const auto& s : sets) add_set(l, s);
+    if (o_listen->count() > 0) l.set_value("mqtt.listen", listen, "--listen");
+    if (o_shards->count() > 0) {
+        int64_t n = 0;
+        auto [end, ec] = std::from_chars(shards.data(), shards.data() + shards.size(), n);
+        if (ec == std::errc{} && end == shards.data() + shards.size()) {
+            l.set_value("node.shards", n, "--shards");
+        } else { // still replaces the file's value: reporting that one too would blame the file for nothing
+            l.error("--shards", "node.shards", fmt::format("expected an integer, got '{}'", shards));
+            l.entries.erase("node.shards");
+        }
+    }
+    if (o_name->count() > 0) l.set_value("node.name", node_name, "--node-name");
+    if (o_level->count() > 0) l.set_value("log.level", log_level, "--log-level");
+    if (o_admin->count() > 0) l.set_value("admin.listen", admin_listen, "--admin-listen");
+    if (no_admin) l.set_value("admin.enabled", false, "--no-admin");
+
+    return finish(l, std::move(cfg));
+}
+
+} // namespace ringmq::config

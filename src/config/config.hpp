@@ -1,0 +1,109 @@
+#pragma once
+// Broker configuration: defaults, then the TOML file named by -c, then command-line flags, validated in one pass.
+// The main thread builds one `config` at start-up, before anything listens; after that it is immutable and every
+// shard reads it through a const reference, so nothing here is synchronised.
+//
+// Every problem is collected, not just the first, so an operator fixes a bad file in one round trip. Each error is
+// one line "<origin>: <key>: <reason>", where origin is the file path, "--set", or the flag that supplied the value
+// ("--listen", "--shards", ...). A TOML syntax error is "<file>:<line>:<column>: <parser message>" instead, and
+// stops the reading of that file (the parser cannot resynchronise), though flag errors are still reported with it.
+//
+// Kept free of toml++ and CLI11 includes so the modules that read a config do not pay their compile time.
+#include "util/log.hpp"
+
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmq::config {
+
+// A listen address. host is a numeric IPv4 or IPv6 address without brackets ("::1", not "[::1]"), ready for
+// inet_pton; names are refused rather than resolved so start-up never depends on DNS. port 0 = ephemeral (tests).
+struct endpoint {
+    std::string host;
+    uint16_t port;
+
+    bool operator==(const endpoint&) const = default;
+};
+
+// Per-node MQTT resource limits, read by every shard's connection and session code.
+struct mqtt_limits {
+    uint32_t max_connections = 1000000;     // per node
+    uint32_t max_packet_size = 1048576;     // bytes, whole packet incl. fixed header; 16..268435460
+    uint32_t max_client_id_len = 65535;     // >= 23: MQTT-3.1.3-5 makes servers accept ids of 1..23 bytes
+    uint32_t max_topic_levels = 128;
+    uint32_t max_inflight = 32;             // QoS1/2 messages in flight to one client, 1..65535
+    uint32_t max_queued_messages = 1000;    // per session, 0 = unlimited
+    uint64_t max_outgoing_bytes = 16777216; // per connection bytes queued for send before QoS0 is dropped
+    double keepalive_multiplier = 1.5;      // >= 1.0
+    uint32_t connect_timeout_ms = 10000;    // close a connection that sends no CONNECT
+    uint32_t retry_interval_ms = 30000;     // (not used for resend while connected in 3.1.1; kept for v5 later)
+    uint32_t max_retained_messages = 0;     // 0 = unlimited
+    uint32_t max_retained_payload = 1048576;
+    bool allow_anonymous = true;
+    bool retain_available = true;
+};
+
+// The HTTP admin listener's settings, read by the admin shard only.
+struct admin_config {
+    bool enabled = true;
+    endpoint listen{"0.0.0.0", 8080};
+    std::string users_file = "ringmq.users";
+    std::string default_user = "admin";
+    std::string default_password = "public";
+    uint32_t max_body_bytes = 1048576;
+    uint32_t idle_timeout_ms = 60000;
+};
+
+// $SYS topic publishing.
+struct sys_config {
+    uint32_t interval_ms = 60000;
+    bool enabled = true;
+};
+
+// The whole configuration: one immutable value owned by main, shared read-only with every shard.
+struct config {
+    std::string node_name = "ringmq@127.0.0.1";
+    unsigned shards = 0; // 0 in the file/flags means "number of online cores"; resolved in load()
+    log::level log_level = log::level::info;
+    endpoint mqtt_listen{"0.0.0.0", 1883};
+    mqtt_limits limits;
+    admin_config admin;
+    sys_config sys;
+    std::string config_path; // "" when no file
+};
+
+// Outcome of parsing argv: either a config, or "exit now" with a code (help/version printed, code 0) or errors.
+// exit_code is 2 for a command-line usage error (unknown flag, missing argument) and 1 for invalid configuration;
+// in both cases cfg is empty and errors holds every message, none printed yet.
+struct load_result {
+    std::optional<config> cfg;
+    int exit_code = 0;
+    std::vector<std::string> errors;
+};
+
+// Parses flags, reads the -c file, applies flags over file values, validates, resolves shards = 0.
+// Help and version text go to std::cout.
+load_result load(int argc, const char* const* argv);
+// Same, with help/version text written to `out` (tests capture it).
+load_result load(int argc, const char* const* argv, std::ostream& out);
+// For tests: the TOML text as if it were the file `origin`; no flags. shards = 0 is resolved here too.
+load_result load_from_string(std::string_view toml_text, std::string_view origin);
+
+// One-line summary for the start-up log.
+std::string describe(const config& c);
+
+// "HOST:PORT", "[V6]:PORT" or ":PORT" (host 0.0.0.0). On failure returns false and sets `why` to a reason that
+// names the problem; `out` is then unspecified.
+bool parse_endpoint(std::string_view s, endpoint& out, std::string& why);
+// The inverse: "1.2.3.4:1883", "[::1]:1883".
+std::string to_string(const endpoint& e);
+
+// shards = 0 -> std::thread::hardware_concurrency() clamped to 1..max_shards; other values unchanged.
+inline constexpr unsigned max_shards = 64;
+unsigned resolve_shards(unsigned configured);
+
+} // namespace ringmq::config

@@ -1,0 +1,187 @@
+#pragma once
+// The per-shard topic filter trie: which local sessions and which other shards are interested in a topic.
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace ringmq::routing {
+
+using subscriber_id = void*; // opaque, owned by the broker (a session pointer)
+
+// One local subscription on a filter. Stored by value in the trie node that ends the filter.
+struct subscriber_entry {
+    subscriber_id sub;
+    uint8_t options; // bits 0-1 QoS; v5 adds no-local, retain-as-published, retain handling: stored as given
+};
+
+// Transparent string hash so the hot path looks children up by std::string_view without building a std::string.
+// operator() is deliberately not noexcept: libstdc++ then caches each key's hash in its map node, so a lookup in a
+// bucket chain compares cached hashes instead of re-hashing neighbour keys, and a rehash never re-hashes strings.
+struct string_hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+// Per-shard topic filter trie (MQTT 3.1.1 / 5.0 section 4.7 matching). One per MQTT shard, created and owned by that
+// shard's broker and never touched by another thread, so nothing in it is synchronised. A node holds the sessions of
+// this shard subscribed to the filter ending there, plus a bitmask of other shards with at least one subscriber on
+// that filter (kept in step by the broker from their 0->1 / 1->0 broadcasts). Filters must be validated by the
+// caller. Callbacks passed to match() / for_each_local_filter() must not modify the trie.
+class topic_trie {
+public:
+    topic_trie();
+    ~topic_trie();
+    topic_trie(const topic_trie&) = delete;
+    topic_trie& operator=(const topic_trie&) = delete;
+    topic_trie(topic_trie&& other) noexcept;
+    topic_trie& operator=(topic_trie&& other) noexcept;
+
+    // Adds or replaces (same sub, same filter -> options replaced, returns false). Returns true if newly added.
+    // *filter_became_active is set true when this filter's local subscriber set went from empty to non-empty.
+    bool subscribe(std::string_view filter, subscriber_id sub, uint8_t options, bool* filter_became_active = nullptr);
+    // Returns true if it was subscribed. *filter_became_idle = local set went from non-empty to empty.
+    // Scans the filter's subscriber vector linearly: fine while a filter has few local subscribers; a filter shared
+    // by very many sessions of one shard would want an index (sub -> position) here.
+    bool unsubscribe(std::string_view filter, subscriber_id sub, bool* filter_became_idle = nullptr);
+    // Another shard gained (add) or lost (remove) its first/last subscriber on this filter: set/clear bit `shard`.
+    void add_remote(std::string_view filter, unsigned shard);
+    void remove_remote(std::string_view filter, unsigned shard);
+
+    // Calls on_local(const subscriber_entry&, std::string_view matched_filter) for every local subscriber of every
+    // filter matching `topic` (a subscriber with two overlapping filters is reported twice; the caller dedups).
+    // Returns the OR of the remote-shard bitmasks of all matching filters. Does not allocate. Recursion depth is at
+    // most the number of levels of the deepest matching filter, so the broker should cap filter levels.
+    template <class F>
+    uint64_t match(std::string_view topic, F&& on_local) const;
+
+    // Returns whether a filter currently has any local subscriber.
+    bool has_local(std::string_view filter) const;
+    // Bitmask of other shards interested in exactly this filter (0 if unknown).
+    uint64_t remote_mask(std::string_view filter) const;
+    size_t filter_count() const { return filter_count_; }             // filters with >=1 local subscriber
+    size_t subscription_count() const { return subscription_count_; } // (sub, filter) pairs held locally
+    size_t node_count() const { return node_count_; }                 // nodes below the root; 0 once all is pruned
+    bool empty() const { return node_count_ == 0; }
+
+    // Visit every filter that has local subscribers: f(std::string_view filter, size_t n_local). For route listing.
+    template <class F>
+    void for_each_local_filter(F&& f) const;
+
+    // Drops every subscription and remote bit.
+    void clear();
+
+private:
+    struct node;
+    using child_map = std::unordered_map<std::string, std::unique_ptr<node>, string_hash, std::equal_to<>>;
+
+    struct node {
+        node* parent = nullptr;
+        // Allocated on first exact child: most nodes of a large trie are leaves and an empty map costs 56 bytes.
+        std::unique_ptr<child_map> children;
+        // Wildcard children live outside the map so matching never hashes "+" or "#".
+        std::unique_ptr<node> plus;
+        std::unique_ptr<node> hash;
+        std::vector<subscriber_entry> locals;
+        uint64_t remote = 0;
+        // The full filter text, kept only while locals is non-empty: match() hands it to the callback without
+        // rebuilding it, and intermediate nodes (often as many as leaves) do not pay for it.
+        std::string filter;
+
+        const node* find_child(std::string_view level) const {
+            if (!children) return nullptr;
+            auto it = children->find(level);
+            return it == children->end() ? nullptr : it->second.get();
+        }
+        bool prunable() const {
+            return locals.empty() && remote == 0 && !plus && !hash && (!children || children->empty());
+        }
+    };
+
+    node* find_node(std::string_view filter) const;
+    node* find_or_create(std::string_view filter);
+    // Walks up from n (the node ending `filter`) removing nodes that no longer carry anything.
+    void prune(node* n, std::string_view filter);
+
+    static void report(const node& n, uint64_t& mask, auto& on_local) {
+        mask |= n.remote;
+        for (const subscriber_entry& e : n.locals) on_local(e, std::string_view(n.filter));
+    }
+
+    // Matches the levels still in `rest` (`done` = no level left) below n. Descends the exact child in a loop and
+    // recurses only into '+', so the stack grows with the number of '+' branches taken, not with topic length.
+    template <class F>
+    static void match_from(const node* n, std::string_view rest, bool done, uint64_t& mask, F& on_local) {
+        for (;;) {
+            if (n->hash) report(*n->hash, mask, on_local); // '#' also matches the parent level itself
+            if (done) {
+                report(*n, mask, on_local);
+                return;
+            }
+            std::string_view level = rest;
+            const size_t slash = rest.find('/');
+            if (slash == std::string_view::npos) {
+                done = true;
+                rest = {};
+            } else {
+                level = rest.substr(0, slash);
+                rest.remove_prefix(slash + 1);
+            }
+            if (n->plus) match_from(n->plus.get(), rest, done, mask, on_local);
+            const node* exact = n->find_child(level);
+            if (!exact) return;
+            n = exact;
+        }
+    }
+
+    // Re-points the root's direct children at root_ after the root was moved into this object.
+    void adopt_root_children();
+
+    node root_; // by value: the root never has a parent, filter or locals, and match() saves an indirection
+
+    size_t filter_count_ = 0;
+    size_t subscription_count_ = 0;
+    size_t node_count_ = 0;
+};
+
+template <class F>
+uint64_t topic_trie::match(std::string_view topic, F&& on_local) const {
+    uint64_t mask = 0;
+    const node* root = &root_;
+    if (!topic.empty() && topic.front() == '$') {
+        // [MQTT-4.7.2-1]: a first-level wildcard never matches a topic starting with '$', so only the exact child
+        // of the root can lead anywhere.
+        const size_t slash = topic.find('/');
+        const std::string_view first = slash == std::string_view::npos ? topic : topic.substr(0, slash);
+        const node* child = root->find_child(first);
+        if (!child) return 0;
+        if (slash == std::string_view::npos)
+            match_from(child, {}, true, mask, on_local);
+        else
+            match_from(child, topic.substr(slash + 1), false, mask, on_local);
+        return mask;
+    }
+    match_from(root, topic, false, mask, on_local);
+    return mask;
+}
+
+template <class F>
+void topic_trie::for_each_local_filter(F&& f) const {
+    // Explicit stack: route listing is not a hot path, and this keeps a pathologically deep trie off the C++ stack.
+    std::vector<const node*> stack{&root_};
+    while (!stack.empty()) {
+        const node* n = stack.back();
+        stack.pop_back();
+        if (!n->locals.empty()) f(std::string_view(n->filter), n->locals.size());
+        if (n->hash) stack.push_back(n->hash.get());
+        if (n->plus) stack.push_back(n->plus.get());
+        if (n->children)
+            for (const auto& [level, child] : *n->children) stack.push_back(child.get());
+    }
+}
+
+} // namespace ringmq::routing

@@ -1,0 +1,59 @@
+#include "util/log.hpp"
+
+#include <atomic>
+#include <ctime>
+#include <sys/time.h>
+#include <unistd.h>
+
+namespace ringmq::log {
+namespace {
+std::atomic<int> g_level{static_cast<int>(level::info)};
+thread_local int t_shard = -1;
+constexpr const char* k_names[] = {"debug", "info", "warn", "error", "off"};
+} // namespace
+
+void set_level(level l) { g_level.store(static_cast<int>(l), std::memory_order_relaxed); }
+level current_level() { return static_cast<level>(g_level.load(std::memory_order_relaxed)); }
+void set_shard_tag(int shard) { t_shard = shard; }
+
+bool parse_level(std::string_view s, level& out) {
+    for (int i = 0; i <= 4; ++i) {
+        if (s == k_names[i]) {
+            out = static_cast<level>(i);
+            return true;
+        }
+    }
+    if (s == "warning") {
+        out = level::warn;
+        return true;
+    }
+    return false;
+}
+
+void write(level l, std::string_view msg) {
+    timeval tv{};
+    gettimeofday(&tv, nullptr);
+    tm t{};
+    localtime_r(&tv.tv_sec, &t);
+    char tag[16];
+    if (t_shard >= 0)
+        fmt::format_to_n(tag, sizeof tag - 1, "shard{}", t_shard).out[0] = 0;
+    else if (t_shard == -2)
+        fmt::format_to_n(tag, sizeof tag - 1, "admin").out[0] = 0;
+    else
+        fmt::format_to_n(tag, sizeof tag - 1, "main").out[0] = 0;
+    fmt::memory_buffer buf;
+    fmt::format_to(std::back_inserter(buf), "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03} [{}] {}: {}\n", t.tm_year + 1900,
+                   t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
+                   k_names[static_cast<int>(l)], tag, msg);
+    const char* p = buf.data();
+    size_t left = buf.size();
+    while (left > 0) {
+        ssize_t n = ::write(2, p, left);
+        if (n <= 0) break;
+        p += n;
+        left -= static_cast<size_t>(n);
+    }
+}
+
+} // namespace ringmq::log

@@ -1,0 +1,326 @@
+"""Starting and stopping the real ringmq binary for integration tests, and the unittest base class.
+
+The binary comes from $RINGMQ_BIN (default <repo>/build/src/app/ringmq). Every broker listens on 127.0.0.1 port 0;
+the OS-assigned port is read back from the `listening mqtt tcp 127.0.0.1:PORT` line on its stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import mqtt_raw
+from mqtt_raw import RawClient
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+LISTEN_RE = re.compile(rb"listening mqtt tcp 127\.0\.0\.1:(\d+)")
+READY_RE = re.compile(rb"ringmq ready")
+
+
+def broker_bin() -> str:
+    return os.environ.get("RINGMQ_BIN") or str(REPO / "build" / "src" / "app" / "ringmq")
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def home_shard(client_id: str, shards: int) -> int:
+    return fnv1a64(client_id.encode("utf-8")) % shards if shards > 1 else 0
+
+
+def client_id_on_shard(prefix: str, shard: int, shards: int) -> str:
+    """The first id of the form prefix-N whose home shard (FNV-1a-64 % shards) is `shard`."""
+    if not 0 <= shard < max(shards, 1):
+        raise ValueError(f"shard {shard} out of range for {shards} shards")
+    for i in range(100000):
+        cid = f"{prefix}-{i}"
+        if home_shard(cid, shards) == shard:
+            return cid
+    raise RuntimeError("no client id found")  # cannot happen for small shard counts
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    raise TypeError(f"unsupported setting value {v!r}")
+
+
+class BrokerError(AssertionError):
+    pass
+
+
+class Broker:
+    """One ringmq process. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, shards: int = 1, settings: Optional[Dict[str, object]] = None,
+                 config: Optional[str] = None, args: Sequence[str] = ()):
+        self.shards = shards
+        self.settings = dict(settings or {})
+        self.config = config
+        self.args = list(args)
+        self.proc: Optional[subprocess.Popen] = None
+        self.port: Optional[int] = None
+        self.log_path: Optional[str] = None
+        self._config_path: Optional[str] = None
+        self._log_file = None
+
+    def command(self) -> list:
+        cmd = [broker_bin(), "--listen", "127.0.0.1:0", "--shards", str(self.shards), "--no-admin",
+               "--log-level", "debug"]
+        if self.config is not None:
+            fd, self._config_path = tempfile.mkstemp(prefix="ringmq-it-", suffix=".toml")
+            with os.fdopen(fd, "w") as f:
+                f.write(self.config)
+            cmd += ["-c", self._config_path]
+        for key, value in self.settings.items():
+            cmd += ["--set", f"{key}={toml_value(value)}"]
+        return cmd + self.args
+
+    def log(self) -> bytes:
+        if not self.log_path:
+            return b""
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log().decode("utf-8", "replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def start(self) -> "Broker":
+        binary = broker_bin()
+        if not os.access(binary, os.X_OK):
+            raise BrokerError(f"broker binary {binary} is missing or not executable (set RINGMQ_BIN)")
+        cmd = self.command()
+        fd, self.log_path = tempfile.mkstemp(prefix="ringmq-it-", suffix=".log")
+        self._log_file = os.fdopen(fd, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            log = self.log()
+            if self.port is None:
+                m = LISTEN_RE.search(log)
+                if m:
+                    self.port = int(m.group(1))
+            if self.port is not None and READY_RE.search(log):
+                return self
+            rc = self.proc.poll()
+            if rc is not None:
+                self._cleanup_files(keep_log=True)
+                raise BrokerError(f"broker exited with {rc} before it was ready: {' '.join(cmd)}\n"
+                                  f"--- log tail ---\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self._kill()
+                raise BrokerError(f"broker not ready within {READY_TIMEOUT}s: {' '.join(cmd)}\n"
+                                  f"--- log tail ---\n{self.log_tail()}")
+            time.sleep(0.01)
+
+    def _kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> int:
+        """SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL and fail. Fails unless the exit code is 0."""
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        if proc.poll() is not None:
+            rc = proc.returncode
+            self._cleanup_files(keep_log=True)
+            raise BrokerError(f"broker died during the test (exit code {rc})\n--- log tail ---\n"
+                              f"{self.log_tail()}")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc = proc
+            self._kill()
+            self.proc = None
+            self._cleanup_files(keep_log=True)
+            raise BrokerError(f"broker did not exit within {STOP_TIMEOUT}s of SIGTERM (killed)\n"
+                              f"--- log tail ---\n{self.log_tail()}")
+        if rc != 0:
+            self._cleanup_files(keep_log=True)
+            raise BrokerError(f"broker exited with code {rc} after SIGTERM\n--- log tail ---\n{self.log_tail()}")
+        self._cleanup_files(keep_log=False)
+        return rc
+
+    def _cleanup_files(self, keep_log: bool) -> None:
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        if self._config_path:
+            try:
+                os.unlink(self._config_path)
+            except OSError:
+                pass
+            self._config_path = None
+        if not keep_log and self.log_path and not os.environ.get("RINGMQ_KEEP_LOGS"):
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, timeout: float = 5.0) -> RawClient:
+        return RawClient(self.port, timeout=timeout)
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.stop()
+        except BrokerError:
+            if exc_type is None:
+                raise
+        finally:
+            if exc_type is not None and self.log_path:
+                sys.stderr.write(f"\n--- broker log tail ({self.log_path}) ---\n{self.log_tail()}\n")
+
+
+class BrokerTest(unittest.TestCase):
+    """Base class: a fresh broker per test (SHARDS shards, SETTINGS via --set), stopped in cleanup with its exit
+    code checked. Raw clients made through the helpers are closed in cleanup. On failure the broker log tail is
+    written to stderr."""
+
+    SHARDS = 1
+    SETTINGS: Dict[str, object] = {}
+    CONFIG: Optional[str] = None
+    AUTO_START = True  # False: each test calls use_broker(settings) itself
+
+    def settings(self) -> Dict[str, object]:
+        """Override to vary settings per test (default: the class SETTINGS)."""
+        return dict(self.SETTINGS)
+
+    def setUp(self) -> None:
+        self.broker: Optional[Broker] = None
+        self.port: Optional[int] = None
+        if self.AUTO_START:
+            self.use_broker()
+
+    def use_broker(self, settings: Optional[Dict[str, object]] = None, shards: Optional[int] = None) -> Broker:
+        """Starts this test's broker (class SETTINGS updated with `settings`) and makes it the default target."""
+        merged = self.settings()
+        merged.update(settings or {})
+        self.broker = self.start_broker(shards or self.SHARDS, merged, self.CONFIG)
+        self.port = self.broker.port
+        return self.broker
+
+    def start_broker(self, shards: int = 1, settings=None, config=None) -> Broker:
+        b = Broker(shards, settings, config)
+        b.start()
+        self.addCleanup(self._stop_broker, b)
+        return b
+
+    def _stop_broker(self, b: Broker) -> None:
+        failed = not getattr(self._outcome, "success", True)
+        try:
+            b.stop()
+        finally:
+            if failed and b.log_path:
+                sys.stderr.write(f"\n--- {self.id()}: broker log tail ({b.log_path}) ---\n{b.log_tail()}\n")
+
+    # -- clients --------------------------------------------------------------------------------------------------
+
+    def raw(self, port: Optional[int] = None) -> RawClient:
+        c = RawClient(port or self.port)
+        self.addCleanup(c.close)
+        return c
+
+    def client(self, client_id: str = "", clean: bool = True, keepalive: int = 60, will=None, level: int = 4,
+               expect: Optional[bytes] = mqtt_raw.CONNACK_OK, **kw) -> RawClient:
+        c = self.raw()
+        c.connect(client_id, clean=clean, keepalive=keepalive, will=will, level=level, expect=expect, **kw)
+        return c
+
+    def cid(self, name: str, shard: int = 0) -> str:
+        """A client id with the given home shard (taken modulo SHARDS)."""
+        return client_id_on_shard(name, shard % max(self.SHARDS, 1), self.SHARDS)
+
+    def pub_id(self, name: str = "pub") -> str:
+        """Publisher ids live on shard 0 ..."""
+        return self.cid(name, 0)
+
+    def sub_id(self, name: str = "sub") -> str:
+        """... subscriber ids on the last shard, so with 2 shards they differ."""
+        return self.cid(name, self.SHARDS - 1)
+
+    def assert_broker_healthy(self, tag: str = "health") -> None:
+        """A fresh subscriber/publisher pair (on different shards when there are several) still round-trips
+        QoS 0, 1 and 2."""
+        self.assertTrue(self.broker.alive(), "broker process died")
+        sub = self.client(self.sub_id(tag + "-s"))
+        sub.subscribe([(f"{tag}/#", 2)])
+        pub = self.client(self.pub_id(tag + "-p"))
+        for qos in (0, 1, 2):
+            pub.publish(f"{tag}/q{qos}", f"ok{qos}", qos=qos)
+            m = sub.recv_publish()
+            self.assertEqual((m.topic, m.payload, m.qos), (f"{tag}/q{qos}", f"ok{qos}".encode(), qos))
+        pub.disconnect()
+        sub.disconnect()
+
+
+def shard_variants(mixin, namespace: dict, shards=(1, 2), **attrs) -> None:
+    """Defines <MixinName>Shards<N> test classes (mixin + BrokerTest) for each shard count in `namespace`."""
+    for n in shards:
+        name = f"{mixin.__name__}Shards{n}"
+        cls = type(name, (mixin, BrokerTest), dict(SHARDS=n, __module__=namespace["__name__"], **attrs))
+        namespace[name] = cls
+
+
+class Collector:
+    """Receives n PUBLISHes on `client` in a background thread (acknowledging them), so a publisher can send a
+    long burst without the subscriber's inflight window stalling. The thread owns the client until join()."""
+
+    def __init__(self, client: RawClient, n: int, ack: bool = True, timeout: float = 10.0):
+        import threading
+        self.client, self.n, self.ack, self.timeout = client, n, ack, timeout
+        self.messages: list = []
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for _ in range(self.n):
+                self.messages.append(self.client.recv_publish(self.timeout, self.ack))
+        except BaseException as e:  # reported by join()
+            self.error = e
+
+    def join(self, timeout: float = 30.0) -> list:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError(f"collector still running after {timeout}s ({len(self.messages)}/{self.n})")
+        if self.error is not None:
+            raise AssertionError(f"collector got {len(self.messages)}/{self.n} messages, then: {self.error}")
+        return self.messages

@@ -1,0 +1,186 @@
+"""CONNECT / CONNACK, protocol levels, client ids, keepalive, PINGREQ, DISCONNECT."""
+
+import time
+
+import mqtt_raw as m
+from broker import shard_variants
+
+
+class ConnectCases:
+    def test_connect_311(self):
+        c = self.raw()
+        c.send(m.connect("c311", level=4))
+        c.expect(b"\x20\x02\x00\x00")
+        c.send(m.pingreq())
+        c.expect(b"\xd0\x00")
+
+    def test_connect_31_mqisdp(self):
+        c = self.raw()
+        c.send(m.connect("c31", level=3))
+        self.assertEqual(m.connect("c31", level=3)[2:10], b"\x00\x06MQIsdp")
+        c.expect(b"\x20\x02\x00\x00")
+        c.send(m.pingreq())
+        c.expect(b"\xd0\x00")
+
+    def test_connect_exact_bytes_minimal(self):
+        # Hand-written CONNECT: "MQTT", level 4, clean session, keepalive 10, client id "a".
+        c = self.raw()
+        c.send(bytes.fromhex("10 0d 00 04 4d 51 54 54 04 02 00 0a 00 01 61"))
+        c.expect(bytes.fromhex("20 02 00 00"))
+
+    def test_protocol_level_5_refused_in_v5_form(self):
+        c = self.raw()
+        c.send(m.connect("c5", level=5))
+        c.expect(b"\x20\x03\x00\x84\x00")
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_unknown_protocol_level(self):
+        for level in (2, 6, 0x7f):
+            with self.subTest(level=level):
+                c = self.raw()
+                c.send(m.connect(f"lvl{level}", level=level, proto_name="MQTT"))
+                c.expect(b"\x20\x02\x00\x01")
+                c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_generated_client_id(self):
+        c = self.raw()
+        c.send(m.connect("", clean=True))
+        c.expect(b"\x20\x02\x00\x00")
+        c.subscribe([("gen/t", 1)])
+        c.publish("gen/t", b"self", qos=1)
+        msg = c.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.qos), ("gen/t", b"self", 1))
+
+    def test_two_generated_ids_do_not_collide(self):
+        # Two anonymous clients must get different generated ids: neither takes the other over.
+        a = self.client("")
+        b = self.client("")
+        a.subscribe([("anon/a", 0)])
+        b.subscribe([("anon/b", 0)])
+        self.assertTrue(a.is_open())
+        self.assertTrue(b.is_open())
+        p = self.client(self.pub_id())
+        p.publish("anon/a", b"A")
+        p.publish("anon/b", b"B")
+        self.assertEqual(a.recv_publish().payload, b"A")
+        self.assertEqual(b.recv_publish().payload, b"B")
+
+    def test_empty_client_id_with_persistent_session_rejected(self):
+        c = self.raw()
+        c.send(m.connect("", clean=False))
+        c.expect(b"\x20\x02\x00\x02")
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_username_and_password_accepted(self):
+        c = self.raw()
+        c.send(m.connect("cup", username="user", password=b"\x00\x01secret"))
+        c.expect(b"\x20\x02\x00\x00")
+        self.assertTrue(c.is_open())
+
+    def test_username_only_accepted(self):
+        c = self.raw()
+        c.send(m.connect("cu", username="user"))
+        c.expect(b"\x20\x02\x00\x00")
+
+    def test_reserved_connect_flag_closes(self):
+        # [MQTT-3.1.2-3]: the reserved bit 0 of the connect flags must be 0, else disconnect.
+        c = self.raw()
+        c.send(m.connect("rsv", flags=0x03))
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_will_qos_without_will_flag_closes(self):
+        # [MQTT-3.1.2-13]: will flag 0 -> will QoS must be 0.
+        c = self.raw()
+        c.send(m.connect("wq", flags=0x02 | 0x08))
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_will_retain_without_will_flag_closes(self):
+        # [MQTT-3.1.2-15]: will flag 0 -> will retain must be 0.
+        c = self.raw()
+        c.send(m.connect("wr", flags=0x02 | 0x20))
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_will_qos_3_closes(self):
+        # [MQTT-3.1.2-14]: will QoS 3 is invalid.
+        c = self.raw()
+        c.send(m.connect("wq3", will=m.Will("w/t", b"x", qos=3)))
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_password_without_username_closes(self):
+        # [MQTT-3.1.2-22]: username flag 0 -> password flag must be 0 (3.1.1).
+        c = self.raw()
+        c.send(m.connect("pw", password="secret"))
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_pingreq_pingresp(self):
+        c = self.client("ping")
+        for _ in range(3):
+            c.send(b"\xc0\x00")
+            c.expect(b"\xd0\x00")
+
+    def test_disconnect_closes_connection(self):
+        c = self.client("disc")
+        c.send(b"\xe0\x00")
+        c.expect_closed(3)
+        # The id is free again.
+        d = self.client("disc")
+        self.assertTrue(d.is_open())
+
+    def test_keepalive_enforced_at_one_and_a_half(self):
+        c = self.client("ka", keepalive=1)
+        start = time.monotonic()
+        c.expect_closed(4)
+        elapsed = time.monotonic() - start
+        self.assertGreaterEqual(elapsed, 1.2, "closed before 1.5 x keepalive")
+        self.assertLessEqual(elapsed, 3.0, "keepalive not enforced near 1.5 x keepalive")
+
+    def test_keepalive_kept_by_pings(self):
+        c = self.client("kap", keepalive=1)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            time.sleep(0.4)
+            c.send(b"\xc0\x00")
+            c.expect(b"\xd0\x00")
+
+    def test_keepalive_kept_by_other_traffic(self):
+        c = self.client("kat", keepalive=1)
+        c.subscribe([("kat/x", 0)])
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            time.sleep(0.4)
+            c.publish("kat/x", b"beat")
+            self.assertEqual(c.recv_publish().payload, b"beat")
+
+    def test_keepalive_zero_never_times_out(self):
+        c = self.client("ka0", keepalive=0)
+        c.expect_no_packet(1.6)
+        self.assertTrue(c.is_open())
+
+    def test_connack_session_present_zero_for_clean_session(self):
+        c = self.client("cs", clean=True)
+        c.disconnect()
+        c.expect_closed(3)
+        d = self.raw()
+        d.send(m.connect("cs", clean=True))
+        d.expect(b"\x20\x02\x00\x00")
+
+    def test_31_client_interoperates_with_311(self):
+        sub = self.client(self.sub_id("old"), level=3)
+        sub.subscribe([("mix/#", 1)])
+        pub = self.client(self.pub_id("new"), level=4)
+        pub.publish("mix/a", b"to31", qos=1)
+        msg = sub.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.qos), ("mix/a", b"to31", 1))
+        sub.publish("mix/b", b"from31", qos=1)
+        self.assertEqual(sub.recv_publish().payload, b"from31")
+
+
+shard_variants(ConnectCases, globals())

@@ -1,0 +1,186 @@
+"""Configurable limits (--set mqtt.*): max_inflight, max_queued_messages, max_packet_size, max_topic_levels,
+max_connections, max_client_id_len, keepalive_multiplier. Each test starts its own broker."""
+
+import time
+
+import mqtt_raw as m
+from broker import shard_variants
+
+
+class LimitCases:
+    AUTO_START = False
+
+    def test_max_inflight_qos1(self):
+        self.use_broker({"mqtt.max_inflight": 3})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/if", 1)])
+        pub = self.client(self.pub_id())
+        for i in range(8):
+            pub.publish("lim/if", str(i), qos=1)
+        first = sub.recv_publishes(3, ack=False)
+        self.assertEqual([x.payload for x in first], [b"0", b"1", b"2"])
+        sub.expect_no_packet(0.5)
+        sub.send(m.puback(first[0].pid))
+        nxt = sub.recv_publish(ack=False)
+        self.assertEqual(nxt.payload, b"3")
+        sub.expect_no_packet(0.4)
+        for x in first[1:] + [nxt]:
+            sub.send(m.puback(x.pid))
+        rest = sub.recv_publishes(4)
+        self.assertEqual([x.payload for x in rest], [b"4", b"5", b"6", b"7"])
+        sub.expect_no_packet(0.3)
+
+    def test_max_inflight_qos2(self):
+        self.use_broker({"mqtt.max_inflight": 2})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/if2", 2)])
+        pub = self.client(self.pub_id())
+        for i in range(5):
+            pub.publish("lim/if2", str(i), qos=2)
+        first = sub.recv_publishes(2, ack=False)
+        self.assertEqual([x.payload for x in first], [b"0", b"1"])
+        sub.expect_no_packet(0.5)
+        sub.ack(first[0])  # PUBREC, PUBREL, PUBCOMP: the slot is free
+        self.assertEqual(sub.recv_publish(ack=False).payload, b"2")
+        sub.expect_no_packet(0.3)
+
+    def test_qos0_not_limited_by_inflight(self):
+        self.use_broker({"mqtt.max_inflight": 1})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/q0", 0)])
+        pub = self.client(self.pub_id())
+        for i in range(20):
+            pub.publish("lim/q0", str(i), qos=0)
+        self.assertEqual([x.payload for x in sub.recv_publishes(20)], [str(i).encode() for i in range(20)])
+
+    def test_max_queued_messages_offline(self):
+        self.use_broker({"mqtt.max_queued_messages": 5})
+        sub = self.client(self.sub_id(), clean=False)
+        sub.subscribe([("lim/q", 1)])
+        sub.disconnect()
+        sub.expect_closed(3)
+        pub = self.client(self.pub_id())
+        for i in range(12):
+            pub.publish("lim/q", str(i), qos=1)  # still acknowledged to the publisher
+        sub = self.client(self.sub_id(), clean=False, expect=m.CONNACK_OK_SESSION)
+        msgs = sub.recv_publishes(5)
+        self.assertEqual([x.payload for x in msgs], [b"0", b"1", b"2", b"3", b"4"])
+        sub.expect_no_packet(0.6)
+        # The session works normally afterwards.
+        pub.publish("lim/q", b"after", qos=1)
+        self.assertEqual(sub.recv_publish().payload, b"after")
+
+    def test_max_queued_messages_online_slow_consumer(self):
+        self.use_broker({"mqtt.max_queued_messages": 4, "mqtt.max_inflight": 1})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/slow", 1)])
+        pub = self.client(self.pub_id())
+        for i in range(15):
+            pub.publish("lim/slow", str(i), qos=1)
+        got = []
+        while True:
+            try:
+                got.append(sub.recv_publish(timeout=0.8).payload)
+            except AssertionError:
+                break
+        # One in flight plus at most 4 queued (or 4 in all); the rest dropped, the order kept.
+        self.assertIn(len(got), (4, 5), got)
+        self.assertEqual(got, [str(i).encode() for i in range(len(got))])
+
+    def test_max_packet_size(self):
+        self.use_broker({"mqtt.max_packet_size": 1024})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/ps", 1)])
+        pub = self.client(self.pub_id())
+        pub.publish("lim/ps", b"s" * 900, qos=1)
+        self.assertEqual(len(sub.recv_publish().payload), 900)
+        pub.send(m.publish("lim/ps", b"L" * 1500, qos=1, pid=2))
+        pub.expect_closed(3)
+        sub.expect_no_packet(0.3)
+        self.assert_broker_healthy()
+
+    def test_max_packet_size_checked_from_fixed_header(self):
+        self.use_broker({"mqtt.max_packet_size": 1024})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/#", 0)])
+        c = self.client(self.pub_id())
+        # Announce 100 MB and send only a few body bytes: closed without waiting for the rest.
+        c.send(b"\x30" + m.encode_remaining_length(100 * 1024 * 1024) + b"\x00\x05lim/x")
+        start = time.monotonic()
+        c.expect_closed(3)
+        self.assertLess(time.monotonic() - start, 2.0)
+        self.assertTrue(sub.is_open())
+        self.assert_broker_healthy()
+
+    def test_max_packet_size_applies_to_connect(self):
+        self.use_broker({"mqtt.max_packet_size": 256})
+        c = self.raw()
+        c.send(m.connect("big", will=m.Will("w", b"x" * 1000)))
+        c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_max_topic_levels(self):
+        self.use_broker({"mqtt.max_topic_levels": 4})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("a/b/c/d", 1), ("a/b/c/d/e", 1), ("a/+/+/#", 1)], expect=[1, 0x80, 1])
+        pub = self.client(self.pub_id())
+        pub.publish("a/b/c/d", b"four", qos=1)
+        msg = sub.recv_publish()
+        self.assertEqual((msg.topic, msg.payload), ("a/b/c/d", b"four"))
+        sub.expect_no_packet(0.2)
+        # A publish to a topic deeper than the limit is refused (dropped or the connection closed), never
+        # delivered.
+        try:
+            pub.send(m.publish("a/b/c/d/e", b"five"))
+        except OSError:
+            pass
+        sub.expect_no_packet(0.5)
+        self.assert_broker_healthy()
+
+    def test_max_connections(self):
+        self.use_broker({"mqtt.max_connections": 3})
+        conns = [self.client(self.cid(f"mc{i}", i)) for i in range(3)]
+        extra = self.raw()
+        try:
+            extra.send(m.connect("mc-extra"))
+        except OSError:
+            pass
+        extra.expect_closed(3, allow=[m.connack(False, m.RC_SERVER_UNAVAILABLE)])
+        for c in conns:
+            self.assertTrue(c.is_open())
+        conns[0].disconnect()
+        conns[0].expect_closed(3)
+        # A slot is free again (the broker may need a moment to count the close).
+        deadline = time.monotonic() + 3
+        while True:
+            c = self.raw()
+            try:
+                c.connect("mc-again")
+                break
+            except (AssertionError, OSError):
+                c.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.assertTrue(c.is_open())
+
+    def test_max_client_id_len(self):
+        self.use_broker({"mqtt.max_client_id_len": 8})
+        ok = self.client("12345678")
+        self.assertTrue(ok.is_open())
+        c = self.raw()
+        c.send(m.connect("123456789"))
+        c.expect(b"\x20\x02\x00\x02")
+        c.expect_closed(3)
+
+    def test_keepalive_multiplier(self):
+        self.use_broker({"mqtt.keepalive_multiplier": 2.5})
+        c = self.client(self.sub_id(), keepalive=1)
+        start = time.monotonic()
+        c.expect_closed(6)
+        elapsed = time.monotonic() - start
+        self.assertGreaterEqual(elapsed, 2.2)
+        self.assertLessEqual(elapsed, 4.0)
+
+
+shard_variants(LimitCases, globals())

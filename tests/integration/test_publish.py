@@ -1,0 +1,271 @@
+"""PUBLISH QoS 0, 1 and 2 in both directions, exactly-once flows, packet ids, ordering.
+
+With 2 shards the publisher and the subscriber have different home shards (see BrokerTest.pub_id/sub_id)."""
+
+import mqtt_raw as m
+from broker import Collector, shard_variants
+
+
+class PublishCases:
+    def pair(self, flt="t/#", qos=2):
+        sub = self.client(self.sub_id())
+        sub.subscribe([(flt, qos)])
+        pub = self.client(self.pub_id())
+        return pub, sub
+
+    # -- exact bytes ---------------------------------------------------------------------------------------------
+
+    def test_qos0_exact_bytes(self):
+        pub, sub = self.pair("t/q0", 0)
+        pub.send(m.publish("t/q0", b"hello", qos=0))
+        sub.expect(bytes.fromhex("30 0b 00 04") + b"t/q0" + b"hello")
+        pub.expect_no_packet(0.3)  # no acknowledgement for QoS 0
+
+    def test_qos1_exact_flow(self):
+        pub, sub = self.pair("t/q1", 1)
+        pub.send(m.publish("t/q1", b"one", qos=1, pid=0x1234))
+        pub.expect(bytes.fromhex("40 02 12 34"))
+        p = sub.read_packet()
+        msg = m.parse_publish(p)
+        self.assertEqual((msg.topic, msg.payload, msg.qos, msg.retain, msg.dup), ("t/q1", b"one", 1, False, False))
+        self.assertEqual(p.raw(), bytes.fromhex("32 0b 00 04") + b"t/q1" + m.u16(msg.pid) + b"one")
+        sub.send(m.puback(msg.pid))
+        sub.expect_no_packet(0.3)
+
+    def test_qos2_exact_flow_both_sides(self):
+        pub, sub = self.pair("t/q2", 2)
+        pub.send(m.publish("t/q2", b"two", qos=2, pid=0xfffe))
+        pub.expect(bytes.fromhex("50 02 ff fe"))
+        pub.send(m.pubrel(0xfffe))
+        pub.expect(bytes.fromhex("70 02 ff fe"))
+        p = sub.read_packet()
+        msg = m.parse_publish(p)
+        self.assertEqual(p.raw(), bytes.fromhex("34 0b 00 04") + b"t/q2" + m.u16(msg.pid) + b"two")
+        sub.send(m.pubrec(msg.pid))
+        sub.expect(b"\x62\x02" + m.u16(msg.pid))
+        sub.send(m.pubcomp(msg.pid))
+        sub.expect_no_packet(0.3)
+        pub.expect_no_packet(0.1)
+
+    # -- QoS downgrade ---------------------------------------------------------------------------------------------
+
+    def test_delivered_qos_is_min_of_publish_and_subscription(self):
+        for pub_qos in (0, 1, 2):
+            for sub_qos in (0, 1, 2):
+                with self.subTest(pub_qos=pub_qos, sub_qos=sub_qos):
+                    topic = f"t/d{pub_qos}{sub_qos}"
+                    sub = self.client(self.sub_id(f"s{pub_qos}{sub_qos}"))
+                    sub.subscribe([(topic, sub_qos)])
+                    pub = self.client(self.pub_id(f"p{pub_qos}{sub_qos}"))
+                    pub.publish(topic, b"x", qos=pub_qos)
+                    msg = sub.recv_publish()
+                    self.assertEqual((msg.topic, msg.payload, msg.qos, msg.dup, msg.retain),
+                                     (topic, b"x", min(pub_qos, sub_qos), False, False))
+                    if msg.qos == 0:
+                        self.assertIsNone(msg.pid)
+                    sub.expect_no_packet(0.2)
+                    pub.disconnect()
+                    sub.disconnect()
+
+    # -- exactly once, inbound -------------------------------------------------------------------------------------
+
+    def test_qos2_inbound_duplicate_publish_delivered_once(self):
+        pub, sub = self.pair("t/once", 2)
+        pub.send(m.publish("t/once", b"once", qos=2, pid=7))
+        pub.expect(bytes.fromhex("50 02 00 07"))
+        # The publisher did not see the PUBREC (say) and sends again with DUP: still one delivery.
+        pub.send(m.publish("t/once", b"once", qos=2, pid=7, dup=True))
+        pub.expect(bytes.fromhex("50 02 00 07"))
+        pub.send(m.pubrel(7))
+        pub.expect(bytes.fromhex("70 02 00 07"))
+        msg = sub.recv_publish()
+        self.assertEqual((msg.payload, msg.qos), (b"once", 2))
+        sub.expect_no_packet(0.5)
+
+    def test_qos2_pubrel_resent_gets_pubcomp(self):
+        pub, sub = self.pair("t/rel", 2)
+        pub.send(m.publish("t/rel", b"r", qos=2, pid=9))
+        pub.expect(bytes.fromhex("50 02 00 09"))
+        pub.send(m.pubrel(9))
+        pub.expect(bytes.fromhex("70 02 00 09"))
+        # [MQTT-4.3.3-2 / 3.6.4]: a PUBREL is always answered with PUBCOMP, even when the id is no longer known.
+        pub.send(m.pubrel(9))
+        pub.expect(bytes.fromhex("70 02 00 09"))
+        self.assertEqual(sub.recv_publish().payload, b"r")
+        sub.expect_no_packet(0.4)
+
+    def test_qos2_pubrel_for_unknown_id_gets_pubcomp(self):
+        pub = self.client(self.pub_id())
+        pub.send(m.pubrel(0x4242))
+        pub.expect(bytes.fromhex("70 02 42 42"))
+
+    def test_qos2_packet_id_reusable_after_pubcomp(self):
+        pub, sub = self.pair("t/reuse", 2)
+        for payload in (b"first", b"second"):
+            pub.publish("t/reuse", payload, qos=2, pid=11)
+            self.assertEqual(sub.recv_publish().payload, payload)
+        sub.expect_no_packet(0.3)
+
+    def test_qos1_packet_id_reuse_is_a_new_message(self):
+        pub, sub = self.pair("t/r1", 1)
+        pub.publish("t/r1", b"a", qos=1, pid=5)
+        pub.publish("t/r1", b"b", qos=1, pid=5)
+        self.assertEqual([x.payload for x in sub.recv_publishes(2)], [b"a", b"b"])
+
+    def test_qos1_pubacks_in_order(self):
+        # [MQTT-4.6.0-2]: PUBACKs are sent in the order the PUBLISHes were received.
+        pub, sub = self.pair("t/ord1", 1)
+        pids = [3, 1, 200, 65535, 2]
+        pub.send(b"".join(m.publish("t/ord1", bytes([i]), qos=1, pid=p) for i, p in enumerate(pids)))
+        for p in pids:
+            pub.expect(m.puback(p))
+        self.assertEqual([x.payload for x in sub.recv_publishes(5)], [bytes([i]) for i in range(5)])
+
+    def test_qos2_pubrecs_in_order_and_interleaved(self):
+        pub, sub = self.pair("t/ord2", 2)
+        pub.send(m.publish("t/ord2", b"A", qos=2, pid=1) + m.publish("t/ord2", b"B", qos=2, pid=2))
+        pub.expect(m.pubrec(1))
+        pub.expect(m.pubrec(2))
+        pub.send(m.pubrel(2) + m.pubrel(1))
+        pub.expect(m.pubcomp(2))
+        pub.expect(m.pubcomp(1))
+        got = sorted(x.payload for x in sub.recv_publishes(2))
+        self.assertEqual(got, [b"A", b"B"])
+        sub.expect_no_packet(0.3)
+
+    # -- outbound packet ids -------------------------------------------------------------------------------------
+
+    def test_outbound_packet_ids_distinct_while_in_flight(self):
+        pub, sub = self.pair("t/ids", 1)
+        for i in range(10):
+            pub.publish("t/ids", str(i), qos=1)
+        msgs = sub.recv_publishes(10, ack=False)
+        pids = [x.pid for x in msgs]
+        self.assertEqual(len(set(pids)), 10, f"packet ids reused while in flight: {pids}")
+        self.assertNotIn(0, pids)
+        self.assertEqual([x.payload for x in msgs], [str(i).encode() for i in range(10)])
+        # Acknowledge out of order; nothing is resent on a live connection.
+        for x in reversed(msgs):
+            sub.send(m.puback(x.pid))
+        sub.expect_no_packet(0.5)
+
+    def test_outbound_qos2_exactly_once_no_redelivery(self):
+        pub, sub = self.pair("t/o2", 2)
+        for i in range(5):
+            pub.publish("t/o2", str(i), qos=2)
+        msgs = sub.recv_publishes(5)
+        self.assertEqual([x.payload for x in msgs], [str(i).encode() for i in range(5)])
+        self.assertTrue(all(x.qos == 2 and not x.dup for x in msgs))
+        sub.expect_no_packet(0.5)
+
+    def test_outbound_qos2_pubrec_out_of_order(self):
+        pub, sub = self.pair("t/o2x", 2)
+        pub.publish("t/o2x", b"a", qos=2)
+        pub.publish("t/o2x", b"b", qos=2)
+        a = sub.recv_publish(ack=False)
+        b = sub.recv_publish(ack=False)
+        self.assertNotEqual(a.pid, b.pid)
+        sub.send(m.pubrec(b.pid))
+        sub.expect(m.pubrel(b.pid))
+        sub.send(m.pubrec(a.pid))
+        sub.expect(m.pubrel(a.pid))
+        sub.send(m.pubcomp(a.pid) + m.pubcomp(b.pid))
+        sub.expect_no_packet(0.4)
+
+    # -- routing ----------------------------------------------------------------------------------------------------
+
+    def test_many_subscribers_each_get_one_copy(self):
+        subs = []
+        for i in range(6):
+            s = self.client(self.cid(f"fan{i}", i))
+            s.subscribe([("t/fan", i % 3)])
+            subs.append((s, i % 3))
+        pub = self.client(self.pub_id())
+        pub.publish("t/fan", b"all", qos=2)
+        for s, q in subs:
+            msg = s.recv_publish()
+            self.assertEqual((msg.payload, msg.qos), (b"all", q))
+            s.expect_no_packet(0.1)
+
+    def test_publisher_receives_own_message(self):
+        c = self.client(self.pub_id())
+        c.subscribe([("t/self", 1)])
+        c.publish("t/self", b"me", qos=1)
+        msg = c.recv_publish()
+        self.assertEqual((msg.topic, msg.payload), ("t/self", b"me"))
+
+    def test_no_subscriber_qos1_and_qos2_still_acknowledged(self):
+        pub = self.client(self.pub_id())
+        pub.publish("nobody/here", b"x", qos=1, pid=1)
+        pub.publish("nobody/here", b"x", qos=2, pid=2)
+
+    def test_order_preserved_mixed_qos(self):
+        pub, sub = self.pair("t/mix", 2)
+        qos_seq = [i % 3 for i in range(200)]
+        col = Collector(sub, 200)
+        for i, q in enumerate(qos_seq):
+            pub.publish("t/mix", str(i), qos=q)
+        msgs = col.join()
+        self.assertEqual([x.payload for x in msgs], [str(i).encode() for i in range(200)])
+        self.assertEqual([x.qos for x in msgs], qos_seq)
+
+    def test_pipelined_qos0_order(self):
+        pub, sub = self.pair("t/pipe", 0)
+        pub.send(b"".join(m.publish("t/pipe", str(i)) for i in range(300)))
+        self.assertEqual([x.payload for x in sub.recv_publishes(300)], [str(i).encode() for i in range(300)])
+
+    # -- payloads and topics ---------------------------------------------------------------------------------------
+
+    def test_empty_payload(self):
+        pub, sub = self.pair("t/empty", 1)
+        pub.publish("t/empty", b"", qos=1)
+        msg = sub.recv_publish()
+        self.assertEqual((msg.topic, msg.payload), ("t/empty", b""))
+
+    def test_binary_payload(self):
+        pub, sub = self.pair("t/bin", 1)
+        data = bytes(range(256)) * 4
+        pub.publish("t/bin", data, qos=1)
+        self.assertEqual(sub.recv_publish().payload, data)
+
+    def test_large_payload_multi_byte_remaining_length(self):
+        pub, sub = self.pair("t/big", 1)
+        data = bytes((i * 7) % 251 for i in range(200_000))  # 3-byte remaining length
+        pub.publish("t/big", data, qos=1, timeout=10)
+        msg = sub.recv_publish(timeout=10)
+        self.assertEqual(len(msg.payload), len(data))
+        self.assertEqual(msg.payload, data)
+
+    def test_packet_split_across_writes(self):
+        pub, sub = self.pair("t/split", 1)
+        raw = m.publish("t/split", b"pieces" * 50, qos=1, pid=77)
+        import time
+        for i in range(0, len(raw), 7):
+            pub.send(raw[i:i + 7])
+            time.sleep(0.005)
+        pub.expect(m.puback(77))
+        self.assertEqual(sub.recv_publish().payload, b"pieces" * 50)
+
+    def test_many_packets_in_one_write(self):
+        pub, sub = self.pair("t/batch", 1)
+        pub.send(b"".join(m.publish("t/batch", str(i), qos=1, pid=i + 1) for i in range(100)))
+        for i in range(100):
+            pub.expect(m.puback(i + 1))
+        self.assertEqual([x.payload for x in sub.recv_publishes(100)], [str(i).encode() for i in range(100)])
+
+    def test_utf8_topic(self):
+        topic = "t/caf\u00e9/\u6771\u4eac/\U0001F600"
+        pub, sub = self.pair("t/#", 1)
+        pub.publish(topic, b"u", qos=1)
+        msg = sub.recv_publish()
+        self.assertEqual((msg.topic, msg.payload), (topic, b"u"))
+
+    def test_topic_with_empty_levels_and_spaces(self):
+        pub, sub = self.pair("t/#", 0)
+        for topic in ("t//x", "t/ /y", "t/x/"):
+            pub.publish(topic, topic)
+            msg = sub.recv_publish()
+            self.assertEqual((msg.topic, msg.payload), (topic, topic.encode()))
+
+
+shard_variants(PublishCases, globals())

@@ -1,0 +1,166 @@
+"""Retained messages: stored, replaced, cleared by an empty payload, delivered on subscribe with retain=1 and
+forwarded live with retain=0."""
+
+import mqtt_raw as m
+from broker import shard_variants
+
+
+class RetainedCases:
+    def test_retained_delivered_on_subscribe_exact_bytes(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/a", b"kept", qos=0, retain=True)
+        pub.publish("ret/b", b"kept1", qos=1, retain=True)
+        pub.is_open()  # round trip: the QoS 0 publish has been processed
+        sub = self.client(self.sub_id())
+        sub.send(m.subscribe(1, [("ret/a", 0)]))
+        sub.expect(m.suback(1, [0]))
+        sub.expect(bytes.fromhex("31 0b 00 05") + b"ret/a" + b"kept")
+        sub.send(m.subscribe(2, [("ret/b", 1)]))
+        sub.expect(m.suback(2, [1]))
+        p = sub.read_packet()
+        msg = m.parse_publish(p)
+        self.assertEqual(p.raw(), bytes.fromhex("33 0e 00 05") + b"ret/b" + m.u16(msg.pid) + b"kept1")
+        sub.send(m.puback(msg.pid))
+        sub.expect_no_packet(0.3)
+
+    def test_live_forwarding_has_retain_0(self):
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/live", 2)])
+        pub = self.client(self.pub_id())
+        for qos in (0, 1, 2):
+            pub.publish("ret/live", f"l{qos}", qos=qos, retain=True)
+            msg = sub.recv_publish()
+            self.assertEqual((msg.payload, msg.qos, msg.retain), (f"l{qos}".encode(), qos, False))
+
+    def test_retained_replaced(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/r", b"v1", qos=1, retain=True)
+        pub.publish("ret/r", b"v2", qos=1, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/r", 1)])
+        msg = sub.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.retain, msg.qos), ("ret/r", b"v2", True, 1))
+        sub.expect_no_packet(0.4)
+
+    def test_retained_cleared_by_empty_payload(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/c", b"soon gone", qos=1, retain=True)
+        live = self.client(self.sub_id("live"))
+        live.subscribe([("ret/c", 1)])
+        self.assertEqual(live.recv_publish().payload, b"soon gone")
+        pub.publish("ret/c", b"", qos=1, retain=True)
+        # Existing subscribers still receive the empty message as a normal publish.
+        msg = live.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.retain), ("ret/c", b"", False))
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/c", 1), ("ret/#", 1)])
+        sub.expect_no_packet(0.5)
+
+    def test_clearing_absent_retained_is_harmless(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/none", b"", qos=1, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/#", 1)])
+        sub.expect_no_packet(0.4)
+
+    def test_non_retained_publish_keeps_retained(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/k", b"keep", qos=1, retain=True)
+        pub.publish("ret/k", b"transient", qos=1, retain=False)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/k", 1)])
+        msg = sub.recv_publish()
+        self.assertEqual((msg.payload, msg.retain), (b"keep", True))
+        sub.expect_no_packet(0.4)
+
+    def test_retained_qos_min_of_stored_and_granted(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/q1", b"1", qos=1, retain=True)
+        pub.publish("ret/q2", b"2", qos=2, retain=True)
+        pub.publish("ret/q0", b"0", qos=0, retain=True)
+        pub.is_open()
+        for sub_qos in (0, 1, 2):
+            with self.subTest(sub_qos=sub_qos):
+                sub = self.client(self.sub_id(f"s{sub_qos}"))
+                sub.subscribe([("ret/q0", sub_qos), ("ret/q1", sub_qos), ("ret/q2", sub_qos)])
+                got = {}
+                for _ in range(3):
+                    msg = sub.recv_publish()
+                    self.assertTrue(msg.retain)
+                    got[msg.topic] = msg.qos
+                self.assertEqual(got, {"ret/q0": 0, "ret/q1": min(1, sub_qos), "ret/q2": min(2, sub_qos)})
+                sub.expect_no_packet(0.2)
+                sub.disconnect()
+
+    def test_wildcard_subscribe_gets_all_matching_retained(self):
+        pub = self.client(self.pub_id())
+        topics = ["ret/w/a", "ret/w/b", "ret/w/c/d", "ret/w", "ret/other"]
+        for t in topics:
+            pub.publish(t, t, qos=1, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/w/#", 1)])
+        got = {}
+        for _ in range(4):
+            msg = sub.recv_publish()
+            self.assertTrue(msg.retain)
+            got[msg.topic] = msg.payload
+        self.assertEqual(got, {t: t.encode() for t in topics[:4]})
+        sub.expect_no_packet(0.4)
+        sub2 = self.client(self.sub_id("plus"))
+        sub2.subscribe([("ret/+/b", 1)])
+        msg = sub2.recv_publish()
+        self.assertEqual((msg.topic, msg.retain), ("ret/w/b", True))
+        sub2.expect_no_packet(0.3)
+
+    def test_resubscribe_sends_retained_again(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/again", b"x", qos=1, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/again", 1)])
+        self.assertTrue(sub.recv_publish().retain)
+        sub.subscribe([("ret/again", 1)])  # [MQTT-3.8.4-3]: retained messages are re-sent
+        msg = sub.recv_publish()
+        self.assertEqual((msg.payload, msg.retain), (b"x", True))
+
+    def test_retained_from_qos2_flow(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/two", b"exactly", qos=2, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/two", 2)])
+        msg = sub.recv_publish()
+        self.assertEqual((msg.payload, msg.qos, msg.retain), (b"exactly", 2, True))
+
+    def test_retained_survives_publisher_disconnect(self):
+        pub = self.client(self.pub_id())
+        pub.publish("ret/s", b"after", qos=1, retain=True)
+        pub.disconnect()
+        pub.expect_closed(3)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/s", 0)])
+        self.assertEqual(sub.recv_publish().payload, b"after")
+
+    def test_dollar_retained_not_sent_to_hash(self):
+        pub = self.client(self.pub_id())
+        pub.publish("$ret/x", b"d", qos=1, retain=True)
+        pub.publish("plain/x", b"p", qos=1, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("#", 1)])
+        msg = sub.recv_publish()
+        self.assertEqual(msg.topic, "plain/x")
+        sub.expect_no_packet(0.4)
+        sub2 = self.client(self.sub_id("d"))
+        sub2.subscribe([("$ret/#", 1)])
+        self.assertEqual(sub2.recv_publish().topic, "$ret/x")
+
+    def test_retained_many_topics(self):
+        pub = self.client(self.pub_id())
+        for i in range(50):
+            pub.publish(f"ret/many/{i}", str(i), qos=1, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/many/+", 1)])
+        got = {msg.topic: msg.payload for msg in sub.recv_publishes(50)}
+        self.assertEqual(got, {f"ret/many/{i}": str(i).encode() for i in range(50)})
+        sub.expect_no_packet(0.3)
+
+
+shard_variants(RetainedCases, globals())

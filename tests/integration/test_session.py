@@ -1,0 +1,272 @@
+"""Persistent sessions (clean session 0): subscriptions kept, offline QoS 1/2 queue delivered in order,
+unacknowledged messages resent with DUP, QoS 2 state kept across reconnects, takeover, clean session discards."""
+
+import mqtt_raw as m
+from broker import shard_variants
+
+
+class SessionCases:
+    def persistent(self, name="sess", present=False, **kw):
+        return self.client(self.sub_id(name), clean=False,
+                           expect=m.CONNACK_OK_SESSION if present else m.CONNACK_OK, **kw)
+
+    def test_session_present_flag(self):
+        c = self.persistent()
+        c.subscribe([("s/x", 1)])
+        c.disconnect()
+        c.expect_closed(3)
+        c = self.persistent(present=True)
+        c.disconnect()
+        c.expect_closed(3)
+        # And after an abnormal close too.
+        c = self.persistent(present=True)
+        c.close()
+        self.persistent(present=True)
+
+    def test_subscriptions_kept(self):
+        c = self.persistent()
+        c.subscribe([("s/keep", 2)])
+        c.disconnect()
+        c.expect_closed(3)
+        c = self.persistent(present=True)
+        pub = self.client(self.pub_id())
+        pub.publish("s/keep", b"still subscribed", qos=2)
+        msg = c.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.qos), ("s/keep", b"still subscribed", 2))
+
+    def test_offline_messages_delivered_in_order(self):
+        c = self.persistent()
+        c.subscribe([("s/off/#", 2)])
+        c.disconnect()
+        c.expect_closed(3)
+        pub = self.client(self.pub_id())
+        sent = []
+        for i in range(30):
+            qos = 1 + i % 2
+            pub.publish(f"s/off/{i % 3}", f"m{i}", qos=qos)
+            sent.append((f"s/off/{i % 3}", f"m{i}".encode(), qos))
+        c = self.persistent(present=True)
+        msgs = c.recv_publishes(30)
+        self.assertEqual([(x.topic, x.payload, x.qos) for x in msgs], sent)
+        self.assertFalse(any(x.retain for x in msgs))
+        c.expect_no_packet(0.4)
+
+    def test_offline_queue_downgraded_to_granted_qos(self):
+        c = self.persistent()
+        c.subscribe([("s/dg", 1)])
+        c.disconnect()
+        c.expect_closed(3)
+        pub = self.client(self.pub_id())
+        pub.publish("s/dg", b"two", qos=2)
+        c = self.persistent(present=True)
+        msg = c.recv_publish()
+        self.assertEqual((msg.payload, msg.qos), (b"two", 1))
+
+    def test_offline_messages_after_abnormal_close(self):
+        c = self.persistent()
+        c.subscribe([("s/ab", 1)])
+        c.close()
+        pub = self.client(self.pub_id())
+        # The broker may notice the close a little later; QoS 1 messages are kept either way.
+        for i in range(5):
+            pub.publish("s/ab", str(i), qos=1)
+        c = self.persistent(present=True)
+        msgs = c.recv_publishes(5)
+        self.assertEqual([x.payload for x in msgs], [str(i).encode() for i in range(5)])
+
+    def test_unacked_qos1_resent_with_dup(self):
+        c = self.persistent()
+        c.subscribe([("s/dup", 1)])
+        pub = self.client(self.pub_id())
+        pub.publish("s/dup", b"ack me", qos=1)
+        first = c.recv_publish(ack=False)
+        self.assertFalse(first.dup)
+        c.close()
+        c = self.persistent(present=True)
+        p = c.read_packet()
+        again = m.parse_publish(p)
+        self.assertEqual((again.topic, again.payload, again.qos, again.dup), ("s/dup", b"ack me", 1, True))
+        self.assertEqual(again.pid, first.pid)
+        self.assertEqual(p.raw(), bytes.fromhex("3a 0f 00 05") + b"s/dup" + m.u16(first.pid) + b"ack me")
+        c.send(m.puback(again.pid))
+        c.expect_no_packet(0.4)
+        # Acknowledged: not resent on the next reconnect.
+        c.disconnect()
+        c.expect_closed(3)
+        c = self.persistent(present=True)
+        c.expect_no_packet(0.5)
+
+    def test_unacked_resent_before_queued(self):
+        c = self.persistent()
+        c.subscribe([("s/rq", 1)])
+        pub = self.client(self.pub_id())
+        pub.publish("s/rq", b"inflight", qos=1)
+        c.recv_publish(ack=False)
+        # DISCONNECT and wait for the broker's close, so the next message surely arrives while offline.
+        c.disconnect()
+        c.expect_closed(3)
+        pub.publish("s/rq", b"queued", qos=1)
+        c = self.persistent(present=True)
+        a = c.recv_publish()
+        b = c.recv_publish()
+        self.assertEqual((a.payload, a.dup), (b"inflight", True))
+        self.assertEqual((b.payload, b.dup), (b"queued", False))
+
+    def test_qos2_unreceived_publish_resent_with_dup(self):
+        c = self.persistent()
+        c.subscribe([("s/q2", 2)])
+        pub = self.client(self.pub_id())
+        pub.publish("s/q2", b"two", qos=2)
+        first = c.recv_publish(ack=False)
+        c.close()
+        c = self.persistent(present=True)
+        again = c.recv_publish(ack=False)
+        self.assertEqual((again.payload, again.qos, again.dup, again.pid), (b"two", 2, True, first.pid))
+        c.ack(again)
+        c.expect_no_packet(0.4)
+
+    def test_qos2_pubrel_resent_after_pubrec(self):
+        c = self.persistent()
+        c.subscribe([("s/rel", 2)])
+        pub = self.client(self.pub_id())
+        pub.publish("s/rel", b"two", qos=2)
+        msg = c.recv_publish(ack=False)
+        c.send(m.pubrec(msg.pid))
+        c.expect(m.pubrel(msg.pid))
+        c.close()
+        c = self.persistent(present=True)
+        # [MQTT-4.4.0-1]: PUBREL resent, not the PUBLISH.
+        c.expect(m.pubrel(msg.pid))
+        c.send(m.pubcomp(msg.pid))
+        c.expect_no_packet(0.5)
+
+    def test_inbound_qos2_state_kept_across_reconnect(self):
+        sub = self.client(self.cid("watch", self.SHARDS - 1))
+        sub.subscribe([("s/in2", 2)])
+        pid_ = self.pub_id("inpub")
+        pub = self.client(pid_, clean=False)
+        pub.send(m.publish("s/in2", b"exactly once", qos=2, pid=42))
+        pub.expect(m.pubrec(42))
+        pub.close()
+        pub = self.client(pid_, clean=False, expect=m.CONNACK_OK_SESSION)
+        # The client resends the PUBLISH with DUP (it never saw PUBREC, say), then PUBREL.
+        pub.send(m.publish("s/in2", b"exactly once", qos=2, pid=42, dup=True))
+        pub.expect(m.pubrec(42))
+        pub.send(m.pubrel(42))
+        pub.expect(m.pubcomp(42))
+        msg = sub.recv_publish()
+        self.assertEqual(msg.payload, b"exactly once")
+        sub.expect_no_packet(0.6)
+
+    def test_clean_session_discards_previous_session(self):
+        c = self.persistent()
+        c.subscribe([("s/clean", 1)])
+        c.disconnect()
+        c.expect_closed(3)
+        pub = self.client(self.pub_id())
+        pub.publish("s/clean", b"queued", qos=1)
+        c = self.client(self.sub_id("sess"), clean=True)  # session present 0, queue and subscriptions dropped
+        c.expect_no_packet(0.4)
+        pub.publish("s/clean", b"not subscribed", qos=1)
+        c.expect_no_packet(0.4)
+        c.disconnect()
+        c.expect_closed(3)
+        # The clean session is not kept either.
+        c = self.persistent(present=False)
+        pub.publish("s/clean", b"still not", qos=1)
+        c.expect_no_packet(0.4)
+
+    def test_qos0_not_required_but_qos1_kept(self):
+        c = self.persistent()
+        c.subscribe([("s/mix", 2)])
+        c.disconnect()
+        c.expect_closed(3)
+        pub = self.client(self.pub_id())
+        for i in range(6):
+            pub.publish("s/mix", str(i), qos=i % 3)
+        c = self.persistent(present=True)
+        got = []
+        while True:
+            try:
+                got.append(c.recv_publish(timeout=0.8))
+            except AssertionError:
+                break
+        qos12 = [(x.payload, x.qos) for x in got if x.qos > 0]
+        self.assertEqual(qos12, [(b"1", 1), (b"2", 2), (b"4", 1), (b"5", 2)])
+        self.assertEqual([x.payload for x in got], sorted(x.payload for x in got), "order not kept")
+
+    def test_takeover_closes_old_connection(self):
+        old = self.client(self.sub_id("tk"))
+        new = self.client(self.sub_id("tk"))
+        old.expect_closed(3)
+        self.assertTrue(new.is_open())
+
+    def test_takeover_persistent_keeps_session(self):
+        old = self.client(self.sub_id("tk"), clean=False)
+        old.subscribe([("s/tk", 1)])
+        new = self.client(self.sub_id("tk"), clean=False, expect=m.CONNACK_OK_SESSION)
+        old.expect_closed(3)
+        pub = self.client(self.pub_id())
+        pub.publish("s/tk", b"to new", qos=1)
+        self.assertEqual(new.recv_publish().payload, b"to new")
+
+    def test_takeover_moves_unacked_messages(self):
+        old = self.client(self.sub_id("tk"), clean=False)
+        old.subscribe([("s/tkm", 1)])
+        pub = self.client(self.pub_id())
+        pub.publish("s/tkm", b"unacked", qos=1)
+        first = old.recv_publish(ack=False)
+        new = self.client(self.sub_id("tk"), clean=False, expect=m.CONNACK_OK_SESSION)
+        old.expect_closed(3)
+        again = new.recv_publish()
+        self.assertEqual((again.payload, again.dup, again.pid), (b"unacked", True, first.pid))
+
+    def test_takeover_with_clean_session_discards(self):
+        old = self.client(self.sub_id("tk"), clean=False)
+        old.subscribe([("s/tkc", 1)])
+        new = self.client(self.sub_id("tk"), clean=True, expect=m.CONNACK_OK)
+        old.expect_closed(3)
+        pub = self.client(self.pub_id())
+        pub.publish("s/tkc", b"x", qos=1)
+        new.expect_no_packet(0.5)
+
+    def test_old_connection_after_takeover_sends_nothing_through(self):
+        # Anything the old connection still has in its socket after the takeover must not be published.
+        watch = self.client(self.cid("watch", 0))
+        watch.subscribe([("s/ghost", 0)])
+        old = self.client(self.sub_id("tk"))
+        new = self.client(self.sub_id("tk"))
+        old.expect_closed(3)
+        try:
+            old.send(m.publish("s/ghost", b"from the dead"))
+        except OSError:
+            pass
+        watch.expect_no_packet(0.4)
+        self.assertTrue(new.is_open())
+
+    def test_repeated_takeovers(self):
+        conns = []
+        for i in range(6):
+            conns.append(self.client(self.sub_id("many"), clean=False,
+                                     expect=m.CONNACK_OK if i == 0 else m.CONNACK_OK_SESSION))
+            if i == 0:
+                conns[0].subscribe([("s/many", 1)])
+            else:
+                conns[i - 1].expect_closed(3)
+        pub = self.client(self.pub_id())
+        pub.publish("s/many", b"last", qos=1)
+        self.assertEqual(conns[-1].recv_publish().payload, b"last")
+
+    def test_offline_queue_large_in_order(self):
+        c = self.persistent()
+        c.subscribe([("s/big", 1)])
+        c.disconnect()
+        c.expect_closed(3)
+        pub = self.client(self.pub_id())
+        for i in range(200):
+            pub.publish("s/big", str(i), qos=1)
+        c = self.persistent(present=True)
+        self.assertEqual([x.payload for x in c.recv_publishes(200)], [str(i).encode() for i in range(200)])
+
+
+shard_variants(SessionCases, globals())

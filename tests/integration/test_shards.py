@@ -1,0 +1,283 @@
+"""Cross-shard behaviour with --shards 2: client ids are chosen by FNV-1a-64(client id) % 2 so that publisher and
+subscriber have different home shards (and, for comparison, the same one)."""
+
+import time
+
+import mqtt_raw as m
+from broker import BrokerTest, Collector, client_id_on_shard, fnv1a64, home_shard
+
+
+class ShardHashTest(BrokerTest):
+    AUTO_START = False
+
+    def test_fnv1a64_reference_values(self):
+        # Published FNV-1a 64-bit test vectors.
+        self.assertEqual(fnv1a64(b""), 0xCBF29CE484222325)
+        self.assertEqual(fnv1a64(b"a"), 0xAF63DC4C8601EC8C)
+        self.assertEqual(fnv1a64(b"foobar"), 0x85944171F73967E8)
+
+    def test_client_id_on_shard(self):
+        for shards in (1, 2, 3, 4):
+            for shard in range(shards):
+                cid = client_id_on_shard("x", shard, shards)
+                self.assertEqual(home_shard(cid, shards), shard)
+                self.assertEqual(fnv1a64(cid.encode()) % shards, shard)
+
+
+class CrossShardTest(BrokerTest):
+    SHARDS = 2
+
+    def on(self, name, shard, **kw):
+        return self.client(client_id_on_shard(name, shard, 2), **kw)
+
+    def test_ids_really_differ(self):
+        self.assertEqual(home_shard(self.pub_id(), 2), 0)
+        self.assertEqual(home_shard(self.sub_id(), 2), 1)
+
+    def test_each_qos_cross_and_same_shard(self):
+        for pub_shard in (0, 1):
+            for sub_shard in (0, 1):
+                for qos in (0, 1, 2):
+                    with self.subTest(pub_shard=pub_shard, sub_shard=sub_shard, qos=qos):
+                        topic = f"x/{pub_shard}{sub_shard}{qos}"
+                        sub = self.on(f"s{pub_shard}{sub_shard}{qos}", sub_shard)
+                        sub.subscribe([(topic, 2)])
+                        pub = self.on(f"p{pub_shard}{sub_shard}{qos}", pub_shard)
+                        pub.publish(topic, b"hop", qos=qos)
+                        msg = sub.recv_publish()
+                        self.assertEqual((msg.topic, msg.payload, msg.qos, msg.retain, msg.dup),
+                                         (topic, b"hop", qos, False, False))
+                        sub.expect_no_packet(0.2)
+                        pub.disconnect()
+                        sub.disconnect()
+
+    def test_subscribers_on_both_shards_each_get_one(self):
+        subs = [self.on(f"s{i}", i % 2) for i in range(4)]
+        for s in subs:
+            s.subscribe([("both/#", 1)])
+        for shard in (0, 1):
+            pub = self.on(f"p{shard}", shard)
+            pub.publish("both/x", f"from{shard}", qos=1)
+            for s in subs:
+                msg = s.recv_publish()
+                self.assertEqual(msg.payload, f"from{shard}".encode())
+        for s in subs:
+            s.expect_no_packet(0.2)
+
+    def order_test(self, qos, n=1000):
+        sub = self.on(f"ord{qos}", 1)
+        sub.subscribe([("ord/x", qos)])
+        pub = self.on(f"ordp{qos}", 0)
+        col = Collector(sub, n, timeout=15)
+        if qos == 0:
+            pub.send(b"".join(m.publish("ord/x", str(i)) for i in range(n)))
+        elif qos == 1:
+            pub.send(b"".join(m.publish("ord/x", str(i), qos=1, pid=i + 1) for i in range(n)))
+            for i in range(n):
+                pub.expect(m.puback(i + 1), timeout=15)
+        else:
+            pub.send(b"".join(m.publish("ord/x", str(i), qos=2, pid=i + 1) for i in range(n)))
+            for i in range(n):
+                pub.expect(m.pubrec(i + 1), timeout=15)
+            pub.send(b"".join(m.pubrel(i + 1) for i in range(n)))
+            for i in range(n):
+                pub.expect(m.pubcomp(i + 1), timeout=15)
+        msgs = col.join(40)
+        self.assertEqual([x.payload for x in msgs], [str(i).encode() for i in range(n)])
+        self.assertTrue(all(x.qos == qos for x in msgs))
+        sub.expect_no_packet(0.3)
+
+    def test_order_1000_qos0(self):
+        self.order_test(0)
+
+    def test_order_1000_qos1(self):
+        self.order_test(1)
+
+    def test_order_1000_qos2(self):
+        self.order_test(2)
+
+    def test_order_per_publisher_with_publishers_on_both_shards(self):
+        sub = self.on("many", 1)
+        sub.subscribe([("mp/+", 1)])
+        pubs = [self.on(f"mp{i}", i % 2) for i in range(4)]
+        n = 100
+        col = Collector(sub, n * len(pubs), timeout=15)
+        for i in range(n):
+            for k, p in enumerate(pubs):
+                p.send(m.publish(f"mp/{k}", str(i), qos=1, pid=i + 1))
+        for p in pubs:
+            for i in range(n):
+                p.expect(m.puback(i + 1), timeout=15)
+        msgs = col.join(30)
+        for k in range(len(pubs)):
+            self.assertEqual([x.payload for x in msgs if x.topic == f"mp/{k}"], [str(i).encode() for i in range(n)])
+
+    def test_retained_across_shards(self):
+        pub = self.on("rp", 0)
+        # Topics hash onto both shards of the retained store.
+        topics = [f"rx/{i}" for i in range(24)]
+        self.assertEqual({fnv1a64(t.encode()) % 2 for t in topics}, {0, 1})
+        for t in topics:
+            pub.publish(t, t, qos=1, retain=True)
+        for shard in (0, 1):
+            with self.subTest(sub_shard=shard):
+                sub = self.on(f"rs{shard}", shard)
+                sub.subscribe([("rx/#", 1)])
+                got = {}
+                for _ in topics:
+                    msg = sub.recv_publish()
+                    self.assertTrue(msg.retain)
+                    got[msg.topic] = msg.payload
+                self.assertEqual(got, {t: t.encode() for t in topics})
+                sub.expect_no_packet(0.3)
+                # Exact-topic subscriptions find each one too.
+                for t in topics[:6]:
+                    sub.subscribe([(t, 0)])
+                    msg = sub.recv_publish()
+                    self.assertEqual((msg.topic, msg.retain, msg.qos), (t, True, 0))
+
+    def test_retained_replace_and_clear_across_shards(self):
+        a = self.on("ra", 0)
+        b = self.on("rb", 1)
+        a.publish("rc/t", b"from0", qos=1, retain=True)
+        b.publish("rc/t", b"from1", qos=1, retain=True)
+        s = self.on("rcs", 0)
+        s.subscribe([("rc/t", 1)])
+        self.assertEqual(s.recv_publish().payload, b"from1")
+        a.publish("rc/t", b"", qos=1, retain=True)
+        self.assertEqual(s.recv_publish().payload, b"")  # live, empty
+        s2 = self.on("rcs2", 1)
+        s2.subscribe([("rc/#", 1)])
+        s2.expect_no_packet(0.4)
+
+    def test_will_across_shards(self):
+        for owner_shard in (0, 1):
+            with self.subTest(owner_shard=owner_shard):
+                watch = self.on(f"ww{owner_shard}", 1 - owner_shard)
+                watch.subscribe([("xw/#", 2)])
+                owner = self.on(f"wo{owner_shard}", owner_shard, will=m.Will(f"xw/{owner_shard}", b"bye", qos=2))
+                owner.close()
+                msg = watch.recv_publish()
+                self.assertEqual((msg.topic, msg.payload, msg.qos), (f"xw/{owner_shard}", b"bye", 2))
+                # No will after DISCONNECT.
+                owner = self.on(f"wo{owner_shard}", owner_shard, will=m.Will(f"xw/{owner_shard}", b"no", qos=2))
+                owner.disconnect()
+                watch.expect_no_packet(0.5)
+
+    def test_takeover_accepted_on_different_shards(self):
+        # The listening socket is SO_REUSEPORT per shard, so the kernel spreads connections over both shards by
+        # 4-tuple hash; with 10 connections in a row the chance that all were accepted on the same shard is
+        # 2^-9. Each new connection must take over the previous one wherever it was accepted.
+        cid = client_id_on_shard("tko", 1, 2)
+        conns = []
+        pub = self.on("tkp", 0)
+        for i in range(10):
+            c = self.client(cid, clean=False, expect=m.CONNACK_OK if i == 0 else m.CONNACK_OK_SESSION)
+            if i == 0:
+                c.subscribe([("tk/x", 1)])
+            else:
+                conns[-1].expect_closed(3)
+            conns.append(c)
+            pub.publish("tk/x", str(i), qos=1)
+            msg = c.recv_publish()
+            self.assertEqual(msg.payload, str(i).encode())
+        for c in conns[:-1]:
+            self.assertTrue(c.closed)
+        self.assertTrue(conns[-1].is_open())
+
+    def test_takeover_concurrent_from_two_sockets(self):
+        cid = client_id_on_shard("tkc", 0, 2)
+        a = self.raw()
+        b = self.raw()
+        a.send(m.connect(cid, clean=False))
+        a.expect(m.CONNACK_OK)
+        b.send(m.connect(cid, clean=False))
+        b.expect(m.CONNACK_OK_SESSION)
+        a.expect_closed(3)
+        self.assertTrue(b.is_open())
+
+    def test_unsubscribe_across_shards_stops_routing(self):
+        sub = self.on("us", 1)
+        other = self.on("uo", 1)  # a second subscriber on the same remote shard
+        pub = self.on("up", 0)
+        sub.subscribe([("un/x", 1)])
+        other.subscribe([("un/x", 1)])
+        pub.publish("un/x", b"1", qos=1)
+        self.assertEqual(sub.recv_publish().payload, b"1")
+        self.assertEqual(other.recv_publish().payload, b"1")
+        sub.unsubscribe(["un/x"])
+        pub.publish("un/x", b"2", qos=1)
+        self.assertEqual(other.recv_publish().payload, b"2")  # shard still interested
+        sub.expect_no_packet(0.3)
+        other.unsubscribe(["un/x"])
+        pub.publish("un/x", b"3", qos=1)
+        other.expect_no_packet(0.3)
+        sub.subscribe([("un/x", 1)])  # 0 -> 1 again
+        pub.publish("un/x", b"4", qos=1)
+        self.assertEqual(sub.recv_publish().payload, b"4")
+
+    def test_disconnect_removes_remote_interest(self):
+        sub = self.on("ds", 1)
+        sub.subscribe([("dr/x", 0)])
+        sub.disconnect()
+        sub.expect_closed(3)
+        pub = self.on("dp", 0)
+        pub.publish("dr/x", b"nobody", qos=1)
+        sub = self.on("ds2", 1)
+        sub.subscribe([("dr/x", 0)])
+        pub.publish("dr/x", b"new", qos=1)
+        self.assertEqual(sub.recv_publish().payload, b"new")
+        sub.expect_no_packet(0.3)
+
+    def test_persistent_session_offline_queue_across_shards(self):
+        cid = client_id_on_shard("po", 1, 2)
+        c = self.client(cid, clean=False)
+        c.subscribe([("po/#", 2)])
+        c.disconnect()
+        c.expect_closed(3)
+        pubs = [self.on("pp0", 0), self.on("pp1", 1)]
+        for i in range(20):
+            pubs[0].publish("po/a", f"a{i}", qos=1 + i % 2)
+        for i in range(20):
+            pubs[1].publish("po/b", f"b{i}", qos=1 + i % 2)
+        c = self.client(cid, clean=False, expect=m.CONNACK_OK_SESSION)
+        msgs = c.recv_publishes(40)
+        self.assertEqual([x.payload for x in msgs if x.topic == "po/a"], [f"a{i}".encode() for i in range(20)])
+        self.assertEqual([x.payload for x in msgs if x.topic == "po/b"], [f"b{i}".encode() for i in range(20)])
+
+    def test_wildcards_across_shards(self):
+        sub = self.on("wc", 1)
+        sub.subscribe([("wc/+/x", 1), ("wc/#", 0)], expect=[1, 0])
+        pub = self.on("wcp", 0)
+        pub.publish("wc/a/x", b"both", qos=1)
+        msg = sub.recv_publish()
+        self.assertEqual((msg.payload, msg.qos), (b"both", 1))  # once, at the highest QoS
+        pub.publish("wc/a/y", b"hash only", qos=1)
+        msg = sub.recv_publish()
+        self.assertEqual((msg.payload, msg.qos), (b"hash only", 0))
+        pub.publish("$wc/a/x", b"dollar", qos=1)
+        sub.expect_no_packet(0.4)
+
+    def test_many_clients_spread_over_shards(self):
+        subs = [self.on(f"sp{i}", i % 2) for i in range(20)]
+        for i, s in enumerate(subs):
+            s.subscribe([(f"sp/{i}", 1), ("sp/all", 1)])
+        pub = self.on("spp", 0)
+        pub.publish("sp/all", b"everyone", qos=1)
+        for i, s in enumerate(subs):
+            self.assertEqual(s.recv_publish().payload, b"everyone")
+            pub.publish(f"sp/{i}", f"only{i}", qos=1)
+            self.assertEqual(s.recv_publish().payload, f"only{i}".encode())
+        for s in subs:
+            s.expect_no_packet(0.05)
+
+    def test_shard_stops_cleanly_with_open_connections(self):
+        # Connections on both shards stay open when SIGTERM arrives; the broker must still exit 0 (checked in
+        # cleanup) and close them.
+        conns = [self.on(f"open{i}", i % 2) for i in range(6)]
+        conns[0].subscribe([("x/#", 1)])
+        self.broker.stop()
+        for c in conns:
+            c.expect_closed(5)
+
+

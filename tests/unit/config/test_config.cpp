@@ -1,0 +1,760 @@
+#include "config/config.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace ringmq::config::test {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+unsigned expected_auto_shards() { return std::clamp(std::thread::hardware_concurrency(), 1u, 64u); }
+
+// Every key set to something other than its default, so a key that is parsed into the wrong field or not at all
+// shows up as a mismatch.
+constexpr const char* k_full_toml = R"(
+[node]
+name = "edge@10.0.0.7"
+shards = 3
+[log]
+level = "debug"
+[mqtt]
+listen = "127.0.0.1:2883"
+max_connections = 5000
+max_packet_size = 65536
+max_client_id_len = 128
+max_topic_levels = 16
+max_inflight = 10
+max_queued_messages = 0
+max_outgoing_bytes = 4096
+keepalive_multiplier = 2.25
+connect_timeout = 2500
+retry_interval = 15000
+max_retained_messages = 777
+max_retained_payload = 2048
+allow_anonymous = false
+retain_available = false
+[admin]
+enabled = false
+listen = "[::1]:9090"
+users_file = "/etc/ringmq/users"
+default_user = "root"
+default_password = "s3cret"
+max_body_bytes = 4096
+idle_timeout = 5000
+[sys]
+enabled = false
+interval = 2000
+)";
+
+void expect_full(const config& c) {
+    EXPECT_EQ(c.node_name, "edge@10.0.0.7");
+    EXPECT_EQ(c.shards, 3u);
+    EXPECT_EQ(c.log_level, log::level::debug);
+    EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
+    const auto& m = c.limits;
+    EXPECT_EQ(m.max_connections, 5000u);
+    EXPECT_EQ(m.max_packet_size, 65536u);
+    EXPECT_EQ(m.max_client_id_len, 128u);
+    EXPECT_EQ(m.max_topic_levels, 16u);
+    EXPECT_EQ(m.max_inflight, 10u);
+    EXPECT_EQ(m.max_queued_messages, 0u);
+    EXPECT_EQ(m.max_outgoing_bytes, 4096u);
+    EXPECT_DOUBLE_EQ(m.keepalive_multiplier, 2.25);
+    EXPECT_EQ(m.connect_timeout_ms, 2500u);
+    EXPECT_EQ(m.retry_interval_ms, 15000u);
+    EXPECT_EQ(m.max_retained_messages, 777u);
+    EXPECT_EQ(m.max_retained_payload, 2048u);
+    EXPECT_FALSE(m.allow_anonymous);
+    EXPECT_FALSE(m.retain_available);
+    EXPECT_FALSE(c.admin.enabled);
+    EXPECT_EQ(c.admin.listen, (endpoint{"::1", 9090}));
+    EXPECT_EQ(c.admin.users_file, "/etc/ringmq/users");
+    EXPECT_EQ(c.admin.default_user, "root");
+    EXPECT_EQ(c.admin.default_password, "s3cret");
+    EXPECT_EQ(c.admin.max_body_bytes, 4096u);
+    EXPECT_EQ(c.admin.idle_timeout_ms, 5000u);
+    EXPECT_FALSE(c.sys.enabled);
+    EXPECT_EQ(c.sys.interval_ms, 2000u);
+}
+
+void expect_defaults(const config& c) {
+    const config d{};
+    EXPECT_EQ(c.node_name, "ringmq@127.0.0.1");
+    EXPECT_EQ(c.shards, expected_auto_shards());
+    EXPECT_EQ(c.log_level, log::level::info);
+    EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
+    EXPECT_EQ(c.limits.max_connections, 1000000u);
+    EXPECT_EQ(c.limits.max_packet_size, 1048576u);
+    EXPECT_EQ(c.limits.max_client_id_len, 65535u);
+    EXPECT_EQ(c.limits.max_topic_levels, 128u);
+    EXPECT_EQ(c.limits.max_inflight, 32u);
+    EXPECT_EQ(c.limits.max_queued_messages, 1000u);
+    EXPECT_EQ(c.limits.max_outgoing_bytes, 16777216u);
+    EXPECT_DOUBLE_EQ(c.limits.keepalive_multiplier, 1.5);
+    EXPECT_EQ(c.limits.connect_timeout_ms, 10000u);
+    EXPECT_EQ(c.limits.retry_interval_ms, 30000u);
+    EXPECT_EQ(c.limits.max_retained_messages, 0u);
+    EXPECT_EQ(c.limits.max_retained_payload, 1048576u);
+    EXPECT_TRUE(c.limits.allow_anonymous);
+    EXPECT_TRUE(c.limits.retain_available);
+    EXPECT_TRUE(c.admin.enabled);
+    EXPECT_EQ(c.admin.listen, (endpoint{"0.0.0.0", 8080}));
+    EXPECT_EQ(c.admin.users_file, "ringmq.users");
+    EXPECT_EQ(c.admin.default_user, "admin");
+    EXPECT_EQ(c.admin.default_password, "public");
+    EXPECT_EQ(c.admin.max_body_bytes, 1048576u);
+    EXPECT_EQ(c.admin.idle_timeout_ms, 60000u);
+    EXPECT_TRUE(c.sys.enabled);
+    EXPECT_EQ(c.sys.interval_ms, 60000u);
+    EXPECT_EQ(c.admin.listen, d.admin.listen);
+}
+
+// Owns a mkdtemp directory for config files; removed with everything in it after each test.
+class config_test : public ::testing::Test {
+protected:
+    void SetUp() override {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "ringmq_config_XXXXXX").string();
+        ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+        dir_ = tmpl;
+    }
+    void TearDown() override {
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+
+    std::string write(const std::string& name, std::string_view text) {
+        std::string path = (dir_ / name).string();
+        std::ofstream f(path, std::ios::binary);
+        f << text;
+        return path;
+    }
+
+    static load_result run(std::vector<std::string> args, std::ostream& out) {
+        args.insert(args.begin(), "ringmq");
+        std::vector<const char*> argv;
+        for (auto& a : args) argv.push_back(a.c_str());
+        argv.push_back(nullptr);
+        return load(static_cast<int>(args.size()), argv.data(), out);
+    }
+    static load_result run(std::vector<std::string> args) {
+        std::ostringstream out;
+        return run(std::move(args), out);
+    }
+
+    std::filesystem::path dir_;
+};
+
+// ---- defaults and reading every key
+
+TEST_F(config_test, defaults_with_no_args) {
+    auto r = run({});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_THAT(r.errors, IsEmpty());
+    expect_defaults(*r.cfg);
+    EXPECT_EQ(r.cfg->config_path, "");
+}
+
+TEST_F(config_test, argc_zero_is_treated_as_no_args) {
+    const char* argv[] = {nullptr};
+    std::ostringstream out;
+    auto r = load(0, argv, out);
+    ASSERT_TRUE(r.cfg.has_value());
+    expect_defaults(*r.cfg);
+}
+
+TEST_F(config_test, empty_string_gives_defaults) {
+    auto r = load_from_string("", "empty.toml");
+    ASSERT_TRUE(r.cfg.has_value());
+    expect_defaults(*r.cfg);
+}
+
+TEST_F(config_test, documented_layout_with_default_values_gives_defaults) {
+    auto r = load_from_string(R"(
+[node]
+name = "ringmq@127.0.0.1"
+shards = 0
+[log]
+level = "info"
+[mqtt]
+listen = "0.0.0.0:1883"
+max_connections = 1000000
+max_packet_size = 1048576
+max_client_id_len = 65535
+max_topic_levels = 128
+max_inflight = 32
+max_queued_messages = 1000
+max_outgoing_bytes = 16777216
+keepalive_multiplier = 1.5
+connect_timeout = 10000      # ms
+retry_interval = 30000       # ms
+max_retained_messages = 0
+max_retained_payload = 1048576
+allow_anonymous = true
+retain_available = true
+[admin]
+enabled = true
+listen = "0.0.0.0:8080"
+users_file = "ringmq.users"
+default_user = "admin"
+default_password = "public"
+max_body_bytes = 1048576
+idle_timeout = 60000         # ms
+[sys]
+enabled = true
+interval = 60000             # ms
+)",
+                              "ringmq.toml");
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    expect_defaults(*r.cfg);
+}
+
+TEST_F(config_test, every_key_read_from_string) {
+    auto r = load_from_string(k_full_toml, "full.toml");
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    expect_full(*r.cfg);
+    EXPECT_EQ(r.cfg->config_path, "");
+}
+
+TEST_F(config_test, every_key_read_from_file) {
+    std::string path = write("full.toml", k_full_toml);
+    auto r = run({"-c", path});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    expect_full(*r.cfg);
+    EXPECT_EQ(r.cfg->config_path, path);
+
+    auto r2 = run({"--config=" + path});
+    ASSERT_TRUE(r2.cfg.has_value());
+    EXPECT_EQ(r2.cfg->limits.max_inflight, 10u);
+}
+
+TEST_F(config_test, partial_file_keeps_other_defaults) {
+    auto r = load_from_string("[mqtt]\nmax_inflight = 7\n", "p.toml");
+    ASSERT_TRUE(r.cfg.has_value());
+    EXPECT_EQ(r.cfg->limits.max_inflight, 7u);
+    EXPECT_EQ(r.cfg->limits.max_queued_messages, 1000u);
+    EXPECT_EQ(r.cfg->mqtt_listen, (endpoint{"0.0.0.0", 1883}));
+}
+
+TEST_F(config_test, dotted_keys_and_inline_tables_are_plain_toml) {
+    auto r = load_from_string("mqtt.max_inflight = 9\nsys = { interval = 5000 }\n", "d.toml");
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    EXPECT_EQ(r.cfg->limits.max_inflight, 9u);
+    EXPECT_EQ(r.cfg->sys.interval_ms, 5000u);
+}
+
+TEST_F(config_test, keepalive_multiplier_accepts_an_integer) {
+    auto r = load_from_string("[mqtt]\nkeepalive_multiplier = 2\n", "k.toml");
+    ASSERT_TRUE(r.cfg.has_value());
+    EXPECT_DOUBLE_EQ(r.cfg->limits.keepalive_multiplier, 2.0);
+}
+
+TEST_F(config_test, range_bounds_are_inclusive) {
+    auto r = load_from_string(R"(
+[node]
+shards = 64
+[mqtt]
+max_packet_size = 16
+max_inflight = 65535
+keepalive_multiplier = 10.0
+connect_timeout = 100
+[sys]
+interval = 86400000
+)",
+                              "b.toml");
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    EXPECT_EQ(r.cfg->shards, 64u);
+    EXPECT_EQ(r.cfg->limits.max_packet_size, 16u);
+    EXPECT_EQ(r.cfg->limits.max_inflight, 65535u);
+    EXPECT_EQ(r.cfg->sys.interval_ms, 86400000u);
+
+    auto hi = load_from_string("[mqtt]\nmax_packet_size = 268435460\n", "b.toml");
+    ASSERT_TRUE(hi.cfg.has_value());
+    EXPECT_EQ(hi.cfg->limits.max_packet_size, 268435460u);
+}
+
+TEST_F(config_test, shards_zero_resolves_to_online_cores) {
+    auto r = load_from_string("[node]\nshards = 0\n", "s.toml");
+    ASSERT_TRUE(r.cfg.has_value());
+    EXPECT_EQ(r.cfg->shards, expected_auto_shards());
+    EXPECT_GE(r.cfg->shards, 1u);
+    EXPECT_LE(r.cfg->shards, 64u);
+    EXPECT_EQ(resolve_shards(0), expected_auto_shards());
+    EXPECT_EQ(resolve_shards(5), 5u);
+}
+
+TEST_F(config_test, log_level_accepts_every_name) {
+    const std::pair<const char*, log::level> cases[] = {{"debug", log::level::debug}, {"info", log::level::info},
+                                                        {"warn", log::level::warn},   {"warning", log::level::warn},
+                                                        {"error", log::level::error}, {"off", log::level::off}};
+    for (auto [name, lvl] : cases) {
+        auto r = run({"--log-level", name});
+        ASSERT_TRUE(r.cfg.has_value()) << name;
+        EXPECT_EQ(r.cfg->log_level, lvl) << name;
+    }
+}
+
+// ---- flags
+
+TEST_F(config_test, flags_override_file) {
+    std::string path = write("f.toml", R"(
+[node]
+name = "file@host"
+shards = 2
+[log]
+level = "error"
+[mqtt]
+listen = "127.0.0.1:1000"
+max_inflight = 5
+[admin]
+enabled = true
+listen = "127.0.0.1:2000"
+)");
+    auto r = run({"-c", path, "--listen", "127.0.0.1:0", "--shards", "7", "--node-name", "flag@host", "--log-level",
+                  "warn", "--admin-listen", "[::]:0"});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    const config& c = *r.cfg;
+    EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 0}));
+    EXPECT_EQ(c.shards, 7u);
+    EXPECT_EQ(c.node_name, "flag@host");
+    EXPECT_EQ(c.log_level, log::level::warn);
+    EXPECT_EQ(c.admin.listen, (endpoint{"::", 0}));
+    EXPECT_TRUE(c.admin.enabled);
+    EXPECT_EQ(c.limits.max_inflight, 5u); // not overridden: still from the file
+
+    auto r2 = run({"-c", path, "--no-admin"});
+    ASSERT_TRUE(r2.cfg.has_value());
+    EXPECT_FALSE(r2.cfg->admin.enabled);
+    EXPECT_EQ(r2.cfg->mqtt_listen, (endpoint{"127.0.0.1", 1000}));
+    EXPECT_EQ(r2.cfg->shards, 2u);
+}
+
+TEST_F(config_test, flags_work_without_a_file) {
+    auto r = run({"--listen=:1884", "--shards=1", "--no-admin"});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    EXPECT_EQ(r.cfg->mqtt_listen, (endpoint{"0.0.0.0", 1884}));
+    EXPECT_EQ(r.cfg->shards, 1u);
+    EXPECT_FALSE(r.cfg->admin.enabled);
+    EXPECT_EQ(r.cfg->config_path, "");
+}
+
+TEST_F(config_test, flag_overrides_a_bad_file_value) {
+    // The operator fixes a broken file value from the command line: the shadowed value is not an error.
+    std::string path = write("bad.toml", "[mqtt]\nmax_inflight = 0\nlisten = \"nonsense\"\n");
+    auto r = run({"-c", path, "--set", "mqtt.max_inflight=4", "--listen", "127.0.0.1:1"});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    EXPECT_EQ(r.cfg->limits.max_inflight, 4u);
+    EXPECT_EQ(r.cfg->mqtt_listen.port, 1u);
+}
+
+TEST_F(config_test, set_applies_typed_values) {
+    auto r = run({"--set", "mqtt.max_inflight=10", "--set", "mqtt.allow_anonymous=false", "--set",
+                  "mqtt.keepalive_multiplier=3.5", "--set", "node.name=\"q@h\"", "--set", "admin.listen=127.0.0.1:81",
+                  "--set", "log.level=debug", "--set", "sys.interval = 1500", "--set=mqtt.max_outgoing_bytes=2048"});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    const config& c = *r.cfg;
+    EXPECT_EQ(c.limits.max_inflight, 10u);
+    EXPECT_FALSE(c.limits.allow_anonymous);
+    EXPECT_DOUBLE_EQ(c.limits.keepalive_multiplier, 3.5);
+    EXPECT_EQ(c.node_name, "q@h");
+    EXPECT_EQ(c.admin.listen, (endpoint{"127.0.0.1", 81}));
+    EXPECT_EQ(c.log_level, log::level::debug);
+    EXPECT_EQ(c.sys.interval_ms, 1500u);
+    EXPECT_EQ(c.limits.max_outgoing_bytes, 2048u);
+}
+
+TEST_F(config_test, set_overrides_file_and_last_set_wins) {
+    std::string path = write("s.toml", "[mqtt]\nmax_inflight = 5\nmax_topic_levels = 8\n");
+    auto r = run({"-c", path, "--set", "mqtt.max_inflight=6", "--set", "mqtt.max_inflight=7"});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    EXPECT_EQ(r.cfg->limits.max_inflight, 7u);
+    EXPECT_EQ(r.cfg->limits.max_topic_levels, 8u);
+}
+
+TEST_F(config_test, dedicated_flag_wins_over_set) {
+    auto r = run({"--listen", "127.0.0.1:5", "--set", "mqtt.listen=127.0.0.1:6"});
+    ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
+    EXPECT_EQ(r.cfg->mqtt_listen.port, 5u);
+}
+
+TEST_F(config_test, set_takes_one_value_per_flag) {
+    auto r = run({"--set", "mqtt.max_inflight=3", "mqtt.max_topic_levels=4"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 2);
+}
+
+// ---- help, version, usage errors
+
+TEST_F(config_test, help_prints_usage_and_exits_zero) {
+    std::ostringstream out;
+    auto r = run({"--help"}, out);
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_THAT(r.errors, IsEmpty());
+    EXPECT_THAT(out.str(), AllOf(HasSubstr("--config"), HasSubstr("--listen"), HasSubstr("--set")));
+
+    std::ostringstream out2;
+    auto r2 = run({"-h"}, out2);
+    EXPECT_FALSE(r2.cfg.has_value());
+    EXPECT_EQ(r2.exit_code, 0);
+}
+
+TEST_F(config_test, version_prints_and_exits_zero) {
+    std::ostringstream out;
+    auto r = run({"--version"}, out);
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_THAT(r.errors, IsEmpty());
+    EXPECT_THAT(out.str(), ::testing::StartsWith("ringmq "));
+}
+
+TEST_F(config_test, help_does_not_read_the_config_file) {
+    auto r = run({"-c", (dir_ / "missing.toml").string(), "--help"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_THAT(r.errors, IsEmpty());
+}
+
+TEST_F(config_test, unknown_flag_is_a_usage_error) {
+    auto r = run({"--lisen", "1.2.3.4:5"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 2);
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], AllOf(HasSubstr("command line"), HasSubstr("--lisen")));
+}
+
+TEST_F(config_test, flag_without_value_is_a_usage_error) {
+    auto r = run({"--shards"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_THAT(r.errors, SizeIs(1));
+}
+
+// ---- error kinds
+
+TEST_F(config_test, unknown_key_is_named) {
+    auto r = load_from_string("[mqtt]\nmax_inflite = 3\n", "ringmq.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_THAT(r.errors, ElementsAre("ringmq.toml: mqtt.max_inflite: unknown key"));
+}
+
+TEST_F(config_test, unknown_top_level_key_and_section) {
+    auto r = load_from_string("verbose = true\n[mqqt]\nlisten = \":1\"\n[mqtt.tls]\ncert = \"x\"\n", "r.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre("r.toml: verbose: unknown key", "r.toml: mqqt: unknown section",
+                                                "r.toml: mqtt.tls: unknown key"));
+}
+
+TEST_F(config_test, section_that_is_not_a_table) {
+    auto r = load_from_string("mqtt = 5\n", "t.toml");
+    EXPECT_THAT(r.errors, ElementsAre("t.toml: mqtt: expected a table, got an integer"));
+}
+
+TEST_F(config_test, wrong_type_names_the_expected_type) {
+    auto r = load_from_string(R"(
+[node]
+name = 42
+[mqtt]
+max_inflight = "32"
+keepalive_multiplier = "fast"
+allow_anonymous = 1
+max_packet_size = 1.5
+listen = 1883
+[log]
+level = ["info"]
+)",
+                              "w.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
+                              "w.toml: node.name: expected a string, got an integer",
+                              "w.toml: mqtt.max_inflight: expected an integer, got a string",
+                              "w.toml: mqtt.keepalive_multiplier: expected a number, got a string",
+                              "w.toml: mqtt.allow_anonymous: expected a boolean, got an integer",
+                              "w.toml: mqtt.max_packet_size: expected an integer, got a floating-point number",
+                              "w.toml: mqtt.listen: expected a string, got an integer",
+                              "w.toml: log.level: expected a string, got an array"));
+}
+
+TEST_F(config_test, out_of_range_gives_bounds_and_value) {
+    auto r = load_from_string("[mqtt]\nmax_inflight = 0\n", "ringmq.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_THAT(r.errors, ElementsAre("ringmq.toml: mqtt.max_inflight: must be between 1 and 65535, got 0"));
+}
+
+TEST_F(config_test, every_range_is_checked) {
+    const char* cases[][2] = {
+        {"[node]\nshards = 65", "node.shards"},
+        {"[node]\nshards = -1", "node.shards"},
+        {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
+        {"[mqtt]\nmax_connections = 4294967296", "mqtt.max_connections"},
+        {"[mqtt]\nmax_packet_size = 15", "mqtt.max_packet_size"},
+        {"[mqtt]\nmax_packet_size = 268435461", "mqtt.max_packet_size"},
+        {"[mqtt]\nmax_client_id_len = 22", "mqtt.max_client_id_len"},
+        {"[mqtt]\nmax_topic_levels = 0", "mqtt.max_topic_levels"},
+        {"[mqtt]\nmax_topic_levels = 65536", "mqtt.max_topic_levels"},
+        {"[mqtt]\nmax_inflight = 65536", "mqtt.max_inflight"},
+        {"[mqtt]\nmax_queued_messages = -1", "mqtt.max_queued_messages"},
+        {"[mqtt]\nmax_outgoing_bytes = 0", "mqtt.max_outgoing_bytes"},
+        {"[mqtt]\nkeepalive_multiplier = 0.99", "mqtt.keepalive_multiplier"},
+        {"[mqtt]\nkeepalive_multiplier = 10.5", "mqtt.keepalive_multiplier"},
+        {"[mqtt]\nkeepalive_multiplier = nan", "mqtt.keepalive_multiplier"},
+        {"[mqtt]\nkeepalive_multiplier = inf", "mqtt.keepalive_multiplier"},
+        {"[mqtt]\nconnect_timeout = 99", "mqtt.connect_timeout"},
+        {"[mqtt]\nconnect_timeout = 3600001", "mqtt.connect_timeout"},
+        {"[mqtt]\nretry_interval = 0", "mqtt.retry_interval"},
+        {"[mqtt]\nmax_retained_messages = -5", "mqtt.max_retained_messages"},
+        {"[mqtt]\nmax_retained_payload = 0", "mqtt.max_retained_payload"},
+        {"[admin]\nmax_body_bytes = 10", "admin.max_body_bytes"},
+        {"[admin]\nidle_timeout = 5", "admin.idle_timeout"},
+        {"[sys]\ninterval = 999", "sys.interval"},
+        {"[sys]\ninterval = 86400001", "sys.interval"},
+    };
+    for (auto& [text, key] : cases) {
+        auto r = load_from_string(text, "x.toml");
+        EXPECT_FALSE(r.cfg.has_value()) << text;
+        ASSERT_THAT(r.errors, SizeIs(1)) << text;
+        EXPECT_THAT(r.errors[0],
+                    AllOf(::testing::StartsWith(std::string("x.toml: ") + key + ": "), HasSubstr("must be between")))
+            << text;
+    }
+}
+
+TEST_F(config_test, keepalive_error_shows_float_bounds) {
+    auto r = load_from_string("[mqtt]\nkeepalive_multiplier = 0.5\n", "k.toml");
+    EXPECT_THAT(r.errors, ElementsAre("k.toml: mqtt.keepalive_multiplier: must be between 1.0 and 10.0, got 0.5"));
+}
+
+TEST_F(config_test, string_values_are_validated) {
+    auto r = load_from_string(R"(
+[node]
+name = "no-at-sign"
+[log]
+level = "loud"
+[admin]
+users_file = ""
+default_user = ""
+default_password = ""
+)",
+                              "v.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre(
+                    AllOf(HasSubstr("v.toml: node.name: "), HasSubstr("'@'"), HasSubstr("no-at-sign")),
+                    "v.toml: log.level: must be one of debug, info, warn, error, off, got 'loud'",
+                    "v.toml: admin.users_file: must not be empty", "v.toml: admin.default_user: must not be empty",
+                    "v.toml: admin.default_password: must not be empty"));
+}
+
+TEST_F(config_test, node_name_shapes) {
+    for (const char* bad : {"@host", "name@", "na me@host", "plain"}) {
+        auto r = run({"--node-name", bad});
+        EXPECT_FALSE(r.cfg.has_value()) << bad;
+        ASSERT_THAT(r.errors, SizeIs(1)) << bad;
+        EXPECT_THAT(r.errors[0], ::testing::StartsWith("--node-name: node.name: ")) << bad;
+    }
+    auto ok = run({"--node-name", "a@b"});
+    ASSERT_TRUE(ok.cfg.has_value());
+    EXPECT_EQ(ok.cfg->node_name, "a@b");
+}
+
+TEST_F(config_test, bad_endpoint_in_file) {
+    auto r = load_from_string("[mqtt]\nlisten = \"localhost:1883\"\n[admin]\nlisten = \"0.0.0.0:70000\"\n", "e.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    ASSERT_THAT(r.errors, SizeIs(2));
+    EXPECT_THAT(r.errors, Contains(AllOf(::testing::StartsWith("e.toml: mqtt.listen: bad endpoint 'localhost:1883': "),
+                                         HasSubstr("IPv4"))));
+    EXPECT_THAT(r.errors, Contains(AllOf(::testing::StartsWith("e.toml: admin.listen: bad endpoint '0.0.0.0:70000'"),
+                                         HasSubstr("between 0 and 65535"))));
+}
+
+TEST_F(config_test, parse_endpoint_accepts) {
+    struct {
+        const char* text;
+        endpoint want;
+    } cases[] = {
+        {"0.0.0.0:1883", {"0.0.0.0", 1883}}, {"127.0.0.1:0", {"127.0.0.1", 0}}, {"[::1]:1883", {"::1", 1883}},
+        {":1883", {"0.0.0.0", 1883}},        {"[::]:65535", {"::", 65535}},     {"10.1.2.3:00080", {"10.1.2.3", 80}},
+    };
+    for (auto& c : cases) {
+        endpoint ep{"junk", 9};
+        std::string why;
+        EXPECT_TRUE(parse_endpoint(c.text, ep, why)) << c.text << ": " << why;
+        EXPECT_EQ(ep, c.want) << c.text;
+    }
+}
+
+TEST_F(config_test, parse_endpoint_rejects) {
+    const char* cases[] = {
+        "",           "1883",           "0.0.0.0",    "0.0.0.0:",    "0.0.0.0:65536", "0.0.0.0:-1",
+        "0.0.0.0:+1", "0.0.0.0:1x",     "0.0.0.0:1 ", "::1:1883",    "[::1]1883",     "[::1:1883",
+        "[]:1883",    "[1.2.3.4]:1883", "1.2.3:1883", "256.0.0.1:1", "host:1883",     "0.0.0.0:99999999999999999999"};
+    for (const char* text : cases) {
+        endpoint ep;
+        std::string why;
+        EXPECT_FALSE(parse_endpoint(text, ep, why)) << "'" << text << "'";
+        EXPECT_FALSE(why.empty()) << text;
+    }
+}
+
+TEST_F(config_test, endpoint_to_string_round_trips) {
+    for (const char* text : {"0.0.0.0:1883", "[::1]:8080", "127.0.0.1:0"}) {
+        endpoint ep;
+        std::string why;
+        ASSERT_TRUE(parse_endpoint(text, ep, why));
+        EXPECT_EQ(to_string(ep), text);
+    }
+}
+
+TEST_F(config_test, syntax_error_reports_line_and_column) {
+    std::string path = write("syntax.toml", "[mqtt]\nmax_inflight = 3\nlisten = \"0.0.0.0:1883\n");
+    auto r = run({"-c", path});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 1);
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], ::testing::MatchesRegex(path + ":3:[0-9]+: .+"));
+
+    auto s = load_from_string("[mqtt]\n\nmax_inflight = = 3\n", "str.toml");
+    ASSERT_THAT(s.errors, SizeIs(1));
+    EXPECT_THAT(s.errors[0], ::testing::MatchesRegex("str\\.toml:3:[0-9]+: .+"));
+}
+
+TEST_F(config_test, duplicate_key_is_a_syntax_error) {
+    auto r = load_from_string("[mqtt]\nmax_inflight = 3\nmax_inflight = 4\n", "dup.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], ::testing::StartsWith("dup.toml:3:"));
+}
+
+TEST_F(config_test, missing_file_is_an_error) {
+    std::string path = (dir_ / "nope.toml").string();
+    auto r = run({"-c", path});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 1);
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], AllOf(::testing::StartsWith(path + ": "), HasSubstr("No such file")));
+}
+
+TEST_F(config_test, directory_as_file_is_an_error) {
+    auto r = run({"-c", dir_.string()});
+    EXPECT_FALSE(r.cfg.has_value());
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], ::testing::StartsWith(dir_.string() + ": "));
+}
+
+TEST_F(config_test, several_errors_reported_together) {
+    std::string path = write("many.toml", R"(
+[node]
+shards = 100
+[mqtt]
+max_inflite = 3
+max_inflight = 0
+listen = "1.2.3.4"
+allow_anonymous = "yes"
+[sys]
+interval = 5
+)");
+    auto r = run({"-c", path, "--set", "mqtt.max_topic_levels=0", "--set", "admin.bogus=1", "--log-level", "chatty",
+                  "--admin-listen", "[::1]:99999", "--shards", "many"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre(
+                    // node.shards from the file is replaced by --shards, which is itself bad
+                    "--shards: node.shards: expected an integer, got 'many'", path + ": mqtt.max_inflite: unknown key",
+                    path + ": mqtt.max_inflight: must be between 1 and 65535, got 0",
+                    AllOf(::testing::StartsWith(path + ": mqtt.listen: bad endpoint '1.2.3.4': ")),
+                    path + ": mqtt.allow_anonymous: expected a boolean, got a string",
+                    path + ": sys.interval: must be between 1000 and 86400000, got 5",
+                    "--set: mqtt.max_topic_levels: must be between 1 and 65535, got 0",
+                    "--set: admin.bogus: unknown key",
+                    "--log-level: log.level: must be one of debug, info, warn, error, off, got 'chatty'",
+                    AllOf(::testing::StartsWith("--admin-listen: admin.listen: bad endpoint '[::1]:99999': "))));
+}
+
+TEST_F(config_test, flag_errors_are_reported_with_a_syntax_error) {
+    std::string path = write("broken.toml", "[mqtt\n");
+    auto r = run({"-c", path, "--shards", "65"});
+    EXPECT_FALSE(r.cfg.has_value());
+    ASSERT_THAT(r.errors, SizeIs(2));
+    EXPECT_THAT(r.errors[0], ::testing::StartsWith(path + ":1:"));
+    EXPECT_EQ(r.errors[1], "--shards: node.shards: must be between 0 and 64, got 65");
+}
+
+TEST_F(config_test, set_errors) {
+    auto r = run({"--set", "noequals", "--set", "=5", "--set", "mqtt.max_inflight=abc", "--set", "mqtt=1"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre(
+                    AllOf(::testing::StartsWith("--set: expected KEY=VALUE"), HasSubstr("noequals")),
+                    AllOf(::testing::StartsWith("--set: expected KEY=VALUE"), HasSubstr("=5")),
+                    "--set: mqtt.max_inflight: expected an integer, got a string", "--set: mqtt: unknown key"));
+}
+
+TEST_F(config_test, set_value_cannot_smuggle_extra_keys) {
+    auto r = run({"--set", "mqtt.max_inflight=3\nmax_topic_levels = 0"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_THAT(r.errors, ElementsAre("--set: mqtt.max_inflight: expected an integer, got a string"));
+}
+
+TEST_F(config_test, admin_and_mqtt_on_the_same_port) {
+    auto r = run({"--listen", "0.0.0.0:8080"});
+    EXPECT_FALSE(r.cfg.has_value());
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], ::testing::StartsWith("--listen: mqtt.listen: "));
+
+    auto r2 = run({"--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.1:7000"});
+    ASSERT_THAT(r2.errors, SizeIs(1));
+    EXPECT_THAT(r2.errors[0], ::testing::StartsWith("--admin-listen: admin.listen: "));
+
+    // Disabled admin, distinct hosts, or port 0 (ephemeral, as the integration tests use) are all fine.
+    EXPECT_TRUE(run({"--listen", "0.0.0.0:8080", "--no-admin"}).cfg.has_value());
+    EXPECT_TRUE(run({"--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.2:7000"}).cfg.has_value());
+    EXPECT_TRUE(run({"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}).cfg.has_value());
+}
+
+TEST_F(config_test, shards_flag_range) {
+    EXPECT_EQ(run({"--shards", "64"}).cfg->shards, 64u);
+    EXPECT_EQ(run({"--shards", "0"}).cfg->shards, expected_auto_shards());
+    auto r = run({"--shards", "65"});
+    EXPECT_THAT(r.errors, ElementsAre("--shards: node.shards: must be between 0 and 64, got 65"));
+}
+
+// ---- describe
+
+TEST_F(config_test, describe_is_one_line_with_the_essentials) {
+    auto r = load_from_string(k_full_toml, "full.toml");
+    ASSERT_TRUE(r.cfg.has_value());
+    std::string d = describe(*r.cfg);
+    EXPECT_EQ(d.find('\n'), std::string::npos);
+    EXPECT_THAT(d, AllOf(HasSubstr("node=edge@10.0.0.7"), HasSubstr("shards=3"), HasSubstr("log=debug"),
+                         HasSubstr("mqtt=127.0.0.1:2883"), HasSubstr("admin=off"), HasSubstr("sys=off"),
+                         HasSubstr("max_inflight=10")));
+
+    auto def = run({});
+    ASSERT_TRUE(def.cfg.has_value());
+    EXPECT_THAT(describe(*def.cfg),
+                AllOf(HasSubstr("admin=0.0.0.0:8080"), HasSubstr("sys=60000ms"), HasSubstr("config=(none)")));
+}
+
+} // namespace
+} // namespace ringmq::config::test
