@@ -1,0 +1,1099 @@
+#include "broker/shard.hpp"
+
+#include "io/timer.hpp"
+#include "mqtt/codec.hpp"
+#include "mqtt/validate.hpp"
+#include "routing/match.hpp"
+#include "util/assert.hpp"
+#include "util/clock.hpp"
+#include "util/hash.hpp"
+#include "util/log.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <arpa/inet.h>
+#include <cstring>
+
+namespace ringmq::broker {
+
+namespace {
+
+constexpr uint32_t smp_capacity = 16384;
+constexpr unsigned reap_batch = 256;
+constexpr size_t smp_drain_max = 4096;
+constexpr uint32_t recv_buffers = 512;
+constexpr uint32_t recv_buffer_size = 16384;
+constexpr uint32_t tick_ms = 200;
+constexpr int64_t shutdown_grace_ms = 3000;
+
+std::string peer_name(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+    char host[INET6_ADDRSTRLEN] = "?";
+    uint16_t port = 0;
+    if (ss.ss_family == AF_INET) {
+        auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+        return fmt::format("{}:{}", host, port);
+    }
+    if (ss.ss_family == AF_INET6) {
+        auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+        return fmt::format("[{}]:{}", host, port);
+    }
+    return "?";
+}
+
+void append(std::vector<uint8_t>& v, const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    v.insert(v.end(), b, b + n);
+}
+
+} // namespace
+
+node::node(const config::config& c, unsigned n) : cfg(c), smp(n, smp_capacity) {}
+
+connection::connection(shard& s, int f, std::string p) : sh(s), fd(f), peer(std::move(p)) {}
+
+void connection::on_recv(int res, uint32_t flags) { sh.on_recv(*this, res, flags); }
+void connection::on_send(int res, uint32_t flags) { sh.on_send(*this, res, flags); }
+
+shard::shard(node& n, unsigned id, int listen_fd)
+    : node_(n), cfg_(n.cfg), id_(id), n_(n.smp.size()), listen_fd_(listen_fd), backlog_(n.smp.size()) {
+    node_.smp.set_waker(id_, [this] { waker_.wake(); });
+}
+
+shard::~shard() = default;
+
+void shard::request_stop() {
+    stop_requested_.store(true, std::memory_order_release);
+    waker_.wake();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The loop
+
+bool shard::run() {
+    log::set_shard_tag(static_cast<int>(id_));
+    std::string why;
+    if (!ring_.init(4096, why) || !bufs_.init(ring_, 0, recv_buffers, recv_buffer_size, why)) {
+        log::error("shard {}: {}", id_, why);
+        node_.failed.store(true);
+        return false;
+    }
+    log::debug("shard {} started (io_uring {}, {} x {} B receive buffers)", id_, ring_.mode(), recv_buffers,
+               recv_buffer_size);
+    now_ms_ = mono_ms();
+    waker_.arm(ring_);
+    arm_accept();
+    reactor::spawn(gate_, housekeeping());
+    node_.ready.fetch_add(1);
+    loop();
+    // Release whatever is still owned here; messages still in queues are released by the node after all stopped.
+    sessions_.clear();
+    retained_.clear();
+    trie_.clear();
+    log::debug("shard {} stopped", id_);
+    return true;
+}
+
+void shard::loop() {
+    io::reaped batch[reap_batch];
+    while (!stopped_) {
+        if (!stopping_ && stop_requested_.load(std::memory_order_acquire)) begin_shutdown();
+        flush();
+        publish_smp();
+        reap_graveyard();
+        if (stopping_ && conns_.empty() && gate_.count() == 0 && !accept_armed_) {
+            stopped_ = true;
+            break;
+        }
+        const bool busy = !dirty_.empty() || !rearm_.empty() || outgoing_mask_ != 0;
+        if (busy) {
+            ring_.submit();
+        } else {
+            node_.smp.set_sleeping(id_, true);
+            if (node_.smp.has_incoming(id_) || stop_requested_.load(std::memory_order_acquire) != stopping_) {
+                node_.smp.set_sleeping(id_, false);
+                ring_.submit();
+            } else {
+                ring_.submit_and_wait(-1);
+                node_.smp.set_sleeping(id_, false);
+            }
+        }
+        now_ms_ = mono_ms();
+        const unsigned n = ring_.reap(batch, reap_batch);
+        // Drain the queues only after the completions were observed: anything another shard published before a
+        // client could have reacted to it (a route before its SUBACK, a retained store before its PUBACK) is then
+        // applied before this shard handles the client's next packet.
+        drain_smp();
+        for (unsigned i = 0; i < n; ++i)
+            if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
+        bufs_.commit();
+        if (!rearm_.empty()) {
+            std::vector<connection*> again;
+            again.swap(rearm_);
+            for (connection* c : again) {
+                c->needs_rearm = false;
+                if (c->st != connection::state::closing && !c->recv_armed) arm_recv(*c);
+            }
+        }
+    }
+}
+
+void shard::push(unsigned to, uint32_t kind, uint32_t arg, void* ptr) {
+    auto& q = node_.smp.queue(id_, to);
+    const reactor::smp_msg m{kind, arg, ptr};
+    if (!backlog_[to].empty() || !q.try_push(m)) backlog_[to].push_back(m);
+    outgoing_mask_ |= uint64_t{1} << to;
+}
+
+void shard::publish_smp() {
+    uint64_t mask = outgoing_mask_;
+    while (mask) {
+        const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
+        mask &= mask - 1;
+        auto& q = node_.smp.queue(id_, to);
+        auto& bl = backlog_[to];
+        while (!bl.empty() && q.try_push(bl.front())) bl.pop_front();
+        q.publish();
+        node_.smp.wake_if_sleeping(to);
+        if (bl.empty()) outgoing_mask_ &= ~(uint64_t{1} << to);
+    }
+}
+
+void shard::drain_smp() {
+    for (unsigned from = 0; from < n_; ++from) {
+        if (from == id_) continue;
+        node_.smp.queue(from, id_).drain([this](const reactor::smp_msg& m) { handle_smp(m); }, smp_drain_max);
+    }
+}
+
+void shard::handle_smp(const reactor::smp_msg& m) {
+    switch (m.kind) {
+    case k_handoff: {
+        std::unique_ptr<handoff> h(static_cast<handoff*>(m.ptr));
+        if (stopping_) {
+            ::close(h->fd);
+            node_.connections.fetch_sub(1, std::memory_order_relaxed);
+            return;
+        }
+        connection& c = adopt(h->fd, std::move(h->peer));
+        process_input(c, h->bytes.data(), h->bytes.size());
+        if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
+        return;
+    }
+    case k_route_add: {
+        std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
+        trie_.add_remote(*f, m.arg);
+        return;
+    }
+    case k_route_del: {
+        std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
+        trie_.remove_remote(*f, m.arg);
+        return;
+    }
+    case k_publish: {
+        auto msg = session::message_ref::adopt(static_cast<session::message*>(m.ptr));
+        const std::string_view topic = msg->topic();
+        const auto payload = msg->payload();
+        const uint8_t qos = msg->qos();
+        route(topic, payload, qos, msg, false);
+        return;
+    }
+    case k_retain:
+        store_retained(static_cast<session::message*>(m.ptr));
+        return;
+    default:
+        log::error("shard {}: unknown SMP message kind {}", id_, m.kind);
+    }
+}
+
+void shard::flush() {
+    for (size_t i = 0; i < dirty_.size(); ++i) {
+        connection* c = dirty_[i];
+        c->dirty = false;
+        start_send(*c);
+    }
+    dirty_.clear();
+}
+
+void shard::reap_graveyard() {
+    for (uint64_t id : graveyard_) conns_.erase(id);
+    graveyard_.clear();
+}
+
+void shard::arm_accept() {
+    if (stopping_ || accept_armed_ || listen_fd_ < 0) return;
+    io_uring_sqe* s = ring_.sqe();
+    io_uring_prep_multishot_accept(s, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    io::set_completion(s, &accept_op_);
+    accept_armed_ = true;
+}
+
+void shard::on_accept(int res, uint32_t flags) {
+    if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
+    if (res < 0) {
+        if (res != -ECANCELED && !stopping_) log::warn("accept failed: {}", std::strerror(-res));
+    } else if (stopping_) {
+        ::close(res);
+    } else {
+        const int fd = res;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        const uint32_t count = node_.connections.fetch_add(1, std::memory_order_relaxed) + 1;
+        connection& c = adopt(fd, peer_name(fd));
+        c.over_limit = count > cfg_.limits.max_connections;
+        arm_recv(c);
+    }
+    if (!accept_armed_ && !stopping_) arm_accept();
+}
+
+reactor::task<void> shard::housekeeping() {
+    while (!stopping_) {
+        co_await io::sleep_for(ring_, tick_ms);
+        tick(mono_ms());
+    }
+}
+
+void shard::tick(int64_t now) {
+    now_ms_ = now;
+    if (stopping_) {
+        if (now - stop_started_ms_ > shutdown_grace_ms) {
+            // Peers that neither read nor close: stop waiting for their sends.
+            for (auto& [id, c] : conns_)
+                if (c->fd >= 0 && c->ops > 0) io_uring_prep_cancel_fd(ring_.sqe(), c->fd, IORING_ASYNC_CANCEL_ALL);
+        }
+        return;
+    }
+    const auto& lim = cfg_.limits;
+    for (auto& [id, cp] : conns_) {
+        connection& c = *cp;
+        if (c.st == connection::state::awaiting_connect) {
+            if (now - c.accepted_ms > lim.connect_timeout_ms) {
+                log::info("closing {}: no CONNECT within {} ms", c.peer, lim.connect_timeout_ms);
+                close(c, "connect timeout", false);
+            }
+        } else if (c.st == connection::state::connected && c.keepalive != 0) {
+            const auto limit = static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
+            if (now - c.last_rx_ms > limit) {
+                log::info("closing client {} ({}): keepalive {} s exceeded", c.client_id(), c.peer, c.keepalive);
+                close(c, "keepalive timeout", true);
+            }
+        }
+    }
+    update_gauges();
+}
+
+void shard::update_gauges() {
+    size_t connected = 0;
+    for (auto& [id, c] : conns_)
+        if (c->st == connection::state::connected) ++connected;
+    st_.clients.set(connected);
+    st_.sessions.set(sessions_.size());
+    st_.subscribers.set(trie_.subscription_count());
+    st_.subscriptions.set(trie_.subscription_count());
+    st_.routes.set(trie_.filter_count());
+    st_.topics.set(trie_.filter_count());
+    st_.retained.set(retained_.size());
+}
+
+void shard::begin_shutdown() {
+    stopping_ = true;
+    stop_started_ms_ = now_ms_;
+    log::debug("shard {}: shutting down, closing {} connections", id_, conns_.size());
+    if (accept_armed_) {
+        io_uring_sqe* s = ring_.sqe();
+        io_uring_prep_cancel(s, &accept_op_, 0);
+        io::set_completion(s, nullptr);
+    }
+    waker_.stop();
+    for (auto& [id, c] : conns_) close(*c, "broker shutting down", false);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Connections and I/O
+
+connection& shard::adopt(int fd, std::string peer) {
+    auto c = std::make_unique<connection>(*this, fd, std::move(peer));
+    c->id = next_conn_id_++;
+    c->accepted_ms = now_ms_;
+    c->last_rx_ms = now_ms_;
+    connection& ref = *c;
+    conns_.emplace(ref.id, std::move(c));
+    return ref;
+}
+
+void shard::arm_recv(connection& c) {
+    io_uring_sqe* s = ring_.sqe();
+    if (c.st == connection::state::awaiting_connect)
+        io_uring_prep_recv(s, c.fd, nullptr, bufs_.buffer_size(), 0); // one shot: the socket may move shards
+    else
+        io_uring_prep_recv_multishot(s, c.fd, nullptr, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = bufs_.group();
+    io::set_completion(s, &c.recv_op);
+    c.recv_armed = true;
+    ++c.ops;
+}
+
+void shard::on_recv(connection& c, int res, uint32_t flags) {
+    if (!(flags & IORING_CQE_F_MORE)) {
+        c.recv_armed = false;
+        --c.ops;
+    }
+    const bool has_buf = (flags & IORING_CQE_F_BUFFER) != 0;
+    const uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    if (res == -ENOBUFS) {
+        // Flow control: every receive buffer is waiting to be handled. Re-arm once they are back in the ring.
+        ++bufs_.enobufs;
+        if (c.st != connection::state::closing && !c.recv_armed && !c.needs_rearm) {
+            c.needs_rearm = true;
+            rearm_.push_back(&c);
+        }
+        maybe_destroy(c);
+        return;
+    }
+    if (res <= 0 || c.st == connection::state::closing) {
+        if (has_buf) bufs_.recycle(bid);
+        if (c.st != connection::state::closing) {
+            if (res == 0)
+                close(c, "connection closed by peer", true);
+            else
+                close(c, res == -ECONNRESET ? "connection reset by peer" : "socket error", true);
+        }
+        maybe_destroy(c);
+        return;
+    }
+    RINGMQ_ASSERT(has_buf);
+    m_.bytes_received += static_cast<uint64_t>(res);
+    c.last_rx_ms = now_ms_;
+    const uint8_t* data = bufs_.data(bid);
+    const bool was_awaiting = c.st == connection::state::awaiting_connect;
+    process_input(c, data, static_cast<size_t>(res));
+    bufs_.recycle(bid);
+    if (c.handed_off) {
+        maybe_destroy(c);
+        return;
+    }
+    if (c.st == connection::state::closing) {
+        maybe_destroy(c);
+        return;
+    }
+    if (!c.recv_armed) arm_recv(c);
+    (void)was_awaiting;
+}
+
+void shard::process_input(connection& c, const uint8_t* p, size_t n) {
+    if (c.rx.empty()) {
+        const size_t used = process(c, p, n);
+        if (c.st != connection::state::closing && used < n) c.rx.assign(p + used, p + n);
+        return;
+    }
+    c.rx.insert(c.rx.end(), p, p + n);
+    // process() may hand the bytes to another shard or close; work on a moved-out buffer so nothing aliases.
+    std::vector<uint8_t> buf;
+    buf.swap(c.rx);
+    const size_t used = process(c, buf.data(), buf.size());
+    if (c.st != connection::state::closing && used < buf.size()) {
+        buf.erase(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(used));
+        c.rx.swap(buf);
+    }
+}
+
+size_t shard::process(connection& c, const uint8_t* p, size_t n) {
+    size_t off = 0;
+    while (off < n && c.st != connection::state::closing) {
+        mqtt::fixed_header h{};
+        const mqtt::error e = mqtt::parse_fixed_header(p + off, n - off, h);
+        if (e == mqtt::error::need_more) break;
+        if (e != mqtt::error::none) {
+            log::info("closing {} ({}): malformed remaining length", c.client_id(), c.peer);
+            close(c, "malformed remaining length", true);
+            break;
+        }
+        if (mqtt::check_packet_size(h, cfg_.limits.max_packet_size) != mqtt::error::none) {
+            log::info("closing {} ({}): {} packet of {} bytes exceeds max_packet_size {}", c.client_id(), c.peer,
+                      mqtt::to_string(h.type), size_t{h.header_len} + h.remaining_length,
+                      cfg_.limits.max_packet_size);
+            close(c, "packet too large", true);
+            break;
+        }
+        const size_t total = size_t{h.header_len} + h.remaining_length;
+        if (n - off < total) break;
+        const std::span<const uint8_t> body(p + off + h.header_len, h.remaining_length);
+        const std::span<const uint8_t> rest(p + off, n - off);
+        off += total;
+        ++m_.packets_received;
+        if (!dispatch(c, h, body, rest)) break;
+        if (c.handed_off) return n;
+    }
+    return off;
+}
+
+bool shard::protocol_error(connection& c, const char* what) {
+    log::info("closing {} ({}): protocol error: {}", c.client_id(), c.peer, what);
+    close(c, what, true);
+    return false;
+}
+
+bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
+                     std::span<const uint8_t> rest) {
+    using mqtt::packet_type;
+    if (c.st == connection::state::awaiting_connect) {
+        if (h.type != packet_type::connect) {
+            log::info("closing {}: first packet is {} instead of CONNECT", c.peer, mqtt::to_string(h.type));
+            close(c, "first packet not CONNECT", false);
+            return false;
+        }
+        return on_connect(c, body, h.flags, rest);
+    }
+    switch (h.type) {
+    case packet_type::publish:
+        return on_publish(c, body, h.flags);
+    case packet_type::puback:
+    case packet_type::pubrec:
+    case packet_type::pubrel:
+    case packet_type::pubcomp:
+        return on_ack(c, h.type, body, h.flags);
+    case packet_type::subscribe:
+        return on_subscribe(c, body, h.flags);
+    case packet_type::unsubscribe:
+        return on_unsubscribe(c, body, h.flags);
+    case packet_type::pingreq:
+        ++m_.packets_pingreq;
+        if (mqtt::decode_empty(h.type, body, h.flags) != mqtt::error::none) return protocol_error(c, "bad PINGREQ");
+        scratch_.clear();
+        mqtt::encode_pingresp(scratch_);
+        send_control(c, scratch_);
+        ++m_.packets_pingresp;
+        return true;
+    case packet_type::disconnect:
+        ++m_.packets_disconnect;
+        if (mqtt::decode_empty(h.type, body, h.flags) != mqtt::error::none)
+            return protocol_error(c, "bad DISCONNECT");
+        c.disconnect_received = true;
+        c.has_will = false; // MQTT-3.14.4-3: a DISCONNECT discards the will
+        log::debug("client {} disconnected", c.client_id());
+        close(c, "client disconnected", false);
+        return false;
+    case packet_type::connect:
+        ++m_.packets_connect;
+        return protocol_error(c, "second CONNECT");
+    default:
+        return protocol_error(c, fmt::format("unexpected {} packet", mqtt::to_string(h.type)).c_str());
+    }
+}
+
+void shard::mark_dirty(connection& c) {
+    if (c.dirty) return;
+    c.dirty = true;
+    dirty_.push_back(&c);
+}
+
+void shard::start_send(connection& c) {
+    if (c.send_busy || c.shut || c.out.empty() || c.fd < 0) return;
+    c.sending.clear();
+    c.sending.swap(c.out);
+    c.send_off = 0;
+    submit_send(c);
+}
+
+void shard::submit_send(connection& c) {
+    io_uring_sqe* s = ring_.sqe();
+    io_uring_prep_send(s, c.fd, c.sending.data() + c.send_off, c.sending.size() - c.send_off, MSG_NOSIGNAL);
+    io::set_completion(s, &c.send_op);
+    c.send_busy = true;
+    ++c.ops;
+}
+
+void shard::on_send(connection& c, int res, uint32_t) {
+    --c.ops;
+    c.send_busy = false;
+    if (res < 0) {
+        if (c.st != connection::state::closing)
+            close(c, res == -EPIPE || res == -ECONNRESET ? "connection reset by peer" : "send failed", true);
+        maybe_destroy(c);
+        return;
+    }
+    m_.bytes_sent += static_cast<uint64_t>(res);
+    c.send_off += static_cast<size_t>(res);
+    if (c.st == connection::state::closing) {
+        maybe_destroy(c);
+        return;
+    }
+    if (c.send_off < c.sending.size()) {
+        submit_send(c); // partial write: continue with the rest
+        return;
+    }
+    c.sending.clear();
+    c.send_off = 0;
+    if (!c.out.empty())
+        mark_dirty(c);
+    else if (c.close_after_flush)
+        close(c, "refused", false);
+}
+
+void shard::close(connection& c, const char* reason, bool publish_will) {
+    if (c.st == connection::state::closing) return;
+    const bool was_connected = c.st == connection::state::connected;
+    c.st = connection::state::closing;
+    if (was_connected) log::debug("client {} ({}) closed: {}", c.client_id(), c.peer, reason);
+    if (c.slot) {
+        session_slot* slot = c.slot;
+        c.slot = nullptr;
+        slot->conn = nullptr;
+        if (slot->s->clean()) drop_session(slot);
+    }
+    if (publish_will && c.has_will) {
+        log::debug("publishing will of {} on {}", c.client_id_, c.will_topic);
+        publish_from(c.will_topic, c.will_payload, c.will_qos, c.will_retain);
+    }
+    c.has_will = false;
+    node_.connections.fetch_sub(1, std::memory_order_relaxed);
+    shutdown_socket(c);
+    maybe_destroy(c);
+}
+
+void shard::shutdown_socket(connection& c) {
+    if (c.shut || c.fd < 0) return;
+    c.shut = true;
+    // Completes the pending recv (0) and send (error) so the connection can be freed when they have drained.
+    ::shutdown(c.fd, SHUT_RDWR);
+}
+
+void shard::maybe_destroy(connection& c) {
+    if (c.st != connection::state::closing || c.ops > 0 || c.buried) return;
+    c.buried = true;
+    if (c.fd >= 0 && !c.handed_off) ::close(c.fd);
+    c.fd = -1;
+    graveyard_.push_back(c.id);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// CONNECT
+
+void shard::refuse_connect(connection& c, uint8_t code, const char* why) {
+    log::info("refusing CONNECT from {} ({}): {}", c.peer, c.client_id_.empty() ? "-" : c.client_id_, why);
+    scratch_.clear();
+    mqtt::encode_connack(scratch_, mqtt::protocol_version::v311, false, code);
+    send_control(c, scratch_);
+    ++m_.packets_connack;
+    c.close_after_flush = true;
+    c.refused = true;
+}
+
+bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t flags, std::span<const uint8_t> rest) {
+    ++m_.packets_connect;
+    mqtt::connect_view cv{};
+    const mqtt::error e = mqtt::decode_connect(body, flags, cv);
+    if (e == mqtt::error::unsupported_protocol_version) {
+        refuse_connect(c, 0x01, "unacceptable protocol level");
+        return false;
+    }
+    if (e == mqtt::error::client_id_rejected) {
+        c.client_id_ = std::string(cv.client_id);
+        refuse_connect(c, 0x02, "client identifier rejected");
+        return false;
+    }
+    if (e != mqtt::error::none) {
+        log::info("closing {}: malformed CONNECT: {}", c.peer, mqtt::to_string(e));
+        close(c, "malformed CONNECT", false);
+        return false;
+    }
+    if (cv.version == mqtt::protocol_version::v5) {
+        // MQTT 5 is not served yet: answer in v5 format "unsupported protocol version" (0x84) and close.
+        log::info("refusing CONNECT from {}: MQTT 5 is not supported yet", c.peer);
+        static const uint8_t v5_refuse[] = {0x20, 0x03, 0x00, 0x84, 0x00};
+        append(c.out, v5_refuse, sizeof v5_refuse);
+        mark_dirty(c);
+        ++m_.packets_connack;
+        ++m_.packets_sent;
+        c.close_after_flush = true;
+        c.refused = true;
+        return false;
+    }
+    std::string client_id(cv.client_id);
+    if (client_id.size() > cfg_.limits.max_client_id_len) {
+        refuse_connect(c, 0x02, "client identifier longer than max_client_id_len");
+        return false;
+    }
+    if (c.over_limit) {
+        refuse_connect(c, 0x03, "max_connections reached");
+        return false;
+    }
+    if (!cfg_.limits.allow_anonymous && !cv.has_username) {
+        refuse_connect(c, 0x05, "anonymous connections are not allowed");
+        return false;
+    }
+    if (cv.will_flag && (!mqtt::valid_topic_name(cv.will_topic) ||
+                         mqtt::topic_levels(cv.will_topic) > cfg_.limits.max_topic_levels)) {
+        log::info("closing {}: invalid will topic", c.peer);
+        close(c, "invalid will topic", false);
+        return false;
+    }
+    if (client_id.empty()) {
+        if (!cv.clean_session) {
+            refuse_connect(c, 0x02, "empty client identifier requires clean session");
+            return false;
+        }
+        // Generate an id homed on this shard, so the session needs no handoff.
+        do {
+            client_id = fmt::format("ringmq-{}-{}", id_, ++generated_ids_);
+        } while (home_shard(client_id, n_) != id_);
+    }
+    const unsigned home = home_shard(client_id, n_);
+    if (home != id_) {
+        // The session lives elsewhere: pass the socket and every byte read so far (this CONNECT onwards).
+        auto* h = new handoff{c.fd, c.peer, std::vector<uint8_t>(rest.begin(), rest.end())};
+        push(home, k_handoff, id_, h);
+        c.handed_off = true;
+        c.st = connection::state::closing;
+        log::debug("client {} ({}) handed to shard {}", client_id, c.peer, home);
+        return false;
+    }
+    c.ver = cv.version;
+    c.keepalive = cv.keepalive;
+    c.client_id_ = std::move(client_id);
+    if (cv.will_flag) {
+        c.has_will = true;
+        c.will_qos = cv.will_qos;
+        c.will_retain = cv.will_retain;
+        c.will_topic = std::string(cv.will_topic);
+        c.will_payload.assign(cv.will_payload.begin(), cv.will_payload.end());
+    }
+    attach_session(c, cv.clean_session);
+    return c.st != connection::state::closing;
+}
+
+void shard::attach_session(connection& c, bool clean) {
+    bool present = false;
+    session_slot* slot = nullptr;
+    auto it = sessions_.find(c.client_id_);
+    if (it != sessions_.end()) {
+        slot = it->second.get();
+        if (slot->conn) {
+            connection& old = *slot->conn;
+            log::info("client {} taken over: closing the connection from {} for the one from {}", c.client_id_,
+                      old.peer, c.peer);
+            old.slot = nullptr;
+            slot->conn = nullptr;
+            close(old, "session taken over", true);
+        }
+        if (clean || slot->s->clean()) {
+            drop_session(slot);
+            slot = nullptr;
+        } else {
+            present = true;
+        }
+    }
+    if (!slot) {
+        session::limits lim;
+        lim.max_inflight = cfg_.limits.max_inflight;
+        lim.max_queued = cfg_.limits.max_queued_messages;
+        auto owned = std::make_unique<session_slot>();
+        owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
+        slot = owned.get();
+        sessions_.emplace(c.client_id_, std::move(owned));
+    }
+    slot->conn = &c;
+    c.slot = slot;
+    c.st = connection::state::connected;
+    scratch_.clear();
+    mqtt::encode_connack(scratch_, c.ver, present, 0);
+    send_control(c, scratch_);
+    ++m_.packets_connack;
+    log::debug("client {} connected from {} (clean {}, keepalive {}, session present {})", c.client_id_, c.peer,
+               clean, c.keepalive, present);
+    if (present) {
+        // Resend the unacknowledged window in order: PUBLISH with DUP, or PUBREL where PUBREC already came.
+        for (const session::outgoing& o : slot->s->window()) {
+            if (o.released) {
+                send_ack(c, mqtt::packet_type::pubrel, o.pid);
+                ++m_.packets_pubrel_sent;
+            } else {
+                send_publish(c, o.msg->topic(), o.msg->payload(), o.qos, o.msg->retain(), true, o.pid);
+            }
+        }
+        pump(*slot);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// PUBLISH, acks, SUBSCRIBE
+
+bool shard::on_publish(connection& c, std::span<const uint8_t> body, uint8_t flags) {
+    mqtt::publish_view pv{};
+    ++m_.packets_publish_received;
+    const mqtt::error e = mqtt::decode_publish(body, flags, c.ver, pv);
+    if (e != mqtt::error::none) return protocol_error(c, fmt::format("bad PUBLISH: {}", mqtt::to_string(e)).c_str());
+    ++m_.messages_received;
+    if (pv.qos == 0)
+        ++m_.messages_qos0_received;
+    else if (pv.qos == 1)
+        ++m_.messages_qos1_received;
+    else
+        ++m_.messages_qos2_received;
+    if (mqtt::topic_levels(pv.topic) > cfg_.limits.max_topic_levels)
+        return protocol_error(c, "topic has more levels than max_topic_levels");
+    if (pv.qos == 2) {
+        if (!c.slot->s->incoming_qos2(pv.packet_id)) {
+            // A resent QoS 2 PUBLISH whose first copy was already delivered: acknowledge only (exactly once).
+            send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
+            ++m_.packets_pubrec_sent;
+            return true;
+        }
+    }
+    if (pv.retain) retain_from(pv.topic, pv.payload, pv.qos);
+    session::message_ref msg;
+    route(pv.topic, pv.payload, pv.qos, msg, true);
+    if (pv.qos == 1) {
+        send_ack(c, mqtt::packet_type::puback, pv.packet_id);
+        ++m_.packets_puback_sent;
+    } else if (pv.qos == 2) {
+        send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
+        ++m_.packets_pubrec_sent;
+    }
+    return true;
+}
+
+bool shard::on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags) {
+    mqtt::ack_view av{};
+    const mqtt::error e = mqtt::decode_ack(t, body, flags, c.ver, av);
+    if (e != mqtt::error::none)
+        return protocol_error(c, fmt::format("bad {}: {}", mqtt::to_string(t), mqtt::to_string(e)).c_str());
+    session::session& s = *c.slot->s;
+    switch (t) {
+    case mqtt::packet_type::puback:
+        ++m_.packets_puback_received;
+        if (s.on_puback(av.packet_id))
+            pump(*c.slot);
+        else
+            ++m_.packets_puback_missed;
+        break;
+    case mqtt::packet_type::pubrec:
+        ++m_.packets_pubrec_received;
+        if (s.on_pubrec(av.packet_id)) {
+            send_ack(c, mqtt::packet_type::pubrel, av.packet_id);
+            ++m_.packets_pubrel_sent;
+        } else {
+            ++m_.packets_pubrec_missed;
+        }
+        break;
+    case mqtt::packet_type::pubrel:
+        ++m_.packets_pubrel_received;
+        if (!s.incoming_release(av.packet_id)) ++m_.packets_pubrel_missed;
+        send_ack(c, mqtt::packet_type::pubcomp, av.packet_id); // MQTT-4.3.3-2: PUBCOMP even for an unknown id
+        ++m_.packets_pubcomp_sent;
+        break;
+    case mqtt::packet_type::pubcomp:
+        ++m_.packets_pubcomp_received;
+        if (s.on_pubcomp(av.packet_id))
+            pump(*c.slot);
+        else
+            ++m_.packets_pubcomp_missed;
+        break;
+    default:
+        break;
+    }
+    return true;
+}
+
+bool shard::valid_filter(std::string_view f) const {
+    return mqtt::valid_topic_filter(f) && mqtt::topic_levels(f) <= cfg_.limits.max_topic_levels;
+}
+
+bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t flags) {
+    ++m_.packets_subscribe;
+    mqtt::subscribe_view sv{};
+    const mqtt::error e = mqtt::decode_subscribe(body, flags, c.ver, sv);
+    if (e != mqtt::error::none)
+        return protocol_error(c, fmt::format("bad SUBSCRIBE: {}", mqtt::to_string(e)).c_str());
+    std::vector<uint8_t> codes;
+    codes.reserve(sv.entries.size());
+    for (const mqtt::subscription& sub : sv.entries) {
+        if (!valid_filter(sub.filter)) {
+            log::info("client {}: refusing subscription to invalid filter '{}'", c.client_id_, sub.filter);
+            codes.push_back(0x80);
+            continue;
+        }
+        const uint8_t qos = sub.options & 3;
+        add_subscription(*c.slot, std::string(sub.filter), qos);
+        codes.push_back(qos);
+    }
+    scratch_.clear();
+    mqtt::encode_suback(scratch_, c.ver, sv.packet_id, codes);
+    send_control(c, scratch_);
+    ++m_.packets_suback;
+    // Retained messages follow the SUBACK (MQTT-3.8.4-3 allows either order; clients expect this one).
+    for (size_t i = 0; i < sv.entries.size(); ++i)
+        if (codes[i] != 0x80 && c.slot) deliver_retained(*c.slot, sv.entries[i].filter, codes[i]);
+    return true;
+}
+
+bool shard::on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t flags) {
+    ++m_.packets_unsubscribe;
+    mqtt::unsubscribe_view uv{};
+    const mqtt::error e = mqtt::decode_unsubscribe(body, flags, c.ver, uv);
+    if (e != mqtt::error::none)
+        return protocol_error(c, fmt::format("bad UNSUBSCRIBE: {}", mqtt::to_string(e)).c_str());
+    for (std::string_view f : uv.filters) remove_subscription(*c.slot, std::string(f));
+    scratch_.clear();
+    mqtt::encode_unsuback(scratch_, c.ver, uv.packet_id, {});
+    send_control(c, scratch_);
+    ++m_.packets_unsuback;
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sending
+
+void shard::send_control(connection& c, const std::vector<uint8_t>& bytes) {
+    append(c.out, bytes.data(), bytes.size());
+    ++m_.packets_sent;
+    mark_dirty(c);
+}
+
+void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
+    const uint8_t first = static_cast<uint8_t>(static_cast<uint8_t>(t) << 4 | (t == mqtt::packet_type::pubrel ? 2 : 0));
+    const uint8_t bytes[4] = {first, 2, static_cast<uint8_t>(pid >> 8), static_cast<uint8_t>(pid & 0xff)};
+    append(c.out, bytes, sizeof bytes);
+    ++m_.packets_sent;
+    mark_dirty(c);
+}
+
+void shard::send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                         bool retain, bool dup, uint16_t pid) {
+    const size_t rl = 2 + topic.size() + (qos ? 2 : 0) + payload.size();
+    uint8_t hdr[mqtt::max_publish_prefix + 2];
+    size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
+                                            static_cast<uint16_t>(topic.size()));
+    const size_t old = c.out.size();
+    c.out.resize(old + hl + topic.size() + (qos ? 2 : 0) + payload.size());
+    uint8_t* w = c.out.data() + old;
+    std::memcpy(w, hdr, hl);
+    w += hl;
+    std::memcpy(w, topic.data(), topic.size());
+    w += topic.size();
+    if (qos) {
+        w[0] = static_cast<uint8_t>(pid >> 8);
+        w[1] = static_cast<uint8_t>(pid & 0xff);
+        w += 2;
+    }
+    if (!payload.empty()) std::memcpy(w, payload.data(), payload.size());
+    ++m_.packets_sent;
+    ++m_.packets_publish_sent;
+    ++m_.messages_sent;
+    if (qos == 0)
+        ++m_.messages_qos0_sent;
+    else if (qos == 1)
+        ++m_.messages_qos1_sent;
+    else
+        ++m_.messages_qos2_sent;
+    mark_dirty(c);
+}
+
+void shard::pump(session_slot& slot) {
+    while (slot.conn) {
+        const session::outgoing* o = slot.s->next_ready();
+        if (!o) return;
+        connection& c = *slot.conn;
+        if (o->qos == 0 && c.queued_bytes() > cfg_.limits.max_outgoing_bytes) {
+            ++m_.messages_dropped;
+            continue;
+        }
+        send_publish(c, o->msg->topic(), o->msg->payload(), o->qos, o->msg->retain(), false, o->pid);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Routing
+
+void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
+                  bool local_origin) {
+    matches_.clear();
+    uint64_t mask = trie_.match(topic, [this](const routing::subscriber_entry& e, std::string_view) {
+        matches_.push_back(match{static_cast<session_slot*>(e.sub), static_cast<uint8_t>(e.options & 3)});
+    });
+    if (matches_.size() > 1) {
+        // A session with overlapping subscriptions gets one copy at the highest granted QoS.
+        std::sort(matches_.begin(), matches_.end(), [](const match& a, const match& b) { return a.slot < b.slot; });
+        size_t w = 0;
+        for (size_t i = 0; i < matches_.size(); ++i) {
+            if (w > 0 && matches_[w - 1].slot == matches_[i].slot)
+                matches_[w - 1].qos = std::max(matches_[w - 1].qos, matches_[i].qos);
+            else
+                matches_[w++] = matches_[i];
+        }
+        matches_.resize(w);
+    }
+    // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
+    for (const match& m : matches_) deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false);
+    if (!local_origin) return;
+    mask &= ~(uint64_t{1} << id_);
+    if (matches_.empty() && mask == 0) {
+        if (topic.substr(0, 5) != "$SYS/") ++m_.messages_dropped;
+        return;
+    }
+    while (mask) {
+        const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
+        mask &= mask - 1;
+        if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
+        msg->add_ref();
+        push(to, k_publish, id_, msg.get());
+        ++m_.messages_forward;
+    }
+}
+
+void shard::deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                    session::message_ref& msg, uint8_t msg_qos, bool retain) {
+    connection* c = slot.conn;
+    if (qos == 0 && c && slot.s->queue_len() == 0) {
+        if (c->queued_bytes() > cfg_.limits.max_outgoing_bytes) {
+            ++m_.messages_dropped; // backpressure: a QoS 0 message for a client that does not read
+            return;
+        }
+        send_publish(*c, topic, payload, 0, retain, false, 0);
+        return;
+    }
+    if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, msg_qos, retain));
+    const session::outgoing* o = nullptr;
+    switch (slot.s->offer(msg, qos, c != nullptr, &o)) {
+    case session::session::offer_result::send:
+        send_publish(*c, o->msg->topic(), o->msg->payload(), o->qos, o->msg->retain(), false, o->pid);
+        break;
+    case session::session::offer_result::queued:
+        break;
+    case session::session::offer_result::dropped:
+        ++m_.messages_dropped;
+        log::debug("session {}: queue full ({}), message on {} dropped", slot.s->client_id(),
+                   cfg_.limits.max_queued_messages, topic);
+        break;
+    }
+}
+
+void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
+    if (!cfg_.limits.retain_available) return;
+    if (payload.size() > cfg_.limits.max_retained_payload) {
+        log::info("retained message on {} not stored: {} bytes exceed max_retained_payload", topic, payload.size());
+        return;
+    }
+    // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
+    // before a PUBACK is visible to any later subscribe on any shard (see ARCHITECTURE.md).
+    session::message* m = session::message::make(topic, payload, qos, true);
+    for (unsigned to = 0; to < n_; ++to) {
+        if (to == id_) continue;
+        m->add_ref();
+        push(to, k_retain, id_, m);
+    }
+    store_retained(m);
+}
+
+void shard::store_retained(session::message* m) {
+    auto ref = session::message_ref::adopt(m);
+    const std::string_view topic = m->topic();
+    if (m->payload().empty()) {
+        auto it = retained_.find(topic);
+        if (it != retained_.end()) retained_.erase(it);
+        return;
+    }
+    auto it = retained_.find(topic);
+    if (it != retained_.end()) {
+        it->second = std::move(ref);
+    } else {
+        if (cfg_.limits.max_retained_messages != 0 && retained_.size() >= cfg_.limits.max_retained_messages) {
+            log::warn("retained message on {} not stored: max_retained_messages {} reached", topic,
+                      cfg_.limits.max_retained_messages);
+            return;
+        }
+        retained_.emplace(std::string(topic), std::move(ref));
+    }
+    m_.messages_retained = retained_.size();
+}
+
+void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted) {
+    auto send_one = [&](const session::message_ref& r) {
+        session::message_ref msg = r;
+        deliver(slot, msg->topic(), msg->payload(), std::min(granted, msg->qos()), msg, msg->qos(), true);
+    };
+    if (filter.find_first_of("+#") == std::string_view::npos) {
+        auto it = retained_.find(filter);
+        if (it != retained_.end()) send_one(it->second);
+        return;
+    }
+    for (const auto& [topic, r] : retained_)
+        if (routing::topic_matches(filter, topic)) send_one(r);
+}
+
+void shard::publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {
+    if (retain) retain_from(topic, payload, qos);
+    session::message_ref msg;
+    route(topic, payload, qos, msg, true);
+}
+
+void shard::add_subscription(session_slot& slot, const std::string& filter, uint8_t qos) {
+    slot.s->subscriptions[filter] = qos;
+    bool active = false;
+    trie_.subscribe(filter, &slot, qos, &active);
+    if (active) broadcast_route(k_route_add, filter);
+}
+
+void shard::remove_subscription(session_slot& slot, const std::string& filter) {
+    if (slot.s->subscriptions.erase(filter) == 0) return;
+    bool idle = false;
+    trie_.unsubscribe(filter, &slot, &idle);
+    if (idle) broadcast_route(k_route_del, filter);
+}
+
+void shard::broadcast_route(uint32_t kind, const std::string& filter) {
+    for (unsigned to = 0; to < n_; ++to)
+        if (to != id_) push(to, kind, id_, new std::string(filter));
+}
+
+void shard::drop_session(session_slot* slot) {
+    for (const auto& [filter, qos] : slot->s->subscriptions) {
+        bool idle = false;
+        trie_.unsubscribe(filter, slot, &idle);
+        if (idle) broadcast_route(k_route_del, filter);
+    }
+    const std::string id = slot->s->client_id();
+    sessions_.erase(id);
+}
+
+// Releases messages left in the queues after every shard stopped (single-threaded by then).
+void release_leftovers(node& n) {
+    for (unsigned from = 0; from < n.smp.size(); ++from)
+        for (unsigned to = 0; to < n.smp.size(); ++to) {
+            if (from == to) continue;
+            n.smp.queue(from, to).drain(
+                [&](const reactor::smp_msg& m) {
+                    switch (m.kind) {
+                    case k_handoff: {
+                        std::unique_ptr<handoff> h(static_cast<handoff*>(m.ptr));
+                        ::close(h->fd);
+                        break;
+                    }
+                    case k_route_add:
+                    case k_route_del:
+                        delete static_cast<std::string*>(m.ptr);
+                        break;
+                    case k_publish:
+                    case k_retain:
+                        static_cast<session::message*>(m.ptr)->release();
+                        break;
+                    default:
+                        break;
+                    }
+                },
+                SIZE_MAX);
+        }
+}
+
+} // namespace ringmq::broker

@@ -1,0 +1,272 @@
+#pragma once
+// One MQTT shard: a thread with its own io_uring, buffer ring, connections, sessions, topic trie, retained copy and
+// counters. The app creates every shard on the main thread, then run() executes on the shard's own thread until
+// request_stop(); nothing of a shard is touched by another thread except through the SMP queues, the waker and the
+// `node` counters that are atomic.
+#include "broker/metrics.hpp"
+#include "config/config.hpp"
+#include "io/buffer_ring.hpp"
+#include "io/ring.hpp"
+#include "io/waker.hpp"
+#include "mqtt/types.hpp"
+#include "reactor/gate.hpp"
+#include "reactor/smp.hpp"
+#include "reactor/task.hpp"
+#include "routing/topic_trie.hpp"
+#include "session/session.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ringmq::broker {
+
+class shard;
+class connection;
+
+// Process-wide state shared by all shards: the immutable config, the SMP matrix and the few node-wide atomics.
+// Created by main before the shards and destroyed after they have all stopped.
+struct node {
+    node(const config::config& c, unsigned n);
+    const config::config& cfg;
+    reactor::smp smp;
+    std::atomic<uint32_t> connections{0}; // accepted sockets, node-wide, checked against max_connections
+    std::atomic<bool> stopping{false};
+    std::atomic<unsigned> ready{0};   // shards whose ring is up and accepting
+    std::atomic<bool> failed{false};  // a shard could not start (logged by it)
+    std::vector<shard*> shards;
+};
+
+// A session and the connection currently attached to it (null while the client is offline). Owned by the home
+// shard's registry; its address is the subscriber id stored in the topic trie.
+struct session_slot {
+    std::unique_ptr<session::session> s;
+    connection* conn = nullptr;
+};
+
+// Cross-shard message kinds (reactor::smp_msg::kind).
+enum msg_kind : uint32_t {
+    k_handoff = 1,  // ptr: handoff*, a connection whose CONNECT names a client homed on the receiving shard
+    k_route_add,    // ptr: std::string* filter, arg: sender shard; the sender's first local subscriber on filter
+    k_route_del,    // ptr: std::string* filter, arg: sender shard; the sender's last local subscriber left
+    k_publish,      // ptr: session::message* (one reference), arg: sender shard
+    k_retain,       // ptr: session::message* (one reference); store or (empty payload) clear the retained topic
+};
+
+// An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
+struct handoff {
+    int fd;
+    std::string peer;
+    std::vector<uint8_t> bytes;
+};
+
+// A client connection. Created by the shard that accepted it or received it by handoff, and owned by that shard's
+// connection table until its last io_uring operation has completed.
+class connection {
+public:
+    enum class state { awaiting_connect, connected, closing };
+
+    connection(shard& sh, int fd, std::string peer);
+
+    struct op final : io::completion {
+        op(connection* cc, void (connection::*f)(int, uint32_t)) : c(cc), fn(f) {}
+        connection* c;
+        void (connection::*fn)(int, uint32_t);
+        void on_complete(int res, uint32_t flags) override { (c->*fn)(res, flags); }
+    };
+
+    shard& sh;
+    int fd;
+    uint64_t id;
+    std::string peer;
+    state st = state::awaiting_connect;
+    mqtt::protocol_version ver = mqtt::protocol_version::v311;
+    session_slot* slot = nullptr;
+    uint16_t keepalive = 0;
+    int64_t last_rx_ms = 0;
+    int64_t connected_at_ms = 0;
+    int64_t accepted_ms = 0;
+    bool disconnect_received = false;
+    bool close_after_flush = false;
+    bool over_limit = false; // accepted beyond max_connections: CONNECT is answered with return code 3
+    bool handed_off = false; // the socket now belongs to another shard
+    bool buried = false;     // queued for destruction at the end of the loop turn
+    bool refused = false;
+    std::string client_id_;  // empty until CONNECT is accepted (or refused with an id)
+
+    const std::string& client_id() const {
+        static const std::string none = "-";
+        return client_id_.empty() ? none : client_id_;
+    }
+
+    // Will message from CONNECT; published on abnormal close.
+    bool has_will = false;
+    uint8_t will_qos = 0;
+    bool will_retain = false;
+    std::string will_topic;
+    std::vector<uint8_t> will_payload;
+
+    std::vector<uint8_t> rx; // partial packet straddling recv buffers (bounded by max_packet_size)
+
+    // Send side: frames are appended to `out`; one send is in flight from `sending` at a time.
+    std::vector<uint8_t> out;
+    std::vector<uint8_t> sending;
+    size_t send_off = 0;
+    bool send_busy = false;
+    bool dirty = false;
+    bool recv_armed = false;
+    bool needs_rearm = false;
+    bool shut = false;
+    int ops = 0; // outstanding io_uring operations
+
+    op recv_op{this, &connection::on_recv};
+    op send_op{this, &connection::on_send};
+
+    size_t queued_bytes() const { return out.size() + (sending.size() - send_off); }
+
+private:
+    void on_recv(int res, uint32_t flags);
+    void on_send(int res, uint32_t flags);
+};
+
+// The per-shard broker. See the file comment for ownership.
+class shard {
+public:
+    shard(node& n, unsigned id, int listen_fd);
+    ~shard();
+    shard(const shard&) = delete;
+    shard& operator=(const shard&) = delete;
+
+    // Thread body. Returns when stopped; false if the ring could not be set up (logged).
+    bool run();
+    // Any thread: asks the shard to stop (graceful) and wakes it.
+    void request_stop();
+    // Any thread: wakes the shard if it sleeps in its ring.
+    void wake() { waker_.wake(); }
+
+    unsigned id() const { return id_; }
+    const metrics& counters() const { return m_; }
+    const stats& gauges() const { return st_; }
+
+private:
+    friend class connection;
+    struct accept_op final : io::completion {
+        explicit accept_op(shard* sh) : s(sh) {}
+        shard* s;
+        void on_complete(int res, uint32_t flags) override { s->on_accept(res, flags); }
+    };
+
+    // loop
+    void loop();
+    void drain_smp();
+    void handle_smp(const reactor::smp_msg& m);
+    void flush();
+    void publish_smp();
+    void arm_accept();
+    void on_accept(int res, uint32_t flags);
+    reactor::task<void> housekeeping();
+    void tick(int64_t now);
+    void begin_shutdown();
+    void push(unsigned to, uint32_t kind, uint32_t arg, void* ptr);
+
+    // connections
+    connection& adopt(int fd, std::string peer);
+    void arm_recv(connection& c);
+    void on_recv(connection& c, int res, uint32_t flags);
+    void on_send(connection& c, int res, uint32_t flags);
+    void process_input(connection& c, const uint8_t* p, size_t n);
+    bool protocol_error(connection& c, const char* what);
+    void submit_send(connection& c);
+    void reap_graveyard();
+    bool valid_filter(std::string_view f) const;
+    void retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
+    void broadcast_route(uint32_t kind, const std::string& filter);
+    // Returns bytes consumed; stops early when the connection closes or is handed off.
+    size_t process(connection& c, const uint8_t* p, size_t n);
+    bool dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
+                  std::span<const uint8_t> rest);
+    void mark_dirty(connection& c);
+    void start_send(connection& c);
+    void close(connection& c, const char* reason, bool publish_will);
+    void shutdown_socket(connection& c);
+    void maybe_destroy(connection& c);
+
+    // MQTT packet handlers (return false when the connection was closed)
+    bool on_connect(connection& c, std::span<const uint8_t> body, uint8_t flags, std::span<const uint8_t> rest);
+    void refuse_connect(connection& c, uint8_t code, const char* why);
+    void attach_session(connection& c, bool clean);
+    bool on_publish(connection& c, std::span<const uint8_t> body, uint8_t flags);
+    bool on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags);
+    bool on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
+    bool on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
+
+    // sending
+    void send_control(connection& c, const std::vector<uint8_t>& bytes);
+    void send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                      bool retain, bool dup, uint16_t pid);
+    void send_ack(connection& c, mqtt::packet_type t, uint16_t pid);
+    void pump(session_slot& slot); // moves queued messages into the window while it has room
+
+    // routing
+    void route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
+               bool local_origin);
+    void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                 session::message_ref& msg, uint8_t msg_qos, bool retain);
+    void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
+    void store_retained(session::message* m); // takes one reference
+    void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);
+    void add_subscription(session_slot& slot, const std::string& filter, uint8_t qos);
+    void remove_subscription(session_slot& slot, const std::string& filter);
+    void drop_session(session_slot* slot);
+    void update_gauges();
+
+    node& node_;
+    const config::config& cfg_;
+    unsigned id_;
+    unsigned n_;
+    int listen_fd_;
+    io::waker waker_;
+    io::ring ring_;
+    io::buffer_ring bufs_;
+    accept_op accept_op_{this};
+    bool accept_armed_ = false;
+    bool stopping_ = false;
+    bool stopped_ = false;
+    std::atomic<bool> stop_requested_{false};
+    reactor::gate gate_;
+
+    uint64_t next_conn_id_ = 1;
+    std::unordered_map<uint64_t, std::unique_ptr<connection>> conns_;
+    std::vector<connection*> dirty_;
+    std::vector<connection*> rearm_;
+    std::vector<uint64_t> graveyard_;
+    std::vector<std::deque<reactor::smp_msg>> backlog_; // per destination: messages that did not fit its queue
+    int64_t now_ms_ = 0;
+    int64_t stop_started_ms_ = 0;
+    std::unordered_map<std::string, std::unique_ptr<session_slot>, routing::string_hash, std::equal_to<>> sessions_;
+    routing::topic_trie trie_;
+    std::unordered_map<std::string, session::message_ref, routing::string_hash, std::equal_to<>> retained_;
+    uint64_t generated_ids_ = 0;
+
+    // scratch for routing (no per-publish allocation once grown)
+    struct match {
+        session_slot* slot;
+        uint8_t qos;
+    };
+    std::vector<match> matches_;
+    std::vector<uint8_t> scratch_;
+    uint64_t outgoing_mask_ = 0; // shards with staged SMP messages this turn
+
+    metrics m_;
+    stats st_;
+};
+
+// After every shard has stopped: frees what is still in the SMP queues (messages, filters, handed-off sockets).
+void release_leftovers(node& n);
+
+} // namespace ringmq::broker

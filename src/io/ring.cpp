@@ -1,0 +1,162 @@
+#include "io/ring.hpp"
+
+#include <sys/utsname.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fmt/format.h>
+
+namespace ringmq::io {
+
+namespace {
+
+std::string init_error(int err) {
+    if (err == ENOSYS) return "io_uring is not available: this kernel was built without io_uring (ENOSYS)";
+    if (err == EPERM)
+        return "io_uring is not permitted (EPERM): it is disabled by sysctl kernel.io_uring_disabled or blocked by a "
+               "seccomp profile (containers: run with a profile that allows io_uring_setup)";
+    if (err == ENOMEM) return "io_uring setup failed (ENOMEM): raise RLIMIT_MEMLOCK or use a newer kernel";
+    return fmt::format("io_uring setup failed: {}", std::strerror(err));
+}
+
+} // namespace
+
+bool probe_kernel(std::string& why) {
+    utsname u{};
+    if (uname(&u) == 0) {
+        int major = 0, minor = 0;
+        if (std::sscanf(u.release, "%d.%d", &major, &minor) == 2 && (major < 6)) {
+            why = fmt::format("kernel {} is too old: ringmq needs io_uring multishot accept/recv and provided buffer "
+                              "rings (Linux 6.0 or newer)",
+                              u.release);
+            return false;
+        }
+    }
+    io_uring r{};
+    int rc = io_uring_queue_init(8, &r, 0);
+    if (rc < 0) {
+        why = init_error(-rc);
+        return false;
+    }
+    io_uring_probe* p = io_uring_get_probe_ring(&r);
+    if (!p) {
+        io_uring_queue_exit(&r);
+        why = "io_uring opcode probe failed (kernel too old?)";
+        return false;
+    }
+    struct need {
+        int op;
+        const char* name;
+    };
+    static const need needs[] = {
+        {IORING_OP_ACCEPT, "ACCEPT"},   {IORING_OP_RECV, "RECV"},
+        {IORING_OP_SEND, "SEND"},       {IORING_OP_SENDMSG, "SENDMSG"},
+        {IORING_OP_TIMEOUT, "TIMEOUT"}, {IORING_OP_READ, "READ"},
+        {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"}, {IORING_OP_CLOSE, "CLOSE"},
+        {IORING_OP_SHUTDOWN, "SHUTDOWN"},
+    };
+    std::string missing;
+    for (const need& n : needs)
+        if (!io_uring_opcode_supported(p, n.op)) missing += fmt::format("{}{}", missing.empty() ? "" : ", ", n.name);
+    io_uring_free_probe(p);
+    if (!missing.empty()) {
+        io_uring_queue_exit(&r);
+        why = fmt::format("io_uring lacks required opcodes: {}", missing);
+        return false;
+    }
+    // Provided buffer rings (5.19+).
+    io_uring_buf_reg reg{};
+    void* mem = nullptr;
+    if (posix_memalign(&mem, 4096, 4096) != 0) {
+        io_uring_queue_exit(&r);
+        why = "out of memory while probing io_uring";
+        return false;
+    }
+    std::memset(mem, 0, 4096);
+    reg.ring_addr = reinterpret_cast<uint64_t>(mem);
+    reg.ring_entries = 8;
+    reg.bgid = 0;
+    rc = io_uring_register_buf_ring(&r, &reg, 0);
+    if (rc == 0) io_uring_unregister_buf_ring(&r, 0);
+    std::free(mem);
+    io_uring_queue_exit(&r);
+    if (rc < 0) {
+        why = fmt::format("io_uring provided buffer rings are unsupported ({}): Linux 5.19 or newer is needed",
+                          std::strerror(-rc));
+        return false;
+    }
+    return true;
+}
+
+ring::~ring() {
+    if (ok_) io_uring_queue_exit(&ring_);
+}
+
+bool ring::init(unsigned entries, std::string& why) {
+    io_uring_params p{};
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
+    p.cq_entries = entries * 4;
+    int rc = io_uring_queue_init_params(entries, &ring_, &p);
+    if (rc == 0) {
+        defer_taskrun_ = true;
+        mode_ = "single-issuer+defer-taskrun";
+    } else {
+        p = {};
+        p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_CQSIZE;
+        p.cq_entries = entries * 4;
+        rc = io_uring_queue_init_params(entries, &ring_, &p);
+        mode_ = "coop-taskrun";
+        if (rc < 0) {
+            p = {};
+            p.flags = IORING_SETUP_CQSIZE;
+            p.cq_entries = entries * 4;
+            rc = io_uring_queue_init_params(entries, &ring_, &p);
+            mode_ = "plain";
+        }
+    }
+    if (rc < 0) {
+        why = init_error(-rc);
+        return false;
+    }
+    ok_ = true;
+    io_uring_register_ring_fd(&ring_); // optional speed-up; failure is harmless
+    return true;
+}
+
+io_uring_sqe* ring::sqe() {
+    io_uring_sqe* s = io_uring_get_sqe(&ring_);
+    while (!s) {
+        io_uring_submit(&ring_);
+        s = io_uring_get_sqe(&ring_);
+    }
+    return s;
+}
+
+int ring::submit() {
+    if (defer_taskrun_) return io_uring_submit_and_get_events(&ring_);
+    return io_uring_submit(&ring_);
+}
+
+int ring::submit_and_wait(int timeout_ms) {
+    if (timeout_ms < 0) return io_uring_submit_and_wait(&ring_, 1);
+    __kernel_timespec ts{};
+    ts.tv_sec = timeout_ms / 1000;
+    ts.tv_nsec = static_cast<long long>(timeout_ms % 1000) * 1000000;
+    io_uring_cqe* cqe = nullptr;
+    return io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+}
+
+unsigned ring::reap(reaped* out, unsigned max) {
+    unsigned n = 0;
+    unsigned head;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+        if (n == max) break;
+        out[n++] = reaped{static_cast<completion*>(io_uring_cqe_get_data(cqe)), cqe->res, cqe->flags};
+    }
+    io_uring_cq_advance(&ring_, n);
+    return n;
+}
+
+} // namespace ringmq::io

@@ -1,0 +1,67 @@
+#pragma once
+// The shard's io_uring: submission helpers, batched completion reaping and the start-up feature probe. One ring per
+// MQTT shard, created on (and used only by) that shard's thread; this module is the only user of liburing.
+//
+// Every submitted operation carries the address of a `completion` in user_data; reaping calls its on_complete().
+// user_data 0 marks fire-and-forget operations whose result nobody needs.
+#include <liburing.h>
+
+#include <cstdint>
+#include <string>
+
+namespace ringmq::io {
+
+// A pending operation's completion record. Embedded in the object that issued the operation (connection, listener,
+// timer awaiter), which must stay alive until the last completion (no IORING_CQE_F_MORE) has been delivered.
+struct completion {
+    virtual void on_complete(int res, uint32_t flags) = 0;
+
+protected:
+    ~completion() = default;
+};
+
+// One reaped completion, copied out of the CQ so the ring can be advanced before the handlers run.
+struct reaped {
+    completion* c;
+    int res;
+    uint32_t flags;
+};
+
+// Checks once, on the main thread, that io_uring works and has every opcode and feature the broker needs. Returns
+// false with a one-line reason naming the cause (kernel too old, io_uring disabled by sysctl or a seccomp profile).
+bool probe_kernel(std::string& why);
+
+// The per-shard ring. Not thread-safe: only the owning shard's thread may call it.
+class ring {
+public:
+    ring() = default;
+    ~ring();
+    ring(const ring&) = delete;
+    ring& operator=(const ring&) = delete;
+
+    // Creates the ring, preferring SINGLE_ISSUER|DEFER_TASKRUN, then COOP_TASKRUN, then no flags.
+    bool init(unsigned entries, std::string& why);
+
+    io_uring* raw() { return &ring_; }
+    // A free SQE; submits what is queued when the SQ is full, so it never returns null.
+    io_uring_sqe* sqe();
+    // Submits without waiting and flushes deferred completions. Returns the number of SQEs submitted or -errno.
+    int submit();
+    // Submits and waits for at least one completion, or until timeout_ms (-1 = no timeout).
+    int submit_and_wait(int timeout_ms);
+    // Copies up to max completions into out and advances the CQ. Returns the count.
+    unsigned reap(reaped* out, unsigned max);
+
+    const char* mode() const { return mode_; }
+
+private:
+    io_uring ring_{};
+    bool ok_ = false;
+    bool defer_taskrun_ = false;
+    const char* mode_ = "";
+};
+
+// Sets user_data on an SQE: the completion, or null for "ignore".
+inline void set_completion(io_uring_sqe* s, completion* c) { io_uring_sqe_set_data(s, c); }
+
+} // namespace ringmq::io

@@ -1,0 +1,34 @@
+#pragma once
+// Matching one topic filter against one topic name (MQTT 4.7), without a trie: used where a single filter is
+// checked against many stored topics (retained delivery on subscribe). Pure function, no state.
+#include <string_view>
+
+namespace ringmq::routing {
+
+// True when `topic` matches `filter`. Both must already be valid; a leading wildcard never matches a '$' topic.
+inline bool topic_matches(std::string_view filter, std::string_view topic) {
+    if (!topic.empty() && topic.front() == '$' && !filter.empty() && (filter.front() == '+' || filter.front() == '#'))
+        return false;
+    size_t f = 0, t = 0;
+    for (;;) {
+        const size_t fe = filter.find('/', f);
+        const std::string_view flevel = filter.substr(f, fe == std::string_view::npos ? std::string_view::npos : fe - f);
+        if (flevel == "#") return true;
+        const size_t te = t == std::string_view::npos ? std::string_view::npos : topic.find('/', t);
+        if (t == std::string_view::npos) return false; // topic exhausted, filter has more (non-#) levels
+        const std::string_view tlevel = topic.substr(t, te == std::string_view::npos ? std::string_view::npos : te - t);
+        if (flevel != "+" && flevel != tlevel) return false;
+        const bool f_last = fe == std::string_view::npos;
+        const bool t_last = te == std::string_view::npos;
+        if (f_last && t_last) return true;
+        if (f_last) return false;
+        f = fe + 1;
+        if (t_last) {
+            // Only "#" may follow: "a/#" matches "a".
+            return filter.substr(f) == "#";
+        }
+        t = te + 1;
+    }
+}
+
+} // namespace ringmq::routing

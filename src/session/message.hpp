@@ -1,0 +1,94 @@
+#pragma once
+// An immutable application message (topic + payload + QoS + retain), allocated once when it must outlive the packet
+// it came in (offline queue, inflight window, retained store, cross-shard forwarding) and shared by reference.
+// Created on the shard that received the PUBLISH; it may then be referenced from any shard. The reference count is
+// atomic because a message crosses shards; whichever shard drops the last reference frees it (mimalloc frees
+// cross-thread cheaply). Nothing in it changes after creation.
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <span>
+#include <string_view>
+#include <utility>
+
+namespace ringmq::session {
+
+class message {
+public:
+    static message* make(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {
+        void* mem = std::malloc(sizeof(message) + topic.size() + payload.size());
+        if (!mem) throw std::bad_alloc();
+        auto* m = new (mem) message(static_cast<uint16_t>(topic.size()), static_cast<uint32_t>(payload.size()),
+                                    qos, retain);
+        std::memcpy(m->bytes(), topic.data(), topic.size());
+        if (!payload.empty()) std::memcpy(m->bytes() + topic.size(), payload.data(), payload.size());
+        return m;
+    }
+    // A copy with a different retain flag / QoS (retained copies, will messages).
+    message* with(uint8_t qos, bool retain) const { return make(topic(), payload(), qos, retain); }
+
+    void add_ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            this->~message();
+            std::free(this);
+        }
+    }
+
+    std::string_view topic() const { return {reinterpret_cast<const char*>(bytes()), topic_len_}; }
+    std::span<const uint8_t> payload() const { return {bytes() + topic_len_, payload_len_}; }
+    uint8_t qos() const { return qos_; }
+    bool retain() const { return retain_; }
+    size_t size() const { return sizeof(message) + topic_len_ + payload_len_; }
+
+private:
+    message(uint16_t tl, uint32_t pl, uint8_t qos, bool retain)
+        : topic_len_(tl), qos_(qos), retain_(retain), payload_len_(pl) {}
+    uint8_t* bytes() { return reinterpret_cast<uint8_t*>(this + 1); }
+    const uint8_t* bytes() const { return reinterpret_cast<const uint8_t*>(this + 1); }
+
+    std::atomic<uint32_t> refs_{1};
+    uint16_t topic_len_;
+    uint8_t qos_;
+    bool retain_;
+    uint32_t payload_len_;
+};
+
+// An owning reference to a message (one add_ref/release pair).
+class message_ref {
+public:
+    message_ref() = default;
+    // Adopts a reference the caller already holds.
+    static message_ref adopt(message* m) {
+        message_ref r;
+        r.m_ = m;
+        return r;
+    }
+    static message_ref share(message* m) {
+        if (m) m->add_ref();
+        return adopt(m);
+    }
+    message_ref(const message_ref& o) : m_(o.m_) {
+        if (m_) m_->add_ref();
+    }
+    message_ref(message_ref&& o) noexcept : m_(o.m_) { o.m_ = nullptr; }
+    message_ref& operator=(message_ref o) noexcept {
+        std::swap(m_, o.m_);
+        return *this;
+    }
+    ~message_ref() {
+        if (m_) m_->release();
+    }
+    message* get() const { return m_; }
+    message* operator->() const { return m_; }
+    explicit operator bool() const { return m_ != nullptr; }
+    message* detach() { return std::exchange(m_, nullptr); }
+
+private:
+    message* m_ = nullptr;
+};
+
+} // namespace ringmq::session

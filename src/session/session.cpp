@@ -1,0 +1,104 @@
+#include "session/session.hpp"
+
+#include <algorithm>
+
+namespace ringmq::session {
+
+session::session(std::string client_id, bool clean, limits l)
+    : client_id_(std::move(client_id)), clean_(clean), limits_(l) {
+    if (limits_.max_inflight == 0) limits_.max_inflight = 1;
+    if (limits_.max_inflight > 65535) limits_.max_inflight = 65535;
+}
+
+bool session::pid_in_use(uint16_t pid) const {
+    return std::any_of(window_.begin(), window_.end(), [pid](const outgoing& o) { return o.pid == pid; });
+}
+
+uint16_t session::alloc_pid() {
+    // The window holds at most 65535 entries, so a free id always exists; ids are reused in rotation.
+    for (;;) {
+        uint16_t pid = next_pid_;
+        next_pid_ = next_pid_ == 65535 ? 1 : static_cast<uint16_t>(next_pid_ + 1);
+        if (!pid_in_use(pid)) return pid;
+    }
+}
+
+session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, const outgoing** out) {
+    if (online && queue_.empty()) {
+        if (qos == 0) {
+            scratch_ = outgoing{std::move(msg), 0, 0, false};
+            *out = &scratch_;
+            return offer_result::send;
+        }
+        if (window_.size() < limits_.max_inflight) {
+            window_.push_back(outgoing{std::move(msg), alloc_pid(), qos, false});
+            *out = &window_.back();
+            return offer_result::send;
+        }
+    }
+    if (limits_.max_queued != 0 && queue_.size() >= limits_.max_queued) {
+        ++dropped_;
+        return offer_result::dropped;
+    }
+    queue_.push_back(outgoing{std::move(msg), 0, qos, false});
+    return offer_result::queued;
+}
+
+const outgoing* session::next_ready() {
+    if (queue_.empty()) return nullptr;
+    outgoing& front = queue_.front();
+    if (front.qos == 0) {
+        scratch_ = std::move(front);
+        queue_.pop_front();
+        return &scratch_;
+    }
+    if (window_.size() >= limits_.max_inflight) return nullptr;
+    front.pid = alloc_pid();
+    window_.push_back(std::move(front));
+    queue_.pop_front();
+    return &window_.back();
+}
+
+bool session::on_puback(uint16_t pid) {
+    for (auto it = window_.begin(); it != window_.end(); ++it)
+        if (it->pid == pid) {
+            if (it->qos != 1) return false;
+            window_.erase(it);
+            return true;
+        }
+    return false;
+}
+
+bool session::on_pubrec(uint16_t pid) {
+    for (outgoing& o : window_)
+        if (o.pid == pid) {
+            if (o.qos != 2) return false;
+            o.released = true;
+            o.msg = message_ref(); // the payload is no longer needed: only PUBREL/PUBCOMP remain
+            return true;
+        }
+    return false;
+}
+
+bool session::on_pubcomp(uint16_t pid) {
+    for (auto it = window_.begin(); it != window_.end(); ++it)
+        if (it->pid == pid) {
+            if (it->qos != 2 || !it->released) return false;
+            window_.erase(it);
+            return true;
+        }
+    return false;
+}
+
+bool session::incoming_qos2(uint16_t pid) { return awaiting_rel_.insert(pid).second; }
+
+bool session::incoming_release(uint16_t pid) { return awaiting_rel_.erase(pid) != 0; }
+
+void session::clear_messages() {
+    window_.clear();
+    queue_.clear();
+    awaiting_rel_.clear();
+    scratch_ = outgoing{};
+}
+
+} // namespace ringmq::session

@@ -1,0 +1,93 @@
+#pragma once
+// The state of one MQTT session, independent of any connection: its subscriptions, the outgoing QoS 1/2 window
+// (packet ids, QoS 2 progress), the queue of messages waiting for the window or for the client to come back, and the
+// incoming QoS 2 packet ids awaiting PUBREL. Pure state machine: no I/O, no clock, so it is unit-tested directly.
+// Owned by the session registry of the client id's home shard and only touched on that shard's thread.
+#include "session/message.hpp"
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace ringmq::session {
+
+struct limits {
+    uint32_t max_inflight = 32;   // outgoing QoS 1/2 messages awaiting acknowledgement, 1..65535
+    uint32_t max_queued = 1000;   // messages waiting beyond the window; 0 = unlimited
+    uint32_t max_awaiting_rel = 0; // incoming QoS 2 ids awaiting PUBREL; 0 = unlimited
+};
+
+// One outgoing message: in the window (pid != 0 for QoS > 0) or in the queue (pid 0 until it enters the window).
+struct outgoing {
+    message_ref msg;
+    uint16_t pid = 0;
+    uint8_t qos = 0;       // effective QoS: min(published, granted)
+    bool released = false; // QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
+};
+
+class session {
+public:
+    session(std::string client_id, bool clean, limits l);
+    session(const session&) = delete;
+    session& operator=(const session&) = delete;
+
+    const std::string& client_id() const { return client_id_; }
+    bool clean() const { return clean_; }
+    void set_clean(bool c) { clean_ = c; }
+    const limits& lim() const { return limits_; }
+
+    // Subscriptions of this session: filter -> granted options (QoS in bits 0-1).
+    std::unordered_map<std::string, uint8_t> subscriptions;
+
+    enum class offer_result { send, queued, dropped };
+    // A message for this session at effective QoS. When `online` and nothing is queued ahead of it and the window
+    // has room (QoS 0 needs no room), returns send with *out pointing at the entry to transmit (valid until the next
+    // call; for QoS > 0 it is in the window with its packet id). Otherwise it is queued (returns queued) unless the
+    // queue is full, in which case the new message is dropped and counted (returns dropped).
+    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out);
+
+    // Moves the next queued message into the window if there is room. Returns it (valid until the next call) or
+    // nullptr. QoS 0 entries are returned without entering the window.
+    const outgoing* next_ready();
+
+    // Outgoing acknowledgements. Each returns false when no message in the window has that id in the right state
+    // (counted by the caller as "missed").
+    bool on_puback(uint16_t pid);
+    bool on_pubrec(uint16_t pid); // marks released: the caller sends PUBREL
+    bool on_pubcomp(uint16_t pid);
+
+    // For resend on reconnect: every message in the window in order (PUBLISH with DUP, or PUBREL when released).
+    const std::deque<outgoing>& window() const { return window_; }
+    size_t queue_len() const { return queue_.size(); }
+    size_t inflight_len() const { return window_.size(); }
+    uint64_t dropped() const { return dropped_; }
+
+    // Incoming QoS 2: true when pid was not yet awaiting release (the message must be delivered now); false for a
+    // duplicate (already delivered, only PUBREC again).
+    bool incoming_qos2(uint16_t pid);
+    // PUBREL received: true when pid was awaiting release.
+    bool incoming_release(uint16_t pid);
+    size_t awaiting_rel() const { return awaiting_rel_.size(); }
+
+    // Clears the window and queue (a clean session reconnecting or being discarded).
+    void clear_messages();
+
+private:
+    uint16_t alloc_pid();
+    bool pid_in_use(uint16_t pid) const;
+
+    std::string client_id_;
+    bool clean_;
+    limits limits_;
+    std::deque<outgoing> window_;
+    std::deque<outgoing> queue_;
+    std::unordered_set<uint16_t> awaiting_rel_;
+    outgoing scratch_; // QoS 0 entry handed out by offer()/next_ready()
+    uint16_t next_pid_ = 1;
+    uint64_t dropped_ = 0;
+};
+
+} // namespace ringmq::session
