@@ -111,11 +111,11 @@ void shard::loop() {
         flush();
         publish_smp();
         reap_graveyard();
-        if (stopping_ && conns_.empty() && gate_.count() == 0 && !accept_armed_) {
+        if (stopping_ && conns_.empty() && gate_.count() == 0 && !accept_armed_ && pending_handoffs_.empty()) {
             stopped_ = true;
             break;
         }
-        const bool busy = !dirty_.empty() || !rearm_.empty() || outgoing_mask_ != 0;
+        const bool busy = !dirty_.empty() || !rearm_.empty() || outgoing_mask_ != 0 || !pending_handoffs_.empty();
         if (busy) {
             ring_.submit();
         } else {
@@ -129,6 +129,7 @@ void shard::loop() {
             }
         }
         now_ms_ = mono_ms();
+        ++turn_;
         const unsigned n = ring_.reap(batch, reap_batch);
         // Drain the queues only after the completions were observed: anything another shard published before a
         // client could have reacted to it (a route before its SUBACK, a retained store before its PUBACK) is then
@@ -136,6 +137,16 @@ void shard::loop() {
         drain_smp();
         for (unsigned i = 0; i < n; ++i)
             if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
+        if (!pending_handoffs_.empty()) {
+            size_t keep = 0;
+            for (auto& [t, h] : pending_handoffs_) {
+                if (t < turn_)
+                    take_handoff(h);
+                else
+                    pending_handoffs_[keep++] = {t, h};
+            }
+            pending_handoffs_.resize(keep);
+        }
         bufs_.commit();
         if (!rearm_.empty()) {
             std::vector<connection*> again;
@@ -178,18 +189,9 @@ void shard::drain_smp() {
 
 void shard::handle_smp(const reactor::smp_msg& m) {
     switch (m.kind) {
-    case k_handoff: {
-        std::unique_ptr<handoff> h(static_cast<handoff*>(m.ptr));
-        if (stopping_) {
-            ::close(h->fd);
-            node_.connections.fetch_sub(1, std::memory_order_relaxed);
-            return;
-        }
-        connection& c = adopt(h->fd, std::move(h->peer));
-        process_input(c, h->bytes.data(), h->bytes.size());
-        if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
+    case k_handoff:
+        pending_handoffs_.emplace_back(turn_, static_cast<handoff*>(m.ptr));
         return;
-    }
     case k_route_add: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.add_remote(*f, m.arg);
@@ -214,6 +216,18 @@ void shard::handle_smp(const reactor::smp_msg& m) {
     default:
         log::error("shard {}: unknown SMP message kind {}", id_, m.kind);
     }
+}
+
+void shard::take_handoff(handoff* hp) {
+    std::unique_ptr<handoff> h(hp);
+    if (stopping_) {
+        ::close(h->fd);
+        node_.connections.fetch_sub(1, std::memory_order_relaxed);
+        return;
+    }
+    connection& c = adopt(h->fd, std::move(h->peer));
+    process_input(c, h->bytes.data(), h->bytes.size());
+    if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
 }
 
 void shard::flush() {

@@ -183,6 +183,7 @@ private:
     bool protocol_error(connection& c, const char* what);
     void submit_send(connection& c);
     void reap_graveyard();
+    void take_handoff(handoff* h);
     bool valid_filter(std::string_view f) const;
     void retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
     void broadcast_route(uint32_t kind, const std::string& filter);
@@ -246,6 +247,10 @@ private:
     std::vector<connection*> rearm_;
     std::vector<uint64_t> graveyard_;
     std::vector<std::deque<reactor::smp_msg>> backlog_; // per destination: messages that did not fit its queue
+    // Handoffs wait one loop turn before they are handled, so bytes the client sent on its old connection before it
+    // reconnected (a PUBACK, say) are reaped and handled before the takeover closes that connection.
+    std::vector<std::pair<uint64_t, handoff*>> pending_handoffs_;
+    uint64_t turn_ = 0;
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     std::unordered_map<std::string, std::unique_ptr<session_slot>, routing::string_hash, std::equal_to<>> sessions_;

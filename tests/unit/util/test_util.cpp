@@ -1,0 +1,124 @@
+#include "util/hash.hpp"
+#include "util/log.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmq::test {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// fnv1a64: part of the external contract (operators compute a client's home shard), so pin exact values.
+
+// Usable at compile time.
+static_assert(fnv1a64("") == 0xcbf29ce484222325ULL);
+static_assert(fnv1a64("a") == 0xaf63dc4c8601ec8cULL);
+
+TEST(fnv1a64, reference_vectors) {
+    // Published FNV-1a 64-bit test vectors.
+    EXPECT_EQ(fnv1a64(""), 0xcbf29ce484222325ULL);
+    EXPECT_EQ(fnv1a64("a"), 0xaf63dc4c8601ec8cULL);
+    EXPECT_EQ(fnv1a64("foobar"), 0x85944171f73967e8ULL);
+}
+
+TEST(fnv1a64, more_pinned_values) {
+    EXPECT_EQ(fnv1a64("client-1"), 0xb61de2d208d36e08ULL);
+    EXPECT_EQ(fnv1a64("ringmq"), 0x5d24f0d89caec579ULL);
+}
+
+TEST(fnv1a64, bytes_are_unsigned_and_embedded_nul_counts) {
+    // A high byte must be xor-ed in as 0..255, not sign-extended.
+    const std::string high("\xff", 1);
+    EXPECT_EQ(fnv1a64(high), (0xcbf29ce484222325ULL ^ 0xffULL) * 0x100000001b3ULL);
+    const std::string with_nul("a\0b", 3);
+    EXPECT_NE(fnv1a64(with_nul), fnv1a64("ab"));
+    EXPECT_NE(fnv1a64(with_nul), fnv1a64("a"));
+    EXPECT_EQ(fnv1a64(std::string_view("abc", 2)), fnv1a64("ab")) << "hashes exactly the view's bytes";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// home_shard
+
+TEST(home_shard, zero_or_one_shard_is_always_shard_zero) {
+    for (std::string_view key : {"", "a", "client-1", "ringmq", "zzzzzzzzzzzzzzzzzzzz"}) {
+        EXPECT_EQ(home_shard(key, 1), 0u) << key;
+        EXPECT_EQ(home_shard(key, 0), 0u) << key;
+    }
+}
+
+TEST(home_shard, pinned_values) {
+    EXPECT_EQ(home_shard("a", 2), 0u);
+    EXPECT_EQ(home_shard("a", 3), 1u);
+    EXPECT_EQ(home_shard("a", 8), 4u);
+    EXPECT_EQ(home_shard("", 8), 5u);
+    EXPECT_EQ(home_shard("ringmq", 8), 1u);
+    EXPECT_EQ(home_shard("ringmq", 64), 57u);
+    EXPECT_EQ(home_shard("client-1", 64), 8u);
+}
+
+TEST(home_shard, is_hash_modulo_shards_and_in_range) {
+    for (unsigned shards = 2; shards <= 64; ++shards) {
+        for (int i = 0; i < 200; ++i) {
+            const std::string key = "client-" + std::to_string(i);
+            const unsigned s = home_shard(key, shards);
+            ASSERT_LT(s, shards) << key;
+            ASSERT_EQ(s, fnv1a64(key) % shards) << key << " over " << shards;
+        }
+    }
+}
+
+TEST(home_shard, spreads_keys_over_all_shards) {
+    constexpr unsigned k_shards = 8;
+    constexpr int k_keys = 8000;
+    std::vector<int> hits(k_shards, 0);
+    for (int i = 0; i < k_keys; ++i)
+        ++hits.at(home_shard("c" + std::to_string(i), k_shards));
+    for (unsigned s = 0; s < k_shards; ++s) {
+        // Expected 1000 each; a usable hash stays well inside +-20%.
+        EXPECT_GT(hits[s], 800) << "shard " << s;
+        EXPECT_LT(hits[s], 1200) << "shard " << s;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// log::parse_level
+
+TEST(log_parse_level, accepts_every_level_name) {
+    const std::pair<std::string_view, log::level> cases[] = {
+        {"debug", log::level::debug}, {"info", log::level::info}, {"warn", log::level::warn},
+        {"error", log::level::error}, {"off", log::level::off},   {"warning", log::level::warn},
+    };
+    for (const auto& [name, expected] : cases) {
+        // Start from a value different from the expected one so a parse that does not write is caught.
+        log::level out = expected == log::level::off ? log::level::debug : log::level::off;
+        EXPECT_TRUE(log::parse_level(name, out)) << name;
+        EXPECT_EQ(out, expected) << name;
+    }
+}
+
+TEST(log_parse_level, rejects_unknown_names_and_leaves_output_alone) {
+    using namespace std::string_view_literals;
+    const std::string_view bad_names[] = {"",      "DEBUG", "Info", "warn ",    " warn", "err",     "trace",
+                                          "fatal", "none",  "0",    "warnings", "offf",  "info\0"sv};
+    for (std::string_view bad : bad_names) {
+        log::level out = log::level::error;
+        EXPECT_FALSE(log::parse_level(bad, out)) << "'" << bad << "'";
+        EXPECT_EQ(out, log::level::error) << "'" << bad << "'";
+    }
+}
+
+TEST(log_level, set_and_current_round_trip) {
+    const log::level saved = log::current_level();
+    for (log::level l : {log::level::debug, log::level::info, log::level::warn, log::level::error, log::level::off}) {
+        log::set_level(l);
+        EXPECT_EQ(log::current_level(), l);
+    }
+    log::set_level(saved);
+}
+
+} // namespace
+} // namespace ringmq::test
