@@ -35,7 +35,8 @@ void pin(std::thread& t, unsigned shard) {
 int main(int argc, char** argv) {
     config::load_result r = config::load(argc, argv);
     if (!r.cfg) {
-        for (const std::string& e : r.errors) std::fprintf(stderr, "ringmq: %s\n", e.c_str());
+        for (const std::string& e : r.errors)
+            std::fprintf(stderr, "ringmq: %s\n", e.c_str());
         return r.exit_code;
     }
     const config::config cfg = std::move(*r.cfg);
@@ -89,8 +90,10 @@ int main(int argc, char** argv) {
         log::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     }
     node.stopping.store(true);
-    for (auto& s : shards) s->request_stop();
-    for (auto& t : threads) t.join();
+    for (auto& s : shards)
+        s->request_stop();
+    for (auto& t : threads)
+        t.join();
     broker::release_leftovers(node);
     listener::close_all(mqtt_listen);
     if (rc == 0) log::info("ringmq stopped");

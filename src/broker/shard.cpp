@@ -173,7 +173,8 @@ void shard::publish_smp() {
         mask &= mask - 1;
         auto& q = node_.smp.queue(id_, to);
         auto& bl = backlog_[to];
-        while (!bl.empty() && q.try_push(bl.front())) bl.pop_front();
+        while (!bl.empty() && q.try_push(bl.front()))
+            bl.pop_front();
         q.publish();
         node_.smp.wake_if_sleeping(to);
         if (bl.empty()) outgoing_mask_ &= ~(uint64_t{1} << to);
@@ -240,7 +241,8 @@ void shard::flush() {
 }
 
 void shard::reap_graveyard() {
-    for (uint64_t id : graveyard_) conns_.erase(id);
+    for (uint64_t id : graveyard_)
+        conns_.erase(id);
     graveyard_.clear();
 }
 
@@ -329,7 +331,8 @@ void shard::begin_shutdown() {
         io::set_completion(s, nullptr);
     }
     waker_.stop();
-    for (auto& [id, c] : conns_) close(*c, "broker shutting down", false);
+    for (auto& [id, c] : conns_)
+        close(*c, "broker shutting down", false);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -435,8 +438,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         }
         if (mqtt::check_packet_size(h, cfg_.limits.max_packet_size) != mqtt::error::none) {
             log::info("closing {} ({}): {} packet of {} bytes exceeds max_packet_size {}", c.client_id(), c.peer,
-                      mqtt::to_string(h.type), size_t{h.header_len} + h.remaining_length,
-                      cfg_.limits.max_packet_size);
+                      mqtt::to_string(h.type), size_t{h.header_len} + h.remaining_length, cfg_.limits.max_packet_size);
             close(c, "packet too large", true);
             break;
         }
@@ -491,8 +493,7 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
         return true;
     case packet_type::disconnect:
         ++m_.packets_disconnect;
-        if (mqtt::decode_empty(h.type, body, h.flags) != mqtt::error::none)
-            return protocol_error(c, "bad DISCONNECT");
+        if (mqtt::decode_empty(h.type, body, h.flags) != mqtt::error::none) return protocol_error(c, "bad DISCONNECT");
         c.disconnect_received = true;
         c.has_will = false; // MQTT-3.14.4-3: a DISCONNECT discards the will
         log::debug("client {} disconnected", c.client_id());
@@ -549,6 +550,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
     }
     c.sending.clear();
     c.send_off = 0;
+    if (c.sending.capacity() > 262144) std::vector<uint8_t>().swap(c.sending); // a burst is over: give memory back
     if (!c.out.empty())
         mark_dirty(c);
     else if (c.close_after_flush)
@@ -559,6 +561,7 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
     if (c.st == connection::state::closing) return;
     const bool was_connected = c.st == connection::state::connected;
     c.st = connection::state::closing;
+    ++st_.closed_by_reason[reason];
     if (was_connected) log::debug("client {} ({}) closed: {}", c.client_id(), c.peer, reason);
     if (c.slot) {
         session_slot* slot = c.slot;
@@ -647,8 +650,8 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         refuse_connect(c, 0x05, "anonymous connections are not allowed");
         return false;
     }
-    if (cv.will_flag && (!mqtt::valid_topic_name(cv.will_topic) ||
-                         mqtt::topic_levels(cv.will_topic) > cfg_.limits.max_topic_levels)) {
+    if (cv.will_flag &&
+        (!mqtt::valid_topic_name(cv.will_topic) || mqtt::topic_levels(cv.will_topic) > cfg_.limits.max_topic_levels)) {
         log::info("closing {}: invalid will topic", c.peer);
         close(c, "invalid will topic", false);
         return false;
@@ -724,8 +727,8 @@ void shard::attach_session(connection& c, bool clean) {
     mqtt::encode_connack(scratch_, c.ver, present, 0);
     send_control(c, scratch_);
     ++m_.packets_connack;
-    log::debug("client {} connected from {} (clean {}, keepalive {}, session present {})", c.client_id_, c.peer,
-               clean, c.keepalive, present);
+    log::debug("client {} connected from {} (clean {}, keepalive {}, session present {})", c.client_id_, c.peer, clean,
+               c.keepalive, present);
     if (present) {
         // Resend the unacknowledged window in order: PUBLISH with DUP, or PUBREL where PUBREC already came.
         for (const session::outgoing& o : slot->s->window()) {
@@ -828,8 +831,7 @@ bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t f
     ++m_.packets_subscribe;
     mqtt::subscribe_view sv{};
     const mqtt::error e = mqtt::decode_subscribe(body, flags, c.ver, sv);
-    if (e != mqtt::error::none)
-        return protocol_error(c, fmt::format("bad SUBSCRIBE: {}", mqtt::to_string(e)).c_str());
+    if (e != mqtt::error::none) return protocol_error(c, fmt::format("bad SUBSCRIBE: {}", mqtt::to_string(e)).c_str());
     std::vector<uint8_t> codes;
     codes.reserve(sv.entries.size());
     for (const mqtt::subscription& sub : sv.entries) {
@@ -858,7 +860,8 @@ bool shard::on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t
     const mqtt::error e = mqtt::decode_unsubscribe(body, flags, c.ver, uv);
     if (e != mqtt::error::none)
         return protocol_error(c, fmt::format("bad UNSUBSCRIBE: {}", mqtt::to_string(e)).c_str());
-    for (std::string_view f : uv.filters) remove_subscription(*c.slot, std::string(f));
+    for (std::string_view f : uv.filters)
+        remove_subscription(*c.slot, std::string(f));
     scratch_.clear();
     mqtt::encode_unsuback(scratch_, c.ver, uv.packet_id, {});
     send_control(c, scratch_);
@@ -949,7 +952,8 @@ void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint
         matches_.resize(w);
     }
     // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
-    for (const match& m : matches_) deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false);
+    for (const match& m : matches_)
+        deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false);
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
     if (matches_.empty() && mask == 0) {

@@ -37,8 +37,8 @@ struct node {
     reactor::smp smp;
     std::atomic<uint32_t> connections{0}; // accepted sockets, node-wide, checked against max_connections
     std::atomic<bool> stopping{false};
-    std::atomic<unsigned> ready{0};   // shards whose ring is up and accepting
-    std::atomic<bool> failed{false};  // a shard could not start (logged by it)
+    std::atomic<unsigned> ready{0};  // shards whose ring is up and accepting
+    std::atomic<bool> failed{false}; // a shard could not start (logged by it)
     std::vector<shard*> shards;
 };
 
@@ -51,11 +51,11 @@ struct session_slot {
 
 // Cross-shard message kinds (reactor::smp_msg::kind).
 enum msg_kind : uint32_t {
-    k_handoff = 1,  // ptr: handoff*, a connection whose CONNECT names a client homed on the receiving shard
-    k_route_add,    // ptr: std::string* filter, arg: sender shard; the sender's first local subscriber on filter
-    k_route_del,    // ptr: std::string* filter, arg: sender shard; the sender's last local subscriber left
-    k_publish,      // ptr: session::message* (one reference), arg: sender shard
-    k_retain,       // ptr: session::message* (one reference); store or (empty payload) clear the retained topic
+    k_handoff = 1, // ptr: handoff*, a connection whose CONNECT names a client homed on the receiving shard
+    k_route_add,   // ptr: std::string* filter, arg: sender shard; the sender's first local subscriber on filter
+    k_route_del,   // ptr: std::string* filter, arg: sender shard; the sender's last local subscriber left
+    k_publish,     // ptr: session::message* (one reference), arg: sender shard
+    k_retain,      // ptr: session::message* (one reference); store or (empty payload) clear the retained topic
 };
 
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
@@ -97,7 +97,7 @@ public:
     bool handed_off = false; // the socket now belongs to another shard
     bool buried = false;     // queued for destruction at the end of the loop turn
     bool refused = false;
-    std::string client_id_;  // empty until CONNECT is accepted (or refused with an id)
+    std::string client_id_; // empty until CONNECT is accepted (or refused with an id)
 
     const std::string& client_id() const {
         static const std::string none = "-";
@@ -208,8 +208,8 @@ private:
 
     // sending
     void send_control(connection& c, const std::vector<uint8_t>& bytes);
-    void send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                      bool retain, bool dup, uint16_t pid);
+    void send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain,
+                      bool dup, uint16_t pid);
     void send_ack(connection& c, mqtt::packet_type t, uint16_t pid);
     void pump(session_slot& slot); // moves queued messages into the window while it has room
 

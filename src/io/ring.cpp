@@ -50,10 +50,14 @@ bool probe_kernel(std::string& why) {
         const char* name;
     };
     static const need needs[] = {
-        {IORING_OP_ACCEPT, "ACCEPT"},   {IORING_OP_RECV, "RECV"},
-        {IORING_OP_SEND, "SEND"},       {IORING_OP_SENDMSG, "SENDMSG"},
-        {IORING_OP_TIMEOUT, "TIMEOUT"}, {IORING_OP_READ, "READ"},
-        {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"}, {IORING_OP_CLOSE, "CLOSE"},
+        {IORING_OP_ACCEPT, "ACCEPT"},
+        {IORING_OP_RECV, "RECV"},
+        {IORING_OP_SEND, "SEND"},
+        {IORING_OP_SENDMSG, "SENDMSG"},
+        {IORING_OP_TIMEOUT, "TIMEOUT"},
+        {IORING_OP_READ, "READ"},
+        {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+        {IORING_OP_CLOSE, "CLOSE"},
         {IORING_OP_SHUTDOWN, "SHUTDOWN"},
     };
     std::string missing;

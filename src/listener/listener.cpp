@@ -50,8 +50,8 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, uint16_t& a
         return -1;
     }
     if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-        why = fmt::format("cannot bind {}: {}", config::to_string(config::endpoint{ep.host, port}),
-                          std::strerror(errno));
+        why =
+            fmt::format("cannot bind {}: {}", config::to_string(config::endpoint{ep.host, port}), std::strerror(errno));
         ::close(fd);
         return -1;
     }
@@ -88,7 +88,8 @@ bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bou
 }
 
 void close_all(bound& b) {
-    for (int fd : b.fds) ::close(fd);
+    for (int fd : b.fds)
+        ::close(fd);
     b.fds.clear();
 }
 

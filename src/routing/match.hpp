@@ -12,7 +12,8 @@ inline bool topic_matches(std::string_view filter, std::string_view topic) {
     size_t f = 0, t = 0;
     for (;;) {
         const size_t fe = filter.find('/', f);
-        const std::string_view flevel = filter.substr(f, fe == std::string_view::npos ? std::string_view::npos : fe - f);
+        const std::string_view flevel =
+            filter.substr(f, fe == std::string_view::npos ? std::string_view::npos : fe - f);
         if (flevel == "#") return true;
         const size_t te = t == std::string_view::npos ? std::string_view::npos : topic.find('/', t);
         if (t == std::string_view::npos) return false; // topic exhausted, filter has more (non-#) levels

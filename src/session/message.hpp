@@ -21,8 +21,8 @@ public:
     static message* make(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {
         void* mem = std::malloc(sizeof(message) + topic.size() + payload.size());
         if (!mem) throw std::bad_alloc();
-        auto* m = new (mem) message(static_cast<uint16_t>(topic.size()), static_cast<uint32_t>(payload.size()),
-                                    qos, retain);
+        auto* m =
+            new (mem) message(static_cast<uint16_t>(topic.size()), static_cast<uint32_t>(payload.size()), qos, retain);
         std::memcpy(m->bytes(), topic.data(), topic.size());
         if (!payload.empty()) std::memcpy(m->bytes() + topic.size(), payload.data(), payload.size());
         return m;

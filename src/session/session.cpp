@@ -8,9 +8,19 @@ session::session(std::string client_id, bool clean, limits l)
     : client_id_(std::move(client_id)), clean_(clean), limits_(l) {
     if (limits_.max_inflight == 0) limits_.max_inflight = 1;
     if (limits_.max_inflight > 65535) limits_.max_inflight = 65535;
+    if (limits_.max_inflight > 64) pid_bits_ = std::make_unique<uint64_t[]>(1024);
+}
+
+void session::mark_pid(uint16_t pid, bool used) {
+    if (!pid_bits_) return;
+    if (used)
+        pid_bits_[pid >> 6] |= uint64_t{1} << (pid & 63);
+    else
+        pid_bits_[pid >> 6] &= ~(uint64_t{1} << (pid & 63));
 }
 
 bool session::pid_in_use(uint16_t pid) const {
+    if (pid_bits_) return (pid_bits_[pid >> 6] >> (pid & 63)) & 1;
     return std::any_of(window_.begin(), window_.end(), [pid](const outgoing& o) { return o.pid == pid; });
 }
 
@@ -19,7 +29,10 @@ uint16_t session::alloc_pid() {
     for (;;) {
         uint16_t pid = next_pid_;
         next_pid_ = next_pid_ == 65535 ? 1 : static_cast<uint16_t>(next_pid_ + 1);
-        if (!pid_in_use(pid)) return pid;
+        if (!pid_in_use(pid)) {
+            mark_pid(pid, true);
+            return pid;
+        }
     }
 }
 
@@ -63,6 +76,7 @@ bool session::on_puback(uint16_t pid) {
     for (auto it = window_.begin(); it != window_.end(); ++it)
         if (it->pid == pid) {
             if (it->qos != 1) return false;
+            mark_pid(pid, false);
             window_.erase(it);
             return true;
         }
@@ -84,6 +98,7 @@ bool session::on_pubcomp(uint16_t pid) {
     for (auto it = window_.begin(); it != window_.end(); ++it)
         if (it->pid == pid) {
             if (it->qos != 2 || !it->released) return false;
+            mark_pid(pid, false);
             window_.erase(it);
             return true;
         }
@@ -95,6 +110,8 @@ bool session::incoming_qos2(uint16_t pid) { return awaiting_rel_.insert(pid).sec
 bool session::incoming_release(uint16_t pid) { return awaiting_rel_.erase(pid) != 0; }
 
 void session::clear_messages() {
+    for (const outgoing& o : window_)
+        mark_pid(o.pid, false);
     window_.clear();
     queue_.clear();
     awaiting_rel_.clear();

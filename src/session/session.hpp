@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -15,8 +16,8 @@
 namespace ringmq::session {
 
 struct limits {
-    uint32_t max_inflight = 32;   // outgoing QoS 1/2 messages awaiting acknowledgement, 1..65535
-    uint32_t max_queued = 1000;   // messages waiting beyond the window; 0 = unlimited
+    uint32_t max_inflight = 32;    // outgoing QoS 1/2 messages awaiting acknowledgement, 1..65535
+    uint32_t max_queued = 1000;    // messages waiting beyond the window; 0 = unlimited
     uint32_t max_awaiting_rel = 0; // incoming QoS 2 ids awaiting PUBREL; 0 = unlimited
 };
 
@@ -78,6 +79,7 @@ public:
 private:
     uint16_t alloc_pid();
     bool pid_in_use(uint16_t pid) const;
+    void mark_pid(uint16_t pid, bool used);
 
     std::string client_id_;
     bool clean_;
@@ -85,6 +87,8 @@ private:
     std::deque<outgoing> window_;
     std::deque<outgoing> queue_;
     std::unordered_set<uint16_t> awaiting_rel_;
+    // Bitmap of ids in the window, allocated only for windows larger than a linear scan handles well (8 KiB).
+    std::unique_ptr<uint64_t[]> pid_bits_;
     outgoing scratch_; // QoS 0 entry handed out by offer()/next_ready()
     uint16_t next_pid_ = 1;
     uint64_t dropped_ = 0;

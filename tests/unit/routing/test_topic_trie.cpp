@@ -477,8 +477,7 @@ void fill(topic_trie& t) {
 
 void expect_filled(const topic_trie& t) {
     auto r = run_match(t, "a/b");
-    EXPECT_THAT(r.hits,
-                UnorderedElementsAre(hit{S(0), "a/b"}, hit{S(1), "a/+"}, hit{S(2), "#"}, hit{S(3), "+/b"}));
+    EXPECT_THAT(r.hits, UnorderedElementsAre(hit{S(0), "a/b"}, hit{S(1), "a/+"}, hit{S(2), "#"}, hit{S(3), "+/b"}));
     EXPECT_EQ(r.mask, uint64_t{1} << 4);
     EXPECT_EQ(t.filter_count(), 4u);
     EXPECT_EQ(t.subscription_count(), 4u);

@@ -1,0 +1,195 @@
+// Session state machine: window and packet ids, queue limits and drop policy, QoS 2 in both directions, resend state.
+#include "session/session.hpp"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+
+using ringmq::session::limits;
+using ringmq::session::message;
+using ringmq::session::message_ref;
+using ringmq::session::outgoing;
+using ringmq::session::session;
+using offer = ringmq::session::session::offer_result;
+
+namespace {
+
+message_ref msg(const std::string& payload, uint8_t qos = 1) {
+    return message_ref::adopt(
+        message::make("t/x", {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()}, qos, false));
+}
+
+std::string text(const outgoing* o) {
+    auto p = o->msg->payload();
+    return {reinterpret_cast<const char*>(p.data()), p.size()};
+}
+
+limits lim(uint32_t inflight, uint32_t queued) {
+    limits l;
+    l.max_inflight = inflight;
+    l.max_queued = queued;
+    return l;
+}
+
+} // namespace
+
+TEST(Message, HoldsTopicPayloadAndFlags) {
+    message_ref m = message_ref::adopt(message::make("a/b", {reinterpret_cast<const uint8_t*>("xyz"), 3}, 2, true));
+    EXPECT_EQ(m->topic(), "a/b");
+    ASSERT_EQ(m->payload().size(), 3u);
+    EXPECT_EQ(m->payload()[2], 'z');
+    EXPECT_EQ(m->qos(), 2);
+    EXPECT_TRUE(m->retain());
+    message_ref copy = m;
+    EXPECT_EQ(copy.get(), m.get());
+    message* w = m->with(0, false);
+    EXPECT_EQ(w->topic(), "a/b");
+    EXPECT_FALSE(w->retain());
+    w->release();
+}
+
+TEST(Session, QoS0OnlineIsSentWithoutPacketId) {
+    session s("c", true, lim(2, 10));
+    const outgoing* o = nullptr;
+    EXPECT_EQ(s.offer(msg("a", 0), 0, true, &o), offer::send);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->pid, 0);
+    EXPECT_EQ(s.inflight_len(), 0u);
+}
+
+TEST(Session, WindowLimitsInflightAndQueuesTheRest) {
+    session s("c", false, lim(2, 10));
+    const outgoing* o = nullptr;
+    EXPECT_EQ(s.offer(msg("0"), 1, true, &o), offer::send);
+    const uint16_t p0 = o->pid;
+    EXPECT_EQ(s.offer(msg("1"), 1, true, &o), offer::send);
+    const uint16_t p1 = o->pid;
+    EXPECT_NE(p0, 0);
+    EXPECT_NE(p1, 0);
+    EXPECT_NE(p0, p1);
+    EXPECT_EQ(s.offer(msg("2"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.inflight_len(), 2u);
+    EXPECT_EQ(s.queue_len(), 1u);
+    EXPECT_EQ(s.next_ready(), nullptr); // window full
+    EXPECT_TRUE(s.on_puback(p0));
+    const outgoing* n = s.next_ready();
+    ASSERT_NE(n, nullptr);
+    EXPECT_EQ(text(n), "2");
+    EXPECT_NE(n->pid, p1);
+    EXPECT_EQ(s.queue_len(), 0u);
+}
+
+TEST(Session, QoS0WaitsBehindQueuedMessagesToKeepOrder) {
+    session s("c", false, lim(1, 10));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("0"), 1, true, &o), offer::send);
+    const uint16_t p0 = o->pid;
+    EXPECT_EQ(s.offer(msg("1"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("2", 0), 0, true, &o), offer::queued);
+    EXPECT_TRUE(s.on_puback(p0));
+    const outgoing* a = s.next_ready();
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(text(a), "1");
+    // The QoS 0 message is behind a full window again but is not limited by it.
+    const outgoing* b = s.next_ready();
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(text(b), "2");
+    EXPECT_EQ(b->qos, 0);
+    EXPECT_EQ(s.next_ready(), nullptr);
+}
+
+TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
+    session s("c", false, lim(5, 3));
+    const outgoing* o = nullptr;
+    for (int i = 0; i < 5; ++i) {
+        const offer r = s.offer(msg(std::to_string(i)), 1, false, &o);
+        EXPECT_EQ(r, i < 3 ? offer::queued : offer::dropped) << i;
+    }
+    EXPECT_EQ(s.dropped(), 2u);
+    std::string got;
+    while (const outgoing* n = s.next_ready())
+        got += text(n);
+    EXPECT_EQ(got, "012");
+}
+
+TEST(Session, UnlimitedQueueWhenZero) {
+    session s("c", false, lim(1, 0));
+    const outgoing* o = nullptr;
+    for (int i = 0; i < 5000; ++i)
+        ASSERT_EQ(s.offer(msg("x"), 1, false, &o), offer::queued);
+    EXPECT_EQ(s.queue_len(), 5000u);
+    EXPECT_EQ(s.dropped(), 0u);
+}
+
+TEST(Session, AckWithUnknownOrWrongQoSIdIsMissed) {
+    session s("c", false, lim(4, 10));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
+    const uint16_t p1 = o->pid;
+    ASSERT_EQ(s.offer(msg("b", 2), 2, true, &o), offer::send);
+    const uint16_t p2 = o->pid;
+    EXPECT_FALSE(s.on_puback(999));
+    EXPECT_FALSE(s.on_puback(p2));  // QoS 2 message: PUBACK is wrong
+    EXPECT_FALSE(s.on_pubrec(p1));  // QoS 1 message: PUBREC is wrong
+    EXPECT_FALSE(s.on_pubcomp(p2)); // PUBCOMP before PUBREC
+    EXPECT_TRUE(s.on_puback(p1));
+    EXPECT_FALSE(s.on_puback(p1)); // duplicate
+    EXPECT_EQ(s.inflight_len(), 1u);
+}
+
+TEST(Session, OutgoingQoS2Flow) {
+    session s("c", false, lim(4, 10));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("q2", 2), 2, true, &o), offer::send);
+    const uint16_t pid = o->pid;
+    EXPECT_TRUE(s.on_pubrec(pid));
+    ASSERT_EQ(s.window().size(), 1u);
+    EXPECT_TRUE(s.window().front().released); // a reconnect resends PUBREL, not the PUBLISH
+    EXPECT_TRUE(s.on_pubrec(pid));            // duplicate PUBREC: PUBREL again
+    EXPECT_TRUE(s.on_pubcomp(pid));
+    EXPECT_EQ(s.inflight_len(), 0u);
+    EXPECT_FALSE(s.on_pubcomp(pid));
+}
+
+TEST(Session, IncomingQoS2DeliversOnceUntilReleased) {
+    session s("c", false, lim(4, 10));
+    EXPECT_TRUE(s.incoming_qos2(7));
+    EXPECT_FALSE(s.incoming_qos2(7)); // resent PUBLISH: not delivered again
+    EXPECT_EQ(s.awaiting_rel(), 1u);
+    EXPECT_TRUE(s.incoming_release(7));
+    EXPECT_FALSE(s.incoming_release(7));
+    EXPECT_TRUE(s.incoming_qos2(7)); // the id may be reused after release
+}
+
+TEST(Session, WindowKeptForResendInOrder) {
+    session s("c", false, lim(3, 10));
+    const outgoing* o = nullptr;
+    for (int i = 0; i < 5; ++i)
+        s.offer(msg(std::to_string(i)), 1, true, &o);
+    ASSERT_EQ(s.window().size(), 3u);
+    std::string order;
+    for (const outgoing& w : s.window())
+        order += text(&w);
+    EXPECT_EQ(order, "012");
+    s.clear_messages();
+    EXPECT_EQ(s.inflight_len(), 0u);
+    EXPECT_EQ(s.queue_len(), 0u);
+}
+
+TEST(Session, PacketIdsSkipIdsInUseAndWrap) {
+    session s("c", false, lim(65535, 0));
+    const outgoing* o = nullptr;
+    std::set<uint16_t> seen;
+    for (int i = 0; i < 65535; ++i) {
+        ASSERT_EQ(s.offer(msg("x"), 1, true, &o), offer::send);
+        ASSERT_NE(o->pid, 0);
+        ASSERT_TRUE(seen.insert(o->pid).second) << "duplicate id " << o->pid;
+    }
+    // Window full of all 65535 ids: the next waits; freeing id 500 makes exactly that id available.
+    EXPECT_EQ(s.offer(msg("y"), 1, true, &o), offer::queued);
+    EXPECT_TRUE(s.on_puback(500));
+    const outgoing* n = s.next_ready();
+    ASSERT_NE(n, nullptr);
+    EXPECT_EQ(n->pid, 500);
+}
