@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cstring>
+#include <ctime>
 
 namespace ringmq::broker {
 
@@ -58,7 +59,8 @@ void append(std::vector<uint8_t>& v, const void* p, size_t n) {
 
 } // namespace
 
-node::node(const config::config& c, unsigned n) : cfg(c), smp(n, smp_capacity) {}
+node::node(const config::config& c, unsigned n)
+    : cfg(c), mqtt_shards(n), smp(n + 1, smp_capacity), started_at(static_cast<int64_t>(::time(nullptr))) {}
 
 connection::connection(shard& s, int f, std::string p) : sh(s), fd(f), peer(std::move(p)) {}
 
@@ -66,7 +68,8 @@ void connection::on_recv(int res, uint32_t flags) { sh.on_recv(*this, res, flags
 void connection::on_send(int res, uint32_t flags) { sh.on_send(*this, res, flags); }
 
 shard::shard(node& n, unsigned id, int listen_fd)
-    : node_(n), cfg_(n.cfg), id_(id), n_(n.smp.size()), listen_fd_(listen_fd), backlog_(n.smp.size()) {
+    : node_(n), cfg_(n.cfg), id_(id), n_(n.mqtt_shards), parts_(n.smp.size()), listen_fd_(listen_fd),
+      backlog_(n.smp.size()) {
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
 }
 
@@ -182,7 +185,7 @@ void shard::publish_smp() {
 }
 
 void shard::drain_smp() {
-    for (unsigned from = 0; from < n_; ++from) {
+    for (unsigned from = 0; from < parts_; ++from) {
         if (from == id_) continue;
         node_.smp.queue(from, id_).drain([this](const reactor::smp_msg& m) { handle_smp(m); }, smp_drain_max);
     }
@@ -214,6 +217,12 @@ void shard::handle_smp(const reactor::smp_msg& m) {
     case k_retain:
         store_retained(static_cast<session::message*>(m.ptr));
         return;
+    case k_admin_call: {
+        auto* call = static_cast<admin_call*>(m.ptr);
+        call->fn(*this);
+        push(m.arg, k_admin_done, id_, call);
+        return;
+    }
     default:
         log::error("shard {}: unknown SMP message kind {}", id_, m.kind);
     }
@@ -295,13 +304,13 @@ void shard::tick(int64_t now) {
         if (c.st == connection::state::awaiting_connect) {
             if (now - c.accepted_ms > lim.connect_timeout_ms) {
                 log::info("closing {}: no CONNECT within {} ms", c.peer, lim.connect_timeout_ms);
-                close(c, "connect timeout", false);
+                close(c, "connect_timeout", false);
             }
         } else if (c.st == connection::state::connected && c.keepalive != 0) {
             const auto limit = static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
             if (now - c.last_rx_ms > limit) {
                 log::info("closing client {} ({}): keepalive {} s exceeded", c.client_id(), c.peer, c.keepalive);
-                close(c, "keepalive timeout", true);
+                close(c, "keepalive_timeout", true);
             }
         }
     }
@@ -332,7 +341,7 @@ void shard::begin_shutdown() {
     }
     waker_.stop();
     for (auto& [id, c] : conns_)
-        close(*c, "broker shutting down", false);
+        close(*c, "shutdown", false);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -382,9 +391,9 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         if (has_buf) bufs_.recycle(bid);
         if (c.st != connection::state::closing) {
             if (res == 0)
-                close(c, "connection closed by peer", true);
+                close(c, "closed", true);
             else
-                close(c, res == -ECONNRESET ? "connection reset by peer" : "socket error", true);
+                close(c, res == -ECONNRESET ? "econnreset" : "socket_error", true);
         }
         maybe_destroy(c);
         return;
@@ -433,13 +442,13 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         if (e == mqtt::error::need_more) break;
         if (e != mqtt::error::none) {
             log::info("closing {} ({}): malformed remaining length", c.client_id(), c.peer);
-            close(c, "malformed remaining length", true);
+            close(c, "parser_error", true);
             break;
         }
         if (mqtt::check_packet_size(h, cfg_.limits.max_packet_size) != mqtt::error::none) {
             log::info("closing {} ({}): {} packet of {} bytes exceeds max_packet_size {}", c.client_id(), c.peer,
                       mqtt::to_string(h.type), size_t{h.header_len} + h.remaining_length, cfg_.limits.max_packet_size);
-            close(c, "packet too large", true);
+            close(c, "packet_too_large", true);
             break;
         }
         const size_t total = size_t{h.header_len} + h.remaining_length;
@@ -456,7 +465,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
 
 bool shard::protocol_error(connection& c, const char* what) {
     log::info("closing {} ({}): protocol error: {}", c.client_id(), c.peer, what);
-    close(c, what, true);
+    close(c, "protocol_error", true);
     return false;
 }
 
@@ -466,7 +475,7 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
     if (c.st == connection::state::awaiting_connect) {
         if (h.type != packet_type::connect) {
             log::info("closing {}: first packet is {} instead of CONNECT", c.peer, mqtt::to_string(h.type));
-            close(c, "first packet not CONNECT", false);
+            close(c, "protocol_error", false);
             return false;
         }
         return on_connect(c, body, h.flags, rest);
@@ -497,7 +506,7 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
         c.disconnect_received = true;
         c.has_will = false; // MQTT-3.14.4-3: a DISCONNECT discards the will
         log::debug("client {} disconnected", c.client_id());
-        close(c, "client disconnected", false);
+        close(c, "normal", false);
         return false;
     case packet_type::connect:
         ++m_.packets_connect;
@@ -534,7 +543,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
     c.send_busy = false;
     if (res < 0) {
         if (c.st != connection::state::closing)
-            close(c, res == -EPIPE || res == -ECONNRESET ? "connection reset by peer" : "send failed", true);
+            close(c, res == -EPIPE || res == -ECONNRESET ? "econnreset" : "socket_error", true);
         maybe_destroy(c);
         return;
     }
@@ -554,14 +563,15 @@ void shard::on_send(connection& c, int res, uint32_t) {
     if (!c.out.empty())
         mark_dirty(c);
     else if (c.close_after_flush)
-        close(c, "refused", false);
+        close(c, "connack_refused", false);
 }
 
 void shard::close(connection& c, const char* reason, bool publish_will) {
     if (c.st == connection::state::closing) return;
     const bool was_connected = c.st == connection::state::connected;
     c.st = connection::state::closing;
-    ++st_.closed_by_reason[reason];
+    // Reasons are short tokens (EMQ X shutdown reasons where one exists); a DISCONNECT is a normal exit, not counted.
+    if (std::strcmp(reason, "normal") != 0) ++st_.closed_by_reason[reason];
     if (was_connected) log::debug("client {} ({}) closed: {}", c.client_id(), c.peer, reason);
     if (c.slot) {
         session_slot* slot = c.slot;
@@ -622,7 +632,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     }
     if (e != mqtt::error::none) {
         log::info("closing {}: malformed CONNECT: {}", c.peer, mqtt::to_string(e));
-        close(c, "malformed CONNECT", false);
+        close(c, "parser_error", false);
         return false;
     }
     if (cv.version == mqtt::protocol_version::v5) {
@@ -653,7 +663,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     if (cv.will_flag &&
         (!mqtt::valid_topic_name(cv.will_topic) || mqtt::topic_levels(cv.will_topic) > cfg_.limits.max_topic_levels)) {
         log::info("closing {}: invalid will topic", c.peer);
-        close(c, "invalid will topic", false);
+        close(c, "protocol_error", false);
         return false;
     }
     if (client_id.empty()) {
@@ -678,6 +688,10 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     }
     c.ver = cv.version;
     c.keepalive = cv.keepalive;
+    c.clean = cv.clean_session;
+    c.has_username = cv.has_username;
+    c.username = std::string(cv.username);
+    c.connected_wall = static_cast<int64_t>(::time(nullptr));
     c.client_id_ = std::move(client_id);
     if (cv.will_flag) {
         c.has_will = true;
@@ -702,7 +716,7 @@ void shard::attach_session(connection& c, bool clean) {
                       old.peer, c.peer);
             old.slot = nullptr;
             slot->conn = nullptr;
-            close(old, "session taken over", true);
+            close(old, "conflict", true);
         }
         if (clean || slot->s->clean()) {
             drop_session(slot);
@@ -717,6 +731,7 @@ void shard::attach_session(connection& c, bool clean) {
         lim.max_queued = cfg_.limits.max_queued_messages;
         auto owned = std::make_unique<session_slot>();
         owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
+        owned->created_at = static_cast<int64_t>(::time(nullptr));
         slot = owned.get();
         sessions_.emplace(c.client_id_, std::move(owned));
     }
@@ -998,7 +1013,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
 }
 
 void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
-    if (!cfg_.limits.retain_available) return;
+    if (!cfg_.limits.retain_available || !node_.retainer_active.load(std::memory_order_relaxed)) return;
     if (payload.size() > cfg_.limits.max_retained_payload) {
         log::info("retained message on {} not stored: {} bytes exceed max_retained_payload", topic, payload.size());
         return;
@@ -1037,6 +1052,7 @@ void shard::store_retained(session::message* m) {
 }
 
 void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted) {
+    if (!node_.retainer_active.load(std::memory_order_relaxed)) return;
     auto send_one = [&](const session::message_ref& r) {
         session::message_ref msg = r;
         deliver(slot, msg->topic(), msg->payload(), std::min(granted, msg->qos()), msg, msg->qos(), true);
@@ -1085,6 +1101,162 @@ void shard::drop_session(session_slot* slot) {
     sessions_.erase(id);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Admin facade (runs on this shard's thread, called from drained admin calls)
+
+namespace {
+
+void split_peer(const std::string& peer, std::string& ip, uint16_t& port) {
+    const size_t colon = peer.rfind(':');
+    if (colon == std::string::npos) {
+        ip = peer;
+        port = 0;
+        return;
+    }
+    ip = peer.substr(0, colon);
+    if (ip.size() >= 2 && ip.front() == '[' && ip.back() == ']') ip = ip.substr(1, ip.size() - 2);
+    if (ip.rfind("::ffff:", 0) == 0 && ip.find('.') != std::string::npos) ip = ip.substr(7); // IPv4-mapped
+    port = static_cast<uint16_t>(std::strtoul(peer.c_str() + colon + 1, nullptr, 10));
+}
+
+client_row make_client_row(const connection& c) {
+    client_row r;
+    r.client_id = c.client_id_;
+    r.username = c.has_username ? c.username : "undefined";
+    split_peer(c.peer, r.ipaddress, r.port);
+    r.clean_sess = c.clean;
+    r.proto_ver = static_cast<int>(c.ver);
+    r.keepalive = c.keepalive;
+    r.connected_at = c.connected_wall;
+    return r;
+}
+
+session_row make_session_row(const session_slot& slot) {
+    const session::session& s = *slot.s;
+    session_row r;
+    r.client_id = s.client_id();
+    r.clean_sess = s.clean();
+    r.max_inflight = s.lim().max_inflight;
+    r.inflight_queue = s.inflight_len();
+    r.message_queue = s.queue_len();
+    r.message_dropped = s.dropped();
+    r.awaiting_rel = s.awaiting_rel();
+    for (const session::outgoing& o : s.window()) {
+        if (o.released)
+            ++r.awaiting_comp;
+        else
+            ++r.awaiting_ack;
+    }
+    r.created_at = slot.created_at;
+    return r;
+}
+
+} // namespace
+
+size_t shard::client_count() const {
+    size_t n = 0;
+    for (const auto& [id, c] : conns_)
+        if (c->st == connection::state::connected) ++n;
+    return n;
+}
+
+void shard::clients(size_t offset, size_t limit, std::vector<client_row>& out) const {
+    size_t i = 0;
+    for (const auto& [id, c] : conns_) {
+        if (c->st != connection::state::connected) continue;
+        if (i++ < offset) continue;
+        if (out.size() >= limit) break;
+        out.push_back(make_client_row(*c));
+    }
+}
+
+bool shard::client(std::string_view id, client_row& out) const {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || !it->second->conn) return false;
+    out = make_client_row(*it->second->conn);
+    return true;
+}
+
+void shard::sessions(size_t offset, size_t limit, std::vector<session_row>& out) const {
+    size_t i = 0;
+    for (const auto& [id, slot] : sessions_) {
+        if (i++ < offset) continue;
+        if (out.size() >= limit) break;
+        out.push_back(make_session_row(*slot));
+    }
+}
+
+bool shard::session(std::string_view id, session_row& out) const {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return false;
+    out = make_session_row(*it->second);
+    return true;
+}
+
+void shard::subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const {
+    size_t i = 0;
+    for (const auto& [id, slot] : sessions_) {
+        for (const auto& [filter, qos] : slot->s->subscriptions) {
+            if (i++ < offset) continue;
+            if (out.size() >= limit) return;
+            out.push_back(subscription_row{slot->s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
+        }
+    }
+}
+
+void shard::client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return;
+    for (const auto& [filter, qos] : it->second->s->subscriptions)
+        out.push_back(subscription_row{it->second->s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
+}
+
+void shard::local_routes(std::vector<std::string>& out) const {
+    trie_.for_each_local_filter([&](std::string_view f, size_t) { out.emplace_back(f); });
+}
+
+bool shard::kick(std::string_view id) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || !it->second->conn) return false;
+    connection& c = *it->second->conn;
+    log::info("client {} ({}) kicked by the admin API", c.client_id_, c.peer);
+    close(c, "kick", true);
+    return true;
+}
+
+bool shard::subscribe(std::string_view id, std::string_view filter, uint8_t qos) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return false;
+    session_slot& slot = *it->second;
+    add_subscription(slot, std::string(filter), qos);
+    deliver_retained(slot, filter, qos);
+    return true;
+}
+
+bool shard::unsubscribe(std::string_view id, std::string_view filter) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return false;
+    remove_subscription(*it->second, std::string(filter));
+    return true;
+}
+
+void shard::publish(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {
+    publish_from(topic, payload, qos, retain);
+}
+
+void shard::snapshot(shard_snapshot& out) const {
+    out.m = m_;
+    out.s = st_;
+    out.s.clients.set(client_count());
+    out.s.sessions.set(sessions_.size());
+    out.s.subscribers.set(trie_.subscription_count());
+    out.s.subscriptions.set(trie_.subscription_count());
+    out.s.routes.set(trie_.filter_count());
+    out.s.topics.set(trie_.filter_count());
+    out.s.retained.set(retained_.size());
+    out.connections = conns_.size();
+}
+
 // Releases messages left in the queues after every shard stopped (single-threaded by then).
 void release_leftovers(node& n) {
     for (unsigned from = 0; from < n.smp.size(); ++from)
@@ -1102,6 +1274,9 @@ void release_leftovers(node& n) {
                     case k_route_del:
                         delete static_cast<std::string*>(m.ptr);
                         break;
+                    case k_admin_call:
+                    case k_admin_done:
+                        break; // owned by the admin shard's request frames
                     case k_publish:
                     case k_retain:
                         static_cast<session::message*>(m.ptr)->release();

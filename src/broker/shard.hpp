@@ -3,6 +3,7 @@
 // counters. The app creates every shard on the main thread, then run() executes on the shard's own thread until
 // request_stop(); nothing of a shard is touched by another thread except through the SMP queues, the waker and the
 // `node` counters that are atomic.
+#include "broker/control.hpp"
 #include "broker/metrics.hpp"
 #include "config/config.hpp"
 #include "io/buffer_ring.hpp"
@@ -34,8 +35,11 @@ class connection;
 struct node {
     node(const config::config& c, unsigned n);
     const config::config& cfg;
+    unsigned mqtt_shards; // MQTT shards 0..n-1; the admin shard is participant n of the SMP matrix
     reactor::smp smp;
-    std::atomic<uint32_t> connections{0}; // accepted sockets, node-wide, checked against max_connections
+    int64_t started_at = 0;                  // unix seconds
+    std::atomic<bool> retainer_active{true}; // the retainer module (admin plugin switch)
+    std::atomic<uint32_t> connections{0};    // accepted sockets, node-wide, checked against max_connections
     std::atomic<bool> stopping{false};
     std::atomic<unsigned> ready{0};  // shards whose ring is up and accepting
     std::atomic<bool> failed{false}; // a shard could not start (logged by it)
@@ -47,6 +51,7 @@ struct node {
 struct session_slot {
     std::unique_ptr<session::session> s;
     connection* conn = nullptr;
+    int64_t created_at = 0; // unix seconds
 };
 
 // Cross-shard message kinds (reactor::smp_msg::kind).
@@ -56,6 +61,8 @@ enum msg_kind : uint32_t {
     k_route_del,   // ptr: std::string* filter, arg: sender shard; the sender's last local subscriber left
     k_publish,     // ptr: session::message* (one reference), arg: sender shard
     k_retain,      // ptr: session::message* (one reference); store or (empty payload) clear the retained topic
+    k_admin_call,  // ptr: admin_call*, from the admin shard: run it here and send it back
+    k_admin_done,  // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
 };
 
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
@@ -98,6 +105,10 @@ public:
     bool buried = false;     // queued for destruction at the end of the loop turn
     bool refused = false;
     std::string client_id_; // empty until CONNECT is accepted (or refused with an id)
+    std::string username;   // empty = none
+    bool has_username = false;
+    bool clean = true;
+    int64_t connected_wall = 0; // unix seconds
 
     const std::string& client_id() const {
         static const std::string none = "-";
@@ -135,7 +146,7 @@ private:
 };
 
 // The per-shard broker. See the file comment for ownership.
-class shard {
+class shard final : public shard_control {
 public:
     shard(node& n, unsigned id, int listen_fd);
     ~shard();
@@ -152,6 +163,24 @@ public:
     unsigned id() const { return id_; }
     const metrics& counters() const { return m_; }
     const stats& gauges() const { return st_; }
+
+    // shard_control (admin facade), on this shard's thread
+    unsigned shard_id() const override { return id_; }
+    size_t client_count() const override;
+    void clients(size_t offset, size_t limit, std::vector<client_row>& out) const override;
+    bool client(std::string_view id, client_row& out) const override;
+    size_t session_count() const override { return sessions_.size(); }
+    void sessions(size_t offset, size_t limit, std::vector<session_row>& out) const override;
+    bool session(std::string_view id, session_row& out) const override;
+    size_t subscription_count() const override { return trie_.subscription_count(); }
+    void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const override;
+    void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const override;
+    void local_routes(std::vector<std::string>& out) const override;
+    bool kick(std::string_view id) override;
+    bool subscribe(std::string_view id, std::string_view filter, uint8_t qos) override;
+    bool unsubscribe(std::string_view id, std::string_view filter) override;
+    void publish(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) override;
+    void snapshot(shard_snapshot& out) const override;
 
 private:
     friend class connection;
@@ -229,7 +258,8 @@ private:
     node& node_;
     const config::config& cfg_;
     unsigned id_;
-    unsigned n_;
+    unsigned n_;     // MQTT shards
+    unsigned parts_; // SMP participants (MQTT shards + admin)
     int listen_fd_;
     io::waker waker_;
     io::ring ring_;

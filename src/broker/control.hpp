@@ -1,0 +1,90 @@
+#pragma once
+// The narrow facade through which the admin shard questions and drives the MQTT shards. The admin shard never
+// touches shard state: it sends an `admin_call` over the SMP queue, the target shard runs it on its own thread
+// against its `shard_control` view, and sends the call back. Rows are plain values copied out on the MQTT shard.
+#include "broker/metrics.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmq::broker {
+
+// A connected client (seed: client object).
+struct client_row {
+    std::string client_id;
+    std::string username; // "undefined" when CONNECT had none (EMQ X text)
+    std::string ipaddress;
+    uint16_t port = 0;
+    bool clean_sess = true;
+    int proto_ver = 4;
+    uint16_t keepalive = 0;
+    int64_t connected_at = 0; // unix seconds
+};
+
+// A session, with real numbers where EMQ X printed "undefined".
+struct session_row {
+    std::string client_id;
+    bool clean_sess = true;
+    uint32_t max_inflight = 0;
+    uint64_t inflight_queue = 0;  // messages in the outgoing window
+    uint64_t message_queue = 0;   // messages waiting behind the window or for the client
+    uint64_t message_dropped = 0; // dropped because the queue was full
+    uint64_t awaiting_rel = 0;    // incoming QoS 2 awaiting PUBREL
+    uint64_t awaiting_ack = 0;    // outgoing QoS 1/2 awaiting PUBACK/PUBREC
+    uint64_t awaiting_comp = 0;   // outgoing QoS 2 awaiting PUBCOMP
+    int64_t created_at = 0;       // unix seconds
+};
+
+struct subscription_row {
+    std::string client_id;
+    std::string topic;
+    uint8_t qos = 0;
+};
+
+// Counters of one shard, copied for the admin shard.
+struct shard_snapshot {
+    metrics m;
+    stats s;
+    uint64_t connections = 0; // sockets open on this shard (any state)
+};
+
+// What an MQTT shard offers the admin API. Implemented by broker::shard; every method runs on that shard's thread.
+class shard_control {
+public:
+    virtual unsigned shard_id() const = 0;
+    virtual size_t client_count() const = 0;
+    virtual void clients(size_t offset, size_t limit, std::vector<client_row>& out) const = 0;
+    virtual bool client(std::string_view id, client_row& out) const = 0;
+    virtual size_t session_count() const = 0;
+    virtual void sessions(size_t offset, size_t limit, std::vector<session_row>& out) const = 0;
+    virtual bool session(std::string_view id, session_row& out) const = 0;
+    virtual size_t subscription_count() const = 0;
+    virtual void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const = 0;
+    virtual void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const = 0;
+    virtual void local_routes(std::vector<std::string>& out) const = 0;
+    // Disconnects the client if it is connected here (its will is published). False when not connected here.
+    virtual bool kick(std::string_view id) = 0;
+    // On the client's session (connected or persistent offline). False when there is no such session here.
+    virtual bool subscribe(std::string_view id, std::string_view filter, uint8_t qos) = 0;
+    virtual bool unsubscribe(std::string_view id, std::string_view filter) = 0;
+    // Publishes as if received from a client on this shard (no "received" counters).
+    virtual void publish(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) = 0;
+    virtual void snapshot(shard_snapshot& out) const = 0;
+
+protected:
+    ~shard_control() = default;
+};
+
+// One request from the admin shard to one MQTT shard. Allocated and owned by the admin shard; the MQTT shard only
+// runs `fn` and sends the pointer back (kind k_admin_done), so results written by fn are visible to the admin shard
+// through the queue's release/acquire.
+struct admin_call {
+    std::function<void(shard_control&)> fn;
+    void* waiter = nullptr; // admin-side bookkeeping, untouched by the MQTT shard
+};
+
+} // namespace ringmq::broker
