@@ -1,5 +1,6 @@
 // The composition root: reads the configuration, checks io_uring, binds the listeners, starts one pinned thread per
 // MQTT shard, then waits for SIGTERM/SIGINT and stops the shards gracefully. The only code that knows every module.
+#include "admin/server.hpp"
 #include "broker/shard.hpp"
 #include "config/config.hpp"
 #include "io/ring.hpp"
@@ -62,9 +63,27 @@ int main(int argc, char** argv) {
         log::error("cannot listen for MQTT: {}", why);
         return 1;
     }
+    listener::bound admin_listen;
+    if (cfg.admin.enabled && !listener::bind_reuseport(cfg.admin.listen, 1, 128, admin_listen, why)) {
+        log::error("cannot listen for the admin API: {}", why);
+        listener::close_all(mqtt_listen);
+        return 1;
+    }
     log::info("ringmq {} starting: {}", RINGMQ_VERSION, config::describe(cfg));
 
     broker::node node(cfg, cfg.shards);
+    std::unique_ptr<admin::server> admin_server;
+    if (cfg.admin.enabled) {
+        admin::listener_info li{config::to_string(config::endpoint{cfg.mqtt_listen.host, mqtt_listen.port}),
+                                config::to_string(config::endpoint{cfg.admin.listen.host, admin_listen.port})};
+        admin_server = std::make_unique<admin::server>(node, admin_listen.fds[0], li);
+        if (!admin_server->open_users(why)) {
+            log::error("cannot start the admin API: {}", why);
+            listener::close_all(mqtt_listen);
+            listener::close_all(admin_listen);
+            return 1;
+        }
+    }
     std::vector<std::unique_ptr<broker::shard>> shards;
     for (unsigned i = 0; i < cfg.shards; ++i) {
         shards.push_back(std::make_unique<broker::shard>(node, i, mqtt_listen.fds[i]));
@@ -75,27 +94,39 @@ int main(int argc, char** argv) {
         threads.emplace_back([s = shards[i].get()] { s->run(); });
         pin(threads.back(), i);
     }
+    std::thread admin_thread;
+    if (admin_server) admin_thread = std::thread([s = admin_server.get()] { s->run(); });
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (node.ready.load() < cfg.shards && !node.failed.load() && std::chrono::steady_clock::now() < deadline)
+    auto admin_ready = [&] { return !admin_server || admin_server->ready.load(); };
+    while ((node.ready.load() < cfg.shards || !admin_ready()) && !node.failed.load() &&
+           !(admin_server && admin_server->failed.load()) && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     int rc = 0;
-    if (node.ready.load() < cfg.shards) {
-        log::error("cannot start: {} of {} shards failed to start", cfg.shards - node.ready.load(), cfg.shards);
+    if (node.ready.load() < cfg.shards || !admin_ready()) {
+        log::error("cannot start: {} of {} shards failed to start{}", cfg.shards - node.ready.load(), cfg.shards,
+                   admin_ready() ? "" : ", the admin shard failed to start");
         rc = 1;
     } else {
         log::info("listening mqtt tcp {}:{}", cfg.mqtt_listen.host, mqtt_listen.port);
+        if (admin_server) log::info("listening admin http {}:{}", cfg.admin.listen.host, admin_listen.port);
         log::info("ringmq ready: node {}, {} shard{}", cfg.node_name, cfg.shards, cfg.shards == 1 ? "" : "s");
         int sig = 0;
         sigwait(&stop_set, &sig);
         log::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     }
     node.stopping.store(true);
+    // The admin shard stops first: its requests wait on MQTT shards, which must still answer them.
+    if (admin_server) {
+        admin_server->request_stop();
+        admin_thread.join();
+    }
     for (auto& s : shards)
         s->request_stop();
     for (auto& t : threads)
         t.join();
     broker::release_leftovers(node);
     listener::close_all(mqtt_listen);
+    listener::close_all(admin_listen);
     if (rc == 0) log::info("ringmq stopped");
     return rc;
 }

@@ -680,6 +680,9 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     if (home != id_) {
         // The session lives elsewhere: pass the socket and every byte read so far (this CONNECT onwards).
         auto* h = new handoff{c.fd, c.peer, std::vector<uint8_t>(rest.begin(), rest.end())};
+        // The home shard parses this CONNECT again and counts it there.
+        --m_.packets_connect;
+        --m_.packets_received;
         push(home, k_handoff, id_, h);
         c.handed_off = true;
         c.st = connection::state::closing;

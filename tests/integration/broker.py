@@ -1,7 +1,9 @@
 """Starting and stopping the real ringmq binary for integration tests, and the unittest base class.
 
 The binary comes from $RINGMQ_BIN (default <repo>/build/src/app/ringmq). Every broker listens on 127.0.0.1 port 0;
-the OS-assigned port is read back from the `listening mqtt tcp 127.0.0.1:PORT` line on its stderr.
+the OS-assigned port is read back from the `listening mqtt tcp 127.0.0.1:PORT` line on its stderr. Brokers run with
+--no-admin unless made with admin=True: then the admin HTTP API listens on 127.0.0.1 port 0 too (port read back from
+`listening admin http 127.0.0.1:PORT`), with its users file in a fresh temporary directory unless one is given.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 LISTEN_RE = re.compile(rb"listening mqtt tcp 127\.0\.0\.1:(\d+)")
+ADMIN_LISTEN_RE = re.compile(rb"listening admin http 127\.0\.0\.1:(\d+)")
 READY_RE = re.compile(rb"ringmq ready")
 
 
@@ -70,23 +74,38 @@ class BrokerError(AssertionError):
 
 
 class Broker:
-    """One ringmq process. Use as a context manager, or start()/stop()."""
+    """One ringmq process. Use as a context manager, or start()/stop().
+
+    admin=True enables the admin HTTP API on 127.0.0.1 port 0 (read back into `admin_port`). Its users file is
+    `users_file` when given (kept), else a file in a fresh temporary directory removed when the broker stops."""
 
     def __init__(self, shards: int = 1, settings: Optional[Dict[str, object]] = None,
-                 config: Optional[str] = None, args: Sequence[str] = ()):
+                 config: Optional[str] = None, args: Sequence[str] = (), admin: bool = False,
+                 users_file: Optional[str] = None):
         self.shards = shards
         self.settings = dict(settings or {})
         self.config = config
         self.args = list(args)
+        self.admin = admin
+        self.users_file = users_file
         self.proc: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None
+        self.admin_port: Optional[int] = None
         self.log_path: Optional[str] = None
         self._config_path: Optional[str] = None
+        self._admin_dir: Optional[str] = None
         self._log_file = None
 
     def command(self) -> list:
-        cmd = [broker_bin(), "--listen", "127.0.0.1:0", "--shards", str(self.shards), "--no-admin",
-               "--log-level", "debug"]
+        cmd = [broker_bin(), "--listen", "127.0.0.1:0", "--shards", str(self.shards)]
+        if self.admin:
+            if self.users_file is None:
+                self._admin_dir = tempfile.mkdtemp(prefix="ringmq-it-admin-")
+                self.users_file = os.path.join(self._admin_dir, "users")
+            cmd += ["--admin-listen", "127.0.0.1:0", "--set", f"admin.users_file={toml_value(self.users_file)}"]
+        else:
+            cmd += ["--no-admin"]
+        cmd += ["--log-level", "debug"]
         if self.config is not None:
             fd, self._config_path = tempfile.mkstemp(prefix="ringmq-it-", suffix=".toml")
             with os.fdopen(fd, "w") as f:
@@ -125,7 +144,11 @@ class Broker:
                 m = LISTEN_RE.search(log)
                 if m:
                     self.port = int(m.group(1))
-            if self.port is not None and READY_RE.search(log):
+            if self.admin and self.admin_port is None:
+                m = ADMIN_LISTEN_RE.search(log)
+                if m:
+                    self.admin_port = int(m.group(1))
+            if self.port is not None and (self.admin_port is not None or not self.admin) and READY_RE.search(log):
                 return self
             rc = self.proc.poll()
             if rc is not None:
@@ -182,6 +205,10 @@ class Broker:
             except OSError:
                 pass
             self._config_path = None
+        if self._admin_dir:
+            shutil.rmtree(self._admin_dir, ignore_errors=True)
+            self._admin_dir = None
+            self.users_file = None
         if not keep_log and self.log_path and not os.environ.get("RINGMQ_KEEP_LOGS"):
             try:
                 os.unlink(self.log_path)
@@ -217,6 +244,8 @@ class BrokerTest(unittest.TestCase):
     SETTINGS: Dict[str, object] = {}
     CONFIG: Optional[str] = None
     AUTO_START = True  # False: each test calls use_broker(settings) itself
+    ADMIN = False      # True: brokers run with the admin HTTP API (Broker(admin=True))
+    ARGS: Sequence[str] = ()  # extra command-line arguments for every broker of the test
 
     def settings(self) -> Dict[str, object]:
         """Override to vary settings per test (default: the class SETTINGS)."""
@@ -225,6 +254,7 @@ class BrokerTest(unittest.TestCase):
     def setUp(self) -> None:
         self.broker: Optional[Broker] = None
         self.port: Optional[int] = None
+        self.admin_port: Optional[int] = None
         if self.AUTO_START:
             self.use_broker()
 
@@ -234,10 +264,13 @@ class BrokerTest(unittest.TestCase):
         merged.update(settings or {})
         self.broker = self.start_broker(shards or self.SHARDS, merged, self.CONFIG)
         self.port = self.broker.port
+        self.admin_port = self.broker.admin_port
         return self.broker
 
-    def start_broker(self, shards: int = 1, settings=None, config=None) -> Broker:
-        b = Broker(shards, settings, config)
+    def start_broker(self, shards: int = 1, settings=None, config=None, admin: Optional[bool] = None,
+                     args: Optional[Sequence[str]] = None, users_file: Optional[str] = None) -> Broker:
+        b = Broker(shards, settings, config, args=self.ARGS if args is None else args,
+                   admin=self.ADMIN if admin is None else admin, users_file=users_file)
         b.start()
         self.addCleanup(self._stop_broker, b)
         return b
@@ -290,11 +323,12 @@ class BrokerTest(unittest.TestCase):
         sub.disconnect()
 
 
-def shard_variants(mixin, namespace: dict, shards=(1, 2), **attrs) -> None:
-    """Defines <MixinName>Shards<N> test classes (mixin + BrokerTest) for each shard count in `namespace`."""
+def shard_variants(mixin, namespace: dict, shards=(1, 2), base=None, **attrs) -> None:
+    """Defines <MixinName>Shards<N> test classes (mixin + base, default BrokerTest) for each shard count in
+    `namespace`."""
     for n in shards:
         name = f"{mixin.__name__}Shards{n}"
-        cls = type(name, (mixin, BrokerTest), dict(SHARDS=n, __module__=namespace["__name__"], **attrs))
+        cls = type(name, (mixin, base or BrokerTest), dict(SHARDS=n, __module__=namespace["__name__"], **attrs))
         namespace[name] = cls
 
 

@@ -1,0 +1,4 @@
+// Entry point of the micro-benchmark binary.
+#include <benchmark/benchmark.h>
+
+BENCHMARK_MAIN();

@@ -1,0 +1,1374 @@
+// ringmq load generator: drives an MQTT 3.1.1 broker on loopback with publishers, subscribers and idle connections,
+// and reports delivered messages per second, latency percentiles, loss and reordering, plus the broker's CPU time and
+// memory from /proc when given its pid. Its MQTT client code (mqtt_codec.hpp) is its own; see perf/loadgen/README.md.
+
+#include "histogram.hpp"
+#include "mqtt_codec.hpp"
+#include "proc_stats.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cinttypes>
+#include <climits>
+#include <cmath>
+#include <csignal>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <queue>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using loadgen::histogram;
+namespace mqtt = loadgen::mqtt;
+
+constexpr std::int64_t ns_per_ms = 1'000'000;
+constexpr std::int64_t ns_per_s = 1'000'000'000;
+// Unsent bytes on one connection beyond which its publisher stops producing until the socket drains.
+constexpr std::size_t out_limit = std::size_t{1} << 20;
+// Connections between connect() and CONNACK (or SUBACK) during set-up: Mosquitto listens with a backlog of 100,
+// and an overflowing backlog drops SYNs that are only retried a second later.
+constexpr std::uint32_t setup_concurrency = 64;
+// A closed-loop window that has not moved for this long is written off (QoS 0 may lose a whole window).
+constexpr std::int64_t stall_timeout_ns = 1000 * ns_per_ms;
+// After the measured window: wait for in-flight messages at most this long, or until nothing arrived for drain_quiet.
+constexpr std::int64_t drain_timeout_ns = 2000 * ns_per_ms;
+constexpr std::int64_t drain_quiet_ns = 300 * ns_per_ms;
+// Payload layout: send timestamp (CLOCK_MONOTONIC ns) then sequence number, both 8 bytes, native byte order.
+constexpr std::uint32_t payload_header = 16;
+// Most PUBLISHes one fixed-rate loop turn may emit before it goes back to reading sockets.
+constexpr std::uint32_t rate_burst_limit = 4096;
+
+std::int64_t mono_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * ns_per_s + ts.tv_nsec;
+}
+
+void sleep_until(std::int64_t t) {
+    timespec ts{static_cast<time_t>(t / ns_per_s), static_cast<long>(t % ns_per_s)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+    }
+}
+
+std::string strf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string strf(const char* fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+enum class scenario_kind { one_to_one, pairs, fanout, fanin, idle, connect_storm };
+
+struct options {
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 1883;
+    std::string scenario = "one-to-one";
+    scenario_kind kind = scenario_kind::one_to_one;
+    std::uint32_t publishers = 0;
+    std::uint32_t subscribers = 0;
+    std::uint32_t idle = 0;
+    int qos = 0;
+    std::uint32_t payload = 16;
+    double rate = 0;
+    std::uint32_t inflight = 64;
+    double duration = 10;
+    double warmup = 2;
+    int broker_pid = 0;
+    bool json = false;
+    std::string topic_prefix;
+    std::uint32_t threads = 1;
+    std::uint16_t keepalive = 60;
+};
+
+// One independent set of publishers and subscribers: every subscriber of a group receives every publisher of the
+// group, and nothing else. Groups never span workers, so the closed-loop bookkeeping needs no synchronisation.
+struct group_spec {
+    std::uint32_t first_topic = 0;
+    std::uint32_t publishers = 0;
+    std::uint32_t subscribers = 0;
+    std::uint32_t first_global_pub = 0;
+    bool wildcard = false;
+};
+
+// What one worker measured; filled at the end of worker::run, read by the controller after join().
+struct worker_result {
+    histogram latency;
+    std::uint64_t delivered_window = 0; // PUBLISHes received while the measured window was open
+    std::uint64_t sent_measured = 0;    // PUBLISHes sent while the measured window was open
+    std::uint64_t expected = 0;         // sent_measured times the subscribers of each publisher
+    std::uint64_t received_measured = 0;
+    std::uint64_t reordered = 0;
+    std::uint64_t duplicates = 0;
+    std::uint64_t send_skipped = 0;
+    std::uint64_t window_stalls = 0;
+    std::uint64_t rate_lag_resets = 0;
+    std::uint64_t connacks_window = 0;
+    std::uint64_t storm_connects = 0;
+};
+
+// Run-wide state shared by the controller (main thread) and the workers. Times are CLOCK_MONOTONIC ns; the
+// controller stores measure_start and measure_end before t0 (release), workers read t0 (acquire) and then the rest.
+struct shared_state {
+    std::atomic<std::int64_t> t0{0};
+    std::atomic<std::int64_t> measure_start{0};
+    std::atomic<std::int64_t> measure_end{0};
+    std::atomic<std::uint32_t> ready_workers{0};
+    std::atomic<std::uint32_t> connected{0};
+    std::atomic<bool> failed{false};
+
+    std::mutex mu; // guards everything below
+    std::string error;
+    histogram interval_latency; // merged by workers once a second, taken by the controller for the progress line
+    std::uint64_t interval_delivered = 0;
+    std::uint64_t interval_connacks = 0;
+
+    void fail(const std::string& why) {
+        std::lock_guard lock(mu);
+        if (error.empty()) error = why;
+        failed.store(true);
+    }
+};
+
+enum class role : std::uint8_t { idle, publisher, subscriber, storm };
+enum class conn_state : std::uint8_t { unopened, connecting, wait_connack, wait_suback, ready, closed };
+
+// One MQTT client connection. Owned by its worker (worker::conns_, stable indices), used only by that worker's thread.
+struct connection {
+    int fd = -1;
+    std::uint32_t gen = 0; // bumped on close, so that events already fetched for a recycled storm slot are ignored
+    role kind = role::idle;
+    conn_state state = conn_state::unopened;
+    bool dirty = false;    // listed in worker::dirty_, i.e. has bytes queued this loop turn
+    bool want_out = false; // EPOLLOUT registered (connect in progress, or the socket buffer was full)
+    std::uint32_t owner = 0; // index in worker::pubs_ or worker::subs_
+    std::int64_t last_send_ns = 0;
+    mqtt::byte_buffer out;
+    std::vector<std::uint8_t> carry; // start of a packet whose end has not arrived yet
+};
+
+// A publishing client: sequence numbers, the closed-loop window and packet ids. Owned by its worker, worker thread.
+struct publisher {
+    std::uint32_t conn = 0;
+    std::uint32_t group = 0;
+    std::uint32_t local = 0;  // index within its group; its topic is prefix/(group first_topic + local)
+    std::uint32_t global = 0; // index over the whole run, to stagger fixed-rate schedules
+    std::uint8_t prefix[512]; // fixed header and topic, the same for every PUBLISH of this publisher
+    std::size_t prefix_size = 0;
+    std::uint64_t next_seq = 0; // messages sent so far
+    std::uint64_t done_seq = 0; // closed loop: every message below this reached every subscriber (or was written off)
+    std::vector<std::uint32_t> ring; // closed loop: subscribers that reached seq, at ring[seq % window]
+    std::uint64_t sent_measured = 0;
+    std::uint32_t unacked = 0; // QoS 1/2 packet ids in use
+    std::uint16_t next_id = 1;
+    std::vector<std::uint8_t> id_used; // 65536 flags, only for QoS > 0
+    std::int64_t last_progress_ns = 0;
+    std::uint64_t rate_k = 0; // fixed rate: index of the next scheduled message
+    std::uint64_t window_stalls = 0;
+    bool woken = false; // listed in worker::wake_
+};
+
+struct subscriber {
+    std::uint32_t conn = 0;
+    std::uint32_t group = 0;
+    std::uint32_t local = 0;
+};
+
+// Per publisher -> subscriber pair: what arrived, to count loss, reordering and duplicates.
+struct pair_state {
+    std::int64_t max_seq = -1;
+    std::uint64_t received_measured = 0; // non-duplicate arrivals whose send timestamp lies in the measured window
+    std::uint64_t reordered = 0;
+    std::uint64_t duplicates = 0;
+};
+
+struct group {
+    std::uint32_t first_topic = 0;
+    std::string filter;
+    std::vector<std::uint32_t> pubs; // indices in worker::pubs_
+    std::vector<std::uint32_t> subs; // indices in worker::subs_
+    std::vector<pair_state> pairs;   // [publisher local * subs.size() + subscriber local]
+};
+
+// One event loop (epoll, non-blocking sockets) with its connections, groups and measurements. Created by the
+// controller, run on its own std::thread; it touches shared_state only through atomics and, once a second, its mutex.
+class worker {
+public:
+    worker(const options& opt, shared_state& shared, std::uint32_t id, const sockaddr_storage& addr,
+           socklen_t addr_len, const std::vector<group_spec>& groups, std::uint32_t idle_count,
+           std::uint32_t total_pubs)
+        : opt_(opt), shared_(shared), id_(id), addr_(addr), addr_len_(addr_len), total_pubs_(total_pubs) {
+        closed_loop_ = opt.rate <= 0;
+        if (!closed_loop_) interval_ns_ = static_cast<double>(ns_per_s) / opt.rate;
+        for (std::uint32_t i = 0; i < idle_count; ++i) setup_order_.push_back(add_conn(role::idle, 0));
+        for (const group_spec& gs : groups) add_group(gs);
+        if (opt.kind == scenario_kind::connect_storm)
+            for (std::uint32_t i = 0; i < opt.inflight; ++i) storm_free_.push_back(add_conn(role::storm, 0));
+    }
+
+    worker(const worker&) = delete;
+    worker& operator=(const worker&) = delete;
+
+    void run();
+
+    worker_result result; // valid once run() has returned
+
+private:
+    struct due_entry {
+        std::int64_t due;
+        std::uint32_t pub;
+        bool operator>(const due_entry& o) const { return due > o.due; }
+    };
+
+    std::uint32_t add_conn(role kind, std::uint32_t owner) {
+        connection& c = conns_.emplace_back();
+        c.kind = kind;
+        c.owner = owner;
+        return static_cast<std::uint32_t>(conns_.size() - 1);
+    }
+
+    void add_group(const group_spec& gs) {
+        const auto gi = static_cast<std::uint32_t>(groups_.size());
+        group& g = groups_.emplace_back();
+        g.first_topic = gs.first_topic;
+        g.filter = gs.wildcard ? opt_.topic_prefix + "/#" : opt_.topic_prefix + "/" + std::to_string(gs.first_topic);
+        for (std::uint32_t s = 0; s < gs.subscribers; ++s) {
+            const auto si = static_cast<std::uint32_t>(subs_.size());
+            const std::uint32_t ci = add_conn(role::subscriber, si);
+            subs_.push_back({ci, gi, s});
+            g.subs.push_back(si);
+            setup_order_.push_back(ci);
+        }
+        for (std::uint32_t p = 0; p < gs.publishers; ++p) {
+            const auto pi = static_cast<std::uint32_t>(pubs_.size());
+            const std::uint32_t ci = add_conn(role::publisher, pi);
+            publisher& pub = pubs_.emplace_back();
+            pub.conn = ci;
+            pub.group = gi;
+            pub.local = p;
+            pub.global = gs.first_global_pub + p;
+            const std::string topic = opt_.topic_prefix + "/" + std::to_string(gs.first_topic + p);
+            pub.prefix_size = mqtt::encode_publish_prefix(pub.prefix, topic, static_cast<std::uint8_t>(opt_.qos),
+                                                          opt_.payload);
+            if (closed_loop_) pub.ring.assign(opt_.inflight, 0);
+            if (opt_.qos > 0) pub.id_used.assign(65536, 0);
+            g.pubs.push_back(pi);
+            setup_order_.push_back(ci);
+        }
+        g.pairs.resize(static_cast<std::size_t>(gs.publishers) * gs.subscribers);
+    }
+
+    void fail(const std::string& why) { shared_.fail(why); }
+
+    // A connection broke. During shutdown (and for a storm slot already closed) that is expected; otherwise the run
+    // is void: the numbers would describe fewer clients than asked for.
+    void conn_failed(connection& c, const std::string& why) {
+        if (shutting_down_ || c.state == conn_state::closed) return;
+        fail(strf("connection %s (%s) failed: %s", client_id(c).c_str(), role_name(c.kind), why.c_str()));
+    }
+
+    static const char* role_name(role r) {
+        switch (r) {
+        case role::idle: return "idle";
+        case role::publisher: return "publisher";
+        case role::subscriber: return "subscriber";
+        case role::storm: return "connect-storm";
+        }
+        return "?";
+    }
+
+    std::string client_id(const connection& c) const {
+        const auto idx = static_cast<std::size_t>(&c - conns_.data());
+        if (c.kind == role::storm) return strf("lg%d-%u-s%" PRIu64, getpid(), id_, storm_serial_);
+        return strf("lg%d-%u-%zu", getpid(), id_, idx);
+    }
+
+    void epoll_set(connection& c, int op, std::uint32_t events) {
+        epoll_event ev{};
+        ev.events = events;
+        ev.data.u64 = (static_cast<std::uint64_t>(c.gen) << 32) | static_cast<std::uint64_t>(&c - conns_.data());
+        if (epoll_ctl(ep_, op, c.fd, &ev) != 0) fail(strf("epoll_ctl: %s", std::strerror(errno)));
+    }
+
+    void mark_dirty(std::uint32_t ci) {
+        connection& c = conns_[ci];
+        if (!c.dirty) {
+            c.dirty = true;
+            dirty_.push_back(ci);
+        }
+    }
+
+    void open_conn(std::uint32_t ci, std::int64_t now) {
+        connection& c = conns_[ci];
+        if (c.kind == role::storm) ++storm_serial_;
+        const int fd = socket(addr_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            fail(strf("socket(): %s%s", std::strerror(errno), errno == EMFILE ? " (raise ulimit -n)" : ""));
+            return;
+        }
+        const int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c.fd = fd;
+        c.out.clear();
+        c.carry.clear();
+        mqtt::encode_connect(c.out, client_id(c), opt_.keepalive, true);
+        c.last_send_ns = now;
+        if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr_), addr_len_) == 0) {
+            c.state = conn_state::wait_connack;
+            c.want_out = false;
+            epoll_set(c, EPOLL_CTL_ADD, EPOLLIN);
+            mark_dirty(ci);
+        } else if (errno == EINPROGRESS) {
+            c.state = conn_state::connecting;
+            c.want_out = true;
+            epoll_set(c, EPOLL_CTL_ADD, EPOLLIN | EPOLLOUT);
+        } else {
+            c.state = conn_state::connecting;
+            conn_failed(c, strf("connect to %s port %u: %s", opt_.host.c_str(), opt_.port, std::strerror(errno)));
+        }
+    }
+
+    void close_conn(connection& c) {
+        if (c.fd >= 0) ::close(c.fd);
+        c.fd = -1;
+        ++c.gen;
+        c.state = conn_state::closed;
+        c.want_out = false;
+        c.out.clear();
+        c.carry.clear();
+    }
+
+    // Writes what is queued; on a full socket buffer waits for EPOLLOUT instead of spinning.
+    void flush(std::uint32_t ci) {
+        connection& c = conns_[ci];
+        if (c.fd < 0 || c.state == conn_state::connecting) return;
+        while (!c.out.empty()) {
+            const ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
+            if (n > 0) {
+                c.out.consume(static_cast<std::size_t>(n));
+                continue;
+            }
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                if (!c.want_out) {
+                    c.want_out = true;
+                    epoll_set(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
+                }
+                return;
+            }
+            conn_failed(c, strf("send(): %s", std::strerror(errno)));
+            return;
+        }
+        if (c.want_out) {
+            c.want_out = false;
+            epoll_set(c, EPOLL_CTL_MOD, EPOLLIN);
+        }
+        if (c.kind == role::publisher) wake(c.owner);
+    }
+
+    void flush_dirty() {
+        // flush() may wake publishers but never queues bytes, so dirty_ does not grow while we walk it.
+        for (const std::uint32_t ci : dirty_) {
+            conns_[ci].dirty = false;
+            flush(ci);
+        }
+        dirty_.clear();
+    }
+
+    void wake(std::uint32_t pi) {
+        publisher& p = pubs_[pi];
+        if (!p.woken && closed_loop_) {
+            p.woken = true;
+            wake_.push_back(pi);
+        }
+    }
+
+    void handle_event(std::uint64_t data, std::uint32_t events) {
+        const auto ci = static_cast<std::uint32_t>(data);
+        if (ci >= conns_.size()) return;
+        connection& c = conns_[ci];
+        if (c.gen != static_cast<std::uint32_t>(data >> 32) || c.fd < 0) return;
+        if (c.state == conn_state::connecting) {
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err != 0) {
+                conn_failed(c, strf("connect to %s port %u: %s", opt_.host.c_str(), opt_.port, std::strerror(err)));
+                return;
+            }
+            if (!(events & EPOLLOUT)) return;
+            c.state = conn_state::wait_connack;
+            flush(ci);
+            return;
+        }
+        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_conn(ci);
+        if ((events & EPOLLOUT) && c.fd >= 0 && c.want_out) flush(ci);
+    }
+
+    void read_conn(std::uint32_t ci) {
+        connection& c = conns_[ci];
+        // A few reads per readiness report: a full buffer means more is waiting, and another epoll_wait round trip
+        // would cost more than the read.
+        for (int round = 0; round < 4; ++round) {
+            const std::size_t carry = c.carry.size();
+            if (scratch_.size() < carry + 65536) scratch_.resize(carry + 262144);
+            if (carry) std::memcpy(scratch_.data(), c.carry.data(), carry);
+            const std::size_t room = scratch_.size() - carry;
+            const ssize_t n = ::recv(c.fd, scratch_.data() + carry, room, 0);
+            if (n == 0) {
+                conn_failed(c, "closed by the broker");
+                close_conn(c);
+                return;
+            }
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+                conn_failed(c, strf("recv(): %s", std::strerror(errno)));
+                close_conn(c);
+                return;
+            }
+            const std::int64_t now = mono_ns();
+            const std::size_t total = carry + static_cast<std::size_t>(n);
+            std::size_t pos = 0;
+            for (;;) {
+                mqtt::packet_view pv;
+                const long used = mqtt::parse_packet(scratch_.data() + pos, total - pos, pv);
+                if (used == 0) break;
+                if (used < 0) {
+                    conn_failed(c, "malformed Remaining Length from the broker");
+                    close_conn(c);
+                    return;
+                }
+                handle_packet(ci, pv, now);
+                if (c.fd < 0 || shared_.failed.load(std::memory_order_relaxed)) return;
+                pos += static_cast<std::size_t>(used);
+            }
+            c.carry.assign(scratch_.data() + pos, scratch_.data() + total);
+            if (static_cast<std::size_t>(n) < room) return;
+        }
+    }
+
+    void became_ready(connection& c) {
+        c.state = conn_state::ready;
+        --in_progress_;
+        ++ready_count_;
+        shared_.connected.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    void handle_packet(std::uint32_t ci, const mqtt::packet_view& pv, std::int64_t now) {
+        connection& c = conns_[ci];
+        switch (pv.type) {
+        case mqtt::connack: {
+            if (c.state != conn_state::wait_connack || pv.size < 2) {
+                conn_failed(c, "unexpected CONNACK");
+                return;
+            }
+            if (pv.body[1] != 0) {
+                conn_failed(c, strf("CONNACK refused the connection, return code %u", pv.body[1]));
+                return;
+            }
+            if (c.kind == role::subscriber) {
+                const subscriber& s = subs_[c.owner];
+                mqtt::encode_subscribe(c.out, 1, groups_[s.group].filter, static_cast<std::uint8_t>(opt_.qos));
+                c.last_send_ns = now;
+                c.state = conn_state::wait_suback;
+                mark_dirty(ci);
+            } else if (c.kind == role::storm) {
+                storm_connack(ci, now);
+            } else {
+                became_ready(c);
+            }
+            return;
+        }
+        case mqtt::suback:
+            if (c.state != conn_state::wait_suback || pv.size < 3) {
+                conn_failed(c, "unexpected SUBACK");
+                return;
+            }
+            if (pv.body[2] == 0x80) {
+                conn_failed(c, "SUBACK refused the subscription");
+                return;
+            }
+            became_ready(c);
+            return;
+        case mqtt::publish: on_publish(ci, pv, now); return;
+        case mqtt::puback:
+        case mqtt::pubcomp:
+            if (pv.size >= 2 && c.kind == role::publisher) release_id(c.owner, mqtt::get_u16(pv.body));
+            return;
+        case mqtt::pubrec:
+            if (pv.size >= 2) {
+                mqtt::encode_ack(c.out, mqtt::pubrel, mqtt::get_u16(pv.body));
+                mark_dirty(ci);
+            }
+            return;
+        case mqtt::pubrel:
+            if (pv.size >= 2) {
+                mqtt::encode_ack(c.out, mqtt::pubcomp, mqtt::get_u16(pv.body));
+                mark_dirty(ci);
+            }
+            return;
+        case mqtt::pingresp: return;
+        default: conn_failed(c, strf("unexpected packet type %u from the broker", pv.type)); return;
+        }
+    }
+
+    // connect-storm: a CONNACK is one accepted connection; say goodbye, reset (no TIME_WAIT eating the ephemeral
+    // ports) and let the loop reopen the slot.
+    void storm_connack(std::uint32_t ci, std::int64_t now) {
+        connection& c = conns_[ci];
+        ++result.storm_connects;
+        if (now >= ms_ && now < me_) ++result.connacks_window;
+        ++interval_connacks_;
+        const std::uint8_t bye[2] = {mqtt::disconnect << 4, 0};
+        [[maybe_unused]] const ssize_t n = ::send(c.fd, bye, sizeof bye, MSG_NOSIGNAL | MSG_DONTWAIT);
+        const linger lg{1, 0};
+        setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close_conn(c);
+        storm_free_.push_back(ci);
+    }
+
+    void on_publish(std::uint32_t ci, const mqtt::packet_view& pv, std::int64_t now) {
+        connection& c = conns_[ci];
+        mqtt::publish_view pub;
+        if (!mqtt::decode_publish(pv, pub)) {
+            conn_failed(c, "malformed PUBLISH from the broker");
+            return;
+        }
+        if (pub.qos == 1) {
+            mqtt::encode_ack(c.out, mqtt::puback, pub.id);
+            mark_dirty(ci);
+        } else if (pub.qos == 2) {
+            mqtt::encode_ack(c.out, mqtt::pubrec, pub.id);
+            mark_dirty(ci);
+        }
+        if (c.kind != role::subscriber || pub.payload_size < payload_header) return;
+        std::int64_t ts = 0;
+        std::uint64_t seq = 0;
+        std::memcpy(&ts, pub.payload, 8);
+        std::memcpy(&seq, pub.payload + 8, 8);
+
+        const subscriber& s = subs_[c.owner];
+        group& g = groups_[s.group];
+        // The publisher is the number after the topic's last '/'.
+        const auto slash = pub.topic.rfind('/');
+        std::uint64_t topic_no = 0;
+        for (std::size_t i = slash == std::string_view::npos ? 0 : slash + 1; i < pub.topic.size(); ++i) {
+            const char ch = pub.topic[i];
+            if (ch < '0' || ch > '9') return; // not one of ours
+            topic_no = topic_no * 10 + static_cast<std::uint64_t>(ch - '0');
+        }
+        if (topic_no < g.first_topic || topic_no - g.first_topic >= g.pubs.size()) return;
+        const auto local = static_cast<std::uint32_t>(topic_no - g.first_topic);
+        publisher& p = pubs_[g.pubs[local]];
+        if (seq >= p.next_seq) return; // not sent by this run's publisher
+        pair_state& ps = g.pairs[static_cast<std::size_t>(local) * g.subs.size() + s.local];
+
+        if (static_cast<std::int64_t>(seq) <= ps.max_seq) {
+            if (static_cast<std::int64_t>(seq) == ps.max_seq) {
+                ++ps.duplicates;
+                return;
+            }
+            ++ps.reordered;
+        } else {
+            if (closed_loop_) advance_window(p, ps, seq, g.subs.size(), now);
+            ps.max_seq = static_cast<std::int64_t>(seq);
+        }
+        ++received_total_;
+        last_receive_ns_ = now;
+        const auto latency = static_cast<std::uint64_t>(now > ts ? now - ts : 0);
+        if (now >= ms_ && now < me_) ++result.delivered_window;
+        if (ts >= ms_ && ts < me_) {
+            ++ps.received_measured;
+            result.latency.record(latency);
+        }
+        ++interval_delivered_;
+        interval_latency_.record(latency);
+    }
+
+    // Closed loop: subscriber `ps` has now seen everything up to `seq` (a gap is a loss, not a wait), so each message
+    // from just after what it had seen up to seq gains one receiver; the window slides over messages every
+    // subscriber has reached.
+    void advance_window(publisher& p, const pair_state& ps, std::uint64_t seq, std::size_t subscribers,
+                        std::int64_t now) {
+        const std::uint64_t w = opt_.inflight;
+        for (std::uint64_t q = std::max(static_cast<std::uint64_t>(ps.max_seq + 1), p.done_seq); q <= seq; ++q)
+            ++p.ring[q % w];
+        const std::uint64_t before = p.done_seq;
+        while (p.done_seq < p.next_seq && p.ring[p.done_seq % w] >= subscribers) p.ring[p.done_seq++ % w] = 0;
+        if (p.done_seq != before) {
+            p.last_progress_ns = now;
+            wake(static_cast<std::uint32_t>(&p - pubs_.data()));
+        }
+    }
+
+    void release_id(std::uint32_t pi, std::uint16_t id) {
+        publisher& p = pubs_[pi];
+        if (p.id_used.empty() || !p.id_used[id]) return;
+        p.id_used[id] = 0;
+        --p.unacked;
+        --unacked_total_;
+        wake(pi);
+    }
+
+    std::uint16_t alloc_id(publisher& p) {
+        for (;;) {
+            const std::uint16_t id = p.next_id;
+            p.next_id = p.next_id == 65535 ? 1 : static_cast<std::uint16_t>(p.next_id + 1);
+            if (!p.id_used[id]) {
+                p.id_used[id] = 1;
+                return id;
+            }
+        }
+    }
+
+    bool can_send(const publisher& p) const {
+        const connection& c = conns_[p.conn];
+        if (c.state != conn_state::ready || c.out.size() >= out_limit) return false;
+        if (opt_.qos > 0 && p.unacked >= opt_.inflight) return false;
+        return !closed_loop_ || p.next_seq - p.done_seq < opt_.inflight;
+    }
+
+    void send_publish(std::uint32_t pi, std::int64_t now) {
+        publisher& p = pubs_[pi];
+        connection& c = conns_[p.conn];
+        const std::size_t size = p.prefix_size + (opt_.qos ? 2 : 0) + opt_.payload;
+        std::uint8_t* w = c.out.append(size);
+        std::memcpy(w, p.prefix, p.prefix_size);
+        w += p.prefix_size;
+        if (opt_.qos) {
+            w = mqtt::put_u16(w, alloc_id(p));
+            ++p.unacked;
+            ++unacked_total_;
+        }
+        const std::uint64_t seq = p.next_seq++;
+        std::memcpy(w, &now, 8);
+        std::memcpy(w + 8, &seq, 8);
+        if (opt_.payload > payload_header) std::memset(w + payload_header, 0, opt_.payload - payload_header);
+        if (now >= ms_ && now < me_) ++p.sent_measured;
+        expected_total_ += groups_[p.group].subs.size();
+        c.last_send_ns = now;
+        mark_dirty(p.conn);
+    }
+
+    void start_run(std::int64_t now) {
+        started_ = true;
+        ms_ = shared_.measure_start.load(std::memory_order_relaxed);
+        me_ = shared_.measure_end.load(std::memory_order_relaxed);
+        publishing_ = now < me_;
+        next_tick_ = t0_ + ns_per_s;
+        for (std::uint32_t pi = 0; pi < pubs_.size(); ++pi) {
+            pubs_[pi].last_progress_ns = now;
+            if (closed_loop_) {
+                wake(pi);
+            } else {
+                // Spread the publishers' schedules evenly over one interval so they do not fire in lockstep.
+                due_.push({t0_ + static_cast<std::int64_t>(interval_ns_ * pubs_[pi].global / total_pubs_), pi});
+            }
+        }
+    }
+
+    void send_due(std::int64_t now) {
+        if (closed_loop_) {
+            // Sending only queues bytes (no wake), so the list does not change while we walk it.
+            for (const std::uint32_t pi : wake_) {
+                pubs_[pi].woken = false;
+                while (can_send(pubs_[pi])) send_publish(pi, now);
+            }
+            wake_.clear();
+            return;
+        }
+        for (std::uint32_t burst = 0; burst < rate_burst_limit && !due_.empty() && due_.top().due <= now; ++burst) {
+            const due_entry e = due_.top();
+            due_.pop();
+            publisher& p = pubs_[e.pub];
+            if (can_send(p))
+                send_publish(e.pub, now);
+            else
+                ++result.send_skipped;
+            ++p.rate_k;
+            std::int64_t next = t0_ + static_cast<std::int64_t>(interval_ns_ * p.global / total_pubs_ +
+                                                                interval_ns_ * static_cast<double>(p.rate_k));
+            if (next < now - ns_per_s) {
+                // More than a second behind: forget the backlog rather than fire it in one burst.
+                ++result.rate_lag_resets;
+                p.rate_k += static_cast<std::uint64_t>((now - next) / interval_ns_);
+                next = now;
+            }
+            due_.push({next, e.pub});
+        }
+    }
+
+    void periodic(std::int64_t now) {
+        if (now >= next_sweep_) {
+            next_sweep_ = now + 100 * ns_per_ms;
+            if (publishing_ && closed_loop_) {
+                for (std::uint32_t pi = 0; pi < pubs_.size(); ++pi) {
+                    publisher& p = pubs_[pi];
+                    if (p.next_seq - p.done_seq < opt_.inflight || now - p.last_progress_ns < stall_timeout_ns)
+                        continue;
+                    // Nobody will ever complete this window (QoS 0 loss): write it off and carry on.
+                    for (std::uint64_t q = p.done_seq; q < p.next_seq; ++q) p.ring[q % opt_.inflight] = 0;
+                    p.done_seq = p.next_seq;
+                    p.last_progress_ns = now;
+                    ++p.window_stalls;
+                    wake(pi);
+                }
+            }
+            if (now >= next_keepalive_) {
+                next_keepalive_ = now + ns_per_s;
+                const std::int64_t half = static_cast<std::int64_t>(opt_.keepalive) * ns_per_s / 2;
+                for (std::uint32_t ci = 0; ci < conns_.size(); ++ci) {
+                    connection& c = conns_[ci];
+                    if (c.state != conn_state::ready || now - c.last_send_ns < half) continue;
+                    mqtt::encode_empty(c.out, mqtt::pingreq);
+                    c.last_send_ns = now;
+                    mark_dirty(ci);
+                }
+            }
+        }
+        if (started_ && now >= next_tick_) {
+            next_tick_ += ns_per_s;
+            std::lock_guard lock(shared_.mu);
+            shared_.interval_latency.merge(interval_latency_);
+            shared_.interval_delivered += interval_delivered_;
+            shared_.interval_connacks += interval_connacks_;
+            interval_latency_.reset();
+            interval_delivered_ = 0;
+            interval_connacks_ = 0;
+        }
+    }
+
+    bool finished(std::int64_t now) const {
+        if (!started_ || publishing_) return false;
+        if (opt_.kind == scenario_kind::idle || opt_.kind == scenario_kind::connect_storm) return true;
+        if (received_total_ >= expected_total_ && unacked_total_ == 0) return true;
+        if (now - stopped_at_ >= drain_timeout_ns) return true;
+        return now - stopped_at_ >= drain_quiet_ns && now - last_receive_ns_ >= drain_quiet_ns;
+    }
+
+    std::int64_t next_wake(std::int64_t now) const {
+        if (publishing_ && (!wake_.empty() || !storm_free_.empty())) return now;
+        std::int64_t t = std::min(now + 10 * ns_per_ms, next_sweep_);
+        if (!started_) {
+            const std::int64_t t0 = shared_.t0.load(std::memory_order_acquire);
+            if (t0 != 0) t = std::min(t, t0);
+            return t;
+        }
+        t = std::min(t, next_tick_);
+        if (publishing_) {
+            t = std::min(t, me_);
+            if (!due_.empty()) t = std::min(t, due_.top().due);
+        }
+        return t;
+    }
+
+    void shutdown() {
+        shutting_down_ = true;
+        const std::uint8_t bye[2] = {mqtt::disconnect << 4, 0};
+        for (connection& c : conns_) {
+            if (c.fd < 0) continue;
+            if (c.state == conn_state::ready) {
+                [[maybe_unused]] const ssize_t n = ::send(c.fd, bye, sizeof bye, MSG_NOSIGNAL | MSG_DONTWAIT);
+            }
+            close_conn(c);
+        }
+        if (ep_ >= 0) ::close(ep_);
+        ep_ = -1;
+    }
+
+    void collect() {
+        for (const publisher& p : pubs_) {
+            result.sent_measured += p.sent_measured;
+            result.expected += p.sent_measured * groups_[p.group].subs.size();
+            result.window_stalls += p.window_stalls;
+        }
+        for (const group& g : groups_) {
+            for (const pair_state& ps : g.pairs) {
+                result.received_measured += ps.received_measured;
+                result.reordered += ps.reordered;
+                result.duplicates += ps.duplicates;
+            }
+        }
+    }
+
+    const options& opt_;
+    shared_state& shared_;
+    const std::uint32_t id_;
+    const sockaddr_storage addr_;
+    const socklen_t addr_len_;
+    const std::uint32_t total_pubs_;
+    bool closed_loop_ = true;
+    double interval_ns_ = 0;
+
+    std::vector<connection> conns_;
+    std::vector<publisher> pubs_;
+    std::vector<subscriber> subs_;
+    std::vector<group> groups_;
+    std::vector<std::uint32_t> setup_order_; // connections to open before the run, idle ones first
+    std::vector<std::uint32_t> storm_free_;  // connect-storm slots waiting to be (re)opened
+    std::vector<std::uint32_t> dirty_;
+    std::vector<std::uint32_t> wake_; // closed loop: publishers whose window may have opened
+    std::priority_queue<due_entry, std::vector<due_entry>, std::greater<>> due_; // fixed rate: next send per publisher
+    std::vector<std::uint8_t> scratch_;
+
+    int ep_ = -1;
+    std::size_t next_open_ = 0;
+    std::uint32_t in_progress_ = 0;
+    std::uint32_t ready_count_ = 0;
+    bool ready_reported_ = false;
+    bool started_ = false;
+    bool publishing_ = false;
+    bool shutting_down_ = false;
+    std::int64_t t0_ = 0, ms_ = 0, me_ = 0, stopped_at_ = 0;
+    std::int64_t next_tick_ = 0, next_sweep_ = 0, next_keepalive_ = 0, last_receive_ns_ = 0;
+    std::uint64_t received_total_ = 0, expected_total_ = 0, unacked_total_ = 0;
+    std::uint64_t storm_serial_ = 0;
+    histogram interval_latency_;
+    std::uint64_t interval_delivered_ = 0, interval_connacks_ = 0;
+};
+
+void worker::run() {
+    // Fixed-rate schedules need wake-ups well under the default 50 us timer slack.
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    ep_ = epoll_create1(EPOLL_CLOEXEC);
+    if (ep_ < 0) {
+        fail(strf("epoll_create1: %s", std::strerror(errno)));
+        return;
+    }
+    std::vector<epoll_event> events(1024);
+    while (!shared_.failed.load(std::memory_order_relaxed)) {
+        std::int64_t now = mono_ns();
+        if (!started_) {
+            const std::int64_t t0 = shared_.t0.load(std::memory_order_acquire);
+            if (t0 != 0 && now >= t0) {
+                t0_ = t0;
+                start_run(now);
+            }
+        }
+        if (publishing_ && now >= me_) {
+            publishing_ = false;
+            stopped_at_ = now;
+            storm_free_.clear();
+        }
+        while (in_progress_ < setup_concurrency && next_open_ < setup_order_.size()) {
+            ++in_progress_;
+            open_conn(setup_order_[next_open_++], now);
+        }
+        if (!ready_reported_ && ready_count_ == setup_order_.size()) {
+            ready_reported_ = true;
+            shared_.ready_workers.fetch_add(1);
+        }
+        if (publishing_) {
+            for (const std::uint32_t ci : storm_free_) open_conn(ci, now);
+            storm_free_.clear();
+            now = mono_ns(); // the send timestamps should be as late as possible
+            send_due(now);
+        }
+        periodic(now);
+        flush_dirty();
+        if (shared_.failed.load(std::memory_order_relaxed) || finished(now)) break;
+
+        const std::int64_t wait = std::max<std::int64_t>(0, next_wake(now) - mono_ns());
+        const timespec ts{static_cast<time_t>(wait / ns_per_s), static_cast<long>(wait % ns_per_s)};
+        const int n = epoll_pwait2(ep_, events.data(), static_cast<int>(events.size()), &ts, nullptr);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            fail(strf("epoll_pwait2: %s", std::strerror(errno)));
+            break;
+        }
+        for (int i = 0; i < n; ++i) handle_event(events[i].data.u64, events[i].events);
+    }
+    shutdown();
+    collect();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Controller (main thread): options, plan, start/measure/stop, /proc sampling, progress and the report.
+
+const char* scenario_names[] = {"one-to-one", "pairs", "fanout", "fanin", "idle", "connect-storm"};
+
+void hard_stop(int) {
+    static const char msg[] = "loadgen: hard stop (duration + warm-up + 10 s passed)\n";
+    [[maybe_unused]] const ssize_t n = ::write(2, msg, sizeof msg - 1);
+    _exit(3);
+}
+
+// Only loopback targets: this tool opens thousands of connections as fast as it can and must never aim that at
+// another machine by accident.
+bool resolve_loopback(const std::string& host, std::uint16_t port, sockaddr_storage& out, socklen_t& len,
+                      std::string& why) {
+    std::memset(&out, 0, sizeof out);
+    const std::string h = host == "localhost" ? "127.0.0.1" : host;
+    in_addr a4{};
+    in6_addr a6{};
+    if (inet_pton(AF_INET, h.c_str(), &a4) == 1) {
+        if ((ntohl(a4.s_addr) >> 24) != 127) {
+            why = host + " is not a loopback address (127.0.0.0/8 or ::1 only)";
+            return false;
+        }
+        auto* sin = reinterpret_cast<sockaddr_in*>(&out);
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(port);
+        sin->sin_addr = a4;
+        len = sizeof(sockaddr_in);
+        return true;
+    }
+    if (inet_pton(AF_INET6, h.c_str(), &a6) == 1) {
+        if (!IN6_IS_ADDR_LOOPBACK(&a6)) {
+            why = host + " is not a loopback address (127.0.0.0/8 or ::1 only)";
+            return false;
+        }
+        auto* sin6 = reinterpret_cast<sockaddr_in6*>(&out);
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(port);
+        sin6->sin6_addr = a6;
+        len = sizeof(sockaddr_in6);
+        return true;
+    }
+    why = "--host must be a numeric loopback address (or localhost), got " + host;
+    return false;
+}
+
+// Fills in the per-scenario client counts and checks the combination; returns an error message or "".
+std::string settle_counts(options& o, const CLI::Option* pubs_opt, const CLI::Option* subs_opt,
+                          const CLI::Option* idle_opt) {
+    const bool has_p = pubs_opt->count() > 0, has_s = subs_opt->count() > 0;
+    switch (o.kind) {
+    case scenario_kind::one_to_one:
+        if ((has_p && o.publishers != 1) || (has_s && o.subscribers != 1))
+            return "one-to-one has exactly 1 publisher and 1 subscriber";
+        o.publishers = o.subscribers = 1;
+        break;
+    case scenario_kind::pairs:
+        if (!has_p) o.publishers = has_s ? o.subscribers : 10;
+        if (has_s && o.subscribers != o.publishers) return "pairs: --subscribers must equal --publishers";
+        o.subscribers = o.publishers;
+        break;
+    case scenario_kind::fanout:
+        if (has_p && o.publishers != 1) return "fanout has exactly 1 publisher";
+        o.publishers = 1;
+        if (!has_s) o.subscribers = 100;
+        break;
+    case scenario_kind::fanin:
+        if (has_s && o.subscribers != 1) return "fanin has exactly 1 subscriber";
+        o.subscribers = 1;
+        if (!has_p) o.publishers = 100;
+        break;
+    case scenario_kind::idle:
+    case scenario_kind::connect_storm:
+        if ((has_p && o.publishers) || (has_s && o.subscribers))
+            return std::string(scenario_names[static_cast<int>(o.kind)]) + " takes no publishers or subscribers";
+        o.publishers = o.subscribers = 0;
+        if (o.kind == scenario_kind::idle && idle_opt->count() == 0) o.idle = 1000;
+        if (o.kind == scenario_kind::idle && o.idle == 0) return "idle needs --idle K > 0";
+        break;
+    }
+    if (o.kind != scenario_kind::idle && o.kind != scenario_kind::connect_storm && (!o.publishers || !o.subscribers))
+        return "need at least one publisher and one subscriber";
+    return "";
+}
+
+std::vector<group_spec> plan_groups(const options& o) {
+    std::vector<group_spec> g;
+    switch (o.kind) {
+    case scenario_kind::one_to_one: g.push_back({0, 1, 1, 0, false}); break;
+    case scenario_kind::pairs:
+        for (std::uint32_t i = 0; i < o.publishers; ++i) g.push_back({i, 1, 1, i, false});
+        break;
+    case scenario_kind::fanout: g.push_back({0, 1, o.subscribers, 0, false}); break;
+    case scenario_kind::fanin: g.push_back({0, o.publishers, 1, 0, true}); break;
+    case scenario_kind::idle:
+    case scenario_kind::connect_storm: break;
+    }
+    return g;
+}
+
+// Broker figures sampled by the controller at the window's edges.
+struct broker_sample {
+    bool have_cpu = false;
+    std::uint64_t cpu_start = 0, cpu_end = 0;
+    std::uint64_t rss_before = 0, rss_after_connect = 0, rss_end = 0, hwm_end = 0;
+};
+
+std::string fmt_double(double v, int prec) {
+    if (!std::isfinite(v)) return "null";
+    return strf("%.*f", prec, v);
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    options o;
+    CLI::App app{"loadgen: MQTT 3.1.1 load generator for loopback brokers (ringmq perf tools)"};
+    app.add_option("--host", o.host, "broker address, loopback only")->capture_default_str();
+    app.add_option("--port", o.port, "broker port")->required();
+    app.add_option("--scenario", o.scenario, "one-to-one, pairs, fanout, fanin, idle or connect-storm")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"one-to-one", "pairs", "fanout", "fanin", "idle", "connect-storm"}));
+    auto* pubs_opt = app.add_option("--publishers", o.publishers, "publishers (pairs: 10, fanin: 100)");
+    auto* subs_opt = app.add_option("--subscribers", o.subscribers, "subscribers (fanout: 100)");
+    auto* idle_opt = app.add_option("--idle", o.idle, "extra connections that only keep alive (idle: 1000)");
+    app.add_option("--qos", o.qos, "QoS of publishes and subscriptions")->capture_default_str()->check(CLI::Range(0, 2));
+    app.add_option("--payload", o.payload, "payload bytes, >= 16 (timestamp + sequence)")
+        ->capture_default_str()
+        ->check(CLI::Range(16u, 1000000u));
+    app.add_option("--rate", o.rate, "messages per second per publisher, 0 = closed loop")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 10000000.0));
+    app.add_option("--inflight", o.inflight,
+                   "closed-loop window per publisher (messages not yet received by all its subscribers); also the "
+                   "cap on unacknowledged QoS 1/2 publishes, and connect-storm's connection attempts at once")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 65535u));
+    app.add_option("--duration", o.duration, "measured seconds")->capture_default_str()->check(CLI::Range(0.1, 3600.0));
+    app.add_option("--warmup", o.warmup, "seconds of load before measuring")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 3600.0));
+    app.add_option("--broker-pid", o.broker_pid, "broker pid: report its CPU time and memory from /proc")
+        ->check(CLI::Range(1, INT_MAX));
+    app.add_flag("--json", o.json, "print one JSON line on stdout at the end (the summary goes to stderr)");
+    app.add_option("--topic-prefix", o.topic_prefix, "topic prefix (default lg/<pid>)");
+    app.add_option("--threads", o.threads, "event-loop threads; groups of clients are dealt round-robin")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 64u));
+    app.add_option("--keepalive", o.keepalive, "MQTT keep-alive seconds")->capture_default_str()->check(
+        CLI::Range(1, 65535));
+    CLI11_PARSE(app, argc, argv);
+
+    for (int i = 0; i < 6; ++i)
+        if (o.scenario == scenario_names[i]) o.kind = static_cast<scenario_kind>(i);
+    if (const std::string why = settle_counts(o, pubs_opt, subs_opt, idle_opt); !why.empty()) {
+        std::fprintf(stderr, "loadgen: %s\n", why.c_str());
+        return 1;
+    }
+    if (o.topic_prefix.empty()) o.topic_prefix = strf("lg/%d", getpid());
+    if (o.topic_prefix.find_first_of("+#") != std::string::npos || o.topic_prefix.size() > 400) {
+        std::fprintf(stderr, "loadgen: --topic-prefix must not contain wildcards and must be under 400 bytes\n");
+        return 1;
+    }
+    sockaddr_storage addr{};
+    socklen_t addr_len = 0;
+    if (std::string why; !resolve_loopback(o.host, o.port, addr, addr_len, why)) {
+        std::fprintf(stderr, "loadgen: %s\n", why.c_str());
+        return 1;
+    }
+    if (o.broker_pid && !loadgen::read_cpu_ticks(o.broker_pid)) {
+        std::fprintf(stderr, "loadgen: cannot read /proc/%d/stat\n", o.broker_pid);
+        return 1;
+    }
+
+    // The hard stop covers everything, set-up and drain included, whatever state the broker or we are in.
+    std::signal(SIGPIPE, SIG_IGN);
+    std::signal(SIGALRM, hard_stop);
+    {
+        const double limit = o.warmup + o.duration + 10.0;
+        itimerval it{};
+        it.it_value.tv_sec = static_cast<time_t>(limit);
+        it.it_value.tv_usec = static_cast<suseconds_t>((limit - std::floor(limit)) * 1e6);
+        setitimer(ITIMER_REAL, &it, nullptr);
+    }
+
+    const std::vector<group_spec> groups = plan_groups(o);
+    const std::uint32_t threads = o.threads;
+    std::uint64_t total_conns = o.idle;
+    for (const group_spec& g : groups) total_conns += g.publishers + g.subscribers;
+    const std::uint64_t storm_conns = o.kind == scenario_kind::connect_storm ? std::uint64_t{o.inflight} * threads : 0;
+    {
+        rlimit rl{};
+        getrlimit(RLIMIT_NOFILE, &rl);
+        if (rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (total_conns + storm_conns + 64 > rl.rlim_cur) {
+            std::fprintf(stderr, "loadgen: %" PRIu64 " connections need more file descriptors than the limit %" PRIu64
+                                 " (raise ulimit -n)\n",
+                         total_conns + storm_conns, static_cast<std::uint64_t>(rl.rlim_cur));
+            return 1;
+        }
+    }
+
+    shared_state shared;
+    broker_sample bs;
+    if (o.broker_pid) bs.rss_before = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
+
+    std::vector<std::unique_ptr<worker>> workers;
+    {
+        std::vector<std::vector<group_spec>> per(threads);
+        for (std::size_t i = 0; i < groups.size(); ++i) per[i % threads].push_back(groups[i]);
+        for (std::uint32_t w = 0; w < threads; ++w) {
+            const std::uint32_t idle = o.idle / threads + (w < o.idle % threads ? 1 : 0);
+            workers.push_back(std::make_unique<worker>(o, shared, w, addr, addr_len, per[w], idle,
+                                                       std::max<std::uint32_t>(o.publishers, 1)));
+        }
+    }
+    const std::int64_t start = mono_ns();
+    std::vector<std::thread> running;
+    for (auto& w : workers) running.emplace_back([&w] { w->run(); });
+
+    auto finish = [&](int code) {
+        for (auto& t : running) t.join();
+        return code;
+    };
+    auto report_failure = [&]() {
+        std::string err;
+        {
+            std::lock_guard lock(shared.mu);
+            err = shared.error;
+        }
+        std::fprintf(stderr, "loadgen: %s\n", err.c_str());
+        if (o.json) {
+            std::string e;
+            for (const char ch : err) {
+                if (ch == '"' || ch == '\\') e += '\\';
+                if (static_cast<unsigned char>(ch) >= 0x20) e += ch;
+            }
+            std::printf("{\"scenario\":\"%s\",\"status\":\"error\",\"error\":\"%s\"}\n", o.scenario.c_str(),
+                        e.c_str());
+        }
+        std::fflush(stdout);
+    };
+
+    // Set-up: every connection CONNACKed (and SUBACKed) before a single message goes out.
+    std::int64_t next_note = start + ns_per_s;
+    while (shared.ready_workers.load() < threads && !shared.failed.load()) {
+        sleep_until(std::min(mono_ns() + 5 * ns_per_ms, next_note));
+        if (mono_ns() >= next_note) {
+            std::fprintf(stderr, "loadgen: connecting %u/%" PRIu64 "\n", shared.connected.load(), total_conns);
+            next_note += ns_per_s;
+        }
+    }
+    if (shared.failed.load()) {
+        report_failure();
+        return finish(2);
+    }
+    const double connect_s = static_cast<double>(mono_ns() - start) / 1e9;
+    if (o.broker_pid) bs.rss_after_connect = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
+
+    const std::int64_t t0 = mono_ns() + 20 * ns_per_ms;
+    const std::int64_t ms = t0 + static_cast<std::int64_t>(o.warmup * 1e9);
+    const std::int64_t me = ms + static_cast<std::int64_t>(o.duration * 1e9);
+    shared.measure_start.store(ms);
+    shared.measure_end.store(me);
+    shared.t0.store(t0, std::memory_order_release);
+    std::fprintf(stderr, "loadgen: %s, %" PRIu64 " connections up in %.2f s; %.1f s warm-up, %.1f s measured\n",
+                 o.scenario.c_str(), total_conns, connect_s, o.warmup, o.duration);
+
+    const bool messaging = o.kind != scenario_kind::idle && o.kind != scenario_kind::connect_storm;
+    bool got_ms = false;
+    for (std::int64_t k = 1; !shared.failed.load();) {
+        const std::int64_t tick = t0 + k * ns_per_s + 50 * ns_per_ms;
+        sleep_until(std::min({got_ms ? tick : ms, tick, me}));
+        const std::int64_t now = mono_ns();
+        if (!got_ms && now >= ms) {
+            got_ms = true;
+            if (o.broker_pid) {
+                const auto c = loadgen::read_cpu_ticks(o.broker_pid);
+                bs.have_cpu = c.has_value();
+                bs.cpu_start = c.value_or(0);
+                // Idle connections settle during the warm-up (the broker may allocate lazily after CONNACK).
+                if (o.kind == scenario_kind::idle)
+                    bs.rss_after_connect = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
+            }
+        }
+        if (now >= tick) {
+            std::uint64_t delivered = 0, connacks = 0, p99 = 0;
+            {
+                std::lock_guard lock(shared.mu);
+                delivered = shared.interval_delivered;
+                connacks = shared.interval_connacks;
+                p99 = shared.interval_latency.quantile(0.99);
+                shared.interval_delivered = shared.interval_connacks = 0;
+                shared.interval_latency.reset();
+            }
+            const char* phase = now - 50 * ns_per_ms < ms ? "warm-up" : "measure";
+            if (messaging)
+                std::fprintf(stderr, "loadgen: %3" PRId64 " s %-7s %10" PRIu64 " msg/s  p99 %8.1f us\n", k, phase,
+                             delivered, static_cast<double>(p99) / 1e3);
+            else if (o.kind == scenario_kind::connect_storm)
+                std::fprintf(stderr, "loadgen: %3" PRId64 " s %-7s %10" PRIu64 " CONNACK/s\n", k, phase, connacks);
+            else
+                std::fprintf(stderr, "loadgen: %3" PRId64 " s %-7s %10" PRIu64 " connections\n", k, phase,
+                             total_conns);
+            ++k;
+        }
+        if (now >= me) break;
+    }
+    if (o.broker_pid && !shared.failed.load()) {
+        const auto c = loadgen::read_cpu_ticks(o.broker_pid);
+        bs.have_cpu = bs.have_cpu && c.has_value();
+        bs.cpu_end = c.value_or(0);
+        bs.rss_end = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
+        bs.hwm_end = loadgen::read_status_bytes(o.broker_pid, "VmHWM").value_or(0);
+    }
+    for (auto& t : running) t.join();
+    running.clear();
+    if (shared.failed.load()) {
+        report_failure();
+        return 2;
+    }
+
+    // Totals.
+    worker_result r;
+    for (const auto& w : workers) {
+        const worker_result& x = w->result;
+        r.latency.merge(x.latency);
+        r.delivered_window += x.delivered_window;
+        r.sent_measured += x.sent_measured;
+        r.expected += x.expected;
+        r.received_measured += x.received_measured;
+        r.reordered += x.reordered;
+        r.duplicates += x.duplicates;
+        r.send_skipped += x.send_skipped;
+        r.window_stalls += x.window_stalls;
+        r.rate_lag_resets += x.rate_lag_resets;
+        r.connacks_window += x.connacks_window;
+        r.storm_connects += x.storm_connects;
+    }
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const double own_cpu = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    const double dur = static_cast<double>(me - ms) / 1e9;
+    const double msgs_per_s = static_cast<double>(r.delivered_window) / dur;
+    const double connects_per_s = static_cast<double>(r.connacks_window) / dur;
+    const std::uint64_t lost = r.expected > r.received_measured ? r.expected - r.received_measured : 0;
+    const double loss_pct = r.expected ? 100.0 * static_cast<double>(lost) / static_cast<double>(r.expected) : 0.0;
+    const double cpu_s = bs.have_cpu ? loadgen::ticks_to_seconds(bs.cpu_end - bs.cpu_start) : NAN;
+    const double per_cpu = messaging ? static_cast<double>(r.delivered_window) / cpu_s
+                                     : static_cast<double>(r.connacks_window) / cpu_s;
+    const std::uint64_t rss_conns = o.kind == scenario_kind::idle ? o.idle : total_conns;
+    const double rss_per_conn =
+        o.broker_pid && rss_conns
+            ? (static_cast<double>(bs.rss_after_connect) - static_cast<double>(bs.rss_before)) / double(rss_conns)
+            : NAN;
+    auto us = [](std::uint64_t ns) { return static_cast<double>(ns) / 1e3; };
+    const histogram& h = r.latency;
+
+    // Human summary: stdout, or stderr when stdout carries the JSON line.
+    FILE* hs = o.json ? stderr : stdout;
+    if (messaging) {
+        std::fprintf(hs, "scenario   %s: %u publishers, %u subscribers, %u idle; QoS %d, %u B payload, ",
+                     o.scenario.c_str(), o.publishers, o.subscribers, o.idle, o.qos, o.payload);
+        if (o.rate > 0)
+            std::fprintf(hs, "%.0f msg/s per publisher\n", o.rate);
+        else
+            std::fprintf(hs, "closed loop, window %u\n", o.inflight);
+    } else if (o.kind == scenario_kind::connect_storm) {
+        std::fprintf(hs, "scenario   connect-storm: %u connection attempts at once per thread, %u idle\n", o.inflight,
+                     o.idle);
+    } else {
+        std::fprintf(hs, "scenario   idle: %u connections\n", o.idle);
+    }
+    std::fprintf(hs, "window     %.2f s measured after %.2f s warm-up; set-up %.2f s\n", dur, o.warmup, connect_s);
+    if (messaging) {
+        std::fprintf(hs, "delivered  %.0f msg/s (%" PRIu64 " messages; %" PRIu64 " sent in the window)\n", msgs_per_s,
+                     r.delivered_window, r.sent_measured);
+        std::fprintf(hs, "latency    p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f us (%" PRIu64 " samples)\n",
+                     us(h.quantile(0.50)), us(h.quantile(0.90)), us(h.quantile(0.99)), us(h.quantile(0.999)),
+                     us(h.max()), h.count());
+        std::fprintf(hs,
+                     "integrity  lost %" PRIu64 " of %" PRIu64 " (%.4f%%), reordered %" PRIu64 ", duplicates %" PRIu64
+                     ", skipped sends %" PRIu64 ", written-off windows %" PRIu64 "\n",
+                     lost, r.expected, loss_pct, r.reordered, r.duplicates, r.send_skipped, r.window_stalls);
+    } else if (o.kind == scenario_kind::connect_storm) {
+        std::fprintf(hs, "accepted   %.0f connections/s (%" PRIu64 " CONNACKs in the window)\n", connects_per_s,
+                     r.connacks_window);
+    }
+    if (o.broker_pid) {
+        std::fprintf(hs, "broker     pid %d: CPU %.2f s", o.broker_pid, cpu_s);
+        if (o.kind != scenario_kind::idle)
+            std::fprintf(hs, ", %.0f %s per CPU-second", per_cpu, messaging ? "deliveries" : "connections");
+        std::fprintf(hs, "; RSS %.1f MiB, peak %.1f MiB\n", static_cast<double>(bs.rss_end) / 1048576.0,
+                     static_cast<double>(bs.hwm_end) / 1048576.0);
+        if (rss_conns && o.kind != scenario_kind::connect_storm)
+            std::fprintf(hs, "memory     %.0f B RSS per connection (%" PRIu64 " connections)\n", rss_per_conn, rss_conns);
+    }
+    std::fprintf(hs, "loadgen    CPU %.2f s\n", own_cpu);
+
+    if (o.json) {
+        std::string j = "{";
+        auto add = [&j](const char* k, const std::string& v) {
+            if (j.size() > 1) j += ',';
+            j += '"';
+            j += k;
+            j += "\":";
+            j += v;
+        };
+        auto num = [](std::uint64_t v) { return std::to_string(v); };
+        add("scenario", "\"" + o.scenario + "\"");
+        add("status", "\"ok\"");
+        add("qos", std::to_string(o.qos));
+        add("payload", num(o.payload));
+        add("publishers", num(o.publishers));
+        add("subscribers", num(o.subscribers));
+        add("idle", num(o.idle));
+        add("connections", num(total_conns));
+        add("rate", fmt_double(o.rate, 3));
+        add("inflight", num(o.inflight));
+        add("threads", num(o.threads));
+        add("warmup_s", fmt_double(o.warmup, 3));
+        add("duration_s", fmt_double(dur, 3));
+        add("connect_s", fmt_double(connect_s, 3));
+        add("sent", num(r.sent_measured));
+        add("delivered", num(r.delivered_window));
+        add("msgs_per_s", fmt_double(msgs_per_s, 1));
+        add("expected", num(r.expected));
+        add("received", num(r.received_measured));
+        add("lost", num(lost));
+        add("loss_pct", fmt_double(loss_pct, 6));
+        add("reordered", num(r.reordered));
+        add("duplicates", num(r.duplicates));
+        add("send_skipped", num(r.send_skipped));
+        add("window_stalls", num(r.window_stalls));
+        add("rate_lag_resets", num(r.rate_lag_resets));
+        add("lat_samples", num(h.count()));
+        add("lat_min_us", fmt_double(us(h.min()), 2));
+        add("lat_mean_us", fmt_double(h.mean() / 1e3, 2));
+        add("lat_p50_us", fmt_double(us(h.quantile(0.50)), 2));
+        add("lat_p90_us", fmt_double(us(h.quantile(0.90)), 2));
+        add("lat_p99_us", fmt_double(us(h.quantile(0.99)), 2));
+        add("lat_p999_us", fmt_double(us(h.quantile(0.999)), 2));
+        add("lat_max_us", fmt_double(us(h.max()), 2));
+        add("connacks", num(r.connacks_window));
+        add("connects_per_s", fmt_double(connects_per_s, 1));
+        add("broker_pid", o.broker_pid ? std::to_string(o.broker_pid) : "null");
+        add("broker_cpu_s", fmt_double(cpu_s, 3));
+        add("deliveries_per_cpu_s", messaging ? fmt_double(per_cpu, 1) : "null");
+        add("connects_per_cpu_s", o.kind == scenario_kind::connect_storm ? fmt_double(per_cpu, 1) : "null");
+        add("broker_rss_bytes", o.broker_pid ? num(bs.rss_end) : "null");
+        add("broker_hwm_bytes", o.broker_pid ? num(bs.hwm_end) : "null");
+        add("rss_before_bytes", o.broker_pid ? num(bs.rss_before) : "null");
+        add("rss_after_connect_bytes", o.broker_pid ? num(bs.rss_after_connect) : "null");
+        add("rss_per_conn_bytes",
+            o.kind != scenario_kind::connect_storm ? fmt_double(rss_per_conn, 1) : std::string("null"));
+        add("loadgen_cpu_s", fmt_double(own_cpu, 3));
+        j += "}\n";
+        std::fputs(j.c_str(), stdout);
+    }
+    std::fflush(stdout);
+    return 0;
+}

@@ -1,0 +1,52 @@
+// Readers for another process's CPU time and memory from /proc, used to charge the broker for what it spent.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <unistd.h>
+
+namespace loadgen {
+
+// utime + stime of the whole process (all threads) in clock ticks, from /proc/PID/stat fields 14 and 15.
+inline std::optional<std::uint64_t> read_cpu_ticks(int pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(in, line)) return std::nullopt;
+    // The command name (field 2) may contain spaces and parentheses: fields are counted after the last ')'.
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) return std::nullopt;
+    std::istringstream rest(line.substr(close + 1));
+    std::string field;
+    std::uint64_t utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && (rest >> field); ++i) {
+        if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+        if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+    }
+    if (!rest) return std::nullopt;
+    return utime + stime;
+}
+
+inline double ticks_to_seconds(std::uint64_t ticks) {
+    static const long hz = sysconf(_SC_CLK_TCK);
+    return static_cast<double>(ticks) / static_cast<double>(hz > 0 ? hz : 100);
+}
+
+// A "Key:   123 kB" line of /proc/PID/status in bytes (VmRSS, VmHWM).
+inline std::optional<std::uint64_t> read_status_bytes(int pid, std::string_view key) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.size() > key.size() && line.compare(0, key.size(), key) == 0 && line[key.size()] == ':')
+            return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) * 1024;
+    }
+    return std::nullopt;
+}
+
+} // namespace loadgen

@@ -1,0 +1,949 @@
+// The REST API v2 endpoints: routing on decoded path segments and one handler per resource group. Runs on the
+// admin shard; every piece of broker state comes from the MQTT shards through on_shards()/on_all().
+#include "admin/server.hpp"
+#include "admin/sysinfo.hpp"
+#include "mqtt/validate.hpp"
+#include "util/hash.hpp"
+#include "util/log.hpp"
+
+#include <simdjson.h>
+
+#include <algorithm>
+#include <charconv>
+#include <ctime>
+#include <map>
+
+namespace ringmq::admin {
+
+namespace {
+
+using seg_t = std::vector<std::string>;
+
+void set_json(http_response& r, int status, std::string body) {
+    r.status = status;
+    r.content_type = "application/json";
+    r.body = std::move(body);
+}
+
+// {"code":0,"result":<result>}
+void ok(http_response& r, std::string_view result_json) {
+    json_writer w;
+    w.begin_object().key("code").value(0).key("result").raw(result_json).end_object();
+    set_json(r, 200, w.take());
+}
+
+void ok_empty(http_response& r) { ok(r, "[]"); }
+
+// An API error: HTTP 200 with {"code":N,"message":...} as EMQ X answered.
+void api_error(http_response& r, int code, std::string_view message) {
+    json_writer w;
+    w.begin_object().key("code").value(code);
+    if (!message.empty()) w.key("message").value(message);
+    w.end_object();
+    set_json(r, 200, w.take());
+}
+
+// Where EMQ X answered an empty 404 or dropped the connection: a 404 with a JSON body saying why.
+void not_found(http_response& r, std::string_view message) {
+    json_writer w;
+    w.begin_object().key("code").value(404).key("message").value(message).end_object();
+    set_json(r, 404, w.take());
+}
+
+bool parse_int(const std::string& s, int64_t& out) {
+    if (s.empty()) return false;
+    const char* b = s.data();
+    const char* e = b + s.size();
+    auto [p, ec] = std::from_chars(b, e, out);
+    return ec == std::errc() && p == e;
+}
+
+// curr_page / page_size with the EMQ X defaults; false (-> 404) for non-integers or values below 1.
+bool paging(const http_request& req, int64_t& page, int64_t& size, std::string& why) {
+    page = 1;
+    size = 20;
+    if (const std::string* p = req.query_param("curr_page")) {
+        if (!parse_int(*p, page) || page < 1) {
+            why = "curr_page must be an integer >= 1";
+            return false;
+        }
+    }
+    if (const std::string* p = req.query_param("page_size")) {
+        if (!parse_int(*p, size) || size < 1) {
+            why = "page_size must be an integer >= 1";
+            return false;
+        }
+    }
+    return true;
+}
+
+std::string join(const seg_t& s, size_t from) {
+    std::string out;
+    for (size_t i = from; i < s.size(); ++i) {
+        if (i > from) out += '/';
+        out += s[i];
+    }
+    return out;
+}
+
+void client_json(json_writer& w, const broker::client_row& c) {
+    w.begin_object();
+    w.key("client_id").value(c.client_id);
+    w.key("username").value(c.username);
+    w.key("ipaddress").value(c.ipaddress);
+    w.key("port").value(static_cast<unsigned>(c.port));
+    w.key("clean_sess").value(c.clean_sess);
+    w.key("proto_ver").value(c.proto_ver);
+    w.key("keepalive").value(static_cast<unsigned>(c.keepalive));
+    w.key("connected_at").value(format_datetime(c.connected_at));
+    w.end_object();
+}
+
+void session_json(json_writer& w, const broker::session_row& s) {
+    w.begin_object();
+    w.key("client_id").value(s.client_id);
+    w.key("clean_sess").value(s.clean_sess);
+    w.key("max_inflight").value(static_cast<unsigned long long>(s.max_inflight));
+    w.key("inflight_queue").value(static_cast<unsigned long long>(s.inflight_queue));
+    w.key("message_queue").value(static_cast<unsigned long long>(s.message_queue));
+    w.key("message_dropped").value(static_cast<unsigned long long>(s.message_dropped));
+    w.key("awaiting_rel").value(static_cast<unsigned long long>(s.awaiting_rel));
+    w.key("awaiting_ack").value(static_cast<unsigned long long>(s.awaiting_ack));
+    w.key("awaiting_comp").value(static_cast<unsigned long long>(s.awaiting_comp));
+    w.key("created_at").value(format_datetime(s.created_at));
+    w.end_object();
+}
+
+void subscription_json(json_writer& w, const broker::subscription_row& s) {
+    w.begin_object();
+    w.key("client_id").value(s.client_id);
+    w.key("topic").value(s.topic);
+    w.key("qos").value(static_cast<unsigned>(s.qos));
+    w.end_object();
+}
+
+// The body of a POST/PUT as a JSON object. Returns false after filling resp with 109/107.
+struct body_params {
+    simdjson::dom::parser parser;
+    simdjson::dom::object obj;
+    bool has = false;
+};
+
+bool parse_body(const http_request& req, body_params& b, http_response& resp) {
+    if (req.body.empty()) {
+        b.has = false;
+        return true;
+    }
+    simdjson::dom::element root;
+    if (b.parser.parse(req.body).get(root) != simdjson::SUCCESS) {
+        api_error(resp, 109, "Body not json");
+        return false;
+    }
+    if (root.get_object().get(b.obj) != simdjson::SUCCESS) {
+        api_error(resp, 107, "params error: the body must be a JSON object");
+        return false;
+    }
+    b.has = true;
+    return true;
+}
+
+enum class pstat { ok, missing, wrong_type };
+
+pstat get_string(const body_params& b, const char* key, std::string& out) {
+    if (!b.has) return pstat::missing;
+    simdjson::dom::element e;
+    if (b.obj.at_key(key).get(e) != simdjson::SUCCESS) return pstat::missing;
+    std::string_view v;
+    if (e.get_string().get(v) != simdjson::SUCCESS) return pstat::wrong_type;
+    out = std::string(v);
+    return pstat::ok;
+}
+
+pstat get_bool(const body_params& b, const char* key, bool& out) {
+    if (!b.has) return pstat::missing;
+    simdjson::dom::element e;
+    if (b.obj.at_key(key).get(e) != simdjson::SUCCESS) return pstat::missing;
+    if (e.get_bool().get(out) != simdjson::SUCCESS) return pstat::wrong_type;
+    return pstat::ok;
+}
+
+pstat get_int(const body_params& b, const char* key, int64_t& out) {
+    if (!b.has) return pstat::missing;
+    simdjson::dom::element e;
+    if (b.obj.at_key(key).get(e) != simdjson::SUCCESS) return pstat::missing;
+    if (e.get_int64().get(out) != simdjson::SUCCESS) return pstat::wrong_type;
+    return pstat::ok;
+}
+
+// Checks mandatory parameters in order: any missing -> 107, then any of the wrong type -> 108. Variadic rather than
+// an initializer_list: GCC 12 miscompiles initializer_list temporaries inside coroutines.
+template <class... P> bool require(http_response& resp, P... args) {
+    const pstat st[] = {args...};
+    for (pstat s : st)
+        if (s == pstat::missing) {
+            api_error(resp, 107, "params error");
+            return false;
+        }
+    for (pstat s : st)
+        if (s == pstat::wrong_type) {
+            api_error(resp, 108, "params type error");
+            return false;
+        }
+    return true;
+}
+
+struct plugin_def {
+    const char* name;
+    const char* description;
+};
+const plugin_def plugin_defs[] = {
+    {"ringmq_admin", "ringmq management REST API v2 (this API)"},
+    {"ringmq_retainer", "ringmq retained messages"},
+    {"ringmq_sys", "ringmq $SYS topic publisher"},
+};
+
+} // namespace
+
+reactor::task<void> server::handle(const http_request& req, http_response& resp) {
+    const seg_t& seg = req.segments;
+    if (req.bad_encoding) {
+        json_writer w;
+        w.begin_object().key("code").value(400).key("message").value("bad percent-encoding in the request target");
+        w.end_object();
+        set_json(resp, 400, w.take());
+        co_return;
+    }
+    if (seg.size() == 1 && seg[0] == "status" && (req.method == "GET" || req.method == "HEAD")) {
+        resp.status = 200;
+        resp.content_type = "text/plain";
+        resp.body = "Node " + cfg_.node_name + " is started\nringmq is running";
+        co_return;
+    }
+    if (seg.size() < 2 || seg[0] != "api" || seg[1] != "v2") {
+        not_found(resp, "unknown path: " + req.path);
+        co_return;
+    }
+    const seg_t rest(seg.begin() + 2, seg.end());
+    if (rest.size() == 1 && rest[0] == "auth" && req.method == "POST") {
+        auth_api(req, resp);
+        co_return;
+    }
+    std::string user, password;
+    const std::string* authz = req.header("authorization");
+    if (!authz || !parse_basic_auth(*authz, user, password) || !users_.verify(user, password)) {
+        json_writer w;
+        w.begin_object().key("code").value(401).key("message").value(authz ? "wrong username or password"
+                                                                           : "authentication required");
+        w.end_object();
+        set_json(resp, 401, w.take());
+        resp.headers.emplace_back("WWW-Authenticate", "Basic realm=\"ringmq\"");
+        co_return;
+    }
+    co_await dispatch(req, rest, resp);
+}
+
+reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, http_response& resp) {
+    const std::string& m = req.method;
+    const size_t n = s.size();
+    auto is = [&](size_t i, const char* lit) { return i < n && s[i] == lit; };
+    const bool get = m == "GET";
+    auto node_known = [&](const std::string& node) {
+        if (node == cfg_.node_name) return true;
+        not_found(resp, "unknown node: " + node);
+        return false;
+    };
+
+    // nodes
+    if (get && is(0, "management") && is(1, "nodes") && n == 2) {
+        json_writer w;
+        w.begin_array();
+        nodes_management(w, true);
+        w.end_array();
+        ok(resp, w.str());
+        co_return;
+    }
+    if (get && is(0, "management") && is(1, "nodes") && n >= 3) {
+        if (!node_known(join(s, 2))) co_return;
+        json_writer w;
+        nodes_management(w, false);
+        ok(resp, w.str());
+        co_return;
+    }
+    if (get && is(0, "monitoring") && is(1, "nodes") && n == 2) {
+        json_writer w;
+        w.begin_array();
+        co_await nodes_monitoring(w);
+        w.end_array();
+        ok(resp, w.str());
+        co_return;
+    }
+    if (get && is(0, "monitoring") && is(1, "nodes") && n >= 3) {
+        if (!node_known(join(s, 2))) co_return;
+        json_writer w;
+        co_await nodes_monitoring(w);
+        ok(resp, w.str());
+        co_return;
+    }
+    // clients, sessions, subscriptions on a node
+    if (get && (is(0, "nodes") || is(0, "node")) && n >= 3) {
+        const bool typo = s[0] == "node";
+        const std::string& node = s[1];
+        const std::string& what = s[2];
+        list_kind kind;
+        if (what == "clients" && !typo)
+            kind = list_kind::clients;
+        else if (what == "sessions")
+            kind = list_kind::sessions;
+        else if (what == "subscriptions" && !typo)
+            kind = list_kind::subscriptions;
+        else if (what == "plugins" && !typo && n == 3) {
+            if (!node_known(node)) co_return;
+            plugins_list(resp);
+            co_return;
+        } else {
+            not_found(resp, "unknown path: " + req.path);
+            co_return;
+        }
+        if (!node_known(node)) co_return;
+        if (n == 3)
+            co_await paged_list(kind, req, resp);
+        else if (!typo)
+            co_await lookup(kind, join(s, 3), req, resp);
+        else
+            not_found(resp, "unknown path: " + req.path);
+        co_return;
+    }
+    if (m == "PUT" && is(0, "nodes") && n == 4 && is(2, "plugins")) {
+        if (!node_known(s[1])) co_return;
+        plugin_set(s[3], req, resp);
+        co_return;
+    }
+    if (is(0, "clients") && n >= 2) {
+        if (get) {
+            co_await lookup(list_kind::clients, join(s, 1), req, resp);
+            co_return;
+        }
+        if (m == "DELETE") {
+            co_await kick(join(s, 1), resp);
+            co_return;
+        }
+    }
+    if (get && is(0, "sessions") && n >= 2) {
+        co_await lookup(list_kind::sessions, join(s, 1), req, resp);
+        co_return;
+    }
+    if (get && is(0, "subscriptions") && n >= 2) {
+        co_await lookup(list_kind::subscriptions, join(s, 1), req, resp);
+        co_return;
+    }
+    if (get && is(0, "routes")) {
+        if (n == 1) {
+            co_await routes(req, nullptr, resp);
+            co_return;
+        }
+        const std::string topic = join(s, 1);
+        co_await routes(req, &topic, resp);
+        co_return;
+    }
+    if (m == "POST" && is(0, "mqtt") && n == 2) {
+        const int action = s[1] == "publish" ? 0 : s[1] == "subscribe" ? 1 : s[1] == "unsubscribe" ? 2 : -1;
+        if (action >= 0) {
+            co_await mqtt_action(action, req, resp);
+            co_return;
+        }
+    }
+    if (get && is(0, "monitoring") && n >= 2 && n <= 3) {
+        const bool all = n == 2;
+        if (!all && !node_known(s[2])) co_return;
+        if (s[1] == "listeners") {
+            co_await listeners(all, resp);
+            co_return;
+        }
+        if (s[1] == "metrics") {
+            co_await metrics(all, resp);
+            co_return;
+        }
+        if (s[1] == "stats") {
+            co_await stats(all, resp);
+            co_return;
+        }
+    }
+    if (is(0, "users") || is(0, "change_pwd")) {
+        users_api(req, s, resp);
+        co_return;
+    }
+    not_found(resp, fmt::format("no endpoint {} {}", m, req.path));
+}
+
+// --- nodes -------------------------------------------------------------------------------------------------------
+
+void server::nodes_management(json_writer& w, bool with_name) {
+    const int64_t now = static_cast<int64_t>(::time(nullptr));
+    w.begin_object();
+    if (with_name) w.key("name").value(cfg_.node_name);
+    w.key("version").value(RINGMQ_VERSION);
+    w.key("sysdescr").value("ringmq MQTT broker");
+    w.key("uptime").value(format_uptime(now - node_.started_at));
+    w.key("datetime").value(format_datetime(now));
+    w.key("otp_release").value("C++20/" __VERSION__);
+    w.key("node_status").value("Running");
+    w.end_object();
+}
+
+reactor::task<void> server::nodes_monitoring(json_writer& w) {
+    std::vector<broker::shard_snapshot> snaps;
+    co_await collect(snaps);
+    uint64_t clients = 0, connections = 0;
+    for (const auto& s : snaps) {
+        clients += s.s.clients.count;
+        connections += s.connections;
+    }
+    const process_memory mem = read_memory();
+    std::string l1, l5, l15;
+    read_loadavg(l1, l5, l15);
+    auto mem_value = [&](uint64_t b) {
+        const std::string t = format_kmg(b);
+        if (t.empty())
+            w.value(static_cast<unsigned long long>(b));
+        else
+            w.value(t);
+    };
+    w.begin_object();
+    w.key("name").value(cfg_.node_name);
+    w.key("otp_release").value("C++20/" __VERSION__);
+    w.key("memory_total");
+    mem_value(mem.rss);
+    w.key("memory_used");
+    mem_value(mem.anon);
+    w.key("process_available").value(static_cast<unsigned long long>(cfg_.limits.max_connections));
+    w.key("process_used").value(static_cast<unsigned long long>(connections));
+    w.key("max_fds").value(static_cast<unsigned long long>(max_fds()));
+    w.key("clients").value(static_cast<unsigned long long>(clients));
+    w.key("node_status").value("Running");
+    w.key("load1").value(l1);
+    w.key("load5").value(l5);
+    w.key("load15").value(l15);
+    w.end_object();
+}
+
+// --- clients, sessions, subscriptions ----------------------------------------------------------------------------
+
+reactor::task<void> server::paged_list(list_kind kind, const http_request& req, http_response& resp) {
+    int64_t page = 0, size = 0;
+    std::string why;
+    if (!paging(req, page, size, why)) {
+        not_found(resp, why);
+        co_return;
+    }
+    // Count on every shard, then fetch only the rows of the requested page from the shards that hold them.
+    const unsigned shards = node_.mqtt_shards;
+    std::vector<size_t> counts(shards, 0);
+    co_await on_all([&counts, kind](broker::shard_control& c) {
+        counts[c.shard_id()] = kind == list_kind::clients    ? c.client_count()
+                               : kind == list_kind::sessions ? c.session_count()
+                                                             : c.subscription_count();
+    });
+    uint64_t total = 0;
+    for (size_t c : counts)
+        total += c;
+    const uint64_t offset = static_cast<uint64_t>(page - 1) * static_cast<uint64_t>(size);
+    std::vector<unsigned> targets;
+    std::vector<std::pair<size_t, size_t>> slice(shards, {0, 0});
+    uint64_t before = 0, want = static_cast<uint64_t>(size);
+    for (unsigned i = 0; i < shards && want > 0; ++i) {
+        const uint64_t lo = before, hi = before + counts[i];
+        before = hi;
+        if (offset >= hi) continue;
+        const uint64_t start = offset > lo ? offset - lo : 0;
+        const uint64_t take = std::min<uint64_t>(want, counts[i] - start);
+        slice[i] = {start, take};
+        want -= take;
+        targets.push_back(i);
+    }
+    std::vector<std::vector<broker::client_row>> crow(shards);
+    std::vector<std::vector<broker::session_row>> srow(shards);
+    std::vector<std::vector<broker::subscription_row>> brow(shards);
+    if (!targets.empty())
+        co_await on_shards(targets, [&, kind](broker::shard_control& c) {
+            const unsigned i = c.shard_id();
+            if (kind == list_kind::clients)
+                c.clients(slice[i].first, slice[i].second, crow[i]);
+            else if (kind == list_kind::sessions)
+                c.sessions(slice[i].first, slice[i].second, srow[i]);
+            else
+                c.subscriptions(slice[i].first, slice[i].second, brow[i]);
+        });
+    json_writer w;
+    w.begin_object();
+    w.key("current_page").value(static_cast<long long>(page));
+    w.key("page_size").value(static_cast<long long>(size));
+    w.key("total_num").value(static_cast<unsigned long long>(total));
+    w.key("total_page").value(static_cast<unsigned long long>((total + size - 1) / size));
+    w.key("objects").begin_array();
+    for (unsigned i = 0; i < shards; ++i) {
+        for (const auto& r : crow[i])
+            client_json(w, r);
+        for (const auto& r : srow[i])
+            session_json(w, r);
+        for (const auto& r : brow[i])
+            subscription_json(w, r);
+    }
+    w.end_array().end_object();
+    ok(resp, w.str());
+}
+
+reactor::task<void> server::lookup(list_kind kind, std::string id, const http_request& req, http_response& resp) {
+    int64_t page = 0, size = 0;
+    std::string why;
+    if (!paging(req, page, size, why)) { // parsed, then ignored, as EMQ X did
+        not_found(resp, why);
+        co_return;
+    }
+    // A client's session and connection live on its home shard only.
+    const unsigned home = home_shard(id, node_.mqtt_shards);
+    broker::client_row crow;
+    broker::session_row srow;
+    std::vector<broker::subscription_row> subs;
+    bool found = false;
+    co_await on_shard(home, [&](broker::shard_control& c) {
+        if (kind == list_kind::clients)
+            found = c.client(id, crow);
+        else if (kind == list_kind::sessions)
+            found = c.session(id, srow);
+        else
+            c.client_subscriptions(id, subs);
+    });
+    json_writer w;
+    w.begin_object().key("objects").begin_array();
+    if (kind == list_kind::clients && found) client_json(w, crow);
+    if (kind == list_kind::sessions && found) session_json(w, srow);
+    if (kind == list_kind::subscriptions) {
+        std::sort(subs.begin(), subs.end(), [](const auto& a, const auto& b) { return a.topic < b.topic; });
+        for (const auto& r : subs)
+            subscription_json(w, r);
+    }
+    w.end_array().end_object();
+    ok(resp, w.str());
+}
+
+reactor::task<void> server::kick(std::string id, http_response& resp) {
+    bool kicked = false;
+    co_await on_shard(home_shard(id, node_.mqtt_shards), [&](broker::shard_control& c) { kicked = c.kick(id); });
+    if (kicked)
+        ok_empty(resp);
+    else
+        api_error(resp, 112, "client not connected");
+}
+
+// --- routes ------------------------------------------------------------------------------------------------------
+
+reactor::task<void> server::routes(const http_request& req, const std::string* topic, http_response& resp) {
+    int64_t page = 0, size = 0;
+    std::string why;
+    if (!paging(req, page, size, why)) {
+        not_found(resp, why);
+        co_return;
+    }
+    // A route is a filter with a subscriber on some shard; the node-wide table is the union of the shards'.
+    std::vector<std::vector<std::string>> per(node_.mqtt_shards);
+    co_await on_all([&per](broker::shard_control& c) { c.local_routes(per[c.shard_id()]); });
+    std::vector<std::string> all;
+    for (auto& v : per)
+        all.insert(all.end(), v.begin(), v.end());
+    std::sort(all.begin(), all.end());
+    all.erase(std::unique(all.begin(), all.end()), all.end());
+    json_writer w;
+    w.begin_object();
+    if (topic) {
+        w.key("objects").begin_array();
+        if (std::binary_search(all.begin(), all.end(), *topic))
+            w.begin_object().key("topic").value(*topic).key("node").value(cfg_.node_name).end_object();
+        w.end_array().end_object();
+        ok(resp, w.str());
+        co_return;
+    }
+    const uint64_t total = all.size();
+    w.key("current_page").value(static_cast<long long>(page));
+    w.key("page_size").value(static_cast<long long>(size));
+    w.key("total_num").value(static_cast<unsigned long long>(total));
+    w.key("total_page").value(static_cast<unsigned long long>((total + size - 1) / size));
+    w.key("objects").begin_array();
+    const uint64_t offset = static_cast<uint64_t>(page - 1) * static_cast<uint64_t>(size);
+    for (uint64_t i = offset; i < total && i < offset + static_cast<uint64_t>(size); ++i)
+        w.begin_object().key("topic").value(all[i]).key("node").value(cfg_.node_name).end_object();
+    w.end_array().end_object();
+    ok(resp, w.str());
+}
+
+// --- mqtt/publish, subscribe, unsubscribe ------------------------------------------------------------------------
+
+reactor::task<void> server::mqtt_action(int action, const http_request& req, http_response& resp) {
+    body_params b;
+    if (!parse_body(req, b, resp)) co_return;
+    std::string topic, client_id = "http", payload;
+    int64_t qos = 0;
+    bool retain = false;
+    const pstat t = get_string(b, "topic", topic);
+    if (action == 0) {
+        if (!require(resp, t)) co_return;
+        const pstat p = get_string(b, "payload", payload);
+        const pstat q = get_int(b, "qos", qos);
+        const pstat r = get_bool(b, "retain", retain);
+        const pstat c = get_string(b, "client_id", client_id);
+        if (p == pstat::wrong_type || q == pstat::wrong_type || r == pstat::wrong_type || c == pstat::wrong_type) {
+            api_error(resp, 108, "params type error");
+            co_return;
+        }
+        if (qos < 0 || qos > 2) {
+            api_error(resp, 102, "qos must be 0, 1 or 2");
+            co_return;
+        }
+        if (!mqtt::valid_topic_name(topic) || topic.size() > 65535) {
+            api_error(resp, 102, "validate topic: " + topic + " fail");
+            co_return;
+        }
+        // Published from the client id's home shard, so messages from one API "client" keep their order.
+        co_await on_shard(home_shard(client_id, node_.mqtt_shards), [&](broker::shard_control& c) {
+            c.publish(topic, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()},
+                      static_cast<uint8_t>(qos), retain);
+        });
+        ok_empty(resp);
+        co_return;
+    }
+    const pstat c = get_string(b, "client_id", client_id);
+    if (!require(resp, c, t)) co_return;
+    if (action == 1) {
+        const pstat q = get_int(b, "qos", qos);
+        if (q == pstat::wrong_type) {
+            api_error(resp, 108, "params type error");
+            co_return;
+        }
+        if (qos < 0 || qos > 2) {
+            api_error(resp, 102, "qos must be 0, 1 or 2");
+            co_return;
+        }
+    }
+    if (!mqtt::valid_topic_filter(topic) || mqtt::topic_levels(topic) > cfg_.limits.max_topic_levels) {
+        api_error(resp, 102, "validate topic: " + topic + " fail");
+        co_return;
+    }
+    bool found = false;
+    co_await on_shard(home_shard(client_id, node_.mqtt_shards), [&](broker::shard_control& sc) {
+        found =
+            action == 1 ? sc.subscribe(client_id, topic, static_cast<uint8_t>(qos)) : sc.unsubscribe(client_id, topic);
+    });
+    if (!found) {
+        api_error(resp, 102, "Clientid: " + client_id + " not found");
+        co_return;
+    }
+    ok_empty(resp);
+}
+
+// --- plugins -----------------------------------------------------------------------------------------------------
+
+void server::plugins_list(http_response& resp) {
+    json_writer w;
+    w.begin_array();
+    for (const plugin_def& p : plugin_defs) {
+        bool active = true;
+        if (std::string_view(p.name) == "ringmq_retainer") active = node_.retainer_active.load();
+        if (std::string_view(p.name) == "ringmq_sys") active = sys_active_;
+        w.begin_object().key("name").value(p.name).key("version").value(RINGMQ_VERSION);
+        w.key("description").value(p.description).key("active").value(active).end_object();
+    }
+    w.end_array();
+    ok(resp, w.str());
+}
+
+void server::plugin_set(const std::string& name, const http_request& req, http_response& resp) {
+    body_params b;
+    if (!parse_body(req, b, resp)) return;
+    bool active = false;
+    if (!require(resp, get_bool(b, "active", active))) return;
+    bool* state = nullptr;
+    bool retainer = false;
+    if (name == "ringmq_retainer") {
+        retainer = node_.retainer_active.load();
+        state = &retainer;
+    } else if (name == "ringmq_sys") {
+        state = &sys_active_;
+    } else if (name == "ringmq_admin") {
+        if (active) {
+            api_error(resp, 110, "already_started");
+        } else {
+            api_error(resp, 102, "ringmq_admin cannot be stopped through its own API");
+        }
+        return;
+    } else {
+        api_error(resp, 102, "unknown plugin: " + name);
+        return;
+    }
+    if (*state == active) {
+        api_error(resp, active ? 110 : 111, active ? "already_started" : "not_started");
+        return;
+    }
+    *state = active;
+    if (name == "ringmq_retainer") node_.retainer_active.store(active);
+    log::info("admin: plugin {} {}", name, active ? "started" : "stopped");
+    ok_empty(resp);
+}
+
+// --- listeners, metrics, stats -----------------------------------------------------------------------------------
+
+reactor::task<void> server::listeners(bool all_nodes, http_response& resp) {
+    std::vector<broker::shard_snapshot> snaps;
+    co_await collect(snaps);
+    uint64_t mqtt_clients = 0;
+    std::map<std::string, uint64_t> reasons;
+    for (const auto& s : snaps) {
+        mqtt_clients += s.connections;
+        for (const auto& [r, c] : s.s.closed_by_reason)
+            reasons[r] += c;
+    }
+    auto mqtt_row = [&](json_writer& w) {
+        w.begin_object().key("protocol").value("mqtt:tcp").key("listen").value(li_.mqtt_listen);
+        w.key("acceptors").value(node_.mqtt_shards);
+        w.key("max_clients").value(static_cast<unsigned long long>(cfg_.limits.max_connections));
+        w.key("current_clients").value(static_cast<unsigned long long>(mqtt_clients));
+        w.key("shutdown_count");
+        if (reasons.empty()) {
+            w.begin_array().end_array();
+        } else {
+            w.begin_object();
+            for (const auto& [r, c] : reasons)
+                w.key(r).value(static_cast<unsigned long long>(c));
+            w.end_object();
+        }
+        w.end_object();
+    };
+    auto api_row = [&](json_writer& w) {
+        w.begin_object().key("protocol").value("mqtt:api").key("listen").value(li_.admin_listen);
+        w.key("acceptors").value(1).key("max_clients").value(1024);
+        w.key("current_clients").value(static_cast<unsigned long long>(open_fds_.size()));
+        w.key("shutdown_count").begin_array().end_array().end_object();
+    };
+    json_writer w;
+    if (all_nodes) {
+        // EMQ X listed all nodes' listeners in reverse registration order (notes 13.1).
+        w.begin_object().key(cfg_.node_name).begin_array();
+        api_row(w);
+        mqtt_row(w);
+        w.end_array().end_object();
+    } else {
+        w.begin_array();
+        mqtt_row(w);
+        api_row(w);
+        w.end_array();
+    }
+    ok(resp, w.str());
+}
+
+reactor::task<void> server::metrics(bool all_nodes, http_response& resp) {
+    std::vector<broker::shard_snapshot> snaps;
+    co_await collect(snaps);
+    broker::metrics sum;
+    for (const auto& s : snaps)
+        sum.add(s.m);
+    // messages/retained is a per-node gauge every shard keeps a copy of: take it once, not summed.
+    sum.messages_retained = snaps.empty() ? 0 : snaps[0].m.messages_retained;
+    json_writer w;
+    if (all_nodes) w.begin_object().key(cfg_.node_name);
+    w.begin_object();
+    sum.for_each([&](std::string_view name, uint64_t v) { w.key(name).value(static_cast<unsigned long long>(v)); });
+    w.end_object();
+    if (all_nodes) w.end_object();
+    ok(resp, w.str());
+}
+
+reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
+    std::vector<broker::shard_snapshot> snaps;
+    co_await collect(snaps);
+    // Per-shard counts add up; the node's max is at least the sum of the current counts and the largest shard
+    // high-water mark (shards peak at different times, so the exact node peak is not known).
+    auto sum = [&](auto pick, uint64_t& count, uint64_t& max) {
+        count = 0;
+        max = 0;
+        for (const auto& s : snaps) {
+            count += pick(s.s).count;
+            max += pick(s.s).max;
+        }
+    };
+    uint64_t c = 0, mx = 0;
+    std::vector<std::pair<std::string, uint64_t>> rows;
+    auto add = [&](const char* name, auto pick) {
+        sum(pick, c, mx);
+        rows.emplace_back(std::string(name) + "/count", c);
+        rows.emplace_back(std::string(name) + "/max", mx);
+    };
+    add("clients", [](const broker::stats& s) -> const broker::gauge& { return s.clients; });
+    // Retained messages are replicated on every shard: the node's count is one shard's.
+    const uint64_t rc = snaps.empty() ? 0 : snaps[0].s.retained.count;
+    const uint64_t rm = snaps.empty() ? 0 : snaps[0].s.retained.max;
+    rows.emplace_back("retained/count", rc);
+    rows.emplace_back("retained/max", rm);
+    // Routes: the union of the shards' filters is not a sum; count it exactly.
+    std::vector<std::vector<std::string>> per(node_.mqtt_shards);
+    co_await on_all([&per](broker::shard_control& sc) { sc.local_routes(per[sc.shard_id()]); });
+    std::vector<std::string> all;
+    for (auto& v : per)
+        all.insert(all.end(), v.begin(), v.end());
+    std::sort(all.begin(), all.end());
+    const uint64_t routes = static_cast<uint64_t>(std::unique(all.begin(), all.end()) - all.begin());
+    uint64_t routes_max = routes;
+    for (const auto& s : snaps)
+        routes_max = std::max(routes_max, s.s.routes.max);
+    rows.emplace_back("routes/count", routes);
+    rows.emplace_back("routes/max", routes_max);
+    add("sessions", [](const broker::stats& s) -> const broker::gauge& { return s.sessions; });
+    add("subscribers", [](const broker::stats& s) -> const broker::gauge& { return s.subscribers; });
+    add("subscriptions", [](const broker::stats& s) -> const broker::gauge& { return s.subscriptions; });
+    rows.emplace_back("topics/count", routes);
+    rows.emplace_back("topics/max", routes_max);
+    std::sort(rows.begin(), rows.end()); // EMQ X printed the stats keys in alphabetical order
+    json_writer w;
+    if (all_nodes) w.begin_object().key(cfg_.node_name);
+    w.begin_object();
+    for (const auto& [k, v] : rows)
+        w.key(k).value(static_cast<unsigned long long>(v));
+    w.end_object();
+    if (all_nodes) w.end_object();
+    ok(resp, w.str());
+}
+
+// --- users and auth ----------------------------------------------------------------------------------------------
+
+void server::auth_api(const http_request& req, http_response& resp) {
+    body_params b;
+    if (!parse_body(req, b, resp)) return;
+    std::string user, password;
+    if (!require(resp, get_string(b, "username", user), get_string(b, "password", password))) return;
+    if (!users_.exists(user)) {
+        api_error(resp, 103, "User not found");
+        return;
+    }
+    if (!users_.verify(user, password)) {
+        api_error(resp, 103, "Password error");
+        return;
+    }
+    ok_empty(resp);
+}
+
+void server::users_api(const http_request& req, const seg_t& s, http_response& resp) {
+    const std::string& m = req.method;
+    auto user_json = [](json_writer& w, const admin_user& u) {
+        w.begin_object().key("username").value(u.username).key("tags").value(u.tags).end_object();
+    };
+    auto io_failed = [&](user_store::result r) {
+        if (r == user_store::result::io_error) {
+            log::error("admin: cannot save users: {}", users_.last_error());
+            api_error(resp, 102, "cannot save the users file");
+            return true;
+        }
+        if (r == user_store::result::invalid) {
+            api_error(resp, 108, "params type error: invalid username, password or tags");
+            return true;
+        }
+        return false;
+    };
+    if (s[0] == "change_pwd") {
+        if (m != "PUT" || s.size() != 2) {
+            not_found(resp, "no endpoint " + m + " " + req.path);
+            return;
+        }
+        body_params b;
+        if (!parse_body(req, b, resp)) return;
+        std::string old_pwd, new_pwd;
+        if (!require(resp, get_string(b, "old_pwd", old_pwd), get_string(b, "new_pwd", new_pwd))) return;
+        if (!users_.exists(s[1])) {
+            api_error(resp, 105, "User not found");
+            return;
+        }
+        if (!users_.verify(s[1], old_pwd)) {
+            api_error(resp, 114, "OldPassword error");
+            return;
+        }
+        const auto r = users_.update(s[1], std::string_view(new_pwd), std::nullopt);
+        if (io_failed(r)) return;
+        ok_empty(resp);
+        return;
+    }
+    if (s.size() == 1 && m == "GET") {
+        json_writer w;
+        w.begin_array();
+        for (const admin_user& u : users_.list())
+            user_json(w, u);
+        w.end_array();
+        ok(resp, w.str());
+        return;
+    }
+    if (s.size() == 1 && m == "POST") {
+        body_params b;
+        if (!parse_body(req, b, resp)) return;
+        std::string user, password, tags;
+        if (!require(resp, get_string(b, "username", user), get_string(b, "password", password),
+                     get_string(b, "tags", tags)))
+            return;
+        const auto r = users_.add(user, password, tags);
+        if (r == user_store::result::exists) {
+            api_error(resp, 113, "User already exist");
+            return;
+        }
+        if (io_failed(r)) return;
+        log::info("admin: user {} added", user);
+        ok_empty(resp);
+        return;
+    }
+    if (s.size() == 2) {
+        const std::string& name = s[1];
+        if (m == "GET") {
+            const auto u = users_.get(name);
+            if (!u) {
+                ok_empty(resp);
+                return;
+            }
+            json_writer w;
+            user_json(w, *u);
+            ok(resp, w.str());
+            return;
+        }
+        if (m == "PUT") {
+            body_params b;
+            if (!parse_body(req, b, resp)) return;
+            std::string tags, password;
+            if (!require(resp, get_string(b, "tags", tags))) return;
+            const pstat p = get_string(b, "password", password);
+            if (p == pstat::wrong_type) {
+                api_error(resp, 108, "params type error");
+                return;
+            }
+            if (!users_.exists(name)) {
+                api_error(resp, 105, "User not found");
+                return;
+            }
+            const auto r =
+                users_.update(name, p == pstat::ok ? std::optional<std::string_view>(password) : std::nullopt,
+                              std::string_view(tags));
+            if (io_failed(r)) return;
+            ok_empty(resp);
+            return;
+        }
+        if (m == "DELETE") {
+            if (name == cfg_.admin.default_user) {
+                api_error(resp, 106, "admin cannot be deleted");
+                return;
+            }
+            const auto r = users_.remove(name);
+            if (r == user_store::result::not_found) {
+                api_error(resp, 105, "User not found");
+                return;
+            }
+            if (io_failed(r)) return;
+            log::info("admin: user {} deleted", name);
+            ok_empty(resp);
+            return;
+        }
+    }
+    not_found(resp, "no endpoint " + m + " " + req.path);
+}
+
+} // namespace ringmq::admin

@@ -1,0 +1,299 @@
+#include "admin/server.hpp"
+
+#include "admin/sysinfo.hpp"
+#include "io/ops.hpp"
+#include "io/timer.hpp"
+#include "util/clock.hpp"
+#include "util/log.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <ctime>
+
+namespace ringmq::admin {
+
+namespace {
+constexpr unsigned reap_batch = 64;
+constexpr size_t recv_size = 16384;
+constexpr size_t max_header_bytes = 16384;
+} // namespace
+
+// Scatter-gather state of one on_shards() call; lives in the awaiting coroutine's frame.
+struct server::gather {
+    server& s;
+    std::vector<broker::admin_call>& calls;
+    const std::vector<unsigned>& targets;
+    size_t pending = 0;
+    std::coroutine_handle<> waiter;
+
+    bool await_ready() const noexcept { return calls.empty(); }
+    void await_suspend(std::coroutine_handle<> h) {
+        waiter = h;
+        pending = calls.size();
+        for (size_t i = 0; i < calls.size(); ++i) {
+            calls[i].waiter = this;
+            s.push(targets[i], &calls[i]);
+        }
+    }
+    void await_resume() const noexcept {}
+    void done() {
+        if (--pending == 0) waiter.resume();
+    }
+};
+
+server::server(broker::node& n, int listen_fd, listener_info li)
+    : node_(n), cfg_(n.cfg), id_(n.mqtt_shards), listen_fd_(listen_fd), li_(std::move(li)), backlog_(n.smp.size()) {
+    node_.smp.set_waker(id_, [this] { waker_.wake(); });
+    sys_active_ = cfg_.sys.enabled;
+}
+
+server::~server() = default;
+
+bool server::open_users(std::string& why) {
+    bool created = false;
+    if (!users_.open(cfg_.admin.users_file, cfg_.admin.default_user, cfg_.admin.default_password, &created, why))
+        return false;
+    if (created)
+        log::warn("admin: created {} with the default user '{}' and password '{}': change it with "
+                  "PUT /api/v2/change_pwd/{} or the users API",
+                  cfg_.admin.users_file, cfg_.admin.default_user, cfg_.admin.default_password, cfg_.admin.default_user);
+    return true;
+}
+
+void server::request_stop() {
+    stop_requested_.store(true, std::memory_order_release);
+    waker_.wake();
+}
+
+bool server::run() {
+    log::set_shard_tag(-2);
+    std::string why;
+    if (!ring_.init(256, why)) {
+        log::error("admin: {}", why);
+        failed.store(true);
+        return false;
+    }
+    waker_.arm(ring_);
+    arm_accept();
+    reactor::spawn(gate_, sys_publisher());
+    ready.store(true);
+    loop();
+    return true;
+}
+
+void server::loop() {
+    io::reaped batch[reap_batch];
+    for (;;) {
+        if (!stopping_ && stop_requested_.load(std::memory_order_acquire)) begin_shutdown();
+        publish_smp();
+        if (stopping_ && gate_.count() == 0 && !accept_armed_) break;
+        if (outgoing_mask_ != 0) {
+            ring_.submit();
+        } else {
+            node_.smp.set_sleeping(id_, true);
+            if (node_.smp.has_incoming(id_) || (stop_requested_.load() && !stopping_)) {
+                node_.smp.set_sleeping(id_, false);
+                ring_.submit();
+            } else {
+                ring_.submit_and_wait(-1);
+                node_.smp.set_sleeping(id_, false);
+            }
+        }
+        const unsigned n = ring_.reap(batch, reap_batch);
+        drain_smp();
+        for (unsigned i = 0; i < n; ++i)
+            if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
+    }
+}
+
+void server::begin_shutdown() {
+    stopping_ = true;
+    if (accept_armed_) {
+        io_uring_sqe* s = ring_.sqe();
+        io_uring_prep_cancel(s, &accept_op_, 0);
+        io::set_completion(s, nullptr);
+    }
+    waker_.stop();
+    // Pending recvs complete (0) and their coroutines finish; a request in progress completes first.
+    for (int fd : open_fds_)
+        ::shutdown(fd, SHUT_RDWR);
+}
+
+void server::arm_accept() {
+    if (stopping_ || accept_armed_) return;
+    io_uring_sqe* s = ring_.sqe();
+    io_uring_prep_multishot_accept(s, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    io::set_completion(s, &accept_op_);
+    accept_armed_ = true;
+}
+
+void server::on_accept(int res, uint32_t flags) {
+    if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
+    if (res >= 0) {
+        if (stopping_) {
+            ::close(res);
+        } else {
+            int one = 1;
+            setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            open_fds_.insert(res);
+            reactor::spawn(gate_, serve(res));
+        }
+    } else if (res != -ECANCELED && !stopping_) {
+        log::warn("admin: accept failed: {}", std::strerror(-res));
+    }
+    if (!accept_armed_ && !stopping_) arm_accept();
+}
+
+void server::push(unsigned to, broker::admin_call* call) {
+    auto& q = node_.smp.queue(id_, to);
+    const reactor::smp_msg m{broker::k_admin_call, id_, call};
+    if (!backlog_[to].empty() || !q.try_push(m)) backlog_[to].push_back(call);
+    outgoing_mask_ |= uint64_t{1} << to;
+}
+
+void server::publish_smp() {
+    uint64_t mask = outgoing_mask_;
+    while (mask) {
+        const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
+        mask &= mask - 1;
+        auto& q = node_.smp.queue(id_, to);
+        auto& bl = backlog_[to];
+        while (!bl.empty() && q.try_push(reactor::smp_msg{broker::k_admin_call, id_, bl.front()}))
+            bl.pop_front();
+        q.publish();
+        node_.smp.wake_if_sleeping(to);
+        if (bl.empty()) outgoing_mask_ &= ~(uint64_t{1} << to);
+    }
+}
+
+void server::drain_smp() {
+    for (unsigned from = 0; from < node_.mqtt_shards; ++from) {
+        node_.smp.queue(from, id_).drain(
+            [](const reactor::smp_msg& m) {
+                if (m.kind != broker::k_admin_done) return;
+                auto* call = static_cast<broker::admin_call*>(m.ptr);
+                static_cast<gather*>(call->waiter)->done(); // may resume the request coroutine
+            },
+            4096);
+    }
+}
+
+reactor::task<void> server::on_shards(std::vector<unsigned> shards, std::function<void(broker::shard_control&)> fn) {
+    std::vector<broker::admin_call> calls(shards.size());
+    for (auto& c : calls)
+        c.fn = fn;
+    co_await gather{*this, calls, shards};
+}
+
+reactor::task<void> server::on_shard(unsigned shard, std::function<void(broker::shard_control&)> fn) {
+    std::vector<unsigned> one(1, shard);
+    co_await on_shards(std::move(one), std::move(fn));
+}
+
+reactor::task<void> server::on_all(std::function<void(broker::shard_control&)> fn) {
+    std::vector<unsigned> all(node_.mqtt_shards);
+    for (unsigned i = 0; i < all.size(); ++i)
+        all[i] = i;
+    co_await on_shards(std::move(all), std::move(fn));
+}
+
+reactor::task<void> server::collect(std::vector<broker::shard_snapshot>& out) {
+    out.assign(node_.mqtt_shards, {});
+    co_await on_all([&out](broker::shard_control& c) { c.snapshot(out[c.shard_id()]); });
+}
+
+reactor::task<void> server::serve(int fd) {
+    http_parser parser(max_header_bytes, cfg_.admin.max_body_bytes);
+    std::vector<char> buf(recv_size);
+    std::string out;
+    bool open = true;
+    while (open && !stopping_) {
+        const int n = co_await io::recv_some(ring_, fd, buf.data(), buf.size(), cfg_.admin.idle_timeout_ms);
+        if (n <= 0) break; // peer closed, error, or idle timeout (-ECANCELED)
+        size_t off = 0;
+        while (off < static_cast<size_t>(n) && open) {
+            size_t used = 0;
+            const auto st = parser.feed(buf.data() + off, static_cast<size_t>(n) - off, used);
+            off += used;
+            http_response resp;
+            bool keep_alive = true;
+            if (st == http_parser::status::need_more) break;
+            if (st == http_parser::status::error) {
+                resp.status = parser.error_status();
+                json_writer w;
+                w.begin_object().key("code").value(resp.status).key("message").value(parser.error_reason());
+                w.end_object();
+                resp.body = w.take();
+                keep_alive = false;
+            } else {
+                http_request req = parser.take();
+                keep_alive = req.keep_alive;
+                co_await handle(req, resp);
+            }
+            out = serialize(resp, keep_alive);
+            size_t sent = 0;
+            while (sent < out.size()) {
+                const int w = co_await io::send_some(ring_, fd, out.data() + sent, out.size() - sent);
+                if (w <= 0) {
+                    open = false;
+                    break;
+                }
+                sent += static_cast<size_t>(w);
+            }
+            if (!keep_alive) open = false;
+        }
+    }
+    open_fds_.erase(fd);
+    ::close(fd);
+}
+
+reactor::task<void> server::sys_publisher() {
+    // $SYS/brokers/<node>/... like EMQ X: version, uptime, datetime, sysdescr, then stats and metrics.
+    const std::string base = "$SYS/brokers/" + cfg_.node_name + "/";
+    const uint32_t interval = std::max<uint32_t>(cfg_.sys.interval_ms, 100);
+    while (!stopping_) {
+        // Sleep in slices so shutdown never waits a whole interval.
+        uint32_t slept = 0;
+        while (slept < interval && !stopping_) {
+            const uint32_t step = std::min<uint32_t>(interval - slept, 200);
+            co_await io::sleep_for(ring_, step);
+            slept += step;
+        }
+        if (stopping_ || !sys_active_) continue;
+        std::vector<broker::shard_snapshot> snaps;
+        co_await collect(snaps);
+        broker::metrics m;
+        broker::stats st;
+        for (const auto& s : snaps)
+            m.add(s.m);
+        auto msgs = std::make_shared<std::vector<std::pair<std::string, std::string>>>();
+        const int64_t now = static_cast<int64_t>(::time(nullptr));
+        msgs->emplace_back(base + "version", RINGMQ_VERSION);
+        msgs->emplace_back(base + "sysdescr", "ringmq MQTT broker");
+        msgs->emplace_back(base + "uptime", format_uptime(now - node_.started_at));
+        msgs->emplace_back(base + "datetime", format_datetime(now));
+        uint64_t clients = 0, sessions = 0, subs = 0;
+        for (const auto& s : snaps) {
+            clients += s.s.clients.count;
+            sessions += s.s.sessions.count;
+            subs += s.s.subscriptions.count;
+        }
+        msgs->emplace_back(base + "stats/clients/count", std::to_string(clients));
+        msgs->emplace_back(base + "stats/sessions/count", std::to_string(sessions));
+        msgs->emplace_back(base + "stats/subscriptions/count", std::to_string(subs));
+        m.for_each([&](std::string_view name, uint64_t v) {
+            msgs->emplace_back(base + "metrics/" + std::string(name), std::to_string(v));
+        });
+        ++sys_wakeups_;
+        co_await on_shard(0, [msgs](broker::shard_control& c) {
+            for (const auto& [topic, value] : *msgs)
+                c.publish(topic, {reinterpret_cast<const uint8_t*>(value.data()), value.size()}, 0, false);
+        });
+    }
+}
+
+} // namespace ringmq::admin

@@ -1,0 +1,115 @@
+#pragma once
+// The admin shard: a thread with its own io_uring serving the EMQ X v2 management REST API over HTTP/1.1. It owns
+// the admin listening socket, its HTTP connections (one coroutine each), the admin user store, the plugin switches
+// and the $SYS publisher. It reads MQTT shard state only by sending admin_calls over the SMP queues and awaiting
+// their return (scatter-gather), so a slow or large request never blocks an MQTT shard.
+#include "admin/http.hpp"
+#include "admin/json.hpp"
+#include "admin/users.hpp"
+#include "broker/control.hpp"
+#include "broker/shard.hpp"
+#include "io/ring.hpp"
+#include "io/waker.hpp"
+#include "reactor/gate.hpp"
+#include "reactor/task.hpp"
+
+#include <atomic>
+#include <coroutine>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace ringmq::admin {
+
+// Facts about the MQTT listener the admin reports (set by main).
+struct listener_info {
+    std::string mqtt_listen;  // "0.0.0.0:1883"
+    std::string admin_listen; // "0.0.0.0:8080"
+};
+
+class server {
+public:
+    server(broker::node& n, int listen_fd, listener_info li);
+    ~server();
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+
+    // Opens the user store (creating the default user) before anything listens. False with a reason.
+    bool open_users(std::string& why);
+    // Thread body; returns when stopped. False if the ring could not be set up.
+    bool run();
+    // Any thread.
+    void request_stop();
+    std::atomic<bool> ready{false};
+    std::atomic<bool> failed{false};
+
+private:
+    struct accept_op final : io::completion {
+        explicit accept_op(server* sv) : s(sv) {}
+        server* s;
+        void on_complete(int res, uint32_t flags) override { s->on_accept(res, flags); }
+    };
+    struct gather;
+    friend struct gather;
+
+    void loop();
+    void on_accept(int res, uint32_t flags);
+    void arm_accept();
+    void drain_smp();
+    void publish_smp();
+    void push(unsigned to, broker::admin_call* call);
+    void begin_shutdown();
+
+    // Runs fn on each listed MQTT shard (concurrently) and resumes when all have answered.
+    reactor::task<void> on_shards(std::vector<unsigned> shards, std::function<void(broker::shard_control&)> fn);
+    reactor::task<void> on_shard(unsigned shard, std::function<void(broker::shard_control&)> fn);
+    reactor::task<void> on_all(std::function<void(broker::shard_control&)> fn);
+
+    reactor::task<void> serve(int fd);
+    reactor::task<void> handle(const http_request& req, http_response& resp);
+    reactor::task<void> sys_publisher();
+
+    // handlers (handlers.cpp)
+    reactor::task<void> dispatch(const http_request& req, const std::vector<std::string>& seg, http_response& resp);
+    void nodes_management(json_writer& w, bool with_name);
+    reactor::task<void> nodes_monitoring(json_writer& w);
+    enum class list_kind { clients, sessions, subscriptions };
+    reactor::task<void> paged_list(list_kind kind, const http_request& req, http_response& resp);
+    reactor::task<void> lookup(list_kind kind, std::string id, const http_request& req, http_response& resp);
+    reactor::task<void> routes(const http_request& req, const std::string* topic, http_response& resp);
+    reactor::task<void> kick(std::string id, http_response& resp);
+    reactor::task<void> mqtt_action(int action, const http_request& req, http_response& resp);
+    reactor::task<void> listeners(bool all_nodes, http_response& resp);
+    reactor::task<void> metrics(bool all_nodes, http_response& resp);
+    reactor::task<void> stats(bool all_nodes, http_response& resp);
+    void plugins_list(http_response& resp);
+    void plugin_set(const std::string& name, const http_request& req, http_response& resp);
+    void users_api(const http_request& req, const std::vector<std::string>& seg, http_response& resp);
+    void auth_api(const http_request& req, http_response& resp);
+    reactor::task<void> collect(std::vector<broker::shard_snapshot>& out);
+
+    broker::node& node_;
+    const config::config& cfg_;
+    unsigned id_; // SMP participant index (= number of MQTT shards)
+    int listen_fd_;
+    listener_info li_;
+    user_store users_;
+    io::waker waker_;
+    io::ring ring_;
+    accept_op accept_op_{this};
+    bool accept_armed_ = false;
+    bool stopping_ = false;
+    std::atomic<bool> stop_requested_{false};
+    reactor::gate gate_;
+    std::set<int> open_fds_;
+    uint64_t shutdown_closed_ = 0;
+    std::vector<std::deque<broker::admin_call*>> backlog_;
+    uint64_t outgoing_mask_ = 0;
+    bool sys_active_ = true;
+    uint64_t sys_wakeups_ = 0;
+};
+
+} // namespace ringmq::admin

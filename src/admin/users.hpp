@@ -1,0 +1,79 @@
+#pragma once
+// The admin user store: EMQ X dashboard users (username, password, tags) kept in a small text file, one user per
+// line "username:iterations:salt_hex:key_hex:tags". Passwords are stored only as PBKDF2-HMAC-SHA256 keys with a
+// random per-user salt; the iteration count is stored per user so the default can be raised without invalidating
+// existing users.
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmq::admin {
+
+struct admin_user {
+    std::string username;
+    std::string tags;
+};
+
+// Owned by the admin server and used only on the admin shard thread (not thread-safe). Created before the admin
+// listener starts (open()), lives until the server is destroyed. Every change is written to the file atomically
+// before it becomes visible in memory; if the write fails, memory is left as it was.
+class user_store {
+public:
+    static constexpr unsigned default_iterations = 10000;
+    static constexpr size_t salt_bytes = 16;
+    static constexpr size_t key_bytes = 32;
+
+    // Loads the file; when it does not exist, creates it with default_user/default_password (tags "administrator")
+    // and sets *created = true (created may be null). False with a reason naming the path on I/O or format errors.
+    bool open(const std::string& path, const std::string& default_user, const std::string& default_password,
+              bool* created, std::string& why);
+    // Constant-time compare of the derived key. A password that verified before is recognized with one SHA-256
+    // instead of a fresh PBKDF2 run (the admin API authenticates every request); a wrong one always costs PBKDF2.
+    bool verify(std::string_view user, std::string_view password) const;
+    bool exists(std::string_view user) const;
+    std::vector<admin_user> list() const; // sorted by name
+    std::optional<admin_user> get(std::string_view user) const;
+
+    enum class result { ok, exists, not_found, invalid, io_error };
+    // invalid: empty username or password, a NUL in the password, or a control character (newline included) or ':'
+    // in username or tags.
+    result add(std::string_view user, std::string_view password, std::string_view tags);
+    // nullopt leaves that field unchanged.
+    result update(std::string_view user, std::optional<std::string_view> password,
+                  std::optional<std::string_view> tags);
+    result remove(std::string_view user);
+    // Why the last invalid or io_error result happened (names the file on I/O errors).
+    const std::string& last_error() const { return last_error_; }
+
+    // Iteration count for passwords set from now on (existing users keep theirs until their password changes).
+    void set_iterations(unsigned n) { iterations_ = n; }
+    const std::string& path() const { return path_; }
+
+private:
+    struct entry {
+        unsigned iterations = 0;
+        std::vector<unsigned char> salt;
+        std::vector<unsigned char> key;
+        std::string tags;
+        // SHA-256(salt || password) of the last password that verified; see verify().
+        mutable bool fast_valid = false;
+        mutable std::array<unsigned char, 32> fast{};
+    };
+    using map_t = std::map<std::string, entry, std::less<>>;
+
+    bool make_entry(std::string_view password, std::string_view tags, entry& e);
+    bool save(const map_t& users);
+    result check(std::string_view what, std::string_view s, bool allow_empty);
+    result check_password(std::string_view password);
+
+    std::string path_;
+    map_t users_;
+    unsigned iterations_ = default_iterations;
+    std::string last_error_;
+};
+
+} // namespace ringmq::admin

@@ -1,0 +1,442 @@
+"""Admin REST API v2 (EMQ X 2.x): nodes, clients, kick, sessions, subscriptions and routes, with every value checked
+against state the test creates over MQTT. Most classes run with --shards 1 and --shards 2; with two shards the ids
+come from client_id_on_shard so the state really is spread over both shards (lists and counts are node-wide).
+
+Sources: shared/seed/rest_api_v2.rst (paths, field names, key order) and shared/reference/emqx_v2_api_notes.md
+(shapes, paging, error codes), plus ringmq's conventions (real numbers in session rows, JSON 404 bodies)."""
+
+import time
+
+import paho.mqtt.client as paho
+
+import mqtt_raw as m
+from admin_client import (AdminTest, CLIENT_KEYS, NODE_KEYS, NODE_MONITOR_KEYS, ROUTE_KEYS, SESSION_KEYS,
+                          SUBSCRIPTION_KEYS, seg, uptime_seconds)
+from broker import shard_variants
+
+MEM_RE = r"^\d+\.\d{2}[KMG]$"
+LOAD_RE = r"^\d+\.\d{2}$"
+
+
+class Helpers:
+    def wait_offline(self, client_id, timeout=3.0):
+        """Until the node no longer lists client_id as connected (disconnects are handled asynchronously)."""
+        self.wait_equal(lambda: self.lookup("clients/" + seg(client_id)), [], timeout,
+                        f"client {client_id} still listed as connected")
+
+    def persistent_offline(self, name, shard, subscribe=()):
+        """A clean-session-0 client that subscribes, then DISCONNECTs: an offline persistent session."""
+        cid = self.cid(name, shard)
+        c = self.client(cid, clean=False)
+        if subscribe:
+            c.subscribe(list(subscribe))
+        c.disconnect()
+        c.expect_closed(3)
+        self.wait_offline(cid)
+        return cid
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Nodes
+
+
+class NodeCases(Helpers):
+    def test_management_nodes_list(self):
+        res = self.get("management/nodes")
+        self.assertIsInstance(res, list)
+        self.assertEqual(len(res), 1, res)
+        node = res[0]
+        self.assert_keys(node, NODE_KEYS)
+        self.assertEqual(node["name"], self.NODE)
+        for key in ("version", "sysdescr", "otp_release"):
+            self.assertIsInstance(node[key], str, key)
+            self.assertTrue(node[key], key)
+        self.assertEqual(node["node_status"], "Running")
+        # A broker started a moment ago: "<s> seconds", never more than the time since we started it.
+        self.assertRegex(node["uptime"], r"^\d+ seconds$")
+        self.assertLessEqual(uptime_seconds(node["uptime"]), time.time() - self.started_at + 1.5)
+        self.assert_recent_time(node["datetime"], 5.0, "datetime is the node's local wall clock")
+
+    def test_management_node_by_name(self):
+        listed = self.get("management/nodes")[0]
+        one = self.get("management/nodes/" + seg(self.NODE))
+        self.assert_keys(one, NODE_KEYS[1:], "the single-node form has no name")
+        for key in ("version", "sysdescr", "otp_release", "node_status"):
+            self.assertEqual(one[key], listed[key], key)
+        self.assertRegex(one["uptime"], r"^\d+ seconds$")
+        self.assert_recent_time(one["datetime"], 5.0)
+        self.not_found("GET", "management/nodes/" + seg("nobody@127.0.0.1"))
+        self.not_found("GET", "management/nodes/" + seg(self.NODE + "x"))
+
+    def test_monitoring_nodes_counts_connected_clients(self):
+        clients = [self.client(self.cid(f"mon{i}", i)) for i in range(3)]
+        self.persistent_offline("monoff", 1)  # a session without a connection is not a client
+        res = self.get("monitoring/nodes")
+        self.assertIsInstance(res, list)
+        self.assertEqual(len(res), 1, res)
+        row = res[0]
+        self.assert_keys(row, NODE_MONITOR_KEYS)
+        self.assertEqual(row["name"], self.NODE)
+        self.assertEqual(row["node_status"], "Running")
+        self.assertIsInstance(row["otp_release"], str)
+        for key in ("memory_total", "memory_used"):
+            v = row[key]
+            if isinstance(v, str):
+                self.assertRegex(v, MEM_RE, key)
+            else:
+                self.assertIsInstance(v, int, key)  # EMQ X's kmg(): raw bytes as a number below 1 KiB
+        for key in ("process_available", "process_used", "max_fds"):
+            self.assertIsInstance(row[key], int, key)
+            self.assertGreaterEqual(row[key], 0, key)
+        self.assertGreater(row["max_fds"], 0)
+        for key in ("load1", "load5", "load15"):
+            self.assertIsInstance(row[key], str, key)
+            self.assertRegex(row[key], LOAD_RE, key)
+        self.assertEqual(row["clients"], 3, row)
+
+        one = self.get("monitoring/nodes/" + seg(self.NODE))
+        self.assert_keys(one, NODE_MONITOR_KEYS)
+        self.assertEqual((one["name"], one["clients"], one["node_status"]), (self.NODE, 3, "Running"))
+
+        clients[0].disconnect()
+        self.wait_equal(lambda: self.get("monitoring/nodes/" + seg(self.NODE))["clients"], 2,
+                        what="clients after one DISCONNECT")
+        self.not_found("GET", "monitoring/nodes/" + seg("nobody@127.0.0.1"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Clients and kick
+
+
+class ClientCases(Helpers):
+    def test_client_rows_match_connections(self):
+        ida, idb = self.cid("alice", 0), self.cid("bob", 1)
+        a = self.raw()
+        a.connect(ida, clean=True, keepalive=30, username="u-alice", password="secret")
+        b = self.raw()
+        b.connect(idb, clean=False, keepalive=0, level=3)
+        rows = self.rows(self.n("clients"), CLIENT_KEYS)
+        by_id = {r["client_id"]: r for r in rows}
+        self.assertEqual(set(by_id), {ida, idb}, rows)
+        ra, rb = by_id[ida], by_id[idb]
+        self.assertEqual(
+            (ra["username"], ra["ipaddress"], ra["port"], ra["clean_sess"], ra["proto_ver"], ra["keepalive"]),
+            ("u-alice", "127.0.0.1", a.sock.getsockname()[1], True, 4, 30))
+        self.assertEqual(
+            (rb["username"], rb["ipaddress"], rb["port"], rb["clean_sess"], rb["proto_ver"], rb["keepalive"]),
+            ("undefined", "127.0.0.1", b.sock.getsockname()[1], False, 3, 0))
+        for r in (ra, rb):
+            self.assertIs(type(r["port"]), int)
+            self.assertIs(type(r["clean_sess"]), bool)
+            self.assert_recent_time(r["connected_at"], 10.0, "connected_at")
+
+        # The same rows from both single-client lookups.
+        self.assertEqual(self.lookup(self.n("clients", seg(ida)), CLIENT_KEYS), [ra])
+        self.assertEqual(self.lookup("clients/" + seg(idb), CLIENT_KEYS), [rb])
+
+    def test_client_lookup_not_found_is_empty(self):
+        self.client(self.cid("present", 1))
+        self.assertEqual(self.lookup(self.n("clients", "nobody")), [])
+        self.assertEqual(self.lookup("clients/nobody"), [])
+        self.not_found("GET", "nodes/" + seg("nobody@127.0.0.1") + "/clients/" + seg(self.cid("present", 1)))
+
+    def test_clients_paging(self):
+        ids = [self.cid(f"pg{i}", i) for i in range(5)]
+        for cid in ids:
+            self.client(cid)
+        path = self.n("clients")
+        pages = [self.page(path, p, 2, CLIENT_KEYS) for p in (1, 2, 3)]
+        for p in pages:
+            self.assertEqual((p["total_num"], p["total_page"]), (5, 3), p)
+        self.assertEqual([len(p["objects"]) for p in pages], [2, 2, 1])
+        seen = [r["client_id"] for p in pages for r in p["objects"]]
+        self.assertEqual(sorted(seen), sorted(ids), "every client exactly once over the pages")
+        past = self.page(path, 4, 2)
+        self.assertEqual((past["current_page"], past["total_page"], past["objects"]), (4, 3, []))
+        default = self.page(path)  # curr_page 1, page_size 20
+        self.assertEqual(sorted(r["client_id"] for r in default["objects"]), sorted(ids))
+        self.assertEqual(default["total_page"], 1)
+        self.assertEqual(len(self.page(path, page_size=3)["objects"]), 3)
+        self.assertEqual(self.page(path, curr_page=2)["objects"], [])
+        self.assertEqual(len(self.page(path, 1, 1000)["objects"]), 5)
+        exact = self.page(path, 1, 5)
+        self.assertEqual((exact["total_page"], len(exact["objects"])), (1, 5))
+
+    def test_clients_empty_node(self):
+        res = self.page(self.n("clients"))
+        self.assertEqual((res["total_num"], res["total_page"], res["objects"]), (0, 0, []))
+        res = self.page(self.n("clients"), 3, 7)
+        self.assertEqual((res["current_page"], res["page_size"], res["total_page"], res["objects"]), (3, 7, 0, []))
+
+    def test_offline_persistent_session_is_not_a_client(self):
+        cid = self.persistent_offline("gone", 1)
+        self.assertEqual(self.page(self.n("clients"))["total_num"], 0)
+        self.assertEqual([r["client_id"] for r in self.lookup("sessions/" + seg(cid))], [cid])
+
+    def test_kick_publishes_will_and_closes(self):
+        watcher = self.client(self.cid("watch", 1))
+        watcher.subscribe([("will/#", 1)])
+        oid = self.cid("owner", 0)
+        owner = self.client(oid, will=m.Will("will/kick", b"kicked", qos=1))
+        self.action("DELETE", "clients/" + seg(oid))
+        msg = watcher.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.qos, msg.retain), ("will/kick", b"kicked", 1, False))
+        owner.expect_closed(3)
+        self.wait_offline(oid)
+        self.wait_equal(lambda: self.lookup("sessions/" + seg(oid)), [],
+                        what="a clean session ends with its connection")
+        self.err("DELETE", "clients/" + seg(oid), None, 112)
+        self.err("DELETE", "clients/nobody", None, 112)
+        self.assertTrue(watcher.is_open(), "the watcher is not affected")
+        watcher.expect_no_packet(0.2)
+
+    def test_kick_keeps_persistent_session(self):
+        sid = self.cid("keeper", 0)
+        c = self.client(sid, clean=False)
+        c.subscribe([("kp/t", 1)])
+        self.action("DELETE", "clients/" + seg(sid))
+        c.expect_closed(3)
+        self.wait_offline(sid)
+        sessions = self.lookup("sessions/" + seg(sid), SESSION_KEYS)
+        self.assertEqual([(s["client_id"], s["clean_sess"]) for s in sessions], [(sid, False)])
+        self.err("DELETE", "clients/" + seg(sid), None, 112)  # the session is not a connection
+        pub = self.client(self.cid("kpub", 1))
+        pub.publish("kp/t", b"while kicked", qos=1)
+        c2 = self.client(sid, clean=False, expect=m.CONNACK_OK_SESSION)
+        msg = c2.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.qos), ("kp/t", b"while kicked", 1))
+
+    def test_kick_paho_client(self):
+        cid = self.cid("paho", 1)
+        gone = []
+        connected = []
+        c = paho.Client(client_id=cid, clean_session=True, protocol=paho.MQTTv311)
+        c.on_connect = lambda cl, ud, flags, rc: connected.append(rc)
+        c.on_disconnect = lambda cl, ud, rc: gone.append(rc)
+        c.connect("127.0.0.1", self.port, keepalive=30)
+        c.loop_start()
+        self.addCleanup(c.loop_stop)
+        self.addCleanup(c.disconnect)
+        self.wait_until(lambda: connected, 5.0, "paho connected")
+        self.assertEqual(connected, [0])
+        row = self.wait_until(lambda: self.lookup("clients/" + seg(cid)), 3.0, "paho client listed")[0]
+        self.assertEqual((row["client_id"], row["keepalive"], row["proto_ver"], row["clean_sess"]), (cid, 30, 4, True))
+        c.reconnect_delay_set(5, 5)  # no reconnect inside this test
+        self.action("DELETE", "clients/" + seg(cid))
+        self.wait_until(lambda: gone, 5.0, "paho saw the disconnect")
+        self.assertNotEqual(gone[0], 0, "an unexpected disconnect for the client")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sessions
+
+
+SESSION_COUNTERS = ("inflight_queue", "message_queue", "message_dropped", "awaiting_rel", "awaiting_ack",
+                    "awaiting_comp")
+
+
+class SessionCases(Helpers):
+    def counters(self, cid):
+        rows = self.lookup("sessions/" + seg(cid), SESSION_KEYS)
+        self.assertEqual(len(rows), 1, rows)
+        return {k: rows[0][k] for k in SESSION_COUNTERS}
+
+    def expect_counters(self, cid, what="", **expected):
+        full = {k: 0 for k in SESSION_COUNTERS}
+        full.update(expected)
+        self.wait_equal(lambda: self.counters(cid), full, 3.0, f"session counters of {cid} {what}")
+
+    def test_session_rows(self):
+        ida, idb = self.cid("sa", 0), self.cid("sb", 1)
+        self.client(ida)
+        self.client(idb, clean=False)
+        ido = self.persistent_offline("so", 0, [("so/t", 1)])
+        rows = self.rows(self.n("sessions"), SESSION_KEYS)
+        by_id = {r["client_id"]: r for r in rows}
+        self.assertEqual(set(by_id), {ida, idb, ido}, rows)
+        self.assertEqual({k: r["clean_sess"] for k, r in by_id.items()}, {ida: True, idb: False, ido: False})
+        for r in rows:
+            self.assertEqual(r["max_inflight"], 2, "mqtt.max_inflight of this broker")
+            for key in SESSION_COUNTERS:
+                self.assertIs(type(r[key]), int, f"{key}: real numbers, not \"undefined\"")
+                self.assertEqual(r[key], 0, key)
+            self.assert_recent_time(r["created_at"], 10.0, "created_at")
+        self.assertEqual(self.lookup(self.n("sessions", seg(ido)), SESSION_KEYS), [by_id[ido]])
+        self.assertEqual(self.lookup("sessions/" + seg(ida), SESSION_KEYS), [by_id[ida]])
+        self.assertEqual(self.lookup("sessions/nobody"), [])
+        self.assertEqual(self.lookup(self.n("sessions", "nobody")), [])
+
+    def test_seed_spelling_node_sessions(self):
+        ids = {self.cid("ns1", 0), self.cid("ns2", 1)}
+        for cid in ids:
+            self.client(cid)
+        res = self.page("node/" + seg(self.NODE) + "/sessions", row_keys=SESSION_KEYS)
+        self.assertEqual({r["client_id"] for r in res["objects"]}, ids)
+        self.assertEqual(res["total_num"], 2)
+
+    def test_sessions_paging(self):
+        ids = [self.cid("sp0", 0), self.cid("sp1", 1)]
+        for cid in ids:
+            self.client(cid)
+        ids.append(self.persistent_offline("sp2", 1))
+        p1 = self.page(self.n("sessions"), 1, 2, SESSION_KEYS)
+        p2 = self.page(self.n("sessions"), 2, 2, SESSION_KEYS)
+        self.assertEqual((p1["total_num"], p1["total_page"]), (3, 2))
+        self.assertEqual([len(p1["objects"]), len(p2["objects"])], [2, 1])
+        self.assertEqual(sorted(r["client_id"] for r in p1["objects"] + p2["objects"]), sorted(ids))
+        self.assertEqual(self.page(self.n("sessions"), 3, 2)["objects"], [])
+
+    def test_qos1_window_and_queue(self):
+        sid = self.cid("win", 1)
+        sub = self.client(sid)
+        sub.subscribe([("sc/q1", 1)])
+        pub = self.client(self.cid("winpub", 0))
+        for i in range(3):
+            pub.publish("sc/q1", f"m{i}", qos=1)
+        first = [sub.recv_publish(ack=False) for _ in range(2)]  # window of 2, not acknowledged
+        self.expect_counters(sid, "with 2 unacknowledged and 1 queued", inflight_queue=2, message_queue=1,
+                             awaiting_ack=2)
+        for msg in first:
+            sub.ack(msg)
+        third = sub.recv_publish()
+        self.assertEqual(third.payload, b"m2")
+        self.expect_counters(sid, "after every PUBACK")
+
+    def test_qos2_states(self):
+        sid = self.cid("q2sub", 1)
+        sub = self.client(sid)
+        sub.subscribe([("sc/q2", 2)])
+        pub = self.client(self.cid("q2pub", 0))
+        pub.publish("sc/q2", b"two", qos=2)
+        msg = sub.recv_publish(ack=False)
+        self.expect_counters(sid, "before PUBREC", inflight_queue=1, awaiting_ack=1)
+        sub.send(m.pubrec(msg.pid))
+        sub.expect(m.pubrel(msg.pid))
+        self.expect_counters(sid, "after PUBREC, before PUBCOMP", inflight_queue=1, awaiting_comp=1)
+        sub.send(m.pubcomp(msg.pid))
+        self.expect_counters(sid, "after PUBCOMP")
+
+        # Incoming QoS 2 awaiting PUBREL on the publisher's session.
+        pid_ = self.cid("q2in", 0)
+        p2 = self.client(pid_)
+        p2.send(m.publish("sc/in", b"x", qos=2, pid=9))
+        p2.expect(m.pubrec(9))
+        self.expect_counters(pid_, "awaiting PUBREL", awaiting_rel=1)
+        p2.send(m.pubrel(9))
+        p2.expect(m.pubcomp(9))
+        self.expect_counters(pid_, "after PUBREL")
+
+    def test_offline_queue_and_dropped(self):
+        oid = self.persistent_offline("queue", 1, [("sc/off", 1)])
+        pub = self.client(self.cid("qpub", 0))
+        for i in range(5):
+            pub.publish("sc/off", f"o{i}", qos=1)
+        self.expect_counters(oid, "offline, queue limit 2, 5 messages", message_queue=2, message_dropped=3)
+        rows = self.lookup(self.n("sessions", seg(oid)), SESSION_KEYS)
+        self.assertIs(rows[0]["clean_sess"], False)
+        back = self.client(oid, clean=False, expect=m.CONNACK_OK_SESSION)
+        got = [back.recv_publish() for _ in range(2)]
+        self.assertEqual(len(got), 2)
+        back.expect_no_packet(0.2)
+        self.expect_counters(oid, "after delivery (dropped is cumulative)", message_dropped=3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Subscriptions
+
+
+class SubscriptionCases(Helpers):
+    def test_subscription_rows(self):
+        ida, idb = self.cid("suba", 0), self.cid("subb", 1)
+        a = self.client(ida)
+        a.subscribe([("s/a/1", 0), ("s/a/+", 1)])
+        b = self.client(idb)
+        b.subscribe([("s/b/#", 2)])
+        ido = self.persistent_offline("subo", 1, [("s/o", 1)])
+        expected = {(ida, "s/a/1", 0), (ida, "s/a/+", 1), (idb, "s/b/#", 2), (ido, "s/o", 1)}
+        rows = self.rows(self.n("subscriptions"), SUBSCRIPTION_KEYS)
+        self.assertEqual(len(rows), 4, rows)
+        self.assertEqual({(r["client_id"], r["topic"], r["qos"]) for r in rows}, expected)
+
+        p1 = self.page(self.n("subscriptions"), 1, 3, SUBSCRIPTION_KEYS)
+        p2 = self.page(self.n("subscriptions"), 2, 3, SUBSCRIPTION_KEYS)
+        self.assertEqual((p1["total_num"], p1["total_page"], len(p2["objects"])), (4, 2, 1))
+        self.assertEqual({(r["client_id"], r["topic"], r["qos"]) for r in p1["objects"] + p2["objects"]}, expected)
+
+        def of(path):
+            return {(r["client_id"], r["topic"], r["qos"]) for r in self.lookup(path, SUBSCRIPTION_KEYS)}
+
+        self.assertEqual(of(self.n("subscriptions", seg(ida))), {(ida, "s/a/1", 0), (ida, "s/a/+", 1)})
+        self.assertEqual(of("subscriptions/" + seg(ida)), {(ida, "s/a/1", 0), (ida, "s/a/+", 1)})
+        self.assertEqual(of("subscriptions/" + seg(idb)), {(idb, "s/b/#", 2)})
+        self.assertEqual(of("subscriptions/" + seg(ido)), {(ido, "s/o", 1)}, "offline persistent session")
+        self.assertEqual(of("subscriptions/nobody"), set())
+        self.assertEqual(of(self.n("subscriptions", "nobody")), set())
+
+        a.unsubscribe(["s/a/1"])
+        self.assertEqual(of("subscriptions/" + seg(ida)), {(ida, "s/a/+", 1)})
+        b.disconnect()
+        self.wait_equal(lambda: of("subscriptions/" + seg(idb)), set(), what="clean session gone")
+        self.assertEqual(self.page(self.n("subscriptions"))["total_num"], 2)
+
+    def test_granted_qos_is_listed(self):
+        cid = self.cid("granted", 1)
+        c = self.client(cid)
+        c.subscribe([("g/0", 0), ("g/1", 1), ("g/2", 2)])
+        rows = self.lookup("subscriptions/" + seg(cid), SUBSCRIPTION_KEYS)
+        self.assertEqual(sorted((r["topic"], r["qos"]) for r in rows), [("g/0", 0), ("g/1", 1), ("g/2", 2)])
+        c.subscribe([("g/0", 2)])  # re-subscribing replaces the QoS
+        rows = self.lookup("subscriptions/" + seg(cid), SUBSCRIPTION_KEYS)
+        self.assertEqual(sorted((r["topic"], r["qos"]) for r in rows), [("g/0", 2), ("g/1", 1), ("g/2", 2)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Routes
+
+
+class RouteCases(Helpers):
+    def route_topics(self):
+        rows = self.rows("routes", ROUTE_KEYS)
+        for r in rows:
+            self.assertEqual(r["node"], self.NODE, r)
+        return sorted(r["topic"] for r in rows)
+
+    def test_routes_list_and_lookup(self):
+        a = self.client(self.cid("ra", 0))
+        a.subscribe([("r/1", 1), ("r/#", 0)])
+        b = self.client(self.cid("rb", 1))
+        b.subscribe([("r/+/x", 1), ("r/#", 2)])
+        # One route per topic filter on this node, however many subscribers (and shards) it has.
+        self.wait_equal(self.route_topics, ["r/#", "r/+/x", "r/1"], what="routes")
+        p1 = self.page("routes", 1, 2, ROUTE_KEYS)
+        p2 = self.page("routes", 2, 2, ROUTE_KEYS)
+        self.assertEqual((p1["total_num"], p1["total_page"]), (3, 2))
+        self.assertEqual(sorted(r["topic"] for r in p1["objects"] + p2["objects"]), ["r/#", "r/+/x", "r/1"])
+        default = self.page("routes")
+        self.assertEqual((default["current_page"], default["page_size"], default["total_num"]), (1, 20, 3))
+
+        for topic in ("r/1", "r/#", "r/+/x"):
+            self.assertEqual(self.lookup("routes/" + seg(topic), ROUTE_KEYS), [{"topic": topic, "node": self.NODE}],
+                             topic)
+        self.assertEqual(self.lookup("routes/r/1"), [{"topic": "r/1", "node": self.NODE}], "raw slashes")
+        # Exact lookup, no wildcard matching.
+        self.assertEqual(self.lookup("routes/" + seg("r/2")), [])
+        self.assertEqual(self.lookup("routes/" + seg("r/+")), [])
+        self.assertEqual(self.lookup("routes/nothing"), [])
+
+        a.unsubscribe(["r/1", "r/#"])
+        self.wait_equal(self.route_topics, ["r/#", "r/+/x"], what="routes after unsubscribe (r/# still on b)")
+        b.disconnect()
+        self.wait_equal(self.route_topics, [], what="routes after the last subscriber left")
+        self.assertEqual(self.lookup("routes/" + seg("r/#")), [])
+
+    def test_routes_empty(self):
+        res = self.page("routes")
+        self.assertEqual((res["total_num"], res["total_page"], res["objects"]), (0, 0, []))
+
+
+for _mixin in (NodeCases, ClientCases, SessionCases, SubscriptionCases, RouteCases):
+    shard_variants(_mixin, globals(), base=AdminTest,
+                   **({"SETTINGS": {"mqtt.max_inflight": 2, "mqtt.max_queued_messages": 2}}
+                      if _mixin is SessionCases else {}))
+del _mixin

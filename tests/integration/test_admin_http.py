@@ -1,0 +1,272 @@
+"""The admin API at the HTTP level: /status without auth, keep-alive, pipelining, requests in pieces, chunked bodies,
+Connection: close and HTTP/1.0, trailing slashes, percent-encoded path segments, 401 (with a Basic challenge), 404
+(unknown path, method, node, bad paging), 400 for requests the parser rejects, 413 for bodies over
+admin.max_body_bytes and idle connections closed after admin.idle_timeout. Every error is a JSON body, never a
+connection dropped without a response."""
+
+import time
+
+from admin_client import (AdminTest, CLIENT_KEYS, STATS_KEYS, basic_auth, build_request, seg)
+
+VOLATILE = {"uptime", "datetime", "memory_total", "memory_used", "process_available", "process_used", "max_fds",
+            "load1", "load5", "load15",
+            # an HTTP listener row counts the test's own (just closed) connections
+            "current_clients", "shutdown_count"}
+
+
+def normalize(obj):
+    """Drops values that change between two requests (clock, memory, load)."""
+    if isinstance(obj, dict):
+        return {k: (None if k in VOLATILE else normalize(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [normalize(v) for v in obj]
+    return obj
+
+
+class HttpTest(AdminTest):
+    def test_status_needs_no_auth(self):
+        for auth in (None, ("admin", "wrong"), ("admin", "public")):
+            with self.subTest(auth=auth):
+                r = self.api("GET", "/status", auth=auth)
+                self.assertEqual(r.status, 200, r)
+                self.assertTrue((r.header("Content-Type") or "").lower().startswith("text/"), r)
+                self.assertTrue(r.body.decode("utf-8").strip(), r)
+
+    def test_keep_alive(self):
+        c = self.http()
+        for path in ("/api/v2/management/nodes", "/api/v2/monitoring/stats", "/api/v2/routes", "/status"):
+            c.send(build_request("GET", path))
+            r = c.read_response()
+            self.assertEqual(r.status, 200, r)
+            self.assertNotEqual((r.header("Connection") or "").lower(), "close", r)
+        # Error answers keep the connection too.
+        c.send(build_request("GET", "/api/v2/nope"))
+        self.assert_json_error(c.read_response(), 404)
+        c.send(build_request("POST", "/api/v2/mqtt/publish", "not json"))
+        self.assert_error(c.read_response(), 109)
+        c.send(build_request("POST", "/api/v2/mqtt/publish", "123"))
+        self.assert_error(c.read_response(), 107)
+        c.send(build_request("GET", "/api/v2/management/nodes"))
+        self.assertEqual(self.assert_success(c.read_response())[0]["name"], self.NODE)
+
+    def test_pipelined_requests_in_one_send(self):
+        s = self.client(self.cid("pipe"))
+        s.subscribe([("pl/t", 1)])
+        c = self.http()
+        c.send(build_request("GET", "/api/v2/management/nodes")
+               + build_request("POST", "/api/v2/mqtt/publish", {"topic": "pl/t", "payload": "piped", "qos": 1})
+               + build_request("GET", "/api/v2/monitoring/stats/" + seg(self.NODE))
+               + build_request("GET", "/api/v2/nope"))
+        self.assertEqual(self.assert_success(c.read_response(), "1st")[0]["name"], self.NODE)
+        self.assertEqual(self.assert_success(c.read_response(), "2nd"), [])
+        self.assertEqual(list(self.assert_success(c.read_response(), "3rd")), STATS_KEYS)
+        self.assert_json_error(c.read_response(), 404, "4th")
+        self.assertEqual(s.recv_publish().payload, b"piped")
+
+    def test_request_in_small_pieces(self):
+        s = self.client(self.cid("slow"))
+        s.subscribe([("pc/t", 0)])
+        data = build_request("POST", "/api/v2/mqtt/publish", {"topic": "pc/t", "payload": "slowly"})
+        c = self.http()
+        for i in range(0, len(data), 16):
+            c.send(data[i:i + 16])
+            time.sleep(0.005)
+        self.assertEqual(self.assert_success(c.read_response()), [])
+        self.assertEqual(s.recv_publish().payload, b"slowly")
+
+    def test_chunked_request_body(self):
+        s = self.client(self.cid("chunk"))
+        s.subscribe([("ch/t", 1)])
+        c = self.http()
+        c.send(build_request("POST", "/api/v2/mqtt/publish",
+                             chunks=[b'{"topic":', b' "ch/t", "pay', b'load": "chunked", "qos": 1}']))
+        self.assertEqual(self.assert_success(c.read_response()), [])
+        msg = s.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.qos), ("ch/t", b"chunked", 1))
+        # The chunks are joined before parsing: a broken JSON body split in chunks is still 109, a scalar 107.
+        c.send(build_request("POST", "/api/v2/mqtt/publish", chunks=[b'{"topic": ', b'"ch/t"']))
+        self.assert_error(c.read_response(), 109)
+        c.send(build_request("POST", "/api/v2/mqtt/publish", chunks=[b"4", b"2"]))
+        self.assert_error(c.read_response(), 107)
+        s.expect_no_packet(0.2)
+
+    def test_connection_close_and_http10(self):
+        c = self.http()
+        c.send(build_request("GET", "/api/v2/management/nodes", headers=[("Connection", "close")]))
+        self.assert_success(c.read_response())
+        self.assertTrue(c.closed_within(3.0), "the server closes after Connection: close")
+        c = self.http()
+        c.send(build_request("GET", "/status", auth=None, version="HTTP/1.0"))
+        r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertTrue(c.closed_within(3.0), "an HTTP/1.0 request without keep-alive is the last one")
+
+    def test_trailing_slash(self):
+        cid = self.cid("slash")
+        c = self.client(cid, clean=False)
+        c.subscribe([("ts/t", 1)])
+        node = seg(self.NODE)
+        for path in ("management/nodes", "management/nodes/" + node, "monitoring/nodes", "monitoring/nodes/" + node,
+                     "monitoring/listeners", "monitoring/listeners/" + node, "monitoring/metrics",
+                     "monitoring/metrics/" + node, "monitoring/stats", "monitoring/stats/" + node,
+                     self.n("clients"), self.n("clients", cid), "clients/" + cid,
+                     self.n("sessions"), self.n("sessions", cid), "sessions/" + cid, "node/" + node + "/sessions",
+                     self.n("subscriptions"), self.n("subscriptions", cid), "subscriptions/" + cid,
+                     self.n("plugins"), "users", "users/admin"):
+            with self.subTest(path=path):
+                self.assertEqual(normalize(self.get(path + "/")), normalize(self.get(path)))
+        self.action("POST", "mqtt/publish/", {"topic": "ts/t", "payload": "slash", "qos": 1})
+        self.assertEqual(c.recv_publish().payload, b"slash")
+        self.action("DELETE", "clients/" + cid + "/")
+        c.expect_closed(3)
+
+    def test_percent_encoded_segments(self):
+        ids = ["a/b", "sp ace", "ü-✓", "a+b", "50%", "q?x#y", "semi;colon", "%41"]
+        clients = {cid: self.client(cid) for cid in ids}
+        for cid in ids:
+            with self.subTest(client_id=cid):
+                for path in ("clients/" + seg(cid), self.n("clients", seg(cid))):
+                    rows = self.lookup(path, CLIENT_KEYS)
+                    self.assertEqual([r["client_id"] for r in rows], [cid], path)
+                self.assertEqual([r["client_id"] for r in self.lookup("sessions/" + seg(cid))], [cid])
+        # '+' in a path is a plus, lower-case hex works, '@' may stay raw in the node segment.
+        self.assertEqual([r["client_id"] for r in self.lookup("clients/a+b")], ["a+b"])
+        self.assertEqual([r["client_id"] for r in self.lookup("clients/a%2fb")], ["a/b"])
+        self.assertEqual([r["client_id"] for r in self.lookup("clients/%2541")], ["%41"])
+        self.assertEqual(self.lookup("clients/%41"), [], "decoded once: %41 is 'A'")
+        raw_node = f"nodes/{self.NODE}/clients"
+        self.assertEqual(self.page(raw_node)["total_num"], len(ids))
+        self.assertEqual(self.page("nodes/" + self.NODE.replace("@", "%40") + "/clients")["total_num"], len(ids))
+        # API actions on such ids.
+        self.action("POST", "mqtt/subscribe", {"topic": "pe/t", "qos": 1, "client_id": "a/b"})
+        self.action("POST", "mqtt/publish", {"topic": "pe/t", "payload": "to a/b", "qos": 1})
+        self.assertEqual(clients["a/b"].recv_publish().payload, b"to a/b")
+        self.assertEqual([r["topic"] for r in self.lookup("subscriptions/" + seg("a/b"))], ["pe/t"])
+        self.action("DELETE", "clients/" + seg("a/b"))
+        clients["a/b"].expect_closed(3)
+        self.assertTrue(clients["a+b"].is_open(), "only a/b was kicked")
+
+    def test_unknown_paths_404(self):
+        node = seg(self.NODE)
+        for path in ("/api/v2/nope", "/api/v2/", "/api/v2", "/api/v2/management", "/api/v2/management/nodesx",
+                     "/api/v2/nodes", "/api/v2/nodes/" + node, "/api/v2/nodes/" + node + "/nope",
+                     "/api/v2/monitoring", "/api/v2/mqtt/publishx", "/api/v3/management/nodes", "/foo",
+                     "/api/v2/nodes/" + node + "subscriptions/x",  # the seed's typo: no such route
+                     "/api/v2/monitoring/nodes/" + node + "/extra", "/api/v2/clients", "/api/v2/sessions",
+                     "/api/v2/subscriptions"):
+            with self.subTest(path=path):
+                self.not_found("GET", path)
+
+    def test_wrong_method_404(self):
+        for method, path in (("POST", "management/nodes"), ("DELETE", "management/nodes"), ("PUT", "clients/x"),
+                             ("POST", "clients/x"), ("GET", "mqtt/publish"), ("PUT", "mqtt/publish"),
+                             ("DELETE", "mqtt/subscribe"), ("DELETE", "routes"), ("POST", "routes/x"),
+                             ("POST", self.n("plugins")), ("GET", self.n("plugins", "ringmq_sys")),
+                             ("DELETE", "sessions/x"), ("PATCH", "management/nodes"),
+                             ("PUT", "monitoring/stats"), ("DELETE", "users")):
+            with self.subTest(method=method, path=path):
+                self.not_found(method, path, {"active": True} if method in ("POST", "PUT", "PATCH") else None)
+
+    def test_unknown_node_404(self):
+        for x in (seg("nobody@127.0.0.1"), seg(self.NODE.upper()), "ringmq"):
+            for path in ("management/nodes/" + x, "monitoring/nodes/" + x, "monitoring/listeners/" + x,
+                         "monitoring/metrics/" + x, "monitoring/stats/" + x, "nodes/" + x + "/clients",
+                         "nodes/" + x + "/clients/c", "nodes/" + x + "/sessions", "nodes/" + x + "/sessions/c",
+                         "node/" + x + "/sessions", "nodes/" + x + "/subscriptions",
+                         "nodes/" + x + "/subscriptions/c", "nodes/" + x + "/plugins"):
+                with self.subTest(path=path):
+                    self.not_found("GET", path)
+
+    def test_bad_paging_404(self):
+        self.client(self.cid("pager"))
+        for path in (self.n("clients"), self.n("sessions"), self.n("subscriptions"), "routes",
+                     "node/" + seg(self.NODE) + "/sessions"):
+            for query in ({"page_size": 0}, {"page_size": -1}, {"page_size": "abc"}, {"page_size": "1.5"},
+                          {"curr_page": "x"}, {"curr_page": 0}, {"curr_page": -2}, {"curr_page": "1e3"},
+                          {"curr_page": 1, "page_size": "twenty"}):
+                with self.subTest(path=path, query=query):
+                    self.not_found("GET", path, query=query)
+            self.assertEqual(self.page(path, 1, 20)["current_page"], 1, "good values still work")
+
+    def test_garbage_requests_400(self):
+        auth = "Authorization: " + basic_auth("admin", "public") + "\r\n"
+        for data in (b"hello world\r\n\r\n",
+                     b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(32) + b"\r\n\r\n",
+                     b"GET /api/v2/management/nodes HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n",
+                     ("POST /api/v2/mqtt/publish HTTP/1.1\r\nHost: x\r\n" + auth
+                      + "Content-Length: abc\r\n\r\n").encode(),
+                     ("POST /api/v2/mqtt/publish HTTP/1.1\r\nHost: x\r\n" + auth
+                      + "Transfer-Encoding: chunked\r\n\r\nzz\r\n").encode()):
+            with self.subTest(data=data):
+                c = self.http()
+                c.send(data)
+                self.assert_json_error(c.read_response(), 400)
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the server is fine")
+
+    def test_unauthorized_401(self):
+        for auth in (None, ("admin", "wrong"), ("nobody", "public"), ("", ""), ("admin", ""), ("admin", "public "),
+                     "Basic !!!not-base64!!!",
+                     "Basic " + "YWRtaW5wdWJsaWM=",  # "adminpublic": no colon
+                     "Bearer abc", "Basic", "", "Digest username=\"admin\""):
+            with self.subTest(auth=auth):
+                self.assert_unauthorized(self.api("GET", "management/nodes", auth=auth))
+        s = self.client(self.cid("unauth"))
+        s.subscribe([("ua/t", 0)])
+        self.assert_unauthorized(self.api("POST", "mqtt/publish", {"topic": "ua/t", "payload": "x"}, auth=None))
+        self.assert_unauthorized(self.api("DELETE", "clients/" + seg(self.cid("unauth")), auth=("admin", "x")))
+        self.assert_unauthorized(self.api("GET", "users", auth=None))
+        self.assert_unauthorized(self.api("PUT", self.n("plugins", "ringmq_retainer"), {"active": False},
+                                          auth=None))
+        s.expect_no_packet(0.3)
+        self.assertTrue(s.is_open(), "not kicked")
+        self.assertIs({r["name"]: r for r in self.get(self.n("plugins"))}["ringmq_retainer"]["active"], True)
+
+
+class HttpLimitTest(AdminTest):
+    """admin.max_body_bytes = 4096 and admin.idle_timeout = 1000 ms."""
+
+    SETTINGS = {"admin.max_body_bytes": 4096, "admin.idle_timeout": 1000}
+
+    def test_body_over_limit_413(self):
+        s = self.client(self.cid("big"))
+        s.subscribe([("big/t", 0)])
+        c = self.http()
+        c.send(build_request("POST", "/api/v2/mqtt/publish", {"topic": "big/t", "payload": "x" * 8000}))
+        r = c.read_response()
+        self.assertEqual(r.status, 413, r)
+        c = self.http()
+        c.send(build_request("POST", "/api/v2/mqtt/publish", chunks=[b'{"topic": "big/t", "payload": "',
+                                                                      b"y" * 2500, b"y" * 2500, b'"}']))
+        r = c.read_response()
+        self.assertEqual(r.status, 413, r)
+        s.expect_no_packet(0.3)
+
+    def test_announced_huge_body_413(self):
+        c = self.http()
+        c.send(("POST /api/v2/mqtt/publish HTTP/1.1\r\nHost: x\r\nAuthorization: " + basic_auth("admin", "public")
+                + "\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n").encode())
+        r = c.read_response()  # refused from the headers alone, without waiting for the body
+        self.assertEqual(r.status, 413, r)
+
+    def test_body_under_limit_accepted(self):
+        s = self.client(self.cid("fits"))
+        s.subscribe([("fit/t", 0)])
+        body = {"topic": "fit/t", "payload": "z" * 3900}
+        self.action("POST", "mqtt/publish", body)
+        self.assertEqual(s.recv_publish().payload, b"z" * 3900)
+
+    def test_idle_connections_closed(self):
+        quiet = self.http()
+        start = time.monotonic()
+        self.assertTrue(quiet.closed_within(4.5), "a connection that never sends is closed")
+        self.assertGreaterEqual(time.monotonic() - start, 0.5, "closed too early for a 1 s idle timeout")
+
+        used = self.http()
+        used.send(build_request("GET", "/api/v2/management/nodes"))
+        self.assert_success(used.read_response())
+        self.assertTrue(used.closed_within(4.5), "an idle keep-alive connection is closed")
+
+        partial = self.http()
+        partial.send(b"GET /api/v2/manag")
+        self.assertTrue(partial.closed_within(4.5), "a stalled request is closed (a 408 first is allowed)")
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE)

@@ -1,0 +1,370 @@
+"""Admin REST API v2: listeners, metrics, statistics and plugins (ringmq_retainer, ringmq_sys, ringmq_admin), and the
+node name everywhere. Metrics and statistics are per node, summed over the shards: with --shards 2 the traffic is
+split over both shards and the deltas must still add up exactly."""
+
+import json
+import time
+
+import mqtt_raw as m
+from admin_client import (LISTENER_KEYS, METRIC_NAMES, PLUGIN_KEYS, STATS_KEYS, AdminTest, seg)
+from broker import shard_variants
+
+PLUGINS = ("ringmq_retainer", "ringmq_sys", "ringmq_admin")
+
+
+class CountingClient:
+    """Wraps a RawClient's send to count the bytes the broker receives from it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sent = 0
+        orig = raw.send
+
+        def send(data):
+            self.sent += len(data)
+            orig(data)
+
+        raw.send = send
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Listeners
+
+
+class ListenerCases:
+    def check_listener(self, row):
+        self.assert_keys(row, LISTENER_KEYS)
+        self.assertIsInstance(row["protocol"], str)
+        self.assertIsInstance(row["listen"], str)
+        for key in ("acceptors", "max_clients", "current_clients"):
+            self.assertIs(type(row[key]), int, key)
+            self.assertGreaterEqual(row[key], 0, key)
+        sc = row["shutdown_count"]
+        if isinstance(sc, dict):  # [] when empty, else {"reason": count, ...}
+            for reason, count in sc.items():
+                self.assertIsInstance(count, int, reason)
+        else:
+            self.assertEqual(sc, [], row)
+
+    def mqtt_row(self, rows):
+        mqtt = [r for r in rows if r["protocol"] == "mqtt:tcp"]
+        self.assertEqual(len(mqtt), 1, rows)
+        return mqtt[0]
+
+    def test_listeners_all_nodes_and_one_node(self):
+        clients = [self.client(self.cid(f"l{i}", i)) for i in range(3)]
+        all_nodes = self.get("monitoring/listeners")
+        self.assertIsInstance(all_nodes, dict, "all nodes: an object keyed by node name")
+        self.assertEqual(list(all_nodes), [self.NODE])
+        listed = all_nodes[self.NODE]
+        one = self.get("monitoring/listeners/" + seg(self.NODE))
+        self.assertIsInstance(listed, list)
+        self.assertIsInstance(one, list)
+        for row in listed + one:
+            self.check_listener(row)
+        self.assertEqual(sorted(json.dumps(r) for r in listed), sorted(json.dumps(r) for r in one),
+                         "the same listeners in both views")
+        row = self.mqtt_row(one)
+        self.assertEqual(row["listen"], f"127.0.0.1:{self.port}")
+        self.assertEqual(row["current_clients"], 3)
+        self.assertGreater(row["max_clients"], 0)
+        self.assertGreater(row["acceptors"], 0)
+
+        clients[1].disconnect()
+        clients[2].close()
+        self.wait_equal(lambda: self.mqtt_row(self.get("monitoring/listeners/" + seg(self.NODE)))["current_clients"],
+                        1, what="current_clients after two closes")
+        self.assertEqual(self.mqtt_row(self.get("monitoring/listeners")[self.NODE])["current_clients"], 1)
+        self.not_found("GET", "monitoring/listeners/" + seg("nobody@127.0.0.1"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+class MetricCases:
+    def delta_fn(self, before, keys):
+        def delta():
+            now = self.metrics()
+            return {k: now[k] - before[k] for k in keys}
+        return delta
+
+    def test_metrics_shape(self):
+        all_nodes = self.get("monitoring/metrics/")
+        self.assertIsInstance(all_nodes, dict, "all nodes: an object keyed by node name")
+        self.assertEqual(list(all_nodes), [self.NODE])
+        self.assertEqual(set(self.get("monitoring/metrics")), {self.NODE}, "without the seed's trailing slash")
+        for metrics in (all_nodes[self.NODE], self.metrics()):
+            self.assertEqual(set(metrics), METRIC_NAMES)
+            for name, value in metrics.items():
+                self.assertIs(type(value), int, name)
+                self.assertGreaterEqual(value, 0, name)
+        self.not_found("GET", "monitoring/metrics/" + seg("nobody@127.0.0.1"))
+
+    def test_metrics_count_mqtt_traffic(self):
+        before = self.metrics()
+        a = CountingClient(self.raw())
+        b = CountingClient(self.raw())
+        a.raw.connect(self.cid("ma", 0))
+        b.raw.connect(self.cid("mb", 1))
+        b.raw.subscribe([("mt/x", 2)])
+        for i in range(3):
+            a.raw.publish("mt/none", f"n{i}", qos=1)  # nobody subscribed: dropped
+        for qos in (0, 1, 2):
+            a.raw.publish("mt/x", f"m{qos}", qos=qos)
+            msg = b.raw.recv_publish()  # acknowledged: PUBACK / PUBREC + PUBCOMP
+            self.assertEqual((msg.payload, msg.qos), (f"m{qos}".encode(), qos))
+        a.raw.send(m.puback(777))  # an acknowledgement for nothing: received and missed
+        self.assertTrue(a.raw.is_open())
+        self.assertTrue(b.raw.is_open())
+        b.raw.unsubscribe(["mt/x"])
+        a.raw.disconnect()
+        b.raw.disconnect()
+        a.raw.expect_closed(3)
+        b.raw.expect_closed(3)
+        expected = {
+            "packets/connect": 2, "packets/connack": 2,
+            "packets/subscribe": 1, "packets/suback": 1, "packets/unsubscribe": 1, "packets/unsuback": 1,
+            "packets/publish/received": 6, "messages/received": 6,
+            "messages/qos0/received": 1, "messages/qos1/received": 4, "messages/qos2/received": 1,
+            "packets/puback/sent": 4, "packets/pubrec/sent": 1, "packets/pubrel/received": 1,
+            "packets/pubcomp/sent": 1,
+            "packets/publish/sent": 3, "messages/sent": 3,
+            "messages/qos0/sent": 1, "messages/qos1/sent": 1, "messages/qos2/sent": 1,
+            "packets/puback/received": 2, "packets/puback/missed": 1,
+            "packets/pubrec/received": 1, "packets/pubrel/sent": 1, "packets/pubcomp/received": 1,
+            "packets/pingreq": 2, "packets/pingresp": 2, "packets/disconnect": 2,
+            "messages/dropped": 3,
+            # connect 2, subscribe 1, publish 6, puback 2, pubrec 1, pubrel 1, pubcomp 1, pingreq 2, unsubscribe 1,
+            # disconnect 2
+            "packets/received": 19,
+            # connack 2, suback 1, puback 4, pubrec 1, pubcomp 1, publish 3, pubrel 1, pingresp 2, unsuback 1
+            "packets/sent": 16,
+            "messages/qos2/dropped": 0, "packets/pubrec/missed": 0, "packets/pubrel/missed": 0,
+            "packets/pubcomp/missed": 0,
+        }
+        # Every byte the two clients wrote; to them: CONNACK 2x4, SUBACK 5, PUBACK 4x4, PUBREC 4, PUBCOMP 4,
+        # PUBLISH 10+12+12, PUBREL 4, PINGRESP 2x2, UNSUBACK 4.
+        expected["bytes/received"] = a.sent + b.sent
+        expected["bytes/sent"] = 8 + 5 + 16 + 4 + 4 + 34 + 4 + 4 + 4
+        self.wait_equal(self.delta_fn(before, expected), expected, what="metric deltas")
+
+    def test_metrics_rest_publish_counts_sent_only(self):
+        s = self.client(self.cid("rs", 1))
+        s.subscribe([("mr/t", 1)])
+        keys = ("messages/sent", "messages/qos1/sent", "packets/publish/sent", "messages/received",
+                "packets/publish/received", "messages/dropped", "packets/puback/received")
+        before = self.metrics()
+        self.action("POST", "mqtt/publish", {"topic": "mr/t", "payload": "p", "qos": 1})
+        self.assertEqual(s.recv_publish().payload, b"p")
+        self.wait_equal(self.delta_fn(before, keys),
+                        {"messages/sent": 1, "messages/qos1/sent": 1, "packets/publish/sent": 1,
+                         "messages/received": 0, "packets/publish/received": 0, "messages/dropped": 0,
+                         "packets/puback/received": 1}, what="metric deltas of a delivered REST publish")
+
+    def test_messages_retained(self):
+        pub = self.client(self.cid("mret", 0))
+        for i in range(3):
+            pub.publish(f"mret/{i}", b"r", qos=1, retain=True)
+        self.wait_equal(lambda: self.metrics()["messages/retained"], 3, what="messages/retained")
+        self.assertEqual(self.get("monitoring/metrics/")[self.NODE]["messages/retained"], 3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+class StatsCases:
+    def test_stats_shape(self):
+        all_nodes = self.get("monitoring/stats")
+        self.assertIsInstance(all_nodes, dict, "all nodes: an object keyed by node name")
+        self.assertEqual(list(all_nodes), [self.NODE])
+        for stats in (all_nodes[self.NODE], self.stats(), self.get("monitoring/stats/")[self.NODE]):
+            self.assert_keys(stats, STATS_KEYS, "the seed's (sorted) order")
+            for name, value in stats.items():
+                self.assertIs(type(value), int, name)
+                self.assertGreaterEqual(value, 0, name)
+            for name in STATS_KEYS[0::2]:
+                self.assertGreaterEqual(stats[name.replace("/count", "/max")], stats[name], name)
+        self.not_found("GET", "monitoring/stats/" + seg("nobody@127.0.0.1"))
+
+    def test_stats_follow_state(self):
+        a = self.client(self.cid("sa", 0))
+        a.subscribe([("st/a1", 1), ("st/a2", 0)])
+        b = self.client(self.cid("sb", 1))
+        b.subscribe([("st/b/#", 2)])
+        oid = self.cid("so", 1)
+        o = self.client(oid, clean=False)
+        o.subscribe([("st/o", 1)])
+        o.disconnect()
+        o.expect_closed(3)
+        for i in range(2):
+            a.publish(f"st/ret/{i}", b"kept", qos=1, retain=True)
+        expected = {"clients/count": 2, "sessions/count": 3, "subscriptions/count": 4, "subscribers/count": 4,
+                    "routes/count": 4, "topics/count": 4, "retained/count": 2}
+        self.wait_equal(lambda: {k: self.stats()[k] for k in expected}, expected, what="stats")
+        self.assertEqual(self.page("routes")["total_num"], 4, "routes/count agrees with the routes list")
+        self.assertEqual(self.page(self.n("subscriptions"))["total_num"], 4)
+        self.assertEqual(self.page(self.n("sessions"))["total_num"], 3)
+        self.assertEqual(self.page(self.n("clients"))["total_num"], 2)
+        time.sleep(0.45)  # let the high-water marks see the peak
+        a.disconnect()
+        b.disconnect()
+        done = {"clients/count": 0, "sessions/count": 1, "subscriptions/count": 1, "routes/count": 1,
+                "retained/count": 2}
+        self.wait_equal(lambda: {k: self.stats()[k] for k in done}, done, what="stats after the clean clients left")
+        stats = self.stats()
+        self.assertGreaterEqual(stats["clients/max"], 2)
+        self.assertGreaterEqual(stats["sessions/max"], 3)
+        self.assertGreaterEqual(stats["subscriptions/max"], 4)
+        self.assertEqual(self.get("monitoring/stats")[self.NODE]["clients/count"], 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plugins
+
+
+class PluginCases:
+    def plugins(self, path=None):
+        rows = self.get(path or self.n("plugins"))
+        self.assertIsInstance(rows, list)
+        for row in rows:
+            self.assert_keys(row, PLUGIN_KEYS)
+            self.assertIsInstance(row["name"], str)
+            self.assertIsInstance(row["version"], str)
+            self.assertIsInstance(row["description"], str)
+            self.assertIs(type(row["active"]), bool, row)
+        names = [r["name"] for r in rows]
+        self.assertEqual(len(names), len(set(names)), names)
+        return {r["name"]: r for r in rows}
+
+    def set_plugin(self, name, active):
+        self.action("PUT", self.n("plugins", name), {"active": active})
+
+    def test_plugin_list(self):
+        plugins = self.plugins()
+        for name in PLUGINS:
+            self.assertIn(name, plugins)
+            self.assertIs(plugins[name]["active"], True, name)
+            self.assertTrue(plugins[name]["version"], name)
+        self.assertEqual(self.plugins(self.n("plugins") + "/"), plugins, "the seed's trailing slash")
+        self.not_found("GET", "nodes/" + seg("nobody@127.0.0.1") + "/plugins")
+
+    def test_retainer_stop_and_start(self):
+        pub = self.client(self.cid("rp", 0))
+        pub.publish("rt/old", b"before", qos=1, retain=True)
+        self.set_plugin("ringmq_retainer", False)
+        self.assertIs(self.plugins()["ringmq_retainer"]["active"], False)
+        self.err("PUT", self.n("plugins", "ringmq_retainer"), {"active": False}, 111)
+        # Stopped: nothing is stored, and nothing stored is delivered.
+        pub.publish("rt/a", b"not kept", qos=1, retain=True)
+        self.action("POST", "mqtt/publish", {"topic": "rt/b", "payload": "not kept", "retain": True})
+        s = self.client(self.cid("rs", 1))
+        s.subscribe([("rt/#", 1)])
+        s.expect_no_packet(0.4)
+
+        self.set_plugin("ringmq_retainer", True)
+        self.assertIs(self.plugins()["ringmq_retainer"]["active"], True)
+        self.err("PUT", self.n("plugins", "ringmq_retainer"), {"active": True}, 110)
+        for topic in ("rt/a", "rt/b"):
+            probe = self.client(self.cid("probe" + topic[-1], 1))
+            probe.subscribe([(topic, 1)])
+            probe.expect_no_packet(0.2)  # not stored while the retainer was stopped
+        pub.publish("rt/c", b"kept", qos=1, retain=True)
+        msg = s.recv_publish()  # live forwarding never depended on the retainer
+        self.assertEqual((msg.topic, msg.retain), ("rt/c", False))
+        s2 = self.client(self.cid("rs2", 1))
+        s2.subscribe([("rt/c", 1)])
+        msg = s2.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.retain), ("rt/c", b"kept", True))
+
+    def test_plugin_errors(self):
+        path = self.n("plugins", "ringmq_retainer")
+        self.err("PUT", self.n("plugins", "ringmq_nope"), {"active": True}, 102)
+        self.err("PUT", self.n("plugins", "ringmq_nope"), {"active": False}, 102)
+        for body, code in [({}, 107), ({"Active": True}, 107), (b"", 107), ("true", 107), ("[true]", 107),
+                           ({"active": "true"}, 108), ({"active": 1}, 108), ({"active": None}, 108),
+                           ("{active: true}", 109), ("nope", 109)]:
+            with self.subTest(body=body):
+                self.err("PUT", path, body, code)
+        self.assertIs(self.plugins()["ringmq_retainer"]["active"], True, "no change")
+        self.err("PUT", self.n("plugins", "ringmq_admin"), {"active": True}, 110)
+        # EMQ X answered 102 "unknown" here; a 404 like every other unknown node is accepted too.
+        r = self.api("PUT", "nodes/" + seg("nobody@127.0.0.1") + "/plugins/ringmq_retainer", {"active": False})
+        if r.status == 404:
+            self.assert_json_error(r, 404)
+        else:
+            self.assert_error(r, 102)
+        self.assertIs(self.plugins()["ringmq_retainer"]["active"], True)
+
+
+class SysPluginTest(AdminTest):
+    """ringmq_sys publishes $SYS/brokers/<node>/... every sys.interval; stopping it stops them."""
+
+    SHARDS = 2
+    SETTINGS = {"sys.interval": 1000}
+
+    def drain(self, c, seconds):
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                c.read_packet(left)
+            except TimeoutError:
+                return
+
+    def test_sys_stop_and_start(self):
+        prefix = f"$SYS/brokers/{self.NODE}/"
+        s = self.client(self.cid("sys", 1))
+        s.subscribe([(prefix + "#", 0)])
+        msg = s.recv_publish(timeout=3.0)
+        self.assertTrue(msg.topic.startswith(prefix), msg)
+        self.action("PUT", self.n("plugins", "ringmq_sys"), {"active": False})
+        self.assertIs({r["name"]: r for r in self.get(self.n("plugins"))}["ringmq_sys"]["active"], False)
+        self.err("PUT", self.n("plugins", "ringmq_sys"), {"active": False}, 111)
+        self.drain(s, 1.2)
+        s.expect_no_packet(2.0)
+        self.action("PUT", self.n("plugins", "ringmq_sys"), {"active": True})
+        msg = s.recv_publish(timeout=3.0)
+        self.assertTrue(msg.topic.startswith(prefix), msg)
+
+
+class NodeNameTest(AdminTest):
+    """--node-name changes the name in every response and path; the default name is then unknown."""
+
+    NODE = "rmq-it@10.1.2.3"
+    ARGS = ("--node-name", "rmq-it@10.1.2.3")
+    SETTINGS = {"sys.interval": 1000}
+
+    def test_node_name_everywhere(self):
+        c = self.client("named")
+        c.subscribe([("nn/t", 1)])
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE)
+        self.assertEqual(self.get("monitoring/nodes")[0]["name"], self.NODE)
+        self.assertEqual(self.get("monitoring/nodes/" + seg(self.NODE))["name"], self.NODE)
+        self.get("management/nodes/" + seg(self.NODE))
+        for path in ("monitoring/listeners", "monitoring/metrics", "monitoring/stats"):
+            self.assertEqual(list(self.get(path)), [self.NODE], path)
+        self.assertEqual(self.rows("routes"), [{"topic": "nn/t", "node": self.NODE}])
+        self.assertEqual([r["client_id"] for r in self.rows(self.n("clients"))], ["named"])
+        self.assertIn("ringmq_sys", {r["name"] for r in self.get(self.n("plugins"))})
+        old = seg("ringmq@127.0.0.1")
+        for path in ("management/nodes/" + old, "monitoring/nodes/" + old, "monitoring/listeners/" + old,
+                     "monitoring/metrics/" + old, "monitoring/stats/" + old, "nodes/" + old + "/clients",
+                     "nodes/" + old + "/sessions", "nodes/" + old + "/subscriptions", "nodes/" + old + "/plugins"):
+            with self.subTest(path=path):
+                self.not_found("GET", path)
+
+    def test_sys_topics_carry_node_name(self):
+        s = self.client("sysnamed")
+        s.subscribe([("$SYS/brokers/+/#", 0)])
+        msg = s.recv_publish(timeout=3.0)
+        self.assertTrue(msg.topic.startswith(f"$SYS/brokers/{self.NODE}/"), msg)
+
+
+shard_variants(ListenerCases, globals(), base=AdminTest)
+shard_variants(MetricCases, globals(), base=AdminTest)
+shard_variants(StatsCases, globals(), base=AdminTest)
+shard_variants(PluginCases, globals(), base=AdminTest)
