@@ -463,16 +463,44 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     std::vector<std::vector<broker::client_row>> crow(shards);
     std::vector<std::vector<broker::session_row>> srow(shards);
     std::vector<std::vector<broker::subscription_row>> brow(shards);
-    if (!targets.empty())
+    // Rows are fetched in chunks of at most rows_per_call per shard and round, so a huge page never holds an MQTT
+    // shard for long: between two rounds it serves its clients.
+    constexpr size_t rows_per_call = 1000;
+    while (!targets.empty()) {
+        std::vector<size_t> got(shards, 0);
         co_await on_shards(targets, [&, kind](broker::shard_control& c) {
             const unsigned i = c.shard_id();
-            if (kind == list_kind::clients)
-                c.clients(slice[i].first, slice[i].second, crow[i]);
-            else if (kind == list_kind::sessions)
-                c.sessions(slice[i].first, slice[i].second, srow[i]);
-            else
-                c.subscriptions(slice[i].first, slice[i].second, brow[i]);
+            const size_t n = std::min(slice[i].second, rows_per_call);
+            if (kind == list_kind::clients) {
+                std::vector<broker::client_row> part;
+                c.clients(slice[i].first, n, part);
+                got[i] = part.size();
+                crow[i].insert(crow[i].end(), std::make_move_iterator(part.begin()),
+                               std::make_move_iterator(part.end()));
+            } else if (kind == list_kind::sessions) {
+                std::vector<broker::session_row> part;
+                c.sessions(slice[i].first, n, part);
+                got[i] = part.size();
+                srow[i].insert(srow[i].end(), std::make_move_iterator(part.begin()),
+                               std::make_move_iterator(part.end()));
+            } else {
+                std::vector<broker::subscription_row> part;
+                c.subscriptions(slice[i].first, n, part);
+                got[i] = part.size();
+                brow[i].insert(brow[i].end(), std::make_move_iterator(part.begin()),
+                               std::make_move_iterator(part.end()));
+            }
         });
+        std::vector<unsigned> next;
+        for (unsigned i : targets) {
+            const size_t asked = std::min(slice[i].second, rows_per_call);
+            slice[i].first += got[i];
+            slice[i].second -= got[i];
+            // A shard that returned fewer rows than asked has no more (its table shrank meanwhile).
+            if (got[i] == asked && slice[i].second > 0) next.push_back(i);
+        }
+        targets.swap(next);
+    }
     json_writer w;
     w.begin_object();
     w.key("current_page").value(static_cast<long long>(page));

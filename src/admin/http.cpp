@@ -129,10 +129,13 @@ const std::string* http_request::query_param(std::string_view name) const {
 
 // --- parser ------------------------------------------------------------------------------------------------------
 
+// The llhttp state of one http_parser, owned by it (same thread, same lifetime).
 struct http_parser::engine {
     llhttp_t ll;
 };
 
+// llhttp's C callbacks, stateless: each finds its http_parser through llhttp_t::data. They run inside feed(), on the
+// admin shard thread.
 struct http_parser::callbacks {
     static http_parser& self(llhttp_t* p) { return *static_cast<http_parser*>(p->data); }
 
@@ -277,24 +280,26 @@ http_parser::status http_parser::feed(const char* data, size_t n, size_t& consum
             if (len == 0) return status::need_more;
             // Never hand llhttp more than one byte past the header budget: it reports header bytes through
             // callbacks as it goes, so this bounds what we buffer and detects the overflow at limit + 1.
-            len = std::min(len, max_header_ + 1 - head_bytes_);
+            const size_t budget = max_header_ - head_bytes_;
+            if (len > budget) len = budget + 1;
         }
         const llhttp_errno_t e = llhttp_execute(ll, p, len);
         size_t used = len;
         if (e == HPE_PAUSED) {
             used = static_cast<size_t>(llhttp_get_error_pos(ll) - p);
             llhttp_resume(ll);
-        } else if (e == HPE_PAUSED_UPGRADE && ready_) {
-            // CONNECT or "Connection: upgrade": served as a plain request, then the connection closes
-            // (keep_alive is false), so the bytes after it are never parsed.
-            used = static_cast<size_t>(llhttp_get_error_pos(ll) - p);
+        } else if (e == HPE_PAUSED_UPGRADE) {
+            // CONNECT or "Connection: upgrade" was handed out as a plain request with keep_alive false; llhttp
+            // treats whatever follows as another protocol, which we do not speak.
+            return fail(400, "bad request: protocol upgrade is not supported");
         } else if (e != HPE_OK) {
             const char* pos = llhttp_get_error_pos(ll);
             if (pos >= p && pos <= p + len) consumed += static_cast<size_t>(pos - p);
             if (cb_status_ == 400) return fail(400, "bad request: invalid header name");
             if (cb_status_ == 413) return fail(413, "request body larger than the limit");
             if (cb_status_ == 431) return fail(431, "request header fields larger than the limit");
-            return fail(400, std::string("bad request: ") + llhttp_errno_name(e) + ": " + llhttp_get_error_reason(ll));
+            const char* why = llhttp_get_error_reason(ll);
+            return fail(400, std::string("bad request: ") + llhttp_errno_name(e) + ": " + (why ? why : "?"));
         }
         consumed += used;
         if (in_head) {

@@ -221,7 +221,15 @@ reactor::task<void> server::serve(int fd) {
             off += used;
             http_response resp;
             bool keep_alive = true;
-            if (st == http_parser::status::need_more) break;
+            if (st == http_parser::status::need_more) {
+                if (parser.take_expect_continue()) {
+                    // curl waits for this before sending a body over 1 KiB.
+                    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                    const int w = co_await io::send_some(ring_, fd, cont, sizeof cont - 1);
+                    if (w <= 0) open = false;
+                }
+                break;
+            }
             if (st == http_parser::status::error) {
                 resp.status = parser.error_status();
                 json_writer w;
@@ -233,6 +241,12 @@ reactor::task<void> server::serve(int fd) {
                 http_request req = parser.take();
                 keep_alive = req.keep_alive;
                 co_await handle(req, resp);
+                if (req.method == "HEAD") {
+                    // Content-Length still describes the body a GET would get.
+                    const size_t len = resp.body.size();
+                    resp.body.clear();
+                    resp.headers.emplace_back("X-Content-Length", std::to_string(len));
+                }
             }
             out = serialize(resp, keep_alive);
             size_t sent = 0;

@@ -4,7 +4,7 @@
 // random per-user salt; the iteration count is stored per user so the default can be raised without invalidating
 // existing users.
 #include <array>
-#include <cstdint>
+#include <cstddef>
 #include <map>
 #include <optional>
 #include <string>
@@ -13,6 +13,7 @@
 
 namespace ringmq::admin {
 
+// A user as the API lists it (never the key material). A plain value returned to the caller on the admin shard.
 struct admin_user {
     std::string username;
     std::string tags;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <random>
 #include <string>
 #include <string_view>
@@ -198,6 +199,19 @@ TEST(http_parser, chunked_body) {
     EXPECT_EQ(o.consumed, req.size());
 }
 
+TEST(http_parser, trailers_are_dropped) {
+    // An Authorization trailer after the body must not authenticate a request whose head had none.
+    const std::string req = "POST /x HTTP/1.1\r\nX-Head: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+                            "Authorization: Basic YWRtaW46cHVibGlj\r\nX-T2: b\r\n\r\n";
+    for (size_t step : {size_t(0), size_t(1)}) {
+        const outcome o = run(req, step);
+        ASSERT_EQ(o.error, 0);
+        ASSERT_EQ(o.requests.size(), 1u);
+        EXPECT_EQ(o.requests[0].body, "a");
+        EXPECT_EQ(o.requests[0].headers, (pairs{{"x-head", "h"}, {"transfer-encoding", "chunked"}}));
+    }
+}
+
 TEST(http_parser, chunked_incomplete_is_need_more) {
     const std::string req = "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
     http_parser p(8192, 1024);
@@ -308,6 +322,13 @@ TEST(http_parser, header_limit_enforced_while_streaming) {
     EXPECT_EQ(run("GET /" + std::string(2000, 'u') + " HTTP/1.1\r\n\r\n", 0, 1024, 16).error, 431);
 }
 
+TEST(http_parser, unlimited_limits_do_not_overflow) {
+    const outcome o = run("POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", 0, SIZE_MAX, SIZE_MAX);
+    ASSERT_EQ(o.error, 0);
+    ASSERT_EQ(o.requests.size(), 1u);
+    EXPECT_EQ(o.requests[0].body, "hi");
+}
+
 TEST(http_parser, trailers_are_bounded) {
     std::string req = "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n";
     for (int i = 0; i < 100; ++i)
@@ -397,6 +418,15 @@ TEST(http_parser, upgrade_and_connect_close_the_connection) {
     ASSERT_EQ(c.requests.size(), 1u);
     EXPECT_EQ(c.requests[0].method, "CONNECT");
     EXPECT_FALSE(c.requests[0].keep_alive);
+
+    // Bytes after an upgrade belong to another protocol: the server closes, and the parser refuses them.
+    http_parser p(8192, 1024);
+    const std::string s = "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello";
+    size_t used = 0;
+    ASSERT_EQ(p.feed(s.data(), s.size(), used), status::request_ready);
+    EXPECT_FALSE(p.take().keep_alive);
+    EXPECT_EQ(p.feed(s.data() + used, s.size() - used, used), status::error);
+    EXPECT_EQ(p.error_status(), 400);
 }
 
 TEST(http_parser, expect_continue) {
@@ -471,6 +501,7 @@ TEST(http_target, query_decoding) {
     EXPECT_EQ(r.query_param("A"), nullptr) << "names are case-sensitive";
     EXPECT_FALSE(r.bad_encoding);
     EXPECT_EQ(one("/x?k%20ey=v%3Dw").query, (pairs{{"k ey", "v=w"}}));
+    EXPECT_EQ(one("/x?a+b=c+d").query, (pairs{{"a b", "c d"}})) << "'+' is a space in keys too";
     EXPECT_EQ(one("/x?").query, pairs{});
 }
 
