@@ -107,6 +107,13 @@ private:
     // Walks up from n (the node ending `filter`) removing nodes that no longer carry anything.
     void prune(node* n, std::string_view filter);
 
+    // Levels are short: a plain loop beats memchr's call and set-up cost here.
+    static size_t find_slash(std::string_view s) {
+        for (size_t i = 0; i < s.size(); ++i)
+            if (s[i] == '/') return i;
+        return std::string_view::npos;
+    }
+
     static void report(const node& n, uint64_t& mask, auto& on_local) {
         mask |= n.remote;
         for (const subscriber_entry& e : n.locals) on_local(e, std::string_view(n.filter));
@@ -123,7 +130,7 @@ private:
                 return;
             }
             std::string_view level = rest;
-            const size_t slash = rest.find('/');
+            const size_t slash = find_slash(rest);
             if (slash == std::string_view::npos) {
                 done = true;
                 rest = {};
