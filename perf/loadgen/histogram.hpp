@@ -27,7 +27,8 @@ public:
 
     void merge(const histogram& o) {
         if (o.count_ == 0) return;
-        for (std::size_t i = 0; i < bucket_count; ++i) counts_[i] += o.counts_[i];
+        for (std::size_t i = 0; i < bucket_count; ++i)
+            counts_[i] += o.counts_[i];
         count_ += o.count_;
         sum_ += o.sum_;
         min_ = std::min(min_, o.min_);

@@ -82,6 +82,7 @@ std::string strf(const char* fmt, ...) {
 
 enum class scenario_kind { one_to_one, pairs, fanout, fanin, idle, connect_storm };
 
+// Command-line settings, filled once by main() and then only read (by every thread).
 struct options {
     std::string host = "127.0.0.1";
     std::uint16_t port = 1883;
@@ -161,8 +162,8 @@ struct connection {
     std::uint32_t gen = 0; // bumped on close, so that events already fetched for a recycled storm slot are ignored
     role kind = role::idle;
     conn_state state = conn_state::unopened;
-    bool dirty = false;    // listed in worker::dirty_, i.e. has bytes queued this loop turn
-    bool want_out = false; // EPOLLOUT registered (connect in progress, or the socket buffer was full)
+    bool dirty = false;      // listed in worker::dirty_, i.e. has bytes queued this loop turn
+    bool want_out = false;   // EPOLLOUT registered (connect in progress, or the socket buffer was full)
     std::uint32_t owner = 0; // index in worker::pubs_ or worker::subs_
     std::int64_t last_send_ns = 0;
     mqtt::byte_buffer out;
@@ -190,6 +191,7 @@ struct publisher {
     bool woken = false; // listed in worker::wake_
 };
 
+// A subscribing client: its connection and its place in its group. Owned by its worker, worker thread only.
 struct subscriber {
     std::uint32_t conn = 0;
     std::uint32_t group = 0;
@@ -200,10 +202,11 @@ struct subscriber {
 struct pair_state {
     std::int64_t max_seq = -1;
     std::uint64_t received_measured = 0; // non-duplicate arrivals whose send timestamp lies in the measured window
-    std::uint64_t reordered = 0;
-    std::uint64_t duplicates = 0;
+    std::uint64_t reordered = 0;         // of those, arrivals below a sequence number already seen
+    std::uint64_t duplicates = 0;        // of those, the highest sequence number seen, again
 };
 
+// Runtime state of one group_spec: its filter, members and pair table. Owned by its worker, worker thread only.
 struct group {
     std::uint32_t first_topic = 0;
     std::string filter;
@@ -216,16 +219,18 @@ struct group {
 // controller, run on its own std::thread; it touches shared_state only through atomics and, once a second, its mutex.
 class worker {
 public:
-    worker(const options& opt, shared_state& shared, std::uint32_t id, const sockaddr_storage& addr,
-           socklen_t addr_len, const std::vector<group_spec>& groups, std::uint32_t idle_count,
-           std::uint32_t total_pubs)
+    worker(const options& opt, shared_state& shared, std::uint32_t id, const sockaddr_storage& addr, socklen_t addr_len,
+           const std::vector<group_spec>& groups, std::uint32_t idle_count, std::uint32_t total_pubs)
         : opt_(opt), shared_(shared), id_(id), addr_(addr), addr_len_(addr_len), total_pubs_(total_pubs) {
         closed_loop_ = opt.rate <= 0;
         if (!closed_loop_) interval_ns_ = static_cast<double>(ns_per_s) / opt.rate;
-        for (std::uint32_t i = 0; i < idle_count; ++i) setup_order_.push_back(add_conn(role::idle, 0));
-        for (const group_spec& gs : groups) add_group(gs);
+        for (std::uint32_t i = 0; i < idle_count; ++i)
+            setup_order_.push_back(add_conn(role::idle, 0));
+        for (const group_spec& gs : groups)
+            add_group(gs);
         if (opt.kind == scenario_kind::connect_storm)
-            for (std::uint32_t i = 0; i < opt.inflight; ++i) storm_free_.push_back(add_conn(role::storm, 0));
+            for (std::uint32_t i = 0; i < opt.inflight; ++i)
+                storm_free_.push_back(add_conn(role::storm, 0));
     }
 
     worker(const worker&) = delete;
@@ -270,8 +275,8 @@ private:
             pub.local = p;
             pub.global = gs.first_global_pub + p;
             const std::string topic = opt_.topic_prefix + "/" + std::to_string(gs.first_topic + p);
-            pub.prefix_size = mqtt::encode_publish_prefix(pub.prefix, topic, static_cast<std::uint8_t>(opt_.qos),
-                                                          opt_.payload);
+            pub.prefix_size =
+                mqtt::encode_publish_prefix(pub.prefix, topic, static_cast<std::uint8_t>(opt_.qos), opt_.payload);
             if (closed_loop_) pub.ring.assign(opt_.inflight, 0);
             if (opt_.qos > 0) pub.id_used.assign(65536, 0);
             g.pubs.push_back(pi);
@@ -291,10 +296,14 @@ private:
 
     static const char* role_name(role r) {
         switch (r) {
-        case role::idle: return "idle";
-        case role::publisher: return "publisher";
-        case role::subscriber: return "subscriber";
-        case role::storm: return "connect-storm";
+        case role::idle:
+            return "idle";
+        case role::publisher:
+            return "publisher";
+        case role::subscriber:
+            return "subscriber";
+        case role::storm:
+            return "connect-storm";
         }
         return "?";
     }
@@ -513,7 +522,9 @@ private:
             }
             became_ready(c);
             return;
-        case mqtt::publish: on_publish(ci, pv, now); return;
+        case mqtt::publish:
+            on_publish(ci, pv, now);
+            return;
         case mqtt::puback:
         case mqtt::pubcomp:
             if (pv.size >= 2 && c.kind == role::publisher) release_id(c.owner, mqtt::get_u16(pv.body));
@@ -530,8 +541,11 @@ private:
                 mark_dirty(ci);
             }
             return;
-        case mqtt::pingresp: return;
-        default: conn_failed(c, strf("unexpected packet type %u from the broker", pv.type)); return;
+        case mqtt::pingresp:
+            return;
+        default:
+            conn_failed(c, strf("unexpected packet type %u from the broker", pv.type));
+            return;
         }
     }
 
@@ -586,12 +600,13 @@ private:
         if (seq >= p.next_seq) return; // not sent by this run's publisher
         pair_state& ps = g.pairs[static_cast<std::size_t>(local) * g.subs.size() + s.local];
 
+        const bool measured = ts >= ms_ && ts < me_;
         if (static_cast<std::int64_t>(seq) <= ps.max_seq) {
             if (static_cast<std::int64_t>(seq) == ps.max_seq) {
-                ++ps.duplicates;
+                if (measured) ++ps.duplicates;
                 return;
             }
-            ++ps.reordered;
+            if (measured) ++ps.reordered;
         } else {
             if (closed_loop_) advance_window(p, ps, seq, g.subs.size(), now);
             ps.max_seq = static_cast<std::int64_t>(seq);
@@ -600,7 +615,7 @@ private:
         last_receive_ns_ = now;
         const auto latency = static_cast<std::uint64_t>(now > ts ? now - ts : 0);
         if (now >= ms_ && now < me_) ++result.delivered_window;
-        if (ts >= ms_ && ts < me_) {
+        if (measured) {
             ++ps.received_measured;
             result.latency.record(latency);
         }
@@ -617,7 +632,8 @@ private:
         for (std::uint64_t q = std::max(static_cast<std::uint64_t>(ps.max_seq + 1), p.done_seq); q <= seq; ++q)
             ++p.ring[q % w];
         const std::uint64_t before = p.done_seq;
-        while (p.done_seq < p.next_seq && p.ring[p.done_seq % w] >= subscribers) p.ring[p.done_seq++ % w] = 0;
+        while (p.done_seq < p.next_seq && p.ring[p.done_seq % w] >= subscribers)
+            p.ring[p.done_seq++ % w] = 0;
         if (p.done_seq != before) {
             p.last_progress_ns = now;
             wake(static_cast<std::uint32_t>(&p - pubs_.data()));
@@ -695,7 +711,8 @@ private:
             // Sending only queues bytes (no wake), so the list does not change while we walk it.
             for (const std::uint32_t pi : wake_) {
                 pubs_[pi].woken = false;
-                while (can_send(pubs_[pi])) send_publish(pi, now);
+                while (can_send(pubs_[pi]))
+                    send_publish(pi, now);
             }
             wake_.clear();
             return;
@@ -730,7 +747,8 @@ private:
                     if (p.next_seq - p.done_seq < opt_.inflight || now - p.last_progress_ns < stall_timeout_ns)
                         continue;
                     // Nobody will ever complete this window (QoS 0 loss): write it off and carry on.
-                    for (std::uint64_t q = p.done_seq; q < p.next_seq; ++q) p.ring[q % opt_.inflight] = 0;
+                    for (std::uint64_t q = p.done_seq; q < p.next_seq; ++q)
+                        p.ring[q % opt_.inflight] = 0;
                     p.done_seq = p.next_seq;
                     p.last_progress_ns = now;
                     ++p.window_stalls;
@@ -882,7 +900,8 @@ void worker::run() {
             shared_.ready_workers.fetch_add(1);
         }
         if (publishing_) {
-            for (const std::uint32_t ci : storm_free_) open_conn(ci, now);
+            for (const std::uint32_t ci : storm_free_)
+                open_conn(ci, now);
             storm_free_.clear();
             now = mono_ns(); // the send timestamps should be as late as possible
             send_due(now);
@@ -899,7 +918,8 @@ void worker::run() {
             fail(strf("epoll_pwait2: %s", std::strerror(errno)));
             break;
         }
-        for (int i = 0; i < n; ++i) handle_event(events[i].data.u64, events[i].events);
+        for (int i = 0; i < n; ++i)
+            handle_event(events[i].data.u64, events[i].events);
     }
     shutdown();
     collect();
@@ -994,14 +1014,22 @@ std::string settle_counts(options& o, const CLI::Option* pubs_opt, const CLI::Op
 std::vector<group_spec> plan_groups(const options& o) {
     std::vector<group_spec> g;
     switch (o.kind) {
-    case scenario_kind::one_to_one: g.push_back({0, 1, 1, 0, false}); break;
-    case scenario_kind::pairs:
-        for (std::uint32_t i = 0; i < o.publishers; ++i) g.push_back({i, 1, 1, i, false});
+    case scenario_kind::one_to_one:
+        g.push_back({0, 1, 1, 0, false});
         break;
-    case scenario_kind::fanout: g.push_back({0, 1, o.subscribers, 0, false}); break;
-    case scenario_kind::fanin: g.push_back({0, o.publishers, 1, 0, true}); break;
+    case scenario_kind::pairs:
+        for (std::uint32_t i = 0; i < o.publishers; ++i)
+            g.push_back({i, 1, 1, i, false});
+        break;
+    case scenario_kind::fanout:
+        g.push_back({0, 1, o.subscribers, 0, false});
+        break;
+    case scenario_kind::fanin:
+        g.push_back({0, o.publishers, 1, 0, true});
+        break;
     case scenario_kind::idle:
-    case scenario_kind::connect_storm: break;
+    case scenario_kind::connect_storm:
+        break;
     }
     return g;
 }
@@ -1031,7 +1059,9 @@ int main(int argc, char** argv) {
     auto* pubs_opt = app.add_option("--publishers", o.publishers, "publishers (pairs: 10, fanin: 100)");
     auto* subs_opt = app.add_option("--subscribers", o.subscribers, "subscribers (fanout: 100)");
     auto* idle_opt = app.add_option("--idle", o.idle, "extra connections that only keep alive (idle: 1000)");
-    app.add_option("--qos", o.qos, "QoS of publishes and subscriptions")->capture_default_str()->check(CLI::Range(0, 2));
+    app.add_option("--qos", o.qos, "QoS of publishes and subscriptions")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 2));
     app.add_option("--payload", o.payload, "payload bytes, >= 16 (timestamp + sequence)")
         ->capture_default_str()
         ->check(CLI::Range(16u, 1000000u));
@@ -1054,8 +1084,9 @@ int main(int argc, char** argv) {
     app.add_option("--threads", o.threads, "event-loop threads; groups of clients are dealt round-robin")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u));
-    app.add_option("--keepalive", o.keepalive, "MQTT keep-alive seconds")->capture_default_str()->check(
-        CLI::Range(1, 65535));
+    app.add_option("--keepalive", o.keepalive, "MQTT keep-alive seconds")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 65535));
     CLI11_PARSE(app, argc, argv);
 
     for (int i = 0; i < 6; ++i)
@@ -1094,7 +1125,8 @@ int main(int argc, char** argv) {
     const std::vector<group_spec> groups = plan_groups(o);
     const std::uint32_t threads = o.threads;
     std::uint64_t total_conns = o.idle;
-    for (const group_spec& g : groups) total_conns += g.publishers + g.subscribers;
+    for (const group_spec& g : groups)
+        total_conns += g.publishers + g.subscribers;
     const std::uint64_t storm_conns = o.kind == scenario_kind::connect_storm ? std::uint64_t{o.inflight} * threads : 0;
     {
         rlimit rl{};
@@ -1104,8 +1136,9 @@ int main(int argc, char** argv) {
             setrlimit(RLIMIT_NOFILE, &rl);
         }
         if (total_conns + storm_conns + 64 > rl.rlim_cur) {
-            std::fprintf(stderr, "loadgen: %" PRIu64 " connections need more file descriptors than the limit %" PRIu64
-                                 " (raise ulimit -n)\n",
+            std::fprintf(stderr,
+                         "loadgen: %" PRIu64 " connections need more file descriptors than the limit %" PRIu64
+                         " (raise ulimit -n)\n",
                          total_conns + storm_conns, static_cast<std::uint64_t>(rl.rlim_cur));
             return 1;
         }
@@ -1118,7 +1151,8 @@ int main(int argc, char** argv) {
     std::vector<std::unique_ptr<worker>> workers;
     {
         std::vector<std::vector<group_spec>> per(threads);
-        for (std::size_t i = 0; i < groups.size(); ++i) per[i % threads].push_back(groups[i]);
+        for (std::size_t i = 0; i < groups.size(); ++i)
+            per[i % threads].push_back(groups[i]);
         for (std::uint32_t w = 0; w < threads; ++w) {
             const std::uint32_t idle = o.idle / threads + (w < o.idle % threads ? 1 : 0);
             workers.push_back(std::make_unique<worker>(o, shared, w, addr, addr_len, per[w], idle,
@@ -1127,10 +1161,12 @@ int main(int argc, char** argv) {
     }
     const std::int64_t start = mono_ns();
     std::vector<std::thread> running;
-    for (auto& w : workers) running.emplace_back([&w] { w->run(); });
+    for (auto& w : workers)
+        running.emplace_back([&w] { w->run(); });
 
     auto finish = [&](int code) {
-        for (auto& t : running) t.join();
+        for (auto& t : running)
+            t.join();
         return code;
     };
     auto report_failure = [&]() {
@@ -1146,8 +1182,7 @@ int main(int argc, char** argv) {
                 if (ch == '"' || ch == '\\') e += '\\';
                 if (static_cast<unsigned char>(ch) >= 0x20) e += ch;
             }
-            std::printf("{\"scenario\":\"%s\",\"status\":\"error\",\"error\":\"%s\"}\n", o.scenario.c_str(),
-                        e.c_str());
+            std::printf("{\"scenario\":\"%s\",\"status\":\"error\",\"error\":\"%s\"}\n", o.scenario.c_str(), e.c_str());
         }
         std::fflush(stdout);
     };
@@ -1211,8 +1246,7 @@ int main(int argc, char** argv) {
             else if (o.kind == scenario_kind::connect_storm)
                 std::fprintf(stderr, "loadgen: %3" PRId64 " s %-7s %10" PRIu64 " CONNACK/s\n", k, phase, connacks);
             else
-                std::fprintf(stderr, "loadgen: %3" PRId64 " s %-7s %10" PRIu64 " connections\n", k, phase,
-                             total_conns);
+                std::fprintf(stderr, "loadgen: %3" PRId64 " s %-7s %10" PRIu64 " connections\n", k, phase, total_conns);
             ++k;
         }
         if (now >= me) break;
@@ -1224,7 +1258,8 @@ int main(int argc, char** argv) {
         bs.rss_end = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
         bs.hwm_end = loadgen::read_status_bytes(o.broker_pid, "VmHWM").value_or(0);
     }
-    for (auto& t : running) t.join();
+    for (auto& t : running)
+        t.join();
     running.clear();
     if (shared.failed.load()) {
         report_failure();
@@ -1258,8 +1293,8 @@ int main(int argc, char** argv) {
     const std::uint64_t lost = r.expected > r.received_measured ? r.expected - r.received_measured : 0;
     const double loss_pct = r.expected ? 100.0 * static_cast<double>(lost) / static_cast<double>(r.expected) : 0.0;
     const double cpu_s = bs.have_cpu ? loadgen::ticks_to_seconds(bs.cpu_end - bs.cpu_start) : NAN;
-    const double per_cpu = messaging ? static_cast<double>(r.delivered_window) / cpu_s
-                                     : static_cast<double>(r.connacks_window) / cpu_s;
+    const double per_cpu =
+        messaging ? static_cast<double>(r.delivered_window) / cpu_s : static_cast<double>(r.connacks_window) / cpu_s;
     const std::uint64_t rss_conns = o.kind == scenario_kind::idle ? o.idle : total_conns;
     const double rss_per_conn =
         o.broker_pid && rss_conns
@@ -1305,7 +1340,8 @@ int main(int argc, char** argv) {
         std::fprintf(hs, "; RSS %.1f MiB, peak %.1f MiB\n", static_cast<double>(bs.rss_end) / 1048576.0,
                      static_cast<double>(bs.hwm_end) / 1048576.0);
         if (rss_conns && o.kind != scenario_kind::connect_storm)
-            std::fprintf(hs, "memory     %.0f B RSS per connection (%" PRIu64 " connections)\n", rss_per_conn, rss_conns);
+            std::fprintf(hs, "memory     %.0f B RSS per connection (%" PRIu64 " connections)\n", rss_per_conn,
+                         rss_conns);
     }
     std::fprintf(hs, "loadgen    CPU %.2f s\n", own_cpu);
 

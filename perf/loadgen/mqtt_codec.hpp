@@ -144,7 +144,7 @@ inline std::size_t encode_publish_prefix(std::uint8_t* p, std::string_view topic
     return static_cast<std::size_t>(p - start);
 }
 
-// One complete packet inside a receive buffer.
+// One complete packet inside a receive buffer (a view: valid until the buffer is reused).
 struct packet_view {
     std::uint8_t type = 0;
     std::uint8_t flags = 0;
@@ -175,6 +175,7 @@ inline long parse_packet(const std::uint8_t* p, std::size_t n, packet_view& out)
     return static_cast<long>(i + len);
 }
 
+// The fields of a received PUBLISH, pointing into the packet_view's buffer.
 struct publish_view {
     std::string_view topic;
     std::uint8_t qos = 0;
