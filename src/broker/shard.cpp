@@ -504,7 +504,7 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
         ++m_.packets_disconnect;
         if (mqtt::decode_empty(h.type, body, h.flags) != mqtt::error::none) return protocol_error(c, "bad DISCONNECT");
         c.disconnect_received = true;
-        c.has_will = false; // MQTT-3.14.4-3: a DISCONNECT discards the will
+        c.will.reset(); // MQTT-3.14.4-3: a DISCONNECT discards the will
         log::debug("client {} disconnected", c.client_id());
         close(c, "normal", false);
         return false;
@@ -579,11 +579,11 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         slot->conn = nullptr;
         if (slot->s->clean()) drop_session(slot);
     }
-    if (publish_will && c.has_will) {
-        log::debug("publishing will of {} on {}", c.client_id_, c.will_topic);
-        publish_from(c.will_topic, c.will_payload, c.will_qos, c.will_retain);
+    if (publish_will && c.will) {
+        log::debug("publishing will of {} on {}", c.client_id_, c.will->topic);
+        publish_from(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
     }
-    c.has_will = false;
+    c.will.reset();
     node_.connections.fetch_sub(1, std::memory_order_relaxed);
     shutdown_socket(c);
     maybe_destroy(c);
@@ -697,11 +697,11 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     c.connected_wall = static_cast<int64_t>(::time(nullptr));
     c.client_id_ = std::move(client_id);
     if (cv.will_flag) {
-        c.has_will = true;
-        c.will_qos = cv.will_qos;
-        c.will_retain = cv.will_retain;
-        c.will_topic = std::string(cv.will_topic);
-        c.will_payload.assign(cv.will_payload.begin(), cv.will_payload.end());
+        c.will = std::make_unique<connection::will_msg>();
+        c.will->qos = cv.will_qos;
+        c.will->retain = cv.will_retain;
+        c.will->topic = std::string(cv.will_topic);
+        c.will->payload.assign(cv.will_payload.begin(), cv.will_payload.end());
     }
     attach_session(c, cv.clean_session);
     return c.st != connection::state::closing;

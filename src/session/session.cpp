@@ -105,16 +105,19 @@ bool session::on_pubcomp(uint16_t pid) {
     return false;
 }
 
-bool session::incoming_qos2(uint16_t pid) { return awaiting_rel_.insert(pid).second; }
+bool session::incoming_qos2(uint16_t pid) {
+    if (!awaiting_rel_) awaiting_rel_ = std::make_unique<std::unordered_set<uint16_t>>();
+    return awaiting_rel_->insert(pid).second;
+}
 
-bool session::incoming_release(uint16_t pid) { return awaiting_rel_.erase(pid) != 0; }
+bool session::incoming_release(uint16_t pid) { return awaiting_rel_ && awaiting_rel_->erase(pid) != 0; }
 
 void session::clear_messages() {
     for (const outgoing& o : window_)
         mark_pid(o.pid, false);
     window_.clear();
     queue_.clear();
-    awaiting_rel_.clear();
+    awaiting_rel_.reset();
     scratch_ = outgoing{};
 }
 

@@ -3,10 +3,10 @@
 // (packet ids, QoS 2 progress), the queue of messages waiting for the window or for the client to come back, and the
 // incoming QoS 2 packet ids awaiting PUBREL. Pure state machine: no I/O, no clock, so it is unit-tested directly.
 // Owned by the session registry of the client id's home shard and only touched on that shard's thread.
+#include "session/fifo.hpp"
 #include "session/message.hpp"
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -61,7 +61,7 @@ public:
     bool on_pubcomp(uint16_t pid);
 
     // For resend on reconnect: every message in the window in order (PUBLISH with DUP, or PUBREL when released).
-    const std::deque<outgoing>& window() const { return window_; }
+    const fifo<outgoing>& window() const { return window_; }
     size_t queue_len() const { return queue_.size(); }
     size_t inflight_len() const { return window_.size(); }
     uint64_t dropped() const { return dropped_; }
@@ -71,7 +71,7 @@ public:
     bool incoming_qos2(uint16_t pid);
     // PUBREL received: true when pid was awaiting release.
     bool incoming_release(uint16_t pid);
-    size_t awaiting_rel() const { return awaiting_rel_.size(); }
+    size_t awaiting_rel() const { return awaiting_rel_ ? awaiting_rel_->size() : 0; }
 
     // Clears the window and queue (a clean session reconnecting or being discarded).
     void clear_messages();
@@ -84,9 +84,9 @@ private:
     std::string client_id_;
     bool clean_;
     limits limits_;
-    std::deque<outgoing> window_;
-    std::deque<outgoing> queue_;
-    std::unordered_set<uint16_t> awaiting_rel_;
+    fifo<outgoing> window_;
+    fifo<outgoing> queue_;
+    std::unique_ptr<std::unordered_set<uint16_t>> awaiting_rel_; // allocated on the first incoming QoS 2
     // Bitmap of ids in the window, allocated only for windows larger than a linear scan handles well (8 KiB).
     std::unique_ptr<uint64_t[]> pid_bits_;
     outgoing scratch_; // QoS 0 entry handed out by offer()/next_ready()

@@ -193,3 +193,35 @@ TEST(Session, PacketIdsSkipIdsInUseAndWrap) {
     ASSERT_NE(n, nullptr);
     EXPECT_EQ(n->pid, 500);
 }
+
+TEST(Fifo, PushPopEraseAndCompaction) {
+    ringmq::session::fifo<int> f;
+    EXPECT_TRUE(f.empty());
+    for (int i = 0; i < 200; ++i)
+        f.push_back(int{i});
+    for (int i = 0; i < 150; ++i) {
+        ASSERT_EQ(f.front(), i);
+        f.pop_front();
+    }
+    EXPECT_EQ(f.size(), 50u); // compacted on the way, order kept
+    EXPECT_EQ(f.front(), 150);
+    EXPECT_EQ(f.back(), 199);
+    auto it = f.begin() + 10; // 160
+    it = f.erase(it);
+    EXPECT_EQ(*it, 161);
+    EXPECT_EQ(f.size(), 49u);
+    f.erase(f.begin()); // erasing the front is a pop
+    EXPECT_EQ(f.front(), 151);
+    int expect = 151, n = 0;
+    for (int v : f) {
+        if (expect == 160) ++expect;
+        EXPECT_EQ(v, expect++);
+        ++n;
+    }
+    EXPECT_EQ(n, 48);
+    while (!f.empty())
+        f.pop_front();
+    EXPECT_EQ(f.size(), 0u);
+    f.push_back(7);
+    EXPECT_EQ(f.front(), 7);
+}
