@@ -904,25 +904,23 @@ void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
     mark_dirty(c);
 }
 
-void shard::send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                         bool retain, bool dup, uint16_t pid) {
+void shard::encode_frame(std::vector<uint8_t>& out, std::string_view topic, std::span<const uint8_t> payload,
+                         uint8_t qos, bool retain, bool dup, uint16_t pid) {
     const size_t rl = 2 + topic.size() + (qos ? 2 : 0) + payload.size();
     uint8_t hdr[mqtt::max_publish_prefix + 2];
     size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
                                             static_cast<uint16_t>(topic.size()));
-    const size_t old = c.out.size();
-    c.out.resize(old + hl + topic.size() + (qos ? 2 : 0) + payload.size());
-    uint8_t* w = c.out.data() + old;
-    std::memcpy(w, hdr, hl);
-    w += hl;
-    std::memcpy(w, topic.data(), topic.size());
-    w += topic.size();
+    out.reserve(out.size() + hl + rl - 2);
+    append(out, hdr, hl);
+    append(out, topic.data(), topic.size());
     if (qos) {
-        w[0] = static_cast<uint8_t>(pid >> 8);
-        w[1] = static_cast<uint8_t>(pid & 0xff);
-        w += 2;
+        const uint8_t id[2] = {static_cast<uint8_t>(pid >> 8), static_cast<uint8_t>(pid & 0xff)};
+        append(out, id, 2);
     }
-    if (!payload.empty()) std::memcpy(w, payload.data(), payload.size());
+    if (!payload.empty()) append(out, payload.data(), payload.size());
+}
+
+void shard::count_publish_sent(uint8_t qos) {
     ++m_.packets_sent;
     ++m_.packets_publish_sent;
     ++m_.messages_sent;
@@ -932,6 +930,12 @@ void shard::send_publish(connection& c, std::string_view topic, std::span<const 
         ++m_.messages_qos1_sent;
     else
         ++m_.messages_qos2_sent;
+}
+
+void shard::send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                         bool retain, bool dup, uint16_t pid) {
+    encode_frame(c.out, topic, payload, qos, retain, dup, pid);
+    count_publish_sent(qos);
     mark_dirty(c);
 }
 
@@ -954,10 +958,18 @@ void shard::pump(session_slot& slot) {
 void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
                   bool local_origin) {
     matches_.clear();
-    uint64_t mask = trie_.match(topic, [this](const routing::subscriber_entry& e, std::string_view) {
+    frame_q0_valid_ = false;
+    // A session appears twice only when two different filters match; with one filter no dedup is needed.
+    const char* first_filter = nullptr;
+    bool several_filters = false;
+    uint64_t mask = trie_.match(topic, [&](const routing::subscriber_entry& e, std::string_view filter) {
+        if (!first_filter)
+            first_filter = filter.data();
+        else if (filter.data() != first_filter)
+            several_filters = true;
         matches_.push_back(match{static_cast<session_slot*>(e.sub), static_cast<uint8_t>(e.options & 3)});
     });
-    if (matches_.size() > 1) {
+    if (several_filters && matches_.size() > 1) {
         // A session with overlapping subscriptions gets one copy at the highest granted QoS.
         std::sort(matches_.begin(), matches_.end(), [](const match& a, const match& b) { return a.slot < b.slot; });
         size_t w = 0;
@@ -996,7 +1008,19 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             ++m_.messages_dropped; // backpressure: a QoS 0 message for a client that does not read
             return;
         }
-        send_publish(*c, topic, payload, 0, retain, false, 0);
+        if (retain) {
+            send_publish(*c, topic, payload, 0, true, false, 0);
+            return;
+        }
+        // Fan-out: the QoS 0 frame is the same for every subscriber; encode it once per routed message.
+        if (!frame_q0_valid_) {
+            frame_q0_.clear();
+            encode_frame(frame_q0_, topic, payload, 0, false, false, 0);
+            frame_q0_valid_ = true;
+        }
+        append(c->out, frame_q0_.data(), frame_q0_.size());
+        count_publish_sent(0);
+        mark_dirty(*c);
         return;
     }
     if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, msg_qos, retain));

@@ -244,6 +244,9 @@ private:
     void send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain,
                       bool dup, uint16_t pid);
     void send_ack(connection& c, mqtt::packet_type t, uint16_t pid);
+    static void encode_frame(std::vector<uint8_t>& out, std::string_view topic, std::span<const uint8_t> payload,
+                             uint8_t qos, bool retain, bool dup, uint16_t pid);
+    void count_publish_sent(uint8_t qos);
     void pump(session_slot& slot); // moves queued messages into the window while it has room
 
     // routing
@@ -299,6 +302,8 @@ private:
     };
     std::vector<match> matches_;
     std::vector<uint8_t> scratch_;
+    std::vector<uint8_t> frame_q0_; // the QoS 0 frame of the message being routed, encoded once for all subscribers
+    bool frame_q0_valid_ = false;
     uint64_t outgoing_mask_ = 0; // shards with staged SMP messages this turn
 
     metrics m_;
