@@ -52,9 +52,24 @@ std::string peer_name(int fd) {
     return "?";
 }
 
-void append(std::vector<uint8_t>& v, const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    v.insert(v.end(), b, b + n);
+// Route cache index: a cheap mix of the length and the first and last 8 bytes (the full topic is compared anyway).
+size_t route_hash(std::string_view t) {
+    uint64_t a = t.size(), b = 0;
+    if (t.size() >= 8) {
+        std::memcpy(&a, t.data(), 8);
+        std::memcpy(&b, t.data() + t.size() - 8, 8);
+    } else {
+        for (char c : t)
+            b = (b << 8) | static_cast<uint8_t>(c);
+    }
+    uint64_t h = (a ^ (b * 0x9E3779B97F4A7C15ULL) ^ t.size()) * 0xBF58476D1CE4E5B9ULL;
+    return static_cast<size_t>(h >> 40);
+}
+
+void append(byte_vec& v, const void* p, size_t n) {
+    const size_t old = v.size();
+    v.resize(old + n); // geometric growth, no zero-fill (default_init_allocator)
+    std::memcpy(v.data() + old, p, n);
 }
 
 } // namespace
@@ -199,11 +214,13 @@ void shard::handle_smp(const reactor::smp_msg& m) {
     case k_route_add: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.add_remote(*f, m.arg);
+        ++trie_gen_;
         return;
     }
     case k_route_del: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.remove_remote(*f, m.arg);
+        ++trie_gen_;
         return;
     }
     case k_publish: {
@@ -559,7 +576,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
     }
     c.sending.clear();
     c.send_off = 0;
-    if (c.sending.capacity() > 262144) std::vector<uint8_t>().swap(c.sending); // a burst is over: give memory back
+    if (c.sending.capacity() > 262144) byte_vec().swap(c.sending); // a burst is over: give memory back
     if (!c.out.empty())
         mark_dirty(c);
     else if (c.close_after_flush)
@@ -776,7 +793,8 @@ bool shard::on_publish(connection& c, std::span<const uint8_t> body, uint8_t fla
         ++m_.messages_qos1_received;
     else
         ++m_.messages_qos2_received;
-    if (mqtt::topic_levels(pv.topic) > cfg_.limits.max_topic_levels)
+    // A topic of N levels has at least N-1 bytes, so short topics need no count.
+    if (pv.topic.size() >= cfg_.limits.max_topic_levels && mqtt::topic_levels(pv.topic) > cfg_.limits.max_topic_levels)
         return protocol_error(c, "topic has more levels than max_topic_levels");
     if (pv.qos == 2) {
         if (!c.slot->s->incoming_qos2(pv.packet_id)) {
@@ -904,13 +922,12 @@ void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
     mark_dirty(c);
 }
 
-void shard::encode_frame(std::vector<uint8_t>& out, std::string_view topic, std::span<const uint8_t> payload,
-                         uint8_t qos, bool retain, bool dup, uint16_t pid) {
+void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                         bool retain, bool dup, uint16_t pid) {
     const size_t rl = 2 + topic.size() + (qos ? 2 : 0) + payload.size();
     uint8_t hdr[mqtt::max_publish_prefix + 2];
     size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
                                             static_cast<uint16_t>(topic.size()));
-    out.reserve(out.size() + hl + rl - 2);
     append(out, hdr, hl);
     append(out, topic.data(), topic.size());
     if (qos) {
@@ -957,36 +974,45 @@ void shard::pump(session_slot& slot) {
 
 void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
                   bool local_origin) {
-    matches_.clear();
     frame_q0_valid_ = false;
-    // A session appears twice only when two different filters match; with one filter no dedup is needed.
-    const char* first_filter = nullptr;
-    bool several_filters = false;
-    uint64_t mask = trie_.match(topic, [&](const routing::subscriber_entry& e, std::string_view filter) {
-        if (!first_filter)
-            first_filter = filter.data();
-        else if (filter.data() != first_filter)
-            several_filters = true;
-        matches_.push_back(match{static_cast<session_slot*>(e.sub), static_cast<uint8_t>(e.options & 3)});
-    });
-    if (several_filters && matches_.size() > 1) {
-        // A session with overlapping subscriptions gets one copy at the highest granted QoS.
-        std::sort(matches_.begin(), matches_.end(), [](const match& a, const match& b) { return a.slot < b.slot; });
-        size_t w = 0;
-        for (size_t i = 0; i < matches_.size(); ++i) {
-            if (w > 0 && matches_[w - 1].slot == matches_[i].slot)
-                matches_[w - 1].qos = std::max(matches_[w - 1].qos, matches_[i].qos);
-            else
-                matches_[w++] = matches_[i];
+    // Most traffic repeats a few topics: remember each topic's deduplicated matches until the trie next changes.
+    route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
+    if (e.gen != trie_gen_ || e.topic != topic) {
+        matches_.clear();
+        // A session appears twice only when two different filters match; with one filter no dedup is needed.
+        const char* first_filter = nullptr;
+        bool several_filters = false;
+        e.mask = trie_.match(topic, [&](const routing::subscriber_entry& se, std::string_view filter) {
+            if (!first_filter)
+                first_filter = filter.data();
+            else if (filter.data() != first_filter)
+                several_filters = true;
+            matches_.push_back(match{static_cast<session_slot*>(se.sub), static_cast<uint8_t>(se.options & 3)});
+        });
+        if (several_filters && matches_.size() > 1) {
+            // A session with overlapping subscriptions gets one copy at the highest granted QoS.
+            std::sort(matches_.begin(), matches_.end(), [](const match& a, const match& b) { return a.slot < b.slot; });
+            size_t w = 0;
+            for (size_t i = 0; i < matches_.size(); ++i) {
+                if (w > 0 && matches_[w - 1].slot == matches_[i].slot)
+                    matches_[w - 1].qos = std::max(matches_[w - 1].qos, matches_[i].qos);
+                else
+                    matches_[w++] = matches_[i];
+            }
+            matches_.resize(w);
         }
-        matches_.resize(w);
+        e.topic.assign(topic);
+        e.matches.assign(matches_.begin(), matches_.end());
+        e.gen = trie_gen_;
     }
+    uint64_t mask = e.mask;
+    const std::vector<match>& hits = e.matches;
     // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
-    for (const match& m : matches_)
+    for (const match& m : hits)
         deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false);
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
-    if (matches_.empty() && mask == 0) {
+    if (hits.empty() && mask == 0) {
         if (topic.substr(0, 5) != "$SYS/") ++m_.messages_dropped;
         return;
     }
@@ -1103,6 +1129,7 @@ void shard::add_subscription(session_slot& slot, const std::string& filter, uint
     slot.s->subscriptions[filter] = qos;
     bool active = false;
     trie_.subscribe(filter, &slot, qos, &active);
+    ++trie_gen_;
     if (active) broadcast_route(k_route_add, filter);
 }
 
@@ -1110,6 +1137,7 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
     if (slot.s->subscriptions.erase(filter) == 0) return;
     bool idle = false;
     trie_.unsubscribe(filter, &slot, &idle);
+    ++trie_gen_;
     if (idle) broadcast_route(k_route_del, filter);
 }
 
@@ -1122,6 +1150,7 @@ void shard::drop_session(session_slot* slot) {
     for (const auto& [filter, qos] : slot->s->subscriptions) {
         bool idle = false;
         trie_.unsubscribe(filter, slot, &idle);
+        ++trie_gen_;
         if (idle) broadcast_route(k_route_del, filter);
     }
     const std::string id = slot->s->client_id();

@@ -27,6 +27,19 @@
 
 namespace ringmq::broker {
 
+// An allocator whose construct() default-initialises: resizing a byte buffer then leaves the new bytes unwritten
+// instead of zero-filling what is about to be overwritten by a memcpy.
+template <typename T> struct default_init_allocator : std::allocator<T> {
+    template <typename U> struct rebind { using other = default_init_allocator<U>; };
+    using std::allocator<T>::allocator;
+    template <typename U> void construct(U* p) noexcept { ::new (static_cast<void*>(p)) U; }
+    template <typename U, typename... Args> void construct(U* p, Args&&... args) {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+};
+// Outgoing bytes of a connection.
+using byte_vec = std::vector<uint8_t, default_init_allocator<uint8_t>>;
+
 class shard;
 class connection;
 
@@ -129,8 +142,8 @@ public:
     std::vector<uint8_t> rx; // partial packet straddling recv buffers (bounded by max_packet_size)
 
     // Send side: frames are appended to `out`; one send is in flight from `sending` at a time.
-    std::vector<uint8_t> out;
-    std::vector<uint8_t> sending;
+    byte_vec out;
+    byte_vec sending;
     size_t send_off = 0;
     bool send_busy = false;
     bool dirty = false;
@@ -244,8 +257,8 @@ private:
     void send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain,
                       bool dup, uint16_t pid);
     void send_ack(connection& c, mqtt::packet_type t, uint16_t pid);
-    static void encode_frame(std::vector<uint8_t>& out, std::string_view topic, std::span<const uint8_t> payload,
-                             uint8_t qos, bool retain, bool dup, uint16_t pid);
+    static void encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                             bool retain, bool dup, uint16_t pid);
     void count_publish_sent(uint8_t qos);
     void pump(session_slot& slot); // moves queued messages into the window while it has room
 
@@ -301,8 +314,20 @@ private:
         uint8_t qos;
     };
     std::vector<match> matches_;
+    // Route cache: direct-mapped by topic hash, valid while trie_gen_ (bumped on every trie change) is unchanged.
+    // Entries hold session_slot pointers: a slot is only destroyed after its subscriptions left the trie, which
+    // bumps the generation first.
+    struct route_entry {
+        std::string topic;
+        uint64_t gen = 0;
+        uint64_t mask = 0;
+        std::vector<match> matches;
+    };
+    static constexpr size_t route_cache_size = 256;
+    std::vector<route_entry> route_cache_ = std::vector<route_entry>(route_cache_size);
+    uint64_t trie_gen_ = 1;
     std::vector<uint8_t> scratch_;
-    std::vector<uint8_t> frame_q0_; // the QoS 0 frame of the message being routed, encoded once for all subscribers
+    byte_vec frame_q0_; // the QoS 0 frame of the message being routed, encoded once for all subscribers
     bool frame_q0_valid_ = false;
     uint64_t outgoing_mask_ = 0; // shards with staged SMP messages this turn
 
