@@ -46,7 +46,8 @@ struct server::gather {
 };
 
 server::server(broker::node& n, int listen_fd, listener_info li)
-    : node_(n), cfg_(n.cfg), id_(n.mqtt_shards), listen_fd_(listen_fd), li_(std::move(li)), backlog_(n.smp.size()) {
+    : node_(n), cfg_(n.cfg), id_(n.mqtt_shards), listen_fd_(listen_fd), li_(std::move(li)),
+      outbox_(n.smp, n.mqtt_shards) {
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
     sys_active_ = cfg_.sys.enabled;
 }
@@ -91,7 +92,7 @@ void server::loop() {
         if (!stopping_ && stop_requested_.load(std::memory_order_acquire)) begin_shutdown();
         publish_smp();
         if (stopping_ && gate_.count() == 0 && !accept_armed_) break;
-        if (outgoing_mask_ != 0) {
+        if (outbox_.pending()) {
             ring_.submit();
         } else {
             node_.smp.set_sleeping(id_, true);
@@ -149,26 +150,10 @@ void server::on_accept(int res, uint32_t flags) {
 }
 
 void server::push(unsigned to, broker::admin_call* call) {
-    auto& q = node_.smp.queue(id_, to);
-    const reactor::smp_msg m{broker::k_admin_call, id_, call};
-    if (!backlog_[to].empty() || !q.try_push(m)) backlog_[to].push_back(call);
-    outgoing_mask_ |= uint64_t{1} << to;
+    outbox_.push(to, reactor::smp_msg{broker::k_admin_call, id_, call});
 }
 
-void server::publish_smp() {
-    uint64_t mask = outgoing_mask_;
-    while (mask) {
-        const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
-        mask &= mask - 1;
-        auto& q = node_.smp.queue(id_, to);
-        auto& bl = backlog_[to];
-        while (!bl.empty() && q.try_push(reactor::smp_msg{broker::k_admin_call, id_, bl.front()}))
-            bl.pop_front();
-        q.publish();
-        node_.smp.wake_if_sleeping(to);
-        if (bl.empty()) outgoing_mask_ &= ~(uint64_t{1} << to);
-    }
-}
+void server::publish_smp() { outbox_.publish(); }
 
 void server::drain_smp() {
     for (unsigned from = 0; from < node_.mqtt_shards; ++from) {

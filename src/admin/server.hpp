@@ -11,6 +11,7 @@
 #include "io/ring.hpp"
 #include "io/waker.hpp"
 #include "reactor/gate.hpp"
+#include "reactor/outbox.hpp"
 #include "reactor/task.hpp"
 
 #include <atomic>
@@ -106,8 +107,7 @@ private:
     reactor::gate gate_;
     std::set<int> open_fds_;
     uint64_t shutdown_closed_ = 0;
-    std::vector<std::deque<broker::admin_call*>> backlog_;
-    uint64_t outgoing_mask_ = 0;
+    reactor::smp_outbox outbox_;
     bool sys_active_ = true;
     uint64_t sys_wakeups_ = 0;
 };

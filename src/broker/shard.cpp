@@ -84,7 +84,7 @@ void connection::on_send(int res, uint32_t flags) { sh.on_send(*this, res, flags
 
 shard::shard(node& n, unsigned id, int listen_fd)
     : node_(n), cfg_(n.cfg), id_(id), n_(n.mqtt_shards), parts_(n.smp.size()), listen_fd_(listen_fd),
-      backlog_(n.smp.size()) {
+      outbox_(n.smp, id) {
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
 }
 
@@ -133,7 +133,7 @@ void shard::loop() {
             stopped_ = true;
             break;
         }
-        const bool busy = !dirty_.empty() || !rearm_.empty() || outgoing_mask_ != 0 || !pending_handoffs_.empty();
+        const bool busy = !dirty_.empty() || !rearm_.empty() || outbox_.pending() || !pending_handoffs_.empty();
         if (busy) {
             ring_.submit();
         } else {
@@ -178,26 +178,10 @@ void shard::loop() {
 }
 
 void shard::push(unsigned to, uint32_t kind, uint32_t arg, void* ptr) {
-    auto& q = node_.smp.queue(id_, to);
-    const reactor::smp_msg m{kind, arg, ptr};
-    if (!backlog_[to].empty() || !q.try_push(m)) backlog_[to].push_back(m);
-    outgoing_mask_ |= uint64_t{1} << to;
+    outbox_.push(to, reactor::smp_msg{kind, arg, ptr});
 }
 
-void shard::publish_smp() {
-    uint64_t mask = outgoing_mask_;
-    while (mask) {
-        const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
-        mask &= mask - 1;
-        auto& q = node_.smp.queue(id_, to);
-        auto& bl = backlog_[to];
-        while (!bl.empty() && q.try_push(bl.front()))
-            bl.pop_front();
-        q.publish();
-        node_.smp.wake_if_sleeping(to);
-        if (bl.empty()) outgoing_mask_ &= ~(uint64_t{1} << to);
-    }
-}
+void shard::publish_smp() { outbox_.publish(); }
 
 void shard::drain_smp() {
     for (unsigned from = 0; from < parts_; ++from) {

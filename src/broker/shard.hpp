@@ -11,6 +11,7 @@
 #include "io/waker.hpp"
 #include "mqtt/types.hpp"
 #include "reactor/gate.hpp"
+#include "reactor/outbox.hpp"
 #include "reactor/smp.hpp"
 #include "reactor/task.hpp"
 #include "routing/topic_trie.hpp"
@@ -296,7 +297,7 @@ private:
     std::vector<connection*> dirty_;
     std::vector<connection*> rearm_;
     std::vector<uint64_t> graveyard_;
-    std::vector<std::deque<reactor::smp_msg>> backlog_; // per destination: messages that did not fit its queue
+    reactor::smp_outbox outbox_;
     // Handoffs wait one loop turn before they are handled, so bytes the client sent on its old connection before it
     // reconnected (a PUBACK, say) are reaped and handled before the takeover closes that connection.
     std::vector<std::pair<uint64_t, handoff*>> pending_handoffs_;
@@ -329,7 +330,6 @@ private:
     std::vector<uint8_t> scratch_;
     byte_vec frame_q0_; // the QoS 0 frame of the message being routed, encoded once for all subscribers
     bool frame_q0_valid_ = false;
-    uint64_t outgoing_mask_ = 0; // shards with staged SMP messages this turn
 
     metrics m_;
     stats st_;
