@@ -9,7 +9,13 @@ import mqtt_raw as m
 from admin_client import AdminTest
 from broker import shard_variants
 
-IDLE = 2500
+# Raised at import, before any broker starts, so the broker inherits the limit too. The client count follows what
+# the machine allows (2500 where the hard limit permits, never fewer than 500).
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+_want = 2500 + 1000
+if _soft < _want:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(_hard, _want), _hard))
+IDLE = max(500, min(2500, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1000))
 
 
 def open_idle(port: int, n: int, prefix: str) -> list:
@@ -33,9 +39,6 @@ def open_idle(port: int, n: int, prefix: str) -> list:
 
 class _ScaleCases:
     def test_scan_thousands_of_clients_while_traffic_flows(self):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < IDLE + 200:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, IDLE + 1000), hard))
         socks = open_idle(self.port, IDLE, "idle-")
         self.addCleanup(lambda: [s.close() for s in socks])
 
