@@ -307,9 +307,10 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
         if (!node_known(node)) co_return;
         if (n == 3)
             co_await paged_list(kind, req, resp);
-        else if (!typo)
-            co_await lookup(kind, join(s, 3), req, resp);
-        else
+        else if (!typo) {
+            const std::string id_arg = join(s, 3);
+            co_await lookup(kind, id_arg, req, resp);
+        } else
             not_found(resp, "unknown path: " + req.path);
         co_return;
     }
@@ -320,20 +321,24 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
     }
     if (is(0, "clients") && n >= 2) {
         if (get) {
-            co_await lookup(list_kind::clients, join(s, 1), req, resp);
+            const std::string id_arg = join(s, 1);
+            co_await lookup(list_kind::clients, id_arg, req, resp);
             co_return;
         }
         if (m == "DELETE") {
-            co_await kick(join(s, 1), resp);
+            const std::string id_arg = join(s, 1);
+            co_await kick(id_arg, resp);
             co_return;
         }
     }
     if (get && is(0, "sessions") && n >= 2) {
-        co_await lookup(list_kind::sessions, join(s, 1), req, resp);
+        const std::string id_arg = join(s, 1);
+        co_await lookup(list_kind::sessions, id_arg, req, resp);
         co_return;
     }
     if (get && is(0, "subscriptions") && n >= 2) {
-        co_await lookup(list_kind::subscriptions, join(s, 1), req, resp);
+        const std::string id_arg = join(s, 1);
+        co_await lookup(list_kind::subscriptions, id_arg, req, resp);
         co_return;
     }
     if (get && is(0, "routes")) {
@@ -438,11 +443,12 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     // Count on every shard, then fetch only the rows of the requested page from the shards that hold them.
     const unsigned shards = node_.mqtt_shards;
     std::vector<size_t> counts(shards, 0);
-    co_await on_all([&counts, kind](broker::shard_control& c) {
+    const shard_fn fn1 = [&counts, kind](broker::shard_control& c) {
         counts[c.shard_id()] = kind == list_kind::clients    ? c.client_count()
                                : kind == list_kind::sessions ? c.session_count()
                                                              : c.subscription_count();
-    });
+    };
+    co_await on_all(fn1);
     uint64_t total = 0;
     for (size_t c : counts)
         total += c;
@@ -468,7 +474,7 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     constexpr size_t rows_per_call = 1000;
     while (!targets.empty()) {
         std::vector<size_t> got(shards, 0);
-        co_await on_shards(targets, [&, kind](broker::shard_control& c) {
+        const shard_fn fn2 = [&, kind](broker::shard_control& c) {
             const unsigned i = c.shard_id();
             const size_t n = std::min(slice[i].second, rows_per_call);
             if (kind == list_kind::clients) {
@@ -490,7 +496,8 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
                 brow[i].insert(brow[i].end(), std::make_move_iterator(part.begin()),
                                std::make_move_iterator(part.end()));
             }
-        });
+        };
+        co_await on_shards(targets, fn2);
         std::vector<unsigned> next;
         for (unsigned i : targets) {
             const size_t asked = std::min(slice[i].second, rows_per_call);
@@ -520,7 +527,8 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     ok(resp, w.str());
 }
 
-reactor::task<void> server::lookup(list_kind kind, std::string id, const http_request& req, http_response& resp) {
+reactor::task<void> server::lookup(list_kind kind, const std::string& id, const http_request& req,
+                                   http_response& resp) {
     int64_t page = 0, size = 0;
     std::string why;
     if (!paging(req, page, size, why)) { // parsed, then ignored, as EMQ X did
@@ -533,14 +541,15 @@ reactor::task<void> server::lookup(list_kind kind, std::string id, const http_re
     broker::session_row srow;
     std::vector<broker::subscription_row> subs;
     bool found = false;
-    co_await on_shard(home, [&](broker::shard_control& c) {
+    const shard_fn fn3 = [&](broker::shard_control& c) {
         if (kind == list_kind::clients)
             found = c.client(id, crow);
         else if (kind == list_kind::sessions)
             found = c.session(id, srow);
         else
             c.client_subscriptions(id, subs);
-    });
+    };
+    co_await on_shard(home, fn3);
     json_writer w;
     w.begin_object().key("objects").begin_array();
     if (kind == list_kind::clients && found) client_json(w, crow);
@@ -554,9 +563,10 @@ reactor::task<void> server::lookup(list_kind kind, std::string id, const http_re
     ok(resp, w.str());
 }
 
-reactor::task<void> server::kick(std::string id, http_response& resp) {
+reactor::task<void> server::kick(const std::string& id, http_response& resp) {
     bool kicked = false;
-    co_await on_shard(home_shard(id, node_.mqtt_shards), [&](broker::shard_control& c) { kicked = c.kick(id); });
+    const shard_fn fn4 = [&](broker::shard_control& c) { kicked = c.kick(id); };
+    co_await on_shard(home_shard(id, node_.mqtt_shards), fn4);
     if (kicked)
         ok_empty(resp);
     else
@@ -574,7 +584,8 @@ reactor::task<void> server::routes(const http_request& req, const std::string* t
     }
     // A route is a filter with a subscriber on some shard; the node-wide table is the union of the shards'.
     std::vector<std::vector<std::string>> per(node_.mqtt_shards);
-    co_await on_all([&per](broker::shard_control& c) { c.local_routes(per[c.shard_id()]); });
+    const shard_fn fn5 = [&per](broker::shard_control& c) { c.local_routes(per[c.shard_id()]); };
+    co_await on_all(fn5);
     std::vector<std::string> all;
     for (auto& v : per)
         all.insert(all.end(), v.begin(), v.end());
@@ -631,10 +642,11 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
             co_return;
         }
         // Published from the client id's home shard, so messages from one API "client" keep their order.
-        co_await on_shard(home_shard(client_id, node_.mqtt_shards), [&](broker::shard_control& c) {
+        const shard_fn fn6 = [&](broker::shard_control& c) {
             c.publish(topic, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()},
                       static_cast<uint8_t>(qos), retain);
-        });
+        };
+        co_await on_shard(home_shard(client_id, node_.mqtt_shards), fn6);
         ok_empty(resp);
         co_return;
     }
@@ -656,10 +668,11 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
         co_return;
     }
     bool found = false;
-    co_await on_shard(home_shard(client_id, node_.mqtt_shards), [&](broker::shard_control& sc) {
+    const shard_fn fn7 = [&](broker::shard_control& sc) {
         found =
             action == 1 ? sc.subscribe(client_id, topic, static_cast<uint8_t>(qos)) : sc.unsubscribe(client_id, topic);
-    });
+    };
+    co_await on_shard(home_shard(client_id, node_.mqtt_shards), fn7);
     if (!found) {
         api_error(resp, 102, "Clientid: " + client_id + " not found");
         co_return;
@@ -811,7 +824,8 @@ reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
     rows.emplace_back("retained/max", rm);
     // Routes: the union of the shards' filters is not a sum; count it exactly.
     std::vector<std::vector<std::string>> per(node_.mqtt_shards);
-    co_await on_all([&per](broker::shard_control& sc) { sc.local_routes(per[sc.shard_id()]); });
+    const shard_fn fn8 = [&per](broker::shard_control& sc) { sc.local_routes(per[sc.shard_id()]); };
+    co_await on_all(fn8);
     std::vector<std::string> all;
     for (auto& v : per)
         all.insert(all.end(), v.begin(), v.end());

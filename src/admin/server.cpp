@@ -167,28 +167,30 @@ void server::drain_smp() {
     }
 }
 
-reactor::task<void> server::on_shards(std::vector<unsigned> shards, std::function<void(broker::shard_control&)> fn) {
+reactor::task<void> server::on_shards(const std::vector<unsigned>& shards, const shard_fn& fn) {
     std::vector<broker::admin_call> calls(shards.size());
     for (auto& c : calls)
         c.fn = fn;
-    co_await gather{*this, calls, shards};
+    gather g{*this, calls, shards};
+    co_await g;
 }
 
-reactor::task<void> server::on_shard(unsigned shard, std::function<void(broker::shard_control&)> fn) {
-    std::vector<unsigned> one(1, shard);
-    co_await on_shards(std::move(one), std::move(fn));
+reactor::task<void> server::on_shard(unsigned shard, const shard_fn& fn) {
+    const std::vector<unsigned> one(1, shard);
+    co_await on_shards(one, fn);
 }
 
-reactor::task<void> server::on_all(std::function<void(broker::shard_control&)> fn) {
+reactor::task<void> server::on_all(const shard_fn& fn) {
     std::vector<unsigned> all(node_.mqtt_shards);
     for (unsigned i = 0; i < all.size(); ++i)
         all[i] = i;
-    co_await on_shards(std::move(all), std::move(fn));
+    co_await on_shards(all, fn);
 }
 
 reactor::task<void> server::collect(std::vector<broker::shard_snapshot>& out) {
     out.assign(node_.mqtt_shards, {});
-    co_await on_all([&out](broker::shard_control& c) { c.snapshot(out[c.shard_id()]); });
+    const shard_fn fn = [&out](broker::shard_control& c) { c.snapshot(out[c.shard_id()]); };
+    co_await on_all(fn);
 }
 
 reactor::task<void> server::serve(int fd) {
@@ -288,10 +290,11 @@ reactor::task<void> server::sys_publisher() {
             msgs->emplace_back(base + "metrics/" + std::string(name), std::to_string(v));
         });
         ++sys_wakeups_;
-        co_await on_shard(0, [msgs](broker::shard_control& c) {
+        const shard_fn publish_all = [msgs](broker::shard_control& c) {
             for (const auto& [topic, value] : *msgs)
                 c.publish(topic, {reinterpret_cast<const uint8_t*>(value.data()), value.size()}, 0, false);
-        });
+        };
+        co_await on_shard(0, publish_all);
     }
 }
 

@@ -65,9 +65,12 @@ private:
     void begin_shutdown();
 
     // Runs fn on each listed MQTT shard (concurrently) and resumes when all have answered.
-    reactor::task<void> on_shards(std::vector<unsigned> shards, std::function<void(broker::shard_control&)> fn);
-    reactor::task<void> on_shard(unsigned shard, std::function<void(broker::shard_control&)> fn);
-    reactor::task<void> on_all(std::function<void(broker::shard_control&)> fn);
+    // The arguments are references: callers pass named locals that outlive the await. (GCC 12 mishandles
+    // temporaries, such as a lambda converted to std::function, inside a co_await expression.)
+    using shard_fn = std::function<void(broker::shard_control&)>;
+    reactor::task<void> on_shards(const std::vector<unsigned>& shards, const shard_fn& fn);
+    reactor::task<void> on_shard(unsigned shard, const shard_fn& fn);
+    reactor::task<void> on_all(const shard_fn& fn);
 
     reactor::task<void> serve(int fd);
     reactor::task<void> handle(const http_request& req, http_response& resp);
@@ -79,9 +82,9 @@ private:
     reactor::task<void> nodes_monitoring(json_writer& w);
     enum class list_kind { clients, sessions, subscriptions };
     reactor::task<void> paged_list(list_kind kind, const http_request& req, http_response& resp);
-    reactor::task<void> lookup(list_kind kind, std::string id, const http_request& req, http_response& resp);
+    reactor::task<void> lookup(list_kind kind, const std::string& id, const http_request& req, http_response& resp);
     reactor::task<void> routes(const http_request& req, const std::string* topic, http_response& resp);
-    reactor::task<void> kick(std::string id, http_response& resp);
+    reactor::task<void> kick(const std::string& id, http_response& resp);
     reactor::task<void> mqtt_action(int action, const http_request& req, http_response& resp);
     reactor::task<void> listeners(bool all_nodes, http_response& resp);
     reactor::task<void> metrics(bool all_nodes, http_response& resp);
