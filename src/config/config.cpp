@@ -31,27 +31,42 @@ constexpr int k_exit_invalid = 1;
 
 std::string_view level_name(log::level l) {
     switch (l) {
-    case log::level::debug: return "debug";
-    case log::level::info: return "info";
-    case log::level::warn: return "warn";
-    case log::level::error: return "error";
-    case log::level::off: return "off";
+    case log::level::debug:
+        return "debug";
+    case log::level::info:
+        return "info";
+    case log::level::warn:
+        return "warn";
+    case log::level::error:
+        return "error";
+    case log::level::off:
+        return "off";
     }
     return "?";
 }
 
 std::string_view type_name(toml::node_type t) {
     switch (t) {
-    case toml::node_type::none: return "nothing";
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a floating-point number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
+    case toml::node_type::none:
+        return "nothing";
+    case toml::node_type::table:
+        return "a table";
+    case toml::node_type::array:
+        return "an array";
+    case toml::node_type::string:
+        return "a string";
+    case toml::node_type::integer:
+        return "an integer";
+    case toml::node_type::floating_point:
+        return "a floating-point number";
+    case toml::node_type::boolean:
+        return "a boolean";
+    case toml::node_type::date:
+        return "a date";
+    case toml::node_type::time:
+        return "a time";
+    case toml::node_type::date_time:
+        return "a date-time";
     }
     return "an unknown type";
 }
@@ -80,8 +95,7 @@ struct layers {
     }
 
     // A flag's value, wrapped in a node so it is validated exactly like the same key in the file.
-    template <typename T>
-    void set_value(std::string key, T value, std::string_view origin) {
+    template <typename T> void set_value(std::string key, T value, std::string_view origin) {
         auto& t = override_storage.emplace_back();
         t.insert_or_assign("v", std::move(value));
         set(std::move(key), t.get("v"), origin);
@@ -106,7 +120,8 @@ void add_file(layers& l, const toml::table& root, std::string_view origin) {
             l.error(origin, section, fmt::format("expected a table, got {}", type_name(v.type())));
             continue;
         }
-        for (auto&& [k2, v2] : *t) l.set(fmt::format("{}.{}", section, k2.str()), &v2, origin);
+        for (auto&& [k2, v2] : *t)
+            l.set(fmt::format("{}.{}", section, k2.str()), &v2, origin);
     }
 }
 
@@ -142,8 +157,10 @@ void add_set(layers& l, std::string_view arg) {
     constexpr std::string_view origin = "--set";
     auto eq = arg.find('=');
     auto trim = [](std::string_view s) {
-        while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-        while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+        while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+            s.remove_prefix(1);
+        while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+            s.remove_suffix(1);
         return s;
     };
     std::string_view key = eq == std::string_view::npos ? std::string_view{} : trim(arg.substr(0, eq));
@@ -166,8 +183,7 @@ class checker {
 public:
     explicit checker(layers& l) : l_(l) {}
 
-    template <typename T>
-    void integer(std::string_view key, T& field, int64_t lo, int64_t hi) {
+    template <typename T> void integer(std::string_view key, T& field, int64_t lo, int64_t hi) {
         auto e = take(key);
         if (!e) return;
         const auto* v = e->node->as_integer();
@@ -203,8 +219,7 @@ public:
 
     // check returns "" when the value is acceptable, else the reason.
     // Returns true when the key was given and accepted.
-    template <typename Check>
-    bool string(std::string_view key, std::string& field, Check check) {
+    template <typename Check> bool string(std::string_view key, std::string& field, Check check) {
         auto e = take(key);
         if (!e) return false;
         const auto* v = e->node->as_string();
@@ -249,7 +264,8 @@ public:
     }
 
     void report_unknown() {
-        for (auto& [key, e] : l_.entries) l_.error(e.origin, key, "unknown key");
+        for (auto& [key, e] : l_.entries)
+            l_.error(e.origin, key, "unknown key");
         l_.entries.clear();
     }
 
@@ -347,7 +363,8 @@ bool read_file(const std::string& path, std::string& out, std::string& why) {
     }
     char buf[65536];
     size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
+        out.append(buf, n);
     bool ok = !std::ferror(f);
     if (!ok) why = std::strerror(errno); // e.g. EISDIR: fopen succeeds on a directory, read fails
     std::fclose(f);
@@ -518,7 +535,8 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
     }
 
     // The dedicated flags come after --set so `--listen` wins over `--set mqtt.listen=...`.
-    for (const auto& s : sets) add_set(l, s);
+    for (const auto& s : sets)
+        add_set(l, s);
     if (o_listen->count() > 0) l.set_value("mqtt.listen", listen, "--listen");
     if (o_shards->count() > 0) {
         int64_t n = 0;

@@ -25,15 +25,15 @@ namespace ringmq::mqtt {
 // Parses from p[0..n). Returns need_more if the remaining-length varint is not complete yet,
 // malformed_remaining_length if it runs over 4 bytes or is not minimally encoded (MQTT-1.5.5-1).
 // Does not validate the packet type or the flags (decode_* do that).
-error parse_fixed_header(const uint8_t *p, size_t n, fixed_header &out);
+error parse_fixed_header(const uint8_t* p, size_t n, fixed_header& out);
 
 // packet_too_large when the whole packet (header + body) exceeds max_packet_size; lets a reader refuse before it
 // allocates a reassembly buffer.
-error check_packet_size(const fixed_header &h, uint32_t max_packet_size);
+error check_packet_size(const fixed_header& h, uint32_t max_packet_size);
 
 // Variable byte integer: same rules and results as parse_fixed_header's length; len = bytes consumed.
-error decode_varint(const uint8_t *p, size_t n, uint32_t &value, size_t &len);
-size_t encode_varint(uint32_t v, uint8_t *out); // returns bytes written (1..4)
+error decode_varint(const uint8_t* p, size_t n, uint32_t& value, size_t& len);
+size_t encode_varint(uint32_t v, uint8_t* out); // returns bytes written (1..4)
 size_t varint_size(uint32_t v);
 
 // True when a v5 reason code is one the spec lists for packet type t (CONNACK, PUBACK..PUBCOMP, SUBACK, UNSUBACK,
@@ -41,54 +41,54 @@ size_t varint_size(uint32_t v);
 bool valid_reason_code(packet_type t, uint8_t code);
 
 // `parsed` / `will_parsed`, when given, receive the v5 properties the decoder validated anyway, saving a re-parse.
-error decode_connect(std::span<const uint8_t> body, uint8_t flags, connect_view &out, properties *parsed = nullptr,
-                     properties *will_parsed = nullptr);
-error decode_publish(std::span<const uint8_t> body, uint8_t flags, protocol_version v, publish_view &out,
-                     properties *parsed = nullptr);
-error decode_ack(packet_type t, std::span<const uint8_t> body, uint8_t flags, protocol_version v, ack_view &out);
-error decode_subscribe(std::span<const uint8_t> body, uint8_t flags, protocol_version v, subscribe_view &out,
-                       properties *parsed = nullptr);
-error decode_unsubscribe(std::span<const uint8_t> body, uint8_t flags, protocol_version v, unsubscribe_view &out);
-error decode_connack(std::span<const uint8_t> body, uint8_t flags, protocol_version v, connack_view &out);
-error decode_suback(std::span<const uint8_t> body, uint8_t flags, protocol_version v, suback_view &out);
+error decode_connect(std::span<const uint8_t> body, uint8_t flags, connect_view& out, properties* parsed = nullptr,
+                     properties* will_parsed = nullptr);
+error decode_publish(std::span<const uint8_t> body, uint8_t flags, protocol_version v, publish_view& out,
+                     properties* parsed = nullptr);
+error decode_ack(packet_type t, std::span<const uint8_t> body, uint8_t flags, protocol_version v, ack_view& out);
+error decode_subscribe(std::span<const uint8_t> body, uint8_t flags, protocol_version v, subscribe_view& out,
+                       properties* parsed = nullptr);
+error decode_unsubscribe(std::span<const uint8_t> body, uint8_t flags, protocol_version v, unsubscribe_view& out);
+error decode_connack(std::span<const uint8_t> body, uint8_t flags, protocol_version v, connack_view& out);
+error decode_suback(std::span<const uint8_t> body, uint8_t flags, protocol_version v, suback_view& out);
 error decode_unsuback(std::span<const uint8_t> body, uint8_t flags, protocol_version v,
-                      suback_view &out); // codes empty for v3/v4
-error decode_disconnect(std::span<const uint8_t> body, uint8_t flags, protocol_version v, disconnect_view &out);
-error decode_auth(std::span<const uint8_t> body, uint8_t flags, protocol_version v, auth_view &out); // v5 only
+                      suback_view& out); // codes empty for v3/v4
+error decode_disconnect(std::span<const uint8_t> body, uint8_t flags, protocol_version v, disconnect_view& out);
+error decode_auth(std::span<const uint8_t> body, uint8_t flags, protocol_version v, auth_view& out); // v5 only
 // PINGREQ/PINGRESP (and v3/v4 DISCONNECT): flags 0, body empty.
 error decode_empty(packet_type t, std::span<const uint8_t> body, uint8_t flags);
 
 // Encoders append whole packets to out (used by the broker for control packets and by tests/tools).
 // encode_connect writes the flags exactly as given (so tests can build invalid packets); an empty protocol_name
 // means the standard one for the version.
-void encode_connect(std::vector<uint8_t> &out, const connect_view &c);
-void encode_connack(std::vector<uint8_t> &out, protocol_version v, bool session_present, uint8_t code,
+void encode_connect(std::vector<uint8_t>& out, const connect_view& c);
+void encode_connack(std::vector<uint8_t>& out, protocol_version v, bool session_present, uint8_t code,
                     std::span<const uint8_t> props = {});
-void encode_publish(std::vector<uint8_t> &out, protocol_version v, const publish_view &p);
+void encode_publish(std::vector<uint8_t>& out, protocol_version v, const publish_view& p);
 // PUBREL gets flags 0x2; v5 omits the reason code when it is 0 and there are no properties.
-void encode_ack(std::vector<uint8_t> &out, packet_type t, protocol_version v, uint16_t packet_id,
+void encode_ack(std::vector<uint8_t>& out, packet_type t, protocol_version v, uint16_t packet_id,
                 uint8_t reason_code = 0, std::span<const uint8_t> props = {});
-void encode_subscribe(std::vector<uint8_t> &out, protocol_version v, uint16_t packet_id,
+void encode_subscribe(std::vector<uint8_t>& out, protocol_version v, uint16_t packet_id,
                       std::span<const subscription> subs, std::span<const uint8_t> props = {});
-void encode_suback(std::vector<uint8_t> &out, protocol_version v, uint16_t packet_id, std::span<const uint8_t> codes,
+void encode_suback(std::vector<uint8_t>& out, protocol_version v, uint16_t packet_id, std::span<const uint8_t> codes,
                    std::span<const uint8_t> props = {});
-void encode_unsubscribe(std::vector<uint8_t> &out, protocol_version v, uint16_t packet_id,
+void encode_unsubscribe(std::vector<uint8_t>& out, protocol_version v, uint16_t packet_id,
                         std::span<const std::string_view> filters, std::span<const uint8_t> props = {});
 // v3/v4 UNSUBACK carries no codes; they are ignored.
-void encode_unsuback(std::vector<uint8_t> &out, protocol_version v, uint16_t packet_id, std::span<const uint8_t> codes,
+void encode_unsuback(std::vector<uint8_t>& out, protocol_version v, uint16_t packet_id, std::span<const uint8_t> codes,
                      std::span<const uint8_t> props = {});
-void encode_pingreq(std::vector<uint8_t> &out);
-void encode_pingresp(std::vector<uint8_t> &out);
+void encode_pingreq(std::vector<uint8_t>& out);
+void encode_pingresp(std::vector<uint8_t>& out);
 // v3/v4 DISCONNECT is always empty; v5 omits the reason code when it is 0 and there are no properties.
-void encode_disconnect(std::vector<uint8_t> &out, protocol_version v, uint8_t reason_code = 0,
+void encode_disconnect(std::vector<uint8_t>& out, protocol_version v, uint8_t reason_code = 0,
                        std::span<const uint8_t> props = {});
-void encode_auth(std::vector<uint8_t> &out, uint8_t reason_code, std::span<const uint8_t> props = {}); // v5 only
+void encode_auth(std::vector<uint8_t>& out, uint8_t reason_code, std::span<const uint8_t> props = {}); // v5 only
 
 // For zero-copy fan-out: writes the PUBLISH fixed header + 2-byte topic length into out (needs <= 7 bytes) and
 // returns the size. remaining_length = 2 + topic_len + (qos ? 2 : 0) + props_block_len (v5) + payload_len; caller
 // supplies it.
 inline constexpr size_t max_publish_prefix = 7;
-size_t encode_publish_prefix(uint8_t *out, uint8_t qos, bool retain, bool dup, uint32_t remaining_length,
+size_t encode_publish_prefix(uint8_t* out, uint8_t qos, bool retain, bool dup, uint32_t remaining_length,
                              uint16_t topic_len);
 
 } // namespace ringmq::mqtt

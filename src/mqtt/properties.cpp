@@ -70,19 +70,17 @@ struct raw_value {
     std::span<const uint8_t> bin;
 };
 
-error read_value(detail::reader &r, value_kind kind, raw_value &v) {
+error read_value(detail::reader& r, value_kind kind, raw_value& v) {
     switch (kind) {
     case value_kind::byte: {
         uint8_t b;
-        if (!r.u8(b))
-            return error::malformed;
+        if (!r.u8(b)) return error::malformed;
         v.num = b;
         return error::none;
     }
     case value_kind::u16: {
         uint16_t x;
-        if (!r.u16(x))
-            return error::malformed;
+        if (!r.u16(x)) return error::malformed;
         v.num = x;
         return error::none;
     }
@@ -91,14 +89,12 @@ error read_value(detail::reader &r, value_kind kind, raw_value &v) {
     case value_kind::varint:
         return r.varint(v.num) ? error::none : error::malformed;
     case value_kind::utf8:
-        if (!r.string(v.str))
-            return error::malformed;
+        if (!r.string(v.str)) return error::malformed;
         return valid_utf8(v.str) ? error::none : error::bad_utf8;
     case value_kind::binary:
         return r.binary(v.bin) ? error::none : error::malformed;
     case value_kind::pair:
-        if (!r.string(v.str) || !r.string(v.str2))
-            return error::malformed;
+        if (!r.string(v.str) || !r.string(v.str2)) return error::malformed;
         return valid_utf8(v.str) && valid_utf8(v.str2) ? error::none : error::bad_utf8;
     case value_kind::none:
         break;
@@ -128,7 +124,7 @@ bool value_allowed(property_id id, uint32_t v) {
     }
 }
 
-void store(property_id id, const raw_value &v, properties &out) {
+void store(property_id id, const raw_value& v, properties& out) {
     auto u8 = static_cast<uint8_t>(v.num);
     auto u16 = static_cast<uint16_t>(v.num);
     switch (id) {
@@ -218,7 +214,7 @@ void store(property_id id, const raw_value &v, properties &out) {
 
 } // namespace
 
-error parse_properties(std::span<const uint8_t> block, packet_type t, bool for_will, properties &out) {
+error parse_properties(std::span<const uint8_t> block, packet_type t, bool for_will, properties& out) {
     out = properties{};
     const uint32_t mask = for_will ? will_bit : bit(t);
     uint64_t seen = 0;
@@ -226,28 +222,21 @@ error parse_properties(std::span<const uint8_t> block, packet_type t, bool for_w
     while (!r.empty()) {
         // The identifier is a varint on the wire even though every defined one fits in a byte.
         uint32_t raw_id;
-        if (!r.varint(raw_id))
-            return error::malformed;
-        if (raw_id >= rules.size() || rules[raw_id].kind == value_kind::none)
-            return error::bad_property;
-        const property_rule &rule = rules[raw_id];
-        if ((rule.allowed & mask) == 0)
-            return error::bad_property;
+        if (!r.varint(raw_id)) return error::malformed;
+        if (raw_id >= rules.size() || rules[raw_id].kind == value_kind::none) return error::bad_property;
+        const property_rule& rule = rules[raw_id];
+        if ((rule.allowed & mask) == 0) return error::bad_property;
         auto id = static_cast<property_id>(raw_id);
         // Subscription identifiers repeat only in a PUBLISH the server built from several matching subscriptions;
         // in SUBSCRIBE a second one is a Protocol Error.
         bool may_repeat = id == property_id::user_property ||
                           (id == property_id::subscription_identifier && t == packet_type::publish && !for_will);
-        if (!may_repeat && (seen & (uint64_t{1} << raw_id)))
-            return error::bad_property;
+        if (!may_repeat && (seen & (uint64_t{1} << raw_id))) return error::bad_property;
         seen |= uint64_t{1} << raw_id;
         raw_value v;
-        if (error e = read_value(r, rule.kind, v); e != error::none)
-            return e;
-        if (!value_allowed(id, v.num))
-            return error::bad_property;
-        if (id == property_id::response_topic && !valid_topic_name(v.str))
-            return error::bad_topic;
+        if (error e = read_value(r, rule.kind, v); e != error::none) return e;
+        if (!value_allowed(id, v.num)) return error::bad_property;
+        if (id == property_id::response_topic && !valid_topic_name(v.str)) return error::bad_topic;
         store(id, v, out);
     }
     return error::none;
@@ -256,32 +245,32 @@ error parse_properties(std::span<const uint8_t> block, packet_type t, bool for_w
 namespace {
 
 // Walks a properties value in identifier order; Sink decides whether bytes are counted or appended.
-template <typename Sink> void emit_all(const properties &p, Sink &s) {
-    auto byte = [&](property_id id, const std::optional<uint8_t> &v) {
+template <typename Sink> void emit_all(const properties& p, Sink& s) {
+    auto byte = [&](property_id id, const std::optional<uint8_t>& v) {
         if (v) {
             s.id(id);
             s.u8(*v);
         }
     };
-    auto u16 = [&](property_id id, const std::optional<uint16_t> &v) {
+    auto u16 = [&](property_id id, const std::optional<uint16_t>& v) {
         if (v) {
             s.id(id);
             s.u16(*v);
         }
     };
-    auto u32 = [&](property_id id, const std::optional<uint32_t> &v) {
+    auto u32 = [&](property_id id, const std::optional<uint32_t>& v) {
         if (v) {
             s.id(id);
             s.u32(*v);
         }
     };
-    auto str = [&](property_id id, const std::optional<std::string_view> &v) {
+    auto str = [&](property_id id, const std::optional<std::string_view>& v) {
         if (v) {
             s.id(id);
             s.str(*v);
         }
     };
-    auto bin = [&](property_id id, const std::optional<std::span<const uint8_t>> &v) {
+    auto bin = [&](property_id id, const std::optional<std::span<const uint8_t>>& v) {
         if (v) {
             s.id(id);
             s.bin(*v);
@@ -313,7 +302,7 @@ template <typename Sink> void emit_all(const properties &p, Sink &s) {
     u16(pid::topic_alias, p.topic_alias);
     byte(pid::maximum_qos, p.maximum_qos);
     byte(pid::retain_available, p.retain_available);
-    for (const auto &[k, v] : p.user_properties) {
+    for (const auto& [k, v] : p.user_properties) {
         s.id(pid::user_property);
         s.str(k);
         s.str(v);
@@ -338,7 +327,7 @@ struct size_sink {
 
 // Appends the bytes to a vector.
 struct write_sink {
-    std::vector<uint8_t> &out;
+    std::vector<uint8_t>& out;
     void id(property_id i) { detail::put_u8(out, static_cast<uint8_t>(i)); }
     void u8(uint8_t v) { detail::put_u8(out, v); }
     void u16(uint16_t v) { detail::put_u16(out, v); }
@@ -350,13 +339,13 @@ struct write_sink {
 
 } // namespace
 
-size_t properties_size(const properties &p) {
+size_t properties_size(const properties& p) {
     size_sink s;
     emit_all(p, s);
     return s.n;
 }
 
-void encode_properties(std::vector<uint8_t> &out, const properties &p) {
+void encode_properties(std::vector<uint8_t>& out, const properties& p) {
     size_t n = properties_size(p);
     out.reserve(out.size() + varint_size(static_cast<uint32_t>(n)) + n);
     detail::put_varint(out, static_cast<uint32_t>(n));

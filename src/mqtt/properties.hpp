@@ -65,12 +65,12 @@ struct properties {
 //                subscription identifier 0, topic alias 0)
 //   bad_utf8     a string or user property that is not valid MQTT UTF-8
 //   bad_topic    a response topic containing wildcards
-error parse_properties(std::span<const uint8_t> block, packet_type t, bool for_will, properties &out);
+error parse_properties(std::span<const uint8_t> block, packet_type t, bool for_will, properties& out);
 
 // Size of the block encode_properties writes, excluding its length varint.
-size_t properties_size(const properties &p);
+size_t properties_size(const properties& p);
 
 // Appends the length varint followed by the block, properties in identifier order.
-void encode_properties(std::vector<uint8_t> &out, const properties &p);
+void encode_properties(std::vector<uint8_t>& out, const properties& p);
 
 } // namespace ringmq::mqtt

@@ -32,8 +32,8 @@ enum class packet_type : uint8_t {
 // The numeric value is the CONNECT protocol level byte.
 enum class protocol_version : uint8_t { v31 = 3, v311 = 4, v5 = 5 };
 
-const char *to_string(packet_type t);
-const char *to_string(protocol_version v);
+const char* to_string(packet_type t);
+const char* to_string(protocol_version v);
 
 // Decode outcome. Peer input never asserts or throws: every problem in the bytes is one of these values, and the
 // broker maps it to a CONNACK/DISCONNECT code (as the version allows) and closes.
@@ -56,7 +56,7 @@ enum class error : uint8_t {
     packet_too_large,
 };
 
-const char *to_string(error e);
+const char* to_string(error e);
 
 // The first 2..5 bytes of every packet, as parsed by parse_fixed_header. A plain value.
 struct fixed_header {

@@ -26,6 +26,6 @@ bool is_shared_filter(std::string_view s);
 
 // Splits "$share/group/filter" into group and filter. False when the group is empty or contains '+', '#' or '/',
 // or the filter part is missing or not a valid topic filter (MQTT 4.8.2).
-bool parse_shared_filter(std::string_view s, std::string_view &group, std::string_view &filter);
+bool parse_shared_filter(std::string_view s, std::string_view& group, std::string_view& filter);
 
 } // namespace ringmq::mqtt

@@ -10,8 +10,7 @@
 
 namespace ringmq::reactor {
 
-template <typename T>
-class spsc_queue {
+template <typename T> class spsc_queue {
     static_assert(std::is_trivially_copyable_v<T>);
 
 public:
@@ -43,8 +42,7 @@ public:
         return tail_.load(std::memory_order_seq_cst) == head_.load(std::memory_order_relaxed);
     }
     // Calls f(item) for up to max items; returns how many were taken.
-    template <typename F>
-    size_t drain(F&& f, size_t max) {
+    template <typename F> size_t drain(F&& f, size_t max) {
         uint32_t head = head_.load(std::memory_order_relaxed);
         uint32_t tail = tail_.load(std::memory_order_acquire);
         size_t n = 0;

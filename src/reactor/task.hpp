@@ -8,15 +8,13 @@
 
 namespace ringmq::reactor {
 
-template <typename T>
-class task;
+template <typename T> class task;
 
 namespace detail {
 
 struct final_awaiter {
     bool await_ready() const noexcept { return false; }
-    template <typename P>
-    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
+    template <typename P> std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
         auto c = h.promise().continuation;
         return c ? c : std::noop_coroutine();
     }
@@ -33,16 +31,12 @@ struct promise_base {
 
 } // namespace detail
 
-template <typename T = void>
-class [[nodiscard]] task {
+template <typename T = void> class [[nodiscard]] task {
 public:
     struct promise_type : detail::promise_base {
         std::optional<T> value;
         task get_return_object() noexcept { return task{std::coroutine_handle<promise_type>::from_promise(*this)}; }
-        template <typename U>
-        void return_value(U&& v) {
-            value.emplace(std::forward<U>(v));
-        }
+        template <typename U> void return_value(U&& v) { value.emplace(std::forward<U>(v)); }
     };
 
     task(task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
@@ -72,8 +66,7 @@ private:
     std::coroutine_handle<promise_type> h_;
 };
 
-template <>
-class [[nodiscard]] task<void> {
+template <> class [[nodiscard]] task<void> {
 public:
     struct promise_type : detail::promise_base {
         task get_return_object() noexcept { return task{std::coroutine_handle<promise_type>::from_promise(*this)}; }

@@ -62,7 +62,8 @@ void topic_trie::adopt_root_children() {
     if (root_.plus) root_.plus->parent = &root_;
     if (root_.hash) root_.hash->parent = &root_;
     if (root_.children)
-        for (auto& [level, child] : *root_.children) child->parent = &root_;
+        for (auto& [level, child] : *root_.children)
+            child->parent = &root_;
 }
 
 void topic_trie::clear() {
@@ -72,7 +73,8 @@ void topic_trie::clear() {
         if (n.plus) doomed.push_back(std::move(n.plus));
         if (n.hash) doomed.push_back(std::move(n.hash));
         if (n.children) {
-            for (auto& [level, child] : *n.children) doomed.push_back(std::move(child));
+            for (auto& [level, child] : *n.children)
+                doomed.push_back(std::move(child));
             n.children.reset();
         }
     };
@@ -181,7 +183,8 @@ bool topic_trie::unsubscribe(std::string_view filter, subscriber_id sub, bool* f
     if (filter_became_idle) *filter_became_idle = false;
     node* n = find_node(filter);
     if (!n) return false;
-    auto it = std::find_if(n->locals.begin(), n->locals.end(), [sub](const subscriber_entry& e) { return e.sub == sub; });
+    auto it =
+        std::find_if(n->locals.begin(), n->locals.end(), [sub](const subscriber_entry& e) { return e.sub == sub; });
     if (it == n->locals.end()) return false;
     // Delivery order across subscribers of one filter is not specified, so swap-and-pop instead of shifting.
     *it = n->locals.back();

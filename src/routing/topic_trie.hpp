@@ -56,8 +56,7 @@ public:
     // filter matching `topic` (a subscriber with two overlapping filters is reported twice; the caller dedups).
     // Returns the OR of the remote-shard bitmasks of all matching filters. Does not allocate. Recursion depth is at
     // most the number of levels of the deepest matching filter, so the broker should cap filter levels.
-    template <class F>
-    uint64_t match(std::string_view topic, F&& on_local) const;
+    template <class F> uint64_t match(std::string_view topic, F&& on_local) const;
 
     // Returns whether a filter currently has any local subscriber.
     bool has_local(std::string_view filter) const;
@@ -69,8 +68,7 @@ public:
     bool empty() const { return node_count_ == 0; }
 
     // Visit every filter that has local subscribers: f(std::string_view filter, size_t n_local). For route listing.
-    template <class F>
-    void for_each_local_filter(F&& f) const;
+    template <class F> void for_each_local_filter(F&& f) const;
 
     // Drops every subscription and remote bit.
     void clear();
@@ -116,7 +114,8 @@ private:
 
     static void report(const node& n, uint64_t& mask, auto& on_local) {
         mask |= n.remote;
-        for (const subscriber_entry& e : n.locals) on_local(e, std::string_view(n.filter));
+        for (const subscriber_entry& e : n.locals)
+            on_local(e, std::string_view(n.filter));
     }
 
     // Matches the levels still in `rest` (`done` = no level left) below n. Descends the exact child in a loop and
@@ -155,8 +154,7 @@ private:
     size_t node_count_ = 0;
 };
 
-template <class F>
-uint64_t topic_trie::match(std::string_view topic, F&& on_local) const {
+template <class F> uint64_t topic_trie::match(std::string_view topic, F&& on_local) const {
     uint64_t mask = 0;
     const node* root = &root_;
     if (!topic.empty() && topic.front() == '$') {
@@ -176,8 +174,7 @@ uint64_t topic_trie::match(std::string_view topic, F&& on_local) const {
     return mask;
 }
 
-template <class F>
-void topic_trie::for_each_local_filter(F&& f) const {
+template <class F> void topic_trie::for_each_local_filter(F&& f) const {
     // Explicit stack: route listing is not a hot path, and this keeps a pathologically deep trie off the C++ stack.
     std::vector<const node*> stack{&root_};
     while (!stack.empty()) {
@@ -187,7 +184,8 @@ void topic_trie::for_each_local_filter(F&& f) const {
         if (n->hash) stack.push_back(n->hash.get());
         if (n->plus) stack.push_back(n->plus.get());
         if (n->children)
-            for (const auto& [level, child] : *n->children) stack.push_back(child.get());
+            for (const auto& [level, child] : *n->children)
+                stack.push_back(child.get());
     }
 }
 

@@ -15,20 +15,16 @@ bool parse_level(std::string_view s, level& out);
 void set_shard_tag(int shard); // per-thread tag printed in each line; -1 = main, -2 = admin
 void write(level l, std::string_view msg);
 
-template <typename... Args>
-void debug(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args> void debug(fmt::format_string<Args...> f, Args&&... args) {
     if (current_level() <= level::debug) write(level::debug, fmt::format(f, std::forward<Args>(args)...));
 }
-template <typename... Args>
-void info(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args> void info(fmt::format_string<Args...> f, Args&&... args) {
     if (current_level() <= level::info) write(level::info, fmt::format(f, std::forward<Args>(args)...));
 }
-template <typename... Args>
-void warn(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args> void warn(fmt::format_string<Args...> f, Args&&... args) {
     if (current_level() <= level::warn) write(level::warn, fmt::format(f, std::forward<Args>(args)...));
 }
-template <typename... Args>
-void error(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args> void error(fmt::format_string<Args...> f, Args&&... args) {
     if (current_level() <= level::error) write(level::error, fmt::format(f, std::forward<Args>(args)...));
 }
 

@@ -149,7 +149,8 @@ protected:
     static load_result run(std::vector<std::string> args, std::ostream& out) {
         args.insert(args.begin(), "ringmq");
         std::vector<const char*> argv;
-        for (auto& a : args) argv.push_back(a.c_str());
+        for (auto& a : args)
+            argv.push_back(a.c_str());
         argv.push_back(nullptr);
         return load(static_cast<int>(args.size()), argv.data(), out);
     }

@@ -14,7 +14,7 @@ struct length_case {
 class remaining_length_boundaries : public ::testing::TestWithParam<length_case> {};
 
 TEST_P(remaining_length_boundaries, encodes_minimally) {
-    const auto &c = GetParam();
+    const auto& c = GetParam();
     uint8_t buf[4] = {};
     size_t n = encode_varint(c.value, buf);
     EXPECT_EQ(bytes(buf, buf + n), c.encoded);
@@ -22,7 +22,7 @@ TEST_P(remaining_length_boundaries, encodes_minimally) {
 }
 
 TEST_P(remaining_length_boundaries, parses_in_fixed_header) {
-    const auto &c = GetParam();
+    const auto& c = GetParam();
     bytes pkt = cat({B({0x30}), c.encoded});
     fixed_header h{};
     ASSERT_EQ(parse_fixed_header(pkt.data(), pkt.size(), h), error::none);
@@ -33,7 +33,7 @@ TEST_P(remaining_length_boundaries, parses_in_fixed_header) {
 }
 
 TEST_P(remaining_length_boundaries, every_proper_prefix_needs_more) {
-    const auto &c = GetParam();
+    const auto& c = GetParam();
     bytes pkt = cat({B({0x30}), c.encoded});
     for (size_t n = 0; n < pkt.size(); ++n) {
         fixed_header h{};

@@ -45,7 +45,7 @@ TEST(golden_connect, v311_spec_example_decodes) {
     EXPECT_TRUE(c.properties.empty());
     EXPECT_TRUE(c.will_properties.empty());
     // Views point into the caller's buffer, not copies.
-    EXPECT_EQ(reinterpret_cast<const uint8_t *>(c.client_id.data()), connect_v311.data() + 14);
+    EXPECT_EQ(reinterpret_cast<const uint8_t*>(c.client_id.data()), connect_v311.data() + 14);
 }
 
 TEST(golden_connect, v311_spec_example_encodes) {
@@ -378,7 +378,7 @@ TEST_P(golden_acks, v5_reason_with_empty_property_length) {
 INSTANTIATE_TEST_SUITE_P(all, golden_acks,
                          ::testing::Values(ack_case{packet_type::puback, 0x40}, ack_case{packet_type::pubrec, 0x50},
                                            ack_case{packet_type::pubrel, 0x62}, ack_case{packet_type::pubcomp, 0x70}),
-                         [](const auto &info) { return std::string(to_string(info.param.t)); });
+                         [](const auto& info) { return std::string(to_string(info.param.t)); });
 
 // ---- SUBSCRIBE / SUBACK ----------------------------------------------------------------------------------------
 

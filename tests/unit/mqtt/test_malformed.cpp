@@ -14,21 +14,21 @@ constexpr auto v311 = protocol_version::v311;
 constexpr auto v5 = protocol_version::v5;
 
 // CONNECT body builder: name, level, flags, keepalive 60, then the given tail.
-bytes connect_body(std::string_view name, uint8_t level, uint8_t cflags, const bytes &tail) {
+bytes connect_body(std::string_view name, uint8_t level, uint8_t cflags, const bytes& tail) {
     return cat({str(name), B({level, cflags, 0x00, 0x3C}), tail});
 }
 
-error connect_err(const bytes &body, uint8_t flags = 0) {
+error connect_err(const bytes& body, uint8_t flags = 0) {
     connect_view c{};
     return decode_connect(body, flags, c);
 }
 
-error publish_err(uint8_t flags, const bytes &body, protocol_version v) {
+error publish_err(uint8_t flags, const bytes& body, protocol_version v) {
     publish_view p{};
     return decode_publish(body, flags, v, p);
 }
 
-error subscribe_err(const bytes &body, protocol_version v, uint8_t flags = 0x2) {
+error subscribe_err(const bytes& body, protocol_version v, uint8_t flags = 0x2) {
     subscribe_view s{};
     return decode_subscribe(body, flags, v, s);
 }
@@ -171,13 +171,13 @@ TEST(zero_packet_id, suback_and_unsuback) {
 // ---- Invalid UTF-8 -----------------------------------------------------------------------------------------------
 
 struct utf8_case {
-    const char *name;
+    const char* name;
     bytes seq;
 };
 
 class bad_utf8_topic : public ::testing::TestWithParam<utf8_case> {};
 
-bytes topic_with(const bytes &seq) {
+bytes topic_with(const bytes& seq) {
     bytes t = cat({B({'a', '/'}), seq, B({'/', 'b'})});
     return cat({B({0x00, static_cast<int>(t.size())}), t});
 }
@@ -208,7 +208,7 @@ INSTANTIATE_TEST_SUITE_P(
                       utf8_case{"nul", B({0x00})}, utf8_case{"truncated_3byte", B({0xE2, 0x82})},
                       utf8_case{"above_10ffff", B({0xF4, 0x90, 0x80, 0x80})},
                       utf8_case{"f5_lead", B({0xF5, 0x80, 0x80, 0x80})}, utf8_case{"ff", B({0xFF})}),
-    [](const auto &info) { return std::string(info.param.name); });
+    [](const auto& info) { return std::string(info.param.name); });
 
 TEST(bad_utf8, connect_username) {
     // username flag + clean session
@@ -607,7 +607,7 @@ TEST(robustness, random_bodies_never_crash) {
     std::mt19937 rng(12345);
     for (int i = 0; i < 20000; ++i) {
         bytes body(rng() % 40);
-        for (auto &b : body)
+        for (auto& b : body)
             b = static_cast<uint8_t>(rng());
         auto v = static_cast<protocol_version>(3 + rng() % 3);
         auto flags = static_cast<uint8_t>(rng() % 16);

@@ -7,7 +7,7 @@ namespace ringmq::mqtt::test {
 namespace {
 
 // encode_properties writes the length varint; parse_properties wants the block after it.
-std::span<const uint8_t> block_of(const bytes &encoded) {
+std::span<const uint8_t> block_of(const bytes& encoded) {
     uint32_t len = 0;
     size_t n = 0;
     EXPECT_EQ(decode_varint(encoded.data(), encoded.size(), len, n), error::none);

@@ -14,9 +14,9 @@
 #include <vector>
 
 namespace ringmq::mqtt {
-inline void PrintTo(error e, std::ostream *os) { *os << to_string(e); }
-inline void PrintTo(packet_type t, std::ostream *os) { *os << to_string(t); }
-inline void PrintTo(protocol_version v, std::ostream *os) { *os << to_string(v); }
+inline void PrintTo(error e, std::ostream* os) { *os << to_string(e); }
+inline void PrintTo(packet_type t, std::ostream* os) { *os << to_string(t); }
+inline void PrintTo(protocol_version v, std::ostream* os) { *os << to_string(v); }
 } // namespace ringmq::mqtt
 
 namespace ringmq::mqtt::test {
@@ -33,7 +33,7 @@ inline bytes B(std::initializer_list<int> l) {
 // Concatenates byte vectors; lets tests write a packet as named pieces.
 inline bytes cat(std::initializer_list<bytes> parts) {
     bytes out;
-    for (const auto &p : parts)
+    for (const auto& p : parts)
         out.insert(out.end(), p.begin(), p.end());
     return out;
 }
@@ -46,7 +46,7 @@ inline bytes str(std::string_view s) {
 }
 
 inline std::span<const uint8_t> span_of(std::string_view s) {
-    return {reinterpret_cast<const uint8_t *>(s.data()), s.size()};
+    return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
 inline std::string as_string(std::span<const uint8_t> s) { return {s.begin(), s.end()}; }
@@ -57,7 +57,7 @@ struct framed {
     std::span<const uint8_t> body;
 };
 
-inline framed frame(const bytes &b) {
+inline framed frame(const bytes& b) {
     framed f;
     EXPECT_EQ(parse_fixed_header(b.data(), b.size(), f.h), error::none);
     EXPECT_EQ(size_t{f.h.header_len} + f.h.remaining_length, b.size()) << "remaining length does not match";
@@ -66,7 +66,7 @@ inline framed frame(const bytes &b) {
 }
 
 // Builds a packet from a first byte and a body, computing the remaining length.
-inline bytes packet(uint8_t first, const bytes &body) {
+inline bytes packet(uint8_t first, const bytes& body) {
     bytes out{first};
     uint8_t len[4];
     size_t n = encode_varint(static_cast<uint32_t>(body.size()), len);
