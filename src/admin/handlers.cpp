@@ -149,10 +149,15 @@ bool parse_body(const http_request& req, body_params& b, http_response& resp) {
 
 enum class pstat { ok, missing, wrong_type };
 
+// Looks a key up in the body: missing when there is no body or no such key.
+pstat find_param(const body_params& b, const char* key, simdjson::dom::element& e) {
+    if (!b.has || b.obj.at_key(key).get(e) != simdjson::SUCCESS) return pstat::missing;
+    return pstat::ok;
+}
+
 pstat get_string(const body_params& b, const char* key, std::string& out) {
-    if (!b.has) return pstat::missing;
     simdjson::dom::element e;
-    if (b.obj.at_key(key).get(e) != simdjson::SUCCESS) return pstat::missing;
+    if (find_param(b, key, e) != pstat::ok) return pstat::missing;
     std::string_view v;
     if (e.get_string().get(v) != simdjson::SUCCESS) return pstat::wrong_type;
     out = std::string(v);
@@ -160,19 +165,15 @@ pstat get_string(const body_params& b, const char* key, std::string& out) {
 }
 
 pstat get_bool(const body_params& b, const char* key, bool& out) {
-    if (!b.has) return pstat::missing;
     simdjson::dom::element e;
-    if (b.obj.at_key(key).get(e) != simdjson::SUCCESS) return pstat::missing;
-    if (e.get_bool().get(out) != simdjson::SUCCESS) return pstat::wrong_type;
-    return pstat::ok;
+    if (find_param(b, key, e) != pstat::ok) return pstat::missing;
+    return e.get_bool().get(out) == simdjson::SUCCESS ? pstat::ok : pstat::wrong_type;
 }
 
 pstat get_int(const body_params& b, const char* key, int64_t& out) {
-    if (!b.has) return pstat::missing;
     simdjson::dom::element e;
-    if (b.obj.at_key(key).get(e) != simdjson::SUCCESS) return pstat::missing;
-    if (e.get_int64().get(out) != simdjson::SUCCESS) return pstat::wrong_type;
-    return pstat::ok;
+    if (find_param(b, key, e) != pstat::ok) return pstat::missing;
+    return e.get_int64().get(out) == simdjson::SUCCESS ? pstat::ok : pstat::wrong_type;
 }
 
 // Checks mandatory parameters in order: any missing -> 107, then any of the wrong type -> 108. Variadic rather than
@@ -575,6 +576,18 @@ reactor::task<void> server::kick(const std::string& id, http_response& resp) {
 
 // --- routes ------------------------------------------------------------------------------------------------------
 
+// A route is a filter with a subscriber on some shard; the node-wide table is the sorted union of the shards'.
+reactor::task<void> server::node_routes(std::vector<std::string>& out) {
+    std::vector<std::vector<std::string>> per(node_.mqtt_shards);
+    const shard_fn fn = [&per](broker::shard_control& c) { c.local_routes(per[c.shard_id()]); };
+    co_await on_all(fn);
+    out.clear();
+    for (auto& v : per)
+        out.insert(out.end(), std::make_move_iterator(v.begin()), std::make_move_iterator(v.end()));
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+}
+
 reactor::task<void> server::routes(const http_request& req, const std::string* topic, http_response& resp) {
     int64_t page = 0, size = 0;
     std::string why;
@@ -582,15 +595,8 @@ reactor::task<void> server::routes(const http_request& req, const std::string* t
         not_found(resp, why);
         co_return;
     }
-    // A route is a filter with a subscriber on some shard; the node-wide table is the union of the shards'.
-    std::vector<std::vector<std::string>> per(node_.mqtt_shards);
-    const shard_fn fn5 = [&per](broker::shard_control& c) { c.local_routes(per[c.shard_id()]); };
-    co_await on_all(fn5);
     std::vector<std::string> all;
-    for (auto& v : per)
-        all.insert(all.end(), v.begin(), v.end());
-    std::sort(all.begin(), all.end());
-    all.erase(std::unique(all.begin(), all.end()), all.end());
+    co_await node_routes(all);
     json_writer w;
     w.begin_object();
     if (topic) {
@@ -823,14 +829,9 @@ reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
     rows.emplace_back("retained/count", rc);
     rows.emplace_back("retained/max", rm);
     // Routes: the union of the shards' filters is not a sum; count it exactly.
-    std::vector<std::vector<std::string>> per(node_.mqtt_shards);
-    const shard_fn fn8 = [&per](broker::shard_control& sc) { sc.local_routes(per[sc.shard_id()]); };
-    co_await on_all(fn8);
     std::vector<std::string> all;
-    for (auto& v : per)
-        all.insert(all.end(), v.begin(), v.end());
-    std::sort(all.begin(), all.end());
-    const uint64_t routes = static_cast<uint64_t>(std::unique(all.begin(), all.end()) - all.begin());
+    co_await node_routes(all);
+    const uint64_t routes = all.size();
     uint64_t routes_max = routes;
     for (const auto& s : snaps)
         routes_max = std::max(routes_max, s.s.routes.max);

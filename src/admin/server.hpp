@@ -94,6 +94,7 @@ private:
     void users_api(const http_request& req, const std::vector<std::string>& seg, http_response& resp);
     void auth_api(const http_request& req, http_response& resp);
     reactor::task<void> collect(std::vector<broker::shard_snapshot>& out);
+    reactor::task<void> node_routes(std::vector<std::string>& out);
 
     broker::node& node_;
     const config::config& cfg_;

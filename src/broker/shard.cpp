@@ -318,17 +318,16 @@ void shard::tick(int64_t now) {
     update_gauges();
 }
 
-void shard::update_gauges() {
-    size_t connected = 0;
-    for (auto& [id, c] : conns_)
-        if (c->st == connection::state::connected) ++connected;
-    st_.clients.set(connected);
-    st_.sessions.set(sessions_.size());
-    st_.subscribers.set(trie_.subscription_count());
-    st_.subscriptions.set(trie_.subscription_count());
-    st_.routes.set(trie_.filter_count());
-    st_.topics.set(trie_.filter_count());
-    st_.retained.set(retained_.size());
+void shard::update_gauges() { fill_gauges(st_); }
+
+void shard::fill_gauges(stats& s) const {
+    s.clients.set(connected_);
+    s.sessions.set(sessions_.size());
+    s.subscribers.set(trie_.subscription_count());
+    s.subscriptions.set(trie_.subscription_count());
+    s.routes.set(trie_.filter_count());
+    s.topics.set(trie_.filter_count());
+    s.retained.set(retained_.size());
 }
 
 void shard::begin_shutdown() {
@@ -570,6 +569,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
 void shard::close(connection& c, const char* reason, bool publish_will) {
     if (c.st == connection::state::closing) return;
     const bool was_connected = c.st == connection::state::connected;
+    if (was_connected) --connected_;
     c.st = connection::state::closing;
     // Reasons are short tokens (EMQ X shutdown reasons where one exists); a DISCONNECT is a normal exit, not counted.
     if (std::strcmp(reason, "normal") != 0) ++st_.closed_by_reason[reason];
@@ -742,6 +742,7 @@ void shard::attach_session(connection& c, bool clean) {
     slot->conn = &c;
     c.slot = slot;
     c.st = connection::state::connected;
+    ++connected_;
     scratch_.clear();
     mqtt::encode_connack(scratch_, c.ver, present, 0);
     send_control(c, scratch_);
@@ -1193,13 +1194,6 @@ session_row make_session_row(const session_slot& slot) {
 
 } // namespace
 
-size_t shard::client_count() const {
-    size_t n = 0;
-    for (const auto& [id, c] : conns_)
-        if (c->st == connection::state::connected) ++n;
-    return n;
-}
-
 void shard::clients(size_t offset, size_t limit, std::vector<client_row>& out) const {
     size_t i = 0;
     for (const auto& [id, c] : conns_) {
@@ -1287,13 +1281,7 @@ void shard::publish(std::string_view topic, std::span<const uint8_t> payload, ui
 void shard::snapshot(shard_snapshot& out) const {
     out.m = m_;
     out.s = st_;
-    out.s.clients.set(client_count());
-    out.s.sessions.set(sessions_.size());
-    out.s.subscribers.set(trie_.subscription_count());
-    out.s.subscriptions.set(trie_.subscription_count());
-    out.s.routes.set(trie_.filter_count());
-    out.s.topics.set(trie_.filter_count());
-    out.s.retained.set(retained_.size());
+    fill_gauges(out.s);
     out.connections = conns_.size();
 }
 

@@ -184,7 +184,7 @@ public:
 
     // shard_control (admin facade), on this shard's thread
     unsigned shard_id() const override { return id_; }
-    size_t client_count() const override;
+    size_t client_count() const override { return connected_; }
     void clients(size_t offset, size_t limit, std::vector<client_row>& out) const override;
     bool client(std::string_view id, client_row& out) const override;
     size_t session_count() const override { return sessions_.size(); }
@@ -275,6 +275,7 @@ private:
     void remove_subscription(session_slot& slot, const std::string& filter);
     void drop_session(session_slot* slot);
     void update_gauges();
+    void fill_gauges(stats& s) const;
 
     node& node_;
     const config::config& cfg_;
@@ -293,6 +294,7 @@ private:
     reactor::gate gate_;
 
     uint64_t next_conn_id_ = 1;
+    size_t connected_ = 0; // connections in CONNECTED state
     std::unordered_map<uint64_t, std::unique_ptr<connection>> conns_;
     std::vector<connection*> dirty_;
     std::vector<connection*> rearm_;

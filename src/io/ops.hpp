@@ -10,17 +10,40 @@
 
 namespace ringmq::io {
 
-// recv with an optional idle timeout (a linked timeout: -ECANCELED when it fires).
-class recv_some final : completion {
+// Shared part of the one-shot awaiters: the completion record that stores the result and resumes the coroutine.
+class socket_op : protected completion {
 public:
-    recv_some(ring& r, int fd, void* buf, size_t len, uint32_t timeout_ms)
-        : ring_(r), fd_(fd), buf_(buf), len_(len), timeout_ms_(timeout_ms) {}
     bool await_ready() const noexcept { return false; }
-    void await_suspend(std::coroutine_handle<> h) {
+    int await_resume() const noexcept { return res_; }
+
+protected:
+    explicit socket_op(ring& r) : ring_(r) {}
+    ~socket_op() = default;
+    io_uring_sqe* prepare(std::coroutine_handle<> h) {
         waiter_ = h;
         io_uring_sqe* s = ring_.sqe();
-        io_uring_prep_recv(s, fd_, buf_, len_, 0);
         set_completion(s, this);
+        return s;
+    }
+    ring& ring_;
+
+private:
+    void on_complete(int res, uint32_t) override {
+        res_ = res;
+        waiter_.resume();
+    }
+    std::coroutine_handle<> waiter_;
+    int res_ = 0;
+};
+
+// recv with an optional idle timeout (a linked timeout: -ECANCELED when it fires).
+class recv_some final : public socket_op {
+public:
+    recv_some(ring& r, int fd, void* buf, size_t len, uint32_t timeout_ms)
+        : socket_op(r), fd_(fd), buf_(buf), len_(len), timeout_ms_(timeout_ms) {}
+    void await_suspend(std::coroutine_handle<> h) {
+        io_uring_sqe* s = prepare(h);
+        io_uring_prep_recv(s, fd_, buf_, len_, 0);
         if (timeout_ms_) {
             s->flags |= IOSQE_IO_LINK;
             ts_.tv_sec = timeout_ms_ / 1000;
@@ -30,47 +53,25 @@ public:
             set_completion(t, nullptr);
         }
     }
-    int await_resume() const noexcept { return res_; }
 
 private:
-    void on_complete(int res, uint32_t) override {
-        res_ = res;
-        waiter_.resume();
-    }
-    ring& ring_;
     int fd_;
     void* buf_;
     size_t len_;
     uint32_t timeout_ms_;
     __kernel_timespec ts_{};
-    std::coroutine_handle<> waiter_;
-    int res_ = 0;
 };
 
 // One send (may be partial: the caller loops).
-class send_some final : completion {
+class send_some final : public socket_op {
 public:
-    send_some(ring& r, int fd, const void* buf, size_t len) : ring_(r), fd_(fd), buf_(buf), len_(len) {}
-    bool await_ready() const noexcept { return false; }
-    void await_suspend(std::coroutine_handle<> h) {
-        waiter_ = h;
-        io_uring_sqe* s = ring_.sqe();
-        io_uring_prep_send(s, fd_, buf_, len_, MSG_NOSIGNAL);
-        set_completion(s, this);
-    }
-    int await_resume() const noexcept { return res_; }
+    send_some(ring& r, int fd, const void* buf, size_t len) : socket_op(r), fd_(fd), buf_(buf), len_(len) {}
+    void await_suspend(std::coroutine_handle<> h) { io_uring_prep_send(prepare(h), fd_, buf_, len_, MSG_NOSIGNAL); }
 
 private:
-    void on_complete(int res, uint32_t) override {
-        res_ = res;
-        waiter_.resume();
-    }
-    ring& ring_;
     int fd_;
     const void* buf_;
     size_t len_;
-    std::coroutine_handle<> waiter_;
-    int res_ = 0;
 };
 
 } // namespace ringmq::io
