@@ -52,18 +52,22 @@ std::string peer_name(int fd) {
     return "?";
 }
 
-// Route cache index: a cheap mix of the length and the first and last 8 bytes (the full topic is compared anyway).
+// Route cache index: the whole topic, a word at a time (the full topic is compared anyway). Topics that share a
+// long prefix and suffix (sensors/<id>/temperature) must still spread over the slots.
 size_t route_hash(std::string_view t) {
-    uint64_t a = t.size(), b = 0;
-    if (t.size() >= 8) {
-        std::memcpy(&a, t.data(), 8);
-        std::memcpy(&b, t.data() + t.size() - 8, 8);
-    } else {
-        for (char c : t)
-            b = (b << 8) | static_cast<uint8_t>(c);
+    uint64_t h = t.size() * 0x9E3779B97F4A7C15ULL;
+    size_t i = 0;
+    for (; i + 8 <= t.size(); i += 8) {
+        uint64_t w;
+        std::memcpy(&w, t.data() + i, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 29;
     }
-    uint64_t h = (a ^ (b * 0x9E3779B97F4A7C15ULL) ^ t.size()) * 0xBF58476D1CE4E5B9ULL;
-    return static_cast<size_t>(h >> 40);
+    uint64_t w = 0;
+    for (; i < t.size(); ++i)
+        w = (w << 8) | static_cast<uint8_t>(t[i]);
+    h = (h ^ w) * 0x94D049BB133111EBULL;
+    return static_cast<size_t>(h ^ (h >> 31));
 }
 
 void append(byte_vec& v, const void* p, size_t n) {
@@ -482,7 +486,7 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
     }
     switch (h.type) {
     case packet_type::publish:
-        return on_publish(c, body, h.flags);
+        return on_publish(c, h.flags, body, rest.first(size_t{h.header_len} + h.remaining_length));
     case packet_type::puback:
     case packet_type::pubrec:
     case packet_type::pubrel:
@@ -766,7 +770,29 @@ void shard::attach_session(connection& c, bool clean) {
 // ---------------------------------------------------------------------------------------------------------------
 // PUBLISH, acks, SUBSCRIBE
 
-bool shard::on_publish(connection& c, std::span<const uint8_t> body, uint8_t flags) {
+bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> body, std::span<const uint8_t> frame) {
+    // A QoS 0 PUBLISH without retain from a 3.x client is forwarded as the very bytes it arrived in (the decoder
+    // refuses non-minimal remaining lengths, so they are the bytes the broker would encode).
+    const bool verbatim = flags == 0 && c.ver != mqtt::protocol_version::v5;
+    if (verbatim && body.size() >= 2) {
+        // Fast path: a topic this shard already validated and routed (the cache entry says so) is not checked or
+        // looked up again while the trie is unchanged.
+        const size_t tl = size_t{body[0]} << 8 | body[1];
+        if (2 + tl <= body.size()) {
+            const std::string_view topic(reinterpret_cast<const char*>(body.data()) + 2, tl);
+            route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
+            if (e.checked && e.gen == trie_gen_ && e.topic == topic) {
+                ++m_.packets_publish_received;
+                ++m_.messages_received;
+                ++m_.messages_qos0_received;
+                session::message_ref msg;
+                raw_q0_ = frame;
+                fan_out(e, topic, body.subspan(2 + tl), 0, msg, true);
+                raw_q0_ = {};
+                return true;
+            }
+        }
+    }
     mqtt::publish_view pv{};
     ++m_.packets_publish_received;
     const mqtt::error e = mqtt::decode_publish(body, flags, c.ver, pv);
@@ -791,7 +817,11 @@ bool shard::on_publish(connection& c, std::span<const uint8_t> body, uint8_t fla
     }
     if (pv.retain) retain_from(pv.topic, pv.payload, pv.qos);
     session::message_ref msg;
-    route(pv.topic, pv.payload, pv.qos, msg, true);
+    if (verbatim) raw_q0_ = frame;
+    route_entry& re = route_lookup(pv.topic);
+    re.checked = true; // the topic passed every PUBLISH check above
+    fan_out(re, pv.topic, pv.payload, pv.qos, msg, true);
+    raw_q0_ = {};
     if (pv.qos == 1) {
         send_ack(c, mqtt::packet_type::puback, pv.packet_id);
         ++m_.packets_puback_sent;
@@ -959,10 +989,14 @@ void shard::pump(session_slot& slot) {
 
 void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
                   bool local_origin) {
-    frame_q0_valid_ = false;
+    fan_out(route_lookup(topic), topic, payload, qos, msg, local_origin);
+}
+
+shard::route_entry& shard::route_lookup(std::string_view topic) {
     // Most traffic repeats a few topics: remember each topic's deduplicated matches until the trie next changes.
     route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
     if (e.gen != trie_gen_ || e.topic != topic) {
+        if (e.topic != topic) e.checked = false;
         matches_.clear();
         // A session appears twice only when two different filters match; with one filter no dedup is needed.
         const char* first_filter = nullptr;
@@ -990,6 +1024,12 @@ void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint
         e.matches.assign(matches_.begin(), matches_.end());
         e.gen = trie_gen_;
     }
+    return e;
+}
+
+void shard::fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
+                    session::message_ref& msg, bool local_origin) {
+    frame_q0_valid_ = false;
     uint64_t mask = e.mask;
     const std::vector<match>& hits = e.matches;
     // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
@@ -1021,6 +1061,12 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
         }
         if (retain) {
             send_publish(*c, topic, payload, 0, true, false, 0);
+            return;
+        }
+        if (!raw_q0_.empty()) {
+            append(c->out, raw_q0_.data(), raw_q0_.size());
+            count_publish_sent(0);
+            mark_dirty(*c);
             return;
         }
         // Fan-out: the QoS 0 frame is the same for every subscriber; encode it once per routed message.

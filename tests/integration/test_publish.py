@@ -187,6 +187,31 @@ class PublishCases:
             self.assertEqual((msg.payload, msg.qos), (b"all", q))
             s.expect_no_packet(0.1)
 
+    def test_repeated_qos0_topic_follows_subscription_changes(self):
+        # Repeated QoS 0 topics take the broker's cached-route path; every subscribe and unsubscribe must still
+        # change who gets the next message, and the bytes must stay exact.
+        pub, sub = self.pair("t/rep", 0)
+        frame = lambda payload: bytes.fromhex("30") + bytes([7 + len(payload)]) + m.encode_string("t/rep") + payload
+        for i in range(5):
+            pub.send(m.publish("t/rep", b"a%d" % i))
+            sub.expect(frame(b"a%d" % i))
+        late = self.client(self.cid("late", 0))
+        late.subscribe([("t/+", 0)])
+        for i in range(3):
+            pub.send(m.publish("t/rep", b"b%d" % i))
+            sub.expect(frame(b"b%d" % i))
+            late.expect(frame(b"b%d" % i))
+        sub.unsubscribe(["t/rep"])
+        pub.send(m.publish("t/rep", b"c"))
+        late.expect(frame(b"c"))
+        sub.expect_no_packet(0.3)
+
+    def test_repeated_topic_then_retained_publish_clears_retain_on_live_delivery(self):
+        pub, sub = self.pair("t/rr", 0)
+        for retain in (False, False, True, False):
+            pub.send(m.publish("t/rr", b"x", retain=retain))
+            sub.expect(bytes.fromhex("30 07") + m.encode_string("t/rr") + b"x")
+
     def test_publisher_receives_own_message(self):
         c = self.client(self.pub_id())
         c.subscribe([("t/self", 1)])
