@@ -457,6 +457,12 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         }
         const size_t total = size_t{h.header_len} + h.remaining_length;
         if (n - off < total) break;
+        if (p[off] == 0x30 && c.st == connection::state::connected && c.ver != mqtt::protocol_version::v5) {
+            if (const size_t used = forward_run(p + off, n - off, h); used != 0) {
+                off += used;
+                continue;
+            }
+        }
         const std::span<const uint8_t> body(p + off + h.header_len, h.remaining_length);
         const std::span<const uint8_t> rest(p + off, n - off);
         off += total;
@@ -774,25 +780,6 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
     // A QoS 0 PUBLISH without retain from a 3.x client is forwarded as the very bytes it arrived in (the decoder
     // refuses non-minimal remaining lengths, so they are the bytes the broker would encode).
     const bool verbatim = flags == 0 && c.ver != mqtt::protocol_version::v5;
-    if (verbatim && body.size() >= 2) {
-        // Fast path: a topic this shard already validated and routed (the cache entry says so) is not checked or
-        // looked up again while the trie is unchanged.
-        const size_t tl = size_t{body[0]} << 8 | body[1];
-        if (2 + tl <= body.size()) {
-            const std::string_view topic(reinterpret_cast<const char*>(body.data()) + 2, tl);
-            route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
-            if (e.checked && e.gen == trie_gen_ && e.topic == topic) {
-                ++m_.packets_publish_received;
-                ++m_.messages_received;
-                ++m_.messages_qos0_received;
-                session::message_ref msg;
-                raw_q0_ = frame;
-                fan_out(e, topic, body.subspan(2 + tl), 0, msg, true);
-                raw_q0_ = {};
-                return true;
-            }
-        }
-    }
     mqtt::publish_view pv{};
     ++m_.packets_publish_received;
     const mqtt::error e = mqtt::decode_publish(body, flags, c.ver, pv);
@@ -830,6 +817,48 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         ++m_.packets_pubrec_sent;
     }
     return true;
+}
+
+size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& h) {
+    const size_t total = size_t{h.header_len} + h.remaining_length;
+    const uint8_t* body = p + h.header_len;
+    if (h.remaining_length < 2) return 0;
+    const size_t tl = size_t{body[0]} << 8 | body[1];
+    if (2 + tl > h.remaining_length) return 0;
+    const std::string_view topic(reinterpret_cast<const char*>(body) + 2, tl);
+    // Only a topic this shard already validated and routed (the cache entry says so) skips the checks and the
+    // lookup, and only while the trie is unchanged.
+    route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
+    if (!e.checked || e.gen != trie_gen_ || e.topic != topic) return 0;
+    // Following QoS 0 PUBLISHes to the same topic that are already in the buffer join the run when every match
+    // takes the direct path (connected, nothing queued, all local): each subscriber then gets the run's bytes in
+    // one copy, in order. Anything else goes one message at a time.
+    size_t end = total;
+    uint64_t k = 1;
+    bool direct = (e.mask & ~(uint64_t{1} << id_)) == 0;
+    for (const match& m : e.matches)
+        direct = direct && m.slot->conn && m.slot->s->queue_len() == 0;
+    while (direct && end < n && p[end] == 0x30) {
+        mqtt::fixed_header h2{};
+        if (mqtt::parse_fixed_header(p + end, n - end, h2) != mqtt::error::none) break;
+        const size_t t2 = size_t{h2.header_len} + h2.remaining_length;
+        if (t2 > n - end || t2 > cfg_.limits.max_packet_size || h2.remaining_length < 2 + tl) break;
+        const uint8_t* b2 = p + end + h2.header_len;
+        if ((size_t{b2[0]} << 8 | b2[1]) != tl || std::memcmp(b2 + 2, topic.data(), tl) != 0) break;
+        end += t2;
+        ++k;
+    }
+    m_.packets_received += k;
+    m_.packets_publish_received += k;
+    m_.messages_received += k;
+    m_.messages_qos0_received += k;
+    session::message_ref msg;
+    raw_q0_ = std::span<const uint8_t>(p, end);
+    raw_count_ = k;
+    fan_out(e, topic, std::span<const uint8_t>(body + 2 + tl, h.remaining_length - 2 - tl), 0, msg, true);
+    raw_q0_ = {};
+    raw_count_ = 1;
+    return end;
 }
 
 bool shard::on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags) {
@@ -952,16 +981,16 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
     if (!payload.empty()) append(out, payload.data(), payload.size());
 }
 
-void shard::count_publish_sent(uint8_t qos) {
-    ++m_.packets_sent;
-    ++m_.packets_publish_sent;
-    ++m_.messages_sent;
+void shard::count_publish_sent(uint8_t qos, uint64_t n) {
+    m_.packets_sent += n;
+    m_.packets_publish_sent += n;
+    m_.messages_sent += n;
     if (qos == 0)
-        ++m_.messages_qos0_sent;
+        m_.messages_qos0_sent += n;
     else if (qos == 1)
-        ++m_.messages_qos1_sent;
+        m_.messages_qos1_sent += n;
     else
-        ++m_.messages_qos2_sent;
+        m_.messages_qos2_sent += n;
 }
 
 void shard::send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
@@ -1038,7 +1067,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
     if (hits.empty() && mask == 0) {
-        if (topic.substr(0, 5) != "$SYS/") ++m_.messages_dropped;
+        if (topic.substr(0, 5) != "$SYS/") m_.messages_dropped += raw_count_;
         return;
     }
     while (mask) {
@@ -1056,7 +1085,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
     connection* c = slot.conn;
     if (qos == 0 && c && slot.s->queue_len() == 0) {
         if (c->queued_bytes() > cfg_.limits.max_outgoing_bytes) {
-            ++m_.messages_dropped; // backpressure: a QoS 0 message for a client that does not read
+            m_.messages_dropped += raw_count_; // backpressure: a QoS 0 message for a client that does not read
             return;
         }
         if (retain) {
@@ -1065,7 +1094,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
         }
         if (!raw_q0_.empty()) {
             append(c->out, raw_q0_.data(), raw_q0_.size());
-            count_publish_sent(0);
+            count_publish_sent(0, raw_count_);
             mark_dirty(*c);
             return;
         }

@@ -250,6 +250,9 @@ private:
     void attach_session(connection& c, bool clean);
     // frame: the whole packet as received, forwarded as it is where the outgoing frame would be identical
     bool on_publish(connection& c, uint8_t flags, std::span<const uint8_t> body, std::span<const uint8_t> frame);
+    // The cached-route path for QoS 0 PUBLISHes from 3.x clients: forwards the complete PUBLISH at p (header h) and
+    // any directly following ones to the same topic; returns the bytes consumed, 0 when the full path must run.
+    size_t forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& h);
     bool on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags);
     bool on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
     bool on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
@@ -261,7 +264,7 @@ private:
     void send_ack(connection& c, mqtt::packet_type t, uint16_t pid);
     static void encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                              bool retain, bool dup, uint16_t pid);
-    void count_publish_sent(uint8_t qos);
+    void count_publish_sent(uint8_t qos, uint64_t n = 1);
     void pump(session_slot& slot); // moves queued messages into the window while it has room
 
     // routing
@@ -341,6 +344,7 @@ private:
     bool frame_q0_valid_ = false;
     // The incoming QoS 0 PUBLISH being routed, when its bytes are the outgoing frame as they are (else empty).
     std::span<const uint8_t> raw_q0_;
+    uint64_t raw_count_ = 1; // PUBLISHes in raw_q0_ (a run of them to one topic)
 
     metrics m_;
     stats st_;

@@ -149,6 +149,23 @@ class MetricCases:
         expected["bytes/sent"] = 8 + 5 + 16 + 4 + 4 + 34 + 4 + 4 + 4
         self.wait_equal(self.delta_fn(before, expected), expected, what="metric deltas")
 
+    def test_metrics_count_every_message_of_a_qos0_run(self):
+        # QoS 0 PUBLISHes to one cached topic that arrive together are forwarded as one run; each still counts.
+        before = self.metrics()
+        a = self.client(self.cid("ra", 0))
+        subs = [self.client(self.cid(f"rs{i}", i % self.SHARDS)) for i in range(2)]
+        for s in subs:
+            s.subscribe([("mt/run", 0)])
+        a.publish("mt/run", b"first")  # routes the topic and marks it checked
+        for s in subs:
+            self.assertEqual(s.recv_publish().payload, b"first")
+        a.send(b"".join(m.publish("mt/run", b"r%d" % i) for i in range(50)) + m.publish("mt/nobody", b"z") * 3)
+        for s in subs:
+            self.assertEqual([x.payload for x in s.recv_publishes(50)], [b"r%d" % i for i in range(50)])
+        expected = {"packets/publish/received": 54, "messages/received": 54, "messages/qos0/received": 54,
+                    "packets/publish/sent": 102, "messages/qos0/sent": 102, "messages/dropped": 3}
+        self.wait_equal(self.delta_fn(before, expected), expected, what="metric deltas")
+
     def test_metrics_rest_publish_counts_sent_only(self):
         s = self.client(self.cid("rs", 1))
         s.subscribe([("mr/t", 1)])

@@ -206,6 +206,40 @@ class PublishCases:
         late.expect(frame(b"c"))
         sub.expect_no_packet(0.3)
 
+    def test_qos0_runs_interleaved_with_other_packets_keep_order(self):
+        # Same-topic QoS 0 PUBLISHes in one write are forwarded as a run; other topics, QoS 1 and a PINGREQ in
+        # between must end the run without reordering anything.
+        pub, sub = self.pair("t/#", 1)
+        pub.publish("t/a", b"warm-a")
+        pub.publish("t/b", b"warm-b")
+        self.assertEqual([x.payload for x in sub.recv_publishes(2)], [b"warm-a", b"warm-b"])
+        seq = [("t/a", b"a1", 0), ("t/a", b"a2", 0), ("t/b", b"b1", 0), ("t/a", b"a3", 0), ("t/a", b"q1", 1),
+               ("t/a", b"a4", 0), ("t/a", b"a5", 0)]
+        data = b""
+        for i, (topic, payload, qos) in enumerate(seq):
+            data += m.publish(topic, payload, qos=qos, pid=i + 1 if qos else None)
+            if payload == b"a2":
+                data += m.pingreq()
+        pub.send(data)
+        got = sub.recv_publishes(len(seq))
+        self.assertEqual([(x.topic, x.payload) for x in got], [(t, p) for t, p, _ in seq])
+        pub.expect_type(m.PINGRESP)
+        pub.expect(m.puback(5))
+
+    def test_qos0_run_to_offline_persistent_session_is_queued_in_order(self):
+        sid = self.sub_id("persist")
+        sub = self.client(sid, clean=False)
+        sub.subscribe([("t/off", 0)])
+        pub = self.client(self.pub_id())
+        pub.publish("t/off", b"live")
+        self.assertEqual(sub.recv_publish().payload, b"live")
+        sub.disconnect()
+        sub.expect_closed(3)
+        pub.send(b"".join(m.publish("t/off", b"q%d" % i) for i in range(20)))
+        pub.publish("t/off", b"last", qos=1, pid=9)
+        back = self.client(sid, clean=False, expect=m.connack(session_present=True))
+        self.assertEqual([x.payload for x in back.recv_publishes(21)], [b"q%d" % i for i in range(20)] + [b"last"])
+
     def test_repeated_topic_then_retained_publish_clears_retain_on_live_delivery(self):
         pub, sub = self.pair("t/rr", 0)
         for retain in (False, False, True, False):
