@@ -747,7 +747,8 @@ void shard::attach_session(connection& c, bool clean) {
         owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
         owned->created_at = static_cast<int64_t>(::time(nullptr));
         slot = owned.get();
-        sessions_.emplace(c.client_id_, std::move(owned));
+        const std::string_view key = owned->s->client_id();
+        sessions_.emplace(key, std::move(owned));
     }
     slot->conn = &c;
     c.slot = slot;

@@ -46,12 +46,13 @@ public:
     enum class offer_result { send, queued, dropped };
     // A message for this session at effective QoS. When `online` and nothing is queued ahead of it and the window
     // has room (QoS 0 needs no room), returns send with *out pointing at the entry to transmit (valid until the next
-    // call; for QoS > 0 it is in the window with its packet id). Otherwise it is queued (returns queued) unless the
-    // queue is full, in which case the new message is dropped and counted (returns dropped).
+    // call on any session of this thread; for QoS > 0 it is in the window with its packet id). Otherwise it is queued
+    // (returns queued) unless the queue is full, in which case the new message is dropped and counted (returns
+    // dropped).
     offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out);
 
-    // Moves the next queued message into the window if there is room. Returns it (valid until the next call) or
-    // nullptr. QoS 0 entries are returned without entering the window.
+    // Moves the next queued message into the window if there is room. Returns it (valid until the next call on
+    // any session of this thread) or nullptr. QoS 0 entries are returned without entering the window.
     const outgoing* next_ready();
 
     // Outgoing acknowledgements. Each returns false when no message in the window has that id in the right state
@@ -81,17 +82,17 @@ private:
     bool pid_in_use(uint16_t pid) const;
     void mark_pid(uint16_t pid, bool used);
 
+    // Ordered by size so that a session fits mimalloc's 192-byte class.
     std::string client_id_;
-    bool clean_;
-    limits limits_;
     fifo<outgoing> window_;
     fifo<outgoing> queue_;
     std::unique_ptr<std::unordered_set<uint16_t>> awaiting_rel_; // allocated on the first incoming QoS 2
     // Bitmap of ids in the window, allocated only for windows larger than a linear scan handles well (8 KiB).
     std::unique_ptr<uint64_t[]> pid_bits_;
-    outgoing scratch_; // QoS 0 entry handed out by offer()/next_ready()
-    uint16_t next_pid_ = 1;
     uint64_t dropped_ = 0;
+    limits limits_;
+    uint16_t next_pid_ = 1;
+    bool clean_;
 };
 
 } // namespace ringmq::session
