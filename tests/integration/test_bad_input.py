@@ -59,6 +59,26 @@ class BadInputCases:
 
     # -- the cases ---------------------------------------------------------------------------------------------------
 
+    def test_bad_packet_inside_a_run_of_cached_qos0_publishes(self):
+        # Same-topic QoS 0 PUBLISHes in one write are forwarded as a run once the topic is cached; a bad packet in
+        # the middle must stop everything after it, and what came before it is delivered once, in order.
+        bad_tails = [
+            ("topic longer than the packet", m.packet(m.PUBLISH, 0, b"\x00\x10run/x")),
+            ("DUP on QoS 0", m.packet(m.PUBLISH, 0x08, m.encode_string("run/x") + b"dup")),
+            ("invalid UTF-8 topic", raw_publish(b"run/\xff", b"bad")),
+        ]
+        for name, bad in bad_tails:
+            with self.subTest(case=name):
+                c = self.bad_client()
+                c.publish("run/x", b"warm")
+                self.assertEqual(self.witness.recv_publish().payload, b"warm")
+                good = b"".join(m.publish("run/x", b"g%d" % i) for i in range(3))
+                after = b"".join(m.publish("run/x", b"late%d" % i) for i in range(2))
+                self.send_and_expect_closed(c, good + bad + after)
+                self.assertEqual([x.payload for x in self.witness.recv_publishes(3)], [b"g0", b"g1", b"g2"])
+                self.witness.expect_no_packet(0.2)
+        self.check_others()
+
     def test_malformed_remaining_length(self):
         self.each([
             ("five bytes", b"\x30\xff\xff\xff\xff\x01"),

@@ -1,6 +1,7 @@
 """Configurable limits (--set mqtt.*): max_inflight, max_queued_messages, max_packet_size, max_topic_levels,
 max_connections, max_client_id_len, keepalive_multiplier. Each test starts its own broker."""
 
+import socket
 import time
 
 import mqtt_raw as m
@@ -86,6 +87,36 @@ class LimitCases:
         # One in flight plus at most 4 queued (or 4 in all); the rest dropped, the order kept.
         self.assertIn(len(got), (4, 5), got)
         self.assertEqual(got, [str(i).encode() for i in range(len(got))])
+
+    def test_max_outgoing_bytes_drops_qos0_for_a_stalled_reader(self):
+        # A subscriber that stops reading: once the kernel's buffers are full, QoS 0 beyond max_outgoing_bytes is
+        # dropped (whole runs of same-topic PUBLISHes included), what does arrive is in order, and the broker and
+        # the subscriber keep working.
+        self.use_broker({"mqtt.max_outgoing_bytes": 1024})
+        sub = self.client(self.sub_id())
+        sub.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sub.subscribe([("lim/flood", 0)])
+        pub = self.client(self.pub_id())
+        filler = b"x" * 4000
+        total = 3000  # 12 MB: more than loopback socket buffers hold
+        for start in range(0, total, 50):
+            pub.send(b"".join(m.publish("lim/flood", b"%06d" % i + filler) for i in range(start, start + 50)))
+        pub.publish("lim/flood", b"sync", qos=1, pid=1)  # every flood PUBLISH has been handled
+        seqs = []
+        while True:
+            try:
+                p = sub.recv_publish(timeout=1.0).payload
+            except AssertionError:
+                break
+            if p == b"sync":
+                break
+            seqs.append(int(p[:6]))
+        self.assertGreater(len(seqs), 0)
+        self.assertLess(len(seqs), total, "nothing was dropped: the limit did not act")
+        self.assertEqual(seqs, sorted(set(seqs)), "delivered out of order or twice")
+        pub.publish("lim/flood", b"after", qos=0)
+        self.assertEqual(sub.recv_publish().payload, b"after")
+        self.assert_broker_healthy()
 
     def test_max_packet_size(self):
         self.use_broker({"mqtt.max_packet_size": 1024})
