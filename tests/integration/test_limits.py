@@ -1,5 +1,5 @@
-"""Configurable limits (--set mqtt.*): max_inflight, max_queued_messages, max_packet_size, max_topic_levels,
-max_connections, max_client_id_len, keepalive_multiplier. Each test starts its own broker."""
+"""Configurable limits (--set mqtt.*): max_inflight, max_queued_messages, max_outgoing_bytes, max_packet_size,
+max_topic_levels, max_connections, max_client_id_len, keepalive_multiplier. Each test starts its own broker."""
 
 import socket
 import time
