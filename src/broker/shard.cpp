@@ -219,6 +219,11 @@ void shard::handle_smp(const reactor::smp_msg& m) {
         route(topic, payload, qos, msg, false);
         return;
     }
+    case k_publish_run: {
+        std::unique_ptr<publish_run> r(static_cast<publish_run*>(m.ptr));
+        deliver_run(*r);
+        return;
+    }
     case k_retain:
         store_retained(static_cast<session::message*>(m.ptr));
         return;
@@ -831,14 +836,13 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     // lookup, and only while the trie is unchanged.
     route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
     if (!e.checked || e.gen != trie_gen_ || e.topic != topic) return 0;
-    // Following QoS 0 PUBLISHes to the same topic that are already in the buffer join the run when every match
-    // takes the direct path (connected, nothing queued, all local): each subscriber then gets the run's bytes in
-    // one copy, in order. Anything else goes one message at a time.
+    // Following QoS 0 PUBLISHes to the same topic that are already in the buffer join the run when every local
+    // match takes the direct path (connected, nothing queued): each local subscriber then gets the run's bytes in
+    // one copy, in order, and each other shard with subscribers gets the run as one message. Anything else goes
+    // one message at a time.
     size_t end = total;
     uint64_t k = 1;
-    bool direct = (e.mask & ~(uint64_t{1} << id_)) == 0;
-    for (const match& m : e.matches)
-        direct = direct && m.slot->conn && m.slot->s->queue_len() == 0;
+    const bool direct = all_direct(e);
     while (direct && end < n && p[end] == 0x30) {
         mqtt::fixed_header h2{};
         if (mqtt::parse_fixed_header(p + end, n - end, h2) != mqtt::error::none) break;
@@ -1074,11 +1078,59 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     while (mask) {
         const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
         mask &= mask - 1;
+        if (!raw_q0_.empty()) {
+            // Verbatim QoS 0 frames travel as they are: the receiving shard copies them without re-encoding.
+            push(to, k_publish_run, id_, new publish_run{raw_count_, byte_vec(raw_q0_.begin(), raw_q0_.end())});
+            m_.messages_forward += raw_count_;
+            continue;
+        }
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
         msg->add_ref();
         push(to, k_publish, id_, msg.get());
         ++m_.messages_forward;
     }
+}
+
+bool shard::all_direct(const route_entry& e) const {
+    for (const match& m : e.matches)
+        if (!m.slot->conn || m.slot->s->queue_len() != 0) return false;
+    return true;
+}
+
+void shard::deliver_run(const publish_run& r) {
+    // The frames were framed and checked on the publishing shard; they all carry the same topic.
+    const uint8_t* p = r.frames.data();
+    const size_t n = r.frames.size();
+    auto frame_at = [&](size_t off, std::string_view& topic, std::span<const uint8_t>& payload) {
+        mqtt::fixed_header h{};
+        (void)mqtt::parse_fixed_header(p + off, n - off, h);
+        const uint8_t* body = p + off + h.header_len;
+        const size_t tl = size_t{body[0]} << 8 | body[1];
+        topic = std::string_view(reinterpret_cast<const char*>(body) + 2, tl);
+        payload = std::span<const uint8_t>(body + 2 + tl, h.remaining_length - 2 - tl);
+        return size_t{h.header_len} + h.remaining_length;
+    };
+    std::string_view topic;
+    std::span<const uint8_t> payload;
+    size_t len = frame_at(0, topic, payload);
+    const route_entry& e = route_lookup(topic);
+    if (all_direct(e)) {
+        session::message_ref msg;
+        raw_q0_ = std::span<const uint8_t>(p, n);
+        raw_count_ = r.count;
+        fan_out(e, topic, payload, 0, msg, false);
+    } else {
+        // A subscriber here has a queue or is offline: its messages must be stored one by one.
+        for (size_t off = 0; off < n; off += len) {
+            len = frame_at(off, topic, payload);
+            session::message_ref msg;
+            raw_q0_ = std::span<const uint8_t>(p + off, len);
+            raw_count_ = 1;
+            fan_out(e, topic, payload, 0, msg, false);
+        }
+    }
+    raw_q0_ = {};
+    raw_count_ = 1;
 }
 
 void shard::deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
@@ -1384,6 +1436,9 @@ void release_leftovers(node& n) {
                     case k_publish:
                     case k_retain:
                         static_cast<session::message*>(m.ptr)->release();
+                        break;
+                    case k_publish_run:
+                        delete static_cast<publish_run*>(m.ptr);
                         break;
                     default:
                         break;

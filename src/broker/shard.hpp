@@ -77,6 +77,7 @@ enum msg_kind : uint32_t {
     k_retain,      // ptr: session::message* (one reference); store or (empty payload) clear the retained topic
     k_admin_call,  // ptr: admin_call*, from the admin shard: run it here and send it back
     k_admin_done,  // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
+    k_publish_run, // ptr: publish_run*, arg: sender shard; QoS 0 frames for the receiver's local subscribers
 };
 
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
@@ -84,6 +85,13 @@ struct handoff {
     int fd;
     std::string peer;
     std::vector<uint8_t> bytes;
+};
+
+// A run of QoS 0 PUBLISH frames to one topic, exactly as they go on the wire, on its way to another shard's
+// subscribers. The publishing shard makes one per destination shard; the receiving shard owns and frees it.
+struct publish_run {
+    uint64_t count; // frames in `frames`
+    byte_vec frames;
 };
 
 // A client connection. Created by the shard that accepted it or received it by handoff, and owned by that shard's
@@ -274,6 +282,8 @@ private:
     void route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
                bool local_origin);
     route_entry& route_lookup(std::string_view topic); // the cache entry for topic, refilled from the trie if stale
+    void deliver_run(const publish_run& r);            // a run from another shard, to this shard's subscribers
+    bool all_direct(const route_entry& e) const;       // every local match is connected with nothing queued
     void fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                  session::message_ref& msg, bool local_origin);
     void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,

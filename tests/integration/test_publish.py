@@ -240,6 +240,29 @@ class PublishCases:
         back = self.client(sid, clean=False, expect=m.connack(session_present=True))
         self.assertEqual([x.payload for x in back.recv_publishes(21)], [b"q%d" % i for i in range(20)] + [b"last"])
 
+    def test_qos0_run_to_online_and_offline_subscribers_of_one_topic(self):
+        # One subscriber online, one persistent session offline, both on the subscriber shard: a run must be split
+        # there so that the offline one queues every message while the online one still gets them all, in order.
+        online = self.client(self.sub_id("on"))
+        online.subscribe([("t/mix", 0)])
+        off_id = self.sub_id("off")
+        off = self.client(off_id, clean=False)
+        off.subscribe([("t/mix", 0)])
+        pub = self.client(self.pub_id())
+        pub.publish("t/mix", b"warm")
+        for c in (online, off):
+            self.assertEqual(c.recv_publish().payload, b"warm")
+        off.disconnect()
+        off.expect_closed(3)
+        for round_ in range(2):  # the second round finds the topic cached on both shards
+            pub.send(b"".join(m.publish("t/mix", b"%d-%d" % (round_, i)) for i in range(25)))
+        want = [b"%d-%d" % (r, i) for r in range(2) for i in range(25)]
+        self.assertEqual([x.payload for x in online.recv_publishes(50)], want)
+        pub.publish("t/mix", b"sync", qos=1, pid=3)
+        self.assertEqual(online.recv_publish().payload, b"sync")
+        back = self.client(off_id, clean=False, expect=m.connack(session_present=True))
+        self.assertEqual([x.payload for x in back.recv_publishes(51)], want + [b"sync"])
+
     def test_repeated_topic_then_retained_publish_clears_retain_on_live_delivery(self):
         pub, sub = self.pair("t/rr", 0)
         for retain in (False, False, True, False):
