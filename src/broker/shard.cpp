@@ -70,6 +70,18 @@ size_t route_hash(std::string_view t) {
     return static_cast<size_t>(h ^ (h >> 31));
 }
 
+// The topic and payload of a complete QoS 0 PUBLISH frame (header h) at p; false when the topic overruns it.
+bool qos0_parts(const uint8_t* p, const mqtt::fixed_header& h, std::string_view& topic,
+                std::span<const uint8_t>& payload) {
+    const uint8_t* body = p + h.header_len;
+    if (h.remaining_length < 2) return false;
+    const size_t tl = size_t{body[0]} << 8 | body[1];
+    if (2 + tl > h.remaining_length) return false;
+    topic = std::string_view(reinterpret_cast<const char*>(body) + 2, tl);
+    payload = std::span<const uint8_t>(body + 2 + tl, h.remaining_length - 2 - tl);
+    return true;
+}
+
 void append(byte_vec& v, const void* p, size_t n) {
     const size_t old = v.size();
     v.resize(old + n); // geometric growth, no zero-fill (default_init_allocator)
@@ -826,12 +838,9 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
 }
 
 size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& h) {
-    const size_t total = size_t{h.header_len} + h.remaining_length;
-    const uint8_t* body = p + h.header_len;
-    if (h.remaining_length < 2) return 0;
-    const size_t tl = size_t{body[0]} << 8 | body[1];
-    if (2 + tl > h.remaining_length) return 0;
-    const std::string_view topic(reinterpret_cast<const char*>(body) + 2, tl);
+    std::string_view topic;
+    std::span<const uint8_t> payload;
+    if (!qos0_parts(p, h, topic, payload)) return 0;
     // Only a topic this shard already validated and routed (the cache entry says so) skips the checks and the
     // lookup, and only while the trie is unchanged.
     route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
@@ -840,16 +849,18 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     // match takes the direct path (connected, nothing queued): each local subscriber then gets the run's bytes in
     // one copy, in order, and each other shard with subscribers gets the run as one message. Anything else goes
     // one message at a time.
-    size_t end = total;
+    size_t end = size_t{h.header_len} + h.remaining_length;
     uint64_t k = 1;
     const bool direct = all_direct(e);
     while (direct && end < n && p[end] == 0x30) {
         mqtt::fixed_header h2{};
         if (mqtt::parse_fixed_header(p + end, n - end, h2) != mqtt::error::none) break;
         const size_t t2 = size_t{h2.header_len} + h2.remaining_length;
-        if (t2 > n - end || t2 > cfg_.limits.max_packet_size || h2.remaining_length < 2 + tl) break;
-        const uint8_t* b2 = p + end + h2.header_len;
-        if ((size_t{b2[0]} << 8 | b2[1]) != tl || std::memcmp(b2 + 2, topic.data(), tl) != 0) break;
+        std::string_view topic2;
+        std::span<const uint8_t> payload2;
+        if (t2 > n - end || t2 > cfg_.limits.max_packet_size || !qos0_parts(p + end, h2, topic2, payload2) ||
+            topic2 != topic)
+            break;
         end += t2;
         ++k;
     }
@@ -860,7 +871,7 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     session::message_ref msg;
     raw_q0_ = std::span<const uint8_t>(p, end);
     raw_count_ = k;
-    fan_out(e, topic, std::span<const uint8_t>(body + 2 + tl, h.remaining_length - 2 - tl), 0, msg, true);
+    fan_out(e, topic, payload, 0, msg, true);
     raw_q0_ = {};
     raw_count_ = 1;
     return end;
@@ -1104,10 +1115,7 @@ void shard::deliver_run(const publish_run& r) {
     auto frame_at = [&](size_t off, std::string_view& topic, std::span<const uint8_t>& payload) {
         mqtt::fixed_header h{};
         (void)mqtt::parse_fixed_header(p + off, n - off, h);
-        const uint8_t* body = p + off + h.header_len;
-        const size_t tl = size_t{body[0]} << 8 | body[1];
-        topic = std::string_view(reinterpret_cast<const char*>(body) + 2, tl);
-        payload = std::span<const uint8_t>(body + 2 + tl, h.remaining_length - 2 - tl);
+        (void)qos0_parts(p + off, h, topic, payload);
         return size_t{h.header_len} + h.remaining_length;
     };
     std::string_view topic;
