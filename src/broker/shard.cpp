@@ -822,11 +822,9 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
     }
     if (pv.retain) retain_from(pv.topic, pv.payload, pv.qos);
     session::message_ref msg;
-    if (verbatim) raw_q0_ = frame;
     route_entry& re = route_lookup(pv.topic);
     re.checked = true; // the topic passed every PUBLISH check above
-    fan_out(re, pv.topic, pv.payload, pv.qos, msg, true);
-    raw_q0_ = {};
+    fan_out(re, pv.topic, pv.payload, pv.qos, msg, true, verbatim ? raw_frames{frame} : raw_frames{});
     if (pv.qos == 1) {
         send_ack(c, mqtt::packet_type::puback, pv.packet_id);
         ++m_.packets_puback_sent;
@@ -843,7 +841,7 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     if (!qos0_parts(p, h, topic, payload)) return 0;
     // Only a topic this shard already validated and routed (the cache entry says so) skips the checks and the
     // lookup, and only while the trie is unchanged.
-    route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
+    route_entry& e = route_slot(topic);
     if (!e.checked || e.gen != trie_gen_ || e.topic != topic) return 0;
     // Following QoS 0 PUBLISHes to the same topic that are already in the buffer join the run when every local
     // match takes the direct path (connected, nothing queued): each local subscriber then gets the run's bytes in
@@ -869,11 +867,7 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     m_.messages_received += k;
     m_.messages_qos0_received += k;
     session::message_ref msg;
-    raw_q0_ = std::span<const uint8_t>(p, end);
-    raw_count_ = k;
-    fan_out(e, topic, payload, 0, msg, true);
-    raw_q0_ = {};
-    raw_count_ = 1;
+    fan_out(e, topic, payload, 0, msg, true, raw_frames{std::span<const uint8_t>(p, end), k});
     return end;
 }
 
@@ -1037,9 +1031,13 @@ void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint
     fan_out(route_lookup(topic), topic, payload, qos, msg, local_origin);
 }
 
+shard::route_entry& shard::route_slot(std::string_view topic) {
+    return route_cache_[route_hash(topic) & (route_cache_size - 1)];
+}
+
 shard::route_entry& shard::route_lookup(std::string_view topic) {
     // Most traffic repeats a few topics: remember each topic's deduplicated matches until the trie next changes.
-    route_entry& e = route_cache_[route_hash(topic) & (route_cache_size - 1)];
+    route_entry& e = route_slot(topic);
     if (e.gen != trie_gen_ || e.topic != topic) {
         if (e.topic != topic) e.checked = false;
         matches_.clear();
@@ -1073,26 +1071,26 @@ shard::route_entry& shard::route_lookup(std::string_view topic) {
 }
 
 void shard::fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                    session::message_ref& msg, bool local_origin) {
+                    session::message_ref& msg, bool local_origin, const raw_frames& raw) {
     frame_q0_valid_ = false;
     uint64_t mask = e.mask;
     const std::vector<match>& hits = e.matches;
     // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
     for (const match& m : hits)
-        deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false);
+        deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false, raw);
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
     if (hits.empty() && mask == 0) {
-        if (topic.substr(0, 5) != "$SYS/") m_.messages_dropped += raw_count_;
+        if (topic.substr(0, 5) != "$SYS/") m_.messages_dropped += raw.count;
         return;
     }
     while (mask) {
         const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
         mask &= mask - 1;
-        if (!raw_q0_.empty()) {
+        if (!raw.bytes.empty()) {
             // Verbatim QoS 0 frames travel as they are: the receiving shard copies them without re-encoding.
-            push(to, k_publish_run, id_, new publish_run{raw_count_, byte_vec(raw_q0_.begin(), raw_q0_.end())});
-            m_.messages_forward += raw_count_;
+            push(to, k_publish_run, id_, new publish_run{raw.count, byte_vec(raw.bytes.begin(), raw.bytes.end())});
+            m_.messages_forward += raw.count;
             continue;
         }
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
@@ -1124,38 +1122,32 @@ void shard::deliver_run(const publish_run& r) {
     const route_entry& e = route_lookup(topic);
     if (all_direct(e)) {
         session::message_ref msg;
-        raw_q0_ = std::span<const uint8_t>(p, n);
-        raw_count_ = r.count;
-        fan_out(e, topic, payload, 0, msg, false);
+        fan_out(e, topic, payload, 0, msg, false, raw_frames{std::span<const uint8_t>(p, n), r.count});
     } else {
         // A subscriber here has a queue or is offline: its messages must be stored one by one.
         for (size_t off = 0; off < n; off += len) {
             len = frame_at(off, topic, payload);
             session::message_ref msg;
-            raw_q0_ = std::span<const uint8_t>(p + off, len);
-            raw_count_ = 1;
-            fan_out(e, topic, payload, 0, msg, false);
+            fan_out(e, topic, payload, 0, msg, false, raw_frames{std::span<const uint8_t>(p + off, len)});
         }
     }
-    raw_q0_ = {};
-    raw_count_ = 1;
 }
 
 void shard::deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                    session::message_ref& msg, uint8_t msg_qos, bool retain) {
+                    session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw) {
     connection* c = slot.conn;
     if (qos == 0 && c && slot.s->queue_len() == 0) {
         if (c->queued_bytes() > cfg_.limits.max_outgoing_bytes) {
-            m_.messages_dropped += raw_count_; // backpressure: a QoS 0 message for a client that does not read
+            m_.messages_dropped += raw.count; // backpressure: a QoS 0 message for a client that does not read
             return;
         }
         if (retain) {
             send_publish(*c, topic, payload, 0, true, false, 0);
             return;
         }
-        if (!raw_q0_.empty()) {
-            append(c->out, raw_q0_.data(), raw_q0_.size());
-            count_publish_sent(0, raw_count_);
+        if (!raw.bytes.empty()) {
+            append(c->out, raw.bytes.data(), raw.bytes.size());
+            count_publish_sent(0, raw.count);
             mark_dirty(*c);
             return;
         }

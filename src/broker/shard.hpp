@@ -94,6 +94,13 @@ struct publish_run {
     byte_vec frames;
 };
 
+// Incoming QoS 0 PUBLISH frames that go out exactly as they arrived (3.x, no retain), `count` of them to one topic;
+// empty when the message must be encoded. A view for the duration of one routing call on the shard routing it.
+struct raw_frames {
+    std::span<const uint8_t> bytes;
+    uint64_t count = 1;
+};
+
 // A client connection. Created by the shard that accepted it or received it by handoff, and owned by that shard's
 // connection table until its last io_uring operation has completed.
 class connection {
@@ -281,13 +288,14 @@ private:
     struct route_entry;
     void route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
                bool local_origin);
+    route_entry& route_slot(std::string_view topic);   // the cache entry topic maps to, whatever it holds
     route_entry& route_lookup(std::string_view topic); // the cache entry for topic, refilled from the trie if stale
     void deliver_run(const publish_run& r);            // a run from another shard, to this shard's subscribers
     bool all_direct(const route_entry& e) const;       // every local match is connected with nothing queued
     void fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                 session::message_ref& msg, bool local_origin);
+                 session::message_ref& msg, bool local_origin, const raw_frames& raw = {});
     void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                 session::message_ref& msg, uint8_t msg_qos, bool retain);
+                 session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw = {});
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
     void store_retained(session::message* m); // takes one reference
     void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);
@@ -355,9 +363,6 @@ private:
     std::vector<uint8_t> scratch_;
     byte_vec frame_q0_; // the QoS 0 frame of the message being routed, encoded once for all subscribers
     bool frame_q0_valid_ = false;
-    // The incoming QoS 0 PUBLISH being routed, when its bytes are the outgoing frame as they are (else empty).
-    std::span<const uint8_t> raw_q0_;
-    uint64_t raw_count_ = 1; // PUBLISHes in raw_q0_ (a run of them to one topic)
 
     metrics m_;
     stats st_;
