@@ -982,13 +982,20 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
     uint8_t hdr[mqtt::max_publish_prefix + 2];
     size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
                                             static_cast<uint16_t>(topic.size()));
-    append(out, hdr, hl);
-    append(out, topic.data(), topic.size());
+    // One resize for the whole frame: the four pieces are copied into place.
+    const size_t old = out.size();
+    out.resize(old + hl + rl - 2); // hl already holds the 2-byte topic length that rl counts
+    uint8_t* d = out.data() + old;
+    std::memcpy(d, hdr, hl);
+    d += hl;
+    std::memcpy(d, topic.data(), topic.size());
+    d += topic.size();
     if (qos) {
-        const uint8_t id[2] = {static_cast<uint8_t>(pid >> 8), static_cast<uint8_t>(pid & 0xff)};
-        append(out, id, 2);
+        d[0] = static_cast<uint8_t>(pid >> 8);
+        d[1] = static_cast<uint8_t>(pid & 0xff);
+        d += 2;
     }
-    if (!payload.empty()) append(out, payload.data(), payload.size());
+    if (!payload.empty()) std::memcpy(d, payload.data(), payload.size());
 }
 
 void shard::count_publish_sent(uint8_t qos, uint64_t n) {
