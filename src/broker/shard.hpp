@@ -10,6 +10,7 @@
 #include "io/ring.hpp"
 #include "io/waker.hpp"
 #include "mqtt/types.hpp"
+#include "reactor/deadline_wheel.hpp"
 #include "reactor/gate.hpp"
 #include "reactor/outbox.hpp"
 #include "reactor/smp.hpp"
@@ -128,7 +129,7 @@ public:
     mqtt::protocol_version ver = mqtt::protocol_version::v311;
     int64_t last_rx_ms = 0;
     int64_t connected_at_ms = 0;
-    int64_t accepted_ms = 0;
+    int64_t check_at_ms = 0; // the deadline this connection has in the shard's wheel: CONNECT, then keepalive (0: none)
     int64_t connected_wall = 0; // unix seconds
     std::string peer;
     std::string client_id_; // empty until CONNECT is accepted (or refused with an id)
@@ -235,6 +236,9 @@ private:
     void on_accept(int res, uint32_t flags);
     reactor::task<void> housekeeping();
     void tick(int64_t now);
+    // Puts c's keepalive deadline in the wheel unless an earlier deadline is already there.
+    void schedule_check(connection& c);
+    void check_deadline(const reactor::deadline_wheel::entry& e, int64_t now);
     void begin_shutdown();
     void push(unsigned to, uint32_t kind, uint32_t arg, void* ptr);
 
@@ -327,6 +331,8 @@ private:
     std::vector<connection*> dirty_;
     std::vector<connection*> rearm_;
     std::vector<uint64_t> graveyard_;
+    // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
+    reactor::deadline_wheel deadlines_;
     reactor::smp_outbox outbox_;
     // Handoffs wait one loop turn before they are handled, so bytes the client sent on its old connection before it
     // reconnected (a PUBACK, say) are reaped and handled before the takeover closes that connection.

@@ -159,6 +159,23 @@ class ConnectCases:
             c.publish("kat/x", b"beat")
             self.assertEqual(c.recv_publish().payload, b"beat")
 
+    def test_keepalive_enforced_per_connection_among_many(self):
+        # The broker looks only at connections whose deadline came up: the silent one among many must still be
+        # found, and neither its busy twin nor the long-keepalive crowd may be touched.
+        crowd = [self.client(f"kam-{i}", keepalive=60 if i % 2 else 0) for i in range(60)]
+        silent = self.client("kam-silent", keepalive=1)
+        busy = self.client("kam-busy", keepalive=1)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.2:
+            time.sleep(0.4)
+            busy.send(b"\xc0\x00")
+            busy.expect(b"\xd0\x00")
+        silent.expect_closed(2)
+        self.assertLessEqual(time.monotonic() - start, 4.0, "silent keepalive-1 client not closed near 1.5 s")
+        for c in crowd:
+            c.send(b"\xc0\x00")
+            c.expect(b"\xd0\x00")
+
     def test_keepalive_zero_never_times_out(self):
         c = self.client("ka0", keepalive=0)
         c.expect_no_packet(1.6)
