@@ -5,9 +5,8 @@
 // id and ignores entries that no longer match, so pushing a deadline later costs nothing on the hot path (the
 // owner re-schedules when the old entry fires) and nothing has to be unlinked on close. Owned by one shard and used
 // only on its thread.
-#include <algorithm>
+#include <cstddef>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 namespace ringmq::reactor {
@@ -41,23 +40,29 @@ public:
         ++size_;
     }
 
-    // Calls fn(const entry&) for every entry whose tick has come by now_ms. fn may schedule() again: such entries go
-    // to a later tick and are not seen in this call unless the wheel had fallen behind by a whole horizon.
+    // Calls fn(const entry&) for every entry whose tick has come by now_ms. fn may schedule() again: an entry put
+    // in for a time after now_ms is not seen again in this call, one for a time already reached is.
     template <class Fn> void advance(int64_t now_ms, Fn&& fn) {
         const int64_t target = tick_of(now_ms);
         if (target < cursor_) return;
-        // After a stall longer than the horizon every slot is due once: no need to visit it twice.
-        const int64_t stop = std::min(target, cursor_ + static_cast<int64_t>(slots_.size()) - 1);
-        for (int64_t t = cursor_; t <= stop; ++t) {
+        if (target - cursor_ >= static_cast<int64_t>(slots_.size())) {
+            // Fallen behind by a whole horizon (a stalled loop): every entry is due. Take them all out first, so
+            // that what fn puts back lands relative to now and not in a slot this call would skip.
+            for (auto& slot : slots_) {
+                batch_.insert(batch_.end(), slot.begin(), slot.end());
+                slot.clear();
+            }
+            cursor_ = target + 1;
+            fire_batch(fn);
+            return;
+        }
+        for (int64_t t = cursor_; t <= target; ++t) {
             auto& slot = slots_[static_cast<size_t>(t) & (slots_.size() - 1)];
             if (slot.empty()) continue;
             batch_.swap(slot);
             cursor_ = t + 1; // what fn schedules lands after this tick
-            size_ -= batch_.size();
-            for (const entry& e : batch_)
-                fn(e);
-            batch_.clear();
-            if (slot.empty()) slot.swap(batch_); // keep the capacity where it will be needed again
+            fire_batch(fn);
+            if (slot.empty() && batch_.capacity() <= keep_capacity) slot.swap(batch_); // reuse the slot's memory
         }
         cursor_ = target + 1;
     }
@@ -66,7 +71,20 @@ public:
     uint32_t tick_ms() const { return tick_ms_; }
 
 private:
+    // A slot that held more entries than this (a connect storm) gives its memory back once it has fired.
+    static constexpr size_t keep_capacity = 4096;
+
     int64_t tick_of(int64_t ms) const { return ms / tick_ms_; }
+
+    template <class Fn> void fire_batch(Fn& fn) {
+        size_ -= batch_.size();
+        for (const entry& e : batch_)
+            fn(e);
+        if (batch_.capacity() > keep_capacity)
+            std::vector<entry>().swap(batch_);
+        else
+            batch_.clear();
+    }
 
     uint32_t tick_ms_;
     int64_t cursor_ = 0; // the first tick not yet fired

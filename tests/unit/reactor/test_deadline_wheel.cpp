@@ -102,6 +102,31 @@ TEST(DeadlineWheel, ALongStallFiresEverythingDueOnceEvenWhenPutBack) {
     EXPECT_TRUE(advance(w, 80'050).empty());
 }
 
+TEST(DeadlineWheel, WhatIsPutBackAfterALongStallFiresOnTimeNotAHorizonLate) {
+    deadline_wheel w(100, 8); // 800 ms horizon
+    w.start(0);
+    for (uint64_t id = 1; id <= 20; ++id)
+        w.schedule(id, static_cast<int64_t>(id) * 30);
+    // The loop stalls for 10 s; each entry is put back 150 ms after the moment the wheel catches up.
+    const int64_t now = 10'000;
+    w.advance(now, [&](const entry& e) { w.schedule(e.id, now + 150); });
+    EXPECT_EQ(w.size(), 20u);
+    EXPECT_TRUE(advance(w, now + 100).empty());
+    EXPECT_EQ(advance(w, now + 200).size(), 20u) << "put-back entries must fire at their own deadline";
+    EXPECT_EQ(w.size(), 0u);
+}
+
+TEST(DeadlineWheel, AStormSlotStillFiresEverythingAfterGivingBackMemory) {
+    deadline_wheel w(100, 8);
+    w.start(0);
+    for (uint64_t id = 1; id <= 10'000; ++id) // more than a slot keeps
+        w.schedule(id, 500);
+    EXPECT_EQ(advance(w, 500).size(), 10'000u);
+    for (uint64_t id = 1; id <= 3; ++id)
+        w.schedule(id, 1300);
+    EXPECT_EQ(advance(w, 1300).size(), 3u);
+}
+
 // An owner that keeps one deadline per id, moves it later on "traffic" and ignores stale entries, the way the
 // shard uses the wheel: every id is seen due exactly once, never before its deadline and at most a tick after it.
 TEST(DeadlineWheel, RandomisedOwnerSeesEveryDeadlineOnceAndOnTime) {
