@@ -1208,11 +1208,19 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
         break;
     case session::session::offer_result::queued:
         break;
-    case session::session::offer_result::dropped:
+    case session::session::offer_result::dropped: {
         ++m_.messages_dropped;
-        log::debug("session {}: queue full ({}), message on {} dropped", slot.s->client_id(),
-                   cfg_.limits.max_queued_messages, topic);
+        // Warned at the 1st, 2nd, 4th, 8th... drop of a session: an operator sees that and why it loses messages,
+        // and a subscriber that stays behind cannot flood the log.
+        const uint64_t d = slot.s->dropped();
+        if ((d & (d - 1)) == 0)
+            log::warn("session {}: queue full (mqtt.max_queued_messages = {}), message on {} dropped ({} so far)",
+                      slot.s->client_id(), cfg_.limits.max_queued_messages, topic, d);
+        else
+            log::debug("session {}: queue full ({}), message on {} dropped", slot.s->client_id(),
+                       cfg_.limits.max_queued_messages, topic);
         break;
+    }
     }
 }
 
