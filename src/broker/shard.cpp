@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <arpa/inet.h>
+#include <bit>
 #include <cstring>
 #include <ctime>
 
@@ -1054,7 +1055,7 @@ void shard::pump(session_slot& slot) {
         if (!o) return;
         connection& c = *slot.conn;
         if (o->qos == 0 && c.queued_bytes() > cfg_.limits.max_outgoing_bytes) {
-            ++m_.messages_dropped;
+            drop_qos0(slot, 1, o->msg->topic());
             continue;
         }
         send_publish(c, o->msg->topic(), o->msg->payload(), o->qos, o->msg->retain(), false, o->pid);
@@ -1171,12 +1172,29 @@ void shard::deliver_run(const publish_run& r) {
     }
 }
 
+void shard::drop_qos0(session_slot& slot, uint64_t n, std::string_view topic) {
+    m_.messages_dropped += n;
+    const uint64_t before = slot.s->dropped();
+    slot.s->count_dropped(n);
+    warn_dropped(slot, before, "client not reading, over mqtt.max_outgoing_bytes = {}", cfg_.limits.max_outgoing_bytes,
+                 topic);
+}
+
+// Warned when a session's drop count reaches 1, 2, 4, 8...: an operator learns that and why it loses messages, and
+// a subscriber that stays behind cannot flood the log.
+void shard::warn_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic) {
+    const uint64_t after = slot.s->dropped();
+    if (std::bit_width(before) == std::bit_width(after)) return;
+    log::warn("session {}: {}, message on {} dropped ({} so far)", slot.s->client_id(),
+              fmt::format(fmt::runtime(why), limit), topic, after);
+}
+
 void shard::deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                     session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw) {
     connection* c = slot.conn;
     if (qos == 0 && c && slot.s->queue_len() == 0) {
         if (c->queued_bytes() > cfg_.limits.max_outgoing_bytes) {
-            m_.messages_dropped += raw.count; // backpressure: a QoS 0 message for a client that does not read
+            drop_qos0(slot, raw.count, topic); // backpressure: a QoS 0 message for a client that does not read
             return;
         }
         if (retain) {
@@ -1208,19 +1226,11 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
         break;
     case session::session::offer_result::queued:
         break;
-    case session::session::offer_result::dropped: {
+    case session::session::offer_result::dropped:
         ++m_.messages_dropped;
-        // Warned at the 1st, 2nd, 4th, 8th... drop of a session: an operator sees that and why it loses messages,
-        // and a subscriber that stays behind cannot flood the log.
-        const uint64_t d = slot.s->dropped();
-        if ((d & (d - 1)) == 0)
-            log::warn("session {}: queue full (mqtt.max_queued_messages = {}), message on {} dropped ({} so far)",
-                      slot.s->client_id(), cfg_.limits.max_queued_messages, topic, d);
-        else
-            log::debug("session {}: queue full ({}), message on {} dropped", slot.s->client_id(),
-                       cfg_.limits.max_queued_messages, topic);
+        warn_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
+                     cfg_.limits.max_queued_messages, topic);
         break;
-    }
     }
 }
 

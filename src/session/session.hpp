@@ -66,6 +66,8 @@ public:
     size_t queue_len() const { return queue_.size(); }
     size_t inflight_len() const { return window_.size(); }
     uint64_t dropped() const { return dropped_; }
+    // Messages the broker dropped for this session outside the queue (QoS 0 backpressure), counted with the rest.
+    void count_dropped(uint64_t n) { dropped_ += n; }
 
     // Incoming QoS 2: true when pid was not yet awaiting release (the message must be delivered now); false for a
     // duplicate (already delivered, only PUBREC again).

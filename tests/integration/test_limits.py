@@ -120,6 +120,12 @@ class LimitCases:
         self.assertGreater(len(seqs), 0)
         self.assertLess(len(seqs), total, "nothing was dropped: the limit did not act")
         self.assertEqual(seqs, sorted(set(seqs)), "delivered out of order or twice")
+        # The drops are in the log, named by the limit, at 1, 2, 4, 8... drops: a handful of lines, not thousands.
+        dropped = total - len(seqs)
+        warns = [l for l in self.broker.log().decode("utf-8", "replace").splitlines()
+                 if "[warn]" in l and "over mqtt.max_outgoing_bytes = 1024" in l]
+        self.assertGreaterEqual(len(warns), 1)
+        self.assertLessEqual(len(warns), dropped.bit_length(), warns)
         pub.publish("lim/flood", b"after", qos=0)
         self.assertEqual(sub.recv_publish().payload, b"after")
         self.assert_broker_healthy()
