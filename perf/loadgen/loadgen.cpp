@@ -55,12 +55,12 @@ constexpr std::int64_t drain_timeout_ns = 2000 * ns_per_ms;
 constexpr std::int64_t drain_quiet_ns = 300 * ns_per_ms;
 // Payload layout: send timestamp (CLOCK_MONOTONIC ns) then sequence number, both 8 bytes, native byte order.
 constexpr std::uint32_t payload_header = 16;
-// Most PUBLISHes one fixed-rate loop turn may emit before it goes back to reading sockets.
 // Connections per IPv4 source address. The kernel looks for a free ephemeral port per (source, destination) pair,
 // and that search slows sharply as the range fills: at 16k connections from 127.0.0.1 to one port it took nearly all
 // of the generator's core (__inet_hash_connect) and connecting stalled. Connection i >= this comes from
 // 127.0.0.(1 + i / conns_per_source) instead; loopback all the same.
 constexpr std::uint32_t conns_per_source = 8192;
+// Most PUBLISHes one fixed-rate loop turn may emit before it goes back to reading sockets.
 constexpr std::uint32_t rate_burst_limit = 4096;
 
 std::int64_t mono_ns() {
@@ -347,14 +347,15 @@ private:
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         c.fd = fd;
         if (addr_.ss_family == AF_INET && ci >= conns_per_source) {
+            const std::uint32_t host = 1u + ci / conns_per_source;
             sockaddr_in src{};
             src.sin_family = AF_INET;
-            src.sin_addr.s_addr = htonl((127u << 24) | (1u + ci / conns_per_source));
+            src.sin_addr.s_addr = htonl((127u << 24) | host);
             // The port is picked at connect() time, unique per 4-tuple, not reserved by bind().
             setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
             if (::bind(fd, reinterpret_cast<const sockaddr*>(&src), sizeof src) != 0) {
                 c.state = conn_state::connecting;
-                conn_failed(c, strf("bind to source 127.0.0.%u: %s", 1u + ci / conns_per_source, std::strerror(errno)));
+                conn_failed(c, strf("bind to source 127.0.0.%u: %s", host, std::strerror(errno)));
                 return;
             }
         }

@@ -35,6 +35,10 @@ constexpr uint32_t tick_ms = 200;
 constexpr uint32_t deadline_slots = 1024;
 constexpr int64_t shutdown_grace_ms = 3000;
 
+int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) {
+    return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
+}
+
 std::string peer_name(int fd) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -328,12 +332,6 @@ void shard::tick(int64_t now) {
     deadlines_.advance(now, [&](const reactor::deadline_wheel::entry& e) { check_deadline(e, now); });
     update_gauges();
 }
-
-namespace {
-int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) {
-    return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
-}
-} // namespace
 
 void shard::schedule_check(connection& c) {
     if (c.st != connection::state::connected || c.keepalive == 0) return;
@@ -1173,17 +1171,17 @@ void shard::deliver_run(const publish_run& r) {
 }
 
 void shard::drop_qos0(session_slot& slot, uint64_t n, std::string_view topic) {
-    m_.messages_dropped += n;
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(n);
-    warn_dropped(slot, before, "client not reading, over mqtt.max_outgoing_bytes = {}", cfg_.limits.max_outgoing_bytes,
+    note_dropped(slot, before, "client not reading, over mqtt.max_outgoing_bytes = {}", cfg_.limits.max_outgoing_bytes,
                  topic);
 }
 
-// Warned when a session's drop count reaches 1, 2, 4, 8...: an operator learns that and why it loses messages, and
-// a subscriber that stays behind cannot flood the log.
-void shard::warn_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic) {
+// Counts what the session dropped since `before` and warns when its drop count reaches 1, 2, 4, 8...: an operator
+// learns that and why it loses messages, and a subscriber that stays behind cannot flood the log.
+void shard::note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic) {
     const uint64_t after = slot.s->dropped();
+    m_.messages_dropped += after - before;
     if (std::bit_width(before) == std::bit_width(after)) return;
     log::warn("session {}: {}, message on {} dropped ({} so far)", slot.s->client_id(),
               fmt::format(fmt::runtime(why), limit), topic, after);
@@ -1227,8 +1225,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
     case session::session::offer_result::queued:
         break;
     case session::session::offer_result::dropped:
-        ++m_.messages_dropped;
-        warn_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
+        note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
                      cfg_.limits.max_queued_messages, topic);
         break;
     }

@@ -309,7 +309,7 @@ private:
     void update_gauges();
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
     void drop_qos0(session_slot& slot, uint64_t n, std::string_view topic);
-    void warn_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic);
+    void note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic);
     void fill_gauges(stats& s) const;
 
     node& node_;

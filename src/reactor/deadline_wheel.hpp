@@ -68,7 +68,6 @@ public:
     }
 
     size_t size() const { return size_; }
-    uint32_t tick_ms() const { return tick_ms_; }
 
 private:
     // A slot that held more entries than this (a connect storm) gives its memory back once it has fired.

@@ -66,7 +66,7 @@ class LimitCases:
         sub = self.client(self.sub_id(), clean=False, expect=m.CONNACK_OK_SESSION)
         msgs = sub.recv_publishes(5)
         self.assertEqual([x.payload for x in msgs], [b"0", b"1", b"2", b"3", b"4"])
-        # 7 dropped: warned at the 1st, 2nd and 4th drop, naming the key, the rest only at debug level.
+        # 7 dropped: warned at the 1st, 2nd and 4th drop, naming the key; the other four only counted.
         warns = [l for l in self.broker.log().decode("utf-8", "replace").splitlines()
                  if "[warn]" in l and "queue full" in l]
         self.assertEqual(len(warns), 3, warns)
