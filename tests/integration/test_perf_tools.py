@@ -1,0 +1,161 @@
+"""The performance instruments stay honest: perf/loadgen against the real broker reports exact counts (nothing lost,
+nothing duplicated, the broker's CPU read from /proc), perf/forwarder (the do-nothing ceiling) forwards QoS 0 and
+answers everything else deterministically, and perf/compare --ceiling runs all three end to end. Short runs only:
+these check the tools, they measure nothing."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from broker import REPO, BrokerTest
+
+
+def tool(env: str, name: str) -> str:
+    return os.environ.get(env) or str(REPO / "build" / "perf" / name)
+
+
+LOADGEN = tool("LOADGEN_BIN", "loadgen")
+FORWARDER = tool("FORWARDER_BIN", "forwarder")
+
+
+def loadgen(port: int, *args: str, pid: int = 0, duration: str = "0.5") -> tuple:
+    """Runs loadgen for a short window; returns (exit code, parsed JSON line or None, stderr)."""
+    cmd = [LOADGEN, "--port", str(port), "--warmup", "0.2", "--duration", duration, "--json"] + list(args)
+    if pid:
+        cmd += ["--broker-pid", str(pid)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    lines = [l for l in run.stdout.splitlines() if l.startswith("{")]
+    return run.returncode, (json.loads(lines[-1]) if lines else None), run.stderr
+
+
+class Forwarder:
+    """perf/forwarder on 127.0.0.1 port 0 (read back from its ready line); stopped with SIGTERM."""
+
+    def __init__(self):
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([FORWARDER, "--listen", "127.0.0.1:0"], stdout=self.log, stderr=self.log)
+        self.port = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not self.port and self.proc.poll() is None:
+            m = re.search(rb"forwarder ready on 127\.0\.0\.1:(\d+)", self.text().encode())
+            if m:
+                self.port = int(m.group(1))
+            else:
+                time.sleep(0.02)
+        if not self.port:
+            self.stop()
+            raise AssertionError(f"forwarder did not start: {self.text()}")
+
+    def text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.returncode
+
+
+class LoadgenAgainstRingmq(BrokerTest):
+    def check_exact(self, data: dict) -> None:
+        self.assertEqual(data["status"], "ok", data)
+        self.assertGreater(data["delivered"], 0)
+        self.assertEqual(data["received"], data["expected"])
+        self.assertEqual((data["lost"], data["duplicates"], data["reordered"]), (0, 0, 0))
+
+    def test_one_to_one_qos0_reports_broker_cpu(self):
+        rc, data, err = loadgen(self.port, "--scenario", "one-to-one", pid=self.broker.proc.pid)
+        self.assertEqual(rc, 0, err)
+        self.check_exact(data)
+        self.assertGreater(data["broker_cpu_s"], 0)
+        self.assertAlmostEqual(data["deliveries_per_cpu_s"], data["delivered"] / data["broker_cpu_s"],
+                               delta=data["deliveries_per_cpu_s"] * 0.01)
+        self.assertGreater(data["broker_rss_bytes"], 0)
+
+    def test_fanout_qos1_delivers_every_copy(self):
+        rc, data, err = loadgen(self.port, "--scenario", "fanout", "--subscribers", "10", "--qos", "1")
+        self.assertEqual(rc, 0, err)
+        self.check_exact(data)
+        self.assertEqual(data["expected"], data["sent"] * 10)
+
+    def test_pairs_qos2(self):
+        rc, data, err = loadgen(self.port, "--scenario", "pairs", "--publishers", "3", "--qos", "2")
+        self.assertEqual(rc, 0, err)
+        self.check_exact(data)
+
+
+class ForwarderCeiling(unittest.TestCase):
+    def setUp(self):
+        self.fwd = Forwarder()
+        self.addCleanup(self.fwd.stop)
+
+    def test_fanout_qos0_is_forwarded_exactly(self):
+        rc, data, err = loadgen(self.fwd.port, "--scenario", "fanout", "--subscribers", "10", pid=self.fwd.proc.pid)
+        self.assertEqual(rc, 0, err + self.fwd.text())
+        self.assertEqual(data["status"], "ok")
+        self.assertGreater(data["delivered"], 0)
+        self.assertEqual((data["lost"], data["duplicates"], data["reordered"]), (0, 0, 0))
+        self.assertEqual(data["received"], data["expected"])
+        self.assertGreater(data["broker_cpu_s"], 0)
+
+    def test_wildcard_filter_is_refused_in_the_suback(self):
+        rc, data, err = loadgen(self.fwd.port, "--scenario", "fanin", "--publishers", "2")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("SUBACK refused the subscription", err + json.dumps(data))
+        self.assertEqual(self.fwd.proc.poll(), None, "the forwarder must keep running")
+
+    def test_qos1_publish_closes_the_publisher_with_a_reason(self):
+        rc, _, err = loadgen(self.fwd.port, "--scenario", "one-to-one", "--qos", "1")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("only QoS 0 PUBLISH is forwarded", self.fwd.text())
+        self.assertEqual(self.fwd.proc.poll(), None)
+
+    def test_stops_cleanly_on_sigterm(self):
+        self.assertEqual(self.fwd.stop(), 0)
+
+
+class ForwarderArguments(unittest.TestCase):
+    def test_non_loopback_listen_is_refused(self):
+        run = subprocess.run([FORWARDER, "--listen", "10.1.2.3:1883"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(run.returncode, 2)
+        self.assertIn("--listen must be 127.x.x.x:PORT", run.stderr)
+
+
+class CompareWithCeiling(unittest.TestCase):
+    def test_quick_run_has_all_three_brokers(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "cmp.json")
+            env = dict(os.environ, FORWARDER_BIN=FORWARDER, LOADGEN_BIN=LOADGEN)
+            if os.environ.get("RINGMQ_BIN"):
+                env["RINGMQ_BIN"] = os.environ["RINGMQ_BIN"]
+            run = subprocess.run([sys.executable, str(REPO / "perf" / "compare"), "--quick", "--only", "1to1-q0",
+                                  "--ceiling", "--json", out], capture_output=True, text=True, timeout=50, env=env)
+            self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+            with open(out) as f:
+                doc = json.load(f)
+        runs = {r["broker"]: r for r in doc["runs"]}
+        self.assertEqual(sorted(runs), ["forwarder", "mosquitto", "ringmq"])
+        for name, r in runs.items():
+            self.assertEqual(r["result"]["status"], "ok", name)
+            self.assertEqual(r["result"]["lost"], 0, name)
+        head = doc["table"][0]
+        self.assertIn("forwarder", head)
+        self.assertIn("ringmq/fwd", head)
+        row = next(r for r in doc["table"][1:] if r[1] == "deliveries per broker CPU-s")
+        fwd = runs["forwarder"]["result"]["deliveries_per_cpu_s"]
+        ours = runs["ringmq"]["result"]["deliveries_per_cpu_s"]
+        self.assertEqual(row[head.index("ringmq/fwd")], f"{ours / fwd:.3g}x")
+
+
+if __name__ == "__main__":
+    unittest.main()
