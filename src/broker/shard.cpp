@@ -27,8 +27,8 @@ namespace {
 constexpr uint32_t smp_capacity = 16384;
 constexpr unsigned reap_batch = 256;
 constexpr size_t smp_drain_max = 4096;
-constexpr uint32_t recv_buffers = 512;
-constexpr uint32_t recv_buffer_size = 16384;
+constexpr uint32_t recv_buffers = 64;
+constexpr uint32_t recv_buffer_size = 65536;
 constexpr uint32_t tick_ms = 200;
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -125,13 +125,13 @@ void shard::request_stop() {
 bool shard::run() {
     log::set_shard_tag(static_cast<int>(id_));
     std::string why;
-    if (!ring_.init(4096, why) || !bufs_.init(ring_, 0, recv_buffers, recv_buffer_size, why)) {
+    if (!ring_.init(4096, why) || !bufs_.init(ring_, 0, recv_buffers, recv_buffer_size, why, true)) {
         log::error("shard {}: {}", id_, why);
         node_.failed.store(true);
         return false;
     }
-    log::debug("shard {} started (io_uring {}, {} x {} B receive buffers)", id_, ring_.mode(), recv_buffers,
-               recv_buffer_size);
+    log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{})", id_, ring_.mode(), recv_buffers,
+               recv_buffer_size, bufs_.incremental() ? ", consumed incrementally" : "");
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -438,7 +438,13 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         return;
     }
     if (res <= 0 || c.st == connection::state::closing) {
-        if (has_buf) bufs_.recycle(bid);
+        // The kernel puts back a buffer it wrote nothing to (res <= 0); bytes for a closing connection are dropped.
+        if (has_buf && res > 0) {
+            bufs_.received(bid, static_cast<uint32_t>(res), flags);
+            bufs_.release(bid, flags);
+        } else if (has_buf && !bufs_.incremental()) {
+            bufs_.recycle(bid);
+        }
         if (c.st != connection::state::closing) {
             if (res == 0)
                 close(c, "closed", true);
@@ -451,10 +457,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     RINGMQ_ASSERT(has_buf);
     m_.bytes_received += static_cast<uint64_t>(res);
     c.last_rx_ms = now_ms_;
-    const uint8_t* data = bufs_.data(bid);
+    const uint8_t* data = bufs_.received(bid, static_cast<uint32_t>(res), flags);
     const bool was_awaiting = c.st == connection::state::awaiting_connect;
     process_input(c, data, static_cast<size_t>(res));
-    bufs_.recycle(bid);
+    bufs_.release(bid, flags);
     if (c.handed_off) {
         maybe_destroy(c);
         return;

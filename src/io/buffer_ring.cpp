@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -15,7 +16,11 @@ buffer_ring::~buffer_ring() {
     if (base_) munmap(base_, size_t{count_} * size_);
 }
 
-bool buffer_ring::init(ring& r, uint16_t group, uint32_t count, uint32_t size, std::string& why) {
+namespace {
+constexpr uint16_t pbuf_ring_inc = 2; // IOU_PBUF_RING_INC, io_uring_buf_reg.flags (named `pad` in older headers)
+} // namespace
+
+bool buffer_ring::init(ring& r, uint16_t group, uint32_t count, uint32_t size, std::string& why, bool incremental) {
     ring_ = &r;
     group_ = group;
     count_ = count;
@@ -31,7 +36,14 @@ bool buffer_ring::init(ring& r, uint16_t group, uint32_t count, uint32_t size, s
     reg.ring_addr = reinterpret_cast<uint64_t>(br_);
     reg.ring_entries = count;
     reg.bgid = group;
-    int rc = io_uring_register_buf_ring(r.raw(), &reg, 0);
+    int rc = -EINVAL;
+    if (incremental) {
+        reg.pad = pbuf_ring_inc;
+        rc = io_uring_register_buf_ring(r.raw(), &reg, 0);
+        reg.pad = 0;
+    }
+    incremental_ = rc == 0;
+    if (rc == -EINVAL) rc = io_uring_register_buf_ring(r.raw(), &reg, 0); // whole buffers: before Linux 6.12
     if (rc < 0) {
         munmap(br_, ring_bytes_);
         br_ = nullptr;
@@ -44,6 +56,7 @@ bool buffer_ring::init(ring& r, uint16_t group, uint32_t count, uint32_t size, s
         return false;
     }
     base_ = static_cast<uint8_t*>(b);
+    offset_ = std::make_unique<uint32_t[]>(count);
     io_uring_buf_ring_init(br_);
     for (uint32_t i = 0; i < count; ++i)
         io_uring_buf_ring_add(br_, data(static_cast<uint16_t>(i)), size, static_cast<uint16_t>(i),

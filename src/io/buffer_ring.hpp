@@ -1,10 +1,17 @@
 #pragma once
 // A provided-buffer ring for multishot recv: `count` buffers of `size` bytes registered with the shard's ring under
-// one buffer group id. The kernel picks a buffer per recv completion; the shard hands each buffer back as soon as
-// the packets in it are handled. Owned by one shard, used only on its thread.
+// one buffer group id. The shard hands each buffer back as soon as the packets in it are handled.
+//
+// Where the kernel allows it (Linux 6.12+, IOU_PBUF_RING_INC) buffers are consumed incrementally: each recv takes only
+// the bytes it needs from the buffer at the head of the ring, and the next recv, from any socket, continues right
+// after them. Small packets from many connections then pack densely into a few hot buffers instead of each taking a
+// whole one, and a large burst from one socket fills a buffer in one recv. A completion flagged
+// IORING_CQE_F_BUF_MORE leaves its buffer in the kernel's hands; the one without the flag ends the buffer's use, and
+// the shard recycles it after handling those bytes. Owned by one shard, used only on its thread.
 #include "io/ring.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace ringmq::io {
@@ -16,27 +23,46 @@ public:
     buffer_ring(const buffer_ring&) = delete;
     buffer_ring& operator=(const buffer_ring&) = delete;
 
-    // count must be a power of two.
-    bool init(ring& r, uint16_t group, uint32_t count, uint32_t size, std::string& why);
+    // count must be a power of two. incremental asks for IOU_PBUF_RING_INC and falls back to whole buffers on
+    // kernels without it (see incremental()).
+    bool init(ring& r, uint16_t group, uint32_t count, uint32_t size, std::string& why, bool incremental = false);
 
     uint16_t group() const { return group_; }
     uint32_t buffer_size() const { return size_; }
+    bool incremental() const { return incremental_; }
     uint8_t* data(uint16_t bid) { return base_ + size_t{bid} * size_; }
+
+    // The first byte of a recv completion's `len` bytes in buffer bid (cqe_flags as reaped). Call once per
+    // completion, in completion order, then release() once the bytes are handled.
+    uint8_t* received(uint16_t bid, uint32_t len, uint32_t cqe_flags) {
+        uint8_t* p = data(bid) + offset_[bid];
+        offset_[bid] = incremental_ && (cqe_flags & cqe_buf_more) ? offset_[bid] + len : 0;
+        return p;
+    }
+    // Ends this completion's use of buffer bid: recycles it unless the kernel keeps filling it (IORING_CQE_F_BUF_MORE).
+    void release(uint16_t bid, uint32_t cqe_flags) {
+        if (!(incremental_ && (cqe_flags & cqe_buf_more))) recycle(bid);
+    }
     // Returns a buffer to the kernel; made visible in one store by commit().
     void recycle(uint16_t bid);
     // Publishes the recycled buffers. Returns true if any were published.
     bool commit();
     uint64_t enobufs = 0; // times a multishot recv stopped for lack of buffers (flow control, counted)
 
+    // IORING_CQE_F_BUF_MORE (Linux 6.12); the liburing headers of Debian 12 predate it.
+    static constexpr uint32_t cqe_buf_more = 1U << 4;
+
 private:
     ring* ring_ = nullptr;
     io_uring_buf_ring* br_ = nullptr;
     uint8_t* base_ = nullptr;
+    std::unique_ptr<uint32_t[]> offset_; // per buffer: where the next completion's bytes start
     size_t ring_bytes_ = 0;
     uint32_t count_ = 0;
     uint32_t size_ = 0;
     uint16_t group_ = 0;
     int pending_ = 0;
+    bool incremental_ = false;
 };
 
 } // namespace ringmq::io
