@@ -47,6 +47,7 @@ volatile std::sig_atomic_t stop_requested = 0;
 struct client {
     int fd = -1;
     bool dirty = false;           // in the turn's flush list
+    bool closing = false;         // closed this turn: invisible to find(), destroyed when the turn ends
     bool want_out = false;        // EPOLLOUT armed because a send was partial
     std::vector<std::uint8_t> in; // the unparsed tail of earlier reads
     mqtt::byte_buffer out;
@@ -94,13 +95,17 @@ public:
                 if (evs[i].events & EPOLLIN) on_readable(*c);
             }
             flush();
+            reap_closed();
         }
         return 0;
     }
 
 private:
+    // Null for unknown fds and for clients closed during this turn (whose memory lives until the turn ends).
     client* find(int fd) {
-        return fd >= 0 && static_cast<std::size_t>(fd) < clients_.size() ? clients_[fd].get() : nullptr;
+        if (fd < 0 || static_cast<std::size_t>(fd) >= clients_.size()) return nullptr;
+        client* c = clients_[fd].get();
+        return c && !c->closing ? c : nullptr;
     }
 
     void accept_all() {
@@ -213,16 +218,20 @@ private:
                     codes.push_back(0x80); // exact topics only
                     continue;
                 }
-                subs_[topic].push_back(c.fd);
-                c.topics.push_back(std::move(topic));
+                if (std::find(c.topics.begin(), c.topics.end(), topic) == c.topics.end()) {
+                    subs_[topic].push_back(c.fd);
+                    c.topics.push_back(std::move(topic));
+                }
                 codes.push_back(0);
             }
-            std::uint8_t* a = c.out.append(4 + codes.size());
-            a[0] = mqtt::suback << 4;
-            a[1] = static_cast<std::uint8_t>(2 + codes.size());
-            a[2] = pv.body[0];
-            a[3] = pv.body[1];
-            std::memcpy(a + 4, codes.data(), codes.size());
+            if (codes.empty() || pos != pv.size) break; // no filter, or a malformed one: protocol error
+            const auto rem = static_cast<std::uint32_t>(2 + codes.size());
+            std::uint8_t* a = c.out.append(1 + mqtt::varint_size(rem) + rem);
+            *a++ = mqtt::suback << 4;
+            a = mqtt::put_varint(a, rem);
+            *a++ = pv.body[0];
+            *a++ = pv.body[1];
+            std::memcpy(a, codes.data(), codes.size());
             mark_dirty(c);
             return true;
         }
@@ -292,19 +301,30 @@ private:
         dirty_.clear();
     }
 
+    // Closes at the end of the turn: forward() may be walking this client's subscription lists, and its fd must not
+    // be reused by an accept while events for it are still in the batch.
     void close_client(int fd) {
         client* c = find(fd);
         if (!c) return;
-        for (const std::string& t : c->topics) {
-            const auto it = subs_.find(t);
-            if (it == subs_.end()) continue;
-            auto& v = it->second;
-            v.erase(std::remove(v.begin(), v.end(), fd), v.end());
-            if (v.empty()) subs_.erase(it);
+        c->closing = true;
+        closed_.push_back(fd);
+    }
+
+    void reap_closed() {
+        for (const int fd : closed_) {
+            client* c = clients_[fd].get();
+            for (const std::string& t : c->topics) {
+                const auto it = subs_.find(t);
+                if (it == subs_.end()) continue;
+                auto& v = it->second;
+                v.erase(std::remove(v.begin(), v.end(), fd), v.end());
+                if (v.empty()) subs_.erase(it);
+            }
+            epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+            ::close(fd);
+            clients_[fd].reset();
         }
-        epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
-        ::close(fd);
-        clients_[fd].reset();
+        closed_.clear();
     }
 
     int lfd_;
@@ -312,6 +332,7 @@ private:
     std::vector<std::uint8_t> scratch_;
     std::vector<std::unique_ptr<client>> clients_;
     std::vector<int> dirty_;
+    std::vector<int> closed_; // closed this turn, destroyed by reap_closed()
     std::unordered_map<std::string, std::vector<int>, string_hash, std::equal_to<>> subs_;
 };
 

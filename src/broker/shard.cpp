@@ -27,8 +27,16 @@ namespace {
 constexpr uint32_t smp_capacity = 16384;
 constexpr unsigned reap_batch = 256;
 constexpr size_t smp_drain_max = 4096;
-constexpr uint32_t recv_buffers = 64;
-constexpr uint32_t recv_buffer_size = 65536;
+// Receive buffers for connected clients' multishot recvs. Consumed incrementally (Linux 6.12+), few large buffers
+// serve many connections; consumed whole (older kernels), each recv takes a buffer, so more of them are needed.
+constexpr uint32_t recv_buffers_incremental = 64;
+constexpr uint32_t recv_buffer_size_incremental = 65536;
+constexpr uint32_t recv_buffers_whole = 512;
+constexpr uint32_t recv_buffer_size_whole = 16384;
+// Buffers for the first recv of each connection (one-shot, until CONNECT is handled): a CONNECT is usually a few
+// dozen bytes, and a larger one is reassembled across recvs like any packet.
+constexpr uint32_t first_recv_buffers = 256;
+constexpr uint32_t first_recv_buffer_size = 2048;
 constexpr uint32_t tick_ms = 200;
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -125,13 +133,20 @@ void shard::request_stop() {
 bool shard::run() {
     log::set_shard_tag(static_cast<int>(id_));
     std::string why;
-    if (!ring_.init(4096, why) || !bufs_.init(ring_, 0, recv_buffers, recv_buffer_size, why, true)) {
+    bool ok = ring_.init(4096, why);
+    const bool inc = ok && io::buffer_ring::incremental_supported(ring_);
+    const uint32_t nbufs = inc ? recv_buffers_incremental : recv_buffers_whole;
+    const uint32_t bufsize = inc ? recv_buffer_size_incremental : recv_buffer_size_whole;
+    ok = ok && bufs_.init(ring_, 0, nbufs, bufsize, why, inc) &&
+         first_bufs_.init(ring_, 1, first_recv_buffers, first_recv_buffer_size, why);
+    if (!ok) {
         log::error("shard {}: {}", id_, why);
         node_.failed.store(true);
         return false;
     }
-    log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{})", id_, ring_.mode(), recv_buffers,
-               recv_buffer_size, bufs_.incremental() ? ", consumed incrementally" : "");
+    log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets)", id_,
+               ring_.mode(), nbufs, bufsize, bufs_.incremental() ? " consumed incrementally" : "", first_recv_buffers,
+               first_recv_buffer_size);
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -191,6 +206,7 @@ void shard::loop() {
             pending_handoffs_.resize(keep);
         }
         bufs_.commit();
+        first_bufs_.commit();
         if (!rearm_.empty()) {
             std::vector<connection*> again;
             again.swap(rearm_);
@@ -409,12 +425,15 @@ connection& shard::adopt(int fd, std::string peer) {
 
 void shard::arm_recv(connection& c) {
     io_uring_sqe* s = ring_.sqe();
-    if (c.st == connection::state::awaiting_connect)
-        io_uring_prep_recv(s, c.fd, nullptr, bufs_.buffer_size(), 0); // one shot: the socket may move shards
+    // One shot until CONNECT is handled: the socket may move to its client id's home shard.
+    c.recv_oneshot = c.st == connection::state::awaiting_connect;
+    io::buffer_ring& bufs = c.recv_oneshot ? first_bufs_ : bufs_;
+    if (c.recv_oneshot)
+        io_uring_prep_recv(s, c.fd, nullptr, bufs.buffer_size(), 0);
     else
         io_uring_prep_recv_multishot(s, c.fd, nullptr, 0, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = bufs_.group();
+    s->buf_group = bufs.group();
     io::set_completion(s, &c.recv_op);
     c.recv_armed = true;
     ++c.ops;
@@ -427,9 +446,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     }
     const bool has_buf = (flags & IORING_CQE_F_BUFFER) != 0;
     const uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    io::buffer_ring& bufs = c.recv_oneshot ? first_bufs_ : bufs_;
     if (res == -ENOBUFS) {
         // Flow control: every receive buffer is waiting to be handled. Re-arm once they are back in the ring.
-        ++bufs_.enobufs;
+        ++bufs.enobufs;
         if (c.st != connection::state::closing && !c.recv_armed && !c.needs_rearm) {
             c.needs_rearm = true;
             rearm_.push_back(&c);
@@ -438,12 +458,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         return;
     }
     if (res <= 0 || c.st == connection::state::closing) {
-        // The kernel puts back a buffer it wrote nothing to (res <= 0); bytes for a closing connection are dropped.
-        if (has_buf && res > 0) {
-            bufs_.received(bid, static_cast<uint32_t>(res), flags);
-            bufs_.release(bid, flags);
-        } else if (has_buf && !bufs_.incremental()) {
-            bufs_.recycle(bid);
+        // Bytes for a closing connection are dropped; the buffer goes back as its flags say.
+        if (has_buf) {
+            bufs.received(bid, res > 0 ? static_cast<uint32_t>(res) : 0, flags);
+            bufs.release(bid, flags);
         }
         if (c.st != connection::state::closing) {
             if (res == 0)
@@ -457,10 +475,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     RINGMQ_ASSERT(has_buf);
     m_.bytes_received += static_cast<uint64_t>(res);
     c.last_rx_ms = now_ms_;
-    const uint8_t* data = bufs_.received(bid, static_cast<uint32_t>(res), flags);
+    const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
     const bool was_awaiting = c.st == connection::state::awaiting_connect;
     process_input(c, data, static_cast<size_t>(res));
-    bufs_.release(bid, flags);
+    bufs.release(bid, flags);
     if (c.handed_off) {
         maybe_destroy(c);
         return;

@@ -170,6 +170,7 @@ public:
     bool refused = false;
     bool has_username = false;
     bool clean = true;
+    bool recv_oneshot = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
 
     op recv_op{this, false};
     op send_op{this, true};
@@ -320,7 +321,8 @@ private:
     int listen_fd_;
     io::waker waker_;
     io::ring ring_;
-    io::buffer_ring bufs_;
+    io::buffer_ring bufs_;       // multishot recvs; consumed incrementally where the kernel allows it
+    io::buffer_ring first_bufs_; // the one-shot recvs of connections awaiting CONNECT; whole buffers
     accept_op accept_op_{this};
     bool accept_armed_ = false;
     bool stopping_ = false;

@@ -20,6 +20,21 @@ namespace {
 constexpr uint16_t pbuf_ring_inc = 2; // IOU_PBUF_RING_INC, io_uring_buf_reg.flags (named `pad` in older headers)
 } // namespace
 
+bool buffer_ring::incremental_supported(ring& r) {
+    constexpr uint16_t spare_group = 0xfffe;
+    void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (m == MAP_FAILED) return false;
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<uint64_t>(m);
+    reg.ring_entries = 1;
+    reg.bgid = spare_group;
+    reg.pad = pbuf_ring_inc;
+    const bool ok = io_uring_register_buf_ring(r.raw(), &reg, 0) == 0;
+    if (ok) io_uring_unregister_buf_ring(r.raw(), spare_group);
+    munmap(m, 4096);
+    return ok;
+}
+
 bool buffer_ring::init(ring& r, uint16_t group, uint32_t count, uint32_t size, std::string& why, bool incremental) {
     ring_ = &r;
     group_ = group;

@@ -23,8 +23,16 @@ public:
     buffer_ring(const buffer_ring&) = delete;
     buffer_ring& operator=(const buffer_ring&) = delete;
 
+    // Whether the kernel takes IOU_PBUF_RING_INC (registers and drops a one-entry ring under a spare group id).
+    static bool incremental_supported(ring& r);
+
     // count must be a power of two. incremental asks for IOU_PBUF_RING_INC and falls back to whole buffers on
     // kernels without it (see incremental()).
+    //
+    // An incremental ring relies on completions arriving in the order the kernel used the buffer: true for the
+    // multishot recvs that share it, whose completions are posted as they happen, but not when a one-shot recv (whose
+    // completion is posted at the end of the kernel's batch) shares the ring with them. One-shot recvs need a ring of
+    // their own without incremental consumption.
     bool init(ring& r, uint16_t group, uint32_t count, uint32_t size, std::string& why, bool incremental = false);
 
     uint16_t group() const { return group_; }
@@ -32,8 +40,9 @@ public:
     bool incremental() const { return incremental_; }
     uint8_t* data(uint16_t bid) { return base_ + size_t{bid} * size_; }
 
-    // The first byte of a recv completion's `len` bytes in buffer bid (cqe_flags as reaped). Call once per
-    // completion, in completion order, then release() once the bytes are handled.
+    // The first byte of a recv completion's `len` bytes in buffer bid (cqe_flags as reaped; len 0 for a completion
+    // that carries a buffer but no bytes). Call once per completion that has IORING_CQE_F_BUFFER, in completion
+    // order, then release() once the bytes are handled.
     uint8_t* received(uint16_t bid, uint32_t len, uint32_t cqe_flags) {
         uint8_t* p = data(bid) + offset_[bid];
         offset_[bid] = incremental_ && (cqe_flags & cqe_buf_more) ? offset_[bid] + len : 0;

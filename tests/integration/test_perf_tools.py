@@ -12,6 +12,7 @@ import tempfile
 import time
 import unittest
 
+import mqtt_raw as m
 from broker import REPO, BrokerTest
 
 
@@ -119,6 +120,38 @@ class ForwarderCeiling(unittest.TestCase):
         self.assertEqual(rc, 2, err)
         self.assertIn("only QoS 0 PUBLISH is forwarded", self.fwd.text())
         self.assertEqual(self.fwd.proc.poll(), None)
+
+    def test_suback_for_many_filters_and_duplicates_deliver_once(self):
+        sub = m.RawClient(self.fwd.port)
+        self.addCleanup(sub.close)
+        sub.send(m.connect("s"))
+        sub.expect(m.connack())
+        filters = [(f"t/{i}", 0) for i in range(130)] + [("t/+", 0)]  # remaining length > 127; one wildcard
+        sub.send(m.subscribe(7, filters))
+        sub.expect(m.suback(7, [0] * 130 + [0x80]))
+        sub.send(m.subscribe(8, [("t/5", 0)]))  # again: still one copy per message
+        sub.expect(m.suback(8, [0]))
+        pub = m.RawClient(self.fwd.port)
+        self.addCleanup(pub.close)
+        pub.send(m.connect("p"))
+        pub.expect(m.connack())
+        pub.send(m.publish("t/5", b"one") + m.publish("t/129", b"two"))
+        self.assertEqual(sub.recv_publish().payload, b"one")
+        self.assertEqual(sub.recv_publish().payload, b"two")
+        sub.expect_no_packet(0.3)
+
+    def test_subscribe_without_filters_closes_only_that_client(self):
+        bad = m.RawClient(self.fwd.port)
+        self.addCleanup(bad.close)
+        bad.send(m.connect("bad"))
+        bad.expect(m.connack())
+        bad.send(m.packet(8, 0x02, m.u16(1)))  # SUBSCRIBE with a packet id and no filter
+        bad.expect_closed()
+        good = m.RawClient(self.fwd.port)
+        self.addCleanup(good.close)
+        good.send(m.connect("good") + m.pingreq())
+        good.expect(m.connack())
+        good.expect(bytes([0xD0, 0]))
 
     def test_stops_cleanly_on_sigterm(self):
         self.assertEqual(self.fwd.stop(), 0)
