@@ -35,8 +35,8 @@ constexpr uint32_t recv_buffers_whole = 512;
 constexpr uint32_t recv_buffer_size_whole = 16384;
 // Buffers for the first recv of each connection (one-shot, until CONNECT is handled): a CONNECT is usually a few
 // dozen bytes, and a larger one is reassembled across recvs like any packet.
-constexpr uint32_t first_recv_buffers = 256;
-constexpr uint32_t first_recv_buffer_size = 2048;
+constexpr uint32_t first_recv_buffers = 128;
+constexpr uint32_t first_recv_buffer_size = 1024;
 constexpr uint32_t tick_ms = 200;
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.

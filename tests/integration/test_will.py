@@ -30,6 +30,20 @@ class WillCases:
         msg = w.recv_publish()
         self.assertEqual((msg.topic, msg.payload, msg.qos, msg.retain), ("will/rst", b"reset", 1, False))
 
+    def test_connect_larger_than_a_first_receive_buffer(self):
+        # The first recv of a connection takes a 1 KiB buffer: a 20 KB CONNECT (with a publish behind it in the same
+        # write) is reassembled across several of them.
+        w = self.watcher()
+        payload = bytes(i % 251 for i in range(20000))
+        o = self.raw()
+        o.send(m.connect(self.pub_id("big"), will=m.Will("will/big", payload, qos=1)) + m.publish("will/x", b"after"))
+        o.expect(m.connack())
+        msg = w.recv_publish()
+        self.assertEqual((msg.topic, msg.payload), ("will/x", b"after"))
+        o.abort()
+        msg = w.recv_publish()
+        self.assertEqual((msg.topic, msg.payload), ("will/big", payload))
+
     def test_no_will_after_disconnect(self):
         w = self.watcher()
         o = self.owner(m.Will("will/no", b"should not", qos=1))
