@@ -29,8 +29,8 @@ constexpr unsigned reap_batch = 256;
 constexpr size_t smp_drain_max = 4096;
 // Receive buffers for connected clients' multishot recvs. Consumed incrementally (Linux 6.12+), few large buffers
 // serve many connections; consumed whole (older kernels), each recv takes a buffer, so more of them are needed.
-constexpr uint32_t recv_buffers_incremental = 64;
-constexpr uint32_t recv_buffer_size_incremental = 65536;
+constexpr uint32_t recv_buffers_incremental = 256;
+constexpr uint32_t recv_buffer_size_incremental = 16384;
 constexpr uint32_t recv_buffers_whole = 512;
 constexpr uint32_t recv_buffer_size_whole = 16384;
 // Buffers for the first recv of each connection (one-shot, until CONNECT is handled): a CONNECT is usually a few
