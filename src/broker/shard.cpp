@@ -1224,9 +1224,16 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             return;
         }
         if (!raw.bytes.empty()) {
-            append(c->out, raw.bytes.data(), raw.bytes.size());
-            count_publish_sent(0, raw.count);
+            // A run is held to the limit frame by frame, as if its PUBLISHes had come one at a time: the frames that
+            // start within the room left are sent and the rest are dropped.
+            size_t take = raw.bytes.size();
+            uint64_t sent = raw.count;
+            const size_t room = cfg_.limits.max_outgoing_bytes - c->queued_bytes();
+            if (raw.count > 1 && take > room) take = mqtt::frames_starting_within(raw.bytes, room, sent);
+            append(c->out, raw.bytes.data(), take);
+            count_publish_sent(0, sent);
             mark_dirty(*c);
+            if (sent < raw.count) drop_qos0(slot, raw.count - sent, topic);
             return;
         }
         // Fan-out: the QoS 0 frame is the same for every subscriber; encode it once per routed message.

@@ -123,6 +123,20 @@ size_t varint_size(uint32_t v) {
     return 4;
 }
 
+size_t frames_starting_within(std::span<const uint8_t> frames, size_t room, uint64_t& count) {
+    size_t off = 0;
+    count = 0;
+    while (off < frames.size() && off <= room) {
+        fixed_header h{};
+        if (parse_fixed_header(frames.data() + off, frames.size() - off, h) != error::none) break;
+        const size_t len = size_t{h.header_len} + h.remaining_length;
+        if (len > frames.size() - off) break;
+        off += len;
+        ++count;
+    }
+    return off;
+}
+
 size_t encode_varint(uint32_t v, uint8_t* out) {
     RINGMQ_ASSERT(v <= max_remaining_length);
     size_t i = 0;

@@ -36,6 +36,12 @@ error decode_varint(const uint8_t* p, size_t n, uint32_t& value, size_t& len);
 size_t encode_varint(uint32_t v, uint8_t* out); // returns bytes written (1..4)
 size_t varint_size(uint32_t v);
 
+// For a buffer of whole, already framed packets: the length of the prefix made of the packets that start at an
+// offset <= room, and their number in `count`. This is what sending them one at a time gives when each is allowed
+// while the bytes queued before it are within a limit, so a run of frames copied at once honours the limit the
+// same way. Stops early (at the last whole packet) on bytes that do not frame.
+size_t frames_starting_within(std::span<const uint8_t> frames, size_t room, uint64_t& count);
+
 // True when a v5 reason code is one the spec lists for packet type t (CONNACK, PUBACK..PUBCOMP, SUBACK, UNSUBACK,
 // DISCONNECT, AUTH).
 bool valid_reason_code(packet_type t, uint8_t code);

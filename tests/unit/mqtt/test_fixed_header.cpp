@@ -147,6 +147,48 @@ TEST(encode_publish_prefix, largest_fits_seven_bytes) {
     EXPECT_EQ(bytes(prefix, prefix + n), B({0x3C, 0xFF, 0xFF, 0xFF, 0x7F, 0xFF, 0xFF}));
 }
 
+// Three QoS 0 PUBLISH frames of 10, 200 and 10 bytes (the second has a 2-byte remaining length).
+bytes three_frames() {
+    bytes out;
+    for (size_t payload : {3u, 192u, 3u}) {
+        publish_view p{};
+        p.topic = "a/b";
+        std::vector<uint8_t> body(payload, 0x55);
+        p.payload = body;
+        encode_publish(out, protocol_version::v311, p);
+    }
+    return out;
+}
+
+TEST(frames_starting_within, takes_the_frames_that_start_within_the_room) {
+    const bytes f = three_frames();
+    ASSERT_EQ(f.size(), 220u);
+    uint64_t count = 99;
+    // One at a time, each frame is allowed while what went before it is within the room.
+    EXPECT_EQ(frames_starting_within(f, 0, count), 10u);
+    EXPECT_EQ(count, 1u);
+    EXPECT_EQ(frames_starting_within(f, 9, count), 10u);
+    EXPECT_EQ(count, 1u);
+    EXPECT_EQ(frames_starting_within(f, 10, count), 210u);
+    EXPECT_EQ(count, 2u);
+    EXPECT_EQ(frames_starting_within(f, 209, count), 210u);
+    EXPECT_EQ(count, 2u);
+    EXPECT_EQ(frames_starting_within(f, 210, count), 220u);
+    EXPECT_EQ(count, 3u);
+    EXPECT_EQ(frames_starting_within(f, 1u << 20, count), 220u);
+    EXPECT_EQ(count, 3u);
+}
+
+TEST(frames_starting_within, stops_at_bytes_that_do_not_frame) {
+    bytes f = three_frames();
+    f.resize(215); // the third frame is cut short
+    uint64_t count = 0;
+    EXPECT_EQ(frames_starting_within(f, 1000, count), 210u);
+    EXPECT_EQ(count, 2u);
+    EXPECT_EQ(frames_starting_within({}, 1000, count), 0u);
+    EXPECT_EQ(count, 0u);
+}
+
 TEST(to_string, names) {
     EXPECT_STREQ(to_string(packet_type::connect), "CONNECT");
     EXPECT_STREQ(to_string(packet_type::auth), "AUTH");
