@@ -171,6 +171,9 @@ bool shard::run() {
     sessions_.clear();
     retained_.clear();
     trie_.clear();
+    if (bufs_.enobufs + first_bufs_.enobufs != 0)
+        log::info("receive buffers ran out {} times (first packets {}); those connections waited a turn", bufs_.enobufs,
+                  first_bufs_.enobufs);
     log::debug("shard {} stopped", id_);
     return true;
 }
@@ -505,6 +508,15 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
 }
 
 void shard::process_input(connection& c, const uint8_t* p, size_t n) {
+    if (!c.rx.empty() && c.st == connection::state::connected) {
+        // Finish the packet the previous receive left unfinished with only the bytes it lacks, then go on from the
+        // receive buffer itself: a stream of packets that straddle receives is then copied once, not twice. (Before
+        // CONNECT is handled every byte goes through rx: a handoff takes the bytes after the CONNECT along.)
+        const size_t took = complete_partial(c, p, n);
+        if (took == n || c.st == connection::state::closing) return;
+        p += took;
+        n -= took;
+    }
     if (c.rx.empty()) {
         const size_t used = process(c, p, n);
         if (c.st != connection::state::closing && used < n) c.rx.assign(p + used, p + n);
@@ -519,6 +531,38 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
         buf.erase(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(used));
         c.rx.swap(buf);
     }
+}
+
+size_t shard::complete_partial(connection& c, const uint8_t* p, size_t n) {
+    size_t took = 0;
+    mqtt::fixed_header h{};
+    mqtt::error e = mqtt::parse_fixed_header(c.rx.data(), c.rx.size(), h);
+    while (e == mqtt::error::need_more && took < n) {
+        c.rx.push_back(p[took++]); // the fixed header itself was cut: at most 4 more bytes
+        e = mqtt::parse_fixed_header(c.rx.data(), c.rx.size(), h);
+    }
+    if (e == mqtt::error::need_more) return took;
+    if (e == mqtt::error::none && mqtt::check_packet_size(h, cfg_.limits.max_packet_size) == mqtt::error::none) {
+        const size_t total = size_t{h.header_len} + h.remaining_length;
+        if (c.rx.size() < total) {
+            const size_t add = std::min(total - c.rx.size(), n - took);
+            c.rx.insert(c.rx.end(), p + took, p + took + add);
+            took += add;
+            if (c.rx.size() < total) return took;
+        }
+    }
+    // rx now holds one whole packet, or a header process() refuses (and closes for).
+    std::vector<uint8_t> buf;
+    buf.swap(c.rx);
+    const size_t used = process(c, buf.data(), buf.size());
+    if (used < buf.size() && c.st != connection::state::closing) {
+        buf.erase(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(used)); // stays ahead of the bytes that follow
+        c.rx.swap(buf);
+        return took;
+    }
+    buf.clear();
+    c.rx.swap(buf); // keeps the capacity for the next straddling packet
+    return took;
 }
 
 size_t shard::process(connection& c, const uint8_t* p, size_t n) {

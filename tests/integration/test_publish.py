@@ -328,6 +328,54 @@ class PublishCases:
         pub.expect(m.puback(77))
         self.assertEqual(sub.recv_publish().payload, b"pieces" * 50)
 
+    def test_stream_cut_at_every_kind_of_boundary(self):
+        # A stream of QoS 0 runs, QoS 1 PUBLISHes and payloads of 1- to 3-byte remaining lengths, written in pieces
+        # that cut it inside fixed headers (after the type byte, inside the length), inside bodies, and right after
+        # a packet with more whole packets and a new partial one behind it: each piece a receive of its own. Every
+        # message arrives once, in order, with its bytes.
+        import time
+        pub, sub = self.pair("t/cut/#", 1)
+        sizes = [1, 5, 200, 3, 20_000, 0, 130, 7, 70_000, 2, 16_400, 9]
+        packets, want, acks = [], [], []
+        for i, n in enumerate(sizes * 3):
+            payload = bytes([i % 251]) * n + str(i).encode()
+            topic = "t/cut/a" if i % 4 else "t/cut/b"
+            qos = 1 if i % 5 == 0 else 0
+            packets.append(m.publish(topic, payload, qos=qos, pid=i + 1 if qos else None))
+            want.append((topic, payload))
+            if qos:
+                acks.append(i + 1)
+        stream = b"".join(packets)
+        cuts = [1, 1, 2, 3, 1, 4, 9, 300, 1, 2, 17_000, 5, 1, 65_000, 2, 2, 40_000]
+        off = k = 0
+        while off < len(stream):
+            piece = stream[off:off + cuts[k % len(cuts)]]
+            pub.send(piece)
+            off += len(piece)
+            k += 1
+            time.sleep(0.002)
+        got = [(x.topic, x.payload) for x in sub.recv_publishes(len(want), timeout=10)]
+        self.assertEqual(len(got), len(want))
+        for i, (g, w) in enumerate(zip(got, want)):
+            self.assertEqual(g, w, f"message {i}")
+        for pid in acks:
+            pub.expect(m.puback(pid))
+        sub.expect_no_packet(0.2)
+
+    def test_oversized_header_cut_after_a_packet_is_refused(self):
+        # A packet's fixed header arrives a byte at a time behind a whole PUBLISH and announces more than
+        # max_packet_size: the PUBLISH is delivered, then the connection is closed without waiting for the body.
+        import time
+        pub, sub = self.pair("t/over", 0)
+        head = b"\x30" + m.encode_remaining_length(200 * 1024 * 1024)
+        data = m.publish("t/over", b"first") + head[:1]
+        pub.send(data)
+        for b in head[1:]:
+            time.sleep(0.02)
+            pub.send(bytes([b]))
+        self.assertEqual(sub.recv_publish().payload, b"first")
+        pub.expect_closed(3)
+
     def test_many_packets_in_one_write(self):
         pub, sub = self.pair("t/batch", 1)
         pub.send(b"".join(m.publish("t/batch", str(i), qos=1, pid=i + 1) for i in range(100)))
