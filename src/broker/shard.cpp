@@ -563,9 +563,7 @@ size_t shard::complete_partial(connection& c, const uint8_t* p, size_t n) {
         c.rx.swap(buf);
         return took;
     }
-    buf.clear();
-    c.rx.swap(buf); // keeps the capacity for the next straddling packet
-    return took;
+    return took; // rx is empty and buf frees its memory: a large packet's reassembly memory does not stay behind
 }
 
 size_t shard::process(connection& c, const uint8_t* p, size_t n) {
@@ -1208,9 +1206,9 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         mask &= mask - 1;
         if (!raw.bytes.empty()) {
             // Verbatim QoS 0 frames travel as they are: the receiving shard copies them without re-encoding.
-            auto* run = new publish_run{raw.count, {}};
+            auto run = std::make_unique<publish_run>(publish_run{raw.count, {}});
             append(run->frames, raw.bytes.data(), raw.bytes.size()); // one memcpy (see grow)
-            push(to, k_publish_run, id_, run);
+            push(to, k_publish_run, id_, run.release());
             m_.messages_forward += raw.count;
             continue;
         }

@@ -256,9 +256,9 @@ private:
     bool valid_filter(std::string_view f) const;
     void retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
     void broadcast_route(uint32_t kind, const std::string& filter);
-    // Returns bytes consumed; stops early when the connection closes or is handed off.
     // Completes the partial packet in c.rx from the front of p[0..n) and handles it; returns the bytes of p taken.
     size_t complete_partial(connection& c, const uint8_t* p, size_t n);
+    // Returns bytes consumed; stops early when the connection closes or is handed off.
     size_t process(connection& c, const uint8_t* p, size_t n);
     bool dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
                   std::span<const uint8_t> rest);

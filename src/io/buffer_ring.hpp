@@ -56,7 +56,7 @@ public:
     void recycle(uint16_t bid);
     // Publishes the recycled buffers. Returns true if any were published.
     bool commit();
-    uint64_t enobufs = 0; // times a multishot recv stopped for lack of buffers (flow control, counted)
+    uint64_t enobufs = 0; // times a recv on this ring found no buffer (flow control: re-armed a turn later)
 
     // IORING_CQE_F_BUF_MORE (Linux 6.12); the liburing headers of Debian 12 predate it.
     static constexpr uint32_t cqe_buf_more = 1U << 4;
