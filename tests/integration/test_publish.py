@@ -376,6 +376,38 @@ class PublishCases:
         self.assertEqual(sub.recv_publish().payload, b"first")
         pub.expect_closed(3)
 
+    def test_bursts_larger_than_the_receive_buffers_lose_nothing(self):
+        # 32 publishers each write 160 PUBLISHes of 4 KiB at once: 20 MiB arrive together, far more than a shard's
+        # receive buffers hold (64 x 16 KiB), so receives wait for buffers and are re-armed. Every message arrives,
+        # once, in each publisher's order, and the shard says at shutdown that its buffers ran out. (The subscriber's
+        # queue limit is raised so that a slow reader here drops nothing.)
+        import threading
+        self.use_broker({"mqtt.max_outgoing_bytes": 256 * 1024 * 1024})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("burst/#", 0)])
+        pubs = [self.client(self.pub_id(f"burst{i}")) for i in range(32)]
+        per, filler = 160, b"f" * 4090
+        writes = [b"".join(m.publish(f"burst/{i}", b"%02d%04d" % (i, k) + filler) for k in range(per))
+                  for i in range(32)]
+        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
+        self.addCleanup(log.close)
+        threads = [threading.Thread(target=p.send, args=(w,), daemon=True) for p, w in zip(pubs, writes)]
+        for t in threads:
+            t.start()
+        got = Collector(sub, 32 * per, timeout=20).join(60)
+        for t in threads:
+            t.join(10)
+        seqs = {}
+        for x in got:
+            self.assertEqual(len(x.payload), 4096)
+            seqs.setdefault(int(x.payload[:2]), []).append(int(x.payload[2:6]))
+        self.assertEqual(sorted(seqs), list(range(32)))
+        for i, s in seqs.items():
+            self.assertEqual(s, list(range(per)), f"publisher {i}")
+        sub.expect_no_packet(0.2)
+        self.broker.stop()
+        self.assertIn(b"receive buffers ran out", log.read())
+
     def test_many_packets_in_one_write(self):
         pub, sub = self.pair("t/batch", 1)
         pub.send(b"".join(m.publish("t/batch", str(i), qos=1, pid=i + 1) for i in range(100)))
