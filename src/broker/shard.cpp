@@ -33,9 +33,8 @@ constexpr size_t smp_drain_max = 4096;
 // stays in the core's cache where 256 did not (1 KiB 1->1: the kernel's receive copy 18.5% -> 11.6% of the broker's
 // profile). A turn that needs more makes some recvs wait a turn (ENOBUFS, re-armed), which cost nothing measurable.
 constexpr uint32_t recv_buffers_incremental = 64;
-constexpr uint32_t recv_buffer_size_incremental = 16384;
 constexpr uint32_t recv_buffers_whole = 512;
-constexpr uint32_t recv_buffer_size_whole = 16384;
+constexpr uint32_t recv_buffer_size = 16384;
 // Buffers for the first recv of each connection (one-shot, until CONNECT is handled): a CONNECT is usually a few
 // dozen bytes, and a larger one is reassembled across recvs like any packet.
 constexpr uint32_t first_recv_buffers = 128;
@@ -152,8 +151,7 @@ bool shard::run() {
     bool ok = ring_.init(4096, why);
     const bool inc = ok && io::buffer_ring::incremental_supported(ring_);
     const uint32_t nbufs = inc ? recv_buffers_incremental : recv_buffers_whole;
-    const uint32_t bufsize = inc ? recv_buffer_size_incremental : recv_buffer_size_whole;
-    ok = ok && bufs_.init(ring_, 0, nbufs, bufsize, why, inc) &&
+    ok = ok && bufs_.init(ring_, 0, nbufs, recv_buffer_size, why, inc) &&
          first_bufs_.init(ring_, 1, first_recv_buffers, first_recv_buffer_size, why);
     if (!ok) {
         log::error("shard {}: {}", id_, why);
@@ -161,8 +159,8 @@ bool shard::run() {
         return false;
     }
     log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets)", id_,
-               ring_.mode(), nbufs, bufsize, bufs_.incremental() ? " consumed incrementally" : "", first_recv_buffers,
-               first_recv_buffer_size);
+               ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
+               first_recv_buffers, first_recv_buffer_size);
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -495,7 +493,6 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     m_.bytes_received += static_cast<uint64_t>(res);
     c.last_rx_ms = now_ms_;
     const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
-    const bool was_awaiting = c.st == connection::state::awaiting_connect;
     process_input(c, data, static_cast<size_t>(res));
     bufs.release(bid, flags);
     if (c.handed_off) {
@@ -507,7 +504,6 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         return;
     }
     if (!c.recv_armed) arm_recv(c);
-    (void)was_awaiting;
 }
 
 void shard::process_input(connection& c, const uint8_t* p, size_t n) {

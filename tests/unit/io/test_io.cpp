@@ -178,13 +178,20 @@ TEST(Io, IncrementalSupportMatchesWhatInitGets) {
     EXPECT_FALSE(whole.incremental());
 }
 
-TEST(Io, IncrementalBuffersPackSmallReceivesFromSeveralSockets) {
-    io::ring r;
+namespace {
+// A ring with `count` buffers of `size` bytes under `group`, consumed incrementally (asserted).
+void init_incremental(io::ring& r, io::buffer_ring& bufs, uint16_t group, uint32_t count, uint32_t size) {
     std::string why;
     ASSERT_TRUE(r.init(64, why)) << why;
-    io::buffer_ring bufs;
-    ASSERT_TRUE(bufs.init(r, 5, 2, 256, why, true)) << why; // two buffers of 256 B, shared by two sockets
+    ASSERT_TRUE(bufs.init(r, group, count, size, why, true)) << why;
     ASSERT_TRUE(bufs.incremental());
+}
+} // namespace
+
+TEST(Io, IncrementalBuffersPackSmallReceivesFromSeveralSockets) {
+    io::ring r;
+    io::buffer_ring bufs;
+    ASSERT_NO_FATAL_FAILURE(init_incremental(r, bufs, 5, 2, 256)); // two buffers of 256 B, shared by two sockets
     int a[2], b[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
@@ -215,11 +222,8 @@ TEST(Io, IncrementalBuffersPackSmallReceivesFromSeveralSockets) {
 
 TEST(Io, IncrementalBufferFilledByOneLargeReceive) {
     io::ring r;
-    std::string why;
-    ASSERT_TRUE(r.init(64, why)) << why;
     io::buffer_ring bufs;
-    ASSERT_TRUE(bufs.init(r, 6, 4, 1024, why, true)) << why;
-    ASSERT_TRUE(bufs.incremental());
+    ASSERT_NO_FATAL_FAILURE(init_incremental(r, bufs, 6, 4, 1024));
     int sv[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     recv_record rec;
