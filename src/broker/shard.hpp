@@ -5,6 +5,7 @@
 // `node` counters that are atomic.
 #include "broker/control.hpp"
 #include "broker/metrics.hpp"
+#include "broker/send_queue.hpp"
 #include "config/config.hpp"
 #include "io/buffer_ring.hpp"
 #include "io/ring.hpp"
@@ -28,19 +29,6 @@
 #include <vector>
 
 namespace ringmq::broker {
-
-// An allocator whose construct() default-initialises: resizing a byte buffer then leaves the new bytes unwritten
-// instead of zero-filling what is about to be overwritten by a memcpy.
-template <typename T> struct default_init_allocator : std::allocator<T> {
-    template <typename U> struct rebind { using other = default_init_allocator<U>; };
-    using std::allocator<T>::allocator;
-    template <typename U> void construct(U* p) noexcept { ::new (static_cast<void*>(p)) U; }
-    template <typename U, typename... Args> void construct(U* p, Args&&... args) {
-        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-    }
-};
-// Outgoing bytes of a connection.
-using byte_vec = std::vector<uint8_t, default_init_allocator<uint8_t>>;
 
 class shard;
 class connection;
@@ -110,13 +98,16 @@ public:
 
     connection(shard& sh, int fd, std::string peer);
 
-    // One per kind of operation a connection keeps in flight; `send` picks the handler (a member pointer would
-    // cost 16 bytes per op on every idle connection).
-    struct op final : io::completion {
-        op(connection* cc, bool is_send) : c(cc), send(is_send) {}
+    // The two operations a connection keeps in flight, one type each so the handler needs no selector field.
+    struct recv_op final : io::completion {
+        explicit recv_op(connection* cc) : c(cc) {}
         connection* c;
-        bool send;
-        void on_complete(int res, uint32_t flags) override { send ? c->on_send(res, flags) : c->on_recv(res, flags); }
+        void on_complete(int res, uint32_t flags) override { c->on_recv(res, flags); }
+    };
+    struct send_op final : io::completion {
+        explicit send_op(connection* cc) : c(cc) {}
+        connection* c;
+        void on_complete(int res, uint32_t flags) override { c->on_send(res, flags); }
     };
 
     // Fields are ordered by size so that an idle connection fits mimalloc's 320-byte class.
@@ -152,10 +143,8 @@ public:
 
     std::vector<uint8_t> rx; // partial packet straddling recv buffers (bounded by max_packet_size)
 
-    // Send side: frames are appended to `out`; one send is in flight from `sending` at a time.
-    byte_vec out;
-    byte_vec sending;
-    size_t send_off = 0;
+    // Send side: frames are queued in `sq`; one send is in flight at a time.
+    send_queue sq;
     int ops = 0; // outstanding io_uring operations
     bool send_busy = false;
     bool dirty = false;
@@ -172,10 +161,10 @@ public:
     bool clean = true;
     bool recv_oneshot = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
 
-    op recv_op{this, false};
-    op send_op{this, true};
+    recv_op rop{this};
+    send_op sop{this};
 
-    size_t queued_bytes() const { return out.size() + (sending.size() - send_off); }
+    size_t queued_bytes() const { return sq.pending_bytes(); }
 
 private:
     void on_recv(int res, uint32_t flags);

@@ -1,0 +1,115 @@
+#pragma once
+// The outgoing side of one connection: bytes copied in (acks, encoded frames, small PUBLISHes) and references to
+// bytes shared with other connections (a large fan-out frame copied once for all its subscribers), in the order they
+// were queued, and the batch that is on its way to the socket. A connection owns one; it lives on that connection's
+// shard and is only touched there.
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace ringmq::broker {
+
+// An allocator whose construct() default-initialises: resizing a byte buffer then leaves the new bytes unwritten
+// instead of zero-filling what is about to be overwritten by a memcpy.
+template <typename T> struct default_init_allocator : std::allocator<T> {
+    template <typename U> struct rebind { using other = default_init_allocator<U>; };
+    using std::allocator<T>::allocator;
+    template <typename U> void construct(U* p) noexcept { ::new (static_cast<void*>(p)) U; }
+    template <typename U, typename... Args> void construct(U* p, Args&&... args) {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+};
+// Outgoing bytes of a connection.
+using byte_vec = std::vector<uint8_t, default_init_allocator<uint8_t>>;
+
+// Makes room for n more bytes at the end of v and returns where they go (not zero-filled).
+uint8_t* grow(byte_vec& v, size_t n);
+inline void append(byte_vec& v, const void* p, size_t n) {
+    if (n != 0) __builtin_memcpy(grow(v, n), p, n);
+}
+
+// Immutable bytes with a plain reference count, made by the shard that routes a message and referenced by the send
+// queues of that shard's connections; freed there when the last send that needs them has completed.
+class shared_bytes {
+public:
+    static shared_bytes* make(std::span<const uint8_t> bytes); // one reference
+    void add_ref() { ++refs_; }
+    void release() {
+        if (--refs_ == 0) destroy();
+    }
+    const uint8_t* data() const { return reinterpret_cast<const uint8_t*>(this + 1); }
+    size_t size() const { return size_; }
+    uint32_t refs() const { return refs_; }
+
+private:
+    explicit shared_bytes(size_t n) : size_(n) {}
+    void destroy();
+    size_t size_;
+    uint32_t refs_ = 1;
+};
+
+class send_queue {
+public:
+    send_queue() = default;
+    ~send_queue();
+    send_queue(const send_queue&) = delete;
+    send_queue& operator=(const send_queue&) = delete;
+
+    // The queued inline bytes, for appending (grow/append/encode); what is appended goes after every shared piece
+    // queued before it.
+    byte_vec& bytes() { return out_; }
+    // Queues the first len bytes of b (takes a new reference).
+    void append_shared(shared_bytes* b, size_t len);
+
+    bool has_queued() const { return !out_.empty() || (g_ && !g_->queued.empty()); }
+    bool in_flight() const { return flight_size() != 0; }
+    // Bytes queued plus the bytes of the batch in flight not yet sent.
+    size_t pending_bytes() const { return out_.size() + (g_ ? g_->queued_bytes : 0) + flight_size() - sent_; }
+
+    // Makes everything queued the batch in flight. The previous batch must be complete.
+    void start_batch();
+    // What the next send of the batch carries: one contiguous range when nothing in it is shared, else an iovec
+    // list in the returned msghdr (valid until the next call; at most max_iov entries, the rest goes in later sends).
+    struct next_send {
+        const uint8_t* data = nullptr; // contiguous case
+        size_t len = 0;
+        msghdr* msg = nullptr; // gathered case
+    };
+    next_send next();
+    // Records that n bytes of the batch were sent; returns true when the whole batch is.
+    bool sent(size_t n);
+    // Releases the finished batch (and memory a burst grew beyond what steady traffic needs).
+    void finish_batch();
+
+    static constexpr size_t max_iov = 256;
+
+private:
+    struct piece {
+        size_t at; // where in the inline bytes it goes: before out_[at]
+        shared_bytes* b;
+        size_t len;
+    };
+    // Only connections that have been sent a shared piece allocate this.
+    struct gather {
+        std::vector<piece> queued;
+        std::vector<piece> flight;
+        size_t queued_bytes = 0;
+        size_t flight_bytes = 0;
+        std::vector<iovec> iov;
+        msghdr msg{};
+    };
+    size_t flight_size() const { return sending_.size() + (g_ ? g_->flight_bytes : 0); }
+    static void release(std::vector<piece>& v);
+
+    byte_vec out_;
+    byte_vec sending_;
+    size_t sent_ = 0; // bytes of the batch in flight already sent
+    std::unique_ptr<gather> g_;
+};
+
+} // namespace ringmq::broker
