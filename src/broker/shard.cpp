@@ -1170,8 +1170,14 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     uint64_t mask = e.mask;
     const std::vector<match>& hits = e.matches;
     // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
+    fan_share_ok_ = hits.size() >= 2;
     for (const match& m : hits)
         deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false, raw);
+    fan_share_ok_ = false;
+    if (fan_shared_) {
+        fan_shared_->release(); // the send queues that took it hold their own references
+        fan_shared_ = nullptr;
+    }
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
     if (hits.empty() && mask == 0) {
@@ -1229,6 +1235,17 @@ void shard::deliver_run(const publish_run& r) {
     }
 }
 
+void shard::queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take) {
+    // Large frames going to several subscribers are copied once into shared bytes that every send queue
+    // references; small ones are cheaper to copy than to gather.
+    if (!fan_share_ok_ || bytes.size() < share_min_bytes) {
+        append(c.sq.bytes(), bytes.data(), take);
+        return;
+    }
+    if (!fan_shared_) fan_shared_ = shared_bytes::make(bytes);
+    c.sq.append_shared(fan_shared_, take);
+}
+
 void shard::drop_qos0(session_slot& slot, uint64_t n, std::string_view topic) {
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(n);
@@ -1265,7 +1282,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             uint64_t sent = raw.count;
             const size_t room = cfg_.limits.max_outgoing_bytes - c->queued_bytes();
             if (raw.count > 1 && take > room) take = mqtt::frames_starting_within(raw.bytes, room, sent);
-            append(c->sq.bytes(), raw.bytes.data(), take);
+            queue_fanned(*c, raw.bytes, take);
             count_publish_sent(0, sent);
             mark_dirty(*c);
             if (sent < raw.count) drop_qos0(slot, raw.count - sent, topic);
@@ -1277,7 +1294,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             encode_frame(frame_q0_, topic, payload, 0, false, false, 0);
             frame_q0_valid_ = true;
         }
-        append(c->sq.bytes(), frame_q0_.data(), frame_q0_.size());
+        queue_fanned(*c, frame_q0_, frame_q0_.size());
         count_publish_sent(0);
         mark_dirty(*c);
         return;

@@ -292,6 +292,8 @@ private:
                  session::message_ref& msg, bool local_origin, const raw_frames& raw = {});
     void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                  session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw = {});
+    // Queues the first `take` of the fanned-out bytes for c: shared with the other subscribers where that pays.
+    void queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take);
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
     void store_retained(session::message* m); // takes one reference
     void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);
@@ -365,6 +367,11 @@ private:
     std::vector<uint8_t> scratch_;
     byte_vec frame_q0_; // the QoS 0 frame of the message being routed, encoded once for all subscribers
     bool frame_q0_valid_ = false;
+    // The bytes of the message being fanned out, copied once for the send queues that reference them (null until a
+    // subscriber needs them); only while fan_out delivers to two or more local subscribers.
+    shared_bytes* fan_shared_ = nullptr;
+    bool fan_share_ok_ = false;
+    static constexpr size_t share_min_bytes = 1024;
 
     metrics m_;
     stats st_;

@@ -317,6 +317,24 @@ class ClientCases:
         got = [sub.get().payload for _ in range(300)]
         self.assertEqual(got, [str(i).encode() for i in range(300)])
 
+    def test_large_fan_out_to_mosquitto_sub_and_paho(self):
+        # 3 KiB PUBLISHes to two mosquitto_sub and a paho subscriber are sent from one shared copy: each client
+        # parses every one, whole and in order, whether they arrived in one write (a run) or one by one.
+        n = 200
+        subs = [self.mosq_sub("lf/x", qos=0, count=n) for _ in range(2)]
+        for s in subs:
+            s.wait_subscribed()
+        p = self.paho(self.sub_id("lfp"))
+        p.subscribe("lf/x", 0)
+        pub = self.client(self.pub_id("lfpub"))
+        payloads = [f"{i:05d}" + "z" * 3000 for i in range(n)]
+        pub.send(b"".join(m.publish("lf/x", x.encode()) for x in payloads[:100]))
+        for x in payloads[100:]:
+            pub.publish("lf/x", x)
+        for s in subs:
+            self.assertEqual([x[3] for x in s.finish()], payloads)
+        self.assertEqual([p.get().payload for _ in range(n)], [x.encode() for x in payloads])
+
     def test_paho_retained(self):
         pub = self.paho(self.pub_id("prp"))
         pub.publish("pret/x", b"retained", qos=1, retain=True)

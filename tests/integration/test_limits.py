@@ -5,7 +5,7 @@ import socket
 import time
 
 import mqtt_raw as m
-from broker import shard_variants
+from broker import Collector, shard_variants
 
 
 class LimitCases:
@@ -128,6 +128,43 @@ class LimitCases:
         self.assertLessEqual(len(warns), dropped.bit_length(), warns)
         pub.publish("lim/flood", b"after", qos=0)
         self.assertEqual(sub.recv_publish().payload, b"after")
+        self.assert_broker_healthy()
+
+    def test_stalled_subscriber_among_a_large_fan_out(self):
+        # Two subscribers share each 4 KiB frame (sent from one copy); one reads, one stops reading. The reader gets
+        # every message, whole and in order; the stalled one's sends stay blocked on frames the reader has long
+        # finished with, and what it reads later is whole frames, in order, with what went past the kernel's
+        # buffers and max_outgoing_bytes dropped. (10 MB: more than loopback socket buffers hold.)
+        self.use_broker({"mqtt.max_outgoing_bytes": 256 * 1024})
+        stalled = self.client(self.sub_id("stalled"))
+        stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+        stalled.subscribe([("lim/big", 0)])
+        reader = self.client(self.sub_id("reader"))
+        reader.subscribe([("lim/big", 0)])
+        pub = self.client(self.pub_id())
+        total, step, filler = 2500, 20, b"y" * 4000
+        payload = [b"%06d" % i + filler for i in range(total)]
+        col = Collector(reader, total, timeout=10)
+        for start in range(0, total, step):
+            pub.send(b"".join(m.publish("lim/big", payload[i]) for i in range(start, start + step)))
+            deadline = time.monotonic() + 10  # the reader keeps up, so it never reaches the limit itself
+            while len(col.messages) < start + step and time.monotonic() < deadline:
+                time.sleep(0.001)
+        self.assertEqual([x.payload for x in col.join(30)], payload)
+        seqs = []
+        while True:
+            try:
+                p = stalled.recv_publish(timeout=1.0).payload
+            except AssertionError:
+                break
+            seqs.append(int(p[:6]))
+            self.assertEqual(p, payload[seqs[-1]])
+        self.assertGreater(len(seqs), 0)
+        self.assertLess(len(seqs), total, "nothing was dropped: the limit did not act")
+        self.assertEqual(seqs, sorted(set(seqs)), "delivered out of order or twice")
+        pub.publish("lim/big", b"after", qos=0)
+        self.assertEqual(stalled.recv_publish().payload, b"after")
+        self.assertEqual(reader.recv_publish().payload, b"after")
         self.assert_broker_healthy()
 
     def test_max_packet_size(self):

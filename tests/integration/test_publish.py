@@ -408,6 +408,50 @@ class PublishCases:
         self.broker.stop()
         self.assertIn(b"receive buffers ran out", log.read())
 
+    def test_large_fan_out_frames_reach_every_subscriber_exactly(self):
+        # PUBLISHes of 1 KiB and more going to several subscribers are copied once and sent from shared bytes,
+        # spliced between each subscriber's own small packets (small PUBLISHes, its PUBACKs, a QoS 1 copy). Every
+        # subscriber must see every frame byte for byte, in publish order, however the publisher's writes cut runs.
+        subs = [self.client(self.sub_id(f"fan{i}")) for i in range(3)]
+        for i, s in enumerate(subs):
+            s.subscribe([("fan/x", 1 if i == 2 else 0)])
+        pub = self.client(self.pub_id())
+        sizes = [2000, 10, 1100, 1100, 5, 70_000, 3000, 0, 1024, 1019, 40_000, 16]
+        frames, payloads, qoss, wire, acks = [], [], [], [], []
+        for i, n in enumerate(sizes * 2):
+            payload = b"%04d" % i + bytes([65 + i % 26]) * n
+            qos = 1 if i % 5 == 4 else 0  # QoS 1 ones reach the QoS 0 subscribers re-encoded, once, and shared
+            payloads.append(payload)
+            qoss.append(qos)
+            frames.append(m.publish("fan/x", payload))
+            wire.append(m.publish("fan/x", payload, qos=qos, pid=i + 1 if qos else None))
+            if qos:
+                acks.append(i + 1)
+        # Two subscribers publish QoS 1 themselves while the fan-out runs, so their PUBACKs are queued among the
+        # shared frames.
+        subs[0].send(m.publish("fan/own", b"mine", qos=1, pid=100))
+        pub.send(b"".join(wire[:12]))  # one write: runs of same-topic frames
+        subs[1].send(m.publish("fan/own", b"mine", qos=1, pid=101))
+        for w in wire[12:]:
+            pub.send(w)  # one at a time: single frames
+        for pid in acks:
+            pub.expect(m.puback(pid))
+        for i, s in enumerate(subs[:2]):
+            got, acked = [], False
+            while len(got) < len(frames) or not acked:
+                p = s.read_packet(timeout=10)
+                if p.raw()[0] >> 4 == 4:  # the PUBACK for its own PUBLISH
+                    self.assertEqual(p.raw(), m.puback(100 + i))
+                    acked = True
+                    continue
+                got.append(p.raw())
+            for k, (g, want) in enumerate(zip(got, frames)):
+                self.assertEqual(g, want, f"subscriber {i}, frame {k}")
+        q1 = subs[2].recv_publishes(len(frames), timeout=10)
+        self.assertEqual([(x.payload, x.qos) for x in q1], list(zip(payloads, qoss)))
+        for s in subs:
+            s.expect_no_packet(0.2)
+
     def test_many_packets_in_one_write(self):
         pub, sub = self.pair("t/batch", 1)
         pub.send(b"".join(m.publish("t/batch", str(i), qos=1, pid=i + 1) for i in range(100)))
