@@ -41,17 +41,32 @@ send_queue::~send_queue() {
 }
 
 void send_queue::release(std::vector<piece>& v) {
-    for (piece& p : v)
-        p.b->release();
+    for (piece& p : v) {
+        if (p.message)
+            static_cast<session::message*>(p.owner)->release();
+        else
+            static_cast<shared_bytes*>(p.owner)->release();
+    }
     v.clear();
+}
+
+void send_queue::push_piece(const piece& p) {
+    if (!g_) g_ = std::make_unique<gather>();
+    g_->queued.push_back(p);
+    g_->queued_bytes += p.len;
 }
 
 void send_queue::append_shared(shared_bytes* b, size_t len) {
     if (len == 0) return;
-    if (!g_) g_ = std::make_unique<gather>();
     b->add_ref();
-    g_->queued.push_back(piece{out_.size(), b, len});
-    g_->queued_bytes += len;
+    push_piece(piece{out_.size(), b->data(), len, b, false});
+}
+
+void send_queue::append_payload(session::message* m) {
+    const std::span<const uint8_t> p = m->payload();
+    if (p.empty()) return;
+    m->add_ref();
+    push_piece(piece{out_.size(), p.data(), p.size(), m, true});
 }
 
 void send_queue::start_batch() {
@@ -84,7 +99,7 @@ send_queue::next_send send_queue::next() {
         add(sending_.data() + at, pc.at - at);
         at = pc.at;
         if (iov.size() == max_iov) break;
-        add(pc.b->data(), pc.len);
+        add(pc.data, pc.len);
         if (iov.size() == max_iov) break;
     }
     if (iov.size() < max_iov) add(sending_.data() + at, sending_.size() - at);

@@ -3,6 +3,8 @@
 // bytes shared with other connections (a large fan-out frame copied once for all its subscribers), in the order they
 // were queued, and the batch that is on its way to the socket. A connection owns one; it lives on that connection's
 // shard and is only touched there.
+#include "session/message.hpp"
+
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -65,6 +67,8 @@ public:
     byte_vec& bytes() { return out_; }
     // Queues the first len bytes of b (takes a new reference).
     void append_shared(shared_bytes* b, size_t len);
+    // Queues m's payload (takes a new reference on m): a QoS 1/2 frame's payload is sent from the message itself.
+    void append_payload(session::message* m);
 
     bool has_queued() const { return !out_.empty() || (g_ && !g_->queued.empty()); }
     bool in_flight() const { return flight_size() != 0; }
@@ -91,9 +95,12 @@ public:
 private:
     struct piece {
         size_t at; // where in the inline bytes it goes: before out_[at]
-        shared_bytes* b;
+        const uint8_t* data;
         size_t len;
+        void* owner; // holds one reference: a shared_bytes, or a session::message when `message`
+        bool message;
     };
+    void push_piece(const piece& p);
     // Only connections that have been sent a shared piece allocate this.
     struct gather {
         std::vector<piece> queued;

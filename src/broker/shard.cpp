@@ -873,7 +873,7 @@ void shard::attach_session(connection& c, bool clean) {
                 send_ack(c, mqtt::packet_type::pubrel, o.pid);
                 ++m_.packets_pubrel_sent;
             } else {
-                send_publish(c, o.msg->topic(), o.msg->payload(), o.qos, o.msg->retain(), true, o.pid);
+                send_outgoing(c, o, true);
             }
         }
         pump(*slot);
@@ -1066,13 +1066,14 @@ void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
 }
 
 void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                         bool retain, bool dup, uint16_t pid) {
+                         bool retain, bool dup, uint16_t pid, bool with_payload) {
     const size_t rl = 2 + topic.size() + (qos ? 2 : 0) + payload.size();
     uint8_t hdr[mqtt::max_publish_prefix + 2];
     size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
                                             static_cast<uint16_t>(topic.size()));
-    // One grow for the whole frame: the four pieces are copied into place.
-    uint8_t* d = grow(out, hl + rl - 2); // hl already holds the 2-byte topic length that rl counts
+    // One grow for the whole frame: the four pieces are copied into place. (hl already holds the 2-byte topic
+    // length that rl counts.)
+    uint8_t* d = grow(out, hl + rl - 2 - (with_payload ? 0 : payload.size()));
     std::memcpy(d, hdr, hl);
     d += hl;
     std::memcpy(d, topic.data(), topic.size());
@@ -1082,7 +1083,7 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
         d[1] = static_cast<uint8_t>(pid & 0xff);
         d += 2;
     }
-    if (!payload.empty()) std::memcpy(d, payload.data(), payload.size());
+    if (with_payload && !payload.empty()) std::memcpy(d, payload.data(), payload.size());
 }
 
 void shard::count_publish_sent(uint8_t qos, uint64_t n) {
@@ -1104,6 +1105,17 @@ void shard::send_publish(connection& c, std::string_view topic, std::span<const 
     mark_dirty(c);
 }
 
+void shard::send_outgoing(connection& c, const session::outgoing& o, bool dup) {
+    const session::message& m = *o.msg.get();
+    // A large payload is sent from the message itself, which the session holds anyway until it is acknowledged
+    // (QoS 1/2) or sent: only the frame's head, which differs per subscriber by packet id, is copied.
+    const bool share = m.payload().size() >= share_min_bytes;
+    encode_frame(c.sq.bytes(), m.topic(), m.payload(), o.qos, m.retain(), dup, o.pid, !share);
+    if (share) c.sq.append_payload(o.msg.get());
+    count_publish_sent(o.qos);
+    mark_dirty(c);
+}
+
 void shard::pump(session_slot& slot) {
     while (slot.conn) {
         const session::outgoing* o = slot.s->next_ready();
@@ -1113,7 +1125,7 @@ void shard::pump(session_slot& slot) {
             drop_qos0(slot, 1, o->msg->topic());
             continue;
         }
-        send_publish(c, o->msg->topic(), o->msg->payload(), o->qos, o->msg->retain(), false, o->pid);
+        send_outgoing(c, *o, false);
     }
 }
 
@@ -1303,7 +1315,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
     const session::outgoing* o = nullptr;
     switch (slot.s->offer(msg, qos, c != nullptr, &o)) {
     case session::session::offer_result::send:
-        send_publish(*c, o->msg->topic(), o->msg->payload(), o->qos, o->msg->retain(), false, o->pid);
+        send_outgoing(*c, *o, false);
         break;
     case session::session::offer_result::queued:
         break;

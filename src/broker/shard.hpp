@@ -275,8 +275,11 @@ private:
     void send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain,
                       bool dup, uint16_t pid);
     void send_ack(connection& c, mqtt::packet_type t, uint16_t pid);
+    // Appends a PUBLISH frame to out; without its payload bytes when !with_payload (the caller queues them apart).
     static void encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                             bool retain, bool dup, uint16_t pid);
+                             bool retain, bool dup, uint16_t pid, bool with_payload = true);
+    // A message from a session's window or queue.
+    void send_outgoing(connection& c, const session::outgoing& o, bool dup);
     void count_publish_sent(uint8_t qos, uint64_t n = 1);
     void pump(session_slot& slot); // moves queued messages into the window while it has room
 

@@ -452,6 +452,25 @@ class PublishCases:
         for s in subs:
             s.expect_no_packet(0.2)
 
+    def test_large_qos1_and_qos2_fan_out_frames_are_exact(self):
+        # QoS 1/2 frames differ per subscriber by packet id; a payload of 1 KiB or more is sent from the stored
+        # message behind each subscriber's own head. Every subscriber sees exact frames, in order, with its own ids.
+        subs = [self.client(self.sub_id(f"big{i}")) for i in range(3)]
+        for i, s in enumerate(subs):
+            s.subscribe([("big/x", 1 + i % 2)])
+        pub = self.client(self.pub_id())
+        payloads = [b"%03d" % i + bytes([97 + i]) * n for i, n in enumerate([1021, 0, 5000, 1, 65_000, 2048, 30])]
+        for i, p in enumerate(payloads):
+            pub.publish("big/x", p, qos=2 if i % 2 else 1)
+        for i, s in enumerate(subs):
+            for k, p in enumerate(payloads):
+                pkt = s.read_packet(timeout=10)
+                msg = m.parse_publish(pkt)
+                qos = min(1 + i % 2, 2 if k % 2 else 1)
+                self.assertEqual(pkt.raw(), m.publish("big/x", p, qos=qos, pid=msg.pid), f"subscriber {i}, message {k}")
+                s.ack(msg)
+            s.expect_no_packet(0.2)
+
     def test_many_packets_in_one_write(self):
         pub, sub = self.pair("t/batch", 1)
         pub.send(b"".join(m.publish("t/batch", str(i), qos=1, pid=i + 1) for i in range(100)))

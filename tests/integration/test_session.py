@@ -96,6 +96,24 @@ class SessionCases:
         c = self.persistent(present=True)
         c.expect_no_packet(0.5)
 
+    def test_large_unacked_qos1_resent_with_dup(self):
+        # A payload of 1 KiB or more is sent from the stored message, behind a head that carries the packet id and
+        # flags: the resend after reconnecting is the same frame with DUP set, byte for byte.
+        c = self.persistent()
+        c.subscribe([("s/big", 1)])
+        pub = self.client(self.pub_id())
+        payload = bytes(range(256)) * 40
+        pub.publish("s/big", payload, qos=1)
+        p1 = c.read_packet()
+        first = m.parse_publish(p1)
+        self.assertEqual(p1.raw(), m.publish("s/big", payload, qos=1, pid=first.pid))
+        c.close()
+        c = self.persistent(present=True)
+        p2 = c.read_packet()
+        self.assertEqual(p2.raw(), m.publish("s/big", payload, qos=1, pid=first.pid, dup=True))
+        c.send(m.puback(first.pid))
+        c.expect_no_packet(0.4)
+
     def test_unacked_resent_before_queued(self):
         c = self.persistent()
         c.subscribe([("s/rq", 1)])
