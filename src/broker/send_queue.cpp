@@ -121,7 +121,9 @@ void send_queue::finish_batch() {
     if (g_) {
         release(g_->flight);
         g_->flight_bytes = 0;
-        if (g_->iov.capacity() > max_iov) std::vector<iovec>().swap(g_->iov);
+        // A steady fan-out subscriber keeps its small piece lists; after a burst of more pieces than one sendmsg
+        // takes, they go (when nothing is queued) rather than stay at their peak with every such connection.
+        if (g_->queued.empty() && g_->flight.capacity() > max_iov) g_.reset();
     }
 }
 

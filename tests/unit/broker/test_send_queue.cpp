@@ -129,8 +129,15 @@ TEST(SendQueue, MorePiecesThanOneSendmsgTakesGoOutInSeveralSends) {
         if (q.sent(next.size())) break;
     }
     q.finish_batch();
+    EXPECT_FALSE(q.has_queued());
+    EXPECT_EQ(q.pending_bytes(), 0u);
     EXPECT_EQ(wire, expect);
     EXPECT_EQ(sends, static_cast<int>((2 * pieces + send_queue::max_iov - 1) / send_queue::max_iov)); // tag + piece
+    // After a burst the piece lists are given back; the queue works as before.
+    put(q, "again");
+    q.append_shared(p, 1);
+    q.start_batch();
+    EXPECT_EQ(drain(q, 3), "againP");
     EXPECT_EQ(p->refs(), 1u);
     p->release();
 }
