@@ -77,40 +77,53 @@ void send_queue::start_batch() {
         g_->flight.swap(g_->queued);
         g_->flight_bytes = g_->queued_bytes;
         g_->queued_bytes = 0;
+        g_->seg = 0;
+        g_->seg_off = 0;
     }
+}
+
+std::span<const uint8_t> send_queue::segment(size_t k) const {
+    const std::vector<piece>& f = g_->flight;
+    const size_t j = k / 2;
+    if (k % 2 == 1) return {f[j].data, f[j].len};
+    const size_t from = j == 0 ? 0 : f[j - 1].at;
+    const size_t to = j < f.size() ? f[j].at : sending_.size();
+    return {sending_.data() + from, to - from};
 }
 
 send_queue::next_send send_queue::next() {
     if (!g_ || g_->flight.empty()) return next_send{sending_.data() + sent_, sending_.size() - sent_, nullptr};
-    // The batch is the inline bytes with the pieces spliced in at their positions; skip what was already sent.
+    // The batch is the inline bytes with the pieces spliced in at their positions; start at the first unsent byte.
     std::vector<iovec>& iov = g_->iov;
     iov.clear();
-    size_t skip = sent_;
-    size_t at = 0; // inline bytes consumed so far
-    auto add = [&](const uint8_t* p, size_t n) {
-        if (n <= skip) {
-            skip -= n;
-            return;
-        }
-        iov.push_back(iovec{const_cast<uint8_t*>(p + skip), n - skip});
-        skip = 0;
-    };
-    for (const piece& pc : g_->flight) {
-        add(sending_.data() + at, pc.at - at);
-        at = pc.at;
-        if (iov.size() == max_iov) break;
-        add(pc.data, pc.len);
-        if (iov.size() == max_iov) break;
+    size_t skip = sent_ - g_->seg_off;
+    const size_t segments = 2 * g_->flight.size() + 1;
+    for (size_t k = g_->seg; k < segments && iov.size() < max_iov; ++k) {
+        const std::span<const uint8_t> s = segment(k);
+        if (s.size() > skip) iov.push_back(iovec{const_cast<uint8_t*>(s.data() + skip), s.size() - skip});
+        skip -= std::min(skip, s.size());
     }
-    if (iov.size() < max_iov) add(sending_.data() + at, sending_.size() - at);
     g_->msg = msghdr{};
     g_->msg.msg_iov = iov.data();
     g_->msg.msg_iovlen = iov.size();
     return next_send{nullptr, 0, &g_->msg};
 }
 
+void send_queue::trim() {
+    if (g_ && g_->queued.empty() && g_->flight.empty()) g_.reset();
+}
+
 bool send_queue::sent(size_t n) {
     sent_ += n;
+    if (g_ && !g_->flight.empty()) {
+        const size_t segments = 2 * g_->flight.size() + 1;
+        while (g_->seg < segments) {
+            const size_t len = segment(g_->seg).size();
+            if (g_->seg_off + len > sent_) break;
+            g_->seg_off += len;
+            ++g_->seg;
+        }
+    }
     return sent_ >= flight_size();
 }
 
@@ -121,9 +134,9 @@ void send_queue::finish_batch() {
     if (g_) {
         release(g_->flight);
         g_->flight_bytes = 0;
-        // A steady fan-out subscriber keeps its small piece lists; after a burst of more pieces than one sendmsg
-        // takes, they go (when nothing is queued) rather than stay at their peak with every such connection.
-        if (g_->queued.empty() && g_->flight.capacity() > max_iov) g_.reset();
+        // After a burst of more pieces than one sendmsg takes, the lists go (once nothing is queued) rather than stay
+        // at their peak; either list may hold the large one, as start_batch swaps them.
+        if (g_->queued.empty() && std::max(g_->queued.capacity(), g_->flight.capacity()) > max_iov) g_.reset();
     }
 }
 

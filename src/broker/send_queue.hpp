@@ -90,6 +90,9 @@ public:
     // Releases the finished batch (and memory a burst grew beyond what steady traffic needs).
     void finish_batch();
 
+    // Frees the bookkeeping of shared pieces when none is queued or in flight (for a connection that went idle).
+    void trim();
+
     static constexpr size_t max_iov = 256;
 
 private:
@@ -109,7 +112,14 @@ private:
         size_t flight_bytes = 0;
         std::vector<iovec> iov;
         msghdr msg{};
+        // Where the unsent part of the batch starts: segment `seg` of the flight (even: the inline bytes before piece
+        // seg/2, or after the last piece; odd: piece seg/2), which starts at byte `seg_off` of the batch. Advanced by
+        // sent(), so resuming a long batch does not walk it from its start again.
+        size_t seg = 0;
+        size_t seg_off = 0;
     };
+    // Segment k of the batch in flight (see gather::seg); k <= 2 * flight.size().
+    std::span<const uint8_t> segment(size_t k) const;
     size_t flight_size() const { return sending_.size() + (g_ ? g_->flight_bytes : 0); }
     static void release(std::vector<piece>& v);
 

@@ -376,6 +376,7 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         close(c, "keepalive_timeout", true);
         return;
     }
+    c.sq.trim(); // a subscriber of shared pieces keeps their bookkeeping between batches, not while it idles
     // Traffic moved the keepalive on (or CONNECT came in time): the next deadline.
     schedule_check(c);
 }
@@ -1182,13 +1183,19 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     uint64_t mask = e.mask;
     const std::vector<match>& hits = e.matches;
     // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
-    fan_share_ok_ = hits.size() >= 2;
-    for (const match& m : hits)
-        deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false, raw);
-    fan_share_ok_ = false;
-    if (fan_shared_) {
-        fan_shared_->release(); // the send queues that took it hold their own references
-        fan_shared_ = nullptr;
+    {
+        // Ends the sharing however the loop is left (a throw included), so no later fan-out sees stale bytes.
+        struct share_scope {
+            shard& s;
+            ~share_scope() {
+                s.fan_share_ok_ = false;
+                if (s.fan_shared_) s.fan_shared_->release(); // the send queues that took it hold their own refs
+                s.fan_shared_ = nullptr;
+            }
+        } scope{*this};
+        fan_share_ok_ = hits.size() >= 2;
+        for (const match& m : hits)
+            deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false, raw);
     }
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);

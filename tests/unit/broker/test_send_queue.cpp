@@ -194,6 +194,24 @@ TEST(SendQueue, AMessagePayloadIsSentFromTheMessageAndReleasedAfterwards) {
     msg->release();
 }
 
+TEST(SendQueue, TrimKeepsPiecesThatAreQueuedOrInFlight) {
+    shared_bytes* p = shared_bytes::make(bytes_of("PP"));
+    send_queue q;
+    q.append_shared(p, 2);
+    q.trim(); // queued: kept
+    q.start_batch();
+    q.trim(); // in flight: kept (its iovecs may be in use)
+    EXPECT_EQ(p->refs(), 2u);
+    EXPECT_EQ(drain(q, 1), "PP");
+    EXPECT_EQ(p->refs(), 1u);
+    q.trim();
+    put(q, "x");
+    q.append_shared(p, 2);
+    q.start_batch();
+    EXPECT_EQ(drain(q, 2), "xPP");
+    p->release();
+}
+
 TEST(SendQueue, EmptyPiecesAreNotQueued) {
     shared_bytes* p = shared_bytes::make(bytes_of("xyz"));
     send_queue q;
