@@ -71,7 +71,6 @@ public:
     void append_payload(session::message* m);
 
     bool has_queued() const { return !out_.empty() || (g_ && !g_->queued.empty()); }
-    bool in_flight() const { return flight_size() != 0; }
     // Bytes queued plus the bytes of the batch in flight not yet sent.
     size_t pending_bytes() const { return out_.size() + (g_ ? g_->queued_bytes : 0) + flight_size() - sent_; }
 

@@ -8,6 +8,19 @@ import mqtt_raw as m
 from broker import Collector, shard_variants
 
 
+def read_until_quiet(client, stop=None, quiet=1.0):
+    """Payloads of the PUBLISHes client receives until none comes for `quiet` seconds or one carries `stop`."""
+    out = []
+    while True:
+        try:
+            p = client.recv_publish(timeout=quiet).payload
+        except AssertionError:
+            return out
+        if p == stop:
+            return out
+        out.append(p)
+
+
 class LimitCases:
     AUTO_START = False
 
@@ -108,15 +121,7 @@ class LimitCases:
         for start in range(0, total, 50):
             pub.send(b"".join(m.publish("lim/flood", b"%06d" % i + filler) for i in range(start, start + 50)))
         pub.publish("lim/flood", b"sync", qos=1, pid=1)  # every flood PUBLISH has been handled
-        seqs = []
-        while True:
-            try:
-                p = sub.recv_publish(timeout=1.0).payload
-            except AssertionError:
-                break
-            if p == b"sync":
-                break
-            seqs.append(int(p[:6]))
+        seqs = [int(p[:6]) for p in read_until_quiet(sub, stop=b"sync")]
         self.assertGreater(len(seqs), 0)
         self.assertLess(len(seqs), total, "nothing was dropped: the limit did not act")
         self.assertEqual(seqs, sorted(set(seqs)), "delivered out of order or twice")
@@ -151,14 +156,10 @@ class LimitCases:
             while len(col.messages) < start + step and time.monotonic() < deadline:
                 time.sleep(0.001)
         self.assertEqual([x.payload for x in col.join(30)], payload)
-        seqs = []
-        while True:
-            try:
-                p = stalled.recv_publish(timeout=1.0).payload
-            except AssertionError:
-                break
-            seqs.append(int(p[:6]))
-            self.assertEqual(p, payload[seqs[-1]])
+        got = read_until_quiet(stalled)
+        seqs = [int(p[:6]) for p in got]
+        for p, k in zip(got, seqs):
+            self.assertEqual(p, payload[k])
         self.assertGreater(len(seqs), 0)
         self.assertLess(len(seqs), total, "nothing was dropped: the limit did not act")
         self.assertEqual(seqs, sorted(set(seqs)), "delivered out of order or twice")
