@@ -103,6 +103,9 @@ send_queue::next_send send_queue::next() {
         if (s.size() > skip) iov.push_back(iovec{const_cast<uint8_t*>(s.data() + skip), s.size() - skip});
         skip -= std::min(skip, s.size());
     }
+    // One range left (typically a lone shared fan-out frame): a plain send, which spares the kernel copying and
+    // checking a msghdr and an iovec for every subscriber.
+    if (iov.size() == 1) return next_send{static_cast<const uint8_t*>(iov[0].iov_base), iov[0].iov_len, nullptr};
     g_->msg = msghdr{};
     g_->msg.msg_iov = iov.data();
     g_->msg.msg_iovlen = iov.size();

@@ -76,8 +76,9 @@ public:
 
     // Makes everything queued the batch in flight. The previous batch must be complete.
     void start_batch();
-    // What the next send of the batch carries: one contiguous range when nothing in it is shared, else an iovec
-    // list in the returned msghdr (valid until the next call; at most max_iov entries, the rest goes in later sends).
+    // What the next send of the batch carries: one contiguous range when that is all that is left to send, else an
+    // iovec list in the returned msghdr (valid until the next call; at most max_iov entries, the rest goes in later
+    // sends).
     struct next_send {
         const uint8_t* data = nullptr; // contiguous case
         size_t len = 0;

@@ -64,6 +64,40 @@ TEST(SendQueue, InlineBytesGoOutAsOneContiguousSend) {
     EXPECT_EQ(q.pending_bytes(), 0u);
 }
 
+TEST(SendQueue, ALoneRangeGoesOutAsAPlainSend) {
+    shared_bytes* big = shared_bytes::make(bytes_of("[BIG]"));
+    send_queue q;
+    q.append_shared(big, big->size());
+    q.start_batch();
+    send_queue::next_send n = q.next();
+    EXPECT_EQ(n.msg, nullptr) << "a lone shared piece needs no msghdr";
+    EXPECT_EQ(n.data, big->data());
+    EXPECT_EQ(n.len, 5u);
+    EXPECT_FALSE(q.sent(2));
+    n = q.next();
+    EXPECT_EQ(n.msg, nullptr);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(n.data), n.len), "IG]");
+    EXPECT_TRUE(q.sent(3));
+    q.finish_batch();
+    EXPECT_EQ(big->refs(), 1u);
+
+    // Inline bytes and a piece: two ranges, gathered; once the inline part is sent the rest is one range again.
+    put(q, "ab");
+    q.append_shared(big, big->size());
+    q.start_batch();
+    n = q.next();
+    ASSERT_NE(n.msg, nullptr);
+    EXPECT_EQ(n.msg->msg_iovlen, 2u);
+    EXPECT_FALSE(q.sent(3));
+    n = q.next();
+    EXPECT_EQ(n.msg, nullptr);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(n.data), n.len), "BIG]");
+    EXPECT_TRUE(q.sent(4));
+    q.finish_batch();
+    EXPECT_EQ(big->refs(), 1u);
+    big->release();
+}
+
 TEST(SendQueue, SharedPiecesAreSplicedInQueueOrder) {
     shared_bytes* big = shared_bytes::make(bytes_of("[BIG]"));
     send_queue q;
