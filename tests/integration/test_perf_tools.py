@@ -3,6 +3,8 @@ nothing duplicated, the broker's CPU read from /proc), perf/forwarder (the do-no
 answers everything else deterministically, and perf/compare --ceiling runs all three end to end. Short runs only:
 these check the tools, they measure nothing."""
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -188,6 +190,53 @@ class CompareWithCeiling(unittest.TestCase):
         fwd = runs["forwarder"]["result"]["deliveries_per_cpu_s"]
         ours = runs["ringmq"]["result"]["deliveries_per_cpu_s"]
         self.assertEqual(row[head.index("ringmq/fwd")], f"{ours / fwd:.3g}x")
+        # The 1->1 target is checked against this run's own ratio; the others were not run.
+        target = next(t for t in doc["targets"] if t["scenario"] == "1to1-q0")
+        ratio = ours / runs["mosquitto"]["result"]["deliveries_per_cpu_s"]
+        self.assertAlmostEqual(target["value"], ratio, places=9)
+        self.assertEqual(target["verdict"], "met" if ratio >= 40 else "missed")
+        self.assertEqual((target["rounds_met"], target["rounds"]), (1 if ratio >= 40 else 0, 1))
+        self.assertEqual({t["verdict"] for t in doc["targets"] if t["scenario"] != "1to1-q0"}, {"not run"})
+        self.assertIn("targets of the performance issue", run.stdout)
+
+
+def load_compare():
+    """perf/compare as a module (it has no .py suffix), for its pure functions."""
+    loader = importlib.machinery.SourceFileLoader("perf_compare", str(REPO / "perf" / "compare"))
+    spec = importlib.util.spec_from_loader("perf_compare", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+class CompareTargets(unittest.TestCase):
+    def test_verdicts_at_and_around_each_threshold(self):
+        cmp = load_compare()
+        measured = {
+            # per-round ratios: median 40.0 exactly, two of three rounds at or over 40x
+            ("1to1-q0", "deliveries_per_cpu_s"): ([1.0, 2.0, 3.0], [39.9, 40.0, 41.0]),
+            ("fanout100-q0", "deliveries_per_cpu_s"): ([1.0], [49.99]),
+            # "under 1 ms": exactly 1000 us is a miss
+            ("pairs1000-50-q0", "lat_p99_us"): ([1000.0, 999.0, 1000.0], [0.5, 0.5, 0.5]),
+            # "no higher than 80 us": exactly 80 is met
+            ("1to1-q0-20k", "lat_p99_us"): ([80.0, 81.0, 79.0], [1.0, 1.0, 1.0]),
+            ("idle-10k", "rss_per_conn_bytes"): ([694.0], [0.95]),
+        }
+        got = {(t["scenario"], t["key"]): t for t in cmp.check_targets(measured)}
+        self.assertEqual(len(got), len(cmp.TARGETS))
+
+        def check(scenario, key, verdict, value, met, rounds):
+            t = got[(scenario, key)]
+            self.assertEqual((t["verdict"], t["value"], t["rounds_met"], t["rounds"]), (verdict, value, met, rounds),
+                             f"{scenario} {key}")
+
+        check("1to1-q0", "deliveries_per_cpu_s", "met", 40.0, 2, 3)
+        check("fanout100-q0", "deliveries_per_cpu_s", "missed", 49.99, 0, 1)
+        check("pairs1000-50-q0", "lat_p99_us", "missed", 1000.0, 1, 3)
+        check("1to1-q0-20k", "lat_p99_us", "met", 80.0, 2, 3)
+        check("idle-10k", "rss_per_conn_bytes", "met", 694.0, 1, 1)
+        check("1to1-q1", "deliveries_per_cpu_s", "not run", None, 0, 0)
+        check("pairs1000-50-q0", "deliveries_per_cpu_s", "not run", None, 0, 0)
 
 
 if __name__ == "__main__":
