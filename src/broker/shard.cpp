@@ -500,7 +500,7 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
     }
     if (c.rx.empty()) {
         const size_t used = process(c, p, n);
-        if (c.st != connection::state::closing && used < n) c.rx.assign(p + used, p + n);
+        if (c.st != connection::state::closing && used < n) start_partial(c, p + used, n - used);
         return;
     }
     c.rx.insert(c.rx.end(), p, p + n);
@@ -511,7 +511,9 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
     if (c.st != connection::state::closing && used < buf.size()) {
         buf.erase(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(used));
         c.rx.swap(buf);
+        return;
     }
+    recycle_rx(buf);
 }
 
 size_t shard::complete_partial(connection& c, const uint8_t* p, size_t n) {
@@ -541,7 +543,20 @@ size_t shard::complete_partial(connection& c, const uint8_t* p, size_t n) {
         c.rx.swap(buf);
         return took;
     }
-    return took; // rx is empty and buf frees its memory: a large packet's reassembly memory does not stay behind
+    recycle_rx(buf); // a large packet's reassembly memory is freed, not kept
+    return took;
+}
+
+void shard::start_partial(connection& c, const uint8_t* p, size_t n) {
+    // No room is reserved for the length the header claims: memory follows the bytes received, not the bytes promised.
+    if (c.rx.capacity() == 0) c.rx.swap(rx_spare_);
+    c.rx.assign(p, p + n);
+}
+
+void shard::recycle_rx(std::vector<uint8_t>& buf) {
+    if (buf.capacity() > rx_spare_max || buf.capacity() <= rx_spare_.capacity()) return;
+    buf.clear();
+    rx_spare_.swap(buf);
 }
 
 size_t shard::process(connection& c, const uint8_t* p, size_t n) {

@@ -247,6 +247,10 @@ private:
     void broadcast_route(uint32_t kind, const std::string& filter);
     // Completes the partial packet in c.rx from the front of p[0..n) and handles it; returns the bytes of p taken.
     size_t complete_partial(connection& c, const uint8_t* p, size_t n);
+    // Starts c.rx (empty) with the unfinished packet p[0..n), in the shard's spare buffer when it has one.
+    void start_partial(connection& c, const uint8_t* p, size_t n);
+    // Takes a reassembly buffer that is done with as the spare, if it is small enough and the spare is not larger.
+    void recycle_rx(std::vector<uint8_t>& buf);
     // Returns bytes consumed; stops early when the connection closes or is handed off.
     size_t process(connection& c, const uint8_t* p, size_t n);
     bool dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
@@ -375,6 +379,11 @@ private:
     shared_bytes* fan_shared_ = nullptr;
     bool fan_share_ok_ = false;
     static constexpr size_t share_min_bytes = 1024;
+    // A reassembly buffer kept for the next packet that straddles two receives: a stream of packets that do not line
+    // up with receives (1 KiB payloads nearly always) would otherwise allocate and free one per receive. Empty between
+    // uses; at most rx_spare_max bytes, so one large packet's memory does not stay behind.
+    std::vector<uint8_t> rx_spare_;
+    static constexpr size_t rx_spare_max = 65536;
 
     metrics m_;
     stats st_;

@@ -328,6 +328,39 @@ class PublishCases:
         pub.expect(m.puback(77))
         self.assertEqual(sub.recv_publish().payload, b"pieces" * 50)
 
+    def test_partial_packets_of_several_publishers_stay_apart(self):
+        # Three publishers on one shard each leave a packet unfinished at the end of every receive, at the same time,
+        # so a reassembly buffer reused from one packet to the next must never be shared between connections. Each
+        # publisher's messages arrive once, in its order, with its bytes (the largest over 64 KiB).
+        import time
+        sub = self.client(self.sub_id())
+        sub.subscribe([("t/apart/#", 1)])
+        pubs = [self.client(self.pub_id(f"pub{k}")) for k in range(3)]
+        sizes = [[1000, 1500, 70_000, 30], [3000, 5, 900, 16_500], [200, 200, 64_000, 2500]]
+        streams, want = [], {}
+        for k, ss in enumerate(sizes):
+            topic = f"t/apart/{k}"
+            payloads = [bytes([(k * 40 + i) % 251]) * n + f"{k}.{i}".encode() for i, n in enumerate(ss)]
+            want[topic] = payloads
+            streams.append(b"".join(m.publish(topic, x, qos=0) for x in payloads))
+        offs = [0, 0, 0]
+        cut = [700, 1100, 1300, 9000, 333]
+        turn = 0
+        while any(offs[k] < len(streams[k]) for k in range(3)):
+            for k in range(3):
+                n = cut[(turn + k) % len(cut)]
+                if offs[k] < len(streams[k]):
+                    pubs[k].send(streams[k][offs[k]:offs[k] + n])
+                    offs[k] += n
+            turn += 1
+            time.sleep(0.002)
+        got = {}
+        for x in sub.recv_publishes(sum(len(v) for v in want.values()), timeout=10):
+            got.setdefault(x.topic, []).append(x.payload)
+        for topic, payloads in want.items():
+            self.assertEqual([len(x) for x in got.get(topic, [])], [len(x) for x in payloads], topic)
+            self.assertEqual(got[topic], payloads, topic)
+
     def test_stream_cut_at_every_kind_of_boundary(self):
         # A stream of QoS 0 runs, QoS 1 PUBLISHes and payloads of 1- to 3-byte remaining lengths, written in pieces
         # that cut it inside fixed headers (after the type byte, inside the length), inside bodies, and right after
