@@ -30,14 +30,31 @@ bool session::pid_in_use(uint16_t pid) const {
     return std::any_of(window_.begin(), window_.end(), [pid](const outgoing& o) { return o.pid == pid; });
 }
 
-uint16_t session::alloc_pid() {
+void session::assign_pid(outgoing& o) {
+    if (window_.empty()) pid_scan_ = 0; // every entry from here on is younger than the rotation
     // The window holds at most 65535 entries, so a free id always exists; ids are reused in rotation.
     for (;;) {
-        uint16_t pid = next_pid_;
-        next_pid_ = next_pid_ == 65535 ? 1 : static_cast<uint16_t>(next_pid_ + 1);
-        if (!pid_in_use(pid)) {
+        const uint32_t step = pid_step_;
+        pid_step_ = step + 1 == pid_step_mod ? 0 : step + 1;
+        const auto pid = static_cast<uint16_t>(step % 65535 + 1);
+        bool free;
+        if (pid_bits_) {
+            free = !pid_in_use(pid);
+        } else {
+            // An id comes round again only after 65535 steps; the front is the oldest entry. Each call moves the
+            // steps on by at most 65535, so the front is seen past 65535 long before its age could wrap.
+            if (!pid_scan_ && !window_.empty()) {
+                const uint32_t at = window_.front().pid_step;
+                const uint32_t age = step >= at ? step - at : step + pid_step_mod - at;
+                if (age >= 65535) pid_scan_ = 1;
+            }
+            free = !pid_scan_ || !pid_in_use(pid);
+        }
+        if (free) {
             mark_pid(pid, true);
-            return pid;
+            o.pid = pid;
+            o.pid_step = step;
+            return;
         }
     }
 }
@@ -50,7 +67,9 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
             return offer_result::send;
         }
         if (window_.size() < limits_.max_inflight) {
-            window_.push_back(outgoing{std::move(msg), alloc_pid(), qos, false});
+            outgoing o{std::move(msg), 0, qos, false};
+            assign_pid(o);
+            window_.push_back(std::move(o));
             *out = &window_.back();
             return offer_result::send;
         }
@@ -72,7 +91,7 @@ const outgoing* session::next_ready() {
         return &handed_out;
     }
     if (window_.size() >= limits_.max_inflight) return nullptr;
-    front.pid = alloc_pid();
+    assign_pid(front);
     window_.push_back(std::move(front));
     queue_.pop_front();
     return &window_.back();

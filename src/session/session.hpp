@@ -27,6 +27,7 @@ struct outgoing {
     uint16_t pid = 0;
     uint8_t qos = 0;       // effective QoS: min(published, granted)
     bool released = false; // QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
+    uint32_t pid_step = 0; // the session's packet-id step when pid was given (see session::pid_step_)
 };
 
 class session {
@@ -36,7 +37,7 @@ public:
     session& operator=(const session&) = delete;
 
     const std::string& client_id() const { return client_id_; }
-    bool clean() const { return clean_; }
+    bool clean() const { return clean_ != 0; }
     void set_clean(bool c) { clean_ = c; }
     const limits& lim() const { return limits_; }
 
@@ -80,7 +81,8 @@ public:
     void clear_messages();
 
 private:
-    uint16_t alloc_pid();
+    // Gives o the next free packet id (and its step).
+    void assign_pid(outgoing& o);
     bool pid_in_use(uint16_t pid) const;
     void mark_pid(uint16_t pid, bool used);
 
@@ -93,8 +95,15 @@ private:
     std::unique_ptr<uint64_t[]> pid_bits_;
     uint64_t dropped_ = 0;
     limits limits_;
-    uint16_t next_pid_ = 1;
-    bool clean_;
+    // Packet ids are given in rotation: step k gives id k % 65535 + 1, and steps count modulo pid_step_mod (a
+    // multiple of 65535, so the ids stay in rotation across the wrap). The window is in the order its ids were given,
+    // so while its front (oldest) entry is fewer than 65535 steps old no entry can hold the next id and no scan is
+    // needed; once the front is seen that old, ids are checked against the window (pid_scan_) until it empties.
+    // Packed with clean_ so that the session stays in its 192-byte class.
+    static constexpr uint32_t pid_step_mod = 65535u * 16384u;
+    uint32_t pid_step_ : 30 = 0;
+    uint32_t pid_scan_ : 1 = 0;
+    uint32_t clean_ : 1 = 0;
 };
 
 } // namespace ringmq::session

@@ -194,6 +194,33 @@ TEST(Session, PacketIdsSkipIdsInUseAndWrap) {
     EXPECT_EQ(n->pid, 500);
 }
 
+TEST(Session, AStuckPacketIdIsSkippedWhenTheRotationComesRound) {
+    // A small window (ids checked by scan only once the oldest entry is a whole rotation old): id 1 is never
+    // acknowledged while 3 x 65535 others come and go, and is never given again until it is.
+    session s("c", false, lim(2, 0));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("stuck"), 1, true, &o), offer::send);
+    ASSERT_EQ(o->pid, 1);
+    uint16_t expect = 2;
+    for (int i = 0; i < 3 * 65535; ++i) {
+        ASSERT_EQ(s.offer(msg("x"), 1, true, &o), offer::send);
+        ASSERT_EQ(o->pid, expect) << "message " << i;
+        ASSERT_TRUE(s.on_puback(o->pid));
+        expect = expect == 65535 ? 2 : static_cast<uint16_t>(expect + 1); // 1 stays taken
+    }
+    ASSERT_EQ(s.inflight_len(), 1u);
+    EXPECT_EQ(s.window().front().pid, 1);
+    // Once the window has emptied, ids follow the rotation again, 1 included.
+    ASSERT_TRUE(s.on_puback(1));
+    for (int i = 0; i < 65535; ++i) {
+        ASSERT_EQ(s.offer(msg("y"), 1, true, &o), offer::send);
+        const uint16_t pid = o->pid;
+        ASSERT_TRUE(s.on_puback(pid));
+        if (pid == 1) return;
+    }
+    FAIL() << "id 1 was not given again within a rotation";
+}
+
 TEST(Fifo, PushPopEraseAndCompaction) {
     ringmq::session::fifo<int> f;
     EXPECT_TRUE(f.empty());
