@@ -548,8 +548,10 @@ size_t shard::complete_partial(connection& c, const uint8_t* p, size_t n) {
 }
 
 void shard::start_partial(connection& c, const uint8_t* p, size_t n) {
-    // No room is reserved for the length the header claims: memory follows the bytes received, not the bytes promised.
-    if (c.rx.capacity() == 0) c.rx.swap(rx_spare_);
+    // Memory follows the bytes received, not the bytes promised: no room is reserved for the length the header
+    // claims, and a large spare is not handed to a connection with a few bytes pending (a client that stops after
+    // one byte of a header would hold it while it stays silent).
+    if (c.rx.capacity() == 0 && rx_spare_.capacity() <= std::max(rx_spare_small, 4 * n)) c.rx.swap(rx_spare_);
     c.rx.assign(p, p + n);
 }
 

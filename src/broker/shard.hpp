@@ -384,6 +384,8 @@ private:
     // uses; at most rx_spare_max bytes, so one large packet's memory does not stay behind.
     std::vector<uint8_t> rx_spare_;
     static constexpr size_t rx_spare_max = 65536;
+    // A spare larger than this goes only to a connection that already has a quarter of it to store.
+    static constexpr size_t rx_spare_small = 4096;
 
     metrics m_;
     stats st_;
