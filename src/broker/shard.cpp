@@ -504,16 +504,20 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
         return;
     }
     c.rx.insert(c.rx.end(), p, p + n);
+    process_rx(c);
+}
+
+void shard::process_rx(connection& c) {
     // process() may hand the bytes to another shard or close; work on a moved-out buffer so nothing aliases.
     std::vector<uint8_t> buf;
     buf.swap(c.rx);
     const size_t used = process(c, buf.data(), buf.size());
     if (c.st != connection::state::closing && used < buf.size()) {
-        buf.erase(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(used));
+        buf.erase(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(used)); // stays ahead of the bytes that follow
         c.rx.swap(buf);
         return;
     }
-    recycle_rx(buf);
+    recycle_rx(buf); // a large packet's reassembly memory is freed, not kept
 }
 
 size_t shard::complete_partial(connection& c, const uint8_t* p, size_t n) {
@@ -535,15 +539,7 @@ size_t shard::complete_partial(connection& c, const uint8_t* p, size_t n) {
         }
     }
     // rx now holds one whole packet, or a header process() refuses (and closes for).
-    std::vector<uint8_t> buf;
-    buf.swap(c.rx);
-    const size_t used = process(c, buf.data(), buf.size());
-    if (used < buf.size() && c.st != connection::state::closing) {
-        buf.erase(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(used)); // stays ahead of the bytes that follow
-        c.rx.swap(buf);
-        return took;
-    }
-    recycle_rx(buf); // a large packet's reassembly memory is freed, not kept
+    process_rx(c);
     return took;
 }
 
@@ -1089,8 +1085,8 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
     uint8_t hdr[mqtt::max_publish_prefix + 2];
     size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
                                             static_cast<uint16_t>(topic.size()));
-    // One grow for the whole frame: the four pieces are copied into place. (hl already holds the 2-byte topic
-    // length that rl counts.)
+    // One grow for the whole frame (less the payload when the caller queues it apart): the pieces are copied into
+    // place. (hl already holds the 2-byte topic length that rl counts.)
     uint8_t* d = grow(out, hl + rl - 2 - (with_payload ? 0 : payload.size()));
     std::memcpy(d, hdr, hl);
     d += hl;

@@ -247,6 +247,8 @@ private:
     void broadcast_route(uint32_t kind, const std::string& filter);
     // Completes the partial packet in c.rx from the front of p[0..n) and handles it; returns the bytes of p taken.
     size_t complete_partial(connection& c, const uint8_t* p, size_t n);
+    // Handles the packets in c.rx; what is left unhandled stays in c.rx, an emptied buffer is recycled.
+    void process_rx(connection& c);
     // Starts c.rx (empty) with the unfinished packet p[0..n), in the shard's spare buffer when it has one.
     void start_partial(connection& c, const uint8_t* p, size_t n);
     // Takes a reassembly buffer that is done with as the spare, if it is small enough and the spare is not larger.

@@ -28,6 +28,13 @@ std::string peek(send_queue& q) {
     return s;
 }
 
+// What the next send carries when it is a plain send (one range, no msghdr), as a string; fails otherwise.
+std::string plain(send_queue& q) {
+    const send_queue::next_send n = q.next();
+    EXPECT_EQ(n.msg, nullptr) << "a gathered send where one range was expected";
+    return n.msg ? std::string() : std::string(reinterpret_cast<const char*>(n.data), n.len);
+}
+
 // Sends the whole batch `chunk` bytes at a time (as a socket taking that much per call would) and returns it.
 std::string drain(send_queue& q, size_t chunk) {
     std::string wire;
@@ -53,9 +60,7 @@ TEST(SendQueue, InlineBytesGoOutAsOneContiguousSend) {
     EXPECT_EQ(q.pending_bytes(), 6u);
     q.start_batch();
     EXPECT_FALSE(q.has_queued());
-    const send_queue::next_send n = q.next();
-    EXPECT_EQ(n.msg, nullptr);
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>(n.data), n.len), "abcdef");
+    EXPECT_EQ(plain(q), "abcdef");
     EXPECT_FALSE(q.sent(4));
     EXPECT_EQ(q.pending_bytes(), 2u);
     EXPECT_EQ(peek(q), "ef");
@@ -74,9 +79,7 @@ TEST(SendQueue, ALoneRangeGoesOutAsAPlainSend) {
     EXPECT_EQ(n.data, big->data());
     EXPECT_EQ(n.len, 5u);
     EXPECT_FALSE(q.sent(2));
-    n = q.next();
-    EXPECT_EQ(n.msg, nullptr);
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>(n.data), n.len), "IG]");
+    EXPECT_EQ(plain(q), "IG]");
     EXPECT_TRUE(q.sent(3));
     q.finish_batch();
     EXPECT_EQ(big->refs(), 1u);
@@ -89,9 +92,7 @@ TEST(SendQueue, ALoneRangeGoesOutAsAPlainSend) {
     ASSERT_NE(n.msg, nullptr);
     EXPECT_EQ(n.msg->msg_iovlen, 2u);
     EXPECT_FALSE(q.sent(3));
-    n = q.next();
-    EXPECT_EQ(n.msg, nullptr);
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>(n.data), n.len), "BIG]");
+    EXPECT_EQ(plain(q), "BIG]");
     EXPECT_TRUE(q.sent(4));
     q.finish_batch();
     EXPECT_EQ(big->refs(), 1u);
