@@ -222,14 +222,21 @@ class CompareTwoShards(unittest.TestCase):
         for r in (one, two):
             self.assertEqual(r["result"]["status"], "ok")
             self.assertEqual(r["result"]["lost"], 0)
-        if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        target = next(t for t in doc["targets"] if t["scenario"] == "fanout100-q0-2sh")
+        if len(os.sched_getaffinity(0)) == 2 and shutil.which("taskset"):
+            # ringmq's two shards on both cores, loadgen beside the second; Mosquitto where it always runs
             self.assertTrue(one["broker_command"].startswith("taskset -c 0 "), one["broker_command"])
             self.assertTrue(two["broker_command"].startswith("taskset -c 0-1 "), two["broker_command"])
-        target = next(t for t in doc["targets"] if t["scenario"] == "fanout100-q0-2sh")
-        share = two["result"]["deliveries_per_cpu_s"] / one["result"]["deliveries_per_cpu_s"]
-        self.assertAlmostEqual(target["value"], share, places=9)
-        self.assertEqual(target["verdict"], "met" if share >= 0.8 else "missed")
-        self.assertIn("2 shards over 1 shard", run.stdout)
+            mosq = runs[("fanout100-q0-2sh", "mosquitto")]
+            self.assertTrue(mosq["broker_command"].startswith("taskset -c 0 "), mosq["broker_command"])
+            for r in (one, two, mosq):
+                self.assertTrue(r["command"].startswith("taskset -c 1 "), r["command"])
+            share = two["result"]["deliveries_per_cpu_s"] / one["result"]["deliveries_per_cpu_s"]
+            self.assertAlmostEqual(target["value"], share, places=9)
+            self.assertEqual(target["verdict"], "met" if share >= 0.8 else "missed")
+            self.assertIn("2 shards over 1 shard", run.stdout)
+        else:
+            self.assertEqual(target["verdict"], "not run")  # not on the two cores the target names
 
 
 def load_compare():
@@ -252,10 +259,11 @@ class CompareTargets(unittest.TestCase):
             # "no higher than 80 us": exactly 80 is met
             ("1to1-q0-20k", "lat_p99_us"): ([80.0, 81.0, 79.0], [1.0, 1.0, 1.0]),
             ("idle-10k", "rss_per_conn_bytes"): ([694.0], [0.95]),
-            # its ringmq figures are also the baseline of the two-shard target below
-            ("fanout100-q0", "deliveries_per_cpu_s"): ([10.0, 10.0, 5.0], [49.99]),
-            # two-shard figures over single-shard ones, round by round: 0.8, 0.7, 1.2; median 0.8 is met
-            ("fanout100-q0-2sh", "deliveries_per_cpu_s"): ([8.0, 7.0, 6.0], [40.0, 40.0, 40.0]),
+            # one round's ratio (two failed); its ringmq figures are also the baseline of the two-shard target below
+            ("fanout100-q0", "deliveries_per_cpu_s"): ([10.0, 10.0, 5.0, None, 4.0], [49.99]),
+            # two-shard figures over single-shard ones, round by round: 0.8, 0.7, 1.2, (failed), (baseline failed);
+            # median 0.8 is met. Pairing what is left after dropping the gaps would give 0.8, 0.7, 1.6, 2.5.
+            ("fanout100-q0-2sh", "deliveries_per_cpu_s"): ([8.0, 7.0, 6.0, 2.0, None], [40.0, 40.0, 40.0, 40.0]),
         }
         got = {(t["scenario"], t["key"]): t for t in cmp.check_targets(measured)}
         self.assertEqual(len(got), len(cmp.TARGETS))
@@ -273,8 +281,8 @@ class CompareTargets(unittest.TestCase):
         check("1to1-q1", "deliveries_per_cpu_s", "not run", None, 0, 0)
         check("pairs1000-50-q0", "deliveries_per_cpu_s", "not run", None, 0, 0)
         check("fanout100-q0-2sh", "deliveries_per_cpu_s", "met", 0.8, 2, 3)
-        # A baseline that itself ran on several shards, or did not run, is no baseline.
-        multi = {(t["scenario"], t["key"]): t for t in cmp.check_targets(measured, single_shard=False)}
+        # A baseline that ran on several shards or cores other than the target's, or did not run, is no baseline.
+        multi = {(t["scenario"], t["key"]): t for t in cmp.check_targets(measured, shares_comparable=False)}
         self.assertEqual(multi[("fanout100-q0-2sh", "deliveries_per_cpu_s")]["verdict"], "not run")
         del measured[("fanout100-q0", "deliveries_per_cpu_s")]
         alone = {(t["scenario"], t["key"]): t for t in cmp.check_targets(measured)}
