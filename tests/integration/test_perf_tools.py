@@ -249,6 +249,19 @@ def load_compare():
 
 
 class CompareTargets(unittest.TestCase):
+    def test_targets_option_selects_every_scenario_a_target_is_weighed_on(self):
+        cmp = load_compare()
+        want = {"1to1-q0", "fanout100-q0", "1to1-q1", "pairs1000-50-q0", "1to1-q0-20k", "idle-10k", "fanout100-q0-2sh"}
+        self.assertEqual(cmp.target_scenarios(), want)
+        run = subprocess.run([sys.executable, str(REPO / "perf" / "compare"), "--targets", "--only", "pairs10-q0",
+                              "--list"], capture_output=True, text=True, timeout=20)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        listed = [line.split()[0] for line in run.stdout.splitlines() if line.strip()]
+        self.assertEqual(sorted(listed), sorted(want | {"pairs10-q0"}))
+        # in the scenario set's order, each once
+        order = [s[0] for s in cmp.SCENARIOS]
+        self.assertEqual(listed, sorted(listed, key=order.index))
+
     def test_verdicts_at_and_around_each_threshold(self):
         cmp = load_compare()
         measured = {
