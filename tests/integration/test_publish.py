@@ -2,6 +2,8 @@
 
 With 2 shards the publisher and the subscriber have different home shards (see BrokerTest.pub_id/sub_id)."""
 
+import time
+
 import mqtt_raw as m
 from broker import Collector, shard_variants
 
@@ -321,7 +323,6 @@ class PublishCases:
     def test_packet_split_across_writes(self):
         pub, sub = self.pair("t/split", 1)
         raw = m.publish("t/split", b"pieces" * 50, qos=1, pid=77)
-        import time
         for i in range(0, len(raw), 7):
             pub.send(raw[i:i + 7])
             time.sleep(0.005)
@@ -332,7 +333,6 @@ class PublishCases:
         # Three publishers on one shard each leave a packet unfinished at the end of every receive, at the same time,
         # so a reassembly buffer reused from one packet to the next must never be shared between connections. Each
         # publisher's messages arrive once, in its order, with its bytes (the largest over 64 KiB).
-        import time
         sub = self.client(self.sub_id())
         sub.subscribe([("t/apart/#", 1)])
         pubs = [self.client(self.pub_id(f"pub{k}")) for k in range(3)]
@@ -366,7 +366,6 @@ class PublishCases:
         # that cut it inside fixed headers (after the type byte, inside the length), inside bodies, and right after
         # a packet with more whole packets and a new partial one behind it: each piece a receive of its own. Every
         # message arrives once, in order, with its bytes.
-        import time
         pub, sub = self.pair("t/cut/#", 1)
         sizes = [1, 5, 200, 3, 20_000, 0, 130, 7, 70_000, 2, 16_400, 9]
         packets, want, acks = [], [], []
@@ -398,7 +397,6 @@ class PublishCases:
     def test_oversized_header_cut_after_a_packet_is_refused(self):
         # A packet's fixed header arrives a byte at a time behind a whole PUBLISH and announces more than
         # max_packet_size: the PUBLISH is delivered, then the connection is closed without waiting for the body.
-        import time
         pub, sub = self.pair("t/over", 0)
         head = b"\x30" + m.encode_remaining_length(200 * 1024 * 1024)
         data = m.publish("t/over", b"first") + head[:1]
