@@ -1059,8 +1059,8 @@ std::vector<group_spec> plan_groups(const options& o) {
 
 // Broker figures sampled by the controller at the window's edges.
 struct broker_sample {
-    bool have_cpu = false;
-    std::uint64_t cpu_start = 0, cpu_end = 0;
+    bool have_cpu = false, have_sleeps = false;
+    std::uint64_t cpu_start = 0, cpu_end = 0, sleeps_start = 0, sleeps_end = 0;
     std::uint64_t rss_before = 0, rss_after_connect = 0, rss_end = 0, hwm_end = 0;
 };
 
@@ -1251,6 +1251,9 @@ int main(int argc, char** argv) {
                 const auto c = loadgen::read_cpu_ticks(o.broker_pid);
                 bs.have_cpu = c.has_value();
                 bs.cpu_start = c.value_or(0);
+                const auto z = loadgen::read_sleeps(o.broker_pid);
+                bs.have_sleeps = z.has_value();
+                bs.sleeps_start = z.value_or(0);
                 // Idle connections settle during the warm-up (the broker may allocate lazily after CONNACK).
                 if (o.kind == scenario_kind::idle)
                     bs.rss_after_connect = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
@@ -1282,6 +1285,9 @@ int main(int argc, char** argv) {
         const auto c = loadgen::read_cpu_ticks(o.broker_pid);
         bs.have_cpu = bs.have_cpu && c.has_value();
         bs.cpu_end = c.value_or(0);
+        const auto z = loadgen::read_sleeps(o.broker_pid);
+        bs.have_sleeps = bs.have_sleeps && z.has_value();
+        bs.sleeps_end = z.value_or(0);
         bs.rss_end = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
         bs.hwm_end = loadgen::read_status_bytes(o.broker_pid, "VmHWM").value_or(0);
     }
@@ -1322,6 +1328,8 @@ int main(int argc, char** argv) {
     const double cpu_s = bs.have_cpu ? loadgen::ticks_to_seconds(bs.cpu_end - bs.cpu_start) : NAN;
     const double per_cpu =
         messaging ? static_cast<double>(r.delivered_window) / cpu_s : static_cast<double>(r.connacks_window) / cpu_s;
+    const double sleeps = bs.have_sleeps ? static_cast<double>(bs.sleeps_end - bs.sleeps_start) : NAN;
+    const double per_sleep = messaging && sleeps > 0 ? static_cast<double>(r.delivered_window) / sleeps : NAN;
     const std::uint64_t rss_conns = o.kind == scenario_kind::idle ? o.idle : total_conns;
     const double rss_per_conn =
         o.broker_pid && rss_conns
@@ -1364,6 +1372,8 @@ int main(int argc, char** argv) {
         std::fprintf(hs, "broker     pid %d: CPU %.2f s", o.broker_pid, cpu_s);
         if (o.kind != scenario_kind::idle)
             std::fprintf(hs, ", %.0f %s per CPU-second", per_cpu, messaging ? "deliveries" : "connections");
+        if (messaging && bs.have_sleeps)
+            std::fprintf(hs, ", %.0f sleeps/s (%.1f deliveries per sleep)", sleeps / dur, per_sleep);
         std::fprintf(hs, "; RSS %.1f MiB, peak %.1f MiB\n", static_cast<double>(bs.rss_end) / 1048576.0,
                      static_cast<double>(bs.hwm_end) / 1048576.0);
         if (rss_conns && o.kind != scenario_kind::connect_storm)
@@ -1422,6 +1432,8 @@ int main(int argc, char** argv) {
         add("broker_pid", o.broker_pid ? std::to_string(o.broker_pid) : "null");
         add("broker_cpu_s", fmt_double(cpu_s, 3));
         add("deliveries_per_cpu_s", messaging ? fmt_double(per_cpu, 1) : "null");
+        add("broker_sleeps_per_s", fmt_double(sleeps / dur, 1));
+        add("deliveries_per_broker_sleep", fmt_double(per_sleep, 2));
         add("connects_per_cpu_s", o.kind == scenario_kind::connect_storm ? fmt_double(per_cpu, 1) : "null");
         add("broker_rss_bytes", o.broker_pid ? num(bs.rss_end) : "null");
         add("broker_hwm_bytes", o.broker_pid ? num(bs.hwm_end) : "null");

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dirent.h>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -47,6 +48,33 @@ inline std::optional<std::uint64_t> read_status_bytes(int pid, std::string_view 
             return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) * 1024;
     }
     return std::nullopt;
+}
+
+// How many times the process's threads went to sleep (voluntary_ctxt_switches of every /proc/PID/task/TID/status,
+// since /proc/PID/status counts the main thread only). On loopback each sleep costs the broker a context switch and
+// its peer the wake-up that ends it: what lets an idle-prone broker spend more CPU per message than a saturated one.
+inline std::optional<std::uint64_t> read_sleeps(int pid) {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    DIR* d = opendir(dir.c_str());
+    if (!d) return std::nullopt;
+    std::uint64_t total = 0;
+    bool any = false;
+    while (const dirent* e = readdir(d)) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        std::ifstream in(dir + "/" + e->d_name + "/status");
+        std::string line;
+        static constexpr std::string_view key = "voluntary_ctxt_switches:";
+        while (std::getline(in, line)) {
+            if (line.compare(0, key.size(), key) == 0) {
+                total += std::strtoull(line.c_str() + key.size(), nullptr, 10);
+                any = true;
+                break;
+            }
+        }
+    }
+    closedir(d);
+    if (!any) return std::nullopt;
+    return total;
 }
 
 } // namespace loadgen

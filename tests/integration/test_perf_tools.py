@@ -85,6 +85,12 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.assertAlmostEqual(data["deliveries_per_cpu_s"], data["delivered"] / data["broker_cpu_s"],
                                delta=data["deliveries_per_cpu_s"] * 0.01)
         self.assertGreater(data["broker_rss_bytes"], 0)
+        # The closed loop idles the broker between batches: it sleeps, and never more often than it delivers.
+        self.assertGreater(data["broker_sleeps_per_s"], 0)
+        self.assertGreaterEqual(data["deliveries_per_broker_sleep"], 1)
+        self.assertAlmostEqual(data["deliveries_per_broker_sleep"],
+                               data["msgs_per_s"] / data["broker_sleeps_per_s"],
+                               delta=data["deliveries_per_broker_sleep"] * 0.01)
 
     def test_fanout_qos1_delivers_every_copy(self):
         rc, data, err = loadgen(self.port, "--scenario", "fanout", "--subscribers", "10", "--qos", "1")
