@@ -108,6 +108,7 @@ struct options {
     std::uint32_t threads = 1;
     std::uint16_t keepalive = 60;
     std::uint32_t spin_us = 0;
+    bool poll = false;
 };
 
 // One independent set of publishers and subscribers: every subscriber of a group receives every publisher of the
@@ -933,7 +934,7 @@ void worker::run() {
         // A send due within the spin budget is waited for by polling, not by a timer: arming a high-resolution
         // timer and sleeping costs more than the gap between sends at tens of thousands of messages per second,
         // and a saturated generator would report its own queueing as broker latency.
-        if (wait <= std::int64_t{opt_.spin_us} * 1000) wait = 0;
+        if (wait <= std::int64_t{opt_.spin_us} * 1000 || opt_.poll) wait = 0;
         const timespec ts{static_cast<time_t>(wait / ns_per_s), static_cast<long>(wait % ns_per_s)};
         const int n = epoll_pwait2(ep_, events.data(), static_cast<int>(events.size()), &ts, nullptr);
         if (n < 0) {
@@ -1100,6 +1101,10 @@ int main(int argc, char** argv) {
                    "poll without sleeping when the next scheduled send is at most this many microseconds away")
         ->capture_default_str()
         ->check(CLI::Range(0u, 1000000u));
+    app.add_flag("--poll", o.poll,
+                 "never sleep: poll the sockets without blocking, as a generator on its own core can. The broker's "
+                 "sends then find no sleeping reader to wake, a cost that loopback charges to the sender and a real "
+                 "network to the receiving host");
     app.add_option("--duration", o.duration, "measured seconds")->capture_default_str()->check(CLI::Range(0.1, 3600.0));
     app.add_option("--warmup", o.warmup, "seconds of load before measuring")
         ->capture_default_str()
@@ -1404,6 +1409,7 @@ int main(int argc, char** argv) {
         add("inflight", num(o.inflight));
         add("threads", num(o.threads));
         add("spin_us", num(o.spin_us));
+        add("poll", o.poll ? "true" : "false");
         add("warmup_s", fmt_double(o.warmup, 3));
         add("duration_s", fmt_double(dur, 3));
         add("connect_s", fmt_double(connect_s, 3));
