@@ -1333,7 +1333,9 @@ int main(int argc, char** argv) {
     const double cpu_s = bs.have_cpu ? loadgen::ticks_to_seconds(bs.cpu_end - bs.cpu_start) : NAN;
     const double per_cpu =
         messaging ? static_cast<double>(r.delivered_window) / cpu_s : static_cast<double>(r.connacks_window) / cpu_s;
-    const double sleeps = bs.have_sleeps ? static_cast<double>(bs.sleeps_end - bs.sleeps_start) : NAN;
+    // A thread that ended inside the window takes its count with it: no figure rather than a wrapped one.
+    const double sleeps =
+        bs.have_sleeps && bs.sleeps_end >= bs.sleeps_start ? static_cast<double>(bs.sleeps_end - bs.sleeps_start) : NAN;
     const double per_sleep = messaging && sleeps > 0 ? static_cast<double>(r.delivered_window) / sleeps : NAN;
     const std::uint64_t rss_conns = o.kind == scenario_kind::idle ? o.idle : total_conns;
     const double rss_per_conn =
