@@ -39,15 +39,22 @@ inline double ticks_to_seconds(std::uint64_t ticks) {
     return static_cast<double>(ticks) / static_cast<double>(hz > 0 ? hz : 100);
 }
 
-// A "Key:   123 kB" line of /proc/PID/status in bytes (VmRSS, VmHWM).
-inline std::optional<std::uint64_t> read_status_bytes(int pid, std::string_view key) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+// The number after "Key:" in a /proc status file ("VmRSS:   123 kB", "voluntary_ctxt_switches:  42").
+inline std::optional<std::uint64_t> read_status_field(const std::string& path, std::string_view key) {
+    std::ifstream in(path);
     std::string line;
     while (std::getline(in, line)) {
         if (line.size() > key.size() && line.compare(0, key.size(), key) == 0 && line[key.size()] == ':')
-            return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) * 1024;
+            return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10);
     }
     return std::nullopt;
+}
+
+// A "Key:   123 kB" line of /proc/PID/status in bytes (VmRSS, VmHWM).
+inline std::optional<std::uint64_t> read_status_bytes(int pid, std::string_view key) {
+    const auto kb = read_status_field("/proc/" + std::to_string(pid) + "/status", key);
+    if (!kb) return std::nullopt;
+    return *kb * 1024;
 }
 
 // How many times the process's threads went to sleep (voluntary_ctxt_switches of every /proc/PID/task/TID/status,
@@ -57,23 +64,13 @@ inline std::optional<std::uint64_t> read_sleeps(int pid) {
     const std::string dir = "/proc/" + std::to_string(pid) + "/task";
     DIR* d = opendir(dir.c_str());
     if (!d) return std::nullopt;
-    std::uint64_t total = 0;
-    bool any = false;
+    std::optional<std::uint64_t> total;
     while (const dirent* e = readdir(d)) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-        std::ifstream in(dir + "/" + e->d_name + "/status");
-        std::string line;
-        static constexpr std::string_view key = "voluntary_ctxt_switches:";
-        while (std::getline(in, line)) {
-            if (line.compare(0, key.size(), key) == 0) {
-                total += std::strtoull(line.c_str() + key.size(), nullptr, 10);
-                any = true;
-                break;
-            }
-        }
+        if (const auto n = read_status_field(dir + "/" + e->d_name + "/status", "voluntary_ctxt_switches"))
+            total = total.value_or(0) + *n;
     }
     closedir(d);
-    if (!any) return std::nullopt;
     return total;
 }
 
