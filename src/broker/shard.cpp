@@ -3,7 +3,6 @@
 #include "io/timer.hpp"
 #include "mqtt/codec.hpp"
 #include "mqtt/validate.hpp"
-#include "routing/match.hpp"
 #include "util/assert.hpp"
 #include "util/clock.hpp"
 #include "util/hash.hpp"
@@ -1365,39 +1364,18 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
 
 void shard::store_retained(session::message* m) {
     auto ref = session::message_ref::adopt(m);
-    const std::string_view topic = m->topic();
-    if (m->payload().empty()) {
-        auto it = retained_.find(topic);
-        if (it != retained_.end()) retained_.erase(it);
-        return;
-    }
-    auto it = retained_.find(topic);
-    if (it != retained_.end()) {
-        it->second = std::move(ref);
-    } else {
-        if (cfg_.limits.max_retained_messages != 0 && retained_.size() >= cfg_.limits.max_retained_messages) {
-            log::warn("retained message on {} not stored: max_retained_messages {} reached", topic,
-                      cfg_.limits.max_retained_messages);
-            return;
-        }
-        retained_.emplace(std::string(topic), std::move(ref));
-    }
+    if (retained_.store(std::move(ref), cfg_.limits.max_retained_messages) == retained_store::store_result::full)
+        log::warn("retained message on {} not stored: max_retained_messages {} reached", ref->topic(),
+                  cfg_.limits.max_retained_messages);
     m_.messages_retained = retained_.size();
 }
 
 void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted) {
     if (!node_.retainer_active.load(std::memory_order_relaxed)) return;
-    auto send_one = [&](const session::message_ref& r) {
+    retained_.for_each_match(filter, [&](const session::message_ref& r) {
         session::message_ref msg = r;
         deliver(slot, msg->topic(), msg->payload(), std::min(granted, msg->qos()), msg, msg->qos(), true);
-    };
-    if (filter.find_first_of("+#") == std::string_view::npos) {
-        auto it = retained_.find(filter);
-        if (it != retained_.end()) send_one(it->second);
-        return;
-    }
-    for (const auto& [topic, r] : retained_)
-        if (routing::topic_matches(filter, topic)) send_one(r);
+    });
 }
 
 void shard::publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {

@@ -5,6 +5,7 @@
 // `node` counters that are atomic.
 #include "broker/control.hpp"
 #include "broker/metrics.hpp"
+#include "broker/retained_store.hpp"
 #include "broker/send_queue.hpp"
 #include "config/config.hpp"
 #include "io/buffer_ring.hpp"
@@ -350,7 +351,7 @@ private:
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).
     std::unordered_map<std::string_view, std::unique_ptr<session_slot>> sessions_;
     routing::topic_trie trie_;
-    std::unordered_map<std::string, session::message_ref, routing::string_hash, std::equal_to<>> retained_;
+    retained_store retained_;
     uint64_t generated_ids_ = 0;
 
     // scratch for routing (no per-publish allocation once grown)

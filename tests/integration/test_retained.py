@@ -112,6 +112,21 @@ class RetainedCases:
         self.assertEqual((msg.topic, msg.retain), ("ret/w/b", True))
         sub2.expect_no_packet(0.3)
 
+    def test_wildcard_subscribe_skips_topics_that_only_share_its_prefix(self):
+        # The store reads the topics under the filter's literal prefix ("ret/p/42"), which also holds ret/p/420 and
+        # ret/p/42x: only the matching ones may come back, each once, the replaced one with its new payload.
+        pub = self.client(self.pub_id())
+        for t in ["ret/p/4", "ret/p/42", "ret/p/420", "ret/p/420/x", "ret/p/42x", "ret/p/42/x", "ret/p/42/y/z"]:
+            pub.publish(t, t, qos=1, retain=True)
+        pub.publish("ret/p/42/x", b"replaced", qos=1, retain=True)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ret/p/42/#", 1)])
+        got = [(msg.topic, msg.payload) for msg in sub.recv_publishes(3)]
+        self.assertEqual(
+            sorted(got), [("ret/p/42", b"ret/p/42"), ("ret/p/42/x", b"replaced"), ("ret/p/42/y/z", b"ret/p/42/y/z")]
+        )
+        sub.expect_no_packet(0.3)
+
     def test_resubscribe_sends_retained_again(self):
         pub = self.client(self.pub_id())
         pub.publish("ret/again", b"x", qos=1, retain=True)

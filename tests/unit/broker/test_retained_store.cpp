@@ -1,0 +1,120 @@
+// The retained store: store, replace and clear by topic, limits, and wildcard matching that reads only the topics
+// under the filter's literal prefix yet finds exactly what matching every stored topic one by one finds.
+#include "broker/retained_store.hpp"
+
+#include "routing/match.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace ringmq::broker {
+namespace {
+
+session::message_ref msg(std::string_view topic, std::string_view payload = "x") {
+    return session::message_ref::adopt(
+        session::message::make(topic, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()}, 0, true));
+}
+
+std::string payload_of(const session::message* m) {
+    return m ? std::string(reinterpret_cast<const char*>(m->payload().data()), m->payload().size()) : "<none>";
+}
+
+std::vector<std::string> matches(const retained_store& s, std::string_view filter) {
+    std::vector<std::string> out;
+    s.for_each_match(filter, [&](const session::message_ref& m) { out.emplace_back(m->topic()); });
+    return out;
+}
+
+TEST(RetainedStore, LiteralPrefixStopsAtTheFirstWildcardAndKeepsTheParentOfHash) {
+    EXPECT_EQ(retained_store::literal_prefix("a/b/#"), "a/b");
+    EXPECT_EQ(retained_store::literal_prefix("a/#"), "a");
+    EXPECT_EQ(retained_store::literal_prefix("#"), "");
+    EXPECT_EQ(retained_store::literal_prefix("/#"), "");
+    EXPECT_EQ(retained_store::literal_prefix("+/x"), "");
+    EXPECT_EQ(retained_store::literal_prefix("a/+/c"), "a/");
+    EXPECT_EQ(retained_store::literal_prefix("a/b"), "a/b");
+    EXPECT_EQ(retained_store::literal_prefix("$SYS/+/x/#"), "$SYS/");
+}
+
+TEST(RetainedStore, StoreReplaceClearAndFind) {
+    retained_store s;
+    EXPECT_EQ(s.store(msg("a/b", "1"), 0), retained_store::store_result::stored);
+    EXPECT_EQ(payload_of(s.find("a/b")), "1");
+    EXPECT_EQ(s.store(msg("a/b", "2"), 0), retained_store::store_result::replaced);
+    EXPECT_EQ(payload_of(s.find("a/b")), "2");
+    EXPECT_EQ(s.size(), 1u);
+    EXPECT_EQ(s.store(msg("a/b", ""), 0), retained_store::store_result::cleared);
+    EXPECT_EQ(s.find("a/b"), nullptr);
+    EXPECT_EQ(s.store(msg("a/b", ""), 0), retained_store::store_result::absent);
+    EXPECT_EQ(s.size(), 0u);
+}
+
+TEST(RetainedStore, ALimitRefusesNewTopicsButStillReplacesAndLeavesTheRefusedMessageWithTheCaller) {
+    retained_store s;
+    EXPECT_EQ(s.store(msg("t/1"), 2), retained_store::store_result::stored);
+    EXPECT_EQ(s.store(msg("t/2"), 2), retained_store::store_result::stored);
+    session::message_ref third = msg("t/3");
+    EXPECT_EQ(s.store(std::move(third), 2), retained_store::store_result::full);
+    ASSERT_TRUE(third); // not moved from: the caller may still log it
+    EXPECT_EQ(third->topic(), "t/3");
+    EXPECT_EQ(s.store(msg("t/1", "new"), 2), retained_store::store_result::replaced);
+    EXPECT_EQ(payload_of(s.find("t/1")), "new");
+    EXPECT_EQ(s.find("t/3"), nullptr);
+}
+
+// A replaced message is freed; the key must then view the new message's bytes, not the freed ones (whose memory the
+// allocator hands out again for the next messages of the same size).
+TEST(RetainedStore, AReplacedTopicStaysFindableAfterTheOldMessageIsFreedAndItsMemoryReused) {
+    retained_store s;
+    ASSERT_EQ(s.store(msg("t/5", "old"), 0), retained_store::store_result::stored);
+    ASSERT_EQ(s.store(msg("t/5", "new"), 0), retained_store::store_result::replaced);
+    for (int i = 0; i < 200; ++i) // same sizes as the freed message: its block is reused with other topic bytes
+        s.store(msg("u/" + std::to_string(i % 10), "old"), 0);
+    EXPECT_EQ(payload_of(s.find("t/5")), "new");
+    EXPECT_EQ(matches(s, "t/#"), std::vector<std::string>{"t/5"});
+}
+
+TEST(RetainedStore, WildcardMatchesAreExactlyThoseOfMatchingEveryTopic) {
+    const std::vector<std::string> topics = {
+        "a",   "a/b",         "a/b/c",    "a/bc",  "ab",     "a//b",         "/a",
+        "/",   "$SYS/broker", "$SYS/x/y", "sport", "sports", "sport/tennis", "sport/tennis/p1",
+        "b/a", "a/b/c/d",     "a/c/c",    "x/y/z"};
+    retained_store s;
+    for (const auto& t : topics)
+        ASSERT_EQ(s.store(msg(t), 0), retained_store::store_result::stored) << t;
+    const std::vector<std::string> filters = {"#",    "+",    "+/+",     "a/#",   "a/+",       "a/+/c",
+                                              "/#",   "/+",   "$SYS/#",  "+/b",   "sport/#",   "sport/tennis/+",
+                                              "a//+", "a/b",  "+/+/+/#", "a/b/#", "nothing/#", "$SYS/+/y",
+                                              "+/a",  "a/+/+"};
+    for (const auto& f : filters) {
+        std::vector<std::string> want;
+        for (const auto& t : topics)
+            if (routing::topic_matches(f, t)) want.push_back(t);
+        std::sort(want.begin(), want.end());
+        EXPECT_EQ(matches(s, f), want) << f; // in topic order
+    }
+    EXPECT_EQ(matches(s, "$SYS/#"), (std::vector<std::string>{"$SYS/broker", "$SYS/x/y"}));
+    const std::vector<std::string> all = matches(s, "#");
+    EXPECT_EQ(all.size(), topics.size() - 2); // every topic but the two '$' ones
+}
+
+TEST(RetainedStore, AWildcardSubscribeLooksOnlyAtTopicsUnderItsLiteralPrefix) {
+    retained_store s;
+    for (int i = 0; i < 10000; ++i)
+        s.store(msg("dev/" + std::to_string(i) + "/state"), 0);
+    s.store(msg("dev/42/cfg"), 0);
+    std::vector<std::string> got;
+    const size_t looked =
+        s.for_each_match("dev/42/#", [&](const session::message_ref& m) { got.emplace_back(m->topic()); });
+    EXPECT_EQ(got, (std::vector<std::string>{"dev/42/cfg", "dev/42/state"}));
+    // "dev/42" is also the prefix of dev/420..429 and dev/4200..4299: 2 + 10 + 100 topics, not 10001.
+    EXPECT_EQ(looked, 112u);
+    EXPECT_EQ(s.for_each_match("dev/+/cfg", [](const session::message_ref&) {}), 10001u);
+    EXPECT_EQ(s.for_each_match("dev/42/cfg", [](const session::message_ref&) {}), 1u);
+}
+
+} // namespace
+} // namespace ringmq::broker
