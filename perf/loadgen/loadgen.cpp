@@ -28,6 +28,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -85,7 +86,7 @@ std::string strf(const char* fmt, ...) {
     return buf;
 }
 
-enum class scenario_kind { one_to_one, pairs, fanout, fanin, idle, connect_storm };
+enum class scenario_kind { one_to_one, pairs, fanout, fanin, idle, connect_storm, retained };
 
 // Command-line settings, filled once by main() and then only read (by every thread).
 struct options {
@@ -109,6 +110,7 @@ struct options {
     std::uint16_t keepalive = 60;
     std::uint32_t spin_us = 0;
     bool poll = false;
+    std::uint32_t retained = 100000; // retained scenario: topics stored before the run
 };
 
 // One independent set of publishers and subscribers: every subscriber of a group receives every publisher of the
@@ -160,7 +162,7 @@ struct shared_state {
     }
 };
 
-enum class role : std::uint8_t { idle, publisher, subscriber, storm };
+enum class role : std::uint8_t { idle, publisher, subscriber, storm, querier };
 enum class conn_state : std::uint8_t { unopened, connecting, wait_connack, wait_suback, ready, closed };
 
 // One MQTT client connection. Owned by its worker (worker::conns_, stable indices), used only by that worker's thread.
@@ -205,6 +207,23 @@ struct subscriber {
     std::uint32_t local = 0;
 };
 
+// retained scenario: a client that keeps `inflight` SUBSCRIBEs outstanding, each to the subtree of one retained
+// topic, and answers each with the retained message it brings with an UNSUBSCRIBE and the next SUBSCRIBE. A broker
+// answers one connection's SUBSCRIBEs in order, so the answers come back in the order of `pending`. Owned by its
+// worker, worker thread only.
+struct querier {
+    struct request {
+        std::uint32_t topic_no;
+        std::int64_t sent_ns;
+    };
+    std::uint32_t conn = 0;
+    std::deque<request> pending;
+    std::uint64_t next_k = 0; // requests made so far, which picks the next topic
+    std::uint16_t next_id = 1;
+    std::uint64_t sent_measured = 0;     // SUBSCRIBEs sent inside the measured window
+    std::uint64_t received_measured = 0; // of those, answered with their retained message
+};
+
 // Per publisher -> subscriber pair: what arrived, to count loss, reordering and duplicates.
 struct pair_state {
     std::int64_t max_seq = -1;
@@ -227,7 +246,8 @@ struct group {
 class worker {
 public:
     worker(const options& opt, shared_state& shared, std::uint32_t id, const sockaddr_storage& addr, socklen_t addr_len,
-           const std::vector<group_spec>& groups, std::uint32_t idle_count, std::uint32_t total_pubs)
+           const std::vector<group_spec>& groups, std::uint32_t idle_count, std::uint32_t total_pubs,
+           std::uint32_t querier_count)
         : opt_(opt), shared_(shared), id_(id), addr_(addr), addr_len_(addr_len), total_pubs_(total_pubs) {
         closed_loop_ = opt.rate <= 0;
         if (!closed_loop_) interval_ns_ = static_cast<double>(ns_per_s) / opt.rate;
@@ -235,6 +255,11 @@ public:
             setup_order_.push_back(add_conn(role::idle, 0));
         for (const group_spec& gs : groups)
             add_group(gs);
+        for (std::uint32_t i = 0; i < querier_count; ++i) {
+            queriers_.emplace_back().conn = add_conn(role::querier, i);
+            queriers_.back().next_k = static_cast<std::uint64_t>(id) * 1000003u + i * 7919u;
+            setup_order_.push_back(queriers_.back().conn);
+        }
         if (opt.kind == scenario_kind::connect_storm)
             for (std::uint32_t i = 0; i < opt.inflight; ++i)
                 storm_free_.push_back(add_conn(role::storm, 0));
@@ -311,6 +336,8 @@ private:
             return "subscriber";
         case role::storm:
             return "connect-storm";
+        case role::querier:
+            return "retained querier";
         }
         return "?";
     }
@@ -532,6 +559,10 @@ private:
             return;
         }
         case mqtt::suback:
+            if (c.kind == role::querier && c.state == conn_state::ready && pv.size >= 3) {
+                if (pv.body[2] == 0x80) conn_failed(c, "SUBACK refused the subscription");
+                return;
+            }
             if (c.state != conn_state::wait_suback || pv.size < 3) {
                 conn_failed(c, "unexpected SUBACK");
                 return;
@@ -562,6 +593,9 @@ private:
             }
             return;
         case mqtt::pingresp:
+            return;
+        case mqtt::unsuback:
+            if (c.kind != role::querier) conn_failed(c, "unexpected UNSUBACK");
             return;
         default:
             conn_failed(c, strf("unexpected packet type %u from the broker", pv.type));
@@ -597,6 +631,10 @@ private:
         } else if (pub.qos == 2) {
             mqtt::encode_ack(c.out, mqtt::pubrec, pub.id);
             mark_dirty(ci);
+        }
+        if (c.kind == role::querier) {
+            querier_answer(queriers_[c.owner], pub, now);
+            return;
         }
         if (c.kind != role::subscriber || pub.payload_size < payload_header) return;
         std::int64_t ts = 0;
@@ -641,6 +679,60 @@ private:
         }
         ++interval_delivered_;
         interval_latency_.record(latency);
+    }
+
+    std::string retained_topic(std::uint32_t topic_no) const {
+        return strf("%s/r/%u/s", opt_.topic_prefix.c_str(), topic_no);
+    }
+
+    std::uint16_t next_packet_id(querier& q) {
+        const std::uint16_t id = q.next_id;
+        q.next_id = static_cast<std::uint16_t>(id == 65535 ? 1 : id + 1);
+        return id;
+    }
+
+    void querier_request(querier& q, std::int64_t now) {
+        const auto topic_no = static_cast<std::uint32_t>(q.next_k++ * 7919u % opt_.retained);
+        connection& c = conns_[q.conn];
+        mqtt::encode_subscribe(c.out, next_packet_id(q), strf("%s/r/%u/#", opt_.topic_prefix.c_str(), topic_no),
+                               static_cast<std::uint8_t>(opt_.qos));
+        q.pending.push_back({topic_no, now});
+        if (now >= ms_ && now < me_) ++q.sent_measured;
+        ++expected_total_;
+        c.last_send_ns = now;
+        mark_dirty(q.conn);
+    }
+
+    // The retained message that answers the oldest outstanding SUBSCRIBE: its latency is SUBSCRIBE to message.
+    void querier_answer(querier& q, const mqtt::publish_view& pub, std::int64_t now) {
+        connection& c = conns_[q.conn];
+        if (q.pending.empty()) {
+            conn_failed(c, strf("a PUBLISH on %.*s that no SUBSCRIBE asked for", static_cast<int>(pub.topic.size()),
+                                pub.topic.data()));
+            return;
+        }
+        const querier::request r = q.pending.front();
+        q.pending.pop_front();
+        const std::string want = retained_topic(r.topic_no);
+        if (pub.topic != want || !pub.retain) {
+            conn_failed(c, strf("expected the retained message on %s, got %s%.*s", want.c_str(),
+                                pub.retain ? "" : "a live message on ", static_cast<int>(pub.topic.size()),
+                                pub.topic.data()));
+            return;
+        }
+        ++received_total_;
+        last_receive_ns_ = now;
+        const auto latency = static_cast<std::uint64_t>(now - r.sent_ns);
+        if (now >= ms_ && now < me_) ++result.delivered_window;
+        if (r.sent_ns >= ms_ && r.sent_ns < me_) {
+            ++q.received_measured;
+            result.latency.record(latency);
+        }
+        ++interval_delivered_;
+        interval_latency_.record(latency);
+        mqtt::encode_unsubscribe(c.out, next_packet_id(q), strf("%s/r/%u/#", opt_.topic_prefix.c_str(), r.topic_no));
+        mark_dirty(q.conn);
+        if (publishing_) querier_request(q, now);
     }
 
     // Closed loop: subscriber `ps` has now seen everything up to `seq` (a gap is a loss, not a wait), so each message
@@ -724,6 +816,10 @@ private:
                 due_.push({t0_ + static_cast<std::int64_t>(interval_ns_ * pubs_[pi].global / total_pubs_), pi});
             }
         }
+        if (publishing_)
+            for (querier& q : queriers_)
+                for (std::uint32_t i = 0; i < opt_.inflight; ++i)
+                    querier_request(q, now);
     }
 
     void send_due(std::int64_t now) {
@@ -843,6 +939,11 @@ private:
             result.expected += p.sent_measured * groups_[p.group].subs.size();
             result.window_stalls += p.window_stalls;
         }
+        for (const querier& q : queriers_) {
+            result.sent_measured += q.sent_measured;
+            result.expected += q.sent_measured;
+            result.received_measured += q.received_measured;
+        }
         for (const group& g : groups_) {
             for (const pair_state& ps : g.pairs) {
                 result.received_measured += ps.received_measured;
@@ -865,6 +966,7 @@ private:
     std::vector<publisher> pubs_;
     std::vector<subscriber> subs_;
     std::vector<group> groups_;
+    std::vector<querier> queriers_;
     std::vector<std::uint32_t> setup_order_; // connections to open before the run, idle ones first
     std::vector<std::uint32_t> storm_free_;  // connect-storm slots waiting to be (re)opened
     std::vector<std::uint32_t> dirty_;
@@ -952,10 +1054,10 @@ void worker::run() {
 // ---------------------------------------------------------------------------------------------------------------
 // Controller (main thread): options, plan, start/measure/stop, /proc sampling, progress and the report.
 
-const char* scenario_names[] = {"one-to-one", "pairs", "fanout", "fanin", "idle", "connect-storm"};
+const char* scenario_names[] = {"one-to-one", "pairs", "fanout", "fanin", "idle", "connect-storm", "retained"};
 
 void hard_stop(int) {
-    static const char msg[] = "loadgen: hard stop (duration + warm-up + 10 s passed)\n";
+    static const char msg[] = "loadgen: hard stop (duration + warm-up + 10 s, and any retained set-up, passed)\n";
     [[maybe_unused]] const ssize_t n = ::write(2, msg, sizeof msg - 1);
     _exit(3);
 }
@@ -996,6 +1098,72 @@ bool resolve_loopback(const std::string& host, std::uint16_t port, sockaddr_stor
     return false;
 }
 
+// retained scenario: stores o.retained topics <prefix>/r/<i>/s (QoS 0, 16-byte payload) from one connection, then
+// one QoS 1 retained PUBLISH whose PUBACK says every store before it has been made (MQTT 4.6: a broker handles one
+// client's PUBLISHes in order). Blocking, with a 30 s limit on each read and write.
+bool seed_retained(const options& o, const sockaddr_storage& addr, socklen_t addr_len, std::string& why) {
+    const int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        why = strf("socket(): %s", std::strerror(errno));
+        return false;
+    }
+    const timeval limit{30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    auto fail = [&](std::string w) {
+        why = std::move(w);
+        ::close(fd);
+        return false;
+    };
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), addr_len) != 0)
+        return fail(strf("connect: %s", std::strerror(errno)));
+    auto send_all = [&](mqtt::byte_buffer& b) {
+        while (!b.empty()) {
+            const ssize_t n = ::send(fd, b.data(), b.size(), MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return false;
+            b.consume(static_cast<std::size_t>(n));
+        }
+        return true;
+    };
+    // Reads until a packet of type `want` arrives; any other packet (none is expected) is skipped.
+    std::vector<std::uint8_t> in;
+    auto await = [&](std::uint8_t want, mqtt::packet_view& pv) {
+        for (;;) {
+            const long used = mqtt::parse_packet(in.data(), in.size(), pv);
+            if (used < 0) return false;
+            if (used > 0) {
+                const bool hit = pv.type == want;
+                if (hit) return true;
+                in.erase(in.begin(), in.begin() + used);
+                continue;
+            }
+            std::uint8_t buf[4096];
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return false;
+            in.insert(in.end(), buf, buf + n);
+        }
+    };
+    mqtt::byte_buffer out;
+    mqtt::encode_connect(out, strf("lg%d-seed", getpid()), o.keepalive, true);
+    mqtt::packet_view pv;
+    if (!send_all(out) || !await(mqtt::connack, pv) || pv.size < 2 || pv.body[1] != 0)
+        return fail("no CONNACK accepting the connection");
+    const std::uint8_t payload[16] = {'r', 'e', 't', 'a', 'i', 'n', 'e', 'd'};
+    for (std::uint32_t i = 0; i < o.retained; ++i) {
+        mqtt::encode_retained_publish(out, strf("%s/r/%u/s", o.topic_prefix.c_str(), i), 0, 0, payload, sizeof payload);
+        if ((out.size() >= 65536 || i + 1 == o.retained) && !send_all(out))
+            return fail(strf("send: %s", std::strerror(errno)));
+    }
+    mqtt::encode_retained_publish(out, strf("%s/r/seeded", o.topic_prefix.c_str()), 1, 1, payload, sizeof payload);
+    if (!send_all(out) || !await(mqtt::puback, pv)) return fail("no PUBACK for the last retained message");
+    mqtt::encode_empty(out, mqtt::disconnect);
+    send_all(out);
+    ::close(fd);
+    return true;
+}
+
 // Fills in the per-scenario client counts and checks the combination; returns an error message or "".
 std::string settle_counts(options& o, const CLI::Option* pubs_opt, const CLI::Option* subs_opt,
                           const CLI::Option* idle_opt) {
@@ -1029,6 +1197,13 @@ std::string settle_counts(options& o, const CLI::Option* pubs_opt, const CLI::Op
         if (o.kind == scenario_kind::idle && idle_opt->count() == 0) o.idle = 1000;
         if (o.kind == scenario_kind::idle && o.idle == 0) return "idle needs --idle K > 0";
         break;
+    case scenario_kind::retained:
+        if (has_p && o.publishers) return "retained takes no publishers (one connection stores the topics first)";
+        o.publishers = 0;
+        if (!has_s) o.subscribers = 1;
+        if (!o.subscribers) return "retained needs --subscribers N > 0";
+        if (!o.retained) return "retained needs --retained N > 0";
+        return "";
     }
     if (o.kind != scenario_kind::idle && o.kind != scenario_kind::connect_storm && (!o.publishers || !o.subscribers))
         return "need at least one publisher and one subscriber";
@@ -1053,6 +1228,7 @@ std::vector<group_spec> plan_groups(const options& o) {
         break;
     case scenario_kind::idle:
     case scenario_kind::connect_storm:
+    case scenario_kind::retained:
         break;
     }
     return g;
@@ -1077,9 +1253,9 @@ int main(int argc, char** argv) {
     CLI::App app{"loadgen: MQTT 3.1.1 load generator for loopback brokers (ringmq perf tools)"};
     app.add_option("--host", o.host, "broker address, loopback only")->capture_default_str();
     app.add_option("--port", o.port, "broker port")->required();
-    app.add_option("--scenario", o.scenario, "one-to-one, pairs, fanout, fanin, idle or connect-storm")
+    app.add_option("--scenario", o.scenario, "one-to-one, pairs, fanout, fanin, idle, connect-storm or retained")
         ->capture_default_str()
-        ->check(CLI::IsMember({"one-to-one", "pairs", "fanout", "fanin", "idle", "connect-storm"}));
+        ->check(CLI::IsMember({"one-to-one", "pairs", "fanout", "fanin", "idle", "connect-storm", "retained"}));
     auto* pubs_opt = app.add_option("--publishers", o.publishers, "publishers (pairs: 10, fanin: 100)");
     auto* subs_opt = app.add_option("--subscribers", o.subscribers, "subscribers (fanout: 100)");
     auto* idle_opt = app.add_option("--idle", o.idle, "extra connections that only keep alive (idle: 1000)");
@@ -1116,12 +1292,17 @@ int main(int argc, char** argv) {
     app.add_option("--threads", o.threads, "event-loop threads; groups of clients are dealt round-robin")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u));
+    app.add_option("--retained", o.retained,
+                   "retained: topics <prefix>/r/<i>/s stored before the run; each subscriber then keeps --inflight "
+                   "SUBSCRIBEs to <prefix>/r/<j>/# outstanding, each answered by one retained message")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 10000000u));
     app.add_option("--keepalive", o.keepalive, "MQTT keep-alive seconds")
         ->capture_default_str()
         ->check(CLI::Range(1, 65535));
     CLI11_PARSE(app, argc, argv);
 
-    for (int i = 0; i < 6; ++i)
+    for (int i = 0; i < 7; ++i)
         if (o.scenario == scenario_names[i]) o.kind = static_cast<scenario_kind>(i);
     if (const std::string why = settle_counts(o, pubs_opt, subs_opt, idle_opt); !why.empty()) {
         std::fprintf(stderr, "loadgen: %s\n", why.c_str());
@@ -1147,7 +1328,9 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     std::signal(SIGALRM, hard_stop);
     {
-        const double limit = o.warmup + o.duration + 10.0;
+        // Storing the retained set comes first and is bounded on its own: half a second per 10k topics, and 30 s.
+        const double seeding = o.kind == scenario_kind::retained ? 30.0 + o.retained / 20000.0 : 0.0;
+        const double limit = o.warmup + o.duration + 10.0 + seeding;
         itimerval it{};
         it.it_value.tv_sec = static_cast<time_t>(limit);
         it.it_value.tv_usec = static_cast<suseconds_t>((limit - std::floor(limit)) * 1e6);
@@ -1159,6 +1342,7 @@ int main(int argc, char** argv) {
     std::uint64_t total_conns = o.idle;
     for (const group_spec& g : groups)
         total_conns += g.publishers + g.subscribers;
+    if (o.kind == scenario_kind::retained) total_conns += o.subscribers;
     const std::uint64_t storm_conns = o.kind == scenario_kind::connect_storm ? std::uint64_t{o.inflight} * threads : 0;
     {
         rlimit rl{};
@@ -1176,6 +1360,19 @@ int main(int argc, char** argv) {
         }
     }
 
+    if (o.kind == scenario_kind::retained) {
+        const std::int64_t t = mono_ns();
+        if (std::string why; !seed_retained(o, addr, addr_len, why)) {
+            std::fprintf(stderr, "loadgen: storing the retained set: %s\n", why.c_str());
+            if (o.json)
+                std::printf("{\"scenario\":\"retained\",\"status\":\"error\",\"error\":\"storing the retained set "
+                            "failed\"}\n");
+            return 2;
+        }
+        std::fprintf(stderr, "loadgen: %u retained topics stored in %.2f s\n", o.retained,
+                     static_cast<double>(mono_ns() - t) / 1e9);
+    }
+
     shared_state shared;
     broker_sample bs;
     if (o.broker_pid) bs.rss_before = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
@@ -1187,8 +1384,10 @@ int main(int argc, char** argv) {
             per[i % threads].push_back(groups[i]);
         for (std::uint32_t w = 0; w < threads; ++w) {
             const std::uint32_t idle = o.idle / threads + (w < o.idle % threads ? 1 : 0);
+            const std::uint32_t queriers =
+                o.kind != scenario_kind::retained ? 0 : o.subscribers / threads + (w < o.subscribers % threads ? 1 : 0);
             workers.push_back(std::make_unique<worker>(o, shared, w, addr, addr_len, per[w], idle,
-                                                       std::max<std::uint32_t>(o.publishers, 1)));
+                                                       std::max<std::uint32_t>(o.publishers, 1), queriers));
         }
     }
     const std::int64_t start = mono_ns();

@@ -20,6 +20,8 @@ enum packet_type : std::uint8_t {
     pubcomp = 7,
     subscribe = 8,
     suback = 9,
+    unsubscribe = 10,
+    unsuback = 11,
     pingreq = 12,
     pingresp = 13,
     disconnect = 14,
@@ -117,6 +119,15 @@ inline void encode_subscribe(byte_buffer& out, std::uint16_t id, std::string_vie
     *p = qos;
 }
 
+inline void encode_unsubscribe(byte_buffer& out, std::uint16_t id, std::string_view filter) {
+    const auto rem = static_cast<std::uint32_t>(2 + 2 + filter.size());
+    std::uint8_t* p = out.append(1 + varint_size(rem) + rem);
+    *p++ = (unsubscribe << 4) | 0x02; // reserved flags 0010 (MQTT-3.10.1-1)
+    p = put_varint(p, rem);
+    p = put_u16(p, id);
+    put_str(p, filter);
+}
+
 // PUBACK, PUBREC, PUBREL (flags 0010, MQTT-3.6.1-1) and PUBCOMP: two-byte packet id bodies.
 inline void encode_ack(byte_buffer& out, packet_type type, std::uint16_t id) {
     std::uint8_t* p = out.append(4);
@@ -142,6 +153,18 @@ inline std::size_t encode_publish_prefix(std::uint8_t* p, std::string_view topic
     p = put_varint(p, rem);
     p = put_str(p, topic);
     return static_cast<std::size_t>(p - start);
+}
+
+// A whole PUBLISH with the RETAIN flag (QoS 0 or 1; the id only for QoS 1).
+inline void encode_retained_publish(byte_buffer& out, std::string_view topic, std::uint8_t qos, std::uint16_t id,
+                                    const std::uint8_t* payload, std::size_t payload_size) {
+    const auto rem = static_cast<std::uint32_t>(2 + topic.size() + (qos ? 2 : 0) + payload_size);
+    std::uint8_t* p = out.append(1 + varint_size(rem) + rem);
+    *p++ = static_cast<std::uint8_t>((publish << 4) | (qos << 1) | 0x01);
+    p = put_varint(p, rem);
+    p = put_str(p, topic);
+    if (qos) p = put_u16(p, id);
+    if (payload_size) std::memcpy(p, payload, payload_size);
 }
 
 // One complete packet inside a receive buffer (a view: valid until the buffer is reused).
@@ -179,6 +202,7 @@ inline long parse_packet(const std::uint8_t* p, std::size_t n, packet_view& out)
 struct publish_view {
     std::string_view topic;
     std::uint8_t qos = 0;
+    bool retain = false;
     std::uint16_t id = 0;
     const std::uint8_t* payload = nullptr;
     std::size_t payload_size = 0;
@@ -186,6 +210,7 @@ struct publish_view {
 
 inline bool decode_publish(const packet_view& pv, publish_view& out) {
     out.qos = (pv.flags >> 1) & 3;
+    out.retain = (pv.flags & 1) != 0;
     if (out.qos == 3 || pv.size < 2) return false;
     const std::size_t tlen = get_u16(pv.body);
     std::size_t pos = 2 + tlen;

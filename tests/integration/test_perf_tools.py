@@ -103,6 +103,35 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.assertEqual(rc, 0, err)
         self.check_exact(data)
 
+    def test_retained_answers_each_subscribe_with_its_own_retained_message(self):
+        # loadgen checks every answer: the retained message on exactly the topic asked for, in SUBSCRIBE order.
+        rc, data, err = loadgen(self.port, "--scenario", "retained", "--retained", "3000", "--subscribers", "2",
+                                "--inflight", "8", pid=self.broker.proc.pid)
+        self.assertEqual(rc, 0, err)
+        self.check_exact(data)
+        self.assertEqual((data["subscribers"], data["publishers"]), (2, 0))
+        self.assertIn("3000 retained topics stored", err)
+        self.assertGreater(data["broker_cpu_s"], 0)
+
+    def test_retained_fails_on_an_answer_it_did_not_ask_for(self):
+        # A second retained topic under r/1 answers the SUBSCRIBE to lgt/r/1/# twice: the run is void, not counted.
+        self.client("extra").publish("lgt/r/1/extra", b"x", qos=1, retain=True)
+        rc, data, err = loadgen(self.port, "--scenario", "retained", "--retained", "3", "--topic-prefix", "lgt")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("expected the retained message on lgt/r/", err)
+        self.assertEqual(data["status"], "error")
+
+    def test_retained_reports_a_broker_that_does_not_store_them(self):
+        # The forwarder keeps no retained messages and refuses QoS 1: the set-up fails and says so.
+        fwd = Forwarder()
+        try:
+            rc, data, err = loadgen(fwd.port, "--scenario", "retained", "--retained", "100")
+        finally:
+            fwd.stop()
+        self.assertEqual(rc, 2, err)
+        self.assertIn("storing the retained set", err)
+        self.assertEqual(data["status"], "error")
+
     def test_poll_keeps_the_generator_awake(self):
         # At 100 msg/s the generator idles nearly all the time: asleep without --poll, spinning with it.
         args = ("--scenario", "one-to-one", "--rate", "100")
@@ -233,6 +262,17 @@ class ComparePollingGenerator(unittest.TestCase):
             # It never sleeps, so its CPU time nears the run's length; that is not a bottleneck to report.
             self.assertGreater(r["loadgen_cpu_s"], 0.6 * r["duration_s"])
         self.assertNotIn("1to1-q0-poll/", run.stdout)
+
+
+class CompareRetained(unittest.TestCase):
+    def test_retained_scenario_runs_against_both_brokers(self):
+        run, doc = run_compare(self, ["--only", "retained100k"], timeout=60)
+        runs = {r["broker"]: r["result"] for r in doc["runs"]}
+        self.assertEqual(sorted(runs), ["mosquitto", "ringmq"])
+        for name, r in runs.items():
+            self.assertEqual((r["status"], r["scenario"], r["lost"]), ("ok", "retained", 0), name)
+            self.assertGreater(r["delivered"], 0, name)
+        self.assertIn("SUBSCRIBEs answered per broker CPU-s", run.stdout)
 
 
 class CompareTwoShards(unittest.TestCase):
