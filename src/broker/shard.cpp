@@ -148,6 +148,7 @@ bool shard::run() {
     reactor::spawn(gate_, housekeeping());
     node_.ready.fetch_add(1);
     loop();
+    ring_.submit(); // the closes queued in the last turn
     // Release whatever is still owned here; messages still in queues are released by the node after all stopped.
     sessions_.clear();
     retained_.clear();
@@ -314,9 +315,8 @@ void shard::on_accept(int res, uint32_t flags) {
     } else if (stopping_) {
         ::close(res);
     } else {
+        // TCP_NODELAY comes from the listening socket (accepted sockets inherit it): no system call per accept.
         const int fd = res;
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         const uint32_t count = node_.connections.fetch_add(1, std::memory_order_relaxed) + 1;
         connection& c = adopt(fd, peer_name(fd));
         c.over_limit = count > cfg_.limits.max_connections;
@@ -728,7 +728,13 @@ void shard::shutdown_socket(connection& c) {
 void shard::maybe_destroy(connection& c) {
     if (c.st != connection::state::closing || c.ops > 0 || c.buried) return;
     c.buried = true;
-    if (c.fd >= 0 && !c.handed_off) ::close(c.fd);
+    if (c.fd >= 0 && !c.handed_off) {
+        // Closed by the ring with the next submission instead of a system call of its own. The descriptor's number
+        // stays taken until the close has run, so nothing can reuse it in between; the completion is not needed.
+        io_uring_sqe* s = ring_.sqe();
+        io_uring_prep_close(s, c.fd);
+        io::set_completion(s, nullptr);
+    }
     c.fd = -1;
     graveyard_.push_back(c.id);
 }

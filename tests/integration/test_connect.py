@@ -1,5 +1,6 @@
 """CONNECT / CONNACK, protocol levels, client ids, keepalive, PINGREQ, DISCONNECT."""
 
+import os
 import time
 
 import mqtt_raw as m
@@ -188,6 +189,30 @@ class ConnectCases:
         d = self.raw()
         d.send(m.connect("cs", clean=True))
         d.expect(b"\x20\x02\x00\x00")
+
+    def test_every_way_of_closing_gives_the_descriptor_back(self):
+        # The broker closes sockets through its ring; however a connection ends, its descriptor must be closed.
+        fds = f"/proc/{self.broker.proc.pid}/fd"
+        before = len(os.listdir(fds))
+        for i in range(60):
+            c = self.raw()
+            if i % 4 == 3:
+                c.send(b"\x30\x00")  # a PUBLISH before CONNECT: the broker closes it
+                c.expect_closed(3)
+                continue
+            c.send(m.connect(f"fdgone{i}"))
+            c.expect(b"\x20\x02\x00\x00")
+            if i % 4 == 0:
+                c.send(m.disconnect())
+                c.expect_closed(3)
+            elif i % 4 == 1:
+                c.abort()  # RST
+            else:
+                c.close()  # FIN without DISCONNECT
+        deadline = time.monotonic() + 5
+        while len(os.listdir(fds)) > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertLessEqual(len(os.listdir(fds)), before)
 
     def test_31_client_interoperates_with_311(self):
         sub = self.client(self.sub_id("old"), level=3)

@@ -1,0 +1,59 @@
+// Listening sockets: one per shard on one port, and what accepted sockets inherit from them (TCP_NODELAY, which the
+// shards no longer set per accept).
+#include "listener/listener.hpp"
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace ringmq::listener {
+namespace {
+
+int connect_to(uint16_t port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return fd;
+}
+
+TEST(Listener, SocketsShareOnePortAndAcceptedSocketsHaveNoDelay) {
+    bound b;
+    std::string why;
+    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 2, 16, b, why)) << why;
+    ASSERT_EQ(b.fds.size(), 2u);
+    ASSERT_NE(b.port, 0);
+    for (int i = 0; i < 8; ++i) {
+        const int client = connect_to(b.port);
+        pollfd p[2] = {{b.fds[0], POLLIN, 0}, {b.fds[1], POLLIN, 0}};
+        ASSERT_GT(::poll(p, 2, 2000), 0);
+        const int lfd = (p[0].revents & POLLIN) ? b.fds[0] : b.fds[1];
+        const int accepted = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+        ASSERT_GE(accepted, 0);
+        int v = 0;
+        socklen_t len = sizeof v;
+        ASSERT_EQ(getsockopt(accepted, IPPROTO_TCP, TCP_NODELAY, &v, &len), 0);
+        EXPECT_NE(v, 0) << "connection " << i;
+        ::close(accepted);
+        ::close(client);
+    }
+    close_all(b);
+}
+
+TEST(Listener, AnAddressNotOnThisHostIsRefusedNamingIt) {
+    bound b;
+    std::string why;
+    EXPECT_FALSE(bind_reuseport(config::endpoint{"192.0.2.1", 0}, 2, 16, b, why)); // TEST-NET-1, never local
+    EXPECT_NE(why.find("192.0.2.1"), std::string::npos) << why;
+    EXPECT_TRUE(b.fds.empty());
+}
+
+} // namespace
+} // namespace ringmq::listener
