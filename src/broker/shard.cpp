@@ -104,6 +104,9 @@ bool qos0_parts(const uint8_t* p, const mqtt::fixed_header& h, std::string_view&
 node::node(const config::config& c, unsigned n)
     : cfg(c), mqtt_shards(n), smp(n + 1, smp_capacity), started_at(static_cast<int64_t>(::time(nullptr))) {}
 
+// An idle connection's memory is mostly this object: keep it in mimalloc's 256-byte size class.
+static_assert(sizeof(connection) <= 256, "connection outgrew the 256-byte size class");
+
 connection::connection(shard& s, int f, std::string p) : sh(s), fd(f), peer(std::move(p)) {}
 
 void connection::on_recv(int res, uint32_t flags) { sh.on_recv(*this, res, flags); }
@@ -432,7 +435,7 @@ void shard::arm_recv(connection& c) {
         io_uring_prep_recv_multishot(s, c.fd, nullptr, 0, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = bufs.group();
-    io::set_completion(s, &c.rop);
+    io::set_completion(s, c.recv_record());
     c.recv_armed = true;
     ++c.ops;
 }
@@ -663,7 +666,7 @@ void shard::submit_send(connection& c) {
         io_uring_prep_sendmsg(s, c.fd, n.msg, MSG_NOSIGNAL);
     else
         io_uring_prep_send(s, c.fd, n.data, n.len, MSG_NOSIGNAL);
-    io::set_completion(s, &c.sop);
+    io::set_completion(s, c.send_record());
     c.send_busy = true;
     ++c.ops;
 }
@@ -827,8 +830,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     c.ver = cv.version;
     c.keepalive = cv.keepalive;
     c.clean = cv.clean_session;
-    c.has_username = cv.has_username;
-    c.username = std::string(cv.username);
+    if (cv.has_username) c.username = std::make_unique<std::string>(cv.username);
     c.connected_wall = static_cast<int64_t>(::time(nullptr));
     c.client_id_ = std::move(client_id);
     if (cv.will_flag) {
@@ -845,9 +847,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
 void shard::attach_session(connection& c, bool clean) {
     bool present = false;
     session_slot* slot = nullptr;
-    auto it = sessions_.find(c.client_id_);
-    if (it != sessions_.end()) {
-        slot = it->second.get();
+    if ((slot = sessions_.find(c.client_id_))) {
         if (slot->conn) {
             connection& old = *slot->conn;
             log::info("client {} taken over: closing the connection from {} for the one from {}", c.client_id_,
@@ -870,9 +870,7 @@ void shard::attach_session(connection& c, bool clean) {
         auto owned = std::make_unique<session_slot>();
         owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
         owned->created_at = static_cast<int64_t>(::time(nullptr));
-        slot = owned.get();
-        const std::string_view key = owned->s->client_id();
-        sessions_.emplace(key, std::move(owned));
+        slot = &sessions_.insert(std::move(owned));
     }
     slot->conn = &c;
     c.slot = slot;
@@ -1443,7 +1441,7 @@ void split_peer(const std::string& peer, std::string& ip, uint16_t& port) {
 client_row make_client_row(const connection& c) {
     client_row r;
     r.client_id = c.client_id_;
-    r.username = c.has_username ? c.username : "undefined";
+    r.username = c.username ? *c.username : "undefined";
     split_peer(c.peer, r.ipaddress, r.port);
     r.clean_sess = c.clean;
     r.proto_ver = static_cast<int>(c.ver);
@@ -1485,44 +1483,40 @@ void shard::clients(size_t offset, size_t limit, std::vector<client_row>& out) c
 }
 
 bool shard::client(std::string_view id, client_row& out) const {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end() || !it->second->conn) return false;
-    out = make_client_row(*it->second->conn);
+    const session_slot* slot = sessions_.find(id);
+    if (!slot || !slot->conn) return false;
+    out = make_client_row(*slot->conn);
     return true;
 }
 
 void shard::sessions(size_t offset, size_t limit, std::vector<session_row>& out) const {
     size_t i = 0;
-    for (const auto& [id, slot] : sessions_) {
-        if (i++ < offset) continue;
-        if (out.size() >= limit) break;
-        out.push_back(make_session_row(*slot));
-    }
+    sessions_.for_each([&](const session_slot& slot) {
+        if (i++ >= offset && out.size() < limit) out.push_back(make_session_row(slot));
+    });
 }
 
 bool shard::session(std::string_view id, session_row& out) const {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) return false;
-    out = make_session_row(*it->second);
+    const session_slot* slot = sessions_.find(id);
+    if (!slot) return false;
+    out = make_session_row(*slot);
     return true;
 }
 
 void shard::subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const {
     size_t i = 0;
-    for (const auto& [id, slot] : sessions_) {
-        for (const auto& [filter, qos] : slot->s->subscriptions) {
-            if (i++ < offset) continue;
-            if (out.size() >= limit) return;
-            out.push_back(subscription_row{slot->s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
-        }
-    }
+    sessions_.for_each([&](const session_slot& slot) {
+        for (const auto& [filter, qos] : slot.s->subscriptions)
+            if (i++ >= offset && out.size() < limit)
+                out.push_back(subscription_row{slot.s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
+    });
 }
 
 void shard::client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) return;
-    for (const auto& [filter, qos] : it->second->s->subscriptions)
-        out.push_back(subscription_row{it->second->s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
+    const session_slot* slot = sessions_.find(id);
+    if (!slot) return;
+    for (const auto& [filter, qos] : slot->s->subscriptions)
+        out.push_back(subscription_row{slot->s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
 }
 
 void shard::local_routes(std::vector<std::string>& out) const {
@@ -1530,27 +1524,27 @@ void shard::local_routes(std::vector<std::string>& out) const {
 }
 
 bool shard::kick(std::string_view id) {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end() || !it->second->conn) return false;
-    connection& c = *it->second->conn;
+    const session_slot* slot = sessions_.find(id);
+    if (!slot || !slot->conn) return false;
+    connection& c = *slot->conn;
     log::info("client {} ({}) kicked by the admin API", c.client_id_, c.peer);
     close(c, "kick", true);
     return true;
 }
 
 bool shard::subscribe(std::string_view id, std::string_view filter, uint8_t qos) {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) return false;
-    session_slot& slot = *it->second;
+    session_slot* found = sessions_.find(id);
+    if (!found) return false;
+    session_slot& slot = *found;
     add_subscription(slot, std::string(filter), qos);
     deliver_retained(slot, filter, qos);
     return true;
 }
 
 bool shard::unsubscribe(std::string_view id, std::string_view filter) {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) return false;
-    remove_subscription(*it->second, std::string(filter));
+    session_slot* slot = sessions_.find(id);
+    if (!slot) return false;
+    remove_subscription(*slot, std::string(filter));
     return true;
 }
 

@@ -27,6 +27,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace ringmq::broker {
@@ -56,6 +57,42 @@ struct session_slot {
     std::unique_ptr<session::session> s;
     connection* conn = nullptr;
     int64_t created_at = 0; // unix seconds
+};
+
+// The sessions homed on one shard, by client id. A set of owning pointers hashed by the session's own client id: a
+// map keyed by a view of the id would spend 16 more bytes per session on the key. Owned by its shard, touched only on
+// that shard's thread.
+class session_registry {
+public:
+    session_slot* find(std::string_view client_id) const {
+        auto it = set_.find(client_id);
+        return it == set_.end() ? nullptr : it->get();
+    }
+    session_slot& insert(std::unique_ptr<session_slot> slot) { return **set_.insert(std::move(slot)).first; }
+    void erase(std::string_view client_id) {
+        auto it = set_.find(client_id);
+        if (it != set_.end()) set_.erase(it);
+    }
+    size_t size() const { return set_.size(); }
+    void clear() { set_.clear(); }
+    // Calls f(session_slot&) for each session, in no particular order; f must not add or remove sessions.
+    template <class F> void for_each(F&& f) const {
+        for (const auto& slot : set_)
+            f(*slot);
+    }
+
+private:
+    static std::string_view id_of(std::string_view id) { return id; }
+    static std::string_view id_of(const std::unique_ptr<session_slot>& slot) { return slot->s->client_id(); }
+    struct hash {
+        using is_transparent = void;
+        template <class T> size_t operator()(const T& v) const { return std::hash<std::string_view>{}(id_of(v)); }
+    };
+    struct equal {
+        using is_transparent = void;
+        template <class A, class B> bool operator()(const A& a, const B& b) const { return id_of(a) == id_of(b); }
+    };
+    std::unordered_set<std::unique_ptr<session_slot>, hash, equal> set_;
 };
 
 // Cross-shard message kinds (reactor::smp_msg::kind).
@@ -91,27 +128,36 @@ struct raw_frames {
     uint64_t count = 1;
 };
 
+// The completion records of the two operations a connection keeps in flight, as bases of the connection itself: each
+// costs the connection one vtable pointer, where a member record would also carry a pointer back to it.
+struct recv_completion : io::completion {
+    void on_complete(int res, uint32_t flags) final { on_recv(res, flags); }
+    virtual void on_recv(int res, uint32_t flags) = 0;
+
+protected:
+    ~recv_completion() = default;
+};
+struct send_completion : io::completion {
+    void on_complete(int res, uint32_t flags) final { on_send(res, flags); }
+    virtual void on_send(int res, uint32_t flags) = 0;
+
+protected:
+    ~send_completion() = default;
+};
+
 // A client connection. Created by the shard that accepted it or received it by handoff, and owned by that shard's
 // connection table until its last io_uring operation has completed.
-class connection {
+class connection final : public recv_completion, public send_completion {
 public:
     enum class state : uint8_t { awaiting_connect, connected, closing };
 
     connection(shard& sh, int fd, std::string peer);
 
-    // The two operations a connection keeps in flight, one type each so the handler needs no selector field.
-    struct recv_op final : io::completion {
-        explicit recv_op(connection* cc) : c(cc) {}
-        connection* c;
-        void on_complete(int res, uint32_t flags) override { c->on_recv(res, flags); }
-    };
-    struct send_op final : io::completion {
-        explicit send_op(connection* cc) : c(cc) {}
-        connection* c;
-        void on_complete(int res, uint32_t flags) override { c->on_send(res, flags); }
-    };
+    // The records to put in user_data for the connection's recv and send.
+    io::completion* recv_record() { return static_cast<recv_completion*>(this); }
+    io::completion* send_record() { return static_cast<send_completion*>(this); }
 
-    // Fields are ordered by size so that an idle connection fits mimalloc's 320-byte class.
+    // Fields are ordered by size so that an idle connection fits mimalloc's 256-byte class (checked in shard.cpp).
     shard& sh;
     uint64_t id;
     session_slot* slot = nullptr;
@@ -124,8 +170,8 @@ public:
     int64_t check_at_ms = 0; // the deadline this connection has in the shard's wheel: CONNECT, then keepalive (0: none)
     int64_t connected_wall = 0; // unix seconds
     std::string peer;
-    std::string client_id_; // empty until CONNECT is accepted (or refused with an id)
-    std::string username;   // empty = none
+    std::string client_id_;                // empty until CONNECT is accepted (or refused with an id)
+    std::unique_ptr<std::string> username; // null: CONNECT had none (most clients, so it is held out of line)
 
     const std::string& client_id() const {
         static const std::string none = "-";
@@ -147,29 +193,26 @@ public:
     // Send side: frames are queued in `sq`; one send is in flight at a time.
     send_queue sq;
     int ops = 0; // outstanding io_uring operations
-    bool send_busy = false;
-    bool dirty = false;
-    bool recv_armed = false;
-    bool needs_rearm = false;
-    bool shut = false;
-    bool disconnect_received = false;
-    bool close_after_flush = false;
-    bool over_limit = false; // accepted beyond max_connections: CONNECT is answered with return code 3
-    bool handed_off = false; // the socket now belongs to another shard
-    bool buried = false;     // queued for destruction at the end of the loop turn
-    bool refused = false;
-    bool has_username = false;
-    bool clean = true;
-    bool recv_oneshot = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
-
-    recv_op rop{this};
-    send_op sop{this};
+    // Flags as single bits: twelve bools would take 16 bytes, and an idle connection's size counts.
+    bool send_busy : 1 = false;
+    bool dirty : 1 = false;
+    bool recv_armed : 1 = false;
+    bool needs_rearm : 1 = false;
+    bool shut : 1 = false;
+    bool disconnect_received : 1 = false;
+    bool close_after_flush : 1 = false;
+    bool over_limit : 1 = false; // accepted beyond max_connections: CONNECT is answered with return code 3
+    bool handed_off : 1 = false; // the socket now belongs to another shard
+    bool buried : 1 = false;     // queued for destruction at the end of the loop turn
+    bool refused : 1 = false;
+    bool clean : 1 = true;
+    bool recv_oneshot : 1 = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
 
     size_t queued_bytes() const { return sq.pending_bytes(); }
 
 private:
-    void on_recv(int res, uint32_t flags);
-    void on_send(int res, uint32_t flags);
+    void on_recv(int res, uint32_t flags) override;
+    void on_send(int res, uint32_t flags) override;
 };
 
 // The per-shard broker. See the file comment for ownership.
@@ -349,7 +392,7 @@ private:
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).
-    std::unordered_map<std::string_view, std::unique_ptr<session_slot>> sessions_;
+    session_registry sessions_;
     routing::topic_trie trie_;
     retained_store retained_;
     uint64_t generated_ids_ = 0;
