@@ -162,6 +162,11 @@ struct shared_state {
     }
 };
 
+// retained scenario: the topic of retained message i, and (with "/#" for "/s") the filter that asks for it.
+std::string retained_topic_name(const options& o, std::uint32_t i) {
+    return strf("%s/r/%u/s", o.topic_prefix.c_str(), i);
+}
+
 enum class role : std::uint8_t { idle, publisher, subscriber, storm, querier };
 enum class conn_state : std::uint8_t { unopened, connecting, wait_connack, wait_suback, ready, closed };
 
@@ -681,8 +686,9 @@ private:
         interval_latency_.record(latency);
     }
 
-    std::string retained_topic(std::uint32_t topic_no) const {
-        return strf("%s/r/%u/s", opt_.topic_prefix.c_str(), topic_no);
+    std::string retained_topic(std::uint32_t topic_no) const { return retained_topic_name(opt_, topic_no); }
+    std::string retained_filter(std::uint32_t topic_no) const {
+        return strf("%s/r/%u/#", opt_.topic_prefix.c_str(), topic_no);
     }
 
     std::uint16_t next_packet_id(querier& q) {
@@ -694,7 +700,7 @@ private:
     void querier_request(querier& q, std::int64_t now) {
         const auto topic_no = static_cast<std::uint32_t>(q.next_k++ * 7919u % opt_.retained);
         connection& c = conns_[q.conn];
-        mqtt::encode_subscribe(c.out, next_packet_id(q), strf("%s/r/%u/#", opt_.topic_prefix.c_str(), topic_no),
+        mqtt::encode_subscribe(c.out, next_packet_id(q), retained_filter(topic_no),
                                static_cast<std::uint8_t>(opt_.qos));
         q.pending.push_back({topic_no, now});
         if (now >= ms_ && now < me_) ++q.sent_measured;
@@ -730,7 +736,7 @@ private:
         }
         ++interval_delivered_;
         interval_latency_.record(latency);
-        mqtt::encode_unsubscribe(c.out, next_packet_id(q), strf("%s/r/%u/#", opt_.topic_prefix.c_str(), r.topic_no));
+        mqtt::encode_unsubscribe(c.out, next_packet_id(q), retained_filter(r.topic_no));
         mark_dirty(q.conn);
         if (publishing_) querier_request(q, now);
     }
@@ -1133,8 +1139,7 @@ bool seed_retained(const options& o, const sockaddr_storage& addr, socklen_t add
             const long used = mqtt::parse_packet(in.data(), in.size(), pv);
             if (used < 0) return false;
             if (used > 0) {
-                const bool hit = pv.type == want;
-                if (hit) return true;
+                if (pv.type == want) return true;
                 in.erase(in.begin(), in.begin() + used);
                 continue;
             }
@@ -1152,7 +1157,7 @@ bool seed_retained(const options& o, const sockaddr_storage& addr, socklen_t add
         return fail("no CONNACK accepting the connection");
     const std::uint8_t payload[16] = {'r', 'e', 't', 'a', 'i', 'n', 'e', 'd'};
     for (std::uint32_t i = 0; i < o.retained; ++i) {
-        mqtt::encode_retained_publish(out, strf("%s/r/%u/s", o.topic_prefix.c_str(), i), 0, 0, payload, sizeof payload);
+        mqtt::encode_retained_publish(out, retained_topic_name(o, i), 0, 0, payload, sizeof payload);
         if ((out.size() >= 65536 || i + 1 == o.retained) && !send_all(out))
             return fail(strf("send: %s", std::strerror(errno)));
     }

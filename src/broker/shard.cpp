@@ -846,8 +846,8 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
 
 void shard::attach_session(connection& c, bool clean) {
     bool present = false;
-    session_slot* slot = nullptr;
-    if ((slot = sessions_.find(c.client_id_))) {
+    session_slot* slot = sessions_.find(c.client_id_);
+    if (slot) {
         if (slot->conn) {
             connection& old = *slot->conn;
             log::info("client {} taken over: closing the connection from {} for the one from {}", c.client_id_,

@@ -193,7 +193,7 @@ public:
     // Send side: frames are queued in `sq`; one send is in flight at a time.
     send_queue sq;
     int ops = 0; // outstanding io_uring operations
-    // Flags as single bits: twelve bools would take 16 bytes, and an idle connection's size counts.
+    // Flags as single bits: as bools, with the padding after them, they took 16 bytes of every idle connection.
     bool send_busy : 1 = false;
     bool dirty : 1 = false;
     bool recv_armed : 1 = false;
