@@ -18,6 +18,9 @@ using message_ref = ringmq::session::message_ref;
 // The table the store replaced: topic -> message, hashed, every topic read for a wildcard filter.
 using flat_table = std::unordered_map<std::string, message_ref>;
 
+std::string topic(size_t i) { return "dev/" + std::to_string(i) + "/state"; }
+std::string own_subtree(size_t i) { return "dev/" + std::to_string(i) + "/#"; }
+
 message_ref make(const std::string& topic) {
     const uint8_t payload[8] = {};
     return message_ref::adopt(ringmq::session::message::make(topic, payload, 0, true));
@@ -25,14 +28,12 @@ message_ref make(const std::string& topic) {
 
 void fill(retained_store& s, size_t n) {
     for (size_t i = 0; i < n; ++i)
-        s.store(make("dev/" + std::to_string(i) + "/state"), 0);
+        s.store(make(topic(i)), 0);
 }
 
 void fill(flat_table& t, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-        const std::string topic = "dev/" + std::to_string(i) + "/state";
-        t.emplace(topic, make(topic));
-    }
+    for (size_t i = 0; i < n; ++i)
+        t.emplace(topic(i), make(topic(i)));
 }
 
 template <class F> size_t scan(const flat_table& t, std::string_view filter, F&& f) {
@@ -48,7 +49,7 @@ void BM_retained_own_subtree(benchmark::State& st) {
     fill(s, n);
     size_t j = 0, hits = 0, looked = 0;
     for (auto _ : st) {
-        const std::string filter = "dev/" + std::to_string(j++ * 7919 % n) + "/#";
+        const std::string filter = own_subtree(j++ * 7919 % n);
         looked += s.for_each_match(filter, [&](const auto&) { ++hits; });
     }
     benchmark::DoNotOptimize(hits);
@@ -63,7 +64,7 @@ void BM_retained_own_subtree_full_scan(benchmark::State& st) {
     fill(t, n);
     size_t j = 0, hits = 0;
     for (auto _ : st) {
-        const std::string filter = "dev/" + std::to_string(j++ * 7919 % n) + "/#";
+        const std::string filter = own_subtree(j++ * 7919 % n);
         scan(t, filter, [&](const auto&) { ++hits; });
     }
     benchmark::DoNotOptimize(hits);

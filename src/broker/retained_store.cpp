@@ -1,27 +1,31 @@
 #include "broker/retained_store.hpp"
 
+#include <iterator>
 #include <utility>
 
 namespace ringmq::broker {
 
 retained_store::store_result retained_store::store(session::message_ref&& msg, size_t limit) {
     const std::string_view topic = msg->topic();
-    auto it = by_topic_.find(topic);
+    // One search: `it` is the topic's entry when there is one, else where a new entry goes.
+    auto it = by_topic_.lower_bound(topic);
+    const bool present = it != by_topic_.end() && it->first == topic;
     if (msg->payload().empty()) {
-        if (it == by_topic_.end()) return store_result::absent;
+        if (!present) return store_result::absent;
         by_topic_.erase(it);
         return store_result::cleared;
     }
-    if (it != by_topic_.end()) {
+    if (present) {
         // The old key views the old message's bytes: put the new message in under a key that views its own.
+        const auto next = std::next(it);
         auto node = by_topic_.extract(it);
         node.key() = topic;
         node.mapped() = std::move(msg);
-        by_topic_.insert(std::move(node));
+        by_topic_.insert(next, std::move(node));
         return store_result::replaced;
     }
     if (limit != 0 && by_topic_.size() >= limit) return store_result::full;
-    by_topic_.emplace(topic, std::move(msg));
+    by_topic_.emplace_hint(it, topic, std::move(msg));
     return store_result::stored;
 }
 

@@ -1416,8 +1416,7 @@ void shard::drop_session(session_slot* slot) {
         ++trie_gen_;
         if (idle) broadcast_route(k_route_del, filter);
     }
-    const std::string id = slot->s->client_id();
-    sessions_.erase(id);
+    sessions_.erase(slot->s->client_id()); // the id is only read to find the slot, before it is destroyed
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -129,17 +129,16 @@ struct raw_frames {
 };
 
 // The completion records of the two operations a connection keeps in flight, as bases of the connection itself: each
-// costs the connection one vtable pointer, where a member record would also carry a pointer back to it.
-struct recv_completion : io::completion {
-    void on_complete(int res, uint32_t flags) final { on_recv(res, flags); }
-    virtual void on_recv(int res, uint32_t flags) = 0;
+// costs the connection one vtable pointer, where a member record would also carry a pointer back to it. The handler
+// is called directly on the derived type (no second virtual call per completion).
+template <class D> struct recv_completion : io::completion {
+    void on_complete(int res, uint32_t flags) final { static_cast<D*>(this)->on_recv(res, flags); }
 
 protected:
     ~recv_completion() = default;
 };
-struct send_completion : io::completion {
-    void on_complete(int res, uint32_t flags) final { on_send(res, flags); }
-    virtual void on_send(int res, uint32_t flags) = 0;
+template <class D> struct send_completion : io::completion {
+    void on_complete(int res, uint32_t flags) final { static_cast<D*>(this)->on_send(res, flags); }
 
 protected:
     ~send_completion() = default;
@@ -147,15 +146,15 @@ protected:
 
 // A client connection. Created by the shard that accepted it or received it by handoff, and owned by that shard's
 // connection table until its last io_uring operation has completed.
-class connection final : public recv_completion, public send_completion {
+class connection final : public recv_completion<connection>, public send_completion<connection> {
 public:
     enum class state : uint8_t { awaiting_connect, connected, closing };
 
     connection(shard& sh, int fd, std::string peer);
 
     // The records to put in user_data for the connection's recv and send.
-    io::completion* recv_record() { return static_cast<recv_completion*>(this); }
-    io::completion* send_record() { return static_cast<send_completion*>(this); }
+    io::completion* recv_record() { return static_cast<recv_completion<connection>*>(this); }
+    io::completion* send_record() { return static_cast<send_completion<connection>*>(this); }
 
     // Fields are ordered by size so that an idle connection fits mimalloc's 256-byte class (checked in shard.cpp).
     shard& sh;
@@ -211,8 +210,10 @@ public:
     size_t queued_bytes() const { return sq.pending_bytes(); }
 
 private:
-    void on_recv(int res, uint32_t flags) override;
-    void on_send(int res, uint32_t flags) override;
+    friend struct recv_completion<connection>;
+    friend struct send_completion<connection>;
+    void on_recv(int res, uint32_t flags);
+    void on_send(int res, uint32_t flags);
 };
 
 // The per-shard broker. See the file comment for ownership.
