@@ -8,8 +8,10 @@
 #include "session/message.hpp"
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <map>
+#include <string>
 #include <string_view>
 
 namespace ringmq::broker {
@@ -28,6 +30,18 @@ public:
     // leading wildcard skips '$' topics), in topic order. Returns how many stored topics were looked at, so tests
     // and benchmarks can see the range read rather than only its result.
     template <class F> size_t for_each_match(std::string_view filter, F&& f) const;
+
+    struct scan_result {
+        size_t looked; // stored topics looked at (a topic whose message f did not take is not counted)
+        bool done;     // the filter's range was read to its end
+    };
+    // for_each_match in steps, for a read that spans loop turns (a SUBSCRIBE's retained messages, sent as the
+    // subscriber has room). Continues after the topic `after` (empty: from the start); calls f(const
+    // session::message_ref&) -> bool for each match, in topic order, until f returns false (it did not take that
+    // message: the next step starts with it), `budget` (> 0) topics have been looked at, or the range ends. `after` is
+    // left at the last topic passed, so that a step continues in the right place whatever was stored or cleared since
+    // the one before.
+    template <class F> scan_result scan(std::string_view filter, std::string& after, size_t budget, F&& f) const;
     size_t size() const { return by_topic_.size(); }
     void clear() { by_topic_.clear(); }
 
@@ -42,18 +56,37 @@ private:
 };
 
 template <class F> size_t retained_store::for_each_match(std::string_view filter, F&& f) const {
+    std::string after;
+    return scan(filter, after, SIZE_MAX,
+                [&](const session::message_ref& m) {
+                    f(m);
+                    return true;
+                })
+        .looked;
+}
+
+template <class F>
+retained_store::scan_result retained_store::scan(std::string_view filter, std::string& after, size_t budget,
+                                                 F&& f) const {
     if (filter.find_first_of("+#") == std::string_view::npos) {
         const auto it_exact = by_topic_.find(filter);
-        if (it_exact != by_topic_.end()) f(it_exact->second);
-        return it_exact != by_topic_.end() ? 1 : 0;
+        if (it_exact == by_topic_.end()) return {0, true};
+        if (!f(it_exact->second)) return {0, false};
+        return {1, true};
     }
     const std::string_view prefix = literal_prefix(filter);
     size_t looked = 0;
-    for (auto it = by_topic_.lower_bound(prefix); it != by_topic_.end() && it->first.starts_with(prefix); ++it) {
+    auto it = after.empty() ? by_topic_.lower_bound(prefix) : by_topic_.upper_bound(std::string_view(after));
+    auto last = by_topic_.end(); // the last topic passed in this step
+    for (; it != by_topic_.end() && it->first.starts_with(prefix); ++it) {
+        if (looked == budget || (routing::topic_matches(filter, it->first) && !f(it->second))) {
+            if (last != by_topic_.end()) after.assign(last->first);
+            return {looked, false};
+        }
         ++looked;
-        if (routing::topic_matches(filter, it->first)) f(it->second);
+        last = it;
     }
-    return looked;
+    return {looked, true};
 }
 
 } // namespace ringmq::broker

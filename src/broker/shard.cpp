@@ -43,6 +43,14 @@ constexpr uint32_t tick_ms = 200;
 // once per horizon and put back.
 constexpr uint32_t deadline_slots = 1024;
 constexpr int64_t shutdown_grace_ms = 3000;
+// Retained reads (a SUBSCRIBE's retained messages): each turn they look at no more than read_turn_budget stored topics
+// in all, read_slice per session in turn, so a filter over a million retained topics holds the shard's other clients
+// up by a slice (about 0.1 ms), not by the whole read (about 0.15 s). A read sends only while its subscriber's send
+// queue is under read_pace_bytes (and under half of mqtt.max_outgoing_bytes): it waits for a slow reader instead of
+// dropping what it reads.
+constexpr size_t read_turn_budget = 1024;
+constexpr size_t read_slice = 256;
+constexpr uint64_t read_pace_bytes = 256 * 1024;
 
 int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) {
     return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
@@ -153,6 +161,7 @@ bool shard::run() {
     loop();
     ring_.submit(); // the closes queued in the last turn
     // Release whatever is still owned here; messages still in queues are released by the node after all stopped.
+    readers_.clear();
     sessions_.clear();
     retained_.clear();
     trie_.clear();
@@ -167,6 +176,9 @@ void shard::loop() {
     io::reaped batch[reap_batch];
     while (!stopped_) {
         if (!stopping_ && stop_requested_.load(std::memory_order_acquire)) begin_shutdown();
+        read_budget_ = read_turn_budget;
+        reads_runnable_ = false;
+        if (!readers_.empty()) serve_reads();
         flush();
         publish_smp();
         reap_graveyard();
@@ -174,7 +186,8 @@ void shard::loop() {
             stopped_ = true;
             break;
         }
-        const bool busy = !dirty_.empty() || !rearm_.empty() || outbox_.pending() || !pending_handoffs_.empty();
+        const bool busy =
+            !dirty_.empty() || !rearm_.empty() || outbox_.pending() || !pending_handoffs_.empty() || reads_runnable_;
         if (busy) {
             ring_.submit();
         } else {
@@ -1239,7 +1252,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
 
 bool shard::all_direct(const route_entry& e) const {
     for (const match& m : e.matches)
-        if (!m.slot->conn || m.slot->s->queue_len() != 0) return false;
+        if (!m.slot->conn || !m.slot->s->direct()) return false;
     return true;
 }
 
@@ -1301,7 +1314,7 @@ void shard::note_dropped(session_slot& slot, uint64_t before, const char* why, u
 void shard::deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                     session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw) {
     connection* c = slot.conn;
-    if (qos == 0 && c && slot.s->queue_len() == 0) {
+    if (qos == 0 && c && slot.s->direct()) {
         if (c->queued_bytes() > cfg_.limits.max_outgoing_bytes) {
             drop_qos0(slot, raw.count, topic); // backpressure: a QoS 0 message for a client that does not read
             return;
@@ -1376,10 +1389,86 @@ void shard::store_retained(session::message* m) {
 
 void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted) {
     if (!node_.retainer_active.load(std::memory_order_relaxed)) return;
-    retained_.for_each_match(filter, [&](const session::message_ref& r) {
-        session::message_ref msg = r;
-        deliver(slot, msg->topic(), msg->payload(), std::min(granted, msg->qos()), msg, msg->qos(), true);
+    if (slot.s->held()) {
+        // Behind the reads already under way; a filter subscribed again starts over (MQTT-3.8.4-3: its retained
+        // messages are sent again).
+        auto r = reader_of(slot);
+        std::erase_if(r->reads, [&](const retained_reads::read& rd) { return rd.filter == filter; });
+        r->reads.push_back({std::string(filter), {}, granted});
+        return;
+    }
+    std::string after;
+    size_t slice = std::min(read_slice, read_budget_);
+    if (slice > 0) {
+        const size_t before = slice;
+        const read_status st = read_retained(slot, filter, after, granted, slice);
+        read_budget_ -= before - slice;
+        if (st == read_status::done) return;
+    }
+    slot.s->hold(true);
+    readers_.push_back({&slot, {}});
+    readers_.back().reads.push_back({std::string(filter), std::move(after), granted});
+    log::debug("client {}: the retained messages for '{}' continue over the next turns", slot.s->client_id(), filter);
+}
+
+shard::read_status shard::read_retained(session_slot& slot, std::string_view filter, std::string& after,
+                                        uint8_t granted, size_t& budget) {
+    const uint64_t pace = std::min(read_pace_bytes, cfg_.limits.max_outgoing_bytes / 2);
+    bool blocked = false;
+    const retained_store::scan_result res = retained_.scan(filter, after, budget, [&](const session::message_ref& m) {
+        connection* c = slot.conn;
+        const session::outgoing* o = nullptr;
+        if (c && c->queued_bytes() <= pace) o = slot.s->admit(session::message_ref(m), std::min(granted, m->qos()));
+        if (!o) {
+            blocked = true;
+            return false;
+        }
+        send_outgoing(*c, *o, false);
+        return true;
     });
+    budget -= res.looked;
+    if (res.done) return read_status::done;
+    return blocked ? read_status::blocked : read_status::sliced;
+}
+
+void shard::serve_reads() {
+    for (size_t n = readers_.size(); n > 0; --n) {
+        if (read_budget_ == 0) {
+            reads_runnable_ = true; // the rest wait for the next turn
+            return;
+        }
+        size_t slice = std::min(read_slice, read_budget_);
+        const size_t before = slice;
+        retained_reads& r = readers_.front();
+        read_status st = read_status::done;
+        while (!r.reads.empty() && slice > 0) {
+            retained_reads::read& rd = r.reads.front();
+            st = read_retained(*r.slot, rd.filter, rd.after, rd.granted, slice);
+            if (st != read_status::done) break;
+            r.reads.pop_front();
+        }
+        read_budget_ -= before - slice;
+        if (r.reads.empty()) {
+            end_reads(readers_.begin());
+            continue;
+        }
+        if (st != read_status::blocked) reads_runnable_ = true;
+        readers_.push_back(std::move(r));
+        readers_.pop_front();
+    }
+}
+
+std::deque<retained_reads>::iterator shard::reader_of(session_slot& slot) {
+    auto it = std::find_if(readers_.begin(), readers_.end(), [&](const retained_reads& r) { return r.slot == &slot; });
+    RINGMQ_ASSERT(it != readers_.end());
+    return it;
+}
+
+void shard::end_reads(std::deque<retained_reads>::iterator r) {
+    session_slot& slot = *r->slot;
+    readers_.erase(r);
+    slot.s->hold(false);
+    pump(slot);
 }
 
 void shard::publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {
@@ -1398,6 +1487,12 @@ void shard::add_subscription(session_slot& slot, const std::string& filter, uint
 
 void shard::remove_subscription(session_slot& slot, const std::string& filter) {
     if (slot.s->subscriptions.erase(filter) == 0) return;
+    if (slot.s->held()) {
+        // The client no longer wants that filter's retained messages either.
+        auto r = reader_of(slot);
+        std::erase_if(r->reads, [&](const retained_reads::read& rd) { return rd.filter == filter; });
+        if (r->reads.empty()) end_reads(r);
+    }
     bool idle = false;
     trie_.unsubscribe(filter, &slot, &idle);
     ++trie_gen_;
@@ -1410,6 +1505,7 @@ void shard::broadcast_route(uint32_t kind, const std::string& filter) {
 }
 
 void shard::drop_session(session_slot* slot) {
+    if (slot->s->held()) readers_.erase(reader_of(*slot));
     for (const auto& [filter, qos] : slot->s->subscriptions) {
         bool idle = false;
         trie_.unsubscribe(filter, slot, &idle);

@@ -95,6 +95,20 @@ private:
     std::unordered_set<std::unique_ptr<session_slot>, hash, equal> set_;
 };
 
+// The retained messages that SUBSCRIBEs asked for and that one session has yet to be sent, in SUBSCRIBE order; each
+// read resumes after the last topic it passed. While a session has any, its queue is held: live messages wait behind
+// them, so a retained message never reaches the subscriber after a newer message on its topic, and a read of any size
+// costs the session's queue limit nothing. Owned by the session's home shard (shard::readers_), on its thread.
+struct retained_reads {
+    struct read {
+        std::string filter;
+        std::string after; // the last topic passed; empty before the first step
+        uint8_t granted;
+    };
+    session_slot* slot;
+    std::deque<read> reads;
+};
+
 // Cross-shard message kinds (reactor::smp_msg::kind).
 enum msg_kind : uint32_t {
     k_handoff = 1, // ptr: handoff*, a connection whose CONNECT names a client homed on the receiving shard
@@ -350,7 +364,21 @@ private:
     void queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take);
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
     void store_retained(session::message* m); // takes one reference
+    // Sends the retained messages matching filter to a subscriber (a SUBSCRIBE's, or the admin API's): at once as far
+    // as this turn's read budget and the subscriber's room go, the rest over later turns (serve_reads).
     void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);
+    enum class read_status { done, blocked, sliced };
+    // One step of a read: sends matches after `after` while the subscriber has room, looking at no more than `budget`
+    // topics (reduced by what was looked at). blocked: no room (no connection, send queue past the pace, window
+    // full); sliced: the budget ran out.
+    read_status read_retained(session_slot& slot, std::string_view filter, std::string& after, uint8_t granted,
+                              size_t& budget);
+    // Runs the reads left over from earlier turns, each in turn, within this turn's budget.
+    void serve_reads();
+    // The reads of a slot whose queue is held (it has some); the slot must have them.
+    std::deque<retained_reads>::iterator reader_of(session_slot& slot);
+    // Ends slot's reads: its queue is let go, and what waited behind them is sent.
+    void end_reads(std::deque<retained_reads>::iterator r);
     void add_subscription(session_slot& slot, const std::string& filter, uint8_t qos);
     void remove_subscription(session_slot& slot, const std::string& filter);
     void drop_session(session_slot* slot);
@@ -396,6 +424,11 @@ private:
     session_registry sessions_;
     routing::topic_trie trie_;
     retained_store retained_;
+    // Sessions with retained messages still to send (see retained_reads), in turn order. A read that does not end in
+    // the turn its SUBSCRIBE came in continues here.
+    std::deque<retained_reads> readers_;
+    size_t read_budget_ = 0;      // topics reads may still look at this turn
+    bool reads_runnable_ = false; // a read stopped for the turn's budget with room left: the loop must not sleep
     uint64_t generated_ids_ = 0;
 
     // scratch for routing (no per-publish allocation once grown)

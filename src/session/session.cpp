@@ -60,17 +60,9 @@ void session::assign_pid(outgoing& o) {
 }
 
 session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, const outgoing** out) {
-    if (online && queue_.empty()) {
-        if (qos == 0) {
-            handed_out = outgoing{std::move(msg), 0, 0, false};
-            *out = &handed_out;
-            return offer_result::send;
-        }
-        if (window_.size() < limits_.max_inflight) {
-            outgoing o{std::move(msg), 0, qos, false};
-            assign_pid(o);
-            window_.push_back(std::move(o));
-            *out = &window_.back();
+    if (online && direct()) {
+        if (const outgoing* o = admit(std::move(msg), qos)) {
+            *out = o;
             return offer_result::send;
         }
     }
@@ -82,8 +74,20 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
     return offer_result::queued;
 }
 
+const outgoing* session::admit(message_ref&& msg, uint8_t qos) {
+    if (qos == 0) {
+        handed_out = outgoing{std::move(msg), 0, 0, false};
+        return &handed_out;
+    }
+    if (window_.size() >= limits_.max_inflight) return nullptr;
+    outgoing o{std::move(msg), 0, qos, false};
+    assign_pid(o);
+    window_.push_back(std::move(o));
+    return &window_.back();
+}
+
 const outgoing* session::next_ready() {
-    if (queue_.empty()) return nullptr;
+    if (queue_.empty() || held_) return nullptr;
     outgoing& front = queue_.front();
     if (front.qos == 0) {
         handed_out = std::move(front);

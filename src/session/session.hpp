@@ -53,8 +53,21 @@ public:
     offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out);
 
     // Moves the next queued message into the window if there is room. Returns it (valid until the next call on
-    // any session of this thread) or nullptr. QoS 0 entries are returned without entering the window.
+    // any session of this thread) or nullptr. QoS 0 entries are returned without entering the window. Returns
+    // nullptr while the queue is held.
     const outgoing* next_ready();
+
+    // Held: messages offered while online are queued as if something were queued ahead of them, and next_ready()
+    // keeps them there, while the broker sends the retained messages a SUBSCRIBE asked for first (admit()). The
+    // queue's limit still applies to what waits behind them.
+    void hold(bool h) { held_ = h; }
+    bool held() const { return held_ != 0; }
+    // A message offered now would go out at once (window room permitting): nothing queued or held ahead of it.
+    bool direct() const { return queue_.empty() && held_ == 0; }
+    // A message that goes ahead of the queue (a retained message while held): for QoS 0 at once, for QoS > 0 into the
+    // window with a packet id; nullptr when the window is full (msg is then not moved from). The result is valid as
+    // for offer().
+    const outgoing* admit(message_ref&& msg, uint8_t qos);
 
     // Outgoing acknowledgements. Each returns false when no message in the window has that id in the right state
     // (counted by the caller as "missed").
@@ -99,11 +112,12 @@ private:
     // multiple of 65535, so the ids stay in rotation across the wrap). The window is in the order its ids were given,
     // so while its front (oldest) entry is fewer than 65535 steps old no entry can hold the next id and no scan is
     // needed; once the front is seen that old, ids are checked against the window (pid_scan_) until it empties.
-    // Packed with clean_ so that the session stays in its 192-byte class.
-    static constexpr uint32_t pid_step_mod = 65535u * 16384u;
-    uint32_t pid_step_ : 30 = 0;
+    // Packed with the flags so that the session stays in its 192-byte class.
+    static constexpr uint32_t pid_step_mod = 65535u * 8192u;
+    uint32_t pid_step_ : 29 = 0;
     uint32_t pid_scan_ : 1 = 0;
     uint32_t clean_ : 1 = 0;
+    uint32_t held_ : 1 = 0;
 };
 
 } // namespace ringmq::session

@@ -179,3 +179,104 @@ class RetainedCases:
 
 
 shard_variants(RetainedCases, globals())
+
+
+class RetainedReadCases:
+    """A SUBSCRIBE whose retained messages do not fit in the subscriber's window, queue or send limit: they are sent
+    as it takes them (a read that resumes), live messages wait behind them, and none is dropped."""
+
+    AUTO_START = False
+
+    def store(self, pub, topics, qos=1, payload=b"old"):
+        for t in topics:
+            pub.publish(t, payload, qos=qos, retain=True)
+        pub.publish("sync/x", b"s", qos=1)  # every store before it has reached every shard
+
+    def assert_nothing_dropped(self):
+        self.assertNotIn(b"dropped", self.broker.log())
+
+    def test_every_retained_message_reaches_a_qos1_subscriber_beyond_its_window_and_queue(self):
+        self.use_broker({"mqtt.max_inflight": 4, "mqtt.max_queued_messages": 10})
+        topics = [f"big/{i:03d}" for i in range(300)]
+        self.store(self.client(self.pub_id()), topics)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("big/#", 1)])
+        got = sub.recv_publishes(len(topics))
+        self.assertEqual([g.topic for g in got], topics)  # all of them, in topic order
+        self.assertTrue(all(g.retain and g.qos == 1 for g in got))
+        sub.expect_no_packet(0.3)
+        self.assert_nothing_dropped()
+
+    def test_a_retained_read_larger_than_max_outgoing_bytes_reaches_a_qos0_subscriber_whole(self):
+        self.use_broker({"mqtt.max_outgoing_bytes": 8192})
+        topics = [f"slow/{i:04d}" for i in range(2000)]
+        pub = self.client(self.pub_id())
+        for t in topics:
+            pub.send(m.publish(t, b"p" * 200, qos=0, retain=True))
+        self.store(pub, [])
+        sub = self.client(self.sub_id())
+        sub.subscribe([("slow/#", 0)])
+        got = sub.recv_publishes(len(topics))
+        self.assertEqual([g.topic for g in got], topics)
+        self.assertTrue(all(g.retain and g.payload == b"p" * 200 for g in got))
+        self.assert_nothing_dropped()
+
+    def test_live_messages_wait_behind_the_retained_read(self):
+        self.use_broker({"mqtt.max_inflight": 2})
+        topics = [f"ord/{i:02d}" for i in range(50)]
+        pub = self.client(self.pub_id())
+        self.store(pub, topics)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("ord/#", 1)])
+        first = sub.recv_publishes(2, ack=False)  # the window is full now
+        # Live messages, one on a topic the read has not reached: the stored message is older and must come first.
+        pub.publish("ord/49", b"new49", qos=1)
+        pub.publish("ord/00", b"new00", qos=1)
+        for msg in first:
+            sub.ack(msg)
+        got = first + sub.recv_publishes(len(topics))
+        self.assertEqual([(g.topic, g.payload, g.retain) for g in got],
+                         [(t, b"old", True) for t in topics] + [("ord/49", b"new49", False),
+                                                                 ("ord/00", b"new00", False)])
+        sub.expect_no_packet(0.3)
+
+    def test_unsubscribe_ends_the_retained_read_and_lets_the_queue_go(self):
+        self.use_broker({"mqtt.max_inflight": 1})
+        pub = self.client(self.pub_id())
+        self.store(pub, [f"un/{i:02d}" for i in range(20)])
+        sub = self.client(self.sub_id())
+        sub.subscribe([("live/x", 1), ("un/#", 1)])
+        first = sub.recv_publish(ack=False)
+        self.assertEqual(first.topic, "un/00")
+        pub.publish("live/x", b"L", qos=1)
+        sub.unsubscribe(["un/#"])
+        sub.ack(first)
+        live = sub.recv_publish()
+        self.assertEqual((live.topic, live.payload, live.retain), ("live/x", b"L", False))
+        sub.expect_no_packet(0.3)
+
+    def test_a_persistent_session_resumes_its_retained_read_after_reconnecting(self):
+        self.use_broker({"mqtt.max_inflight": 2, "mqtt.max_queued_messages": 5})
+        topics = [f"per/{i:02d}" for i in range(30)]
+        self.store(self.client(self.pub_id()), topics)
+        # A clean session that leaves in the middle of its read leaves nothing behind.
+        gone = self.client(self.sub_id("gone"))
+        gone.subscribe([("per/#", 1)])
+        gone.recv_publishes(2, ack=False)
+        gone.abort()
+        sid = self.sub_id("kept")
+        sub = self.client(sid, clean=False)
+        sub.subscribe([("per/#", 1)])
+        first = sub.recv_publishes(2, ack=False)
+        sub.abort()
+        sub = self.client(sid, clean=False, expect=m.CONNACK_OK_SESSION)
+        again = sub.recv_publishes(2)  # the window, resent
+        self.assertEqual([(g.topic, g.dup) for g in again], [(f.topic, True) for f in first])
+        rest = sub.recv_publishes(len(topics) - 2)
+        self.assertEqual([g.topic for g in again + rest], topics)
+        sub.expect_no_packet(0.3)
+        self.assert_nothing_dropped()
+        self.assert_broker_healthy()
+
+
+shard_variants(RetainedReadCases, globals())

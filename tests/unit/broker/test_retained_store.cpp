@@ -1,5 +1,6 @@
 // The retained store: store, replace and clear by topic, limits, and wildcard matching that reads only the topics
-// under the filter's literal prefix yet finds exactly what matching every stored topic one by one finds.
+// under the filter's literal prefix yet finds exactly what matching every stored topic one by one finds, also when
+// it reads in steps.
 #include "broker/retained_store.hpp"
 
 #include "routing/match.hpp"
@@ -114,6 +115,90 @@ TEST(RetainedStore, AWildcardSubscribeLooksOnlyAtTopicsUnderItsLiteralPrefix) {
     EXPECT_EQ(looked, 112u);
     EXPECT_EQ(s.for_each_match("dev/+/cfg", [](const session::message_ref&) {}), 10001u);
     EXPECT_EQ(s.for_each_match("dev/42/cfg", [](const session::message_ref&) {}), 1u);
+}
+
+// Reads the filter in steps of `budget` topics, taking at most `room` messages per step (f refuses the rest), and
+// runs `between` after each step: what a subscriber's read sees over several loop turns.
+template <class Between>
+std::vector<std::string> read_in_steps(const retained_store& s, std::string_view filter, size_t budget, size_t room,
+                                       Between&& between, size_t* steps = nullptr) {
+    std::vector<std::string> out;
+    std::string after;
+    for (size_t n = 1; n < 100000; ++n) {
+        size_t taken = 0;
+        const retained_store::scan_result r = s.scan(filter, after, budget, [&](const session::message_ref& m) {
+            if (taken == room) return false;
+            ++taken;
+            out.emplace_back(m->topic());
+            return true;
+        });
+        EXPECT_LE(r.looked, budget);
+        if (r.done) {
+            if (steps) *steps = n;
+            return out;
+        }
+        between(n);
+    }
+    ADD_FAILURE() << "the read never ended";
+    return out;
+}
+
+TEST(RetainedStore, AReadInStepsFindsWhatOneReadFindsWhateverItsBudgetAndRoom) {
+    retained_store s;
+    for (int i = 0; i < 300; ++i)
+        s.store(msg("dev/" + std::to_string(i) + (i % 3 ? "/state" : "/cfg")), 0);
+    s.store(msg("$SYS/x"), 0);
+    for (const char* f : {"#", "dev/+/cfg", "dev/1/#", "dev/+/+", "+/x", "dev/7/cfg", "none/#"}) {
+        const std::vector<std::string> whole = matches(s, f);
+        for (size_t budget : {size_t{1}, size_t{7}, size_t{1000}})
+            for (size_t room : {size_t{1}, size_t{3}, size_t{1000}})
+                EXPECT_EQ(read_in_steps(s, f, budget, room, [](size_t) {}), whole)
+                    << f << " budget " << budget << " room " << room;
+    }
+}
+
+TEST(RetainedStore, AReadStepLooksAtNoMoreThanItsBudget) {
+    retained_store s;
+    for (int i = 0; i < 1000; ++i)
+        s.store(msg("dev/" + std::to_string(i) + "/state"), 0);
+    size_t steps = 0;
+    // "+/x" matches nothing and must look at every topic: 1000 topics, 100 a step.
+    EXPECT_TRUE(read_in_steps(
+                    s, "+/x", 100, 1000, [](size_t) {}, &steps)
+                    .empty());
+    EXPECT_EQ(steps, 10u);
+}
+
+TEST(RetainedStore, AReadContinuesInPlaceWhenTopicsAreStoredAndClearedBetweenItsSteps) {
+    retained_store s;
+    for (int i = 10; i < 20; ++i)
+        s.store(msg("t/" + std::to_string(i)), 0);
+    // Steps of 2: after the first step (t/10, t/11) the topic it stopped at is cleared, one it passed and one ahead
+    // are stored, and one ahead is cleared.
+    const std::vector<std::string> got = read_in_steps(s, "t/#", 2, 1000, [&](size_t n) {
+        if (n != 1) return;
+        s.store(msg("t/11", ""), 0);
+        s.store(msg("t/105"), 0);
+        s.store(msg("t/155"), 0);
+        s.store(msg("t/17", ""), 0);
+    });
+    EXPECT_EQ(got, (std::vector<std::string>{"t/10", "t/11", "t/12", "t/13", "t/14", "t/15", "t/155", "t/16", "t/18",
+                                             "t/19"}));
+}
+
+TEST(RetainedStore, AReadOfOneTopicWaitsUntilItsMessageIsTaken) {
+    retained_store s;
+    s.store(msg("a/b"), 0);
+    std::string after;
+    EXPECT_FALSE(s.scan("a/b", after, 10, [](const session::message_ref&) { return false; }).done);
+    size_t taken = 0;
+    const retained_store::scan_result r = s.scan("a/b", after, 10, [&](const session::message_ref&) {
+        ++taken;
+        return true;
+    });
+    EXPECT_TRUE(r.done);
+    EXPECT_EQ(taken, 1u);
+    EXPECT_TRUE(s.scan("a/c", after, 10, [](const session::message_ref&) { return true; }).done);
 }
 
 } // namespace

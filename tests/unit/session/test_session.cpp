@@ -99,6 +99,44 @@ TEST(Session, QoS0WaitsBehindQueuedMessagesToKeepOrder) {
     EXPECT_EQ(s.next_ready(), nullptr);
 }
 
+TEST(Session, AHeldQueueKeepsLiveMessagesBehindWhatIsAdmittedAheadOfThem) {
+    session s("c", false, lim(2, 3));
+    s.hold(true);
+    EXPECT_FALSE(s.direct());
+    const outgoing* o = nullptr;
+    // Online, empty queue, free window: held, they queue all the same, QoS 0 too, up to the queue's limit.
+    EXPECT_EQ(s.offer(msg("live1"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("live0", 0), 0, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("live2"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("live3"), 1, true, &o), offer::dropped);
+    EXPECT_EQ(s.next_ready(), nullptr);
+    // Retained messages go ahead into the window until it is full; QoS 0 needs no room.
+    const outgoing* a = s.admit(msg("ret1"), 1);
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(text(a), "ret1");
+    EXPECT_NE(a->pid, 0);
+    const uint16_t pa = a->pid;
+    ASSERT_NE(s.admit(msg("ret2"), 1), nullptr);
+    message_ref third = msg("ret3");
+    EXPECT_EQ(s.admit(std::move(third), 1), nullptr);
+    EXPECT_TRUE(third); // refused: still the caller's
+    const outgoing* z = s.admit(msg("ret0", 0), 0);
+    ASSERT_NE(z, nullptr);
+    EXPECT_EQ(z->pid, 0);
+    EXPECT_EQ(s.inflight_len(), 2u);
+    EXPECT_TRUE(s.on_puback(pa));
+    EXPECT_EQ(s.next_ready(), nullptr); // still held
+    s.hold(false);
+    EXPECT_FALSE(s.direct()); // the queue is not empty
+    const outgoing* b = s.next_ready();
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(text(b), "live1");
+    const outgoing* c = s.next_ready();
+    ASSERT_NE(c, nullptr);
+    EXPECT_EQ(text(c), "live0");
+    EXPECT_EQ(s.next_ready(), nullptr); // window full again (ret2, live1)
+}
+
 TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
     session s("c", false, lim(5, 3));
     const outgoing* o = nullptr;
