@@ -1417,8 +1417,16 @@ shard::read_status shard::read_retained(session_slot& slot, std::string_view fil
     bool blocked = false;
     const retained_store::scan_result res = retained_.scan(filter, after, budget, [&](const session::message_ref& m) {
         connection* c = slot.conn;
-        const session::outgoing* o = nullptr;
-        if (c && c->queued_bytes() <= pace) o = slot.s->admit(session::message_ref(m), std::min(granted, m->qos()));
+        if (!c || c->queued_bytes() > pace) {
+            blocked = true;
+            return false;
+        }
+        const uint8_t qos = std::min(granted, m->qos());
+        if (qos == 0 && m->payload().size() < share_min_bytes) {
+            send_publish(*c, m->topic(), m->payload(), 0, true, false, 0); // copied: no reference to take
+            return true;
+        }
+        const session::outgoing* o = slot.s->admit(session::message_ref(m), qos);
         if (!o) {
             blocked = true;
             return false;
