@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <span>
 #include <string>
@@ -98,7 +99,8 @@ private:
 // The retained messages that SUBSCRIBEs asked for and that one session has yet to be sent, in SUBSCRIBE order; each
 // read resumes after the last topic it passed. While a session has any, its queue is held: live messages wait behind
 // them, so a retained message never reaches the subscriber after a newer message on its topic, and a read of any size
-// costs the session's queue limit nothing. Owned by the session's home shard (shard::readers_), on its thread.
+// costs the session's queue limit nothing. Owned by the session's home shard (shard::readers_ while the session is
+// connected, shard::offline_readers_ while it is not), on its thread.
 struct retained_reads {
     struct read {
         std::string filter;
@@ -107,6 +109,7 @@ struct retained_reads {
     };
     session_slot* slot;
     std::deque<read> reads;
+    bool offline = false; // in shard::offline_readers_
 };
 
 // Cross-shard message kinds (reactor::smp_msg::kind).
@@ -375,10 +378,12 @@ private:
                               size_t& budget);
     // Runs the reads left over from earlier turns, each in turn, within this turn's budget.
     void serve_reads();
-    // The reads of a slot whose queue is held (it has some); the slot must have them.
-    std::deque<retained_reads>::iterator reader_of(session_slot& slot);
-    // Ends slot's reads: its queue is let go, and what waited behind them is sent.
-    void end_reads(std::deque<retained_reads>::iterator r);
+    // The reads of a slot whose queue is held (it has some), in whichever list holds them.
+    std::list<retained_reads>::iterator reader_of(session_slot& slot);
+    // Removes r's entry; with `release`, the slot's queue is let go and what waited behind the reads is sent.
+    void end_reads(std::list<retained_reads>::iterator r, bool release);
+    // A session with reads is connected again: its reads go back in turn.
+    void resume_reads(session_slot& slot);
     void add_subscription(session_slot& slot, const std::string& filter, uint8_t qos);
     void remove_subscription(session_slot& slot, const std::string& filter);
     void drop_session(session_slot* slot);
@@ -424,9 +429,11 @@ private:
     session_registry sessions_;
     routing::topic_trie trie_;
     retained_store retained_;
-    // Sessions with retained messages still to send (see retained_reads), in turn order. A read that does not end in
-    // the turn its SUBSCRIBE came in continues here.
-    std::deque<retained_reads> readers_;
+    // Sessions with retained messages still to send (see retained_reads), in turn order: a read that does not end in
+    // the turn its SUBSCRIBE came in continues here. Those whose client is gone wait apart, so that the loop does not
+    // visit them every turn until they reconnect. Lists: an entry moves between them and to the back without a copy.
+    std::list<retained_reads> readers_;
+    std::list<retained_reads> offline_readers_;
     size_t read_budget_ = 0;      // topics reads may still look at this turn
     bool reads_runnable_ = false; // a read stopped for the turn's budget with room left: the loop must not sleep
     uint64_t generated_ids_ = 0;
