@@ -413,7 +413,10 @@ private:
     uint64_t next_conn_id_ = 1;
     size_t connected_ = 0; // connections in CONNECTED state
     std::unordered_map<uint64_t, std::unique_ptr<connection>> conns_;
-    std::vector<connection*> dirty_;
+    std::vector<connection*> dirty_; // with something new to send since the last flush
+    // Ids of dirty connections left over from earlier turns' flush budget, oldest first. A connection is in dirty_ or
+    // here while its `dirty` bit is set.
+    std::deque<uint64_t> send_backlog_;
     std::vector<connection*> rearm_;
     std::vector<uint64_t> graveyard_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.

@@ -296,6 +296,43 @@ class RetainedRead(unittest.TestCase):
         self.assertIn("retained messages received", run.stdout)
 
 
+class Broadcast(unittest.TestCase):
+    def test_a_broadcast_to_more_subscribers_than_one_turns_sends_is_counted_exactly(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "bc.json")
+            env = dict(os.environ, LOADGEN_BIN=LOADGEN)
+            run = subprocess.run([sys.executable, str(REPO / "perf" / "broadcast"), "--subscribers", "400", "--rate",
+                                  "5", "--duration", "1", "--json", out], capture_output=True, text=True, timeout=60,
+                                 env=env)
+            self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+            with open(out) as f:
+                runs = {r["broker"]: r for r in map(json.loads, f)}
+        self.assertEqual(sorted(runs), ["mosquitto", "ringmq"])
+        for name, r in runs.items():
+            self.assertEqual((r["scenario"], r["subscribers"], r["lost"]), ("fanout", 400, 0), name)
+            self.assertEqual(r["delivered"], 400 * r["sent"], name)
+            self.assertGreater(r["pings"], 0, name)
+            self.assertLessEqual(r["ping_p50_ms"], r["ping_max_ms"], name)
+        self.assertIn("other client's ping p99.9 ms", run.stdout)
+
+
+class ProbeStats(unittest.TestCase):
+    def test_a_stall_counts_for_every_ping_a_steady_client_would_have_sent_during_it(self):
+        sys.path.insert(0, str(REPO / "perf"))
+        from probe import PROBE_INTERVAL_S, ping_stats
+        fast = [(i * 0.001, 0.0001) for i in range(1000)]  # 1000 quick answers
+        stalled = fast + [(1.5, 0.1)]  # and one 100 ms stall
+        self.assertEqual(ping_stats(fast, 0, 2)["ping_p99_ms"], 0.1)
+        st = ping_stats(stalled, 0, 2)
+        # The stall stands for 0.1 / interval pings of 100, 99.5, ... ms: 200 of the 1200 samples, so the p99 is
+        # in the stall, where uncorrected it would be the quick answers' 0.1 ms.
+        self.assertEqual(st["pings"], 1001)
+        self.assertGreater(st["ping_p99_ms"], 90)
+        self.assertAlmostEqual(st["ping_max_ms"], 100.0)
+        self.assertEqual(ping_stats(stalled, 0, 1.4)["ping_max_ms"], 0.1)  # outside the window
+        self.assertGreater(PROBE_INTERVAL_S, 0)
+
+
 class CompareTwoShards(unittest.TestCase):
     def test_two_shard_scenario_is_weighed_against_the_single_shard_one(self):
         run, doc = run_compare(self, ["--only", "fanout100-q0,fanout100-q0-2sh"], timeout=60)

@@ -189,6 +189,27 @@ class PublishCases:
             self.assertEqual((msg.payload, msg.qos), (b"all", q))
             s.expect_no_packet(0.1)
 
+    def test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order(self):
+        # 700 subscribers: more connections than a shard starts sends for in one loop turn (256), so each message
+        # goes out over several turns, while a third of the subscribers reset in the middle of it.
+        subs = []
+        for i in range(700):
+            s = self.client(self.cid(f"bc{i}", i))
+            s.subscribe([("t/bc", 1)])
+            subs.append(s)
+        pub = self.client(self.pub_id())
+        pub.send(b"".join(m.publish("t/bc", f"m{k}") for k in range(5)))
+        pub.publish("t/bc", b"q1", qos=1)
+        for s in subs[::3]:
+            s.abort()
+        want = [f"m{k}".encode() for k in range(5)] + [b"q1"]
+        for i, s in enumerate(subs):
+            if i % 3 == 0:
+                continue
+            self.assertEqual([g.payload for g in s.recv_publishes(len(want))], want, f"subscriber {i}")
+        subs[1].expect_no_packet(0.2)
+        self.assert_broker_healthy()
+
     def test_repeated_qos0_topic_follows_subscription_changes(self):
         # Repeated QoS 0 topics take the broker's cached-route path; every subscribe and unsubscribe must still
         # change who gets the next message, and the bytes must stay exact.

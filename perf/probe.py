@@ -1,0 +1,169 @@
+"""What the perf scripts share for watching a broker from the side: a minimal MQTT 3.1.1 client over a blocking
+socket, a prober process that times PINGREQ round trips while a load runs, the broker's CPU time, and the two brokers'
+command lines and result table. Imported by perf/retained_read and perf/broadcast; it measures nothing by itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import struct
+import time
+from pathlib import Path
+
+PROBE_INTERVAL_S = 0.0005
+
+
+def rl(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        d, n = n % 128, n // 128
+        out.append(d | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def s16(b: bytes) -> bytes:
+    return struct.pack(">H", len(b)) + b
+
+
+def packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + rl(len(body)) + body
+
+
+def connect(client_id: str) -> bytes:
+    return packet(0x10, s16(b"MQTT") + bytes([4, 0x02]) + struct.pack(">H", 600) + s16(client_id.encode()))
+
+
+def publish(topic: str, payload: bytes, qos: int, pid: int) -> bytes:
+    body = s16(topic.encode()) + (struct.pack(">H", pid) if qos else b"") + payload
+    return packet(0x31 | (qos << 1), body)
+
+
+class Reader:
+    """Frames MQTT packets from one blocking socket; owned by one thread or process."""
+
+    def __init__(self, port: int, client_id: str):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.sock.sendall(connect(client_id))
+        first, body = self.next(10)
+        if first >> 4 != 2 or body[1] != 0:
+            raise RuntimeError(f"CONNACK refused for {client_id}: {body.hex()}")
+
+    def next(self, timeout: float) -> tuple[int, bytes]:
+        """The next packet (first byte, body); raises TimeoutError after `timeout` without one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= 2:
+                n, mult, i = 0, 1, 1
+                while i < len(self.buf) and i <= 4:
+                    n += (self.buf[i] & 0x7F) * mult
+                    mult *= 128
+                    i += 1
+                    if not self.buf[i - 1] & 0x80:
+                        if len(self.buf) >= i + n:
+                            first, body = self.buf[0], bytes(self.buf[i:i + n])
+                            del self.buf[:i + n]
+                            return first, body
+                        break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except socket.timeout:
+                raise TimeoutError from None
+            if not chunk:
+                raise ConnectionError("closed by the broker")
+            self.buf += chunk
+
+
+def probe(port: int, stop, out) -> None:
+    """Prober process: a PINGREQ PROBE_INTERVAL_S after each answer until told to stop; puts the list of (send time,
+    round trip) pairs on `out`."""
+    try:
+        # Real-time priority where allowed: the reader shares this core and is busy, and the prober's wake-ups must
+        # not wait for it, or the round trips show this core's scheduling rather than the broker.
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (PermissionError, OSError):
+        pass
+    c = Reader(port, f"probe-{os.getpid()}")
+    rtts = []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        c.sock.sendall(b"\xc0\x00")
+        first, _ = c.next(30)
+        if first != 0xD0:
+            continue
+        rtts.append((t0, time.perf_counter() - t0))
+        time.sleep(PROBE_INTERVAL_S)
+    out.put(rtts)
+    c.sock.close()
+
+
+def cpu_s(pid: int) -> float:
+    """The broker's CPU time in seconds, all threads, from schedstat (nanoseconds; /proc/PID/stat counts 10 ms ticks,
+    too coarse for a read of a few tens of milliseconds)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def ping_stats(rtts: list, t_from: float, t_to: float) -> dict:
+    """p50, p99, p99.9 and max of the round trips sent between t_from and t_to (perf_counter seconds). The prober
+    waits for each answer before it sends the next, so a stall of S seconds gives one sample where a client sending
+    every PROBE_INTERVAL_S would have seen S / PROBE_INTERVAL_S: the missing ones are added (S - interval, S - 2
+    interval, ...), as HdrHistogram does for coordinated omission. Without that, stalls hide from every percentile but
+    the maximum."""
+    samples = []
+    for ts, rt in rtts:
+        if t_from <= ts <= t_to:
+            samples.append(rt)
+            k = rt - PROBE_INTERVAL_S
+            while k > 0:
+                samples.append(k)
+                k -= PROBE_INTERVAL_S
+    if not samples:
+        return {"pings": 0, "ping_p50_ms": None, "ping_p99_ms": None, "ping_p999_ms": None, "ping_max_ms": None}
+    samples.sort()
+
+    def pct(p: float) -> float:
+        return samples[min(len(samples) - 1, int(len(samples) * p))] * 1e3
+
+    return {"pings": sum(1 for ts, _ in rtts if t_from <= ts <= t_to), "ping_p50_ms": pct(0.5),
+            "ping_p99_ms": pct(0.99), "ping_p999_ms": pct(0.999), "ping_max_ms": samples[-1] * 1e3}
+
+
+def broker_argv(name: str, ringmq: Path, mosquitto: Path, workdir: Path):
+    """(port, shards) -> argv for perf/compare's Broker: ringmq on one shard without the admin API, or Mosquitto with a
+    temporary config (persistence off, anonymous, no connection limit, errors only)."""
+    if name == "ringmq":
+        return lambda port, _s: [str(ringmq), "--listen", f"127.0.0.1:{port}", "--shards", "1", "--no-admin",
+                                 "--log-level", "warn"]
+
+    def mosq(port: int, _s: int) -> list:
+        conf = workdir / f"mosquitto-{port}.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\npersistence false\nallow_anonymous true\nmax_connections -1\n"
+                        "log_dest stderr\nlog_type error\nconnection_messages false\n")
+        return [str(mosquitto), "-c", str(conf)]
+    return mosq
+
+
+def table(runs: dict, metrics: list, fmt, ratio) -> str:
+    """One line per metric: each broker's median over its runs and the ratio ringmq / Mosquitto."""
+    def med(name: str, key: str):
+        vals = [r[key] for r in runs.get(name, []) if isinstance(r.get(key), (int, float))]
+        return statistics.median(vals) if vals else None
+
+    lines = [f"{'metric':38} {'ringmq':>10} {'mosquitto':>10} {'ratio':>9}"]
+    for key, label, _ in metrics:
+        a, b = med("ringmq", key), med("mosquitto", key)
+        lines.append(f"{label:38} {fmt(a):>10} {fmt(b):>10} {ratio(a, b):>9}")
+    return "\n".join(lines)
