@@ -191,7 +191,9 @@ class PublishCases:
 
     def test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order(self):
         # 700 subscribers: more connections than a shard starts sends for in one loop turn (256), so each message
-        # goes out over several turns, while a third of the subscribers reset in the middle of it.
+        # goes out over several turns. A third of the subscribers reset right after the burst, most often once it has
+        # gone out; a connection freed while it waits in the send backlog is covered by the broker's design (the
+        # backlog holds ids) and by the ASan churn the change's note describes, not deterministically here.
         subs = []
         for i in range(700):
             s = self.client(self.cid(f"bc{i}", i))
