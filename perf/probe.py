@@ -1,15 +1,32 @@
 """What the perf scripts share for watching a broker from the side: a minimal MQTT 3.1.1 client over a blocking
-socket, a prober process that times PINGREQ round trips while a load runs, the broker's CPU time, and the two brokers'
-command lines and result table. Imported by perf/retained_read and perf/broadcast; it measures nothing by itself."""
+socket, a prober process that times PINGREQ round trips while a load runs, the broker's CPU time, and the rounds
+against both brokers with their table (side_by_side). Imported by perf/retained_read and perf/broadcast; it measures
+nothing by itself."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import json
 import os
+import shutil
 import socket
 import statistics
 import struct
+import sys
+import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_compare():
+    """perf/compare as a module (it has no .py suffix): its Broker, binaries, formatting and machine line."""
+    loader = importlib.machinery.SourceFileLoader("perf_compare", str(ROOT / "perf" / "compare"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("perf_compare", loader))
+    loader.exec_module(module)
+    return module
 
 PROBE_INTERVAL_S = 0.0005
 
@@ -167,3 +184,45 @@ def table(runs: dict, metrics: list, fmt, ratio) -> str:
         a, b = med("ringmq", key), med("mosquitto", key)
         lines.append(f"{label:38} {fmt(a):>10} {fmt(b):>10} {ratio(a, b):>9}")
     return "\n".join(lines)
+
+
+def side_by_side(tool: str, compare, names: list, ringmq: Path, mosquitto: Path, repeat: int, no_pin: bool, run,
+                 metrics: list, json_path) -> int:
+    """Runs `run(port, broker_pid) -> dict` against each named broker, `repeat` rounds with the first broker
+    alternating, each broker started fresh and pinned to CPU 0 (this process, and what it starts, to CPU 1) unless
+    no_pin; logs each run, prints the table of medians and writes every run as a JSON line to json_path if given. A
+    run that raises RuntimeError or OSError is logged and skipped. Returns the exit status: 1 if a broker did not start
+    or a run failed, else 0."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"ringmq-{tool}-"))
+    pin_broker = [] if no_pin or not shutil.which("taskset") or os.cpu_count() < 2 else ["taskset", "-c", "0"]
+    if pin_broker:
+        os.sched_setaffinity(0, {1})
+    compare.log(f"machine:   {compare.machine_line()}")
+    compare.log(f"command:   perf/{tool} {' '.join(sys.argv[1:])}".rstrip())
+    runs: dict = {n: [] for n in names}
+    failed = False
+    for rnd in range(repeat):
+        for name in (names if rnd % 2 == 0 else names[::-1]):
+            b = compare.Broker(name, broker_argv(name, ringmq, mosquitto, workdir), workdir, pin_broker, 1)
+            why = b.start()
+            if why:
+                compare.log(f"{tool}: {why}")
+                failed = True
+                continue
+            try:
+                res = run(b.port, b.proc.pid)
+            except (RuntimeError, OSError) as e:  # ConnectionError and TimeoutError are OSErrors
+                compare.log(f"{tool}: {name} round {rnd + 1}: {e}")
+                failed = True
+                continue
+            finally:
+                b.stop()
+            res.update(broker=name, round=rnd + 1)
+            runs[name].append(res)
+            compare.log(f"  {name} round {rnd + 1}: " + ", ".join(
+                f"{k} {compare.fmt(res.get(k))}" for k, _, _ in metrics))
+    print(table(runs, metrics, compare.fmt, compare.ratio))
+    if json_path:
+        Path(json_path).write_text("".join(json.dumps(r) + "\n" for n in names for r in runs[n]))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0

@@ -1417,18 +1417,13 @@ void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_
         // Behind the reads already under way; a filter subscribed again starts over (MQTT-3.8.4-3: its retained
         // messages are sent again).
         auto r = reader_of(slot);
-        std::erase_if(r->reads, [&](const retained_reads::read& rd) { return rd.filter == filter; });
+        r->drop(filter);
         r->reads.push_back({std::string(filter), {}, granted});
         return;
     }
     std::string after;
     size_t slice = std::min(read_slice, read_budget_);
-    if (slice > 0) {
-        const size_t before = slice;
-        const read_status st = read_retained(slot, filter, after, granted, slice);
-        read_budget_ -= before - slice;
-        if (st == read_status::done) return;
-    }
+    if (slice > 0 && read_retained(slot, filter, after, granted, slice) == read_status::done) return;
     slot.s->hold(true);
     readers_.push_back({&slot, {}});
     readers_.back().reads.push_back({std::string(filter), std::move(after), granted});
@@ -1459,6 +1454,7 @@ shard::read_status shard::read_retained(session_slot& slot, std::string_view fil
         return true;
     });
     budget -= res.looked;
+    read_budget_ -= res.looked;
     if (res.done) return read_status::done;
     return blocked ? read_status::blocked : read_status::sliced;
 }
@@ -1477,7 +1473,6 @@ void shard::serve_reads() {
             continue;
         }
         size_t slice = std::min(read_slice, read_budget_);
-        const size_t before = slice;
         read_status st = read_status::done;
         while (!r.reads.empty() && slice > 0) {
             retained_reads::read& rd = r.reads.front();
@@ -1485,7 +1480,6 @@ void shard::serve_reads() {
             if (st != read_status::done) break;
             r.reads.pop_front();
         }
-        read_budget_ -= before - slice;
         if (r.reads.empty()) {
             end_reads(front, true);
             continue;
@@ -1537,7 +1531,7 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
     if (slot.s->held()) {
         // The client no longer wants that filter's retained messages either.
         auto r = reader_of(slot);
-        std::erase_if(r->reads, [&](const retained_reads::read& rd) { return rd.filter == filter; });
+        r->drop(filter);
         if (r->reads.empty()) end_reads(r, true);
     }
     bool idle = false;

@@ -110,6 +110,11 @@ struct retained_reads {
     session_slot* slot;
     std::deque<read> reads;
     bool offline = false; // in shard::offline_readers_
+
+    // Forgets the read of filter, if any (an UNSUBSCRIBE, or a SUBSCRIBE that starts it over).
+    void drop(std::string_view filter) {
+        std::erase_if(reads, [&](const read& rd) { return rd.filter == filter; });
+    }
 };
 
 // Cross-shard message kinds (reactor::smp_msg::kind).
@@ -372,8 +377,8 @@ private:
     void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);
     enum class read_status { done, blocked, sliced };
     // One step of a read: sends matches after `after` while the subscriber has room, looking at no more than `budget`
-    // topics (reduced by what was looked at). blocked: no room (no connection, send queue past the pace, window
-    // full); sliced: the budget ran out.
+    // topics (at most read_budget_; both are reduced by what was looked at). blocked: no room (no connection, send
+    // queue past the pace, window full); sliced: the budget ran out.
     read_status read_retained(session_slot& slot, std::string_view filter, std::string& after, uint8_t granted,
                               size_t& budget);
     // Runs the reads left over from earlier turns, each in turn, within this turn's budget.
