@@ -1,6 +1,8 @@
 """CONNECT / CONNACK, protocol levels, client ids, keepalive, PINGREQ, DISCONNECT."""
 
 import os
+import re
+import signal
 import time
 
 import mqtt_raw as m
@@ -213,6 +215,30 @@ class ConnectCases:
         while len(os.listdir(fds)) > before and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertLessEqual(len(os.listdir(fds)), before)
+
+    def test_connects_beyond_the_first_packet_buffers_are_all_answered(self):
+        # A shard takes each connection's first packet into one of 32 small buffers; first packets that arrive in the
+        # same loop turn beyond those wait a turn (ENOBUFS, re-armed). The broker is stopped while 200 clients connect
+        # and write CONNECT and PINGREQ at once, so all of them land together: every one must get both answers, and
+        # the shard must say at shutdown that its first-packet buffers ran out.
+        n = 200
+        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
+        self.addCleanup(log.close)
+        pid = self.broker.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            clients = [self.raw() for _ in range(n)]
+            for i, c in enumerate(clients):
+                c.send(m.connect(f"fpb{i}") + m.pingreq())
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for c in clients:
+            c.expect(m.connack())
+            c.expect(b"\xd0\x00")
+        self.broker.stop()
+        ran_out = re.search(rb"first packets (\d+)", log.read())
+        self.assertIsNotNone(ran_out, "the shard never ran out of first-packet buffers")
+        self.assertGreater(int(ran_out.group(1)), 0)
 
     def test_31_client_interoperates_with_311(self):
         sub = self.client(self.sub_id("old"), level=3)
