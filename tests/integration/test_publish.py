@@ -190,7 +190,7 @@ class PublishCases:
             s.expect_no_packet(0.1)
 
     def test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order(self):
-        # 700 subscribers: more connections than a shard starts sends for in one loop turn (256), so each message
+        # 700 subscribers: more connections than a shard starts sends for in one loop turn (128), so each message
         # goes out over several turns. A third of the subscribers reset right after the burst, most often once it has
         # gone out; a connection freed while it waits in the send backlog is covered by the broker's design (the
         # backlog holds ids) and by the ASan churn the change's note describes, not deterministically here.
