@@ -45,20 +45,18 @@ constexpr uint32_t tick_ms = 200;
 // once per horizon and put back.
 constexpr uint32_t deadline_slots = 1024;
 constexpr int64_t shutdown_grace_ms = 3000;
-// Retained reads (a SUBSCRIBE's retained messages): each turn they look at no more than read_turn_budget stored topics
-// in all, read_slice per session in turn, so a filter over a million retained topics holds the shard's other clients
-// up by a slice, not by the whole read (perf/retained_read: another client's ping p99 0.3 ms during a 1M-topic read,
-// where one 90 ms stall was). A read sends only while its subscriber's send queue is under read_pace_bytes (and under
-// half of mqtt.max_outgoing_bytes): it waits for a slow reader instead of dropping what it reads.
-constexpr size_t read_turn_budget = 1024;
-constexpr size_t read_slice = 256;
+// Retained reads (a SUBSCRIBE's retained messages): each turn they look at no more than node.retained_reads_per_turn
+// stored topics in all (1024 by default), node.retained_read_slice (256) per session in turn, so a filter over a
+// million retained topics holds the shard's other clients up by a slice, not by the whole read (perf/retained_read:
+// another client's ping p99 0.3 ms during a 1M-topic read, where one 90 ms stall was). A read sends only while its
+// subscriber's send queue is under read_pace_bytes (and under half of mqtt.max_outgoing_bytes): it waits for a slow
+// reader instead of dropping what it reads.
 constexpr uint64_t read_pace_bytes = 256 * 1024;
-// Sends started per loop turn. A loopback send costs the sender the receiver's side as well, about 9 us: a QoS 0
-// message to 10k subscribers was 90 ms of sends in one turn, and the shard's other clients waited for all of them. With
-// a budget they wait for a slice; the rest go out over the next turns (see flush). 128 rather than 256: the slice is
-// half as long (perf/broadcast at 10k subscribers: another client's ping p99 4.3 ms against 6.0 ms), and the issue's
-// scenarios stay under it (fan-out 1->100 sends to 101 connections a turn at most).
-constexpr size_t flush_budget = 128;
+// Sends started per loop turn: node.sends_per_turn. A loopback send costs the sender the receiver's side as well, about
+// 9 us: a QoS 0 message to 10k subscribers was 90 ms of sends in one turn, and the shard's other clients waited for all
+// of them. With a budget they wait for a slice; the rest go out over the next turns (see flush). 128 by default rather
+// than 256: the slice is half as long (perf/broadcast at 10k subscribers: another client's ping p99 4.3 ms against
+// 6.0 ms), and the scenarios stay under it (fan-out 1->100 sends to 101 connections a turn at most).
 
 int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) {
     return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
@@ -157,9 +155,11 @@ bool shard::run() {
         node_.failed.store(true);
         return false;
     }
-    log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets)", id_,
-               ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
-               first_recv_buffers, first_recv_buffer_size);
+    log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets; per turn {} "
+               "sends, {} retained topics, {} per session)",
+               id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
+               first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn,
+               cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice);
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -185,7 +185,7 @@ void shard::loop() {
     io::reaped batch[reap_batch];
     while (!stopped_) {
         if (!stopping_ && stop_requested_.load(std::memory_order_acquire)) begin_shutdown();
-        read_budget_ = read_turn_budget;
+        read_budget_ = cfg_.budgets.retained_reads_per_turn;
         reads_runnable_ = false;
         if (!readers_.empty()) serve_reads();
         flush();
@@ -311,7 +311,7 @@ void shard::take_handoff(handoff* hp) {
 }
 
 void shard::flush() {
-    size_t budget = flush_budget;
+    size_t budget = cfg_.budgets.sends_per_turn;
     const auto send_one = [&](connection& c) {
         c.dirty = false;
         start_send(c);
@@ -326,7 +326,7 @@ void shard::flush() {
     // Connections with something new first, so that a reply is not submitted behind a broadcast's backlog; the
     // backlog keeps up to half of the turn, so that it drains however busy the shard is. What does not fit this turn
     // waits behind the backlog.
-    const size_t reserve = std::min(send_backlog_.size(), budget / 2);
+    const size_t reserve = std::min(send_backlog_.size(), (budget + 1) / 2);
     size_t i = 0;
     for (; i < dirty_.size() && budget > reserve; ++i)
         send_one(*dirty_[i]);
@@ -1426,7 +1426,7 @@ void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_
         return;
     }
     std::string after;
-    size_t slice = std::min(read_slice, read_budget_);
+    size_t slice = std::min<size_t>(cfg_.budgets.retained_read_slice, read_budget_);
     if (slice > 0 && read_retained(slot, filter, after, granted, slice) == read_status::done) return;
     slot.s->hold(true);
     readers_.push_back({&slot, {}});
@@ -1476,7 +1476,7 @@ void shard::serve_reads() {
             offline_readers_.splice(offline_readers_.end(), readers_, front);
             continue;
         }
-        size_t slice = std::min(read_slice, read_budget_);
+        size_t slice = std::min<size_t>(cfg_.budgets.retained_read_slice, read_budget_);
         read_status st = read_status::done;
         while (!r.reads.empty() && slice > 0) {
             retained_reads::read& rd = r.reads.front();

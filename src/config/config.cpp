@@ -307,6 +307,9 @@ void validate(layers& l, config& cfg) {
 
     c.string("node.name", cfg.node_name, check_node_name);
     c.integer("node.shards", cfg.shards, 0, max_shards);
+    c.integer("node.sends_per_turn", cfg.budgets.sends_per_turn, 1, 1048576);
+    c.integer("node.retained_reads_per_turn", cfg.budgets.retained_reads_per_turn, 1, 16777216);
+    c.integer("node.retained_read_slice", cfg.budgets.retained_read_slice, 1, 16777216);
     c.level("log.level", cfg.log_level);
 
     c.listen("mqtt.listen", cfg.mqtt_listen);

@@ -64,6 +64,14 @@ struct sys_config {
     bool enabled = true;
 };
 
+// How much long work a shard does per loop turn before its other clients get their turn (ARCHITECTURE.md: long loops
+// run in time-boxed steps). Counts stand in for time: see shard.cpp for what each step costs.
+struct turn_budgets {
+    uint32_t sends_per_turn = 128;           // sends started per loop turn; the rest wait in the send backlog
+    uint32_t retained_reads_per_turn = 1024; // retained topics looked at per loop turn, all SUBSCRIBEs together
+    uint32_t retained_read_slice = 256;      // of those, per session in turn
+};
+
 // The whole configuration: one immutable value owned by main, shared read-only with every shard.
 struct config {
     std::string node_name = "ringmq@127.0.0.1";
@@ -71,6 +79,7 @@ struct config {
     log::level log_level = log::level::info;
     endpoint mqtt_listen{"0.0.0.0", 1883};
     mqtt_limits limits;
+    turn_budgets budgets;
     admin_config admin;
     sys_config sys;
     std::string config_path; // "" when no file

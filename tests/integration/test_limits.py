@@ -1,5 +1,6 @@
 """Configurable limits (--set mqtt.*): max_inflight, max_queued_messages, max_outgoing_bytes, max_packet_size,
-max_topic_levels, max_connections, max_client_id_len, keepalive_multiplier. Each test starts its own broker."""
+max_topic_levels, max_connections, max_client_id_len, keepalive_multiplier; and the shards' step sizes (node.*_turn,
+node.retained_read_slice). Each test starts its own broker."""
 
 import socket
 import time
@@ -263,6 +264,12 @@ class LimitCases:
         elapsed = time.monotonic() - start
         self.assertGreaterEqual(elapsed, 2.2)
         self.assertLessEqual(elapsed, 4.0)
+
+    def test_turn_budgets_reach_every_shard(self):
+        # node.* step sizes are read by each shard; its start-up line says what it runs with.
+        self.use_broker({"node.sends_per_turn": 5, "node.retained_reads_per_turn": 7, "node.retained_read_slice": 3})
+        started = self.broker.log().count(b"per turn 5 sends, 7 retained topics, 3 per session)")
+        self.assertEqual(started, self.SHARDS)
 
 
 shard_variants(LimitCases, globals())

@@ -548,3 +548,18 @@ class PublishCases:
 
 
 shard_variants(PublishCases, globals())
+
+
+class SendStepCases:
+    """The broadcast with node.sends_per_turn = 1: every turn but the quietest ends with a send backlog, and new
+    sends and backlogged ones share each turn."""
+
+    SETTINGS = {"node.sends_per_turn": 1}
+    test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order = \
+        PublishCases.test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order
+    test_qos0_runs_interleaved_with_other_packets_keep_order = \
+        PublishCases.test_qos0_runs_interleaved_with_other_packets_keep_order
+    pair = PublishCases.pair
+
+
+shard_variants(SendStepCases, globals())

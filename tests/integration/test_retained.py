@@ -280,3 +280,12 @@ class RetainedReadCases:
 
 
 shard_variants(RetainedReadCases, globals())
+
+
+class RetainedReadStepCases(RetainedReadCases):
+    """The same reads in the smallest steps the settings allow: a read crosses a step every two or three topics."""
+
+    SETTINGS = {"node.retained_reads_per_turn": 3, "node.retained_read_slice": 2}
+
+
+shard_variants(RetainedReadStepCases, globals())

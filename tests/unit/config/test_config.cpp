@@ -32,6 +32,9 @@ constexpr const char* k_full_toml = R"(
 [node]
 name = "edge@10.0.0.7"
 shards = 3
+sends_per_turn = 17
+retained_reads_per_turn = 99
+retained_read_slice = 33
 [log]
 level = "debug"
 [mqtt]
@@ -66,6 +69,9 @@ interval = 2000
 void expect_full(const config& c) {
     EXPECT_EQ(c.node_name, "edge@10.0.0.7");
     EXPECT_EQ(c.shards, 3u);
+    EXPECT_EQ(c.budgets.sends_per_turn, 17u);
+    EXPECT_EQ(c.budgets.retained_reads_per_turn, 99u);
+    EXPECT_EQ(c.budgets.retained_read_slice, 33u);
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
     const auto& m = c.limits;
@@ -98,6 +104,9 @@ void expect_defaults(const config& c) {
     const config d{};
     EXPECT_EQ(c.node_name, "ringmq@127.0.0.1");
     EXPECT_EQ(c.shards, expected_auto_shards());
+    EXPECT_EQ(c.budgets.sends_per_turn, 128u);
+    EXPECT_EQ(c.budgets.retained_reads_per_turn, 1024u);
+    EXPECT_EQ(c.budgets.retained_read_slice, 256u);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
     EXPECT_EQ(c.limits.max_connections, 1000000u);
@@ -192,6 +201,9 @@ TEST_F(config_test, documented_layout_with_default_values_gives_defaults) {
 [node]
 name = "ringmq@127.0.0.1"
 shards = 0
+sends_per_turn = 128
+retained_reads_per_turn = 1024
+retained_read_slice = 256
 [log]
 level = "info"
 [mqtt]
@@ -506,6 +518,11 @@ TEST_F(config_test, every_range_is_checked) {
     const char* cases[][2] = {
         {"[node]\nshards = 65", "node.shards"},
         {"[node]\nshards = -1", "node.shards"},
+        {"[node]\nsends_per_turn = 0", "node.sends_per_turn"},
+        {"[node]\nsends_per_turn = 1048577", "node.sends_per_turn"},
+        {"[node]\nretained_reads_per_turn = 0", "node.retained_reads_per_turn"},
+        {"[node]\nretained_read_slice = 0", "node.retained_read_slice"},
+        {"[node]\nretained_read_slice = 16777217", "node.retained_read_slice"},
         {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
         {"[mqtt]\nmax_connections = 4294967296", "mqtt.max_connections"},
         {"[mqtt]\nmax_packet_size = 15", "mqtt.max_packet_size"},
