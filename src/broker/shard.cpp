@@ -46,7 +46,7 @@ constexpr uint32_t tick_ms = 200;
 constexpr uint32_t deadline_slots = 1024;
 constexpr int64_t shutdown_grace_ms = 3000;
 // Retained reads (a SUBSCRIBE's retained messages): each turn they look at no more than node.retained_reads_per_turn
-// stored topics in all (1024 by default), node.retained_read_slice (256) per session in turn, so a filter over a
+// stored topics in all, node.retained_read_slice per session in turn (defaults in config.hpp), so a filter over a
 // million retained topics holds the shard's other clients up by a slice, not by the whole read (perf/retained_read:
 // another client's ping p99 0.3 ms during a 1M-topic read, where one 90 ms stall was). A read sends only while its
 // subscriber's send queue is under read_pace_bytes (and under half of mqtt.max_outgoing_bytes): it waits for a slow
@@ -55,8 +55,8 @@ constexpr uint64_t read_pace_bytes = 256 * 1024;
 // Sends started per loop turn: node.sends_per_turn. A loopback send costs the sender the receiver's side as well, about
 // 9 us: a QoS 0 message to 10k subscribers was 90 ms of sends in one turn, and the shard's other clients waited for all
 // of them. With a budget they wait for a slice; the rest go out over the next turns (see flush). 128 by default rather
-// than 256: the slice is half as long (perf/broadcast at 10k subscribers: another client's ping p99 4.3 ms against
-// 6.0 ms), and the scenarios stay under it (fan-out 1->100 sends to 101 connections a turn at most).
+// than 256 (config.hpp): the slice is half as long (perf/broadcast at 10k subscribers: another client's ping p99 4.3 ms
+// against 6.0 ms), and the scenarios stay under it (fan-out 1->100 sends to 101 connections a turn at most).
 
 int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) {
     return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
@@ -314,6 +314,7 @@ void shard::flush() {
     size_t budget = cfg_.budgets.sends_per_turn;
     const auto send_one = [&](connection& c) {
         c.dirty = false;
+        c.reply = false;
         start_send(c);
         --budget;
     };
@@ -323,15 +324,21 @@ void shard::flush() {
         send_backlog_.pop_front();
         if (auto it = conns_.find(id); it != conns_.end()) send_one(*it->second);
     };
-    // Connections with something new first, so that a reply is not submitted behind a broadcast's backlog; the
-    // backlog keeps up to half of the turn, so that it drains however busy the shard is. What does not fit this turn
-    // waits behind the backlog.
+    // Connections with something new first, so that a reply is not submitted behind the backlog of a broadcast; when
+    // they are more than the turn takes (the broadcast's own turn), those with a reply (an ack, PINGRESP) go first,
+    // so that a reply queued after a fan-out's copies does not wait for all of them. Otherwise they keep the order in
+    // which they were marked. The backlog is kept at least half of the turn, so that it drains however busy the shard
+    // is. What does not fit this turn goes to the back of the backlog.
     const size_t reserve = std::min(send_backlog_.size(), (budget + 1) / 2);
+    if (dirty_.size() > budget - reserve)
+        std::stable_partition(dirty_.begin(), dirty_.end(), [](const connection* c) { return c->reply; });
     size_t i = 0;
     for (; i < dirty_.size() && budget > reserve; ++i)
         send_one(*dirty_[i]);
-    for (; i < dirty_.size(); ++i)
+    for (; i < dirty_.size(); ++i) {
+        dirty_[i]->reply = false;
         send_backlog_.push_back(dirty_[i]->id);
+    }
     dirty_.clear();
     while (budget > 0 && !send_backlog_.empty())
         send_backlogged();
@@ -687,7 +694,8 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
     }
 }
 
-void shard::mark_dirty(connection& c) {
+void shard::mark_dirty(connection& c, bool reply) {
+    c.reply = c.reply || reply;
     if (c.dirty) return;
     c.dirty = true;
     dirty_.push_back(&c);
@@ -818,7 +826,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         log::info("refusing CONNECT from {}: MQTT 5 is not supported yet", c.peer);
         static const uint8_t v5_refuse[] = {0x20, 0x03, 0x00, 0x84, 0x00};
         append(c.sq.bytes(), v5_refuse, sizeof v5_refuse);
-        mark_dirty(c);
+        mark_dirty(c, true);
         ++m_.packets_connack;
         ++m_.packets_sent;
         c.close_after_flush = true;
@@ -1112,7 +1120,7 @@ bool shard::on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t
 void shard::send_control(connection& c, const std::vector<uint8_t>& bytes) {
     append(c.sq.bytes(), bytes.data(), bytes.size());
     ++m_.packets_sent;
-    mark_dirty(c);
+    mark_dirty(c, true);
 }
 
 void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
@@ -1120,7 +1128,7 @@ void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
     const uint8_t bytes[4] = {first, 2, static_cast<uint8_t>(pid >> 8), static_cast<uint8_t>(pid & 0xff)};
     append(c.sq.bytes(), bytes, sizeof bytes);
     ++m_.packets_sent;
-    mark_dirty(c);
+    mark_dirty(c, true);
 }
 
 void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,

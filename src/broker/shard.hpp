@@ -217,6 +217,7 @@ public:
     // Flags as single bits: as bools, with the padding after them, they took 16 bytes of every idle connection.
     bool send_busy : 1 = false;
     bool dirty : 1 = false;
+    bool reply : 1 = false; // dirty with a reply (an ack, CONNACK, PINGRESP): first when a turn has too much to send
     bool recv_armed : 1 = false;
     bool needs_rearm : 1 = false;
     bool shut : 1 = false;
@@ -324,7 +325,7 @@ private:
     size_t process(connection& c, const uint8_t* p, size_t n);
     bool dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
                   std::span<const uint8_t> rest);
-    void mark_dirty(connection& c);
+    void mark_dirty(connection& c, bool reply = false);
     void start_send(connection& c);
     void close(connection& c, const char* reason, bool publish_will);
     void shutdown_socket(connection& c);

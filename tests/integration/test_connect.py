@@ -234,11 +234,10 @@ class ConnectCases:
             os.kill(pid, signal.SIGCONT)
         for c in clients:
             c.expect(m.connack())
-            c.expect(b"\xd0\x00")
+            c.expect(m.PINGRESP_BYTES)
         self.broker.stop()
-        ran_out = re.search(rb"first packets (\d+)", log.read())
-        self.assertIsNotNone(ran_out, "the shard never ran out of first-packet buffers")
-        self.assertGreater(int(ran_out.group(1)), 0)
+        ran_out = [int(n) for n in re.findall(rb"first packets (\d+)", log.read())]
+        self.assertGreater(sum(ran_out), 0, "no shard ran out of first-packet buffers")
 
     def test_31_client_interoperates_with_311(self):
         sub = self.client(self.sub_id("old"), level=3)

@@ -266,10 +266,21 @@ class LimitCases:
         self.assertLessEqual(elapsed, 4.0)
 
     def test_turn_budgets_reach_every_shard(self):
-        # node.* step sizes are read by each shard; its start-up line says what it runs with.
-        self.use_broker({"node.sends_per_turn": 5, "node.retained_reads_per_turn": 7, "node.retained_read_slice": 3})
-        started = self.broker.log().count(b"per turn 5 sends, 7 retained topics, 3 per session)")
-        self.assertEqual(started, self.SHARDS)
+        # node.* step sizes are read by each shard; its start-up line says what it runs with, and a read of 10
+        # retained topics no longer fits in one step of 3 (it does in the default 256).
+        for settings, steps in (({"node.sends_per_turn": 5, "node.retained_reads_per_turn": 7,
+                                  "node.retained_read_slice": 3}, True), ({}, False)):
+            self.use_broker(settings)
+            if steps:
+                started = self.broker.log().count(b"per turn 5 sends, 7 retained topics, 3 per session)")
+                self.assertEqual(started, self.SHARDS)
+            pub = self.client(self.pub_id())
+            for i in range(10):
+                pub.publish(f"steps/{i}", b"r", qos=1, retain=True)
+            sub = self.client(self.sub_id())
+            sub.subscribe([("steps/#", 0)])
+            self.assertEqual(sorted(x.topic for x in sub.recv_publishes(10)), sorted(f"steps/{i}" for i in range(10)))
+            self.assertEqual(b"continue over the next turns" in self.broker.log(), steps, settings)
 
 
 shard_variants(LimitCases, globals())

@@ -2,6 +2,7 @@
 
 With 2 shards the publisher and the subscriber have different home shards (see BrokerTest.pub_id/sub_id)."""
 
+import socket
 import time
 
 import mqtt_raw as m
@@ -550,11 +551,49 @@ class PublishCases:
 shard_variants(PublishCases, globals())
 
 
-class SendStepCases:
-    """The broadcast with node.sends_per_turn = 1: every turn but the quietest ends with a send backlog, and new
-    sends and backlogged ones share each turn."""
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 does not name it
 
-    SETTINGS = {"node.sends_per_turn": 1}
+
+def first_arrival_ns(client) -> int:
+    """Kernel receive time (SO_TIMESTAMPNS) of the first bytes waiting on a client's socket, which was set up with
+    SO_TIMESTAMPNS before they came; the bytes are left unread."""
+    import struct
+    client.sock.settimeout(5)
+    _, anc, _, _ = client.sock.recvmsg(1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec * 1_000_000_000 + nsec
+    raise AssertionError("no receive timestamp")
+
+
+class SendStepCases:
+    """Broadcasts with node.sends_per_turn = 2: every turn of a broadcast ends with a send backlog, which takes one
+    of the turn's two sends while new sends take the other."""
+
+    SETTINGS = {"node.sends_per_turn": 2}
+
+    def test_a_reply_is_not_sent_behind_a_broadcast(self):
+        # A QoS 1 PUBLISH to 400 subscribers: handling it marks the 400 to send to before its PUBACK is queued, all in
+        # one turn. The PUBACK must still go out with that turn's sends, not after the 200 turns the copies take.
+        subs = []
+        for i in range(400):
+            c = self.client(self.cid(f"rb{i}", 0))
+            c.subscribe([("t/rb", 0)])
+            c.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            subs.append(c)
+        pub = self.client(self.cid("rb-pub", 0))
+        pub.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        pub.send(m.publish("t/rb", b"wide", qos=1, pid=7))
+        puback = first_arrival_ns(pub)
+        copies = sorted(first_arrival_ns(c) for c in subs)
+        pub.expect(m.puback(7))
+        for c in subs:
+            self.assertEqual(c.recv_publish().payload, b"wide")
+        self.assertLess(puback, copies[len(copies) // 2],
+                        f"PUBACK {(puback - copies[0]) / 1e6:.2f} ms after the first copy, "
+                        f"{(copies[-1] - copies[0]) / 1e6:.2f} ms broadcast")
+
     test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order = \
         PublishCases.test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order
     test_qos0_runs_interleaved_with_other_packets_keep_order = \

@@ -283,7 +283,8 @@ shard_variants(RetainedReadCases, globals())
 
 
 class RetainedReadStepCases(RetainedReadCases):
-    """The same reads in the smallest steps the settings allow: a read crosses a step every two or three topics."""
+    """The same reads in small steps: a session's read looks at two topics per turn, and a shard's reads at three in
+    all (which binds only while two reads share a shard)."""
 
     SETTINGS = {"node.retained_reads_per_turn": 3, "node.retained_read_slice": 2}
 

@@ -521,6 +521,7 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nsends_per_turn = 0", "node.sends_per_turn"},
         {"[node]\nsends_per_turn = 1048577", "node.sends_per_turn"},
         {"[node]\nretained_reads_per_turn = 0", "node.retained_reads_per_turn"},
+        {"[node]\nretained_reads_per_turn = 16777217", "node.retained_reads_per_turn"},
         {"[node]\nretained_read_slice = 0", "node.retained_read_slice"},
         {"[node]\nretained_read_slice = 16777217", "node.retained_read_slice"},
         {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
