@@ -695,7 +695,7 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
 }
 
 void shard::mark_dirty(connection& c, bool reply) {
-    c.reply = c.reply || reply;
+    if (reply) c.reply = true; // deliveries, the per-message path, leave the bit alone
     if (c.dirty) return;
     c.dirty = true;
     dirty_.push_back(&c);
