@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <arpa/inet.h>
 #include <bit>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 
@@ -156,10 +157,10 @@ bool shard::run() {
         return false;
     }
     log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets; per turn {} "
-               "sends, {} retained topics, {} per session)",
+               "sends, {} retained topics, {} per session; idle poll {} us)",
                id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
                first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn,
-               cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice);
+               cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.idle_poll_us);
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -177,6 +178,10 @@ bool shard::run() {
     if (bufs_.enobufs + first_bufs_.enobufs != 0)
         log::info("receive buffers ran out {} times (first packets {}); those connections waited a turn", bufs_.enobufs,
                   first_bufs_.enobufs);
+    if (cfg_.budgets.idle_poll_us != 0)
+        log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us", id_,
+                   idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_,
+                   cfg_.budgets.idle_poll_us);
     log::debug("shard {} stopped", id_);
     return true;
 }
@@ -199,6 +204,8 @@ void shard::loop() {
                           !pending_handoffs_.empty() || reads_runnable_;
         if (busy) {
             ring_.submit();
+        } else if (cfg_.budgets.idle_poll_us != 0 && poll_idle()) {
+            // work came in while polling; what was queued is submitted
         } else {
             node_.smp.set_sleeping(id_, true);
             if (node_.smp.has_incoming(id_) || stop_requested_.load(std::memory_order_acquire) != stopping_) {
@@ -239,6 +246,25 @@ void shard::loop() {
             }
         }
     }
+}
+
+bool shard::poll_idle() {
+    ring_.submit();
+    if (io_uring_cq_ready(ring_.raw()) != 0) return true; // completed on submission: not a poll
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(cfg_.budgets.idle_poll_us);
+    for (;;) {
+        // Not marked sleeping: other shards do not wake this one, so their queues are looked at here.
+        if (io_uring_cq_ready(ring_.raw()) != 0 || node_.smp.has_incoming(id_) ||
+            stop_requested_.load(std::memory_order_acquire) != stopping_) {
+            ++idle_polls_found_;
+            return true;
+        }
+        if (std::chrono::steady_clock::now() >= until) break;
+        // Completions of a DEFER_TASKRUN ring are posted only when its thread asks for them.
+        io_uring_get_events(ring_.raw());
+    }
+    ++idle_polls_slept_;
+    return false;
 }
 
 void shard::push(unsigned to, uint32_t kind, uint32_t arg, void* ptr) {

@@ -64,12 +64,17 @@ struct sys_config {
     bool enabled = true;
 };
 
-// How much long work a shard does per loop turn before its other clients get their turn (ARCHITECTURE.md: long loops
-// run in time-boxed steps). Counts stand in for time: see shard.cpp for what each step costs.
+// How a shard paces its loop: how much long work it does per turn before its other clients get their turn
+// (ARCHITECTURE.md: long loops run in time-boxed steps; counts stand in for time, see shard.cpp for what each step
+// costs), and how long it polls for more work before it sleeps.
 struct turn_budgets {
     uint32_t sends_per_turn = 128;           // sends started per loop turn; the rest wait in the send backlog
     uint32_t retained_reads_per_turn = 1024; // retained topics looked at per loop turn, all SUBSCRIBEs together
     uint32_t retained_read_slice = 256;      // of those, per session in turn
+    // Microseconds an idle shard keeps polling its ring (and its queues) before it sleeps; 0 sleeps at once. Polling
+    // trades CPU for latency: it saves the wake-up of a sleeping thread on the next packet (see README, "Idle
+    // polling").
+    uint32_t idle_poll_us = 0;
 };
 
 // The whole configuration: one immutable value owned by main, shared read-only with every shard.

@@ -2,6 +2,8 @@
 max_topic_levels, max_connections, max_client_id_len, keepalive_multiplier; and the shards' step sizes (node.*_turn,
 node.retained_read_slice). Each test starts its own broker."""
 
+import os
+import re
 import socket
 import time
 
@@ -272,7 +274,8 @@ class LimitCases:
                                   "node.retained_read_slice": 3}, True), ({}, False)):
             self.use_broker(settings)
             if steps:
-                started = self.broker.log().count(b"per turn 5 sends, 7 retained topics, 3 per session)")
+                line = b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 0 us)"
+                started = self.broker.log().count(line)
                 self.assertEqual(started, self.SHARDS)
             pub = self.client(self.pub_id())
             for i in range(10):
@@ -281,6 +284,36 @@ class LimitCases:
             sub.subscribe([("steps/#", 0)])
             self.assertEqual(sorted(x.topic for x in sub.recv_publishes(10)), sorted(f"steps/{i}" for i in range(10)))
             self.assertEqual(b"continue over the next turns" in self.broker.log(), steps, settings)
+
+    def test_idle_poll_finds_packets_and_sleeps_when_none_come(self):
+        # node.idle_poll_us: an idle shard polls its ring for that long before it sleeps. Each PINGREQ below follows
+        # the last PINGRESP by about 2 ms, well inside a 20 ms window, so polls find them; with nothing coming in, the
+        # shards must still fall asleep: polling through a quiet second would cost a shard that whole second.
+        self.use_broker({"node.idle_poll_us": 20000})
+        self.assertEqual(self.broker.log().count(b"idle poll 20000 us)"), self.SHARDS)
+        c = self.raw()
+        c.send(m.connect(self.sub_id()))
+        c.expect(m.connack())
+        for _ in range(20):
+            time.sleep(0.002)
+            c.send(m.pingreq())
+            c.expect(m.PINGRESP_BYTES)
+
+        def cpu_s():
+            with open(f"/proc/{self.broker.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_s()
+        time.sleep(1.0)
+        self.assertLess(cpu_s() - before, 0.5, "the broker kept polling through a quiet second")
+        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
+        self.addCleanup(log.close)
+        self.broker.stop()
+        polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, (\d+) slept", log.read())
+        self.assertEqual(len(polls), self.SHARDS)
+        self.assertGreaterEqual(sum(int(f) for f, _ in polls), 20, polls)
+        self.assertGreater(sum(int(s) for _, s in polls), 0, polls)
 
 
 shard_variants(LimitCases, globals())

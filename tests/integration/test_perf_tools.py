@@ -265,6 +265,21 @@ class ComparePollingGenerator(unittest.TestCase):
         self.assertNotIn("1to1-q0-poll/", run.stdout)
 
 
+class CompareIdlePoll(unittest.TestCase):
+    def test_idle_poll_scenario_gives_the_setting_to_ringmq_only(self):
+        run, doc = run_compare(self, ["--only", "1to1-q0-20k-idlepoll"], timeout=40)
+        runs = {r["broker"]: r for r in doc["runs"]}
+        self.assertEqual(sorted(runs), ["mosquitto", "ringmq"])
+        self.assertTrue(runs["ringmq"]["broker_command"].endswith(" --set node.idle_poll_us=200"),
+                        runs["ringmq"]["broker_command"])
+        self.assertNotIn("idle_poll", runs["mosquitto"]["broker_command"])
+        self.assertIn("(1to1-q0-20k-idlepoll: ringmq --set node.idle_poll_us=200)", run.stdout)
+        r = runs["ringmq"]["result"]
+        self.assertEqual((r["status"], r["lost"]), ("ok", 0))
+        # Polling between messages 50 us apart keeps the broker's core busy; sleeping, it used about a third of it.
+        self.assertGreater(r["broker_cpu_s"], 0.7 * r["duration_s"])
+
+
 class CompareRetained(unittest.TestCase):
     def test_retained_scenario_runs_against_both_brokers(self):
         run, doc = run_compare(self, ["--only", "retained100k"], timeout=60)

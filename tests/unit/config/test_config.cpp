@@ -35,6 +35,7 @@ shards = 3
 sends_per_turn = 17
 retained_reads_per_turn = 99
 retained_read_slice = 33
+idle_poll_us = 77
 [log]
 level = "debug"
 [mqtt]
@@ -72,6 +73,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.sends_per_turn, 17u);
     EXPECT_EQ(c.budgets.retained_reads_per_turn, 99u);
     EXPECT_EQ(c.budgets.retained_read_slice, 33u);
+    EXPECT_EQ(c.budgets.idle_poll_us, 77u);
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
     const auto& m = c.limits;
@@ -107,6 +109,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.sends_per_turn, 128u);
     EXPECT_EQ(c.budgets.retained_reads_per_turn, 1024u);
     EXPECT_EQ(c.budgets.retained_read_slice, 256u);
+    EXPECT_EQ(c.budgets.idle_poll_us, 0u);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
     EXPECT_EQ(c.limits.max_connections, 1000000u);
@@ -204,6 +207,7 @@ shards = 0
 sends_per_turn = 128
 retained_reads_per_turn = 1024
 retained_read_slice = 256
+idle_poll_us = 0
 [log]
 level = "info"
 [mqtt]
@@ -524,6 +528,8 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nretained_reads_per_turn = 16777217", "node.retained_reads_per_turn"},
         {"[node]\nretained_read_slice = 0", "node.retained_read_slice"},
         {"[node]\nretained_read_slice = 16777217", "node.retained_read_slice"},
+        {"[node]\nidle_poll_us = -1", "node.idle_poll_us"},
+        {"[node]\nidle_poll_us = 1000001", "node.idle_poll_us"},
         {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
         {"[mqtt]\nmax_connections = 4294967296", "mqtt.max_connections"},
         {"[mqtt]\nmax_packet_size = 15", "mqtt.max_packet_size"},
