@@ -341,6 +341,7 @@ void shard::flush() {
     const auto send_one = [&](connection& c) {
         c.dirty = false;
         c.reply = false;
+        c.backlogged = false;
         start_send(c);
         --budget;
     };
@@ -348,7 +349,7 @@ void shard::flush() {
     const auto send_backlogged = [&] {
         const uint64_t id = send_backlog_.front();
         send_backlog_.pop_front();
-        if (auto it = conns_.find(id); it != conns_.end()) send_one(*it->second);
+        if (auto it = conns_.find(id); it != conns_.end() && it->second->backlogged) send_one(*it->second);
     };
     // Connections with something new first, so that a reply is not submitted behind the backlog of a broadcast; when
     // they are more than the turn takes (the broadcast's own turn), those with a reply (an ack, PINGRESP) go first,
@@ -363,6 +364,7 @@ void shard::flush() {
         send_one(*dirty_[i]);
     for (; i < dirty_.size(); ++i) {
         dirty_[i]->reply = false;
+        dirty_[i]->backlogged = true;
         send_backlog_.push_back(dirty_[i]->id);
     }
     dirty_.clear();
@@ -721,7 +723,16 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
 }
 
 void shard::mark_dirty(connection& c, bool reply) {
-    if (reply) c.reply = true; // deliveries, the per-message path, leave the bit alone
+    if (reply) {
+        c.reply = true; // deliveries, the per-message path, leave the bit alone
+        // A reply to a connection waiting in the send backlog (a broadcast's subscriber) does not wait for its place
+        // there: the connection joins this turn's list, where replies go first.
+        if (c.backlogged) {
+            c.backlogged = false;
+            dirty_.push_back(&c);
+            return;
+        }
+    }
     if (c.dirty) return;
     c.dirty = true;
     dirty_.push_back(&c);

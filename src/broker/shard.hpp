@@ -218,6 +218,7 @@ public:
     bool send_busy : 1 = false;
     bool dirty : 1 = false;
     bool reply : 1 = false; // dirty with a reply (an ack, CONNACK, PINGRESP): first when a turn has too much to send
+    bool backlogged : 1 = false; // dirty and waiting in the shard's send backlog (not in this turn's dirty list)
     bool recv_armed : 1 = false;
     bool needs_rearm : 1 = false;
     bool shut : 1 = false;
@@ -424,7 +425,8 @@ private:
     std::unordered_map<uint64_t, std::unique_ptr<connection>> conns_;
     std::vector<connection*> dirty_; // with something new to send since the last flush
     // Ids of dirty connections left over from earlier turns' flush budget, oldest first. A connection is in dirty_ or
-    // here while its `dirty` bit is set.
+    // here while its `dirty` bit is set; here, while its `backlogged` bit is. An id whose connection lost that bit (a
+    // reply moved it to dirty_, see mark_dirty) is passed over when it comes up.
     std::deque<uint64_t> send_backlog_;
     std::vector<connection*> rearm_;
     std::vector<uint64_t> graveyard_;

@@ -573,15 +573,20 @@ class SendStepCases:
 
     SETTINGS = {"node.sends_per_turn": 2}
 
+    def timestamped_subscribers(self, prefix: str, topic: str, n: int) -> list:
+        """n QoS 0 subscribers of topic whose sockets report kernel receive times (see first_arrival_ns)."""
+        subs = []
+        for i in range(n):
+            c = self.client(self.cid(f"{prefix}{i}", 0))
+            c.subscribe([(topic, 0)])
+            c.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            subs.append(c)
+        return subs
+
     def test_a_reply_is_not_sent_behind_a_broadcast(self):
         # A QoS 1 PUBLISH to 400 subscribers: handling it marks the 400 to send to before its PUBACK is queued, all in
         # one turn. The PUBACK must still go out with that turn's sends, not after the 200 turns the copies take.
-        subs = []
-        for i in range(400):
-            c = self.client(self.cid(f"rb{i}", 0))
-            c.subscribe([("t/rb", 0)])
-            c.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            subs.append(c)
+        subs = self.timestamped_subscribers("rb", "t/rb", 400)
         pub = self.client(self.cid("rb-pub", 0))
         pub.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         pub.send(m.publish("t/rb", b"wide", qos=1, pid=7))
@@ -592,6 +597,34 @@ class SendStepCases:
             self.assertEqual(c.recv_publish().payload, b"wide")
         self.assertLess(puback, copies[len(copies) // 2],
                         f"PUBACK {(puback - copies[0]) / 1e6:.2f} ms after the first copy, "
+                        f"{(copies[-1] - copies[0]) / 1e6:.2f} ms broadcast")
+
+    def test_a_reply_to_a_subscriber_waiting_in_the_backlog_does_not_wait_for_its_place(self):
+        # One subscriber of a 400-wide broadcast, one of the last to get its copy, sends a PINGREQ while the broadcast
+        # is going out (after the first copy arrived). Its PINGRESP, queued behind its copy, must not wait for its
+        # place in the send backlog: it (and the copy) must come before most of the other subscribers' copies. (Not
+        # just before the median: the test's PINGREQ may itself wait for a core the shards keep busy.)
+        subs = self.timestamped_subscribers("bl", "t/bl", 400)
+        pub = self.client(self.cid("bl-pub", 0))
+        pub.publish("t/bl", b"first", qos=1)
+        # The shards send to their subscribers in the same order each time: find who comes first and last.
+        arrivals = [first_arrival_ns(c) for c in subs]
+        for c in subs:
+            self.assertEqual(c.recv_publish().payload, b"first")
+        first = subs[arrivals.index(min(arrivals))]
+        last = subs[arrivals.index(max(arrivals))]
+        pub.send(m.publish("t/bl", b"second", qos=0))
+        first_arrival_ns(first)
+        last.send(m.pingreq())
+        pong = first_arrival_ns(last)
+        copies = sorted(first_arrival_ns(c) for c in subs if c is not last)
+        self.assertEqual(last.recv_publish().payload, b"second")
+        last.expect(m.PINGRESP_BYTES)
+        for c in subs:
+            if c is not last:
+                self.assertEqual(c.recv_publish().payload, b"second")
+        self.assertLess(pong, copies[len(copies) * 9 // 10],
+                        f"PINGRESP {(pong - copies[0]) / 1e6:.2f} ms after the first copy, "
                         f"{(copies[-1] - copies[0]) / 1e6:.2f} ms broadcast")
 
     test_a_broadcast_beyond_one_turns_sends_reaches_every_subscriber_in_order = \
