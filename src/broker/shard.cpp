@@ -340,12 +340,16 @@ void shard::flush() {
     size_t budget = cfg_.budgets.sends_per_turn;
     const auto send_one = [&](connection& c) {
         c.dirty = false;
-        c.reply = false;
         c.backlogged = false;
+        // With a send in flight nothing starts now: the rest goes when it completes (on_send marks the connection
+        // again), and a reply among it keeps its bit, so it still goes first then.
+        if (!c.send_busy) c.reply = false;
         start_send(c);
         --budget;
     };
-    // The backlog holds ids, not addresses: a connection may be closed and freed while it waits there.
+    // The backlog holds ids, not addresses: a connection may be closed and freed while it waits there. An id left
+    // behind by a reply (mark_dirty) is passed over, unless its connection was put back in the backlog since: then it
+    // goes at the older, earlier place, and the newer id is passed over.
     const auto send_backlogged = [&] {
         const uint64_t id = send_backlog_.front();
         send_backlog_.pop_front();

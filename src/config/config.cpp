@@ -310,7 +310,7 @@ void validate(layers& l, config& cfg) {
     c.integer("node.sends_per_turn", cfg.budgets.sends_per_turn, 1, 1048576);
     c.integer("node.retained_reads_per_turn", cfg.budgets.retained_reads_per_turn, 1, 16777216);
     c.integer("node.retained_read_slice", cfg.budgets.retained_read_slice, 1, 16777216);
-    c.integer("node.idle_poll_us", cfg.budgets.idle_poll_us, 0, 1000000);
+    c.integer("node.idle_poll_us", cfg.budgets.idle_poll_us, 0, 10000);
     c.level("log.level", cfg.log_level);
 
     c.listen("mqtt.listen", cfg.mqtt_listen);

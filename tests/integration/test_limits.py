@@ -287,10 +287,10 @@ class LimitCases:
 
     def test_idle_poll_finds_packets_and_sleeps_when_none_come(self):
         # node.idle_poll_us: an idle shard polls its ring for that long before it sleeps. Each PINGREQ below follows
-        # the last PINGRESP by about 2 ms, well inside a 20 ms window, so polls find them; with nothing coming in, the
+        # the last PINGRESP by about 2 ms, well inside a 10 ms window, so polls find them; with nothing coming in, the
         # shards must still fall asleep: polling through a quiet second would cost a shard that whole second.
-        self.use_broker({"node.idle_poll_us": 20000})
-        self.assertEqual(self.broker.log().count(b"idle poll 20000 us)"), self.SHARDS)
+        self.use_broker({"node.idle_poll_us": 10000})
+        self.assertEqual(self.broker.log().count(b"idle poll 10000 us)"), self.SHARDS)
         c = self.raw()
         c.send(m.connect(self.sub_id()))
         c.expect(m.connack())

@@ -277,7 +277,7 @@ class CompareIdlePoll(unittest.TestCase):
         r = runs["ringmq"]["result"]
         self.assertEqual((r["status"], r["lost"]), ("ok", 0))
         # Polling between messages 50 us apart keeps the broker's core busy; sleeping, it used about a third of it.
-        self.assertGreater(r["broker_cpu_s"], 0.7 * r["duration_s"])
+        self.assertGreater(r["broker_cpu_s"], 0.6 * r["duration_s"])
 
 
 class CompareRetained(unittest.TestCase):

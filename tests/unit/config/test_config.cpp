@@ -529,7 +529,7 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nretained_read_slice = 0", "node.retained_read_slice"},
         {"[node]\nretained_read_slice = 16777217", "node.retained_read_slice"},
         {"[node]\nidle_poll_us = -1", "node.idle_poll_us"},
-        {"[node]\nidle_poll_us = 1000001", "node.idle_poll_us"},
+        {"[node]\nidle_poll_us = 10001", "node.idle_poll_us"},
         {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
         {"[mqtt]\nmax_connections = 4294967296", "mqtt.max_connections"},
         {"[mqtt]\nmax_packet_size = 15", "mqtt.max_packet_size"},
