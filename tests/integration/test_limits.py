@@ -312,7 +312,9 @@ class LimitCases:
         self.broker.stop()
         polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, (\d+) slept", log.read())
         self.assertEqual(len(polls), self.SHARDS)
-        self.assertGreaterEqual(sum(int(f) for f, _ in polls), 20, polls)
+        # Most of the 20 (a poll that never sees completions finds none; a test thread descheduled for 10 ms may
+        # miss a window now and then).
+        self.assertGreaterEqual(sum(int(f) for f, _ in polls), 15, polls)
         self.assertGreater(sum(int(s) for _, s in polls), 0, polls)
 
 
