@@ -157,10 +157,11 @@ bool shard::run() {
         return false;
     }
     log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets; per turn {} "
-               "sends, {} retained topics, {} per session; idle poll {} us)",
+               "sends, {} retained topics, {} per session; idle poll {} us from {} packets a wake-up)",
                id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
                first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn,
-               cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.idle_poll_us);
+               cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.idle_poll_us,
+               cfg_.budgets.idle_poll_min_batch);
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -179,9 +180,10 @@ bool shard::run() {
         log::info("receive buffers ran out {} times (first packets {}); those connections waited a turn", bufs_.enobufs,
                   first_bufs_.enobufs);
     if (cfg_.budgets.idle_poll_us != 0)
-        log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us", id_,
-                   idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_,
-                   cfg_.budgets.idle_poll_us);
+        log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
+                   "(under {} packets a wake-up)",
+                   id_, idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_,
+                   cfg_.budgets.idle_poll_us, idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch);
     log::debug("shard {} stopped", id_);
     return true;
 }
@@ -204,7 +206,7 @@ void shard::loop() {
                           !pending_handoffs_.empty() || reads_runnable_;
         if (busy) {
             ring_.submit();
-        } else if (cfg_.budgets.idle_poll_us != 0 && poll_idle()) {
+        } else if (cfg_.budgets.idle_poll_us != 0 && worth_polling() && poll_idle()) {
             // work came in while polling; what was queued is submitted
         } else {
             node_.smp.set_sleeping(id_, true);
@@ -246,6 +248,16 @@ void shard::loop() {
             }
         }
     }
+}
+
+bool shard::worth_polling() {
+    // Packets per wake-up, averaged over the last few (weight 1/4 for the newest), in sixteenths.
+    const uint64_t n = m_.packets_received - packets_at_idle_;
+    packets_at_idle_ = m_.packets_received;
+    batch_avg16_ = batch_avg16_ - batch_avg16_ / 4 + n * 4;
+    if (batch_avg16_ >= uint64_t{cfg_.budgets.idle_poll_min_batch} * 16) return true;
+    ++idle_polls_skipped_;
+    return false;
 }
 
 bool shard::poll_idle() {

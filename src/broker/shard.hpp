@@ -290,6 +290,8 @@ private:
     // Polls the ring and the incoming queues for node.idle_poll_us; true when something came in (the loop goes on
     // without sleeping), false when the time ran out.
     bool poll_idle();
+    // Whether the wake-ups lately brought node.idle_poll_min_batch packets each (called once per idle point).
+    bool worth_polling();
     void drain_smp();
     void handle_smp(const reactor::smp_msg& m);
     void flush();
@@ -437,8 +439,11 @@ private:
     // reconnected (a PUBACK, say) are reaped and handled before the takeover closes that connection.
     std::vector<std::pair<uint64_t, handoff*>> pending_handoffs_;
     uint64_t turn_ = 0;
-    uint64_t idle_polls_found_ = 0; // idle polls that found work before node.idle_poll_us ran out
-    uint64_t idle_polls_slept_ = 0; // and those that did not, after which the shard slept
+    uint64_t idle_polls_found_ = 0;   // idle polls that found work before node.idle_poll_us ran out
+    uint64_t idle_polls_slept_ = 0;   // and those that did not, after which the shard slept
+    uint64_t idle_polls_skipped_ = 0; // idle points where the wake-ups were too sparse to poll after
+    uint64_t packets_at_idle_ = 0;    // packets_received at the last idle point
+    uint64_t batch_avg16_ = 0;        // packets per wake-up, running average in sixteenths
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).

@@ -76,6 +76,10 @@ struct turn_budgets {
     // polling"). At most 10 ms: an idle shard wakes for its 200 ms tick and polls after it too, so the cap keeps that
     // under 5% of a core.
     uint32_t idle_poll_us = 0;
+    // Poll only while the shard's wake-ups bring at least this many packets each (a running average): a closed loop
+    // that sends in batches gains from polling, sparse traffic (one or two packets a wake-up) only spends the gap.
+    // 0 polls after every wake-up.
+    uint32_t idle_poll_min_batch = 16;
 };
 
 // The whole configuration: one immutable value owned by main, shared read-only with every shard.

@@ -274,7 +274,7 @@ class LimitCases:
                                   "node.retained_read_slice": 3}, True), ({}, False)):
             self.use_broker(settings)
             if steps:
-                line = b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 0 us)"
+                line = b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 0 us from 16 packets a wake-up)"
                 started = self.broker.log().count(line)
                 self.assertEqual(started, self.SHARDS)
             pub = self.client(self.pub_id())
@@ -285,19 +285,24 @@ class LimitCases:
             self.assertEqual(sorted(x.topic for x in sub.recv_publishes(10)), sorted(f"steps/{i}" for i in range(10)))
             self.assertEqual(b"continue over the next turns" in self.broker.log(), steps, settings)
 
-    def test_idle_poll_finds_packets_and_sleeps_when_none_come(self):
-        # node.idle_poll_us: an idle shard polls its ring for that long before it sleeps. Each PINGREQ below follows
-        # the last PINGRESP by about 2 ms, well inside a 10 ms window, so polls find them; with nothing coming in, the
-        # shards must still fall asleep: polling through a quiet second would cost a shard that whole second.
-        self.use_broker({"node.idle_poll_us": 10000})
-        self.assertEqual(self.broker.log().count(b"idle poll 10000 us)"), self.SHARDS)
+    def ping_2ms_apart(self, n: int) -> None:
+        """A new client sends n PINGREQs, each about 2 ms after the last PINGRESP: one packet a wake-up."""
         c = self.raw()
         c.send(m.connect(self.sub_id()))
         c.expect(m.connack())
-        for _ in range(20):
+        for _ in range(n):
             time.sleep(0.002)
             c.send(m.pingreq())
             c.expect(m.PINGRESP_BYTES)
+
+    def test_idle_poll_finds_packets_and_sleeps_when_none_come(self):
+        # node.idle_poll_us: an idle shard polls its ring for that long before it sleeps. Each PINGREQ below follows
+        # the last PINGRESP by about 2 ms, well inside a 10 ms window, so polls find them; with nothing coming in, the
+        # shards must still fall asleep: polling through a quiet second would cost a shard that whole second. Each
+        # wake-up brings one packet, so polls are asked for after every wake-up (node.idle_poll_min_batch = 0).
+        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 0})
+        self.assertEqual(self.broker.log().count(b"idle poll 10000 us from 0 packets a wake-up)"), self.SHARDS)
+        self.ping_2ms_apart(20)
 
         def cpu_s():
             with open(f"/proc/{self.broker.proc.pid}/stat") as f:
@@ -316,6 +321,27 @@ class LimitCases:
         # miss a window now and then).
         self.assertGreaterEqual(sum(int(f) for f, _ in polls), 15, polls)
         self.assertGreater(sum(int(s) for _, s in polls), 0, polls)
+
+    def test_idle_poll_waits_for_batches(self):
+        # With node.idle_poll_min_batch, a shard polls only while its wake-ups bring that many packets each: one
+        # PINGREQ a wake-up never starts a poll, 40 PUBLISHes in one write at a time do.
+        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 8})
+        self.ping_2ms_apart(20)
+        pub = self.client(self.pub_id())
+        for _ in range(20):
+            time.sleep(0.002)
+            pub.send(b"".join(m.publish("poll/batch", b"x", qos=0) for _ in range(40)) + m.pingreq())
+            pub.expect(m.PINGRESP_BYTES)
+        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
+        self.addCleanup(log.close)
+        self.broker.stop()
+        text = log.read()
+        polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, \d+ slept after \d+ us; "
+                           rb"(\d+) times it slept at once \(under 8 packets", text)
+        self.assertEqual(len(polls), self.SHARDS, text[-2000:])
+        # The sparse pings leave the average under 8 (so the shard slept at once); the bursts lift it over.
+        self.assertGreaterEqual(sum(int(s) for _, s in polls), 15, polls)
+        self.assertGreaterEqual(sum(int(f) for f, _ in polls), 10, polls)
 
 
 shard_variants(LimitCases, globals())
