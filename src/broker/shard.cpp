@@ -210,7 +210,7 @@ void shard::loop() {
             // work came in while polling; what was queued is submitted
         } else {
             node_.smp.set_sleeping(id_, true);
-            if (node_.smp.has_incoming(id_) || stop_requested_.load(std::memory_order_acquire) != stopping_) {
+            if (has_news()) {
                 node_.smp.set_sleeping(id_, false);
                 ring_.submit();
             } else {
@@ -250,6 +250,10 @@ void shard::loop() {
     }
 }
 
+bool shard::has_news() const {
+    return node_.smp.has_incoming(id_) || stop_requested_.load(std::memory_order_acquire) != stopping_;
+}
+
 bool shard::worth_polling() {
     // Packets per wake-up, averaged over the last few (weight 1/4 for the newest), in sixteenths.
     const uint64_t n = m_.packets_received - packets_at_idle_;
@@ -266,8 +270,7 @@ bool shard::poll_idle() {
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(cfg_.budgets.idle_poll_us);
     for (;;) {
         // Not marked sleeping: other shards do not wake this one, so their queues are looked at here.
-        if (io_uring_cq_ready(ring_.raw()) != 0 || node_.smp.has_incoming(id_) ||
-            stop_requested_.load(std::memory_order_acquire) != stopping_) {
+        if (io_uring_cq_ready(ring_.raw()) != 0 || has_news()) {
             ++idle_polls_found_;
             return true;
         }

@@ -290,6 +290,9 @@ private:
     // Polls the ring and the incoming queues for node.idle_poll_us; true when something came in (the loop goes on
     // without sleeping), false when the time ran out.
     bool poll_idle();
+    // Whether another shard queued something for this one, or a stop was asked for that this shard has not begun:
+    // what an idle shard must look at before it sleeps (and while it polls).
+    bool has_news() const;
     // Whether the wake-ups lately brought node.idle_poll_min_batch packets each (called once per idle point).
     bool worth_polling();
     void drain_smp();
