@@ -157,11 +157,12 @@ bool shard::run() {
         return false;
     }
     log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets; per turn {} "
-               "sends, {} retained topics, {} per session; idle poll {} us from {} packets a wake-up)",
+               "sends, {} retained topics, {} per session; idle poll {} us from {} packets a wake-up while {}% of "
+               "polls find work)",
                id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
                first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn,
                cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.idle_poll_us,
-               cfg_.budgets.idle_poll_min_batch);
+               cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found);
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -181,9 +182,10 @@ bool shard::run() {
                   first_bufs_.enobufs);
     if (cfg_.budgets.idle_poll_us != 0)
         log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
-                   "(under {} packets a wake-up)",
+                   "(under {} packets a wake-up), {} times as polls had found work under {}% of the time",
                    id_, idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_,
-                   cfg_.budgets.idle_poll_us, idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch);
+                   cfg_.budgets.idle_poll_us, idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch,
+                   idle_polls_fruitless_, cfg_.budgets.idle_poll_min_found);
     log::debug("shard {} stopped", id_);
     return true;
 }
@@ -259,8 +261,17 @@ bool shard::worth_polling() {
     const uint64_t n = m_.packets_received - packets_at_idle_;
     packets_at_idle_ = m_.packets_received;
     batch_avg16_ = batch_avg16_ - batch_avg16_ / 4 + n * 4;
-    if (batch_avg16_ >= uint64_t{cfg_.budgets.idle_poll_min_batch} * 16) return true;
-    ++idle_polls_skipped_;
+    if (batch_avg16_ < uint64_t{cfg_.budgets.idle_poll_min_batch} * 16) {
+        ++idle_polls_skipped_;
+        return false;
+    }
+    // Polls that time out cost their whole length and save nothing; below the share asked for, poll only now and then
+    // so the average can tell when the traffic changes.
+    if (uint64_t{found_avg_} * 100 >= uint64_t{cfg_.budgets.idle_poll_min_found} << 16 || ++since_poll_ >= 16) {
+        since_poll_ = 0;
+        return true;
+    }
+    ++idle_polls_fruitless_;
     return false;
 }
 
@@ -272,6 +283,7 @@ bool shard::poll_idle() {
         // Not marked sleeping: other shards do not wake this one, so their queues are looked at here.
         if (io_uring_cq_ready(ring_.raw()) != 0 || has_news()) {
             ++idle_polls_found_;
+            found_avg_ += ((1u << 16) - found_avg_) >> 3;
             return true;
         }
         if (std::chrono::steady_clock::now() >= until) break;
@@ -279,6 +291,7 @@ bool shard::poll_idle() {
         io_uring_get_events(ring_.raw());
     }
     ++idle_polls_slept_;
+    found_avg_ -= found_avg_ >> 3;
     return false;
 }
 

@@ -274,7 +274,8 @@ class LimitCases:
                                   "node.retained_read_slice": 3}, True), ({}, False)):
             self.use_broker(settings)
             if steps:
-                line = b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 0 us from 16 packets a wake-up)"
+                line = (b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 0 us from 16 packets a wake-up "
+                        b"while 75% of polls find work)")
                 started = self.broker.log().count(line)
                 self.assertEqual(started, self.SHARDS)
             pub = self.client(self.pub_id())
@@ -301,7 +302,8 @@ class LimitCases:
         # shards must still fall asleep: polling through a quiet second would cost a shard that whole second. Each
         # wake-up brings one packet, so polls are asked for after every wake-up (node.idle_poll_min_batch = 0).
         self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 0})
-        self.assertEqual(self.broker.log().count(b"idle poll 10000 us from 0 packets a wake-up)"), self.SHARDS)
+        self.assertEqual(self.broker.log().count(b"idle poll 10000 us from 0 packets a wake-up while 75% of polls "
+                                                 b"find work)"), self.SHARDS)
         self.ping_2ms_apart(20)
 
         def cpu_s():
@@ -342,6 +344,25 @@ class LimitCases:
         # The sparse pings leave the average under 8 (so the shard slept at once); the bursts lift it over.
         self.assertGreaterEqual(sum(int(s) for _, s in polls), 15, polls)
         self.assertGreaterEqual(sum(int(f) for f, _ in polls), 10, polls)
+
+    def test_idle_poll_stops_when_polls_find_nothing(self):
+        # node.idle_poll_min_found: a poll that times out spent its whole length for nothing. Here every PINGREQ comes
+        # about 2 ms after the last PINGRESP, past a 1 ms poll, so polls find nothing; after a few the shard sleeps at
+        # once, polling one idle point in 16 to see whether that changed.
+        self.use_broker({"node.idle_poll_us": 1000, "node.idle_poll_min_batch": 0})
+        self.ping_2ms_apart(48)
+        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
+        self.addCleanup(log.close)
+        self.broker.stop()
+        text = log.read()
+        polls = re.findall(rb"polled (\d+) times when idle: \d+ found work, \d+ slept after 1000 us; \d+ times it slept "
+                           rb"at once \(under 0 packets a wake-up\), (\d+) times as polls had found work under 75% of "
+                           rb"the time", text)
+        self.assertEqual(len(polls), self.SHARDS, text[-2000:])
+        # The client's shard has about 48 idle points (more with the connect and the ticks): three polls take its
+        # average under 75%, then one in 16 (the test thread may be late for a ping now and then, so a poll finds one).
+        self.assertLessEqual(max(int(p) for p, _ in polls), 12, polls)
+        self.assertGreaterEqual(max(int(f) for _, f in polls), 30, polls)
 
 
 shard_variants(LimitCases, globals())

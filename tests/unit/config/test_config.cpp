@@ -37,6 +37,7 @@ retained_reads_per_turn = 99
 retained_read_slice = 33
 idle_poll_us = 77
 idle_poll_min_batch = 5
+idle_poll_min_found = 60
 [log]
 level = "debug"
 [mqtt]
@@ -76,6 +77,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.retained_read_slice, 33u);
     EXPECT_EQ(c.budgets.idle_poll_us, 77u);
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 5u);
+    EXPECT_EQ(c.budgets.idle_poll_min_found, 60u);
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
     const auto& m = c.limits;
@@ -113,6 +115,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.retained_read_slice, 256u);
     EXPECT_EQ(c.budgets.idle_poll_us, 0u);
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 16u);
+    EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
     EXPECT_EQ(c.limits.max_connections, 1000000u);
@@ -212,6 +215,7 @@ retained_reads_per_turn = 1024
 retained_read_slice = 256
 idle_poll_us = 0
 idle_poll_min_batch = 16
+idle_poll_min_found = 75
 [log]
 level = "info"
 [mqtt]
@@ -536,6 +540,8 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nidle_poll_us = 10001", "node.idle_poll_us"},
         {"[node]\nidle_poll_min_batch = -1", "node.idle_poll_min_batch"},
         {"[node]\nidle_poll_min_batch = 65537", "node.idle_poll_min_batch"},
+        {"[node]\nidle_poll_min_found = -1", "node.idle_poll_min_found"},
+        {"[node]\nidle_poll_min_found = 101", "node.idle_poll_min_found"},
         {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
         {"[mqtt]\nmax_connections = 4294967296", "mqtt.max_connections"},
         {"[mqtt]\nmax_packet_size = 15", "mqtt.max_packet_size"},
