@@ -42,6 +42,11 @@ constexpr uint32_t recv_buffer_size = 16384;
 constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
 constexpr uint32_t tick_ms = 200;
+// node.idle_poll_by_cpu: epochs long enough to hold thousands of packets on a busy closed loop, short enough that a
+// change of traffic is seen within a second; exploring one epoch in 32 costs 1/32 of what the worse mode loses.
+constexpr int64_t poll_epoch_ms = 25;
+constexpr uint64_t poll_explore_every = 32;
+constexpr uint64_t poll_epoch_min_packets = 256;
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
 constexpr uint32_t deadline_slots = 1024;
@@ -158,11 +163,12 @@ bool shard::run() {
     }
     log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets; per turn {} "
                "sends, {} retained topics, {} per session; idle poll {} us from {} packets a wake-up while {}% of "
-               "polls find work)",
+               "polls find work{})",
                id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
                first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn,
                cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.idle_poll_us,
-               cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found);
+               cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found,
+               cfg_.budgets.idle_poll_by_cpu ? ", weighed against sleeping per CPU-second" : "");
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -181,11 +187,14 @@ bool shard::run() {
         log::info("receive buffers ran out {} times (first packets {}); those connections waited a turn", bufs_.enobufs,
                   first_bufs_.enobufs);
     if (cfg_.budgets.idle_poll_us != 0)
-        log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
-                   "(under {} packets a wake-up), {} times as polls had found work under {}% of the time",
-                   id_, idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_,
-                   cfg_.budgets.idle_poll_us, idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch,
-                   idle_polls_fruitless_, cfg_.budgets.idle_poll_min_found);
+        log::debug(
+            "shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
+            "(under {} packets a wake-up), {} times as polls had found work under {}% of the time, {} times as "
+            "sleeping had done more per CPU-second ({:.0f} against {:.0f} packets per CPU-ms polling, {} epochs)",
+            id_, idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_, cfg_.budgets.idle_poll_us,
+            idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch, idle_polls_fruitless_,
+            cfg_.budgets.idle_poll_min_found, idle_polls_outdone_, packets_per_ns_[0] * 1e6, packets_per_ns_[1] * 1e6,
+            epochs_);
     log::debug("shard {} stopped", id_);
     return true;
 }
@@ -221,6 +230,8 @@ void shard::loop() {
             }
         }
         now_ms_ = mono_ms();
+        if (now_ms_ >= epoch_end_ms_ && cfg_.budgets.idle_poll_us != 0 && cfg_.budgets.idle_poll_by_cpu)
+            weigh_polling();
         ++turn_;
         const unsigned n = ring_.reap(batch, reap_batch);
         // Drain the queues only after the completions were observed: anything another shard published before a
@@ -265,6 +276,10 @@ bool shard::worth_polling() {
         ++idle_polls_skipped_;
         return false;
     }
+    if (!poll_epoch_) {
+        ++idle_polls_outdone_;
+        return false;
+    }
     // Polls that time out cost their whole length and save nothing; below the share asked for, poll only now and then
     // so the average can tell when the traffic changes.
     if (uint64_t{found_avg_} * 100 >= uint64_t{cfg_.budgets.idle_poll_min_found} << 16 || ++since_poll_ >= 16) {
@@ -273,6 +288,29 @@ bool shard::worth_polling() {
     }
     ++idle_polls_fruitless_;
     return false;
+}
+
+void shard::weigh_polling() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    const uint64_t cpu = uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec);
+    const uint64_t packets = m_.packets_received + m_.packets_sent;
+    const uint64_t dcpu = cpu - epoch_cpu_ns_, dpackets = packets - epoch_packets_;
+    epoch_cpu_ns_ = cpu;
+    epoch_packets_ = packets;
+    epoch_end_ms_ = now_ms_ + poll_epoch_ms;
+    // An epoch with little traffic says nothing about either mode (and the first has no start).
+    if (epochs_++ != 0 && dpackets >= poll_epoch_min_packets && dcpu != 0) {
+        double& avg = packets_per_ns_[poll_epoch_ ? 1 : 0];
+        const double now = double(dpackets) / double(dcpu);
+        avg = avg == 0 ? now : (avg + now) / 2;
+    }
+    if (packets_per_ns_[1] == 0 || packets_per_ns_[0] == 0) {
+        poll_epoch_ = packets_per_ns_[1] == 0; // a mode not yet measured goes next, polling first
+        return;
+    }
+    const bool polling_better = packets_per_ns_[1] >= packets_per_ns_[0];
+    poll_epoch_ = epochs_ % poll_explore_every == 0 ? !polling_better : polling_better;
 }
 
 bool shard::poll_idle() {

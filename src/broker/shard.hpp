@@ -296,6 +296,9 @@ private:
     // Whether the wake-ups lately brought node.idle_poll_min_batch packets each and the polls lately found work
     // node.idle_poll_min_found percent of the time (called once per idle point).
     bool worth_polling();
+    // Ends an epoch of node.idle_poll_by_cpu: scores its mode by packets per CPU-nanosecond of this thread and picks
+    // the next epoch's mode (called from the loop every poll_epoch_ms).
+    void weigh_polling();
     void drain_smp();
     void handle_smp(const reactor::smp_msg& m);
     void flush();
@@ -451,6 +454,15 @@ private:
     uint64_t idle_polls_fruitless_ = 0; // idle points where the polls had found too little to poll again
     uint32_t found_avg_ = 1u << 16;     // share of recent polls that found work, running average (1 << 16 = all)
     uint32_t since_poll_ = 0;           // idle points since the last poll, while the found rule holds polls back
+    // node.idle_poll_by_cpu: whether this epoch may poll, when it ends, and what each mode did per CPU-nanosecond
+    // (running averages, [0] sleeping and [1] polling; 0 until measured).
+    bool poll_epoch_ = true;
+    int64_t epoch_end_ms_ = 0;
+    uint64_t epochs_ = 0;
+    uint64_t epoch_cpu_ns_ = 0;
+    uint64_t epoch_packets_ = 0;
+    double packets_per_ns_[2] = {0, 0};
+    uint64_t idle_polls_outdone_ = 0; // idle points in epochs where sleeping had done more per CPU-second
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).

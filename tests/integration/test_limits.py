@@ -275,7 +275,7 @@ class LimitCases:
             self.use_broker(settings)
             if steps:
                 line = (b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 0 us from 16 packets a wake-up "
-                        b"while 75% of polls find work)")
+                        b"while 75% of polls find work, weighed against sleeping per CPU-second)")
                 started = self.broker.log().count(line)
                 self.assertEqual(started, self.SHARDS)
             pub = self.client(self.pub_id())
@@ -301,7 +301,8 @@ class LimitCases:
         # the last PINGRESP by about 2 ms, well inside a 10 ms window, so polls find them; with nothing coming in, the
         # shards must still fall asleep: polling through a quiet second would cost a shard that whole second. Each
         # wake-up brings one packet, so polls are asked for after every wake-up (node.idle_poll_min_batch = 0).
-        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 0})
+        # (Not weighed against sleeping: that has its own test below.)
+        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 0, "node.idle_poll_by_cpu": False})
         self.assertEqual(self.broker.log().count(b"idle poll 10000 us from 0 packets a wake-up while 75% of polls "
                                                  b"find work)"), self.SHARDS)
         self.ping_2ms_apart(20)
@@ -327,7 +328,7 @@ class LimitCases:
     def test_idle_poll_waits_for_batches(self):
         # With node.idle_poll_min_batch, a shard polls only while its wake-ups bring that many packets each: one
         # PINGREQ a wake-up never starts a poll, 40 PUBLISHes in one write at a time do.
-        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 8})
+        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 8, "node.idle_poll_by_cpu": False})
         self.ping_2ms_apart(20)
         pub = self.client(self.pub_id())
         for _ in range(20):
@@ -349,7 +350,7 @@ class LimitCases:
         # node.idle_poll_min_found: a poll that times out spent its whole length for nothing. Here every PINGREQ comes
         # about 2 ms after the last PINGRESP, past a 1 ms poll, so polls find nothing; after a few the shard sleeps at
         # once, polling one idle point in 16 to see whether that changed.
-        self.use_broker({"node.idle_poll_us": 1000, "node.idle_poll_min_batch": 0})
+        self.use_broker({"node.idle_poll_us": 1000, "node.idle_poll_min_batch": 0, "node.idle_poll_by_cpu": False})
         self.ping_2ms_apart(48)
         log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
         self.addCleanup(log.close)
@@ -363,6 +364,40 @@ class LimitCases:
         # average under 75%, then one in 16 (the test thread may be late for a ping now and then, so a poll finds one).
         self.assertLessEqual(max(int(p) for p, _ in polls), 12, polls)
         self.assertGreaterEqual(max(int(f) for _, f in polls), 30, polls)
+
+    def test_idle_poll_weighed_against_sleeping(self):
+        # node.idle_poll_by_cpu: bursts of 300 PUBLISHes about 1 ms apart. A 3 ms poll finds each burst (so neither
+        # rule above stops it) but spins about 1 ms for it, where a sleep costs a wake-up: sleeping handles several
+        # times the packets per CPU-second. Weighed, the shard sleeps once it has tried both; unweighed, it polls.
+        burst = b"".join(m.publish("poll/cpu", b"x", qos=0) for _ in range(300)) + m.pingreq()
+        for weighed in (False, True):
+            self.use_broker({"node.idle_poll_us": 3000, "node.idle_poll_min_batch": 0, "node.idle_poll_min_found": 0,
+                             "node.idle_poll_by_cpu": weighed})
+            pub = self.client(self.pub_id())
+            bursts = 0
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                time.sleep(0.001)
+                pub.send(burst)
+                pub.expect(m.PINGRESP_BYTES)
+                bursts += 1
+            log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
+            self.addCleanup(log.close)
+            self.broker.stop()
+            text = log.read()
+            shards = re.findall(rb"polled (\d+) times when idle: (\d+) found work.* (\d+) times as sleeping had done "
+                                rb"more per CPU-second \((\d+) against (\d+) packets per CPU-ms polling", text)
+            self.assertEqual(len(shards), self.SHARDS, text[-2000:])
+            polls, found, outdone, sleeping, polling = max((tuple(map(int, s)) for s in shards), key=lambda s: s[1])
+            detail = f"weighed {weighed}: {bursts} bursts, {shards}"
+            if weighed:
+                # Polling in the first epoch and one in 32 after (25 ms each), most bursts after a sleep.
+                self.assertGreater(sleeping, polling, detail)
+                self.assertLess(polls, bursts // 4, detail)
+                self.assertGreater(outdone, bursts // 2, detail)
+            else:
+                self.assertGreater(found, bursts * 3 // 4, detail)
+                self.assertEqual(outdone, 0, detail)
 
 
 shard_variants(LimitCases, globals())

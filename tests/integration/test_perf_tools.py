@@ -271,11 +271,12 @@ class CompareIdlePoll(unittest.TestCase):
         runs = {r["broker"]: r for r in doc["runs"]}
         self.assertEqual(sorted(runs), ["mosquitto", "ringmq"])
         self.assertTrue(runs["ringmq"]["broker_command"].endswith(" --set node.idle_poll_us=200 --set "
-                                                                  "node.idle_poll_min_batch=0"),
+                                                                  "node.idle_poll_min_batch=0 --set "
+                                                                  "node.idle_poll_by_cpu=false"),
                         runs["ringmq"]["broker_command"])
         self.assertNotIn("idle_poll", runs["mosquitto"]["broker_command"])
-        self.assertIn("(1to1-q0-20k-idlepoll: ringmq --set node.idle_poll_us=200 --set node.idle_poll_min_batch=0)",
-                      run.stdout)
+        self.assertIn("(1to1-q0-20k-idlepoll: ringmq --set node.idle_poll_us=200 --set node.idle_poll_min_batch=0 "
+                      "--set node.idle_poll_by_cpu=false)", run.stdout)
         r = runs["ringmq"]["result"]
         self.assertEqual((r["status"], r["lost"]), ("ok", 0))
         # Polling between messages 50 us apart keeps the broker's core busy; sleeping, it used about a third of it.
