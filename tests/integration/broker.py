@@ -215,6 +215,12 @@ class Broker:
             except OSError:
                 pass
 
+    def stop_and_read_log(self) -> bytes:
+        """Stops the broker and returns its whole log, with the lines it writes while stopping (counters, say)."""
+        with open(self.log_path, "rb") as log:  # still readable after stop() removes the file
+            self.stop()
+            return log.read()
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

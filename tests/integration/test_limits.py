@@ -315,10 +315,8 @@ class LimitCases:
         before = cpu_s()
         time.sleep(1.0)
         self.assertLess(cpu_s() - before, 0.5, "the broker kept polling through a quiet second")
-        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
-        self.addCleanup(log.close)
-        self.broker.stop()
-        polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, (\d+) slept", log.read())
+        text = self.broker.stop_and_read_log()
+        polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, (\d+) slept", text)
         self.assertEqual(len(polls), self.SHARDS)
         # Most of the 20 (a poll that never sees completions finds none; a test thread descheduled for 10 ms may
         # miss a window now and then).
@@ -335,10 +333,7 @@ class LimitCases:
             time.sleep(0.002)
             pub.send(b"".join(m.publish("poll/batch", b"x", qos=0) for _ in range(40)) + m.pingreq())
             pub.expect(m.PINGRESP_BYTES)
-        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
-        self.addCleanup(log.close)
-        self.broker.stop()
-        text = log.read()
+        text = self.broker.stop_and_read_log()
         polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, \d+ slept after \d+ us; "
                            rb"(\d+) times it slept at once \(under 8 packets", text)
         self.assertEqual(len(polls), self.SHARDS, text[-2000:])
@@ -352,10 +347,7 @@ class LimitCases:
         # once, polling one idle point in 16 to see whether that changed.
         self.use_broker({"node.idle_poll_us": 1000, "node.idle_poll_min_batch": 0, "node.idle_poll_by_cpu": False})
         self.ping_2ms_apart(48)
-        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
-        self.addCleanup(log.close)
-        self.broker.stop()
-        text = log.read()
+        text = self.broker.stop_and_read_log()
         polls = re.findall(rb"polled (\d+) times when idle: \d+ found work, \d+ slept after 1000 us; \d+ times it slept "
                            rb"at once \(under 0 packets a wake-up\), (\d+) times as polls had found work under 75% of "
                            rb"the time", text)
@@ -381,10 +373,7 @@ class LimitCases:
                 pub.send(burst)
                 pub.expect(m.PINGRESP_BYTES)
                 bursts += 1
-            log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
-            self.addCleanup(log.close)
-            self.broker.stop()
-            text = log.read()
+            text = self.broker.stop_and_read_log()
             shards = re.findall(rb"polled (\d+) times when idle: (\d+) found work.* (\d+) times as sleeping had done "
                                 rb"more per CPU-second \((\d+) against (\d+) packets per CPU-ms polling", text)
             self.assertEqual(len(shards), self.SHARDS, text[-2000:])
