@@ -71,11 +71,11 @@ struct turn_budgets {
     uint32_t sends_per_turn = 128;           // sends started per loop turn; the rest wait in the send backlog
     uint32_t retained_reads_per_turn = 1024; // retained topics looked at per loop turn, all SUBSCRIBEs together
     uint32_t retained_read_slice = 256;      // of those, per session in turn
-    // Microseconds an idle shard keeps polling its ring (and its queues) before it sleeps; 0 sleeps at once. Polling
-    // trades CPU for latency: it saves the wake-up of a sleeping thread on the next packet (see README, "Idle
-    // polling"). At most 10 ms: an idle shard wakes for its 200 ms tick and polls after it too, so the cap keeps that
-    // under 5% of a core.
-    uint32_t idle_poll_us = 0;
+    // Microseconds an idle shard keeps polling its ring (and its queues) before it sleeps; 0 sleeps at once. A poll
+    // that finds work saves the wake-up of a sleeping thread on the next packet; the three rules below keep it to the
+    // traffic where that pays (see README, "Idle polling"). At most 10 ms: with the rules off, an idle shard wakes for
+    // its 200 ms tick and polls after it too, so the cap keeps that under 5% of a core.
+    uint32_t idle_poll_us = 50;
     // Poll only while the shard's wake-ups bring at least this many packets each (a running average): a closed loop
     // that sends in batches gains from polling, sparse traffic (one or two packets a wake-up) only spends the gap.
     // 0 polls after every wake-up.

@@ -274,7 +274,7 @@ class LimitCases:
                                   "node.retained_read_slice": 3}, True), ({}, False)):
             self.use_broker(settings)
             if steps:
-                line = (b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 0 us from 16 packets a wake-up "
+                line = (b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 50 us from 16 packets a wake-up "
                         b"while 75% of polls find work, weighed against sleeping per CPU-second)")
                 started = self.broker.log().count(line)
                 self.assertEqual(started, self.SHARDS)

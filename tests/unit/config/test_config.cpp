@@ -115,7 +115,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.sends_per_turn, 128u);
     EXPECT_EQ(c.budgets.retained_reads_per_turn, 1024u);
     EXPECT_EQ(c.budgets.retained_read_slice, 256u);
-    EXPECT_EQ(c.budgets.idle_poll_us, 0u);
+    EXPECT_EQ(c.budgets.idle_poll_us, 50u);
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 16u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
     EXPECT_TRUE(c.budgets.idle_poll_by_cpu);
@@ -216,7 +216,7 @@ shards = 0
 sends_per_turn = 128
 retained_reads_per_turn = 1024
 retained_read_slice = 256
-idle_poll_us = 0
+idle_poll_us = 50
 idle_poll_min_batch = 16
 idle_poll_min_found = 75
 idle_poll_by_cpu = true
