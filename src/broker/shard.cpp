@@ -46,7 +46,11 @@ constexpr uint32_t tick_ms = 200;
 // change of traffic is seen within a second; exploring one epoch in 32 costs 1/32 of what the worse mode loses.
 constexpr int64_t poll_epoch_ms = 25;
 constexpr uint64_t poll_explore_every = 32;
+// Fewer packets than this in an epoch score neither mode: a few bursts' worth are mostly the CPU of waking up at all.
 constexpr uint64_t poll_epoch_min_packets = 256;
+// node.idle_poll_min_found: while the polls find too little, one idle point in this many polls anyway, so the average
+// sees the traffic change; at 50 us a poll that finds nothing then costs about 3 us per idle point.
+constexpr uint32_t poll_probe_every = 16;
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
 constexpr uint32_t deadline_slots = 1024;
@@ -187,14 +191,13 @@ bool shard::run() {
         log::info("receive buffers ran out {} times (first packets {}); those connections waited a turn", bufs_.enobufs,
                   first_bufs_.enobufs);
     if (cfg_.budgets.idle_poll_us != 0)
-        log::debug(
-            "shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
-            "(under {} packets a wake-up), {} times as polls had found work under {}% of the time, {} times as "
-            "sleeping had done more per CPU-second ({:.0f} against {:.0f} packets per CPU-ms polling, {} epochs)",
-            id_, idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_, cfg_.budgets.idle_poll_us,
-            idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch, idle_polls_fruitless_,
-            cfg_.budgets.idle_poll_min_found, idle_polls_outdone_, packets_per_ns_[0] * 1e6, packets_per_ns_[1] * 1e6,
-            epochs_);
+        log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
+                   "(under {} packets a wake-up), {} times as polls had found work under {}% of the time, {} times in "
+                   "sleeping epochs ({:.0f} packets per CPU-ms sleeping against {:.0f} polling, {} epochs)",
+                   id_, idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_,
+                   cfg_.budgets.idle_poll_us, idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch,
+                   idle_polls_fruitless_, cfg_.budgets.idle_poll_min_found, idle_polls_in_sleeping_epochs_,
+                   packets_per_ns_[0] * 1e6, packets_per_ns_[1] * 1e6, epochs_);
     log::debug("shard {} stopped", id_);
     return true;
 }
@@ -217,8 +220,8 @@ void shard::loop() {
                           !pending_handoffs_.empty() || reads_runnable_;
         if (busy) {
             ring_.submit();
-        } else if (cfg_.budgets.idle_poll_us != 0 && worth_polling() && poll_idle()) {
-            // work came in while polling; what was queued is submitted
+        } else if (cfg_.budgets.idle_poll_us != 0 && (completed_on_submit() || (worth_polling() && poll_idle()))) {
+            // sends that completed as they were submitted, or work that came in while polling
         } else {
             node_.smp.set_sleeping(id_, true);
             if (has_news()) {
@@ -277,12 +280,13 @@ bool shard::worth_polling() {
         return false;
     }
     if (!poll_epoch_) {
-        ++idle_polls_outdone_;
+        ++idle_polls_in_sleeping_epochs_;
         return false;
     }
     // Polls that time out cost their whole length and save nothing; below the share asked for, poll only now and then
     // so the average can tell when the traffic changes.
-    if (uint64_t{found_avg_} * 100 >= uint64_t{cfg_.budgets.idle_poll_min_found} << 16 || ++since_poll_ >= 16) {
+    if (uint64_t{found_avg_} * 100 >= uint64_t{cfg_.budgets.idle_poll_min_found} << 16 ||
+        ++since_poll_ >= poll_probe_every) {
         since_poll_ = 0;
         return true;
     }
@@ -299,29 +303,44 @@ void shard::weigh_polling() {
     epoch_cpu_ns_ = cpu;
     epoch_packets_ = packets;
     epoch_end_ms_ = now_ms_ + poll_epoch_ms;
-    // An epoch with little traffic says nothing about either mode (and the first has no start).
+    // An epoch with little traffic says nothing about either mode (and the first has no start). The mode that runs
+    // is scored every epoch, so one odd epoch (the thread preempted, say) moves it by a quarter; the other is scored
+    // one epoch in 32, and by half, so a change of traffic shows within a few of those.
     if (epochs_++ != 0 && dpackets >= poll_epoch_min_packets && dcpu != 0) {
         double& avg = packets_per_ns_[poll_epoch_ ? 1 : 0];
         const double now = double(dpackets) / double(dcpu);
-        avg = avg == 0 ? now : (avg + now) / 2;
+        avg = avg == 0 ? now : avg + (now - avg) * (epoch_exploring_ ? 0.5 : 0.25);
     }
+    const bool was_polling = poll_epoch_;
     if (packets_per_ns_[1] == 0 || packets_per_ns_[0] == 0) {
-        poll_epoch_ = packets_per_ns_[1] == 0; // a mode not yet measured goes next, polling first
-        return;
+        // A mode not yet measured goes next; polling first, since sleeping is what a shard did before it knew.
+        poll_epoch_ = packets_per_ns_[1] == 0;
+        epoch_exploring_ = true;
+    } else {
+        const bool polling_better = packets_per_ns_[1] >= packets_per_ns_[0]; // a tie polls: it is the lower latency
+        epoch_exploring_ = epochs_ % poll_explore_every == 0;
+        poll_epoch_ = epoch_exploring_ ? !polling_better : polling_better;
     }
-    const bool polling_better = packets_per_ns_[1] >= packets_per_ns_[0];
-    poll_epoch_ = epochs_ % poll_explore_every == 0 ? !polling_better : polling_better;
+    // A polling epoch after sleeping ones starts with the found rule's slate clean: its average is from before the
+    // sleeping epochs, and an epoch that hardly polls would score sleeping as polling.
+    if (poll_epoch_ && !was_polling) {
+        found_avg_ = 1u << 16;
+        since_poll_ = 0;
+    }
+}
+
+bool shard::completed_on_submit() {
+    ring_.submit();
+    return io_uring_cq_ready(ring_.raw()) != 0;
 }
 
 bool shard::poll_idle() {
-    ring_.submit();
-    if (io_uring_cq_ready(ring_.raw()) != 0) return true; // completed on submission: not a poll
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(cfg_.budgets.idle_poll_us);
     for (;;) {
         // Not marked sleeping: other shards do not wake this one, so their queues are looked at here.
         if (io_uring_cq_ready(ring_.raw()) != 0 || has_news()) {
             ++idle_polls_found_;
-            found_avg_ += ((1u << 16) - found_avg_) >> 3;
+            found_avg_ += ((1u << 16) - found_avg_ + 7) >> 3; // rounded up, so it reaches 100%
             return true;
         }
         if (std::chrono::steady_clock::now() >= until) break;

@@ -287,6 +287,9 @@ private:
 
     // loop
     void loop();
+    // Submits what the turn queued; true when some of it completed at once (a send to a socket with room): that is
+    // work for the next turn, not an idle point, so the polling rules neither count nor spend it.
+    bool completed_on_submit();
     // Polls the ring and the incoming queues for node.idle_poll_us; true when something came in (the loop goes on
     // without sleeping), false when the time ran out.
     bool poll_idle();
@@ -457,12 +460,13 @@ private:
     // node.idle_poll_by_cpu: whether this epoch may poll, when it ends, and what each mode did per CPU-nanosecond
     // (running averages, [0] sleeping and [1] polling; 0 until measured).
     bool poll_epoch_ = true;
+    bool epoch_exploring_ = true; // this epoch runs the mode that did less (or one not yet measured)
     int64_t epoch_end_ms_ = 0;
     uint64_t epochs_ = 0;
     uint64_t epoch_cpu_ns_ = 0;
     uint64_t epoch_packets_ = 0;
     double packets_per_ns_[2] = {0, 0};
-    uint64_t idle_polls_outdone_ = 0; // idle points in epochs where sleeping had done more per CPU-second
+    uint64_t idle_polls_in_sleeping_epochs_ = 0; // idle points that slept because the epoch was a sleeping one
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).

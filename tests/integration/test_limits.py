@@ -352,18 +352,20 @@ class LimitCases:
                            rb"at once \(under 0 packets a wake-up\), (\d+) times as polls had found work under 75% of "
                            rb"the time", text)
         self.assertEqual(len(polls), self.SHARDS, text[-2000:])
-        # The client's shard has about 48 idle points (more with the connect and the ticks): three polls take its
-        # average under 75%, then one in 16 (the test thread may be late for a ping now and then, so a poll finds one).
+        # The client's shard has about 48 idle points (a PINGRESP that completes as it is submitted is not one; a few
+        # more with the connect and the ticks): three polls take its average under 75%, then one in 16 (the test
+        # thread may be late for a ping now and then, so a poll finds one). It does keep polling now and then.
         self.assertLessEqual(max(int(p) for p, _ in polls), 12, polls)
+        self.assertGreaterEqual(max(int(p) for p, _ in polls), 4, polls)
         self.assertGreaterEqual(max(int(f) for _, f in polls), 30, polls)
 
     def test_idle_poll_weighed_against_sleeping(self):
-        # node.idle_poll_by_cpu: bursts of 300 PUBLISHes about 1 ms apart. A 3 ms poll finds each burst (so neither
+        # node.idle_poll_by_cpu: bursts of 300 PUBLISHes about 1 ms apart. A 10 ms poll finds each burst (so neither
         # rule above stops it) but spins about 1 ms for it, where a sleep costs a wake-up: sleeping handles several
         # times the packets per CPU-second. Weighed, the shard sleeps once it has tried both; unweighed, it polls.
         burst = b"".join(m.publish("poll/cpu", b"x", qos=0) for _ in range(300)) + m.pingreq()
         for weighed in (False, True):
-            self.use_broker({"node.idle_poll_us": 3000, "node.idle_poll_min_batch": 0, "node.idle_poll_min_found": 0,
+            self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 0, "node.idle_poll_min_found": 0,
                              "node.idle_poll_by_cpu": weighed})
             pub = self.client(self.pub_id())
             bursts = 0
@@ -374,19 +376,20 @@ class LimitCases:
                 pub.expect(m.PINGRESP_BYTES)
                 bursts += 1
             text = self.broker.stop_and_read_log()
-            shards = re.findall(rb"polled (\d+) times when idle: (\d+) found work.* (\d+) times as sleeping had done "
-                                rb"more per CPU-second \((\d+) against (\d+) packets per CPU-ms polling", text)
+            shards = re.findall(rb"polled (\d+) times when idle: (\d+) found work.* (\d+) times in sleeping epochs "
+                                rb"\((\d+) packets per CPU-ms sleeping against (\d+) polling", text)
             self.assertEqual(len(shards), self.SHARDS, text[-2000:])
-            polls, found, outdone, sleeping, polling = max((tuple(map(int, s)) for s in shards), key=lambda s: s[1])
+            polls, found, slept_by_epoch, sleeping, polling = max((tuple(map(int, s)) for s in shards), key=lambda s: s[1])
             detail = f"weighed {weighed}: {bursts} bursts, {shards}"
             if weighed:
                 # Polling in the first epoch and one in 32 after (25 ms each), most bursts after a sleep.
                 self.assertGreater(sleeping, polling, detail)
                 self.assertLess(polls, bursts // 4, detail)
-                self.assertGreater(outdone, bursts // 2, detail)
+                self.assertGreater(slept_by_epoch, bursts // 2, detail)
             else:
-                self.assertGreater(found, bursts * 3 // 4, detail)
-                self.assertEqual(outdone, 0, detail)
+                # (Most: a burst that comes more than 10 ms late, the test thread descheduled, is not found.)
+                self.assertGreater(found, bursts // 2, detail)
+                self.assertEqual(slept_by_epoch, 0, detail)
 
 
 shard_variants(LimitCases, globals())
