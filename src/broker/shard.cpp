@@ -18,7 +18,6 @@
 #include <bit>
 #include <chrono>
 #include <cstring>
-#include <ctime>
 
 namespace ringmq::broker {
 
@@ -42,15 +41,6 @@ constexpr uint32_t recv_buffer_size = 16384;
 constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
 constexpr uint32_t tick_ms = 200;
-// node.idle_poll_by_cpu: epochs long enough to hold thousands of packets on a busy closed loop, short enough that a
-// change of traffic is seen within a second; exploring one epoch in 32 costs 1/32 of what the worse mode loses.
-constexpr int64_t poll_epoch_ms = 25;
-constexpr uint64_t poll_explore_every = 32;
-// Fewer packets than this in an epoch score neither mode: a few bursts' worth are mostly the CPU of waking up at all.
-constexpr uint64_t poll_epoch_min_packets = 256;
-// node.idle_poll_min_found: while the polls find too little, one idle point in this many polls anyway, so the average
-// sees the traffic change; at 50 us a poll that finds nothing then costs about 3 us per idle point.
-constexpr uint32_t poll_probe_every = 16;
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
 constexpr uint32_t deadline_slots = 1024;
@@ -194,10 +184,11 @@ bool shard::run() {
         log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
                    "(under {} packets a wake-up), {} times as polls had found work under {}% of the time, {} times in "
                    "sleeping epochs ({:.0f} packets per CPU-ms sleeping against {:.0f} polling, {} epochs)",
-                   id_, idle_polls_found_ + idle_polls_slept_, idle_polls_found_, idle_polls_slept_,
-                   cfg_.budgets.idle_poll_us, idle_polls_skipped_, cfg_.budgets.idle_poll_min_batch,
-                   idle_polls_fruitless_, cfg_.budgets.idle_poll_min_found, idle_polls_in_sleeping_epochs_,
-                   packets_per_ns_[0] * 1e6, packets_per_ns_[1] * 1e6, epochs_);
+                   id_, poll_rules_.count().found + poll_rules_.count().slept, poll_rules_.count().found,
+                   poll_rules_.count().slept, cfg_.budgets.idle_poll_us, poll_rules_.count().sparse,
+                   cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
+                   poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
+                   poll_rules_.epochs());
     log::debug("shard {} stopped", id_);
     return true;
 }
@@ -220,7 +211,8 @@ void shard::loop() {
                           !pending_handoffs_.empty() || reads_runnable_;
         if (busy) {
             ring_.submit();
-        } else if (cfg_.budgets.idle_poll_us != 0 && (completed_on_submit() || (worth_polling() && poll_idle()))) {
+        } else if (cfg_.budgets.idle_poll_us != 0 &&
+                   (completed_on_submit() || (poll_rules_.should_poll(m_.packets_received) && poll_idle()))) {
             // sends that completed as they were submitted, or work that came in while polling
         } else {
             node_.smp.set_sleeping(id_, true);
@@ -233,8 +225,8 @@ void shard::loop() {
             }
         }
         now_ms_ = mono_ms();
-        if (now_ms_ >= epoch_end_ms_ && cfg_.budgets.idle_poll_us != 0 && cfg_.budgets.idle_poll_by_cpu)
-            weigh_polling();
+        if (cfg_.budgets.idle_poll_us != 0 && poll_rules_.epoch_due(now_ms_))
+            poll_rules_.end_epoch(now_ms_, thread_cpu_ns(), m_.packets_received + m_.packets_sent);
         ++turn_;
         const unsigned n = ring_.reap(batch, reap_batch);
         // Drain the queues only after the completions were observed: anything another shard published before a
@@ -270,65 +262,6 @@ bool shard::has_news() const {
     return node_.smp.has_incoming(id_) || stop_requested_.load(std::memory_order_acquire) != stopping_;
 }
 
-bool shard::worth_polling() {
-    // Packets per wake-up, averaged over the last few (weight 1/4 for the newest), in sixteenths.
-    const uint64_t n = m_.packets_received - packets_at_idle_;
-    packets_at_idle_ = m_.packets_received;
-    batch_avg16_ = batch_avg16_ - batch_avg16_ / 4 + n * 4;
-    if (batch_avg16_ < uint64_t{cfg_.budgets.idle_poll_min_batch} * 16) {
-        ++idle_polls_skipped_;
-        return false;
-    }
-    if (!poll_epoch_) {
-        ++idle_polls_in_sleeping_epochs_;
-        return false;
-    }
-    // Polls that time out cost their whole length and save nothing; below the share asked for, poll only now and then
-    // so the average can tell when the traffic changes.
-    if (uint64_t{found_avg_} * 100 >= uint64_t{cfg_.budgets.idle_poll_min_found} << 16 ||
-        ++since_poll_ >= poll_probe_every) {
-        since_poll_ = 0;
-        return true;
-    }
-    ++idle_polls_fruitless_;
-    return false;
-}
-
-void shard::weigh_polling() {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    const uint64_t cpu = uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec);
-    const uint64_t packets = m_.packets_received + m_.packets_sent;
-    const uint64_t dcpu = cpu - epoch_cpu_ns_, dpackets = packets - epoch_packets_;
-    epoch_cpu_ns_ = cpu;
-    epoch_packets_ = packets;
-    epoch_end_ms_ = now_ms_ + poll_epoch_ms;
-    // An epoch with little traffic says nothing about either mode (and the first has no start). The mode that runs
-    // is scored every epoch, so one odd epoch (the thread preempted, say) moves it by a quarter; the other is scored
-    // one epoch in 32, and by half, so a change of traffic shows within a few of those.
-    if (epochs_++ != 0 && dpackets >= poll_epoch_min_packets && dcpu != 0) {
-        double& avg = packets_per_ns_[poll_epoch_ ? 1 : 0];
-        const double now = double(dpackets) / double(dcpu);
-        avg = avg == 0 ? now : avg + (now - avg) * (epoch_exploring_ ? 0.5 : 0.25);
-    }
-    const bool was_polling = poll_epoch_;
-    if (packets_per_ns_[1] == 0 || packets_per_ns_[0] == 0) {
-        // A mode not yet measured goes next; polling first, since sleeping is what a shard did before it knew.
-        poll_epoch_ = packets_per_ns_[1] == 0;
-        epoch_exploring_ = true;
-    } else {
-        const bool polling_better = packets_per_ns_[1] >= packets_per_ns_[0]; // a tie polls: it is the lower latency
-        epoch_exploring_ = epochs_ % poll_explore_every == 0;
-        poll_epoch_ = epoch_exploring_ ? !polling_better : polling_better;
-    }
-    // A polling epoch after sleeping ones starts with the found rule's slate clean: its average is from before the
-    // sleeping epochs, and an epoch that hardly polls would score sleeping as polling.
-    if (poll_epoch_ && !was_polling) {
-        found_avg_ = 1u << 16;
-        since_poll_ = 0;
-    }
-}
-
 bool shard::completed_on_submit() {
     ring_.submit();
     return io_uring_cq_ready(ring_.raw()) != 0;
@@ -339,16 +272,14 @@ bool shard::poll_idle() {
     for (;;) {
         // Not marked sleeping: other shards do not wake this one, so their queues are looked at here.
         if (io_uring_cq_ready(ring_.raw()) != 0 || has_news()) {
-            ++idle_polls_found_;
-            found_avg_ += ((1u << 16) - found_avg_ + 7) >> 3; // rounded up, so it reaches 100%
+            poll_rules_.polled(true);
             return true;
         }
         if (std::chrono::steady_clock::now() >= until) break;
         // Completions of a DEFER_TASKRUN ring are posted only when its thread asks for them.
         io_uring_get_events(ring_.raw());
     }
-    ++idle_polls_slept_;
-    found_avg_ -= found_avg_ >> 3;
+    poll_rules_.polled(false);
     return false;
 }
 

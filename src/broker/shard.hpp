@@ -4,6 +4,7 @@
 // request_stop(); nothing of a shard is touched by another thread except through the SMP queues, the waker and the
 // `node` counters that are atomic.
 #include "broker/control.hpp"
+#include "broker/idle_poll.hpp"
 #include "broker/metrics.hpp"
 #include "broker/retained_store.hpp"
 #include "broker/send_queue.hpp"
@@ -296,12 +297,6 @@ private:
     // Whether another shard queued something for this one, or a stop was asked for that this shard has not begun:
     // what an idle shard must look at before it sleeps (and while it polls).
     bool has_news() const;
-    // Whether the wake-ups lately brought node.idle_poll_min_batch packets each and the polls lately found work
-    // node.idle_poll_min_found percent of the time (called once per idle point).
-    bool worth_polling();
-    // Ends an epoch of node.idle_poll_by_cpu: scores its mode by packets per CPU-nanosecond of this thread and picks
-    // the next epoch's mode (called from the loop every poll_epoch_ms).
-    void weigh_polling();
     void drain_smp();
     void handle_smp(const reactor::smp_msg& m);
     void flush();
@@ -449,24 +444,7 @@ private:
     // reconnected (a PUBACK, say) are reaped and handled before the takeover closes that connection.
     std::vector<std::pair<uint64_t, handoff*>> pending_handoffs_;
     uint64_t turn_ = 0;
-    uint64_t idle_polls_found_ = 0;     // idle polls that found work before node.idle_poll_us ran out
-    uint64_t idle_polls_slept_ = 0;     // and those that did not, after which the shard slept
-    uint64_t idle_polls_skipped_ = 0;   // idle points where the wake-ups were too sparse to poll after
-    uint64_t packets_at_idle_ = 0;      // packets_received at the last idle point
-    uint64_t batch_avg16_ = 0;          // packets per wake-up, running average in sixteenths
-    uint64_t idle_polls_fruitless_ = 0; // idle points where the polls had found too little to poll again
-    uint32_t found_avg_ = 1u << 16;     // share of recent polls that found work, running average (1 << 16 = all)
-    uint32_t since_poll_ = 0;           // idle points since the last poll, while the found rule holds polls back
-    // node.idle_poll_by_cpu: whether this epoch may poll, when it ends, and what each mode did per CPU-nanosecond
-    // (running averages, [0] sleeping and [1] polling; 0 until measured).
-    bool poll_epoch_ = true;
-    bool epoch_exploring_ = true; // this epoch runs the mode that did less (or one not yet measured)
-    int64_t epoch_end_ms_ = 0;
-    uint64_t epochs_ = 0;
-    uint64_t epoch_cpu_ns_ = 0;
-    uint64_t epoch_packets_ = 0;
-    double packets_per_ns_[2] = {0, 0};
-    uint64_t idle_polls_in_sleeping_epochs_ = 0; // idle points that slept because the epoch was a sleeping one
+    idle_poll_rules poll_rules_{cfg_.budgets};
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).

@@ -1,0 +1,127 @@
+// The rules that decide whether an idle shard polls before it sleeps: packets per wake-up, the share of polls that
+// found work, and polling against sleeping per CPU-second, driven here with made-up packet counts and CPU times.
+#include "broker/idle_poll.hpp"
+
+#include <gtest/gtest.h>
+
+namespace ringmq::broker {
+namespace {
+
+config::turn_budgets budgets(uint32_t min_batch, uint32_t min_found, bool by_cpu) {
+    config::turn_budgets b;
+    b.idle_poll_us = 50;
+    b.idle_poll_min_batch = min_batch;
+    b.idle_poll_min_found = min_found;
+    b.idle_poll_by_cpu = by_cpu;
+    return b;
+}
+
+TEST(idle_poll_rules, polls_only_while_wake_ups_bring_batches) {
+    const auto b = budgets(16, 0, false);
+    idle_poll_rules r(b);
+    uint64_t packets = 0;
+    for (int i = 0; i < 20; ++i)
+        EXPECT_FALSE(r.should_poll(packets += 2)) << i;
+    EXPECT_EQ(r.count().sparse, 20u);
+    int polled = 0;
+    for (int i = 0; i < 20; ++i)
+        polled += r.should_poll(packets += 64);
+    EXPECT_GE(polled, 15); // the average climbs past 16 within a few wake-ups
+    for (int i = 0; i < 10; ++i)
+        r.should_poll(packets);
+    EXPECT_FALSE(r.should_poll(packets)); // and falls back when they bring nothing
+}
+
+TEST(idle_poll_rules, fruitless_polls_are_held_back_and_probed) {
+    const auto b = budgets(0, 75, false);
+    idle_poll_rules r(b);
+    int polls = 0;
+    for (int i = 0; i < 160; ++i) {
+        if (!r.should_poll(0)) continue;
+        ++polls;
+        r.polled(false);
+    }
+    // Three misses take the average from 100% under 75%, then one idle point in 16.
+    EXPECT_EQ(polls, 3 + (160 - 3) / int(idle_poll_rules::probe_every));
+    EXPECT_EQ(r.count().slept, uint64_t(polls));
+    EXPECT_EQ(r.count().fruitless, uint64_t(160 - polls));
+    // Polls that find work bring the average back, up to 100%.
+    for (int i = 0; i < 64; ++i)
+        if (r.should_poll(0)) r.polled(true);
+    const auto c100 = budgets(0, 100, false);
+    idle_poll_rules full(c100);
+    full.polled(false);
+    for (int i = 0; i < 200; ++i)
+        full.polled(true);
+    EXPECT_TRUE(full.should_poll(0));
+    EXPECT_TRUE(full.should_poll(0));
+}
+
+// Runs one epoch in which the shard handled `packets` for `cpu_ns` of its thread's time.
+void epoch(idle_poll_rules& r, int64_t& now, uint64_t& cpu, uint64_t& pk, uint64_t packets, uint64_t cpu_ns) {
+    now += idle_poll_rules::epoch_ms;
+    cpu += cpu_ns;
+    pk += packets;
+    ASSERT_TRUE(r.epoch_due(now));
+    r.end_epoch(now, cpu, pk);
+}
+
+TEST(idle_poll_rules, weighs_polling_against_sleeping_per_cpu) {
+    const auto b = budgets(0, 0, true);
+    idle_poll_rules r(b);
+    int64_t now = 0;
+    uint64_t cpu = 0, pk = 0;
+    epoch(r, now, cpu, pk, 0, 0);   // the first epoch has no start
+    EXPECT_TRUE(r.polling_epoch()); // polling is tried first...
+    epoch(r, now, cpu, pk, 10'000, 10'000'000);
+    EXPECT_FALSE(r.polling_epoch()); // ...then sleeping
+    EXPECT_FALSE(r.should_poll(0));
+    EXPECT_EQ(r.count().sleeping_epochs, 1u);
+    epoch(r, now, cpu, pk, 10'000, 2'000'000); // sleeping does five times the packets per CPU-second
+    int polling_epochs = 0;
+    for (int i = 0; i < 64; ++i) {
+        const bool polling = r.polling_epoch();
+        polling_epochs += polling;
+        epoch(r, now, cpu, pk, 10'000, polling ? 10'000'000 : 2'000'000);
+    }
+    EXPECT_EQ(polling_epochs, 2); // tried one epoch in 32
+    EXPECT_GT(r.score(false), r.score(true));
+    // The traffic changes: polling now does better, and wins within a few tries.
+    int64_t switched_after = -1;
+    for (int i = 0; i < 200 && switched_after < 0; ++i) {
+        const bool polling = r.polling_epoch();
+        epoch(r, now, cpu, pk, 10'000, polling ? 1'000'000 : 2'000'000);
+        if (polling && r.polling_epoch()) switched_after = i;
+    }
+    EXPECT_GE(switched_after, 0);
+    EXPECT_LE(switched_after, 3 * int64_t(idle_poll_rules::explore_every));
+    // Epochs with little traffic score nothing.
+    const double before = r.score(true);
+    epoch(r, now, cpu, pk, idle_poll_rules::epoch_min_packets - 1, 1'000'000'000);
+    EXPECT_EQ(r.score(true), before);
+}
+
+TEST(idle_poll_rules, a_polling_epoch_after_sleeping_ones_starts_with_the_found_average_reset) {
+    const auto b = budgets(0, 75, true);
+    idle_poll_rules r(b);
+    int64_t now = 0;
+    uint64_t cpu = 0, pk = 0;
+    epoch(r, now, cpu, pk, 0, 0);
+    for (int i = 0; i < 8; ++i)
+        r.polled(false); // the found rule would hold polls back now
+    epoch(r, now, cpu, pk, 10'000, 10'000'000);
+    ASSERT_FALSE(r.polling_epoch());
+    epoch(r, now, cpu, pk, 10'000, 20'000'000); // sleeping did worse
+    ASSERT_TRUE(r.polling_epoch());
+    EXPECT_TRUE(r.should_poll(0));
+}
+
+TEST(idle_poll_rules, no_epochs_without_the_cpu_rule) {
+    const auto b = budgets(0, 0, false);
+    idle_poll_rules r(b);
+    EXPECT_FALSE(r.epoch_due(1'000'000));
+    EXPECT_TRUE(r.should_poll(0));
+}
+
+} // namespace
+} // namespace ringmq::broker
