@@ -1,5 +1,7 @@
 #include "broker/idle_poll.hpp"
 
+#include <algorithm>
+
 namespace ringmq::broker {
 
 bool idle_poll_rules::should_poll(uint64_t packets_received) {
@@ -17,8 +19,13 @@ bool idle_poll_rules::should_poll(uint64_t packets_received) {
     }
     // Polls that time out cost their whole length and save nothing; below the share asked for, poll only now and then
     // so the average can tell when the traffic changes.
-    if (uint64_t{found_avg_} * 100 >= uint64_t{b_.idle_poll_min_found} << 16 || ++since_poll_ >= probe_every) {
+    if (uint64_t{found_avg_} * 100 >= uint64_t{b_.idle_poll_min_found} << 16) {
         since_poll_ = 0;
+        return true;
+    }
+    if (++since_poll_ >= probe_gap_) {
+        since_poll_ = 0;
+        probing_ = true;
         return true;
     }
     ++n_.fruitless;
@@ -29,10 +36,13 @@ void idle_poll_rules::polled(bool found) {
     if (found) {
         ++n_.found;
         found_avg_ += ((1u << 16) - found_avg_ + 7) >> 3; // rounded up, so it reaches 100%
+        probe_gap_ = probe_every;
     } else {
         ++n_.slept;
         found_avg_ -= found_avg_ >> 3;
+        if (probing_) probe_gap_ = std::min(probe_gap_ * 2, probe_every_max);
     }
+    probing_ = false;
 }
 
 void idle_poll_rules::end_epoch(int64_t now_ms, uint64_t cpu_ns, uint64_t packets) {
@@ -63,6 +73,7 @@ void idle_poll_rules::end_epoch(int64_t now_ms, uint64_t cpu_ns, uint64_t packet
     if (poll_epoch_ && !was_polling) {
         found_avg_ = 1u << 16;
         since_poll_ = 0;
+        probe_gap_ = probe_every;
     }
 }
 

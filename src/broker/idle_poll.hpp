@@ -19,8 +19,12 @@ public:
     // Fewer packets than this in an epoch score neither mode: a few bursts' worth are mostly the CPU of waking up.
     static constexpr uint64_t epoch_min_packets = 256;
     // node.idle_poll_min_found: while the polls find too little, one idle point in this many polls anyway, so the
-    // average sees the traffic change; at 50 us a poll that finds nothing then costs about 3 us per idle point.
+    // average sees the traffic change; at 50 us a poll that finds nothing then costs about 3 us per idle point. Each
+    // such probe that finds nothing doubles the gap, up to probe_every_max (0.2 us per idle point): on a shard whose
+    // polls hardly ever find work (one of two shards, say, sharing its core with the clients) the probes were most of
+    // what polling cost. A poll that finds work brings the gap back to probe_every.
     static constexpr uint32_t probe_every = 16;
+    static constexpr uint32_t probe_every_max = 256;
 
     // What the shard logs when it stops.
     struct counters {
@@ -52,12 +56,14 @@ public:
 private:
     const config::turn_budgets& b_;
     counters n_;
-    uint64_t packets_at_idle_ = 0;  // packets received at the last idle point
-    uint64_t batch_avg16_ = 0;      // packets per wake-up, running average in sixteenths
-    uint32_t found_avg_ = 1u << 16; // share of recent polls that found work, running average (1 << 16 = all)
-    uint32_t since_poll_ = 0;       // idle points since the last poll, while the found rule holds polls back
-    bool poll_epoch_ = true;        // whether this epoch may poll
-    bool exploring_ = true;         // this epoch runs the mode that did less (or one not yet measured)
+    uint64_t packets_at_idle_ = 0;     // packets received at the last idle point
+    uint64_t batch_avg16_ = 0;         // packets per wake-up, running average in sixteenths
+    uint32_t found_avg_ = 1u << 16;    // share of recent polls that found work, running average (1 << 16 = all)
+    uint32_t since_poll_ = 0;          // idle points since the last poll, while the found rule holds polls back
+    uint32_t probe_gap_ = probe_every; // idle points between probes, while the found rule holds polls back
+    bool probing_ = false;             // the poll under way is such a probe
+    bool poll_epoch_ = true;           // whether this epoch may poll
+    bool exploring_ = true;            // this epoch runs the mode that did less (or one not yet measured)
     int64_t epoch_end_ms_ = 0;
     uint64_t epochs_ = 0;
     uint64_t epoch_cpu_ns_ = 0;

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace ringmq::broker {
 namespace {
 
@@ -36,15 +38,35 @@ TEST(idle_poll_rules, fruitless_polls_are_held_back_and_probed) {
     const auto b = budgets(0, 75, false);
     idle_poll_rules r(b);
     int polls = 0;
-    for (int i = 0; i < 160; ++i) {
+    std::vector<int> at;
+    const int idle_points = 1400;
+    for (int i = 0; i < idle_points; ++i) {
         if (!r.should_poll(0)) continue;
-        ++polls;
+        at.push_back(i);
         r.polled(false);
     }
-    // Three misses take the average from 100% under 75%, then one idle point in 16.
-    EXPECT_EQ(polls, 3 + (160 - 3) / int(idle_poll_rules::probe_every));
+    // Three misses take the average from 100% under 75%, then probes 16 idle points apart, the gap doubling with
+    // each probe that finds nothing, up to 256.
+    const std::vector<int> gaps_wanted = {1, 1, 16, 32, 64, 128, 256, 256, 256, 256};
+    std::vector<int> gaps;
+    for (size_t i = 1; i < at.size(); ++i)
+        gaps.push_back(at[i] - at[i - 1]);
+    EXPECT_EQ(gaps, gaps_wanted);
+    polls = int(at.size());
     EXPECT_EQ(r.count().slept, uint64_t(polls));
-    EXPECT_EQ(r.count().fruitless, uint64_t(160 - polls));
+    EXPECT_EQ(r.count().fruitless, uint64_t(idle_points - polls));
+    // A probe that finds work brings the gap back to 16.
+    int held = 0;
+    while (!r.should_poll(0))
+        ++held;
+    const int since_last = idle_points - 1 - at.back();
+    EXPECT_EQ(held, int(idle_poll_rules::probe_every_max) - since_last - 1);
+    r.polled(true);
+    held = 0;
+    while (!r.should_poll(0))
+        ++held;
+    EXPECT_EQ(held, int(idle_poll_rules::probe_every) - 1);
+    r.polled(true);
     // Polls that find work bring the average back, up to 100%.
     for (int i = 0; i < 64; ++i)
         if (r.should_poll(0)) r.polled(true);
