@@ -1,7 +1,13 @@
 // The do-nothing forwarder of issue 4: an MQTT 3.1.1 "broker" that only CONNACKs, SUBACKs exact topic filters,
 // answers PINGREQ and copies QoS 0 PUBLISH bytes verbatim to the subscribers of the identical topic. No sessions, no
-// QoS 1/2, no wildcards, no retained messages, no limits. It is the ceiling that perf/compare measures ringmq against
+// QoS 2, no wildcards, no retained messages, no limits. It is the ceiling that perf/compare measures ringmq against
 // on the same host in the same run: what one core can deliver when the broker itself costs next to nothing.
+//
+// QoS 1 the least a broker must do on the wire: each PUBLISH gets its PUBACK and goes out verbatim (the publisher's
+// packet id included), and the subscribers' PUBACKs are read and dropped. Nothing is tracked, so nothing is ever sent
+// again and no window limits what is in flight: the kernel's share of a QoS 1 delivery, the ceiling of perf/compare's
+// QoS 1 rows. A subscriber gets the QoS it asked for, at most 1, and every frame as published (loadgen subscribes
+// with the QoS it publishes with).
 //
 // One thread, level-triggered epoll, non-blocking sockets with TCP_NODELAY. Each epoll batch reads every ready socket
 // once, appends whole runs of same-topic PUBLISH frames to each subscriber's buffer with one copy, and then writes
@@ -171,11 +177,15 @@ private:
             }
             if (pv.type == mqtt::publish) {
                 mqtt::publish_view pub;
-                if (!mqtt::decode_publish(pv, pub) || pub.qos != 0) {
+                if (!mqtt::decode_publish(pv, pub) || pub.qos > 1) {
                     end_run();
-                    std::fprintf(stderr, "forwarder: closing fd %d: only QoS 0 PUBLISH is forwarded\n", c.fd);
+                    std::fprintf(stderr, "forwarder: closing fd %d: only QoS 0 and 1 PUBLISH are forwarded\n", c.fd);
                     close_client(c.fd);
                     return pos;
+                }
+                if (pub.qos == 1) {
+                    mqtt::encode_ack(c.out, mqtt::puback, pub.id);
+                    mark_dirty(c);
                 }
                 if (run_end != pos || pub.topic != run_topic) {
                     end_run();
@@ -213,6 +223,7 @@ private:
                 const std::size_t len = mqtt::get_u16(pv.body + pos);
                 if (pos + 2 + len + 1 > pv.size) break;
                 std::string topic(reinterpret_cast<const char*>(pv.body + pos + 2), len);
+                const std::uint8_t granted = std::min<std::uint8_t>(pv.body[pos + 2 + len] & 3, 1);
                 pos += 2 + len + 1;
                 if (topic.find_first_of("+#") != std::string::npos) {
                     codes.push_back(0x80); // exact topics only
@@ -222,7 +233,7 @@ private:
                     subs_[topic].push_back(c.fd);
                     c.topics.push_back(std::move(topic));
                 }
-                codes.push_back(0);
+                codes.push_back(granted);
             }
             if (codes.empty() || pos != pv.size) break; // no filter, or a malformed one: protocol error
             const auto rem = static_cast<std::uint32_t>(2 + codes.size());
@@ -238,6 +249,8 @@ private:
         case mqtt::pingreq:
             mqtt::encode_empty(c.out, mqtt::pingresp);
             mark_dirty(c);
+            return true;
+        case mqtt::puback: // a subscriber's: nothing was kept to release
             return true;
         case mqtt::disconnect:
             break;
@@ -339,7 +352,7 @@ private:
 } // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"forwarder: the do-nothing MQTT 3.1.1 QoS 0 forwarder perf/compare uses as the ceiling"};
+    CLI::App app{"forwarder: the do-nothing MQTT 3.1.1 QoS 0/1 forwarder perf/compare uses as the ceiling"};
     std::string listen = "127.0.0.1:1883";
     app.add_option("--listen", listen, "loopback address:port to listen on")->capture_default_str();
     CLI11_PARSE(app, argc, argv);

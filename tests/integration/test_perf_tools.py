@@ -1,5 +1,5 @@
 """The performance instruments stay honest: perf/loadgen against the real broker reports exact counts (nothing lost,
-nothing duplicated, the broker's CPU read from /proc), perf/forwarder (the do-nothing ceiling) forwards QoS 0 and
+nothing duplicated, the broker's CPU read from /proc), perf/forwarder (the do-nothing ceiling) forwards QoS 0 and 1 and
 answers everything else deterministically, perf/compare --ceiling runs all three end to end, and perf/retained_read
 counts a large retained read exactly. Short runs only:
 these check the tools, they measure nothing."""
@@ -123,14 +123,15 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.assertEqual(data["status"], "error")
 
     def test_retained_reports_a_broker_that_does_not_store_them(self):
-        # The forwarder keeps no retained messages and refuses QoS 1: the set-up fails and says so.
+        # The forwarder acknowledges the retained set and keeps none of it, and refuses the querier's wildcard: the
+        # run fails and says so.
         fwd = Forwarder()
         try:
             rc, data, err = loadgen(fwd.port, "--scenario", "retained", "--retained", "100")
         finally:
             fwd.stop()
         self.assertEqual(rc, 2, err)
-        self.assertIn("storing the retained set", err)
+        self.assertIn("SUBACK refused the subscription", err)
         self.assertEqual(data["status"], "error")
 
     def test_poll_keeps_the_generator_awake(self):
@@ -167,11 +168,44 @@ class ForwarderCeiling(unittest.TestCase):
         self.assertIn("SUBACK refused the subscription", err + json.dumps(data))
         self.assertEqual(self.fwd.proc.poll(), None, "the forwarder must keep running")
 
-    def test_qos1_publish_closes_the_publisher_with_a_reason(self):
-        rc, _, err = loadgen(self.fwd.port, "--scenario", "one-to-one", "--qos", "1")
+    def test_qos2_publish_closes_the_publisher_with_a_reason(self):
+        rc, _, err = loadgen(self.fwd.port, "--scenario", "one-to-one", "--qos", "2")
         self.assertEqual(rc, 2, err)
-        self.assertIn("only QoS 0 PUBLISH is forwarded", self.fwd.text())
+        self.assertIn("only QoS 0 and 1 PUBLISH are forwarded", self.fwd.text())
         self.assertEqual(self.fwd.proc.poll(), None)
+
+    def test_qos1_closed_loops_are_acknowledged_and_forwarded_exactly(self):
+        # A closed loop moves only as the publisher's PUBACKs come back and the subscribers' copies arrive.
+        for args in (("--scenario", "one-to-one"), ("--scenario", "fanout", "--subscribers", "10")):
+            rc, data, err = loadgen(self.fwd.port, *args, "--qos", "1", pid=self.fwd.proc.pid)
+            self.assertEqual(rc, 0, err + self.fwd.text())
+            self.assertEqual(data["status"], "ok", args)
+            self.assertGreater(data["delivered"], 1000, args)
+            self.assertEqual((data["lost"], data["duplicates"], data["reordered"]), (0, 0, 0), args)
+            self.assertEqual(data["received"], data["expected"], args)
+        self.assertEqual(self.fwd.proc.poll(), None)
+
+    def test_qos1_publish_gets_its_puback_and_goes_out_verbatim(self):
+        sub = m.RawClient(self.fwd.port)
+        self.addCleanup(sub.close)
+        sub.send(m.connect("s"))
+        sub.expect(m.connack())
+        sub.send(m.subscribe(3, [("q/1", 1), ("q/2", 2), ("q/0", 0)]))
+        sub.expect(m.suback(3, [1, 1, 0]))  # QoS 2 is granted as 1
+        pub = m.RawClient(self.fwd.port)
+        self.addCleanup(pub.close)
+        pub.send(m.connect("p"))
+        pub.expect(m.connack())
+        frames = m.publish("q/1", b"a", qos=1, pid=41) + m.publish("q/2", b"b", qos=1, pid=42)
+        pub.send(frames)
+        pub.expect(m.puback(41))
+        pub.expect(m.puback(42))
+        got = sub.read_packet().raw() + sub.read_packet().raw()
+        self.assertEqual(got, frames)
+        sub.send(m.puback(41) + m.puback(42))  # read and dropped: the connection stays
+        sub.send(m.pingreq())
+        sub.expect(bytes([0xD0, 0]))
+        pub.expect_no_packet(0.3)
 
     def test_suback_for_many_filters_and_duplicates_deliver_once(self):
         sub = m.RawClient(self.fwd.port)
@@ -281,6 +315,32 @@ class CompareIdlePoll(unittest.TestCase):
         self.assertEqual((r["status"], r["lost"]), ("ok", 0))
         # Polling between messages 50 us apart keeps the broker's core busy; sleeping, it used about a third of it.
         self.assertGreater(r["broker_cpu_s"], 0.6 * r["duration_s"])
+
+
+class CompareInflightWindow(unittest.TestCase):
+    def test_both_brokers_get_the_deeper_window_and_the_forwarder_runs_at_qos1(self):
+        run, doc = run_compare(self, ["--only", "1to1-q1-inflight64", "--ceiling"], timeout=60)
+        runs = {r["broker"]: r for r in doc["runs"]}
+        self.assertEqual(sorted(runs), ["forwarder", "mosquitto", "ringmq"])
+        self.assertTrue(runs["ringmq"]["broker_command"].endswith(" --set mqtt.max_inflight=64"),
+                        runs["ringmq"]["broker_command"])
+        self.assertIn("\nmax_inflight_messages 64\n", runs["mosquitto"]["broker_config"])
+        self.assertIn("(1to1-q1-inflight64: Mosquitto max_inflight_messages 64)", run.stdout)
+        for name, r in runs.items():
+            self.assertEqual((r["result"]["status"], r["result"]["lost"], r["result"]["qos"]), ("ok", 0, 1), name)
+            self.assertGreater(r["result"]["delivered"], 0, name)
+        head = doc["table"][0]
+        row = next(r for r in doc["table"][1:] if r[1] == "deliveries per broker CPU-s")
+        fwd = runs["forwarder"]["result"]["deliveries_per_cpu_s"]
+        ours = runs["ringmq"]["result"]["deliveries_per_cpu_s"]
+        self.assertEqual(row[head.index("ringmq/fwd")], f"{ours / fwd:.3g}x")
+
+    def test_mosquitto_runs_its_defaults_elsewhere(self):
+        run, doc = run_compare(self, ["--only", "1to1-q1"], timeout=40)
+        mosq = next(r for r in doc["runs"] if r["broker"] == "mosquitto")
+        self.assertNotIn("max_inflight", mosq["broker_config"])
+        self.assertIn("persistence false", mosq["broker_config"])
+        self.assertNotIn("inflight64", run.stdout)
 
 
 class CompareRetained(unittest.TestCase):
