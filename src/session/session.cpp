@@ -14,7 +14,6 @@ session::session(std::string client_id, bool clean, limits l)
     : client_id_(std::move(client_id)), limits_(l), clean_(clean) {
     if (limits_.max_inflight == 0) limits_.max_inflight = 1;
     if (limits_.max_inflight > 65535) limits_.max_inflight = 65535;
-    if (limits_.max_inflight > 64) pid_bits_ = std::make_unique<uint64_t[]>(1024);
 }
 
 void session::mark_pid(uint16_t pid, bool used) {
@@ -31,6 +30,13 @@ bool session::pid_in_use(uint16_t pid) const {
 }
 
 void session::assign_pid(outgoing& o) {
+    if (window_.size() >= scan_max && !pid_bits_) {
+        // The window outgrew a linear scan: from here on its ids are kept in a bitmap. Only then, so that a session
+        // allowed a large window but never using it (an idle client) does not carry 8 KiB for it.
+        pid_bits_ = std::make_unique<uint64_t[]>(1024);
+        for (const outgoing& w : window_)
+            mark_pid(w.pid, true);
+    }
     if (window_.empty()) pid_scan_ = 0; // every entry from here on is younger than the rotation
     // The window holds at most 65535 entries, so a free id always exists; ids are reused in rotation.
     for (;;) {

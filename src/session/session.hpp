@@ -93,7 +93,11 @@ public:
     // Clears the window and queue (a clean session reconnecting or being discarded).
     void clear_messages();
 
+    // Whether the window's ids are kept in a bitmap (see pid_bits_).
+    bool pid_bitmap() const { return pid_bits_ != nullptr; }
+
 private:
+    static constexpr size_t scan_max = 64;
     // Gives o the next free packet id (and its step).
     void assign_pid(outgoing& o);
     bool pid_in_use(uint16_t pid) const;
@@ -104,7 +108,8 @@ private:
     fifo<outgoing> window_;
     fifo<outgoing> queue_;
     std::unique_ptr<std::unordered_set<uint16_t>> awaiting_rel_; // allocated on the first incoming QoS 2
-    // Bitmap of ids in the window, allocated only for windows larger than a linear scan handles well (8 KiB).
+    // Bitmap of ids in the window (8 KiB), allocated the first time the window holds more entries than a linear scan
+    // handles well (scan_max), and kept from then on.
     std::unique_ptr<uint64_t[]> pid_bits_;
     uint64_t dropped_ = 0;
     limits limits_;

@@ -232,6 +232,32 @@ TEST(Session, PacketIdsSkipIdsInUseAndWrap) {
     EXPECT_EQ(n->pid, 500);
 }
 
+TEST(Session, ThePacketIdBitmapComesOnlyWithALargeWindow) {
+    // A session allowed 1000 in flight but using few carries no bitmap; past 64 entries its ids move into one: the
+    // ids given before it stay taken when the rotation comes round to them.
+    session s("c", false, lim(1000, 0));
+    const outgoing* o = nullptr;
+    std::set<uint16_t> held;
+    for (int i = 0; i < 64; ++i) {
+        ASSERT_EQ(s.offer(msg("x"), 1, true, &o), offer::send);
+        ASSERT_TRUE(held.insert(o->pid).second);
+    }
+    EXPECT_FALSE(s.pid_bitmap());
+    ASSERT_EQ(s.offer(msg("x"), 1, true, &o), offer::send);
+    EXPECT_TRUE(s.pid_bitmap());
+    ASSERT_TRUE(held.insert(o->pid).second);
+    for (int i = 0; i < 70000; ++i) {
+        ASSERT_EQ(s.offer(msg("y"), 1, true, &o), offer::send);
+        ASSERT_EQ(held.count(o->pid), 0u) << "id " << o->pid << " given while in flight, message " << i;
+        ASSERT_TRUE(s.on_puback(o->pid));
+    }
+    EXPECT_EQ(s.inflight_len(), 65u);
+    session small("d", false, lim(64, 0));
+    for (int i = 0; i < 70; ++i)
+        small.offer(msg("x"), 1, true, &o);
+    EXPECT_FALSE(small.pid_bitmap()); // a window of 64 never holds more
+}
+
 TEST(Session, AStuckPacketIdIsSkippedWhenTheRotationComesRound) {
     // A small window (ids checked by scan only once the oldest entry is a whole rotation old): id 1 is never
     // acknowledged while 3 x 65535 others come and go, and is never given again until it is.
