@@ -323,7 +323,7 @@ error decode_connect(std::span<const uint8_t> body, uint8_t flags, connect_view&
 }
 
 error decode_publish(std::span<const uint8_t> body, uint8_t flags, protocol_version v, publish_view& out,
-                     properties* parsed) {
+                     properties* parsed, bool topic_checked) {
     out = publish_view{};
     out.retain = flags & 0x01;
     out.qos = (flags >> 1) & 0x03;
@@ -332,9 +332,13 @@ error decode_publish(std::span<const uint8_t> body, uint8_t flags, protocol_vers
     if (out.dup && out.qos == 0) return error::bad_flags; // MQTT-3.3.1-2
 
     reader r(body);
-    if (error e = read_utf8(r, out.topic); e != error::none) return e;
-    // v5 allows an empty topic together with a Topic Alias; whether the alias is there is the broker's check.
-    if (out.topic.empty() ? v != protocol_version::v5 : has_wildcard(out.topic)) return error::bad_topic;
+    if (topic_checked) {
+        if (!r.string(out.topic)) return error::malformed;
+    } else {
+        if (error e = read_utf8(r, out.topic); e != error::none) return e;
+        // v5 allows an empty topic together with a Topic Alias; whether the alias is there is the broker's check.
+        if (out.topic.empty() ? v != protocol_version::v5 : has_wildcard(out.topic)) return error::bad_topic;
+    }
     if (out.qos > 0) {
         if (!r.u16(out.packet_id)) return error::malformed;
         if (out.packet_id == 0) return error::zero_packet_id;

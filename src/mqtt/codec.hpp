@@ -49,8 +49,10 @@ bool valid_reason_code(packet_type t, uint8_t code);
 // `parsed` / `will_parsed`, when given, receive the v5 properties the decoder validated anyway, saving a re-parse.
 error decode_connect(std::span<const uint8_t> body, uint8_t flags, connect_view& out, properties* parsed = nullptr,
                      properties* will_parsed = nullptr);
+// topic_checked: the caller has already seen this very topic name pass the topic checks (UTF-8, no wildcard, not
+// empty), so they are not repeated; the packet's other checks are.
 error decode_publish(std::span<const uint8_t> body, uint8_t flags, protocol_version v, publish_view& out,
-                     properties* parsed = nullptr);
+                     properties* parsed = nullptr, bool topic_checked = false);
 error decode_ack(packet_type t, std::span<const uint8_t> body, uint8_t flags, protocol_version v, ack_view& out);
 error decode_subscribe(std::span<const uint8_t> body, uint8_t flags, protocol_version v, subscribe_view& out,
                        properties* parsed = nullptr);

@@ -79,6 +79,26 @@ class BadInputCases:
                 self.witness.expect_no_packet(0.2)
         self.check_others()
 
+    def test_qos1_publish_like_a_cached_topic_is_still_checked(self):
+        # Once a topic is in its shard's route cache as checked, a QoS 1 PUBLISH to it skips the topic checks; a topic
+        # that differs from it in any byte, or does not fit its packet, is checked in full.
+        bad = [
+            ("wildcard, same length", raw_publish(b"cq1/+", b"bad", flags=0x2, pid=b"\x00\x07")),
+            ("invalid UTF-8, same length", raw_publish(b"cq1/\xff", b"bad", flags=0x2, pid=b"\x00\x07")),
+            ("NUL, same length", raw_publish(b"cq1/\x00", b"bad", flags=0x2, pid=b"\x00\x07")),
+            ("wildcard level added", raw_publish(b"cq1/x/#", b"bad", flags=0x2, pid=b"\x00\x07")),
+            ("topic longer than the packet", m.packet(m.PUBLISH, 0x2, b"\x00\x10cq1/x\x00\x07")),
+        ]
+        for name, data in bad:
+            with self.subTest(case=name):
+                c = self.bad_client()
+                for i in range(2):
+                    c.publish("cq1/x", b"warm%d" % i, qos=1)
+                self.assertEqual([x.payload for x in self.witness.recv_publishes(2)], [b"warm0", b"warm1"])
+                self.send_and_expect_closed(c, data)
+                self.witness.expect_no_packet(0.2)
+        self.check_others()
+
     def test_malformed_remaining_length(self):
         self.each([
             ("five bytes", b"\x30\xff\xff\xff\xff\x01"),

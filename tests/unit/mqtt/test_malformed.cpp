@@ -33,6 +33,23 @@ error subscribe_err(const bytes& body, protocol_version v, uint8_t flags = 0x2) 
     return decode_subscribe(body, flags, v, s);
 }
 
+// ---- A topic the caller already checked -------------------------------------------------------------------------
+
+TEST(publish_topic_checked, skips_only_the_topic_checks) {
+    // The broker passes topic_checked for a topic its route cache holds as checked: the topic's own checks are not
+    // repeated, everything else about the packet still is.
+    publish_view p{};
+    const bytes body = cat({str("a/+"), B({0x00, 0x01}), str("x")}); // p views into it
+    EXPECT_EQ(decode_publish(body, 0x2, v311, p, nullptr, true), error::none);
+    EXPECT_EQ(p.topic, "a/+");
+    EXPECT_EQ(p.packet_id, 1);
+    EXPECT_EQ(decode_publish(cat({str("a/+"), B({0x00, 0x01})}), 0x2, v311, p), error::bad_topic);
+    EXPECT_EQ(decode_publish(B({0x00, 0x05, 'a'}), 0x0, v311, p, nullptr, true), error::malformed);
+    EXPECT_EQ(decode_publish(cat({str("a"), B({0x00, 0x00})}), 0x2, v311, p, nullptr, true), error::zero_packet_id);
+    EXPECT_EQ(decode_publish(cat({str("a")}), 0x2, v311, p, nullptr, true), error::malformed); // no packet id
+    EXPECT_EQ(decode_publish(cat({str("a")}), 0x6, v311, p, nullptr, true), error::bad_qos);
+}
+
 // ---- Reserved fixed-header flags, per packet type ---------------------------------------------------------------
 
 TEST(reserved_flags, connect) {
