@@ -152,17 +152,18 @@ error parse_fixed_header(const uint8_t* p, size_t n, fixed_header& out) {
     if (n == 0) return error::need_more;
     uint32_t rl;
     size_t len;
-    if (error e = decode_varint(p + 1, n - 1, rl, len); e != error::none) return e;
+    if (n >= 2 && p[1] < 0x80) {
+        // A remaining length under 128 (every PUBACK, most small PUBLISHes): one byte, always minimal.
+        rl = p[1];
+        len = 1;
+    } else if (error e = decode_varint(p + 1, n - 1, rl, len); e != error::none) {
+        return e;
+    }
     out.type = static_cast<packet_type>(p[0] >> 4);
     out.flags = p[0] & 0x0F;
     out.remaining_length = rl;
     out.header_len = static_cast<uint8_t>(1 + len);
     return error::none;
-}
-
-error check_packet_size(const fixed_header& h, uint32_t max_packet_size) {
-    uint64_t total = uint64_t{h.header_len} + h.remaining_length;
-    return total > max_packet_size ? error::packet_too_large : error::none;
 }
 
 bool valid_reason_code(packet_type t, uint8_t code) {

@@ -29,7 +29,9 @@ error parse_fixed_header(const uint8_t* p, size_t n, fixed_header& out);
 
 // packet_too_large when the whole packet (header + body) exceeds max_packet_size; lets a reader refuse before it
 // allocates a reassembly buffer.
-error check_packet_size(const fixed_header& h, uint32_t max_packet_size);
+inline error check_packet_size(const fixed_header& h, uint32_t max_packet_size) {
+    return uint64_t{h.header_len} + h.remaining_length > max_packet_size ? error::packet_too_large : error::none;
+}
 
 // Variable byte integer: same rules and results as parse_fixed_header's length; len = bytes consumed.
 error decode_varint(const uint8_t* p, size_t n, uint32_t& value, size_t& len);
