@@ -102,14 +102,20 @@ size_t route_hash(std::string_view t) {
 }
 
 // The topic and payload of a complete QoS 0 PUBLISH frame (header h) at p; false when the topic overruns it.
+// The topic a PUBLISH body starts with, unchecked; false when the body is too short to hold it.
+bool leading_topic(std::span<const uint8_t> body, std::string_view& topic) {
+    if (body.size() < 2) return false;
+    const size_t tl = size_t{body[0]} << 8 | body[1];
+    if (2 + tl > body.size()) return false;
+    topic = std::string_view(reinterpret_cast<const char*>(body.data()) + 2, tl);
+    return true;
+}
+
 bool qos0_parts(const uint8_t* p, const mqtt::fixed_header& h, std::string_view& topic,
                 std::span<const uint8_t>& payload) {
-    const uint8_t* body = p + h.header_len;
-    if (h.remaining_length < 2) return false;
-    const size_t tl = size_t{body[0]} << 8 | body[1];
-    if (2 + tl > h.remaining_length) return false;
-    topic = std::string_view(reinterpret_cast<const char*>(body) + 2, tl);
-    payload = std::span<const uint8_t>(body + 2 + tl, h.remaining_length - 2 - tl);
+    const std::span<const uint8_t> body(p + h.header_len, h.remaining_length);
+    if (!leading_topic(body, topic)) return false;
+    payload = body.subspan(2 + topic.size());
     return true;
 }
 
@@ -1014,15 +1020,8 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
     ++m_.packets_publish_received;
     // A topic this shard already checked and routed (the route cache holds it as checked) is not checked again: the
     // UTF-8, wildcard and level checks walk it three times, about a tenth of a QoS 1 PUBLISH's instructions.
-    route_entry* known = nullptr;
-    if (body.size() >= 2) {
-        const size_t tl = size_t{body[0]} << 8 | body[1];
-        if (tl != 0 && 2 + tl <= body.size()) {
-            const std::string_view t(reinterpret_cast<const char*>(body.data()) + 2, tl);
-            route_entry& slot = route_slot(t);
-            if (slot.checked && slot.topic == t) known = &slot;
-        }
-    }
+    std::string_view t;
+    route_entry* known = leading_topic(body, t) && !t.empty() ? checked_route(t) : nullptr;
     const mqtt::error e = mqtt::decode_publish(body, flags, c.ver, pv, nullptr, known != nullptr);
     if (e != mqtt::error::none) return protocol_error(c, fmt::format("bad PUBLISH: {}", mqtt::to_string(e)).c_str());
     ++m_.messages_received;
@@ -1065,8 +1064,9 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     if (!qos0_parts(p, h, topic, payload)) return 0;
     // Only a topic this shard already validated and routed (the cache entry says so) skips the checks and the
     // lookup, and only while the trie is unchanged.
-    route_entry& e = route_slot(topic);
-    if (!e.checked || e.gen != trie_gen_ || e.topic != topic) return 0;
+    route_entry* known = checked_route(topic);
+    if (!known || known->gen != trie_gen_) return 0;
+    route_entry& e = *known;
     // Following QoS 0 PUBLISHes to the same topic that are already in the buffer join the run when every local
     // match takes the direct path (connected, nothing queued): each local subscriber then gets the run's bytes in
     // one copy, in order, and each other shard with subscribers gets the run as one message. Anything else goes
@@ -1274,6 +1274,11 @@ void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint
 
 shard::route_entry& shard::route_slot(std::string_view topic) {
     return route_cache_[route_hash(topic) & (route_cache_size - 1)];
+}
+
+shard::route_entry* shard::checked_route(std::string_view topic) {
+    route_entry& e = route_slot(topic);
+    return e.checked && e.topic == topic ? &e : nullptr;
 }
 
 shard::route_entry& shard::route_lookup(std::string_view topic) {

@@ -374,8 +374,11 @@ private:
                bool local_origin);
     route_entry& route_slot(std::string_view topic);   // the cache entry topic maps to, whatever it holds
     route_entry& route_lookup(std::string_view topic); // the cache entry for topic, refilled from the trie if stale
-    void deliver_run(const publish_run& r);            // a run from another shard, to this shard's subscribers
-    bool all_direct(const route_entry& e) const;       // every local match is connected with nothing queued
+    // The cache entry of a topic that passed every PUBLISH check on this shard before (its matches may be stale), or
+    // null: such a topic is not checked again.
+    route_entry* checked_route(std::string_view topic);
+    void deliver_run(const publish_run& r);      // a run from another shard, to this shard's subscribers
+    bool all_direct(const route_entry& e) const; // every local match is connected with nothing queued
     void fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                  session::message_ref& msg, bool local_origin, const raw_frames& raw = {});
     void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,

@@ -81,9 +81,10 @@ struct turn_budgets {
     // 0 polls after every wake-up.
     uint32_t idle_poll_min_batch = 16;
     // Poll only while at least this percentage of the recent polls found work before their time ran out (a running
-    // average; while it holds polls back, one idle point in 16 polls anyway to measure again). A poll that times out
-    // spent node.idle_poll_us for nothing, one that finds work saved a wake-up: where the next packet comes later than
-    // the poll lasts as often as not (a fan-out whose generator is the bound), polling only spends CPU. 0 ignores it.
+    // average; while it holds polls back, one idle point in 16 polls anyway to measure again, the gap doubling up to
+    // 256 while those probes find nothing). A poll that times out spent node.idle_poll_us for nothing, one that finds
+    // work saved a wake-up: where the next packet comes later than the poll lasts as often as not (a fan-out whose
+    // generator is the bound), polling only spends CPU. 0 ignores it.
     uint32_t idle_poll_min_found = 75;
     // Weigh polling against sleeping by the packets each handles per CPU-second of the shard's thread, in epochs of
     // 25 ms (one in 32 tries the mode that did less): a poll that finds work after a long wait saves a wake-up but
