@@ -43,6 +43,8 @@ public:
     uint8_t qos() const { return qos_; }
     bool retain() const { return retain_; }
     size_t size() const { return sizeof(message) + topic_len_ + payload_len_; }
+    // The references held now (exact only when no other shard holds one; for tests and diagnostics).
+    uint32_t refs() const { return refs_.load(std::memory_order_relaxed); }
 
 private:
     message(uint16_t tl, uint32_t pl, uint8_t qos, bool retain)
@@ -75,8 +77,17 @@ public:
         if (m_) m_->add_ref();
     }
     message_ref(message_ref&& o) noexcept : m_(o.m_) { o.m_ = nullptr; }
-    message_ref& operator=(message_ref o) noexcept {
-        std::swap(m_, o.m_);
+    // Plain moves and copies, not copy-and-swap: the per-message paths move entries in and out of the session's
+    // window and queue, and a by-value swap cost a temporary and a second null test each time.
+    message_ref& operator=(message_ref&& o) noexcept {
+        message* old = std::exchange(m_, std::exchange(o.m_, nullptr));
+        if (old) old->release(); // (a self-move leaves old null)
+        return *this;
+    }
+    message_ref& operator=(const message_ref& o) noexcept {
+        if (o.m_) o.m_->add_ref();
+        message* old = std::exchange(m_, o.m_);
+        if (old) old->release();
         return *this;
     }
     ~message_ref() {

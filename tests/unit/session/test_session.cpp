@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <deque>
 #include <set>
 #include <string>
 
@@ -315,4 +316,76 @@ TEST(Fifo, PushPopEraseAndCompaction) {
     EXPECT_EQ(f.size(), 0u);
     f.push_back(7);
     EXPECT_EQ(f.front(), 7);
+}
+
+// The ring wraps, grows while wrapped and erases from either side; a reference model (std::deque) says what it must
+// hold after every step.
+TEST(Fifo, RingWrapsGrowsAndErasesLikeADeque) {
+    ringmq::session::fifo<int> f;
+    std::deque<int> model;
+    uint32_t rnd = 12345;
+    auto next = [&] { return rnd = rnd * 1103515245u + 12345u, (rnd >> 16) & 0x7fff; };
+    int v = 0;
+    for (int step = 0; step < 20000; ++step) {
+        const unsigned op = next() % 8;
+        if (op < 4 || model.empty()) {
+            f.push_back(int{v});
+            model.push_back(v++);
+        } else if (op < 6) {
+            ASSERT_EQ(f.front(), model.front());
+            f.pop_front();
+            model.pop_front();
+        } else {
+            const size_t i = next() % model.size();
+            auto it = f.erase(f.begin() + static_cast<std::ptrdiff_t>(i));
+            model.erase(model.begin() + static_cast<std::ptrdiff_t>(i));
+            if (i < model.size()) {
+                ASSERT_EQ(*it, model[i]);
+            } else {
+                ASSERT_TRUE(it == f.end());
+            }
+        }
+        ASSERT_EQ(f.size(), model.size());
+        if (step % 97 == 0 || model.size() < 3) {
+            size_t k = 0;
+            for (int x : f)
+                ASSERT_EQ(x, model[k++]) << "step " << step;
+            ASSERT_EQ(k, model.size());
+            if (!model.empty()) {
+                ASSERT_EQ(f.back(), model.back());
+            }
+        }
+    }
+}
+
+// A message held by the fifo is released when it leaves by pop or erase (not at some later compaction), exactly once,
+// through moves inside the ring (erase shifts entries; growth moves them all).
+TEST(Fifo, ReleasesMessagesAsTheyLeave) {
+    ringmq::session::fifo<outgoing> f;
+    auto held = message_ref::adopt(message::make("t", {}, 1, false));
+    for (int i = 0; i < 11; ++i) // grows 4 -> 8 -> 16 on the way
+        f.push_back(outgoing{held, static_cast<uint16_t>(i + 1), 1, false});
+    EXPECT_EQ(held->refs(), 12u);
+    f.pop_front();
+    EXPECT_EQ(held->refs(), 11u);
+    f.erase(f.begin() + 5); // pid 7: the back side moves
+    f.erase(f.begin() + 1); // pid 3: the front side moves
+    EXPECT_EQ(held->refs(), 9u);
+    f.erase(f.begin() + 7); // pid 11, the back itself
+    EXPECT_EQ(held->refs(), 8u);
+    EXPECT_EQ(f.size(), 7u);
+    const uint16_t expect[] = {2, 4, 5, 6, 8, 9, 10};
+    size_t k = 0;
+    for (const outgoing& o : f)
+        EXPECT_EQ(o.pid, expect[k++]);
+    message_ref other = held; // copy-assign over a live reference, then move-assign over it
+    other = held;
+    EXPECT_EQ(held->refs(), 9u);
+    other = message_ref::share(held.get());
+    EXPECT_EQ(held->refs(), 9u);
+    other = std::move(other);
+    EXPECT_EQ(held->refs(), 9u);
+    f.clear();
+    EXPECT_TRUE(f.empty());
+    EXPECT_EQ(held->refs(), 2u);
 }
