@@ -10,29 +10,63 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace ringmq::broker {
 
-// An allocator whose construct() default-initialises: resizing a byte buffer then leaves the new bytes unwritten
-// instead of zero-filling what is about to be overwritten by a memcpy.
-template <typename T> struct default_init_allocator : std::allocator<T> {
-    template <typename U> struct rebind { using other = default_init_allocator<U>; };
-    using std::allocator<T>::allocator;
-    template <typename U> void construct(U* p) noexcept { ::new (static_cast<void*>(p)) U; }
-    template <typename U, typename... Args> void construct(U* p, Args&&... args) {
-        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+// A growable byte buffer for outgoing bytes: appending writes in place, with no per-byte construction and no call
+// unless it must grow (a std::vector's resize() was a 40-instruction call for every ack and frame queued). Owned by
+// whoever holds it (a send queue, a shard's scratch frame, a publish run), on that owner's shard.
+class byte_vec {
+public:
+    byte_vec() = default;
+    byte_vec(const byte_vec&) = delete;
+    byte_vec& operator=(const byte_vec&) = delete;
+    byte_vec(byte_vec&& o) noexcept : p_(o.p_), n_(o.n_), cap_(o.cap_) { o.p_ = nullptr, o.n_ = o.cap_ = 0; }
+    byte_vec& operator=(byte_vec&& o) noexcept {
+        byte_vec(std::move(o)).swap(*this);
+        return *this;
     }
-};
-// Outgoing bytes of a connection.
-using byte_vec = std::vector<uint8_t, default_init_allocator<uint8_t>>;
+    ~byte_vec() { std::free(p_); }
 
-// Makes room for n more bytes at the end of v and returns where they go (not zero-filled).
-uint8_t* grow(byte_vec& v, size_t n);
+    uint8_t* data() { return p_; }
+    const uint8_t* data() const { return p_; }
+    size_t size() const { return n_; }
+    size_t capacity() const { return cap_; }
+    bool empty() const { return n_ == 0; }
+    const uint8_t* begin() const { return p_; }
+    const uint8_t* end() const { return p_ + n_; }
+    void clear() { n_ = 0; }
+    void swap(byte_vec& o) noexcept {
+        std::swap(p_, o.p_);
+        std::swap(n_, o.n_);
+        std::swap(cap_, o.cap_);
+    }
+    // Frees the memory (the buffer is then empty).
+    void release() { byte_vec().swap(*this); }
+    // Makes room for n more bytes at the end and returns where they go (not zero-filled).
+    uint8_t* grow(size_t n) {
+        if (n > cap_ - n_) [[unlikely]]
+            reallocate(n_ + n);
+        uint8_t* at = p_ + n_;
+        n_ += n;
+        return at;
+    }
+
+private:
+    void reallocate(size_t need);
+    uint8_t* p_ = nullptr;
+    size_t n_ = 0;
+    size_t cap_ = 0;
+};
+
+inline uint8_t* grow(byte_vec& v, size_t n) { return v.grow(n); }
 inline void append(byte_vec& v, const void* p, size_t n) {
-    if (n != 0) __builtin_memcpy(grow(v, n), p, n);
+    if (n != 0) __builtin_memcpy(v.grow(n), p, n);
 }
 
 // Immutable bytes with a plain reference count, made by the shard that routes a message and referenced by the send

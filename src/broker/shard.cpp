@@ -1452,7 +1452,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             encode_frame(frame_q0_, topic, payload, 0, false, false, 0);
             frame_q0_valid_ = true;
         }
-        queue_fanned(*c, frame_q0_, frame_q0_.size());
+        queue_fanned(*c, {frame_q0_.data(), frame_q0_.size()}, frame_q0_.size());
         count_publish_sent(0);
         mark_dirty(*c);
         return;

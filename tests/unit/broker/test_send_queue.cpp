@@ -51,6 +51,35 @@ std::string drain(send_queue& q, size_t chunk) {
     return wire;
 }
 
+// The byte buffer keeps every byte through growth, swaps and moves, and gives its memory back on release.
+TEST(ByteVec, AppendsSurviveGrowthSwapAndMove) {
+    byte_vec v;
+    std::string model;
+    for (int i = 0; i < 3000; ++i) {
+        const std::string piece(static_cast<size_t>(i % 37), static_cast<char>('a' + i % 26));
+        append(v, piece.data(), piece.size());
+        model += piece;
+        ASSERT_GE(v.capacity(), v.size());
+    }
+    ASSERT_EQ(v.size(), model.size());
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(v.data()), v.size()), model);
+    uint8_t* at = grow(v, 3); // room at the end, not zero-filled but writable
+    at[0] = 'x', at[1] = 'y', at[2] = 'z';
+    model += "xyz";
+    byte_vec w;
+    append(w, "tail", 4);
+    v.swap(w);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(v.data()), v.size()), "tail");
+    byte_vec moved(std::move(w));
+    EXPECT_TRUE(w.empty());
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(moved.data()), moved.size()), model);
+    moved.clear();
+    EXPECT_TRUE(moved.empty());
+    EXPECT_GE(moved.capacity(), model.size()); // clear keeps the memory for the next batch
+    moved.release();
+    EXPECT_EQ(moved.capacity(), 0u);
+}
+
 TEST(SendQueue, InlineBytesGoOutAsOneContiguousSend) {
     send_queue q;
     EXPECT_FALSE(q.has_queued());
