@@ -55,6 +55,8 @@ public:
     const T& front() const { return buf_[head_]; }
     T& back() { return at(size_ - 1); }
     const T& back() const { return at(size_ - 1); }
+    T& operator[](size_t i) { return at(static_cast<uint32_t>(i)); }
+    const T& operator[](size_t i) const { return at(static_cast<uint32_t>(i)); }
     void push_back(T&& v) {
         if (size_ == cap_) regrow(cap_ ? 2 * cap_ : min_cap);
         at(size_) = std::move(v);
@@ -87,6 +89,12 @@ public:
         at(size_ - 1) = T{};
         --size_;
         return iterator(this, i);
+    }
+    // Puts v at position i (0 = front) by moving the entries after it one place back.
+    void insert(size_t i, T&& v) {
+        push_back(std::move(v));
+        for (auto k = static_cast<uint32_t>(size_ - 1); k > i; --k)
+            std::swap(at(k), at(k - 1));
     }
     void clear() {
         for (uint32_t k = 0; k < size_; ++k)

@@ -26,18 +26,19 @@ void session::mark_pid(uint16_t pid, bool used) {
 
 bool session::pid_in_use(uint16_t pid) const {
     if (pid_bits_) return (pid_bits_[pid >> 6] >> (pid & 63)) & 1;
-    return std::any_of(window_.begin(), window_.end(), [pid](const outgoing& o) { return o.pid == pid; });
+    const window_view w = window();
+    return std::any_of(w.begin(), w.end(), [pid](const outgoing& o) { return o.pid == pid; });
 }
 
-void session::assign_pid(outgoing& o) {
-    if (window_.size() >= scan_max && !pid_bits_) {
+void session::assign_pid_checked(outgoing& o) {
+    if (inflight_ >= scan_max && !pid_bits_) {
         // The window outgrew a linear scan: from here on its ids are kept in a bitmap. Only then, so that a session
         // allowed a large window but never using it (an idle client) does not carry 8 KiB for it.
         pid_bits_ = std::make_unique<uint64_t[]>(1024);
-        for (const outgoing& w : window_)
+        for (const outgoing& w : window())
             mark_pid(w.pid, true);
     }
-    if (window_.empty()) pid_scan_ = 0; // every entry from here on is younger than the rotation
+    if (inflight_ == 0) pid_scan_ = 0; // every entry from here on is younger than the rotation
     // The window holds at most 65535 entries, so a free id always exists; ids are reused in rotation.
     for (;;) {
         const uint32_t step = pid_step_;
@@ -49,10 +50,8 @@ void session::assign_pid(outgoing& o) {
         } else {
             // An id comes round again only after 65535 steps; the front is the oldest entry. Each call moves the
             // steps on by at most 65535, so the front is seen past 65535 long before its age could wrap.
-            if (!pid_scan_ && !window_.empty()) {
-                const uint32_t at = window_.front().pid_step;
-                const uint32_t age = step >= at ? step - at : step + pid_step_mod - at;
-                if (age >= 65535) pid_scan_ = 1;
+            if (!pid_scan_ && inflight_ != 0) {
+                if (step_age(step, entries_.front().pid_step) >= 65535) pid_scan_ = 1;
             }
             free = !pid_scan_ || !pid_in_use(pid);
         }
@@ -72,11 +71,11 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
             return offer_result::send;
         }
     }
-    if (limits_.max_queued != 0 && queue_.size() >= limits_.max_queued) {
+    if (limits_.max_queued != 0 && queue_len() >= limits_.max_queued) {
         ++dropped_;
         return offer_result::dropped;
     }
-    queue_.push_back(outgoing{std::move(msg), 0, qos, false});
+    entries_.push_back(outgoing{std::move(msg), 0, qos, false});
     return offer_result::queued;
 }
 
@@ -85,42 +84,48 @@ const outgoing* session::admit(message_ref&& msg, uint8_t qos) {
         handed_out = outgoing{std::move(msg), 0, 0, false};
         return &handed_out;
     }
-    if (window_.size() >= limits_.max_inflight) return nullptr;
+    if (inflight_ >= limits_.max_inflight) return nullptr;
     outgoing o{std::move(msg), 0, qos, false};
     assign_pid(o);
-    window_.push_back(std::move(o));
-    return &window_.back();
+    // Ahead of the queue: at the end when nothing is queued (the usual case), else moved in before the queue.
+    if (inflight_ == entries_.size())
+        entries_.push_back(std::move(o));
+    else
+        entries_.insert(inflight_, std::move(o));
+    return &entries_[inflight_++];
 }
 
 const outgoing* session::next_ready() {
-    if (queue_.empty() || held_) return nullptr;
-    outgoing& front = queue_.front();
-    if (front.qos == 0) {
-        handed_out = std::move(front);
-        queue_.pop_front();
+    if (entries_.size() == inflight_ || held_) return nullptr;
+    outgoing& next = entries_[inflight_];
+    if (next.qos == 0) {
+        handed_out = std::move(next);
+        entries_.erase(entries_.begin() + inflight_);
         return &handed_out;
     }
-    if (window_.size() >= limits_.max_inflight) return nullptr;
-    assign_pid(front);
-    window_.push_back(std::move(front));
-    queue_.pop_front();
-    return &window_.back();
+    if (inflight_ >= limits_.max_inflight) return nullptr;
+    assign_pid(next);
+    ++inflight_;
+    return &next;
 }
 
 bool session::on_puback(uint16_t pid) {
-    for (auto it = window_.begin(); it != window_.end(); ++it)
+    const auto end = entries_.begin() + inflight_;
+    for (auto it = entries_.begin(); it != end; ++it)
         if (it->pid == pid) {
             if (it->qos != 1) return false;
             mark_pid(pid, false);
-            window_.erase(it);
+            entries_.erase(it);
+            --inflight_;
             return true;
         }
     return false;
 }
 
 bool session::on_pubrec(uint16_t pid) {
-    for (outgoing& o : window_)
-        if (o.pid == pid) {
+    const auto end = entries_.begin() + inflight_;
+    for (auto it = entries_.begin(); it != end; ++it)
+        if (outgoing& o = *it; o.pid == pid) {
             if (o.qos != 2) return false;
             o.released = true;
             o.msg = message_ref(); // the payload is no longer needed: only PUBREL/PUBCOMP remain
@@ -130,11 +135,13 @@ bool session::on_pubrec(uint16_t pid) {
 }
 
 bool session::on_pubcomp(uint16_t pid) {
-    for (auto it = window_.begin(); it != window_.end(); ++it)
+    const auto end = entries_.begin() + inflight_;
+    for (auto it = entries_.begin(); it != end; ++it)
         if (it->pid == pid) {
             if (it->qos != 2 || !it->released) return false;
             mark_pid(pid, false);
-            window_.erase(it);
+            entries_.erase(it);
+            --inflight_;
             return true;
         }
     return false;
@@ -148,10 +155,10 @@ bool session::incoming_qos2(uint16_t pid) {
 bool session::incoming_release(uint16_t pid) { return awaiting_rel_ && awaiting_rel_->erase(pid) != 0; }
 
 void session::clear_messages() {
-    for (const outgoing& o : window_)
+    for (const outgoing& o : window())
         mark_pid(o.pid, false);
-    window_.clear();
-    queue_.clear();
+    entries_.clear();
+    inflight_ = 0;
     awaiting_rel_.reset();
 }
 

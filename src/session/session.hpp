@@ -63,7 +63,7 @@ public:
     void hold(bool h) { held_ = h; }
     bool held() const { return held_ != 0; }
     // A message offered now would go out at once (window room permitting): nothing queued or held ahead of it.
-    bool direct() const { return queue_.empty() && held_ == 0; }
+    bool direct() const { return entries_.size() == inflight_ && held_ == 0; }
     // A message that goes ahead of the queue (a retained message while held): for QoS 0 at once, for QoS > 0 into the
     // window with a packet id; nullptr when the window is full (msg is then not moved from). The result is valid as
     // for offer().
@@ -75,10 +75,24 @@ public:
     bool on_pubrec(uint16_t pid); // marks released: the caller sends PUBREL
     bool on_pubcomp(uint16_t pid);
 
+    // The window's entries in order, as a range over the session's entries; valid until the session next changes.
+    class window_view {
+    public:
+        window_view(const fifo<outgoing>& f, size_t n) : f_(f), n_(n) {}
+        fifo<outgoing>::const_iterator begin() const { return f_.begin(); }
+        fifo<outgoing>::const_iterator end() const { return f_.begin() + static_cast<std::ptrdiff_t>(n_); }
+        size_t size() const { return n_; }
+        bool empty() const { return n_ == 0; }
+        const outgoing& front() const { return f_.front(); }
+
+    private:
+        const fifo<outgoing>& f_;
+        size_t n_;
+    };
     // For resend on reconnect: every message in the window in order (PUBLISH with DUP, or PUBREL when released).
-    const fifo<outgoing>& window() const { return window_; }
-    size_t queue_len() const { return queue_.size(); }
-    size_t inflight_len() const { return window_.size(); }
+    window_view window() const { return window_view(entries_, inflight_); }
+    size_t queue_len() const { return entries_.size() - inflight_; }
+    size_t inflight_len() const { return inflight_; }
     uint64_t dropped() const { return dropped_; }
     // Messages the broker dropped for this session outside the queue (QoS 0 backpressure), counted with the rest.
     void count_dropped(uint64_t n) { dropped_ += n; }
@@ -98,21 +112,37 @@ public:
 
 private:
     static constexpr size_t scan_max = 64;
-    // Gives o the next free packet id (and its step).
-    void assign_pid(outgoing& o);
+    // Gives o the next free packet id (and its step). Inline for the common case (a window of at most scan_max whose
+    // oldest entry is younger than a rotation: the next id in rotation is free); assign_pid_checked otherwise.
+    void assign_pid(outgoing& o) {
+        if (!pid_bits_ && !pid_scan_ && inflight_ < scan_max) {
+            const uint32_t step = pid_step_;
+            if (inflight_ == 0 || step_age(step, entries_.front().pid_step) < 65535) {
+                pid_step_ = step + 1 == pid_step_mod ? 0 : step + 1;
+                o.pid = static_cast<uint16_t>(step % 65535 + 1);
+                o.pid_step = step;
+                return;
+            }
+        }
+        assign_pid_checked(o);
+    }
+    void assign_pid_checked(outgoing& o);
+    static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     bool pid_in_use(uint16_t pid) const;
     void mark_pid(uint16_t pid, bool used);
 
     // Ordered by size so that a session fits mimalloc's 192-byte class.
     std::string client_id_;
-    fifo<outgoing> window_;
-    fifo<outgoing> queue_;
+    // The window (the first inflight_ entries, in the order their ids were given) and behind it the queue: a message
+    // enters the window where it stands, by getting its packet id, without moving.
+    fifo<outgoing> entries_;
     std::unique_ptr<std::unordered_set<uint16_t>> awaiting_rel_; // allocated on the first incoming QoS 2
     // Bitmap of ids in the window (8 KiB), allocated the first time the window holds more entries than a linear scan
     // handles well (scan_max), and kept from then on.
     std::unique_ptr<uint64_t[]> pid_bits_;
     uint64_t dropped_ = 0;
     limits limits_;
+    uint32_t inflight_ = 0;
     // Packet ids are given in rotation: step k gives id k % 65535 + 1, and steps count modulo pid_step_mod (a
     // multiple of 65535, so the ids stay in rotation across the wrap). The window is in the order its ids were given,
     // so while its front (oldest) entry is fewer than 65535 steps old no entry can hold the next id and no scan is

@@ -6,6 +6,7 @@
 #include <deque>
 #include <set>
 #include <string>
+#include <vector>
 
 using ringmq::session::limits;
 using ringmq::session::message;
@@ -136,6 +137,18 @@ TEST(Session, AHeldQueueKeepsLiveMessagesBehindWhatIsAdmittedAheadOfThem) {
     ASSERT_NE(c, nullptr);
     EXPECT_EQ(text(c), "live0");
     EXPECT_EQ(s.next_ready(), nullptr); // window full again (ret2, live1)
+    // The window holds ret2 and live1 in that order and live2 still waits behind it.
+    std::vector<std::string> in_window;
+    for (const outgoing& w : s.window())
+        in_window.push_back(text(&w));
+    EXPECT_EQ(in_window, (std::vector<std::string>{"ret2", "live1"}));
+    EXPECT_EQ(s.queue_len(), 1u);
+    EXPECT_TRUE(s.on_puback(s.window().front().pid));
+    const outgoing* d = s.next_ready();
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(text(d), "live2");
+    EXPECT_EQ(s.queue_len(), 0u);
+    EXPECT_TRUE(s.direct());
 }
 
 TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
