@@ -701,8 +701,20 @@ bool shard::protocol_error(connection& c, const char* what) {
     return false;
 }
 
-bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
-                     std::span<const uint8_t> rest) {
+inline bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
+                            std::span<const uint8_t> rest) {
+    if (c.st != connection::state::awaiting_connect) [[likely]] {
+        if (h.type == mqtt::packet_type::publish)
+            return on_publish(c, h.flags, body, rest.first(size_t{h.header_len} + h.remaining_length));
+        if (h.type == mqtt::packet_type::puback || h.type == mqtt::packet_type::pubrec ||
+            h.type == mqtt::packet_type::pubrel || h.type == mqtt::packet_type::pubcomp)
+            return on_ack(c, h.type, body, h.flags);
+    }
+    return dispatch_other(c, h, body, rest);
+}
+
+bool shard::dispatch_other(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
+                           std::span<const uint8_t> rest) {
     using mqtt::packet_type;
     if (c.st == connection::state::awaiting_connect) {
         if (h.type != packet_type::connect) {
@@ -713,13 +725,6 @@ bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::span<const
         return on_connect(c, body, h.flags, rest);
     }
     switch (h.type) {
-    case packet_type::publish:
-        return on_publish(c, h.flags, body, rest.first(size_t{h.header_len} + h.remaining_length));
-    case packet_type::puback:
-    case packet_type::pubrec:
-    case packet_type::pubrel:
-    case packet_type::pubcomp:
-        return on_ack(c, h.type, body, h.flags);
     case packet_type::subscribe:
         return on_subscribe(c, body, h.flags);
     case packet_type::unsubscribe:
@@ -1203,14 +1208,19 @@ void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
 void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                          bool retain, bool dup, uint16_t pid, bool with_payload) {
     const size_t rl = 2 + topic.size() + (qos ? 2 : 0) + payload.size();
-    uint8_t hdr[mqtt::max_publish_prefix + 2];
-    size_t hl = mqtt::encode_publish_prefix(hdr, qos, retain, dup, static_cast<uint32_t>(rl),
-                                            static_cast<uint16_t>(topic.size()));
-    // One grow for the whole frame (less the payload when the caller queues it apart): the pieces are copied into
-    // place. (hl already holds the 2-byte topic length that rl counts.)
-    uint8_t* d = grow(out, hl + rl - 2 - (with_payload ? 0 : payload.size()));
-    std::memcpy(d, hdr, hl);
-    d += hl;
+    // One grow for the whole frame (less the payload when the caller queues it apart), the fixed header and topic
+    // length written in place and the pieces copied after them.
+    const size_t vl = rl < 128 ? 1 : mqtt::varint_size(static_cast<uint32_t>(rl));
+    uint8_t* d = grow(out, 1 + vl + rl - (with_payload ? 0 : payload.size()));
+    d[0] = static_cast<uint8_t>(0x30 | (dup ? 0x08 : 0) | (qos & 0x03) << 1 | (retain ? 0x01 : 0));
+    if (vl == 1)
+        d[1] = static_cast<uint8_t>(rl);
+    else
+        mqtt::encode_varint(static_cast<uint32_t>(rl), d + 1);
+    d += 1 + vl;
+    d[0] = static_cast<uint8_t>(topic.size() >> 8);
+    d[1] = static_cast<uint8_t>(topic.size() & 0xff);
+    d += 2;
     std::memcpy(d, topic.data(), topic.size());
     d += topic.size();
     if (qos) {
@@ -1333,8 +1343,11 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
             }
         } scope{*this};
         fan_share_ok_ = hits.size() >= 2;
-        for (const match& m : hits)
-            deliver(*m.slot, topic, payload, std::min(qos, m.qos), msg, qos, false, raw);
+        // A message routed from here (its topic and payload are not in msg) that no other shard needs is not needed
+        // after its last local delivery.
+        const size_t last = local_origin && (mask & ~(uint64_t{1} << id_)) == 0 ? hits.size() : 0;
+        for (size_t i = 0; i < hits.size(); ++i)
+            deliver(*hits[i].slot, topic, payload, std::min(qos, hits[i].qos), msg, qos, false, raw, i + 1 == last);
     }
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
@@ -1422,7 +1435,7 @@ void shard::note_dropped(session_slot& slot, uint64_t before, const char* why, u
 }
 
 void shard::deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                    session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw) {
+                    session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw, bool last_use) {
     connection* c = slot.conn;
     if (qos == 0 && c && slot.s->direct()) {
         if (c->queued_bytes() > cfg_.limits.max_outgoing_bytes) {
@@ -1459,7 +1472,8 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
     }
     if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, msg_qos, retain));
     const session::outgoing* o = nullptr;
-    switch (slot.s->offer(msg, qos, c != nullptr, &o)) {
+    switch (slot.s->offer(last_use ? session::message_ref(std::move(msg)) : session::message_ref(msg), qos,
+                          c != nullptr, &o)) {
     case session::session::offer_result::send:
         send_outgoing(*c, *o, false);
         break;

@@ -334,8 +334,12 @@ private:
     void recycle_rx(std::vector<uint8_t>& buf);
     // Returns bytes consumed; stops early when the connection closes or is handed off.
     size_t process(connection& c, const uint8_t* p, size_t n);
+    // PUBLISH and the acks, the per-message packets, go straight to their handlers; everything else (and anything
+    // before CONNECT) through dispatch_other, kept out of line so that its error formatting does not weigh on them.
     bool dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
                   std::span<const uint8_t> rest);
+    [[gnu::noinline]] bool dispatch_other(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
+                                          std::span<const uint8_t> rest);
     void mark_dirty(connection& c, bool reply = false);
     void start_send(connection& c);
     void close(connection& c, const char* reason, bool publish_will);
@@ -381,8 +385,11 @@ private:
     bool all_direct(const route_entry& e) const; // every local match is connected with nothing queued
     void fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                  session::message_ref& msg, bool local_origin, const raw_frames& raw = {});
+    // last_use: msg is not needed after this call (the caller's reference moves into the session, which spares
+    // an atomic increment and decrement); only when topic and payload do not point into msg itself.
     void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                 session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw = {});
+                 session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw = {},
+                 bool last_use = false);
     // Queues the first `take` of the fanned-out bytes for c: shared with the other subscribers where that pays.
     void queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take);
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
