@@ -148,17 +148,11 @@ size_t encode_varint(uint32_t v, uint8_t* out) {
     return i;
 }
 
-error parse_fixed_header(const uint8_t* p, size_t n, fixed_header& out) {
+error parse_fixed_header_full(const uint8_t* p, size_t n, fixed_header& out) {
     if (n == 0) return error::need_more;
     uint32_t rl;
     size_t len;
-    if (n >= 2 && p[1] < 0x80) {
-        // A remaining length under 128 (every PUBACK, most small PUBLISHes): one byte, always minimal.
-        rl = p[1];
-        len = 1;
-    } else if (error e = decode_varint(p + 1, n - 1, rl, len); e != error::none) {
-        return e;
-    }
+    if (error e = decode_varint(p + 1, n - 1, rl, len); e != error::none) return e;
     out.type = static_cast<packet_type>(p[0] >> 4);
     out.flags = p[0] & 0x0F;
     out.remaining_length = rl;
@@ -352,7 +346,7 @@ error decode_publish(std::span<const uint8_t> body, uint8_t flags, protocol_vers
     return error::none;
 }
 
-error decode_ack(packet_type t, std::span<const uint8_t> body, uint8_t flags, protocol_version v, ack_view& out) {
+error decode_ack_full(packet_type t, std::span<const uint8_t> body, uint8_t flags, protocol_version v, ack_view& out) {
     out = ack_view{};
     if (!is_ack(t)) return error::malformed;
     if (t == packet_type::pubrel ? !qos1_flags_ok(flags, v) : flags != 0) return error::bad_flags;
