@@ -336,8 +336,8 @@ private:
     size_t process(connection& c, const uint8_t* p, size_t n);
     // PUBLISH and the acks, the per-message packets, go straight to their handlers; everything else (and anything
     // before CONNECT) through dispatch_other, kept out of line so that its error formatting does not weigh on them.
-    bool dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
-                  std::span<const uint8_t> rest);
+    inline bool dispatch(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
+                         std::span<const uint8_t> rest);
     [[gnu::noinline]] bool dispatch_other(connection& c, const mqtt::fixed_header& h, std::span<const uint8_t> body,
                                           std::span<const uint8_t> rest);
     void mark_dirty(connection& c, bool reply = false);

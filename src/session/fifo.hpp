@@ -1,8 +1,11 @@
 #pragma once
 // A FIFO in a ring of power-of-two capacity: no allocation while empty (unlike std::deque, whose empty instance
 // already holds a 512-byte node), and a pop is an index step, with nothing to compact or move (a vector with a moving
-// head cost about a hundred instructions per QoS 1 delivery in pops and compactions). Owned by a session, on its home
-// shard. Iterators and references are invalidated by push_back and erase; pop_front invalidates only the front's.
+// head cost about a hundred instructions per QoS 1 delivery in pops and compactions). A ring that a burst grew past 256
+// entries shrinks once it holds under an eighth of that, so memory follows what is held. Owned by a session, on its
+// home shard. Iterators are positions from the front: any pop, erase or insert shifts what they refer to. References
+// stay valid across push_back unless it grows the ring, and across erase and insert except to the entries moved (those
+// on the shorter side of the position) or when the ring shrinks.
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -51,6 +54,7 @@ public:
 
     bool empty() const { return size_ == 0; }
     size_t size() const { return size_; }
+    size_t capacity() const { return cap_; }
     T& front() { return buf_[head_]; }
     const T& front() const { return buf_[head_]; }
     T& back() { return at(size_ - 1); }
@@ -65,7 +69,10 @@ public:
     void pop_front() {
         buf_[head_] = T{}; // release what the element holds now (slots outside the live range stay empty)
         head_ = (head_ + 1) & (cap_ - 1);
-        if (--size_ == 0) clear();
+        if (--size_ == 0)
+            clear();
+        else if (cap_ > shrink_above && size_ < cap_ / 8) [[unlikely]]
+            regrow(cap_ / 4);
     }
     iterator begin() { return iterator(this, 0); }
     iterator end() { return iterator(this, size_); }
@@ -88,20 +95,33 @@ public:
             at(k) = std::move(at(k + 1));
         at(size_ - 1) = T{};
         --size_;
+        if (cap_ > shrink_above && size_ < cap_ / 8) [[unlikely]]
+            regrow(cap_ / 4);
         return iterator(this, i);
     }
-    // Puts v at position i (0 = front) by moving the entries after it one place back.
+    // Puts v at position i (0 = front), moving the shorter side: the entries before it one place towards the front,
+    // or those from it on one place back.
     void insert(size_t i, T&& v) {
-        push_back(std::move(v));
-        for (auto k = static_cast<uint32_t>(size_ - 1); k > i; --k)
-            std::swap(at(k), at(k - 1));
+        if (size_ == cap_) regrow(cap_ ? 2 * cap_ : min_cap);
+        const auto at_i = static_cast<uint32_t>(i);
+        if (at_i < size_ / 2) {
+            head_ = (head_ - 1) & (cap_ - 1);
+            ++size_;
+            for (uint32_t k = 0; k < at_i; ++k)
+                at(k) = std::move(at(k + 1));
+        } else {
+            ++size_;
+            for (uint32_t k = size_ - 1; k > at_i; --k)
+                at(k) = std::move(at(k - 1));
+        }
+        at(at_i) = std::move(v);
     }
     void clear() {
         for (uint32_t k = 0; k < size_; ++k)
             at(k) = T{};
         size_ = 0;
         head_ = 0;
-        if (cap_ > 256) { // a drained burst gives its memory back
+        if (cap_ > shrink_above) { // a drained burst gives its memory back
             buf_.reset();
             cap_ = 0;
         }
@@ -109,6 +129,7 @@ public:
 
 private:
     static constexpr uint32_t min_cap = 4;
+    static constexpr uint32_t shrink_above = 256;
     T& at(uint32_t i) { return buf_[(head_ + i) & (cap_ - 1)]; }
     const T& at(uint32_t i) const { return buf_[(head_ + i) & (cap_ - 1)]; }
     // Out of line, so that push_back stays a few instructions inlined where it is called.

@@ -52,9 +52,9 @@ public:
     // dropped).
     offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out);
 
-    // Moves the next queued message into the window if there is room. Returns it (valid until the next call on
-    // any session of this thread) or nullptr. QoS 0 entries are returned without entering the window. Returns
-    // nullptr while the queue is held.
+    // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
+    // until the next call on any session of this thread) or nullptr. QoS 0 entries are returned without entering the
+    // window. Returns nullptr while the queue is held.
     const outgoing* next_ready();
 
     // Held: messages offered while online are queued as if something were queued ahead of them, and next_ready()
@@ -83,7 +83,7 @@ public:
         fifo<outgoing>::const_iterator end() const { return f_.begin() + static_cast<std::ptrdiff_t>(n_); }
         size_t size() const { return n_; }
         bool empty() const { return n_ == 0; }
-        const outgoing& front() const { return f_.front(); }
+        const outgoing& front() const { return f_.front(); } // only when !empty()
 
     private:
         const fifo<outgoing>& f_;

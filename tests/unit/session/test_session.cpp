@@ -299,7 +299,7 @@ TEST(Session, AStuckPacketIdIsSkippedWhenTheRotationComesRound) {
     FAIL() << "id 1 was not given again within a rotation";
 }
 
-TEST(Fifo, PushPopEraseAndCompaction) {
+TEST(Fifo, PushPopAndErase) {
     ringmq::session::fifo<int> f;
     EXPECT_TRUE(f.empty());
     for (int i = 0; i < 200; ++i)
@@ -308,7 +308,7 @@ TEST(Fifo, PushPopEraseAndCompaction) {
         ASSERT_EQ(f.front(), i);
         f.pop_front();
     }
-    EXPECT_EQ(f.size(), 50u); // compacted on the way, order kept
+    EXPECT_EQ(f.size(), 50u); // order kept through growth and pops
     EXPECT_EQ(f.front(), 150);
     EXPECT_EQ(f.back(), 199);
     auto it = f.begin() + 10; // 160
@@ -340,10 +340,14 @@ TEST(Fifo, RingWrapsGrowsAndErasesLikeADeque) {
     auto next = [&] { return rnd = rnd * 1103515245u + 12345u, (rnd >> 16) & 0x7fff; };
     int v = 0;
     for (int step = 0; step < 20000; ++step) {
-        const unsigned op = next() % 8;
+        const unsigned op = next() % 9;
         if (op < 4 || model.empty()) {
             f.push_back(int{v});
             model.push_back(v++);
+        } else if (op == 8) {
+            const size_t i = next() % (model.size() + 1);
+            f.insert(i, int{v});
+            model.insert(model.begin() + static_cast<std::ptrdiff_t>(i), v++);
         } else if (op < 6) {
             ASSERT_EQ(f.front(), model.front());
             f.pop_front();
@@ -371,6 +375,33 @@ TEST(Fifo, RingWrapsGrowsAndErasesLikeADeque) {
     }
 }
 
+// A ring a burst grew gives most of its memory back once it holds little, not only when it is empty, and keeps its
+// order through the shrinking.
+TEST(Fifo, ShrinksAfterABurst) {
+    ringmq::session::fifo<int> f;
+    for (int i = 0; i < 2000; ++i)
+        f.push_back(int{i});
+    EXPECT_EQ(f.capacity(), 2048u);
+    int front = 0;
+    while (f.size() > 200) {
+        ASSERT_EQ(f.front(), front++);
+        f.pop_front();
+    }
+    EXPECT_EQ(f.capacity(), 512u); // under 256 of 2048 held: a quarter
+    while (f.size() > 40) {
+        ASSERT_EQ(f.front(), front++);
+        f.pop_front();
+    }
+    EXPECT_EQ(f.capacity(), 128u);
+    f.erase(f.begin() + 30); // the back side moves; 39 held, 128 is not above the threshold
+    EXPECT_EQ(f.capacity(), 128u);
+    for (int x : f) {
+        if (front == 1990) ++front; // the erased one
+        ASSERT_EQ(x, front++);
+    }
+    EXPECT_EQ(front, 2000);
+}
+
 // A message held by the fifo is released when it leaves by pop or erase (not at some later compaction), exactly once,
 // through moves inside the ring (erase shifts entries; growth moves them all).
 TEST(Fifo, ReleasesMessagesAsTheyLeave) {
@@ -396,7 +427,9 @@ TEST(Fifo, ReleasesMessagesAsTheyLeave) {
     EXPECT_EQ(held->refs(), 9u);
     other = message_ref::share(held.get());
     EXPECT_EQ(held->refs(), 9u);
-    other = std::move(other);
+    message_ref third = message_ref::share(held.get());
+    other = std::move(third); // move-assign over a live reference to the same message
+    EXPECT_FALSE(third);
     EXPECT_EQ(held->refs(), 9u);
     f.clear();
     EXPECT_TRUE(f.empty());
