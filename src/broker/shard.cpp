@@ -753,7 +753,7 @@ bool shard::dispatch_other(connection& c, const mqtt::fixed_header& h, std::span
     }
 }
 
-void shard::mark_dirty(connection& c, bool reply) {
+void shard::mark_dirty_slow(connection& c, bool reply) {
     if (reply) {
         c.reply = true; // deliveries, the per-message path, leave the bit alone
         // A reply to a connection waiting in the send backlog (a broadcast's subscriber) does not wait for its place
