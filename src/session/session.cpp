@@ -95,15 +95,13 @@ const outgoing* session::admit(message_ref&& msg, uint8_t qos) {
     return &entries_[inflight_++];
 }
 
-const outgoing* session::next_ready() {
-    if (entries_.size() == inflight_ || held_) return nullptr;
+const outgoing* session::take_next() {
     outgoing& next = entries_[inflight_];
     if (next.qos == 0) {
         handed_out = std::move(next);
         entries_.erase(entries_.begin() + inflight_);
         return &handed_out;
     }
-    if (inflight_ >= limits_.max_inflight) return nullptr;
     assign_pid(next);
     ++inflight_;
     return &next;

@@ -55,7 +55,12 @@ public:
     // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
     // until the next call on any session of this thread) or nullptr. QoS 0 entries are returned without entering the
     // window. Returns nullptr while the queue is held.
-    const outgoing* next_ready();
+    const outgoing* next_ready() {
+        // Inline for the usual answer "nothing now" (pump asks once more after each message it sends).
+        if (entries_.size() == inflight_ || held_) return nullptr;
+        if (inflight_ >= limits_.max_inflight && entries_[inflight_].qos != 0) return nullptr;
+        return take_next();
+    }
 
     // Held: messages offered while online are queued as if something were queued ahead of them, and next_ready()
     // keeps them there, while the broker sends the retained messages a SUBSCRIBE asked for first (admit()). The
@@ -127,6 +132,8 @@ private:
         assign_pid_checked(o);
     }
     void assign_pid_checked(outgoing& o);
+    // next_ready once it is known that something is queued, not held, and either QoS 0 or with room in the window.
+    const outgoing* take_next();
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     bool pid_in_use(uint16_t pid) const;
     void mark_pid(uint16_t pid, bool used);
