@@ -706,9 +706,7 @@ inline bool shard::dispatch(connection& c, const mqtt::fixed_header& h, std::spa
     if (c.st != connection::state::awaiting_connect) [[likely]] {
         if (h.type == mqtt::packet_type::publish)
             return on_publish(c, h.flags, body, rest.first(size_t{h.header_len} + h.remaining_length));
-        if (h.type == mqtt::packet_type::puback || h.type == mqtt::packet_type::pubrec ||
-            h.type == mqtt::packet_type::pubrel || h.type == mqtt::packet_type::pubcomp)
-            return on_ack(c, h.type, body, h.flags);
+        if (mqtt::is_ack(h.type)) return on_ack(c, h.type, body, h.flags);
     }
     return dispatch_other(c, h, body, rest);
 }
@@ -1208,19 +1206,12 @@ void shard::send_ack(connection& c, mqtt::packet_type t, uint16_t pid) {
 void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                          bool retain, bool dup, uint16_t pid, bool with_payload) {
     const size_t rl = 2 + topic.size() + (qos ? 2 : 0) + payload.size();
-    // One grow for the whole frame (less the payload when the caller queues it apart), the fixed header and topic
-    // length written in place and the pieces copied after them.
+    // One grow for the whole frame (less the payload when the caller queues it apart): the fixed header and topic
+    // length are encoded in place and the pieces copied after them.
     const size_t vl = rl < 128 ? 1 : mqtt::varint_size(static_cast<uint32_t>(rl));
     uint8_t* d = grow(out, 1 + vl + rl - (with_payload ? 0 : payload.size()));
-    d[0] = static_cast<uint8_t>(0x30 | (dup ? 0x08 : 0) | (qos & 0x03) << 1 | (retain ? 0x01 : 0));
-    if (vl == 1)
-        d[1] = static_cast<uint8_t>(rl);
-    else
-        mqtt::encode_varint(static_cast<uint32_t>(rl), d + 1);
-    d += 1 + vl;
-    d[0] = static_cast<uint8_t>(topic.size() >> 8);
-    d[1] = static_cast<uint8_t>(topic.size() & 0xff);
-    d += 2;
+    d += mqtt::encode_publish_prefix(d, qos, retain, dup, static_cast<uint32_t>(rl),
+                                     static_cast<uint16_t>(topic.size()));
     std::memcpy(d, topic.data(), topic.size());
     d += topic.size();
     if (qos) {

@@ -205,11 +205,6 @@ namespace {
 
 using detail::reader;
 
-bool is_ack(packet_type t) {
-    return t == packet_type::puback || t == packet_type::pubrec || t == packet_type::pubrel ||
-           t == packet_type::pubcomp;
-}
-
 // SUBSCRIBE, UNSUBSCRIBE and PUBREL carry 0x2. MQTT 3.1 gave them QoS 1 with a DUP bit a client may set on
 // retransmission, so v3 also accepts 0xA (as mosquitto does).
 bool qos1_flags_ok(uint8_t flags, protocol_version v) {
@@ -729,16 +724,6 @@ void encode_disconnect(std::vector<uint8_t>& out, protocol_version v, uint8_t re
 
 void encode_auth(std::vector<uint8_t>& out, uint8_t reason_code, std::span<const uint8_t> props) {
     encode_reason_and_properties(out, packet_type::auth, reason_code, props);
-}
-
-size_t encode_publish_prefix(uint8_t* out, uint8_t qos, bool retain, bool dup, uint32_t remaining_length,
-                             uint16_t topic_len) {
-    out[0] = first_byte(packet_type::publish,
-                        static_cast<uint8_t>((dup ? 0x08 : 0) | ((qos & 0x03) << 1) | (retain ? 0x01 : 0)));
-    size_t n = 1 + encode_varint(remaining_length, out + 1);
-    out[n++] = static_cast<uint8_t>(topic_len >> 8);
-    out[n++] = static_cast<uint8_t>(topic_len);
-    return n;
 }
 
 } // namespace ringmq::mqtt

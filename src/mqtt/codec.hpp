@@ -72,8 +72,7 @@ error decode_ack_full(packet_type t, std::span<const uint8_t> body, uint8_t flag
 // is decode_ack_full's. One in every QoS 1 delivery, where the call and the reader were 40 instructions.
 inline error decode_ack(packet_type t, std::span<const uint8_t> body, uint8_t flags, protocol_version v,
                         ack_view& out) {
-    if (body.size() == 2 && flags == 0 &&
-        (t == packet_type::puback || t == packet_type::pubrec || t == packet_type::pubcomp)) {
+    if (body.size() == 2 && flags == 0 && is_ack(t) && t != packet_type::pubrel) {
         out = ack_view{static_cast<uint16_t>(body[0] << 8 | body[1]), 0, {}};
         return out.packet_id != 0 ? error::none : error::zero_packet_id;
     }
@@ -121,7 +120,19 @@ void encode_auth(std::vector<uint8_t>& out, uint8_t reason_code, std::span<const
 // returns the size. remaining_length = 2 + topic_len + (qos ? 2 : 0) + props_block_len (v5) + payload_len; caller
 // supplies it.
 inline constexpr size_t max_publish_prefix = 7;
-size_t encode_publish_prefix(uint8_t* out, uint8_t qos, bool retain, bool dup, uint32_t remaining_length,
-                             uint16_t topic_len);
+// Inline (a remaining length under 128 without the varint call): every frame the broker encodes for a subscriber
+// starts with it.
+inline size_t encode_publish_prefix(uint8_t* out, uint8_t qos, bool retain, bool dup, uint32_t remaining_length,
+                                    uint16_t topic_len) {
+    out[0] = static_cast<uint8_t>(0x30 | (dup ? 0x08 : 0) | (qos & 0x03) << 1 | (retain ? 0x01 : 0));
+    size_t n = 1;
+    if (remaining_length < 128)
+        out[n++] = static_cast<uint8_t>(remaining_length);
+    else
+        n += encode_varint(remaining_length, out + 1);
+    out[n++] = static_cast<uint8_t>(topic_len >> 8);
+    out[n++] = static_cast<uint8_t>(topic_len);
+    return n;
+}
 
 } // namespace ringmq::mqtt

@@ -29,6 +29,9 @@ enum class packet_type : uint8_t {
     auth,
 };
 
+// PUBACK, PUBREC, PUBREL or PUBCOMP: the four packets that are a packet id (and in v5 a reason and properties).
+inline bool is_ack(packet_type t) { return t >= packet_type::puback && t <= packet_type::pubcomp; }
+
 // The numeric value is the CONNECT protocol level byte.
 enum class protocol_version : uint8_t { v31 = 3, v311 = 4, v5 = 5 };
 

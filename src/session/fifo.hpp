@@ -62,7 +62,7 @@ public:
     T& operator[](size_t i) { return at(static_cast<uint32_t>(i)); }
     const T& operator[](size_t i) const { return at(static_cast<uint32_t>(i)); }
     void push_back(T&& v) {
-        if (size_ == cap_) regrow(cap_ ? 2 * cap_ : min_cap);
+        room_for_one();
         at(size_) = std::move(v);
         ++size_;
     }
@@ -71,8 +71,8 @@ public:
         head_ = (head_ + 1) & (cap_ - 1);
         if (--size_ == 0)
             clear();
-        else if (cap_ > shrink_above && size_ < cap_ / 8) [[unlikely]]
-            regrow(cap_ / 4);
+        else
+            shrink_if_sparse();
     }
     iterator begin() { return iterator(this, 0); }
     iterator end() { return iterator(this, size_); }
@@ -95,14 +95,13 @@ public:
             at(k) = std::move(at(k + 1));
         at(size_ - 1) = T{};
         --size_;
-        if (cap_ > shrink_above && size_ < cap_ / 8) [[unlikely]]
-            regrow(cap_ / 4);
+        shrink_if_sparse();
         return iterator(this, i);
     }
     // Puts v at position i (0 = front), moving the shorter side: the entries before it one place towards the front,
     // or those from it on one place back.
     void insert(size_t i, T&& v) {
-        if (size_ == cap_) regrow(cap_ ? 2 * cap_ : min_cap);
+        room_for_one();
         const auto at_i = static_cast<uint32_t>(i);
         if (at_i < size_ / 2) {
             head_ = (head_ - 1) & (cap_ - 1);
@@ -132,6 +131,13 @@ private:
     static constexpr uint32_t shrink_above = 256;
     T& at(uint32_t i) { return buf_[(head_ + i) & (cap_ - 1)]; }
     const T& at(uint32_t i) const { return buf_[(head_ + i) & (cap_ - 1)]; }
+    void room_for_one() {
+        if (size_ == cap_) regrow(cap_ ? 2 * cap_ : min_cap);
+    }
+    void shrink_if_sparse() {
+        if (cap_ > shrink_above && size_ < cap_ / 8) [[unlikely]]
+            regrow(cap_ / 4);
+    }
     // Out of line, so that push_back stays a few instructions inlined where it is called.
     [[gnu::noinline]] void regrow(uint32_t cap) {
         std::unique_ptr<T[]> bigger(new T[cap]);

@@ -41,9 +41,8 @@ void session::assign_pid_checked(outgoing& o) {
     if (inflight_ == 0) pid_scan_ = 0; // every entry from here on is younger than the rotation
     // The window holds at most 65535 entries, so a free id always exists; ids are reused in rotation.
     for (;;) {
-        const uint32_t step = pid_step_;
-        pid_step_ = step + 1 == pid_step_mod ? 0 : step + 1;
-        const auto pid = static_cast<uint16_t>(step % 65535 + 1);
+        const uint32_t step = advance_step();
+        const uint16_t pid = pid_at(step);
         bool free;
         if (pid_bits_) {
             free = !pid_in_use(pid);

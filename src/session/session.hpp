@@ -123,8 +123,8 @@ private:
         if (!pid_bits_ && !pid_scan_ && inflight_ < scan_max) {
             const uint32_t step = pid_step_;
             if (inflight_ == 0 || step_age(step, entries_.front().pid_step) < 65535) {
-                pid_step_ = step + 1 == pid_step_mod ? 0 : step + 1;
-                o.pid = static_cast<uint16_t>(step % 65535 + 1);
+                advance_step();
+                o.pid = pid_at(step);
                 o.pid_step = step;
                 return;
             }
@@ -135,6 +135,13 @@ private:
     // next_ready once it is known that something is queued, not held, and either QoS 0 or with room in the window.
     const outgoing* take_next();
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
+    static uint16_t pid_at(uint32_t step) { return static_cast<uint16_t>(step % 65535 + 1); }
+    // Moves the rotation on by one step; returns the step it was at.
+    uint32_t advance_step() {
+        const uint32_t step = pid_step_;
+        pid_step_ = step + 1 == pid_step_mod ? 0 : step + 1;
+        return step;
+    }
     bool pid_in_use(uint16_t pid) const;
     void mark_pid(uint16_t pid, bool used);
 
