@@ -1243,6 +1243,7 @@ std::vector<group_spec> plan_groups(const options& o) {
 struct broker_sample {
     bool have_cpu = false, have_sleeps = false;
     std::uint64_t cpu_start = 0, cpu_end = 0, sleeps_start = 0, sleeps_end = 0;
+    std::uint64_t user_start = 0, user_end = 0; // of cpu_*, the user-space part
     std::uint64_t rss_before = 0, rss_after_connect = 0, rss_end = 0, hwm_end = 0;
 };
 
@@ -1324,7 +1325,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "loadgen: %s\n", why.c_str());
         return 1;
     }
-    if (o.broker_pid && !loadgen::read_cpu_ticks(o.broker_pid)) {
+    if (o.broker_pid && !loadgen::read_cpu_split(o.broker_pid)) {
         std::fprintf(stderr, "loadgen: cannot read /proc/%d/stat\n", o.broker_pid);
         return 1;
     }
@@ -1457,9 +1458,10 @@ int main(int argc, char** argv) {
         if (!got_ms && now >= ms) {
             got_ms = true;
             if (o.broker_pid) {
-                const auto c = loadgen::read_cpu_ticks(o.broker_pid);
+                const auto c = loadgen::read_cpu_split(o.broker_pid);
                 bs.have_cpu = c.has_value();
-                bs.cpu_start = c.value_or(0);
+                bs.cpu_start = c ? c->total() : 0;
+                bs.user_start = c ? c->user : 0;
                 const auto z = loadgen::read_sleeps(o.broker_pid);
                 bs.have_sleeps = z.has_value();
                 bs.sleeps_start = z.value_or(0);
@@ -1491,9 +1493,10 @@ int main(int argc, char** argv) {
         if (now >= me) break;
     }
     if (o.broker_pid && !shared.failed.load()) {
-        const auto c = loadgen::read_cpu_ticks(o.broker_pid);
+        const auto c = loadgen::read_cpu_split(o.broker_pid);
         bs.have_cpu = bs.have_cpu && c.has_value();
-        bs.cpu_end = c.value_or(0);
+        bs.cpu_end = c ? c->total() : 0;
+        bs.user_end = c ? c->user : 0;
         const auto z = loadgen::read_sleeps(o.broker_pid);
         bs.have_sleeps = bs.have_sleeps && z.has_value();
         bs.sleeps_end = z.value_or(0);
@@ -1535,6 +1538,7 @@ int main(int argc, char** argv) {
     const std::uint64_t lost = r.expected > r.received_measured ? r.expected - r.received_measured : 0;
     const double loss_pct = r.expected ? 100.0 * static_cast<double>(lost) / static_cast<double>(r.expected) : 0.0;
     const double cpu_s = bs.have_cpu ? loadgen::ticks_to_seconds(bs.cpu_end - bs.cpu_start) : NAN;
+    const double user_s = bs.have_cpu ? loadgen::ticks_to_seconds(bs.user_end - bs.user_start) : NAN;
     const double per_cpu =
         messaging ? static_cast<double>(r.delivered_window) / cpu_s : static_cast<double>(r.connacks_window) / cpu_s;
     // A thread that ended inside the window takes its count with it: no figure rather than a wrapped one.
@@ -1643,6 +1647,8 @@ int main(int argc, char** argv) {
         add("connects_per_s", fmt_double(connects_per_s, 1));
         add("broker_pid", o.broker_pid ? std::to_string(o.broker_pid) : "null");
         add("broker_cpu_s", fmt_double(cpu_s, 3));
+        add("broker_user_s", fmt_double(user_s, 3));
+        add("broker_sys_s", fmt_double(cpu_s - user_s, 3));
         add("deliveries_per_cpu_s", messaging ? fmt_double(per_cpu, 1) : "null");
         add("broker_sleeps_per_s", fmt_double(sleeps / dur, 1));
         add("deliveries_per_broker_sleep", fmt_double(per_sleep, 2));

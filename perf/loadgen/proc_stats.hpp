@@ -15,8 +15,13 @@
 
 namespace loadgen {
 
-// utime + stime of the whole process (all threads) in clock ticks, from /proc/PID/stat fields 14 and 15.
-inline std::optional<std::uint64_t> read_cpu_ticks(int pid) {
+// User and system CPU time of the whole process (all threads) in clock ticks: /proc/PID/stat fields 14 and 15.
+struct cpu_ticks {
+    std::uint64_t user = 0, system = 0;
+    std::uint64_t total() const { return user + system; }
+};
+
+inline std::optional<cpu_ticks> read_cpu_split(int pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
     std::string line;
     if (!std::getline(in, line)) return std::nullopt;
@@ -25,13 +30,13 @@ inline std::optional<std::uint64_t> read_cpu_ticks(int pid) {
     if (close == std::string::npos) return std::nullopt;
     std::istringstream rest(line.substr(close + 1));
     std::string field;
-    std::uint64_t utime = 0, stime = 0;
+    cpu_ticks t;
     for (int i = 3; i <= 15 && (rest >> field); ++i) {
-        if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
-        if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+        if (i == 14) t.user = std::strtoull(field.c_str(), nullptr, 10);
+        if (i == 15) t.system = std::strtoull(field.c_str(), nullptr, 10);
     }
     if (!rest) return std::nullopt;
-    return utime + stime;
+    return t;
 }
 
 inline double ticks_to_seconds(std::uint64_t ticks) {

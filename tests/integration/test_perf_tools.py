@@ -85,6 +85,10 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.assertGreater(data["broker_cpu_s"], 0)
         self.assertAlmostEqual(data["deliveries_per_cpu_s"], data["delivered"] / data["broker_cpu_s"],
                                delta=data["deliveries_per_cpu_s"] * 0.01)
+        # Split into its user and system parts; a broker's sends and receives are system time.
+        self.assertAlmostEqual(data["broker_user_s"] + data["broker_sys_s"], data["broker_cpu_s"], places=3)
+        self.assertGreater(data["broker_sys_s"], 0)
+        self.assertGreaterEqual(data["broker_user_s"], 0)
         self.assertGreater(data["broker_rss_bytes"], 0)
         # The closed loop idles the broker between batches: it sleeps, and never more often than it delivers.
         self.assertGreater(data["broker_sleeps_per_s"], 0)
