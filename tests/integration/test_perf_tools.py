@@ -17,7 +17,7 @@ import time
 import unittest
 
 import mqtt_raw as m
-from broker import REPO, BrokerTest
+from broker import REPO, BrokerTest, broker_bin
 
 
 def tool(env: str, name: str) -> str:
@@ -505,6 +505,94 @@ class CompareTargets(unittest.TestCase):
         alone = {(t["scenario"], t["key"]): t for t in cmp.check_targets(measured)}
         self.assertEqual(alone[("fanout100-q0-2sh", "deliveries_per_cpu_s")]["verdict"], "not run")
 
+
+def perf_counts_here() -> bool:
+    """Whether perf is installed and may count a process's events here (a container may refuse perf_event_open)."""
+    if not shutil.which("perf"):
+        return False
+    run = subprocess.run(["perf", "stat", "-e", "task-clock", "-x,", "--", "true"], capture_output=True, text=True,
+                         timeout=20)
+    return run.returncode == 0 and "task-clock" in run.stderr
+
+
+def tracepoint_readable(name: str) -> bool:
+    run = subprocess.run(["perf", "stat", "-e", name, "-x,", "--", "true"], capture_output=True, text=True, timeout=20)
+    return run.returncode == 0 and name in run.stderr and "not supported" not in run.stderr
+
+
+def run_profile(args: list[str], timeout: float = 40) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FORWARDER_BIN=FORWARDER, LOADGEN_BIN=LOADGEN, RINGMQ_BIN=broker_bin())
+    return subprocess.run([str(REPO / "perf" / "profile")] + args, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+class ProfileArguments(unittest.TestCase):
+    def test_an_unknown_broker_is_refused_by_name(self):
+        run = run_profile(["stat", "--broker", "emqx", "--", "--scenario", "one-to-one"])
+        self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
+        self.assertIn("--broker must be ringmq, mosquitto or forwarder, not emqx", run.stderr)
+
+    def test_settings_are_for_ringmq_only(self):
+        run = run_profile(["stat", "--broker", "forwarder", "--set", "mqtt.max_inflight=64"])
+        self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
+        self.assertIn("--set applies to ringmq only", run.stderr)
+
+
+class ProfileStat(unittest.TestCase):
+    """perf/profile stat on a short QoS 1 closed loop: what one delivery cost each broker, from /proc and perf."""
+
+    def setUp(self):
+        if not perf_counts_here():
+            self.skipTest("perf cannot count events here (not installed, or perf_event_open refused)")
+
+    def breakdown(self, broker: str, *extra: str) -> tuple[str, dict, dict]:
+        """Runs perf/profile stat; returns its output and the JSON lines of its untraced and traced loadgen runs."""
+        with tempfile.TemporaryDirectory() as d:
+            run = run_profile(["stat", "--broker", broker, "--seconds", "1", "--out", d, *extra, "--", "--scenario",
+                               "one-to-one", "--qos", "1"])
+            self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+            runs = []
+            for name in ("loadgen.json", "loadgen-traced.json"):
+                with open(os.path.join(d, name)) as f:
+                    runs.append(json.loads(f.read().strip().splitlines()[-1]))
+        for r in runs:
+            self.assertEqual((r["status"], r["lost"]), ("ok", 0), r)
+        return run.stdout, runs[0], runs[1]
+
+    def per_delivery(self, out: str, label: str) -> float:
+        m = re.search(rf"^\s*{re.escape(label)}:\s+([0-9.]+) per delivery", out, re.M)
+        self.assertIsNotNone(m, f"no '{label}' line in:\n{out}")
+        return float(m.group(1))
+
+    def test_cpu_per_delivery_is_the_untraced_runs_broker_cpu_over_its_deliveries(self):
+        out, plain, _ = self.breakdown("ringmq", "--set", "mqtt.max_inflight=64")
+        self.assertRegex(out, rf"(?m)^ringmq: {plain['delivered']} deliveries in 1 s")
+        m = re.search(r"^CPU per delivery: (\d+) ns \(user (\d+) ns, system (\d+) ns; (\d+)% of a core\)", out, re.M)
+        self.assertIsNotNone(m, out)
+        total, user, system, share = (int(g) for g in m.groups())
+        per = lambda s: round(s * 1e9 / plain["delivered"])
+        self.assertEqual((total, user, system), (per(plain["broker_cpu_s"]), per(plain["broker_user_s"]),
+                                                 per(plain["broker_sys_s"])))
+        self.assertGreater(system, 0)
+        self.assertEqual(share, round(100 * plain["broker_cpu_s"]))
+
+    def test_the_kernel_work_is_told_apart_per_broker(self):
+        if not (tracepoint_readable("syscalls:sys_enter_io_uring_enter") and
+                tracepoint_readable("syscalls:sys_enter_sendto")):
+            self.skipTest("system call tracepoints are not readable here")
+        ours, _, _ = self.breakdown("ringmq")
+        fwd, _, traced = self.breakdown("forwarder")
+        # ringmq enters the kernel through io_uring only; the forwarder through epoll, recv and send.
+        self.assertGreater(self.per_delivery(ours, "io_uring_enter calls"), 0)
+        self.assertGreater(self.per_delivery(ours, "io_uring SQEs"), 0)
+        self.assertNotIn("sendto calls", ours)
+        self.assertNotIn("epoll_wait calls", ours)
+        self.assertNotIn("io_uring", fwd)
+        self.assertRegex(fwd, rf"(?m)^traced run: {traced['delivered']} deliveries")
+        sends = self.per_delivery(fwd, "sendto calls")
+        # A closed loop of 64 sends many deliveries per system call, never more calls than deliveries.
+        self.assertGreater(sends, 0)
+        self.assertLess(sends, 0.5)
 
 if __name__ == "__main__":
     unittest.main()
