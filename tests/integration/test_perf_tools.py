@@ -532,6 +532,31 @@ class ProfileArguments(unittest.TestCase):
         self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
         self.assertIn("--broker must be ringmq, mosquitto or forwarder, not emqx", run.stderr)
 
+    def test_an_option_without_its_value_is_refused_by_name(self):
+        run = run_profile(["stat", "--broker"])
+        self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
+        self.assertIn("--broker needs a value", run.stderr)
+
+    def test_a_perf_that_cannot_count_is_reported_not_waited_for(self):
+        # A perf that refuses every measurement, as in a container without perf_event_open: the script says so and
+        # exits, instead of waiting on its control FIFO.
+        with tempfile.TemporaryDirectory() as d:
+            fake = os.path.join(d, "perf")
+            with open(fake, "w") as f:
+                f.write("#!/bin/sh\ncase \"$*\" in *'-- true') exit 0 ;; esac\n"
+                        "echo 'perf_event_open: operation not permitted' >&2\nexit 1\n")
+            os.chmod(fake, 0o755)
+            env = dict(os.environ, PATH=d + os.pathsep + os.environ["PATH"], FORWARDER_BIN=FORWARDER,
+                       LOADGEN_BIN=LOADGEN)
+            start = time.monotonic()
+            run = subprocess.run([str(REPO / "perf" / "profile"), "stat", "--broker", "forwarder", "--seconds", "1",
+                                  "--out", os.path.join(d, "out"), "--", "--scenario", "one-to-one"],
+                                 capture_output=True, text=True, timeout=40, env=env)
+            self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
+            self.assertIn("perf stat did not count", run.stderr)
+            self.assertIn("operation not permitted", run.stderr)
+            self.assertLess(time.monotonic() - start, 15)
+
     def test_settings_are_for_ringmq_only(self):
         run = run_profile(["stat", "--broker", "forwarder", "--set", "mqtt.max_inflight=64"])
         self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
