@@ -520,8 +520,8 @@ def tracepoint_readable(name: str) -> bool:
     return run.returncode == 0 and name in run.stderr and "not supported" not in run.stderr
 
 
-def run_profile(args: list[str], timeout: float = 40) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FORWARDER_BIN=FORWARDER, LOADGEN_BIN=LOADGEN, RINGMQ_BIN=broker_bin())
+def run_profile(args: list[str], timeout: float = 40, **env_extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FORWARDER_BIN=FORWARDER, LOADGEN_BIN=LOADGEN, RINGMQ_BIN=broker_bin(), **env_extra)
     return subprocess.run([str(REPO / "perf" / "profile")] + args, capture_output=True, text=True, timeout=timeout,
                           env=env)
 
@@ -546,12 +546,9 @@ class ProfileArguments(unittest.TestCase):
                 f.write("#!/bin/sh\ncase \"$*\" in *'-- true') exit 0 ;; esac\n"
                         "echo 'perf_event_open: operation not permitted' >&2\nexit 1\n")
             os.chmod(fake, 0o755)
-            env = dict(os.environ, PATH=d + os.pathsep + os.environ["PATH"], FORWARDER_BIN=FORWARDER,
-                       LOADGEN_BIN=LOADGEN)
             start = time.monotonic()
-            run = subprocess.run([str(REPO / "perf" / "profile"), "stat", "--broker", "forwarder", "--seconds", "1",
-                                  "--out", os.path.join(d, "out"), "--", "--scenario", "one-to-one"],
-                                 capture_output=True, text=True, timeout=40, env=env)
+            run = run_profile(["stat", "--broker", "forwarder", "--seconds", "1", "--out", os.path.join(d, "out"), "--",
+                               "--scenario", "one-to-one"], PATH=d + os.pathsep + os.environ["PATH"])
             self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
             self.assertIn("perf stat did not count", run.stderr)
             self.assertIn("operation not permitted", run.stderr)
