@@ -47,7 +47,7 @@ struct server::gather {
 
 server::server(broker::node& n, int listen_fd, listener_info li)
     : node_(n), cfg_(n.cfg), id_(n.mqtt_shards), listen_fd_(listen_fd), li_(std::move(li)),
-      outbox_(n.smp, n.mqtt_shards) {
+      outbox_(n.smp, n.mqtt_shards), peers_(n.smp, n.cfg.budgets.ring_wakeups) {
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
     sys_active_ = cfg_.sys.enabled;
 }
@@ -79,6 +79,8 @@ bool server::run() {
         return false;
     }
     waker_.arm(ring_);
+    waker_.announce(node_.smp, id_, ring_);
+    peers_.attach(ring_);
     arm_accept();
     reactor::spawn(gate_, sys_publisher());
     ready.store(true);
@@ -153,7 +155,9 @@ void server::push(unsigned to, broker::admin_call* call) {
     outbox_.push(to, reactor::smp_msg{broker::k_admin_call, id_, call});
 }
 
-void server::publish_smp() { outbox_.publish(); }
+void server::publish_smp() {
+    outbox_.publish([this](unsigned to) { peers_.wake(to); });
+}
 
 void server::drain_smp() {
     for (unsigned from = 0; from < node_.mqtt_shards; ++from) {

@@ -112,6 +112,7 @@ private:
     std::set<int> open_fds_;
     uint64_t shutdown_closed_ = 0;
     reactor::smp_outbox outbox_;
+    io::peer_waker peers_; // wakes the MQTT shards that sleep, from this shard's ring
     bool sys_active_ = true;
     uint64_t sys_wakeups_ = 0;
 };

@@ -134,7 +134,7 @@ void connection::on_send(int res, uint32_t flags) { sh.on_send(*this, res, flags
 
 shard::shard(node& n, unsigned id, int listen_fd)
     : node_(n), cfg_(n.cfg), id_(id), n_(n.mqtt_shards), parts_(n.smp.size()), listen_fd_(listen_fd),
-      deadlines_(tick_ms, deadline_slots), outbox_(n.smp, id) {
+      deadlines_(tick_ms, deadline_slots), outbox_(n.smp, id), peers_(n.smp, n.cfg.budgets.ring_wakeups) {
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
 }
 
@@ -172,6 +172,8 @@ bool shard::run() {
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
+    waker_.announce(node_.smp, id_, ring_);
+    peers_.attach(ring_);
     arm_accept();
     reactor::spawn(gate_, housekeeping());
     node_.ready.fetch_add(1);
@@ -195,7 +197,9 @@ bool shard::run() {
                    cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.epochs());
-    log::debug("shard {} stopped", id_);
+    log::debug("shard {} stopped; it woke other shards {} times through their rings and {} through their eventfds, and "
+               "was woken {} times through its ring",
+               id_, peers_.messaged(), peers_.fell_back(), waker_.messages());
     return true;
 }
 
@@ -293,7 +297,9 @@ void shard::push(unsigned to, uint32_t kind, uint32_t arg, void* ptr) {
     outbox_.push(to, reactor::smp_msg{kind, arg, ptr});
 }
 
-void shard::publish_smp() { outbox_.publish(); }
+void shard::publish_smp() {
+    outbox_.publish([this](unsigned to) { peers_.wake(to); });
+}
 
 void shard::drain_smp() {
     for (unsigned from = 0; from < parts_; ++from) {

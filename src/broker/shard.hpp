@@ -459,6 +459,7 @@ private:
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
     reactor::deadline_wheel deadlines_;
     reactor::smp_outbox outbox_;
+    io::peer_waker peers_; // wakes the other participants that sleep, from this shard's ring
     // Handoffs wait one loop turn before they are handled, so bytes the client sent on its old connection before it
     // reconnected (a PUBACK, say) are reaped and handled before the takeover closes that connection.
     std::vector<std::pair<uint64_t, handoff*>> pending_handoffs_;

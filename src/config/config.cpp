@@ -314,6 +314,7 @@ void validate(layers& l, config& cfg) {
     c.integer("node.idle_poll_min_batch", cfg.budgets.idle_poll_min_batch, 0, 65536);
     c.integer("node.idle_poll_min_found", cfg.budgets.idle_poll_min_found, 0, 100);
     c.boolean("node.idle_poll_by_cpu", cfg.budgets.idle_poll_by_cpu);
+    c.boolean("node.ring_wakeups", cfg.budgets.ring_wakeups);
     c.level("log.level", cfg.log_level);
 
     c.listen("mqtt.listen", cfg.mqtt_listen);

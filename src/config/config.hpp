@@ -91,6 +91,10 @@ struct turn_budgets {
     // spends the wait, and where the wait is longer than a wake-up costs, sleeping does more per CPU-second. Off, the
     // shard polls whenever the two rules above let it (lower latency at any CPU price).
     bool idle_poll_by_cpu = true;
+    // Wake a sleeping shard by posting a completion into its ring from the waker's own ring (IORING_OP_MSG_RING,
+    // carried by a submission the waker makes anyway) instead of a write to its eventfd: no syscall of the waker's
+    // own and no eventfd read for the sleeper to complete and post again. Off, or where the kernel lacks it, eventfd.
+    bool ring_wakeups = true;
 };
 
 // The whole configuration: one immutable value owned by main, shared read-only with every shard.

@@ -124,8 +124,19 @@ bool ring::init(unsigned entries, std::string& why) {
         return false;
     }
     ok_ = true;
+    if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+        can_message_ = io_uring_opcode_supported(probe, IORING_OP_MSG_RING) && (p.features & IORING_FEAT_CQE_SKIP);
+        io_uring_free_probe(probe);
+    }
     io_uring_register_ring_fd(&ring_); // optional speed-up; failure is harmless
     return true;
+}
+
+void ring::message(int target_fd, void* token, completion* on_fail) {
+    io_uring_sqe* s = sqe();
+    io_uring_prep_msg_ring(s, target_fd, 0, reinterpret_cast<uint64_t>(token), 0);
+    s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    set_completion(s, on_fail);
 }
 
 io_uring_sqe* ring::sqe() {

@@ -54,10 +54,21 @@ public:
 
     const char* mode() const { return mode_; }
 
+    // Whether this ring can post a completion into another ring (IORING_OP_MSG_RING, 5.18+) without a completion of
+    // its own on success (IORING_FEAT_CQE_SKIP).
+    bool can_message() const { return can_message_; }
+    // The ring's file descriptor, the address other rings message it at.
+    int fd() const { return ring_.ring_fd; }
+    // Queues a message to the ring at target_fd: it completes there with token as user_data and res 0, which wakes
+    // that ring's thread if it waits. Goes out with this ring's next submission; only a failure completes here, on
+    // on_fail (-EBADFD: not a ring; -EOWNERDEAD: its thread is gone; -EOVERFLOW: its completion queue is full).
+    void message(int target_fd, void* token, completion* on_fail);
+
 private:
     io_uring ring_{};
     bool ok_ = false;
     bool defer_taskrun_ = false;
+    bool can_message_ = false;
     const char* mode_ = "";
 };
 

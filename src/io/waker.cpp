@@ -1,9 +1,12 @@
 #include "io/waker.hpp"
 
 #include "util/assert.hpp"
+#include "util/log.hpp"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+#include <cstring>
 
 namespace ringmq::io {
 
@@ -22,6 +25,10 @@ void waker::arm(ring& r) {
     pending_ = true;
 }
 
+void waker::announce(reactor::smp& s, unsigned self, ring& r) {
+    if (r.can_message()) s.set_ring(self, r.fd(), static_cast<completion*>(&sink_));
+}
+
 void waker::wake() {
     uint64_t one = 1;
     ssize_t rc = ::write(fd_, &one, sizeof one);
@@ -31,6 +38,41 @@ void waker::wake() {
 void waker::on_complete(int, uint32_t) {
     pending_ = false;
     if (!stopped_) arm(*ring_);
+}
+
+peer_waker::peer_waker(reactor::smp& s, bool enabled)
+    : smp_(s), enabled_(enabled), failed_(std::make_unique<failed[]>(s.size())) {
+    for (unsigned i = 0; i < s.size(); ++i) {
+        failed_[i].owner = this;
+        failed_[i].to = i;
+    }
+}
+
+void peer_waker::attach(ring& r) {
+    if (enabled_ && r.can_message()) ring_ = &r;
+}
+
+void peer_waker::wake(unsigned to) {
+    const int fd = ring_ ? smp_.ring_fd(to) : -1;
+    if (fd < 0) {
+        ++fell_back_;
+        smp_.wake(to);
+        return;
+    }
+    ++messaged_;
+    ring_->message(fd, smp_.ring_token(to), &failed_[to]);
+}
+
+void peer_waker::failed::on_complete(int res, uint32_t) {
+    if (res >= 0) return;
+    ++owner->fell_back_;
+    --owner->messaged_;
+    if (!owner->warned_) {
+        owner->warned_ = true;
+        log::warn("waking shard {} through its ring failed ({}): woken through its eventfd instead", to,
+                  std::strerror(-res));
+    }
+    owner->smp_.wake(to);
 }
 
 } // namespace ringmq::io

@@ -20,8 +20,8 @@ public:
         if (!backlog_[to].empty() || !q.try_push(m)) backlog_[to].push_back(m);
         mask_ |= uint64_t{1} << to;
     }
-    // Publishes what was staged this turn and wakes the destinations that sleep.
-    void publish() {
+    // Publishes what was staged this turn and wakes the destinations that sleep, each through wake(to).
+    template <class Wake> void publish(Wake&& wake) {
         uint64_t mask = mask_;
         while (mask) {
             const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
@@ -31,9 +31,13 @@ public:
             while (!bl.empty() && q.try_push(bl.front()))
                 bl.pop_front();
             q.publish();
-            smp_.wake_if_sleeping(to);
+            if (smp_.claim_wake(to)) wake(to);
             if (bl.empty()) mask_ &= ~(uint64_t{1} << to);
         }
+    }
+    // The same, waking through each destination's waker hook.
+    void publish() {
+        publish([this](unsigned to) { smp_.wake(to); });
     }
     // True while a backlog waits for room: the owner must not sleep.
     bool pending() const { return mask_ != 0; }

@@ -1,7 +1,7 @@
 #pragma once
-// The queue matrix between shards: queue(from, to) for every ordered pair, plus each shard's sleep flag and wake
-// hook. Created on the main thread before shards start and destroyed after they stop; each queue end is used by
-// exactly one shard thread.
+// The queue matrix between shards: queue(from, to) for every ordered pair, plus each shard's sleep flag, wake hook
+// and, where its ring takes messages, the ring's fd. Created on the main thread before shards start and destroyed after
+// they stop; each queue end is used by exactly one shard thread.
 #include "reactor/spsc_queue.hpp"
 
 #include <atomic>
@@ -29,16 +29,31 @@ public:
     // sees the flag and wakes it. seq_cst on both sides orders the flag against the queue indices.
     void set_sleeping(unsigned shard, bool v) { slots_[shard].sleeping.store(v, std::memory_order_seq_cst); }
     bool has_incoming(unsigned shard);
-    void wake_if_sleeping(unsigned shard) {
+    // True for the one producer that must wake a sleeping shard: the flag is consumed, so a sleep costs one wake.
+    bool claim_wake(unsigned shard) {
         auto& s = slots_[shard];
-        if (s.sleeping.load(std::memory_order_seq_cst) && s.sleeping.exchange(false)) s.wake();
+        return s.sleeping.load(std::memory_order_seq_cst) && s.sleeping.exchange(false);
+    }
+    void wake_if_sleeping(unsigned shard) {
+        if (claim_wake(shard)) slots_[shard].wake();
     }
     void set_waker(unsigned shard, std::function<void()> w) { slots_[shard].wake = std::move(w); }
     void wake(unsigned shard) { slots_[shard].wake(); }
 
+    // A participant whose io_uring accepts messages from other rings announces the ring's fd and the token its
+    // wake-up completions carry, once its ring exists; until then (fd -1) it is woken through its waker hook.
+    void set_ring(unsigned shard, int fd, void* token) {
+        slots_[shard].token = token;
+        slots_[shard].ring_fd.store(fd, std::memory_order_release);
+    }
+    int ring_fd(unsigned shard) const { return slots_[shard].ring_fd.load(std::memory_order_acquire); }
+    void* ring_token(unsigned shard) const { return slots_[shard].token; }
+
 private:
     struct alignas(64) slot {
         std::atomic<bool> sleeping{false};
+        std::atomic<int> ring_fd{-1};
+        void* token = nullptr;
         std::function<void()> wake;
     };
     unsigned n_;

@@ -39,6 +39,7 @@ idle_poll_us = 77
 idle_poll_min_batch = 5
 idle_poll_min_found = 60
 idle_poll_by_cpu = false
+ring_wakeups = false
 [log]
 level = "debug"
 [mqtt]
@@ -80,6 +81,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 5u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 60u);
     EXPECT_FALSE(c.budgets.idle_poll_by_cpu);
+    EXPECT_FALSE(c.budgets.ring_wakeups);
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
     const auto& m = c.limits;
@@ -119,6 +121,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 16u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
     EXPECT_TRUE(c.budgets.idle_poll_by_cpu);
+    EXPECT_TRUE(c.budgets.ring_wakeups);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
     EXPECT_EQ(c.limits.max_connections, 1000000u);
@@ -220,6 +223,7 @@ idle_poll_us = 50
 idle_poll_min_batch = 16
 idle_poll_min_found = 75
 idle_poll_by_cpu = true
+ring_wakeups = true
 [log]
 level = "info"
 [mqtt]

@@ -1,11 +1,13 @@
-// The io module on a real ring: timers, the cross-thread waker, the provided buffer ring with a multishot recv, and
-// the awaitable recv/send ops. Needs a kernel with io_uring (the broker refuses to start without one anyway).
+// The io module on a real ring: timers, the cross-thread wakers (eventfd and ring messages), the provided buffer ring
+// with a multishot recv, and the awaitable recv/send ops. Needs a kernel with io_uring (the broker refuses to start
+// without one anyway).
 #include "io/buffer_ring.hpp"
 #include "io/ops.hpp"
 #include "io/ring.hpp"
 #include "io/timer.hpp"
 #include "io/waker.hpp"
 #include "reactor/gate.hpp"
+#include "reactor/smp.hpp"
 #include "reactor/task.hpp"
 
 #include <gtest/gtest.h>
@@ -13,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <set>
@@ -136,6 +139,99 @@ TEST(Io, WakerWakesTheRingFromAnotherThread) {
         if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
     EXPECT_TRUE(w.pending()); // re-armed for the next wake
     w.stop();
+}
+
+// The MQTT shards' way of waking each other: ring A messages sleeping ring B, whose thread (here the test's) returns
+// from its wait with the completion on B's waker token, without B's eventfd or the smp's hook.
+TEST(Io, PeerWakerWakesASleepingRingThroughItsRing) {
+    io::ring b;
+    std::string why;
+    ASSERT_TRUE(b.init(64, why)) << why;
+    if (!b.can_message()) GTEST_SKIP() << "this kernel has no IORING_OP_MSG_RING with IORING_FEAT_CQE_SKIP";
+    reactor::smp s(2, 8);
+    std::atomic<int> hook{0};
+    io::waker wb;
+    s.set_waker(1, [&] {
+        ++hook;
+        wb.wake();
+    });
+    wb.arm(b);
+    wb.announce(s, 1, b);
+    ASSERT_EQ(s.ring_fd(1), b.fd());
+
+    std::atomic<bool> sent{false};
+    uint64_t messaged = 0, fell_back = 0;
+    std::thread t([&] {
+        io::ring a; // created on the thread that submits to it (SINGLE_ISSUER)
+        std::string w;
+        if (!a.init(64, w)) return;
+        io::peer_waker pw(s, true);
+        pw.attach(a);
+        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+        while (!s.claim_wake(1) && std::chrono::steady_clock::now() < end)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20)); // let the test's thread block
+        pw.wake(1);
+        a.submit();
+        sent = true;
+        run_until(
+            a, [] { return false; }, 100); // a failed message would complete here and fall back
+        messaged = pw.messaged();
+        fell_back = pw.fell_back();
+    });
+    s.set_sleeping(1, true);
+    const auto start = std::chrono::steady_clock::now();
+    b.submit_and_wait(5000);
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+    io::reaped batch[8];
+    const unsigned n = b.reap(batch, 8);
+    for (unsigned i = 0; i < n; ++i)
+        if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
+    t.join();
+    EXPECT_TRUE(sent.load());
+    EXPECT_LT(ms, 2000) << "woken long before the timeout";
+    EXPECT_EQ(wb.messages(), 1u) << "the wake-up came as a message on the waker's token";
+    EXPECT_EQ(hook.load(), 0) << "not through the eventfd";
+    EXPECT_EQ(messaged, 1u);
+    EXPECT_EQ(fell_back, 0u);
+    wb.stop();
+}
+
+// A message that fails (here the announced fd is not a ring) completes on the sender, which then wakes the
+// destination through its hook; and a disabled peer_waker, or a destination without a ring, uses the hook at once.
+TEST(Io, PeerWakerFallsBackToTheHook) {
+    io::ring a;
+    std::string why;
+    ASSERT_TRUE(a.init(64, why)) << why;
+    reactor::smp s(3, 8);
+    int hook[3] = {0, 0, 0};
+    for (unsigned i = 0; i < 3; ++i)
+        s.set_waker(i, [&hook, i] { ++hook[i]; });
+
+    io::peer_waker off(s, false);
+    off.attach(a);
+    off.wake(1);
+    EXPECT_EQ(hook[1], 1) << "disabled: the hook, at once";
+    EXPECT_EQ(off.fell_back(), 1u);
+
+    io::peer_waker on(s, true);
+    on.attach(a);
+    on.wake(2);
+    EXPECT_EQ(hook[2], 1) << "participant 2 announced no ring: the hook, at once";
+
+    if (!a.can_message()) GTEST_SKIP() << "this kernel has no IORING_OP_MSG_RING with IORING_FEAT_CQE_SKIP";
+    int not_a_ring[2];
+    ASSERT_EQ(::pipe(not_a_ring), 0);
+    int token = 0;
+    s.set_ring(1, not_a_ring[0], &token);
+    on.wake(1);
+    EXPECT_EQ(on.messaged(), 1u);
+    EXPECT_TRUE(run_until(a, [&] { return hook[1] == 2; })) << "the failed message woke participant 1 by its hook";
+    EXPECT_EQ(on.messaged(), 0u);
+    EXPECT_EQ(on.fell_back(), 2u);
+    ::close(not_a_ring[0]);
+    ::close(not_a_ring[1]);
 }
 
 TEST(Io, MultishotRecvThroughBufferRingRecyclesBuffers) {

@@ -1,4 +1,5 @@
 #include "reactor/gate.hpp"
+#include "reactor/outbox.hpp"
 #include "reactor/smp.hpp"
 #include "reactor/spsc_queue.hpp"
 #include "reactor/task.hpp"
@@ -741,6 +742,35 @@ TEST(smp, wake_if_sleeping_calls_waker_only_when_flag_was_set) {
     s.wake(1);
     EXPECT_EQ(woken[1], 1) << "wake() is unconditional";
     EXPECT_EQ(woken[0], 1);
+}
+
+TEST(smp_outbox, publish_wakes_each_sleeping_destination_once_through_the_given_waker) {
+    smp s(3, 8);
+    int hook[3] = {0, 0, 0};
+    for (unsigned i = 0; i < 3; ++i)
+        s.set_waker(i, [&hook, i] { ++hook[i]; });
+    smp_outbox out(s, 0);
+    std::vector<unsigned> woken;
+    auto wake = [&woken](unsigned to) { woken.push_back(to); };
+
+    s.set_sleeping(1, true);
+    out.push(1, smp_msg{1, 0, nullptr});
+    out.push(1, smp_msg{2, 0, nullptr});
+    out.push(2, smp_msg{3, 0, nullptr});
+    out.publish(wake);
+    EXPECT_EQ(woken, std::vector<unsigned>{1}) << "only the sleeping destination, once for two messages";
+    EXPECT_TRUE(s.has_incoming(1));
+    EXPECT_TRUE(s.has_incoming(2));
+
+    out.push(1, smp_msg{4, 0, nullptr});
+    out.publish(wake);
+    EXPECT_EQ(woken.size(), 1u) << "the flag was consumed by the first wake";
+    EXPECT_EQ(hook[1] + hook[2], 0) << "the hooks are not used when a waker is given";
+
+    s.set_sleeping(2, true);
+    out.push(2, smp_msg{5, 0, nullptr});
+    out.publish();
+    EXPECT_EQ(hook[2], 1) << "publish() without a waker wakes through the hook";
 }
 
 TEST(smp, sleep_protocol_loses_no_wakeup_across_threads) {
