@@ -1,10 +1,15 @@
-// Micro-benchmarks of cross-shard plumbing: SPSC queue round trip between two threads, and buffer-ring recycling.
+// Micro-benchmarks of cross-shard plumbing: SPSC queue round trip between two threads, the wake-up of a sleeping
+// shard (eventfd or ring message), and buffer-ring recycling.
 #include "io/buffer_ring.hpp"
+#include "io/ring.hpp"
+#include "io/waker.hpp"
+#include "reactor/smp.hpp"
 #include "reactor/spsc_queue.hpp"
 
 #include <benchmark/benchmark.h>
 
 #include <atomic>
+#include <string>
 #include <thread>
 
 using ringmq::reactor::spsc_queue;
@@ -41,6 +46,80 @@ void BM_spsc_round_trip(benchmark::State& st) {
     st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * batch));
 }
 BENCHMARK(BM_spsc_round_trip)->Arg(1)->Arg(16)->Arg(256)->UseRealTime();
+
+// Handles what the ring completed; true if anything did (here only wake-ups are in flight).
+bool reap_wakes(ringmq::io::ring& r) {
+    ringmq::io::reaped batch[8];
+    const unsigned n = r.reap(batch, 8);
+    for (unsigned i = 0; i < n; ++i)
+        if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
+    return n != 0;
+}
+
+// Two threads, each asleep in its own ring, wake each other in turn, as shards do across their SMP queues: through
+// the other's eventfd (arg 0) or by posting a message into its ring (arg 1, node.ring_wakeups). One iteration is a
+// round trip, two wake-ups; the real time includes the scheduler's switch to the woken thread.
+void BM_wake_round_trip(benchmark::State& st) {
+    using namespace ringmq;
+    const bool by_ring = st.range(0) != 0;
+    reactor::smp s(2, 8);
+    io::waker wa, wb;
+    s.set_waker(0, [&wa] { wa.wake(); });
+    s.set_waker(1, [&wb] { wb.wake(); });
+    std::atomic<bool> stop{false};
+    std::atomic<int> ready{0}; // 1: peer up, -1: its ring failed
+    std::thread peer([&] {
+        io::ring rb;
+        std::string why;
+        if (!rb.init(64, why)) {
+            ready.store(-1);
+            return;
+        }
+        wb.arm(rb);
+        wb.announce(s, 1, rb);
+        io::peer_waker pb(s, by_ring);
+        pb.attach(rb);
+        ready.store(1);
+        for (;;) {
+            rb.submit_and_wait(-1);
+            if (!reap_wakes(rb)) continue;
+            if (stop.load()) break;
+            pb.wake(0);
+            rb.submit();
+        }
+        wb.stop();
+    });
+    io::ring ra;
+    std::string why;
+    const bool ok = ra.init(64, why);
+    while (ready.load() == 0)
+        std::this_thread::yield();
+    if (!ok || ready.load() < 0 || (by_ring && !ra.can_message())) {
+        st.SkipWithError(!ok ? why.c_str() : "no ring or no IORING_OP_MSG_RING here");
+        stop.store(true);
+        s.wake(1);
+        peer.join();
+        return;
+    }
+    wa.arm(ra);
+    wa.announce(s, 0, ra);
+    io::peer_waker pa(s, by_ring);
+    pa.attach(ra);
+    for (auto _ : st) {
+        pa.wake(1);
+        do
+            ra.submit_and_wait(-1);
+        while (!reap_wakes(ra));
+    }
+    stop.store(true);
+    pa.wake(1);
+    ra.submit();
+    peer.join();
+    wa.stop();
+    st.SetItemsProcessed(static_cast<int64_t>(st.iterations()));
+    st.counters["ring_messages"] = static_cast<double>(pa.messaged());
+}
+BENCHMARK(BM_wake_round_trip)->Arg(0)->Arg(1)->UseRealTime();
 
 void BM_buffer_ring_recycle(benchmark::State& st) {
     ringmq::io::ring r;
