@@ -1,6 +1,7 @@
 """Cross-shard behaviour with --shards 2: client ids are chosen by FNV-1a-64(client id) % 2 so that publisher and
 subscriber have different home shards (and, for comparison, the same one)."""
 
+import re
 import time
 
 import mqtt_raw as m
@@ -281,3 +282,44 @@ class CrossShardTest(BrokerTest):
             c.expect_closed(5)
 
 
+
+
+class CrossShardEventfdWakeTest(CrossShardTest):
+    """The same cross-shard behaviour with shards woken through their eventfds (node.ring_wakeups = false), the
+    path a kernel without IORING_OP_MSG_RING takes."""
+    SETTINGS = {"node.ring_wakeups": False}
+
+
+class CrossShardWakeTest(BrokerTest):
+    """How a shard wakes another (node.ring_wakeups). Polling off and QoS 1 messages 20 ms apart, so each one finds
+    the subscriber's shard asleep and its crossing is a wake-up; the shards' stop lines count them by the way taken."""
+    SHARDS = 2
+    AUTO_START = False
+    STOP_RE = re.compile(rb"shard (\d) stopped; it woke other shards (\d+) times through their rings and (\d+) "
+                         rb"through their eventfds, and was woken (\d+) times through its ring")
+
+    def crossings(self, ring_wakeups):
+        self.use_broker({"node.ring_wakeups": ring_wakeups, "node.idle_poll_us": 0})
+        sub = self.client(client_id_on_shard("wsub", 1, 2))
+        sub.subscribe([("wake/x", 1)])
+        pub = self.client(client_id_on_shard("wpub", 0, 2))
+        for i in range(20):
+            time.sleep(0.02)
+            pub.publish("wake/x", str(i), qos=1)
+            self.assertEqual(sub.recv_publish().payload, str(i).encode())
+        stops = {int(s): tuple(int(x) for x in rest)
+                 for s, *rest in self.STOP_RE.findall(self.broker.stop_and_read_log())}
+        self.assertEqual(sorted(stops), [0, 1], stops)
+        return stops
+
+    def test_ring_messages_by_default(self):
+        stops = self.crossings(True)
+        self.assertGreaterEqual(stops[0][0], 20, stops)  # shard 0 messaged shard 1's ring for every PUBLISH
+        self.assertEqual(stops[0][1] + stops[1][1], 0, stops)  # and no shard wrote an eventfd
+        self.assertGreaterEqual(stops[1][2], 20, stops)  # shard 1 took those wake-ups from its ring
+
+    def test_eventfds_when_off(self):
+        stops = self.crossings(False)
+        self.assertEqual(stops[0][0] + stops[1][0], 0, stops)
+        self.assertGreaterEqual(stops[0][1], 20, stops)
+        self.assertEqual(stops[0][2] + stops[1][2], 0, stops)
