@@ -54,6 +54,9 @@ private:
 class peer_waker {
 public:
     peer_waker(reactor::smp& s, bool enabled);
+    // Its failure completions point back at it: it stays where it was made.
+    peer_waker(const peer_waker&) = delete;
+    peer_waker& operator=(const peer_waker&) = delete;
     void attach(ring& r);
     void wake(unsigned to);
     uint64_t messaged() const { return messaged_; }
