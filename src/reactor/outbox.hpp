@@ -35,10 +35,6 @@ public:
             if (bl.empty()) mask_ &= ~(uint64_t{1} << to);
         }
     }
-    // The same, waking through each destination's waker hook.
-    void publish() {
-        publish([this](unsigned to) { smp_.wake(to); });
-    }
     // True while a backlog waits for room: the owner must not sleep.
     bool pending() const { return mask_ != 0; }
 

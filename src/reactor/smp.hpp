@@ -34,9 +34,6 @@ public:
         auto& s = slots_[shard];
         return s.sleeping.load(std::memory_order_seq_cst) && s.sleeping.exchange(false);
     }
-    void wake_if_sleeping(unsigned shard) {
-        if (claim_wake(shard)) slots_[shard].wake();
-    }
     void set_waker(unsigned shard, std::function<void()> w) { slots_[shard].wake = std::move(w); }
     void wake(unsigned shard) { slots_[shard].wake(); }
 

@@ -717,31 +717,23 @@ TEST(smp, has_incoming_sees_published_messages_from_other_shards) {
     EXPECT_FALSE(s.has_incoming(2));
 }
 
-TEST(smp, wake_if_sleeping_calls_waker_only_when_flag_was_set) {
+TEST(smp, claim_wake_is_true_once_per_sleep) {
     smp s(2, 8);
-    int woken[2] = {0, 0};
-    s.set_waker(0, [&woken] { ++woken[0]; });
-    s.set_waker(1, [&woken] { ++woken[1]; });
-
-    s.wake_if_sleeping(0);
-    EXPECT_EQ(woken[0], 0) << "not sleeping: no wake";
+    EXPECT_FALSE(s.claim_wake(0)) << "not sleeping: no wake";
 
     s.set_sleeping(0, true);
-    s.wake_if_sleeping(1);
-    EXPECT_EQ(woken[1], 0) << "shard 1 is not sleeping";
-    s.wake_if_sleeping(0);
-    EXPECT_EQ(woken[0], 1);
-    s.wake_if_sleeping(0);
-    EXPECT_EQ(woken[0], 1) << "the wake consumed the flag";
+    EXPECT_FALSE(s.claim_wake(1)) << "shard 1 is not sleeping";
+    EXPECT_TRUE(s.claim_wake(0));
+    EXPECT_FALSE(s.claim_wake(0)) << "the first claim consumed the flag";
 
     s.set_sleeping(1, true);
     s.set_sleeping(1, false);
-    s.wake_if_sleeping(1);
-    EXPECT_EQ(woken[1], 0) << "flag cleared by the consumer itself";
+    EXPECT_FALSE(s.claim_wake(1)) << "flag cleared by the consumer itself";
 
+    int woken = 0;
+    s.set_waker(1, [&woken] { ++woken; });
     s.wake(1);
-    EXPECT_EQ(woken[1], 1) << "wake() is unconditional";
-    EXPECT_EQ(woken[0], 1);
+    EXPECT_EQ(woken, 1) << "wake() is unconditional";
 }
 
 TEST(smp_outbox, publish_wakes_each_sleeping_destination_once_through_the_given_waker) {
@@ -765,12 +757,7 @@ TEST(smp_outbox, publish_wakes_each_sleeping_destination_once_through_the_given_
     out.push(1, smp_msg{4, 0, nullptr});
     out.publish(wake);
     EXPECT_EQ(woken.size(), 1u) << "the flag was consumed by the first wake";
-    EXPECT_EQ(hook[1] + hook[2], 0) << "the hooks are not used when a waker is given";
-
-    s.set_sleeping(2, true);
-    out.push(2, smp_msg{5, 0, nullptr});
-    out.publish();
-    EXPECT_EQ(hook[2], 1) << "publish() without a waker wakes through the hook";
+    EXPECT_EQ(hook[1] + hook[2], 0) << "the hooks are the waker's business, not the outbox's";
 }
 
 TEST(smp, sleep_protocol_loses_no_wakeup_across_threads) {
@@ -786,7 +773,7 @@ TEST(smp, sleep_protocol_loses_no_wakeup_across_threads) {
             auto& q = s.queue(0, 1);
             while (next < k_items && q.try_push(smp_msg{next, 0, nullptr}))
                 ++next;
-            if (q.publish()) s.wake_if_sleeping(1);
+            if (q.publish() && s.claim_wake(1)) s.wake(1);
             std::this_thread::yield();
         }
     });
