@@ -3,12 +3,14 @@
 #include "admin/server.hpp"
 #include "admin/sysinfo.hpp"
 #include "mqtt/validate.hpp"
+#include "util/clock.hpp"
 #include "util/hash.hpp"
 #include "util/log.hpp"
 
 #include <simdjson.h>
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <ctime>
 #include <map>
@@ -58,23 +60,34 @@ bool parse_int(const std::string& s, int64_t& out) {
     return ec == std::errc() && p == e;
 }
 
-// curr_page / page_size with the EMQ X defaults; false (-> 404) for non-integers or values below 1.
-bool paging(const http_request& req, int64_t& page, int64_t& size, std::string& why) {
+// curr_page / page_size as EMQ X read them: decimal integers (anything else -> 404), defaults 1 and 20. A list needs
+// page_size >= 1 (EMQ X divided by it and answered 404); curr_page <= 1 is the first page and is echoed as given. A
+// lookup (`list` false) parses both and ignores them.
+bool paging(const http_request& req, bool list, int64_t& page, int64_t& size, std::string& why) {
     page = 1;
     size = 20;
     if (const std::string* p = req.query_param("curr_page")) {
-        if (!parse_int(*p, page) || page < 1) {
-            why = "curr_page must be an integer >= 1";
+        if (!parse_int(*p, page)) {
+            why = "curr_page must be an integer";
             return false;
         }
     }
     if (const std::string* p = req.query_param("page_size")) {
-        if (!parse_int(*p, size) || size < 1) {
-            why = "page_size must be an integer >= 1";
+        if (!parse_int(*p, size) || (list && size < 1)) {
+            why = list ? "page_size must be an integer >= 1" : "page_size must be an integer";
             return false;
         }
     }
     return true;
+}
+
+// The index of a page's first row (size >= 1); past the end of any table when it does not fit in 64 bits.
+uint64_t page_offset(int64_t page, int64_t size) {
+    if (page <= 1) return 0;
+    uint64_t offset = 0;
+    if (__builtin_mul_overflow(static_cast<uint64_t>(page - 1), static_cast<uint64_t>(size), &offset))
+        return UINT64_MAX;
+    return offset;
 }
 
 std::string join(const seg_t& s, size_t from) {
@@ -231,7 +244,13 @@ reactor::task<void> server::handle(const http_request& req, http_response& resp)
     }
     std::string user, password;
     const std::string* authz = req.header("authorization");
-    if (!authz || !parse_basic_auth(*authz, user, password) || !users_.verify(user, password)) {
+    const bool parsed = authz && parse_basic_auth(*authz, user, password);
+    const login l = parsed ? check_password(user, password) : login::wrong;
+    if (l == login::busy) {
+        too_many_checks(resp);
+        co_return;
+    }
+    if (l != login::ok) {
         json_writer w;
         w.begin_object().key("code").value(401).key("message").value(authz ? "wrong username or password"
                                                                            : "authentication required");
@@ -437,7 +456,7 @@ reactor::task<void> server::nodes_monitoring(json_writer& w) {
 reactor::task<void> server::paged_list(list_kind kind, const http_request& req, http_response& resp) {
     int64_t page = 0, size = 0;
     std::string why;
-    if (!paging(req, page, size, why)) {
+    if (!paging(req, true, page, size, why)) {
         not_found(resp, why);
         co_return;
     }
@@ -453,7 +472,7 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     uint64_t total = 0;
     for (size_t c : counts)
         total += c;
-    const uint64_t offset = static_cast<uint64_t>(page - 1) * static_cast<uint64_t>(size);
+    const uint64_t offset = page_offset(page, size);
     std::vector<unsigned> targets;
     std::vector<std::pair<size_t, size_t>> slice(shards, {0, 0});
     uint64_t before = 0, want = static_cast<uint64_t>(size);
@@ -532,7 +551,7 @@ reactor::task<void> server::lookup(list_kind kind, const std::string& id, const 
                                    http_response& resp) {
     int64_t page = 0, size = 0;
     std::string why;
-    if (!paging(req, page, size, why)) { // parsed, then ignored, as EMQ X did
+    if (!paging(req, false, page, size, why)) { // parsed, then ignored, as EMQ X did
         not_found(resp, why);
         co_return;
     }
@@ -591,7 +610,7 @@ reactor::task<void> server::node_routes(std::vector<std::string>& out) {
 reactor::task<void> server::routes(const http_request& req, const std::string* topic, http_response& resp) {
     int64_t page = 0, size = 0;
     std::string why;
-    if (!paging(req, page, size, why)) {
+    if (!paging(req, topic == nullptr, page, size, why)) { // a topic's lookup parses and ignores them
         not_found(resp, why);
         co_return;
     }
@@ -613,7 +632,7 @@ reactor::task<void> server::routes(const http_request& req, const std::string* t
     w.key("total_num").value(static_cast<unsigned long long>(total));
     w.key("total_page").value(static_cast<unsigned long long>((total + size - 1) / size));
     w.key("objects").begin_array();
-    const uint64_t offset = static_cast<uint64_t>(page - 1) * static_cast<uint64_t>(size);
+    const uint64_t offset = page_offset(page, size);
     for (uint64_t i = offset; i < total && i < offset + static_cast<uint64_t>(size); ++i)
         w.begin_object().key("topic").value(all[i]).key("node").value(cfg_.node_name).end_object();
     w.end_array().end_object();
@@ -643,7 +662,9 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
             api_error(resp, 102, "qos must be 0, 1 or 2");
             co_return;
         }
-        if (!mqtt::valid_topic_name(topic) || topic.size() > 65535) {
+        // The limits an MQTT publisher meets (the shards refuse deeper topics from clients).
+        if (!mqtt::valid_topic_name(topic) || topic.size() > 65535 ||
+            mqtt::topic_levels(topic) > cfg_.limits.max_topic_levels) {
             api_error(resp, 102, "validate topic: " + topic + " fail");
             co_return;
         }
@@ -765,7 +786,10 @@ reactor::task<void> server::listeners(bool all_nodes, http_response& resp) {
     };
     auto api_row = [&](json_writer& w) {
         w.begin_object().key("protocol").value("mqtt:api").key("listen").value(li_.admin_listen);
-        w.key("acceptors").value(1).key("max_clients").value(1024);
+        w.key("acceptors")
+            .value(1)
+            .key("max_clients")
+            .value(static_cast<unsigned long long>(cfg_.admin.max_connections));
         w.key("current_clients").value(static_cast<unsigned long long>(open_fds_.size()));
         w.key("shutdown_count").begin_array().end_array().end_object();
     };
@@ -802,23 +826,45 @@ reactor::task<void> server::metrics(bool all_nodes, http_response& resp) {
     ok(resp, w.str());
 }
 
+void server::note_peaks(const std::vector<broker::shard_snapshot>& snaps) {
+    // Shards peak at different times, so the sum of their high-water marks overstates the node's (a client on shard 0
+    // that leaves before one on shard 1 arrives would count twice). The node's peak is the larger of the sums seen
+    // here (each stats request and $SYS round) and the largest single-shard peak: never more than really happened.
+    broker::stats sum;
+    for (const auto& s : snaps) {
+        sum.clients.count += s.s.clients.count;
+        sum.sessions.count += s.s.sessions.count;
+        sum.subscribers.count += s.s.subscribers.count;
+        sum.subscriptions.count += s.s.subscriptions.count;
+    }
+    auto note = [](broker::gauge& peak, const broker::gauge& now, uint64_t shard_peak) {
+        peak.set(now.count);
+        peak.max = std::max(peak.max, shard_peak);
+    };
+    auto shard_peak = [&](auto pick) {
+        uint64_t m = 0;
+        for (const auto& s : snaps)
+            m = std::max(m, pick(s.s).max);
+        return m;
+    };
+    note(node_peaks_.clients, sum.clients, shard_peak([](const broker::stats& s) { return s.clients; }));
+    note(node_peaks_.sessions, sum.sessions, shard_peak([](const broker::stats& s) { return s.sessions; }));
+    note(node_peaks_.subscribers, sum.subscribers, shard_peak([](const broker::stats& s) { return s.subscribers; }));
+    note(node_peaks_.subscriptions, sum.subscriptions,
+         shard_peak([](const broker::stats& s) { return s.subscriptions; }));
+}
+
 reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
     std::vector<broker::shard_snapshot> snaps;
     co_await collect(snaps);
-    // Per-shard counts add up; the node's max is at least the sum of the current counts and the largest shard
-    // high-water mark (shards peak at different times, so the exact node peak is not known).
-    auto sum = [&](auto pick, uint64_t& count, uint64_t& max) {
-        count = 0;
-        max = 0;
-        for (const auto& s : snaps) {
-            count += pick(s.s).count;
-            max += pick(s.s).max;
-        }
-    };
+    note_peaks(snaps);
     uint64_t c = 0, mx = 0;
     std::vector<std::pair<std::string, uint64_t>> rows;
     auto add = [&](const char* name, auto pick) {
-        sum(pick, c, mx);
+        c = 0;
+        for (const auto& s : snaps)
+            c += pick(s.s).count;
+        mx = pick(node_peaks_).max;
         rows.emplace_back(std::string(name) + "/count", c);
         rows.emplace_back(std::string(name) + "/max", mx);
     };
@@ -864,11 +910,35 @@ void server::auth_api(const http_request& req, http_response& resp) {
         api_error(resp, 103, "User not found");
         return;
     }
-    if (!users_.verify(user, password)) {
+    const login l = check_password(user, password);
+    if (l == login::busy) {
+        too_many_checks(resp);
+        return;
+    }
+    if (l != login::ok) {
         api_error(resp, 103, "Password error");
         return;
     }
     ok_empty(resp);
+}
+
+server::login server::check_password(std::string_view user, std::string_view password) {
+    if (users_.verify_cached(user, password)) return login::ok;
+    if (!password_checks_.take(mono_ms())) {
+        if (std::has_single_bit(++password_checks_refused_)) // 1, 2, 4, 8...: a flood is a handful of lines
+            log::warn("admin: over admin.password_checks_per_second = {}: answering 429 ({} so far)",
+                      cfg_.admin.password_checks_per_second, password_checks_refused_);
+        return login::busy;
+    }
+    return users_.verify(user, password) ? login::ok : login::wrong;
+}
+
+void server::too_many_checks(http_response& resp) {
+    json_writer w;
+    w.begin_object().key("code").value(429).key("message").value("too many password checks; try again shortly");
+    w.end_object();
+    set_json(resp, 429, w.take());
+    resp.headers.emplace_back("Retry-After", "1");
 }
 
 void server::users_api(const http_request& req, const seg_t& s, http_response& resp) {
@@ -901,7 +971,12 @@ void server::users_api(const http_request& req, const seg_t& s, http_response& r
             api_error(resp, 105, "User not found");
             return;
         }
-        if (!users_.verify(s[1], old_pwd)) {
+        const login l = check_password(s[1], old_pwd);
+        if (l == login::busy) {
+            too_many_checks(resp);
+            return;
+        }
+        if (l != login::ok) {
             api_error(resp, 114, "OldPassword error");
             return;
         }

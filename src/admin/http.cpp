@@ -450,7 +450,7 @@ std::string serialize(const http_response& r, bool keep_alive) {
     const bool no_length = informational || r.status == 204;
     const bool no_body = no_length || r.status == 304;
     std::string out;
-    out.reserve(128 + r.body.size());
+    out.reserve(128 + (r.head ? 0 : r.body.size()));
     out += "HTTP/1.1 ";
     out += std::to_string(r.status);
     out += ' ';
@@ -474,7 +474,7 @@ std::string serialize(const http_response& r, bool keep_alive) {
         out += "\r\n";
     }
     out += "\r\n";
-    if (!no_body) out += r.body;
+    if (!no_body && !r.head) out += r.body;
     return out;
 }
 

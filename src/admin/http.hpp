@@ -102,6 +102,7 @@ struct http_response {
     std::string content_type = "application/json"; // empty: no Content-Type header
     std::string body;
     std::vector<std::pair<std::string, std::string>> headers; // extra headers, written as given
+    bool head = false; // the answer to HEAD: headers as for GET (Content-Length of the body), the body left out
 };
 
 // HTTP/1.1 status line with the standard reason phrase, Content-Type, Content-Length, Connection: keep-alive|close,

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cstring>
 #include <ctime>
 
@@ -20,6 +21,8 @@ namespace {
 constexpr unsigned reap_batch = 64;
 constexpr size_t recv_size = 16384;
 constexpr size_t max_header_bytes = 16384;
+// How long a connection over admin.max_connections may take to send the request its 503 answers.
+constexpr uint32_t over_limit_wait_ms = 2000;
 } // namespace
 
 // Scatter-gather state of one on_shards() call; lives in the awaiting coroutine's frame.
@@ -137,18 +140,29 @@ void server::arm_accept() {
 void server::on_accept(int res, uint32_t flags) {
     if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
     if (res >= 0) {
+        accept_pacer_.accepted();
         if (stopping_) {
             ::close(res);
         } else {
             int one = 1;
             setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            // Past admin.max_connections the connection is still read, so its client gets an answer (503) rather
+            // than a reset, but it is closed after that answer or a short wait.
+            const bool over_limit = open_fds_.size() >= cfg_.admin.max_connections;
             open_fds_.insert(res);
-            reactor::spawn(gate_, serve(res));
+            reactor::spawn(gate_, serve(res, over_limit));
         }
-    } else if (res != -ECANCELED && !stopping_) {
-        log::warn("admin: accept failed: {}", std::strerror(-res));
+    } else if (res != -ECANCELED && !stopping_ && accept_pacer_.failed(res)) {
+        accept_paused_ = true;
+        reactor::spawn(gate_, accept_later());
     }
-    if (!accept_armed_ && !stopping_) arm_accept();
+    if (!accept_armed_ && !stopping_ && !accept_paused_) arm_accept();
+}
+
+reactor::task<void> server::accept_later() {
+    co_await io::sleep_for(ring_, listener::accept_pacer::pause_ms);
+    accept_paused_ = false;
+    arm_accept();
 }
 
 void server::push(unsigned to, broker::admin_call* call) {
@@ -197,13 +211,18 @@ reactor::task<void> server::collect(std::vector<broker::shard_snapshot>& out) {
     co_await on_all(fn);
 }
 
-reactor::task<void> server::serve(int fd) {
+reactor::task<void> server::serve(int fd, bool over_limit) {
     http_parser parser(max_header_bytes, cfg_.admin.max_body_bytes);
     std::vector<char> buf(recv_size);
     std::string out;
     bool open = true;
+    const uint32_t idle_ms =
+        over_limit ? std::min<uint32_t>(cfg_.admin.idle_timeout_ms, over_limit_wait_ms) : cfg_.admin.idle_timeout_ms;
+    if (over_limit && std::has_single_bit(++over_limit_total_)) // 1, 2, 4, 8...: a flood is a handful of lines
+        log::warn("admin: {} connections open, over admin.max_connections = {}: answering 503 ({} so far)",
+                  open_fds_.size(), cfg_.admin.max_connections, over_limit_total_);
     while (open && !stopping_) {
-        const int n = co_await io::recv_some(ring_, fd, buf.data(), buf.size(), cfg_.admin.idle_timeout_ms);
+        const int n = co_await io::recv_some(ring_, fd, buf.data(), buf.size(), idle_ms);
         if (n <= 0) break; // peer closed, error, or idle timeout (-ECANCELED)
         size_t off = 0;
         while (off < static_cast<size_t>(n) && open) {
@@ -216,7 +235,7 @@ reactor::task<void> server::serve(int fd) {
                 if (parser.take_expect_continue()) {
                     // curl waits for this before sending a body over 1 KiB.
                     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-                    const int w = co_await io::send_some(ring_, fd, cont, sizeof cont - 1);
+                    const int w = co_await io::send_some(ring_, fd, cont, sizeof cont - 1, cfg_.admin.send_timeout_ms);
                     if (w <= 0) open = false;
                 }
                 break;
@@ -228,22 +247,31 @@ reactor::task<void> server::serve(int fd) {
                 w.end_object();
                 resp.body = w.take();
                 keep_alive = false;
+            } else if (over_limit) {
+                parser.take();
+                resp.status = 503;
+                json_writer w;
+                w.begin_object().key("code").value(503).key("message").value(
+                    fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections));
+                w.end_object();
+                resp.body = w.take();
+                keep_alive = false;
             } else {
                 http_request req = parser.take();
                 keep_alive = req.keep_alive;
                 co_await handle(req, resp);
-                if (req.method == "HEAD") {
-                    // Content-Length still describes the body a GET would get.
-                    const size_t len = resp.body.size();
-                    resp.body.clear();
-                    resp.headers.emplace_back("X-Content-Length", std::to_string(len));
-                }
+                resp.head = req.method == "HEAD"; // Content-Length still describes the body a GET would get
             }
             out = serialize(resp, keep_alive);
             size_t sent = 0;
             while (sent < out.size()) {
-                const int w = co_await io::send_some(ring_, fd, out.data() + sent, out.size() - sent);
+                const int w =
+                    co_await io::send_some(ring_, fd, out.data() + sent, out.size() - sent, cfg_.admin.send_timeout_ms);
                 if (w <= 0) {
+                    if (w == -ECANCELED)
+                        log::info("admin: closing a connection: its client did not take the response ({} of {} bytes "
+                                  "sent) within admin.send_timeout = {} ms",
+                                  sent, out.size(), cfg_.admin.send_timeout_ms);
                     open = false;
                     break;
                 }
@@ -271,8 +299,8 @@ reactor::task<void> server::sys_publisher() {
         if (stopping_ || !sys_active_) continue;
         std::vector<broker::shard_snapshot> snaps;
         co_await collect(snaps);
+        note_peaks(snaps);
         broker::metrics m;
-        broker::stats st;
         for (const auto& s : snaps)
             m.add(s.m);
         auto msgs = std::make_shared<std::vector<std::pair<std::string, std::string>>>();

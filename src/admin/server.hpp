@@ -10,6 +10,7 @@
 #include "broker/shard.hpp"
 #include "io/ring.hpp"
 #include "io/waker.hpp"
+#include "listener/listener.hpp"
 #include "reactor/gate.hpp"
 #include "reactor/outbox.hpp"
 #include "reactor/task.hpp"
@@ -72,9 +73,10 @@ private:
     reactor::task<void> on_shard(unsigned shard, const shard_fn& fn);
     reactor::task<void> on_all(const shard_fn& fn);
 
-    reactor::task<void> serve(int fd);
+    reactor::task<void> serve(int fd, bool over_limit);
     reactor::task<void> handle(const http_request& req, http_response& resp);
     reactor::task<void> sys_publisher();
+    reactor::task<void> accept_later();
 
     // handlers (handlers.cpp)
     reactor::task<void> dispatch(const http_request& req, const std::vector<std::string>& seg, http_response& resp);
@@ -93,7 +95,12 @@ private:
     void plugin_set(const std::string& name, const http_request& req, http_response& resp);
     void users_api(const http_request& req, const std::vector<std::string>& seg, http_response& resp);
     void auth_api(const http_request& req, http_response& resp);
+    enum class login { ok, wrong, busy };
+    // verify() within admin.password_checks_per_second (a known good password is always recognised).
+    login check_password(std::string_view user, std::string_view password);
+    static void too_many_checks(http_response& resp);
     reactor::task<void> collect(std::vector<broker::shard_snapshot>& out);
+    void note_peaks(const std::vector<broker::shard_snapshot>& snaps);
     reactor::task<void> node_routes(std::vector<std::string>& out);
 
     broker::node& node_;
@@ -102,10 +109,13 @@ private:
     int listen_fd_;
     listener_info li_;
     user_store users_;
+    password_check_budget password_checks_{cfg_.admin.password_checks_per_second};
     io::waker waker_;
     io::ring ring_;
     accept_op accept_op_{this};
     bool accept_armed_ = false;
+    bool accept_paused_ = false; // out of descriptors: accept_later() arms the accept again
+    listener::accept_pacer accept_pacer_{"admin"};
     bool stopping_ = false;
     std::atomic<bool> stop_requested_{false};
     reactor::gate gate_;
@@ -115,6 +125,9 @@ private:
     io::peer_waker peers_; // wakes the MQTT shards that sleep, from this shard's ring
     bool sys_active_ = true;
     uint64_t sys_wakeups_ = 0;
+    uint64_t over_limit_total_ = 0; // connections answered 503 for admin.max_connections
+    uint64_t password_checks_refused_ = 0;
+    broker::stats node_peaks_; // node-wide high-water marks of the summed gauges (see note_peaks)
 };
 
 } // namespace ringmq::admin

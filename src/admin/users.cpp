@@ -282,6 +282,14 @@ bool user_store::verify(std::string_view user, std::string_view password) const 
     return ok;
 }
 
+bool user_store::verify_cached(std::string_view user, std::string_view password) const {
+    const auto it = users_.find(user);
+    if (it == users_.end() || !it->second.fast_valid) return false;
+    std::array<unsigned char, 32> fast{};
+    return fast_digest(it->second.salt, password, fast) &&
+           CRYPTO_memcmp(fast.data(), it->second.fast.data(), fast.size()) == 0;
+}
+
 bool user_store::exists(std::string_view user) const { return users_.find(user) != users_.end(); }
 
 std::vector<admin_user> user_store::list() const {

@@ -3,8 +3,10 @@
 // line "username:iterations:salt_hex:key_hex:tags". Passwords are stored only as PBKDF2-HMAC-SHA256 keys with a
 // random per-user salt; the iteration count is stored per user so the default can be raised without invalidating
 // existing users.
+#include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -17,6 +19,28 @@ namespace ringmq::admin {
 struct admin_user {
     std::string username;
     std::string tags;
+};
+
+// A token bucket for the password checks that cost a PBKDF2 run (a few ms each): at most `per_second` of them, in
+// bursts of as many. Passwords recognised from the cache (verify_cached) do not take from it, so an operator who
+// logged in before keeps working while wrong passwords are refused with 429. Owned by the admin shard.
+class password_check_budget {
+public:
+    explicit password_check_budget(uint32_t per_second) : rate_(per_second), tokens_(per_second) {}
+    bool take(int64_t now_ms) {
+        if (now_ms > last_ms_) {
+            tokens_ = std::min<double>(rate_, tokens_ + static_cast<double>(now_ms - last_ms_) * rate_ / 1000.0);
+            last_ms_ = now_ms;
+        }
+        if (tokens_ < 1.0) return false;
+        tokens_ -= 1.0;
+        return true;
+    }
+
+private:
+    double rate_;
+    double tokens_;
+    int64_t last_ms_ = 0;
 };
 
 // Owned by the admin server and used only on the admin shard thread (not thread-safe). Created before the admin
@@ -35,6 +59,8 @@ public:
     // Constant-time compare of the derived key. A password that verified before is recognized with one SHA-256
     // instead of a fresh PBKDF2 run (the admin API authenticates every request); a wrong one always costs PBKDF2.
     bool verify(std::string_view user, std::string_view password) const;
+    // True when password is the user's last verified one: the one-SHA-256 part of verify(), no PBKDF2.
+    bool verify_cached(std::string_view user, std::string_view password) const;
     bool exists(std::string_view user) const;
     std::vector<admin_user> list() const; // sorted by name
     std::optional<admin_user> get(std::string_view user) const;

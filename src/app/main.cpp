@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
         return 1;
     }
     log::info("ringmq {} starting: {}", RINGMQ_VERSION, config::describe(cfg));
+    // Each connection holds a descriptor: past the limit, connections wait in the backlog (see accept_pacer).
+    log::info("open-file limit {} (mqtt.max_connections {})", listener::raise_fd_limit(), cfg.limits.max_connections);
 
     broker::node node(cfg, cfg.shards);
     std::unique_ptr<admin::server> admin_server;

@@ -41,6 +41,7 @@ constexpr uint32_t recv_buffer_size = 16384;
 constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
 constexpr uint32_t tick_ms = 200;
+static_assert(tick_ms == listener::accept_pacer::pause_ms);
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
 constexpr uint32_t deadline_slots = 1024;
@@ -421,18 +422,19 @@ void shard::arm_accept() {
 void shard::on_accept(int res, uint32_t flags) {
     if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
     if (res < 0) {
-        if (res != -ECANCELED && !stopping_) log::warn("accept failed: {}", std::strerror(-res));
+        if (res != -ECANCELED && !stopping_ && accept_pacer_.failed(res)) accept_paused_ = true;
     } else if (stopping_) {
         ::close(res);
     } else {
         // TCP_NODELAY comes from the listening socket (accepted sockets inherit it): no system call per accept.
         const int fd = res;
+        accept_pacer_.accepted();
         const uint32_t count = node_.connections.fetch_add(1, std::memory_order_relaxed) + 1;
         connection& c = adopt(fd, peer_name(fd));
         c.over_limit = count > cfg_.limits.max_connections;
         arm_recv(c);
     }
-    if (!accept_armed_ && !stopping_) arm_accept();
+    if (!accept_armed_ && !stopping_ && !accept_paused_) arm_accept();
 }
 
 reactor::task<void> shard::housekeeping() {
@@ -451,6 +453,11 @@ void shard::tick(int64_t now) {
                 if (c->fd >= 0 && c->ops > 0) io_uring_prep_cancel_fd(ring_.sqe(), c->fd, IORING_ASYNC_CANCEL_ALL);
         }
         return;
+    }
+    expire_sessions(now);
+    if (accept_paused_) {
+        accept_paused_ = false; // tick_ms is accept_pacer::pause_ms
+        arm_accept();
     }
     deadlines_.advance(now, [&](const reactor::deadline_wheel::entry& e) { check_deadline(e, now); });
     update_gauges();
@@ -586,6 +593,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
     process_input(c, data, static_cast<size_t>(res));
     bufs.release(bid, flags);
+    if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]]
+        check_unread(c, static_cast<uint32_t>(res));
+    else
+        c.rx_while_full = 0;
     if (c.handed_off) {
         maybe_destroy(c);
         return;
@@ -597,7 +608,25 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     if (!c.recv_armed) arm_recv(c);
 }
 
+void shard::check_unread(connection& c, uint32_t received) {
+    // Deliveries stop at the limit (QoS 0 is dropped, QoS 1/2 waits in the session), but the answers to what the
+    // client sends (PUBACK, PINGRESP, SUBACK...) must be queued: a client that keeps sending and never reads would
+    // grow its queue without end. Once it has sent max_outgoing_bytes more while over the limit, it is closed.
+    c.rx_while_full = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{c.rx_while_full} + received, UINT32_MAX));
+    if (c.st != connection::state::connected ||
+        c.rx_while_full <= std::min<uint64_t>(cfg_.limits.max_outgoing_bytes, UINT32_MAX - 1))
+        return;
+    log::warn(
+        "closing {} ({}): not reading; {} bytes wait to be sent, over mqtt.max_outgoing_bytes = {}, while it sent "
+        "{} more",
+        c.client_id(), c.peer, c.queued_bytes(), cfg_.limits.max_outgoing_bytes, c.rx_while_full);
+    close(c, "send_queue_full", true);
+}
+
 void shard::process_input(connection& c, const uint8_t* p, size_t n) {
+    // After a refused CONNECT nothing the client sends counts (MQTT-3.2.2-5): the socket closes once the CONNACK is
+    // out.
+    if (c.refused) return;
     if (!c.rx.empty() && c.st == connection::state::connected) {
         // Finish the packet the previous receive left unfinished with only the bytes it lacks, then go on from the
         // receive buffer itself: a stream of packets that straddle receives is then copied once, not twice. (Before
@@ -696,7 +725,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         off += total;
         ++m_.packets_received;
         if (!dispatch(c, h, body, rest)) break;
-        if (c.handed_off) return n;
+        if (c.handed_off || c.refused) return n;
     }
     return off;
 }
@@ -829,7 +858,10 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         session_slot* slot = c.slot;
         c.slot = nullptr;
         slot->conn = nullptr;
-        if (slot->s->clean()) drop_session(slot);
+        if (slot->s->clean())
+            drop_session(slot);
+        else
+            went_offline(*slot);
     }
     if (publish_will && c.will) {
         log::debug("publishing will of {} on {}", c.client_id_, c.will->topic);
@@ -993,6 +1025,7 @@ void shard::attach_session(connection& c, bool clean) {
         slot = &sessions_.insert(std::move(owned));
     }
     slot->conn = &c;
+    slot->offline_since_ms = 0;
     c.slot = slot;
     c.st = connection::state::connected;
     ++connected_;
@@ -1640,6 +1673,40 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
 void shard::broadcast_route(uint32_t kind, const std::string& filter) {
     for (unsigned to = 0; to < n_; ++to)
         if (to != id_) push(to, kind, id_, new std::string(filter));
+}
+
+void shard::went_offline(session_slot& slot) {
+    if (cfg_.limits.session_expiry_ms == 0) return;
+    slot.offline_since_ms = std::max<int64_t>(now_ms_, 1);
+    expiry_.push_back({slot.offline_since_ms, slot.s->client_id()});
+    if (expiry_.size() > 2 * sessions_.size() + 1024) {
+        // Clients that come and go leave stale entries behind: keep the ones still due.
+        std::erase_if(expiry_, [this](const expiry_entry& e) {
+            const session_slot* s = sessions_.find(e.client_id);
+            return !s || s->offline_since_ms != e.offline_since_ms;
+        });
+    }
+}
+
+void shard::expire_sessions(int64_t now) {
+    const int64_t interval = cfg_.limits.session_expiry_ms;
+    if (interval == 0) return;
+    size_t budget = 4096; // per tick, so a mass expiry never holds the shard for long
+    size_t expired = 0;
+    while (!expiry_.empty() && expiry_.front().offline_since_ms + interval <= now && budget-- > 0) {
+        const expiry_entry& e = expiry_.front();
+        session_slot* slot = sessions_.find(e.client_id);
+        if (slot && !slot->conn && slot->offline_since_ms == e.offline_since_ms) {
+            log::debug("session {} expired: offline for {} ms, over mqtt.session_expiry_interval = {} ms", e.client_id,
+                       now - e.offline_since_ms, interval);
+            drop_session(slot);
+            ++expired;
+        }
+        expiry_.pop_front();
+    }
+    if (expired != 0) // one line per tick however many went
+        log::info("{} offline session{} expired (mqtt.session_expiry_interval = {} ms)", expired,
+                  expired == 1 ? "" : "s", interval);
 }
 
 void shard::drop_session(session_slot* slot) {

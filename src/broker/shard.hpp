@@ -12,6 +12,7 @@
 #include "io/buffer_ring.hpp"
 #include "io/ring.hpp"
 #include "io/waker.hpp"
+#include "listener/listener.hpp"
 #include "mqtt/types.hpp"
 #include "reactor/deadline_wheel.hpp"
 #include "reactor/gate.hpp"
@@ -58,7 +59,8 @@ struct node {
 struct session_slot {
     std::unique_ptr<session::session> s;
     connection* conn = nullptr;
-    int64_t created_at = 0; // unix seconds
+    int64_t created_at = 0;       // unix seconds
+    int64_t offline_since_ms = 0; // persistent and offline: when its connection closed (shard clock); else 0
 };
 
 // The sessions homed on one shard, by client id. A set of owning pointers hashed by the session's own client id: a
@@ -214,7 +216,7 @@ public:
 
     // Send side: frames are queued in `sq`; one send is in flight at a time.
     send_queue sq;
-    int ops = 0; // outstanding io_uring operations
+    int16_t ops = 0; // outstanding io_uring operations (a recv, a send, a cancel: a handful at most)
     // Flags as single bits: as bools, with the padding after them, they took 16 bytes of every idle connection.
     bool send_busy : 1 = false;
     bool dirty : 1 = false;
@@ -231,6 +233,10 @@ public:
     bool refused : 1 = false;
     bool clean : 1 = true;
     bool recv_oneshot : 1 = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
+    // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
+    // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
+    // flags, in what was padding: an idle connection stays in the 256-byte class.
+    uint32_t rx_while_full = 0;
 
     size_t queued_bytes() const { return sq.pending_bytes(); }
 
@@ -317,6 +323,7 @@ private:
     void on_recv(connection& c, int res, uint32_t flags);
     void on_send(connection& c, int res, uint32_t flags);
     void process_input(connection& c, const uint8_t* p, size_t n);
+    void check_unread(connection& c, uint32_t received);
     bool protocol_error(connection& c, const char* what);
     void submit_send(connection& c);
     void reap_graveyard();
@@ -423,6 +430,8 @@ private:
     void add_subscription(session_slot& slot, const std::string& filter, uint8_t qos);
     void remove_subscription(session_slot& slot, const std::string& filter);
     void drop_session(session_slot* slot);
+    void went_offline(session_slot& slot);
+    void expire_sessions(int64_t now);
     void update_gauges();
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
     void drop_qos0(session_slot& slot, uint64_t n, std::string_view topic);
@@ -441,6 +450,8 @@ private:
     io::buffer_ring first_bufs_; // the one-shot recvs of connections awaiting CONNECT; whole buffers
     accept_op accept_op_{this};
     bool accept_armed_ = false;
+    bool accept_paused_ = false; // out of descriptors: the next tick arms the accept again
+    listener::accept_pacer accept_pacer_{"mqtt"};
     bool stopping_ = false;
     bool stopped_ = false;
     std::atomic<bool> stop_requested_{false};
@@ -469,6 +480,14 @@ private:
     int64_t stop_started_ms_ = 0;
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).
     session_registry sessions_;
+    // Persistent sessions that went offline, in the order they did (so by expiry time: the interval is fixed). An
+    // entry is stale once its session came back or went offline again (offline_since_ms no longer matches);
+    // stale entries are dropped as they come due, and all at once when they outnumber the sessions.
+    struct expiry_entry {
+        int64_t offline_since_ms;
+        std::string client_id;
+    };
+    std::deque<expiry_entry> expiry_;
     routing::topic_trie trie_;
     retained_store retained_;
     // Sessions with retained messages still to send (see retained_reads), in turn order: a read that does not end in

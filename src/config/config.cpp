@@ -328,6 +328,7 @@ void validate(layers& l, config& cfg) {
     c.number("mqtt.keepalive_multiplier", m.keepalive_multiplier, 1.0, 10.0);
     c.integer("mqtt.connect_timeout", m.connect_timeout_ms, 100, 3600000);
     c.integer("mqtt.retry_interval", m.retry_interval_ms, 1000, 86400000);
+    c.integer("mqtt.session_expiry_interval", m.session_expiry_ms, 0, 4294967295);
     c.integer("mqtt.max_retained_messages", m.max_retained_messages, 0, u32_max);
     c.integer("mqtt.max_retained_payload", m.max_retained_payload, 1, 268435455);
     c.boolean("mqtt.allow_anonymous", m.allow_anonymous);
@@ -340,6 +341,9 @@ void validate(layers& l, config& cfg) {
     c.string("admin.default_password", cfg.admin.default_password, not_empty);
     c.integer("admin.max_body_bytes", cfg.admin.max_body_bytes, 1024, 1073741824);
     c.integer("admin.idle_timeout", cfg.admin.idle_timeout_ms, 1000, 86400000);
+    c.integer("admin.send_timeout", cfg.admin.send_timeout_ms, 1000, 86400000);
+    c.integer("admin.max_connections", cfg.admin.max_connections, 1, 65536);
+    c.integer("admin.password_checks_per_second", cfg.admin.password_checks_per_second, 1, 100000);
 
     c.boolean("sys.enabled", cfg.sys.enabled);
     c.integer("sys.interval", cfg.sys.interval_ms, 1000, 86400000);

@@ -41,6 +41,7 @@ struct mqtt_limits {
     double keepalive_multiplier = 1.5;      // >= 1.0
     uint32_t connect_timeout_ms = 10000;    // close a connection that sends no CONNECT
     uint32_t retry_interval_ms = 30000;     // (not used for resend while connected in 3.1.1; kept for v5 later)
+    uint32_t session_expiry_ms = 7200000;   // a persistent session offline this long is discarded; 0 = never
     uint32_t max_retained_messages = 0;     // 0 = unlimited
     uint32_t max_retained_payload = 1048576;
     bool allow_anonymous = true;
@@ -56,6 +57,9 @@ struct admin_config {
     std::string default_password = "public";
     uint32_t max_body_bytes = 1048576;
     uint32_t idle_timeout_ms = 60000;
+    uint32_t send_timeout_ms = 15000; // a response not taken by the client in this time closes the connection
+    uint32_t max_connections = 64;    // open admin connections; beyond, a request gets 503 and the connection closes
+    uint32_t password_checks_per_second = 20; // PBKDF2 checks of passwords not seen before; beyond, 429
 };
 
 // $SYS topic publishing.

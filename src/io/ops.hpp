@@ -25,9 +25,20 @@ protected:
         set_completion(s, this);
         return s;
     }
+    // Links a timeout to sqe s (the operation ends with -ECANCELED when it fires); 0 = none.
+    void link_timeout(io_uring_sqe* s, uint32_t ms) {
+        if (ms == 0) return;
+        s->flags |= IOSQE_IO_LINK;
+        ts_.tv_sec = ms / 1000;
+        ts_.tv_nsec = static_cast<long long>(ms % 1000) * 1000000;
+        io_uring_sqe* t = ring_.sqe();
+        io_uring_prep_link_timeout(t, &ts_, 0);
+        set_completion(t, nullptr);
+    }
     ring& ring_;
 
 private:
+    __kernel_timespec ts_{};
     void on_complete(int res, uint32_t) override {
         res_ = res;
         waiter_.resume();
@@ -44,14 +55,7 @@ public:
     void await_suspend(std::coroutine_handle<> h) {
         io_uring_sqe* s = prepare(h);
         io_uring_prep_recv(s, fd_, buf_, len_, 0);
-        if (timeout_ms_) {
-            s->flags |= IOSQE_IO_LINK;
-            ts_.tv_sec = timeout_ms_ / 1000;
-            ts_.tv_nsec = static_cast<long long>(timeout_ms_ % 1000) * 1000000;
-            io_uring_sqe* t = ring_.sqe();
-            io_uring_prep_link_timeout(t, &ts_, 0);
-            set_completion(t, nullptr);
-        }
+        link_timeout(s, timeout_ms_);
     }
 
 private:
@@ -59,19 +63,24 @@ private:
     void* buf_;
     size_t len_;
     uint32_t timeout_ms_;
-    __kernel_timespec ts_{};
 };
 
-// One send (may be partial: the caller loops).
+// One send (may be partial: the caller loops), with an optional timeout (-ECANCELED when it fires).
 class send_some final : public socket_op {
 public:
-    send_some(ring& r, int fd, const void* buf, size_t len) : socket_op(r), fd_(fd), buf_(buf), len_(len) {}
-    void await_suspend(std::coroutine_handle<> h) { io_uring_prep_send(prepare(h), fd_, buf_, len_, MSG_NOSIGNAL); }
+    send_some(ring& r, int fd, const void* buf, size_t len, uint32_t timeout_ms = 0)
+        : socket_op(r), fd_(fd), buf_(buf), len_(len), timeout_ms_(timeout_ms) {}
+    void await_suspend(std::coroutine_handle<> h) {
+        io_uring_sqe* s = prepare(h);
+        io_uring_prep_send(s, fd_, buf_, len_, MSG_NOSIGNAL);
+        link_timeout(s, timeout_ms_);
+    }
 
 private:
     int fd_;
     const void* buf_;
     size_t len_;
+    uint32_t timeout_ms_;
 };
 
 } // namespace ringmq::io

@@ -1,8 +1,11 @@
 #include "listener/listener.hpp"
 
+#include "util/log.hpp"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -98,6 +101,43 @@ void close_all(bound& b) {
     for (int fd : b.fds)
         ::close(fd);
     b.fds.clear();
+}
+
+bool accept_pacer::failed(int res) {
+    const int err = -res;
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        // The connection was reset or refused on its way in: the next one is unaffected.
+        log::info("{}: accept failed: {}", what_, std::strerror(err));
+        return false;
+    }
+    if (episode_failures_++ == 0)
+        log::warn("{}: accept failed: {}; pausing accepts for {} ms at a time until it succeeds", what_,
+                  std::strerror(err), pause_ms);
+    ++paused_;
+    return true;
+}
+
+void accept_pacer::accepted() {
+    if (episode_failures_ == 0) return;
+    log::warn("{}: accepting again after {} failed attempt{}", what_, episode_failures_,
+              episode_failures_ == 1 ? "" : "s");
+    episode_failures_ = 0;
+}
+
+uint64_t raise_fd_limit() {
+    rlimit r{};
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0) return 0;
+    if (r.rlim_cur < r.rlim_max) {
+        const rlim_t was = r.rlim_cur;
+        // An unlimited hard limit still stops at fs.nr_open (1048576 by default), which setrlimit will not exceed.
+        r.rlim_cur = r.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) == 0)
+            log::info("raised the open-file limit from {} to {}", static_cast<uint64_t>(was),
+                      static_cast<uint64_t>(r.rlim_cur));
+        else
+            getrlimit(RLIMIT_NOFILE, &r);
+    }
+    return static_cast<uint64_t>(r.rlim_cur);
 }
 
 } // namespace ringmq::listener

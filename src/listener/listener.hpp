@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ringmq::listener {
@@ -20,5 +21,32 @@ struct bound {
 bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bound& out, std::string& why);
 
 void close_all(bound& b);
+
+// How an accept loop answers a failed accept; one per accepting ring (each MQTT shard's, the admin shard's), owned
+// and used on that ring's thread. Out of descriptors or memory, the kernel fails every accept at once while the
+// connection waits in the backlog: re-arming at once would spin the core and write a warning per attempt. So on those
+// errors the loop waits (`pause_ms`) before it accepts again, and the log says so once per episode and once when
+// accepting works again.
+class accept_pacer {
+public:
+    static constexpr uint32_t pause_ms = 200;
+
+    explicit accept_pacer(std::string what) : what_(std::move(what)) {}
+    // An accept completion's error (res < 0, not -ECANCELED). True if the loop should wait pause_ms before it
+    // accepts again; false if the error concerned one connection only and the loop can go on at once.
+    bool failed(int res);
+    // A connection was accepted: logs the end of an episode of failures.
+    void accepted();
+    uint64_t paused() const { return paused_; } // waits so far, for tests and counters
+
+private:
+    std::string what_;
+    uint64_t episode_failures_ = 0;
+    uint64_t paused_ = 0;
+};
+
+// Raises the soft RLIMIT_NOFILE to the hard limit (each connection is a descriptor) and returns the soft limit in
+// force afterwards. Logs what it did; never fails the start-up (the hard limit is what it is).
+uint64_t raise_fd_limit();
 
 } // namespace ringmq::listener

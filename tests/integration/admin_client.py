@@ -441,7 +441,7 @@ class AdminTest(BrokerTest):
         self.assertIsInstance(total, int, what)
         self.assertEqual(res["total_page"], -(-total // size), f"{what}: {res}")
         cp = res["current_page"]
-        expected_len = max(0, min(size, total - (cp - 1) * size))
+        expected_len = max(0, min(size, total - max(cp - 1, 0) * size))  # curr_page <= 1: the first page
         self.assertEqual(len(res["objects"]), expected_len, f"{what}: {res}")
         if row_keys is not None:
             for row in res["objects"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -81,8 +82,9 @@ class Broker:
 
     def __init__(self, shards: int = 1, settings: Optional[Dict[str, object]] = None,
                  config: Optional[str] = None, args: Sequence[str] = (), admin: bool = False,
-                 users_file: Optional[str] = None):
+                 users_file: Optional[str] = None, nofile: Optional[int] = None):
         self.shards = shards
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the broker process
         self.settings = dict(settings or {})
         self.config = config
         self.args = list(args)
@@ -135,8 +137,14 @@ class Broker:
         cmd = self.command()
         fd, self.log_path = tempfile.mkstemp(prefix="ringmq-it-", suffix=".log")
         self._log_file = os.fdopen(fd, "wb")
+        limit = None
+        if self.nofile is not None:
+            n = self.nofile
+
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             log = self.log()
@@ -274,9 +282,10 @@ class BrokerTest(unittest.TestCase):
         return self.broker
 
     def start_broker(self, shards: int = 1, settings=None, config=None, admin: Optional[bool] = None,
-                     args: Optional[Sequence[str]] = None, users_file: Optional[str] = None) -> Broker:
+                     args: Optional[Sequence[str]] = None, users_file: Optional[str] = None,
+                     nofile: Optional[int] = None) -> Broker:
         b = Broker(shards, settings, config, args=self.ARGS if args is None else args,
-                   admin=self.ADMIN if admin is None else admin, users_file=users_file)
+                   admin=self.ADMIN if admin is None else admin, users_file=users_file, nofile=nofile)
         b.start()
         self.addCleanup(self._stop_broker, b)
         return b

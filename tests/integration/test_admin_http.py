@@ -4,6 +4,8 @@ Connection: close and HTTP/1.0, trailing slashes, percent-encoded path segments,
 admin.max_body_bytes and idle connections closed after admin.idle_timeout. Every error is a JSON body, never a
 connection dropped without a response."""
 
+import re
+import socket
 import time
 
 from admin_client import (AdminTest, CLIENT_KEYS, STATS_KEYS, basic_auth, build_request, seg)
@@ -24,6 +26,33 @@ def normalize(obj):
 
 
 class HttpTest(AdminTest):
+    def test_head_has_the_get_length_and_no_body(self):
+        """HEAD answers with the headers GET would get, Content-Length included (RFC 9110 8.6), and no body: with a
+        GET pipelined behind it, the GET's response starts right after the HEAD's headers."""
+        # /status (200) and an API path without credentials (401): bodies that do not name the method.
+        for path in ("/status", "/api/v2/management/nodes"):
+            with self.subTest(path=path):
+                get = self.http()
+                get.send(build_request("GET", path, auth=None))
+                expected = get.read_response()
+                self.assertGreater(len(expected.body), 0)
+                sock = socket.create_connection(("127.0.0.1", self.admin_port), timeout=5)
+                self.addCleanup(sock.close)
+                sock.sendall(build_request("HEAD", path, auth=None) + build_request("GET", path, auth=None))
+                data = b""
+                deadline = time.monotonic() + 5
+                while data.count(b"\r\n\r\n") < 2 or len(data.split(b"\r\n\r\n", 2)[2]) < len(expected.body):
+                    self.assertLess(time.monotonic(), deadline, f"incomplete: {data!r}")
+                    chunk = sock.recv(65536)
+                    self.assertTrue(chunk, f"closed: {data!r}")
+                    data += chunk
+                head, get_head, get_body = data.split(b"\r\n\r\n", 2)
+                self.assertTrue(head.startswith(f"HTTP/1.1 {expected.status} ".encode()), head)
+                self.assertIn(f"Content-Length: {len(expected.body)}".encode(), head, "the length GET's body has")
+                self.assertTrue(get_head.startswith(f"HTTP/1.1 {expected.status} ".encode()),
+                                f"bytes between HEAD's headers and the next response: {get_head[:80]!r}")
+                self.assertEqual(get_body, expected.body)
+
     def test_status_needs_no_auth(self):
         for auth in (None, ("admin", "wrong"), ("admin", "public")):
             with self.subTest(auth=auth):
@@ -182,11 +211,32 @@ class HttpTest(AdminTest):
         for path in (self.n("clients"), self.n("sessions"), self.n("subscriptions"), "routes",
                      "node/" + seg(self.NODE) + "/sessions"):
             for query in ({"page_size": 0}, {"page_size": -1}, {"page_size": "abc"}, {"page_size": "1.5"},
-                          {"curr_page": "x"}, {"curr_page": 0}, {"curr_page": -2}, {"curr_page": "1e3"},
-                          {"curr_page": 1, "page_size": "twenty"}):
+                          {"curr_page": "x"}, {"curr_page": "1e3"}, {"curr_page": 1, "page_size": "twenty"}):
                 with self.subTest(path=path, query=query):
                     self.not_found("GET", path, query=query)
             self.assertEqual(self.page(path, 1, 20)["current_page"], 1, "good values still work")
+
+    def test_paging_edges_as_emqx(self):
+        """curr_page <= 1 is the first page, echoed as given; a page past 2^64 rows is empty, not page 1; lookups
+        parse paging and ignore it (EMQ X notes, paging semantics)."""
+        cid = self.cid("edge")
+        topic = "edge/" + cid
+        self.client(cid).subscribe([(topic, 1)])
+        for path, key, mine in ((self.n("clients"), "client_id", cid), (self.n("sessions"), "client_id", cid),
+                                (self.n("subscriptions"), "client_id", cid), ("routes", "topic", topic)):
+            for cp in (0, -3):
+                with self.subTest(path=path, curr_page=cp):
+                    res = self.page(path, cp, 100000)  # checks that it holds min(page_size, total_num) rows
+                    self.assertIn(mine, [o[key] for o in res["objects"]], "curr_page <= 1 is the first page")
+            # (2^62 + 1 - 1) * 4 = 2^64: wraps to 0 in 64-bit arithmetic, which would answer the first page.
+            res = self.page(path, 4611686018427387905, 4)
+            self.assertEqual(res["objects"], [], f"{path}: a page beyond the end is empty")
+        for path in ("clients/" + seg(cid), self.n("clients/" + seg(cid)), self.n("sessions/" + seg(cid))):
+            for query in ({"page_size": 0}, {"curr_page": -1, "page_size": -5}):
+                with self.subTest(path=path, query=query):
+                    res = self.ok("GET", path, query=query)
+                    self.assertEqual([o["client_id"] for o in res["objects"]], [cid], f"{path} {query}: {res}")
+            self.not_found("GET", path, query={"page_size": "x"})
 
     def test_garbage_requests_400(self):
         auth = "Authorization: " + basic_auth("admin", "public") + "\r\n"
@@ -220,6 +270,107 @@ class HttpTest(AdminTest):
         s.expect_no_packet(0.3)
         self.assertTrue(s.is_open(), "not kicked")
         self.assertIs({r["name"]: r for r in self.get(self.n("plugins"))}["ringmq_retainer"]["active"], True)
+
+
+class HttpConnectionLimitTest(AdminTest):
+    """admin.max_connections and admin.send_timeout (each test starts its own broker)."""
+
+    AUTO_START = False
+
+    def test_connections_over_the_limit_get_503_and_close(self):
+        self.use_broker({"admin.max_connections": 3})
+        held = [self.http() for _ in range(3)]
+        for h in held:  # each answered: all three are accepted and counted
+            h.send(build_request("GET", "/status", auth=None))
+            self.assertEqual(h.read_response().status, 200)
+        extra = self.http()
+        extra.send(build_request("GET", "/api/v2/management/nodes"))
+        r = extra.read_response()
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.json(), {"code": 503, "message": "too many admin connections (admin.max_connections = 3)"})
+        self.assertEqual((r.header("Connection") or "").lower(), "close")
+        self.assertTrue(extra.closed_within(3))
+        silent = self.http()  # over the limit and sending nothing: closed after a short wait, not the idle timeout
+        self.assertTrue(silent.closed_within(5))
+        for h in held:  # the three are still served
+            h.send(build_request("GET", "/status", auth=None))
+            self.assertEqual(h.read_response().status, 200)
+        held[0].close()
+        deadline = time.monotonic() + 3
+        while True:  # a slot is free once the server has seen the close
+            c = self.http()
+            c.send(build_request("GET", "/api/v2/management/nodes"))
+            r = c.read_response()
+            if r.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["code"], 0)
+
+    def test_a_response_nobody_reads_times_out(self):
+        # A client that asks for a large answer and never reads it holds its coroutine and socket for
+        # admin.send_timeout at most, not forever; others are served meanwhile.
+        self.use_broker({"admin.send_timeout": 1000, "mqtt.max_packet_size": 4 << 20})
+        sub = self.client(self.cid("routes"))
+        filters = [f"big/{i:05d}/" + "r" * 1000 for i in range(6000)]  # 6 MB of routes: past loopback buffers
+        for start in range(0, len(filters), 1000):
+            sub.subscribe([(f, 0) for f in filters[start:start + 1000]], timeout=10)
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", self.admin_port))
+        sock.sendall(build_request("GET", "/api/v2/routes?page_size=100000"))
+        time.sleep(2.5)  # not reading: the server's send waits, then times out
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "others are served meanwhile")
+        sock.settimeout(10)
+        got = bytearray()
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                got += chunk
+            else:
+                raise socket.timeout
+        except socket.timeout:
+            self.fail(f"the connection is still open after {len(got)} bytes")
+        head, _, body = bytes(got).partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        self.assertGreater(length, 6_000_000)
+        self.assertLess(len(body), length, "the whole response went out: nothing timed out")
+        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
+                         r"admin: closing a connection: its client did not take the response .* within "
+                         r"admin.send_timeout = 1000 ms")
+
+
+    def test_password_checks_are_rationed(self):
+        # Each unknown password costs a PBKDF2 run on the admin thread: past admin.password_checks_per_second the
+        # answer is 429, while a password that verified before is still recognised at once.
+        self.use_broker({"admin.password_checks_per_second": 5})
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE)  # admin/public verified once
+        flood = self.http()
+        n = 40
+        start = time.monotonic()
+        flood.send(b"".join(build_request("GET", "/api/v2/management/nodes", auth=("admin", f"wrong{i}"))
+                            for i in range(n)))
+        statuses = []
+        for _ in range(n):
+            r = flood.read_response()
+            statuses.append(r.status)
+            if r.status == 429:
+                self.assertEqual(r.json()["code"], 429, r)
+                self.assertEqual(r.header("Retry-After"), "1")
+        elapsed = time.monotonic() - start
+        self.assertEqual(set(statuses) - {401, 429}, set(), statuses)
+        self.assertLessEqual(statuses.count(401), 5 + 5 * elapsed + 1, f"{statuses} in {elapsed:.2f} s")
+        self.assertGreaterEqual(statuses.count(429), n // 2, statuses)
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the known password still works")
+        r = self.api("POST", "/api/v2/auth", {"username": "admin", "password": "nope"})
+        self.assertIn(r.status, (200, 429), r)  # 429, or code 103 if the budget refilled meanwhile
+        time.sleep(1.5)
+        r = self.api("GET", "/api/v2/management/nodes", auth=("admin", "still-wrong"))
+        self.assertEqual(r.status, 401, "the budget refills")
 
 
 class HttpLimitTest(AdminTest):

@@ -192,6 +192,20 @@ class MetricCases:
 
 
 class StatsCases:
+    def test_max_is_the_node_peak_not_a_sum_of_shard_peaks(self):
+        """One client that leaves before the next arrives (on the other shard, with 2 shards) is a node peak of 1:
+        the shards' high-water marks, reached at different times, must not be added up."""
+        self.use_broker()  # fresh high-water marks
+        for i, name in enumerate(("peak-a", "peak-b")):
+            c = self.client(self.cid(name, i), clean=True)
+            self.wait_equal(lambda: self.stats()["clients/count"], 1, what=f"{name} counted")
+            time.sleep(0.45)  # the shard's gauge tick (200 ms) records its peak
+            c.disconnect()
+            c.expect_closed(3)
+            self.wait_equal(lambda: (self.stats()["clients/count"], self.stats()["sessions/count"]), (0, 0),
+                            what=f"{name} gone")
+        stats = self.stats()
+        self.assertEqual((stats["clients/max"], stats["sessions/max"]), (1, 1), stats)
     def test_stats_shape(self):
         all_nodes = self.get("monitoring/stats")
         self.assertIsInstance(all_nodes, dict, "all nodes: an object keyed by node name")

@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import time
 
 import mqtt_raw as m
@@ -45,6 +46,25 @@ class ConnectCases:
                 c.send(m.connect(f"lvl{level}", level=level, proto_name="MQTT"))
                 c.expect(b"\x20\x02\x00\x01")
                 c.expect_closed(3)
+        self.assert_broker_healthy()
+
+    def test_nothing_after_a_refused_connect_counts(self):
+        # MQTT-3.2.2-5: after a refusing CONNACK the server closes the connection. Bytes that follow the refused
+        # CONNECT, in the same write or the next one, must not be acted on: here a second, valid CONNECT for a
+        # connected client's id, which would take that client over.
+        victim_id = self.cid("victim")
+        victim = self.client(victim_id)
+        for i in range(20):
+            with self.subTest(round=i):
+                c = self.raw()
+                c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                c.send(m.connect(f"bad{i}", level=6, proto_name="MQTT") + m.connect(victim_id))
+                try:
+                    c.send(m.pingreq())
+                except OSError:
+                    pass  # already closed: as it should be
+                c.expect_closed(3, allow=[b"\x20\x02\x00\x01"])
+        self.assertTrue(victim.is_open(), "the connected client was taken over")
         self.assert_broker_healthy()
 
     def test_generated_client_id(self):

@@ -5,10 +5,12 @@ node.retained_read_slice). Each test starts its own broker."""
 import os
 import re
 import socket
+import threading
 import time
 
 import mqtt_raw as m
-from broker import Collector, shard_variants
+from admin_client import request
+from broker import BrokerTest, Collector, shard_variants
 
 
 def read_until_quiet(client, stop=None, quiet=1.0):
@@ -136,6 +138,44 @@ class LimitCases:
         self.assertLessEqual(len(warns), dropped.bit_length(), warns)
         pub.publish("lim/flood", b"after", qos=0)
         self.assertEqual(sub.recv_publish().payload, b"after")
+        self.assert_broker_healthy()
+
+    def test_client_that_sends_but_never_reads_is_closed(self):
+        # PINGREQ after PINGREQ from a client that reads nothing: each answer must be queued, so without a bound the
+        # broker's memory would follow the client's sending. Once its queue is over max_outgoing_bytes and it has
+        # sent that much more, it is closed (its will published), and the log says why.
+        self.use_broker({"mqtt.max_outgoing_bytes": 65536})
+        watcher = self.client(self.sub_id("watch"))
+        watcher.subscribe([("lim/will", 0)])
+        flooder = self.client(self.pub_id("flood"), will=m.Will("lim/will", b"gone"))
+        flooder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        chunk = m.PINGREQ_BYTES * 32768  # 64 KiB
+        sent, closed = 0, False
+        deadline = time.monotonic() + 20
+        flooder.sock.settimeout(5)
+        try:
+            while sent < (256 << 20) and time.monotonic() < deadline:  # far beyond loopback buffers and the limit
+                flooder.sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        except socket.timeout:
+            pass  # the broker stopped reading: it must be closing
+        if not closed:
+            try:  # whatever PINGRESPs were queued, then EOF or a reset; a broker that still serves it never ends
+                while time.monotonic() < deadline and flooder.sock.recv(1 << 20):
+                    pass
+                closed = time.monotonic() < deadline
+            except ConnectionResetError:
+                closed = True
+            except socket.timeout:
+                pass
+        self.assertTrue(closed, f"a client that sent {sent} bytes and read nothing is still connected")
+        self.assertLess(sent, 256 << 20)
+        self.assertEqual(watcher.recv_publish(timeout=5).payload, b"gone", "an abnormal close publishes the will")
+        log = self.broker.log().decode("utf-8", "replace")
+        self.assertRegex(log, r"\[warn\].*closing .*flood.*: not reading; \d+ bytes wait to be sent, over "
+                              r"mqtt.max_outgoing_bytes = 65536")
         self.assert_broker_healthy()
 
     def test_stalled_subscriber_among_a_large_fan_out(self):
@@ -393,3 +433,56 @@ class LimitCases:
 
 
 shard_variants(LimitCases, globals())
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+class DescriptorLimitTest(BrokerTest):
+    AUTO_START = False
+
+    def test_out_of_descriptors_pauses_accepts_then_recovers(self):
+        # With RLIMIT_NOFILE at 64 the accepts start failing with EMFILE while connections wait in the backlog. The
+        # broker must neither spin on the failing accept nor log each attempt; once descriptors free up, the waiting
+        # MQTT client and an admin request that came meanwhile are served.
+        b = self.start_broker(1, admin=True, nofile=64)
+        self.port, self.admin_port = b.port, b.admin_port
+        self.assertRegex(b.log().decode(), r"open-file limit 64 ")
+        clients, waiting = [], None
+        for i in range(80):
+            c = self.raw()
+            c.send(m.connect(f"fd{i}"))
+            try:
+                c.expect(m.CONNACK_OK, timeout=1.0)
+            except AssertionError:
+                waiting = c
+                break
+            clients.append(c)
+        self.assertIsNotNone(waiting, "80 connections fitted in 64 descriptors")
+        self.assertGreater(len(clients), 20)
+        answer = {}
+        admin = threading.Thread(target=lambda: answer.update(r=request(self.admin_port, "GET", "/status",
+                                                                        auth=None, timeout=20)))
+        admin.start()
+        self.addCleanup(admin.join, 25)
+        time.sleep(0.3)
+        before = cpu_seconds(b.proc.pid)
+        time.sleep(2.0)
+        used = cpu_seconds(b.proc.pid) - before
+        self.assertLess(used, 0.5, f"{used:.2f} CPU-s in 2 s with accepts failing: spinning")
+        log = b.log().decode("utf-8", "replace")
+        for what in ("mqtt", "admin"):
+            fails = re.findall(rf"{what}: accept failed: Too many open files", log)
+            self.assertEqual(len(fails), 1, f"{what}: one warning per episode, not one per attempt: {fails}")
+        for c in clients[:10]:
+            c.close()
+        waiting.expect(m.CONNACK_OK, timeout=3.0)
+        admin.join(5)
+        self.assertEqual(answer["r"].status, 200)
+        log = b.log().decode("utf-8", "replace")
+        self.assertRegex(log, r"mqtt: accepting again after \d+ failed attempts?")
+        self.assertRegex(log, r"admin: accepting again after \d+ failed attempts?")
+

@@ -1,6 +1,8 @@
 """Persistent sessions (clean session 0): subscriptions kept, offline QoS 1/2 queue delivered in order,
 unacknowledged messages resent with DUP, QoS 2 state kept across reconnects, takeover, clean session discards."""
 
+import time
+
 import mqtt_raw as m
 from broker import shard_variants
 
@@ -9,6 +11,32 @@ class SessionCases:
     def persistent(self, name="sess", present=False, **kw):
         return self.client(self.sub_id(name), clean=False,
                            expect=m.CONNACK_OK_SESSION if present else m.CONNACK_OK, **kw)
+
+    def test_offline_session_expires(self):
+        # mqtt.session_expiry_interval: a persistent session offline longer than it is discarded with its
+        # subscriptions and queued messages; one that comes back in time is kept, and the clock starts again at
+        # its next disconnect.
+        self.use_broker({"mqtt.session_expiry_interval": 3000})
+        gone, kept = self.persistent("gone"), self.persistent("kept")
+        for c, topic in ((gone, "exp/gone"), (kept, "exp/kept")):
+            c.subscribe([(topic, 1)])
+            c.disconnect()
+            c.expect_closed(3)
+        pub = self.client(self.pub_id())
+        pub.publish("exp/gone", b"queued", qos=1)
+        time.sleep(2.0)
+        kept = self.persistent("kept", present=True)  # back within the interval
+        time.sleep(0.5)
+        kept.disconnect()
+        kept.expect_closed(3)
+        time.sleep(2.0)  # "gone": 4.5 s offline; "kept": 2 s since its last disconnect
+        self.persistent("kept", present=True).disconnect()
+        fresh = self.persistent("gone", present=False)  # CONNACK session present 0
+        fresh.expect_no_packet(0.3)  # the queued message went with the session
+        pub.publish("exp/gone", b"after", qos=1)
+        fresh.expect_no_packet(0.3)  # and so did the subscription
+        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
+                         r"session .*gone.* expired: offline for \d+ ms, over mqtt.session_expiry_interval = 3000 ms")
 
     def test_session_present_flag(self):
         c = self.persistent()

@@ -562,6 +562,14 @@ TEST(http_response, serialize_keep_alive) {
                                   "Connection: keep-alive\r\n\r\n{\"code\":0}");
 }
 
+TEST(http_response, head_keeps_the_length_and_leaves_out_the_body) {
+    http_response r;
+    r.body = R"({"code":0})";
+    r.head = true;
+    EXPECT_EQ(serialize(r, true), "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n"
+                                  "Connection: keep-alive\r\n\r\n");
+}
+
 TEST(http_response, serialize_close_and_extra_headers) {
     http_response r;
     r.status = 401;

@@ -186,6 +186,35 @@ TEST_F(users_test, wrong_passwords_and_users) {
     EXPECT_FALSE(s.verify("admin", "wrong")) << "the cache does not make other passwords pass";
 }
 
+TEST_F(users_test, verify_cached_knows_only_the_last_verified_password) {
+    user_store s;
+    open_default(s);
+    EXPECT_FALSE(s.verify_cached("admin", "public")) << "nothing verified yet";
+    EXPECT_TRUE(s.verify("admin", "public"));
+    EXPECT_TRUE(s.verify_cached("admin", "public"));
+    EXPECT_FALSE(s.verify_cached("admin", "wrong"));
+    EXPECT_FALSE(s.verify_cached("nobody", "public"));
+    ASSERT_EQ(s.update("admin", std::string_view("changed"), std::nullopt), user_store::result::ok);
+    EXPECT_FALSE(s.verify_cached("admin", "public")) << "a password change forgets the old one";
+    EXPECT_FALSE(s.verify_cached("admin", "changed")) << "the new one is known only once it has verified";
+}
+
+TEST(password_check_budget, bursts_then_refills_at_the_rate) {
+    password_check_budget b(5);
+    int64_t t = 1000000;
+    for (int i = 0; i < 5; ++i)
+        EXPECT_TRUE(b.take(t)) << i;
+    EXPECT_FALSE(b.take(t)) << "a burst of `per_second`, no more";
+    EXPECT_FALSE(b.take(t + 150)) << "0.75 of a check after 150 ms";
+    EXPECT_TRUE(b.take(t + 200)) << "one check per 200 ms at 5 per second";
+    EXPECT_FALSE(b.take(t + 200));
+    EXPECT_TRUE(b.take(t + 60000));
+    for (int i = 0; i < 4; ++i)
+        EXPECT_TRUE(b.take(t + 60000)) << "refilled to the burst, not beyond: " << i;
+    EXPECT_FALSE(b.take(t + 60000));
+    EXPECT_FALSE(b.take(t + 50000)) << "a clock that goes back adds nothing";
+}
+
 TEST_F(users_test, add_list_get) {
     user_store s;
     open_default(s);

@@ -54,6 +54,7 @@ max_outgoing_bytes = 4096
 keepalive_multiplier = 2.25
 connect_timeout = 2500
 retry_interval = 15000
+session_expiry_interval = 0
 max_retained_messages = 777
 max_retained_payload = 2048
 allow_anonymous = false
@@ -66,6 +67,9 @@ default_user = "root"
 default_password = "s3cret"
 max_body_bytes = 4096
 idle_timeout = 5000
+send_timeout = 2500
+max_connections = 7
+password_checks_per_second = 3
 [sys]
 enabled = false
 interval = 2000
@@ -95,6 +99,7 @@ void expect_full(const config& c) {
     EXPECT_DOUBLE_EQ(m.keepalive_multiplier, 2.25);
     EXPECT_EQ(m.connect_timeout_ms, 2500u);
     EXPECT_EQ(m.retry_interval_ms, 15000u);
+    EXPECT_EQ(m.session_expiry_ms, 0u);
     EXPECT_EQ(m.max_retained_messages, 777u);
     EXPECT_EQ(m.max_retained_payload, 2048u);
     EXPECT_FALSE(m.allow_anonymous);
@@ -106,6 +111,9 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.admin.default_password, "s3cret");
     EXPECT_EQ(c.admin.max_body_bytes, 4096u);
     EXPECT_EQ(c.admin.idle_timeout_ms, 5000u);
+    EXPECT_EQ(c.admin.send_timeout_ms, 2500u);
+    EXPECT_EQ(c.admin.max_connections, 7u);
+    EXPECT_EQ(c.admin.password_checks_per_second, 3u);
     EXPECT_FALSE(c.sys.enabled);
     EXPECT_EQ(c.sys.interval_ms, 2000u);
 }
@@ -134,6 +142,7 @@ void expect_defaults(const config& c) {
     EXPECT_DOUBLE_EQ(c.limits.keepalive_multiplier, 1.5);
     EXPECT_EQ(c.limits.connect_timeout_ms, 10000u);
     EXPECT_EQ(c.limits.retry_interval_ms, 30000u);
+    EXPECT_EQ(c.limits.session_expiry_ms, 7200000u);
     EXPECT_EQ(c.limits.max_retained_messages, 0u);
     EXPECT_EQ(c.limits.max_retained_payload, 1048576u);
     EXPECT_TRUE(c.limits.allow_anonymous);
@@ -145,6 +154,9 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.admin.default_password, "public");
     EXPECT_EQ(c.admin.max_body_bytes, 1048576u);
     EXPECT_EQ(c.admin.idle_timeout_ms, 60000u);
+    EXPECT_EQ(c.admin.send_timeout_ms, 15000u);
+    EXPECT_EQ(c.admin.max_connections, 64u);
+    EXPECT_EQ(c.admin.password_checks_per_second, 20u);
     EXPECT_TRUE(c.sys.enabled);
     EXPECT_EQ(c.sys.interval_ms, 60000u);
     EXPECT_EQ(c.admin.listen, d.admin.listen);
@@ -571,6 +583,12 @@ TEST_F(config_test, every_range_is_checked) {
         {"[mqtt]\nmax_retained_payload = 0", "mqtt.max_retained_payload"},
         {"[admin]\nmax_body_bytes = 10", "admin.max_body_bytes"},
         {"[admin]\nidle_timeout = 5", "admin.idle_timeout"},
+        {"[admin]\nsend_timeout = 999", "admin.send_timeout"},
+        {"[admin]\nmax_connections = 0", "admin.max_connections"},
+        {"[admin]\nmax_connections = 65537", "admin.max_connections"},
+        {"[admin]\npassword_checks_per_second = 0", "admin.password_checks_per_second"},
+        {"[mqtt]\nsession_expiry_interval = -1", "mqtt.session_expiry_interval"},
+        {"[mqtt]\nsession_expiry_interval = 4294967296", "mqtt.session_expiry_interval"},
         {"[sys]\ninterval = 999", "sys.interval"},
         {"[sys]\ninterval = 86400001", "sys.interval"},
     };
