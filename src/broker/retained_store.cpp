@@ -5,16 +5,23 @@
 
 namespace ringmq::broker {
 
-retained_store::store_result retained_store::store(session::message_ref&& msg, size_t limit) {
+retained_store::store_result retained_store::store(session::message_ref&& msg, size_t limit, int64_t now_ms,
+                                                   bool keep_tombstones) {
     const std::string_view topic = msg->topic();
     // One search: `it` is the topic's entry when there is one, else where a new entry goes.
     auto it = by_topic_.lower_bound(topic);
     const bool present = it != by_topic_.end() && it->first == topic;
-    if (msg->payload().empty()) {
+    if (present && stamp_after(it->second->stamp(), msg->stamp())) return store_result::stale;
+    const bool was_tombstone = present && is_tombstone(it->second);
+    const bool clear = msg->payload().empty();
+    if (clear && !keep_tombstones) {
         if (!present) return store_result::absent;
         by_topic_.erase(it);
-        return store_result::cleared;
+        if (was_tombstone) --tombstones_;
+        return was_tombstone ? store_result::absent : store_result::cleared;
     }
+    if (!clear && (!present || was_tombstone) && limit != 0 && size() >= limit) return store_result::full;
+    if (clear) tomb_queue_.push_back({now_ms, std::string(topic), msg->stamp()});
     if (present) {
         // The old key views the old message's bytes: put the new message in under a key that views its own.
         const auto next = std::next(it);
@@ -22,16 +29,36 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
         node.key() = topic;
         node.mapped() = std::move(msg);
         by_topic_.insert(next, std::move(node));
-        return store_result::replaced;
+        if (was_tombstone != clear) was_tombstone ? --tombstones_ : ++tombstones_;
+        if (clear) return was_tombstone ? store_result::absent : store_result::cleared;
+        return was_tombstone ? store_result::stored : store_result::replaced;
     }
-    if (limit != 0 && by_topic_.size() >= limit) return store_result::full;
     by_topic_.emplace_hint(it, topic, std::move(msg));
+    if (clear) {
+        ++tombstones_;
+        return store_result::absent;
+    }
     return store_result::stored;
+}
+
+size_t retained_store::prune_tombstones(int64_t cutoff_ms) {
+    size_t dropped = 0;
+    while (!tomb_queue_.empty() && tomb_queue_.front().made_ms <= cutoff_ms) {
+        const tomb& t = tomb_queue_.front();
+        const auto it = by_topic_.find(t.topic);
+        if (it != by_topic_.end() && is_tombstone(it->second) && it->second->stamp() == t.stamp) {
+            by_topic_.erase(it);
+            --tombstones_;
+            ++dropped;
+        }
+        tomb_queue_.pop_front();
+    }
+    return dropped;
 }
 
 const session::message* retained_store::find(std::string_view topic) const {
     auto it = by_topic_.find(topic);
-    return it == by_topic_.end() ? nullptr : it->second.get();
+    return it == by_topic_.end() || is_tombstone(it->second) ? nullptr : it->second.get();
 }
 
 std::string_view retained_store::literal_prefix(std::string_view filter) {

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -18,12 +19,24 @@ namespace ringmq::broker {
 
 class retained_store {
 public:
-    enum class store_result { stored, replaced, cleared, absent, full };
+    enum class store_result { stored, replaced, cleared, absent, full, stale };
 
     // Stores msg under its topic, replacing what was there; an empty payload clears the topic instead (MQTT 3.3.1.3).
     // A new topic beyond `limit` topics (0 = no limit) is not stored (full). msg is moved from only when it is
-    // stored or replaces another.
-    store_result store(session::message_ref&& msg, size_t limit);
+    // stored, replaces another or becomes a tombstone.
+    //
+    // Every shard applies every retained update, its own at once and the others' as they arrive, so two shards can
+    // see two updates of one topic in opposite orders. Each update carries a stamp from one node-wide counter, and an
+    // update older than what the topic holds is refused (stale): every shard ends with the newest. With
+    // `keep_tombstones` (several shards) a clear is kept as a tombstone, an entry without payload that find, scan
+    // and size do not see, so that an older message arriving after it cannot bring the topic back; tombstones are
+    // dropped by prune_tombstones once no older update can still be on its way.
+    store_result store(session::message_ref&& msg, size_t limit, int64_t now_ms = 0, bool keep_tombstones = false);
+    // Drops the tombstones made at or before `cutoff_ms`; returns how many.
+    size_t prune_tombstones(int64_t cutoff_ms);
+    size_t tombstones() const { return tombstones_; }
+    // a is a later stamp than b (the counter wraps: compared as a window of 2^31).
+    static bool stamp_after(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; }
     // The message retained on exactly this topic, or null.
     const session::message* find(std::string_view topic) const;
     // Calls f(const session::message_ref&) for each retained message whose topic matches filter (a valid filter; a
@@ -42,8 +55,12 @@ public:
     // left at the last topic passed, so that a step continues in the right place whatever was stored or cleared since
     // the one before.
     template <class F> scan_result scan(std::string_view filter, std::string& after, size_t budget, F&& f) const;
-    size_t size() const { return by_topic_.size(); }
-    void clear() { by_topic_.clear(); }
+    size_t size() const { return by_topic_.size() - tombstones_; } // retained topics (tombstones not counted)
+    void clear() {
+        by_topic_.clear();
+        tomb_queue_.clear();
+        tombstones_ = 0;
+    }
 
     // The part of filter every matching topic starts with: up to its first wildcard, less the '/' before a '#'
     // (which also matches the parent level: "a/#" matches "a").
@@ -53,6 +70,14 @@ private:
     // Keys view the topic bytes of their own message, which the value keeps alive; replacing a message replaces
     // its key too.
     std::map<std::string_view, session::message_ref, std::less<>> by_topic_;
+    struct tomb {
+        int64_t made_ms;
+        std::string topic;
+        uint32_t stamp;
+    };
+    std::deque<tomb> tomb_queue_; // in the order made; an entry whose topic moved on since is skipped
+    size_t tombstones_ = 0;
+    static bool is_tombstone(const session::message_ref& m) { return m->payload().empty(); }
 };
 
 template <class F> size_t retained_store::for_each_match(std::string_view filter, F&& f) const {
@@ -70,7 +95,7 @@ retained_store::scan_result retained_store::scan(std::string_view filter, std::s
                                                  F&& f) const {
     if (filter.find_first_of("+#") == std::string_view::npos) {
         const auto it_exact = by_topic_.find(filter);
-        if (it_exact == by_topic_.end()) return {0, true};
+        if (it_exact == by_topic_.end() || is_tombstone(it_exact->second)) return {0, true};
         if (!f(it_exact->second)) return {0, false};
         return {1, true};
     }
@@ -79,7 +104,8 @@ retained_store::scan_result retained_store::scan(std::string_view filter, std::s
     auto it = after.empty() ? by_topic_.lower_bound(prefix) : by_topic_.upper_bound(std::string_view(after));
     auto last = by_topic_.end(); // the last topic passed in this step
     for (; it != by_topic_.end() && it->first.starts_with(prefix); ++it) {
-        if (looked == budget || (routing::topic_matches(filter, it->first) && !f(it->second))) {
+        if (looked == budget ||
+            (!is_tombstone(it->second) && routing::topic_matches(filter, it->first) && !f(it->second))) {
             if (last != by_topic_.end()) after.assign(last->first);
             return {looked, false};
         }

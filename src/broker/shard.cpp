@@ -41,6 +41,7 @@ constexpr uint32_t recv_buffer_size = 16384;
 constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
 constexpr uint32_t tick_ms = 200;
+constexpr int64_t tombstone_keep_ms = 10000;
 static_assert(tick_ms == listener::accept_pacer::pause_ms);
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -455,6 +456,8 @@ void shard::tick(int64_t now) {
         return;
     }
     expire_sessions(now);
+    // Cross-shard queues deliver in microseconds; a tombstone kept this long has seen every older update arrive.
+    if (retained_.tombstones() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
     if (accept_paused_) {
         accept_paused_ = false; // tick_ms is accept_pacer::pause_ms
         arm_accept();
@@ -1525,6 +1528,9 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
     // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
     // before a PUBACK is visible to any later subscribe on any shard (see ARCHITECTURE.md).
     session::message* m = session::message::make(topic, payload, qos, true);
+    // The node-wide order of retained updates: where two shards' updates of a topic cross on the way, every shard
+    // keeps the later one (retained_store::store).
+    m->set_stamp(node_.retained_seq.fetch_add(1, std::memory_order_relaxed) + 1);
     for (unsigned to = 0; to < n_; ++to) {
         if (to == id_) continue;
         m->add_ref();
@@ -1535,9 +1541,12 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
 
 void shard::store_retained(session::message* m) {
     auto ref = session::message_ref::adopt(m);
-    if (retained_.store(std::move(ref), cfg_.limits.max_retained_messages) == retained_store::store_result::full)
+    const auto r = retained_.store(std::move(ref), cfg_.limits.max_retained_messages, now_ms_, n_ > 1);
+    if (r == retained_store::store_result::full)
         log::warn("retained message on {} not stored: max_retained_messages {} reached", ref->topic(),
                   cfg_.limits.max_retained_messages);
+    else if (r == retained_store::store_result::stale)
+        log::debug("retained update of {} from another shard overtaken by a later one", ref->topic());
     m_.messages_retained = retained_.size();
 }
 

@@ -48,6 +48,7 @@ struct node {
     int64_t started_at = 0;                  // unix seconds
     std::atomic<bool> retainer_active{true}; // the retainer module (admin plugin switch)
     std::atomic<uint32_t> connections{0};    // accepted sockets, node-wide, checked against max_connections
+    std::atomic<uint32_t> retained_seq{0};   // the last stamp given to a retained update (wraps; compared as such)
     std::atomic<bool> stopping{false};
     std::atomic<unsigned> ready{0};  // shards whose ring is up and accepting
     std::atomic<bool> failed{false}; // a shard could not start (logged by it)

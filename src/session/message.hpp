@@ -43,6 +43,9 @@ public:
     uint8_t qos() const { return qos_; }
     bool retain() const { return retain_; }
     size_t size() const { return sizeof(message) + topic_len_ + payload_len_; }
+    // A retained message's place in the node's order of retained updates (see retained_store::store); 0 elsewhere.
+    uint32_t stamp() const { return stamp_; }
+    void set_stamp(uint32_t s) { stamp_ = s; }
     // The references held now (exact only when no other shard holds one; for tests and diagnostics).
     uint32_t refs() const { return refs_.load(std::memory_order_relaxed); }
 
@@ -57,6 +60,7 @@ private:
     uint8_t qos_;
     bool retain_;
     uint32_t payload_len_;
+    uint32_t stamp_ = 0; // in what was padding: the header stays 16 bytes
 };
 
 // An owning reference to a message (one add_ref/release pair).

@@ -151,6 +151,29 @@ class CrossShardTest(BrokerTest):
         s2.subscribe([("rc/#", 1)])
         s2.expect_no_packet(0.4)
 
+    def test_crossing_retained_updates_end_the_same_on_both_shards(self):
+        # Publishers on the two shards update one retained topic at the same moment (one sets it and the other
+        # clears it, or both set it): each shard applies its own update at once and the other's when it arrives,
+        # so the two see them in opposite orders. Whatever the order, both shards must end with the same state.
+        a, b = self.on("xa", 0), self.on("xb", 1)
+        readers = [self.on("xr0", 0), self.on("xr1", 1)]
+        for i in range(200):
+            topic = f"cross/{i}"
+            pa, pb = (b"set%d" % i, b"") if i % 2 == 0 else (b"a%d" % i, b"b%d" % i)
+            a.send(m.publish(topic, pa, 1, True, pid=1))
+            b.send(m.publish(topic, pb, 1, True, pid=1))
+            a.expect(m.puback(1))
+            b.expect(m.puback(1))
+            states = []
+            for r in readers:
+                r.subscribe([(topic, 0)])
+                r.send(m.PINGREQ_BYTES)  # retained messages are queued before the answer to a later PINGREQ
+                r._wait_for(lambda p: p.type == m.PINGRESP, 5.0, "PINGRESP")
+                states.append([m.parse_publish(p).payload for p in list(r.backlog) if p.type == m.PUBLISH])
+                r.backlog.clear()
+            self.assertEqual(states[0], states[1], f"round {i}: shard 0 and shard 1 retain different things")
+            self.assertIn(states[0], ([pa], [pb], []) if i % 2 == 0 else ([pa], [pb]), f"round {i}")
+
     def test_will_across_shards(self):
         for owner_shard in (0, 1):
             with self.subTest(owner_shard=owner_shard):

@@ -201,5 +201,69 @@ TEST(RetainedStore, AReadOfOneTopicWaitsUntilItsMessageIsTaken) {
     EXPECT_TRUE(s.scan("a/c", after, 10, [](const session::message_ref&) { return true; }).done);
 }
 
+session::message_ref stamped(std::string_view topic, std::string_view payload, uint32_t stamp) {
+    session::message_ref m = msg(topic, payload);
+    m->set_stamp(stamp);
+    return m;
+}
+
+using sr = retained_store::store_result;
+
+TEST(RetainedStore, CrossingUpdatesEndTheSameOnEveryShardWhateverOrderTheyArriveIn) {
+    // Shard 0 retains "on" (stamp 1) while shard 1 clears the topic (stamp 2): each applies its own first, then the
+    // other's. Both must end with the later update, the clear.
+    retained_store s0, s1;
+    EXPECT_EQ(s0.store(stamped("t", "on", 1), 0, 100, true), sr::stored);
+    EXPECT_EQ(s1.store(stamped("t", "", 2), 0, 100, true), sr::absent);
+    EXPECT_EQ(s0.store(stamped("t", "", 2), 0, 101, true), sr::cleared);
+    EXPECT_EQ(s1.store(stamped("t", "on", 1), 0, 101, true), sr::stale) << "the tombstone remembers the later clear";
+    for (const retained_store* s : {&s0, &s1}) {
+        EXPECT_EQ(s->find("t"), nullptr);
+        EXPECT_EQ(s->size(), 0u);
+        EXPECT_TRUE(matches(*s, "#").empty()) << "tombstones are not retained messages";
+        EXPECT_EQ(s->tombstones(), 1u);
+    }
+    // Two payloads crossing: the later stamp wins on both.
+    EXPECT_EQ(s0.store(stamped("u", "a", 3), 0, 102, true), sr::stored);
+    EXPECT_EQ(s1.store(stamped("u", "b", 4), 0, 102, true), sr::stored);
+    EXPECT_EQ(s0.store(stamped("u", "b", 4), 0, 103, true), sr::replaced);
+    EXPECT_EQ(s1.store(stamped("u", "a", 3), 0, 103, true), sr::stale);
+    EXPECT_EQ(payload_of(s0.find("u")), "b");
+    EXPECT_EQ(payload_of(s1.find("u")), "b");
+}
+
+TEST(RetainedStore, TombstonesArePrunedOnceOldAndNeverCountAgainstTheLimit) {
+    retained_store s;
+    EXPECT_EQ(s.store(stamped("a", "1", 1), 1, 0, true), sr::stored);
+    EXPECT_EQ(s.store(stamped("a", "", 2), 1, 10, true), sr::cleared);
+    EXPECT_EQ(s.size(), 0u);
+    EXPECT_EQ(s.store(stamped("b", "2", 3), 1, 20, true), sr::stored) << "the tombstone takes no place under the limit";
+    EXPECT_EQ(s.store(stamped("a", "3", 4), 1, 30, true), sr::full) << "a tombstone's topic is a new one";
+    EXPECT_EQ(s.prune_tombstones(9), 0u) << "made at 10";
+    EXPECT_EQ(s.prune_tombstones(10), 1u);
+    EXPECT_EQ(s.tombstones(), 0u);
+    EXPECT_EQ(s.size(), 1u);
+    // A tombstone replaced by a later message before it is pruned stays that message.
+    EXPECT_EQ(s.store(stamped("b", "", 5), 0, 40, true), sr::cleared);
+    EXPECT_EQ(s.store(stamped("b", "back", 6), 0, 41, true), sr::stored);
+    EXPECT_EQ(s.prune_tombstones(1000), 0u);
+    EXPECT_EQ(payload_of(s.find("b")), "back");
+    EXPECT_EQ(s.size(), 1u);
+}
+
+TEST(RetainedStore, WithoutTombstonesAClearErasesAndStampsStillOrder) {
+    retained_store s;
+    EXPECT_EQ(s.store(stamped("a", "1", 7), 0), sr::stored);
+    EXPECT_EQ(s.store(stamped("a", "0", 6), 0), sr::stale);
+    EXPECT_EQ(s.store(stamped("a", "", 8), 0), sr::cleared);
+    EXPECT_EQ(s.tombstones(), 0u);
+    EXPECT_EQ(s.store(stamped("a", "", 9), 0), sr::absent);
+    // The counter wraps: 1 comes after 0xffffffff.
+    EXPECT_EQ(s.store(stamped("w", "old", 0xffffffffu), 0), sr::stored);
+    EXPECT_EQ(s.store(stamped("w", "new", 1), 0), sr::replaced);
+    EXPECT_EQ(s.store(stamped("w", "older", 0xfffffffeu), 0), sr::stale);
+    EXPECT_EQ(payload_of(s.find("w")), "new");
+}
+
 } // namespace
 } // namespace ringmq::broker
