@@ -227,6 +227,48 @@ reactor::task<void> server::handle(const http_request& req, http_response& resp)
         set_json(resp, 400, w.take());
         co_return;
     }
+    if (seg.empty() && (req.method == "GET" || req.method == "HEAD")) {
+        // EMQ X's index of its API: no auth, no code wrapper.
+        static constexpr const char* paths[] = {
+            "api/v2/management/nodes",
+            "api/v2/management/nodes/{node_name}",
+            "api/v2/monitoring/nodes",
+            "api/v2/monitoring/nodes/{node_name}",
+            "api/v2/nodes/{node_name}/clients",
+            "api/v2/nodes/{node_name}/clients/{client_id}",
+            "api/v2/clients/{client_id}",
+            "api/v2/nodes/{node_name}/sessions",
+            "api/v2/nodes/{node_name}/sessions/{client_id}",
+            "api/v2/sessions/{client_id}",
+            "api/v2/nodes/{node_name}/subscriptions",
+            "api/v2/nodes/{node_name}/subscriptions/{client_id}",
+            "api/v2/subscriptions/{client_id}",
+            "api/v2/routes",
+            "api/v2/routes/{topic}",
+            "api/v2/mqtt/publish",
+            "api/v2/mqtt/subscribe",
+            "api/v2/mqtt/unsubscribe",
+            "api/v2/nodes/{node_name}/plugins",
+            "api/v2/nodes/{node_name}/plugins/{plugin_name}",
+            "api/v2/monitoring/listeners",
+            "api/v2/monitoring/listeners/{node_name}",
+            "api/v2/monitoring/metrics",
+            "api/v2/monitoring/metrics/{node_name}",
+            "api/v2/monitoring/stats",
+            "api/v2/monitoring/stats/{node_name}",
+            "api/v2/auth",
+            "api/v2/users",
+            "api/v2/users/{username}",
+            "api/v2/change_pwd/{username}",
+        };
+        json_writer w;
+        w.begin_object().key("paths").begin_array();
+        for (const char* p : paths)
+            w.value(p);
+        w.end_array().end_object();
+        set_json(resp, 200, w.take());
+        co_return;
+    }
     if (seg.size() == 1 && seg[0] == "status" && (req.method == "GET" || req.method == "HEAD")) {
         resp.status = 200;
         resp.content_type = "text/plain";

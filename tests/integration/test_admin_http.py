@@ -175,6 +175,31 @@ class HttpTest(AdminTest):
         clients["a/b"].expect_closed(3)
         self.assertTrue(clients["a+b"].is_open(), "only a/b was kicked")
 
+    def test_root_lists_the_api_paths_without_auth(self):
+        # EMQ X: GET / needs no auth and answers {"paths": [...]} with no code wrapper.
+        r = self.api("GET", "/", auth=None)
+        self.assertEqual(r.status, 200, r)
+        self.assert_json_type(r)
+        obj = r.json()
+        self.assertEqual(list(obj), ["paths"])
+        paths = obj["paths"]
+        self.assertEqual(len(paths), len(set(paths)))
+        for p in ("api/v2/management/nodes", "api/v2/nodes/{node_name}/clients", "api/v2/routes/{topic}",
+                  "api/v2/mqtt/publish", "api/v2/monitoring/stats/{node_name}", "api/v2/auth"):
+            self.assertIn(p, paths)
+        # Every listed GET path answers (placeholders filled in): none is a dead entry.
+        fill = {"{node_name}": seg(self.NODE), "{client_id}": "nobody", "{topic}": "t", "{username}": "admin",
+                "{plugin_name}": "ringmq_sys"}
+        for p in paths:
+            self.assertTrue(p.startswith("api/v2/"), p)
+            if p.split("/")[2] in ("mqtt", "auth", "change_pwd") or p.endswith("{plugin_name}"):
+                continue  # POST/PUT only
+            for k, v in fill.items():
+                p = p.replace(k, v)
+            with self.subTest(path=p):
+                r = self.api("GET", "/" + p)
+                self.assertEqual(r.status, 200, r)
+
     def test_unknown_paths_404(self):
         node = seg(self.NODE)
         for path in ("/api/v2/nope", "/api/v2/", "/api/v2", "/api/v2/management", "/api/v2/management/nodesx",
