@@ -1800,8 +1800,10 @@ bool shard::client(std::string_view id, client_row& out) const {
 
 void shard::sessions(size_t offset, size_t limit, std::vector<session_row>& out) const {
     size_t i = 0;
-    sessions_.for_each([&](const session_slot& slot) {
-        if (i++ >= offset && out.size() < limit) out.push_back(make_session_row(slot));
+    sessions_.for_each_while([&](const session_slot& slot) {
+        if (out.size() >= limit) return false;
+        if (i++ >= offset) out.push_back(make_session_row(slot));
+        return true;
     });
 }
 
@@ -1814,10 +1816,17 @@ bool shard::session(std::string_view id, session_row& out) const {
 
 void shard::subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const {
     size_t i = 0;
-    sessions_.for_each([&](const session_slot& slot) {
+    sessions_.for_each_while([&](const session_slot& slot) {
+        if (out.size() >= limit) return false;
+        const size_t n = slot.s->subscriptions.size();
+        if (i + n <= offset) { // a whole session before the page: counted, not walked
+            i += n;
+            return true;
+        }
         for (const auto& [filter, qos] : slot.s->subscriptions)
             if (i++ >= offset && out.size() < limit)
                 out.push_back(subscription_row{slot.s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
+        return true;
     });
 }
 

@@ -85,6 +85,11 @@ public:
         for (const auto& slot : set_)
             f(*slot);
     }
+    // The same, until f(const session_slot&) returns false (an admin page that is full need not see the rest).
+    template <class F> void for_each_while(F&& f) const {
+        for (const auto& slot : set_)
+            if (!f(*slot)) return;
+    }
 
 private:
     static std::string_view id_of(std::string_view id) { return id; }

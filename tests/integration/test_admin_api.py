@@ -379,6 +379,26 @@ class SubscriptionCases(Helpers):
         self.wait_equal(lambda: of("subscriptions/" + seg(idb)), set(), what="clean session gone")
         self.assertEqual(self.page(self.n("subscriptions"))["total_num"], 2)
 
+    def test_subscription_pages_cover_every_row_once(self):
+        # Pages whose edges fall inside a session's subscriptions (3 per session, pages of 7): read page by page,
+        # they hold every row exactly once, in the order of the one-page listing.
+        want = set()
+        for i in range(24):
+            cid = self.cid(f"pg{i}", i)
+            self.client(cid).subscribe([(f"pg/{i}/{k}", 0) for k in range(3)])
+            want |= {(cid, f"pg/{i}/{k}") for k in range(3)}
+        path = self.n("subscriptions")
+        whole = self.page(path, 1, 100000, SUBSCRIPTION_KEYS)
+        rows = [(r["client_id"], r["topic"]) for r in whole["objects"]]
+        self.assertTrue(want <= set(rows), "every subscription is listed")
+        paged = []
+        for page in range(1, -(-whole["total_num"] // 7) + 2):
+            got = self.page(path, page, 7, SUBSCRIPTION_KEYS)["objects"]
+            if not got:
+                break
+            paged += [(r["client_id"], r["topic"]) for r in got]
+        self.assertEqual(paged, rows)
+
     def test_granted_qos_is_listed(self):
         cid = self.cid("granted", 1)
         c = self.client(cid)
