@@ -1,5 +1,5 @@
 // Listening sockets: one per shard on one port, and what accepted sockets inherit from them (TCP_NODELAY, which the
-// shards no longer set per accept).
+// shards no longer set per accept); when an accept loop pauses, and the descriptor limit at start-up.
 #include "listener/listener.hpp"
 
 #include <gtest/gtest.h>
@@ -8,8 +8,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 namespace ringmq::listener {
 namespace {
@@ -53,6 +56,31 @@ TEST(Listener, AnAddressNotOnThisHostIsRefusedNamingIt) {
     EXPECT_FALSE(bind_reuseport(config::endpoint{"192.0.2.1", 0}, 2, 16, b, why)); // TEST-NET-1, never local
     EXPECT_NE(why.find("192.0.2.1"), std::string::npos) << why;
     EXPECT_TRUE(b.fds.empty());
+}
+
+TEST(AcceptPacer, PausesOnlyForLackOfDescriptorsOrMemory) {
+    accept_pacer p("test");
+    for (const int err : {ECONNABORTED, EPERM, EPROTO, EINVAL})
+        EXPECT_FALSE(p.failed(-err)) << err << ": one connection's trouble, accept on at once";
+    EXPECT_EQ(p.paused(), 0u);
+    for (const int err : {EMFILE, ENFILE, ENOBUFS, ENOMEM})
+        EXPECT_TRUE(p.failed(-err)) << err;
+    EXPECT_EQ(p.paused(), 4u);
+    p.accepted();
+    EXPECT_TRUE(p.failed(-EMFILE)) << "a new episode pauses again";
+    EXPECT_EQ(p.paused(), 5u);
+}
+
+TEST(AcceptPacer, RaisingTheDescriptorLimitNeverLowersIt) {
+    rlimit before{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &before), 0);
+    const uint64_t now = raise_fd_limit();
+    EXPECT_GE(now, static_cast<uint64_t>(before.rlim_cur));
+    rlimit after{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &after), 0);
+    EXPECT_EQ(static_cast<uint64_t>(after.rlim_cur), now);
+    EXPECT_EQ(after.rlim_cur, before.rlim_max == RLIM_INFINITY ? after.rlim_cur : before.rlim_max)
+        << "the soft limit is raised to the hard one";
 }
 
 } // namespace
