@@ -46,11 +46,7 @@ void api_error(http_response& r, int code, std::string_view message) {
 }
 
 // Where EMQ X answered an empty 404 or dropped the connection: a 404 with a JSON body saying why.
-void not_found(http_response& r, std::string_view message) {
-    json_writer w;
-    w.begin_object().key("code").value(404).key("message").value(message).end_object();
-    set_json(r, 404, w.take());
-}
+void not_found(http_response& r, std::string_view message) { json_error(r, 404, message); }
 
 bool parse_int(const std::string& s, int64_t& out) {
     if (s.empty()) return false;
@@ -221,10 +217,7 @@ const plugin_def plugin_defs[] = {
 reactor::task<void> server::handle(const http_request& req, http_response& resp) {
     const seg_t& seg = req.segments;
     if (req.bad_encoding) {
-        json_writer w;
-        w.begin_object().key("code").value(400).key("message").value("bad percent-encoding in the request target");
-        w.end_object();
-        set_json(resp, 400, w.take());
+        json_error(resp, 400, "bad percent-encoding in the request target");
         co_return;
     }
     if (seg.empty() && (req.method == "GET" || req.method == "HEAD")) {
@@ -293,11 +286,7 @@ reactor::task<void> server::handle(const http_request& req, http_response& resp)
         co_return;
     }
     if (l != login::ok) {
-        json_writer w;
-        w.begin_object().key("code").value(401).key("message").value(authz ? "wrong username or password"
-                                                                           : "authentication required");
-        w.end_object();
-        set_json(resp, 401, w.take());
+        json_error(resp, 401, authz ? "wrong username or password" : "authentication required");
         resp.headers.emplace_back("WWW-Authenticate", "Basic realm=\"ringmq\"");
         co_return;
     }
@@ -872,45 +861,29 @@ void server::note_peaks(const std::vector<broker::shard_snapshot>& snaps) {
     // Shards peak at different times, so the sum of their high-water marks overstates the node's (a client on shard 0
     // that leaves before one on shard 1 arrives would count twice). The node's peak is the larger of the sums seen
     // here (each stats request and $SYS round) and the largest single-shard peak: never more than really happened.
-    broker::stats sum;
-    for (const auto& s : snaps) {
-        sum.clients.count += s.s.clients.count;
-        sum.sessions.count += s.s.sessions.count;
-        sum.subscribers.count += s.s.subscribers.count;
-        sum.subscriptions.count += s.s.subscriptions.count;
+    for (broker::gauge broker::stats::*g : {&broker::stats::clients, &broker::stats::sessions,
+                                            &broker::stats::subscribers, &broker::stats::subscriptions}) {
+        uint64_t now = 0, shard_peak = 0;
+        for (const auto& s : snaps) {
+            now += (s.s.*g).count;
+            shard_peak = std::max(shard_peak, (s.s.*g).max);
+        }
+        broker::gauge& node = node_peaks_.*g;
+        node.set(now);
+        node.max = std::max(node.max, shard_peak);
     }
-    auto note = [](broker::gauge& peak, const broker::gauge& now, uint64_t shard_peak) {
-        peak.set(now.count);
-        peak.max = std::max(peak.max, shard_peak);
-    };
-    auto shard_peak = [&](auto pick) {
-        uint64_t m = 0;
-        for (const auto& s : snaps)
-            m = std::max(m, pick(s.s).max);
-        return m;
-    };
-    note(node_peaks_.clients, sum.clients, shard_peak([](const broker::stats& s) { return s.clients; }));
-    note(node_peaks_.sessions, sum.sessions, shard_peak([](const broker::stats& s) { return s.sessions; }));
-    note(node_peaks_.subscribers, sum.subscribers, shard_peak([](const broker::stats& s) { return s.subscribers; }));
-    note(node_peaks_.subscriptions, sum.subscriptions,
-         shard_peak([](const broker::stats& s) { return s.subscriptions; }));
 }
 
 reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
     std::vector<broker::shard_snapshot> snaps;
     co_await collect(snaps);
     note_peaks(snaps);
-    uint64_t c = 0, mx = 0;
     std::vector<std::pair<std::string, uint64_t>> rows;
-    auto add = [&](const char* name, auto pick) {
-        c = 0;
-        for (const auto& s : snaps)
-            c += pick(s.s).count;
-        mx = pick(node_peaks_).max;
-        rows.emplace_back(std::string(name) + "/count", c);
-        rows.emplace_back(std::string(name) + "/max", mx);
+    auto add = [&](const char* name, broker::gauge broker::stats::*g) { // the node's sums, from note_peaks
+        rows.emplace_back(std::string(name) + "/count", (node_peaks_.*g).count);
+        rows.emplace_back(std::string(name) + "/max", (node_peaks_.*g).max);
     };
-    add("clients", [](const broker::stats& s) -> const broker::gauge& { return s.clients; });
+    add("clients", &broker::stats::clients);
     // Retained messages are replicated on every shard: the node's count is one shard's.
     const uint64_t rc = snaps.empty() ? 0 : snaps[0].s.retained.count;
     const uint64_t rm = snaps.empty() ? 0 : snaps[0].s.retained.max;
@@ -925,9 +898,9 @@ reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
         routes_max = std::max(routes_max, s.s.routes.max);
     rows.emplace_back("routes/count", routes);
     rows.emplace_back("routes/max", routes_max);
-    add("sessions", [](const broker::stats& s) -> const broker::gauge& { return s.sessions; });
-    add("subscribers", [](const broker::stats& s) -> const broker::gauge& { return s.subscribers; });
-    add("subscriptions", [](const broker::stats& s) -> const broker::gauge& { return s.subscriptions; });
+    add("sessions", &broker::stats::sessions);
+    add("subscribers", &broker::stats::subscribers);
+    add("subscriptions", &broker::stats::subscriptions);
     rows.emplace_back("topics/count", routes);
     rows.emplace_back("topics/max", routes_max);
     std::sort(rows.begin(), rows.end()); // EMQ X printed the stats keys in alphabetical order
@@ -976,10 +949,7 @@ server::login server::check_password(std::string_view user, std::string_view pas
 }
 
 void server::too_many_checks(http_response& resp) {
-    json_writer w;
-    w.begin_object().key("code").value(429).key("message").value("too many password checks; try again shortly");
-    w.end_object();
-    set_json(resp, 429, w.take());
+    json_error(resp, 429, "too many password checks; try again shortly");
     resp.headers.emplace_back("Retry-After", "1");
 }
 

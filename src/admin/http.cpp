@@ -1,5 +1,7 @@
 #include "admin/http.hpp"
 
+#include "admin/json.hpp"
+
 #include <llhttp.h>
 #include <openssl/evp.h>
 
@@ -506,6 +508,14 @@ bool parse_basic_auth(std::string_view h, std::string& user, std::string& passwo
     user.assign(decoded, 0, colon);
     password.assign(decoded, colon + 1);
     return true;
+}
+
+void json_error(http_response& r, int status, std::string_view message) {
+    json_writer w;
+    w.begin_object().key("code").value(status).key("message").value(message).end_object();
+    r.status = status;
+    r.content_type = "application/json";
+    r.body = w.take();
 }
 
 } // namespace ringmq::admin

@@ -110,6 +110,8 @@ struct http_response {
 // RFC 9110 requires. CR, LF and NUL inside extra headers are replaced by spaces so a value can never split the
 // response.
 std::string serialize(const http_response& r, bool keep_alive);
+// An HTTP-level error (where EMQ X had no API code): status `status`, body {"code":status,"message":message}.
+void json_error(http_response& r, int status, std::string_view message);
 // RFC 9110 reason phrase ("Not Found"); "" for a code without a standard phrase (the status line stays valid).
 const char* reason_phrase(int status);
 

@@ -241,20 +241,13 @@ reactor::task<void> server::serve(int fd, bool over_limit) {
                 break;
             }
             if (st == http_parser::status::error) {
-                resp.status = parser.error_status();
-                json_writer w;
-                w.begin_object().key("code").value(resp.status).key("message").value(parser.error_reason());
-                w.end_object();
-                resp.body = w.take();
+                json_error(resp, parser.error_status(), parser.error_reason());
                 keep_alive = false;
             } else if (over_limit) {
                 parser.take();
-                resp.status = 503;
-                json_writer w;
-                w.begin_object().key("code").value(503).key("message").value(
+                json_error(
+                    resp, 503,
                     fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections));
-                w.end_object();
-                resp.body = w.take();
                 keep_alive = false;
             } else {
                 http_request req = parser.take();
@@ -309,15 +302,9 @@ reactor::task<void> server::sys_publisher() {
         msgs->emplace_back(base + "sysdescr", "ringmq MQTT broker");
         msgs->emplace_back(base + "uptime", format_uptime(now - node_.started_at));
         msgs->emplace_back(base + "datetime", format_datetime(now));
-        uint64_t clients = 0, sessions = 0, subs = 0;
-        for (const auto& s : snaps) {
-            clients += s.s.clients.count;
-            sessions += s.s.sessions.count;
-            subs += s.s.subscriptions.count;
-        }
-        msgs->emplace_back(base + "stats/clients/count", std::to_string(clients));
-        msgs->emplace_back(base + "stats/sessions/count", std::to_string(sessions));
-        msgs->emplace_back(base + "stats/subscriptions/count", std::to_string(subs));
+        msgs->emplace_back(base + "stats/clients/count", std::to_string(node_peaks_.clients.count));
+        msgs->emplace_back(base + "stats/sessions/count", std::to_string(node_peaks_.sessions.count));
+        msgs->emplace_back(base + "stats/subscriptions/count", std::to_string(node_peaks_.subscriptions.count));
         m.for_each([&](std::string_view name, uint64_t v) {
             msgs->emplace_back(base + "metrics/" + std::string(name), std::to_string(v));
         });

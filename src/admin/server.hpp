@@ -127,7 +127,7 @@ private:
     uint64_t sys_wakeups_ = 0;
     uint64_t over_limit_total_ = 0; // connections answered 503 for admin.max_connections
     uint64_t password_checks_refused_ = 0;
-    broker::stats node_peaks_; // node-wide high-water marks of the summed gauges (see note_peaks)
+    broker::stats node_peaks_; // the summed gauges at the last collect and their node-wide peaks (see note_peaks)
 };
 
 } // namespace ringmq::admin

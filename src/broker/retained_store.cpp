@@ -29,7 +29,8 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
         node.key() = topic;
         node.mapped() = std::move(msg);
         by_topic_.insert(next, std::move(node));
-        if (was_tombstone != clear) was_tombstone ? --tombstones_ : ++tombstones_;
+        if (clear && !was_tombstone) ++tombstones_;
+        if (!clear && was_tombstone) --tombstones_;
         if (clear) return was_tombstone ? store_result::absent : store_result::cleared;
         return was_tombstone ? store_result::stored : store_result::replaced;
     }
