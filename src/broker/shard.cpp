@@ -42,6 +42,10 @@ constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
 constexpr uint32_t tick_ms = 200;
 constexpr int64_t tombstone_keep_ms = 10000;
+// A shard that holds its receives warns at most this often (with the number of holds since the last warning).
+constexpr int64_t hold_warn_interval_ms = 10000;
+// A client whose keepalive ran out while its receives were held is looked at again after this long.
+constexpr int64_t held_recheck_ms = 1000;
 static_assert(tick_ms == listener::accept_pacer::pause_ms);
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -214,21 +218,25 @@ void shard::loop() {
         if (!readers_.empty()) serve_reads();
         flush();
         publish_smp();
+        if (outbox_.weight_moved() || holding_) check_cross_shard();
         reap_graveyard();
         if (stopping_ && conns_.empty() && gate_.count() == 0 && !accept_armed_ && pending_handoffs_.empty()) {
             stopped_ = true;
             break;
         }
-        const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() || outbox_.pending() ||
-                          !pending_handoffs_.empty() || reads_runnable_;
+        // While it holds its receives, the shard sleeps until the shard it waits for has taken enough (arm_wakes),
+        // backlog or not: a backlog moves only as that shard takes from the queue.
+        const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() ||
+                          (outbox_.pending() && !holding_) || !pending_handoffs_.empty() || reads_runnable_;
         if (busy) {
             ring_.submit();
         } else if (cfg_.budgets.idle_poll_us != 0 &&
                    (completed_on_submit() || (poll_rules_.should_poll(m_.packets_received) && poll_idle()))) {
             // sends that completed as they were submitted, or work that came in while polling
         } else {
+            const bool waits = holding_ && outbox_.arm_wakes(cfg_.limits.max_cross_shard_bytes / 2);
             node_.smp.set_sleeping(id_, true);
-            if (has_news()) {
+            if (has_news() || (holding_ && (!waits || outbox_.woken()))) {
                 node_.smp.set_sleeping(id_, false);
                 ring_.submit();
             } else {
@@ -263,6 +271,10 @@ void shard::loop() {
             std::vector<connection*> again;
             again.swap(rearm_);
             for (connection* c : again) {
+                if (holding_) {
+                    held_.push_back(c->id); // stays marked: the hold re-arms it
+                    continue;
+                }
                 c->needs_rearm = false;
                 if (c->st != connection::state::closing && !c->recv_armed) arm_recv(*c);
             }
@@ -299,6 +311,62 @@ void shard::push(unsigned to, uint32_t kind, uint32_t arg, void* ptr) {
     outbox_.push(to, reactor::smp_msg{kind, arg, ptr});
 }
 
+void shard::push_weighed(unsigned to, uint32_t kind, size_t weight, void* ptr) {
+    // A message is at most max_packet_size (< 2^32) plus its header.
+    const auto w = static_cast<uint32_t>(std::min<size_t>(weight, UINT32_MAX));
+    const reactor::smp_msg m{kind, w, ptr};
+    RINGMQ_ASSERT(msg_weight(m) == w);
+    outbox_.push(to, m, w);
+}
+
+void shard::check_cross_shard() {
+    const uint64_t in_flight = outbox_.max_in_flight();
+    const uint64_t limit = cfg_.limits.max_cross_shard_bytes;
+    if (!holding_ && in_flight > limit) {
+        // What the clients send now would only add to what the slower shard has not taken: their bytes stay in
+        // their sockets (and their TCP windows close) until it has taken half.
+        holding_ = true;
+        ++holds_;
+        if (hold_warned_ms_ == 0 || now_ms_ - hold_warned_ms_ >= hold_warn_interval_ms) {
+            log::warn("shard {} stops reading its clients: {} bytes of its messages wait for another shard, over "
+                      "mqtt.max_cross_shard_bytes = {} ({} holds since the last warning, this one included)",
+                      id_, in_flight, limit, holds_);
+            hold_warned_ms_ = now_ms_;
+            holds_ = 0;
+        }
+    } else if (holding_ && in_flight <= limit / 2) {
+        end_hold();
+    }
+}
+
+void shard::hold_recv(connection& c) {
+    if (c.needs_rearm) return; // held already, or waiting for receive buffers (rearm_ passes it on to held_)
+    c.needs_rearm = true;
+    held_.push_back(c.id);
+    if (c.recv_armed) {
+        // A multishot receive goes on delivering until it is cancelled; it ends with -ECANCELED (see on_recv).
+        io_uring_sqe* s = ring_.sqe();
+        io_uring_prep_cancel(s, c.recv_record(), 0);
+        io::set_completion(s, nullptr);
+    }
+}
+
+void shard::end_hold() {
+    holding_ = false;
+    outbox_.disarm_wakes();
+    log::debug("shard {} reads its clients again ({} held)", id_, held_.size());
+    std::vector<uint64_t> ids;
+    ids.swap(held_);
+    for (uint64_t id : ids) {
+        const auto it = conns_.find(id);
+        if (it == conns_.end()) continue;
+        connection& c = *it->second;
+        c.needs_rearm = false;
+        // One whose cancelled receive has not ended yet is re-armed when it does.
+        if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
+    }
+}
+
 void shard::publish_smp() {
     outbox_.publish([this](unsigned to) { peers_.wake(to); });
 }
@@ -306,7 +374,15 @@ void shard::publish_smp() {
 void shard::drain_smp() {
     for (unsigned from = 0; from < parts_; ++from) {
         if (from == id_) continue;
-        node_.smp.queue(from, id_).drain([this](const reactor::smp_msg& m) { handle_smp(m); }, smp_drain_max);
+        uint64_t weight = 0;
+        node_.smp.queue(from, id_).drain(
+            [&](const reactor::smp_msg& m) {
+                weight += msg_weight(m);
+                handle_smp(m);
+            },
+            smp_drain_max);
+        // The sender may sleep while it holds its receives until this shard has caught up (smp_outbox::arm_wakes).
+        if (weight != 0 && node_.smp.note_taken(from, id_, weight) && node_.smp.claim_wake(from)) peers_.wake(from);
     }
 }
 
@@ -483,14 +559,23 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         deadlines_.schedule(c.id, e.at_ms);
         return;
     }
-    c.check_at_ms = 0;
     const auto& lim = cfg_.limits;
+    const bool expired =
+        c.st == connection::state::awaiting_connect ||
+        (c.st == connection::state::connected && c.keepalive != 0 && now - c.last_rx_ms > keepalive_limit_ms(c, lim));
+    if (expired && c.needs_rearm) {
+        // Not read by this shard (a hold, or no receive buffers): what the client sent may wait in its socket.
+        c.check_at_ms = now + held_recheck_ms;
+        deadlines_.schedule(c.id, c.check_at_ms);
+        return;
+    }
+    c.check_at_ms = 0;
     if (c.st == connection::state::awaiting_connect) {
         log::info("closing {}: no CONNECT within {} ms", c.peer, lim.connect_timeout_ms);
         close(c, "connect_timeout", false);
         return;
     }
-    if (c.st == connection::state::connected && c.keepalive != 0 && now - c.last_rx_ms > keepalive_limit_ms(c, lim)) {
+    if (expired) {
         log::info("closing client {} ({}): keepalive {} s exceeded", c.client_id(), c.peer, c.keepalive);
         close(c, "keepalive_timeout", true);
         return;
@@ -575,6 +660,11 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         maybe_destroy(c);
         return;
     }
+    if (res == -ECANCELED && !stopping_ && c.st != connection::state::closing) {
+        // The hold cancelled it (hold_recv): the hold's end re-arms it, or now if the hold ended first.
+        if (!c.recv_armed && !c.needs_rearm) arm_recv(c);
+        return;
+    }
     if (res <= 0 || c.st == connection::state::closing) {
         // Bytes for a closing connection are dropped; the buffer goes back as its flags say.
         if (has_buf) {
@@ -608,7 +698,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         maybe_destroy(c);
         return;
     }
-    if (!c.recv_armed) arm_recv(c);
+    if (holding_) [[unlikely]]
+        hold_recv(c);
+    else if (!c.recv_armed)
+        arm_recv(c);
 }
 
 void shard::check_unread(connection& c, uint32_t received) {
@@ -1022,6 +1115,7 @@ void shard::attach_session(connection& c, bool clean) {
         session::limits lim;
         lim.max_inflight = cfg_.limits.max_inflight;
         lim.max_queued = cfg_.limits.max_queued_messages;
+        lim.max_awaiting_rel = cfg_.limits.max_awaiting_rel;
         auto owned = std::make_unique<session_slot>();
         owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
         owned->created_at = static_cast<int64_t>(::time(nullptr));
@@ -1081,11 +1175,23 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         mqtt::topic_levels(pv.topic) > cfg_.limits.max_topic_levels)
         return protocol_error(c, "topic has more levels than max_topic_levels");
     if (pv.qos == 2) {
-        if (!c.slot->s->incoming_qos2(pv.packet_id)) {
+        switch (c.slot->s->incoming_qos2(pv.packet_id)) {
+        case session::qos2_arrival::fresh:
+            break;
+        case session::qos2_arrival::duplicate:
             // A resent QoS 2 PUBLISH whose first copy was already delivered: acknowledge only (exactly once).
             send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
             ++m_.packets_pubrec_sent;
             return true;
+        case session::qos2_arrival::full: {
+            // EMQ X 2.x's answer: no PUBREC, so the client still holds the message and may send it again.
+            ++m_.messages_qos2_dropped;
+            const uint64_t before = c.slot->s->dropped();
+            c.slot->s->count_dropped(1);
+            note_dropped(*c.slot, before, "{} QoS 2 messages await PUBREL (mqtt.max_awaiting_rel)",
+                         cfg_.limits.max_awaiting_rel, pv.topic);
+            return true;
+        }
         }
     }
     if (pv.retain) retain_from(pv.topic, pv.payload, pv.qos);
@@ -1395,13 +1501,14 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
             // Verbatim QoS 0 frames travel as they are: the receiving shard copies them without re-encoding.
             auto run = std::make_unique<publish_run>(publish_run{raw.count, {}});
             append(run->frames, raw.bytes.data(), raw.bytes.size()); // one memcpy (see grow)
-            push(to, k_publish_run, id_, run.release());
+            const size_t weight = run->frames.size();
+            push_weighed(to, k_publish_run, weight, run.release());
             m_.messages_forward += raw.count;
             continue;
         }
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
         msg->add_ref();
-        push(to, k_publish, id_, msg.get());
+        push_weighed(to, k_publish, msg->size(), msg.get());
         ++m_.messages_forward;
     }
 }
@@ -1534,7 +1641,7 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
     for (unsigned to = 0; to < n_; ++to) {
         if (to == id_) continue;
         m->add_ref();
-        push(to, k_retain, id_, m);
+        push_weighed(to, k_retain, m->size(), m);
     }
     store_retained(m);
 }

@@ -131,12 +131,18 @@ enum msg_kind : uint32_t {
     k_handoff = 1, // ptr: handoff*, a connection whose CONNECT names a client homed on the receiving shard
     k_route_add,   // ptr: std::string* filter, arg: sender shard; the sender's first local subscriber on filter
     k_route_del,   // ptr: std::string* filter, arg: sender shard; the sender's last local subscriber left
-    k_publish,     // ptr: session::message* (one reference), arg: sender shard
-    k_retain,      // ptr: session::message* (one reference); store or (empty payload) clear the retained topic
+    k_publish,     // ptr: session::message* (one reference), arg: its weight (see msg_weight)
+    k_retain,      // ptr: session::message* (one reference), arg: its weight; store or (empty payload) clear the topic
     k_admin_call,  // ptr: admin_call*, from the admin shard: run it here and send it back
     k_admin_done,  // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
-    k_publish_run, // ptr: publish_run*, arg: sender shard; QoS 0 frames for the receiver's local subscribers
+    k_publish_run, // ptr: publish_run*, arg: its weight; QoS 0 frames for the receiver's local subscribers
 };
+
+// The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
+// taken (smp::note_taken): the messages that carry publishes put it in arg, the others weigh nothing.
+inline uint32_t msg_weight(const reactor::smp_msg& m) {
+    return m.kind == k_publish || m.kind == k_retain || m.kind == k_publish_run ? m.arg : 0;
+}
 
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
 struct handoff {
@@ -322,6 +328,14 @@ private:
     void check_deadline(const reactor::deadline_wheel::entry& e, int64_t now);
     void begin_shutdown();
     void push(unsigned to, uint32_t kind, uint32_t arg, void* ptr);
+    // weight: the bytes the message holds (put in its arg, see msg_weight).
+    void push_weighed(unsigned to, uint32_t kind, size_t weight, void* ptr);
+    // Holds this shard's receives while another shard has more than mqtt.max_cross_shard_bytes of its messages to
+    // take, and lets them go once it is down to half.
+    void check_cross_shard();
+    // Stops reading c until the hold ends (cancels its multishot receive if one is armed).
+    void hold_recv(connection& c);
+    void end_hold();
 
     // connections
     connection& adopt(int fd, std::string peer);
@@ -472,6 +486,12 @@ private:
     // reply moved it to dirty_, see mark_dirty) is passed over when it comes up.
     std::deque<uint64_t> send_backlog_;
     std::vector<connection*> rearm_;
+    // While another shard falls behind on this one's messages (check_cross_shard), receives are not re-armed: the
+    // connections that came up meanwhile wait here by id (they may close), each with needs_rearm set.
+    bool holding_ = false;
+    std::vector<uint64_t> held_;
+    uint64_t holds_ = 0;         // hold episodes since the last warning
+    int64_t hold_warned_ms_ = 0; // when the last warning was logged
     std::vector<uint64_t> graveyard_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
     reactor::deadline_wheel deadlines_;

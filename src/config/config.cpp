@@ -324,7 +324,9 @@ void validate(layers& l, config& cfg) {
     c.integer("mqtt.max_topic_levels", m.max_topic_levels, 1, 65535);
     c.integer("mqtt.max_inflight", m.max_inflight, 1, 65535);
     c.integer("mqtt.max_queued_messages", m.max_queued_messages, 0, u32_max);
+    c.integer("mqtt.max_awaiting_rel", m.max_awaiting_rel, 0, 65535);
     c.integer("mqtt.max_outgoing_bytes", m.max_outgoing_bytes, 1024, int64_t{1} << 40);
+    c.integer("mqtt.max_cross_shard_bytes", m.max_cross_shard_bytes, 65536, int64_t{1} << 40);
     c.number("mqtt.keepalive_multiplier", m.keepalive_multiplier, 1.0, 10.0);
     c.integer("mqtt.connect_timeout", m.connect_timeout_ms, 100, 3600000);
     c.integer("mqtt.retry_interval", m.retry_interval_ms, 1000, 86400000);

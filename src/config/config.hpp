@@ -37,12 +37,17 @@ struct mqtt_limits {
     uint32_t max_topic_levels = 128;
     uint32_t max_inflight = 32;             // QoS1/2 messages in flight to one client, 1..65535
     uint32_t max_queued_messages = 1000;    // per session, 0 = unlimited
+    uint32_t max_awaiting_rel = 100;        // incoming QoS 2 awaiting PUBREL per session, 0 = unlimited (65535 ids)
     uint64_t max_outgoing_bytes = 16777216; // per connection bytes queued for send before QoS0 is dropped
-    double keepalive_multiplier = 1.5;      // >= 1.0
-    uint32_t connect_timeout_ms = 10000;    // close a connection that sends no CONNECT
-    uint32_t retry_interval_ms = 30000;     // (not used for resend while connected in 3.1.1; kept for v5 later)
-    uint32_t session_expiry_ms = 7200000;   // a persistent session offline this long is discarded; 0 = never
-    uint32_t max_retained_messages = 0;     // 0 = unlimited
+    // Bytes of messages one shard may have on their way to another (queued, not yet taken) before it stops reading
+    // its clients until half of them are taken: a shard that falls behind slows its publishers' TCP, not the node's
+    // memory.
+    uint64_t max_cross_shard_bytes = 16777216;
+    double keepalive_multiplier = 1.5;    // >= 1.0
+    uint32_t connect_timeout_ms = 10000;  // close a connection that sends no CONNECT
+    uint32_t retry_interval_ms = 30000;   // (not used for resend while connected in 3.1.1; kept for v5 later)
+    uint32_t session_expiry_ms = 7200000; // a persistent session offline this long is discarded; 0 = never
+    uint32_t max_retained_messages = 0;   // 0 = unlimited
     uint32_t max_retained_payload = 1048576;
     bool allow_anonymous = true;
     bool retain_available = true;

@@ -1,10 +1,12 @@
 #pragma once
 // The sending side of one participant of the SMP matrix: messages are staged per destination, made visible with one
 // publish per destination and loop turn, and a sleeping destination is woken once. A message that does not fit a
-// full queue waits in a local backlog (in order) instead of blocking the sender. Owned by one shard (or the admin
-// shard) and used only on its thread.
+// full queue waits in a local backlog (in order) instead of blocking the sender; what a destination has not taken yet
+// is weighed (max_in_flight), so that the owner can stop taking new work while one falls behind, and sleep until it
+// has caught up (arm_wakes). Owned by one shard (or the admin shard) and used only on its thread.
 #include "reactor/smp.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <vector>
@@ -13,12 +15,22 @@ namespace ringmq::reactor {
 
 class smp_outbox {
 public:
-    smp_outbox(smp& s, unsigned self) : smp_(s), self_(self), backlog_(s.size()) {}
+    smp_outbox(smp& s, unsigned self)
+        : smp_(s), self_(self), backlog_(s.size()), sent_(s.size(), 0), queued_(s.size(), 0), wake_at_(s.size(), 0) {}
 
-    void push(unsigned to, const smp_msg& m) {
+    // weight: what the message holds (bytes); the consumer must report the same weight through smp::note_taken.
+    void push(unsigned to, const smp_msg& m, uint64_t weight = 0) {
         auto& q = smp_.queue(self_, to);
-        if (!backlog_[to].empty() || !q.try_push(m)) backlog_[to].push_back(m);
+        sent_[to] += weight;
+        if (!backlog_[to].empty() || !q.try_push(m))
+            backlog_[to].push_back(waiting{m, sent_[to]});
+        else
+            queued_[to] = sent_[to];
         mask_ |= uint64_t{1} << to;
+        if (weight != 0) {
+            weighted_ |= uint64_t{1} << to;
+            moved_ = true;
+        }
     }
     // Publishes what was staged this turn and wakes the destinations that sleep, each through wake(to).
     template <class Wake> void publish(Wake&& wake) {
@@ -28,21 +40,88 @@ public:
             mask &= mask - 1;
             auto& q = smp_.queue(self_, to);
             auto& bl = backlog_[to];
-            while (!bl.empty() && q.try_push(bl.front()))
+            while (!bl.empty() && q.try_push(bl.front().m)) {
+                queued_[to] = bl.front().sent_after;
                 bl.pop_front();
+            }
             q.publish();
             if (smp_.claim_wake(to)) wake(to);
             if (bl.empty()) mask_ &= ~(uint64_t{1} << to);
         }
     }
-    // True while a backlog waits for room: the owner must not sleep.
+    // True while a backlog waits for room: the owner must not sleep, unless arm_wakes covers it.
     bool pending() const { return mask_ != 0; }
 
+    // True if weight was pushed since the last max_in_flight(): until then what is in flight can only shrink.
+    bool weight_moved() const { return moved_; }
+    // The largest weight pushed to one destination and not taken by it yet (in its queue or in the backlog here).
+    // One atomic load per destination that has weight in flight.
+    uint64_t max_in_flight() {
+        moved_ = false;
+        uint64_t worst = 0;
+        for_each_weighted([&](unsigned to) {
+            const uint64_t w = sent_[to] - smp_.taken(self_, to);
+            if (w == 0) weighted_ &= ~(uint64_t{1} << to);
+            worst = std::max(worst, w);
+        });
+        return worst;
+    }
+
+    // Before the owner sleeps while it holds back (see shard::check_cross_shard): asks each destination with more
+    // than `level` in flight to wake it once it has taken enough to be down to `level`, or has taken all that is in
+    // its queue (the rest waits in the backlog here, which only the owner can move). Then, after the owner has
+    // announced its sleep (smp::set_sleeping), woken() says whether one got there first: the destination's store
+    // of what it took and its look at the request, against the request and the look at what was taken here, are
+    // sequentially consistent, so a wake-up is never lost between them.
+    // Returns false if no destination holds more than `level` (nothing to wait for: the owner must not sleep).
+    bool arm_wakes(uint64_t level) {
+        bool armed = false;
+        for_each_weighted([&](unsigned to) {
+            if (sent_[to] - smp_.taken(self_, to) <= level) {
+                wake_at_[to] = not_armed;
+                return;
+            }
+            wake_at_[to] = std::min(sent_[to] - level, queued_[to]);
+            smp_.wake_when_taken(self_, to, wake_at_[to]);
+            armed = true;
+        });
+        return armed;
+    }
+    bool woken() const {
+        bool any = false;
+        for_each_weighted(
+            [&](unsigned to) { any = any || (wake_at_[to] != not_armed && smp_.taken(self_, to) >= wake_at_[to]); });
+        return any;
+    }
+    // Withdraws the requests of arm_wakes (a request left behind would only cost a spurious wake-up).
+    void disarm_wakes() {
+        for_each_weighted([&](unsigned to) { smp_.wake_when_taken(self_, to, 0); });
+    }
+
 private:
+    static constexpr uint64_t not_armed = UINT64_MAX;
+    struct waiting {
+        smp_msg m;
+        uint64_t sent_after; // sent_ once this message was pushed: queued_ when it goes into the queue
+    };
+    template <class F> void for_each_weighted(F&& f) const {
+        uint64_t mask = weighted_;
+        while (mask) {
+            const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
+            mask &= mask - 1;
+            f(to);
+        }
+    }
+
     smp& smp_;
     unsigned self_;
-    std::vector<std::deque<smp_msg>> backlog_;
+    std::vector<std::deque<waiting>> backlog_;
+    std::vector<uint64_t> sent_;    // weight pushed per destination, ever (compared with smp::taken)
+    std::vector<uint64_t> queued_;  // of it, what went into the queue (the rest is in the backlog)
+    std::vector<uint64_t> wake_at_; // the last arm_wakes' request per destination
     uint64_t mask_ = 0;
+    uint64_t weighted_ = 0; // destinations that may have weight in flight
+    bool moved_ = false;
 };
 
 } // namespace ringmq::reactor

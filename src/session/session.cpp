@@ -144,9 +144,11 @@ bool session::on_pubcomp(uint16_t pid) {
     return false;
 }
 
-bool session::incoming_qos2(uint16_t pid) {
+qos2_arrival session::incoming_qos2(uint16_t pid) {
     if (!awaiting_rel_) awaiting_rel_ = std::make_unique<std::unordered_set<uint16_t>>();
-    return awaiting_rel_->insert(pid).second;
+    if (limits_.max_awaiting_rel != 0 && awaiting_rel_->size() >= limits_.max_awaiting_rel)
+        return awaiting_rel_->contains(pid) ? qos2_arrival::duplicate : qos2_arrival::full;
+    return awaiting_rel_->insert(pid).second ? qos2_arrival::fresh : qos2_arrival::duplicate;
 }
 
 bool session::incoming_release(uint16_t pid) { return awaiting_rel_ && awaiting_rel_->erase(pid) != 0; }

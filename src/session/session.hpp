@@ -15,6 +15,13 @@
 
 namespace ringmq::session {
 
+// What an incoming QoS 2 PUBLISH is to the session (session::incoming_qos2).
+enum class qos2_arrival : uint8_t {
+    fresh,     // its packet id was not awaiting release: deliver it now, answer PUBREC
+    duplicate, // a resent copy of one delivered already: PUBREC only (exactly once)
+    full,      // max_awaiting_rel ids await PUBREL already: dropped unanswered (the client keeps it, may resend it)
+};
+
 struct limits {
     uint32_t max_inflight = 32;    // outgoing QoS 1/2 messages awaiting acknowledgement, 1..65535
     uint32_t max_queued = 1000;    // messages waiting beyond the window; 0 = unlimited
@@ -102,9 +109,8 @@ public:
     // Messages the broker dropped for this session outside the queue (QoS 0 backpressure), counted with the rest.
     void count_dropped(uint64_t n) { dropped_ += n; }
 
-    // Incoming QoS 2: true when pid was not yet awaiting release (the message must be delivered now); false for a
-    // duplicate (already delivered, only PUBREC again).
-    bool incoming_qos2(uint16_t pid);
+    // Incoming QoS 2: records pid as awaiting release unless it does already or the limit is reached.
+    qos2_arrival incoming_qos2(uint16_t pid);
     // PUBREL received: true when pid was awaiting release.
     bool incoming_release(uint16_t pid);
     size_t awaiting_rel() const { return awaiting_rel_ ? awaiting_rel_->size() : 0; }

@@ -82,9 +82,11 @@ class Broker:
 
     def __init__(self, shards: int = 1, settings: Optional[Dict[str, object]] = None,
                  config: Optional[str] = None, args: Sequence[str] = (), admin: bool = False,
-                 users_file: Optional[str] = None, nofile: Optional[int] = None):
+                 users_file: Optional[str] = None, nofile: Optional[int] = None,
+                 env: Optional[Dict[str, str]] = None):
         self.shards = shards
         self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the broker process
+        self.env = env  # variables added to the broker's environment
         self.settings = dict(settings or {})
         self.config = config
         self.args = list(args)
@@ -143,8 +145,9 @@ class Broker:
 
             def limit():
                 resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        env = {**os.environ, **self.env} if self.env else None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit, env=env)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             log = self.log()
@@ -283,9 +286,9 @@ class BrokerTest(unittest.TestCase):
 
     def start_broker(self, shards: int = 1, settings=None, config=None, admin: Optional[bool] = None,
                      args: Optional[Sequence[str]] = None, users_file: Optional[str] = None,
-                     nofile: Optional[int] = None) -> Broker:
+                     nofile: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> Broker:
         b = Broker(shards, settings, config, args=self.ARGS if args is None else args,
-                   admin=self.ADMIN if admin is None else admin, users_file=users_file, nofile=nofile)
+                   admin=self.ADMIN if admin is None else admin, users_file=users_file, nofile=nofile, env=env)
         b.start()
         self.addCleanup(self._stop_broker, b)
         return b

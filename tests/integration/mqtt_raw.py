@@ -515,6 +515,20 @@ class RawClient:
                 raise AssertionError(f"expected PUBCOMP {pubcomp(pid).hex(' ')}, got {p.raw().hex(' ')}")
         return pid
 
+    def publish_qos2_windows(self, frames: Sequence[Tuple[int, bytes]], window: int = 100,
+                             timeout: float = 15.0) -> None:
+        """Sends QoS 2 PUBLISHes, given as (packet id, exact bytes), pipelined `window` at a time (the broker's
+        default mqtt.max_awaiting_rel: more would wait unanswered): each window's PUBRECs, then its PUBRELs and
+        PUBCOMPs, before the next window."""
+        for w in range(0, len(frames), window):
+            part = frames[w:w + window]
+            self.send(b"".join(f for _, f in part))
+            for pid, _ in part:
+                self.expect(pubrec(pid), timeout=timeout)
+            self.send(b"".join(pubrel(pid) for pid, _ in part))
+            for pid, _ in part:
+                self.expect(pubcomp(pid), timeout=timeout)
+
     def recv_publish(self, timeout: float = 5.0, ack: bool = True) -> Publish:
         """Next packet, asserted to be a PUBLISH. With ack, QoS 1 is PUBACKed and QoS 2 completed
         (PUBREC, the exact PUBREL, PUBCOMP)."""

@@ -245,11 +245,15 @@ class ClientCases:
         raw.expect_no_packet(0.5)
 
     def store_retained(self, prefix, n, qos):
-        """n retained topics prefix/NNNN (QoS qos), sent in one burst, then a QoS 1 store whose PUBACK says every
-        store before it has reached every shard."""
+        """n retained topics prefix/NNNN (QoS qos), sent in one burst (QoS 2: in windows of 100), then a QoS 1
+        store whose PUBACK says every store before it has reached every shard."""
         pub = self.client(self.pub_id("ret"))
-        burst = b"".join(m.publish(f"{prefix}/{i:04d}", f"v{i}", qos=qos, retain=True, pid=i + 1 if qos else None)
-                         for i in range(n))
+        frames = [m.publish(f"{prefix}/{i:04d}", f"v{i}", qos=qos, retain=True, pid=i + 1 if qos else None)
+                  for i in range(n)]
+        burst = b"".join(frames)
+        if qos == 2:
+            pub.publish_qos2_windows([(i + 1, f) for i, f in enumerate(frames)])
+            burst = b""
         pub.send(burst + m.publish(f"{prefix}/zzzz", "last", qos=1, retain=True, pid=n + 1))
         pub._wait_for(lambda p: p.type == m.PUBACK and p.body == m.u16(n + 1), 10, "the last store's PUBACK")
         return [f"{prefix}/{i:04d}" for i in range(n)] + [f"{prefix}/zzzz"]

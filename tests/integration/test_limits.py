@@ -63,6 +63,33 @@ class LimitCases:
         self.assertEqual(sub.recv_publish(ack=False).payload, b"2")
         sub.expect_no_packet(0.3)
 
+    def test_max_awaiting_rel(self):
+        # Incoming QoS 2 messages awaiting their PUBREL are limited per session (EMQ X 2.x's max_awaiting_rel): one
+        # more is dropped without a PUBREC, so the client still holds it; a resent one of those waiting is still
+        # answered, and a released id makes room.
+        self.use_broker({"mqtt.max_awaiting_rel": 3})
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/rel", 2)])
+        pub_id = self.pub_id()
+        pub = self.client(pub_id)
+        for pid in (1, 2, 3):
+            pub.send(m.publish("lim/rel", f"m{pid}", qos=2, pid=pid))
+            pub.expect(m.pubrec(pid))
+        pub.send(m.publish("lim/rel", "m4", qos=2, pid=4))
+        pub.expect_no_packet(0.5)
+        pub.send(m.publish("lim/rel", "m2", qos=2, pid=2, dup=True))
+        pub.expect(m.pubrec(2))
+        pub.send(m.pubrel(1))
+        pub.expect(m.pubcomp(1))
+        pub.send(m.publish("lim/rel", "m4", qos=2, pid=4, dup=True))
+        pub.expect(m.pubrec(4))
+        got = [x.payload for x in sub.recv_publishes(4)]
+        self.assertEqual(got, [b"m1", b"m2", b"m3", b"m4"], "each delivered once, the dropped one when resent")
+        sub.expect_no_packet(0.3)
+        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
+                         rf"session {pub_id}: 3 QoS 2 messages await PUBREL \(mqtt\.max_awaiting_rel\), message "
+                         r"on lim/rel dropped \(1 so far\)")
+
     def test_qos0_not_limited_by_inflight(self):
         self.use_broker({"mqtt.max_inflight": 1})
         sub = self.client(self.sub_id())

@@ -760,6 +760,147 @@ TEST(smp_outbox, publish_wakes_each_sleeping_destination_once_through_the_given_
     EXPECT_EQ(hook[1] + hook[2], 0) << "the hooks are the waker's business, not the outbox's";
 }
 
+// Drains up to max messages of queue(from, to) as the receiving shard does: each carries its weight in arg, the
+// weights taken are reported once per batch. Returns note_taken's answer (the sender asked to be woken here).
+bool take(smp& s, unsigned from, unsigned to, size_t max = SIZE_MAX) {
+    uint64_t w = 0;
+    s.queue(from, to).drain([&](const smp_msg& m) { w += m.arg; }, max);
+    return s.note_taken(from, to, w);
+}
+
+TEST(smp_outbox, weight_in_flight_counts_queue_and_backlog_until_taken) {
+    smp s(3, 2);
+    smp_outbox out(s, 0);
+    auto nowake = [](unsigned) {};
+    EXPECT_EQ(out.max_in_flight(), 0u);
+    EXPECT_FALSE(out.weight_moved());
+    out.push(1, smp_msg{1, 0, nullptr}); // weighs nothing (a route, an admin call)
+    EXPECT_FALSE(out.weight_moved());
+    for (int i = 0; i < 5; ++i)
+        out.push(1, smp_msg{2, 100, nullptr}, 100); // one in the queue of two, four in the backlog
+    out.push(2, smp_msg{2, 30, nullptr}, 30);
+    out.publish(nowake);
+    EXPECT_TRUE(out.weight_moved());
+    EXPECT_EQ(out.max_in_flight(), 500u) << "the worst destination, backlog included";
+    EXPECT_FALSE(out.weight_moved());
+
+    take(s, 0, 1);
+    EXPECT_EQ(out.max_in_flight(), 500u - 100u) << "the weightless message was taken too, but weighed nothing";
+    out.publish(nowake); // two more from the backlog into the queue
+    take(s, 0, 1);
+    out.publish(nowake);
+    take(s, 0, 1);
+    EXPECT_EQ(out.max_in_flight(), 30u) << "destination 2 now holds the most";
+    take(s, 0, 2);
+    EXPECT_EQ(out.max_in_flight(), 0u);
+    EXPECT_FALSE(out.pending());
+}
+
+TEST(smp_outbox, a_waiting_sender_is_woken_once_its_destination_took_enough) {
+    smp s(2, 64);
+    smp_outbox out(s, 0);
+    auto nowake = [](unsigned) {};
+    for (int i = 0; i < 10; ++i)
+        out.push(1, smp_msg{2, 100, nullptr}, 100);
+    out.publish(nowake);
+    EXPECT_FALSE(out.arm_wakes(1000)) << "1000 in flight is not more than the level: nothing to wait for";
+    ASSERT_TRUE(out.arm_wakes(400)); // woken once 600 of the 1000 were taken
+    EXPECT_FALSE(out.woken());
+
+    EXPECT_FALSE(take(s, 0, 1, 5)) << "500 taken: 500 still in flight, over the level";
+    EXPECT_FALSE(out.woken());
+    EXPECT_TRUE(take(s, 0, 1, 1)) << "600 taken: down to the level";
+    EXPECT_TRUE(out.woken());
+    EXPECT_FALSE(take(s, 0, 1, 1)) << "the request was used up by the batch that met it";
+
+    ASSERT_TRUE(out.arm_wakes(100)); // 300 in flight
+    out.disarm_wakes();
+    EXPECT_FALSE(take(s, 0, 1)) << "a withdrawn request wakes no one";
+}
+
+TEST(smp_outbox, a_waiting_sender_with_a_backlog_is_woken_when_the_queue_is_empty) {
+    // Only the sender moves its backlog into the queue: were it to wait for the level alone, a backlog heavier than
+    // the level would leave it asleep with its destination idle.
+    smp s(2, 2);
+    smp_outbox out(s, 0);
+    for (int i = 0; i < 8; ++i)
+        out.push(1, smp_msg{2, 100, nullptr}, 100); // two queued, six in the backlog
+    out.publish([](unsigned) {});
+    ASSERT_TRUE(out.arm_wakes(100));
+    EXPECT_TRUE(take(s, 0, 1)) << "the queue's 200 taken: 600 still here, but the sender must move them";
+    EXPECT_TRUE(out.woken());
+    EXPECT_TRUE(out.pending());
+}
+
+TEST(smp_outbox, a_sender_holding_back_loses_no_wakeup_across_threads) {
+    // The sender pushes weighted messages; past `limit` in flight it holds back and sleeps until its destination
+    // has taken it down to half (arm_wakes, then the sleep flag, then woken()), as a shard holding its receives
+    // does. The receiver drains in small batches and wakes it when note_taken says so. A lost wake-up shows as a
+    // sleep that times out.
+    constexpr uint32_t k_items = 50'000;
+    constexpr uint64_t limit = 64 * 10;
+    smp s(2, 64);
+    std::counting_semaphore<> sem(0);
+    s.set_waker(0, [&sem] { sem.release(); });
+    std::atomic<bool> stop{false};
+    uint32_t sent = 0, holds = 0, lost_wakeups = 0, bad_marks = 0;
+
+    std::thread sender([&] {
+        smp_outbox out(s, 0);
+        while (sent < k_items && lost_wakeups <= 3) {
+            // Bursts of 100 against a queue of 64: a backlog heavier than the level forms here.
+            for (int i = 0; i < 100 && sent < k_items; ++i, ++sent)
+                out.push(1, smp_msg{sent, 10, nullptr}, 10);
+            out.publish([&s](unsigned to) { s.wake(to); });
+            if (out.max_in_flight() <= limit) continue;
+            ++holds;
+            while (out.max_in_flight() > limit / 2) {
+                if (!out.arm_wakes(limit / 2)) {
+                    ++bad_marks; // max_in_flight said otherwise a moment ago, and it only shrinks
+                    break;
+                }
+                s.set_sleeping(0, true);
+                if (out.woken()) {
+                    s.set_sleeping(0, false);
+                    out.publish([&s](unsigned to) { s.wake(to); });
+                    continue;
+                }
+                if (!sem.try_acquire_for(std::chrono::seconds(10))) {
+                    ++lost_wakeups;
+                    s.set_sleeping(0, false);
+                    if (lost_wakeups > 3) break;
+                }
+                out.publish([&s](unsigned to) { s.wake(to); }); // the backlog moves only from here
+            }
+            out.disarm_wakes();
+        }
+    });
+
+    uint32_t received = 0, out_of_order = 0;
+    std::thread receiver([&] {
+        while (received < k_items && !stop.load(std::memory_order_relaxed)) {
+            uint64_t w = 0;
+            s.queue(0, 1).drain(
+                [&](const smp_msg& m) {
+                    if (m.kind != received) ++out_of_order;
+                    received = m.kind + 1;
+                    w += m.arg;
+                },
+                5);
+            if (w != 0 && s.note_taken(0, 1, w) && s.claim_wake(0)) s.wake(0);
+            std::this_thread::yield();
+        }
+    });
+    sender.join();
+    if (lost_wakeups > 3) stop = true;
+    receiver.join();
+    EXPECT_EQ(lost_wakeups, 0u);
+    EXPECT_EQ(bad_marks, 0u);
+    EXPECT_EQ(out_of_order, 0u);
+    EXPECT_EQ(received, k_items);
+    EXPECT_GT(holds, 10u) << "the sender should have had to wait";
+}
+
 TEST(smp, sleep_protocol_loses_no_wakeup_across_threads) {
     constexpr uint32_t k_items = 20'000;
     smp s(2, 16);

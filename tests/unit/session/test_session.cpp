@@ -12,6 +12,7 @@ using ringmq::session::limits;
 using ringmq::session::message;
 using ringmq::session::message_ref;
 using ringmq::session::outgoing;
+using ringmq::session::qos2_arrival;
 using ringmq::session::session;
 using offer = ringmq::session::session::offer_result;
 
@@ -206,12 +207,32 @@ TEST(Session, OutgoingQoS2Flow) {
 
 TEST(Session, IncomingQoS2DeliversOnceUntilReleased) {
     session s("c", false, lim(4, 10));
-    EXPECT_TRUE(s.incoming_qos2(7));
-    EXPECT_FALSE(s.incoming_qos2(7)); // resent PUBLISH: not delivered again
+    EXPECT_EQ(s.incoming_qos2(7), qos2_arrival::fresh);
+    EXPECT_EQ(s.incoming_qos2(7), qos2_arrival::duplicate); // resent PUBLISH: not delivered again
     EXPECT_EQ(s.awaiting_rel(), 1u);
     EXPECT_TRUE(s.incoming_release(7));
     EXPECT_FALSE(s.incoming_release(7));
-    EXPECT_TRUE(s.incoming_qos2(7)); // the id may be reused after release
+    EXPECT_EQ(s.incoming_qos2(7), qos2_arrival::fresh); // the id may be reused after release
+}
+
+TEST(Session, IncomingQoS2BeyondMaxAwaitingRelIsRefused) {
+    limits l = lim(4, 10);
+    l.max_awaiting_rel = 2;
+    session s("c", false, l);
+    EXPECT_EQ(s.incoming_qos2(1), qos2_arrival::fresh);
+    EXPECT_EQ(s.incoming_qos2(2), qos2_arrival::fresh);
+    EXPECT_EQ(s.incoming_qos2(3), qos2_arrival::full);
+    EXPECT_EQ(s.awaiting_rel(), 2u) << "a refused id is not recorded";
+    EXPECT_EQ(s.incoming_qos2(2), qos2_arrival::duplicate) << "a resent one of those waiting is still answered";
+    EXPECT_TRUE(s.incoming_release(1));
+    EXPECT_EQ(s.incoming_qos2(3), qos2_arrival::fresh) << "room again once one is released";
+    EXPECT_EQ(s.incoming_qos2(4), qos2_arrival::full);
+
+    l.max_awaiting_rel = 0; // unlimited
+    session u("u", false, l);
+    for (uint32_t pid = 1; pid <= 65535; ++pid)
+        ASSERT_EQ(u.incoming_qos2(static_cast<uint16_t>(pid)), qos2_arrival::fresh) << pid;
+    EXPECT_EQ(u.awaiting_rel(), 65535u);
 }
 
 TEST(Session, WindowKeptForResendInOrder) {
