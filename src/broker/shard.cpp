@@ -483,6 +483,8 @@ void shard::flush() {
 }
 
 void shard::reap_graveyard() {
+    if (graveyard_.empty()) return;
+    ++conns_gen_;
     for (uint64_t id : graveyard_)
         conns_.erase(id);
     graveyard_.clear();
@@ -622,6 +624,7 @@ connection& shard::adopt(int fd, std::string peer) {
     c->check_at_ms = now_ms_ + cfg_.limits.connect_timeout_ms;
     deadlines_.schedule(c->id, c->check_at_ms);
     connection& ref = *c;
+    ++conns_gen_;
     conns_.emplace(ref.id, std::move(c));
     return ref;
 }
@@ -1889,13 +1892,20 @@ session_row make_session_row(const session_slot& slot) {
 } // namespace
 
 void shard::clients(size_t offset, size_t limit, std::vector<client_row>& out) const {
-    size_t i = 0;
-    for (const auto& [id, c] : conns_) {
-        if (c->st != connection::state::connected) continue;
-        if (i++ < offset) continue;
-        if (out.size() >= limit) break;
-        out.push_back(make_client_row(*c));
+    auto& cur = clients_cursor_;
+    auto it = conns_.begin();
+    size_t i = 0; // connected clients before it
+    if (cur.gen == conns_gen_ && cur.next == offset) {
+        it = cur.it;
+        i = cur.index;
     }
+    for (; it != conns_.end(); ++it) {
+        const connection& c = *it->second;
+        if (c.st != connection::state::connected) continue;
+        if (out.size() >= limit) break;
+        if (i++ >= offset) out.push_back(make_client_row(c));
+    }
+    cur = {conns_gen_, offset + out.size(), i, it};
 }
 
 bool shard::client(std::string_view id, client_row& out) const {
@@ -1906,12 +1916,16 @@ bool shard::client(std::string_view id, client_row& out) const {
 }
 
 void shard::sessions(size_t offset, size_t limit, std::vector<session_row>& out) const {
+    auto& cur = sessions_cursor_;
+    auto it = sessions_.begin();
     size_t i = 0;
-    sessions_.for_each_while([&](const session_slot& slot) {
-        if (out.size() >= limit) return false;
-        if (i++ >= offset) out.push_back(make_session_row(slot));
-        return true;
-    });
+    if (cur.gen == sessions_.generation() && cur.next == offset) {
+        it = cur.it;
+        i = cur.index;
+    }
+    for (; it != sessions_.end() && out.size() < limit; ++it)
+        if (i++ >= offset) out.push_back(make_session_row(**it));
+    cur = {sessions_.generation(), offset + out.size(), i, it};
 }
 
 bool shard::session(std::string_view id, session_row& out) const {
@@ -1922,19 +1936,28 @@ bool shard::session(std::string_view id, session_row& out) const {
 }
 
 void shard::subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const {
-    size_t i = 0;
-    sessions_.for_each_while([&](const session_slot& slot) {
-        if (out.size() >= limit) return false;
+    // Resumes at a session's first subscription: a session's subscriptions are a hash map of their own, walked again
+    // up to the offset when the page ended inside it.
+    auto& cur = subscriptions_cursor_;
+    auto it = sessions_.begin();
+    size_t i = 0; // subscriptions of the sessions before it
+    if (cur.gen == sessions_.generation() && cur.next == offset) {
+        it = cur.it;
+        i = cur.index;
+    }
+    for (; it != sessions_.end() && out.size() < limit; ++it) {
+        const session_slot& slot = **it;
         const size_t n = slot.s->subscriptions.size();
-        if (i + n <= offset) { // a whole session before the page: counted, not walked
-            i += n;
-            return true;
+        if (i + n > offset) { // else a whole session before the page: counted, not walked
+            size_t j = i;
+            for (const auto& [filter, qos] : slot.s->subscriptions)
+                if (j++ >= offset && out.size() < limit)
+                    out.push_back(subscription_row{slot.s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
+            if (offset + out.size() < i + n) break; // the page ended inside this session: the next one starts here
         }
-        for (const auto& [filter, qos] : slot.s->subscriptions)
-            if (i++ >= offset && out.size() < limit)
-                out.push_back(subscription_row{slot.s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
-        return true;
-    });
+        i += n;
+    }
+    cur = {sessions_.generation(), offset + out.size(), i, it};
 }
 
 void shard::client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const {

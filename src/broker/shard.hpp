@@ -73,22 +73,26 @@ public:
         auto it = set_.find(client_id);
         return it == set_.end() ? nullptr : it->get();
     }
-    session_slot& insert(std::unique_ptr<session_slot> slot) { return **set_.insert(std::move(slot)).first; }
+    session_slot& insert(std::unique_ptr<session_slot> slot) {
+        ++gen_;
+        return **set_.insert(std::move(slot)).first;
+    }
     void erase(std::string_view client_id) {
         auto it = set_.find(client_id);
-        if (it != set_.end()) set_.erase(it);
+        if (it != set_.end()) {
+            ++gen_;
+            set_.erase(it);
+        }
     }
     size_t size() const { return set_.size(); }
-    void clear() { set_.clear(); }
+    void clear() {
+        ++gen_;
+        set_.clear();
+    }
     // Calls f(session_slot&) for each session, in no particular order; f must not add or remove sessions.
     template <class F> void for_each(F&& f) const {
         for (const auto& slot : set_)
             f(*slot);
-    }
-    // The same, until f(const session_slot&) returns false (an admin page that is full need not see the rest).
-    template <class F> void for_each_while(F&& f) const {
-        for (const auto& slot : set_)
-            if (!f(*slot)) return;
     }
 
 private:
@@ -103,6 +107,25 @@ private:
         template <class A, class B> bool operator()(const A& a, const B& b) const { return id_of(a) == id_of(b); }
     };
     std::unordered_set<std::unique_ptr<session_slot>, hash, equal> set_;
+    uint64_t gen_ = 1;
+
+public:
+    // Iteration in no particular order, for walks that resume (admin pages): an iterator stays valid while
+    // generation() is unchanged (it changes with every insert and erase).
+    using const_iterator = decltype(set_)::const_iterator;
+    const_iterator begin() const { return set_.begin(); }
+    const_iterator end() const { return set_.end(); }
+    uint64_t generation() const { return gen_; }
+};
+
+// Where the last admin page walk of a shard table stopped: the next chunk of the same page asks for exactly that
+// offset, and finds the table unchanged (same generation) unless a client came or went meanwhile, so it resumes there
+// instead of walking from the start. A deep page of a large table then costs its rows per chunk, not its offset.
+template <class It> struct page_cursor {
+    uint64_t gen = 0; // the table's generation when saved; 0 = nothing saved
+    size_t next = 0;  // the offset the walk would go on from
+    size_t index = 0; // the row index at it (for subscriptions: of its session's first subscription)
+    It it{};
 };
 
 // The retained messages that SUBSCRIBEs asked for and that one session has yet to be sent, in SUBSCRIBE order; each
@@ -479,7 +502,12 @@ private:
 
     uint64_t next_conn_id_ = 1;
     size_t connected_ = 0; // connections in CONNECTED state
-    std::unordered_map<uint64_t, std::unique_ptr<connection>> conns_;
+    using conn_table = std::unordered_map<uint64_t, std::unique_ptr<connection>>;
+    conn_table conns_;
+    uint64_t conns_gen_ = 1; // changes with every insert and erase of conns_ (see page_cursor)
+    mutable page_cursor<conn_table::const_iterator> clients_cursor_;
+    mutable page_cursor<session_registry::const_iterator> sessions_cursor_;
+    mutable page_cursor<session_registry::const_iterator> subscriptions_cursor_;
     std::vector<connection*> dirty_; // with something new to send since the last flush
     // Ids of dirty connections left over from earlier turns' flush budget, oldest first. A connection is in dirty_ or
     // here while its `dirty` bit is set; here, while its `backlogged` bit is. An id whose connection lost that bit (a

@@ -5,6 +5,7 @@ come from client_id_on_shard so the state really is spread over both shards (lis
 Sources: shared/seed/rest_api_v2.rst (paths, field names, key order) and shared/reference/emqx_v2_api_notes.md
 (shapes, paging, error codes), plus ringmq's conventions (real numbers in session rows, JSON 404 bodies)."""
 
+import socket
 import time
 
 import paho.mqtt.client as paho
@@ -398,6 +399,45 @@ class SubscriptionCases(Helpers):
                 break
             paged += [(r["client_id"], r["topic"]) for r in got]
         self.assertEqual(paged, rows)
+
+    def test_pages_larger_than_a_shard_chunk_cover_every_row_once(self):
+        # A shard hands a page over in chunks of 1000 rows, each resuming where the last stopped. 1300 offline
+        # sessions with 3 subscriptions each (chunk edges inside a session), made over pipelined raw connections;
+        # then whole-table pages, pages that start mid-table, and a page read again after the table changed.
+        sessions, want = [], set()
+        socks = []
+        for i in range(1300):
+            cid = self.cid(f"chunk{i}", i)
+            sessions.append(cid)
+            topics = [f"ch/{i}/{k}" for k in range(3)]
+            want |= {(cid, t) for t in topics}
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            s.sendall(m.connect(cid, clean=False) + m.subscribe(1, [(t, 0) for t in topics]) + m.disconnect())
+            socks.append(s)
+            if len(socks) == 200 or i == 1299:
+                for s in socks:
+                    s.settimeout(10)
+                    while s.recv(256):  # CONNACK, SUBACK, then the close after DISCONNECT
+                        pass
+                    s.close()
+                socks = []
+        self.wait_equal(lambda: self.page(self.n("sessions"), 1, 1)["total_num"], 1300, what="sessions stored")
+        subs = self.n("subscriptions")
+        whole = self.page(subs, 1, 100000, SUBSCRIPTION_KEYS)["objects"]
+        rows = [(r["client_id"], r["topic"]) for r in whole]
+        self.assertEqual(len(rows), 3900)
+        self.assertEqual(set(rows), want, "every subscription, none twice")
+        for page, size in ((2, 1700), (3, 1234), (2, 3000)):
+            got = [(r["client_id"], r["topic"]) for r in self.page(subs, page, size, SUBSCRIPTION_KEYS)["objects"]]
+            self.assertEqual(got, rows[(page - 1) * size:page * size], f"page {page} of {size}")
+        listed = [r["client_id"] for r in self.page(self.n("sessions"), 1, 100000, SESSION_KEYS)["objects"]]
+        self.assertEqual(sorted(listed), sorted(sessions))
+        self.assertEqual([r["client_id"] for r in self.page(self.n("sessions"), 2, 1100)["objects"]], listed[1100:])
+        # The table changes between two reads of the same page: the second is complete again.
+        self.persistent_offline("chunk-late", 0, [("ch/late", 0)])
+        again = [(r["client_id"], r["topic"]) for r in self.page(subs, 1, 100000, SUBSCRIPTION_KEYS)["objects"]]
+        self.assertEqual(len(again), 3901)
+        self.assertEqual(set(again), want | {(self.cid("chunk-late", 0), "ch/late")})
 
     def test_granted_qos_is_listed(self):
         cid = self.cid("granted", 1)
