@@ -144,7 +144,10 @@ shard::shard(node& n, unsigned id, int listen_fd)
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
 }
 
-shard::~shard() = default;
+shard::~shard() {
+    // Messages that never found room in another shard's queue (the threads have stopped).
+    outbox_.drain_backlog(release_message);
+}
 
 void shard::request_stop() {
     stop_requested_.store(true, std::memory_order_release);
@@ -271,10 +274,6 @@ void shard::loop() {
             std::vector<connection*> again;
             again.swap(rearm_);
             for (connection* c : again) {
-                if (holding_) {
-                    held_.push_back(c->id); // stays marked: the hold re-arms it
-                    continue;
-                }
                 c->needs_rearm = false;
                 if (c->st != connection::state::closing && !c->recv_armed) arm_recv(*c);
             }
@@ -340,7 +339,7 @@ void shard::check_cross_shard() {
 }
 
 void shard::hold_recv(connection& c) {
-    if (c.needs_rearm) return; // held already, or waiting for receive buffers (rearm_ passes it on to held_)
+    if (c.needs_rearm) return; // held already, or waiting for receive buffers (held when it publishes again)
     c.needs_rearm = true;
     held_.push_back(c.id);
     if (c.recv_armed) {
@@ -565,8 +564,9 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     const bool expired =
         c.st == connection::state::awaiting_connect ||
         (c.st == connection::state::connected && c.keepalive != 0 && now - c.last_rx_ms > keepalive_limit_ms(c, lim));
-    if (expired && c.needs_rearm) {
-        // Not read by this shard (a hold, or no receive buffers): what the client sent may wait in its socket.
+    if (expired && c.needs_rearm && c.st == connection::state::connected) {
+        // Not read by this shard (a hold, or no receive buffers): what the client sent may wait in its socket. (A
+        // connection awaiting CONNECT has published nothing, so no hold keeps it.)
         c.check_at_ms = now + held_recheck_ms;
         deadlines_.schedule(c.id, c.check_at_ms);
         return;
@@ -687,6 +687,7 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     m_.bytes_received += static_cast<uint64_t>(res);
     c.last_rx_ms = now_ms_;
     const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
+    const uint64_t published_before = m_.messages_received;
     process_input(c, data, static_cast<size_t>(res));
     bufs.release(bid, flags);
     if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]]
@@ -701,7 +702,8 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         maybe_destroy(c);
         return;
     }
-    if (holding_) [[unlikely]]
+    // A hold stops only the clients that publish: the others' acks and PINGREQs free what this shard holds for them.
+    if (holding_ && m_.messages_received != published_before) [[unlikely]]
         hold_recv(c);
     else if (!c.recv_armed)
         arm_recv(c);
@@ -1186,15 +1188,14 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
             send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
             ++m_.packets_pubrec_sent;
             return true;
-        case session::qos2_arrival::full: {
-            // EMQ X 2.x's answer: no PUBREC, so the client still holds the message and may send it again.
-            ++m_.messages_qos2_dropped;
-            const uint64_t before = c.slot->s->dropped();
-            c.slot->s->count_dropped(1);
-            note_dropped(*c.slot, before, "{} QoS 2 messages await PUBREL (mqtt.max_awaiting_rel)",
-                         cfg_.limits.max_awaiting_rel, pv.topic);
+        case session::qos2_arrival::full:
+            // EMQ X 2.x's answer (not MQTT 3.1.1's, which always answers PUBREC): no PUBREC, the message is dropped
+            // and the client still holds it (3.1.1 resends it when it reconnects to its persistent session).
+            if (std::has_single_bit(++m_.messages_qos2_dropped))
+                log::warn("client {}: {} QoS 2 messages await PUBREL (mqtt.max_awaiting_rel), message on {} dropped "
+                          "without PUBREC ({} on this shard so far)",
+                          c.client_id(), cfg_.limits.max_awaiting_rel, pv.topic, m_.messages_qos2_dropped);
             return true;
-        }
         }
     }
     if (pv.retain) retain_from(pv.topic, pv.payload, pv.qos);
@@ -2007,39 +2008,39 @@ void shard::snapshot(shard_snapshot& out) const {
     out.connections = conns_.size();
 }
 
-// Releases messages left in the queues after every shard stopped (single-threaded by then).
+// Releases what one cross-shard message owns, for a message that will never be handled (single-threaded by then).
+void release_message(const reactor::smp_msg& m) {
+    switch (m.kind) {
+    case k_handoff: {
+        std::unique_ptr<handoff> h(static_cast<handoff*>(m.ptr));
+        ::close(h->fd);
+        break;
+    }
+    case k_route_add:
+    case k_route_del:
+        delete static_cast<std::string*>(m.ptr);
+        break;
+    case k_admin_call:
+    case k_admin_done:
+        break; // owned by the admin shard's request frames
+    case k_publish:
+    case k_retain:
+        static_cast<session::message*>(m.ptr)->release();
+        break;
+    case k_publish_run:
+        delete static_cast<publish_run*>(m.ptr);
+        break;
+    default:
+        break;
+    }
+}
+
+// Releases messages left in the queues after every shard stopped (single-threaded by then); what waited in a shard's
+// backlog is released by the shard's destructor.
 void release_leftovers(node& n) {
     for (unsigned from = 0; from < n.smp.size(); ++from)
-        for (unsigned to = 0; to < n.smp.size(); ++to) {
-            if (from == to) continue;
-            n.smp.queue(from, to).drain(
-                [&](const reactor::smp_msg& m) {
-                    switch (m.kind) {
-                    case k_handoff: {
-                        std::unique_ptr<handoff> h(static_cast<handoff*>(m.ptr));
-                        ::close(h->fd);
-                        break;
-                    }
-                    case k_route_add:
-                    case k_route_del:
-                        delete static_cast<std::string*>(m.ptr);
-                        break;
-                    case k_admin_call:
-                    case k_admin_done:
-                        break; // owned by the admin shard's request frames
-                    case k_publish:
-                    case k_retain:
-                        static_cast<session::message*>(m.ptr)->release();
-                        break;
-                    case k_publish_run:
-                        delete static_cast<publish_run*>(m.ptr);
-                        break;
-                    default:
-                        break;
-                    }
-                },
-                SIZE_MAX);
-        }
+        for (unsigned to = 0; to < n.smp.size(); ++to)
+            if (from != to) n.smp.queue(from, to).drain(release_message, SIZE_MAX);
 }
 
 // An idle connection must stay in mimalloc's 320-byte class (RSS per idle connection is a target).

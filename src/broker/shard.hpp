@@ -595,5 +595,7 @@ private:
 
 // After every shard has stopped: frees what is still in the SMP queues (messages, filters, handed-off sockets).
 void release_leftovers(node& n);
+// What release_leftovers does for one message.
+void release_message(const reactor::smp_msg& m);
 
 } // namespace ringmq::broker

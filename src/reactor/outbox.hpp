@@ -16,7 +16,8 @@ namespace ringmq::reactor {
 class smp_outbox {
 public:
     smp_outbox(smp& s, unsigned self)
-        : smp_(s), self_(self), backlog_(s.size()), sent_(s.size(), 0), queued_(s.size(), 0), wake_at_(s.size(), 0) {}
+        : smp_(s), self_(self), backlog_(s.size()), sent_(s.size(), 0), queued_(s.size(), 0),
+          wake_at_(s.size(), not_armed) {}
 
     // weight: what the message holds (bytes); the consumer must report the same weight through smp::note_taken.
     void push(unsigned to, const smp_msg& m, uint64_t weight = 0) {
@@ -59,7 +60,7 @@ public:
     uint64_t max_in_flight() {
         moved_ = false;
         uint64_t worst = 0;
-        for_each_weighted([&](unsigned to) {
+        for_each_in(weighted_, [&](unsigned to) {
             const uint64_t w = sent_[to] - smp_.taken(self_, to);
             if (w == 0) weighted_ &= ~(uint64_t{1} << to);
             worst = std::max(worst, w);
@@ -69,33 +70,55 @@ public:
 
     // Before the owner sleeps while it holds back (see shard::check_cross_shard): asks each destination with more
     // than `level` in flight to wake it once it has taken enough to be down to `level`, or has taken all that is in
-    // its queue (the rest waits in the backlog here, which only the owner can move). Then, after the owner has
-    // announced its sleep (smp::set_sleeping), woken() says whether one got there first: the destination's store
-    // of what it took and its look at the request, against the request and the look at what was taken here, are
-    // sequentially consistent, so a wake-up is never lost between them.
-    // Returns false if no destination holds more than `level` (nothing to wait for: the owner must not sleep).
+    // its queue (the rest waits in the backlog here, which only the owner can move); and each other destination with
+    // a backlog here, once its queue is empty. Then, after the owner has announced its sleep (smp::set_sleeping),
+    // woken() says whether one got there first: the destination's store of what it took and its look at the
+    // request, against the request and the look at what was taken here, are sequentially consistent, so a wake-up
+    // is never lost between them. Returns false if no destination holds more than `level` (the hold is over: the
+    // owner must not sleep on it). A backlog of weightless messages alone gets no request it could meet: woken()
+    // is true at once and the owner goes round its loop instead of sleeping.
     bool arm_wakes(uint64_t level) {
-        bool armed = false;
-        for_each_weighted([&](unsigned to) {
-            if (sent_[to] - smp_.taken(self_, to) <= level) {
-                wake_at_[to] = not_armed;
-                return;
+        bool over = false;
+        for (unsigned to = 0; to < wake_at_.size(); ++to) {
+            const uint64_t bit = uint64_t{1} << to;
+            uint64_t at = not_armed;
+            if ((weighted_ | mask_) & bit) {
+                if (sent_[to] - smp_.taken(self_, to) > level) {
+                    at = std::min(sent_[to] - level, queued_[to]);
+                    over = true;
+                } else if (mask_ & bit) {
+                    at = queued_[to];
+                }
             }
-            wake_at_[to] = std::min(sent_[to] - level, queued_[to]);
-            smp_.wake_when_taken(self_, to, wake_at_[to]);
-            armed = true;
-        });
-        return armed;
+            if (at == wake_at_[to]) continue;
+            wake_at_[to] = at;
+            smp_.wake_when_taken(self_, to, at == not_armed ? 0 : at);
+        }
+        return over;
     }
     bool woken() const {
-        bool any = false;
-        for_each_weighted(
-            [&](unsigned to) { any = any || (wake_at_[to] != not_armed && smp_.taken(self_, to) >= wake_at_[to]); });
-        return any;
+        for (unsigned to = 0; to < wake_at_.size(); ++to)
+            if (wake_at_[to] != not_armed && smp_.taken(self_, to) >= wake_at_[to]) return true;
+        return false;
     }
     // Withdraws the requests of arm_wakes (a request left behind would only cost a spurious wake-up).
     void disarm_wakes() {
-        for_each_weighted([&](unsigned to) { smp_.wake_when_taken(self_, to, 0); });
+        for (unsigned to = 0; to < wake_at_.size(); ++to)
+            if (wake_at_[to] != not_armed) {
+                smp_.wake_when_taken(self_, to, 0);
+                wake_at_[to] = not_armed;
+            }
+    }
+
+    // Hands every message still waiting in the backlog to f and forgets it (the owner's end, after the threads
+    // stopped: the messages own memory or descriptors).
+    template <class F> void drain_backlog(F&& f) {
+        for (auto& bl : backlog_) {
+            for (const waiting& w : bl)
+                f(w.m);
+            bl.clear();
+        }
+        mask_ = 0;
     }
 
 private:
@@ -104,8 +127,7 @@ private:
         smp_msg m;
         uint64_t sent_after; // sent_ once this message was pushed: queued_ when it goes into the queue
     };
-    template <class F> void for_each_weighted(F&& f) const {
-        uint64_t mask = weighted_;
+    template <class F> static void for_each_in(uint64_t mask, F&& f) {
         while (mask) {
             const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
             mask &= mask - 1;

@@ -87,8 +87,8 @@ class LimitCases:
         self.assertEqual(got, [b"m1", b"m2", b"m3", b"m4"], "each delivered once, the dropped one when resent")
         sub.expect_no_packet(0.3)
         self.assertRegex(self.broker.log().decode("utf-8", "replace"),
-                         rf"session {pub_id}: 3 QoS 2 messages await PUBREL \(mqtt\.max_awaiting_rel\), message "
-                         r"on lim/rel dropped \(1 so far\)")
+                         rf"client {pub_id}: 3 QoS 2 messages await PUBREL \(mqtt\.max_awaiting_rel\), message "
+                         r"on lim/rel dropped without PUBREC \(1 on this shard so far\)")
 
     def test_qos0_not_limited_by_inflight(self):
         self.use_broker({"mqtt.max_inflight": 1})
