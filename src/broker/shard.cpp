@@ -327,9 +327,10 @@ void shard::check_cross_shard() {
         holding_ = true;
         ++holds_;
         if (hold_warned_ms_ == 0 || now_ms_ - hold_warned_ms_ >= hold_warn_interval_ms) {
-            log::warn("shard {} stops reading its clients: {} bytes of its messages wait for another shard, over "
-                      "mqtt.max_cross_shard_bytes = {} ({} holds since the last warning, this one included)",
-                      id_, in_flight, limit, holds_);
+            log::warn(
+                "shard {} stops reading its publishing clients: {} bytes of its messages wait for another shard, over "
+                "mqtt.max_cross_shard_bytes = {} ({} holds since the last warning, this one included)",
+                id_, in_flight, limit, holds_);
             hold_warned_ms_ = now_ms_;
             holds_ = 0;
         }
@@ -353,7 +354,7 @@ void shard::hold_recv(connection& c) {
 void shard::end_hold() {
     holding_ = false;
     outbox_.disarm_wakes();
-    log::debug("shard {} reads its clients again ({} held)", id_, held_.size());
+    log::debug("shard {} reads its publishing clients again ({} held)", id_, held_.size());
     std::vector<uint64_t> ids;
     ids.swap(held_);
     for (uint64_t id : ids) {

@@ -355,8 +355,9 @@ def rss_kib(pid: int) -> int:
 
 class CrossShardBackpressureTest(BrokerTest):
     """A shard that sends another more than it takes (a publisher on shard 0 flooding a topic whose 300 subscribers
-    sit on shard 1) stops reading its clients at mqtt.max_cross_shard_bytes instead of queueing without end; the
-    publisher's bytes wait in its socket and are all handled once shard 1 has caught up."""
+    sit on shard 1) stops reading its publishing clients at mqtt.max_cross_shard_bytes instead of queueing without
+    end; the publisher's bytes wait in its socket and are all handled once shard 1 has caught up, while a client on
+    shard 0 that only pings is read throughout."""
     SHARDS = 2
     AUTO_START = False
     SUBSCRIBERS = 300
@@ -374,6 +375,7 @@ class CrossShardBackpressureTest(BrokerTest):
         for i in range(self.SUBSCRIBERS):
             self.client(client_id_on_shard(f"bp-sub{i}", 1, 2)).subscribe([("bp/flood", 0)])
         pub = self.client(client_id_on_shard("bp-pub", 0, 2))
+        pinger = self.client(client_id_on_shard("bp-ping", 0, 2))
         before = rss_kib(b.proc.pid)
         chunk = m.publish("bp/flood", b"0123456789abcdef") * 4096
         stop = threading.Event()
@@ -387,8 +389,19 @@ class CrossShardBackpressureTest(BrokerTest):
                 pub.sock.sendall(chunk)
                 sent.append(len(chunk))
 
+        pongs = []
+
+        def ping():
+            while not stop.is_set():
+                pinger.send(m.pingreq())
+                pinger.expect(m.PINGRESP_BYTES, timeout=10)
+                pongs.append(1)
+                time.sleep(0.005)
+
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
+        pinging = threading.Thread(target=ping, daemon=True)
+        pinging.start()
         peak = before
         end = time.monotonic() + self.FLOOD_SECONDS
         while time.monotonic() < end:
@@ -396,7 +409,10 @@ class CrossShardBackpressureTest(BrokerTest):
             peak = max(peak, rss_kib(b.proc.pid))
         stop.set()
         sender.join(35)
+        pinging.join(15)
         self.assertFalse(sender.is_alive(), "the publisher's send never finished")
+        self.assertFalse(pinging.is_alive(), "a PINGRESP never came")
+        self.assertGreater(len(pongs), 50)
         return pub, before, peak, len(sent)
 
     def test_slower_shard_holds_the_faster_ones_reads(self):
@@ -404,11 +420,15 @@ class CrossShardBackpressureTest(BrokerTest):
         detail = f"RSS {before} KiB before the flood, {peak} KiB at most; {chunks} chunks of 4096 messages sent"
         self.assertLess(peak - before, 48 * 1024, detail)
         log = self.broker.log().decode("utf-8", "replace")
-        self.assertRegex(log, r"shard 0 stops reading its clients: \d+ bytes of its messages wait for another shard, "
-                              r"over mqtt\.max_cross_shard_bytes = 1048576", detail)
+        self.assertRegex(log, r"shard 0 stops reading its publishing clients: \d+ bytes of its messages wait for "
+                              r"another shard, over mqtt\.max_cross_shard_bytes = 1048576", detail)
         # The PINGRESP comes after every message sent before it was handled: the hold ended, and the publisher was
         # neither dropped nor closed.
         pub.send(m.pingreq())
         pub.expect(m.PINGRESP_BYTES, timeout=30)
-        self.assertRegex(self.broker.log().decode("utf-8", "replace"), r"shard 0 reads its clients again")
+        # Each hold kept the publisher only: the pinger, whose PINGREQs kept coming during the holds, was read on.
+        held = [int(n) for n in re.findall(r"shard 0 reads its publishing clients again \((\d+) held\)",
+                                           self.broker.log().decode("utf-8", "replace"))]
+        self.assertTrue(held, "no hold ended")
+        self.assertEqual(max(held), 1, f"{sum(h > 1 for h in held)} of {len(held)} holds kept more than the publisher")
         self.assert_broker_healthy("bp-after")
