@@ -514,8 +514,9 @@ private:
     // reply moved it to dirty_, see mark_dirty) is passed over when it comes up.
     std::deque<uint64_t> send_backlog_;
     std::vector<connection*> rearm_;
-    // While another shard falls behind on this one's messages (check_cross_shard), receives are not re-armed: the
-    // connections that came up meanwhile wait here by id (they may close), each with needs_rearm set.
+    // While another shard falls behind on this one's messages (check_cross_shard), the receives of publishing clients
+    // are not re-armed: those whose receive brought a PUBLISH meanwhile wait here by id (they may close), each with
+    // needs_rearm set.
     bool holding_ = false;
     std::vector<uint64_t> held_;
     uint64_t holds_ = 0;         // hold episodes since the last warning
