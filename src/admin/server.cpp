@@ -97,17 +97,20 @@ void server::loop() {
         if (!stopping_ && stop_requested_.load(std::memory_order_acquire)) begin_shutdown();
         publish_smp();
         if (stopping_ && gate_.count() == 0 && !accept_armed_) break;
-        if (outbox_.pending()) {
+        // A backlog for a shard's full queue moves only as that shard takes from it: sleep until it has emptied the
+        // queue (smp_outbox::arm_wakes) rather than go round the loop.
+        const bool waits = outbox_.pending();
+        if (waits)
+            outbox_.arm_wakes(reactor::smp_outbox::no_level);
+        else
+            outbox_.disarm_wakes();
+        node_.smp.set_sleeping(id_, true);
+        if (node_.smp.has_incoming(id_) || (stop_requested_.load() && !stopping_) || (waits && outbox_.woken())) {
+            node_.smp.set_sleeping(id_, false);
             ring_.submit();
         } else {
-            node_.smp.set_sleeping(id_, true);
-            if (node_.smp.has_incoming(id_) || (stop_requested_.load() && !stopping_)) {
-                node_.smp.set_sleeping(id_, false);
-                ring_.submit();
-            } else {
-                ring_.submit_and_wait(-1);
-                node_.smp.set_sleeping(id_, false);
-            }
+            ring_.submit_and_wait(-1);
+            node_.smp.set_sleeping(id_, false);
         }
         const unsigned n = ring_.reap(batch, reap_batch);
         drain_smp();
@@ -175,13 +178,15 @@ void server::publish_smp() {
 
 void server::drain_smp() {
     for (unsigned from = 0; from < node_.mqtt_shards; ++from) {
-        node_.smp.queue(from, id_).drain(
+        const size_t n = node_.smp.queue(from, id_).drain(
             [](const reactor::smp_msg& m) {
                 if (m.kind != broker::k_admin_done) return;
                 auto* call = static_cast<broker::admin_call*>(m.ptr);
                 static_cast<gather*>(call->waiter)->done(); // may resume the request coroutine
             },
             4096);
+        // What a shard sends here weighs only its count; the shard may sleep on it (smp_outbox::arm_wakes).
+        if (n != 0 && node_.smp.note_taken(from, id_, n, 0) && node_.smp.claim_wake(from)) peers_.wake(from);
     }
 }
 

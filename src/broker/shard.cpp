@@ -23,7 +23,6 @@ namespace ringmq::broker {
 
 namespace {
 
-constexpr uint32_t smp_capacity = 16384;
 constexpr unsigned reap_batch = 256;
 constexpr size_t smp_drain_max = 4096;
 // Receive buffers for connected clients' multishot recvs. Consumed incrementally (Linux 6.12+), few large buffers
@@ -128,7 +127,7 @@ bool qos0_parts(const uint8_t* p, const mqtt::fixed_header& h, std::string_view&
 } // namespace
 
 node::node(const config::config& c, unsigned n)
-    : cfg(c), mqtt_shards(n), smp(n + 1, smp_capacity), started_at(static_cast<int64_t>(::time(nullptr))) {}
+    : cfg(c), mqtt_shards(n), smp(n + 1, c.budgets.smp_queue_size), started_at(static_cast<int64_t>(::time(nullptr))) {}
 
 // An idle connection's memory is mostly this object: keep it in mimalloc's 256-byte size class.
 static_assert(sizeof(connection) <= 256, "connection outgrew the 256-byte size class");
@@ -227,19 +226,26 @@ void shard::loop() {
             stopped_ = true;
             break;
         }
-        // While it holds its receives, the shard sleeps until the shard it waits for has taken enough (arm_wakes),
-        // backlog or not: a backlog moves only as that shard takes from the queue.
-        const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() ||
-                          (outbox_.pending() && !holding_) || !pending_handoffs_.empty() || reads_runnable_;
+        // A backlog for another shard's full queue moves only as that shard takes from it: rather than go round its
+        // loop, the shard sleeps until that shard has emptied the queue, as it sleeps while it holds its receives
+        // until the shard it waits for has taken enough (arm_wakes).
+        const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() || !pending_handoffs_.empty() ||
+                          reads_runnable_;
         if (busy) {
             ring_.submit();
         } else if (cfg_.budgets.idle_poll_us != 0 &&
                    (completed_on_submit() || (poll_rules_.should_poll(m_.packets_received) && poll_idle()))) {
             // sends that completed as they were submitted, or work that came in while polling
         } else {
-            const bool waits = holding_ && outbox_.arm_wakes(cfg_.limits.max_cross_shard_bytes / 2);
+            const bool waits = holding_ || outbox_.pending();
+            bool over = false;
+            if (waits)
+                over =
+                    outbox_.arm_wakes(holding_ ? cfg_.limits.max_cross_shard_bytes / 2 : reactor::smp_outbox::no_level);
+            else
+                outbox_.disarm_wakes();
             node_.smp.set_sleeping(id_, true);
-            if (has_news() || (holding_ && (!waits || outbox_.woken()))) {
+            if (has_news() || (holding_ && !over) || (waits && outbox_.woken())) {
                 node_.smp.set_sleeping(id_, false);
                 ring_.submit();
             } else {
@@ -375,14 +381,14 @@ void shard::drain_smp() {
     for (unsigned from = 0; from < parts_; ++from) {
         if (from == id_) continue;
         uint64_t weight = 0;
-        node_.smp.queue(from, id_).drain(
+        const size_t n = node_.smp.queue(from, id_).drain(
             [&](const reactor::smp_msg& m) {
                 weight += msg_weight(m);
                 handle_smp(m);
             },
             smp_drain_max);
-        // The sender may sleep while it holds its receives until this shard has caught up (smp_outbox::arm_wakes).
-        if (weight != 0 && node_.smp.note_taken(from, id_, weight) && node_.smp.claim_wake(from)) peers_.wake(from);
+        // The sender may sleep until this shard has caught up (smp_outbox::arm_wakes).
+        if (n != 0 && node_.smp.note_taken(from, id_, n, weight) && node_.smp.claim_wake(from)) peers_.wake(from);
     }
 }
 

@@ -162,7 +162,8 @@ enum msg_kind : uint32_t {
 };
 
 // The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
-// taken (smp::note_taken): the messages that carry publishes put it in arg, the others weigh nothing.
+// taken (smp::note_taken): the messages that carry publishes put it in arg, the others hold nothing (each message
+// counts one besides, on both sides, so that the others' progress shows too).
 inline uint32_t msg_weight(const reactor::smp_msg& m) {
     return m.kind == k_publish || m.kind == k_retain || m.kind == k_publish_run ? m.arg : 0;
 }

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -194,6 +195,17 @@ public:
         field = static_cast<T>(x);
     }
 
+    template <typename T> void power_of_two(std::string_view key, T& field, int64_t lo, int64_t hi) {
+        auto e = take(key);
+        if (!e) return;
+        const auto* v = e->node->as_integer();
+        if (v == nullptr) return type_error(*e, key, "an integer");
+        const int64_t x = v->get();
+        if (x < lo || x > hi || !std::has_single_bit(static_cast<uint64_t>(x)))
+            return l_.error(e->origin, key, fmt::format("must be a power of two from {} to {}, got {}", lo, hi, x));
+        field = static_cast<T>(x);
+    }
+
     void number(std::string_view key, double& field, double lo, double hi) {
         auto e = take(key);
         if (!e) return;
@@ -315,6 +327,7 @@ void validate(layers& l, config& cfg) {
     c.integer("node.idle_poll_min_found", cfg.budgets.idle_poll_min_found, 0, 100);
     c.boolean("node.idle_poll_by_cpu", cfg.budgets.idle_poll_by_cpu);
     c.boolean("node.ring_wakeups", cfg.budgets.ring_wakeups);
+    c.power_of_two("node.smp_queue_size", cfg.budgets.smp_queue_size, 64, 1048576);
     c.level("log.level", cfg.log_level);
 
     c.listen("mqtt.listen", cfg.mqtt_listen);

@@ -104,6 +104,10 @@ struct turn_budgets {
     // carried by a submission the waker makes anyway) instead of a write to its eventfd: no syscall of the waker's
     // own and no eventfd read for the sleeper to complete and post again. Off, or where the kernel lacks it, eventfd.
     bool ring_wakeups = true;
+    // Entries of each queue between two shards (and between a shard and the admin shard), a power of two. A message
+    // that finds its queue full waits in its sender's backlog, and the sender sleeps until the queue is empty; a
+    // queue costs 16 bytes an entry, (shards + 1)^2 queues in all.
+    uint32_t smp_queue_size = 16384;
 };
 
 // The whole configuration: one immutable value owned by main, shared read-only with every shard.

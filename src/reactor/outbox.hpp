@@ -2,8 +2,9 @@
 // The sending side of one participant of the SMP matrix: messages are staged per destination, made visible with one
 // publish per destination and loop turn, and a sleeping destination is woken once. A message that does not fit a
 // full queue waits in a local backlog (in order) instead of blocking the sender; what a destination has not taken yet
-// is weighed (max_in_flight), so that the owner can stop taking new work while one falls behind, and sleep until it
-// has caught up (arm_wakes). Owned by one shard (or the admin shard) and used only on its thread.
+// is weighed (max_in_flight), so that the owner can stop taking new work while one falls behind; and it sleeps, rather
+// than going round its loop, until a destination it waits for has caught up (arm_wakes). Owned by one shard (or the
+// admin shard) and used only on its thread.
 #include "reactor/smp.hpp"
 
 #include <algorithm>
@@ -19,19 +20,18 @@ public:
         : smp_(s), self_(self), backlog_(s.size()), sent_(s.size(), 0), queued_(s.size(), 0),
           wake_at_(s.size(), not_armed) {}
 
-    // weight: what the message holds (bytes); the consumer must report the same weight through smp::note_taken.
+    // weight: what the message holds (bytes); the consumer must report the same weight through smp::note_taken. The
+    // message itself weighs one more, so that a destination's progress shows on weightless messages too.
     void push(unsigned to, const smp_msg& m, uint64_t weight = 0) {
         auto& q = smp_.queue(self_, to);
-        sent_[to] += weight;
+        sent_[to] += weight + 1;
         if (!backlog_[to].empty() || !q.try_push(m))
             backlog_[to].push_back(waiting{m, sent_[to]});
         else
             queued_[to] = sent_[to];
         mask_ |= uint64_t{1} << to;
-        if (weight != 0) {
-            weighted_ |= uint64_t{1} << to;
-            moved_ = true;
-        }
+        flying_ |= uint64_t{1} << to;
+        moved_ = true;
     }
     // Publishes what was staged this turn and wakes the destinations that sleep, each through wake(to).
     template <class Wake> void publish(Wake&& wake) {
@@ -50,39 +50,40 @@ public:
             if (bl.empty()) mask_ &= ~(uint64_t{1} << to);
         }
     }
-    // True while a backlog waits for room: the owner must not sleep, unless arm_wakes covers it.
+    // True while a backlog waits for room: the owner must not sleep unless arm_wakes covers it.
     bool pending() const { return mask_ != 0; }
 
-    // True if weight was pushed since the last max_in_flight(): until then what is in flight can only shrink.
+    // True if anything was pushed since the last max_in_flight(): until then what is in flight can only shrink.
     bool weight_moved() const { return moved_; }
     // The largest weight pushed to one destination and not taken by it yet (in its queue or in the backlog here).
-    // One atomic load per destination that has weight in flight.
+    // One atomic load per destination that has messages in flight.
     uint64_t max_in_flight() {
         moved_ = false;
         uint64_t worst = 0;
-        for_each_in(weighted_, [&](unsigned to) {
+        for_each_in(flying_, [&](unsigned to) {
             const uint64_t w = sent_[to] - smp_.taken(self_, to);
-            if (w == 0) weighted_ &= ~(uint64_t{1} << to);
+            if (w == 0) flying_ &= ~(uint64_t{1} << to);
             worst = std::max(worst, w);
         });
         return worst;
     }
 
-    // Before the owner sleeps while it holds back (see shard::check_cross_shard): asks each destination with more
-    // than `level` in flight to wake it once it has taken enough to be down to `level`, or has taken all that is in
-    // its queue (the rest waits in the backlog here, which only the owner can move); and each other destination with
-    // a backlog here, once its queue is empty. Then, after the owner has announced its sleep (smp::set_sleeping),
-    // woken() says whether one got there first: the destination's store of what it took and its look at the
-    // request, against the request and the look at what was taken here, are sequentially consistent, so a wake-up
-    // is never lost between them. Returns false if no destination holds more than `level` (the hold is over: the
-    // owner must not sleep on it). A backlog of weightless messages alone gets no request it could meet: woken()
-    // is true at once and the owner goes round its loop instead of sleeping.
+    // Before the owner sleeps while it holds back (see shard::check_cross_shard) or has a backlog: asks each
+    // destination with more than `level` in flight to wake it once it has taken enough to be down to `level`, or has
+    // taken all that is in its queue (the rest waits in the backlog here, which only the owner can move); and each
+    // other destination with a backlog here, once its queue is empty (the owner then refills it: one wake-up per
+    // queueful). Then, after the owner has announced its sleep (smp::set_sleeping), woken() says whether one got
+    // there first: the destination's store of what it took and its look at the request, against the request and the
+    // look at what was taken here, are sequentially consistent, so a wake-up is never lost between them. Returns
+    // false if no destination holds more than `level` (a hold is over: the owner must not sleep on it; with
+    // no_level, for a backlog alone, always false).
+    static constexpr uint64_t no_level = UINT64_MAX;
     bool arm_wakes(uint64_t level) {
         bool over = false;
         for (unsigned to = 0; to < wake_at_.size(); ++to) {
             const uint64_t bit = uint64_t{1} << to;
             uint64_t at = not_armed;
-            if ((weighted_ | mask_) & bit) {
+            if ((flying_ | mask_) & bit) {
                 if (sent_[to] - smp_.taken(self_, to) > level) {
                     at = std::min(sent_[to] - level, queued_[to]);
                     over = true;
@@ -93,6 +94,7 @@ public:
             if (at == wake_at_[to]) continue;
             wake_at_[to] = at;
             smp_.wake_when_taken(self_, to, at == not_armed ? 0 : at);
+            if (at != not_armed) armed_ = true;
         }
         return over;
     }
@@ -101,8 +103,11 @@ public:
             if (wake_at_[to] != not_armed && smp_.taken(self_, to) >= wake_at_[to]) return true;
         return false;
     }
-    // Withdraws the requests of arm_wakes (a request left behind would only cost a spurious wake-up).
+    // Withdraws the requests of arm_wakes (a request left behind would only cost a spurious wake-up). Cheap when
+    // there are none, so the owner may call it on every turn that neither holds back nor has a backlog.
     void disarm_wakes() {
+        if (!armed_) return;
+        armed_ = false;
         for (unsigned to = 0; to < wake_at_.size(); ++to)
             if (wake_at_[to] != not_armed) {
                 smp_.wake_when_taken(self_, to, 0);
@@ -142,8 +147,9 @@ private:
     std::vector<uint64_t> queued_;  // of it, what went into the queue (the rest is in the backlog)
     std::vector<uint64_t> wake_at_; // the last arm_wakes' request per destination
     uint64_t mask_ = 0;
-    uint64_t weighted_ = 0; // destinations that may have weight in flight
+    uint64_t flying_ = 0; // destinations that may have messages in flight
     bool moved_ = false;
+    bool armed_ = false; // a request of arm_wakes may be standing
 };
 
 } // namespace ringmq::reactor

@@ -46,15 +46,16 @@ public:
     int ring_fd(unsigned shard) const { return slots_[shard].ring_fd.load(std::memory_order_acquire); }
     void* ring_token(unsigned shard) const { return slots_[shard].token; }
 
-    // Flow control by weight (the bytes a message holds, as its producer counts them): the consumer of queue(from,
-    // to) adds up what it took, the producer compares that with what it sent (smp_outbox::max_in_flight). Each
-    // total has one writer, the consumer, and is written once per drained batch, not per message. A producer that
-    // waits for its consumer to catch up asks to be woken once the total reaches a mark (wake_when_taken; 0 = no
-    // request): note_taken returns true for the one batch that reaches it, and the consumer then wakes the
-    // producer. Both sides store, then load the other's value, all sequentially consistent (see smp_outbox::woken).
-    bool note_taken(unsigned from, unsigned to, uint64_t weight) {
+    // Flow control by weight (the bytes a message holds, as its producer counts them, plus one for the message
+    // itself, so that taking any message shows): the consumer of queue(from, to) adds up what it took, the producer
+    // compares that with what it sent (smp_outbox::max_in_flight). Each total has one writer, the consumer, and is
+    // written once per drained batch, not per message. A producer that waits for its consumer to catch up asks to be
+    // woken once the total reaches a mark (wake_when_taken; 0 = no request): note_taken returns true for the one
+    // batch that reaches it, and the consumer then wakes the producer. Both sides store, then load the other's value,
+    // all sequentially consistent (see smp_outbox::woken). Every consumer reports every batch it drains.
+    bool note_taken(unsigned from, unsigned to, uint64_t messages, uint64_t bytes) {
         auto& c = taken_[from * n_ + to];
-        const uint64_t total = c.total.load(std::memory_order_relaxed) + weight;
+        const uint64_t total = c.total.load(std::memory_order_relaxed) + messages + bytes;
         c.total.store(total, std::memory_order_seq_cst);
         uint64_t at = c.wake_at.load(std::memory_order_seq_cst);
         return at != 0 && total >= at && c.wake_at.compare_exchange_strong(at, 0, std::memory_order_seq_cst);

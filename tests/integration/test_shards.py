@@ -432,3 +432,80 @@ class CrossShardBackpressureTest(BrokerTest):
         self.assertTrue(held, "no hold ended")
         self.assertEqual(max(held), 1, f"{sum(h > 1 for h in held)} of {len(held)} holds kept more than the publisher")
         self.assert_broker_healthy("bp-after")
+
+
+def thread_cpu_s(pid: int, name: str) -> float:
+    """CPU seconds (user + system) of the broker's thread called `name` (main.cpp names them ringmq-shardN)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat
+    raise AssertionError(f"no thread {name} in pid {pid}")
+
+
+class CrossShardBacklogSleepTest(BrokerTest):
+    """A shard whose messages for another shard wait for room in a full queue (under mqtt.max_cross_shard_bytes, so
+    no hold) sleeps until that shard has emptied the queue, instead of going round its loop: a burst on shard 0 for
+    subscribers on shard 1, which takes much longer to handle it than shard 0 takes to read it, costs shard 0 a
+    small part of what it costs shard 1, and every message of it arrives."""
+    SHARDS = 2
+    AUTO_START = False
+    OFFLINE = 200
+    CHUNKS = 128  # of 4096 16-byte PUBLISHes (about 100 KiB each): about 13 MB, under the 16 MiB limit
+
+    def test_a_shard_with_a_backlog_sleeps_until_the_queue_is_empty(self):
+        b = self.start_broker(2, {"node.smp_queue_size": 64, "mqtt.max_queued_messages": 16,
+                                  "mqtt.max_outgoing_bytes": 64 << 20})
+        self.broker, self.port = b, b.port
+        # Offline persistent sessions make shard 1 handle each message one by one (queue it, or count it dropped).
+        for i in range(self.OFFLINE):
+            c = self.client(client_id_on_shard(f"bl-off{i}", 1, 2), clean=False)
+            c.subscribe([("bl/burst", 0)])
+            c.disconnect()
+        # One subscriber on shard 1 reads everything, counting bytes: each PUBLISH reaches it as it was sent.
+        reader = self.client(client_id_on_shard("bl-reader", 1, 2))
+        reader.subscribe([("bl/burst", 0), ("bl/end", 0)])
+        frame = m.publish("bl/burst", b"0123456789abcdef")
+        end = m.publish("bl/end", b"done")
+        want = len(frame) * 4096 * self.CHUNKS + len(end)
+        seen = {"bytes": 0, "tail": b""}
+
+        def read():
+            reader.sock.settimeout(120)
+            while seen["bytes"] < want:
+                data = reader.sock.recv(1 << 20)
+                if not data:
+                    break
+                seen["bytes"] += len(data)
+                seen["tail"] = (seen["tail"] + data)[-len(end):]
+
+        pub = self.client(client_id_on_shard("bl-pub", 0, 2))
+        time.sleep(0.3)  # the SUBSCRIBEs' routes reach shard 0, and the shards go idle
+        cpu0, cpu1 = thread_cpu_s(b.proc.pid, "ringmq-shard0"), thread_cpu_s(b.proc.pid, "ringmq-shard1")
+        reading = threading.Thread(target=read, daemon=True)
+        reading.start()
+        chunk = frame * 4096
+        pub.sock.settimeout(60)
+        for _ in range(self.CHUNKS):
+            pub.sock.sendall(chunk)
+        pub.send(end)
+        reading.join(120)
+        self.assertFalse(reading.is_alive(), f"the reader got {seen['bytes']} of {want} bytes")
+        used0 = thread_cpu_s(b.proc.pid, "ringmq-shard0") - cpu0
+        used1 = thread_cpu_s(b.proc.pid, "ringmq-shard1") - cpu1
+        detail = f"shard 0 used {used0:.2f} CPU-s, shard 1 {used1:.2f} CPU-s"
+        # Nothing lost or added on the way, and the last message came last.
+        self.assertEqual(seen["bytes"], want, detail)
+        self.assertEqual(seen["tail"], end, detail)
+        log = b.log().decode("utf-8", "replace")
+        self.assertNotIn("stops reading its publishing clients", log, "a hold would sleep anyway: " + detail)
+        self.assertGreater(used1, 0.3, "shard 1 was not the slower shard by enough to tell: " + detail)
+        self.assertLess(used0, 0.3 * used1, detail)
+        self.assert_broker_healthy("bl-after")

@@ -40,6 +40,7 @@ idle_poll_min_batch = 5
 idle_poll_min_found = 60
 idle_poll_by_cpu = false
 ring_wakeups = false
+smp_queue_size = 256
 [log]
 level = "debug"
 [mqtt]
@@ -88,6 +89,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.idle_poll_min_found, 60u);
     EXPECT_FALSE(c.budgets.idle_poll_by_cpu);
     EXPECT_FALSE(c.budgets.ring_wakeups);
+    EXPECT_EQ(c.budgets.smp_queue_size, 256u);
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
     const auto& m = c.limits;
@@ -134,6 +136,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
     EXPECT_TRUE(c.budgets.idle_poll_by_cpu);
     EXPECT_TRUE(c.budgets.ring_wakeups);
+    EXPECT_EQ(c.budgets.smp_queue_size, 16384u);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
     EXPECT_EQ(c.limits.max_connections, 1000000u);
@@ -242,6 +245,7 @@ idle_poll_min_batch = 16
 idle_poll_min_found = 75
 idle_poll_by_cpu = true
 ring_wakeups = true
+smp_queue_size = 16384
 [log]
 level = "info"
 [mqtt]
@@ -610,6 +614,21 @@ TEST_F(config_test, every_range_is_checked) {
         EXPECT_THAT(r.errors[0],
                     AllOf(::testing::StartsWith(std::string("x.toml: ") + key + ": "), HasSubstr("must be between")))
             << text;
+    }
+}
+
+TEST_F(config_test, queue_size_must_be_a_power_of_two_in_range) {
+    for (const char* v : {"1000", "32", "2097152", "0", "-64"}) {
+        auto r = load_from_string(std::string("[node]\nsmp_queue_size = ") + v + "\n", "q.toml");
+        EXPECT_FALSE(r.cfg.has_value()) << v;
+        EXPECT_THAT(r.errors, ElementsAre(std::string("q.toml: node.smp_queue_size: must be a power of two from 64 to "
+                                                      "1048576, got ") +
+                                          v));
+    }
+    for (uint32_t v : {64u, 1024u, 1048576u}) {
+        auto r = load_from_string("[node]\nsmp_queue_size = " + std::to_string(v) + "\n", "q.toml");
+        ASSERT_TRUE(r.cfg.has_value()) << v;
+        EXPECT_EQ(r.cfg->budgets.smp_queue_size, v);
     }
 }
 

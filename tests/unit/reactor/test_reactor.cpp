@@ -760,12 +760,12 @@ TEST(smp_outbox, publish_wakes_each_sleeping_destination_once_through_the_given_
     EXPECT_EQ(hook[1] + hook[2], 0) << "the hooks are the waker's business, not the outbox's";
 }
 
-// Drains up to max messages of queue(from, to) as the receiving shard does: each carries its weight in arg, the
-// weights taken are reported once per batch. Returns note_taken's answer (the sender asked to be woken here).
+// Drains up to max messages of queue(from, to) as the receiving shard does: each carries its bytes in arg, the
+// messages and bytes taken are reported once per batch. Returns note_taken's answer (the sender asked to be woken).
 bool take(smp& s, unsigned from, unsigned to, size_t max = SIZE_MAX) {
     uint64_t w = 0;
-    s.queue(from, to).drain([&](const smp_msg& m) { w += m.arg; }, max);
-    return s.note_taken(from, to, w);
+    const size_t n = s.queue(from, to).drain([&](const smp_msg& m) { w += m.arg; }, max);
+    return s.note_taken(from, to, n, w);
 }
 
 TEST(smp_outbox, weight_in_flight_counts_queue_and_backlog_until_taken) {
@@ -774,18 +774,20 @@ TEST(smp_outbox, weight_in_flight_counts_queue_and_backlog_until_taken) {
     auto nowake = [](unsigned) {};
     EXPECT_EQ(out.max_in_flight(), 0u);
     EXPECT_FALSE(out.weight_moved());
-    out.push(1, smp_msg{1, 0, nullptr}); // weighs nothing (a route, an admin call)
+    out.push(1, smp_msg{1, 0, nullptr}); // holds no bytes (a route, an admin call), but counts one
+    EXPECT_TRUE(out.weight_moved());
+    EXPECT_EQ(out.max_in_flight(), 1u);
     EXPECT_FALSE(out.weight_moved());
     for (int i = 0; i < 5; ++i)
-        out.push(1, smp_msg{2, 100, nullptr}, 100); // one in the queue of two, four in the backlog
-    out.push(2, smp_msg{2, 30, nullptr}, 30);
+        out.push(1, smp_msg{2, 99, nullptr}, 99); // one in the queue of two, four in the backlog
+    out.push(2, smp_msg{2, 29, nullptr}, 29);
     out.publish(nowake);
     EXPECT_TRUE(out.weight_moved());
-    EXPECT_EQ(out.max_in_flight(), 500u) << "the worst destination, backlog included";
+    EXPECT_EQ(out.max_in_flight(), 501u) << "the worst destination, backlog included";
     EXPECT_FALSE(out.weight_moved());
 
     take(s, 0, 1);
-    EXPECT_EQ(out.max_in_flight(), 500u - 100u) << "the weightless message was taken too, but weighed nothing";
+    EXPECT_EQ(out.max_in_flight(), 400u) << "the weightless message and one of 99 bytes were taken";
     out.publish(nowake); // two more from the backlog into the queue
     take(s, 0, 1);
     out.publish(nowake);
@@ -801,7 +803,7 @@ TEST(smp_outbox, a_waiting_sender_is_woken_once_its_destination_took_enough) {
     smp_outbox out(s, 0);
     auto nowake = [](unsigned) {};
     for (int i = 0; i < 10; ++i)
-        out.push(1, smp_msg{2, 100, nullptr}, 100);
+        out.push(1, smp_msg{2, 99, nullptr}, 99); // 100 each, the message included
     out.publish(nowake);
     EXPECT_FALSE(out.arm_wakes(1000)) << "1000 in flight is not more than the level: nothing to wait for";
     ASSERT_TRUE(out.arm_wakes(400)); // woken once 600 of the 1000 were taken
@@ -824,7 +826,7 @@ TEST(smp_outbox, a_waiting_sender_with_a_backlog_is_woken_when_the_queue_is_empt
     smp s(2, 2);
     smp_outbox out(s, 0);
     for (int i = 0; i < 8; ++i)
-        out.push(1, smp_msg{2, 100, nullptr}, 100); // two queued, six in the backlog
+        out.push(1, smp_msg{2, 99, nullptr}, 99); // two queued, six in the backlog
     out.publish([](unsigned) {});
     ASSERT_TRUE(out.arm_wakes(100));
     EXPECT_TRUE(take(s, 0, 1)) << "the queue's 200 taken: 600 still here, but the sender must move them";
@@ -832,31 +834,59 @@ TEST(smp_outbox, a_waiting_sender_with_a_backlog_is_woken_when_the_queue_is_empt
     EXPECT_TRUE(out.pending());
 }
 
-TEST(smp_outbox, a_sender_holding_back_loses_no_wakeup_across_threads) {
-    // The sender pushes weighted messages; past `limit` in flight it holds back and sleeps until its destination
-    // has taken it down to half (arm_wakes, then the sleep flag, then woken()), as a shard holding its receives
-    // does. The receiver drains in small batches and wakes it when note_taken says so. A lost wake-up shows as a
-    // sleep that times out.
-    constexpr uint32_t k_items = 50'000;
-    constexpr uint64_t limit = 64 * 10;
+TEST(smp_outbox, a_backlog_of_weightless_messages_alone_is_waited_for_too) {
+    // A shard that is not holding back but has a backlog (routes, admin calls, publishes under the byte limit) sleeps
+    // until its destination has emptied the queue: the request needs no level, and counts messages.
+    smp s(2, 2);
+    smp_outbox out(s, 0);
+    for (int i = 0; i < 7; ++i)
+        out.push(1, smp_msg{1, 0, nullptr});
+    out.publish([](unsigned) {});
+    ASSERT_TRUE(out.pending());
+    EXPECT_FALSE(out.arm_wakes(smp_outbox::no_level)) << "no level to be over";
+    EXPECT_FALSE(out.woken());
+    EXPECT_FALSE(take(s, 0, 1, 1)) << "one of the two queued taken: the queue is not empty yet";
+    EXPECT_FALSE(out.woken());
+    EXPECT_TRUE(take(s, 0, 1, 1)) << "the queue is empty: the sender must refill it";
+    EXPECT_TRUE(out.woken());
+
+    out.publish([](unsigned) {}); // two more queued, three left here
+    out.arm_wakes(smp_outbox::no_level);
+    EXPECT_FALSE(out.woken()) << "a new request, at the end of the refilled queue";
+    out.disarm_wakes();
+    EXPECT_FALSE(take(s, 0, 1)) << "a withdrawn request wakes no one";
+    out.disarm_wakes(); // nothing standing: no store
+}
+
+// What a two-thread run of the sleep protocol saw from the sender's side.
+struct waiting_run {
+    uint32_t received = 0, out_of_order = 0, lost_wakeups = 0, bad_marks = 0, sleeps = 0;
+};
+
+// The sender pushes k_items messages of `bytes` each in bursts of 100 against a queue of 64, and waits as a shard
+// does: with limit != 0, past `limit` in flight it holds back until its destination has taken it down to half;
+// with limit == 0, whenever it has a backlog, until the queue is empty (arm_wakes, then the sleep flag, then
+// woken()). The receiver drains in small batches and wakes it when note_taken says so. A lost wake-up shows as a
+// sleep that times out.
+waiting_run run_waiting_sender(uint32_t k_items, uint32_t bytes, uint64_t limit) {
     smp s(2, 64);
     std::counting_semaphore<> sem(0);
     s.set_waker(0, [&sem] { sem.release(); });
     std::atomic<bool> stop{false};
-    uint32_t sent = 0, holds = 0, lost_wakeups = 0, bad_marks = 0;
+    waiting_run r;
+    uint32_t sent = 0;
+    auto must_wait = [&](smp_outbox& out) { return limit != 0 ? out.max_in_flight() > limit / 2 : out.pending(); };
 
     std::thread sender([&] {
         smp_outbox out(s, 0);
-        while (sent < k_items && lost_wakeups <= 3) {
-            // Bursts of 100 against a queue of 64: a backlog heavier than the level forms here.
+        while (sent < k_items && r.lost_wakeups <= 3) {
             for (int i = 0; i < 100 && sent < k_items; ++i, ++sent)
-                out.push(1, smp_msg{sent, 10, nullptr}, 10);
+                out.push(1, smp_msg{sent, bytes, nullptr}, bytes);
             out.publish([&s](unsigned to) { s.wake(to); });
-            if (out.max_in_flight() <= limit) continue;
-            ++holds;
-            while (out.max_in_flight() > limit / 2) {
-                if (!out.arm_wakes(limit / 2)) {
-                    ++bad_marks; // max_in_flight said otherwise a moment ago, and it only shrinks
+            if (limit != 0 && out.max_in_flight() <= limit) continue;
+            while (must_wait(out)) {
+                if (out.arm_wakes(limit != 0 ? limit / 2 : smp_outbox::no_level) != (limit != 0)) {
+                    ++r.bad_marks; // max_in_flight said otherwise a moment ago, and it only shrinks
                     break;
                 }
                 s.set_sleeping(0, true);
@@ -865,40 +895,62 @@ TEST(smp_outbox, a_sender_holding_back_loses_no_wakeup_across_threads) {
                     out.publish([&s](unsigned to) { s.wake(to); });
                     continue;
                 }
+                ++r.sleeps;
                 if (!sem.try_acquire_for(std::chrono::seconds(10))) {
-                    ++lost_wakeups;
+                    ++r.lost_wakeups;
                     s.set_sleeping(0, false);
-                    if (lost_wakeups > 3) break;
+                    if (r.lost_wakeups > 3) break;
                 }
                 out.publish([&s](unsigned to) { s.wake(to); }); // the backlog moves only from here
             }
             out.disarm_wakes();
         }
+        // The last burst may still wait here with no one to wake the receiver for it.
+        while (out.pending() && !stop.load(std::memory_order_relaxed)) {
+            out.publish([&s](unsigned to) { s.wake(to); });
+            std::this_thread::yield();
+        }
     });
 
-    uint32_t received = 0, out_of_order = 0;
     std::thread receiver([&] {
-        while (received < k_items && !stop.load(std::memory_order_relaxed)) {
+        while (r.received < k_items && !stop.load(std::memory_order_relaxed)) {
             uint64_t w = 0;
-            s.queue(0, 1).drain(
+            const size_t n = s.queue(0, 1).drain(
                 [&](const smp_msg& m) {
-                    if (m.kind != received) ++out_of_order;
-                    received = m.kind + 1;
+                    if (m.kind != r.received) ++r.out_of_order;
+                    r.received = m.kind + 1;
                     w += m.arg;
                 },
                 5);
-            if (w != 0 && s.note_taken(0, 1, w) && s.claim_wake(0)) s.wake(0);
+            if (n != 0 && s.note_taken(0, 1, n, w) && s.claim_wake(0)) s.wake(0);
             std::this_thread::yield();
         }
     });
     sender.join();
-    if (lost_wakeups > 3) stop = true;
+    if (r.lost_wakeups > 3) stop = true;
     receiver.join();
-    EXPECT_EQ(lost_wakeups, 0u);
-    EXPECT_EQ(bad_marks, 0u);
-    EXPECT_EQ(out_of_order, 0u);
-    EXPECT_EQ(received, k_items);
-    EXPECT_GT(holds, 10u) << "the sender should have had to wait";
+    return r;
+}
+
+TEST(smp_outbox, a_sender_holding_back_loses_no_wakeup_across_threads) {
+    constexpr uint32_t k_items = 50'000;
+    // A backlog heavier than the level forms: bursts of 100 against a queue of 64.
+    const waiting_run r = run_waiting_sender(k_items, 9, 64 * 10);
+    EXPECT_EQ(r.lost_wakeups, 0u);
+    EXPECT_EQ(r.bad_marks, 0u);
+    EXPECT_EQ(r.out_of_order, 0u);
+    EXPECT_EQ(r.received, k_items);
+    EXPECT_GT(r.sleeps, 10u) << "the sender should have had to wait";
+}
+
+TEST(smp_outbox, a_sender_with_a_backlog_sleeps_and_loses_no_wakeup_across_threads) {
+    constexpr uint32_t k_items = 50'000;
+    const waiting_run r = run_waiting_sender(k_items, 0, 0);
+    EXPECT_EQ(r.lost_wakeups, 0u);
+    EXPECT_EQ(r.bad_marks, 0u);
+    EXPECT_EQ(r.out_of_order, 0u);
+    EXPECT_EQ(r.received, k_items);
+    EXPECT_GT(r.sleeps, 10u) << "the sender should have slept on its backlog";
 }
 
 TEST(smp, sleep_protocol_loses_no_wakeup_across_threads) {
