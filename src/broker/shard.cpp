@@ -1127,6 +1127,7 @@ void shard::attach_session(connection& c, bool clean) {
         session::limits lim;
         lim.max_inflight = cfg_.limits.max_inflight;
         lim.max_queued = cfg_.limits.max_queued_messages;
+        lim.max_queued_bytes = cfg_.limits.max_queued_bytes;
         lim.max_awaiting_rel = cfg_.limits.max_awaiting_rel;
         auto owned = std::make_unique<session_slot>();
         owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
@@ -1631,8 +1632,12 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
     case session::session::offer_result::queued:
         break;
     case session::session::offer_result::dropped:
-        note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
-                     cfg_.limits.max_queued_messages, topic);
+        if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
+            note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
+                         cfg_.limits.max_queued_messages, topic);
+        else
+            note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_bytes = {})",
+                         cfg_.limits.max_queued_bytes, topic);
         break;
     }
 }

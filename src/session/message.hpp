@@ -43,6 +43,8 @@ public:
     uint8_t qos() const { return qos_; }
     bool retain() const { return retain_; }
     size_t size() const { return sizeof(message) + topic_len_ + payload_len_; }
+    // The topic and payload bytes (what mqtt.max_queued_bytes counts).
+    size_t data_size() const { return size_t{topic_len_} + payload_len_; }
     // A retained message's place in the node's order of retained updates (see retained_store::store); 0 elsewhere.
     uint32_t stamp() const { return stamp_; }
     void set_stamp(uint32_t s) { stamp_ = s; }

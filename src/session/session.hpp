@@ -26,6 +26,7 @@ struct limits {
     uint32_t max_inflight = 32;    // outgoing QoS 1/2 messages awaiting acknowledgement, 1..65535
     uint32_t max_queued = 1000;    // messages waiting beyond the window; 0 = unlimited
     uint32_t max_awaiting_rel = 0; // incoming QoS 2 ids awaiting PUBREL; 0 = unlimited
+    uint64_t max_queued_bytes = 0; // topic and payload bytes of the messages waiting beyond the window; 0 = unlimited
 };
 
 // One outgoing message: in the window (pid != 0 for QoS > 0) or in the queue (pid 0 until it enters the window).
@@ -55,8 +56,8 @@ public:
     // A message for this session at effective QoS. When `online` and nothing is queued ahead of it and the window
     // has room (QoS 0 needs no room), returns send with *out pointing at the entry to transmit (valid until the next
     // call on any session of this thread; for QoS > 0 it is in the window with its packet id). Otherwise it is queued
-    // (returns queued) unless the queue is full, in which case the new message is dropped and counted (returns
-    // dropped).
+    // (returns queued) unless the queue is full (max_queued messages, or it would pass max_queued_bytes), in which
+    // case the new message is dropped and counted (returns dropped).
     offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out);
 
     // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
@@ -104,6 +105,8 @@ public:
     // For resend on reconnect: every message in the window in order (PUBLISH with DUP, or PUBREL when released).
     window_view window() const { return window_view(entries_, inflight_); }
     size_t queue_len() const { return entries_.size() - inflight_; }
+    // Topic and payload bytes of the messages in the queue (not the window), counted against max_queued_bytes.
+    uint64_t queued_bytes() const { return queued_bytes_; }
     size_t inflight_len() const { return inflight_; }
     uint64_t dropped() const { return dropped_; }
     // Messages the broker dropped for this session outside the queue (QoS 0 backpressure), counted with the rest.
@@ -161,6 +164,7 @@ private:
     // handles well (scan_max), and kept from then on.
     std::unique_ptr<uint64_t[]> pid_bits_;
     uint64_t dropped_ = 0;
+    uint64_t queued_bytes_ = 0;
     limits limits_;
     uint32_t inflight_ = 0;
     // Packet ids are given in rotation: step k gives id k % 65535 + 1, and steps count modulo pid_step_mod (a

@@ -122,6 +122,34 @@ class LimitCases:
         pub.publish("lim/q", b"after", qos=1)
         self.assertEqual(sub.recv_publish().payload, b"after")
 
+    def test_max_queued_bytes_offline(self):
+        # Topic "lim/qb" and a 94-byte payload: 100 bytes a message; 450 bytes hold four, whatever their count.
+        self.use_broker({"mqtt.max_queued_bytes": 450, "mqtt.max_queued_messages": 100})
+        sub = self.client(self.sub_id(), clean=False)
+        sub.subscribe([("lim/qb", 1)])
+        sub.disconnect()
+        sub.expect_closed(3)
+        pub = self.client(self.pub_id())
+        payloads = [f"{i:02d}".encode() * 47 for i in range(9)]
+        for p in payloads:
+            pub.publish("lim/qb", p, qos=1)  # still acknowledged to the publisher
+        pub.publish("lim/qb", b"x" * 44, qos=1)  # 50 bytes: fits beside the four (400 + 50)
+        sub = self.client(self.sub_id(), clean=False, expect=m.CONNACK_OK_SESSION)
+        msgs = sub.recv_publishes(5)
+        self.assertEqual([x.payload for x in msgs], payloads[:4] + [b"x" * 44])
+        warns = [l for l in self.broker.log().decode("utf-8", "replace").splitlines()
+                 if "[warn]" in l and "queue full" in l]
+        self.assertTrue(warns, "no warning for the dropped messages")
+        self.assertIn("mqtt.max_queued_bytes = 450", warns[0])
+        sub.expect_no_packet(0.6)
+        # The queue gave its bytes back: a session that took its messages queues again.
+        sub.disconnect()
+        sub.expect_closed(3)
+        for p in payloads[:4]:
+            pub.publish("lim/qb", p, qos=1)
+        sub = self.client(self.sub_id(), clean=False, expect=m.CONNACK_OK_SESSION)
+        self.assertEqual([x.payload for x in sub.recv_publishes(4)], payloads[:4])
+
     def test_max_queued_messages_online_slow_consumer(self):
         self.use_broker({"mqtt.max_queued_messages": 4, "mqtt.max_inflight": 1})
         sub = self.client(self.sub_id())

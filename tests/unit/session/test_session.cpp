@@ -175,6 +175,42 @@ TEST(Session, UnlimitedQueueWhenZero) {
     EXPECT_EQ(s.dropped(), 0u);
 }
 
+TEST(Session, QueuedBytesLimitDropsWhatWouldPassIt) {
+    // Each message is topic "t/x" (3 bytes) and a 7-byte payload: 10 bytes. The window holds 1, the queue 25 bytes.
+    limits l = lim(1, 0);
+    l.max_queued_bytes = 25;
+    session s("c", false, l);
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("w000000"), 1, true, &o), offer::send) << "into the window: not queued, not counted";
+    EXPECT_EQ(s.queued_bytes(), 0u);
+    EXPECT_EQ(s.offer(msg("q000001"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("q000002", 0), 0, true, &o), offer::queued) << "QoS 0 behind the window counts too";
+    EXPECT_EQ(s.queued_bytes(), 20u);
+    EXPECT_EQ(s.offer(msg("q000003"), 1, true, &o), offer::dropped) << "30 bytes would pass 25";
+    EXPECT_EQ(s.offer(msg("q4"), 1, true, &o), offer::queued) << "5 bytes still fit: 25";
+    EXPECT_EQ(s.queued_bytes(), 25u);
+    EXPECT_EQ(s.dropped(), 1u);
+
+    // Leaving the queue (into the window, or sent as QoS 0) gives the bytes back.
+    ASSERT_TRUE(s.on_puback(s.window().front().pid));
+    const outgoing* n = s.next_ready();
+    ASSERT_NE(n, nullptr);
+    EXPECT_EQ(text(n), "q000001");
+    EXPECT_EQ(s.queued_bytes(), 15u);
+    n = s.next_ready();
+    ASSERT_NE(n, nullptr);
+    EXPECT_EQ(text(n), "q000002");
+    EXPECT_EQ(s.queued_bytes(), 5u);
+    EXPECT_EQ(s.offer(msg("q000005"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.queued_bytes(), 15u);
+
+    s.clear_messages();
+    EXPECT_EQ(s.queued_bytes(), 0u);
+    EXPECT_EQ(s.offer(msg("larger than the limit by itself"), 1, false, &o), offer::dropped)
+        << "a message over the limit alone is never queued";
+    EXPECT_EQ(s.dropped(), 2u);
+}
+
 TEST(Session, AckWithUnknownOrWrongQoSIdIsMissed) {
     session s("c", false, lim(4, 10));
     const outgoing* o = nullptr;
