@@ -98,19 +98,24 @@ void server::loop() {
         publish_smp();
         if (stopping_ && gate_.count() == 0 && !accept_armed_) break;
         // A backlog for a shard's full queue moves only as that shard takes from it: sleep until it has emptied the
-        // queue (smp_outbox::arm_wakes) rather than go round the loop.
+        // queue (smp_outbox::arm_wakes) rather than go round the loop. Not once stopping: the wake-ups of a stopping
+        // node are not to be relied on (an eventfd waker is not read again after it stopped).
         const bool waits = outbox_.pending();
-        if (waits)
-            outbox_.arm_wakes(reactor::smp_outbox::no_level);
-        else
-            outbox_.disarm_wakes();
-        node_.smp.set_sleeping(id_, true);
-        if (node_.smp.has_incoming(id_) || (stop_requested_.load() && !stopping_) || (waits && outbox_.woken())) {
-            node_.smp.set_sleeping(id_, false);
+        if (waits && stopping_) {
             ring_.submit();
         } else {
-            ring_.submit_and_wait(-1);
-            node_.smp.set_sleeping(id_, false);
+            if (waits)
+                outbox_.arm_wakes(reactor::smp_outbox::no_level);
+            else
+                outbox_.disarm_wakes();
+            node_.smp.set_sleeping(id_, true);
+            if (node_.smp.has_incoming(id_) || (stop_requested_.load() && !stopping_) || (waits && outbox_.woken())) {
+                node_.smp.set_sleeping(id_, false);
+                ring_.submit();
+            } else {
+                ring_.submit_and_wait(-1);
+                node_.smp.set_sleeping(id_, false);
+            }
         }
         const unsigned n = ring_.reap(batch, reap_batch);
         drain_smp();

@@ -233,8 +233,9 @@ void shard::loop() {
                           reads_runnable_;
         if (busy) {
             ring_.submit();
-        } else if (cfg_.budgets.idle_poll_us != 0 &&
+        } else if (cfg_.budgets.idle_poll_us != 0 && !outbox_.pending() &&
                    (completed_on_submit() || (poll_rules_.should_poll(m_.packets_received) && poll_idle()))) {
+            // (A poll does not see a backlog's queue empty: with one, the shard sleeps on its wake request instead.)
             // sends that completed as they were submitted, or work that came in while polling
         } else {
             const bool waits = holding_ || outbox_.pending();
@@ -1636,7 +1637,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
                          cfg_.limits.max_queued_messages, topic);
         else
-            note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_bytes = {})",
+            note_dropped(slot, slot.s->dropped() - 1, "its queue would pass mqtt.max_queued_bytes = {}",
                          cfg_.limits.max_queued_bytes, topic);
         break;
     }

@@ -458,7 +458,7 @@ class CrossShardBacklogSleepTest(BrokerTest):
     SHARDS = 2
     AUTO_START = False
     OFFLINE = 200
-    CHUNKS = 128  # of 4096 16-byte PUBLISHes (about 100 KiB each): about 13 MB, under the 16 MiB limit
+    CHUNKS = 112  # of 4096 28-byte PUBLISHes (112 KiB each): 12.8 MB, under the 16 MiB limit
 
     def test_a_shard_with_a_backlog_sleeps_until_the_queue_is_empty(self):
         b = self.start_broker(2, {"node.smp_queue_size": 64, "mqtt.max_queued_messages": 16,

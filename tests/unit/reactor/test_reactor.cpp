@@ -885,8 +885,10 @@ waiting_run run_waiting_sender(uint32_t k_items, uint32_t bytes, uint64_t limit)
             out.publish([&s](unsigned to) { s.wake(to); });
             if (limit != 0 && out.max_in_flight() <= limit) continue;
             while (must_wait(out)) {
-                if (out.arm_wakes(limit != 0 ? limit / 2 : smp_outbox::no_level) != (limit != 0)) {
-                    ++r.bad_marks; // max_in_flight said otherwise a moment ago, and it only shrinks
+                if (!out.arm_wakes(limit != 0 ? limit / 2 : smp_outbox::no_level) && limit != 0) {
+                    // The receiver may have taken enough since max_in_flight looked, but what is in flight only
+                    // shrinks: a look now must agree that the hold is over.
+                    if (out.max_in_flight() > limit / 2) ++r.bad_marks;
                     break;
                 }
                 s.set_sleeping(0, true);
