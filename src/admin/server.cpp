@@ -98,24 +98,19 @@ void server::loop() {
         publish_smp();
         if (stopping_ && gate_.count() == 0 && !accept_armed_) break;
         // A backlog for a shard's full queue moves only as that shard takes from it: sleep until it has emptied the
-        // queue (smp_outbox::arm_wakes) rather than go round the loop. Not once stopping: the wake-ups of a stopping
-        // node are not to be relied on (an eventfd waker is not read again after it stopped).
+        // queue (smp_outbox::arm_wakes) rather than go round the loop.
         const bool waits = outbox_.pending();
-        if (waits && stopping_) {
+        if (waits)
+            outbox_.arm_wakes(reactor::smp_outbox::no_level);
+        else
+            outbox_.disarm_wakes();
+        node_.smp.set_sleeping(id_, true);
+        if (node_.smp.has_incoming(id_) || (stop_requested_.load() && !stopping_) || (waits && outbox_.woken())) {
+            node_.smp.set_sleeping(id_, false);
             ring_.submit();
         } else {
-            if (waits)
-                outbox_.arm_wakes(reactor::smp_outbox::no_level);
-            else
-                outbox_.disarm_wakes();
-            node_.smp.set_sleeping(id_, true);
-            if (node_.smp.has_incoming(id_) || (stop_requested_.load() && !stopping_) || (waits && outbox_.woken())) {
-                node_.smp.set_sleeping(id_, false);
-                ring_.submit();
-            } else {
-                ring_.submit_and_wait(-1);
-                node_.smp.set_sleeping(id_, false);
-            }
+            ring_.submit_and_wait(-1);
+            node_.smp.set_sleeping(id_, false);
         }
         const unsigned n = ring_.reap(batch, reap_batch);
         drain_smp();
@@ -131,7 +126,8 @@ void server::begin_shutdown() {
         io_uring_prep_cancel(s, &accept_op_, 0);
         io::set_completion(s, nullptr);
     }
-    waker_.stop();
+    // The waker stays armed: a request in progress still waits for the MQTT shards' answers, and where they wake this
+    // shard through its eventfd (node.ring_wakeups off) each answer needs the read re-posted.
     // Pending recvs complete (0) and their coroutines finish; a request in progress completes first.
     for (int fd : open_fds_)
         ::shutdown(fd, SHUT_RDWR);

@@ -6,13 +6,14 @@ Sources: shared/seed/rest_api_v2.rst (paths, field names, key order) and shared/
 (shapes, paging, error codes), plus ringmq's conventions (real numbers in session rows, JSON 404 bodies)."""
 
 import socket
+import threading
 import time
 
 import paho.mqtt.client as paho
 
 import mqtt_raw as m
-from admin_client import (AdminTest, CLIENT_KEYS, NODE_KEYS, NODE_MONITOR_KEYS, ROUTE_KEYS, SESSION_KEYS,
-                          SUBSCRIPTION_KEYS, seg, uptime_seconds)
+from admin_client import (AdminTest, CLIENT_KEYS, DEFAULT_PASSWORD, DEFAULT_USER, NODE_KEYS, NODE_MONITOR_KEYS,
+                          ROUTE_KEYS, SESSION_KEYS, SUBSCRIPTION_KEYS, basic_auth, seg, uptime_seconds)
 from broker import shard_variants
 
 MEM_RE = r"^\d+\.\d{2}[KMG]$"
@@ -500,3 +501,57 @@ for _mixin in (NodeCases, ClientCases, SessionCases, SubscriptionCases, RouteCas
                    **({"SETTINGS": {"mqtt.max_inflight": 2, "mqtt.max_queued_messages": 2}}
                       if _mixin is SessionCases else {}))
 del _mixin
+
+
+class AdminStopTest(AdminTest):
+    """SIGTERM while admin requests are in progress, each needing several answers from each shard (pages larger than a
+    shard's 1000-row chunk): the admin shard stops first and must still be woken by the MQTT shards' answers, through
+    its ring or through its eventfd (node.ring_wakeups = false, the path of a kernel without IORING_OP_MSG_RING). The
+    node must exit 0 within the harness's stop timeout."""
+    SHARDS = 2
+    AUTO_START = False
+
+    def test_stop_while_pages_are_being_read(self):
+        self.stop_while_pages_are_read(False)
+
+    def test_stop_while_pages_are_being_read_with_ring_wakeups(self):
+        self.stop_while_pages_are_read(True)
+
+    def stop_while_pages_are_read(self, ring_wakeups):
+        self.use_broker({"node.ring_wakeups": ring_wakeups})
+        socks = []
+        for i in range(2600):
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            s.sendall(m.connect(self.cid(f"stop{i}", i), clean=False) + m.disconnect())
+            socks.append(s)
+            if len(socks) == 200 or i == 2599:
+                for s in socks:
+                    s.settimeout(10)
+                    while s.recv(256):  # the CONNACK, then the close after DISCONNECT
+                        pass
+                    s.close()
+                socks = []
+        self.wait_equal(lambda: self.page(self.n("sessions"), 1, 1)["total_num"], 2600, what="sessions stored")
+        # Requests pipelined on a few connections keep the admin shard busy gathering when the signal comes; their
+        # answers are read and thrown away, so that no send waits for its client.
+        path = self.url(self.n("sessions"), {"curr_page": 1, "page_size": 2600})
+        req = (f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {basic_auth(DEFAULT_USER, DEFAULT_PASSWORD)}\r\n"
+               "\r\n").encode()
+        answered = [0] * 4
+
+        def read_pages(k):
+            with socket.create_connection(("127.0.0.1", self.admin_port), timeout=20) as s:
+                s.sendall(req * 200)
+                try:
+                    while data := s.recv(1 << 20):
+                        answered[k] += data.count(b"HTTP/1.1 200")
+                except OSError:  # reset by the node stopping
+                    pass
+
+        readers = [threading.Thread(target=read_pages, args=(k,), daemon=True) for k in range(4)]
+        for t in readers:
+            t.start()
+        self.wait_equal(lambda: sum(answered) >= 8, True, 20, "pages read before the stop")
+        self.broker.stop()  # fails unless the broker exits 0 within the stop timeout
+        for t in readers:
+            t.join(10)
