@@ -228,21 +228,21 @@ void shard::loop() {
         }
         // A backlog for another shard's full queue moves only as that shard takes from it: rather than go round its
         // loop, the shard sleeps until that shard has emptied the queue, as it sleeps while it holds its receives
-        // until the shard it waits for has taken enough (arm_wakes).
+        // until the shard it waits for has taken enough (arm_wakes). It does not poll with a backlog: a poll would not
+        // see the queue empty.
         const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() || !pending_handoffs_.empty() ||
                           reads_runnable_;
         if (busy) {
             ring_.submit();
         } else if (cfg_.budgets.idle_poll_us != 0 && !outbox_.pending() &&
                    (completed_on_submit() || (poll_rules_.should_poll(m_.packets_received) && poll_idle()))) {
-            // (A poll does not see a backlog's queue empty: with one, the shard sleeps on its wake request instead.)
             // sends that completed as they were submitted, or work that came in while polling
         } else {
             const bool waits = holding_ || outbox_.pending();
+            const uint64_t level = holding_ ? cfg_.limits.max_cross_shard_bytes / 2 : reactor::smp_outbox::no_level;
             bool over = false;
             if (waits)
-                over =
-                    outbox_.arm_wakes(holding_ ? cfg_.limits.max_cross_shard_bytes / 2 : reactor::smp_outbox::no_level);
+                over = outbox_.arm_wakes(level);
             else
                 outbox_.disarm_wakes();
             node_.smp.set_sleeping(id_, true);
