@@ -1101,11 +1101,11 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         c.will->topic = std::string(cv.will_topic);
         c.will->payload.assign(cv.will_payload.begin(), cv.will_payload.end());
     }
-    attach_session(c, cv.clean_session);
+    if (!attach_session(c, cv.clean_session)) return false;
     return c.st != connection::state::closing;
 }
 
-void shard::attach_session(connection& c, bool clean) {
+bool shard::attach_session(connection& c, bool clean) {
     bool present = false;
     session_slot* slot = sessions_.find(c.client_id_);
     if (slot) {
@@ -1125,6 +1125,15 @@ void shard::attach_session(connection& c, bool clean) {
         }
     }
     if (!slot) {
+        // Node-wide, checked and counted by each home shard on its own: shards that create sessions at the same
+        // moment may pass the limit by one each.
+        if (cfg_.limits.max_sessions != 0 &&
+            node_.sessions.load(std::memory_order_relaxed) >= cfg_.limits.max_sessions) {
+            c.will.reset(); // a refused CONNECT's will is never published
+            refuse_connect(c, 0x03, "max_sessions reached");
+            return false;
+        }
+        node_.sessions.fetch_add(1, std::memory_order_relaxed);
         session::limits lim;
         lim.max_inflight = cfg_.limits.max_inflight;
         lim.max_queued = cfg_.limits.max_queued_messages;
@@ -1160,6 +1169,7 @@ void shard::attach_session(connection& c, bool clean) {
         }
         pump(*slot);
     }
+    return true;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1851,6 +1861,7 @@ void shard::drop_session(session_slot* slot) {
         if (idle) broadcast_route(k_route_del, filter);
     }
     sessions_.erase(slot->s->client_id()); // the id is only read to find the slot, before it is destroyed
+    node_.sessions.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

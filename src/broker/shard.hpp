@@ -48,6 +48,7 @@ struct node {
     int64_t started_at = 0;                  // unix seconds
     std::atomic<bool> retainer_active{true}; // the retainer module (admin plugin switch)
     std::atomic<uint32_t> connections{0};    // accepted sockets, node-wide, checked against max_connections
+    std::atomic<uint32_t> sessions{0};       // sessions, connected or offline, node-wide, checked against max_sessions
     std::atomic<uint32_t> retained_seq{0};   // the last stamp given to a retained update (wraps; compared as such)
     std::atomic<bool> stopping{false};
     std::atomic<unsigned> ready{0};  // shards whose ring is up and accepting
@@ -409,7 +410,8 @@ private:
     // MQTT packet handlers (return false when the connection was closed)
     bool on_connect(connection& c, std::span<const uint8_t> body, uint8_t flags, std::span<const uint8_t> rest);
     void refuse_connect(connection& c, uint8_t code, const char* why);
-    void attach_session(connection& c, bool clean);
+    // False when the CONNECT was refused (no room for a new session under mqtt.max_sessions).
+    bool attach_session(connection& c, bool clean);
     // frame: the whole packet as received, forwarded as it is where the outgoing frame would be identical
     bool on_publish(connection& c, uint8_t flags, std::span<const uint8_t> body, std::span<const uint8_t> frame);
     // The cached-route path for QoS 0 PUBLISHes from 3.x clients: forwards the complete PUBLISH at p (header h) and

@@ -316,6 +316,42 @@ class LimitCases:
         sub.expect_no_packet(0.5)
         self.assert_broker_healthy()
 
+    def test_max_sessions(self):
+        # 4 sessions per node: a connected watcher (clean) and three offline persistent sessions fill it.
+        self.use_broker({"mqtt.max_sessions": 4})
+        watcher = self.client(self.cid("ms-watch", 0))
+        watcher.subscribe([("lim/will", 0)])
+        for i in range(3):
+            c = self.client(self.cid(f"ms{i}", i), clean=False)
+            c.disconnect()
+            c.expect_closed(3)
+        # A fifth, persistent or clean, is refused (server unavailable), and its will is not published.
+        for clean in (False, True):
+            self.client(self.cid("ms-new", 1), clean=clean, will=m.Will("lim/will", b"refused"),
+                        expect=m.connack(False, m.RC_SERVER_UNAVAILABLE)).expect_closed(3)
+        watcher.expect_no_packet(0.5)
+        self.assertIn("max_sessions reached", self.broker.log().decode("utf-8", "replace"))
+        # A client with a session of its own still comes back to it.
+        back = self.client(self.cid("ms0", 0), clean=False, expect=m.CONNACK_OK_SESSION)
+        back.disconnect()
+        back.expect_closed(3)
+        # A clean reconnect replaces its session (4 still), and its end frees the place.
+        clean = self.client(self.cid("ms1", 1), clean=True)
+        clean.disconnect()
+        clean.expect_closed(3)
+        deadline = time.monotonic() + 3
+        while True:  # the session is dropped as the broker handles the DISCONNECT
+            c = self.raw()
+            try:
+                c.connect(self.cid("ms-new", 1), clean=False)
+                break
+            except (AssertionError, OSError):
+                c.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.assertTrue(c.is_open())
+
     def test_max_connections(self):
         self.use_broker({"mqtt.max_connections": 3})
         conns = [self.client(self.cid(f"mc{i}", i)) for i in range(3)]
