@@ -339,18 +339,23 @@ class LimitCases:
         clean = self.client(self.cid("ms1", 1), clean=True)
         clean.disconnect()
         clean.expect_closed(3)
-        deadline = time.monotonic() + 3
-        while True:  # the session is dropped as the broker handles the DISCONNECT
+        # The session is dropped as the broker handles the DISCONNECT.
+        self.assertTrue(self.connect_once_room(self.cid("ms-new", 1), clean=False).is_open())
+
+    def connect_once_room(self, client_id, timeout=3.0, **kw):
+        """Connects client_id, trying again while the broker refuses it, until `timeout`: a place freed by a close is
+        counted as the broker handles the close."""
+        deadline = time.monotonic() + timeout
+        while True:
             c = self.raw()
             try:
-                c.connect(self.cid("ms-new", 1), clean=False)
-                break
+                c.connect(client_id, **kw)
+                return c
             except (AssertionError, OSError):
                 c.close()
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        self.assertTrue(c.is_open())
 
     def test_max_connections(self):
         self.use_broker({"mqtt.max_connections": 3})
@@ -366,18 +371,7 @@ class LimitCases:
         conns[0].disconnect()
         conns[0].expect_closed(3)
         # A slot is free again (the broker may need a moment to count the close).
-        deadline = time.monotonic() + 3
-        while True:
-            c = self.raw()
-            try:
-                c.connect("mc-again")
-                break
-            except (AssertionError, OSError):
-                c.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.assertTrue(c.is_open())
+        self.assertTrue(self.connect_once_room("mc-again").is_open())
 
     def test_max_client_id_len(self):
         # MQTT-3.1.3-5: ids of 1..23 bytes must always be accepted, so the limit cannot go below 23.
