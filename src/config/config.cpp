@@ -185,25 +185,10 @@ public:
     explicit checker(layers& l) : l_(l) {}
 
     template <typename T> void integer(std::string_view key, T& field, int64_t lo, int64_t hi) {
-        auto e = take(key);
-        if (!e) return;
-        const auto* v = e->node->as_integer();
-        if (v == nullptr) return type_error(*e, key, "an integer");
-        int64_t x = v->get();
-        if (x < lo || x > hi)
-            return l_.error(e->origin, key, fmt::format("must be between {} and {}, got {}", lo, hi, x));
-        field = static_cast<T>(x);
+        checked_integer(key, field, lo, hi, false);
     }
-
     template <typename T> void power_of_two(std::string_view key, T& field, int64_t lo, int64_t hi) {
-        auto e = take(key);
-        if (!e) return;
-        const auto* v = e->node->as_integer();
-        if (v == nullptr) return type_error(*e, key, "an integer");
-        const int64_t x = v->get();
-        if (x < lo || x > hi || !std::has_single_bit(static_cast<uint64_t>(x)))
-            return l_.error(e->origin, key, fmt::format("must be a power of two from {} to {}, got {}", lo, hi, x));
-        field = static_cast<T>(x);
+        checked_integer(key, field, lo, hi, true);
     }
 
     void number(std::string_view key, double& field, double lo, double hi) {
@@ -282,6 +267,19 @@ public:
     }
 
 private:
+    template <typename T> void checked_integer(std::string_view key, T& field, int64_t lo, int64_t hi, bool pow2) {
+        auto e = take(key);
+        if (!e) return;
+        const auto* v = e->node->as_integer();
+        if (v == nullptr) return type_error(*e, key, "an integer");
+        const int64_t x = v->get();
+        if (x < lo || x > hi || (pow2 && !std::has_single_bit(static_cast<uint64_t>(x))))
+            return l_.error(e->origin, key,
+                            pow2 ? fmt::format("must be a power of two from {} to {}, got {}", lo, hi, x)
+                                 : fmt::format("must be between {} and {}, got {}", lo, hi, x));
+        field = static_cast<T>(x);
+    }
+
     std::optional<entry> take(std::string_view key) {
         auto it = l_.entries.find(key);
         if (it == l_.entries.end()) return std::nullopt;

@@ -60,6 +60,26 @@ def client_id_on_shard(prefix: str, shard: int, shards: int) -> str:
     raise RuntimeError("no client id found")  # cannot happen for small shard counts
 
 
+def cpu_seconds(pid: int, thread: Optional[str] = None) -> float:
+    """CPU seconds (user + system) of process pid, or of its thread named `thread` (main.cpp names the shards'
+    threads ringmq-shardN)."""
+    paths = [f"/proc/{pid}/stat"]
+    if thread is not None:
+        paths = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    if f.read().strip() == thread:
+                        paths.append(f"/proc/{pid}/task/{tid}/stat")
+            except FileNotFoundError:
+                continue
+        if not paths:
+            raise AssertionError(f"no thread {thread} in pid {pid}")
+    with open(paths[0]) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

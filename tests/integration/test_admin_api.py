@@ -37,6 +37,26 @@ class Helpers:
         self.wait_offline(cid)
         return cid
 
+    def offline_sessions_pipelined(self, sessions):
+        """Offline persistent sessions from (client id, topics) pairs, each made over one raw connection that
+        pipelines CONNECT, SUBSCRIBE (when it has topics) and DISCONNECT, 200 connections at a time; then waits until
+        the node lists them all."""
+        socks = []
+        for i, (cid, topics) in enumerate(sessions):
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            sub = m.subscribe(1, [(t, 0) for t in topics]) if topics else b""
+            s.sendall(m.connect(cid, clean=False) + sub + m.disconnect())
+            socks.append(s)
+            if len(socks) == 200 or i == len(sessions) - 1:
+                for s in socks:
+                    s.settimeout(10)
+                    while s.recv(256):  # CONNACK (and SUBACK), then the close after DISCONNECT
+                        pass
+                    s.close()
+                socks = []
+        self.wait_equal(lambda: self.page(self.n("sessions"), 1, 1)["total_num"], len(sessions),
+                        what="sessions stored")
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Nodes
@@ -405,24 +425,14 @@ class SubscriptionCases(Helpers):
         # A shard hands a page over in chunks of 1000 rows, each resuming where the last stopped. 1300 offline
         # sessions with 3 subscriptions each (chunk edges inside a session), made over pipelined raw connections;
         # then whole-table pages, pages that start mid-table, and a page read again after the table changed.
-        sessions, want = [], set()
-        socks = []
+        sessions, want, made = [], set(), []
         for i in range(1300):
             cid = self.cid(f"chunk{i}", i)
             sessions.append(cid)
             topics = [f"ch/{i}/{k}" for k in range(3)]
             want |= {(cid, t) for t in topics}
-            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-            s.sendall(m.connect(cid, clean=False) + m.subscribe(1, [(t, 0) for t in topics]) + m.disconnect())
-            socks.append(s)
-            if len(socks) == 200 or i == 1299:
-                for s in socks:
-                    s.settimeout(10)
-                    while s.recv(256):  # CONNACK, SUBACK, then the close after DISCONNECT
-                        pass
-                    s.close()
-                socks = []
-        self.wait_equal(lambda: self.page(self.n("sessions"), 1, 1)["total_num"], 1300, what="sessions stored")
+            made.append((cid, topics))
+        self.offline_sessions_pipelined(made)
         subs = self.n("subscriptions")
         whole = self.page(subs, 1, 100000, SUBSCRIPTION_KEYS)["objects"]
         rows = [(r["client_id"], r["topic"]) for r in whole]
@@ -503,7 +513,7 @@ for _mixin in (NodeCases, ClientCases, SessionCases, SubscriptionCases, RouteCas
 del _mixin
 
 
-class AdminStopTest(AdminTest):
+class AdminStopTest(Helpers, AdminTest):
     """SIGTERM while admin requests are in progress, each needing several answers from each shard (pages larger than a
     shard's 1000-row chunk): the admin shard stops first and must still be woken by the MQTT shards' answers, through
     its ring or through its eventfd (node.ring_wakeups = false, the path of a kernel without IORING_OP_MSG_RING). The
@@ -519,19 +529,7 @@ class AdminStopTest(AdminTest):
 
     def stop_while_pages_are_read(self, ring_wakeups):
         self.use_broker({"node.ring_wakeups": ring_wakeups})
-        socks = []
-        for i in range(2600):
-            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-            s.sendall(m.connect(self.cid(f"stop{i}", i), clean=False) + m.disconnect())
-            socks.append(s)
-            if len(socks) == 200 or i == 2599:
-                for s in socks:
-                    s.settimeout(10)
-                    while s.recv(256):  # the CONNACK, then the close after DISCONNECT
-                        pass
-                    s.close()
-                socks = []
-        self.wait_equal(lambda: self.page(self.n("sessions"), 1, 1)["total_num"], 2600, what="sessions stored")
+        self.offline_sessions_pipelined([(self.cid(f"stop{i}", i), []) for i in range(2600)])
         # Requests pipelined on a few connections keep the admin shard busy gathering when the signal comes; their
         # answers are read and thrown away, so that no send waits for its client.
         path = self.url(self.n("sessions"), {"curr_page": 1, "page_size": 2600})

@@ -2,7 +2,6 @@
 max_topic_levels, max_connections, max_client_id_len, keepalive_multiplier; and the shards' step sizes (node.*_turn,
 node.retained_read_slice). Each test starts its own broker."""
 
-import os
 import re
 import socket
 import threading
@@ -10,7 +9,7 @@ import time
 
 import mqtt_raw as m
 from admin_client import request
-from broker import BrokerTest, Collector, shard_variants
+from broker import BrokerTest, Collector, cpu_seconds, shard_variants
 
 
 def read_until_quiet(client, stop=None, quiet=1.0):
@@ -432,14 +431,10 @@ class LimitCases:
                                                  b"find work)"), self.SHARDS)
         self.ping_2ms_apart(20)
 
-        def cpu_s():
-            with open(f"/proc/{self.broker.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-        before = cpu_s()
+        before = cpu_seconds(self.broker.proc.pid)
         time.sleep(1.0)
-        self.assertLess(cpu_s() - before, 0.5, "the broker kept polling through a quiet second")
+        self.assertLess(cpu_seconds(self.broker.proc.pid) - before, 0.5,
+                        "the broker kept polling through a quiet second")
         text = self.broker.stop_and_read_log()
         polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, (\d+) slept", text)
         self.assertEqual(len(polls), self.SHARDS)
@@ -518,12 +513,6 @@ class LimitCases:
 
 
 shard_variants(LimitCases, globals())
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 class DescriptorLimitTest(BrokerTest):

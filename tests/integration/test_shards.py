@@ -7,7 +7,7 @@ import threading
 import time
 
 import mqtt_raw as m
-from broker import BrokerTest, Collector, client_id_on_shard, fnv1a64, home_shard
+from broker import BrokerTest, Collector, client_id_on_shard, cpu_seconds, fnv1a64, home_shard
 
 
 class ShardHashTest(BrokerTest):
@@ -434,22 +434,6 @@ class CrossShardBackpressureTest(BrokerTest):
         self.assert_broker_healthy("bp-after")
 
 
-def thread_cpu_s(pid: int, name: str) -> float:
-    """CPU seconds (user + system) of the broker's thread called `name` (main.cpp names them ringmq-shardN)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                if f.read().strip() != name:
-                    continue
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat
-    raise AssertionError(f"no thread {name} in pid {pid}")
-
-
 class CrossShardBacklogSleepTest(BrokerTest):
     """A shard whose messages for another shard wait for room in a full queue (under mqtt.max_cross_shard_bytes, so
     no hold) sleeps until that shard has emptied the queue, instead of going round its loop: a burst on shard 0 for
@@ -488,7 +472,7 @@ class CrossShardBacklogSleepTest(BrokerTest):
 
         pub = self.client(client_id_on_shard("bl-pub", 0, 2))
         time.sleep(0.3)  # the SUBSCRIBEs' routes reach shard 0, and the shards go idle
-        cpu0, cpu1 = thread_cpu_s(b.proc.pid, "ringmq-shard0"), thread_cpu_s(b.proc.pid, "ringmq-shard1")
+        cpu0, cpu1 = cpu_seconds(b.proc.pid, "ringmq-shard0"), cpu_seconds(b.proc.pid, "ringmq-shard1")
         reading = threading.Thread(target=read, daemon=True)
         reading.start()
         chunk = frame * 4096
@@ -498,8 +482,8 @@ class CrossShardBacklogSleepTest(BrokerTest):
         pub.send(end)
         reading.join(120)
         self.assertFalse(reading.is_alive(), f"the reader got {seen['bytes']} of {want} bytes")
-        used0 = thread_cpu_s(b.proc.pid, "ringmq-shard0") - cpu0
-        used1 = thread_cpu_s(b.proc.pid, "ringmq-shard1") - cpu1
+        used0 = cpu_seconds(b.proc.pid, "ringmq-shard0") - cpu0
+        used1 = cpu_seconds(b.proc.pid, "ringmq-shard1") - cpu1
         detail = f"shard 0 used {used0:.2f} CPU-s, shard 1 {used1:.2f} CPU-s"
         # Nothing lost or added on the way, and the last message came last.
         self.assertEqual(seen["bytes"], want, detail)
