@@ -30,6 +30,20 @@ bool parse_level(std::string_view s, level& out) {
     return false;
 }
 
+void append_escaped(fmt::memory_buffer& out, std::string_view msg) {
+    static constexpr char hex[] = "0123456789abcdef";
+    size_t clean = 0; // start of the run of bytes not yet copied
+    for (size_t i = 0; i < msg.size(); ++i) {
+        const auto b = static_cast<unsigned char>(msg[i]);
+        if (b >= 0x20 && b != 0x7f) continue;
+        out.append(msg.data() + clean, msg.data() + i);
+        const char esc[4] = {'\\', 'x', hex[b >> 4], hex[b & 15]};
+        out.append(esc, esc + 4);
+        clean = i + 1;
+    }
+    out.append(msg.data() + clean, msg.data() + msg.size());
+}
+
 void write(level l, std::string_view msg) {
     timeval tv{};
     gettimeofday(&tv, nullptr);
@@ -43,9 +57,11 @@ void write(level l, std::string_view msg) {
     else
         fmt::format_to_n(tag, sizeof tag - 1, "main").out[0] = 0;
     fmt::memory_buffer buf;
-    fmt::format_to(std::back_inserter(buf), "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03} [{}] {}: {}\n", t.tm_year + 1900,
+    fmt::format_to(std::back_inserter(buf), "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03} [{}] {}: ", t.tm_year + 1900,
                    t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
-                   k_names[static_cast<int>(l)], tag, msg);
+                   k_names[static_cast<int>(l)], tag);
+    append_escaped(buf, msg);
+    buf.push_back('\n');
     const char* p = buf.data();
     size_t left = buf.size();
     while (left > 0) {

@@ -87,6 +87,26 @@ TEST(home_shard, spreads_keys_over_all_shards) {
 // ---------------------------------------------------------------------------------------------------------------
 // log::parse_level
 
+std::string escaped(std::string_view msg) {
+    fmt::memory_buffer b;
+    log::append_escaped(b, msg);
+    return fmt::to_string(b);
+}
+
+TEST(log_escape, control_characters_become_hex_and_nothing_else_changes) {
+    EXPECT_EQ(escaped(""), "");
+    EXPECT_EQ(escaped("plain topic/a+b#"), "plain topic/a+b#");
+    // A filter that tries to start a forged line of its own.
+    EXPECT_EQ(escaped("a/#/b\n2026-12-01T00:00:00.000 [error] shard0: forged"),
+              "a/#/b\\x0a2026-12-01T00:00:00.000 [error] shard0: forged");
+    EXPECT_EQ(escaped("\r\t\x1b[31m\x7f"), "\\x0d\\x09\\x1b[31m\\x7f");
+    EXPECT_EQ(escaped(std::string_view("a\0b", 3)), "a\\x00b");
+    EXPECT_EQ(escaped("\x01"), "\\x01");
+    EXPECT_EQ(escaped("\x1f "), "\\x1f ");
+    // UTF-8 (bytes >= 0x80) and a backslash the client sent stay as they are.
+    EXPECT_EQ(escaped("caf\xc3\xa9 \\x0a"), "caf\xc3\xa9 \\x0a");
+}
+
 TEST(log_parse_level, accepts_every_level_name) {
     const std::pair<std::string_view, log::level> cases[] = {
         {"debug", log::level::debug}, {"info", log::level::info}, {"warn", log::level::warn},
