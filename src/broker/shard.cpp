@@ -424,7 +424,7 @@ void shard::handle_smp(const reactor::smp_msg& m) {
         return;
     }
     case k_retain:
-        store_retained(static_cast<session::message*>(m.ptr));
+        store_retained(static_cast<session::message*>(m.ptr), false);
         return;
     case k_admin_call: {
         auto* call = static_cast<admin_call*>(m.ptr);
@@ -1324,7 +1324,9 @@ bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t f
     codes.reserve(sv.entries.size());
     for (const mqtt::subscription& sub : sv.entries) {
         if (!valid_filter(sub.filter)) {
-            log::info("client {}: refusing subscription to invalid filter '{}'", c.client_id_, sub.filter);
+            if (std::has_single_bit(++filters_refused_))
+                log::info("client {}: refusing subscription to invalid filter '{}' ({} refused on this shard so far)",
+                          c.client_id_, sub.filter, filters_refused_);
             codes.push_back(0x80);
             continue;
         }
@@ -1656,7 +1658,10 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
 void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
     if (!cfg_.limits.retain_available || !node_.retainer_active.load(std::memory_order_relaxed)) return;
     if (payload.size() > cfg_.limits.max_retained_payload) {
-        log::info("retained message on {} not stored: {} bytes exceed max_retained_payload", topic, payload.size());
+        if (std::has_single_bit(++retained_refused_))
+            log::info("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {} ({} retained "
+                      "messages refused on this shard so far)",
+                      topic, payload.size(), cfg_.limits.max_retained_payload, retained_refused_);
         return;
     }
     // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
@@ -1670,15 +1675,16 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
         m->add_ref();
         push_weighed(to, k_retain, m->size(), m);
     }
-    store_retained(m);
+    store_retained(m, true);
 }
 
-void shard::store_retained(session::message* m) {
+void shard::store_retained(session::message* m, bool own) {
     auto ref = session::message_ref::adopt(m);
     const auto r = retained_.store(std::move(ref), cfg_.limits.max_retained_messages, now_ms_, n_ > 1);
-    if (r == retained_store::store_result::full)
-        log::warn("retained message on {} not stored: max_retained_messages {} reached", ref->topic(),
-                  cfg_.limits.max_retained_messages);
+    if (r == retained_store::store_result::full && own && std::has_single_bit(++retained_refused_))
+        log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} retained messages "
+                  "refused on this shard so far)",
+                  ref->topic(), cfg_.limits.max_retained_messages, retained_refused_);
     else if (r == retained_store::store_result::stale)
         log::debug("retained update of {} from another shard overtaken by a later one", ref->topic());
     m_.messages_retained = retained_.size();

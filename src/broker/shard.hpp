@@ -455,7 +455,8 @@ private:
     // Queues the first `take` of the fanned-out bytes for c: shared with the other subscribers where that pays.
     void queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take);
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
-    void store_retained(session::message* m); // takes one reference
+    // Takes one reference. `own`: the PUBLISH came to this shard (the other shards store their copies of it silently).
+    void store_retained(session::message* m, bool own);
     // Sends the retained messages matching filter to a subscriber (a SUBSCRIBE's, or the admin API's): at once as far
     // as this turn's read budget and the subscriber's room go, the rest over later turns (serve_reads).
     void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);
@@ -522,8 +523,12 @@ private:
     // needs_rearm set.
     bool holding_ = false;
     std::vector<uint64_t> held_;
-    uint64_t holds_ = 0;         // hold episodes since the last warning
-    int64_t hold_warned_ms_ = 0; // when the last warning was logged
+    uint64_t holds_ = 0; // hold episodes since the last warning
+    // What clients of this shard sent that was refused without closing them, per message or filter: logged at the 1st,
+    // 2nd, 4th... so a client repeating it cannot flood the log.
+    uint64_t retained_refused_ = 0; // retained messages not stored (too large, or the store full)
+    uint64_t filters_refused_ = 0;  // invalid filters answered 0x80
+    int64_t hold_warned_ms_ = 0;    // when the last warning was logged
     std::vector<uint64_t> graveyard_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
     reactor::deadline_wheel deadlines_;

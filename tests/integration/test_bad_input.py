@@ -212,6 +212,25 @@ class BadInputCases:
         ], after_connect=False)
         self.check_others()
 
+    def test_control_characters_cannot_forge_log_lines(self):
+        # MQTT lets topics, filters and client ids carry line breaks; the log quotes them, so it writes every control
+        # character as \xNN: no line of the log is the client's. And one refusal repeated (an invalid filter, answered
+        # 0x80 without closing the client) is logged at the 1st, 2nd, 4th... time only.
+        forged = b"2026-12-01T00:00:00.000 [error] shard0: forged"
+        c = self.client(b"inj\r\n" + forged)
+        c.subscribe([(b"bad/#/x\n" + forged, 0)], expect=[0x80])
+        c.subscribe([(f"bad/#/{i}", 0) for i in range(40)], expect=[0x80] * 40)
+        c.publish("check/inj", b"still served", qos=1)
+        self.assertEqual(self.witness.recv_publish().payload, b"still served")
+        log = self.broker.log()
+        for line in log.split(b"\n"):
+            self.assertFalse(line.startswith(b"2026-12-01T00:00:00.000"), line)
+        self.assertIn(b"client inj\\x0d\\x0a" + forged + b": refusing subscription to invalid filter 'bad/#/x\\x0a"
+                      + forged + b"' (1 refused on this shard so far)", log)
+        refusals = [line for line in log.split(b"\n") if b"refusing subscription to invalid filter" in line]
+        self.assertEqual([int(line.rsplit(b"(", 1)[1].split()[0]) for line in refusals], [1, 2, 4, 8, 16, 32])
+        self.check_others()
+
     def test_wildcard_in_publish_topic(self):
         self.each([
             ("plus", raw_publish(b"bad/+")),

@@ -2,7 +2,7 @@
 forwarded live with retain=0."""
 
 import mqtt_raw as m
-from broker import shard_variants
+from broker import home_shard, shard_variants
 
 
 class RetainedCases:
@@ -290,3 +290,57 @@ class RetainedReadStepCases(RetainedReadCases):
 
 
 shard_variants(RetainedReadStepCases, globals())
+
+
+class RetainedLimitCases:
+    """mqtt.max_retained_messages and mqtt.max_retained_payload: a retained PUBLISH over either is delivered but not
+    stored, the store keeps working for its topics, and the refusals are logged at the 1st, 2nd, 4th... only, by the
+    shard the PUBLISH came to."""
+
+    AUTO_START = False
+
+    def refusals(self, what: bytes) -> list:
+        lines = [line for line in self.broker.log().split(b"\n") if what in line]
+        pub_shard = f"shard{home_shard(self.pub_id(), self.broker.shards)}:".encode()
+        for line in lines:
+            self.assertIn(pub_shard, line, "logged by another shard than the publisher's")
+        return [int(line.rsplit(b"(", 1)[1].split()[0]) for line in lines]
+
+    def test_max_retained_messages(self):
+        self.use_broker({"mqtt.max_retained_messages": 3})
+        live = self.client(self.sub_id("live"))
+        live.subscribe([("lim/#", 1)])
+        pub = self.client(self.pub_id())
+        for i in range(40):
+            pub.publish(f"lim/{i}", f"v{i}", qos=1, retain=True)
+        self.assertEqual([x.payload for x in live.recv_publishes(40)], [f"v{i}".encode() for i in range(40)],
+                         "a retained PUBLISH the store refuses is still delivered")
+        pub.publish("lim/0", b"new0", qos=1, retain=True)  # a stored topic can be replaced
+        pub.publish("lim/1", b"", qos=1, retain=True)  # and cleared, which makes room for a new one
+        pub.publish("lim/39", b"v39", qos=1, retain=True)
+        pub.publish("lim/38", b"v38", qos=1, retain=True)  # the store is full again
+        sub = self.client(self.sub_id())
+        sub.subscribe([("lim/#", 1)])
+        got = {x.topic: x.payload for x in sub.recv_publishes(3)}
+        self.assertEqual(got, {"lim/0": b"new0", "lim/2": b"v2", "lim/39": b"v39"})
+        sub.expect_no_packet(0.3)
+        self.assertEqual(self.refusals(b"not stored: mqtt.max_retained_messages = 3 reached"), [1, 2, 4, 8, 16, 32])
+
+    def test_max_retained_payload(self):
+        self.use_broker({"mqtt.max_retained_payload": 10})
+        live = self.client(self.sub_id("live"))
+        live.subscribe([("big/#", 1)])
+        pub = self.client(self.pub_id())
+        pub.publish("big/fits", b"x" * 10, qos=1, retain=True)
+        for i in range(20):
+            pub.publish(f"big/{i}", b"y" * 11, qos=1, retain=True)
+        self.assertEqual(len(live.recv_publishes(21)), 21, "a retained PUBLISH too large to store is still delivered")
+        sub = self.client(self.sub_id())
+        sub.subscribe([("big/#", 1)])
+        msg = sub.recv_publish()
+        self.assertEqual((msg.topic, msg.payload, msg.retain), ("big/fits", b"x" * 10, True))
+        sub.expect_no_packet(0.3)
+        self.assertEqual(self.refusals(b"bytes exceed mqtt.max_retained_payload = 10"), [1, 2, 4, 8, 16])
+
+
+shard_variants(RetainedLimitCases, globals())
