@@ -725,14 +725,23 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
         api_error(resp, 102, "validate topic: " + topic + " fail");
         co_return;
     }
-    bool found = false;
+    using sub_result = broker::shard_control::subscribe_result;
+    sub_result r = sub_result::done;
     const shard_fn fn7 = [&](broker::shard_control& sc) {
-        found =
-            action == 1 ? sc.subscribe(client_id, topic, static_cast<uint8_t>(qos)) : sc.unsubscribe(client_id, topic);
+        if (action == 1)
+            r = sc.subscribe(client_id, topic, static_cast<uint8_t>(qos));
+        else if (!sc.unsubscribe(client_id, topic))
+            r = sub_result::no_session;
     };
     co_await on_shard(home_shard(client_id, node_.mqtt_shards), fn7);
-    if (!found) {
+    if (r == sub_result::no_session) {
         api_error(resp, 102, "Clientid: " + client_id + " not found");
+        co_return;
+    }
+    if (r == sub_result::too_many) {
+        api_error(resp, 102,
+                  fmt::format("Clientid: {} has mqtt.max_subscriptions = {} subscriptions", client_id,
+                              cfg_.limits.max_subscriptions));
         co_return;
     }
     ok_empty(resp);

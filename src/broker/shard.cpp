@@ -1331,7 +1331,14 @@ bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t f
             continue;
         }
         const uint8_t qos = sub.options & 3;
-        add_subscription(*c.slot, std::string(sub.filter), qos);
+        if (!add_subscription(*c.slot, std::string(sub.filter), qos)) {
+            if (std::has_single_bit(++filters_refused_))
+                log::info("client {}: refusing subscription to '{}': it has mqtt.max_subscriptions = {} ({} refused on "
+                          "this shard so far)",
+                          c.client_id_, sub.filter, cfg_.limits.max_subscriptions, filters_refused_);
+            codes.push_back(0x80);
+            continue;
+        }
         codes.push_back(qos);
     }
     scratch_.clear();
@@ -1797,12 +1804,16 @@ void shard::publish_from(std::string_view topic, std::span<const uint8_t> payloa
     route(topic, payload, qos, msg, true);
 }
 
-void shard::add_subscription(session_slot& slot, const std::string& filter, uint8_t qos) {
-    slot.s->subscriptions[filter] = qos;
+bool shard::add_subscription(session_slot& slot, const std::string& filter, uint8_t qos) {
+    auto& subs = slot.s->subscriptions;
+    const uint32_t limit = cfg_.limits.max_subscriptions;
+    if (limit != 0 && subs.size() >= limit && !subs.contains(filter)) return false;
+    subs[filter] = qos;
     bool active = false;
     trie_.subscribe(filter, &slot, qos, &active);
     ++trie_gen_;
     if (active) broadcast_route(k_route_add, filter);
+    return true;
 }
 
 void shard::remove_subscription(session_slot& slot, const std::string& filter) {
@@ -2011,13 +2022,13 @@ bool shard::kick(std::string_view id) {
     return true;
 }
 
-bool shard::subscribe(std::string_view id, std::string_view filter, uint8_t qos) {
+shard::subscribe_result shard::subscribe(std::string_view id, std::string_view filter, uint8_t qos) {
     session_slot* found = sessions_.find(id);
-    if (!found) return false;
+    if (!found) return subscribe_result::no_session;
     session_slot& slot = *found;
-    add_subscription(slot, std::string(filter), qos);
+    if (!add_subscription(slot, std::string(filter), qos)) return subscribe_result::too_many;
     deliver_retained(slot, filter, qos);
-    return true;
+    return subscribe_result::done;
 }
 
 bool shard::unsubscribe(std::string_view id, std::string_view filter) {

@@ -316,7 +316,7 @@ public:
     void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const override;
     void local_routes(std::vector<std::string>& out) const override;
     bool kick(std::string_view id) override;
-    bool subscribe(std::string_view id, std::string_view filter, uint8_t qos) override;
+    subscribe_result subscribe(std::string_view id, std::string_view filter, uint8_t qos) override;
     bool unsubscribe(std::string_view id, std::string_view filter) override;
     void publish(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) override;
     void snapshot(shard_snapshot& out) const override;
@@ -474,7 +474,8 @@ private:
     void end_reads(std::list<retained_reads>::iterator r, bool release);
     // A session with reads is connected again: its reads go back in turn.
     void resume_reads(session_slot& slot);
-    void add_subscription(session_slot& slot, const std::string& filter, uint8_t qos);
+    // False, and nothing changed, when the session has mqtt.max_subscriptions filters and this is a new one.
+    bool add_subscription(session_slot& slot, const std::string& filter, uint8_t qos);
     void remove_subscription(session_slot& slot, const std::string& filter);
     void drop_session(session_slot* slot);
     void went_offline(session_slot& slot);
@@ -527,7 +528,7 @@ private:
     // What clients of this shard sent that was refused without closing them, per message or filter: logged at the 1st,
     // 2nd, 4th... so a client repeating it cannot flood the log.
     uint64_t retained_refused_ = 0; // retained messages not stored (too large, or the store full)
-    uint64_t filters_refused_ = 0;  // invalid filters answered 0x80
+    uint64_t filters_refused_ = 0;  // filters answered 0x80 (invalid, or one more than mqtt.max_subscriptions)
     int64_t hold_warned_ms_ = 0;    // when the last warning was logged
     std::vector<uint64_t> graveyard_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.

@@ -337,6 +337,7 @@ void validate(layers& l, config& cfg) {
     c.integer("mqtt.max_queued_messages", m.max_queued_messages, 0, u32_max);
     c.integer("mqtt.max_queued_bytes", m.max_queued_bytes, 0, int64_t{1} << 40);
     c.integer("mqtt.max_sessions", m.max_sessions, 0, u32_max);
+    c.integer("mqtt.max_subscriptions", m.max_subscriptions, 0, u32_max);
     c.integer("mqtt.max_awaiting_rel", m.max_awaiting_rel, 0, 65535);
     c.integer("mqtt.max_outgoing_bytes", m.max_outgoing_bytes, 1024, int64_t{1} << 40);
     c.integer("mqtt.max_cross_shard_bytes", m.max_cross_shard_bytes, 65536, int64_t{1} << 40);

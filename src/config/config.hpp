@@ -39,6 +39,7 @@ struct mqtt_limits {
     uint32_t max_queued_messages = 1000;    // per session, 0 = unlimited
     uint64_t max_queued_bytes = 0;          // topic and payload bytes queued per session, 0 = unlimited
     uint32_t max_sessions = 0;              // sessions per node, connected or offline, 0 = unlimited
+    uint32_t max_subscriptions = 0;         // filters per session, 0 = unlimited
     uint32_t max_awaiting_rel = 100;        // incoming QoS 2 awaiting PUBREL per session, 0 = unlimited (65535 ids)
     uint64_t max_outgoing_bytes = 16777216; // per connection bytes queued for send before QoS0 is dropped
     // Bytes of messages one shard may have on their way to another (queued, not yet taken) before it stops reading

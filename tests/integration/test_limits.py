@@ -341,6 +341,34 @@ class LimitCases:
         # The session is dropped as the broker handles the DISCONNECT.
         self.assertTrue(self.connect_once_room(self.cid("ms-new", 1), clean=False).is_open())
 
+    def test_max_subscriptions(self):
+        # 3 filters per session: a SUBSCRIBE entry for a 4th gets 0x80 while the rest of the packet is granted; a
+        # filter the session has can always be subscribed again (new QoS); an UNSUBSCRIBE makes room; a persistent
+        # session keeps its count across a reconnect.
+        self.use_broker({"mqtt.max_subscriptions": 3})
+        cid = self.sub_id("msub")
+        c = self.client(cid, clean=False)
+        c.subscribe([("ms/a", 0), ("ms/b", 1)])
+        self.assertEqual(c.subscribe([("ms/c", 1), ("ms/d", 1), ("ms/a", 2), ("ms/e", 0)], expect=[1, 0x80, 2, 0x80]),
+                         [1, 0x80, 2, 0x80])
+        pub = self.client(self.pub_id())
+        for t in ("ms/d", "ms/e", "ms/a", "ms/c"):
+            pub.publish(t, t, qos=2)
+        got = [(x.topic, x.qos) for x in c.recv_publishes(2)]
+        self.assertEqual(got, [("ms/a", 2), ("ms/c", 1)], "nothing for the refused filters; ms/a at its new QoS")
+        c.expect_no_packet(0.2)
+        c.unsubscribe(["ms/b"])
+        c.subscribe([("ms/d", 0)])
+        c.disconnect()
+        c.expect_closed(3)
+        c = self.client(cid, clean=False, expect=m.CONNACK_OK_SESSION)
+        c.subscribe([("ms/f", 0), ("ms/d", 1)], expect=[0x80, 1])
+        log = self.broker.log()
+        self.assertIn(f"client {cid}: refusing subscription to 'ms/d': it has mqtt.max_subscriptions = 3 (1 refused "
+                      f"on this shard so far)".encode(), log)
+        self.assertIn(b"refusing subscription to 'ms/e': it has mqtt.max_subscriptions = 3 (2 refused", log)
+        self.assertNotIn(b"refusing subscription to 'ms/f'", log)  # the 3rd refusal is not logged
+
     def connect_once_room(self, client_id, timeout=3.0, **kw):
         """Connects client_id, trying again while the broker refuses it, until `timeout`: a place freed by a close is
         counted as the broker handles the close."""

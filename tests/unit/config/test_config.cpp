@@ -53,6 +53,7 @@ max_inflight = 10
 max_queued_messages = 0
 max_queued_bytes = 5000
 max_sessions = 7000
+max_subscriptions = 50
 max_awaiting_rel = 7
 max_outgoing_bytes = 4096
 max_cross_shard_bytes = 131072
@@ -103,6 +104,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(m.max_queued_messages, 0u);
     EXPECT_EQ(m.max_queued_bytes, 5000u);
     EXPECT_EQ(m.max_sessions, 7000u);
+    EXPECT_EQ(m.max_subscriptions, 50u);
     EXPECT_EQ(m.max_awaiting_rel, 7u);
     EXPECT_EQ(m.max_outgoing_bytes, 4096u);
     EXPECT_EQ(m.max_cross_shard_bytes, 131072u);
@@ -151,6 +153,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.limits.max_queued_messages, 1000u);
     EXPECT_EQ(c.limits.max_queued_bytes, 0u);
     EXPECT_EQ(c.limits.max_sessions, 0u);
+    EXPECT_EQ(c.limits.max_subscriptions, 0u);
     EXPECT_EQ(c.limits.max_awaiting_rel, 100u);
     EXPECT_EQ(c.limits.max_outgoing_bytes, 16777216u);
     EXPECT_EQ(c.limits.max_cross_shard_bytes, 16777216u);
@@ -264,6 +267,7 @@ max_inflight = 32
 max_queued_messages = 1000
 max_queued_bytes = 0
 max_sessions = 0
+max_subscriptions = 0
 max_awaiting_rel = 100
 max_outgoing_bytes = 16777216
 max_cross_shard_bytes = 16777216
@@ -594,6 +598,8 @@ TEST_F(config_test, every_range_is_checked) {
         {"[mqtt]\nmax_queued_bytes = -1", "mqtt.max_queued_bytes"},
         {"[mqtt]\nmax_sessions = -1", "mqtt.max_sessions"},
         {"[mqtt]\nmax_sessions = 4294967296", "mqtt.max_sessions"},
+        {"[mqtt]\nmax_subscriptions = -1", "mqtt.max_subscriptions"},
+        {"[mqtt]\nmax_subscriptions = 4294967296", "mqtt.max_subscriptions"},
         {"[mqtt]\nmax_queued_bytes = 1099511627777", "mqtt.max_queued_bytes"},
         {"[mqtt]\nmax_awaiting_rel = 65536", "mqtt.max_awaiting_rel"},
         {"[mqtt]\nmax_outgoing_bytes = 0", "mqtt.max_outgoing_bytes"},
