@@ -10,7 +10,6 @@
 #include <simdjson.h>
 
 #include <algorithm>
-#include <bit>
 #include <charconv>
 #include <ctime>
 #include <map>
@@ -727,14 +726,15 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
     }
     using sub_result = broker::shard_control::subscribe_result;
     sub_result r = sub_result::done;
+    bool found = true;
     const shard_fn fn7 = [&](broker::shard_control& sc) {
         if (action == 1)
             r = sc.subscribe(client_id, topic, static_cast<uint8_t>(qos));
-        else if (!sc.unsubscribe(client_id, topic))
-            r = sub_result::no_session;
+        else
+            found = sc.unsubscribe(client_id, topic);
     };
     co_await on_shard(home_shard(client_id, node_.mqtt_shards), fn7);
-    if (r == sub_result::no_session) {
+    if (!found || r == sub_result::no_session) {
         api_error(resp, 102, "Clientid: " + client_id + " not found");
         co_return;
     }
@@ -949,7 +949,7 @@ void server::auth_api(const http_request& req, http_response& resp) {
 server::login server::check_password(std::string_view user, std::string_view password) {
     if (users_.verify_cached(user, password)) return login::ok;
     if (!password_checks_.take(mono_ms())) {
-        if (std::has_single_bit(++password_checks_refused_)) // 1, 2, 4, 8...: a flood is a handful of lines
+        if (log::at_doubling(password_checks_refused_))
             log::warn("admin: over admin.password_checks_per_second = {}: answering 429 ({} so far)",
                       cfg_.admin.password_checks_per_second, password_checks_refused_);
         return login::busy;

@@ -11,7 +11,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <bit>
 #include <cstring>
 #include <ctime>
 
@@ -224,7 +223,7 @@ reactor::task<void> server::serve(int fd, bool over_limit) {
     bool open = true;
     const uint32_t idle_ms =
         over_limit ? std::min<uint32_t>(cfg_.admin.idle_timeout_ms, over_limit_wait_ms) : cfg_.admin.idle_timeout_ms;
-    if (over_limit && std::has_single_bit(++over_limit_total_)) // 1, 2, 4, 8...: a flood is a handful of lines
+    if (over_limit && log::at_doubling(over_limit_total_))
         log::warn("admin: {} connections open, over admin.max_connections = {}: answering 503 ({} so far)",
                   open_fds_.size(), cfg_.admin.max_connections, over_limit_total_);
     while (open && !stopping_) {

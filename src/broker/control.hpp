@@ -68,11 +68,10 @@ public:
     virtual void local_routes(std::vector<std::string>& out) const = 0;
     // Disconnects the client if it is connected here (its will is published). False when not connected here.
     virtual bool kick(std::string_view id) = 0;
-    // On the client's session (connected or persistent offline).
+    // What subscribe did; too_many: the session has mqtt.max_subscriptions filters and this is not one of them.
     enum class subscribe_result { done, no_session, too_many };
-    // too_many: the session has mqtt.max_subscriptions filters and this is not one of them.
+    // On the client's session (connected or persistent offline) here. unsubscribe: false when there is none.
     virtual subscribe_result subscribe(std::string_view id, std::string_view filter, uint8_t qos) = 0;
-    // False when there is no such session here.
     virtual bool unsubscribe(std::string_view id, std::string_view filter) = 0;
     // Publishes as if received from a client on this shard (no "received" counters).
     virtual void publish(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) = 0;

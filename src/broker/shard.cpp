@@ -1210,7 +1210,7 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         case session::qos2_arrival::full:
             // EMQ X 2.x's answer (not MQTT 3.1.1's, which always answers PUBREC): no PUBREC, the message is dropped
             // and the client still holds it (3.1.1 resends it when it reconnects to its persistent session).
-            if (std::has_single_bit(++m_.messages_qos2_dropped))
+            if (log::at_doubling(m_.messages_qos2_dropped))
                 log::warn("client {}: {} QoS 2 messages await PUBREL (mqtt.max_awaiting_rel), message on {} dropped "
                           "without PUBREC ({} on this shard so far)",
                           c.client_id(), cfg_.limits.max_awaiting_rel, pv.topic, m_.messages_qos2_dropped);
@@ -1324,18 +1324,19 @@ bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t f
     codes.reserve(sv.entries.size());
     for (const mqtt::subscription& sub : sv.entries) {
         if (!valid_filter(sub.filter)) {
-            if (std::has_single_bit(++filters_refused_))
-                log::info("client {}: refusing subscription to invalid filter '{}' ({} refused on this shard so far)",
-                          c.client_id_, sub.filter, filters_refused_);
+            if (log::at_doubling(invalid_filters_))
+                log::info("client {}: refusing subscription to invalid filter '{}' ({} invalid filters refused on this "
+                          "shard so far)",
+                          c.client_id_, sub.filter, invalid_filters_);
             codes.push_back(0x80);
             continue;
         }
         const uint8_t qos = sub.options & 3;
         if (!add_subscription(*c.slot, std::string(sub.filter), qos)) {
-            if (std::has_single_bit(++filters_refused_))
-                log::info("client {}: refusing subscription to '{}': it has mqtt.max_subscriptions = {} ({} refused on "
-                          "this shard so far)",
-                          c.client_id_, sub.filter, cfg_.limits.max_subscriptions, filters_refused_);
+            if (log::at_doubling(subscriptions_over_))
+                log::info("client {}: refusing subscription to '{}': it has mqtt.max_subscriptions = {} ({} refused "
+                          "on this shard so far)",
+                          c.client_id_, sub.filter, cfg_.limits.max_subscriptions, subscriptions_over_);
             codes.push_back(0x80);
             continue;
         }
@@ -1665,10 +1666,10 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
 void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
     if (!cfg_.limits.retain_available || !node_.retainer_active.load(std::memory_order_relaxed)) return;
     if (payload.size() > cfg_.limits.max_retained_payload) {
-        if (std::has_single_bit(++retained_refused_))
-            log::info("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {} ({} retained "
-                      "messages refused on this shard so far)",
-                      topic, payload.size(), cfg_.limits.max_retained_payload, retained_refused_);
+        if (log::at_doubling(retained_too_large_))
+            log::warn("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {} ({} refused "
+                      "for their size on this shard so far)",
+                      topic, payload.size(), cfg_.limits.max_retained_payload, retained_too_large_);
         return;
     }
     // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
@@ -1688,11 +1689,17 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
 void shard::store_retained(session::message* m, bool own) {
     auto ref = session::message_ref::adopt(m);
     const auto r = retained_.store(std::move(ref), cfg_.limits.max_retained_messages, now_ms_, n_ > 1);
-    if (r == retained_store::store_result::full && own && std::has_single_bit(++retained_refused_))
-        log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} retained messages "
-                  "refused on this shard so far)",
-                  ref->topic(), cfg_.limits.max_retained_messages, retained_refused_);
-    else if (r == retained_store::store_result::stale)
+    if (r == retained_store::store_result::full) {
+        // Every shard refuses its copy of the same PUBLISH; the one it came to tells. A copy refused where the
+        // publisher's shard stored it (the stores a few updates apart near the limit) shows at debug level.
+        if (!own)
+            log::debug("retained message on {} from another shard not stored here: mqtt.max_retained_messages = {}",
+                       ref->topic(), cfg_.limits.max_retained_messages);
+        else if (log::at_doubling(retained_full_))
+            log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} refused on "
+                      "this shard so far)",
+                      ref->topic(), cfg_.limits.max_retained_messages, retained_full_);
+    } else if (r == retained_store::store_result::stale)
         log::debug("retained update of {} from another shard overtaken by a later one", ref->topic());
     m_.messages_retained = retained_.size();
 }

@@ -524,12 +524,14 @@ private:
     // needs_rearm set.
     bool holding_ = false;
     std::vector<uint64_t> held_;
-    uint64_t holds_ = 0; // hold episodes since the last warning
-    // What clients of this shard sent that was refused without closing them, per message or filter: logged at the 1st,
-    // 2nd, 4th... so a client repeating it cannot flood the log.
-    uint64_t retained_refused_ = 0; // retained messages not stored (too large, or the store full)
-    uint64_t filters_refused_ = 0;  // filters answered 0x80 (invalid, or one more than mqtt.max_subscriptions)
-    int64_t hold_warned_ms_ = 0;    // when the last warning was logged
+    uint64_t holds_ = 0;         // hold episodes since the last warning
+    int64_t hold_warned_ms_ = 0; // when the last warning was logged
+    // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
+    // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.
+    uint64_t retained_too_large_ = 0; // retained PUBLISHes over mqtt.max_retained_payload, not stored
+    uint64_t retained_full_ = 0;      // retained PUBLISHes on a new topic over mqtt.max_retained_messages, not stored
+    uint64_t invalid_filters_ = 0;    // SUBSCRIBE entries answered 0x80 for an invalid filter
+    uint64_t subscriptions_over_ = 0; // SUBSCRIBE entries answered 0x80 for one filter more than mqtt.max_subscriptions
     std::vector<uint64_t> graveyard_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
     reactor::deadline_wheel deadlines_;

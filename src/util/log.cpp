@@ -30,16 +30,35 @@ bool parse_level(std::string_view s, level& out) {
     return false;
 }
 
+namespace {
+// How many bytes from msg[i] on are written escaped (0: msg[i] is written as it is).
+size_t escaped_length(std::string_view msg, size_t i) {
+    const auto b = static_cast<unsigned char>(msg[i]);
+    if (b < 0x20 || b == 0x7f || b == '\\') return 1;
+    const auto next = [&](size_t k) { return i + k < msg.size() ? static_cast<unsigned char>(msg[i + k]) : 0; };
+    if (b == 0xc2 && next(1) >= 0x80 && next(1) <= 0x9f) return 2;                      // U+0080..U+009F
+    if (b == 0xe2 && next(1) == 0x80 && (next(2) == 0xa8 || next(2) == 0xa9)) return 3; // U+2028, U+2029
+    return 0;
+}
+} // namespace
+
 void append_escaped(fmt::memory_buffer& out, std::string_view msg) {
     static constexpr char hex[] = "0123456789abcdef";
     size_t clean = 0; // start of the run of bytes not yet copied
-    for (size_t i = 0; i < msg.size(); ++i) {
-        const auto b = static_cast<unsigned char>(msg[i]);
-        if (b >= 0x20 && b != 0x7f) continue;
+    for (size_t i = 0; i < msg.size();) {
+        const size_t n = escaped_length(msg, i);
+        if (n == 0) {
+            ++i;
+            continue;
+        }
         out.append(msg.data() + clean, msg.data() + i);
-        const char esc[4] = {'\\', 'x', hex[b >> 4], hex[b & 15]};
-        out.append(esc, esc + 4);
-        clean = i + 1;
+        for (size_t k = i; k < i + n; ++k) {
+            const auto b = static_cast<unsigned char>(msg[k]);
+            const char esc[4] = {'\\', 'x', hex[b >> 4], hex[b & 15]};
+            out.append(esc, esc + 4);
+        }
+        i += n;
+        clean = i;
     }
     out.append(msg.data() + clean, msg.data() + msg.size());
 }

@@ -1,10 +1,12 @@
 #pragma once
 // Process-wide leveled logging to stderr. Safe from any thread: each line is formatted into a local buffer and
 // written with one write(2), so lines from different shards never interleave. Control characters in a message are
-// written as \xNN: messages quote what clients sent (topics, filters, client ids, user names), which MQTT lets
-// carry line breaks, and a client must not be able to forge log lines.
+// written as \xNN (append_escaped): messages quote what clients sent (topics, filters, client ids, user names), which
+// MQTT lets carry line breaks, and a client must not be able to forge log lines or drive a terminal.
 #include <fmt/format.h>
 
+#include <bit>
+#include <cstdint>
 #include <string_view>
 
 namespace ringmq::log {
@@ -16,9 +18,15 @@ level current_level();
 bool parse_level(std::string_view s, level& out);
 void set_shard_tag(int shard); // per-thread tag printed in each line; -1 = main, -2 = admin
 void write(level l, std::string_view msg);
-// Appends msg to out with each byte below 0x20 and 0x7f as \xNN (lowercase hex); other bytes, UTF-8 included, as
-// they are.
+// Appends msg to out with each byte below 0x20, 0x7f and the backslash as \xNN (lowercase hex), and so the UTF-8 of
+// the C1 controls (U+0080..U+009F, NEL and CSI among them) and of U+2028/U+2029 (line and paragraph separators, line
+// breaks to some readers); other bytes, UTF-8 included, as they are.
 void append_escaped(fmt::memory_buffer& out, std::string_view msg);
+
+// Counts one more occurrence of something a client can repeat without bound (a refusal, a drop) and says whether to
+// log this one: the 1st, 2nd, 4th, 8th... The log then shows that it happens and how often, and a flood of it is a
+// handful of lines.
+inline bool at_doubling(uint64_t& count) { return std::has_single_bit(++count); }
 
 template <typename... Args> void debug(fmt::format_string<Args...> f, Args&&... args) {
     if (current_level() <= level::debug) write(level::debug, fmt::format(f, std::forward<Args>(args)...));

@@ -123,7 +123,7 @@ class PublishCases:
         self.assertEqual(s.recv_publish().topic, "$ap/t")
 
 
-class ApiSubscribeCases:
+class ApiSubscribeHelpers:
     def target(self, name="target", shard=1):
         tid = self.cid(name, shard)
         return tid, self.client(tid)
@@ -131,6 +131,9 @@ class ApiSubscribeCases:
     def subs_of(self, cid):
         return sorted((r["client_id"], r["topic"], r["qos"])
                       for r in self.lookup("subscriptions/" + seg(cid), SUBSCRIPTION_KEYS))
+
+
+class ApiSubscribeCases(ApiSubscribeHelpers):
 
     def test_api_subscribe_then_mqtt_publish_arrives(self):
         tid, t = self.target()
@@ -201,21 +204,6 @@ class ApiSubscribeCases:
         msg = back.recv_publish()
         self.assertEqual((msg.topic, msg.payload, msg.qos), ("as/off", b"queued", 1))
 
-    def test_api_subscribe_beyond_max_subscriptions(self):
-        # The API's subscriptions count against mqtt.max_subscriptions like the client's own: one more is answered
-        # 102 and not made; a filter the session has can be subscribed again.
-        self.use_broker({"mqtt.max_subscriptions": 2})
-        tid, t = self.target()
-        t.subscribe([("asl/mqtt", 1)])
-        self.action("POST", "mqtt/subscribe", {"topic": "asl/api", "qos": 1, "client_id": tid})
-        obj = self.err("POST", "mqtt/subscribe", {"topic": "asl/more", "qos": 1, "client_id": tid}, 102)
-        self.assertEqual(obj["message"], f"Clientid: {tid} has mqtt.max_subscriptions = 2 subscriptions")
-        self.action("POST", "mqtt/subscribe", {"topic": "asl/mqtt", "qos": 0, "client_id": tid})
-        self.assertEqual(self.subs_of(tid), [(tid, "asl/api", 1), (tid, "asl/mqtt", 0)])
-        self.action("POST", "mqtt/unsubscribe", {"topic": "asl/api", "client_id": tid})
-        self.action("POST", "mqtt/subscribe", {"topic": "asl/more", "qos": 1, "client_id": tid})
-        self.assertEqual(self.subs_of(tid), [(tid, "asl/more", 1), (tid, "asl/mqtt", 0)])
-
     def test_api_subscribe_errors(self):
         tid, t = self.target()
         for path in ("mqtt/subscribe", "mqtt/unsubscribe"):
@@ -243,3 +231,24 @@ class ApiSubscribeCases:
 
 shard_variants(PublishCases, globals(), base=AdminTest)
 shard_variants(ApiSubscribeCases, globals(), base=AdminTest)
+
+
+class ApiSubscribeLimitCases(ApiSubscribeHelpers):
+    SETTINGS = {"mqtt.max_subscriptions": 2}
+
+    def test_api_subscribe_beyond_max_subscriptions(self):
+        # The API's subscriptions count against mqtt.max_subscriptions like the client's own: one more is answered
+        # 102 and not made; a filter the session has can be subscribed again.
+        tid, t = self.target()
+        t.subscribe([("asl/mqtt", 1)])
+        self.action("POST", "mqtt/subscribe", {"topic": "asl/api", "qos": 1, "client_id": tid})
+        obj = self.err("POST", "mqtt/subscribe", {"topic": "asl/more", "qos": 1, "client_id": tid}, 102)
+        self.assertEqual(obj["message"], f"Clientid: {tid} has mqtt.max_subscriptions = 2 subscriptions")
+        self.action("POST", "mqtt/subscribe", {"topic": "asl/mqtt", "qos": 0, "client_id": tid})
+        self.assertEqual(self.subs_of(tid), [(tid, "asl/api", 1), (tid, "asl/mqtt", 0)])
+        self.action("POST", "mqtt/unsubscribe", {"topic": "asl/api", "client_id": tid})
+        self.action("POST", "mqtt/subscribe", {"topic": "asl/more", "qos": 1, "client_id": tid})
+        self.assertEqual(self.subs_of(tid), [(tid, "asl/more", 1), (tid, "asl/mqtt", 0)])
+
+
+shard_variants(ApiSubscribeLimitCases, globals(), base=AdminTest)

@@ -85,7 +85,7 @@ TEST(home_shard, spreads_keys_over_all_shards) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// log::parse_level
+// log::append_escaped: nothing a client sends can start a line of the log of its own.
 
 std::string escaped(std::string_view msg) {
     fmt::memory_buffer b;
@@ -103,9 +103,34 @@ TEST(log_escape, control_characters_become_hex_and_nothing_else_changes) {
     EXPECT_EQ(escaped(std::string_view("a\0b", 3)), "a\\x00b");
     EXPECT_EQ(escaped("\x01"), "\\x01");
     EXPECT_EQ(escaped("\x1f "), "\\x1f ");
-    // UTF-8 (bytes >= 0x80) and a backslash the client sent stay as they are.
-    EXPECT_EQ(escaped("caf\xc3\xa9 \\x0a"), "caf\xc3\xa9 \\x0a");
+    // A backslash is escaped too, so the text \x0a a client sent cannot pass for an escaped line break.
+    EXPECT_EQ(escaped("a\\x0a"), "a\\x5cx0a");
+    // UTF-8 stays as it is (bytes >= 0x80), except the C1 controls and the Unicode line and paragraph separators.
+    EXPECT_EQ(escaped("caf\xc3\xa9 \xe2\x82\xac"), "caf\xc3\xa9 \xe2\x82\xac");
+    EXPECT_EQ(escaped("a\xc2\x85"
+                      "b\xc2\x9b"
+                      "c\xc2\xa0"),
+              "a\\xc2\\x85b\\xc2\\x9bc\xc2\xa0"); // NEL, CSI; NBSP kept
+    EXPECT_EQ(escaped("x\xe2\x80\xa8y\xe2\x80\xa9z\xe2\x80\xa7"), "x\\xe2\\x80\\xa8y\\xe2\\x80\\xa9z\xe2\x80\xa7");
+    // A sequence cut short at the end of the message is written as it is.
+    EXPECT_EQ(escaped("end\xc2"), "end\xc2");
+    EXPECT_EQ(escaped("end\xe2\x80"), "end\xe2\x80");
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// log::at_doubling: the 1st, 2nd, 4th, 8th... occurrence is logged.
+
+TEST(log_at_doubling, says_yes_at_powers_of_two_only) {
+    uint64_t n = 0;
+    std::vector<uint64_t> logged;
+    for (int i = 0; i < 100; ++i)
+        if (log::at_doubling(n)) logged.push_back(n);
+    EXPECT_EQ(n, 100u);
+    EXPECT_EQ(logged, (std::vector<uint64_t>{1, 2, 4, 8, 16, 32, 64}));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// log::parse_level
 
 TEST(log_parse_level, accepts_every_level_name) {
     const std::pair<std::string_view, log::level> cases[] = {
