@@ -63,6 +63,18 @@ void append_escaped(fmt::memory_buffer& out, std::string_view msg) {
     out.append(msg.data() + clean, msg.data() + msg.size());
 }
 
+void append_message(fmt::memory_buffer& out, std::string_view msg) {
+    if (msg.size() <= max_message_bytes) {
+        append_escaped(out, msg);
+        return;
+    }
+    size_t cut = max_message_bytes;
+    while (cut > 0 && (static_cast<unsigned char>(msg[cut]) & 0xc0) == 0x80)
+        --cut; // not inside a UTF-8 sequence
+    append_escaped(out, msg.substr(0, cut));
+    fmt::format_to(std::back_inserter(out), " [... {} more bytes]", msg.size() - cut);
+}
+
 void write(level l, std::string_view msg) {
     timeval tv{};
     gettimeofday(&tv, nullptr);
@@ -79,7 +91,7 @@ void write(level l, std::string_view msg) {
     fmt::format_to(std::back_inserter(buf), "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03} [{}] {}: ", t.tm_year + 1900,
                    t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
                    k_names[static_cast<int>(l)], tag);
-    append_escaped(buf, msg);
+    append_message(buf, msg);
     buf.push_back('\n');
     const char* p = buf.data();
     size_t left = buf.size();

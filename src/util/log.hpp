@@ -22,6 +22,10 @@ void write(level l, std::string_view msg);
 // the C1 controls (U+0080..U+009F, NEL and CSI among them) and of U+2028/U+2029 (line and paragraph separators, line
 // breaks to some readers); other bytes, UTF-8 included, as they are.
 void append_escaped(fmt::memory_buffer& out, std::string_view msg);
+// What write() puts after a line's prefix: msg escaped, its first max_message_bytes only (cut at a UTF-8 boundary) and
+// then " [... N more bytes]". A client id, topic or filter may be 64 KiB; one line per refused connection stays short.
+inline constexpr size_t max_message_bytes = 4096;
+void append_message(fmt::memory_buffer& out, std::string_view msg);
 
 // Counts one more occurrence of something a client can repeat without bound (a refusal, a drop) and says whether to
 // log this one: the 1st, 2nd, 4th, 8th... The log then shows that it happens and how often, and a flood of it is a

@@ -117,6 +117,26 @@ TEST(log_escape, control_characters_become_hex_and_nothing_else_changes) {
     EXPECT_EQ(escaped("end\xe2\x80"), "end\xe2\x80");
 }
 
+std::string message(std::string_view msg) {
+    fmt::memory_buffer b;
+    log::append_message(b, msg);
+    return fmt::to_string(b);
+}
+
+TEST(log_message, a_long_message_is_cut_and_says_how_much_is_left_out) {
+    const std::string at_limit(log::max_message_bytes, 'a');
+    EXPECT_EQ(message(at_limit), at_limit);
+    EXPECT_EQ(message(at_limit + "bc"), at_limit + " [... 2 more bytes]");
+    EXPECT_EQ(message(std::string(65535, 'i')), std::string(log::max_message_bytes, 'i') + " [... 61439 more bytes]");
+    // Not cut inside a UTF-8 sequence: the 2-byte e-acute straddling the limit goes whole into the rest.
+    const std::string before(log::max_message_bytes - 1, 'a');
+    EXPECT_EQ(message(before + "\xc3\xa9z"), before + " [... 3 more bytes]");
+    // The part kept is escaped like any message.
+    EXPECT_EQ(message(std::string(5000, '\n')).substr(0, 8), "\\x0a\\x0a");
+    EXPECT_EQ(message(std::string(5000, '\n')).size(),
+              4 * log::max_message_bytes + std::string(" [... 904 more bytes]").size());
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // log::at_doubling: the 1st, 2nd, 4th, 8th... occurrence is logged.
 
