@@ -246,6 +246,16 @@ class Broker:
             except OSError:
                 pass
 
+    def doubling_counts(self, marker: bytes, shard: Optional[int] = None) -> list:
+        """The counts "(N ...so far)" that end the log lines containing marker, in order: what the broker logs at the
+        1st, 2nd, 4th... occurrence only (log::at_doubling). With `shard`, every such line must come from it."""
+        lines = [line for line in self.log().split(b"\n") if marker in line]
+        if shard is not None:
+            strays = [line for line in lines if f"shard{shard}:".encode() not in line]
+            if strays:
+                raise AssertionError(f"logged by another shard than shard{shard}: {strays[0]!r}")
+        return [int(line.rsplit(b"(", 1)[1].split()[0]) for line in lines]
+
     def stop_and_read_log(self) -> bytes:
         """Stops the broker and returns its whole log, with the lines it writes while stopping (counters, say)."""
         with open(self.log_path, "rb") as log:  # still readable after stop() removes the file
