@@ -64,6 +64,12 @@ bool server::open_users(std::string& why) {
         log::warn("admin: created {} with the default user '{}' and password '{}': change it with "
                   "PUT /api/v2/change_pwd/{} or the users API",
                   cfg_.admin.users_file, cfg_.admin.default_user, cfg_.admin.default_password, cfg_.admin.default_user);
+    else if (const size_t n = users_.list().size(); n == 0)
+        log::warn("admin: {} holds no users: every API request will be refused until one is added to the file",
+                  cfg_.admin.users_file);
+    else // the defaults only seed a new file: an operator who changed them in the config must see they were not used
+        log::info("admin: {} user{} from {} (admin.default_user and admin.default_password only seed a new file)", n,
+                  n == 1 ? "" : "s", cfg_.admin.users_file);
     return true;
 }
 
@@ -76,7 +82,7 @@ bool server::run() {
     log::set_shard_tag(-2);
     std::string why;
     if (!ring_.init(256, why)) {
-        log::error("admin: {}", why);
+        log::fatal("admin: {}", why);
         failed.store(true);
         return false;
     }

@@ -1,18 +1,22 @@
 // The composition root: reads the configuration, checks io_uring, binds the listeners, starts one pinned thread per
-// MQTT shard, then waits for SIGTERM/SIGINT and stops the shards gracefully. The only code that knows every module.
+// MQTT shard, then waits for SIGTERM/SIGINT and stops the shards gracefully (a second signal ends the process at
+// once). The only code that knows every module.
 #include "admin/server.hpp"
 #include "broker/shard.hpp"
 #include "config/config.hpp"
 #include "io/ring.hpp"
 #include "listener/listener.hpp"
+#include "reactor/smp.hpp"
 #include "util/log.hpp"
 
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -20,6 +24,24 @@
 using namespace ringmq;
 
 namespace {
+
+// Waits for SIGTERM or SIGINT; a SIGHUP (a closed terminal, or an operator expecting a reload as Mosquitto does) is
+// logged and waited past: ringmq does not reload its configuration, and a hang-up must not kill it ungracefully.
+int wait_for_stop(const sigset_t& signals) {
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&signals, &sig) != 0) continue;
+        if (sig != SIGHUP) return sig;
+        log::warn("received SIGHUP: ignored (ringmq does not reload its configuration; restart it to change it)");
+    }
+}
+
+const char* signal_name(int sig) { return sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "a signal"; }
+
+uint64_t physical_memory() {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+}
 
 void pin(std::thread& t, unsigned shard) {
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -46,30 +68,47 @@ int main(int argc, char** argv) {
 
     std::string why;
     if (!io::probe_kernel(why)) {
-        log::error("cannot start: {}", why);
+        log::fatal("cannot start: {}", why);
+        return 1;
+    }
+    const uint64_t queue_bytes = reactor::smp::bytes_for(cfg.shards + 1, cfg.budgets.smp_queue_size);
+    const uint64_t ram = physical_memory();
+    if (ram != 0 && queue_bytes > ram) {
+        log::fatal(
+            "cannot start: node.shards = {} and node.smp_queue_size = {} make {} MiB of cross-shard queues, more "
+            "than this machine's {} MiB of memory",
+            cfg.shards, cfg.budgets.smp_queue_size, queue_bytes >> 20, ram >> 20);
         return 1;
     }
 
-    // Block the stop signals in every thread; main waits for them with sigwait().
-    sigset_t stop_set;
-    sigemptyset(&stop_set);
-    sigaddset(&stop_set, SIGTERM);
-    sigaddset(&stop_set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
+    // Block the signals main handles in every thread; main waits for them with sigwait().
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);
 
     listener::bound mqtt_listen;
     if (!listener::bind_reuseport(cfg.mqtt_listen, cfg.shards, 4096, mqtt_listen, why)) {
-        log::error("cannot listen for MQTT: {}", why);
+        log::fatal("cannot listen for MQTT: {}", why);
         return 1;
     }
     listener::bound admin_listen;
     if (cfg.admin.enabled && !listener::bind_reuseport(cfg.admin.listen, 1, 128, admin_listen, why)) {
-        log::error("cannot listen for the admin API: {}", why);
+        log::fatal("cannot listen for the admin API: {}", why);
         listener::close_all(mqtt_listen);
         return 1;
     }
     log::info("ringmq {} starting: {}", RINGMQ_VERSION, config::describe(cfg));
+    log::info("cross-shard queues: {} of {} messages, at most {} KiB in use", size_t{cfg.shards + 1} * cfg.shards,
+              cfg.budgets.smp_queue_size, queue_bytes >> 10);
+    if (cfg.sys.enabled && !cfg.admin.enabled)
+        log::info("no $SYS topics: the admin shard publishes them, and admin.enabled = false");
+    if (!cfg.limits.allow_anonymous)
+        log::info("mqtt.allow_anonymous = false: a CONNECT needs a user name; passwords are not checked (ringmq has "
+                  "no MQTT authentication yet)");
     // Each connection holds a descriptor: past the limit, connections wait in the backlog (see accept_pacer).
     log::info("open-file limit {} (mqtt.max_connections {})", listener::raise_fd_limit(), cfg.limits.max_connections);
 
@@ -80,7 +119,7 @@ int main(int argc, char** argv) {
                                 config::to_string(config::endpoint{cfg.admin.listen.host, admin_listen.port})};
         admin_server = std::make_unique<admin::server>(node, admin_listen.fds[0], li);
         if (!admin_server->open_users(why)) {
-            log::error("cannot start the admin API: {}", why);
+            log::fatal("cannot start the admin API: {}", why);
             listener::close_all(mqtt_listen);
             listener::close_all(admin_listen);
             return 1;
@@ -105,16 +144,26 @@ int main(int argc, char** argv) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     int rc = 0;
     if (node.ready.load() < cfg.shards || !admin_ready()) {
-        log::error("cannot start: {} of {} shards failed to start{}", cfg.shards - node.ready.load(), cfg.shards,
-                   admin_ready() ? "" : ", the admin shard failed to start");
+        const unsigned ready = node.ready.load();
+        if (node.failed.load() || (admin_server && admin_server->failed.load()))
+            log::fatal("cannot start: {} of {} shards failed to start{}", cfg.shards - ready, cfg.shards,
+                       admin_ready() ? "" : ", the admin shard failed to start");
+        else
+            log::fatal("cannot start: {} of {} shards{} ready after 10 s", ready, cfg.shards,
+                       admin_ready() ? "" : ", not the admin shard,");
         rc = 1;
     } else {
         log::info("listening mqtt tcp {}:{}", cfg.mqtt_listen.host, mqtt_listen.port);
         if (admin_server) log::info("listening admin http {}:{}", cfg.admin.listen.host, admin_listen.port);
         log::info("ringmq ready: node {}, {} shard{}", cfg.node_name, cfg.shards, cfg.shards == 1 ? "" : "s");
-        int sig = 0;
-        sigwait(&stop_set, &sig);
-        log::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        const int sig = wait_for_stop(signals);
+        log::info("received {}, shutting down (a second one stops at once)", signal_name(sig));
+        // A stop that hangs (a shard stuck in the kernel, say) must not need SIGKILL to end.
+        std::thread([signals] {
+            const int again = wait_for_stop(signals);
+            log::fatal("received {} again while stopping: exiting without a graceful stop", signal_name(again));
+            std::_Exit(128 + again);
+        }).detach();
     }
     node.stopping.store(true);
     // The admin shard stops first: its requests wait on MQTT shards, which must still answer them.

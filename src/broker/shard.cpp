@@ -165,7 +165,7 @@ bool shard::run() {
     ok = ok && bufs_.init(ring_, 0, nbufs, recv_buffer_size, why, inc) &&
          first_bufs_.init(ring_, 1, first_recv_buffers, first_recv_buffer_size, why);
     if (!ok) {
-        log::error("shard {}: {}", id_, why);
+        log::fatal("shard {}: {}", id_, why);
         node_.failed.store(true);
         return false;
     }

@@ -304,6 +304,9 @@ std::string check_node_name(const std::string& s) {
     bool blank = std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= ' ' || c == 0x7f; });
     if (at == std::string::npos || at == 0 || at + 1 == s.size() || blank)
         return fmt::format("must look like name@host (one word containing '@'), got '{}'", s);
+    // The name is one level of the $SYS topics (ringmq's own PUBLISHes skip the topic checks clients get).
+    if (s.find_first_of("/+#") != std::string::npos)
+        return fmt::format("must not contain '/', '+' or '#' (it is a level of the $SYS topics), got '{}'", s);
     return "";
 }
 

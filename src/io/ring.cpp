@@ -86,7 +86,7 @@ bool probe_kernel(std::string& why) {
     std::free(mem);
     io_uring_queue_exit(&r);
     if (rc < 0) {
-        why = fmt::format("io_uring provided buffer rings are unsupported ({}): Linux 5.19 or newer is needed",
+        why = fmt::format("io_uring provided buffer rings are unsupported ({}): Linux 6.0 or newer is needed",
                           std::strerror(-rc));
         return false;
     }

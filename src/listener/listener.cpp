@@ -17,6 +17,8 @@ namespace ringmq::listener {
 
 namespace {
 
+// Opens, binds and listens one SO_REUSEPORT socket; with backlog < 0 only binds one without SO_REUSEPORT and closes
+// it again (bind_reuseport's probe), returning 0 when the address was free.
 int open_one(const config::endpoint& ep, uint16_t port, int backlog, uint16_t& actual, std::string& why) {
     sockaddr_storage ss{};
     socklen_t len = 0;
@@ -48,6 +50,14 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, uint16_t& a
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (backlog < 0) {
+        const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+        if (!free)
+            why = fmt::format("cannot bind {}: {}", config::to_string(config::endpoint{ep.host, port}),
+                              std::strerror(errno));
+        ::close(fd);
+        return free ? 0 : -1;
+    }
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
         why = fmt::format("SO_REUSEPORT: {}", std::strerror(errno));
         ::close(fd);
@@ -83,6 +93,14 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, uint16_t& a
 bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bound& out, std::string& why) {
     out = {};
     uint16_t port = ep.port;
+    // SO_REUSEPORT lets any process of the same user bind the port again: a second ringmq started by mistake would
+    // take half the connections of the first, each broker routing only its own. A bind without it fails while
+    // anyone listens there, so it is tried first (port 0 gets a fresh port, which nobody else holds). Two brokers
+    // started within the same instant can still both pass it.
+    if (port != 0) {
+        uint16_t unused = 0;
+        if (open_one(ep, port, -1, unused, why) < 0) return false;
+    }
     for (unsigned i = 0; i < count; ++i) {
         uint16_t actual = 0;
         const int fd = open_one(ep, port, backlog, actual, why);

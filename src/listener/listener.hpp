@@ -16,7 +16,8 @@ struct bound {
     uint16_t port = 0;    // the actual port (resolved when the configured one is 0)
 };
 
-// Binds `count` sockets to ep. With port 0 the first bind picks the port and the others share it. On failure
+// Binds `count` sockets to ep. With port 0 the first bind picks the port and the others share it. A fixed port is
+// first bound once without SO_REUSEPORT, so that an address another process listens on is refused. On failure
 // closes what it opened and returns false with a reason naming the address.
 bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bound& out, std::string& why);
 

@@ -15,7 +15,9 @@ template <typename T> class spsc_queue {
 
 public:
     explicit spsc_queue(uint32_t capacity_pow2)
-        : mask_(capacity_pow2 - 1), items_(std::make_unique<T[]>(capacity_pow2)) {}
+        // Not zeroed: an item is read only after its producer wrote it, and untouched pages cost no memory (a queue
+        // between two shards that never talk stays virtual).
+        : mask_(capacity_pow2 - 1), items_(std::make_unique_for_overwrite<T[]>(capacity_pow2)) {}
 
     uint32_t capacity() const { return mask_ + 1; }
 

@@ -44,5 +44,10 @@ template <typename... Args> void warn(fmt::format_string<Args...> f, Args&&... a
 template <typename... Args> void error(fmt::format_string<Args...> f, Args&&... args) {
     if (current_level() <= level::error) write(level::error, fmt::format(f, std::forward<Args>(args)...));
 }
+// An error line written whatever log.level says: why the process cannot start or must stop. With log.level = "off"
+// a broker that exits 1 would otherwise say nothing at all.
+template <typename... Args> void fatal(fmt::format_string<Args...> f, Args&&... args) {
+    write(level::error, fmt::format(f, std::forward<Args>(args)...));
+}
 
 } // namespace ringmq::log

@@ -683,9 +683,20 @@ TEST_F(config_test, node_name_shapes) {
         ASSERT_THAT(r.errors, SizeIs(1)) << bad;
         EXPECT_THAT(r.errors[0], ::testing::StartsWith("--node-name: node.name: ")) << bad;
     }
+    // A level of the $SYS topics: a wildcard or a separator in it would make PUBLISH topics no client may send.
+    for (const char* bad : {"a#1@h", "a+@h", "a@h/x", "a/b@h"}) {
+        auto r = run({"--node-name", bad});
+        EXPECT_FALSE(r.cfg.has_value()) << bad;
+        ASSERT_THAT(r.errors, SizeIs(1)) << bad;
+        EXPECT_THAT(
+            r.errors[0],
+            AllOf(::testing::StartsWith("--node-name: node.name: must not contain '/', '+' or '#'"), HasSubstr(bad)));
+    }
     auto ok = run({"--node-name", "a@b"});
     ASSERT_TRUE(ok.cfg.has_value());
     EXPECT_EQ(ok.cfg->node_name, "a@b");
+    auto dotted = run({"--node-name", "ringmq-2@10.0.0.7"});
+    ASSERT_TRUE(dotted.cfg.has_value());
 }
 
 TEST_F(config_test, bad_endpoint_in_file) {

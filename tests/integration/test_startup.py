@@ -1,0 +1,79 @@
+"""Start-up and signals: what the binary does before it is ready and when it is told to stop. A broker that cannot
+start exits 1 with its reason on stderr, whatever log.level says; a port another broker listens on is refused (the
+listeners' SO_REUSEPORT would otherwise let both take its connections); SIGHUP does not kill the broker."""
+
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+import mqtt_raw as m
+from broker import Broker, BrokerTest, broker_bin
+
+START_TIMEOUT = 15  # a broker that cannot start says so at once; this only bounds a hang
+
+
+def run_broker(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([broker_bin(), *args], capture_output=True, text=True, timeout=START_TIMEOUT)
+
+
+class StartupTest(BrokerTest):
+    AUTO_START = False
+
+    def assert_refused(self, run: subprocess.CompletedProcess, *fragments: str) -> None:
+        self.assertEqual(run.returncode, 1, run.stderr)
+        for f in fragments:
+            self.assertIn(f, run.stderr)
+
+    def test_a_second_broker_on_the_same_port_is_refused(self):
+        first = self.start_broker(1, admin=True)
+        # MQTT port taken; the log level cannot hide why.
+        second = run_broker("--listen", f"127.0.0.1:{first.port}", "--no-admin", "--log-level", "off")
+        self.assert_refused(second, f"cannot listen for MQTT: cannot bind 127.0.0.1:{first.port}: Address already in use")
+        # The wildcard address overlaps the first broker's 127.0.0.1 too.
+        wide = run_broker("--listen", f"0.0.0.0:{first.port}", "--no-admin", "--log-level", "error", "--shards", "2")
+        self.assert_refused(wide, f"cannot bind 0.0.0.0:{first.port}: Address already in use")
+        # Admin port taken (the MQTT port is free).
+        admin = run_broker("--listen", "127.0.0.1:0", "--admin-listen", f"127.0.0.1:{first.admin_port}",
+                           "--log-level", "off")
+        self.assert_refused(admin, f"cannot listen for the admin API: cannot bind 127.0.0.1:{first.admin_port}")
+        # Every connection still reaches the first broker: a subscriber there gets each client's message.
+        sub = m.RawClient(first.port)
+        self.addCleanup(sub.close)
+        sub.connect("watcher")
+        sub.subscribe([("taken/#", 0)])
+        for i in range(20):
+            c = m.RawClient(first.port)
+            c.connect(f"c{i}")
+            c.publish(f"taken/{i}", b"x")
+            c.disconnect()
+        self.assertEqual(sorted(sub.recv_publish().topic for _ in range(20)), sorted(f"taken/{i}" for i in range(20)))
+
+    def test_cross_shard_queues_larger_than_memory_are_refused(self):
+        shards, size = 64, 1048576
+        needed = (shards + 1) * shards * size * 16
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        self.assertGreater(needed, ram, "this machine has the memory: the case needs more shards or bigger queues")
+        run = run_broker("--listen", "127.0.0.1:0", "--no-admin", "--log-level", "off", "--shards", str(shards),
+                         "--set", f"node.smp_queue_size={size}")
+        self.assert_refused(run, f"node.shards = {shards} and node.smp_queue_size = {size} make {needed >> 20} MiB "
+                                 "of cross-shard queues")
+
+    def test_sighup_is_logged_and_ignored(self):
+        b = self.start_broker(2)
+        b.proc.send_signal(signal.SIGHUP)
+        c = m.RawClient(b.port)
+        self.addCleanup(c.close)
+        c.connect("after-hup")
+        self.assertTrue(c.is_open())
+        deadline = time.monotonic() + 3
+        while b"received SIGHUP: ignored" not in b.log() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertIn(b"received SIGHUP: ignored", b.log())
+        self.assertIsNone(b.proc.poll(), "SIGHUP ended the broker")
+        # and SIGTERM still stops it gracefully (the cleanup checks exit code 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
