@@ -250,11 +250,13 @@ void shard::loop() {
                 node_.smp.set_sleeping(id_, false);
                 ring_.submit();
             } else {
-                ring_.submit_and_wait(-1);
+                // Stopping, the housekeeping timer is gone: wake up anyway to see whether the grace has run out.
+                ring_.submit_and_wait(stopping_ ? static_cast<int>(tick_ms) : -1);
                 node_.smp.set_sleeping(id_, false);
             }
         }
         now_ms_ = mono_ms();
+        if (stopping_ && !stop_cancelled_ && now_ms_ - stop_started_ms_ > shutdown_grace_ms) cancel_stuck();
         if (cfg_.budgets.idle_poll_us != 0 && poll_rules_.epoch_due(now_ms_))
             poll_rules_.end_epoch(now_ms_, thread_cpu_ns(), m_.packets_received + m_.packets_sent);
         ++turn_;
@@ -530,16 +532,26 @@ reactor::task<void> shard::housekeeping() {
     }
 }
 
+void shard::cancel_stuck() {
+    // Operations that shutdown() did not end (it ends sends to a peer that does not read, and recvs, on the kernels
+    // seen so far): cancelled once, so the shard stops after the grace rather than never.
+    stop_cancelled_ = true;
+    size_t n = 0;
+    for (auto& [id, c] : conns_) {
+        if (c->fd < 0 || c->ops == 0) continue;
+        io_uring_sqe* s = ring_.sqe();
+        io_uring_prep_cancel_fd(s, c->fd, IORING_ASYNC_CANCEL_ALL);
+        io::set_completion(s, nullptr); // an SQE keeps the user_data of its last use otherwise
+        ++n;
+    }
+    if (n != 0)
+        log::warn("shard {}: {} connection{} still busy {} ms after the stop began: cancelling their operations", id_,
+                  n, n == 1 ? "" : "s", shutdown_grace_ms);
+}
+
 void shard::tick(int64_t now) {
     now_ms_ = now;
-    if (stopping_) {
-        if (now - stop_started_ms_ > shutdown_grace_ms) {
-            // Peers that neither read nor close: stop waiting for their sends.
-            for (auto& [id, c] : conns_)
-                if (c->fd >= 0 && c->ops > 0) io_uring_prep_cancel_fd(ring_.sqe(), c->fd, IORING_ASYNC_CANCEL_ALL);
-        }
-        return;
-    }
+    if (stopping_) return;
     expire_sessions(now);
     // Cross-shard queues deliver in microseconds; a tombstone kept this long has seen every older update arrive.
     if (retained_.tombstones() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
@@ -678,9 +690,11 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     }
     if (res <= 0 || c.st == connection::state::closing) {
         // Bytes for a closing connection are dropped; the buffer goes back as its flags say.
-        if (has_buf) {
-            bufs.received(bid, res > 0 ? static_cast<uint32_t>(res) : 0, flags);
+        if (has_buf && res > 0) {
+            bufs.received(bid, static_cast<uint32_t>(res), flags);
             bufs.release(bid, flags);
+        } else if (has_buf) {
+            bufs.received_nothing(bid);
         }
         if (c.st != connection::state::closing) {
             if (res == 0)

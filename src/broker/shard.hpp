@@ -348,6 +348,7 @@ private:
     void on_accept(int res, uint32_t flags);
     reactor::task<void> housekeeping();
     void tick(int64_t now);
+    void cancel_stuck(); // the shutdown grace ran out: cancels what the connections still have in the ring
     // Puts c's keepalive deadline in the wheel unless an earlier deadline is already there.
     void schedule_check(connection& c);
     void check_deadline(const reactor::deadline_wheel::entry& e, int64_t now);
@@ -545,6 +546,7 @@ private:
     idle_poll_rules poll_rules_{cfg_.budgets};
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
+    bool stop_cancelled_ = false; // cancel_stuck() has run
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).
     session_registry sessions_;
     // Persistent sessions that went offline, in the order they did (so by expiry time: the interval is fixed). An

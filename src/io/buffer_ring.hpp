@@ -52,6 +52,15 @@ public:
     void release(uint16_t bid, uint32_t cqe_flags) {
         if (!(incremental_ && (cqe_flags & cqe_buf_more))) recycle(bid);
     }
+    // A completion that carries buffer bid but no bytes (end of stream, or an error): the kernel consumed nothing of
+    // it. A whole-buffer ring has still taken the buffer off its ring, so it is recycled. On an incremental ring it
+    // stays the kernel's, at the offset it had, whatever the flags say: kernels 6.12 to 6.17 and early 6.18.y/6.12.y
+    // (before "io_uring/kbuf: fix missing BUF_MORE for incremental buffers at EOF") leave IORING_CQE_F_BUF_MORE off
+    // such a completion although the buffer stays at the head of their ring, and recycling it there would put it in
+    // the ring twice and read the next socket's bytes from the wrong place.
+    void received_nothing(uint16_t bid) {
+        if (!incremental_) recycle(bid);
+    }
     // Returns a buffer to the kernel; made visible in one store by commit().
     void recycle(uint16_t bid);
     // Publishes the recycled buffers. Returns true if any were published.

@@ -19,8 +19,10 @@ public:
 protected:
     explicit socket_op(ring& r) : ring_(r) {}
     ~socket_op() = default;
-    io_uring_sqe* prepare(std::coroutine_handle<> h) {
+    // timeout_ms: the timeout link_timeout will add (0 = none), so that both SQEs go in the same submission.
+    io_uring_sqe* prepare(std::coroutine_handle<> h, uint32_t timeout_ms) {
         waiter_ = h;
+        ring_.reserve(timeout_ms != 0 ? 2 : 1);
         io_uring_sqe* s = ring_.sqe();
         set_completion(s, this);
         return s;
@@ -53,7 +55,7 @@ public:
     recv_some(ring& r, int fd, void* buf, size_t len, uint32_t timeout_ms)
         : socket_op(r), fd_(fd), buf_(buf), len_(len), timeout_ms_(timeout_ms) {}
     void await_suspend(std::coroutine_handle<> h) {
-        io_uring_sqe* s = prepare(h);
+        io_uring_sqe* s = prepare(h, timeout_ms_);
         io_uring_prep_recv(s, fd_, buf_, len_, 0);
         link_timeout(s, timeout_ms_);
     }
@@ -71,7 +73,7 @@ public:
     send_some(ring& r, int fd, const void* buf, size_t len, uint32_t timeout_ms = 0)
         : socket_op(r), fd_(fd), buf_(buf), len_(len), timeout_ms_(timeout_ms) {}
     void await_suspend(std::coroutine_handle<> h) {
-        io_uring_sqe* s = prepare(h);
+        io_uring_sqe* s = prepare(h, timeout_ms_);
         io_uring_prep_send(s, fd_, buf_, len_, MSG_NOSIGNAL);
         link_timeout(s, timeout_ms_);
     }

@@ -148,6 +148,10 @@ io_uring_sqe* ring::sqe() {
     return s;
 }
 
+void ring::reserve(unsigned n) {
+    if (io_uring_sq_space_left(&ring_) < n) io_uring_submit(&ring_);
+}
+
 int ring::submit() {
     if (defer_taskrun_) return io_uring_submit_and_get_events(&ring_);
     return io_uring_submit(&ring_);

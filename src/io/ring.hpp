@@ -45,6 +45,9 @@ public:
     io_uring* raw() { return &ring_; }
     // A free SQE; submits what is queued when the SQ is full, so it never returns null.
     io_uring_sqe* sqe();
+    // Makes room for n SQEs taken next without a submission between them (submitting what is queued if needed): a
+    // linked pair split over two submissions loses its link, and a timeout linked to nothing never fires.
+    void reserve(unsigned n);
     // Submits without waiting and flushes deferred completions. Returns the number of SQEs submitted or -errno.
     int submit();
     // Submits and waits for at least one completion, or until timeout_ms (-1 = no timeout).

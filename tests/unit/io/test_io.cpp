@@ -342,6 +342,26 @@ TEST(Io, IncrementalBufferFilledByOneLargeReceive) {
     close(sv[1]);
 }
 
+// The rule for a completion that carries a buffer and no bytes, with the flags a kernel before the EOF fix gives it
+// (no IORING_CQE_F_BUF_MORE): on an incremental ring the buffer stays the kernel's at its offset, on a whole-buffer
+// ring it goes back.
+TEST(Io, AnEmptyCompletionLeavesAnIncrementalBufferToTheKernel) {
+    io::ring r;
+    io::buffer_ring inc;
+    ASSERT_NO_FATAL_FAILURE(init_incremental(r, inc, 7, 2, 256));
+    const uint8_t* first = inc.received(0, 10, io::buffer_ring::cqe_buf_more);
+    EXPECT_EQ(first, inc.data(0));
+    inc.release(0, io::buffer_ring::cqe_buf_more);
+    inc.received_nothing(0); // end of another socket's stream, BUF_MORE left out
+    EXPECT_FALSE(inc.commit()) << "the buffer was put back in the ring while the kernel still had it";
+    EXPECT_EQ(inc.received(0, 5, io::buffer_ring::cqe_buf_more), inc.data(0) + 10) << "its offset was lost";
+    io::buffer_ring whole;
+    std::string why;
+    ASSERT_TRUE(whole.init(r, 8, 2, 256, why)) << why;
+    whole.received_nothing(1);
+    EXPECT_TRUE(whole.commit()) << "a whole buffer the kernel took must come back";
+}
+
 TEST(Io, AwaitableRecvAndSend) {
     io::ring r;
     std::string why;
@@ -373,6 +393,33 @@ TEST(Io, RecvIdleTimeoutCancels) {
     bool done = false;
     ASSERT_TRUE(reactor::spawn(g, recv_with_timeout(r, sv[0], res, done)));
     ASSERT_TRUE(run_until(r, [&] { return done; }));
+    EXPECT_EQ(res, -ECANCELED);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+// A recv and its linked timeout must go to the kernel in one submission: with one free SQE left, the recv would be
+// submitted alone (its link cut at the end of the batch) and the timeout after it, linked to nothing, so the recv
+// would wait for ever.
+TEST(Io, RecvTimeoutStaysLinkedWhenTheSubmissionQueueIsAlmostFull) {
+    io::ring r;
+    std::string why;
+    ASSERT_TRUE(r.init(8, why)) << why;
+    while (io_uring_sq_space_left(r.raw()) > 1) {
+        io_uring_sqe* s = r.sqe();
+        io_uring_prep_nop(s);
+        io::set_completion(s, nullptr);
+    }
+    ASSERT_EQ(io_uring_sq_space_left(r.raw()), 1u);
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    reactor::gate g;
+    int res = 1;
+    bool done = false;
+    ASSERT_TRUE(reactor::spawn(g, recv_with_timeout(r, sv[0], res, done)));
+    ASSERT_TRUE(run_until(
+        r, [&] { return done; }, 2000))
+        << "the recv's 100 ms timeout never fired";
     EXPECT_EQ(res, -ECANCELED);
     close(sv[0]);
     close(sv[1]);
