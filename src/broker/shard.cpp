@@ -707,10 +707,13 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     }
     RINGMQ_ASSERT(has_buf);
     m_.bytes_received += static_cast<uint64_t>(res);
-    c.last_rx_ms = now_ms_;
     const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
     const uint64_t published_before = m_.messages_received;
+    const uint64_t packets_before = m_.packets_received;
     process_input(c, data, static_cast<size_t>(res));
+    // Keep-alive counts whole control packets [MQTT-3.1.2-24], not bytes: a client trickling the bytes of a packet it
+    // never finishes would otherwise hold its connection (and its partial packet's memory) for ever.
+    if (m_.packets_received != packets_before) c.last_rx_ms = now_ms_;
     bufs.release(bid, flags);
     if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]]
         check_unread(c, static_cast<uint32_t>(res));
@@ -1084,10 +1087,13 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
             refuse_connect(c, 0x02, "empty client identifier requires clean session");
             return false;
         }
-        // Generate an id homed on this shard, so the session needs no handoff.
+        // Generate an id homed on this shard, so the session needs no handoff, and one no session has (a client may
+        // have chosen "ringmq-0-1" itself): taking a session over here would close that client and end its session,
+        // and the id must be unique [MQTT-3.1.3-6]. Sessions are only made on their home shard, so looking here is
+        // enough.
         do {
             client_id = fmt::format("ringmq-{}-{}", id_, ++generated_ids_);
-        } while (home_shard(client_id, n_) != id_);
+        } while (home_shard(client_id, n_) != id_ || sessions_.find(client_id) != nullptr);
     }
     const unsigned home = home_shard(client_id, n_);
     if (home != id_) {

@@ -319,6 +319,39 @@ class BadInputCases:
         self.assertEqual((msg.topic, msg.payload), ("$bad/half", b"stalled"))
         self.check_others()
 
+    def test_a_packet_trickled_byte_by_byte_is_cut_off_by_the_keepalive(self):
+        # Keep-alive counts whole control packets [MQTT-3.1.2-24]: a byte every 0.3 s of a packet never finished
+        # does not keep the connection (and the memory of its partial packet) alive.
+        c = self.bad_client(will=m.Will("$bad/trickle", b"trickled", qos=1), keepalive=1)
+        data = m.publish("bad/trickle", b"t" * 50_000, qos=1, pid=4)  # under the class max_packet_size
+        c.send(b"\xc0\x00")  # the last whole packet: the keepalive runs from its PINGRESP
+        c.expect(b"\xd0\x00")
+        start = time.monotonic()
+        sent = 0
+        closed = False
+        while time.monotonic() - start < 6.0:
+            try:
+                c.send(data[sent:sent + 1])
+            except OSError:
+                closed = True
+                break
+            sent += 1
+            try:
+                c.read_packet(0.3)
+            except m.Closed:
+                closed = True
+                break
+            except TimeoutError:
+                continue
+            self.fail("the broker answered a packet that was never finished")
+        elapsed = time.monotonic() - start
+        self.assertTrue(closed, f"still open after {elapsed:.1f} s and {sent} bytes trickled")
+        self.assertGreaterEqual(elapsed, 1.2, "closed before 1.5 x keepalive")
+        self.assertLessEqual(elapsed, 3.5, "a trickled packet kept the connection past its keepalive")
+        msg = self.will_watch.recv_publish()
+        self.assertEqual((msg.topic, msg.payload), ("$bad/trickle", b"trickled"))
+        self.check_others()
+
     def test_garbage_stream(self):
         import random
         rnd = random.Random(1234)

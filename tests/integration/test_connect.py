@@ -7,7 +7,7 @@ import socket
 import time
 
 import mqtt_raw as m
-from broker import shard_variants
+from broker import home_shard, shard_variants
 
 
 class ConnectCases:
@@ -89,6 +89,27 @@ class ConnectCases:
         p.publish("anon/b", b"B")
         self.assertEqual(a.recv_publish().payload, b"A")
         self.assertEqual(b.recv_publish().payload, b"B")
+
+    def test_a_generated_id_is_never_one_a_client_already_has(self):
+        # [MQTT-3.1.3-6] the id the broker assigns must be unique. Squat on the first id each shard would generate
+        # (its form is no secret): the anonymous client must get another, not take the squatter's session over.
+        shards = self.broker.shards
+        squatters = []
+        for s in range(shards):
+            cid = next(f"ringmq-{s}-{i}" for i in range(1, 1000) if home_shard(f"ringmq-{s}-{i}", shards) == s)
+            q = self.client(cid, clean=False)
+            q.subscribe([("squat/t", 1)])
+            squatters.append(q)
+        for _ in range(3):  # some land on each shard of two
+            a = self.client("")
+            a.subscribe([("anon/self", 0)])
+            a.publish("anon/self", b"me")
+            self.assertEqual(a.recv_publish().payload, b"me")
+        p = self.client(self.pub_id())
+        p.publish("squat/t", b"still here", qos=1)
+        for q in squatters:
+            self.assertTrue(q.is_open(), "a squatter was taken over by an anonymous client")
+            self.assertEqual(q.recv_publish().payload, b"still here")
 
     def test_empty_client_id_with_persistent_session_rejected(self):
         c = self.raw()
