@@ -365,8 +365,7 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
         co_return;
     }
     if (m == "PUT" && is(0, "nodes") && n == 4 && is(2, "plugins")) {
-        if (!node_known(s[1])) co_return;
-        plugin_set(s[3], req, resp);
+        plugin_set(s[1], s[3], req, resp); // an unknown node is EMQ X's 102 here, not a 404
         co_return;
     }
     if (is(0, "clients") && n >= 2) {
@@ -720,7 +719,9 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
             co_return;
         }
     }
-    if (!mqtt::valid_topic_filter(topic) || mqtt::topic_levels(topic) > cfg_.limits.max_topic_levels) {
+    // The limits an MQTT subscriber meets: no SUBSCRIBE can carry a filter over 65535 bytes.
+    if (!mqtt::valid_topic_filter(topic) || topic.size() > 65535 ||
+        mqtt::topic_levels(topic) > cfg_.limits.max_topic_levels) {
         api_error(resp, 102, "validate topic: " + topic + " fail");
         co_return;
     }
@@ -763,11 +764,17 @@ void server::plugins_list(http_response& resp) {
     ok(resp, w.str());
 }
 
-void server::plugin_set(const std::string& name, const http_request& req, http_response& resp) {
+void server::plugin_set(const std::string& node, const std::string& name, const http_request& req,
+                        http_response& resp) {
     body_params b;
     if (!parse_body(req, b, resp)) return;
     bool active = false;
     if (!require(resp, get_bool(b, "active", active))) return;
+    // EMQ X answered an unknown node and an unknown plugin alike (HTTP 200, code 102, "unknown").
+    if (node != cfg_.node_name) {
+        api_error(resp, 102, "unknown");
+        return;
+    }
     bool* state = nullptr;
     bool retainer = false;
     if (name == "ringmq_retainer") {
@@ -783,7 +790,7 @@ void server::plugin_set(const std::string& name, const http_request& req, http_r
         }
         return;
     } else {
-        api_error(resp, 102, "unknown plugin: " + name);
+        api_error(resp, 102, "unknown");
         return;
     }
     if (*state == active) {
@@ -1048,20 +1055,15 @@ void server::users_api(const http_request& req, const seg_t& s, http_response& r
         if (m == "PUT") {
             body_params b;
             if (!parse_body(req, b, resp)) return;
-            std::string tags, password;
+            // Tags only, as EMQ X: a "password" here is ignored like any other extra field. A password changes
+            // through change_pwd, which asks for the old one, so one admin user cannot lock out another.
+            std::string tags;
             if (!require(resp, get_string(b, "tags", tags))) return;
-            const pstat p = get_string(b, "password", password);
-            if (p == pstat::wrong_type) {
-                api_error(resp, 108, "params type error");
-                return;
-            }
             if (!users_.exists(name)) {
                 api_error(resp, 105, "User not found");
                 return;
             }
-            const auto r =
-                users_.update(name, p == pstat::ok ? std::optional<std::string_view>(password) : std::nullopt,
-                              std::string_view(tags));
+            const auto r = users_.update(name, std::nullopt, std::string_view(tags));
             if (io_failed(r)) return;
             ok_empty(resp);
             return;

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <ctime>
 
@@ -20,7 +21,8 @@ namespace {
 constexpr unsigned reap_batch = 64;
 constexpr size_t recv_size = 16384;
 constexpr size_t max_header_bytes = 16384;
-// How long a connection over admin.max_connections may take to send the request its 503 answers.
+// How long a connection over admin.max_connections is kept in all: its 503 sent, what its client sends read and
+// dropped.
 constexpr uint32_t over_limit_wait_ms = 2000;
 } // namespace
 
@@ -155,11 +157,23 @@ void server::on_accept(int res, uint32_t flags) {
         } else {
             int one = 1;
             setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            // Past admin.max_connections the connection is still read, so its client gets an answer (503) rather
-            // than a reset, but it is closed after that answer or a short wait.
-            const bool over_limit = open_fds_.size() >= cfg_.admin.max_connections;
-            open_fds_.insert(res);
-            reactor::spawn(gate_, serve(res, over_limit));
+            if (open_fds_.size() - refusing_ < cfg_.admin.max_connections) {
+                open_fds_.insert(res);
+                reactor::spawn(gate_, serve(res));
+            } else if (refusing_ < cfg_.admin.max_connections) {
+                // Past admin.max_connections a connection gets a 503 rather than a reset, from refuse(): as many of
+                // those at a time as admin.max_connections, each with a small buffer and a fixed deadline.
+                ++refusing_;
+                open_fds_.insert(res);
+                reactor::spawn(gate_, refuse(res));
+            } else {
+                // A flood beyond both: closed at once, so it holds no memory and no descriptor.
+                ::close(res);
+                if (log::at_doubling(over_limit_closed_))
+                    log::warn("admin: {} connections are being answered 503 already: closing one more at once ({} "
+                              "so far)",
+                              refusing_, over_limit_closed_);
+            }
         }
     } else if (res != -ECANCELED && !stopping_ && accept_pacer_.failed(res)) {
         accept_paused_ = true;
@@ -222,16 +236,46 @@ reactor::task<void> server::collect(std::vector<broker::shard_snapshot>& out) {
     co_await on_all(fn);
 }
 
-reactor::task<void> server::serve(int fd, bool over_limit) {
+reactor::task<void> server::refuse(int fd) {
+    if (log::at_doubling(over_limit_total_))
+        log::warn("admin: {} connections open, over admin.max_connections = {}: answering 503 ({} so far)",
+                  open_fds_.size() - refusing_, cfg_.admin.max_connections, over_limit_total_);
+    // Answered before its request is read (nothing of it is kept), then read and dropped until the client closes or
+    // over_limit_wait_ms have passed in all: a close with unread data would reset the connection, and the client
+    // could lose the answer. A client trickling bytes cannot hold the connection past the deadline.
+    http_response resp;
+    json_error(resp, 503,
+               fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections));
+    const std::string out = serialize(resp, false);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(over_limit_wait_ms);
+    auto left_ms = [&] {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        return static_cast<uint32_t>(std::max<int64_t>(left.count(), 1));
+    };
+    size_t sent = 0;
+    while (sent < out.size() && !stopping_ && std::chrono::steady_clock::now() < deadline) {
+        const int w = co_await io::send_some(ring_, fd, out.data() + sent, out.size() - sent, left_ms());
+        if (w <= 0) break;
+        sent += static_cast<size_t>(w);
+    }
+    if (sent == out.size()) {
+        ::shutdown(fd, SHUT_WR);
+        char sink[512];
+        while (!stopping_ && std::chrono::steady_clock::now() < deadline)
+            if (co_await io::recv_some(ring_, fd, sink, sizeof sink, left_ms()) <= 0) break;
+    }
+    --refusing_;
+    open_fds_.erase(fd);
+    ::close(fd);
+}
+
+reactor::task<void> server::serve(int fd) {
     http_parser parser(max_header_bytes, cfg_.admin.max_body_bytes);
     std::vector<char> buf(recv_size);
     std::string out;
     bool open = true;
-    const uint32_t idle_ms =
-        over_limit ? std::min<uint32_t>(cfg_.admin.idle_timeout_ms, over_limit_wait_ms) : cfg_.admin.idle_timeout_ms;
-    if (over_limit && log::at_doubling(over_limit_total_))
-        log::warn("admin: {} connections open, over admin.max_connections = {}: answering 503 ({} so far)",
-                  open_fds_.size(), cfg_.admin.max_connections, over_limit_total_);
+    const uint32_t idle_ms = cfg_.admin.idle_timeout_ms;
     while (open && !stopping_) {
         const int n = co_await io::recv_some(ring_, fd, buf.data(), buf.size(), idle_ms);
         if (n <= 0) break; // peer closed, error, or idle timeout (-ECANCELED)
@@ -253,12 +297,6 @@ reactor::task<void> server::serve(int fd, bool over_limit) {
             }
             if (st == http_parser::status::error) {
                 json_error(resp, parser.error_status(), parser.error_reason());
-                keep_alive = false;
-            } else if (over_limit) {
-                parser.take();
-                json_error(
-                    resp, 503,
-                    fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections));
                 keep_alive = false;
             } else {
                 http_request req = parser.take();

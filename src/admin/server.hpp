@@ -73,7 +73,9 @@ private:
     reactor::task<void> on_shard(unsigned shard, const shard_fn& fn);
     reactor::task<void> on_all(const shard_fn& fn);
 
-    reactor::task<void> serve(int fd, bool over_limit);
+    reactor::task<void> serve(int fd);
+    reactor::task<void> refuse(int fd); // a connection past admin.max_connections: 503, then closed
+
     reactor::task<void> handle(const http_request& req, http_response& resp);
     reactor::task<void> sys_publisher();
     reactor::task<void> accept_later();
@@ -92,7 +94,7 @@ private:
     reactor::task<void> metrics(bool all_nodes, http_response& resp);
     reactor::task<void> stats(bool all_nodes, http_response& resp);
     void plugins_list(http_response& resp);
-    void plugin_set(const std::string& name, const http_request& req, http_response& resp);
+    void plugin_set(const std::string& node, const std::string& name, const http_request& req, http_response& resp);
     void users_api(const http_request& req, const std::vector<std::string>& seg, http_response& resp);
     void auth_api(const http_request& req, http_response& resp);
     enum class login { ok, wrong, busy };
@@ -125,7 +127,9 @@ private:
     io::peer_waker peers_; // wakes the MQTT shards that sleep, from this shard's ring
     bool sys_active_ = true;
     uint64_t sys_wakeups_ = 0;
-    uint64_t over_limit_total_ = 0; // connections answered 503 for admin.max_connections
+    uint64_t over_limit_total_ = 0;  // connections answered 503 for admin.max_connections
+    uint64_t over_limit_closed_ = 0; // and those closed at once, with admin.max_connections refusals under way
+    size_t refusing_ = 0;            // refuse() coroutines running (their fds are in open_fds_ too)
     uint64_t password_checks_refused_ = 0;
     broker::stats node_peaks_; // the summed gauges at the last collect and their node-wide peaks (see note_peaks)
 };

@@ -332,6 +332,43 @@ class HttpConnectionLimitTest(AdminTest):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["code"], 0)
 
+    def test_connections_over_the_limit_cannot_pile_up(self):
+        # Past admin.max_connections a connection is answered 503 at once, before any request is read, and closed
+        # within 2 s even while its client trickles bytes; as many such refusals at a time as the limit, and one
+        # more connection is closed at once with no answer: a flood holds no memory or descriptors before auth.
+        self.use_broker({"admin.max_connections": 2})
+        held = [self.http() for _ in range(2)]
+        for h in held:
+            h.send(build_request("GET", "/status", auth=None))
+            self.assertEqual(h.read_response().status, 200)
+        trickling = [self.http() for _ in range(2)]
+        for t in trickling:
+            t.send(b"POST /api/v2/auth HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")
+            r = t.read_response(timeout=2)
+            self.assertEqual(r.status, 503, r)
+        flood = self.http()
+        self.assertTrue(flood.closed_within(2), "a connection beyond the refusals was kept")
+        self.assertEqual(bytes(flood.buf), b"", "a connection beyond the refusals was answered")
+        start = time.monotonic()
+        gone = set()
+        while len(gone) < len(trickling) and time.monotonic() - start < 6:
+            for i, t in enumerate(trickling):
+                if i in gone:
+                    continue
+                try:
+                    t.send(b"x")  # a reset shows once the server has closed its end
+                except OSError:
+                    gone.add(i)
+            time.sleep(0.2)
+        elapsed = time.monotonic() - start
+        self.assertEqual(len(gone), len(trickling), f"trickling clients still connected after {elapsed:.1f} s")
+        self.assertLess(elapsed, 4.5, "a trickling client held its refused connection")
+        for h in held:  # the two within the limit are still served
+            h.send(build_request("GET", "/status", auth=None))
+            self.assertEqual(h.read_response().status, 200)
+        self.assertIn(b"answering 503 (1 so far)", self.broker.log())
+        self.assertIn(b"closing one more at once (1 so far)", self.broker.log())
+
     def test_a_response_nobody_reads_times_out(self):
         # A client that asks for a large answer and never reads it holds its coroutine and socket for
         # admin.send_timeout at most, not forever; others are served meanwhile.

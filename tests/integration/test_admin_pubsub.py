@@ -214,10 +214,15 @@ class ApiSubscribeCases(ApiSubscribeHelpers):
                 ({"topic": None, "client_id": tid}, 108),
                 ({"topic": "a/#/b", "client_id": tid}, 102), ({"topic": "", "client_id": tid}, 102),
                 ({"topic": "a+/b", "client_id": tid}, 102), ({"topic": "a/b#", "client_id": tid}, 102),
+                ({"topic": "a" * 65536, "client_id": tid}, 102),  # longer than any SUBSCRIBE can carry
             ] + [(text, 107) for text in NOT_OBJECTS] + [(text, 109) for text in NOT_JSON]
             for body, code in cases:
-                with self.subTest(path=path, body=body):
+                with self.subTest(path=path, body=str(body)[:80]):
                     self.err("POST", path, body, code)
+        self.assertEqual(self.subs_of(tid), [])
+        self.action("POST", "mqtt/subscribe", {"topic": "a" * 65535, "client_id": tid})  # the longest there is
+        self.assertEqual([topic for _, topic, _ in self.subs_of(tid)], ["a" * 65535])
+        self.action("POST", "mqtt/unsubscribe", {"topic": "a" * 65535, "client_id": tid})
         self.assertEqual(self.subs_of(tid), [])
         # A clean session that has gone is unknown too.
         gone = self.cid("gone", 0)
