@@ -5,6 +5,12 @@
 
 namespace ringmq::broker {
 
+bool retained_store::full_for(std::string_view topic, bool clear, size_t limit) const {
+    if (clear || limit == 0 || size() < limit) return false;
+    const auto it = by_topic_.find(topic);
+    return it == by_topic_.end() || is_tombstone(it->second); // a new topic (a tombstone's is one)
+}
+
 retained_store::store_result retained_store::store(session::message_ref&& msg, size_t limit, int64_t now_ms,
                                                    bool keep_tombstones) {
     const std::string_view topic = msg->topic();
@@ -20,7 +26,8 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
         if (was_tombstone) --tombstones_;
         return was_tombstone ? store_result::absent : store_result::cleared;
     }
-    if (!clear && (!present || was_tombstone) && limit != 0 && size() >= limit) return store_result::full;
+    if (!clear && (!present || was_tombstone) && limit != 0 && size() >= limit)
+        return store_result::full; // full_for's rule
     if (clear) tomb_queue_.push_back({now_ms, std::string(topic), msg->stamp()});
     if (present) {
         // The old key views the old message's bytes: put the new message in under a key that views its own.

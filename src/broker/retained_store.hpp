@@ -32,6 +32,11 @@ public:
     // and size do not see, so that an older message arriving after it cannot bring the topic back; tombstones are
     // dropped by prune_tombstones once no older update can still be on its way.
     store_result store(session::message_ref&& msg, size_t limit, int64_t now_ms = 0, bool keep_tombstones = false);
+    // Whether store() would refuse an update of topic (clear: an empty payload) as full under `limit`. The shard a
+    // retained PUBLISH comes to asks before it sends the update to the others, which then store it whatever their
+    // count: each shard deciding alone, two new topics stored at once on two shards at the limit were each refused
+    // by the other shard, and the copies differed for good.
+    bool full_for(std::string_view topic, bool clear, size_t limit) const;
     // Drops the tombstones made at or before `cutoff_ms`; returns how many.
     size_t prune_tombstones(int64_t cutoff_ms);
     size_t tombstones() const { return tombstones_; }

@@ -1692,6 +1692,16 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
                       topic, payload.size(), cfg_.limits.max_retained_payload, retained_too_large_);
         return;
     }
+    // mqtt.max_retained_messages is weighed here only, by the shard the PUBLISH came to: what it admits every shard
+    // stores (store_retained with own = false takes no limit), so the copies stay the same. Near the limit the count
+    // can pass it by the new topics stored on several shards at the same moment.
+    if (retained_.full_for(topic, payload.empty(), cfg_.limits.max_retained_messages)) {
+        if (log::at_doubling(retained_full_))
+            log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} refused on this "
+                      "shard so far)",
+                      topic, cfg_.limits.max_retained_messages, retained_full_);
+        return;
+    }
     // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
     // before a PUBACK is visible to any later subscribe on any shard (see ARCHITECTURE.md).
     session::message* m = session::message::make(topic, payload, qos, true);
@@ -1708,18 +1718,11 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
 
 void shard::store_retained(session::message* m, bool own) {
     auto ref = session::message_ref::adopt(m);
-    const auto r = retained_.store(std::move(ref), cfg_.limits.max_retained_messages, now_ms_, n_ > 1);
-    if (r == retained_store::store_result::full) {
-        // Every shard refuses its copy of the same PUBLISH; the one it came to tells. A copy refused where the
-        // publisher's shard stored it (the stores a few updates apart near the limit) shows at debug level.
-        if (!own)
-            log::debug("retained message on {} from another shard not stored here: mqtt.max_retained_messages = {}",
-                       ref->topic(), cfg_.limits.max_retained_messages);
-        else if (log::at_doubling(retained_full_))
-            log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} refused on "
-                      "this shard so far)",
-                      ref->topic(), cfg_.limits.max_retained_messages, retained_full_);
-    } else if (r == retained_store::store_result::stale)
+    // The limit was weighed by the shard the PUBLISH came to (retain_from): a copy from another shard is stored.
+    const size_t limit = own ? cfg_.limits.max_retained_messages : 0;
+    const auto r = retained_.store(std::move(ref), limit, now_ms_, n_ > 1);
+    RINGMQ_ASSERT(r != retained_store::store_result::full); // retain_from asked full_for on this thread just before
+    if (r == retained_store::store_result::stale)
         log::debug("retained update of {} from another shard overtaken by a later one", ref->topic());
     m_.messages_retained = retained_.size();
 }

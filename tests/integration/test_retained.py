@@ -2,7 +2,7 @@
 forwarded live with retain=0."""
 
 import mqtt_raw as m
-from broker import home_shard, shard_variants
+from broker import BrokerTest, home_shard, shard_variants
 
 
 class RetainedCases:
@@ -340,3 +340,42 @@ class RetainedLimitCases:
 
 
 shard_variants(RetainedLimitCases, globals())
+
+
+class RetainedLimitAcrossShardsTest(BrokerTest):
+    """Two shards at mqtt.max_retained_messages that each get a retained PUBLISH on a new topic at the same moment:
+    every shard must keep the same set. (Each shard deciding alone, each refused the other's copy, and a subscriber's
+    retained messages then depended on the shard its client id hashed to.)"""
+
+    SHARDS = 2
+    SETTINGS = {"mqtt.max_retained_messages": 1}
+
+    def retained_seen_on(self, shard: int, n: int) -> set:
+        c = self.client(self.cid(f"look{n}", shard))
+        c.subscribe([("race/#", 1)])
+        got = set()
+        try:
+            while True:
+                got.add(c.recv_publish(timeout=0.15).topic)
+        except (AssertionError, TimeoutError):
+            pass
+        c.disconnect()
+        return got
+
+    def test_the_copies_stay_the_same_at_the_limit(self):
+        pubs = [self.client(self.cid("racer", s)) for s in (0, 1)]
+        differed = []
+        for i in range(30):
+            frames = [m.publish(f"race/{s}/{i}", b"v", qos=1, pid=1, retain=True) for s in (0, 1)]
+            for p, f in zip(pubs, frames):  # both on the way before either is answered
+                p.send(f)
+            for p in pubs:
+                p.expect(b"\x40\x02\x00\x01")
+            seen = [self.retained_seen_on(s, 2 * i + s) for s in (0, 1)]
+            if seen[0] != seen[1]:
+                differed.append((i, seen))
+            self.assertTrue(seen[0] or seen[1], f"round {i}: nothing stored")
+            self.assertLessEqual(len(seen[0] | seen[1]), 2)
+            for t in seen[0] | seen[1]:
+                pubs[0].publish(t, b"", qos=1, retain=True)
+        self.assertEqual(differed, [], "the shards kept different retained sets")

@@ -232,6 +232,32 @@ TEST(RetainedStore, CrossingUpdatesEndTheSameOnEveryShardWhateverOrderTheyArrive
     EXPECT_EQ(payload_of(s1.find("u")), "b");
 }
 
+// The shard a retained PUBLISH comes to asks full_for before it sends the update to the others, which store it with
+// no limit: two shards at the limit that each admit a new topic at the same moment both end with both.
+TEST(RetainedStore, FullForAsksWhatStoreWouldRefuseAndCopiesAdmittedElsewhereAreStoredPastTheLimit) {
+    retained_store s0, s1;
+    EXPECT_EQ(s0.store(stamped("old", "o", 1), 2, 0, true), sr::stored);
+    EXPECT_EQ(s1.store(stamped("old", "o", 1), 0, 0, true), sr::stored);
+    EXPECT_FALSE(s0.full_for("a", false, 2)) << "one place left";
+    EXPECT_FALSE(s1.full_for("b", false, 2));
+    EXPECT_EQ(s0.store(stamped("a", "A", 2), 2, 1, true), sr::stored);
+    EXPECT_EQ(s1.store(stamped("b", "B", 3), 2, 1, true), sr::stored);
+    // Each receives the other's copy, already admitted.
+    EXPECT_EQ(s0.store(stamped("b", "B", 3), 0, 2, true), sr::stored);
+    EXPECT_EQ(s1.store(stamped("a", "A", 2), 0, 2, true), sr::stored);
+    EXPECT_EQ(s0.size(), 3u);
+    EXPECT_EQ(s1.size(), 3u);
+    for (const retained_store* s : {&s0, &s1}) {
+        EXPECT_TRUE(s->full_for("c", false, 2)) << "a new topic at or past the limit";
+        EXPECT_FALSE(s->full_for("a", false, 2)) << "a stored topic may always be replaced";
+        EXPECT_FALSE(s->full_for("c", true, 2)) << "a clear is never refused";
+        EXPECT_FALSE(s->full_for("c", false, 0)) << "0 = no limit";
+    }
+    EXPECT_EQ(s0.store(stamped("a", "", 4), 2, 3, true), sr::cleared);
+    EXPECT_TRUE(s0.full_for("a", false, 2)) << "a tombstone's topic is a new one (3 - 1 = 2 stored)";
+    EXPECT_EQ(s0.full_for("a", false, 2), s0.store(stamped("a", "again", 5), 2, 4, true) == sr::full);
+}
+
 TEST(RetainedStore, TombstonesArePrunedOnceOldAndNeverCountAgainstTheLimit) {
     retained_store s;
     EXPECT_EQ(s.store(stamped("a", "1", 1), 1, 0, true), sr::stored);
