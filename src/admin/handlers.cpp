@@ -643,18 +643,22 @@ reactor::task<void> server::routes(const http_request& req, const std::string* t
         not_found(resp, why);
         co_return;
     }
-    std::vector<std::string> all;
-    co_await node_routes(all);
     json_writer w;
     w.begin_object();
     if (topic) {
+        // One exact lookup per shard: the whole table is never copied for one route.
+        std::vector<char> held(node_.mqtt_shards, 0);
+        const shard_fn fn = [&held, topic](broker::shard_control& c) { held[c.shard_id()] = c.has_route(*topic); };
+        co_await on_all(fn);
         w.key("objects").begin_array();
-        if (std::binary_search(all.begin(), all.end(), *topic))
+        if (std::find(held.begin(), held.end(), 1) != held.end())
             w.begin_object().key("topic").value(*topic).key("node").value(cfg_.node_name).end_object();
         w.end_array().end_object();
         ok(resp, w.str());
         co_return;
     }
+    std::vector<std::string> all;
+    co_await node_routes(all);
     const uint64_t total = all.size();
     w.key("current_page").value(static_cast<long long>(page));
     w.key("page_size").value(static_cast<long long>(size));
@@ -905,10 +909,10 @@ reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
     const uint64_t rm = snaps.empty() ? 0 : snaps[0].s.retained.max;
     rows.emplace_back("retained/count", rc);
     rows.emplace_back("retained/max", rm);
-    // Routes: the union of the shards' filters is not a sum; count it exactly.
-    std::vector<std::string> all;
-    co_await node_routes(all);
-    const uint64_t routes = all.size();
+    // Routes: the union of the shards' filters, each counted by the lowest-numbered shard that has it (no listing).
+    uint64_t routes = 0;
+    for (const auto& s : snaps)
+        routes += s.first_routes;
     uint64_t routes_max = routes;
     for (const auto& s : snaps)
         routes_max = std::max(routes_max, s.s.routes.max);

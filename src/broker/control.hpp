@@ -49,7 +49,8 @@ struct subscription_row {
 struct shard_snapshot {
     metrics m;
     stats s;
-    uint64_t connections = 0; // sockets open on this shard (any state)
+    uint64_t connections = 0;  // sockets open on this shard (any state)
+    uint64_t first_routes = 0; // filters subscribed here and on no lower-numbered shard (sum: the node's routes)
 };
 
 // What an MQTT shard offers the admin API. Implemented by broker::shard; every method runs on that shard's thread.
@@ -66,6 +67,7 @@ public:
     virtual void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const = 0;
     virtual void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const = 0;
     virtual void local_routes(std::vector<std::string>& out) const = 0;
+    virtual bool has_route(std::string_view filter) const = 0; // a local subscriber on exactly this filter
     // Disconnects the client if it is connected here (its will is published). False when not connected here.
     virtual bool kick(std::string_view id) = 0;
     // What subscribe did; too_many: the session has mqtt.max_subscriptions filters and this is not one of them.

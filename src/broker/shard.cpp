@@ -140,6 +140,7 @@ void connection::on_send(int res, uint32_t flags) { sh.on_send(*this, res, flags
 shard::shard(node& n, unsigned id, int listen_fd)
     : node_(n), cfg_(n.cfg), id_(id), n_(n.mqtt_shards), parts_(n.smp.size()), listen_fd_(listen_fd),
       deadlines_(tick_ms, deadline_slots), outbox_(n.smp, id), peers_(n.smp, n.cfg.budgets.ring_wakeups) {
+    trie_.set_self(id_);
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
 }
 
@@ -2077,6 +2078,7 @@ void shard::snapshot(shard_snapshot& out) const {
     out.s = st_;
     fill_gauges(out.s);
     out.connections = conns_.size();
+    out.first_routes = trie_.first_holder_count();
 }
 
 // Releases what one cross-shard message owns, for a message that will never be handled (single-threaded by then).

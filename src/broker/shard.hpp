@@ -315,6 +315,7 @@ public:
     void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const override;
     void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const override;
     void local_routes(std::vector<std::string>& out) const override;
+    bool has_route(std::string_view filter) const override { return trie_.has_local(filter); }
     bool kick(std::string_view id) override;
     subscribe_result subscribe(std::string_view id, std::string_view filter, uint8_t qos) override;
     bool unsubscribe(std::string_view id, std::string_view filter) override;

@@ -40,7 +40,8 @@ topic_trie::~topic_trie() { clear(); }
 topic_trie::topic_trie(topic_trie&& other) noexcept
     : root_(std::move(other.root_)), filter_count_(std::exchange(other.filter_count_, 0)),
       subscription_count_(std::exchange(other.subscription_count_, 0)),
-      node_count_(std::exchange(other.node_count_, 0)) {
+      node_count_(std::exchange(other.node_count_, 0)), lower_mask_(other.lower_mask_),
+      first_holder_count_(std::exchange(other.first_holder_count_, 0)) {
     other.root_ = node{};
     adopt_root_children();
 }
@@ -53,6 +54,8 @@ topic_trie& topic_trie::operator=(topic_trie&& other) noexcept {
         filter_count_ = std::exchange(other.filter_count_, 0);
         subscription_count_ = std::exchange(other.subscription_count_, 0);
         node_count_ = std::exchange(other.node_count_, 0);
+        lower_mask_ = other.lower_mask_;
+        first_holder_count_ = std::exchange(other.first_holder_count_, 0);
         adopt_root_children();
     }
     return *this;
@@ -88,6 +91,12 @@ void topic_trie::clear() {
     filter_count_ = 0;
     subscription_count_ = 0;
     node_count_ = 0;
+    first_holder_count_ = 0;
+}
+
+void topic_trie::set_self(unsigned shard) {
+    RINGMQ_ASSERT(shard < 64 && filter_count_ == 0);
+    lower_mask_ = (uint64_t{1} << shard) - 1;
 }
 
 topic_trie::node* topic_trie::find_node(std::string_view filter) const {
@@ -172,6 +181,7 @@ bool topic_trie::subscribe(std::string_view filter, subscriber_id sub, uint8_t o
     if (n->locals.empty()) {
         n->filter.assign(filter);
         ++filter_count_;
+        if ((n->remote & lower_mask_) == 0) ++first_holder_count_;
         if (filter_became_active) *filter_became_active = true;
     }
     n->locals.push_back(subscriber_entry{sub, options});
@@ -192,6 +202,7 @@ bool topic_trie::unsubscribe(std::string_view filter, subscriber_id sub, bool* f
     --subscription_count_;
     if (n->locals.empty()) {
         --filter_count_;
+        if ((n->remote & lower_mask_) == 0) --first_holder_count_;
         if (filter_became_idle) *filter_became_idle = true;
         // Release the memory too: a filter churned by many sessions would otherwise keep its peak capacity forever.
         std::vector<subscriber_entry>().swap(n->locals);
@@ -203,14 +214,20 @@ bool topic_trie::unsubscribe(std::string_view filter, subscriber_id sub, bool* f
 
 void topic_trie::add_remote(std::string_view filter, unsigned shard) {
     RINGMQ_ASSERT(shard < 64);
-    find_or_create(filter)->remote |= uint64_t{1} << shard;
+    node* n = find_or_create(filter);
+    const uint64_t bit = uint64_t{1} << shard;
+    if (!n->locals.empty() && (bit & lower_mask_) && (n->remote & lower_mask_) == 0) --first_holder_count_;
+    n->remote |= bit;
 }
 
 void topic_trie::remove_remote(std::string_view filter, unsigned shard) {
     RINGMQ_ASSERT(shard < 64);
     node* n = find_node(filter);
     if (!n) return;
-    n->remote &= ~(uint64_t{1} << shard);
+    const uint64_t bit = uint64_t{1} << shard;
+    if (!n->locals.empty() && (n->remote & bit & lower_mask_) && (n->remote & ~bit & lower_mask_) == 0)
+        ++first_holder_count_;
+    n->remote &= ~bit;
     prune(n, filter);
 }
 

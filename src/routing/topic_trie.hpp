@@ -62,7 +62,12 @@ public:
     bool has_local(std::string_view filter) const;
     // Bitmask of other shards interested in exactly this filter (0 if unknown).
     uint64_t remote_mask(std::string_view filter) const;
-    size_t filter_count() const { return filter_count_; }             // filters with >=1 local subscriber
+    size_t filter_count() const { return filter_count_; } // filters with >=1 local subscriber
+    // The shard this trie belongs to (default 0). Sets which remote bits are "lower" for first_holder_count().
+    void set_self(unsigned shard);
+    // Filters with a local subscriber that no lower-numbered shard also has (by the remote bits): summed over the
+    // shards, the node's number of distinct routes, without listing them. Kept as subscriptions and remote bits move.
+    size_t first_holder_count() const { return first_holder_count_; }
     size_t subscription_count() const { return subscription_count_; } // (sub, filter) pairs held locally
     size_t node_count() const { return node_count_; }                 // nodes below the root; 0 once all is pruned
     bool empty() const { return node_count_ == 0; }
@@ -152,6 +157,8 @@ private:
     size_t filter_count_ = 0;
     size_t subscription_count_ = 0;
     size_t node_count_ = 0;
+    uint64_t lower_mask_ = 0; // remote bits of the shards numbered below this one
+    size_t first_holder_count_ = 0;
 };
 
 template <class F> uint64_t topic_trie::match(std::string_view topic, F&& on_local) const {

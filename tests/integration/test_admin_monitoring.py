@@ -221,9 +221,9 @@ class StatsCases:
 
     def test_stats_follow_state(self):
         a = self.client(self.cid("sa", 0))
-        a.subscribe([("st/a1", 1), ("st/a2", 0)])
+        a.subscribe([("st/a1", 1), ("st/a2", 0), ("st/shared", 0)])
         b = self.client(self.cid("sb", 1))
-        b.subscribe([("st/b/#", 2)])
+        b.subscribe([("st/b/#", 2), ("st/shared", 1)])  # one route, held on both shards with 2 shards
         oid = self.cid("so", 1)
         o = self.client(oid, clean=False)
         o.subscribe([("st/o", 1)])
@@ -231,15 +231,17 @@ class StatsCases:
         o.expect_closed(3)
         for i in range(2):
             a.publish(f"st/ret/{i}", b"kept", qos=1, retain=True)
-        expected = {"clients/count": 2, "sessions/count": 3, "subscriptions/count": 4, "subscribers/count": 4,
-                    "routes/count": 4, "topics/count": 4, "retained/count": 2}
+        expected = {"clients/count": 2, "sessions/count": 3, "subscriptions/count": 6, "subscribers/count": 6,
+                    "routes/count": 5, "topics/count": 5, "retained/count": 2}
         self.wait_equal(lambda: {k: self.stats()[k] for k in expected}, expected, what="stats")
-        self.assertEqual(self.page("routes")["total_num"], 4, "routes/count agrees with the routes list")
-        self.assertEqual(self.page(self.n("subscriptions"))["total_num"], 4)
+        self.assertEqual(self.page("routes")["total_num"], 5, "routes/count agrees with the routes list")
+        self.assertEqual(self.page(self.n("subscriptions"))["total_num"], 6)
         self.assertEqual(self.page(self.n("sessions"))["total_num"], 3)
         self.assertEqual(self.page(self.n("clients"))["total_num"], 2)
         time.sleep(0.45)  # let the high-water marks see the peak
-        a.disconnect()
+        a.disconnect()  # st/shared is now b's alone: counted by b's shard
+        self.wait_equal(lambda: self.stats()["routes/count"], 3, what="routes after a left")
+        self.assertEqual(self.page("routes")["total_num"], 3)
         b.disconnect()
         done = {"clients/count": 0, "sessions/count": 1, "subscriptions/count": 1, "routes/count": 1,
                 "retained/count": 2}
@@ -247,7 +249,7 @@ class StatsCases:
         stats = self.stats()
         self.assertGreaterEqual(stats["clients/max"], 2)
         self.assertGreaterEqual(stats["sessions/max"], 3)
-        self.assertGreaterEqual(stats["subscriptions/max"], 4)
+        self.assertGreaterEqual(stats["subscriptions/max"], 6)
         self.assertEqual(self.get("monitoring/stats")[self.NODE]["clients/count"], 0)
 
 

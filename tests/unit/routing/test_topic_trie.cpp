@@ -759,5 +759,51 @@ TEST(topic_trie_brute, random_operations_agree_with_brute_force) {
     EXPECT_EQ(t.subscription_count(), 0u);
 }
 
+// Three shards' tries kept in step as the broker does (a filter's first and last local subscriber broadcast to the
+// others): after every change, their first_holder_count()s add up to the number of distinct filters subscribed
+// anywhere, the node's route count the admin API reports without listing the routes.
+TEST(topic_trie_remote, first_holder_counts_add_up_to_the_distinct_filters) {
+    constexpr unsigned shards = 3;
+    std::array<topic_trie, shards> t;
+    for (unsigned s = 0; s < shards; ++s)
+        t[s].set_self(s);
+    const std::array<std::string, 5> filters{"a", "a/+", "#", "b/c", "$x/#"};
+    std::map<std::pair<unsigned, std::string>, std::set<size_t>> subs; // (shard, filter) -> subscribers
+    std::mt19937 rng(7);
+    for (int step = 0; step < 3000; ++step) {
+        const unsigned s = rng() % shards;
+        const std::string& f = filters[rng() % filters.size()];
+        const size_t who = rng() % 4;
+        bool edge = false;
+        if (rng() % 2) {
+            t[s].subscribe(f, S(who), 0, &edge);
+            subs[{s, f}].insert(who);
+            if (edge)
+                for (unsigned o = 0; o < shards; ++o)
+                    if (o != s) t[o].add_remote(f, s);
+        } else {
+            t[s].unsubscribe(f, S(who), &edge);
+            subs[{s, f}].erase(who);
+            if (edge)
+                for (unsigned o = 0; o < shards; ++o)
+                    if (o != s) t[o].remove_remote(f, s);
+        }
+        std::set<std::string> distinct;
+        for (const auto& [key, who_set] : subs)
+            if (!who_set.empty()) distinct.insert(key.second);
+        size_t sum = 0;
+        for (const auto& tr : t)
+            sum += tr.first_holder_count();
+        ASSERT_EQ(sum, distinct.size()) << "step " << step;
+    }
+    // One shard alone counts every filter it has.
+    topic_trie solo;
+    solo.subscribe("x", S(0), 0);
+    solo.subscribe("y", S(0), 0);
+    EXPECT_EQ(solo.first_holder_count(), solo.filter_count());
+    solo.add_remote("x", 3); // a higher shard's bit changes nothing for shard 0
+    EXPECT_EQ(solo.first_holder_count(), 2u);
+}
+
 } // namespace
 } // namespace ringmq::routing::test
