@@ -66,14 +66,18 @@ void split_target(http_request& r) {
     }
     r.path.assign(t);
 
+    // One leading and one trailing slash go; every other slash separates two segments, empty ones included: an id or
+    // topic captured from the path may hold raw slashes and empty levels ("routes//devices/1" is the topic
+    // "/devices/1", as EMQ X's "^routes/(.+?)/?$" captured it), and collapsing "//" looked up another topic.
     std::string_view p = t;
-    while (!p.empty()) {
+    if (!p.empty() && p.front() == '/') p.remove_prefix(1);
+    if (!p.empty() && p.back() == '/') p.remove_suffix(1);
+    while (!p.empty() || !r.segments.empty()) {
         const size_t slash = p.find('/');
-        const std::string_view seg = p.substr(0, slash);
-        p = slash == std::string_view::npos ? std::string_view() : p.substr(slash + 1);
-        if (seg.empty()) continue;
         std::string& out = r.segments.emplace_back();
-        if (!percent_decode(seg, false, out)) r.bad_encoding = true;
+        if (!percent_decode(p.substr(0, slash), false, out)) r.bad_encoding = true;
+        if (slash == std::string_view::npos) break;
+        p.remove_prefix(slash + 1); // may leave nothing: then one more, empty, segment ("a//" -> "a", "")
     }
 
     while (!query.empty()) {

@@ -17,8 +17,8 @@ struct http_request {
     std::string method; // "GET", "POST", ...
     std::string target; // request-target exactly as received
     std::string path;   // raw (not decoded) path, without query and fragment
-    // Path split on '/' with empty segments dropped (a trailing slash and "//" are ignored), THEN each one
-    // percent-decoded, so "%2F" stays inside its segment.
+    // Path less one leading and one trailing '/', split on every other '/' (so "a//b" has an empty segment: ids and
+    // topics may hold raw slashes and empty levels), THEN each segment percent-decoded, so "%2F" stays inside it.
     std::vector<std::string> segments;
     // Query pairs in order, decoded ('+' is a space); "a" without '=' has an empty value, "&&" is skipped.
     std::vector<std::pair<std::string, std::string>> query;

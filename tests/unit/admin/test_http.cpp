@@ -464,11 +464,16 @@ TEST(http_target, segments_split_then_decode) {
     EXPECT_FALSE(r.bad_encoding);
 }
 
-TEST(http_target, empty_segments_dropped) {
+TEST(http_target, one_leading_and_one_trailing_slash_go_and_inner_empty_segments_stay) {
     EXPECT_EQ(one("/api/v2/nodes/").segments, (strings{"api", "v2", "nodes"}));
-    EXPECT_EQ(one("//api///v2//").segments, (strings{"api", "v2"}));
+    EXPECT_EQ(one("/api/v2/routes//devices/1").segments, (strings{"api", "v2", "routes", "", "devices", "1"}))
+        << "the topic /devices/1, as EMQ X captured it";
+    EXPECT_EQ(one("/api/v2/routes/a//").segments, (strings{"api", "v2", "routes", "a", ""})) << "the topic a/";
+    EXPECT_EQ(one("//api///v2//").segments, (strings{"", "api", "", "", "v2", ""}));
     EXPECT_EQ(one("/").segments, strings{});
+    EXPECT_EQ(one("//").segments, strings{}) << "both slashes go";
     EXPECT_EQ(one("/?a=1").segments, strings{});
+    EXPECT_EQ(one("/a").segments, strings{"a"});
 }
 
 TEST(http_target, percent_escapes) {
