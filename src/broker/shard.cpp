@@ -207,8 +207,8 @@ bool shard::run() {
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.epochs());
     log::debug("shard {} stopped; it woke other shards {} times through their rings and {} through their eventfds, and "
-               "was woken {} times through its ring",
-               id_, peers_.messaged(), peers_.fell_back(), waker_.messages());
+               "was woken {} times through its ring; its send backlog held at most {} ids",
+               id_, peers_.messaged(), peers_.fell_back(), waker_.messages(), backlog_peak_);
     return true;
 }
 
@@ -465,11 +465,15 @@ void shard::flush() {
     };
     // The backlog holds ids, not addresses: a connection may be closed and freed while it waits there. An id left
     // behind by a reply (mark_dirty) is passed over, unless its connection was put back in the backlog since: then it
-    // goes at the older, earlier place, and the newer id is passed over.
+    // goes at that older, earlier place, and no second id is added (in_backlog), so the backlog never holds more ids
+    // than there are connections, however often replies move them out and back.
     const auto send_backlogged = [&] {
         const uint64_t id = send_backlog_.front();
         send_backlog_.pop_front();
-        if (auto it = conns_.find(id); it != conns_.end() && it->second->backlogged) send_one(*it->second);
+        if (auto it = conns_.find(id); it != conns_.end()) {
+            it->second->in_backlog = false;
+            if (it->second->backlogged) send_one(*it->second);
+        }
     };
     // Connections with something new first, so that a reply is not submitted behind the backlog of a broadcast; when
     // they are more than the turn takes (the broadcast's own turn), those with a reply (an ack, PINGRESP) go first,
@@ -485,8 +489,12 @@ void shard::flush() {
     for (; i < dirty_.size(); ++i) {
         dirty_[i]->reply = false;
         dirty_[i]->backlogged = true;
-        send_backlog_.push_back(dirty_[i]->id);
+        if (!dirty_[i]->in_backlog) {
+            dirty_[i]->in_backlog = true;
+            send_backlog_.push_back(dirty_[i]->id);
+        }
     }
+    backlog_peak_ = std::max(backlog_peak_, send_backlog_.size());
     dirty_.clear();
     while (budget > 0 && !send_backlog_.empty())
         send_backlogged();
@@ -738,7 +746,9 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
 void shard::check_unread(connection& c, uint32_t received) {
     // Deliveries stop at the limit (QoS 0 is dropped, QoS 1/2 waits in the session), but the answers to what the
     // client sends (PUBACK, PINGRESP, SUBACK...) must be queued: a client that keeps sending and never reads would
-    // grow its queue without end. Once it has sent max_outgoing_bytes more while over the limit, it is closed.
+    // grow its queue without end. Once it has sent max_outgoing_bytes more while over the limit and no send to it
+    // made progress (on_send resets the count: a slow reader that also publishes is not one that never reads), it is
+    // closed.
     c.rx_while_full = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{c.rx_while_full} + received, UINT32_MAX));
     if (c.st != connection::state::connected ||
         c.rx_while_full <= std::min<uint64_t>(cfg_.limits.max_outgoing_bytes, UINT32_MAX - 1))
@@ -957,6 +967,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
         return;
     }
     m_.bytes_sent += static_cast<uint64_t>(res);
+    c.rx_while_full = 0; // the socket took bytes: the client reads, however slowly (check_unread)
     const bool done = c.sq.sent(static_cast<size_t>(res));
     if (c.st == connection::state::closing) {
         maybe_destroy(c);

@@ -259,6 +259,7 @@ public:
     bool dirty : 1 = false;
     bool reply : 1 = false; // dirty with a reply (an ack, CONNACK, PINGRESP): first when a turn has too much to send
     bool backlogged : 1 = false; // dirty and waiting in the shard's send backlog (not in this turn's dirty list)
+    bool in_backlog : 1 = false; // its id is in the send backlog (maybe left behind by a reply: then not backlogged)
     bool recv_armed : 1 = false;
     bool needs_rearm : 1 = false;
     bool shut : 1 = false;
@@ -517,10 +518,12 @@ private:
     mutable page_cursor<session_registry::const_iterator> sessions_cursor_;
     mutable page_cursor<session_registry::const_iterator> subscriptions_cursor_;
     std::vector<connection*> dirty_; // with something new to send since the last flush
-    // Ids of dirty connections left over from earlier turns' flush budget, oldest first. A connection is in dirty_ or
-    // here while its `dirty` bit is set; here, while its `backlogged` bit is. An id whose connection lost that bit (a
-    // reply moved it to dirty_, see mark_dirty) is passed over when it comes up.
+    // Ids of dirty connections left over from earlier turns' flush budget, oldest first, at most one per connection
+    // (`in_backlog`). A connection is in dirty_ or here while its `dirty` bit is set; here, while its `backlogged` bit
+    // is. An id whose connection lost that bit (a reply moved it to dirty_, see mark_dirty) is passed over when it
+    // comes up.
     std::deque<uint64_t> send_backlog_;
+    size_t backlog_peak_ = 0; // the most ids send_backlog_ held, logged at stop
     std::vector<connection*> rearm_;
     // While another shard falls behind on this one's messages (check_cross_shard), the receives of publishing clients
     // are not re-armed: those whose receive brought a PUBLISH meanwhile wait here by id (they may close), each with

@@ -232,6 +232,52 @@ class LimitCases:
                               r"mqtt.max_outgoing_bytes = 65536")
         self.assert_broker_healthy()
 
+    def test_a_slow_reader_that_publishes_is_not_taken_for_one_that_never_reads(self):
+        # A subscriber reading slower than its topic is flooded keeps its queue over mqtt.max_outgoing_bytes (QoS 0
+        # beyond it is dropped) while it publishes too. It reads, so it must not be closed as "not reading": what it
+        # sends counts against the limit only while nothing it was sent is taken.
+        self.use_broker({"mqtt.max_outgoing_bytes": 65536})
+        slow = self.client(self.sub_id("slow"))
+        slow.subscribe([("flood/t", 0)])
+        flood = self.client(self.pub_id("flood"))
+        stop = time.monotonic() + 3
+
+        def flooder() -> None:  # as fast as the broker takes it: the kernel's send buffer to `slow` fills at once
+            frame = m.publish("flood/t", b"f" * 100) * 200
+            while time.monotonic() < stop:
+                flood.sock.sendall(frame)
+
+        t = threading.Thread(target=flooder)
+        t.start()
+        slow.sock.settimeout(0.05)
+        own = m.publish("slow/own", b"s" * 1000)
+        published = taken = 0
+        try:
+            while time.monotonic() < stop:
+                try:
+                    slow.sock.sendall(own)  # 1 kB of its own each round: 100s of kB in all, far over the limit
+                except OSError as e:
+                    self.fail(f"the slow reader was closed after {published} publishes ({e}): " + "; ".join(
+                        l for l in self.broker.log().decode().splitlines() if "closing" in l))
+                published += 1
+                try:
+                    data = slow.sock.recv(65536)  # and it reads 64 kB each round: slower than the flood
+                except socket.timeout:
+                    continue
+                except OSError as e:
+                    self.fail(f"the slow reader was closed after {published} publishes ({e}): " + "; ".join(
+                        l for l in self.broker.log().decode().splitlines() if "closing" in l))
+                self.assertTrue(data, f"the slow reader was closed after {published} publishes")
+                taken += len(data)
+                time.sleep(0.01)
+        finally:
+            t.join(10)
+        self.assertGreater(published, 100)
+        self.assertGreater(taken, 1 << 20, "the slow reader read")
+        self.assertIn(b"client not reading, over mqtt.max_outgoing_bytes = 65536, message on flood/t dropped",
+                      self.broker.log(), "its queue was over the limit")
+        self.assertNotIn(b": not reading;", self.broker.log())
+
     def test_stalled_subscriber_among_a_large_fan_out(self):
         # Two subscribers share each 4 KiB frame (sent from one copy); one reads, one stops reading. The reader gets
         # every message, whole and in order; the stalled one's sends stay blocked on frames the reader has long
@@ -437,6 +483,58 @@ class LimitCases:
             sub.subscribe([("steps/#", 0)])
             self.assertEqual(sorted(x.topic for x in sub.recv_publishes(10)), sorted(f"steps/{i}" for i in range(10)))
             self.assertEqual(b"continue over the next turns" in self.broker.log(), steps, settings)
+
+    def test_the_send_backlog_holds_one_id_per_connection_at_most(self):
+        # node.sends_per_turn = 1 and eight clients pipelining PINGREQs: most turns leave connections in the send
+        # backlog, and each PINGRESP (a reply) moves its connection out of it again. Ids left behind used to pile up
+        # (21-33 for 8 connections in 5-15 s); the backlog holds one per connection at most, and every PINGREQ is
+        # answered.
+        self.use_broker({"node.sends_per_turn": 1})
+        stop = time.monotonic() + 2
+        sent = [0] * 8
+        got = [0] * 8
+
+        def pinger(i: int) -> None:
+            c = self.raw()
+            c.send(m.connect(self.cid(f"piper{i}", i)))
+            c.expect(m.connack())
+            sock = c.sock
+            sock.settimeout(0.2)
+            written = threading.Event()
+
+            def reader() -> None:
+                deadline = stop + 10
+                while not written.is_set() or got[i] < 2 * sent[i]:
+                    if time.monotonic() > deadline:
+                        return
+                    try:
+                        data = sock.recv(65536)
+                    except socket.timeout:
+                        continue
+                    if not data:
+                        return
+                    got[i] += len(data)
+
+            t = threading.Thread(target=reader)
+            t.start()
+            burst = m.pingreq() * 64
+            while time.monotonic() < stop:
+                sock.sendall(burst)
+                sent[i] += 64
+            written.set()
+            t.join(15)
+
+        threads = [threading.Thread(target=pinger, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        self.assertEqual(got, [2 * n for n in sent], "PINGRESP bytes against PINGREQs sent")
+        self.assertGreater(min(sent), 0)
+        log = self.broker.stop_and_read_log()
+        peaks = [int(x) for x in re.findall(rb"its send backlog held at most (\d+) ids", log)]
+        self.assertEqual(len(peaks), self.SHARDS, "one stop line per shard")
+        self.assertLessEqual(max(peaks), 8, "more backlog ids than connections")
 
     def ping_2ms_apart(self, n: int) -> None:
         """A new client sends n PINGREQs, each about 2 ms after the last PINGRESP: one packet a wake-up."""
