@@ -297,6 +297,13 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
     const size_t n = s.size();
     auto is = [&](size_t i, const char* lit) { return i < n && s[i] == lit; };
     const bool get = m == "GET";
+    // An id or topic captured from segment `from` on, as EMQ X's "(.+?)/?$" did: one trailing slash is dropped
+    // unless that leaves nothing ("routes//" is the topic "/").
+    auto captured = [&](size_t from) {
+        std::string c = join(s, from);
+        if (c.empty() && !req.path.empty() && req.path.back() == '/') c = "/";
+        return c;
+    };
     auto node_known = [&](const std::string& node) {
         if (node == cfg_.node_name) return true;
         not_found(resp, "unknown node: " + node);
@@ -358,7 +365,7 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
         if (n == 3)
             co_await paged_list(kind, req, resp);
         else if (!typo) {
-            const std::string id_arg = join(s, 3);
+            const std::string id_arg = captured(3);
             co_await lookup(kind, id_arg, req, resp);
         } else
             not_found(resp, "unknown path: " + req.path);
@@ -370,23 +377,23 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
     }
     if (is(0, "clients") && n >= 2) {
         if (get) {
-            const std::string id_arg = join(s, 1);
+            const std::string id_arg = captured(1);
             co_await lookup(list_kind::clients, id_arg, req, resp);
             co_return;
         }
         if (m == "DELETE") {
-            const std::string id_arg = join(s, 1);
+            const std::string id_arg = captured(1);
             co_await kick(id_arg, resp);
             co_return;
         }
     }
     if (get && is(0, "sessions") && n >= 2) {
-        const std::string id_arg = join(s, 1);
+        const std::string id_arg = captured(1);
         co_await lookup(list_kind::sessions, id_arg, req, resp);
         co_return;
     }
     if (get && is(0, "subscriptions") && n >= 2) {
-        const std::string id_arg = join(s, 1);
+        const std::string id_arg = captured(1);
         co_await lookup(list_kind::subscriptions, id_arg, req, resp);
         co_return;
     }
@@ -395,7 +402,7 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
             co_await routes(req, nullptr, resp);
             co_return;
         }
-        const std::string topic = join(s, 1);
+        const std::string topic = captured(1);
         co_await routes(req, &topic, resp);
         co_return;
     }
@@ -674,6 +681,16 @@ reactor::task<void> server::routes(const http_request& req, const std::string* t
 
 // --- mqtt/publish, subscribe, unsubscribe ------------------------------------------------------------------------
 
+// The limits an MQTT client's topic or filter meets: valid, at most 65535 bytes (no packet carries more), at most
+// mqtt.max_topic_levels levels (the shards refuse deeper ones from clients). Answers 102 as EMQ X when not.
+bool server::api_topic_ok(const std::string& topic, bool filter, http_response& resp) const {
+    const bool valid = filter ? mqtt::valid_topic_filter(topic) : mqtt::valid_topic_name(topic);
+    if (valid && topic.size() <= mqtt::max_string_length && mqtt::topic_levels(topic) <= cfg_.limits.max_topic_levels)
+        return true;
+    api_error(resp, 102, "validate topic: " + topic + " fail");
+    return false;
+}
+
 reactor::task<void> server::mqtt_action(int action, const http_request& req, http_response& resp) {
     body_params b;
     if (!parse_body(req, b, resp)) co_return;
@@ -695,12 +712,7 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
             api_error(resp, 102, "qos must be 0, 1 or 2");
             co_return;
         }
-        // The limits an MQTT publisher meets (the shards refuse deeper topics from clients).
-        if (!mqtt::valid_topic_name(topic) || topic.size() > 65535 ||
-            mqtt::topic_levels(topic) > cfg_.limits.max_topic_levels) {
-            api_error(resp, 102, "validate topic: " + topic + " fail");
-            co_return;
-        }
+        if (!api_topic_ok(topic, false, resp)) co_return;
         // Published from the client id's home shard, so messages from one API "client" keep their order.
         const shard_fn fn6 = [&](broker::shard_control& c) {
             c.publish(topic, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()},
@@ -723,12 +735,7 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
             co_return;
         }
     }
-    // The limits an MQTT subscriber meets: no SUBSCRIBE can carry a filter over 65535 bytes.
-    if (!mqtt::valid_topic_filter(topic) || topic.size() > 65535 ||
-        mqtt::topic_levels(topic) > cfg_.limits.max_topic_levels) {
-        api_error(resp, 102, "validate topic: " + topic + " fail");
-        co_return;
-    }
+    if (!api_topic_ok(topic, true, resp)) co_return;
     using sub_result = broker::shard_control::subscribe_result;
     sub_result r = sub_result::done;
     bool found = true;

@@ -261,9 +261,8 @@ reactor::task<void> server::refuse(int fd) {
     }
     if (sent == out.size()) {
         ::shutdown(fd, SHUT_WR);
-        char sink[512];
         while (!stopping_ && std::chrono::steady_clock::now() < deadline)
-            if (co_await io::recv_some(ring_, fd, sink, sizeof sink, left_ms()) <= 0) break;
+            if (co_await io::recv_some(ring_, fd, discard_.data(), discard_.size(), left_ms()) <= 0) break;
     }
     --refusing_;
     open_fds_.erase(fd);

@@ -15,6 +15,7 @@
 #include "reactor/outbox.hpp"
 #include "reactor/task.hpp"
 
+#include <array>
 #include <atomic>
 #include <coroutine>
 #include <cstdint>
@@ -90,6 +91,7 @@ private:
     reactor::task<void> routes(const http_request& req, const std::string* topic, http_response& resp);
     reactor::task<void> kick(const std::string& id, http_response& resp);
     reactor::task<void> mqtt_action(int action, const http_request& req, http_response& resp);
+    bool api_topic_ok(const std::string& topic, bool filter, http_response& resp) const;
     reactor::task<void> listeners(bool all_nodes, http_response& resp);
     reactor::task<void> metrics(bool all_nodes, http_response& resp);
     reactor::task<void> stats(bool all_nodes, http_response& resp);
@@ -130,6 +132,8 @@ private:
     uint64_t over_limit_total_ = 0;  // connections answered 503 for admin.max_connections
     uint64_t over_limit_closed_ = 0; // and those closed at once, with admin.max_connections refusals under way
     size_t refusing_ = 0;            // refuse() coroutines running (their fds are in open_fds_ too)
+    // Where refuse() reads what refused clients send: shared, as nothing read there is ever looked at.
+    std::array<char, 16384> discard_{};
     uint64_t password_checks_refused_ = 0;
     broker::stats node_peaks_; // the summed gauges at the last collect and their node-wide peaks (see note_peaks)
 };

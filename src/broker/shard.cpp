@@ -372,6 +372,8 @@ void shard::end_hold() {
         if (it == conns_.end()) continue;
         connection& c = *it->second;
         c.needs_rearm = false;
+        // Its keepalive counts from now: it was not read (a packet cut by the hold could not be finished meanwhile).
+        c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
         // One whose cancelled receive has not ended yet is re-armed when it does.
         if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
     }
@@ -698,7 +700,8 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         return;
     }
     if (res <= 0 || c.st == connection::state::closing) {
-        // Bytes for a closing connection are dropped; the buffer goes back as its flags say.
+        // Bytes for a closing connection are dropped; the buffer goes back as its flags say (received_nothing for
+        // a completion without bytes).
         if (has_buf && res > 0) {
             bufs.received(bid, static_cast<uint32_t>(res), flags);
             bufs.release(bid, flags);
@@ -746,9 +749,9 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
 void shard::check_unread(connection& c, uint32_t received) {
     // Deliveries stop at the limit (QoS 0 is dropped, QoS 1/2 waits in the session), but the answers to what the
     // client sends (PUBACK, PINGRESP, SUBACK...) must be queued: a client that keeps sending and never reads would
-    // grow its queue without end. Once it has sent max_outgoing_bytes more while over the limit and no send to it
-    // made progress (on_send resets the count: a slow reader that also publishes is not one that never reads), it is
-    // closed.
+    // grow its queue without end. Once it has sent max_outgoing_bytes more than it took (on_send pays the count off
+    // with what the socket takes: a slow reader that also publishes is not one that never reads) while over the
+    // limit, it is closed.
     c.rx_while_full = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{c.rx_while_full} + received, UINT32_MAX));
     if (c.st != connection::state::connected ||
         c.rx_while_full <= std::min<uint64_t>(cfg_.limits.max_outgoing_bytes, UINT32_MAX - 1))
@@ -967,7 +970,9 @@ void shard::on_send(connection& c, int res, uint32_t) {
         return;
     }
     m_.bytes_sent += static_cast<uint64_t>(res);
-    c.rx_while_full = 0; // the socket took bytes: the client reads, however slowly (check_unread)
+    // What the socket took pays off what the client sent while over the limit (check_unread): a client must read
+    // about as much as it sends, or its replies pile up.
+    c.rx_while_full -= static_cast<uint32_t>(std::min<uint64_t>(c.rx_while_full, static_cast<uint64_t>(res)));
     const bool done = c.sq.sent(static_cast<size_t>(res));
     if (c.st == connection::state::closing) {
         maybe_destroy(c);

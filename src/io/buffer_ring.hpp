@@ -40,9 +40,9 @@ public:
     bool incremental() const { return incremental_; }
     uint8_t* data(uint16_t bid) { return base_ + size_t{bid} * size_; }
 
-    // The first byte of a recv completion's `len` bytes in buffer bid (cqe_flags as reaped; len 0 for a completion
-    // that carries a buffer but no bytes). Call once per completion that has IORING_CQE_F_BUFFER, in completion
-    // order, then release() once the bytes are handled.
+    // The first byte of a recv completion's `len` (> 0) bytes in buffer bid (cqe_flags as reaped). Call once per
+    // completion that has IORING_CQE_F_BUFFER and bytes, in completion order, then release() once the bytes are
+    // handled; a completion with a buffer and no bytes goes to received_nothing() instead.
     uint8_t* received(uint16_t bid, uint32_t len, uint32_t cqe_flags) {
         uint8_t* p = data(bid) + offset_[bid];
         offset_[bid] = incremental_ && (cqe_flags & cqe_buf_more) ? offset_[bid] + len : 0;

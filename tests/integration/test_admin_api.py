@@ -495,14 +495,15 @@ class RouteCases(Helpers):
         self.assertEqual(self.lookup("routes/" + seg("r/+")), [])
         self.assertEqual(self.lookup("routes/nothing"), [])
         # Raw slashes keep empty levels, as EMQ X's "^routes/(.+?)/?$" captured them: "//lead/1" is "/lead/1".
-        b.subscribe([("/lead/1", 0), ("r//x", 0)])
+        b.subscribe([("/lead/1", 0), ("r//x", 0), ("/", 0)])
         self.wait_until(lambda: "/lead/1" in self.route_topics(), what="/lead/1 routed")
         self.assertEqual(self.lookup("routes//lead/1"), [{"topic": "/lead/1", "node": self.NODE}])
         self.assertEqual(self.lookup("routes/lead/1"), [], "another topic")
         self.assertEqual(self.lookup("routes/r//x"), [{"topic": "r//x", "node": self.NODE}])
         self.assertEqual(self.lookup("routes/r/x"), [])
         self.assertEqual(self.lookup("routes//lead/1/"), [{"topic": "/lead/1", "node": self.NODE}], "trailing slash")
-        b.unsubscribe(["/lead/1", "r//x"])
+        self.assertEqual(self.lookup("routes//"), [{"topic": "/", "node": self.NODE}], "a capture is never empty")
+        b.unsubscribe(["/lead/1", "r//x", "/"])
 
         a.unsubscribe(["r/1", "r/#"])
         self.wait_equal(self.route_topics, ["r/#", "r/+/x"], what="routes after unsubscribe (r/# still on b)")

@@ -9,7 +9,7 @@ import time
 import unittest
 
 import mqtt_raw as m
-from broker import Broker, BrokerTest, broker_bin
+from broker import BrokerTest, broker_bin
 
 START_TIMEOUT = 15  # a broker that cannot start says so at once; this only bounds a hang
 
@@ -54,7 +54,8 @@ class StartupTest(BrokerTest):
         shards, size = 64, 1048576
         needed = (shards + 1) * shards * size * 16
         ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        self.assertGreater(needed, ram, "this machine has the memory: the case needs more shards or bigger queues")
+        if needed <= ram:
+            self.skipTest(f"this machine has {ram >> 30} GiB: the largest queues allowed fit")
         run = run_broker("--listen", "127.0.0.1:0", "--no-admin", "--log-level", "off", "--shards", str(shards),
                          "--set", f"node.smp_queue_size={size}")
         self.assert_refused(run, f"node.shards = {shards} and node.smp_queue_size = {size} make {needed >> 20} MiB "
