@@ -11,7 +11,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstring>
 #include <ctime>
 
@@ -247,21 +246,17 @@ reactor::task<void> server::refuse(int fd) {
     json_error(resp, 503,
                fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections));
     const std::string out = serialize(resp, false);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(over_limit_wait_ms);
-    auto left_ms = [&] {
-        const auto left =
-            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        return static_cast<uint32_t>(std::max<int64_t>(left.count(), 1));
-    };
+    const int64_t deadline = mono_ms() + over_limit_wait_ms;
+    auto left_ms = [&] { return static_cast<uint32_t>(std::max<int64_t>(deadline - mono_ms(), 1)); };
     size_t sent = 0;
-    while (sent < out.size() && !stopping_ && std::chrono::steady_clock::now() < deadline) {
+    while (sent < out.size() && !stopping_ && mono_ms() < deadline) {
         const int w = co_await io::send_some(ring_, fd, out.data() + sent, out.size() - sent, left_ms());
         if (w <= 0) break;
         sent += static_cast<size_t>(w);
     }
     if (sent == out.size()) {
         ::shutdown(fd, SHUT_WR);
-        while (!stopping_ && std::chrono::steady_clock::now() < deadline)
+        while (!stopping_ && mono_ms() < deadline)
             if (co_await io::recv_some(ring_, fd, discard_.data(), discard_.size(), left_ms()) <= 0) break;
     }
     --refusing_;

@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     log::info("ringmq {} starting: {}", RINGMQ_VERSION, config::describe(cfg));
-    log::info("cross-shard queues: {} of {} messages, at most {} KiB in use", size_t{cfg.shards + 1} * cfg.shards,
+    log::info("cross-shard queues: {} of {} messages, at most {} KiB in use", reactor::smp::queues_for(cfg.shards + 1),
               cfg.budgets.smp_queue_size, queue_bytes >> 10);
     if (cfg.sys.enabled && !cfg.admin.enabled)
         log::info("no $SYS topics: the admin shard publishes them, and admin.enabled = false");

@@ -26,8 +26,7 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
         if (was_tombstone) --tombstones_;
         return was_tombstone ? store_result::absent : store_result::cleared;
     }
-    if (!clear && (!present || was_tombstone) && limit != 0 && size() >= limit)
-        return store_result::full; // full_for's rule
+    if (!clear && full_for(topic, false, limit)) return store_result::full;
     if (clear) tomb_queue_.push_back({now_ms, std::string(topic), msg->stamp()});
     if (present) {
         // The old key views the old message's bytes: put the new message in under a key that views its own.

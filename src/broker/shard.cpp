@@ -429,7 +429,7 @@ void shard::handle_smp(const reactor::smp_msg& m) {
         return;
     }
     case k_retain:
-        store_retained(static_cast<session::message*>(m.ptr), false);
+        store_retained(static_cast<session::message*>(m.ptr));
         return;
     case k_admin_call: {
         auto* call = static_cast<admin_call*>(m.ptr);
@@ -1710,7 +1710,7 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
         return;
     }
     // mqtt.max_retained_messages is weighed here only, by the shard the PUBLISH came to: what it admits every shard
-    // stores (store_retained with own = false takes no limit), so the copies stay the same. Near the limit the count
+    // stores (store_retained takes no limit), so the copies stay the same. Near the limit the count
     // can pass it by the new topics stored on several shards at the same moment.
     if (retained_.full_for(topic, payload.empty(), cfg_.limits.max_retained_messages)) {
         if (log::at_doubling(retained_full_))
@@ -1730,15 +1730,13 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
         m->add_ref();
         push_weighed(to, k_retain, m->size(), m);
     }
-    store_retained(m, true);
+    store_retained(m);
 }
 
-void shard::store_retained(session::message* m, bool own) {
+void shard::store_retained(session::message* m) {
     auto ref = session::message_ref::adopt(m);
-    // The limit was weighed by the shard the PUBLISH came to (retain_from): a copy from another shard is stored.
-    const size_t limit = own ? cfg_.limits.max_retained_messages : 0;
-    const auto r = retained_.store(std::move(ref), limit, now_ms_, n_ > 1);
-    RINGMQ_ASSERT(r != retained_store::store_result::full); // retain_from asked full_for on this thread just before
+    // No limit here: the shard the PUBLISH came to weighed mqtt.max_retained_messages (retain_from), for every shard.
+    const auto r = retained_.store(std::move(ref), 0, now_ms_, n_ > 1);
     if (r == retained_store::store_result::stale)
         log::debug("retained update of {} from another shard overtaken by a later one", ref->topic());
     m_.messages_retained = retained_.size();

@@ -458,9 +458,8 @@ private:
     // Queues the first `take` of the fanned-out bytes for c: shared with the other subscribers where that pays.
     void queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take);
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
-    // Takes one reference. `own`: the PUBLISH came to this shard, which warns when the store refuses it (the other
-    // shards refuse their copies at debug level).
-    void store_retained(session::message* m, bool own);
+    // Takes one reference. Every shard stores what retain_from admitted, its own update and the others' copies.
+    void store_retained(session::message* m);
     // Sends the retained messages matching filter to a subscriber (a SUBSCRIBE's, or the admin API's): at once as far
     // as this turn's read budget and the subscriber's room go, the rest over later turns (serve_reads).
     void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);

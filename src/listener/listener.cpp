@@ -17,9 +17,12 @@ namespace ringmq::listener {
 
 namespace {
 
-// Opens, binds and listens one SO_REUSEPORT socket; with backlog < 0 only binds one without SO_REUSEPORT and closes
-// it again (bind_reuseport's probe), returning 0 when the address was free.
-int open_one(const config::endpoint& ep, uint16_t port, int backlog, uint16_t& actual, std::string& why) {
+// listen: open, bind and listen one SO_REUSEPORT socket and return it. probe: bind one without SO_REUSEPORT and
+// close it again (bind_reuseport's check that nobody listens there), returning 0 when the address was free.
+enum class open_mode { listen, probe };
+
+int open_one(const config::endpoint& ep, uint16_t port, int backlog, open_mode mode, uint16_t& actual,
+             std::string& why) {
     sockaddr_storage ss{};
     socklen_t len = 0;
     int family = AF_INET;
@@ -50,21 +53,13 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, uint16_t& a
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (backlog < 0) {
-        const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0;
-        if (!free)
-            why = fmt::format("cannot bind {}: {}", config::to_string(config::endpoint{ep.host, port}),
-                              std::strerror(errno));
-        ::close(fd);
-        return free ? 0 : -1;
-    }
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    if (mode == open_mode::listen && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
         why = fmt::format("SO_REUSEPORT: {}", std::strerror(errno));
         ::close(fd);
         return -1;
     }
     // Accepted sockets inherit TCP_NODELAY from the listening one, which saves the shards a system call per accept.
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+    if (mode == open_mode::listen && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
         why = fmt::format("TCP_NODELAY: {}", std::strerror(errno));
         ::close(fd);
         return -1;
@@ -74,6 +69,10 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, uint16_t& a
             fmt::format("cannot bind {}: {}", config::to_string(config::endpoint{ep.host, port}), std::strerror(errno));
         ::close(fd);
         return -1;
+    }
+    if (mode == open_mode::probe) {
+        ::close(fd);
+        return 0;
     }
     if (::listen(fd, backlog) != 0) {
         why = fmt::format("listen(): {}", std::strerror(errno));
@@ -99,11 +98,11 @@ bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bou
     // started within the same instant can still both pass it.
     if (port != 0) {
         uint16_t unused = 0;
-        if (open_one(ep, port, -1, unused, why) < 0) return false;
+        if (open_one(ep, port, backlog, open_mode::probe, unused, why) < 0) return false;
     }
     for (unsigned i = 0; i < count; ++i) {
         uint16_t actual = 0;
-        const int fd = open_one(ep, port, backlog, actual, why);
+        const int fd = open_one(ep, port, backlog, open_mode::listen, actual, why);
         if (fd < 0) {
             close_all(out);
             return false;

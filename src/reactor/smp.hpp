@@ -24,8 +24,9 @@ public:
     smp(unsigned participants, uint32_t queue_capacity);
     // The memory the queues between distinct participants take once each has gone round: (n^2 - n) of them grow as
     // the square of the shard count, so the configuration is weighed against the machine before they are made.
+    static uint64_t queues_for(unsigned participants) { return uint64_t{participants} * (participants - 1); }
     static uint64_t bytes_for(unsigned participants, uint32_t queue_capacity) {
-        return uint64_t{participants} * (participants - 1) * queue_capacity * sizeof(smp_msg);
+        return queues_for(participants) * queue_capacity * sizeof(smp_msg);
     }
     unsigned size() const { return n_; }
     spsc_queue<smp_msg>& queue(unsigned from, unsigned to) { return *queues_[from * n_ + to]; }
