@@ -221,6 +221,7 @@ void shard::loop() {
         if (!readers_.empty()) serve_reads();
         flush();
         publish_smp();
+        if (!smp_waiters_.empty() || !admin_waiters_.empty()) release_smp_waiters();
         if (outbox_.weight_moved() || holding_) check_cross_shard();
         reap_graveyard();
         if (stopping_ && conns_.empty() && gate_.count() == 0 && !accept_armed_ && pending_handoffs_.empty()) {
@@ -433,8 +434,14 @@ void shard::handle_smp(const reactor::smp_msg& m) {
         return;
     case k_admin_call: {
         auto* call = static_cast<admin_call*>(m.ptr);
+        const uint64_t backlogged = outbox_.backlogged();
         call->fn(*this);
-        push(m.arg, k_admin_done, id_, call);
+        // The admin client acts on the answer as an MQTT client on an ack (mqtt/subscribe, then a PUBLISH on
+        // another shard): see send_after_backlog.
+        if (outbox_.backlogged() != backlogged)
+            admin_waiters_.push_back({outbox_.backlogged(), call, m.arg});
+        else
+            push(m.arg, k_admin_done, id_, call);
         return;
     }
     default:
@@ -457,6 +464,10 @@ void shard::take_handoff(handoff* hp) {
 void shard::flush() {
     size_t budget = cfg_.budgets.sends_per_turn;
     const auto send_one = [&](connection& c) {
+        if (c.smp_wait) {
+            c.backlogged = false; // stays dirty, out of both lists: release_smp_waiters marks it again
+            return;
+        }
         c.dirty = false;
         c.backlogged = false;
         // With a send in flight nothing starts now: the rest goes when it completes (on_send marks the connection
@@ -942,6 +953,42 @@ void shard::mark_dirty_slow(connection& c, bool reply) {
     dirty_.push_back(&c);
 }
 
+void shard::send_after_backlog(connection& c, uint64_t before) {
+    if (outbox_.backlogged() == before) return;
+    // Sending the ack now would break the loop order's promise (ARCHITECTURE.md, README "Loop order"): a client of
+    // the other shard that acts on it (publishes to the new subscriber, subscribes to the retained topic) could be
+    // handled there before the route or the retained update arrives.
+    if (!c.smp_wait) {
+        c.smp_wait = true;
+        smp_waiters_.emplace_back(c.id, outbox_.backlogged());
+    } else {
+        for (auto& [id, mark] : smp_waiters_)
+            if (id == c.id) mark = outbox_.backlogged();
+    }
+}
+
+void shard::release_smp_waiters() {
+    const size_t admin_waiting = admin_waiters_.size();
+    std::erase_if(admin_waiters_, [this](const admin_waiter& w) {
+        if (outbox_.behind(w.mark)) return false;
+        push(w.to, k_admin_done, id_, w.call);
+        return true;
+    });
+    // Published now: a message staged but not published would be waited for by the sleep (arm_wakes) for ever.
+    if (admin_waiters_.size() != admin_waiting) publish_smp();
+    std::erase_if(smp_waiters_, [this](const std::pair<uint64_t, uint64_t>& w) {
+        if (outbox_.behind(w.second)) return false;
+        if (auto it = conns_.find(w.first); it != conns_.end()) {
+            connection& c = *it->second;
+            c.smp_wait = false;
+            c.dirty = false;
+            c.backlogged = false;
+            if (c.st != connection::state::closing) mark_dirty_slow(c, c.reply);
+        }
+        return true;
+    });
+}
+
 void shard::start_send(connection& c) {
     if (c.send_busy || c.shut || !c.sq.has_queued() || c.fd < 0) return;
     c.sq.start_batch();
@@ -1254,7 +1301,11 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
             return true;
         }
     }
-    if (pv.retain) retain_from(pv.topic, pv.payload, pv.qos);
+    if (pv.retain) {
+        const uint64_t backlogged = outbox_.backlogged();
+        retain_from(pv.topic, pv.payload, pv.qos);
+        send_after_backlog(c, backlogged);
+    }
     session::message_ref msg;
     route_entry& re = known && known->gen == trie_gen_ ? *known : route_lookup(pv.topic);
     re.checked = true; // the topic passed every PUBLISH check above
@@ -1357,6 +1408,7 @@ bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t f
     mqtt::subscribe_view sv{};
     const mqtt::error e = mqtt::decode_subscribe(body, flags, c.ver, sv);
     if (e != mqtt::error::none) return protocol_error(c, fmt::format("bad SUBSCRIBE: {}", mqtt::to_string(e)).c_str());
+    const uint64_t backlogged = outbox_.backlogged();
     std::vector<uint8_t> codes;
     codes.reserve(sv.entries.size());
     for (const mqtt::subscription& sub : sv.entries) {
@@ -1379,6 +1431,7 @@ bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t f
         }
         codes.push_back(qos);
     }
+    send_after_backlog(c, backlogged);
     scratch_.clear();
     mqtt::encode_suback(scratch_, c.ver, sv.packet_id, codes);
     send_control(c, scratch_);

@@ -253,7 +253,7 @@ public:
 
     // Send side: frames are queued in `sq`; one send is in flight at a time.
     send_queue sq;
-    int16_t ops = 0; // outstanding io_uring operations (a recv, a send, a cancel: a handful at most)
+    int8_t ops = 0; // outstanding io_uring operations (a recv and a send at most: one byte is plenty)
     // Flags as single bits: as bools, with the padding after them, they took 16 bytes of every idle connection.
     bool send_busy : 1 = false;
     bool dirty : 1 = false;
@@ -271,6 +271,7 @@ public:
     bool refused : 1 = false;
     bool clean : 1 = true;
     bool recv_oneshot : 1 = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
+    bool smp_wait : 1 = false;     // nothing is sent until what its packet sent other shards is queued (smp_waiters_)
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
@@ -405,6 +406,10 @@ private:
         mark_dirty_slow(c, reply);
     }
     void mark_dirty_slow(connection& c, bool reply);
+    // c's last packet put messages for other shards in the SMP backlog (outbox_.backlogged() was `before`): its ack
+    // must not reach the client before they are in their queues, so nothing is sent to c until then.
+    void send_after_backlog(connection& c, uint64_t before);
+    void release_smp_waiters(); // lets those go whose messages left the backlog (after publish_smp)
     void start_send(connection& c);
     void close(connection& c, const char* reason, bool publish_will);
     void shutdown_socket(connection& c);
@@ -524,6 +529,16 @@ private:
     std::deque<uint64_t> send_backlog_;
     size_t backlog_peak_ = 0; // the most ids send_backlog_ held, logged at stop
     std::vector<connection*> rearm_;
+    // Connections whose sends wait for the SMP backlog (send_after_backlog): (id, outbox_.backlogged() mark).
+    std::vector<std::pair<uint64_t, uint64_t>> smp_waiters_;
+    // Admin calls answered once what they sent other shards has left the backlog, as an MQTT ack would be: (the
+    // outbox_.backlogged() mark, the call, the admin participant to answer).
+    struct admin_waiter {
+        uint64_t mark;
+        void* call;
+        unsigned to;
+    };
+    std::vector<admin_waiter> admin_waiters_;
     // While another shard falls behind on this one's messages (check_cross_shard), the receives of publishing clients
     // are not re-armed: those whose receive brought a PUBLISH meanwhile wait here by id (they may close), each with
     // needs_rearm set.

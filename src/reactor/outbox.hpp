@@ -26,7 +26,7 @@ public:
         auto& q = smp_.queue(self_, to);
         sent_[to] += weight + 1;
         if (!backlog_[to].empty() || !q.try_push(m))
-            backlog_[to].push_back(waiting{m, sent_[to]});
+            backlog_[to].push_back(waiting{m, sent_[to], ++backlogged_});
         else
             queued_[to] = sent_[to];
         mask_ |= uint64_t{1} << to;
@@ -52,6 +52,20 @@ public:
     }
     // True while a backlog waits for room: the owner must not sleep unless arm_wakes covers it.
     bool pending() const { return mask_ != 0; }
+
+    // How many messages ever had to wait in a backlog: a mark to compare with behind() later.
+    uint64_t backlogged() const { return backlogged_; }
+    // Whether a message that went to a backlog up to `mark` still waits there, not yet in its queue. One look at the
+    // front of each backlog (each is in order).
+    bool behind(uint64_t mark) const {
+        uint64_t mask = mask_;
+        while (mask) {
+            const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
+            mask &= mask - 1;
+            if (!backlog_[to].empty() && backlog_[to].front().seq <= mark) return true;
+        }
+        return false;
+    }
 
     // True if anything was pushed since the last max_in_flight(): until then what is in flight can only shrink.
     bool weight_moved() const { return moved_; }
@@ -131,6 +145,7 @@ private:
     struct waiting {
         smp_msg m;
         uint64_t sent_after; // sent_ once this message was pushed: queued_ when it goes into the queue
+        uint64_t seq;        // backlogged_ once it was put here (see behind)
     };
     template <class F> static void for_each_in(uint64_t mask, F&& f) {
         while (mask) {
@@ -146,6 +161,7 @@ private:
     std::vector<uint64_t> sent_;    // weight pushed per destination, ever (compared with smp::taken)
     std::vector<uint64_t> queued_;  // of it, what went into the queue (the rest is in the backlog)
     std::vector<uint64_t> wake_at_; // the last arm_wakes' request per destination
+    uint64_t backlogged_ = 0;
     uint64_t mask_ = 0;
     uint64_t flying_ = 0; // destinations that may have messages in flight
     bool moved_ = false;

@@ -257,3 +257,24 @@ class ApiSubscribeLimitCases(ApiSubscribeHelpers):
 
 
 shard_variants(ApiSubscribeLimitCases, globals(), base=AdminTest)
+
+
+class ApiSubscribeBehindBacklogTest(ApiSubscribeHelpers, AdminTest):
+    """mqtt/subscribe answers once the route it made is in the other shard's queue: behind a SUBSCRIBE of 20000
+    filters on the same shard, whose route adds wait for room in a queue of node.smp_queue_size = 64, a PUBLISH on
+    the other shard sent the moment the answer arrives still reaches the API's subscriber."""
+    SHARDS = 2
+    SETTINGS = {"node.smp_queue_size": 64}
+    FILTERS = 20000
+
+    def test_publish_right_after_the_answer_arrives(self):
+        pub = self.client(self.cid("bpub", 1))
+        for r in range(3):
+            tid, t = self.target(f"btarget{r}", 0)
+            crowd = self.client(self.cid(f"bcrowd{r}", 0))
+            crowd.send(m.subscribe(1, [(f"bc/{r}/{i}", 0) for i in range(self.FILTERS)]))
+            self.action("POST", "mqtt/subscribe", {"topic": f"bt/{r}", "qos": 0, "client_id": tid})
+            pub.publish(f"bt/{r}", b"now")
+            msg = t.recv_publish(timeout=5)
+            self.assertEqual((msg.topic, msg.payload), (f"bt/{r}", b"now"), f"round {r}")
+            crowd.expect(m.suback(1, [0] * self.FILTERS), timeout=20)

@@ -493,3 +493,37 @@ class CrossShardBacklogSleepTest(BrokerTest):
         self.assertGreater(used1, 0.3, "shard 1 was not the slower shard by enough to tell: " + detail)
         self.assertLess(used0, 0.3 * used1, detail)
         self.assert_broker_healthy("bl-after")
+
+
+class CrossShardAckAfterBacklogTest(BrokerTest):
+    """An ack that tells a client its SUBSCRIBE or retained PUBLISH is in place goes out only once what that packet
+    sent the other shards (route adds, retained updates) is in their queues: with node.smp_queue_size = 64 a
+    SUBSCRIBE of thousands of filters, or a burst of retained PUBLISHes, leaves most of them waiting for room, and a
+    client on the other shard that acts the moment the ack arrives must still find them there."""
+    SHARDS = 2
+    SETTINGS = {"node.smp_queue_size": 64}
+    FILTERS = 4000
+    ROUNDS = 4
+
+    def test_publish_right_after_a_suback_reaches_the_new_subscriber(self):
+        pub = self.client(self.cid("ab-pub", 1))
+        for r in range(self.ROUNDS):
+            sub = self.client(self.cid(f"ab-sub{r}", 0))
+            sub.send(m.subscribe(1, [(f"ab/{r}/{i}", 0) for i in range(self.FILTERS)]))
+            sub.expect(m.suback(1, [0] * self.FILTERS), timeout=20)
+            pub.publish(f"ab/{r}/{self.FILTERS - 1}", b"last")
+            msg = sub.recv_publish(timeout=5)
+            self.assertEqual((msg.topic, msg.payload), (f"ab/{r}/{self.FILTERS - 1}", b"last"), f"round {r}")
+            sub.disconnect()
+
+    def test_subscribe_right_after_a_puback_gets_the_retained_message(self):
+        pub = self.client(self.cid("ar-pub", 0))
+        for r in range(self.ROUNDS):
+            burst = b"".join(m.publish(f"ar/{r}/{i}", b"x", retain=True) for i in range(self.FILTERS))
+            pub.send(burst + m.publish(f"ar/{r}/last", b"kept", qos=1, retain=True, pid=r + 1))
+            pub.expect(m.puback(r + 1), timeout=20)
+            sub = self.client(self.cid(f"ar-sub{r}", 1))
+            sub.subscribe([(f"ar/{r}/last", 0)])
+            msg = sub.recv_publish(timeout=2)
+            self.assertEqual((msg.topic, msg.payload, msg.retain), (f"ar/{r}/last", b"kept", True), f"round {r}")
+            sub.disconnect()

@@ -834,6 +834,33 @@ TEST(smp_outbox, a_waiting_sender_with_a_backlog_is_woken_when_the_queue_is_empt
     EXPECT_TRUE(out.pending());
 }
 
+TEST(smp_outbox, behind_says_whether_messages_backlogged_up_to_a_mark_still_wait) {
+    // What an ack waits for (shard::send_after_backlog): the messages its packet put in a backlog, to any destination,
+    // and not those that came later.
+    smp s(3, 2);
+    smp_outbox out(s, 0);
+    auto nowake = [](unsigned) {};
+    out.push(1, smp_msg{1, 0, nullptr});
+    out.push(1, smp_msg{1, 0, nullptr});
+    EXPECT_EQ(out.backlogged(), 0u) << "both fit the queue";
+    EXPECT_FALSE(out.behind(out.backlogged()));
+    out.push(1, smp_msg{1, 0, nullptr}); // destination 1: the third waits
+    out.push(2, smp_msg{1, 0, nullptr}); // destination 2: queued
+    const uint64_t mark = out.backlogged();
+    EXPECT_EQ(mark, 1u);
+    out.push(1, smp_msg{1, 0, nullptr}); // behind the mark
+    out.publish(nowake);
+    EXPECT_TRUE(out.behind(mark));
+    take(s, 0, 1, 1);
+    out.publish(nowake); // the marked message goes into the queue, the later one still waits
+    EXPECT_FALSE(out.behind(mark));
+    EXPECT_TRUE(out.behind(out.backlogged()));
+    take(s, 0, 1, 2);
+    out.publish(nowake);
+    EXPECT_FALSE(out.behind(out.backlogged()));
+    EXPECT_FALSE(out.pending());
+}
+
 TEST(smp_outbox, a_backlog_of_weightless_messages_alone_is_waited_for_too) {
     // A shard that is not holding back but has a backlog (routes, admin calls, publishes under the byte limit) sleeps
     // until its destination has emptied the queue: the request needs no level, and counts messages.
