@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <ctime>
 
@@ -245,8 +246,13 @@ reactor::task<void> server::refuse(int fd) {
     http_response resp;
     json_error(resp, 503,
                fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections));
-    const std::string out = serialize(resp, false);
-    const int64_t deadline = mono_ms() + over_limit_wait_ms;
+    co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+    --refusing_;
+    open_fds_.erase(fd);
+    ::close(fd);
+}
+
+reactor::task<void> server::answer_last(int fd, const std::string& out, int64_t deadline) {
     auto left_ms = [&] { return static_cast<uint32_t>(std::max<int64_t>(deadline - mono_ms(), 1)); };
     size_t sent = 0;
     while (sent < out.size() && !stopping_ && mono_ms() < deadline) {
@@ -259,9 +265,6 @@ reactor::task<void> server::refuse(int fd) {
         while (!stopping_ && mono_ms() < deadline)
             if (co_await io::recv_some(ring_, fd, discard_.data(), discard_.size(), left_ms()) <= 0) break;
     }
-    --refusing_;
-    open_fds_.erase(fd);
-    ::close(fd);
 }
 
 reactor::task<void> server::serve(int fd) {
@@ -270,9 +273,33 @@ reactor::task<void> server::serve(int fd) {
     std::string out;
     bool open = true;
     const uint32_t idle_ms = cfg_.admin.idle_timeout_ms;
+    const uint32_t request_ms = cfg_.admin.request_timeout_ms;
+    // When the first byte of the request in progress arrived, 0 between requests. The whole request has
+    // admin.request_timeout, not each read: a client sending a byte now and then would otherwise hold one of the
+    // admin.max_connections slots, before any authentication, for as long as it liked.
+    int64_t began = 0;
     while (open && !stopping_) {
-        const int n = co_await io::recv_some(ring_, fd, buf.data(), buf.size(), idle_ms);
-        if (n <= 0) break; // peer closed, error, or idle timeout (-ECANCELED)
+        uint32_t wait_ms = idle_ms;
+        if (began != 0)
+            wait_ms = static_cast<uint32_t>(std::clamp<int64_t>(began + request_ms - mono_ms(), 1, idle_ms));
+        const int n = co_await io::recv_some(ring_, fd, buf.data(), buf.size(), wait_ms);
+        if (n <= 0) {
+            // Peer closed, error, or a timeout (-ECANCELED): idle between requests closes quietly, a request cut
+            // short is answered.
+            if (n == -ECANCELED && began != 0 && !stopping_) {
+                const bool whole = mono_ms() >= began + request_ms;
+                const std::string why =
+                    whole ? fmt::format("request not received whole within admin.request_timeout = {} ms", request_ms)
+                          : fmt::format("no byte of the request for admin.idle_timeout = {} ms", idle_ms);
+                if (log::at_doubling(request_timeouts_))
+                    log::info("admin: answering 408 and closing a connection: {} ({} so far)", why, request_timeouts_);
+                http_response resp;
+                json_error(resp, 408, why);
+                co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+            }
+            break;
+        }
+        if (began == 0) began = mono_ms();
         size_t off = 0;
         while (off < static_cast<size_t>(n) && open) {
             size_t used = 0;
@@ -314,6 +341,7 @@ reactor::task<void> server::serve(int fd) {
                 sent += static_cast<size_t>(w);
             }
             if (!keep_alive) open = false;
+            began = off < static_cast<size_t>(n) ? mono_ms() : 0; // the rest of the read starts the next request
         }
     }
     open_fds_.erase(fd);

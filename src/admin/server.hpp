@@ -76,6 +76,10 @@ private:
 
     reactor::task<void> serve(int fd);
     reactor::task<void> refuse(int fd); // a connection past admin.max_connections: 503, then closed
+    // Sends a connection's last response, closes its sending side and drops what the client still sends until it
+    // closes or the deadline (mono_ms) passes: closing with unread data would reset the connection, and the client
+    // could lose the answer. The caller closes fd.
+    reactor::task<void> answer_last(int fd, const std::string& out, int64_t deadline);
 
     reactor::task<void> handle(const http_request& req, http_response& resp);
     reactor::task<void> sys_publisher();
@@ -135,7 +139,8 @@ private:
     // Where refuse() reads what refused clients send: shared, as nothing read there is ever looked at.
     std::array<char, 16384> discard_{};
     uint64_t password_checks_refused_ = 0;
-    broker::stats node_peaks_; // the summed gauges at the last collect and their node-wide peaks (see note_peaks)
+    uint64_t request_timeouts_ = 0; // requests answered 408 (admin.request_timeout or admin.idle_timeout mid-request)
+    broker::stats node_peaks_;      // the summed gauges at the last collect and their node-wide peaks (see note_peaks)
 };
 
 } // namespace ringmq::admin

@@ -361,6 +361,7 @@ void validate(layers& l, config& cfg) {
     c.integer("admin.max_body_bytes", cfg.admin.max_body_bytes, 1024, 1073741824);
     c.integer("admin.idle_timeout", cfg.admin.idle_timeout_ms, 1000, 86400000);
     c.integer("admin.send_timeout", cfg.admin.send_timeout_ms, 1000, 86400000);
+    c.integer("admin.request_timeout", cfg.admin.request_timeout_ms, 1000, 86400000);
     c.integer("admin.max_connections", cfg.admin.max_connections, 1, 65536);
     c.integer("admin.password_checks_per_second", cfg.admin.password_checks_per_second, 1, 100000);
 

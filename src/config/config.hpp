@@ -65,8 +65,9 @@ struct admin_config {
     std::string default_password = "public";
     uint32_t max_body_bytes = 1048576;
     uint32_t idle_timeout_ms = 60000;
-    uint32_t send_timeout_ms = 15000; // a response not taken by the client in this time closes the connection
-    uint32_t max_connections = 64;    // open admin connections; beyond, a request gets 503 and the connection closes
+    uint32_t send_timeout_ms = 15000;    // a response not taken by the client in this time closes the connection
+    uint32_t request_timeout_ms = 30000; // from a request's first byte to its last: slower gets 408 and a close
+    uint32_t max_connections = 64;       // open admin connections; beyond, a request gets 503 and the connection closes
     uint32_t password_checks_per_second = 20; // PBKDF2 checks of passwords not seen before; beyond, 429
 };
 

@@ -483,3 +483,51 @@ class HttpLimitTest(AdminTest):
         partial.send(b"GET /api/v2/manag")
         self.assertTrue(partial.closed_within(4.5), "a stalled request is closed (a 408 first is allowed)")
         self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE)
+
+
+class HttpRequestTimeoutTest(AdminTest):
+    """admin.request_timeout = 1500 ms: a request must arrive whole within that time of its first byte, however
+    often its client sends a byte (each read used to restart the idle timer, so trickling clients could hold every
+    admin.max_connections slot); the time between requests on a kept-alive connection is not counted."""
+
+    SETTINGS = {"admin.request_timeout": 1500}
+
+    def test_a_trickled_request_gets_408_and_is_closed(self):
+        c = self.http()
+        start = time.monotonic()
+        c.send(b"GET /api/v2/management/nodes HTTP/1.1\r\nHost: x\r\n")
+        answered = None
+        while time.monotonic() - start < 6:
+            try:
+                c.send(b"X")  # an endless header line, a byte every 0.25 s
+            except OSError:
+                break
+            if c.closed_within(0.25) or b"\r\n\r\n" in c.buf:
+                answered = time.monotonic() - start
+                break
+        self.assertIsNotNone(answered, "the trickling client was neither answered nor closed within 6 s")
+        r = c.read_response(timeout=1)
+        self.assertEqual(r.status, 408, r)
+        self.assertEqual(r.json(), {"code": 408,
+                                    "message": "request not received whole within admin.request_timeout = 1500 ms"})
+        self.assertGreaterEqual(answered, 1.3, "answered before admin.request_timeout")
+        self.assertLess(answered, 3.5)
+        self.assertTrue(c.closed_within(3))
+        self.assertIn(b"answering 408 and closing a connection: request not received whole", self.broker.log())
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE)
+
+    def test_time_between_requests_is_not_counted(self):
+        c = self.http()
+        for i in range(2):
+            c.send(build_request("GET", "/api/v2/management/nodes"))
+            self.assert_success(c.read_response())
+            time.sleep(1.0)  # 2 s idle in all: past the request timeout, well within the idle timeout
+        half = build_request("GET", "/api/v2/management/nodes")
+        c.send(half[:10])
+        time.sleep(0.8)
+        c.send(half[10:])  # the request took 0.8 s from its first byte
+        self.assert_success(c.read_response())
+        # Pipelined: the second request's first byte came with the first, and it is served too.
+        c.send(build_request("GET", "/api/v2/management/nodes") * 2)
+        self.assert_success(c.read_response())
+        self.assert_success(c.read_response())

@@ -173,6 +173,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.admin.max_body_bytes, 1048576u);
     EXPECT_EQ(c.admin.idle_timeout_ms, 60000u);
     EXPECT_EQ(c.admin.send_timeout_ms, 15000u);
+    EXPECT_EQ(c.admin.request_timeout_ms, 30000u);
     EXPECT_EQ(c.admin.max_connections, 64u);
     EXPECT_EQ(c.admin.password_checks_per_second, 20u);
     EXPECT_TRUE(c.sys.enabled);
@@ -617,6 +618,7 @@ TEST_F(config_test, every_range_is_checked) {
         {"[admin]\nmax_body_bytes = 10", "admin.max_body_bytes"},
         {"[admin]\nidle_timeout = 5", "admin.idle_timeout"},
         {"[admin]\nsend_timeout = 999", "admin.send_timeout"},
+        {"[admin]\nrequest_timeout = 999", "admin.request_timeout"},
         {"[admin]\nmax_connections = 0", "admin.max_connections"},
         {"[admin]\nmax_connections = 65537", "admin.max_connections"},
         {"[admin]\npassword_checks_per_second = 0", "admin.password_checks_per_second"},
