@@ -1,5 +1,6 @@
 #include "broker/retained_store.hpp"
 
+#include <algorithm>
 #include <iterator>
 #include <utility>
 
@@ -17,7 +18,9 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
     // One search: `it` is the topic's entry when there is one, else where a new entry goes.
     auto it = by_topic_.lower_bound(topic);
     const bool present = it != by_topic_.end() && it->first == topic;
-    if (present && stamp_after(it->second->stamp(), msg->stamp())) return store_result::stale;
+    const uint64_t stamp = full_stamp(msg->stamp());
+    latest_ = std::max(latest_, stamp);
+    if (present && it->second.stamp > stamp) return store_result::stale;
     const bool was_tombstone = present && is_tombstone(it->second);
     const bool clear = msg->payload().empty();
     if (clear && !keep_tombstones) {
@@ -27,20 +30,20 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
         return was_tombstone ? store_result::absent : store_result::cleared;
     }
     if (!clear && full_for(topic, false, limit)) return store_result::full;
-    if (clear) tomb_queue_.push_back({now_ms, std::string(topic), msg->stamp()});
+    if (clear) tomb_queue_.push_back({now_ms, std::string(topic), stamp});
     if (present) {
         // The old key views the old message's bytes: put the new message in under a key that views its own.
         const auto next = std::next(it);
         auto node = by_topic_.extract(it);
         node.key() = topic;
-        node.mapped() = std::move(msg);
+        node.mapped() = entry{std::move(msg), stamp};
         by_topic_.insert(next, std::move(node));
         if (clear && !was_tombstone) ++tombstones_;
         if (!clear && was_tombstone) --tombstones_;
         if (clear) return was_tombstone ? store_result::absent : store_result::cleared;
         return was_tombstone ? store_result::stored : store_result::replaced;
     }
-    by_topic_.emplace_hint(it, topic, std::move(msg));
+    by_topic_.emplace_hint(it, topic, entry{std::move(msg), stamp});
     if (clear) {
         ++tombstones_;
         return store_result::absent;
@@ -53,7 +56,7 @@ size_t retained_store::prune_tombstones(int64_t cutoff_ms) {
     while (!tomb_queue_.empty() && tomb_queue_.front().made_ms <= cutoff_ms) {
         const tomb& t = tomb_queue_.front();
         const auto it = by_topic_.find(t.topic);
-        if (it != by_topic_.end() && is_tombstone(it->second) && it->second->stamp() == t.stamp) {
+        if (it != by_topic_.end() && is_tombstone(it->second) && it->second.stamp == t.stamp) {
             by_topic_.erase(it);
             --tombstones_;
             ++dropped;
@@ -65,7 +68,7 @@ size_t retained_store::prune_tombstones(int64_t cutoff_ms) {
 
 const session::message* retained_store::find(std::string_view topic) const {
     auto it = by_topic_.find(topic);
-    return it == by_topic_.end() || is_tombstone(it->second) ? nullptr : it->second.get();
+    return it == by_topic_.end() || is_tombstone(it->second) ? nullptr : it->second.msg.get();
 }
 
 std::string_view retained_store::literal_prefix(std::string_view filter) {

@@ -40,8 +40,18 @@ public:
     // Drops the tombstones made at or before `cutoff_ms`; returns how many.
     size_t prune_tombstones(int64_t cutoff_ms);
     size_t tombstones() const { return tombstones_; }
-    // a is a later stamp than b (the counter wraps: compared as a window of 2^31).
-    static bool stamp_after(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; }
+    // Clears waiting for prune_tombstones, whether or not their tombstone is still there (one replaced since is
+    // skipped then): what the owner looks at to know whether pruning is due.
+    size_t tombs_queued() const { return tomb_queue_.size(); }
+    // A message carries the low 32 bits of its stamp (the counter wraps). Every store sees every retained update of
+    // the node, so the latest stamp it was given is never further from a new one than the updates in flight between
+    // shards (far under 2^31): the new one's full 64-bit value is its distance from that latest. Entries keep the
+    // full value, so a topic not updated for any number of updates is still replaced by the next one (compared as
+    // 32-bit stamps, one left alone for 2^31 updates refused every later update as older).
+    uint64_t full_stamp(uint32_t stamp) const {
+        return latest_ + static_cast<uint64_t>(
+                             static_cast<int64_t>(static_cast<int32_t>(stamp - static_cast<uint32_t>(latest_))));
+    }
     // The message retained on exactly this topic, or null.
     const session::message* find(std::string_view topic) const;
     // Calls f(const session::message_ref&) for each retained message whose topic matches filter (a valid filter; a
@@ -74,15 +84,21 @@ public:
 private:
     // Keys view the topic bytes of their own message, which the value keeps alive; replacing a message replaces
     // its key too.
-    std::map<std::string_view, session::message_ref, std::less<>> by_topic_;
+    struct entry {
+        session::message_ref msg;
+        uint64_t stamp; // full_stamp(msg->stamp()) when it was stored
+    };
+    std::map<std::string_view, entry, std::less<>> by_topic_;
+    // The latest full stamp given to store(); starts a wrap above 0 so that an older stamp has room below it.
+    uint64_t latest_ = uint64_t{1} << 32;
     struct tomb {
         int64_t made_ms;
         std::string topic;
-        uint32_t stamp;
+        uint64_t stamp;
     };
     std::deque<tomb> tomb_queue_; // in the order made; an entry whose topic moved on since is skipped
     size_t tombstones_ = 0;
-    static bool is_tombstone(const session::message_ref& m) { return m->payload().empty(); }
+    static bool is_tombstone(const entry& e) { return e.msg->payload().empty(); }
 };
 
 template <class F> size_t retained_store::for_each_match(std::string_view filter, F&& f) const {
@@ -101,7 +117,7 @@ retained_store::scan_result retained_store::scan(std::string_view filter, std::s
     if (filter.find_first_of("+#") == std::string_view::npos) {
         const auto it_exact = by_topic_.find(filter);
         if (it_exact == by_topic_.end() || is_tombstone(it_exact->second)) return {0, true};
-        if (!f(it_exact->second)) return {0, false};
+        if (!f(it_exact->second.msg)) return {0, false};
         return {1, true};
     }
     const std::string_view prefix = literal_prefix(filter);
@@ -110,7 +126,7 @@ retained_store::scan_result retained_store::scan(std::string_view filter, std::s
     auto last = by_topic_.end(); // the last topic passed in this step
     for (; it != by_topic_.end() && it->first.starts_with(prefix); ++it) {
         if (looked == budget ||
-            (!is_tombstone(it->second) && routing::topic_matches(filter, it->first) && !f(it->second))) {
+            (!is_tombstone(it->second) && routing::topic_matches(filter, it->first) && !f(it->second.msg))) {
             if (last != by_topic_.end()) after.assign(last->first);
             return {looked, false};
         }

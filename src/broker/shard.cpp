@@ -429,9 +429,15 @@ void shard::handle_smp(const reactor::smp_msg& m) {
         deliver_run(*r);
         return;
     }
-    case k_retain:
-        store_retained(static_cast<session::message*>(m.ptr));
+    case k_retain: {
+        const auto r = session::message_ref::adopt(static_cast<session::message*>(m.ptr));
+        store_retained(r);
+        // And delivered live to this shard's subscribers (see retain_from), in a message of its own: live copies
+        // carry no retain flag [MQTT-3.3.1-9]. A stale update is delivered too, as two crossing PUBLISHes both are.
+        session::message_ref live;
+        route(r->topic(), r->payload(), r->qos(), live, false);
         return;
+    }
     case k_admin_call: {
         auto* call = static_cast<admin_call*>(m.ptr);
         const uint64_t backlogged = outbox_.backlogged();
@@ -576,7 +582,8 @@ void shard::tick(int64_t now) {
     if (stopping_) return;
     expire_sessions(now);
     // Cross-shard queues deliver in microseconds; a tombstone kept this long has seen every older update arrive.
-    if (retained_.tombstones() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
+    // By the queue, not the tombstones: a clear replaced since left its entry behind, and the queue would keep it.
+    if (retained_.tombs_queued() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
     if (accept_paused_) {
         accept_paused_ = false; // tick_ms is accept_pacer::pause_ms
         arm_accept();
@@ -1030,6 +1037,10 @@ void shard::on_send(connection& c, int res, uint32_t) {
         return;
     }
     c.sq.finish_batch();
+    if (c.pump_waits && c.slot) {
+        c.pump_waits = false;
+        pump(*c.slot);
+    }
     if (c.sq.has_queued())
         mark_dirty(c);
     else if (c.close_after_flush)
@@ -1301,15 +1312,17 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
             return true;
         }
     }
+    bool retained_everywhere = false;
     if (pv.retain) {
         const uint64_t backlogged = outbox_.backlogged();
-        retain_from(pv.topic, pv.payload, pv.qos);
+        retained_everywhere = retain_from(pv.topic, pv.payload, pv.qos);
         send_after_backlog(c, backlogged);
     }
     session::message_ref msg;
     route_entry& re = known && known->gen == trie_gen_ ? *known : route_lookup(pv.topic);
     re.checked = true; // the topic passed every PUBLISH check above
-    fan_out(re, pv.topic, pv.payload, pv.qos, msg, true, verbatim ? raw_frames{frame} : raw_frames{});
+    fan_out(re, pv.topic, pv.payload, pv.qos, msg, true, verbatim ? raw_frames{frame} : raw_frames{},
+            !retained_everywhere);
     if (pv.qos == 1) {
         send_ack(c, mqtt::packet_type::puback, pv.packet_id);
         ++m_.packets_puback_sent;
@@ -1493,7 +1506,9 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
     if (with_payload && !payload.empty()) std::memcpy(d, payload.data(), payload.size());
 }
 
-void shard::count_publish_sent(uint8_t qos, uint64_t n) {
+void shard::count_publish_sent(std::string_view topic, uint8_t qos, uint64_t n) {
+    if (topic.starts_with("$SYS/")) [[unlikely]]
+        return;
     m_.packets_sent += n;
     m_.packets_publish_sent += n;
     m_.messages_sent += n;
@@ -1508,7 +1523,7 @@ void shard::count_publish_sent(uint8_t qos, uint64_t n) {
 void shard::send_publish(connection& c, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                          bool retain, bool dup, uint16_t pid) {
     encode_frame(c.sq.bytes(), topic, payload, qos, retain, dup, pid);
-    count_publish_sent(qos);
+    count_publish_sent(topic, qos);
     mark_dirty(c);
 }
 
@@ -1519,19 +1534,23 @@ void shard::send_outgoing(connection& c, const session::outgoing& o, bool dup) {
     const bool share = m.payload().size() >= share_min_bytes;
     encode_frame(c.sq.bytes(), m.topic(), m.payload(), o.qos, m.retain(), dup, o.pid, !share);
     if (share) c.sq.append_payload(o.msg.get());
-    count_publish_sent(o.qos);
+    count_publish_sent(m.topic(), o.qos);
     mark_dirty(c);
 }
 
 void shard::pump(session_slot& slot) {
     while (slot.conn) {
+        connection& c = *slot.conn;
+        // Messages the session queued (while it was offline, behind a full window or behind retained messages) were
+        // admitted under its queue's limits: they wait there while the connection has mqtt.max_outgoing_bytes to
+        // send, and go once it has sent them (on_send), rather than be dropped as for a client that does not read. A
+        // reconnecting client's whole queue once went in one go, and every QoS 0 message past the limit was dropped.
+        if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) {
+            c.pump_waits = true;
+            return;
+        }
         const session::outgoing* o = slot.s->next_ready();
         if (!o) return;
-        connection& c = *slot.conn;
-        if (o->qos == 0 && c.queued_bytes() > cfg_.limits.max_outgoing_bytes) {
-            drop_qos0(slot, 1, o->msg->topic());
-            continue;
-        }
         send_outgoing(c, *o, false);
     }
 }
@@ -1540,8 +1559,8 @@ void shard::pump(session_slot& slot) {
 // Routing
 
 void shard::route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
-                  bool local_origin) {
-    fan_out(route_lookup(topic), topic, payload, qos, msg, local_origin);
+                  bool local_origin, bool forward) {
+    fan_out(route_lookup(topic), topic, payload, qos, msg, local_origin, {}, forward);
 }
 
 shard::route_entry& shard::route_slot(std::string_view topic) {
@@ -1589,7 +1608,7 @@ shard::route_entry& shard::route_lookup(std::string_view topic) {
 }
 
 void shard::fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                    session::message_ref& msg, bool local_origin, const raw_frames& raw) {
+                    session::message_ref& msg, bool local_origin, const raw_frames& raw, bool forward) {
     frame_q0_valid_ = false;
     uint64_t mask = e.mask;
     const std::vector<match>& hits = e.matches;
@@ -1615,6 +1634,10 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     mask &= ~(uint64_t{1} << id_);
     if (hits.empty() && mask == 0) {
         if (topic.substr(0, 5) != "$SYS/") m_.messages_dropped += raw.count;
+        return;
+    }
+    if (!forward) {
+        m_.messages_forward += static_cast<uint64_t>(std::popcount(mask)); // carried by the retained update
         return;
     }
     while (mask) {
@@ -1717,7 +1740,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             const size_t room = cfg_.limits.max_outgoing_bytes - c->queued_bytes();
             if (raw.count > 1 && take > room) take = mqtt::frames_starting_within(raw.bytes, room, sent);
             queue_fanned(*c, raw.bytes, take);
-            count_publish_sent(0, sent);
+            count_publish_sent(topic, 0, sent);
             mark_dirty(*c);
             if (sent < raw.count) drop_qos0(slot, raw.count - sent, topic);
             return;
@@ -1729,7 +1752,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             frame_q0_valid_ = true;
         }
         queue_fanned(*c, {frame_q0_.data(), frame_q0_.size()}, frame_q0_.size());
-        count_publish_sent(0);
+        count_publish_sent(topic, 0);
         mark_dirty(*c);
         return;
     }
@@ -1753,14 +1776,14 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
     }
 }
 
-void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
-    if (!cfg_.limits.retain_available || !node_.retainer_active.load(std::memory_order_relaxed)) return;
+bool shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
+    if (!cfg_.limits.retain_available || !node_.retainer_active.load(std::memory_order_relaxed)) return false;
     if (payload.size() > cfg_.limits.max_retained_payload) {
         if (log::at_doubling(retained_too_large_))
             log::warn("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {} ({} refused "
                       "for their size on this shard so far)",
                       topic, payload.size(), cfg_.limits.max_retained_payload, retained_too_large_);
-        return;
+        return false;
     }
     // mqtt.max_retained_messages is weighed here only, by the shard the PUBLISH came to: what it admits every shard
     // stores (store_retained takes no limit), so the copies stay the same. Near the limit the count
@@ -1770,28 +1793,31 @@ void shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
             log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} refused on this "
                       "shard so far)",
                       topic, cfg_.limits.max_retained_messages, retained_full_);
-        return;
+        return false;
     }
     // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
     // before a PUBACK is visible to any later subscribe on any shard (see ARCHITECTURE.md).
-    session::message* m = session::message::make(topic, payload, qos, true);
+    const auto m = session::message_ref::adopt(session::message::make(topic, payload, qos, true));
     // The node-wide order of retained updates: where two shards' updates of a topic cross on the way, every shard
     // keeps the later one (retained_store::store).
     m->set_stamp(node_.retained_seq.fetch_add(1, std::memory_order_relaxed) + 1);
+    // The update is also the live copy for the other shards' subscribers (handle_smp): sent apart, a subscriber whose
+    // route had not reached this shard yet missed it live, having been sent the topic's older retained message by its
+    // own shard, which then stored this one and sent it nowhere.
     for (unsigned to = 0; to < n_; ++to) {
         if (to == id_) continue;
         m->add_ref();
-        push_weighed(to, k_retain, m->size(), m);
+        push_weighed(to, k_retain, m->size(), m.get());
     }
     store_retained(m);
+    return n_ > 1;
 }
 
-void shard::store_retained(session::message* m) {
-    auto ref = session::message_ref::adopt(m);
+void shard::store_retained(const session::message_ref& m) {
     // No limit here: the shard the PUBLISH came to weighed mqtt.max_retained_messages (retain_from), for every shard.
-    const auto r = retained_.store(std::move(ref), 0, now_ms_, n_ > 1);
+    const auto r = retained_.store(session::message_ref(m), 0, now_ms_, n_ > 1);
     if (r == retained_store::store_result::stale)
-        log::debug("retained update of {} from another shard overtaken by a later one", ref->topic());
+        log::debug("retained update of {} from another shard overtaken by a later one", m->topic());
     m_.messages_retained = retained_.size();
 }
 
@@ -1897,9 +1923,9 @@ void shard::resume_reads(session_slot& slot) {
 }
 
 void shard::publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {
-    if (retain) retain_from(topic, payload, qos);
+    const bool retained_everywhere = retain && retain_from(topic, payload, qos);
     session::message_ref msg;
-    route(topic, payload, qos, msg, true);
+    route(topic, payload, qos, msg, true, !retained_everywhere);
 }
 
 bool shard::add_subscription(session_slot& slot, const std::string& filter, uint8_t qos) {

@@ -272,6 +272,7 @@ public:
     bool clean : 1 = true;
     bool recv_oneshot : 1 = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
     bool smp_wait : 1 = false;     // nothing is sent until what its packet sent other shards is queued (smp_waiters_)
+    bool pump_waits : 1 = false;   // pump() stopped at mqtt.max_outgoing_bytes: on_send resumes it
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
@@ -378,7 +379,9 @@ private:
     void reap_graveyard();
     void take_handoff(handoff* h);
     bool valid_filter(std::string_view f) const;
-    void retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
+    // True when the update went to every other shard (k_retain), which then also delivers it to its own subscribers:
+    // the caller's fan-out must not forward it again.
+    bool retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
     void broadcast_route(uint32_t kind, const std::string& filter);
     // Completes the partial packet in c.rx from the front of p[0..n) and handles it; returns the bytes of p taken.
     size_t complete_partial(connection& c, const uint8_t* p, size_t n);
@@ -439,13 +442,14 @@ private:
                              bool retain, bool dup, uint16_t pid, bool with_payload = true);
     // A message from a session's window or queue.
     void send_outgoing(connection& c, const session::outgoing& o, bool dup);
-    void count_publish_sent(uint8_t qos, uint64_t n = 1);
+    // PUBLISHes on $SYS/ topics are not counted (EMQ X left them out of every sent counter).
+    void count_publish_sent(std::string_view topic, uint8_t qos, uint64_t n = 1);
     void pump(session_slot& slot); // moves queued messages into the window while it has room
 
     // routing
     struct route_entry;
     void route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
-               bool local_origin);
+               bool local_origin, bool forward = true);
     route_entry& route_slot(std::string_view topic);   // the cache entry topic maps to, whatever it holds
     route_entry& route_lookup(std::string_view topic); // the cache entry for topic, refilled from the trie if stale
     // The cache entry of a topic that passed every PUBLISH check on this shard before (its matches may be stale), or
@@ -453,8 +457,10 @@ private:
     route_entry* checked_route(std::string_view topic);
     void deliver_run(const publish_run& r);      // a run from another shard, to this shard's subscribers
     bool all_direct(const route_entry& e) const; // every local match is connected with nothing queued
+    // local_origin: published on this shard, so forwarded to the other shards that have a match (unless !forward:
+    // a retained update, which every shard got already) and counted dropped where no shard has one.
     void fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
-                 session::message_ref& msg, bool local_origin, const raw_frames& raw = {});
+                 session::message_ref& msg, bool local_origin, const raw_frames& raw = {}, bool forward = true);
     // last_use: msg is not needed after this call (the caller's reference moves into the session, which spares
     // an atomic increment and decrement); only when topic and payload do not point into msg itself.
     void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
@@ -463,8 +469,8 @@ private:
     // Queues the first `take` of the fanned-out bytes for c: shared with the other subscribers where that pays.
     void queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take);
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);
-    // Takes one reference. Every shard stores what retain_from admitted, its own update and the others' copies.
-    void store_retained(session::message* m);
+    // Every shard stores what retain_from admitted, its own update and the others' copies.
+    void store_retained(const session::message_ref& m);
     // Sends the retained messages matching filter to a subscriber (a SUBSCRIBE's, or the admin API's): at once as far
     // as this turn's read budget and the subscriber's room go, the rest over later turns (serve_reads).
     void deliver_retained(session_slot& slot, std::string_view filter, uint8_t granted);

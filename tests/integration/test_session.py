@@ -458,3 +458,29 @@ class SessionCases:
 
 
 shard_variants(SessionCases, globals())
+
+
+class QueuedPastOutgoingLimitCases:
+    """A reconnecting persistent session gets every message it queued while offline, even when they are more than
+    mqtt.max_outgoing_bytes: they wait in its queue and go as the connection sends. The whole queue once went in one
+    go, and every QoS 0 message past the limit was dropped as if the client did not read."""
+    SETTINGS = {"mqtt.max_outgoing_bytes": 1024}
+
+    def test_whole_offline_queue_arrives(self):
+        s = self.client(self.sub_id("oq"), clean=False)
+        s.subscribe([("oq/q0", 0), ("oq/q1", 1)])
+        s.disconnect()
+        pub = self.client(self.pub_id("oq-pub"))
+        for i in range(20):
+            pub.publish("oq/q0", b"%03d" % i + b"x" * 200)
+        for i in range(5):
+            pub.publish("oq/q1", b"%03d" % i + b"y" * 300, qos=1)
+        s = self.client(self.sub_id("oq"), clean=False, expect=m.connack(session_present=True))
+        got = [(msg.topic, msg.payload[:3], msg.qos) for msg in s.recv_publishes(25)]
+        want = [("oq/q0", b"%03d" % i, 0) for i in range(20)] + [("oq/q1", b"%03d" % i, 1) for i in range(5)]
+        self.assertEqual(got, want)
+        s.expect_no_packet(0.3)
+        self.assertNotIn(b"dropped", self.broker.log())
+
+
+shard_variants(QueuedPastOutgoingLimitCases, globals())

@@ -527,3 +527,56 @@ class CrossShardAckAfterBacklogTest(BrokerTest):
             msg = sub.recv_publish(timeout=2)
             self.assertEqual((msg.topic, msg.payload, msg.retain), (f"ar/{r}/last", b"kept", True), f"round {r}")
             sub.disconnect()
+
+
+class CrossShardRetainedRaceTest(BrokerTest):
+    """A retained update published on shard 0 while a client subscribes on shard 1 reaches that subscriber, as its
+    retained message or live: shard 1 delivers the update to its own subscribers as it stores it. Sent apart, the
+    live copy went only where shard 0 knew of a route; the subscriber was sent the older retained message by shard 1
+    before the update arrived there, and the update never (the SUBSCRIBE's 2000 other filters keep shard 1 busy long
+    enough for the PUBLISH to be handled meanwhile)."""
+    SHARDS = 2
+    ROUNDS = 15
+
+    def test_update_during_a_subscribe_on_another_shard_is_not_missed(self):
+        pub = self.client(self.cid("rr-pub", 0))
+        missed = []
+        for r in range(self.ROUNDS):
+            topic = f"rr/{r}"
+            pub.publish(topic, b"old", qos=1, retain=True)
+            time.sleep(0.05)  # every shard has stored "old"
+            sub = self.client(self.cid(f"rr-sub{r}", 1))
+            sub.send(m.subscribe(1, [(topic, 0)] + [(f"rr-other/{r}/{i}", 0) for i in range(2000)]))
+            pub.send(m.publish(topic, b"new", qos=1, retain=True, pid=1000 + r))
+            pub.expect(m.puback(1000 + r), timeout=10)
+            seen = []
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                try:
+                    p = sub.read_packet(max(deadline - time.monotonic(), 0.01))
+                except TimeoutError:
+                    break
+                if p.type == m.PUBLISH:
+                    seen.append(m.parse_publish(p).payload)
+            if not seen or seen[-1] != b"new":
+                missed.append((r, seen))
+            sub.disconnect()
+        self.assertEqual(missed, [], "rounds whose subscriber ended with the older message")
+
+    def test_retained_publishes_reach_other_shards_once(self):
+        # The retained update is the other shards' live copy: a PUBLISH, a will and a QoS 1 PUBLISH that are
+        # retained each reach a subscriber on the other shard exactly once, live, without the retain flag.
+        sub = self.client(self.cid("ro-sub", 1))
+        sub.subscribe([("ro/#", 1)])
+        pub = self.client(self.cid("ro-pub", 0))
+        pub.publish("ro/a", b"p0", retain=True)
+        pub.publish("ro/b", b"p1", qos=1, retain=True)
+        owner = self.client(self.cid("ro-owner", 0), will=m.Will("ro/w", b"gone", qos=1, retain=True))
+        owner.abort()
+        got = sorted((x.topic, x.payload, x.qos, x.retain) for x in sub.recv_publishes(3))
+        self.assertEqual(got, [("ro/a", b"p0", 0, False), ("ro/b", b"p1", 1, False), ("ro/w", b"gone", 1, False)])
+        sub.expect_no_packet(0.3)
+        late = self.client(self.cid("ro-late", 1))
+        late.subscribe([("ro/#", 1)])
+        got = sorted((x.topic, x.payload, x.retain) for x in late.recv_publishes(3))
+        self.assertEqual(got, [("ro/a", b"p0", True), ("ro/b", b"p1", True), ("ro/w", b"gone", True)])

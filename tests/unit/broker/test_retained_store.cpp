@@ -291,5 +291,38 @@ TEST(RetainedStore, WithoutTombstonesAClearErasesAndStampsStillOrder) {
     EXPECT_EQ(payload_of(s.find("w")), "new");
 }
 
+TEST(RetainedStore, ATopicLeftAloneForBillionsOfUpdatesIsStillReplacedAndCleared) {
+    // The store sees every update of the node (other topics here, every 2^28th of them), so it follows the 32-bit
+    // stamps round the wrap: "cfg", stored once at stamp 1, takes the update 2^31 + 1 later, and a clear 2^32 + 5
+    // later. As 32-bit stamps both were refused as older than "cfg"'s.
+    retained_store s;
+    EXPECT_EQ(s.store(stamped("cfg", "v1", 1), 0), sr::stored);
+    uint64_t n = 1;
+    const auto others_until = [&](uint64_t last) {
+        for (n += 1u << 28; n < last; n += 1u << 28)
+            s.store(stamped("x", std::to_string(n), static_cast<uint32_t>(n)), 0);
+    };
+    others_until((uint64_t{1} << 31) + 2);
+    EXPECT_EQ(s.store(stamped("cfg", "v2", 0x80000002u), 0), sr::replaced);
+    EXPECT_EQ(payload_of(s.find("cfg")), "v2");
+    others_until((uint64_t{1} << 32) + 0x80000003u);
+    EXPECT_EQ(s.store(stamped("cfg", "", 0x80000003u), 0), sr::cleared) << "stamp 2^32 + 0x80000003";
+    EXPECT_EQ(s.find("cfg"), nullptr);
+}
+
+TEST(RetainedStore, ClearsReplacedBeforeThePruneStillLeaveTheQueue) {
+    // A clear then a set of the same topic: no tombstone is left, but the clear's queue entry is, until the prune.
+    retained_store s;
+    for (uint32_t i = 0; i < 100; ++i) {
+        EXPECT_EQ(s.store(stamped("d", "", 2 * i + 1), 0, 10, true), i == 0 ? sr::absent : sr::cleared);
+        EXPECT_EQ(s.store(stamped("d", "on", 2 * i + 2), 0, 10, true), sr::stored);
+    }
+    EXPECT_EQ(s.tombstones(), 0u);
+    EXPECT_EQ(s.tombs_queued(), 100u) << "what the shard looks at to prune";
+    EXPECT_EQ(s.prune_tombstones(10), 0u) << "no tombstone to drop, the topic holds a message";
+    EXPECT_EQ(s.tombs_queued(), 0u);
+    EXPECT_EQ(payload_of(s.find("d")), "on");
+}
+
 } // namespace
 } // namespace ringmq::broker
