@@ -867,14 +867,19 @@ reactor::task<void> server::listeners(bool all_nodes, http_response& resp) {
     ok(resp, w.str());
 }
 
-reactor::task<void> server::metrics(bool all_nodes, http_response& resp) {
-    std::vector<broker::shard_snapshot> snaps;
-    co_await collect(snaps);
+broker::metrics server::node_metrics(const std::vector<broker::shard_snapshot>& snaps) {
     broker::metrics sum;
     for (const auto& s : snaps)
         sum.add(s.m);
     // messages/retained is a per-node gauge every shard keeps a copy of: take it once, not summed.
     sum.messages_retained = snaps.empty() ? 0 : snaps[0].m.messages_retained;
+    return sum;
+}
+
+reactor::task<void> server::metrics(bool all_nodes, http_response& resp) {
+    std::vector<broker::shard_snapshot> snaps;
+    co_await collect(snaps);
+    const broker::metrics sum = node_metrics(snaps);
     json_writer w;
     if (all_nodes) w.begin_object().key(cfg_.node_name);
     w.begin_object();
@@ -901,9 +906,7 @@ void server::note_peaks(const std::vector<broker::shard_snapshot>& snaps) {
     }
 }
 
-reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
-    std::vector<broker::shard_snapshot> snaps;
-    co_await collect(snaps);
+std::vector<std::pair<std::string, uint64_t>> server::stats_rows(const std::vector<broker::shard_snapshot>& snaps) {
     note_peaks(snaps);
     std::vector<std::pair<std::string, uint64_t>> rows;
     auto add = [&](const char* name, broker::gauge broker::stats::*g) { // the node's sums, from note_peaks
@@ -931,6 +934,13 @@ reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
     rows.emplace_back("topics/count", routes);
     rows.emplace_back("topics/max", routes_max);
     std::sort(rows.begin(), rows.end()); // EMQ X printed the stats keys in alphabetical order
+    return rows;
+}
+
+reactor::task<void> server::stats(bool all_nodes, http_response& resp) {
+    std::vector<broker::shard_snapshot> snaps;
+    co_await collect(snaps);
+    const auto rows = stats_rows(snaps);
     json_writer w;
     if (all_nodes) w.begin_object().key(cfg_.node_name);
     w.begin_object();
@@ -966,6 +976,7 @@ void server::auth_api(const http_request& req, http_response& resp) {
 
 server::login server::check_password(std::string_view user, std::string_view password) {
     if (users_.verify_cached(user, password)) return login::ok;
+    if (users_.known_wrong(user, password)) return login::wrong;
     if (!password_checks_.take(mono_ms())) {
         if (log::at_doubling(password_checks_refused_))
             log::warn("admin: over admin.password_checks_per_second = {}: answering 429 ({} so far)",

@@ -63,9 +63,9 @@ bool server::open_users(std::string& why) {
     if (!users_.open(cfg_.admin.users_file, cfg_.admin.default_user, cfg_.admin.default_password, &created, why))
         return false;
     if (created)
-        log::warn("admin: created {} with the default user '{}' and password '{}': change it with "
-                  "PUT /api/v2/change_pwd/{} or the users API",
-                  cfg_.admin.users_file, cfg_.admin.default_user, cfg_.admin.default_password, cfg_.admin.default_user);
+        log::warn("admin: created {} with the default user '{}' and admin.default_password (not logged): change it "
+                  "with PUT /api/v2/change_pwd/{} or the users API",
+                  cfg_.admin.users_file, cfg_.admin.default_user, cfg_.admin.default_user);
     else if (const size_t n = users_.list().size(); n == 0)
         log::warn("admin: {} holds no users: every API request will be refused until one is added to the file",
                   cfg_.admin.users_file);
@@ -317,8 +317,12 @@ reactor::task<void> server::serve(int fd) {
                 break;
             }
             if (st == http_parser::status::error) {
+                // The client may still be sending the request (a body over the limit): a close with its bytes
+                // unread would reset the connection before the client read the answer.
                 json_error(resp, parser.error_status(), parser.error_reason());
-                keep_alive = false;
+                co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+                open = false;
+                break;
             } else {
                 http_request req = parser.take();
                 keep_alive = req.keep_alive;
@@ -363,20 +367,16 @@ reactor::task<void> server::sys_publisher() {
         if (stopping_ || !sys_active_) continue;
         std::vector<broker::shard_snapshot> snaps;
         co_await collect(snaps);
-        note_peaks(snaps);
-        broker::metrics m;
-        for (const auto& s : snaps)
-            m.add(s.m);
         auto msgs = std::make_shared<std::vector<std::pair<std::string, std::string>>>();
         const int64_t now = static_cast<int64_t>(::time(nullptr));
         msgs->emplace_back(base + "version", RINGMQ_VERSION);
         msgs->emplace_back(base + "sysdescr", "ringmq MQTT broker");
         msgs->emplace_back(base + "uptime", format_uptime(now - node_.started_at));
         msgs->emplace_back(base + "datetime", format_datetime(now));
-        msgs->emplace_back(base + "stats/clients/count", std::to_string(node_peaks_.clients.count));
-        msgs->emplace_back(base + "stats/sessions/count", std::to_string(node_peaks_.sessions.count));
-        msgs->emplace_back(base + "stats/subscriptions/count", std::to_string(node_peaks_.subscriptions.count));
-        m.for_each([&](std::string_view name, uint64_t v) {
+        // Every stat and metric, as EMQ X's emqttd_stats and emqttd_metrics published them.
+        for (const auto& [name, v] : stats_rows(snaps))
+            msgs->emplace_back(base + "stats/" + name, std::to_string(v));
+        node_metrics(snaps).for_each([&](std::string_view name, uint64_t v) {
             msgs->emplace_back(base + "metrics/" + std::string(name), std::to_string(v));
         });
         ++sys_wakeups_;

@@ -109,6 +109,10 @@ private:
     static void too_many_checks(http_response& resp);
     reactor::task<void> collect(std::vector<broker::shard_snapshot>& out);
     void note_peaks(const std::vector<broker::shard_snapshot>& snaps);
+    // The node's figures from the shards' snapshots, as monitoring/metrics and monitoring/stats answer them and the
+    // $SYS topics publish them (stats_rows notes the peaks first; its rows are sorted by name).
+    static broker::metrics node_metrics(const std::vector<broker::shard_snapshot>& snaps);
+    std::vector<std::pair<std::string, uint64_t>> stats_rows(const std::vector<broker::shard_snapshot>& snaps);
     reactor::task<void> node_routes(std::vector<std::string>& out);
 
     broker::node& node_;

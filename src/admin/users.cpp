@@ -132,6 +132,8 @@ bool user_store::open(const std::string& path, const std::string& default_user, 
     path_ = path;
     users_.clear();
     if (created) *created = false;
+    refused_key_.assign(salt_bytes, 0);
+    if (RAND_bytes(refused_key_.data(), static_cast<int>(refused_key_.size())) != 1) refused_key_.clear();
 
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -215,6 +217,9 @@ bool user_store::open(const std::string& path, const std::string& default_user, 
 }
 
 bool user_store::save(const map_t& users) {
+    // A password refused before may be right after this change.
+    refused_.clear();
+    refused_next_ = 0;
     std::string text;
     for (const auto& [name, e] : users)
         text += fmt::format("{}:{}:{}:{}:{}\n", name, e.iterations, to_hex(e.salt), to_hex(e.key), e.tags);
@@ -258,6 +263,35 @@ bool user_store::save(const map_t& users) {
     return true;
 }
 
+bool user_store::refused_digest(std::string_view user, std::string_view password,
+                                std::array<unsigned char, 32>& out) const {
+    std::string pair;
+    pair.reserve(user.size() + 1 + password.size());
+    pair.append(user).push_back('\0');
+    pair.append(password);
+    return !refused_key_.empty() && fast_digest(refused_key_, pair, out);
+}
+
+void user_store::note_refused(std::string_view user, std::string_view password) const {
+    std::array<unsigned char, 32> d{};
+    if (!refused_digest(user, password, d) || known_wrong(user, password)) return;
+    if (refused_.size() < refused_kept) {
+        refused_.push_back(d);
+        return;
+    }
+    refused_[refused_next_] = d;
+    refused_next_ = (refused_next_ + 1) % refused_kept;
+}
+
+bool user_store::known_wrong(std::string_view user, std::string_view password) const {
+    std::array<unsigned char, 32> d{};
+    if (refused_.empty() || !refused_digest(user, password, d)) return false;
+    bool found = false;
+    for (const auto& r : refused_)
+        found |= CRYPTO_memcmp(r.data(), d.data(), d.size()) == 0;
+    return found;
+}
+
 bool user_store::verify(std::string_view user, std::string_view password) const {
     const auto it = users_.find(user);
     if (it == users_.end() || password.empty() || password.find('\0') != std::string_view::npos) {
@@ -265,6 +299,7 @@ bool user_store::verify(std::string_view user, std::string_view password) const 
         static const std::vector<unsigned char> dummy_salt(salt_bytes, 0x5a);
         unsigned char k[key_bytes];
         (void)derive(password.empty() ? std::string_view("-") : password, dummy_salt, default_iterations, sizeof k, k);
+        note_refused(user, password);
         return false;
     }
     const entry& e = it->second;
@@ -279,6 +314,7 @@ bool user_store::verify(std::string_view user, std::string_view password) const 
         e.fast = fast;
         e.fast_valid = true;
     }
+    if (!ok) note_refused(user, password);
     return ok;
 }
 

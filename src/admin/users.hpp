@@ -61,6 +61,11 @@ public:
     bool verify(std::string_view user, std::string_view password) const;
     // True when password is the user's last verified one: the one-SHA-256 part of verify(), no PBKDF2.
     bool verify_cached(std::string_view user, std::string_view password) const;
+    // True when verify() refused this user and password lately (the last refused_kept distinct pairs, forgotten at
+    // every change of the users): a client repeating a wrong password (a script after a password change, a flood of
+    // one guess) is answered without a PBKDF2 run, and takes nothing from the password-check budget.
+    bool known_wrong(std::string_view user, std::string_view password) const;
+    static constexpr size_t refused_kept = 256;
     bool exists(std::string_view user) const;
     std::vector<admin_user> list() const; // sorted by name
     std::optional<admin_user> get(std::string_view user) const;
@@ -93,6 +98,9 @@ private:
     using map_t = std::map<std::string, entry, std::less<>>;
 
     bool make_entry(std::string_view password, std::string_view tags, entry& e);
+    // SHA-256(refused_key_ || user || NUL || password): what known_wrong compares, never the password itself.
+    bool refused_digest(std::string_view user, std::string_view password, std::array<unsigned char, 32>& out) const;
+    void note_refused(std::string_view user, std::string_view password) const;
     bool save(const map_t& users);
     result check(std::string_view what, std::string_view s, bool allow_empty);
     result check_password(std::string_view password);
@@ -101,6 +109,9 @@ private:
     map_t users_;
     unsigned iterations_ = default_iterations;
     std::string last_error_;
+    std::vector<unsigned char> refused_key_; // random, per process
+    mutable std::vector<std::array<unsigned char, 32>> refused_;
+    mutable size_t refused_next_ = 0; // where the next refused pair goes once refused_ is full
 };
 
 } // namespace ringmq::admin

@@ -434,6 +434,22 @@ class HttpConnectionLimitTest(AdminTest):
         r = self.api("GET", "/api/v2/management/nodes", auth=("admin", "still-wrong"))
         self.assertEqual(r.status, 401, "the budget refills")
 
+    def test_a_repeated_wrong_password_takes_the_budget_once(self):
+        # A client repeating one wrong password (a script still using a rotated password, a flood of one guess) is
+        # answered from the refused pairs the users store keeps: only its first try costs a check, and a login that
+        # needs one meanwhile is not answered 429.
+        self.use_broker({"admin.password_checks_per_second": 2})
+        flood = self.http()
+        n = 200
+        flood.send(b"".join(build_request("GET", "/api/v2/management/nodes", auth=("admin", "rotated"))
+                            for _ in range(n)))
+        statuses = [flood.read_response().status for _ in range(n)]
+        self.assertEqual(statuses.count(401), n, f"429 for {statuses.count(429)} of {n}")
+        r = self.api("GET", "/api/v2/management/nodes")  # admin/public was never verified: it needs a check
+        self.assertEqual(r.status, 200, r)
+        r = self.api("POST", "/api/v2/auth", {"username": "admin", "password": "rotated"})
+        self.assertEqual(r.json(), {"code": 103, "message": "Password error"})
+
 
 class HttpLimitTest(AdminTest):
     """admin.max_body_bytes = 4096 and admin.idle_timeout = 1000 ms."""

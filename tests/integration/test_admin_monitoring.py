@@ -363,6 +363,48 @@ class SysPluginTest(AdminTest):
         self.assertTrue(msg.topic.startswith(prefix), msg)
 
 
+class SysTopicsTest(AdminTest):
+    """One round of $SYS topics on 2 shards: every stat and metric of the REST API, the node's figures (the retained
+    count once, not once per shard), and none of it counted as sent (EMQ X left $SYS out of every sent counter)."""
+
+    SHARDS = 2
+    SETTINGS = {"sys.interval": 1000}
+
+    def sys_round(self, s, prefix):
+        # The first topic of a round is "version"; a round ends with the metrics, the next starts with "version".
+        values = {}
+        seen_version = 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            msg = s.recv_publish(timeout=3)
+            name = msg.topic[len(prefix):]
+            if name == "version":
+                seen_version += 1
+                if seen_version == 2:
+                    return values
+            if seen_version == 1:
+                values[name] = msg.payload.decode()
+        self.fail(f"no whole $SYS round in 6 s: {sorted(values)}")
+
+    def test_every_stat_and_metric_once_per_node_and_not_counted_sent(self):
+        prefix = f"$SYS/brokers/{self.NODE}/"
+        for shard in (0, 1):
+            self.client(self.cid(f"ret{shard}", shard)).publish(f"sys/ret/{shard}", b"kept", retain=True)
+        s = self.client(self.cid("sys", 1))
+        s.subscribe([(prefix + "#", 0)])
+        values = self.sys_round(s, prefix)
+        stats = {k[len("stats/"):]: int(v) for k, v in values.items() if k.startswith("stats/")}
+        metrics = {k[len("metrics/"):]: int(v) for k, v in values.items() if k.startswith("metrics/")}
+        self.assertEqual(sorted(stats), sorted(self.stats()))
+        self.assertEqual(sorted(metrics), sorted(self.metrics()))
+        self.assertEqual(stats["retained/count"], 2)
+        self.assertEqual(metrics["messages/retained"], 2, "summed over the shards' copies")
+        self.assertGreaterEqual(len(values), 40)
+        m = self.metrics()
+        self.assertEqual((m["messages/sent"], m["packets/publish/sent"], m["messages/qos0/sent"]), (0, 0, 0),
+                         f"{len(values)} $SYS messages were delivered")
+
+
 class NodeNameTest(AdminTest):
     """--node-name changes the name in every response and path; the default name is then unknown."""
 

@@ -199,6 +199,32 @@ TEST_F(users_test, verify_cached_knows_only_the_last_verified_password) {
     EXPECT_FALSE(s.verify_cached("admin", "changed")) << "the new one is known only once it has verified";
 }
 
+TEST_F(users_test, known_wrong_remembers_refused_pairs_until_the_users_change) {
+    user_store s;
+    open_default(s);
+    EXPECT_FALSE(s.known_wrong("admin", "guess")) << "nothing refused yet";
+    EXPECT_FALSE(s.verify("admin", "guess"));
+    EXPECT_TRUE(s.known_wrong("admin", "guess"));
+    EXPECT_FALSE(s.known_wrong("admin", "guess2"));
+    EXPECT_FALSE(s.known_wrong("bob", "guess")) << "the pair, not the password alone";
+    EXPECT_FALSE(s.known_wrong("admin", "public"));
+    EXPECT_FALSE(s.verify("nobody", "x"));
+    EXPECT_TRUE(s.known_wrong("nobody", "x")) << "unknown users too";
+    EXPECT_TRUE(s.verify("admin", "public"));
+    EXPECT_TRUE(s.known_wrong("admin", "guess")) << "a right password does not clear the wrong ones";
+    // A change of the users (here the very password refused before) forgets every refused pair.
+    ASSERT_EQ(s.update("admin", std::string_view("guess"), std::nullopt), user_store::result::ok);
+    EXPECT_FALSE(s.known_wrong("admin", "guess"));
+    EXPECT_FALSE(s.known_wrong("nobody", "x"));
+    EXPECT_TRUE(s.verify("admin", "guess"));
+    // Only the last refused_kept pairs are kept.
+    for (size_t i = 0; i <= user_store::refused_kept; ++i)
+        EXPECT_FALSE(s.verify("nobody", "p" + std::to_string(i)));
+    EXPECT_FALSE(s.known_wrong("nobody", "p0")) << "the oldest was dropped";
+    EXPECT_TRUE(s.known_wrong("nobody", "p1"));
+    EXPECT_TRUE(s.known_wrong("nobody", "p" + std::to_string(user_store::refused_kept)));
+}
+
 TEST(password_check_budget, bursts_then_refills_at_the_rate) {
     password_check_budget b(5);
     int64_t t = 1000000;
