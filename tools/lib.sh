@@ -11,7 +11,7 @@ RINGMQ_PACKAGES=(
     libgtest-dev libgmock-dev libbenchmark-dev
     libssl-dev libfmt-dev libcli11-dev libtomlplusplus-dev node-llhttp
     mosquitto mosquitto-clients python3-paho-mqtt python3
-    curl coreutils linux-perf
+    curl coreutils procps linux-perf
 )
 
 # Prints the packages among "$@" that dpkg does not report as installed, one per line.
@@ -47,9 +47,19 @@ ringmq_ensure_packages() {
     mapfile -t missing < <(ringmq_missing_packages "${RINGMQ_PACKAGES[@]}")
     ((${#missing[@]} == 0)) && return 0
     echo "tools: installing missing packages: ${missing[*]}" >&2
-    # sudo may drop DEBIAN_FRONTEND from the environment, so it is passed through env.
-    ringmq_as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-    ringmq_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    # sudo may drop DEBIAN_FRONTEND from the environment, so it is passed through env. A fresh cloud machine may be
+    # running its daily apt at boot: wait for its lock rather than fail at once.
+    local lock=(-o DPkg::Lock::Timeout=600)
+    ringmq_as_root env DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" update
+    ringmq_as_root env DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" install -y --no-install-recommends \
+        "${missing[@]}"
+    # Debian's mosquitto package enables and starts its service on port 1883, where ringmq listens by default (and
+    # refuses to start beside another listener). The tests start their own Mosquitto on ports of their own.
+    if printf '%s\n' "${missing[@]}" | grep -qx mosquitto && [[ -d /run/systemd/system ]] &&
+        systemctl is-enabled --quiet mosquitto.service 2>/dev/null; then
+        echo "tools: stopping and disabling the mosquitto service the package started (it takes port 1883)" >&2
+        ringmq_as_root systemctl disable --now mosquitto.service || true
+    fi
 }
 
 # ringmq_configure DIR [meson options...]: `meson setup DIR options...` unless DIR is already configured
