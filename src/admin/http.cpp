@@ -145,6 +145,11 @@ struct http_parser::engine {
 struct http_parser::callbacks {
     static http_parser& self(llhttp_t* p) { return *static_cast<http_parser*>(p->data); }
 
+    static int on_message_begin(llhttp_t* p) {
+        self(p).in_message_ = true;
+        return 0;
+    }
+
     static int on_url(llhttp_t* p, const char* at, size_t n) {
         self(p).req_.target.append(at, n);
         return 0;
@@ -210,6 +215,7 @@ struct http_parser::callbacks {
         http_parser& s = self(p);
         s.req_.keep_alive = llhttp_should_keep_alive(p) != 0 && p->upgrade == 0;
         s.ready_ = true;
+        s.in_message_ = false;
         s.expect_continue_ = false;
         // One request per feed(): the next pipelined one must not overwrite this one before take().
         return HPE_PAUSED;
@@ -221,6 +227,7 @@ struct http_parser::callbacks {
         static const llhttp_settings_t s = [] {
             llhttp_settings_t t;
             llhttp_settings_init(&t);
+            t.on_message_begin = on_message_begin;
             t.on_url = on_url;
             t.on_header_field = on_header_field;
             t.on_header_value = on_header_value;

@@ -66,6 +66,10 @@ public:
     // second before sending a body. Not raised when the body is already known to be too large (that is an error).
     bool take_expect_continue();
 
+    // A request has begun and is not complete yet: what serve() times with admin.request_timeout. Blank lines between
+    // requests, which llhttp skips, begin none.
+    bool in_message() const { return in_message_; }
+
     // Total header bytes counted for the request in progress (request line, headers, final CRLF). For tests.
     size_t header_bytes() const { return head_bytes_; }
 
@@ -89,6 +93,7 @@ private:
     size_t trailer_bytes_ = 0;
     bool headers_done_ = false;
     bool ready_ = false;
+    bool in_message_ = false; // llhttp began a request that has not completed (bytes between requests are not one)
     bool failed_ = false;
     bool expect_continue_ = false;
     int cb_status_ = 0; // set by a callback that stopped parsing (a limit, a bad header name)

@@ -299,7 +299,6 @@ reactor::task<void> server::serve(int fd) {
             }
             break;
         }
-        if (began == 0) began = mono_ms();
         size_t off = 0;
         while (off < static_cast<size_t>(n) && open) {
             size_t used = 0;
@@ -345,8 +344,13 @@ reactor::task<void> server::serve(int fd) {
                 sent += static_cast<size_t>(w);
             }
             if (!keep_alive) open = false;
-            began = off < static_cast<size_t>(n) ? mono_ms() : 0; // the rest of the read starts the next request
+            began = 0;
         }
+        // The request in progress (begun in this read, or in an earlier one) is timed from the read that began it.
+        if (!parser.in_message())
+            began = 0;
+        else if (began == 0)
+            began = mono_ms();
     }
     open_fds_.erase(fd);
     ::close(fd);

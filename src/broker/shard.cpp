@@ -24,7 +24,6 @@ namespace ringmq::broker {
 namespace {
 
 constexpr unsigned reap_batch = 256;
-constexpr size_t smp_drain_max = 4096;
 // Receive buffers for connected clients' multishot recvs. Consumed incrementally (Linux 6.12+), few large buffers
 // serve many connections; consumed whole (older kernels), each recv takes a buffer, so more of them are needed.
 // The kernel walks the ring's buffers in order, so its copy into them touches all of them in turn: 64 x 16 KiB
@@ -393,7 +392,11 @@ void shard::drain_smp() {
                 weight += msg_weight(m);
                 handle_smp(m);
             },
-            smp_drain_max);
+            // A whole queueful: every message queued before this drain is taken now, before this turn handles its
+            // completions. An ack that waited until its route adds or retained update were queued (send_after_backlog)
+            // promises no more than that; at a cap under the queue's size a SUBSCRIBE of more filters than the cap
+            // had its SUBACK reach the client while the other shard still lacked some of its routes.
+            cfg_.budgets.smp_queue_size);
         // The sender may sleep until this shard has caught up (smp_outbox::arm_wakes).
         if (n != 0 && node_.smp.note_taken(from, id_, n, weight) && node_.smp.claim_wake(from)) peers_.wake(from);
     }
@@ -745,10 +748,12 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     // never finishes would otherwise hold its connection (and its partial packet's memory) for ever.
     if (m_.packets_received != packets_before) c.last_rx_ms = now_ms_;
     bufs.release(bid, flags);
-    if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]]
-        check_unread(c, static_cast<uint32_t>(res));
-    else
+    if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]] {
+        // Not while its sends are held for the SMP backlog (smp_wait): the broker, not the client, stopped them.
+        if (!c.smp_wait) check_unread(c, static_cast<uint32_t>(res));
+    } else {
         c.rx_while_full = 0;
+    }
     if (c.handed_off) {
         maybe_destroy(c);
         return;
@@ -962,7 +967,7 @@ void shard::mark_dirty_slow(connection& c, bool reply) {
 
 void shard::send_after_backlog(connection& c, uint64_t before) {
     if (outbox_.backlogged() == before) return;
-    // Sending the ack now would break the loop order's promise (ARCHITECTURE.md, README "Loop order"): a client of
+    // Sending the ack now would break the loop order's promise (README, "Loop order"): a client of
     // the other shard that acts on it (publishes to the new subscriber, subscribes to the retained topic) could be
     // handled there before the route or the retained update arrives.
     if (!c.smp_wait) {
@@ -1796,7 +1801,7 @@ bool shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
         return false;
     }
     // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
-    // before a PUBACK is visible to any later subscribe on any shard (see ARCHITECTURE.md).
+    // before a PUBACK is visible to any later subscribe on any shard (README, "Design decisions").
     const auto m = session::message_ref::adopt(session::message::make(topic, payload, qos, true));
     // The node-wide order of retained updates: where two shards' updates of a topic cross on the way, every shard
     // keeps the later one (retained_store::store).

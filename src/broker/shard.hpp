@@ -49,7 +49,7 @@ struct node {
     std::atomic<bool> retainer_active{true}; // the retainer module (admin plugin switch)
     std::atomic<uint32_t> connections{0};    // accepted sockets, node-wide, checked against max_connections
     std::atomic<uint32_t> sessions{0};       // sessions, connected or offline, node-wide, checked against max_sessions
-    std::atomic<uint32_t> retained_seq{0};   // the last stamp given to a retained update (wraps; compared as such)
+    std::atomic<uint32_t> retained_seq{0};   // the last stamp given to a retained update (wraps; each store widens it)
     std::atomic<bool> stopping{false};
     std::atomic<unsigned> ready{0};  // shards whose ring is up and accepting
     std::atomic<bool> failed{false}; // a shard could not start (logged by it)
@@ -156,7 +156,8 @@ enum msg_kind : uint32_t {
     k_route_add,   // ptr: std::string* filter, arg: sender shard; the sender's first local subscriber on filter
     k_route_del,   // ptr: std::string* filter, arg: sender shard; the sender's last local subscriber left
     k_publish,     // ptr: session::message* (one reference), arg: its weight (see msg_weight)
-    k_retain,      // ptr: session::message* (one reference), arg: its weight; store or (empty payload) clear the topic
+    k_retain, // ptr: session::message* (one reference), arg: its weight; store or (empty payload) clear the topic, and
+              // deliver it live to the receiver's subscribers (see retain_from)
     k_admin_call,  // ptr: admin_call*, from the admin shard: run it here and send it back
     k_admin_done,  // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
     k_publish_run, // ptr: publish_run*, arg: its weight; QoS 0 frames for the receiver's local subscribers

@@ -547,3 +547,10 @@ class HttpRequestTimeoutTest(AdminTest):
         c.send(build_request("GET", "/api/v2/management/nodes") * 2)
         self.assert_success(c.read_response())
         self.assert_success(c.read_response())
+        # A blank line after a request (some clients end a body with an extra CRLF) begins no request: the
+        # connection waits for the idle timeout, not the request timeout, and serves the next request.
+        c.send(build_request("GET", "/api/v2/management/nodes") + b"\r\n")
+        self.assert_success(c.read_response())
+        time.sleep(2.5)
+        c.send(build_request("GET", "/api/v2/management/nodes"))
+        self.assert_success(c.read_response())

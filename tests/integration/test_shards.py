@@ -529,6 +529,14 @@ class CrossShardAckAfterBacklogTest(BrokerTest):
             sub.disconnect()
 
 
+class CrossShardAckAfterDrainTest(CrossShardAckAfterBacklogTest):
+    """The same at the default node.smp_queue_size (16384): 12000 route adds fit the queue, so the SUBACK goes at once;
+    the other shard must still take all of them before it handles the PUBLISH sent on the SUBACK (it took 4096 a turn,
+    and the PUBLISH could come in between)."""
+    SETTINGS = {}
+    FILTERS = 12000
+
+
 class CrossShardRetainedRaceTest(BrokerTest):
     """A retained update published on shard 0 while a client subscribes on shard 1 reaches that subscriber, as its
     retained message or live: shard 1 delivers the update to its own subscribers as it stores it. Sent apart, the

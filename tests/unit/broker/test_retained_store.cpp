@@ -293,8 +293,8 @@ TEST(RetainedStore, WithoutTombstonesAClearErasesAndStampsStillOrder) {
 
 TEST(RetainedStore, ATopicLeftAloneForBillionsOfUpdatesIsStillReplacedAndCleared) {
     // The store sees every update of the node (other topics here, every 2^28th of them), so it follows the 32-bit
-    // stamps round the wrap: "cfg", stored once at stamp 1, takes the update 2^31 + 1 later, and a clear 2^32 + 5
-    // later. As 32-bit stamps both were refused as older than "cfg"'s.
+    // stamps round the wrap: "cfg", stored once at stamp 1, takes the update 2^31 + 1 later, and a clear at 2^32 +
+    // 2^31 + 3. As 32-bit stamps both were refused as older than "cfg"'s.
     retained_store s;
     EXPECT_EQ(s.store(stamped("cfg", "v1", 1), 0), sr::stored);
     uint64_t n = 1;
