@@ -194,9 +194,10 @@ def side_by_side(tool: str, compare, names: list, ringmq: Path, mosquitto: Path,
     run that raises RuntimeError or OSError is logged and skipped. Returns the exit status: 1 if a broker did not start
     or a run failed, else 0."""
     workdir = Path(tempfile.mkdtemp(prefix=f"ringmq-{tool}-"))
-    pin_broker = [] if no_pin or not shutil.which("taskset") or os.cpu_count() < 2 else ["taskset", "-c", "0"]
+    allowed = sorted(os.sched_getaffinity(0))  # a runner's cpuset need not start at CPU 0
+    pin_broker = [] if no_pin or not shutil.which("taskset") or len(allowed) < 2 else ["taskset", "-c", str(allowed[0])]
     if pin_broker:
-        os.sched_setaffinity(0, {1})
+        os.sched_setaffinity(0, {allowed[1]})
     compare.log(f"machine:   {compare.machine_line()}")
     compare.log(f"command:   perf/{tool} {' '.join(sys.argv[1:])}".rstrip())
     runs: dict = {n: [] for n in names}
