@@ -1763,12 +1763,16 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
     }
     if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, msg_qos, retain));
     const session::outgoing* o = nullptr;
+    const uint64_t dropped_before = slot.s->dropped();
     switch (slot.s->offer(last_use ? session::message_ref(std::move(msg)) : session::message_ref(msg), qos,
                           c != nullptr, &o)) {
     case session::session::offer_result::send:
         send_outgoing(*c, *o, false);
         break;
     case session::session::offer_result::queued:
+        if (slot.s->dropped() != dropped_before) [[unlikely]]
+            note_dropped(slot, dropped_before, "queue full: its oldest QoS 0 messages dropped for a QoS {} one", qos,
+                         topic);
         break;
     case session::session::offer_result::dropped:
         if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)

@@ -74,14 +74,47 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
         }
     }
     const uint64_t bytes = msg->data_size();
-    if ((limits_.max_queued != 0 && queue_len() >= limits_.max_queued) ||
-        (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes > limits_.max_queued_bytes)) {
+    const auto full = [&] {
+        return (limits_.max_queued != 0 && queue_len() >= limits_.max_queued) ||
+               (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes > limits_.max_queued_bytes);
+    };
+    if (full() && !(qos > 0 && drop_qos0_for(bytes))) {
         ++dropped_;
         return offer_result::dropped;
     }
     entries_.push_back(outgoing{std::move(msg), 0, qos, false});
     queued_bytes_ += bytes;
     return offer_result::queued;
+}
+
+bool session::drop_qos0_for(uint64_t bytes) {
+    // QoS 1/2 messages must be stored for an offline session [MQTT-3.1.2-5], QoS 0 ones may be: a queue full of QoS 0
+    // made the next QoS 1/2 message the one dropped. Room is made only where dropping the queue's QoS 0 messages is
+    // enough, so none is dropped for nothing.
+    size_t q0 = 0;
+    uint64_t q0_bytes = 0;
+    for (size_t i = inflight_; i < entries_.size(); ++i)
+        if (entries_[i].qos == 0) {
+            ++q0;
+            q0_bytes += entries_[i].msg->data_size();
+        }
+    if (q0 == 0 || (limits_.max_queued != 0 && queue_len() - q0 >= limits_.max_queued) ||
+        (limits_.max_queued_bytes != 0 && queued_bytes_ - q0_bytes + bytes > limits_.max_queued_bytes))
+        return false;
+    // The oldest first, until the new message fits.
+    for (size_t i = inflight_; i < entries_.size();) {
+        const bool fits = (limits_.max_queued == 0 || queue_len() < limits_.max_queued) &&
+                          (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= limits_.max_queued_bytes);
+        if (fits) break;
+        if (entries_[i].qos != 0) {
+            ++i;
+            continue;
+        }
+        queued_bytes_ -= entries_[i].msg->data_size();
+        entries_.erase(entries_.begin() + i);
+        ++dropped_;
+    }
+    return true;
 }
 
 const outgoing* session::admit(message_ref&& msg, uint8_t qos) {

@@ -57,7 +57,8 @@ public:
     // has room (QoS 0 needs no room), returns send with *out pointing at the entry to transmit (valid until the next
     // call on any session of this thread; for QoS > 0 it is in the window with its packet id). Otherwise it is queued
     // (returns queued) unless the queue is full (max_queued messages, or it would pass max_queued_bytes), in which
-    // case the new message is dropped and counted (returns dropped).
+    // case the new message is dropped and counted (returns dropped); a QoS 1/2 message is queued instead if dropping
+    // the oldest queued QoS 0 messages makes room (each counted dropped: dropped() tells how many).
     offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out);
 
     // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
@@ -143,6 +144,9 @@ private:
     void assign_pid_checked(outgoing& o);
     // next_ready once it is known that something is queued, not held, and either QoS 0 or with room in the window.
     const outgoing* take_next();
+    // A full queue and a QoS 1/2 message of `bytes`: drops the oldest queued QoS 0 messages to make room for it, if
+    // dropping them all would; true when it did.
+    bool drop_qos0_for(uint64_t bytes);
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     static uint16_t pid_at(uint32_t step) { return static_cast<uint16_t>(step % 65535 + 1); }
     // Moves the rotation on by one step; returns the step it was at.

@@ -484,3 +484,27 @@ class QueuedPastOutgoingLimitCases:
 
 
 shard_variants(QueuedPastOutgoingLimitCases, globals())
+
+
+class QueueFullOfQos0Cases:
+    """An offline session's full queue drops its oldest QoS 0 messages for a QoS 1 one [MQTT-3.1.2-5: QoS 1 and 2 must
+    be stored, QoS 0 may be]: a queue full of QoS 0 made the QoS 1 message the one dropped."""
+    SETTINGS = {"mqtt.max_queued_messages": 5}
+
+    def test_qos1_message_takes_the_place_of_the_oldest_qos0(self):
+        s = self.client(self.sub_id("mix"), clean=False)
+        s.subscribe([("mix/#", 1)])
+        s.disconnect()
+        pub = self.client(self.pub_id("mix-pub"))
+        for i in range(5):
+            pub.publish("mix/a", f"q0-{i}")
+        pub.publish("mix/b", b"q1", qos=1)
+        pub.publish("mix/a", b"q0-late")  # the queue is full of QoS 0 and a QoS 1: dropped
+        s = self.client(self.sub_id("mix"), clean=False, expect=m.connack(session_present=True))
+        got = [(msg.payload, msg.qos) for msg in s.recv_publishes(5)]
+        self.assertEqual(got, [(b"q0-1", 0), (b"q0-2", 0), (b"q0-3", 0), (b"q0-4", 0), (b"q1", 1)])
+        s.expect_no_packet(0.3)
+        self.assertRegex(self.broker.log(), rb"queue full: its oldest QoS 0 messages dropped for a QoS 1 one")
+
+
+shard_variants(QueueFullOfQos0Cases, globals())

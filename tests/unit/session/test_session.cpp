@@ -111,7 +111,7 @@ TEST(Session, AHeldQueueKeepsLiveMessagesBehindWhatIsAdmittedAheadOfThem) {
     EXPECT_EQ(s.offer(msg("live1"), 1, true, &o), offer::queued);
     EXPECT_EQ(s.offer(msg("live0", 0), 0, true, &o), offer::queued);
     EXPECT_EQ(s.offer(msg("live2"), 1, true, &o), offer::queued);
-    EXPECT_EQ(s.offer(msg("live3"), 1, true, &o), offer::dropped);
+    EXPECT_EQ(s.offer(msg("live3", 0), 0, true, &o), offer::dropped) << "(a QoS 1 one would take live0's place)";
     EXPECT_EQ(s.next_ready(), nullptr);
     // Retained messages go ahead into the window until it is full; QoS 0 needs no room.
     const outgoing* a = s.admit(msg("ret1"), 1);
@@ -166,6 +166,40 @@ TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
     EXPECT_EQ(got, "012");
 }
 
+TEST(Session, AFullQueueDropsItsOldestQoS0ForAQoS1Message) {
+    // QoS 1/2 must be stored for an offline session, QoS 0 may be [MQTT-3.1.2-5].
+    session s("c", false, lim(5, 3));
+    const outgoing* o = nullptr;
+    for (int i = 0; i < 3; ++i)
+        ASSERT_EQ(s.offer(msg("z" + std::to_string(i), 0), 0, false, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("z3", 0), 0, false, &o), offer::dropped) << "a QoS 0 message drops no other";
+    EXPECT_EQ(s.offer(msg("a"), 1, false, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("b"), 2, false, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("c"), 1, false, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("d"), 1, false, &o), offer::dropped) << "no QoS 0 left to drop";
+    EXPECT_EQ(s.dropped(), 5u) << "z3, z0, z1, z2 and d";
+    std::string got;
+    while (const outgoing* n = s.next_ready())
+        got += text(n);
+    EXPECT_EQ(got, "abc");
+}
+
+TEST(Session, NoQoS0IsDroppedWhereDroppingThemAllWouldNotMakeRoom) {
+    // Each message is 3 bytes of topic plus its payload; the queue takes 30 bytes.
+    limits l = lim(1, 0);
+    l.max_queued_bytes = 30;
+    session s("c", false, l);
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("0000000", 0), 0, false, &o), offer::queued);      // 10 bytes
+    ASSERT_EQ(s.offer(msg("111111111111111"), 1, false, &o), offer::queued); // 18 bytes
+    EXPECT_EQ(s.offer(msg("2222222222222222222222"), 1, false, &o), offer::dropped)
+        << "25 bytes: 18 + 25 would still pass 30";
+    EXPECT_EQ(s.queue_len(), 2u) << "the QoS 0 message stays";
+    EXPECT_EQ(s.offer(msg("33333333"), 1, false, &o), offer::queued) << "11 bytes fit once the QoS 0 one is gone";
+    EXPECT_EQ(s.queued_bytes(), 29u);
+    EXPECT_EQ(s.dropped(), 2u);
+}
+
 TEST(Session, UnlimitedQueueWhenZero) {
     session s("c", false, lim(1, 0));
     const outgoing* o = nullptr;
@@ -186,7 +220,7 @@ TEST(Session, QueuedBytesLimitDropsWhatWouldPassIt) {
     EXPECT_EQ(s.offer(msg("q000001"), 1, true, &o), offer::queued);
     EXPECT_EQ(s.offer(msg("q000002", 0), 0, true, &o), offer::queued) << "QoS 0 behind the window counts too";
     EXPECT_EQ(s.queued_bytes(), 20u);
-    EXPECT_EQ(s.offer(msg("q000003"), 1, true, &o), offer::dropped) << "30 bytes would pass 25";
+    EXPECT_EQ(s.offer(msg("q000003", 0), 0, true, &o), offer::dropped) << "30 bytes would pass 25";
     EXPECT_EQ(s.offer(msg("q4"), 1, true, &o), offer::queued) << "5 bytes still fit: 25";
     EXPECT_EQ(s.queued_bytes(), 25u);
     EXPECT_EQ(s.dropped(), 1u);
