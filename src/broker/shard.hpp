@@ -542,7 +542,7 @@ private:
     // outbox_.backlogged() mark, the call, the admin participant to answer).
     struct admin_waiter {
         uint64_t mark;
-        void* call;
+        admin_call* call;
         unsigned to;
     };
     std::vector<admin_waiter> admin_waiters_;

@@ -74,11 +74,7 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
         }
     }
     const uint64_t bytes = msg->data_size();
-    const auto full = [&] {
-        return (limits_.max_queued != 0 && queue_len() >= limits_.max_queued) ||
-               (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes > limits_.max_queued_bytes);
-    };
-    if (full() && !(qos > 0 && drop_qos0_for(bytes))) {
+    if (!room_for(bytes) && !(qos > 0 && drop_qos0_for(bytes))) {
         ++dropped_;
         return offer_result::dropped;
     }
@@ -102,10 +98,7 @@ bool session::drop_qos0_for(uint64_t bytes) {
         (limits_.max_queued_bytes != 0 && queued_bytes_ - q0_bytes + bytes > limits_.max_queued_bytes))
         return false;
     // The oldest first, until the new message fits.
-    for (size_t i = inflight_; i < entries_.size();) {
-        const bool fits = (limits_.max_queued == 0 || queue_len() < limits_.max_queued) &&
-                          (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= limits_.max_queued_bytes);
-        if (fits) break;
+    for (size_t i = inflight_; i < entries_.size() && !room_for(bytes);) {
         if (entries_[i].qos != 0) {
             ++i;
             continue;

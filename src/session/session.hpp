@@ -147,6 +147,11 @@ private:
     // A full queue and a QoS 1/2 message of `bytes`: drops the oldest queued QoS 0 messages to make room for it, if
     // dropping them all would; true when it did.
     bool drop_qos0_for(uint64_t bytes);
+    // Whether one more queued message of `bytes` stays within max_queued and max_queued_bytes.
+    bool room_for(uint64_t bytes) const {
+        return (limits_.max_queued == 0 || queue_len() < limits_.max_queued) &&
+               (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= limits_.max_queued_bytes);
+    }
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     static uint16_t pid_at(uint32_t step) { return static_cast<uint16_t>(step % 65535 + 1); }
     // Moves the rotation on by one step; returns the step it was at.
