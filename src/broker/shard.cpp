@@ -1391,12 +1391,11 @@ bool shard::on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> 
         break;
     case mqtt::packet_type::pubrec:
         ++m_.packets_pubrec_received;
-        if (s.on_pubrec(av.packet_id)) {
-            send_ack(c, mqtt::packet_type::pubrel, av.packet_id);
-            ++m_.packets_pubrel_sent;
-        } else {
-            ++m_.packets_pubrec_missed;
-        }
+        if (!s.on_pubrec(av.packet_id)) ++m_.packets_pubrec_missed;
+        // PUBREL even for an id not in the window (the session was discarded, or the PUBREC is a stale resend): the
+        // client holds the id until it is released, and nothing else would ever release it (as Mosquitto does).
+        send_ack(c, mqtt::packet_type::pubrel, av.packet_id);
+        ++m_.packets_pubrel_sent;
         break;
     case mqtt::packet_type::pubrel:
         ++m_.packets_pubrel_received;
@@ -1986,20 +1985,27 @@ void shard::expire_sessions(int64_t now) {
     if (interval == 0) return;
     size_t budget = 4096; // per tick, so a mass expiry never holds the shard for long
     size_t expired = 0;
+    uint64_t lost = 0;
     while (!expiry_.empty() && expiry_.front().offline_since_ms + interval <= now && budget-- > 0) {
         const expiry_entry& e = expiry_.front();
         session_slot* slot = sessions_.find(e.client_id);
         if (slot && !slot->conn && slot->offline_since_ms == e.offline_since_ms) {
-            log::debug("session {} expired: offline for {} ms, over mqtt.session_expiry_interval = {} ms", e.client_id,
-                       now - e.offline_since_ms, interval);
+            // Its messages go with it, never delivered: dropped, as a full queue's are.
+            const uint64_t n = slot->s->undelivered();
+            log::debug("session {} expired: offline for {} ms, over mqtt.session_expiry_interval = {} ms; {} message{} "
+                       "dropped",
+                       e.client_id, now - e.offline_since_ms, interval, n, n == 1 ? "" : "s");
+            m_.messages_dropped += n;
+            lost += n;
             drop_session(slot);
             ++expired;
         }
         expiry_.pop_front();
     }
     if (expired != 0) // one line per tick however many went
-        log::info("{} offline session{} expired (mqtt.session_expiry_interval = {} ms)", expired,
-                  expired == 1 ? "" : "s", interval);
+        log::info("{} offline session{} expired (mqtt.session_expiry_interval = {} ms), {} undelivered message{} "
+                  "dropped",
+                  expired, expired == 1 ? "" : "s", interval, lost, lost == 1 ? "" : "s");
 }
 
 void shard::drop_session(session_slot* slot) {

@@ -164,6 +164,13 @@ bool session::on_pubrec(uint16_t pid) {
     return false;
 }
 
+uint64_t session::undelivered() const {
+    uint64_t n = queue_len();
+    for (const outgoing& o : window())
+        if (!o.released) ++n;
+    return n;
+}
+
 bool session::on_pubcomp(uint16_t pid) {
     const auto end = entries_.begin() + inflight_;
     for (auto it = entries_.begin(); it != end; ++it)

@@ -109,6 +109,9 @@ public:
     // Topic and payload bytes of the messages in the queue (not the window), counted against max_queued_bytes.
     uint64_t queued_bytes() const { return queued_bytes_; }
     size_t inflight_len() const { return inflight_; }
+    // Messages not yet delivered: the queue and the window's entries still awaiting PUBACK or PUBREC (a QoS 2 entry
+    // whose PUBREC came is delivered and waits for PUBCOMP only).
+    uint64_t undelivered() const;
     uint64_t dropped() const { return dropped_; }
     // Messages the broker dropped for this session outside the queue (QoS 0 backpressure), counted with the rest.
     void count_dropped(uint64_t n) { dropped_ += n; }

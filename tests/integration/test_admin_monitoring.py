@@ -115,6 +115,8 @@ class MetricCases:
             msg = b.raw.recv_publish()  # acknowledged: PUBACK / PUBREC + PUBCOMP
             self.assertEqual((msg.payload, msg.qos), (f"m{qos}".encode(), qos))
         a.raw.send(m.puback(777))  # an acknowledgement for nothing: received and missed
+        a.raw.send(m.pubrec(778))  # the same, but answered: the client holds 778 until released
+        a.raw.expect(m.pubrel(778))
         self.assertTrue(a.raw.is_open())
         self.assertTrue(b.raw.is_open())
         b.raw.unsubscribe(["mt/x"])
@@ -132,21 +134,21 @@ class MetricCases:
             "packets/publish/sent": 3, "messages/sent": 3,
             "messages/qos0/sent": 1, "messages/qos1/sent": 1, "messages/qos2/sent": 1,
             "packets/puback/received": 2, "packets/puback/missed": 1,
-            "packets/pubrec/received": 1, "packets/pubrel/sent": 1, "packets/pubcomp/received": 1,
+            "packets/pubrec/received": 2, "packets/pubrel/sent": 2, "packets/pubcomp/received": 1,
             "packets/pingreq": 2, "packets/pingresp": 2, "packets/disconnect": 2,
             "messages/dropped": 3,
-            # connect 2, subscribe 1, publish 6, puback 2, pubrec 1, pubrel 1, pubcomp 1, pingreq 2, unsubscribe 1,
+            # connect 2, subscribe 1, publish 6, puback 2, pubrec 2, pubrel 1, pubcomp 1, pingreq 2, unsubscribe 1,
             # disconnect 2
-            "packets/received": 19,
-            # connack 2, suback 1, puback 4, pubrec 1, pubcomp 1, publish 3, pubrel 1, pingresp 2, unsuback 1
-            "packets/sent": 16,
-            "messages/qos2/dropped": 0, "packets/pubrec/missed": 0, "packets/pubrel/missed": 0,
+            "packets/received": 20,
+            # connack 2, suback 1, puback 4, pubrec 1, pubcomp 1, publish 3, pubrel 2, pingresp 2, unsuback 1
+            "packets/sent": 17,
+            "messages/qos2/dropped": 0, "packets/pubrec/missed": 1, "packets/pubrel/missed": 0,
             "packets/pubcomp/missed": 0,
         }
         # Every byte the two clients wrote; to them: CONNACK 2x4, SUBACK 5, PUBACK 4x4, PUBREC 4, PUBCOMP 4,
-        # PUBLISH 10+12+12, PUBREL 4, PINGRESP 2x2, UNSUBACK 4.
+        # PUBLISH 10+12+12, PUBREL 2x4, PINGRESP 2x2, UNSUBACK 4.
         expected["bytes/received"] = a.sent + b.sent
-        expected["bytes/sent"] = 8 + 5 + 16 + 4 + 4 + 34 + 4 + 4 + 4
+        expected["bytes/sent"] = 8 + 5 + 16 + 4 + 4 + 34 + 8 + 4 + 4
         self.wait_equal(self.delta_fn(before, expected), expected, what="metric deltas")
 
     def test_metrics_count_every_message_of_a_qos0_run(self):

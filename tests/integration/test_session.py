@@ -153,8 +153,11 @@ class SessionCases:
         fresh.expect_no_packet(0.3)  # the queued message went with the session
         pub.publish("exp/gone", b"after", qos=1)
         fresh.expect_no_packet(0.3)  # and so did the subscription
-        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
-                         r"session .*gone.* expired: offline for \d+ ms, over mqtt.session_expiry_interval = 3000 ms")
+        log = self.broker.log().decode("utf-8", "replace")
+        self.assertRegex(log, r"session .*gone.* expired: offline for \d+ ms, over mqtt.session_expiry_interval = "
+                              r"3000 ms; 1 message dropped")
+        self.assertRegex(log, r"1 offline session expired \(mqtt.session_expiry_interval = 3000 ms\), 1 undelivered "
+                              r"message dropped")
 
     def test_session_present_flag(self):
         c = self.persistent()
@@ -303,6 +306,29 @@ class SessionCases:
         c.expect(m.pubrel(msg.pid))
         c.send(m.pubcomp(msg.pid))
         c.expect_no_packet(0.5)
+
+    def test_pubrec_for_unknown_id_is_released(self):
+        # The session that sent the QoS 2 PUBLISH was discarded (a clean reconnect): the client still holds the id
+        # awaiting PUBREL and only a PUBREL can free it.
+        c = self.persistent()
+        c.subscribe([("s/lost", 2)])
+        pub = self.client(self.pub_id())
+        pub.publish("s/lost", b"two", qos=2)
+        msg = c.recv_publish(ack=False)
+        c.close()
+        c = self.client(self.sub_id("sess"), clean=True)
+        c.send(m.pubrec(msg.pid))
+        c.expect(m.pubrel(msg.pid))
+        c.send(m.pubcomp(msg.pid))
+        # The connection goes on as usual: a QoS 2 message still completes.
+        c.subscribe([("s/lost", 2)])
+        pub.publish("s/lost", b"again", qos=2)
+        again = c.recv_publish(ack=False)
+        self.assertEqual(again.payload, b"again")
+        c.send(m.pubrec(again.pid))
+        c.expect(m.pubrel(again.pid))
+        c.send(m.pubcomp(again.pid))
+        c.expect_no_packet(0.4)
 
     def test_inbound_qos2_state_kept_across_reconnect(self):
         sub = self.client(self.cid("watch", self.SHARDS - 1))

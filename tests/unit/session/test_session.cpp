@@ -275,6 +275,23 @@ TEST(Session, OutgoingQoS2Flow) {
     EXPECT_FALSE(s.on_pubcomp(pid));
 }
 
+TEST(Session, UndeliveredCountsQueueAndUnacknowledgedWindow) {
+    session s("c", false, lim(3, 10));
+    const outgoing* o = nullptr;
+    EXPECT_EQ(s.undelivered(), 0u);
+    ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
+    ASSERT_EQ(s.offer(msg("b", 2), 2, true, &o), offer::send);
+    const uint16_t p2 = o->pid;
+    ASSERT_EQ(s.offer(msg("c", 2), 2, true, &o), offer::send);
+    ASSERT_EQ(s.offer(msg("d"), 1, true, &o), offer::queued);
+    ASSERT_EQ(s.offer(msg("e", 0), 0, false, &o), offer::queued);
+    EXPECT_EQ(s.undelivered(), 5u);
+    ASSERT_TRUE(s.on_pubrec(p2)); // delivered: only its PUBCOMP is awaited
+    EXPECT_EQ(s.undelivered(), 4u);
+    s.clear_messages();
+    EXPECT_EQ(s.undelivered(), 0u);
+}
+
 TEST(Session, IncomingQoS2DeliversOnceUntilReleased) {
     session s("c", false, lim(4, 10));
     EXPECT_EQ(s.incoming_qos2(7), qos2_arrival::fresh);
