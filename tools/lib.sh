@@ -63,12 +63,34 @@ ringmq_ensure_packages() {
 }
 
 # ringmq_configure DIR [meson options...]: `meson setup DIR options...` unless DIR is already configured
-# (has build.ninja; ninja re-runs meson itself when a meson.build changes). A directory left behind by a failed
-# setup is wiped and set up again.
+# (has build.ninja; ninja re-runs meson itself when a meson.build changes). A directory configured earlier with
+# other values for the given options (`--name=value` or `-Dname=value`: a debug `build`, tests switched off) gets
+# them with `meson configure`; only then, since `meson configure` rebuilds everything even when nothing changed. A
+# directory left behind by a failed setup is wiped and set up again.
 ringmq_configure() {
     local dir=$1
     shift
-    [[ -f $dir/build.ninja ]] && return 0
+    if [[ -f $dir/build.ninja ]]; then
+        local differ
+        differ=$(/usr/bin/python3 - "$dir/meson-info/intro-buildoptions.json" "$@" <<'PY'
+import json, sys
+try:
+    current = {o["name"]: o["value"] for o in json.load(open(sys.argv[1]))}
+except (OSError, ValueError):
+    current = {}
+def text(v):
+    return str(v).lower() if isinstance(v, bool) else str(v)
+for arg in sys.argv[2:]:
+    name, _, value = arg.lstrip("-").removeprefix("D").partition("=")
+    if name not in current or text(current[name]) != value:
+        print(f"{name}={value} (was {text(current[name]) if name in current else 'unset'})")
+PY
+)
+        [[ -z $differ ]] && return 0
+        echo "tools: $dir was configured with other options; setting: ${differ//$'\n'/ }" >&2
+        meson configure "$dir" "$@"
+        return
+    fi
     if [[ -f $dir/meson-private/coredata.dat ]]; then
         meson setup --wipe "$dir" "$@"
     else
