@@ -72,6 +72,10 @@ bool server::open_users(std::string& why) {
     else // the defaults only seed a new file: an operator who changed them in the config must see they were not used
         log::info("admin: {} user{} from {} (admin.default_user and admin.default_password only seed a new file)", n,
                   n == 1 ? "" : "s", cfg_.admin.users_file);
+    if ((users_.file_mode() & 077) != 0)
+        log::warn("admin: {} is accessible to other users (mode {:04o}): it holds the password keys; chmod 600 it (the "
+                  "next change of the users rewrites it 0600)",
+                  cfg_.admin.users_file, users_.file_mode());
     return true;
 }
 

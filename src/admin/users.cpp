@@ -130,6 +130,7 @@ bool user_store::make_entry(std::string_view password, std::string_view tags, en
 bool user_store::open(const std::string& path, const std::string& default_user, const std::string& default_password,
                       bool* created, std::string& why) {
     path_ = path;
+    file_mode_ = 0;
     users_.clear();
     if (created) *created = false;
     refused_key_.assign(salt_bytes, 0);
@@ -162,6 +163,8 @@ bool user_store::open(const std::string& path, const std::string& default_user, 
         return true;
     }
 
+    struct stat st {};
+    file_mode_ = ::fstat(fd, &st) == 0 ? st.st_mode & 07777 : 0;
     std::string text;
     char buf[4096];
     for (;;) {

@@ -84,6 +84,9 @@ public:
     // Iteration count for passwords set from now on (existing users keep theirs until their password changes).
     void set_iterations(unsigned n) { iterations_ = n; }
     const std::string& path() const { return path_; }
+    // Permission bits of the file open() read (0 when it created it, 0600): the server warns when others may read it,
+    // as the keys in it can be attacked offline. The first change of the users rewrites it 0600.
+    uint32_t file_mode() const { return file_mode_; }
 
 private:
     struct entry {
@@ -106,6 +109,7 @@ private:
     result check_password(std::string_view password);
 
     std::string path_;
+    uint32_t file_mode_ = 0;
     map_t users_;
     unsigned iterations_ = default_iterations;
     std::string last_error_;

@@ -117,3 +117,9 @@ class UsersRestartTest(AdminTest):
         self.assertEqual({r["username"]: r["tags"] for r in rows}, {"admin": "administrator", "carol": "ops"})
         self.assert_unauthorized(self.api("GET", "users", port=b2.admin_port), "admin/public after the change")
         self.assert_success(self.api("GET", "management/nodes", auth=("carol", "c-pw"), port=b2.admin_port))
+        self.assertNotIn(b"accessible to other users", b2.log())
+        # A file others may read (edited by hand, copied with a loose umask) is warned about at start-up.
+        b2.stop()
+        os.chmod(path, 0o644)
+        b3 = self.start_broker(users_file=path)
+        self.assertIn(f"admin: {path} is accessible to other users (mode 0644)".encode(), b3.log())

@@ -365,6 +365,19 @@ TEST_F(users_test, changes_tighten_a_loose_file_mode) {
     EXPECT_EQ(mode(), 0600u);
 }
 
+TEST_F(users_test, open_tells_the_file_mode) {
+    user_store s;
+    open_default(s); // created: nothing to warn about
+    EXPECT_EQ(s.file_mode(), 0u);
+    ASSERT_EQ(::chmod(path_.c_str(), 0644), 0);
+    user_store again;
+    open_default(again);
+    EXPECT_EQ(again.file_mode(), 0644u);
+    ASSERT_EQ(::chmod(path_.c_str(), 0600), 0);
+    open_default(again);
+    EXPECT_EQ(again.file_mode(), 0600u);
+}
+
 TEST_F(users_test, per_user_iteration_count) {
     // A line written with 1000 iterations (as an older or tuned install would) still verifies.
     const std::vector<unsigned char> salt = unhex("00112233445566778899aabbccddeeff");
