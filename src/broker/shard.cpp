@@ -44,6 +44,8 @@ constexpr int64_t tombstone_keep_ms = 10000;
 constexpr int64_t hold_warn_interval_ms = 10000;
 // A client whose keepalive ran out while its receives were held is looked at again after this long.
 constexpr int64_t held_recheck_ms = 1000;
+// A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
+constexpr int64_t send_failed_grace_ms = 1000;
 static_assert(tick_ms == listener::accept_pacer::pause_ms);
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -596,7 +598,7 @@ void shard::tick(int64_t now) {
 }
 
 void shard::schedule_check(connection& c) {
-    if (c.st != connection::state::connected || c.keepalive == 0) return;
+    if (c.st != connection::state::connected || c.keepalive == 0 || c.send_failed) return;
     const int64_t at = c.last_rx_ms + keepalive_limit_ms(c, cfg_.limits);
     if (c.check_at_ms != 0 && c.check_at_ms <= at) return; // the earlier check puts the next one in place
     c.check_at_ms = at;
@@ -610,6 +612,12 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     if (c.check_at_ms != e.at_ms) return; // an earlier deadline replaced this one
     if (now < e.at_ms) {                  // beyond the wheel's horizon: came up early
         deadlines_.schedule(c.id, e.at_ms);
+        return;
+    }
+    if (c.send_failed && c.st == connection::state::connected) {
+        log::info("closing client {} ({}): a send failed and no receive followed within {} ms", c.client_id(), c.peer,
+                  send_failed_grace_ms);
+        close(c, c.send_reset ? "econnreset" : "socket_error", true);
         return;
     }
     const auto& lim = cfg_.limits;
@@ -1002,7 +1010,7 @@ void shard::release_smp_waiters() {
 }
 
 void shard::start_send(connection& c) {
-    if (c.send_busy || c.shut || !c.sq.has_queued() || c.fd < 0) return;
+    if (c.send_busy || c.shut || c.send_failed || !c.sq.has_queued() || c.fd < 0) return;
     c.sq.start_batch();
     submit_send(c);
 }
@@ -1023,8 +1031,20 @@ void shard::on_send(connection& c, int res, uint32_t) {
     --c.ops;
     c.send_busy = false;
     if (res < 0) {
-        if (c.st != connection::state::closing)
-            close(c, res == -EPIPE || res == -ECONNRESET ? "econnreset" : "socket_error", true);
+        const bool reset = res == -EPIPE || res == -ECONNRESET;
+        if (c.st == connection::state::connected && (c.recv_armed || c.needs_rearm)) {
+            // What the client sent before the error may still wait to be read: a client that sends DISCONNECT and
+            // closes with unread data resets the connection, and the send can fail before the receive hands over
+            // the DISCONNECT. Closing here would publish a will the client had withdrawn [MQTT-3.14.4-3]. So stop
+            // sending and let the receive close it (it delivers the bytes before the error); a deadline closes it
+            // should the receive not come (check_deadline).
+            c.send_failed = true;
+            c.send_reset = reset;
+            c.check_at_ms = now_ms_ + send_failed_grace_ms;
+            deadlines_.schedule(c.id, c.check_at_ms);
+            return;
+        }
+        if (c.st != connection::state::closing) close(c, reset ? "econnreset" : "socket_error", true);
         maybe_destroy(c);
         return;
     }

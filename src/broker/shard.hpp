@@ -274,6 +274,8 @@ public:
     bool recv_oneshot : 1 = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)
     bool smp_wait : 1 = false;     // nothing is sent until what its packet sent other shards is queued (smp_waiters_)
     bool pump_waits : 1 = false;   // pump() stopped at mqtt.max_outgoing_bytes: on_send resumes it
+    bool send_failed : 1 = false;  // a send failed: nothing more is sent; the receive path closes it (on_send)
+    bool send_reset : 1 = false;   // and it failed with EPIPE or ECONNRESET
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.

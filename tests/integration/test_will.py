@@ -1,10 +1,12 @@
 """Will messages: published on abnormal close (socket closed, reset, keepalive timeout, protocol error), not after
 DISCONNECT; will QoS and retain honoured. The will's owner is on shard 0, the watcher on the last shard."""
 
+import threading
 import time
 
 import mqtt_raw as m
 from broker import shard_variants
+from mqtt_raw import RawClient
 
 
 class WillCases:
@@ -133,6 +135,48 @@ class WillCases:
         o.close()
         self.assertEqual(w.recv_publish().payload, b"1")
         w.expect_no_packet(0.6)
+
+    def test_no_will_after_disconnect_under_traffic(self):
+        # A client receiving a stream sends DISCONNECT and closes with bytes unread: its socket resets, and a send to
+        # it can fail before the DISCONNECT is read. The DISCONNECT still withdraws the will [MQTT-3.14.4-3]; without
+        # it (the second group) the will is published, once.
+        w = self.watcher("will/#", qos=0)
+        stop = threading.Event()
+        deadline = time.monotonic() + 60
+
+        def flood():
+            p = RawClient(self.port)
+            try:
+                p.connect(self.pub_id("flood"))
+                burst = m.publish("flood/x", b"x" * 200) * 50
+                while not stop.is_set() and time.monotonic() < deadline:
+                    p.send(burst)
+            finally:
+                p.close()
+
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        self.addCleanup(t.join, 5)
+        self.addCleanup(stop.set)
+        for i in range(40):
+            v = self.client(self.sub_id(f"vd{i}"), will=m.Will("will/disconnected", b"d%d" % i))
+            v.subscribe([("flood/x", 0)])
+            time.sleep(0.02)
+            v.send(m.disconnect())
+            v.close()
+        for i in range(10):
+            v = self.client(self.sub_id(f"vc{i}"), will=m.Will("will/closed", b"c%d" % i))
+            v.subscribe([("flood/x", 0)])
+            time.sleep(0.02)
+            v.close()
+        stop.set()
+        got = []
+        end = time.monotonic() + 5
+        while len(got) < 10 and time.monotonic() < end:
+            got.append(w.recv_publish(timeout=max(0.1, end - time.monotonic())))
+        w.expect_no_packet(0.5)
+        self.assertEqual(sorted((x.topic, x.payload) for x in got),
+                         sorted(("will/closed", b"c%d" % i) for i in range(10)))
 
     def test_will_not_delivered_to_unsubscribed(self):
         w = self.watcher("other/#")
