@@ -523,7 +523,7 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
     auto* o_config = app.add_option("-c,--config", config_file, "TOML configuration file")->type_name("FILE");
     auto* o_listen =
         app.add_option("--listen", listen, "MQTT listener (overrides mqtt.listen)")->type_name("HOST:PORT");
-    auto* o_shards = app.add_option("--shards", shards, "MQTT shard threads, 0..64; 0 = one per core")->type_name("N");
+    auto* o_shards = app.add_option("--shards", shards, "MQTT shard threads, 0..63; 0 = one per core")->type_name("N");
     auto* o_name = app.add_option("--node-name", node_name, "node name, name@host")->type_name("NAME");
     auto* o_level = app.add_option("--log-level", log_level, "debug, info, warn, error or off")->type_name("LEVEL");
     auto* o_admin = app.add_option("--admin-listen", admin_listen, "admin HTTP listener")->type_name("HOST:PORT");

@@ -153,8 +153,10 @@ bool parse_endpoint(std::string_view s, endpoint& out, std::string& why);
 // The inverse: "1.2.3.4:1883", "[::1]:1883".
 std::string to_string(const endpoint& e);
 
-// shards = 0 -> std::thread::hardware_concurrency() clamped to 1..max_shards; other values unchanged.
-inline constexpr unsigned max_shards = 64;
+// shards = 0 -> std::thread::hardware_concurrency() clamped to 1..max_shards; other values unchanged. 63: the MQTT
+// shards and the admin shard are the participants of the SMP matrix, whose senders keep their destinations in 64-bit
+// masks (reactor::smp_outbox).
+inline constexpr unsigned max_shards = 63;
 unsigned resolve_shards(unsigned configured);
 
 } // namespace ringmq::config

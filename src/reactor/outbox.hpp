@@ -6,6 +6,7 @@
 // than going round its loop, until a destination it waits for has caught up (arm_wakes). Owned by one shard (or the
 // admin shard) and used only on its thread.
 #include "reactor/smp.hpp"
+#include "util/assert.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -16,9 +17,12 @@ namespace ringmq::reactor {
 
 class smp_outbox {
 public:
+    // At most 64 participants: destinations are bits of a uint64_t.
     smp_outbox(smp& s, unsigned self)
         : smp_(s), self_(self), backlog_(s.size()), sent_(s.size(), 0), queued_(s.size(), 0),
-          wake_at_(s.size(), not_armed) {}
+          wake_at_(s.size(), not_armed) {
+        RINGMQ_ASSERT(s.size() <= 64);
+    }
 
     // weight: what the message holds (bytes); the consumer must report the same weight through smp::note_taken. The
     // message itself weighs one more, so that a destination's progress shows on weightless messages too.

@@ -9,7 +9,8 @@ import time
 import unittest
 
 import mqtt_raw as m
-from broker import BrokerTest, broker_bin
+from admin_client import request
+from broker import BrokerTest, broker_bin, client_id_on_shard
 
 START_TIMEOUT = 15  # a broker that cannot start says so at once; this only bounds a hang
 
@@ -51,7 +52,7 @@ class StartupTest(BrokerTest):
         self.assertEqual(sorted(sub.recv_publish().topic for _ in range(20)), sorted(f"taken/{i}" for i in range(20)))
 
     def test_cross_shard_queues_larger_than_memory_are_refused(self):
-        shards, size = 64, 1048576
+        shards, size = 63, 1048576
         needed = (shards + 1) * shards * size * 16
         ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if needed <= ram:
@@ -60,6 +61,21 @@ class StartupTest(BrokerTest):
                          "--set", f"node.smp_queue_size={size}")
         self.assert_refused(run, f"node.shards = {shards} and node.smp_queue_size = {size} make {needed >> 20} MiB "
                                  "of cross-shard queues")
+
+    def test_the_most_shards_reach_the_admin_shard(self):
+        # node.shards at its maximum: the admin shard is the last participant of the cross-shard queues, and an admin
+        # call that asks every shard (monitoring/nodes, routes) must be answered, as must SIGTERM (the cleanup
+        # checks that the broker exits 0 within its bound).
+        b = self.start_broker(63, admin=True, settings={"node.smp_queue_size": 256})
+        sub = m.RawClient(b.port)
+        self.addCleanup(sub.close)
+        sub.connect(client_id_on_shard("most", 62, 63))
+        sub.subscribe([("most/t", 0)])
+        for path in ("/api/v2/monitoring/nodes", "/api/v2/routes", "/api/v2/monitoring/stats"):
+            r = request(b.admin_port, "GET", path, timeout=10)
+            self.assertEqual(r.status, 200, f"{path}: {r!r}")
+        routes = request(b.admin_port, "GET", "/api/v2/routes", timeout=10).json()["result"]["objects"]
+        self.assertEqual([x["topic"] for x in routes], ["most/t"])
 
     def test_sighup_is_logged_and_ignored(self):
         b = self.start_broker(2)

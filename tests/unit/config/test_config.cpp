@@ -24,7 +24,7 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
-unsigned expected_auto_shards() { return std::clamp(std::thread::hardware_concurrency(), 1u, 64u); }
+unsigned expected_auto_shards() { return std::clamp(std::thread::hardware_concurrency(), 1u, 63u); }
 
 // Every key set to something other than its default, so a key that is parsed into the wrong field or not at all
 // shows up as a mismatch.
@@ -339,7 +339,7 @@ TEST_F(config_test, keepalive_multiplier_accepts_an_integer) {
 TEST_F(config_test, range_bounds_are_inclusive) {
     auto r = load_from_string(R"(
 [node]
-shards = 64
+shards = 63
 [mqtt]
 max_packet_size = 16
 max_inflight = 65535
@@ -350,7 +350,7 @@ interval = 86400000
 )",
                               "b.toml");
     ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
-    EXPECT_EQ(r.cfg->shards, 64u);
+    EXPECT_EQ(r.cfg->shards, 63u);
     EXPECT_EQ(r.cfg->limits.max_packet_size, 16u);
     EXPECT_EQ(r.cfg->limits.max_inflight, 65535u);
     EXPECT_EQ(r.cfg->sys.interval_ms, 86400000u);
@@ -365,7 +365,7 @@ TEST_F(config_test, shards_zero_resolves_to_online_cores) {
     ASSERT_TRUE(r.cfg.has_value());
     EXPECT_EQ(r.cfg->shards, expected_auto_shards());
     EXPECT_GE(r.cfg->shards, 1u);
-    EXPECT_LE(r.cfg->shards, 64u);
+    EXPECT_LE(r.cfg->shards, 63u);
     EXPECT_EQ(resolve_shards(0), expected_auto_shards());
     EXPECT_EQ(resolve_shards(5), 5u);
 }
@@ -817,11 +817,11 @@ interval = 5
 
 TEST_F(config_test, flag_errors_are_reported_with_a_syntax_error) {
     std::string path = write("broken.toml", "[mqtt\n");
-    auto r = run({"-c", path, "--shards", "65"});
+    auto r = run({"-c", path, "--shards", "64"});
     EXPECT_FALSE(r.cfg.has_value());
     ASSERT_THAT(r.errors, SizeIs(2));
     EXPECT_THAT(r.errors[0], ::testing::StartsWith(path + ":1:"));
-    EXPECT_EQ(r.errors[1], "--shards: node.shards: must be between 0 and 64, got 65");
+    EXPECT_EQ(r.errors[1], "--shards: node.shards: must be between 0 and 63, got 64");
 }
 
 TEST_F(config_test, set_errors) {
@@ -857,10 +857,10 @@ TEST_F(config_test, admin_and_mqtt_on_the_same_port) {
 }
 
 TEST_F(config_test, shards_flag_range) {
-    EXPECT_EQ(run({"--shards", "64"}).cfg->shards, 64u);
+    EXPECT_EQ(run({"--shards", "63"}).cfg->shards, 63u);
     EXPECT_EQ(run({"--shards", "0"}).cfg->shards, expected_auto_shards());
-    auto r = run({"--shards", "65"});
-    EXPECT_THAT(r.errors, ElementsAre("--shards: node.shards: must be between 0 and 64, got 65"));
+    auto r = run({"--shards", "64"});
+    EXPECT_THAT(r.errors, ElementsAre("--shards: node.shards: must be between 0 and 63, got 64"));
 }
 
 // ---- describe
