@@ -771,9 +771,12 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         return;
     }
     // A hold stops only the clients that publish: the others' acks and PINGREQs free what this shard holds for them.
+    // Not while needs_rearm: a held connection whose receive ended on its own (the kernel ends a multishot receive
+    // when it cannot post the next completion) with bytes that published nothing stays held until end_hold, and one
+    // waiting for receive buffers is re-armed from rearm_.
     if (holding_ && m_.messages_received != published_before) [[unlikely]]
         hold_recv(c);
-    else if (!c.recv_armed)
+    else if (!c.recv_armed && !c.needs_rearm)
         arm_recv(c);
 }
 
