@@ -148,7 +148,7 @@ bool parse_body(const http_request& req, body_params& b, http_response& resp) {
         return false;
     }
     if (root.get_object().get(b.obj) != simdjson::SUCCESS) {
-        api_error(resp, 107, "params error: the body must be a JSON object");
+        api_error(resp, 107, "params error"); // EMQ X's very words for a body that is not an object
         return false;
     }
     b.has = true;
@@ -626,7 +626,7 @@ reactor::task<void> server::kick(const std::string& id, http_response& resp) {
     if (kicked)
         ok_empty(resp);
     else
-        api_error(resp, 112, "client not connected");
+        api_error(resp, 112, ""); // {"code":112} only, as EMQ X answered
 }
 
 // --- routes ------------------------------------------------------------------------------------------------------
@@ -1003,7 +1003,13 @@ void server::users_api(const http_request& req, const seg_t& s, http_response& r
             return true;
         }
         if (r == user_store::result::invalid) {
-            api_error(resp, 108, "params type error: invalid username, password or tags");
+            // The types were right: an empty name or password is the seed's 104 (EMQ X accepted it), anything else
+            // the file cannot hold (':' or a control character) a parameter error saying which.
+            const std::string& why = users_.last_error();
+            if (why == "empty username" || why == "empty password")
+                api_error(resp, 104, "empty username or password");
+            else
+                api_error(resp, 107, "params error: " + why);
             return true;
         }
         return false;

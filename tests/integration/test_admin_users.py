@@ -88,6 +88,17 @@ class UsersTest(AdminTest):
                            ("[1]", 107)]:
             with self.subTest(auth=body):
                 self.err("POST", "/api/v2/auth", body, code, auth=None)
+        # Right types, values the users file cannot hold.
+        for body, code, message in [
+                (dict(full, username=""), 104, "empty username or password"),
+                (dict(full, password=""), 104, "empty username or password"),
+                (dict(full, username="a:b"), 107, "params error: username contains ':' or a control character"),
+                (dict(full, tags="x\ny"), 107, "params error: tags contains ':' or a control character")]:
+            with self.subTest(value=body):
+                self.assertEqual(self.err("POST", "users", body, code)["message"], message)
+        self.assertEqual(self.err("PUT", "change_pwd/admin", {"old_pwd": "public", "new_pwd": ""}, 104)["message"],
+                         "empty username or password")
+        self.assertEqual(self.err("POST", "users", "[]", 107)["message"], "params error")  # EMQ X's words
         self.assertEqual(self.users(), {"admin": "administrator"}, "nothing changed")
 
     def test_auth_endpoint_ignores_basic_auth(self):
