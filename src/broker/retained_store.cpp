@@ -14,6 +14,15 @@ bool retained_store::full_for(std::string_view topic, bool clear, size_t limit) 
 
 retained_store::store_result retained_store::store(session::message_ref&& msg, size_t limit, int64_t now_ms,
                                                    bool keep_tombstones) {
+    const store_result r = store_one(std::move(msg), limit, now_ms, keep_tombstones);
+    // The newest clear stays whatever its size: a queue of one is within any limit that matters.
+    while (tomb_queue_.size() > 1 && (tomb_queue_.size() > max_tombs_ || tomb_bytes_ > max_tomb_bytes_))
+        if (pop_tomb()) ++tombs_dropped_early_;
+    return r;
+}
+
+retained_store::store_result retained_store::store_one(session::message_ref&& msg, size_t limit, int64_t now_ms,
+                                                       bool keep_tombstones) {
     const std::string_view topic = msg->topic();
     // One search: `it` is the topic's entry when there is one, else where a new entry goes.
     auto it = by_topic_.lower_bound(topic);
@@ -30,7 +39,10 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
         return was_tombstone ? store_result::absent : store_result::cleared;
     }
     if (!clear && full_for(topic, false, limit)) return store_result::full;
-    if (clear) tomb_queue_.push_back({now_ms, std::string(topic), stamp});
+    if (clear) {
+        tomb_queue_.push_back({now_ms, std::string(topic), stamp});
+        tomb_bytes_ += topic.size();
+    }
     if (present) {
         // The old key views the old message's bytes: put the new message in under a key that views its own.
         const auto next = std::next(it);
@@ -51,18 +63,23 @@ retained_store::store_result retained_store::store(session::message_ref&& msg, s
     return store_result::stored;
 }
 
+bool retained_store::pop_tomb() {
+    const tomb& t = tomb_queue_.front();
+    const auto it = by_topic_.find(t.topic);
+    const bool current = it != by_topic_.end() && is_tombstone(it->second) && it->second.stamp == t.stamp;
+    if (current) {
+        by_topic_.erase(it);
+        --tombstones_;
+    }
+    tomb_bytes_ -= t.topic.size();
+    tomb_queue_.pop_front();
+    return current;
+}
+
 size_t retained_store::prune_tombstones(int64_t cutoff_ms) {
     size_t dropped = 0;
-    while (!tomb_queue_.empty() && tomb_queue_.front().made_ms <= cutoff_ms) {
-        const tomb& t = tomb_queue_.front();
-        const auto it = by_topic_.find(t.topic);
-        if (it != by_topic_.end() && is_tombstone(it->second) && it->second.stamp == t.stamp) {
-            by_topic_.erase(it);
-            --tombstones_;
-            ++dropped;
-        }
-        tomb_queue_.pop_front();
-    }
+    while (!tomb_queue_.empty() && tomb_queue_.front().made_ms <= cutoff_ms)
+        if (pop_tomb()) ++dropped;
     return dropped;
 }
 

@@ -39,6 +39,18 @@ public:
     bool full_for(std::string_view topic, bool clear, size_t limit) const;
     // Drops the tombstones made at or before `cutoff_ms`; returns how many.
     size_t prune_tombstones(int64_t cutoff_ms);
+    // Tombstones are kept for a time, but also within a count and the bytes of their topics: a client clearing
+    // topics that were never stored (each clear is a tombstone on every shard) would otherwise hold memory without
+    // bound. Past either, store() drops the oldest ones before their time (counted by tombstones_dropped_early): an
+    // older update of those topics still on its way could then bring one back, a risk only while clears flood in.
+    void set_tombstone_limits(size_t count, size_t bytes) {
+        max_tombs_ = count;
+        max_tomb_bytes_ = bytes;
+    }
+    static constexpr size_t default_max_tombstones = 65536;
+    static constexpr size_t default_max_tombstone_bytes = size_t{8} << 20;
+    uint64_t tombstones_dropped_early() const { return tombs_dropped_early_; }
+    size_t tombstone_bytes() const { return tomb_bytes_; } // topic bytes of the clears in the queue
     size_t tombstones() const { return tombstones_; }
     // Clears waiting for prune_tombstones, whether or not their tombstone is still there (one replaced since is
     // skipped then): what the owner looks at to know whether pruning is due.
@@ -75,6 +87,7 @@ public:
         by_topic_.clear();
         tomb_queue_.clear();
         tombstones_ = 0;
+        tomb_bytes_ = 0;
     }
 
     // The part of filter every matching topic starts with: up to its first wildcard, less the '/' before a '#'
@@ -98,6 +111,13 @@ private:
     };
     std::deque<tomb> tomb_queue_; // in the order made; an entry whose topic moved on since is skipped
     size_t tombstones_ = 0;
+    size_t tomb_bytes_ = 0; // topic bytes in tomb_queue_ (each tombstone's message holds as many again)
+    size_t max_tombs_ = default_max_tombstones;
+    size_t max_tomb_bytes_ = default_max_tombstone_bytes;
+    uint64_t tombs_dropped_early_ = 0;
+    store_result store_one(session::message_ref&& msg, size_t limit, int64_t now_ms, bool keep_tombstones);
+    // Pops the queue's front entry and drops its tombstone if it is still the topic's; true when it was.
+    bool pop_tomb();
     static bool is_tombstone(const entry& e) { return e.msg->payload().empty(); }
 };
 

@@ -1846,9 +1846,15 @@ bool shard::retain_from(std::string_view topic, std::span<const uint8_t> payload
 
 void shard::store_retained(const session::message_ref& m) {
     // No limit here: the shard the PUBLISH came to weighed mqtt.max_retained_messages (retain_from), for every shard.
+    const uint64_t early = retained_.tombstones_dropped_early();
     const auto r = retained_.store(session::message_ref(m), 0, now_ms_, n_ > 1);
     if (r == retained_store::store_result::stale)
         log::debug("retained update of {} from another shard overtaken by a later one", m->topic());
+    if (retained_.tombstones_dropped_early() != early && log::at_doubling(tombstones_early_))
+        log::warn("retained clears come faster than this shard keeps their tombstones (at most {} clears and {} KiB of "
+                  "topics for {} ms): {} dropped early so far",
+                  retained_store::default_max_tombstones, retained_store::default_max_tombstone_bytes >> 10,
+                  tombstone_keep_ms, retained_.tombstones_dropped_early());
     m_.messages_retained = retained_.size();
 }
 

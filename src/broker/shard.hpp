@@ -558,6 +558,7 @@ private:
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.
     uint64_t retained_too_large_ = 0; // retained PUBLISHes over mqtt.max_retained_payload, not stored
+    uint64_t tombstones_early_ = 0;   // stores that dropped tombstones before their time (retained_store limits)
     uint64_t retained_full_ = 0;      // retained PUBLISHes on a new topic over mqtt.max_retained_messages, not stored
     uint64_t invalid_filters_ = 0;    // SUBSCRIBE entries answered 0x80 for an invalid filter
     uint64_t subscriptions_over_ = 0; // SUBSCRIBE entries answered 0x80 for one filter more than mqtt.max_subscriptions

@@ -324,5 +324,42 @@ TEST(RetainedStore, ClearsReplacedBeforeThePruneStillLeaveTheQueue) {
     EXPECT_EQ(payload_of(s.find("d")), "on");
 }
 
+TEST(RetainedStore, ClearsOfTopicsNeverStoredAreKeptWithinCountAndBytes) {
+    // Each clear of an unknown topic is a tombstone (an older update may still be on its way); a flood of them is
+    // held to the limits by dropping the oldest before their time.
+    retained_store s;
+    s.set_tombstone_limits(100, 1000);
+    for (uint32_t i = 0; i < 1000; ++i)
+        EXPECT_EQ(s.store(stamped("gone/" + std::to_string(1000 + i), "", i + 1), 0, 10, true), sr::absent);
+    EXPECT_EQ(s.tombs_queued(), 100u) << "the count limit";
+    EXPECT_EQ(s.tombstones(), 100u);
+    EXPECT_EQ(s.tombstones_dropped_early(), 900u);
+    EXPECT_EQ(s.tombstone_bytes(), 900u) << "100 topics of 9 bytes";
+    // The newest are kept: an older update of one of them is still refused, of an evicted one it is taken.
+    EXPECT_EQ(s.store(stamped("gone/1999", "late", 5), 0, 11, true), sr::stale);
+    EXPECT_EQ(s.store(stamped("gone/1000", "late", 5), 0, 11, true), sr::stored);
+    // The byte limit: long topics.
+    retained_store b;
+    b.set_tombstone_limits(100, 1000);
+    const std::string long_topic(300, 't');
+    for (uint32_t i = 0; i < 10; ++i)
+        b.store(stamped(long_topic + std::to_string(i), "", i + 1), 0, 10, true);
+    EXPECT_EQ(b.tombs_queued(), 3u) << "3 x 301 bytes fit in 1000";
+    EXPECT_LE(b.tombstone_bytes(), 1000u);
+    EXPECT_EQ(b.tombstones_dropped_early(), 7u);
+    // Pruning by time still empties it, and the bytes with it.
+    EXPECT_EQ(b.prune_tombstones(10), 3u);
+    EXPECT_EQ(b.tombstone_bytes(), 0u);
+    // A stored topic cleared and then evicted from the queue is gone for good, not brought back.
+    retained_store c;
+    c.set_tombstone_limits(1, 1000);
+    EXPECT_EQ(c.store(stamped("k", "v", 1), 0, 10, true), sr::stored);
+    EXPECT_EQ(c.store(stamped("k", "", 2), 0, 10, true), sr::cleared);
+    EXPECT_EQ(c.store(stamped("other", "", 3), 0, 10, true), sr::absent);
+    EXPECT_EQ(c.find("k"), nullptr);
+    EXPECT_EQ(c.size(), 0u);
+    EXPECT_EQ(c.tombstones(), 1u);
+}
+
 } // namespace
 } // namespace ringmq::broker
