@@ -594,6 +594,9 @@ void shard::tick(int64_t now) {
         arm_accept();
     }
     deadlines_.advance(now, [&](const reactor::deadline_wheel::entry& e) { check_deadline(e, now); });
+    if (const uint64_t held = conn_log_.take_held(now); held != 0)
+        log::info("{} more lines about refused or closed connections held back (at most {} a second)", held,
+                  conn_log_.per_second());
     update_gauges();
 }
 
@@ -615,7 +618,7 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     if (c.send_failed && c.st == connection::state::connected) {
-        log::info("closing client {} ({}): a send failed and no receive followed within {} ms", c.client_id(), c.peer,
+        conn_info("closing client {} ({}): a send failed and no receive followed within {} ms", c.client_id(), c.peer,
                   send_failed_grace_ms);
         close(c, c.send_reset ? "econnreset" : "socket_error", true);
         return;
@@ -633,12 +636,12 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     }
     c.check_at_ms = 0;
     if (c.st == connection::state::awaiting_connect) {
-        log::info("closing {}: no CONNECT within {} ms", c.peer, lim.connect_timeout_ms);
+        conn_info("closing {}: no CONNECT within {} ms", c.peer, lim.connect_timeout_ms);
         close(c, "connect_timeout", false);
         return;
     }
     if (expired) {
-        log::info("closing client {} ({}): keepalive {} s exceeded", c.client_id(), c.peer, c.keepalive);
+        conn_info("closing client {} ({}): keepalive {} s exceeded", c.client_id(), c.peer, c.keepalive);
         close(c, "keepalive_timeout", true);
         return;
     }
@@ -876,15 +879,25 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         const mqtt::error e = mqtt::parse_fixed_header(p + off, n - off, h);
         if (e == mqtt::error::need_more) break;
         if (e != mqtt::error::none) {
-            log::info("closing {} ({}): malformed remaining length", c.client_id(), c.peer);
+            conn_info("closing {} ({}): malformed remaining length", c.client_id(), c.peer);
             close(c, "parser_error", true);
             break;
         }
         if (mqtt::check_packet_size(h, cfg_.limits.max_packet_size) != mqtt::error::none) {
-            log::info("closing {} ({}): {} packet of {} bytes exceeds max_packet_size {}", c.client_id(), c.peer,
+            conn_info("closing {} ({}): {} packet of {} bytes exceeds max_packet_size {}", c.client_id(), c.peer,
                       mqtt::to_string(h.type), size_t{h.header_len} + h.remaining_length, cfg_.limits.max_packet_size);
             close(c, "packet_too_large", true);
             break;
+        }
+        if (c.over_limit && c.st == connection::state::awaiting_connect && h.type == mqtt::packet_type::connect)
+            [[unlikely]] {
+            // Refused whatever it says, so answered at its fixed header: a connection past mqtt.max_connections
+            // holds no reassembly memory for a CONNECT of up to max_packet_size (hundreds of such sockets held
+            // hundreds of MB until their connect timeout).
+            ++m_.packets_received;
+            ++m_.packets_connect;
+            refuse_connect(c, 0x03, "max_connections reached");
+            return n;
         }
         const size_t total = size_t{h.header_len} + h.remaining_length;
         if (n - off < total) break;
@@ -905,7 +918,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
 }
 
 bool shard::protocol_error(connection& c, const char* what) {
-    log::info("closing {} ({}): protocol error: {}", c.client_id(), c.peer, what);
+    conn_info("closing {} ({}): protocol error: {}", c.client_id(), c.peer, what);
     close(c, "protocol_error", true);
     return false;
 }
@@ -925,7 +938,7 @@ bool shard::dispatch_other(connection& c, const mqtt::fixed_header& h, std::span
     using mqtt::packet_type;
     if (c.st == connection::state::awaiting_connect) {
         if (h.type != packet_type::connect) {
-            log::info("closing {}: first packet is {} instead of CONNECT", c.peer, mqtt::to_string(h.type));
+            conn_info("closing {}: first packet is {} instead of CONNECT", c.peer, mqtt::to_string(h.type));
             close(c, "protocol_error", false);
             return false;
         }
@@ -1127,7 +1140,7 @@ void shard::maybe_destroy(connection& c) {
 // CONNECT
 
 void shard::refuse_connect(connection& c, uint8_t code, const char* why) {
-    log::info("refusing CONNECT from {} ({}): {}", c.peer, c.client_id_.empty() ? "-" : c.client_id_, why);
+    conn_info("refusing CONNECT from {} ({}): {}", c.peer, c.client_id_.empty() ? "-" : c.client_id_, why);
     scratch_.clear();
     mqtt::encode_connack(scratch_, mqtt::protocol_version::v311, false, code);
     send_control(c, scratch_);
@@ -1150,13 +1163,13 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         return false;
     }
     if (e != mqtt::error::none) {
-        log::info("closing {}: malformed CONNECT: {}", c.peer, mqtt::to_string(e));
+        conn_info("closing {}: malformed CONNECT: {}", c.peer, mqtt::to_string(e));
         close(c, "parser_error", false);
         return false;
     }
     if (cv.version == mqtt::protocol_version::v5) {
         // MQTT 5 is not served yet: answer in v5 format "unsupported protocol version" (0x84) and close.
-        log::info("refusing CONNECT from {}: MQTT 5 is not supported yet", c.peer);
+        conn_info("refusing CONNECT from {}: MQTT 5 is not supported yet", c.peer);
         static const uint8_t v5_refuse[] = {0x20, 0x03, 0x00, 0x84, 0x00};
         append(c.sq.bytes(), v5_refuse, sizeof v5_refuse);
         mark_dirty(c, true);
@@ -1181,7 +1194,11 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     }
     if (cv.will_flag &&
         (!mqtt::valid_topic_name(cv.will_topic) || mqtt::topic_levels(cv.will_topic) > cfg_.limits.max_topic_levels)) {
-        log::info("closing {}: invalid will topic", c.peer);
+        if (mqtt::valid_topic_name(cv.will_topic))
+            conn_info("closing {}: will topic of more than mqtt.max_topic_levels = {} levels", c.peer,
+                      cfg_.limits.max_topic_levels);
+        else
+            conn_info("closing {}: invalid will topic", c.peer);
         close(c, "protocol_error", false);
         return false;
     }
@@ -1454,9 +1471,14 @@ bool shard::on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t f
     for (const mqtt::subscription& sub : sv.entries) {
         if (!valid_filter(sub.filter)) {
             if (log::at_doubling(invalid_filters_))
-                log::info("client {}: refusing subscription to invalid filter '{}' ({} invalid filters refused on this "
-                          "shard so far)",
-                          c.client_id_, sub.filter, invalid_filters_);
+                log::info(
+                    "client {}: refusing subscription to {} '{}' ({} invalid filters refused on this shard so far)",
+                    c.client_id_,
+                    mqtt::valid_topic_filter(sub.filter)
+                        ? fmt::format("a filter of more than mqtt.max_topic_levels = {} levels",
+                                      cfg_.limits.max_topic_levels)
+                        : std::string("invalid filter"),
+                    sub.filter, invalid_filters_);
             codes.push_back(0x80);
             continue;
         }

@@ -21,6 +21,7 @@
 #include "reactor/task.hpp"
 #include "routing/topic_trie.hpp"
 #include "session/session.hpp"
+#include "util/log.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -378,6 +379,19 @@ private:
     void process_input(connection& c, const uint8_t* p, size_t n);
     void check_unread(connection& c, uint32_t received);
     bool protocol_error(connection& c, const char* what);
+    // An info line about one connection's refusal or close (each connection can cause one, so a client reconnecting
+    // in a loop causes thousands a second): at most conn_log_'s budget a second, the next line let through saying how
+    // many were held back, and tick() saying it once a flood has ended.
+    template <typename... Args> void conn_info(fmt::format_string<Args...> f, Args&&... args) {
+        if (log::current_level() > log::level::info) return;
+        uint64_t held = 0;
+        if (!conn_log_.allow(now_ms_, held)) return;
+        std::string line = fmt::format(f, std::forward<Args>(args)...);
+        if (held != 0)
+            line += fmt::format(" ({} lines like it held back before this one: at most {} a second)", held,
+                                conn_log_.per_second());
+        log::write(log::level::info, line);
+    }
     void submit_send(connection& c);
     void reap_graveyard();
     void take_handoff(handoff* h);
@@ -558,6 +572,7 @@ private:
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.
     uint64_t retained_too_large_ = 0; // retained PUBLISHes over mqtt.max_retained_payload, not stored
+    log::line_budget conn_log_{20};   // conn_info
     uint64_t tombstones_early_ = 0;   // stores that dropped tombstones before their time (retained_store limits)
     uint64_t retained_full_ = 0;      // retained PUBLISHes on a new topic over mqtt.max_retained_messages, not stored
     uint64_t invalid_filters_ = 0;    // SUBSCRIBE entries answered 0x80 for an invalid filter

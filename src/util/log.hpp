@@ -32,6 +32,45 @@ void append_message(fmt::memory_buffer& out, std::string_view msg);
 // handful of lines.
 inline bool at_doubling(uint64_t& count) { return std::has_single_bit(++count); }
 
+// Lets through at most `per_second` lines a second of a kind each connection can cause once (a refused CONNECT, a
+// protocol error): a client reconnecting in a loop would otherwise write thousands of lines a second, one per
+// connection, which at_doubling cannot count as the connections differ. Counts what it holds back, for the next line
+// let through (or take_held) to say. One per shard, used on its thread.
+class line_budget {
+public:
+    explicit line_budget(uint32_t per_second) : per_second_(per_second) {}
+    // Whether a line may be written at now_ms; when it may, held = the lines held back before it (then reset).
+    bool allow(int64_t now_ms, uint64_t& held) {
+        if (now_ms - window_ms_ >= 1000 || now_ms < window_ms_) {
+            window_ms_ = now_ms;
+            used_ = 0;
+        }
+        if (used_ >= per_second_) {
+            ++held_;
+            return false;
+        }
+        ++used_;
+        held = held_;
+        held_ = 0;
+        return true;
+    }
+    // The lines held back and not yet reported, once a second has passed since the window they fell in (for a
+    // periodic summary after a flood ends); 0 otherwise.
+    uint64_t take_held(int64_t now_ms) {
+        if (held_ == 0 || now_ms - window_ms_ < 1000) return 0;
+        const uint64_t n = held_;
+        held_ = 0;
+        return n;
+    }
+    uint32_t per_second() const { return per_second_; }
+
+private:
+    uint32_t per_second_;
+    uint32_t used_ = 0;
+    int64_t window_ms_ = INT64_MIN / 2;
+    uint64_t held_ = 0;
+};
+
 template <typename... Args> void debug(fmt::format_string<Args...> f, Args&&... args) {
     if (current_level() <= level::debug) write(level::debug, fmt::format(f, std::forward<Args>(args)...));
 }

@@ -448,6 +448,51 @@ class LimitCases:
         # A slot is free again (the broker may need a moment to count the close).
         self.assertTrue(self.connect_once_room("mc-again").is_open())
 
+    def test_connection_past_max_connections_is_refused_at_its_connect_header(self):
+        # Past the limit the CONNECT is refused whatever it says: at its first bytes, not once a CONNECT of up to
+        # max_packet_size has been gathered (hundreds of such sockets held hundreds of MB).
+        self.use_broker({"mqtt.max_connections": 1})
+        self.client(self.cid("mh-holder", 0))
+        big = m.connect("mh-extra", will=m.Will("mh/will", b"w" * 60000))
+        extra = self.raw()
+        extra.send(big[:1000])
+        extra.expect(m.connack(False, m.RC_SERVER_UNAVAILABLE), timeout=3)
+        extra.expect_closed(3)
+
+    def test_refusals_are_logged_within_a_budget_and_every_one_counted(self):
+        # A client reconnecting in a loop past max_connections: one log line each would be thousands a second. At
+        # most 20 lines a second are written, and the lines held back are counted (by the next line, or once the
+        # flood is over), so the log still accounts for every refusal.
+        self.use_broker({"mqtt.max_connections": 1})
+        self.client(self.cid("rb-holder", 0))
+        start = time.monotonic()
+        total = 300
+        for i in range(total):
+            c = m.RawClient(self.port)
+            try:
+                c.send(m.connect(f"rb-{i}"))
+                c.expect(m.connack(False, m.RC_SERVER_UNAVAILABLE), timeout=3)
+            finally:
+                c.close()
+        elapsed = time.monotonic() - start
+
+        def accounted():
+            log = self.broker.log().decode("utf-8", "replace")
+            lines = re.findall(r"refusing CONNECT from [^\n]*max_connections reached[^\n]*", log)
+            held = sum(int(x) for x in re.findall(r"\((\d+) lines like it held back before this one", log))
+            held += sum(int(x) for x in re.findall(r"(\d+) more lines about refused or closed connections held back",
+                                                   log))
+            return len(lines), held
+
+        deadline = time.monotonic() + 5
+        while sum(accounted()) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines, held = accounted()
+        self.assertEqual(lines + held, total, f"{lines} lines, {held} held back")
+        self.assertLessEqual(lines, 20 * self.SHARDS * (int(elapsed) + 2), f"{lines} lines in {elapsed:.1f} s")
+        if elapsed < 1.0:
+            self.assertGreater(held, 0)
+
     def test_max_client_id_len(self):
         # MQTT-3.1.3-5: ids of 1..23 bytes must always be accepted, so the limit cannot go below 23.
         self.use_broker({"mqtt.max_client_id_len": 30})

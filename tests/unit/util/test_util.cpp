@@ -152,6 +152,26 @@ TEST(log_at_doubling, says_yes_at_powers_of_two_only) {
 // ---------------------------------------------------------------------------------------------------------------
 // log::parse_level
 
+TEST(log_line_budget, lets_through_per_second_and_counts_what_it_holds_back) {
+    log::line_budget b(3);
+    uint64_t held = 99;
+    int allowed = 0;
+    for (int i = 0; i < 10; ++i)
+        if (b.allow(1000, held)) ++allowed;
+    EXPECT_EQ(allowed, 3);
+    EXPECT_EQ(held, 0u) << "nothing was held back before the first three";
+    EXPECT_EQ(b.take_held(1999), 0u) << "the window is not over";
+    ASSERT_TRUE(b.allow(2000, held)) << "a new second";
+    EXPECT_EQ(held, 7u) << "the next line let through says how many were held back";
+    for (int i = 0; i < 5; ++i)
+        b.allow(2001, held);
+    EXPECT_EQ(b.take_held(2500), 0u);
+    EXPECT_EQ(b.take_held(3000), 3u) << "a flood that ended is summed up once";
+    EXPECT_EQ(b.take_held(4000), 0u);
+    ASSERT_TRUE(b.allow(5000, held));
+    EXPECT_EQ(held, 0u) << "what take_held reported is not reported again";
+}
+
 TEST(log_parse_level, accepts_every_level_name) {
     const std::pair<std::string_view, log::level> cases[] = {
         {"debug", log::level::debug}, {"info", log::level::info}, {"warn", log::level::warn},
