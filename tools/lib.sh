@@ -82,6 +82,7 @@ def text(v):
     return str(v).lower() if isinstance(v, bool) else str(v)
 for arg in sys.argv[2:]:
     name, _, value = arg.lstrip("-").removeprefix("D").partition("=")
+    name = name.replace("-", "_")  # --default-library is default_library
     if name not in current or text(current[name]) != value:
         print(f"{name}={value} (was {text(current[name]) if name in current else 'unset'})")
 PY

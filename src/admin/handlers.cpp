@@ -1005,11 +1005,10 @@ void server::users_api(const http_request& req, const seg_t& s, http_response& r
         if (r == user_store::result::invalid) {
             // The types were right: an empty name or password is the seed's 104 (EMQ X accepted it), anything else
             // the file cannot hold (':' or a control character) a parameter error saying which.
-            const std::string& why = users_.last_error();
-            if (why == "empty username" || why == "empty password")
+            if (users_.last_error_empty())
                 api_error(resp, 104, "empty username or password");
             else
-                api_error(resp, 107, "params error: " + why);
+                api_error(resp, 107, "params error: " + users_.last_error());
             return true;
         }
         return false;

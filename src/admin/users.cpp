@@ -83,7 +83,8 @@ std::string directory_of(const std::string& path) {
 } // namespace
 
 user_store::result user_store::check(std::string_view what, std::string_view s, bool allow_empty) {
-    if (s.empty() && !allow_empty) {
+    last_empty_ = s.empty() && !allow_empty;
+    if (last_empty_) {
         last_error_ = fmt::format("empty {}", what);
         return result::invalid;
     }
@@ -100,7 +101,8 @@ user_store::result user_store::check(std::string_view what, std::string_view s, 
 }
 
 user_store::result user_store::check_password(std::string_view password) {
-    if (password.empty()) {
+    last_empty_ = password.empty();
+    if (last_empty_) {
         last_error_ = "empty password";
         return result::invalid;
     }

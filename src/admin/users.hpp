@@ -80,6 +80,8 @@ public:
     result remove(std::string_view user);
     // Why the last invalid or io_error result happened (names the file on I/O errors).
     const std::string& last_error() const { return last_error_; }
+    // Whether the last check refused an empty username or password (the API's 104) rather than its characters.
+    bool last_error_empty() const { return last_empty_; }
 
     // Iteration count for passwords set from now on (existing users keep theirs until their password changes).
     void set_iterations(unsigned n) { iterations_ = n; }
@@ -110,6 +112,7 @@ private:
 
     std::string path_;
     uint32_t file_mode_ = 0;
+    bool last_empty_ = false;
     map_t users_;
     unsigned iterations_ = default_iterations;
     std::string last_error_;

@@ -1184,10 +1184,6 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         refuse_connect(c, 0x02, "client identifier longer than max_client_id_len");
         return false;
     }
-    if (c.over_limit) {
-        refuse_connect(c, 0x03, "max_connections reached");
-        return false;
-    }
     if (!cfg_.limits.allow_anonymous && !cv.has_username) {
         refuse_connect(c, 0x05, "anonymous connections are not allowed");
         return false;

@@ -230,7 +230,9 @@ public:
     mqtt::protocol_version ver = mqtt::protocol_version::v311;
     int64_t last_rx_ms = 0;
     int64_t connected_at_ms = 0;
-    int64_t check_at_ms = 0; // the deadline this connection has in the shard's wheel: CONNECT, then keepalive (0: none)
+    // The deadline this connection has in the shard's wheel (0: none): CONNECT, then keepalive (or a recheck while its
+    // receive is held), or the close after a failed send (on_send).
+    int64_t check_at_ms = 0;
     int64_t connected_wall = 0; // unix seconds
     std::string peer;
     std::string client_id_;                // empty until CONNECT is accepted (or refused with an id)
@@ -386,10 +388,11 @@ private:
         if (log::current_level() > log::level::info) return;
         uint64_t held = 0;
         if (!conn_log_.allow(now_ms_, held)) return;
-        std::string line = fmt::format(f, std::forward<Args>(args)...);
-        if (held != 0)
-            line += fmt::format(" ({} lines like it held back before this one: at most {} a second)", held,
-                                conn_log_.per_second());
+        // The count goes first: the line is cut at log::max_message_bytes, and what follows quotes the client.
+        std::string line = held == 0 ? std::string()
+                                     : fmt::format("(after {} lines like it held back: at most {} a second) ", held,
+                                                   conn_log_.per_second());
+        fmt::format_to(std::back_inserter(line), f, std::forward<Args>(args)...);
         log::write(log::level::info, line);
     }
     void submit_send(connection& c);
@@ -572,11 +575,12 @@ private:
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.
     uint64_t retained_too_large_ = 0; // retained PUBLISHes over mqtt.max_retained_payload, not stored
-    log::line_budget conn_log_{20};   // conn_info
-    uint64_t tombstones_early_ = 0;   // stores that dropped tombstones before their time (retained_store limits)
     uint64_t retained_full_ = 0;      // retained PUBLISHes on a new topic over mqtt.max_retained_messages, not stored
     uint64_t invalid_filters_ = 0;    // SUBSCRIBE entries answered 0x80 for an invalid filter
     uint64_t subscriptions_over_ = 0; // SUBSCRIBE entries answered 0x80 for one filter more than mqtt.max_subscriptions
+    uint64_t tombstones_early_ = 0; // stores that dropped tombstones before their time (retained_store limits), logged
+                                    // at doublings too
+    log::line_budget conn_log_{20}; // conn_info
     std::vector<uint64_t> graveyard_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
     reactor::deadline_wheel deadlines_;

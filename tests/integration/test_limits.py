@@ -479,7 +479,7 @@ class LimitCases:
         def accounted():
             log = self.broker.log().decode("utf-8", "replace")
             lines = re.findall(r"refusing CONNECT from [^\n]*max_connections reached[^\n]*", log)
-            held = sum(int(x) for x in re.findall(r"\((\d+) lines like it held back before this one", log))
+            held = sum(int(x) for x in re.findall(r"\(after (\d+) lines like it held back: at most", log))
             held += sum(int(x) for x in re.findall(r"(\d+) more lines about refused or closed connections held back",
                                                    log))
             return len(lines), held
