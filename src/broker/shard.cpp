@@ -618,6 +618,13 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     if (c.send_failed && c.st == connection::state::connected) {
+        if (c.needs_rearm && holding_) {
+            // Its receive is held: what the client sent before the error (a DISCONNECT, say) is read when the hold
+            // ends, and that receive closes it.
+            c.check_at_ms = now + send_failed_grace_ms;
+            deadlines_.schedule(c.id, c.check_at_ms);
+            return;
+        }
         conn_info("closing client {} ({}): a send failed and no receive followed within {} ms", c.client_id(), c.peer,
                   send_failed_grace_ms);
         close(c, c.send_reset ? "econnreset" : "socket_error", true);
