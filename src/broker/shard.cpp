@@ -811,6 +811,16 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
     // After a refused CONNECT nothing the client sends counts (MQTT-3.2.2-5): the socket closes once the CONNACK is
     // out.
     if (c.refused) return;
+    if (c.over_limit && c.st == connection::state::awaiting_connect && (c.rx.empty() ? p[0] : c.rx[0]) == 0x10)
+        [[unlikely]] {
+        // Refused whatever it says, so answered at its first byte: a connection past mqtt.max_connections holds no
+        // reassembly memory for a CONNECT of up to max_packet_size (hundreds of such sockets held hundreds of MB
+        // until their connect timeout). Looked at here, once per receive, rather than per packet in process().
+        ++m_.packets_received;
+        ++m_.packets_connect;
+        refuse_connect(c, 0x03, "max_connections reached");
+        return;
+    }
     if (!c.rx.empty() && c.st == connection::state::connected) {
         // Finish the packet the previous receive left unfinished with only the bytes it lacks, then go on from the
         // receive buffer itself: a stream of packets that straddle receives is then copied once, not twice. (Before
@@ -895,16 +905,6 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                       mqtt::to_string(h.type), size_t{h.header_len} + h.remaining_length, cfg_.limits.max_packet_size);
             close(c, "packet_too_large", true);
             break;
-        }
-        if (c.over_limit && c.st == connection::state::awaiting_connect && h.type == mqtt::packet_type::connect)
-            [[unlikely]] {
-            // Refused whatever it says, so answered at its fixed header: a connection past mqtt.max_connections
-            // holds no reassembly memory for a CONNECT of up to max_packet_size (hundreds of such sockets held
-            // hundreds of MB until their connect timeout).
-            ++m_.packets_received;
-            ++m_.packets_connect;
-            refuse_connect(c, 0x03, "max_connections reached");
-            return n;
         }
         const size_t total = size_t{h.header_len} + h.remaining_length;
         if (n - off < total) break;
