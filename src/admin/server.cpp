@@ -361,7 +361,9 @@ reactor::task<void> server::serve(int fd) {
 }
 
 reactor::task<void> server::sys_publisher() {
-    // $SYS/brokers/<node>/... like EMQ X: version, uptime, datetime, sysdescr, then stats and metrics.
+    // $SYS/brokers/<node>/... like EMQ X: version, uptime, datetime, sysdescr, then stats and metrics. As in EMQ X,
+    // $SYS/brokers (the node list) and the node's version and sysdescr are retained, so a monitor that subscribes
+    // learns them at once once the first round (one interval after start-up, as in EMQ X) went out.
     const std::string base = "$SYS/brokers/" + cfg_.node_name + "/";
     const uint32_t interval = std::max<uint32_t>(cfg_.sys.interval_ms, 100);
     while (!stopping_) {
@@ -375,22 +377,27 @@ reactor::task<void> server::sys_publisher() {
         if (stopping_ || !sys_active_) continue;
         std::vector<broker::shard_snapshot> snaps;
         co_await collect(snaps);
-        auto msgs = std::make_shared<std::vector<std::pair<std::string, std::string>>>();
+        struct sys_msg {
+            std::string topic, value;
+            bool retain;
+        };
+        auto msgs = std::make_shared<std::vector<sys_msg>>();
         const int64_t now = static_cast<int64_t>(::time(nullptr));
-        msgs->emplace_back(base + "version", RINGMQ_VERSION);
-        msgs->emplace_back(base + "sysdescr", "ringmq MQTT broker");
-        msgs->emplace_back(base + "uptime", format_uptime(now - node_.started_at));
-        msgs->emplace_back(base + "datetime", format_datetime(now));
+        msgs->push_back({base + "version", RINGMQ_VERSION, true});
+        msgs->push_back({base + "sysdescr", "ringmq MQTT broker", true});
+        msgs->push_back({"$SYS/brokers", cfg_.node_name, true});
+        msgs->push_back({base + "uptime", format_uptime(now - node_.started_at), false});
+        msgs->push_back({base + "datetime", format_datetime(now), false});
         // Every stat and metric, as EMQ X's emqttd_stats and emqttd_metrics published them.
         for (const auto& [name, v] : stats_rows(snaps))
-            msgs->emplace_back(base + "stats/" + name, std::to_string(v));
+            msgs->push_back({base + "stats/" + name, std::to_string(v), false});
         node_metrics(snaps).for_each([&](std::string_view name, uint64_t v) {
-            msgs->emplace_back(base + "metrics/" + std::string(name), std::to_string(v));
+            msgs->push_back({base + "metrics/" + std::string(name), std::to_string(v), false});
         });
         ++sys_wakeups_;
         const shard_fn publish_all = [msgs](broker::shard_control& c) {
-            for (const auto& [topic, value] : *msgs)
-                c.publish(topic, {reinterpret_cast<const uint8_t*>(value.data()), value.size()}, 0, false);
+            for (const sys_msg& m : *msgs)
+                c.publish(m.topic, {reinterpret_cast<const uint8_t*>(m.value.data()), m.value.size()}, 0, m.retain);
         };
         co_await on_shard(0, publish_all);
     }

@@ -49,6 +49,8 @@ public:
     }
     static constexpr size_t default_max_tombstones = 65536;
     static constexpr size_t default_max_tombstone_bytes = size_t{8} << 20;
+    size_t max_tombstones() const { return max_tombs_; }
+    size_t max_tombstone_bytes() const { return max_tomb_bytes_; }
     uint64_t tombstones_dropped_early() const { return tombs_dropped_early_; }
     size_t tombstone_bytes() const { return tomb_bytes_; } // topic bytes of the clears in the queue
     size_t tombstones() const { return tombstones_; }

@@ -379,6 +379,8 @@ class SysTopicsTest(AdminTest):
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
             msg = s.recv_publish(timeout=3)
+            if msg.retain:
+                continue  # the retained version and sysdescr of an earlier round, sent on subscribing
             name = msg.topic[len(prefix):]
             if name == "version":
                 seen_version += 1
@@ -392,6 +394,8 @@ class SysTopicsTest(AdminTest):
         prefix = f"$SYS/brokers/{self.NODE}/"
         for shard in (0, 1):
             self.client(self.cid(f"ret{shard}", shard)).publish(f"sys/ret/{shard}", b"kept", retain=True)
+        # The first round (1 s after start-up) also retains $SYS/brokers and the node's version and sysdescr.
+        self.wait_equal(lambda: self.stats()["retained/count"], 2 + 3, timeout=5, what="retained/count")
         s = self.client(self.cid("sys", 1))
         s.subscribe([(prefix + "#", 0)])
         values = self.sys_round(s, prefix)
@@ -399,12 +403,43 @@ class SysTopicsTest(AdminTest):
         metrics = {k[len("metrics/"):]: int(v) for k, v in values.items() if k.startswith("metrics/")}
         self.assertEqual(sorted(stats), sorted(self.stats()))
         self.assertEqual(sorted(metrics), sorted(self.metrics()))
-        self.assertEqual(stats["retained/count"], 2)
-        self.assertEqual(metrics["messages/retained"], 2, "summed over the shards' copies")
+        self.assertEqual(stats["retained/count"], 5)
+        self.assertEqual(metrics["messages/retained"], 5, "summed over the shards' copies")
         self.assertGreaterEqual(len(values), 40)
         m = self.metrics()
         self.assertEqual((m["messages/sent"], m["packets/publish/sent"], m["messages/qos0/sent"]), (0, 0, 0),
                          f"{len(values)} $SYS messages were delivered")
+
+
+class SysRetainedTest(AdminTest):
+    """As in EMQ X, $SYS/brokers and the node's version and sysdescr are retained (the rest of a round is not), so a
+    later subscriber gets them at once; a subscription to "#" does not see them [MQTT-4.7.2-1]."""
+
+    SHARDS = 2
+    SETTINGS = {"sys.interval": 1000}
+
+    def test_version_sysdescr_and_brokers_retained(self):
+        prefix = f"$SYS/brokers/{self.NODE}/"
+        self.wait_equal(lambda: self.stats()["retained/count"], 3, timeout=5, what="retained/count")
+        every = self.client(self.cid("every", 0))
+        every.subscribe([("#", 0)])
+        every.expect_no_packet(0.3)
+        for shard in (0, 1):
+            with self.subTest(shard=shard):
+                s = self.client(self.cid(f"late{shard}", shard))
+                s.subscribe([("$SYS/brokers", 0), (prefix + "version", 0), (prefix + "sysdescr", 0),
+                             (prefix + "uptime", 0)])
+                got = {}
+                deadline = time.monotonic() + 3
+                while len(got) < 3 and time.monotonic() < deadline:
+                    msg = s.recv_publish(timeout=3)
+                    if msg.retain:  # a live round's messages do not carry the flag [MQTT-3.3.1-9]
+                        self.assertNotIn(msg.topic, got)
+                        got[msg.topic] = msg.payload.decode()
+                self.assertEqual(got, {"$SYS/brokers": self.NODE, prefix + "version": self.get("management/nodes")[0]
+                                       ["version"], prefix + "sysdescr": "ringmq MQTT broker"})
+                s.close()
+        every.expect_no_packet(1.5)
 
 
 class NodeNameTest(AdminTest):
