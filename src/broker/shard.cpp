@@ -1878,8 +1878,8 @@ void shard::store_retained(const session::message_ref& m) {
     if (retained_.tombstones_dropped_early() != early && log::at_doubling(tombstones_early_))
         log::warn("retained clears come faster than this shard keeps their tombstones (at most {} clears and {} KiB of "
                   "topics for {} ms): {} dropped early so far",
-                  retained_.max_tombstones(), retained_.max_tombstone_bytes() >> 10,
-                  tombstone_keep_ms, retained_.tombstones_dropped_early());
+                  retained_.max_tombstones(), retained_.max_tombstone_bytes() >> 10, tombstone_keep_ms,
+                  retained_.tombstones_dropped_early());
     m_.messages_retained = retained_.size();
 }
 
