@@ -87,7 +87,7 @@ void server::request_stop() {
 bool server::run() {
     log::set_shard_tag(-2);
     std::string why;
-    if (!ring_.init(256, why)) {
+    if (!waker_.usable(why) || !ring_.init(256, why)) {
         log::fatal("admin: {}", why);
         failed.store(true);
         return false;

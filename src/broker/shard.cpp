@@ -161,7 +161,7 @@ void shard::request_stop() {
 bool shard::run() {
     log::set_shard_tag(static_cast<int>(id_));
     std::string why;
-    bool ok = ring_.init(4096, why);
+    bool ok = waker_.usable(why) && ring_.init(4096, why);
     const bool inc = ok && io::buffer_ring::incremental_supported(ring_);
     const uint32_t nbufs = inc ? recv_buffers_incremental : recv_buffers_whole;
     ok = ok && bufs_.init(ring_, 0, nbufs, recv_buffer_size, why, inc) &&

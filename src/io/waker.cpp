@@ -1,16 +1,24 @@
 #include "io/waker.hpp"
 
-#include "util/assert.hpp"
 #include "util/log.hpp"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 namespace ringmq::io {
 
-waker::waker() : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) { RINGMQ_ASSERT(fd_ >= 0); }
+waker::waker() : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+    if (fd_ < 0) error_ = errno;
+}
+
+bool waker::usable(std::string& why) const {
+    if (fd_ >= 0) return true;
+    why = fmt::format("cannot make its wake-up eventfd: {}", std::strerror(error_));
+    return false;
+}
 
 waker::~waker() {
     if (fd_ >= 0) ::close(fd_);

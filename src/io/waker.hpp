@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 namespace ringmq::io {
 
@@ -26,6 +27,9 @@ public:
     // Tells the SMP matrix that participant self can be woken by messaging r (when r can take messages).
     void announce(reactor::smp& s, unsigned self, ring& r);
     void stop() { stopped_ = true; }
+    // False, with the reason, when the eventfd could not be made (the open-file limit, say): the owner then fails
+    // to start, as when its ring cannot be set up.
+    bool usable(std::string& why) const;
     void wake(); // any thread
     bool pending() const { return pending_; }
     // Wake-ups that arrived as messages from other rings.
@@ -39,6 +43,7 @@ private:
     };
     void on_complete(int res, uint32_t flags) override;
     int fd_ = -1;
+    int error_ = 0; // errno of a failed eventfd()
     ring* ring_ = nullptr;
     uint64_t value_ = 0;
     bool pending_ = false;

@@ -3,8 +3,11 @@ start exits 1 with its reason on stderr, whatever log.level says; a port another
 listeners' SO_REUSEPORT would otherwise let both take its connections); SIGHUP does not kill the broker."""
 
 import os
+import resource
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -90,6 +93,30 @@ class StartupTest(BrokerTest):
         self.assertIn(b"received SIGHUP: ignored", b.log())
         self.assertIsNone(b.proc.poll(), "SIGHUP ended the broker")
         # and SIGTERM still stops it gracefully (the cleanup checks exit code 0)
+
+    def test_too_few_descriptors_is_a_clear_error_not_a_crash(self):
+        # Each limit runs out at a different step (the admin socket, the users file, a shard's wake-up eventfd, an
+        # io_uring): every one must exit 1 naming EMFILE. An eventfd that failed used to abort on an assertion.
+        failed = []
+        tmp = tempfile.mkdtemp(prefix="ringmq-it-nofile-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for n in range(5, 13):
+            with self.subTest(nofile=n):
+                p = subprocess.Popen([broker_bin(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                                      "--shards", "2", "--set", f"admin.users_file={tmp}/users{n}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda n=n: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)))
+                try:
+                    _, err = p.communicate(timeout=START_TIMEOUT)
+                except subprocess.TimeoutExpired:  # it started after all: stop it
+                    p.send_signal(signal.SIGTERM)
+                    _, err = p.communicate(timeout=START_TIMEOUT)
+                self.assertNotIn("assertion failed", err)
+                self.assertIn(p.returncode, (0, 1), err)
+                if p.returncode == 1:
+                    self.assertIn("Too many open files", err)
+                    failed.append(n)
+        self.assertGreaterEqual(len(failed), 4, "the limits tried should stop start-up at several steps")
 
 
 if __name__ == "__main__":
