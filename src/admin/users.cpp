@@ -1,5 +1,7 @@
 #include "admin/users.hpp"
 
+#include "util/file.hpp"
+
 #include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -23,6 +25,9 @@ constexpr unsigned max_iterations = 10'000'000;
 constexpr size_t max_key_bytes = 64;
 
 std::string errno_text(int e) { return std::strerror(e); }
+
+// About 200 bytes a user: 16 MiB is some 80000 users, and a wrong path (/dev/zero, a log file) is refused.
+constexpr size_t max_file_bytes = size_t{16} << 20;
 
 bool derive(std::string_view password, const std::vector<unsigned char>& salt, unsigned iterations, size_t key_len,
             unsigned char* out) {
@@ -138,11 +143,11 @@ bool user_store::open(const std::string& path, const std::string& default_user, 
     refused_key_.assign(salt_bytes, 0);
     if (RAND_bytes(refused_key_.data(), static_cast<int>(refused_key_.size())) != 1) refused_key_.clear();
 
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        const int e = errno;
-        if (e != ENOENT) {
-            why = fmt::format("cannot open users file {}: {}", path, errno_text(e));
+    std::string text;
+    const util::file_read rd = util::read_regular_file(path, max_file_bytes, text);
+    if (!rd.ok) {
+        if (rd.error != ENOENT) {
+            why = fmt::format("cannot read users file {}: {}", path, rd.why);
             return false;
         }
         if (check("default username", default_user, false) != result::ok ||
@@ -166,22 +171,7 @@ bool user_store::open(const std::string& path, const std::string& default_user, 
     }
 
     struct stat st {};
-    file_mode_ = ::fstat(fd, &st) == 0 ? st.st_mode & 07777 : 0;
-    std::string text;
-    char buf[4096];
-    for (;;) {
-        const ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            const int e = errno;
-            ::close(fd);
-            why = fmt::format("cannot read users file {}: {}", path, errno_text(e));
-            return false;
-        }
-        if (n == 0) break;
-        text.append(buf, static_cast<size_t>(n));
-    }
-    ::close(fd);
+    file_mode_ = ::stat(path.c_str(), &st) == 0 ? st.st_mode & 07777 : 0;
 
     size_t line_no = 0;
     std::string_view rest = text;

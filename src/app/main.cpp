@@ -9,14 +9,17 @@
 #include "reactor/smp.hpp"
 #include "util/log.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -38,24 +41,56 @@ int wait_for_stop(const sigset_t& signals) {
 
 const char* signal_name(int sig) { return sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "a signal"; }
 
+// A parent that closed stdin, stdout or stderr would let the first eventfd or socket take that number, and every log
+// line would then be written into it: the three are reopened on /dev/null first.
+void keep_stdio_open() {
+    for (int fd = 0; fd < 3; ++fd) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF) continue;
+        const int n = ::open("/dev/null", O_RDWR);
+        if (n >= 0 && n != fd) {
+            ::dup2(n, fd);
+            ::close(n);
+        }
+    }
+}
+
 uint64_t physical_memory() {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
 }
 
-void pin(std::thread& t, unsigned shard) {
-    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(shard % cores, &set);
-    pthread_setaffinity_np(t.native_handle(), sizeof set, &set); // best effort: a cpuset may forbid it
+// Shard i runs on the i-th CPU the process was allowed (its inherited affinity: taskset, a cpuset), round robin, so
+// pinning never moves a shard outside what the operator gave ringmq. Best effort: a refusal is logged, once.
+void pin(std::thread& t, unsigned shard, const std::vector<int>& cpus) {
     const std::string name = "ringmq-shard" + std::to_string(shard);
     pthread_setname_np(t.native_handle(), name.substr(0, 15).c_str());
+    if (cpus.empty()) return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpus[shard % cpus.size()], &set);
+    if (const int rc = pthread_setaffinity_np(t.native_handle(), sizeof set, &set); rc != 0) {
+        static bool warned = false;
+        if (!warned)
+            log::warn("cannot pin shard {} to CPU {}: {}; shards run unpinned where refused", shard,
+                      cpus[shard % cpus.size()], std::strerror(rc));
+        warned = true;
+    }
+}
+
+std::vector<int> allowed_cpus() {
+    std::vector<int> cpus;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+    for (int i = 0; i < CPU_SETSIZE; ++i)
+        if (CPU_ISSET(i, &set)) cpus.push_back(i);
+    return cpus;
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
+    keep_stdio_open();
     config::load_result r = config::load(argc, argv);
     if (!r.cfg) {
         for (const std::string& e : r.errors)
@@ -65,6 +100,8 @@ int main(int argc, char** argv) {
     const config::config cfg = std::move(*r.cfg);
     log::set_level(cfg.log_level);
     log::set_shard_tag(-1);
+    for (const std::string& w : r.warnings)
+        log::warn("{}", w);
 
     std::string why;
     if (!io::probe_kernel(why)) {
@@ -131,9 +168,10 @@ int main(int argc, char** argv) {
         node.shards.push_back(shards.back().get());
     }
     std::vector<std::thread> threads;
+    const std::vector<int> cpus = allowed_cpus();
     for (unsigned i = 0; i < cfg.shards; ++i) {
         threads.emplace_back([s = shards[i].get()] { s->run(); });
-        pin(threads.back(), i);
+        pin(threads.back(), i, cpus);
     }
     std::thread admin_thread;
     if (admin_server) admin_thread = std::thread([s = admin_server.get()] { s->run(); });
@@ -153,8 +191,10 @@ int main(int argc, char** argv) {
                        admin_ready() ? "" : ", not the admin shard,");
         rc = 1;
     } else {
-        log::info("listening mqtt tcp {}:{}", cfg.mqtt_listen.host, mqtt_listen.port);
-        if (admin_server) log::info("listening admin http {}:{}", cfg.admin.listen.host, admin_listen.port);
+        log::info("listening mqtt tcp {}", config::to_string(config::endpoint{cfg.mqtt_listen.host, mqtt_listen.port}));
+        if (admin_server)
+            log::info("listening admin http {}",
+                      config::to_string(config::endpoint{cfg.admin.listen.host, admin_listen.port}));
         log::info("ringmq ready: node {}, {} shard{}", cfg.node_name, cfg.shards, cfg.shards == 1 ? "" : "s");
         const int sig = wait_for_stop(signals);
         log::info("received {}, shutting down (a second one stops at once)", signal_name(sig));

@@ -1,10 +1,13 @@
 #include "config/config.hpp"
 
+#include "util/file.hpp"
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
 #include <arpa/inet.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <bit>
@@ -85,14 +88,26 @@ struct layers {
     entry_map entries;
     std::deque<toml::table> override_storage; // one tiny table per flag value; deque keeps nodes' addresses stable
     std::vector<std::string> errors;
+    std::vector<std::string> warnings;
+    // Values a later layer replaced (a file's value under a flag): still validated, into a scratch config, and their
+    // problems reported as warnings, so that a broken file is known now rather than when the flag is dropped.
+    std::vector<std::pair<std::string, entry>> shadowed;
 
     void error(std::string_view origin, std::string_view key, std::string_view reason) {
         errors.push_back(fmt::format("{}: {}: {}", origin, key, reason));
     }
 
-    // Later layers replace earlier ones, so a bad value in the file that a flag overrides is not reported.
+    // Later layers replace earlier ones; what they replace is kept in `shadowed`.
     void set(std::string key, const toml::node* node, std::string_view origin) {
-        entries.insert_or_assign(std::move(key), entry{node, std::string(origin)});
+        shadow(key);
+        entries.emplace(std::move(key), entry{node, std::string(origin)});
+    }
+
+    void shadow(const std::string& key) {
+        if (auto it = entries.find(key); it != entries.end()) {
+            shadowed.emplace_back(it->first, std::move(it->second));
+            entries.erase(it);
+        }
     }
 
     // A flag's value, wrapped in a node so it is validated exactly like the same key in the file.
@@ -155,7 +170,10 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
 // --set KEY=VALUE: VALUE is a TOML value (10, true, "x", 1.5). Anything that does not parse as exactly one TOML
 // value is taken as a bare string, so `--set mqtt.listen=127.0.0.1:1883` works without shell-quoted TOML quotes.
 void add_set(layers& l, std::string_view arg) {
-    constexpr std::string_view origin = "--set";
+    // The whole argument names the origin, so an error shows the value as typed (`--set mqtt.max_inflight=1,5`).
+    fmt::memory_buffer shown;
+    log::append_escaped(shown, arg); // a newline in the argument must not break the message in two
+    const std::string origin = fmt::format("--set {}", fmt::to_string(shown));
     auto eq = arg.find('=');
     auto trim = [](std::string_view s) {
         while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
@@ -166,7 +184,7 @@ void add_set(layers& l, std::string_view arg) {
     };
     std::string_view key = eq == std::string_view::npos ? std::string_view{} : trim(arg.substr(0, eq));
     if (key.empty()) {
-        l.errors.push_back(fmt::format("{}: expected KEY=VALUE (like mqtt.max_inflight=10), got '{}'", origin, arg));
+        l.errors.push_back(fmt::format("--set: expected KEY=VALUE (like mqtt.max_inflight=10), got '{}'", arg));
         return;
     }
     std::string_view value = arg.substr(eq + 1);
@@ -299,7 +317,14 @@ private:
 
 std::string not_empty(const std::string& s) { return s.empty() ? "must not be empty" : ""; }
 
+// An Erlang node name is an atom, at most 255 characters; the cap also keeps every $SYS topic, which carries the name
+// as one level, far below MQTT's 65535-byte topic length.
+constexpr size_t max_node_name = 255;
+
 std::string check_node_name(const std::string& s) {
+    if (s.size() > max_node_name)
+        return fmt::format("must be at most {} bytes (it is a level of every $SYS topic), got {}", max_node_name,
+                           s.size());
     auto at = s.find('@');
     bool blank = std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= ' ' || c == 0x7f; });
     if (at == std::string::npos || at == 0 || at + 1 == s.size() || blank)
@@ -310,12 +335,37 @@ std::string check_node_name(const std::string& s) {
     return "";
 }
 
-bool is_wildcard(const std::string& host) { return host == "0.0.0.0" || host == "::"; }
+// The users file separates fields with ':' and records with newlines; a default user it cannot hold would be refused
+// only when the file is created, after the listeners are bound, and never when the file exists already.
+std::string check_default_user(const std::string& s) {
+    if (s.empty()) return "must not be empty";
+    for (const char ch : s) {
+        const auto u = static_cast<unsigned char>(ch);
+        if (ch == ':' || u < 0x20 || u == 0x7f)
+            return "must not contain ':' or control characters (the users file's separators)";
+    }
+    return "";
+}
 
-// The single validation pass over every layer; fills cfg field by field, leaving defaults where nothing was given.
-void validate(layers& l, config& cfg) {
+// PBKDF2's HMAC zero-pads its key, so a NUL would make two passwords one; the users API refuses it too.
+std::string check_default_password(const std::string& s) {
+    if (s.empty()) return "must not be empty";
+    if (s.find('\0') != std::string::npos) return "must not contain a NUL byte";
+    return "";
+}
+
+bool is_ipv6(const std::string& host) { return host.find(':') != std::string::npos; }
+
+// Whether two listeners on the same port would collide: the same address, IPv6's "::" (dual-stack, so it takes the
+// IPv4 addresses too), or IPv4's 0.0.0.0 against another IPv4 address.
+bool hosts_overlap(const std::string& a, const std::string& b) {
+    if (a == b || a == "::" || b == "::") return true;
+    return (a == "0.0.0.0" && !is_ipv6(b)) || (b == "0.0.0.0" && !is_ipv6(a));
+}
+
+// One validation pass over the entries; fills cfg field by field, leaving defaults where nothing was given.
+void validate_keys(checker& c, config& cfg) {
     constexpr int64_t u32_max = std::numeric_limits<uint32_t>::max();
-    checker c(l);
     auto& m = cfg.limits;
 
     c.string("node.name", cfg.node_name, check_node_name);
@@ -356,8 +406,8 @@ void validate(layers& l, config& cfg) {
     c.boolean("admin.enabled", cfg.admin.enabled);
     c.listen("admin.listen", cfg.admin.listen);
     c.string("admin.users_file", cfg.admin.users_file, not_empty);
-    c.string("admin.default_user", cfg.admin.default_user, not_empty);
-    c.string("admin.default_password", cfg.admin.default_password, not_empty);
+    c.string("admin.default_user", cfg.admin.default_user, check_default_user);
+    c.string("admin.default_password", cfg.admin.default_password, check_default_password);
     c.integer("admin.max_body_bytes", cfg.admin.max_body_bytes, 1024, 1073741824);
     c.integer("admin.idle_timeout", cfg.admin.idle_timeout_ms, 1000, 86400000);
     c.integer("admin.send_timeout", cfg.admin.send_timeout_ms, 1000, 86400000);
@@ -369,43 +419,51 @@ void validate(layers& l, config& cfg) {
     c.integer("sys.interval", cfg.sys.interval_ms, 1000, 86400000);
 
     c.report_unknown();
+}
+
+void validate(layers& l, config& cfg) {
+    checker c(l);
+    validate_keys(c, cfg);
+
+    // The values later layers replaced, into a scratch config; a key replaced twice waits for the next round.
+    for (auto rest = std::move(l.shadowed); !rest.empty();) {
+        layers sub;
+        std::vector<std::pair<std::string, entry>> later;
+        for (auto& [key, e] : rest)
+            if (!sub.entries.emplace(key, e).second) later.emplace_back(key, e);
+        config scratch;
+        checker sc(sub);
+        validate_keys(sc, scratch);
+        for (std::string& e : sub.errors)
+            l.warnings.push_back(e + " (not in force: a later setting replaces it)");
+        rest = std::move(later);
+    }
 
     // Caught here rather than as EADDRINUSE after the MQTT shards are already listening.
     const endpoint& a = cfg.admin.listen;
     const endpoint& q = cfg.mqtt_listen;
-    if (cfg.admin.enabled && a.port != 0 && a.port == q.port &&
-        (a.host == q.host || is_wildcard(a.host) || is_wildcard(q.host))) {
-        std::string origin = c.origin_of("admin.listen");
-        std::string key = "admin.listen";
-        if (origin.empty()) { // admin left at its default: blame whoever set mqtt.listen
-            origin = c.origin_of("mqtt.listen");
-            key = "mqtt.listen";
-        }
-        l.error(
-            origin.empty() ? "defaults" : origin, key,
-            fmt::format("{} overlaps {} (admin and MQTT listeners need different ports)", to_string(a), to_string(q)));
+    if (cfg.admin.enabled && a.port != 0 && a.port == q.port && hosts_overlap(a.host, q.host)) {
+        const std::string a_origin = c.origin_of("admin.listen"), q_origin = c.origin_of("mqtt.listen");
+        // Blame the key that was given (the later flag when both were): the other is named with its origin.
+        const bool blame_admin = !a_origin.empty();
+        const auto side = [](std::string_view key, const endpoint& e, const std::string& origin) {
+            return fmt::format("{} {}{}", key, to_string(e), origin.empty() ? " (its default)" : "");
+        };
+        l.error(blame_admin ? a_origin : (q_origin.empty() ? "defaults" : q_origin),
+                blame_admin ? "admin.listen" : "mqtt.listen",
+                fmt::format("{} overlaps {} (admin and MQTT listeners need different ports; move one, or --no-admin)",
+                            blame_admin ? side("admin.listen", a, a_origin) : side("mqtt.listen", q, q_origin),
+                            blame_admin ? side("mqtt.listen", q, q_origin) : side("admin.listen", a, a_origin)));
     }
 }
 
-bool read_file(const std::string& path, std::string& out, std::string& why) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (f == nullptr) {
-        why = std::strerror(errno);
-        return false;
-    }
-    char buf[65536];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
-        out.append(buf, n);
-    bool ok = !std::ferror(f);
-    if (!ok) why = std::strerror(errno); // e.g. EISDIR: fopen succeeds on a directory, read fails
-    std::fclose(f);
-    return ok;
-}
+// A TOML file of every key is a few KiB; the cap keeps a wrong path (/dev/zero, a log file) from eating memory.
+constexpr size_t max_config_bytes = size_t{16} << 20;
 
 load_result finish(layers& l, config cfg) {
     validate(l, cfg);
     load_result r;
+    r.warnings = std::move(l.warnings);
     if (!l.errors.empty()) {
         r.exit_code = k_exit_invalid;
         r.errors = std::move(l.errors);
@@ -418,9 +476,17 @@ load_result finish(layers& l, config cfg) {
 
 } // namespace
 
+unsigned usable_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return static_cast<unsigned>(CPU_COUNT(&set));
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
 unsigned resolve_shards(unsigned configured) {
     if (configured != 0) return configured;
-    return std::clamp(std::thread::hardware_concurrency(), 1u, max_shards);
+    return std::clamp(usable_cpus(), 1u, max_shards);
 }
 
 bool parse_endpoint(std::string_view s, endpoint& out, std::string& why) {
@@ -551,9 +617,9 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
     config cfg;
     if (o_config->count() > 0) {
         cfg.config_path = config_file;
-        std::string text, why;
-        if (!read_file(config_file, text, why)) {
-            l.errors.push_back(fmt::format("{}: cannot read config file: {}", config_file, why));
+        std::string text;
+        if (const util::file_read rd = util::read_regular_file(config_file, max_config_bytes, text); !rd.ok) {
+            l.errors.push_back(fmt::format("{}: cannot read config file: {}", config_file, rd.why));
         } else {
             parsed_toml p = parse_toml(text, config_file);
             if (p.table) {
@@ -575,9 +641,9 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
         auto [end, ec] = std::from_chars(shards.data(), shards.data() + shards.size(), n);
         if (ec == std::errc{} && end == shards.data() + shards.size()) {
             l.set_value("node.shards", n, "--shards");
-        } else { // still replaces the file's value: reporting that one too would blame the file for nothing
+        } else { // still replaces the file's value, which is checked as a shadowed one
             l.error("--shards", "node.shards", fmt::format("expected an integer, got '{}'", shards));
-            l.entries.erase("node.shards");
+            l.shadow("node.shards");
         }
     }
     if (o_name->count() > 0) l.set_value("node.name", node_name, "--node-name");

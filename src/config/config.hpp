@@ -134,6 +134,9 @@ struct load_result {
     std::optional<config> cfg;
     int exit_code = 0;
     std::vector<std::string> errors;
+    // Problems with values a later setting replaced (a file's value under a flag): the broker starts, and logs them
+    // so that the file is mended before the flag is dropped.
+    std::vector<std::string> warnings;
 };
 
 // Parses flags, reads the -c file, applies flags over file values, validates, resolves shards = 0.
@@ -153,7 +156,9 @@ bool parse_endpoint(std::string_view s, endpoint& out, std::string& why);
 // The inverse: "1.2.3.4:1883", "[::1]:1883".
 std::string to_string(const endpoint& e);
 
-// shards = 0 -> std::thread::hardware_concurrency() clamped to 1..max_shards; other values unchanged. 63: the MQTT
+// The CPUs this process may run on (its affinity mask: taskset, a cpuset), else the online cores.
+unsigned usable_cpus();
+// shards = 0 -> usable_cpus() clamped to 1..max_shards; other values unchanged. 63: the MQTT
 // shards and the admin shard are the participants of the SMP matrix, whose senders keep their destinations in 64-bit
 // masks (reactor::smp_outbox).
 inline constexpr unsigned max_shards = 63;

@@ -464,6 +464,16 @@ TEST_F(users_test, io_error_on_open_names_the_path) {
     EXPECT_NE(why.find(dir_), std::string::npos) << why;
 }
 
+TEST_F(users_test, fifo_is_refused_not_waited_on) {
+    // Opening a FIFO for reading would block start-up until something writes to it.
+    const std::string fifo = dir_ + "/users.fifo";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    user_store s;
+    std::string why;
+    EXPECT_FALSE(s.open(fifo, "admin", "public", nullptr, why));
+    EXPECT_EQ(why, "cannot read users file " + fifo + ": not a regular file");
+}
+
 TEST_F(users_test, invalid_default_user_is_refused) {
     user_store s;
     std::string why;

@@ -3,6 +3,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sched.h>
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -24,7 +27,13 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
-unsigned expected_auto_shards() { return std::clamp(std::thread::hardware_concurrency(), 1u, 63u); }
+// The CPUs this test may run on (its affinity mask), as node.shards = 0 counts them.
+unsigned expected_auto_shards() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    EXPECT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+    return std::clamp(static_cast<unsigned>(CPU_COUNT(&set)), 1u, 63u);
+}
 
 // Every key set to something other than its default, so a key that is parsed into the wrong field or not at all
 // shows up as a mismatch.
@@ -426,12 +435,25 @@ TEST_F(config_test, flags_work_without_a_file) {
 }
 
 TEST_F(config_test, flag_overrides_a_bad_file_value) {
-    // The operator fixes a broken file value from the command line: the shadowed value is not an error.
+    // The operator fixes a broken file value from the command line: the shadowed value is not an error, but it is
+    // reported, so that the file is mended before the flag is dropped. A value replaced twice is checked as well.
     std::string path = write("bad.toml", "[mqtt]\nmax_inflight = 0\nlisten = \"nonsense\"\n");
-    auto r = run({"-c", path, "--set", "mqtt.max_inflight=4", "--listen", "127.0.0.1:1"});
+    auto r = run(
+        {"-c", path, "--set", "mqtt.max_inflight=4", "--set", "mqtt.listen=1.2.3.4:99999", "--listen", "127.0.0.1:1"});
     ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
     EXPECT_EQ(r.cfg->limits.max_inflight, 4u);
     EXPECT_EQ(r.cfg->mqtt_listen.port, 1u);
+    const std::string later = " (not in force: a later setting replaces it)";
+    EXPECT_THAT(r.warnings,
+                ::testing::UnorderedElementsAre(
+                    path + ": mqtt.max_inflight: must be between 1 and 65535, got 0" + later,
+                    path + ": mqtt.listen: bad endpoint 'nonsense': expected HOST:PORT" + later,
+                    AllOf(::testing::StartsWith("--set mqtt.listen=1.2.3.4:99999: mqtt.listen: bad endpoint "),
+                          ::testing::EndsWith(later))));
+
+    auto good = run({"-c", write("good.toml", "[mqtt]\nmax_inflight = 7\n"), "--set", "mqtt.max_inflight=4"});
+    ASSERT_TRUE(good.cfg.has_value());
+    EXPECT_THAT(good.warnings, ::testing::IsEmpty());
 }
 
 TEST_F(config_test, set_applies_typed_values) {
@@ -699,6 +721,43 @@ TEST_F(config_test, node_name_shapes) {
     EXPECT_EQ(ok.cfg->node_name, "a@b");
     auto dotted = run({"--node-name", "ringmq-2@10.0.0.7"});
     ASSERT_TRUE(dotted.cfg.has_value());
+    // At most 255 bytes, an Erlang node name's limit: a 64 KiB name made $SYS topics whose length field wrapped.
+    const std::string longest = std::string(253, 'n') + "@h", longer = std::string(254, 'n') + "@h";
+    EXPECT_TRUE(run({"--node-name", longest}).cfg.has_value());
+    auto r = run({"--node-name", longer});
+    ASSERT_THAT(r.errors, ElementsAre("--node-name: node.name: must be at most 255 bytes (it is a level of every $SYS "
+                                      "topic), got 256"));
+}
+
+TEST_F(config_test, default_user_and_password_the_users_file_cannot_hold) {
+    // Refused here, before anything listens, and whether or not the users file exists yet.
+    for (const char* bad : {"a:b", "a\nb", "tab\there", "del\x7f"}) {
+        auto r = run({"--set", std::string("admin.default_user=\"") + bad + "\""});
+        ASSERT_THAT(r.errors, SizeIs(1)) << bad;
+        EXPECT_THAT(r.errors[0], HasSubstr("admin.default_user: must not contain ':' or control characters")) << bad;
+    }
+    auto nul = load_from_string("[admin]\ndefault_password = \"pw\\u0000x\"\n", "p.toml");
+    EXPECT_THAT(nul.errors, ElementsAre("p.toml: admin.default_password: must not contain a NUL byte"));
+    auto empty = load_from_string("[admin]\ndefault_user = \"\"\n", "u.toml");
+    EXPECT_THAT(empty.errors, ElementsAre("u.toml: admin.default_user: must not be empty"));
+    auto ok = run({"--set", "admin.default_user=\"op-1 (ops)\"", "--set", "admin.default_password=\"p:w x\""});
+    ASSERT_TRUE(ok.cfg.has_value()) << ::testing::PrintToString(ok.errors);
+    EXPECT_EQ(ok.cfg->admin.default_user, "op-1 (ops)");
+}
+
+TEST_F(config_test, config_file_must_be_a_regular_file_of_bounded_size) {
+    // A FIFO would block start-up for good (nothing writes to it), /dev/zero would grow without end.
+    const std::string fifo = (dir_ / "fifo.toml").string();
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    auto r = run({"-c", fifo});
+    EXPECT_THAT(r.errors, ElementsAre(fifo + ": cannot read config file: not a regular file"));
+    auto z = run({"-c", "/dev/zero"});
+    EXPECT_THAT(z.errors, ElementsAre("/dev/zero: cannot read config file: not a regular file"));
+    const std::string big = write("big.toml", "# " + std::string((16u << 20) - 2, 'x') + "\n");
+    auto b = run({"-c", big});
+    EXPECT_THAT(b.errors, ElementsAre(big + ": cannot read config file: larger than 16777216 bytes"));
+    const std::string fits = write("fits.toml", "# " + std::string((16u << 20) - 3, 'x') + "\n");
+    EXPECT_TRUE(run({"-c", fits}).cfg.has_value());
 }
 
 TEST_F(config_test, bad_endpoint_in_file) {
@@ -809,10 +868,12 @@ interval = 5
                     AllOf(::testing::StartsWith(path + ": mqtt.listen: bad endpoint '1.2.3.4': ")),
                     path + ": mqtt.allow_anonymous: expected a boolean, got a string",
                     path + ": sys.interval: must be between 1000 and 86400000, got 5",
-                    "--set: mqtt.max_topic_levels: must be between 1 and 65535, got 0",
-                    "--set: admin.bogus: unknown key",
+                    "--set mqtt.max_topic_levels=0: mqtt.max_topic_levels: must be between 1 and 65535, got 0",
+                    "--set admin.bogus=1: admin.bogus: unknown key",
                     "--log-level: log.level: must be one of debug, info, warn, error, off, got 'chatty'",
                     AllOf(::testing::StartsWith("--admin-listen: admin.listen: bad endpoint '[::1]:99999': "))));
+    EXPECT_THAT(r.warnings, ElementsAre(path + ": node.shards: must be between 0 and 63, got 100 (not in force: a "
+                                               "later setting replaces it)"));
 }
 
 TEST_F(config_test, flag_errors_are_reported_with_a_syntax_error) {
@@ -827,17 +888,19 @@ TEST_F(config_test, flag_errors_are_reported_with_a_syntax_error) {
 TEST_F(config_test, set_errors) {
     auto r = run({"--set", "noequals", "--set", "=5", "--set", "mqtt.max_inflight=abc", "--set", "mqtt=1"});
     EXPECT_FALSE(r.cfg.has_value());
-    EXPECT_THAT(r.errors,
-                ::testing::UnorderedElementsAre(
-                    AllOf(::testing::StartsWith("--set: expected KEY=VALUE"), HasSubstr("noequals")),
-                    AllOf(::testing::StartsWith("--set: expected KEY=VALUE"), HasSubstr("=5")),
-                    "--set: mqtt.max_inflight: expected an integer, got a string", "--set: mqtt: unknown key"));
+    EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
+                              AllOf(::testing::StartsWith("--set: expected KEY=VALUE"), HasSubstr("noequals")),
+                              AllOf(::testing::StartsWith("--set: expected KEY=VALUE"), HasSubstr("=5")),
+                              "--set mqtt.max_inflight=abc: mqtt.max_inflight: expected an integer, got a string",
+                              "--set mqtt=1: mqtt: unknown key"));
 }
 
 TEST_F(config_test, set_value_cannot_smuggle_extra_keys) {
     auto r = run({"--set", "mqtt.max_inflight=3\nmax_topic_levels = 0"});
     EXPECT_FALSE(r.cfg.has_value());
-    EXPECT_THAT(r.errors, ElementsAre("--set: mqtt.max_inflight: expected an integer, got a string"));
+    // The argument is shown escaped: its newline does not break the message in two.
+    EXPECT_THAT(r.errors, ElementsAre("--set mqtt.max_inflight=3\\x0amax_topic_levels = 0: mqtt.max_inflight: "
+                                      "expected an integer, got a string"));
 }
 
 TEST_F(config_test, admin_and_mqtt_on_the_same_port) {
@@ -850,6 +913,15 @@ TEST_F(config_test, admin_and_mqtt_on_the_same_port) {
     ASSERT_THAT(r2.errors, SizeIs(1));
     EXPECT_THAT(r2.errors[0], ::testing::StartsWith("--admin-listen: admin.listen: "));
 
+    // With admin.listen at its default, the message says so: the operator did not write 0.0.0.0:8080.
+    auto d = run({"--listen", "127.0.0.1:8080"});
+    EXPECT_THAT(d.errors, ElementsAre("--listen: mqtt.listen: mqtt.listen 127.0.0.1:8080 overlaps admin.listen "
+                                      "0.0.0.0:8080 (its default) (admin and MQTT listeners need different ports; "
+                                      "move one, or --no-admin)"));
+    // IPv6's :: takes the IPv4 addresses too; ::1 and an IPv4 wildcard do not collide.
+    EXPECT_FALSE(run({"--listen", "[::]:7000", "--admin-listen", "127.0.0.1:7000"}).cfg.has_value());
+    EXPECT_FALSE(run({"--listen", "[::1]:7000", "--admin-listen", "[::1]:7000"}).cfg.has_value());
+    EXPECT_TRUE(run({"--listen", "[::1]:7000", "--admin-listen", "0.0.0.0:7000"}).cfg.has_value());
     // Disabled admin, distinct hosts, or port 0 (ephemeral, as the integration tests use) are all fine.
     EXPECT_TRUE(run({"--listen", "0.0.0.0:8080", "--no-admin"}).cfg.has_value());
     EXPECT_TRUE(run({"--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.2:7000"}).cfg.has_value());
