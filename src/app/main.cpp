@@ -91,6 +91,15 @@ std::vector<int> allowed_cpus() {
 
 int main(int argc, char** argv) {
     keep_stdio_open();
+    // Block the signals main handles, first of all, so that one arriving during start-up is acted on once the broker
+    // is ready (or ends a failed start) rather than killing the process without a word; every thread inherits the
+    // mask, and main waits for them with sigwait().
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     config::load_result r = config::load(argc, argv);
     if (!r.cfg) {
         for (const std::string& e : r.errors)
@@ -118,13 +127,6 @@ int main(int argc, char** argv) {
         return 1;
     }
 
-    // Block the signals main handles in every thread; main waits for them with sigwait().
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);
 
     listener::bound mqtt_listen;
@@ -181,6 +183,15 @@ int main(int argc, char** argv) {
            !(admin_server && admin_server->failed.load()) && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     int rc = 0;
+    // A stop that hangs (a shard stuck in the kernel, say) must not need SIGKILL to end: from here on, a signal while
+    // stopping (the first after a failed start, the second after a graceful one) ends the process at once.
+    const auto exit_on_signal = [signals] {
+        std::thread([signals] {
+            const int again = wait_for_stop(signals);
+            log::fatal("received {} while stopping: exiting without a graceful stop", signal_name(again));
+            std::_Exit(128 + again);
+        }).detach();
+    };
     if (node.ready.load() < cfg.shards || !admin_ready()) {
         const unsigned ready = node.ready.load();
         if (node.failed.load() || (admin_server && admin_server->failed.load()))
@@ -190,6 +201,7 @@ int main(int argc, char** argv) {
             log::fatal("cannot start: {} of {} shards{} ready after 10 s", ready, cfg.shards,
                        admin_ready() ? "" : ", not the admin shard,");
         rc = 1;
+        exit_on_signal();
     } else {
         log::info("listening mqtt tcp {}", config::to_string(config::endpoint{cfg.mqtt_listen.host, mqtt_listen.port}));
         if (admin_server)
@@ -198,12 +210,7 @@ int main(int argc, char** argv) {
         log::info("ringmq ready: node {}, {} shard{}", cfg.node_name, cfg.shards, cfg.shards == 1 ? "" : "s");
         const int sig = wait_for_stop(signals);
         log::info("received {}, shutting down (a second one stops at once)", signal_name(sig));
-        // A stop that hangs (a shard stuck in the kernel, say) must not need SIGKILL to end.
-        std::thread([signals] {
-            const int again = wait_for_stop(signals);
-            log::fatal("received {} again while stopping: exiting without a graceful stop", signal_name(again));
-            std::_Exit(128 + again);
-        }).detach();
+        exit_on_signal();
     }
     node.stopping.store(true);
     // The admin shard stops first: its requests wait on MQTT shards, which must still answer them.
