@@ -202,7 +202,7 @@ bool user_store::open(const std::string& path, const std::string& default_user, 
         const auto [end, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), en.iterations);
         if (ec != std::errc() || end != f[1].data() + f[1].size() || en.iterations == 0 ||
             en.iterations > max_iterations)
-            return bad("bad iteration count");
+            return bad(fmt::format("bad iteration count '{}' (1..{})", f[1], max_iterations));
         if (!from_hex(f[2], en.salt)) return bad("bad salt (hex expected)");
         if (!from_hex(f[3], en.key) || en.key.size() > max_key_bytes) return bad("bad key (hex expected)");
         en.tags.assign(f[4]);

@@ -430,7 +430,7 @@ TEST_F(users_test, format_errors_name_the_file_and_line) {
         {"admin:10000:" + salt + ":" + key + "\n", "line 1"},           // 4 fields
         {"\nadmin:10000:" + salt + ":" + key + ":t:extra\n", "line 2"}, // ':' in tags
         {"admin:abc:" + salt + ":" + key + ":t\n", "iteration"},
-        {"admin:0:" + salt + ":" + key + ":t\n", "iteration"},
+        {"admin:0:" + salt + ":" + key + ":t\n", "bad iteration count '0' (1..10000000)"},
         {"admin:-1:" + salt + ":" + key + ":t\n", "iteration"},
         {"admin:99999999999:" + salt + ":" + key + ":t\n", "iteration"},
         {"admin:10:" + salt + "x:" + key + ":t\n", "salt"},
