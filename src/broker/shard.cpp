@@ -1624,39 +1624,66 @@ shard::route_entry* shard::checked_route(std::string_view topic) {
     return e.checked && e.topic == topic ? &e : nullptr;
 }
 
+size_t shard::route_entry::bytes() const {
+    static const size_t inline_capacity = std::string().capacity(); // held in the string itself
+    return (topic.capacity() > inline_capacity ? topic.capacity() : 0) + matches.capacity() * sizeof(match);
+}
+
 shard::route_entry& shard::route_lookup(std::string_view topic) {
     // Most traffic repeats a few topics: remember each topic's deduplicated matches until the trie next changes.
     route_entry& e = route_slot(topic);
-    if (e.gen != trie_gen_ || e.topic != topic) {
-        if (e.topic != topic) e.checked = false;
-        matches_.clear();
-        // A session appears twice only when two different filters match; with one filter no dedup is needed.
-        const char* first_filter = nullptr;
-        bool several_filters = false;
-        e.mask = trie_.match(topic, [&](const routing::subscriber_entry& se, std::string_view filter) {
-            if (!first_filter)
-                first_filter = filter.data();
-            else if (filter.data() != first_filter)
-                several_filters = true;
-            matches_.push_back(match{static_cast<session_slot*>(se.sub), static_cast<uint8_t>(se.options & 3)});
-        });
-        if (several_filters && matches_.size() > 1) {
-            // A session with overlapping subscriptions gets one copy at the highest granted QoS.
-            std::sort(matches_.begin(), matches_.end(), [](const match& a, const match& b) { return a.slot < b.slot; });
-            size_t w = 0;
-            for (size_t i = 0; i < matches_.size(); ++i) {
-                if (w > 0 && matches_[w - 1].slot == matches_[i].slot)
-                    matches_[w - 1].qos = std::max(matches_[w - 1].qos, matches_[i].qos);
-                else
-                    matches_[w++] = matches_[i];
-            }
-            matches_.resize(w);
+    if (e.gen == trie_gen_ && e.topic == topic) return e;
+    if (e.topic != topic) e.checked = false;
+    matches_.clear();
+    // A session appears twice only when two different filters match; with one filter no dedup is needed.
+    const char* first_filter = nullptr;
+    bool several_filters = false;
+    const uint64_t mask = trie_.match(topic, [&](const routing::subscriber_entry& se, std::string_view filter) {
+        if (!first_filter)
+            first_filter = filter.data();
+        else if (filter.data() != first_filter)
+            several_filters = true;
+        matches_.push_back(match{static_cast<session_slot*>(se.sub), static_cast<uint8_t>(se.options & 3)});
+    });
+    if (several_filters && matches_.size() > 1) {
+        // A session with overlapping subscriptions gets one copy at the highest granted QoS.
+        std::sort(matches_.begin(), matches_.end(), [](const match& a, const match& b) { return a.slot < b.slot; });
+        size_t w = 0;
+        for (size_t i = 0; i < matches_.size(); ++i) {
+            if (w > 0 && matches_[w - 1].slot == matches_[i].slot)
+                matches_[w - 1].qos = std::max(matches_[w - 1].qos, matches_[i].qos);
+            else
+                matches_[w++] = matches_[i];
         }
-        e.topic.assign(topic);
-        e.matches.assign(matches_.begin(), matches_.end());
-        e.gen = trie_gen_;
+        matches_.resize(w);
     }
-    return e;
+    // The cache holds at most route_cache_budget bytes of topics and match lists: long topics, or many wildcard
+    // subscribers matching many distinct topics, would otherwise keep a copy in each of the 4096 slots (a 60 KiB
+    // topic in each is 250 MB; 2000 "sensor/#" subscribers, 130 MB). What does not fit is routed from route_spill_,
+    // reused by the next such message, as a cache miss would be.
+    route_cache_bytes_ -= e.bytes();
+    const size_t need = topic.size() + matches_.size() * sizeof(match);
+    route_entry* dst = &e;
+    if (route_cache_bytes_ + need > route_cache_budget) {
+        e = route_entry{};
+        dst = &route_spill_;
+        if (log::at_doubling(route_spills_))
+            log::info("shard {}: route cache at its {} MiB, the routes of {} ({} matches) not cached ({} so far)", id_,
+                      route_cache_budget >> 20, topic, matches_.size(), route_spills_);
+    }
+    // Assigned into fresh storage when the old is much larger: a slot that once held a long topic gives it back.
+    if (dst->topic.capacity() > 2 * topic.size() + 64)
+        dst->topic = std::string(topic);
+    else
+        dst->topic.assign(topic);
+    if (dst->matches.capacity() > 2 * matches_.size() + 16)
+        dst->matches = std::vector<match>(matches_.begin(), matches_.end());
+    else
+        dst->matches.assign(matches_.begin(), matches_.end());
+    dst->mask = mask;
+    dst->gen = trie_gen_;
+    if (dst == &e) route_cache_bytes_ += e.bytes();
+    return *dst;
 }
 
 void shard::fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
