@@ -122,6 +122,19 @@ bool is_section(std::string_view s) {
     return std::find(std::begin(k_sections), std::end(k_sections), s) != std::end(k_sections);
 }
 
+// A table inside a section: every leaf is an unknown key named by its whole dotted path (mqtt.a.b), an empty table
+// an unknown section.
+void report_nested(layers& l, const std::string& prefix, const toml::table& t, std::string_view origin) {
+    if (t.empty()) l.error(origin, prefix, "unknown section");
+    for (auto&& [k, v] : t) {
+        std::string key = fmt::format("{}.{}", prefix, k.str());
+        if (const toml::table* sub = v.as_table())
+            report_nested(l, key, *sub, origin);
+        else
+            l.error(origin, key, "unknown key");
+    }
+}
+
 // Flattens [section] key = value into "section.key" entries. Anything outside the known sections is an error here;
 // unknown keys inside a known section are caught later as the entries nobody consumed.
 void add_file(layers& l, const toml::table& root, std::string_view origin) {
@@ -136,8 +149,13 @@ void add_file(layers& l, const toml::table& root, std::string_view origin) {
             l.error(origin, section, fmt::format("expected a table, got {}", type_name(v.type())));
             continue;
         }
-        for (auto&& [k2, v2] : *t)
-            l.set(fmt::format("{}.{}", section, k2.str()), &v2, origin);
+        for (auto&& [k2, v2] : *t) {
+            std::string key = fmt::format("{}.{}", section, k2.str());
+            if (const toml::table* sub = v2.as_table())
+                report_nested(l, key, *sub, origin); // no key is a table: [mqtt.sub], or mqtt's a.b = 1
+            else
+                l.set(std::move(key), &v2, origin);
+        }
     }
 }
 

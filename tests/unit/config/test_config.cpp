@@ -553,7 +553,7 @@ TEST_F(config_test, unknown_top_level_key_and_section) {
     EXPECT_FALSE(r.cfg.has_value());
     EXPECT_THAT(r.errors,
                 ::testing::UnorderedElementsAre("r.toml: verbose: unknown key", "r.toml: mqqt: unknown section",
-                                                "r.toml: mqtt.tls: unknown key"));
+                                                "r.toml: mqtt.tls.cert: unknown key"));
 }
 
 TEST_F(config_test, section_that_is_not_a_table) {
@@ -727,6 +727,13 @@ TEST_F(config_test, node_name_shapes) {
     auto r = run({"--node-name", longer});
     ASSERT_THAT(r.errors, ElementsAre("--node-name: node.name: must be at most 255 bytes (it is a level of every $SYS "
                                       "topic), got 256"));
+}
+
+TEST_F(config_test, tables_inside_a_section_are_named_whole) {
+    auto r = load_from_string("[mqtt]\na.b = 1\n[mqtt.sub]\nx = 2\ny.z = 3\n[mqtt.empty]\n", "t.toml");
+    EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
+                              "t.toml: mqtt.a.b: unknown key", "t.toml: mqtt.sub.x: unknown key",
+                              "t.toml: mqtt.sub.y.z: unknown key", "t.toml: mqtt.empty: unknown section"));
 }
 
 TEST_F(config_test, default_user_and_password_the_users_file_cannot_hold) {
