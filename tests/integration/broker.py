@@ -305,11 +305,12 @@ class BrokerTest(unittest.TestCase):
         if self.AUTO_START:
             self.use_broker()
 
-    def use_broker(self, settings: Optional[Dict[str, object]] = None, shards: Optional[int] = None) -> Broker:
+    def use_broker(self, settings: Optional[Dict[str, object]] = None, shards: Optional[int] = None,
+                   env: Optional[Dict[str, str]] = None) -> Broker:
         """Starts this test's broker (class SETTINGS updated with `settings`) and makes it the default target."""
         merged = self.settings()
         merged.update(settings or {})
-        self.broker = self.start_broker(shards or self.SHARDS, merged, self.CONFIG)
+        self.broker = self.start_broker(shards or self.SHARDS, merged, self.CONFIG, env=env)
         self.port = self.broker.port
         self.admin_port = self.broker.admin_port
         return self.broker
