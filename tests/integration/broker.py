@@ -60,6 +60,15 @@ def client_id_on_shard(prefix: str, shard: int, shards: int) -> str:
     raise RuntimeError("no client id found")  # cannot happen for small shard counts
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of process pid, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 def cpu_seconds(pid: int, thread: Optional[str] = None) -> float:
     """CPU seconds (user + system) of process pid, or of its thread named `thread` (main.cpp names the shards'
     threads ringmq-shardN)."""

@@ -10,7 +10,7 @@ import time
 
 import mqtt_raw as m
 from admin_client import request
-from broker import BrokerTest, Collector, cpu_seconds, shard_variants
+from broker import BrokerTest, Collector, cpu_seconds, rss_kib, shard_variants
 
 
 def read_until_quiet(client, stop=None, quiet=1.0):
@@ -24,14 +24,6 @@ def read_until_quiet(client, stop=None, quiet=1.0):
         if p == stop:
             return out
         out.append(p)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 class LimitCases:

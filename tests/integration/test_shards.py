@@ -7,7 +7,7 @@ import threading
 import time
 
 import mqtt_raw as m
-from broker import BrokerTest, Collector, client_id_on_shard, cpu_seconds, fnv1a64, home_shard
+from broker import BrokerTest, Collector, client_id_on_shard, cpu_seconds, fnv1a64, home_shard, rss_kib
 
 
 class ShardHashTest(BrokerTest):
@@ -343,14 +343,6 @@ class CrossShardWakeTest(BrokerTest):
         self.assertEqual(stops[0][0] + stops[1][0], 0, stops)
         self.assertGreaterEqual(stops[0][1], 20, stops)
         self.assertEqual(stops[0][2] + stops[1][2], 0, stops)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 class CrossShardBackpressureTest(BrokerTest):
