@@ -104,6 +104,8 @@ int main(int argc, char** argv) {
     if (!r.cfg) {
         for (const std::string& e : r.errors)
             std::fprintf(stderr, "ringmq: %s\n", e.c_str());
+        for (const std::string& w : r.warnings)
+            std::fprintf(stderr, "ringmq: warning: %s\n", w.c_str());
         return r.exit_code;
     }
     const config::config cfg = std::move(*r.cfg);
@@ -201,6 +203,11 @@ int main(int argc, char** argv) {
             log::fatal("cannot start: {} of {} shards{} ready after 10 s", ready, cfg.shards,
                        admin_ready() ? "" : ", not the admin shard,");
         rc = 1;
+        // A signal that came during the start was held for when the broker is ready; it never will be, and the
+        // exit code stays 1, so it is let go before the watcher starts.
+        const timespec zero{};
+        while (sigtimedwait(&signals, nullptr, &zero) > 0) {
+        }
         exit_on_signal();
     } else {
         log::info("listening mqtt tcp {}", config::to_string(config::endpoint{cfg.mqtt_listen.host, mqtt_listen.port}));

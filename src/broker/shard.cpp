@@ -1668,16 +1668,18 @@ shard::route_entry& shard::route_lookup(std::string_view topic) {
         e = route_entry{};
         dst = &route_spill_;
         if (log::at_doubling(route_spills_))
-            log::info("shard {}: route cache at its {} MiB, the routes of {} ({} matches) not cached ({} so far)", id_,
-                      route_cache_budget >> 20, topic, matches_.size(), route_spills_);
+            log::info("shard {}: the routes of {} ({} matches) not cached: the route cache holds at most {} MiB ({} "
+                      "so far)",
+                      id_, topic, matches_.size(), route_cache_budget >> 20, route_spills_);
     }
-    // Assigned into fresh storage when the old is much larger: a slot that once held a long topic gives it back.
+    // Swapped into fresh storage when the old is much larger: a slot that once held a long topic gives it back
+    // (a move assignment of a short string would copy into the old buffer and keep it).
     if (dst->topic.capacity() > 2 * topic.size() + 64)
-        dst->topic = std::string(topic);
+        std::string(topic).swap(dst->topic);
     else
         dst->topic.assign(topic);
     if (dst->matches.capacity() > 2 * matches_.size() + 16)
-        dst->matches = std::vector<match>(matches_.begin(), matches_.end());
+        std::vector<match>(matches_.begin(), matches_.end()).swap(dst->matches);
     else
         dst->matches.assign(matches_.begin(), matches_.end());
     dst->mask = mask;

@@ -188,10 +188,11 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
 // --set KEY=VALUE: VALUE is a TOML value (10, true, "x", 1.5). Anything that does not parse as exactly one TOML
 // value is taken as a bare string, so `--set mqtt.listen=127.0.0.1:1883` works without shell-quoted TOML quotes.
 void add_set(layers& l, std::string_view arg) {
-    // The whole argument names the origin, so an error shows the value as typed (`--set mqtt.max_inflight=1,5`).
-    fmt::memory_buffer shown;
-    log::append_escaped(shown, arg); // a newline in the argument must not break the message in two
-    const std::string origin = fmt::format("--set {}", fmt::to_string(shown));
+    const auto escaped = [](std::string_view text) { // a newline in the argument must not break a message in two
+        fmt::memory_buffer out;
+        log::append_escaped(out, text);
+        return fmt::to_string(out);
+    };
     auto eq = arg.find('=');
     auto trim = [](std::string_view s) {
         while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
@@ -202,9 +203,14 @@ void add_set(layers& l, std::string_view arg) {
     };
     std::string_view key = eq == std::string_view::npos ? std::string_view{} : trim(arg.substr(0, eq));
     if (key.empty()) {
-        l.errors.push_back(fmt::format("--set: expected KEY=VALUE (like mqtt.max_inflight=10), got '{}'", arg));
+        l.errors.push_back(
+            fmt::format("--set: expected KEY=VALUE (like mqtt.max_inflight=10), got '{}'", escaped(arg)));
         return;
     }
+    // The whole argument names the origin, so an error shows the value as typed (`--set mqtt.max_inflight=1,5`);
+    // a password is not shown, as the broker never logs it.
+    const std::string origin = key == "admin.default_password" ? std::string("--set admin.default_password=(not shown)")
+                                                               : fmt::format("--set {}", escaped(arg));
     std::string_view value = arg.substr(eq + 1);
     parsed_toml p = parse_toml(fmt::format("v = {}", value), origin);
     if (p.table && p.table->size() == 1 && p.table->contains("v")) {

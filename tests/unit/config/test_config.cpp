@@ -902,6 +902,20 @@ TEST_F(config_test, set_errors) {
                               "--set mqtt=1: mqtt: unknown key"));
 }
 
+TEST_F(config_test, set_hides_the_default_password_and_escapes_a_keyless_argument) {
+    // A numeric password parses as a TOML integer: the error names the key, never the value.
+    auto r = run({"--set", "admin.default_password=123456", "--set", "=x\ny"});
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre(
+                    "--set admin.default_password=(not shown): admin.default_password: expected a string, got "
+                    "an integer",
+                    "--set: expected KEY=VALUE (like mqtt.max_inflight=10), got '=x\\x0ay'"));
+    auto shadowed = run({"--set", "admin.default_password=654321", "--set", "admin.default_password=\"ok\""});
+    ASSERT_TRUE(shadowed.cfg.has_value());
+    ASSERT_THAT(shadowed.warnings, SizeIs(1));
+    EXPECT_THAT(shadowed.warnings[0], ::testing::Not(HasSubstr("654321")));
+}
+
 TEST_F(config_test, set_value_cannot_smuggle_extra_keys) {
     auto r = run({"--set", "mqtt.max_inflight=3\nmax_topic_levels = 0"});
     EXPECT_FALSE(r.cfg.has_value());
