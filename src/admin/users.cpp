@@ -93,14 +93,9 @@ user_store::result user_store::check(std::string_view what, std::string_view s, 
         last_error_ = fmt::format("empty {}", what);
         return result::invalid;
     }
-    // ':' separates fields and a newline ends the record; other control characters would make the file (and the
-    // API's listing) misleading, so they are refused as well.
-    for (const char c : s) {
-        const auto u = static_cast<unsigned char>(c);
-        if (c == ':' || u < 0x20 || u == 0x7f) {
-            last_error_ = fmt::format("{} contains ':' or a control character", what);
-            return result::invalid;
-        }
+    if (!util::fits_record_field(s)) { // the API's listing would be misleading too
+        last_error_ = fmt::format("{} contains ':' or a control character", what);
+        return result::invalid;
     }
     return result::ok;
 }
@@ -170,8 +165,7 @@ bool user_store::open(const std::string& path, const std::string& default_user, 
         return true;
     }
 
-    struct stat st {};
-    file_mode_ = ::stat(path.c_str(), &st) == 0 ? st.st_mode & 07777 : 0;
+    file_mode_ = rd.mode;
 
     size_t line_no = 0;
     std::string_view rest = text;

@@ -77,16 +77,6 @@ void pin(std::thread& t, unsigned shard, const std::vector<int>& cpus) {
     }
 }
 
-std::vector<int> allowed_cpus() {
-    std::vector<int> cpus;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
-    for (int i = 0; i < CPU_SETSIZE; ++i)
-        if (CPU_ISSET(i, &set)) cpus.push_back(i);
-    return cpus;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -172,7 +162,7 @@ int main(int argc, char** argv) {
         node.shards.push_back(shards.back().get());
     }
     std::vector<std::thread> threads;
-    const std::vector<int> cpus = allowed_cpus();
+    const std::vector<int> cpus = config::allowed_cpus();
     for (unsigned i = 0; i < cfg.shards; ++i) {
         threads.emplace_back([s = shards[i].get()] { s->run(); });
         pin(threads.back(), i, cpus);

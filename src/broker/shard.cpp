@@ -1625,7 +1625,7 @@ shard::route_entry* shard::checked_route(std::string_view topic) {
 }
 
 size_t shard::route_entry::bytes() const {
-    static const size_t inline_capacity = std::string().capacity(); // held in the string itself
+    static constexpr size_t inline_capacity = std::string().capacity(); // held in the string itself
     return (topic.capacity() > inline_capacity ? topic.capacity() : 0) + matches.capacity() * sizeof(match);
 }
 

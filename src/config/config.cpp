@@ -363,11 +363,7 @@ std::string check_node_name(const std::string& s) {
 // only when the file is created, after the listeners are bound, and never when the file exists already.
 std::string check_default_user(const std::string& s) {
     if (s.empty()) return "must not be empty";
-    for (const char ch : s) {
-        const auto u = static_cast<unsigned char>(ch);
-        if (ch == ':' || u < 0x20 || u == 0x7f)
-            return "must not contain ':' or control characters (the users file's separators)";
-    }
+    if (!util::fits_record_field(s)) return "must not contain ':' or control characters (the users file's separators)";
     return "";
 }
 
@@ -500,17 +496,21 @@ load_result finish(layers& l, config cfg) {
 
 } // namespace
 
-unsigned usable_cpus() {
+std::vector<int> allowed_cpus() {
+    std::vector<int> cpus;
     cpu_set_t set;
     CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
-        return static_cast<unsigned>(CPU_COUNT(&set));
-    return std::max(1u, std::thread::hardware_concurrency());
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+    for (int i = 0; i < CPU_SETSIZE; ++i)
+        if (CPU_ISSET(i, &set)) cpus.push_back(i);
+    return cpus;
 }
 
 unsigned resolve_shards(unsigned configured) {
     if (configured != 0) return configured;
-    return std::clamp(usable_cpus(), 1u, max_shards);
+    const size_t allowed = allowed_cpus().size();
+    const unsigned n = allowed != 0 ? static_cast<unsigned>(allowed) : std::thread::hardware_concurrency();
+    return std::clamp(n, 1u, max_shards);
 }
 
 bool parse_endpoint(std::string_view s, endpoint& out, std::string& why) {

@@ -32,6 +32,7 @@ file_read read_regular_file(const std::string& path, size_t max_bytes, std::stri
     } else if (static_cast<uint64_t>(st.st_size) > max_bytes) {
         r.why = fmt::format("larger than {} bytes", max_bytes);
     } else {
+        r.mode = st.st_mode & 07777;
         // Read to the end even if the file grew since fstat, but never past the limit.
         const size_t start = out.size();
         char buf[65536];
@@ -56,6 +57,14 @@ file_read read_regular_file(const std::string& path, size_t max_bytes, std::stri
     }
     ::close(fd);
     return r;
+}
+
+bool fits_record_field(std::string_view s) {
+    for (const char c : s) {
+        const auto u = static_cast<unsigned char>(c);
+        if (c == ':' || u < 0x20 || u == 0x7f) return false;
+    }
+    return true;
 }
 
 } // namespace ringmq::util
