@@ -1660,6 +1660,7 @@ int main(int argc, char** argv) {
         add("rss_per_conn_bytes",
             o.kind != scenario_kind::connect_storm ? fmt_double(rss_per_conn, 1) : std::string("null"));
         add("loadgen_cpu_s", fmt_double(own_cpu, 3));
+        add("loadgen_sleeps", num(static_cast<std::uint64_t>(ru.ru_nvcsw)));
         j += "}\n";
         std::fputs(j.c_str(), stdout);
     }

@@ -408,8 +408,9 @@ class RawClient:
             raise AssertionError("connection was closed while expecting silence") from None
         raise AssertionError(f"expected no packet for {timeout}s, got {pkt!r}")
 
-    def is_open(self, timeout: float = 1.0) -> bool:
-        """PINGREQ round trip: True when PINGRESP arrives (other packets are kept for later)."""
+    def is_open(self, timeout: float = 5.0) -> bool:
+        """PINGREQ round trip: True when PINGRESP arrives (other packets are kept for later). A closed connection
+        answers at once; the 5 s are for a broker busy on a shared host."""
         try:
             self.send(PINGREQ_BYTES)
             p = self._wait_for(lambda p: p.type == PINGRESP, timeout, "PINGRESP")

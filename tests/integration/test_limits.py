@@ -626,9 +626,12 @@ class LimitCases:
         # the last PINGRESP by about 2 ms, well inside a 10 ms window, so polls find them; with nothing coming in, the
         # shards must still fall asleep: polling through a quiet second would cost a shard that whole second. Each
         # wake-up brings one packet, so polls are asked for after every wake-up (node.idle_poll_min_batch = 0).
-        # (Not weighed against sleeping: that has its own test below.)
-        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 0, "node.idle_poll_by_cpu": False})
-        self.assertEqual(self.broker.log().count(b"idle poll 10000 us from 0 packets a wake-up while 75% of polls "
+        # node.idle_poll_min_found = 0: a test thread descheduled past a window on a busy host makes that poll miss,
+        # and under the default 75% a few misses would stop the polls for the rest of the pings; that rule has its
+        # own test below, as has weighing against sleeping.
+        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 0, "node.idle_poll_min_found": 0,
+                         "node.idle_poll_by_cpu": False})
+        self.assertEqual(self.broker.log().count(b"idle poll 10000 us from 0 packets a wake-up while 0% of polls "
                                                  b"find work)"), self.SHARDS)
         self.ping_2ms_apart(20)
 
@@ -640,14 +643,16 @@ class LimitCases:
         polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, (\d+) slept", text)
         self.assertEqual(len(polls), self.SHARDS)
         # Most of the 20 (a poll that never sees completions finds none; a test thread descheduled for 10 ms may
-        # miss a window now and then).
-        self.assertGreaterEqual(sum(int(f) for f, _ in polls), 15, polls)
+        # miss a window now and then: CI once saw 4 such misses in 20). A shard that never polled finds none.
+        self.assertGreaterEqual(sum(int(f) for f, _ in polls), 12, polls)
         self.assertGreater(sum(int(s) for _, s in polls), 0, polls)
 
     def test_idle_poll_waits_for_batches(self):
         # With node.idle_poll_min_batch, a shard polls only while its wake-ups bring that many packets each: one
-        # PINGREQ a wake-up never starts a poll, 40 PUBLISHes in one write at a time do.
-        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 8, "node.idle_poll_by_cpu": False})
+        # PINGREQ a wake-up never starts a poll, 40 PUBLISHes in one write at a time do. (node.idle_poll_min_found = 0
+        # as above: a test thread late for a few bursts must not stop the polls for the rest.)
+        self.use_broker({"node.idle_poll_us": 10000, "node.idle_poll_min_batch": 8, "node.idle_poll_min_found": 0,
+                         "node.idle_poll_by_cpu": False})
         self.ping_2ms_apart(20)
         pub = self.client(self.pub_id())
         for _ in range(20):
@@ -655,30 +660,34 @@ class LimitCases:
             pub.send(b"".join(m.publish("poll/batch", b"x", qos=0) for _ in range(40)) + m.pingreq())
             pub.expect(m.PINGRESP_BYTES)
         text = self.broker.stop_and_read_log()
-        polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, \d+ slept after \d+ us; "
+        polls = re.findall(rb"polled \d+ times when idle: (\d+) found work, (\d+) slept after \d+ us; "
                            rb"(\d+) times it slept at once \(under 8 packets", text)
         self.assertEqual(len(polls), self.SHARDS, text[-2000:])
-        # The sparse pings leave the average under 8 (so the shard slept at once); the bursts lift it over.
-        self.assertGreaterEqual(sum(int(s) for _, s in polls), 15, polls)
-        self.assertGreaterEqual(sum(int(f) for f, _ in polls), 10, polls)
+        # The sparse pings leave the average under 8 (so the shard slept at once); the bursts lift it over, and then
+        # each burst's idle point polls, whether the poll finds the next burst (most do) or times out (a late thread).
+        self.assertGreaterEqual(sum(int(sp) for _, _, sp in polls), 15, polls)
+        self.assertGreaterEqual(sum(int(f) + int(sl) for f, sl, _ in polls), 15, polls)
+        self.assertGreaterEqual(sum(int(f) for f, _, _ in polls), 5, polls)
 
     def test_idle_poll_stops_when_polls_find_nothing(self):
         # node.idle_poll_min_found: a poll that times out spent its whole length for nothing. Here every PINGREQ comes
         # about 2 ms after the last PINGRESP, past a 1 ms poll, so polls find nothing; after a few the shard sleeps at
         # once, polling one idle point in 16 to see whether that changed.
         self.use_broker({"node.idle_poll_us": 1000, "node.idle_poll_min_batch": 0, "node.idle_poll_by_cpu": False})
-        self.ping_2ms_apart(48)
+        self.ping_2ms_apart(96)
         text = self.broker.stop_and_read_log()
         polls = re.findall(rb"polled (\d+) times when idle: \d+ found work, \d+ slept after 1000 us; \d+ times it slept "
                            rb"at once \(under 0 packets a wake-up\), (\d+) times as polls had found work under 75% of "
                            rb"the time", text)
         self.assertEqual(len(polls), self.SHARDS, text[-2000:])
-        # The client's shard has about 48 idle points (a PINGRESP that completes as it is submitted is not one; a few
-        # more with the connect and the ticks): three polls take its average under 75%, then one in 16 (the test
-        # thread may be late for a ping now and then, so a poll finds one). It does keep polling now and then.
-        self.assertLessEqual(max(int(p) for p, _ in polls), 12, polls)
+        # The client's shard has about 96 idle points (a PINGRESP that completes as it is submitted is not one; a few
+        # more with the connect and the ticks): three polls take its average under 75%, then one in 16, about 9 in
+        # all. A shard thread preempted for 2 ms starts a poll late enough to find the next ping, which lifts the
+        # average and gives a few more polls; the bounds leave room for several. It does keep polling now and then.
         self.assertGreaterEqual(max(int(p) for p, _ in polls), 4, polls)
-        self.assertGreaterEqual(max(int(f) for _, f in polls), 30, polls)
+        self.assertGreaterEqual(max(int(f) for _, f in polls), 60, polls)
+        p, f = max(((int(p), int(f)) for p, f in polls), key=lambda pf: pf[1])  # the client's shard
+        self.assertGreaterEqual(f, 2 * p, polls)
 
     def test_idle_poll_weighed_against_sleeping(self):
         # node.idle_poll_by_cpu: bursts of 300 PUBLISHes about 1 ms apart. A 10 ms poll finds each burst (so neither

@@ -149,7 +149,10 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.check_exact(polled)
         self.assertEqual((slept["poll"], polled["poll"]), (False, True))
         self.assertLess(slept["loadgen_cpu_s"], 0.3)
-        self.assertGreater(polled["loadgen_cpu_s"], 0.6)
+        # Counted in voluntary context switches, not CPU time, which a host stealing the core lowers: sleeping, one
+        # or more per message 10 ms apart (262 seen); polling, the controller's few (5 seen).
+        self.assertGreaterEqual(slept["loadgen_sleeps"], 100, slept)
+        self.assertLess(polled["loadgen_sleeps"], 50, polled)
 
 
 class ForwarderCeiling(unittest.TestCase):
@@ -298,8 +301,8 @@ class ComparePollingGenerator(unittest.TestCase):
         self.assertEqual(len(results), 2)
         for r in results:
             self.assertEqual((r["status"], r["poll"], r["lost"]), ("ok", True, 0))
-            # It never sleeps, so its CPU time nears the run's length; that is not a bottleneck to report.
-            self.assertGreater(r["loadgen_cpu_s"], 0.6 * r["duration_s"])
+            # Its workers never sleep (so its CPU time nears the run's length; that is not a bottleneck to report).
+            self.assertLess(r["loadgen_sleeps"], 50, r)
         self.assertNotIn("1to1-q0-poll/", run.stdout)
 
 
@@ -310,15 +313,18 @@ class CompareIdlePoll(unittest.TestCase):
         self.assertEqual(sorted(runs), ["mosquitto", "ringmq"])
         self.assertTrue(runs["ringmq"]["broker_command"].endswith(" --set node.idle_poll_us=200 --set "
                                                                   "node.idle_poll_min_batch=0 --set "
+                                                                  "node.idle_poll_min_found=0 --set "
                                                                   "node.idle_poll_by_cpu=false"),
                         runs["ringmq"]["broker_command"])
         self.assertNotIn("idle_poll", runs["mosquitto"]["broker_command"])
         self.assertIn("(1to1-q0-20k-idlepoll: ringmq --set node.idle_poll_us=200 --set node.idle_poll_min_batch=0 "
-                      "--set node.idle_poll_by_cpu=false)", run.stdout)
+                      "--set node.idle_poll_min_found=0 --set node.idle_poll_by_cpu=false)", run.stdout)
         r = runs["ringmq"]["result"]
         self.assertEqual((r["status"], r["lost"]), ("ok", 0))
-        # Polling between messages 50 us apart keeps the broker's core busy; sleeping, it used about a third of it.
-        self.assertGreater(r["broker_cpu_s"], 0.6 * r["duration_s"])
+        # Not asserted here: that the broker polled. Its CPU time was 1.6-1.95 s of 2 s on a quiet host, but 0.74-0.99 s
+        # in 3 of 35 runs, when the host stole its core or delayed loadgen's 50 us timers into 1 ms bursts (1239
+        # broker sleeps a second, as many as a broker that never polls shows under such bursts). The shard's own
+        # poll counters show what the setting does, in test_limits' idle poll tests.
 
 
 class CompareInflightWindow(unittest.TestCase):
