@@ -110,6 +110,7 @@ struct options {
     std::uint16_t keepalive = 60;
     std::uint32_t spin_us = 0;
     bool poll = false;
+    bool kernel_stamps = false;
     std::uint32_t retained = 100000; // retained scenario: topics stored before the run
 };
 
@@ -126,6 +127,7 @@ struct group_spec {
 // What one worker measured; filled at the end of worker::run, read by the controller after join().
 struct worker_result {
     histogram latency;
+    histogram kernel_latency;           // --kernel-stamps: to the kernel's receive time instead of the worker's
     std::uint64_t delivered_window = 0; // PUBLISHes received while the measured window was open
     std::uint64_t sent_measured = 0;    // PUBLISHes sent while the measured window was open
     std::uint64_t expected = 0;         // sent_measured times the subscribers of each publisher
@@ -378,6 +380,7 @@ private:
         }
         const int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (opt_.kernel_stamps) setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
         c.fd = fd;
         if (addr_.ss_family == AF_INET && ci >= conns_per_source) {
             const std::uint32_t host = 1u + ci / conns_per_source;
@@ -497,7 +500,8 @@ private:
             if (scratch_.size() < carry + 65536) scratch_.resize(carry + 262144);
             if (carry) std::memcpy(scratch_.data(), c.carry.data(), carry);
             const std::size_t room = scratch_.size() - carry;
-            const ssize_t n = ::recv(c.fd, scratch_.data() + carry, room, 0);
+            const ssize_t n = opt_.kernel_stamps ? recv_stamped(c.fd, scratch_.data() + carry, room)
+                                                 : ::recv(c.fd, scratch_.data() + carry, room, 0);
             if (n == 0) {
                 conn_failed(c, "closed by the broker");
                 close_conn(c);
@@ -681,6 +685,8 @@ private:
         if (measured) {
             ++ps.received_measured;
             result.latency.record(latency);
+            if (kernel_rx_ns_ != 0)
+                result.kernel_latency.record(static_cast<std::uint64_t>(kernel_rx_ns_ > ts ? kernel_rx_ns_ - ts : 0));
         }
         ++interval_delivered_;
         interval_latency_.record(latency);
@@ -993,12 +999,53 @@ private:
     std::uint64_t received_total_ = 0, expected_total_ = 0, unacked_total_ = 0;
     std::uint64_t storm_serial_ = 0;
     histogram interval_latency_;
+    // --kernel-stamps: the kernel's receive time of the bytes the last recv() returned (the newest segment's, so an
+    // older message read with it is stamped late, never early), on the monotonic clock; 0 when there is none.
+    std::int64_t kernel_rx_ns_ = 0;
+    std::int64_t realtime_offset_ns_ = 0; // CLOCK_REALTIME minus CLOCK_MONOTONIC, taken at the run's start
+
+    // recv() that also takes the SO_TIMESTAMPNS stamp (CLOCK_REALTIME) into kernel_rx_ns_.
+    ssize_t recv_stamped(int fd, void* buf, std::size_t len) {
+        iovec iov{buf, len};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        const ssize_t n = ::recvmsg(fd, &msg, 0);
+        kernel_rx_ns_ = 0;
+        for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); n > 0 && cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                timespec ts{};
+                std::memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+                kernel_rx_ns_ = static_cast<std::int64_t>(ts.tv_sec) * ns_per_s + ts.tv_nsec - realtime_offset_ns_;
+            }
+        }
+        return n;
+    }
     std::uint64_t interval_delivered_ = 0, interval_connacks_ = 0;
 };
 
 void worker::run() {
     // Fixed-rate schedules need wake-ups well under the default 50 us timer slack.
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    if (opt_.kernel_stamps) {
+        // The offset between the stamps' clock and the payloads' one, from the closest of a few readings.
+        std::int64_t best = INT64_MAX;
+        for (int i = 0; i < 5; ++i) {
+            timespec a{}, rt{}, b{};
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            clock_gettime(CLOCK_REALTIME, &rt);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            const std::int64_t ma = std::int64_t{a.tv_sec} * ns_per_s + a.tv_nsec;
+            const std::int64_t mb = std::int64_t{b.tv_sec} * ns_per_s + b.tv_nsec;
+            if (mb - ma < best) {
+                best = mb - ma;
+                realtime_offset_ns_ = std::int64_t{rt.tv_sec} * ns_per_s + rt.tv_nsec - (ma + (mb - ma) / 2);
+            }
+        }
+    }
     ep_ = epoll_create1(EPOLL_CLOEXEC);
     if (ep_ < 0) {
         fail(strf("epoll_create1: %s", std::strerror(errno)));
@@ -1283,6 +1330,10 @@ int main(int argc, char** argv) {
                    "poll without sleeping when the next scheduled send is at most this many microseconds away")
         ->capture_default_str()
         ->check(CLI::Range(0u, 1000000u));
+    app.add_flag("--kernel-stamps", o.kernel_stamps,
+                 "also measure latency to the kernel's receive time of each read (SO_TIMESTAMPNS, klat_* in the JSON): "
+                 "the broker's latency without the generator's own wake-up and queueing. Turns on the kernel's "
+                 "receive timestamps for every socket on the host while it runs, a few tens of ns per segment");
     app.add_flag("--poll", o.poll,
                  "never sleep: poll the sockets without blocking, as a generator on its own core can. The broker's "
                  "sends then find no sleeping reader to wake, a cost that loopback charges to the sender and a real "
@@ -1516,6 +1567,7 @@ int main(int argc, char** argv) {
     for (const auto& w : workers) {
         const worker_result& x = w->result;
         r.latency.merge(x.latency);
+        r.kernel_latency.merge(x.kernel_latency);
         r.delivered_window += x.delivered_window;
         r.sent_measured += x.sent_measured;
         r.expected += x.expected;
@@ -1575,6 +1627,11 @@ int main(int argc, char** argv) {
         std::fprintf(hs, "latency    p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f us (%" PRIu64 " samples)\n",
                      us(h.quantile(0.50)), us(h.quantile(0.90)), us(h.quantile(0.99)), us(h.quantile(0.999)),
                      us(h.max()), h.count());
+        if (o.kernel_stamps) {
+            const histogram& kh = r.kernel_latency;
+            std::fprintf(hs, "  kernel   p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f us (to the kernel's receive time)\n",
+                         us(kh.quantile(0.50)), us(kh.quantile(0.90)), us(kh.quantile(0.99)), us(kh.quantile(0.999)));
+        }
         std::fprintf(hs,
                      "integrity  lost %" PRIu64 " of %" PRIu64 " (%.4f%%), reordered %" PRIu64 ", duplicates %" PRIu64
                      ", skipped sends %" PRIu64 ", written-off windows %" PRIu64 "\n",
@@ -1620,6 +1677,7 @@ int main(int argc, char** argv) {
         add("threads", num(o.threads));
         add("spin_us", num(o.spin_us));
         add("poll", o.poll ? "true" : "false");
+        add("kernel_stamps", o.kernel_stamps ? "true" : "false");
         add("warmup_s", fmt_double(o.warmup, 3));
         add("duration_s", fmt_double(dur, 3));
         add("connect_s", fmt_double(connect_s, 3));
@@ -1643,6 +1701,13 @@ int main(int argc, char** argv) {
         add("lat_p99_us", fmt_double(us(h.quantile(0.99)), 2));
         add("lat_p999_us", fmt_double(us(h.quantile(0.999)), 2));
         add("lat_max_us", fmt_double(us(h.max()), 2));
+        const histogram& kh = r.kernel_latency;
+        const auto kq = [&](double q) { return o.kernel_stamps ? fmt_double(us(kh.quantile(q)), 2) : "null"; };
+        add("klat_samples", o.kernel_stamps ? num(kh.count()) : "null");
+        add("klat_p50_us", kq(0.50));
+        add("klat_p90_us", kq(0.90));
+        add("klat_p99_us", kq(0.99));
+        add("klat_p999_us", kq(0.999));
         add("connacks", num(r.connacks_window));
         add("connects_per_s", fmt_double(connects_per_s, 1));
         add("broker_pid", o.broker_pid ? std::to_string(o.broker_pid) : "null");
