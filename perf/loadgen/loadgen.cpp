@@ -64,10 +64,12 @@ constexpr std::uint32_t conns_per_source = 8192;
 // Most PUBLISHes one fixed-rate loop turn may emit before it goes back to reading sockets.
 constexpr std::uint32_t rate_burst_limit = 4096;
 
+std::int64_t ns_of(const timespec& ts) { return static_cast<std::int64_t>(ts.tv_sec) * ns_per_s + ts.tv_nsec; }
+
 std::int64_t mono_ns() {
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * ns_per_s + ts.tv_nsec;
+    return ns_of(ts);
 }
 
 void sleep_until(std::int64_t t) {
@@ -489,6 +491,27 @@ private:
         }
         if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_conn(ci);
         if ((events & EPOLLOUT) && c.fd >= 0 && c.want_out) flush(ci);
+    }
+
+    // recv() that also takes the SO_TIMESTAMPNS stamp (CLOCK_REALTIME) into kernel_rx_ns_.
+    ssize_t recv_stamped(int fd, void* buf, std::size_t len) {
+        iovec iov{buf, len};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        const ssize_t n = ::recvmsg(fd, &msg, 0);
+        kernel_rx_ns_ = 0;
+        for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); n > 0 && cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                timespec ts{};
+                std::memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+                kernel_rx_ns_ = ns_of(ts) - realtime_offset_ns_;
+            }
+        }
+        return n;
     }
 
     void read_conn(std::uint32_t ci) {
@@ -1004,26 +1027,6 @@ private:
     std::int64_t kernel_rx_ns_ = 0;
     std::int64_t realtime_offset_ns_ = 0; // CLOCK_REALTIME minus CLOCK_MONOTONIC, taken at the run's start
 
-    // recv() that also takes the SO_TIMESTAMPNS stamp (CLOCK_REALTIME) into kernel_rx_ns_.
-    ssize_t recv_stamped(int fd, void* buf, std::size_t len) {
-        iovec iov{buf, len};
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        const ssize_t n = ::recvmsg(fd, &msg, 0);
-        kernel_rx_ns_ = 0;
-        for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); n > 0 && cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
-                timespec ts{};
-                std::memcpy(&ts, CMSG_DATA(cm), sizeof ts);
-                kernel_rx_ns_ = static_cast<std::int64_t>(ts.tv_sec) * ns_per_s + ts.tv_nsec - realtime_offset_ns_;
-            }
-        }
-        return n;
-    }
     std::uint64_t interval_delivered_ = 0, interval_connacks_ = 0;
 };
 
@@ -1034,15 +1037,13 @@ void worker::run() {
         // The offset between the stamps' clock and the payloads' one, from the closest of a few readings.
         std::int64_t best = INT64_MAX;
         for (int i = 0; i < 5; ++i) {
-            timespec a{}, rt{}, b{};
-            clock_gettime(CLOCK_MONOTONIC, &a);
+            timespec rt{};
+            const std::int64_t ma = mono_ns();
             clock_gettime(CLOCK_REALTIME, &rt);
-            clock_gettime(CLOCK_MONOTONIC, &b);
-            const std::int64_t ma = std::int64_t{a.tv_sec} * ns_per_s + a.tv_nsec;
-            const std::int64_t mb = std::int64_t{b.tv_sec} * ns_per_s + b.tv_nsec;
+            const std::int64_t mb = mono_ns();
             if (mb - ma < best) {
                 best = mb - ma;
-                realtime_offset_ns_ = std::int64_t{rt.tv_sec} * ns_per_s + rt.tv_nsec - (ma + (mb - ma) / 2);
+                realtime_offset_ns_ = ns_of(rt) - (ma + (mb - ma) / 2);
             }
         }
     }
@@ -1627,7 +1628,7 @@ int main(int argc, char** argv) {
         std::fprintf(hs, "latency    p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f us (%" PRIu64 " samples)\n",
                      us(h.quantile(0.50)), us(h.quantile(0.90)), us(h.quantile(0.99)), us(h.quantile(0.999)),
                      us(h.max()), h.count());
-        if (o.kernel_stamps) {
+        if (o.kernel_stamps && r.kernel_latency.count() != 0) {
             const histogram& kh = r.kernel_latency;
             std::fprintf(hs, "  kernel   p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f us (to the kernel's receive time)\n",
                          us(kh.quantile(0.50)), us(kh.quantile(0.90)), us(kh.quantile(0.99)), us(kh.quantile(0.999)));
@@ -1702,7 +1703,9 @@ int main(int argc, char** argv) {
         add("lat_p999_us", fmt_double(us(h.quantile(0.999)), 2));
         add("lat_max_us", fmt_double(us(h.max()), 2));
         const histogram& kh = r.kernel_latency;
-        const auto kq = [&](double q) { return o.kernel_stamps ? fmt_double(us(kh.quantile(q)), 2) : "null"; };
+        // No stamp at all (a kernel that gave none) is no figure, not a latency of 0.
+        const bool kernel_figures = o.kernel_stamps && kh.count() != 0;
+        const auto kq = [&](double q) { return kernel_figures ? fmt_double(us(kh.quantile(q)), 2) : "null"; };
         add("klat_samples", o.kernel_stamps ? num(kh.count()) : "null");
         add("klat_p50_us", kq(0.50));
         add("klat_p90_us", kq(0.90));

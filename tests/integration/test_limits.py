@@ -672,7 +672,7 @@ class LimitCases:
     def test_idle_poll_stops_when_polls_find_nothing(self):
         # node.idle_poll_min_found: a poll that times out spent its whole length for nothing. Here every PINGREQ comes
         # about 2 ms after the last PINGRESP, past a 1 ms poll, so polls find nothing; after a few the shard sleeps at
-        # once, polling one idle point in 16 to see whether that changed.
+        # once, probing now and then (16, 32, 64... idle points apart) to see whether that changed.
         self.use_broker({"node.idle_poll_us": 1000, "node.idle_poll_min_batch": 0, "node.idle_poll_by_cpu": False})
         self.ping_2ms_apart(96)
         text = self.broker.stop_and_read_log()
@@ -681,9 +681,10 @@ class LimitCases:
                            rb"the time", text)
         self.assertEqual(len(polls), self.SHARDS, text[-2000:])
         # The client's shard has about 96 idle points (a PINGRESP that completes as it is submitted is not one; a few
-        # more with the connect and the ticks): three polls take its average under 75%, then one in 16, about 9 in
-        # all. A shard thread preempted for 2 ms starts a poll late enough to find the next ping, which lifts the
-        # average and gives a few more polls; the bounds leave room for several. It does keep polling now and then.
+        # more with the connect and the ticks): three polls take its average under 75%, then probes 16, 32, 64... idle
+        # points apart (each that finds nothing doubles the gap), about 5 polls in all. A shard thread preempted for
+        # 2 ms starts a poll late enough to find the next ping, which lifts the average and gives a few more polls;
+        # the bounds leave room for several. It does keep polling now and then.
         self.assertGreaterEqual(max(int(p) for p, _ in polls), 4, polls)
         self.assertGreaterEqual(max(int(f) for _, f in polls), 60, polls)
         p, f = max(((int(p), int(f)) for p, f in polls), key=lambda pf: pf[1])  # the client's shard

@@ -628,8 +628,10 @@ class SendStepCases:
             copy = m.publish("t/bl", f"round {rnd}".encode(), qos=0)
             pub.send(copy)
             first_arrival_ns(first)
-            asked = time.clock_gettime_ns(time.CLOCK_REALTIME)  # the clock SO_TIMESTAMPNS stamps with
             last.send(m.pingreq())
+            # After the send: on loopback the PINGREQ is in the broker's socket when it returns, and a thread preempted
+            # between a reading taken before and the send would count copies sent before the PINGREQ as after it.
+            asked = time.clock_gettime_ns(time.CLOCK_REALTIME)  # the clock SO_TIMESTAMPNS stamps with
             copies = sorted(first_arrival_ns(c) for c in subs if c is not last)
             pong = arrival_ns_after(last, copy)
             last.expect(m.PINGRESP_BYTES)

@@ -562,7 +562,9 @@ class CrossShardRetainedRaceTest(BrokerTest):
                     seen.append(m.parse_publish(p).payload)
                 elif p.type == m.SUBACK and not subacked:
                     subacked, deadline = True, time.monotonic() + 1.0
-            if not seen or seen[-1] != b"new":
+            if not subacked:
+                missed.append((r, "no SUBACK", seen))
+            elif not seen or seen[-1] != b"new":
                 missed.append((r, seen))
             sub.disconnect()
         self.assertEqual(missed, [], "rounds whose subscriber ended with the older message")
