@@ -341,6 +341,11 @@ class CompareIdlePoll(unittest.TestCase):
                                                                   "node.idle_poll_by_cpu=false"),
                         runs["ringmq"]["broker_command"])
         self.assertNotIn("idle_poll", runs["mosquitto"]["broker_command"])
+        # the latency rows, the kernel-stamped ones among them, and the sends that left no sample
+        labels = [row[1] for row in doc["table"][1:]]
+        for label in ("p99 us (lower)", "p99 to kernel receipt us (lower)", "sends skipped, no sample (lower)",
+                      "schedule resets after a lag (lower)"):
+            self.assertIn(label, labels)
         self.assertIn("(1to1-q0-20k-idlepoll: ringmq --set node.idle_poll_us=200 --set node.idle_poll_min_batch=0 "
                       "--set node.idle_poll_min_found=0 --set node.idle_poll_by_cpu=false)", run.stdout)
         r = runs["ringmq"]["result"]
