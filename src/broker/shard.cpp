@@ -1659,33 +1659,37 @@ shard::route_entry& shard::route_lookup(std::string_view topic) {
     }
     // The cache holds at most route_cache_budget bytes of topics and match lists: long topics, or many wildcard
     // subscribers matching many distinct topics, would otherwise keep a copy in each of the 4096 slots (a 60 KiB
-    // topic in each is 250 MB; 2000 "sensor/#" subscribers, 130 MB). What does not fit is routed from route_spill_,
-    // reused by the next such message, as a cache miss would be.
+    // topic in each is 250 MB; 2000 "sensor/#" subscribers, 130 MB). Reaching it empties the whole cache, which
+    // gives back every slot's memory, stale generations' too, and lets hot topics in again at once; that happens
+    // once per budget's worth of new entries, so its cost is spread over them. (Refusing to cache past the budget
+    // instead left it full of whatever filled it, and every new topic uncached, until traffic hit those slots.)
     route_cache_bytes_ -= e.bytes();
-    const size_t need = topic.size() + matches_.size() * sizeof(match);
-    route_entry* dst = &e;
-    if (route_cache_bytes_ + need > route_cache_budget) {
-        e = route_entry{};
-        dst = &route_spill_;
-        if (log::at_doubling(route_spills_))
-            log::info("shard {}: the routes of {} ({} matches) not cached: the route cache holds at most {} MiB ({} "
-                      "so far)",
-                      id_, topic, matches_.size(), route_cache_budget >> 20, route_spills_);
+    if (route_cache_bytes_ + topic.size() + matches_.size() * sizeof(match) > route_cache_budget) {
+        for (route_entry& r : route_cache_) {
+            // Moved out, not assigned over: a short string assigned into a long one keeps the long one's buffer.
+            const route_entry gone = std::move(r);
+            r = route_entry{};
+        }
+        route_cache_bytes_ = 0;
+        if (log::at_doubling(route_cache_flushes_))
+            log::info("shard {}: the route cache reached {} MiB of topics and matches and was emptied ({} times so "
+                      "far)",
+                      id_, route_cache_budget >> 20, route_cache_flushes_);
     }
     // Swapped into fresh storage when the old is much larger: a slot that once held a long topic gives it back
     // (a move assignment of a short string would copy into the old buffer and keep it).
-    if (dst->topic.capacity() > 2 * topic.size() + 64)
-        std::string(topic).swap(dst->topic);
+    if (e.topic.capacity() > 2 * topic.size() + 64)
+        std::string(topic).swap(e.topic);
     else
-        dst->topic.assign(topic);
-    if (dst->matches.capacity() > 2 * matches_.size() + 16)
-        std::vector<match>(matches_.begin(), matches_.end()).swap(dst->matches);
+        e.topic.assign(topic);
+    if (e.matches.capacity() > 2 * matches_.size() + 16)
+        std::vector<match>(matches_.begin(), matches_.end()).swap(e.matches);
     else
-        dst->matches.assign(matches_.begin(), matches_.end());
-    dst->mask = mask;
-    dst->gen = trie_gen_;
-    if (dst == &e) route_cache_bytes_ += e.bytes();
-    return *dst;
+        e.matches.assign(matches_.begin(), matches_.end());
+    e.mask = mask;
+    e.gen = trie_gen_;
+    route_cache_bytes_ += e.bytes();
+    return e;
 }
 
 void shard::fan_out(const route_entry& e, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,

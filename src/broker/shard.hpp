@@ -637,8 +637,7 @@ private:
     static constexpr size_t route_cache_budget = size_t{16} << 20; // bytes of topics and matches, per shard
     std::vector<route_entry> route_cache_ = std::vector<route_entry>(route_cache_size);
     size_t route_cache_bytes_ = 0; // the slots' bytes()
-    route_entry route_spill_;      // the routes of a message that did not fit in the cache, until the next such one
-    uint64_t route_spills_ = 0;
+    uint64_t route_cache_flushes_ = 0;
     uint64_t trie_gen_ = 1;
     std::vector<uint8_t> scratch_;
     byte_vec frame_q0_; // the QoS 0 frame of the message being routed, encoded once for all subscribers

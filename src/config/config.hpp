@@ -159,9 +159,8 @@ std::string to_string(const endpoint& e);
 // The CPUs this process may run on (its affinity mask: taskset, a cpuset), in order; empty if it cannot be read.
 std::vector<int> allowed_cpus();
 // shards = 0 -> the count of allowed_cpus() (else the online cores) clamped to 1..max_shards; other values
-// unchanged. 63: the MQTT
-// shards and the admin shard are the participants of the SMP matrix, whose senders keep their destinations in 64-bit
-// masks (reactor::smp_outbox).
+// unchanged. 63: the MQTT shards and the admin shard are the participants of the SMP matrix, whose senders keep their
+// destinations in 64-bit masks (reactor::smp_outbox).
 inline constexpr unsigned max_shards = 63;
 unsigned resolve_shards(unsigned configured);
 
