@@ -1301,15 +1301,15 @@ bool shard::attach_session(connection& c, bool clean) {
                c.keepalive, present);
     if (present) {
         if (slot->s->held()) resume_reads(*slot);
-        // Resend the unacknowledged window in order: PUBLISH with DUP, or PUBREL where PUBREC already came.
-        for (const session::outgoing& o : slot->s->window()) {
-            if (o.released) {
-                send_ack(c, mqtt::packet_type::pubrel, o.pid);
-                ++m_.packets_pubrel_sent;
-            } else {
-                send_outgoing(c, o, true);
-            }
+        // Resend what is unacknowledged: PUBREL where PUBREC already came, in the order the PUBRECs came, then the
+        // window's other messages in order, with DUP [MQTT-4.6.0-1, 4.6.0-4]. The two orders are kept apart because a
+        // client may acknowledge out of order; the spec orders each kind only among its own.
+        for (const uint16_t pid : slot->s->released_in_order()) {
+            send_ack(c, mqtt::packet_type::pubrel, pid);
+            ++m_.packets_pubrel_sent;
         }
+        for (const session::outgoing& o : slot->s->window())
+            if (!o.released) send_outgoing(c, o, true);
         pump(*slot);
     }
     return true;

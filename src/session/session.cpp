@@ -157,6 +157,10 @@ bool session::on_pubrec(uint16_t pid) {
     for (auto it = entries_.begin(); it != end; ++it)
         if (outgoing& o = *it; o.pid == pid) {
             if (o.qos != 2) return false;
+            if (!o.released) {
+                if (!qos2_) qos2_ = std::make_unique<qos2_state>();
+                qos2_->released.push_back(pid);
+            }
             o.released = true;
             o.msg = message_ref(); // the payload is no longer needed: only PUBREL/PUBCOMP remain
             return true;
@@ -177,6 +181,9 @@ bool session::on_pubcomp(uint16_t pid) {
         if (it->pid == pid) {
             if (it->qos != 2 || !it->released) return false;
             mark_pid(pid, false);
+            // Usually the oldest release: PUBCOMPs mostly come in PUBREL order.
+            std::vector<uint16_t>& rel = qos2_->released;
+            rel.erase(std::find(rel.begin(), rel.end(), pid));
             entries_.erase(it);
             --inflight_;
             return true;
@@ -185,13 +192,14 @@ bool session::on_pubcomp(uint16_t pid) {
 }
 
 qos2_arrival session::incoming_qos2(uint16_t pid) {
-    if (!awaiting_rel_) awaiting_rel_ = std::make_unique<std::unordered_set<uint16_t>>();
-    if (limits_.max_awaiting_rel != 0 && awaiting_rel_->size() >= limits_.max_awaiting_rel)
-        return awaiting_rel_->contains(pid) ? qos2_arrival::duplicate : qos2_arrival::full;
-    return awaiting_rel_->insert(pid).second ? qos2_arrival::fresh : qos2_arrival::duplicate;
+    if (!qos2_) qos2_ = std::make_unique<qos2_state>();
+    std::unordered_set<uint16_t>& awaiting = qos2_->awaiting_rel;
+    if (limits_.max_awaiting_rel != 0 && awaiting.size() >= limits_.max_awaiting_rel)
+        return awaiting.contains(pid) ? qos2_arrival::duplicate : qos2_arrival::full;
+    return awaiting.insert(pid).second ? qos2_arrival::fresh : qos2_arrival::duplicate;
 }
 
-bool session::incoming_release(uint16_t pid) { return awaiting_rel_ && awaiting_rel_->erase(pid) != 0; }
+bool session::incoming_release(uint16_t pid) { return qos2_ && qos2_->awaiting_rel.erase(pid) != 0; }
 
 void session::clear_messages() {
     for (const outgoing& o : window())
@@ -199,7 +207,7 @@ void session::clear_messages() {
     entries_.clear();
     inflight_ = 0;
     queued_bytes_ = 0;
-    awaiting_rel_.reset();
+    qos2_.reset();
 }
 
 } // namespace ringmq::session

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -87,6 +88,11 @@ public:
     // (counted by the caller as "missed").
     bool on_puback(uint16_t pid);
     bool on_pubrec(uint16_t pid); // marks released: the caller sends PUBREL
+    // The ids of the window's released entries in the order their PUBRECs came: on reconnect PUBRELs are resent in
+    // that order [MQTT-4.6.0-4], which need not be the window's (PUBLISH) order.
+    std::span<const uint16_t> released_in_order() const {
+        return qos2_ ? std::span<const uint16_t>(qos2_->released) : std::span<const uint16_t>();
+    }
     bool on_pubcomp(uint16_t pid);
 
     // The window's entries in order, as a range over the session's entries; valid until the session next changes.
@@ -103,7 +109,7 @@ public:
         const fifo<outgoing>& f_;
         size_t n_;
     };
-    // For resend on reconnect: every message in the window in order (PUBLISH with DUP, or PUBREL when released).
+    // For resend on reconnect: every message in the window in order (PUBLISH with DUP where not released).
     window_view window() const { return window_view(entries_, inflight_); }
     size_t queue_len() const { return entries_.size() - inflight_; }
     // Topic and payload bytes of the messages in the queue (not the window), counted against max_queued_bytes.
@@ -120,7 +126,7 @@ public:
     qos2_arrival incoming_qos2(uint16_t pid);
     // PUBREL received: true when pid was awaiting release.
     bool incoming_release(uint16_t pid);
-    size_t awaiting_rel() const { return awaiting_rel_ ? awaiting_rel_->size() : 0; }
+    size_t awaiting_rel() const { return qos2_ ? qos2_->awaiting_rel.size() : 0; }
 
     // Clears the window and queue (a clean session reconnecting or being discarded).
     void clear_messages();
@@ -171,7 +177,12 @@ private:
     // The window (the first inflight_ entries, in the order their ids were given) and behind it the queue: a message
     // enters the window where it stands, by getting its packet id, without moving.
     fifo<outgoing> entries_;
-    std::unique_ptr<std::unordered_set<uint16_t>> awaiting_rel_; // allocated on the first incoming QoS 2
+    // QoS 2 state, allocated on the first QoS 2 flow in either direction (most sessions never have one).
+    struct qos2_state {
+        std::unordered_set<uint16_t> awaiting_rel; // incoming: ids received, PUBREL not yet
+        std::vector<uint16_t> released;            // outgoing: see released_in_order()
+    };
+    std::unique_ptr<qos2_state> qos2_;
     // Bitmap of ids in the window (8 KiB), allocated the first time the window holds more entries than a linear scan
     // handles well (scan_max), and kept from then on.
     std::unique_ptr<uint64_t[]> pid_bits_;

@@ -307,6 +307,30 @@ class SessionCases:
         c.send(m.pubcomp(msg.pid))
         c.expect_no_packet(0.5)
 
+    def test_pubrels_resent_in_the_order_the_pubrecs_came(self):
+        # [MQTT-4.6.0-4]: PUBRELs go in the order of their PUBRECs, which the client may send out of PUBLISH order;
+        # the PUBLISH not yet received is resent after them, with DUP.
+        c = self.persistent()
+        c.subscribe([("s/relorder", 2)])
+        pub = self.client(self.pub_id())
+        for body in (b"a", b"b", b"c", b"d"):
+            pub.publish("s/relorder", body, qos=2)
+        got = [c.recv_publish(ack=False) for _ in range(4)]
+        self.assertEqual([g.payload for g in got], [b"a", b"b", b"c", b"d"])
+        for i in (2, 0, 1):
+            c.send(m.pubrec(got[i].pid))
+            c.expect(m.pubrel(got[i].pid))
+        c.close()
+        c = self.persistent(present=True)
+        for i in (2, 0, 1):
+            c.expect(m.pubrel(got[i].pid))
+        again = c.recv_publish(ack=False)
+        self.assertEqual((again.payload, again.dup, again.pid), (b"d", True, got[3].pid))
+        for i in (2, 0, 1):
+            c.send(m.pubcomp(got[i].pid))
+        c.ack(again)
+        c.expect_no_packet(0.4)
+
     def test_pubrec_for_unknown_id_is_released(self):
         # The session that sent the QoS 2 PUBLISH was discarded (a clean reconnect): the client still holds the id
         # awaiting PUBREL and only a PUBREL can free it.

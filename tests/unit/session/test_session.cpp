@@ -275,6 +275,28 @@ TEST(Session, OutgoingQoS2Flow) {
     EXPECT_FALSE(s.on_pubcomp(pid));
 }
 
+TEST(Session, ReleasesAreKeptInTheOrderThePubrecsCame) {
+    session s("c", false, lim(4, 10));
+    const outgoing* o = nullptr;
+    uint16_t pid[3];
+    for (uint16_t& p : pid) {
+        ASSERT_EQ(s.offer(msg("q2", 2), 2, true, &o), offer::send);
+        p = o->pid;
+    }
+    EXPECT_TRUE(s.released_in_order().empty());
+    ASSERT_TRUE(s.on_pubrec(pid[2]));
+    ASSERT_TRUE(s.on_pubrec(pid[0]));
+    ASSERT_TRUE(s.on_pubrec(pid[2])); // a duplicate PUBREC keeps its first place
+    auto ids = [&s] { return std::vector<uint16_t>(s.released_in_order().begin(), s.released_in_order().end()); };
+    EXPECT_EQ(ids(), (std::vector<uint16_t>{pid[2], pid[0]}));
+    ASSERT_TRUE(s.on_pubcomp(pid[2]));
+    EXPECT_EQ(ids(), (std::vector<uint16_t>{pid[0]}));
+    ASSERT_TRUE(s.on_pubrec(pid[1]));
+    EXPECT_EQ(ids(), (std::vector<uint16_t>{pid[0], pid[1]}));
+    s.clear_messages();
+    EXPECT_TRUE(s.released_in_order().empty());
+}
+
 TEST(Session, UndeliveredCountsQueueAndUnacknowledgedWindow) {
     session s("c", false, lim(3, 10));
     const outgoing* o = nullptr;
