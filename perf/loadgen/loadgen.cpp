@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cinttypes>
@@ -30,6 +31,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <queue>
@@ -238,7 +240,44 @@ struct pair_state {
     std::int64_t max_seq = -1;
     std::uint64_t received_measured = 0; // non-duplicate arrivals whose send timestamp lies in the measured window
     std::uint64_t reordered = 0;         // of those, arrivals below a sequence number already seen
-    std::uint64_t duplicates = 0;        // of those, the highest sequence number seen, again
+    std::uint64_t duplicates = 0;        // arrivals of a sequence number that already arrived, in the window
+    // The sequence numbers below max_seq that have not arrived (the runs max_seq skipped), so that an arrival below
+    // it is told apart: one that fills a gap came late (reordered), any other is a copy (duplicate) and is not
+    // counted as received, where it would hide a loss. Allocated on the first gap (a run without loss never makes
+    // one); at most max_gap_runs runs, the oldest forgotten beyond that: an arrival at or below forgotten_to then
+    // counts as reordered, as if it filled a gap.
+    static constexpr std::size_t max_gap_runs = 4096;
+    std::unique_ptr<std::map<std::int64_t, std::int64_t>> gaps; // first -> last of each run, inclusive
+    std::int64_t forgotten_to = -1;
+
+    // A sequence number above max_seq arrived: the ones it skipped become a gap.
+    void skipped_to(std::int64_t seq) {
+        if (seq <= max_seq + 1) return;
+        if (!gaps) gaps = std::make_unique<std::map<std::int64_t, std::int64_t>>();
+        gaps->emplace(max_seq + 1, seq - 1);
+        if (gaps->size() > max_gap_runs) {
+            forgotten_to = std::max(forgotten_to, gaps->begin()->second);
+            gaps->erase(gaps->begin());
+        }
+    }
+    // A sequence number below max_seq arrived: true when it fills a gap (it is then no longer missing) or is too old
+    // to tell, false when it arrived before.
+    bool fills_gap(std::int64_t seq) {
+        if (gaps && !gaps->empty()) {
+            auto it = gaps->upper_bound(seq);
+            if (it != gaps->begin()) {
+                --it;
+                if (seq <= it->second) {
+                    const std::int64_t first = it->first, last = it->second;
+                    gaps->erase(it);
+                    if (first < seq) gaps->emplace(first, seq - 1);
+                    if (seq < last) gaps->emplace(seq + 1, last);
+                    return true;
+                }
+            }
+        }
+        return seq <= forgotten_to;
+    }
 };
 
 // Runtime state of one group_spec: its filter, members and pair table. Owned by its worker, worker thread only.
@@ -692,13 +731,14 @@ private:
 
         const bool measured = ts >= ms_ && ts < me_;
         if (static_cast<std::int64_t>(seq) <= ps.max_seq) {
-            if (static_cast<std::int64_t>(seq) == ps.max_seq) {
+            if (!ps.fills_gap(static_cast<std::int64_t>(seq))) {
                 if (measured) ++ps.duplicates;
                 return;
             }
             if (measured) ++ps.reordered;
         } else {
             if (closed_loop_) advance_window(p, ps, seq, g.subs.size(), now);
+            ps.skipped_to(static_cast<std::int64_t>(seq));
             ps.max_seq = static_cast<std::int64_t>(seq);
         }
         ++received_total_;
