@@ -122,16 +122,24 @@ bool is_section(std::string_view s) {
     return std::find(std::begin(k_sections), std::end(k_sections), s) != std::end(k_sections);
 }
 
+// The file's name with the line and column where a key is written ("ringmq.toml:12:1"), as the parser's own errors
+// name them, so that a long file's faulty line is found without searching for the key.
+std::string file_at(std::string_view origin, const toml::source_region& where) {
+    if (where.begin.line == 0) return std::string(origin); // a key the parser did not place (none in a parsed file)
+    return fmt::format("{}:{}:{}", origin, where.begin.line, where.begin.column);
+}
+
 // A table inside a section: every leaf is an unknown key named by its whole dotted path (mqtt.a.b), an empty table
 // an unknown section.
-void report_nested(layers& l, const std::string& prefix, const toml::table& t, std::string_view origin) {
-    if (t.empty()) l.error(origin, prefix, "unknown section");
+void report_nested(layers& l, const std::string& prefix, const toml::table& t, std::string_view origin,
+                   const toml::source_region& where) {
+    if (t.empty()) l.error(file_at(origin, where), prefix, "unknown section");
     for (auto&& [k, v] : t) {
         std::string key = fmt::format("{}.{}", prefix, k.str());
         if (const toml::table* sub = v.as_table())
-            report_nested(l, key, *sub, origin);
+            report_nested(l, key, *sub, origin, k.source());
         else
-            l.error(origin, key, "unknown key");
+            l.error(file_at(origin, k.source()), key, "unknown key");
     }
 }
 
@@ -141,20 +149,20 @@ void add_file(layers& l, const toml::table& root, std::string_view origin) {
     for (auto&& [k, v] : root) {
         std::string section(k.str());
         if (!is_section(section)) {
-            l.error(origin, section, v.is_table() ? "unknown section" : "unknown key");
+            l.error(file_at(origin, k.source()), section, v.is_table() ? "unknown section" : "unknown key");
             continue;
         }
         const toml::table* t = v.as_table();
         if (t == nullptr) {
-            l.error(origin, section, fmt::format("expected a table, got {}", type_name(v.type())));
+            l.error(file_at(origin, k.source()), section, fmt::format("expected a table, got {}", type_name(v.type())));
             continue;
         }
         for (auto&& [k2, v2] : *t) {
             std::string key = fmt::format("{}.{}", section, k2.str());
             if (const toml::table* sub = v2.as_table())
-                report_nested(l, key, *sub, origin); // no key is a table: [mqtt.sub], or mqtt's a.b = 1
+                report_nested(l, key, *sub, origin, k2.source()); // no key is a table: [mqtt.sub], or mqtt's a.b = 1
             else
-                l.set(std::move(key), &v2, origin);
+                l.set(std::move(key), &v2, file_at(origin, k2.source()));
         }
     }
 }

@@ -4,9 +4,10 @@
 // shard reads it through a const reference, so nothing here is synchronised.
 //
 // Every problem is collected, not just the first, so an operator fixes a bad file in one round trip. Each error is
-// one line "<origin>: <key>: <reason>", where origin is the file path, "--set", or the flag that supplied the value
-// ("--listen", "--shards", ...). A TOML syntax error is "<file>:<line>:<column>: <parser message>" instead, and
-// stops the reading of that file (the parser cannot resynchronise), though flag errors are still reported with it.
+// one line "<origin>: <key>: <reason>", where origin is the file path with the line and column of the key
+// ("ringmq.toml:12:1"), "--set KEY=VALUE", or the flag that supplied the value ("--listen", "--shards", ...). A TOML
+// syntax error is "<file>:<line>:<column>: <parser message>", and stops the reading of that file (the parser cannot
+// resynchronise), though flag errors are still reported with it.
 //
 // Kept free of toml++ and CLI11 includes so the modules that read a config do not pay their compile time.
 #include "util/log.hpp"

@@ -446,8 +446,8 @@ TEST_F(config_test, flag_overrides_a_bad_file_value) {
     const std::string later = " (not in force: a later setting replaces it)";
     EXPECT_THAT(r.warnings,
                 ::testing::UnorderedElementsAre(
-                    path + ": mqtt.max_inflight: must be between 1 and 65535, got 0" + later,
-                    path + ": mqtt.listen: bad endpoint 'nonsense': expected HOST:PORT" + later,
+                    path + ":2:1: mqtt.max_inflight: must be between 1 and 65535, got 0" + later,
+                    path + ":3:1: mqtt.listen: bad endpoint 'nonsense': expected HOST:PORT" + later,
                     AllOf(::testing::StartsWith("--set mqtt.listen=1.2.3.4:99999: mqtt.listen: bad endpoint "),
                           ::testing::EndsWith(later))));
 
@@ -545,20 +545,20 @@ TEST_F(config_test, unknown_key_is_named) {
     auto r = load_from_string("[mqtt]\nmax_inflite = 3\n", "ringmq.toml");
     EXPECT_FALSE(r.cfg.has_value());
     EXPECT_EQ(r.exit_code, 1);
-    EXPECT_THAT(r.errors, ElementsAre("ringmq.toml: mqtt.max_inflite: unknown key"));
+    EXPECT_THAT(r.errors, ElementsAre("ringmq.toml:2:1: mqtt.max_inflite: unknown key"));
 }
 
 TEST_F(config_test, unknown_top_level_key_and_section) {
     auto r = load_from_string("verbose = true\n[mqqt]\nlisten = \":1\"\n[mqtt.tls]\ncert = \"x\"\n", "r.toml");
     EXPECT_FALSE(r.cfg.has_value());
     EXPECT_THAT(r.errors,
-                ::testing::UnorderedElementsAre("r.toml: verbose: unknown key", "r.toml: mqqt: unknown section",
-                                                "r.toml: mqtt.tls.cert: unknown key"));
+                ::testing::UnorderedElementsAre("r.toml:1:1: verbose: unknown key", "r.toml:2:2: mqqt: unknown section",
+                                                "r.toml:5:1: mqtt.tls.cert: unknown key"));
 }
 
 TEST_F(config_test, section_that_is_not_a_table) {
     auto r = load_from_string("mqtt = 5\n", "t.toml");
-    EXPECT_THAT(r.errors, ElementsAre("t.toml: mqtt: expected a table, got an integer"));
+    EXPECT_THAT(r.errors, ElementsAre("t.toml:1:1: mqtt: expected a table, got an integer"));
 }
 
 TEST_F(config_test, wrong_type_names_the_expected_type) {
@@ -577,20 +577,20 @@ level = ["info"]
                               "w.toml");
     EXPECT_FALSE(r.cfg.has_value());
     EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
-                              "w.toml: node.name: expected a string, got an integer",
-                              "w.toml: mqtt.max_inflight: expected an integer, got a string",
-                              "w.toml: mqtt.keepalive_multiplier: expected a number, got a string",
-                              "w.toml: mqtt.allow_anonymous: expected a boolean, got an integer",
-                              "w.toml: mqtt.max_packet_size: expected an integer, got a floating-point number",
-                              "w.toml: mqtt.listen: expected a string, got an integer",
-                              "w.toml: log.level: expected a string, got an array"));
+                              "w.toml:3:1: node.name: expected a string, got an integer",
+                              "w.toml:5:1: mqtt.max_inflight: expected an integer, got a string",
+                              "w.toml:6:1: mqtt.keepalive_multiplier: expected a number, got a string",
+                              "w.toml:7:1: mqtt.allow_anonymous: expected a boolean, got an integer",
+                              "w.toml:8:1: mqtt.max_packet_size: expected an integer, got a floating-point number",
+                              "w.toml:9:1: mqtt.listen: expected a string, got an integer",
+                              "w.toml:11:1: log.level: expected a string, got an array"));
 }
 
 TEST_F(config_test, out_of_range_gives_bounds_and_value) {
     auto r = load_from_string("[mqtt]\nmax_inflight = 0\n", "ringmq.toml");
     EXPECT_FALSE(r.cfg.has_value());
     EXPECT_EQ(r.exit_code, 1);
-    EXPECT_THAT(r.errors, ElementsAre("ringmq.toml: mqtt.max_inflight: must be between 1 and 65535, got 0"));
+    EXPECT_THAT(r.errors, ElementsAre("ringmq.toml:2:1: mqtt.max_inflight: must be between 1 and 65535, got 0"));
 }
 
 TEST_F(config_test, every_range_is_checked) {
@@ -653,8 +653,8 @@ TEST_F(config_test, every_range_is_checked) {
         auto r = load_from_string(text, "x.toml");
         EXPECT_FALSE(r.cfg.has_value()) << text;
         ASSERT_THAT(r.errors, SizeIs(1)) << text;
-        EXPECT_THAT(r.errors[0],
-                    AllOf(::testing::StartsWith(std::string("x.toml: ") + key + ": "), HasSubstr("must be between")))
+        EXPECT_THAT(r.errors[0], AllOf(::testing::StartsWith(std::string("x.toml:2:1: ") + key + ": "),
+                                       HasSubstr("must be between")))
             << text;
     }
 }
@@ -663,9 +663,10 @@ TEST_F(config_test, queue_size_must_be_a_power_of_two_in_range) {
     for (const char* v : {"1000", "32", "2097152", "0", "-64"}) {
         auto r = load_from_string(std::string("[node]\nsmp_queue_size = ") + v + "\n", "q.toml");
         EXPECT_FALSE(r.cfg.has_value()) << v;
-        EXPECT_THAT(r.errors, ElementsAre(std::string("q.toml: node.smp_queue_size: must be a power of two from 64 to "
-                                                      "1048576, got ") +
-                                          v));
+        EXPECT_THAT(r.errors,
+                    ElementsAre(std::string("q.toml:2:1: node.smp_queue_size: must be a power of two from 64 to "
+                                            "1048576, got ") +
+                                v));
     }
     for (uint32_t v : {64u, 1024u, 1048576u}) {
         auto r = load_from_string("[node]\nsmp_queue_size = " + std::to_string(v) + "\n", "q.toml");
@@ -676,7 +677,7 @@ TEST_F(config_test, queue_size_must_be_a_power_of_two_in_range) {
 
 TEST_F(config_test, keepalive_error_shows_float_bounds) {
     auto r = load_from_string("[mqtt]\nkeepalive_multiplier = 0.5\n", "k.toml");
-    EXPECT_THAT(r.errors, ElementsAre("k.toml: mqtt.keepalive_multiplier: must be between 1.0 and 10.0, got 0.5"));
+    EXPECT_THAT(r.errors, ElementsAre("k.toml:2:1: mqtt.keepalive_multiplier: must be between 1.0 and 10.0, got 0.5"));
 }
 
 TEST_F(config_test, string_values_are_validated) {
@@ -692,12 +693,12 @@ default_password = ""
 )",
                               "v.toml");
     EXPECT_FALSE(r.cfg.has_value());
-    EXPECT_THAT(r.errors,
-                ::testing::UnorderedElementsAre(
-                    AllOf(HasSubstr("v.toml: node.name: "), HasSubstr("'@'"), HasSubstr("no-at-sign")),
-                    "v.toml: log.level: must be one of debug, info, warn, error, off, got 'loud'",
-                    "v.toml: admin.users_file: must not be empty", "v.toml: admin.default_user: must not be empty",
-                    "v.toml: admin.default_password: must not be empty"));
+    EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
+                              AllOf(HasSubstr("v.toml:3:1: node.name: "), HasSubstr("'@'"), HasSubstr("no-at-sign")),
+                              "v.toml:5:1: log.level: must be one of debug, info, warn, error, off, got 'loud'",
+                              "v.toml:7:1: admin.users_file: must not be empty",
+                              "v.toml:8:1: admin.default_user: must not be empty",
+                              "v.toml:9:1: admin.default_password: must not be empty"));
 }
 
 TEST_F(config_test, node_name_shapes) {
@@ -732,8 +733,8 @@ TEST_F(config_test, node_name_shapes) {
 TEST_F(config_test, tables_inside_a_section_are_named_whole) {
     auto r = load_from_string("[mqtt]\na.b = 1\n[mqtt.sub]\nx = 2\ny.z = 3\n[mqtt.empty]\n", "t.toml");
     EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
-                              "t.toml: mqtt.a.b: unknown key", "t.toml: mqtt.sub.x: unknown key",
-                              "t.toml: mqtt.sub.y.z: unknown key", "t.toml: mqtt.empty: unknown section"));
+                              "t.toml:2:3: mqtt.a.b: unknown key", "t.toml:4:1: mqtt.sub.x: unknown key",
+                              "t.toml:5:3: mqtt.sub.y.z: unknown key", "t.toml:6:7: mqtt.empty: unknown section"));
 }
 
 TEST_F(config_test, default_user_and_password_the_users_file_cannot_hold) {
@@ -744,9 +745,9 @@ TEST_F(config_test, default_user_and_password_the_users_file_cannot_hold) {
         EXPECT_THAT(r.errors[0], HasSubstr("admin.default_user: must not contain ':' or control characters")) << bad;
     }
     auto nul = load_from_string("[admin]\ndefault_password = \"pw\\u0000x\"\n", "p.toml");
-    EXPECT_THAT(nul.errors, ElementsAre("p.toml: admin.default_password: must not contain a NUL byte"));
+    EXPECT_THAT(nul.errors, ElementsAre("p.toml:2:1: admin.default_password: must not contain a NUL byte"));
     auto empty = load_from_string("[admin]\ndefault_user = \"\"\n", "u.toml");
-    EXPECT_THAT(empty.errors, ElementsAre("u.toml: admin.default_user: must not be empty"));
+    EXPECT_THAT(empty.errors, ElementsAre("u.toml:2:1: admin.default_user: must not be empty"));
     auto ok = run({"--set", "admin.default_user=\"op-1 (ops)\"", "--set", "admin.default_password=\"p:w x\""});
     ASSERT_TRUE(ok.cfg.has_value()) << ::testing::PrintToString(ok.errors);
     EXPECT_EQ(ok.cfg->admin.default_user, "op-1 (ops)");
@@ -771,10 +772,12 @@ TEST_F(config_test, bad_endpoint_in_file) {
     auto r = load_from_string("[mqtt]\nlisten = \"localhost:1883\"\n[admin]\nlisten = \"0.0.0.0:70000\"\n", "e.toml");
     EXPECT_FALSE(r.cfg.has_value());
     ASSERT_THAT(r.errors, SizeIs(2));
-    EXPECT_THAT(r.errors, Contains(AllOf(::testing::StartsWith("e.toml: mqtt.listen: bad endpoint 'localhost:1883': "),
-                                         HasSubstr("IPv4"))));
-    EXPECT_THAT(r.errors, Contains(AllOf(::testing::StartsWith("e.toml: admin.listen: bad endpoint '0.0.0.0:70000'"),
-                                         HasSubstr("between 0 and 65535"))));
+    EXPECT_THAT(r.errors,
+                Contains(AllOf(::testing::StartsWith("e.toml:2:1: mqtt.listen: bad endpoint 'localhost:1883': "),
+                               HasSubstr("IPv4"))));
+    EXPECT_THAT(r.errors,
+                Contains(AllOf(::testing::StartsWith("e.toml:4:1: admin.listen: bad endpoint '0.0.0.0:70000'"),
+                               HasSubstr("between 0 and 65535"))));
 }
 
 TEST_F(config_test, parse_endpoint_accepts) {
@@ -870,16 +873,17 @@ interval = 5
     EXPECT_THAT(r.errors,
                 ::testing::UnorderedElementsAre(
                     // node.shards from the file is replaced by --shards, which is itself bad
-                    "--shards: node.shards: expected an integer, got 'many'", path + ": mqtt.max_inflite: unknown key",
-                    path + ": mqtt.max_inflight: must be between 1 and 65535, got 0",
-                    AllOf(::testing::StartsWith(path + ": mqtt.listen: bad endpoint '1.2.3.4': ")),
-                    path + ": mqtt.allow_anonymous: expected a boolean, got a string",
-                    path + ": sys.interval: must be between 1000 and 86400000, got 5",
+                    "--shards: node.shards: expected an integer, got 'many'",
+                    path + ":5:1: mqtt.max_inflite: unknown key",
+                    path + ":6:1: mqtt.max_inflight: must be between 1 and 65535, got 0",
+                    AllOf(::testing::StartsWith(path + ":7:1: mqtt.listen: bad endpoint '1.2.3.4': ")),
+                    path + ":8:1: mqtt.allow_anonymous: expected a boolean, got a string",
+                    path + ":10:1: sys.interval: must be between 1000 and 86400000, got 5",
                     "--set mqtt.max_topic_levels=0: mqtt.max_topic_levels: must be between 1 and 65535, got 0",
                     "--set admin.bogus=1: admin.bogus: unknown key",
                     "--log-level: log.level: must be one of debug, info, warn, error, off, got 'chatty'",
                     AllOf(::testing::StartsWith("--admin-listen: admin.listen: bad endpoint '[::1]:99999': "))));
-    EXPECT_THAT(r.warnings, ElementsAre(path + ": node.shards: must be between 0 and 63, got 100 (not in force: a "
+    EXPECT_THAT(r.warnings, ElementsAre(path + ":3:1: node.shards: must be between 0 and 63, got 100 (not in force: a "
                                                "later setting replaces it)"));
 }
 
