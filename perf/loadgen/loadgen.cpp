@@ -235,6 +235,13 @@ struct querier {
     std::uint64_t received_measured = 0; // of those, answered with their retained message
 };
 
+// How many runs of missing sequence numbers each pair remembers (pair_state::gaps): 4096, but no more than 2^20
+// runs over all of a worker's pairs (about 64 MiB of map nodes), so that a lossy run with 10k subscribers does not
+// grow the generator by gigabytes; at least 16.
+std::size_t gap_runs_per_pair(std::size_t pairs) {
+    return std::clamp<std::size_t>((std::size_t{1} << 20) / std::max<std::size_t>(pairs, 1), 16, 4096);
+}
+
 // Per publisher -> subscriber pair: what arrived, to count loss, reordering and duplicates.
 struct pair_state {
     std::int64_t max_seq = -1;
@@ -244,39 +251,50 @@ struct pair_state {
     // The sequence numbers below max_seq that have not arrived (the runs max_seq skipped), so that an arrival below
     // it is told apart: one that fills a gap came late (reordered), any other is a copy (duplicate) and is not
     // counted as received, where it would hide a loss. Allocated on the first gap (a run without loss never makes
-    // one); at most max_gap_runs runs, the oldest forgotten beyond that: an arrival at or below forgotten_to then
-    // counts as reordered, as if it filled a gap.
-    static constexpr std::size_t max_gap_runs = 4096;
+    // one); at most gap_runs_per_pair(pairs) runs (see there), the oldest forgotten beyond that: an arrival at or
+    // below forgotten_to then counts as reordered, as if it filled a gap, and is counted as received.
     std::unique_ptr<std::map<std::int64_t, std::int64_t>> gaps; // first -> last of each run, inclusive
     std::int64_t forgotten_to = -1;
 
     // A sequence number above max_seq arrived: the ones it skipped become a gap.
-    void skipped_to(std::int64_t seq) {
+    void skipped_to(std::int64_t seq, std::size_t max_runs) {
         if (seq <= max_seq + 1) return;
         if (!gaps) gaps = std::make_unique<std::map<std::int64_t, std::int64_t>>();
         gaps->emplace(max_seq + 1, seq - 1);
-        if (gaps->size() > max_gap_runs) {
-            forgotten_to = std::max(forgotten_to, gaps->begin()->second);
-            gaps->erase(gaps->begin());
-        }
+        trim(max_runs);
     }
     // A sequence number below max_seq arrived: true when it fills a gap (it is then no longer missing) or is too old
     // to tell, false when it arrived before.
-    bool fills_gap(std::int64_t seq) {
+    bool fills_gap(std::int64_t seq, std::size_t max_runs) {
         if (gaps && !gaps->empty()) {
             auto it = gaps->upper_bound(seq);
-            if (it != gaps->begin()) {
-                --it;
-                if (seq <= it->second) {
-                    const std::int64_t first = it->first, last = it->second;
+            if (it != gaps->begin() && seq <= (--it)->second) {
+                const std::int64_t first = it->first, last = it->second;
+                if (first == last) {
                     gaps->erase(it);
-                    if (first < seq) gaps->emplace(first, seq - 1);
-                    if (seq < last) gaps->emplace(seq + 1, last);
-                    return true;
+                } else if (seq == last) {
+                    --it->second;
+                } else if (seq == first) { // the run now starts one later: its node is re-keyed, not reallocated
+                    auto node = gaps->extract(it);
+                    node.key() = seq + 1;
+                    gaps->insert(std::move(node));
+                } else { // a late arrival inside a run splits it
+                    it->second = seq - 1;
+                    gaps->emplace(seq + 1, last);
+                    trim(max_runs);
                 }
+                return true;
             }
         }
         return seq <= forgotten_to;
+    }
+
+private:
+    void trim(std::size_t max_runs) {
+        while (gaps->size() > max_runs) {
+            forgotten_to = std::max(forgotten_to, gaps->begin()->second);
+            gaps->erase(gaps->begin());
+        }
     }
 };
 
@@ -301,8 +319,12 @@ public:
         if (!closed_loop_) interval_ns_ = static_cast<double>(ns_per_s) / opt.rate;
         for (std::uint32_t i = 0; i < idle_count; ++i)
             setup_order_.push_back(add_conn(role::idle, 0));
-        for (const group_spec& gs : groups)
+        std::size_t pairs = 0;
+        for (const group_spec& gs : groups) {
             add_group(gs);
+            pairs += groups_.back().pairs.size();
+        }
+        gap_runs_ = gap_runs_per_pair(pairs);
         for (std::uint32_t i = 0; i < querier_count; ++i) {
             queriers_.emplace_back().conn = add_conn(role::querier, i);
             queriers_.back().next_k = static_cast<std::uint64_t>(id) * 1000003u + i * 7919u;
@@ -731,14 +753,14 @@ private:
 
         const bool measured = ts >= ms_ && ts < me_;
         if (static_cast<std::int64_t>(seq) <= ps.max_seq) {
-            if (!ps.fills_gap(static_cast<std::int64_t>(seq))) {
+            if (!ps.fills_gap(static_cast<std::int64_t>(seq), gap_runs_)) {
                 if (measured) ++ps.duplicates;
                 return;
             }
             if (measured) ++ps.reordered;
         } else {
             if (closed_loop_) advance_window(p, ps, seq, g.subs.size(), now);
-            ps.skipped_to(static_cast<std::int64_t>(seq));
+            ps.skipped_to(static_cast<std::int64_t>(seq), gap_runs_);
             ps.max_seq = static_cast<std::int64_t>(seq);
         }
         ++received_total_;
@@ -1060,6 +1082,7 @@ private:
     std::int64_t t0_ = 0, ms_ = 0, me_ = 0, stopped_at_ = 0;
     std::int64_t next_tick_ = 0, next_sweep_ = 0, next_keepalive_ = 0, last_receive_ns_ = 0;
     std::uint64_t received_total_ = 0, expected_total_ = 0, unacked_total_ = 0;
+    std::size_t gap_runs_ = 4096; // per pair: gap_runs_per_pair() of this worker's pairs
     std::uint64_t storm_serial_ = 0;
     histogram interval_latency_;
     // --kernel-stamps: the kernel's receive time of the bytes the last recv() returned (the newest segment's, so an

@@ -1,5 +1,7 @@
 #include "session/session.hpp"
 
+#include "util/assert.hpp"
+
 #include <algorithm>
 
 namespace ringmq::session {
@@ -159,7 +161,7 @@ bool session::on_pubrec(uint16_t pid) {
             if (o.qos != 2) return false;
             if (!o.released) {
                 if (!qos2_) qos2_ = std::make_unique<qos2_state>();
-                qos2_->released.push_back(pid);
+                qos2_->released.push_back(uint16_t{pid});
             }
             o.released = true;
             o.msg = message_ref(); // the payload is no longer needed: only PUBREL/PUBCOMP remain
@@ -181,9 +183,11 @@ bool session::on_pubcomp(uint16_t pid) {
         if (it->pid == pid) {
             if (it->qos != 2 || !it->released) return false;
             mark_pid(pid, false);
-            // Usually the oldest release: PUBCOMPs mostly come in PUBREL order.
-            std::vector<uint16_t>& rel = qos2_->released;
-            rel.erase(std::find(rel.begin(), rel.end(), pid));
+            // Usually the oldest release (PUBCOMPs mostly come in PUBREL order): a pop from the ring's front.
+            fifo<uint16_t>& rel = qos2_->released;
+            const auto at = std::find(rel.begin(), rel.end(), pid);
+            RINGMQ_ASSERT(at != rel.end()); // every released entry's id went in at its first PUBREC
+            rel.erase(at);
             entries_.erase(it);
             --inflight_;
             return true;

@@ -8,11 +8,9 @@
 
 #include <cstdint>
 #include <memory>
-#include <span>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
-#include <vector>
 
 namespace ringmq::session {
 
@@ -90,8 +88,9 @@ public:
     bool on_pubrec(uint16_t pid); // marks released: the caller sends PUBREL
     // The ids of the window's released entries in the order their PUBRECs came: on reconnect PUBRELs are resent in
     // that order [MQTT-4.6.0-4], which need not be the window's (PUBLISH) order.
-    std::span<const uint16_t> released_in_order() const {
-        return qos2_ ? std::span<const uint16_t>(qos2_->released) : std::span<const uint16_t>();
+    const fifo<uint16_t>& released_in_order() const {
+        static const fifo<uint16_t> none;
+        return qos2_ ? qos2_->released : none;
     }
     bool on_pubcomp(uint16_t pid);
 
@@ -128,7 +127,7 @@ public:
     bool incoming_release(uint16_t pid);
     size_t awaiting_rel() const { return qos2_ ? qos2_->awaiting_rel.size() : 0; }
 
-    // Clears the window and queue (a clean session reconnecting or being discarded).
+    // Clears the window, the queue and the QoS 2 state (for tests: the broker drops a session whole instead).
     void clear_messages();
 
     // Whether the window's ids are kept in a bitmap (see pid_bits_).
@@ -180,7 +179,7 @@ private:
     // QoS 2 state, allocated on the first QoS 2 flow in either direction (most sessions never have one).
     struct qos2_state {
         std::unordered_set<uint16_t> awaiting_rel; // incoming: ids received, PUBREL not yet
-        std::vector<uint16_t> released;            // outgoing: see released_in_order()
+        fifo<uint16_t> released; // outgoing: see released_in_order(); a ring, as PUBCOMPs mostly take its front
     };
     std::unique_ptr<qos2_state> qos2_;
     // Bitmap of ids in the window (8 KiB), allocated the first time the window holds more entries than a linear scan

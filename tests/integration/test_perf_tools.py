@@ -9,10 +9,13 @@ import importlib.util
 import json
 import os
 import re
+import selectors
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -178,9 +181,6 @@ class ScriptedBroker:
     checked against a known reordering, copy and loss."""
 
     def __init__(self, script):
-        import socket
-        import threading
-
         self.script = script
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
@@ -194,12 +194,17 @@ class ScriptedBroker:
         self.thread.start()
 
     def run(self):
-        import selectors
-        import socket
-
         sel = selectors.DefaultSelector()
         sel.register(self.lsock, selectors.EVENT_READ)
         bufs = {}
+        try:
+            self.serve(sel, bufs)
+        finally:
+            sel.close()
+            for c in bufs:
+                c.close()
+
+    def serve(self, sel, bufs):
         while not self.stopping:
             for key, _ in sel.select(0.1):
                 if key.fileobj is self.lsock:
@@ -212,7 +217,10 @@ class ScriptedBroker:
                     sel.register(c, selectors.EVENT_READ)
                     continue
                 c = key.fileobj
-                data = c.recv(65536)
+                try:
+                    data = c.recv(65536)
+                except OSError:  # loadgen may close with bytes unread: a reset, not a failure of the test
+                    data = b""
                 if not data:
                     sel.unregister(c)
                     c.close()
@@ -228,9 +236,6 @@ class ScriptedBroker:
                         break
                     frame, bufs[c] = bufs[c][: at + length], bufs[c][at + length :]
                     self.handle(c, frame, frame[at:])
-        sel.close()
-        for c in bufs:
-            c.close()
 
     def handle(self, c, frame, body):
         kind = frame[0] >> 4
@@ -257,18 +262,22 @@ class ScriptedBroker:
 
 class LoadgenIntegrityCounts(unittest.TestCase):
     def test_a_copy_of_an_older_message_is_a_duplicate_and_does_not_hide_a_loss(self):
-        # At 200 msg/s after 0.2 s of warm-up, numbers 100-130 are sent inside the measured second. 100 comes after
+        # At 200 msg/s after 0.2 s of warm-up, numbers 100-150 are sent inside the measured second. 100 comes after
         # 103 (reordered); 110 comes again after 115 and 120 twice in a row (duplicates); 130 never comes (lost).
+        # 140-145 are held, then after 150 come 142 (splits the gap), 140 and 145 (its ends), 143 twice: 4 more
+        # reordered, 1 more duplicate, and 141 and 144 lost.
+        late = {103: [103, 100], 115: [115, 110], 120: [120, 120], 150: [150, 142, 140, 145, 143, 143]}
+
         def script(seq):
-            return {100: [], 103: [103, 100], 115: [115, 110], 120: [120, 120], 130: []}.get(seq, [seq])
+            return [] if seq == 100 or seq == 130 or 140 <= seq <= 145 else late.get(seq, [seq])
 
         fake = ScriptedBroker(script)
         self.addCleanup(fake.stop)
         rc, data, err = loadgen(fake.port, "--scenario", "one-to-one", "--rate", "200", duration="1")
         self.assertEqual(rc, 0, err)
         self.assertGreater(data["expected"], 150, data)
-        self.assertEqual((data["reordered"], data["duplicates"], data["lost"]), (1, 2, 1), data)
-        self.assertEqual(data["received"], data["expected"] - 1)
+        self.assertEqual((data["reordered"], data["duplicates"], data["lost"]), (5, 3, 3), data)
+        self.assertEqual(data["received"], data["expected"] - 3)
 
 
 class ForwarderCeiling(unittest.TestCase):

@@ -943,6 +943,11 @@ TEST_F(config_test, admin_and_mqtt_on_the_same_port) {
     EXPECT_THAT(d.errors, ElementsAre("--listen: mqtt.listen: mqtt.listen 127.0.0.1:8080 overlaps admin.listen "
                                       "0.0.0.0:8080 (its default) (admin and MQTT listeners need different ports; "
                                       "move one, or --no-admin)"));
+    // From a file, the blamed key is named at its line, and the other key's setting too.
+    auto f = load_from_string("[admin]\nlisten = \"127.0.0.1:7000\"\n[mqtt]\nlisten = \"127.0.0.1:7000\"\n", "l.toml");
+    EXPECT_THAT(f.errors, ElementsAre("l.toml:2:1: admin.listen: admin.listen 127.0.0.1:7000 overlaps mqtt.listen "
+                                      "127.0.0.1:7000 (admin and MQTT listeners need different ports; move one, or "
+                                      "--no-admin)"));
     // IPv6's :: takes the IPv4 addresses too; ::1 and an IPv4 wildcard do not collide.
     EXPECT_FALSE(run({"--listen", "[::]:7000", "--admin-listen", "127.0.0.1:7000"}).cfg.has_value());
     EXPECT_FALSE(run({"--listen", "[::1]:7000", "--admin-listen", "[::1]:7000"}).cfg.has_value());
