@@ -1,8 +1,9 @@
-// libFuzzer target for the MQTT decoders (ARCHITECTURE.md, tests/fuzz): the first input byte picks the protocol
-// version (even: 3.1.1, odd: 5.0), the rest is framed as one packet and decoded with the decoder its type calls for.
-// A decoder must answer any bytes with an error value or with views inside the body, and a v5 property block it
-// accepted must parse again on its own. Built only with clang (meson -Dfuzz=true, see README "Fuzzing"); not part of
-// tools/test, whose seeded mutation tests (tests/unit/mqtt/test_mutations.cpp) cover the same checks in every build.
+// libFuzzer target for the MQTT decoders (tests/fuzz, as ARCHITECTURE.md plans; that page is outside this repository):
+// the first input byte picks the protocol version (even: 3.1.1, odd: 5.0), the rest is framed as one packet and decoded
+// with the decoder its type calls for. A decoder must answer any bytes with an error value or with views inside the
+// body, and a v5 property block it accepted must parse again on its own. Built only with clang (meson -Dfuzz=true, see
+// README "Fuzzing"); not part of tools/test, whose seeded mutation tests (tests/unit/mqtt/test_mutations.cpp) cover the
+// same checks in every build.
 #include "mqtt/codec.hpp"
 #include "mqtt/properties.hpp"
 
@@ -85,11 +86,14 @@ void decode(packet_type t, uint8_t flags, protocol_version v, std::span<const ui
         for (std::string_view f : u.filters)
             in.check(f);
         in.check(u.properties);
+        reparses(u.properties, t);
         return;
     }
     case packet_type::connack: {
         connack_view c{};
-        if (decode_connack(body, flags, v, c) == error::none) in.check(c.properties);
+        if (decode_connack(body, flags, v, c) != error::none) return;
+        in.check(c.properties);
+        reparses(c.properties, t);
         return;
     }
     case packet_type::suback:
@@ -97,7 +101,9 @@ void decode(packet_type t, uint8_t flags, protocol_version v, std::span<const ui
         suback_view s{};
         const error e =
             t == packet_type::suback ? decode_suback(body, flags, v, s) : decode_unsuback(body, flags, v, s);
-        if (e == error::none) in.check(s.properties);
+        if (e != error::none) return;
+        in.check(s.properties);
+        reparses(s.properties, t);
         return;
     }
     case packet_type::disconnect: {
@@ -112,7 +118,9 @@ void decode(packet_type t, uint8_t flags, protocol_version v, std::span<const ui
     }
     case packet_type::auth: {
         auth_view a{};
-        if (decode_auth(body, flags, v, a) == error::none) in.check(a.properties);
+        if (decode_auth(body, flags, v, a) != error::none) return;
+        in.check(a.properties);
+        reparses(a.properties, t);
         return;
     }
     default:

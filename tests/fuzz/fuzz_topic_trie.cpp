@@ -1,9 +1,10 @@
-// libFuzzer target for the topic trie (ARCHITECTURE.md, tests/fuzz): the input is a program of subscribe,
-// unsubscribe, remote-bit and match operations over filters and topics built from a few short levels (so that they
-// collide), run against the trie and against a plain model (every (filter, subscriber) pair in a map, matched one by
-// one with routing::topic_matches). Every match must report the same (subscriber, filter) pairs and remote mask, and
-// the counters (filters, subscriptions, first holders) must agree; once everything is removed the trie must be
-// empty. Any disagreement aborts. Built only with clang (meson -Dfuzz=true, see README "Fuzzing").
+// libFuzzer target for the topic trie (tests/fuzz, as ARCHITECTURE.md plans; that page is outside this repository): the
+// input is a program of subscribe, unsubscribe, remote-bit and match operations over filters and topics built from a
+// few short levels (so that they collide), run against the trie and against a plain model (every (filter, subscriber)
+// pair in a map, matched one by one with routing::topic_matches). Every match must report the same (subscriber, filter)
+// pairs and remote mask, and the counters (filters, subscriptions, first holders) must agree; once everything is
+// removed the trie must be empty. Any disagreement aborts. Built only with clang (meson -Dfuzz=true, see README
+// "Fuzzing").
 #include "mqtt/validate.hpp"
 #include "routing/match.hpp"
 #include "routing/topic_trie.hpp"

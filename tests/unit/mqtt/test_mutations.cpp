@@ -83,15 +83,16 @@ std::vector<seed_packet> seeds() {
         add(b);
         const uint8_t codes[] = {0, 1, 0x80};
         b.clear();
-        encode_suback(b, v, 5, codes);
+        encode_suback(b, v, 5, codes, v5 ? std::span<const uint8_t>(ack_props) : std::span<const uint8_t>());
         add(b);
         const std::string_view filters[] = {"a/+/c", "#"};
+        const bytes unsub_props = user_property("u", "p");
         b.clear();
-        encode_unsubscribe(b, v, 6, filters);
+        encode_unsubscribe(b, v, 6, filters, v5 ? std::span<const uint8_t>(unsub_props) : std::span<const uint8_t>());
         add(b);
         const uint8_t unsub_codes[] = {0, 0x11, 0x80};
         b.clear();
-        encode_unsuback(b, v, 6, unsub_codes);
+        encode_unsuback(b, v, 6, unsub_codes, v5 ? std::span<const uint8_t>(ack_props) : std::span<const uint8_t>());
         add(b);
         b.clear();
         encode_pingreq(b);
@@ -229,13 +230,17 @@ error decode(packet_type t, uint8_t flags, protocol_version v, std::span<const u
             for (std::string_view f : u.filters)
                 in.check(f);
             in.check(u.properties);
+            reparses(u.properties, t);
         }
         return e;
     }
     case packet_type::connack: {
         connack_view c{};
         const error e = decode_connack(body, flags, v, c);
-        if (e == error::none) in.check(c.properties);
+        if (e == error::none) {
+            in.check(c.properties);
+            reparses(c.properties, t);
+        }
         return e;
     }
     case packet_type::suback:
@@ -243,7 +248,10 @@ error decode(packet_type t, uint8_t flags, protocol_version v, std::span<const u
         suback_view s{};
         const error e =
             t == packet_type::suback ? decode_suback(body, flags, v, s) : decode_unsuback(body, flags, v, s);
-        if (e == error::none) in.check(s.properties);
+        if (e == error::none) {
+            in.check(s.properties);
+            reparses(s.properties, t);
+        }
         return e;
     }
     case packet_type::disconnect: {
@@ -259,7 +267,10 @@ error decode(packet_type t, uint8_t flags, protocol_version v, std::span<const u
     case packet_type::auth: {
         auth_view a{};
         const error e = decode_auth(body, flags, v, a);
-        if (e == error::none) in.check(a.properties);
+        if (e == error::none) {
+            in.check(a.properties);
+            reparses(a.properties, t);
+        }
         return e;
     }
     default:
@@ -267,15 +278,18 @@ error decode(packet_type t, uint8_t flags, protocol_version v, std::span<const u
     }
 }
 
-// Frames a whole packet in a buffer of its exact size and decodes it; returns the decoder's answer, or the framing
-// error when the bytes do not frame into exactly one packet.
-error frame_and_decode(const bytes& wire, protocol_version v) {
+// Frames a whole packet in a buffer of its exact size and, when the bytes frame into exactly one packet, decodes it
+// (*reached = true) and returns the decoder's answer; else returns the framing error (malformed for a length that
+// does not match the bytes).
+error frame_and_decode(const bytes& wire, protocol_version v, bool* reached = nullptr) {
+    if (reached) *reached = false;
     const std::unique_ptr<uint8_t[]> exact(new uint8_t[wire.size() ? wire.size() : 1]);
     std::copy(wire.begin(), wire.end(), exact.get());
     fixed_header h{};
     const error fe = parse_fixed_header(exact.get(), wire.size(), h);
     if (fe != error::none) return fe;
     if (size_t{h.header_len} + h.remaining_length != wire.size()) return error::malformed;
+    if (reached) *reached = true;
     return decode(h.type, h.flags, v, std::span<const uint8_t>(exact.get() + h.header_len, h.remaining_length));
 }
 
@@ -292,15 +306,17 @@ TEST(mutated_packets, decoders_answer_every_mutation_within_bounds) {
     for (int round = 0; round < 20000; ++round)
         for (const seed_packet& s : all) {
             const bytes wire = mutate(rng, s.wire);
-            const error e = frame_and_decode(wire, s.v);
-            if (e != error::malformed_remaining_length && e != error::need_more) ++decoded;
+            bool reached = false;
+            const error e = frame_and_decode(wire, s.v, &reached);
+            if (reached) ++decoded;
             if (e == error::none) ++accepted;
             if (::testing::Test::HasFailure()) FAIL() << "round " << round << ", seed type " << (s.wire[0] >> 4);
         }
-    // The mutations reach the decoders and some still decode (a flipped payload bit, a changed packet id): the
-    // checks above ran on accepted packets, not only on refusals.
-    EXPECT_GT(decoded, all.size() * 10000);
-    EXPECT_GT(accepted, all.size() * 1000);
+    // The mutations reach the decoders (91232 of the 620000 still frame as one packet) and some still decode (36913:
+    // a flipped payload bit, a changed packet id), so the checks above ran on accepted packets, not only on refusals.
+    // The generator is seeded, so the counts repeat; the bounds leave room for a change to a decoder.
+    EXPECT_GT(decoded, all.size() * 2000);
+    EXPECT_GT(accepted, all.size() * 800);
 }
 
 } // namespace
