@@ -1,9 +1,11 @@
 // Session state machine: window and packet ids, queue limits and drop policy, QoS 2 in both directions, resend state.
 #include "session/session.hpp"
+#include "session_program.hpp"
 
 #include <gtest/gtest.h>
 
 #include <deque>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -564,4 +566,19 @@ TEST(Fifo, ReleasesMessagesAsTheyLeave) {
     f.clear();
     EXPECT_TRUE(f.empty());
     EXPECT_EQ(held->refs(), 2u);
+}
+
+// Seeded random programs of offers, pumps, acks, admits, holds and reconnects against a model of the session's
+// promises (session_program.hpp; tests/fuzz/fuzz_session.cpp runs the same programs coverage-guided).
+TEST(Session, RandomProgramsKeepEveryPromiseOfTheModel) {
+    std::mt19937_64 rng(20261202);
+    for (int program = 0; program < 3000; ++program) {
+        std::vector<uint8_t> bytes(64 + rng() % 4000);
+        for (uint8_t& b : bytes)
+            b = static_cast<uint8_t>(rng());
+        std::string failure;
+        ringmq::session::test::session_program::run(bytes.data(), bytes.size(),
+                                                    [&failure](const char* what) { failure = what; });
+        ASSERT_EQ(failure, "") << "program " << program;
+    }
 }
