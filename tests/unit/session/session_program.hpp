@@ -3,26 +3,29 @@
 // header promises (offer, admit, next_ready, hold, the three outgoing acks, clear), and reports the first
 // disagreement: a message handed out out of order or twice, a window entry without a unique non-zero packet id, a
 // window past max_inflight, a queue past its limits, a drop that was not needed or not counted, an ack answered
-// wrongly, PUBRELs not in PUBREC order. Used by the seeded unit test (test_session.cpp) and the libFuzzer target
-// tests/fuzz/fuzz_session.cpp; test code only, single-threaded.
+// wrongly, PUBRELs not in PUBREC order, a packet-id bitmap where the window never outgrew a scan (or none where it
+// did). Bursts fill windows past 64 entries; a "burn" (at most once a program, where allowed) acknowledges 65535+
+// messages while an older one stays in the window, so the packet-id rotation comes round to ids still in use. Used by
+// the seeded unit test (test_session.cpp) and the libFuzzer target tests/fuzz/fuzz_session.cpp; test code only,
+// single-threaded.
 #include "session/session.hpp"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <deque>
-#include <optional>
-#include <set>
-#include <string>
 #include <vector>
 
 namespace ringmq::session::test {
 
 class session_program {
 public:
-    // fail(what) is called on the first disagreement; the run stops there.
-    template <class Fail> static void run(const uint8_t* data, size_t size, Fail&& fail) {
+    // fail(what) is called on the first disagreement; the run stops there. allow_burn lets the program run one burn
+    // (about 65 k offers and acks: tens of milliseconds).
+    template <class Fail> static void run(const uint8_t* data, size_t size, Fail&& fail, bool allow_burn = true) {
         session_program p(data, size);
+        p.burn_left_ = allow_burn ? 1 : 0;
         p.execute(fail);
     }
 
@@ -50,7 +53,7 @@ private:
         return id;
     }
 
-    message_ref make(uint64_t id, uint8_t qos, uint32_t extra) {
+    static message_ref make(uint64_t id, uint8_t qos, uint32_t extra) {
         std::vector<uint8_t> payload(sizeof id + extra, 0);
         std::memcpy(payload.data(), &id, sizeof id);
         return message_ref::adopt(message::make("t", payload, qos, false));
@@ -74,17 +77,13 @@ private:
                 ++it;
                 continue;
             }
+            queued_bytes_ -= it->bytes;
             it = queue_.erase(it);
             ++dropped_;
         }
         return true;
     }
-    uint64_t queued_bytes() const {
-        uint64_t b = 0;
-        for (const model_entry& e : queue_)
-            b += e.bytes;
-        return b;
-    }
+    uint64_t queued_bytes() const { return queued_bytes_; }
     bool room_for(uint32_t bytes) const {
         return (lim_.max_queued == 0 || queue_.size() < lim_.max_queued) &&
                (lim_.max_queued_bytes == 0 || queued_bytes() + bytes <= lim_.max_queued_bytes);
@@ -93,16 +92,57 @@ private:
     // A QoS > 0 message entered the window with the id the session gave it.
     template <class Fail> bool enter_window(model_entry e, const outgoing* o, Fail& fail) {
         if (o->pid == 0) return fail("a window entry got packet id 0"), false;
-        for (const model_entry& w : window_)
-            if (w.pid == o->pid) return fail("a packet id given twice in the window"), false;
+        if (pid_used_[o->pid]) return fail("a packet id given twice in the window"), false;
+        pid_used_[o->pid] = true;
         e.pid = o->pid;
         window_.push_back(e);
+        if (window_.size() > 64) bitmap_ = true; // an id was given with 64 entries in the window (scan_max)
         return true;
     }
 
-    template <class Fail> bool handed_out(uint64_t want, const outgoing* o, Fail& fail) {
+    // A message the session handed out for sending: the one the model expects, at its QoS, with an id for QoS > 0
+    // only (QoS 0 never enters the window).
+    template <class Fail> bool check_handed_out(const model_entry& want, const outgoing* o, Fail& fail) {
         if (!o) return fail("nothing handed out where the model has a message"), false;
-        if (id_of(*o) != want) return fail("a message handed out out of order"), false;
+        if (id_of(*o) != want.id) return fail("a message handed out out of order"), false;
+        if (o->qos != want.qos) return fail("a message handed out at another QoS"), false;
+        if (want.qos == 0 && o->pid != 0) return fail("a QoS 0 message handed out with a packet id"), false;
+        return true;
+    }
+
+    // One offer, checked against the queue's rules.
+    template <class Fail> bool offer(session& s, uint8_t qos, uint32_t extra, bool online, Fail& fail) {
+        const uint32_t bytes = 1 + 8 + extra; // topic "t" and the payload
+        const model_entry e{ids_++, qos, bytes};
+        const outgoing* o = nullptr;
+        const auto r = s.offer(make(e.id, qos, extra), qos, online, &o);
+        const bool direct = online && queue_.empty() && !held_;
+        if (direct && (qos == 0 || window_.size() < lim_.max_inflight)) {
+            if (r != session::offer_result::send) return fail("offer did not send where it could"), false;
+            if (!check_handed_out(e, o, fail)) return false;
+            if (qos > 0 && !enter_window(e, o, fail)) return false;
+        } else if (room_for(bytes) || (qos > 0 && drop_qos0_for(bytes))) {
+            if (r != session::offer_result::queued) return fail("offer did not queue where it should"), false;
+            queue_.push_back(e);
+            queued_bytes_ += e.bytes;
+        } else {
+            if (r != session::offer_result::dropped) return fail("offer did not drop where it should"), false;
+            ++dropped_;
+        }
+        return true;
+    }
+
+    // About 65 k QoS 1 messages offered and acknowledged one by one while the window keeps what it holds: the id
+    // rotation comes round to the ids of the entries still there, which must be skipped.
+    template <class Fail> bool burn(session& s, uint32_t n, Fail& fail) {
+        for (uint32_t i = 0; i < n; ++i) {
+            if (!(online_ && queue_.empty() && !held_ && window_.size() < lim_.max_inflight)) return true;
+            if (!offer(s, 1, 0, true, fail)) return false;
+            const uint16_t pid = window_.back().pid;
+            if (!s.on_puback(pid)) return fail("PUBACK of a burned message answered wrongly"), false;
+            pid_used_[pid] = false;
+            window_.pop_back();
+        }
         return true;
     }
 
@@ -112,6 +152,9 @@ private:
         if (s.queued_bytes() != queued_bytes()) return fail("queued bytes differ"), false;
         if (s.dropped() != dropped_) return fail("dropped count differs"), false;
         if (window_.size() > lim_.max_inflight) return fail("window past max_inflight"), false;
+        // Entry by entry only while the session is small, so that programs that grow it to thousands of entries stay
+        // linear; the counts are compared at every step.
+        if (window_.size() + queue_.size() > 512) return compare_counts(s, fail);
         size_t i = 0, unreleased = 0;
         for (const outgoing& o : s.window()) {
             const model_entry& m = window_[i++];
@@ -123,19 +166,40 @@ private:
             }
         }
         if (s.undelivered() != queue_.size() + unreleased) return fail("undelivered count differs"), false;
+        // The queue follows the window in the session's entries: the same messages, in the same order.
+        auto q = s.window().end();
+        for (const model_entry& m : queue_) {
+            if (id_of(*q) != m.id) return fail("queued message differs"), false;
+            ++q;
+        }
+        if (s.direct() != (queue_.empty() && !held_) || s.held() != held_) return fail("direct or held differs"), false;
+        if (s.pid_bitmap() != bitmap_)
+            return fail("packet-id bitmap where the window never outgrew a scan, or none"), false;
         const auto& rel = s.released_in_order();
         if (!std::equal(rel.begin(), rel.end(), released_.begin(), released_.end()))
             return fail("PUBRELs not in PUBREC order"), false;
         return true;
     }
 
+    // Mostly an id in the window; else a small id (0, or one just freed in a short window).
+    template <class Fail> bool compare_counts(const session& s, Fail& fail) {
+        if (s.inflight_len() != window_.size()) return fail("window size differs"), false;
+        if (s.queue_len() != queue_.size()) return fail("queue length differs"), false;
+        if (s.queued_bytes() != queued_bytes_) return fail("queued bytes differ"), false;
+        if (s.dropped() != dropped_) return fail("dropped count differs"), false;
+        if (s.released_in_order().size() != released_.size()) return fail("PUBREL count differs"), false;
+        return true;
+    }
+
     uint16_t pick_pid() {
         const uint8_t b = next();
         if (b < 200 && !window_.empty()) return window_[b % window_.size()].pid;
-        return static_cast<uint16_t>(next() << 8 | next());
+        return next();
     }
 
     template <class Fail> void execute(Fail& fail) {
+        // Windows on both sides of scan_max (64: a linear scan below, a bitmap above) and the extremes; queue limits
+        // where 0 (unlimited) comes up often, and a byte limit of 30 that holds one 9-30-byte message but not two.
         static constexpr uint32_t inflight[] = {1, 2, 3, 5, 64, 65, 100, 65535};
         static constexpr uint32_t queued[] = {0, 1, 3, 10};
         static constexpr uint64_t queued_bytes_lim[] = {0, 0, 30, 100};
@@ -143,48 +207,31 @@ private:
         lim_.max_queued = queued[next() % 4];
         lim_.max_queued_bytes = queued_bytes_lim[next() % 4];
         session s("p", false, lim_);
-        bool online = true, held = false;
-        uint64_t ids = 0;
         for (int step = 0; step < 4096 && n_ > 0; ++step) {
-            const uint8_t op = next() % 10;
+            const uint8_t op = next() % 11;
             switch (op) {
             case 0:
             case 1:
             case 2: { // offer
                 const uint8_t qos = next() % 3;
                 const uint32_t extra = next() % 24;
-                const uint32_t bytes = 1 + 8 + extra; // topic "t" and the payload
-                const uint64_t id = ids++;
-                const outgoing* o = nullptr;
-                const auto r = s.offer(make(id, qos, extra), qos, online, &o);
-                model_entry e{id, qos, bytes};
-                const bool direct = online && queue_.empty() && !held;
-                if (direct && (qos == 0 || window_.size() < lim_.max_inflight)) {
-                    if (r != session::offer_result::send) return fail("offer did not send where it could");
-                    if (!handed_out(id, o, fail)) return;
-                    if (qos > 0 && !enter_window(e, o, fail)) return;
-                } else if (room_for(bytes) || (qos > 0 && drop_qos0_for(bytes))) {
-                    if (r != session::offer_result::queued) return fail("offer did not queue where it should");
-                    queue_.push_back(e);
-                } else {
-                    if (r != session::offer_result::dropped) return fail("offer did not drop where it should");
-                    ++dropped_;
-                }
+                if (!offer(s, qos, extra, online_, fail)) return;
                 break;
             }
             case 3: { // the broker pumps the queue while online
-                if (!online) break;
+                if (!online_) break;
                 for (;;) {
                     const outgoing* o = s.next_ready();
                     const bool can =
-                        !queue_.empty() && !held && (queue_.front().qos == 0 || window_.size() < lim_.max_inflight);
+                        !queue_.empty() && !held_ && (queue_.front().qos == 0 || window_.size() < lim_.max_inflight);
                     if (!can) {
                         if (o) return fail("next_ready handed out what the model holds back");
                         break;
                     }
                     const model_entry e = queue_.front();
                     queue_.pop_front();
-                    if (!handed_out(e.id, o, fail)) return;
+                    queued_bytes_ -= e.bytes;
+                    if (!check_handed_out(e, o, fail)) return;
                     if (e.qos > 0 && !enter_window(e, o, fail)) return;
                 }
                 break;
@@ -195,10 +242,13 @@ private:
                     std::find_if(window_.begin(), window_.end(), [pid](const model_entry& e) { return e.pid == pid; });
                 const bool want = it != window_.end() && it->qos == 1;
                 if (s.on_puback(pid) != want) return fail("PUBACK answered wrongly");
-                if (want) window_.erase(it);
+                if (want) {
+                    pid_used_[pid] = false;
+                    window_.erase(it);
+                }
                 break;
             }
-            case 5: { // PUBREC
+            case 5: { // PUBREC (a duplicate for a released entry is answered true: the broker sends PUBREL again)
                 const uint16_t pid = pick_pid();
                 auto it =
                     std::find_if(window_.begin(), window_.end(), [pid](const model_entry& e) { return e.pid == pid; });
@@ -217,6 +267,7 @@ private:
                 const bool want = it != window_.end() && it->qos == 2 && it->released;
                 if (s.on_pubcomp(pid) != want) return fail("PUBCOMP answered wrongly");
                 if (want) {
+                    pid_used_[pid] = false;
                     window_.erase(it);
                     released_.erase(std::find(released_.begin(), released_.end(), pid));
                 }
@@ -224,30 +275,46 @@ private:
             }
             case 7: { // a retained message sent ahead of the queue (the session is held meanwhile in the broker)
                 const uint8_t qos = next() % 3;
-                const uint64_t id = ids++;
-                message_ref m = make(id, qos, 0);
+                const model_entry e{ids_++, qos, 9};
+                message_ref m = make(e.id, qos, 0);
                 const outgoing* o = s.admit(std::move(m), qos);
                 const bool fits = qos == 0 || window_.size() < lim_.max_inflight;
                 if (fits != (o != nullptr)) return fail("admit answered wrongly");
                 if (o) {
-                    if (!handed_out(id, o, fail)) return;
-                    if (qos > 0 && !enter_window({id, qos, 9}, o, fail)) return;
+                    if (!check_handed_out(e, o, fail)) return;
+                    if (qos > 0 && !enter_window(e, o, fail)) return;
+                } else if (!m) {
+                    return fail("admit refused a message and still took it");
                 }
                 break;
             }
             case 8:
-                held = !held;
-                s.hold(held);
+                held_ = !held_;
+                s.hold(held_);
                 break;
-            default:
-                if (next() % 16 == 0) { // rare: everything goes
+            case 9: { // a burst of QoS 1 and 2 messages: windows past 64 entries, queues past their limits
+                const uint32_t n = 50 + next() % 100;
+                for (uint32_t i = 0; i < n; ++i)
+                    if (!offer(s, 1 + i % 2, 0, online_, fail)) return;
+                break;
+            }
+            default: {
+                const uint8_t b = next();
+                if (b == 0) { // rare: everything goes
                     s.clear_messages();
+                    for (const model_entry& e : window_)
+                        pid_used_[e.pid] = false;
                     window_.clear();
                     queue_.clear();
+                    queued_bytes_ = 0;
                     released_.clear();
+                } else if (b == 1 && burn_left_ > 0) {
+                    --burn_left_;
+                    if (!burn(s, 65535 + next(), fail)) return;
                 } else {
-                    online = !online;
+                    online_ = !online_;
                 }
+            }
             }
             if (!compare(s, fail)) return;
         }
@@ -257,9 +324,16 @@ private:
     size_t n_;
     limits lim_;
     std::vector<model_entry> window_;
+    std::vector<bool> pid_used_ = std::vector<bool>(65536); // the ids of window_, for the uniqueness check
     std::deque<model_entry> queue_;
     std::vector<uint16_t> released_;
     uint64_t dropped_ = 0;
+    uint64_t queued_bytes_ = 0;
+    uint64_t ids_ = 0;
+    bool online_ = true;
+    bool held_ = false;
+    bool bitmap_ = false; // the session must keep a packet-id bitmap from now on
+    int burn_left_ = 0;
 };
 
 } // namespace ringmq::session::test
