@@ -50,30 +50,18 @@ struct model {
     std::map<std::string, uint64_t> remote;                    // filter -> remote shard bits
     uint64_t lower_mask = 0;
 
-    size_t filters() const {
-        size_t n = 0;
-        std::string last;
-        bool any = false;
-        for (const auto& [k, v] : subs)
-            if (!any || k.first != last) {
-                ++n;
-                last = k.first;
-                any = true;
-            }
-        return n;
-    }
-    size_t first_holders() const {
-        size_t n = 0;
-        std::string last;
-        bool any = false;
-        for (const auto& [k, v] : subs)
-            if (!any || k.first != last) {
-                last = k.first;
-                any = true;
-                const auto it = remote.find(k.first);
-                if (((it == remote.end() ? 0 : it->second) & lower_mask) == 0) ++n;
-            }
-        return n;
+    // The filters with a local subscriber, and of those the ones no lower shard also holds (first holders).
+    std::pair<size_t, size_t> filters_and_first_holders() const {
+        size_t filters = 0, first = 0;
+        const std::string* last = nullptr;
+        for (const auto& [k, v] : subs) {
+            if (last && k.first == *last) continue;
+            last = &k.first;
+            ++filters;
+            const auto it = remote.find(k.first);
+            if (((it == remote.end() ? 0 : it->second) & lower_mask) == 0) ++first;
+        }
+        return {filters, first};
     }
 };
 
@@ -82,9 +70,10 @@ void check(bool ok) {
 }
 
 void check_counts(const topic_trie& t, const model& m) {
+    const auto [filters, first] = m.filters_and_first_holders();
     check(t.subscription_count() == m.subs.size());
-    check(t.filter_count() == m.filters());
-    check(t.first_holder_count() == m.first_holders());
+    check(t.filter_count() == filters);
+    check(t.first_holder_count() == first);
 }
 
 void check_match(const topic_trie& t, const model& m, const std::string& topic) {

@@ -2,6 +2,7 @@
 // by bit flips, byte overwrites, insertions, deletions and truncations, each in a buffer of its exact size (so a
 // sanitizer build catches any read past it). Whatever the bytes, a decoder returns an error value or a view that
 // lies inside the body, and a v5 property block it accepted parses again on its own. Seeded: a failure repeats.
+#include "decode_checks.hpp"
 #include "mqtt/codec.hpp"
 #include "mqtt/properties.hpp"
 #include "test_util.hpp"
@@ -143,171 +144,28 @@ bytes mutate(std::mt19937_64& rng, const bytes& in) {
     return b;
 }
 
-// Views handed out by a decoder must lie within the body it was given.
-class bounds {
-public:
-    explicit bounds(std::span<const uint8_t> body) : lo_(body.data()), hi_(body.data() + body.size()) {}
-    void check(std::span<const uint8_t> s) const {
-        if (s.empty()) return;
-        EXPECT_GE(s.data(), lo_);
-        EXPECT_LE(s.data() + s.size(), hi_);
-    }
-    void check(std::string_view s) const { check(span_of(s)); }
-
-private:
-    const uint8_t* lo_;
-    const uint8_t* hi_;
+// Each breach a gtest failure.
+struct gtest_fail {
+    void operator()(const char* what) const { ADD_FAILURE() << what; }
 };
 
-// A v5 property block a decoder accepted must parse again as the same packet's block.
-void reparses(std::span<const uint8_t> block, packet_type t, bool for_will = false) {
-    if (block.empty()) return;
-    properties p;
-    EXPECT_EQ(parse_properties(block, t, for_will, p), error::none) << to_string(t);
-}
-
-// Decodes one framed body with the decoder its type calls for; returns the decoder's answer.
-error decode(packet_type t, uint8_t flags, protocol_version v, std::span<const uint8_t> body) {
-    const bounds in(body);
-    switch (t) {
-    case packet_type::connect: {
-        connect_view c{};
-        properties p, wp;
-        const error e = decode_connect(body, flags, c, &p, &wp);
-        if (e == error::none) {
-            for (std::string_view s : {c.protocol_name, c.client_id, c.will_topic, c.username})
-                in.check(s);
-            for (std::span<const uint8_t> s : {c.will_payload, c.password, c.properties, c.will_properties})
-                in.check(s);
-            reparses(c.properties, t);
-            reparses(c.will_properties, t, true);
-        }
-        return e;
-    }
-    case packet_type::publish: {
-        publish_view p{};
-        const error e = decode_publish(body, flags, v, p);
-        if (e == error::none) {
-            in.check(p.topic);
-            in.check(p.payload);
-            in.check(p.properties);
-            reparses(p.properties, t);
-            EXPECT_LE(p.qos, 2);
-            EXPECT_EQ(p.packet_id == 0, p.qos == 0);
-        }
-        return e;
-    }
-    case packet_type::puback:
-    case packet_type::pubrec:
-    case packet_type::pubrel:
-    case packet_type::pubcomp: {
-        ack_view a{};
-        const error e = decode_ack(t, body, flags, v, a);
-        if (e == error::none) {
-            in.check(a.properties);
-            reparses(a.properties, t);
-            EXPECT_NE(a.packet_id, 0);
-        }
-        return e;
-    }
-    case packet_type::subscribe: {
-        subscribe_view s{};
-        const error e = decode_subscribe(body, flags, v, s);
-        if (e == error::none) {
-            EXPECT_FALSE(s.entries.empty());
-            for (const subscription& x : s.entries)
-                in.check(x.filter);
-            in.check(s.properties);
-            reparses(s.properties, t);
-        }
-        return e;
-    }
-    case packet_type::unsubscribe: {
-        unsubscribe_view u{};
-        const error e = decode_unsubscribe(body, flags, v, u);
-        if (e == error::none) {
-            EXPECT_FALSE(u.filters.empty());
-            for (std::string_view f : u.filters)
-                in.check(f);
-            in.check(u.properties);
-            reparses(u.properties, t);
-        }
-        return e;
-    }
-    case packet_type::connack: {
-        connack_view c{};
-        const error e = decode_connack(body, flags, v, c);
-        if (e == error::none) {
-            in.check(c.properties);
-            reparses(c.properties, t);
-        }
-        return e;
-    }
-    case packet_type::suback:
-    case packet_type::unsuback: {
-        suback_view s{};
-        const error e =
-            t == packet_type::suback ? decode_suback(body, flags, v, s) : decode_unsuback(body, flags, v, s);
-        if (e == error::none) {
-            in.check(s.properties);
-            reparses(s.properties, t);
-        }
-        return e;
-    }
-    case packet_type::disconnect: {
-        if (v != protocol_version::v5) return decode_empty(t, body, flags);
-        disconnect_view d{};
-        const error e = decode_disconnect(body, flags, v, d);
-        if (e == error::none) {
-            in.check(d.properties);
-            reparses(d.properties, t);
-        }
-        return e;
-    }
-    case packet_type::auth: {
-        auth_view a{};
-        const error e = decode_auth(body, flags, v, a);
-        if (e == error::none) {
-            in.check(a.properties);
-            reparses(a.properties, t);
-        }
-        return e;
-    }
-    default:
-        return decode_empty(t, body, flags);
-    }
-}
-
-// Frames a whole packet in a buffer of its exact size and, when the bytes frame into exactly one packet, decodes it
-// (*reached = true) and returns the decoder's answer; else returns the framing error (malformed for a length that
-// does not match the bytes).
-error frame_and_decode(const bytes& wire, protocol_version v, bool* reached = nullptr) {
-    if (reached) *reached = false;
-    const std::unique_ptr<uint8_t[]> exact(new uint8_t[wire.size() ? wire.size() : 1]);
-    std::copy(wire.begin(), wire.end(), exact.get());
-    fixed_header h{};
-    const error fe = parse_fixed_header(exact.get(), wire.size(), h);
-    if (fe != error::none) return fe;
-    if (size_t{h.header_len} + h.remaining_length != wire.size()) return error::malformed;
-    if (reached) *reached = true;
-    return decode(h.type, h.flags, v, std::span<const uint8_t>(exact.get() + h.header_len, h.remaining_length));
-}
-
 TEST(mutated_packets, every_seed_decodes_as_it_was_encoded) {
+    gtest_fail fail;
     for (const seed_packet& s : seeds())
-        EXPECT_EQ(frame_and_decode(s.wire, s.v), error::none)
+        EXPECT_EQ(frame_and_decode(s.wire, s.v, fail), error::none)
             << to_string(s.v) << " " << static_cast<int>(s.wire[0] >> 4);
 }
 
 TEST(mutated_packets, decoders_answer_every_mutation_within_bounds) {
     std::mt19937_64 rng(20261202);
     const std::vector<seed_packet> all = seeds();
+    gtest_fail fail;
     size_t decoded = 0, accepted = 0;
     for (int round = 0; round < 20000; ++round)
         for (const seed_packet& s : all) {
             const bytes wire = mutate(rng, s.wire);
             bool reached = false;
-            const error e = frame_and_decode(wire, s.v, &reached);
+            const error e = frame_and_decode(wire, s.v, fail, &reached);
             if (reached) ++decoded;
             if (e == error::none) ++accepted;
             if (::testing::Test::HasFailure()) FAIL() << "round " << round << ", seed type " << (s.wire[0] >> 4);
