@@ -134,20 +134,25 @@ class SessionCases:
         # mqtt.session_expiry_interval: a persistent session offline longer than it is discarded with its
         # subscriptions and queued messages; one that comes back in time is kept, and the clock starts again at
         # its next disconnect.
-        self.use_broker({"mqtt.session_expiry_interval": 3000})
+        # 4 s, checked on the broker's 200 ms tick. "kept" comes back after 2 s and then 2.5 s offline, so a test
+        # thread stalled for up to 1.5 s still finds it; "gone" is 6 s offline, 1.8 s past its expiry's last tick.
+        self.use_broker({"mqtt.session_expiry_interval": 4000})
         gone, kept = self.persistent("gone"), self.persistent("kept")
+        pub = self.client(self.pub_id())
         for c, topic in ((gone, "exp/gone"), (kept, "exp/kept")):
             c.subscribe([(topic, 1)])
-            c.disconnect()
-            c.expect_closed(3)
-        pub = self.client(self.pub_id())
+        gone.disconnect()
+        gone.expect_closed(3)
         pub.publish("exp/gone", b"queued", qos=1)
+        time.sleep(1.0)
+        kept.disconnect()
+        kept.expect_closed(3)
         time.sleep(2.0)
         kept = self.persistent("kept", present=True)  # back within the interval
         time.sleep(0.5)
         kept.disconnect()
         kept.expect_closed(3)
-        time.sleep(2.0)  # "gone": 4.5 s offline; "kept": 2 s since its last disconnect
+        time.sleep(2.5)  # "gone": 6 s offline; "kept": 2.5 s since its last disconnect, 4.5 s offline in all
         self.persistent("kept", present=True).disconnect()
         fresh = self.persistent("gone", present=False)  # CONNACK session present 0
         fresh.expect_no_packet(0.3)  # the queued message went with the session
@@ -155,8 +160,8 @@ class SessionCases:
         fresh.expect_no_packet(0.3)  # and so did the subscription
         log = self.broker.log().decode("utf-8", "replace")
         self.assertRegex(log, r"session .*gone.* expired: offline for \d+ ms, over mqtt.session_expiry_interval = "
-                              r"3000 ms; 1 message dropped")
-        self.assertRegex(log, r"1 offline session expired \(mqtt.session_expiry_interval = 3000 ms\), 1 undelivered "
+                              r"4000 ms; 1 message dropped")
+        self.assertRegex(log, r"1 offline session expired \(mqtt.session_expiry_interval = 4000 ms\), 1 undelivered "
                               r"message dropped")
 
     def test_session_present_flag(self):
