@@ -31,6 +31,10 @@ std::vector<seed_packet> seeds() {
     for (const protocol_version v : {protocol_version::v311, protocol_version::v5}) {
         const bool v5 = v == protocol_version::v5;
         const auto add = [&](const bytes& b) { out.push_back({v, b}); };
+        // A property block for v5; 3.1.1 packets have none.
+        const auto if_v5 = [v5](const bytes& props) {
+            return v5 ? std::span<const uint8_t>(props) : std::span<const uint8_t>();
+        };
         bytes b;
         connect_view c{};
         c.version = v;
@@ -53,7 +57,7 @@ std::vector<seed_packet> seeds() {
         encode_connect(b, c);
         add(b);
         b.clear();
-        encode_connack(b, v, true, 0, v5 ? std::span<const uint8_t>(ack_props) : std::span<const uint8_t>());
+        encode_connack(b, v, true, 0, if_v5(ack_props));
         add(b);
         for (const uint8_t qos : {0, 1, 2}) {
             b.clear();
@@ -74,32 +78,32 @@ std::vector<seed_packet> seeds() {
                        !v5                                                      ? 0
                        : (t == packet_type::puback || t == packet_type::pubrec) ? 0x10
                                                                                 : 0x92,
-                       v5 ? std::span<const uint8_t>(ack_props) : std::span<const uint8_t>());
+                       if_v5(ack_props));
             add(b);
         }
         const subscription subs[] = {{"a/+/c", 1}, {"#", 2}, {"$share/g/x", 0}};
         const bytes sub_props = B({0x0B, 5});
         b.clear();
-        encode_subscribe(b, v, 5, subs, v5 ? std::span<const uint8_t>(sub_props) : std::span<const uint8_t>());
+        encode_subscribe(b, v, 5, subs, if_v5(sub_props));
         add(b);
         const uint8_t codes[] = {0, 1, 0x80};
         b.clear();
-        encode_suback(b, v, 5, codes, v5 ? std::span<const uint8_t>(ack_props) : std::span<const uint8_t>());
+        encode_suback(b, v, 5, codes, if_v5(ack_props));
         add(b);
         const std::string_view filters[] = {"a/+/c", "#"};
         const bytes unsub_props = user_property("u", "p");
         b.clear();
-        encode_unsubscribe(b, v, 6, filters, v5 ? std::span<const uint8_t>(unsub_props) : std::span<const uint8_t>());
+        encode_unsubscribe(b, v, 6, filters, if_v5(unsub_props));
         add(b);
         const uint8_t unsub_codes[] = {0, 0x11, 0x80};
         b.clear();
-        encode_unsuback(b, v, 6, unsub_codes, v5 ? std::span<const uint8_t>(ack_props) : std::span<const uint8_t>());
+        encode_unsuback(b, v, 6, unsub_codes, if_v5(ack_props));
         add(b);
         b.clear();
         encode_pingreq(b);
         add(b);
         b.clear();
-        encode_disconnect(b, v, v5 ? 0x04 : 0, v5 ? std::span<const uint8_t>(ack_props) : std::span<const uint8_t>());
+        encode_disconnect(b, v, v5 ? 0x04 : 0, if_v5(ack_props));
         add(b);
         if (v5) {
             b.clear();
