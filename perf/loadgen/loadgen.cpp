@@ -56,8 +56,14 @@ constexpr std::int64_t stall_timeout_ns = 1000 * ns_per_ms;
 // After the measured window: wait for in-flight messages at most this long, or until nothing arrived for drain_quiet.
 constexpr std::int64_t drain_timeout_ns = 2000 * ns_per_ms;
 constexpr std::int64_t drain_quiet_ns = 300 * ns_per_ms;
-// Payload layout: send timestamp (CLOCK_MONOTONIC ns) then sequence number, both 8 bytes, native byte order.
+// Payload layout: send timestamp (CLOCK_MONOTONIC ns) then a word of the sequence number (low 40 bits) and, at a fixed
+// rate, how late the send was on its schedule in microseconds (high 24 bits, saturating); both 8 bytes, native byte
+// order. The lateness rides in the message because a 16-byte payload has no room for a third field, and the receiver
+// must know it to measure from the scheduled time (coordinated omission); 2^40 messages outlast any bounded run.
 constexpr std::uint32_t payload_header = 16;
+constexpr unsigned seq_bits = 40;
+constexpr std::uint64_t seq_mask = (std::uint64_t{1} << seq_bits) - 1;
+constexpr std::uint64_t max_lag_us = (std::uint64_t{1} << (64 - seq_bits)) - 1;
 // Connections per IPv4 source address. The kernel looks for a free ephemeral port per (source, destination) pair,
 // and that search slows sharply as the range fills: at 16k connections from 127.0.0.1 to one port it took nearly all
 // of the generator's core (__inet_hash_connect) and connecting stalled. Connection i >= this comes from
@@ -132,6 +138,7 @@ struct group_spec {
 struct worker_result {
     histogram latency;
     histogram kernel_latency;           // --kernel-stamps: to the kernel's receive time instead of the worker's
+    histogram schedule_latency;         // fixed rate: from the scheduled send time, so the generator's lateness counts
     std::uint64_t delivered_window = 0; // PUBLISHes received while the measured window was open
     std::uint64_t sent_measured = 0;    // PUBLISHes sent while the measured window was open
     std::uint64_t expected = 0;         // sent_measured times the subscribers of each publisher
@@ -731,9 +738,10 @@ private:
         }
         if (c.kind != role::subscriber || pub.payload_size < payload_header) return;
         std::int64_t ts = 0;
-        std::uint64_t seq = 0;
+        std::uint64_t word = 0;
         std::memcpy(&ts, pub.payload, 8);
-        std::memcpy(&seq, pub.payload + 8, 8);
+        std::memcpy(&word, pub.payload + 8, 8);
+        const std::uint64_t seq = word & seq_mask;
 
         const subscriber& s = subs_[c.owner];
         group& g = groups_[s.group];
@@ -770,6 +778,7 @@ private:
         if (measured) {
             ++ps.received_measured;
             result.latency.record(latency);
+            if (!closed_loop_) result.schedule_latency.record(latency + (word >> seq_bits) * 1000);
             if (kernel_rx_ns_ != 0)
                 result.kernel_latency.record(static_cast<std::uint64_t>(kernel_rx_ns_ > ts ? kernel_rx_ns_ - ts : 0));
         }
@@ -876,7 +885,8 @@ private:
         return !closed_loop_ || p.next_seq - p.done_seq < opt_.inflight;
     }
 
-    void send_publish(std::uint32_t pi, std::int64_t now) {
+    // `late_ns`: how long after its scheduled time this send goes (fixed rate; 0 in a closed loop).
+    void send_publish(std::uint32_t pi, std::int64_t now, std::int64_t late_ns = 0) {
         publisher& p = pubs_[pi];
         connection& c = conns_[p.conn];
         const std::size_t size = p.prefix_size + (opt_.qos ? 2 : 0) + opt_.payload;
@@ -889,8 +899,12 @@ private:
             ++unacked_total_;
         }
         const std::uint64_t seq = p.next_seq++;
+        if (seq > seq_mask) fail("sequence numbers exhausted"); // 2^40 messages: never within a bounded run
+        const std::uint64_t late_us =
+            std::min<std::uint64_t>(static_cast<std::uint64_t>(late_ns + 500) / 1000, max_lag_us);
+        const std::uint64_t word = seq | (late_us << seq_bits);
         std::memcpy(w, &now, 8);
-        std::memcpy(w + 8, &seq, 8);
+        std::memcpy(w + 8, &word, 8);
         if (opt_.payload > payload_header) std::memset(w + payload_header, 0, opt_.payload - payload_header);
         if (now >= ms_ && now < me_) ++p.sent_measured;
         expected_total_ += groups_[p.group].subs.size();
@@ -935,7 +949,7 @@ private:
             due_.pop();
             publisher& p = pubs_[e.pub];
             if (can_send(p))
-                send_publish(e.pub, now);
+                send_publish(e.pub, now, now - e.due);
             else
                 ++result.send_skipped;
             ++p.rate_k;
@@ -1632,6 +1646,7 @@ int main(int argc, char** argv) {
         const worker_result& x = w->result;
         r.latency.merge(x.latency);
         r.kernel_latency.merge(x.kernel_latency);
+        r.schedule_latency.merge(x.schedule_latency);
         r.delivered_window += x.delivered_window;
         r.sent_measured += x.sent_measured;
         r.expected += x.expected;
@@ -1695,6 +1710,14 @@ int main(int argc, char** argv) {
             const histogram& kh = r.kernel_latency;
             std::fprintf(hs, "  kernel   p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f us (to the kernel's receive time)\n",
                          us(kh.quantile(0.50)), us(kh.quantile(0.90)), us(kh.quantile(0.99)), us(kh.quantile(0.999)));
+        }
+        if (o.rate > 0 && r.schedule_latency.count() != 0) {
+            const histogram& sh = r.schedule_latency;
+            std::fprintf(hs,
+                         "  schedule p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f us (from the scheduled send "
+                         "time; skipped sends not in it)\n",
+                         us(sh.quantile(0.50)), us(sh.quantile(0.90)), us(sh.quantile(0.99)), us(sh.quantile(0.999)),
+                         us(sh.max()));
         }
         std::fprintf(hs,
                      "integrity  lost %" PRIu64 " of %" PRIu64 " (%.4f%%), reordered %" PRIu64 ", duplicates %" PRIu64
@@ -1774,6 +1797,15 @@ int main(int argc, char** argv) {
         add("klat_p90_us", kq(0.90));
         add("klat_p99_us", kq(0.99));
         add("klat_p999_us", kq(0.999));
+        // Fixed rate only: a closed loop has no schedule.
+        const histogram& sh = r.schedule_latency;
+        const bool schedule_figures = o.rate > 0 && sh.count() != 0;
+        const auto sq = [&](double q) { return schedule_figures ? fmt_double(us(sh.quantile(q)), 2) : "null"; };
+        add("ilat_p50_us", sq(0.50));
+        add("ilat_p90_us", sq(0.90));
+        add("ilat_p99_us", sq(0.99));
+        add("ilat_p999_us", sq(0.999));
+        add("ilat_max_us", schedule_figures ? fmt_double(us(sh.max()), 2) : "null");
         add("connacks", num(r.connacks_window));
         add("connects_per_s", fmt_double(connects_per_s, 1));
         add("broker_pid", o.broker_pid ? std::to_string(o.broker_pid) : "null");
