@@ -1370,6 +1370,18 @@ struct broker_sample {
     std::uint64_t cpu_start = 0, cpu_end = 0, sleeps_start = 0, sleeps_end = 0;
     std::uint64_t user_start = 0, user_end = 0; // of cpu_*, the user-space part
     std::uint64_t rss_before = 0, rss_after_connect = 0, rss_end = 0, hwm_end = 0;
+    // RssAnon, the part of VmRSS that is the broker's own heap and stacks: VmRSS also counts file pages (the binary's
+    // and libraries' code) that handling the first connections may fault in.
+    std::uint64_t anon_before = 0, anon_after_connect = 0;
+
+    void read_before(int pid) {
+        rss_before = loadgen::read_status_bytes(pid, "VmRSS").value_or(0);
+        anon_before = loadgen::read_status_bytes(pid, "RssAnon").value_or(0);
+    }
+    void read_after_connect(int pid) {
+        rss_after_connect = loadgen::read_status_bytes(pid, "VmRSS").value_or(0);
+        anon_after_connect = loadgen::read_status_bytes(pid, "RssAnon").value_or(0);
+    }
 };
 
 std::string fmt_double(double v, int prec) {
@@ -1510,7 +1522,7 @@ int main(int argc, char** argv) {
 
     shared_state shared;
     broker_sample bs;
-    if (o.broker_pid) bs.rss_before = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
+    if (o.broker_pid) bs.read_before(o.broker_pid);
 
     std::vector<std::unique_ptr<worker>> workers;
     {
@@ -1567,7 +1579,7 @@ int main(int argc, char** argv) {
         return finish(2);
     }
     const double connect_s = static_cast<double>(mono_ns() - start) / 1e9;
-    if (o.broker_pid) bs.rss_after_connect = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
+    if (o.broker_pid) bs.read_after_connect(o.broker_pid);
 
     const std::int64_t t0 = mono_ns() + 20 * ns_per_ms;
     const std::int64_t ms = t0 + static_cast<std::int64_t>(o.warmup * 1e9);
@@ -1595,8 +1607,7 @@ int main(int argc, char** argv) {
                 bs.have_sleeps = z.has_value();
                 bs.sleeps_start = z.value_or(0);
                 // Idle connections settle during the warm-up (the broker may allocate lazily after CONNACK).
-                if (o.kind == scenario_kind::idle)
-                    bs.rss_after_connect = loadgen::read_status_bytes(o.broker_pid, "VmRSS").value_or(0);
+                if (o.kind == scenario_kind::idle) bs.read_after_connect(o.broker_pid);
             }
         }
         if (now >= tick) {
@@ -1677,10 +1688,15 @@ int main(int argc, char** argv) {
         bs.have_sleeps && bs.sleeps_end >= bs.sleeps_start ? static_cast<double>(bs.sleeps_end - bs.sleeps_start) : NAN;
     const double per_sleep = messaging && sleeps > 0 ? static_cast<double>(r.delivered_window) / sleeps : NAN;
     const std::uint64_t rss_conns = o.kind == scenario_kind::idle ? o.idle : total_conns;
-    const double rss_per_conn =
-        o.broker_pid && rss_conns
-            ? (static_cast<double>(bs.rss_after_connect) - static_cast<double>(bs.rss_before)) / double(rss_conns)
-            : NAN;
+    const auto per_conn = [&](std::uint64_t before, std::uint64_t after) {
+        return o.broker_pid && rss_conns
+                   ? (static_cast<double>(after) - static_cast<double>(before)) / double(rss_conns)
+                   : NAN;
+    };
+    const double rss_per_conn = per_conn(bs.rss_before, bs.rss_after_connect);
+    // No RssAnon line (kernels before 4.5) is no figure.
+    const double anon_per_conn =
+        bs.anon_before && bs.anon_after_connect ? per_conn(bs.anon_before, bs.anon_after_connect) : NAN;
     auto us = [](std::uint64_t ns) { return static_cast<double>(ns) / 1e3; };
     const histogram& h = r.latency;
 
@@ -1736,8 +1752,9 @@ int main(int argc, char** argv) {
         std::fprintf(hs, "; RSS %.1f MiB, peak %.1f MiB\n", static_cast<double>(bs.rss_end) / 1048576.0,
                      static_cast<double>(bs.hwm_end) / 1048576.0);
         if (rss_conns && o.kind != scenario_kind::connect_storm)
-            std::fprintf(hs, "memory     %.0f B RSS per connection (%" PRIu64 " connections)\n", rss_per_conn,
-                         rss_conns);
+            std::fprintf(hs,
+                         "memory     %.0f B RSS (%.0f B of it anonymous) per connection (%" PRIu64 " connections)\n",
+                         rss_per_conn, anon_per_conn, rss_conns);
     }
     std::fprintf(hs, "loadgen    CPU %.2f s\n", own_cpu);
 
@@ -1822,6 +1839,8 @@ int main(int argc, char** argv) {
         add("rss_after_connect_bytes", o.broker_pid ? num(bs.rss_after_connect) : "null");
         add("rss_per_conn_bytes",
             o.kind != scenario_kind::connect_storm ? fmt_double(rss_per_conn, 1) : std::string("null"));
+        add("rss_anon_per_conn_bytes",
+            o.kind != scenario_kind::connect_storm ? fmt_double(anon_per_conn, 1) : std::string("null"));
         add("loadgen_cpu_s", fmt_double(own_cpu, 3));
         add("loadgen_sleeps", num(static_cast<std::uint64_t>(ru.ru_nvcsw)));
         j += "}\n";
