@@ -1375,12 +1375,14 @@ struct broker_sample {
     std::uint64_t anon_before = 0, anon_after_connect = 0;
 
     void read_before(int pid) {
-        rss_before = loadgen::read_status_bytes(pid, "VmRSS").value_or(0);
-        anon_before = loadgen::read_status_bytes(pid, "RssAnon").value_or(0);
+        const auto r = loadgen::read_rss(pid);
+        rss_before = r.rss;
+        anon_before = r.anon;
     }
     void read_after_connect(int pid) {
-        rss_after_connect = loadgen::read_status_bytes(pid, "VmRSS").value_or(0);
-        anon_after_connect = loadgen::read_status_bytes(pid, "RssAnon").value_or(0);
+        const auto r = loadgen::read_rss(pid);
+        rss_after_connect = r.rss;
+        anon_after_connect = r.anon;
     }
 };
 
@@ -1751,10 +1753,11 @@ int main(int argc, char** argv) {
             std::fprintf(hs, ", %.0f sleeps/s (%.1f deliveries per sleep)", sleeps / dur, per_sleep);
         std::fprintf(hs, "; RSS %.1f MiB, peak %.1f MiB\n", static_cast<double>(bs.rss_end) / 1048576.0,
                      static_cast<double>(bs.hwm_end) / 1048576.0);
-        if (rss_conns && o.kind != scenario_kind::connect_storm)
-            std::fprintf(hs,
-                         "memory     %.0f B RSS (%.0f B of it anonymous) per connection (%" PRIu64 " connections)\n",
-                         rss_per_conn, anon_per_conn, rss_conns);
+        if (rss_conns && o.kind != scenario_kind::connect_storm) {
+            std::fprintf(hs, "memory     %.0f B RSS", rss_per_conn);
+            if (std::isfinite(anon_per_conn)) std::fprintf(hs, " (%.0f B of it anonymous)", anon_per_conn);
+            std::fprintf(hs, " per connection (%" PRIu64 " connections)\n", rss_conns);
+        }
     }
     std::fprintf(hs, "loadgen    CPU %.2f s\n", own_cpu);
 

@@ -62,6 +62,27 @@ inline std::optional<std::uint64_t> read_status_bytes(int pid, std::string_view 
     return *kb * 1024;
 }
 
+// VmRSS and RssAnon of /proc/PID/status in bytes, from one read of the file so that both are of the same moment;
+// 0 for a line the kernel does not give (RssAnon before Linux 4.5).
+struct rss_reading {
+    std::uint64_t rss = 0, anon = 0;
+};
+
+inline rss_reading read_rss(int pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    rss_reading r;
+    const auto take = [&line](std::string_view key, std::uint64_t& to) {
+        if (line.size() > key.size() && line.compare(0, key.size(), key) == 0 && line[key.size()] == ':')
+            to = std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) * 1024;
+    };
+    while (std::getline(in, line)) {
+        take("VmRSS", r.rss);
+        take("RssAnon", r.anon);
+    }
+    return r;
+}
+
 // How many times the process's threads went to sleep (voluntary_ctxt_switches of every /proc/PID/task/TID/status,
 // since /proc/PID/status counts the main thread only). On loopback each sleep costs the broker a context switch and
 // its peer the wake-up that ends it: what lets an idle-prone broker spend more CPU per message than a saturated one.
