@@ -120,6 +120,7 @@ struct options {
     std::uint16_t keepalive = 60;
     std::uint32_t spin_us = 0;
     bool poll = false;
+    bool catch_up = false; // fixed rate: a slot that cannot go is sent late rather than skipped
     bool kernel_stamps = false;
     std::uint32_t retained = 100000; // retained scenario: topics stored before the run
 };
@@ -214,6 +215,10 @@ struct publisher {
     std::vector<std::uint8_t> id_used; // 65536 flags, only for QoS > 0
     std::int64_t last_progress_ns = 0;
     std::uint64_t rate_k = 0; // fixed rate: index of the next scheduled message
+    // --catch-up: the run of scheduled slots from owed_k on that could not go yet (window full, socket backed up)
+    std::uint64_t owed = 0;
+    std::uint64_t owed_k = 0;
+    bool owing = false; // listed in worker::owing_
     std::uint64_t window_stalls = 0;
     bool woken = false; // listed in worker::wake_
 };
@@ -933,6 +938,47 @@ private:
                     querier_request(q, now);
     }
 
+    // The scheduled time of publisher p's k-th message.
+    std::int64_t slot_due(const publisher& p, std::uint64_t k) const {
+        return t0_ +
+               static_cast<std::int64_t>(interval_ns_ * p.global / total_pubs_ + interval_ns_ * static_cast<double>(k));
+    }
+
+    // --catch-up: what could not go on time goes now, oldest first, as far as each publisher can send. A slot more
+    // than a second late is forgotten and counted as skipped, as the schedule forgets a backlog that old (so a broker
+    // that stalls for long gets no burst of everything it missed).
+    void pay_owed(std::int64_t now) {
+        std::size_t keep = 0;
+        for (const std::uint32_t pi : owing_) {
+            publisher& p = pubs_[pi];
+            while (p.owed > 0 && slot_due(p, p.owed_k) < now - ns_per_s) {
+                ++p.owed_k;
+                --p.owed;
+                ++result.send_skipped;
+            }
+            while (p.owed > 0 && can_send(p)) {
+                send_publish(pi, now, now - slot_due(p, p.owed_k));
+                ++p.owed_k;
+                --p.owed;
+            }
+            if (p.owed > 0)
+                owing_[keep++] = pi;
+            else
+                p.owing = false;
+        }
+        owing_.resize(keep);
+    }
+
+    // Publishing has ended: slots still owed never went, and count as skipped.
+    void drop_owed() {
+        for (const std::uint32_t pi : owing_) {
+            result.send_skipped += pubs_[pi].owed;
+            pubs_[pi].owed = 0;
+            pubs_[pi].owing = false;
+        }
+        owing_.clear();
+    }
+
     void send_due(std::int64_t now) {
         if (closed_loop_) {
             // Sending only queues bytes (no wake), so the list does not change while we walk it.
@@ -944,22 +990,33 @@ private:
             wake_.clear();
             return;
         }
+        if (!owing_.empty()) pay_owed(now);
         for (std::uint32_t burst = 0; burst < rate_burst_limit && !due_.empty() && due_.top().due <= now; ++burst) {
             const due_entry e = due_.top();
             due_.pop();
             publisher& p = pubs_[e.pub];
-            if (can_send(p))
+            if (p.owed == 0 && can_send(p)) {
                 send_publish(e.pub, now, now - e.due);
-            else
+            } else if (opt_.catch_up) {
+                // Behind the slots already owed, in order.
+                if (p.owed++ == 0) p.owed_k = p.rate_k;
+                if (!p.owing) {
+                    p.owing = true;
+                    owing_.push_back(e.pub);
+                }
+            } else {
                 ++result.send_skipped;
+            }
             ++p.rate_k;
-            std::int64_t next = t0_ + static_cast<std::int64_t>(interval_ns_ * p.global / total_pubs_ +
-                                                                interval_ns_ * static_cast<double>(p.rate_k));
+            std::int64_t next = slot_due(p, p.rate_k);
             if (next < now - ns_per_s) {
                 // More than a second behind: forget the backlog rather than fire it in one burst.
                 ++result.rate_lag_resets;
                 p.rate_k += static_cast<std::uint64_t>((now - next) / interval_ns_);
                 next = now;
+                // The owed run must stay contiguous with the slots after it: what it held is forgotten too.
+                result.send_skipped += p.owed;
+                p.owed = 0;
             }
             due_.push({next, e.pub});
         }
@@ -1081,7 +1138,8 @@ private:
     std::vector<std::uint32_t> setup_order_; // connections to open before the run, idle ones first
     std::vector<std::uint32_t> storm_free_;  // connect-storm slots waiting to be (re)opened
     std::vector<std::uint32_t> dirty_;
-    std::vector<std::uint32_t> wake_; // closed loop: publishers whose window may have opened
+    std::vector<std::uint32_t> wake_;  // closed loop: publishers whose window may have opened
+    std::vector<std::uint32_t> owing_; // --catch-up: publishers with slots owed
     std::priority_queue<due_entry, std::vector<due_entry>, std::greater<>> due_; // fixed rate: next send per publisher
     std::vector<std::uint8_t> scratch_;
 
@@ -1141,6 +1199,7 @@ void worker::run() {
         }
         if (publishing_ && now >= me_) {
             publishing_ = false;
+            drop_owed();
             stopped_at_ = now;
             storm_free_.clear();
         }
@@ -1430,6 +1489,10 @@ int main(int argc, char** argv) {
                  "never sleep: poll the sockets without blocking, as a generator on its own core can. The broker's "
                  "sends then find no sleeping reader to wake, a cost that loopback charges to the sender and a real "
                  "network to the receiving host");
+    app.add_flag("--catch-up", o.catch_up,
+                 "fixed rate: a scheduled send that cannot go (QoS window full, socket backed up) is kept and sent, "
+                 "late, as soon as it can, instead of skipped, so its wait counts in the latency from the schedule "
+                 "(ilat_* in the JSON); slots more than a second late are still skipped and counted");
     app.add_option("--duration", o.duration, "measured seconds")->capture_default_str()->check(CLI::Range(0.1, 3600.0));
     app.add_option("--warmup", o.warmup, "seconds of load before measuring")
         ->capture_default_str()
@@ -1455,6 +1518,10 @@ int main(int argc, char** argv) {
         if (o.scenario == scenario_names[i]) o.kind = static_cast<scenario_kind>(i);
     if (const std::string why = settle_counts(o, pubs_opt, subs_opt, idle_opt); !why.empty()) {
         std::fprintf(stderr, "loadgen: %s\n", why.c_str());
+        return 1;
+    }
+    if (o.catch_up && o.rate <= 0) {
+        std::fprintf(stderr, "loadgen: --catch-up needs a fixed rate (--rate)\n");
         return 1;
     }
     if (o.topic_prefix.empty()) o.topic_prefix = strf("lg/%d", getpid());
@@ -1785,6 +1852,7 @@ int main(int argc, char** argv) {
         add("spin_us", num(o.spin_us));
         add("poll", o.poll ? "true" : "false");
         add("kernel_stamps", o.kernel_stamps ? "true" : "false");
+        add("catch_up", o.catch_up ? "true" : "false");
         add("warmup_s", fmt_double(o.warmup, 3));
         add("duration_s", fmt_double(dur, 3));
         add("connect_s", fmt_double(connect_s, 3));
