@@ -929,7 +929,7 @@ private:
                 wake(pi);
             } else {
                 // Spread the publishers' schedules evenly over one interval so they do not fire in lockstep.
-                due_.push({t0_ + static_cast<std::int64_t>(interval_ns_ * pubs_[pi].global / total_pubs_), pi});
+                due_.push({slot_due(pubs_[pi], 0), pi});
             }
         }
         if (publishing_)
@@ -1220,6 +1220,11 @@ void worker::run() {
         }
         periodic(now);
         flush_dirty();
+        // A flush that drained a backed-up socket lets owed slots go now, not at the next event or due slot.
+        if (publishing_ && !owing_.empty()) {
+            pay_owed(now);
+            flush_dirty();
+        }
         if (shared_.failed.load(std::memory_order_relaxed) || finished(now)) break;
 
         std::int64_t wait = std::max<std::int64_t>(0, next_wake(now) - mono_ns());
@@ -1520,8 +1525,9 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "loadgen: %s\n", why.c_str());
         return 1;
     }
-    if (o.catch_up && o.rate <= 0) {
-        std::fprintf(stderr, "loadgen: --catch-up needs a fixed rate (--rate)\n");
+    if (o.catch_up && (o.rate <= 0 || o.kind == scenario_kind::idle || o.kind == scenario_kind::connect_storm ||
+                       o.kind == scenario_kind::retained)) {
+        std::fprintf(stderr, "loadgen: --catch-up needs publishers at a fixed rate (--rate)\n");
         return 1;
     }
     if (o.topic_prefix.empty()) o.topic_prefix = strf("lg/%d", getpid());

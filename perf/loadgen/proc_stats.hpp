@@ -44,14 +44,19 @@ inline double ticks_to_seconds(std::uint64_t ticks) {
     return static_cast<double>(ticks) / static_cast<double>(hz > 0 ? hz : 100);
 }
 
-// The number after "Key:" in a /proc status file ("VmRSS:   123 kB", "voluntary_ctxt_switches:  42").
+// The number after "Key:" when `line` is that key's line of a /proc status file ("VmRSS:   123 kB",
+// "voluntary_ctxt_switches:  42").
+inline std::optional<std::uint64_t> status_value(const std::string& line, std::string_view key) {
+    if (line.size() > key.size() && line.compare(0, key.size(), key) == 0 && line[key.size()] == ':')
+        return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10);
+    return std::nullopt;
+}
+
 inline std::optional<std::uint64_t> read_status_field(const std::string& path, std::string_view key) {
     std::ifstream in(path);
     std::string line;
-    while (std::getline(in, line)) {
-        if (line.size() > key.size() && line.compare(0, key.size(), key) == 0 && line[key.size()] == ':')
-            return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10);
-    }
+    while (std::getline(in, line))
+        if (const auto v = status_value(line, key)) return v;
     return std::nullopt;
 }
 
@@ -73,8 +78,7 @@ inline rss_reading read_rss(int pid) {
     std::string line;
     rss_reading r;
     const auto take = [&line](std::string_view key, std::uint64_t& to) {
-        if (line.size() > key.size() && line.compare(0, key.size(), key) == 0 && line[key.size()] == ':')
-            to = std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) * 1024;
+        if (const auto kb = status_value(line, key)) to = *kb * 1024;
     };
     while (std::getline(in, line)) {
         take("VmRSS", r.rss);

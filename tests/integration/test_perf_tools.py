@@ -174,7 +174,26 @@ class LoadgenAgainstRingmq(BrokerTest):
         # Only at a fixed rate.
         rc, _, err = loadgen(self.port, "--scenario", "one-to-one", "--catch-up")
         self.assertEqual(rc, 1, err)
-        self.assertIn("--catch-up needs a fixed rate", err)
+        self.assertIn("--catch-up needs publishers at a fixed rate", err)
+
+    def test_one_to_one_qos0_reports_broker_cpu(self):
+        rc, data, err = loadgen(self.port, "--scenario", "one-to-one", pid=self.broker.proc.pid)
+        self.assertEqual(rc, 0, err)
+        self.check_exact(data)
+        self.assertGreater(data["broker_cpu_s"], 0)
+        self.assertAlmostEqual(data["deliveries_per_cpu_s"], data["delivered"] / data["broker_cpu_s"],
+                               delta=data["deliveries_per_cpu_s"] * 0.01)
+        # Split into its user and system parts; a broker's sends and receives are system time.
+        self.assertAlmostEqual(data["broker_user_s"] + data["broker_sys_s"], data["broker_cpu_s"], places=3)
+        self.assertGreater(data["broker_sys_s"], 0)
+        self.assertGreaterEqual(data["broker_user_s"], 0)
+        self.assertGreater(data["broker_rss_bytes"], 0)
+        # The closed loop idles the broker between batches: it sleeps, and never more often than it delivers.
+        self.assertGreater(data["broker_sleeps_per_s"], 0)
+        self.assertGreaterEqual(data["deliveries_per_broker_sleep"], 1)
+        self.assertAlmostEqual(data["deliveries_per_broker_sleep"],
+                               data["msgs_per_s"] / data["broker_sleeps_per_s"],
+                               delta=data["deliveries_per_broker_sleep"] * 0.01)
 
     def test_idle_connections_report_rss_and_its_anonymous_part(self):
         rc, data, err = loadgen(self.port, "--scenario", "idle", "--idle", "300", pid=self.broker.proc.pid)
