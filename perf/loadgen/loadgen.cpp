@@ -1433,21 +1433,10 @@ struct broker_sample {
     bool have_cpu = false, have_sleeps = false;
     std::uint64_t cpu_start = 0, cpu_end = 0, sleeps_start = 0, sleeps_end = 0;
     std::uint64_t user_start = 0, user_end = 0; // of cpu_*, the user-space part
-    std::uint64_t rss_before = 0, rss_after_connect = 0, rss_end = 0, hwm_end = 0;
-    // RssAnon, the part of VmRSS that is the broker's own heap and stacks: VmRSS also counts file pages (the binary's
-    // and libraries' code) that handling the first connections may fault in.
-    std::uint64_t anon_before = 0, anon_after_connect = 0;
-
-    void read_before(int pid) {
-        const auto r = loadgen::read_rss(pid);
-        rss_before = r.rss;
-        anon_before = r.anon;
-    }
-    void read_after_connect(int pid) {
-        const auto r = loadgen::read_rss(pid);
-        rss_after_connect = r.rss;
-        anon_after_connect = r.anon;
-    }
+    std::uint64_t rss_end = 0, hwm_end = 0;
+    // VmRSS and RssAnon, the part of it that is the broker's own heap and stacks (VmRSS also counts file pages, the
+    // binary's and libraries' code, that handling the first connections may fault in).
+    loadgen::rss_reading before, after_connect;
 };
 
 std::string fmt_double(double v, int prec) {
@@ -1597,7 +1586,7 @@ int main(int argc, char** argv) {
 
     shared_state shared;
     broker_sample bs;
-    if (o.broker_pid) bs.read_before(o.broker_pid);
+    if (o.broker_pid) bs.before = loadgen::read_rss(o.broker_pid);
 
     std::vector<std::unique_ptr<worker>> workers;
     {
@@ -1654,7 +1643,7 @@ int main(int argc, char** argv) {
         return finish(2);
     }
     const double connect_s = static_cast<double>(mono_ns() - start) / 1e9;
-    if (o.broker_pid) bs.read_after_connect(o.broker_pid);
+    if (o.broker_pid) bs.after_connect = loadgen::read_rss(o.broker_pid);
 
     const std::int64_t t0 = mono_ns() + 20 * ns_per_ms;
     const std::int64_t ms = t0 + static_cast<std::int64_t>(o.warmup * 1e9);
@@ -1682,7 +1671,7 @@ int main(int argc, char** argv) {
                 bs.have_sleeps = z.has_value();
                 bs.sleeps_start = z.value_or(0);
                 // Idle connections settle during the warm-up (the broker may allocate lazily after CONNACK).
-                if (o.kind == scenario_kind::idle) bs.read_after_connect(o.broker_pid);
+                if (o.kind == scenario_kind::idle) bs.after_connect = loadgen::read_rss(o.broker_pid);
             }
         }
         if (now >= tick) {
@@ -1768,10 +1757,10 @@ int main(int argc, char** argv) {
                    ? (static_cast<double>(after) - static_cast<double>(before)) / double(rss_conns)
                    : NAN;
     };
-    const double rss_per_conn = per_conn(bs.rss_before, bs.rss_after_connect);
+    const double rss_per_conn = per_conn(bs.before.rss, bs.after_connect.rss);
     // No RssAnon line (kernels before 4.5) is no figure.
     const double anon_per_conn =
-        bs.anon_before && bs.anon_after_connect ? per_conn(bs.anon_before, bs.anon_after_connect) : NAN;
+        bs.before.anon && bs.after_connect.anon ? per_conn(bs.before.anon, bs.after_connect.anon) : NAN;
     auto us = [](std::uint64_t ns) { return static_cast<double>(ns) / 1e3; };
     const histogram& h = r.latency;
 
@@ -1912,8 +1901,8 @@ int main(int argc, char** argv) {
         add("connects_per_cpu_s", o.kind == scenario_kind::connect_storm ? fmt_double(per_cpu, 1) : "null");
         add("broker_rss_bytes", o.broker_pid ? num(bs.rss_end) : "null");
         add("broker_hwm_bytes", o.broker_pid ? num(bs.hwm_end) : "null");
-        add("rss_before_bytes", o.broker_pid ? num(bs.rss_before) : "null");
-        add("rss_after_connect_bytes", o.broker_pid ? num(bs.rss_after_connect) : "null");
+        add("rss_before_bytes", o.broker_pid ? num(bs.before.rss) : "null");
+        add("rss_after_connect_bytes", o.broker_pid ? num(bs.after_connect.rss) : "null");
         add("rss_per_conn_bytes",
             o.kind != scenario_kind::connect_storm ? fmt_double(rss_per_conn, 1) : std::string("null"));
         add("rss_anon_per_conn_bytes",

@@ -43,6 +43,11 @@ template <class Fail> void reparses(std::span<const uint8_t> block, packet_type 
 template <class Fail>
 error decode_checked(packet_type t, uint8_t flags, protocol_version v, std::span<const uint8_t> body, Fail& fail) {
     const bounds<Fail> in(body, fail);
+    // A v5 property block of an accepted packet: inside the body, and parses again on its own.
+    const auto props = [&](std::span<const uint8_t> block, bool for_will = false) {
+        in.check(block);
+        reparses(block, t, fail, for_will);
+    };
     switch (t) {
     case packet_type::connect: {
         connect_view c{};
@@ -51,10 +56,10 @@ error decode_checked(packet_type t, uint8_t flags, protocol_version v, std::span
         if (e == error::none) {
             for (std::string_view s : {c.protocol_name, c.client_id, c.will_topic, c.username})
                 in.check(s);
-            for (std::span<const uint8_t> s : {c.will_payload, c.password, c.properties, c.will_properties})
+            for (std::span<const uint8_t> s : {c.will_payload, c.password})
                 in.check(s);
-            reparses(c.properties, t, fail);
-            reparses(c.will_properties, t, fail, true);
+            props(c.properties);
+            props(c.will_properties, true);
         }
         return e;
     }
@@ -64,8 +69,7 @@ error decode_checked(packet_type t, uint8_t flags, protocol_version v, std::span
         if (e == error::none) {
             in.check(p.topic);
             in.check(p.payload);
-            in.check(p.properties);
-            reparses(p.properties, t, fail);
+            props(p.properties);
             if (p.qos > 2 || (p.packet_id == 0) != (p.qos == 0)) fail("a PUBLISH decoded with a bad QoS or packet id");
         }
         return e;
@@ -77,8 +81,7 @@ error decode_checked(packet_type t, uint8_t flags, protocol_version v, std::span
         ack_view a{};
         const error e = decode_ack(t, body, flags, v, a);
         if (e == error::none) {
-            in.check(a.properties);
-            reparses(a.properties, t, fail);
+            props(a.properties);
             if (a.packet_id == 0) fail("an ack decoded with packet id 0");
         }
         return e;
@@ -90,8 +93,7 @@ error decode_checked(packet_type t, uint8_t flags, protocol_version v, std::span
             if (s.entries.empty()) fail("a SUBSCRIBE decoded without entries");
             for (const subscription& x : s.entries)
                 in.check(x.filter);
-            in.check(s.properties);
-            reparses(s.properties, t, fail);
+            props(s.properties);
         }
         return e;
     }
@@ -102,18 +104,14 @@ error decode_checked(packet_type t, uint8_t flags, protocol_version v, std::span
             if (u.filters.empty()) fail("an UNSUBSCRIBE decoded without filters");
             for (std::string_view f : u.filters)
                 in.check(f);
-            in.check(u.properties);
-            reparses(u.properties, t, fail);
+            props(u.properties);
         }
         return e;
     }
     case packet_type::connack: {
         connack_view c{};
         const error e = decode_connack(body, flags, v, c);
-        if (e == error::none) {
-            in.check(c.properties);
-            reparses(c.properties, t, fail);
-        }
+        if (e == error::none) props(c.properties);
         return e;
     }
     case packet_type::suback:
@@ -121,29 +119,20 @@ error decode_checked(packet_type t, uint8_t flags, protocol_version v, std::span
         suback_view s{};
         const error e =
             t == packet_type::suback ? decode_suback(body, flags, v, s) : decode_unsuback(body, flags, v, s);
-        if (e == error::none) {
-            in.check(s.properties);
-            reparses(s.properties, t, fail);
-        }
+        if (e == error::none) props(s.properties);
         return e;
     }
     case packet_type::disconnect: {
         if (v != protocol_version::v5) return decode_empty(t, body, flags);
         disconnect_view d{};
         const error e = decode_disconnect(body, flags, v, d);
-        if (e == error::none) {
-            in.check(d.properties);
-            reparses(d.properties, t, fail);
-        }
+        if (e == error::none) props(d.properties);
         return e;
     }
     case packet_type::auth: {
         auth_view a{};
         const error e = decode_auth(body, flags, v, a);
-        if (e == error::none) {
-            in.check(a.properties);
-            reparses(a.properties, t, fail);
-        }
+        if (e == error::none) props(a.properties);
         return e;
     }
     default:
