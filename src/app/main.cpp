@@ -140,7 +140,8 @@ int main(int argc, char** argv) {
     if (!cfg.limits.allow_anonymous)
         log::info("mqtt.allow_anonymous = false: a CONNECT needs a user name; passwords are not checked (ringmq has "
                   "no MQTT authentication yet)");
-    // Each connection holds a descriptor: past the limit, connections wait in the backlog (see accept_pacer).
+    // A connection holds a descriptor until its shard settles it in the ring's file table (node.fixed_files), whose
+    // slots the same limit counts per shard; past both, connections wait in the backlog (see accept_pacer).
     log::info("open-file limit {} (mqtt.max_connections {})", listener::raise_fd_limit(), cfg.limits.max_connections);
 
     broker::node node(cfg, cfg.shards);

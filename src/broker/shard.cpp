@@ -10,6 +10,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -66,6 +67,30 @@ constexpr uint64_t read_pace_bytes = 256 * 1024;
 
 int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) {
     return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
+}
+
+// Slots of a shard's file table: one for each descriptor the process may open, so a shard alone can hold as many
+// connections as the whole process could with descriptors, and no more than mqtt.max_connections. The kernel allocates
+// the table up front, 16 bytes of kernel memory a slot: at most 65536 slots (1 MiB) a shard, past which connections
+// keep descriptors.
+constexpr unsigned max_file_slots = 65536;
+
+void init_file_table(io::ring& r, const config::config& cfg, unsigned id) {
+    if (!cfg.budgets.fixed_files) return;
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == 0) return;
+    const auto n = static_cast<unsigned>(
+        std::min<uint64_t>({lim.rlim_cur, max_file_slots, std::max<uint64_t>(cfg.limits.max_connections, 1)}));
+    std::string why;
+    if (r.init_files(n, why)) {
+        log::debug("shard {}: {} slots for sockets in its ring's file table", id, n);
+        return;
+    }
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true))
+        log::warn("shard {}: the kernel refused an io_uring file table of {} slots ({}): its connections keep their "
+                  "descriptors, and the open-file limit bounds them with the whole process's",
+                  id, n, why);
 }
 
 std::string peer_name(int fd) {
@@ -179,6 +204,7 @@ bool shard::run() {
                cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.idle_poll_us,
                cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found,
                cfg_.budgets.idle_poll_by_cpu ? ", weighed against sleeping per CPU-second" : "");
+    init_file_table(ring_, cfg_, id_);
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -573,7 +599,7 @@ void shard::cancel_stuck() {
     for (auto& [id, c] : conns_) {
         if (c->fd < 0 || c->ops == 0) continue;
         io_uring_sqe* s = ring_.sqe();
-        io_uring_prep_cancel_fd(s, c->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_prep_cancel_fd(s, c->fd, IORING_ASYNC_CANCEL_ALL | (c->fixed ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
         io::set_completion(s, nullptr); // an SQE keeps the user_data of its last use otherwise
         ++n;
     }
@@ -708,7 +734,7 @@ void shard::arm_recv(connection& c) {
         io_uring_prep_recv(s, c.fd, nullptr, bufs.buffer_size(), 0);
     else
         io_uring_prep_recv_multishot(s, c.fd, nullptr, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
+    s->flags |= IOSQE_BUFFER_SELECT | (c.fixed ? IOSQE_FIXED_FILE : 0);
     s->buf_group = bufs.group();
     io::set_completion(s, c.recv_record());
     c.recv_armed = true;
@@ -1045,6 +1071,7 @@ void shard::submit_send(connection& c) {
         io_uring_prep_sendmsg(s, c.fd, n.msg, MSG_NOSIGNAL);
     else
         io_uring_prep_send(s, c.fd, n.data, n.len, MSG_NOSIGNAL);
+    if (c.fixed) s->flags |= IOSQE_FIXED_FILE;
     io::set_completion(s, c.send_record());
     c.send_busy = true;
     ++c.ops;
@@ -1126,7 +1153,36 @@ void shard::shutdown_socket(connection& c) {
     if (c.shut || c.fd < 0) return;
     c.shut = true;
     // Completes the pending recv (0) and send (error) so the connection can be freed when they have drained.
-    ::shutdown(c.fd, SHUT_RDWR);
+    if (!c.fixed) {
+        ::shutdown(c.fd, SHUT_RDWR);
+        return;
+    }
+    // A slot has no descriptor for the system call, and io_uring's SHUTDOWN runs from a worker that looks the slot up
+    // when it gets to it: after the slot's close and reuse, it would end the next client's socket. Cancelling the
+    // slot's operations looks it up when submitted and ends them the same way; the close then sends the FIN.
+    if (c.ops == 0) return;
+    io_uring_sqe* s = ring_.sqe();
+    io_uring_prep_cancel_fd(s, c.fd, IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
+    io::set_completion(s, nullptr);
+}
+
+void shard::settle_socket(connection& c) {
+    if (c.fixed || c.ops != 0 || c.fd < 0 || ring_.files() == 0) return;
+    const int slot = ring_.install_file(c.fd);
+    if (slot < 0) {
+        if (!file_table_full_logged_) {
+            file_table_full_logged_ = true;
+            log::warn("shard {}: no room in its ring's file table of {} slots ({}): connections past it keep their "
+                      "descriptors",
+                      id_, ring_.files(), std::strerror(-slot));
+        }
+        return;
+    }
+    io_uring_sqe* s = ring_.sqe();
+    io_uring_prep_close(s, c.fd);
+    io::set_completion(s, nullptr);
+    c.fd = slot;
+    c.fixed = true;
 }
 
 void shard::maybe_destroy(connection& c) {
@@ -1135,9 +1191,13 @@ void shard::maybe_destroy(connection& c) {
     if (c.fd >= 0 && !c.handed_off) {
         // Closed by the ring with the next submission instead of a system call of its own. The descriptor's number
         // stays taken until the close has run, so nothing can reuse it in between; the completion is not needed.
-        io_uring_sqe* s = ring_.sqe();
-        io_uring_prep_close(s, c.fd);
-        io::set_completion(s, nullptr);
+        if (c.fixed) {
+            ring_.close_file(static_cast<unsigned>(c.fd));
+        } else {
+            io_uring_sqe* s = ring_.sqe();
+            io_uring_prep_close(s, c.fd);
+            io::set_completion(s, nullptr);
+        }
     }
     c.fd = -1;
     graveyard_.push_back(c.id);
@@ -1221,6 +1281,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     const unsigned home = home_shard(client_id, n_);
     if (home != id_) {
         // The session lives elsewhere: pass the socket and every byte read so far (this CONNECT onwards).
+        RINGMQ_ASSERT(!c.fixed); // settled only on its home shard
         auto* h = new handoff{c.fd, c.peer, std::vector<uint8_t>(rest.begin(), rest.end())};
         // The home shard parses this CONNECT again and counts it there.
         --m_.packets_connect;
@@ -1231,6 +1292,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         log::debug("client {} ({}) handed to shard {}", client_id, c.peer, home);
         return false;
     }
+    settle_socket(c);
     c.ver = cv.version;
     c.keepalive = cv.keepalive;
     c.clean = cv.clean_session;

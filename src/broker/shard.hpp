@@ -224,7 +224,7 @@ public:
     shard& sh;
     uint64_t id;
     session_slot* slot = nullptr;
-    int fd;
+    int fd; // a descriptor, or a slot of the shard's ring file table when `fixed`
     uint16_t keepalive = 0;
     state st = state::awaiting_connect;
     mqtt::protocol_version ver = mqtt::protocol_version::v311;
@@ -279,6 +279,7 @@ public:
     bool pump_waits : 1 = false;   // pump() stopped at mqtt.max_outgoing_bytes: on_send resumes it
     bool send_failed : 1 = false;  // a send failed: nothing more is sent; the receive path closes it (on_send)
     bool send_reset : 1 = false;   // and it failed with EPIPE or ECONNRESET
+    bool fixed : 1 = false;        // fd is a slot of the ring's file table (settle_socket), used with IOSQE_FIXED_FILE
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
@@ -436,6 +437,10 @@ private:
     void start_send(connection& c);
     void close(connection& c, const char* reason, bool publish_will);
     void shutdown_socket(connection& c);
+    // Moves a connection's socket from its descriptor into the ring's file table, once it has settled on this shard
+    // for good (its CONNECT accepted here) and no operation uses the descriptor. Where the table is full or absent
+    // the descriptor stays, which works the same.
+    void settle_socket(connection& c);
     void maybe_destroy(connection& c);
 
     // MQTT packet handlers (return false when the connection was closed)
@@ -533,6 +538,7 @@ private:
     accept_op accept_op_{this};
     bool accept_armed_ = false;
     bool accept_paused_ = false; // out of descriptors: the next tick arms the accept again
+    bool file_table_full_logged_ = false;
     listener::accept_pacer accept_pacer_{"mqtt"};
     bool stopping_ = false;
     bool stopped_ = false;

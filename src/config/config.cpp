@@ -406,6 +406,7 @@ void validate_keys(checker& c, config& cfg) {
     c.integer("node.idle_poll_min_found", cfg.budgets.idle_poll_min_found, 0, 100);
     c.boolean("node.idle_poll_by_cpu", cfg.budgets.idle_poll_by_cpu);
     c.boolean("node.ring_wakeups", cfg.budgets.ring_wakeups);
+    c.boolean("node.fixed_files", cfg.budgets.fixed_files);
     c.power_of_two("node.smp_queue_size", cfg.budgets.smp_queue_size, 64, 1048576);
     c.level("log.level", cfg.log_level);
 

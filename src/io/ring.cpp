@@ -139,31 +139,87 @@ void ring::message(int target_fd, void* token, completion* on_fail) {
     set_completion(s, on_fail);
 }
 
+bool ring::init_files(unsigned n, std::string& why) {
+    const int rc = io_uring_register_files_sparse(&ring_, n);
+    if (rc < 0) {
+        why = std::strerror(-rc);
+        return false;
+    }
+    files_ = n;
+    return true;
+}
+
+void ring::submitted() {
+    // Nothing queued means every SQE so far went in with a submission, the closes among them: io_uring runs a close
+    // of a slot when it is submitted, never later.
+    if (!closing_files_.empty() && io_uring_sq_ready(&ring_) == 0) {
+        free_files_.insert(free_files_.end(), closing_files_.begin(), closing_files_.end());
+        closing_files_.clear();
+    }
+}
+
+int ring::install_file(int fd) {
+    submitted();
+    unsigned slot;
+    if (!free_files_.empty()) {
+        slot = free_files_.back();
+        free_files_.pop_back();
+    } else if (next_file_ < files_) {
+        slot = next_file_++;
+    } else {
+        return -ENFILE;
+    }
+    const int rc = io_uring_register_files_update(&ring_, slot, &fd, 1);
+    if (rc != 1) {
+        free_files_.push_back(slot);
+        return rc < 0 ? rc : -EIO;
+    }
+    return static_cast<int>(slot);
+}
+
+void ring::close_file(unsigned slot) {
+    io_uring_sqe* s = sqe();
+    io_uring_prep_close_direct(s, slot);
+    set_completion(s, nullptr);
+    closing_files_.push_back(slot);
+}
+
 io_uring_sqe* ring::sqe() {
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
     while (!s) {
         io_uring_submit(&ring_);
+        submitted();
         s = io_uring_get_sqe(&ring_);
     }
     return s;
 }
 
 void ring::reserve(unsigned n) {
-    if (io_uring_sq_space_left(&ring_) < n) io_uring_submit(&ring_);
+    if (io_uring_sq_space_left(&ring_) < n) {
+        io_uring_submit(&ring_);
+        submitted();
+    }
 }
 
 int ring::submit() {
-    if (defer_taskrun_) return io_uring_submit_and_get_events(&ring_);
-    return io_uring_submit(&ring_);
+    const int rc = defer_taskrun_ ? io_uring_submit_and_get_events(&ring_) : io_uring_submit(&ring_);
+    submitted();
+    return rc;
 }
 
 int ring::submit_and_wait(int timeout_ms) {
-    if (timeout_ms < 0) return io_uring_submit_and_wait(&ring_, 1);
-    __kernel_timespec ts{};
-    ts.tv_sec = timeout_ms / 1000;
-    ts.tv_nsec = static_cast<long long>(timeout_ms % 1000) * 1000000;
-    io_uring_cqe* cqe = nullptr;
-    return io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    int rc;
+    if (timeout_ms < 0) {
+        rc = io_uring_submit_and_wait(&ring_, 1);
+    } else {
+        __kernel_timespec ts{};
+        ts.tv_sec = timeout_ms / 1000;
+        ts.tv_nsec = static_cast<long long>(timeout_ms % 1000) * 1000000;
+        io_uring_cqe* cqe = nullptr;
+        rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    }
+    submitted();
+    return rc;
 }
 
 unsigned ring::reap(reaped* out, unsigned max) {

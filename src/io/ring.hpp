@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ringmq::io {
 
@@ -67,12 +68,36 @@ public:
     // on_fail (-EBADFD: not a ring; -EOWNERDEAD: its thread is gone; -EOVERFLOW: its completion queue is full).
     void message(int target_fd, void* token, completion* on_fail);
 
+    // The ring's table of registered files (io_uring "fixed files"). A socket placed there is used by slot number with
+    // IOSQE_FIXED_FILE and needs no descriptor: the process's open-file limit then bounds the sockets of each ring
+    // rather than of the whole process, and an operation skips the descriptor lookup and reference count that every
+    // operation on a descriptor of a multi-threaded process pays. Sets up an empty table of n slots; false with the
+    // kernel's reason when it refuses (the ring still works, with descriptors).
+    bool init_files(unsigned n, std::string& why);
+    // Slots in the table (0 without one).
+    unsigned files() const { return files_; }
+    // Places the file behind fd in a free slot and returns the slot, or -errno (-ENFILE: no free slot). fd stays
+    // open: the caller closes it once nothing uses it by that number.
+    int install_file(int fd);
+    // Queues the close of a slot with the next submission. The slot is handed out again only after a submission has
+    // taken every SQE queued so far (io_uring closes a slot inline, when submitted), so the close cannot hit a socket
+    // placed there later. An operation that looks its slot up later than its submission (one io_uring always runs
+    // from a worker, like SHUTDOWN) must not be used on slots for that reason.
+    void close_file(unsigned slot);
+
 private:
+    // After a submission: slots whose close went in with it become free.
+    void submitted();
+
     io_uring ring_{};
     bool ok_ = false;
     bool defer_taskrun_ = false;
     bool can_message_ = false;
     const char* mode_ = "";
+    unsigned files_ = 0;
+    unsigned next_file_ = 0;              // slots from here up were never used
+    std::vector<unsigned> free_files_;    // slots closed and submitted
+    std::vector<unsigned> closing_files_; // slots whose close may still be queued
 };
 
 // Sets user_data on an SQE: the completion, or null for "ignore".

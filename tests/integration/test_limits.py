@@ -10,7 +10,7 @@ import time
 
 import mqtt_raw as m
 from admin_client import request
-from broker import BrokerTest, Collector, cpu_seconds, rss_kib, shard_variants
+from broker import BrokerTest, Collector, client_id_on_shard, cpu_seconds, rss_kib, shard_variants
 
 
 def read_until_quiet(client, stop=None, quiet=1.0):
@@ -735,7 +735,9 @@ class DescriptorLimitTest(BrokerTest):
         # With RLIMIT_NOFILE at 64 the accepts start failing with EMFILE while connections wait in the backlog. The
         # broker must neither spin on the failing accept nor log each attempt; once descriptors free up, the waiting
         # MQTT client and an admin request that came meanwhile are served.
-        b = self.start_broker(1, admin=True, nofile=64)
+        # Descriptors only (node.fixed_files = false): with the file table, settled connections hold no descriptor
+        # (see the next test).
+        b = self.start_broker(1, {"node.fixed_files": False}, admin=True, nofile=64)
         self.port, self.admin_port = b.port, b.admin_port
         self.assertRegex(b.log().decode(), r"open-file limit 64 ")
         clients, waiting = [], None
@@ -779,4 +781,48 @@ class DescriptorLimitTest(BrokerTest):
         log = b.log().decode("utf-8", "replace")
         self.assertRegex(log, r"mqtt: accepting again after \d+ failed attempts?")
         self.assertRegex(log, r"admin: accepting again after \d+ failed attempts?")
+
+    def test_settled_sockets_leave_the_descriptor_table(self):
+        # Each shard's ring keeps the sockets of the connections settled on it in a file table of as many slots as the
+        # open-file limit (64 here), and closes their descriptors: two shards hold 140 clients with 64 descriptors,
+        # the 12 past the tables' 128 slots keep theirs, and a closed client's slot serves the next one.
+        b = self.start_broker(2, nofile=64)
+        self.port = b.port
+        fd_dir = f"/proc/{b.proc.pid}/fd"
+        base = len(os.listdir(fd_dir))
+
+        def on(shard, name):
+            return client_id_on_shard(name, shard, 2)
+
+        def settled_fds(want, what):
+            deadline = time.monotonic() + 5
+            while len(os.listdir(fd_dir)) - base > want and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertLessEqual(len(os.listdir(fd_dir)) - base, want, what)
+
+        clients = {0: [], 1: []}
+        for i in range(70):
+            for shard in (0, 1):
+                clients[shard].append(self.client(on(shard, f"ft{shard}-{i}")))
+        settled_fds(12, "140 clients on two shards of 64 slots: only the 12 past the slots keep descriptors")
+        log = b.log().decode("utf-8", "replace")
+        for shard in (0, 1):
+            self.assertEqual(len(re.findall(rf"shard {shard}: no room in its ring's file table of 64 slots", log)),
+                             1, "one warning per shard")
+        # Messages flow between clients in slots and clients with descriptors, on both shards.
+        sub = clients[1][0]
+        sub.subscribe([("ft/#", 1)])
+        for pub, topic in ((clients[0][0], "ft/slot"), (clients[0][-1], "ft/fd"), (clients[1][-1], "ft/fd1")):
+            pub.publish(topic, b"x", qos=1)
+            got = sub.recv_publish()
+            self.assertEqual((got.topic, got.payload), (topic, b"x"))
+        # Twenty clients in slots leave; twenty new ones take their slots, not descriptors.
+        for c in clients[0][:20]:
+            c.disconnect()
+        time.sleep(0.2)
+        settled_fds(12, "the leaving clients' sockets")
+        for i in range(20):
+            clients[0].append(self.client(on(0, f"ft-again-{i}")))
+        settled_fds(12, "twenty new clients in the freed slots")
+        self.assertTrue(b.alive())
 
