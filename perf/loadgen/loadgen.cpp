@@ -101,6 +101,7 @@ enum class scenario_kind { one_to_one, pairs, fanout, fanin, idle, connect_storm
 // Command-line settings, filled once by main() and then only read (by every thread).
 struct options {
     std::string host = "127.0.0.1";
+    std::uint32_t first_source = 1; // connection i comes from 127.0.0.(first_source + i / conns_per_source)
     std::uint16_t port = 1883;
     std::string scenario = "one-to-one";
     scenario_kind kind = scenario_kind::one_to_one;
@@ -457,8 +458,8 @@ private:
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (opt_.kernel_stamps) setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
         c.fd = fd;
-        if (addr_.ss_family == AF_INET && ci >= conns_per_source) {
-            const std::uint32_t host = 1u + ci / conns_per_source;
+        if (addr_.ss_family == AF_INET && (ci >= conns_per_source || opt_.first_source != 1)) {
+            const std::uint32_t host = opt_.first_source + ci / conns_per_source;
             sockaddr_in src{};
             src.sin_family = AF_INET;
             src.sin_addr.s_addr = htonl((127u << 24) | host);
@@ -1450,6 +1451,12 @@ int main(int argc, char** argv) {
     options o;
     CLI::App app{"loadgen: MQTT 3.1.1 load generator for loopback brokers (ringmq perf tools)"};
     app.add_option("--host", o.host, "broker address, loopback only")->capture_default_str();
+    app.add_option("--first-source", o.first_source,
+                   "IPv4 source 127.0.0.N of the first 8192 connections (the next 8192 come from N+1, and so on), "
+                   "so that several generators against one broker port do not share the ephemeral ports of one "
+                   "source address")
+        ->check(CLI::Range(1, 254))
+        ->capture_default_str();
     app.add_option("--port", o.port, "broker port")->required();
     app.add_option("--scenario", o.scenario, "one-to-one, pairs, fanout, fanin, idle, connect-storm or retained")
         ->capture_default_str()
@@ -1555,12 +1562,20 @@ int main(int argc, char** argv) {
         total_conns += g.publishers + g.subscribers;
     if (o.kind == scenario_kind::retained) total_conns += o.subscribers;
     const std::uint64_t storm_conns = o.kind == scenario_kind::connect_storm ? std::uint64_t{o.inflight} * threads : 0;
+    if (const std::uint64_t all = total_conns + storm_conns;
+        all != 0 && o.first_source + (all - 1) / conns_per_source > 254) {
+        std::fprintf(stderr, "loadgen: --first-source %u leaves too few source addresses for %" PRIu64 " connections\n",
+                     o.first_source, all);
+        return 1;
+    }
     {
         rlimit rl{};
         getrlimit(RLIMIT_NOFILE, &rl);
         if (rl.rlim_cur < rl.rlim_max) {
-            rl.rlim_cur = rl.rlim_max;
+            // An unlimited hard limit still stops at fs.nr_open (1048576 by default), which setrlimit will not exceed.
+            rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : rl.rlim_max;
             setrlimit(RLIMIT_NOFILE, &rl);
+            getrlimit(RLIMIT_NOFILE, &rl);
         }
         if (total_conns + storm_conns + 64 > rl.rlim_cur) {
             std::fprintf(stderr,

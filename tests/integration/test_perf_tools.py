@@ -473,6 +473,51 @@ class ForwarderArguments(unittest.TestCase):
         self.assertIn("--listen must be 127.x.x.x:PORT", run.stderr)
 
 
+def run_idle_scale(args: list[str], nofile: int, timeout: float) -> tuple:
+    """Runs perf/idle_scale --json with RLIMIT_NOFILE at nofile for it, the broker and the generators; returns (exit
+    code, parsed JSON line or None, stderr)."""
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    env = dict(os.environ, RINGMQ_BIN=broker_bin(), LOADGEN_BIN=LOADGEN)
+    run = subprocess.run([sys.executable, str(REPO / "perf" / "idle_scale"), "--json"] + args, capture_output=True,
+                         text=True, timeout=timeout, env=env, preexec_fn=limit)
+    lines = [l for l in run.stdout.splitlines() if l.startswith("{")]
+    return run.returncode, (json.loads(lines[-1]) if lines else None), run.stderr
+
+
+class IdleScale(unittest.TestCase):
+    """perf/idle_scale holds more idle connections than one process may open descriptors, from several generators,
+    on a broker whose shards keep the sockets in their io_uring file tables (node.fixed_files)."""
+
+    def test_more_connections_than_the_open_file_limit(self):
+        rc, data, err = run_idle_scale(["--connections", "3000", "--timeout", "60"], nofile=1024, timeout=90)
+        self.assertEqual(rc, 0, err)
+        # 824 connections a generator (200 under the limit) and 10% to spare over 1024 slots a shard.
+        self.assertEqual((data["connections"], data["open_file_limit"], data["generators"], data["shards"]),
+                         (3000, 1024, 4, 4), data)
+        self.assertLessEqual(data["broker_fds_after"], data["broker_fds_before"] + 4, data)
+        self.assertEqual(data["file_table_full_warnings"], 0, data)
+        self.assertGreater(data["rss_per_conn_bytes"], 100, data)
+        self.assertLess(data["rss_per_conn_bytes"], 4096, data)
+        self.assertIn("3000 idle connections from 4 generators on ringmq --shards 4", err)
+
+    def test_without_the_file_tables_the_limit_holds(self):
+        rc, data, err = run_idle_scale(["--connections", "3000", "--timeout", "6", "--set", "node.fixed_files=false"],
+                                       nofile=1024, timeout=60)
+        self.assertEqual(rc, 2, err)
+        self.assertIsNone(data)
+        self.assertIn("timed out before every connection was up", err)
+        # And it is the broker's descriptors that ran out, not only a slow start.
+        self.assertIn("accept failed: Too many open files", err)
+
+    def test_loadgen_refuses_a_first_source_without_room_for_its_connections(self):
+        run = subprocess.run([LOADGEN, "--port", "1", "--scenario", "idle", "--idle", "9000", "--first-source", "254"],
+                             capture_output=True, text=True, timeout=10)
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertIn("--first-source 254 leaves too few source addresses for 9000 connections", run.stderr)
+
+
 def run_compare(test: unittest.TestCase, args: list[str], timeout: float):
     """Runs perf/compare --quick with args and this build's binaries; asserts it exits 0 and returns (run, JSON)."""
     with tempfile.TemporaryDirectory() as d:
