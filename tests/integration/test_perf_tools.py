@@ -746,10 +746,47 @@ def load_compare():
     return mod
 
 
+class CompareIdle100k(unittest.TestCase):
+    def test_idle_100k_runs_idle_scale_on_ringmq_only_and_is_weighed(self):
+        # 100k connections under an open-file limit of 20000 (this host's hard limit; lowered to it where higher, so
+        # the run needs its six shards and generators wherever it runs).
+        import resource
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and hard < 20000:
+            self.skipTest(f"the hard open-file limit {hard} is under 20000")
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "cmp.json")
+            env = dict(os.environ, LOADGEN_BIN=LOADGEN, RINGMQ_BIN=broker_bin())
+            run = subprocess.run([sys.executable, str(REPO / "perf" / "compare"), "--quick", "--only", "idle-100k",
+                                  "--json", out], capture_output=True, text=True, timeout=180, env=env,
+                                 preexec_fn=limit)
+            self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+            with open(out) as f:
+                doc = json.load(f)
+        self.assertEqual([(r["scenario"], r["broker"]) for r in doc["runs"]], [("idle-100k", "ringmq")], doc["runs"])
+        res = doc["runs"][0]["result"]
+        self.assertEqual((res["connections"], res["generators"], res["shards"], res["open_file_limit"]),
+                         (100000, 6, 6, 20000), res)
+        self.assertIn("perf/idle_scale", doc["runs"][0]["command"])
+        rows = {(r[0], r[1]): r for r in doc["table"][1:]}
+        row = rows[("idle-100k", "RSS bytes per connection (lower)")]
+        self.assertEqual(row[3], "-", row)  # no Mosquitto figure
+        target = [t for t in doc["targets"] if t["scenario"] == "idle-100k"]
+        self.assertEqual(len(target), 1, doc["targets"])
+        self.assertEqual(target[0]["rounds"], 1, target)
+        self.assertAlmostEqual(target[0]["value"], res["rss_per_conn_bytes"])
+        self.assertIn(target[0]["verdict"], ("met", "missed"))
+        self.assertIn("RSS bytes per idle connection at 100k", run.stdout)
+
+
 class CompareTargets(unittest.TestCase):
     def test_targets_option_selects_every_scenario_a_target_is_weighed_on(self):
         cmp = load_compare()
-        want = {"1to1-q0", "fanout100-q0", "1to1-q1", "pairs1000-50-q0", "1to1-q0-20k", "idle-10k", "fanout100-q0-2sh"}
+        want = {"1to1-q0", "fanout100-q0", "1to1-q1", "pairs1000-50-q0", "1to1-q0-20k", "idle-10k", "idle-100k",
+                "fanout100-q0-2sh"}
         self.assertEqual(cmp.target_scenarios(), want)
         run = subprocess.run([sys.executable, str(REPO / "perf" / "compare"), "--targets", "--only", "pairs10-q0",
                               "--list"], capture_output=True, text=True, timeout=20)
