@@ -66,8 +66,8 @@ constexpr std::uint64_t seq_mask = (std::uint64_t{1} << seq_bits) - 1;
 constexpr std::uint64_t max_lag_us = (std::uint64_t{1} << (64 - seq_bits)) - 1;
 // Connections per IPv4 source address. The kernel looks for a free ephemeral port per (source, destination) pair,
 // and that search slows sharply as the range fills: at 16k connections from 127.0.0.1 to one port it took nearly all
-// of the generator's core (__inet_hash_connect) and connecting stalled. Connection i >= this comes from
-// 127.0.0.(1 + i / conns_per_source) instead; loopback all the same.
+// of the generator's core (__inet_hash_connect) and connecting stalled. Connection i comes from
+// 127.0.0.(first_source + i / conns_per_source) instead (--first-source, 1 by default); loopback all the same.
 constexpr std::uint32_t conns_per_source = 8192;
 // Most PUBLISHes one fixed-rate loop turn may emit before it goes back to reading sockets.
 constexpr std::uint32_t rate_burst_limit = 4096;

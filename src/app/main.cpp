@@ -144,9 +144,10 @@ int main(int argc, char** argv) {
     // slots the same limit counts per shard; past both, connections wait in the backlog (see accept_pacer).
     log::info(
         "open-file limit {} (mqtt.max_connections {}; {})", listener::raise_fd_limit(), cfg.limits.max_connections,
-        cfg.budgets.fixed_files
-            ? "settled connections go in the shards' io_uring file tables, up to that many per shard (at most 65536)"
-            : "a descriptor per connection, node.fixed_files = false");
+        cfg.budgets.fixed_files ? fmt::format("settled connections go in the shards' io_uring file tables, up to that "
+                                              "many per shard (at most {})",
+                                              broker::max_file_slots)
+                                : std::string("a descriptor per connection, node.fixed_files = false"));
 
     broker::node node(cfg, cfg.shards);
     std::unique_ptr<admin::server> admin_server;

@@ -69,12 +69,6 @@ int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) 
     return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
 }
 
-// Slots of a shard's file table: one for each descriptor the process may open, so a shard alone can hold as many
-// connections as the whole process could with descriptors, and no more than mqtt.max_connections. The kernel allocates
-// the table up front, 16 bytes of kernel memory a slot: at most 65536 slots (1 MiB) a shard, past which connections
-// keep descriptors.
-constexpr unsigned max_file_slots = 65536;
-
 void init_file_table(io::ring& r, const config::config& cfg, unsigned id) {
     if (!cfg.budgets.fixed_files) return;
     rlimit lim{};

@@ -208,6 +208,12 @@ protected:
     ~send_completion() = default;
 };
 
+// Slots of a shard's io_uring file table: one for each descriptor the process may open, so a shard alone can hold as
+// many connections as the whole process could with descriptors, and no more than mqtt.max_connections. The kernel
+// allocates the table up front, 16 bytes of kernel memory a slot: at most this many slots (1 MiB) a shard, past which
+// connections keep descriptors.
+inline constexpr unsigned max_file_slots = 65536;
+
 // A client connection. Created by the shard that accepted it or received it by handoff, and owned by that shard's
 // connection table until its last io_uring operation has completed.
 class connection final : public recv_completion<connection>, public send_completion<connection> {
