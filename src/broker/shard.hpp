@@ -443,6 +443,15 @@ private:
     void start_send(connection& c);
     void close(connection& c, const char* reason, bool publish_will);
     void shutdown_socket(connection& c);
+    // The completion of io_uring's SHUTDOWN of a slot: counted among its connection's operations, so the slot is
+    // closed (and given out again) only after the SHUTDOWN, which runs from a worker and looks the slot up late, has
+    // run. Heap-allocated per shutdown (a slot's connection closing with operations pending), freed when it completes.
+    struct shutdown_done final : io::completion {
+        shard& sh;
+        connection& c;
+        shutdown_done(shard& s, connection& conn) : sh(s), c(conn) {}
+        void on_complete(int res, uint32_t flags) override;
+    };
     // Moves a connection's socket from its descriptor into the ring's file table, once it has settled on this shard
     // for good (its CONNECT accepted here) and no operation uses the descriptor. Where the table is full or absent
     // the descriptor stays, which works the same.

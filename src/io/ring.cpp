@@ -58,6 +58,7 @@ bool probe_kernel(std::string& why) {
         {IORING_OP_READ, "READ"},
         {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
         {IORING_OP_CLOSE, "CLOSE"},
+        {IORING_OP_SHUTDOWN, "SHUTDOWN"},
     };
     std::string missing;
     for (const need& n : needs)
