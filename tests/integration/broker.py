@@ -144,6 +144,10 @@ class Broker:
             with os.fdopen(fd, "w") as f:
                 f.write(self.config)
             cmd += ["-c", self._config_path]
+        # RINGMQ_IT_SET="key=value ...": settings for every broker of the run, before the test's own (which win), to
+        # run the whole suite on a non-default path (node.fixed_files=true).
+        for extra in os.environ.get("RINGMQ_IT_SET", "").split():
+            cmd += ["--set", extra]
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={toml_value(value)}"]
         return cmd + self.args

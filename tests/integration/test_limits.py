@@ -735,8 +735,8 @@ class DescriptorLimitTest(BrokerTest):
         # With RLIMIT_NOFILE at 64 the accepts start failing with EMFILE while connections wait in the backlog. The
         # broker must neither spin on the failing accept nor log each attempt; once descriptors free up, the waiting
         # MQTT client and an admin request that came meanwhile are served.
-        # Descriptors only (node.fixed_files = false): with the file table, settled connections hold no descriptor
-        # (see the next test).
+        # Descriptors only (node.fixed_files = false, the default, set here all the same): with the file table,
+        # settled connections hold no descriptor (see the next test).
         b = self.start_broker(1, {"node.fixed_files": False}, admin=True, nofile=64)
         self.port, self.admin_port = b.port, b.admin_port
         self.assertRegex(b.log().decode(), r"open-file limit 64 ")
@@ -786,7 +786,7 @@ class DescriptorLimitTest(BrokerTest):
         # Each shard's ring keeps the sockets of the connections settled on it in a file table of as many slots as the
         # open-file limit (64 here), and closes their descriptors: two shards hold 140 clients with 64 descriptors,
         # the 12 past the tables' 128 slots keep theirs, and a closed client's slot serves the next one.
-        b = self.start_broker(2, nofile=64)
+        b = self.start_broker(2, {"node.fixed_files": True}, nofile=64)
         self.port = b.port
         fd_dir = f"/proc/{b.proc.pid}/fd"
         base = len(os.listdir(fd_dir))
