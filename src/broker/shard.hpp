@@ -263,7 +263,7 @@ public:
 
     // Send side: frames are queued in `sq`; one send is in flight at a time.
     send_queue sq;
-    int8_t ops = 0; // outstanding io_uring operations (a recv and a send at most: one byte is plenty)
+    int8_t ops = 0; // outstanding io_uring operations (a recv, a send and a slot's shutdown at most)
     // Flags as single bits: as bools, with the padding after them, they took 16 bytes of every idle connection.
     bool send_busy : 1 = false;
     bool dirty : 1 = false;
