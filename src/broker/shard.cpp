@@ -1183,9 +1183,7 @@ void shard::settle_socket(connection& c) {
         }
         return;
     }
-    io_uring_sqe* s = ring_.sqe();
-    io_uring_prep_close(s, c.fd);
-    io::set_completion(s, nullptr);
+    ring_.close_descriptor(c.fd);
     c.fd = slot;
     c.fixed = true;
 }
@@ -1194,15 +1192,12 @@ void shard::maybe_destroy(connection& c) {
     if (c.st != connection::state::closing || c.ops > 0 || c.buried) return;
     c.buried = true;
     if (c.fd >= 0 && !c.handed_off) {
-        // Closed by the ring with the next submission instead of a system call of its own. The descriptor's number
-        // stays taken until the close has run, so nothing can reuse it in between; the completion is not needed.
-        if (c.fixed) {
+        // Closed by the ring with the next submission instead of a system call of its own (see close_descriptor and
+        // close_file for why nothing can reuse the number or slot before that).
+        if (c.fixed)
             ring_.close_file(static_cast<unsigned>(c.fd));
-        } else {
-            io_uring_sqe* s = ring_.sqe();
-            io_uring_prep_close(s, c.fd);
-            io::set_completion(s, nullptr);
-        }
+        else
+            ring_.close_descriptor(c.fd);
     }
     c.fd = -1;
     graveyard_.push_back(c.id);

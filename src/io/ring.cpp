@@ -177,6 +177,12 @@ int ring::install_file(int fd) {
     return static_cast<int>(slot);
 }
 
+void ring::close_descriptor(int fd) {
+    io_uring_sqe* s = sqe();
+    io_uring_prep_close(s, fd);
+    set_completion(s, nullptr);
+}
+
 void ring::close_file(unsigned slot) {
     io_uring_sqe* s = sqe();
     io_uring_prep_close_direct(s, slot);

@@ -84,6 +84,9 @@ public:
     // placed there later. An operation that looks its slot up later than its submission (one io_uring always runs
     // from a worker, like SHUTDOWN) must not be used on slots for that reason.
     void close_file(unsigned slot);
+    // Queues the close of a descriptor with the next submission (no system call of its own; the number stays taken
+    // until the close has run, so nothing can reuse it in between).
+    void close_descriptor(int fd);
 
 private:
     // After a submission: slots whose close went in with it become free.
