@@ -111,10 +111,8 @@ struct turn_budgets {
     bool ring_wakeups = true;
     // Keep each settled connection's socket in its shard's io_uring file table instead of the process's descriptor
     // table: no descriptor lookup per operation, and room for a table as large as the open-file limit in every
-    // shard rather than one limit for the whole process. Off by default for now: two full test runs with it on each
-    // had one test time out that did not repeat (see README, "Design decisions"). Off, or where the kernel refuses the
-    // table, descriptors.
-    bool fixed_files = false;
+    // shard rather than one limit for the whole process. Off, or where the kernel refuses the table, descriptors.
+    bool fixed_files = true;
     // Entries of each queue between two shards (and between a shard and the admin shard), a power of two. A message
     // that finds its queue full waits in its sender's backlog, and the sender sleeps until the queue is empty; a
     // queue costs 16 bytes an entry, (shards + 1)^2 queues in all.

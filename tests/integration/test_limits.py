@@ -735,8 +735,8 @@ class DescriptorLimitTest(BrokerTest):
         # With RLIMIT_NOFILE at 64 the accepts start failing with EMFILE while connections wait in the backlog. The
         # broker must neither spin on the failing accept nor log each attempt; once descriptors free up, the waiting
         # MQTT client and an admin request that came meanwhile are served.
-        # Descriptors only (node.fixed_files = false, the default, set here all the same): with the file table,
-        # settled connections hold no descriptor (see the next test).
+        # Descriptors only (node.fixed_files = false): with the file table (the default), settled connections hold no
+        # descriptor (see the next test).
         b = self.start_broker(1, {"node.fixed_files": False}, admin=True, nofile=64)
         self.port, self.admin_port = b.port, b.admin_port
         self.assertRegex(b.log().decode(), r"open-file limit 64 ")

@@ -153,7 +153,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
     EXPECT_TRUE(c.budgets.idle_poll_by_cpu);
     EXPECT_TRUE(c.budgets.ring_wakeups);
-    EXPECT_FALSE(c.budgets.fixed_files);
+    EXPECT_TRUE(c.budgets.fixed_files);
     EXPECT_EQ(c.budgets.smp_queue_size, 16384u);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
@@ -267,7 +267,7 @@ idle_poll_min_batch = 16
 idle_poll_min_found = 75
 idle_poll_by_cpu = true
 ring_wakeups = true
-fixed_files = false
+fixed_files = true
 smp_queue_size = 16384
 [log]
 level = "info"
