@@ -62,6 +62,26 @@ void send_queue::append_payload(session::message* m) {
     push_piece(piece{out_.size(), p.data(), p.size(), m, true});
 }
 
+void send_queue::copy_queued(std::vector<uint8_t>& out) const {
+    size_t from = 0;
+    if (g_) {
+        for (const piece& p : g_->queued) {
+            out.insert(out.end(), out_.begin() + from, out_.begin() + p.at);
+            out.insert(out.end(), p.data, p.data + p.len);
+            from = p.at;
+        }
+    }
+    out.insert(out.end(), out_.begin() + from, out_.end());
+}
+
+void send_queue::drop_queued() {
+    out_.clear();
+    if (g_) {
+        release(g_->queued);
+        g_->queued_bytes = 0;
+    }
+}
+
 void send_queue::start_batch() {
     sending_.clear();
     sending_.swap(out_);

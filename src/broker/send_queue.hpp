@@ -126,6 +126,10 @@ public:
 
     // Frees the bookkeeping of shared pieces when none is queued or in flight (for a connection that went idle).
     void trim();
+    // Appends the queued bytes, not those of the batch in flight, to out in the order they would go.
+    void copy_queued(std::vector<uint8_t>& out) const;
+    // Forgets the queued bytes (not the batch in flight), releasing their shared pieces.
+    void drop_queued();
 
     static constexpr size_t max_iov = 256;
 

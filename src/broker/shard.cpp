@@ -1128,10 +1128,12 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         session_slot* slot = c.slot;
         c.slot = nullptr;
         slot->conn = nullptr;
-        if (slot->s->clean())
+        if (slot->s->clean()) {
             drop_session(slot);
-        else
+        } else {
+            requeue_unsent(c, *slot);
             went_offline(*slot);
+        }
     }
     if (publish_will && c.will) {
         log::debug("publishing will of {} on {}", c.client_id_, c.will->topic);
@@ -1318,6 +1320,7 @@ bool shard::attach_session(connection& c, bool clean) {
             connection& old = *slot->conn;
             log::info("client {} taken over: closing the connection from {} for the one from {}", c.client_id_,
                       old.peer, c.peer);
+            if (!clean && !slot->s->clean()) requeue_unsent(old, *slot);
             old.slot = nullptr;
             slot->conn = nullptr;
             close(old, "conflict", true);
@@ -2127,6 +2130,71 @@ void shard::went_offline(session_slot& slot) {
             return !s || s->offline_since_ms != e.offline_since_ms;
         });
     }
+}
+
+void shard::requeue_unsent(connection& c, session_slot& slot) {
+    // Routed to the connection in the turn that also handled its DISCONNECT (the loop applies other shards' messages
+    // before the turn's completions), or queued behind a send that had not finished: they never reached the socket,
+    // and a QoS 0 message has nothing else to keep it, so it would be lost while the session that wanted it stays.
+    // QoS 1/2 messages are in the window and go again from there. The batch in flight is left: it has gone to the
+    // socket, or (a send that failed) is lost as before. Not while the shard stops: the sessions go with it.
+    if (!c.sq.has_queued() || stopping_) return;
+    std::vector<uint8_t> bytes;
+    c.sq.copy_queued(bytes);
+    c.sq.drop_queued();         // so that nothing can send them as well
+    std::vector<size_t> frames; // where each QoS 0 PUBLISH starts
+    uint64_t counted = 0;       // those counted as sent when queued (count_publish_sent leaves $SYS out)
+    for (size_t off = 0; off < bytes.size();) {
+        mqtt::fixed_header h{};
+        if (mqtt::parse_fixed_header(bytes.data() + off, bytes.size() - off, h) != mqtt::error::none) break;
+        const size_t end = off + h.header_len + h.remaining_length;
+        if (end > bytes.size()) break;
+        if (h.type == mqtt::packet_type::publish && (h.flags & 0x06) == 0) {
+            frames.push_back(off);
+            const uint8_t* t = bytes.data() + off + h.header_len;
+            const bool sys = h.remaining_length >= 7 && (t[0] << 8 | t[1]) >= 5 && std::memcmp(t + 2, "$SYS/", 5) == 0;
+            counted += !sys;
+        }
+        off = end;
+    }
+    // A client closed for not reading can leave megabytes of them: only the newest that the queue can take are made
+    // into messages (the byte limit is weighed by requeue_front).
+    const uint32_t max_queued = cfg_.limits.max_queued_messages;
+    const size_t room =
+        max_queued == 0 ? frames.size() : max_queued - std::min<size_t>(slot.s->queue_len(), max_queued);
+    const size_t skipped = frames.size() - std::min(frames.size(), room);
+    std::vector<session::message_ref> msgs;
+    msgs.reserve(frames.size() - skipped);
+    for (size_t i = skipped; i < frames.size(); ++i) {
+        mqtt::fixed_header h{};
+        (void)mqtt::parse_fixed_header(bytes.data() + frames[i], bytes.size() - frames[i], h);
+        mqtt::publish_view pv{};
+        if (mqtt::decode_publish({bytes.data() + frames[i] + h.header_len, h.remaining_length}, h.flags, c.ver, pv,
+                                 nullptr, true) == mqtt::error::none)
+            msgs.push_back(session::message_ref::adopt(session::message::make(pv.topic, pv.payload, 0, pv.retain)));
+    }
+    if (frames.empty()) return;
+    const size_t n = frames.size();
+    // They were counted as sent when they were queued; those that go back are counted when they go. (The sent counts
+    // can so step back a little, once, on such a close.)
+    m_.packets_sent -= counted;
+    m_.packets_publish_sent -= counted;
+    m_.messages_sent -= counted;
+    m_.messages_qos0_sent -= counted;
+    const std::string topic = msgs.empty() ? std::string("-") : std::string(msgs.back()->topic());
+    const uint64_t before = slot.s->dropped();
+    slot.s->count_dropped(skipped);
+    const uint64_t dropped = skipped + slot.s->requeue_front(msgs);
+    log::debug("client {}: {} QoS 0 message{} not yet sent went back to its session ({} dropped)", c.client_id_, n,
+               n == 1 ? "" : "s", dropped);
+    if (dropped == 0) return;
+    if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
+        note_dropped(slot, before, "queue full (mqtt.max_queued_messages = {}) for what its connection had not sent",
+                     cfg_.limits.max_queued_messages, topic);
+    else
+        note_dropped(slot, before,
+                     "its queue would pass mqtt.max_queued_bytes = {} with what its connection had not sent",
+                     cfg_.limits.max_queued_bytes, topic);
 }
 
 void shard::expire_sessions(int64_t now) {

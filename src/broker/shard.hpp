@@ -533,6 +533,8 @@ private:
     void remove_subscription(session_slot& slot, const std::string& filter);
     void drop_session(session_slot* slot);
     void went_offline(session_slot& slot);
+    // A kept session's connection closes: its QoS 0 messages that never left go back to the session.
+    void requeue_unsent(connection& c, session_slot& slot);
     void expire_sessions(int64_t now);
     void update_gauges();
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).

@@ -85,6 +85,25 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
     return offer_result::queued;
 }
 
+uint64_t session::requeue_front(std::vector<message_ref>& msgs) {
+    size_t keep = 0;
+    uint64_t bytes = 0;
+    for (size_t i = msgs.size(); i-- > 0;) {
+        const uint64_t b = msgs[i]->data_size();
+        if ((limits_.max_queued != 0 && queue_len() + keep >= limits_.max_queued) ||
+            (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes + b > limits_.max_queued_bytes))
+            break;
+        ++keep;
+        bytes += b;
+    }
+    const size_t first = msgs.size() - keep;
+    for (size_t i = 0; i < keep; ++i)
+        entries_.insert(inflight_ + i, outgoing{std::move(msgs[first + i]), 0, 0, false});
+    queued_bytes_ += bytes;
+    dropped_ += first;
+    return first;
+}
+
 bool session::drop_qos0_for(uint64_t bytes) {
     // QoS 1/2 messages must be stored for an offline session [MQTT-3.1.2-5], QoS 0 ones may be: a queue full of QoS 0
     // made the next QoS 1/2 message the one dropped. Room is made only where dropping the queue's QoS 0 messages is

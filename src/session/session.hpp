@@ -11,6 +11,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 namespace ringmq::session {
 
@@ -121,6 +122,10 @@ public:
     // Messages the broker dropped for this session outside the queue (QoS 0 backpressure), counted with the rest.
     void count_dropped(uint64_t n) { dropped_ += n; }
 
+    // QoS 0 messages that were on their way to a connection that closed before they left: they go back to the front
+    // of the queue, behind the window, in order. They are older than anything queued, so past the queue's limits the
+    // oldest of them are the ones dropped (counted), as for a QoS 1/2 message that needs room. Returns how many.
+    uint64_t requeue_front(std::vector<message_ref>& msgs);
     // Incoming QoS 2: records pid as awaiting release unless it does already or the limit is reached.
     qos2_arrival incoming_qos2(uint16_t pid);
     // PUBREL received: true when pid was awaiting release.

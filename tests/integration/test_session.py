@@ -1,11 +1,13 @@
 """Persistent sessions (clean session 0): subscriptions kept, offline QoS 1/2 queue delivered in order,
 unacknowledged messages resent with DUP, QoS 2 state kept across reconnects, takeover, clean session discards."""
 
+import os
 import random
+import signal
 import time
 
 import mqtt_raw as m
-from broker import shard_variants
+from broker import BrokerTest, shard_variants
 
 
 class FlakyQos2Peer:
@@ -573,3 +575,52 @@ class QueueFullOfQos0Cases:
 
 
 shard_variants(QueueFullOfQos0Cases, globals())
+
+
+class UnsentQos0GoesBackToTheSession(BrokerTest):
+    """A QoS 0 message routed to a persistent session's connection in the turn that also handles that connection's
+    DISCONNECT never reaches the socket: it goes back to the session and arrives when the client returns, neither
+    lost nor twice. (It was lost: nothing else keeps a QoS 0 message.)"""
+
+    def test_a_message_routed_in_the_turn_of_the_disconnect_arrives_on_return(self):
+        went_back = 0
+        r = 0
+        while went_back < 2 and r < 30:
+            sid = f"unsent-{r}"
+            s = self.client(sid, clean=False)
+            s.subscribe([("un/#", 0)])
+            pub = self.client(f"unsent-pub-{r}")
+            payload = b"m%d" % r
+            # Stopped, the broker reads nothing; resumed, it takes both, the PUBLISH first (it came first), routed
+            # to the connection still attached, then the DISCONNECT: in one turn about every other round here, else
+            # the PUBLISH in a turn of its own, whose message then goes out before the close.
+            os.kill(self.broker.proc.pid, signal.SIGSTOP)
+            try:
+                pub.send(m.publish("un/a", payload))
+                time.sleep(0.05)
+                s.send(m.DISCONNECT_BYTES)
+                time.sleep(0.05)
+            finally:
+                os.kill(self.broker.proc.pid, signal.SIGCONT)
+            # Should the two fall into different turns after all, the message goes out before the close.
+            before = [p.body for p in s.expect_closed(3, allow=[m.publish("un/a", payload)])]
+            s = self.client(sid, clean=False, expect=m.connack(session_present=True))
+            after = []
+            while True:
+                try:
+                    after.append(s.recv_publish(timeout=0.5).payload)
+                except AssertionError:
+                    break
+            self.assertEqual(len(before) + len(after), 1, f"round {r}: before the close {before}, after {after}")
+            if after:
+                self.assertEqual(after, [payload])
+            # Only the broker's log tells this path from the DISCONNECT handled first (the message then queued for the
+            # offline session as usual).
+            if f"client {sid}: 1 QoS 0 message not yet sent went back to its session".encode() in self.broker.log():
+                went_back += 1
+            s.disconnect()
+            s.expect_closed(3)
+            pub.disconnect()
+            r += 1
+        # About every other round takes the path under test here; 30 without one would mean it is not reached.
+        self.assertEqual(went_back, 2, f"{r} rounds")

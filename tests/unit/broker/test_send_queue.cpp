@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 namespace ringmq::broker {
 namespace {
@@ -143,6 +144,33 @@ TEST(SendQueue, SharedPiecesAreSplicedInQueueOrder) {
     EXPECT_EQ(peek(q), "a[BIG]bc[BI[BIG]d");
     EXPECT_EQ(drain(q, 1000), "a[BIG]bc[BI[BIG]d");
     EXPECT_EQ(big->refs(), 1u); // the batch released its three references
+    big->release();
+}
+
+TEST(SendQueue, CopyQueuedTakesWhatWaitsNotTheBatchInFlight) {
+    shared_bytes* big = shared_bytes::make(bytes_of("[BIG]"));
+    send_queue q;
+    put(q, "gone");
+    q.append_shared(big, 3);
+    q.start_batch(); // "gone[BI" is in flight
+    put(q, "a");
+    q.append_shared(big, big->size());
+    put(q, "bc");
+    q.append_shared(big, big->size());
+    std::vector<uint8_t> out{'>'};
+    q.copy_queued(out);
+    EXPECT_EQ(std::string(out.begin(), out.end()), ">a[BIG]bc[BIG]") << "appended, in the order it would go";
+    EXPECT_EQ(drain(q, 1000), "gone[BI") << "the batch in flight is untouched";
+    q.finish_batch();
+    out.clear();
+    q.copy_queued(out);
+    EXPECT_EQ(std::string(out.begin(), out.end()), "a[BIG]bc[BIG]") << "copying took nothing out";
+    q.start_batch();
+    EXPECT_EQ(drain(q, 1000), "a[BIG]bc[BIG]");
+    q.finish_batch();
+    out.clear();
+    q.copy_queued(out);
+    EXPECT_TRUE(out.empty());
     big->release();
 }
 

@@ -186,6 +186,60 @@ TEST(Session, AFullQueueDropsItsOldestQoS0ForAQoS1Message) {
     EXPECT_EQ(got, "abc");
 }
 
+TEST(Session, UnsentQoS0MessagesGoBackAheadOfTheQueueBehindTheWindow) {
+    session s("c", false, lim(1, 4));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("w"), 1, true, &o), offer::send); // in the window
+    ASSERT_EQ(s.offer(msg("q"), 1, true, &o), offer::queued);
+    std::vector<message_ref> back;
+    back.push_back(msg("u0", 0));
+    back.push_back(msg("u1", 0));
+    EXPECT_EQ(s.requeue_front(back), 0u);
+    EXPECT_EQ(s.queue_len(), 3u);
+    EXPECT_EQ(s.queued_bytes(), 3u + 1 + 3 + 2 + 3 + 2);
+    std::string window;
+    for (const outgoing& e : s.window())
+        window += text(&e);
+    EXPECT_EQ(window, "w") << "the window is untouched";
+    ASSERT_TRUE(s.on_puback(s.window().front().pid));
+    std::string got;
+    while (const outgoing* n = s.next_ready()) {
+        got += text(n) + ",";
+        if (n->qos != 0) ASSERT_TRUE(s.on_puback(n->pid));
+    }
+    EXPECT_EQ(got, "u0,u1,q,");
+}
+
+TEST(Session, UnsentQoS0MessagesPastTheLimitsDropTheirOldest) {
+    session s("c", false, lim(1, 3));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("q"), 1, false, &o), offer::queued);
+    std::vector<message_ref> back;
+    for (const char* p : {"u0", "u1", "u2"})
+        back.push_back(msg(p, 0));
+    EXPECT_EQ(s.requeue_front(back), 1u) << "room for two of them";
+    EXPECT_EQ(s.dropped(), 1u);
+    std::string got;
+    while (const outgoing* n = s.next_ready()) {
+        got += text(n) + ",";
+        if (n->qos != 0) ASSERT_TRUE(s.on_puback(n->pid));
+    }
+    EXPECT_EQ(got, "u1,u2,q,") << "the oldest went";
+
+    limits l = lim(1, 0);
+    l.max_queued_bytes = 12; // each message: 3 bytes of topic plus its payload
+    session b("c", false, l);
+    std::vector<message_ref> more;
+    for (const char* p : {"aaa", "bbb", "c"})
+        more.push_back(msg(p, 0));
+    EXPECT_EQ(b.requeue_front(more), 1u) << "4 + 6 bytes fit, 6 more would not";
+    EXPECT_EQ(b.queued_bytes(), 10u);
+    std::string left;
+    while (const outgoing* n = b.next_ready())
+        left += text(n) + ",";
+    EXPECT_EQ(left, "bbb,c,");
+}
+
 TEST(Session, NoQoS0IsDroppedWhereDroppingThemAllWouldNotMakeRoom) {
     // Each message is 3 bytes of topic plus its payload; the queue takes 30 bytes.
     limits l = lim(1, 0);
