@@ -624,3 +624,32 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
             r += 1
         # About every other round takes the path under test here; 30 without one would mean it is not reached.
         self.assertEqual(went_back, 2, f"{r} rounds")
+
+    def test_messages_waiting_behind_a_stuck_send_go_to_the_connection_that_takes_over(self):
+        # The subscriber does not read: the broker's send stalls once the socket buffers are full (about 4 MB on
+        # loopback here; 10 MB of filler is sent), and what comes after waits in the connection's send queue. A new
+        # connection with the same client id takes the session over: the waiting QoS 0 messages go to it, in order,
+        # once each, rather than down with the old connection.
+        old = self.client("stuck", clean=False)
+        old.subscribe([("st/#", 0)])
+        pub = self.client("stuck-pub")
+        filler = b"f" * 65536
+        for _ in range(160):
+            pub.publish("st/filler", filler)
+        time.sleep(0.3)  # the filler is in the socket or waiting behind it
+        for i in range(10):
+            pub.publish("st/marked", b"m%d" % i)
+        time.sleep(0.3)
+        new = self.client("stuck", clean=False, expect=m.connack(session_present=True))
+        marked = []
+        deadline = time.monotonic() + 20
+        while len(marked) < 10 and time.monotonic() < deadline:
+            msg = new.recv_publish(timeout=max(0.1, deadline - time.monotonic()))
+            if msg.topic == "st/marked":
+                marked.append(msg.payload)
+            else:
+                self.assertEqual(marked, [], "filler after a marked message")
+        self.assertEqual(marked, [b"m%d" % i for i in range(10)])
+        new.expect_no_packet(0.3)
+        self.assertRegex(self.broker.log(), rb"client stuck: \d+ QoS 0 messages not yet sent went back to its session \(0 dropped\)")
+        old.close()
