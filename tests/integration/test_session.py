@@ -578,9 +578,10 @@ shard_variants(QueueFullOfQos0Cases, globals())
 
 
 class UnsentQos0GoesBackToTheSession(BrokerTest):
-    """A QoS 0 message routed to a persistent session's connection in the turn that also handles that connection's
-    DISCONNECT never reaches the socket: it goes back to the session and arrives when the client returns, neither
-    lost nor twice. (It was lost: nothing else keeps a QoS 0 message.)"""
+    """QoS 0 messages queued for a persistent session's connection that never reached its socket (routed in the turn
+    that also handles its DISCONNECT, or waiting behind a stuck send when another connection takes the session over)
+    go back to the session and arrive when the client returns, neither lost nor twice. (They were lost: nothing else
+    keeps a QoS 0 message.)"""
 
     def test_a_message_routed_in_the_turn_of_the_disconnect_arrives_on_return(self):
         went_back = 0
