@@ -2141,16 +2141,21 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     if (!c.sq.has_queued() || stopping_) return;
     std::vector<uint8_t> bytes;
     c.sq.copy_queued(bytes);
-    c.sq.drop_queued();         // so that nothing can send them as well
-    std::vector<size_t> frames; // where each QoS 0 PUBLISH starts
-    uint64_t counted = 0;       // those counted as sent when queued (count_publish_sent leaves $SYS out)
+    c.sq.drop_queued(); // so that nothing can send them as well
+    struct frame {
+        size_t body; // where the QoS 0 PUBLISH's body starts
+        uint32_t len;
+        uint8_t flags;
+    };
+    std::vector<frame> frames;
+    uint64_t counted = 0; // those counted as sent when queued (count_publish_sent leaves $SYS out)
     for (size_t off = 0; off < bytes.size();) {
         mqtt::fixed_header h{};
         if (mqtt::parse_fixed_header(bytes.data() + off, bytes.size() - off, h) != mqtt::error::none) break;
         const size_t end = off + h.header_len + h.remaining_length;
         if (end > bytes.size()) break;
         if (h.type == mqtt::packet_type::publish && (h.flags & 0x06) == 0) {
-            frames.push_back(off);
+            frames.push_back(frame{off + h.header_len, h.remaining_length, h.flags});
             const uint8_t* t = bytes.data() + off + h.header_len;
             const bool sys = h.remaining_length >= 7 && (t[0] << 8 | t[1]) >= 5 && std::memcmp(t + 2, "$SYS/", 5) == 0;
             counted += !sys;
@@ -2166,11 +2171,10 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     std::vector<session::message_ref> msgs;
     msgs.reserve(frames.size() - skipped);
     for (size_t i = skipped; i < frames.size(); ++i) {
-        mqtt::fixed_header h{};
-        (void)mqtt::parse_fixed_header(bytes.data() + frames[i], bytes.size() - frames[i], h);
+        const frame& f = frames[i];
         mqtt::publish_view pv{};
-        if (mqtt::decode_publish({bytes.data() + frames[i] + h.header_len, h.remaining_length}, h.flags, c.ver, pv,
-                                 nullptr, true) == mqtt::error::none)
+        if (mqtt::decode_publish({bytes.data() + f.body, f.len}, f.flags, c.ver, pv, nullptr, true) ==
+            mqtt::error::none)
             msgs.push_back(session::message_ref::adopt(session::message::make(pv.topic, pv.payload, 0, pv.retain)));
     }
     if (frames.empty()) return;

@@ -89,6 +89,19 @@ def cpu_seconds(pid: int, thread: Optional[str] = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
+def read_until_quiet(client, stop=None, quiet=1.0):
+    """Payloads of the PUBLISHes client receives until none comes for `quiet` seconds or one carries `stop`."""
+    out = []
+    while True:
+        try:
+            p = client.recv_publish(timeout=quiet).payload
+        except AssertionError:
+            return out
+        if p == stop:
+            return out
+        out.append(p)
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -10,20 +10,8 @@ import time
 
 import mqtt_raw as m
 from admin_client import request
-from broker import BrokerTest, Collector, client_id_on_shard, cpu_seconds, rss_kib, shard_variants
-
-
-def read_until_quiet(client, stop=None, quiet=1.0):
-    """Payloads of the PUBLISHes client receives until none comes for `quiet` seconds or one carries `stop`."""
-    out = []
-    while True:
-        try:
-            p = client.recv_publish(timeout=quiet).payload
-        except AssertionError:
-            return out
-        if p == stop:
-            return out
-        out.append(p)
+from broker import (BrokerTest, Collector, client_id_on_shard, cpu_seconds, read_until_quiet, rss_kib,
+                    shard_variants)
 
 
 class LimitCases:
@@ -183,12 +171,7 @@ class LimitCases:
         pub = self.client(self.pub_id())
         for i in range(15):
             pub.publish("lim/slow", str(i), qos=1)
-        got = []
-        while True:
-            try:
-                got.append(sub.recv_publish(timeout=0.8).payload)
-            except AssertionError:
-                break
+        got = read_until_quiet(sub, quiet=0.8)
         # One in flight plus at most 4 queued (or 4 in all); the rest dropped, the order kept.
         self.assertIn(len(got), (4, 5), got)
         self.assertEqual(got, [str(i).encode() for i in range(len(got))])
