@@ -74,6 +74,18 @@ void send_queue::copy_queued(std::vector<uint8_t>& out) const {
     out.insert(out.end(), out_.begin() + from, out_.end());
 }
 
+size_t send_queue::copy_flight(std::vector<uint8_t>& out) const {
+    if (g_ && !g_->flight.empty()) {
+        for (size_t k = 0; k <= 2 * g_->flight.size(); ++k) {
+            const std::span<const uint8_t> s = segment(k);
+            out.insert(out.end(), s.begin(), s.end());
+        }
+    } else {
+        out.insert(out.end(), sending_.begin(), sending_.end());
+    }
+    return sent_;
+}
+
 void send_queue::drop_queued() {
     out_.clear();
     if (g_) {

@@ -130,6 +130,10 @@ public:
     void copy_queued(std::vector<uint8_t>& out) const;
     // Forgets the queued bytes (not the batch in flight), releasing their shared pieces.
     void drop_queued();
+    // Whether the batch in flight has bytes the socket has not taken (a send of it is pending, or one failed).
+    bool flight_unsent() const { return sent_ < flight_size(); }
+    // Appends the whole batch in flight to out in the order it goes; returns how many of its bytes the socket took.
+    size_t copy_flight(std::vector<uint8_t>& out) const;
 
     static constexpr size_t max_iov = 256;
 

@@ -1089,6 +1089,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
             return;
         }
         if (c.st != connection::state::closing) close(c, reset ? "econnreset" : "socket_error", true);
+        if (!lost_flights_.empty()) requeue_lost_flight(c);
         maybe_destroy(c);
         return;
     }
@@ -1098,6 +1099,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
     c.rx_while_full -= static_cast<uint32_t>(std::min<uint64_t>(c.rx_while_full, static_cast<uint64_t>(res)));
     const bool done = c.sq.sent(static_cast<size_t>(res));
     if (c.st == connection::state::closing) {
+        if (!lost_flights_.empty()) requeue_lost_flight(c);
         maybe_destroy(c);
         return;
     }
@@ -1352,6 +1354,7 @@ bool shard::attach_session(connection& c, bool clean) {
         owned->created_at = static_cast<int64_t>(::time(nullptr));
         slot = &sessions_.insert(std::move(owned));
     }
+    forget_lost_flights(slot);
     slot->conn = &c;
     slot->offline_since_ms = 0;
     c.slot = slot;
@@ -2136,12 +2139,47 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     // Routed to the connection in the turn that also handled its DISCONNECT (the loop applies other shards' messages
     // before the turn's completions), or queued behind a send that had not finished: they never reached the socket,
     // and a QoS 0 message has nothing else to keep it, so it would be lost while the session that wanted it stays.
-    // QoS 1/2 messages are in the window and go again from there. The batch in flight is left: it has gone to the
-    // socket, or (a send that failed) is lost as before. Not while the shard stops: the sessions go with it.
-    if (!c.sq.has_queued() || stopping_) return;
+    // QoS 1/2 messages are in the window and go again from there. Of the batch in flight, what the socket took may
+    // have reached the client and is not sent again (at most once); the rest goes back too: now when a send of it
+    // failed, else when its pending send completes (requeue_lost_flight). Not while the shard stops: the sessions go
+    // with it.
+    if (stopping_) return;
+    const bool failed_flight = !c.send_busy && c.sq.flight_unsent();
+    if (c.send_busy && c.sq.flight_unsent() && c.st == connection::state::closing && slot.conn == nullptr)
+        lost_flights_.push_back({c.id, &slot});
+    if (!c.sq.has_queued() && !failed_flight) return;
     std::vector<uint8_t> bytes;
+    size_t taken = 0;
+    if (failed_flight) {
+        taken = c.sq.copy_flight(bytes);
+        c.sq.finish_batch(); // nothing sends it again: the connection closes
+    }
+    const size_t flight_end = bytes.size();
     c.sq.copy_queued(bytes);
     c.sq.drop_queued(); // so that nothing can send them as well
+    requeue_frames(c, slot, bytes, taken, flight_end);
+}
+
+void shard::requeue_lost_flight(connection& c) {
+    const auto it = std::find_if(lost_flights_.begin(), lost_flights_.end(),
+                                 [&c](const lost_flight& l) { return l.conn_id == c.id; });
+    if (it == lost_flights_.end()) return;
+    session_slot& slot = *it->slot;
+    lost_flights_.erase(it);
+    if (stopping_ || c.send_busy || !c.sq.flight_unsent()) return;
+    std::vector<uint8_t> bytes;
+    const size_t taken = c.sq.copy_flight(bytes);
+    c.sq.finish_batch();
+    requeue_frames(c, slot, bytes, taken, bytes.size());
+}
+
+void shard::forget_lost_flights(const session_slot* slot) {
+    if (lost_flights_.empty()) return;
+    std::erase_if(lost_flights_, [slot](const lost_flight& l) { return l.slot == slot; });
+}
+
+size_t shard::requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
+                             size_t flight_end) {
     struct frame {
         size_t body; // where the QoS 0 PUBLISH's body starts
         uint32_t len;
@@ -2149,19 +2187,23 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     };
     std::vector<frame> frames;
     uint64_t counted = 0; // those counted as sent when queued (count_publish_sent leaves $SYS out)
+    size_t from_flight = 0;
     for (size_t off = 0; off < bytes.size();) {
         mqtt::fixed_header h{};
         if (mqtt::parse_fixed_header(bytes.data() + off, bytes.size() - off, h) != mqtt::error::none) break;
         const size_t end = off + h.header_len + h.remaining_length;
         if (end > bytes.size()) break;
-        if (h.type == mqtt::packet_type::publish && (h.flags & 0x06) == 0) {
+        // A frame the socket took whole may have reached the client; one it took only part of never can have.
+        if (end > taken && h.type == mqtt::packet_type::publish && (h.flags & 0x06) == 0) {
             frames.push_back(frame{off + h.header_len, h.remaining_length, h.flags});
             const uint8_t* t = bytes.data() + off + h.header_len;
             const bool sys = h.remaining_length >= 7 && (t[0] << 8 | t[1]) >= 5 && std::memcmp(t + 2, "$SYS/", 5) == 0;
             counted += !sys;
+            from_flight += off < flight_end;
         }
         off = end;
     }
+    if (frames.empty()) return 0;
     // A client closed for not reading can leave megabytes of them: only the newest that the queue can take are made
     // into messages (the byte limit is weighed by requeue_front).
     const uint32_t max_queued = cfg_.limits.max_queued_messages;
@@ -2177,7 +2219,6 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
             mqtt::error::none)
             msgs.push_back(session::message_ref::adopt(session::message::make(pv.topic, pv.payload, 0, pv.retain)));
     }
-    if (frames.empty()) return;
     const size_t n = frames.size();
     // They were counted as sent when they were queued; those that go back are counted when they go. (The sent counts
     // can so step back a little, once, on such a close.)
@@ -2189,9 +2230,10 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(skipped);
     const uint64_t dropped = skipped + slot.s->requeue_front(msgs);
-    log::debug("client {}: {} QoS 0 message{} not yet sent went back to its session ({} dropped)", c.client_id_, n,
-               n == 1 ? "" : "s", dropped);
-    if (dropped == 0) return;
+    log::debug("client {}: {} QoS 0 message{} not yet sent went back to its session ({} from the batch in flight, {} "
+               "dropped)",
+               c.client_id_, n, n == 1 ? "" : "s", from_flight, dropped);
+    if (dropped == 0) return n;
     if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
         note_dropped(slot, before, "queue full (mqtt.max_queued_messages = {}) for what its connection had not sent",
                      cfg_.limits.max_queued_messages, topic);
@@ -2199,6 +2241,7 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
         note_dropped(slot, before,
                      "its queue would pass mqtt.max_queued_bytes = {} with what its connection had not sent",
                      cfg_.limits.max_queued_bytes, topic);
+    return n;
 }
 
 void shard::expire_sessions(int64_t now) {
@@ -2230,6 +2273,7 @@ void shard::expire_sessions(int64_t now) {
 }
 
 void shard::drop_session(session_slot* slot) {
+    forget_lost_flights(slot);
     if (slot->s->held()) end_reads(reader_of(*slot), false);
     for (const auto& [filter, qos] : slot->s->subscriptions) {
         bool idle = false;

@@ -535,6 +535,15 @@ private:
     void went_offline(session_slot& slot);
     // A kept session's connection closes: its QoS 0 messages that never left go back to the session.
     void requeue_unsent(connection& c, session_slot& slot);
+    // The send that was pending when such a connection closed has completed: what the socket did not take of its
+    // batch goes back to the session, if that is still offline (lost_flights_).
+    void requeue_lost_flight(connection& c);
+    // Turns the QoS 0 PUBLISH frames in bytes that end past its first `taken` bytes into messages at the front of the
+    // session's queue; returns how many went back. The first flight_end bytes are the batch that was in flight.
+    size_t requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
+                          size_t flight_end);
+    // The session is attached again or dropped: a pending send's leftovers must no longer go to it.
+    void forget_lost_flights(const session_slot* slot);
     void expire_sessions(int64_t now);
     void update_gauges();
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
@@ -605,6 +614,14 @@ private:
                                     // at doublings too
     log::line_budget conn_log_{20}; // conn_info
     std::vector<uint64_t> graveyard_;
+    // Closed connections of kept sessions whose send was still pending: when it completes, what the socket did not
+    // take goes back to the session (requeue_lost_flight), unless the session was attached again or dropped since
+    // (forget_lost_flights), since newer messages may have gone to it by then. Few and short-lived: a vector.
+    struct lost_flight {
+        uint64_t conn_id;
+        session_slot* slot;
+    };
+    std::vector<lost_flight> lost_flights_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
     reactor::deadline_wheel deadlines_;
     reactor::smp_outbox outbox_;

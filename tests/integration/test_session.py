@@ -3,6 +3,7 @@ unacknowledged messages resent with DUP, QoS 2 state kept across reconnects, tak
 
 import os
 import random
+import re
 import signal
 import time
 
@@ -647,5 +648,67 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
                 self.assertEqual(marked, [], "filler after a marked message")
         self.assertEqual(marked, [b"m%d" % i for i in range(10)])
         new.expect_no_packet(0.3)
-        self.assertRegex(self.broker.log(), rb"client stuck: \d+ QoS 0 messages not yet sent went back to its session \(0 dropped\)")
+        self.assertRegex(self.broker.log(), rb"client stuck: \d+ QoS 0 messages not yet sent went back to its session "
+                                            rb"\(\d+ from the batch in flight, 0 dropped\)")
         old.close()
+
+    def flood(self, prefix: str, n: int) -> list:
+        """A subscriber that does not read gets n numbered QoS 0 messages of 64 KiB (10 MiB for 160: its send stalls
+        at about 4 MiB of socket buffers, with a batch of megabytes in flight). Returns their numbers in order."""
+        pub = self.client(f"{prefix}-pub")
+        pad = b"." * 65530
+        for i in range(n):
+            pub.publish(f"{prefix}/f", b"%05d" % i + pad)
+        self.assertTrue(pub.is_open())  # PINGRESP after them: all routed
+        time.sleep(0.3)  # the send stalls
+        pub.disconnect()
+        return [b"%05d" % i for i in range(n)]
+
+    def test_what_a_pending_send_had_not_handed_to_the_socket_goes_back_on_disconnect(self):
+        # The DISCONNECT closes the connection while its send is pending; that ends the send. The socket's bytes go
+        # out before the FIN, so the client gets what the socket took; every other message must arrive once, in
+        # order, after it reconnects: the queued ones and those of the batch in flight alike (these were lost).
+        s = self.client("cut", clean=False)
+        s.subscribe([("cut/#", 0)])
+        sent = self.flood("cut", 160)
+        s.disconnect()
+        # Not read until the broker has closed: reading would make room, and the pending send could then finish its
+        # batch before the close ends it.
+        deadline = time.monotonic() + 10
+        while b"client cut (" not in self.broker.log():
+            self.assertLess(time.monotonic(), deadline, "no close logged within 10 s of the DISCONNECT")
+            time.sleep(0.05)
+        time.sleep(0.2)
+        before = []
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                pkt = s.read_packet(max(0.01, deadline - time.monotonic()))
+            except m.Closed:
+                break
+            before.append(m.parse_publish(pkt).payload[:5])  # a frame cut short by the close is not a packet
+        s = self.client("cut", clean=False, expect=m.connack(session_present=True))
+        after = [p[:5] for p in read_until_quiet(s, quiet=1.0)]
+        self.assertEqual(before + after, sent, f"{len(before)} before the close, {len(after)} after")
+        self.assertGreater(len(before), 0)
+        self.assertRegex(self.broker.log(), rb"client cut: \d+ QoS 0 messages not yet sent went back to its session "
+                                            rb"\([1-9]\d* from the batch in flight, 0 dropped\)")
+
+    def test_what_a_failed_send_had_not_handed_to_the_socket_goes_back_after_a_reset(self):
+        # The client resets the connection: what the socket took is gone with it (it may have reached the client, so
+        # it is not sent again); the messages it had not taken, of the failed batch and queued behind it, must
+        # arrive once, in order, after the client reconnects: the newest messages, up to the last.
+        s = self.client("reset", clean=False)
+        s.subscribe([("reset/#", 0)])
+        sent = self.flood("reset", 160)
+        s.abort()
+        went_back = rb"client reset: \d+ QoS 0 messages not yet sent went back to its session \([1-9]\d* from the batch in flight, 0 dropped\)"
+        # Reconnecting first would find the send still pending: its leftovers then stay out of the attached session.
+        deadline = time.monotonic() + 10
+        while not re.search(went_back, self.broker.log()):
+            self.assertLess(time.monotonic(), deadline, "no requeue logged within 10 s of the reset")
+            time.sleep(0.05)
+        s = self.client("reset", clean=False, expect=m.connack(session_present=True))
+        after = [p[:5] for p in read_until_quiet(s, quiet=1.0)]
+        self.assertGreater(len(after), 0)
+        self.assertEqual(after, sent[len(sent) - len(after):], f"{len(after)} after the reset")

@@ -174,6 +174,37 @@ TEST(SendQueue, CopyQueuedTakesWhatWaitsNotTheBatchInFlight) {
     big->release();
 }
 
+// A connection closed with its batch part sent: the whole batch in the order it goes, and how much the socket took,
+// so that the frames it never took can go back to the session.
+TEST(SendQueue, CopyFlightTakesTheWholeBatchAndSaysWhatTheSocketTook) {
+    shared_bytes* big = shared_bytes::make(bytes_of("[BIG]"));
+    send_queue q;
+    EXPECT_FALSE(q.flight_unsent());
+    put(q, "ab");
+    q.append_shared(big, big->size());
+    put(q, "cd");
+    q.start_batch();
+    put(q, "queued");
+    EXPECT_TRUE(q.flight_unsent());
+    EXPECT_FALSE(q.sent(4)); // "ab[B" taken
+    std::vector<uint8_t> out{'>'};
+    EXPECT_EQ(q.copy_flight(out), 4u);
+    EXPECT_EQ(std::string(out.begin(), out.end()), ">ab[BIG]cd") << "appended, whole, in the order it goes";
+    EXPECT_TRUE(q.flight_unsent());
+    EXPECT_EQ(drain(q, 1000), "IG]cd") << "copying took nothing out";
+    EXPECT_FALSE(q.flight_unsent());
+    q.start_batch(); // inline bytes only
+    out.clear();
+    EXPECT_EQ(q.copy_flight(out), 0u);
+    EXPECT_EQ(std::string(out.begin(), out.end()), "queued");
+    EXPECT_EQ(drain(q, 2), "queued");
+    EXPECT_FALSE(q.flight_unsent());
+    out.clear();
+    EXPECT_EQ(q.copy_flight(out), 0u);
+    EXPECT_TRUE(out.empty()) << "no batch, nothing to copy";
+    big->release();
+}
+
 TEST(SendQueue, PartialSendsResumeInsideAndBetweenPieces) {
     shared_bytes* p1 = shared_bytes::make(bytes_of("0123456789"));
     shared_bytes* p2 = shared_bytes::make(bytes_of("ABCDEFGHIJ"));
