@@ -601,6 +601,26 @@ class CompareIdlePoll(unittest.TestCase):
         # poll counters show what the setting does, in test_limits' idle poll tests.
 
 
+class CompareCatchUp(unittest.TestCase):
+    def test_catch_up_goes_to_the_fixed_rate_runs_only(self):
+        run, doc = run_compare(self, ["--only", "1to1-q0-20k,1to1-q0", "--catch-up"], timeout=60)
+        runs = {(r["scenario"], r["broker"]): r for r in doc["runs"]}
+        self.assertEqual(len(runs), 4, sorted(runs))
+        for b in ("ringmq", "mosquitto"):
+            fixed, closed = runs[("1to1-q0-20k", b)], runs[("1to1-q0", b)]
+            self.assertIn(" --catch-up", fixed["command"])
+            self.assertIs(fixed["result"]["catch_up"], True)
+            self.assertNotIn("--catch-up", closed["command"])
+            self.assertIs(closed["result"]["catch_up"], False)
+        self.assertIn("fixed-rate runs with loadgen --catch-up", run.stdout)
+
+    def test_fixed_rate_tells_a_rate_from_the_closed_loop(self):
+        cmp = load_compare()
+        self.assertTrue(cmp.fixed_rate(["--scenario", "pairs", "--rate", "50"]))
+        self.assertFalse(cmp.fixed_rate(["--scenario", "pairs", "--rate", "0"]))
+        self.assertFalse(cmp.fixed_rate(["--scenario", "one-to-one"]))
+
+
 class CompareInflightWindow(unittest.TestCase):
     def test_both_brokers_get_the_deeper_window_and_the_forwarder_runs_at_qos1(self):
         run, doc = run_compare(self, ["--only", "1to1-q1-inflight64", "--ceiling"], timeout=60)
