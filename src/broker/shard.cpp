@@ -1082,6 +1082,8 @@ void shard::on_send(connection& c, int res, uint32_t) {
             // the DISCONNECT. Closing here would publish a will the client had withdrawn [MQTT-3.14.4-3]. So stop
             // sending and let the receive close it (it delivers the bytes before the error); a deadline closes it
             // should the receive not come (check_deadline).
+            log::debug("client {}: a send failed ({}); nothing more is sent, its receive closes it", c.client_id(),
+                       std::strerror(-res));
             c.send_failed = true;
             c.send_reset = reset;
             c.check_at_ms = now_ms_ + send_failed_grace_ms;
@@ -2141,8 +2143,9 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     // and a QoS 0 message has nothing else to keep it, so it would be lost while the session that wanted it stays.
     // QoS 1/2 messages are in the window and go again from there. Of the batch in flight, what the socket took may
     // have reached the client and is not sent again (at most once); the rest goes back too: now when a send of it
-    // failed, else when its pending send completes (requeue_lost_flight). Not while the shard stops: the sessions go
-    // with it.
+    // failed, else when its pending send completes (requeue_lost_flight). On a takeover a pending send's leftovers
+    // are lost: the connection is not closing yet, so the socket may still take them, and the new connection may be
+    // sent newer messages before the send ends. Not while the shard stops: the sessions go with it.
     if (stopping_) return;
     const bool failed_flight = !c.send_busy && c.sq.flight_unsent();
     if (c.send_busy && c.sq.flight_unsent() && c.st == connection::state::closing && slot.conn == nullptr)
@@ -2164,13 +2167,13 @@ void shard::requeue_lost_flight(connection& c) {
     const auto it = std::find_if(lost_flights_.begin(), lost_flights_.end(),
                                  [&c](const lost_flight& l) { return l.conn_id == c.id; });
     if (it == lost_flights_.end()) return;
-    session_slot& slot = *it->slot;
+    session_slot* slot = it->slot;
     lost_flights_.erase(it);
     if (stopping_ || c.send_busy || !c.sq.flight_unsent()) return;
     std::vector<uint8_t> bytes;
     const size_t taken = c.sq.copy_flight(bytes);
     c.sq.finish_batch();
-    requeue_frames(c, slot, bytes, taken, bytes.size());
+    requeue_frames(c, *slot, bytes, taken, bytes.size());
 }
 
 void shard::forget_lost_flights(const session_slot* slot) {
@@ -2221,7 +2224,7 @@ size_t shard::requeue_frames(connection& c, session_slot& slot, const std::vecto
     }
     const size_t n = frames.size();
     // They were counted as sent when they were queued; those that go back are counted when they go. (The sent counts
-    // can so step back a little, once, on such a close.)
+    // can so step back a little on such a close: once for the queued part, once more when a pending send ends.)
     m_.packets_sent -= counted;
     m_.packets_publish_sent -= counted;
     m_.messages_sent -= counted;

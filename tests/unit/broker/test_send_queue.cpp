@@ -205,6 +205,28 @@ TEST(SendQueue, CopyFlightTakesTheWholeBatchAndSaysWhatTheSocketTook) {
     big->release();
 }
 
+TEST(SendQueue, CopyFlightKeepsPiecesWhereverTheyStand) {
+    shared_bytes* a = shared_bytes::make(bytes_of("<A>"));
+    shared_bytes* b = shared_bytes::make(bytes_of("<B>"));
+    send_queue q;
+    q.append_shared(a, a->size()); // a piece first,
+    q.append_shared(b, b->size()); // one right after it,
+    put(q, "x");
+    q.append_shared(a, a->size()); // and one last
+    q.start_batch();
+    EXPECT_FALSE(q.sent(4)); // from the first piece into the second
+    std::vector<uint8_t> out;
+    EXPECT_EQ(q.copy_flight(out), 4u);
+    EXPECT_EQ(std::string(out.begin(), out.end()), "<A><B>x<A>");
+    EXPECT_FALSE(q.sent(3)); // "B>x"
+    out.clear();
+    EXPECT_EQ(q.copy_flight(out), 7u) << "what the socket took, over every partial send";
+    EXPECT_EQ(std::string(out.begin(), out.end()), "<A><B>x<A>");
+    EXPECT_EQ(drain(q, 1000), "<A>");
+    a->release();
+    b->release();
+}
+
 TEST(SendQueue, PartialSendsResumeInsideAndBetweenPieces) {
     shared_bytes* p1 = shared_bytes::make(bytes_of("0123456789"));
     shared_bytes* p2 = shared_bytes::make(bytes_of("ABCDEFGHIJ"));
