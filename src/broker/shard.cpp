@@ -2181,8 +2181,8 @@ void shard::forget_lost_flights(const session_slot* slot) {
     std::erase_if(lost_flights_, [slot](const lost_flight& l) { return l.slot == slot; });
 }
 
-size_t shard::requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
-                             size_t flight_end) {
+void shard::requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
+                           size_t flight_end) {
     struct frame {
         size_t body; // where the QoS 0 PUBLISH's body starts
         uint32_t len;
@@ -2206,7 +2206,7 @@ size_t shard::requeue_frames(connection& c, session_slot& slot, const std::vecto
         }
         off = end;
     }
-    if (frames.empty()) return 0;
+    if (frames.empty()) return;
     // A client closed for not reading can leave megabytes of them: only the newest that the queue can take are made
     // into messages (the byte limit is weighed by requeue_front).
     const uint32_t max_queued = cfg_.limits.max_queued_messages;
@@ -2236,7 +2236,7 @@ size_t shard::requeue_frames(connection& c, session_slot& slot, const std::vecto
     log::debug("client {}: {} QoS 0 message{} not yet sent went back to its session ({} from the batch in flight, {} "
                "dropped)",
                c.client_id_, n, n == 1 ? "" : "s", from_flight, dropped);
-    if (dropped == 0) return n;
+    if (dropped == 0) return;
     if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
         note_dropped(slot, before, "queue full (mqtt.max_queued_messages = {}) for what its connection had not sent",
                      cfg_.limits.max_queued_messages, topic);
@@ -2244,7 +2244,6 @@ size_t shard::requeue_frames(connection& c, session_slot& slot, const std::vecto
         note_dropped(slot, before,
                      "its queue would pass mqtt.max_queued_bytes = {} with what its connection had not sent",
                      cfg_.limits.max_queued_bytes, topic);
-    return n;
 }
 
 void shard::expire_sessions(int64_t now) {

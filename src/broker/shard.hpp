@@ -533,15 +533,17 @@ private:
     void remove_subscription(session_slot& slot, const std::string& filter);
     void drop_session(session_slot* slot);
     void went_offline(session_slot& slot);
-    // A kept session's connection closes: its QoS 0 messages that never left go back to the session.
+    // A kept session's connection closes (or is taken over): its QoS 0 messages that the socket never took, queued or
+    // in a batch whose send failed, go back to the session; a pending send's are handled when it ends.
     void requeue_unsent(connection& c, session_slot& slot);
     // The send that was pending when such a connection closed has completed: what the socket did not take of its
     // batch goes back to the session, if that is still offline (lost_flights_).
     void requeue_lost_flight(connection& c);
     // Turns the QoS 0 PUBLISH frames in bytes that end past its first `taken` bytes into messages at the front of the
-    // session's queue; returns how many went back. The first flight_end bytes are the batch that was in flight.
-    size_t requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
-                          size_t flight_end);
+    // session's queue (the oldest dropped past its limits). The first flight_end bytes are the batch that was in
+    // flight.
+    void requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
+                        size_t flight_end);
     // The session is attached again or dropped: a pending send's leftovers must no longer go to it.
     void forget_lost_flights(const session_slot* slot);
     void expire_sessions(int64_t now);
