@@ -518,6 +518,11 @@ class IdleScale(unittest.TestCase):
         self.assertIn("--first-source 254 leaves too few source addresses for 9000 connections", run.stderr)
 
 
+def cmp_fmt(v) -> str:
+    """perf/compare's own way of showing a figure."""
+    return load_compare().fmt(v)
+
+
 def run_compare(test: unittest.TestCase, args: list[str], timeout: float, preexec_fn=None):
     """Runs perf/compare --quick with args and this build's binaries; asserts it exits 0 and returns (run, JSON)."""
     with tempfile.TemporaryDirectory() as d:
@@ -558,6 +563,10 @@ class CompareWithCeiling(unittest.TestCase):
         self.assertEqual({t["verdict"] for t in doc["targets"] if t["scenario"] != "1to1-q0"}, {"not run"})
         self.assertIn("targets of the performance issue", run.stdout)
         self.assertIn(f"forwarder {fwd_ratio:.3g}x", run.stdout)
+        # and this run's Mosquitto beside the one the issue's ratios assume
+        mosq = runs["mosquitto"]["result"]["deliveries_per_cpu_s"]
+        self.assertEqual((target["mosquitto"], target["mosquitto_issue"]), (mosq, 98e3))
+        self.assertIn(f"(Mosquitto {cmp_fmt(mosq)}/CPU-s here, 98.0 k in the issue)", run.stdout)
         # Mosquitto runs with its own defaults (Nagle on) unless --mosquitto-nodelay
         self.assertNotIn("set_tcp_nodelay", runs["mosquitto"]["broker_config"])
 
