@@ -62,27 +62,22 @@ void send_queue::append_payload(session::message* m) {
     push_piece(piece{out_.size(), p.data(), p.size(), m, true});
 }
 
-void send_queue::copy_queued(std::vector<uint8_t>& out) const {
+void send_queue::splice(const byte_vec& bytes, const std::vector<piece>* pieces, std::vector<uint8_t>& out) {
     size_t from = 0;
-    if (g_) {
-        for (const piece& p : g_->queued) {
-            out.insert(out.end(), out_.begin() + from, out_.begin() + p.at);
+    if (pieces) {
+        for (const piece& p : *pieces) {
+            out.insert(out.end(), bytes.begin() + from, bytes.begin() + p.at);
             out.insert(out.end(), p.data, p.data + p.len);
             from = p.at;
         }
     }
-    out.insert(out.end(), out_.begin() + from, out_.end());
+    out.insert(out.end(), bytes.begin() + from, bytes.end());
 }
 
+void send_queue::copy_queued(std::vector<uint8_t>& out) const { splice(out_, g_ ? &g_->queued : nullptr, out); }
+
 size_t send_queue::copy_flight(std::vector<uint8_t>& out) const {
-    if (g_ && !g_->flight.empty()) {
-        for (size_t k = 0; k <= 2 * g_->flight.size(); ++k) {
-            const std::span<const uint8_t> s = segment(k);
-            out.insert(out.end(), s.begin(), s.end());
-        }
-    } else {
-        out.insert(out.end(), sending_.begin(), sending_.end());
-    }
+    splice(sending_, g_ ? &g_->flight : nullptr, out);
     return sent_;
 }
 

@@ -164,6 +164,8 @@ private:
     std::span<const uint8_t> segment(size_t k) const;
     size_t flight_size() const { return sending_.size() + (g_ ? g_->flight_bytes : 0); }
     static void release(std::vector<piece>& v);
+    // Appends bytes with the pieces spliced in where they go (pieces may be null: inline bytes only).
+    static void splice(const byte_vec& bytes, const std::vector<piece>* pieces, std::vector<uint8_t>& out);
 
     byte_vec out_;
     byte_vec sending_;

@@ -24,6 +24,9 @@ namespace ringmq::broker {
 
 namespace {
 
+// $SYS topics are the broker's own: left out of the message counters (as EMQ X leaves them out).
+bool sys_topic(std::string_view topic) { return topic.starts_with("$SYS/"); }
+
 constexpr unsigned reap_batch = 256;
 // Receive buffers for connected clients' multishot recvs. Consumed incrementally (Linux 6.12+), few large buffers
 // serve many connections; consumed whole (older kernels), each recv takes a buffer, so more of them are needed.
@@ -1629,7 +1632,7 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
 }
 
 void shard::count_publish_sent(std::string_view topic, uint8_t qos, uint64_t n) {
-    if (topic.starts_with("$SYS/")) [[unlikely]]
+    if (sys_topic(topic)) [[unlikely]]
         return;
     m_.packets_sent += n;
     m_.packets_publish_sent += n;
@@ -1788,7 +1791,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
     if (hits.empty() && mask == 0) {
-        if (topic.substr(0, 5) != "$SYS/") m_.messages_dropped += raw.count;
+        if (!sys_topic(topic)) m_.messages_dropped += raw.count;
         return;
     }
     if (!forward) {
@@ -2148,7 +2151,7 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     // sent newer messages before the send ends. Not while the shard stops: the sessions go with it.
     if (stopping_) return;
     const bool failed_flight = !c.send_busy && c.sq.flight_unsent();
-    if (c.send_busy && c.sq.flight_unsent() && c.st == connection::state::closing && slot.conn == nullptr)
+    if (c.send_busy && c.sq.flight_unsent() && c.st == connection::state::closing) // close(), not a takeover
         lost_flights_.push_back({c.id, &slot});
     if (!c.sq.has_queued() && !failed_flight) return;
     std::vector<uint8_t> bytes;
@@ -2200,8 +2203,9 @@ void shard::requeue_frames(connection& c, session_slot& slot, const std::vector<
         if (end > taken && h.type == mqtt::packet_type::publish && (h.flags & 0x06) == 0) {
             frames.push_back(frame{off + h.header_len, h.remaining_length, h.flags});
             const uint8_t* t = bytes.data() + off + h.header_len;
-            const bool sys = h.remaining_length >= 7 && (t[0] << 8 | t[1]) >= 5 && std::memcmp(t + 2, "$SYS/", 5) == 0;
-            counted += !sys;
+            const size_t topic_len =
+                h.remaining_length < 2 ? 0 : std::min<size_t>(t[0] << 8 | t[1], h.remaining_length - 2);
+            counted += !sys_topic({reinterpret_cast<const char*>(t + 2), topic_len});
             from_flight += off < flight_end;
         }
         off = end;
