@@ -50,6 +50,9 @@ constexpr int64_t hold_warn_interval_ms = 10000;
 constexpr int64_t held_recheck_ms = 1000;
 // A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
 constexpr int64_t send_failed_grace_ms = 1000;
+// A session's queue waits at most this long for the send its closed connection left pending (lost_flights_): the
+// close's shutdown ends such a send within a turn or two, so this only bounds a send the kernel never ends.
+constexpr int64_t flight_wait_ms = 2000;
 static_assert(tick_ms == listener::accept_pacer::pause_ms);
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -609,6 +612,7 @@ void shard::tick(int64_t now) {
     now_ms_ = now;
     if (stopping_) return;
     expire_sessions(now);
+    if (!lost_flights_.empty()) give_up_flights(now);
     // Cross-shard queues deliver in microseconds; a tombstone kept this long has seen every older update arrive.
     // By the queue, not the tombstones: a clear replaced since left its entry behind, and the queue would keep it.
     if (retained_.tombs_queued() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
@@ -1359,7 +1363,6 @@ bool shard::attach_session(connection& c, bool clean) {
         owned->created_at = static_cast<int64_t>(::time(nullptr));
         slot = &sessions_.insert(std::move(owned));
     }
-    forget_lost_flights(slot);
     slot->conn = &c;
     slot->offline_since_ms = 0;
     c.slot = slot;
@@ -2146,13 +2149,19 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     // and a QoS 0 message has nothing else to keep it, so it would be lost while the session that wanted it stays.
     // QoS 1/2 messages are in the window and go again from there. Of the batch in flight, what the socket took may
     // have reached the client and is not sent again (at most once); the rest goes back too: now when a send of it
-    // failed, else when its pending send completes (requeue_lost_flight). On a takeover a pending send's leftovers
-    // are lost: the connection is not closing yet, so the socket may still take them, and the new connection may be
-    // sent newer messages before the send ends. Not while the shard stops: the sessions go with it.
+    // failed, else when its pending send completes (requeue_lost_flight; the close, or the close that follows a
+    // takeover, ends it). Until then the session's queue waits (session::wait_flight), so that a client back at once,
+    // or the connection taking the session over, is sent nothing queued before those leftovers, which are older. Not
+    // while the shard stops: the sessions go with it.
     if (stopping_) return;
     const bool failed_flight = !c.send_busy && c.sq.flight_unsent();
-    if (c.send_busy && c.sq.flight_unsent() && c.st == connection::state::closing) // close(), not a takeover
-        lost_flights_.push_back({c.id, &slot});
+    if (c.send_busy && c.sq.flight_unsent()) {
+        lost_flights_.push_back({c.id, &slot, now_ms_});
+        slot.s->wait_flight(true);
+        log::debug("client {}: its connection closes with a send pending; the session's queue waits for that send to "
+                   "end",
+                   c.client_id_);
+    }
     if (!c.sq.has_queued() && !failed_flight) return;
     std::vector<uint8_t> bytes;
     size_t taken = 0;
@@ -2170,13 +2179,39 @@ void shard::requeue_lost_flight(connection& c) {
     const auto it = std::find_if(lost_flights_.begin(), lost_flights_.end(),
                                  [&c](const lost_flight& l) { return l.conn_id == c.id; });
     if (it == lost_flights_.end()) return;
-    session_slot* slot = it->slot;
+    session_slot& slot = *it->slot;
     lost_flights_.erase(it);
-    if (stopping_ || c.send_busy || !c.sq.flight_unsent()) return;
-    std::vector<uint8_t> bytes;
-    const size_t taken = c.sq.copy_flight(bytes);
-    c.sq.finish_batch();
-    requeue_frames(c, *slot, bytes, taken, bytes.size());
+    if (!stopping_ && !c.send_busy && c.sq.flight_unsent()) {
+        std::vector<uint8_t> bytes;
+        const size_t taken = c.sq.copy_flight(bytes);
+        c.sq.finish_batch();
+        requeue_frames(c, slot, bytes, taken, bytes.size());
+    }
+    end_flight_wait(slot);
+}
+
+void shard::end_flight_wait(session_slot& slot) {
+    // A session whose connections closed twice with sends pending waits for both.
+    if (std::any_of(lost_flights_.begin(), lost_flights_.end(),
+                    [&slot](const lost_flight& l) { return l.slot == &slot; }))
+        return;
+    slot.s->wait_flight(false);
+    if (slot.conn && !stopping_) pump(slot);
+}
+
+void shard::give_up_flights(int64_t now) {
+    for (size_t i = 0; i < lost_flights_.size();) {
+        const lost_flight l = lost_flights_[i];
+        if (l.since_ms + flight_wait_ms > now) {
+            ++i;
+            continue;
+        }
+        lost_flights_.erase(lost_flights_.begin() + static_cast<std::ptrdiff_t>(i));
+        log::warn("client {}: the send pending when its connection closed has not ended in {} ms; what it had not "
+                  "sent of its QoS 0 messages is given up and the session's queue goes on",
+                  l.slot->s->client_id(), flight_wait_ms);
+        end_flight_wait(*l.slot);
+    }
 }
 
 void shard::forget_lost_flights(const session_slot* slot) {

@@ -537,14 +537,19 @@ private:
     // in a batch whose send failed, go back to the session; a pending send's are handled when it ends.
     void requeue_unsent(connection& c, session_slot& slot);
     // The send that was pending when such a connection closed has completed: what the socket did not take of its
-    // batch goes back to the session, if that is still offline (lost_flights_).
+    // batch goes back to the front of the session's queue (lost_flights_), and the queue goes on.
     void requeue_lost_flight(connection& c);
+    // The session's queue goes on (to its connection, if it has one) unless another closed connection's send still
+    // holds it.
+    void end_flight_wait(session_slot& slot);
+    // Pending sends that have not ended in flight_wait_ms (shard.cpp) no longer hold their sessions' queues.
+    void give_up_flights(int64_t now);
     // Turns the QoS 0 PUBLISH frames in bytes that end past its first `taken` bytes into messages at the front of the
     // session's queue (the oldest dropped past its limits). The first flight_end bytes are the batch that was in
     // flight.
     void requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
                         size_t flight_end);
-    // The session is attached again or dropped: a pending send's leftovers must no longer go to it.
+    // The session is dropped: a pending send's leftovers have nowhere to go.
     void forget_lost_flights(const session_slot* slot);
     void expire_sessions(int64_t now);
     void update_gauges();
@@ -616,12 +621,14 @@ private:
                                     // at doublings too
     log::line_budget conn_log_{20}; // conn_info
     std::vector<uint64_t> graveyard_;
-    // Closed connections of kept sessions whose send was still pending: when it completes, what the socket did not
-    // take goes back to the session (requeue_lost_flight), unless the session was attached again or dropped since
-    // (forget_lost_flights), since newer messages may have gone to it by then. Few and short-lived: a vector.
+    // Closed (or taken over) connections of kept sessions whose send was still pending: when it completes, what the
+    // socket did not take goes back to the front of the session's queue (requeue_lost_flight), which waits for it
+    // meanwhile (session::wait_flight), so that a connection attached since is sent nothing newer first; unless the
+    // session is dropped (forget_lost_flights). Few and short-lived (a turn or two): a vector.
     struct lost_flight {
         uint64_t conn_id;
         session_slot* slot;
+        int64_t since_ms;
     };
     std::vector<lost_flight> lost_flights_;
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.

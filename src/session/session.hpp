@@ -66,7 +66,7 @@ public:
     // window. Returns nullptr while the queue is held.
     const outgoing* next_ready() {
         // Inline for the usual answer "nothing now" (pump asks once more after each message it sends).
-        if (entries_.size() == inflight_ || held_) return nullptr;
+        if (entries_.size() == inflight_ || (held_ | waits_flight_)) return nullptr;
         if (inflight_ >= limits_.max_inflight && entries_[inflight_].qos != 0) return nullptr;
         return take_next();
     }
@@ -76,8 +76,13 @@ public:
     // queue's limit still applies to what waits behind them.
     void hold(bool h) { held_ = h; }
     bool held() const { return held_ != 0; }
+    // Waiting for a flight: held in the same way, for another reason and apart from hold(), while the send a closed
+    // connection of this session left pending ends, so that what that send's socket did not take can go back to the
+    // front of the queue before anything queued behind it goes to a new connection.
+    void wait_flight(bool w) { waits_flight_ = w; }
+    bool waits_flight() const { return waits_flight_ != 0; }
     // A message offered now would go out at once (window room permitting): nothing queued or held ahead of it.
-    bool direct() const { return entries_.size() == inflight_ && held_ == 0; }
+    bool direct() const { return entries_.size() == inflight_ && (held_ | waits_flight_) == 0; }
     // A message that goes ahead of the queue (a retained message while held): for QoS 0 at once, for QoS > 0 into the
     // window with a packet id; nullptr when the window is full (msg is then not moved from). The result is valid as
     // for offer().
@@ -199,11 +204,12 @@ private:
     // so while its front (oldest) entry is fewer than 65535 steps old no entry can hold the next id and no scan is
     // needed; once the front is seen that old, ids are checked against the window (pid_scan_) until it empties.
     // Packed with the flags so that the session stays in its 192-byte class.
-    static constexpr uint32_t pid_step_mod = 65535u * 8192u;
-    uint32_t pid_step_ : 29 = 0;
+    static constexpr uint32_t pid_step_mod = 65535u * 4096u;
+    uint32_t pid_step_ : 28 = 0;
     uint32_t pid_scan_ : 1 = 0;
     uint32_t clean_ : 1 = 0;
     uint32_t held_ : 1 = 0;
+    uint32_t waits_flight_ : 1 = 0;
 };
 
 } // namespace ringmq::session

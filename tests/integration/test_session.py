@@ -671,11 +671,24 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
         return [(int(a), int(b)) for a, b in re.findall(pat, self.broker.log())]
 
     def wait_went_back_from_flight(self, sid: str) -> None:
-        # Reconnecting first would find the send still pending: its leftovers then stay out of the attached session.
+        # Reconnecting first would find the send still pending, and the session's queue waiting for it: waiting
+        # here keeps the tests' reads after the requeue.
         deadline = time.monotonic() + 10
         while not any(k > 0 for _, k in self.went_back(sid)):
             self.assertLess(time.monotonic(), deadline, f"{sid}: nothing from the batch in flight went back in 10 s")
             time.sleep(0.05)
+
+    def read_until_closed(self, c) -> list:
+        """The numbers of the PUBLISHes c receives until the broker's close (20 s at most). A frame the close cut
+        short is not a packet."""
+        got = []
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                pkt = c.read_packet(max(0.01, deadline - time.monotonic()))
+            except m.Closed:
+                return got
+            got.append(m.parse_publish(pkt).payload[:5])
 
     def read_through(self, c, last: bytes) -> list:
         """The numbers of the PUBLISHes c receives up to the one numbered `last` (20 s at most: 10 MiB on a busy host)."""
@@ -701,19 +714,31 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
             self.assertLess(time.monotonic(), deadline, "no close logged within 10 s of the DISCONNECT")
             time.sleep(0.05)
         self.wait_went_back_from_flight("cut")
-        before = []
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                pkt = s.read_packet(max(0.01, deadline - time.monotonic()))
-            except m.Closed:
-                break
-            before.append(m.parse_publish(pkt).payload[:5])  # a frame cut short by the close is not a packet
+        before = self.read_until_closed(s)
         s = self.client("cut", clean=False, expect=m.connack(session_present=True))
         after = self.read_through(s, sent[-1])
         self.assertEqual(before + after, sent, f"{len(before)} before the close, {len(after)} after")
         self.assertGreater(len(before), 0)
         self.assertEqual(sum(n for n, _ in self.went_back("cut")), len(after))
+
+    def test_what_a_pending_send_had_not_handed_to_the_socket_goes_to_the_connection_that_takes_over(self):
+        # A new connection takes the session over while the old one's send is pending (the old client does not
+        # read). The takeover's close ends that send; the old client still gets what its socket took, and the new
+        # one every other message once, in order: the batch in flight's leftovers first, then what was queued behind
+        # them. Those leftovers were lost: the new connection could be sent newer messages before the send ended,
+        # so the session's queue now waits for it.
+        old = self.client("over", clean=False)
+        old.subscribe([("over/#", 0)])
+        sent = self.flood("over", 160)
+        new = self.client("over", clean=False, expect=m.connack(session_present=True))
+        # Not read before the leftovers went back: reading would make room, and the send could finish its batch.
+        self.wait_went_back_from_flight("over")
+        before = self.read_until_closed(old)
+        after = self.read_through(new, sent[-1])
+        self.assertEqual(before + after, sent, f"{len(before)} to the old connection, {len(after)} to the new")
+        self.assertGreater(len(before), 0)
+        self.assertEqual(sum(n for n, _ in self.went_back("over")), len(after))
+        self.assertIn(b"client over: its connection closes with a send pending", self.broker.log())
 
     def test_what_a_failed_send_had_not_handed_to_the_socket_goes_back_after_a_reset(self):
         # The client resets the connection: what the socket took is gone with it (it may have reached the client, so

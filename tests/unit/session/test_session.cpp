@@ -164,6 +164,35 @@ TEST(Session, AHeldQueueKeepsLiveMessagesBehindWhatIsAdmittedAheadOfThem) {
     EXPECT_TRUE(s.direct());
 }
 
+TEST(Session, WaitingForAFlightKeepsTheQueueUntilTheLeftoversAreInFrontApartFromAHold) {
+    session s("c", false, lim(2, 8));
+    s.wait_flight(true);
+    EXPECT_TRUE(s.waits_flight());
+    EXPECT_FALSE(s.held()); // a reason of its own: the retained reads' hold is another
+    EXPECT_FALSE(s.direct());
+    const outgoing* o = nullptr;
+    // Online, empty queue, free window: newer messages queue all the same.
+    EXPECT_EQ(s.offer(msg("new0", 0), 0, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("new1"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.next_ready(), nullptr);
+    // A hold that starts and ends meanwhile (retained reads) does not end the wait.
+    s.hold(true);
+    s.hold(false);
+    EXPECT_EQ(s.next_ready(), nullptr);
+    EXPECT_FALSE(s.direct());
+    // The pending send's leftovers go to the front, then the wait ends: they come first, in order.
+    std::vector<message_ref> left;
+    left.push_back(msg("old0", 0));
+    left.push_back(msg("old1", 0));
+    EXPECT_EQ(s.requeue_front(left), 0u);
+    s.wait_flight(false);
+    std::vector<std::string> order;
+    while (const outgoing* n = s.next_ready())
+        order.push_back(text(n));
+    EXPECT_EQ(order, (std::vector<std::string>{"old0", "old1", "new0", "new1"}));
+    EXPECT_TRUE(s.direct()); // new1 is in the window, nothing queued
+}
+
 TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
     session s("c", false, lim(5, 3));
     const outgoing* o = nullptr;
