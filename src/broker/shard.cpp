@@ -218,6 +218,7 @@ bool shard::run() {
     // Release whatever is still owned here; messages still in queues are released by the node after all stopped.
     readers_.clear();
     offline_readers_.clear();
+    lost_flights_.clear(); // they point at the sessions
     sessions_.clear();
     retained_.clear();
     trie_.clear();
