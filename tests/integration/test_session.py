@@ -765,3 +765,10 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
             s.expect_closed(3)
             r += 1
         self.assertEqual(failed_first, 1, f"{r} rounds")
+
+
+class UnsentQos0GoesBackToTheSessionShards2(UnsentQos0GoesBackToTheSession):
+    """The same on two shards: publishers and the returning or taking-over connection may land on the shard that is
+    not the session's (a handoff), and the messages cross shards."""
+
+    SHARDS = 2
