@@ -191,6 +191,16 @@ TEST(Session, WaitingForAFlightKeepsTheQueueUntilTheLeftoversAreInFrontApartFrom
         order.push_back(text(n));
     EXPECT_EQ(order, (std::vector<std::string>{"old0", "old1", "new0", "new1"}));
     EXPECT_TRUE(s.direct()); // new1 is in the window, nothing queued
+    // Nor does the end of a wait end a hold that began before it.
+    s.hold(true);
+    s.wait_flight(true);
+    s.wait_flight(false);
+    EXPECT_EQ(s.offer(msg("new2", 0), 0, true, &o), offer::queued);
+    EXPECT_EQ(s.next_ready(), nullptr);
+    s.hold(false);
+    const outgoing* n2 = s.next_ready();
+    ASSERT_NE(n2, nullptr);
+    EXPECT_EQ(text(n2), "new2");
 }
 
 TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
