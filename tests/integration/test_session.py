@@ -5,6 +5,7 @@ import os
 import random
 import re
 import signal
+import threading
 import time
 
 import mqtt_raw as m
@@ -739,6 +740,48 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
         self.assertGreater(len(before), 0)
         self.assertEqual(sum(n for n, _ in self.went_back("over")), len(after))
         self.assertIn(b"client over: its connection closes with a send pending", self.broker.log())
+
+    def test_a_flooded_session_taken_over_again_and_again_loses_its_order_nowhere(self):
+        # A publisher floods a persistent subscriber (16 KiB QoS 0 messages, numbered) while the session is taken
+        # over ten times by new connections that do not read until they are taken over in turn: most takeovers find
+        # a send pending, and the session's queue waits for it each time. Each old connection is read until the
+        # broker's close. What the connections got, taken in the order they attached, must be strictly increasing:
+        # none twice, none before an older one (limits may drop some: QoS 0, counted). The last connection, read at
+        # last, must get a marker published after the flood, so the session's queue did not stay waiting.
+        sid = "churn"
+        conns = [self.client(sid, clean=False)]
+        conns[0].subscribe([("churn/#", 0)])
+        pub = self.client("churn-pub")
+        pad = b"." * 16384
+        got = {}
+        readers = []
+
+        def drain(i, c):
+            got[i] = self.read_until_closed(c)
+
+        n = 0
+        for i in range(1, 11):
+            for _ in range(300):
+                pub.publish("churn/f", b"%05d" % n + pad)
+                n += 1
+            self.assertTrue(pub.is_open())  # PINGRESP: all routed
+            time.sleep(0.05)
+            conns.append(self.client(sid, clean=False, expect=m.connack(session_present=True)))
+            t = threading.Thread(target=drain, args=(i - 1, conns[i - 1]), daemon=True)
+            t.start()
+            readers.append(t)
+        for t in readers:
+            t.join(30)
+            self.assertFalse(t.is_alive(), "an old connection was not closed within 30 s")
+        last = conns[-1]
+        pub.publish("churn/f", b"99999")
+        got[len(conns) - 1] = self.read_through(last, b"99999")
+        seq = [int(x) for i in range(len(conns)) for x in got[i]]
+        self.assertEqual(seq, sorted(set(seq)), "out of order or twice across the connections")
+        self.assertEqual(seq[-1], 99999)
+        self.assertGreater(len(seq), n // 2, f"{len(seq)} of {n + 1} arrived")
+        self.assertGreater(sum(k for _, k in self.went_back(sid)), 0, "no takeover found a pending send")
+        self.assertNotIn(b"has not ended in", self.broker.log())
 
     def test_what_a_failed_send_had_not_handed_to_the_socket_goes_back_after_a_reset(self):
         # The client resets the connection: what the socket took is gone with it (it may have reached the client, so
