@@ -89,6 +89,19 @@ def cpu_seconds(pid: int, thread: Optional[str] = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
+def read_until_closed(client, timeout=20.0):
+    """Payloads of the PUBLISHes client receives until the broker closes the connection (`timeout` seconds at most;
+    past it the read fails). A frame the close cut short is not a packet."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pkt = client.read_packet(max(0.01, deadline - time.monotonic()))
+        except mqtt_raw.Closed:
+            return out
+        out.append(mqtt_raw.parse_publish(pkt).payload)
+
+
 def read_until_quiet(client, stop=None, quiet=1.0):
     """Payloads of the PUBLISHes client receives until none comes for `quiet` seconds or one carries `stop`."""
     out = []

@@ -13,7 +13,7 @@ import time
 import paho.mqtt.client as paho
 
 import mqtt_raw as m
-from broker import shard_variants
+from broker import read_until_closed, shard_variants
 
 PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
 SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
@@ -424,6 +424,29 @@ class ClientCases:
         raw = self.client(cid)
         self.assertTrue(disconnected.wait(5), "the first connection was not closed by the takeover")
         self.assertTrue(raw.is_open())
+
+    def test_paho_takes_over_a_session_whose_send_is_stuck(self):
+        # A raw subscriber that does not read holds a persistent session with megabytes of QoS 0 on their way (its
+        # send stalls); paho takes the session over. The old connection gets what its socket took, paho the rest:
+        # together every message once, in order (the session's queue waits for the stuck send's leftovers).
+        cid = self.sub_id("paho-stuck")
+        old = self.client(cid, clean=False)
+        old.subscribe([("pst/#", 0)])
+        pub = self.client(self.pub_id("paho-stuck-pub"))
+        pad = b"." * 65530
+        sent = [b"%05d" % i for i in range(120)]
+        for n in sent:
+            pub.publish("pst/f", n + pad)
+        self.assertTrue(pub.is_open())  # PINGRESP after them: all routed
+        time.sleep(0.3)
+        new = self.paho(cid, clean=False)
+        self.assertEqual(new.flags.get("session present"), 1)
+        before = [p[:5] for p in read_until_closed(old)]
+        after = []
+        while not after or after[-1] != sent[-1]:
+            after.append(new.get(20).payload[:5])
+        self.assertEqual(before + after, sent, f"{len(before)} to the old connection, {len(after)} to paho")
+        self.assertGreater(len(before), 0)
 
 
 shard_variants(ClientCases, globals())

@@ -9,7 +9,7 @@ import threading
 import time
 
 import mqtt_raw as m
-from broker import BrokerTest, read_until_quiet, shard_variants
+from broker import BrokerTest, read_until_closed, read_until_quiet, shard_variants
 
 
 class FlakyQos2Peer:
@@ -680,16 +680,8 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
             time.sleep(0.05)
 
     def read_until_closed(self, c) -> list:
-        """The numbers of the PUBLISHes c receives until the broker's close (20 s at most). A frame the close cut
-        short is not a packet."""
-        got = []
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                pkt = c.read_packet(max(0.01, deadline - time.monotonic()))
-            except m.Closed:
-                return got
-            got.append(m.parse_publish(pkt).payload[:5])
+        """The numbers of the PUBLISHes c receives until the broker's close (20 s at most)."""
+        return [p[:5] for p in read_until_closed(c)]
 
     def read_through(self, c, last: bytes) -> list:
         """The numbers of the PUBLISHes c receives up to the one numbered `last` (20 s at most: 10 MiB on a busy host)."""
