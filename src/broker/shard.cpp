@@ -2155,7 +2155,6 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     // or the connection taking the session over, is sent nothing queued before those leftovers, which are older. Not
     // while the shard stops: the sessions go with it.
     if (stopping_) return;
-    const bool failed_flight = !c.send_busy && c.sq.flight_unsent();
     if (c.send_busy && c.sq.flight_unsent()) {
         lost_flights_.push_back({c.id, &slot, now_ms_});
         slot.s->wait_flight(true);
@@ -2163,17 +2162,7 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
                    "end",
                    c.client_id_);
     }
-    if (!c.sq.has_queued() && !failed_flight) return;
-    std::vector<uint8_t> bytes;
-    size_t taken = 0;
-    if (failed_flight) {
-        taken = c.sq.copy_flight(bytes);
-        c.sq.finish_batch(); // nothing sends it again: the connection closes
-    }
-    const size_t flight_end = bytes.size();
-    c.sq.copy_queued(bytes);
-    c.sq.drop_queued(); // so that nothing can send them as well
-    requeue_frames(c, slot, bytes, taken, flight_end);
+    requeue_untaken(c, slot);
 }
 
 void shard::requeue_lost_flight(connection& c) {
@@ -2182,12 +2171,7 @@ void shard::requeue_lost_flight(connection& c) {
     if (it == lost_flights_.end()) return;
     session_slot& slot = *it->slot;
     lost_flights_.erase(it);
-    if (!stopping_ && !c.send_busy && c.sq.flight_unsent()) {
-        std::vector<uint8_t> bytes;
-        const size_t taken = c.sq.copy_flight(bytes);
-        c.sq.finish_batch();
-        requeue_frames(c, slot, bytes, taken, bytes.size());
-    }
+    if (!stopping_) requeue_untaken(c, slot);
     end_flight_wait(slot);
 }
 
@@ -2201,13 +2185,10 @@ void shard::end_flight_wait(session_slot& slot) {
 }
 
 void shard::give_up_flights(int64_t now) {
-    for (size_t i = 0; i < lost_flights_.size();) {
-        const lost_flight l = lost_flights_[i];
-        if (l.since_ms + flight_wait_ms > now) {
-            ++i;
-            continue;
-        }
-        lost_flights_.erase(lost_flights_.begin() + static_cast<std::ptrdiff_t>(i));
+    // Entries go in as connections close and keep their order, so the overdue ones lead.
+    while (!lost_flights_.empty() && lost_flights_.front().since_ms + flight_wait_ms <= now) {
+        const lost_flight l = lost_flights_.front();
+        lost_flights_.erase(lost_flights_.begin());
         log::warn("client {}: the send pending when its connection closed has not ended in {} ms; what it had not "
                   "sent of its QoS 0 messages is given up and the session's queue goes on",
                   l.slot->s->client_id(), flight_wait_ms);
@@ -2220,8 +2201,19 @@ void shard::forget_lost_flights(const session_slot* slot) {
     std::erase_if(lost_flights_, [slot](const lost_flight& l) { return l.slot == slot; });
 }
 
-void shard::requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
-                           size_t flight_end) {
+void shard::requeue_untaken(connection& c, session_slot& slot) {
+    // The batch in flight counts only when no send of it is pending (one failed, or the pending one has ended).
+    const bool flight = !c.send_busy && c.sq.flight_unsent();
+    if (!flight && !c.sq.has_queued()) return;
+    std::vector<uint8_t> bytes;
+    size_t taken = 0;
+    if (flight) {
+        taken = c.sq.copy_flight(bytes);
+        c.sq.finish_batch(); // nothing sends it again: the connection closes
+    }
+    const size_t flight_end = bytes.size();
+    c.sq.copy_queued(bytes);
+    c.sq.drop_queued(); // so that nothing can send them as well
     struct frame {
         size_t body; // where the QoS 0 PUBLISH's body starts
         uint32_t len;

@@ -544,11 +544,9 @@ private:
     void end_flight_wait(session_slot& slot);
     // Pending sends that have not ended in flight_wait_ms (shard.cpp) no longer hold their sessions' queues.
     void give_up_flights(int64_t now);
-    // Turns the QoS 0 PUBLISH frames in bytes that end past its first `taken` bytes into messages at the front of the
-    // session's queue (the oldest dropped past its limits). The first flight_end bytes are the batch that was in
-    // flight.
-    void requeue_frames(connection& c, session_slot& slot, const std::vector<uint8_t>& bytes, size_t taken,
-                        size_t flight_end);
+    // Turns the QoS 0 PUBLISHes the socket never took whole into messages at the front of the session's queue (the
+    // oldest dropped past its limits): those of the batch in flight unless a send of it is pending, then those queued.
+    void requeue_untaken(connection& c, session_slot& slot);
     // The session is dropped: a pending send's leftovers have nowhere to go.
     void forget_lost_flights(const session_slot* slot);
     void expire_sessions(int64_t now);
