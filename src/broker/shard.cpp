@@ -50,9 +50,6 @@ constexpr int64_t hold_warn_interval_ms = 10000;
 constexpr int64_t held_recheck_ms = 1000;
 // A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
 constexpr int64_t send_failed_grace_ms = 1000;
-// A session's queue waits at most this long for the send its closed connection left pending (lost_flights_): the
-// close's shutdown ends such a send within a turn or two, so this only bounds a send the kernel never ends.
-constexpr int64_t flight_wait_ms = 2000;
 static_assert(tick_ms == listener::accept_pacer::pause_ms);
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -2156,7 +2153,7 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
     // while the shard stops: the sessions go with it.
     if (stopping_) return;
     if (c.send_busy && c.sq.flight_unsent()) {
-        lost_flights_.push_back({c.id, &slot, now_ms_});
+        lost_flights_.add(c.id, &slot, now_ms_);
         slot.s->wait_flight(true);
         log::debug("client {}: its connection closes with a send pending; the session's queue waits for that send to "
                    "end",
@@ -2166,40 +2163,30 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
 }
 
 void shard::requeue_lost_flight(connection& c) {
-    const auto it = std::find_if(lost_flights_.begin(), lost_flights_.end(),
-                                 [&c](const lost_flight& l) { return l.conn_id == c.id; });
-    if (it == lost_flights_.end()) return;
-    session_slot& slot = *it->slot;
-    lost_flights_.erase(it);
-    if (!stopping_) requeue_untaken(c, slot);
-    end_flight_wait(slot);
+    session_slot* slot = lost_flights_.take(c.id);
+    if (!slot) return;
+    RINGMQ_DASSERT(!c.sq.has_queued()); // it went back at the close: anything newer would go in front of it
+    if (!stopping_) requeue_untaken(c, *slot);
+    end_flight_wait(*slot);
 }
 
 void shard::end_flight_wait(session_slot& slot) {
     // A session whose connections closed twice with sends pending waits for both.
-    if (std::any_of(lost_flights_.begin(), lost_flights_.end(),
-                    [&slot](const lost_flight& l) { return l.slot == &slot; }))
-        return;
+    if (lost_flights_.holds(&slot)) return;
     slot.s->wait_flight(false);
     if (slot.conn && !stopping_) pump(slot);
 }
 
 void shard::give_up_flights(int64_t now) {
-    // Entries go in as connections close and keep their order, so the overdue ones lead.
-    while (!lost_flights_.empty() && lost_flights_.front().since_ms + flight_wait_ms <= now) {
-        const lost_flight l = lost_flights_.front();
-        lost_flights_.erase(lost_flights_.begin());
+    lost_flights_.pop_overdue(now, [this](session_slot& slot) {
         log::warn("client {}: the send pending when its connection closed has not ended in {} ms; what it had not "
                   "sent of its QoS 0 messages is given up and the session's queue goes on",
-                  l.slot->s->client_id(), flight_wait_ms);
-        end_flight_wait(*l.slot);
-    }
+                  slot.s->client_id(), flight_wait_ms);
+        end_flight_wait(slot);
+    });
 }
 
-void shard::forget_lost_flights(const session_slot* slot) {
-    if (lost_flights_.empty()) return;
-    std::erase_if(lost_flights_, [slot](const lost_flight& l) { return l.slot == slot; });
-}
+void shard::forget_lost_flights(const session_slot* slot) { lost_flights_.forget(slot); }
 
 void shard::requeue_untaken(connection& c, session_slot& slot) {
     // The batch in flight counts only when no send of it is pending (one failed, or the pending one has ended).

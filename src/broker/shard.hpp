@@ -4,6 +4,7 @@
 // request_stop(); nothing of a shard is touched by another thread except through the SMP queues, the waker and the
 // `node` counters that are atomic.
 #include "broker/control.hpp"
+#include "broker/flight_waits.hpp"
 #include "broker/idle_poll.hpp"
 #include "broker/metrics.hpp"
 #include "broker/retained_store.hpp"
@@ -537,12 +538,16 @@ private:
     // in a batch whose send failed, go back to the session; a pending send's are handled when it ends.
     void requeue_unsent(connection& c, session_slot& slot);
     // The send that was pending when such a connection closed has completed: what the socket did not take of its
-    // batch goes back to the front of the session's queue (lost_flights_), and the queue goes on.
+    // batch goes back to the front of the session's queue (lost_flights_), and the queue goes on. (What was queued
+    // behind the send went back at the close, and nothing is queued to a closing connection.)
     void requeue_lost_flight(connection& c);
     // The session's queue goes on (to its connection, if it has one) unless another closed connection's send still
     // holds it.
     void end_flight_wait(session_slot& slot);
-    // Pending sends that have not ended in flight_wait_ms (shard.cpp) no longer hold their sessions' queues.
+    // A session's queue waits at most this long for the send its closed connection left pending: the close's shutdown
+    // ends such a send within a turn or two, so this only bounds a send the kernel never ends.
+    static constexpr int64_t flight_wait_ms = 2000;
+    // Pending sends that have not ended in flight_wait_ms no longer hold their sessions' queues.
     void give_up_flights(int64_t now);
     // Turns the QoS 0 PUBLISHes the socket never took whole into messages at the front of the session's queue (the
     // oldest dropped past its limits): those of the batch in flight unless a send of it is pending, then those queued.
@@ -622,13 +627,8 @@ private:
     // Closed (or taken over) connections of kept sessions whose send was still pending: when it completes, what the
     // socket did not take goes back to the front of the session's queue (requeue_lost_flight), which waits for it
     // meanwhile (session::wait_flight), so that a connection attached since is sent nothing newer first; unless the
-    // session is dropped (forget_lost_flights). Few and short-lived (a turn or two): a vector.
-    struct lost_flight {
-        uint64_t conn_id;
-        session_slot* slot;
-        int64_t since_ms;
-    };
-    std::vector<lost_flight> lost_flights_;
+    // session is dropped (forget_lost_flights), or the send has not ended in flight_wait_ms (give_up_flights).
+    flight_waits<session_slot> lost_flights_{flight_wait_ms};
     // Connect-timeout and keepalive deadlines: a tick looks only at the connections whose deadline came up.
     reactor::deadline_wheel deadlines_;
     reactor::smp_outbox outbox_;

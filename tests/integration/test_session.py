@@ -9,6 +9,7 @@ import threading
 import time
 
 import mqtt_raw as m
+import admin_client
 from broker import BrokerTest, read_until_closed, read_until_quiet, shard_variants
 
 
@@ -585,6 +586,8 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
     go back to the session and arrive when the client returns, neither lost nor twice. (They were lost: nothing else
     keeps a QoS 0 message.)"""
 
+    ADMIN = True  # for the sent counters (assert_sent_once_each)
+
     def test_a_message_routed_in_the_turn_of_the_disconnect_arrives_on_return(self):
         went_back = 0
         r = 0
@@ -665,6 +668,15 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
         pub.disconnect()
         return [b"%05d" % i for i in range(n)]
 
+    def assert_sent_once_each(self, n: int) -> None:
+        """The node's sent counters step back by what went back and count it again when it goes: after n messages
+        reached the subscriber's connections once each, they must say n (the publisher gets nothing)."""
+        node = admin_client.seg(admin_client.DEFAULT_NODE)
+        r = admin_client.request(self.admin_port, "GET", "/api/v2/monitoring/metrics/" + node)
+        self.assertEqual(r.status, 200, repr(r))
+        got = r.json()["result"]
+        self.assertEqual((got["messages/qos0/sent"], got["packets/publish/sent"]), (n, n), "sent counters")
+
     def went_back(self, sid: str) -> list:
         """(messages, of them from the batch in flight) of each 'went back' line the broker logged for sid."""
         pat = rb"client %s: (\d+) QoS 0 messages? not yet sent went back to its session \((\d+) from the batch in " \
@@ -713,6 +725,7 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
         self.assertEqual(before + after, sent, f"{len(before)} before the close, {len(after)} after")
         self.assertGreater(len(before), 0)
         self.assertEqual(sum(n for n, _ in self.went_back("cut")), len(after))
+        self.assert_sent_once_each(len(sent))
 
     def test_what_a_pending_send_had_not_handed_to_the_socket_goes_to_the_connection_that_takes_over(self):
         # A new connection takes the session over while the old one's send is pending (the old client does not
@@ -732,6 +745,7 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
         self.assertGreater(len(before), 0)
         self.assertEqual(sum(n for n, _ in self.went_back("over")), len(after))
         self.assertIn(b"client over: its connection closes with a send pending", self.broker.log())
+        self.assert_sent_once_each(len(sent))
 
     def test_a_flooded_session_taken_over_again_and_again_loses_its_order_nowhere(self):
         # A publisher floods a persistent subscriber (16 KiB QoS 0 messages, numbered) while the session is taken
