@@ -50,6 +50,9 @@ constexpr int64_t hold_warn_interval_ms = 10000;
 constexpr int64_t held_recheck_ms = 1000;
 // A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
 constexpr int64_t send_failed_grace_ms = 1000;
+// A closing connection whose receive was cancelled gets io_uring's SHUTDOWN if that receive has not ended after this
+// long (close_op_done): the cancel ends it within the submission on every kernel seen so far.
+constexpr int64_t recv_cancel_grace_ms = 1000;
 static_assert(tick_ms == listener::accept_pacer::pause_ms);
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
@@ -231,6 +234,13 @@ bool shard::run() {
                    cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.epochs());
+    if (recv_cancel_missed_ != 0)
+        log::info("shard {}: {} closing connections' receive cancels had not ended the receive {} ms later; SHUTDOWN "
+                  "ended those",
+                  id_, recv_cancel_missed_, recv_cancel_grace_ms);
+    log::debug("shard {} ended the pending operations of closing connections {} times by cancelling the receive, {} "
+               "times by SHUTDOWN",
+               id_, recv_cancels_, shutdowns_);
     log::debug("shard {} stopped; it woke other shards {} times through their rings and {} through their eventfds, and "
                "was woken {} times through its ring; its send backlog held at most {} ids",
                id_, peers_.messaged(), peers_.fell_back(), waker_.messages(), backlog_peak_);
@@ -640,6 +650,17 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     if (c.check_at_ms != e.at_ms) return; // an earlier deadline replaced this one
     if (now < e.at_ms) {                  // beyond the wheel's horizon: came up early
         deadlines_.schedule(c.id, e.at_ms);
+        return;
+    }
+    if (c.st == connection::state::closing) {
+        // A receive its close cancelled (close_op_done) has still not ended.
+        if (c.recv_armed && !c.shutdown_sent) {
+            ++recv_cancel_missed_;
+            log::warn(
+                "client {} ({}): the receive its close cancelled has not ended in {} ms; shutting the socket down",
+                c.client_id(), c.peer, recv_cancel_grace_ms);
+            submit_shutdown(c);
+        }
         return;
     }
     if (c.send_failed && c.st == connection::state::connected) {
@@ -1164,20 +1185,49 @@ void shard::shutdown_socket(connection& c) {
     }
     // Nothing pending: the slot's close (maybe_destroy, next) sends the FIN at once.
     if (c.ops == 0) return;
+    // Only the receive pending (a client's DISCONNECT, a keep-alive timeout, a takeover of a connection that was not
+    // sending): cancelled where it waits, inside the submission, and the slot's close that follows once it has ended
+    // sends the FIN. io_uring's SHUTDOWN always runs from a worker thread: a worker's wake-up and two context
+    // switches of the shard's core for every client that disconnects (a connect storm made one per connection).
+    if (c.ops == 1 && c.recv_armed) {
+        io_uring_sqe* s = ring_.sqe();
+        io_uring_prep_cancel(s, c.recv_record(), 0);
+        io::set_completion(s, new close_op_done(*this, c, close_op_done::kind::cancel_recv));
+        ++c.ops;
+        ++recv_cancels_;
+        return;
+    }
+    submit_shutdown(c);
+}
+
+void shard::submit_shutdown(connection& c) {
     // A slot has no descriptor for the system call. io_uring's SHUTDOWN ends the pending receive and send as the
     // system call did, and sends the FIN now rather than when they have drained. It runs from a worker that looks the
-    // slot up only when it gets to it, so it counts as an operation and the slot is closed after it. (Cancelling the
-    // operations instead does not send the FIN before they end, and the kernel's cancel may miss a receive that is
-    // being re-issued at that moment: one hung integration test, not reproduced, pointed there.)
+    // slot up only when it gets to it, so it counts as an operation and the slot is closed after it. (A send to a
+    // client that does not read needs it: cancelling a send does not send the FIN before it ends.)
     io_uring_sqe* s = ring_.sqe();
     io_uring_prep_shutdown(s, c.fd, SHUT_RDWR);
     s->flags |= IOSQE_FIXED_FILE;
-    io::set_completion(s, new shutdown_done(*this, c));
+    io::set_completion(s, new close_op_done(*this, c, close_op_done::kind::shutdown));
     ++c.ops;
+    ++shutdowns_;
+    c.shutdown_sent = true;
 }
 
-void shard::shutdown_done::on_complete(int, uint32_t) {
+void shard::close_op_done::on_complete(int res, uint32_t) {
     --c.ops;
+    if (k == kind::cancel_recv && c.recv_armed && !c.shutdown_sent) {
+        if (res != 0) {
+            // The cancel did not find the receive or could not stop it. (Not found is also what a receive that has
+            // just completed gives: its completion then comes in this batch, and the SHUTDOWN is only a spare.)
+            sh.submit_shutdown(c);
+        } else {
+            // Found and cancelled: its completion comes in this batch or the next. Should it not, SHUTDOWN ends it
+            // from check_deadline, so the client is never left without the FIN.
+            c.check_at_ms = sh.now_ms_ + recv_cancel_grace_ms;
+            sh.deadlines_.schedule(c.id, c.check_at_ms);
+        }
+    }
     sh.maybe_destroy(c);
     delete this;
 }

@@ -274,6 +274,7 @@ public:
     bool recv_armed : 1 = false;
     bool needs_rearm : 1 = false;
     bool shut : 1 = false;
+    bool shutdown_sent : 1 = false; // io_uring's SHUTDOWN submitted (its slot's pending operations end by it)
     bool disconnect_received : 1 = false;
     bool close_after_flush : 1 = false;
     bool over_limit : 1 = false; // accepted beyond max_connections: CONNECT is answered with return code 3
@@ -444,15 +445,21 @@ private:
     void start_send(connection& c);
     void close(connection& c, const char* reason, bool publish_will);
     void shutdown_socket(connection& c);
-    // The completion of io_uring's SHUTDOWN of a slot: counted among its connection's operations, so the slot is
-    // closed (and given out again) only after the SHUTDOWN, which runs from a worker and looks the slot up late, has
-    // run. Heap-allocated per shutdown (a slot's connection closing with operations pending), freed when it completes.
-    struct shutdown_done final : io::completion {
+    // The completion of what a slot's connection closing with operations pending submitted: a cancel of its receive,
+    // or io_uring's SHUTDOWN. Counted among the connection's operations, so the connection stays (and its slot is
+    // closed and given out again) only after it, since SHUTDOWN runs from a worker and looks the slot up late.
+    // Heap-allocated per close, freed when it completes; lives on the connection's shard.
+    struct close_op_done final : io::completion {
+        enum class kind : uint8_t { cancel_recv, shutdown };
         shard& sh;
         connection& c;
-        shutdown_done(shard& s, connection& conn) : sh(s), c(conn) {}
+        kind k;
+        close_op_done(shard& s, connection& conn, kind what) : sh(s), c(conn), k(what) {}
         void on_complete(int res, uint32_t flags) override;
     };
+    void submit_shutdown(connection& c);
+    uint64_t recv_cancels_ = 0, shutdowns_ = 0; // how closing slots' pending operations were ended (logged at exit)
+    uint64_t recv_cancel_missed_ = 0; // cancelled receives still pending recv_cancel_grace_ms later (check_deadline)
     // Moves a connection's socket from its descriptor into the ring's file table, once it has settled on this shard
     // for good (its CONNECT accepted here) and no operation uses the descriptor. Where the table is full or absent
     // the descriptor stays, which works the same.

@@ -257,6 +257,30 @@ class ConnectCases:
             time.sleep(0.05)
         self.assertLessEqual(len(os.listdir(fds)), before)
 
+    def test_a_closing_connection_with_only_its_receive_pending_is_closed_without_a_worker(self):
+        # A DISCONNECT, or a takeover of a connection that is not sending, leaves only the receive pending: the broker
+        # cancels it where it waits instead of io_uring's SHUTDOWN (which always runs from a worker thread), and the
+        # slot's close then sends the FIN. Every such client must see the close; the shards' counts at exit must show
+        # the cancels (every close here, those at the broker's stop too) and no SHUTDOWN.
+        n = 40
+        for i in range(n):
+            c = self.client(f"cancel-{i}")
+            if i % 2:
+                c.send(m.disconnect())
+            else:
+                taker = self.client(f"cancel-{i}")
+                self.assertTrue(taker.is_open())
+            c.expect_closed(3)
+        log = self.broker.stop_and_read_log()
+        counts = re.findall(rb"ended the pending operations of closing connections (\d+) times by cancelling the "
+                            rb"receive, (\d+) times by SHUTDOWN", log)
+        self.assertEqual(len(counts), self.SHARDS, "one count per shard")
+        cancels = sum(int(a) for a, _ in counts)
+        shutdowns = sum(int(b) for _, b in counts)
+        self.assertGreaterEqual(cancels, n + n // 2, "the closes, the takeovers' and the stop's")
+        self.assertEqual(shutdowns, 0)
+        self.assertNotIn(b"receive cancels missed", log)
+
     def test_connects_beyond_the_first_packet_buffers_are_all_answered(self):
         # A shard takes each connection's first packet into one of 32 small buffers; first packets that arrive in the
         # same loop turn beyond those wait a turn (ENOBUFS, re-armed). The broker is stopped while 200 clients connect
