@@ -239,8 +239,8 @@ bool shard::run() {
                   "ended those",
                   id_, recv_cancel_missed_, recv_cancel_grace_ms);
     log::debug("shard {} ended the pending operations of closing connections {} times by cancelling the receive, {} "
-               "times by SHUTDOWN",
-               id_, recv_cancels_, shutdowns_);
+               "times by SHUTDOWN ({} of them after a cancel that did not find the receive)",
+               id_, recv_cancels_, shutdowns_, recv_cancel_unfound_);
     log::debug("shard {} stopped; it woke other shards {} times through their rings and {} through their eventfds, and "
                "was woken {} times through its ring; its send backlog held at most {} ids",
                id_, peers_.messaged(), peers_.fell_back(), waker_.messages(), backlog_peak_);
@@ -1220,6 +1220,7 @@ void shard::close_op_done::on_complete(int res, uint32_t) {
         if (res != 0) {
             // The cancel did not find the receive or could not stop it. (Not found is also what a receive that has
             // just completed gives: its completion then comes in this batch, and the SHUTDOWN is only a spare.)
+            ++sh.recv_cancel_unfound_;
             sh.submit_shutdown(c);
         } else {
             // Found and cancelled: its completion comes in this batch or the next. Should it not, SHUTDOWN ends it

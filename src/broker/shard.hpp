@@ -459,6 +459,7 @@ private:
     };
     void submit_shutdown(connection& c);
     uint64_t recv_cancels_ = 0, shutdowns_ = 0; // how closing slots' pending operations were ended (logged at exit)
+    uint64_t recv_cancel_unfound_ = 0;          // of the SHUTDOWNs, those after a cancel that did not find the receive
     uint64_t recv_cancel_missed_ = 0; // cancelled receives still pending recv_cancel_grace_ms later (check_deadline)
     // Moves a connection's socket from its descriptor into the ring's file table, once it has settled on this shard
     // for good (its CONNECT accepted here) and no operation uses the descriptor. Where the table is full or absent
