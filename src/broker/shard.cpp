@@ -205,6 +205,10 @@ bool shard::run() {
                cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found,
                cfg_.budgets.idle_poll_by_cpu ? ", weighed against sleeping per CPU-second" : "");
     init_file_table(ring_, cfg_, id_);
+    cancel_recv_on_close_ = ring_.defer_taskrun() && io::kernel_at_least(6, 13);
+    log::debug("shard {}: a closing connection with only its receive pending has it {}", id_,
+               cancel_recv_on_close_ ? "cancelled"
+                                     : "ended by io_uring's SHUTDOWN (before Linux 6.13, or no DEFER_TASKRUN)");
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -653,8 +657,9 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     if (c.st == connection::state::closing) {
-        // A receive its close cancelled (close_op_done) has still not ended.
-        if (c.recv_armed && !c.shutdown_sent) {
+        // A receive its close cancelled (close_op_done) has still not ended. (Only then: a deadline set before the
+        // close can come up too, and a connection without a slot was shut down by the system call.)
+        if (c.fixed && c.recv_cancel_found && c.recv_armed && !c.shutdown_sent) {
             ++recv_cancel_missed_;
             log::warn(
                 "client {} ({}): the receive its close cancelled has not ended in {} ms; shutting the socket down",
@@ -1188,8 +1193,10 @@ void shard::shutdown_socket(connection& c) {
     // Only the receive pending (a client's DISCONNECT, a keep-alive timeout, a takeover of a connection that was not
     // sending): cancelled where it waits, inside the submission, and the slot's close that follows once it has ended
     // sends the FIN. io_uring's SHUTDOWN always runs from a worker thread: a worker's wake-up and two context
-    // switches of the shard's core for every client that disconnects (a connect storm made one per connection).
-    if (c.ops == 1 && c.recv_armed) {
+    // switches of the shard's core for every client that disconnects (a connect storm made one per connection). Only
+    // from Linux 6.13 (cancel_recv_on_close_): before, a slot's file was released, and the FIN sent, only once every
+    // fixed-file request submitted before its close had ended, other connections' receives included.
+    if (cancel_recv_on_close_ && c.ops == 1 && c.recv_armed) {
         io_uring_sqe* s = ring_.sqe();
         io_uring_prep_cancel(s, c.recv_record(), 0);
         io::set_completion(s, new close_op_done(*this, c, close_op_done::kind::cancel_recv));
@@ -1201,6 +1208,7 @@ void shard::shutdown_socket(connection& c) {
 }
 
 void shard::submit_shutdown(connection& c) {
+    RINGMQ_ASSERT(c.fixed);
     // A slot has no descriptor for the system call. io_uring's SHUTDOWN ends the pending receive and send as the
     // system call did, and sends the FIN now rather than when they have drained. It runs from a worker that looks the
     // slot up only when it gets to it, so it counts as an operation and the slot is closed after it. (A send to a
@@ -1218,13 +1226,15 @@ void shard::close_op_done::on_complete(int res, uint32_t) {
     --c.ops;
     if (k == kind::cancel_recv && c.recv_armed && !c.shutdown_sent) {
         if (res != 0) {
-            // The cancel did not find the receive or could not stop it. (Not found is also what a receive that has
-            // just completed gives: its completion then comes in this batch, and the SHUTDOWN is only a spare.)
+            // The cancel did not find the receive, or could not stop it, and yet it is armed: not seen (a receive
+            // that ended first has its completion reaped before the cancel's), so SHUTDOWN ends it.
             ++sh.recv_cancel_unfound_;
             sh.submit_shutdown(c);
         } else {
-            // Found and cancelled: its completion comes in this batch or the next. Should it not, SHUTDOWN ends it
-            // from check_deadline, so the client is never left without the FIN.
+            // Found and cancelled: its completion comes right after this one. Should it not, SHUTDOWN ends it from
+            // check_deadline, so the client is never left without the FIN. (While the shard stops, the tick that
+            // runs check_deadline has ended: cancel_stuck ends whatever is left after the shutdown grace.)
+            c.recv_cancel_found = true;
             c.check_at_ms = sh.now_ms_ + recv_cancel_grace_ms;
             sh.deadlines_.schedule(c.id, c.check_at_ms);
         }

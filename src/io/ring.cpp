@@ -22,6 +22,13 @@ std::string init_error(int err) {
 
 } // namespace
 
+bool kernel_at_least(int major, int minor) {
+    utsname u{};
+    int ma = 0, mi = 0;
+    if (uname(&u) != 0 || std::sscanf(u.release, "%d.%d", &ma, &mi) != 2) return false;
+    return ma > major || (ma == major && mi >= minor);
+}
+
 bool probe_kernel(std::string& why) {
     utsname u{};
     if (uname(&u) == 0) {

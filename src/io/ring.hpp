@@ -32,6 +32,9 @@ struct reaped {
 // false with a one-line reason naming the cause (kernel too old, io_uring disabled by sysctl or a seccomp profile).
 bool probe_kernel(std::string& why);
 
+// Whether the running kernel's release is at least major.minor (uname; false where it cannot be read).
+bool kernel_at_least(int major, int minor);
+
 // The per-shard ring. Not thread-safe: only the owning shard's thread may call it.
 class ring {
 public:
@@ -57,6 +60,7 @@ public:
     unsigned reap(reaped* out, unsigned max);
 
     const char* mode() const { return mode_; }
+    bool defer_taskrun() const { return defer_taskrun_; }
 
     // Whether this ring can post a completion into another ring (IORING_OP_MSG_RING, 5.18+) without a completion of
     // its own on success (IORING_FEAT_CQE_SKIP).

@@ -261,7 +261,12 @@ class ConnectCases:
         # A DISCONNECT, or a takeover of a connection that is not sending, leaves only the receive pending: the broker
         # cancels it where it waits instead of io_uring's SHUTDOWN (which always runs from a worker thread), and the
         # slot's close then sends the FIN. Every such client must see the close; the shards' counts at exit must show
-        # the cancels (every close here, those at the broker's stop too) and no SHUTDOWN.
+        # the cancels (every close here, those at the broker's stop too) and no SHUTDOWN. Sockets in the ring's file
+        # table (the default; set here so that a run of the suite on descriptors does not change what is tested).
+        self.broker.stop()
+        self.use_broker({"node.fixed_files": True})
+        if b"has it cancelled" not in self.broker.log():
+            self.skipTest("this kernel closes with SHUTDOWN (before Linux 6.13, or a ring without DEFER_TASKRUN)")
         n = 40
         for i in range(n):
             c = self.client(f"cancel-{i}")
@@ -279,7 +284,7 @@ class ConnectCases:
         shutdowns = sum(int(b) for _, b in counts)
         self.assertGreaterEqual(cancels, n + n // 2, "the closes, the takeovers' and the stop's")
         self.assertEqual(shutdowns, 0)
-        self.assertNotIn(b"receive cancels missed", log)
+        self.assertNotIn(b"has not ended in", log)  # no receive outlived its cancel
 
     def test_connects_beyond_the_first_packet_buffers_are_all_answered(self):
         # A shard takes each connection's first packet into one of 32 small buffers; first packets that arrive in the

@@ -13,10 +13,12 @@
 #include <gtest/gtest.h>
 
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <string>
@@ -97,6 +99,18 @@ void arm_multishot(io::ring& r, io::buffer_ring& bufs, int fd, recv_record& rec)
 TEST(Io, ProbeSucceedsOnThisKernel) {
     std::string why;
     EXPECT_TRUE(io::probe_kernel(why)) << why;
+}
+
+TEST(Io, KernelAtLeastComparesMajorThenMinorWithUname) {
+    utsname u{};
+    ASSERT_EQ(uname(&u), 0);
+    int major = 0, minor = 0;
+    ASSERT_EQ(std::sscanf(u.release, "%d.%d", &major, &minor), 2) << u.release;
+    EXPECT_TRUE(io::kernel_at_least(major, minor));
+    EXPECT_TRUE(io::kernel_at_least(major, 0));
+    EXPECT_TRUE(io::kernel_at_least(major - 1, minor + 50)); // an older major, whatever its minor
+    EXPECT_FALSE(io::kernel_at_least(major, minor + 1));
+    EXPECT_FALSE(io::kernel_at_least(major + 1, 0));
 }
 
 TEST(Io, SleepForElapsesRoughlyOnTime) {
