@@ -19,7 +19,6 @@ public:
 
     bool empty() const { return w_.empty(); }
     size_t size() const { return w_.size(); }
-    int64_t wait_ms() const { return wait_ms_; }
 
     // Connection conn_id of the session in slot closed at now_ms with a send pending.
     void add(uint64_t conn_id, Slot* slot, int64_t now_ms) {
