@@ -238,13 +238,12 @@ bool shard::run() {
                    cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.epochs());
-    if (recv_cancel_missed_ != 0)
-        log::info("shard {}: {} closing connections' receive cancels had not ended the receive {} ms later; SHUTDOWN "
-                  "ended those",
-                  id_, recv_cancel_missed_, recv_cancel_grace_ms);
+    if (recv_cancel_fallbacks_ != 0)
+        log::info("shard {}: {} closing connections' receive cancels did not end the receive; SHUTDOWN ended those",
+                  id_, recv_cancel_fallbacks_);
     log::debug("shard {} ended the pending operations of closing connections {} times by cancelling the receive, {} "
-               "times by SHUTDOWN ({} of them after a cancel that did not find the receive)",
-               id_, recv_cancels_, shutdowns_, recv_cancel_unfound_);
+               "times by SHUTDOWN ({} of them after a cancel that did not end the receive)",
+               id_, recv_cancels_, shutdowns_, recv_cancel_fallbacks_);
     log::debug("shard {} stopped; it woke other shards {} times through their rings and {} through their eventfds, and "
                "was woken {} times through its ring; its send backlog held at most {} ids",
                id_, peers_.messaged(), peers_.fell_back(), waker_.messages(), backlog_peak_);
@@ -659,8 +658,9 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     if (c.st == connection::state::closing) {
         // A receive its close cancelled (close_op_done) has still not ended. (Only then: a deadline set before the
         // close can come up too, and a connection without a slot was shut down by the system call.)
-        if (c.fixed && c.recv_cancel_found && c.recv_armed && !c.shutdown_sent) {
-            ++recv_cancel_missed_;
+        if (c.fixed && c.recv_cancel_found && c.recv_armed) {
+            c.recv_cancel_found = false; // one SHUTDOWN
+            ++recv_cancel_fallbacks_;
             log::warn(
                 "client {} ({}): the receive its close cancelled has not ended in {} ms; shutting the socket down",
                 c.client_id(), c.peer, recv_cancel_grace_ms);
@@ -1219,16 +1219,16 @@ void shard::submit_shutdown(connection& c) {
     io::set_completion(s, new close_op_done(*this, c, close_op_done::kind::shutdown));
     ++c.ops;
     ++shutdowns_;
-    c.shutdown_sent = true;
 }
 
 void shard::close_op_done::on_complete(int res, uint32_t) {
     --c.ops;
-    if (k == kind::cancel_recv && c.recv_armed && !c.shutdown_sent) {
+    // (No SHUTDOWN can have gone before this: only check_deadline sends one after a cancel, once this has run.)
+    if (k == kind::cancel_recv && c.recv_armed) {
         if (res != 0) {
             // The cancel did not find the receive, or could not stop it, and yet it is armed: not seen (a receive
             // that ended first has its completion reaped before the cancel's), so SHUTDOWN ends it.
-            ++sh.recv_cancel_unfound_;
+            ++sh.recv_cancel_fallbacks_;
             sh.submit_shutdown(c);
         } else {
             // Found and cancelled: its completion comes right after this one. Should it not, SHUTDOWN ends it from

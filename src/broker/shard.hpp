@@ -274,7 +274,6 @@ public:
     bool recv_armed : 1 = false;
     bool needs_rearm : 1 = false;
     bool shut : 1 = false;
-    bool shutdown_sent : 1 = false;     // io_uring's SHUTDOWN submitted (its slot's pending operations end by it)
     bool recv_cancel_found : 1 = false; // its close's cancel found the receive (which then ends within a turn)
     bool disconnect_received : 1 = false;
     bool close_after_flush : 1 = false;
@@ -461,8 +460,7 @@ private:
     void submit_shutdown(connection& c);
     bool cancel_recv_on_close_ = false; // Linux 6.13 or newer with a DEFER_TASKRUN ring (shutdown_socket), set at start
     uint64_t recv_cancels_ = 0, shutdowns_ = 0; // how closing slots' pending operations were ended (logged at exit)
-    uint64_t recv_cancel_unfound_ = 0;          // of the SHUTDOWNs, those after a cancel that did not find the receive
-    uint64_t recv_cancel_missed_ = 0; // cancelled receives still pending recv_cancel_grace_ms later (check_deadline)
+    uint64_t recv_cancel_fallbacks_ = 0;        // of the SHUTDOWNs, those after a cancel that did not end the receive
     // Moves a connection's socket from its descriptor into the ring's file table, once it has settled on this shard
     // for good (its CONNECT accepted here) and no operation uses the descriptor. Where the table is full or absent
     // the descriptor stays, which works the same.

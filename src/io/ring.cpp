@@ -20,25 +20,27 @@ std::string init_error(int err) {
     return fmt::format("io_uring setup failed: {}", std::strerror(err));
 }
 
+// The running kernel's release string and its major.minor; false where either cannot be read.
+bool kernel_release(utsname& u, int& major, int& minor) {
+    return uname(&u) == 0 && std::sscanf(u.release, "%d.%d", &major, &minor) == 2;
+}
+
 } // namespace
 
 bool kernel_at_least(int major, int minor) {
     utsname u{};
     int ma = 0, mi = 0;
-    if (uname(&u) != 0 || std::sscanf(u.release, "%d.%d", &ma, &mi) != 2) return false;
-    return ma > major || (ma == major && mi >= minor);
+    return kernel_release(u, ma, mi) && (ma > major || (ma == major && mi >= minor));
 }
 
 bool probe_kernel(std::string& why) {
     utsname u{};
-    if (uname(&u) == 0) {
-        int major = 0, minor = 0;
-        if (std::sscanf(u.release, "%d.%d", &major, &minor) == 2 && (major < 6)) {
-            why = fmt::format("kernel {} is too old: ringmq needs io_uring multishot accept/recv and provided buffer "
-                              "rings (Linux 6.0 or newer)",
-                              u.release);
-            return false;
-        }
+    int major = 0, minor = 0;
+    if (kernel_release(u, major, minor) && major < 6) {
+        why = fmt::format("kernel {} is too old: ringmq needs io_uring multishot accept/recv and provided buffer rings "
+                          "(Linux 6.0 or newer)",
+                          u.release);
+        return false;
     }
     io_uring r{};
     int rc = io_uring_queue_init(8, &r, 0);
