@@ -206,6 +206,15 @@ bool shard::run() {
                cfg_.budgets.idle_poll_by_cpu ? ", weighed against sleeping per CPU-second" : "");
     init_file_table(ring_, cfg_, id_);
     cancel_recv_on_close_ = ring_.defer_taskrun() && io::kernel_at_least(6, 13);
+    batch_wait_ = ring_.can_wait_batch() && cfg_.budgets.wake_batch_us > 0;
+    if (cfg_.budgets.wake_batch_us > 0 && !batch_wait_ && id_ == 0)
+        log::warn("node.wake_batch_us = {}: this kernel's io_uring has no minimum wait (Linux 6.12 or newer has it); "
+                  "shards wake at their first completion",
+                  cfg_.budgets.wake_batch_us);
+    if (batch_wait_)
+        log::debug("shard {} wakes for {} completions, or {} us after the first, while its first completions come "
+                   "within that",
+                   id_, cfg_.budgets.wake_batch, cfg_.budgets.wake_batch_us);
     log::debug("shard {}: a closing connection with only its receive pending has it {}", id_,
                cancel_recv_on_close_ ? "cancelled"
                                      : "ended by io_uring's SHUTDOWN (before Linux 6.13, or no DEFER_TASKRUN)");
@@ -238,6 +247,9 @@ bool shard::run() {
                    cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.epochs());
+    if (batch_wait_)
+        log::debug("shard {} slept {} times waiting for a batch of completions and {} times for the first", id_,
+                   wake_rule_.batched(), wake_rule_.plain());
     if (recv_cancel_fallbacks_ != 0)
         log::info("shard {}: {} closing connections' receive cancels did not end the receive; SHUTDOWN ended those",
                   id_, recv_cancel_fallbacks_);
@@ -291,7 +303,17 @@ void shard::loop() {
                 ring_.submit();
             } else {
                 // Stopping, the housekeeping timer is gone: wake up anyway to see whether the grace has run out.
-                ring_.submit_and_wait(stopping_ ? static_cast<int>(tick_ms) : -1);
+                // The batched wait needs a timeout of its own: without one the kernel ends the wait when the minimum
+                // wait runs out, with or without a completion.
+                if (batch_wait_ && !stopping_) {
+                    const bool batched = wake_rule_.batch();
+                    const int64_t t0 = mono_ns();
+                    if (ring_.submit_then_wait(batched ? cfg_.budgets.wake_batch : 1,
+                                               batched ? cfg_.budgets.wake_batch_us : 0, 1000))
+                        wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched);
+                } else {
+                    ring_.submit_and_wait(stopping_ ? static_cast<int>(tick_ms) : -1);
+                }
                 node_.smp.set_sleeping(id_, false);
             }
         }

@@ -9,6 +9,7 @@
 #include "broker/metrics.hpp"
 #include "broker/retained_store.hpp"
 #include "broker/send_queue.hpp"
+#include "broker/wake_batch.hpp"
 #include "config/config.hpp"
 #include "io/buffer_ring.hpp"
 #include "io/ring.hpp"
@@ -458,6 +459,7 @@ private:
         void on_complete(int res, uint32_t flags) override;
     };
     void submit_shutdown(connection& c);
+    bool batch_wait_ = false;           // node.wake_batch_us set and the kernel has io_uring's minimum wait
     bool cancel_recv_on_close_ = false; // Linux 6.13 or newer with a DEFER_TASKRUN ring (shutdown_socket), set at start
     uint64_t recv_cancels_ = 0, shutdowns_ = 0; // how closing slots' pending operations were ended (logged at exit)
     uint64_t recv_cancel_fallbacks_ = 0;        // of the SHUTDOWNs, those after a cancel that did not end the receive
@@ -646,6 +648,7 @@ private:
     std::vector<std::pair<uint64_t, handoff*>> pending_handoffs_;
     uint64_t turn_ = 0;
     idle_poll_rules poll_rules_{cfg_.budgets};
+    wake_batch_rule wake_rule_{cfg_.budgets.wake_batch_us};
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     bool stop_cancelled_ = false; // cancel_stuck() has run

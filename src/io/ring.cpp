@@ -106,6 +106,9 @@ ring::~ring() {
     if (ok_) io_uring_queue_exit(&ring_);
 }
 
+// IORING_FEAT_MIN_TIMEOUT, newer than the headers of liburing 2.3.
+constexpr uint32_t feat_min_timeout = 1U << 15;
+
 bool ring::init(unsigned entries, std::string& why) {
     io_uring_params p{};
     p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
@@ -137,6 +140,7 @@ bool ring::init(unsigned entries, std::string& why) {
         can_message_ = io_uring_opcode_supported(probe, IORING_OP_MSG_RING) && (p.features & IORING_FEAT_CQE_SKIP);
         io_uring_free_probe(probe);
     }
+    can_wait_batch_ = (p.features & feat_min_timeout) != 0;
     io_uring_register_ring_fd(&ring_); // optional speed-up; failure is harmless
     return true;
 }
@@ -235,6 +239,28 @@ int ring::submit_and_wait(int timeout_ms) {
     }
     submitted();
     return rc;
+}
+
+bool ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
+    // What the submission completes at once (most sends) is posted before any wait: counted by the wait, it would make
+    // the shard sleep out the minimum wait for its own send, and the packet that comes next wait on top of that.
+    if (io_uring_sq_ready(&ring_) != 0 && submit() < 0) return false;
+    if (io_uring_cq_ready(&ring_) != 0) return false;
+    __kernel_timespec ts{};
+    ts.tv_sec = timeout_ms / 1000;
+    ts.tv_nsec = static_cast<long long>(timeout_ms % 1000) * 1000000;
+    // liburing 2.3 cannot pass the minimum wait (the kernel took the getevents argument's pad for it in 6.12).
+    io_uring_getevents_arg arg{};
+    arg.pad = min_wait_us;
+    arg.ts = reinterpret_cast<uint64_t>(&ts);
+    unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+    int fd = ring_.ring_fd;
+    if (ring_.int_flags & 1) { // liburing's INT_FLAG_REG_RING: the ring's fd is registered with the ring itself
+        flags |= IORING_ENTER_REGISTERED_RING;
+        fd = ring_.enter_ring_fd;
+    }
+    io_uring_enter2(fd, 0, nr, flags, reinterpret_cast<sigset_t*>(&arg), sizeof(arg));
+    return true;
 }
 
 unsigned ring::reap(reaped* out, unsigned max) {

@@ -9,6 +9,10 @@ namespace ringmq {
 using mono_clock = std::chrono::steady_clock;
 using mono_time = mono_clock::time_point;
 
+inline int64_t mono_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(mono_clock::now().time_since_epoch()).count();
+}
+
 inline int64_t mono_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(mono_clock::now().time_since_epoch()).count();
 }

@@ -707,6 +707,59 @@ class LimitCases:
                 self.assertGreater(found, bursts // 2, detail)
                 self.assertEqual(slept_by_epoch, 0, detail)
 
+    def ping_rtts(self, c, n: int, gap: float) -> list:
+        """Round-trip times of n PINGREQs on c, each sent `gap` seconds after the last PINGRESP."""
+        rtts = []
+        for _ in range(n):
+            time.sleep(gap)
+            t = time.monotonic()
+            c.send(m.pingreq())
+            c.expect(m.PINGRESP_BYTES)
+            rtts.append(time.monotonic() - t)
+        return sorted(rtts)
+
+    def test_wake_batch_waits_for_company_only_under_load(self):
+        # node.wake_batch_us: a sleeping shard lets its first completion wait that long for others (unless
+        # node.wake_batch of them come first), while its first completions mostly come within that time. A PINGREQ sent
+        # as soon as the last PINGRESP arrives comes a few microseconds into the shard's sleep: after the first few
+        # such sleeps (which show the shard that its first completions come at once) each waits out the 20 ms. A
+        # PINGREQ after a quiet 60 ms wakes the shard at once, whichever kind of sleep it is in: the minimum wait has
+        # run out, and after a few such sleeps the shard stops batching. Counts rather than every ping, so that a test
+        # thread descheduled now and then (or a housekeeping tick just before a ping, which starts a new sleep) does
+        # not decide. Nothing is lost in a burst, and an idle shard stays asleep.
+        self.use_broker({"node.wake_batch_us": 20000, "node.wake_batch": 64, "node.idle_poll_us": 0})
+        if b"has no minimum wait" in self.broker.log():
+            self.skipTest("this kernel's io_uring has no minimum wait (before Linux 6.12)")
+        self.assertEqual(self.broker.log().count(b"wakes for 64 completions, or 20000 us after the first"),
+                         self.SHARDS)
+        c = self.raw()
+        c.send(m.connect(self.sub_id()))
+        c.expect(m.connack())
+        busy = self.ping_rtts(c, 40, 0)
+        quiet = self.ping_rtts(c, 15, 0.06)
+        # (About 6 to 16 of the busy pings go before the shard has seen enough short sleeps to batch.)
+        self.assertGreaterEqual(sum(t >= 0.010 for t in busy), 15, f"back-to-back pings did not wait for company: {busy}")
+        self.assertLess(busy[-1], 0.5, f"a ping waited past the minimum wait: {busy}")
+        self.assertGreaterEqual(sum(t < 0.010 for t in quiet), 10,
+                                f"pings to a shard asleep past the minimum wait waited: {quiet}")
+
+        sub = self.client(self.sub_id("wb-sub"))
+        sub.subscribe([("wb/#", 1)])
+        col = Collector(sub, 300)
+        pub = self.client(self.pub_id("wb-pub"))
+        pub.send(b"".join(m.publish("wb/t", str(i).encode(), qos=0) for i in range(300)))
+        self.assertEqual([msg.payload for msg in col.join()], [str(i).encode() for i in range(300)])
+
+        before = cpu_seconds(self.broker.proc.pid)
+        time.sleep(1.0)
+        self.assertLess(cpu_seconds(self.broker.proc.pid) - before, 0.3, "the broker did not sleep through a quiet second")
+        text = self.broker.stop_and_read_log()
+        sleeps = [(int(b), int(p)) for b, p in re.findall(
+            rb"slept (\d+) times waiting for a batch of completions and (\d+) times for the first", text)]
+        self.assertEqual(len(sleeps), self.SHARDS, text[-2000:])
+        batched, plain = max(sleeps)  # the pinging client's shard
+        self.assertGreaterEqual(batched, 15, sleeps)
+        self.assertGreaterEqual(plain, 5, sleeps)
 
 shard_variants(LimitCases, globals())
 

@@ -48,6 +48,8 @@ idle_poll_us = 77
 idle_poll_min_batch = 5
 idle_poll_min_found = 60
 idle_poll_by_cpu = false
+wake_batch_us = 250
+wake_batch = 9
 ring_wakeups = false
 fixed_files = true
 smp_queue_size = 256
@@ -101,6 +103,8 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 5u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 60u);
     EXPECT_FALSE(c.budgets.idle_poll_by_cpu);
+    EXPECT_EQ(c.budgets.wake_batch_us, 250u);
+    EXPECT_EQ(c.budgets.wake_batch, 9u);
     EXPECT_FALSE(c.budgets.ring_wakeups);
     EXPECT_TRUE(c.budgets.fixed_files);
     EXPECT_EQ(c.budgets.smp_queue_size, 256u);
@@ -152,6 +156,8 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 16u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
     EXPECT_TRUE(c.budgets.idle_poll_by_cpu);
+    EXPECT_EQ(c.budgets.wake_batch_us, 0u);
+    EXPECT_EQ(c.budgets.wake_batch, 32u);
     EXPECT_TRUE(c.budgets.ring_wakeups);
     EXPECT_TRUE(c.budgets.fixed_files);
     EXPECT_EQ(c.budgets.smp_queue_size, 16384u);
@@ -266,6 +272,8 @@ idle_poll_us = 50
 idle_poll_min_batch = 16
 idle_poll_min_found = 75
 idle_poll_by_cpu = true
+wake_batch_us = 0
+wake_batch = 32
 ring_wakeups = true
 fixed_files = true
 smp_queue_size = 16384
@@ -613,6 +621,10 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nidle_poll_min_batch = 65537", "node.idle_poll_min_batch"},
         {"[node]\nidle_poll_min_found = -1", "node.idle_poll_min_found"},
         {"[node]\nidle_poll_min_found = 101", "node.idle_poll_min_found"},
+        {"[node]\nwake_batch_us = -1", "node.wake_batch_us"},
+        {"[node]\nwake_batch_us = 100001", "node.wake_batch_us"},
+        {"[node]\nwake_batch = 1", "node.wake_batch"},
+        {"[node]\nwake_batch = 4097", "node.wake_batch"},
         {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
         {"[mqtt]\nmax_connections = 4294967296", "mqtt.max_connections"},
         {"[mqtt]\nmax_packet_size = 15", "mqtt.max_packet_size"},

@@ -1,0 +1,74 @@
+// The rule that decides whether a sleeping shard waits for a batch of completions: only while its first completions
+// come within the minimum wait, as plain sleeps show by their length and batched ones by ending within the wait (plus
+// the timer's slack) or past it. Driven with made-up sleep lengths.
+#include "broker/wake_batch.hpp"
+
+#include <gtest/gtest.h>
+
+namespace ringmq::broker {
+namespace {
+
+constexpr uint64_t us = 1000;
+
+TEST(wake_batch_rule, off_without_a_minimum_wait) {
+    wake_batch_rule r(0);
+    for (int i = 0; i < 50; ++i)
+        r.slept(1 * us, false);
+    EXPECT_FALSE(r.batch());
+}
+
+TEST(wake_batch_rule, starts_plain_and_batches_once_first_completions_come_within_the_wait) {
+    wake_batch_rule r(100);
+    EXPECT_FALSE(r.batch());
+    int plain = 0;
+    while (!r.batch() && plain < 50) {
+        r.slept(40 * us, false); // the next packet came 40 us into the sleep
+        ++plain;
+    }
+    EXPECT_TRUE(r.batch());
+    EXPECT_GE(plain, 4) << "one short sleep must not switch the mode";
+    EXPECT_LE(plain, 8);
+    EXPECT_EQ(r.plain(), static_cast<uint64_t>(plain));
+    // Batched sleeps that the timer ends (with their first completion inside the wait) keep it batching.
+    for (int i = 0; i < 100; ++i) {
+        r.slept(100 * us + wake_batch_rule::timer_slack_ns, true);
+        ASSERT_TRUE(r.batch()) << i;
+    }
+    EXPECT_EQ(r.batched(), 100u);
+}
+
+TEST(wake_batch_rule, goes_back_to_plain_when_the_wait_runs_out_before_any_completion) {
+    wake_batch_rule r(100);
+    for (int i = 0; i < 30; ++i)
+        r.slept(10 * us, false);
+    ASSERT_TRUE(r.batch());
+    int batched = 0;
+    while (r.batch() && batched < 50) {
+        r.slept(100 * us + wake_batch_rule::timer_slack_ns + 1, true); // the timer ran out with nothing to wake for
+        ++batched;
+    }
+    EXPECT_FALSE(r.batch());
+    EXPECT_LE(batched, 8);
+    // Plain sleeps longer than the wait (sparse traffic) keep it plain; a sleep exactly as long as the wait counts as
+    // within it.
+    for (int i = 0; i < 100; ++i) {
+        r.slept(101 * us, false);
+        ASSERT_FALSE(r.batch()) << i;
+    }
+    for (int i = 0; i < 30; ++i)
+        r.slept(100 * us, false);
+    EXPECT_TRUE(r.batch());
+}
+
+TEST(wake_batch_rule, a_mix_batches_while_most_first_completions_come_within_the_wait) {
+    wake_batch_rule within_most(100), within_few(100);
+    for (int i = 0; i < 200; ++i) {
+        within_most.slept(i % 4 == 0 ? 500 * us : 20 * us, false); // 3 in 4 within
+        within_few.slept(i % 4 == 0 ? 20 * us : 500 * us, false);  // 1 in 4 within
+    }
+    EXPECT_TRUE(within_most.batch());
+    EXPECT_FALSE(within_few.batch());
+}
+
+} // namespace
+} // namespace ringmq::broker
