@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <arpa/inet.h>
 #include <bit>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 
@@ -212,8 +213,8 @@ bool shard::run() {
                   "shards wake at their first completion",
                   cfg_.budgets.wake_batch_us);
     if (batch_wait_)
-        log::debug("shard {} wakes for {} completions, or {} us after the first, while its first completions come "
-                   "within that",
+        log::debug("shard {} wakes for {} completions, or {} us after it went to sleep with at least one, while its "
+                   "first completions come within that",
                    id_, cfg_.budgets.wake_batch, cfg_.budgets.wake_batch_us);
     log::debug("shard {}: a closing connection with only its receive pending has it {}", id_,
                cancel_recv_on_close_ ? "cancelled"
@@ -308,9 +309,23 @@ void shard::loop() {
                 if (batch_wait_ && !stopping_) {
                     const bool batched = wake_rule_.batch();
                     const int64_t t0 = mono_ns();
-                    if (ring_.submit_then_wait(batched ? cfg_.budgets.wake_batch : 1,
-                                               batched ? cfg_.budgets.wake_batch_us : 0, 1000))
+                    const int rc = ring_.submit_then_wait(batched ? cfg_.budgets.wake_batch : 1,
+                                                          batched ? cfg_.budgets.wake_batch_us : 0, batched ? 1000 : 0);
+                    if (rc == 0) {
                         wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched);
+                        if (wake_rule_.batch() != batched)
+                            log::debug("shard {} {}", id_,
+                                       batched ? "wakes at its first completion again: they come later than "
+                                                 "node.wake_batch_us"
+                                               : "waits for a batch of completions: its first ones come within "
+                                                 "node.wake_batch_us");
+                    } else if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+                        // A wait the kernel refuses would be refused again at once: the loop would spin on it.
+                        log::warn("shard {}: io_uring refused the batched wait ({}); it wakes at its first completion "
+                                  "from now on",
+                                  id_, std::strerror(-rc));
+                        batch_wait_ = false;
+                    }
                 } else {
                     ring_.submit_and_wait(stopping_ ? static_cast<int>(tick_ms) : -1);
                 }

@@ -6,23 +6,28 @@
 // mostly come within the minimum wait, which both kinds of sleep show: a plain one by how long it lasted, a batched
 // one by whether it ended within the minimum wait (its first completion then came inside it) or past it (the timer
 // had run out before any came). Owned by a shard and used only on its thread (README, "Batched wake-ups").
+#include <algorithm>
 #include <cstdint>
 
 namespace ringmq::broker {
 
 class wake_batch_rule {
 public:
-    // A batched sleep that ends within this much past the minimum wait is taken for one that the timer ended, with its
-    // first completion inside the wait: the timer's own lateness on a busy or virtual host.
-    static constexpr uint64_t timer_slack_ns = 50'000;
+    // A batched sleep that ends within slack_ns() past the minimum wait is taken for one that the timer ended, with
+    // its first completion inside the wait: the timer's own lateness on a busy or virtual host (50 us, Linux's default
+    // timer slack), and a wake-up delayed by other threads, which grows with the wait it follows.
+    static constexpr uint64_t min_timer_slack_ns = 50'000;
 
-    explicit wake_batch_rule(uint32_t min_wait_us) : min_wait_ns_(uint64_t{min_wait_us} * 1000) {}
+    explicit wake_batch_rule(uint32_t min_wait_us)
+        : min_wait_ns_(uint64_t{min_wait_us} * 1000), slack_ns_(std::max(min_timer_slack_ns, min_wait_ns_ / 4)) {}
+
+    uint64_t slack_ns() const { return slack_ns_; }
 
     // Whether the next sleep should wait for a batch.
     bool batch() const { return min_wait_ns_ != 0 && within_avg_ >= half; }
     // A sleep that lasted slept_ns, batched (as batch() said) or not; only sleeps that went to the kernel to wait.
     void slept(uint64_t slept_ns, bool batched) {
-        const bool within = batched ? slept_ns <= min_wait_ns_ + timer_slack_ns : slept_ns <= min_wait_ns_;
+        const bool within = batched ? slept_ns <= min_wait_ns_ + slack_ns_ : slept_ns <= min_wait_ns_;
         // A running average, weight 1/8 for the newest: a change of traffic shows within a few dozen sleeps.
         within_avg_ = within_avg_ - within_avg_ / 8 + (within ? one / 8 : 0);
         ++(batched ? batched_ : plain_);
@@ -34,6 +39,7 @@ private:
     static constexpr uint32_t one = 1u << 16;
     static constexpr uint32_t half = one / 2;
     uint64_t min_wait_ns_;
+    uint64_t slack_ns_;
     uint32_t within_avg_ = 0; // share of recent sleeps whose first completion came within the minimum wait
     uint64_t batched_ = 0, plain_ = 0;
 };

@@ -105,11 +105,13 @@ struct turn_budgets {
     // spends the wait, and where the wait is longer than a wake-up costs, sleeping does more per CPU-second. Off, the
     // shard polls whenever the two rules above let it (lower latency at any CPU price).
     bool idle_poll_by_cpu = true;
-    // Microseconds a sleeping shard lets the first completion that comes in wait for others before it wakes, unless
-    // wake_batch of them come first (Linux 6.12+, io_uring's minimum wait). Under load each wake-up then handles a
-    // batch, and the clients whose packets woke the shard one at a time no longer pay a wake-up each; a shard asleep
-    // for longer than this wakes at its first completion, so it costs latency only where completions come closer
-    // together than this. 0 wakes at the first (see README, "Batched wake-ups").
+    // Microseconds a shard, once asleep, lets completions gather before it wakes (Linux 6.12+, io_uring's minimum
+    // wait): those that come within this time of its going to sleep wait until it has passed, unless wake_batch of
+    // them come first; a later one wakes the shard at once. Under load each wake-up then handles a batch, and the
+    // clients whose packets woke the shard one at a time no longer pay a wake-up each; it costs latency (up to this
+    // much for each shard a message passes, cross-shard deliveries and wake-ups included) only where completions come
+    // closer together than this, and the shard waits so only while its first completions mostly do. 0 wakes at the
+    // first (see README, "Batched wake-ups").
     uint32_t wake_batch_us = 0;
     uint32_t wake_batch = 32;
     // Wake a sleeping shard by posting a completion into its ring from the waker's own ring (IORING_OP_MSG_RING,

@@ -241,26 +241,43 @@ int ring::submit_and_wait(int timeout_ms) {
     return rc;
 }
 
-bool ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
+int ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
     // What the submission completes at once (most sends) is posted before any wait: counted by the wait, it would make
-    // the shard sleep out the minimum wait for its own send, and the packet that comes next wait on top of that.
-    if (io_uring_sq_ready(&ring_) != 0 && submit() < 0) return false;
-    if (io_uring_cq_ready(&ring_) != 0) return false;
+    // the shard sleep out the minimum wait for its own send, and the packet that comes next wait on top of that. A
+    // batched wait also flushes the completions that came while the shard was awake (deferred task work): the kernel
+    // would otherwise post them only inside the wait and keep them there for the whole minimum wait.
+    if (min_wait_us != 0) {
+        const int rc = io_uring_submit_and_get_events(&ring_);
+        submitted();
+        if (rc < 0) return rc;
+    } else if (io_uring_sq_ready(&ring_) != 0) {
+        const int rc = submit();
+        if (rc < 0) return rc;
+    }
+    if (io_uring_cq_ready(&ring_) != 0) return 1;
+    // io_uring_getevents_arg as the kernel reads it since 6.12: liburing 2.3 calls min_wait_usec "pad", later ones
+    // rename it, so the layout is spelled out here.
+    struct getevents_arg {
+        uint64_t sigmask;
+        uint32_t sigmask_sz;
+        uint32_t min_wait_usec;
+        uint64_t ts;
+    };
+    static_assert(sizeof(getevents_arg) == sizeof(io_uring_getevents_arg));
     __kernel_timespec ts{};
     ts.tv_sec = timeout_ms / 1000;
     ts.tv_nsec = static_cast<long long>(timeout_ms % 1000) * 1000000;
-    // liburing 2.3 cannot pass the minimum wait (the kernel took the getevents argument's pad for it in 6.12).
-    io_uring_getevents_arg arg{};
-    arg.pad = min_wait_us;
-    arg.ts = reinterpret_cast<uint64_t>(&ts);
+    getevents_arg arg{};
+    arg.min_wait_usec = min_wait_us;
+    if (timeout_ms > 0) arg.ts = reinterpret_cast<uint64_t>(&ts);
     unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
     int fd = ring_.ring_fd;
     if (ring_.int_flags & 1) { // liburing's INT_FLAG_REG_RING: the ring's fd is registered with the ring itself
         flags |= IORING_ENTER_REGISTERED_RING;
         fd = ring_.enter_ring_fd;
     }
-    io_uring_enter2(fd, 0, nr, flags, reinterpret_cast<sigset_t*>(&arg), sizeof(arg));
-    return true;
+    const int rc = io_uring_enter2(fd, 0, nr, flags, reinterpret_cast<sigset_t*>(&arg), sizeof(arg));
+    return rc < 0 && rc != -ETIME ? rc : 0;
 }
 
 unsigned ring::reap(reaped* out, unsigned max) {

@@ -57,9 +57,10 @@ public:
     // Submits and waits for at least one completion, or until timeout_ms (-1 = no timeout).
     int submit_and_wait(int timeout_ms);
     // Submits what is queued and, unless completions are then there to reap, sleeps until nr are, or until
-    // min_wait_us have passed with at least one (0: at the first), or timeout_ms (> 0) without any. Only where
-    // can_wait_batch(). Returns whether it waited (it did not when the submission posted completions of its own).
-    bool submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms);
+    // min_wait_us (counted from when it went to sleep) have passed with at least one (0: at the first), or timeout_ms
+    // (> 0; none if 0) without any. Only where can_wait_batch(). Returns 0 when it slept, 1 when completions were
+    // there without sleeping, -errno when the submission or the wait failed (-EINTR for a signal).
+    int submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms);
     // Whether the kernel can wait for a batch of completions with a minimum wait (IORING_FEAT_MIN_TIMEOUT, 6.12+).
     bool can_wait_batch() const { return can_wait_batch_; }
     // Copies up to max completions into out and advances the CQ. Returns the count.

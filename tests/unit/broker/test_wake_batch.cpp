@@ -31,7 +31,7 @@ TEST(wake_batch_rule, starts_plain_and_batches_once_first_completions_come_withi
     EXPECT_EQ(r.plain(), static_cast<uint64_t>(plain));
     // Batched sleeps that the timer ends (with their first completion inside the wait) keep it batching.
     for (int i = 0; i < 100; ++i) {
-        r.slept(100 * us + wake_batch_rule::timer_slack_ns, true);
+        r.slept(100 * us + r.slack_ns(), true);
         ASSERT_TRUE(r.batch()) << i;
     }
     EXPECT_EQ(r.batched(), 100u);
@@ -44,7 +44,7 @@ TEST(wake_batch_rule, goes_back_to_plain_when_the_wait_runs_out_before_any_compl
     ASSERT_TRUE(r.batch());
     int batched = 0;
     while (r.batch() && batched < 50) {
-        r.slept(100 * us + wake_batch_rule::timer_slack_ns + 1, true); // the timer ran out with nothing to wake for
+        r.slept(100 * us + r.slack_ns() + 1, true); // the timer ran out with nothing to wake for
         ++batched;
     }
     EXPECT_FALSE(r.batch());
@@ -58,6 +58,24 @@ TEST(wake_batch_rule, goes_back_to_plain_when_the_wait_runs_out_before_any_compl
     for (int i = 0; i < 30; ++i)
         r.slept(100 * us, false);
     EXPECT_TRUE(r.batch());
+}
+
+TEST(wake_batch_rule, the_timer_slack_grows_with_long_waits) {
+    // 50 us for short waits; a quarter of the wait for long ones, where a wake-up delayed by other threads is no sign
+    // that the first completion came late.
+    EXPECT_EQ(wake_batch_rule(100).slack_ns(), 50 * us);
+    EXPECT_EQ(wake_batch_rule(20000).slack_ns(), 5000 * us);
+    wake_batch_rule r(20000);
+    for (int i = 0; i < 30; ++i)
+        r.slept(10 * us, false);
+    ASSERT_TRUE(r.batch());
+    for (int i = 0; i < 100; ++i) {
+        r.slept(24000 * us, true);
+        ASSERT_TRUE(r.batch()) << i;
+    }
+    for (int i = 0; i < 30; ++i)
+        r.slept(25001 * us, true);
+    EXPECT_FALSE(r.batch());
 }
 
 TEST(wake_batch_rule, a_mix_batches_while_most_first_completions_come_within_the_wait) {
