@@ -207,10 +207,12 @@ bool shard::run() {
                cfg_.budgets.idle_poll_by_cpu ? ", weighed against sleeping per CPU-second" : "");
     init_file_table(ring_, cfg_, id_);
     cancel_recv_on_close_ = ring_.defer_taskrun() && io::kernel_at_least(6, 13);
-    batch_wait_ = ring_.can_wait_batch() && cfg_.budgets.wake_batch_us > 0;
+    // Only with DEFER_TASKRUN: completions then wait as task work until the shard enters, counted against the batch,
+    // rather than interrupting its sleep each.
+    batch_wait_ = ring_.can_wait_batch() && ring_.defer_taskrun() && cfg_.budgets.wake_batch_us > 0;
     if (cfg_.budgets.wake_batch_us > 0 && !batch_wait_ && id_ == 0)
-        log::warn("node.wake_batch_us = {}: this kernel's io_uring has no minimum wait (Linux 6.12 or newer has it); "
-                  "shards wake at their first completion",
+        log::warn("node.wake_batch_us = {}: this kernel's io_uring has no minimum wait (Linux 6.12 or newer has it) "
+                  "or the ring runs without DEFER_TASKRUN; shards wake at their first completion",
                   cfg_.budgets.wake_batch_us);
     if (batch_wait_)
         log::debug("shard {} wakes for {} completions, or {} us after it went to sleep with at least one, while its "
@@ -312,15 +314,16 @@ void shard::loop() {
                     const int rc = ring_.submit_then_wait(batched ? cfg_.budgets.wake_batch : 1,
                                                           batched ? cfg_.budgets.wake_batch_us : 0, batched ? 1000 : 0);
                     if (rc == 0) {
-                        wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched);
+                        wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched, ring_.ready());
                         if (wake_rule_.batch() != batched)
                             log::debug("shard {} {}", id_,
                                        batched ? "wakes at its first completion again: they come later than "
                                                  "node.wake_batch_us"
                                                : "waits for a batch of completions: its first ones come within "
                                                  "node.wake_batch_us");
-                    } else if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-                        // A wait the kernel refuses would be refused again at once: the loop would spin on it.
+                    } else if (batched && (rc == -EINVAL || rc == -EFAULT || rc == -EOPNOTSUPP)) {
+                        // A wait the kernel refuses would be refused again at once: the loop would spin on it. (Others
+                        // pass: a signal, EBADR once after completions were dropped, which the CQ's overflow counts.)
                         log::warn("shard {}: io_uring refused the batched wait ({}); it wakes at its first completion "
                                   "from now on",
                                   id_, std::strerror(-rc));

@@ -25,9 +25,11 @@ public:
 
     // Whether the next sleep should wait for a batch.
     bool batch() const { return min_wait_ns_ != 0 && within_avg_ >= half; }
-    // A sleep that lasted slept_ns, batched (as batch() said) or not; only sleeps that went to the kernel to wait.
-    void slept(uint64_t slept_ns, bool batched) {
-        const bool within = batched ? slept_ns <= min_wait_ns_ + slack_ns_ : slept_ns <= min_wait_ns_;
+    // A sleep that lasted slept_ns, batched (as batch() said) or not, and ended with `completions` to reap; only
+    // sleeps that went to the kernel to wait. A batched sleep that brought two or more had company whenever it ended.
+    void slept(uint64_t slept_ns, bool batched, unsigned completions) {
+        const bool within =
+            batched ? slept_ns <= min_wait_ns_ + slack_ns_ || completions >= 2 : slept_ns <= min_wait_ns_;
         // A running average, weight 1/8 for the newest: a change of traffic shows within a few dozen sleeps.
         within_avg_ = within_avg_ - within_avg_ / 8 + (within ? one / 8 : 0);
         ++(batched ? batched_ : plain_);

@@ -1,5 +1,7 @@
 #include "io/ring.hpp"
 
+#include "util/assert.hpp"
+
 #include <sys/utsname.h>
 
 #include <cerrno>
@@ -141,7 +143,7 @@ bool ring::init(unsigned entries, std::string& why) {
         io_uring_free_probe(probe);
     }
     can_wait_batch_ = (p.features & feat_min_timeout) != 0;
-    io_uring_register_ring_fd(&ring_); // optional speed-up; failure is harmless
+    registered_fd_ = io_uring_register_ring_fd(&ring_) == 1; // optional speed-up; failure is harmless
     return true;
 }
 
@@ -246,15 +248,16 @@ int ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
     // the shard sleep out the minimum wait for its own send, and the packet that comes next wait on top of that. A
     // batched wait also flushes the completions that came while the shard was awake (deferred task work): the kernel
     // would otherwise post them only inside the wait and keep them there for the whole minimum wait.
+    // A submission that fails (a full CQ, memory) is retried by the next turn, as after any other submit.
     if (min_wait_us != 0) {
         const int rc = io_uring_submit_and_get_events(&ring_);
         submitted();
-        if (rc < 0) return rc;
-    } else if (io_uring_sq_ready(&ring_) != 0) {
-        const int rc = submit();
-        if (rc < 0) return rc;
+        if (rc < 0) return 1;
+    } else if (io_uring_sq_ready(&ring_) != 0 && submit() < 0) {
+        return 1;
     }
     if (io_uring_cq_ready(&ring_) != 0) return 1;
+    RINGMQ_DASSERT(min_wait_us == 0 || timeout_ms > 0);
     // io_uring_getevents_arg as the kernel reads it since 6.12: liburing 2.3 calls min_wait_usec "pad", later ones
     // rename it, so the layout is spelled out here.
     struct getevents_arg {
@@ -272,7 +275,7 @@ int ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
     if (timeout_ms > 0) arg.ts = reinterpret_cast<uint64_t>(&ts);
     unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
     int fd = ring_.ring_fd;
-    if (ring_.int_flags & 1) { // liburing's INT_FLAG_REG_RING: the ring's fd is registered with the ring itself
+    if (registered_fd_) {
         flags |= IORING_ENTER_REGISTERED_RING;
         fd = ring_.enter_ring_fd;
     }

@@ -58,9 +58,13 @@ public:
     int submit_and_wait(int timeout_ms);
     // Submits what is queued and, unless completions are then there to reap, sleeps until nr are, or until
     // min_wait_us (counted from when it went to sleep) have passed with at least one (0: at the first), or timeout_ms
-    // (> 0; none if 0) without any. Only where can_wait_batch(). Returns 0 when it slept, 1 when completions were
-    // there without sleeping, -errno when the submission or the wait failed (-EINTR for a signal).
+    // without any. With a minimum wait timeout_ms must be > 0: without one the kernel ends the wait when the minimum
+    // wait runs out, with or without a completion (0 is no timeout, for min_wait_us 0 only). Only where
+    // can_wait_batch(). Returns 0 when it went to the kernel to wait, 1 when it did not (completions were there, or
+    // the submission failed: the next turn retries it), -errno when the kernel refused the wait (-EINTR: a signal).
     int submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms);
+    // Completions posted and not yet reaped.
+    unsigned ready() { return io_uring_cq_ready(&ring_); }
     // Whether the kernel can wait for a batch of completions with a minimum wait (IORING_FEAT_MIN_TIMEOUT, 6.12+).
     bool can_wait_batch() const { return can_wait_batch_; }
     // Copies up to max completions into out and advances the CQ. Returns the count.
@@ -108,6 +112,7 @@ private:
     bool defer_taskrun_ = false;
     bool can_message_ = false;
     bool can_wait_batch_ = false;
+    bool registered_fd_ = false; // the ring's fd is registered with the ring itself (io_uring_register_ring_fd)
     const char* mode_ = "";
     unsigned files_ = 0;
     unsigned next_file_ = 0;              // slots from here up were never used
