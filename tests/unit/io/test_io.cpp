@@ -436,3 +436,115 @@ TEST(Io, RecvTimeoutStaysLinkedWhenTheSubmissionQueueIsAlmostFull) {
     ASSERT_EQ(io_uring_sq_space_left(r.raw()), 1u);
     expect_recv_times_out(r);
 }
+
+// ring::submit_then_wait, the batched wait of node.wake_batch_us: io_uring's minimum wait on a real ring, with recvs
+// on socket pairs as the completions (Linux 6.12+ and a DEFER_TASKRUN ring, as the shard needs).
+namespace {
+
+struct IoBatchWait : ::testing::Test {
+    io::ring r;
+    int a[2]{-1, -1}, b[2]{-1, -1};
+    char buf_a[8], buf_b[8];
+
+    void SetUp() override {
+        std::string why;
+        ASSERT_TRUE(r.init(64, why)) << why;
+        if (!r.can_wait_batch() || !r.defer_taskrun())
+            GTEST_SKIP() << "no minimum wait on this kernel's io_uring (before Linux 6.12) or no DEFER_TASKRUN";
+        ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+        ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+        io_uring_prep_recv(r.sqe(), a[0], buf_a, sizeof buf_a, 0);
+        io_uring_prep_recv(r.sqe(), b[0], buf_b, sizeof buf_b, 0);
+        ASSERT_EQ(r.submit(), 2);
+    }
+    void TearDown() override {
+        for (int fd : {a[0], a[1], b[0], b[1]})
+            if (fd >= 0) close(fd);
+    }
+    // Milliseconds that submit_then_wait took; its result in rc.
+    long long timed_wait(unsigned nr, unsigned min_wait_us, int timeout_ms, int& rc) {
+        const auto start = std::chrono::steady_clock::now();
+        rc = r.submit_then_wait(nr, min_wait_us, timeout_ms);
+        return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+    }
+    // Writes a byte to fd after ms, from another thread.
+    static std::thread write_after(int fd, int ms) {
+        return std::thread([fd, ms] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+            EXPECT_EQ(write(fd, "x", 1), 1);
+        });
+    }
+};
+
+// A completion that came while the shard was awake (task work DEFER_TASKRUN holds until the next enter) is reaped at
+// once: counted only inside the wait, it would be the one the minimum wait needs and sleep out the whole of it.
+TEST_F(IoBatchWait, WhatCameWhileAwakeIsReapedWithoutSleeping) {
+    ASSERT_EQ(write(a[1], "x", 1), 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_EQ(r.ready(), 0u) << "the recv's completion was posted before any enter: this test shows nothing";
+    int rc = -1;
+    const long long ms = timed_wait(32, 300000, 1000, rc);
+    EXPECT_EQ(rc, 1);
+    EXPECT_EQ(r.ready(), 1u);
+    EXPECT_LT(ms, 150) << "slept out the minimum wait with a completion in hand";
+}
+
+// Completions within the minimum wait wait until it has passed, and then wake the shard together.
+TEST_F(IoBatchWait, CompletionsWithinTheMinimumWaitWakeItOnceWhenItHasPassed) {
+    std::thread w1 = write_after(a[1], 10), w2 = write_after(b[1], 40);
+    int rc = -1;
+    const long long ms = timed_wait(32, 150000, 2000, rc);
+    w1.join();
+    w2.join();
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(r.ready(), 2u);
+    EXPECT_GE(ms, 140);
+    EXPECT_LT(ms, 1000);
+}
+
+// The batch ends the wait before the minimum wait has passed.
+TEST_F(IoBatchWait, AFullBatchEndsTheWaitEarly) {
+    std::thread w1 = write_after(a[1], 10), w2 = write_after(b[1], 20);
+    int rc = -1;
+    const long long ms = timed_wait(2, 1000000, 3000, rc);
+    w1.join();
+    w2.join();
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(r.ready(), 2u);
+    EXPECT_LT(ms, 700);
+}
+
+// A first completion after the minimum wait wakes the shard at once; with none the timeout ends the wait.
+TEST_F(IoBatchWait, AFirstCompletionPastTheMinimumWaitWakesAtOnce) {
+    std::thread w = write_after(a[1], 200);
+    int rc = -1;
+    const long long ms = timed_wait(32, 20000, 2000, rc);
+    w.join();
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(r.ready(), 1u);
+    EXPECT_GE(ms, 190);
+    EXPECT_LT(ms, 1500) << "waited for the timeout, not the completion";
+}
+
+TEST_F(IoBatchWait, NothingComingEndsAtTheTimeout) {
+    int rc = -1;
+    const long long ms = timed_wait(32, 20000, 200, rc);
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(r.ready(), 0u);
+    EXPECT_GE(ms, 190);
+    EXPECT_LT(ms, 1500);
+}
+
+// Without a minimum wait (and no timeout) it is a plain wait for the first completion.
+TEST_F(IoBatchWait, APlainWaitWakesAtTheFirstCompletion) {
+    std::thread w = write_after(a[1], 30);
+    int rc = -1;
+    const long long ms = timed_wait(1, 0, 0, rc);
+    w.join();
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(r.ready(), 1u);
+    EXPECT_GE(ms, 25);
+    EXPECT_LT(ms, 1000);
+}
+
+} // namespace
