@@ -248,14 +248,10 @@ int ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
     // the shard sleep out the minimum wait for its own send, and the packet that comes next wait on top of that. A
     // batched wait also flushes the completions that came while the shard was awake (deferred task work): the kernel
     // would otherwise post them only inside the wait and keep them there for the whole minimum wait.
-    // A submission that fails (a full CQ, memory) is retried by the next turn, as after any other submit.
-    if (min_wait_us != 0) {
-        const int rc = io_uring_submit_and_get_events(&ring_);
-        submitted();
-        if (rc < 0) return 1;
-    } else if (io_uring_sq_ready(&ring_) != 0 && submit() < 0) {
-        return 1;
-    }
+    // submit() does both on a DEFER_TASKRUN ring, the only kind a shard waits for a batch on. A submission that fails
+    // (a full CQ, memory) is retried by the next turn, as after any other submit.
+    RINGMQ_DASSERT(min_wait_us == 0 || defer_taskrun_);
+    if ((min_wait_us != 0 || io_uring_sq_ready(&ring_) != 0) && submit() < 0) return 1;
     if (io_uring_cq_ready(&ring_) != 0) return 1;
     RINGMQ_DASSERT(min_wait_us == 0 || timeout_ms > 0);
     // io_uring_getevents_arg as the kernel reads it since 6.12: liburing 2.3 calls min_wait_usec "pad", later ones
