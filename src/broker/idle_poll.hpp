@@ -2,8 +2,10 @@
 // Whether a shard with nothing to do polls its ring for node.idle_poll_us before it sleeps: the three rules of
 // node.idle_poll_min_batch, node.idle_poll_min_found and node.idle_poll_by_cpu, their running averages and counters.
 // A poll that finds work saves the wake-up of a sleeping thread; one that waits long, or finds nothing, spends CPU for
-// it (README, "Idle polling"). One per shard, owned by it and used only on its thread; the polling itself (the ring)
-// stays in the shard.
+// it (README, "Idle polling"). The epochs of node.idle_poll_by_cpu also weigh node.wake_batch_by_cpu's batched sleeps
+// against plain ones, as further modes of the same choice: measured one at a time, the two choices would each score
+// the other's changes as their own. One per shard, owned by it and used only on its thread; the polling itself (the
+// ring) stays in the shard.
 #include "config/config.hpp"
 
 #include <cstdint>
@@ -16,7 +18,7 @@ public:
     // a change of traffic is seen within a second; exploring one epoch in 32 costs 1/32 of what the worse mode loses.
     static constexpr int64_t epoch_ms = 25;
     static constexpr uint64_t explore_every = 32;
-    // Fewer packets than this in an epoch score neither mode: a few bursts' worth are mostly the CPU of waking up.
+    // Fewer packets than this in an epoch score no mode: a few bursts' worth are mostly the CPU of waking up.
     static constexpr uint64_t epoch_min_packets = 256;
     // node.idle_poll_min_found: while the polls find too little, one idle point in this many polls anyway, so the
     // average sees the traffic change; at 50 us a poll that finds nothing then costs about 3 us per idle point. Each
@@ -35,23 +37,36 @@ public:
         uint64_t sleeping_epochs = 0; // idle points that slept because the epoch was a sleeping one
     };
 
-    explicit idle_poll_rules(const config::turn_budgets& b) : b_(b) {}
+    explicit idle_poll_rules(const config::turn_budgets& b);
+
+    // Adds batched sleeps (node.wake_batch_us, on a kernel that has the minimum wait) to what the epochs weigh;
+    // before the first epoch.
+    void weigh_batched_sleeps();
 
     // Called once per idle point with the shard's packets received so far; true: poll now.
     bool should_poll(uint64_t packets_received);
     // The outcome of a poll should_poll asked for.
     void polled(bool found);
-    // Whether node.idle_poll_by_cpu wants an epoch ended (cheap: asked every loop turn).
-    bool epoch_due(int64_t now_ms) const { return b_.idle_poll_by_cpu && now_ms >= epoch_end_ms_; }
+    // Whether the epochs want one ended (cheap: asked every loop turn); never while there is only one mode.
+    bool epoch_due(int64_t now_ms) const { return modes_ > 1 && now_ms >= epoch_end_ms_; }
     // Ends an epoch: scores its mode by packets per CPU-nanosecond of the shard's thread (both totals so far) and
     // picks the next epoch's mode.
     void end_epoch(int64_t now_ms, uint64_t cpu_ns, uint64_t packets);
 
     const counters& count() const { return n_; }
-    // Packets per CPU-nanosecond sleeping ([0]) and polling ([1]), running averages; 0 until measured.
-    double score(bool polling) const { return packets_per_ns_[polling ? 1 : 0]; }
+    // Packets per CPU-nanosecond of the mode that polls or not and sleeps batched or not (where batched sleeps are
+    // not weighed, `batched` is ignored), running averages; 0 until measured.
+    double score(bool polling, bool batched = false) const;
+    // Scored epochs that mode ran (the same matching as score).
+    uint64_t epochs(bool polling, bool batched = false) const;
+    bool weighs_batched_sleeps() const { return batch_choice_; }
+    // Whether some mode polls (or sleeps at once) as `polling` says.
+    bool has_mode(bool polling) const { return find(polling, false) != nullptr; }
     uint64_t epochs() const { return epochs_; }
-    bool polling_epoch() const { return poll_epoch_; }
+    bool polling_epoch() const { return mode_[cur_].poll; }
+    // Whether this epoch's sleeps may wait for a batch (wake_batch_rule has the last word); true where batched sleeps
+    // are not weighed.
+    bool batching_epoch() const { return mode_[cur_].batch; }
 
 private:
     const config::turn_budgets& b_;
@@ -62,13 +77,26 @@ private:
     uint32_t since_poll_ = 0;          // idle points since the last poll, while the found rule holds polls back
     uint32_t probe_gap_ = probe_every; // idle points between probes, while the found rule holds polls back
     bool probing_ = false;             // the poll under way is such a probe
-    bool poll_epoch_ = true;           // whether this epoch may poll
-    bool exploring_ = true;            // this epoch runs the mode that did less (or one not yet measured)
+    // The modes the epochs choose from, those with the lower latency first (a tie goes to the earlier): polling
+    // before sleeping, plain sleeps before batched ones.
+    struct mode {
+        bool poll = false;
+        bool batch = false;
+        double packets_per_ns = 0; // running average; 0 until measured
+        uint64_t epochs = 0;       // epochs it ran that were scored
+    };
+    void set_modes();
+    const mode* find(bool polling, bool batched) const;
+    mode mode_[4];
+    unsigned modes_ = 1;
+    unsigned cur_ = 0;
+    unsigned explore_turn_ = 0; // which of the modes that did less the next exploring epoch runs
+    bool batch_choice_ = false; // batched sleeps are weighed
+    bool exploring_ = true;     // this epoch runs a mode that did less (or one not yet measured)
     int64_t epoch_end_ms_ = 0;
     uint64_t epochs_ = 0;
     uint64_t epoch_cpu_ns_ = 0;
     uint64_t epoch_packets_ = 0;
-    double packets_per_ns_[2] = {0, 0};
 };
 
 } // namespace ringmq::broker

@@ -28,6 +28,9 @@ namespace {
 // $SYS topics are the broker's own: left out of the message counters (as EMQ X leaves them out).
 bool sys_topic(std::string_view topic) { return topic.starts_with("$SYS/"); }
 
+// An average for a log line: 0 where there was nothing to average over.
+double per(uint64_t total, uint64_t count) { return count == 0 ? 0 : static_cast<double>(total) / double(count); }
+
 constexpr unsigned reap_batch = 256;
 // Receive buffers for connected clients' multishot recvs. Consumed incrementally (Linux 6.12+), few large buffers
 // serve many connections; consumed whole (older kernels), each recv takes a buffer, so more of them are needed.
@@ -214,10 +217,12 @@ bool shard::run() {
         log::warn("node.wake_batch_us = {}: this kernel's io_uring has no minimum wait (Linux 6.12 or newer has it) "
                   "or the ring runs without DEFER_TASKRUN; shards wake at their first completion",
                   cfg_.budgets.wake_batch_us);
+    if (batch_wait_ && cfg_.budgets.wake_batch_by_cpu) poll_rules_.weigh_batched_sleeps();
     if (batch_wait_)
         log::debug("shard {} wakes for {} completions, or {} us after it went to sleep with at least one, while its "
-                   "first completions come within that",
-                   id_, cfg_.budgets.wake_batch, cfg_.budgets.wake_batch_us);
+                   "first completions come within that{}",
+                   id_, cfg_.budgets.wake_batch, cfg_.budgets.wake_batch_us,
+                   cfg_.budgets.wake_batch_by_cpu ? " and batched sleeps do more per CPU-second than plain ones" : "");
     log::debug("shard {}: a closing connection with only its receive pending has it {}", id_,
                cancel_recv_on_close_ ? "cancelled"
                                      : "ended by io_uring's SHUTDOWN (before Linux 6.13, or no DEFER_TASKRUN)");
@@ -244,15 +249,32 @@ bool shard::run() {
     if (cfg_.budgets.idle_poll_us != 0)
         log::debug("shard {} polled {} times when idle: {} found work, {} slept after {} us; {} times it slept at once "
                    "(under {} packets a wake-up), {} times as polls had found work under {}% of the time, {} times in "
-                   "sleeping epochs ({:.0f} packets per CPU-ms sleeping against {:.0f} polling, {} epochs)",
+                   "sleeping epochs ({:.0f} packets per CPU-ms sleeping against {:.0f} polling{}, {} epochs)",
                    id_, poll_rules_.count().found + poll_rules_.count().slept, poll_rules_.count().found,
                    poll_rules_.count().slept, cfg_.budgets.idle_poll_us, poll_rules_.count().sparse,
                    cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
-                   poll_rules_.epochs());
+                   poll_rules_.weighs_batched_sleeps() ? ", with plain sleeps" : "", poll_rules_.epochs());
     if (batch_wait_)
-        log::debug("shard {} slept {} times waiting for a batch of completions and {} times for the first", id_,
-                   wake_rule_.batched(), wake_rule_.plain());
+        log::debug("shard {} slept {} times waiting for a batch of completions and {} times for the first; a batched "
+                   "wake-up reaped {:.2f} completions and received {:.2f} packets, a plain one {:.2f} and {:.2f}",
+                   id_, wake_rule_.batched(), wake_rule_.plain(),
+                   per(wake_rule_.batched_completions(), wake_rule_.batched()),
+                   per(wake_rule_.batched_packets(), wake_rule_.batched()),
+                   per(wake_rule_.plain_completions(), wake_rule_.plain()),
+                   per(wake_rule_.plain_packets(), wake_rule_.plain()));
+    if (poll_rules_.weighs_batched_sleeps()) {
+        std::string modes;
+        for (const bool poll : {false, true})
+            if (poll_rules_.has_mode(poll))
+                modes +=
+                    fmt::format("{}{}{:.0f} packets per CPU-ms with batched sleeps in {} epochs against {:.0f} with "
+                                "plain ones in {}",
+                                modes.empty() ? "" : "; ", poll ? "polling first: " : "",
+                                poll_rules_.score(poll, true) * 1e6, poll_rules_.epochs(poll, true),
+                                poll_rules_.score(poll, false) * 1e6, poll_rules_.epochs(poll, false));
+        log::debug("shard {} weighed batched sleeps against plain ones: {}", id_, modes);
+    }
     if (recv_cancel_fallbacks_ != 0)
         log::info("shard {}: {} closing connections' receive cancels did not end the receive; SHUTDOWN ended those",
                   id_, recv_cancel_fallbacks_);
@@ -309,18 +331,22 @@ void shard::loop() {
                 // The batched wait needs a timeout of its own: without one the kernel ends the wait when the minimum
                 // wait runs out, with or without a completion.
                 if (batch_wait_ && !stopping_) {
-                    const bool batched = wake_rule_.batch();
+                    const bool rule = wake_rule_.batch();
+                    const bool batched = rule && poll_rules_.batching_epoch();
                     const int64_t t0 = mono_ns();
                     const int rc = ring_.submit_then_wait(batched ? cfg_.budgets.wake_batch : 1,
                                                           batched ? cfg_.budgets.wake_batch_us : 0, batched ? 1000 : 0);
                     if (rc == 0) {
+                        // (Nothing is handled while the thread waits: what came since the last wake-up is that one's.)
+                        wake_rule_.worked(m_.packets_received - packets_at_wake_);
                         wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched, ring_.ready());
-                        if (wake_rule_.batch() != batched)
+                        packets_at_wake_ = m_.packets_received;
+                        if (wake_rule_.batch() != rule)
                             log::debug("shard {} {}", id_,
-                                       batched ? "wakes at its first completion again: they come later than "
-                                                 "node.wake_batch_us"
-                                               : "waits for a batch of completions: its first ones come within "
-                                                 "node.wake_batch_us");
+                                       rule ? "wakes at its first completion again: they come later than "
+                                              "node.wake_batch_us"
+                                            : "waits for a batch of completions: its first ones come within "
+                                              "node.wake_batch_us");
                     } else if (batched && (rc == -EINVAL || rc == -EFAULT || rc == -EOPNOTSUPP)) {
                         // A wait the kernel refuses would be refused again at once: the loop would spin on it. (Others
                         // pass: a signal, EBADR once after completions were dropped, which the CQ's overflow counts.)
@@ -337,7 +363,7 @@ void shard::loop() {
         }
         now_ms_ = mono_ms();
         if (stopping_ && !stop_cancelled_ && now_ms_ - stop_started_ms_ > shutdown_grace_ms) cancel_stuck();
-        if (cfg_.budgets.idle_poll_us != 0 && poll_rules_.epoch_due(now_ms_))
+        if (poll_rules_.epoch_due(now_ms_))
             poll_rules_.end_epoch(now_ms_, thread_cpu_ns(), m_.packets_received + m_.packets_sent);
         ++turn_;
         const unsigned n = ring_.reap(batch, reap_batch);

@@ -33,9 +33,22 @@ public:
         // A running average, weight 1/8 for the newest: a change of traffic shows within a few dozen sleeps.
         within_avg_ = within_avg_ - within_avg_ / 8 + (within ? one / 8 : 0);
         ++(batched ? batched_ : plain_);
+        (batched ? batched_completions_ : plain_completions_) += completions;
+        last_batched_ = batched;
+        woke_ = true;
     }
+    // Packets the shard received between the last sleep's wake-up and this sleep.
+    void worked(uint64_t packets) {
+        if (!woke_) return;
+        woke_ = false;
+        (last_batched_ ? batched_packets_ : plain_packets_) += packets;
+    }
+    uint64_t batched_packets() const { return batched_packets_; }
+    uint64_t plain_packets() const { return plain_packets_; }
     uint64_t batched() const { return batched_; }
     uint64_t plain() const { return plain_; }
+    uint64_t batched_completions() const { return batched_completions_; }
+    uint64_t plain_completions() const { return plain_completions_; }
 
 private:
     static constexpr uint32_t one = 1u << 16;
@@ -44,6 +57,9 @@ private:
     uint64_t slack_ns_;
     uint32_t within_avg_ = 0; // share of recent sleeps whose first completion came within the minimum wait
     uint64_t batched_ = 0, plain_ = 0;
+    uint64_t batched_completions_ = 0, plain_completions_ = 0;
+    uint64_t batched_packets_ = 0, plain_packets_ = 0;
+    bool last_batched_ = false, woke_ = false;
 };
 
 } // namespace ringmq::broker

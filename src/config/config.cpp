@@ -407,6 +407,7 @@ void validate_keys(checker& c, config& cfg) {
     c.boolean("node.idle_poll_by_cpu", cfg.budgets.idle_poll_by_cpu);
     c.integer("node.wake_batch_us", cfg.budgets.wake_batch_us, 0, 100000);
     c.integer("node.wake_batch", cfg.budgets.wake_batch, 2, 4096);
+    c.boolean("node.wake_batch_by_cpu", cfg.budgets.wake_batch_by_cpu);
     c.boolean("node.ring_wakeups", cfg.budgets.ring_wakeups);
     c.boolean("node.fixed_files", cfg.budgets.fixed_files);
     c.power_of_two("node.smp_queue_size", cfg.budgets.smp_queue_size, 64, 1048576);

@@ -101,9 +101,10 @@ struct turn_budgets {
     // generator is the bound), polling only spends CPU. 0 ignores it.
     uint32_t idle_poll_min_found = 75;
     // Weigh polling against sleeping by the packets each handles per CPU-second of the shard's thread, in epochs of
-    // 25 ms (one in 32 tries the mode that did less): a poll that finds work after a long wait saves a wake-up but
-    // spends the wait, and where the wait is longer than a wake-up costs, sleeping does more per CPU-second. Off, the
-    // shard polls whenever the two rules above let it (lower latency at any CPU price).
+    // 25 ms (one in 32 tries the mode that did less; wake_batch_by_cpu adds batched sleeps to the modes): a poll that
+    // finds work after a long wait saves a wake-up but spends the wait, and where the wait is longer than a wake-up
+    // costs, sleeping does more per CPU-second. Off, the shard polls whenever the two rules above let it (lower latency
+    // at any CPU price).
     bool idle_poll_by_cpu = true;
     // Microseconds a shard, once asleep, lets completions gather before it wakes (Linux 6.12+, io_uring's minimum
     // wait): those that come within this time of its going to sleep wait until it has passed, unless wake_batch of
@@ -114,6 +115,14 @@ struct turn_budgets {
     // first (see README, "Batched wake-ups").
     uint32_t wake_batch_us = 0;
     uint32_t wake_batch = 32;
+    // Weigh batched sleeps against plain ones by the packets each handles per CPU-second of the shard's thread, in the
+    // epochs of idle_poll_by_cpu (which then choose among polling, plain and batched sleeps; without idle polling
+    // weighed, the epochs weigh the two kinds of sleep alone): the timer that ends a
+    // minimum wait costs CPU, and where wake_batch_us is only about as long as the gap between packets the batches it
+    // buys are too small to pay for it. Off by default: the weighing cannot see what batching saves the clients, whose
+    // sends no longer wake the shard one at a time (a connect storm's gain is lost with it; README, "Batched
+    // wake-ups"). Off, the shard batches whenever wake_batch_rule's first-completion rule holds.
+    bool wake_batch_by_cpu = false;
     // Wake a sleeping shard by posting a completion into its ring from the waker's own ring (IORING_OP_MSG_RING,
     // carried by a submission the waker makes anyway) instead of a write to its eventfd: no syscall of the waker's
     // own and no eventfd read for the sleeper to complete and post again. Off, or where the kernel lacks it, eventfd.

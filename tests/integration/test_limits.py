@@ -727,7 +727,8 @@ class LimitCases:
         # run out, and after a few such sleeps the shard stops batching. Counts rather than every ping, so that a test
         # thread descheduled now and then (or a housekeeping tick just before a ping, which starts a new sleep) does
         # not decide. Nothing is lost in a burst, and an idle shard stays asleep.
-        self.use_broker({"node.wake_batch_us": 20000, "node.wake_batch": 64, "node.idle_poll_us": 0})
+        self.use_broker({"node.wake_batch_us": 20000, "node.wake_batch": 64, "node.idle_poll_us": 0,
+                         "node.wake_batch_by_cpu": False})
         if b"has no minimum wait" in self.broker.log():
             self.skipTest("this kernel's io_uring has no minimum wait (before Linux 6.12)")
         self.assertEqual(self.broker.log().count(b"wakes for 64 completions, or 20000 us after it went to sleep"),
@@ -767,6 +768,38 @@ class LimitCases:
         batched, plain = max(sleeps)  # the pinging client's shard
         self.assertGreaterEqual(batched, 15, sleeps)
         self.assertGreaterEqual(plain, 15, sleeps)  # at least 6 busy ones before batching, 9 quiet ones after
+
+    def test_wake_batch_weighed_against_plain_sleeps(self):
+        # node.wake_batch_by_cpu: a publisher sends rounds of 200 PUBLISHes, one send() each, a few microseconds
+        # apart. Waking at each, a shard received about 3 packets a wake-up here; a batched sleep (1 ms) takes the
+        # whole round, and handled 1.6-2.5 times the packets per CPU-second. The epochs that weigh them (25 ms each)
+        # try plain sleeps first, then batched ones, and then run the better, trying the other one epoch in 32 (the
+        # log counts the epochs that were scored).
+        self.use_broker({"node.wake_batch_us": 1000, "node.wake_batch": 4096, "node.idle_poll_us": 0,
+                         "node.wake_batch_by_cpu": True})
+        if b"has no minimum wait" in self.broker.log():
+            self.skipTest("this kernel's io_uring has no minimum wait (before Linux 6.12)")
+        packets = [m.publish("wb/cpu", b"x", qos=0) for _ in range(200)]
+        pub = self.client(self.pub_id())
+        rounds, end = 0, time.monotonic() + 2.0
+        while time.monotonic() < end:
+            for p in packets:
+                pub.send(p)
+            pub.send(m.pingreq())
+            pub.expect(m.PINGRESP_BYTES)
+            rounds += 1
+        text = self.broker.stop_and_read_log()
+        weighed = [tuple(float(x) for x in w) for w in re.findall(
+            rb"weighed batched sleeps against plain ones: (\d+) packets per CPU-ms with batched sleeps in (\d+) epochs "
+            rb"against (\d+) with plain ones in (\d+)", text)]
+        self.assertEqual(len(weighed), self.SHARDS, text[-2000:])
+        batched, batched_epochs, plain, plain_epochs = max(weighed, key=lambda w: w[1] + w[3])  # the publisher's shard
+        detail = f"{rounds} rounds of 200 packets; {weighed}"
+        self.assertGreater(batched, 1.2 * plain, detail)
+        # (At least one plain epoch before the first batched one; a noisy first score for batched sleeps can leave
+        # plain ones running until the next exploring epoch, 32 epochs on.)
+        self.assertGreater(batched_epochs, plain_epochs, detail)
+        self.assertGreaterEqual(plain_epochs, 1, detail)
 
 shard_variants(LimitCases, globals())
 

@@ -1,5 +1,6 @@
 // The rules that decide whether an idle shard polls before it sleeps: packets per wake-up, the share of polls that
-// found work, and polling against sleeping per CPU-second, driven here with made-up packet counts and CPU times.
+// found work, and polling against sleeping (and batched sleeps against plain ones) per CPU-second, driven here with
+// made-up packet counts and CPU times.
 #include "broker/idle_poll.hpp"
 
 #include <gtest/gtest.h>
@@ -121,6 +122,96 @@ TEST(idle_poll_rules, weighs_polling_against_sleeping_per_cpu) {
     const double before = r.score(true);
     epoch(r, now, cpu, pk, idle_poll_rules::epoch_min_packets - 1, 1'000'000'000);
     EXPECT_EQ(r.score(true), before);
+}
+
+// Epochs with batched sleeps weighed too: four modes, scored in the order of their latency, then the best runs and the
+// others take turns in the exploring epochs.
+TEST(idle_poll_rules, weighs_batched_sleeps_against_plain_ones_beside_polling) {
+    const auto b = budgets(0, 0, true);
+    idle_poll_rules r(b);
+    EXPECT_TRUE(r.batching_epoch()) << "unweighed, every epoch may batch";
+    r.weigh_batched_sleeps();
+    ASSERT_TRUE(r.weighs_batched_sleeps());
+    int64_t now = 0;
+    uint64_t cpu = 0, pk = 0;
+    epoch(r, now, cpu, pk, 0, 0);
+    // Packets per CPU-ms: polling 800 and 900, plain sleeps 1000, batched sleeps 1250.
+    const auto cost = [&] {
+        return r.polling_epoch() ? (r.batching_epoch() ? 11'111'111u : 12'500'000u)
+                                 : (r.batching_epoch() ? 8'000'000u : 10'000'000u);
+    };
+    std::vector<std::pair<bool, bool>> order;
+    for (int i = 0; i < 4; ++i) {
+        order.emplace_back(r.polling_epoch(), r.batching_epoch());
+        epoch(r, now, cpu, pk, 10'000, cost());
+    }
+    const std::vector<std::pair<bool, bool>> latency_order{{true, false}, {true, true}, {false, false}, {false, true}};
+    EXPECT_EQ(order, latency_order);
+    int runs[2][2] = {};
+    for (int i = 0; i < 96; ++i) {
+        ++runs[r.polling_epoch()][r.batching_epoch()];
+        epoch(r, now, cpu, pk, 10'000, cost());
+    }
+    EXPECT_EQ(runs[0][1], 93) << "the best runs, but for one epoch in 32";
+    EXPECT_EQ(runs[0][0], 1);
+    EXPECT_EQ(runs[1][0], 1);
+    EXPECT_EQ(runs[1][1], 1);
+    EXPECT_NEAR(r.score(false, true) * 1e6, 1250, 1);
+    EXPECT_NEAR(r.score(false, false) * 1e6, 1000, 1);
+    EXPECT_NEAR(r.score(true, true) * 1e6, 900, 1);
+    EXPECT_NEAR(r.score(true, false) * 1e6, 800, 1);
+    // The timer no longer pays (batched sleeps now 500 per CPU-ms): plain sleeps take over, and the three others, the
+    // modes on either side of the best in the list among them, each get exploring epochs.
+    int plain_from = -1;
+    int after[2][2] = {};
+    for (int i = 0; i < 200; ++i) {
+        const bool poll = r.polling_epoch(), batch = r.batching_epoch();
+        if (plain_from >= 0) ++after[poll][batch];
+        epoch(r, now, cpu, pk, 10'000,
+              poll ? (batch ? 11'111'111u : 12'500'000u) : (batch ? 20'000'000u : 10'000'000u));
+        if (plain_from < 0 && !r.polling_epoch() && !r.batching_epoch()) plain_from = i;
+    }
+    EXPECT_GE(plain_from, 0);
+    EXPECT_LE(plain_from, 4) << "the mode that runs moves by a quarter of each epoch's figure";
+    EXPECT_FALSE(r.batching_epoch());
+    EXPECT_FALSE(r.polling_epoch());
+    EXPECT_GE(after[1][0], 1);
+    EXPECT_GE(after[1][1], 1);
+    EXPECT_GE(after[0][1], 1);
+    EXPECT_GE(after[0][0], 180);
+}
+
+TEST(idle_poll_rules, weighs_batched_sleeps_alone_where_the_shard_does_not_weigh_polling) {
+    // node.idle_poll_us = 0: batched sleeps against plain ones, never a polling epoch.
+    auto b = budgets(0, 0, true);
+    b.idle_poll_us = 0;
+    idle_poll_rules no_poll(b);
+    EXPECT_FALSE(no_poll.epoch_due(1'000'000)) << "one mode: nothing to weigh";
+    no_poll.weigh_batched_sleeps();
+    int64_t now = 0;
+    uint64_t cpu = 0, pk = 0;
+    epoch(no_poll, now, cpu, pk, 0, 0);
+    for (int i = 0; i < 40; ++i) {
+        EXPECT_FALSE(no_poll.polling_epoch());
+        epoch(no_poll, now, cpu, pk, 10'000, no_poll.batching_epoch() ? 20'000'000 : 10'000'000);
+    }
+    EXPECT_FALSE(no_poll.batching_epoch());
+    EXPECT_GT(no_poll.score(false, false), no_poll.score(false, true));
+    EXPECT_EQ(no_poll.epochs(false, true), 2u) << "measured once, then tried in the exploring epoch";
+    EXPECT_EQ(no_poll.epochs(false, false), 38u);
+    EXPECT_FALSE(no_poll.has_mode(true));
+    // node.idle_poll_by_cpu = false: the shard polls in every epoch, and the epochs weigh only the sleeps after polls.
+    const auto always = budgets(0, 0, false);
+    idle_poll_rules polls(always);
+    EXPECT_FALSE(polls.epoch_due(1'000'000));
+    polls.weigh_batched_sleeps();
+    now = 0, cpu = 0, pk = 0;
+    epoch(polls, now, cpu, pk, 0, 0);
+    for (int i = 0; i < 40; ++i) {
+        EXPECT_TRUE(polls.polling_epoch());
+        epoch(polls, now, cpu, pk, 10'000, polls.batching_epoch() ? 5'000'000 : 10'000'000);
+    }
+    EXPECT_TRUE(polls.batching_epoch());
 }
 
 TEST(idle_poll_rules, a_polling_epoch_after_sleeping_ones_starts_with_the_found_average_reset) {

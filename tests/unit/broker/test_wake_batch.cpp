@@ -103,5 +103,25 @@ TEST(wake_batch_rule, a_mix_batches_while_most_first_completions_come_within_the
     EXPECT_FALSE(within_few.batch());
 }
 
+TEST(wake_batch_rule, counts_what_each_kind_of_wake_up_brought) {
+    // For the shard's exit line: completions reaped at the wake-up, and packets received until the next sleep, per
+    // batched and per plain wake-up.
+    wake_batch_rule r(100);
+    r.worked(99); // before any sleep: nothing to attribute it to
+    r.slept(10 * us, false, 1);
+    r.worked(3);
+    r.slept(10 * us, true, 5);
+    r.worked(40);
+    r.worked(7); // a second call without a sleep between adds nothing
+    r.slept(10 * us, true, 3);
+    r.worked(20);
+    EXPECT_EQ(r.plain(), 1u);
+    EXPECT_EQ(r.batched(), 2u);
+    EXPECT_EQ(r.plain_completions(), 1u);
+    EXPECT_EQ(r.batched_completions(), 8u);
+    EXPECT_EQ(r.plain_packets(), 3u);
+    EXPECT_EQ(r.batched_packets(), 60u);
+}
+
 } // namespace
 } // namespace ringmq::broker

@@ -50,6 +50,7 @@ idle_poll_min_found = 60
 idle_poll_by_cpu = false
 wake_batch_us = 250
 wake_batch = 9
+wake_batch_by_cpu = true
 ring_wakeups = false
 fixed_files = true
 smp_queue_size = 256
@@ -105,6 +106,7 @@ void expect_full(const config& c) {
     EXPECT_FALSE(c.budgets.idle_poll_by_cpu);
     EXPECT_EQ(c.budgets.wake_batch_us, 250u);
     EXPECT_EQ(c.budgets.wake_batch, 9u);
+    EXPECT_TRUE(c.budgets.wake_batch_by_cpu);
     EXPECT_FALSE(c.budgets.ring_wakeups);
     EXPECT_TRUE(c.budgets.fixed_files);
     EXPECT_EQ(c.budgets.smp_queue_size, 256u);
@@ -158,6 +160,7 @@ void expect_defaults(const config& c) {
     EXPECT_TRUE(c.budgets.idle_poll_by_cpu);
     EXPECT_EQ(c.budgets.wake_batch_us, 0u);
     EXPECT_EQ(c.budgets.wake_batch, 32u);
+    EXPECT_FALSE(c.budgets.wake_batch_by_cpu);
     EXPECT_TRUE(c.budgets.ring_wakeups);
     EXPECT_TRUE(c.budgets.fixed_files);
     EXPECT_EQ(c.budgets.smp_queue_size, 16384u);
@@ -274,6 +277,7 @@ idle_poll_min_found = 75
 idle_poll_by_cpu = true
 wake_batch_us = 0
 wake_batch = 32
+wake_batch_by_cpu = false
 ring_wakeups = true
 fixed_files = true
 smp_queue_size = 16384
