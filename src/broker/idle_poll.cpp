@@ -89,7 +89,8 @@ void idle_poll_rules::end_epoch(int64_t now_ms, uint64_t cpu_ns, uint64_t packet
     // An epoch with little traffic says nothing about any mode (and the first has no start). The mode that runs is
     // scored every epoch, so one odd epoch (the thread preempted, say) moves it by a quarter; the others are scored
     // one epoch in 32, and by half, so a change of traffic shows within a few of those.
-    if (epochs_++ != 0 && dpackets >= epoch_min_packets && dcpu != 0) {
+    last_scored_ = epochs_++ != 0 && dpackets >= epoch_min_packets && dcpu != 0;
+    if (last_scored_) {
         ++mode_[cur_].epochs;
         double& avg = mode_[cur_].packets_per_ns;
         const double now = double(dpackets) / double(dcpu);

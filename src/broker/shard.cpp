@@ -332,7 +332,7 @@ void shard::loop() {
                 // wait runs out, with or without a completion.
                 if (batch_wait_ && !stopping_) {
                     const bool rule = wake_rule_.batch();
-                    const bool batched = rule && poll_rules_.batching_epoch();
+                    const bool batched = poll_rules_.batch_sleep(rule);
                     const int64_t t0 = mono_ns();
                     const int rc = ring_.submit_then_wait(batched ? cfg_.budgets.wake_batch : 1,
                                                           batched ? cfg_.budgets.wake_batch_us : 0, batched ? 1000 : 0);

@@ -214,6 +214,31 @@ TEST(idle_poll_rules, weighs_batched_sleeps_alone_where_the_shard_does_not_weigh
     EXPECT_TRUE(polls.batching_epoch());
 }
 
+TEST(idle_poll_rules, a_busy_batching_epoch_batches_whatever_the_first_completion_rule_says) {
+    auto b = budgets(0, 0, true);
+    b.idle_poll_us = 0;
+    idle_poll_rules unweighed(b);
+    EXPECT_TRUE(unweighed.batch_sleep(true));
+    EXPECT_FALSE(unweighed.batch_sleep(false)) << "unweighed, the rule decides";
+    idle_poll_rules r(b);
+    r.weigh_batched_sleeps();
+    int64_t now = 0;
+    uint64_t cpu = 0, pk = 0;
+    epoch(r, now, cpu, pk, 0, 0);
+    ASSERT_FALSE(r.batching_epoch()); // plain sleeps are measured first
+    EXPECT_FALSE(r.batch_sleep(true));
+    epoch(r, now, cpu, pk, 10'000, 10'000'000);
+    ASSERT_TRUE(r.batching_epoch());
+    EXPECT_TRUE(r.batch_sleep(false)) << "after a scored epoch, so that the batched epoch is scored on batched sleeps";
+    EXPECT_TRUE(r.batch_sleep(true));
+    // An epoch with too little traffic to score (batched sleeps still unmeasured, so the next one batches too): the
+    // rule decides again.
+    epoch(r, now, cpu, pk, idle_poll_rules::epoch_min_packets - 1, 10'000'000);
+    ASSERT_TRUE(r.batching_epoch());
+    EXPECT_FALSE(r.batch_sleep(false));
+    EXPECT_TRUE(r.batch_sleep(true));
+}
+
 TEST(idle_poll_rules, a_polling_epoch_after_sleeping_ones_starts_with_the_found_average_reset) {
     const auto b = budgets(0, 75, true);
     idle_poll_rules r(b);
