@@ -222,7 +222,9 @@ bool shard::run() {
         log::debug("shard {} wakes for {} completions, or {} us after it went to sleep with at least one, while its "
                    "first completions come within that{}",
                    id_, cfg_.budgets.wake_batch, cfg_.budgets.wake_batch_us,
-                   cfg_.budgets.wake_batch_by_cpu ? " and batched sleeps do more per CPU-second than plain ones" : "");
+                   cfg_.budgets.wake_batch_by_cpu ? ", in the epochs where batched sleeps do more per CPU-second than "
+                                                    "plain ones (after a busy epoch whatever the first completions do)"
+                                                  : "");
     log::debug("shard {}: a closing connection with only its receive pending has it {}", id_,
                cancel_recv_on_close_ ? "cancelled"
                                      : "ended by io_uring's SHUTDOWN (before Linux 6.13, or no DEFER_TASKRUN)");

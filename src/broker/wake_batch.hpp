@@ -5,7 +5,8 @@
 // message costs at 5k msg/s, with no batch to show for it. So the shard batches only while its first completion has
 // mostly come within the minimum wait, which both kinds of sleep show: a plain one by how long it lasted, a batched
 // one by whether it ended within the minimum wait (its first completion then came inside it) or past it (the timer
-// had run out before any came). Owned by a shard and used only on its thread (README, "Batched wake-ups").
+// had run out before any came). With node.wake_batch_by_cpu the epochs of idle_poll_rules have the last word
+// (idle_poll_rules::batch_sleep). Owned by a shard and used only on its thread (README, "Batched wake-ups").
 #include <algorithm>
 #include <cstdint>
 
