@@ -11,6 +11,11 @@ void idle_poll_rules::weigh_batched_sleeps() {
     set_modes();
 }
 
+void idle_poll_rules::stop_weighing_batched_sleeps() {
+    batch_choice_ = false;
+    set_modes();
+}
+
 void idle_poll_rules::set_modes() {
     // Without node.idle_poll_by_cpu a shard that polls at all polls in every epoch; without batched sleeps weighed
     // every epoch may batch, and the shard and wake_batch_rule decide.
@@ -22,6 +27,8 @@ void idle_poll_rules::set_modes() {
             if (batch_choice_ || batch) mode_[modes_++] = mode{poll, batch};
     }
     cur_ = 0;
+    exploring_ = true;
+    last_scored_ = false;
 }
 
 const idle_poll_rules::mode* idle_poll_rules::find(bool polling, bool batched) const {

@@ -42,6 +42,9 @@ public:
     // Adds batched sleeps (node.wake_batch_us, on a kernel that has the minimum wait) to what the epochs weigh;
     // before the first epoch.
     void weigh_batched_sleeps();
+    // The kernel refused the batched wait: the batched modes, which would now sleep plain under their name, go, and
+    // the modes left are measured again from the start.
+    void stop_weighing_batched_sleeps();
 
     // Called once per idle point with the shard's packets received so far; true: poll now.
     bool should_poll(uint64_t packets_received);
@@ -71,7 +74,8 @@ public:
     // their length and batched ones far more leniently (they end a timer's slack past the minimum wait), flips
     // with each plain epoch, and the batching epochs, hardly batching, score plain sleeps under the batched name
     // (808 batched sleeps in 75 k with the minimum wait at 30 us on the 1000 pairs). After an epoch with too little
-    // traffic to score, the rule decides: sparse traffic is where a timer runs out for nothing.
+    // traffic to score, the rule decides: sparse traffic is where a timer runs out for nothing (in the range between
+    // too little to score and packets closer together than the wait, the scores keep batching to exploring epochs).
     bool batch_sleep(bool first_within) const {
         return mode_[cur_].batch && (first_within || (batch_choice_ && last_scored_));
     }

@@ -222,9 +222,11 @@ bool shard::run() {
         log::debug("shard {} wakes for {} completions, or {} us after it went to sleep with at least one, while its "
                    "first completions come within that{}",
                    id_, cfg_.budgets.wake_batch, cfg_.budgets.wake_batch_us,
-                   cfg_.budgets.wake_batch_by_cpu ? ", in the epochs where batched sleeps do more per CPU-second than "
-                                                    "plain ones (after a busy epoch whatever the first completions do)"
-                                                  : "");
+                   cfg_.budgets.wake_batch_by_cpu
+                       ? ", in the batching epochs of those that weigh batched sleeps against "
+                         "plain ones per CPU-second (after a busy epoch whatever the first "
+                         "completions do)"
+                       : "");
     log::debug("shard {}: a closing connection with only its receive pending has it {}", id_,
                cancel_recv_on_close_ ? "cancelled"
                                      : "ended by io_uring's SHUTDOWN (before Linux 6.13, or no DEFER_TASKRUN)");
@@ -344,11 +346,13 @@ void shard::loop() {
                         wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched, ring_.ready());
                         packets_at_wake_ = m_.packets_received;
                         if (wake_rule_.batch() != rule)
-                            log::debug("shard {} {}", id_,
+                            log::debug("shard {} {}{}", id_,
                                        rule ? "wakes at its first completion again: they come later than "
                                               "node.wake_batch_us"
                                             : "waits for a batch of completions: its first ones come within "
-                                              "node.wake_batch_us");
+                                              "node.wake_batch_us",
+                                       poll_rules_.weighs_batched_sleeps() ? " (a busy batching epoch overrules it)"
+                                                                           : "");
                     } else if (batched && (rc == -EINVAL || rc == -EFAULT || rc == -EOPNOTSUPP)) {
                         // A wait the kernel refuses would be refused again at once: the loop would spin on it. (Others
                         // pass: a signal, EBADR once after completions were dropped, which the CQ's overflow counts.)
@@ -356,6 +360,7 @@ void shard::loop() {
                                   "from now on",
                                   id_, std::strerror(-rc));
                         batch_wait_ = false;
+                        poll_rules_.stop_weighing_batched_sleeps();
                     }
                 } else {
                     ring_.submit_and_wait(stopping_ ? static_cast<int>(tick_ms) : -1);

@@ -26,7 +26,7 @@ public:
 
     // Whether the next sleep should wait for a batch.
     bool batch() const { return min_wait_ns_ != 0 && within_avg_ >= half; }
-    // A sleep that lasted slept_ns, batched (as batch() said) or not, and ended with `completions` to reap; only
+    // A sleep that lasted slept_ns, batched or not, and ended with `completions` to reap; only
     // sleeps that went to the kernel to wait. A batched sleep that brought two or more had company whenever it ended.
     void slept(uint64_t slept_ns, bool batched, unsigned completions) {
         const bool within =

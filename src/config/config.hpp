@@ -111,7 +111,8 @@ struct turn_budgets {
     // them come first; a later one wakes the shard at once. Under load each wake-up then handles a batch, and the
     // clients whose packets woke the shard one at a time no longer pay a wake-up each; it costs latency (up to this
     // much for each shard a message passes, cross-shard deliveries and wake-ups included) only where completions come
-    // closer together than this, and the shard waits so only while its first completions mostly do. 0 wakes at the
+    // closer together than this, and the shard waits so only while its first completions mostly do (unless
+    // wake_batch_by_cpu overrules it). 0 wakes at the
     // first (see README, "Batched wake-ups").
     uint32_t wake_batch_us = 0;
     uint32_t wake_batch = 32;

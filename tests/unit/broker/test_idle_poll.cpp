@@ -237,6 +237,37 @@ TEST(idle_poll_rules, a_busy_batching_epoch_batches_whatever_the_first_completio
     ASSERT_TRUE(r.batching_epoch());
     EXPECT_FALSE(r.batch_sleep(false));
     EXPECT_TRUE(r.batch_sleep(true));
+    // Batched sleeps do worse: in the plain epoch after a scored one nothing batches, whatever the rule says.
+    epoch(r, now, cpu, pk, 10'000, 20'000'000);
+    epoch(r, now, cpu, pk, 10'000, 20'000'000);
+    ASSERT_FALSE(r.batching_epoch());
+    EXPECT_FALSE(r.batch_sleep(true));
+    EXPECT_FALSE(r.batch_sleep(false));
+    // Where batched sleeps are not weighed, epochs that weigh idle polling alone never overrule the rule.
+    const auto poll_b = budgets(0, 0, true);
+    idle_poll_rules polls(poll_b);
+    now = 0, cpu = 0, pk = 0;
+    for (int i = 0; i < 4; ++i) {
+        epoch(polls, now, cpu, pk, i == 0 ? 0 : 10'000, 10'000'000);
+        EXPECT_FALSE(polls.batch_sleep(false)) << i;
+        EXPECT_TRUE(polls.batch_sleep(true)) << i;
+    }
+}
+
+TEST(idle_poll_rules, batched_sleeps_leave_the_epochs_when_the_kernel_refuses_them) {
+    auto b = budgets(0, 0, true);
+    b.idle_poll_us = 0;
+    idle_poll_rules r(b);
+    r.weigh_batched_sleeps();
+    int64_t now = 0;
+    uint64_t cpu = 0, pk = 0;
+    epoch(r, now, cpu, pk, 0, 0);
+    epoch(r, now, cpu, pk, 10'000, 10'000'000);
+    ASSERT_TRUE(r.batch_sleep(false));
+    r.stop_weighing_batched_sleeps();
+    EXPECT_FALSE(r.weighs_batched_sleeps());
+    EXPECT_FALSE(r.epoch_due(now + 1'000'000)) << "plain sleeps alone: nothing left to weigh";
+    EXPECT_FALSE(r.batch_sleep(false));
 }
 
 TEST(idle_poll_rules, a_polling_epoch_after_sleeping_ones_starts_with_the_found_average_reset) {
