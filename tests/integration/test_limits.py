@@ -777,8 +777,6 @@ class LimitCases:
         # log counts the epochs that were scored).
         self.use_broker({"node.wake_batch_us": 1000, "node.wake_batch": 4096, "node.idle_poll_us": 0,
                          "node.wake_batch_by_cpu": True})
-        if b"has no minimum wait" in self.broker.log():
-            self.skipTest("this kernel's io_uring has no minimum wait (before Linux 6.12)")
         packets = [m.publish("wb/cpu", b"x", qos=0) for _ in range(200)]
         pub = self.client(self.pub_id())
         rounds, end = 0, time.monotonic() + 2.0
@@ -789,6 +787,12 @@ class LimitCases:
             pub.expect(m.PINGRESP_BYTES)
             rounds += 1
         text = self.broker.stop_and_read_log()
+        if b"has no minimum wait" in text:
+            # A kernel before Linux 6.12: warned once, and no shard weighs what it cannot do.
+            self.assertEqual(text.count(b"has no minimum wait"), 1, text[-2000:])
+            self.assertNotIn(b"weighed batched sleeps", text)
+            self.assertNotIn(b"waits for a batch of completions", text)
+            return
         weighed = [tuple(float(x) for x in w) for w in re.findall(
             rb"weighed batched sleeps against plain ones: (\d+) packets per CPU-ms with batched sleeps in (\d+) epochs "
             rb"against (\d+) with plain ones in (\d+)", text)]
