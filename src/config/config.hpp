@@ -144,6 +144,7 @@ struct config {
     unsigned shards = 0; // 0 in the file/flags means "number of online cores"; resolved in load()
     log::level log_level = log::level::info;
     endpoint mqtt_listen{"0.0.0.0", 1883};
+    bool mqtt_defer_accept = true; // accept a connection with its first bytes (listener::bind_reuseport)
     mqtt_limits limits;
     turn_budgets budgets;
     admin_config admin;

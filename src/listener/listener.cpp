@@ -21,8 +21,8 @@ namespace {
 // close it again (bind_reuseport's check that nobody listens there), returning 0 when the address was free.
 enum class open_mode { listen, probe };
 
-int open_one(const config::endpoint& ep, uint16_t port, int backlog, open_mode mode, uint16_t& actual,
-             std::string& why) {
+int open_one(const config::endpoint& ep, uint16_t port, int backlog, bool defer_accept, open_mode mode,
+             uint16_t& actual, std::string& why) {
     sockaddr_storage ss{};
     socklen_t len = 0;
     int family = AF_INET;
@@ -64,6 +64,12 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, open_mode m
         ::close(fd);
         return -1;
     }
+    if (mode == open_mode::listen && defer_accept &&
+        setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_accept_s, sizeof defer_accept_s) != 0) {
+        why = fmt::format("TCP_DEFER_ACCEPT: {}", std::strerror(errno));
+        ::close(fd);
+        return -1;
+    }
     if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
         why =
             fmt::format("cannot bind {}: {}", config::to_string(config::endpoint{ep.host, port}), std::strerror(errno));
@@ -89,7 +95,8 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, open_mode m
 
 } // namespace
 
-bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bound& out, std::string& why) {
+bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bool defer_accept, bound& out,
+                    std::string& why) {
     out = {};
     uint16_t port = ep.port;
     // SO_REUSEPORT lets any process of the same user bind the port again: a second ringmq started by mistake would
@@ -98,11 +105,11 @@ bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bou
     // started within the same instant can still both pass it.
     if (port != 0) {
         uint16_t unused = 0;
-        if (open_one(ep, port, backlog, open_mode::probe, unused, why) < 0) return false;
+        if (open_one(ep, port, backlog, false, open_mode::probe, unused, why) < 0) return false;
     }
     for (unsigned i = 0; i < count; ++i) {
         uint16_t actual = 0;
-        const int fd = open_one(ep, port, backlog, open_mode::listen, actual, why);
+        const int fd = open_one(ep, port, backlog, defer_accept, open_mode::listen, actual, why);
         if (fd < 0) {
             close_all(out);
             return false;

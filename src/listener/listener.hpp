@@ -16,10 +16,17 @@ struct bound {
     uint16_t port = 0;    // the actual port (resolved when the configured one is 0)
 };
 
+// With defer_accept the kernel hands a connection over only with its first bytes (TCP_DEFER_ACCEPT, for protocols
+// where the client speaks first): the shard then wakes once for the handshake and the CONNECT instead of once for
+// each, and a client that connects and sends nothing costs the broker nothing until the kernel gives up waiting
+// (about defer_accept_s seconds: one SYN-ACK resend, whose ACK then hands the connection over).
+inline constexpr int defer_accept_s = 1;
+
 // Binds `count` sockets to ep. With port 0 the first bind picks the port and the others share it. A fixed port is
 // first bound once without SO_REUSEPORT, so that an address another process listens on is refused. On failure
 // closes what it opened and returns false with a reason naming the address.
-bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bound& out, std::string& why);
+bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bool defer_accept, bound& out,
+                    std::string& why);
 
 void close_all(bound& b);
 

@@ -10,6 +10,18 @@ import mqtt_raw as m
 from broker import home_shard, shard_variants
 
 
+def server_side_state(port: int, client_port: int):
+    """The TCP state, as /proc/net/tcp writes it ("01" ESTABLISHED, "03" SYN_RECV), of the server's side of the
+    IPv4 connection from client_port to port, or None where there is none."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            local, remote, state = line.split()[1:4]
+            if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+                return state
+    return None
+
+
 class ConnectCases:
     def test_connect_311(self):
         c = self.raw()
@@ -308,6 +320,32 @@ class ConnectCases:
         self.broker.stop()
         ran_out = [int(n) for n in re.findall(rb"first packets (\d+)", log.read())]
         self.assertGreater(sum(ran_out), 0, "no shard ran out of first-packet buffers")
+
+    def test_a_connection_reaches_the_broker_with_its_first_bytes(self):
+        # mqtt.defer_accept (the default): the kernel holds a connection that has sent nothing (its server side in
+        # SYN_RECV) until its first bytes come, so that a shard wakes once for the handshake and the CONNECT; a
+        # silent one is handed over after about a second all the same. Off: accepted at the handshake. Several
+        # connections, so that every shard's listening socket takes some.
+        for defer, silent in ((True, "03"), (False, "01")):
+            with self.subTest(defer=defer):
+                self.use_broker({"mqtt.defer_accept": defer})
+                conns = [self.raw() for _ in range(8)]
+                ports = [c.sock.getsockname()[1] for c in conns]
+                opened = time.monotonic()
+                time.sleep(0.1)  # the handshake's last ACK is on its way through loopback as connect() returns
+                self.assertEqual([server_side_state(self.port, p) for p in ports], [silent] * 8)
+                for i, c in enumerate(conns[:4]):
+                    c.send(m.connect(f"fb{int(defer)}-{i}"))
+                    c.expect(m.connack())
+                self.assertEqual([server_side_state(self.port, p) for p in ports[:4]], ["01"] * 4)
+                if defer:
+                    while time.monotonic() < opened + 5 and server_side_state(self.port, ports[4]) != "01":
+                        time.sleep(0.05)
+                    self.assertEqual(server_side_state(self.port, ports[4]), "01", "never handed over")
+                    self.assertGreaterEqual(time.monotonic() - opened, 0.5, "handed over before its first bytes")
+                for i, c in enumerate(conns[4:]):
+                    c.send(m.connect(f"fb{int(defer)}-late{i}"))
+                    c.expect(m.connack())
 
     def test_31_client_interoperates_with_311(self):
         sub = self.client(self.sub_id("old"), level=3)

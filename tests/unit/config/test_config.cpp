@@ -58,6 +58,7 @@ smp_queue_size = 256
 level = "debug"
 [mqtt]
 listen = "127.0.0.1:2883"
+defer_accept = false
 max_connections = 5000
 max_packet_size = 65536
 max_client_id_len = 128
@@ -112,6 +113,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.smp_queue_size, 256u);
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
+    EXPECT_FALSE(c.mqtt_defer_accept);
     const auto& m = c.limits;
     EXPECT_EQ(m.max_connections, 5000u);
     EXPECT_EQ(m.max_packet_size, 65536u);
@@ -166,6 +168,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.smp_queue_size, 16384u);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
+    EXPECT_TRUE(c.mqtt_defer_accept);
     EXPECT_EQ(c.limits.max_connections, 1000000u);
     EXPECT_EQ(c.limits.max_packet_size, 1048576u);
     EXPECT_EQ(c.limits.max_client_id_len, 65535u);
@@ -285,6 +288,7 @@ smp_queue_size = 16384
 level = "info"
 [mqtt]
 listen = "0.0.0.0:1883"
+defer_accept = true
 max_connections = 1000000
 max_packet_size = 1048576
 max_client_id_len = 65535

@@ -30,7 +30,7 @@ int connect_to(uint16_t port) {
 TEST(Listener, SocketsShareOnePortAndAcceptedSocketsHaveNoDelay) {
     bound b;
     std::string why;
-    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 2, 16, b, why)) << why;
+    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 2, 16, false, b, why)) << why;
     ASSERT_EQ(b.fds.size(), 2u);
     ASSERT_NE(b.port, 0);
     for (int i = 0; i < 8; ++i) {
@@ -50,10 +50,33 @@ TEST(Listener, SocketsShareOnePortAndAcceptedSocketsHaveNoDelay) {
     close_all(b);
 }
 
+TEST(Listener, WithDeferAcceptAConnectionIsHandedOverWithItsFirstBytes) {
+    bound b;
+    std::string why;
+    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, 16, true, b, why)) << why;
+    int v = 0;
+    socklen_t len = sizeof v;
+    ASSERT_EQ(getsockopt(b.fds[0], IPPROTO_TCP, TCP_DEFER_ACCEPT, &v, &len), 0);
+    EXPECT_GE(v, defer_accept_s);
+    const int client = connect_to(b.port); // the handshake completes on the client's side
+    pollfd p{b.fds[0], POLLIN, 0};
+    EXPECT_EQ(::poll(&p, 1, 300), 0) << "a connection that has sent nothing was offered to accept";
+    ASSERT_EQ(::send(client, "\x10", 1, MSG_NOSIGNAL), 1);
+    ASSERT_EQ(::poll(&p, 1, 2000), 1);
+    const int accepted = ::accept4(b.fds[0], nullptr, nullptr, SOCK_CLOEXEC);
+    ASSERT_GE(accepted, 0);
+    char c = 0;
+    EXPECT_EQ(::recv(accepted, &c, 1, MSG_DONTWAIT), 1) << "the first byte did not come with the connection";
+    EXPECT_EQ(c, '\x10');
+    ::close(accepted);
+    ::close(client);
+    close_all(b);
+}
+
 TEST(Listener, AnAddressNotOnThisHostIsRefusedNamingIt) {
     bound b;
     std::string why;
-    EXPECT_FALSE(bind_reuseport(config::endpoint{"192.0.2.1", 0}, 2, 16, b, why)); // TEST-NET-1, never local
+    EXPECT_FALSE(bind_reuseport(config::endpoint{"192.0.2.1", 0}, 2, 16, true, b, why)); // TEST-NET-1, never local
     EXPECT_NE(why.find("192.0.2.1"), std::string::npos) << why;
     EXPECT_TRUE(b.fds.empty());
 }
