@@ -9,6 +9,9 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
+#include <chrono>
+#include <pthread.h>
+#include <sched.h>
 #include <string>
 #include <thread>
 
@@ -120,6 +123,96 @@ void BM_wake_round_trip(benchmark::State& st) {
     st.counters["ring_messages"] = static_cast<double>(pa.messaged());
 }
 BENCHMARK(BM_wake_round_trip)->Arg(0)->Arg(1)->UseRealTime();
+
+// Pins the calling thread to the index-th CPU it may run on (wrapping); returns the mask it had, to restore.
+cpu_set_t pin_to_nth_cpu(unsigned index) {
+    cpu_set_t had, one;
+    CPU_ZERO(&had);
+    pthread_getaffinity_np(pthread_self(), sizeof had, &had);
+    const int n = CPU_COUNT(&had);
+    for (int cpu = 0, seen = 0; n > 0 && cpu < CPU_SETSIZE; ++cpu)
+        if (CPU_ISSET(cpu, &had) && seen++ == static_cast<int>(index % static_cast<unsigned>(n))) {
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+            break;
+        }
+    return had;
+}
+
+// What one sleep costs a shard's own thread in CPU, by what ends it: the first completion (arg 0, a plain sleep) or
+// the minimum wait of arg microseconds (node.wake_batch_us, a batched sleep, which its timer ends). Each iteration
+// the sleeper goes to sleep in its ring and a peer thread on another CPU, spinning, posts a message into that ring
+// 5 us later. The CPU column is the sleeper's thread's. On a virtual machine, programming and taking a timer can
+// cost the sleeper far more than a wake-up from another CPU does (README, "Batched wake-ups"): that difference is what
+// a batched sleep has to save in plain sleeps before it pays.
+void BM_sleep_cost(benchmark::State& st) {
+    using namespace ringmq;
+    const auto min_wait_us = static_cast<unsigned>(st.range(0));
+    const auto gap = std::chrono::microseconds(st.range(1));
+    struct noop final : io::completion {
+        void on_complete(int, uint32_t) override {}
+    } token;
+    io::ring ra;
+    std::string why;
+    if (!ra.init(64, why)) {
+        st.SkipWithError(why.c_str());
+        return;
+    }
+    if (!ra.can_message() || (min_wait_us != 0 && !ra.can_wait_batch())) {
+        st.SkipWithError("no IORING_OP_MSG_RING, or no minimum wait (Linux 6.12+), here");
+        return;
+    }
+    const cpu_set_t had = pin_to_nth_cpu(0);
+    std::atomic<uint64_t> asleep{0}; // the iteration the sleeper is about to sleep for
+    std::atomic<bool> stop{false};
+    std::atomic<int> ready{0}; // 1: peer up, -1: its ring failed
+    std::thread peer([&] {
+        pin_to_nth_cpu(1);
+        io::ring rb;
+        std::string peer_why;
+        if (!rb.init(64, peer_why)) {
+            ready.store(-1);
+            return;
+        }
+        ready.store(1);
+        uint64_t done = 0;
+        while (!stop.load(std::memory_order_relaxed)) {
+            const uint64_t n = asleep.load(std::memory_order_acquire);
+            if (n == done) continue;
+            done = n;
+            const auto from = std::chrono::steady_clock::now();
+            while (std::chrono::steady_clock::now() - from < gap) {
+            }
+            rb.message(ra.fd(), static_cast<io::completion*>(&token), &token);
+            rb.submit();
+            reap_wakes(rb); // a failed message completes here
+        }
+    });
+    while (ready.load() == 0)
+        std::this_thread::yield();
+    if (ready.load() < 0) {
+        st.SkipWithError("the peer's ring failed");
+        peer.join();
+        pthread_setaffinity_np(pthread_self(), sizeof had, &had);
+        return;
+    }
+    uint64_t iteration = 0;
+    for (auto _ : st) {
+        asleep.store(++iteration, std::memory_order_release);
+        do {
+            if (min_wait_us != 0)
+                ra.submit_then_wait(32, min_wait_us, 1000);
+            else
+                ra.submit_and_wait(1000);
+        } while (!reap_wakes(ra));
+    }
+    stop.store(true);
+    peer.join();
+    pthread_setaffinity_np(pthread_self(), sizeof had, &had);
+    st.SetItemsProcessed(static_cast<int64_t>(st.iterations()));
+}
+BENCHMARK(BM_sleep_cost)->ArgsProduct({{0, 30, 100}, {5, 20, 50}});
 
 void BM_buffer_ring_recycle(benchmark::State& st) {
     ringmq::io::ring r;

@@ -18,8 +18,10 @@ struct bound {
 
 // With defer_accept the kernel hands a connection over only with its first bytes (TCP_DEFER_ACCEPT, for protocols
 // where the client speaks first): the shard then wakes once for the handshake and the CONNECT instead of once for
-// each, and a client that connects and sends nothing costs the broker nothing until the kernel gives up waiting
-// (about defer_accept_s seconds: one SYN-ACK resend, whose ACK then hands the connection over).
+// each, and a client that connects and sends nothing costs the broker nothing until the kernel gives up waiting:
+// the kernel counts the wait in SYN-ACK resends (1 s: one, after which the client's ACK hands the connection over;
+// 2-3 s would be two, at about 3 s). While the listener's SYN queue is full, or with net.ipv4.tcp_syncookies = 2,
+// the kernel answers with SYN cookies, which know nothing of the deferral: those connections come at the handshake.
 inline constexpr int defer_accept_s = 1;
 
 // Binds `count` sockets to ep. With port 0 the first bind picks the port and the others share it. A fixed port is

@@ -324,16 +324,29 @@ class ConnectCases:
     def test_a_connection_reaches_the_broker_with_its_first_bytes(self):
         # mqtt.defer_accept (the default): the kernel holds a connection that has sent nothing (its server side in
         # SYN_RECV) until its first bytes come, so that a shard wakes once for the handshake and the CONNECT; a
-        # silent one is handed over after about a second all the same. Off: accepted at the handshake. Several
-        # connections, so that every shard's listening socket takes some.
+        # silent one is handed over after about a second all the same. Off: accepted at the handshake. The broker's
+        # descriptors show which: it holds one per accepted connection until its CONNECT (then, with node.fixed_files,
+        # a slot of its ring instead). Eight connections, so that with two shards both listening sockets likely take
+        # some.
+        fd_dir = f"/proc/{self.broker.proc.pid}/fd"
         for defer, silent in ((True, "03"), (False, "01")):
             with self.subTest(defer=defer):
-                self.use_broker({"mqtt.defer_accept": defer})
+                if not defer:  # the first round has setUp's broker, on the defaults
+                    self.use_broker({"mqtt.defer_accept": False})
+                    fd_dir = f"/proc/{self.broker.proc.pid}/fd"
+                fds = len(os.listdir(fd_dir))
+                opened = time.monotonic()  # before the first connect: each one's deferral starts at its handshake
                 conns = [self.raw() for _ in range(8)]
                 ports = [c.sock.getsockname()[1] for c in conns]
-                opened = time.monotonic()
-                time.sleep(0.1)  # the handshake's last ACK is on its way through loopback as connect() returns
+                deadline = time.monotonic() + 2  # (off: the handshake's last ACK may still be on its way)
+                while (len(os.listdir(fd_dir)) != fds + (0 if defer else 8)
+                       or [server_side_state(self.port, p) for p in ports] != [silent] * 8) and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.02)
                 self.assertEqual([server_side_state(self.port, p) for p in ports], [silent] * 8)
+                self.assertEqual(len(os.listdir(fd_dir)) - fds, 0 if defer else 8, "descriptors the broker took")
+                if defer:
+                    self.assertLess(time.monotonic() - opened, 0.9, "checked too late to tell: the deferral is 1 s")
                 for i, c in enumerate(conns[:4]):
                     c.send(m.connect(f"fb{int(defer)}-{i}"))
                     c.expect(m.connack())

@@ -44,6 +44,9 @@ TEST(Listener, SocketsShareOnePortAndAcceptedSocketsHaveNoDelay) {
         socklen_t len = sizeof v;
         ASSERT_EQ(getsockopt(accepted, IPPROTO_TCP, TCP_NODELAY, &v, &len), 0);
         EXPECT_NE(v, 0) << "connection " << i;
+        len = sizeof v;
+        ASSERT_EQ(getsockopt(lfd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &v, &len), 0);
+        EXPECT_EQ(v, 0) << "deferred accept without being asked for";
         ::close(accepted);
         ::close(client);
     }
