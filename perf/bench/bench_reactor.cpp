@@ -140,12 +140,12 @@ cpu_set_t pin_to_nth_cpu(unsigned index) {
     return had;
 }
 
-// What one sleep costs a shard's own thread in CPU, by what ends it: the first completion (arg 0, a plain sleep) or
-// the minimum wait of arg microseconds (node.wake_batch_us, a batched sleep, which its timer ends). Each iteration
-// the sleeper goes to sleep in its ring and a peer thread on another CPU, spinning, posts a message into that ring
-// 5 us later. The CPU column is the sleeper's thread's. On a virtual machine, programming and taking a timer can
-// cost the sleeper far more than a wake-up from another CPU does (README, "Batched wake-ups"): that difference is what
-// a batched sleep has to save in plain sleeps before it pays.
+// What one sleep costs a shard's own thread in CPU, by what ends it: the first completion (arg 0 = 0, a plain sleep) or
+// the minimum wait of arg 0 microseconds (node.wake_batch_us, a batched sleep, which its timer ends). Each iteration
+// the sleeper goes to sleep in its ring and a peer thread on another CPU, spinning, posts a message into that ring arg
+// 1 microseconds later. The CPU column is the sleeper's thread's. On a virtual machine, programming and taking a timer
+// can cost the sleeper far more than a wake-up from another CPU does (README, "Batched wake-ups"): that difference is
+// what a batched sleep has to save in plain sleeps before it pays.
 void BM_sleep_cost(benchmark::State& st) {
     using namespace ringmq;
     const auto min_wait_us = static_cast<unsigned>(st.range(0));
