@@ -1,5 +1,6 @@
 // Micro-benchmarks of cross-shard plumbing: SPSC queue round trip between two threads, the wake-up of a sleeping
 // shard (eventfd or ring message), and buffer-ring recycling.
+#include "config/config.hpp"
 #include "io/buffer_ring.hpp"
 #include "io/ring.hpp"
 #include "io/waker.hpp"
@@ -14,6 +15,7 @@
 #include <sched.h>
 #include <string>
 #include <thread>
+#include <vector>
 
 using ringmq::reactor::spsc_queue;
 
@@ -124,20 +126,12 @@ void BM_wake_round_trip(benchmark::State& st) {
 }
 BENCHMARK(BM_wake_round_trip)->Arg(0)->Arg(1)->UseRealTime();
 
-// Pins the calling thread to the index-th CPU it may run on (wrapping); returns the mask it had, to restore.
-cpu_set_t pin_to_nth_cpu(unsigned index) {
-    cpu_set_t had, one;
-    CPU_ZERO(&had);
-    pthread_getaffinity_np(pthread_self(), sizeof had, &had);
-    const int n = CPU_COUNT(&had);
-    for (int cpu = 0, seen = 0; n > 0 && cpu < CPU_SETSIZE; ++cpu)
-        if (CPU_ISSET(cpu, &had) && seen++ == static_cast<int>(index % static_cast<unsigned>(n))) {
-            CPU_ZERO(&one);
-            CPU_SET(cpu, &one);
-            pthread_setaffinity_np(pthread_self(), sizeof one, &one);
-            break;
-        }
-    return had;
+// Pins the calling thread to one CPU; best effort (a refusal leaves it where it was, and the figures say less).
+void pin_to(int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pthread_setaffinity_np(pthread_self(), sizeof one, &one);
 }
 
 // What one sleep costs a shard's own thread in CPU, by what ends it: the first completion (arg 0 = 0, a plain sleep) or
@@ -163,12 +157,17 @@ void BM_sleep_cost(benchmark::State& st) {
         st.SkipWithError("no IORING_OP_MSG_RING, or no minimum wait (Linux 6.12+), here");
         return;
     }
-    const cpu_set_t had = pin_to_nth_cpu(0);
+    // Taken before pinning, which the peer thread would inherit.
+    const std::vector<int> cpus = config::allowed_cpus();
+    cpu_set_t had;
+    CPU_ZERO(&had);
+    pthread_getaffinity_np(pthread_self(), sizeof had, &had);
+    if (!cpus.empty()) pin_to(cpus[0]);
     std::atomic<uint64_t> asleep{0}; // the iteration the sleeper is about to sleep for
     std::atomic<bool> stop{false};
     std::atomic<int> ready{0}; // 1: peer up, -1: its ring failed
     std::thread peer([&] {
-        pin_to_nth_cpu(1);
+        if (!cpus.empty()) pin_to(cpus[1 % cpus.size()]);
         io::ring rb;
         std::string peer_why;
         if (!rb.init(64, peer_why)) {

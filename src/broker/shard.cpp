@@ -341,10 +341,8 @@ void shard::loop() {
                     const int rc = ring_.submit_then_wait(batched ? cfg_.budgets.wake_batch : 1,
                                                           batched ? cfg_.budgets.wake_batch_us : 0, batched ? 1000 : 0);
                     if (rc == 0) {
-                        // (Nothing is handled while the thread waits: what came since the last wake-up is that one's.)
-                        wake_rule_.worked(m_.packets_received - packets_at_wake_);
-                        wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched, ring_.ready());
-                        packets_at_wake_ = m_.packets_received;
+                        wake_rule_.slept(static_cast<uint64_t>(mono_ns() - t0), batched, ring_.ready(),
+                                         m_.packets_received);
                         if (wake_rule_.batch() != rule)
                             log::debug("shard {} {}{}", id_,
                                        rule ? "wakes at its first completion again: they come later than "

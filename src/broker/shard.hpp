@@ -649,7 +649,6 @@ private:
     uint64_t turn_ = 0;
     idle_poll_rules poll_rules_{cfg_.budgets};
     wake_batch_rule wake_rule_{cfg_.budgets.wake_batch_us};
-    uint64_t packets_at_wake_ = 0; // m_.packets_received when the shard last woke from a sleep
     int64_t now_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     bool stop_cancelled_ = false; // cancel_stuck() has run

@@ -26,23 +26,21 @@ public:
 
     // Whether the next sleep should wait for a batch.
     bool batch() const { return min_wait_ns_ != 0 && within_avg_ >= half; }
-    // A sleep that lasted slept_ns, batched or not, and ended with `completions` to reap; only
-    // sleeps that went to the kernel to wait. A batched sleep that brought two or more had company whenever it ended.
-    void slept(uint64_t slept_ns, bool batched, unsigned completions) {
+    // A sleep that lasted slept_ns, batched or not, and ended with `completions` to reap; only sleeps that went to the
+    // kernel to wait. A batched sleep that brought two or more had company whenever it ended. `packets_received` is
+    // the shard's total so far: what it received since the last sleep's wake-up is counted to that sleep (nothing is
+    // handled while the thread waits, so the total is the same as when this sleep began).
+    void slept(uint64_t slept_ns, bool batched, unsigned completions, uint64_t packets_received) {
         const bool within =
             batched ? slept_ns <= min_wait_ns_ + slack_ns_ || completions >= 2 : slept_ns <= min_wait_ns_;
         // A running average, weight 1/8 for the newest: a change of traffic shows within a few dozen sleeps.
         within_avg_ = within_avg_ - within_avg_ / 8 + (within ? one / 8 : 0);
         ++(batched ? batched_ : plain_);
         (batched ? batched_completions_ : plain_completions_) += completions;
+        if (batched_ + plain_ > 1)
+            (last_batched_ ? batched_packets_ : plain_packets_) += packets_received - packets_at_wake_;
+        packets_at_wake_ = packets_received;
         last_batched_ = batched;
-        woke_ = true;
-    }
-    // Packets the shard received between the last sleep's wake-up and this sleep.
-    void worked(uint64_t packets) {
-        if (!woke_) return;
-        woke_ = false;
-        (last_batched_ ? batched_packets_ : plain_packets_) += packets;
     }
     uint64_t batched_packets() const { return batched_packets_; }
     uint64_t plain_packets() const { return plain_packets_; }
@@ -60,7 +58,8 @@ private:
     uint64_t batched_ = 0, plain_ = 0;
     uint64_t batched_completions_ = 0, plain_completions_ = 0;
     uint64_t batched_packets_ = 0, plain_packets_ = 0;
-    bool last_batched_ = false, woke_ = false;
+    uint64_t packets_at_wake_ = 0; // the shard's packets received when it last woke from a sleep
+    bool last_batched_ = false;
 };
 
 } // namespace ringmq::broker

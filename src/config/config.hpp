@@ -107,22 +107,21 @@ struct turn_budgets {
     // at any CPU price).
     bool idle_poll_by_cpu = true;
     // Microseconds a shard, once asleep, lets completions gather before it wakes (Linux 6.12+, io_uring's minimum
-    // wait): those that come within this time of its going to sleep wait until it has passed, unless wake_batch of
-    // them come first; a later one wakes the shard at once. Under load each wake-up then handles a batch, and the
-    // clients whose packets woke the shard one at a time no longer pay a wake-up each; it costs latency (up to this
-    // much for each shard a message passes, cross-shard deliveries and wake-ups included) only where completions come
-    // closer together than this, and the shard waits so only while its first completions mostly do (unless
-    // wake_batch_by_cpu overrules it). 0 wakes at the
-    // first (see README, "Batched wake-ups").
+    // wait): those that come within this time of its going to sleep wait until it has passed, unless wake_batch of them
+    // come first; a later one wakes the shard at once. Under load each wake-up then handles a batch, and the clients
+    // whose packets woke the shard one at a time no longer pay a wake-up each; it costs latency (up to this much for
+    // each shard a message passes, cross-shard deliveries and wake-ups included) only where completions come closer
+    // together than this, and the shard waits so only while its first completions mostly do (unless wake_batch_by_cpu
+    // overrules it). 0 wakes at the first (see README, "Batched wake-ups").
     uint32_t wake_batch_us = 0;
     uint32_t wake_batch = 32;
     // Weigh batched sleeps against plain ones by the packets each handles per CPU-second of the shard's thread, in the
     // epochs of idle_poll_by_cpu (which then choose among polling, plain and batched sleeps; without idle polling
-    // weighed, the epochs weigh the two kinds of sleep alone): the timer that ends a
-    // minimum wait costs CPU, and where wake_batch_us is only about as long as the gap between packets the batches it
-    // buys are too small to pay for it. Off by default: the weighing cannot see what batching saves the clients, whose
-    // sends no longer wake the shard one at a time (a connect storm's gain is lost with it; README, "Batched
-    // wake-ups"). Off, the shard batches whenever wake_batch_rule's first-completion rule holds.
+    // weighed, the epochs weigh the two kinds of sleep alone): the timer that ends a minimum wait costs CPU, and where
+    // wake_batch_us is only about as long as the gap between packets the batches it buys are too small to pay for it.
+    // Off by default: the weighing cannot see what batching saves the clients, whose sends no longer wake the shard one
+    // at a time (a connect storm's gain is lost with it; README, "Batched wake-ups"). Off, the shard batches whenever
+    // wake_batch_rule's first-completion rule holds.
     bool wake_batch_by_cpu = false;
     // Wake a sleeping shard by posting a completion into its ring from the waker's own ring (IORING_OP_MSG_RING,
     // carried by a submission the waker makes anyway) instead of a write to its eventfd: no syscall of the waker's

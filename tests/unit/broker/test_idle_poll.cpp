@@ -135,10 +135,11 @@ TEST(idle_poll_rules, weighs_batched_sleeps_against_plain_ones_beside_polling) {
     int64_t now = 0;
     uint64_t cpu = 0, pk = 0;
     epoch(r, now, cpu, pk, 0, 0);
-    // Packets per CPU-ms: polling 800 and 900, plain sleeps 1000, batched sleeps 1250.
-    const auto cost = [&] {
+    // CPU-ns of an epoch of 10'000 packets in the mode that runs: packets per CPU-ms polling 800 and 900, plain sleeps
+    // 1000, batched sleeps 10'000 / batched_ms.
+    const auto cost = [&](double batched_ms = 8) {
         return r.polling_epoch() ? (r.batching_epoch() ? 11'111'111u : 12'500'000u)
-                                 : (r.batching_epoch() ? 8'000'000u : 10'000'000u);
+                                 : (r.batching_epoch() ? static_cast<uint64_t>(batched_ms * 1e6) : 10'000'000u);
     };
     std::vector<std::pair<bool, bool>> order;
     for (int i = 0; i < 4; ++i) {
@@ -167,8 +168,7 @@ TEST(idle_poll_rules, weighs_batched_sleeps_against_plain_ones_beside_polling) {
     for (int i = 0; i < 200; ++i) {
         const bool poll = r.polling_epoch(), batch = r.batching_epoch();
         if (plain_from >= 0) ++after[poll][batch];
-        epoch(r, now, cpu, pk, 10'000,
-              poll ? (batch ? 11'111'111u : 12'500'000u) : (batch ? 20'000'000u : 10'000'000u));
+        epoch(r, now, cpu, pk, 10'000, cost(20));
         if (plain_from < 0 && !r.polling_epoch() && !r.batching_epoch()) plain_from = i;
     }
     EXPECT_GE(plain_from, 0);
