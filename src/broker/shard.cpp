@@ -1316,7 +1316,7 @@ void shard::close_op_done::on_complete(int res, uint32_t) {
 
 void shard::settle_socket(connection& c) {
     if (c.fixed || c.ops != 0 || c.fd < 0 || ring_.files() == 0) return;
-    const int slot = ring_.install_file(c.fd);
+    const int slot = ring_.install_file(c.fd, &install_failed_op_);
     if (slot < 0) {
         if (!file_table_full_logged_) {
             file_table_full_logged_ = true;
@@ -1329,6 +1329,16 @@ void shard::settle_socket(connection& c) {
     ring_.close_descriptor(c.fd);
     c.fd = slot;
     c.fixed = true;
+}
+
+void shard::install_failed_op::on_complete(int res, uint32_t) {
+    // Not seen: the kernel refuses a placement for a descriptor that is not one, or for want of memory. The socket's
+    // descriptor is closed by then (settle_socket), so its connection's next operation fails and closes it; only the
+    // first few are logged, as a failure here would repeat for every connection.
+    if (++s->install_failures_ <= 3)
+        log::warn("shard {}: the kernel could not place a socket in its ring's file table ({}): its connection is "
+                  "closed",
+                  s->id_, std::strerror(-res));
 }
 
 void shard::maybe_destroy(connection& c) {

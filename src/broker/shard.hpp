@@ -348,6 +348,12 @@ private:
         shard* s;
         void on_complete(int res, uint32_t flags) override { s->on_accept(res, flags); }
     };
+    // Completes only when the kernel refused to place a settling socket in the file table (settle_socket).
+    struct install_failed_op final : io::completion {
+        explicit install_failed_op(shard* sh) : s(sh) {}
+        shard* s;
+        void on_complete(int res, uint32_t flags) override;
+    };
 
     // loop
     void loop();
@@ -582,6 +588,8 @@ private:
     io::buffer_ring bufs_;       // multishot recvs; consumed incrementally where the kernel allows it
     io::buffer_ring first_bufs_; // the one-shot recvs of connections awaiting CONNECT; whole buffers
     accept_op accept_op_{this};
+    install_failed_op install_failed_op_{this};
+    uint64_t install_failures_ = 0;
     bool accept_armed_ = false;
     bool accept_paused_ = false; // out of descriptors: the next tick arms the accept again
     bool file_table_full_logged_ = false;

@@ -165,15 +165,17 @@ bool ring::init_files(unsigned n, std::string& why) {
 }
 
 void ring::submitted() {
-    // Nothing queued means every SQE so far went in with a submission, the closes among them: io_uring runs a close
-    // of a slot when it is submitted, never later.
-    if (!closing_files_.empty() && io_uring_sq_ready(&ring_) == 0) {
+    // Nothing queued means every SQE so far went in with a submission, the closes and placements among them: io_uring
+    // runs both when they are submitted, never later.
+    if (io_uring_sq_ready(&ring_) != 0) return;
+    if (!closing_files_.empty()) {
         free_files_.insert(free_files_.end(), closing_files_.begin(), closing_files_.end());
         closing_files_.clear();
     }
+    installing_.clear();
 }
 
-int ring::install_file(int fd) {
+int ring::install_file(int fd, completion* on_fail) {
     submitted();
     unsigned slot;
     if (!free_files_.empty()) {
@@ -184,23 +186,27 @@ int ring::install_file(int fd) {
     } else {
         return -ENFILE;
     }
-    const int rc = io_uring_register_files_update(&ring_, slot, &fd, 1);
-    if (rc != 1) {
-        free_files_.push_back(slot);
-        return rc < 0 ? rc : -EIO;
-    }
+    // The kernel reads the descriptor from memory when it takes the SQE: a deque keeps earlier ones where they are.
+    // (After sqe(), which may submit and so clear the deque.)
+    io_uring_sqe* s = sqe();
+    installing_.push_back(fd);
+    io_uring_prep_files_update(s, &installing_.back(), 1, static_cast<int>(slot));
+    s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    set_completion(s, on_fail);
     return static_cast<int>(slot);
 }
 
 void ring::close_descriptor(int fd) {
     io_uring_sqe* s = sqe();
     io_uring_prep_close(s, fd);
+    s->flags |= IOSQE_CQE_SKIP_SUCCESS;
     set_completion(s, nullptr);
 }
 
 void ring::close_file(unsigned slot) {
     io_uring_sqe* s = sqe();
     io_uring_prep_close_direct(s, slot);
+    s->flags |= IOSQE_CQE_SKIP_SUCCESS;
     set_completion(s, nullptr);
     closing_files_.push_back(slot);
 }

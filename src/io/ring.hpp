@@ -7,6 +7,7 @@
 #include <liburing.h>
 
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -91,16 +92,21 @@ public:
     bool init_files(unsigned n, std::string& why);
     // Slots in the table (0 without one).
     unsigned files() const { return files_; }
-    // Places the file behind fd in a free slot and returns the slot, or -errno (-ENFILE: no free slot). fd stays
-    // open: the caller closes it once nothing uses it by that number.
-    int install_file(int fd);
+    // Picks a free slot for the file behind fd and queues its placement there with the next submission (an SQE rather
+    // than a register system call of its own: a connect storm paid one per connection). Returns the slot, or -ENFILE
+    // when none is free. SQEs queued after this one may use the slot, as the kernel takes them in order and places the
+    // file inline; should it refuse (not a descriptor, no memory), on_fail completes with -errno and the slot stays
+    // empty, so what uses it fails with -EBADF. fd stays open: the caller closes it once nothing uses it by that
+    // number (close_descriptor, queued after this, is fine).
+    int install_file(int fd, completion* on_fail);
     // Queues the close of a slot with the next submission. The slot is handed out again only after a submission has
     // taken every SQE queued so far (io_uring closes a slot inline, when submitted), so the close cannot hit a socket
     // placed there later. An operation that looks its slot up later than its submission (one io_uring always runs
     // from a worker, like SHUTDOWN) must not be used on slots for that reason.
     void close_file(unsigned slot);
     // Queues the close of a descriptor with the next submission (no system call of its own; the number stays taken
-    // until the close has run, so nothing can reuse it in between).
+    // until the close has run, so nothing can reuse it in between). Like close_file, it posts no completion unless it
+    // fails (IOSQE_CQE_SKIP_SUCCESS), and a failure is ignored.
     void close_descriptor(int fd);
 
 private:
@@ -118,6 +124,7 @@ private:
     unsigned next_file_ = 0;              // slots from here up were never used
     std::vector<unsigned> free_files_;    // slots closed and submitted
     std::vector<unsigned> closing_files_; // slots whose close may still be queued
+    std::deque<int> installing_;          // descriptors whose placement may still be queued (its SQE points here)
 };
 
 // Sets user_data on an SQE: the completion, or null for "ignore".

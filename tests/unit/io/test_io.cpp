@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -551,3 +552,95 @@ TEST_F(IoBatchWait, APlainWaitWakesAtTheFirstCompletion) {
 }
 
 } // namespace
+
+namespace {
+
+struct result_record final : io::completion {
+    std::vector<int> results;
+    void on_complete(int res, uint32_t) override { results.push_back(res); }
+};
+
+// Sends len bytes from p on a slot of r's file table; returns the send's result.
+int send_on_slot(io::ring& r, unsigned slot, const char* p, size_t len) {
+    result_record rec;
+    io_uring_sqe* s = r.sqe();
+    io_uring_prep_send(s, static_cast<int>(slot), p, len, 0);
+    s->flags |= IOSQE_FIXED_FILE;
+    io::set_completion(s, &rec);
+    EXPECT_TRUE(run_until(r, [&] { return !rec.results.empty(); }));
+    return rec.results.empty() ? -ETIME : rec.results.front();
+}
+
+} // namespace
+
+TEST(Io, AnInstalledFileIsUsableBySlotInTheSameSubmissionAndItsDescriptorMayClose) {
+    io::ring r;
+    std::string why;
+    ASSERT_TRUE(r.init(64, why)) << why;
+    ASSERT_TRUE(r.init_files(4, why)) << why;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    result_record failed;
+    const int slot = r.install_file(sv[0], &failed);
+    ASSERT_GE(slot, 0);
+    // The placement, the descriptor's close and a send on the slot all go in one submission, in that order.
+    r.close_descriptor(sv[0]);
+    EXPECT_EQ(send_on_slot(r, static_cast<unsigned>(slot), "abc", 3), 3);
+    char got[8] = {};
+    ASSERT_EQ(read(sv[1], got, sizeof got), 3);
+    EXPECT_EQ(std::string(got, 3), "abc");
+    EXPECT_TRUE(failed.results.empty());
+    // The slot holds the socket after its descriptor is gone; closing the slot closes it (the peer reads EOF).
+    EXPECT_EQ(fcntl(sv[0], F_GETFD), -1);
+    r.close_file(static_cast<unsigned>(slot));
+    r.submit();
+    EXPECT_EQ(read(sv[1], got, sizeof got), 0);
+    close(sv[1]);
+}
+
+TEST(Io, ARefusedPlacementCompletesOnItsFailureRecordAndLeavesTheSlotEmpty) {
+    io::ring r;
+    std::string why;
+    ASSERT_TRUE(r.init(64, why)) << why;
+    ASSERT_TRUE(r.init_files(2, why)) << why;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    const int bad = sv[0];
+    ASSERT_EQ(close(bad), 0); // a number that is no descriptor now
+    result_record failed;
+    const int slot = r.install_file(bad, &failed);
+    ASSERT_GE(slot, 0);
+    EXPECT_EQ(send_on_slot(r, static_cast<unsigned>(slot), "x", 1), -EBADF);
+    ASSERT_EQ(failed.results.size(), 1u);
+    EXPECT_EQ(failed.results.front(), -EBADF);
+    close(sv[1]);
+}
+
+TEST(Io, PlacementsQueuedPastAFullSubmissionQueueEachLandInTheirOwnSlot) {
+    // An 8-entry SQ fills while the placements are queued (each sqe() may submit): every one must still read its own
+    // descriptor.
+    io::ring r;
+    std::string why;
+    ASSERT_TRUE(r.init(8, why)) << why;
+    constexpr int n = 20;
+    ASSERT_TRUE(r.init_files(n, why)) << why;
+    int pairs[n][2];
+    int slots[n];
+    result_record failed;
+    for (int i = 0; i < n; ++i) {
+        ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, pairs[i]), 0);
+        slots[i] = r.install_file(pairs[i][0], &failed);
+        ASSERT_GE(slots[i], 0);
+        r.close_descriptor(pairs[i][0]);
+    }
+    EXPECT_EQ(r.install_file(pairs[0][1], &failed), -ENFILE);
+    for (int i = 0; i < n; ++i) {
+        const char c = static_cast<char>('a' + i);
+        EXPECT_EQ(send_on_slot(r, static_cast<unsigned>(slots[i]), &c, 1), 1) << i;
+        char got = 0;
+        ASSERT_EQ(read(pairs[i][1], &got, 1), 1);
+        EXPECT_EQ(got, c) << i;
+        close(pairs[i][1]);
+    }
+    EXPECT_TRUE(failed.results.empty());
+}
