@@ -109,6 +109,13 @@ int main(int argc, char** argv) {
         log::fatal("cannot start: {}", why);
         return 1;
     }
+    int cap_major = 0, cap_minor = 0;
+    if (config::parse_kernel_release(cfg.budgets.io_uring_kernel, cap_major, cap_minor, why)) {
+        io::limit_features_to(cap_major, cap_minor);
+        log::info("node.io_uring_kernel = {}: io_uring is used with no feature newer than Linux {}.{}{}",
+                  cfg.budgets.io_uring_kernel, cap_major, cap_minor,
+                  io::kernel_at_least(cap_major, cap_minor) ? "" : " (this kernel is older: no effect)");
+    }
     const uint64_t queue_bytes = reactor::smp::bytes_for(cfg.shards + 1, cfg.budgets.smp_queue_size);
     const uint64_t ram = physical_memory();
     if (ram != 0 && queue_bytes > ram) {

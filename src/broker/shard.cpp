@@ -214,8 +214,9 @@ bool shard::run() {
     // rather than interrupting its sleep each.
     batch_wait_ = ring_.can_wait_batch() && ring_.defer_taskrun() && cfg_.budgets.wake_batch_us > 0;
     if (cfg_.budgets.wake_batch_us > 0 && !batch_wait_ && id_ == 0)
-        log::warn("node.wake_batch_us = {}: this kernel's io_uring has no minimum wait (Linux 6.12 or newer has it) "
-                  "or the ring runs without DEFER_TASKRUN; shards wake at their first completion",
+        log::warn("node.wake_batch_us = {}: this kernel's io_uring has no minimum wait (Linux 6.12 or newer has it, "
+                  "unless node.io_uring_kernel caps the features below it) or the ring runs without DEFER_TASKRUN; "
+                  "shards wake at their first completion",
                   cfg_.budgets.wake_batch_us);
     if (batch_wait_ && cfg_.budgets.wake_batch_by_cpu) poll_rules_.weigh_batched_sleeps();
     if (batch_wait_)
@@ -229,7 +230,8 @@ bool shard::run() {
                        : "");
     log::debug("shard {}: a closing connection with only its receive pending has it {}", id_,
                cancel_recv_on_close_ ? "cancelled"
-                                     : "ended by io_uring's SHUTDOWN (before Linux 6.13, or no DEFER_TASKRUN)");
+                                     : "ended by io_uring's SHUTDOWN (before Linux 6.13, node.io_uring_kernel below "
+                                       "it, or no DEFER_TASKRUN)");
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);

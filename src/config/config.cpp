@@ -80,6 +80,9 @@ std::string_view type_name(toml::node_type t) {
 struct entry {
     const toml::node* node;
     std::string origin;
+    // A --set value that parsed as a number, as typed: node.io_uring_kernel takes this text instead, so
+    // `--set node.io_uring_kernel=6.10` means "6.10" (the number would be 6.1).
+    std::string typed_number = {};
 };
 using entry_map = std::map<std::string, entry, std::less<>>;
 
@@ -98,9 +101,9 @@ struct layers {
     }
 
     // Later layers replace earlier ones; what they replace is kept in `shadowed`.
-    void set(std::string key, const toml::node* node, std::string_view origin) {
+    void set(std::string key, const toml::node* node, std::string_view origin, std::string_view typed_number = {}) {
         shadow(key);
-        entries.emplace(std::move(key), entry{node, std::string(origin)});
+        entries.emplace(std::move(key), entry{node, std::string(origin), std::string(typed_number)});
     }
 
     void shadow(const std::string& key) {
@@ -223,7 +226,8 @@ void add_set(layers& l, std::string_view arg) {
     parsed_toml p = parse_toml(fmt::format("v = {}", value), origin);
     if (p.table && p.table->size() == 1 && p.table->contains("v")) {
         auto& t = l.override_storage.emplace_back(std::move(*p.table));
-        l.set(std::string(key), t.get("v"), origin);
+        const toml::node* v = t.get("v");
+        l.set(std::string(key), v, origin, v->is_number() ? trim(value) : std::string_view{});
     } else {
         l.set_value(std::string(key), std::string(trim(value)), origin);
     }
@@ -264,22 +268,24 @@ public:
         field = v->get();
     }
 
-    // check returns "" when the value is acceptable, else the reason.
-    // Returns true when the key was given and accepted.
-    template <typename Check> bool string(std::string_view key, std::string& field, Check check) {
+    // check returns "" when the value is acceptable, else the reason. With typed_numbers, a --set value that parsed
+    // as a number is taken as the text typed. Returns true when the key was given and accepted.
+    template <typename Check>
+    bool string(std::string_view key, std::string& field, Check check, bool typed_numbers = false) {
         auto e = take(key);
         if (!e) return false;
         const auto* v = e->node->as_string();
-        if (v == nullptr) {
+        if (v == nullptr && (!typed_numbers || e->typed_number.empty())) {
             type_error(*e, key, "a string");
             return false;
         }
-        std::string why = check(v->get());
+        const std::string& text = v != nullptr ? v->get() : e->typed_number;
+        std::string why = check(text);
         if (!why.empty()) {
             l_.error(e->origin, key, why);
             return false;
         }
-        field = v->get();
+        field = text;
         return true;
     }
 
@@ -353,6 +359,12 @@ std::string not_empty(const std::string& s) { return s.empty() ? "must not be em
 // as one level, far below MQTT's 65535-byte topic length.
 constexpr size_t max_node_name = 255;
 
+std::string check_kernel_release(const std::string& s) {
+    int major = 0, minor = 0;
+    std::string why;
+    return parse_kernel_release(s, major, minor, why) || why.empty() ? "" : why;
+}
+
 std::string check_node_name(const std::string& s) {
     if (s.size() > max_node_name)
         return fmt::format("must be at most {} bytes (it is a level of every $SYS topic), got {}", max_node_name,
@@ -410,6 +422,7 @@ void validate_keys(checker& c, config& cfg) {
     c.boolean("node.wake_batch_by_cpu", cfg.budgets.wake_batch_by_cpu);
     c.boolean("node.ring_wakeups", cfg.budgets.ring_wakeups);
     c.boolean("node.fixed_files", cfg.budgets.fixed_files);
+    c.string("node.io_uring_kernel", cfg.budgets.io_uring_kernel, check_kernel_release, true);
     c.power_of_two("node.smp_queue_size", cfg.budgets.smp_queue_size, 64, 1048576);
     c.level("log.level", cfg.log_level);
 
@@ -587,6 +600,36 @@ bool parse_endpoint(std::string_view s, endpoint& out, std::string& why) {
 std::string to_string(const endpoint& e) {
     if (e.host.find(':') != std::string::npos) return fmt::format("[{}]:{}", e.host, e.port);
     return fmt::format("{}:{}", e.host, e.port);
+}
+
+bool parse_kernel_release(std::string_view s, int& major, int& minor, std::string& why) {
+    major = minor = 0;
+    why.clear();
+    if (s == "auto") return false;
+    const auto dot = s.find('.');
+    // Digits as a release prints them: no leading zero ("6.010" is not 6.10), at most three.
+    const auto digits = [](std::string_view d) {
+        return !d.empty() && d.size() <= 3 && (d.size() == 1 || d[0] != '0') &&
+               std::all_of(d.begin(), d.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    };
+    if (dot == std::string_view::npos || !digits(s.substr(0, dot)) || !digits(s.substr(dot + 1))) {
+        why = fmt::format("must be \"auto\" or a Linux release as major.minor (\"6.1\"), got '{}'", s);
+        return false;
+    }
+    const auto num = [](std::string_view d) {
+        int v = 0;
+        for (char ch : d)
+            v = v * 10 + (ch - '0');
+        return v;
+    };
+    const int ma = num(s.substr(0, dot)), mi = num(s.substr(dot + 1));
+    if (ma < 6) {
+        why = fmt::format("must be 6.0 or newer (ringmq needs Linux 6.0's io_uring), got '{}'", s);
+        return false;
+    }
+    major = ma;
+    minor = mi;
+    return true;
 }
 
 std::string describe(const config& c) {

@@ -131,6 +131,11 @@ struct turn_budgets {
     // table: no descriptor lookup per operation, and room for a table as large as the open-file limit in every
     // shard rather than one limit for the whole process. Off, or where the kernel refuses the table, descriptors.
     bool fixed_files = true;
+    // Use only the io_uring features of this Linux release and older ("6.1"), whatever the running kernel offers;
+    // "auto" uses all it has. For working around a regression in a newer feature, and for running the paths an older
+    // kernel takes (COOP_TASKRUN before 6.1, whole receive buffers and no minimum wait before 6.12, SHUTDOWN for a
+    // closing connection's receive before 6.13) on a new one. It never adds a feature the kernel lacks.
+    std::string io_uring_kernel = "auto";
     // Entries of each queue between two shards (and between a shard and the admin shard), a power of two. A message
     // that finds its queue full waits in its sender's backlog, and the sender sleeps until the queue is empty; a
     // queue costs 16 bytes an entry, (shards + 1)^2 queues in all.
@@ -170,6 +175,10 @@ load_result load(int argc, const char* const* argv);
 load_result load(int argc, const char* const* argv, std::ostream& out);
 // For tests: the TOML text as if it were the file `origin`; no flags. shards = 0 is resolved here too.
 load_result load_from_string(std::string_view toml_text, std::string_view origin);
+
+// A node.io_uring_kernel value: "auto" (false, major = minor = 0) or "major.minor" with major >= 6 (true). Anything
+// else: false with why set.
+bool parse_kernel_release(std::string_view s, int& major, int& minor, std::string& why);
 
 // One-line summary for the start-up log.
 std::string describe(const config& c);

@@ -21,6 +21,7 @@ constexpr uint16_t pbuf_ring_inc = 2; // IOU_PBUF_RING_INC, io_uring_buf_reg.fla
 } // namespace
 
 bool buffer_ring::incremental_supported(ring& r) {
+    if (!features_allowed(6, 12)) return false;
     constexpr uint16_t spare_group = 0xfffe;
     void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (m == MAP_FAILED) return false;

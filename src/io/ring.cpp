@@ -27,12 +27,19 @@ bool kernel_release(utsname& u, int& major, int& minor) {
     return uname(&u) == 0 && std::sscanf(u.release, "%d.%d", &major, &minor) == 2;
 }
 
+// node.io_uring_kernel, as major * 1000 + minor (0: no cap). Written before the shards' threads start.
+int feature_cap = 0;
+
 } // namespace
+
+void limit_features_to(int major, int minor) { feature_cap = major * 1000 + minor; }
+
+bool features_allowed(int major, int minor) { return feature_cap == 0 || feature_cap >= major * 1000 + minor; }
 
 bool kernel_at_least(int major, int minor) {
     utsname u{};
     int ma = 0, mi = 0;
-    return kernel_release(u, ma, mi) && (ma > major || (ma == major && mi >= minor));
+    return features_allowed(major, minor) && kernel_release(u, ma, mi) && (ma > major || (ma == major && mi >= minor));
 }
 
 bool probe_kernel(std::string& why) {
@@ -115,7 +122,7 @@ bool ring::init(unsigned entries, std::string& why) {
     io_uring_params p{};
     p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
     p.cq_entries = entries * 4;
-    int rc = io_uring_queue_init_params(entries, &ring_, &p);
+    int rc = features_allowed(6, 1) ? io_uring_queue_init_params(entries, &ring_, &p) : -EINVAL; // DEFER_TASKRUN: 6.1
     if (rc == 0) {
         defer_taskrun_ = true;
         mode_ = "single-issuer+defer-taskrun";
@@ -142,7 +149,7 @@ bool ring::init(unsigned entries, std::string& why) {
         can_message_ = io_uring_opcode_supported(probe, IORING_OP_MSG_RING) && (p.features & IORING_FEAT_CQE_SKIP);
         io_uring_free_probe(probe);
     }
-    can_wait_batch_ = (p.features & feat_min_timeout) != 0;
+    can_wait_batch_ = (p.features & feat_min_timeout) != 0 && features_allowed(6, 12);
     registered_fd_ = io_uring_register_ring_fd(&ring_) == 1; // optional speed-up; failure is harmless
     return true;
 }

@@ -33,8 +33,16 @@ struct reaped {
 // false with a one-line reason naming the cause (kernel too old, io_uring disabled by sysctl or a seccomp profile).
 bool probe_kernel(std::string& why);
 
-// Whether the running kernel's release is at least major.minor (uname; false where it cannot be read).
+// Whether the running kernel's release is at least major.minor (uname; false where it cannot be read), and no cap
+// below major.minor was set.
 bool kernel_at_least(int major, int minor);
+
+// Caps the io_uring features every ring of the process uses to those of Linux major.minor (node.io_uring_kernel):
+// a ring made afterwards, and kernel_at_least, behave as on that release where the running kernel is newer. Set once
+// on the main thread before any shard starts; (0, 0) is no cap.
+void limit_features_to(int major, int minor);
+// Whether no cap keeps the features of Linux major.minor from use (the kernel itself may still lack them).
+bool features_allowed(int major, int minor);
 
 // The per-shard ring. Not thread-safe: only the owning shard's thread may call it.
 class ring {
@@ -96,13 +104,15 @@ public:
     // than a register system call of its own: a connect storm paid one per connection). Returns the slot, or -ENFILE
     // when none is free. SQEs queued after this one may use the slot, as the kernel takes them in order and places the
     // file inline; should it refuse (not a descriptor, no memory), on_fail completes with -errno and the slot stays
-    // empty, so what uses it fails with -EBADF. fd stays open: the caller closes it once nothing uses it by that
-    // number (close_descriptor, queued after this, is fine).
+    // empty, so what uses it fails with -EBADF. The kernel reads fd from this ring's memory when it takes the SQE, so
+    // the SQE queued just before must not be linked to it (IOSQE_IO_LINK would let the kernel take it later). fd stays
+    // open: the caller closes it once nothing uses it by that number (close_descriptor, queued after this, is fine).
     int install_file(int fd, completion* on_fail);
     // Queues the close of a slot with the next submission. The slot is handed out again only after a submission has
     // taken every SQE queued so far (io_uring closes a slot inline, when submitted), so the close cannot hit a socket
     // placed there later. An operation that looks its slot up later than its submission (one io_uring always runs
-    // from a worker, like SHUTDOWN) must not be used on slots for that reason.
+    // from a worker, like SHUTDOWN) must not be used on slots for that reason. Posts no completion unless it fails
+    // (IOSQE_CQE_SKIP_SUCCESS), and a failure is ignored.
     void close_file(unsigned slot);
     // Queues the close of a descriptor with the next submission (no system call of its own; the number stays taken
     // until the close has run, so nothing can reuse it in between). Like close_file, it posts no completion unless it

@@ -53,6 +53,7 @@ wake_batch = 9
 wake_batch_by_cpu = true
 ring_wakeups = false
 fixed_files = true
+io_uring_kernel = "6.11"
 smp_queue_size = 256
 [log]
 level = "debug"
@@ -110,6 +111,7 @@ void expect_full(const config& c) {
     EXPECT_TRUE(c.budgets.wake_batch_by_cpu);
     EXPECT_FALSE(c.budgets.ring_wakeups);
     EXPECT_TRUE(c.budgets.fixed_files);
+    EXPECT_EQ(c.budgets.io_uring_kernel, "6.11");
     EXPECT_EQ(c.budgets.smp_queue_size, 256u);
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
@@ -165,6 +167,7 @@ void expect_defaults(const config& c) {
     EXPECT_FALSE(c.budgets.wake_batch_by_cpu);
     EXPECT_TRUE(c.budgets.ring_wakeups);
     EXPECT_TRUE(c.budgets.fixed_files);
+    EXPECT_EQ(c.budgets.io_uring_kernel, "auto");
     EXPECT_EQ(c.budgets.smp_queue_size, 16384u);
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
@@ -283,6 +286,7 @@ wake_batch = 32
 wake_batch_by_cpu = false
 ring_wakeups = true
 fixed_files = true
+io_uring_kernel = "auto"
 smp_queue_size = 16384
 [log]
 level = "info"
@@ -752,6 +756,41 @@ TEST_F(config_test, node_name_shapes) {
     auto r = run({"--node-name", longer});
     ASSERT_THAT(r.errors, ElementsAre("--node-name: node.name: must be at most 255 bytes (it is a level of every $SYS "
                                       "topic), got 256"));
+}
+
+TEST_F(config_test, io_uring_kernel_is_auto_or_a_release_from_6_0) {
+    for (const char* good : {"auto", "6.0", "6.11", "6.13", "7.2"}) {
+        auto r = run({"--set", "node.io_uring_kernel=\"" + std::string(good) + "\""});
+        ASSERT_TRUE(r.cfg.has_value()) << good << ": " << (r.errors.empty() ? "" : r.errors[0]);
+        EXPECT_EQ(r.cfg->budgets.io_uring_kernel, good);
+    }
+    for (const char* bad :
+         {"5.19", "6", "6.", ".1", "6.1.2", "six", "", "AUTO", "6.1x", "1000.1", "6.010", "06.1", " 6.1", "+6.1"}) {
+        auto r = run({"--set", "node.io_uring_kernel=\"" + std::string(bad) + "\""});
+        EXPECT_FALSE(r.cfg.has_value()) << bad;
+        ASSERT_THAT(r.errors, SizeIs(1)) << bad;
+        EXPECT_THAT(r.errors[0], HasSubstr("node.io_uring_kernel: must be ")) << bad;
+        EXPECT_THAT(r.errors[0], HasSubstr(std::string_view(bad) == "5.19" ? "6.0 or newer" : "major.minor")) << bad;
+    }
+    // Typed bare on the command line it is still the text (a TOML number would make 6.10 the same as 6.1); in a file
+    // it must be a string.
+    auto bare = run({"--set", "node.io_uring_kernel=6.10"});
+    ASSERT_TRUE(bare.cfg.has_value()) << ::testing::PrintToString(bare.errors);
+    EXPECT_EQ(bare.cfg->budgets.io_uring_kernel, "6.10");
+    auto in_file = load_from_string("[node]\nio_uring_kernel = 6.1\n", "k.toml");
+    EXPECT_THAT(in_file.errors, ElementsAre("k.toml:2:1: node.io_uring_kernel: expected a string, got a floating-point "
+                                            "number"));
+    // Other string keys keep their types: a number is not a node name.
+    EXPECT_THAT(run({"--set", "node.name=6.1"}).errors,
+                ElementsAre("--set node.name=6.1: node.name: expected a string, got a floating-point number"));
+    int major = -1, minor = -1;
+    std::string why;
+    EXPECT_TRUE(parse_kernel_release("6.12", major, minor, why));
+    EXPECT_EQ(major, 6);
+    EXPECT_EQ(minor, 12);
+    EXPECT_FALSE(parse_kernel_release("auto", major, minor, why));
+    EXPECT_EQ(major, 0);
+    EXPECT_TRUE(why.empty());
 }
 
 TEST_F(config_test, tables_inside_a_section_are_named_whole) {

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -571,6 +572,13 @@ int send_on_slot(io::ring& r, unsigned slot, const char* p, size_t len) {
     return rec.results.empty() ? -ETIME : rec.results.front();
 }
 
+// read() that gives up after a second (-2) rather than hanging the test binary.
+ssize_t read_within(int fd, char* buf, size_t len) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 1000) != 1) return -2;
+    return read(fd, buf, len);
+}
+
 } // namespace
 
 TEST(Io, AnInstalledFileIsUsableBySlotInTheSameSubmissionAndItsDescriptorMayClose) {
@@ -587,14 +595,14 @@ TEST(Io, AnInstalledFileIsUsableBySlotInTheSameSubmissionAndItsDescriptorMayClos
     r.close_descriptor(sv[0]);
     EXPECT_EQ(send_on_slot(r, static_cast<unsigned>(slot), "abc", 3), 3);
     char got[8] = {};
-    ASSERT_EQ(read(sv[1], got, sizeof got), 3);
+    ASSERT_EQ(read_within(sv[1], got, sizeof got), 3);
     EXPECT_EQ(std::string(got, 3), "abc");
     EXPECT_TRUE(failed.results.empty());
     // The slot holds the socket after its descriptor is gone; closing the slot closes it (the peer reads EOF).
     EXPECT_EQ(fcntl(sv[0], F_GETFD), -1);
     r.close_file(static_cast<unsigned>(slot));
     r.submit();
-    EXPECT_EQ(read(sv[1], got, sizeof got), 0);
+    EXPECT_EQ(read_within(sv[1], got, sizeof got), 0);
     close(sv[1]);
 }
 
@@ -638,9 +646,53 @@ TEST(Io, PlacementsQueuedPastAFullSubmissionQueueEachLandInTheirOwnSlot) {
         const char c = static_cast<char>('a' + i);
         EXPECT_EQ(send_on_slot(r, static_cast<unsigned>(slots[i]), &c, 1), 1) << i;
         char got = 0;
-        ASSERT_EQ(read(pairs[i][1], &got, 1), 1);
+        ASSERT_EQ(read_within(pairs[i][1], &got, 1), 1);
         EXPECT_EQ(got, c) << i;
         close(pairs[i][1]);
     }
     EXPECT_TRUE(failed.results.empty());
+}
+
+TEST(Io, AFeatureCapMakesRingsBehaveAsOnTheOlderRelease) {
+    // Process-wide: set back to no cap whatever happens here.
+    struct reset {
+        ~reset() { io::limit_features_to(0, 0); }
+    } reset_cap;
+    io::limit_features_to(6, 0);
+    EXPECT_TRUE(io::features_allowed(6, 0));
+    EXPECT_FALSE(io::features_allowed(6, 1));
+    EXPECT_FALSE(io::kernel_at_least(6, 1));
+    io::ring old;
+    std::string why;
+    ASSERT_TRUE(old.init(64, why)) << why;
+    EXPECT_STREQ(old.mode(), "coop-taskrun");
+    EXPECT_FALSE(old.defer_taskrun());
+    EXPECT_FALSE(old.can_wait_batch());
+    EXPECT_FALSE(io::buffer_ring::incremental_supported(old));
+    // A ring that still works: a message to itself completes.
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    reactor::gate g;
+    std::string got;
+    bool done = false;
+    ASSERT_TRUE(reactor::spawn(g, echo_once(old, sv[0], got, done)));
+    ASSERT_EQ(write(sv[1], "old", 3), 3);
+    ASSERT_TRUE(run_until(old, [&] { return done; }));
+    EXPECT_EQ(got, "old");
+    close(sv[0]);
+    close(sv[1]);
+
+    io::limit_features_to(0, 0);
+    EXPECT_TRUE(io::features_allowed(6, 13));
+    io::ring now;
+    ASSERT_TRUE(now.init(64, why)) << why;
+    // This project's kernels have DEFER_TASKRUN (6.1); a cap of 6.11 keeps it but not the 6.12 minimum wait.
+    EXPECT_STREQ(now.mode(), "single-issuer+defer-taskrun");
+    io::limit_features_to(6, 11);
+    io::ring mid;
+    ASSERT_TRUE(mid.init(64, why)) << why;
+    EXPECT_STREQ(mid.mode(), "single-issuer+defer-taskrun");
+    EXPECT_FALSE(mid.can_wait_batch());
+    EXPECT_FALSE(io::buffer_ring::incremental_supported(mid));
+    EXPECT_EQ(io::kernel_at_least(6, 13), false);
 }

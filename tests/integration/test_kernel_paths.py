@@ -1,0 +1,124 @@
+"""The paths ringmq takes on kernels older than this one, run here with node.io_uring_kernel.
+
+ringmq picks its io_uring features by what the kernel offers: DEFER_TASKRUN from Linux 6.1 (before it, COOP_TASKRUN
+and completions posted as they come), incrementally consumed receive buffers and a minimum wait from 6.12 (before, whole
+buffers and no batched wake-ups), and from 6.13 a closing connection's receive is cancelled (before, io_uring's
+SHUTDOWN ends it). node.io_uring_kernel caps the features at an older release's, so the suites below run those paths
+on this kernel: 6.0 (every fallback at once) and 6.11 (DEFER_TASKRUN kept; whole buffers, no minimum wait, SHUTDOWN).
+They show the broker's own fallback code works; an older kernel's own behaviour is not reproduced.
+"""
+import os
+import re
+import subprocess
+import unittest
+
+import test_shards
+from broker import BrokerTest, broker_bin
+from test_connect import ConnectCases
+from test_publish import PublishCases
+from test_session import SessionCases
+from test_will import WillCases
+
+
+# Tests about a newer feature itself, left out of the capped runs (None hides a test from unittest's loader).
+NEWER_FEATURE_TESTS = {
+    # The 6.13 close path; it says so itself on older kernels.
+    "test_a_closing_connection_with_only_its_receive_pending_is_closed_without_a_worker": None,
+    # Sized to run the 6.12 incremental buffers (64 of them) out, which it checks in the log: the 512 whole buffers of
+    # an older kernel hold its burst.
+    "test_bursts_larger_than_the_receive_buffers_lose_nothing": None,
+}
+
+
+def capped(mixin, cap: str, namespace: dict, shards: int = 2) -> None:
+    """Defines <Mixin>Linux<cap>Shards<N>: the mixin's tests with node.io_uring_kernel = cap."""
+    settings = dict(getattr(mixin, "SETTINGS", {}))
+    settings["node.io_uring_kernel"] = cap
+    name = f"{mixin.__name__.removesuffix('Test')}Linux{cap.replace('.', '_')}Shards{shards}"
+    bases = (mixin,) if issubclass(mixin, BrokerTest) else (mixin, BrokerTest)
+    attrs = dict(SHARDS=shards, SETTINGS=settings, __module__=namespace["__name__"])
+    attrs.update({k: v for k, v in NEWER_FEATURE_TESTS.items() if hasattr(mixin, k)})
+    namespace[name] = type(name, bases, attrs)
+
+
+# (test_shards.CrossShardTest is a TestCase itself: imported by name, the loader would run it here a second time.)
+for _mixin in (ConnectCases, PublishCases, SessionCases, WillCases, test_shards.CrossShardTest):
+    capped(_mixin, "6.0", globals())
+for _mixin in (ConnectCases, PublishCases, SessionCases):
+    capped(_mixin, "6.11", globals())
+del _mixin
+
+
+class KernelCapTakesEffect(BrokerTest):
+    """The cap changes what the shards use, as their debug lines at start and exit report, and a DISCONNECT takes the
+    close path of the release asked for."""
+
+    AUTO_START = False
+
+    def run_capped(self, cap: str) -> str:
+        # wake_batch_us asks for the minimum wait, so the log says whether the ring has it; the close counts are those
+        # of sockets in the file table (RINGMQ_IT_SET may turn it off for the rest of the suite).
+        b = self.use_broker({"node.io_uring_kernel": cap, "node.wake_batch_us": 50, "node.fixed_files": True})
+        for i in range(3):
+            c = self.client(f"kernel-cap-{i}")
+            c.disconnect()
+            c.expect_closed()
+        return b.stop_and_read_log().decode(errors="replace")
+
+    def closes(self, log: str):
+        """(cancelled receives, SHUTDOWNs) of shard 0's exit line."""
+        found = re.search(r"shard 0 ended the pending operations of closing connections (\d+) times by cancelling the "
+                          r"receive, (\d+) times by SHUTDOWN", log)
+        self.assertIsNotNone(found, log[-3000:])
+        return int(found.group(1)), int(found.group(2))
+
+    def assert_before_6_12(self, log: str, ring_mode: str):
+        self.assertIn(f"started (io_uring {ring_mode},", log)
+        self.assertNotIn("consumed incrementally", log)
+        self.assertIn("this kernel's io_uring has no minimum wait", log)
+        cancels, shutdowns = self.closes(log)
+        self.assertEqual(cancels, 0)
+        self.assertGreaterEqual(shutdowns, 3)
+
+    def test_6_0_runs_coop_taskrun_whole_buffers_no_minimum_wait_and_shutdown(self):
+        log = self.run_capped("6.0")
+        self.assertIn("node.io_uring_kernel = 6.0: io_uring is used with no feature newer than Linux 6.0\n", log)
+        self.assert_before_6_12(log, "coop-taskrun")
+
+    def test_6_11_keeps_defer_taskrun_but_not_the_6_12_buffers_and_wait_or_the_6_13_close(self):
+        self.assert_before_6_12(self.run_capped("6.11"), "single-issuer+defer-taskrun")
+
+    def test_auto_uses_what_this_kernel_has(self):
+        log = self.run_capped("auto")
+        self.assertNotIn("node.io_uring_kernel", log)
+        self.assertIn("started (io_uring single-issuer+defer-taskrun,", log)
+        # On this project's kernels (6.13 and newer) every feature; older ones take the fallbacks by themselves.
+        has_6_12 = kernel_at_least(6, 12)
+        self.assertEqual("consumed incrementally" in log, has_6_12)
+        self.assertEqual("this kernel's io_uring has no minimum wait" in log, not has_6_12)
+        cancels, shutdowns = self.closes(log)
+        if kernel_at_least(6, 13):
+            self.assertGreaterEqual(cancels, 3)
+            self.assertEqual(shutdowns, 0)
+        else:
+            self.assertEqual(cancels, 0)
+            self.assertGreaterEqual(shutdowns, 3)
+
+
+class KernelCapRefused(unittest.TestCase):
+    def test_a_release_before_6_0_or_not_a_release_is_a_config_error_naming_the_key(self):
+        for bad in ("5.19", "six", "6", "6.x", "", "6.1.2"):
+            run = subprocess.run([broker_bin(), "--no-admin", "--set", f"node.io_uring_kernel={bad}"],
+                                 capture_output=True, text=True, timeout=15)
+            self.assertEqual(run.returncode, 1, (bad, run.stderr))
+            self.assertIn("node.io_uring_kernel", run.stderr, bad)
+            self.assertIn("6.0" if bad == "5.19" else "major.minor", run.stderr, bad)
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= (major, minor)
+
+
+if __name__ == "__main__":
+    unittest.main()
