@@ -281,6 +281,10 @@ bool shard::run() {
                                 poll_rules_.score(poll, false) * 1e6, poll_rules_.epochs(poll, false));
         log::debug("shard {} weighed batched sleeps against plain ones: {}", id_, modes);
     }
+    if (install_failures_ != 0)
+        log::warn("shard {}: the kernel refused {} sockets a place in its ring's file table; their connections were "
+                  "closed",
+                  id_, install_failures_);
     if (recv_cancel_fallbacks_ != 0)
         log::info("shard {}: {} closing connections' receive cancels did not end the receive; SHUTDOWN ended those",
                   id_, recv_cancel_fallbacks_);
@@ -1335,8 +1339,10 @@ void shard::settle_socket(connection& c) {
 
 void shard::install_failed_op::on_complete(int res, uint32_t) {
     // Not seen: the kernel refuses a placement for a descriptor that is not one, or for want of memory. The socket's
-    // descriptor is closed by then (settle_socket), so its connection's next operation fails and closes it; only the
-    // first few are logged, as a failure here would repeat for every connection.
+    // descriptor is closed by then (settle_socket), so its connection's next operation fails and closes it, after its
+    // CONNECT was taken (its session attached, a previous connection of its client id closed): the client sees a
+    // close and reconnects. Only the first few are logged, as a failure here would repeat for every connection; the
+    // count comes at the shard's exit.
     if (++s->install_failures_ <= 3)
         log::warn("shard {}: the kernel could not place a socket in its ring's file table ({}): its connection is "
                   "closed",
