@@ -9,7 +9,9 @@ They show the broker's own fallback code works; an older kernel's own behaviour 
 """
 import os
 import re
+import signal
 import subprocess
+import time
 import unittest
 
 import test_shards
@@ -103,6 +105,63 @@ class KernelCapTakesEffect(BrokerTest):
         else:
             self.assertEqual(cancels, 0)
             self.assertGreaterEqual(shutdowns, 3)
+
+
+class WholeBuffersRunOut(BrokerTest):
+    """Below 6.12 a receive takes a whole 16 KiB buffer of 512: the publish suite's burst test is sized for the 64
+    incremental ones. Here the broker is stopped while 256 publishers each write 64 KiB, and every message must still
+    arrive, once, in each publisher's order. Without DEFER_TASKRUN (6.0) the completions then come at once, far more
+    than there are buffers: receives wait for buffers (ENOBUFS) and are re-armed, which the shard reports. With it
+    (6.11) the same burst did not run the buffers out in any run tried, so there only the delivery is checked."""
+
+    SETTINGS = {"mqtt.max_outgoing_bytes": 256 * 1024 * 1024}
+    AUTO_START = False
+
+    def burst(self, cap: str, runs_out: bool) -> None:
+        import threading
+        import mqtt_raw as m
+        from broker import Collector
+        self.use_broker({"node.io_uring_kernel": cap})
+        log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
+        self.addCleanup(log.close)
+        sub = self.client("whole-sub")
+        sub.subscribe([("whole/#", 0)])
+        n, per, filler = 256, 16, b"f" * 4089
+        pubs = [self.client(f"whole{i}") for i in range(n)]
+        writes = [b"".join(m.publish(f"whole/{i}", b"%03d%04d" % (i, k) + filler) for k in range(per))
+                  for i in range(n)]
+        collector = Collector(sub, n * per, timeout=20)
+        pid = self.broker.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            threads = [threading.Thread(target=p.send, args=(w,), daemon=True) for p, w in zip(pubs, writes)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)  # the bytes wait in the broker's sockets
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        got = collector.join(60)
+        for t in threads:
+            t.join(10)
+        seqs = {}
+        for x in got:
+            self.assertEqual(len(x.payload), 4096)
+            seqs.setdefault(int(x.payload[:3]), []).append(int(x.payload[3:7]))
+        self.assertEqual(sorted(seqs), list(range(n)))
+        for i, s in seqs.items():
+            self.assertEqual(s, list(range(per)), f"publisher {i}")
+        self.broker.stop()
+        text = log.read()
+        self.assertIn(b"512 x 16384 B receive buffers,", text)  # whole ones
+        if runs_out:
+            ran_out = [int(x) for x in re.findall(rb"receive buffers ran out (\d+) times", text)]
+            self.assertGreater(sum(ran_out), 0, "the shard never ran out of receive buffers")
+
+    def test_6_0_runs_out_and_loses_nothing(self):
+        self.burst("6.0", runs_out=True)
+
+    def test_6_11_loses_nothing(self):
+        self.burst("6.11", runs_out=False)
 
 
 class KernelCapRefused(unittest.TestCase):
