@@ -420,6 +420,19 @@ def shard_variants(mixin, namespace: dict, shards=(1, 2), base=None, **attrs) ->
         namespace[name] = cls
 
 
+def assert_bursts_in_order(test: unittest.TestCase, got: list, publishers: int, per: int, id_digits: int,
+                           size: int = 4096) -> None:
+    """Each PUBLISH in `got` starts with its publisher's number (id_digits wide) and its sequence number (4 digits):
+    every publisher's `per` messages arrived, each once, in its order, and each `size` bytes long."""
+    seqs = {}
+    for x in got:
+        test.assertEqual(len(x.payload), size)
+        seqs.setdefault(int(x.payload[:id_digits]), []).append(int(x.payload[id_digits:id_digits + 4]))
+    test.assertEqual(sorted(seqs), list(range(publishers)))
+    for i, s in seqs.items():
+        test.assertEqual(s, list(range(per)), f"publisher {i}")
+
+
 class Collector:
     """Receives n PUBLISHes on `client` in a background thread (acknowledging them), so a publisher can send a
     long burst without the subscriber's inflight window stalling. The thread owns the client until join()."""

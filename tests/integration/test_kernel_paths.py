@@ -120,7 +120,7 @@ class WholeBuffersRunOut(BrokerTest):
     def burst(self, cap: str, runs_out: bool) -> None:
         import threading
         import mqtt_raw as m
-        from broker import Collector
+        from broker import Collector, assert_bursts_in_order
         self.use_broker({"node.io_uring_kernel": cap})
         log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
         self.addCleanup(log.close)
@@ -143,13 +143,7 @@ class WholeBuffersRunOut(BrokerTest):
         got = collector.join(60)
         for t in threads:
             t.join(10)
-        seqs = {}
-        for x in got:
-            self.assertEqual(len(x.payload), 4096)
-            seqs.setdefault(int(x.payload[:3]), []).append(int(x.payload[3:7]))
-        self.assertEqual(sorted(seqs), list(range(n)))
-        for i, s in seqs.items():
-            self.assertEqual(s, list(range(per)), f"publisher {i}")
+        assert_bursts_in_order(self, got, n, per, 3)
         self.broker.stop()
         text = log.read()
         self.assertIn(b"512 x 16384 B receive buffers,", text)  # whole ones

@@ -6,7 +6,7 @@ import socket
 import time
 
 import mqtt_raw as m
-from broker import Collector, shard_variants
+from broker import Collector, assert_bursts_in_order, shard_variants
 
 
 class PublishCases:
@@ -452,13 +452,7 @@ class PublishCases:
         got = Collector(sub, 32 * per, timeout=20).join(60)
         for t in threads:
             t.join(10)
-        seqs = {}
-        for x in got:
-            self.assertEqual(len(x.payload), 4096)
-            seqs.setdefault(int(x.payload[:2]), []).append(int(x.payload[2:6]))
-        self.assertEqual(sorted(seqs), list(range(32)))
-        for i, s in seqs.items():
-            self.assertEqual(s, list(range(per)), f"publisher {i}")
+        assert_bursts_in_order(self, got, 32, per, 2)
         sub.expect_no_packet(0.2)
         self.broker.stop()
         self.assertIn(b"receive buffers ran out", log.read())
