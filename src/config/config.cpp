@@ -606,23 +606,18 @@ bool parse_kernel_release(std::string_view s, int& major, int& minor, std::strin
     major = minor = 0;
     why.clear();
     if (s == "auto") return false;
-    const auto dot = s.find('.');
-    // Digits as a release prints them: no leading zero ("6.010" is not 6.10), at most three.
-    const auto digits = [](std::string_view d) {
-        return !d.empty() && d.size() <= 3 && (d.size() == 1 || d[0] != '0') &&
-               std::all_of(d.begin(), d.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    // A number as a release prints it: one to three digits, no sign, no leading zero ("6.010" is not 6.10).
+    const auto number = [](std::string_view d, int& out) {
+        if (d.empty() || d.size() > 3 || d[0] < '0' || d[0] > '9' || (d.size() > 1 && d[0] == '0')) return false;
+        const auto [end, ec] = std::from_chars(d.data(), d.data() + d.size(), out);
+        return ec == std::errc{} && end == d.data() + d.size();
     };
-    if (dot == std::string_view::npos || !digits(s.substr(0, dot)) || !digits(s.substr(dot + 1))) {
+    const auto dot = s.find('.');
+    int ma = 0, mi = 0;
+    if (dot == std::string_view::npos || !number(s.substr(0, dot), ma) || !number(s.substr(dot + 1), mi)) {
         why = fmt::format("must be \"auto\" or a Linux release as major.minor (\"6.1\"), got '{}'", s);
         return false;
     }
-    const auto num = [](std::string_view d) {
-        int v = 0;
-        for (char ch : d)
-            v = v * 10 + (ch - '0');
-        return v;
-    };
-    const int ma = num(s.substr(0, dot)), mi = num(s.substr(dot + 1));
     if (ma < 6) {
         why = fmt::format("must be 6.0 or newer (ringmq needs Linux 6.0's io_uring), got '{}'", s);
         return false;

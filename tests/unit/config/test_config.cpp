@@ -764,8 +764,8 @@ TEST_F(config_test, io_uring_kernel_is_auto_or_a_release_from_6_0) {
         ASSERT_TRUE(r.cfg.has_value()) << good << ": " << (r.errors.empty() ? "" : r.errors[0]);
         EXPECT_EQ(r.cfg->budgets.io_uring_kernel, good);
     }
-    for (const char* bad :
-         {"5.19", "6", "6.", ".1", "6.1.2", "six", "", "AUTO", "6.1x", "1000.1", "6.010", "06.1", " 6.1", "+6.1"}) {
+    for (const char* bad : {"5.19", "6", "6.", ".1", "6.1.2", "six", "", "AUTO", "6.1x", "1000.1", "6.010", "06.1",
+                            " 6.1", "+6.1", "6.-1", "6.1 "}) {
         auto r = run({"--set", "node.io_uring_kernel=\"" + std::string(bad) + "\""});
         EXPECT_FALSE(r.cfg.has_value()) << bad;
         ASSERT_THAT(r.errors, SizeIs(1)) << bad;

@@ -586,14 +586,25 @@ ssize_t read_within(int fd, char* buf, size_t len) {
 
 } // namespace
 
-TEST(Io, AnInstalledFileIsUsableBySlotInTheSameSubmissionAndItsDescriptorMayClose) {
+// A ring with a file table of `slots`, and a socket pair whose first end is to be placed in it.
+struct IoFileTable : ::testing::Test {
     io::ring r;
-    std::string why;
-    ASSERT_TRUE(r.init(64, why)) << why;
-    ASSERT_TRUE(r.init_files(4, why)) << why;
-    int sv[2];
-    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    int sv[2] = {-1, -1};
     result_record failed;
+
+    void start(unsigned slots) {
+        std::string why;
+        ASSERT_TRUE(r.init(64, why)) << why;
+        ASSERT_TRUE(r.init_files(slots, why)) << why;
+        ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    }
+    ~IoFileTable() override {
+        if (sv[1] >= 0) close(sv[1]);
+    }
+};
+
+TEST_F(IoFileTable, AnInstalledFileIsUsableBySlotInTheSameSubmissionAndItsDescriptorMayClose) {
+    ASSERT_NO_FATAL_FAILURE(start(4));
     const int slot = r.install_file(sv[0], &failed);
     ASSERT_GE(slot, 0);
     // The placement, the descriptor's close and a send on the slot all go in one submission, in that order.
@@ -608,25 +619,17 @@ TEST(Io, AnInstalledFileIsUsableBySlotInTheSameSubmissionAndItsDescriptorMayClos
     r.close_file(static_cast<unsigned>(slot));
     r.submit();
     EXPECT_EQ(read_within(sv[1], got, sizeof got), 0);
-    close(sv[1]);
 }
 
-TEST(Io, ARefusedPlacementCompletesOnItsFailureRecordAndLeavesTheSlotEmpty) {
-    io::ring r;
-    std::string why;
-    ASSERT_TRUE(r.init(64, why)) << why;
-    ASSERT_TRUE(r.init_files(2, why)) << why;
-    int sv[2];
-    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+TEST_F(IoFileTable, ARefusedPlacementCompletesOnItsFailureRecordAndLeavesTheSlotEmpty) {
+    ASSERT_NO_FATAL_FAILURE(start(2));
     const int bad = sv[0];
     ASSERT_EQ(close(bad), 0); // a number that is no descriptor now
-    result_record failed;
     const int slot = r.install_file(bad, &failed);
     ASSERT_GE(slot, 0);
     EXPECT_EQ(send_on_slot(r, static_cast<unsigned>(slot), "x", 1), -EBADF);
     ASSERT_EQ(failed.results.size(), 1u);
     EXPECT_EQ(failed.results.front(), -EBADF);
-    close(sv[1]);
 }
 
 TEST(Io, PlacementsQueuedPastAFullSubmissionQueueEachLandInTheirOwnSlot) {
