@@ -97,27 +97,6 @@ void init_file_table(io::ring& r, const config::config& cfg, unsigned id) {
                   id, n, why);
 }
 
-std::string peer_name(int fd) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
-    char host[INET6_ADDRSTRLEN] = "?";
-    uint16_t port = 0;
-    if (ss.ss_family == AF_INET) {
-        auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-        port = ntohs(a->sin_port);
-        return fmt::format("{}:{}", host, port);
-    }
-    if (ss.ss_family == AF_INET6) {
-        auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-        port = ntohs(a->sin6_port);
-        return fmt::format("[{}]:{}", host, port);
-    }
-    return "?";
-}
-
 // Route cache index: the whole topic, a word at a time (the full topic is compared anyway). Topics that share a
 // long prefix and suffix (sensors/<id>/temperature) must still spread over the slots.
 size_t route_hash(std::string_view t) {
@@ -162,7 +141,7 @@ node::node(const config::config& c, unsigned n)
 // An idle connection's memory is mostly this object: keep it in mimalloc's 256-byte size class.
 static_assert(sizeof(connection) <= 256, "connection outgrew the 256-byte size class");
 
-connection::connection(shard& s, int f, std::string p) : sh(s), fd(f), peer(std::move(p)) {}
+connection::connection(shard& s, int f, listener::peer_addr p) : sh(s), fd(f), peer(p) {}
 
 void connection::on_recv(int res, uint32_t flags) { sh.on_recv(*this, res, flags); }
 void connection::on_send(int res, uint32_t flags) { sh.on_send(*this, res, flags); }
@@ -232,6 +211,17 @@ bool shard::run() {
                cancel_recv_on_close_ ? "cancelled"
                                      : "ended by io_uring's SHUTDOWN (before Linux 6.13, node.io_uring_kernel below "
                                        "it, or no DEFER_TASKRUN)");
+    if (io::can_read_peer_name() && listen_fd_ >= 0) {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        if (getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len) == 0)
+            peer_by_ring_ = ss.ss_family == AF_INET6  ? sizeof(sockaddr_in6)
+                            : ss.ss_family == AF_INET ? sizeof(sockaddr_in)
+                                                      : 0;
+    }
+    log::debug("shard {}: clients' addresses read {}", id_,
+               peer_by_ring_ != 0 ? "through io_uring"
+                                  : "by getpeername (before Linux 6.7, or node.io_uring_kernel below it)");
     now_ms_ = mono_ms();
     deadlines_.start(now_ms_);
     waker_.arm(ring_);
@@ -581,7 +571,7 @@ void shard::take_handoff(handoff* hp) {
         node_.connections.fetch_sub(1, std::memory_order_relaxed);
         return;
     }
-    connection& c = adopt(h->fd, std::move(h->peer));
+    connection& c = adopt(h->fd, h->peer);
     process_input(c, h->bytes.data(), h->bytes.size());
     if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
 }
@@ -665,8 +655,9 @@ void shard::on_accept(int res, uint32_t flags) {
         const int fd = res;
         accept_pacer_.accepted();
         const uint32_t count = node_.connections.fetch_add(1, std::memory_order_relaxed) + 1;
-        connection& c = adopt(fd, peer_name(fd));
+        connection& c = adopt(fd, {});
         c.over_limit = count > cfg_.limits.max_connections;
+        ask_peer_name(c);
         arm_recv(c);
     }
     if (!accept_armed_ && !stopping_ && !accept_paused_) arm_accept();
@@ -814,8 +805,8 @@ void shard::begin_shutdown() {
 // ---------------------------------------------------------------------------------------------------------------
 // Connections and I/O
 
-connection& shard::adopt(int fd, std::string peer) {
-    auto c = std::make_unique<connection>(*this, fd, std::move(peer));
+connection& shard::adopt(int fd, listener::peer_addr peer) {
+    auto c = std::make_unique<connection>(*this, fd, peer);
     c->id = next_conn_id_++;
     c->last_rx_ms = now_ms_;
     // The CONNECT deadline never moves; at CONNECT a shorter keepalive deadline may replace it.
@@ -825,6 +816,34 @@ connection& shard::adopt(int fd, std::string peer) {
     ++conns_gen_;
     conns_.emplace(ref.id, std::move(c));
     return ref;
+}
+
+void shard::ask_peer_name(connection& c) {
+    if (peer_by_ring_ == 0) {
+        c.peer = listener::peer_addr::of_socket(c.fd);
+        return;
+    }
+    auto* op = new peer_name_op(*this, c);
+    io_uring_sqe* s = ring_.sqe();
+    io::prep_peer_name(s, c.fd, &op->addr, peer_by_ring_);
+    io::set_completion(s, op);
+    ++c.ops;
+}
+
+void shard::peer_name_op::on_complete(int res, uint32_t) {
+    std::unique_ptr<peer_name_op> self(this);
+    --c.ops;
+    if (res > 0) {
+        c.peer = listener::peer_addr::from(reinterpret_cast<const sockaddr*>(&addr), static_cast<socklen_t>(res));
+    } else if (!c.fixed && c.fd >= 0) {
+        // Not seen: a kernel (or security module) that refuses socket commands. getpeername from now on.
+        if (sh.peer_by_ring_ != 0)
+            log::warn("shard {}: reading a client's address through io_uring failed ({}): getpeername from now on",
+                      sh.id_, std::strerror(-res));
+        sh.peer_by_ring_ = 0;
+        c.peer = listener::peer_addr::of_socket(c.fd);
+    }
+    sh.maybe_destroy(c);
 }
 
 void shard::arm_recv(connection& c) {
@@ -2461,24 +2480,12 @@ void shard::drop_session(session_slot* slot) {
 
 namespace {
 
-void split_peer(const std::string& peer, std::string& ip, uint16_t& port) {
-    const size_t colon = peer.rfind(':');
-    if (colon == std::string::npos) {
-        ip = peer;
-        port = 0;
-        return;
-    }
-    ip = peer.substr(0, colon);
-    if (ip.size() >= 2 && ip.front() == '[' && ip.back() == ']') ip = ip.substr(1, ip.size() - 2);
-    if (ip.rfind("::ffff:", 0) == 0 && ip.find('.') != std::string::npos) ip = ip.substr(7); // IPv4-mapped
-    port = static_cast<uint16_t>(std::strtoul(peer.c_str() + colon + 1, nullptr, 10));
-}
-
 client_row make_client_row(const connection& c) {
     client_row r;
     r.client_id = c.client_id_;
     r.username = c.username ? *c.username : "undefined";
-    split_peer(c.peer, r.ipaddress, r.port);
+    r.ipaddress = c.peer.host();
+    r.port = c.peer.port;
     r.clean_sess = c.clean;
     r.proto_ver = static_cast<int>(c.ver);
     r.keepalive = c.keepalive;

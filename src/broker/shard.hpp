@@ -15,6 +15,7 @@
 #include "io/ring.hpp"
 #include "io/waker.hpp"
 #include "listener/listener.hpp"
+#include "listener/peer_addr.hpp"
 #include "mqtt/types.hpp"
 #include "reactor/deadline_wheel.hpp"
 #include "reactor/gate.hpp"
@@ -24,6 +25,8 @@
 #include "routing/topic_trie.hpp"
 #include "session/session.hpp"
 #include "util/log.hpp"
+
+#include <netinet/in.h>
 
 #include <atomic>
 #include <cstdint>
@@ -176,7 +179,7 @@ inline uint32_t msg_weight(const reactor::smp_msg& m) {
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
 struct handoff {
     int fd;
-    std::string peer;
+    listener::peer_addr peer;
     std::vector<uint8_t> bytes;
 };
 
@@ -222,7 +225,7 @@ class connection final : public recv_completion<connection>, public send_complet
 public:
     enum class state : uint8_t { awaiting_connect, connected, closing };
 
-    connection(shard& sh, int fd, std::string peer);
+    connection(shard& sh, int fd, listener::peer_addr peer);
 
     // The records to put in user_data for the connection's recv and send.
     io::completion* recv_record() { return static_cast<recv_completion<connection>*>(this); }
@@ -241,8 +244,8 @@ public:
     // The deadline this connection has in the shard's wheel (0: none): CONNECT, then keepalive (or a recheck while its
     // receive is held), or the close after a failed send (on_send).
     int64_t check_at_ms = 0;
-    int64_t connected_wall = 0; // unix seconds
-    std::string peer;
+    int64_t connected_wall = 0;            // unix seconds
+    listener::peer_addr peer;              // unknown until the accepting shard has read it (ask_peer_name)
     std::string client_id_;                // empty until CONNECT is accepted (or refused with an id)
     std::unique_ptr<std::string> username; // null: CONNECT had none (most clients, so it is held out of line)
 
@@ -390,7 +393,26 @@ private:
     void end_hold();
 
     // connections
-    connection& adopt(int fd, std::string peer);
+    connection& adopt(int fd, listener::peer_addr peer);
+    // Reads a just accepted connection's address: through the ring where it can (peer_by_ring_), in the same
+    // submission as its first receive, so it is there before the CONNECT is handled; by getpeername otherwise.
+    void ask_peer_name(connection& c);
+    // The completion of ask_peer_name's SO_PEERNAME. Counted among the connection's operations, so the descriptor it
+    // reads is neither closed (maybe_destroy) nor moved into the file table (settle_socket) before it. Heap-allocated
+    // per accepted connection, freed when it completes; lives on the accepting shard.
+    struct peer_name_op final : io::completion {
+        shard& sh;
+        connection& c;
+        union {
+            sockaddr_in v4;
+            sockaddr_in6 v6;
+        } addr{};
+        peer_name_op(shard& s, connection& conn) : sh(s), c(conn) {}
+        void on_complete(int res, uint32_t flags) override;
+    };
+    // The size SO_PEERNAME must be asked with (exactly the listener's family's address size: the kernel refuses a
+    // larger buffer), 0 where peer names are read by getpeername; set at start, cleared by a refused read.
+    socklen_t peer_by_ring_ = 0;
     void arm_recv(connection& c);
     void on_recv(connection& c, int res, uint32_t flags);
     void on_send(connection& c, int res, uint32_t flags);

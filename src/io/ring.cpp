@@ -2,6 +2,7 @@
 
 #include "util/assert.hpp"
 
+#include <sys/socket.h>
 #include <sys/utsname.h>
 
 #include <cerrno>
@@ -40,6 +41,18 @@ bool kernel_at_least(int major, int minor) {
     utsname u{};
     int ma = 0, mi = 0;
     return features_allowed(major, minor) && kernel_release(u, ma, mi) && (ma > major || (ma == major && mi >= minor));
+}
+
+void prep_peer_name(io_uring_sqe* s, int fd, void* buf, unsigned len) {
+    // liburing 2.3 has neither io_uring_prep_cmd_sock nor the SQE's socket-command names: the fields they name are
+    // set where the kernel's layout (6.7) puts them.
+    constexpr uint32_t socket_uring_op_getsockopt = 2;
+    io_uring_prep_rw(IORING_OP_URING_CMD, s, fd, nullptr, 0, 0);
+    s->cmd_op = socket_uring_op_getsockopt;
+    const uint32_t level_and_name[2] = {SOL_SOCKET, SO_PEERNAME}; // `level` and `optname`, over `addr`
+    std::memcpy(&s->addr, level_and_name, sizeof level_and_name);
+    s->file_index = len;                         // `optlen`
+    s->addr3 = reinterpret_cast<uintptr_t>(buf); // `optval`
 }
 
 bool probe_kernel(std::string& why) {

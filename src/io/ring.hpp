@@ -140,4 +140,13 @@ private:
 // Sets user_data on an SQE: the completion, or null for "ignore".
 inline void set_completion(io_uring_sqe* s, completion* c) { io_uring_sqe_set_data(s, c); }
 
+// Whether a socket's address can be read through the ring (prep_peer_name: io_uring's getsockopt socket command,
+// Linux 6.7 or newer) instead of by a getpeername system call.
+inline bool can_read_peer_name() { return kernel_at_least(6, 7); }
+// Prepares s to read SO_PEERNAME of socket descriptor fd into buf. len must be the exact size of the socket's address
+// (sockaddr_in's for AF_INET, sockaddr_in6's for AF_INET6): the kernel refuses a larger buffer with -EINVAL. The
+// completion's res is the size written, or -errno. It runs when submitted, so its completion comes before that of
+// any operation submitted after it.
+void prep_peer_name(io_uring_sqe* s, int fd, void* buf, unsigned len);
+
 } // namespace ringmq::io

@@ -1,10 +1,11 @@
 """The paths ringmq takes on kernels older than this one, run here with node.io_uring_kernel.
 
 ringmq picks its io_uring features by what the kernel offers: DEFER_TASKRUN from Linux 6.1 (before it, COOP_TASKRUN
-and completions posted as they come), incrementally consumed receive buffers and a minimum wait from 6.12 (before, whole
-buffers and no batched wake-ups), and from 6.13 a closing connection's receive is cancelled (before, io_uring's
+and completions posted as they come), clients' addresses read through the ring from 6.7 (before, getpeername),
+incrementally consumed receive buffers and a minimum wait from 6.12 (before, whole buffers and no batched wake-ups), and from 6.13 a closing connection's receive is cancelled (before, io_uring's
 SHUTDOWN ends it). node.io_uring_kernel caps the features at an older release's, so the suites below run those paths
-on this kernel: 6.0 (every fallback at once) and 6.11 (DEFER_TASKRUN kept; whole buffers, no minimum wait, SHUTDOWN).
+on this kernel: 6.0 (every fallback at once) and 6.11 (DEFER_TASKRUN and the ring's peer names kept; whole buffers, no
+minimum wait, SHUTDOWN).
 They show the broker's own fallback code works; an older kernel's own behaviour is not reproduced.
 """
 import os
@@ -61,11 +62,21 @@ class KernelCapTakesEffect(BrokerTest):
         # wake_batch_us asks for the minimum wait, so the log says whether the ring has it; the close counts are those
         # of sockets in the file table (RINGMQ_IT_SET may turn it off for the rest of the suite).
         b = self.use_broker({"node.io_uring_kernel": cap, "node.wake_batch_us": 50, "node.fixed_files": True})
+        ports = []
         for i in range(3):
             c = self.client(f"kernel-cap-{i}")
+            ports.append(c.sock.getsockname()[1])
             c.disconnect()
             c.expect_closed()
-        return b.stop_and_read_log().decode(errors="replace")
+        log = b.stop_and_read_log().decode(errors="replace")
+        # Each client's address as the shard read it (by getpeername or through the ring): its own port.
+        for i, port in enumerate(ports):
+            self.assertRegex(log, rf"client kernel-cap-{i} connected from 127\.0\.0\.1:{port} ")
+        return log
+
+    def assert_peer_names(self, log: str, by_ring: bool):
+        self.assertEqual("shard 0: clients' addresses read through io_uring" in log, by_ring, log[-3000:])
+        self.assertEqual("shard 0: clients' addresses read by getpeername" in log, not by_ring, log[-3000:])
 
     def closes(self, log: str):
         """(cancelled receives, SHUTDOWNs) of shard 0's exit line."""
@@ -86,9 +97,15 @@ class KernelCapTakesEffect(BrokerTest):
         log = self.run_capped("6.0")
         self.assertIn("node.io_uring_kernel = 6.0: io_uring is used with no feature newer than Linux 6.0\n", log)
         self.assert_before_6_12(log, "coop-taskrun")
+        self.assert_peer_names(log, by_ring=False)
 
     def test_6_11_keeps_defer_taskrun_but_not_the_6_12_buffers_and_wait_or_the_6_13_close(self):
-        self.assert_before_6_12(self.run_capped("6.11"), "single-issuer+defer-taskrun")
+        log = self.run_capped("6.11")
+        self.assert_before_6_12(log, "single-issuer+defer-taskrun")
+        self.assert_peer_names(log, by_ring=True)  # 6.7
+
+    def test_6_6_reads_clients_addresses_by_getpeername(self):
+        self.assert_peer_names(self.run_capped("6.6"), by_ring=False)
 
     def test_auto_uses_what_this_kernel_has(self):
         log = self.run_capped("auto")
@@ -96,6 +113,7 @@ class KernelCapTakesEffect(BrokerTest):
         self.assertIn("started (io_uring single-issuer+defer-taskrun,", log)
         # On this project's kernels (6.13 and newer) every feature; older ones take the fallbacks by themselves.
         has_6_12 = kernel_at_least(6, 12)
+        self.assert_peer_names(log, by_ring=kernel_at_least(6, 7))
         self.assertEqual("consumed incrementally" in log, has_6_12)
         self.assertEqual("this kernel's io_uring has no minimum wait" in log, not has_6_12)
         cancels, shutdowns = self.closes(log)

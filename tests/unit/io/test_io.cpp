@@ -12,7 +12,9 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
@@ -697,4 +699,86 @@ TEST(Io, AFeatureCapMakesRingsBehaveAsOnTheOlderRelease) {
     EXPECT_FALSE(mid.can_wait_batch());
     EXPECT_FALSE(io::buffer_ring::incremental_supported(mid));
     EXPECT_EQ(io::kernel_at_least(6, 13), false);
+}
+
+namespace {
+
+// A TCP connection on loopback (AF_INET, or AF_INET6 on ::1): the accepted end and the client's.
+struct tcp_pair {
+    int accepted = -1, client = -1;
+    explicit tcp_pair(int family) {
+        const int l = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_storage ss{};
+        socklen_t len = 0;
+        if (family == AF_INET6) {
+            auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+            a->sin6_family = AF_INET6;
+            a->sin6_addr = in6addr_loopback;
+            len = sizeof *a;
+        } else {
+            auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+            a->sin_family = AF_INET;
+            a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            len = sizeof *a;
+        }
+        if (l < 0 || bind(l, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(l, 1) != 0 ||
+            getsockname(l, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+            if (l >= 0) close(l);
+            return;
+        }
+        client = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connect(client, reinterpret_cast<sockaddr*>(&ss), len) == 0) accepted = accept4(l, nullptr, nullptr, 0);
+        close(l);
+    }
+    ~tcp_pair() {
+        if (accepted >= 0) close(accepted);
+        if (client >= 0) close(client);
+    }
+};
+
+// Reads SO_PEERNAME of fd through r into buf, asking for len bytes; returns the completion's result.
+int peer_name_by_ring(io::ring& r, int fd, void* buf, unsigned len) {
+    result_record rec;
+    io_uring_sqe* s = r.sqe();
+    io::prep_peer_name(s, fd, buf, len);
+    io::set_completion(s, &rec);
+    EXPECT_TRUE(run_until(r, [&] { return !rec.results.empty(); }));
+    return rec.results.empty() ? -ETIME : rec.results.front();
+}
+
+} // namespace
+
+TEST(Io, APeerNameReadThroughTheRingIsTheClientsAddress) {
+    // This project's kernels (6.13 and newer) have io_uring's socket commands (6.7).
+    ASSERT_TRUE(io::can_read_peer_name());
+    io::ring r;
+    std::string why;
+    ASSERT_TRUE(r.init(64, why)) << why;
+    for (const int family : {AF_INET, AF_INET6}) {
+        tcp_pair p(family);
+        ASSERT_GE(p.accepted, 0) << family;
+        sockaddr_storage want{}, got{};
+        socklen_t want_len = sizeof want;
+        ASSERT_EQ(getsockname(p.client, reinterpret_cast<sockaddr*>(&want), &want_len), 0);
+        const int n = peer_name_by_ring(r, p.accepted, &got, want_len);
+        ASSERT_EQ(n, static_cast<int>(want_len)) << std::strerror(n < 0 ? -n : 0);
+        EXPECT_EQ(std::memcmp(&got, &want, want_len), 0) << family;
+        // More room than the address takes is refused: the length asked for must be the family's address size.
+        EXPECT_EQ(peer_name_by_ring(r, p.accepted, &got, sizeof got), -EINVAL) << family;
+    }
+    // A socket that is not connected has no peer.
+    const int lone = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    EXPECT_EQ(peer_name_by_ring(r, lone, &a, sizeof a), -ENOTCONN);
+    close(lone);
+}
+
+TEST(Io, TheFeatureCapTurnsThePeerNameReadOff) {
+    struct reset {
+        ~reset() { io::limit_features_to(0, 0); }
+    } reset_cap;
+    io::limit_features_to(6, 6);
+    EXPECT_FALSE(io::can_read_peer_name());
+    io::limit_features_to(6, 7);
+    EXPECT_EQ(io::can_read_peer_name(), io::kernel_at_least(6, 7));
 }

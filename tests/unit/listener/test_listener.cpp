@@ -1,6 +1,8 @@
 // Listening sockets: one per shard on one port, and what accepted sockets inherit from them (TCP_NODELAY, which the
-// shards no longer set per accept); when an accept loop pauses, and the descriptor limit at start-up.
+// shards no longer set per accept); when an accept loop pauses, and the descriptor limit at start-up; a client's
+// address as connections keep it and show it.
 #include "listener/listener.hpp"
+#include "listener/peer_addr.hpp"
 
 #include <gtest/gtest.h>
 
@@ -10,6 +12,7 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -107,6 +110,71 @@ TEST(AcceptPacer, RaisingTheDescriptorLimitNeverLowersIt) {
     EXPECT_EQ(static_cast<uint64_t>(after.rlim_cur), now);
     EXPECT_EQ(after.rlim_cur, before.rlim_max == RLIM_INFINITY ? after.rlim_cur : before.rlim_max)
         << "the soft limit is raised to the hard one";
+}
+
+TEST(PeerAddr, ShowsIpv4Ipv6AndMappedAddressesAsLogsAndTheAdminApiDid) {
+    sockaddr_in v4{};
+    v4.sin_family = AF_INET;
+    v4.sin_port = htons(51234);
+    ASSERT_EQ(inet_pton(AF_INET, "10.1.2.3", &v4.sin_addr), 1);
+    const peer_addr a = peer_addr::from(reinterpret_cast<sockaddr*>(&v4), sizeof v4);
+    EXPECT_TRUE(a.known());
+    EXPECT_EQ(a.text(), "10.1.2.3:51234");
+    EXPECT_EQ(fmt::format("from {}", a), "from 10.1.2.3:51234");
+    EXPECT_EQ(a.host(), "10.1.2.3");
+    EXPECT_EQ(a.port, 51234);
+
+    sockaddr_in6 v6{};
+    v6.sin6_family = AF_INET6;
+    v6.sin6_port = htons(1883);
+    ASSERT_EQ(inet_pton(AF_INET6, "2001:db8::7", &v6.sin6_addr), 1);
+    const peer_addr b = peer_addr::from(reinterpret_cast<sockaddr*>(&v6), sizeof v6);
+    EXPECT_EQ(b.text(), "[2001:db8::7]:1883");
+    EXPECT_EQ(b.host(), "2001:db8::7");
+
+    // An IPv4 client of a dual-stack listener: logs keep the IPv6 form, the admin API shows the IPv4 address.
+    ASSERT_EQ(inet_pton(AF_INET6, "::ffff:127.0.0.1", &v6.sin6_addr), 1);
+    const peer_addr c = peer_addr::from(reinterpret_cast<sockaddr*>(&v6), sizeof v6);
+    EXPECT_EQ(c.text(), "[::ffff:127.0.0.1]:1883");
+    EXPECT_EQ(c.host(), "127.0.0.1");
+}
+
+TEST(PeerAddr, UnknownForOtherFamiliesShortLengthsAndUnconnectedSockets) {
+    const peer_addr none;
+    EXPECT_FALSE(none.known());
+    EXPECT_EQ(none.text(), "?");
+    EXPECT_EQ(none.host(), "?");
+    EXPECT_EQ(none.port, 0);
+    sockaddr_in v4{};
+    v4.sin_family = AF_INET;
+    EXPECT_FALSE(peer_addr::from(reinterpret_cast<sockaddr*>(&v4), sizeof v4 - 1).known());
+    sockaddr_in6 v6{};
+    v6.sin6_family = AF_INET6;
+    EXPECT_FALSE(peer_addr::from(reinterpret_cast<sockaddr*>(&v6), sizeof(sockaddr_in)).known());
+    sockaddr_un u{};
+    u.sun_family = AF_UNIX;
+    EXPECT_FALSE(peer_addr::from(reinterpret_cast<sockaddr*>(&u), sizeof u).known());
+    const int lone = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_FALSE(peer_addr::of_socket(lone).known());
+    ::close(lone);
+}
+
+TEST(PeerAddr, OfAnAcceptedSocketIsTheClientsOwnAddress) {
+    bound b;
+    std::string why;
+    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, 16, false, b, why)) << why;
+    const int client = connect_to(b.port);
+    const int server = ::accept4(b.fds[0], nullptr, nullptr, SOCK_CLOEXEC);
+    ASSERT_GE(server, 0);
+    sockaddr_in mine{};
+    socklen_t len = sizeof mine;
+    ASSERT_EQ(getsockname(client, reinterpret_cast<sockaddr*>(&mine), &len), 0);
+    const peer_addr p = peer_addr::of_socket(server);
+    EXPECT_EQ(p.text(), fmt::format("127.0.0.1:{}", ntohs(mine.sin_port)));
+    EXPECT_EQ(p, peer_addr::from(reinterpret_cast<sockaddr*>(&mine), len));
+    ::close(server);
+    ::close(client);
+    close_all(b);
 }
 
 } // namespace
