@@ -818,6 +818,17 @@ connection& shard::adopt(int fd, listener::peer_addr peer) {
     return ref;
 }
 
+struct shard::peer_name_op final : io::completion {
+    shard& sh;
+    connection& c;
+    union {
+        sockaddr_in v4;
+        sockaddr_in6 v6;
+    } addr{};
+    peer_name_op(shard& s, connection& conn) : sh(s), c(conn) {}
+    void on_complete(int res, uint32_t flags) override;
+};
+
 void shard::ask_peer_name(connection& c) {
     if (peer_by_ring_ == 0) {
         c.peer = listener::peer_addr::of_socket(c.fd);
@@ -836,11 +847,13 @@ void shard::peer_name_op::on_complete(int res, uint32_t) {
     if (res > 0) {
         c.peer = listener::peer_addr::from(reinterpret_cast<const sockaddr*>(&addr), static_cast<socklen_t>(res));
     } else if (!c.fixed && c.fd >= 0) {
-        // Not seen: a kernel (or security module) that refuses socket commands. getpeername from now on.
-        if (sh.peer_by_ring_ != 0)
-            log::warn("shard {}: reading a client's address through io_uring failed ({}): getpeername from now on",
+        // Refused (not seen: a kernel or security module that refuses socket commands): getpeername from now on.
+        // Anything else concerns this socket alone, which getpeername then tries too.
+        if (io::peer_name_refused(res) && sh.peer_by_ring_ != 0) {
+            log::warn("shard {}: reading a client's address through io_uring was refused ({}): getpeername from now on",
                       sh.id_, std::strerror(-res));
-        sh.peer_by_ring_ = 0;
+            sh.peer_by_ring_ = 0;
+        }
         c.peer = listener::peer_addr::of_socket(c.fd);
     }
     sh.maybe_destroy(c);
@@ -1458,6 +1471,9 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
             client_id = fmt::format("ringmq-{}-{}", id_, ++generated_ids_);
         } while (home_shard(client_id, n_) != id_ || sessions_.find(client_id) != nullptr);
     }
+    // The address read at accept has completed before the CONNECT arrived on every kernel seen; should it not have, or
+    // have failed, getpeername tries, so that neither the log nor a handoff carries "?" for want of waiting.
+    if (!c.peer.known() && !c.fixed) c.peer = listener::peer_addr::of_socket(c.fd);
     const unsigned home = home_shard(client_id, n_);
     if (home != id_) {
         // The session lives elsewhere: pass the socket and every byte read so far (this CONNECT onwards).

@@ -26,8 +26,6 @@
 #include "session/session.hpp"
 #include "util/log.hpp"
 
-#include <netinet/in.h>
-
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -268,7 +266,8 @@ public:
 
     // Send side: frames are queued in `sq`; one send is in flight at a time.
     send_queue sq;
-    int8_t ops = 0; // outstanding io_uring operations (a recv, a send and a slot's shutdown at most)
+    // Outstanding io_uring operations: a recv, a send, and a slot's shutdown or the read of its address at most.
+    int8_t ops = 0;
     // Flags as single bits: as bools, with the padding after them, they took 16 bytes of every idle connection.
     bool send_busy : 1 = false;
     bool dirty : 1 = false;
@@ -400,16 +399,7 @@ private:
     // The completion of ask_peer_name's SO_PEERNAME. Counted among the connection's operations, so the descriptor it
     // reads is neither closed (maybe_destroy) nor moved into the file table (settle_socket) before it. Heap-allocated
     // per accepted connection, freed when it completes; lives on the accepting shard.
-    struct peer_name_op final : io::completion {
-        shard& sh;
-        connection& c;
-        union {
-            sockaddr_in v4;
-            sockaddr_in6 v6;
-        } addr{};
-        peer_name_op(shard& s, connection& conn) : sh(s), c(conn) {}
-        void on_complete(int res, uint32_t flags) override;
-    };
+    struct peer_name_op;
     // The size SO_PEERNAME must be asked with (exactly the listener's family's address size: the kernel refuses a
     // larger buffer), 0 where peer names are read by getpeername; set at start, cleared by a refused read.
     socklen_t peer_by_ring_ = 0;

@@ -6,6 +6,7 @@
 // user_data 0 marks fire-and-forget operations whose result nobody needs.
 #include <liburing.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <deque>
 #include <string>
@@ -148,5 +149,9 @@ inline bool can_read_peer_name() { return kernel_at_least(6, 7); }
 // completion's res is the size written, or -errno. It runs when submitted, so its completion comes before that of
 // any operation submitted after it.
 void prep_peer_name(io_uring_sqe* s, int fd, void* buf, unsigned len);
+// Whether prep_peer_name's failure res means the ring cannot read addresses at all (a kernel without the socket
+// command, or one that refuses its fields), rather than something about this socket (-ENOTCONN: its client already
+// gone; -EACCES or -EPERM: a security hook on this socket's getsockopt), which getpeername then tries on its own.
+inline bool peer_name_refused(int res) { return res == -EOPNOTSUPP || res == -EINVAL; }
 
 } // namespace ringmq::io

@@ -165,6 +165,7 @@ TEST(PeerAddr, OfAnAcceptedSocketIsTheClientsOwnAddress) {
     ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, 16, false, b, why)) << why;
     const int client = connect_to(b.port);
     const int server = ::accept4(b.fds[0], nullptr, nullptr, SOCK_CLOEXEC);
+    if (server < 0) ::close(client);
     ASSERT_GE(server, 0);
     sockaddr_in mine{};
     socklen_t len = sizeof mine;
