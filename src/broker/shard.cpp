@@ -846,15 +846,12 @@ void shard::peer_name_op::on_complete(int res, uint32_t) {
     --c.ops;
     if (res > 0) {
         c.peer = listener::peer_addr::from(reinterpret_cast<const sockaddr*>(&addr), static_cast<socklen_t>(res));
-    } else if (!c.fixed && c.fd >= 0) {
-        // Refused (not seen: a kernel or security module that refuses socket commands): getpeername from now on.
-        // Anything else concerns this socket alone, which getpeername then tries too.
-        if (io::peer_name_refused(res) && sh.peer_by_ring_ != 0) {
-            log::warn("shard {}: reading a client's address through io_uring was refused ({}): getpeername from now on",
-                      sh.id_, std::strerror(-res));
-            sh.peer_by_ring_ = 0;
-        }
-        c.peer = listener::peer_addr::of_socket(c.fd);
+    } else if (io::peer_name_refused(res) && sh.peer_by_ring_ != 0) {
+        // Not seen: a kernel that refuses the socket command. getpeername from now on. (Any failure leaves the
+        // address unknown, which on_connect's getpeername then tries once: the one place that retries.)
+        log::warn("shard {}: reading a client's address through io_uring was refused ({}): getpeername from now on",
+                  sh.id_, std::strerror(-res));
+        sh.peer_by_ring_ = 0;
     }
     sh.maybe_destroy(c);
 }
@@ -1471,8 +1468,8 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
             client_id = fmt::format("ringmq-{}-{}", id_, ++generated_ids_);
         } while (home_shard(client_id, n_) != id_ || sessions_.find(client_id) != nullptr);
     }
-    // The address read at accept has completed before the CONNECT arrived on every kernel seen; should it not have, or
-    // have failed, getpeername tries, so that neither the log nor a handoff carries "?" for want of waiting.
+    // The address read at accept has completed before the CONNECT arrived on every kernel seen; where it failed (or,
+    // never seen, has not completed), getpeername tries, so that neither the log nor a handoff carries "?" for it.
     if (!c.peer.known() && !c.fixed) c.peer = listener::peer_addr::of_socket(c.fd);
     const unsigned home = home_shard(client_id, n_);
     if (home != id_) {
