@@ -251,6 +251,9 @@ bool shard::run() {
                    cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.weighs_batched_sleeps() ? ", with plain sleeps" : "", poll_rules_.epochs());
+    log::debug("shard {} entered io_uring {} times for {} packets received and {} sent ({:.3f} a packet)", id_,
+               ring_.enters(), m_.packets_received, m_.packets_sent,
+               per(ring_.enters(), m_.packets_received + m_.packets_sent));
     if (batch_wait_)
         log::debug("shard {} slept {} times waiting for a batch of completions and {} times for the first; a batched "
                    "wake-up reaped {:.2f} completions and received {:.2f} packets, a plain one {:.2f} and {:.2f}",
@@ -415,8 +418,9 @@ bool shard::poll_idle() {
             return true;
         }
         if (std::chrono::steady_clock::now() >= until) break;
-        // Completions of a DEFER_TASKRUN ring are posted only when its thread asks for them.
-        io_uring_get_events(ring_.raw());
+        // Completions of a DEFER_TASKRUN ring are posted only when its thread asks for them; where the ring flags
+        // that it holds some, the poll asks only then, rather than by a system call a turn.
+        ring_.post_deferred();
     }
     poll_rules_.polled(false);
     return false;

@@ -133,11 +133,14 @@ constexpr uint32_t feat_min_timeout = 1U << 15;
 
 bool ring::init(unsigned entries, std::string& why) {
     io_uring_params p{};
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
+    // TASKRUN_FLAG: the kernel then flags in the SQ ring whether it holds task work (the completions DEFER_TASKRUN
+    // posts only when the thread enters), so the shard can see without a system call that an enter would bring none.
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_CQSIZE;
     p.cq_entries = entries * 4;
     int rc = features_allowed(6, 1) ? io_uring_queue_init_params(entries, &ring_, &p) : -EINVAL; // DEFER_TASKRUN: 6.1
     if (rc == 0) {
         defer_taskrun_ = true;
+        deferred_known_ = true;
         mode_ = "single-issuer+defer-taskrun";
     } else {
         p = {};
@@ -145,6 +148,7 @@ bool ring::init(unsigned entries, std::string& why) {
         p.cq_entries = entries * 4;
         rc = io_uring_queue_init_params(entries, &ring_, &p);
         mode_ = "coop-taskrun";
+        deferred_known_ = rc == 0;
         if (rc < 0) {
             p = {};
             p.flags = IORING_SETUP_CQSIZE;
@@ -249,12 +253,25 @@ void ring::reserve(unsigned n) {
 }
 
 int ring::submit() {
-    const int rc = defer_taskrun_ ? io_uring_submit_and_get_events(&ring_) : io_uring_submit(&ring_);
+    int rc = 0;
+    if (!defer_taskrun_) {
+        rc = io_uring_submit(&ring_); // liburing enters only for a submission or the flags it reads itself
+    } else if (io_uring_sq_ready(&ring_) != 0 || deferred()) {
+        ++enters_;
+        rc = io_uring_submit_and_get_events(&ring_);
+    }
     submitted();
     return rc;
 }
 
+void ring::post_deferred() {
+    if (!deferred()) return;
+    ++enters_;
+    io_uring_get_events(&ring_);
+}
+
 int ring::submit_and_wait(int timeout_ms) {
+    ++enters_;
     int rc;
     if (timeout_ms < 0) {
         rc = io_uring_submit_and_wait(&ring_, 1);
@@ -301,6 +318,7 @@ int ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
         flags |= IORING_ENTER_REGISTERED_RING;
         fd = ring_.enter_ring_fd;
     }
+    ++enters_;
     const int rc = io_uring_enter2(fd, 0, nr, flags, reinterpret_cast<sigset_t*>(&arg), sizeof(arg));
     return rc < 0 && rc != -ETIME ? rc : 0;
 }
