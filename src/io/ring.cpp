@@ -291,7 +291,8 @@ int ring::submit_then_wait(unsigned nr, unsigned min_wait_us, int timeout_ms) {
     // the shard sleep out the minimum wait for its own send, and the packet that comes next wait on top of that. A
     // batched wait also flushes the completions that came while the shard was awake (deferred task work): the kernel
     // would otherwise post them only inside the wait and keep them there for the whole minimum wait.
-    // submit() does both on a DEFER_TASKRUN ring, the only kind a shard waits for a batch on. A submission that fails
+    // submit() does both on a DEFER_TASKRUN ring, the only kind a shard waits for a batch on (and enters only where
+    // something is queued or the ring flags completions held back). A submission that fails
     // (a full CQ, memory) is retried by the next turn, as after any other submit.
     RINGMQ_DASSERT(min_wait_us == 0 || defer_taskrun_);
     if ((min_wait_us != 0 || io_uring_sq_ready(&ring_) != 0) && submit() < 0) return 1;

@@ -90,7 +90,7 @@ public:
     // Has the kernel post what it holds back (the task work of DEFER_TASKRUN), if deferred() says it holds any.
     void post_deferred();
     // System calls into io_uring made by this ring's waits, post_deferred and (on a DEFER_TASKRUN ring) submit; not
-    // liburing's own when a full SQ is submitted.
+    // liburing's own when sqe() or reserve() submit a full SQ (which, with the flag up, also post what is held back).
     uint64_t enters() const { return enters_; }
     // Whether the kernel can wait for a batch of completions with a minimum wait (IORING_FEAT_MIN_TIMEOUT, 6.12+).
     bool can_wait_batch() const { return can_wait_batch_; }
