@@ -11,7 +11,7 @@ RINGMQ_PACKAGES=(
     libgtest-dev libgmock-dev libbenchmark-dev
     libssl-dev libfmt-dev libcli11-dev libtomlplusplus-dev node-llhttp
     mosquitto mosquitto-clients python3-paho-mqtt python3
-    curl coreutils procps linux-perf
+    curl coreutils procps linux-perf valgrind
 )
 
 # Prints the packages among "$@" that dpkg does not report as installed, one per line.

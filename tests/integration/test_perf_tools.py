@@ -916,6 +916,11 @@ class ProfileArguments(unittest.TestCase):
             self.assertIn("operation not permitted", run.stderr)
             self.assertLess(time.monotonic() - start, 15)
 
+    def test_instr_refuses_mosquitto_by_name(self):
+        run = run_profile(["instr", "--broker", "mosquitto", "--", "--scenario", "one-to-one"])
+        self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
+        self.assertIn("instr counts ringmq or the forwarder, not mosquitto", run.stderr)
+
     def test_settings_are_for_ringmq_only(self):
         run = run_profile(["stat", "--broker", "forwarder", "--set", "mqtt.max_inflight=64"])
         self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
@@ -977,6 +982,52 @@ class ProfileStat(unittest.TestCase):
         # A closed loop of 64 sends many deliveries per system call, never more calls than deliveries.
         self.assertGreater(sends, 0)
         self.assertLess(sends, 0.5)
+
+class ProfileInstr(unittest.TestCase):
+    """perf/profile instr: the broker's user-space instructions per delivery, by function, counted by callgrind."""
+
+    def report(self, broker: str) -> tuple[str, dict, int]:
+        """Runs perf/profile instr on a short QoS 1 closed loop; returns its output, loadgen's JSON line and the
+        instructions callgrind counted over the window."""
+        with tempfile.TemporaryDirectory() as d:
+            run = run_profile(["instr", "--broker", broker, "--seconds", "1", "--out", d, "--", "--scenario",
+                               "one-to-one", "--qos", "1"], timeout=120)
+            self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+            with open(os.path.join(d, "loadgen.json")) as f:
+                lg = json.loads(f.read().strip().splitlines()[-1])
+            with open(os.path.join(d, "callgrind.out.1")) as f:
+                total = int(re.search(r"(?m)^summary: (\d+)$", f.read()).group(1))
+            with open(os.path.join(d, "instr.txt")) as f:
+                self.assertEqual(f.read(), run.stdout)
+        self.assertEqual((lg["status"], lg["lost"]), ("ok", 0), lg)
+        return run.stdout, lg, total
+
+    def row(self, out: str, function: str) -> tuple[float, float]:
+        m = re.search(rf"(?m)^\s*([0-9.]+)\s+([0-9.]+)  {re.escape(function)} \(", out)
+        self.assertIsNotNone(m, f"no row for {function} in:\n{out}")
+        return float(m.group(1)), float(m.group(2))
+
+    def test_instructions_are_counted_over_the_window_and_split_by_function(self):
+        out, lg, total = self.report("ringmq")
+        n = lg["delivered"]
+        self.assertRegex(out, rf"(?m)^ringmq: {n} deliveries in 1 s")
+        m = re.search(r"(?m)^user-space instructions per delivery: (\d+) ", out)
+        self.assertIsNotNone(m, out)
+        self.assertEqual(int(m.group(1)), round(total / n))
+        # On a 1->1 loop every delivery is one PUBLISH in and one PUBACK back: the calls column counts them.
+        own, calls = self.row(out, "ringmq::broker::shard::on_publish")
+        self.assertGreater(own, 1)
+        self.assertAlmostEqual(calls, 1.0, delta=0.02)
+        _, calls = self.row(out, "ringmq::session::session::on_puback")
+        self.assertAlmostEqual(calls, 1.0, delta=0.02)
+
+    def test_another_broker_is_counted_the_same_way(self):
+        out, lg, total = self.report("forwarder")
+        self.assertRegex(out, rf"(?m)^forwarder: {lg['delivered']} deliveries in 1 s")
+        self.assertIn("(anonymous namespace)::forwarder::parse", out)
+        self.assertNotIn("ringmq::", out)
+        self.assertGreater(total, lg["delivered"])
+
 
 if __name__ == "__main__":
     unittest.main()
