@@ -108,9 +108,20 @@ size_t route_hash(std::string_view t) {
         h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
         h ^= h >> 29;
     }
+    // The last 1-7 bytes: loads that overlap what came before (or each other) rather than a byte at a time.
     uint64_t w = 0;
-    for (; i < t.size(); ++i)
-        w = (w << 8) | static_cast<uint8_t>(t[i]);
+    const size_t rest = t.size() - i;
+    if (rest != 0 && t.size() >= 8) {
+        std::memcpy(&w, t.data() + t.size() - 8, 8);
+    } else if (rest >= 4) {
+        uint32_t a, b;
+        std::memcpy(&a, t.data(), 4);
+        std::memcpy(&b, t.data() + rest - 4, 4);
+        w = uint64_t{a} << 32 | b;
+    } else if (rest != 0) {
+        w = uint64_t{static_cast<uint8_t>(t[0])} << 16 | uint64_t{static_cast<uint8_t>(t[rest / 2])} << 8 |
+            static_cast<uint8_t>(t[rest - 1]);
+    }
     h = (h ^ w) * 0x94D049BB133111EBULL;
     return static_cast<size_t>(h ^ (h >> 31));
 }
@@ -1069,10 +1080,27 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         }
         const size_t total = size_t{h.header_len} + h.remaining_length;
         if (n - off < total) break;
-        if (p[off] == 0x30 && c.st == connection::state::connected && c.ver != mqtt::protocol_version::v5) {
-            if (const size_t used = forward_run(p + off, n - off, h); used != 0) {
-                off += used;
-                continue;
+        if (c.st == connection::state::connected && c.ver != mqtt::protocol_version::v5) {
+            // The packets of a 3.x client's steady flow, taken without the general decode (each falls back to it
+            // where anything about it is unusual).
+            const uint8_t first = p[off];
+            if (first == 0x30) {
+                if (const size_t used = forward_run(p + off, n - off, h); used != 0) {
+                    off += used;
+                    continue;
+                }
+            } else if (first == 0x32) {
+                if (publish_q1(c, p + off, h)) {
+                    off += total;
+                    continue;
+                }
+            } else if (first == 0x40 && h.remaining_length == 2) {
+                if (const uint16_t pid = static_cast<uint16_t>(p[off + 2] << 8 | p[off + 3]); pid != 0) {
+                    off += total;
+                    ++m_.packets_received;
+                    on_puback(c, pid);
+                    continue;
+                }
             }
         }
         const std::span<const uint8_t> body(p + off + h.header_len, h.remaining_length);
@@ -1678,6 +1706,46 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     return end;
 }
 
+bool shard::publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h) {
+    const uint8_t* b = p + h.header_len;
+    const size_t rl = h.remaining_length;
+    if (rl < 4) return false;
+    const size_t tl = size_t{b[0]} << 8 | b[1];
+    if (tl == 0 || 4 + tl > rl) return false;
+    const uint16_t pid = static_cast<uint16_t>(b[2 + tl] << 8 | b[3 + tl]);
+    if (pid == 0) return false;
+    const std::string_view topic(reinterpret_cast<const char*>(b) + 2, tl);
+    // As for forward_run: only a topic this shard checked and routed, while the trie is unchanged, skips the checks
+    // (a QoS 1 PUBLISH has no other: its packet id is not zero and its flags are those of a plain QoS 1 message).
+    route_entry* known = checked_route(topic);
+    if (!known || known->gen != trie_gen_) return false;
+    ++m_.packets_received;
+    ++m_.packets_publish_received;
+    ++m_.messages_received;
+    ++m_.messages_qos1_received;
+    const std::span<const uint8_t> payload(b + 4 + tl, rl - 4 - tl);
+    const route_entry& e = *known;
+    if (e.matches.size() == 1 && e.matches[0].qos != 0 && (e.mask & ~(uint64_t{1} << id_)) == 0) {
+        // One subscriber, on this shard, at QoS 1 or 2 (the usual point-to-point flow): straight to its session.
+        offer_to(*e.matches[0].slot, session::message_ref::adopt(session::message::make(topic, payload, 1, false)), 1,
+                 topic);
+    } else {
+        session::message_ref msg;
+        fan_out(e, topic, payload, 1, msg, true, raw_frames{}, true);
+    }
+    send_ack(c, mqtt::packet_type::puback, pid);
+    ++m_.packets_puback_sent;
+    return true;
+}
+
+void shard::on_puback(connection& c, uint16_t pid) {
+    ++m_.packets_puback_received;
+    if (c.slot->s->on_puback(pid))
+        pump(*c.slot);
+    else
+        ++m_.packets_puback_missed;
+}
+
 bool shard::on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags) {
     mqtt::ack_view av{};
     const mqtt::error e = mqtt::decode_ack(t, body, flags, c.ver, av);
@@ -1686,11 +1754,7 @@ bool shard::on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> 
     session::session& s = *c.slot->s;
     switch (t) {
     case mqtt::packet_type::puback:
-        ++m_.packets_puback_received;
-        if (s.on_puback(av.packet_id))
-            pump(*c.slot);
-        else
-            ++m_.packets_puback_missed;
+        on_puback(c, av.packet_id);
         break;
     case mqtt::packet_type::pubrec:
         ++m_.packets_pubrec_received;
@@ -1843,8 +1907,20 @@ void shard::send_outgoing(connection& c, const session::outgoing& o, bool dup) {
     const session::message& m = *o.msg.get();
     // A large payload is sent from the message itself, which the session holds anyway until it is acknowledged
     // (QoS 1/2) or sent: only the frame's head, which differs per subscriber by packet id, is copied.
-    const bool share = m.payload().size() >= share_min_bytes;
-    encode_frame(c.sq.bytes(), m.topic(), m.payload(), o.qos, m.retain(), dup, o.pid, !share);
+    const std::span<const uint8_t> frame = m.frame();
+    const size_t head = m.frame_head();
+    const bool share = frame.size() - head >= share_min_bytes;
+    if (o.qos != 0) {
+        // The message is held as this very frame: copied, with its first byte and packet id set.
+        const size_t take = share ? head : frame.size();
+        uint8_t* d = grow(c.sq.bytes(), take);
+        std::memcpy(d, frame.data(), take);
+        d[0] = static_cast<uint8_t>(0x30 | (dup ? 0x08 : 0) | o.qos << 1 | (m.retain() ? 1 : 0));
+        d[head - 2] = static_cast<uint8_t>(o.pid >> 8);
+        d[head - 1] = static_cast<uint8_t>(o.pid & 0xff);
+    } else {
+        encode_frame(c.sq.bytes(), m.topic(), m.payload(), 0, m.retain(), dup, 0, !share);
+    }
     if (share) c.sq.append_payload(o.msg.get());
     count_publish_sent(m.topic(), o.qos);
     mark_dirty(c);
@@ -2102,12 +2178,15 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
         return;
     }
     if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, msg_qos, retain));
+    offer_to(slot, last_use ? session::message_ref(std::move(msg)) : session::message_ref(msg), qos, topic);
+}
+
+void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos, std::string_view topic) {
     const session::outgoing* o = nullptr;
     const uint64_t dropped_before = slot.s->dropped();
-    switch (slot.s->offer(last_use ? session::message_ref(std::move(msg)) : session::message_ref(msg), qos,
-                          c != nullptr, &o)) {
+    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o)) {
     case session::session::offer_result::send:
-        send_outgoing(*c, *o, false);
+        send_outgoing(*slot.conn, *o, false);
         break;
     case session::session::offer_result::queued:
         if (slot.s->dropped() != dropped_before) [[unlikely]]

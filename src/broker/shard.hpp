@@ -497,7 +497,11 @@ private:
     // The cached-route path for QoS 0 PUBLISHes from 3.x clients: forwards the complete PUBLISH at p (header h) and
     // any directly following ones to the same topic; returns the bytes consumed, 0 when the full path must run.
     size_t forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& h);
+    // The cached-route path for a QoS 1 PUBLISH (no DUP, no retain) from a 3.x client, complete at p: routes it and
+    // answers PUBACK without decoding it again; false (nothing done) when the full path must run.
+    bool publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h);
     bool on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags);
+    void on_puback(connection& c, uint16_t pid);
     bool on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
     bool on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
 
@@ -535,6 +539,9 @@ private:
     void deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
                  session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw = {},
                  bool last_use = false);
+    // Hands msg to the slot's session at the effective qos: sent at once where its window allows, else queued (or
+    // dropped past the queue's limits, counted and logged against topic).
+    void offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos, std::string_view topic);
     // Queues the first `take` of the fanned-out bytes for c: shared with the other subscribers where that pays.
     void queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t take);
     void publish_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain);

@@ -16,15 +16,33 @@
 
 namespace ringmq::session {
 
+// The topic and payload are held as a 3.x PUBLISH frame with a packet id (QoS 1 or 2): a subscriber's copy is then
+// the frame with its first byte and packet id set, not an encoding (about a hundred instructions per QoS 1 delivery
+// less), for 6 to 9 bytes more per message.
 class message {
 public:
     static message* make(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, bool retain) {
-        void* mem = std::malloc(sizeof(message) + topic.size() + payload.size());
+        const uint32_t rl = static_cast<uint32_t>(2 + topic.size() + 2 + payload.size());
+        const uint8_t hl = head_len(rl);
+        void* mem = std::malloc(sizeof(message) + hl + topic.size() + 2 + payload.size());
         if (!mem) throw std::bad_alloc();
         auto* m =
             new (mem) message(static_cast<uint16_t>(topic.size()), static_cast<uint32_t>(payload.size()), qos, retain);
-        std::memcpy(m->bytes(), topic.data(), topic.size());
-        if (!payload.empty()) std::memcpy(m->bytes() + topic.size(), payload.data(), payload.size());
+        uint8_t* d = m->bytes();
+        *d++ = static_cast<uint8_t>(0x32 | (retain ? 1 : 0));
+        for (uint32_t v = rl;; v >>= 7) { // the remaining length (MQTT's variable byte integer)
+            if (v < 128) {
+                *d++ = static_cast<uint8_t>(v);
+                break;
+            }
+            *d++ = static_cast<uint8_t>(v | 0x80);
+        }
+        *d++ = static_cast<uint8_t>(topic.size() >> 8);
+        *d++ = static_cast<uint8_t>(topic.size());
+        std::memcpy(d, topic.data(), topic.size());
+        d += topic.size();
+        d[0] = d[1] = 0; // the packet id, set in each subscriber's copy
+        if (!payload.empty()) std::memcpy(d + 2, payload.data(), payload.size());
         return m;
     }
     // A copy with a different retain flag / QoS (retained copies, will messages).
@@ -38,11 +56,15 @@ public:
         }
     }
 
-    std::string_view topic() const { return {reinterpret_cast<const char*>(bytes()), topic_len_}; }
-    std::span<const uint8_t> payload() const { return {bytes() + topic_len_, payload_len_}; }
+    std::string_view topic() const { return {reinterpret_cast<const char*>(bytes()) + topic_at(), topic_len_}; }
+    std::span<const uint8_t> payload() const { return {bytes() + topic_at() + topic_len_ + 2, payload_len_}; }
+    // The message as a PUBLISH frame with a packet id (first byte 0x32 | retain, packet id 0); its head is the frame
+    // up to the payload.
+    std::span<const uint8_t> frame() const { return {bytes(), frame_head() + payload_len_}; }
+    size_t frame_head() const { return topic_at() + topic_len_ + 2; }
     uint8_t qos() const { return qos_; }
     bool retain() const { return retain_; }
-    size_t size() const { return sizeof(message) + topic_len_ + payload_len_; }
+    size_t size() const { return sizeof(message) + frame().size(); }
     // The topic and payload bytes (what mqtt.max_queued_bytes counts).
     size_t data_size() const { return size_t{topic_len_} + payload_len_; }
     // A retained message's place in the node's order of retained updates (see retained_store::store); 0 elsewhere.
@@ -52,6 +74,13 @@ public:
     uint32_t refs() const { return refs_.load(std::memory_order_relaxed); }
 
 private:
+    // The fixed header (1 byte and the remaining length's 1-4) and the topic length (2). A QoS 0 PUBLISH of the
+    // largest size MQTT allows gains the 2 bytes of a packet id past what 4 bytes can say: 5 are written, and such a
+    // frame is never sent (a QoS 0 message goes out at QoS 0, encoded apart).
+    static uint8_t head_len(uint32_t rl) {
+        return rl < 128 ? 4 : rl < 16384 ? 5 : rl < 2097152 ? 6 : rl < 268435456 ? 7 : 8;
+    }
+    size_t topic_at() const { return head_len(2u + topic_len_ + 2u + payload_len_); }
     message(uint16_t tl, uint32_t pl, uint8_t qos, bool retain)
         : topic_len_(tl), qos_(qos), retain_(retain), payload_len_(pl) {}
     uint8_t* bytes() { return reinterpret_cast<uint8_t*>(this + 1); }

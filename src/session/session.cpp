@@ -160,7 +160,7 @@ const outgoing* session::take_next() {
     return &next;
 }
 
-bool session::on_puback(uint16_t pid) {
+bool session::on_puback_scan(uint16_t pid) {
     const auto end = entries_.begin() + inflight_;
     for (auto it = entries_.begin(); it != end; ++it)
         if (it->pid == pid) {

@@ -90,7 +90,19 @@ public:
 
     // Outgoing acknowledgements. Each returns false when no message in the window has that id in the right state
     // (counted by the caller as "missed").
-    bool on_puback(uint16_t pid);
+    bool on_puback(uint16_t pid) {
+        // PUBACKs mostly come in the window's order: the oldest entry, a pop from the ring's front.
+        if (inflight_ != 0) {
+            outgoing& f = entries_.front();
+            if (f.pid == pid && f.qos == 1) {
+                if (pid_bits_) mark_pid(pid, false);
+                entries_.pop_front();
+                --inflight_;
+                return true;
+            }
+        }
+        return on_puback_scan(pid);
+    }
     bool on_pubrec(uint16_t pid); // marks released: the caller sends PUBREL
     // The ids of the window's released entries in the order their PUBRECs came: on reconnect PUBRELs are resent in
     // that order [MQTT-4.6.0-4], which need not be the window's (PUBLISH) order.
@@ -160,6 +172,7 @@ private:
         assign_pid_checked(o);
     }
     void assign_pid_checked(outgoing& o);
+    bool on_puback_scan(uint16_t pid);
     // next_ready once it is known that something is queued, not held, and either QoS 0 or with room in the window.
     const outgoing* take_next();
     // A full queue and a QoS 1/2 message of `bytes`: drops the oldest queued QoS 0 messages to make room for it, if

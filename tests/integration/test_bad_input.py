@@ -88,6 +88,8 @@ class BadInputCases:
             ("NUL, same length", raw_publish(b"cq1/\x00", b"bad", flags=0x2, pid=b"\x00\x07")),
             ("wildcard level added", raw_publish(b"cq1/x/#", b"bad", flags=0x2, pid=b"\x00\x07")),
             ("topic longer than the packet", m.packet(m.PUBLISH, 0x2, b"\x00\x10cq1/x\x00\x07")),
+            ("packet id 0, same topic", raw_publish(b"cq1/x", b"bad", flags=0x2, pid=b"\x00\x00")),
+            ("no room for the packet id", m.packet(m.PUBLISH, 0x2, b"\x00\x05cq1/x\x00")),
         ]
         for name, data in bad:
             with self.subTest(case=name):
@@ -176,6 +178,9 @@ class BadInputCases:
             ("PUBLISH qos2 pid 0", raw_publish(b"bad/p0", flags=0x4, pid=b"\x00\x00")),
             ("SUBSCRIBE pid 0", m.subscribe(0, [("bad/#", 0)])),
             ("UNSUBSCRIBE pid 0", m.unsubscribe(0, ["bad/#"])),
+            ("PUBACK pid 0", m.puback(0)),
+            ("PUBACK with reserved flags", m.packet(m.PUBACK, 0x1, b"\x00\x01")),
+            ("PUBACK too long", m.packet(m.PUBACK, 0, b"\x00\x01\x00")),
         ])
         self.check_others()
 

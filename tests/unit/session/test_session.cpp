@@ -64,6 +64,38 @@ TEST(Message, HoldsTopicPayloadAndFlags) {
     w->release();
 }
 
+// The message is held as a PUBLISH frame with packet id 0: checked byte by byte against the encoding MQTT 3.1.1
+// (2.2.3, 3.3) gives, on each side of the remaining length's 1-, 2- and 3-byte boundaries.
+TEST(Message, HoldsItselfAsAPublishFrame) {
+    for (const size_t payload_len : {size_t{0}, size_t{1}, size_t{120}, size_t{121}, size_t{16379}, size_t{16380},
+                                     size_t{2097147}, size_t{2097148}}) {
+        for (const bool retain : {false, true}) {
+            SCOPED_TRACE(testing::Message() << "payload " << payload_len << " retain " << retain);
+            std::vector<uint8_t> payload(payload_len);
+            for (size_t i = 0; i < payload_len; ++i)
+                payload[i] = static_cast<uint8_t>(i * 7 + 1);
+            message_ref m = message_ref::adopt(message::make("a/b", payload, 1, retain));
+            const size_t rl = 2 + 3 + 2 + payload_len;
+            std::vector<uint8_t> want{static_cast<uint8_t>(retain ? 0x33 : 0x32)};
+            for (size_t v = rl;; v /= 128) {
+                want.push_back(static_cast<uint8_t>(v % 128 + (v >= 128 ? 128 : 0)));
+                if (v < 128) break;
+            }
+            want.insert(want.end(), {0, 3, 'a', '/', 'b', 0, 0});
+            const size_t head = want.size();
+            want.insert(want.end(), payload.begin(), payload.end());
+            const auto f = m->frame();
+            ASSERT_EQ(std::vector<uint8_t>(f.begin(), f.end()), want);
+            EXPECT_EQ(m->frame_head(), head);
+            EXPECT_EQ(m->topic(), "a/b");
+            EXPECT_EQ(m->payload().data(), f.data() + head);
+            EXPECT_EQ(m->payload().size(), payload_len);
+            EXPECT_EQ(m->data_size(), 3 + payload_len);
+            EXPECT_EQ(m->size(), sizeof(message) + want.size());
+        }
+    }
+}
+
 TEST(Session, QoS0OnlineIsSentWithoutPacketId) {
     session s("c", true, lim(2, 10));
     const outgoing* o = nullptr;
@@ -351,6 +383,35 @@ TEST(Session, AckWithUnknownOrWrongQoSIdIsMissed) {
     EXPECT_TRUE(s.on_puback(p1));
     EXPECT_FALSE(s.on_puback(p1)); // duplicate
     EXPECT_EQ(s.inflight_len(), 1u);
+}
+
+TEST(Session, PubacksInAnyOrderFreeTheirEntriesOnly) {
+    session s("c", false, lim(4, 10));
+    std::vector<uint16_t> pids;
+    for (const char* p : {"a", "b", "c", "d"}) {
+        const outgoing* o = nullptr;
+        ASSERT_EQ(s.offer(msg(p), 1, true, &o), offer::send);
+        pids.push_back(o->pid);
+    }
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("e"), 1, true, &o), offer::queued);
+    EXPECT_TRUE(s.on_puback(pids[2])); // from the middle
+    EXPECT_FALSE(s.on_puback(pids[2]));
+    EXPECT_TRUE(s.on_puback(pids[0])); // the front
+    EXPECT_FALSE(s.on_puback(pids[0]));
+    std::vector<std::string> left;
+    for (const outgoing& o : s.window())
+        left.push_back(text(&o));
+    EXPECT_EQ(left, (std::vector<std::string>{"b", "d"}));
+    const outgoing* n = s.next_ready();
+    ASSERT_NE(n, nullptr);
+    EXPECT_EQ(text(n), "e");
+    const uint16_t pid_e = n->pid;
+    EXPECT_TRUE(s.on_puback(pids[1])); // the front again, with the queue now empty
+    EXPECT_TRUE(s.on_puback(pid_e));   // the back
+    EXPECT_TRUE(s.on_puback(pids[3]));
+    EXPECT_EQ(s.inflight_len(), 0u);
+    EXPECT_EQ(s.next_ready(), nullptr);
 }
 
 TEST(Session, OutgoingQoS2Flow) {
