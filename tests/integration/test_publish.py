@@ -35,6 +35,33 @@ class PublishCases:
         sub.send(m.puback(msg.pid))
         sub.expect_no_packet(0.3)
 
+    def test_qos1_on_a_cached_topic_exact_frames(self):
+        # From its second PUBLISH on, a topic the shard cached as checked takes the QoS 1 fast path (no second decode;
+        # one local subscriber gets the message straight into its session, whose stored frame is copied with its
+        # packet id set). The frames must be byte for byte those of the full path: on both sides of the remaining
+        # length's 1- and 2-byte forms, empty, and large enough to be sent from the stored message; at QoS 0 for a
+        # subscriber granted 0. Every PUBLISH gets its own PUBACK, in order.
+        for sub_qos in (1, 2, 0):
+            with self.subTest(sub_qos=sub_qos):
+                topic = f"t/fast{sub_qos}"  # 7 bytes: a QoS 1 frame of 116 payload bytes has remaining length 127
+                sub = self.client(self.sub_id(f"fastsub{sub_qos}"))
+                sub.subscribe([(topic, sub_qos)])
+                pub = self.client(self.pub_id(f"fastpub{sub_qos}"))
+                payloads = [b"warm", b"a" * 116, b"b" * 117, b"", b"c" * 1100, b"d" * 20000, b"end"]
+                for k, p in enumerate(payloads):
+                    pub.send(m.publish(topic, p, qos=1, pid=0x100 + k))
+                    pub.expect(b"\x40\x02" + m.u16(0x100 + k))
+                for k, p in enumerate(payloads):
+                    pkt = sub.read_packet(timeout=10)
+                    if sub_qos == 0:
+                        self.assertEqual(pkt.raw(), m.publish(topic, p, qos=0), f"message {k}")
+                        continue
+                    msg = m.parse_publish(pkt)
+                    self.assertEqual(pkt.raw(), m.publish(topic, p, qos=1, pid=msg.pid), f"message {k}")
+                    sub.send(m.puback(msg.pid))
+                sub.expect_no_packet(0.2)
+                pub.expect_no_packet(0.1)
+
     def test_qos2_exact_flow_both_sides(self):
         pub, sub = self.pair("t/q2", 2)
         pub.send(m.publish("t/q2", b"two", qos=2, pid=0xfffe))
