@@ -67,8 +67,9 @@ TEST(Message, HoldsTopicPayloadAndFlags) {
 // The message is held as a PUBLISH frame with packet id 0: checked byte by byte against the encoding MQTT 3.1.1
 // (2.2.3, 3.3) gives, on each side of the remaining length's 1-, 2- and 3-byte boundaries.
 TEST(Message, HoldsItselfAsAPublishFrame) {
-    for (const size_t payload_len : {size_t{0}, size_t{1}, size_t{120}, size_t{121}, size_t{16379}, size_t{16380},
-                                     size_t{2097147}, size_t{2097148}}) {
+    // Remaining length = 7 + payload: 127/128, 16383/16384 and 2097151/2097152 are the boundaries.
+    for (const size_t payload_len : {size_t{0}, size_t{1}, size_t{120}, size_t{121}, size_t{16376}, size_t{16377},
+                                     size_t{2097144}, size_t{2097145}}) {
         for (const bool retain : {false, true}) {
             SCOPED_TRACE(testing::Message() << "payload " << payload_len << " retain " << retain);
             std::vector<uint8_t> payload(payload_len);
@@ -400,8 +401,8 @@ TEST(Session, PubacksInAnyOrderFreeTheirEntriesOnly) {
     EXPECT_TRUE(s.on_puback(pids[0])); // the front
     EXPECT_FALSE(s.on_puback(pids[0]));
     std::vector<std::string> left;
-    for (const outgoing& o : s.window())
-        left.push_back(text(&o));
+    for (const outgoing& w : s.window())
+        left.push_back(text(&w));
     EXPECT_EQ(left, (std::vector<std::string>{"b", "d"}));
     const outgoing* n = s.next_ready();
     ASSERT_NE(n, nullptr);
