@@ -1063,6 +1063,7 @@ void shard::recycle_rx(std::vector<uint8_t>& buf) {
 
 size_t shard::process(connection& c, const uint8_t* p, size_t n) {
     size_t off = 0;
+    route_entry* q1_route = nullptr; // the route of this buffer's last fast-path QoS 1 PUBLISH (see publish_q1)
     while (off < n && c.st != connection::state::closing) {
         mqtt::fixed_header h{};
         const mqtt::error e = mqtt::parse_fixed_header(p + off, n - off, h);
@@ -1090,7 +1091,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                     continue;
                 }
             } else if (first == 0x32) {
-                if (publish_q1(c, p + off, h)) {
+                if (publish_q1(c, p + off, h, q1_route)) {
                     off += total;
                     continue;
                 }
@@ -1706,7 +1707,7 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     return end;
 }
 
-bool shard::publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h) {
+bool shard::publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h, route_entry*& last) {
     const uint8_t* b = p + h.header_len;
     const size_t rl = h.remaining_length;
     if (rl < 4) return false;
@@ -1717,8 +1718,11 @@ bool shard::publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header
     const std::string_view topic(reinterpret_cast<const char*>(b) + 2, tl);
     // As for forward_run: only a topic this shard checked and routed, while the trie is unchanged, skips the checks
     // (a QoS 1 PUBLISH has no other: its packet id is not zero and its flags are those of a plain QoS 1 message).
-    route_entry* known = checked_route(topic);
+    // A connection mostly publishes one topic: the entry its previous PUBLISH in this buffer used is compared before
+    // the topic is hashed (the cache's slots never move; whatever a slot holds now is what is compared).
+    route_entry* known = last && last->checked && last->topic == topic ? last : checked_route(topic);
     if (!known || known->gen != trie_gen_) return false;
+    last = known;
     ++m_.packets_received;
     ++m_.packets_publish_received;
     ++m_.messages_received;

@@ -498,8 +498,10 @@ private:
     // any directly following ones to the same topic; returns the bytes consumed, 0 when the full path must run.
     size_t forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& h);
     // The cached-route path for a QoS 1 PUBLISH (no DUP, no retain) from a 3.x client, complete at p: routes it and
-    // answers PUBACK without decoding it again; false (nothing done) when the full path must run.
-    bool publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h);
+    // answers PUBACK without decoding it again; false (nothing done) when the full path must run. last: the route
+    // entry the previous call for the same receive buffer used (nullptr at first), tried first, updated.
+    struct route_entry;
+    bool publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h, route_entry*& last);
     bool on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags);
     void on_puback(connection& c, uint16_t pid);
     bool on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
@@ -520,7 +522,6 @@ private:
     void pump(session_slot& slot); // moves queued messages into the window while it has room
 
     // routing
-    struct route_entry;
     void route(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos, session::message_ref& msg,
                bool local_origin, bool forward = true);
     route_entry& route_slot(std::string_view topic);   // the cache entry topic maps to, whatever it holds

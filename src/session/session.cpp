@@ -82,6 +82,7 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
     }
     entries_.push_back(outgoing{std::move(msg), 0, qos, false});
     queued_bytes_ += bytes;
+    queued_q0_ += qos == 0;
     return offer_result::queued;
 }
 
@@ -100,6 +101,7 @@ uint64_t session::requeue_front(std::vector<message_ref>& msgs) {
     for (size_t i = 0; i < keep; ++i)
         entries_.insert(inflight_ + i, outgoing{std::move(msgs[first + i]), 0, 0, false});
     queued_bytes_ += bytes;
+    queued_q0_ += static_cast<uint32_t>(keep);
     dropped_ += first;
     return first;
 }
@@ -108,6 +110,7 @@ bool session::drop_qos0_for(uint64_t bytes) {
     // QoS 1/2 messages must be stored for an offline session [MQTT-3.1.2-5], QoS 0 ones may be: a queue full of QoS 0
     // made the next QoS 1/2 message the one dropped. Room is made only where dropping the queue's QoS 0 messages is
     // enough, so none is dropped for nothing.
+    if (queued_q0_ == 0) return false;
     size_t q0 = 0;
     uint64_t q0_bytes = 0;
     for (size_t i = inflight_; i < entries_.size(); ++i)
@@ -126,6 +129,7 @@ bool session::drop_qos0_for(uint64_t bytes) {
         }
         queued_bytes_ -= entries_[i].msg->data_size();
         entries_.erase(entries_.begin() + i);
+        --queued_q0_;
         ++dropped_;
     }
     return true;
@@ -151,6 +155,7 @@ const outgoing* session::take_next() {
     outgoing& next = entries_[inflight_];
     queued_bytes_ -= next.msg->data_size();
     if (next.qos == 0) {
+        --queued_q0_;
         handed_out = std::move(next);
         entries_.erase(entries_.begin() + inflight_);
         return &handed_out;
@@ -230,6 +235,7 @@ void session::clear_messages() {
     entries_.clear();
     inflight_ = 0;
     queued_bytes_ = 0;
+    queued_q0_ = 0;
     qos2_.reset();
 }
 

@@ -129,6 +129,8 @@ public:
     // For resend on reconnect: every message in the window in order (PUBLISH with DUP where not released).
     window_view window() const { return window_view(entries_, inflight_); }
     size_t queue_len() const { return entries_.size() - inflight_; }
+    // The QoS 0 messages among those in the queue.
+    size_t queued_qos0() const { return queued_q0_; }
     // Topic and payload bytes of the messages in the queue (not the window), counted against max_queued_bytes.
     uint64_t queued_bytes() const { return queued_bytes_; }
     size_t inflight_len() const { return inflight_; }
@@ -212,6 +214,9 @@ private:
     uint64_t queued_bytes_ = 0;
     limits limits_;
     uint32_t inflight_ = 0;
+    // Kept so that a full queue of QoS 1/2 messages answers "no QoS 0 to drop" at once: the scan for them cost a walk
+    // of the whole queue (a thousand entries by default) for each message dropped, just when a subscriber falls behind.
+    uint32_t queued_q0_ = 0;
     // Packet ids are given in rotation: step k gives id k % 65535 + 1, and steps count modulo pid_step_mod (a
     // multiple of 65535, so the ids stay in rotation across the wrap). The window is in the order its ids were given,
     // so while its front (oldest) entry is fewer than 65535 steps old no entry can hold the next id and no scan is

@@ -183,6 +183,9 @@ private:
         if (s.inflight_len() != window_.size()) return fail("window size differs"), false;
         if (s.queue_len() != queue_.size()) return fail("queue length differs"), false;
         if (s.queued_bytes() != queued_bytes_) return fail("queued bytes differ"), false;
+        if (s.queued_qos0() != static_cast<size_t>(std::count_if(queue_.begin(), queue_.end(),
+                                                                 [](const model_entry& e) { return e.qos == 0; })))
+            return fail("queued QoS 0 count differs"), false;
         if (s.dropped() != dropped_) return fail("dropped count differs"), false;
         if (s.released_in_order().size() != released_.size()) return fail("PUBREL count differs"), false;
         return true;
