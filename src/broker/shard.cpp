@@ -1,5 +1,6 @@
 #include "broker/shard.hpp"
 
+#include "broker/route_hash.hpp"
 #include "io/timer.hpp"
 #include "mqtt/codec.hpp"
 #include "mqtt/validate.hpp"
@@ -95,35 +96,6 @@ void init_file_table(io::ring& r, const config::config& cfg, unsigned id) {
         log::warn("shard {}: the kernel refused an io_uring file table of {} slots ({}): its connections keep their "
                   "descriptors, and the open-file limit bounds them with the whole process's",
                   id, n, why);
-}
-
-// Route cache index: the whole topic, a word at a time (the full topic is compared anyway). Topics that share a
-// long prefix and suffix (sensors/<id>/temperature) must still spread over the slots.
-size_t route_hash(std::string_view t) {
-    uint64_t h = t.size() * 0x9E3779B97F4A7C15ULL;
-    size_t i = 0;
-    for (; i + 8 <= t.size(); i += 8) {
-        uint64_t w;
-        std::memcpy(&w, t.data() + i, 8);
-        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
-        h ^= h >> 29;
-    }
-    // The last 1-7 bytes: loads that overlap what came before (or each other) rather than a byte at a time.
-    uint64_t w = 0;
-    const size_t rest = t.size() - i;
-    if (rest != 0 && t.size() >= 8) {
-        std::memcpy(&w, t.data() + t.size() - 8, 8);
-    } else if (rest >= 4) {
-        uint32_t a, b;
-        std::memcpy(&a, t.data(), 4);
-        std::memcpy(&b, t.data() + rest - 4, 4);
-        w = uint64_t{a} << 32 | b;
-    } else if (rest != 0) {
-        w = uint64_t{static_cast<uint8_t>(t[0])} << 16 | uint64_t{static_cast<uint8_t>(t[rest / 2])} << 8 |
-            static_cast<uint8_t>(t[rest - 1]);
-    }
-    h = (h ^ w) * 0x94D049BB133111EBULL;
-    return static_cast<size_t>(h ^ (h >> 31));
 }
 
 // The topic and payload of a complete QoS 0 PUBLISH frame (header h) at p; false when the topic overruns it.
