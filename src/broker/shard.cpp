@@ -1844,7 +1844,7 @@ void shard::encode_frame(byte_vec& out, std::string_view topic, std::span<const 
     const size_t rl = 2 + topic.size() + (qos ? 2 : 0) + payload.size();
     // One grow for the whole frame (less the payload when the caller queues it apart): the fixed header and topic
     // length are encoded in place and the pieces copied after them.
-    const size_t vl = rl < 128 ? 1 : mqtt::varint_size(static_cast<uint32_t>(rl));
+    const size_t vl = mqtt::varint_size(static_cast<uint32_t>(rl));
     uint8_t* d = grow(out, 1 + vl + rl - (with_payload ? 0 : payload.size()));
     d += mqtt::encode_publish_prefix(d, qos, retain, dup, static_cast<uint32_t>(rl),
                                      static_cast<uint16_t>(topic.size()));

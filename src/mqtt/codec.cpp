@@ -116,13 +116,6 @@ error decode_varint(const uint8_t* p, size_t n, uint32_t& value, size_t& len) {
     return error::malformed_remaining_length;
 }
 
-size_t varint_size(uint32_t v) {
-    if (v < 128) return 1;
-    if (v < 16'384) return 2;
-    if (v < 2'097'152) return 3;
-    return 4;
-}
-
 size_t frames_starting_within(std::span<const uint8_t> frames, size_t room, uint64_t& count) {
     size_t off = 0;
     count = 0;
@@ -139,13 +132,7 @@ size_t frames_starting_within(std::span<const uint8_t> frames, size_t room, uint
 
 size_t encode_varint(uint32_t v, uint8_t* out) {
     RINGMQ_ASSERT(v <= max_remaining_length);
-    size_t i = 0;
-    do {
-        uint8_t c = v & 0x7F;
-        v >>= 7;
-        out[i++] = v ? static_cast<uint8_t>(c | 0x80) : c;
-    } while (v);
-    return i;
+    return write_varint(v, out);
 }
 
 error parse_fixed_header_full(const uint8_t* p, size_t n, fixed_header& out) {

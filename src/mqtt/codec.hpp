@@ -13,6 +13,7 @@
 // built with encode_properties and stripped); they are ignored for v3/v4.
 #include "mqtt/properties.hpp"
 #include "mqtt/types.hpp"
+#include "mqtt/varint.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -47,8 +48,8 @@ inline error check_packet_size(const fixed_header& h, uint32_t max_packet_size) 
 
 // Variable byte integer: same rules and results as parse_fixed_header's length; len = bytes consumed.
 error decode_varint(const uint8_t* p, size_t n, uint32_t& value, size_t& len);
-size_t encode_varint(uint32_t v, uint8_t* out); // returns bytes written (1..4)
-size_t varint_size(uint32_t v);
+// Writes v as on the wire (1..4 bytes, returned); asserts v <= max_remaining_length. varint_size: mqtt/varint.hpp.
+size_t encode_varint(uint32_t v, uint8_t* out);
 
 // For a buffer of whole, already framed packets: the length of the prefix made of the packets that start at an
 // offset <= room, and their number in `count`. This is what sending them one at a time gives when each is allowed

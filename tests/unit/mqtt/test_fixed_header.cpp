@@ -120,6 +120,25 @@ TEST(varint, round_trips_every_size_class) {
     }
 }
 
+// Past MQTT's maximum only session::message's never-sent QoS 0 frame goes: 5 bytes, which decode_varint refuses
+// (a 5th byte is malformed on the wire) while the sizes agree with what was written.
+TEST(varint, write_varint_takes_five_bytes_past_the_maximum) {
+    for (uint32_t v : {268435455u, 268435456u, 268435457u, 0xFFFFFFFFu}) {
+        uint8_t buf[5] = {};
+        const size_t n = write_varint(v, buf);
+        EXPECT_EQ(n, varint_size(v)) << v;
+        EXPECT_EQ(n, v <= max_remaining_length ? 4u : 5u) << v;
+        uint32_t back = 0;
+        for (size_t i = 0; i < n; ++i)
+            back |= uint32_t{buf[i] & 0x7Fu} << (7 * i);
+        EXPECT_EQ(back, v);
+        EXPECT_EQ(buf[n - 1] & 0x80, 0);
+        size_t len = 0;
+        uint32_t dec = 0;
+        EXPECT_EQ(decode_varint(buf, n, dec, len), n == 4 ? error::none : error::malformed_remaining_length) << v;
+    }
+}
+
 TEST(encode_publish_prefix, matches_full_encoder) {
     const std::string payload(200, 'p');
     publish_view p{};
