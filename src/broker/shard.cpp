@@ -1035,7 +1035,7 @@ void shard::recycle_rx(std::vector<uint8_t>& buf) {
 
 size_t shard::process(connection& c, const uint8_t* p, size_t n) {
     size_t off = 0;
-    route_entry* q1_route = nullptr; // the route of this buffer's last fast-path QoS 1 PUBLISH (see publish_q1)
+    route_entry* fast_route = nullptr; // the route of this buffer's last fast-path QoS 1/2 PUBLISH (see publish_qos12)
     while (off < n && c.st != connection::state::closing) {
         mqtt::fixed_header h{};
         const mqtt::error e = mqtt::parse_fixed_header(p + off, n - off, h);
@@ -1063,7 +1063,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                     continue;
                 }
             } else if (first == 0x32) {
-                if (publish_q1(c, p + off, h, q1_route)) {
+                if (publish_qos12<1>(c, p + off, h, fast_route)) {
                     off += total;
                     continue;
                 }
@@ -1072,6 +1072,19 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                     off += total;
                     ++m_.packets_received;
                     on_puback(c, pid);
+                    continue;
+                }
+            } else if (first == 0x34) {
+                if (publish_qos12<2>(c, p + off, h, fast_route)) {
+                    off += total;
+                    continue;
+                }
+            } else if (h.remaining_length == 2 && (first == 0x50 || first == 0x62 || first == 0x70)) {
+                // PUBREC, PUBREL (its flags 0010) and PUBCOMP as 3.x has them: an id and nothing else.
+                if (const uint16_t pid = static_cast<uint16_t>(p[off + 2] << 8 | p[off + 3]); pid != 0) {
+                    off += total;
+                    ++m_.packets_received;
+                    on_ack_id(c, static_cast<mqtt::packet_type>(first >> 4), pid);
                     continue;
                 }
             }
@@ -1679,7 +1692,9 @@ size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& 
     return end;
 }
 
-bool shard::publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h, route_entry*& last) {
+template <uint8_t qos>
+bool shard::publish_qos12(connection& c, const uint8_t* p, const mqtt::fixed_header& h, route_entry*& last) {
+    static_assert(qos == 1 || qos == 2);
     const uint8_t* b = p + h.header_len;
     const size_t rl = h.remaining_length;
     if (rl < 4) return false;
@@ -1689,28 +1704,37 @@ bool shard::publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header
     if (pid == 0) return false;
     const std::string_view topic(reinterpret_cast<const char*>(b) + 2, tl);
     // As for forward_run: only a topic this shard checked and routed, while the trie is unchanged, skips the checks
-    // (a QoS 1 PUBLISH has no other: its packet id is not zero and its flags are those of a plain QoS 1 message).
+    // (a QoS 1/2 PUBLISH has no other: its packet id is not zero and its flags are those of a plain message).
     // A connection mostly publishes one topic: the entry its previous PUBLISH in this buffer used is compared before
     // the topic is hashed (the cache's slots never move; whatever a slot holds now is what is compared).
     route_entry* known = last && last->checked && last->topic == topic ? last : checked_route(topic);
     if (!known || known->gen != trie_gen_) return false;
+    // A QoS 2 id already awaiting release (a resend) or past mqtt.max_awaiting_rel goes the full way, which answers
+    // it; a fresh one is recorded here.
+    if constexpr (qos == 2)
+        if (c.slot->s->incoming_qos2(pid) != session::qos2_arrival::fresh) return false;
     last = known;
     ++m_.packets_received;
     ++m_.packets_publish_received;
     ++m_.messages_received;
-    ++m_.messages_qos1_received;
+    ++(qos == 1 ? m_.messages_qos1_received : m_.messages_qos2_received);
     const std::span<const uint8_t> payload(b + 4 + tl, rl - 4 - tl);
     const route_entry& e = *known;
     if (e.matches.size() == 1 && e.matches[0].qos != 0 && (e.mask & ~(uint64_t{1} << id_)) == 0) {
         // One subscriber, on this shard, at QoS 1 or 2 (the usual point-to-point flow): straight to its session.
-        offer_to(*e.matches[0].slot, session::message_ref::adopt(session::message::make(topic, payload, 1, false)), 1,
-                 topic);
+        offer_to(*e.matches[0].slot, session::message_ref::adopt(session::message::make(topic, payload, qos, false)),
+                 qos == 1 ? uint8_t{1} : e.matches[0].qos, topic);
     } else {
         session::message_ref msg;
-        fan_out(e, topic, payload, 1, msg, true, raw_frames{}, true);
+        fan_out(e, topic, payload, qos, msg, true, raw_frames{}, true);
     }
-    send_ack(c, mqtt::packet_type::puback, pid);
-    ++m_.packets_puback_sent;
+    if constexpr (qos == 1) {
+        send_ack(c, mqtt::packet_type::puback, pid);
+        ++m_.packets_puback_sent;
+    } else {
+        send_ack(c, mqtt::packet_type::pubrec, pid);
+        ++m_.packets_pubrec_sent;
+    }
     return true;
 }
 
@@ -1727,28 +1751,33 @@ bool shard::on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> 
     const mqtt::error e = mqtt::decode_ack(t, body, flags, c.ver, av);
     if (e != mqtt::error::none)
         return protocol_error(c, fmt::format("bad {}: {}", mqtt::to_string(t), mqtt::to_string(e)).c_str());
+    on_ack_id(c, t, av.packet_id);
+    return true;
+}
+
+void shard::on_ack_id(connection& c, mqtt::packet_type t, uint16_t pid) {
     session::session& s = *c.slot->s;
     switch (t) {
     case mqtt::packet_type::puback:
-        on_puback(c, av.packet_id);
+        on_puback(c, pid);
         break;
     case mqtt::packet_type::pubrec:
         ++m_.packets_pubrec_received;
-        if (!s.on_pubrec(av.packet_id)) ++m_.packets_pubrec_missed;
+        if (!s.on_pubrec(pid)) ++m_.packets_pubrec_missed;
         // PUBREL even for an id not in the window (the session was discarded, or the PUBREC is a stale resend): the
         // client holds the id until it is released, and nothing else would ever release it (as Mosquitto does).
-        send_ack(c, mqtt::packet_type::pubrel, av.packet_id);
+        send_ack(c, mqtt::packet_type::pubrel, pid);
         ++m_.packets_pubrel_sent;
         break;
     case mqtt::packet_type::pubrel:
         ++m_.packets_pubrel_received;
-        if (!s.incoming_release(av.packet_id)) ++m_.packets_pubrel_missed;
-        send_ack(c, mqtt::packet_type::pubcomp, av.packet_id); // MQTT-4.3.3-2: PUBCOMP even for an unknown id
+        if (!s.incoming_release(pid)) ++m_.packets_pubrel_missed;
+        send_ack(c, mqtt::packet_type::pubcomp, pid); // MQTT-4.3.3-2: PUBCOMP even for an unknown id
         ++m_.packets_pubcomp_sent;
         break;
     case mqtt::packet_type::pubcomp:
         ++m_.packets_pubcomp_received;
-        if (s.on_pubcomp(av.packet_id))
+        if (s.on_pubcomp(pid))
             pump(*c.slot);
         else
             ++m_.packets_pubcomp_missed;
@@ -1756,7 +1785,6 @@ bool shard::on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> 
     default:
         break;
     }
-    return true;
 }
 
 bool shard::valid_filter(std::string_view f) const {

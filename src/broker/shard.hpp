@@ -497,12 +497,15 @@ private:
     // The cached-route path for QoS 0 PUBLISHes from 3.x clients: forwards the complete PUBLISH at p (header h) and
     // any directly following ones to the same topic; returns the bytes consumed, 0 when the full path must run.
     size_t forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& h);
-    // The cached-route path for a QoS 1 PUBLISH (no DUP, no retain) from a 3.x client, complete at p: routes it and
-    // answers PUBACK without decoding it again; false (nothing done) when the full path must run. last: the route
-    // entry the previous call for the same receive buffer used (nullptr at first), tried first, updated.
+    // The cached-route path for a QoS 1 or 2 PUBLISH (no DUP, no retain) from a 3.x client, complete at p: routes it
+    // and answers PUBACK / PUBREC without decoding it again; false (nothing done) when the full path must run. last:
+    // the route entry the previous call for the same receive buffer used (nullptr at first), tried first, updated.
     struct route_entry;
-    bool publish_q1(connection& c, const uint8_t* p, const mqtt::fixed_header& h, route_entry*& last);
+    template <uint8_t qos>
+    bool publish_qos12(connection& c, const uint8_t* p, const mqtt::fixed_header& h, route_entry*& last);
     bool on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags);
+    // PUBACK, PUBREC, PUBREL or PUBCOMP with a valid id (decoded, or taken as it stands from a 3.x client).
+    void on_ack_id(connection& c, mqtt::packet_type t, uint16_t pid);
     void on_puback(connection& c, uint16_t pid);
     bool on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
     bool on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);

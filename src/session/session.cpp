@@ -165,33 +165,41 @@ const outgoing* session::take_next() {
     return &next;
 }
 
+size_t session::window_index(uint16_t pid) const {
+    if (inflight_ == 0) return 0;
+    // Ids are given in rotation (1..65535) in the window's order, so without acknowledgements out of order or ids
+    // skipped for being in use, the entry with pid stands as many places behind the front as pid is ids past the
+    // front's: one probe instead of a scan of the window (a QoS 2 flow's PUBRECs come for entries behind the released
+    // ones that still wait for PUBCOMP).
+    const uint16_t f = entries_.front().pid;
+    const size_t guess = pid >= f ? size_t{pid} - f : size_t{pid} + 65535 - f;
+    if (guess < inflight_ && entries_[guess].pid == pid) return guess;
+    for (size_t i = 0; i < inflight_; ++i)
+        if (entries_[i].pid == pid) return i;
+    return inflight_;
+}
+
 bool session::on_puback_scan(uint16_t pid) {
-    const auto end = entries_.begin() + inflight_;
-    for (auto it = entries_.begin(); it != end; ++it)
-        if (it->pid == pid) {
-            if (it->qos != 1) return false;
-            mark_pid(pid, false);
-            entries_.erase(it);
-            --inflight_;
-            return true;
-        }
-    return false;
+    const size_t i = window_index(pid);
+    if (i == inflight_ || entries_[i].qos != 1) return false;
+    mark_pid(pid, false);
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+    --inflight_;
+    return true;
 }
 
 bool session::on_pubrec(uint16_t pid) {
-    const auto end = entries_.begin() + inflight_;
-    for (auto it = entries_.begin(); it != end; ++it)
-        if (outgoing& o = *it; o.pid == pid) {
-            if (o.qos != 2) return false;
-            if (!o.released) {
-                if (!qos2_) qos2_ = std::make_unique<qos2_state>();
-                qos2_->released.push_back(uint16_t{pid});
-            }
-            o.released = true;
-            o.msg = message_ref(); // the payload is no longer needed: only PUBREL/PUBCOMP remain
-            return true;
-        }
-    return false;
+    const size_t i = window_index(pid);
+    if (i == inflight_) return false;
+    outgoing& o = entries_[i];
+    if (o.qos != 2) return false;
+    if (!o.released) {
+        if (!qos2_) qos2_ = std::make_unique<qos2_state>();
+        qos2_->released.push_back(uint16_t{pid});
+    }
+    o.released = true;
+    o.msg = message_ref(); // the payload is no longer needed: only PUBREL/PUBCOMP remain
+    return true;
 }
 
 uint64_t session::undelivered() const {
@@ -202,32 +210,28 @@ uint64_t session::undelivered() const {
 }
 
 bool session::on_pubcomp(uint16_t pid) {
-    const auto end = entries_.begin() + inflight_;
-    for (auto it = entries_.begin(); it != end; ++it)
-        if (it->pid == pid) {
-            if (it->qos != 2 || !it->released) return false;
-            mark_pid(pid, false);
-            // Usually the oldest release (PUBCOMPs mostly come in PUBREL order): a pop from the ring's front.
-            fifo<uint16_t>& rel = qos2_->released;
-            const auto at = std::find(rel.begin(), rel.end(), pid);
-            RINGMQ_ASSERT(at != rel.end()); // every released entry's id went in at its first PUBREC
-            rel.erase(at);
-            entries_.erase(it);
-            --inflight_;
-            return true;
-        }
-    return false;
+    const size_t i = window_index(pid);
+    if (i == inflight_ || entries_[i].qos != 2 || !entries_[i].released) return false;
+    mark_pid(pid, false);
+    // Usually the oldest release (PUBCOMPs mostly come in PUBREL order): a pop from the ring's front.
+    fifo<uint16_t>& rel = qos2_->released;
+    const auto at = std::find(rel.begin(), rel.end(), pid);
+    RINGMQ_ASSERT(at != rel.end()); // every released entry's id went in at its first PUBREC
+    rel.erase(at);
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+    --inflight_;
+    return true;
 }
 
 qos2_arrival session::incoming_qos2(uint16_t pid) {
     if (!qos2_) qos2_ = std::make_unique<qos2_state>();
-    std::unordered_set<uint16_t>& awaiting = qos2_->awaiting_rel;
+    pid_set& awaiting = qos2_->awaiting_rel;
     if (limits_.max_awaiting_rel != 0 && awaiting.size() >= limits_.max_awaiting_rel)
         return awaiting.contains(pid) ? qos2_arrival::duplicate : qos2_arrival::full;
-    return awaiting.insert(pid).second ? qos2_arrival::fresh : qos2_arrival::duplicate;
+    return awaiting.insert(pid) ? qos2_arrival::fresh : qos2_arrival::duplicate;
 }
 
-bool session::incoming_release(uint16_t pid) { return qos2_ && qos2_->awaiting_rel.erase(pid) != 0; }
+bool session::incoming_release(uint16_t pid) { return qos2_ && qos2_->awaiting_rel.erase(pid); }
 
 void session::clear_messages() {
     for (const outgoing& o : window())

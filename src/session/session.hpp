@@ -5,12 +5,12 @@
 // Owned by the session registry of the client id's home shard and only touched on that shard's thread.
 #include "session/fifo.hpp"
 #include "session/message.hpp"
+#include "session/pid_set.hpp"
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 namespace ringmq::session {
@@ -175,6 +175,8 @@ private:
     }
     void assign_pid_checked(outgoing& o);
     bool on_puback_scan(uint16_t pid);
+    // The window position of the entry with pid, inflight_ when none has it.
+    size_t window_index(uint16_t pid) const;
     // next_ready once it is known that something is queued, not held, and either QoS 0 or with room in the window.
     const outgoing* take_next();
     // A full queue and a QoS 1/2 message of `bytes`: drops the oldest queued QoS 0 messages to make room for it, if
@@ -203,7 +205,7 @@ private:
     fifo<outgoing> entries_;
     // QoS 2 state, allocated on the first QoS 2 flow in either direction (most sessions never have one).
     struct qos2_state {
-        std::unordered_set<uint16_t> awaiting_rel; // incoming: ids received, PUBREL not yet
+        pid_set awaiting_rel;    // incoming: ids received, PUBREL not yet
         fifo<uint16_t> released; // outgoing: see released_in_order(); a ring, as PUBCOMPs mostly take its front
     };
     std::unique_ptr<qos2_state> qos2_;

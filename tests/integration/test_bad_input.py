@@ -79,26 +79,28 @@ class BadInputCases:
                 self.witness.expect_no_packet(0.2)
         self.check_others()
 
-    def test_qos1_publish_like_a_cached_topic_is_still_checked(self):
-        # Once a topic is in its shard's route cache as checked, a QoS 1 PUBLISH to it skips the topic checks; a topic
-        # that differs from it in any byte, or does not fit its packet, is checked in full.
-        bad = [
-            ("wildcard, same length", raw_publish(b"cq1/+", b"bad", flags=0x2, pid=b"\x00\x07")),
-            ("invalid UTF-8, same length", raw_publish(b"cq1/\xff", b"bad", flags=0x2, pid=b"\x00\x07")),
-            ("NUL, same length", raw_publish(b"cq1/\x00", b"bad", flags=0x2, pid=b"\x00\x07")),
-            ("wildcard level added", raw_publish(b"cq1/x/#", b"bad", flags=0x2, pid=b"\x00\x07")),
-            ("topic longer than the packet", m.packet(m.PUBLISH, 0x2, b"\x00\x10cq1/x\x00\x07")),
-            ("packet id 0, same topic", raw_publish(b"cq1/x", b"bad", flags=0x2, pid=b"\x00\x00")),
-            ("no room for the packet id", m.packet(m.PUBLISH, 0x2, b"\x00\x05cq1/x\x00")),
-        ]
-        for name, data in bad:
-            with self.subTest(case=name):
-                c = self.bad_client()
-                for i in range(2):
-                    c.publish("cq1/x", b"warm%d" % i, qos=1)
-                self.assertEqual([x.payload for x in self.witness.recv_publishes(2)], [b"warm0", b"warm1"])
-                self.send_and_expect_closed(c, data)
-                self.witness.expect_no_packet(0.2)
+    def test_qos1_and_qos2_publish_like_a_cached_topic_is_still_checked(self):
+        # Once a topic is in its shard's route cache as checked, a QoS 1 or 2 PUBLISH to it skips the topic checks; a
+        # topic that differs from it in any byte, or does not fit its packet, is checked in full.
+        for qos in (1, 2):
+            f = qos << 1
+            bad = [
+                ("wildcard, same length", raw_publish(b"cq1/+", b"bad", flags=f, pid=b"\x00\x07")),
+                ("invalid UTF-8, same length", raw_publish(b"cq1/\xff", b"bad", flags=f, pid=b"\x00\x07")),
+                ("NUL, same length", raw_publish(b"cq1/\x00", b"bad", flags=f, pid=b"\x00\x07")),
+                ("wildcard level added", raw_publish(b"cq1/x/#", b"bad", flags=f, pid=b"\x00\x07")),
+                ("topic longer than the packet", m.packet(m.PUBLISH, f, b"\x00\x10cq1/x\x00\x07")),
+                ("packet id 0, same topic", raw_publish(b"cq1/x", b"bad", flags=f, pid=b"\x00\x00")),
+                ("no room for the packet id", m.packet(m.PUBLISH, f, b"\x00\x05cq1/x\x00")),
+            ]
+            for name, data in bad:
+                with self.subTest(qos=qos, case=name):
+                    c = self.bad_client()
+                    for i in range(2):
+                        c.publish("cq1/x", b"warm%d" % i, qos=qos)
+                    self.assertEqual([x.payload for x in self.witness.recv_publishes(2)], [b"warm0", b"warm1"])
+                    self.send_and_expect_closed(c, data)
+                    self.witness.expect_no_packet(0.2)
         self.check_others()
 
     def test_malformed_remaining_length(self):
@@ -181,6 +183,12 @@ class BadInputCases:
             ("PUBACK pid 0", m.puback(0)),
             ("PUBACK with reserved flags", m.packet(m.PUBACK, 0x1, b"\x00\x01")),
             ("PUBACK too long", m.packet(m.PUBACK, 0, b"\x00\x01\x00")),
+            ("PUBREC pid 0", m.pubrec(0)),
+            ("PUBREL pid 0", m.pubrel(0)),
+            ("PUBCOMP pid 0", m.pubcomp(0)),
+            ("PUBREC too long", m.packet(m.PUBREC, 0, b"\x00\x01\x00")),
+            ("PUBREL too long", m.packet(m.PUBREL, 0x2, b"\x00\x01\x00")),
+            ("PUBCOMP too short", m.packet(m.PUBCOMP, 0, b"\x00")),
         ])
         self.check_others()
 

@@ -62,6 +62,51 @@ class PublishCases:
                 sub.expect_no_packet(0.2)
                 pub.expect_no_packet(0.1)
 
+    def test_qos2_on_a_cached_topic_exact_frames(self):
+        # The fast path of a cached topic takes QoS 2 PUBLISHes too (the id recorded as awaiting release, PUBREC
+        # answered without a second decode), and the 3.x PUBREC, PUBREL and PUBCOMP of either side are taken as they
+        # stand. The frames must be those of the full path, for subscribers granted 2, 1 and 0; a PUBLISH sent again
+        # with its id still awaiting PUBREL and no DUP flag is answered and not delivered twice; ids round the wrap.
+        for sub_qos in (2, 1, 0):
+            with self.subTest(sub_qos=sub_qos):
+                topic = f"t/fq2{sub_qos}"  # 7 bytes, as in the QoS 1 case: 116 payload bytes make remaining length 127
+                sub = self.client(self.sub_id(f"fq2sub{sub_qos}"))
+                sub.subscribe([(topic, sub_qos)])
+                pub = self.client(self.pub_id(f"fq2pub{sub_qos}"))
+                payloads = [b"warm", b"a" * 116, b"b" * 117, b"", b"c" * 1100, b"d" * 20000, b"end"]
+                pids = [0xfffc + k if 0xfffc + k <= 0xffff else 0xfffc + k - 0xffff for k in range(len(payloads))]
+                for k, (pid, p) in enumerate(zip(pids, payloads)):
+                    pub.send(m.publish(topic, p, qos=2, pid=pid))
+                    pub.expect(m.pubrec(pid))
+                    if k == 2:  # the same PUBLISH again before its PUBREL, without DUP: PUBREC again, one delivery
+                        pub.send(m.publish(topic, p, qos=2, pid=pid))
+                        pub.expect(m.pubrec(pid))
+                    pub.send(m.pubrel(pid))
+                    pub.expect(m.pubcomp(pid))
+                # The subscriber's PUBRELs come in its PUBRECs' order, between the PUBLISHes that follow.
+                awaiting_rel = []
+                k = 0
+                while k < len(payloads) or awaiting_rel:
+                    pkt = sub.read_packet(timeout=10)
+                    if pkt.type == m.PUBREL and awaiting_rel:
+                        pid = awaiting_rel.pop(0)
+                        self.assertEqual(pkt.raw(), m.pubrel(pid))
+                        sub.send(m.pubcomp(pid))
+                        continue
+                    self.assertLess(k, len(payloads), f"unexpected {pkt!r}")
+                    p = payloads[k]
+                    if sub_qos == 0:
+                        self.assertEqual(pkt.raw(), m.publish(topic, p, qos=0), f"message {k}")
+                    else:
+                        msg = m.parse_publish(pkt)
+                        self.assertEqual(pkt.raw(), m.publish(topic, p, qos=sub_qos, pid=msg.pid), f"message {k}")
+                        sub.send(m.puback(msg.pid) if sub_qos == 1 else m.pubrec(msg.pid))
+                        if sub_qos == 2:
+                            awaiting_rel.append(msg.pid)
+                    k += 1
+                sub.expect_no_packet(0.2)
+                pub.expect_no_packet(0.1)
+
     def test_qos2_exact_flow_both_sides(self):
         pub, sub = self.pair("t/q2", 2)
         pub.send(m.publish("t/q2", b"two", qos=2, pid=0xfffe))
