@@ -15,6 +15,12 @@ namespace ringmq::session {
 
 class pid_set {
 public:
+    pid_set() = default;
+    // Not copied or moved: it lives in its session's QoS 2 state, allocated once, and a moved-from table would have to
+    // be made consistent for nothing.
+    pid_set(const pid_set&) = delete;
+    pid_set& operator=(const pid_set&) = delete;
+
     size_t size() const { return size_; }
     bool empty() const { return size_ == 0; }
     // Slots held now (for tests: the table's memory is 2 bytes a slot).
@@ -72,9 +78,10 @@ private:
     // How far the id in slot i stands past its home slot.
     size_t distance(size_t i) const { return (i - (slots_[i] & (cap_ - 1))) & (cap_ - 1); }
     void rehash(size_t cap) {
-        std::unique_ptr<uint16_t[]> old = std::move(slots_);
+        // Allocated before anything changes: should it throw, the set is as it was.
+        std::unique_ptr<uint16_t[]> old = std::make_unique<uint16_t[]>(cap); // zeroed: every slot free
+        old.swap(slots_);
         const size_t old_cap = cap_;
-        slots_ = std::make_unique<uint16_t[]>(cap); // zeroed: every slot free
         cap_ = cap;
         size_ = 0;
         for (size_t k = 0; k < old_cap; ++k)

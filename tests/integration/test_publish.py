@@ -107,6 +107,29 @@ class PublishCases:
                 sub.expect_no_packet(0.2)
                 pub.expect_no_packet(0.1)
 
+    def test_qos2_on_a_cached_topic_after_the_routes_change(self):
+        # The fast path records a QoS 2 id as awaiting release only once it knows it will route the message: were the
+        # id recorded before the route cache's entry is found stale (a SUBSCRIBE since the topic was cached), the full
+        # path it falls back to would take the PUBLISH for a resend and answer PUBREC without delivering it. (On 2
+        # shards the subscribers live on the other shard, whose SUBSCRIBE leaves the publisher's routes as they were.)
+        topic = "t/fq2gen"
+        first = self.client(self.sub_id("fq2gen1"))
+        first.subscribe([(topic, 2)])
+        pub = self.client(self.pub_id("fq2genp"))
+        for i in range(2):
+            pub.publish(topic, b"warm%d" % i, qos=2)
+        self.assertEqual([x.payload for x in first.recv_publishes(2)], [b"warm0", b"warm1"])
+        second = self.client(self.sub_id("fq2gen2"))
+        second.subscribe([(topic, 2)])
+        pub.send(m.publish(topic, b"after", qos=2, pid=77))
+        pub.expect(m.pubrec(77))
+        pub.send(m.pubrel(77))
+        pub.expect(m.pubcomp(77))
+        for sub in (first, second):
+            msg = sub.recv_publish()
+            self.assertEqual((msg.payload, msg.qos), (b"after", 2))
+            sub.expect_no_packet(0.2)
+
     def test_qos2_exact_flow_both_sides(self):
         pub, sub = self.pair("t/q2", 2)
         pub.send(m.publish("t/q2", b"two", qos=2, pid=0xfffe))
