@@ -174,6 +174,9 @@ size_t session::window_index(uint16_t pid) const {
     const uint16_t f = entries_.front().pid;
     const size_t guess = pid >= f ? size_t{pid} - f : size_t{pid} + 65535 - f;
     if (guess < inflight_ && entries_[guess].pid == pid) return guess;
+    // A window past scan_max keeps its ids in a bitmap: an id it does not hold (a stray or repeated ack) is answered
+    // without a scan of up to 65535 entries.
+    if (pid_bits_ && !pid_in_use(pid)) return inflight_;
     for (size_t i = 0; i < inflight_; ++i)
         if (entries_[i].pid == pid) return i;
     return inflight_;
