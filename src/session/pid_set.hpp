@@ -37,15 +37,17 @@ public:
     }
     // False when pid was in the set already. pid must not be 0 (not an id).
     bool insert(uint16_t pid) {
-        if (contains(pid)) return false;
         if (2 * (size_ + 1) > cap_ && cap_ < max_slots) rehash(cap_ == 0 ? min_slots : 2 * cap_);
         const size_t mask = cap_ - 1;
-        // The id being placed takes the slot of any id nearer its home than it is, which moves on in its stead.
+        // One walk looks the id up and places it: the id being placed takes the slot of any id nearer its home than
+        // it is, which moves on in its stead. Up to the first such slot the id would have stood, if present; the ids
+        // carried on after it are ones taken out of the table, which stand nowhere else in it.
         for (size_t i = pid & mask, d = 0;; i = (i + 1) & mask, ++d) {
             if (slots_[i] == 0) {
                 slots_[i] = pid;
                 break;
             }
+            if (slots_[i] == pid) return false;
             if (const size_t e = distance(i); e < d) {
                 std::swap(slots_[i], pid);
                 d = e;
