@@ -47,6 +47,8 @@ constexpr uint32_t recv_buffer_size = 16384;
 // 100 B of RSS per connection at 1k idle connections; 32 left a 256-wide connect storm as fast (perf notes in README).
 constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
+// What a client held for a full queue (hold_publisher) may send before its receive is cancelled.
+constexpr size_t held_rx_max = recv_buffer_size;
 constexpr uint32_t tick_ms = 200;
 constexpr int64_t tombstone_keep_ms = 10000;
 // A shard that holds its receives warns at most this often (with the number of holds since the last warning).
@@ -134,6 +136,10 @@ shard::shard(node& n, unsigned id, int listen_fd)
       deadlines_(tick_ms, deadline_slots), outbox_(n.smp, id), peers_(n.smp, n.cfg.budgets.ring_wakeups) {
     trie_.set_self(id_);
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
+    if (const auto& lim = cfg_.limits; lim.publisher_hold_ms != 0) {
+        if (lim.max_queued_messages != 0) hold_mark_messages_ = lim.max_queued_messages - lim.max_queued_messages / 4;
+        if (lim.max_queued_bytes != 0) hold_mark_bytes_ = lim.max_queued_bytes - lim.max_queued_bytes / 4;
+    }
 }
 
 shard::~shard() {
@@ -219,6 +225,8 @@ bool shard::run() {
     readers_.clear();
     offline_readers_.clear();
     lost_flights_.clear(); // they point at the sessions
+    queue_holds_.clear();  // so do these
+    stuck_queues_.clear();
     sessions_.clear();
     retained_.clear();
     trie_.clear();
@@ -294,7 +302,7 @@ void shard::loop() {
         // until the shard it waits for has taken enough (arm_wakes). It does not poll with a backlog: a poll would not
         // see the queue empty.
         const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() || !pending_handoffs_.empty() ||
-                          reads_runnable_;
+                          reads_runnable_ || !unheld_.empty();
         if (busy) {
             ring_.submit();
         } else if (cfg_.budgets.idle_poll_us != 0 && !outbox_.pending() &&
@@ -376,9 +384,17 @@ void shard::loop() {
             std::vector<connection*> again;
             again.swap(rearm_);
             for (connection* c : again) {
+                if (c->queue_held) continue; // read_again arms it
                 c->needs_rearm = false;
                 if (c->st != connection::state::closing && !c->recv_armed) arm_recv(*c);
             }
+        }
+        if (!queue_holds_.empty()) ease_queue_holds();
+        if (!unheld_.empty()) {
+            std::vector<uint64_t> ids;
+            ids.swap(unheld_);
+            for (const uint64_t id : ids)
+                if (const auto it = conns_.find(id); it != conns_.end()) read_again(*it->second);
         }
     }
 }
@@ -464,12 +480,147 @@ void shard::end_hold() {
         const auto it = conns_.find(id);
         if (it == conns_.end()) continue;
         connection& c = *it->second;
+        if (c.queue_held) continue; // a full queue holds it too: read_again arms it
         c.needs_rearm = false;
         // Its keepalive counts from now: it was not read (a packet cut by the hold could not be finished meanwhile).
         c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
         // One whose cancelled receive has not ended yet is re-armed when it does.
         if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
     }
+}
+
+bool shard::may_hold_publisher(const session_slot& slot) const {
+    // Only for a message no one else gets: holding its publisher would hold the other subscribers' copies of what
+    // it sends next too, and a slow subscriber may not slow the fast ones (its queue drops past its limit instead).
+    if (!slot.conn || !sole_subscriber_ || cfg_.limits.publisher_hold_ms == 0) return false;
+    const connection& p = *publisher_;
+    // Never the subscriber's own connection, nor one with messages in flight to it: its acks are what drains a
+    // queue (its own, or one a client it holds back waits for), so holding it could hold them all for good.
+    if (p.queue_held || p.slot == &slot || p.st != connection::state::connected ||
+        (p.slot && p.slot->s->inflight_len() != 0))
+        return false;
+    return stuck_queues_.empty() || !stuck_queues_.contains(&slot);
+}
+
+void shard::hold_publisher(const session_slot& slot) {
+    connection& p = *publisher_;
+    const auto [it, fresh] = queue_holds_.try_emplace(&slot);
+    if (fresh) it->second.moved_ms = now_ms_;
+    it->second.waiting.emplace_back(p.id, now_ms_);
+    // Its receive goes on until what it sent meanwhile passes held_rx_max (process_input): a client that keeps a few
+    // messages in flight, as most do, is held without a cancel and a new receive each time.
+    p.queue_held = true;
+    if (log::at_doubling(++publisher_holds_))
+        log::info("session {}: {} messages ({} bytes) queued, three quarters of its limit: client {} is not read until "
+                  "the queue is below that again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
+                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), p.client_id(),
+                  cfg_.limits.publisher_hold_ms, publisher_holds_);
+}
+
+void shard::ease_queue_holds() {
+    ease_slots_.clear();
+    for (const auto& [slot, h] : queue_holds_)
+        ease_slots_.push_back(slot);
+    for (const session_slot* slot : ease_slots_) {
+        auto it = queue_holds_.find(slot);
+        if (it == queue_holds_.end()) continue;
+        if (!slot->conn) {
+            // Offline: it drops past its limit, as offline sessions do, and holds nobody.
+            release_publishers(*slot, false);
+            continue;
+        }
+        // Each read_again may hold its publisher again (for this queue or another) or end entries: looked up anew.
+        for (;;) {
+            if (at_hold_mark(*slot->s)) break;
+            if (it->second.waiting.empty()) {
+                queue_holds_.erase(it);
+                break;
+            }
+            const uint64_t id = it->second.waiting.front().first;
+            it->second.waiting.pop_front();
+            if (const auto c = conns_.find(id); c != conns_.end()) read_again(*c->second);
+            it = queue_holds_.find(slot);
+            if (it == queue_holds_.end()) break;
+        }
+    }
+}
+
+void shard::release_publishers(const session_slot& slot, bool expired) {
+    const auto it = queue_holds_.find(&slot);
+    if (it != queue_holds_.end()) {
+        for (const auto& [id, since] : it->second.waiting)
+            unheld_.push_back(id);
+        queue_holds_.erase(it);
+        if (expired) stuck_queues_.insert(&slot);
+    }
+    if (!expired && !stuck_queues_.empty()) stuck_queues_.erase(&slot);
+}
+
+void shard::expire_queue_holds(int64_t now) {
+    const auto& lim = cfg_.limits;
+    std::erase_if(stuck_queues_, [&](const session_slot* slot) {
+        const session::session& s = *slot->s;
+        return !slot->conn || ((lim.max_queued_messages == 0 || s.queue_len() <= lim.max_queued_messages / 2) &&
+                               (lim.max_queued_bytes == 0 || s.queued_bytes() <= lim.max_queued_bytes / 2));
+    });
+    std::vector<const session_slot*> stuck;
+    for (auto it = queue_holds_.begin(); it != queue_holds_.end();) {
+        queue_hold& h = it->second;
+        if (now - h.moved_ms >= lim.publisher_hold_ms && !h.waiting.empty()) {
+            stuck.push_back(it->first);
+        } else {
+            // Its subscriber takes, but what others add (clients it cannot hold, other shards) keeps it at the mark:
+            // a client is held at most publisher_hold_ms at a time, then read again (and held again at its next
+            // message while the queue is at the mark).
+            while (!h.waiting.empty() && now - h.waiting.front().second >= lim.publisher_hold_ms) {
+                unheld_.push_back(h.waiting.front().first);
+                h.waiting.pop_front();
+                if (log::at_doubling(++publishers_let_go_))
+                    log::info("session {}: a client held for its queue for mqtt.publisher_hold_ms = {} is read again "
+                              "while messages it cannot hold keep the queue at its mark ({} so far)",
+                              it->first->s->client_id(), lim.publisher_hold_ms, publishers_let_go_);
+            }
+        }
+        it = h.waiting.empty() ? queue_holds_.erase(it) : std::next(it); // (one found stuck has some waiting)
+    }
+    for (const session_slot* slot : stuck) {
+        const session::session& s = *slot->s;
+        if (log::at_doubling(++publisher_hold_expiries_))
+            log::warn("session {}: nothing taken from its queue ({} messages) for mqtt.publisher_hold_ms = {}: the "
+                      "clients it held are read again and past its limit its messages are dropped, until it drains "
+                      "to half ({} such expiries so far)",
+                      s.client_id(), s.queue_len(), lim.publisher_hold_ms, publisher_hold_expiries_);
+        release_publishers(*slot, true);
+    }
+}
+
+void shard::read_again(connection& c) {
+    if (!c.queue_held) return;
+    c.queue_held = false;
+    if (c.st != connection::state::connected) return;
+    // Its keepalive counts from now: what it sent was not handled.
+    c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
+    if (!c.rx.empty()) {
+        // What it sent while held, first: it may hold it again.
+        const uint64_t published_before = m_.messages_received;
+        publisher_ = &c;
+        process_rx(c);
+        publisher_ = nullptr;
+        if (c.st == connection::state::closing) {
+            maybe_destroy(c);
+            return;
+        }
+        if (c.queue_held) return;
+        if (holding_ && m_.messages_received != published_before) {
+            c.needs_rearm = false;
+            hold_recv(c);
+            return;
+        }
+    }
+    if (!c.needs_rearm) return;                                                         // its receive was not cancelled
+    if (holding_ && std::find(held_.begin(), held_.end(), c.id) != held_.end()) return; // end_hold arms it
+    c.needs_rearm = false;
+    if (!c.recv_armed) arm_recv(c);
 }
 
 void shard::publish_smp() {
@@ -679,6 +830,7 @@ void shard::tick(int64_t now) {
     if (stopping_) return;
     expire_sessions(now);
     if (!lost_flights_.empty()) give_up_flights(now);
+    if (!queue_holds_.empty() || !stuck_queues_.empty()) expire_queue_holds(now);
     // Cross-shard queues deliver in microseconds; a tombstone kept this long has seen every older update arrive.
     // By the queue, not the tombstones: a clear replaced since left its entry behind, and the queue would keep it.
     if (retained_.tombs_queued() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
@@ -724,7 +876,7 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     if (c.send_failed && c.st == connection::state::connected) {
-        if (c.needs_rearm && holding_) {
+        if (c.needs_rearm && (holding_ || c.queue_held)) {
             // Its receive is held: what the client sent before the error (a DISCONNECT, say) is read when the hold
             // ends, and that receive closes it.
             c.check_at_ms = now + send_failed_grace_ms;
@@ -740,7 +892,7 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     const bool expired =
         c.st == connection::state::awaiting_connect ||
         (c.st == connection::state::connected && c.keepalive != 0 && now - c.last_rx_ms > keepalive_limit_ms(c, lim));
-    if (expired && c.needs_rearm && c.st == connection::state::connected) {
+    if (expired && (c.needs_rearm || c.queue_held) && c.st == connection::state::connected) {
         // Not read by this shard (a hold, or no receive buffers): what the client sent may wait in its socket. (A
         // connection awaiting CONNECT has published nothing, so no hold keeps it.)
         c.check_at_ms = now + held_recheck_ms;
@@ -882,6 +1034,11 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         if (!c.recv_armed && !c.needs_rearm) arm_recv(c);
         return;
     }
+    if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]] {
+        // What it sent before it closed is handled first, held or not (a DISCONNECT among it ends it normally).
+        c.queue_held = false;
+        process_rx(c);
+    }
     if (res <= 0 || c.st == connection::state::closing) {
         // Bytes for a closing connection are dropped; the buffer goes back as its flags say (received_nothing for
         // a completion without bytes).
@@ -905,7 +1062,9 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
     const uint64_t published_before = m_.messages_received;
     const uint64_t packets_before = m_.packets_received;
+    publisher_ = &c;
     process_input(c, data, static_cast<size_t>(res));
+    publisher_ = nullptr;
     // Keep-alive counts whole control packets [MQTT-3.1.2-24], not bytes: a client trickling the bytes of a packet it
     // never finishes would otherwise hold its connection (and its partial packet's memory) for ever.
     if (m_.packets_received != packets_before) c.last_rx_ms = now_ms_;
@@ -955,6 +1114,21 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
     // After a refused CONNECT nothing the client sends counts (MQTT-3.2.2-5): the socket closes once the CONNACK is
     // out.
     if (c.refused) return;
+    if (c.queue_held) [[unlikely]] {
+        // Kept in order behind what the hold left, for read_again. Past held_rx_max the receive is cancelled and the
+        // rest waits in the socket, where TCP slows the client down (what a cancelled receive still posts is kept).
+        c.rx.insert(c.rx.end(), p, p + n);
+        if (c.rx.size() > held_rx_max && !c.needs_rearm) {
+            c.needs_rearm = true;
+            if (c.recv_armed) {
+                // A multishot receive goes on delivering until it is cancelled; it ends with -ECANCELED (see on_recv).
+                io_uring_sqe* s = ring_.sqe();
+                io_uring_prep_cancel(s, c.recv_record(), 0);
+                io::set_completion(s, nullptr);
+            }
+        }
+        return;
+    }
     if (c.over_limit && c.st == connection::state::awaiting_connect && (c.rx.empty() ? p[0] : c.rx[0]) == 0x10)
         [[unlikely]] {
         // Refused whatever it says, so answered at its first byte: a connection past mqtt.max_connections holds no
@@ -1034,8 +1208,11 @@ void shard::recycle_rx(std::vector<uint8_t>& buf) {
 }
 
 size_t shard::process(connection& c, const uint8_t* p, size_t n) {
+    if (c.queue_held) [[unlikely]]
+        return 0;
     size_t off = 0;
     route_entry* fast_route = nullptr; // the route of this buffer's last fast-path QoS 1/2 PUBLISH (see publish_qos12)
+    // A queue hold (hold_publisher) stops the loop after the PUBLISH that caused it: the rest stays unhandled.
     while (off < n && c.st != connection::state::closing) {
         mqtt::fixed_header h{};
         const mqtt::error e = mqtt::parse_fixed_header(p + off, n - off, h);
@@ -1065,6 +1242,8 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
             } else if (first == 0x32) {
                 if (publish_qos12<1>(c, p + off, h, fast_route)) {
                     off += total;
+                    if (c.queue_held) [[unlikely]]
+                        break;
                     continue;
                 }
             } else if (first == 0x40 && h.remaining_length == 2) {
@@ -1077,6 +1256,8 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
             } else if (first == 0x34) {
                 if (publish_qos12<2>(c, p + off, h, fast_route)) {
                     off += total;
+                    if (c.queue_held) [[unlikely]]
+                        break;
                     continue;
                 }
             } else if (h.remaining_length == 2 && (first == 0x50 || first == 0x62 || first == 0x70)) {
@@ -1095,6 +1276,8 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         ++m_.packets_received;
         if (!dispatch(c, h, body, rest)) break;
         if (c.handed_off || c.refused) return n;
+        if (c.queue_held) [[unlikely]]
+            break;
     }
     return off;
 }
@@ -1722,8 +1905,10 @@ bool shard::publish_qos12(connection& c, const uint8_t* p, const mqtt::fixed_hea
     const route_entry& e = *known;
     if (e.matches.size() == 1 && e.matches[0].qos != 0 && (e.mask & ~(uint64_t{1} << id_)) == 0) {
         // One subscriber, on this shard, at QoS 1 or 2 (the usual point-to-point flow): straight to its session.
+        sole_subscriber_ = true;
         offer_to(*e.matches[0].slot, session::message_ref::adopt(session::message::make(topic, payload, qos, false)),
                  qos == 1 ? uint8_t{1} : e.matches[0].qos, topic);
+        sole_subscriber_ = false;
     } else {
         session::message_ref msg;
         fan_out(e, topic, payload, qos, msg, true, raw_frames{}, true);
@@ -1944,7 +2129,13 @@ void shard::pump(session_slot& slot) {
         const session::outgoing* o = slot.s->next_ready();
         if (!o) return;
         send_outgoing(c, *o, false);
+        if (!queue_holds_.empty()) [[unlikely]]
+            note_queue_taken(slot);
     }
+}
+
+void shard::note_queue_taken(const session_slot& slot) {
+    if (const auto it = queue_holds_.find(&slot); it != queue_holds_.end()) it->second.moved_ms = now_ms_;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2052,8 +2243,10 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         // A message routed from here (its topic and payload are not in msg) that no other shard needs is not needed
         // after its last local delivery.
         const size_t last = local_origin && (mask & ~(uint64_t{1} << id_)) == 0 ? hits.size() : 0;
+        sole_subscriber_ = hits.size() == 1 && last == 1;
         for (size_t i = 0; i < hits.size(); ++i)
             deliver(*hits[i].slot, topic, payload, std::min(qos, hits[i].qos), msg, qos, false, raw, i + 1 == last);
+        sole_subscriber_ = false;
     }
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
@@ -2188,7 +2381,11 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
 void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos, std::string_view topic) {
     const session::outgoing* o = nullptr;
     const uint64_t dropped_before = slot.s->dropped();
-    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o)) {
+    // A queue at its mark takes the message of a publisher it holds (from this message on) even past its limit: a
+    // client is held only once it has published, so every client not held yet would have its first message dropped
+    // by a full queue. It passes its limit by at most one message per held client.
+    const bool hold = publisher_ && qos != 0 && at_hold_mark(*slot.s) && may_hold_publisher(slot);
+    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold)) {
     case session::session::offer_result::send:
         send_outgoing(*slot.conn, *o, false);
         break;
@@ -2196,8 +2393,12 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
         if (slot.s->dropped() != dropped_before) [[unlikely]]
             note_dropped(slot, dropped_before, "queue full: its oldest QoS 0 messages dropped for a QoS {} one", qos,
                          topic);
+        if (hold) [[unlikely]]
+            hold_publisher(slot);
         break;
     case session::session::offer_result::dropped:
+        if (hold) [[unlikely]]
+            hold_publisher(slot); // past even the limit's slack: its message is lost, but it sends no more meanwhile
         if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
             note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
                          cfg_.limits.max_queued_messages, topic);
@@ -2564,6 +2765,7 @@ void shard::expire_sessions(int64_t now) {
 
 void shard::drop_session(session_slot* slot) {
     forget_lost_flights(slot);
+    if (!queue_holds_.empty() || !stuck_queues_.empty()) release_publishers(*slot, false);
     if (slot->s->held()) end_reads(reader_of(*slot), false);
     for (const auto& [filter, qos] : slot->s->subscriptions) {
         bool idle = false;

@@ -291,6 +291,8 @@ public:
     bool send_failed : 1 = false;  // a send failed: nothing more is sent; the receive path closes it (on_send)
     bool send_reset : 1 = false;   // and it failed with EPIPE or ECONNRESET
     bool fixed : 1 = false;        // fd is a slot of the ring's file table (settle_socket), used with IOSQE_FIXED_FILE
+    // Not read while a subscriber's queue drains (hold_publisher): what it sent meanwhile waits in rx, unhandled.
+    bool queue_held : 1 = false;
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
@@ -390,6 +392,24 @@ private:
     // Stops reading c until the hold ends (cancels its multishot receive if one is armed).
     void hold_recv(connection& c);
     void end_hold();
+    // Publishers held for a subscriber's queue (mqtt.publisher_hold_ms): whether the publisher_ of a message for slot's
+    // session at its hold mark may wait, unread, for it (offer_to then queues the message even past the limit), and
+    // its hold.
+    bool may_hold_publisher(const session_slot& slot) const;
+    void hold_publisher(const session_slot& slot);
+    // Three quarters of the queue's limits (none past UINT64_MAX: no limit, or mqtt.publisher_hold_ms = 0).
+    bool at_hold_mark(const session::session& s) const {
+        return s.queue_len() >= hold_mark_messages_ || s.queued_bytes() >= hold_mark_bytes_;
+    }
+    // At the end of a turn: reads the held publishers of each queue below its mark again, oldest first, until it is
+    // at the mark once more (read_again handles what each sent meanwhile at once).
+    void ease_queue_holds();
+    // Its session is offline or gone, or (expired) nothing was taken from its queue for mqtt.publisher_hold_ms and it
+    // is stuck (see stuck_queues_): all its publishers are read again at the end of the turn.
+    void release_publishers(const session_slot& slot, bool expired);
+    void expire_queue_holds(int64_t now);
+    void note_queue_taken(const session_slot& slot); // its subscriber took a message from the queue (pump)
+    void read_again(connection& c);
 
     // connections
     connection& adopt(int fd, listener::peer_addr peer);
@@ -655,6 +675,29 @@ private:
     std::vector<uint64_t> held_;
     uint64_t holds_ = 0;         // hold episodes since the last warning
     int64_t hold_warned_ms_ = 0; // when the last warning was logged
+    // The connection whose received bytes this shard is handling (on_recv, read_again), else null: the publisher a
+    // full queue may hold. Messages from other shards, wills and the admin API have none and are never held back.
+    connection* publisher_ = nullptr;
+    bool sole_subscriber_ = false; // the message being offered goes to one session only (fan_out, publish_qos12)
+    uint64_t hold_mark_messages_ = UINT64_MAX; // see at_hold_mark
+    uint64_t hold_mark_bytes_ = UINT64_MAX;
+    // Per connected session whose queue reached its hold mark: the publishing connections that wait for it, oldest
+    // first, by id (they may close meanwhile) with when each was held, and when its subscriber last took a message
+    // from the queue (pump). Entries go with their session (drop_session) or its connection (ease_queue_holds), or
+    // when nothing is taken from the queue for mqtt.publisher_hold_ms (expire_queue_holds): its session is then stuck,
+    // holds nobody and drops past its limit as without holds, until its queue drains to half or it goes offline
+    // (checked each tick). A client held that long while the queue moves is read again (expire_queue_holds too).
+    struct queue_hold {
+        std::deque<std::pair<uint64_t, int64_t>> waiting;
+        int64_t moved_ms = 0;
+    };
+    std::unordered_map<const session_slot*, queue_hold> queue_holds_;
+    std::unordered_set<const session_slot*> stuck_queues_;
+    std::vector<const session_slot*> ease_slots_; // ease_queue_holds' list, kept for its capacity
+    std::vector<uint64_t> unheld_;   // publishers let go all at once: read again at the end of the turn (read_again)
+    uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
+    uint64_t publisher_holds_ = 0;   // publishers held so far, logged at doublings
+    uint64_t publisher_hold_expiries_ = 0;
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.
     uint64_t retained_too_large_ = 0; // retained PUBLISHes over mqtt.max_retained_payload, not stored

@@ -36,9 +36,12 @@ struct mqtt_limits {
     uint32_t max_packet_size = 1048576; // bytes, whole packet incl. fixed header; 16..268435460
     uint32_t max_client_id_len = 65535; // >= 23: MQTT-3.1.3-5 makes servers accept ids of 1..23 bytes
     uint32_t max_topic_levels = 128;
-    uint32_t max_inflight = 32;             // QoS1/2 messages in flight to one client, 1..65535
-    uint32_t max_queued_messages = 1000;    // per session, 0 = unlimited
-    uint64_t max_queued_bytes = 0;          // topic and payload bytes queued per session, 0 = unlimited
+    uint32_t max_inflight = 32;          // QoS1/2 messages in flight to one client, 1..65535
+    uint32_t max_queued_messages = 1000; // per session, 0 = unlimited
+    uint64_t max_queued_bytes = 0;       // topic and payload bytes queued per session, 0 = unlimited
+    // How long at a time a client publishing QoS 1/2 on a session's shard may wait, unread, for that connected
+    // session's queue to go below three quarters of its limits; 0 = never: past the limit the message is dropped.
+    uint32_t publisher_hold_ms = 1000;
     uint32_t max_sessions = 0;              // sessions per node, connected or offline, 0 = unlimited
     uint32_t max_subscriptions = 0;         // filters per session, 0 = unlimited
     uint32_t max_awaiting_rel = 100;        // incoming QoS 2 awaiting PUBREL per session, 0 = unlimited (65535 ids)

@@ -7,6 +7,7 @@
 #include "session/message.hpp"
 #include "session/pid_set.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -58,8 +59,10 @@ public:
     // call on any session of this thread; for QoS > 0 it is in the window with its packet id). Otherwise it is queued
     // (returns queued) unless the queue is full (max_queued messages, or it would pass max_queued_bytes), in which
     // case the new message is dropped and counted (returns dropped); a QoS 1/2 message is queued instead if dropping
-    // the oldest queued QoS 0 messages makes room (each counted dropped: dropped() tells how many).
-    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out);
+    // the oldest queued QoS 0 messages makes room (each counted dropped: dropped() tells how many). past_limit: the
+    // limits are a quarter higher (at least one message) for this message (the broker holds its publisher back from
+    // it on, see shard::may_hold_publisher).
+    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false);
 
     // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
     // until the next call on any session of this thread) or nullptr. QoS 0 entries are returned without entering the
@@ -183,9 +186,12 @@ private:
     // dropping them all would; true when it did.
     bool drop_qos0_for(uint64_t bytes);
     // Whether one more queued message of `bytes` stays within max_queued and max_queued_bytes.
-    bool room_for(uint64_t bytes) const {
-        return (limits_.max_queued == 0 || queue_len() < limits_.max_queued) &&
-               (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= limits_.max_queued_bytes);
+    // slack: the limits a quarter higher (offer's past_limit).
+    bool room_for(uint64_t bytes, bool slack = false) const {
+        const uint64_t messages = limits_.max_queued + (slack ? std::max<uint32_t>(limits_.max_queued / 4, 1) : 0);
+        const uint64_t most = limits_.max_queued_bytes + (slack ? limits_.max_queued_bytes / 4 : 0);
+        return (limits_.max_queued == 0 || queue_len() < messages) &&
+               (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= most);
     }
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     static uint16_t pid_at(uint32_t step) { return static_cast<uint16_t>(step % 65535 + 1); }

@@ -165,7 +165,8 @@ class LimitCases:
         self.assertEqual([x.payload for x in sub.recv_publishes(4)], payloads[:4])
 
     def test_max_queued_messages_online_slow_consumer(self):
-        self.use_broker({"mqtt.max_queued_messages": 4, "mqtt.max_inflight": 1})
+        # The drop at the limit itself: without holding the publisher (PublisherHoldTest) for the stuck reader.
+        self.use_broker({"mqtt.max_queued_messages": 4, "mqtt.max_inflight": 1, "mqtt.publisher_hold_ms": 0})
         sub = self.client(self.sub_id())
         sub.subscribe([("lim/slow", 1)])
         pub = self.client(self.pub_id())
@@ -806,6 +807,329 @@ class LimitCases:
         self.assertGreaterEqual(plain_epochs, 1, detail)
 
 shard_variants(LimitCases, globals())
+
+
+HOLD_LINE = rb"queued, three quarters of its limit: client \S+ is not read until"
+
+
+class PublisherHoldBase:
+    AUTO_START = False
+    # One in flight, 8 queued: the publisher is held at 6 queued.
+    LIMITS = {"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 8}
+
+    def flood(self, pub, topic: str, n: int, size: int = 8, qos: int = 1, dup: bool = False, first: int = 0) -> list:
+        frames = [m.publish(topic, b"%06d" % i + b"x" * (size - 6), qos=qos, pid=i + 1, dup=dup)
+                  for i in range(first, first + n)]
+        pub.send(b"".join(frames))
+        return frames
+
+    def on0(self, name: str, **kw):
+        return self.client(self.cid(name, 0), **kw)
+
+    def assert_dropped_not_held(self, limit: int) -> None:
+        self.assertIn(b"queue full (mqtt.max_queued_messages = %d)" % limit, self.broker.log())
+        self.assertNotRegex(self.broker.log(), HOLD_LINE)
+
+
+class PublisherHoldCases(PublisherHoldBase):
+    """mqtt.publisher_hold_ms: a client publishing QoS 1/2 faster than a connected subscriber on its shard takes them is
+    not read while that subscriber's queue is at three quarters of its limit, instead of having what passes the
+    limit dropped; a queue that stays at its mark for publisher_hold_ms lets its publishers go and drops past its limit
+    until it drains. Every client here is homed on shard 0, so with 2 shards too the publisher shares the subscriber's
+    shard (PublisherHoldAcrossShards has them apart)."""
+
+    def slow_reader(self, dup: bool) -> None:
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 5000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/slow", 1)])
+        pub = self.on0("pub")
+        n = 300
+        self.flood(pub, "hold/slow", n, dup=dup)
+        got = []
+        for _ in range(n):
+            msg = sub.recv_publish(ack=False)
+            got.append(int(msg.payload[:6]))
+            if len(got) % 50 == 0:
+                time.sleep(0.05)  # slower now and then: the queue fills behind the window
+            sub.ack(msg)
+        self.assertEqual(got, list(range(n)))
+        for i in range(n):
+            pub.expect(m.puback(i + 1))
+        sub.expect_no_packet(0.2)
+        log = self.broker.log()
+        self.assertRegex(log, HOLD_LINE)
+        self.assertNotIn(b"dropped", log)
+        self.assertNotIn(b"nothing taken from its queue", log)
+
+    def test_a_slow_subscriber_holds_the_publisher_and_loses_nothing(self):
+        self.slow_reader(dup=False)
+
+    def test_held_on_the_full_decode_too(self):
+        # DUP set: not the fast path's PUBLISH, so each goes through the general decode and dispatch.
+        self.slow_reader(dup=True)
+
+    def test_qos2_publisher_held_loses_nothing(self):
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 5000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/q2", 2)])
+        pub = self.on0("pub")
+        n = 90  # within mqtt.max_awaiting_rel (100): all sent before any PUBREL
+        got = Collector(sub, n, timeout=10)
+        self.flood(pub, "hold/q2", n, qos=2)
+        for i in range(n):
+            pub.expect(m.pubrec(i + 1), timeout=10)
+        pub.send(b"".join(m.pubrel(i + 1) for i in range(n)))
+        for i in range(n):
+            pub.expect(m.pubcomp(i + 1), timeout=10)
+        self.assertEqual([(int(x.payload[:6]), x.qos) for x in got.join()], [(i, 2) for i in range(n)])
+        self.assertRegex(self.broker.log(), HOLD_LINE)
+        self.assertNotIn(b"dropped", self.broker.log())
+
+    def test_a_subscriber_that_keeps_taking_slowly_never_expires_the_hold(self):
+        # 50 publishers held in turn for a subscriber that takes a message every 10 ms: the queue stays at its mark
+        # longer than the hold's 0.3 s, but it moves all the while, so it never counts as stuck and nothing drops.
+        # (A queue of 200, held from 150: its quarter past the limit holds what each client not held yet brings.)
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 200, "mqtt.publisher_hold_ms": 300})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/many/#", 1)])
+        pubs = [self.on0(f"p{k}") for k in range(50)]
+        for k, p in enumerate(pubs):
+            p.send(b"".join(m.publish(f"hold/many/{k}", b"%02d%04d" % (k, i), qos=1, pid=i + 1) for i in range(4)))
+        got = {}
+        for _ in range(200):
+            x = sub.recv_publish()
+            got.setdefault(int(x.payload[:2]), []).append(int(x.payload[2:]))
+            time.sleep(0.01)
+        self.assertEqual(got, {k: [0, 1, 2, 3] for k in range(50)})
+        for p in pubs:
+            for i in range(4):
+                p.expect(m.puback(i + 1))
+        log = self.broker.log()
+        self.assertRegex(log, HOLD_LINE)
+        self.assertNotIn(b"nothing taken from its queue", log)
+        self.assertNotIn(b"dropped", log)
+
+    def test_a_client_held_while_others_keep_the_queue_at_its_mark_is_read_again(self):
+        # A client that cannot be held (a message in flight to it) keeps the queue at its mark while its subscriber
+        # takes slowly: the held client is read again after the hold's 0.3 s, not when the queue drains (it never does
+        # here), and the queue never counts as stuck.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 300})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/mix/#", 1)])
+        flooder = self.on0("fl")
+        flooder.subscribe([("hold/fl", 1)])
+        self.on0("to-fl").publish("hold/fl", b"never acked", qos=1)  # in flight to the flooder from now on
+        pub = self.on0("pub")
+        stop = threading.Event()
+
+        def flood():
+            pid = 0
+            while not stop.is_set():
+                pid = pid % 60000 + 1
+                flooder.send(m.publish("hold/mix/fl", b"fl", qos=1, pid=pid))
+                time.sleep(0.003)
+
+        def slow_reader():
+            while not stop.is_set():
+                try:
+                    sub.recv_publish(timeout=0.5)
+                except AssertionError:
+                    pass
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=flood, daemon=True), threading.Thread(target=slow_reader, daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)  # the queue is full now
+            self.flood(pub, "hold/mix/q1", 20)
+            pub.expect(m.puback(1), timeout=3)  # found the queue at its mark: queued past it, and held
+            pub.expect_no_packet(0.2)
+            pub.expect(m.puback(2), timeout=1.5)  # read again after 0.3 s (each tick: 0.2 s)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(2)
+        log = self.broker.log()
+        self.assertIn(b"is read again while messages it cannot hold keep the queue at its mark", log)
+        self.assertNotIn(b"nothing taken from its queue", log)
+
+    def test_a_stuck_subscriber_that_leaves_lets_its_publisher_go_at_once(self):
+        # Its session gone (clean) or offline (persistent): nothing to wait for, long before the hold's 10 s.
+        for clean in (True, False):
+            self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+            sub = self.on0("sub", clean=clean)
+            sub.subscribe([("hold/gone", 1)])
+            pub = self.on0("pub")
+            self.flood(pub, "hold/gone", 20)
+            for i in range(8):
+                pub.expect(m.puback(i + 1))
+            pub.expect_no_packet(0.2)
+            sub.disconnect()
+            for i in range(8, 20):
+                pub.expect(m.puback(i + 1), timeout=2)
+            if not clean:
+                # Offline, the session kept what its queue holds (8), in order; the rest passed its limit.
+                sub = self.on0("sub", clean=False, expect=m.connack(session_present=True))
+                got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+                self.assertEqual(got, list(range(9)))
+            self.assert_broker_healthy()
+
+    def test_a_held_clients_keepalive_does_not_run_out(self):
+        # Keep-alive 1 s (closed past 1.5 s of silence), held for 3 s: what it sent was not read, so the time held
+        # does not count as its silence.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/ka", 1)])
+        pub = self.on0("pub", keepalive=1)
+        self.flood(pub, "hold/ka", 20)
+        for i in range(8):
+            pub.expect(m.puback(i + 1))
+        for _ in range(6):
+            time.sleep(0.5)
+            pub.send(m.pingreq())  # kept unread behind its PUBLISHes
+        got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual(got, list(range(20)))
+        acks = [p.raw() for p in [pub.read_packet() for _ in range(12 + 6)]]
+        self.assertEqual([a for a in acks if a[0] == 0x40], [m.puback(i + 1) for i in range(8, 20)])
+        self.assertEqual(acks.count(m.PINGRESP_BYTES), 6)
+        pub.send(m.pingreq())
+        pub.expect(m.PINGRESP_BYTES)
+        self.assertNotIn(b"keepalive 1 s exceeded", self.broker.log())
+
+    def test_without_the_hold_the_same_flood_is_dropped_past_the_limit(self):
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 0})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/slow", 1)])
+        pub = self.on0("pub")
+        n = 300
+        self.flood(pub, "hold/slow", n)
+        for i in range(n):
+            pub.expect(m.puback(i + 1))
+        got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual(got, list(range(len(got))))
+        self.assertLessEqual(len(got), 9)
+        self.assert_dropped_not_held(8)
+
+    def test_a_stuck_subscriber_holds_the_publisher_at_most_publisher_hold_ms(self):
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 400})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/stuck", 1)])
+        pub = self.on0("pub")
+        self.flood(pub, "hold/stuck", 20)
+        # 1 in the window and 6 queued are answered, and the 8th, which finds the queue at its mark and holds it.
+        for i in range(8):
+            pub.expect(m.puback(i + 1))
+        held = time.monotonic()
+        pub.expect_no_packet(0.2)
+        # Others go on meanwhile, and the held client's acks are not needed for it.
+        witness_sub = self.client(self.sub_id("w-sub"))
+        witness_sub.subscribe([("hold/other", 1)])
+        witness = self.client(self.pub_id("w-pub"))
+        witness.publish("hold/other", b"meanwhile", qos=1)
+        self.assertEqual(witness_sub.recv_publish().payload, b"meanwhile")
+        # Past the hold the rest is handled: 1 more queued (the limit), 11 dropped.
+        for i in range(8, 20):
+            pub.expect(m.puback(i + 1), timeout=5)
+        self.assertGreaterEqual(time.monotonic() - held, 0.3)
+        log = self.broker.log()
+        self.assertIn(b"nothing taken from its queue (7 messages) for mqtt.publisher_hold_ms = 400", log)
+        self.assertIn(b"queue full (mqtt.max_queued_messages = 8)", log)
+        # Its queue drops until it drains to half: a slow reader now gets what was kept, in order, nothing held.
+        got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual(got, list(range(9)))
+        # Drained: the next flood holds the publisher again, and loses nothing this time.
+        self.flood(pub, "hold/stuck", 30)
+        got = [int(sub.recv_publish().payload[:6]) for _ in range(30)]
+        self.assertEqual(got, list(range(30)))
+        self.assertGreaterEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)  # holds are logged at doublings
+
+    def test_a_message_another_subscriber_gets_too_does_not_hold_its_publisher(self):
+        # A slow subscriber may not slow the fast ones: where a message has other subscribers, the slow one's queue
+        # drops past its limit as without holds. (Queues of 200: the fast one's holds a round of 100.)
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 200, "mqtt.publisher_hold_ms": 10000})
+        slow = self.on0("slow")
+        slow.subscribe([("hold/both", 1)])
+        fast = self.on0("fast")
+        fast.subscribe([("hold/#", 1)])
+        pub = self.on0("pub")
+        got = Collector(fast, 400)
+        for r in range(4):
+            pub.send(b"".join(m.publish("hold/both", b"%06d" % (r * 100 + i), qos=1, pid=r * 100 + i + 1)
+                              for i in range(100)))
+            for i in range(100):
+                pub.expect(m.puback(r * 100 + i + 1), timeout=3)
+            deadline = time.monotonic() + 5
+            while len(got.messages) < (r + 1) * 100 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.assertEqual([int(x.payload) for x in got.join()], list(range(400)))
+        self.assertEqual([int(p) for p in read_until_quiet(slow, quiet=0.5)], list(range(201)))
+        self.assert_dropped_not_held(200)
+
+    def test_a_client_publishing_to_its_own_full_queue_is_not_held(self):
+        # Its PUBACKs to what it receives are what drains the queue: holding it would hold them too.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        c = self.on0("sub")
+        c.subscribe([("hold/self", 1)])
+        self.flood(c, "hold/self", 20)
+        acks = set()
+        deadline = time.monotonic() + 3
+        while len(acks) < 20 and time.monotonic() < deadline:
+            p = c.read_packet(max(0.01, deadline - time.monotonic()))
+            if p.type == m.PUBACK:
+                acks.add(p.raw())
+        self.assertEqual(acks, {m.puback(i + 1) for i in range(20)})
+        self.assertNotRegex(self.broker.log(), HOLD_LINE)
+
+    def test_what_a_held_client_sent_before_it_left_is_handled(self):
+        # Held, then DISCONNECT and the end of its stream (SHUT_WR): what it sent is handled, its last PUBLISHes and the
+        # DISCONNECT included, which ends it normally (no will). "big" sends more than a held client may leave unread
+        # (its receive is cancelled and the rest waits in its socket until the hold expires); "small" sends a few
+        # bytes, kept unread until its end of stream comes.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 400})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/left", 1)])
+        watcher = self.on0("watch")
+        watcher.subscribe([("hold/will/#", 0)])
+        for name, count, size in (("big", 40, 1000), ("small", 10, 8)):
+            pub = self.on0(name, will=m.Will(f"hold/will/{name}", b"gone"))
+            before = len(re.findall(HOLD_LINE, self.broker.log()))
+            self.flood(pub, "hold/left", count, size)
+            for i in range(8):
+                pub.expect(m.puback(i + 1))
+            deadline = time.monotonic() + 3
+            while len(re.findall(HOLD_LINE, self.broker.log())) == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            pub.send(m.disconnect())
+            pub.sock.shutdown(socket.SHUT_WR)
+            # Acks still queued when the DISCONNECT closes it are not sent (as for any client that leaves so).
+            pub.expect_closed(5, allow=[m.puback(i + 1) for i in range(8, count)])
+            watcher.expect_no_packet(0.3)
+            # The window's 1 and the queue's 8: the queue had 6 at the hold, so the parked ones were handled too.
+            got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+            self.assertEqual(got, list(range(9)), name)
+        self.assertEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)
+        self.assert_broker_healthy()
+
+
+shard_variants(PublisherHoldCases, globals())
+
+
+class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
+    SHARDS = 2
+
+    def test_a_publisher_on_another_shard_is_not_held(self):
+        # Its messages come through the cross-shard queue: the subscriber's shard cannot hold it, and its queue drops
+        # past the limit.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/far", 1)])
+        pub = self.client(self.cid("pub", 1))
+        self.flood(pub, "hold/far", 100)
+        for i in range(100):
+            pub.expect(m.puback(i + 1), timeout=3)
+        self.assertEqual([int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)], list(range(9)))
+        self.assert_dropped_not_held(8)
 
 
 class DescriptorLimitTest(BrokerTest):

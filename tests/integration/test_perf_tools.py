@@ -218,6 +218,22 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.assertEqual(rc, 0, err)
         self.check_exact(data)
 
+    def test_fanin_qos1_past_the_queue_loses_nothing(self):
+        # 20 publishers with 64 messages each in flight to one subscriber whose queue holds 100: the publishers are
+        # held while it drains (mqtt.publisher_hold_ms), so every message arrives. Without the hold the queue drops.
+        # (A hold of 10 s: the default second could run out where this host stalls the generator that long.)
+        self.use_broker({"mqtt.max_queued_messages": 100, "mqtt.publisher_hold_ms": 10000})
+        rc, data, err = loadgen(self.port, "--scenario", "fanin", "--publishers", "20", "--qos", "1")
+        self.assertEqual(rc, 0, err)
+        self.check_exact(data)
+        self.assertRegex(self.broker.log(), rb"queued, three quarters of its limit: client \S+ is not read until")
+        self.assertNotIn(b"dropped", self.broker.log())
+        self.use_broker({"mqtt.max_queued_messages": 100, "mqtt.publisher_hold_ms": 0})
+        rc, data, err = loadgen(self.port, "--scenario", "fanin", "--publishers", "20", "--qos", "1")
+        self.assertEqual(rc, 0, err)
+        self.assertGreater(data["lost"], 0, data)
+        self.assertIn(b"queue full (mqtt.max_queued_messages = 100)", self.broker.log())
+
     def test_retained_answers_each_subscribe_with_its_own_retained_message(self):
         # loadgen checks every answer: the retained message on exactly the topic asked for, in SUBSCRIBE order.
         rc, data, err = loadgen(self.port, "--scenario", "retained", "--retained", "3000", "--subscribers", "2",

@@ -250,6 +250,34 @@ TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
     EXPECT_EQ(got, "012");
 }
 
+TEST(Session, PastTheLimitIsQueuedWithinAQuarterMoreWhenAsked) {
+    // The broker holds the publisher of such a message back (shard::may_hold_publisher): it is queued, in order, past
+    // the limits by up to a quarter of them (at least one message), and counts against them from then on.
+    session s("c", false, lim(1, 2));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
+    EXPECT_EQ(s.offer(msg("b"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("c"), 1, true, &o), offer::queued) << "the queue is full now";
+    EXPECT_EQ(s.offer(msg("d"), 1, true, &o), offer::dropped) << "without past_limit the limit holds";
+    EXPECT_EQ(s.offer(msg("e"), 1, true, &o, true), offer::queued) << "2 + max(2 / 4, 1)";
+    EXPECT_EQ(s.offer(msg("f"), 1, true, &o, true), offer::dropped) << "past the quarter too";
+    EXPECT_EQ(s.queue_len(), 3u);
+    EXPECT_EQ(s.dropped(), 2u);
+    ASSERT_TRUE(s.on_puback(s.window().front().pid));
+    EXPECT_EQ(drain_acked(s), "b,c,e,");
+
+    // Bytes: each message is "t/x" and its payload. The queue holds 100 bytes, 125 with past_limit.
+    limits l = lim(1, 0);
+    l.max_queued_bytes = 100;
+    session b("c", false, l);
+    ASSERT_EQ(b.offer(msg("w"), 1, true, &o), offer::send);
+    EXPECT_EQ(b.offer(msg(std::string(97, 'x')), 1, true, &o), offer::queued);
+    EXPECT_EQ(b.offer(msg(std::string(22, 'y')), 1, true, &o), offer::dropped);
+    EXPECT_EQ(b.offer(msg(std::string(22, 'y')), 1, true, &o, true), offer::queued) << "125 bytes";
+    EXPECT_EQ(b.offer(msg("z"), 1, true, &o, true), offer::dropped) << "129 bytes";
+    EXPECT_EQ(b.queued_bytes(), 125u);
+}
+
 TEST(Session, AFullQueueDropsItsOldestQoS0ForAQoS1Message) {
     // QoS 1/2 must be stored for an offline session, QoS 0 may be [MQTT-3.1.2-5].
     session s("c", false, lim(5, 3));
