@@ -954,6 +954,28 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertIn(b"is read again while messages it cannot hold keep the queue at its mark", log)
         self.assertNotIn(b"nothing taken from its queue", log)
 
+    def test_what_a_held_client_sends_past_16_kib_waits_in_its_socket(self):
+        # Its receive is cancelled: the rest stays in its socket and TCP stops it, rather than the broker taking in
+        # whatever it sends (64 MB here) while it is held.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/big", 1)])
+        pub = self.on0("pub")
+        self.flood(pub, "hold/big", 20)
+        for i in range(8):
+            pub.expect(m.puback(i + 1))
+        frame = m.publish("hold/big", b"x" * 65536, qos=1, pid=100)
+        pub.sock.settimeout(2)
+        sent = 0
+        try:
+            while sent < 64 << 20:
+                pub.sock.sendall(frame)
+                sent += len(frame)
+        except socket.timeout:
+            pass
+        self.assertLess(sent, 64 << 20)
+        self.assertTrue(self.broker.alive())
+
     def test_a_stuck_subscriber_that_leaves_lets_its_publisher_go_at_once(self):
         # Its session gone (clean) or offline (persistent): nothing to wait for, long before the hold's 10 s.
         for clean in (True, False):
