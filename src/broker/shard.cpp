@@ -460,8 +460,13 @@ void shard::check_cross_shard() {
 
 void shard::hold_recv(connection& c) {
     if (c.needs_rearm) return; // held already, or waiting for receive buffers (held when it publishes again)
-    c.needs_rearm = true;
+    stop_recv(c);
     held_.push_back(c.id);
+}
+
+void shard::stop_recv(connection& c) {
+    if (c.needs_rearm) return;
+    c.needs_rearm = true;
     if (c.recv_armed) {
         // A multishot receive goes on delivering until it is cancelled; it ends with -ECANCELED (see on_recv).
         io_uring_sqe* s = ring_.sqe();
@@ -1118,15 +1123,7 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
         // Kept in order behind what the hold left, for read_again. Past held_rx_max the receive is cancelled and the
         // rest waits in the socket, where TCP slows the client down (what a cancelled receive still posts is kept).
         c.rx.insert(c.rx.end(), p, p + n);
-        if (c.rx.size() > held_rx_max && !c.needs_rearm) {
-            c.needs_rearm = true;
-            if (c.recv_armed) {
-                // A multishot receive goes on delivering until it is cancelled; it ends with -ECANCELED (see on_recv).
-                io_uring_sqe* s = ring_.sqe();
-                io_uring_prep_cancel(s, c.recv_record(), 0);
-                io::set_completion(s, nullptr);
-            }
-        }
+        if (c.rx.size() > held_rx_max) stop_recv(c);
         return;
     }
     if (c.over_limit && c.st == connection::state::awaiting_connect && (c.rx.empty() ? p[0] : c.rx[0]) == 0x10)

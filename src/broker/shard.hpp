@@ -391,6 +391,8 @@ private:
     void check_cross_shard();
     // Stops reading c until the hold ends (cancels its multishot receive if one is armed).
     void hold_recv(connection& c);
+    // Marks c not to be re-armed (needs_rearm) and cancels its receive if one is armed; whoever set it re-arms it.
+    void stop_recv(connection& c);
     void end_hold();
     // Publishers held for a subscriber's queue (mqtt.publisher_hold_ms): whether the publisher_ of a message for slot's
     // session at its hold mark may wait, unread, for it (offer_to then queues the message even past the limit), and

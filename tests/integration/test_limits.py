@@ -826,6 +826,18 @@ class PublisherHoldBase:
     def on0(self, name: str, **kw):
         return self.client(self.cid(name, 0), **kw)
 
+    def held_pair(self, topic: str, hold_ms: int, sub_kw=None, pub_kw=None) -> tuple:
+        """A subscriber that takes nothing and a publisher of 20 pipelined QoS 1 messages, held at its 8th (1 in the
+        window, 6 queued, and the one that found the queue at its mark): (sub, pub)."""
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": hold_ms})
+        sub = self.on0("sub", **(sub_kw or {}))
+        sub.subscribe([(topic, 1)])
+        pub = self.on0("pub", **(pub_kw or {}))
+        self.flood(pub, topic, 20)
+        for i in range(8):
+            pub.expect(m.puback(i + 1))
+        return sub, pub
+
     def assert_dropped_not_held(self, limit: int) -> None:
         self.assertIn(b"queue full (mqtt.max_queued_messages = %d)" % limit, self.broker.log())
         self.assertNotRegex(self.broker.log(), HOLD_LINE)
@@ -957,13 +969,7 @@ class PublisherHoldCases(PublisherHoldBase):
     def test_what_a_held_client_sends_past_16_kib_waits_in_its_socket(self):
         # Its receive is cancelled: the rest stays in its socket and TCP stops it, rather than the broker taking in
         # whatever it sends (64 MB here) while it is held.
-        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
-        sub = self.on0("sub")
-        sub.subscribe([("hold/big", 1)])
-        pub = self.on0("pub")
-        self.flood(pub, "hold/big", 20)
-        for i in range(8):
-            pub.expect(m.puback(i + 1))
+        sub, pub = self.held_pair("hold/big", 10000)
         frame = m.publish("hold/big", b"x" * 65536, qos=1, pid=100)
         pub.sock.settimeout(2)
         sent = 0
@@ -979,13 +985,7 @@ class PublisherHoldCases(PublisherHoldBase):
     def test_a_stuck_subscriber_that_leaves_lets_its_publisher_go_at_once(self):
         # Its session gone (clean) or offline (persistent): nothing to wait for, long before the hold's 10 s.
         for clean in (True, False):
-            self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
-            sub = self.on0("sub", clean=clean)
-            sub.subscribe([("hold/gone", 1)])
-            pub = self.on0("pub")
-            self.flood(pub, "hold/gone", 20)
-            for i in range(8):
-                pub.expect(m.puback(i + 1))
+            sub, pub = self.held_pair("hold/gone", 10000, sub_kw={"clean": clean})
             pub.expect_no_packet(0.2)
             sub.disconnect()
             for i in range(8, 20):
@@ -1000,13 +1000,7 @@ class PublisherHoldCases(PublisherHoldBase):
     def test_a_held_clients_keepalive_does_not_run_out(self):
         # Keep-alive 1 s (closed past 1.5 s of silence), held for 3 s: what it sent was not read, so the time held
         # does not count as its silence.
-        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
-        sub = self.on0("sub")
-        sub.subscribe([("hold/ka", 1)])
-        pub = self.on0("pub", keepalive=1)
-        self.flood(pub, "hold/ka", 20)
-        for i in range(8):
-            pub.expect(m.puback(i + 1))
+        sub, pub = self.held_pair("hold/ka", 10000, pub_kw={"keepalive": 1})
         for _ in range(6):
             time.sleep(0.5)
             pub.send(m.pingreq())  # kept unread behind its PUBLISHes
@@ -1034,14 +1028,7 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assert_dropped_not_held(8)
 
     def test_a_stuck_subscriber_holds_the_publisher_at_most_publisher_hold_ms(self):
-        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 400})
-        sub = self.on0("sub")
-        sub.subscribe([("hold/stuck", 1)])
-        pub = self.on0("pub")
-        self.flood(pub, "hold/stuck", 20)
-        # 1 in the window and 6 queued are answered, and the 8th, which finds the queue at its mark and holds it.
-        for i in range(8):
-            pub.expect(m.puback(i + 1))
+        sub, pub = self.held_pair("hold/stuck", 400)
         held = time.monotonic()
         pub.expect_no_packet(0.2)
         # Others go on meanwhile, and the held client's acks are not needed for it.
