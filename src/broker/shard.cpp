@@ -390,6 +390,7 @@ void shard::loop() {
             }
         }
         if (!queue_holds_.empty()) ease_queue_holds();
+        if (!gates_to_ease_.empty()) ease_gates();
         if (!unheld_.empty()) {
             std::vector<uint64_t> ids;
             ids.swap(unheld_);
@@ -498,16 +499,25 @@ bool shard::may_hold_publisher(const session_slot& slot) const {
     // Only for a message no one else gets: holding its publisher would hold the other subscribers' copies of what
     // it sends next too, and a slow subscriber may not slow the fast ones (its queue drops past its limit instead).
     if (!slot.conn || !sole_subscriber_ || cfg_.limits.publisher_hold_ms == 0) return false;
-    const connection& p = *publisher_;
-    // Never the subscriber's own connection, nor one with messages in flight to it: its acks are what drains a
-    // queue (its own, or one a client it holds back waits for), so holding it could hold them all for good.
-    if (p.queue_held || p.slot == &slot || p.st != connection::state::connected ||
-        (p.slot && p.slot->s->inflight_len() != 0))
-        return false;
+    // (A publisher on another shard was weighed there: see publisher_holdable.)
+    if (publisher_ && !publisher_holdable(*publisher_, &slot)) return false;
     return stuck_queues_.empty() || !stuck_queues_.contains(&slot);
 }
 
-void shard::hold_publisher(const session_slot& slot) {
+bool shard::publisher_holdable(const connection& p, const session_slot* slot) const {
+    // Never the subscriber's own connection, nor one with messages in flight to it: its acks are what drains a
+    // queue (its own, or one a client it holds back waits for), so holding it could hold them all for good.
+    return !p.queue_held && p.slot != slot && p.st == connection::state::connected &&
+           !(p.slot && p.slot->s->inflight_len() != 0);
+}
+
+void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
+    if (!publisher_) {
+        // From another shard: the first message there at the mark closes its gate for the topic (a held one has its
+        // turn already, gated_arrived).
+        if (remote_kind_ == k_publish_holdable) close_remote(slot, topic);
+        return;
+    }
     connection& p = *publisher_;
     const auto [it, fresh] = queue_holds_.try_emplace(&slot);
     if (fresh) it->second.moved_ms = now_ms_;
@@ -515,11 +525,33 @@ void shard::hold_publisher(const session_slot& slot) {
     // Its receive goes on until what it sent meanwhile passes held_rx_max (process_input): a client that keeps a few
     // messages in flight, as most do, is held without a cancel and a new receive each time.
     p.queue_held = true;
-    if (log::at_doubling(++publisher_holds_))
+    if (log::at_doubling(publisher_holds_))
         log::info("session {}: {} messages ({} bytes) queued, three quarters of its limit: client {} is not read until "
                   "the queue is below that again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
                   slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), p.client_id(),
                   cfg_.limits.publisher_hold_ms, publisher_holds_);
+}
+
+bool shard::promised_to_mark(const session_slot& slot) const {
+    const auto it = queue_holds_.find(&slot);
+    return it != queue_holds_.end() && !it->second.remote.empty() && room_below_mark(*slot.s, it->second) == 0;
+}
+
+uint64_t shard::room_below_mark(const session::session& s, const queue_hold& h) const {
+    uint64_t promised = 0; // credit given to other shards and not seen used yet: as good as queued
+    for (const auto& src : h.remote)
+        promised += src.outstanding;
+    const uint64_t len = s.queue_len() + promised;
+    uint64_t room = UINT64_MAX;
+    if (hold_mark_messages_ != UINT64_MAX) room = hold_mark_messages_ > len ? hold_mark_messages_ - len : 0;
+    if (hold_mark_bytes_ != UINT64_MAX) {
+        // In messages of the queue's mean size (256 bytes while it is empty).
+        const uint64_t qb = s.queued_bytes();
+        const uint64_t mean = s.queue_len() != 0 ? std::max<uint64_t>(qb / s.queue_len(), 1) : 256;
+        const uint64_t free = hold_mark_bytes_ > qb ? (hold_mark_bytes_ - qb) / mean : 0;
+        room = std::min(room, free > promised ? free - promised : 0);
+    }
+    return room;
 }
 
 void shard::ease_queue_holds() {
@@ -535,14 +567,24 @@ void shard::ease_queue_holds() {
             continue;
         }
         // Each read_again may hold its publisher again (for this queue or another) or end entries: looked up anew.
+        // A turn of another shard's (a token: one of its clients waits) gives that shard the room as credit, which
+        // counts as queued until it is used.
         for (;;) {
-            if (at_hold_mark(*slot->s)) break;
-            if (it->second.waiting.empty()) {
-                queue_holds_.erase(it);
+            queue_hold& h = it->second;
+            const uint64_t room = room_below_mark(*slot->s, h);
+            if (room == 0) break;
+            if (h.waiting.empty()) {
+                if (h.remote.empty()) queue_holds_.erase(it);
                 break;
             }
-            const uint64_t id = it->second.waiting.front().first;
-            it->second.waiting.pop_front();
+            const uint64_t id = h.waiting.front().first;
+            h.waiting.pop_front();
+            if (id & remote_token_bit) {
+                // The room as credit, as a client of this shard read again may fill it (a share of it, or a fixed
+                // part, starved that shard's clients: measured in README, "Publishers held for a full queue").
+                grant_credit(*slot, h, static_cast<unsigned>(id & ~remote_token_bit), room);
+                continue;
+            }
             if (const auto c = conns_.find(id); c != conns_.end()) read_again(*c->second);
             it = queue_holds_.find(slot);
             if (it == queue_holds_.end()) break;
@@ -554,7 +596,8 @@ void shard::release_publishers(const session_slot& slot, bool expired) {
     const auto it = queue_holds_.find(&slot);
     if (it != queue_holds_.end()) {
         for (const auto& [id, since] : it->second.waiting)
-            unheld_.push_back(id);
+            if (!(id & remote_token_bit)) unheld_.push_back(id);
+        open_remote(it->second, slot);
         queue_holds_.erase(it);
         if (expired) stuck_queues_.insert(&slot);
     }
@@ -576,26 +619,242 @@ void shard::expire_queue_holds(int64_t now) {
         } else {
             // Its subscriber takes, but what others add (clients it cannot hold, other shards) keeps it at the mark:
             // a client is held at most publisher_hold_ms at a time, then read again (and held again at its next
-            // message while the queue is at the mark).
+            // message while the queue is at the mark). (Another shard's client is read again by that shard.)
             while (!h.waiting.empty() && now - h.waiting.front().second >= lim.publisher_hold_ms) {
-                unheld_.push_back(h.waiting.front().first);
+                const uint64_t id = h.waiting.front().first;
                 h.waiting.pop_front();
-                if (log::at_doubling(++publishers_let_go_))
+                if (id & remote_token_bit) {
+                    // Its shard reads its client again by itself; told, it asks anew for those still waiting.
+                    push(static_cast<unsigned>(id & ~remote_token_bit), k_gate_credit, 0,
+                         const_cast<session_slot*>(it->first));
+                    continue;
+                }
+                unheld_.push_back(id);
+                if (log::at_doubling(publishers_let_go_))
                     log::info("session {}: a client held for its queue for mqtt.publisher_hold_ms = {} is read again "
                               "while messages it cannot hold keep the queue at its mark ({} so far)",
                               it->first->s->client_id(), lim.publisher_hold_ms, publishers_let_go_);
             }
+            // Credit not seen used for as long is forgotten here as on the shard that has it (expire_gates): its
+            // clients went quiet, or its messages go elsewhere now.
+            bool quiet = h.waiting.empty() && !at_hold_mark(*it->first->s);
+            for (auto& src : h.remote) {
+                if (now - src.used_ms >= lim.publisher_hold_ms)
+                    src.outstanding = 0;
+                else
+                    quiet = false;
+            }
+            // Nothing sent through its gates for as long, and the queue below its mark: they open (their topics and
+            // state go; a gate closes anew at the mark).
+            if (quiet && !h.remote.empty()) open_remote(h, *it->first);
         }
-        it = h.waiting.empty() ? queue_holds_.erase(it) : std::next(it); // (one found stuck has some waiting)
+        it = h.empty() ? queue_holds_.erase(it) : std::next(it); // (one found stuck has some waiting)
     }
     for (const session_slot* slot : stuck) {
         const session::session& s = *slot->s;
-        if (log::at_doubling(++publisher_hold_expiries_))
+        if (log::at_doubling(publisher_hold_expiries_))
             log::warn("session {}: nothing taken from its queue ({} messages) for mqtt.publisher_hold_ms = {}: the "
                       "clients it held are read again and past its limit its messages are dropped, until it drains "
                       "to half ({} such expiries so far)",
                       s.client_id(), s.queue_len(), lim.publisher_hold_ms, publisher_hold_expiries_);
         release_publishers(*slot, true);
+    }
+}
+
+// The queue side of a hold across shards: the shard that routed the message holds its publisher (remote_gate).
+shard::queue_hold_source* shard::remote_source(const session_slot& slot, unsigned from) {
+    const auto it = queue_holds_.find(&slot);
+    if (it == queue_holds_.end()) return nullptr;
+    for (auto& src : it->second.remote)
+        if (src.shard == from) return &src;
+    return nullptr;
+}
+
+void shard::close_remote(const session_slot& slot, std::string_view topic) {
+    const unsigned from = remote_from_ - 1;
+    const auto [it, fresh] = queue_holds_.try_emplace(&slot);
+    if (fresh) it->second.moved_ms = now_ms_;
+    auto& remote = it->second.remote;
+    auto src = std::find_if(remote.begin(), remote.end(), [&](const auto& r) { return r.shard == from; });
+    if (src == remote.end()) src = remote.insert(remote.end(), queue_hold_source{from});
+    if (std::find(src->topics.begin(), src->topics.end(), topic) != src->topics.end()) return; // told already
+    src->topics.emplace_back(topic);
+    src->used_ms = now_ms_;
+    push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(&slot), std::string(topic)});
+    if (log::at_doubling(publisher_holds_))
+        log::info("session {}: {} messages ({} bytes) queued, three quarters of its limit: shard {} holds its clients "
+                  "publishing {} to it until the queue is below that again (at most mqtt.publisher_hold_ms = {}; {} "
+                  "holds so far)",
+                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), from, topic,
+                  cfg_.limits.publisher_hold_ms, publisher_holds_);
+}
+
+void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
+    queue_hold_source* src = remote_source(slot, remote_from_ - 1);
+    if (!src) return; // not a queue this shard closed a gate for (its subscriber changed): k_gate_drop
+    src->used_ms = now_ms_;
+    if (remote_kind_ == k_publish_credited) {
+        if (src->outstanding != 0) --src->outstanding;
+        remote_ok_ = true;
+        return;
+    }
+    // Its publisher waits for credit: it takes its turn among the queue's held clients, as one of this shard's would.
+    if (qos == 0 || !may_hold_publisher(slot)) return;
+    queue_holds_.find(&slot)->second.waiting.emplace_back(remote_token_bit | (remote_from_ - 1), now_ms_);
+    remote_ok_ = true;
+}
+
+void shard::queue_turn(unsigned from, const void* queue) {
+    // The key is looked up, never followed: the queue may be gone (its gate opened, and this crossed it).
+    const auto it = queue_holds_.find(static_cast<const session_slot*>(queue));
+    if (it == queue_holds_.end()) return;
+    for (const auto& src : it->second.remote)
+        if (src.shard == from) {
+            it->second.waiting.emplace_back(remote_token_bit | from, now_ms_);
+            return;
+        }
+}
+
+void shard::credit_returned(unsigned from, const void* queue, uint64_t n) {
+    const auto it = queue_holds_.find(static_cast<const session_slot*>(queue));
+    if (it == queue_holds_.end()) return;
+    for (auto& src : it->second.remote)
+        if (src.shard == from) src.outstanding -= std::min(src.outstanding, n);
+}
+
+void shard::forget_source(unsigned from, const void* queue) {
+    const auto it = queue_holds_.find(static_cast<const session_slot*>(queue));
+    if (it == queue_holds_.end()) return;
+    queue_hold& h = it->second;
+    std::erase_if(h.remote, [&](const queue_hold_source& src) { return src.shard == from; });
+    std::erase_if(h.waiting, [&](const auto& w) { return w.first == (remote_token_bit | from); });
+    if (h.empty()) queue_holds_.erase(it);
+}
+
+void shard::grant_credit(const session_slot& slot, queue_hold& h, unsigned to, uint64_t room) {
+    for (auto& src : h.remote)
+        if (src.shard == to) {
+            const uint64_t n = std::min<uint64_t>(room, UINT32_MAX);
+            src.outstanding += n;
+            src.used_ms = now_ms_;
+            push(to, k_gate_credit, static_cast<uint32_t>(n), const_cast<session_slot*>(&slot));
+            return;
+        }
+}
+
+void shard::open_remote(queue_hold& h, const session_slot& slot) {
+    for (const auto& src : h.remote)
+        push(src.shard, k_gate_open, 0, const_cast<session_slot*>(&slot));
+    h.remote.clear();
+}
+
+void shard::close_gate(unsigned from, gate_close& g) {
+    const auto [it, fresh] = gates_.try_emplace({from, g.queue});
+    remote_gate& gate = it->second;
+    if (fresh) {
+        gate.shard = from;
+        gate.queue = g.queue;
+        gate.used_ms = now_ms_;
+    }
+    const auto [t, added] = gate_topics_.try_emplace(g.topic, &gate);
+    if (!added) {
+        if (t->second == &gate) return;
+        // Its subscriber changed: the topic goes to this queue now.
+        std::erase(t->second->topics, g.topic);
+        t->second = &gate;
+    }
+    gate.topics.push_back(std::move(g.topic));
+}
+
+void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
+    const auto it = gates_.find({from, queue});
+    if (it == gates_.end()) return; // opened since
+    remote_gate& g = it->second;
+    if (g.asked != 0) --g.asked; // a turn given (or, with nothing, expired there)
+    if (g.waiting.empty()) {
+        // Read again meanwhile (their hold's length): credit is held only while clients wait for it, so that the
+        // queue's shard does not count as queued what nobody here sends.
+        if (n != 0)
+            push(from, k_gate_return, static_cast<uint32_t>(n), reinterpret_cast<void*>(static_cast<uintptr_t>(queue)));
+        return;
+    }
+    g.credit += n;
+    if (n != 0) g.used_ms = now_ms_;
+    gates_to_ease_.emplace_back(from, queue);
+}
+
+void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::iterator it) {
+    remote_gate& g = it->second;
+    for (const std::string& topic : g.topics)
+        if (const auto t = gate_topics_.find(topic); t != gate_topics_.end() && t->second == &g) gate_topics_.erase(t);
+    for (const auto& [id, since] : g.waiting)
+        unheld_.push_back(id);
+    gates_.erase(it);
+}
+
+void shard::open_gate(unsigned from, uint64_t queue) {
+    if (const auto it = gates_.find({from, queue}); it != gates_.end()) let_gate_go(it);
+}
+
+void shard::drop_gate_topic(unsigned from, const std::string& topic) {
+    const auto t = gate_topics_.find(topic);
+    if (t == gate_topics_.end() || t->second->shard != from) return;
+    // Its messages reach no queue that gave this shard credit: the gate lets its clients go, and the queue's shard
+    // forgets it told this one (it closes a gate anew where its queue is at its mark again).
+    const uint64_t queue = t->second->queue;
+    let_gate_go(gates_.find({from, queue}));
+    push(from, k_gate_forget, 0, reinterpret_cast<void*>(static_cast<uintptr_t>(queue)));
+}
+
+void shard::ease_gates() {
+    std::vector<std::pair<unsigned, uint64_t>> keys;
+    keys.swap(gates_to_ease_);
+    for (const auto& key : keys) {
+        // Oldest first while credit is left; each read_again may spend it and hold its client again (at the back).
+        for (;;) {
+            const auto it = gates_.find(key);
+            if (it == gates_.end() || it->second.credit == 0 || it->second.waiting.empty()) break;
+            const uint64_t id = it->second.waiting.front().first;
+            it->second.waiting.pop_front();
+            if (const auto c = conns_.find(id); c != conns_.end()) {
+                gate_reading_ = id;
+                read_again(*c->second);
+                gate_reading_ = 0;
+            }
+        }
+        // A turn given for one client's held message may have been spent by another (the oldest here, which then
+        // sent no held message if it had no more to send): each client still waiting must have a turn asked for.
+        if (const auto it = gates_.find(key); it != gates_.end()) {
+            remote_gate& g = it->second;
+            for (; g.asked < g.waiting.size(); ++g.asked)
+                push(g.shard, k_gate_wait, 0, reinterpret_cast<void*>(static_cast<uintptr_t>(g.queue)));
+            // Nobody left waiting: what credit is left goes back (see credit_gate).
+            if (g.waiting.empty() && g.credit != 0) {
+                push(g.shard, k_gate_return, static_cast<uint32_t>(std::min<uint64_t>(g.credit, UINT32_MAX)),
+                     reinterpret_cast<void*>(static_cast<uintptr_t>(g.queue)));
+                g.credit = 0;
+            }
+        }
+    }
+}
+
+void shard::expire_gates(int64_t now) {
+    for (auto it = gates_.begin(); it != gates_.end();) {
+        remote_gate& g = it->second;
+        while (!g.waiting.empty() && now - g.waiting.front().second >= cfg_.limits.publisher_hold_ms) {
+            unheld_.push_back(g.waiting.front().first);
+            g.waiting.pop_front();
+            if (log::at_doubling(publishers_let_go_))
+                log::info("a client held for a queue on shard {} for mqtt.publisher_hold_ms = {} is read again ({} so "
+                          "far)",
+                          g.shard, cfg_.limits.publisher_hold_ms, publishers_let_go_);
+        }
+        // Credit unused for as long is forgotten, as the queue's shard forgets it gave it (expire_queue_holds).
+        if (now - g.used_ms >= cfg_.limits.publisher_hold_ms) {
+            g.credit = 0;
+        }
+        // One whose topics all went to other queues holds nobody now.
+        it = g.topics.empty() && g.waiting.empty() ? gates_.erase(it) : std::next(it);
     }
 }
 
@@ -639,7 +898,7 @@ void shard::drain_smp() {
         const size_t n = node_.smp.queue(from, id_).drain(
             [&](const reactor::smp_msg& m) {
                 weight += msg_weight(m);
-                handle_smp(m);
+                handle_smp(m, from);
             },
             // A whole queueful: every message queued before this drain is taken now, before this turn handles its
             // completions. An ack that waited until its route adds or retained update were queued (send_after_backlog)
@@ -651,7 +910,7 @@ void shard::drain_smp() {
     }
 }
 
-void shard::handle_smp(const reactor::smp_msg& m) {
+void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     switch (m.kind) {
     case k_handoff:
         pending_handoffs_.emplace_back(turn_, static_cast<handoff*>(m.ptr));
@@ -681,6 +940,50 @@ void shard::handle_smp(const reactor::smp_msg& m) {
         deliver_run(*r);
         return;
     }
+    case k_publish_holdable:
+    case k_publish_credited:
+    case k_publish_held: {
+        auto msg = session::message_ref::adopt(static_cast<session::message*>(m.ptr));
+        struct remote_scope {
+            shard& s;
+            ~remote_scope() {
+                s.remote_from_ = 0;
+                s.remote_kind_ = 0;
+            }
+        } scope{*this};
+        remote_from_ = from + 1;
+        remote_kind_ = m.kind;
+        remote_ok_ = false;
+        route(msg->topic(), msg->payload(), msg->qos(), msg, false);
+        // Gated there for a queue here that did not count it (gated_arrived): that shard is told to stop.
+        if (m.kind != k_publish_holdable && !remote_ok_) push(from, k_gate_drop, 0, new std::string(msg->topic()));
+        return;
+    }
+    case k_gate_drop: {
+        std::unique_ptr<std::string> t(static_cast<std::string*>(m.ptr));
+        drop_gate_topic(from, *t);
+        return;
+    }
+    case k_gate_close: {
+        std::unique_ptr<gate_close> g(static_cast<gate_close*>(m.ptr));
+        close_gate(from, *g);
+        return;
+    }
+    case k_gate_credit:
+        credit_gate(from, reinterpret_cast<uintptr_t>(m.ptr), m.arg);
+        return;
+    case k_gate_open:
+        open_gate(from, reinterpret_cast<uintptr_t>(m.ptr));
+        return;
+    case k_gate_wait:
+        queue_turn(from, m.ptr);
+        return;
+    case k_gate_return:
+        credit_returned(from, m.ptr, m.arg);
+        return;
+    case k_gate_forget:
+        forget_source(from, m.ptr);
+        return;
     case k_retain: {
         const auto r = session::message_ref::adopt(static_cast<session::message*>(m.ptr));
         store_retained(r);
@@ -836,6 +1139,7 @@ void shard::tick(int64_t now) {
     expire_sessions(now);
     if (!lost_flights_.empty()) give_up_flights(now);
     if (!queue_holds_.empty() || !stuck_queues_.empty()) expire_queue_holds(now);
+    if (!gates_.empty()) expire_gates(now);
     // Cross-shard queues deliver in microseconds; a tombstone kept this long has seen every older update arrive.
     // By the queue, not the tombstones: a clear replaced since left its entry behind, and the queue would keep it.
     if (retained_.tombs_queued() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
@@ -2240,7 +2544,8 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         // A message routed from here (its topic and payload are not in msg) that no other shard needs is not needed
         // after its last local delivery.
         const size_t last = local_origin && (mask & ~(uint64_t{1} << id_)) == 0 ? hits.size() : 0;
-        sole_subscriber_ = hits.size() == 1 && last == 1;
+        // (A message from another shard that may hold its publisher is for this shard's subscribers alone.)
+        sole_subscriber_ = hits.size() == 1 && (last == 1 || remote_from_ != 0);
         for (size_t i = 0; i < hits.size(); ++i)
             deliver(*hits[i].slot, topic, payload, std::min(qos, hits[i].qos), msg, qos, false, raw, i + 1 == last);
         sole_subscriber_ = false;
@@ -2269,9 +2574,51 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         }
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
         msg->add_ref();
-        push_weighed(to, k_publish, msg->size(), msg.get());
         ++m_.messages_forward;
+        // For that shard's subscribers alone, from a client that may be held: held here for a queue there.
+        if (publisher_ && qos != 0 && hits.empty() && mask == 0 && cfg_.limits.publisher_hold_ms != 0 &&
+            publisher_holdable(*publisher_, nullptr)) [[unlikely]] {
+            push_gated(to, msg, topic);
+            continue;
+        }
+        push_weighed(to, k_publish, msg->size(), msg.get());
     }
+}
+
+shard::remote_gate* shard::gate_for(std::string_view topic) {
+    if (gate_topics_.empty()) return nullptr;
+    const auto it = gate_topics_.find(topic);
+    return it == gate_topics_.end() ? nullptr : it->second;
+}
+
+void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
+    remote_gate* g = gate_for(topic);
+    if (g && g->shard != to) g = nullptr; // its subscriber is on another shard now: that shard tells anew
+    uint32_t kind = k_publish_holdable;
+    if (g) {
+        g->used_ms = now_ms_;
+        // Credit goes to those waiting first: a client not held that finds others waiting is held behind them (else
+        // the clients read as their bytes come would spend each credit before the turn's end, when the waiting are
+        // read). One that finds no credit sends this message still (the queue takes it past its mark) and waits:
+        // the queue's shard gives it a turn among its own held clients.
+        const bool others_wait = !g->waiting.empty() && publisher_->id != gate_reading_;
+        if (g->credit != 0 && !others_wait) {
+            --g->credit;
+            kind = k_publish_credited;
+        } else {
+            kind = k_publish_held;
+        }
+    }
+    push_weighed(to, kind, msg->size(), msg.get());
+    if (kind != k_publish_held) return;
+    connection& p = *publisher_;
+    p.queue_held = true;
+    g->waiting.emplace_back(p.id, now_ms_);
+    ++g->asked; // the held message asks for a turn there
+    if (log::at_doubling(publisher_holds_))
+        log::info("client {} is not read until a queue on shard {} it publishes {} to is below three quarters of its "
+                  "limit again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
+                  p.client_id(), g->shard, topic, cfg_.limits.publisher_hold_ms, publisher_holds_);
 }
 
 bool shard::all_direct(const route_entry& e) const {
@@ -2381,7 +2728,11 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // A queue at its mark takes the message of a publisher it holds (from this message on) even past its limit: a
     // client is held only once it has published, so every client not held yet would have its first message dropped
     // by a full queue. It passes its limit by at most one message per held client.
-    const bool hold = publisher_ && qos != 0 && at_hold_mark(*slot.s) && may_hold_publisher(slot);
+    const bool hold = (publisher_ || remote_from_) && qos != 0 &&
+                      (at_hold_mark(*slot.s) || (!queue_holds_.empty() && promised_to_mark(slot))) &&
+                      may_hold_publisher(slot);
+    if (remote_kind_ > k_publish_holdable) [[unlikely]]
+        gated_arrived(slot, qos);
     switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold)) {
     case session::session::offer_result::send:
         send_outgoing(*slot.conn, *o, false);
@@ -2391,11 +2742,12 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
             note_dropped(slot, dropped_before, "queue full: its oldest QoS 0 messages dropped for a QoS {} one", qos,
                          topic);
         if (hold) [[unlikely]]
-            hold_publisher(slot);
+            hold_publisher(slot, topic);
         break;
     case session::session::offer_result::dropped:
         if (hold) [[unlikely]]
-            hold_publisher(slot); // past even the limit's slack: its message is lost, but it sends no more meanwhile
+            hold_publisher(slot,
+                           topic); // past even the limit's slack: its message is lost, but it sends no more meanwhile
         if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
             note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
                          cfg_.limits.max_queued_messages, topic);
@@ -2948,7 +3300,16 @@ void release_message(const reactor::smp_msg& m) {
         break; // owned by the admin shard's request frames
     case k_publish:
     case k_retain:
+    case k_publish_holdable:
+    case k_publish_credited:
+    case k_publish_held:
         static_cast<session::message*>(m.ptr)->release();
+        break;
+    case k_gate_close:
+        delete static_cast<gate_close*>(m.ptr);
+        break;
+    case k_gate_drop:
+        delete static_cast<std::string*>(m.ptr);
         break;
     case k_publish_run:
         delete static_cast<publish_run*>(m.ptr);

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <deque>
 #include <list>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -165,14 +166,38 @@ enum msg_kind : uint32_t {
     k_admin_call,  // ptr: admin_call*, from the admin shard: run it here and send it back
     k_admin_done,  // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
     k_publish_run, // ptr: publish_run*, arg: its weight; QoS 0 frames for the receiver's local subscribers
+    // Publishers held across shards (see shard::remote_gate): a QoS 1/2 message of a client that may be held, for the
+    // receiver's subscribers alone, on a topic the sender has no gate for (the receiver answers k_gate_close where it
+    // finds the queue at its mark), or has one for: one unit of the credit it was given, or past it (its client is
+    // held: the receiver gives it a turn for credit). As k_publish; in this order (see shard::offer_to).
+    k_publish_holdable,
+    k_publish_credited,
+    k_publish_held,
+    k_gate_close,  // ptr: gate_close*: hold the receiver's publishers on this topic until credit comes
+    k_gate_credit, // ptr: the queue's key (never dereferenced), arg: messages more the receiver's publishers may send
+    k_gate_open,   // ptr: the queue's key: its publishers are no longer held (offline, gone or stuck)
+    k_gate_drop,   // ptr: std::string* topic: no queue that closed a gate counted its message (its subscriber changed)
+    k_gate_wait,   // ptr: the queue's key: one more of the sender's clients waits for a turn (see shard::ease_gates)
+    k_gate_return, // ptr: the queue's key, arg: credit the sender had no client waiting for
+    k_gate_forget, // ptr: the queue's key: the sender let its gate go (k_gate_drop): forget it was told
 };
 
 // The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
 // taken (smp::note_taken): the messages that carry publishes put it in arg, the others hold nothing (each message
 // counts one besides, on both sides, so that the others' progress shows too).
 inline uint32_t msg_weight(const reactor::smp_msg& m) {
-    return m.kind == k_publish || m.kind == k_retain || m.kind == k_publish_run ? m.arg : 0;
+    return m.kind == k_publish || m.kind == k_retain || m.kind == k_publish_run || m.kind == k_publish_holdable ||
+                   m.kind == k_publish_credited || m.kind == k_publish_held
+               ? m.arg
+               : 0;
 }
+
+// k_gate_close: a queue on the sending shard (its slot's address, a key only) at its hold mark, and a topic on which
+// the receiver's publishers fill it.
+struct gate_close {
+    uint64_t queue;
+    std::string topic;
+};
 
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
 struct handoff {
@@ -371,7 +396,7 @@ private:
     // what an idle shard must look at before it sleeps (and while it polls).
     bool has_news() const;
     void drain_smp();
-    void handle_smp(const reactor::smp_msg& m);
+    void handle_smp(const reactor::smp_msg& m, unsigned from);
     void flush();
     void publish_smp();
     void arm_accept();
@@ -398,7 +423,9 @@ private:
     // session at its hold mark may wait, unread, for it (offer_to then queues the message even past the limit), and
     // its hold.
     bool may_hold_publisher(const session_slot& slot) const;
-    void hold_publisher(const session_slot& slot);
+    // Whether p may be held for slot's queue (null: a queue on another shard).
+    bool publisher_holdable(const connection& p, const session_slot* slot) const;
+    void hold_publisher(const session_slot& slot, std::string_view topic);
     // Three quarters of the queue's limits (none past UINT64_MAX: no limit, or mqtt.publisher_hold_ms = 0).
     bool at_hold_mark(const session::session& s) const {
         return s.queue_len() >= hold_mark_messages_ || s.queued_bytes() >= hold_mark_bytes_;
@@ -689,11 +716,75 @@ private:
     // when nothing is taken from the queue for mqtt.publisher_hold_ms (expire_queue_holds): its session is then stuck,
     // holds nobody and drops past its limit as without holds, until its queue drains to half or it goes offline
     // (checked each tick). A client held that long while the queue moves is read again (expire_queue_holds too).
+    // A shard told to hold its publishers for a queue here (k_gate_close): the topics it was told of, and the credit
+    // it was given that has not come back as messages yet (k_publish_credited).
+    struct queue_hold_source {
+        unsigned shard;
+        uint64_t outstanding = 0;
+        int64_t used_ms = 0; // when credit was last given or seen used (unused for publisher_hold_ms, it is forgotten)
+        std::vector<std::string> topics;
+    };
+    // waiting also holds the turns of other shards' held clients: remote_token_bit | their shard.
     struct queue_hold {
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         int64_t moved_ms = 0;
+        std::vector<queue_hold_source> remote;
+        bool empty() const { return waiting.empty() && remote.empty(); }
     };
+    static constexpr uint64_t remote_token_bit = uint64_t{1} << 63; // connection ids count up from 1
     std::unordered_map<const session_slot*, queue_hold> queue_holds_;
+    // The shard a message being routed came from, plus one, when it came as k_publish_holdable or _credited (its
+    // publisher there may be held): 0 otherwise. And whether it was credited.
+    unsigned remote_from_ = 0;
+    uint32_t remote_kind_ = 0; // its kind, else 0
+    bool remote_ok_ = false;   // a held or credited one was counted by the queue it reached (gated_arrived)
+    // This shard's side of a queue on another shard at its hold mark (k_gate_close): this shard's clients publishing
+    // to it alone on one of its topics send only what its credit allows (k_gate_credit, one message per unit); one
+    // that finds it spent sends that message still and is held, oldest first in `waiting` (by id, with when), read
+    // again in turn as credit comes (ease_gates), or after mqtt.publisher_hold_ms, or when the queue's shard opens the
+    // gate (k_gate_open: the session is offline, gone or stuck). Keyed by (shard, queue); its topics point at it.
+    struct remote_gate {
+        unsigned shard = 0;
+        uint64_t queue = 0;
+        uint64_t credit = 0;
+        int64_t used_ms = 0; // when credit last came or was used (unused for publisher_hold_ms, it is forgotten)
+        uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
+        std::deque<std::pair<uint64_t, int64_t>> waiting;
+        std::vector<std::string> topics;
+    };
+    std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
+    struct topic_hash {
+        using is_transparent = void;
+        size_t operator()(std::string_view t) const { return std::hash<std::string_view>{}(t); }
+    };
+    std::unordered_map<std::string, remote_gate*, topic_hash, std::equal_to<>> gate_topics_;
+    std::vector<std::pair<unsigned, uint64_t>> gates_to_ease_; // given credit this turn: ease_gates reads them again
+    uint64_t gate_reading_ = 0; // the client ease_gates reads again (it spends credit while others wait)
+    // The gate fan_out found for the message it routes to one other shard, where its publisher may be held.
+    remote_gate* gate_for(std::string_view topic);
+    void push_gated(unsigned to, session::message_ref& msg, std::string_view topic);
+    void close_gate(unsigned from, gate_close& g);
+    void credit_gate(unsigned from, uint64_t queue, uint64_t n);
+    void open_gate(unsigned from, uint64_t queue);
+    void drop_gate_topic(unsigned from, const std::string& topic);
+    void let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::iterator it);
+    void ease_gates();
+    void expire_gates(int64_t now);
+    // This shard's queue side: tells the shard the message came from to hold its publishers on topic (once per
+    // topic), grants credit to the shards holding for a queue below its mark, and lets them go (k_gate_open).
+    void close_remote(const session_slot& slot, std::string_view topic);
+    queue_hold_source* remote_source(const session_slot& slot, unsigned from);
+    void gated_arrived(const session_slot& slot, uint8_t qos); // a k_publish_credited or _held reached it
+    void grant_credit(const session_slot& slot, queue_hold& h, unsigned to, uint64_t room);
+    void queue_turn(unsigned from, const void* queue); // k_gate_wait
+    void credit_returned(unsigned from, const void* queue, uint64_t n);
+    void forget_source(unsigned from, const void* queue);
+    // Whether credit given to other shards takes the queue to its mark (room_below_mark), so that this shard's own
+    // publishers wait too.
+    bool promised_to_mark(const session_slot& slot) const;
+    void open_remote(queue_hold& h, const session_slot& slot);
+    // Messages the queue may take before its mark, counting credit given to other shards as queued.
+    uint64_t room_below_mark(const session::session& s, const queue_hold& h) const;
     std::unordered_set<const session_slot*> stuck_queues_;
     std::vector<const session_slot*> ease_slots_; // ease_queue_holds' list, kept for its capacity
     std::vector<uint64_t> unheld_;   // publishers let go all at once: read again at the end of the turn (read_again)

@@ -1124,21 +1124,151 @@ class PublisherHoldCases(PublisherHoldBase):
 shard_variants(PublisherHoldCases, globals())
 
 
+GATE_LINE = rb"queued, three quarters of its limit: shard 1 holds its clients publishing \S+ to it"
+
+
 class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
+    """The same hold for a publisher on another shard than its subscriber: the subscriber's shard tells the publisher's
+    to hold its clients on that topic (k_gate_close); a client there that finds no credit sends one message more and
+    waits, and the queue's shard gives that shard credit in the client's turn as the queue drains."""
+
     SHARDS = 2
 
-    def test_a_publisher_on_another_shard_is_not_held(self):
-        # Its messages come through the cross-shard queue: the subscriber's shard cannot hold it, and its queue drops
-        # past the limit.
-        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+    # One in flight, 40 queued: held from 30 queued. (A quarter of the limit past it, 10 here, takes what the
+    # publisher's shard routes before the word to hold reaches it.)
+    FAR_LIMITS = {"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 40}
+
+    def held_far(self, topic: str, hold_ms: int, sub_kw=None) -> tuple:
+        """A subscriber on shard 0 that takes nothing and a publisher on shard 1 that sends one QoS 1 message at a time
+        until one is not answered: (sub, pub, messages sent). 1 in flight and 30 queued; the next finds the queue at
+        its mark and closes the gate; the first past its credit holds the publisher; the one after is not read."""
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": hold_ms})
+        sub = self.on0("sub", **(sub_kw or {}))
+        sub.subscribe([(topic, 1)])
+        pub = self.client(self.cid("pub", 1))
+        sent = self.send_until_held(pub, topic, 0)
+        self.assertNotIn(b"dropped", self.broker.log())
+        return sub, pub, sent
+
+    def send_until_held(self, pub, topic: str, first: int) -> int:
+        """Sends QoS 1 messages first, first + 1, ... one at a time to an empty queue of 40 (at its mark at 30) until
+        one is not answered; returns how many were sent in all (the last one unanswered)."""
+        for i in range(first, first + 60):
+            if i - first > 30:
+                time.sleep(0.05)  # the word to hold comes back through the subscriber's shard: a busy host is slow
+            pub.send(m.publish(topic, b"%06d" % i + b"xx", qos=1, pid=i % 65535 + 1))
+            try:
+                pub.expect(m.puback(i % 65535 + 1), timeout=0.5)
+            except AssertionError:
+                self.assertGreaterEqual(i - first, 33)
+                self.assertLess(i - first, 41)
+                return i + 1
+        self.fail("the publisher was never held: " + self.broker.log().decode()[-5000:])
+
+    def test_a_publisher_on_another_shard_is_held_and_loses_nothing(self):
+        sub, pub, sent = self.held_far("hold/far", 10000)
+        self.assertRegex(self.broker.log(), GATE_LINE)
+        # Two more on that shard, 100 pipelined each: each sends one message past the spent credit and waits (the
+        # queue takes them within its quarter past the limit), then they are read again in turn as credit comes.
+        others = [self.client(self.cid(f"pub{k}", 1)) for k in range(2)]
+        for k, o in enumerate(others):
+            o.send(b"".join(m.publish("hold/far", b"%d%05d" % (k + 1, i) + b"xx", qos=1, pid=i + 1) for i in range(100)))
+        got = {}
+        for n in range(sent + 200):
+            try:
+                x = sub.recv_publish(timeout=5)
+            except AssertionError:
+                print(n, got, self.broker.log().decode())
+                raise
+            got.setdefault(int(x.payload[:1]), []).append(int(x.payload[1:6]))
+            if n % 40 == 0:
+                time.sleep(0.05)  # slower now and then: the queue fills again
+        self.assertEqual(got, {0: list(range(sent)), 1: list(range(100)), 2: list(range(100))})
+        pub.expect(m.puback(sent))
+        for o in others:
+            for i in range(100):
+                o.expect(m.puback(i + 1))
+        sub.expect_no_packet(0.2)
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertNotIn(b"nothing taken from its queue", log)
+        self.assertRegex(log, rb"client \S+ is not read until a queue on shard 0 it publishes hold/far to is below")
+
+    def test_a_stuck_subscriber_on_another_shard_holds_its_publisher_at_most_publisher_hold_ms(self):
+        sub, pub, sent = self.held_far("hold/far", 1000)
+        held = time.monotonic()  # half a second after the hold began (held_far's wait)
+        pub.expect(m.puback(sent), timeout=5)
+        self.assertGreaterEqual(time.monotonic() - held, 0.3)
+        # Let go: what it sends now passes the limit and is dropped, until the queue drains to half.
+        self.flood(pub, "hold/far", 20, first=sent)
+        for i in range(sent, sent + 20):
+            pub.expect(m.puback(i + 1), timeout=5)
+        got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]  # (the log is complete once they are routed)
+        log = self.broker.log()
+        self.assertRegex(log, rb"nothing taken from its queue \(\d+ messages\) for mqtt.publisher_hold_ms = 1000")
+        self.assertIn(b"queue full (mqtt.max_queued_messages = 40)", log)
+        self.assertEqual(got, list(range(len(got))))
+        self.assertGreaterEqual(len(got), 41)
+        self.assertLess(len(got), sent + 20)
+
+    def test_a_subscriber_on_another_shard_that_leaves_lets_its_publisher_go_at_once(self):
+        for clean in (True, False):
+            sub, pub, sent = self.held_far("hold/gone", 10000, sub_kw={"clean": clean})
+            sub.disconnect()
+            pub.expect(m.puback(sent), timeout=2)
+            pub.publish("hold/gone", b"after", qos=1)  # read as it comes (publish waits for its PUBACK)
+
+    def test_a_message_another_subscriber_gets_too_ends_the_hold_across_shards(self):
+        # A second subscriber on the queue's shard: the held publisher's messages reach it too, so they can no longer
+        # hold it there. Once it has spent the credit its slow subscriber gave, its next message finds no queue to
+        # wait for and its shard is told to let it go (k_gate_drop): from then on the fast subscriber gets everything
+        # at once and the slow one's queue drops past its limit, as within a shard.
+        sub, pub, sent = self.held_far("hold/far", 10000)
+        fast = self.on0("fast")
+        fast.subscribe([("hold/#", 1)])
+        for _ in range(5):  # the slow one takes a few: below its mark, it gives credit
+            sub.recv_publish()
+            time.sleep(0.02)
+        # The held message and 10 rounds of 30 (each within the fast one's queue of 40).
+        got = Collector(fast, 301, timeout=10)
+        for r in range(10):
+            self.flood(pub, "hold/far", 30, first=sent + 30 * r)
+            deadline = time.monotonic() + 5
+            while len(got.messages) < 1 + 30 * (r + 1) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        try:
+            msgs = got.join()
+        except AssertionError:
+            print(self.broker.log().decode()[-8000:])
+            raise
+        self.assertEqual([int(x.payload[:6]) for x in msgs], list(range(sent - 1, sent + 300)))
+        for i in range(sent - 1, sent + 300):
+            pub.expect(m.puback(i + 1), timeout=5)
+        log = self.broker.log()
+        self.assertIn(b"queue full (mqtt.max_queued_messages = 40)", log)
+        self.assertNotRegex(log, rb"session fast\S*: queue full")
+        self.assertNotIn(b"for mqtt.publisher_hold_ms = 10000 is read again", log)  # let go, not expired
+        # The fast one leaves and the slow one drains: at its mark again, its queue closes a gate anew (the
+        # publisher's shard told it it let the old one go), and what is sent then is held, not dropped.
+        fast.disconnect()
+        read_until_quiet(sub, quiet=0.5)
+        first = sent + 300
+        held_at = self.send_until_held(pub, "hold/far", first)
+        got = [int(x.payload[:6]) for x in sub.recv_publishes(held_at - first - 1)]
+        self.assertEqual(got, list(range(first, held_at - 1)))
+        pub.expect(m.puback(held_at % 65535))  # read again once the queue is below its mark
+        self.assertEqual(int(sub.recv_publish().payload[:6]), held_at - 1)
+
+    def test_without_the_hold_a_publisher_on_another_shard_is_dropped_past_the_limit(self):
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 0})
         sub = self.on0("sub")
         sub.subscribe([("hold/far", 1)])
         pub = self.client(self.cid("pub", 1))
-        self.flood(pub, "hold/far", 100)
-        for i in range(100):
-            pub.expect(m.puback(i + 1), timeout=3)
+        for i in range(30):
+            pub.publish("hold/far", b"%06d" % i, qos=1)
         self.assertEqual([int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)], list(range(9)))
         self.assert_dropped_not_held(8)
+        self.assertNotRegex(self.broker.log(), GATE_LINE)
 
 
 class DescriptorLimitTest(BrokerTest):
