@@ -2575,10 +2575,13 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
         msg->add_ref();
         ++m_.messages_forward;
-        // For that shard's subscribers alone, from a client that may be held: held here for a queue there.
-        if (publisher_ && qos != 0 && hits.empty() && mask == 0 && cfg_.limits.publisher_hold_ms != 0 &&
-            publisher_holdable(*publisher_, nullptr)) [[unlikely]] {
-            push_gated(to, msg, topic);
+        // For that shard's subscribers alone, from a client: it may be held here for a queue there (whether it can
+        // be is asked only where a gate would hold it: its session is not read for every message).
+        if (publisher_ && qos != 0 && hits.empty() && mask == 0 && cfg_.limits.publisher_hold_ms != 0) {
+            if (gate_topics_.empty())
+                push_weighed(to, k_publish_holdable, msg->size(), msg.get());
+            else
+                push_gated(to, msg, topic);
             continue;
         }
         push_weighed(to, k_publish, msg->size(), msg.get());
@@ -2605,8 +2608,10 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
         if (g->credit != 0 && !others_wait) {
             --g->credit;
             kind = k_publish_credited;
-        } else {
+        } else if (publisher_holdable(*publisher_, nullptr)) {
             kind = k_publish_held;
+        } else {
+            kind = k_publish; // one that cannot be held is not counted there either (its queue drops past its limit)
         }
     }
     push_weighed(to, kind, msg->size(), msg.get());
