@@ -2750,9 +2750,9 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
             hold_publisher(slot, topic);
         break;
     case session::session::offer_result::dropped:
+        // Past even the limit's slack: its message is lost, but it sends no more meanwhile.
         if (hold) [[unlikely]]
-            hold_publisher(slot,
-                           topic); // past even the limit's slack: its message is lost, but it sends no more meanwhile
+            hold_publisher(slot, topic);
         if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
             note_dropped(slot, slot.s->dropped() - 1, "queue full (mqtt.max_queued_messages = {})",
                          cfg_.limits.max_queued_messages, topic);
