@@ -1194,6 +1194,30 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertNotIn(b"nothing taken from its queue", log)
         self.assertRegex(log, rb"client \S+ is not read until a queue on shard 0 it publishes hold/far to is below")
 
+    def test_publishers_on_both_shards_share_the_queue_and_lose_nothing(self):
+        # One held on the other shard, then one there and one on the subscriber's shard, 100 pipelined each: the
+        # subscriber's shard's own client waits its turn too, and counts the credit given to the other shard as
+        # queued, so together they never take the queue past its limit's quarter of slack.
+        sub, pub, sent = self.held_far("hold/mix", 10000)
+        far = self.client(self.cid("far", 1))
+        near = self.on0("near")
+        for k, o in ((1, far), (2, near)):
+            o.send(b"".join(m.publish("hold/mix", b"%d%05d" % (k, i) + b"xx", qos=1, pid=i + 1) for i in range(100)))
+        got = {}
+        for n in range(sent + 200):
+            x = sub.recv_publish(timeout=5)
+            got.setdefault(int(x.payload[:1]), []).append(int(x.payload[1:6]))
+            if n % 25 == 0:
+                time.sleep(0.03)  # slower now and then: the queue fills again
+        self.assertEqual(got, {0: list(range(sent)), 1: list(range(100)), 2: list(range(100))})
+        for o in (far, near):
+            for i in range(100):
+                o.expect(m.puback(i + 1))
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertNotIn(b"is read again", log)  # no hold ran out
+        self.assertRegex(log, HOLD_LINE)  # the subscriber's shard's own client was held too
+
     def test_a_stuck_subscriber_on_another_shard_holds_its_publisher_at_most_publisher_hold_ms(self):
         sub, pub, sent = self.held_far("hold/far", 1000)
         held = time.monotonic()  # half a second after the hold began (held_far's wait)
