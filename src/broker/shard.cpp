@@ -625,8 +625,7 @@ void shard::expire_queue_holds(int64_t now) {
                 h.waiting.pop_front();
                 if (id & remote_token_bit) {
                     // Its shard reads its client again by itself; told, it asks anew for those still waiting.
-                    push(static_cast<unsigned>(id & ~remote_token_bit), k_gate_credit, 0,
-                         const_cast<session_slot*>(it->first));
+                    push(static_cast<unsigned>(id & ~remote_token_bit), k_gate_credit, 0, queue_key(it->first));
                     continue;
                 }
                 unheld_.push_back(id);
@@ -662,25 +661,30 @@ void shard::expire_queue_holds(int64_t now) {
 }
 
 // The queue side of a hold across shards: the shard that routed the message holds its publisher (remote_gate).
-shard::queue_hold_source* shard::remote_source(const session_slot& slot, unsigned from) {
-    const auto it = queue_holds_.find(&slot);
-    if (it == queue_holds_.end()) return nullptr;
-    for (auto& src : it->second.remote)
-        if (src.shard == from) return &src;
+shard::queue_hold_source* shard::source_of(queue_hold& h, unsigned shard) {
+    for (auto& src : h.remote)
+        if (src.shard == shard) return &src;
     return nullptr;
+}
+
+shard::queue_hold_source* shard::remote_source(const void* queue, unsigned from, queue_hold** hold) {
+    // The key is looked up, never followed: the queue may be gone (its gate opened, and a message crossed that).
+    const auto it = queue_holds_.find(static_cast<const session_slot*>(queue));
+    if (it == queue_holds_.end()) return nullptr;
+    if (hold) *hold = &it->second;
+    return source_of(it->second, from);
 }
 
 void shard::close_remote(const session_slot& slot, std::string_view topic) {
     const unsigned from = remote_from_ - 1;
     const auto [it, fresh] = queue_holds_.try_emplace(&slot);
     if (fresh) it->second.moved_ms = now_ms_;
-    auto& remote = it->second.remote;
-    auto src = std::find_if(remote.begin(), remote.end(), [&](const auto& r) { return r.shard == from; });
-    if (src == remote.end()) src = remote.insert(remote.end(), queue_hold_source{from});
+    queue_hold_source* src = source_of(it->second, from);
+    if (!src) src = &it->second.remote.emplace_back(queue_hold_source{from});
     if (std::find(src->topics.begin(), src->topics.end(), topic) != src->topics.end()) return; // told already
     src->topics.emplace_back(topic);
     src->used_ms = now_ms_;
-    push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(&slot), std::string(topic)});
+    push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
     if (log::at_doubling(publisher_holds_))
         log::info("session {}: {} messages ({} bytes) queued, three quarters of its limit: shard {} holds its clients "
                   "publishing {} to it until the queue is below that again (at most mqtt.publisher_hold_ms = {}; {} "
@@ -690,7 +694,7 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
 }
 
 void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
-    queue_hold_source* src = remote_source(slot, remote_from_ - 1);
+    queue_hold_source* src = remote_source(&slot, remote_from_ - 1);
     if (!src) return; // not a queue this shard closed a gate for (its subscriber changed): k_gate_drop
     src->used_ms = now_ms_;
     if (remote_kind_ == k_publish_credited) {
@@ -705,21 +709,12 @@ void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
 }
 
 void shard::queue_turn(unsigned from, const void* queue) {
-    // The key is looked up, never followed: the queue may be gone (its gate opened, and this crossed it).
-    const auto it = queue_holds_.find(static_cast<const session_slot*>(queue));
-    if (it == queue_holds_.end()) return;
-    for (const auto& src : it->second.remote)
-        if (src.shard == from) {
-            it->second.waiting.emplace_back(remote_token_bit | from, now_ms_);
-            return;
-        }
+    queue_hold* h = nullptr;
+    if (remote_source(queue, from, &h)) h->waiting.emplace_back(remote_token_bit | from, now_ms_);
 }
 
 void shard::credit_returned(unsigned from, const void* queue, uint64_t n) {
-    const auto it = queue_holds_.find(static_cast<const session_slot*>(queue));
-    if (it == queue_holds_.end()) return;
-    for (auto& src : it->second.remote)
-        if (src.shard == from) src.outstanding -= std::min(src.outstanding, n);
+    if (queue_hold_source* src = remote_source(queue, from)) src->outstanding -= std::min(src->outstanding, n);
 }
 
 void shard::forget_source(unsigned from, const void* queue) {
@@ -732,19 +727,17 @@ void shard::forget_source(unsigned from, const void* queue) {
 }
 
 void shard::grant_credit(const session_slot& slot, queue_hold& h, unsigned to, uint64_t room) {
-    for (auto& src : h.remote)
-        if (src.shard == to) {
-            const uint64_t n = std::min<uint64_t>(room, UINT32_MAX);
-            src.outstanding += n;
-            src.used_ms = now_ms_;
-            push(to, k_gate_credit, static_cast<uint32_t>(n), const_cast<session_slot*>(&slot));
-            return;
-        }
+    queue_hold_source* src = source_of(h, to);
+    if (!src) return;
+    const uint64_t n = std::min<uint64_t>(room, UINT32_MAX);
+    src->outstanding += n;
+    src->used_ms = now_ms_;
+    push(to, k_gate_credit, static_cast<uint32_t>(n), queue_key(&slot));
 }
 
 void shard::open_remote(queue_hold& h, const session_slot& slot) {
     for (const auto& src : h.remote)
-        push(src.shard, k_gate_open, 0, const_cast<session_slot*>(&slot));
+        push(src.shard, k_gate_open, 0, queue_key(&slot));
     h.remote.clear();
 }
 
@@ -774,8 +767,7 @@ void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
     if (g.waiting.empty()) {
         // Read again meanwhile (their hold's length): credit is held only while clients wait for it, so that the
         // queue's shard does not count as queued what nobody here sends.
-        if (n != 0)
-            push(from, k_gate_return, static_cast<uint32_t>(n), reinterpret_cast<void*>(static_cast<uintptr_t>(queue)));
+        if (n != 0) push(from, k_gate_return, static_cast<uint32_t>(n), queue_key(queue));
         return;
     }
     g.credit += n;
@@ -803,7 +795,7 @@ void shard::drop_gate_topic(unsigned from, const std::string& topic) {
     // forgets it told this one (it closes a gate anew where its queue is at its mark again).
     const uint64_t queue = t->second->queue;
     let_gate_go(gates_.find({from, queue}));
-    push(from, k_gate_forget, 0, reinterpret_cast<void*>(static_cast<uintptr_t>(queue)));
+    push(from, k_gate_forget, 0, queue_key(queue));
 }
 
 void shard::ease_gates() {
@@ -827,11 +819,11 @@ void shard::ease_gates() {
         if (const auto it = gates_.find(key); it != gates_.end()) {
             remote_gate& g = it->second;
             for (; g.asked < g.waiting.size(); ++g.asked)
-                push(g.shard, k_gate_wait, 0, reinterpret_cast<void*>(static_cast<uintptr_t>(g.queue)));
+                push(g.shard, k_gate_wait, 0, queue_key(g.queue));
             // Nobody left waiting: what credit is left goes back (see credit_gate).
             if (g.waiting.empty() && g.credit != 0) {
                 push(g.shard, k_gate_return, static_cast<uint32_t>(std::min<uint64_t>(g.credit, UINT32_MAX)),
-                     reinterpret_cast<void*>(static_cast<uintptr_t>(g.queue)));
+                     queue_key(g.queue));
                 g.credit = 0;
             }
         }

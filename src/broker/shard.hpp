@@ -773,7 +773,13 @@ private:
     // This shard's queue side: tells the shard the message came from to hold its publishers on topic (once per
     // topic), grants credit to the shards holding for a queue below its mark, and lets them go (k_gate_open).
     void close_remote(const session_slot& slot, std::string_view topic);
-    queue_hold_source* remote_source(const session_slot& slot, unsigned from);
+    static queue_hold_source* source_of(queue_hold& h, unsigned shard);
+    // The source for shard `from` of the queue keyed `queue` (and, in *hold, its entry), if this shard has one.
+    queue_hold_source* remote_source(const void* queue, unsigned from, queue_hold** hold = nullptr);
+    // A queue's key in the gate messages: its slot's address on its shard, carried as a pointer or a number and never
+    // followed on the other shard.
+    static void* queue_key(const session_slot* slot) { return const_cast<session_slot*>(slot); }
+    static void* queue_key(uint64_t queue) { return reinterpret_cast<void*>(static_cast<uintptr_t>(queue)); }
     void gated_arrived(const session_slot& slot, uint8_t qos); // a k_publish_credited or _held reached it
     void grant_credit(const session_slot& slot, queue_hold& h, unsigned to, uint64_t room);
     void queue_turn(unsigned from, const void* queue); // k_gate_wait
