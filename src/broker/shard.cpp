@@ -2730,7 +2730,13 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
                       may_hold_publisher(slot);
     if (remote_kind_ > k_publish_holdable) [[unlikely]]
         gated_arrived(slot, qos);
-    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold)) {
+    // Even past the slack while the queue's bytes stay within mqtt.max_cross_shard_bytes, which bounds what another
+    // shard has on its way here: what it routed before it could know of this hold (or within the credit or turn it
+    // was given) has taken its memory already and its publisher was answered, so that dropped here it would be lost.
+    // Those make the queue pass its slack in a burst, and a client of this shard is held at its next message then,
+    // which must not be lost either (one per held client).
+    const uint64_t in_flight = hold ? cfg_.limits.max_cross_shard_bytes : 0;
+    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold, in_flight)) {
     case session::session::offer_result::send:
         send_outgoing(*slot.conn, *o, false);
         break;

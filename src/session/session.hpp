@@ -61,8 +61,11 @@ public:
     // case the new message is dropped and counted (returns dropped); a QoS 1/2 message is queued instead if dropping
     // the oldest queued QoS 0 messages makes room (each counted dropped: dropped() tells how many). past_limit: the
     // limits are a quarter higher (at least one message) for this message (the broker holds its publisher back from
-    // it on, see shard::may_hold_publisher).
-    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false);
+    // it on, see shard::may_hold_publisher). in_flight_bytes (with past_limit): one that finds no room even so is still
+    // queued while the queue's bytes stay within the limit's slack plus this (a message that was on its way from
+    // another shard before that shard could hold its publisher: it took that memory already, see shard::offer_to).
+    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false,
+                       uint64_t in_flight_bytes = 0);
 
     // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
     // until the next call on any session of this thread) or nullptr. QoS 0 entries are returned without entering the
@@ -192,6 +195,11 @@ private:
         const uint64_t most = limits_.max_queued_bytes + (slack ? limits_.max_queued_bytes / 4 : 0);
         return (limits_.max_queued == 0 || queue_len() < messages) &&
                (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= most);
+    }
+    // offer's in_flight_bytes: room past the slack, in bytes only (the messages were counted in bytes on their way).
+    bool in_flight_room(uint64_t bytes, uint64_t in_flight_bytes) const {
+        return in_flight_bytes != 0 &&
+               queued_bytes_ + bytes <= limits_.max_queued_bytes + limits_.max_queued_bytes / 4 + in_flight_bytes;
     }
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     static uint16_t pid_at(uint32_t step) { return static_cast<uint16_t>(step % 65535 + 1); }

@@ -1194,6 +1194,30 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertNotIn(b"nothing taken from its queue", log)
         self.assertRegex(log, rb"client \S+ is not read until a queue on shard 0 it publishes hold/far to is below")
 
+    def test_a_burst_on_another_shard_before_its_gate_closes_is_taken_whole(self):
+        # 300 in one write, all routed by the publisher's shard before the word to hold comes back: the queue of 40
+        # takes them past its quarter of slack (they were on their way, within mqtt.max_cross_shard_bytes), not one
+        # dropped; the publisher's next message finds the gate closed, goes still and holds it.
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/burst", 1)])
+        pub = self.client(self.cid("pub", 1))
+        pub.send(b"".join(m.publish("hold/burst", b"%06d" % i, qos=1, pid=i + 1) for i in range(300)))
+        for i in range(300):
+            pub.expect(m.puback(i + 1), timeout=5)
+        time.sleep(0.2)  # the gate's word comes back to the publisher's shard
+        pub.send(m.publish("hold/burst", b"%06d" % 300, qos=1, pid=301))
+        pub.expect(m.puback(301), timeout=2)
+        pub.send(m.publish("hold/burst", b"%06d" % 301, qos=1, pid=302))
+        with self.assertRaises(AssertionError):
+            pub.expect(m.puback(302), timeout=0.5)  # held
+        got = [int(x) for x in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual(got, list(range(302)))
+        pub.expect(m.puback(302), timeout=2)
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertRegex(log, GATE_LINE)
+
     def test_publishers_on_both_shards_share_the_queue_and_lose_nothing(self):
         # One held on the other shard, then one there and one on the subscriber's shard, 100 pipelined each: the
         # subscriber's shard's own client waits its turn too, and counts the credit given to the other shard as

@@ -278,6 +278,34 @@ TEST(Session, PastTheLimitIsQueuedWithinAQuarterMoreWhenAsked) {
     EXPECT_EQ(b.queued_bytes(), 125u);
 }
 
+TEST(Session, InFlightBytesTakeMessagesPastTheQuarterUpToTheirBound) {
+    // Messages that were on their way from another shard before it could hold their publisher (shard::offer_to):
+    // queued past the quarter while the queue's bytes stay within the byte slack plus in_flight_bytes.
+    session s("c", false, lim(1, 4));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
+    for (int i = 0; i < 5; ++i)
+        ASSERT_EQ(s.offer(msg("m" + std::to_string(i)), 1, true, &o, true), offer::queued) << i;
+    EXPECT_EQ(s.offer(msg("x"), 1, true, &o, true), offer::dropped) << "4 + 1: the quarter is full";
+    // Each message is "t/x" and two payload bytes: 5 bytes, 25 queued.
+    EXPECT_EQ(s.queued_bytes(), 25u);
+    EXPECT_EQ(s.offer(msg("n0"), 1, true, &o, true, 30), offer::queued) << "30 bytes";
+    EXPECT_EQ(s.offer(msg("n1"), 1, true, &o, true, 30), offer::dropped) << "35 bytes would pass 30";
+    EXPECT_EQ(s.offer(msg("n1"), 1, true, &o, false, 300), offer::dropped) << "only past the limit";
+    EXPECT_EQ(s.offer(msg("n1"), 1, true, &o, true, 300), offer::queued);
+    EXPECT_EQ(s.offer(msg("n2"), 0, true, &o, true, 300), offer::queued) << "any QoS";
+    EXPECT_EQ(s.queue_len(), 8u);
+
+    // With a byte limit the extra counts from its quarter past it: 100 + 25 + 10.
+    limits l = lim(1, 0);
+    l.max_queued_bytes = 100;
+    session b("c", false, l);
+    ASSERT_EQ(b.offer(msg("w"), 1, true, &o), offer::send);
+    EXPECT_EQ(b.offer(msg(std::string(122, 'x')), 1, true, &o, true), offer::queued) << "125 bytes";
+    EXPECT_EQ(b.offer(msg(std::string(7, 'y')), 1, true, &o, true, 10), offer::queued) << "135 bytes";
+    EXPECT_EQ(b.offer(msg(""), 1, true, &o, true, 10), offer::dropped) << "138 bytes";
+}
+
 TEST(Session, AFullQueueDropsItsOldestQoS0ForAQoS1Message) {
     // QoS 1/2 must be stored for an offline session, QoS 0 may be [MQTT-3.1.2-5].
     session s("c", false, lim(5, 3));
