@@ -525,16 +525,38 @@ void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
     // Its receive goes on until what it sent meanwhile passes held_rx_max (process_input): a client that keeps a few
     // messages in flight, as most do, is held without a cancel and a new receive each time.
     p.queue_held = true;
-    if (log::at_doubling(publisher_holds_))
+    if (!log::at_doubling(publisher_holds_)) return;
+    if (at_hold_mark(*slot.s))
         log::info("session {}: {} messages ({} bytes) queued, three quarters of its limit: client {} is not read until "
                   "the queue is below that again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
                   slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), p.client_id(),
                   cfg_.limits.publisher_hold_ms, publisher_holds_);
+    else
+        log::info("session {}: {} messages ({} bytes) queued, and clients held for it wait for room: client {} is not "
+                  "read until its turn after them (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
+                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), p.client_id(),
+                  cfg_.limits.publisher_hold_ms, publisher_holds_);
 }
 
-bool shard::promised_to_mark(const session_slot& slot) const {
+bool shard::queue_closed(const session_slot& slot) const {
     const auto it = queue_holds_.find(&slot);
-    return it != queue_holds_.end() && !it->second.remote.empty() && room_below_mark(*slot.s, it->second) == 0;
+    if (it == queue_holds_.end()) return false;
+    // Clients wait for its room (ease_queue_holds gives it a turn at a time): a client of this shard that took it
+    // while not held, or not in its turn, would keep them waiting. Or the credit given to other shards takes it to its
+    // mark.
+    const queue_hold& h = it->second;
+    if (publisher_ && publisher_->id != turn_reading_ && !h.waiting.empty()) return true;
+    return !h.remote.empty() && room_below_mark(*slot.s, h) == 0;
+}
+
+uint64_t shard::least_turn(const session::session& s) const {
+    uint64_t least = hold_turn_least;
+    if (hold_mark_messages_ != UINT64_MAX) least = std::min(least, hold_mark_messages_ / 8);
+    if (hold_mark_bytes_ != UINT64_MAX) {
+        const uint64_t mean = s.queue_len() != 0 ? std::max<uint64_t>(s.queued_bytes() / s.queue_len(), 1) : 256;
+        least = std::min(least, hold_mark_bytes_ / 8 / mean);
+    }
+    return std::max<uint64_t>(least, 1);
 }
 
 uint64_t shard::room_below_mark(const session::session& s, const queue_hold& h) const {
@@ -577,6 +599,10 @@ void shard::ease_queue_holds() {
                 if (h.remote.empty()) queue_holds_.erase(it);
                 break;
             }
+            // A turn for the one or two slots that each of its subscriber's acks frees would have its client send
+            // as few, and each batch of its PUBACKs wakes it: the room waits for a few more (queue_closed keeps the
+            // clients not held from taking it meanwhile).
+            if (room < least_turn(*slot->s)) break;
             const uint64_t id = h.waiting.front().first;
             h.waiting.pop_front();
             if (id & remote_token_bit) {
@@ -585,7 +611,11 @@ void shard::ease_queue_holds() {
                 grant_credit(*slot, h, static_cast<unsigned>(id & ~remote_token_bit), room);
                 continue;
             }
-            if (const auto c = conns_.find(id); c != conns_.end()) read_again(*c->second);
+            if (const auto c = conns_.find(id); c != conns_.end()) {
+                turn_reading_ = id;
+                read_again(*c->second);
+                turn_reading_ = 0;
+            }
             it = queue_holds_.find(slot);
             if (it == queue_holds_.end()) break;
         }
@@ -2726,7 +2756,7 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // client is held only once it has published, so every client not held yet would have its first message dropped
     // by a full queue. It passes its limit by at most one message per held client.
     const bool hold = (publisher_ || remote_from_) && qos != 0 &&
-                      (at_hold_mark(*slot.s) || (!queue_holds_.empty() && promised_to_mark(slot))) &&
+                      (at_hold_mark(*slot.s) || (!queue_holds_.empty() && queue_closed(slot))) &&
                       may_hold_publisher(slot);
     if (remote_kind_ > k_publish_holdable) [[unlikely]]
         gated_arrived(slot, qos);

@@ -785,9 +785,13 @@ private:
     void queue_turn(unsigned from, const void* queue); // k_gate_wait
     void credit_returned(unsigned from, const void* queue, uint64_t n);
     void forget_source(unsigned from, const void* queue);
-    // Whether credit given to other shards takes the queue to its mark (room_below_mark), so that this shard's own
-    // publishers wait too.
-    bool promised_to_mark(const session_slot& slot) const;
+    // Whether a publisher below the queue's mark is held all the same: others wait for its room, or the credit given
+    // to other shards takes it to its mark (room_below_mark).
+    bool queue_closed(const session_slot& slot) const;
+    // The room below the mark that a held client's turn waits for: an eighth of the mark, at most hold_turn_least.
+    uint64_t least_turn(const session::session& s) const;
+    static constexpr uint64_t hold_turn_least = 32;
+    uint64_t turn_reading_ = 0; // the client ease_queue_holds reads again in its turn (see queue_closed)
     void open_remote(queue_hold& h, const session_slot& slot);
     // Messages the queue may take before its mark, counting credit given to other shards as queued.
     uint64_t room_below_mark(const session::session& s, const queue_hold& h) const;

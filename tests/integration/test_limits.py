@@ -897,6 +897,34 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertRegex(self.broker.log(), HOLD_LINE)
         self.assertNotIn(b"dropped", self.broker.log())
 
+    def test_a_turn_waits_for_room_for_several_and_others_wait_behind_it(self):
+        # A queue of 400 (its mark at 300): a held client is read again once an eighth of the mark, at most 32, is
+        # free below it, not for each slot its subscriber's ack frees (each batch of its PUBACKs wakes it); a client
+        # not held that publishes meanwhile is held behind it rather than take that room.
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 400, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/turn", 1)])
+        first = self.on0("first")
+        self.flood(first, "hold/turn", 400)
+        for i in range(302):  # 1 in the window, 300 queued and the one that found the queue at its mark
+            first.expect(m.puback(i + 1))
+        first.expect_no_packet(0.3)
+        got = [int(x.payload[:6]) for x in sub.recv_publishes(10)]  # 9 free below the mark now
+        first.expect_no_packet(0.3)
+        later = self.on0("later")
+        self.flood(later, "hold/turn", 2, first=1000)
+        later.expect(m.puback(1001))  # taken, and held behind the first
+        later.expect_no_packet(0.3)
+        got += [int(x.payload[:6]) for x in sub.recv_publishes(40)]  # 49 free: the first's turn
+        first.expect(m.puback(303), timeout=2)
+        got += [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual([i for i in got if i < 1000], list(range(400)))
+        self.assertEqual([i for i in got if i >= 1000], [1000, 1001])
+        later.expect(m.puback(1002))
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertRegex(log, rb"clients held for it wait for room: client later\S* is not read until its turn")
+
     def test_a_subscriber_that_keeps_taking_slowly_never_expires_the_hold(self):
         # 50 publishers held in turn for a subscriber that takes a message every 10 ms: the queue stays at its mark
         # longer than the hold's 0.3 s, but it moves all the while, so it never counts as stuck and nothing drops.
