@@ -544,8 +544,11 @@ bool shard::queue_closed(const session_slot& slot) const {
     // Clients wait for its room (ease_queue_holds gives it a turn at a time): a client of this shard that took it
     // while not held, or not in its turn, would keep them waiting. Or the credit given to other shards takes it to its
     // mark.
+    // (Another shard's message that may be held closes its gate here rather than take the room.)
     const queue_hold& h = it->second;
-    if (publisher_ && publisher_->id != turn_reading_ && !h.waiting.empty()) return true;
+    if (!h.waiting.empty() &&
+        (publisher_ ? publisher_->id != turn_reading_ || turn_queue_ != &slot : remote_kind_ == k_publish_holdable))
+        return true;
     return !h.remote.empty() && room_below_mark(*slot.s, h) == 0;
 }
 
@@ -601,8 +604,11 @@ void shard::ease_queue_holds() {
             }
             // A turn for the one or two slots that each of its subscriber's acks frees would have its client send
             // as few, and each batch of its PUBACKs wakes it: the room waits for a few more (queue_closed keeps the
-            // clients not held from taking it meanwhile).
-            if (room < least_turn(*slot->s)) break;
+            // clients not held from taking it meanwhile), unless the subscriber is so slow that its first client
+            // has waited an eighth of its hold's limit already.
+            if (room < least_turn(*slot->s) &&
+                now_ms_ - h.waiting.front().second < static_cast<int64_t>(cfg_.limits.publisher_hold_ms / 8))
+                break;
             const uint64_t id = h.waiting.front().first;
             h.waiting.pop_front();
             if (id & remote_token_bit) {
@@ -613,8 +619,10 @@ void shard::ease_queue_holds() {
             }
             if (const auto c = conns_.find(id); c != conns_.end()) {
                 turn_reading_ = id;
+                turn_queue_ = slot;
                 read_again(*c->second);
                 turn_reading_ = 0;
+                turn_queue_ = nullptr;
             }
             it = queue_holds_.find(slot);
             if (it == queue_holds_.end()) break;
@@ -2062,6 +2070,7 @@ bool shard::attach_session(connection& c, bool clean) {
         lim.max_queued = cfg_.limits.max_queued_messages;
         lim.max_queued_bytes = cfg_.limits.max_queued_bytes;
         lim.max_awaiting_rel = cfg_.limits.max_awaiting_rel;
+        lim.burst_limits = cfg_.limits.publisher_hold_burst;
         auto owned = std::make_unique<session_slot>();
         owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
         owned->created_at = static_cast<int64_t>(::time(nullptr));

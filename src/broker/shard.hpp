@@ -791,7 +791,8 @@ private:
     // The room below the mark that a held client's turn waits for: an eighth of the mark, at most hold_turn_least.
     uint64_t least_turn(const session::session& s) const;
     static constexpr uint64_t hold_turn_least = 32;
-    uint64_t turn_reading_ = 0; // the client ease_queue_holds reads again in its turn (see queue_closed)
+    uint64_t turn_reading_ = 0;                // the client ease_queue_holds reads again in its turn (see queue_closed)
+    const session_slot* turn_queue_ = nullptr; // and the queue whose turn it is
     void open_remote(queue_hold& h, const session_slot& slot);
     // Messages the queue may take before its mark, counting credit given to other shards as queued.
     uint64_t room_below_mark(const session::session& s, const queue_hold& h) const;

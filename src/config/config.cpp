@@ -436,6 +436,7 @@ void validate_keys(checker& c, config& cfg) {
     c.integer("mqtt.max_queued_messages", m.max_queued_messages, 0, u32_max);
     c.integer("mqtt.max_queued_bytes", m.max_queued_bytes, 0, int64_t{1} << 40);
     c.integer("mqtt.publisher_hold_ms", m.publisher_hold_ms, 0, 3600000);
+    c.integer("mqtt.publisher_hold_burst", m.publisher_hold_burst, 0, 1000);
     c.integer("mqtt.max_sessions", m.max_sessions, 0, u32_max);
     c.integer("mqtt.max_subscriptions", m.max_subscriptions, 0, u32_max);
     c.integer("mqtt.max_awaiting_rel", m.max_awaiting_rel, 0, 65535);

@@ -42,6 +42,9 @@ struct mqtt_limits {
     // How long at a time a client publishing QoS 1/2 on a session's shard may wait, unread, for that connected
     // session's queue to go below three quarters of its limits; 0 = never: past the limit the message is dropped.
     uint32_t publisher_hold_ms = 1000;
+    // How many times its limits more than their quarter of slack a queue that holds its publishers takes of messages
+    // routed by another shard before it could hold them (on their way already); 0 = none, dropped past the quarter.
+    uint32_t publisher_hold_burst = 4;
     uint32_t max_sessions = 0;              // sessions per node, connected or offline, 0 = unlimited
     uint32_t max_subscriptions = 0;         // filters per session, 0 = unlimited
     uint32_t max_awaiting_rel = 100;        // incoming QoS 2 awaiting PUBREL per session, 0 = unlimited (65535 ids)

@@ -28,6 +28,7 @@ struct limits {
     uint32_t max_queued = 1000;    // messages waiting beyond the window; 0 = unlimited
     uint32_t max_awaiting_rel = 0; // incoming QoS 2 ids awaiting PUBREL; 0 = unlimited
     uint64_t max_queued_bytes = 0; // topic and payload bytes of the messages waiting beyond the window; 0 = unlimited
+    uint32_t burst_limits = 4;     // see offer's in_flight_bytes
 };
 
 // One outgoing message: in the window (pid != 0 for QoS > 0) or in the queue (pid 0 until it enters the window).
@@ -62,8 +63,9 @@ public:
     // the oldest queued QoS 0 messages makes room (each counted dropped: dropped() tells how many). past_limit: the
     // limits are a quarter higher (at least one message) for this message (the broker holds its publisher back from
     // it on, see shard::may_hold_publisher). in_flight_bytes (with past_limit): one that finds no room even so is still
-    // queued while the queue's bytes stay within the limit's slack plus this (a message that was on its way from
-    // another shard before that shard could hold its publisher: it took that memory already, see shard::offer_to).
+    // queued while the queue's bytes stay within the limit's slack plus this, and at most limits::burst_limits times
+    // the limits more (a message that was on its way from another shard before that shard could hold its publisher: it
+    // took that memory already, see shard::offer_to).
     offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false,
                        uint64_t in_flight_bytes = 0);
 
@@ -196,10 +198,18 @@ private:
         return (limits_.max_queued == 0 || queue_len() < messages) &&
                (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= most);
     }
-    // offer's in_flight_bytes: room past the slack, in bytes only (the messages were counted in bytes on their way).
+    // offer's in_flight_bytes: room past the slack for that many bytes (as they were counted on their way), and at
+    // most burst_limits times each limit more, so that a queue fed by many new topics at once, each gated only after
+    // a round trip, stays bounded by its own limits too.
     bool in_flight_room(uint64_t bytes, uint64_t in_flight_bytes) const {
-        return in_flight_bytes != 0 &&
-               queued_bytes_ + bytes <= limits_.max_queued_bytes + limits_.max_queued_bytes / 4 + in_flight_bytes;
+        const uint64_t times = limits_.burst_limits;
+        if (in_flight_bytes == 0 || times == 0) return false;
+        const uint64_t most =
+            limits_.max_queued + std::max<uint32_t>(limits_.max_queued / 4, 1) + times * limits_.max_queued;
+        if (limits_.max_queued != 0 && queue_len() >= most) return false;
+        const uint64_t qb = limits_.max_queued_bytes;
+        const uint64_t extra = qb != 0 ? std::min(in_flight_bytes, times * qb) : in_flight_bytes;
+        return queued_bytes_ + bytes <= qb + qb / 4 + extra;
     }
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     static uint16_t pid_at(uint32_t step) { return static_cast<uint16_t>(step % 65535 + 1); }

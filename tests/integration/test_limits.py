@@ -897,17 +897,23 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertRegex(self.broker.log(), HOLD_LINE)
         self.assertNotIn(b"dropped", self.broker.log())
 
+    def held_at_300(self, topic: str, hold_ms: int) -> tuple:
+        """A queue of 400 (its mark at 300) whose subscriber takes nothing, and a publisher of 400 pipelined QoS 1
+        messages held at its 302nd (1 in the window, 300 queued and the one that found the queue at its mark)."""
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 400, "mqtt.publisher_hold_ms": hold_ms})
+        sub = self.on0("sub")
+        sub.subscribe([(topic, 1)])
+        pub = self.on0("first")
+        self.flood(pub, topic, 400)
+        for i in range(302):
+            pub.expect(m.puback(i + 1))
+        return sub, pub
+
     def test_a_turn_waits_for_room_for_several_and_others_wait_behind_it(self):
         # A queue of 400 (its mark at 300): a held client is read again once an eighth of the mark, at most 32, is
         # free below it, not for each slot its subscriber's ack frees (each batch of its PUBACKs wakes it); a client
         # not held that publishes meanwhile is held behind it rather than take that room.
-        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 400, "mqtt.publisher_hold_ms": 10000})
-        sub = self.on0("sub")
-        sub.subscribe([("hold/turn", 1)])
-        first = self.on0("first")
-        self.flood(first, "hold/turn", 400)
-        for i in range(302):  # 1 in the window, 300 queued and the one that found the queue at its mark
-            first.expect(m.puback(i + 1))
+        sub, first = self.held_at_300("hold/turn", 60000)
         first.expect_no_packet(0.3)
         got = [int(x.payload[:6]) for x in sub.recv_publishes(10)]  # 9 free below the mark now
         first.expect_no_packet(0.3)
@@ -924,6 +930,16 @@ class PublisherHoldCases(PublisherHoldBase):
         log = self.broker.log()
         self.assertNotIn(b"dropped", log)
         self.assertRegex(log, rb"clients held for it wait for room: client later\S* is not read until its turn")
+
+    def test_a_very_slow_subscriber_gives_a_turn_before_room_for_several(self):
+        # The longest held has waited an eighth of publisher_hold_ms (250 ms): it is read again for the little room
+        # there is, long before its hold would run out.
+        sub, pub = self.held_at_300("hold/trickle", 2000)
+        held = time.monotonic()
+        sub.recv_publishes(3)  # 2 free below the mark
+        pub.expect(m.puback(303), timeout=3)
+        self.assertLess(time.monotonic() - held, 1.5)
+        self.assertNotIn(b"is read again", self.broker.log())  # not its hold's end
 
     def test_a_subscriber_that_keeps_taking_slowly_never_expires_the_hold(self):
         # 50 publishers held in turn for a subscriber that takes a message every 10 ms: the queue stays at its mark
@@ -1223,28 +1239,30 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertRegex(log, rb"client \S+ is not read until a queue on shard 0 it publishes hold/far to is below")
 
     def test_a_burst_on_another_shard_before_its_gate_closes_is_taken_whole(self):
-        # 300 in one write, all routed by the publisher's shard before the word to hold comes back: the queue of 40
-        # takes them past its quarter of slack (they were on their way, within mqtt.max_cross_shard_bytes), not one
-        # dropped; the publisher's next message finds the gate closed, goes still and holds it.
+        # 200 in one write, routed by the publisher's shard before the word to hold comes back, and offered to the
+        # queue of 40 in one go (its subscriber cannot take any meanwhile): it takes them past its quarter of slack
+        # (they were on their way, within mqtt.max_cross_shard_bytes), not one dropped.
         self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
         sub = self.on0("sub")
-        sub.subscribe([("hold/burst", 1)])
+        sub.subscribe([("hold/+", 1)])
+        got = Collector(sub, 200, timeout=5)
         pub = self.client(self.cid("pub", 1))
-        pub.send(b"".join(m.publish("hold/burst", b"%06d" % i, qos=1, pid=i + 1) for i in range(300)))
+        pub.send(b"".join(m.publish("hold/burst", b"%06d" % i, qos=1, pid=i + 1) for i in range(200)))
+        for i in range(200):
+            pub.expect(m.puback(i + 1), timeout=5)
+        self.assertEqual([int(x.payload) for x in got.join()], list(range(200)))
+        self.assertNotIn(b"dropped", self.broker.log())
+        self.assertRegex(self.broker.log(), GATE_LINE)
+        # Past four times its limit more than its quarter (50 + 160, and 1 in the window) it drops all the same: 300
+        # on a new topic, not gated yet.
+        pub.send(b"".join(m.publish("hold/more", b"%06d" % i, qos=1, pid=i + 1) for i in range(300)))
         for i in range(300):
             pub.expect(m.puback(i + 1), timeout=5)
-        time.sleep(0.2)  # the gate's word comes back to the publisher's shard
-        pub.send(m.publish("hold/burst", b"%06d" % 300, qos=1, pid=301))
-        pub.expect(m.puback(301), timeout=2)
-        pub.send(m.publish("hold/burst", b"%06d" % 301, qos=1, pid=302))
-        with self.assertRaises(AssertionError):
-            pub.expect(m.puback(302), timeout=0.5)  # held
-        got = [int(x) for x in read_until_quiet(sub, quiet=0.5)]
-        self.assertEqual(got, list(range(302)))
-        pub.expect(m.puback(302), timeout=2)
-        log = self.broker.log()
-        self.assertNotIn(b"dropped", log)
-        self.assertRegex(log, GATE_LINE)
+        more = [int(p) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual(more, sorted(more))
+        self.assertGreaterEqual(len(more), 211)
+        self.assertLess(len(more), 300)
+        self.assertIn(b"queue full (mqtt.max_queued_messages = 40), message on hold/more dropped", self.broker.log())
 
     def test_publishers_on_both_shards_share_the_queue_and_lose_nothing(self):
         # One held on the other shard, then one there and one on the subscriber's shard, 100 pipelined each: the

@@ -68,6 +68,7 @@ max_inflight = 10
 max_queued_messages = 0
 max_queued_bytes = 5000
 publisher_hold_ms = 250
+publisher_hold_burst = 9
 max_sessions = 7000
 max_subscriptions = 50
 max_awaiting_rel = 7
@@ -126,6 +127,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(m.max_queued_messages, 0u);
     EXPECT_EQ(m.max_queued_bytes, 5000u);
     EXPECT_EQ(m.publisher_hold_ms, 250u);
+    EXPECT_EQ(m.publisher_hold_burst, 9u);
     EXPECT_EQ(m.max_sessions, 7000u);
     EXPECT_EQ(m.max_subscriptions, 50u);
     EXPECT_EQ(m.max_awaiting_rel, 7u);
@@ -182,6 +184,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.limits.max_queued_messages, 1000u);
     EXPECT_EQ(c.limits.max_queued_bytes, 0u);
     EXPECT_EQ(c.limits.publisher_hold_ms, 1000u);
+    EXPECT_EQ(c.limits.publisher_hold_burst, 4u);
     EXPECT_EQ(c.limits.max_sessions, 0u);
     EXPECT_EQ(c.limits.max_subscriptions, 0u);
     EXPECT_EQ(c.limits.max_awaiting_rel, 100u);
@@ -658,6 +661,8 @@ TEST_F(config_test, every_range_is_checked) {
         {"[mqtt]\nmax_queued_bytes = 1099511627777", "mqtt.max_queued_bytes"},
         {"[mqtt]\npublisher_hold_ms = -1", "mqtt.publisher_hold_ms"},
         {"[mqtt]\npublisher_hold_ms = 3600001", "mqtt.publisher_hold_ms"},
+        {"[mqtt]\npublisher_hold_burst = -1", "mqtt.publisher_hold_burst"},
+        {"[mqtt]\npublisher_hold_burst = 1001", "mqtt.publisher_hold_burst"},
         {"[mqtt]\nmax_awaiting_rel = 65536", "mqtt.max_awaiting_rel"},
         {"[mqtt]\nmax_outgoing_bytes = 0", "mqtt.max_outgoing_bytes"},
         {"[mqtt]\nmax_cross_shard_bytes = 65535", "mqtt.max_cross_shard_bytes"},

@@ -295,8 +295,22 @@ TEST(Session, InFlightBytesTakeMessagesPastTheQuarterUpToTheirBound) {
     EXPECT_EQ(s.offer(msg("n1"), 1, true, &o, true, 300), offer::queued);
     EXPECT_EQ(s.offer(msg("n2"), 0, true, &o, true, 300), offer::queued) << "any QoS";
     EXPECT_EQ(s.queue_len(), 8u);
+    // And at most four times the limit more than the quarter: 4 + 1 + 16 messages.
+    int taken = 0;
+    while (taken < 100 && s.offer(msg("k"), 1, true, &o, true, 1 << 20) == offer::queued)
+        ++taken;
+    EXPECT_EQ(s.queue_len(), 21u);
+    EXPECT_EQ(taken, 13);
+    // mqtt.publisher_hold_burst = 0: none past the quarter.
+    limits none = lim(1, 4);
+    none.burst_limits = 0;
+    session z("c", false, none);
+    ASSERT_EQ(z.offer(msg("a"), 1, true, &o), offer::send);
+    for (int i = 0; i < 5; ++i)
+        ASSERT_EQ(z.offer(msg("m"), 1, true, &o, true, 1 << 20), offer::queued) << i;
+    EXPECT_EQ(z.offer(msg("m"), 1, true, &o, true, 1 << 20), offer::dropped);
 
-    // With a byte limit the extra counts from its quarter past it: 100 + 25 + 10.
+    // With a byte limit the extra counts from its quarter past it: 100 + 25 + 10, and at most 4 x 100.
     limits l = lim(1, 0);
     l.max_queued_bytes = 100;
     session b("c", false, l);
@@ -304,6 +318,8 @@ TEST(Session, InFlightBytesTakeMessagesPastTheQuarterUpToTheirBound) {
     EXPECT_EQ(b.offer(msg(std::string(122, 'x')), 1, true, &o, true), offer::queued) << "125 bytes";
     EXPECT_EQ(b.offer(msg(std::string(7, 'y')), 1, true, &o, true, 10), offer::queued) << "135 bytes";
     EXPECT_EQ(b.offer(msg(""), 1, true, &o, true, 10), offer::dropped) << "138 bytes";
+    EXPECT_EQ(b.offer(msg(std::string(387, 'z')), 1, true, &o, true, 1 << 20), offer::queued) << "525 bytes";
+    EXPECT_EQ(b.offer(msg(""), 1, true, &o, true, 1 << 20), offer::dropped) << "528 bytes";
 }
 
 TEST(Session, AFullQueueDropsItsOldestQoS0ForAQoS1Message) {
