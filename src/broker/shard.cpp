@@ -719,8 +719,7 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     if (fresh) it->second.moved_ms = now_ms_;
     queue_hold_source* src = source_of(it->second, from);
     if (!src) src = &it->second.remote.emplace_back(queue_hold_source{from});
-    if (std::find(src->topics.begin(), src->topics.end(), topic) != src->topics.end()) return; // told already
-    src->topics.emplace_back(topic);
+    if (!src->topics.emplace(topic).second) return; // told already
     src->used_ms = now_ms_;
     push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
     if (log::at_doubling(publisher_holds_))
@@ -791,10 +790,10 @@ void shard::close_gate(unsigned from, gate_close& g) {
     if (!added) {
         if (t->second == &gate) return;
         // Its subscriber changed: the topic goes to this queue now.
-        std::erase(t->second->topics, g.topic);
+        t->second->topics.erase(g.topic);
         t->second = &gate;
     }
-    gate.topics.push_back(std::move(g.topic));
+    gate.topics.insert(std::move(g.topic));
 }
 
 void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
@@ -848,8 +847,10 @@ void shard::ease_gates() {
             it->second.waiting.pop_front();
             if (const auto c = conns_.find(id); c != conns_.end()) {
                 gate_reading_ = id;
+                gate_reading_gate_ = &it->second;
                 read_again(*c->second);
                 gate_reading_ = 0;
+                gate_reading_gate_ = nullptr;
             }
         }
         // A turn given for one client's held message may have been spent by another (the oldest here, which then
@@ -2635,7 +2636,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
         // the clients read as their bytes come would spend each credit before the turn's end, when the waiting are
         // read). One that finds no credit sends this message still (the queue takes it past its mark) and waits:
         // the queue's shard gives it a turn among its own held clients.
-        const bool others_wait = !g->waiting.empty() && publisher_->id != gate_reading_;
+        const bool others_wait = !g->waiting.empty() && (publisher_->id != gate_reading_ || g != gate_reading_gate_);
         if (g->credit != 0 && !others_wait) {
             --g->credit;
             kind = k_publish_credited;

@@ -716,13 +716,19 @@ private:
     // when nothing is taken from the queue for mqtt.publisher_hold_ms (expire_queue_holds): its session is then stuck,
     // holds nobody and drops past its limit as without holds, until its queue drains to half or it goes offline
     // (checked each tick). A client held that long while the queue moves is read again (expire_queue_holds too).
+    struct topic_hash {
+        using is_transparent = void;
+        size_t operator()(std::string_view t) const { return std::hash<std::string_view>{}(t); }
+    };
+    // A gate's topics: as many as reach the queue's mark while the gate lives (a wildcard subscriber's may be many).
+    using topic_set = std::unordered_set<std::string, topic_hash, std::equal_to<>>;
     // A shard told to hold its publishers for a queue here (k_gate_close): the topics it was told of, and the credit
     // it was given that has not come back as messages yet (k_publish_credited).
     struct queue_hold_source {
         unsigned shard;
         uint64_t outstanding = 0;
         int64_t used_ms = 0; // when credit was last given or seen used (unused for publisher_hold_ms, it is forgotten)
-        std::vector<std::string> topics;
+        topic_set topics;
     };
     // waiting also holds the turns of other shards' held clients: remote_token_bit | their shard.
     struct queue_hold {
@@ -750,16 +756,13 @@ private:
         int64_t used_ms = 0; // when credit last came or was used (unused for publisher_hold_ms, it is forgotten)
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
         std::deque<std::pair<uint64_t, int64_t>> waiting;
-        std::vector<std::string> topics;
+        topic_set topics;
     };
     std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
-    struct topic_hash {
-        using is_transparent = void;
-        size_t operator()(std::string_view t) const { return std::hash<std::string_view>{}(t); }
-    };
     std::unordered_map<std::string, remote_gate*, topic_hash, std::equal_to<>> gate_topics_;
     std::vector<std::pair<unsigned, uint64_t>> gates_to_ease_; // given credit this turn: ease_gates reads them again
     uint64_t gate_reading_ = 0; // the client ease_gates reads again (it spends credit while others wait)
+    const remote_gate* gate_reading_gate_ = nullptr; // and the gate whose credit it is
     // The gate fan_out found for the message it routes to one other shard, where its publisher may be held.
     remote_gate* gate_for(std::string_view topic);
     void push_gated(unsigned to, session::message_ref& msg, std::string_view topic);
