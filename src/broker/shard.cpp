@@ -723,10 +723,11 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     src->used_ms = now_ms_;
     push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
     if (log::at_doubling(publisher_holds_))
-        log::info("session {}: {} messages ({} bytes) queued, three quarters of its limit: shard {} holds its clients "
-                  "publishing {} to it until the queue is below that again (at most mqtt.publisher_hold_ms = {}; {} "
-                  "holds so far)",
-                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), from, topic,
+        log::info("session {}: {} messages ({} bytes) queued, {}: shard {} holds its clients publishing {} to it until "
+                  "{} (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
+                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(),
+                  at_hold_mark(*slot.s) ? "three quarters of its limit" : "and clients held for it wait for room", from,
+                  topic, at_hold_mark(*slot.s) ? "the queue is below that again" : "their turn",
                   cfg_.limits.publisher_hold_ms, publisher_holds_);
 }
 

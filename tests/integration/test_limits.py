@@ -838,6 +838,18 @@ class PublisherHoldBase:
             pub.expect(m.puback(i + 1))
         return sub, pub
 
+    def held_at_300(self, topic: str, hold_ms: int) -> tuple:
+        """A queue of 400 (its mark at 300) whose subscriber takes nothing, and a publisher of 400 pipelined QoS 1
+        messages held at its 302nd (1 in the window, 300 queued and the one that found the queue at its mark)."""
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 400, "mqtt.publisher_hold_ms": hold_ms})
+        sub = self.on0("sub")
+        sub.subscribe([(topic, 1)])
+        pub = self.on0("first")
+        self.flood(pub, topic, 400)
+        for i in range(302):
+            pub.expect(m.puback(i + 1))
+        return sub, pub
+
     def assert_dropped_not_held(self, limit: int) -> None:
         self.assertIn(b"queue full (mqtt.max_queued_messages = %d)" % limit, self.broker.log())
         self.assertNotRegex(self.broker.log(), HOLD_LINE)
@@ -896,18 +908,6 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertEqual([(int(x.payload[:6]), x.qos) for x in got.join()], [(i, 2) for i in range(n)])
         self.assertRegex(self.broker.log(), HOLD_LINE)
         self.assertNotIn(b"dropped", self.broker.log())
-
-    def held_at_300(self, topic: str, hold_ms: int) -> tuple:
-        """A queue of 400 (its mark at 300) whose subscriber takes nothing, and a publisher of 400 pipelined QoS 1
-        messages held at its 302nd (1 in the window, 300 queued and the one that found the queue at its mark)."""
-        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 400, "mqtt.publisher_hold_ms": hold_ms})
-        sub = self.on0("sub")
-        sub.subscribe([(topic, 1)])
-        pub = self.on0("first")
-        self.flood(pub, topic, 400)
-        for i in range(302):
-            pub.expect(m.puback(i + 1))
-        return sub, pub
 
     def test_a_turn_waits_for_room_for_several_and_others_wait_behind_it(self):
         # A queue of 400 (its mark at 300): a held client is read again once an eighth of the mark, at most 32, is
@@ -1263,6 +1263,33 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertGreaterEqual(len(more), 211)
         self.assertLess(len(more), 300)
         self.assertIn(b"queue full (mqtt.max_queued_messages = 40), message on hold/more dropped", self.broker.log())
+
+    def test_a_publisher_on_another_shard_waits_behind_those_held_below_the_mark(self):
+        # A client of the queue's shard waits for room for a turn (9 free below the mark of 300, fewer than 32): a
+        # client on the other shard that publishes then has its topic's gate closed, though the queue is below its
+        # mark, rather than take that room; its next message goes still and holds it.
+        sub, first = self.held_at_300("hold/line", 60000)
+        got = [int(x.payload[:6]) for x in sub.recv_publishes(10)]
+        far = self.client(self.cid("far", 1))
+        # One at a time until one is not answered: the first is taken and closes the gate; once that reaches shard 1,
+        # the next finds no credit there, is taken and holds its client.
+        for sent in range(1, 9):
+            far.send(m.publish("hold/line", b"%06d" % (999 + sent), qos=1, pid=sent))
+            try:
+                far.expect(m.puback(sent), timeout=0.5)
+            except AssertionError:
+                break
+        else:
+            self.fail("the client on shard 1 was never held: " + self.broker.log().decode()[-3000:])
+        self.assertGreaterEqual(sent, 3)
+        first.expect_no_packet(0.1)
+        got += [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual([i for i in got if i < 1000], list(range(400)))
+        self.assertEqual([i for i in got if i >= 1000], list(range(1000, 999 + sent + 1)))
+        far.expect(m.puback(sent))
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertRegex(log, rb"clients held for it wait for room: shard 1 holds its clients publishing hold/line")
 
     def test_publishers_on_both_shards_share_the_queue_and_lose_nothing(self):
         # One held on the other shard, then one there and one on the subscriber's shard, 100 pipelined each: the
