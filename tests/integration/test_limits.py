@@ -1276,7 +1276,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         for sent in range(1, 9):
             far.send(m.publish("hold/line", b"%06d" % (999 + sent), qos=1, pid=sent))
             try:
-                far.expect(m.puback(sent), timeout=0.5)
+                far.expect(m.puback(sent), timeout=1)
             except AssertionError:
                 break
         else:
