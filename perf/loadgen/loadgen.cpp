@@ -117,6 +117,8 @@ struct options {
     int broker_pid = 0;
     bool json = false;
     std::string topic_prefix;
+    std::string
+        client_prefix; // client ids <prefix>-<thread>-<index>: a fixed one puts them on the same shards each run
     std::uint32_t threads = 1;
     std::uint16_t keepalive = 60;
     std::uint32_t spin_us = 0;
@@ -427,8 +429,8 @@ private:
 
     std::string client_id(const connection& c) const {
         const auto idx = static_cast<std::size_t>(&c - conns_.data());
-        if (c.kind == role::storm) return strf("lg%d-%u-s%" PRIu64, getpid(), id_, storm_serial_);
-        return strf("lg%d-%u-%zu", getpid(), id_, idx);
+        if (c.kind == role::storm) return strf("%s-%u-s%" PRIu64, opt_.client_prefix.c_str(), id_, storm_serial_);
+        return strf("%s-%u-%zu", opt_.client_prefix.c_str(), id_, idx);
     }
 
     void epoll_set(connection& c, int op, std::uint32_t events) {
@@ -1341,7 +1343,7 @@ bool seed_retained(const options& o, const sockaddr_storage& addr, socklen_t add
         }
     };
     mqtt::byte_buffer out;
-    mqtt::encode_connect(out, strf("lg%d-seed", getpid()), o.keepalive, true);
+    mqtt::encode_connect(out, strf("%s-seed", o.client_prefix.c_str()), o.keepalive, true);
     mqtt::packet_view pv;
     if (!send_all(out) || !await(mqtt::connack, pv) || pv.size < 2 || pv.body[1] != 0)
         return fail("no CONNACK accepting the connection");
@@ -1502,6 +1504,10 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, INT_MAX));
     app.add_flag("--json", o.json, "print one JSON line on stdout at the end (the summary goes to stderr)");
     app.add_option("--topic-prefix", o.topic_prefix, "topic prefix (default lg/<pid>)");
+    app.add_option(
+        "--client-prefix", o.client_prefix,
+        "client id prefix: ids are <prefix>-<thread>-<index> (default lg<pid>; a fixed one puts each client on "
+        "the same broker shard every run)");
     app.add_option("--threads", o.threads, "event-loop threads; groups of clients are dealt round-robin")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u));
@@ -1527,6 +1533,11 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (o.topic_prefix.empty()) o.topic_prefix = strf("lg/%d", getpid());
+    if (o.client_prefix.empty()) o.client_prefix = strf("lg%d", getpid());
+    if (o.client_prefix.size() > 100) {
+        std::fprintf(stderr, "loadgen: --client-prefix must be under 100 bytes\n");
+        return 1;
+    }
     if (o.topic_prefix.find_first_of("+#") != std::string::npos || o.topic_prefix.size() > 400) {
         std::fprintf(stderr, "loadgen: --topic-prefix must not contain wildcards and must be under 400 bytes\n");
         return 1;

@@ -23,7 +23,7 @@ import time
 import unittest
 
 import mqtt_raw as m
-from broker import REPO, BrokerTest, broker_bin
+from broker import REPO, BrokerTest, broker_bin, home_shard
 
 
 def tool(env: str, name: str) -> str:
@@ -312,6 +312,22 @@ class LoadgenFaninAcrossShards(BrokerTest):
         self.assertEqual(rc, 0, err)
         self.assertGreater(data["lost"], 0, data)
         self.assertRegex(self.broker.log(), DROP_LINE)
+
+
+    def test_a_client_prefix_puts_the_clients_on_the_same_shards_each_run(self):
+        # ringmq homes a client by a hash of its id: with --client-prefix the fan-in's subscriber (<prefix>-0-0) lands
+        # where the prefix says, whatever loadgen's pid.
+        self.use_broker({})
+        for shard in (0, 1):
+            prefix = next(p for p in (f"fix{i}" for i in range(100)) if home_shard(f"{p}-0-0", 2) == shard)
+            rc, data, err = loadgen(self.port, "--scenario", "fanin", "--publishers", "4", "--client-prefix", prefix)
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(data["status"], "ok", data)
+            self.assertRegex(self.broker.log(), rb"shard%d: client %s-0-0 connected" % (shard, prefix.encode()))
+        run = subprocess.run([LOADGEN, "--port", str(self.port), "--client-prefix", "x" * 101], capture_output=True,
+                             text=True, timeout=30)
+        self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
+        self.assertIn("--client-prefix must be under 100 bytes", run.stderr)
 
 
 class ScriptedBroker:
