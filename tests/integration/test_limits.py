@@ -1291,6 +1291,37 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertNotIn(b"dropped", log)
         self.assertRegex(log, rb"clients held for it wait for room: shard 1 holds its clients publishing hold/line")
 
+    def test_credit_nobody_on_the_other_shard_needs_comes_back_at_once(self):
+        # A window of 40 and a queue of 40: the subscriber acks its 40 in one write, so the queue (30 and the held
+        # message) moves into the window at once and the held client's turn gets all 30 free as credit. It has one
+        # message left to send: its shard gives the rest back (k_gate_return), else the queue's shard would count it as
+        # queued and hold its own publishers at an empty queue until it ran out (publisher_hold_ms, 10 s here).
+        self.use_broker({"mqtt.max_inflight": 40, "mqtt.max_queued_messages": 40, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/back", 1)])
+        pub = self.client(self.cid("pub", 1))
+        for sent in range(1, 101):
+            if sent > 60:
+                time.sleep(0.05)  # the word to hold comes back through the subscriber's shard
+            pub.send(m.publish("hold/back", b"%06d" % (sent - 1), qos=1, pid=sent))
+            try:
+                pub.expect(m.puback(sent), timeout=1)
+            except AssertionError:
+                break
+        else:
+            self.fail("the publisher was never held: " + self.broker.log().decode()[-3000:])
+        first = sub.recv_publishes(40, ack=False)
+        sub.send(b"".join(m.puback(x.pid) for x in first))
+        pub.expect(m.puback(sent), timeout=2)  # its turn: the last one is read
+        time.sleep(0.3)
+        near = self.on0("near")
+        self.flood(near, "hold/back", 20, first=1000)
+        for i in range(20):
+            near.expect(m.puback(1000 + i + 1), timeout=2)
+        got = [int(x.payload) for x in first] + [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual(got, list(range(sent)) + list(range(1000, 1020)))
+        self.assertNotIn(b"dropped", self.broker.log())
+
     def test_publishers_on_both_shards_share_the_queue_and_lose_nothing(self):
         # One held on the other shard, then one there and one on the subscriber's shard, 100 pipelined each: the
         # subscriber's shard's own client waits its turn too, and counts the credit given to the other shard as
