@@ -1273,14 +1273,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         far = self.client(self.cid("far", 1))
         # One at a time until one is not answered: the first is taken and closes the gate; once that reaches shard 1,
         # the next finds no credit there, is taken and holds its client.
-        for sent in range(1, 9):
-            far.send(m.publish("hold/line", b"%06d" % (999 + sent), qos=1, pid=sent))
-            try:
-                far.expect(m.puback(sent), timeout=1)
-            except AssertionError:
-                break
-        else:
-            self.fail("the client on shard 1 was never held: " + self.broker.log().decode()[-3000:])
+        sent = self.until_unanswered(far, "hold/line", 1000, 8)
         self.assertGreaterEqual(sent, 3)
         first.expect_no_packet(0.1)
         got += [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
@@ -1291,6 +1284,20 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertNotIn(b"dropped", log)
         self.assertRegex(log, rb"clients held for it wait for room: shard 1 holds its clients publishing hold/line")
 
+    def until_unanswered(self, client, topic: str, first: int, most: int, slow_from: int = 0) -> int:
+        """Sends QoS 1 messages first, first + 1, ... (pids 1, 2, ...) one at a time until one is not answered within a
+        second; returns how many were sent (the last unanswered). From the slow_from-th on, a pause before each: the
+        word to hold comes back through the subscriber's shard."""
+        for sent in range(1, most + 1):
+            if slow_from and sent > slow_from:
+                time.sleep(0.05)
+            client.send(m.publish(topic, b"%06d" % (first + sent - 1), qos=1, pid=sent))
+            try:
+                client.expect(m.puback(sent), timeout=1)
+            except AssertionError:
+                return sent
+        self.fail("the publisher was never held: " + self.broker.log().decode()[-3000:])
+
     def test_credit_nobody_on_the_other_shard_needs_comes_back_at_once(self):
         # A window of 40 and a queue of 40: the subscriber acks its 40 in one write, so the queue (30 and the held
         # message) moves into the window at once and the held client's turn gets all 30 free as credit. It has one
@@ -1300,16 +1307,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         sub = self.on0("sub")
         sub.subscribe([("hold/back", 1)])
         pub = self.client(self.cid("pub", 1))
-        for sent in range(1, 101):
-            if sent > 60:
-                time.sleep(0.05)  # the word to hold comes back through the subscriber's shard
-            pub.send(m.publish("hold/back", b"%06d" % (sent - 1), qos=1, pid=sent))
-            try:
-                pub.expect(m.puback(sent), timeout=1)
-            except AssertionError:
-                break
-        else:
-            self.fail("the publisher was never held: " + self.broker.log().decode()[-3000:])
+        sent = self.until_unanswered(pub, "hold/back", 0, 100, slow_from=60)
         first = sub.recv_publishes(40, ack=False)
         sub.send(b"".join(m.puback(x.pid) for x in first))
         pub.expect(m.puback(sent), timeout=2)  # its turn: the last one is read
