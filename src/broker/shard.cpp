@@ -519,23 +519,26 @@ void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
         return;
     }
     connection& p = *publisher_;
-    const auto [it, fresh] = queue_holds_.try_emplace(&slot);
-    if (fresh) it->second.moved_ms = now_ms_;
-    it->second.waiting.emplace_back(p.id, now_ms_);
+    hold_of(slot).waiting.emplace_back(p.id, now_ms_);
     // Its receive goes on until what it sent meanwhile passes held_rx_max (process_input): a client that keeps a few
     // messages in flight, as most do, is held without a cancel and a new receive each time.
     p.queue_held = true;
-    if (!log::at_doubling(publisher_holds_)) return;
-    if (at_hold_mark(*slot.s))
-        log::info("session {}: {} messages ({} bytes) queued, three quarters of its limit: client {} is not read until "
-                  "the queue is below that again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
-                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), p.client_id(),
+    if (log::at_doubling(publisher_holds_))
+        log::info("session {}: {} messages ({} bytes) queued, {}: client {} is not read until {} (at most "
+                  "mqtt.publisher_hold_ms = {}; {} holds so far)",
+                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), hold_reason(*slot.s), p.client_id(),
+                  at_hold_mark(*slot.s) ? "the queue is below that again" : "its turn after them",
                   cfg_.limits.publisher_hold_ms, publisher_holds_);
-    else
-        log::info("session {}: {} messages ({} bytes) queued, and clients held for it wait for room: client {} is not "
-                  "read until its turn after them (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
-                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), p.client_id(),
-                  cfg_.limits.publisher_hold_ms, publisher_holds_);
+}
+
+shard::queue_hold& shard::hold_of(const session_slot& slot) {
+    const auto [it, fresh] = queue_holds_.try_emplace(&slot);
+    if (fresh) it->second.moved_ms = now_ms_;
+    return it->second;
+}
+
+const char* shard::hold_reason(const session::session& s) const {
+    return at_hold_mark(s) ? "three quarters of its limit" : "and clients held for it wait for room";
 }
 
 bool shard::queue_closed(const session_slot& slot) const {
@@ -715,24 +718,23 @@ shard::queue_hold_source* shard::remote_source(const void* queue, unsigned from,
 
 void shard::close_remote(const session_slot& slot, std::string_view topic) {
     const unsigned from = remote_from_ - 1;
-    const auto [it, fresh] = queue_holds_.try_emplace(&slot);
-    if (fresh) it->second.moved_ms = now_ms_;
-    queue_hold_source* src = source_of(it->second, from);
-    if (!src) src = &it->second.remote.emplace_back(queue_hold_source{from});
+    queue_hold& h = hold_of(slot);
+    queue_hold_source* src = source_of(h, from);
+    if (!src) src = &h.remote.emplace_back(queue_hold_source{from});
     if (!src->topics.emplace(topic).second) return; // told already
     src->used_ms = now_ms_;
     push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
     if (log::at_doubling(publisher_holds_))
         log::info("session {}: {} messages ({} bytes) queued, {}: shard {} holds its clients publishing {} to it until "
                   "{} (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
-                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(),
-                  at_hold_mark(*slot.s) ? "three quarters of its limit" : "and clients held for it wait for room", from,
-                  topic, at_hold_mark(*slot.s) ? "the queue is below that again" : "their turn",
-                  cfg_.limits.publisher_hold_ms, publisher_holds_);
+                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), hold_reason(*slot.s), from, topic,
+                  at_hold_mark(*slot.s) ? "the queue is below that again" : "their turn", cfg_.limits.publisher_hold_ms,
+                  publisher_holds_);
 }
 
 void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
-    queue_hold_source* src = remote_source(&slot, remote_from_ - 1);
+    queue_hold* h = nullptr;
+    queue_hold_source* src = remote_source(&slot, remote_from_ - 1, &h);
     if (!src) return; // not a queue this shard closed a gate for (its subscriber changed): k_gate_drop
     src->used_ms = now_ms_;
     if (remote_kind_ == k_publish_credited) {
@@ -742,7 +744,7 @@ void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
     }
     // Its publisher waits for credit: it takes its turn among the queue's held clients, as one of this shard's would.
     if (qos == 0 || !may_hold_publisher(slot)) return;
-    queue_holds_.find(&slot)->second.waiting.emplace_back(remote_token_bit | (remote_from_ - 1), now_ms_);
+    h->waiting.emplace_back(remote_token_bit | (remote_from_ - 1), now_ms_);
     remote_ok_ = true;
 }
 
@@ -2071,8 +2073,9 @@ bool shard::attach_session(connection& c, bool clean) {
         lim.max_inflight = cfg_.limits.max_inflight;
         lim.max_queued = cfg_.limits.max_queued_messages;
         lim.max_queued_bytes = cfg_.limits.max_queued_bytes;
-        lim.max_awaiting_rel = cfg_.limits.max_awaiting_rel;
-        lim.burst_limits = cfg_.limits.publisher_hold_burst;
+        lim.max_awaiting_rel = static_cast<uint16_t>(cfg_.limits.max_awaiting_rel); // 0..65535 (config)
+        lim.burst_limits = static_cast<uint16_t>(cfg_.limits.publisher_hold_burst); // 0..1000
+        lim.burst_kib = static_cast<uint32_t>(cfg_.limits.max_cross_shard_bytes >> 10);
         auto owned = std::make_unique<session_slot>();
         owned->s = std::make_unique<session::session>(c.client_id_, clean, lim);
         owned->created_at = static_cast<int64_t>(::time(nullptr));
@@ -2771,13 +2774,13 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
                       may_hold_publisher(slot);
     if (remote_kind_ > k_publish_holdable) [[unlikely]]
         gated_arrived(slot, qos);
-    // Even past the slack while the queue's bytes stay within mqtt.max_cross_shard_bytes, which bounds what another
-    // shard has on its way here: what it routed before it could know of this hold (or within the credit or turn it
-    // was given) has taken its memory already and its publisher was answered, so that dropped here it would be lost.
-    // Those make the queue pass its slack in a burst, and a client of this shard is held at its next message then,
-    // which must not be lost either (one per held client).
-    const uint64_t in_flight = hold ? cfg_.limits.max_cross_shard_bytes : 0;
-    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold, in_flight)) {
+    // A message held so is taken even past the slack while the queue's bytes stay within mqtt.max_cross_shard_bytes
+    // (session::limits::burst_kib), which bounds what another shard has on its way here: what it routed before it
+    // could know of this hold (or within the credit or turn it was given) has taken its memory already and its
+    // publisher was answered, so that dropped here it would be lost. Those make the queue pass its slack in a burst,
+    // and a client of this shard is held at its next message then, which must not be lost either (one per held
+    // client).
+    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold)) {
     case session::session::offer_result::send:
         send_outgoing(*slot.conn, *o, false);
         break;

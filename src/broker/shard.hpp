@@ -426,6 +426,10 @@ private:
     // Whether p may be held for slot's queue (null: a queue on another shard).
     bool publisher_holdable(const connection& p, const session_slot* slot) const;
     void hold_publisher(const session_slot& slot, std::string_view topic);
+    // The queue's hold entry, made (and its queue's movement counted from now) if it had none.
+    struct queue_hold;
+    queue_hold& hold_of(const session_slot& slot);
+    const char* hold_reason(const session::session& s) const; // for the hold's log lines
     // Three quarters of the queue's limits (none past UINT64_MAX: no limit, or mqtt.publisher_hold_ms = 0).
     bool at_hold_mark(const session::session& s) const {
         return s.queue_len() >= hold_mark_messages_ || s.queued_bytes() >= hold_mark_bytes_;
@@ -739,8 +743,8 @@ private:
     };
     static constexpr uint64_t remote_token_bit = uint64_t{1} << 63; // connection ids count up from 1
     std::unordered_map<const session_slot*, queue_hold> queue_holds_;
-    // The shard a message being routed came from, plus one, when it came as k_publish_holdable or _credited (its
-    // publisher there may be held): 0 otherwise. And whether it was credited.
+    // The shard a message being routed came from, plus one, when it came as k_publish_holdable, _credited or _held
+    // (its publisher there may be held): 0 otherwise.
     unsigned remote_from_ = 0;
     uint32_t remote_kind_ = 0; // its kind, else 0
     bool remote_ok_ = false;   // a held or credited one was counted by the queue it reached (gated_arrived)

@@ -68,8 +68,7 @@ void session::assign_pid_checked(outgoing& o) {
     }
 }
 
-session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit,
-                                     uint64_t in_flight_bytes) {
+session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit) {
     if (online && direct()) {
         if (const outgoing* o = admit(std::move(msg), qos)) {
             *out = o;
@@ -77,8 +76,7 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
         }
     }
     const uint64_t bytes = msg->data_size();
-    if (!room_for(bytes, past_limit) && !(past_limit && in_flight_room(bytes, in_flight_bytes)) &&
-        !(qos > 0 && drop_qos0_for(bytes))) {
+    if (!room_for(bytes, past_limit) && !(past_limit && burst_room(bytes)) && !(qos > 0 && drop_qos0_for(bytes))) {
         ++dropped_;
         return offer_result::dropped;
     }

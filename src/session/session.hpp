@@ -26,9 +26,14 @@ enum class qos2_arrival : uint8_t {
 struct limits {
     uint32_t max_inflight = 32;    // outgoing QoS 1/2 messages awaiting acknowledgement, 1..65535
     uint32_t max_queued = 1000;    // messages waiting beyond the window; 0 = unlimited
-    uint32_t max_awaiting_rel = 0; // incoming QoS 2 ids awaiting PUBREL; 0 = unlimited
+    uint16_t max_awaiting_rel = 0; // incoming QoS 2 ids awaiting PUBREL; 0 = unlimited
+    // offer's past_limit: a message that finds no room even in the quarter past the limits is still queued while the
+    // queue's bytes stay within that quarter plus burst_kib KiB, and its limits within burst_limits times more (a
+    // message that was on its way from another shard before that shard could hold its publisher: it took that memory
+    // already, see shard::offer_to). 0 = none. (Small fields: session fits its size class.)
+    uint16_t burst_limits = 4;
+    uint32_t burst_kib = 0;
     uint64_t max_queued_bytes = 0; // topic and payload bytes of the messages waiting beyond the window; 0 = unlimited
-    uint32_t burst_limits = 4;     // see offer's in_flight_bytes
 };
 
 // One outgoing message: in the window (pid != 0 for QoS > 0) or in the queue (pid 0 until it enters the window).
@@ -62,12 +67,8 @@ public:
     // case the new message is dropped and counted (returns dropped); a QoS 1/2 message is queued instead if dropping
     // the oldest queued QoS 0 messages makes room (each counted dropped: dropped() tells how many). past_limit: the
     // limits are a quarter higher (at least one message) for this message (the broker holds its publisher back from
-    // it on, see shard::may_hold_publisher). in_flight_bytes (with past_limit): one that finds no room even so is still
-    // queued while the queue's bytes stay within the limit's slack plus this, and at most limits::burst_limits times
-    // the limits more (a message that was on its way from another shard before that shard could hold its publisher: it
-    // took that memory already, see shard::offer_to).
-    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false,
-                       uint64_t in_flight_bytes = 0);
+    // it on, see shard::may_hold_publisher). Past that quarter too, see limits::burst_kib.
+    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false);
 
     // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
     // until the next call on any session of this thread) or nullptr. QoS 0 entries are returned without entering the
@@ -198,11 +199,12 @@ private:
         return (limits_.max_queued == 0 || queue_len() < messages) &&
                (limits_.max_queued_bytes == 0 || queued_bytes_ + bytes <= most);
     }
-    // offer's in_flight_bytes: room past the slack for that many bytes (as they were counted on their way), and at
-    // most burst_limits times each limit more, so that a queue fed by many new topics at once, each gated only after
-    // a round trip, stays bounded by its own limits too.
-    bool in_flight_room(uint64_t bytes, uint64_t in_flight_bytes) const {
+    // limits::burst_kib: room past the slack for that many bytes (as they were counted on their way), and at most
+    // burst_limits times each limit more, so that a queue fed by many new topics at once, each gated only after a
+    // round trip, stays bounded by its own limits too.
+    bool burst_room(uint64_t bytes) const {
         const uint64_t times = limits_.burst_limits;
+        const uint64_t in_flight_bytes = uint64_t{limits_.burst_kib} << 10;
         if (in_flight_bytes == 0 || times == 0) return false;
         const uint64_t most =
             limits_.max_queued + std::max<uint32_t>(limits_.max_queued / 4, 1) + times * limits_.max_queued;

@@ -278,48 +278,59 @@ TEST(Session, PastTheLimitIsQueuedWithinAQuarterMoreWhenAsked) {
     EXPECT_EQ(b.queued_bytes(), 125u);
 }
 
-TEST(Session, InFlightBytesTakeMessagesPastTheQuarterUpToTheirBound) {
+limits burst(uint32_t queued, uint32_t kib) {
+    limits l = lim(1, queued);
+    l.burst_kib = kib;
+    return l;
+}
+
+TEST(Session, BurstKiBTakeMessagesPastTheQuarterUpToTheirBound) {
     // Messages that were on their way from another shard before it could hold their publisher (shard::offer_to):
-    // queued past the quarter while the queue's bytes stay within the byte slack plus in_flight_bytes.
-    session s("c", false, lim(1, 4));
+    // queued past the quarter while the queue's bytes stay within the byte slack plus burst_kib.
     const outgoing* o = nullptr;
+    session s("c", false, burst(4, 1));
     ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
     for (int i = 0; i < 5; ++i)
         ASSERT_EQ(s.offer(msg("m" + std::to_string(i)), 1, true, &o, true), offer::queued) << i;
-    EXPECT_EQ(s.offer(msg("x"), 1, true, &o, true), offer::dropped) << "4 + 1: the quarter is full";
-    // Each message is "t/x" and two payload bytes: 5 bytes, 25 queued.
+    // Each message is "t/x" and its payload: 5 bytes each, 25 queued.
     EXPECT_EQ(s.queued_bytes(), 25u);
-    EXPECT_EQ(s.offer(msg("n0"), 1, true, &o, true, 30), offer::queued) << "30 bytes";
-    EXPECT_EQ(s.offer(msg("n1"), 1, true, &o, true, 30), offer::dropped) << "35 bytes would pass 30";
-    EXPECT_EQ(s.offer(msg("n1"), 1, true, &o, false, 300), offer::dropped) << "only past the limit";
-    EXPECT_EQ(s.offer(msg("n1"), 1, true, &o, true, 300), offer::queued);
-    EXPECT_EQ(s.offer(msg("n2"), 0, true, &o, true, 300), offer::queued) << "any QoS";
-    EXPECT_EQ(s.queue_len(), 8u);
-    // And at most four times the limit more than the quarter: 4 + 1 + 16 messages.
-    int taken = 0;
-    while (taken < 100 && s.offer(msg("k"), 1, true, &o, true, 1 << 20) == offer::queued)
-        ++taken;
-    EXPECT_EQ(s.queue_len(), 21u);
-    EXPECT_EQ(taken, 13);
-    // mqtt.publisher_hold_burst = 0: none past the quarter.
-    limits none = lim(1, 4);
-    none.burst_limits = 0;
-    session z("c", false, none);
-    ASSERT_EQ(z.offer(msg("a"), 1, true, &o), offer::send);
-    for (int i = 0; i < 5; ++i)
-        ASSERT_EQ(z.offer(msg("m"), 1, true, &o, true, 1 << 20), offer::queued) << i;
-    EXPECT_EQ(z.offer(msg("m"), 1, true, &o, true, 1 << 20), offer::dropped);
+    EXPECT_EQ(s.offer(msg(std::string(996, 'x')), 1, true, &o), offer::dropped) << "only past the limit";
+    EXPECT_EQ(s.offer(msg(std::string(996, 'x')), 1, true, &o, true), offer::queued) << "1024 bytes";
+    EXPECT_EQ(s.offer(msg(""), 1, true, &o, true), offer::dropped) << "1027 bytes would pass 1 KiB";
 
-    // With a byte limit the extra counts from its quarter past it: 100 + 25 + 10, and at most 4 x 100.
-    limits l = lim(1, 0);
-    l.max_queued_bytes = 100;
-    session b("c", false, l);
-    ASSERT_EQ(b.offer(msg("w"), 1, true, &o), offer::send);
-    EXPECT_EQ(b.offer(msg(std::string(122, 'x')), 1, true, &o, true), offer::queued) << "125 bytes";
-    EXPECT_EQ(b.offer(msg(std::string(7, 'y')), 1, true, &o, true, 10), offer::queued) << "135 bytes";
-    EXPECT_EQ(b.offer(msg(""), 1, true, &o, true, 10), offer::dropped) << "138 bytes";
-    EXPECT_EQ(b.offer(msg(std::string(387, 'z')), 1, true, &o, true, 1 << 20), offer::queued) << "525 bytes";
-    EXPECT_EQ(b.offer(msg(""), 1, true, &o, true, 1 << 20), offer::dropped) << "528 bytes";
+    // At most four times the limit more than the quarter, any QoS: 4 + 1 + 16 messages.
+    session w("c", false, burst(4, 1024));
+    ASSERT_EQ(w.offer(msg("a"), 1, true, &o), offer::send);
+    int taken = 0;
+    while (taken < 100 && w.offer(msg("k", 1 - taken % 2), 1 - taken % 2, true, &o, true) == offer::queued)
+        ++taken;
+    EXPECT_EQ(w.queue_len(), 21u);
+    EXPECT_EQ(taken, 21);
+    // No burst_kib, or mqtt.publisher_hold_burst = 0: none past the quarter.
+    limits zero = burst(4, 1024);
+    zero.burst_limits = 0;
+    for (const limits& none : {burst(4, 0), zero}) {
+        session z("c", false, none);
+        ASSERT_EQ(z.offer(msg("a"), 1, true, &o), offer::send);
+        for (int i = 0; i < 5; ++i)
+            ASSERT_EQ(z.offer(msg("m"), 1, true, &o, true), offer::queued) << i;
+        EXPECT_EQ(z.offer(msg("m"), 1, true, &o, true), offer::dropped);
+    }
+
+    // With a byte limit the extra counts from its quarter past it, at most 4 x the limit and at most burst_kib: a
+    // queue of 100 bytes takes 100 + 25 + 400, one of 1000 bytes 1000 + 250 + 1024. Each message is 3 bytes more
+    // than its payload.
+    for (const auto& [limit, most] : {std::pair<uint64_t, uint64_t>{100, 525}, {1000, 2274}}) {
+        limits l = burst(0, 1);
+        l.max_queued_bytes = limit;
+        session b("c", false, l);
+        ASSERT_EQ(b.offer(msg("w"), 1, true, &o), offer::send);
+        const uint64_t slack = limit + limit / 4;
+        EXPECT_EQ(b.offer(msg(std::string(slack - 3, 'x')), 1, true, &o, true), offer::queued) << slack;
+        EXPECT_EQ(b.offer(msg(std::string(most - slack - 3, 'z')), 1, true, &o, true), offer::queued) << most;
+        EXPECT_EQ(b.offer(msg(""), 1, true, &o, true), offer::dropped) << most + 3;
+        EXPECT_EQ(b.queued_bytes(), most);
+    }
 }
 
 TEST(Session, AFullQueueDropsItsOldestQoS0ForAQoS1Message) {
