@@ -389,6 +389,7 @@ void shard::loop() {
                 if (c->st != connection::state::closing && !c->recv_armed) arm_recv(*c);
             }
         }
+        if (!hold_gone_.empty()) forget_gone_holds();
         if (!queue_holds_.empty()) ease_queue_holds();
         if (!gates_to_ease_.empty()) ease_gates();
         if (!unheld_.empty()) {
@@ -523,6 +524,7 @@ void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
     // Its receive goes on until what it sent meanwhile passes held_rx_max (process_input): a client that keeps a few
     // messages in flight, as most do, is held without a cancel and a new receive each time.
     p.queue_held = true;
+    p.hold_listed = true;
     if (log::at_doubling(publisher_holds_))
         log::info("session {}: {} messages ({} bytes) queued, {}: client {} is not read until {} (at most "
                   "mqtt.publisher_hold_ms = {}; {} holds so far)",
@@ -631,6 +633,21 @@ void shard::ease_queue_holds() {
             if (it == queue_holds_.end()) break;
         }
     }
+}
+
+void shard::forget_gone_holds() {
+    // An id left in a list would keep the clients of this shard that publish to its queue (or through its gate)
+    // held behind it until the room for a whole turn came, or an eighth of publisher_hold_ms passed.
+    std::sort(hold_gone_.begin(), hold_gone_.end());
+    const auto gone = [&](const std::pair<uint64_t, int64_t>& w) {
+        return std::binary_search(hold_gone_.begin(), hold_gone_.end(), w.first);
+    };
+    for (auto& [slot, h] : queue_holds_)
+        std::erase_if(h.waiting, gone);
+    // (A turn asked for there may come as credit with nobody left: it goes back, credit_gate.)
+    for (auto& [key, g] : gates_)
+        std::erase_if(g.waiting, gone);
+    hold_gone_.clear();
 }
 
 void shard::release_publishers(const session_slot& slot, bool expired) {
@@ -895,6 +912,7 @@ void shard::expire_gates(int64_t now) {
 void shard::read_again(connection& c) {
     if (!c.queue_held) return;
     c.queue_held = false;
+    c.hold_listed = false; // (read again as its entry came up, or as its hold ended: in no list now)
     if (c.st != connection::state::connected) return;
     // Its keepalive counts from now: what it sent was not handled.
     c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
@@ -1817,6 +1835,7 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         publish_from(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
     }
     c.will.reset();
+    if (c.hold_listed) hold_gone_.push_back(c.id);
     node_.connections.fetch_sub(1, std::memory_order_relaxed);
     shutdown_socket(c);
     maybe_destroy(c);
@@ -2654,6 +2673,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     if (kind != k_publish_held) return;
     connection& p = *publisher_;
     p.queue_held = true;
+    p.hold_listed = true;
     g->waiting.emplace_back(p.id, now_ms_);
     ++g->asked; // the held message asks for a turn there
     if (log::at_doubling(publisher_holds_))

@@ -318,6 +318,9 @@ public:
     bool fixed : 1 = false;        // fd is a slot of the ring's file table (settle_socket), used with IOSQE_FIXED_FILE
     // Not read while a subscriber's queue drains (hold_publisher): what it sent meanwhile waits in rx, unhandled.
     bool queue_held : 1 = false;
+    // Its id went into a hold's waiting list (hold_publisher, push_gated) and has not been read again since: a close
+    // takes it out (forget_gone_holds), or a client gone would be waited for.
+    bool hold_listed : 1 = false;
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
@@ -805,7 +808,11 @@ private:
     uint64_t room_below_mark(const session::session& s, const queue_hold& h) const;
     std::unordered_set<const session_slot*> stuck_queues_;
     std::vector<const session_slot*> ease_slots_; // ease_queue_holds' list, kept for its capacity
-    std::vector<uint64_t> unheld_;   // publishers let go all at once: read again at the end of the turn (read_again)
+    std::vector<uint64_t> unheld_; // publishers let go all at once: read again at the end of the turn (read_again)
+    // Clients closed while their ids were in waiting lists (hold_listed): taken out of them all before the next turns
+    // are given, in one pass over the lists however many closed.
+    std::vector<uint64_t> hold_gone_;
+    void forget_gone_holds();
     uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
     uint64_t publisher_holds_ = 0;   // publishers held so far, logged at doublings
     uint64_t publisher_hold_expiries_ = 0;

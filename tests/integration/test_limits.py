@@ -941,6 +941,36 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertLess(time.monotonic() - held, 1.5)
         self.assertNotIn(b"is read again", self.broker.log())  # not its hold's end
 
+    def test_a_held_client_that_closes_holds_nobody_behind_it(self):
+        # The held client goes away while its turn waits for room for several (9 free below the mark): a client that
+        # publishes then is not held behind the one gone, which would hold it until that room came (or an eighth of
+        # the hold's 60 s passed). The one gone sent nothing past the message it was held at: what a closing client
+        # sent is all handled, held or not.
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 400, "mqtt.publisher_hold_ms": 60000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/gone", 1)])
+        first = self.on0("first")
+        self.flood(first, "hold/gone", 302)
+        for i in range(302):
+            first.expect(m.puback(i + 1))
+        got = [int(x.payload[:6]) for x in sub.recv_publishes(10)]  # 9 free below the mark now
+        first.close()
+        cid = re.escape(self.cid("first", 0).encode())
+        deadline = time.monotonic() + 5
+        while not re.search(rb"client " + cid + rb" \(.*\) closed", self.broker.log()):
+            self.assertLess(time.monotonic(), deadline, "the broker never saw the held client close")
+            time.sleep(0.05)
+        later = self.on0("later")
+        self.flood(later, "hold/gone", 2, first=1000)
+        later.expect(m.puback(1001))
+        later.expect(m.puback(1002), timeout=2)
+        got += [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual([i for i in got if i < 1000], list(range(302)))
+        self.assertEqual([i for i in got if i >= 1000], [1000, 1001])
+        log = self.broker.log()
+        self.assertRegex(log, HOLD_LINE)
+        self.assertNotIn(b"dropped", log)
+
     def test_a_subscriber_that_keeps_taking_slowly_never_expires_the_hold(self):
         # 50 publishers held in turn for a subscriber that takes a message every 10 ms: the queue stays at its mark
         # longer than the hold's 0.3 s, but it moves all the while, so it never counts as stuck and nothing drops.
