@@ -1374,6 +1374,40 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertNotIn(b"is read again", log)  # no hold ran out
         self.assertRegex(log, HOLD_LINE)  # the subscriber's shard's own client was held too
 
+    def test_publishers_on_two_other_shards_share_a_held_queue_and_lose_nothing(self):
+        # Three shards: a subscriber on shard 0 and a publisher on each shard, 60 pipelined each (the first bursts of
+        # shards 1 and 2 are routed before their gates close: the burst allowance takes both), then 100 more each
+        # once the queue is past its mark: each other shard's client is held at its gate and gets credit in its turn.
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000}, shards=3)
+        sub = self.client(client_id_on_shard("sub", 0, 3))
+        sub.subscribe([("hold/three", 1)])
+        pubs = [self.client(client_id_on_shard(f"p{k}", k, 3)) for k in range(3)]
+
+        def send(first: int, n: int) -> None:
+            for k, p in enumerate(pubs):
+                p.send(b"".join(m.publish("hold/three", b"%d%05d" % (k, i) + b"xx", qos=1, pid=i + 1)
+                                for i in range(first, first + n)))
+
+        send(0, 60)
+        time.sleep(0.3)
+        send(60, 100)
+        got = {}
+        for n in range(480):
+            x = sub.recv_publish(timeout=5)
+            got.setdefault(int(x.payload[:1]), []).append(int(x.payload[1:6]))
+            if n % 25 == 0:
+                time.sleep(0.03)  # slower now and then: the queue fills again
+        self.assertEqual(got, {k: list(range(160)) for k in range(3)})
+        for p in pubs:
+            for i in range(160):
+                p.expect(m.puback(i + 1))
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertNotIn(b"is read again", log)  # no hold ran out
+        for k in (1, 2):
+            cid = re.escape(client_id_on_shard(f"p{k}", k, 3).encode())
+            self.assertRegex(log, rb"client " + cid + rb" is not read until a queue on shard 0")
+
     def test_a_stuck_subscriber_on_another_shard_holds_its_publisher_at_most_publisher_hold_ms(self):
         sub, pub, sent = self.held_far("hold/far", 1000)
         held = time.monotonic()  # half a second after the hold began (held_far's wait)
