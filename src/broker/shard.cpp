@@ -644,9 +644,14 @@ void shard::forget_gone_holds() {
     };
     for (auto& [slot, h] : queue_holds_)
         std::erase_if(h.waiting, gone);
-    // (A turn asked for there may come as credit with nobody left: it goes back, credit_gate.)
-    for (auto& [key, g] : gates_)
-        std::erase_if(g.waiting, gone);
+    // The turns asked for there for the clients gone are withdrawn, else the queue's shard would hold its own clients
+    // behind them; one given meanwhile comes as credit, handed to whoever waits here or returned (credit_gate).
+    for (auto& [key, g] : gates_) {
+        if (std::erase_if(g.waiting, gone) == 0 || g.asked <= g.waiting.size()) continue;
+        push(g.shard, k_gate_unwait, static_cast<uint32_t>(std::min<uint64_t>(g.asked - g.waiting.size(), UINT32_MAX)),
+             queue_key(g.queue));
+        g.asked = g.waiting.size();
+    }
     hold_gone_.clear();
 }
 
@@ -768,6 +773,20 @@ void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
 void shard::queue_turn(unsigned from, const void* queue) {
     queue_hold* h = nullptr;
     if (remote_source(queue, from, &h)) h->waiting.emplace_back(remote_token_bit | from, now_ms_);
+}
+
+void shard::withdraw_turns(unsigned from, const void* queue, uint64_t n) {
+    queue_hold* h = nullptr;
+    if (!remote_source(queue, from, &h)) return;
+    // The sender's turns are alike (each gives credit to whoever waits there then): the latest go. One given already
+    // is in flight as credit, which the sender hands on or returns.
+    const uint64_t token = remote_token_bit | from;
+    for (auto it = h->waiting.end(); n != 0 && it != h->waiting.begin();) {
+        --it;
+        if (it->first != token) continue;
+        it = h->waiting.erase(it);
+        --n;
+    }
 }
 
 void shard::credit_returned(unsigned from, const void* queue, uint64_t n) {
@@ -1035,6 +1054,9 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         return;
     case k_gate_forget:
         forget_source(from, m.ptr);
+        return;
+    case k_gate_unwait:
+        withdraw_turns(from, m.ptr, m.arg);
         return;
     case k_retain: {
         const auto r = session::message_ref::adopt(static_cast<session::message*>(m.ptr));
@@ -1373,6 +1395,10 @@ void shard::arm_recv(connection& c) {
 }
 
 void shard::on_recv(connection& c, int res, uint32_t flags) {
+    // A client closed earlier in this batch of completions may be listed as held still: a publisher handled now would
+    // be held behind it.
+    if (!hold_gone_.empty()) [[unlikely]]
+        forget_gone_holds();
     if (!(flags & IORING_CQE_F_MORE)) {
         c.recv_armed = false;
         --c.ops;

@@ -180,6 +180,7 @@ enum msg_kind : uint32_t {
     k_gate_wait,   // ptr: the queue's key: one more of the sender's clients waits for a turn (see shard::ease_gates)
     k_gate_return, // ptr: the queue's key, arg: credit the sender had no client waiting for
     k_gate_forget, // ptr: the queue's key: the sender let its gate go (k_gate_drop): forget it was told
+    k_gate_unwait, // ptr: the queue's key, arg: turns asked for (k_publish_held, k_gate_wait) whose clients closed
 };
 
 // The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
@@ -792,7 +793,8 @@ private:
     static void* queue_key(uint64_t queue) { return reinterpret_cast<void*>(static_cast<uintptr_t>(queue)); }
     void gated_arrived(const session_slot& slot, uint8_t qos); // a k_publish_credited or _held reached it
     void grant_credit(const session_slot& slot, queue_hold& h, unsigned to, uint64_t room);
-    void queue_turn(unsigned from, const void* queue); // k_gate_wait
+    void queue_turn(unsigned from, const void* queue);                 // k_gate_wait
+    void withdraw_turns(unsigned from, const void* queue, uint64_t n); // k_gate_unwait
     void credit_returned(unsigned from, const void* queue, uint64_t n);
     void forget_source(unsigned from, const void* queue);
     // Whether a publisher below the queue's mark is held all the same: others wait for its room, or the credit given
