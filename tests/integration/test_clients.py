@@ -469,6 +469,13 @@ class HeldPublisherClientCases(ClientHelpers):
         # 2 mosquitto_pub -l and a paho publisher, 20 QoS 1 in flight each (both libraries' default window), against a
         # subscriber taking one every 2 ms through a window of 32 and a queue of 40: without the hold the queue
         # overflows within the first hundred messages and what passes its limit is dropped although PUBACKed.
+        self.held_run(1)
+
+    def test_qos2_publishers_faster_than_a_slow_paho_subscriber_lose_nothing(self):
+        # The same at QoS 2 (PUBREC is what tells the publishers a message is taken).
+        self.held_run(2)
+
+    def held_run(self, qos: int) -> None:
         self.use_broker({"mqtt.max_queued_messages": 40, "mqtt.publisher_hold_ms": 20000})
         n, pubs = 300, 3
         got, done = [], threading.Event()
@@ -481,12 +488,12 @@ class HeldPublisherClientCases(ClientHelpers):
 
         sub = self.paho(self.sub_id("held-slow"))
         sub.c.on_message = slow
-        sub.subscribe("held/x", 1)
+        sub.subscribe("held/x", qos)
         lines = [[f"{k}-{i:04d}" for i in range(n)] for k in range(pubs)]
         procs = []
         for k in range(2):
             p = subprocess.Popen(["timeout", "-s", "KILL", "40", PUB, "-h", "127.0.0.1", "-p", str(self.port), "-t",
-                                  "held/x", "-q", "1", "-l", "-i", self.pub_id(f"held-mp{k}")], stdin=subprocess.PIPE,
+                                  "held/x", "-q", str(qos), "-l", "-i", self.pub_id(f"held-mp{k}")], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self.addCleanup(p.kill)
             procs.append(p)
@@ -494,7 +501,7 @@ class HeldPublisherClientCases(ClientHelpers):
             p.stdin.write("".join(x + "\n" for x in ls))
             p.stdin.close()
         pp = self.paho(self.pub_id("held-pp"))
-        infos = [pp.c.publish("held/x", x.encode(), qos=1) for x in lines[2]]
+        infos = [pp.c.publish("held/x", x.encode(), qos=qos) for x in lines[2]]
         for info in infos:
             info.wait_for_publish(40)
             self.assertTrue(info.is_published(), "paho's publish was never acknowledged")
