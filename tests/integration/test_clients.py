@@ -514,5 +514,59 @@ class HeldPublisherClientCases(ClientHelpers):
         self.assertNotRegex(self.broker.log(), self.DROP_LINE)
         self.assertRegex(self.broker.log(), self.HELD_LINE)
 
+    def test_a_slow_subscriber_taken_over_mid_flood_loses_nothing_acknowledged(self):
+        # A persistent paho subscriber, slow, is taken over by a new paho connection with its client id while two
+        # mosquitto_pub are held for its queue: every PUBACKed message reaches one of the two connections (those in
+        # flight to the first again to the second, as DUP), each connection's in order.
+        self.use_broker({"mqtt.max_queued_messages": 40, "mqtt.publisher_hold_ms": 20000})
+        n, pubs = 300, 2
+        cid = self.sub_id("held-tk")
+        first, second = [], []
+
+        def slow(into):
+            def on_message(c, u, msg):
+                time.sleep(0.002)
+                into.append(msg.payload.decode())
+            return on_message
+
+        a = self.paho(cid, clean=False)
+        a.c.reconnect_delay_set(30, 60)  # taken over, it does not come back during the test
+        a.c.on_message = slow(first)
+        a.subscribe("held/tk", 1)
+        lines = [[f"{k}-{i:04d}" for i in range(n)] for k in range(pubs)]
+        procs = []
+        for k in range(pubs):
+            p = subprocess.Popen(["timeout", "-s", "KILL", "40", PUB, "-h", "127.0.0.1", "-p", str(self.port), "-t",
+                                  "held/tk", "-q", "1", "-l", "-i", self.pub_id(f"held-tk{k}")], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.addCleanup(p.kill)
+            p.stdin.write("".join(x + "\n" for x in lines[k]))
+            p.stdin.close()
+            procs.append(p)
+        deadline = time.monotonic() + 20
+        while len(first) < 60:
+            self.assertLess(time.monotonic(), deadline, f"only {len(first)} delivered before the takeover")
+            time.sleep(0.01)
+        self.assertRegex(self.broker.log(), self.HELD_LINE)
+        b = self.paho(cid, clean=False)
+        self.assertEqual(b.flags.get("session present"), 1)
+        b.c.on_message = slow(second)
+        for p in procs:
+            self.assertEqual(p.wait(45), 0, p.stdout.read())
+        deadline = time.monotonic() + 30
+        while True:
+            early = [x.payload.decode() for x in list(b.messages.queue)]  # what came before on_message was replaced, first
+            seen = set(first) | set(early) | set(second)
+            if all(x in seen for ls in lines for x in ls):
+                break
+            self.assertLess(time.monotonic(), deadline, f"{sum(x in seen for ls in lines for x in ls)} of "
+                            f"{n * pubs} delivered")
+            time.sleep(0.05)
+        for k in range(pubs):
+            for name, got in (("first", first), ("second", early + second)):
+                mine = [x for x in got if x.startswith(f"{k}-")]
+                self.assertEqual(mine, sorted(set(mine)), f"publisher {k} to the {name} connection")
+        self.assertNotRegex(self.broker.log(), self.DROP_LINE)
+
 
 shard_variants(HeldPublisherClientCases, globals())
