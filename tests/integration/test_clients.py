@@ -186,6 +186,30 @@ class ClientHelpers:
         self.addCleanup(p.stop)
         return p
 
+    def pub_lines(self, topic: str, qos: int, client_id: str, lines: list) -> subprocess.Popen:
+        """mosquitto_pub -l in the background, its lines written and its stdin closed (it ends once the last is
+        acknowledged); `timeout` kills it after 40 s."""
+        p = subprocess.Popen(["timeout", "-s", "KILL", "40", PUB, "-h", "127.0.0.1", "-p", str(self.port), "-t", topic,
+                              "-q", str(qos), "-l", "-i", client_id], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(p.kill)
+        p.stdin.write("".join(x + "\n" for x in lines))
+        p.stdin.close()
+        return p
+
+    def slow_subscriber(self, client_id: str, topic: str, qos: int, into: list, clean: bool = True,
+                        delay: float = 0.002) -> "PahoClient":
+        """A paho subscriber that takes delay seconds over each message (paho acknowledges it after on_message)."""
+        sub = self.paho(client_id, clean=clean)
+
+        def on_message(c, u, msg):
+            time.sleep(delay)
+            into.append(msg.payload.decode())
+
+        sub.c.on_message = on_message
+        sub.subscribe(topic, qos)
+        return sub
+
 
 class ClientCases(ClientHelpers):
     # -- mosquitto_pub / mosquitto_sub ---------------------------------------------------------------------------
@@ -465,6 +489,14 @@ class HeldPublisherClientCases(ClientHelpers):
     DROP_LINE = rb"queue full \(mqtt.max_queued_messages = 40\)"
     HELD_LINE = rb"queued, [^:]+: (client \S+ is not read until|shard \d+ holds its clients publishing)"
 
+    def wait_for(self, done, timeout: float, what) -> None:
+        """Polls done() every 10 ms until it holds; fails with what() after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                self.fail(what())
+            time.sleep(0.01)
+
     def test_mosquitto_pub_and_paho_faster_than_a_slow_paho_subscriber_lose_nothing(self):
         # 2 mosquitto_pub -l and a paho publisher, 20 QoS 1 in flight each (both libraries' default window), against a
         # subscriber taking one every 2 ms through a window of 32 and a queue of 40: without the hold the queue
@@ -478,28 +510,10 @@ class HeldPublisherClientCases(ClientHelpers):
     def held_run(self, qos: int) -> None:
         self.use_broker({"mqtt.max_queued_messages": 40, "mqtt.publisher_hold_ms": 20000})
         n, pubs = 300, 3
-        got, done = [], threading.Event()
-
-        def slow(c, u, msg):
-            time.sleep(0.002)
-            got.append(msg.payload.decode())
-            if len(got) >= n * pubs:
-                done.set()
-
-        sub = self.paho(self.sub_id("held-slow"))
-        sub.c.on_message = slow
-        sub.subscribe("held/x", qos)
+        got = []
+        self.slow_subscriber(self.sub_id("held-slow"), "held/x", qos, got)
         lines = [[f"{k}-{i:04d}" for i in range(n)] for k in range(pubs)]
-        procs = []
-        for k in range(2):
-            p = subprocess.Popen(["timeout", "-s", "KILL", "40", PUB, "-h", "127.0.0.1", "-p", str(self.port), "-t",
-                                  "held/x", "-q", str(qos), "-l", "-i", self.pub_id(f"held-mp{k}")], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            self.addCleanup(p.kill)
-            procs.append(p)
-        for p, ls in zip(procs, lines):
-            p.stdin.write("".join(x + "\n" for x in ls))
-            p.stdin.close()
+        procs = [self.pub_lines("held/x", qos, self.pub_id(f"held-mp{k}"), lines[k]) for k in range(2)]
         pp = self.paho(self.pub_id("held-pp"))
         infos = [pp.c.publish("held/x", x.encode(), qos=qos) for x in lines[2]]
         for info in infos:
@@ -507,7 +521,7 @@ class HeldPublisherClientCases(ClientHelpers):
             self.assertTrue(info.is_published(), "paho's publish was never acknowledged")
         for p in procs:
             self.assertEqual(p.wait(45), 0, p.stdout.read())
-        self.assertTrue(done.wait(30), f"{len(got)} of {n * pubs} delivered")
+        self.wait_for(lambda: len(got) >= n * pubs, 30, lambda: f"{len(got)} of {n * pubs} delivered")
         for k in range(pubs):
             self.assertEqual([x for x in got if x.startswith(f"{k}-")], lines[k], f"publisher {k}")
         self.assertEqual(len(got), n * pubs)
@@ -522,35 +536,15 @@ class HeldPublisherClientCases(ClientHelpers):
         n, pubs = 300, 2
         cid = self.sub_id("held-tk")
         first, second = [], []
-
-        def slow(into):
-            def on_message(c, u, msg):
-                time.sleep(0.002)
-                into.append(msg.payload.decode())
-            return on_message
-
-        a = self.paho(cid, clean=False)
+        a = self.slow_subscriber(cid, "held/tk", 1, first, clean=False)
         a.c.reconnect_delay_set(30, 60)  # taken over, it does not come back during the test
-        a.c.on_message = slow(first)
-        a.subscribe("held/tk", 1)
         lines = [[f"{k}-{i:04d}" for i in range(n)] for k in range(pubs)]
-        procs = []
-        for k in range(pubs):
-            p = subprocess.Popen(["timeout", "-s", "KILL", "40", PUB, "-h", "127.0.0.1", "-p", str(self.port), "-t",
-                                  "held/tk", "-q", "1", "-l", "-i", self.pub_id(f"held-tk{k}")], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            self.addCleanup(p.kill)
-            p.stdin.write("".join(x + "\n" for x in lines[k]))
-            p.stdin.close()
-            procs.append(p)
-        deadline = time.monotonic() + 20
-        while len(first) < 60:
-            self.assertLess(time.monotonic(), deadline, f"only {len(first)} delivered before the takeover")
-            time.sleep(0.01)
+        procs = [self.pub_lines("held/tk", 1, self.pub_id(f"held-tk{k}"), lines[k]) for k in range(pubs)]
+        self.wait_for(lambda: len(first) >= 60, 20, lambda: f"only {len(first)} delivered before the takeover")
         self.assertRegex(self.broker.log(), self.HELD_LINE)
         b = self.paho(cid, clean=False)
         self.assertEqual(b.flags.get("session present"), 1)
-        b.c.on_message = slow(second)
+        b.c.on_message = lambda c, u, msg: (time.sleep(0.002), second.append(msg.payload.decode()))
         for p in procs:
             self.assertEqual(p.wait(45), 0, p.stdout.read())
         deadline = time.monotonic() + 30
@@ -567,6 +561,28 @@ class HeldPublisherClientCases(ClientHelpers):
                 mine = [x for x in got if x.startswith(f"{k}-")]
                 self.assertEqual(mine, sorted(set(mine)), f"publisher {k} to the {name} connection")
         self.assertNotRegex(self.broker.log(), self.DROP_LINE)
+
+    def test_sixteen_mosquitto_pub_to_two_slow_subscribers_lose_nothing(self):
+        # 16 mosquitto_pub, their ids spread over the shards, half to each of two slow paho subscribers (one on the
+        # first shard, one on the last), QoS 1 and 2 mixed: many clients held at once for two queues, at gates on the
+        # other shards as well as on the queues' own.
+        self.use_broker({"mqtt.max_queued_messages": 40, "mqtt.publisher_hold_ms": 20000})
+        n, pubs = 100, 16
+        got = ([], [])
+        for j in (0, 1):
+            self.slow_subscriber(self.cid(f"held-many-sub{j}", j * (self.SHARDS - 1)), f"held/many{j}", 2, got[j],
+                                 delay=0.001)
+        lines = [[f"{k}-{i:04d}" for i in range(n)] for k in range(pubs)]
+        procs = [self.pub_lines(f"held/many{k % 2}", 1 + k // 8, f"held-many-pub{k}", lines[k]) for k in range(pubs)]
+        for p in procs:
+            self.assertEqual(p.wait(45), 0, p.stdout.read())
+        self.wait_for(lambda: len(got[0]) + len(got[1]) >= n * pubs, 30,
+                      lambda: f"{len(got[0]) + len(got[1])} of {n * pubs} delivered")
+        for k in range(pubs):
+            self.assertEqual([x for x in got[k % 2] if x.startswith(f"{k}-")], lines[k], f"publisher {k}")
+        self.assertEqual(len(got[0]) + len(got[1]), n * pubs)
+        self.assertNotRegex(self.broker.log(), self.DROP_LINE)
+        self.assertRegex(self.broker.log(), self.HELD_LINE)
 
 
 shard_variants(HeldPublisherClientCases, globals())
