@@ -444,6 +444,10 @@ private:
     // Its session is offline or gone, or (expired) nothing was taken from its queue for mqtt.publisher_hold_ms and it
     // is stuck (see stuck_queues_): all its publishers are read again at the end of the turn.
     void release_publishers(const session_slot& slot, bool expired);
+    // A subscription to filter was added, here or on another shard (k_route_add): a queue whose clients were held on a
+    // topic it matches is that topic's sole subscriber no more, and the new one may not wait for the slow one, so its
+    // publishers are read again (release_publishers).
+    void release_for_new_route(std::string_view filter);
     void expire_queue_holds(int64_t now);
     void note_queue_taken(const session_slot& slot); // its subscriber took a message from the queue (pump)
     void read_again(connection& c);
@@ -743,6 +747,7 @@ private:
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         int64_t moved_ms = 0;
         std::vector<queue_hold_source> remote;
+        topic_set topics; // those this shard's clients were held on (the other shards' are in remote)
         bool empty() const { return waiting.empty() && remote.empty(); }
     };
     static constexpr uint64_t remote_token_bit = uint64_t{1} << 63; // connection ids count up from 1

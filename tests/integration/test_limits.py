@@ -1076,6 +1076,50 @@ class PublisherHoldCases(PublisherHoldBase):
                 self.assertEqual(got, list(range(9)))
             self.assert_broker_healthy()
 
+    def test_a_stuck_subscriber_that_unsubscribes_lets_its_publisher_go_at_once(self):
+        # The publisher's messages go nowhere once the subscriber (connected, taking nothing) unsubscribes: it is read
+        # again at once, not after the hold's 10 s. Another filter of the same subscriber that still matches holds it
+        # again at its next message while the queue is at its mark.
+        for keep in (False, True):
+            with self.subTest(keep=keep):
+                topic = f"hold/unsub{int(keep)}"
+                sub, pub = self.held_pair(topic, 10000)
+                pub.expect_no_packet(0.2)
+                first = 8
+                if keep:
+                    # A new filter of the same subscriber reads the publisher again too (any new route to a held
+                    # topic does): its next message, queued past the mark within the hold's quarter of slack, holds it
+                    # again.
+                    sub.subscribe([("hold/#", 1)])
+                    pub.expect(m.puback(9), timeout=2)
+                    pub.expect_no_packet(0.3)
+                    first = 9
+                sub.send(m.unsubscribe(7, [topic]))
+                if not keep:
+                    for i in range(first, 20):
+                        pub.expect(m.puback(i + 1), timeout=2)
+                    self.assertNotIn(b"dropped", self.broker.log())
+                else:
+                    pub.expect(m.puback(first + 1), timeout=2)
+                    pub.expect_no_packet(0.5)
+                    self.assertEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)  # logged at the 1st, 2nd, 4th
+                self.assert_broker_healthy()
+
+    def test_a_subscriber_that_joins_a_held_topic_lets_its_publisher_go_at_once(self):
+        # A slow subscriber may not slow the fast ones: one subscribing to the held topic gets the held publisher's
+        # messages at once, not after the hold's 10 s; the slow one's queue then drops past its limit (as where the
+        # message had several subscribers from the start).
+        sub, pub = self.held_pair("hold/join", 10000)
+        pub.expect_no_packet(0.2)
+        fast = self.on0("fast")
+        fast.subscribe([("hold/+", 1)])
+        for i in range(8, 20):
+            pub.expect(m.puback(i + 1), timeout=2)
+        # Read again, its 12 reach the new one in one go: its window's 1 and its queue's 8 (LIMITS are everybody's).
+        self.assertEqual([int(p[:6]) for p in read_until_quiet(fast, quiet=0.5)], list(range(8, 17)))
+        self.assertIn(b"queue full (mqtt.max_queued_messages = 8)", self.broker.log())
+        self.assert_broker_healthy()
+
     def test_a_held_clients_keepalive_does_not_run_out(self):
         # Keep-alive 1 s (closed past 1.5 s of silence), held for 3 s: what it sent was not read, so the time held
         # does not count as its silence.
@@ -1557,6 +1601,28 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
             sub.disconnect()
             pub.expect(m.puback(sent), timeout=2)
             pub.publish("hold/gone", b"after", qos=1)  # read as it comes (publish waits for its PUBACK)
+
+    def test_a_stuck_subscriber_on_another_shard_that_unsubscribes_lets_its_publisher_go_at_once(self):
+        # The gate on the publisher's shard opens as the subscriber's shard drops the hold: the held message and the
+        # next are answered at once, long before the hold's 10 s.
+        sub, pub, sent = self.held_far("hold/unsub", 10000)
+        sub.send(m.unsubscribe(7, ["hold/unsub"]))
+        pub.expect(m.puback(sent), timeout=2)
+        pub.publish("hold/unsub", b"after", qos=1)
+        self.assertNotIn(b"dropped", self.broker.log())
+
+    def test_a_subscriber_that_joins_a_topic_held_across_shards_lets_its_publisher_go_at_once(self):
+        # On either shard: the queue's shard hears of the new route (from its own client or by k_route_add) and opens
+        # the gate on the publisher's shard, long before the hold's 10 s.
+        for shard in (0, 1):
+            with self.subTest(shard=shard):
+                sub, pub, sent = self.held_far(f"hold/join{shard}", 10000)
+                fast = self.client(self.cid(f"fast{shard}", shard))
+                fast.subscribe([(f"hold/join{shard}", 1)])
+                pub.expect(m.puback(sent), timeout=2)
+                self.assertEqual(int(fast.recv_publish(timeout=2).payload[:6]), sent - 1)
+                pub.publish(f"hold/join{shard}", b"after", qos=1)
+                self.assertEqual(fast.recv_publish(timeout=2).payload, b"after")
 
     def test_a_message_another_subscriber_gets_too_ends_the_hold_across_shards(self):
         # A second subscriber on the queue's shard: the held publisher's messages reach it too, so they can no longer
