@@ -523,7 +523,7 @@ void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
     connection& p = *publisher_;
     queue_hold& h = hold_of(slot);
     h.waiting.emplace_back(p.id, now_ms_);
-    if (!h.topics.contains(topic)) h.topics.emplace(topic);
+    if (h.topics.size() < hold_topics_max && !h.topics.contains(topic)) h.topics.emplace(topic);
     // Its receive goes on until what it sent meanwhile passes held_rx_max (process_input): a client that keeps a few
     // messages in flight, as most do, is held without a cancel and a new receive each time.
     p.queue_held = true;
@@ -670,17 +670,21 @@ void shard::release_publishers(const session_slot& slot, bool expired) {
     if (!expired && !stuck_queues_.empty()) stuck_queues_.erase(&slot);
 }
 
-void shard::release_for_new_route(std::string_view filter) {
-    if (queue_holds_.empty()) return;
+bool shard::held_on(const queue_hold& h, std::string_view filter) {
     const auto matched = [filter](const topic_set& topics) {
         return std::any_of(topics.begin(), topics.end(),
                            [filter](const std::string& t) { return routing::topic_matches(filter, t); });
     };
+    return matched(h.topics) || std::any_of(h.remote.begin(), h.remote.end(),
+                                            [&](const queue_hold_source& src) { return matched(src.topics); });
+}
+
+void shard::release_for_new_route(std::string_view filter, const session_slot* by) {
+    if (queue_holds_.empty()) return;
+    // (A queue's own session's new filter adds no subscriber to what it already gets.)
     std::vector<const session_slot*> slots;
     for (const auto& [slot, h] : queue_holds_)
-        if (matched(h.topics) || std::any_of(h.remote.begin(), h.remote.end(),
-                                             [&](const queue_hold_source& src) { return matched(src.topics); }))
-            slots.push_back(slot);
+        if (slot != by && held_on(h, filter)) slots.push_back(slot);
     for (const session_slot* slot : slots)
         release_publishers(*slot, false);
 }
@@ -1008,7 +1012,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.add_remote(*f, m.arg);
         ++trie_gen_;
-        release_for_new_route(*f);
+        release_for_new_route(*f, nullptr);
         return;
     }
     case k_route_del: {
@@ -3037,7 +3041,7 @@ bool shard::add_subscription(session_slot& slot, const std::string& filter, uint
     trie_.subscribe(filter, &slot, qos, &active);
     ++trie_gen_;
     if (active) broadcast_route(k_route_add, filter);
-    release_for_new_route(filter);
+    release_for_new_route(filter, &slot);
     return true;
 }
 
@@ -3053,10 +3057,12 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
     trie_.unsubscribe(filter, &slot, &idle);
     ++trie_gen_;
     if (idle) broadcast_route(k_route_del, filter);
-    // Clients held for this queue (here or at gates on other shards) may have published to that filter only: their
-    // messages go elsewhere now, and they would wait for room they no longer need, up to publisher_hold_ms for a
-    // subscriber that takes nothing. All are read again; one still routed here is held again at its next message.
-    if (queue_holds_.contains(&slot)) release_publishers(slot, false);
+    // Clients held for this queue (here or at gates on other shards) on a topic of that filter may publish to this
+    // session through it only: their messages go elsewhere now, and they would wait for room they no longer need, up to
+    // publisher_hold_ms for a subscriber that takes nothing. All are read again; one still routed here (by another of
+    // its filters) is held again at its next message.
+    if (const auto it = queue_holds_.find(&slot); it != queue_holds_.end() && held_on(it->second, filter))
+        release_publishers(slot, false);
 }
 
 void shard::broadcast_route(uint32_t kind, const std::string& filter) {

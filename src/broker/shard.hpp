@@ -444,10 +444,10 @@ private:
     // Its session is offline or gone, or (expired) nothing was taken from its queue for mqtt.publisher_hold_ms and it
     // is stuck (see stuck_queues_): all its publishers are read again at the end of the turn.
     void release_publishers(const session_slot& slot, bool expired);
-    // A subscription to filter was added, here or on another shard (k_route_add): a queue whose clients were held on a
-    // topic it matches is that topic's sole subscriber no more, and the new one may not wait for the slow one, so its
-    // publishers are read again (release_publishers).
-    void release_for_new_route(std::string_view filter);
+    // A subscription to filter was added, here (by `by`) or on another shard (k_route_add, by nullptr): a queue of
+    // another session whose clients were held on a topic it matches is that topic's sole subscriber no more, and the
+    // new one may not wait for the slow one, so its publishers are read again (release_publishers).
+    void release_for_new_route(std::string_view filter, const session_slot* by);
     void expire_queue_holds(int64_t now);
     void note_queue_taken(const session_slot& slot); // its subscriber took a message from the queue (pump)
     void read_again(connection& c);
@@ -747,10 +747,16 @@ private:
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         int64_t moved_ms = 0;
         std::vector<queue_hold_source> remote;
-        topic_set topics; // those this shard's clients were held on (the other shards' are in remote)
+        // Those this shard's clients were held on (the other shards' are in remote), up to hold_topics_max: a route
+        // change to one of them ends the hold (release_for_new_route, remove_subscription). One past the bound (a
+        // wildcard subscriber's queue held on ever new topics) is not kept, and its clients wait as before.
+        topic_set topics;
         bool empty() const { return waiting.empty() && remote.empty(); }
     };
     static constexpr uint64_t remote_token_bit = uint64_t{1} << 63; // connection ids count up from 1
+    static constexpr size_t hold_topics_max = 64;
+    // Whether a client was held for h on a topic filter matches (here, or at a gate on another shard).
+    static bool held_on(const queue_hold& h, std::string_view filter);
     std::unordered_map<const session_slot*, queue_hold> queue_holds_;
     // The shard a message being routed came from, plus one, when it came as k_publish_holdable, _credited or _held
     // (its publisher there may be held): 0 otherwise.

@@ -1079,30 +1079,27 @@ class PublisherHoldCases(PublisherHoldBase):
     def test_a_stuck_subscriber_that_unsubscribes_lets_its_publisher_go_at_once(self):
         # The publisher's messages go nowhere once the subscriber (connected, taking nothing) unsubscribes: it is read
         # again at once, not after the hold's 10 s. Another filter of the same subscriber that still matches holds it
-        # again at its next message while the queue is at its mark.
+        # again at its next message while the queue is at its mark. Filters that match no held topic change nothing.
         for keep in (False, True):
             with self.subTest(keep=keep):
                 topic = f"hold/unsub{int(keep)}"
                 sub, pub = self.held_pair(topic, 10000)
-                pub.expect_no_packet(0.2)
-                first = 8
+                sub.subscribe([("other/#", 1)])
                 if keep:
-                    # A new filter of the same subscriber reads the publisher again too (any new route to a held
-                    # topic does): its next message, queued past the mark within the hold's quarter of slack, holds it
-                    # again.
-                    sub.subscribe([("hold/#", 1)])
-                    pub.expect(m.puback(9), timeout=2)
-                    pub.expect_no_packet(0.3)
-                    first = 9
+                    sub.subscribe([("hold/#", 1)])  # its own: no other subscriber for the topic
+                sub.unsubscribe(["other/#"])
+                pub.expect_no_packet(0.3)
                 sub.send(m.unsubscribe(7, [topic]))
                 if not keep:
-                    for i in range(first, 20):
+                    for i in range(8, 20):
                         pub.expect(m.puback(i + 1), timeout=2)
                     self.assertNotIn(b"dropped", self.broker.log())
                 else:
-                    pub.expect(m.puback(first + 1), timeout=2)
+                    # Its next message, routed by hold/# past the mark within the hold's quarter of slack, holds it
+                    # again.
+                    pub.expect(m.puback(9), timeout=2)
                     pub.expect_no_packet(0.5)
-                    self.assertEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)  # logged at the 1st, 2nd, 4th
+                    self.assertEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)
                 self.assert_broker_healthy()
 
     def test_a_subscriber_that_joins_a_held_topic_lets_its_publisher_go_at_once(self):
@@ -1620,7 +1617,11 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
                 fast = self.client(self.cid(f"fast{shard}", shard))
                 fast.subscribe([(f"hold/join{shard}", 1)])
                 pub.expect(m.puback(sent), timeout=2)
-                self.assertEqual(int(fast.recv_publish(timeout=2).payload[:6]), sent - 1)
+                # (Earlier ones, answered before, reach it only if its subscription came first on a slow host.)
+                got = []
+                while not got or got[-1] < sent - 1:
+                    got.append(int(fast.recv_publish(timeout=2).payload[:6]))
+                self.assertEqual(got[-1], sent - 1)
                 pub.publish(f"hold/join{shard}", b"after", qos=1)
                 self.assertEqual(fast.recv_publish(timeout=2).payload, b"after")
 
