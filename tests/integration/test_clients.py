@@ -585,5 +585,28 @@ class HeldPublisherClientCases(ClientHelpers):
         self.assertNotRegex(self.broker.log(), self.DROP_LINE)
         self.assertRegex(self.broker.log(), self.HELD_LINE)
 
+    def test_a_held_persistent_paho_publisher_that_drops_its_connection_loses_nothing_at_qos2(self):
+        # paho publishing QoS 2 on a persistent session is held, its connection dropped mid-flood (no DISCONNECT), and
+        # it reconnects: it resends what was not acknowledged (PUBLISH with DUP, or PUBREL), and the slow subscriber
+        # gets every message exactly once, in order.
+        self.use_broker({"mqtt.max_queued_messages": 40, "mqtt.publisher_hold_ms": 20000})
+        n = 300
+        got = []
+        self.slow_subscriber(self.sub_id("held-q2-sub"), "held/q2", 2, got)
+        pub = self.paho(self.pub_id("held-q2-pub"), clean=False)
+        infos = [pub.c.publish("held/q2", f"{i:04d}".encode(), qos=2) for i in range(n)]
+        self.wait_for(lambda: len(got) >= 60, 20, lambda: f"only {len(got)} delivered before the drop")
+        pub.abort()
+        pub.c.reconnect()
+        pub.c.loop_start()
+        deadline = time.monotonic() + 40
+        for info in infos:
+            info.wait_for_publish(max(deadline - time.monotonic(), 0.1))
+            self.assertTrue(info.is_published(), f"message {info.mid} was never completed")
+        self.wait_for(lambda: len(got) >= n, 30, lambda: f"{len(got)} of {n} delivered")
+        time.sleep(0.3)
+        self.assertEqual(got, [f"{i:04d}" for i in range(n)])
+        self.assertRegex(self.broker.log(), self.HELD_LINE)
+
 
 shard_variants(HeldPublisherClientCases, globals())
