@@ -14,6 +14,10 @@ from test_subscribe import SubscribeCases
 for _mixin in (PublishCases, SubscribeCases, RetainedCases, SessionCases):
     shard_variants(_mixin, globals(), shards=(3,))
 del _mixin
+# Not here: the burst test's check that the shard's receive buffers ran out needs shard 0 slower than 32 senders, and
+# with the subscriber two shards away it was seen keeping up with the whole 20 MiB once in about ten runs (no buffer
+# ran out, nothing was lost). It runs on one and two shards in test_publish.py. (None: unittest collects no test.)
+PublishCasesShards3.test_bursts_larger_than_the_receive_buffers_lose_nothing = None  # noqa: F821
 
 
 class ThreeShardCases(BrokerTest):
