@@ -1115,7 +1115,11 @@ void shard::take_handoff(handoff* hp) {
         return;
     }
     connection& c = adopt(h->fd, h->peer);
+    // Its first bytes may hold PUBLISHes sent with the CONNECT: they are its own, as on_recv's are (a full queue holds
+    // it rather than drop what passes the limit).
+    publisher_ = &c;
     process_input(c, h->bytes.data(), h->bytes.size());
+    publisher_ = nullptr;
     if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
 }
 

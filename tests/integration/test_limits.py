@@ -1627,6 +1627,29 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
                 pub.publish(f"hold/join{shard}", b"after", qos=1)
                 self.assertEqual(fast.recv_publish(timeout=2).payload, b"after")
 
+    def test_publishes_handed_over_with_the_connect_are_held_too(self):
+        # Twelve clients homed on the subscriber's shard (0) each write CONNECT and 20 QoS 1 PUBLISHes at once. Those
+        # the kernel gives to shard 1 (about half: at least one, or the test says so) reach shard 0 in the handover,
+        # PUBLISHes and all, and are handled there as the connection's first bytes: they are held like any other
+        # client's (they were routed unheld, and the queue dropped what passed its limit though it was PUBACKed).
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 40, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/pipe", 1)])
+        for k in range(12):
+            c = self.raw()
+            c.send(m.connect(self.cid(f"pipe{k}", 0)) +
+                   b"".join(m.publish("hold/pipe", b"%02d%04d" % (k, i), qos=1, pid=i + 1) for i in range(20)))
+            c.expect(m.CONNACK_OK)
+        time.sleep(0.3)
+        self.assertRegex(self.broker.log(), rb"client pipe\d+-\d+ \(\S+\) handed to shard 0")
+        got = [p for p in read_until_quiet(sub, quiet=1.0)]
+        seqs = {}
+        for p in got:
+            seqs.setdefault(int(p[:2]), []).append(int(p[2:6]))
+        self.assertEqual({k: v for k, v in seqs.items() if v != list(range(20))}, {})
+        self.assertEqual(sorted(seqs), list(range(12)))
+        self.assertNotIn(b"dropped", self.broker.log())
+
     def test_a_message_another_subscriber_gets_too_ends_the_hold_across_shards(self):
         # A second subscriber on the queue's shard: the held publisher's messages reach it too, so they can no longer
         # hold it there. Once it has spent the credit its slow subscriber gave, its next message finds no queue to
