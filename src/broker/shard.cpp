@@ -1115,11 +1115,7 @@ void shard::take_handoff(handoff* hp) {
         return;
     }
     connection& c = adopt(h->fd, h->peer);
-    // Its first bytes may hold PUBLISHes sent with the CONNECT: they are its own, as on_recv's are (a full queue holds
-    // it rather than drop what passes the limit).
-    publisher_ = &c;
     process_input(c, h->bytes.data(), h->bytes.size());
-    publisher_ = nullptr;
     if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
 }
 
@@ -1476,9 +1472,7 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
     const uint64_t published_before = m_.messages_received;
     const uint64_t packets_before = m_.packets_received;
-    publisher_ = &c;
     process_input(c, data, static_cast<size_t>(res));
-    publisher_ = nullptr;
     // Keep-alive counts whole control packets [MQTT-3.1.2-24], not bytes: a client trickling the bytes of a packet it
     // never finishes would otherwise hold its connection (and its partial packet's memory) for ever.
     if (m_.packets_received != packets_before) c.last_rx_ms = now_ms_;
@@ -1525,6 +1519,13 @@ void shard::check_unread(connection& c, uint32_t received) {
 }
 
 void shard::process_input(connection& c, const uint8_t* p, size_t n) {
+    // What it sent is its own, whether it came by its receive or with its handover (PUBLISHes sent with the CONNECT):
+    // a full queue holds it as their publisher (publisher_) rather than drop what passes the limit.
+    struct publisher_scope {
+        connection*& p;
+        ~publisher_scope() { p = nullptr; }
+    } scope{publisher_};
+    publisher_ = &c;
     // After a refused CONNECT nothing the client sends counts (MQTT-3.2.2-5): the socket closes once the CONNACK is
     // out.
     if (c.refused) return;
