@@ -472,20 +472,6 @@ class AdminTest(BrokerTest):
 
     # -- waiting ----------------------------------------------------------------------------------------------------
 
-    def wait_until(self, fn: Callable[[], Any], timeout: float = 3.0, what: str = "condition",
-                   interval: float = 0.05) -> Any:
-        """Polls fn() until it returns a truthy value (returned) or `timeout` passes (failure showing the last
-        value). For state that other shards update asynchronously (disconnects, routes, gauges)."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            last = fn()
-            if last:
-                return last
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{what}: not reached within {timeout}s (last value {last!r})")
-            time.sleep(interval)
-
     def wait_equal(self, fn: Callable[[], Any], expected: Any, timeout: float = 3.0, what: str = "value",
                    interval: float = 0.05) -> Any:
         deadline = time.monotonic() + timeout

@@ -396,6 +396,20 @@ class BrokerTest(unittest.TestCase):
         """... subscriber ids on the last shard, so with 2 shards they differ."""
         return self.cid(name, self.SHARDS - 1)
 
+    def wait_until(self, fn, timeout: float = 3.0, what="condition", interval: float = 0.05):
+        """Polls fn() until it returns a truthy value (returned) or `timeout` passes (failure showing the last
+        value; `what` names the condition, or is a function returning its message then). For state that other shards
+        or clients update asynchronously (disconnects, routes, gauges, deliveries)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            last = fn()
+            if last:
+                return last
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what() if callable(what) else what}: not reached within {timeout}s (last "
+                                     f"value {last!r})")
+            time.sleep(interval)
+
     def assert_broker_healthy(self, tag: str = "health") -> None:
         """A fresh subscriber/publisher pair (on different shards when there are several) still round-trips
         QoS 0, 1 and 2."""

@@ -489,14 +489,6 @@ class HeldPublisherClientCases(ClientHelpers):
     DROP_LINE = rb"queue full \(mqtt.max_queued_messages = 40\)"
     HELD_LINE = rb"queued, [^:]+: (client \S+ is not read until|shard \d+ holds its clients publishing)"
 
-    def wait_for(self, done, timeout: float, what) -> None:
-        """Polls done() every 10 ms until it holds; fails with what() after timeout seconds."""
-        deadline = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > deadline:
-                self.fail(what())
-            time.sleep(0.01)
-
     def test_mosquitto_pub_and_paho_faster_than_a_slow_paho_subscriber_lose_nothing(self):
         # 2 mosquitto_pub -l and a paho publisher, 20 QoS 1 in flight each (both libraries' default window), against a
         # subscriber taking one every 2 ms through a window of 32 and a queue of 40: without the hold the queue
@@ -522,7 +514,7 @@ class HeldPublisherClientCases(ClientHelpers):
             self.assertTrue(info.is_published(), "paho's publish was never acknowledged")
         for p in procs:
             self.assertEqual(p.wait(45), 0, p.stdout.read())
-        self.wait_for(lambda: len(got) >= n * pubs, 30, lambda: f"{len(got)} of {n * pubs} delivered")
+        self.wait_until(lambda: len(got) >= n * pubs, 30, lambda: f"{len(got)} of {n * pubs} delivered")
         for k in range(pubs):
             self.assertEqual([x for x in got if x.startswith(f"{k}-")], lines[k], f"publisher {k}")
         self.assertEqual(len(got), n * pubs)
@@ -541,7 +533,7 @@ class HeldPublisherClientCases(ClientHelpers):
         a.c.reconnect_delay_set(30, 60)  # taken over, it does not come back during the test
         lines = [[f"{k}-{i:04d}" for i in range(n)] for k in range(pubs)]
         procs = [self.pub_lines("held/tk", 1, self.pub_id(f"held-tk{k}"), lines[k]) for k in range(pubs)]
-        self.wait_for(lambda: len(first) >= 60, 20, lambda: f"only {len(first)} delivered before the takeover")
+        self.wait_until(lambda: len(first) >= 60, 20, lambda: f"only {len(first)} delivered before the takeover")
         self.assertRegex(self.broker.log(), self.HELD_LINE)
         b = self.paho(cid, clean=False)
         self.assertEqual(b.flags.get("session present"), 1)
@@ -577,7 +569,7 @@ class HeldPublisherClientCases(ClientHelpers):
         procs = [self.pub_lines(f"held/many{k % 2}", 1 + k // 8, f"held-many-pub{k}", lines[k]) for k in range(pubs)]
         for p in procs:
             self.assertEqual(p.wait(45), 0, p.stdout.read())
-        self.wait_for(lambda: len(got[0]) + len(got[1]) >= n * pubs, 30,
+        self.wait_until(lambda: len(got[0]) + len(got[1]) >= n * pubs, 30,
                       lambda: f"{len(got[0]) + len(got[1])} of {n * pubs} delivered")
         for k in range(pubs):
             self.assertEqual([x for x in got[k % 2] if x.startswith(f"{k}-")], lines[k], f"publisher {k}")
@@ -595,7 +587,7 @@ class HeldPublisherClientCases(ClientHelpers):
         self.slow_subscriber(self.sub_id("held-q2-sub"), "held/q2", 2, got)
         pub = self.paho(self.pub_id("held-q2-pub"), clean=False)
         infos = [pub.c.publish("held/q2", f"{i:04d}".encode(), qos=2) for i in range(n)]
-        self.wait_for(lambda: len(got) >= 60, 20, lambda: f"only {len(got)} delivered before the drop")
+        self.wait_until(lambda: len(got) >= 60, 20, lambda: f"only {len(got)} delivered before the drop")
         pub.abort()
         pub.c.reconnect()
         pub.c.loop_start()
@@ -603,7 +595,7 @@ class HeldPublisherClientCases(ClientHelpers):
         for info in infos:
             info.wait_for_publish(max(deadline - time.monotonic(), 0.1))
             self.assertTrue(info.is_published(), f"message {info.mid} was never completed")
-        self.wait_for(lambda: len(got) >= n, 30, lambda: f"{len(got)} of {n} delivered")
+        self.wait_until(lambda: len(got) >= n, 30, lambda: f"{len(got)} of {n} delivered")
         time.sleep(0.3)
         self.assertEqual(got, [f"{i:04d}" for i in range(n)])
         self.assertRegex(self.broker.log(), self.HELD_LINE)
