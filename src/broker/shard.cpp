@@ -140,6 +140,25 @@ shard::shard(node& n, unsigned id, int listen_fd)
     if (const auto& lim = cfg_.limits; lim.publisher_hold_ms != 0) {
         if (lim.max_queued_messages != 0) hold_mark_messages_ = lim.max_queued_messages - lim.max_queued_messages / 4;
         if (lim.max_queued_bytes != 0) hold_mark_bytes_ = lim.max_queued_bytes - lim.max_queued_bytes / 4;
+        // What a queue takes past its mark from other shards' messages routed before their gates closed (see
+        // session::burst_room): each other shard may have had up to the bound on its way when the queue reached its
+        // mark, and route as much again before the word to close reaches it (it reads what was taken before it
+        // reads that word), so the room is shared out in 2 (n - 1) + 1 parts, one spare.
+        const uint64_t parts = 2 * (uint64_t{n_} - 1) + 1;
+        const uint64_t times = lim.publisher_hold_burst;
+        if (lim.max_queued_messages != 0) {
+            const uint64_t q = lim.max_queued_messages;
+            const uint64_t room = q - hold_mark_messages_ + std::max<uint64_t>(q / 4, 1) + times * q;
+            ungated_max_ = std::max<uint64_t>(room / parts, 2);
+        }
+        if (lim.max_queued_bytes != 0) {
+            const uint64_t qb = lim.max_queued_bytes;
+            const uint64_t burst =
+                times != 0 ? std::min<uint64_t>(lim.max_cross_shard_bytes >> 10 << 10, times * qb) : 0;
+            ungated_bytes_max_ = std::max<uint64_t>((qb - hold_mark_bytes_ + qb / 4 + burst) / parts, 2);
+        }
+        ungated_.resize(n_);
+        transit_marks_.assign(n_, reactor::smp_outbox::no_mark);
     }
 }
 
@@ -310,13 +329,20 @@ void shard::loop() {
                    (completed_on_submit() || (poll_rules_.should_poll(m_.packets_received) && poll_idle()))) {
             // sends that completed as they were submitted, or work that came in while polling
         } else {
-            const bool waits = holding_ || outbox_.pending();
+            const bool waits = holding_ || outbox_.pending() || !transit_held_.empty();
             const uint64_t level = holding_ ? cfg_.limits.max_cross_shard_bytes / 2 : reactor::smp_outbox::no_level;
             bool over = false;
-            if (waits)
+            if (!transit_held_.empty()) {
+                // Woken too once a shard has taken what a client held for it waits for (ease_transit).
+                std::fill(transit_marks_.begin(), transit_marks_.end(), reactor::smp_outbox::no_mark);
+                for (const transit_wait& w : transit_held_)
+                    transit_marks_[w.to] = std::min(transit_marks_[w.to], w.at);
+                over = outbox_.arm_wakes(level, transit_marks_);
+            } else if (waits) {
                 over = outbox_.arm_wakes(level);
-            else
+            } else {
                 outbox_.disarm_wakes();
+            }
             node_.smp.set_sleeping(id_, true);
             if (has_news() || (holding_ && !over) || (waits && outbox_.woken())) {
                 node_.smp.set_sleeping(id_, false);
@@ -399,6 +425,7 @@ void shard::loop() {
             for (const uint64_t id : ids)
                 if (const auto it = conns_.find(id); it != conns_.end()) read_again(*it->second);
         }
+        if (!transit_held_.empty()) ease_transit();
     }
 }
 
@@ -2688,7 +2715,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         // be is asked only where a gate would hold it: its session is not read for every message).
         if (publisher_ && qos != 0 && hits.empty() && mask == 0 && cfg_.limits.publisher_hold_ms != 0) {
             if (gate_topics_.empty())
-                push_weighed(to, k_publish_holdable, msg->size(), msg.get());
+                push_holdable(to, msg.get());
             else
                 push_gated(to, msg, topic);
             continue;
@@ -2706,22 +2733,23 @@ shard::remote_gate* shard::gate_for(std::string_view topic) {
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
     remote_gate* g = gate_for(topic);
     if (g && g->shard != to) g = nullptr; // its subscriber is on another shard now: that shard tells anew
-    uint32_t kind = k_publish_holdable;
-    if (g) {
-        g->used_ms = now_ms_;
-        // Credit goes to those waiting first: a client not held that finds others waiting is held behind them (else
-        // the clients read as their bytes come would spend each credit before the turn's end, when the waiting are
-        // read). One that finds no credit sends this message still (the queue takes it past its mark) and waits:
-        // the queue's shard gives it a turn among its own held clients.
-        const bool others_wait = !g->waiting.empty() && (publisher_->id != gate_reading_ || g != gate_reading_gate_);
-        if (g->credit != 0 && !others_wait) {
-            --g->credit;
-            kind = k_publish_credited;
-        } else if (publisher_holdable(*publisher_, nullptr)) {
-            kind = k_publish_held;
-        } else {
-            kind = k_publish; // one that cannot be held is not counted there either (its queue drops past its limit)
-        }
+    if (!g) {
+        push_holdable(to, msg.get());
+        return;
+    }
+    g->used_ms = now_ms_;
+    // Credit goes to those waiting first: a client not held that finds others waiting is held behind them (else
+    // the clients read as their bytes come would spend each credit before the turn's end, when the waiting are
+    // read). One that finds no credit sends this message still (the queue takes it past its mark) and waits:
+    // the queue's shard gives it a turn among its own held clients.
+    const bool others_wait = !g->waiting.empty() && (publisher_->id != gate_reading_ || g != gate_reading_gate_);
+    // One that cannot be held is not counted there either (its queue drops past its limit).
+    uint32_t kind = k_publish;
+    if (g->credit != 0 && !others_wait) {
+        --g->credit;
+        kind = k_publish_credited;
+    } else if (publisher_holdable(*publisher_, nullptr)) {
+        kind = k_publish_held;
     }
     push_weighed(to, kind, msg->size(), msg.get());
     if (kind != k_publish_held) return;
@@ -2734,6 +2762,47 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
         log::info("client {} is not read until a queue on shard {} it publishes {} to is below three quarters of its "
                   "limit again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
                   p.client_id(), g->shard, topic, cfg_.limits.publisher_hold_ms, publisher_holds_);
+}
+
+void shard::push_holdable(unsigned to, session::message* msg) {
+    push_weighed(to, k_publish_holdable, msg->size(), msg);
+    if (ungated_.empty()) return;
+    ungated_flow& f = ungated_[to];
+    ++f.open_n;
+    f.open_bytes += msg->data_size();
+    if (2 * f.open_n < ungated_max_ && 2 * f.open_bytes < ungated_bytes_max_) return;
+    // The newer half is full: the older one, taken, makes way for it.
+    if (f.prev_n != 0 && node_.smp.taken(id_, to) >= f.prev_end) f.prev_n = f.prev_bytes = 0;
+    if (f.prev_n == 0) {
+        f.prev_n = std::exchange(f.open_n, 0);
+        f.prev_bytes = std::exchange(f.open_bytes, 0);
+        f.prev_end = outbox_.sent(to);
+        return;
+    }
+    // One that cannot be held sends on (the queue's burst room past its mark is all it has, as before).
+    connection& p = *publisher_;
+    if (!publisher_holdable(p, nullptr)) return;
+    p.queue_held = true;
+    transit_held_.push_back(transit_wait{p.id, to, f.prev_end});
+    if (log::at_doubling(transit_holds_))
+        log::info("client {} is not read until shard {} has taken more of the messages routed to it for queues that "
+                  "could not hold their publishers yet ({} on their way; at most a share of the room "
+                  "mqtt.publisher_hold_burst = {} gives past a queue's mark; {} such holds so far)",
+                  p.client_id(), to, f.prev_n + f.open_n, cfg_.limits.publisher_hold_burst, transit_holds_);
+}
+
+void shard::ease_transit() {
+    size_t keep = 0;
+    std::vector<uint64_t> ready;
+    for (const transit_wait& w : transit_held_) {
+        if (node_.smp.taken(id_, w.to) >= w.at)
+            ready.push_back(w.id);
+        else
+            transit_held_[keep++] = w;
+    }
+    transit_held_.resize(keep);
+    for (const uint64_t id : ready)
+        if (const auto it = conns_.find(id); it != conns_.end()) read_again(*it->second);
 }
 
 bool shard::all_direct(const route_entry& e) const {

@@ -785,6 +785,33 @@ private:
     // The gate fan_out found for the message it routes to one other shard, where its publisher may be held.
     remote_gate* gate_for(std::string_view topic);
     void push_gated(unsigned to, session::message_ref& msg, std::string_view topic);
+    // A QoS 1/2 message for another shard's sole subscriber, routed before any gate closed for its topic (its queue's
+    // shard can hold its publisher only a round trip later, by which time its PUBACK is out): what is on its way so is
+    // bounded per destination (ungated_max_), so that the queue's burst room past its mark
+    // (mqtt.publisher_hold_burst) takes it all, however late that shard runs. Past the bound the publisher is not read
+    // until that shard has taken the older half (ease_transit).
+    void push_holdable(unsigned to, session::message* msg);
+    void ease_transit();
+    // Per destination, in two halves: the older one's end (the outbox's sent() after it) is compared with what that
+    // shard has taken once the newer one is full, so the bound costs one atomic load per half, not one per message.
+    struct ungated_flow {
+        uint64_t open_n = 0;
+        uint64_t open_bytes = 0;
+        uint64_t prev_n = 0;
+        uint64_t prev_bytes = 0;
+        uint64_t prev_end = 0;
+    };
+    std::vector<ungated_flow> ungated_;
+    uint64_t ungated_max_ = UINT64_MAX;       // messages (from mqtt.max_queued_messages); UINT64_MAX = no bound
+    uint64_t ungated_bytes_max_ = UINT64_MAX; // their topic and payload bytes (from mqtt.max_queued_bytes)
+    struct transit_wait {
+        uint64_t id; // the client not read
+        unsigned to; // until this shard
+        uint64_t at; // has taken this much of what was sent to it (smp_outbox::sent)
+    };
+    std::vector<transit_wait> transit_held_;
+    std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
+    uint64_t transit_holds_ = 0;          // logged at doublings
     void close_gate(unsigned from, gate_close& g);
     void credit_gate(unsigned from, uint64_t queue, uint64_t n);
     void open_gate(unsigned from, uint64_t queue);

@@ -44,6 +44,7 @@ struct mqtt_limits {
     uint32_t publisher_hold_ms = 1000;
     // How many times its limits more than their quarter of slack a queue that holds its publishers takes of messages
     // routed by another shard before it could hold them (on their way already); 0 = none, dropped past the quarter.
+    // A shard has at most a share of that room on its way to another for such queues (shard::push_holdable).
     uint32_t publisher_hold_burst = 4;
     uint32_t max_sessions = 0;              // sessions per node, connected or offline, 0 = unlimited
     uint32_t max_subscriptions = 0;         // filters per session, 0 = unlimited

@@ -56,6 +56,8 @@ public:
     }
     // True while a backlog waits for room: the owner must not sleep unless arm_wakes covers it.
     bool pending() const { return mask_ != 0; }
+    // The weight pushed to `to` so far: what smp::taken reaches once that destination has taken all of it.
+    uint64_t sent(unsigned to) const { return sent_[to]; }
 
     // How many messages ever had to wait in a backlog: a mark to compare with behind() later.
     uint64_t backlogged() const { return backlogged_; }
@@ -95,8 +97,11 @@ public:
     // look at what was taken here, are sequentially consistent, so a wake-up is never lost between them. Returns
     // false if no destination holds more than `level` (a hold is over: the owner must not sleep on it; with
     // no_level, for a backlog alone, always false).
+    // marks: per destination, a position of sent() the owner waits for that destination to take besides (no_mark for
+    // none), or empty.
     static constexpr uint64_t no_level = UINT64_MAX;
-    bool arm_wakes(uint64_t level) {
+    static constexpr uint64_t no_mark = UINT64_MAX;
+    bool arm_wakes(uint64_t level, const std::vector<uint64_t>& marks = {}) {
         bool over = false;
         for (unsigned to = 0; to < wake_at_.size(); ++to) {
             const uint64_t bit = uint64_t{1} << to;
@@ -109,6 +114,7 @@ public:
                     at = queued_[to];
                 }
             }
+            if (!marks.empty() && marks[to] != no_mark) at = std::min(at, marks[to]);
             if (at == wake_at_[to]) continue;
             wake_at_[to] = at;
             smp_.wake_when_taken(self_, to, at == not_armed ? 0 : at);

@@ -885,6 +885,38 @@ TEST(smp_outbox, a_backlog_of_weightless_messages_alone_is_waited_for_too) {
     out.disarm_wakes(); // nothing standing: no store
 }
 
+TEST(smp_outbox, a_sender_waiting_for_a_mark_of_its_own_is_woken_once_it_is_taken) {
+    // shard::ease_transit: a client waits until its destination has taken what was sent up to a mark (sent()), with
+    // no level and no backlog; the smallest of several marks per destination is the one asked for.
+    smp s(3, 64);
+    smp_outbox out(s, 0);
+    for (int i = 0; i < 4; ++i)
+        out.push(1, smp_msg{2, 9, nullptr}, 9); // 10 each
+    const uint64_t mark = out.sent(1);
+    EXPECT_EQ(mark, 40u);
+    for (int i = 0; i < 4; ++i)
+        out.push(1, smp_msg{2, 9, nullptr}, 9);
+    out.publish([](unsigned) {});
+    std::vector<uint64_t> marks(3, smp_outbox::no_mark);
+    marks[1] = mark;
+    EXPECT_FALSE(out.arm_wakes(smp_outbox::no_level, marks)) << "no level to be over";
+    EXPECT_FALSE(out.woken());
+    EXPECT_FALSE(take(s, 0, 1, 3)) << "30 of the 40 taken";
+    EXPECT_FALSE(out.woken());
+    EXPECT_TRUE(take(s, 0, 1, 1)) << "the mark reached: the sender is woken, though 40 are still in flight";
+    EXPECT_TRUE(out.woken());
+    EXPECT_EQ(s.taken(0, 1), mark);
+
+    marks[1] = out.sent(1);
+    out.arm_wakes(smp_outbox::no_level, marks);
+    EXPECT_FALSE(out.woken()) << "a mark further on";
+    out.disarm_wakes();
+    EXPECT_FALSE(take(s, 0, 1)) << "a withdrawn request wakes no one";
+    marks[1] = mark;
+    out.arm_wakes(smp_outbox::no_level, marks);
+    EXPECT_TRUE(out.woken()) << "a mark taken already: the sender must not sleep on it";
+}
+
 // What a two-thread run of the sleep protocol saw from the sender's side.
 struct waiting_run {
     uint32_t received = 0, out_of_order = 0, lost_wakeups = 0, bad_marks = 0, sleeps = 0;
