@@ -141,24 +141,31 @@ shard::shard(node& n, unsigned id, int listen_fd)
         if (lim.max_queued_messages != 0) hold_mark_messages_ = lim.max_queued_messages - lim.max_queued_messages / 4;
         if (lim.max_queued_bytes != 0) hold_mark_bytes_ = lim.max_queued_bytes - lim.max_queued_bytes / 4;
         // What a queue takes past its mark from other shards' messages routed before their gates closed (see
-        // session::burst_room): each other shard may have had up to the bound on its way when the queue reached its
-        // mark, and route as much again before the word to close reaches it (it reads what was taken before it
-        // reads that word), so the room is shared out in 2 (n - 1) + 1 parts, one spare.
+        // session::burst_room). Each other shard has at most the bound on its way past the message that finds the
+        // queue at its mark: it goes on only by what the queue's shard had taken when this turn began, and the word
+        // to close is out before that shard counts the messages that caused it as taken (drain_smp), so it is read
+        // in the same turn. The room goes in 2 (n - 1) + 1 parts: half of it for those, half for what no bound
+        // covers (a message past it per held client, clients that cannot be held).
         const uint64_t parts = 2 * (uint64_t{n_} - 1) + 1;
         const uint64_t times = lim.publisher_hold_burst;
         if (lim.max_queued_messages != 0) {
             const uint64_t q = lim.max_queued_messages;
             const uint64_t room = q - hold_mark_messages_ + std::max<uint64_t>(q / 4, 1) + times * q;
-            ungated_max_ = std::max<uint64_t>(room / parts, 2);
+            ungated_max_ = std::max<uint64_t>(room / parts, 1);
         }
+        const uint64_t burst_bytes = lim.max_cross_shard_bytes >> 10 << 10; // session::limits::burst_kib
         if (lim.max_queued_bytes != 0) {
             const uint64_t qb = lim.max_queued_bytes;
-            const uint64_t burst =
-                times != 0 ? std::min<uint64_t>(lim.max_cross_shard_bytes >> 10 << 10, times * qb) : 0;
-            ungated_bytes_max_ = std::max<uint64_t>((qb - hold_mark_bytes_ + qb / 4 + burst) / parts, 2);
+            const uint64_t burst = times != 0 ? std::min<uint64_t>(burst_bytes, times * qb) : 0;
+            ungated_bytes_max_ = std::max<uint64_t>((qb - hold_mark_bytes_ + qb / 4 + burst) / parts, 1);
+        } else if (times != 0) {
+            // No byte limit: the burst keeps the queue's bytes within mqtt.max_cross_shard_bytes, some of which what
+            // it held at its mark took already (unknown here).
+            ungated_bytes_max_ = std::max<uint64_t>(burst_bytes / parts, 1);
         }
         ungated_.resize(n_);
-        transit_marks_.assign(n_, reactor::smp_outbox::no_mark);
+        transit_taken_.assign(n_, 0);
+        transit_marks_.assign(parts_, reactor::smp_outbox::no_mark);
     }
 }
 
@@ -392,6 +399,7 @@ void shard::loop() {
         // Drain the queues only after the completions were observed: anything another shard published before a
         // client could have reacted to it (a route before its SUBACK, a retained store before its PUBACK) is then
         // applied before this shard handles the client's next packet.
+        if (!ungated_.empty()) snapshot_transit();
         drain_smp();
         for (unsigned i = 0; i < n; ++i)
             if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
@@ -795,6 +803,7 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     if (!src->topics.emplace(topic).second) return; // told already
     src->used_ms = now_ms_;
     push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
+    close_staged_ = true;
     if (log::at_doubling(publisher_holds_))
         log::info("session {}: {} messages ({} bytes) queued, {}: shard {} holds its clients publishing {} to it until "
                   "{} (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
@@ -1025,6 +1034,12 @@ void shard::drain_smp() {
             // promises no more than that; at a cap under the queue's size a SUBSCRIBE of more filters than the cap
             // had its SUBACK reach the client while the other shard still lacked some of its routes.
             cfg_.budgets.smp_queue_size);
+        // A word to close a gate goes out before the messages that caused it count as taken: the sender goes on
+        // routing to queues that cannot hold yet only by what it saw taken (shard::push_holdable).
+        if (close_staged_) {
+            close_staged_ = false;
+            publish_smp();
+        }
         // The sender may sleep until this shard has caught up (smp_outbox::arm_wakes).
         if (n != 0 && node_.smp.note_taken(from, id_, n, weight) && node_.smp.claim_wake(from)) peers_.wake(from);
     }
@@ -2696,6 +2711,8 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         m_.messages_forward += static_cast<uint64_t>(std::popcount(mask)); // carried by the retained update
         return;
     }
+    // For one other shard's subscribers alone (with several, one shard's slow subscriber would slow the others').
+    const bool one_shard = hits.empty() && (mask & (mask - 1)) == 0;
     while (mask) {
         const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
         mask &= mask - 1;
@@ -2713,7 +2730,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         ++m_.messages_forward;
         // For that shard's subscribers alone, from a client: it may be held here for a queue there (whether it can
         // be is asked only where a gate would hold it: its session is not read for every message).
-        if (publisher_ && qos != 0 && hits.empty() && mask == 0 && cfg_.limits.publisher_hold_ms != 0) {
+        if (publisher_ && qos != 0 && one_shard && cfg_.limits.publisher_hold_ms != 0) {
             if (gate_topics_.empty())
                 push_holdable(to, msg.get());
             else
@@ -2771,8 +2788,8 @@ void shard::push_holdable(unsigned to, session::message* msg) {
     ++f.open_n;
     f.open_bytes += msg->data_size();
     if (2 * f.open_n < ungated_max_ && 2 * f.open_bytes < ungated_bytes_max_) return;
-    // The newer half is full: the older one, taken, makes way for it.
-    if (f.prev_n != 0 && node_.smp.taken(id_, to) >= f.prev_end) f.prev_n = f.prev_bytes = 0;
+    // The newer half is full: the older one, taken by the time this turn began (snapshot_transit), makes way for it.
+    if (f.prev_n != 0 && transit_taken_[to] >= f.prev_end) f.prev_n = f.prev_bytes = 0;
     if (f.prev_n == 0) {
         f.prev_n = std::exchange(f.open_n, 0);
         f.prev_bytes = std::exchange(f.open_bytes, 0);
@@ -2793,16 +2810,29 @@ void shard::push_holdable(unsigned to, session::message* msg) {
 
 void shard::ease_transit() {
     size_t keep = 0;
-    std::vector<uint64_t> ready;
+    transit_ready_.clear();
     for (const transit_wait& w : transit_held_) {
-        if (node_.smp.taken(id_, w.to) >= w.at)
-            ready.push_back(w.id);
+        if (transit_taken_[w.to] >= w.at)
+            transit_ready_.push_back(w.id);
         else
             transit_held_[keep++] = w;
     }
+    if (transit_ready_.empty()) return;
     transit_held_.resize(keep);
-    for (const uint64_t id : ready)
+    std::vector<uint64_t> ids;
+    ids.swap(transit_ready_); // read_again may hold clients again
+    for (const uint64_t id : ids)
         if (const auto it = conns_.find(id); it != conns_.end()) read_again(*it->second);
+    ids.clear();
+    transit_ready_.swap(ids);
+}
+
+void shard::snapshot_transit() {
+    // Before this turn's drain: whatever the word to close for is in the queues by then (drain_smp publishes it
+    // before it reports the messages that caused it taken), so nothing counted as taken here was routed past a gate
+    // this shard has not read.
+    for (unsigned to = 0; to < n_; ++to)
+        if (ungated_[to].prev_n != 0) transit_taken_[to] = node_.smp.taken(id_, to);
 }
 
 bool shard::all_direct(const route_entry& e) const {

@@ -792,8 +792,10 @@ private:
     // until that shard has taken the older half (ease_transit).
     void push_holdable(unsigned to, session::message* msg);
     void ease_transit();
+    void snapshot_transit();
     // Per destination, in two halves: the older one's end (the outbox's sent() after it) is compared with what that
-    // shard has taken once the newer one is full, so the bound costs one atomic load per half, not one per message.
+    // shard had taken as the turn began once the newer one is full (one atomic load per destination and turn while
+    // anything counted may be on its way, none per message).
     struct ungated_flow {
         uint64_t open_n = 0;
         uint64_t open_bytes = 0;
@@ -810,6 +812,9 @@ private:
         uint64_t at; // has taken this much of what was sent to it (smp_outbox::sent)
     };
     std::vector<transit_wait> transit_held_;
+    std::vector<uint64_t> transit_taken_; // per destination, smp::taken as this turn began (snapshot_transit)
+    std::vector<uint64_t> transit_ready_; // ease_transit's list, kept for its capacity
+    bool close_staged_ = false;           // a k_gate_close pushed and not published yet (drain_smp)
     std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
     uint64_t transit_holds_ = 0;          // logged at doublings
     void close_gate(unsigned from, gate_close& g);

@@ -114,7 +114,7 @@ public:
                     at = queued_[to];
                 }
             }
-            if (!marks.empty() && marks[to] != no_mark) at = std::min(at, marks[to]);
+            if (to < marks.size() && marks[to] != no_mark) at = std::min(at, marks[to]);
             if (at == wake_at_[to]) continue;
             wake_at_[to] = at;
             smp_.wake_when_taken(self_, to, at == not_armed ? 0 : at);
