@@ -102,6 +102,19 @@ def read_until_closed(client, timeout=20.0):
         out.append(mqtt_raw.parse_publish(pkt).payload)
 
 
+def send_rounds(pub, topic: str, got: "Collector", rounds: int = 4, n: int = 100) -> list:
+    """rounds of n QoS 1 PUBLISHes numbered on (6 digits), each in one write: its PUBACKs awaited, then (up to 5 s) its
+    messages at the collector, whose messages are returned once it has all."""
+    for r in range(rounds):
+        pub.send(b"".join(mqtt_raw.publish(topic, b"%06d" % (r * n + i), qos=1, pid=r * n + i + 1) for i in range(n)))
+        for i in range(n):
+            pub.expect(mqtt_raw.puback(r * n + i + 1), timeout=3)
+        deadline = time.monotonic() + 5
+        while len(got.messages) < (r + 1) * n and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return got.join()
+
+
 def read_until_quiet(client, stop=None, quiet=1.0):
     """Payloads of the PUBLISHes client receives until none comes for `quiet` seconds or one carries `stop`."""
     out = []

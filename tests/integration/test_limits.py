@@ -12,7 +12,7 @@ import time
 import mqtt_raw as m
 from admin_client import request
 from broker import (BrokerTest, Collector, assert_bursts_in_order, client_id_on_shard, cpu_seconds, read_until_quiet,
-                    rss_kib, shard_variants)
+                    rss_kib, send_rounds, shard_variants)
 
 
 class LimitCases:
@@ -1179,16 +1179,7 @@ class PublisherHoldCases(PublisherHoldBase):
         fast = self.on0("fast")
         fast.subscribe([("hold/#", 1)])
         pub = self.on0("pub")
-        got = Collector(fast, 400)
-        for r in range(4):
-            pub.send(b"".join(m.publish("hold/both", b"%06d" % (r * 100 + i), qos=1, pid=r * 100 + i + 1)
-                              for i in range(100)))
-            for i in range(100):
-                pub.expect(m.puback(r * 100 + i + 1), timeout=3)
-            deadline = time.monotonic() + 5
-            while len(got.messages) < (r + 1) * 100 and time.monotonic() < deadline:
-                time.sleep(0.01)
-        self.assertEqual([int(x.payload) for x in got.join()], list(range(400)))
+        self.assertEqual([int(x.payload) for x in send_rounds(pub, "hold/both", Collector(fast, 400))], list(range(400)))
         self.assertEqual([int(p) for p in read_until_quiet(slow, quiet=0.5)], list(range(201)))
         self.assert_dropped_not_held(200)
 

@@ -4,10 +4,8 @@ rest of the suite runs one and two shards (CI's machine has two cores); this run
 and session suites again on three (their publishers on shard 0, subscribers on shard 2, shard 1 in every broadcast),
 plus cases only three shards have. (`RINGMQ_IT_SHARDS` runs every suite's shard variants on other counts.)"""
 
-import time
-
 import mqtt_raw as m
-from broker import BrokerTest, Collector, client_id_on_shard, read_until_quiet, shard_variants
+from broker import BrokerTest, Collector, client_id_on_shard, read_until_quiet, send_rounds, shard_variants
 from test_publish import PublishCases
 from test_retained import RetainedCases
 from test_session import SessionCases
@@ -102,16 +100,7 @@ class ThreeShardHoldCases(BrokerTest):
         fast = self.client(client_id_on_shard("fast", 1, 3))
         fast.subscribe([("hold3/#", 1)])
         pub = self.client(client_id_on_shard("pub", 0, 3))
-        got = Collector(fast, 400)
-        for r in range(4):
-            pub.send(b"".join(m.publish("hold3/both", b"%06d" % (r * 100 + i), qos=1, pid=r * 100 + i + 1)
-                              for i in range(100)))
-            for i in range(100):
-                pub.expect(m.puback(r * 100 + i + 1), timeout=3)
-            deadline = time.monotonic() + 5
-            while len(got.messages) < (r + 1) * 100 and time.monotonic() < deadline:
-                time.sleep(0.01)
-        self.assertEqual([int(x.payload) for x in got.join()], list(range(400)))
+        self.assertEqual([int(x.payload) for x in send_rounds(pub, "hold3/both", Collector(fast, 400))], list(range(400)))
         self.assertEqual([int(p) for p in read_until_quiet(slow, quiet=0.5)], list(range(201)))
         log = self.broker.log()
         self.assertIn(b"queue full (mqtt.max_queued_messages = 200)", log)
