@@ -1179,7 +1179,8 @@ class PublisherHoldCases(PublisherHoldBase):
         fast = self.on0("fast")
         fast.subscribe([("hold/#", 1)])
         pub = self.on0("pub")
-        self.assertEqual([int(x.payload) for x in send_rounds(pub, "hold/both", Collector(fast, 400))], list(range(400)))
+        msgs = send_rounds(pub, "hold/both", Collector(fast, 400))
+        self.assertEqual([int(x.payload) for x in msgs], list(range(400)))
         self.assertEqual([int(p) for p in read_until_quiet(slow, quiet=0.5)], list(range(201)))
         self.assert_dropped_not_held(200)
 
