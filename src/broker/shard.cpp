@@ -555,6 +555,7 @@ void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
         if (remote_kind_ == k_publish_holdable) close_remote(slot, topic);
         return;
     }
+    if (leaving_) return;
     connection& p = *publisher_;
     queue_hold& h = hold_of(slot);
     h.waiting.emplace_back(p.id, now_ms_);
@@ -1487,8 +1488,20 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         return;
     }
     if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]] {
-        // What it sent before it closed is handled first, held or not (a DISCONNECT among it ends it normally).
+        // What it sent before it closed is handled first, held or not (a DISCONNECT among it ends it normally), and
+        // taken as a held client's, past a full queue's limit within its burst room: the ids of its QoS 2 messages
+        // are recorded as received, so the resends of a client that comes back are answered as duplicates and not
+        // routed again (dropped now, they would be lost). It is not held again (leaving_): it has left.
+        struct leaving_scope {
+            shard& s;
+            ~leaving_scope() {
+                s.publisher_ = nullptr;
+                s.leaving_ = false;
+            }
+        } scope{*this};
         c.queue_held = false;
+        publisher_ = &c;
+        leaving_ = true;
         process_rx(c);
     }
     if (res <= 0 || c.st == connection::state::closing) {
@@ -2750,8 +2763,8 @@ shard::remote_gate* shard::gate_for(std::string_view topic) {
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
     remote_gate* g = gate_for(topic);
     if (g && g->shard != to) g = nullptr; // its subscriber is on another shard now: that shard tells anew
-    if (!g) {
-        push_holdable(to, msg.get());
+    if (!g || leaving_) {
+        push_holdable(to, msg.get()); // (one that has left is taken there as if no gate had closed yet)
         return;
     }
     g->used_ms = now_ms_;
@@ -2798,7 +2811,7 @@ void shard::push_holdable(unsigned to, session::message* msg) {
     }
     // One that cannot be held sends on (the queue's burst room past its mark is all it has, as before).
     connection& p = *publisher_;
-    if (!publisher_holdable(p, nullptr)) return;
+    if (leaving_ || !publisher_holdable(p, nullptr)) return;
     p.queue_held = true;
     transit_held_.push_back(transit_wait{p.id, to, f.prev_end});
     if (log::at_doubling(transit_holds_))

@@ -815,6 +815,9 @@ private:
     std::vector<uint64_t> transit_taken_; // per destination, smp::taken as this turn began (snapshot_transit)
     std::vector<uint64_t> transit_ready_; // ease_transit's list, kept for its capacity
     bool close_staged_ = false;           // a k_gate_close pushed and not published yet (drain_smp)
+    // publisher_ is a held client whose connection ended, its unread bytes handled as it leaves (on_recv): its
+    // messages are taken as a held client's, but it is not held.
+    bool leaving_ = false;
     std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
     uint64_t transit_holds_ = 0;          // logged at doublings
     void close_gate(unsigned from, gate_close& g);

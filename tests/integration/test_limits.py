@@ -857,6 +857,39 @@ class PublisherHoldBase:
             pub.expect(m.puback(i + 1))
         return sub, pub
 
+    def held_qos2_client_drops(self, limits: dict, pub_shard: int, n: int) -> None:
+        """A subscriber on shard 0 (not reading at first) and a persistent QoS 2 publisher on pub_shard that writes n
+        PUBLISHes at once, is held, and closes its socket with most of them unread; it reconnects, resends those
+        without a PUBREC (DUP) and releases all: the subscriber gets each once, in order, and nothing is dropped."""
+        self.use_broker({**limits, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/q2", 1)])
+        cid = self.cid("q2pub", pub_shard)
+        pub = self.client(cid, clean=False)
+        pub.send(b"".join(m.publish("hold/q2", b"%06d" % i, qos=2, pid=i + 1) for i in range(n)))
+        self.wait_until(lambda: re.search(rb"client \S+ is not read until", self.broker.log()), 5, "the publisher held")
+        recs = set()
+        while True:
+            try:
+                p = pub.read_packet(0.3)
+            except TimeoutError:
+                break
+            self.assertEqual(p.type, m.PUBREC)
+            recs.add(p.raw())
+        self.assertLess(len(recs), n - 10)  # the rest unread as it leaves
+        self.close_and_wait(pub, cid)
+        again = self.client(cid, clean=False, expect=m.connack(session_present=True))
+        for i in range(n):
+            if m.pubrec(i + 1) not in recs:
+                again.send(m.publish("hold/q2", b"%06d" % i, qos=2, pid=i + 1, dup=True))
+                again.expect(m.pubrec(i + 1))
+        for i in range(n):
+            again.send(m.pubrel(i + 1))
+            again.expect(m.pubcomp(i + 1))
+        self.assertEqual([int(x.payload) for x in sub.recv_publishes(n)], list(range(n)))
+        sub.expect_no_packet(0.3)
+        self.assertNotIn(b"dropped", self.broker.log())
+
     def assert_dropped_not_held(self, limit: int) -> None:
         self.assertIn(b"queue full (mqtt.max_queued_messages = %d)" % limit, self.broker.log())
         self.assertNotRegex(self.broker.log(), HOLD_LINE)
@@ -1202,14 +1235,15 @@ class PublisherHoldCases(PublisherHoldBase):
     def test_what_a_held_client_sent_before_it_left_is_handled(self):
         # Held, then DISCONNECT and the end of its stream (SHUT_WR): what it sent is handled, its last PUBLISHes and the
         # DISCONNECT included, which ends it normally (no will). "big" sends more than a held client may leave unread
-        # (its receive is cancelled and the rest waits in its socket until the hold expires); "small" sends a few
-        # bytes, kept unread until its end of stream comes.
+        # (its receive is cancelled and the rest waits in its socket until the hold expires, when the queue, stuck,
+        # drops past its limit); "small" sends a few bytes, kept unread until its end of stream comes, and taken
+        # then as a held client's, past the limit (since stop 57; before, the queue dropped its last one).
         self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 400})
         sub = self.on0("sub")
         sub.subscribe([("hold/left", 1)])
         watcher = self.on0("watch")
         watcher.subscribe([("hold/will/#", 0)])
-        for name, count, size in (("big", 40, 1000), ("small", 10, 8)):
+        for name, count, size, taken in (("big", 40, 1000, 9), ("small", 10, 8, 10)):
             pub = self.on0(name, will=m.Will(f"hold/will/{name}", b"gone"))
             before = len(re.findall(HOLD_LINE, self.broker.log()))
             self.flood(pub, "hold/left", count, size)
@@ -1223,11 +1257,19 @@ class PublisherHoldCases(PublisherHoldBase):
             # Acks still queued when the DISCONNECT closes it are not sent (as for any client that leaves so).
             pub.expect_closed(5, allow=[m.puback(i + 1) for i in range(8, count)])
             watcher.expect_no_packet(0.3)
-            # The window's 1 and the queue's 8: the queue had 6 at the hold, so the parked ones were handled too.
+            # big: the window's 1 and the queue's 8 (the queue had 6 at the hold, so the parked ones were handled too).
             got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
-            self.assertEqual(got, list(range(9)), name)
+            self.assertEqual(got, list(range(taken)), name)
         self.assertEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)
         self.assert_broker_healthy()
+
+    def test_a_held_qos2_client_whose_connection_drops_loses_nothing_it_resends(self):
+        # A QoS 2 publisher on a persistent session, held with PUBLISHes it sent meanwhile unread, loses its connection
+        # (no DISCONNECT). Those are handled as it leaves, their ids recorded as received, so after it reconnects its
+        # resends (DUP) are answered as duplicates and not routed again: they must not have been dropped as it left.
+        # They are taken as a held client's were, past the queue's limit within its burst room (it is not held, it has
+        # left). Until stop 57 a full queue dropped them and the subscriber never got them.
+        self.held_qos2_client_drops(self.LIMITS, 0, 30)
 
 
 shard_variants(PublisherHoldCases, globals())
@@ -1333,6 +1375,11 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertRegex(log, rb"client \S+ is not read until shard 0 has taken more of the messages routed to it "
                               rb"for queues that could not hold their publishers yet \(6[01] on their way")
         self.assertIn(b"holds its clients publishing hold/more to it", log)
+
+    def test_a_held_qos2_client_on_another_shard_whose_connection_drops_loses_nothing_it_resends(self):
+        # As within a shard: what it left unread is routed as it leaves as if no gate had closed, and the queue takes it
+        # past its limit within the burst room.
+        self.held_qos2_client_drops(self.FAR_LIMITS, 1, 90)  # (within mqtt.max_awaiting_rel = 100)
 
     def test_a_publisher_on_another_shard_waits_behind_those_held_below_the_mark(self):
         # A client of the queue's shard waits for room for a turn (9 free below the mark of 300, fewer than 32): a
