@@ -122,7 +122,8 @@ bool qos0_parts(const uint8_t* p, const mqtt::fixed_header& h, std::string_view&
 } // namespace
 
 node::node(const config::config& c, unsigned n)
-    : cfg(c), mqtt_shards(n), smp(n + 1, c.budgets.smp_queue_size), started_at(static_cast<int64_t>(::time(nullptr))) {}
+    : cfg(c), mqtt_shards(n), smp(n + 1, c.budgets.smp_queue_size), started_at(static_cast<int64_t>(::time(nullptr))),
+      gate_closes(std::make_unique<std::atomic<uint64_t>[]>(size_t{n} * n)) {}
 
 // An idle connection's memory is mostly this object: keep it in mimalloc's 256-byte size class.
 static_assert(sizeof(connection) <= 256, "connection outgrew the 256-byte size class");
@@ -151,20 +152,22 @@ shard::shard(node& n, unsigned id, int listen_fd)
         if (lim.max_queued_messages != 0) {
             const uint64_t q = lim.max_queued_messages;
             const uint64_t room = q - hold_mark_messages_ + std::max<uint64_t>(q / 4, 1) + times * q;
-            ungated_max_ = std::max<uint64_t>(room / parts, 1);
+            ungated_half_ = std::max<uint64_t>(room / parts / 2, 1);
         }
         const uint64_t burst_bytes = lim.max_cross_shard_bytes >> 10 << 10; // session::limits::burst_kib
         if (lim.max_queued_bytes != 0) {
             const uint64_t qb = lim.max_queued_bytes;
             const uint64_t burst = times != 0 ? std::min<uint64_t>(burst_bytes, times * qb) : 0;
-            ungated_bytes_max_ = std::max<uint64_t>((qb - hold_mark_bytes_ + qb / 4 + burst) / parts, 1);
+            ungated_bytes_half_ = std::max<uint64_t>((qb - hold_mark_bytes_ + qb / 4 + burst) / parts / 2, 1);
         } else if (times != 0) {
             // No byte limit: the burst keeps the queue's bytes within mqtt.max_cross_shard_bytes, some of which what
             // it held at its mark took already (unknown here).
-            ungated_bytes_max_ = std::max<uint64_t>(burst_bytes / parts, 1);
+            ungated_bytes_half_ = std::max<uint64_t>(burst_bytes / parts / 2, 1);
         }
         ungated_.resize(n_);
         transit_taken_.assign(n_, 0);
+        transit_closes_.assign(n_, 0);
+        closes_seen_.assign(n_, 0);
         transit_marks_.assign(parts_, reactor::smp_outbox::no_mark);
     }
 }
@@ -343,7 +346,9 @@ void shard::loop() {
                 // Woken too once a shard has taken what a client held for it waits for (ease_transit).
                 std::fill(transit_marks_.begin(), transit_marks_.end(), reactor::smp_outbox::no_mark);
                 for (const transit_wait& w : transit_held_)
-                    transit_marks_[w.to] = std::min(transit_marks_[w.to], w.at);
+                    // (One that waits for a word to close still on its way is woken by that word's arrival.)
+                    if (closes_seen_[w.to] >= transit_closes_[w.to])
+                        transit_marks_[w.to] = std::min(transit_marks_[w.to], w.at);
                 over = outbox_.arm_wakes(level, transit_marks_);
             } else if (waits) {
                 over = outbox_.arm_wakes(level);
@@ -805,6 +810,7 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     src->used_ms = now_ms_;
     push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
     close_staged_ = true;
+    node_.gate_closes[id_ * n_ + from].fetch_add(1, std::memory_order_release); // (before drain_smp's note_taken)
     if (log::at_doubling(publisher_holds_))
         log::info("session {}: {} messages ({} bytes) queued, {}: shard {} holds its clients publishing {} to it until "
                   "{} (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
@@ -1103,6 +1109,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     }
     case k_gate_close: {
         std::unique_ptr<gate_close> g(static_cast<gate_close*>(m.ptr));
+        if (!closes_seen_.empty()) ++closes_seen_[from];
         close_gate(from, *g);
         return;
     }
@@ -2800,9 +2807,9 @@ void shard::push_holdable(unsigned to, session::message* msg) {
     ungated_flow& f = ungated_[to];
     ++f.open_n;
     f.open_bytes += msg->data_size();
-    if (2 * f.open_n < ungated_max_ && 2 * f.open_bytes < ungated_bytes_max_) return;
+    if (f.open_n < ungated_half_ && f.open_bytes < ungated_bytes_half_) return;
     // The newer half is full: the older one, taken by the time this turn began (snapshot_transit), makes way for it.
-    if (f.prev_n != 0 && transit_taken_[to] >= f.prev_end) f.prev_n = f.prev_bytes = 0;
+    if (f.prev_n != 0 && transit_passed(to, f.prev_end)) f.prev_n = f.prev_bytes = 0;
     if (f.prev_n == 0) {
         f.prev_n = std::exchange(f.open_n, 0);
         f.prev_bytes = std::exchange(f.open_bytes, 0);
@@ -2825,7 +2832,7 @@ void shard::ease_transit() {
     size_t keep = 0;
     transit_ready_.clear();
     for (const transit_wait& w : transit_held_) {
-        if (transit_taken_[w.to] >= w.at)
+        if (transit_passed(w.to, w.at))
             transit_ready_.push_back(w.id);
         else
             transit_held_[keep++] = w;
@@ -2841,11 +2848,14 @@ void shard::ease_transit() {
 }
 
 void shard::snapshot_transit() {
-    // Before this turn's drain: whatever the word to close for is in the queues by then (drain_smp publishes it
-    // before it reports the messages that caused it taken), so nothing counted as taken here was routed past a gate
-    // this shard has not read.
+    // Before this turn's drain: a word to close that shard sent before it reported what it took is in the queue by
+    // then (drain_smp publishes it first), unless it waits in that shard's backlog for room: the words it sent are
+    // counted too (node::gate_closes), and transit_passed waits for those until they are read here.
     for (unsigned to = 0; to < n_; ++to)
-        if (ungated_[to].prev_n != 0) transit_taken_[to] = node_.smp.taken(id_, to);
+        if (ungated_[to].prev_n != 0) {
+            transit_taken_[to] = node_.smp.taken(id_, to);
+            transit_closes_[to] = node_.gate_closes[to * n_ + id_].load(std::memory_order_acquire);
+        }
 }
 
 bool shard::all_direct(const route_entry& e) const {

@@ -59,6 +59,9 @@ struct node {
     std::atomic<unsigned> ready{0};  // shards whose ring is up and accepting
     std::atomic<bool> failed{false}; // a shard could not start (logged by it)
     std::vector<shard*> shards;
+    // [from * mqtt_shards + to]: the k_gate_close messages shard `from` has pushed to `to` so far, each counted before
+    // `from` reports the message that caused it taken (see shard::snapshot_transit).
+    std::unique_ptr<std::atomic<uint64_t>[]> gate_closes;
 };
 
 // A session and the connection currently attached to it (null while the client is offline). Owned by the home
@@ -787,7 +790,7 @@ private:
     void push_gated(unsigned to, session::message_ref& msg, std::string_view topic);
     // A QoS 1/2 message for another shard's sole subscriber, routed before any gate closed for its topic (its queue's
     // shard can hold its publisher only a round trip later, by which time its PUBACK is out): what is on its way so is
-    // bounded per destination (ungated_max_), so that the queue's burst room past its mark
+    // bounded per destination (ungated_half_), so that the queue's burst room past its mark
     // (mqtt.publisher_hold_burst) takes it all, however late that shard runs. Past the bound the publisher is not read
     // until that shard has taken the older half (ease_transit).
     void push_holdable(unsigned to, session::message* msg);
@@ -804,17 +807,26 @@ private:
         uint64_t prev_end = 0;
     };
     std::vector<ungated_flow> ungated_;
-    uint64_t ungated_max_ = UINT64_MAX;       // messages (from mqtt.max_queued_messages); UINT64_MAX = no bound
-    uint64_t ungated_bytes_max_ = UINT64_MAX; // their topic and payload bytes (from mqtt.max_queued_bytes)
+    // Half the share, in messages (from mqtt.max_queued_messages) and in their topic and payload bytes; UINT64_MAX
+    // is no bound.
+    uint64_t ungated_half_ = UINT64_MAX;
+    uint64_t ungated_bytes_half_ = UINT64_MAX;
+    // Whether what was sent to `to` up to `at` was taken there as this turn began, and every word to close that shard
+    // had sent by then has been read here.
+    bool transit_passed(unsigned to, uint64_t at) const {
+        return transit_taken_[to] >= at && closes_seen_[to] >= transit_closes_[to];
+    }
     struct transit_wait {
         uint64_t id; // the client not read
         unsigned to; // until this shard
         uint64_t at; // has taken this much of what was sent to it (smp_outbox::sent)
     };
     std::vector<transit_wait> transit_held_;
-    std::vector<uint64_t> transit_taken_; // per destination, smp::taken as this turn began (snapshot_transit)
-    std::vector<uint64_t> transit_ready_; // ease_transit's list, kept for its capacity
-    bool close_staged_ = false;           // a k_gate_close pushed and not published yet (drain_smp)
+    std::vector<uint64_t> transit_taken_;  // per destination, smp::taken as this turn began (snapshot_transit)
+    std::vector<uint64_t> transit_closes_; // and node::gate_closes from it to here then
+    std::vector<uint64_t> closes_seen_;    // per shard, the k_gate_close messages read from it
+    std::vector<uint64_t> transit_ready_;  // ease_transit's list, kept for its capacity
+    bool close_staged_ = false;            // a k_gate_close pushed and not published yet (drain_smp)
     // publisher_ is a held client whose connection ended, its unread bytes handled as it leaves (on_recv): its
     // messages are taken as a held client's, but it is not held.
     bool leaving_ = false;
