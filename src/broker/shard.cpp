@@ -542,7 +542,8 @@ bool shard::may_hold_publisher(const session_slot& slot) const {
     // it sends next too, and a slow subscriber may not slow the fast ones (its queue drops past its limit instead).
     if (!slot.conn || !sole_subscriber_ || cfg_.limits.publisher_hold_ms == 0) return false;
     // (A publisher on another shard was weighed there: see publisher_holdable.)
-    if (publisher_ && !publisher_holdable(*publisher_, &slot)) return false;
+    // (One that has left is not held, so what it has in flight to it does not matter: leaving_.)
+    if (publisher_ && !leaving_ && !publisher_holdable(*publisher_, &slot)) return false;
     return stuck_queues_.empty() || !stuck_queues_.contains(&slot);
 }
 
@@ -1495,10 +1496,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         return;
     }
     if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]] {
-        // What it sent before it closed is handled first, held or not (a DISCONNECT among it ends it normally), and
-        // taken as a held client's, past a full queue's limit within its burst room: the ids of its QoS 2 messages
-        // are recorded as received, so the resends of a client that comes back are answered as duplicates and not
-        // routed again (dropped now, they would be lost). It is not held again (leaving_): it has left.
+        // What it sent before it closed is handled first, held or not (a DISCONNECT among it ends it normally), its
+        // QoS 2 messages taken as a held client's, past a full queue's limit within its burst room: their ids are
+        // recorded as received, so the resends of a client that comes back are answered as duplicates and not routed
+        // again (dropped now, they would be lost). It is not held again (leaving_): it has left.
         struct leaving_scope {
             shard& s;
             ~leaving_scope() {
@@ -2750,7 +2751,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         ++m_.messages_forward;
         // For that shard's subscribers alone, from a client: it may be held here for a queue there (whether it can
         // be is asked only where a gate would hold it: its session is not read for every message).
-        if (publisher_ && qos != 0 && one_shard && cfg_.limits.publisher_hold_ms != 0) {
+        if (publisher_ && qos != 0 && one_shard && cfg_.limits.publisher_hold_ms != 0 && (!leaving_ || qos == 2)) {
             if (gate_topics_.empty())
                 push_holdable(to, msg.get());
             else
@@ -2965,7 +2966,7 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // A queue at its mark takes the message of a publisher it holds (from this message on) even past its limit: a
     // client is held only once it has published, so every client not held yet would have its first message dropped
     // by a full queue. It passes its limit by at most one message per held client.
-    const bool hold = (publisher_ || remote_from_) && qos != 0 &&
+    const bool hold = (publisher_ || remote_from_) && qos != 0 && (!leaving_ || msg->qos() == 2) &&
                       (at_hold_mark(*slot.s) || (!queue_holds_.empty() && queue_closed(slot))) &&
                       may_hold_publisher(slot);
     if (remote_kind_ > k_publish_holdable) [[unlikely]]

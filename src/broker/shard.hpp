@@ -827,8 +827,9 @@ private:
     std::vector<uint64_t> closes_seen_;    // per shard, the k_gate_close messages read from it
     std::vector<uint64_t> transit_ready_;  // ease_transit's list, kept for its capacity
     bool close_staged_ = false;            // a k_gate_close pushed and not published yet (drain_smp)
-    // publisher_ is a held client whose connection ended, its unread bytes handled as it leaves (on_recv): its
-    // messages are taken as a held client's, but it is not held.
+    // publisher_ is a held client whose connection ended, its unread bytes handled as it leaves (on_recv): its QoS 2
+    // messages are taken as a held client's, but it is not held. (Its QoS 1 ones, unanswered, it sends again if it
+    // comes back: they may drop past the limit as without holds, and leave the burst room to what was answered.)
     bool leaving_ = false;
     std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
     uint64_t transit_holds_ = 0;          // logged at doublings

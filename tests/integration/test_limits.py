@@ -857,28 +857,40 @@ class PublisherHoldBase:
             pub.expect(m.puback(i + 1))
         return sub, pub
 
-    def held_qos2_client_drops(self, limits: dict, pub_shard: int, n: int) -> None:
+    def held_qos2_client_drops(self, limits: dict, pub_shard: int, n: int, sent_to_it: bool = False) -> None:
         """A subscriber on shard 0 (not reading at first) and a persistent QoS 2 publisher on pub_shard that writes n
-        PUBLISHes at once, is held, and closes its socket with most of them unread; it reconnects, resends those
-        without a PUBREC (DUP) and releases all: the subscriber gets each once, in order, and nothing is dropped."""
+        PUBLISHes at once, is held, and closes its socket with most of them unread (sent_to_it: with a QoS 1 message
+        to it in flight, unanswered); it reconnects, resends those without a PUBREC (DUP) and releases all: the
+        subscriber gets each once, in order, and nothing is dropped."""
         self.use_broker({**limits, "mqtt.publisher_hold_ms": 10000})
         sub = self.on0("sub")
         sub.subscribe([("hold/q2", 1)])
         cid = self.cid("q2pub", pub_shard)
         pub = self.client(cid, clean=False)
+        if sent_to_it:
+            pub.subscribe([("hold/q2back", 1)])
         pub.send(b"".join(m.publish("hold/q2", b"%06d" % i, qos=2, pid=i + 1) for i in range(n)))
         self.wait_until(lambda: re.search(rb"client \S+ is not read until", self.broker.log()), 5, "the publisher held")
-        recs = set()
+        if sent_to_it:
+            self.client(self.cid("other", 0)).publish("hold/q2back", b"to it", qos=1)
+        recs, to_it = set(), []
         while True:
             try:
                 p = pub.read_packet(0.3)
             except TimeoutError:
                 break
+            if sent_to_it and p.type == m.PUBLISH:
+                to_it.append(p)  # (not answered)
+                continue
             self.assertEqual(p.type, m.PUBREC)
             recs.add(p.raw())
+        self.assertEqual(len(to_it), int(sent_to_it), "the message to it")
         self.assertLess(len(recs), n - 10)  # the rest unread as it leaves
         self.close_and_wait(pub, cid)
         again = self.client(cid, clean=False, expect=m.connack(session_present=True))
+        if sent_to_it:
+            back = again.recv_publish()  # resent to it as DUP
+            self.assertEqual((back.topic, back.payload, back.dup), ("hold/q2back", b"to it", True))
         for i in range(n):
             if m.pubrec(i + 1) not in recs:
                 again.send(m.publish("hold/q2", b"%06d" % i, qos=2, pid=i + 1, dup=True))
@@ -1235,15 +1247,15 @@ class PublisherHoldCases(PublisherHoldBase):
     def test_what_a_held_client_sent_before_it_left_is_handled(self):
         # Held, then DISCONNECT and the end of its stream (SHUT_WR): what it sent is handled, its last PUBLISHes and the
         # DISCONNECT included, which ends it normally (no will). "big" sends more than a held client may leave unread
-        # (its receive is cancelled and the rest waits in its socket until the hold expires, when the queue, stuck,
-        # drops past its limit); "small" sends a few bytes, kept unread until its end of stream comes, and taken
-        # then as a held client's, past the limit (since stop 57; before, the queue dropped its last one).
+        # (its receive is cancelled and the rest waits in its socket until the hold expires); "small" sends a few
+        # bytes, kept unread until its end of stream comes. QoS 1, unanswered: past the limit they are dropped as
+        # without holds (a held client's QoS 2 ones are not: test_a_held_qos2_client_whose_connection_drops_...).
         self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 400})
         sub = self.on0("sub")
         sub.subscribe([("hold/left", 1)])
         watcher = self.on0("watch")
         watcher.subscribe([("hold/will/#", 0)])
-        for name, count, size, taken in (("big", 40, 1000, 9), ("small", 10, 8, 10)):
+        for name, count, size in (("big", 40, 1000), ("small", 10, 8)):
             pub = self.on0(name, will=m.Will(f"hold/will/{name}", b"gone"))
             before = len(re.findall(HOLD_LINE, self.broker.log()))
             self.flood(pub, "hold/left", count, size)
@@ -1257,9 +1269,9 @@ class PublisherHoldCases(PublisherHoldBase):
             # Acks still queued when the DISCONNECT closes it are not sent (as for any client that leaves so).
             pub.expect_closed(5, allow=[m.puback(i + 1) for i in range(8, count)])
             watcher.expect_no_packet(0.3)
-            # big: the window's 1 and the queue's 8 (the queue had 6 at the hold, so the parked ones were handled too).
+            # The window's 1 and the queue's 8: the queue had 6 at the hold, so the parked ones were handled too.
             got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
-            self.assertEqual(got, list(range(taken)), name)
+            self.assertEqual(got, list(range(9)), name)
         self.assertEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)
         self.assert_broker_healthy()
 
@@ -1270,6 +1282,11 @@ class PublisherHoldCases(PublisherHoldBase):
         # They are taken as a held client's were, past the queue's limit within its burst room (it is not held, it has
         # left). Until stop 57 a full queue dropped them and the subscriber never got them.
         self.held_qos2_client_drops(self.LIMITS, 0, 30)
+
+    def test_a_held_qos2_client_with_a_message_in_flight_to_it_whose_connection_drops_loses_nothing_it_resends(self):
+        # The same for a client with a message in flight to it, which a queue never holds (its acks may be what
+        # drains it), but which is not held as it leaves either.
+        self.held_qos2_client_drops(self.LIMITS, 0, 30, sent_to_it=True)
 
 
 shard_variants(PublisherHoldCases, globals())
