@@ -1491,6 +1491,9 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.flood(far, "hold/gonefar", 310)  # routed before the gate closes: all taken, the gate closed behind them
         for i in range(310):
             far.expect(m.puback(i + 1))
+        # Its PUBACKs come before shard 0 has taken the flood (with node.smp_queue_size = 64 most of it waits in shard
+        # 1's backlog): the gate is closed once shard 0 has found the queue at its mark.
+        self.wait_until(lambda: re.search(GATE_LINE, self.broker.log()), 5, "the gate closed")
         # One at a time until one is not answered: the first past the gate's credit is answered and holds it (the word
         # to close the gate may reach shard 1 a message or two late).
         sent = 310
