@@ -432,13 +432,13 @@ void shard::loop() {
         if (!hold_gone_.empty()) forget_gone_holds();
         if (!queue_holds_.empty()) ease_queue_holds();
         if (!gates_to_ease_.empty()) ease_gates();
+        if (!transit_held_.empty()) ease_transit();
         if (!unheld_.empty()) {
             std::vector<uint64_t> ids;
             ids.swap(unheld_);
             for (const uint64_t id : ids)
                 if (const auto it = conns_.find(id); it != conns_.end()) read_again(*it->second);
         }
-        if (!transit_held_.empty()) ease_transit();
     }
 }
 
@@ -2830,22 +2830,12 @@ void shard::push_holdable(unsigned to, session::message* msg) {
 }
 
 void shard::ease_transit() {
-    size_t keep = 0;
-    transit_ready_.clear();
-    for (const transit_wait& w : transit_held_) {
-        if (transit_passed(w.to, w.at))
-            transit_ready_.push_back(w.id);
-        else
-            transit_held_[keep++] = w;
-    }
-    if (transit_ready_.empty()) return;
-    transit_held_.resize(keep);
-    std::vector<uint64_t> ids;
-    ids.swap(transit_ready_); // read_again may hold clients again
-    for (const uint64_t id : ids)
-        if (const auto it = conns_.find(id); it != conns_.end()) read_again(*it->second);
-    ids.clear();
-    transit_ready_.swap(ids);
+    // Those whose wait is over are read again with the others let go this turn (unheld_).
+    std::erase_if(transit_held_, [&](const transit_wait& w) {
+        if (!transit_passed(w.to, w.at)) return false;
+        unheld_.push_back(w.id);
+        return true;
+    });
 }
 
 void shard::snapshot_transit() {

@@ -825,7 +825,6 @@ private:
     std::vector<uint64_t> transit_taken_;  // per destination, smp::taken as this turn began (snapshot_transit)
     std::vector<uint64_t> transit_closes_; // and node::gate_closes from it to here then
     std::vector<uint64_t> closes_seen_;    // per shard, the k_gate_close messages read from it
-    std::vector<uint64_t> transit_ready_;  // ease_transit's list, kept for its capacity
     bool close_staged_ = false;            // a k_gate_close pushed and not published yet (drain_smp)
     // publisher_ is a held client whose connection ended, its unread bytes handled as it leaves (on_recv): its QoS 2
     // messages are taken as a held client's, but it is not held. (Its QoS 1 ones, unanswered, it sends again if it

@@ -570,7 +570,7 @@ class HeldPublisherClientCases(ClientHelpers):
         for p in procs:
             self.assertEqual(p.wait(45), 0, p.stdout.read())
         self.wait_until(lambda: len(got[0]) + len(got[1]) >= n * pubs, 30,
-                      lambda: f"{len(got[0]) + len(got[1])} of {n * pubs} delivered")
+                        lambda: f"{len(got[0]) + len(got[1])} of {n * pubs} delivered")
         for k in range(pubs):
             self.assertEqual([x for x in got[k % 2] if x.startswith(f"{k}-")], lines[k], f"publisher {k}")
         self.assertEqual(len(got[0]) + len(got[1]), n * pubs)
