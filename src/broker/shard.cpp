@@ -713,9 +713,10 @@ void shard::release_publishers(const session_slot& slot, bool expired) {
 }
 
 bool shard::held_on(const queue_hold& h, std::string_view filter) {
+    // (Other shards' gates hold filters: a topic that both match is one they may hold.)
     const auto matched = [filter](const topic_set& topics) {
         return std::any_of(topics.begin(), topics.end(),
-                           [filter](const std::string& t) { return routing::topic_matches(filter, t); });
+                           [filter](const std::string& t) { return routing::filters_overlap(filter, t); });
     };
     return matched(h.topics) || std::any_of(h.remote.begin(), h.remote.end(),
                                             [&](const queue_hold_source& src) { return matched(src.topics); });
@@ -807,11 +808,22 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     queue_hold& h = hold_of(slot);
     queue_hold_source* src = source_of(h, from);
     if (!src) src = &h.remote.emplace_back(queue_hold_source{from});
-    if (!src->topics.emplace(topic).second) return; // told already
+    const auto told = [&](const std::string& f) { return routing::topic_matches(f, topic); };
+    if (std::any_of(src->topics.begin(), src->topics.end(), told)) return; // told already
+    // The gate closes for the session's filters that take the topic, so that one gate holds the publishers of every
+    // topic a wildcard subscriber gets (gated by topic, a queue fed many new topics at once filled its burst room
+    // before each had its own gate) and its list stays as long as the session's filters.
+    std::vector<std::string> filters;
+    for (const auto& [filter, opts] : slot.s->subscriptions)
+        if (routing::topic_matches(filter, topic)) filters.push_back(filter);
+    if (filters.empty()) filters.emplace_back(topic); // (its route ends as this message passes: k_gate_drop follows)
+    for (std::string& f : filters) {
+        src->topics.insert(f);
+        push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::move(f)});
+        node_.gate_closes[id_ * n_ + from].fetch_add(1, std::memory_order_release); // (before drain_smp's note_taken)
+    }
     src->used_ms = now_ms_;
-    push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
     close_staged_ = true;
-    node_.gate_closes[id_ * n_ + from].fetch_add(1, std::memory_order_release); // (before drain_smp's note_taken)
     if (log::at_doubling(publisher_holds_))
         log::info("session {}: {} messages ({} bytes) queued, {}: shard {} holds its clients publishing {} to it until "
                   "{} (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
@@ -891,6 +903,19 @@ void shard::close_gate(unsigned from, gate_close& g) {
         gate.queue = g.queue;
         gate.used_ms = now_ms_;
     }
+    if (routing::has_wildcard(g.topic)) {
+        const auto t =
+            std::find_if(gate_filters_.begin(), gate_filters_.end(), [&](const auto& e) { return e.first == g.topic; });
+        if (t == gate_filters_.end()) {
+            gate_filters_.emplace_back(g.topic, &gate);
+        } else {
+            if (t->second == &gate) return;
+            t->second->topics.erase(g.topic); // its subscriber changed: the filter is this queue's now
+            t->second = &gate;
+        }
+        gate.topics.insert(std::move(g.topic));
+        return;
+    }
     const auto [t, added] = gate_topics_.try_emplace(g.topic, &gate);
     if (!added) {
         if (t->second == &gate) return;
@@ -899,6 +924,10 @@ void shard::close_gate(unsigned from, gate_close& g) {
         t->second = &gate;
     }
     gate.topics.insert(std::move(g.topic));
+}
+
+void shard::forget_gate_filter(std::string_view filter, const remote_gate* g) {
+    std::erase_if(gate_filters_, [&](const auto& e) { return e.second == g && e.first == filter; });
 }
 
 void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
@@ -920,7 +949,10 @@ void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
 void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::iterator it) {
     remote_gate& g = it->second;
     for (const std::string& topic : g.topics)
-        if (const auto t = gate_topics_.find(topic); t != gate_topics_.end() && t->second == &g) gate_topics_.erase(t);
+        if (routing::has_wildcard(topic))
+            forget_gate_filter(topic, &g);
+        else if (const auto t = gate_topics_.find(topic); t != gate_topics_.end() && t->second == &g)
+            gate_topics_.erase(t);
     for (const auto& [id, since] : g.waiting)
         unheld_.push_back(id);
     gates_.erase(it);
@@ -930,12 +962,19 @@ void shard::open_gate(unsigned from, uint64_t queue) {
     if (const auto it = gates_.find({from, queue}); it != gates_.end()) let_gate_go(it);
 }
 
-void shard::drop_gate_topic(unsigned from, const std::string& topic) {
-    const auto t = gate_topics_.find(topic);
-    if (t == gate_topics_.end() || t->second->shard != from) return;
+void shard::drop_gate_topic(unsigned from, const std::string& topic, bool counted) {
+    remote_gate* g = gate_for(topic);
+    if (!g || g->shard != from) return;
+    // A topic of a wildcard filter that other subscribers there get too (its message counted by the queue, so the
+    // gate's credit and turns add up): its messages go ungated from now on (its publishers are not held for one of
+    // them), the rest of the filter's stay gated.
+    if (counted && !gate_topics_.contains(topic) && g->exempt.size() < hold_topics_max) {
+        g->exempt.emplace(topic);
+        return;
+    }
     // Its messages reach no queue that gave this shard credit: the gate lets its clients go, and the queue's shard
     // forgets it told this one (it closes a gate anew where its queue is at its mark again).
-    const uint64_t queue = t->second->queue;
+    const uint64_t queue = g->queue;
     let_gate_go(gates_.find({from, queue}));
     push(from, k_gate_forget, 0, queue_key(queue));
 }
@@ -1098,14 +1137,17 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         remote_from_ = from + 1;
         remote_kind_ = m.kind;
         remote_ok_ = false;
+        remote_shared_ = false;
         route(msg->topic(), msg->payload(), msg->qos(), msg, false);
-        // Gated there for a queue here that did not count it (gated_arrived): that shard is told to stop.
-        if (m.kind != k_publish_holdable && !remote_ok_) push(from, k_gate_drop, 0, new std::string(msg->topic()));
+        // Gated there for a queue here that did not count it (gated_arrived), or that others here get too (one
+        // subscriber's gate would slow them): that shard is told to stop.
+        if (m.kind != k_publish_holdable && (!remote_ok_ || remote_shared_))
+            push(from, k_gate_drop, remote_ok_ ? 1 : 0, new std::string(msg->topic()));
         return;
     }
     case k_gate_drop: {
         std::unique_ptr<std::string> t(static_cast<std::string*>(m.ptr));
-        drop_gate_topic(from, *t);
+        drop_gate_topic(from, *t, m.arg != 0);
         return;
     }
     case k_gate_close: {
@@ -1711,6 +1753,11 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                 }
             } else if (first == 0x32) {
                 if (publish_qos12<1>(c, p + off, h, fast_route)) {
+                    if (refused_) [[unlikely]] {
+                        refused_ = false;
+                        --m_.packets_received;
+                        break; // left unread: handled again in its client's turn
+                    }
                     off += total;
                     if (c.queue_held) [[unlikely]]
                         break;
@@ -1725,6 +1772,11 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                 }
             } else if (first == 0x34) {
                 if (publish_qos12<2>(c, p + off, h, fast_route)) {
+                    if (refused_) [[unlikely]] {
+                        refused_ = false;
+                        --m_.packets_received;
+                        break; // left unread: handled again in its client's turn
+                    }
                     off += total;
                     if (c.queue_held) [[unlikely]]
                         break;
@@ -1745,6 +1797,12 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         off += total;
         ++m_.packets_received;
         if (!dispatch(c, h, body, rest)) break;
+        if (refused_) [[unlikely]] {
+            refused_ = false;
+            off -= total;
+            --m_.packets_received;
+            break;
+        }
         if (c.handed_off || c.refused) return n;
         if (c.queue_held) [[unlikely]]
             break;
@@ -2299,8 +2357,14 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
     session::message_ref msg;
     route_entry& re = known && known->gen == trie_gen_ ? *known : route_lookup(pv.topic);
     re.checked = true; // the topic passed every PUBLISH check above
+    refusable_ = pv.qos != 0 && !pv.retain;
     fan_out(re, pv.topic, pv.payload, pv.qos, msg, true, verbatim ? raw_frames{frame} : raw_frames{},
             !retained_everywhere);
+    refusable_ = false;
+    if (refused_) [[unlikely]] {
+        unreceive(c, pv.qos, pv.packet_id);
+        return true;
+    }
     if (pv.qos == 1) {
         send_ack(c, mqtt::packet_type::puback, pv.packet_id);
         ++m_.packets_puback_sent;
@@ -2376,6 +2440,7 @@ bool shard::publish_qos12(connection& c, const uint8_t* p, const mqtt::fixed_hea
     ++(qos == 1 ? m_.messages_qos1_received : m_.messages_qos2_received);
     const std::span<const uint8_t> payload(b + 4 + tl, rl - 4 - tl);
     const route_entry& e = *known;
+    refusable_ = true;
     if (e.matches.size() == 1 && e.matches[0].qos != 0 && (e.mask & ~(uint64_t{1} << id_)) == 0) {
         // One subscriber, on this shard, at QoS 1 or 2 (the usual point-to-point flow): straight to its session.
         sole_subscriber_ = true;
@@ -2386,6 +2451,11 @@ bool shard::publish_qos12(connection& c, const uint8_t* p, const mqtt::fixed_hea
         session::message_ref msg;
         fan_out(e, topic, payload, qos, msg, true, raw_frames{}, true);
     }
+    refusable_ = false;
+    if (refused_) [[unlikely]] {
+        unreceive(c, qos, pid);
+        return true;
+    }
     if constexpr (qos == 1) {
         send_ack(c, mqtt::packet_type::puback, pid);
         ++m_.packets_puback_sent;
@@ -2394,6 +2464,15 @@ bool shard::publish_qos12(connection& c, const uint8_t* p, const mqtt::fixed_hea
         ++m_.packets_pubrec_sent;
     }
     return true;
+}
+
+void shard::unreceive(connection& c, uint8_t qos, uint16_t pid) {
+    // Refused (offer_to): it is handled, and counted, again when its client is read again. (Its packet, still unread,
+    // is counted again too: process() steps back over it.)
+    --m_.messages_received;
+    --(qos == 1 ? m_.messages_qos1_received : m_.messages_qos2_received);
+    --m_.packets_publish_received;
+    if (qos == 2) c.slot->s->incoming_release(pid); // fresh again when it comes back
 }
 
 void shard::on_puback(connection& c, uint16_t pid) {
@@ -2718,6 +2797,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         const size_t last = local_origin && (mask & ~(uint64_t{1} << id_)) == 0 ? hits.size() : 0;
         // (A message from another shard that may hold its publisher is for this shard's subscribers alone.)
         sole_subscriber_ = hits.size() == 1 && (last == 1 || remote_from_ != 0);
+        remote_shared_ = remote_from_ != 0 && hits.size() > 1;
         for (size_t i = 0; i < hits.size(); ++i)
             deliver(*hits[i].slot, topic, payload, std::min(qos, hits[i].qos), msg, qos, false, raw, i + 1 == last);
         sole_subscriber_ = false;
@@ -2747,25 +2827,27 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
             continue;
         }
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
-        msg->add_ref();
-        ++m_.messages_forward;
         // For that shard's subscribers alone, from a client: it may be held here for a queue there (whether it can
         // be is asked only where a gate would hold it: its session is not read for every message).
         if (publisher_ && qos != 0 && one_shard && cfg_.limits.publisher_hold_ms != 0 && (!leaving_ || qos == 2)) {
-            if (gate_topics_.empty())
+            if (!gates_closed())
                 push_holdable(to, msg.get());
             else
                 push_gated(to, msg, topic);
             continue;
         }
+        msg->add_ref();
+        ++m_.messages_forward;
         push_weighed(to, k_publish, msg->size(), msg.get());
     }
 }
 
 shard::remote_gate* shard::gate_for(std::string_view topic) {
-    if (gate_topics_.empty()) return nullptr;
-    const auto it = gate_topics_.find(topic);
-    return it == gate_topics_.end() ? nullptr : it->second;
+    if (!gate_topics_.empty())
+        if (const auto it = gate_topics_.find(topic); it != gate_topics_.end()) return it->second;
+    for (const auto& [filter, g] : gate_filters_)
+        if (routing::topic_matches(filter, topic) && (g->exempt.empty() || !g->exempt.contains(topic))) return g;
+    return nullptr;
 }
 
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
@@ -2778,8 +2860,8 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     g->used_ms = now_ms_;
     // Credit goes to those waiting first: a client not held that finds others waiting is held behind them (else
     // the clients read as their bytes come would spend each credit before the turn's end, when the waiting are
-    // read). One that finds no credit sends this message still (the queue takes it past its mark) and waits:
-    // the queue's shard gives it a turn among its own held clients.
+    // read). One that finds no credit waits, its message refused (or, where it cannot be, sent still: the queue
+    // takes it past its mark): the queue's shard gives it a turn among its own held clients.
     const bool others_wait = !g->waiting.empty() && (publisher_->id != gate_reading_ || g != gate_reading_gate_);
     // One that cannot be held is not counted there either (its queue drops past its limit).
     uint32_t kind = k_publish;
@@ -2789,13 +2871,24 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     } else if (publisher_holdable(*publisher_, nullptr)) {
         kind = k_publish_held;
     }
-    push_weighed(to, kind, msg->size(), msg.get());
+    // A client's message that would go past the mark is refused rather (refusable_): a turn is asked for it, and it
+    // is sent with the credit its turn brings.
+    const bool refuse = kind == k_publish_held && refusable_;
+    if (!refuse) {
+        msg->add_ref();
+        ++m_.messages_forward;
+        push_weighed(to, kind, msg->size(), msg.get());
+    }
     if (kind != k_publish_held) return;
     connection& p = *publisher_;
     p.queue_held = true;
     p.hold_listed = true;
     g->waiting.emplace_back(p.id, now_ms_);
     ++g->asked; // the held message asks for a turn there
+    if (refuse) {
+        push(g->shard, k_gate_wait, 0, queue_key(g->queue));
+        refused_ = true;
+    }
     if (log::at_doubling(publisher_holds_))
         log::info("client {} is not read until a queue on shard {} it publishes {} to is below three quarters of its "
                   "limit again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
@@ -2803,6 +2896,20 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
 }
 
 void shard::push_holdable(unsigned to, session::message* msg) {
+    if (!ungated_.empty() && refusable_ && !leaving_) {
+        // A client's message that would fill the newer half while the older one is not taken yet is refused (left
+        // unread, not answered) rather than sent past the bound: it is sent once that shard has taken the older half.
+        const ungated_flow& f = ungated_[to];
+        if (f.prev_n != 0 &&
+            (f.open_n + 1 >= ungated_half_ || f.open_bytes + msg->data_size() >= ungated_bytes_half_) &&
+            !transit_passed(to, f.prev_end) && publisher_holdable(*publisher_, nullptr)) {
+            hold_in_transit(to, f);
+            refused_ = true;
+            return;
+        }
+    }
+    msg->add_ref();
+    ++m_.messages_forward;
     push_weighed(to, k_publish_holdable, msg->size(), msg);
     if (ungated_.empty()) return;
     ungated_flow& f = ungated_[to];
@@ -2818,8 +2925,12 @@ void shard::push_holdable(unsigned to, session::message* msg) {
         return;
     }
     // One that cannot be held sends on (the queue's burst room past its mark is all it has, as before).
+    if (leaving_ || !publisher_holdable(*publisher_, nullptr)) return;
+    hold_in_transit(to, f);
+}
+
+void shard::hold_in_transit(unsigned to, const ungated_flow& f) {
     connection& p = *publisher_;
-    if (leaving_ || !publisher_holdable(p, nullptr)) return;
     p.queue_held = true;
     transit_held_.push_back(transit_wait{p.id, to, f.prev_end});
     if (log::at_doubling(transit_holds_))
@@ -2967,7 +3078,8 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // publisher was answered, so that dropped here it would be lost. Those make the queue pass its slack in a burst,
     // and a client of this shard is held at its next message then, which must not be lost either (one per held
     // client).
-    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold)) {
+    const bool refuse = hold && refusable_ && !leaving_;
+    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold, refuse)) {
     case session::session::offer_result::send:
         send_outgoing(*slot.conn, *o, false);
         break;
@@ -2988,6 +3100,15 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
         else
             note_dropped(slot, slot.s->dropped() - 1, "its queue would pass mqtt.max_queued_bytes = {}",
                          cfg_.limits.max_queued_bytes, topic);
+        break;
+    case session::session::offer_result::refused:
+        hold_publisher(slot, topic);
+        refused_ = true;
+        if (log::at_doubling(++refusals_))
+            log::info("session {}: {} messages ({} bytes) queued, past its limit's slack: client {}'s message on {} is "
+                      "not taken nor answered, it is read again in its turn ({} refused on this shard so far)",
+                      slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), publisher_->client_id(), topic,
+                      refusals_);
         break;
     }
 }

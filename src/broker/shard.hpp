@@ -179,7 +179,8 @@ enum msg_kind : uint32_t {
     k_gate_close,  // ptr: gate_close*: hold the receiver's publishers on this topic until credit comes
     k_gate_credit, // ptr: the queue's key (never dereferenced), arg: messages more the receiver's publishers may send
     k_gate_open,   // ptr: the queue's key: its publishers are no longer held (offline, gone or stuck)
-    k_gate_drop,   // ptr: std::string* topic: no queue that closed a gate counted its message (its subscriber changed)
+    k_gate_drop,   // ptr: std::string* topic: no queue that closed a gate counted its message (its subscriber changed),
+                   // or (arg 1) one did and others got it too
     k_gate_wait,   // ptr: the queue's key: one more of the sender's clients waits for a turn (see shard::ease_gates)
     k_gate_return, // ptr: the queue's key, arg: credit the sender had no client waiting for
     k_gate_forget, // ptr: the queue's key: the sender let its gate go (k_gate_drop): forget it was told
@@ -200,7 +201,7 @@ inline uint32_t msg_weight(const reactor::smp_msg& m) {
 // the receiver's publishers fill it.
 struct gate_close {
     uint64_t queue;
-    std::string topic;
+    std::string topic; // the queue's subscription filter that took the message (its topic, for an exact one)
 };
 
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
@@ -570,6 +571,8 @@ private:
     bool on_ack(connection& c, mqtt::packet_type t, std::span<const uint8_t> body, uint8_t flags);
     // PUBACK, PUBREC, PUBREL or PUBCOMP with a valid id (decoded, or taken as it stands from a 3.x client).
     void on_ack_id(connection& c, mqtt::packet_type t, uint16_t pid);
+    // Takes back the counts (and the QoS 2 id) of a PUBLISH refused as it was handled (refusable_).
+    void unreceive(connection& c, uint8_t qos, uint16_t pid);
     void on_puback(connection& c, uint16_t pid);
     bool on_subscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
     bool on_unsubscribe(connection& c, std::span<const uint8_t> body, uint8_t flags);
@@ -778,10 +781,18 @@ private:
         int64_t used_ms = 0; // when credit last came or was used (unused for publisher_hold_ms, it is forgotten)
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
         std::deque<std::pair<uint64_t, int64_t>> waiting;
-        topic_set topics;
+        topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
+        // Topics its wildcard filters match that other subscribers there get too (k_gate_drop): not gated, up to
+        // hold_topics_max (one more lets the gate go).
+        topic_set exempt;
     };
     std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
+    // The gates' filters: those without a wildcard by name, the others (a wildcard subscriber's: one gate for all
+    // its publishers' topics, however many) in a list matched against a topic only when the name is not found.
     std::unordered_map<std::string, remote_gate*, topic_hash, std::equal_to<>> gate_topics_;
+    std::vector<std::pair<std::string, remote_gate*>> gate_filters_;
+    bool gates_closed() const { return !gate_topics_.empty() || !gate_filters_.empty(); }
+    void forget_gate_filter(std::string_view filter, const remote_gate* g);
     std::vector<std::pair<unsigned, uint64_t>> gates_to_ease_; // given credit this turn: ease_gates reads them again
     uint64_t gate_reading_ = 0; // the client ease_gates reads again (it spends credit while others wait)
     const remote_gate* gate_reading_gate_ = nullptr; // and the gate whose credit it is
@@ -794,6 +805,8 @@ private:
     // (mqtt.publisher_hold_burst) takes it all, however late that shard runs. Past the bound the publisher is not read
     // until that shard has taken the older half (ease_transit).
     void push_holdable(unsigned to, session::message* msg);
+    struct ungated_flow;
+    void hold_in_transit(unsigned to, const ungated_flow& f);
     void ease_transit();
     void snapshot_transit();
     // Per destination, in two halves: the older one's end (the outbox's sent() after it) is compared with what that
@@ -830,12 +843,20 @@ private:
     // messages are taken as a held client's, but it is not held. (Its QoS 1 ones, unanswered, it sends again if it
     // comes back: they may drop past the limit as without holds, and leave the burst room to what was answered.)
     bool leaving_ = false;
+    // The PUBLISH being handled is a client's QoS 1/2 message without retain (publish_qos12, on_publish): where the
+    // queue that holds its client would drop it, it is refused instead (refused_): not answered, its bytes left
+    // unread, it is handled again when the client's turn comes. Its client was told nothing, so nothing is lost, and
+    // what waits is the client's own bytes (within held_rx_max), however many clients bring one message each.
+    bool refusable_ = false;
+    bool refused_ = false;
+    bool remote_shared_ = false; // a message from another shard reached more than one subscriber here (fan_out)
+    uint64_t refusals_ = 0;      // logged at doublings
     std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
     uint64_t transit_holds_ = 0;          // logged at doublings
     void close_gate(unsigned from, gate_close& g);
     void credit_gate(unsigned from, uint64_t queue, uint64_t n);
     void open_gate(unsigned from, uint64_t queue);
-    void drop_gate_topic(unsigned from, const std::string& topic);
+    void drop_gate_topic(unsigned from, const std::string& topic, bool counted);
     void let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::iterator it);
     void ease_gates();
     void expire_gates(int64_t now);

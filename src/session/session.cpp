@@ -68,7 +68,8 @@ void session::assign_pid_checked(outgoing& o) {
     }
 }
 
-session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit) {
+session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit,
+                                     bool refuse) {
     if (online && direct()) {
         if (const outgoing* o = admit(std::move(msg), qos)) {
             *out = o;
@@ -77,6 +78,7 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
     }
     const uint64_t bytes = msg->data_size();
     if (!room_for(bytes, past_limit) && !(past_limit && burst_room(bytes)) && !(qos > 0 && drop_qos0_for(bytes))) {
+        if (refuse) return offer_result::refused;
         ++dropped_;
         return offer_result::dropped;
     }

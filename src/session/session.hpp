@@ -59,7 +59,7 @@ public:
     // Subscriptions of this session: filter -> granted options (QoS in bits 0-1).
     std::unordered_map<std::string, uint8_t> subscriptions;
 
-    enum class offer_result { send, queued, dropped };
+    enum class offer_result { send, queued, dropped, refused };
     // A message for this session at effective QoS. When `online` and nothing is queued ahead of it and the window
     // has room (QoS 0 needs no room), returns send with *out pointing at the entry to transmit (valid until the next
     // call on any session of this thread; for QoS > 0 it is in the window with its packet id). Otherwise it is queued
@@ -67,8 +67,11 @@ public:
     // case the new message is dropped and counted (returns dropped); a QoS 1/2 message is queued instead if dropping
     // the oldest queued QoS 0 messages makes room (each counted dropped: dropped() tells how many). past_limit: the
     // limits are a quarter higher (at least one message) for this message (the broker holds its publisher back from
-    // it on, see shard::may_hold_publisher). Past that quarter too, see limits::burst_kib.
-    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false);
+    // it on, see shard::may_hold_publisher). Past that quarter too, see limits::burst_kib. refuse: a message that
+    // would be dropped is refused instead (returns refused, not counted): its publisher has not been answered and
+    // sends it again later (shard::offer_to).
+    offer_result offer(message_ref msg, uint8_t qos, bool online, const outgoing** out, bool past_limit = false,
+                       bool refuse = false);
 
     // Lets the next queued message into the window (gives it its packet id) if there is room. Returns it (valid
     // until the next call on any session of this thread) or nullptr. QoS 0 entries are returned without entering the

@@ -857,6 +857,34 @@ class PublisherHoldBase:
             pub.expect(m.puback(i + 1))
         return sub, pub
 
+    def many_clients_with_one_message_each(self, pub_shard: int, n: int = 60) -> bytes:
+        """A wildcard subscriber on shard 0 (a window of 1, a queue of 8) that takes nothing at first, and n clients on
+        pub_shard that each write one message on a topic of their own at once, QoS 1 and 2 in turn: far more than the
+        queue takes past its mark (its quarter and four times its limit more, 2 + 32). Once the subscriber reads,
+        every client is answered and the subscriber gets each message once: none is dropped (each past the room waited
+        unanswered, unread, for its client's turn). Returns the broker's log."""
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("many/#", 2)])
+        pubs = [self.client(self.cid(f"one{i}-", pub_shard)) for i in range(n)]
+        for i, p in enumerate(pubs):
+            p.send(m.publish(f"many/{i}", b"%03d" % i, qos=1 + i % 2, pid=1))
+        time.sleep(0.5)  # all routed (or refused) before the subscriber takes any
+        got = Collector(sub, n, timeout=5)
+        for i, p in enumerate(pubs):
+            if i % 2 == 0:
+                p.expect(m.puback(1), timeout=10)
+            else:
+                p.expect(m.pubrec(1), timeout=10)
+                p.send(m.pubrel(1))
+                p.expect(m.pubcomp(1))
+        self.assertEqual(sorted(int(x.payload) for x in got.join()), list(range(n)))
+        sub.expect_no_packet(0.2)
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assert_broker_healthy("after-many")
+        return log
+
     def held_qos2_client_drops(self, limits: dict, pub_shard: int, n: int, sent_to_it: bool = False) -> None:
         """A subscriber on shard 0 (not reading at first) and a persistent QoS 2 publisher on pub_shard that writes n
         PUBLISHes at once, is held, and closes its socket with most of them unread (sent_to_it: with a QoS 1 message
@@ -1275,6 +1303,12 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertEqual(len(re.findall(HOLD_LINE, self.broker.log())), 2)
         self.assert_broker_healthy()
 
+    def test_many_clients_with_one_message_each_lose_nothing_acknowledged(self):
+        # Each client is held after its first message: those that found the queue past its room had that message
+        # dropped though answered (before stop 58: 43 of 60 arrived). Now it is refused, and taken in their turn.
+        log = self.many_clients_with_one_message_each(0)
+        self.assertIn(b"is not taken nor answered, it is read again in its turn", log)
+
     def test_a_held_qos2_client_whose_connection_drops_loses_nothing_it_resends(self):
         # A QoS 2 publisher on a persistent session, held with PUBLISHes it sent meanwhile unread, loses its connection
         # (no DISCONNECT). Those are handled as it leaves, their ids recorded as received, so after it reconnects its
@@ -1297,8 +1331,9 @@ GATE_LINE = rb"queued, three quarters of its limit: shard 1 holds its clients pu
 
 class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
     """The same hold for a publisher on another shard than its subscriber: the subscriber's shard tells the publisher's
-    to hold its clients on that topic (k_gate_close); a client there that finds no credit sends one message more and
-    waits, and the queue's shard gives that shard credit in the client's turn as the queue drains."""
+    to hold its clients on that topic's filter (k_gate_close); a client there whose message finds no credit has it
+    refused (not answered, left unread) and waits, and the queue's shard gives that shard credit in the client's turn
+    as the queue drains."""
 
     SHARDS = 2
 
@@ -1309,7 +1344,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
     def held_far(self, topic: str, hold_ms: int, sub_kw=None) -> tuple:
         """A subscriber on shard 0 that takes nothing and a publisher on shard 1 that sends one QoS 1 message at a time
         until one is not answered: (sub, pub, messages sent). 1 in flight and 30 queued; the next finds the queue at
-        its mark and closes the gate; the first past its credit holds the publisher; the one after is not read."""
+        its mark and closes the gate; the first past its credit is refused and holds the publisher."""
         self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": hold_ms})
         sub = self.on0("sub", **(sub_kw or {}))
         sub.subscribe([(topic, 1)])
@@ -1328,7 +1363,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
             try:
                 pub.expect(m.puback(i % 65535 + 1), timeout=0.5)
             except AssertionError:
-                self.assertGreaterEqual(i - first, 33)
+                self.assertGreaterEqual(i - first, 32)
                 self.assertLess(i - first, 41)
                 return i + 1
         self.fail("the publisher was never held: " + self.broker.log().decode()[-5000:])
@@ -1336,8 +1371,8 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
     def test_a_publisher_on_another_shard_is_held_and_loses_nothing(self):
         sub, pub, sent = self.held_far("hold/far", 10000)
         self.assertRegex(self.broker.log(), GATE_LINE)
-        # Two more on that shard, 100 pipelined each: each sends one message past the spent credit and waits (the
-        # queue takes them within its quarter past the limit), then they are read again in turn as credit comes.
+        # Two more on that shard, 100 pipelined each: the first message of each finds the credit spent and is
+        # refused, and they are read again in turn as credit comes.
         others = [self.client(self.cid(f"pub{k}", 1)) for k in range(2)]
         for k, o in enumerate(others):
             o.send(b"".join(m.publish("hold/far", b"%d%05d" % (k + 1, i) + b"xx", qos=1, pid=i + 1) for i in range(100)))
@@ -1368,7 +1403,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         # way past its quarter of slack (within mqtt.max_cross_shard_bytes), not one dropped.
         self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
         sub = self.on0("sub")
-        sub.subscribe([("hold/+", 1)])
+        sub.subscribe([("hold/+", 1), ("more/+", 1)])
         got = Collector(sub, 200, timeout=5)
         pub = self.client(self.cid("pub", 1))
         pub.send(b"".join(m.publish("hold/burst", b"%06d" % i, qos=1, pid=i + 1) for i in range(200)))
@@ -1377,21 +1412,74 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertEqual([int(x.payload) for x in got.join()], list(range(200)))
         self.assertNotIn(b"dropped", self.broker.log())
         self.assertRegex(self.broker.log(), GATE_LINE)
-        # 2000 in one write on a new topic, not gated yet: more than the queue's burst room (four times its limit more
-        # than its quarter, 50 + 160, and 1 in the window), which dropped the rest when the publisher's shard routed
-        # the whole write before the word to close came back (before stop 57: 211 of 300 arrived). That shard now has
-        # at most a third of the room (60) on its way there for queues that cannot hold yet; its client waits, unread,
-        # until the queue's shard has taken the older half, and then its gate holds it.
+        # 2000 in one write on a topic of another filter, not gated yet (the gate closed for hold/+): more than the
+        # queue's burst room (four times its limit more than its quarter, 50 + 160, and 1 in the window), which
+        # dropped the rest when the publisher's shard routed the whole write before the word to close came back
+        # (before stop 57: 211 of 300 arrived). That shard now has
+        # at most a third of the room (60) on its way there for queues that cannot hold yet: the message that would
+        # pass it is refused (59 on their way) and its client waits, unread, until the queue's shard has taken the
+        # older half, and then its gate holds it.
         got = Collector(sub, 2000, timeout=10)
-        pub.send(b"".join(m.publish("hold/more", b"%06d" % i, qos=1, pid=i + 1) for i in range(2000)))
+        pub.send(b"".join(m.publish("more/new", b"%06d" % i, qos=1, pid=i + 1) for i in range(2000)))
         for i in range(2000):
             pub.expect(m.puback(i + 1), timeout=10)
         self.assertEqual([int(x.payload) for x in got.join()], list(range(2000)))
         log = self.broker.log()
         self.assertNotIn(b"dropped", log)
         self.assertRegex(log, rb"client \S+ is not read until shard 0 has taken more of the messages routed to it "
-                              rb"for queues that could not hold their publishers yet \(6[01] on their way")
-        self.assertIn(b"holds its clients publishing hold/more to it", log)
+                              rb"for queues that could not hold their publishers yet \(59 on their way")
+        self.assertIn(b"holds its clients publishing more/new to it", log)
+
+    def test_many_clients_on_another_shard_with_one_message_each_lose_nothing_acknowledged(self):
+        # Across shards each new topic had to close a gate of its own, a round trip after its message was answered
+        # (before stop 58: 43 of 60 arrived). Now the gate closes for the subscriber's filter (many/#), and the
+        # message that would pass the bound on what is on its way, or the gate's credit, is refused instead.
+        log = self.many_clients_with_one_message_each(1)
+        self.assertRegex(log, rb"shard 1 holds its clients publishing many/\d+ to it")
+        self.assertRegex(log, rb"is not read until a queue on shard 0 it publishes many/\d+ to")
+
+    def test_a_wildcard_gate_lets_a_topic_another_subscriber_gets_too_go_ungated(self):
+        # The gate closes for the slow subscriber's filter (ex/#), and a fast subscriber on its shard gets ex/fast too.
+        # The first ex/fast message finds the gate, is refused and waits for a turn like any of its topics; sent with
+        # that turn's credit, it reaches both subscribers, so the publishers' shard is told (k_gate_drop) and lets
+        # that topic go ungated from then on: the fast subscriber is not held to the slow one's pace (the slow queue
+        # drops those past its limit), while the gate goes on holding the filter's other topics.
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
+        slow = self.on0("slow")
+        slow.subscribe([("ex/#", 1)])
+        fast = self.on0("fast")
+        fast.subscribe([("ex/fast", 1)])
+        a = self.client(self.cid("a", 1))
+        sent = self.send_until_held(a, "ex/slow", 0)  # its last one refused
+        b = self.client(self.cid("b", 1))
+        b_frames = [m.publish("ex/fast", b"%06d" % (900000 + k), qos=1, pid=k + 1) for k in range(31)]
+        b.send(b_frames[0])
+        with self.assertRaises(AssertionError):
+            b.expect(m.puback(1), timeout=0.5)  # refused: the gate holds the whole filter
+        fast_got = Collector(fast, 31, timeout=5)
+        got = [int(x.payload[:6]) for x in slow.recv_publishes(15)]  # room below the mark: a turn, with credit
+        a.expect(m.puback(sent), timeout=5)
+        b.expect(m.puback(1), timeout=5)
+        # Let go now: 30 pipelined (within the fast one's queue) go at once though the slow subscriber takes nothing
+        # meanwhile.
+        b.send(b"".join(b_frames[1:]))
+        for k in range(1, 31):
+            b.expect(m.puback(k + 1), timeout=5)
+        self.assertEqual([int(x.payload[:6]) for x in fast_got.join()], list(range(900000, 900031)))
+        # The gate still holds ex/slow: the next message of a (no credit left) is refused, not taken past the mark.
+        self.flood(a, "ex/slow", 20, first=sent)
+        with self.assertRaises(AssertionError):
+            a.expect(m.puback(sent + 1), timeout=0.5)
+        got += [int(p[:6]) for p in read_until_quiet(slow, quiet=1.0)]
+        for i in range(20):
+            a.expect(m.puback(sent + i + 1), timeout=5)
+        got += [int(p[:6]) for p in read_until_quiet(slow, quiet=0.5)]
+        self.assertEqual([i for i in got if i < 900000], list(range(sent + 20)))
+        mine = [i for i in got if i >= 900000]
+        self.assertEqual(mine, sorted(set(mine)))
+        log = self.broker.log()
+        self.assertNotIn(b"message on ex/slow dropped", log)
+        self.assertIn(b"message on ex/fast dropped", log)  # the slow one's, past its limit
 
     def test_a_held_qos2_client_on_another_shard_whose_connection_drops_loses_nothing_it_resends(self):
         # As within a shard: what it left unread is routed as it leaves as if no gate had closed, and the queue takes it
@@ -1406,11 +1494,11 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         got = [int(x.payload[:6]) for x in sub.recv_publishes(10)]
         far = self.client(self.cid("far", 1))
         # One at a time until one is not answered: the first is taken and closes the gate; once that reaches shard 1,
-        # the next finds no credit there, is taken and holds its client. (50 ms before each after the first: the word
+        # the next finds no credit there, is refused and holds its client. (50 ms before each after the first: the word
         # to close comes back through shard 0, which a loaded host may wake late, while shard 1 answers at once; seen
         # in a full run with all 8 answered before it came.)
         sent = self.until_unanswered(far, "hold/line", 1000, 8, slow_from=1)
-        self.assertGreaterEqual(sent, 3)
+        self.assertGreaterEqual(sent, 2)
         first.expect_no_packet(0.1)
         got += [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
         self.assertEqual([i for i in got if i < 1000], list(range(400)))

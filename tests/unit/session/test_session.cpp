@@ -250,6 +250,26 @@ TEST(Session, OfflineMessagesAreQueuedAndFullQueueDropsNewest) {
     EXPECT_EQ(got, "012");
 }
 
+TEST(Session, AMessageThatWouldBeDroppedIsRefusedWhenAskedAndNotCounted) {
+    // The broker refuses the message of a client it holds rather than drop it (shard::offer_to): the client was not
+    // answered and sends it again, so it is no loss and the session does not count it as dropped.
+    session s("c", false, lim(1, 2));
+    const outgoing* o = nullptr;
+    ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
+    EXPECT_EQ(s.offer(msg("b"), 1, true, &o, false, true), offer::queued)
+        << "refuse changes nothing while room is left";
+    EXPECT_EQ(s.offer(msg("c"), 1, true, &o), offer::queued);
+    EXPECT_EQ(s.offer(msg("d"), 1, true, &o, true, true), offer::queued) << "within the quarter past the limit";
+    EXPECT_EQ(s.offer(msg("e"), 1, true, &o, true, true), offer::refused);
+    EXPECT_EQ(s.offer(msg("f"), 1, true, &o, false, true), offer::refused);
+    EXPECT_EQ(s.dropped(), 0u);
+    EXPECT_EQ(s.queue_len(), 3u);
+    EXPECT_EQ(s.offer(msg("g"), 1, true, &o), offer::dropped) << "without refuse it is dropped and counted";
+    EXPECT_EQ(s.dropped(), 1u);
+    ASSERT_TRUE(s.on_puback(s.window().front().pid));
+    EXPECT_EQ(drain_acked(s), "b,c,d,");
+}
+
 TEST(Session, PastTheLimitIsQueuedWithinAQuarterMoreWhenAsked) {
     // The broker holds the publisher of such a message back (shard::may_hold_publisher): it is queued, in order, past
     // the limits by up to a quarter of them (at least one message), and counts against them from then on.
