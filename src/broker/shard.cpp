@@ -2473,6 +2473,17 @@ void shard::unreceive(connection& c, uint8_t qos, uint16_t pid) {
     --(qos == 1 ? m_.messages_qos1_received : m_.messages_qos2_received);
     --m_.packets_publish_received;
     if (qos == 2) c.slot->s->incoming_release(pid); // fresh again when it comes back
+    // One that has left is not read again: the rest of what it left goes on (a DISCONNECT among it counts), and the
+    // message, never answered, it sends again if it comes back.
+    if (leaving_) refused_ = false;
+}
+
+void shard::forgotten(std::string_view topic) {
+    if (log::at_doubling(++forgotten_))
+        log::info("client {} left, held, with a QoS 2 message on {} unread that its queue has no room for past its "
+                  "burst room: forgotten unanswered, as if never sent, so that it is fresh when the client sends it "
+                  "again ({} so far on this shard)",
+                  publisher_->client_id(), topic, forgotten_);
 }
 
 void shard::on_puback(connection& c, uint16_t pid) {
@@ -2896,15 +2907,19 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
 }
 
 void shard::push_holdable(unsigned to, session::message* msg) {
-    if (!ungated_.empty() && refusable_ && !leaving_) {
+    if (!ungated_.empty() && refusable_) {
         // A client's message that would fill the newer half while the older one is not taken yet is refused (left
         // unread, not answered) rather than sent past the bound: it is sent once that shard has taken the older half.
+        // (One of a client that has left, its QoS 2 message, is forgotten: it sends it again if it comes back.)
         const ungated_flow& f = ungated_[to];
         if (f.prev_n != 0 &&
             (f.open_n + 1 >= ungated_half_ || f.open_bytes + msg->data_size() >= ungated_bytes_half_) &&
-            !transit_passed(to, f.prev_end) && publisher_holdable(*publisher_, nullptr)) {
-            hold_in_transit(to, f);
+            !transit_passed(to, f.prev_end) && (leaving_ || publisher_holdable(*publisher_, nullptr))) {
             refused_ = true;
+            if (leaving_)
+                forgotten(msg->topic());
+            else
+                hold_in_transit(to, f);
             return;
         }
     }
@@ -3078,7 +3093,7 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // publisher was answered, so that dropped here it would be lost. Those make the queue pass its slack in a burst,
     // and a client of this shard is held at its next message then, which must not be lost either (one per held
     // client).
-    const bool refuse = hold && refusable_ && !leaving_;
+    const bool refuse = hold && refusable_;
     switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold, refuse)) {
     case session::session::offer_result::send:
         send_outgoing(*slot.conn, *o, false);
@@ -3102,8 +3117,12 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
                          cfg_.limits.max_queued_bytes, topic);
         break;
     case session::session::offer_result::refused:
-        hold_publisher(slot, topic);
         refused_ = true;
+        if (leaving_) {
+            forgotten(topic);
+            break;
+        }
+        hold_publisher(slot, topic);
         if (log::at_doubling(++refusals_))
             log::info("session {}: {} messages ({} bytes) queued, past its limit's slack: client {}'s message on {} is "
                       "not taken nor answered, it is read again in its turn ({} refused on this shard so far)",

@@ -851,6 +851,8 @@ private:
     bool refused_ = false;
     bool remote_shared_ = false; // a message from another shard reached more than one subscriber here (fan_out)
     uint64_t refusals_ = 0;      // logged at doublings
+    uint64_t forgotten_ = 0;     // likewise: QoS 2 messages of clients that left, refused (unreceive)
+    void forgotten(std::string_view topic);
     std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
     uint64_t transit_holds_ = 0;          // logged at doublings
     void close_gate(unsigned from, gate_close& g);

@@ -889,7 +889,7 @@ class PublisherHoldBase:
         """A subscriber on shard 0 (not reading at first) and a persistent QoS 2 publisher on pub_shard that writes n
         PUBLISHes at once, is held, and closes its socket with most of them unread (sent_to_it: with a QoS 1 message
         to it in flight, unanswered); it reconnects, resends those without a PUBREC (DUP) and releases all: the
-        subscriber gets each once, in order, and nothing is dropped."""
+        subscriber (reading from the reconnect on) gets each once, in order, and nothing is dropped."""
         self.use_broker({**limits, "mqtt.publisher_hold_ms": 10000})
         sub = self.on0("sub")
         sub.subscribe([("hold/q2", 1)])
@@ -915,6 +915,7 @@ class PublisherHoldBase:
         self.assertEqual(len(to_it), int(sent_to_it), "the message to it")
         self.assertLess(len(recs), n - 10)  # the rest unread as it leaves
         self.close_and_wait(pub, cid)
+        got = Collector(sub, n, timeout=5)
         again = self.client(cid, clean=False, expect=m.connack(session_present=True))
         if sent_to_it:
             back = again.recv_publish()  # resent to it as DUP
@@ -926,7 +927,7 @@ class PublisherHoldBase:
         for i in range(n):
             again.send(m.pubrel(i + 1))
             again.expect(m.pubcomp(i + 1))
-        self.assertEqual([int(x.payload) for x in sub.recv_publishes(n)], list(range(n)))
+        self.assertEqual([int(x.payload) for x in got.join()], list(range(n)))
         sub.expect_no_packet(0.3)
         self.assertNotIn(b"dropped", self.broker.log())
 
@@ -1317,6 +1318,12 @@ class PublisherHoldCases(PublisherHoldBase):
         # left). Until stop 57 a full queue dropped them and the subscriber never got them.
         self.held_qos2_client_drops(self.LIMITS, 0, 30)
 
+    def test_a_held_qos2_client_that_leaves_more_than_the_burst_room_unread_loses_nothing_it_resends(self):
+        # 90 to a queue of 8 (its burst room 42): those that find no room as it leaves are forgotten unanswered, their
+        # ids not recorded, so that its resends are fresh. Until stop 58 they were dropped with their ids recorded.
+        self.held_qos2_client_drops(self.LIMITS, 0, 90)
+        self.assertIn(b"forgotten unanswered", self.broker.log())
+
     def test_a_held_qos2_client_with_a_message_in_flight_to_it_whose_connection_drops_loses_nothing_it_resends(self):
         # The same for a client with a message in flight to it, which a queue never holds (its acks may be what
         # drains it), but which is not held as it leaves either.
@@ -1485,6 +1492,11 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         # As within a shard: what it left unread is routed as it leaves as if no gate had closed, and the queue takes it
         # past its limit within the burst room.
         self.held_qos2_client_drops(self.FAR_LIMITS, 1, 90)  # (within mqtt.max_awaiting_rel = 100)
+
+    def test_a_held_qos2_client_on_another_shard_that_leaves_more_than_the_burst_room_unread_loses_nothing(self):
+        # 90 to a queue of 8: past the bound on what is on its way there, what it left is forgotten unanswered.
+        self.held_qos2_client_drops(self.LIMITS, 1, 90)
+        self.assertIn(b"forgotten unanswered", self.broker.log())
 
     def test_a_publisher_on_another_shard_waits_behind_those_held_below_the_mark(self):
         # A client of the queue's shard waits for room for a turn (9 free below the mark of 300, fewer than 32): a
