@@ -713,13 +713,14 @@ void shard::release_publishers(const session_slot& slot, bool expired) {
 }
 
 bool shard::held_on(const queue_hold& h, std::string_view filter) {
-    // (Other shards' gates hold filters: a topic that both match is one they may hold.)
     const auto matched = [filter](const topic_set& topics) {
         return std::any_of(topics.begin(), topics.end(),
-                           [filter](const std::string& t) { return routing::filters_overlap(filter, t); });
+                           [filter](const std::string& t) { return routing::topic_matches(filter, t); });
     };
-    return matched(h.topics) || std::any_of(h.remote.begin(), h.remote.end(),
-                                            [&](const queue_hold_source& src) { return matched(src.topics); });
+    // (Or a filter other shards' gates hold: the session's own, which it leaves, or the same filter subscribed anew.)
+    return matched(h.topics) || std::any_of(h.remote.begin(), h.remote.end(), [&](const queue_hold_source& src) {
+               return matched(src.topics) || src.filters.contains(filter);
+           });
 }
 
 void shard::release_for_new_route(std::string_view filter, const session_slot* by) {
@@ -808,17 +809,18 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     queue_hold& h = hold_of(slot);
     queue_hold_source* src = source_of(h, from);
     if (!src) src = &h.remote.emplace_back(queue_hold_source{from});
+    if (src->topics.size() < hold_topics_max) src->topics.emplace(topic);
     const auto told = [&](const std::string& f) { return routing::topic_matches(f, topic); };
-    if (std::any_of(src->topics.begin(), src->topics.end(), told)) return; // told already
-    // The gate closes for the session's filters that take the topic, so that one gate holds the publishers of every
-    // topic a wildcard subscriber gets (gated by topic, a queue fed many new topics at once filled its burst room
-    // before each had its own gate) and its list stays as long as the session's filters.
+    if (std::any_of(src->filters.begin(), src->filters.end(), told)) return; // told already
+    // The gate closes for the session's filters that take the topic at QoS 1 or 2, so that one gate holds the
+    // publishers of every topic a wildcard subscriber gets (gated by topic, a queue fed many new topics at once filled
+    // its burst room before each had its own gate) and its list stays as long as the session's filters.
     std::vector<std::string> filters;
     for (const auto& [filter, opts] : slot.s->subscriptions)
-        if (routing::topic_matches(filter, topic)) filters.push_back(filter);
+        if ((opts & 3) != 0 && routing::topic_matches(filter, topic)) filters.push_back(filter);
     if (filters.empty()) filters.emplace_back(topic); // (its route ends as this message passes: k_gate_drop follows)
     for (std::string& f : filters) {
-        src->topics.insert(f);
+        src->filters.insert(f);
         push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::move(f)});
         node_.gate_closes[id_ * n_ + from].fetch_add(1, std::memory_order_release); // (before drain_smp's note_taken)
     }
@@ -963,8 +965,8 @@ void shard::open_gate(unsigned from, uint64_t queue) {
 }
 
 void shard::drop_gate_topic(unsigned from, const std::string& topic, bool counted) {
-    remote_gate* g = gate_for(topic);
-    if (!g || g->shard != from) return;
+    remote_gate* g = gate_for(topic, from);
+    if (!g) return;
     // A topic of a wildcard filter that other subscribers there get too (its message counted by the queue, so the
     // gate's credit and turns add up): its messages go ungated from now on (its publishers are not held for one of
     // them), the rest of the filter's stay gated.
@@ -1108,6 +1110,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.remove_remote(*f, m.arg);
         ++trie_gen_;
+        if (!gates_.empty()) unexempt(m.arg, *f);
         return;
     }
     case k_publish: {
@@ -2853,17 +2856,29 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     }
 }
 
-shard::remote_gate* shard::gate_for(std::string_view topic) {
+shard::remote_gate* shard::gate_for(std::string_view topic, unsigned to) {
+    // (A gate of another shard's queue that had the topic before is passed over: that shard would tell anew, and a
+    // filter of this one that takes it, told already, would not be.)
     if (!gate_topics_.empty())
-        if (const auto it = gate_topics_.find(topic); it != gate_topics_.end()) return it->second;
+        if (const auto it = gate_topics_.find(topic); it != gate_topics_.end() && it->second->shard == to)
+            return it->second;
     for (const auto& [filter, g] : gate_filters_)
-        if (routing::topic_matches(filter, topic) && (g->exempt.empty() || !g->exempt.contains(topic))) return g;
+        if (g->shard == to && routing::topic_matches(filter, topic) &&
+            (g->exempt.empty() || !g->exempt.contains(topic)))
+            return g;
     return nullptr;
 }
 
+void shard::unexempt(unsigned from, std::string_view filter) {
+    // Those subscribers may have been what let a topic go ungated: it is gated again, and let go again by the next
+    // message it shows still reaching others too.
+    for (auto& [key, g] : gates_)
+        if (g.shard == from && !g.exempt.empty())
+            std::erase_if(g.exempt, [&](const std::string& t) { return routing::topic_matches(filter, t); });
+}
+
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
-    remote_gate* g = gate_for(topic);
-    if (g && g->shard != to) g = nullptr; // its subscriber is on another shard now: that shard tells anew
+    remote_gate* g = gate_for(topic, to);
     if (!g || leaving_) {
         push_holdable(to, msg.get()); // (one that has left is taken there as if no gate had closed yet)
         return;

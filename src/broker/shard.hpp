@@ -746,6 +746,10 @@ private:
         unsigned shard;
         uint64_t outstanding = 0;
         int64_t used_ms = 0; // when credit was last given or seen used (unused for publisher_hold_ms, it is forgotten)
+        topic_set filters;   // the session's filters that shard was told to gate (k_gate_close)
+        // The topics whose messages found the queue at its mark, up to hold_topics_max, as queue_hold::topics: a route
+        // change to one of them ends the hold. (Not the filters: a wildcard subscriber's would end it at every
+        // subscription anywhere that overlaps it.)
         topic_set topics;
     };
     // waiting also holds the turns of other shards' held clients: remote_token_bit | their shard.
@@ -797,7 +801,9 @@ private:
     uint64_t gate_reading_ = 0; // the client ease_gates reads again (it spends credit while others wait)
     const remote_gate* gate_reading_gate_ = nullptr; // and the gate whose credit it is
     // The gate fan_out found for the message it routes to one other shard, where its publisher may be held.
-    remote_gate* gate_for(std::string_view topic);
+    remote_gate* gate_for(std::string_view topic, unsigned to);
+    // A route deleted on shard `from`: topics its gates let go ungated for that route's subscribers are gated again.
+    void unexempt(unsigned from, std::string_view filter);
     void push_gated(unsigned to, session::message_ref& msg, std::string_view topic);
     // A QoS 1/2 message for another shard's sole subscriber, routed before any gate closed for its topic (its queue's
     // shard can hold its publisher only a round trip later, by which time its PUBACK is out): what is on its way so is

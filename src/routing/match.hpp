@@ -35,30 +35,4 @@ inline bool topic_matches(std::string_view filter, std::string_view topic) {
 // True when `filter` has a wildcard level ('+' or '#'; valid filters have them only as whole levels).
 inline bool has_wildcard(std::string_view filter) { return filter.find_first_of("+#") != std::string_view::npos; }
 
-// True when some topic matches both filters (both valid). Either may be a plain topic name: then it is the same
-// answer as topic_matches.
-inline bool filters_overlap(std::string_view a, std::string_view b) {
-    size_t i = 0, j = 0;
-    for (bool first = true;; first = false) {
-        const size_t ae = a.find('/', i);
-        const size_t be = b.find('/', j);
-        const std::string_view al = a.substr(i, ae == std::string_view::npos ? std::string_view::npos : ae - i);
-        const std::string_view bl = b.substr(j, be == std::string_view::npos ? std::string_view::npos : be - j);
-        const bool aw = al == "+" || al == "#";
-        const bool bw = bl == "+" || bl == "#";
-        // A leading wildcard never matches a '$' topic, which a leading '$' level makes every topic of the other.
-        if (first && ((aw && !bw && bl.starts_with('$')) || (bw && !aw && al.starts_with('$')))) return false;
-        if (al == "#" || bl == "#") return true;
-        if (!aw && !bw && al != bl) return false;
-        const bool a_last = ae == std::string_view::npos;
-        const bool b_last = be == std::string_view::npos;
-        if (a_last && b_last) return true;
-        // One ends here: the other matches its topics only with a last "#" level ("a/#" matches "a").
-        if (a_last) return b.substr(be + 1) == "#";
-        if (b_last) return a.substr(ae + 1) == "#";
-        i = ae + 1;
-        j = be + 1;
-    }
-}
-
 } // namespace ringmq::routing

@@ -1487,6 +1487,35 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         log = self.broker.log()
         self.assertNotIn(b"message on ex/slow dropped", log)
         self.assertIn(b"message on ex/fast dropped", log)  # the slow one's, past its limit
+        # The fast one leaves: ex/fast goes to the slow one alone again, and the end of its route (k_route_del) has
+        # the gate hold ex/fast again. 300 in one write, more than the slow queue's burst room (210): none lost.
+        fast.unsubscribe(["ex/fast"])
+        time.sleep(0.3)  # the route's end reaches the publishers' shard
+        b.send(b"".join(m.publish("ex/fast", b"%06d" % (910000 + k), qos=1, pid=1000 + k) for k in range(300)))
+        time.sleep(0.5)  # routed, or refused, before the slow one reads
+        got = Collector(slow, 300, timeout=5)
+        for k in range(300):
+            b.expect(m.puback(1000 + k), timeout=10)
+        self.assertEqual([int(x.payload[:6]) for x in got.join()], list(range(910000, 910300)))
+
+    def test_a_subscription_overlapping_a_gated_filter_on_no_held_topic_lets_nobody_go(self):
+        # The gate holds the slow subscriber's filter hold/#: clients subscribing, on either shard, to filters that
+        # overlap it but match no topic held (hold/other/x, hold/+/y) change nothing for hold/far, whose publisher
+        # stays held (a wildcard subscriber would otherwise let its publishers go at every such subscription).
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/#", 1)])
+        pub = self.client(self.cid("pub", 1))
+        sent = self.send_until_held(pub, "hold/far", 0)
+        for shard, f in ((0, "hold/other/x"), (1, "hold/+/y")):
+            self.client(self.cid(f"o{shard}", shard)).subscribe([(f, 1)])
+        with self.assertRaises(AssertionError):
+            pub.expect(m.puback(sent), timeout=1.0)
+        got = [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        pub.expect(m.puback(sent), timeout=5)
+        got += [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
+        self.assertEqual(got, list(range(sent)))
+        self.assertNotIn(b"dropped", self.broker.log())
 
     def test_a_held_qos2_client_on_another_shard_whose_connection_drops_loses_nothing_it_resends(self):
         # As within a shard: what it left unread is routed as it leaves as if no gate had closed, and the queue takes it

@@ -1,7 +1,5 @@
 #include "routing/topic_trie.hpp"
 
-#include "routing/match.hpp"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -805,46 +803,6 @@ TEST(topic_trie_remote, first_holder_counts_add_up_to_the_distinct_filters) {
     EXPECT_EQ(solo.first_holder_count(), solo.filter_count());
     solo.add_remote("x", 3); // a higher shard's bit changes nothing for shard 0
     EXPECT_EQ(solo.first_holder_count(), 2u);
-}
-
-// filters_overlap against its definition: some topic matches both. Every filter of up to three levels over
-// {x, $s (first level only), +, # (last only)} against every other, the witnesses being every topic of up to four
-// levels over {x, y, $s (first level only)}: a topic both match, if any, is among them.
-TEST(filters_overlap, agrees_with_a_search_for_a_topic_both_match) {
-    std::vector<std::string> filters, topics;
-    const auto grow = [](std::vector<std::string>& out, const std::vector<std::string>& levels, size_t depth,
-                         bool filter) {
-        std::vector<std::string> layer{""};
-        for (size_t d = 0; d < depth; ++d) {
-            std::vector<std::string> next;
-            for (const std::string& prefix : layer) {
-                if (filter && prefix.ends_with('#')) continue;
-                for (const std::string& l : levels) {
-                    if (l == "$s" && d != 0) continue;
-                    next.push_back(d == 0 ? l : prefix + "/" + l);
-                }
-            }
-            out.insert(out.end(), next.begin(), next.end());
-            layer = std::move(next);
-        }
-    };
-    grow(filters, {"x", "$s", "+", "#"}, 3, true);
-    grow(topics, {"x", "y", "$s"}, 4, false);
-    size_t overlapping = 0;
-    for (const std::string& a : filters)
-        for (const std::string& b : filters) {
-            const bool want = std::any_of(topics.begin(), topics.end(), [&](const std::string& t) {
-                return topic_matches(a, t) && topic_matches(b, t);
-            });
-            EXPECT_EQ(filters_overlap(a, b), want) << a << " and " << b;
-            overlapping += want;
-        }
-    // Both answers occur (the search is not vacuous either way).
-    EXPECT_GT(overlapping, 100u);
-    EXPECT_LT(overlapping, filters.size() * filters.size());
-    EXPECT_TRUE(has_wildcard("a/+/b"));
-    EXPECT_TRUE(has_wildcard("#"));
-    EXPECT_FALSE(has_wildcard("a/b"));
 }
 
 } // namespace
