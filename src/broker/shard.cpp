@@ -852,7 +852,14 @@ void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
 
 void shard::queue_turn(unsigned from, const void* queue) {
     queue_hold* h = nullptr;
-    if (remote_source(queue, from, &h)) h->waiting.emplace_back(remote_token_bit | from, now_ms_);
+    if (remote_source(queue, from, &h)) {
+        h->waiting.emplace_back(remote_token_bit | from, now_ms_);
+        return;
+    }
+    // A gate there that this shard keeps no record of (it forgot it as told, k_gate_forget, after closing it anew):
+    // no turn would ever come, and its clients, refused, would wait for good. It opens; the queue closes a gate anew
+    // at its mark.
+    push(from, k_gate_open, 0, queue_key(static_cast<const session_slot*>(queue)));
 }
 
 void shard::withdraw_turns(unsigned from, const void* queue, uint64_t n) {
@@ -2871,7 +2878,9 @@ shard::remote_gate* shard::gate_for(std::string_view topic, unsigned to) {
 
 void shard::unexempt(unsigned from, std::string_view filter) {
     // Those subscribers may have been what let a topic go ungated: it is gated again, and let go again by the next
-    // message it shows still reaching others too.
+    // message it shows still reaching others too. (Only a route's end: while any session there keeps the filter, its
+    // topics reach that session too, and a session with two filters that match a topic gets it twice, so the topic
+    // still goes to more than the queue.)
     for (auto& [key, g] : gates_)
         if (g.shard == from && !g.exempt.empty())
             std::erase_if(g.exempt, [&](const std::string& t) { return routing::topic_matches(filter, t); });
