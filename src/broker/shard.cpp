@@ -3141,19 +3141,23 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
                          cfg_.limits.max_queued_bytes, topic);
         break;
     case session::session::offer_result::refused:
-        refused_ = true;
-        if (leaving_) {
-            forgotten(topic);
-            break;
-        }
-        hold_publisher(slot, topic);
-        if (log::at_doubling(++refusals_))
-            log::info("session {}: {} messages ({} bytes) queued, past its limit's slack: client {}'s message on {} is "
-                      "not taken nor answered, it is read again in its turn ({} refused on this shard so far)",
-                      slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), publisher_->client_id(), topic,
-                      refusals_);
+        refuse_publisher(slot, topic);
         break;
     }
+}
+
+void shard::refuse_publisher(const session_slot& slot, std::string_view topic) {
+    refused_ = true;
+    if (leaving_) {
+        forgotten(topic);
+        return;
+    }
+    hold_publisher(slot, topic);
+    if (log::at_doubling(++refusals_))
+        log::info("session {}: {} messages ({} bytes) queued, past its limit's slack: client {}'s message on {} is "
+                  "not taken nor answered, it is read again in its turn ({} refused on this shard so far)",
+                  slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), publisher_->client_id(), topic,
+                  refusals_);
 }
 
 bool shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {

@@ -857,7 +857,9 @@ private:
     bool refused_ = false;
     bool remote_shared_ = false; // a message from another shard reached more than one subscriber here (fan_out)
     uint64_t refusals_ = 0;      // logged at doublings
-    uint64_t forgotten_ = 0;     // likewise: QoS 2 messages of clients that left, refused (unreceive)
+    // offer_to's refused case (rare: kept out of the offer's path).
+    [[gnu::cold, gnu::noinline]] void refuse_publisher(const session_slot& slot, std::string_view topic);
+    uint64_t forgotten_ = 0; // likewise: QoS 2 messages of clients that left, refused (unreceive)
     void forgotten(std::string_view topic);
     std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
     uint64_t transit_holds_ = 0;          // logged at doublings
