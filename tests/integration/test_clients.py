@@ -521,6 +521,28 @@ class HeldPublisherClientCases(ClientHelpers):
         self.assertNotRegex(self.broker.log(), self.DROP_LINE)
         self.assertRegex(self.broker.log(), self.HELD_LINE)
 
+    def test_many_mosquitto_pub_with_one_message_each_lose_nothing(self):
+        # 60 mosquitto_pub at once, each with one QoS 1 message on a topic of its own, to a paho subscriber of
+        # held/many/+ that takes one every 100 ms through a window of 1 and a queue of 8 (its room past its mark, with
+        # the burst room, is 36): each client is held only after its message, so past that room the message was
+        # dropped though answered (before stop 58). Now it is refused, unanswered, and mosquitto_pub waits for its
+        # PUBACK until its turn.
+        self.use_broker({"mqtt.max_queued_messages": 8, "mqtt.max_inflight": 1, "mqtt.publisher_hold_ms": 20000})
+        n, got = 60, []
+        self.slow_subscriber(self.sub_id("many-slow"), "held/many/+", 1, got, delay=0.1)
+        procs = []
+        for k in range(n):
+            p = subprocess.Popen(["timeout", "-s", "KILL", "40", PUB, "-h", "127.0.0.1", "-p", str(self.port), "-t",
+                                  f"held/many/{k}", "-q", "1", "-m", f"m{k:03d}", "-i", self.pub_id(f"many{k}-")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.addCleanup(p.kill)
+            procs.append(p)
+        for p in procs:
+            self.assertEqual(p.wait(45), 0, p.stdout.read())
+        self.wait_until(lambda: len(got) >= n, 20, lambda: f"{len(got)} of {n} delivered")
+        self.assertEqual(sorted(got), [f"m{k:03d}" for k in range(n)])
+        self.assertNotIn(b"dropped", self.broker.log())
+
     def test_a_slow_subscriber_taken_over_mid_flood_loses_nothing_acknowledged(self):
         # A persistent paho subscriber, slow, is taken over by a new paho connection with its client id while two
         # mosquitto_pub are held for its queue: every PUBACKed message reaches one of the two connections (those in
