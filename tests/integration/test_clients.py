@@ -3,6 +3,7 @@
 
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -529,7 +530,15 @@ class HeldPublisherClientCases(ClientHelpers):
         # PUBACK until its turn.
         self.use_broker({"mqtt.max_queued_messages": 8, "mqtt.max_inflight": 1, "mqtt.publisher_hold_ms": 20000})
         n, got = 60, []
-        self.slow_subscriber(self.sub_id("many-slow"), "held/many/+", 1, got, delay=0.1)
+        sub = self.slow_subscriber(self.sub_id("many-slow"), "held/many/+", 1, got, delay=0.1)
+        started = threading.Event()  # it takes nothing until a message has been refused
+
+        def on_message(c, u, msg):
+            started.wait(30)
+            time.sleep(0.1)
+            got.append(msg.payload.decode())
+
+        sub.c.on_message = on_message
         procs = []
         for k in range(n):
             p = subprocess.Popen(["timeout", "-s", "KILL", "40", PUB, "-h", "127.0.0.1", "-p", str(self.port), "-t",
@@ -537,6 +546,9 @@ class HeldPublisherClientCases(ClientHelpers):
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self.addCleanup(p.kill)
             procs.append(p)
+        refused = re.compile(rb"is not taken nor answered|is not read until (a queue on )?shard")
+        self.wait_until(lambda: refused.search(self.broker.log()), 20, "a message refused")
+        started.set()
         for p in procs:
             self.assertEqual(p.wait(45), 0, p.stdout.read())
         self.wait_until(lambda: len(got) >= n, 20, lambda: f"{len(got)} of {n} delivered")

@@ -1456,6 +1456,8 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         slow.subscribe([("ex/#", 1)])
         fast = self.on0("fast")
         fast.subscribe([("ex/fast", 1)])
+        probe = self.client(self.cid("probe", 1))
+        probe.subscribe([("probe/x", 0)])
         a = self.client(self.cid("a", 1))
         sent = self.send_until_held(a, "ex/slow", 0)  # its last one refused
         b = self.client(self.cid("b", 1))
@@ -1490,7 +1492,10 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         # The fast one leaves: ex/fast goes to the slow one alone again, and the end of its route (k_route_del) has
         # the gate hold ex/fast again. 300 in one write, more than the slow queue's burst room (210): none lost.
         fast.unsubscribe(["ex/fast"])
-        time.sleep(0.3)  # the route's end reaches the publishers' shard
+        # A message from shard 0 to a subscriber on shard 1, sent after the unsubscribe, comes after the route's end
+        # in that queue: once it arrives, shard 1 has gated ex/fast again.
+        probe.publish("probe/x", b"after", qos=0)
+        self.assertEqual(probe.recv_publish().payload, b"after")
         b.send(b"".join(m.publish("ex/fast", b"%06d" % (910000 + k), qos=1, pid=1000 + k) for k in range(300)))
         time.sleep(0.5)  # routed, or refused, before the slow one reads
         got = Collector(slow, 300, timeout=5)
