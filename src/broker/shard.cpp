@@ -912,31 +912,18 @@ void shard::close_gate(unsigned from, gate_close& g) {
         gate.queue = g.queue;
         gate.used_ms = now_ms_;
     }
-    if (routing::has_wildcard(g.topic)) {
-        const auto t =
-            std::find_if(gate_filters_.begin(), gate_filters_.end(), [&](const auto& e) { return e.first == g.topic; });
-        if (t == gate_filters_.end()) {
-            gate_filters_.emplace_back(g.topic, &gate);
-        } else {
-            if (t->second == &gate) return;
-            t->second->topics.erase(g.topic); // its subscriber changed: the filter is this queue's now
-            t->second = &gate;
-        }
-        gate.topics.insert(std::move(g.topic));
-        return;
-    }
-    const auto [t, added] = gate_topics_.try_emplace(g.topic, &gate);
+    const auto [t, added] = gate_index(g.topic).try_emplace(g.topic, &gate);
     if (!added) {
         if (t->second == &gate) return;
-        // Its subscriber changed: the topic goes to this queue now.
+        // Its subscriber changed: the filter goes to this queue now.
         t->second->topics.erase(g.topic);
         t->second = &gate;
     }
     gate.topics.insert(std::move(g.topic));
 }
 
-void shard::forget_gate_filter(std::string_view filter, const remote_gate* g) {
-    std::erase_if(gate_filters_, [&](const auto& e) { return e.second == g && e.first == filter; });
+shard::gate_map& shard::gate_index(std::string_view filter) {
+    return routing::has_wildcard(filter) ? gate_filters_ : gate_topics_;
 }
 
 void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
@@ -957,11 +944,10 @@ void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
 
 void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::iterator it) {
     remote_gate& g = it->second;
-    for (const std::string& topic : g.topics)
-        if (routing::has_wildcard(topic))
-            forget_gate_filter(topic, &g);
-        else if (const auto t = gate_topics_.find(topic); t != gate_topics_.end() && t->second == &g)
-            gate_topics_.erase(t);
+    for (const std::string& topic : g.topics) {
+        auto& index = gate_index(topic);
+        if (const auto t = index.find(topic); t != index.end() && t->second == &g) index.erase(t);
+    }
     for (const auto& [id, since] : g.waiting)
         unheld_.push_back(id);
     gates_.erase(it);
@@ -1763,11 +1749,8 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                 }
             } else if (first == 0x32) {
                 if (publish_qos12<1>(c, p + off, h, fast_route)) {
-                    if (refused_) [[unlikely]] {
-                        refused_ = false;
-                        --m_.packets_received;
+                    if (take_refusal()) [[unlikely]]
                         break; // left unread: handled again in its client's turn
-                    }
                     off += total;
                     if (c.queue_held) [[unlikely]]
                         break;
@@ -1782,11 +1765,8 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
                 }
             } else if (first == 0x34) {
                 if (publish_qos12<2>(c, p + off, h, fast_route)) {
-                    if (refused_) [[unlikely]] {
-                        refused_ = false;
-                        --m_.packets_received;
+                    if (take_refusal()) [[unlikely]]
                         break; // left unread: handled again in its client's turn
-                    }
                     off += total;
                     if (c.queue_held) [[unlikely]]
                         break;
@@ -1807,10 +1787,8 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         off += total;
         ++m_.packets_received;
         if (!dispatch(c, h, body, rest)) break;
-        if (refused_) [[unlikely]] {
-            refused_ = false;
+        if (take_refusal()) [[unlikely]] {
             off -= total;
-            --m_.packets_received;
             break;
         }
         if (c.handed_off || c.refused) return n;

@@ -792,11 +792,13 @@ private:
     };
     std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
     // The gates' filters: those without a wildcard by name, the others (a wildcard subscriber's: one gate for all
-    // its publishers' topics, however many) in a list matched against a topic only when the name is not found.
-    std::unordered_map<std::string, remote_gate*, topic_hash, std::equal_to<>> gate_topics_;
-    std::vector<std::pair<std::string, remote_gate*>> gate_filters_;
+    // its publishers' topics, however many) apart, matched one by one against a topic only when the name is not
+    // found.
+    using gate_map = std::unordered_map<std::string, remote_gate*, topic_hash, std::equal_to<>>;
+    gate_map gate_topics_;
+    gate_map gate_filters_;
     bool gates_closed() const { return !gate_topics_.empty() || !gate_filters_.empty(); }
-    void forget_gate_filter(std::string_view filter, const remote_gate* g);
+    gate_map& gate_index(std::string_view filter);             // the one of the two a gate's filter goes in
     std::vector<std::pair<unsigned, uint64_t>> gates_to_ease_; // given credit this turn: ease_gates reads them again
     uint64_t gate_reading_ = 0; // the client ease_gates reads again (it spends credit while others wait)
     const remote_gate* gate_reading_gate_ = nullptr; // and the gate whose credit it is
@@ -855,6 +857,13 @@ private:
     // what waits is the client's own bytes (within held_rx_max), however many clients bring one message each.
     bool refusable_ = false;
     bool refused_ = false;
+    // process(): the PUBLISH just handled was refused (its packet is counted again when it is read again).
+    bool take_refusal() {
+        if (!refused_) return false;
+        refused_ = false;
+        --m_.packets_received;
+        return true;
+    }
     bool remote_shared_ = false; // a message from another shard reached more than one subscriber here (fan_out)
     uint64_t refusals_ = 0;      // logged at doublings
     // offer_to's refused case (rare: kept out of the offer's path).
