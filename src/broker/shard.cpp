@@ -1108,6 +1108,8 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     }
     case k_publish: {
         auto msg = session::message_ref::adopt(static_cast<session::message*>(m.ptr));
+        if (msg->retain()) [[unlikely]]
+            store_live(msg); // a gated retained update its gate sent on ungated (push_gated)
         const std::string_view topic = msg->topic();
         const auto payload = msg->payload();
         const uint8_t qos = msg->qos();
@@ -1123,6 +1125,8 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     case k_publish_credited:
     case k_publish_held: {
         auto msg = session::message_ref::adopt(static_cast<session::message*>(m.ptr));
+        if (msg->retain()) [[unlikely]]
+            store_live(msg);
         struct remote_scope {
             shard& s;
             ~remote_scope() {
@@ -2336,22 +2340,41 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
             return true;
         }
     }
-    bool retained_everywhere = false;
-    if (pv.retain) {
-        const uint64_t backlogged = outbox_.backlogged();
-        retained_everywhere = retain_from(pv.topic, pv.payload, pv.qos);
-        send_after_backlog(c, backlogged);
-    }
     session::message_ref msg;
     route_entry& re = known && known->gen == trie_gen_ ? *known : route_lookup(pv.topic);
     re.checked = true; // the topic passed every PUBLISH check above
-    refusable_ = pv.qos != 0 && !pv.retain;
+    // A retained message is stored once it is routed, unless a queue refused it (offer_to): refused, it is stored
+    // when its client sends it again, as any refused message is taken then (until stop 59 the store took it first, so
+    // a full queue could not refuse it, and dropped it though it was answered).
+    const retain_check rc = pv.retain ? check_retain(pv.topic, pv.payload) : retain_check::off;
+    const bool everywhere = rc == retain_check::store && n_ > 1;
+    unsigned gated_to = n_;
+    if (everywhere) [[unlikely]] {
+        // The update each other shard stores is its live copy too (share_retained), so the fan-out forwards nothing;
+        // but where the message is for one other shard's subscribers alone, the update goes there as a message that
+        // may hold its client (and is refused as one), and that shard stores it as it arrives (handle_smp).
+        const uint64_t remote = re.mask & ~(uint64_t{1} << id_);
+        if (holdable_forward(re.matches.empty() && remote != 0 && (remote & (remote - 1)) == 0, pv.qos)) {
+            gated_to = static_cast<unsigned>(__builtin_ctzll(remote));
+            msg = retained_update(pv.topic, pv.payload, pv.qos);
+        }
+    }
+    const uint64_t backlogged = outbox_.backlogged();
+    refusable_ = pv.qos != 0;
     fan_out(re, pv.topic, pv.payload, pv.qos, msg, true, verbatim ? raw_frames{frame} : raw_frames{},
-            !retained_everywhere);
+            !everywhere || gated_to != n_);
     refusable_ = false;
     if (refused_) [[unlikely]] {
         unreceive(c, pv.qos, pv.packet_id);
         return true;
+    }
+    if (rc == retain_check::store) {
+        if (gated_to == n_) msg = retained_update(pv.topic, pv.payload, pv.qos);
+        share_retained(msg, gated_to);
+        // The ack waits until the update is on its way to every other shard (and the live copy with it).
+        send_after_backlog(c, backlogged);
+    } else if (rc != retain_check::off) {
+        not_retained(rc, pv.topic, pv.payload.size());
     }
     if (pv.qos == 1) {
         send_ack(c, mqtt::packet_type::puback, pv.packet_id);
@@ -2828,7 +2851,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
         // For that shard's subscribers alone, from a client: it may be held here for a queue there (whether it can
         // be is asked only where a gate would hold it: its session is not read for every message).
-        if (publisher_ && qos != 0 && one_shard && cfg_.limits.publisher_hold_ms != 0 && (!leaving_ || qos == 2)) {
+        if (holdable_forward(one_shard, qos)) {
             if (!gates_closed())
                 push_holdable(to, msg.get());
             else
@@ -3139,40 +3162,66 @@ void shard::refuse_publisher(const session_slot& slot, std::string_view topic) {
 }
 
 bool shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
-    if (!cfg_.limits.retain_available || !node_.retainer_active.load(std::memory_order_relaxed)) return false;
-    if (payload.size() > cfg_.limits.max_retained_payload) {
-        if (log::at_doubling(retained_too_large_))
-            log::warn("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {} ({} refused "
-                      "for their size on this shard so far)",
-                      topic, payload.size(), cfg_.limits.max_retained_payload, retained_too_large_);
+    const retain_check rc = check_retain(topic, payload);
+    if (rc != retain_check::store) {
+        not_retained(rc, topic, payload.size());
         return false;
     }
+    return share_retained(retained_update(topic, payload, qos), n_);
+}
+
+shard::retain_check shard::check_retain(std::string_view topic, std::span<const uint8_t> payload) const {
+    if (!cfg_.limits.retain_available || !node_.retainer_active.load(std::memory_order_relaxed))
+        return retain_check::off;
+    if (payload.size() > cfg_.limits.max_retained_payload) return retain_check::too_large;
     // mqtt.max_retained_messages is weighed here only, by the shard the PUBLISH came to: what it admits every shard
     // stores (store_retained takes no limit), so the copies stay the same. Near the limit the count
     // can pass it by the new topics stored on several shards at the same moment.
-    if (retained_.full_for(topic, payload.empty(), cfg_.limits.max_retained_messages)) {
+    if (retained_.full_for(topic, payload.empty(), cfg_.limits.max_retained_messages)) return retain_check::full;
+    return retain_check::store;
+}
+
+void shard::not_retained(retain_check why, std::string_view topic, size_t payload_size) {
+    if (why == retain_check::too_large) {
+        if (log::at_doubling(retained_too_large_))
+            log::warn("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {} ({} refused "
+                      "for their size on this shard so far)",
+                      topic, payload_size, cfg_.limits.max_retained_payload, retained_too_large_);
+    } else if (why == retain_check::full) {
         if (log::at_doubling(retained_full_))
             log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} refused on this "
                       "shard so far)",
                       topic, cfg_.limits.max_retained_messages, retained_full_);
-        return false;
     }
-    // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
-    // before a PUBACK is visible to any later subscribe on any shard (README, "Design decisions").
-    const auto m = session::message_ref::adopt(session::message::make(topic, payload, qos, true));
+}
+
+session::message_ref shard::retained_update(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
+    auto m = session::message_ref::adopt(session::message::make(topic, payload, qos, true));
     // The node-wide order of retained updates: where two shards' updates of a topic cross on the way, every shard
     // keeps the later one (retained_store::store).
     m->set_stamp(node_.retained_seq.fetch_add(1, std::memory_order_relaxed) + 1);
+    return m;
+}
+
+bool shard::share_retained(const session::message_ref& m, unsigned skip) {
+    // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
+    // before a PUBACK is visible to any later subscribe on any shard (README, "Design decisions").
     // The update is also the live copy for the other shards' subscribers (handle_smp): sent apart, a subscriber whose
     // route had not reached this shard yet missed it live, having been sent the topic's older retained message by its
-    // own shard, which then stored this one and sent it nowhere.
+    // own shard, which then stored this one and sent it nowhere. (`skip` was sent it as a message that may hold its
+    // client, and stores it as it arrives: on_publish.)
     for (unsigned to = 0; to < n_; ++to) {
-        if (to == id_) continue;
+        if (to == id_ || to == skip) continue;
         m->add_ref();
         push_weighed(to, k_retain, m->size(), m.get());
     }
     store_retained(m);
     return n_ > 1;
+}
+
+void shard::store_live(session::message_ref& msg) {
+    store_retained(msg);
+    msg = session::message_ref::adopt(session::message::make(msg->topic(), msg->payload(), msg->qos(), false));
 }
 
 void shard::store_retained(const session::message_ref& m) {

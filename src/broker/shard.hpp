@@ -495,6 +495,25 @@ private:
     // True when the update went to every other shard (k_retain), which then also delivers it to its own subscribers:
     // the caller's fan-out must not forward it again.
     bool retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
+    // What the store would do with a retained PUBLISH, weighed before it is routed and acted on after (on_publish): a
+    // message a queue refuses (offer_to) is stored when it is handled again, not twice, nor if it never comes back.
+    enum class retain_check : uint8_t { store, off, too_large, full };
+    retain_check check_retain(std::string_view topic, std::span<const uint8_t> payload) const;
+    // Logs and counts why a retained message was not stored (too_large, full).
+    void not_retained(retain_check why, std::string_view topic, size_t payload_size);
+    // A retained update, stamped in the node-wide order of updates (retained_store::store).
+    session::message_ref retained_update(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
+    // A retained update sent as the live copy for this shard's subscribers alone (on_publish: k_publish_holdable,
+    // _credited, _held, or k_publish where its gate could not hold its client): stored as k_retain's is, and replaced
+    // by a copy without the flag to deliver [MQTT-3.3.1-9].
+    void store_live(session::message_ref& msg);
+    // Stores m here and sends it to every other shard but `skip` (k_retain); true when it went to another shard.
+    bool share_retained(const session::message_ref& m, unsigned skip);
+    // Whether a client's message for one other shard's subscribers alone goes where a gate there may hold its client
+    // (push_holdable, push_gated) rather than as a plain forward.
+    bool holdable_forward(bool one_shard, uint8_t qos) const {
+        return publisher_ && qos != 0 && one_shard && cfg_.limits.publisher_hold_ms != 0 && (!leaving_ || qos == 2);
+    }
     void broadcast_route(uint32_t kind, const std::string& filter);
     // Completes the partial packet in c.rx from the front of p[0..n) and handles it; returns the bytes of p taken.
     size_t complete_partial(connection& c, const uint8_t* p, size_t n);
