@@ -1208,8 +1208,15 @@ void shard::take_handoff(handoff* hp) {
         return;
     }
     connection& c = adopt(h->fd, h->peer);
+    const uint64_t published_before = m_.messages_received;
     process_input(c, h->bytes.data(), h->bytes.size());
-    if (c.st != connection::state::closing && !c.recv_armed) arm_recv(c);
+    if (c.st == connection::state::closing) return;
+    // As after any receive (on_recv): what it published with its CONNECT counts toward this shard's cross-shard hold,
+    // and one whose unhandled bytes stopped its receive (a full queue holds it) is not read on meanwhile.
+    if (holding_ && m_.messages_received != published_before) [[unlikely]]
+        hold_recv(c);
+    else if (!c.recv_armed && !c.needs_rearm)
+        arm_recv(c);
 }
 
 void shard::flush() {
