@@ -160,8 +160,8 @@ shard::shard(node& n, unsigned id, int listen_fd)
             const uint64_t burst = times != 0 ? std::min<uint64_t>(burst_bytes, times * qb) : 0;
             ungated_bytes_half_ = std::max<uint64_t>((qb - hold_mark_bytes_ + qb / 4 + burst) / parts / 2, 1);
         } else if (times != 0) {
-            // No byte limit: the burst keeps the queue's bytes within mqtt.max_cross_shard_bytes, some of which what
-            // it held at its mark took already (unknown here).
+            // No byte limit: the queue takes up to mqtt.max_cross_shard_bytes past its quarter, whatever it held at
+            // its mark (session::burst_room), so that the other shards' shares together (under half of it) fit.
             ungated_bytes_half_ = std::max<uint64_t>(burst_bytes / parts / 2, 1);
         }
         ungated_.resize(n_);

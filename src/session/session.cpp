@@ -77,12 +77,20 @@ session::offer_result session::offer(message_ref msg, uint8_t qos, bool online, 
         }
     }
     const uint64_t bytes = msg->data_size();
-    if (!room_for(bytes, past_limit) && !(past_limit && burst_room(bytes)) && !(qos > 0 && drop_qos0_for(bytes))) {
-        if (refuse) return offer_result::refused;
-        ++dropped_;
-        return offer_result::dropped;
+    bool burst = false;
+    if (!room_for(bytes, past_limit)) {
+        burst = past_limit && burst_room(bytes);
+        if (!burst && !(qos > 0 && drop_qos0_for(bytes))) {
+            if (refuse) return offer_result::refused;
+            ++dropped_;
+            return offer_result::dropped;
+        }
     }
     entries_.push_back(outgoing{std::move(msg), 0, qos, false});
+    if (burst) [[unlikely]] {
+        entries_.back().burst = true;
+        burst_bytes_ += bytes;
+    }
     queued_bytes_ += bytes;
     queued_q0_ += qos == 0;
     return offer_result::queued;
@@ -129,7 +137,9 @@ bool session::drop_qos0_for(uint64_t bytes) {
             ++i;
             continue;
         }
-        queued_bytes_ -= entries_[i].msg->data_size();
+        const uint64_t b = entries_[i].msg->data_size();
+        queued_bytes_ -= b;
+        if (entries_[i].burst) burst_bytes_ -= b;
         entries_.erase(entries_.begin() + i);
         --queued_q0_;
         ++dropped_;
@@ -156,6 +166,10 @@ const outgoing* session::admit(message_ref&& msg, uint8_t qos) {
 const outgoing* session::take_next() {
     outgoing& next = entries_[inflight_];
     queued_bytes_ -= next.msg->data_size();
+    if (next.burst) [[unlikely]] {
+        burst_bytes_ -= next.msg->data_size();
+        next.burst = false;
+    }
     if (next.qos == 0) {
         --queued_q0_;
         handed_out = std::move(next);
@@ -244,6 +258,7 @@ void session::clear_messages() {
     entries_.clear();
     inflight_ = 0;
     queued_bytes_ = 0;
+    burst_bytes_ = 0;
     queued_q0_ = 0;
     qos2_.reset();
 }

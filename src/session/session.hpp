@@ -28,9 +28,10 @@ struct limits {
     uint32_t max_queued = 1000;    // messages waiting beyond the window; 0 = unlimited
     uint16_t max_awaiting_rel = 0; // incoming QoS 2 ids awaiting PUBREL; 0 = unlimited
     // offer's past_limit: a message that finds no room even in the quarter past the limits is still queued while the
-    // queue's bytes stay within that quarter plus burst_kib KiB, and its limits within burst_limits times more (a
-    // message that was on its way from another shard before that shard could hold its publisher: it took that memory
-    // already, see shard::offer_to). 0 = none. (Small fields: session fits its size class.)
+    // messages so taken stay within burst_kib KiB (with max_queued_bytes: while the queue's bytes stay within its
+    // quarter plus burst_kib KiB), and its limits within burst_limits times more (a message that was on its way from
+    // another shard before that shard could hold its publisher: it took that memory already, see shard::offer_to).
+    // 0 = none. (Small fields: session fits its size class.)
     uint16_t burst_limits = 4;
     uint32_t burst_kib = 0;
     uint64_t max_queued_bytes = 0; // topic and payload bytes of the messages waiting beyond the window; 0 = unlimited
@@ -41,7 +42,8 @@ struct outgoing {
     message_ref msg;
     uint16_t pid = 0;
     uint8_t qos = 0;       // effective QoS: min(published, granted)
-    bool released = false; // QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
+    bool released : 1 = false; // QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
+    bool burst : 1 = false;    // queued past the limits' quarter (limits::burst_kib): counted in session::burst_bytes_
     uint32_t pid_step = 0; // the session's packet-id step when pid was given (see session::pid_step_)
 };
 
@@ -204,7 +206,9 @@ private:
     }
     // limits::burst_kib: room past the slack for that many bytes (as they were counted on their way), and at most
     // burst_limits times each limit more, so that a queue fed by many new topics at once, each gated only after a
-    // round trip, stays bounded by its own limits too.
+    // round trip, stays bounded by its own limits too. Without max_queued_bytes the bytes taken past the slack are
+    // counted apart from the rest (burst_bytes_): counted with them, a queue whose messages at its mark came near
+    // burst_kib had no room left for smaller ones that were on their way (until stop 59).
     bool burst_room(uint64_t bytes) const {
         const uint64_t times = limits_.burst_limits;
         const uint64_t in_flight_bytes = uint64_t{limits_.burst_kib} << 10;
@@ -213,8 +217,8 @@ private:
             limits_.max_queued + std::max<uint32_t>(limits_.max_queued / 4, 1) + times * limits_.max_queued;
         if (limits_.max_queued != 0 && queue_len() >= most) return false;
         const uint64_t qb = limits_.max_queued_bytes;
-        const uint64_t extra = qb != 0 ? std::min(in_flight_bytes, times * qb) : in_flight_bytes;
-        return queued_bytes_ + bytes <= qb + qb / 4 + extra;
+        if (qb == 0) return burst_bytes_ + bytes <= in_flight_bytes;
+        return queued_bytes_ + bytes <= qb + qb / 4 + std::min(in_flight_bytes, times * qb);
     }
     static uint32_t step_age(uint32_t step, uint32_t at) { return step >= at ? step - at : step + pid_step_mod - at; }
     static uint16_t pid_at(uint32_t step) { return static_cast<uint16_t>(step % 65535 + 1); }
@@ -243,6 +247,7 @@ private:
     std::unique_ptr<uint64_t[]> pid_bits_;
     uint64_t dropped_ = 0;
     uint64_t queued_bytes_ = 0;
+    uint64_t burst_bytes_ = 0; // of the queued entries marked burst (without max_queued_bytes, see burst_room)
     limits limits_;
     uint32_t inflight_ = 0;
     // Kept so that a full queue of QoS 1/2 messages answers "no QoS 0 to drop" at once: the scan for them cost a walk

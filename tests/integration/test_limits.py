@@ -1494,6 +1494,36 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertEqual([(x.payload, x.retain) for x in live], [(b"state", False)])
         self.assertNotIn(b"dropped", self.broker.log())
 
+    def test_a_queue_of_large_messages_at_its_mark_takes_smaller_ones_on_their_way_past_its_quarter(self):
+        # No mqtt.max_queued_bytes: past its quarter a queue takes what was on its way from another shard up to
+        # mqtt.max_cross_shard_bytes (64 KiB here) of those messages. Until stop 59 that counted the queue's whole bytes,
+        # so a queue whose 9.5 KiB messages at its mark passed 64 KiB had no such room, and the smaller messages another
+        # client's shard routed to it on another filter (not gated yet) were dropped past the quarter though answered.
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_messages": 8, "mqtt.max_cross_shard_bytes": 65536,
+                         "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("big/#", 1), ("small/#", 1)])
+        a = self.client(self.cid("a", 1))
+        sent = 0
+        for i in range(20):
+            a.send(m.publish("big/a", b"%06d" % i + b"x" * 9722, qos=1, pid=i + 1))
+            try:
+                a.expect(m.puback(i + 1), timeout=0.5)
+            except AssertionError:
+                sent = i + 1  # refused: the gate for big/# is closed
+                break
+        self.assertGreaterEqual(sent, 8, "1 in the window, 6 queued, the one that found the queue at its mark")
+        b = self.client(self.cid("b", 1))
+        b.send(b"".join(m.publish("small/b", b"%06d" % (100 + k), qos=1, pid=k + 1) for k in range(20)))
+        time.sleep(0.5)  # all routed (or refused) before the subscriber takes any
+        got = Collector(sub, sent + 20, timeout=5)
+        a.expect(m.puback(sent), timeout=5)
+        for k in range(20):
+            b.expect(m.puback(k + 1), timeout=5)
+        self.assertEqual(sorted(int(x.payload[:6]) for x in got.join()), list(range(sent)) + list(range(100, 120)))
+        sub.expect_no_packet(0.2)
+        self.assertNotIn(b"dropped", self.broker.log())
+
     def test_a_wildcard_gate_lets_a_topic_another_subscriber_gets_too_go_ungated(self):
         # The gate closes for the slow subscriber's filter (ex/#), and a fast subscriber on its shard gets ex/fast too.
         # The first ex/fast message finds the gate, is refused and waits for a turn like any of its topics; sent with

@@ -306,7 +306,8 @@ limits burst(uint32_t queued, uint32_t kib) {
 
 TEST(Session, BurstKiBTakeMessagesPastTheQuarterUpToTheirBound) {
     // Messages that were on their way from another shard before it could hold their publisher (shard::offer_to):
-    // queued past the quarter while the queue's bytes stay within the byte slack plus burst_kib.
+    // queued past the quarter while those stay within burst_kib (with a byte limit: while the queue's bytes stay
+    // within its quarter plus burst_kib, below).
     const outgoing* o = nullptr;
     session s("c", false, burst(4, 1));
     ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
@@ -314,9 +315,10 @@ TEST(Session, BurstKiBTakeMessagesPastTheQuarterUpToTheirBound) {
         ASSERT_EQ(s.offer(msg("m" + std::to_string(i)), 1, true, &o, true), offer::queued) << i;
     // Each message is "t/x" and its payload: 5 bytes each, 25 queued.
     EXPECT_EQ(s.queued_bytes(), 25u);
-    EXPECT_EQ(s.offer(msg(std::string(996, 'x')), 1, true, &o), offer::dropped) << "only past the limit";
-    EXPECT_EQ(s.offer(msg(std::string(996, 'x')), 1, true, &o, true), offer::queued) << "1024 bytes";
+    EXPECT_EQ(s.offer(msg(std::string(1021, 'x')), 1, true, &o), offer::dropped) << "only past the limit";
+    EXPECT_EQ(s.offer(msg(std::string(1021, 'x')), 1, true, &o, true), offer::queued) << "1024 bytes past the quarter";
     EXPECT_EQ(s.offer(msg(""), 1, true, &o, true), offer::dropped) << "1027 bytes would pass 1 KiB";
+    EXPECT_EQ(s.queued_bytes(), 1049u);
 
     // At most four times the limit more than the quarter, any QoS: 4 + 1 + 16 messages.
     session w("c", false, burst(4, 1024));
@@ -351,6 +353,38 @@ TEST(Session, BurstKiBTakeMessagesPastTheQuarterUpToTheirBound) {
         EXPECT_EQ(b.offer(msg(""), 1, true, &o, true), offer::dropped) << most + 3;
         EXPECT_EQ(b.queued_bytes(), most);
     }
+}
+
+TEST(Session, WithoutAByteLimitTheBurstCountsOnlyTheBytesTakenPastTheSlack) {
+    // No max_queued_bytes: the bytes the queue holds within its limits' quarter do not use up the burst's room. Until
+    // stop 59 they did, so a queue of large messages at its mark had no burst room left for smaller ones already on
+    // their way from another shard (the publishers' shard bounds those by a share of burst_kib, not knowing the queue's
+    // bytes), and dropped them though their publishers were answered.
+    const outgoing* o = nullptr;
+    session s("c", false, burst(4, 1)); // a window of 1, 4 queued, 5 with the quarter, then 1 KiB past it
+    ASSERT_EQ(s.offer(msg("a"), 1, true, &o), offer::send);
+    for (int i = 0; i < 5; ++i)
+        ASSERT_EQ(s.offer(msg(std::string(1997, 'x')), 1, true, &o, true), offer::queued) << i; // 2000 bytes each
+    for (int i = 0; i < 4; ++i)
+        ASSERT_EQ(s.offer(msg(std::string(253, 'y')), 1, true, &o, true), offer::queued) << i; // 256 bytes each
+    EXPECT_EQ(s.queued_bytes(), 11024u);
+    EXPECT_EQ(s.offer(msg(""), 1, true, &o, true), offer::dropped) << "1027 bytes past the slack";
+    EXPECT_EQ(s.offer(msg(""), 1, true, &o, true, true), offer::refused);
+    // The burst's bytes go back as its messages leave the queue: with the five large ones and one small one through
+    // the window, and two large ones more within the quarter, one small one fits past it again (the queue holds 4768
+    // bytes).
+    const auto pass_one = [&s] {
+        ASSERT_TRUE(s.on_puback(s.window().front().pid));
+        ASSERT_NE(s.next_ready(), nullptr);
+    };
+    for (int i = 0; i < 6; ++i)
+        pass_one();
+    EXPECT_EQ(text(&s.window().front()), std::string(253, 'y')); // (the first small one, in the window)
+    for (int i = 0; i < 2; ++i)
+        EXPECT_EQ(s.offer(msg(std::string(1997, 'z')), 1, true, &o, true), offer::queued) << "within the quarter";
+    EXPECT_EQ(s.offer(msg(std::string(253, 'w')), 1, true, &o, true), offer::queued) << "768 + 256 bytes past it";
+    EXPECT_EQ(s.offer(msg(""), 1, true, &o, true), offer::dropped);
+    EXPECT_EQ(s.queued_bytes(), 5024u);
 }
 
 TEST(Session, AFullQueueDropsItsOldestQoS0ForAQoS1Message) {
