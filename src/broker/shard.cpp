@@ -1207,6 +1207,9 @@ void shard::take_handoff(handoff* hp) {
         node_.connections.fetch_sub(1, std::memory_order_relaxed);
         return;
     }
+    // As on_recv: a client that closed earlier in this batch of completions may still be listed as held.
+    if (!hold_gone_.empty()) [[unlikely]]
+        forget_gone_holds();
     connection& c = adopt(h->fd, h->peer);
     const uint64_t published_before = m_.messages_received;
     process_input(c, h->bytes.data(), h->bytes.size());
@@ -3119,8 +3122,9 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
                       may_hold_publisher(slot);
     if (remote_kind_ > k_publish_holdable) [[unlikely]]
         gated_arrived(slot, qos);
-    // A message held so is taken even past the slack while the queue's bytes stay within mqtt.max_cross_shard_bytes
-    // (session::limits::burst_kib), which bounds what another shard has on its way here: what it routed before it
+    // A message held so is taken even past the slack while what the queue took past it stays within
+    // mqtt.max_cross_shard_bytes (session::limits::burst_kib; with mqtt.max_queued_bytes, while the queue's bytes stay
+    // within that past the byte limit's quarter), which bounds what another shard has on its way here: what it routed before it
     // could know of this hold (or within the credit or turn it was given) has taken its memory already and its
     // publisher was answered, so that dropped here it would be lost. Those make the queue pass its slack in a burst,
     // and a client of this shard is held at its next message then, which must not be lost either (one per held
