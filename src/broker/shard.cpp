@@ -3124,10 +3124,10 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
         gated_arrived(slot, qos);
     // A message held so is taken even past the slack while what the queue took past it stays within
     // mqtt.max_cross_shard_bytes (session::limits::burst_kib; with mqtt.max_queued_bytes, while the queue's bytes stay
-    // within that past the byte limit's quarter), which bounds what another shard has on its way here: what it routed before it
-    // could know of this hold (or within the credit or turn it was given) has taken its memory already and its
-    // publisher was answered, so that dropped here it would be lost. Those make the queue pass its slack in a burst,
-    // and a client of this shard is held at its next message then, which must not be lost either (one per held
+    // within that past the byte limit's quarter), which bounds what another shard has on its way here: what it routed
+    // before it could know of this hold (or within the credit or turn it was given) has taken its memory already and
+    // its publisher was answered, so that dropped here it would be lost. Those make the queue pass its slack in a
+    // burst, and a client of this shard is held at its next message then, which must not be lost either (one per held
     // client).
     const bool refuse = hold && refusable_;
     switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold, refuse)) {
