@@ -147,6 +147,9 @@ public:
     size_t queued_qos0() const { return queued_q0_; }
     // Topic and payload bytes of the messages in the queue (not the window), counted against max_queued_bytes.
     uint64_t queued_bytes() const { return queued_bytes_; }
+    // Of those, the bytes of the messages taken past the limits' quarter (limits::burst_kib), which burst_room weighs
+    // where there is no max_queued_bytes.
+    uint64_t burst_bytes() const { return burst_bytes_; }
     size_t inflight_len() const { return inflight_; }
     // Messages not yet delivered: the queue and the window's entries still awaiting PUBACK or PUBREC (a QoS 2 entry
     // whose PUBREC came is delivered and waits for PUBCOMP only).

@@ -36,6 +36,7 @@ private:
         uint32_t bytes;
         uint16_t pid = 0;
         bool released = false;
+        bool burst = false; // queued past the limits' quarter (limits::burst_kib)
     };
 
     session_program(const uint8_t* data, size_t size) : p_(data), n_(size) {}
@@ -78,15 +79,31 @@ private:
                 continue;
             }
             queued_bytes_ -= it->bytes;
+            if (it->burst) burst_bytes_ -= it->bytes;
             it = queue_.erase(it);
             ++dropped_;
         }
         return true;
     }
     uint64_t queued_bytes() const { return queued_bytes_; }
-    bool room_for(uint32_t bytes) const {
-        return (lim_.max_queued == 0 || queue_.size() < lim_.max_queued) &&
-               (lim_.max_queued_bytes == 0 || queued_bytes() + bytes <= lim_.max_queued_bytes);
+    // slack: a quarter more (at least one message), for a message offered past_limit.
+    bool room_for(uint32_t bytes, bool slack = false) const {
+        const uint64_t most = lim_.max_queued + (slack ? std::max<uint32_t>(lim_.max_queued / 4, 1) : 0);
+        const uint64_t most_bytes = lim_.max_queued_bytes + (slack ? lim_.max_queued_bytes / 4 : 0);
+        return (lim_.max_queued == 0 || queue_.size() < most) &&
+               (lim_.max_queued_bytes == 0 || queued_bytes() + bytes <= most_bytes);
+    }
+    // Past the slack, as limits::burst_kib promises: burst_limits times each limit more, and burst_kib KiB of the
+    // messages so taken (with a byte limit: the queue's bytes within its quarter more plus that).
+    bool burst_room(uint32_t bytes) const {
+        const uint64_t kib = uint64_t{lim_.burst_kib} << 10, times = lim_.burst_limits;
+        if (kib == 0 || times == 0) return false;
+        if (lim_.max_queued != 0 &&
+            queue_.size() >= lim_.max_queued + std::max<uint32_t>(lim_.max_queued / 4, 1) + times * lim_.max_queued)
+            return false;
+        const uint64_t qb = lim_.max_queued_bytes;
+        if (qb == 0) return burst_bytes_ + bytes <= kib;
+        return queued_bytes() + bytes <= qb + qb / 4 + std::min(kib, times * qb);
     }
 
     // A QoS > 0 message entered the window with the id the session gave it.
@@ -111,20 +128,27 @@ private:
     }
 
     // One offer, checked against the queue's rules.
-    template <class Fail> bool offer(session& s, uint8_t qos, uint32_t extra, bool online, Fail& fail) {
+    template <class Fail>
+    bool offer(session& s, uint8_t qos, uint32_t extra, bool online, Fail& fail, bool past_limit = false,
+               bool refuse = false) {
         const uint32_t bytes = 1 + 8 + extra; // topic "t" and the payload
-        const model_entry e{ids_++, qos, bytes};
+        model_entry e{ids_++, qos, bytes};
         const outgoing* o = nullptr;
-        const auto r = s.offer(make(e.id, qos, extra), qos, online, &o);
+        const auto r = s.offer(make(e.id, qos, extra), qos, online, &o, past_limit, refuse);
         const bool direct = online && queue_.empty() && !held_;
+        bool fits = room_for(bytes, past_limit);
+        if (!fits && past_limit && burst_room(bytes)) fits = e.burst = true;
         if (direct && (qos == 0 || window_.size() < lim_.max_inflight)) {
             if (r != session::offer_result::send) return fail("offer did not send where it could"), false;
             if (!check_handed_out(e, o, fail)) return false;
             if (qos > 0 && !enter_window(e, o, fail)) return false;
-        } else if (room_for(bytes) || (qos > 0 && drop_qos0_for(bytes))) {
+        } else if (fits || (qos > 0 && drop_qos0_for(bytes))) {
             if (r != session::offer_result::queued) return fail("offer did not queue where it should"), false;
             queue_.push_back(e);
             queued_bytes_ += e.bytes;
+            if (e.burst) burst_bytes_ += e.bytes;
+        } else if (refuse) {
+            if (r != session::offer_result::refused) return fail("offer did not refuse where it should"), false;
         } else {
             if (r != session::offer_result::dropped) return fail("offer did not drop where it should"), false;
             ++dropped_;
@@ -183,6 +207,7 @@ private:
         if (s.inflight_len() != window_.size()) return fail("window size differs"), false;
         if (s.queue_len() != queue_.size()) return fail("queue length differs"), false;
         if (s.queued_bytes() != queued_bytes_) return fail("queued bytes differ"), false;
+        if (s.burst_bytes() != burst_bytes_) return fail("bytes queued past the slack differ"), false;
         if (s.queued_qos0() != static_cast<size_t>(std::count_if(queue_.begin(), queue_.end(),
                                                                  [](const model_entry& e) { return e.qos == 0; })))
             return fail("queued QoS 0 count differs"), false;
@@ -210,6 +235,11 @@ private:
         lim_.max_inflight = inflight[next() % 8];
         lim_.max_queued = queued[next() % 4];
         lim_.max_queued_bytes = queued_bytes_lim[next() % 4];
+        // Past the quarter (bursts offered past_limit): none, or 1 KiB (30-110 messages) within 1 or 4 times the
+        // limits more.
+        const uint8_t burst = next() % 4;
+        lim_.burst_kib = burst == 0 ? 0 : 1;
+        lim_.burst_limits = burst == 1 ? 1 : 4;
         session s("p", false, lim_);
         for (int step = 0; step < 4096 && n_ > 0; ++step) {
             const uint8_t op = next() % 11;
@@ -235,6 +265,7 @@ private:
                     const model_entry e = queue_.front();
                     queue_.pop_front();
                     queued_bytes_ -= e.bytes;
+                    if (e.burst) burst_bytes_ -= e.bytes;
                     if (!check_handed_out(e, o, fail)) return;
                     if (e.qos > 0 && !enter_window(e, o, fail)) return;
                 }
@@ -294,9 +325,12 @@ private:
                 s.hold(held_);
                 break;
             case 9: { // a burst of QoS 1 and 2 messages: windows past 64 entries, queues past their limits
+                // Half of them offered past_limit (a held publisher's, or on their way from another shard), half of
+                // those refusable (a client's that would be dropped).
+                const uint8_t mode = next() % 4;
                 const uint32_t n = 50 + next() % 100;
                 for (uint32_t i = 0; i < n; ++i)
-                    if (!offer(s, 1 + i % 2, 0, online_, fail)) return;
+                    if (!offer(s, 1 + i % 2, i % 8, online_, fail, mode >= 2, mode == 3)) return;
                 break;
             }
             default: {
@@ -308,6 +342,7 @@ private:
                     window_.clear();
                     queue_.clear();
                     queued_bytes_ = 0;
+                    burst_bytes_ = 0;
                     released_.clear();
                 } else if (b == 1 && burn_left_ > 0) {
                     --burn_left_;
@@ -330,6 +365,7 @@ private:
     std::vector<uint16_t> released_;
     uint64_t dropped_ = 0;
     uint64_t queued_bytes_ = 0;
+    uint64_t burst_bytes_ = 0;
     uint64_t ids_ = 0;
     bool online_ = true;
     bool held_ = false;
