@@ -1031,6 +1031,7 @@ void shard::expire_gates(int64_t now) {
 void shard::read_again(connection& c) {
     if (!c.queue_held) return;
     c.queue_held = false;
+    c.held_scanned = 0;
     c.hold_listed = false; // (read again as its entry came up, or as its hold ended: in no list now)
     if (c.st != connection::state::connected) return;
     // Its keepalive counts from now: what it sent was not handled.
@@ -1045,7 +1046,10 @@ void shard::read_again(connection& c) {
             maybe_destroy(c);
             return;
         }
-        if (c.queue_held) return;
+        if (c.queue_held) {
+            if (!c.rx.empty()) serve_held_acks(c);
+            return;
+        }
         if (holding_ && m_.messages_received != published_before) {
             c.needs_rearm = false;
             hold_recv(c);
@@ -1560,6 +1564,7 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
             }
         } scope{*this};
         c.queue_held = false;
+        c.held_scanned = 0;
         publisher_ = &c;
         leaving_ = true;
         process_rx(c);
@@ -1648,9 +1653,19 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
         // Kept in order behind what the hold left, for read_again. Past held_rx_max the receive is cancelled and the
         // rest waits in the socket, where TCP slows the client down (what a cancelled receive still posts is kept).
         c.rx.insert(c.rx.end(), p, p + n);
+        serve_held_acks(c);
         if (c.rx.size() > held_rx_max) stop_recv(c);
         return;
     }
+    // A hold that begins in these bytes leaves the rest in c.rx: its acks among them are handled at once too.
+    struct held_scope {
+        shard& s;
+        connection& c;
+        ~held_scope() {
+            if (c.queue_held && !c.rx.empty()) [[unlikely]]
+                s.serve_held_acks(c);
+        }
+    } held{*this, c};
     if (c.over_limit && c.st == connection::state::awaiting_connect && (c.rx.empty() ? p[0] : c.rx[0]) == 0x10)
         [[unlikely]] {
         // Refused whatever it says, so answered at its first byte: a connection past mqtt.max_connections holds no
@@ -1677,6 +1692,82 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
     }
     c.rx.insert(c.rx.end(), p, p + n);
     process_rx(c);
+}
+
+void shard::serve_held_acks(connection& c) {
+    // No rule orders them after the PUBLISH it waits with: the acks of what is sent to it, waiting, would stall its
+    // window (the queue's and hold's own messages to it among them), and a PINGREQ waiting for the client's turn (many
+    // clients held for a slow subscriber) could run out the client's own keepalive timer, which closes it. Only the
+    // packets as 3.x has them, and only while what comes before them looks sound: nothing after a packet process()
+    // would close the connection for (a bad header, flags or packet id, one over max_packet_size, a second CONNECT)
+    // or a DISCONNECT, whose close comes after what precedes it; no PUBREL behind a QoS 2 PUBLISH still unread (it may
+    // be a resend of the message that PUBREL releases, which must then be answered as a duplicate, not routed again).
+    if (c.st != connection::state::connected || c.ver == mqtt::protocol_version::v5 || !c.slot) return;
+    if (c.held_scanned == held_scan_done) return;
+    std::vector<uint8_t>& rx = c.rx;
+    bool qos2_ahead = (c.held_scanned & held_qos2_ahead) != 0;
+    size_t in = c.held_scanned & ~held_qos2_ahead;
+    if (in > rx.size()) in = 0, qos2_ahead = false; // (never: rx only grows while held)
+    size_t out = in;
+    bool done = false;
+    while (in < rx.size() && c.st == connection::state::connected) {
+        mqtt::fixed_header h{};
+        const mqtt::error e = mqtt::parse_fixed_header(rx.data() + in, rx.size() - in, h);
+        if (e == mqtt::error::need_more) break;
+        if (e != mqtt::error::none || mqtt::check_packet_size(h, cfg_.limits.max_packet_size) != mqtt::error::none) {
+            done = true;
+            break;
+        }
+        const size_t total = size_t{h.header_len} + h.remaining_length;
+        if (total > rx.size() - in) break;
+        const uint8_t first = rx[in];
+        const uint8_t* b = rx.data() + in + h.header_len;
+        const size_t rl = h.remaining_length;
+        const uint16_t pid = rl == 2 ? static_cast<uint16_t>(b[0] << 8 | b[1]) : 0;
+        bool serve = false;
+        if (first == 0x40 || first == 0x50 || first == 0x62 || first == 0x70) {
+            if (pid == 0) {
+                done = true;
+                break;
+            }
+            if (first != 0x62 || !qos2_ahead) {
+                ++m_.packets_received;
+                on_ack_id(c, static_cast<mqtt::packet_type>(first >> 4), pid);
+                serve = true;
+            }
+        } else if (first == 0xc0 && rl == 0) {
+            ++m_.packets_received;
+            ++m_.packets_pingreq;
+            scratch_.clear();
+            mqtt::encode_pingresp(scratch_);
+            send_control(c, scratch_);
+            ++m_.packets_pingresp;
+            serve = true;
+        } else if (first >> 4 == 3) {
+            // A PUBLISH: its QoS, its topic's length and (QoS 1/2) its packet id as process() would take them.
+            const uint8_t qos = first >> 1 & 3;
+            const size_t tl = rl >= 2 ? size_t{b[0]} << 8 | b[1] : SIZE_MAX;
+            const size_t need = qos == 0 ? 2 : 4;
+            if (qos == 3 || tl == SIZE_MAX || tl + need > rl || (qos != 0 && (b[2 + tl] << 8 | b[3 + tl]) == 0)) {
+                done = true;
+                break;
+            }
+            qos2_ahead |= qos == 2;
+        } else if (first != 0x82 && first != 0xa2) {
+            done = true; // a DISCONNECT, a second CONNECT, bad flags or a type a client does not send
+            break;
+        }
+        if (!serve) {
+            if (out != in) std::memmove(rx.data() + out, rx.data() + in, total);
+            out += total;
+        }
+        in += total;
+    }
+    if (out != in) {
+        std::memmove(rx.data() + out, rx.data() + in, rx.size() - in);
+        rx.resize(out + rx.size() - in);
+    }
+    c.held_scanned = done ? held_scan_done : static_cast<uint32_t>(out) | (qos2_ahead ? held_qos2_ahead : 0);
 }
 
 void shard::process_rx(connection& c) {

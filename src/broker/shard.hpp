@@ -330,6 +330,9 @@ public:
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
     uint32_t rx_while_full = 0;
+    // While queue_held: the bytes at the front of rx that serve_held_acks has looked through (whole packets it kept),
+    // so that each receive while held costs only what it brought.
+    uint32_t held_scanned = 0;
 
     size_t queued_bytes() const { return sq.pending_bytes(); }
 
@@ -519,6 +522,12 @@ private:
     size_t complete_partial(connection& c, const uint8_t* p, size_t n);
     // Handles the packets in c.rx; what is left unhandled stays in c.rx, an emptied buffer is recycled.
     void process_rx(connection& c);
+    // A held client's acks (PUBACK, PUBREC, PUBREL, PUBCOMP) and PINGREQs in c.rx, handled ahead of the PUBLISH that
+    // holds it and taken out; everything else stays in c.rx in its order. connection::held_scanned: how far it looked,
+    // with held_qos2_ahead set once a QoS 2 PUBLISH is among what it kept, or held_scan_done past a packet that ends.
+    void serve_held_acks(connection& c);
+    static constexpr uint32_t held_qos2_ahead = uint32_t{1} << 31;
+    static constexpr uint32_t held_scan_done = UINT32_MAX;
     // Starts c.rx (empty) with the unfinished packet p[0..n), in the shard's spare buffer when it has one.
     void start_partial(connection& c, const uint8_t* p, size_t n);
     // Takes a reassembly buffer that is done with as the spare, if it is small enough and the spare is not larger.

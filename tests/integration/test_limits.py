@@ -1327,6 +1327,64 @@ class PublisherHoldCases(PublisherHoldBase):
         log = self.many_clients_with_one_message_each(0, retain=True)
         self.assertIn(b"is not taken nor answered, it is read again in its turn", log)
 
+    def test_a_held_client_is_answered_the_acks_and_pingreqs_it_sends_behind_the_message_that_holds_it(self):
+        # Held, a client is not read further. Until stop 59 that held its PUBACKs of messages sent to it and its
+        # PINGREQs too, behind the PUBLISH it waits with, for as long as its turn took: its window stalled, and with
+        # many clients held for a slow subscriber its own keepalive timer (no PINGRESP) could close it. Now they are
+        # handled at once; its PUBLISHes keep their order.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/p", 1)])
+        pub = self.on0("pub")
+        pub.subscribe([("to/pub", 1)])
+        frames = [m.publish("hold/p", b"%06d" % i + b"xx", qos=1, pid=i + 1) for i in range(20)]
+        pub.send(b"".join(frames) + m.pingreq())  # held at its 8th, with 12 more and a PINGREQ in the same write
+        for i in range(8):
+            pub.expect(m.puback(i + 1))
+        self.assertEqual(pub.read_packet(5).type, m.PINGRESP)
+        other = self.on0("other")
+        other.publish("to/pub", b"first", qos=1)
+        other.publish("to/pub", b"second", qos=1)  # queued for pub: its window is 1
+        first = pub.recv_publish(5, ack=False)
+        self.assertEqual(first.payload, b"first")
+        pub.send(m.puback(first.pid) + m.pingreq())
+        second = pub.recv_publish(5, ack=False)  # sent once that PUBACK freed the window
+        self.assertEqual(second.payload, b"second")
+        self.assertEqual(pub.read_packet(5).type, m.PINGRESP)
+        pub.send(m.puback(second.pid))
+        pub.expect_no_packet(0.3)  # still held: its 9th message is not answered
+        got = Collector(sub, 20, timeout=5)
+        for i in range(8, 20):
+            pub.expect(m.puback(i + 1), timeout=5)
+        self.assertEqual([int(x.payload[:6]) for x in got.join()], list(range(20)))
+        self.assertNotIn(b"dropped", self.broker.log())
+        self.assert_broker_healthy("after-held-acks")
+
+    def test_a_held_qos2_client_s_pubrel_behind_a_resend_of_its_message_waits_for_it(self):
+        # A QoS 2 client whose retry resent a message (DUP) before that message's PUBREC reached it, and then sent its
+        # PUBREL, both behind the message it is held at: the PUBREL is not handled ahead of the resend, which would
+        # then be taken as new and delivered twice. It waits, and the resend is answered as a duplicate.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/q2", 2)])
+        pub = self.on0("pub")
+        pub.send(b"".join(m.publish("hold/q2", b"%06d" % i, qos=2, pid=i + 1) for i in range(20)))
+        for i in range(8):
+            pub.expect(m.pubrec(i + 1))  # held at its 8th
+        pub.send(m.publish("hold/q2", b"%06d" % 7, qos=2, pid=8, dup=True) + m.pubrel(8) + m.pingreq())
+        self.assertEqual(pub.read_packet(5).type, m.PINGRESP)  # (after the PUBREL: that one was looked at)
+        pub.expect_no_packet(0.3)  # no PUBCOMP for 8 while the resend waits
+        got = Collector(sub, 20, timeout=5)
+        for i in range(8, 20):
+            pub.expect(m.pubrec(i + 1), timeout=5)
+        pub.expect(m.pubrec(8), timeout=5)  # the resend, a duplicate
+        pub.expect(m.pubcomp(8), timeout=5)
+        for i in range(8, 20):
+            pub.send(m.pubrel(i + 1))
+            pub.expect(m.pubcomp(i + 1), timeout=5)
+        self.assertEqual([int(x.payload) for x in got.join()], list(range(20)))
+        sub.expect_no_packet(0.3)  # 7 once
+
     def test_a_held_qos2_client_whose_connection_drops_loses_nothing_it_resends(self):
         # A QoS 2 publisher on a persistent session, held with PUBLISHes it sent meanwhile unread, loses its connection
         # (no DISCONNECT). Those are handled as it leaves, their ids recorded as received, so after it reconnects its
