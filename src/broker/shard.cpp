@@ -1698,16 +1698,18 @@ void shard::serve_held_acks(connection& c) {
     // No rule orders them after the PUBLISH it waits with: the acks of what is sent to it, waiting, would stall its
     // window (the queue's and hold's own messages to it among them), and a PINGREQ waiting for the client's turn (many
     // clients held for a slow subscriber) could run out the client's own keepalive timer, which closes it. Only the
-    // packets as 3.x has them, and only while what comes before them looks sound: nothing after a packet process()
-    // would close the connection for (a bad header, flags or packet id, one over max_packet_size, a second CONNECT)
-    // or a DISCONNECT, whose close comes after what precedes it; no PUBREL behind a QoS 2 PUBLISH still unread (it may
-    // be a resend of the message that PUBREL releases, which must then be answered as a duplicate, not routed again).
+    // packets as 3.x has them, and only while what comes before them looks sound by its header: nothing after a
+    // packet whose type, flags, lengths or packet id process() would close the connection for (or one over
+    // max_packet_size, a second CONNECT), nor after a DISCONNECT, whose close comes after what precedes it (a topic's
+    // own content or a SUBSCRIBE's entries are not looked at: acks after a bad one are handled before the close);
+    // no PUBREL behind a QoS 2 PUBLISH still unread (it may be a resend of the message that PUBREL releases, which
+    // must then be answered as a duplicate, not routed again).
     if (c.st != connection::state::connected || c.ver == mqtt::protocol_version::v5 || !c.slot) return;
     if (c.held_scanned == held_scan_done) return;
     std::vector<uint8_t>& rx = c.rx;
     bool qos2_ahead = (c.held_scanned & held_qos2_ahead) != 0;
     size_t in = c.held_scanned & ~held_qos2_ahead;
-    if (in > rx.size()) in = 0, qos2_ahead = false; // (never: rx only grows while held)
+    if (in > rx.size()) in = 0, qos2_ahead = false; // (never: the offset kept is within what it left)
     size_t out = in;
     bool done = false;
     while (in < rx.size() && c.st == connection::state::connected) {
@@ -1744,11 +1746,13 @@ void shard::serve_held_acks(connection& c) {
             ++m_.packets_pingresp;
             serve = true;
         } else if (first >> 4 == 3) {
-            // A PUBLISH: its QoS, its topic's length and (QoS 1/2) its packet id as process() would take them.
+            // A PUBLISH: its QoS and DUP flag, its topic's length (not 0) and (QoS 1/2) its packet id as process()
+            // would take them.
             const uint8_t qos = first >> 1 & 3;
-            const size_t tl = rl >= 2 ? size_t{b[0]} << 8 | b[1] : SIZE_MAX;
+            const size_t tl = rl >= 2 ? size_t{b[0]} << 8 | b[1] : 0;
             const size_t need = qos == 0 ? 2 : 4;
-            if (qos == 3 || tl == SIZE_MAX || tl + need > rl || (qos != 0 && (b[2 + tl] << 8 | b[3 + tl]) == 0)) {
+            if (qos == 3 || (qos == 0 && (first & 0x08) != 0) || tl == 0 || tl + need > rl ||
+                (qos != 0 && (b[2 + tl] << 8 | b[3 + tl]) == 0)) {
                 done = true;
                 break;
             }

@@ -1360,6 +1360,22 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertNotIn(b"dropped", self.broker.log())
         self.assert_broker_healthy("after-held-acks")
 
+    def test_a_held_client_s_pingreq_behind_a_packet_that_closes_it_is_not_answered(self):
+        # Nothing it sent after a packet that closes it counts: a PINGREQ behind a QoS 0 PUBLISH with DUP set (bad
+        # flags) is not answered while it waits, and its turn closes it.
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/p", 1)])
+        pub = self.on0("pub")
+        self.flood(pub, "hold/p", 20)
+        for i in range(8):
+            pub.expect(m.puback(i + 1))  # held at its 8th
+        pub.send(m.publish("hold/p", b"bad", qos=0, dup=True) + m.pingreq())
+        pub.expect_no_packet(0.5)
+        got = Collector(sub, 20, timeout=5)
+        pub.expect_closed(5, allow=[m.puback(i + 1) for i in range(8, 20)])
+        self.assertEqual([int(x.payload[:6]) for x in got.join()], list(range(20)))
+
     def test_a_held_qos2_client_s_pubrel_behind_a_resend_of_its_message_waits_for_it(self):
         # A QoS 2 client whose retry resent a message (DUP) before that message's PUBREC reached it, and then sent its
         # PUBREL, both behind the message it is held at: the PUBREL is not handled ahead of the resend, which would
