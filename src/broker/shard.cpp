@@ -1694,6 +1694,13 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
     process_rx(c);
 }
 
+void shard::answer_pingreq(connection& c) {
+    scratch_.clear();
+    mqtt::encode_pingresp(scratch_);
+    send_control(c, scratch_);
+    ++m_.packets_pingresp;
+}
+
 void shard::serve_held_acks(connection& c) {
     // No rule orders them after the PUBLISH it waits with: the acks of what is sent to it, waiting, would stall its
     // window (the queue's and hold's own messages to it among them), and a PINGREQ waiting for the client's turn (many
@@ -1740,10 +1747,7 @@ void shard::serve_held_acks(connection& c) {
         } else if (first == 0xc0 && rl == 0) {
             ++m_.packets_received;
             ++m_.packets_pingreq;
-            scratch_.clear();
-            mqtt::encode_pingresp(scratch_);
-            send_control(c, scratch_);
-            ++m_.packets_pingresp;
+            answer_pingreq(c);
             serve = true;
         } else if (first >> 4 == 3) {
             // A PUBLISH: its QoS and DUP flag, its topic's length (not 0) and (QoS 1/2) its packet id as process()
@@ -1942,10 +1946,7 @@ bool shard::dispatch_other(connection& c, const mqtt::fixed_header& h, std::span
     case packet_type::pingreq:
         ++m_.packets_pingreq;
         if (mqtt::decode_empty(h.type, body, h.flags) != mqtt::error::none) return protocol_error(c, "bad PINGREQ");
-        scratch_.clear();
-        mqtt::encode_pingresp(scratch_);
-        send_control(c, scratch_);
-        ++m_.packets_pingresp;
+        answer_pingreq(c);
         return true;
     case packet_type::disconnect:
         ++m_.packets_disconnect;

@@ -526,6 +526,8 @@ private:
     // holds it and taken out; everything else stays in c.rx in its order. connection::held_scanned: how far it looked,
     // with held_qos2_ahead set once a QoS 2 PUBLISH is among what it kept, or held_scan_done past a packet that ends.
     void serve_held_acks(connection& c);
+    // Queues c's PINGRESP (dispatch_other, serve_held_acks).
+    void answer_pingreq(connection& c);
     static constexpr uint32_t held_qos2_ahead = uint32_t{1} << 31;
     static constexpr uint32_t held_scan_done = UINT32_MAX;
     // Starts c.rx (empty) with the unfinished packet p[0..n), in the shard's spare buffer when it has one.
