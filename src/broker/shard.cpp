@@ -548,10 +548,30 @@ bool shard::may_hold_publisher(const session_slot& slot) const {
 }
 
 bool shard::publisher_holdable(const connection& p, const session_slot* slot) const {
-    // Never the subscriber's own connection, nor one with messages in flight to it: its acks are what drains a
-    // queue (its own, or one a client it holds back waits for), so holding it could hold them all for good.
-    return !p.queue_held && p.slot != slot && p.st == connection::state::connected &&
-           !(p.slot && p.slot->s->inflight_len() != 0);
+    // Never the subscriber's own connection: its acks are what drains that queue. One with messages in flight to it
+    // is held too (until stop 59 it was not, and its messages past the queue's room were dropped though answered):
+    // its acks among what it sends meanwhile are handled at once (serve_held_acks), and where they could wait in its
+    // socket behind more than it may leave unread, it is let go instead (waive_hold).
+    return !p.queue_held && !p.hold_waived && p.slot != slot && p.st == connection::state::connected;
+}
+
+void shard::waive_hold(connection& c) {
+    // Its receive stops here, and with it the acks that drain its own queue, which a client held for that one may be
+    // waiting for (two clients publishing to each other stopped so would wait for each other until the hold's limit).
+    // It is read again at the end of this turn and what it kept is handled as from a client that cannot be held:
+    // past the queue's limit dropped, as before stop 60. (Out of every waiting list first, transit included.)
+    // A client whose receive stopped with nothing in flight to it is left so even if some goes in flight later: in a
+    // ring of clients each held for the next one's queue, the last to stop has one held for its own queue, which is
+    // then at its mark with its window full, so that one is let go here and the ring moves.
+    c.hold_waived = true;
+    if (c.hold_listed) hold_gone_.push_back(c.id);
+    std::erase_if(transit_held_, [&](const transit_wait& w) { return w.id == c.id; });
+    unheld_.push_back(c.id);
+    if (log::at_doubling(holds_waived_))
+        log::info("client {} ({}), held for a full queue with messages in flight to it, sent more than {} bytes "
+                  "meanwhile: it is read again rather than leave its acks unread, and what it kept goes on as from a "
+                  "client that cannot be held ({} so far)",
+                  c.client_id(), c.peer, held_rx_max, holds_waived_);
 }
 
 void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
@@ -1037,11 +1057,12 @@ void shard::read_again(connection& c) {
     // Its keepalive counts from now: what it sent was not handled.
     c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
     if (!c.rx.empty()) {
-        // What it sent while held, first: it may hold it again.
+        // What it sent while held, first: it may hold it again (unless its hold was waived: not for what it kept).
         const uint64_t published_before = m_.messages_received;
         publisher_ = &c;
         process_rx(c);
         publisher_ = nullptr;
+        c.hold_waived = false;
         if (c.st == connection::state::closing) {
             maybe_destroy(c);
             return;
@@ -1056,6 +1077,7 @@ void shard::read_again(connection& c) {
             return;
         }
     }
+    c.hold_waived = false;
     if (!c.needs_rearm) return;                                                         // its receive was not cancelled
     if (holding_ && std::find(held_.begin(), held_.end(), c.id) != held_.end()) return; // end_hold arms it
     c.needs_rearm = false;
@@ -1654,7 +1676,10 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
         // rest waits in the socket, where TCP slows the client down (what a cancelled receive still posts is kept).
         c.rx.insert(c.rx.end(), p, p + n);
         serve_held_acks(c);
-        if (c.rx.size() > held_rx_max) stop_recv(c);
+        if (c.rx.size() > held_rx_max) {
+            if (!c.hold_waived && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
+            stop_recv(c); // (read_again arms it again, at the end of this turn once waived)
+        }
         return;
     }
     // A hold that begins in these bytes leaves the rest in c.rx: its acks among them are handled at once too.

@@ -326,6 +326,9 @@ public:
     // Its id went into a hold's waiting list (hold_publisher, push_gated) and has not been read again since: a close
     // takes it out (forget_gone_holds), or a client gone would be waited for.
     bool hold_listed : 1 = false;
+    // Let go while held because what it kept passed held_rx_max with messages in flight to it (waive_hold): until
+    // read_again has handled what it kept, no queue holds it (its acks behind that would wait with the rest).
+    bool hold_waived : 1 = false;
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
@@ -436,6 +439,7 @@ private:
     bool may_hold_publisher(const session_slot& slot) const;
     // Whether p may be held for slot's queue (null: a queue on another shard).
     bool publisher_holdable(const connection& p, const session_slot* slot) const;
+    void waive_hold(connection& c);
     void hold_publisher(const session_slot& slot, std::string_view topic);
     // The queue's hold entry, made (and its queue's movement counted from now) if it had none.
     struct queue_hold;
@@ -896,6 +900,7 @@ private:
     }
     bool remote_shared_ = false; // a message from another shard reached more than one subscriber here (fan_out)
     uint64_t refusals_ = 0;      // logged at doublings
+    uint64_t holds_waived_ = 0;  // held clients let go to read their acks (waive_hold), logged at doublings
     // offer_to's refused case (rare: kept out of the offer's path).
     [[gnu::cold, gnu::noinline]] void refuse_publisher(const session_slot& slot, std::string_view topic);
     uint64_t forgotten_ = 0; // likewise: QoS 2 messages of clients that left, refused (unreceive)

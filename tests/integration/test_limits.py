@@ -859,17 +859,27 @@ class PublisherHoldBase:
             pub.expect(m.puback(i + 1))
         return sub, pub
 
-    def many_clients_with_one_message_each(self, pub_shard: int, n: int = 60, retain: bool = False) -> bytes:
+    def many_clients_with_one_message_each(self, pub_shard: int, n: int = 60, retain: bool = False,
+                                           sent_to_each: bool = False) -> bytes:
         """A wildcard subscriber on shard 0 (a window of 1, a queue of 8) that takes nothing at first, and n clients on
         pub_shard that each write one message on a topic of their own at once, QoS 1 and 2 in turn: far more than the
         queue takes past its mark (its quarter and four times its limit more, 2 + 32). Once the subscriber reads,
         every client is answered and the subscriber gets each message once: none is dropped (each past the room waited
         unanswered, unread, for its client's turn). Retained (retain): each is stored once too, and a later
-        subscriber on either shard gets all n. Returns the broker's log."""
+        subscriber on either shard gets all n. sent_to_each: each client has a QoS 1 message in flight to it first,
+        unanswered. Returns the broker's log."""
         self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
         sub = self.on0("sub")
         sub.subscribe([("many/#", 2)])
         pubs = [self.client(self.cid(f"one{i}-", pub_shard)) for i in range(n)]
+        if sent_to_each:
+            for i, p in enumerate(pubs):
+                p.subscribe([(f"back/{i}", 1)])
+            feeder = self.client(self.cid("feeder", pub_shard))
+            for i in range(n):
+                feeder.publish(f"back/{i}", b"to it", qos=1)
+            for i, p in enumerate(pubs):
+                self.assertEqual(p.recv_publish(5, ack=False).topic, f"back/{i}")  # in flight to it, unanswered
         for i, p in enumerate(pubs):
             p.send(m.publish(f"many/{i}", b"%03d" % i, qos=1 + i % 2, pid=1, retain=retain))
         time.sleep(0.5)  # all routed (or refused) before the subscriber takes any
@@ -1085,36 +1095,36 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertNotIn(b"dropped", log)
 
     def test_a_client_held_while_others_keep_the_queue_at_its_mark_is_read_again(self):
-        # A client that cannot be held (a message in flight to it) keeps the queue at its mark while its subscriber
-        # takes slowly: the held client is read again after the hold's 0.3 s, not when the queue drains (it never does
-        # here), and the queue never counts as stuck.
+        # A client that cannot be held (the subscriber itself, publishing to its own queue) keeps the queue at its mark
+        # while it takes slowly: the held client is read again after the hold's 0.3 s, not when the queue drains (it
+        # never does here), and the queue never counts as stuck. (Until stop 60 a client with a message in flight to
+        # it played that part; such a client is held now.) One thread sends and reads, so nothing interleaves.
         self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 300})
         sub = self.on0("sub")
         sub.subscribe([("hold/mix/#", 1)])
-        flooder = self.on0("fl")
-        flooder.subscribe([("hold/fl", 1)])
-        self.on0("to-fl").publish("hold/fl", b"never acked", qos=1)  # in flight to the flooder from now on
         pub = self.on0("pub")
         stop = threading.Event()
 
-        def flood():
-            pid = 0
+        def flood_and_take_slowly():
+            pid, last_take = 0, time.monotonic()
             while not stop.is_set():
                 pid = pid % 60000 + 1
-                flooder.send(m.publish("hold/mix/fl", b"fl", qos=1, pid=pid))
+                sub.send(m.publish("hold/mix/fl", b"fl", qos=1, pid=pid))
                 time.sleep(0.003)
-
-        def slow_reader():
-            while not stop.is_set():
+                if time.monotonic() - last_take < 0.02:
+                    continue
+                last_take = time.monotonic()
                 try:
-                    sub.recv_publish(timeout=0.5)
-                except AssertionError:
+                    while True:  # (the PUBACKs of its own messages are read past)
+                        p = sub.read_packet(0.05)
+                        if p.type == m.PUBLISH:
+                            sub.send(m.puback(m.parse_publish(p).pid))
+                            break
+                except TimeoutError:
                     pass
-                time.sleep(0.02)
 
-        threads = [threading.Thread(target=flood, daemon=True), threading.Thread(target=slow_reader, daemon=True)]
-        for t in threads:
-            t.start()
+        thread = threading.Thread(target=flood_and_take_slowly, daemon=True)
+        thread.start()
         try:
             time.sleep(0.3)  # the queue is full now
             self.flood(pub, "hold/mix/q1", 20)
@@ -1123,8 +1133,7 @@ class PublisherHoldCases(PublisherHoldBase):
             pub.expect(m.puback(2), timeout=1.5)  # read again after 0.3 s (each tick: 0.2 s)
         finally:
             stop.set()
-            for t in threads:
-                t.join(2)
+            thread.join(2)
         log = self.broker.log()
         self.assertIn(b"is read again while messages it cannot hold keep the queue at its mark", log)
         self.assertNotIn(b"nothing taken from its queue", log)
@@ -1286,6 +1295,54 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertEqual(acks, {m.puback(i + 1) for i in range(20)})
         self.assertNotRegex(self.broker.log(), HOLD_LINE)
 
+    def test_two_clients_publishing_to_each_other_more_than_a_hold_leaves_unread_are_not_stalled(self):
+        # Each is held for the other's queue, and each has sent more than a held client may leave unread (16 KiB), so
+        # its receive stops, and its acks of what the other sends it wait behind in its socket: neither queue drains.
+        # Since stop 60 a client with messages in flight to it is held; once its acks would wait so, its hold is
+        # waived (it is read again, and what passes the queue's limit is dropped, as before) rather than both waiting
+        # for the hold's limit (10 s here).
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        a, b = self.on0("a"), self.on0("b")
+        a.subscribe([("mut/a", 1)])
+        b.subscribe([("mut/b", 1)])
+        n = 150
+        start = time.monotonic()
+        a.send(b"".join(m.publish("mut/b", b"%06d" % i + b"a" * 194, qos=1, pid=i + 1) for i in range(n)))
+        b.send(b"".join(m.publish("mut/a", b"%06d" % i + b"b" * 194, qos=1, pid=i + 1) for i in range(n)))
+        results = {}
+
+        def run(name, c):
+            acks, got, took = set(), [], None
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and (len(acks) < n or time.monotonic() - took < 0.5):
+                try:
+                    p = c.read_packet(0.1)
+                except TimeoutError:
+                    continue
+                if p.type == m.PUBLISH:
+                    x = m.parse_publish(p)
+                    got.append(int(x.payload[:6]))
+                    c.send(m.puback(x.pid))
+                elif p.type == m.PUBACK:
+                    acks.add(p.raw())
+                    if len(acks) == n:
+                        took = time.monotonic()
+            results[name] = (acks, got, took)
+
+        threads = [threading.Thread(target=run, args=(name, c), daemon=True) for name, c in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        for name in ("a", "b"):
+            acks, got, took = results[name]
+            self.assertEqual(acks, {m.puback(i + 1) for i in range(n)}, name)
+            self.assertLess(took - start, 5, f"{name} answered only after {took - start:.1f} s")
+            self.assertEqual(got, sorted(set(got)), f"{name}: in order, each once")
+            self.assertGreaterEqual(len(got), 9, name)
+        self.assertIn(b"sent more than 16384 bytes meanwhile: it is read again", self.broker.log())
+        self.assert_broker_healthy("after-mutual")
+
     def test_what_a_held_client_sent_before_it_left_is_handled(self):
         # Held, then DISCONNECT and the end of its stream (SHUT_WR): what it sent is handled, its last PUBLISHes and the
         # DISCONNECT included, which ends it normally (no will). "big" sends more than a held client may leave unread
@@ -1321,6 +1378,13 @@ class PublisherHoldCases(PublisherHoldBase):
         # Each client is held after its first message: those that found the queue past its room had that message
         # dropped though answered (before stop 58: 43 of 60 arrived). Now it is refused, and taken in their turn.
         log = self.many_clients_with_one_message_each(0)
+        self.assertIn(b"is not taken nor answered, it is read again in its turn", log)
+
+    def test_many_clients_each_with_a_message_in_flight_to_it_lose_nothing_acknowledged(self):
+        # Until stop 60 a client with a message in flight to it was never held (its acks may be what drains a queue),
+        # so past the queue's room its message was dropped though answered (43 of 60 arrived, 9 with 2 shards). It is held
+        # now: its acks among what it sends meanwhile are handled at once.
+        log = self.many_clients_with_one_message_each(0, sent_to_each=True)
         self.assertIn(b"is not taken nor answered, it is read again in its turn", log)
 
     def test_many_clients_with_one_retained_message_each_lose_nothing_acknowledged(self):
@@ -1418,8 +1482,8 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertIn(b"forgotten unanswered", self.broker.log())
 
     def test_a_held_qos2_client_with_a_message_in_flight_to_it_whose_connection_drops_loses_nothing_it_resends(self):
-        # The same for a client with a message in flight to it, which a queue never holds (its acks may be what
-        # drains it), but which is not held as it leaves either.
+        # The same for a client with a message in flight to it once held (until stop 60 a queue never held such a
+        # client), which is not held as it leaves either.
         self.held_qos2_client_drops(self.LIMITS, 0, 30, sent_to_it=True)
 
 
@@ -1538,6 +1602,11 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertRegex(log, rb"shard 1 holds its clients publishing many/\d+ to it")
         self.assertRegex(log, rb"is not read until a queue on shard 0 it publishes many/\d+ to")
 
+    def test_many_clients_on_another_shard_each_with_a_message_in_flight_to_it_lose_nothing_acknowledged(self):
+        # The same across shards (until stop 60 they were sent on past their gate: 9 of 60 arrived).
+        log = self.many_clients_with_one_message_each(1, sent_to_each=True)
+        self.assertRegex(log, rb"is not read until a queue on shard 0 it publishes many/\d+ to")
+
     def test_many_clients_on_another_shard_with_one_retained_message_each_lose_nothing_acknowledged(self):
         # Retained, the update every other shard stores is its live copy; for one shard's subscribers alone it now goes
         # there as a message a gate may refuse, stored as it arrives (until stop 59 it was not gated, and a queue
@@ -1546,9 +1615,11 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertRegex(log, rb"is not read until a queue on shard 0 it publishes many/\d+ to")
 
     def test_a_retained_message_whose_client_a_closed_gate_cannot_hold_is_stored_and_delivered_unflagged(self):
-        # A client with a message in flight to it is never held: its retained message finds the gate closed without
-        # credit and goes on as a plain message (push_gated). It carries the retained update, which the queue's shard
-        # must store (the publishers' shard sends it no other copy) and deliver without the retain flag.
+        # A client whose hold is waived (it has a message in flight to it and sent more than it may leave unread while
+        # held) cannot be held: its retained message, refused at the closed gate, is handled again and goes on as a
+        # plain message (push_gated). It carries the retained update, which the queue's shard must store (the
+        # publishers' shard sends it no other copy) and deliver without the retain flag. (Until stop 60 a client with
+        # a message in flight to it was never held, and played this part without the rest.)
         self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
         slow = self.on0("slow")
         slow.subscribe([("st/#", 1)])
@@ -1558,7 +1629,11 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         b.subscribe([("to/b", 1)])
         self.client(self.cid("c", 1)).publish("to/b", b"x", qos=1)
         self.assertEqual(b.recv_publish(5, ack=False).topic, "to/b")  # in flight to b, unanswered
-        b.publish("st/b", b"state", qos=1, retain=True)  # answered: not held
+        b.send(m.publish("st/b", b"state", qos=1, retain=True, pid=1))
+        b.expect_no_packet(0.3)  # refused: held at the gate
+        # 20 KiB more (QoS 0, to a topic nobody reads) while held: its hold is waived and what it kept is handled.
+        b.send(b"".join(m.publish("junk/b", b"j" * 1000, qos=0) for _ in range(20)))
+        b.expect(m.puback(1), timeout=5)
         for shard in range(2):
             later = self.client(self.cid(f"later{shard}-", shard))
             later.subscribe([("st/b", 0)])
@@ -1568,7 +1643,9 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         a.expect(m.puback(sent), timeout=5)
         live = [x for x in got.join() if x.topic == "st/b"]
         self.assertEqual([(x.payload, x.retain) for x in live], [(b"state", False)])
-        self.assertNotIn(b"dropped", self.broker.log())
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertIn(b"with messages in flight to it, sent more than 16384 bytes meanwhile", log)
 
     def test_a_queue_of_large_messages_at_its_mark_takes_smaller_ones_on_their_way_past_its_quarter(self):
         # No mqtt.max_queued_bytes: past its quarter a queue takes what was on its way from another shard up to
