@@ -543,33 +543,43 @@ bool shard::may_hold_publisher(const session_slot& slot) const {
     if (!slot.conn || !sole_subscriber_ || cfg_.limits.publisher_hold_ms == 0) return false;
     // (A publisher on another shard was weighed there: see publisher_holdable.)
     // (One that has left is not held, so what it has in flight to it does not matter: leaving_.)
-    if (publisher_ && !leaving_ && !publisher_holdable(*publisher_, &slot)) return false;
+    if (publisher_ && !leaving_ && !publisher_holdable(*publisher_)) return false;
     return stuck_queues_.empty() || !stuck_queues_.contains(&slot);
 }
 
-bool shard::publisher_holdable(const connection& p, const session_slot* slot) const {
-    // Never the subscriber's own connection: its acks are what drains that queue. One with messages in flight to it
-    // is held too (until stop 59 it was not, and its messages past the queue's room were dropped though answered):
-    // its acks among what it sends meanwhile are handled at once (serve_held_acks), and where they could wait in its
-    // socket behind more than it may leave unread, it is let go instead (waive_hold).
-    return !p.queue_held && !p.hold_waived && p.slot != slot && p.st == connection::state::connected;
+bool shard::publisher_holdable(const connection& p) const {
+    // Also the subscriber's own connection, and one with messages in flight to it (until stop 60 neither was, since
+    // their acks are what drains a queue, and what passed the queue's room was dropped though answered): their acks
+    // among what they send meanwhile are handled at once (serve_held_acks), and where they would wait in the socket
+    // behind more than a held client may leave unread, it is let go instead (waive_hold).
+    return !p.queue_held && !p.hold_waived && p.st == connection::state::connected;
+}
+
+size_t shard::held_keep_max(const connection& c) const {
+    // Beyond the first packet it kept, whole (the message it waits with, when that was refused: in memory already, so
+    // a message of 16 KiB or more does not stop the receive, or have a client waived, at once).
+    mqtt::fixed_header h{};
+    if (c.rx.empty() || mqtt::parse_fixed_header(c.rx.data(), c.rx.size(), h) != mqtt::error::none) return held_rx_max;
+    const size_t first = size_t{h.header_len} + h.remaining_length;
+    return first <= c.rx.size() ? held_rx_max + first : held_rx_max;
 }
 
 void shard::waive_hold(connection& c) {
-    // Its receive stops here, and with it the acks that drain its own queue, which a client held for that one may be
-    // waiting for (two clients publishing to each other stopped so would wait for each other until the hold's limit).
-    // It is read again at the end of this turn and what it kept is handled as from a client that cannot be held:
-    // past the queue's limit dropped, as before stop 60. (Out of every waiting list first, transit included.)
-    // A client whose receive stopped with nothing in flight to it is left so even if some goes in flight later: in a
-    // ring of clients each held for the next one's queue, the last to stop has one held for its own queue, which is
-    // then at its mark with its window full, so that one is let go here and the ring moves.
+    // Its receive stops here, and with it the acks that drain its own queue, which a client held for that one, or it
+    // itself, may be waiting for (two clients publishing to each other stopped so would wait for each other until the
+    // hold's limit), and a full queue of its own would hold its own publishers in turn. It is read again at the end of
+    // this turn and what it kept is handled as from a client that cannot be held: past the queue's limit dropped, as
+    // before stop 60. (Out of every waiting list first, transit included.) A client whose receive stopped with
+    // nothing in flight to it stays held when some goes in flight later: its acks wait for its turn, but nothing it
+    // sent is lost (a test per delivery could let it go, losing what passes the limit, for the rarer case that its
+    // queue is what the one it waits for waits for: the hold's limit ends that).
     c.hold_waived = true;
     if (c.hold_listed) hold_gone_.push_back(c.id);
     std::erase_if(transit_held_, [&](const transit_wait& w) { return w.id == c.id; });
     unheld_.push_back(c.id);
     if (log::at_doubling(holds_waived_))
-        log::info("client {} ({}), held for a full queue with messages in flight to it, sent more than {} bytes "
-                  "meanwhile: it is read again rather than leave its acks unread, and what it kept goes on as from a "
+        log::info("client {} ({}), held with messages in flight to it, sent more than {} bytes past the packet it "
+                  "waits with: it is read again rather than leave its acks unread, and what it kept goes on as from a "
                   "client that cannot be held ({} so far)",
                   c.client_id(), c.peer, held_rx_max, holds_waived_);
 }
@@ -1672,11 +1682,11 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
     // out.
     if (c.refused) return;
     if (c.queue_held) [[unlikely]] {
-        // Kept in order behind what the hold left, for read_again. Past held_rx_max the receive is cancelled and the
+        // Kept in order behind what the hold left, for read_again. Past held_keep_max the receive is cancelled and the
         // rest waits in the socket, where TCP slows the client down (what a cancelled receive still posts is kept).
         c.rx.insert(c.rx.end(), p, p + n);
         serve_held_acks(c);
-        if (c.rx.size() > held_rx_max) {
+        if (c.rx.size() > held_keep_max(c)) {
             if (!c.hold_waived && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
             stop_recv(c); // (read_again arms it again, at the end of this turn once waived)
         }
@@ -3035,7 +3045,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     if (g->credit != 0 && !others_wait) {
         --g->credit;
         kind = k_publish_credited;
-    } else if (publisher_holdable(*publisher_, nullptr)) {
+    } else if (publisher_holdable(*publisher_)) {
         kind = k_publish_held;
     }
     // A client's message that would go past the mark is refused rather (refusable_): a turn is asked for it, and it
@@ -3070,7 +3080,7 @@ void shard::push_holdable(unsigned to, session::message* msg) {
         const ungated_flow& f = ungated_[to];
         if (f.prev_n != 0 &&
             (f.open_n + 1 >= ungated_half_ || f.open_bytes + msg->data_size() >= ungated_bytes_half_) &&
-            !transit_passed(to, f.prev_end) && (leaving_ || publisher_holdable(*publisher_, nullptr))) {
+            !transit_passed(to, f.prev_end) && (leaving_ || publisher_holdable(*publisher_))) {
             refused_ = true;
             if (leaving_)
                 forgotten(msg->topic());
@@ -3096,7 +3106,7 @@ void shard::push_holdable(unsigned to, session::message* msg) {
         return;
     }
     // One that cannot be held sends on (the queue's burst room past its mark is all it has, as before).
-    if (leaving_ || !publisher_holdable(*publisher_, nullptr)) return;
+    if (leaving_ || !publisher_holdable(*publisher_)) return;
     hold_in_transit(to, f);
 }
 

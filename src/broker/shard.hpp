@@ -326,7 +326,7 @@ public:
     // Its id went into a hold's waiting list (hold_publisher, push_gated) and has not been read again since: a close
     // takes it out (forget_gone_holds), or a client gone would be waited for.
     bool hold_listed : 1 = false;
-    // Let go while held because what it kept passed held_rx_max with messages in flight to it (waive_hold): until
+    // Let go while held because what it kept passed its limit with messages in flight to it (waive_hold): until
     // read_again has handled what it kept, no queue holds it (its acks behind that would wait with the rest).
     bool hold_waived : 1 = false;
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
@@ -437,8 +437,10 @@ private:
     // session at its hold mark may wait, unread, for it (offer_to then queues the message even past the limit), and
     // its hold.
     bool may_hold_publisher(const session_slot& slot) const;
-    // Whether p may be held for slot's queue (null: a queue on another shard).
-    bool publisher_holdable(const connection& p, const session_slot* slot) const;
+    // Whether p may be held (for a queue here or on another shard).
+    bool publisher_holdable(const connection& p) const;
+    // What a held client may leave unread before its receive stops: held_rx_max past the first packet it kept.
+    size_t held_keep_max(const connection& c) const;
     void waive_hold(connection& c);
     void hold_publisher(const session_slot& slot, std::string_view topic);
     // The queue's hold entry, made (and its queue's movement counted from now) if it had none.
