@@ -424,7 +424,7 @@ void shard::loop() {
             std::vector<connection*> again;
             again.swap(rearm_);
             for (connection* c : again) {
-                if (c->queue_held) continue; // read_again arms it
+                if (c->queue_held && c->rx.size() > held_keep_max(*c)) continue; // read_again arms it
                 c->needs_rearm = false;
                 if (c->st != connection::state::closing && !c->recv_armed) arm_recv(*c);
             }
@@ -528,7 +528,9 @@ void shard::end_hold() {
         const auto it = conns_.find(id);
         if (it == conns_.end()) continue;
         connection& c = *it->second;
-        if (c.queue_held) continue; // a full queue holds it too: read_again arms it
+        // A full queue holds it too: read on while under what it may keep (its acks are served), else read_again arms
+        // it.
+        if (c.queue_held && c.rx.size() > held_keep_max(c)) continue;
         c.needs_rearm = false;
         // Its keepalive counts from now: it was not read (a packet cut by the hold could not be finished meanwhile).
         c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
@@ -564,6 +566,24 @@ size_t shard::held_keep_max(const connection& c) const {
     return first <= c.rx.size() ? held_rx_max + first : held_rx_max;
 }
 
+void shard::settle_held_recv(connection& c) {
+    // Held again as read_again handled what it kept: its receive, stopped for what it kept then (or for receive
+    // buffers, or by the shard's read hold), goes on while it keeps less, or its acks would wait in the socket: for its
+    // own queue, the only ones that drain it, until the hold's limit.
+    if (c.rx.size() > held_keep_max(c)) {
+        if (!c.hold_waived && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
+        stop_recv(c);
+        return;
+    }
+    if (!c.needs_rearm) return;
+    if (holding_) {
+        if (std::find(held_.begin(), held_.end(), c.id) == held_.end()) held_.push_back(c.id); // end_hold arms it
+        return;
+    }
+    c.needs_rearm = false;
+    if (!c.recv_armed) arm_recv(c);
+}
+
 void shard::waive_hold(connection& c) {
     // Its receive stops here, and with it the acks that drain its own queue, which a client held for that one, or it
     // itself, may be waiting for (two clients publishing to each other stopped so would wait for each other until the
@@ -578,10 +598,11 @@ void shard::waive_hold(connection& c) {
     std::erase_if(transit_held_, [&](const transit_wait& w) { return w.id == c.id; });
     unheld_.push_back(c.id);
     if (log::at_doubling(holds_waived_))
-        log::info("client {} ({}), held with messages in flight to it, sent more than {} bytes past the packet it "
-                  "waits with: it is read again rather than leave its acks unread, and what it kept goes on as from a "
-                  "client that cannot be held ({} so far)",
-                  c.client_id(), c.peer, held_rx_max, holds_waived_);
+        log::info(
+            "client {} ({}), held with messages in flight to it, sent more than {} bytes past the first "
+            "packet it kept: it is read again rather than leave its acks unread, and what it kept goes on as from "
+            "a client that cannot be held ({} so far)",
+            c.client_id(), c.peer, held_rx_max, holds_waived_);
 }
 
 void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
@@ -1079,6 +1100,7 @@ void shard::read_again(connection& c) {
         }
         if (c.queue_held) {
             if (!c.rx.empty()) serve_held_acks(c);
+            settle_held_recv(c);
             return;
         }
         if (holding_ && m_.messages_received != published_before) {

@@ -441,6 +441,7 @@ private:
     bool publisher_holdable(const connection& p) const;
     // What a held client may leave unread before its receive stops: held_rx_max past the first packet it kept.
     size_t held_keep_max(const connection& c) const;
+    void settle_held_recv(connection& c);
     void waive_hold(connection& c);
     void hold_publisher(const session_slot& slot, std::string_view topic);
     // The queue's hold entry, made (and its queue's movement counted from now) if it had none.

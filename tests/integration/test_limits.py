@@ -829,6 +829,31 @@ class PublisherHoldBase:
     def on0(self, name: str, **kw):
         return self.client(self.cid(name, 0), **kw)
 
+    @staticmethod
+    def take_acking(c, n_acks: int, n_pubs=None, timeout: float = 8.0, quiet: float = 0.5) -> tuple:
+        """Reads c, PUBACKing each PUBLISH it gets (the int of its payload's first 6 bytes recorded), until it has had
+        n_acks PUBACKs and n_pubs PUBLISHes (None: until none came for `quiet` s past the last PUBACK) or timeout
+        passes: (the PUBACKs' bytes, the numbers got, when the last PUBACK wanted came or None)."""
+        acks, got, acked_at = set(), [], None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if acked_at is not None and (len(got) >= n_pubs if n_pubs is not None else
+                                         time.monotonic() - acked_at >= quiet):
+                break
+            try:
+                p = c.read_packet(0.1)
+            except TimeoutError:
+                continue
+            if p.type == m.PUBLISH:
+                x = m.parse_publish(p)
+                got.append(int(x.payload[:6]))
+                c.send(m.puback(x.pid))
+            elif p.type == m.PUBACK:
+                acks.add(p.raw())
+                if len(acks) == n_acks:
+                    acked_at = time.monotonic()
+        return acks, got, acked_at
+
     def close_and_wait(self, client, client_id: str) -> None:
         """Closes client's socket and waits (5 s at most) until the broker logs that it saw the close."""
         client.close()
@@ -1290,19 +1315,7 @@ class PublisherHoldCases(PublisherHoldBase):
         c.subscribe([("hold/self", 1)])
         n = 40
         self.flood(c, "hold/self", n)
-        acks, got = set(), []
-        deadline = time.monotonic() + 5
-        while (len(acks) < n or len(got) < n) and time.monotonic() < deadline:
-            try:
-                p = c.read_packet(max(0.01, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            if p.type == m.PUBACK:
-                acks.add(p.raw())
-            elif p.type == m.PUBLISH:
-                x = m.parse_publish(p)
-                got.append(int(x.payload[:6]))
-                c.send(m.puback(x.pid))
+        acks, got, _ = self.take_acking(c, n, n, timeout=5)
         self.assertEqual(acks, {m.puback(i + 1) for i in range(n)})
         self.assertEqual(got, list(range(n)))
         log = self.broker.log()
@@ -1345,6 +1358,40 @@ class PublisherHoldCases(PublisherHoldBase):
         self.assertRegex(log, HOLD_LINE)
         self.assertNotIn(b"dropped", log)
 
+    def test_a_client_held_again_for_its_own_queue_as_it_is_read_again_reads_on(self):
+        # Held for another's queue with nothing in flight to it, it sends more than it may leave unread: its receive
+        # stops (nothing to wait for its acks). In its turn its messages to itself fill its own window and queue, and
+        # it is held again, for its own queue, which only its acks drain: its receive goes on (a build that left it
+        # stopped waited for the hold's limit, 10 s, and then dropped past the limit).
+        self.use_broker({**self.LIMITS, "mqtt.publisher_hold_ms": 10000})
+        d = self.on0("d")
+        d.subscribe([("other/d", 1)])
+        c = self.on0("c")
+        c.subscribe([("self/c", 1)])
+        to_d, to_self = 8, 20  # held at d's 8th: one in flight, 6 queued (its mark)
+        c.send(b"".join(m.publish("other/d", b"%06d" % i + b"d" * 994, qos=1, pid=i + 1) for i in range(to_d)) +
+               b"".join(m.publish("self/c", b"%06d" % i + b"c" * 994, qos=1, pid=to_d + i + 1) for i in range(to_self)))
+        self.wait_until(lambda: re.search(HOLD_LINE, self.broker.log()), 5, "c held for d's queue")
+        time.sleep(0.3)  # all it sent is kept or waits in its socket
+        start = time.monotonic()
+        result = {}
+
+        def run_c():
+            result["c"] = self.take_acking(c, to_d + to_self, to_self)
+
+        thread = threading.Thread(target=run_c, daemon=True)
+        thread.start()
+        got_d = [int(x.payload[:6]) for x in Collector(d, to_d, timeout=8).join()]
+        thread.join(10)
+        acks, got, done = result["c"]
+        self.assertEqual(got_d, list(range(to_d)))
+        self.assertEqual(acks, {m.puback(i + 1) for i in range(to_d + to_self)})
+        self.assertEqual(got, list(range(to_self)))
+        self.assertLess(done - start, 5)
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertNotIn(b"nothing taken from its queue", log)
+
     def test_two_clients_publishing_to_each_other_more_than_a_hold_leaves_unread_are_not_stalled(self):
         # Each is held for the other's queue, and each has sent more than a held client may leave unread (16 KiB), so
         # its receive stops, and its acks of what the other sends it wait behind in its socket: neither queue drains.
@@ -1362,22 +1409,7 @@ class PublisherHoldCases(PublisherHoldBase):
         results = {}
 
         def run(name, c):
-            acks, got, took = set(), [], None
-            deadline = time.monotonic() + 8
-            while time.monotonic() < deadline and (len(acks) < n or time.monotonic() - took < 0.5):
-                try:
-                    p = c.read_packet(0.1)
-                except TimeoutError:
-                    continue
-                if p.type == m.PUBLISH:
-                    x = m.parse_publish(p)
-                    got.append(int(x.payload[:6]))
-                    c.send(m.puback(x.pid))
-                elif p.type == m.PUBACK:
-                    acks.add(p.raw())
-                    if len(acks) == n:
-                        took = time.monotonic()
-            results[name] = (acks, got, took)
+            results[name] = self.take_acking(c, n)
 
         threads = [threading.Thread(target=run, args=(name, c), daemon=True) for name, c in (("a", a), ("b", b))]
         for t in threads:
@@ -1390,7 +1422,7 @@ class PublisherHoldCases(PublisherHoldBase):
             self.assertLess(took - start, 5, f"{name} answered only after {took - start:.1f} s")
             self.assertEqual(got, sorted(set(got)), f"{name}: in order, each once")
             self.assertGreaterEqual(len(got), 9, name)
-        self.assertIn(b"bytes past the packet it waits with: it is read again", self.broker.log())
+        self.assertIn(b"bytes past the first packet it kept: it is read again", self.broker.log())
         self.assert_broker_healthy("after-mutual")
 
     def test_what_a_held_client_sent_before_it_left_is_handled(self):
@@ -1695,7 +1727,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertEqual([(x.payload, x.retain) for x in live], [(b"state", False)])
         log = self.broker.log()
         self.assertNotIn(b"dropped", log)
-        self.assertIn(b"held with messages in flight to it, sent more than 16384 bytes past the packet it waits with", log)
+        self.assertIn(b"held with messages in flight to it, sent more than 16384 bytes past the first packet it kept", log)
 
     def test_a_queue_of_large_messages_at_its_mark_takes_smaller_ones_on_their_way_past_its_quarter(self):
         # No mqtt.max_queued_bytes: past its quarter a queue takes what was on its way from another shard up to
