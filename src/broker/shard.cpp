@@ -617,7 +617,7 @@ void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
     queue_hold& h = hold_of(slot);
     h.waiting.emplace_back(p.id, now_ms_);
     if (h.topics.size() < hold_topics_max && !h.topics.contains(topic)) h.topics.emplace(topic);
-    // Its receive goes on until what it sent meanwhile passes held_rx_max (process_input): a client that keeps a few
+    // Its receive goes on until what it sent meanwhile passes held_keep_max (process_input): a client that keeps a few
     // messages in flight, as most do, is held without a cancel and a new receive each time.
     p.queue_held = true;
     p.hold_listed = true;
