@@ -424,7 +424,7 @@ void shard::loop() {
             std::vector<connection*> again;
             again.swap(rearm_);
             for (connection* c : again) {
-                if (c->queue_held && c->rx.size() > held_keep_max(*c)) continue; // read_again arms it
+                if (held_past_keep(*c)) continue; // read_again arms it
                 c->needs_rearm = false;
                 if (c->st != connection::state::closing && !c->recv_armed) arm_recv(*c);
             }
@@ -530,7 +530,7 @@ void shard::end_hold() {
         connection& c = *it->second;
         // A full queue holds it too: read on while under what it may keep (its acks are served), else read_again arms
         // it.
-        if (c.queue_held && c.rx.size() > held_keep_max(c)) continue;
+        if (held_past_keep(c)) continue;
         c.needs_rearm = false;
         // Its keepalive counts from now: it was not read (a packet cut by the hold could not be finished meanwhile).
         c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
@@ -566,16 +566,18 @@ size_t shard::held_keep_max(const connection& c) const {
     return first <= c.rx.size() ? held_rx_max + first : held_rx_max;
 }
 
+bool shard::stop_held_recv(connection& c) {
+    if (c.rx.size() <= held_keep_max(c)) return false;
+    if (!c.hold_waived && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
+    stop_recv(c); // (read_again arms it again, at the end of this turn once waived)
+    return true;
+}
+
 void shard::settle_held_recv(connection& c) {
     // Held again as read_again handled what it kept: its receive, stopped for what it kept then (or for receive
     // buffers, or by the shard's read hold), goes on while it keeps less, or its acks would wait in the socket: for its
     // own queue, the only ones that drain it, until the hold's limit.
-    if (c.rx.size() > held_keep_max(c)) {
-        if (!c.hold_waived && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
-        stop_recv(c);
-        return;
-    }
-    if (!c.needs_rearm) return;
+    if (stop_held_recv(c) || !c.needs_rearm) return;
     if (holding_) {
         if (std::find(held_.begin(), held_.end(), c.id) == held_.end()) held_.push_back(c.id); // end_hold arms it
         return;
@@ -1088,7 +1090,8 @@ void shard::read_again(connection& c) {
     // Its keepalive counts from now: what it sent was not handled.
     c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
     if (!c.rx.empty()) {
-        // What it sent while held, first: it may hold it again (unless its hold was waived: not for what it kept).
+        // What it sent while held, first: it may hold it again (unless its hold was waived: not for what it kept,
+        // which is never empty then, past held_keep_max).
         const uint64_t published_before = m_.messages_received;
         publisher_ = &c;
         process_rx(c);
@@ -1109,7 +1112,6 @@ void shard::read_again(connection& c) {
             return;
         }
     }
-    c.hold_waived = false;
     if (!c.needs_rearm) return;                                                         // its receive was not cancelled
     if (holding_ && std::find(held_.begin(), held_.end(), c.id) != held_.end()) return; // end_hold arms it
     c.needs_rearm = false;
@@ -1708,10 +1710,7 @@ void shard::process_input(connection& c, const uint8_t* p, size_t n) {
         // rest waits in the socket, where TCP slows the client down (what a cancelled receive still posts is kept).
         c.rx.insert(c.rx.end(), p, p + n);
         serve_held_acks(c);
-        if (c.rx.size() > held_keep_max(c)) {
-            if (!c.hold_waived && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
-            stop_recv(c); // (read_again arms it again, at the end of this turn once waived)
-        }
+        stop_held_recv(c);
         return;
     }
     // A hold that begins in these bytes leaves the rest in c.rx: its acks among them are handled at once too.

@@ -441,6 +441,10 @@ private:
     bool publisher_holdable(const connection& p) const;
     // What a held client may leave unread before its receive stops: held_rx_max past the first packet it kept.
     size_t held_keep_max(const connection& c) const;
+    bool held_past_keep(const connection& c) const { return c.queue_held && c.rx.size() > held_keep_max(c); }
+    // Past held_keep_max a held client's receive stops, and one with messages in flight to it is let go (waive_hold):
+    // whether it was past.
+    bool stop_held_recv(connection& c);
     void settle_held_recv(connection& c);
     void waive_hold(connection& c);
     void hold_publisher(const session_slot& slot, std::string_view topic);

@@ -829,6 +829,18 @@ class PublisherHoldBase:
     def on0(self, name: str, **kw):
         return self.client(self.cid(name, 0), **kw)
 
+    def assert_held_lost_nothing(self) -> None:
+        log = self.broker.log()
+        self.assertRegex(log, HOLD_LINE)
+        self.assertNotIn(b"dropped", log)
+
+    def put_one_in_flight(self, to, name: str, shard: int = 0) -> None:
+        """A QoS 1 message in flight to client `to` (subscribing to to/<name>), sent by another client on `shard`,
+        left unanswered."""
+        to.subscribe([(f"to/{name}", 1)])
+        self.client(self.cid(f"to-{name}-", shard)).publish(f"to/{name}", b"x", qos=1)
+        self.assertEqual(to.recv_publish(5, ack=False).topic, f"to/{name}")  # in flight to it, unanswered
+
     @staticmethod
     def take_acking(c, n_acks: int, n_pubs=None, timeout: float = 8.0, quiet: float = 0.5) -> tuple:
         """Reads c, PUBACKing each PUBLISH it gets (the int of its payload's first 6 bytes recorded), until it has had
@@ -1009,10 +1021,8 @@ class PublisherHoldCases(PublisherHoldBase):
         for i in range(n):
             pub.expect(m.puback(i + 1))
         sub.expect_no_packet(0.2)
-        log = self.broker.log()
-        self.assertRegex(log, HOLD_LINE)
-        self.assertNotIn(b"dropped", log)
-        self.assertNotIn(b"nothing taken from its queue", log)
+        self.assert_held_lost_nothing()
+        self.assertNotIn(b"nothing taken from its queue", self.broker.log())
 
     def test_a_slow_subscriber_holds_the_publisher_and_loses_nothing(self):
         self.slow_reader(dup=False)
@@ -1091,9 +1101,7 @@ class PublisherHoldCases(PublisherHoldBase):
         got += [int(p[:6]) for p in read_until_quiet(sub, quiet=0.5)]
         self.assertEqual([i for i in got if i < 1000], list(range(302)))
         self.assertEqual([i for i in got if i >= 1000], [1000, 1001])
-        log = self.broker.log()
-        self.assertRegex(log, HOLD_LINE)
-        self.assertNotIn(b"dropped", log)
+        self.assert_held_lost_nothing()
 
     def test_a_subscriber_that_keeps_taking_slowly_never_expires_the_hold(self):
         # 50 publishers held in turn for a subscriber that takes a message every 10 ms: the queue stays at its mark
@@ -1318,9 +1326,7 @@ class PublisherHoldCases(PublisherHoldBase):
         acks, got, _ = self.take_acking(c, n, n, timeout=5)
         self.assertEqual(acks, {m.puback(i + 1) for i in range(n)})
         self.assertEqual(got, list(range(n)))
-        log = self.broker.log()
-        self.assertRegex(log, HOLD_LINE)
-        self.assertNotIn(b"dropped", log)
+        self.assert_held_lost_nothing()
 
     def test_a_client_with_a_message_in_flight_to_it_sending_large_messages_one_at_a_time_loses_nothing(self):
         # What a held client may leave unread (16 KiB) counts past the first packet it kept: a 20 KiB message waiting
@@ -1330,9 +1336,7 @@ class PublisherHoldCases(PublisherHoldBase):
         sub = self.on0("sub")
         sub.subscribe([("big/#", 1)])
         pub = self.on0("pub")
-        pub.subscribe([("to/pub", 1)])
-        self.on0("other").publish("to/pub", b"x", qos=1)
-        self.assertEqual(pub.recv_publish(5, ack=False).topic, "to/pub")  # in flight to it, unanswered
+        self.put_one_in_flight(pub, "pub")
         got, stop = [], threading.Event()
 
         def slow_reader():
@@ -1354,9 +1358,7 @@ class PublisherHoldCases(PublisherHoldBase):
             stop.set()
             reader.join(2)
         self.assertEqual(got, list(range(15)))
-        log = self.broker.log()
-        self.assertRegex(log, HOLD_LINE)
-        self.assertNotIn(b"dropped", log)
+        self.assert_held_lost_nothing()
 
     def test_a_client_held_again_for_its_own_queue_as_it_is_read_again_reads_on(self):
         # Held for another's queue with nothing in flight to it, it sends more than it may leave unread: its receive
@@ -1708,9 +1710,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         a = self.client(self.cid("a", 1))
         sent = self.send_until_held(a, "st/a", 0)  # the gate is closed for st/#, its credit spent
         b = self.client(self.cid("b", 1))
-        b.subscribe([("to/b", 1)])
-        self.client(self.cid("c", 1)).publish("to/b", b"x", qos=1)
-        self.assertEqual(b.recv_publish(5, ack=False).topic, "to/b")  # in flight to b, unanswered
+        self.put_one_in_flight(b, "b", shard=1)
         b.send(m.publish("st/b", b"state", qos=1, retain=True, pid=1))
         b.expect_no_packet(0.3)  # refused: held at the gate
         # 20 KiB more (QoS 0, to a topic nobody reads) while held: its hold is waived and what it kept is handled.
