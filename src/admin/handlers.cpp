@@ -155,6 +155,17 @@ bool parse_body(const http_request& req, body_params& b, http_response& resp) {
     return true;
 }
 
+// The body of a route that takes no parameters (the DELETEs): EMQ X's dispatcher still checked that a body was
+// JSON before the handler ran, so one that is not gets 109 and nothing is done.
+bool body_json_or_empty(const http_request& req, http_response& resp) {
+    if (req.body.empty()) return true;
+    simdjson::dom::parser parser;
+    simdjson::dom::element root;
+    if (parser.parse(req.body).get(root) == simdjson::SUCCESS) return true;
+    api_error(resp, 109, "Body not json");
+    return false;
+}
+
 enum class pstat { ok, missing, wrong_type };
 
 // Looks a key up in the body: missing when there is no body or no such key.
@@ -382,6 +393,7 @@ reactor::task<void> server::dispatch(const http_request& req, const seg_t& s, ht
             co_return;
         }
         if (m == "DELETE") {
+            if (!body_json_or_empty(req, resp)) co_return;
             const std::string id_arg = captured(1);
             co_await kick(id_arg, resp);
             co_return;
@@ -781,7 +793,7 @@ void server::plugin_set(const std::string& node, const std::string& name, const 
     if (!parse_body(req, b, resp)) return;
     bool active = false;
     if (!require(resp, get_bool(b, "active", active))) return;
-    // EMQ X answered an unknown node and an unknown plugin alike (HTTP 200, code 102, "unknown").
+    // EMQ X answered an unknown node with 102 "unknown" for either value; an unknown plugin too when started.
     if (node != cfg_.node_name) {
         api_error(resp, 102, "unknown");
         return;
@@ -801,7 +813,8 @@ void server::plugin_set(const std::string& node, const std::string& name, const 
         }
         return;
     } else {
-        api_error(resp, 102, "unknown");
+        // Stopping what is not running is EMQ X's 111 before it asks whether the name is a plugin at all.
+        api_error(resp, active ? 102 : 111, active ? "unknown" : "not_started");
         return;
     }
     if (*state == active) {
@@ -889,31 +902,19 @@ reactor::task<void> server::metrics(bool all_nodes, http_response& resp) {
     ok(resp, w.str());
 }
 
-void server::note_peaks(const std::vector<broker::shard_snapshot>& snaps) {
-    // Shards peak at different times, so the sum of their high-water marks overstates the node's (a client on shard 0
-    // that leaves before one on shard 1 arrives would count twice). The node's peak is the larger of the sums seen
-    // here (each stats request and $SYS round) and the largest single-shard peak: never more than really happened.
-    for (broker::gauge broker::stats::*g : {&broker::stats::clients, &broker::stats::sessions,
-                                            &broker::stats::subscribers, &broker::stats::subscriptions}) {
-        uint64_t now = 0, shard_peak = 0;
-        for (const auto& s : snaps) {
-            now += (s.s.*g).count;
-            shard_peak = std::max(shard_peak, (s.s.*g).max);
-        }
-        broker::gauge& node = node_peaks_.*g;
-        node.set(now);
-        node.max = std::max(node.max, shard_peak);
-    }
-}
-
 std::vector<std::pair<std::string, uint64_t>> server::stats_rows(const std::vector<broker::shard_snapshot>& snaps) {
-    note_peaks(snaps);
     std::vector<std::pair<std::string, uint64_t>> rows;
-    auto add = [&](const char* name, broker::gauge broker::stats::*g) { // the node's sums, from note_peaks
-        rows.emplace_back(std::string(name) + "/count", (node_peaks_.*g).count);
-        rows.emplace_back(std::string(name) + "/max", (node_peaks_.*g).max);
+    // The count is the shards' sum at the collect; the peak is the node's own high-water mark, which the shards
+    // raise as a count grows (a peak between two requests counts, and shards that peak at different times do not
+    // add up to more than was ever there). The count can be newer than the peak by a few operations: never below it.
+    auto add = [&](const char* name, broker::gauge broker::stats::*g, const std::atomic<uint64_t>& peak) {
+        uint64_t count = 0;
+        for (const auto& s : snaps)
+            count += (s.s.*g).count;
+        rows.emplace_back(std::string(name) + "/count", count);
+        rows.emplace_back(std::string(name) + "/max", std::max(count, peak.load(std::memory_order_relaxed)));
     };
-    add("clients", &broker::stats::clients);
+    add("clients", &broker::stats::clients, node_.connected_peak);
     // Retained messages are replicated on every shard: the node's count is one shard's.
     const uint64_t rc = snaps.empty() ? 0 : snaps[0].s.retained.count;
     const uint64_t rm = snaps.empty() ? 0 : snaps[0].s.retained.max;
@@ -928,9 +929,9 @@ std::vector<std::pair<std::string, uint64_t>> server::stats_rows(const std::vect
         routes_max = std::max(routes_max, s.s.routes.max);
     rows.emplace_back("routes/count", routes);
     rows.emplace_back("routes/max", routes_max);
-    add("sessions", &broker::stats::sessions);
-    add("subscribers", &broker::stats::subscribers);
-    add("subscriptions", &broker::stats::subscriptions);
+    add("sessions", &broker::stats::sessions, node_.sessions_peak);
+    add("subscribers", &broker::stats::subscribers, node_.subscriptions_peak);
+    add("subscriptions", &broker::stats::subscriptions, node_.subscriptions_peak);
     rows.emplace_back("topics/count", routes);
     rows.emplace_back("topics/max", routes_max);
     std::sort(rows.begin(), rows.end()); // EMQ X printed the stats keys in alphabetical order
@@ -1096,6 +1097,7 @@ void server::users_api(const http_request& req, const seg_t& s, http_response& r
             return;
         }
         if (m == "DELETE") {
+            if (!body_json_or_empty(req, resp)) return;
             if (name == cfg_.admin.default_user) {
                 api_error(resp, 106, "admin cannot be deleted");
                 return;

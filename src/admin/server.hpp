@@ -108,9 +108,8 @@ private:
     login check_password(std::string_view user, std::string_view password);
     static void too_many_checks(http_response& resp);
     reactor::task<void> collect(std::vector<broker::shard_snapshot>& out);
-    void note_peaks(const std::vector<broker::shard_snapshot>& snaps);
     // The node's figures from the shards' snapshots, as monitoring/metrics and monitoring/stats answer them and the
-    // $SYS topics publish them (stats_rows notes the peaks first; its rows are sorted by name).
+    // $SYS topics publish them (stats_rows takes the peaks from the node; its rows are sorted by name).
     static broker::metrics node_metrics(const std::vector<broker::shard_snapshot>& snaps);
     std::vector<std::pair<std::string, uint64_t>> stats_rows(const std::vector<broker::shard_snapshot>& snaps);
     reactor::task<void> node_routes(std::vector<std::string>& out);
@@ -144,7 +143,6 @@ private:
     std::array<char, 16384> discard_{};
     uint64_t password_checks_refused_ = 0;
     uint64_t request_timeouts_ = 0; // requests answered 408 (admin.request_timeout or admin.idle_timeout mid-request)
-    broker::stats node_peaks_;      // the summed gauges at the last collect and their node-wide peaks (see note_peaks)
 };
 
 } // namespace ringmq::admin

@@ -1486,6 +1486,15 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
 
 void shard::update_gauges() { fill_gauges(st_); }
 
+void shard::note_subscriptions(size_t before) {
+    const size_t now = trie_.subscription_count();
+    if (now > before)
+        raise_peak(node_.subscriptions_peak,
+                   node_.subscriptions.fetch_add(now - before, std::memory_order_relaxed) + (now - before));
+    else if (now < before)
+        node_.subscriptions.fetch_sub(before - now, std::memory_order_relaxed);
+}
+
 void shard::fill_gauges(stats& s) const {
     s.clients.set(connected_);
     s.sessions.set(sessions_.size());
@@ -2143,7 +2152,10 @@ void shard::on_send(connection& c, int res, uint32_t) {
 void shard::close(connection& c, const char* reason, bool publish_will) {
     if (c.st == connection::state::closing) return;
     const bool was_connected = c.st == connection::state::connected;
-    if (was_connected) --connected_;
+    if (was_connected) {
+        --connected_;
+        node_.connected.fetch_sub(1, std::memory_order_relaxed);
+    }
     c.st = connection::state::closing;
     // Reasons are short tokens (EMQ X shutdown reasons where one exists); a DISCONNECT is a normal exit, not counted.
     if (std::strcmp(reason, "normal") != 0) ++st_.closed_by_reason[reason];
@@ -2416,7 +2428,7 @@ bool shard::attach_session(connection& c, bool clean) {
             refuse_connect(c, 0x03, "max_sessions reached");
             return false;
         }
-        node_.sessions.fetch_add(1, std::memory_order_relaxed);
+        raise_peak(node_.sessions_peak, node_.sessions.fetch_add(1, std::memory_order_relaxed) + uint64_t{1});
         session::limits lim;
         lim.max_inflight = cfg_.limits.max_inflight;
         lim.max_queued = cfg_.limits.max_queued_messages;
@@ -2434,6 +2446,7 @@ bool shard::attach_session(connection& c, bool clean) {
     c.slot = slot;
     c.st = connection::state::connected;
     ++connected_;
+    raise_peak(node_.connected_peak, node_.connected.fetch_add(1, std::memory_order_relaxed) + 1);
     schedule_check(c); // a keepalive shorter than what is left of the connect timeout
     scratch_.clear();
     mqtt::encode_connack(scratch_, c.ver, present, 0);
@@ -3514,7 +3527,9 @@ bool shard::add_subscription(session_slot& slot, const std::string& filter, uint
     if (limit != 0 && subs.size() >= limit && !subs.contains(filter)) return false;
     subs[filter] = qos;
     bool active = false;
+    const size_t before = trie_.subscription_count();
     trie_.subscribe(filter, &slot, qos, &active);
+    note_subscriptions(before);
     ++trie_gen_;
     if (active) broadcast_route(k_route_add, filter);
     release_for_new_route(filter, &slot);
@@ -3530,7 +3545,9 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
         if (r->reads.empty()) end_reads(r, true);
     }
     bool idle = false;
+    const size_t before = trie_.subscription_count();
     trie_.unsubscribe(filter, &slot, &idle);
+    note_subscriptions(before);
     ++trie_gen_;
     if (idle) broadcast_route(k_route_del, filter);
     // Clients held for this queue (here or at gates on other shards) on a topic of that filter may publish to this
@@ -3715,12 +3732,14 @@ void shard::drop_session(session_slot* slot) {
     forget_lost_flights(slot);
     if (!queue_holds_.empty() || !stuck_queues_.empty()) release_publishers(*slot, false);
     if (slot->s->held()) end_reads(reader_of(*slot), false);
+    const size_t before = trie_.subscription_count();
     for (const auto& [filter, qos] : slot->s->subscriptions) {
         bool idle = false;
         trie_.unsubscribe(filter, slot, &idle);
         ++trie_gen_;
         if (idle) broadcast_route(k_route_del, filter);
     }
+    note_subscriptions(before);
     sessions_.erase(slot->s->client_id()); // the id is only read to find the slot, before it is destroyed
     node_.sessions.fetch_sub(1, std::memory_order_relaxed);
 }

@@ -55,6 +55,14 @@ struct node {
     std::atomic<uint32_t> connections{0};    // accepted sockets, node-wide, checked against max_connections
     std::atomic<uint32_t> sessions{0};       // sessions, connected or offline, node-wide, checked against max_sessions
     std::atomic<uint32_t> retained_seq{0};   // the last stamp given to a retained update (wraps; each store widens it)
+    // The admin stats' high-water marks (clients/max, sessions/max, subscriptions/max), raised by the shard whose
+    // count grows, at the moment it grows: shards peak at different times, so neither the sum of their own peaks nor
+    // samples of their counts give the node's. Each count is one RMW per connect, session or (un)subscription.
+    std::atomic<uint64_t> connected{0};     // connections in CONNECTED state
+    std::atomic<uint64_t> subscriptions{0}; // (session, filter) entries in the shards' tries
+    std::atomic<uint64_t> connected_peak{0};
+    std::atomic<uint64_t> sessions_peak{0};
+    std::atomic<uint64_t> subscriptions_peak{0};
     std::atomic<bool> stopping{false};
     std::atomic<unsigned> ready{0};  // shards whose ring is up and accepting
     std::atomic<bool> failed{false}; // a shard could not start (logged by it)
@@ -63,6 +71,12 @@ struct node {
     // `from` reports the message that caused it taken (see shard::snapshot_transit).
     std::unique_ptr<std::atomic<uint64_t>[]> gate_closes;
 };
+
+inline void raise_peak(std::atomic<uint64_t>& peak, uint64_t v) {
+    uint64_t p = peak.load(std::memory_order_relaxed);
+    while (v > p && !peak.compare_exchange_weak(p, v, std::memory_order_relaxed)) {
+    }
+}
 
 // A session and the connection currently attached to it (null while the client is offline). Owned by the home
 // shard's registry; its address is the subscriber id stored in the topic trie.
@@ -703,6 +717,7 @@ private:
     void forget_lost_flights(const session_slot* slot);
     void expire_sessions(int64_t now);
     void update_gauges();
+    void note_subscriptions(size_t before); // the node's subscription count after trie changes from `before`
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
     void drop_qos0(session_slot& slot, uint64_t n, std::string_view topic);
     void note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic);

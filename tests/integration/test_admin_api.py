@@ -200,6 +200,9 @@ class ClientCases(Helpers):
         watcher.subscribe([("will/#", 1)])
         oid = self.cid("owner", 0)
         owner = self.client(oid, will=m.Will("will/kick", b"kicked", qos=1))
+        self.err("DELETE", "clients/" + seg(oid), "not json", 109)  # refused before the kick, as EMQ X did
+        self.assertTrue(owner.is_open(), "kicked by a DELETE whose body was not JSON")
+        watcher.expect_no_packet(0.1)
         self.action("DELETE", "clients/" + seg(oid))
         msg = watcher.recv_publish()
         self.assertEqual((msg.topic, msg.payload, msg.qos, msg.retain), ("will/kick", b"kicked", 1, False))

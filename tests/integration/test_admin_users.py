@@ -49,7 +49,11 @@ class UsersTest(AdminTest):
         self.err("POST", "/api/v2/auth", {"username": "bob", "password": "pw"}, 103, auth=None)
         self.err("POST", "/api/v2/auth", {"username": "nobody", "password": pw}, 103, auth=None)
 
-        self.action("DELETE", "users/bob")
+        # A DELETE with a body that is not JSON is refused before anything is done, as EMQ X's dispatcher did.
+        for body in ("nope", '{"x": 1'):
+            self.err("DELETE", "users/bob", body, 109)
+        self.assertIn("bob", self.users())
+        self.action("DELETE", "users/bob", '{"ignored": true}')
         self.assertEqual(self.users(), {"admin": "administrator"})
         self.assert_unauthorized(self.api("GET", "management/nodes", auth=("bob", pw)), "deleted user")
         self.err("POST", "/api/v2/auth", {"username": "bob", "password": pw}, 103, auth=None)
