@@ -542,7 +542,10 @@ void shard::end_hold() {
 bool shard::may_hold_publisher(const session_slot& slot) const {
     // Only for a message no one else gets: holding its publisher would hold the other subscribers' copies of what
     // it sends next too, and a slow subscriber may not slow the fast ones (its queue drops past its limit instead).
-    if (!slot.conn || !sole_subscriber_ || cfg_.limits.publisher_hold_ms == 0) return false;
+    // A persistent session offline holds them too, as one that takes nothing: a client back within the hold's limit
+    // (a reconnect, a takeover) finds what they sent queued, where letting them go as it left dropped what passed its
+    // limit, though answered. Offline longer, its queue is stuck (expire_queue_holds) and drops past its limit.
+    if (!sole_subscriber_ || cfg_.limits.publisher_hold_ms == 0) return false;
     // (A publisher on another shard was weighed there: see publisher_holdable.)
     // (One that has left is not held, so what it has in flight to it does not matter: leaving_.)
     if (publisher_ && !leaving_ && !publisher_holdable(*publisher_)) return false;
@@ -689,11 +692,7 @@ void shard::ease_queue_holds() {
     for (const session_slot* slot : ease_slots_) {
         auto it = queue_holds_.find(slot);
         if (it == queue_holds_.end()) continue;
-        if (!slot->conn) {
-            // Offline: it drops past its limit, as offline sessions do, and holds nobody.
-            release_publishers(*slot, false);
-            continue;
-        }
+        // (Offline, its queue takes nothing: its clients wait for the session's return or the hold's limit.)
         // Each read_again may hold its publisher again (for this queue or another) or end entries: looked up anew.
         // A turn of another shard's (a token: one of its clients waits) gives that shard the room as credit, which
         // counts as queued until it is used.
@@ -790,8 +789,9 @@ void shard::expire_queue_holds(int64_t now) {
     const auto& lim = cfg_.limits;
     std::erase_if(stuck_queues_, [&](const session_slot* slot) {
         const session::session& s = *slot->s;
-        return !slot->conn || ((lim.max_queued_messages == 0 || s.queue_len() <= lim.max_queued_messages / 2) &&
-                               (lim.max_queued_bytes == 0 || s.queued_bytes() <= lim.max_queued_bytes / 2));
+        // (Offline, it stays stuck: its publishers waited once, and it drops past its limit until it drains.)
+        return (lim.max_queued_messages == 0 || s.queue_len() <= lim.max_queued_messages / 2) &&
+               (lim.max_queued_bytes == 0 || s.queued_bytes() <= lim.max_queued_bytes / 2);
     });
     std::vector<const session_slot*> stuck;
     for (auto it = queue_holds_.begin(); it != queue_holds_.end();) {
@@ -1616,24 +1616,8 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         if (!c.recv_armed && !c.needs_rearm) arm_recv(c);
         return;
     }
-    if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]] {
-        // What it sent before it closed is handled first, held or not (a DISCONNECT among it ends it normally), its
-        // QoS 2 messages taken as a held client's, past a full queue's limit within its burst room: their ids are
-        // recorded as received, so the resends of a client that comes back are answered as duplicates and not routed
-        // again (dropped now, they would be lost). It is not held again (leaving_): it has left.
-        struct leaving_scope {
-            shard& s;
-            ~leaving_scope() {
-                s.publisher_ = nullptr;
-                s.leaving_ = false;
-            }
-        } scope{*this};
-        c.queue_held = false;
-        c.held_scanned = 0;
-        publisher_ = &c;
-        leaving_ = true;
-        process_rx(c);
-    }
+    if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]]
+        handle_kept_as_left(c);
     if (res <= 0 || c.st == connection::state::closing) {
         // Bytes for a closing connection are dropped; the buffer goes back as its flags say (received_nothing for
         // a completion without bytes).
@@ -1841,6 +1825,29 @@ void shard::serve_held_acks(connection& c) {
         rx.resize(out + rx.size() - in);
     }
     c.held_scanned = done ? held_scan_done : static_cast<uint32_t>(out) | (qos2_ahead ? held_qos2_ahead : 0);
+}
+
+void shard::handle_kept_as_left(connection& c) {
+    // What a held client sent before it closed, or before a new connection took its session over or the admin API
+    // kicked it, is handled first (a DISCONNECT among it ends it normally, without its will [MQTT-3.14.4-3]), its QoS
+    // 2 messages taken as a held client's, past a full queue's limit within its burst room: their ids are recorded as
+    // received, so the resends of a client that comes back are answered as duplicates and not routed again (dropped
+    // now, they would be lost). It is not held again (leaving_): it has left. (What its stopped receive left in the
+    // socket is not read: past held_keep_max, a DISCONNECT there goes unseen.)
+    struct leaving_scope {
+        shard& s;
+        connection* outer; // a takeover runs inside the new connection's CONNECT
+        bool outer_leaving;
+        ~leaving_scope() {
+            s.publisher_ = outer;
+            s.leaving_ = outer_leaving;
+        }
+    } scope{*this, publisher_, leaving_};
+    c.queue_held = false;
+    c.held_scanned = 0;
+    publisher_ = &c;
+    leaving_ = true;
+    process_rx(c);
 }
 
 void shard::process_rx(connection& c) {
@@ -2402,6 +2409,10 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
 bool shard::attach_session(connection& c, bool clean) {
     bool present = false;
     session_slot* slot = sessions_.find(c.client_id_);
+    if (slot && slot->conn && slot->conn->queue_held && slot->conn->st == connection::state::connected) [[unlikely]] {
+        handle_kept_as_left(*slot->conn);
+        slot = sessions_.find(c.client_id_); // (a DISCONNECT there ended the connection, and a clean session with it)
+    }
     if (slot) {
         if (slot->conn) {
             connection& old = *slot->conn;
@@ -3868,6 +3879,10 @@ bool shard::kick(std::string_view id) {
     const session_slot* slot = sessions_.find(id);
     if (!slot || !slot->conn) return false;
     connection& c = *slot->conn;
+    if (c.queue_held && c.st == connection::state::connected) [[unlikely]] {
+        handle_kept_as_left(c);
+        if (c.st == connection::state::closing) return true; // its own DISCONNECT came first
+    }
     log::info("client {} ({}) kicked by the admin API", c.client_id_, c.peer);
     close(c, "kick", true);
     return true;

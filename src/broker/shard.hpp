@@ -717,7 +717,8 @@ private:
     void forget_lost_flights(const session_slot* slot);
     void expire_sessions(int64_t now);
     void update_gauges();
-    void note_subscriptions(size_t before); // the node's subscription count after trie changes from `before`
+    void note_subscriptions(size_t before);  // the node's subscription count after trie changes from `before`
+    void handle_kept_as_left(connection& c); // a held connection closing, taken over or kicked: what it kept, first
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
     void drop_qos0(session_slot& slot, uint64_t n, std::string_view topic);
     void note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic);
