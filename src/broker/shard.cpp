@@ -544,8 +544,11 @@ bool shard::may_hold_publisher(const session_slot& slot) const {
     // it sends next too, and a slow subscriber may not slow the fast ones (its queue drops past its limit instead).
     // A persistent session offline holds them too, as one that takes nothing: a client back within the hold's limit
     // (a reconnect, a takeover) finds what they sent queued, where letting them go as it left dropped what passed its
-    // limit, though answered. Offline longer, its queue is stuck (expire_queue_holds) and drops past its limit.
+    // limit, though answered. Not past the hold's limit from when it left: offline longer (a device switched off), it
+    // would stall a publisher to many sessions once for each one whose queue reached its mark; it drops past its limit.
     if (!sole_subscriber_ || cfg_.limits.publisher_hold_ms == 0) return false;
+    if (!slot.conn && now_ms_ - slot.offline_since_ms >= static_cast<int64_t>(cfg_.limits.publisher_hold_ms))
+        return false;
     // (A publisher on another shard was weighed there: see publisher_holdable.)
     // (One that has left is not held, so what it has in flight to it does not matter: leaving_.)
     if (publisher_ && !leaving_ && !publisher_holdable(*publisher_)) return false;
@@ -636,7 +639,8 @@ void shard::hold_publisher(const session_slot& slot, std::string_view topic) {
 
 shard::queue_hold& shard::hold_of(const session_slot& slot) {
     const auto [it, fresh] = queue_holds_.try_emplace(&slot);
-    if (fresh) it->second.moved_ms = now_ms_;
+    // (Offline, nothing has been taken since it left: its hold's limit counts from then.)
+    if (fresh) it->second.moved_ms = slot.conn ? now_ms_ : std::min(now_ms_, slot.offline_since_ms);
     return it->second;
 }
 
@@ -750,6 +754,14 @@ void shard::forget_gone_holds() {
         g.asked = g.waiting.size();
     }
     hold_gone_.clear();
+}
+
+void shard::hold_back_online(const session_slot& slot) {
+    // Back: its queue is taken from again. A mark of stuck from while it was away would have its publishers' messages
+    // dropped past the limit while it reads, until it drained to half (which publishers faster than it prevent), and
+    // its hold's limit counts from now, not from the last message it took before it left.
+    stuck_queues_.erase(&slot);
+    if (const auto it = queue_holds_.find(&slot); it != queue_holds_.end()) it->second.moved_ms = now_ms_;
 }
 
 void shard::release_publishers(const session_slot& slot, bool expired) {
@@ -1092,7 +1104,7 @@ void shard::read_again(connection& c) {
     if (!c.rx.empty()) {
         // What it sent while held, first: it may hold it again (unless its hold was waived: not for what it kept,
         // which is never empty then, past held_keep_max).
-        const uint64_t published_before = m_.messages_received;
+        const uint64_t published_before = own_received();
         publisher_ = &c;
         process_rx(c);
         publisher_ = nullptr;
@@ -1106,7 +1118,7 @@ void shard::read_again(connection& c) {
             settle_held_recv(c);
             return;
         }
-        if (holding_ && m_.messages_received != published_before) {
+        if (holding_ && own_received() != published_before) {
             c.needs_rearm = false;
             hold_recv(c);
             return;
@@ -1271,12 +1283,12 @@ void shard::take_handoff(handoff* hp) {
     if (!hold_gone_.empty()) [[unlikely]]
         forget_gone_holds();
     connection& c = adopt(h->fd, h->peer);
-    const uint64_t published_before = m_.messages_received;
+    const uint64_t published_before = own_received();
     process_input(c, h->bytes.data(), h->bytes.size());
     if (c.st == connection::state::closing) return;
     // As after any receive (on_recv): what it published with its CONNECT counts toward this shard's cross-shard hold,
     // and one whose unhandled bytes stopped its receive (a full queue holds it) is not read on meanwhile.
-    if (holding_ && m_.messages_received != published_before) [[unlikely]]
+    if (holding_ && own_received() != published_before) [[unlikely]]
         hold_recv(c);
     else if (!c.recv_armed && !c.needs_rearm)
         arm_recv(c);
@@ -1639,7 +1651,7 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     RINGMQ_ASSERT(has_buf);
     m_.bytes_received += static_cast<uint64_t>(res);
     const uint8_t* data = bufs.received(bid, static_cast<uint32_t>(res), flags);
-    const uint64_t published_before = m_.messages_received;
+    const uint64_t published_before = own_received();
     const uint64_t packets_before = m_.packets_received;
     process_input(c, data, static_cast<size_t>(res));
     // Keep-alive counts whole control packets [MQTT-3.1.2-24], not bytes: a client trickling the bytes of a packet it
@@ -1664,7 +1676,7 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     // Not while needs_rearm: a held connection whose receive ended on its own (the kernel ends a multishot receive
     // when it cannot post the next completion) with bytes that published nothing stays held until end_hold, and one
     // waiting for receive buffers is re-armed from rearm_.
-    if (holding_ && m_.messages_received != published_before) [[unlikely]]
+    if (holding_ && own_received() != published_before) [[unlikely]]
         hold_recv(c);
     else if (!c.recv_armed && !c.needs_rearm)
         arm_recv(c);
@@ -1847,7 +1859,9 @@ void shard::handle_kept_as_left(connection& c) {
     c.held_scanned = 0;
     publisher_ = &c;
     leaving_ = true;
+    const uint64_t before = m_.messages_received;
     process_rx(c);
+    left_received_ += m_.messages_received - before;
 }
 
 void shard::process_rx(connection& c) {
@@ -2452,6 +2466,8 @@ bool shard::attach_session(connection& c, bool clean) {
         owned->created_at = static_cast<int64_t>(::time(nullptr));
         slot = &sessions_.insert(std::move(owned));
     }
+    if (slot->offline_since_ms != 0 && (!queue_holds_.empty() || !stuck_queues_.empty())) [[unlikely]]
+        hold_back_online(*slot);
     slot->conn = &c;
     slot->offline_since_ms = 0;
     c.slot = slot;
@@ -3575,8 +3591,8 @@ void shard::broadcast_route(uint32_t kind, const std::string& filter) {
 }
 
 void shard::went_offline(session_slot& slot) {
+    slot.offline_since_ms = std::max<int64_t>(now_ms_, 1); // (the publisher hold's too: may_hold_publisher)
     if (cfg_.limits.session_expiry_ms == 0) return;
-    slot.offline_since_ms = std::max<int64_t>(now_ms_, 1);
     expiry_.push_back({slot.offline_since_ms, slot.s->client_id()});
     if (expiry_.size() > 2 * sessions_.size() + 1024) {
         // Clients that come and go leave stale entries behind: keep the ones still due.

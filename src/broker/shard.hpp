@@ -473,9 +473,11 @@ private:
     // At the end of a turn: reads the held publishers of each queue below its mark again, oldest first, until it is
     // at the mark once more (read_again handles what each sent meanwhile at once).
     void ease_queue_holds();
-    // Its session is offline or gone, or (expired) nothing was taken from its queue for mqtt.publisher_hold_ms and it
-    // is stuck (see stuck_queues_): all its publishers are read again at the end of the turn.
+    // Its session is gone, or (expired) nothing was taken from its queue for mqtt.publisher_hold_ms (offline, since
+    // it left, at the latest) and it is stuck (see stuck_queues_): all its publishers are read again at the end of
+    // the turn.
     void release_publishers(const session_slot& slot, bool expired);
+    void hold_back_online(const session_slot& slot); // a persistent session back: not stuck, its hold's limit anew
     // A subscription to filter was added, here (by `by`) or on another shard (k_route_add, by nullptr): a queue of
     // another session whose clients were held on a topic it matches is that topic's sole subscriber no more, and the
     // new one may not wait for the slow one, so its publishers are read again (release_publishers).
@@ -719,6 +721,9 @@ private:
     void update_gauges();
     void note_subscriptions(size_t before);  // the node's subscription count after trie changes from `before`
     void handle_kept_as_left(connection& c); // a held connection closing, taken over or kicked: what it kept, first
+    // The messages received, less those handle_kept_as_left handled for a connection that left: a takeover runs inside
+    // the new connection's CONNECT, which published nothing (a cross-shard hold would stop its receive).
+    uint64_t own_received() const { return m_.messages_received - left_received_; }
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
     void drop_qos0(session_slot& slot, uint64_t n, std::string_view topic);
     void note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic);
@@ -834,7 +839,7 @@ private:
     // to it alone on one of its topics send only what its credit allows (k_gate_credit, one message per unit); one
     // that finds it spent sends that message still and is held, oldest first in `waiting` (by id, with when), read
     // again in turn as credit comes (ease_gates), or after mqtt.publisher_hold_ms, or when the queue's shard opens the
-    // gate (k_gate_open: the session is offline, gone or stuck). Keyed by (shard, queue); its topics point at it.
+    // gate (k_gate_open: the session is gone or stuck). Keyed by (shard, queue); its topics point at it.
     struct remote_gate {
         unsigned shard = 0;
         uint64_t queue = 0;
@@ -973,6 +978,7 @@ private:
     void forget_gone_holds();
     uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
     uint64_t publisher_holds_ = 0;   // publishers held so far, logged at doublings
+    uint64_t left_received_ = 0;     // messages handled for held connections taken over or kicked (own_received)
     uint64_t publisher_hold_expiries_ = 0;
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.
