@@ -1,6 +1,8 @@
 #include "config/config.hpp"
 
+#include "mqtt/validate.hpp"
 #include "util/file.hpp"
+#include "util/log.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -97,7 +99,14 @@ struct layers {
     std::vector<std::pair<std::string, entry>> shadowed;
 
     void error(std::string_view origin, std::string_view key, std::string_view reason) {
-        errors.push_back(fmt::format("{}: {}: {}", origin, key, reason));
+        // (A key or a value quoted in the reason may hold a line break: one error stays one line. A --set origin is
+        // escaped where it is made.)
+        fmt::memory_buffer out;
+        fmt::format_to(std::back_inserter(out), "{}: ", origin);
+        log::append_escaped(out, key);
+        out.append(std::string_view(": "));
+        log::append_escaped(out, reason);
+        errors.push_back(fmt::to_string(out));
     }
 
     // Later layers replace earlier ones; what they replace is kept in `shadowed`.
@@ -175,8 +184,34 @@ struct parsed_toml {
     std::string error; // "<origin>:<line>:<col>: <message>" when table is empty
 };
 
+// toml++ parses a dotted key or table header recursively, a frame per part: some 35,000 parts (a 70 KB file) overflow
+// the stack. No ringmq key has more than two; a line whose key or header has more than this many is refused first.
+constexpr size_t max_key_dots = 64;
+
+// The first line (1-based) whose key or [table] header has more than max_key_dots dots, else 0. Counted up to the
+// line's first '=' (a key) or ']' (a header), quoted parts included: an overestimate that no real key comes near.
+size_t deep_key_line(std::string_view text) {
+    size_t line = 1;
+    for (size_t start = 0; start < text.size(); ++line) {
+        size_t end = text.find('\n', start);
+        if (end == std::string_view::npos) end = text.size();
+        std::string_view l = text.substr(start, end - start);
+        const size_t stop = l.find_first_of("=]");
+        if (std::count(l.begin(), stop == std::string_view::npos ? l.end() : l.begin() + stop, '.') >
+            static_cast<ptrdiff_t>(max_key_dots))
+            return line;
+        start = end + 1;
+    }
+    return 0;
+}
+
 parsed_toml parse_toml(std::string_view text, std::string_view origin) {
     parsed_toml r;
+    if (const size_t line = deep_key_line(text); line != 0) {
+        r.error = fmt::format("{}:{}: a key or table header with more than {} dotted parts (ringmq's have two)", origin,
+                              line, max_key_dots);
+        return r;
+    }
     auto fail = [&](const toml::parse_error& e) {
         r.error = fmt::format("{}:{}:{}: {}", origin, e.source().begin.line, e.source().begin.column, e.description());
     };
@@ -376,6 +411,7 @@ std::string check_node_name(const std::string& s) {
     // The name is one level of the $SYS topics (ringmq's own PUBLISHes skip the topic checks clients get).
     if (s.find_first_of("/+#") != std::string::npos)
         return fmt::format("must not contain '/', '+' or '#' (it is a level of the $SYS topics), got '{}'", s);
+    if (!mqtt::valid_utf8(s)) return "must be UTF-8 (it is a level of the $SYS topics)";
     return "";
 }
 
@@ -670,7 +706,7 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
     auto* o_name = app.add_option("--node-name", node_name, "node name, name@host")->type_name("NAME");
     auto* o_level = app.add_option("--log-level", log_level, "debug, info, warn, error or off")->type_name("LEVEL");
     auto* o_admin = app.add_option("--admin-listen", admin_listen, "admin HTTP listener")->type_name("HOST:PORT");
-    app.add_flag("--no-admin", no_admin, "disable the admin HTTP listener");
+    app.add_flag("--no-admin", no_admin, "disable the admin HTTP listener")->excludes(o_admin);
     app.add_option("--set", sets, "dotted key and TOML value, e.g. mqtt.max_inflight=10 (repeatable)")
         ->type_name("KEY=VALUE")
         ->allow_extra_args(false);

@@ -740,6 +740,55 @@ default_password = ""
                               "v.toml:9:1: admin.default_password: must not be empty"));
 }
 
+TEST_F(config_test, node_name_must_be_utf8) {
+    // A level of every $SYS topic: bytes that are not UTF-8 there make PUBLISHes a client must close on [MQTT-1.5.3-1].
+    for (const char* bad : {"a\xff\xfe@b", "n@\xc0\xaf", "x\xed\xa0\x80@h"}) {
+        auto r = run({"--node-name", bad});
+        EXPECT_FALSE(r.cfg.has_value());
+        EXPECT_THAT(r.errors, ElementsAre("--node-name: node.name: must be UTF-8 (it is a level of the $SYS topics)"));
+    }
+    auto ok = run({"--node-name", "caf\xc3\xa9@h\xc3\xb4te"});
+    ASSERT_TRUE(ok.cfg.has_value());
+    EXPECT_EQ(ok.cfg->node_name, "caf\xc3\xa9@h\xc3\xb4te");
+}
+
+TEST_F(config_test, a_line_break_in_a_key_or_value_stays_in_one_error_line) {
+    auto r = run({"--node-name", "x@y\n2026-12-05T12:00:00.000 [info] main: ringmq ready"});
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], AllOf(HasSubstr("x@y\\x0a2026"), ::testing::Not(HasSubstr("\n"))));
+    auto f = load_from_string("\"max\\ninflight\" = 1\n", "nl.toml");
+    EXPECT_THAT(f.errors, ElementsAre("nl.toml:1:1: max\\x0ainflight: unknown key"));
+}
+
+TEST_F(config_test, a_key_with_thousands_of_dotted_parts_is_refused_not_a_crash) {
+    // toml++ recursed once per part: 40,000 overflowed the stack (SIGSEGV, no message).
+    std::string deep = "[mqtt]\n";
+    for (int i = 0; i < 40000; ++i)
+        deep += "a.";
+    auto r = load_from_string(deep + "b = 1\n", "deep.toml");
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_THAT(r.errors, ElementsAre("deep.toml:2: a key or table header with more than 64 dotted parts (ringmq's "
+                                      "have two)"));
+    std::string header = "[";
+    for (int i = 0; i < 40000; ++i)
+        header += "a.";
+    auto h = load_from_string(header + "b]\n", "h.toml");
+    EXPECT_THAT(h.errors, ElementsAre("h.toml:1: a key or table header with more than 64 dotted parts (ringmq's "
+                                      "have two)"));
+    // A string value with many dots is no key.
+    auto v = load_from_string("[node]\nname = \"a" + std::string(100, '.') + "@b\"\n", "v.toml");
+    EXPECT_TRUE(v.cfg.has_value());
+}
+
+TEST_F(config_test, admin_listen_with_no_admin_is_a_usage_error) {
+    // Both at once: the listen address would be ignored without a word.
+    auto r = run({"--no-admin", "--admin-listen", "127.0.0.1:0"});
+    EXPECT_FALSE(r.cfg.has_value());
+    EXPECT_EQ(r.exit_code, 2);
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], AllOf(HasSubstr("--admin-listen"), HasSubstr("--no-admin")));
+}
+
 TEST_F(config_test, node_name_shapes) {
     for (const char* bad : {"@host", "name@", "na me@host", "plain"}) {
         auto r = run({"--node-name", bad});
