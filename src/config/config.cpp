@@ -85,6 +85,7 @@ struct entry {
     // A --set value that parsed as a number, as typed: node.io_uring_kernel takes this text instead, so
     // `--set node.io_uring_kernel=6.10` means "6.10" (the number would be 6.1).
     std::string typed_number = {};
+    bool unparsed = false; // a --set value that is no TOML value, taken as a plain string
 };
 using entry_map = std::map<std::string, entry, std::less<>>;
 
@@ -265,6 +266,7 @@ void add_set(layers& l, std::string_view arg) {
         l.set(std::string(key), v, origin, v->is_number() ? trim(value) : std::string_view{});
     } else {
         l.set_value(std::string(key), std::string(trim(value)), origin);
+        l.entries.find(key)->second.unparsed = true;
     }
 }
 
@@ -381,6 +383,16 @@ private:
     }
 
     void type_error(const entry& e, std::string_view key, std::string_view expected) {
+        // Digits TOML could not take as an integer (`--set` keeps them as a string) are one past 64 bits: said so,
+        // not "got a string", which the user did not type.
+        if (const auto* str = e.node->as_string(); str && e.unparsed && expected == "an integer") {
+            std::string_view v = str->get();
+            if (!v.empty() && v.front() == '-') v.remove_prefix(1);
+            if (!v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+                l_.error(e.origin, key, fmt::format("expected an integer, got {} (past 64 bits)", str->get()));
+                return;
+            }
+        }
         l_.error(e.origin, key, fmt::format("expected {}, got {}", expected, type_name(e.node->type())));
     }
 

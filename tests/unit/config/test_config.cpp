@@ -780,6 +780,21 @@ TEST_F(config_test, a_key_with_thousands_of_dotted_parts_is_refused_not_a_crash)
     EXPECT_TRUE(v.cfg.has_value());
 }
 
+TEST_F(config_test, digits_past_64_bits_are_not_called_a_string) {
+    // TOML cannot take them as an integer, so --set keeps them as a plain string: the error said "got a string".
+    auto r = run(
+        {"--set", "mqtt.max_inflight=18446744073709551616", "--set", "mqtt.max_queued_messages=-99999999999999999999"});
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre(
+                    "--set mqtt.max_inflight=18446744073709551616: mqtt.max_inflight: expected an integer, got "
+                    "18446744073709551616 (past 64 bits)",
+                    "--set mqtt.max_queued_messages=-99999999999999999999: mqtt.max_queued_messages: expected an "
+                    "integer, got -99999999999999999999 (past 64 bits)"));
+    // A TOML string of digits is a string.
+    auto q = run({"--set", "mqtt.max_inflight=\"32\""});
+    EXPECT_THAT(q.errors, ElementsAre(HasSubstr("mqtt.max_inflight: expected an integer, got a string")));
+}
+
 TEST_F(config_test, admin_listen_with_no_admin_is_a_usage_error) {
     // Both at once: the listen address would be ignored without a word.
     auto r = run({"--no-admin", "--admin-listen", "127.0.0.1:0"});
