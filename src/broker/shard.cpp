@@ -2430,7 +2430,7 @@ bool shard::attach_session(connection& c, bool clean) {
     if (slot) {
         if (slot->conn) {
             connection& old = *slot->conn;
-            log::info("client {} taken over: closing the connection from {} for the one from {}", c.client_id_,
+            conn_info("client {} taken over: closing the connection from {} for the one from {}", c.client_id_,
                       old.peer, c.peer);
             if (!clean && !slot->s->clean()) requeue_unsent(old, *slot);
             old.slot = nullptr;

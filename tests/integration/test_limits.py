@@ -506,6 +506,35 @@ class LimitCases:
         if elapsed < 1.0:
             self.assertGreater(held, 0)
 
+    def test_takeovers_are_logged_within_the_budget(self):
+        # Two devices sharing a client id take each other over in a loop: one info line per takeover was thousands a
+        # second (a review measured 5,800). They share the budget of the refusals above; every one is accounted for.
+        self.use_broker()
+        cid = self.cid("duel", 0)
+        start = time.monotonic()
+        total = 200
+        prev = self.client(cid)
+        for _ in range(total):
+            nxt = self.client(cid)  # takes prev over
+            prev.close()
+            prev = nxt
+        elapsed = time.monotonic() - start
+
+        def accounted():
+            log = self.broker.log().decode("utf-8", "replace")
+            lines = re.findall(r"client " + re.escape(cid) + r" taken over: closing the connection", log)
+            held = sum(int(x) for x in re.findall(r"\(after (\d+) lines like it held back: at most", log))
+            held += sum(int(x) for x in re.findall(r"(\d+) more lines about refused or closed connections held back",
+                                                   log))
+            return len(lines), held
+
+        deadline = time.monotonic() + 5
+        while sum(accounted()) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines, held = accounted()
+        self.assertEqual(lines + held, total, f"{lines} lines, {held} held back")
+        self.assertLessEqual(lines, 20 * (int(elapsed) + 2), f"{lines} lines in {elapsed:.1f} s")
+
     def test_max_client_id_len(self):
         # MQTT-3.1.3-5: ids of 1..23 bytes must always be accepted, so the limit cannot go below 23.
         self.use_broker({"mqtt.max_client_id_len": 30})
