@@ -1491,6 +1491,22 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         close(c, "keepalive_timeout", true);
         return;
     }
+    if (c.keepalive == 0 && c.st == connection::state::connected && !c.rx.empty() && !c.queue_held) [[unlikely]] {
+        // Part of a packet waits (on_recv set this check): closed when no whole packet came for mqtt.connect_timeout
+        // since the check was set or the last whole packet, whichever is later.
+        const auto limit = static_cast<int64_t>(lim.connect_timeout_ms);
+        const int64_t since = std::max(c.last_rx_ms, e.at_ms - limit);
+        if (now - since >= limit) {
+            conn_info("closing client {} ({}): keepalive 0, and part of a packet ({} bytes) waited {} ms "
+                      "(mqtt.connect_timeout) with no whole packet",
+                      c.client_id(), c.peer, c.rx.size(), now - since);
+            close(c, "packet_timeout", true);
+            return;
+        }
+        c.check_at_ms = since + limit;
+        deadlines_.schedule(c.id, c.check_at_ms);
+        return;
+    }
     c.sq.trim(); // a subscriber of shared pieces keeps their bookkeeping between batches, not while it idles
     // Traffic moved the keepalive on (or CONNECT came in time): the next deadline.
     schedule_check(c);
@@ -1657,6 +1673,12 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     // Keep-alive counts whole control packets [MQTT-3.1.2-24], not bytes: a client trickling the bytes of a packet it
     // never finishes would otherwise hold its connection (and its partial packet's memory) for ever.
     if (m_.packets_received != packets_before) c.last_rx_ms = now_ms_;
+    // Keepalive 0 sets no deadline, so part of a packet (up to mqtt.max_packet_size) could hold its memory for good.
+    if (c.keepalive == 0 && c.check_at_ms == 0 && !c.rx.empty() && !c.queue_held &&
+        c.st == connection::state::connected) [[unlikely]] {
+        c.check_at_ms = now_ms_ + static_cast<int64_t>(cfg_.limits.connect_timeout_ms);
+        deadlines_.schedule(c.id, c.check_at_ms);
+    }
     bufs.release(bid, flags);
     if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]] {
         // Not while its sends are held for the SMP backlog (smp_wait): the broker, not the client, stopped them.

@@ -506,6 +506,31 @@ class LimitCases:
         if elapsed < 1.0:
             self.assertGreater(held, 0)
 
+    def test_part_of_a_packet_with_keepalive_0_is_not_kept_for_ever(self):
+        # Keepalive 0 sets no deadline: a client that sent part of a packet and went quiet held its memory for good (a
+        # review: 100 clients with 990 KB each of a 1 MB PUBLISH kept 107 MB as long as they liked). No whole packet
+        # for mqtt.connect_timeout while part of one waits: closed, and its will published.
+        self.use_broker({"mqtt.connect_timeout": 1000})
+        watcher = self.client(self.cid("pw", 0))
+        watcher.subscribe([("will/part", 1)])
+        c = self.client(self.cid("part", 0), keepalive=0, will=m.Will("will/part", b"cut", qos=1))
+        frame = m.publish("part/t", b"x" * 100000)
+        c.send(frame[:50000])
+        start = time.monotonic()
+        c.expect_closed(5)
+        self.assertGreaterEqual(time.monotonic() - start, 0.5)
+        self.assertEqual(watcher.recv_publish().payload, b"cut")
+        self.assertRegex(self.broker.log(), rb"keepalive 0, and part of a packet \(\d+ bytes\) waited \d+ ms")
+        # Idle with keepalive 0 is fine, and so is a packet that comes in parts within the limit.
+        ok = self.client(self.cid("idle", 0), keepalive=0)
+        time.sleep(1.5)
+        ok.send(frame[:50000])
+        time.sleep(0.4)
+        ok.send(frame[50000:])
+        time.sleep(0.8)
+        ok.publish("part/ok", b"fine", qos=1)
+        self.assertTrue(ok.is_open())
+
     def test_takeovers_are_logged_within_the_budget(self):
         # Two devices sharing a client id take each other over in a loop: one info line per takeover was thousands a
         # second (a review measured 5,800). They share the budget of the refusals above; every one is accounted for.
