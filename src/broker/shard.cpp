@@ -1491,14 +1491,20 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         close(c, "keepalive_timeout", true);
         return;
     }
-    if (c.keepalive == 0 && c.st == connection::state::connected && !c.rx.empty() && !c.queue_held) [[unlikely]] {
-        // Part of a packet waits (on_recv set this check): closed when no whole packet came for mqtt.connect_timeout
-        // since the check was set or the last whole packet, whichever is later.
+    if (c.keepalive == 0 && c.st == connection::state::connected && !c.rx.empty()) [[unlikely]] {
+        // Part of a packet waits (on_recv set this check): closed when nothing came for mqtt.connect_timeout since the
+        // check was set or the last bytes, whichever is later (a large packet coming slowly but steadily is not cut).
+        // Not while this shard does not read it (a hold, no receive buffers): what completes it may wait in its socket.
+        if (c.needs_rearm || c.queue_held) {
+            c.check_at_ms = now + held_recheck_ms;
+            deadlines_.schedule(c.id, c.check_at_ms);
+            return;
+        }
         const auto limit = static_cast<int64_t>(lim.connect_timeout_ms);
         const int64_t since = std::max(c.last_rx_ms, e.at_ms - limit);
         if (now - since >= limit) {
             conn_info("closing client {} ({}): keepalive 0, and part of a packet ({} bytes) waited {} ms "
-                      "(mqtt.connect_timeout) with no whole packet",
+                      "(mqtt.connect_timeout) with nothing more coming",
                       c.client_id(), c.peer, c.rx.size(), now - since);
             close(c, "packet_timeout", true);
             return;
@@ -1672,7 +1678,8 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     process_input(c, data, static_cast<size_t>(res));
     // Keep-alive counts whole control packets [MQTT-3.1.2-24], not bytes: a client trickling the bytes of a packet it
     // never finishes would otherwise hold its connection (and its partial packet's memory) for ever.
-    if (m_.packets_received != packets_before) c.last_rx_ms = now_ms_;
+    // (With keepalive 0, which has no keepalive to keep, any bytes: the deadline below is for a client gone quiet.)
+    if (m_.packets_received != packets_before || c.keepalive == 0) c.last_rx_ms = now_ms_;
     // Keepalive 0 sets no deadline, so part of a packet (up to mqtt.max_packet_size) could hold its memory for good.
     if (c.keepalive == 0 && c.check_at_ms == 0 && !c.rx.empty() && !c.queue_held &&
         c.st == connection::state::connected) [[unlikely]] {

@@ -185,23 +185,43 @@ struct parsed_toml {
     std::string error; // "<origin>:<line>:<col>: <message>" when table is empty
 };
 
-// toml++ parses a dotted key or table header recursively, a frame per part: some 35,000 parts (a 70 KB file) overflow
-// the stack. No ringmq key has more than two; a line whose key or header has more than this many is refused first.
-constexpr size_t max_key_dots = 64;
+// A table nested as deep as a key has parts is reported, and destroyed, one stack frame per level (report_nested,
+// toml::table's destructor): a key of 40,000 parts (a 70 KB file) overflowed the stack. No ringmq key has more than
+// two parts; a key or table header with more than max_key_parts is refused before the file is parsed.
+constexpr size_t max_key_parts = 64;
 
-// The first line (1-based) whose key or [table] header has more than max_key_dots dots, else 0. Counted up to the
-// line's first '=' (a key) or ']' (a header), quoted parts included: an overestimate that no real key comes near.
-size_t deep_key_line(std::string_view text) {
-    size_t line = 1;
-    for (size_t start = 0; start < text.size(); ++line) {
-        size_t end = text.find('\n', start);
-        if (end == std::string_view::npos) end = text.size();
-        std::string_view l = text.substr(start, end - start);
-        const size_t stop = l.find_first_of("=]");
-        if (std::count(l.begin(), stop == std::string_view::npos ? l.end() : l.begin() + stop, '.') >
-            static_cast<ptrdiff_t>(max_key_dots))
-            return line;
-        start = end + 1;
+// The line (1-based) of the first key or [table] header with more than max_key_parts parts, else 0. A small TOML
+// lexer: dots are counted outside strings and comments, from the last '=', ',', '{', '}', '[', ']' or line end, so
+// keys inside inline tables count too, and a float value's one dot (or an array's) never adds up to many.
+size_t deep_key_line(std::string_view t) {
+    size_t line = 1, dots = 0;
+    for (size_t i = 0; i < t.size(); ++i) {
+        const char c = t[i];
+        if (c == '#') { // a comment, to the end of the line
+            while (i + 1 < t.size() && t[i + 1] != '\n')
+                ++i;
+        } else if (c == '"' || c == '\'') {
+            const bool multi = t.compare(i, 3, std::string(3, c)) == 0;
+            const bool basic = c == '"';
+            i += multi ? 3 : 1;
+            for (; i < t.size(); ++i) {
+                if (basic && t[i] == '\\') {
+                    ++i; // an escape: the next character is not the string's end
+                    if (i < t.size() && t[i] == '\n') ++line;
+                } else if (t[i] == '\n') {
+                    ++line;
+                    if (!multi) break; // unterminated: the parser reports it
+                } else if (t[i] == c && (!multi || t.compare(i, 3, std::string(3, c)) == 0)) {
+                    if (multi) i += 2;
+                    break;
+                }
+            }
+        } else if (c == '.') {
+            if (++dots >= max_key_parts) return line;
+        } else if (c == '=' || c == ',' || c == '{' || c == '}' || c == '[' || c == ']' || c == '\n') {
+            dots = 0;
+            if (c == '\n') ++line;
+        }
     }
     return 0;
 }
@@ -210,7 +230,7 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
     parsed_toml r;
     if (const size_t line = deep_key_line(text); line != 0) {
         r.error = fmt::format("{}:{}: a key or table header with more than {} dotted parts (ringmq's have two)", origin,
-                              line, max_key_dots);
+                              line, max_key_parts);
         return r;
     }
     auto fail = [&](const toml::parse_error& e) {
@@ -383,12 +403,14 @@ private:
     }
 
     void type_error(const entry& e, std::string_view key, std::string_view expected) {
-        // Digits TOML could not take as an integer (`--set` keeps them as a string) are one past 64 bits: said so,
-        // not "got a string", which the user did not type.
+        // Digits TOML could not take as an integer (`--set` keeps them as a string) past 64 bits: said so, not "got a
+        // string", which the user did not type. (Others, with a leading zero say, are no TOML integer: a string.)
         if (const auto* str = e.node->as_string(); str && e.unparsed && expected == "an integer") {
             std::string_view v = str->get();
             if (!v.empty() && v.front() == '-') v.remove_prefix(1);
-            if (!v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+            uint64_t n = 0;
+            if (!v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+                std::from_chars(v.data(), v.data() + v.size(), n).ec == std::errc::result_out_of_range) {
                 l_.error(e.origin, key, fmt::format("expected an integer, got {} (past 64 bits)", str->get()));
                 return;
             }

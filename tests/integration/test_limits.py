@@ -521,6 +521,14 @@ class LimitCases:
         self.assertGreaterEqual(time.monotonic() - start, 0.5)
         self.assertEqual(watcher.recv_publish().payload, b"cut")
         self.assertRegex(self.broker.log(), rb"keepalive 0, and part of a packet \(\d+ bytes\) waited \d+ ms")
+        # A packet that comes slowly but steadily, over longer than the limit, is not cut (a review of the first
+        # version found it timed from the last whole packet).
+        slow = self.client(self.cid("slow", 0), keepalive=0)
+        step = -(-len(frame) // 10)
+        for k in range(10):
+            slow.send(frame[k * step:(k + 1) * step])
+            time.sleep(0.25)
+        slow.publish("part/slow", b"fine", qos=1)
         # Idle with keepalive 0 is fine, and so is a packet that comes in parts within the limit.
         ok = self.client(self.cid("idle", 0), keepalive=0)
         time.sleep(1.5)

@@ -775,9 +775,28 @@ TEST_F(config_test, a_key_with_thousands_of_dotted_parts_is_refused_not_a_crash)
     auto h = load_from_string(header + "b]\n", "h.toml");
     EXPECT_THAT(h.errors, ElementsAre("h.toml:1: a key or table header with more than 64 dotted parts (ringmq's "
                                       "have two)"));
-    // A string value with many dots is no key.
-    auto v = load_from_string("[node]\nname = \"a" + std::string(100, '.') + "@b\"\n", "v.toml");
-    EXPECT_TRUE(v.cfg.has_value());
+    // Inside an inline table, or past a quoted part holding '=': counted all the same.
+    std::string parts;
+    for (int i = 0; i < 100; ++i)
+        parts += "a.";
+    for (const std::string& text : {"[mqtt]\nx = { " + parts + "b = 1 }\n", "[mqtt]\n\"=\"." + parts + "b = 1\n"}) {
+        auto r2 = load_from_string(text, "in.toml");
+        EXPECT_THAT(r2.errors, ElementsAre(HasSubstr("in.toml:2: a key or table header with more than 64"))) << text;
+    }
+    // Dots in strings, comments and values are no key's: a string value, a ruler comment, a multi-line string, floats.
+    const std::string dots(100, '.');
+    auto v = load_from_string("# " + dots + "\n[node]\nname = \"a" + dots + "@b\" # " + dots +
+                                  "\n[admin]\ndefault_password = \"\"\"x\n" + dots +
+                                  "\ny\"\"\"\n[mqtt]\n"
+                                  "keepalive_multiplier = 1.5\n",
+                              "v.toml");
+    EXPECT_TRUE(v.cfg.has_value()) << ::testing::PrintToString(v.errors);
+    // 64 parts (63 dots) are let through to the checks that name the key.
+    std::string most;
+    for (int i = 0; i < 63; ++i)
+        most += "a.";
+    auto m = load_from_string("[mqtt]\n" + most + "b = 1\n", "m.toml");
+    EXPECT_THAT(m.errors, ElementsAre(HasSubstr("unknown key")));
 }
 
 TEST_F(config_test, digits_past_64_bits_are_not_called_a_string) {
@@ -790,6 +809,9 @@ TEST_F(config_test, digits_past_64_bits_are_not_called_a_string) {
                     "18446744073709551616 (past 64 bits)",
                     "--set mqtt.max_queued_messages=-99999999999999999999: mqtt.max_queued_messages: expected an "
                     "integer, got -99999999999999999999 (past 64 bits)"));
+    // Digits with a leading zero are no TOML integer, and within 64 bits: a string, as before.
+    auto z = run({"--set", "mqtt.max_inflight=010"});
+    EXPECT_THAT(z.errors, ElementsAre(HasSubstr("mqtt.max_inflight: expected an integer, got a string")));
     // A TOML string of digits is a string.
     auto q = run({"--set", "mqtt.max_inflight=\"32\""});
     EXPECT_THAT(q.errors, ElementsAre(HasSubstr("mqtt.max_inflight: expected an integer, got a string")));
