@@ -472,6 +472,25 @@ class LimitCases:
         extra.expect(m.connack(False, m.RC_SERVER_UNAVAILABLE), timeout=3)
         extra.expect_closed(3)
 
+    def assert_logged_within_budget(self, line: str, total: int, elapsed: float, shards: int = 1) -> tuple:
+        """Lines matching `line` and the lines the per-shard budget of connection lines held back account for all
+        `total` events, and at most 20 a second a shard were written (waits up to 5 s for the count): (lines, held)."""
+        def accounted():
+            log = self.broker.log().decode("utf-8", "replace")
+            lines = re.findall(line, log)
+            held = sum(int(x) for x in re.findall(r"\(after (\d+) lines like it held back: at most", log))
+            held += sum(int(x) for x in re.findall(r"(\d+) more lines about refused or closed connections held back",
+                                                   log))
+            return len(lines), held
+
+        deadline = time.monotonic() + 5
+        while sum(accounted()) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines, held = accounted()
+        self.assertEqual(lines + held, total, f"{lines} lines, {held} held back")
+        self.assertLessEqual(lines, 20 * shards * (int(elapsed) + 2), f"{lines} lines in {elapsed:.1f} s")
+        return lines, held
+
     def test_refusals_are_logged_within_a_budget_and_every_one_counted(self):
         # A client reconnecting in a loop past max_connections: one log line each would be thousands a second. At
         # most 20 lines a second are written, and the lines held back are counted (by the next line, or once the
@@ -488,21 +507,8 @@ class LimitCases:
             finally:
                 c.close()
         elapsed = time.monotonic() - start
-
-        def accounted():
-            log = self.broker.log().decode("utf-8", "replace")
-            lines = re.findall(r"refusing CONNECT from [^\n]*max_connections reached[^\n]*", log)
-            held = sum(int(x) for x in re.findall(r"\(after (\d+) lines like it held back: at most", log))
-            held += sum(int(x) for x in re.findall(r"(\d+) more lines about refused or closed connections held back",
-                                                   log))
-            return len(lines), held
-
-        deadline = time.monotonic() + 5
-        while sum(accounted()) < total and time.monotonic() < deadline:
-            time.sleep(0.1)
-        lines, held = accounted()
-        self.assertEqual(lines + held, total, f"{lines} lines, {held} held back")
-        self.assertLessEqual(lines, 20 * self.SHARDS * (int(elapsed) + 2), f"{lines} lines in {elapsed:.1f} s")
+        _, held = self.assert_logged_within_budget(r"refusing CONNECT from [^\n]*max_connections reached[^\n]*", total,
+                                                   elapsed, self.SHARDS)
         if elapsed < 1.0:
             self.assertGreater(held, 0)
 
@@ -552,21 +558,8 @@ class LimitCases:
             prev.close()
             prev = nxt
         elapsed = time.monotonic() - start
-
-        def accounted():
-            log = self.broker.log().decode("utf-8", "replace")
-            lines = re.findall(r"client " + re.escape(cid) + r" taken over: closing the connection", log)
-            held = sum(int(x) for x in re.findall(r"\(after (\d+) lines like it held back: at most", log))
-            held += sum(int(x) for x in re.findall(r"(\d+) more lines about refused or closed connections held back",
-                                                   log))
-            return len(lines), held
-
-        deadline = time.monotonic() + 5
-        while sum(accounted()) < total and time.monotonic() < deadline:
-            time.sleep(0.1)
-        lines, held = accounted()
-        self.assertEqual(lines + held, total, f"{lines} lines, {held} held back")
-        self.assertLessEqual(lines, 20 * (int(elapsed) + 2), f"{lines} lines in {elapsed:.1f} s")
+        self.assert_logged_within_budget(r"client " + re.escape(cid) + r" taken over: closing the connection", total,
+                                         elapsed)
 
     def test_max_client_id_len(self):
         # MQTT-3.1.3-5: ids of 1..23 bytes must always be accepted, so the limit cannot go below 23.
