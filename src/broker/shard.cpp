@@ -83,6 +83,14 @@ int64_t keepalive_limit_ms(const connection& c, const config::mqtt_limits& lim) 
     return static_cast<int64_t>(c.keepalive * 1000.0 * lim.keepalive_multiplier);
 }
 
+// How long a connected client may stay quiet (since last_rx_ms), or 0 for ever: its keepalive; with keepalive 0, while
+// part of a packet waits, mqtt.connect_timeout since its last bytes (keepalive 0 sets no other deadline, and the part
+// holds up to mqtt.max_packet_size of memory; a large packet coming slowly but steadily is not cut).
+int64_t quiet_limit_ms(const connection& c, const config::mqtt_limits& lim) {
+    if (c.keepalive != 0) return keepalive_limit_ms(c, lim);
+    return c.rx.empty() ? 0 : static_cast<int64_t>(lim.connect_timeout_ms);
+}
+
 void init_file_table(io::ring& r, const config::config& cfg, unsigned id) {
     if (!cfg.budgets.fixed_files) return;
     rlimit lim{};
@@ -1427,8 +1435,10 @@ void shard::tick(int64_t now) {
 }
 
 void shard::schedule_check(connection& c) {
-    if (c.st != connection::state::connected || c.keepalive == 0 || c.send_failed) return;
-    const int64_t at = c.last_rx_ms + keepalive_limit_ms(c, cfg_.limits);
+    if (c.st != connection::state::connected || c.send_failed) return;
+    const int64_t limit = quiet_limit_ms(c, cfg_.limits);
+    if (limit == 0) return;
+    const int64_t at = c.last_rx_ms + limit;
     if (c.check_at_ms != 0 && c.check_at_ms <= at) return; // the earlier check puts the next one in place
     c.check_at_ms = at;
     deadlines_.schedule(c.id, at);
@@ -1470,9 +1480,9 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     const auto& lim = cfg_.limits;
-    const bool expired =
-        c.st == connection::state::awaiting_connect ||
-        (c.st == connection::state::connected && c.keepalive != 0 && now - c.last_rx_ms > keepalive_limit_ms(c, lim));
+    const int64_t quiet = quiet_limit_ms(c, lim);
+    const bool expired = c.st == connection::state::awaiting_connect ||
+                         (c.st == connection::state::connected && quiet != 0 && now - c.last_rx_ms > quiet);
     if (expired && (c.needs_rearm || c.queue_held) && c.st == connection::state::connected) {
         // Not read by this shard (a hold, or no receive buffers): what the client sent may wait in its socket. (A
         // connection awaiting CONNECT has published nothing, so no hold keeps it.)
@@ -1486,31 +1496,16 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         close(c, "connect_timeout", false);
         return;
     }
+    if (expired && c.keepalive == 0) {
+        conn_info("closing client {} ({}): keepalive 0, and part of a packet ({} bytes) waited {} ms "
+                  "(mqtt.connect_timeout) with nothing more coming",
+                  c.client_id(), c.peer, c.rx.size(), now - c.last_rx_ms);
+        close(c, "packet_timeout", true);
+        return;
+    }
     if (expired) {
         conn_info("closing client {} ({}): keepalive {} s exceeded", c.client_id(), c.peer, c.keepalive);
         close(c, "keepalive_timeout", true);
-        return;
-    }
-    if (c.keepalive == 0 && c.st == connection::state::connected && !c.rx.empty()) [[unlikely]] {
-        // Part of a packet waits (on_recv set this check): closed when nothing came for mqtt.connect_timeout since the
-        // check was set or the last bytes, whichever is later (a large packet coming slowly but steadily is not cut).
-        // Not while this shard does not read it (a hold, no receive buffers): what completes it may wait in its socket.
-        if (c.needs_rearm || c.queue_held) {
-            c.check_at_ms = now + held_recheck_ms;
-            deadlines_.schedule(c.id, c.check_at_ms);
-            return;
-        }
-        const auto limit = static_cast<int64_t>(lim.connect_timeout_ms);
-        const int64_t since = std::max(c.last_rx_ms, e.at_ms - limit);
-        if (now - since >= limit) {
-            conn_info("closing client {} ({}): keepalive 0, and part of a packet ({} bytes) waited {} ms "
-                      "(mqtt.connect_timeout) with nothing more coming",
-                      c.client_id(), c.peer, c.rx.size(), now - since);
-            close(c, "packet_timeout", true);
-            return;
-        }
-        c.check_at_ms = since + limit;
-        deadlines_.schedule(c.id, c.check_at_ms);
         return;
     }
     c.sq.trim(); // a subscriber of shared pieces keeps their bookkeeping between batches, not while it idles
@@ -1680,12 +1675,8 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
     // never finishes would otherwise hold its connection (and its partial packet's memory) for ever.
     // (With keepalive 0, which has no keepalive to keep, any bytes: the deadline below is for a client gone quiet.)
     if (m_.packets_received != packets_before || c.keepalive == 0) c.last_rx_ms = now_ms_;
-    // Keepalive 0 sets no deadline, so part of a packet (up to mqtt.max_packet_size) could hold its memory for good.
-    if (c.keepalive == 0 && c.check_at_ms == 0 && !c.rx.empty() && !c.queue_held &&
-        c.st == connection::state::connected) [[unlikely]] {
-        c.check_at_ms = now_ms_ + static_cast<int64_t>(cfg_.limits.connect_timeout_ms);
-        deadlines_.schedule(c.id, c.check_at_ms);
-    }
+    if (c.keepalive == 0 && !c.rx.empty()) [[unlikely]]
+        schedule_check(c); // part of a packet waits: quiet_limit_ms
     bufs.release(bid, flags);
     if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]] {
         // Not while its sends are held for the SMP backlog (smp_wait): the broker, not the client, stopped them.
