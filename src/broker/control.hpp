@@ -53,6 +53,12 @@ struct shard_snapshot {
     uint64_t first_routes = 0; // filters subscribed here and on no lower-numbered shard (sum: the node's routes)
 };
 
+// How a call of shard_control::routes left its walk of the shard's routes.
+struct route_chunk {
+    bool ended = false;     // it reached the end
+    bool restarted = false; // it could not resume (the table changed, or the offset went back) and began again
+};
+
 // What an MQTT shard offers the admin API. Implemented by broker::shard; every method runs on that shard's thread.
 class shard_control {
 public:
@@ -66,7 +72,11 @@ public:
     virtual size_t subscription_count() const = 0;
     virtual void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const = 0;
     virtual void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const = 0;
-    virtual void local_routes(std::vector<std::string>& out) const = 0;
+    // Routes listed by this shard: the filters subscribed here and on no lower-numbered shard, so that the shards'
+    // lists are disjoint and together the node's route table (in no particular order). routes() may return fewer
+    // rows than asked before the end of its table, to bound one call's time.
+    virtual size_t route_count() const = 0;
+    virtual route_chunk routes(size_t offset, size_t limit, std::vector<std::string>& out) const = 0;
     virtual bool has_route(std::string_view filter) const = 0; // a local subscriber on exactly this filter
     // Disconnects the client if it is connected here (its will is published). False when not connected here.
     virtual bool kick(std::string_view id) = 0;

@@ -3907,10 +3907,6 @@ void shard::client_subscriptions(std::string_view id, std::vector<subscription_r
         out.push_back(subscription_row{slot->s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
 }
 
-void shard::local_routes(std::vector<std::string>& out) const {
-    trie_.for_each_local_filter([&](std::string_view f, size_t) { out.emplace_back(f); });
-}
-
 bool shard::kick(std::string_view id) {
     const session_slot* slot = sessions_.find(id);
     if (!slot || !slot->conn) return false;

@@ -41,8 +41,9 @@ topic_trie::topic_trie(topic_trie&& other) noexcept
     : root_(std::move(other.root_)), filter_count_(std::exchange(other.filter_count_, 0)),
       subscription_count_(std::exchange(other.subscription_count_, 0)),
       node_count_(std::exchange(other.node_count_, 0)), lower_mask_(other.lower_mask_),
-      first_holder_count_(std::exchange(other.first_holder_count_, 0)) {
+      first_holder_count_(std::exchange(other.first_holder_count_, 0)), generation_(other.generation_ + 1) {
     other.root_ = node{};
+    ++other.generation_;
     adopt_root_children();
 }
 
@@ -56,6 +57,8 @@ topic_trie& topic_trie::operator=(topic_trie&& other) noexcept {
         node_count_ = std::exchange(other.node_count_, 0);
         lower_mask_ = other.lower_mask_;
         first_holder_count_ = std::exchange(other.first_holder_count_, 0);
+        ++generation_;
+        ++other.generation_;
         adopt_root_children();
     }
     return *this;
@@ -92,6 +95,7 @@ void topic_trie::clear() {
     subscription_count_ = 0;
     node_count_ = 0;
     first_holder_count_ = 0;
+    ++generation_;
 }
 
 void topic_trie::set_self(unsigned shard) {
@@ -186,6 +190,7 @@ bool topic_trie::subscribe(std::string_view filter, subscriber_id sub, uint8_t o
     }
     n->locals.push_back(subscriber_entry{sub, options});
     ++subscription_count_;
+    ++generation_;
     return true;
 }
 
@@ -200,6 +205,7 @@ bool topic_trie::unsubscribe(std::string_view filter, subscriber_id sub, bool* f
     *it = n->locals.back();
     n->locals.pop_back();
     --subscription_count_;
+    ++generation_;
     if (n->locals.empty()) {
         --filter_count_;
         if ((n->remote & lower_mask_) == 0) --first_holder_count_;
@@ -218,6 +224,7 @@ void topic_trie::add_remote(std::string_view filter, unsigned shard) {
     const uint64_t bit = uint64_t{1} << shard;
     if (!n->locals.empty() && (bit & lower_mask_) && (n->remote & lower_mask_) == 0) --first_holder_count_;
     n->remote |= bit;
+    ++generation_;
 }
 
 void topic_trie::remove_remote(std::string_view filter, unsigned shard) {
@@ -228,7 +235,61 @@ void topic_trie::remove_remote(std::string_view filter, unsigned shard) {
     if (!n->locals.empty() && (n->remote & bit & lower_mask_) && (n->remote & ~bit & lower_mask_) == 0)
         ++first_holder_count_;
     n->remote &= ~bit;
+    ++generation_;
     prune(n, filter);
+}
+
+bool topic_trie::first_held_filters(first_held_cursor& cur, size_t offset, size_t limit, size_t max_steps,
+                                    std::vector<std::string>& out) const {
+    if (cur.gen_ != generation_ || cur.index_ > offset) {
+        cur.path_.clear();
+        cur.path_.push_back({&root_, 0, {}});
+        cur.index_ = 0;
+        cur.gen_ = generation_;
+        ++cur.starts_;
+    }
+    size_t& index = cur.index_;
+    size_t got = 0;
+    auto& path = cur.path_;
+    for (size_t steps = 0; !path.empty() && got < limit && steps < max_steps; ++steps) {
+        auto& f = path.back();
+        const node* n = f.n;
+        // Each step is taken before a child is pushed: the push may move `f`.
+        switch (f.step) {
+        case 0:
+            f.step = 1;
+            if (!n->locals.empty() && (n->remote & lower_mask_) == 0 && index++ >= offset) {
+                out.push_back(n->filter);
+                ++got;
+            }
+            break;
+        case 1:
+            f.step = 2;
+            if (n->hash) path.push_back({n->hash.get(), 0, {}});
+            break;
+        case 2:
+            f.step = 3;
+            if (n->plus) path.push_back({n->plus.get(), 0, {}});
+            break;
+        case 3:
+            if (!n->children) {
+                path.pop_back();
+                break;
+            }
+            f.step = 4;
+            f.next = n->children->cbegin();
+            break;
+        default:
+            if (f.next == n->children->cend()) {
+                path.pop_back();
+            } else {
+                const node* child = f.next->second.get();
+                ++f.next;
+                path.push_back({child, 0, {}});
+            }
+        }
+    }
+    return path.empty();
 }
 
 bool topic_trie::has_local(std::string_view filter) const {

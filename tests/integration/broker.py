@@ -60,13 +60,13 @@ def client_id_on_shard(prefix: str, shard: int, shards: int) -> str:
     raise RuntimeError("no client id found")  # cannot happen for small shard counts
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of process pid, in KiB."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of process pid in KiB (field "VmHWM": its peak so far)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")
 
 
 def cpu_seconds(pid: int, thread: Optional[str] = None) -> float:

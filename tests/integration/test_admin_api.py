@@ -14,7 +14,7 @@ import paho.mqtt.client as paho
 import mqtt_raw as m
 from admin_client import (AdminTest, CLIENT_KEYS, DEFAULT_PASSWORD, DEFAULT_USER, NODE_KEYS, NODE_MONITOR_KEYS,
                           ROUTE_KEYS, SESSION_KEYS, SUBSCRIPTION_KEYS, basic_auth, seg, uptime_seconds)
-from broker import shard_variants
+from broker import rss_kib, shard_variants
 
 MEM_RE = r"^\d+\.\d{2}[KMG]$"
 LOAD_RE = r"^\d+\.\d{2}$"
@@ -517,6 +517,58 @@ class RouteCases(Helpers):
     def test_routes_empty(self):
         res = self.page("routes")
         self.assertEqual((res["total_num"], res["total_page"], res["objects"]), (0, 0, []))
+
+    def subscribe_many(self, client, filters):
+        for start in range(0, len(filters), 500):
+            client.subscribe([(f, 0) for f in filters[start:start + 500]], timeout=20)
+
+    def test_routes_paged_past_a_shards_chunk(self):
+        # Each shard lists the routes no lower-numbered shard has: pages of any size, also past a shard's chunk of
+        # 1000 rows, list every route of the node exactly once, whichever shards share it.
+        a = self.client(self.cid("pa", 0))
+        b = self.client(self.cid("pb", 1))
+        only_a = [f"pa/{i}" for i in range(1300)]
+        only_b = [f"pb/{i}/+" for i in range(900)]
+        shared = [f"ps/{i}/#" for i in range(400)]
+        self.subscribe_many(a, only_a + shared)
+        self.subscribe_many(b, shared + only_b)
+        expected = sorted(only_a + only_b + shared)
+        self.wait_equal(lambda: self.page("routes", 1, 1)["total_num"], len(expected), what="routes counted")
+        for size in (7, 1000, 1501, 5000):
+            listed = []
+            for page in range(1, (len(expected) + size - 1) // size + 1):
+                res = self.page("routes", page, size, ROUTE_KEYS)
+                self.assertEqual(res["total_num"], len(expected), (size, page))
+                listed += [r["topic"] for r in res["objects"]]
+            self.assertEqual(len(listed), len(expected), f"page size {size}: a route listed twice or missed")
+            self.assertEqual(sorted(listed), expected, f"page size {size}")
+        self.assertEqual(self.page("routes", 1000, 5000)["objects"], [], "past the last page")
+
+    def test_a_page_of_routes_copies_only_its_rows(self):
+        # 20,000 routes of 1 KB (20 MB of filters): ten concurrent requests for a page of 10 raise the node's peak
+        # memory by far less than one copy of the table (each request used to copy, sort and keep the whole table).
+        a = self.client(self.cid("big", 0))
+        self.subscribe_many(a, [f"big/{i:05d}/" + "r" * 1000 for i in range(20000)])
+        self.wait_equal(lambda: self.page("routes", 1, 1)["total_num"], 20000, what="routes counted")
+        self.page("routes", 2000, 10)  # the admin shard's own buffers and the shards' cursors at their size
+        before = rss_kib(self.broker.proc.pid, "VmHWM")
+        errors = []
+
+        def read_pages():
+            try:
+                for page in (1, 1000, 2000):
+                    self.assertEqual(len(self.page("routes", page, 10, ROUTE_KEYS)["objects"]), 10)
+            except Exception as e:  # reported below, on the test's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=read_pages) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(errors, [])
+        grown = rss_kib(self.broker.proc.pid, "VmHWM") - before
+        self.assertLess(grown, 10 * 1024, f"peak RSS grew {grown} KiB for 30 pages of 10 routes")
 
 
 for _mixin in (NodeCases, ClientCases, SessionCases, SubscriptionCases, RouteCases):
