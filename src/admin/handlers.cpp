@@ -547,6 +547,7 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     // answered with what was gathered.
     constexpr unsigned max_route_restarts = 50;
     std::vector<unsigned> restarts(shards, 0);
+    std::vector<broker::route_cursor> route_walks(kind == list_kind::routes ? shards : 0);
     while (!targets.empty()) {
         std::vector<size_t> got(shards, 0);
         std::vector<broker::route_chunk> walk(shards); // routes: where the shard's walk is
@@ -573,7 +574,7 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
                                std::make_move_iterator(part.end()));
             } else {
                 const size_t before = rrow[i].size();
-                walk[i] = c.routes(slice[i].first, n, rrow[i]);
+                walk[i] = c.routes(route_walks[i], slice[i].first, n, rrow[i]);
                 got[i] = rrow[i].size() - before;
             }
         };

@@ -391,10 +391,10 @@ public:
     void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const override;
     void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const override;
     size_t route_count() const override { return trie_.first_holder_count(); }
-    route_chunk routes(size_t offset, size_t limit, std::vector<std::string>& out) const override {
-        const uint64_t starts = routes_cursor_.starts();
-        const bool ended = trie_.first_held_filters(routes_cursor_, offset, limit, k_route_walk_steps, out);
-        return {ended, routes_cursor_.starts() != starts};
+    route_chunk routes(route_cursor& cur, size_t offset, size_t limit, std::vector<std::string>& out) const override {
+        const uint64_t starts = cur.starts();
+        const bool ended = trie_.first_held_filters(cur, offset, limit, k_route_walk_steps, out);
+        return {ended, cur.starts() != starts};
     }
     bool has_route(std::string_view filter) const override { return trie_.has_local(filter); }
     bool kick(std::string_view id) override;
@@ -764,7 +764,6 @@ private:
     mutable page_cursor<conn_table::const_iterator> clients_cursor_;
     mutable page_cursor<session_registry::const_iterator> sessions_cursor_;
     mutable page_cursor<session_registry::const_iterator> subscriptions_cursor_;
-    mutable routing::topic_trie::first_held_cursor routes_cursor_;
     // Steps of the route walk per admin call: about 1 ms of a shard's time (13,000 trie nodes), on a deep page too.
     static constexpr size_t k_route_walk_steps = 65536;
     std::vector<connection*> dirty_; // with something new to send since the last flush
