@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
     log::set_level(cfg.log_level);
     log::set_shard_tag(-1);
     for (const std::string& w : r.warnings)
-        log::warn("{}", w);
+        log::write_escaped(log::level::warn, w); // escaped by config already
 
     std::string why;
     if (!io::probe_kernel(why)) {

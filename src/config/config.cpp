@@ -86,6 +86,7 @@ struct entry {
     // `--set node.io_uring_kernel=6.10` means "6.10" (the number would be 6.1).
     std::string typed_number = {};
     bool unparsed = false; // a --set value that is no TOML value, taken as a plain string
+    std::string file = {}; // a table in a file: the file, for naming each of its keys where it is unknown
 };
 using entry_map = std::map<std::string, entry, std::less<>>;
 
@@ -100,8 +101,8 @@ struct layers {
     std::vector<std::pair<std::string, entry>> shadowed;
 
     void error(std::string_view origin, std::string_view key, std::string_view reason) {
-        // (A key or a value quoted in the reason may hold a line break: one error stays one line. A --set origin is
-        // escaped where it is made.)
+        // (A key or a value quoted in the reason may hold a line break: one error stays one line. An origin is
+        // escaped where it is made: every message is escaped whole, see main.cpp.)
         fmt::memory_buffer out;
         fmt::format_to(std::back_inserter(out), "{}: ", origin);
         log::append_escaped(out, key);
@@ -142,15 +143,15 @@ std::string file_at(std::string_view origin, const toml::source_region& where) {
     return fmt::format("{}:{}:{}", origin, where.begin.line, where.begin.column);
 }
 
-// A table inside a section: every leaf is an unknown key named by its whole dotted path (mqtt.a.b), an empty table
-// an unknown section.
+// A table inside a section that is no known key: every leaf is an unknown key named by its whole dotted path
+// (mqtt.a.b), an empty table an unknown section (`at`: where its own key is).
 void report_nested(layers& l, const std::string& prefix, const toml::table& t, std::string_view origin,
-                   const toml::source_region& where) {
-    if (t.empty()) l.error(file_at(origin, where), prefix, "unknown section");
+                   std::string_view at) {
+    if (t.empty()) l.error(at, prefix, "unknown section");
     for (auto&& [k, v] : t) {
         std::string key = fmt::format("{}.{}", prefix, k.str());
         if (const toml::table* sub = v.as_table())
-            report_nested(l, key, *sub, origin, k.source());
+            report_nested(l, key, *sub, origin, file_at(origin, k.source()));
         else
             l.error(file_at(origin, k.source()), key, "unknown key");
     }
@@ -170,12 +171,12 @@ void add_file(layers& l, const toml::table& root, std::string_view origin) {
             l.error(file_at(origin, k.source()), section, fmt::format("expected a table, got {}", type_name(v.type())));
             continue;
         }
+        // A table ([mqtt.sub], or mqtt's a.b = 1) is an entry too: given for a known key, it is that key's wrong
+        // type; for no known key, report_unknown names its leaves.
         for (auto&& [k2, v2] : *t) {
-            std::string key = fmt::format("{}.{}", section, k2.str());
-            if (const toml::table* sub = v2.as_table())
-                report_nested(l, key, *sub, origin, k2.source()); // no key is a table: [mqtt.sub], or mqtt's a.b = 1
-            else
-                l.set(std::move(key), &v2, file_at(origin, k2.source()));
+            const std::string key = fmt::format("{}.{}", section, k2.str());
+            l.set(key, &v2, file_at(origin, k2.source()));
+            if (v2.is_table()) l.entries.find(key)->second.file = origin;
         }
     }
 }
@@ -234,7 +235,8 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
         return r;
     }
     auto fail = [&](const toml::parse_error& e) {
-        r.error = fmt::format("{}:{}:{}: {}", origin, e.source().begin.line, e.source().begin.column, e.description());
+        r.error = fmt::format("{}:{}:{}: {}", origin, e.source().begin.line, e.source().begin.column,
+                              log::escaped(e.description()));
     };
 #if TOML_EXCEPTIONS
     try {
@@ -255,11 +257,7 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
 // --set KEY=VALUE: VALUE is a TOML value (10, true, "x", 1.5). Anything that does not parse as exactly one TOML
 // value is taken as a bare string, so `--set mqtt.listen=127.0.0.1:1883` works without shell-quoted TOML quotes.
 void add_set(layers& l, std::string_view arg) {
-    const auto escaped = [](std::string_view text) { // a newline in the argument must not break a message in two
-        fmt::memory_buffer out;
-        log::append_escaped(out, text);
-        return fmt::to_string(out);
-    };
+    using log::escaped; // a newline in the argument must not break a message in two
     auto eq = arg.find('=');
     auto trim = [](std::string_view s) {
         while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
@@ -374,8 +372,13 @@ public:
     }
 
     void report_unknown() {
-        for (auto& [key, e] : l_.entries)
-            l_.error(e.origin, key, "unknown key");
+        for (auto& [key, e] : l_.entries) {
+            const toml::table* t = e.node ? e.node->as_table() : nullptr;
+            if (t && !e.file.empty())
+                report_nested(l_, key, *t, e.file, e.origin);
+            else
+                l_.error(e.origin, key, "unknown key");
+        }
         l_.entries.clear();
     }
 
@@ -764,15 +767,16 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
     config cfg;
     if (o_config->count() > 0) {
         cfg.config_path = config_file;
+        const std::string file_origin = log::escaped(config_file);
         std::string text;
         if (const util::file_read rd = util::read_regular_file(config_file, max_config_bytes, text); !rd.ok) {
-            l.errors.push_back(fmt::format("{}: cannot read config file: {}", config_file, rd.why));
+            l.errors.push_back(fmt::format("{}: cannot read config file: {}", file_origin, log::escaped(rd.why)));
         } else {
-            parsed_toml p = parse_toml(text, config_file);
+            parsed_toml p = parse_toml(text, file_origin);
             if (p.table) {
                 // Keep the file's nodes alive with the overrides; entries point into it.
                 auto& t = l.override_storage.emplace_back(std::move(*p.table));
-                add_file(l, t, config_file);
+                add_file(l, t, file_origin);
             } else {
                 l.errors.push_back(std::move(p.error));
             }

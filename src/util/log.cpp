@@ -63,19 +63,29 @@ void append_escaped(fmt::memory_buffer& out, std::string_view msg) {
     out.append(msg.data() + clean, msg.data() + msg.size());
 }
 
-void append_message(fmt::memory_buffer& out, std::string_view msg) {
-    if (msg.size() <= max_message_bytes) {
-        append_escaped(out, msg);
-        return;
+namespace {
+
+void append_cut(fmt::memory_buffer& out, std::string_view msg, bool escape) {
+    size_t cut = msg.size();
+    if (cut > max_message_bytes) {
+        cut = max_message_bytes;
+        while (cut > 0 && (static_cast<unsigned char>(msg[cut]) & 0xc0) == 0x80)
+            --cut; // not inside a UTF-8 sequence
     }
-    size_t cut = max_message_bytes;
-    while (cut > 0 && (static_cast<unsigned char>(msg[cut]) & 0xc0) == 0x80)
-        --cut; // not inside a UTF-8 sequence
-    append_escaped(out, msg.substr(0, cut));
-    fmt::format_to(std::back_inserter(out), " [... {} more bytes]", msg.size() - cut);
+    if (escape)
+        append_escaped(out, msg.substr(0, cut));
+    else
+        out.append(msg.substr(0, cut));
+    if (cut < msg.size()) fmt::format_to(std::back_inserter(out), " [... {} more bytes]", msg.size() - cut);
 }
 
-void write(level l, std::string_view msg) {
+} // namespace
+
+void append_message(fmt::memory_buffer& out, std::string_view msg) { append_cut(out, msg, true); }
+
+namespace {
+
+void write_line(level l, std::string_view msg, bool escape) {
     timeval tv{};
     gettimeofday(&tv, nullptr);
     tm t{};
@@ -91,7 +101,7 @@ void write(level l, std::string_view msg) {
     fmt::format_to(std::back_inserter(buf), "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03} [{}] {}: ", t.tm_year + 1900,
                    t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
                    k_names[static_cast<int>(l)], tag);
-    append_message(buf, msg);
+    append_cut(buf, msg, escape);
     buf.push_back('\n');
     const char* p = buf.data();
     size_t left = buf.size();
@@ -101,6 +111,20 @@ void write(level l, std::string_view msg) {
         p += n;
         left -= static_cast<size_t>(n);
     }
+}
+
+} // namespace
+
+void write(level l, std::string_view msg) { write_line(l, msg, true); }
+
+void write_escaped(level l, std::string_view msg) {
+    if (current_level() <= l) write_line(l, msg, false);
+}
+
+std::string escaped(std::string_view text) {
+    fmt::memory_buffer out;
+    append_escaped(out, text);
+    return fmt::to_string(out);
 }
 
 } // namespace ringmq::log

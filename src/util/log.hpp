@@ -18,10 +18,15 @@ level current_level();
 bool parse_level(std::string_view s, level& out);
 void set_shard_tag(int shard); // per-thread tag printed in each line; -1 = main, -2 = admin
 void write(level l, std::string_view msg);
+// A line whose message the caller has escaped whole (append_escaped) already, written as it is: such text escaped
+// again would show each backslash as \x5c. For the configuration's messages, made escaped for stderr before the log
+// is set up.
+void write_escaped(level l, std::string_view msg);
 // Appends msg to out with each byte below 0x20, 0x7f and the backslash as \xNN (lowercase hex), and so the UTF-8 of
 // the C1 controls (U+0080..U+009F, NEL and CSI among them) and of U+2028/U+2029 (line and paragraph separators, line
 // breaks to some readers); other bytes, UTF-8 included, as they are.
 void append_escaped(fmt::memory_buffer& out, std::string_view msg);
+std::string escaped(std::string_view text); // append_escaped into a new string
 // What write() puts after a line's prefix: msg escaped, its first max_message_bytes only (cut at a UTF-8 boundary) and
 // then " [... N more bytes]". A client id, topic or filter may be 64 KiB; one line per refused connection stays short.
 inline constexpr size_t max_message_bytes = 4096;

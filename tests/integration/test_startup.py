@@ -94,6 +94,16 @@ class StartupTest(BrokerTest):
         self.assertIsNone(b.proc.poll(), "SIGHUP ended the broker")
         # and SIGTERM still stops it gracefully (the cleanup checks exit code 0)
 
+    def test_a_start_up_warning_shows_what_it_quotes_escaped_once(self):
+        # A file's values that the command line replaces are still checked and their problems logged as warnings;
+        # the control character and the backslash they quote are each written once as \xNN (they were escaped twice:
+        # a backslash showed as \x5cx5c).
+        b = self.start_broker(1, config='mqtt.listen = "bad\\u0001addr"\nlog.level = "lo\\\\ud"\n')
+        log = b.log()
+        self.assertIn(b"mqtt.listen: bad endpoint 'bad\\x01addr': expected HOST:PORT (not in force", log)
+        self.assertIn(b"got 'lo\\x5cud' (not in force", log)
+        self.assertNotIn(b"\\x5cx", log)
+
     def test_too_few_descriptors_is_a_clear_error_not_a_crash(self):
         # Each limit runs out at a different step (the admin socket, the users file, a shard's wake-up eventfd, an
         # io_uring): every one must exit 1 naming EMFILE. An eventfd that failed used to abort on an assertion.

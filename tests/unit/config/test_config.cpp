@@ -760,6 +760,12 @@ TEST_F(config_test, a_line_break_in_a_key_or_value_stays_in_one_error_line) {
     EXPECT_THAT(f.errors, ElementsAre("nl.toml:1:1: max\\x0ainflight: unknown key"));
 }
 
+TEST_F(config_test, a_line_break_in_the_config_files_name_stays_in_one_error_line) {
+    auto r = run({"-c", "/nonexistent/a\nb.toml"});
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], ::testing::StartsWith("/nonexistent/a\\x0ab.toml: cannot read config file: "));
+}
+
 TEST_F(config_test, a_key_with_thousands_of_dotted_parts_is_refused_not_a_crash) {
     // toml++ recursed once per part: 40,000 overflowed the stack (SIGSEGV, no message).
     std::string deep = "[mqtt]\n";
@@ -895,6 +901,13 @@ TEST_F(config_test, tables_inside_a_section_are_named_whole) {
     EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
                               "t.toml:2:3: mqtt.a.b: unknown key", "t.toml:4:1: mqtt.sub.x: unknown key",
                               "t.toml:5:3: mqtt.sub.y.z: unknown key", "t.toml:6:7: mqtt.empty: unknown section"));
+}
+
+TEST_F(config_test, a_table_given_for_a_known_key_is_its_wrong_type) {
+    auto r = load_from_string("[mqtt.max_inflight]\nx = 2\n[log]\nlevel.a = 1\n", "t.toml");
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre("t.toml:1:7: mqtt.max_inflight: expected an integer, got a table",
+                                                "t.toml:4:1: log.level: expected a string, got a table"));
 }
 
 TEST_F(config_test, default_user_and_password_the_users_file_cannot_hold) {
