@@ -512,10 +512,9 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     const unsigned shards = node_.mqtt_shards;
     std::vector<size_t> counts(shards, 0);
     const shard_fn fn1 = [&counts, kind](broker::shard_control& c) {
-        counts[c.shard_id()] = kind == list_kind::clients         ? c.client_count()
-                               : kind == list_kind::sessions      ? c.session_count()
-                               : kind == list_kind::subscriptions ? c.subscription_count()
-                                                                  : c.route_count();
+        counts[c.shard_id()] = kind == list_kind::clients    ? c.client_count()
+                               : kind == list_kind::sessions ? c.session_count()
+                                                             : c.subscription_count();
     };
     co_await on_all(fn1);
     uint64_t total = 0;
@@ -538,19 +537,11 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     std::vector<std::vector<broker::client_row>> crow(shards);
     std::vector<std::vector<broker::session_row>> srow(shards);
     std::vector<std::vector<broker::subscription_row>> brow(shards);
-    std::vector<std::vector<std::string>> rrow(shards);
     // Rows are fetched in chunks of at most rows_per_call per shard and round, so a huge page never holds an MQTT
     // shard for long: between two rounds it serves its clients.
     constexpr size_t rows_per_call = 1000;
-    // A route walk starts again when its shard's subscriptions change between two calls, so under constant churn a
-    // deep page might never be reached: past this many fresh starts in one request a shard's part of the page is
-    // answered with what was gathered.
-    constexpr unsigned max_route_restarts = 50;
-    std::vector<unsigned> restarts(shards, 0);
-    std::vector<broker::route_cursor> route_walks(kind == list_kind::routes ? shards : 0);
     while (!targets.empty()) {
         std::vector<size_t> got(shards, 0);
-        std::vector<broker::route_chunk> walk(shards); // routes: where the shard's walk is
         const shard_fn fn2 = [&, kind](broker::shard_control& c) {
             const unsigned i = c.shard_id();
             const size_t n = std::min(slice[i].second, rows_per_call);
@@ -566,16 +557,12 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
                 got[i] = part.size();
                 srow[i].insert(srow[i].end(), std::make_move_iterator(part.begin()),
                                std::make_move_iterator(part.end()));
-            } else if (kind == list_kind::subscriptions) {
+            } else {
                 std::vector<broker::subscription_row> part;
                 c.subscriptions(slice[i].first, n, part);
                 got[i] = part.size();
                 brow[i].insert(brow[i].end(), std::make_move_iterator(part.begin()),
                                std::make_move_iterator(part.end()));
-            } else {
-                const size_t before = rrow[i].size();
-                walk[i] = c.routes(route_walks[i], slice[i].first, n, rrow[i]);
-                got[i] = rrow[i].size() - before;
             }
         };
         co_await on_shards(targets, fn2);
@@ -584,18 +571,8 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
             const size_t asked = std::min(slice[i].second, rows_per_call);
             slice[i].first += got[i];
             slice[i].second -= got[i];
-            // A shard that returned fewer rows than asked has no more (its table shrank meanwhile); the route walk
-            // says so itself, as it stops early to bound its time.
-            bool more = got[i] == asked;
-            if (kind == list_kind::routes) {
-                more = !walk[i].ended;
-                if (walk[i].restarted && ++restarts[i] > max_route_restarts && more) {
-                    log::warn("admin: a page of routes cut short: shard {}'s route table changed under {} walks", i,
-                              max_route_restarts);
-                    more = false;
-                }
-            }
-            if (more && slice[i].second > 0) next.push_back(i);
+            // A shard that returned fewer rows than asked has no more (its table shrank meanwhile).
+            if (got[i] == asked && slice[i].second > 0) next.push_back(i);
         }
         targets.swap(next);
     }
@@ -613,8 +590,6 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
             session_json(w, r);
         for (const auto& r : brow[i])
             subscription_json(w, r);
-        for (const auto& topic : rrow[i])
-            w.begin_object().key("topic").value(topic).key("node").value(cfg_.node_name).end_object();
     }
     w.end_array().end_object();
     ok(resp, w.str());
@@ -668,27 +643,84 @@ reactor::task<void> server::kick(const std::string& id, http_response& resp) {
 
 // --- routes ------------------------------------------------------------------------------------------------------
 
-// A route is a filter with a subscriber on some shard. The list is paged like the clients' (each shard lists the
-// routes it holds first, see shard_control::routes), so a request copies only its page's rows.
-reactor::task<void> server::routes(const http_request& req, const std::string* topic, http_response& resp) {
-    if (!topic) {
-        co_await paged_list(list_kind::routes, req, resp);
-        co_return;
+// A route is a filter with a subscriber on some shard; the node's table is the sorted union of the shards'. A page
+// of it is merged from the shards' sorted lists, read in chunks from the start, each chunk after the last route the
+// previous one gave: a request holds a few chunks, never the table, no MQTT shard works long for one chunk, and a
+// route subscribed throughout is listed once whatever changes meanwhile (a deep page costs a read of the routes
+// before it, in chunks).
+reactor::task<void> server::routes_page(uint64_t offset, uint64_t size, std::vector<std::string>& out) {
+    struct source {
+        std::vector<std::string> rows;
+        size_t next = 0; // rows[next] is this shard's smallest route not yet merged
+        bool ended = false;
+        std::string after; // the last route this shard gave
+    };
+    std::vector<source> src(node_.mqtt_shards);
+    constexpr size_t rows_per_call = 1000;
+    std::string last; // the last route merged: a route on several shards comes once from each, one after another
+    for (uint64_t index = 0; index < offset + size;) {
+        std::vector<unsigned> empty;
+        for (unsigned i = 0; i < src.size(); ++i)
+            if (src[i].next == src[i].rows.size() && !src[i].ended) empty.push_back(i);
+        if (!empty.empty()) {
+            const shard_fn fn = [&src](broker::shard_control& c) {
+                source& s = src[c.shard_id()];
+                s.rows.clear();
+                s.next = 0;
+                s.ended = c.routes_after(s.after, rows_per_call, s.rows);
+            };
+            co_await on_shards(empty, fn);
+            for (unsigned i : empty)
+                if (!src[i].rows.empty()) src[i].after = src[i].rows.back();
+        }
+        source* min = nullptr;
+        for (source& s : src)
+            if (s.next < s.rows.size() && (!min || s.rows[s.next] < min->rows[min->next])) min = &s;
+        if (!min) break; // every shard's list is read
+        std::string& route = min->rows[min->next++];
+        if (route == last && index > 0) continue;
+        last = route;
+        if (index++ >= offset) out.push_back(std::move(route));
     }
+}
+
+reactor::task<void> server::routes(const http_request& req, const std::string* topic, http_response& resp) {
     int64_t page = 0, size = 0;
     std::string why;
-    if (!paging(req, false, page, size, why)) { // a topic's lookup parses and ignores them
+    if (!paging(req, topic == nullptr, page, size, why)) { // a topic's lookup parses and ignores them
         not_found(resp, why);
         co_return;
     }
-    // One exact lookup per shard.
-    std::vector<char> held(node_.mqtt_shards, 0);
-    const shard_fn fn = [&held, topic](broker::shard_control& c) { held[c.shard_id()] = c.has_route(*topic); };
-    co_await on_all(fn);
     json_writer w;
-    w.begin_object().key("objects").begin_array();
-    if (std::find(held.begin(), held.end(), 1) != held.end())
-        w.begin_object().key("topic").value(*topic).key("node").value(cfg_.node_name).end_object();
+    w.begin_object();
+    if (topic) {
+        // One exact lookup per shard: the whole table is never copied for one route.
+        std::vector<char> held(node_.mqtt_shards, 0);
+        const shard_fn fn = [&held, topic](broker::shard_control& c) { held[c.shard_id()] = c.has_route(*topic); };
+        co_await on_all(fn);
+        w.key("objects").begin_array();
+        if (std::find(held.begin(), held.end(), 1) != held.end())
+            w.begin_object().key("topic").value(*topic).key("node").value(cfg_.node_name).end_object();
+        w.end_array().end_object();
+        ok(resp, w.str());
+        co_return;
+    }
+    // The count of the routes that no lower-numbered shard has, as the stats' routes/count.
+    std::vector<size_t> counts(node_.mqtt_shards, 0);
+    const shard_fn count = [&counts](broker::shard_control& c) { counts[c.shard_id()] = c.route_count(); };
+    co_await on_all(count);
+    uint64_t total = 0;
+    for (size_t n : counts)
+        total += n;
+    std::vector<std::string> rows;
+    co_await routes_page(page_offset(page, size), static_cast<uint64_t>(size), rows);
+    w.key("current_page").value(static_cast<long long>(page));
+    w.key("page_size").value(static_cast<long long>(size));
+    w.key("total_num").value(static_cast<unsigned long long>(total));
+    w.key("total_page").value(static_cast<unsigned long long>((total + size - 1) / size));
+    w.key("objects").begin_array();
+    for (const std::string& route : rows)
+        w.begin_object().key("topic").value(route).key("node").value(cfg_.node_name).end_object();
     w.end_array().end_object();
     ok(resp, w.str());
 }

@@ -89,7 +89,7 @@ private:
     reactor::task<void> dispatch(const http_request& req, const std::vector<std::string>& seg, http_response& resp);
     void nodes_management(json_writer& w, bool with_name);
     reactor::task<void> nodes_monitoring(json_writer& w);
-    enum class list_kind { clients, sessions, subscriptions, routes };
+    enum class list_kind { clients, sessions, subscriptions };
     reactor::task<void> paged_list(list_kind kind, const http_request& req, http_response& resp);
     reactor::task<void> lookup(list_kind kind, const std::string& id, const http_request& req, http_response& resp);
     reactor::task<void> routes(const http_request& req, const std::string* topic, http_response& resp);
@@ -112,6 +112,7 @@ private:
     // $SYS topics publish them (stats_rows takes the peaks from the node; its rows are sorted by name).
     static broker::metrics node_metrics(const std::vector<broker::shard_snapshot>& snaps);
     std::vector<std::pair<std::string, uint64_t>> stats_rows(const std::vector<broker::shard_snapshot>& snaps);
+    reactor::task<void> routes_page(uint64_t offset, uint64_t size, std::vector<std::string>& out);
 
     broker::node& node_;
     const config::config& cfg_;

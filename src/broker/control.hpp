@@ -3,7 +3,6 @@
 // touches shard state: it sends an `admin_call` over the SMP queue, the target shard runs it on its own thread
 // against its `shard_control` view, and sends the call back. Rows are plain values copied out on the MQTT shard.
 #include "broker/metrics.hpp"
-#include "routing/topic_trie.hpp"
 
 #include <cstdint>
 #include <functional>
@@ -54,16 +53,6 @@ struct shard_snapshot {
     uint64_t first_routes = 0; // filters subscribed here and on no lower-numbered shard (sum: the node's routes)
 };
 
-// Where one admin request's walk of one shard's routes is: owned by the request (so concurrent requests never move
-// each other's walk), touched only on that shard's thread, inside shard_control::routes.
-using route_cursor = routing::topic_trie::first_held_cursor;
-
-// How a call of shard_control::routes left its walk of the shard's routes.
-struct route_chunk {
-    bool ended = false;     // it reached the end
-    bool restarted = false; // it could not resume (the table changed, or the offset went back) and began again
-};
-
 // What an MQTT shard offers the admin API. Implemented by broker::shard; every method runs on that shard's thread.
 class shard_control {
 public:
@@ -77,11 +66,12 @@ public:
     virtual size_t subscription_count() const = 0;
     virtual void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const = 0;
     virtual void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const = 0;
-    // Routes listed by this shard: the filters subscribed here and on no lower-numbered shard, so that the shards'
-    // lists are disjoint and together the node's route table (in no particular order). routes() may return fewer
-    // rows than asked before the end of its table, to bound one call's time.
+    // This shard's routes (filters with a subscriber here) that sort after `after` ("" for the first), in order, up
+    // to max_rows of them and about a megabyte; true when none is left after them. Shards may share a route: the
+    // admin API merges their lists.
+    virtual bool routes_after(std::string_view after, size_t max_rows, std::vector<std::string>& out) const = 0;
+    // The node's number of routes is the sum of the shards' route_count(): the routes no lower-numbered shard has.
     virtual size_t route_count() const = 0;
-    virtual route_chunk routes(route_cursor& cur, size_t offset, size_t limit, std::vector<std::string>& out) const = 0;
     virtual bool has_route(std::string_view filter) const = 0; // a local subscriber on exactly this filter
     // Disconnects the client if it is connected here (its will is published). False when not connected here.
     virtual bool kick(std::string_view id) = 0;

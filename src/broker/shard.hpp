@@ -391,10 +391,8 @@ public:
     void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const override;
     void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const override;
     size_t route_count() const override { return trie_.first_holder_count(); }
-    route_chunk routes(route_cursor& cur, size_t offset, size_t limit, std::vector<std::string>& out) const override {
-        const uint64_t starts = cur.starts();
-        const bool ended = trie_.first_held_filters(cur, offset, limit, k_route_walk_steps, out);
-        return {ended, cur.starts() != starts};
+    bool routes_after(std::string_view after, size_t max_rows, std::vector<std::string>& out) const override {
+        return trie_.local_filters_after(after, max_rows, k_route_chunk_bytes, out);
     }
     bool has_route(std::string_view filter) const override { return trie_.has_local(filter); }
     bool kick(std::string_view id) override;
@@ -764,8 +762,8 @@ private:
     mutable page_cursor<conn_table::const_iterator> clients_cursor_;
     mutable page_cursor<session_registry::const_iterator> sessions_cursor_;
     mutable page_cursor<session_registry::const_iterator> subscriptions_cursor_;
-    // Steps of the route walk per admin call: about 1 ms of a shard's time (13,000 trie nodes), on a deep page too.
-    static constexpr size_t k_route_walk_steps = 65536;
+    // Bytes of filters per admin call of routes_after: with 64 KiB filters, 1000 rows would be 64 MB.
+    static constexpr size_t k_route_chunk_bytes = 1 << 20;
     std::vector<connection*> dirty_; // with something new to send since the last flush
     // Ids of dirty connections left over from earlier turns' flush budget, oldest first, at most one per connection
     // (`in_backlog`). A connection is in dirty_ or here while its `dirty` bit is set; here, while its `backlogged` bit

@@ -41,9 +41,9 @@ topic_trie::topic_trie(topic_trie&& other) noexcept
     : root_(std::move(other.root_)), filter_count_(std::exchange(other.filter_count_, 0)),
       subscription_count_(std::exchange(other.subscription_count_, 0)),
       node_count_(std::exchange(other.node_count_, 0)), lower_mask_(other.lower_mask_),
-      first_holder_count_(std::exchange(other.first_holder_count_, 0)), generation_(other.generation_ + 1) {
+      first_holder_count_(std::exchange(other.first_holder_count_, 0)), sorted_(std::move(other.sorted_)) {
+    other.sorted_.clear();
     other.root_ = node{};
-    ++other.generation_;
     adopt_root_children();
 }
 
@@ -57,8 +57,8 @@ topic_trie& topic_trie::operator=(topic_trie&& other) noexcept {
         node_count_ = std::exchange(other.node_count_, 0);
         lower_mask_ = other.lower_mask_;
         first_holder_count_ = std::exchange(other.first_holder_count_, 0);
-        ++generation_;
-        ++other.generation_;
+        sorted_ = std::move(other.sorted_);
+        other.sorted_.clear();
         adopt_root_children();
     }
     return *this;
@@ -91,11 +91,11 @@ void topic_trie::clear() {
         detach_children(*n);
     }
     root_ = node{};
+    sorted_.clear();
     filter_count_ = 0;
     subscription_count_ = 0;
     node_count_ = 0;
     first_holder_count_ = 0;
-    ++generation_;
 }
 
 void topic_trie::set_self(unsigned shard) {
@@ -184,13 +184,13 @@ bool topic_trie::subscribe(std::string_view filter, subscriber_id sub, uint8_t o
     }
     if (n->locals.empty()) {
         n->filter.assign(filter);
+        sorted_.insert(n->filter);
         ++filter_count_;
         if ((n->remote & lower_mask_) == 0) ++first_holder_count_;
         if (filter_became_active) *filter_became_active = true;
     }
     n->locals.push_back(subscriber_entry{sub, options});
     ++subscription_count_;
-    ++generation_;
     return true;
 }
 
@@ -205,9 +205,9 @@ bool topic_trie::unsubscribe(std::string_view filter, subscriber_id sub, bool* f
     *it = n->locals.back();
     n->locals.pop_back();
     --subscription_count_;
-    ++generation_;
     if (n->locals.empty()) {
         --filter_count_;
+        sorted_.erase(n->filter);
         if ((n->remote & lower_mask_) == 0) --first_holder_count_;
         if (filter_became_idle) *filter_became_idle = true;
         // Release the memory too: a filter churned by many sessions would otherwise keep its peak capacity forever.
@@ -224,7 +224,6 @@ void topic_trie::add_remote(std::string_view filter, unsigned shard) {
     const uint64_t bit = uint64_t{1} << shard;
     if (!n->locals.empty() && (bit & lower_mask_) && (n->remote & lower_mask_) == 0) --first_holder_count_;
     n->remote |= bit;
-    ++generation_;
 }
 
 void topic_trie::remove_remote(std::string_view filter, unsigned shard) {
@@ -235,61 +234,17 @@ void topic_trie::remove_remote(std::string_view filter, unsigned shard) {
     if (!n->locals.empty() && (n->remote & bit & lower_mask_) && (n->remote & ~bit & lower_mask_) == 0)
         ++first_holder_count_;
     n->remote &= ~bit;
-    ++generation_;
     prune(n, filter);
 }
 
-bool topic_trie::first_held_filters(first_held_cursor& cur, size_t offset, size_t limit, size_t max_steps,
-                                    std::vector<std::string>& out) const {
-    if (cur.gen_ != generation_ || cur.index_ > offset) {
-        cur.path_.clear();
-        cur.path_.push_back({&root_, 0, {}});
-        cur.index_ = 0;
-        cur.gen_ = generation_;
-        ++cur.starts_;
+bool topic_trie::local_filters_after(std::string_view after, size_t max_rows, size_t max_bytes,
+                                     std::vector<std::string>& out) const {
+    auto it = sorted_.upper_bound(after);
+    for (size_t bytes = 0; it != sorted_.end() && max_rows > 0 && bytes < max_bytes; ++it, --max_rows) {
+        out.emplace_back(*it);
+        bytes += it->size();
     }
-    size_t& index = cur.index_;
-    size_t got = 0;
-    auto& path = cur.path_;
-    for (size_t steps = 0; !path.empty() && got < limit && steps < max_steps; ++steps) {
-        auto& f = path.back();
-        const node* n = f.n;
-        // Each step is taken before a child is pushed: the push may move `f`.
-        switch (f.step) {
-        case 0:
-            f.step = 1;
-            if (!n->locals.empty() && (n->remote & lower_mask_) == 0 && index++ >= offset) {
-                out.push_back(n->filter);
-                ++got;
-            }
-            break;
-        case 1:
-            f.step = 2;
-            if (n->hash) path.push_back({n->hash.get(), 0, {}});
-            break;
-        case 2:
-            f.step = 3;
-            if (n->plus) path.push_back({n->plus.get(), 0, {}});
-            break;
-        case 3:
-            if (!n->children) {
-                path.pop_back();
-                break;
-            }
-            f.step = 4;
-            f.next = n->children->cbegin();
-            break;
-        default:
-            if (f.next == n->children->cend()) {
-                path.pop_back();
-            } else {
-                const node* child = f.next->second.get();
-                ++f.next;
-                path.push_back({child, 0, {}});
-            }
-        }
-    }
-    return path.empty();
+    return it == sorted_.end();
 }
 
 bool topic_trie::has_local(std::string_view filter) const {

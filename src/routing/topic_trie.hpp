@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -75,17 +76,12 @@ public:
     // Visit every filter that has local subscribers: f(std::string_view filter, size_t n_local).
     template <class F> void for_each_local_filter(F&& f) const;
 
-    // Changes whenever a filter, a local subscriber set or a remote bit changes (a listing's cursor checks it).
-    uint64_t generation() const { return generation_; }
-    class first_held_cursor;
-    // The node's route listing, one chunk per call: appends at most `limit` of the filters counted by
-    // first_holder_count() (so every route of the node is listed by exactly one shard), after the first `offset` of
-    // them in this trie's walk order, and stops after `max_steps` steps of the walk (about five per node) so that no
-    // call holds the shard long, whatever the offset. Returns true once the walk has reached the end. Resumes where
-    // `cur` stopped if the trie is unchanged and it stopped at or before `offset`, so a page's chunks, and the next
-    // page, cost their rows rather than their offset; otherwise walks from the start. Copies only the rows returned.
-    bool first_held_filters(first_held_cursor& cur, size_t offset, size_t limit, size_t max_steps,
-                            std::vector<std::string>& out) const;
+    // The node's route listing, one chunk per call: appends the filters with a local subscriber that sort (bytewise)
+    // after `after` ("" for the first, as no filter is empty), in order, until `max_rows` or `max_bytes` of them;
+    // returns true when none is left after them. A listing that goes on from the last key it got never lists a filter
+    // twice or skips one that stayed subscribed, however the trie changes between its chunks.
+    bool local_filters_after(std::string_view after, size_t max_rows, size_t max_bytes,
+                             std::vector<std::string>& out) const;
 
     // Drops every subscription and remote bit.
     void clear();
@@ -171,28 +167,10 @@ private:
     size_t node_count_ = 0;
     uint64_t lower_mask_ = 0; // remote bits of the shards numbered below this one
     size_t first_holder_count_ = 0;
-    uint64_t generation_ = 1;
-
-public:
-    // Where a first_held_filters() walk stopped: the path of nodes from the root with each one's next step. Its
-    // pointers and map iterators stay valid while the trie's generation is unchanged (no node or map entry is added
-    // or removed), and it is used only then. Owned by whoever lists (a shard, for the admin API), on the trie's thread.
-    class first_held_cursor {
-    public:
-        uint64_t starts() const { return starts_; } // walks begun from the root
-
-    private:
-        friend class topic_trie;
-        struct frame {
-            const node* n;
-            int step; // 0 the node itself, 1 its '#' child, 2 its '+' child, 3 its exact children, 4 walking them
-            child_map::const_iterator next;
-        };
-        uint64_t gen_ = 0; // 0: nothing saved
-        size_t index_ = 0; // first-held filters the walk has passed
-        uint64_t starts_ = 0;
-        std::vector<frame> path_;
-    };
+    // The filters with a local subscriber, sorted, for local_filters_after(): views of their nodes' `filter`, which
+    // stays put while the filter has a local subscriber (nodes are never moved). About 50 bytes per filter, paid on
+    // subscription changes only, so that the admin API pages routes in a stable order without copying them all.
+    std::set<std::string_view> sorted_;
 };
 
 template <class F> uint64_t topic_trie::match(std::string_view topic, F&& on_local) const {

@@ -795,19 +795,17 @@ TEST(topic_trie_remote, first_holder_counts_add_up_to_the_distinct_filters) {
         for (const auto& tr : t)
             sum += tr.first_holder_count();
         ASSERT_EQ(sum, distinct.size()) << "step " << step;
-        // Listed in chunks, the shards' first-held filters are every distinct filter exactly once.
-        std::multiset<std::string> listed;
-        for (const auto& tr : t) {
-            topic_trie::first_held_cursor cur;
-            std::vector<std::string> rows;
-            const size_t chunk = 1 + rng() % 3, steps = 1 + rng() % 12;
-            while (!tr.first_held_filters(cur, rows.size(), chunk, steps, rows)) {
-            }
-            ASSERT_EQ(rows.size(), tr.first_holder_count()) << "step " << step;
-            ASSERT_EQ(cur.starts(), 1u) << "step " << step;
-            listed.insert(rows.begin(), rows.end());
+        // Listed in chunks, each shard's filters are its own, sorted.
+        for (unsigned sh = 0; sh < shards; ++sh) {
+            std::vector<std::string> rows, mine;
+            const size_t chunk = 1 + rng() % 3;
+            for (std::string after; !t[sh].local_filters_after(after, chunk, 1000, rows); after = rows.back())
+                ASSERT_FALSE(rows.empty());
+            for (const auto& [key, who_set] : subs)
+                if (key.first == sh && !who_set.empty()) mine.push_back(key.second);
+            std::sort(mine.begin(), mine.end());
+            ASSERT_EQ(rows, mine) << "step " << step << " shard " << sh;
         }
-        ASSERT_EQ(listed, std::multiset<std::string>(distinct.begin(), distinct.end())) << "step " << step;
     }
     // One shard alone counts every filter it has.
     topic_trie solo;
@@ -818,104 +816,65 @@ TEST(topic_trie_remote, first_holder_counts_add_up_to_the_distinct_filters) {
     EXPECT_EQ(solo.first_holder_count(), 2u);
 }
 
-// The listing's chunks resume where the last one stopped while the trie is unchanged, and give what a walk from the
-// start gives; after a change, or for an earlier offset, a chunk walks from the start of the trie as it is.
-std::vector<std::string> listing(const topic_trie& t, size_t offset, size_t limit) {
-    topic_trie::first_held_cursor fresh;
-    std::vector<std::string> out;
-    EXPECT_TRUE(t.first_held_filters(fresh, offset, limit, 1'000'000, out) || out.size() == limit);
-    return out;
-}
-
-TEST(topic_trie_iterate, first_held_filters_resume_and_restart) {
+// The route listing: sorted, in chunks bounded by rows and bytes, each going on after the last filter it got; a
+// filter subscribed throughout is listed once however the trie changes between chunks.
+TEST(topic_trie_iterate, local_filters_after_lists_sorted_chunks) {
     topic_trie t;
-    t.set_self(1);
     std::set<std::string> all;
-    for (int i = 0; i < 40; ++i) {
+    for (int i = 0; i < 300; ++i) {
         const std::string f = "a/" + std::to_string(i % 7) + "/" + std::to_string(i);
         t.subscribe(f, S(0), 0);
         all.insert(f);
     }
-    for (const char* f : {"#", "a/+", "a/#", "+/+/#", "b"}) {
+    for (const char* f : {"#", "a/+", "a/#", "+/+/#", "b", "/", "$SYS/x"}) {
         t.subscribe(f, S(1), 0);
         all.insert(f);
     }
-    t.subscribe("held/lower", S(2), 0);
-    t.add_remote("held/lower", 0); // shard 0 lists it
-    t.add_remote("held/higher", 2);
-    t.subscribe("held/higher", S(2), 0); // shard 2 is higher: this one lists it
-    all.insert("held/higher");
-    ASSERT_EQ(t.first_holder_count(), all.size());
+    t.add_remote("remote/only", 3); // no local subscriber: not listed
+    std::vector<std::string> whole;
+    EXPECT_TRUE(t.local_filters_after("", 1000, 1 << 20, whole));
+    EXPECT_EQ(whole, std::vector<std::string>(all.begin(), all.end()));
 
-    const std::vector<std::string> whole = listing(t, 0, 1000);
-    ASSERT_EQ(std::set<std::string>(whole.begin(), whole.end()), all);
-    ASSERT_EQ(whole.size(), all.size()) << "a filter listed twice";
-    topic_trie::first_held_cursor cur;
-    std::vector<std::string> chunks;
-    for (size_t off = 0; off < whole.size(); off += 4) {
-        std::vector<std::string> part;
-        const bool ended = t.first_held_filters(cur, off, 4, 1'000'000, part);
-        EXPECT_EQ(part, listing(t, off, 4)) << off;
-        EXPECT_EQ(ended, off + 4 >= whole.size()) << off;
-        chunks.insert(chunks.end(), part.begin(), part.end());
-    }
-    EXPECT_EQ(chunks, whole);
-    EXPECT_EQ(cur.starts(), 1u) << "every chunk resumed";
-
-    // A later offset goes on from where the cursor is; an earlier one starts again.
-    std::vector<std::string> part;
-    cur = {};
-    t.first_held_filters(cur, 3, 5, 1'000'000, part);
-    t.first_held_filters(cur, 20, 5, 1'000'000, part);
-    EXPECT_EQ(cur.starts(), 1u);
-    t.first_held_filters(cur, 10, 5, 1'000'000, part);
-    EXPECT_EQ(cur.starts(), 2u);
-    std::vector<std::string> expected(whole.begin() + 3, whole.begin() + 8);
-    expected.insert(expected.end(), whole.begin() + 20, whole.begin() + 25);
-    expected.insert(expected.end(), whole.begin() + 10, whole.begin() + 15);
-    EXPECT_EQ(part, expected);
-
-    // A few steps at a time: fewer rows than asked before the end, the same rows in all.
-    part.clear();
-    size_t calls = 0;
-    while (!t.first_held_filters(cur, part.size(), 1000, 3, part))
-        ASSERT_LT(++calls, 10'000u);
-    EXPECT_EQ(part, whole);
-    EXPECT_GT(calls, whole.size() / 3) << "the step budget bounds each call";
-
-    // Changed between two chunks: the next chunk is the changed trie's, from its start.
-    part.clear();
-    t.first_held_filters(cur, 0, 10, 1'000'000, part);
-    const uint64_t starts = cur.starts();
-    for (int i = 100; i < 400; ++i) // enough to rehash the map the cursor was walking
-        t.subscribe("a/" + std::to_string(i % 7) + "/" + std::to_string(i), S(0), 0);
-    t.unsubscribe("b", S(1));
-    part.clear();
-    t.first_held_filters(cur, 10, 20, 1'000'000, part);
-    EXPECT_EQ(part, listing(t, 10, 20));
-    EXPECT_EQ(cur.starts(), starts + 1);
-}
-
-TEST(topic_trie_iterate, first_held_filters_walk_a_deep_trie_in_chunks) {
-    topic_trie t;
-    std::string f = "x";
-    std::set<std::string> all;
-    for (int level = 0; level < 3000; ++level) {
-        if (level % 100 == 0) {
-            t.subscribe(f, S(0), 0);
-            all.insert(f);
-        }
-        f += "/x";
-    }
-    t.subscribe(f, S(0), 0);
-    all.insert(f);
-    topic_trie::first_held_cursor cur;
     std::vector<std::string> rows;
-    while (!t.first_held_filters(cur, rows.size(), 7, 50, rows)) {
-    }
-    EXPECT_EQ(rows.size(), all.size());
-    EXPECT_EQ(std::set<std::string>(rows.begin(), rows.end()), all);
-    EXPECT_EQ(cur.starts(), 1u);
+    EXPECT_FALSE(t.local_filters_after("", 10, 1 << 20, rows));
+    EXPECT_EQ(rows, std::vector<std::string>(whole.begin(), whole.begin() + 10));
+    rows.clear();
+    EXPECT_FALSE(t.local_filters_after("", 1000, 20, rows)) << "the byte bound";
+    size_t bytes = 0, upto = 0;
+    while (bytes < 20)
+        bytes += whole[upto++].size();
+    EXPECT_EQ(rows, std::vector<std::string>(whole.begin(), whole.begin() + upto)) << "rows until 20 bytes are reached";
+    rows.clear();
+    EXPECT_TRUE(t.local_filters_after(whole.back(), 10, 1 << 20, rows));
+    EXPECT_THAT(rows, IsEmpty());
+
+    // Between chunks: 300 filters added (rehashing the maps), one listed filter and one not yet listed removed.
+    std::vector<std::string> chunks;
+    EXPECT_FALSE(t.local_filters_after("", 100, 1 << 20, chunks));
+    for (int i = 1000; i < 1300; ++i)
+        t.subscribe("a/" + std::to_string(i % 7) + "/" + std::to_string(i), S(0), 0);
+    const std::string gone_before = chunks[5], gone_after = whole[200];
+    t.unsubscribe(gone_before, gone_before.rfind("a/", 0) == 0 ? S(0) : S(1));
+    t.unsubscribe(gone_after, gone_after.rfind("a/", 0) == 0 ? S(0) : S(1));
+    for (std::string after = chunks.back(); !t.local_filters_after(after, 100, 1 << 20, chunks);)
+        after = chunks.back();
+    EXPECT_TRUE(std::is_sorted(chunks.begin(), chunks.end()));
+    EXPECT_EQ(std::adjacent_find(chunks.begin(), chunks.end()), chunks.end()) << "a filter listed twice";
+    std::vector<std::string> stayed;
+    std::set_intersection(chunks.begin(), chunks.end(), all.begin(), all.end(), std::back_inserter(stayed));
+    EXPECT_EQ(stayed.size(), all.size() - 1) << "every filter subscribed throughout, and the one gone after";
+
+    // Emptied and moved: nothing left to list, and the moved-to trie lists what it got.
+    topic_trie moved(std::move(t));
+    rows.clear();
+    EXPECT_TRUE(t.local_filters_after("", 10, 1 << 20, rows));
+    EXPECT_THAT(rows, IsEmpty());
+    EXPECT_FALSE(moved.local_filters_after("", 1, 1 << 20, rows));
+    EXPECT_EQ(rows, std::vector<std::string>{"#"});
+    moved.clear();
+    rows.clear();
+    EXPECT_TRUE(moved.local_filters_after("", 10, 1 << 20, rows));
+    EXPECT_THAT(rows, IsEmpty());
 }
 
 } // namespace
