@@ -537,29 +537,32 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     std::vector<std::vector<broker::client_row>> crow(shards);
     std::vector<std::vector<broker::session_row>> srow(shards);
     std::vector<std::vector<broker::subscription_row>> brow(shards);
-    // Rows are fetched in chunks of at most rows_per_call per shard and round, so a huge page never holds an MQTT
-    // shard for long: between two rounds it serves its clients.
+    // Rows are fetched in chunks of at most rows_per_call per shard and round, each call also bounded in the entries
+    // it passes, so a huge or deep page never holds an MQTT shard for long: between two rounds it serves its clients.
+    // Each shard's walk goes on from where this request's previous chunk left it.
     constexpr size_t rows_per_call = 1000;
+    std::vector<broker::list_cursor> cursors(shards);
     while (!targets.empty()) {
         std::vector<size_t> got(shards, 0);
+        std::vector<char> ended(shards, 0);
         const shard_fn fn2 = [&, kind](broker::shard_control& c) {
             const unsigned i = c.shard_id();
             const size_t n = std::min(slice[i].second, rows_per_call);
             if (kind == list_kind::clients) {
                 std::vector<broker::client_row> part;
-                c.clients(slice[i].first, n, part);
+                ended[i] = c.clients(cursors[i], slice[i].first, n, part);
                 got[i] = part.size();
                 crow[i].insert(crow[i].end(), std::make_move_iterator(part.begin()),
                                std::make_move_iterator(part.end()));
             } else if (kind == list_kind::sessions) {
                 std::vector<broker::session_row> part;
-                c.sessions(slice[i].first, n, part);
+                ended[i] = c.sessions(cursors[i], slice[i].first, n, part);
                 got[i] = part.size();
                 srow[i].insert(srow[i].end(), std::make_move_iterator(part.begin()),
                                std::make_move_iterator(part.end()));
             } else {
                 std::vector<broker::subscription_row> part;
-                c.subscriptions(slice[i].first, n, part);
+                ended[i] = c.subscriptions(cursors[i], slice[i].first, n, part);
                 got[i] = part.size();
                 brow[i].insert(brow[i].end(), std::make_move_iterator(part.begin()),
                                std::make_move_iterator(part.end()));
@@ -568,11 +571,9 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
         co_await on_shards(targets, fn2);
         std::vector<unsigned> next;
         for (unsigned i : targets) {
-            const size_t asked = std::min(slice[i].second, rows_per_call);
             slice[i].first += got[i];
             slice[i].second -= got[i];
-            // A shard that returned fewer rows than asked has no more (its table shrank meanwhile).
-            if (got[i] == asked && slice[i].second > 0) next.push_back(i);
+            if (!ended[i] && slice[i].second > 0) next.push_back(i); // (an ended walk: its table shrank meanwhile)
         }
         targets.swap(next);
     }
@@ -663,11 +664,13 @@ reactor::task<void> server::routes_page(uint64_t offset, uint64_t size, std::vec
         for (unsigned i = 0; i < src.size(); ++i)
             if (src[i].next == src[i].rows.size() && !src[i].ended) empty.push_back(i);
         if (!empty.empty()) {
-            const shard_fn fn = [&src](broker::shard_control& c) {
+            // No shard can give more of the rows still wanted than they number: a small page copies little.
+            const size_t ask = static_cast<size_t>(std::min<uint64_t>(rows_per_call, offset + size - index));
+            const shard_fn fn = [&src, ask](broker::shard_control& c) {
                 source& s = src[c.shard_id()];
                 s.rows.clear();
                 s.next = 0;
-                s.ended = c.routes_after(s.after, rows_per_call, s.rows);
+                s.ended = c.routes_after(s.after, ask, s.rows);
             };
             co_await on_shards(empty, fn);
             for (unsigned i : empty)

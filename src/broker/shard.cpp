@@ -1356,7 +1356,6 @@ void shard::flush() {
 
 void shard::reap_graveyard() {
     if (graveyard_.empty()) return;
-    ++conns_gen_;
     for (uint64_t id : graveyard_)
         conns_.erase(id);
     graveyard_.clear();
@@ -1559,7 +1558,6 @@ connection& shard::adopt(int fd, listener::peer_addr peer) {
     c->check_at_ms = now_ms_ + cfg_.limits.connect_timeout_ms;
     deadlines_.schedule(c->id, c->check_at_ms);
     connection& ref = *c;
-    ++conns_gen_;
     conns_.emplace(ref.id, std::move(c));
     return ref;
 }
@@ -3829,23 +3827,45 @@ session_row make_session_row(const session_slot& slot) {
     return r;
 }
 
+// Walks `table` (an unordered container) in bucket order from `cur`, calling visit(entry, steps) for each entry;
+// visit returns false to stop at that entry (the page is full): the next call starts with it. Starts again when the
+// table was rehashed since `cur` was saved, or `cur` is past `offset` (rows are counted from the start). Stops after
+// about list_walk_steps entries and buckets, so a deep page never holds the shard long. True at the table's end.
+template <class Table, class Visit>
+bool walk_buckets(const Table& table, list_cursor& cur, size_t offset, Visit visit) {
+    constexpr size_t list_walk_steps = 16384; // about a millisecond
+    if (cur.buckets != table.bucket_count() || cur.index > offset) cur = {table.bucket_count(), 0, 0, 0};
+    size_t steps = 0;
+    for (; cur.bucket < cur.buckets; ++cur.bucket, cur.in_bucket = 0) {
+        auto it = table.begin(cur.bucket);
+        const auto end = table.end(cur.bucket);
+        for (size_t k = 0; k < cur.in_bucket && it != end; ++k) // (it may hold fewer entries now)
+            ++it;
+        for (; it != end; ++it, ++cur.in_bucket)
+            if (++steps > list_walk_steps || !visit(*it, steps)) return false;
+        if (++steps > list_walk_steps) {
+            ++cur.bucket;
+            cur.in_bucket = 0;
+            return cur.bucket == cur.buckets;
+        }
+    }
+    return true;
+}
+
 } // namespace
 
-void shard::clients(size_t offset, size_t limit, std::vector<client_row>& out) const {
-    auto& cur = clients_cursor_;
-    auto it = conns_.begin();
-    size_t i = 0; // connected clients before it
-    if (cur.gen == conns_gen_ && cur.next == offset) {
-        it = cur.it;
-        i = cur.index;
-    }
-    for (; it != conns_.end(); ++it) {
-        const connection& c = *it->second;
-        if (c.st != connection::state::connected) continue;
-        if (out.size() >= limit) break;
-        if (i++ >= offset) out.push_back(make_client_row(c));
-    }
-    cur = {conns_gen_, offset + out.size(), i, it};
+bool shard::clients(list_cursor& cur, size_t offset, size_t limit, std::vector<client_row>& out) const {
+    size_t got = 0;
+    return walk_buckets(conns_, cur, offset, [&](const auto& entry, size_t&) {
+        const connection& c = *entry.second;
+        if (c.st != connection::state::connected) return true;
+        if (got == limit) return false;
+        if (cur.index++ >= offset) {
+            out.push_back(make_client_row(c));
+            ++got;
+        }
+        return true;
+    });
 }
 
 bool shard::client(std::string_view id, client_row& out) const {
@@ -3855,17 +3875,16 @@ bool shard::client(std::string_view id, client_row& out) const {
     return true;
 }
 
-void shard::sessions(size_t offset, size_t limit, std::vector<session_row>& out) const {
-    auto& cur = sessions_cursor_;
-    auto it = sessions_.begin();
-    size_t i = 0;
-    if (cur.gen == sessions_.generation() && cur.next == offset) {
-        it = cur.it;
-        i = cur.index;
-    }
-    for (; it != sessions_.end() && out.size() < limit; ++it)
-        if (i++ >= offset) out.push_back(make_session_row(**it));
-    cur = {sessions_.generation(), offset + out.size(), i, it};
+bool shard::sessions(list_cursor& cur, size_t offset, size_t limit, std::vector<session_row>& out) const {
+    size_t got = 0;
+    return walk_buckets(sessions_.entries(), cur, offset, [&](const auto& slot, size_t&) {
+        if (got == limit) return false;
+        if (cur.index++ >= offset) {
+            out.push_back(make_session_row(*slot));
+            ++got;
+        }
+        return true;
+    });
 }
 
 bool shard::session(std::string_view id, session_row& out) const {
@@ -3875,29 +3894,30 @@ bool shard::session(std::string_view id, session_row& out) const {
     return true;
 }
 
-void shard::subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const {
-    // Resumes at a session's first subscription: a session's subscriptions are a hash map of their own, walked again
-    // up to the offset when the page ended inside it.
-    auto& cur = subscriptions_cursor_;
-    auto it = sessions_.begin();
-    size_t i = 0; // subscriptions of the sessions before it
-    if (cur.gen == sessions_.generation() && cur.next == offset) {
-        it = cur.it;
-        i = cur.index;
-    }
-    for (; it != sessions_.end() && out.size() < limit; ++it) {
-        const session_slot& slot = **it;
+bool shard::subscriptions(list_cursor& cur, size_t offset, size_t limit, std::vector<subscription_row>& out) const {
+    // A session's subscriptions are a hash map of their own: the walk stops at a session, not inside one, and a page
+    // that ends inside a session walks it again up to the offset in the next chunk.
+    size_t got = 0;
+    return walk_buckets(sessions_.entries(), cur, offset, [&](const auto& entry, size_t& steps) {
+        const session_slot& slot = *entry;
         const size_t n = slot.s->subscriptions.size();
-        if (i + n > offset) { // else a whole session before the page: counted, not walked
-            size_t j = i;
-            for (const auto& [filter, qos] : slot.s->subscriptions)
-                if (j++ >= offset && out.size() < limit)
-                    out.push_back(subscription_row{slot.s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
-            if (offset + out.size() < i + n) break; // the page ended inside this session: the next one starts here
+        if (cur.index + n <= offset) { // before the page: counted, not walked
+            cur.index += n;
+            return true;
         }
-        i += n;
-    }
-    cur = {sessions_.generation(), offset + out.size(), i, it};
+        if (got == limit) return false;
+        size_t j = cur.index;
+        for (const auto& [filter, qos] : slot.s->subscriptions) {
+            if (j++ >= offset && got < limit) {
+                out.push_back(subscription_row{slot.s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
+                ++got;
+            }
+        }
+        steps += n;
+        if (offset + got < cur.index + n) return false; // the page ended inside this session
+        cur.index += n;
+        return true;
+    });
 }
 
 void shard::client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const {

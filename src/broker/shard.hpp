@@ -96,22 +96,13 @@ public:
         auto it = set_.find(client_id);
         return it == set_.end() ? nullptr : it->get();
     }
-    session_slot& insert(std::unique_ptr<session_slot> slot) {
-        ++gen_;
-        return **set_.insert(std::move(slot)).first;
-    }
+    session_slot& insert(std::unique_ptr<session_slot> slot) { return **set_.insert(std::move(slot)).first; }
     void erase(std::string_view client_id) {
         auto it = set_.find(client_id);
-        if (it != set_.end()) {
-            ++gen_;
-            set_.erase(it);
-        }
+        if (it != set_.end()) set_.erase(it);
     }
     size_t size() const { return set_.size(); }
-    void clear() {
-        ++gen_;
-        set_.clear();
-    }
+    void clear() { set_.clear(); }
     // Calls f(session_slot&) for each session, in no particular order; f must not add or remove sessions.
     template <class F> void for_each(F&& f) const {
         for (const auto& slot : set_)
@@ -130,25 +121,10 @@ private:
         template <class A, class B> bool operator()(const A& a, const B& b) const { return id_of(a) == id_of(b); }
     };
     std::unordered_set<std::unique_ptr<session_slot>, hash, equal> set_;
-    uint64_t gen_ = 1;
 
 public:
-    // Iteration in no particular order, for walks that resume (admin pages): an iterator stays valid while
-    // generation() is unchanged (it changes with every insert and erase).
-    using const_iterator = decltype(set_)::const_iterator;
-    const_iterator begin() const { return set_.begin(); }
-    const_iterator end() const { return set_.end(); }
-    uint64_t generation() const { return gen_; }
-};
-
-// Where the last admin page walk of a shard table stopped: the next chunk of the same page asks for exactly that
-// offset, and finds the table unchanged (same generation) unless a client came or went meanwhile, so it resumes there
-// instead of walking from the start. A deep page of a large table then costs its rows per chunk, not its offset.
-template <class It> struct page_cursor {
-    uint64_t gen = 0; // the table's generation when saved; 0 = nothing saved
-    size_t next = 0;  // the offset the walk would go on from
-    size_t index = 0; // the row index at it (for subscriptions: of its session's first subscription)
-    It it{};
+    using table = decltype(set_);
+    const table& entries() const { return set_; } // for walks in bucket order (admin pages)
 };
 
 // The retained messages that SUBSCRIBEs asked for and that one session has yet to be sent, in SUBSCRIBE order; each
@@ -382,13 +358,14 @@ public:
     // shard_control (admin facade), on this shard's thread
     unsigned shard_id() const override { return id_; }
     size_t client_count() const override { return connected_; }
-    void clients(size_t offset, size_t limit, std::vector<client_row>& out) const override;
+    bool clients(list_cursor& cur, size_t offset, size_t limit, std::vector<client_row>& out) const override;
     bool client(std::string_view id, client_row& out) const override;
     size_t session_count() const override { return sessions_.size(); }
-    void sessions(size_t offset, size_t limit, std::vector<session_row>& out) const override;
+    bool sessions(list_cursor& cur, size_t offset, size_t limit, std::vector<session_row>& out) const override;
     bool session(std::string_view id, session_row& out) const override;
     size_t subscription_count() const override { return trie_.subscription_count(); }
-    void subscriptions(size_t offset, size_t limit, std::vector<subscription_row>& out) const override;
+    bool subscriptions(list_cursor& cur, size_t offset, size_t limit,
+                       std::vector<subscription_row>& out) const override;
     void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const override;
     size_t route_count() const override { return trie_.first_holder_count(); }
     bool routes_after(std::string_view after, size_t max_rows, std::vector<std::string>& out) const override {
@@ -758,12 +735,9 @@ private:
     size_t connected_ = 0; // connections in CONNECTED state
     using conn_table = std::unordered_map<uint64_t, std::unique_ptr<connection>>;
     conn_table conns_;
-    uint64_t conns_gen_ = 1; // changes with every insert and erase of conns_ (see page_cursor)
-    mutable page_cursor<conn_table::const_iterator> clients_cursor_;
-    mutable page_cursor<session_registry::const_iterator> sessions_cursor_;
-    mutable page_cursor<session_registry::const_iterator> subscriptions_cursor_;
-    // Bytes of filters per admin call of routes_after: with 64 KiB filters, 1000 rows would be 64 MB.
-    static constexpr size_t k_route_chunk_bytes = 1 << 20;
+    // Bytes of filters per admin call of routes_after (then fewer than its 1000 rows): what a request holds per shard
+    // while it reads past the routes before its page. With 64 KiB filters, 1000 rows would be 64 MB.
+    static constexpr size_t k_route_chunk_bytes = 256 << 10;
     std::vector<connection*> dirty_; // with something new to send since the last flush
     // Ids of dirty connections left over from earlier turns' flush budget, oldest first, at most one per connection
     // (`in_backlog`). A connection is in dirty_ or here while its `dirty` bit is set; here, while its `backlogged` bit

@@ -235,8 +235,8 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
         return r;
     }
     auto fail = [&](const toml::parse_error& e) {
-        r.error = fmt::format("{}:{}:{}: {}", origin, e.source().begin.line, e.source().begin.column,
-                              log::escaped(e.description()));
+        // (toml++ writes what it quotes with escapes of its own.)
+        r.error = fmt::format("{}:{}:{}: {}", origin, e.source().begin.line, e.source().begin.column, e.description());
     };
 #if TOML_EXCEPTIONS
     try {
@@ -759,7 +759,7 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
             return r;
         }
         r.exit_code = k_exit_usage;
-        r.errors.push_back(fmt::format("command line: {} (see --help)", e.what()));
+        r.errors.push_back(fmt::format("command line: {} (see --help)", log::escaped(e.what())));
         return r;
     }
 

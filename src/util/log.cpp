@@ -70,7 +70,13 @@ void append_cut(fmt::memory_buffer& out, std::string_view msg, bool escape) {
     if (cut > max_message_bytes) {
         cut = max_message_bytes;
         while (cut > 0 && (static_cast<unsigned char>(msg[cut]) & 0xc0) == 0x80)
-            --cut; // not inside a UTF-8 sequence
+            --cut;   // not inside a UTF-8 sequence
+        if (!escape) // nor inside one of its \xNN (every backslash of escaped text starts one)
+            for (size_t back = 1; back <= 3 && back <= cut; ++back)
+                if (msg[cut - back] == '\\') {
+                    cut -= back;
+                    break;
+                }
     }
     if (escape)
         append_escaped(out, msg.substr(0, cut));

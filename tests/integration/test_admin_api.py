@@ -655,6 +655,35 @@ for _mixin in (NodeCases, ClientCases, SessionCases, SubscriptionCases, RouteCas
 del _mixin
 
 
+class DeepPageTest(Helpers, AdminTest):
+    """Pages deep in tables larger than one call's walk (a shard passes at most about 16,000 entries per call, then
+    answers with the rows it has, perhaps none): every page is complete, and a whole table read in pages lists each
+    row once."""
+    SHARDS = 2
+
+    def test_deep_pages_of_sessions_and_subscriptions(self):
+        n = 40000
+        ids = [f"deep-{i}" for i in range(n)]
+        self.offline_sessions_pipelined([(cid, [f"dp/{cid}/a", f"dp/{cid}/b"]) for cid in ids])
+        listed = []
+        for page in range(1, 8):
+            res = self.page(self.n("sessions"), page, 7000, SESSION_KEYS)
+            listed += [r["client_id"] for r in res["objects"]]
+        self.assertEqual(len(listed), n, "a session listed twice or missed")
+        self.assertEqual(set(listed), set(ids))
+        self.assertEqual(len(self.page(self.n("sessions"), n // 20, 20)["objects"]), 20, "the last page")
+        self.assertEqual(self.page(self.n("sessions"), n // 20 + 1, 20)["objects"], [], "past the last page")
+        deep = self.page(self.n("subscriptions"), 2 * n // 20, 20, SUBSCRIPTION_KEYS)
+        self.assertEqual(deep["total_num"], 2 * n)
+        self.assertEqual(len(deep["objects"]), 20, "the last page of subscriptions")
+        for r in deep["objects"]:
+            self.assertEqual(r["topic"], f"dp/{r['client_id']}/{r['topic'][-1]}", r)
+        subs = []
+        for page in range(1, 5):
+            subs += [(r["client_id"], r["topic"]) for r in self.page(self.n("subscriptions"), page, 20000)["objects"]]
+        self.assertEqual(len(set(subs)), 2 * n, "a subscription listed twice or missed")
+
+
 class AdminStopTest(Helpers, AdminTest):
     """SIGTERM while admin requests are in progress, each needing several answers from each shard (pages larger than a
     shard's 1000-row chunk): the admin shard stops first and must still be woken by the MQTT shards' answers, through

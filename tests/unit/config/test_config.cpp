@@ -760,6 +760,12 @@ TEST_F(config_test, a_line_break_in_a_key_or_value_stays_in_one_error_line) {
     EXPECT_THAT(f.errors, ElementsAre("nl.toml:1:1: max\\x0ainflight: unknown key"));
 }
 
+TEST_F(config_test, an_unknown_argument_is_quoted_escaped) {
+    auto r = run({"--bogus\x1b[31m\nX"});
+    ASSERT_THAT(r.errors, SizeIs(1));
+    EXPECT_THAT(r.errors[0], AllOf(HasSubstr("--bogus\\x1b[31m\\x0aX"), ::testing::Not(HasSubstr("\n"))));
+}
+
 TEST_F(config_test, a_line_break_in_the_config_files_name_stays_in_one_error_line) {
     auto r = run({"-c", "/nonexistent/a\nb.toml"});
     ASSERT_THAT(r.errors, SizeIs(1));
