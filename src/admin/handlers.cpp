@@ -537,43 +537,44 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
     std::vector<std::vector<broker::client_row>> crow(shards);
     std::vector<std::vector<broker::session_row>> srow(shards);
     std::vector<std::vector<broker::subscription_row>> brow(shards);
-    // Rows are fetched in chunks of at most rows_per_call per shard and round, each call also bounded in the entries
-    // it passes, so a huge or deep page never holds an MQTT shard for long: between two rounds it serves its clients.
-    // Each shard's walk goes on from where this request's previous chunk left it.
-    constexpr size_t rows_per_call = 1000;
+    // Rows are fetched in chunks of about broker::list_chunk_rows per shard and round, each call also bounded in the
+    // entries it passes, so a huge or deep page never holds an MQTT shard for long: between two rounds it serves its
+    // clients. Each shard's walk goes on from where this request's previous chunk left it.
+    const auto first_slice = slice;
     std::vector<broker::list_cursor> cursors(shards);
+    std::vector<unsigned> restarts(shards, 0);
     while (!targets.empty()) {
         std::vector<size_t> got(shards, 0);
-        std::vector<char> ended(shards, 0);
+        std::vector<broker::list_chunk> walk(shards);
         const shard_fn fn2 = [&, kind](broker::shard_control& c) {
             const unsigned i = c.shard_id();
-            const size_t n = std::min(slice[i].second, rows_per_call);
-            if (kind == list_kind::clients) {
-                std::vector<broker::client_row> part;
-                ended[i] = c.clients(cursors[i], slice[i].first, n, part);
-                got[i] = part.size();
-                crow[i].insert(crow[i].end(), std::make_move_iterator(part.begin()),
-                               std::make_move_iterator(part.end()));
-            } else if (kind == list_kind::sessions) {
-                std::vector<broker::session_row> part;
-                ended[i] = c.sessions(cursors[i], slice[i].first, n, part);
-                got[i] = part.size();
-                srow[i].insert(srow[i].end(), std::make_move_iterator(part.begin()),
-                               std::make_move_iterator(part.end()));
-            } else {
-                std::vector<broker::subscription_row> part;
-                ended[i] = c.subscriptions(cursors[i], slice[i].first, n, part);
-                got[i] = part.size();
-                brow[i].insert(brow[i].end(), std::make_move_iterator(part.begin()),
-                               std::make_move_iterator(part.end()));
-            }
+            const size_t before = crow[i].size() + srow[i].size() + brow[i].size();
+            if (kind == list_kind::clients)
+                walk[i] = c.clients(cursors[i], slice[i].first, slice[i].second, crow[i]);
+            else if (kind == list_kind::sessions)
+                walk[i] = c.sessions(cursors[i], slice[i].first, slice[i].second, srow[i]);
+            else
+                walk[i] = c.subscriptions(cursors[i], slice[i].first, slice[i].second, brow[i]);
+            got[i] = crow[i].size() + srow[i].size() + brow[i].size() - before;
         };
         co_await on_shards(targets, fn2);
         std::vector<unsigned> next;
         for (unsigned i : targets) {
+            // The shard's table was rehashed since its last chunk, so its walk began again in another order: the
+            // rows taken in the old order go, and its part of the page is read anew (a table rehashes a handful of
+            // times as it grows; past a few dozen, what was taken stays).
+            if (walk[i].restarted && ++restarts[i] <= 32) {
+                crow[i].clear();
+                srow[i].clear();
+                brow[i].clear();
+                slice[i] = first_slice[i];
+                cursors[i] = {};
+                next.push_back(i);
+                continue;
+            }
             slice[i].first += got[i];
             slice[i].second -= got[i];
-            if (!ended[i] && slice[i].second > 0) next.push_back(i); // (an ended walk: its table shrank meanwhile)
+            if (!walk[i].ended && slice[i].second > 0) next.push_back(i); // (an ended walk: its table shrank meanwhile)
         }
         targets.swap(next);
     }

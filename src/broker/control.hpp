@@ -53,33 +53,41 @@ struct shard_snapshot {
     uint64_t first_routes = 0; // filters subscribed here and on no lower-numbered shard (sum: the node's routes)
 };
 
-// Where one admin request's walk of one shard's clients, sessions or subscriptions is: a position in the table's
-// bucket order, not an iterator, so it stays valid as entries come and go; only a rehash (the table growing past its
-// buckets, a handful of times in its life) makes the walk start again. Owned by the request, used on the shard's
-// thread.
+// Where one admin request's walk of one shard's clients, sessions or subscriptions is: the next bucket of the table
+// (a call stops only between buckets), not an iterator, so it stays valid as entries come and go; only a rehash (the
+// table growing past its buckets, a handful of times in its life) makes the walk start again. Owned by the request,
+// used on the shard's thread.
 struct list_cursor {
-    size_t buckets = 0;   // the table's bucket count when saved; 0 = not started
-    size_t bucket = 0;    // the bucket the walk is in
-    size_t in_bucket = 0; // entries of that bucket already passed
-    size_t index = 0;     // rows before that entry (subscriptions: of the sessions before it)
+    size_t buckets = 0; // the table's bucket count when saved; 0 = not started
+    size_t bucket = 0;  // the next bucket
+    size_t index = 0;   // rows in the buckets before it
 };
+
+// How a list call left its walk.
+struct list_chunk {
+    bool ended = false;     // it reached the end of the table
+    bool restarted = false; // the table was rehashed since the last call: the walk began again, in the new order
+};
+
+// Rows after which a list call stops at the next bucket (it goes on past them to the bucket's end).
+inline constexpr size_t list_chunk_rows = 1000;
 
 // What an MQTT shard offers the admin API. Implemented by broker::shard; every method runs on that shard's thread.
 class shard_control {
 public:
     virtual unsigned shard_id() const = 0;
     virtual size_t client_count() const = 0;
-    // The lists: rows offset.. of this shard's table, at most `limit`, going on from `cur`. A call stops after a
-    // bounded amount of work, so it may return fewer rows than asked (none, far into a large table) before the end of
-    // the table: it returns true at the end.
-    virtual bool clients(list_cursor& cur, size_t offset, size_t limit, std::vector<client_row>& out) const = 0;
+    // The lists: rows offset.. of this shard's table, at most `want` of them, going on from `cur`. A call stops after a
+    // bounded amount of work (about list_chunk_rows rows, or entries passed), so it may return fewer rows than wanted,
+    // none far into a large table, before the table's end.
+    virtual list_chunk clients(list_cursor& cur, size_t offset, size_t want, std::vector<client_row>& out) const = 0;
     virtual bool client(std::string_view id, client_row& out) const = 0;
     virtual size_t session_count() const = 0;
-    virtual bool sessions(list_cursor& cur, size_t offset, size_t limit, std::vector<session_row>& out) const = 0;
+    virtual list_chunk sessions(list_cursor& cur, size_t offset, size_t want, std::vector<session_row>& out) const = 0;
     virtual bool session(std::string_view id, session_row& out) const = 0;
     virtual size_t subscription_count() const = 0;
-    virtual bool subscriptions(list_cursor& cur, size_t offset, size_t limit,
-                               std::vector<subscription_row>& out) const = 0;
+    virtual list_chunk subscriptions(list_cursor& cur, size_t offset, size_t want,
+                                     std::vector<subscription_row>& out) const = 0;
     virtual void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const = 0;
     // This shard's routes (filters with a subscriber here) that sort after `after` ("" for the first), in order, up
     // to max_rows of them and about 256 KiB; true when none is left after them. Shards may share a route: the

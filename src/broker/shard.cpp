@@ -3828,38 +3828,38 @@ session_row make_session_row(const session_slot& slot) {
 }
 
 // Walks `table` (an unordered container) in bucket order from `cur`, calling visit(entry, steps) for each entry;
-// visit returns false to stop at that entry (the page is full): the next call starts with it. Starts again when the
-// table was rehashed since `cur` was saved, or `cur` is past `offset` (rows are counted from the start). Stops after
-// about list_walk_steps entries and buckets, so a deep page never holds the shard long. True at the table's end.
+// visit returns false once it has all the rows the request wants (the walk ends there, inside a bucket perhaps: no
+// chunk of this request follows). Otherwise a call stops only between buckets, once it has list_chunk_rows rows or
+// passed about list_walk_steps entries and buckets: an entry added to or removed from a bucket between two calls
+// changes nothing for the walk. A rehash since `cur` was saved starts it again, reported so that the request drops
+// the rows it took in the old order.
 template <class Table, class Visit>
-bool walk_buckets(const Table& table, list_cursor& cur, size_t offset, Visit visit) {
+list_chunk walk_buckets(const Table& table, list_cursor& cur, size_t offset, const size_t& got, Visit visit) {
     constexpr size_t list_walk_steps = 16384; // about a millisecond
-    if (cur.buckets != table.bucket_count() || cur.index > offset) cur = {table.bucket_count(), 0, 0, 0};
-    size_t steps = 0;
-    for (; cur.bucket < cur.buckets; ++cur.bucket, cur.in_bucket = 0) {
-        auto it = table.begin(cur.bucket);
-        const auto end = table.end(cur.bucket);
-        for (size_t k = 0; k < cur.in_bucket && it != end; ++k) // (it may hold fewer entries now)
-            ++it;
-        for (; it != end; ++it, ++cur.in_bucket)
-            if (++steps > list_walk_steps || !visit(*it, steps)) return false;
-        if (++steps > list_walk_steps) {
-            ++cur.bucket;
-            cur.in_bucket = 0;
-            return cur.bucket == cur.buckets;
-        }
+    list_chunk r;
+    if (cur.buckets != table.bucket_count() || cur.index > offset) {
+        r.restarted = cur.buckets != 0;
+        cur = {table.bucket_count(), 0, 0};
     }
-    return true;
+    size_t steps = 0;
+    while (cur.bucket < cur.buckets) {
+        for (auto it = table.begin(cur.bucket); it != table.end(cur.bucket); ++it)
+            if (!visit(*it, ++steps)) return r;
+        ++cur.bucket;
+        if (got >= list_chunk_rows || ++steps >= list_walk_steps) break;
+    }
+    r.ended = cur.bucket == cur.buckets;
+    return r;
 }
 
 } // namespace
 
-bool shard::clients(list_cursor& cur, size_t offset, size_t limit, std::vector<client_row>& out) const {
+list_chunk shard::clients(list_cursor& cur, size_t offset, size_t want, std::vector<client_row>& out) const {
     size_t got = 0;
-    return walk_buckets(conns_, cur, offset, [&](const auto& entry, size_t&) {
+    return walk_buckets(conns_, cur, offset, got, [&](const auto& entry, size_t) {
         const connection& c = *entry.second;
         if (c.st != connection::state::connected) return true;
-        if (got == limit) return false;
+        if (got == want) return false;
         if (cur.index++ >= offset) {
             out.push_back(make_client_row(c));
             ++got;
@@ -3875,10 +3875,10 @@ bool shard::client(std::string_view id, client_row& out) const {
     return true;
 }
 
-bool shard::sessions(list_cursor& cur, size_t offset, size_t limit, std::vector<session_row>& out) const {
+list_chunk shard::sessions(list_cursor& cur, size_t offset, size_t want, std::vector<session_row>& out) const {
     size_t got = 0;
-    return walk_buckets(sessions_.entries(), cur, offset, [&](const auto& slot, size_t&) {
-        if (got == limit) return false;
+    return walk_buckets(sessions_.entries(), cur, offset, got, [&](const auto& slot, size_t) {
+        if (got == want) return false;
         if (cur.index++ >= offset) {
             out.push_back(make_session_row(*slot));
             ++got;
@@ -3894,27 +3894,28 @@ bool shard::session(std::string_view id, session_row& out) const {
     return true;
 }
 
-bool shard::subscriptions(list_cursor& cur, size_t offset, size_t limit, std::vector<subscription_row>& out) const {
-    // A session's subscriptions are a hash map of their own: the walk stops at a session, not inside one, and a page
-    // that ends inside a session walks it again up to the offset in the next chunk.
+list_chunk shard::subscriptions(list_cursor& cur, size_t offset, size_t want,
+                                std::vector<subscription_row>& out) const {
+    // A session's subscriptions are a hash map of their own, whose order an insert may change: a call never stops
+    // inside one but where the request's rows are all taken (its last chunk), and one session's map is walked in
+    // one call (a session of tens of thousands of filters costs that call as much).
     size_t got = 0;
-    return walk_buckets(sessions_.entries(), cur, offset, [&](const auto& entry, size_t& steps) {
+    return walk_buckets(sessions_.entries(), cur, offset, got, [&](const auto& entry, size_t& steps) {
         const session_slot& slot = *entry;
         const size_t n = slot.s->subscriptions.size();
         if (cur.index + n <= offset) { // before the page: counted, not walked
             cur.index += n;
             return true;
         }
-        if (got == limit) return false;
         size_t j = cur.index;
         for (const auto& [filter, qos] : slot.s->subscriptions) {
-            if (j++ >= offset && got < limit) {
+            if (got == want) return false;
+            ++steps;
+            if (j++ >= offset) {
                 out.push_back(subscription_row{slot.s->client_id(), filter, static_cast<uint8_t>(qos & 3)});
                 ++got;
             }
         }
-        steps += n;
-        if (offset + got < cur.index + n) return false; // the page ended inside this session
         cur.index += n;
         return true;
     });

@@ -358,14 +358,14 @@ public:
     // shard_control (admin facade), on this shard's thread
     unsigned shard_id() const override { return id_; }
     size_t client_count() const override { return connected_; }
-    bool clients(list_cursor& cur, size_t offset, size_t limit, std::vector<client_row>& out) const override;
+    list_chunk clients(list_cursor& cur, size_t offset, size_t want, std::vector<client_row>& out) const override;
     bool client(std::string_view id, client_row& out) const override;
     size_t session_count() const override { return sessions_.size(); }
-    bool sessions(list_cursor& cur, size_t offset, size_t limit, std::vector<session_row>& out) const override;
+    list_chunk sessions(list_cursor& cur, size_t offset, size_t want, std::vector<session_row>& out) const override;
     bool session(std::string_view id, session_row& out) const override;
     size_t subscription_count() const override { return trie_.subscription_count(); }
-    bool subscriptions(list_cursor& cur, size_t offset, size_t limit,
-                       std::vector<subscription_row>& out) const override;
+    list_chunk subscriptions(list_cursor& cur, size_t offset, size_t want,
+                             std::vector<subscription_row>& out) const override;
     void client_subscriptions(std::string_view id, std::vector<subscription_row>& out) const override;
     size_t route_count() const override { return trie_.first_holder_count(); }
     bool routes_after(std::string_view after, size_t max_rows, std::vector<std::string>& out) const override {
