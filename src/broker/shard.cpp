@@ -1263,6 +1263,9 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         route(r->topic(), r->payload(), r->qos(), live, false);
         return;
     }
+    case k_retain_clear:
+        store_retained(session::message_ref::adopt(static_cast<session::message*>(m.ptr)));
+        return;
     case k_admin_call: {
         auto* call = static_cast<admin_call*>(m.ptr);
         const uint64_t backlogged = outbox_.backlogged();
@@ -2594,7 +2597,7 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         // The ack waits until the update is on its way to every other shard (and the live copy with it).
         send_after_backlog(c, backlogged);
     } else if (rc != retain_check::off) {
-        not_retained(rc, pv.topic, pv.payload.size());
+        not_retained(rc, pv.topic, pv.payload.size(), pv.qos);
     }
     if (pv.qos == 1) {
         send_ack(c, mqtt::packet_type::puback, pv.packet_id);
@@ -3046,12 +3049,14 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     }
     if (!local_origin) return;
     mask &= ~(uint64_t{1} << id_);
+    // The broker's own $SYS messages count in no message counter (as EMQ X's did not).
+    const uint64_t counted = sys_topic(topic) ? 0 : 1;
     if (hits.empty() && mask == 0) {
-        if (!sys_topic(topic)) m_.messages_dropped += raw.count;
+        m_.messages_dropped += counted * raw.count;
         return;
     }
     if (!forward) {
-        m_.messages_forward += static_cast<uint64_t>(std::popcount(mask)); // carried by the retained update
+        m_.messages_forward += counted * static_cast<uint64_t>(std::popcount(mask)); // carried by the retained update
         return;
     }
     // For one other shard's subscribers alone (with several, one shard's slow subscriber would slow the others').
@@ -3065,7 +3070,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
             append(run->frames, raw.bytes.data(), raw.bytes.size()); // one memcpy (see grow)
             const size_t weight = run->frames.size();
             push_weighed(to, k_publish_run, weight, run.release());
-            m_.messages_forward += raw.count;
+            m_.messages_forward += counted * raw.count;
             continue;
         }
         if (!msg) msg = session::message_ref::adopt(session::message::make(topic, payload, qos, false));
@@ -3079,7 +3084,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
             continue;
         }
         msg->add_ref();
-        ++m_.messages_forward;
+        m_.messages_forward += counted;
         push_weighed(to, k_publish, msg->size(), msg.get());
     }
 }
@@ -3385,7 +3390,7 @@ void shard::refuse_publisher(const session_slot& slot, std::string_view topic) {
 bool shard::retain_from(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos) {
     const retain_check rc = check_retain(topic, payload);
     if (rc != retain_check::store) {
-        not_retained(rc, topic, payload.size());
+        not_retained(rc, topic, payload.size(), qos);
         return false;
     }
     return share_retained(retained_update(topic, payload, qos), n_);
@@ -3402,12 +3407,23 @@ shard::retain_check shard::check_retain(std::string_view topic, std::span<const 
     return retain_check::store;
 }
 
-void shard::not_retained(retain_check why, std::string_view topic, size_t payload_size) {
+void shard::not_retained(retain_check why, std::string_view topic, size_t payload_size, uint8_t qos) {
     if (why == retain_check::too_large) {
+        const bool replaced = retained_.find(topic) != nullptr;
         if (log::at_doubling(retained_too_large_))
-            log::warn("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {} ({} refused "
+            log::warn("retained message on {} not stored: {} bytes exceed mqtt.max_retained_payload = {}{} ({} refused "
                       "for their size on this shard so far)",
-                      topic, payload_size, cfg_.limits.max_retained_payload, retained_too_large_);
+                      topic, payload_size, cfg_.limits.max_retained_payload,
+                      replaced ? "; the topic's earlier retained message is cleared" : "", retained_too_large_);
+        if (replaced) {
+            const session::message_ref clear = retained_update(topic, {}, qos);
+            for (unsigned to = 0; to < n_; ++to) {
+                if (to == id_) continue;
+                clear->add_ref();
+                push(to, k_retain_clear, 0, clear.get());
+            }
+            store_retained(clear);
+        }
     } else if (why == retain_check::full) {
         if (log::at_doubling(retained_full_))
             log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} refused on this "
@@ -3986,6 +4002,7 @@ void release_message(const reactor::smp_msg& m) {
         break; // owned by the admin shard's request frames
     case k_publish:
     case k_retain:
+    case k_retain_clear:
     case k_publish_holdable:
     case k_publish_credited:
     case k_publish_held:

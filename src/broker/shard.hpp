@@ -156,9 +156,10 @@ enum msg_kind : uint32_t {
     k_publish,     // ptr: session::message* (one reference), arg: its weight (see msg_weight)
     k_retain, // ptr: session::message* (one reference), arg: its weight; store or (empty payload) clear the topic, and
               // deliver it live to the receiver's subscribers (see retain_from)
-    k_admin_call,  // ptr: admin_call*, from the admin shard: run it here and send it back
-    k_admin_done,  // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
-    k_publish_run, // ptr: publish_run*, arg: its weight; QoS 0 frames for the receiver's local subscribers
+    k_retain_clear, // ptr: session::message* (one reference, empty payload): clear the topic, deliver nothing
+    k_admin_call,   // ptr: admin_call*, from the admin shard: run it here and send it back
+    k_admin_done,   // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
+    k_publish_run,  // ptr: publish_run*, arg: its weight; QoS 0 frames for the receiver's local subscribers
     // Publishers held across shards (see shard::remote_gate): a QoS 1/2 message of a client that may be held, for the
     // receiver's subscribers alone, on a topic the sender has no gate for (the receiver answers k_gate_close where it
     // finds the queue at its mark), or has one for: one unit of the credit it was given, or past it (its client is
@@ -509,8 +510,10 @@ private:
     // message a queue refuses (offer_to) is stored when it is handled again, not twice, nor if it never comes back.
     enum class retain_check : uint8_t { store, off, too_large, full };
     retain_check check_retain(std::string_view topic, std::span<const uint8_t> payload) const;
-    // Logs and counts why a retained message was not stored (too_large, full).
-    void not_retained(retain_check why, std::string_view topic, size_t payload_size);
+    // Logs and counts why a retained message was not stored (too_large, full). One too large to store replaces the
+    // topic's retained message all the same (MQTT-3.3.1-5, 3.3.1-7: a later retained PUBLISH replaces an earlier
+    // one): the topic is cleared on every shard, so no subscriber is sent a message its publisher has replaced.
+    void not_retained(retain_check why, std::string_view topic, size_t payload_size, uint8_t qos);
     // A retained update, stamped in the node-wide order of updates (retained_store::store).
     session::message_ref retained_update(std::string_view topic, std::span<const uint8_t> payload, uint8_t qos);
     // A retained update sent as the live copy for this shard's subscribers alone (on_publish: k_publish_holdable,

@@ -432,6 +432,7 @@ class SysTopicsTest(AdminTest):
         m = self.metrics()
         self.assertEqual((m["messages/sent"], m["packets/publish/sent"], m["messages/qos0/sent"]), (0, 0, 0),
                          f"{len(values)} $SYS messages were delivered")
+        self.assertEqual(m["messages/forward"], 0, "$SYS messages counted as forwarded to the other shard")
 
 
 class SysRetainedTest(AdminTest):

@@ -338,6 +338,30 @@ class RetainedLimitCases:
         sub.expect_no_packet(0.3)
         self.assertEqual(self.refusals(b"bytes exceed mqtt.max_retained_payload = 10"), [1, 2, 4, 8, 16])
 
+    def test_a_retained_message_too_large_to_store_clears_the_one_it_replaces(self):
+        # MQTT-3.3.1-5/-7: a later retained PUBLISH replaces the topic's retained message. One over the limit is not
+        # stored, and the one it replaces is cleared on every shard rather than sent to later subscribers (it was).
+        self.use_broker({"mqtt.max_retained_payload": 10})
+        live = self.client(self.sub_id("live"))
+        live.subscribe([("rep/#", 1)])
+        pub = self.client(self.pub_id())
+        for qos in (0, 1):
+            pub.publish(f"rep/{qos}", b"old", qos=qos, retain=True)
+            pub.publish(f"rep/{qos}", b"z" * 11, qos=qos, retain=True)
+        pub.publish("rep/kept", b"kept", qos=1, retain=True)
+        got = [(x.topic, x.payload) for x in live.recv_publishes(5)]
+        self.assertEqual(sorted(got), sorted([("rep/0", b"old"), ("rep/0", b"z" * 11), ("rep/1", b"old"),
+                                              ("rep/1", b"z" * 11), ("rep/kept", b"kept")]),
+                         "delivered live once each, and no empty message for the clear")
+        live.expect_no_packet(0.3)
+        for shard_sub in {self.sub_id("late"), self.pub_id("late")}:
+            sub = self.client(shard_sub)
+            sub.subscribe([("rep/#", 1)])
+            msg = sub.recv_publish()
+            self.assertEqual((msg.topic, msg.payload, msg.retain), ("rep/kept", b"kept", True), shard_sub)
+            sub.expect_no_packet(0.3)
+        self.assertIn(b"the topic's earlier retained message is cleared", self.broker.log())
+
 
 shard_variants(RetainedLimitCases, globals())
 
