@@ -177,6 +177,25 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.assertEqual(rc, 1, err)
         self.assertIn("--catch-up needs publishers at a fixed rate", err)
 
+    def test_a_rate_the_generator_cannot_keep_is_reported(self):
+        # 200 publishers asking 100,000 msg/s each: far past what one generator thread sends. The slots a schedule
+        # more than a second behind jumps over count as skipped (they were in no counter), and the summary says the
+        # load was lower than asked.
+        rc, data, err = loadgen(self.port, "--scenario", "pairs", "--publishers", "200", "--rate", "100000",
+                                duration="1.5")
+        self.assertEqual(rc, 0, err)
+        self.assertGreater(data["rate_lag_resets"], 0, data)
+        self.assertGreater(data["send_skipped"], 0, data)
+        self.assertEqual(data["sends_scheduled"], 200 * 100000 * 1.5)
+        self.assertLess(data["sent"], 0.95 * data["sends_scheduled"], data)
+        self.assertLessEqual(data["sent"] + data["send_skipped"], data["sends_scheduled"] * 1.001, data)
+        self.assertIn("the generator did not keep the rate", err)
+        # A rate it keeps says nothing of the kind.
+        rc, data, err = loadgen(self.port, "--scenario", "pairs", "--publishers", "2", "--rate", "500")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(data["send_skipped"], 0, data)
+        self.assertNotIn("did not keep the rate", err)
+
     def test_one_to_one_qos0_reports_broker_cpu(self):
         rc, data, err = loadgen(self.port, "--scenario", "one-to-one", pid=self.broker.proc.pid)
         self.assertEqual(rc, 0, err)
