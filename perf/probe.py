@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import shutil
 import socket
@@ -152,7 +153,9 @@ def ping_stats(rtts: list, t_from: float, t_to: float) -> dict:
     samples.sort()
 
     def pct(p: float) -> float:
-        return samples[min(len(samples) - 1, int(len(samples) * p))] * 1e3
+        # Nearest rank: the smallest sample with at least p of them at or below it (p99 of 100 is the 99th, not
+        # the largest).
+        return samples[max(0, min(len(samples), math.ceil(len(samples) * p)) - 1)] * 1e3
 
     return {"pings": sum(1 for ts, _ in rtts if t_from <= ts <= t_to), "ping_p50_ms": pct(0.5),
             "ping_p99_ms": pct(0.99), "ping_p999_ms": pct(0.999), "ping_max_ms": samples[-1] * 1e3}

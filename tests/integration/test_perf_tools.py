@@ -819,6 +819,16 @@ class ProbeStats(unittest.TestCase):
         self.assertEqual(ping_stats(stalled, 0, 1.4)["ping_max_ms"], 0.1)  # outside the window
         self.assertGreater(PROBE_INTERVAL_S, 0)
 
+    def test_percentiles_are_nearest_rank(self):
+        sys.path.insert(0, str(REPO / "perf"))
+        from probe import PROBE_INTERVAL_S, ping_stats
+        step = PROBE_INTERVAL_S / 200  # round trips below the interval: no stall samples are added
+        hundred = [(i * 0.01, (i + 1) * step) for i in range(100)]
+        st = ping_stats(hundred, 0, 2)
+        self.assertAlmostEqual(st["ping_p50_ms"], 50 * step * 1e3)
+        self.assertAlmostEqual(st["ping_p99_ms"], 99 * step * 1e3, msg="the 99th of 100, not the largest")
+        self.assertAlmostEqual(st["ping_max_ms"], 100 * step * 1e3)
+
 
 class CompareTwoShards(unittest.TestCase):
     def test_two_shard_scenario_is_weighed_against_the_single_shard_one(self):
