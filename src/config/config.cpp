@@ -443,8 +443,8 @@ std::string check_node_name(const std::string& s) {
                            s.size());
     auto at = s.find('@');
     bool blank = std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= ' ' || c == 0x7f; });
-    if (at == std::string::npos || at == 0 || at + 1 == s.size() || blank)
-        return fmt::format("must look like name@host (one word containing '@'), got '{}'", s);
+    if (at == std::string::npos || at == 0 || at + 1 == s.size() || s.find('@', at + 1) != std::string::npos || blank)
+        return fmt::format("must look like name@host (one word with one '@'), got '{}'", s);
     // The name is one level of the $SYS topics (ringmq's own PUBLISHes skip the topic checks clients get).
     if (s.find_first_of("/+#") != std::string::npos)
         return fmt::format("must not contain '/', '+' or '#' (it is a level of the $SYS topics), got '{}'", s);
@@ -741,7 +741,8 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
         app.add_option("--listen", listen, "MQTT listener (overrides mqtt.listen)")->type_name("HOST:PORT");
     auto* o_shards = app.add_option("--shards", shards, "MQTT shard threads, 0..63; 0 = one per core")->type_name("N");
     auto* o_name = app.add_option("--node-name", node_name, "node name, name@host")->type_name("NAME");
-    auto* o_level = app.add_option("--log-level", log_level, "debug, info, warn, error or off")->type_name("LEVEL");
+    auto* o_level =
+        app.add_option("--log-level", log_level, "debug, info, warn (or warning), error or off")->type_name("LEVEL");
     auto* o_admin = app.add_option("--admin-listen", admin_listen, "admin HTTP listener")->type_name("HOST:PORT");
     app.add_flag("--no-admin", no_admin, "disable the admin HTTP listener")->excludes(o_admin);
     app.add_option("--set", sets, "dotted key and TOML value, e.g. mqtt.max_inflight=10 (repeatable)")

@@ -145,7 +145,7 @@ struct turn_budgets {
     std::string io_uring_kernel = "auto";
     // Entries of each queue between two shards (and between a shard and the admin shard), a power of two. A message
     // that finds its queue full waits in its sender's backlog, and the sender sleeps until the queue is empty; a
-    // queue costs 16 bytes an entry, (shards + 1)^2 queues in all.
+    // queue costs 16 bytes an entry, (shards + 1) x shards queues in all.
     uint32_t smp_queue_size = 16384;
 };
 

@@ -839,7 +839,7 @@ TEST_F(config_test, admin_listen_with_no_admin_is_a_usage_error) {
 }
 
 TEST_F(config_test, node_name_shapes) {
-    for (const char* bad : {"@host", "name@", "na me@host", "plain"}) {
+    for (const char* bad : {"@host", "name@", "na me@host", "plain", "a@b@", "a@@b"}) {
         auto r = run({"--node-name", bad});
         EXPECT_FALSE(r.cfg.has_value()) << bad;
         ASSERT_THAT(r.errors, SizeIs(1)) << bad;
