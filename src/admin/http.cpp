@@ -175,6 +175,16 @@ struct http_parser::callbacks {
         http_parser& s = self(p);
         if ((!s.field_.empty() || s.in_value_) && !s.push_header()) return -1;
         s.headers_done_ = true;
+        // HTTP/1.x only: an HTTP/2.0 request line, or one without a version (0.9), was answered as 1.1.
+        if (p->http_major != 1) {
+            s.cb_status_ = 505;
+            return -1;
+        }
+        // A transfer coding besides chunked (gzip, chunked) would be read as if it were not there (RFC 9112 6.1).
+        if (const std::string* te = s.req_.header("transfer-encoding"); te && !iequals(*te, "chunked")) {
+            s.cb_status_ = 501;
+            return -1;
+        }
         s.req_.method = llhttp_method_name(static_cast<llhttp_method_t>(p->method));
         split_target(s.req_);
         // Refuse a declared body that cannot fit before any of it arrives (also answers Expect: 100-continue).
@@ -311,6 +321,8 @@ http_parser::status http_parser::feed(const char* data, size_t n, size_t& consum
             if (cb_status_ == 400) return fail(400, "bad request: invalid header name");
             if (cb_status_ == 413) return fail(413, "request body larger than the limit");
             if (cb_status_ == 431) return fail(431, "request header fields larger than the limit");
+            if (cb_status_ == 505) return fail(505, "HTTP version not supported: HTTP/1.0 and 1.1 only");
+            if (cb_status_ == 501) return fail(501, "transfer coding not implemented: chunked only");
             const char* why = llhttp_get_error_reason(ll);
             return fail(400, std::string("bad request: ") + llhttp_errno_name(e) + ": " + (why ? why : "?"));
         }

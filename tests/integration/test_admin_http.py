@@ -278,6 +278,18 @@ class HttpTest(AdminTest):
                 self.assert_json_error(c.read_response(), 400)
         self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the server is fine")
 
+    def test_other_http_versions_505_and_transfer_codings_501(self):
+        # They were answered as HTTP/1.1 requests, a gzip-coded body read as plain.
+        auth = "Authorization: " + basic_auth("admin", "public") + "\r\n"
+        for data, status in ((b"GET /status HTTP/2.0\r\nHost: x\r\n\r\n", 505), (b"GET /status\r\n\r\n", 505),
+                             (("POST /api/v2/mqtt/publish HTTP/1.1\r\nHost: x\r\n" + auth
+                               + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n").encode(), 501)):
+            with self.subTest(data=data):
+                c = self.http()
+                c.send(data)
+                self.assert_json_error(c.read_response(), status)
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the server is fine")
+
     def test_unauthorized_401(self):
         for auth in (None, ("admin", "wrong"), ("nobody", "public"), ("", ""), ("admin", ""), ("admin", "public "),
                      "Basic !!!not-base64!!!",
