@@ -322,7 +322,7 @@ http_parser::status http_parser::feed(const char* data, size_t n, size_t& consum
             if (cb_status_ == 413) return fail(413, "request body larger than the limit");
             if (cb_status_ == 431) return fail(431, "request header fields larger than the limit");
             if (cb_status_ == 505) return fail(505, "HTTP version not supported: HTTP/1.0 and 1.1 only");
-            if (cb_status_ == 501) return fail(501, "transfer coding not implemented: chunked only");
+            if (cb_status_ == 501) return fail(501, "transfer coding not supported: chunked only");
             const char* why = llhttp_get_error_reason(ll);
             return fail(400, std::string("bad request: ") + llhttp_errno_name(e) + ": " + (why ? why : "?"));
         }

@@ -3415,15 +3415,7 @@ void shard::not_retained(retain_check why, std::string_view topic, size_t payloa
                       "for their size on this shard so far)",
                       topic, payload_size, cfg_.limits.max_retained_payload,
                       replaced ? "; the topic's earlier retained message is cleared" : "", retained_too_large_);
-        if (replaced) {
-            const session::message_ref clear = retained_update(topic, {}, qos);
-            for (unsigned to = 0; to < n_; ++to) {
-                if (to == id_) continue;
-                clear->add_ref();
-                push(to, k_retain_clear, 0, clear.get());
-            }
-            store_retained(clear);
-        }
+        if (replaced) share_retained(retained_update(topic, {}, qos), n_, k_retain_clear);
     } else if (why == retain_check::full) {
         if (log::at_doubling(retained_full_))
             log::warn("retained message on {} not stored: mqtt.max_retained_messages = {} reached ({} refused on this "
@@ -3440,7 +3432,7 @@ session::message_ref shard::retained_update(std::string_view topic, std::span<co
     return m;
 }
 
-bool shard::share_retained(const session::message_ref& m, unsigned skip) {
+bool shard::share_retained(const session::message_ref& m, unsigned skip, msg_kind kind) {
     // Every shard keeps a full copy of the retained store, so a subscribe is answered locally and a store made
     // before a PUBACK is visible to any later subscribe on any shard (README, "Design decisions").
     // The update is also the live copy for the other shards' subscribers (handle_smp): sent apart, a subscriber whose
@@ -3450,7 +3442,7 @@ bool shard::share_retained(const session::message_ref& m, unsigned skip) {
     for (unsigned to = 0; to < n_; ++to) {
         if (to == id_ || to == skip) continue;
         m->add_ref();
-        push_weighed(to, k_retain, m->size(), m.get());
+        push_weighed(to, kind, m->size(), m.get());
     }
     store_retained(m);
     return n_ > 1;

@@ -156,7 +156,8 @@ enum msg_kind : uint32_t {
     k_publish,     // ptr: session::message* (one reference), arg: its weight (see msg_weight)
     k_retain, // ptr: session::message* (one reference), arg: its weight; store or (empty payload) clear the topic, and
               // deliver it live to the receiver's subscribers (see retain_from)
-    k_retain_clear, // ptr: session::message* (one reference, empty payload): clear the topic, deliver nothing
+    k_retain_clear, // ptr: session::message* (one reference, empty payload), arg: its weight; clear the topic, deliver
+                    // nothing
     k_admin_call,   // ptr: admin_call*, from the admin shard: run it here and send it back
     k_admin_done,   // ptr: admin_call*, back to the admin shard; arg: the shard that ran it
     k_publish_run,  // ptr: publish_run*, arg: its weight; QoS 0 frames for the receiver's local subscribers
@@ -182,8 +183,8 @@ enum msg_kind : uint32_t {
 // taken (smp::note_taken): the messages that carry publishes put it in arg, the others hold nothing (each message
 // counts one besides, on both sides, so that the others' progress shows too).
 inline uint32_t msg_weight(const reactor::smp_msg& m) {
-    return m.kind == k_publish || m.kind == k_retain || m.kind == k_publish_run || m.kind == k_publish_holdable ||
-                   m.kind == k_publish_credited || m.kind == k_publish_held
+    return m.kind == k_publish || m.kind == k_retain || m.kind == k_retain_clear || m.kind == k_publish_run ||
+                   m.kind == k_publish_holdable || m.kind == k_publish_credited || m.kind == k_publish_held
                ? m.arg
                : 0;
 }
@@ -520,8 +521,9 @@ private:
     // _credited, _held, or k_publish where its gate could not hold its client): stored as k_retain's is, and replaced
     // by a copy without the flag to deliver [MQTT-3.3.1-9].
     void store_live(session::message_ref& msg);
-    // Stores m here and sends it to every other shard but `skip` (k_retain); true when it went to another shard.
-    bool share_retained(const session::message_ref& m, unsigned skip);
+    // Stores m here and sends it to every other shard but `skip` (k_retain, or k_retain_clear: stored there, delivered
+    // to no one); true when it went to another shard.
+    bool share_retained(const session::message_ref& m, unsigned skip, msg_kind kind = k_retain);
     // Whether a client's message for one other shard's subscribers alone goes where a gate there may hold its client
     // (push_holdable, push_gated) rather than as a plain forward.
     bool holdable_forward(bool one_shard, uint8_t qos) const {

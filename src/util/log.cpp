@@ -85,12 +85,6 @@ void append_cut(fmt::memory_buffer& out, std::string_view msg, bool escape) {
     if (cut < msg.size()) fmt::format_to(std::back_inserter(out), " [... {} more bytes]", msg.size() - cut);
 }
 
-} // namespace
-
-void append_message(fmt::memory_buffer& out, std::string_view msg) { append_cut(out, msg, true); }
-
-namespace {
-
 void write_line(level l, std::string_view msg, bool escape) {
     timeval tv{};
     gettimeofday(&tv, nullptr);
@@ -120,6 +114,8 @@ void write_line(level l, std::string_view msg, bool escape) {
 }
 
 } // namespace
+
+void append_message(fmt::memory_buffer& out, std::string_view msg) { append_cut(out, msg, true); }
 
 void write(level l, std::string_view msg) { write_line(l, msg, true); }
 
