@@ -155,6 +155,11 @@ struct http_parser::callbacks {
         return 0;
     }
 
+    static int on_url_complete(llhttp_t* p) {
+        self(p).url_done_ = true;
+        return 0;
+    }
+
     static int on_header_field(llhttp_t* p, const char* at, size_t n) {
         http_parser& s = self(p);
         if (s.headers_done_) return s.count_trailer(n);
@@ -239,6 +244,7 @@ struct http_parser::callbacks {
             llhttp_settings_init(&t);
             t.on_message_begin = on_message_begin;
             t.on_url = on_url;
+            t.on_url_complete = on_url_complete;
             t.on_header_field = on_header_field;
             t.on_header_value = on_header_value;
             t.on_headers_complete = on_headers_complete;
@@ -290,6 +296,12 @@ http_parser::status http_parser::fail(int http_status, std::string reason) {
     return status::error;
 }
 
+http_parser::status http_parser::head_too_large() {
+    // RFC 9110 15.5.15: a target longer than the server will read is 414, not a header field problem.
+    if (!url_done_) return fail(414, "URI longer than the limit of " + std::to_string(max_header_) + " bytes");
+    return fail(431, "request header fields larger than the limit");
+}
+
 http_parser::status http_parser::feed(const char* data, size_t n, size_t& consumed) {
     consumed = 0;
     if (failed_) return status::error;
@@ -320,7 +332,7 @@ http_parser::status http_parser::feed(const char* data, size_t n, size_t& consum
             if (pos >= p && pos <= p + len) consumed += static_cast<size_t>(pos - p);
             if (cb_status_ == 400) return fail(400, "bad request: invalid header name");
             if (cb_status_ == 413) return fail(413, "request body larger than the limit");
-            if (cb_status_ == 431) return fail(431, "request header fields larger than the limit");
+            if (cb_status_ == 431) return head_too_large();
             if (cb_status_ == 505) return fail(505, "HTTP version not supported: HTTP/1.0 and 1.1 only");
             if (cb_status_ == 501) return fail(501, "transfer coding not supported: chunked only");
             const char* why = llhttp_get_error_reason(ll);
@@ -329,7 +341,7 @@ http_parser::status http_parser::feed(const char* data, size_t n, size_t& consum
         consumed += used;
         if (in_head) {
             head_bytes_ += used;
-            if (head_bytes_ > max_header_) return fail(431, "request header fields larger than the limit");
+            if (head_bytes_ > max_header_) return head_too_large();
         }
         if (ready_) return status::request_ready;
         // Headers just completed: continue into the body, even with no bytes left, so that a request without a
@@ -347,6 +359,7 @@ http_request http_parser::take() {
     in_value_ = false;
     head_bytes_ = 0;
     trailer_bytes_ = 0;
+    url_done_ = false;
     headers_done_ = false;
     ready_ = false;
     expect_continue_ = false;

@@ -290,6 +290,19 @@ class HttpTest(AdminTest):
                 self.assert_json_error(c.read_response(), status)
         self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the server is fine")
 
+    def test_a_target_past_the_head_limit_is_414_and_a_header_431(self):
+        # A 20 KB query string was answered 431 (a header field problem) though the headers were short.
+        auth = "Authorization: " + basic_auth("admin", "public") + "\r\n"
+        for data, status in (("GET /api/v2/clients?x=" + "q" * 20000 + " HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n", 414),
+                             ("GET /api/v2/clients HTTP/1.1\r\nHost: x\r\n" + auth + "X-Pad: " + "h" * 20000
+                              + "\r\n\r\n", 431)):
+            with self.subTest(status=status):
+                c = self.http()
+                c.send(data.encode())
+                r = c.read_response()
+                self.assertEqual(self.assert_json_error(r, status)["code"], status)
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the server is fine")
+
     def test_unauthorized_401(self):
         for auth in (None, ("admin", "wrong"), ("nobody", "public"), ("", ""), ("admin", ""), ("admin", "public "),
                      "Basic !!!not-base64!!!",

@@ -319,7 +319,28 @@ TEST(http_parser, header_limit_enforced_while_streaming) {
         many += "A: b\r\n";
     many += "\r\n";
     EXPECT_EQ(run(many, 0, 1024, 16).error, 431);
-    EXPECT_EQ(run("GET /" + std::string(2000, 'u') + " HTTP/1.1\r\n\r\n", 0, 1024, 16).error, 431);
+}
+
+TEST(http_parser, a_target_past_the_limit_is_414_and_headers_after_it_431) {
+    // The request line alone past the limit: the URI is what is too long (RFC 9110 15.5.15), fed whole, in pieces
+    // and byte by byte; a long query string counts the same.
+    const std::string long_path = "GET /" + std::string(2000, 'u') + " HTTP/1.1\r\n\r\n";
+    const std::string long_query = "GET /api/v2/nodes?x=" + std::string(2000, 'q') + " HTTP/1.1\r\n\r\n";
+    for (const size_t piece : {size_t{0}, size_t{1}, size_t{7}}) {
+        EXPECT_EQ(run(long_path, piece, 1024, 16).error, 414) << piece;
+        EXPECT_EQ(run(long_query, piece, 1024, 16).error, 414) << piece;
+    }
+    http_parser p(1024, 16);
+    size_t used = 0;
+    ASSERT_EQ(p.feed(long_path.data(), long_path.size(), used), status::error);
+    EXPECT_NE(p.error_reason().find("URI"), std::string::npos) << p.error_reason();
+    // A target that ends within the limit and headers that pass it: 431, as before.
+    const std::string long_header =
+        "GET /" + std::string(500, 'u') + " HTTP/1.1\r\nX: " + std::string(600, 'h') + "\r\n\r\n";
+    for (const size_t piece : {size_t{0}, size_t{1}, size_t{7}})
+        EXPECT_EQ(run(long_header, piece, 1024, 16).error, 431) << piece;
+    // The limit counts per request: a long target after a short request is 414 too.
+    EXPECT_EQ(run("GET / HTTP/1.1\r\n\r\n" + long_path, 0, 1024, 16).error, 414);
 }
 
 TEST(http_parser, unlimited_limits_do_not_overflow) {
