@@ -198,6 +198,10 @@ struct connection {
     std::uint32_t owner = 0; // index in worker::pubs_ or worker::subs_
     std::int64_t last_send_ns = 0;
     mqtt::byte_buffer out;
+    // Offsets in `out` (from its data()) of the send stamps queued this turn while the socket took everything: flush()
+    // writes the time of its send() there, so a message does not carry the generator's own wait for the sends queued
+    // before it in the turn. Not kept behind a full socket, where the wait is the broker's.
+    std::vector<std::uint32_t> stamps;
     std::vector<std::uint8_t> carry; // start of a packet whose end has not arrived yet
 };
 
@@ -474,6 +478,7 @@ private:
             }
         }
         c.out.clear();
+        c.stamps.clear();
         c.carry.clear();
         mqtt::encode_connect(c.out, client_id(c), opt_.keepalive, true);
         c.last_send_ns = now;
@@ -499,13 +504,37 @@ private:
         c.state = conn_state::closed;
         c.want_out = false;
         c.out.clear();
+        c.stamps.clear();
         c.carry.clear();
+    }
+
+    // Moves the send stamps queued this turn to now, adding the move to each message's lateness on its schedule. A
+    // stamp that would cross the measured window's start or end keeps its time: the message was counted as sent in
+    // the window (or not) by it.
+    void restamp(connection& c) {
+        const std::int64_t now = mono_ns();
+        for (const std::uint32_t at : c.stamps) {
+            std::uint8_t* w = const_cast<std::uint8_t*>(c.out.data()) + at;
+            std::int64_t was;
+            std::memcpy(&was, w, 8);
+            if ((was < ms_) != (now < ms_) || (was < me_) != (now < me_)) continue;
+            std::memcpy(w, &now, 8);
+            if (closed_loop_) continue;
+            std::uint64_t word;
+            std::memcpy(&word, w + 8, 8);
+            const std::uint64_t late_us = std::min<std::uint64_t>(
+                (word >> seq_bits) + static_cast<std::uint64_t>(now - was + 500) / 1000, max_lag_us);
+            word = (word & seq_mask) | (late_us << seq_bits);
+            std::memcpy(w + 8, &word, 8);
+        }
+        c.stamps.clear();
     }
 
     // Writes what is queued; on a full socket buffer waits for EPOLLOUT instead of spinning.
     void flush(std::uint32_t ci) {
         connection& c = conns_[ci];
         if (c.fd < 0 || c.state == conn_state::connecting) return;
+        if (!c.stamps.empty()) restamp(c);
         while (!c.out.empty()) {
             const ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
             if (n > 0) {
@@ -913,6 +942,7 @@ private:
         const std::uint64_t word = seq | (late_us << seq_bits);
         std::memcpy(w, &now, 8);
         std::memcpy(w + 8, &word, 8);
+        if (!c.want_out) c.stamps.push_back(static_cast<std::uint32_t>(w - c.out.data()));
         if (opt_.payload > payload_header) std::memset(w + payload_header, 0, opt_.payload - payload_header);
         if (now >= ms_ && now < me_) ++p.sent_measured;
         expected_total_ += groups_[p.group].subs.size();

@@ -15,6 +15,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,40 @@ def loadgen(port: int, *args: str, pid: int = 0, duration: str = "0.5") -> tuple
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     lines = [l for l in run.stdout.splitlines() if l.startswith("{")]
     return run.returncode, (json.loads(lines[-1]) if lines else None), run.stderr
+
+
+def run_with_a_stall(port: int, args: list, broker_pid: int = 0) -> tuple:
+    """loadgen at a fixed rate (0.2 s warm-up, 1 s measured) with loadgen itself, or the broker, stopped with
+    SIGSTOP for 0.3 s, 0.3 s into the measured second (the broker when its pid is given); returns (exit code,
+    JSON, stderr)."""
+    cmd = [LOADGEN, "--port", str(port), "--warmup", "0.2", "--duration", "1", "--json"] + args
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    head, rest = b"", b""
+    try:
+        # The measured second starts 0.02 s + the warm-up after loadgen says its connections are up (however
+        # long connecting took).
+        deadline = time.monotonic() + 10
+        while b"connections up in" not in head and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+            if not chunk:
+                break
+            head += chunk
+        assert b"connections up in" in head, head
+        pid = broker_pid or proc.pid
+        time.sleep(0.22 + 0.3)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.3)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        out, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [l for l in out.decode().splitlines() if l.startswith("{")]
+    return proc.returncode, (json.loads(lines[-1]) if lines else None), (head + rest).decode(errors="replace")
 
 
 class Forwarder:
@@ -100,44 +135,12 @@ class LoadgenAgainstRingmq(BrokerTest):
         self.assertEqual(rc, 0, err)
         self.assertEqual((plain["kernel_stamps"], plain["klat_samples"], plain["klat_p99_us"]), (False, None, None))
 
-    def run_with_a_stall(self, args: list, stop_broker: bool) -> tuple:
-        """loadgen at a fixed rate (0.2 s warm-up, 1 s measured) with loadgen itself, or the broker, stopped with
-        SIGSTOP for 0.3 s, 0.3 s into the measured second; returns (exit code, JSON, stderr)."""
-        cmd = [LOADGEN, "--port", str(self.port), "--warmup", "0.2", "--duration", "1", "--json"] + args
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        head, rest = b"", b""
-        try:
-            # The measured second starts 0.02 s + the warm-up after loadgen says its connections are up (however
-            # long connecting took).
-            deadline = time.monotonic() + 10
-            while b"connections up in" not in head and time.monotonic() < deadline:
-                ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-                chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
-                if not chunk:
-                    break
-                head += chunk
-            self.assertIn(b"connections up in", head)
-            pid = self.broker.proc.pid if stop_broker else proc.pid
-            time.sleep(0.22 + 0.3)
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                time.sleep(0.3)
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            out, rest = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        lines = [l for l in out.decode().splitlines() if l.startswith("{")]
-        return proc.returncode, (json.loads(lines[-1]) if lines else None), (head + rest).decode(errors="replace")
-
     def test_a_stalled_generator_shows_in_the_latency_from_the_schedule(self):
         # loadgen stopped for 0.3 s in its measured second at 1000 msg/s: the sends due meanwhile go late, in a
         # burst, and each is then quick to arrive. Measured from the actual send (lat_*) that stall hides; measured
         # from the schedule (ilat_*) the 30% of the messages that went late carry up to 0.3 s of waiting. The stop
         # also catches messages in flight, which both figures see, but at 1000 msg/s those are a handful.
-        rc, data, err = self.run_with_a_stall(["--scenario", "one-to-one", "--rate", "1000"], stop_broker=False)
+        rc, data, err = run_with_a_stall(self.port, ["--scenario", "one-to-one", "--rate", "1000"])
         self.assertEqual(rc, 0, err)
         self.check_exact(data)
         self.assertEqual(data["rate_lag_resets"], 0, data)
@@ -157,13 +160,13 @@ class LoadgenAgainstRingmq(BrokerTest):
         # --catch-up the ~300 slots due meanwhile are skipped and leave no sample; with it they go, late, as PUBACKs
         # reopen the window, and the latency from the schedule carries their wait while the plain latency does not.
         args = ["--scenario", "one-to-one", "--qos", "1", "--inflight", "4", "--rate", "1000"]
-        rc, skipped, err = self.run_with_a_stall(args, stop_broker=True)
+        rc, skipped, err = run_with_a_stall(self.port, args, self.broker.proc.pid)
         self.assertEqual(rc, 0, err)
         self.check_exact(skipped)
         self.assertIs(skipped["catch_up"], False)
         self.assertGreater(skipped["send_skipped"], 200, skipped)
         self.assertLess(skipped["ilat_p90_us"], 50_000, skipped)
-        rc, caught, err = self.run_with_a_stall(args + ["--catch-up"], stop_broker=True)
+        rc, caught, err = run_with_a_stall(self.port, args + ["--catch-up"], self.broker.proc.pid)
         self.assertEqual(rc, 0, err)
         self.check_exact(caught)
         self.assertIs(caught["catch_up"], True)
@@ -359,7 +362,7 @@ class ScriptedBroker:
         self.script = script
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(8)
+        self.lsock.listen(1024)
         self.lsock.settimeout(0.2)
         self.port = self.lsock.getsockname()[1]
         self.frames = {}  # seq -> PUBLISH frame
@@ -393,7 +396,7 @@ class ScriptedBroker:
                     continue
                 c = key.fileobj
                 try:
-                    data = c.recv(65536)
+                    data = self.read(c)
                 except OSError:  # loadgen may close with bytes unread: a reset, not a failure of the test
                     data = b""
                 if not data:
@@ -411,6 +414,9 @@ class ScriptedBroker:
                         break
                     frame, bufs[c] = bufs[c][: at + length], bufs[c][at + length :]
                     self.handle(c, frame, frame[at:])
+
+    def read(self, c) -> bytes:
+        return c.recv(65536)
 
     def handle(self, c, frame, body):
         kind = frame[0] >> 4
@@ -454,6 +460,61 @@ class LoadgenIntegrityCounts(unittest.TestCase):
         self.assertGreater(data["expected"], 150, data)
         self.assertEqual((data["reordered"], data["duplicates"], data["lost"]), (5, 3, 3), data)
         self.assertEqual(data["received"], data["expected"] - 3)
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; this Python does not name it
+
+
+class StampingBroker(ScriptedBroker):
+    """A ScriptedBroker that forwards nothing and keeps, for each PUBLISH, the kernel's receive time of the bytes that
+    carried it (SO_TIMESTAMPNS, taken as loopback hands them over in the sender's send()) minus the send time in its
+    payload, and how late loadgen said the send was on its schedule (us)."""
+
+    def __init__(self):
+        # Kernel stamps are CLOCK_REALTIME, the payload's CLOCK_MONOTONIC: the offset from the tightest of a few reads.
+        best = None
+        for _ in range(20):
+            a = time.monotonic_ns()
+            r = time.clock_gettime_ns(time.CLOCK_REALTIME)
+            b = time.monotonic_ns()
+            if best is None or b - a < best[0]:
+                best = (b - a, r - (a + b) // 2)
+        self.offset = best[1]
+        self.rx_ns = 0
+        self.samples = []  # (receipt - send stamp in us, lateness on the schedule in us)
+        super().__init__(lambda seq: [])
+        self.lsock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # accepted sockets inherit it
+
+    def read(self, c) -> bytes:
+        data, anc, _, _ = c.recvmsg(65536, socket.CMSG_SPACE(16))
+        for level, kind, d in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack("qq", d[:16])
+                self.rx_ns = sec * 1_000_000_000 + nsec - self.offset
+        return data
+
+    def handle(self, c, frame, body):
+        if frame[0] >> 4 != 3:
+            return super().handle(c, frame, body)
+        tlen = int.from_bytes(body[:2], "big")
+        stamp, word = struct.unpack("<qQ", body[2 + tlen : 2 + tlen + 16])
+        self.samples.append(((self.rx_ns - stamp) / 1000, word >> 40))
+
+
+class LoadgenSendStamps(unittest.TestCase):
+    def test_a_message_carries_the_time_of_its_send_not_of_its_queueing(self):
+        # 500 publishers at 20 msg/s, loadgen stopped for 0.3 s: the ~3,000 sends due meanwhile are queued in one turn
+        # and written connection by connection. Each carried the turn's start as its send time, so a later
+        # connection's messages counted the generator's own send() calls before them (hundreds: milliseconds) as the
+        # broker's latency. Stamped at their own send(), they reach the kernel's receipt within that one call.
+        fake = StampingBroker()
+        self.addCleanup(fake.stop)
+        run_with_a_stall(fake.port, ["--scenario", "pairs", "--publishers", "500", "--rate", "20"])
+        burst = sorted(gap for gap, late in fake.samples if late > 100_000)
+        self.assertGreater(len(burst), 1000, f"{len(fake.samples)} messages, {len(burst)} sent late")
+        p90 = burst[len(burst) * 9 // 10]
+        self.assertGreater(burst[0], -50, "the stamps' clock offset is off")
+        self.assertLess(p90, 1000, f"p90 {p90:.0f} us from send stamp to the kernel's receipt (max {burst[-1]:.0f})")
 
 
 class ForwarderCeiling(unittest.TestCase):
