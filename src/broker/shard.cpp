@@ -2020,6 +2020,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
 
 bool shard::protocol_error(connection& c, const char* what) {
     conn_info("closing {} ({}): protocol error: {}", c.client_id(), c.peer, what);
+    c.answer_on_close = true; // the answers to the packets before it (see the DISCONNECT's)
     close(c, "protocol_error", true);
     return false;
 }
@@ -2061,6 +2062,9 @@ bool shard::dispatch_other(connection& c, const mqtt::fixed_header& h, std::span
         c.disconnect_received = true;
         c.will.reset(); // MQTT-3.14.4-3: a DISCONNECT discards the will
         log::debug("client {} disconnected", c.client_id());
+        // The answers to the packets before it in the same read (its CONNACK, PUBACKs, SUBACKs) are still queued: they
+        // go out before the close (MQTT-3.1.4-4, -3.8.4-1...), its messages back to its session as on any close.
+        c.answer_on_close = true;
         close(c, "normal", false);
         return false;
     case packet_type::connect:
@@ -2220,6 +2224,8 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
     c.will.reset();
     if (c.hold_listed) hold_gone_.push_back(c.id);
     node_.connections.fetch_sub(1, std::memory_order_relaxed);
+    // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it.
+    if (c.answer_on_close) start_send(c);
     shutdown_socket(c);
     maybe_destroy(c);
 }
@@ -2229,7 +2235,12 @@ void shard::shutdown_socket(connection& c) {
     c.shut = true;
     // Completes the pending recv (0) and send (error) so the connection can be freed when they have drained.
     if (!c.fixed) {
-        ::shutdown(c.fd, SHUT_RDWR);
+        // A send started in this turn (the answers before a DISCONNECT) is not in the kernel yet: the system call
+        // would cut it before it begins, the ring's SHUTDOWN comes after it.
+        if (c.send_busy)
+            submit_shutdown(c);
+        else
+            ::shutdown(c.fd, SHUT_RDWR);
         return;
     }
     // Nothing pending: the slot's close (maybe_destroy, next) sends the FIN at once.
@@ -2252,14 +2263,14 @@ void shard::shutdown_socket(connection& c) {
 }
 
 void shard::submit_shutdown(connection& c) {
-    RINGMQ_ASSERT(c.fixed);
-    // A slot has no descriptor for the system call. io_uring's SHUTDOWN ends the pending receive and send as the
-    // system call did, and sends the FIN now rather than when they have drained. It runs from a worker that looks the
-    // slot up only when it gets to it, so it counts as an operation and the slot is closed after it. (A send to a
-    // client that does not read needs it: cancelling a send does not send the FIN before it ends.)
+    // For a slot, which has no descriptor for the system call, and a descriptor whose send this turn started
+    // (shutdown_socket). io_uring's SHUTDOWN ends the pending receive and send as the system call did, and sends the
+    // FIN now rather than when they have drained. It runs from a worker that looks the slot up only when it gets to
+    // it, so it counts as an operation and the slot is closed after it. (A send to a client that does not read needs
+    // it: cancelling a send does not send the FIN before it ends.)
     io_uring_sqe* s = ring_.sqe();
     io_uring_prep_shutdown(s, c.fd, SHUT_RDWR);
-    s->flags |= IOSQE_FIXED_FILE;
+    if (c.fixed) s->flags |= IOSQE_FIXED_FILE;
     io::set_completion(s, new close_op_done(*this, c, close_op_done::kind::shutdown));
     ++c.ops;
     ++shutdowns_;
@@ -3688,7 +3699,8 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
     }
     const size_t flight_end = bytes.size();
     c.sq.copy_queued(bytes);
-    c.sq.drop_queued(); // so that nothing can send them as well
+    c.sq.drop_queued();           // so that nothing can send them as well
+    std::vector<uint8_t> answers; // answer_on_close: the queued packets besides PUBLISH, sent before the close
     struct frame {
         size_t body; // where the QoS 0 PUBLISH's body starts
         uint32_t len;
@@ -3702,6 +3714,9 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
         if (mqtt::parse_fixed_header(bytes.data() + off, bytes.size() - off, h) != mqtt::error::none) break;
         const size_t end = off + h.header_len + h.remaining_length;
         if (end > bytes.size()) break;
+        if (c.answer_on_close && off >= flight_end && h.type != mqtt::packet_type::publish)
+            answers.insert(answers.end(), bytes.begin() + static_cast<ptrdiff_t>(off),
+                           bytes.begin() + static_cast<ptrdiff_t>(end));
         // A frame the socket took whole may have reached the client; one it took only part of never can have.
         if (end > taken && h.type == mqtt::packet_type::publish && (h.flags & 0x06) == 0) {
             frames.push_back(frame{off + h.header_len, h.remaining_length, h.flags});
@@ -3713,6 +3728,7 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
         }
         off = end;
     }
+    if (!answers.empty()) append(c.sq.bytes(), answers.data(), answers.size());
     if (frames.empty()) return;
     // A client closed for not reading can leave megabytes of them: only the newest that the queue can take are made
     // into messages (the byte limit is weighed by requeue_front).

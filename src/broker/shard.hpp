@@ -302,9 +302,10 @@ public:
     bool recv_cancel_found : 1 = false; // its close's cancel found the receive (which then ends within a turn)
     bool disconnect_received : 1 = false;
     bool close_after_flush : 1 = false;
-    bool over_limit : 1 = false; // accepted beyond max_connections: CONNECT is answered with return code 3
-    bool handed_off : 1 = false; // the socket now belongs to another shard
-    bool buried : 1 = false;     // queued for destruction at the end of the loop turn
+    bool answer_on_close : 1 = false; // closed after a DISCONNECT or protocol error: what it was answered goes first
+    bool over_limit : 1 = false;      // accepted beyond max_connections: CONNECT is answered with return code 3
+    bool handed_off : 1 = false;      // the socket now belongs to another shard
+    bool buried : 1 = false;          // queued for destruction at the end of the loop turn
     bool refused : 1 = false;
     bool clean : 1 = true;
     bool recv_oneshot : 1 = false; // the armed recv is the one-shot of awaiting_connect (buffer from first_bufs_)

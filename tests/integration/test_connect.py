@@ -190,6 +190,43 @@ class ConnectCases:
         d = self.client("disc")
         self.assertTrue(d.is_open())
 
+    def test_answers_queued_before_a_disconnect_go_out_before_the_close(self):
+        # Packets taken in the same read as the DISCONNECT (or a protocol error) had their answers queued, then
+        # dropped by the close: a CONNECT and a DISCONNECT in one write got no CONNACK (MQTT-3.1.4-4).
+        for shard in range(self.SHARDS):  # the CONNECT is handed to its home shard with the bytes after it
+            with self.subTest(shard=shard):
+                for clean in (True, False):
+                    c = self.raw()
+                    c.send(m.connect(self.cid(f"ans-{int(clean)}", shard), clean=clean) + m.disconnect())
+                    self.assertEqual(len(c.expect_closed(3, allow=[m.connack()])), 1, f"clean {clean}: no CONNACK")
+                c = self.raw()
+                c.send(m.connect(self.cid("ans-all", shard)) + m.publish("ans/t", b"x", qos=1, pid=5)
+                       + m.subscribe(6, [("ans/#", 1)]) + m.unsubscribe(7, ["ans/#"]) + m.pingreq() + m.disconnect())
+                answers = [m.connack(), m.puback(5), m.suback(6, [1]), m.unsuback(7), m.PINGRESP_BYTES]
+                self.assertEqual(len(c.expect_closed(3, allow=answers)), len(answers))
+                # A protocol error after them: a second CONNECT.
+                c = self.raw()
+                c.send(m.connect(self.cid("ans-err", shard)) + m.pingreq() + m.connect(self.cid("ans-err", shard)))
+                self.assertEqual(len(c.expect_closed(3, allow=[m.connack(), m.PINGRESP_BYTES])), 2)
+                # A persistent session's queued QoS 0 messages, queued for the connection at its CONNECT, go back to
+                # the session rather than to a client that has said it is leaving; its answers go out.
+                sid = self.cid("ans-q", shard)
+                s = self.client(sid, clean=False)
+                s.subscribe([("ansq/#", 0)])
+                s.disconnect()
+                s.expect_closed(3)
+                pub = self.client(self.cid("ans-pub", shard))
+                for i in range(2):
+                    pub.publish("ansq/t", b"q%d" % i)
+                self.assertTrue(pub.is_open())  # a round trip: both routed
+                s = self.raw()
+                s.send(m.connect(sid, clean=False) + m.pingreq() + m.disconnect())
+                s.expect_closed(3, allow=[m.connack(session_present=True), m.PINGRESP_BYTES])
+                s = self.client(sid, clean=False, expect=m.connack(session_present=True))
+                self.assertEqual([s.recv_publish().payload for _ in range(2)], [b"q0", b"q1"])
+                s.disconnect()
+                pub.disconnect()
+
     def test_keepalive_enforced_at_one_and_a_half(self):
         start = time.monotonic()  # before the CONNECT: a thread late after its CONNACK cannot shorten what it measures
         c = self.client("ka", keepalive=1)
