@@ -50,6 +50,10 @@ constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
 // What a client held for a full queue (hold_publisher) may send before its receive is cancelled.
 constexpr size_t held_rx_max = recv_buffer_size;
+// The largest CONNECT 3.1 or 3.1.1 can make: protocol name (MQIsdp), level, flags and keepalive, then five strings of
+// at most 65535 bytes (client id, will topic, will message, user name, password). Before its CONNECT is taken a
+// connection may hold no more for a packet than that, whatever mqtt.max_packet_size allows.
+constexpr size_t max_connect_remaining = 2 + 6 + 1 + 1 + 2 + 5 * (2 + 65535);
 constexpr uint32_t tick_ms = 200;
 constexpr int64_t tombstone_keep_ms = 10000;
 // A shard that holds its receives warns at most this often (with the number of holds since the last warning).
@@ -1957,6 +1961,22 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
             break;
         }
         const size_t total = size_t{h.header_len} + h.remaining_length;
+        if (c.st == connection::state::awaiting_connect) [[unlikely]] {
+            // Refused at its header, not once it is whole: a first packet of any other type, or a CONNECT longer than
+            // one can be, would hold up to mqtt.max_packet_size of memory until the connect timeout (200 sockets
+            // that sent 1 MB each of one held 300 MB).
+            if (h.type != mqtt::packet_type::connect) {
+                conn_info("closing {}: first packet is {} instead of CONNECT", c.peer, mqtt::to_string(h.type));
+                close(c, "protocol_error", false);
+                break;
+            }
+            if (h.remaining_length > max_connect_remaining) {
+                conn_info("closing {}: CONNECT of {} bytes, more than an MQTT 3.1/3.1.1 CONNECT can hold ({})", c.peer,
+                          total, max_connect_remaining + 4);
+                close(c, "packet_too_large", false);
+                break;
+            }
+        }
         if (n - off < total) break;
         if (c.st == connection::state::connected && c.ver != mqtt::protocol_version::v5) {
             // The packets of a 3.x client's steady flow, taken without the general decode (each falls back to it
@@ -2039,11 +2059,7 @@ bool shard::dispatch_other(connection& c, const mqtt::fixed_header& h, std::span
                            std::span<const uint8_t> rest) {
     using mqtt::packet_type;
     if (c.st == connection::state::awaiting_connect) {
-        if (h.type != packet_type::connect) {
-            conn_info("closing {}: first packet is {} instead of CONNECT", c.peer, mqtt::to_string(h.type));
-            close(c, "protocol_error", false);
-            return false;
-        }
+        RINGMQ_DASSERT(h.type == packet_type::connect); // process() closes for anything else at its header
         return on_connect(c, body, h.flags, rest);
     }
     switch (h.type) {
@@ -3631,12 +3647,19 @@ void shard::went_offline(session_slot& slot) {
     slot.offline_since_ms = std::max<int64_t>(now_ms_, 1); // (the publisher hold's too: may_hold_publisher)
     if (cfg_.limits.session_expiry_ms == 0) return;
     expiry_.push_back({slot.offline_since_ms, slot.s->client_id()});
-    if (expiry_.size() > 2 * sessions_.size() + 1024) {
-        // Clients that come and go leave stale entries behind: keep the ones still due.
+    expiry_bytes_ += slot.s->client_id().size();
+    // Clients that come and go leave stale entries behind, each a copy of its id: swept once they outnumber the
+    // sessions, or their ids' bytes are twice those the last sweep kept and 1 MiB more (one client with a 64 KiB id
+    // going offline 2,000 times held 100 MB).
+    if (expiry_.size() > 2 * sessions_.size() + 1024 || expiry_bytes_ > 2 * expiry_kept_bytes_ + (size_t{1} << 20)) {
         std::erase_if(expiry_, [this](const expiry_entry& e) {
             const session_slot* s = sessions_.find(e.client_id);
             return !s || s->offline_since_ms != e.offline_since_ms;
         });
+        expiry_bytes_ = 0;
+        for (const expiry_entry& e : expiry_)
+            expiry_bytes_ += e.client_id.size();
+        expiry_kept_bytes_ = expiry_bytes_;
     }
 }
 
@@ -3789,6 +3812,7 @@ void shard::expire_sessions(int64_t now) {
             drop_session(slot);
             ++expired;
         }
+        expiry_bytes_ -= e.client_id.size();
         expiry_.pop_front();
     }
     if (expired != 0) // one line per tick however many went

@@ -1003,6 +1003,8 @@ private:
         std::string client_id;
     };
     std::deque<expiry_entry> expiry_;
+    size_t expiry_bytes_ = 0;      // the ids' bytes in expiry_
+    size_t expiry_kept_bytes_ = 0; // expiry_bytes_ after the last sweep of stale entries
     routing::topic_trie trie_;
     retained_store retained_;
     // Sessions with retained messages still to send (see retained_reads), in turn order: a read that does not end in

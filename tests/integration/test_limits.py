@@ -472,6 +472,30 @@ class LimitCases:
         extra.expect(m.connack(False, m.RC_SERVER_UNAVAILABLE), timeout=3)
         extra.expect_closed(3)
 
+    def test_before_its_connect_a_connection_holds_no_more_than_a_connect_can_be(self):
+        # Checked only once whole, a first packet of another type, or a CONNECT announcing more than 3.1.1 allows,
+        # held up to mqtt.max_packet_size until the connect timeout (a review: 200 sockets with 1 MB each of one
+        # held 300 MB; 20 with 16 MB PUBLISHes at max_packet_size = 16 MiB, 370 MB). Now closed at the header.
+        self.use_broker({"mqtt.max_packet_size": 16 << 20, "mqtt.connect_timeout": 10000})
+        largest = 2 + 6 + 1 + 1 + 2 + 5 * (2 + 65535)
+        for what, head in (("PUBLISH first", b"\x30" + m.encode_remaining_length(1 << 20) + b"\x00\x01t"),
+                           ("CONNECT too long", b"\x10" + m.encode_remaining_length(largest + 1) + b"\x00\x04MQTT")):
+            with self.subTest(what=what):
+                c = self.raw()
+                c.send(head + b"x" * 1000)
+                start = time.monotonic()
+                c.expect_closed(3)
+                self.assertLess(time.monotonic() - start, 1.0, "closed by the connect timeout, not at the header")
+        self.assertIn(b"first packet is PUBLISH instead of CONNECT", self.broker.log())
+        self.assertIn(b"more than an MQTT 3.1/3.1.1 CONNECT can hold", self.broker.log())
+        # The largest CONNECT 3.1 can make is read whole and answered (its 65535-byte id refused as 3.1 says).
+        c = self.raw()
+        full = m.connect("i" * 65535, level=3, will=m.Will("w" * 65535, b"m" * 65535), username="u" * 65535,
+                         password=b"p" * 65535)
+        self.assertEqual(len(full), 1 + 3 + largest)
+        c.send(full)
+        c.expect(m.connack(False, m.RC_ID_REJECTED), timeout=5)
+
     def assert_logged_within_budget(self, line: str, total: int, elapsed: float, shards: int = 1) -> tuple:
         """Lines matching `line` and the lines the per-shard budget of connection lines held back account for all
         `total` events, and at most 20 a second a shard were written (waits up to 5 s for the count): (lines, held)."""

@@ -10,7 +10,7 @@ import time
 
 import mqtt_raw as m
 import admin_client
-from broker import BrokerTest, read_until_closed, read_until_quiet, shard_variants
+from broker import BrokerTest, read_until_closed, read_until_quiet, rss_kib, shard_variants
 
 
 class FlakyQos2Peer:
@@ -134,6 +134,22 @@ class SessionCases:
     def persistent(self, name="sess", present=False, **kw):
         return self.client(self.sub_id(name), clean=False,
                            expect=m.CONNACK_OK_SESSION if present else m.CONNACK_OK, **kw)
+
+    def test_a_session_going_offline_again_and_again_holds_no_copy_of_its_id_each_time(self):
+        # Each time a persistent session went offline its expiry entry copied the client id, and stale entries were
+        # swept only once they outnumbered the sessions by 1024: one client with a 64 KiB id going offline 2,000
+        # times held 100 MB (a review). Now also swept by the bytes they hold.
+        cid = self.sub_id("x" * 65000)
+        c = self.client(cid, clean=False)
+        c.disconnect()
+        c.expect_closed(3)
+        before = rss_kib(self.broker.proc.pid)
+        for _ in range(600):
+            c = self.client(cid, clean=False, expect=m.CONNACK_OK_SESSION)
+            c.disconnect()
+            c.expect_closed(3)
+        grown = rss_kib(self.broker.proc.pid) - before
+        self.assertLess(grown, 12 * 1024, f"RSS grew {grown} KiB over 600 times offline (600 copies: 38,000 KiB)")
 
     def test_offline_session_expires(self):
         # mqtt.session_expiry_interval: a persistent session offline longer than it is discarded with its
