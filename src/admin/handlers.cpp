@@ -47,12 +47,26 @@ void api_error(http_response& r, int code, std::string_view message) {
 // Where EMQ X answered an empty 404 or dropped the connection: a 404 with a JSON body saying why.
 void not_found(http_response& r, std::string_view message) { json_error(r, 404, message); }
 
+// A decimal integer as Erlang's list_to_integer read it: an optional sign, digits, any size (saturated to 64 bits: a
+// page past the end is empty, a page size past the table gives all of it).
 bool parse_int(const std::string& s, int64_t& out) {
-    if (s.empty()) return false;
     const char* b = s.data();
     const char* e = b + s.size();
-    auto [p, ec] = std::from_chars(b, e, out);
-    return ec == std::errc() && p == e;
+    const bool negative = b != e && *b == '-';
+    if (b != e && (*b == '+' || *b == '-')) ++b;
+    if (b == e) return false;
+    uint64_t v = 0;
+    auto [p, ec] = std::from_chars(b, e, v);
+    if (p != e) return false;
+    if (ec == std::errc::result_out_of_range)
+        v = UINT64_MAX;
+    else if (ec != std::errc())
+        return false;
+    if (negative)
+        out = v > uint64_t{INT64_MAX} ? INT64_MIN : -static_cast<int64_t>(v);
+    else
+        out = v > uint64_t{INT64_MAX} ? INT64_MAX : static_cast<int64_t>(v);
+    return true;
 }
 
 // curr_page / page_size as EMQ X read them: decimal integers (anything else -> 404), defaults 1 and 20. A list needs
@@ -959,12 +973,17 @@ std::vector<std::pair<std::string, uint64_t>> server::stats_rows(const std::vect
     rows.emplace_back("retained/count", rc);
     rows.emplace_back("retained/max", rm);
     // Routes: the union of the shards' filters, each counted by the lowest-numbered shard that has it (no listing).
+    // Their peak is the highest that union was seen at (by a request, a $SYS round) or a shard's own filters peaked
+    // at (never more than the union then): a high-water mark that never goes down (it was recomputed from the shards'
+    // own peaks each time, so it fell below its last value once the routes went), though it can miss a peak between
+    // two looks that no shard's own peak shows.
     uint64_t routes = 0;
     for (const auto& s : snaps)
         routes += s.first_routes;
-    uint64_t routes_max = routes;
+    routes_peak_ = std::max(routes_peak_, routes);
     for (const auto& s : snaps)
-        routes_max = std::max(routes_max, s.s.routes.max);
+        routes_peak_ = std::max(routes_peak_, s.s.routes.max);
+    const uint64_t routes_max = routes_peak_;
     rows.emplace_back("routes/count", routes);
     rows.emplace_back("routes/max", routes_max);
     add("sessions", &broker::stats::sessions, node_.sessions_peak);

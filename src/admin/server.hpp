@@ -116,7 +116,8 @@ private:
 
     broker::node& node_;
     const config::config& cfg_;
-    unsigned id_; // SMP participant index (= number of MQTT shards)
+    unsigned id_;              // SMP participant index (= number of MQTT shards)
+    uint64_t routes_peak_ = 0; // routes/max: the highest the node's route count was seen at (stats_rows)
     int listen_fd_;
     listener_info li_;
     user_store users_;

@@ -184,6 +184,12 @@ class ClientCases(Helpers):
         self.assertEqual(len(self.page(path, 1, 1000)["objects"]), 5)
         exact = self.page(path, 1, 5)
         self.assertEqual((exact["total_page"], len(exact["objects"])), (1, 5))
+        # Read as EMQ X's list_to_integer read them: a sign, and any size (they were 404 "must be an integer").
+        res = self.ok("GET", path, query={"curr_page": "+2", "page_size": "+2"})
+        self.assertEqual((res["current_page"], res["page_size"], len(res["objects"])), (2, 2, 2))
+        self.assertEqual(self.ok("GET", path, query={"curr_page": "9" * 30, "page_size": 2})["objects"], [])
+        res = self.ok("GET", path, query={"curr_page": 1, "page_size": "9" * 30})
+        self.assertEqual((len(res["objects"]), res["total_page"]), (5, 1))
 
     def test_clients_empty_node(self):
         res = self.page(self.n("clients"))

@@ -230,6 +230,24 @@ class StatsCases:
                                                 "subscribers/max")},
                          {"clients/max": 8, "sessions/max": 8, "subscriptions/max": 16, "subscribers/max": 16})
 
+    def test_routes_max_never_goes_down(self):
+        """Notes 15.1: routes/max (and topics/max, the same) is a high-water mark. It was recomputed from each shard's
+        own peak at every request, so once the routes went it fell to the largest shard's share (4 routes over two
+        shards, all gone: 2)."""
+        self.use_broker()
+        clients = [self.client(self.cid(f"rm{i}", i)) for i in range(4)]
+        for i, c in enumerate(clients):
+            c.subscribe([(f"rm/{i}", 0)])
+        self.wait_equal(lambda: self.stats()["routes/count"], 4, what="four routes")
+        self.assertEqual((self.stats()["routes/max"], self.stats()["topics/max"]), (4, 4))
+        for c in clients:
+            c.disconnect()
+        for c in clients:
+            c.expect_closed(3)
+        self.wait_equal(lambda: self.stats()["routes/count"], 0, what="routes gone")
+        stats = self.stats()
+        self.assertEqual((stats["routes/max"], stats["topics/max"]), (4, 4), stats)
+
     def test_stats_shape(self):
         all_nodes = self.get("monitoring/stats")
         self.assertIsInstance(all_nodes, dict, "all nodes: an object keyed by node name")
