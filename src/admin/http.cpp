@@ -155,14 +155,10 @@ struct http_parser::callbacks {
         return 0;
     }
 
-    static int on_url_complete(llhttp_t* p) {
-        self(p).url_done_ = true;
-        return 0;
-    }
-
     static int on_header_field(llhttp_t* p, const char* at, size_t n) {
         http_parser& s = self(p);
         if (s.headers_done_) return s.count_trailer(n);
+        s.fields_begun_ = true;
         if (s.in_value_ && !s.push_header()) return -1;
         s.field_.append(at, n);
         return 0;
@@ -244,7 +240,6 @@ struct http_parser::callbacks {
             llhttp_settings_init(&t);
             t.on_message_begin = on_message_begin;
             t.on_url = on_url;
-            t.on_url_complete = on_url_complete;
             t.on_header_field = on_header_field;
             t.on_header_value = on_header_value;
             t.on_headers_complete = on_headers_complete;
@@ -297,8 +292,10 @@ http_parser::status http_parser::fail(int http_status, std::string reason) {
 }
 
 http_parser::status http_parser::head_too_large() {
-    // RFC 9110 15.5.15: a target longer than the server will read is 414, not a header field problem.
-    if (!url_done_) return fail(414, "URI longer than the limit of " + std::to_string(max_header_) + " bytes");
+    // RFC 9110 15.5.15: a target longer than the server will read is 414, not a header field problem: so is a
+    // request line that passes the limit before any header field has begun (its URL is what made it that long).
+    if (!fields_begun_ && !headers_done_)
+        return fail(414, "URI longer than the limit of " + std::to_string(max_header_) + " bytes");
     return fail(431, "request header fields larger than the limit");
 }
 
@@ -359,7 +356,7 @@ http_request http_parser::take() {
     in_value_ = false;
     head_bytes_ = 0;
     trailer_bytes_ = 0;
-    url_done_ = false;
+    fields_begun_ = false;
     headers_done_ = false;
     ready_ = false;
     expect_continue_ = false;

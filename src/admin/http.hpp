@@ -79,7 +79,7 @@ private:
     struct engine; // the llhttp state, kept out of this header so only admin sources see llhttp.h
 
     status fail(int http_status, std::string reason);
-    status head_too_large(); // 414 while the request target is still coming, 431 after
+    status head_too_large(); // 414 while the request line is still coming, 431 after
     bool push_header();
     int count_trailer(size_t n);
 
@@ -92,7 +92,7 @@ private:
     bool in_value_ = false;
     size_t head_bytes_ = 0;
     size_t trailer_bytes_ = 0;
-    bool url_done_ = false; // the request target ended: a head past its limit before that is a URI too long (414)
+    bool fields_begun_ = false; // a header field began: a head past its limit before that is a URI too long (414)
     bool headers_done_ = false;
     bool ready_ = false;
     bool in_message_ = false; // llhttp began a request that has not completed (bytes between requests are not one)

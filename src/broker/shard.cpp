@@ -62,6 +62,8 @@ constexpr int64_t hold_warn_interval_ms = 10000;
 constexpr int64_t held_recheck_ms = 1000;
 // A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
 constexpr int64_t send_failed_grace_ms = 1000;
+// How long a close that sends the client's answers waits for the send pending before them (shard::close).
+constexpr int64_t answer_wait_ms = 1000;
 // A closing connection whose receive was cancelled gets io_uring's SHUTDOWN if that receive has not ended after this
 // long (close_op_done): the cancel ends it within the submission on every kernel seen so far.
 constexpr int64_t recv_cancel_grace_ms = 1000;
@@ -1460,6 +1462,12 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     if (c.st == connection::state::closing) {
+        if (c.shut_deferred) {
+            // The send its close waited for has not ended (a client not reading): shut down now, the answers unsent.
+            c.shut_deferred = false;
+            shutdown_socket(c);
+            return;
+        }
         // A receive its close cancelled (close_op_done) has still not ended. (Only then: a deadline set before the
         // close can come up too, and a connection without a slot was shut down by the system call.)
         if (c.fixed && c.recv_cancel_found && c.recv_armed) {
@@ -1951,12 +1959,14 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
         if (e == mqtt::error::need_more) break;
         if (e != mqtt::error::none) {
             conn_info("closing {} ({}): malformed remaining length", c.client_id(), c.peer);
+            c.answer_on_close = true;
             close(c, "parser_error", true);
             break;
         }
         if (mqtt::check_packet_size(h, cfg_.limits.max_packet_size) != mqtt::error::none) {
             conn_info("closing {} ({}): {} packet of {} bytes exceeds max_packet_size {}", c.client_id(), c.peer,
                       mqtt::to_string(h.type), size_t{h.header_len} + h.remaining_length, cfg_.limits.max_packet_size);
+            c.answer_on_close = true;
             close(c, "packet_too_large", true);
             break;
         }
@@ -2183,6 +2193,10 @@ void shard::on_send(connection& c, int res, uint32_t) {
         }
         if (c.st != connection::state::closing) close(c, reset ? "econnreset" : "socket_error", true);
         if (!lost_flights_.empty()) requeue_lost_flight(c);
+        if (c.shut_deferred) [[unlikely]] { // (see below) the socket failed: its receive still needs ending
+            c.shut_deferred = false;
+            shutdown_socket(c);
+        }
         maybe_destroy(c);
         return;
     }
@@ -2193,6 +2207,16 @@ void shard::on_send(connection& c, int res, uint32_t) {
     const bool done = c.sq.sent(static_cast<size_t>(res));
     if (c.st == connection::state::closing) {
         if (!lost_flights_.empty()) requeue_lost_flight(c);
+        if (c.shut_deferred) [[unlikely]] {
+            // The send its close waited for (see close): the answers queued behind it go, then the shutdown. After a
+            // partial send the rest is not sent: the shutdown ends it (a kept session's QoS 0 leftovers went back).
+            c.shut_deferred = false;
+            if (done) {
+                c.sq.finish_batch();
+                start_send(c);
+            }
+            shutdown_socket(c);
+        }
         maybe_destroy(c);
         return;
     }
@@ -2240,9 +2264,18 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
     c.will.reset();
     if (c.hold_listed) hold_gone_.push_back(c.id);
     node_.connections.fetch_sub(1, std::memory_order_relaxed);
-    // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it.
-    if (c.answer_on_close) start_send(c);
-    shutdown_socket(c);
+    if (c.answer_on_close && c.send_busy) [[unlikely]] {
+        // Its answers wait behind a send still pending (often one the kernel has finished, its completion not yet
+        // reaped: a first write longer than the first receive buffer): they go when it ends, and the shutdown after
+        // them (on_send), or the shutdown cuts both after answer_wait_ms (check_deadline).
+        c.shut_deferred = true;
+        c.check_at_ms = now_ms_ + answer_wait_ms;
+        deadlines_.schedule(c.id, c.check_at_ms);
+    } else {
+        // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it.
+        if (c.answer_on_close) start_send(c);
+        shutdown_socket(c);
+    }
     maybe_destroy(c);
 }
 
@@ -2251,8 +2284,9 @@ void shard::shutdown_socket(connection& c) {
     c.shut = true;
     // Completes the pending recv (0) and send (error) so the connection can be freed when they have drained.
     if (!c.fixed) {
-        // A send started in this turn (the answers before a DISCONNECT) is not in the kernel yet: the system call
-        // would cut it before it begins, the ring's SHUTDOWN comes after it.
+        // With a send pending: one started this turn (the answers before a DISCONNECT) is not in the kernel yet, and
+        // the system call would cut it before it begins; the ring's SHUTDOWN comes after it. (An earlier one is ended
+        // by either.)
         if (c.send_busy)
             submit_shutdown(c);
         else
@@ -3687,7 +3721,9 @@ void shard::requeue_unsent(connection& c, session_slot& slot) {
 void shard::requeue_lost_flight(connection& c) {
     session_slot* slot = lost_flights_.take(c.id);
     if (!slot) return;
-    RINGMQ_DASSERT(!c.sq.has_queued()); // it went back at the close: anything newer would go in front of it
+    // It went back at the close: anything newer would go in front of it. (Only the answers of a close that sends them,
+    // no PUBLISH among them, can be queued.)
+    RINGMQ_DASSERT(!c.sq.has_queued() || c.answer_on_close);
     if (!stopping_) requeue_untaken(c, *slot);
     end_flight_wait(*slot);
 }
@@ -3815,7 +3851,8 @@ void shard::expire_sessions(int64_t now) {
         expiry_bytes_ -= e.client_id.size();
         expiry_.pop_front();
     }
-    if (expired != 0) // one line per tick however many went
+    expiry_kept_bytes_ = std::min(expiry_kept_bytes_, expiry_bytes_); // (a mass expiry lowers the sweep's mark too)
+    if (expired != 0)                                                 // one line per tick however many went
         log::info("{} offline session{} expired (mqtt.session_expiry_interval = {} ms), {} undelivered message{} "
                   "dropped",
                   expired, expired == 1 ? "" : "s", interval, lost, lost == 1 ? "" : "s");

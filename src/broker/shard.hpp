@@ -303,6 +303,7 @@ public:
     bool disconnect_received : 1 = false;
     bool close_after_flush : 1 = false;
     bool answer_on_close : 1 = false; // closed after a DISCONNECT or protocol error: what it was answered goes first
+    bool shut_deferred : 1 = false;   // closing, its shutdown waits for the send pending (answer_on_close)
     bool over_limit : 1 = false;      // accepted beyond max_connections: CONNECT is answered with return code 3
     bool handed_off : 1 = false;      // the socket now belongs to another shard
     bool buried : 1 = false;          // queued for destruction at the end of the loop turn

@@ -204,10 +204,21 @@ class ConnectCases:
                        + m.subscribe(6, [("ans/#", 1)]) + m.unsubscribe(7, ["ans/#"]) + m.pingreq() + m.disconnect())
                 answers = [m.connack(), m.puback(5), m.suback(6, [1]), m.unsuback(7), m.PINGRESP_BYTES]
                 self.assertEqual(len(c.expect_closed(3, allow=answers)), len(answers))
-                # A protocol error after them: a second CONNECT.
-                c = self.raw()
-                c.send(m.connect(self.cid("ans-err", shard)) + m.pingreq() + m.connect(self.cid("ans-err", shard)))
-                self.assertEqual(len(c.expect_closed(3, allow=[m.connack(), m.PINGRESP_BYTES])), 2)
+                # A first write longer than the first receive buffer (1 KB): the CONNACK's send is still pending
+                # when the DISCONNECT is read, and the answers after it waited for nothing (they were dropped).
+                for clean in (True, False):
+                    c = self.raw()
+                    pubs = b"".join(m.publish("ans/big", b"b" * 1500, qos=1, pid=20 + i) for i in range(40))
+                    c.send(m.connect(self.cid(f"ans-big-{int(clean)}", shard), clean=clean) + pubs + m.pingreq()
+                           + m.disconnect())
+                    answers = [m.connack()] + [m.puback(20 + i) for i in range(40)] + [m.PINGRESP_BYTES]
+                    self.assertEqual(len(c.expect_closed(3, allow=answers)), len(answers), f"clean {clean}")
+                # A protocol error after them: a second CONNECT, a malformed remaining length.
+                for bad in (m.connect(self.cid("ans-err", shard)), b"\x30\xff\xff\xff\xff\x01"):
+                    c = self.raw()
+                    c.send(m.connect(self.cid("ans-err", shard)) + m.subscribe(3, [("ans/e", 0)]) + m.pingreq() + bad)
+                    answers = [m.connack(), m.suback(3, [0]), m.PINGRESP_BYTES]
+                    self.assertEqual(len(c.expect_closed(3, allow=answers)), 3, bad)
                 # A persistent session's queued QoS 0 messages, queued for the connection at its CONNECT, go back to
                 # the session rather than to a client that has said it is leaving; its answers go out.
                 sid = self.cid("ans-q", shard)

@@ -339,6 +339,10 @@ TEST(http_parser, a_target_past_the_limit_is_414_and_headers_after_it_431) {
         "GET /" + std::string(500, 'u') + " HTTP/1.1\r\nX: " + std::string(600, 'h') + "\r\n\r\n";
     for (const size_t piece : {size_t{0}, size_t{1}, size_t{7}})
         EXPECT_EQ(run(long_header, piece, 1024, 16).error, 431) << piece;
+    // A request line that passes the limit only by its version, with no header field begun: still 414.
+    const std::string by_version = "GET /" + std::string(1010, 'e') + " HTTP/1.1\r\n\r\n";
+    for (const size_t piece : {size_t{0}, size_t{1}, size_t{7}})
+        EXPECT_EQ(run(by_version, piece, 1024, 16).error, 414) << piece;
     // The limit counts per request: a long target after a short request is 414 too.
     EXPECT_EQ(run("GET / HTTP/1.1\r\n\r\n" + long_path, 0, 1024, 16).error, 414);
 }
