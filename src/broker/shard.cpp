@@ -1558,8 +1558,13 @@ void shard::begin_shutdown() {
         io::set_completion(s, nullptr);
     }
     waker_.stop();
-    for (auto& [id, c] : conns_)
+    for (auto& [id, c] : conns_) {
+        if (c->shut_deferred) { // its deadline would not come: the ticks end with the stop
+            c->shut_deferred = false;
+            shutdown_socket(*c);
+        }
         close(*c, "shutdown", false);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2206,17 +2211,23 @@ void shard::on_send(connection& c, int res, uint32_t) {
     c.rx_while_full -= static_cast<uint32_t>(std::min<uint64_t>(c.rx_while_full, static_cast<uint64_t>(res)));
     const bool done = c.sq.sent(static_cast<size_t>(res));
     if (c.st == connection::state::closing) {
-        if (!lost_flights_.empty()) requeue_lost_flight(c);
         if (c.shut_deferred) [[unlikely]] {
-            // The send its close waited for (see close): the answers queued behind it go, then the shutdown. After a
-            // partial send the rest is not sent: the shutdown ends it (a kept session's QoS 0 leftovers went back).
-            c.shut_deferred = false;
-            if (done) {
-                c.sq.finish_batch();
-                start_send(c);
+            // The send its close waits for (see close) goes on to its end (a batch of more pieces than one sendmsg
+            // takes, or a socket that took part of it), unless the deadline cuts it first; then the answers queued
+            // behind it go, and the shutdown after them.
+            if (!done) {
+                submit_send(c);
+                return;
             }
+            c.shut_deferred = false;
+            if (!lost_flights_.empty()) requeue_lost_flight(c); // (nothing of the batch is left to go back)
+            c.sq.finish_batch();
+            start_send(c);
             shutdown_socket(c);
+            maybe_destroy(c);
+            return;
         }
+        if (!lost_flights_.empty()) requeue_lost_flight(c);
         maybe_destroy(c);
         return;
     }
@@ -2264,7 +2275,7 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
     c.will.reset();
     if (c.hold_listed) hold_gone_.push_back(c.id);
     node_.connections.fetch_sub(1, std::memory_order_relaxed);
-    if (c.answer_on_close && c.send_busy) [[unlikely]] {
+    if (c.answer_on_close && c.send_busy && !stopping_) [[unlikely]] {
         // Its answers wait behind a send still pending (often one the kernel has finished, its completion not yet
         // reaped: a first write longer than the first receive buffer): they go when it ends, and the shutdown after
         // them (on_send), or the shutdown cuts both after answer_wait_ms (check_deadline).

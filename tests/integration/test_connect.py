@@ -213,6 +213,38 @@ class ConnectCases:
                            + m.disconnect())
                     answers = [m.connack()] + [m.puback(20 + i) for i in range(40)] + [m.PINGRESP_BYTES]
                     self.assertEqual(len(c.expect_closed(3, allow=answers)), len(answers), f"clean {clean}")
+                # Behind a batch of more pieces than one send takes (a persistent session's 400 queued messages of
+                # 1.5 KB, each its own piece): the batch goes on to its end, then the answers (they were cut with it);
+                # what stayed in the session comes on return, in order.
+                sid = self.cid("ans-many", shard)
+                s = self.client(sid, clean=False)
+                s.subscribe([("ansm/#", 0)])
+                s.disconnect()
+                s.expect_closed(3)
+                pub = self.client(self.cid("ans-mpub", shard))
+                pub.send(b"".join(m.publish("ansm/t", b"%04d" % i + b"m" * 1500) for i in range(400)))
+                self.assertTrue(pub.is_open())  # a round trip behind them: all routed
+                s = self.raw()
+                # (Longer than the first 1 KB receive: the CONNACK and the messages are on their way when the rest
+                # is read.)
+                s.send(m.connect(sid, clean=False) + m.publish("ans/x", b"x" * 1500, qos=1, pid=5) + m.pingreq()
+                       + m.disconnect())
+                got = []
+                while True:
+                    try:
+                        got.append(s.read_packet(5))
+                    except m.Closed:
+                        break
+                kinds = [p.type for p in got]
+                self.assertEqual(kinds[0], m.CONNACK)
+                self.assertEqual(kinds[-2:], [m.PUBACK, m.PINGRESP], kinds[-3:])
+                first = [m.parse_publish(p).payload[:4] for p in got[1:-2]]
+                self.assertGreater(len(first), 128, "no more than one send's worth before the answers")
+                s = self.client(sid, clean=False, expect=m.connack(session_present=True))
+                rest = [s.recv_publish().payload[:4] for _ in range(400 - len(first))]
+                self.assertEqual(first + rest, [b"%04d" % i for i in range(400)])
+                s.disconnect()
+                pub.disconnect()
                 # A protocol error after them: a second CONNECT, a malformed remaining length.
                 for bad in (m.connect(self.cid("ans-err", shard)), b"\x30\xff\xff\xff\xff\x01"):
                     c = self.raw()
@@ -237,6 +269,26 @@ class ConnectCases:
                 self.assertEqual([s.recv_publish().payload for _ in range(2)], [b"q0", b"q1"])
                 s.disconnect()
                 pub.disconnect()
+
+    def test_a_stop_does_not_wait_for_the_answers_of_a_client_that_does_not_read(self):
+        # A client that does not read sends DISCONNECT behind a backlog: its close waits (up to 1 s) for the send
+        # pending before its answers. The deadline's tick ends with a stop, so a stop then waited out the shard's 3 s
+        # grace for the connection, warning that it was still busy.
+        b = self.use_broker()
+        sub = self.raw()
+        sub.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sub.connect(self.cid("stop-sub", self.SHARDS - 1))
+        sub.subscribe([("stop/t", 0)])
+        pub = self.client(self.cid("stop-pub", 0))
+        for _ in range(6):
+            pub.send(m.publish("stop/t", b"s" * 4000) * 250)
+        self.assertTrue(pub.is_open())
+        sub.send(m.pingreq() + m.disconnect())
+        time.sleep(0.1)
+        start = time.monotonic()
+        b.stop()
+        self.assertLess(time.monotonic() - start, 2.0)
+        self.assertNotIn(b"still busy", b.log())
 
     def test_keepalive_enforced_at_one_and_a_half(self):
         start = time.monotonic()  # before the CONNECT: a thread late after its CONNACK cannot shorten what it measures
