@@ -983,14 +983,13 @@ std::vector<std::pair<std::string, uint64_t>> server::stats_rows(const std::vect
     routes_peak_ = std::max(routes_peak_, routes);
     for (const auto& s : snaps)
         routes_peak_ = std::max(routes_peak_, s.s.routes.max);
-    const uint64_t routes_max = routes_peak_;
     rows.emplace_back("routes/count", routes);
-    rows.emplace_back("routes/max", routes_max);
+    rows.emplace_back("routes/max", routes_peak_);
     add("sessions", &broker::stats::sessions, node_.sessions_peak);
     add("subscribers", &broker::stats::subscribers, node_.subscriptions_peak);
     add("subscriptions", &broker::stats::subscriptions, node_.subscriptions_peak);
     rows.emplace_back("topics/count", routes);
-    rows.emplace_back("topics/max", routes_max);
+    rows.emplace_back("topics/max", routes_peak_);
     std::sort(rows.begin(), rows.end()); // EMQ X printed the stats keys in alphabetical order
     return rows;
 }

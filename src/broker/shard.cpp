@@ -1464,7 +1464,6 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     if (c.st == connection::state::closing) {
         if (c.shut_deferred) {
             // The send its close waited for has not ended (a client not reading): shut down now, the answers unsent.
-            c.shut_deferred = false;
             shutdown_socket(c);
             return;
         }
@@ -1559,10 +1558,7 @@ void shard::begin_shutdown() {
     }
     waker_.stop();
     for (auto& [id, c] : conns_) {
-        if (c->shut_deferred) { // its deadline would not come: the ticks end with the stop
-            c->shut_deferred = false;
-            shutdown_socket(*c);
-        }
+        if (c->shut_deferred) shutdown_socket(*c); // its deadline would not come: the ticks end with the stop
         close(*c, "shutdown", false);
     }
 }
@@ -2198,10 +2194,8 @@ void shard::on_send(connection& c, int res, uint32_t) {
         }
         if (c.st != connection::state::closing) close(c, reset ? "econnreset" : "socket_error", true);
         if (!lost_flights_.empty()) requeue_lost_flight(c);
-        if (c.shut_deferred) [[unlikely]] { // (see below) the socket failed: its receive still needs ending
-            c.shut_deferred = false;
+        if (c.shut_deferred) [[unlikely]] // (see below) the socket failed: its receive still needs ending
             shutdown_socket(c);
-        }
         maybe_destroy(c);
         return;
     }
@@ -2211,23 +2205,19 @@ void shard::on_send(connection& c, int res, uint32_t) {
     c.rx_while_full -= static_cast<uint32_t>(std::min<uint64_t>(c.rx_while_full, static_cast<uint64_t>(res)));
     const bool done = c.sq.sent(static_cast<size_t>(res));
     if (c.st == connection::state::closing) {
-        if (c.shut_deferred) [[unlikely]] {
-            // The send its close waits for (see close) goes on to its end (a batch of more pieces than one sendmsg
-            // takes, or a socket that took part of it), unless the deadline cuts it first; then the answers queued
-            // behind it go, and the shutdown after them.
-            if (!done) {
-                submit_send(c);
-                return;
-            }
-            c.shut_deferred = false;
-            if (!lost_flights_.empty()) requeue_lost_flight(c); // (nothing of the batch is left to go back)
-            c.sq.finish_batch();
-            start_send(c);
-            shutdown_socket(c);
-            maybe_destroy(c);
+        // The send a close waits for (see close) goes on to its end (a batch of more pieces than one sendmsg takes, or
+        // a socket that took part of it), unless the deadline cuts it first; then the answers queued behind it go, and
+        // the shutdown after them.
+        if (c.shut_deferred && !done) [[unlikely]] {
+            submit_send(c);
             return;
         }
         if (!lost_flights_.empty()) requeue_lost_flight(c);
+        if (c.shut_deferred) [[unlikely]] {
+            c.sq.finish_batch();
+            start_send(c);
+            shutdown_socket(c);
+        }
         maybe_destroy(c);
         return;
     }
@@ -2291,6 +2281,7 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
 }
 
 void shard::shutdown_socket(connection& c) {
+    c.shut_deferred = false; // (a close that waited for its answers' send: this is the shutdown it put off)
     if (c.shut || c.fd < 0) return;
     c.shut = true;
     // Completes the pending recv (0) and send (error) so the connection can be freed when they have drained.

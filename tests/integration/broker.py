@@ -102,6 +102,18 @@ def read_until_closed(client, timeout=20.0):
         out.append(mqtt_raw.parse_publish(pkt).payload)
 
 
+def packets_until_closed(client, timeout=5.0) -> list:
+    """Every packet client receives until the broker closes the connection (`timeout` seconds at most; past it the
+    read fails)."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out.append(client.read_packet(max(0.01, deadline - time.monotonic())))
+        except mqtt_raw.Closed:
+            return out
+
+
 def send_rounds(pub, topic: str, got: "Collector", rounds: int = 4, n: int = 100) -> list:
     """rounds of n QoS 1 PUBLISHes numbered on (6 digits), each in one write: its PUBACKs awaited, then (up to 5 s) its
     messages at the collector, whose messages are returned once it has all."""

@@ -7,7 +7,7 @@ import socket
 import time
 
 import mqtt_raw as m
-from broker import home_shard, shard_variants
+from broker import home_shard, packets_until_closed, shard_variants
 
 
 def server_side_state(port: int, client_port: int):
@@ -190,6 +190,18 @@ class ConnectCases:
         d = self.client("disc")
         self.assertTrue(d.is_open())
 
+    def queue_offline(self, sid: str, topic: str, payloads: list) -> None:
+        """Makes sid a persistent session subscribed to topic at QoS 0, offline, with payloads queued for it (a
+        publisher on its home shard, whose round trip after them shows them all routed)."""
+        s = self.client(sid, clean=False)
+        s.subscribe([(topic, 0)])
+        s.disconnect()
+        s.expect_closed(3)
+        pub = self.client(self.cid(sid + "-pub", home_shard(sid, self.SHARDS)))
+        pub.send(b"".join(m.publish(topic, p) for p in payloads))
+        self.assertTrue(pub.is_open())
+        pub.disconnect()
+
     def test_answers_queued_before_a_disconnect_go_out_before_the_close(self):
         # Packets taken in the same read as the DISCONNECT (or a protocol error) had their answers queued, then
         # dropped by the close: a CONNECT and a DISCONNECT in one write got no CONNACK (MQTT-3.1.4-4).
@@ -217,24 +229,13 @@ class ConnectCases:
                 # 1.5 KB, each its own piece): the batch goes on to its end, then the answers (they were cut with it);
                 # what stayed in the session comes on return, in order.
                 sid = self.cid("ans-many", shard)
-                s = self.client(sid, clean=False)
-                s.subscribe([("ansm/#", 0)])
-                s.disconnect()
-                s.expect_closed(3)
-                pub = self.client(self.cid("ans-mpub", shard))
-                pub.send(b"".join(m.publish("ansm/t", b"%04d" % i + b"m" * 1500) for i in range(400)))
-                self.assertTrue(pub.is_open())  # a round trip behind them: all routed
+                self.queue_offline(sid, "ansm/t", [b"%04d" % i + b"m" * 1500 for i in range(400)])
                 s = self.raw()
                 # (Longer than the first 1 KB receive: the CONNACK and the messages are on their way when the rest
                 # is read.)
                 s.send(m.connect(sid, clean=False) + m.publish("ans/x", b"x" * 1500, qos=1, pid=5) + m.pingreq()
                        + m.disconnect())
-                got = []
-                while True:
-                    try:
-                        got.append(s.read_packet(5))
-                    except m.Closed:
-                        break
+                got = packets_until_closed(s)
                 kinds = [p.type for p in got]
                 self.assertEqual(kinds[0], m.CONNACK)
                 self.assertEqual(kinds[-2:], [m.PUBACK, m.PINGRESP], kinds[-3:])
@@ -244,7 +245,6 @@ class ConnectCases:
                 rest = [s.recv_publish().payload[:4] for _ in range(400 - len(first))]
                 self.assertEqual(first + rest, [b"%04d" % i for i in range(400)])
                 s.disconnect()
-                pub.disconnect()
                 # A protocol error after them: a second CONNECT, a malformed remaining length.
                 for bad in (m.connect(self.cid("ans-err", shard)), b"\x30\xff\xff\xff\xff\x01"):
                     c = self.raw()
@@ -254,21 +254,13 @@ class ConnectCases:
                 # A persistent session's queued QoS 0 messages, queued for the connection at its CONNECT, go back to
                 # the session rather than to a client that has said it is leaving; its answers go out.
                 sid = self.cid("ans-q", shard)
-                s = self.client(sid, clean=False)
-                s.subscribe([("ansq/#", 0)])
-                s.disconnect()
-                s.expect_closed(3)
-                pub = self.client(self.cid("ans-pub", shard))
-                for i in range(2):
-                    pub.publish("ansq/t", b"q%d" % i)
-                self.assertTrue(pub.is_open())  # a round trip: both routed
+                self.queue_offline(sid, "ansq/t", [b"q0", b"q1"])
                 s = self.raw()
                 s.send(m.connect(sid, clean=False) + m.pingreq() + m.disconnect())
                 s.expect_closed(3, allow=[m.connack(session_present=True), m.PINGRESP_BYTES])
                 s = self.client(sid, clean=False, expect=m.connack(session_present=True))
                 self.assertEqual([s.recv_publish().payload for _ in range(2)], [b"q0", b"q1"])
                 s.disconnect()
-                pub.disconnect()
 
     def test_a_stop_does_not_wait_for_the_answers_of_a_client_that_does_not_read(self):
         # A client that does not read sends DISCONNECT behind a backlog: its close waits (up to 1 s) for the send

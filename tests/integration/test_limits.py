@@ -11,8 +11,8 @@ import time
 
 import mqtt_raw as m
 from admin_client import request
-from broker import (BrokerTest, Collector, assert_bursts_in_order, client_id_on_shard, cpu_seconds, read_until_closed,
-                    read_until_quiet, rss_kib, send_rounds, shard_variants)
+from broker import (BrokerTest, Collector, assert_bursts_in_order, client_id_on_shard, cpu_seconds,
+                    packets_until_closed, read_until_closed, read_until_quiet, rss_kib, send_rounds, shard_variants)
 
 
 class LimitCases:
@@ -1325,15 +1325,9 @@ class PublisherHoldCases(PublisherHoldBase):
                     self.assertEqual(r.status, 200, r)
                 # The kept PUBLISHes handled as it leaves are answered before the close (their PUBACKs, in order:
                 # since stop 63 what comes before a DISCONNECT is answered), and nothing else comes.
-                acked = []
-                deadline = time.monotonic() + 3
-                while True:
-                    try:
-                        pkt = pub.read_packet(max(0.01, deadline - time.monotonic()))
-                    except m.Closed:
-                        break
-                    self.assertEqual(pkt.type, m.PUBACK, pkt)
-                    acked.append(m.packet_id(pkt))
+                got = packets_until_closed(pub, 3)
+                self.assertEqual({p.type for p in got} - {m.PUBACK}, set(), got)
+                acked = [m.packet_id(p) for p in got]
                 self.assertEqual(acked, sorted(acked))
                 self.assertTrue(all(9 <= a <= 20 for a in acked), acked)
                 watcher.expect_no_packet(0.5)
