@@ -414,9 +414,13 @@ class ScriptedBroker:
                         break
                     frame, bufs[c] = bufs[c][: at + length], bufs[c][at + length :]
                     self.handle(c, frame, frame[at:])
+                self.after_read(bufs[c])
 
     def read(self, c) -> bytes:
         return c.recv(65536)
+
+    def after_read(self, left: bytes):
+        pass
 
     def handle(self, c, frame, body):
         kind = frame[0] >> 4
@@ -466,9 +470,12 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; this Python doe
 
 
 class StampingBroker(ScriptedBroker):
-    """A ScriptedBroker that forwards nothing and keeps, for each PUBLISH, the kernel's receive time of the bytes that
-    carried it (SO_TIMESTAMPNS, taken as loopback hands them over in the sender's send()) minus the send time in its
-    payload, and how late loadgen said the send was on its schedule (us)."""
+    """A ScriptedBroker that forwards nothing and keeps, for each read that ended on a PUBLISH's last byte, the kernel's
+    receive time of those bytes (SO_TIMESTAMPNS, taken as loopback hands them over in the sender's send()) minus the
+    send time in that PUBLISH's payload (us), and how late loadgen said the read's latest sent message was on its
+    schedule (us). A read's stamp is that of the last bytes it took (later arrivals carry theirs into the segments
+    they join), so it is exact only for the read's last message: the earlier ones may have come well before, when
+    this thread reads slowly."""
 
     def __init__(self):
         # Kernel stamps are CLOCK_REALTIME, the payload's CLOCK_MONOTONIC: the offset from the tightest of a few reads.
@@ -481,7 +488,8 @@ class StampingBroker(ScriptedBroker):
                 best = (b - a, r - (a + b) // 2)
         self.offset = best[1]
         self.rx_ns = 0
-        self.samples = []  # (receipt - send stamp in us, lateness on the schedule in us)
+        self.in_read = []  # (receipt - send stamp in us, lateness in us) of each PUBLISH of the current read
+        self.samples = []  # (gap, greatest lateness) of each read's last PUBLISH
         super().__init__(lambda seq: [])
         self.lsock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # accepted sockets inherit it
 
@@ -491,6 +499,7 @@ class StampingBroker(ScriptedBroker):
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                 sec, nsec = struct.unpack("qq", d[:16])
                 self.rx_ns = sec * 1_000_000_000 + nsec - self.offset
+        self.in_read = []
         return data
 
     def handle(self, c, frame, body):
@@ -498,7 +507,12 @@ class StampingBroker(ScriptedBroker):
             return super().handle(c, frame, body)
         tlen = int.from_bytes(body[:2], "big")
         stamp, word = struct.unpack("<qQ", body[2 + tlen : 2 + tlen + 16])
-        self.samples.append(((self.rx_ns - stamp) / 1000, word >> 40))
+        self.in_read.append(((self.rx_ns - stamp) / 1000, word >> 40))
+
+    def after_read(self, left: bytes):
+        if self.in_read and not left:
+            self.samples.append((self.in_read[-1][0], max(late for _, late in self.in_read)))
+        self.in_read = []
 
 
 class LoadgenSendStamps(unittest.TestCase):
@@ -507,11 +521,13 @@ class LoadgenSendStamps(unittest.TestCase):
         # and written connection by connection. Each carried the turn's start as its send time, so a later
         # connection's messages counted the generator's own send() calls before them (hundreds: milliseconds) as the
         # broker's latency. Stamped at their own send(), they reach the kernel's receipt within that one call.
+        # Only a read's last message has its own receipt time (CI once read the burst with the next messages, 50 ms
+        # on: p90 90 ms), so a connection gives one sample from the reads that took its burst.
         fake = StampingBroker()
         self.addCleanup(fake.stop)
         run_with_a_stall(fake.port, ["--scenario", "pairs", "--publishers", "500", "--rate", "20"])
         burst = sorted(gap for gap, late in fake.samples if late > 100_000)
-        self.assertGreater(len(burst), 1000, f"{len(fake.samples)} messages, {len(burst)} sent late")
+        self.assertGreater(len(burst), 200, f"{len(fake.samples)} reads, {len(burst)} with messages sent late")
         p90 = burst[len(burst) * 9 // 10]
         self.assertGreater(burst[0], -50, "the stamps' clock offset is off")
         self.assertLess(p90, 1000, f"p90 {p90:.0f} us from send stamp to the kernel's receipt (max {burst[-1]:.0f})")
