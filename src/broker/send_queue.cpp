@@ -29,7 +29,7 @@ void shared_bytes::destroy() {
 
 send_queue::~send_queue() {
     if (!g_) return;
-    release(g_->queued);
+    drop_queued();
     release(g_->flight);
 }
 
@@ -41,6 +41,15 @@ void send_queue::release(std::vector<piece>& v) {
             static_cast<shared_bytes*>(p.owner)->release();
     }
     v.clear();
+}
+
+void send_queue::seal() {
+    if (!g_) g_ = std::make_unique<gather>();
+    chunk& k = g_->chunks.emplace_back();
+    k.bytes.swap(out_);
+    k.pieces.swap(g_->queued);
+    g_->chunks_bytes += k.bytes.size() + g_->queued_bytes;
+    g_->queued_bytes = 0;
 }
 
 void send_queue::push_piece(const piece& p) {
@@ -74,7 +83,13 @@ void send_queue::splice(const byte_vec& bytes, const std::vector<piece>* pieces,
     out.insert(out.end(), bytes.begin() + from, bytes.end());
 }
 
-void send_queue::copy_queued(std::vector<uint8_t>& out) const { splice(out_, g_ ? &g_->queued : nullptr, out); }
+void send_queue::copy_queued(std::vector<uint8_t>& out) const {
+    if (g_) {
+        for (size_t i = g_->chunk_head; i < g_->chunks.size(); ++i)
+            splice(g_->chunks[i].bytes, &g_->chunks[i].pieces, out);
+    }
+    splice(out_, g_ ? &g_->queued : nullptr, out);
+}
 
 size_t send_queue::copy_flight(std::vector<uint8_t>& out) const {
     splice(sending_, g_ ? &g_->flight : nullptr, out);
@@ -86,13 +101,38 @@ void send_queue::drop_queued() {
     if (g_) {
         release(g_->queued);
         g_->queued_bytes = 0;
+        for (size_t i = g_->chunk_head; i < g_->chunks.size(); ++i)
+            release(g_->chunks[i].pieces);
+        g_->chunks.clear();
+        g_->chunk_head = 0;
+        g_->chunks_bytes = 0;
     }
 }
 
 void send_queue::start_batch() {
     sending_.clear();
-    sending_.swap(out_);
     sent_ = 0;
+    if (g_ && g_->chunk_head < g_->chunks.size()) [[unlikely]] {
+        // The sent batch's buffer goes with the chunk's husk: a backlog's chunks are each of their own size.
+        chunk& k = g_->chunks[g_->chunk_head++];
+        sending_.swap(k.bytes);
+        k.bytes.release();
+        g_->flight.swap(k.pieces);
+        std::vector<piece>().swap(k.pieces);
+        g_->flight_bytes = 0;
+        for (const piece& p : g_->flight)
+            g_->flight_bytes += p.len;
+        g_->chunks_bytes -= sending_.size() + g_->flight_bytes;
+        // The husks before the head go once they are half the list (a reader that keeps a backlog never empties it).
+        if (2 * g_->chunk_head >= g_->chunks.size()) {
+            g_->chunks.erase(g_->chunks.begin(), g_->chunks.begin() + static_cast<ptrdiff_t>(g_->chunk_head));
+            g_->chunk_head = 0;
+        }
+        g_->seg = 0;
+        g_->seg_off = 0;
+        return;
+    }
+    sending_.swap(out_);
     if (g_) {
         g_->flight.swap(g_->queued);
         g_->flight_bytes = g_->queued_bytes;
@@ -100,6 +140,33 @@ void send_queue::start_batch() {
         g_->seg = 0;
         g_->seg_off = 0;
     }
+}
+
+void send_queue::unseal() {
+    if (!g_ || g_->chunk_head == g_->chunks.size()) return;
+    byte_vec all;
+    std::vector<piece> pieces;
+    const auto take = [&](byte_vec& bytes, std::vector<piece>& from) {
+        const size_t base = all.size();
+        append(all, bytes.data(), bytes.size());
+        for (piece p : from) {
+            p.at += base;
+            pieces.push_back(p);
+        }
+        bytes.release();
+        from.clear(); // the references move to `pieces`
+    };
+    for (size_t i = g_->chunk_head; i < g_->chunks.size(); ++i)
+        take(g_->chunks[i].bytes, g_->chunks[i].pieces);
+    take(out_, g_->queued);
+    g_->queued_bytes = 0;
+    for (const piece& p : pieces)
+        g_->queued_bytes += p.len;
+    g_->chunks.clear();
+    g_->chunk_head = 0;
+    g_->chunks_bytes = 0;
+    out_.swap(all);
+    g_->queued.swap(pieces);
 }
 
 std::span<const uint8_t> send_queue::segment(size_t k) const {
@@ -133,7 +200,7 @@ send_queue::next_send send_queue::next() {
 }
 
 void send_queue::trim() {
-    if (g_ && g_->queued.empty() && g_->flight.empty()) g_.reset();
+    if (g_ && g_->queued.empty() && g_->flight.empty() && g_->chunks.empty()) g_.reset();
 }
 
 bool send_queue::sent(size_t n) {
@@ -153,13 +220,15 @@ bool send_queue::sent(size_t n) {
 void send_queue::finish_batch() {
     sending_.clear();
     sent_ = 0;
-    if (sending_.capacity() > 262144) sending_.release(); // a burst is over: give memory back
+    if (sending_.capacity() > chunk_bytes) sending_.release(); // a burst is over: give memory back
     if (g_) {
         release(g_->flight);
         g_->flight_bytes = 0;
         // After a burst of more pieces than one sendmsg takes, the lists go (once nothing is queued) rather than stay
         // at their peak; either list may hold the large one, as start_batch swaps them.
-        if (g_->queued.empty() && std::max(g_->queued.capacity(), g_->flight.capacity()) > max_iov) g_.reset();
+        if (g_->queued.empty() && g_->chunks.empty() &&
+            std::max(g_->queued.capacity(), g_->flight.capacity()) > max_iov)
+            g_.reset();
     }
 }
 

@@ -1,8 +1,10 @@
 #pragma once
 // The outgoing side of one connection: bytes copied in (acks, encoded frames, small PUBLISHes) and references to
 // bytes shared with other connections (a large fan-out frame copied once for all its subscribers), in the order they
-// were queued, and the batch that is on its way to the socket. A connection owns one; it lives on that connection's
-// shard and is only touched there.
+// were queued, and the batch that is on its way to the socket. A backlog is kept in chunks of about chunk_bytes, a
+// batch being one of them, so that what the socket has taken is freed chunk by chunk instead of staying with a whole
+// backlog's batch while the queue refills behind it. A connection owns one; it lives on that connection's shard and
+// is only touched there.
 #include "session/message.hpp"
 
 #include <sys/socket.h>
@@ -97,19 +99,32 @@ public:
     send_queue& operator=(const send_queue&) = delete;
 
     // The queued inline bytes, for appending (grow/append/encode); what is appended goes after every shared piece
-    // queued before it.
-    byte_vec& bytes() { return out_; }
+    // queued before it. A pointer into them stays valid until the next call (which may seal them as a chunk: the
+    // bytes stay where they are).
+    byte_vec& bytes() {
+        if (out_.size() >= chunk_bytes) [[unlikely]]
+            seal();
+        return out_;
+    }
     // Queues the first len bytes of b (takes a new reference).
     void append_shared(shared_bytes* b, size_t len);
     // Queues m's payload (takes a new reference on m): a QoS 1/2 frame's payload is sent from the message itself.
     void append_payload(session::message* m);
 
-    bool has_queued() const { return !out_.empty() || (g_ && !g_->queued.empty()); }
+    bool has_queued() const {
+        return !out_.empty() || (g_ && (!g_->queued.empty() || g_->chunk_head < g_->chunks.size()));
+    }
     // Bytes queued plus the bytes of the batch in flight not yet sent.
-    size_t pending_bytes() const { return out_.size() + (g_ ? g_->queued_bytes : 0) + flight_size() - sent_; }
+    size_t pending_bytes() const {
+        return out_.size() + (g_ ? g_->queued_bytes + g_->chunks_bytes : 0) + flight_size() - sent_;
+    }
 
-    // Makes everything queued the batch in flight. The previous batch must be complete.
+    // Makes the oldest sealed chunk, or else everything queued, the batch in flight. The previous batch must be
+    // complete.
     void start_batch();
+    // Joins the backlog's chunks and what is queued after them into one, so that the next batch is all of it (a close
+    // sends what is queued in one go, the answers at its end included, before its shutdown).
+    void unseal();
     // What the next send of the batch carries: one contiguous range when that is all that is left to send, else an
     // iovec list in the returned msghdr (valid until the next call; at most max_iov entries, the rest goes in later
     // sends).
@@ -136,6 +151,8 @@ public:
     size_t copy_flight(std::vector<uint8_t>& out) const;
 
     static constexpr size_t max_iov = 256;
+    // Inline bytes past which what is queued is sealed as a chunk of the backlog (a batch of its own).
+    static constexpr size_t chunk_bytes = 262144;
 
 private:
     struct piece {
@@ -146,12 +163,24 @@ private:
         bool message;
     };
     void push_piece(const piece& p);
-    // Only connections that have been sent a shared piece allocate this.
+    // Moves the queued bytes and pieces to the end of the backlog.
+    void seal();
+    // Bytes sealed by seal(), with the pieces that go among them (at positions in those bytes).
+    struct chunk {
+        byte_vec bytes;
+        std::vector<piece> pieces;
+    };
+    // Only connections that have been sent a shared piece, or that have a backlog of chunks, allocate this.
     struct gather {
         std::vector<piece> queued;
         std::vector<piece> flight;
         size_t queued_bytes = 0;
         size_t flight_bytes = 0;
+        // The backlog, oldest first from chunks[chunk_head] (a vector, which costs nothing until used), queued ahead
+        // of the inline bytes and `queued`; chunks_bytes counts its bytes and pieces.
+        std::vector<chunk> chunks;
+        size_t chunk_head = 0;
+        size_t chunks_bytes = 0;
         std::vector<iovec> iov;
         msghdr msg{};
         // Where the unsent part of the batch starts: segment `seg` of the flight (even: the inline bytes before piece

@@ -2215,6 +2215,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
         if (!lost_flights_.empty()) requeue_lost_flight(c);
         if (c.shut_deferred) [[unlikely]] {
             c.sq.finish_batch();
+            c.sq.unseal(); // a backlog's chunks go as one batch: the answers are at its end
             start_send(c);
             shutdown_socket(c);
         }
@@ -2274,7 +2275,10 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         deadlines_.schedule(c.id, c.check_at_ms);
     } else {
         // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it.
-        if (c.answer_on_close) start_send(c);
+        if (c.answer_on_close) {
+            c.sq.unseal(); // a backlog's chunks go as one batch: the answers are at its end
+            start_send(c);
+        }
         shutdown_socket(c);
     }
     maybe_destroy(c);

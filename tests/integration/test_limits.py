@@ -2492,3 +2492,51 @@ class DescriptorLimitTest(BrokerTest):
         settled_fds(12, "twenty new clients in the freed slots")
         self.assertTrue(b.alive())
 
+
+class OutgoingMemory(BrokerTest):
+    AUTO_START = False
+
+    def test_a_slow_reader_holds_about_max_outgoing_bytes(self):
+        # A subscriber reading 8 MB/s while its topic gets some 40 MB/s keeps its queue at mqtt.max_outgoing_bytes
+        # (24 MiB here) for 4.5 s. Its whole queue used to go as one batch, freed only once the socket had taken all
+        # of it while the queue refilled behind it in a doubling buffer: the broker grew by 3.4x the limit. A backlog
+        # now goes in chunks of 256 KiB, each freed once sent: 1.24-1.31x (some 5 MB of it the shard's, not the
+        # connection's).
+        limit = 24 << 20
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        b = self.use_broker({"mqtt.max_outgoing_bytes": limit},
+                            env={"ASAN_OPTIONS": f"{asan}:quarantine_size_mb=0" if asan else "quarantine_size_mb=0"})
+        slow = self.client(self.sub_id("slow"))
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.subscribe([("mem/t", 0)])
+        pub = self.client(self.pub_id())
+        before = rss_kib(b.proc.pid, "VmHWM")
+        done = threading.Event()
+
+        def flooder() -> None:
+            block = m.publish("mem/t", b"m" * 1000) * 200
+            while not done.is_set():
+                pub.sock.sendall(block)
+                time.sleep(0.005)
+
+        t = threading.Thread(target=flooder)
+        t.start()
+        rate, taken = 8e6, 0
+        slow.sock.settimeout(0.5)
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < 4.5:
+                due = start + taken / rate
+                if due > time.monotonic():
+                    time.sleep(due - time.monotonic())
+                data = slow.sock.recv(65536)
+                self.assertTrue(data, "the slow reader was closed")
+                taken += len(data)
+        finally:
+            done.set()
+            t.join(10)
+        grown = (rss_kib(b.proc.pid, "VmHWM") - before) * 1024
+        self.assertGreater(taken, 1.2 * limit, "it read more than its queue holds: every byte of the first went")
+        self.assertIn(b"client not reading, over mqtt.max_outgoing_bytes", b.log(), "its queue was at the limit")
+        self.assertLess(grown, 1.75 * limit, f"the broker grew by {grown / limit:.2f}x mqtt.max_outgoing_bytes")
+        self.assert_broker_healthy()

@@ -366,5 +366,116 @@ TEST(SendQueue, EmptyPiecesAreNotQueued) {
     p->release();
 }
 
+// A backlog goes in batches of about chunk_bytes (what the socket took of one is freed before the next goes), every
+// byte and piece in the order queued, and pending_bytes counts all that is not sent yet.
+TEST(SendQueue, ABacklogGoesInChunksInQueueOrder) {
+    shared_bytes* big = shared_bytes::make(bytes_of("[BIG]"));
+    send_queue q;
+    std::string model;
+    const std::string line(1000, 'x');
+    for (int i = 0; i < 1000; ++i) { // ~1 MB of frames, a piece after every tenth
+        const std::string frame = std::to_string(i) + line;
+        put(q, frame);
+        model += frame;
+        if (i % 10 == 0) {
+            q.append_shared(big, big->size());
+            model += "[BIG]";
+        }
+    }
+    EXPECT_EQ(q.pending_bytes(), model.size());
+    EXPECT_EQ(big->refs(), 101u);
+    std::vector<uint8_t> copy;
+    q.copy_queued(copy);
+    EXPECT_EQ(std::string(copy.begin(), copy.end()), model) << "copy_queued splices the chunks in order";
+    std::string wire;
+    size_t batches = 0;
+    while (q.has_queued()) {
+        q.start_batch();
+        ++batches;
+        const std::string batch = drain(q, 70000);
+        EXPECT_LE(batch.size(), send_queue::chunk_bytes + line.size() + 10 + 20 * 5) << "batch " << batches;
+        wire += batch;
+        EXPECT_EQ(q.pending_bytes(), model.size() - wire.size());
+    }
+    EXPECT_EQ(wire, model);
+    EXPECT_GE(batches, model.size() / (send_queue::chunk_bytes + 2000)) << "one batch a chunk";
+    EXPECT_EQ(big->refs(), 1u);
+    big->release();
+}
+
+// A reader that keeps a backlog: chunks are added while earlier ones go, for many times the backlog's size, and the
+// order holds throughout.
+TEST(SendQueue, ABacklogRefilledWhileItDrainsKeepsItsOrder) {
+    send_queue q;
+    std::string model, wire;
+    size_t next = 0;
+    const auto fill = [&](size_t until) {
+        while (q.pending_bytes() < until) {
+            const std::string frame = "<" + std::to_string(next++) + std::string(3000, '.') + ">";
+            put(q, frame);
+            model += frame;
+        }
+    };
+    fill(4 * send_queue::chunk_bytes);
+    for (int round = 0; round < 60; ++round) {
+        q.start_batch();
+        wire += drain(q, 50000);
+        fill(4 * send_queue::chunk_bytes);
+    }
+    while (q.has_queued()) {
+        q.start_batch();
+        wire += drain(q, 50000);
+    }
+    EXPECT_GT(wire.size(), 50 * send_queue::chunk_bytes);
+    EXPECT_TRUE(wire == model) << "the wire differs from what was queued (" << wire.size() << " of " << model.size()
+                               << " bytes)";
+}
+
+// A close sends what is queued in one batch, its answers at the end included: unseal joins the chunks.
+TEST(SendQueue, UnsealMakesTheWholeBacklogOneBatch) {
+    shared_bytes* big = shared_bytes::make(bytes_of("[BIG]"));
+    send_queue q;
+    std::string model;
+    const std::string block(100000, 'b');
+    for (int i = 0; i < 7; ++i) {
+        put(q, block);
+        q.append_shared(big, 3);
+        model += block + "[BI";
+    }
+    put(q, "answers");
+    model += "answers";
+    q.unseal();
+    EXPECT_EQ(q.pending_bytes(), model.size());
+    q.start_batch();
+    EXPECT_EQ(drain(q, 1 << 20), model);
+    EXPECT_FALSE(q.has_queued());
+    EXPECT_EQ(big->refs(), 1u);
+    big->release();
+}
+
+// Dropping or destroying a queue with a backlog releases the pieces of every chunk once.
+TEST(SendQueue, DroppingABacklogReleasesItsChunksPieces) {
+    shared_bytes* p = shared_bytes::make(bytes_of("xyz"));
+    {
+        send_queue q;
+        const std::string block(200000, 'd');
+        for (int i = 0; i < 5; ++i) {
+            put(q, block);
+            q.append_shared(p, 3);
+        }
+        q.start_batch(); // the first chunk in flight, the others queued
+        EXPECT_EQ(p->refs(), 6u);
+        q.drop_queued();
+        EXPECT_FALSE(q.has_queued());
+        EXPECT_EQ(q.pending_bytes(), 2 * block.size() + 6) << "only the batch in flight is left";
+        for (int i = 0; i < 3; ++i) {
+            put(q, block);
+            q.append_shared(p, 3);
+        }
+    } // the batch in flight and the new backlog go with the queue
+    EXPECT_EQ(p->refs(), 1u);
+    p->release();
+}
+
 } // namespace
 } // namespace ringmq::broker
