@@ -1180,16 +1180,16 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         return;
     case k_route_add: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
-        trie_.add_remote(*f, m.arg);
+        trie_.add_remote(*f, from);
         ++trie_gen_;
         release_for_new_route(*f, nullptr);
         return;
     }
     case k_route_del: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
-        trie_.remove_remote(*f, m.arg);
+        trie_.remove_remote(*f, from);
         ++trie_gen_;
-        if (!gates_.empty()) unexempt(m.arg, *f);
+        if (!gates_.empty()) unexempt(from, *f);
         return;
     }
     case k_publish: {
@@ -1706,7 +1706,8 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         maybe_destroy(c);
         return;
     }
-    // A hold stops only the clients that publish: the others' acks and PINGREQs free what this shard holds for them.
+    // A hold stops only the clients that publish (or change routes): the others' acks and PINGREQs free what this
+    // shard holds for them.
     // Not while needs_rearm: a held connection whose receive ended on its own (the kernel ends a multishot receive
     // when it cannot post the next completion) with bytes that published nothing stays held until end_hold, and one
     // waiting for receive buffers is re-armed from rearm_.
@@ -3679,8 +3680,13 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
 }
 
 void shard::broadcast_route(uint32_t kind, const std::string& filter) {
+    if (n_ < 2) return;
+    ++routes_broadcast_;
+    // Weighed by what it holds, as a message is, so that updates toward a shard that does not take them count in
+    // mqtt.max_cross_shard_bytes (a client churning long filters grew its backlog by theirs, each weighing nothing).
+    const size_t weight = sizeof(std::string) + (filter.size() < sizeof(std::string) ? 0 : filter.size() + 1);
     for (unsigned to = 0; to < n_; ++to)
-        if (to != id_) push(to, kind, id_, new std::string(filter));
+        if (to != id_) push_weighed(to, kind, weight, new std::string(filter));
 }
 
 void shard::went_offline(session_slot& slot) {

@@ -151,8 +151,8 @@ struct retained_reads {
 // Cross-shard message kinds (reactor::smp_msg::kind).
 enum msg_kind : uint32_t {
     k_handoff = 1, // ptr: handoff*, a connection whose CONNECT names a client homed on the receiving shard
-    k_route_add,   // ptr: std::string* filter, arg: sender shard; the sender's first local subscriber on filter
-    k_route_del,   // ptr: std::string* filter, arg: sender shard; the sender's last local subscriber left
+    k_route_add,   // ptr: std::string* filter, arg: its weight; the sender's first local subscriber on filter
+    k_route_del,   // ptr: std::string* filter, arg: its weight; the sender's last local subscriber left
     k_publish,     // ptr: session::message* (one reference), arg: its weight (see msg_weight)
     k_retain, // ptr: session::message* (one reference), arg: its weight; store or (empty payload) clear the topic, and
               // deliver it live to the receiver's subscribers (see retain_from)
@@ -184,7 +184,8 @@ enum msg_kind : uint32_t {
 // counts one besides, on both sides, so that the others' progress shows too).
 inline uint32_t msg_weight(const reactor::smp_msg& m) {
     return m.kind == k_publish || m.kind == k_retain || m.kind == k_retain_clear || m.kind == k_publish_run ||
-                   m.kind == k_publish_holdable || m.kind == k_publish_credited || m.kind == k_publish_held
+                   m.kind == k_publish_holdable || m.kind == k_publish_credited || m.kind == k_publish_held ||
+                   m.kind == k_route_add || m.kind == k_route_del
                ? m.arg
                : 0;
 }
@@ -710,7 +711,9 @@ private:
     void handle_kept_as_left(connection& c); // a held connection closing, taken over or kicked: what it kept, first
     // The messages received, less those handle_kept_as_left handled for a connection that left: a takeover runs inside
     // the new connection's CONNECT, which published nothing (a cross-shard hold would stop its receive).
-    uint64_t own_received() const { return m_.messages_received - left_received_; }
+    // Route updates sent count too: a client that only subscribes and unsubscribes adds to what another shard has to
+    // take as much as one that publishes.
+    uint64_t own_received() const { return m_.messages_received - left_received_ + routes_broadcast_; }
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
     void drop_qos0(session_slot& slot, uint64_t n, std::string_view topic);
     void note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic);
@@ -965,6 +968,7 @@ private:
     uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
     uint64_t publisher_holds_ = 0;   // publishers held so far, logged at doublings
     uint64_t left_received_ = 0;     // messages handled for held connections taken over or kicked (own_received)
+    uint64_t routes_broadcast_ = 0;  // route updates sent to the other shards (own_received)
     uint64_t publisher_hold_expiries_ = 0;
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.

@@ -8,6 +8,8 @@ the OS-assigned port is read back from the `listening mqtt tcp 127.0.0.1:PORT` l
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -87,6 +89,29 @@ def cpu_seconds(pid: int, thread: Optional[str] = None) -> float:
     with open(paths[0]) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+@contextlib.contextmanager
+def stalled_thread(pid: int, name: str):
+    """Stops the thread of process pid named `name` (its /proc comm, e.g. "ringmq-shard1") with ptrace for the
+    block's duration while the process's other threads run on: a shard that takes nothing from the others meanwhile.
+    The broker is this process's child, which may trace it."""
+    tid = next((int(t) for t in os.listdir(f"/proc/{pid}/task")
+                if Path(f"/proc/{pid}/task/{t}/comm").read_text().strip() == name), None)
+    assert tid is not None, f"no thread {name} in process {pid}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    seize, interrupt, detach, wall = 0x4206, 0x4207, 17, 0x40000000
+    if libc.ptrace(seize, tid, None, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"ptrace(PTRACE_SEIZE) of {name}: {os.strerror(err)}")
+    try:
+        if libc.ptrace(interrupt, tid, None, None) != 0:
+            raise OSError(ctypes.get_errno(), f"ptrace(PTRACE_INTERRUPT) of {name}")
+        os.waitpid(tid, wall)  # it is stopped once this returns
+        yield tid
+    finally:
+        libc.ptrace(detach, tid, None, None)
 
 
 def read_until_closed(client, timeout=20.0):

@@ -3,11 +3,13 @@ subscriber have different home shards (and, for comparison, the same one)."""
 
 import os
 import re
+import socket
 import threading
 import time
 
 import mqtt_raw as m
-from broker import BrokerTest, Collector, client_id_on_shard, cpu_seconds, fnv1a64, home_shard, rss_kib
+from broker import (BrokerTest, Collector, client_id_on_shard, cpu_seconds, fnv1a64, home_shard, rss_kib,
+                    stalled_thread)
 
 
 class ShardHashTest(BrokerTest):
@@ -425,6 +427,71 @@ class CrossShardBackpressureTest(BrokerTest):
         self.assertTrue(held, "no hold ended")
         self.assertEqual(max(held), 1, f"{sum(h > 1 for h in held)} of {len(held)} holds kept more than the publisher")
         self.assert_broker_healthy("bp-after")
+
+
+class CrossShardRouteUpdatesTest(BrokerTest):
+    """Route updates toward a shard that takes nothing weigh what they hold in mqtt.max_cross_shard_bytes, and the
+    client whose SUBSCRIBEs and UNSUBSCRIBEs make them is held as a publisher is."""
+    AUTO_START = False
+
+    def test_a_client_churning_filters_toward_a_stalled_shard_is_held(self):
+        # A client on shard 0 subscribes and unsubscribes 20 KB filters while shard 1 is stopped: each pair sends
+        # shard 1 two copies of the filter. They weighed nothing (one unit each) and the client was never held: 4,000
+        # pairs in 2 s grew the broker by 147 MiB, without bound. Now its reads stop at the limit (1 MiB) and go on
+        # once shard 1 has taken half; every SUBACK and UNSUBACK comes.
+        b = self.start_broker(2, {"mqtt.max_cross_shard_bytes": 1 << 20})
+        self.broker, self.port = b, b.port
+        churner = self.client(client_id_on_shard("rc-churn", 0, 2))
+        pinger = self.client(client_id_on_shard("rc-ping", 0, 2))
+        got = bytearray()
+        stop = threading.Event()
+
+        def read_acks() -> None:
+            churner.sock.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    data = churner.sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:  # closed by the test's cleanup
+                    return
+                if not data:
+                    return
+                got.extend(data)
+
+        reader = threading.Thread(target=read_acks, daemon=True)
+        reader.start()
+        self.addCleanup(stop.set)
+        filler = "f" * 20000
+        pairs = 0
+        before = peak = rss_kib(b.proc.pid)
+        with stalled_thread(b.proc.pid, "ringmq-shard1"):
+            churner.sock.settimeout(0.5)
+            end = time.monotonic() + 2
+            try:
+                while time.monotonic() < end:
+                    batch = b"".join(m.subscribe(1 + (pairs + i) % 60000, [(f"rc/{pairs + i}/{filler}", 0)]) +
+                                     m.unsubscribe(1 + (pairs + i) % 60000, [f"rc/{pairs + i}/{filler}"])
+                                     for i in range(20))
+                    churner.sock.sendall(batch)  # a batch cut by the timeout ends the loop; `pairs` counts whole ones
+                    pairs += 20
+                    peak = max(peak, rss_kib(b.proc.pid))
+            except socket.timeout:
+                pass  # held: the broker stopped reading it
+            # Shard 0 reads its other clients on: only the churner is held.
+            pinger.send(m.pingreq())
+            pinger.expect(m.PINGRESP_BYTES, timeout=5)
+            peak = max(peak, rss_kib(b.proc.pid))
+        detail = f"{pairs} pairs; RSS {before} KiB before, {peak} KiB at most"
+        self.assertLess(peak - before, 24 * 1024, detail)
+        self.assertRegex(b.log().decode("utf-8", "replace"),
+                         r"shard 0 stops reading its publishing clients: \d+ bytes of its messages wait for another "
+                         r"shard, over mqtt\.max_cross_shard_bytes = 1048576", detail)
+        deadline = time.monotonic() + 30
+        while len(got) < 9 * pairs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertGreaterEqual(len(got), 9 * pairs, f"SUBACK (5 bytes) and UNSUBACK (4) for each pair: {detail}")
+        self.assert_broker_healthy("rc-after")
 
 
 class CrossShardBacklogSleepTest(BrokerTest):
