@@ -50,6 +50,9 @@ void send_queue::seal() {
     k.pieces.swap(g_->queued);
     g_->chunks_bytes += k.bytes.size() + g_->queued_bytes;
     g_->queued_bytes = 0;
+    // A backlog of inline bytes goes on: the next chunk's room at once, rather than doubling up to it from nothing (a
+    // copy of each byte more, and up to twice the room). Not for one of pieces (a fan-out's shared frames).
+    if (k.bytes.size() >= chunk_bytes / 2) out_.reserve(chunk_bytes + chunk_bytes / 16);
 }
 
 void send_queue::push_piece(const piece& p) {
@@ -62,6 +65,7 @@ void send_queue::append_shared(shared_bytes* b, size_t len) {
     if (len == 0) return;
     b->add_ref();
     push_piece(piece{out_.size(), b->data(), len, b, false});
+    seal_full();
 }
 
 void send_queue::append_payload(session::message* m) {
@@ -69,6 +73,7 @@ void send_queue::append_payload(session::message* m) {
     if (p.empty()) return;
     m->add_ref();
     push_piece(piece{out_.size(), p.data(), p.size(), m, true});
+    seal_full();
 }
 
 void send_queue::splice(const byte_vec& bytes, const std::vector<piece>* pieces, std::vector<uint8_t>& out) {
@@ -146,6 +151,13 @@ void send_queue::unseal() {
     if (!g_ || g_->chunk_head == g_->chunks.size()) return;
     byte_vec all;
     std::vector<piece> pieces;
+    size_t total = out_.size(), count = g_->queued.size();
+    for (size_t i = g_->chunk_head; i < g_->chunks.size(); ++i) {
+        total += g_->chunks[i].bytes.size();
+        count += g_->chunks[i].pieces.size();
+    }
+    all.reserve(total);
+    pieces.reserve(count);
     const auto take = [&](byte_vec& bytes, std::vector<piece>& from) {
         const size_t base = all.size();
         append(all, bytes.data(), bytes.size());

@@ -50,6 +50,10 @@ public:
     }
     // Frees the memory (the buffer is then empty).
     void release() { byte_vec().swap(*this); }
+    // Makes room for n bytes in all, so that appends up to that size do not move the bytes.
+    void reserve(size_t n) {
+        if (n > cap_) reallocate(n);
+    }
     // Makes room for n more bytes at the end and returns where they go (not zero-filled).
     uint8_t* grow(size_t n) {
         if (n > cap_ - n_) [[unlikely]]
@@ -99,16 +103,18 @@ public:
     send_queue& operator=(const send_queue&) = delete;
 
     // The queued inline bytes, for appending (grow/append/encode); what is appended goes after every shared piece
-    // queued before it. A pointer into them stays valid until the next call (which may seal them as a chunk: the
-    // bytes stay where they are).
+    // queued before it. One call per frame, at its start (then at most append_payload for its end): a call may seal
+    // what is queued as a chunk, and chunks must begin at a frame (requeue_untaken parses the queue without the batch
+    // in flight). The bytes do not move when sealed, so a pointer from grow() stays valid until the next growth.
     byte_vec& bytes() {
         if (out_.size() >= chunk_bytes) [[unlikely]]
             seal();
         return out_;
     }
-    // Queues the first len bytes of b (takes a new reference).
+    // Queues the first len bytes of b (takes a new reference): whole frames, so what is queued may be sealed after it.
     void append_shared(shared_bytes* b, size_t len);
-    // Queues m's payload (takes a new reference on m): a QoS 1/2 frame's payload is sent from the message itself.
+    // Queues m's payload (takes a new reference on m): a frame's payload sent from the message itself, the frame's
+    // end (what is queued may be sealed after it).
     void append_payload(session::message* m);
 
     bool has_queued() const {
@@ -165,6 +171,11 @@ private:
     void push_piece(const piece& p);
     // Moves the queued bytes and pieces to the end of the backlog.
     void seal();
+    // Seals what is queued once its bytes and pieces reach chunk_bytes (after a whole frame of pieces).
+    void seal_full() {
+        if (out_.size() + g_->queued_bytes >= chunk_bytes) [[unlikely]]
+            seal();
+    }
     // Bytes sealed by seal(), with the pieces that go among them (at positions in those bytes).
     struct chunk {
         byte_vec bytes;
