@@ -1894,9 +1894,9 @@ void shard::handle_kept_as_left(connection& c) {
     c.held_scanned = 0;
     publisher_ = &c;
     leaving_ = true;
-    const uint64_t before = m_.messages_received;
+    const uint64_t before = own_received();
     process_rx(c);
-    left_received_ += m_.messages_received - before;
+    left_received_ += own_received() - before; // (its route updates too: see own_received)
 }
 
 void shard::process_rx(connection& c) {

@@ -967,7 +967,7 @@ private:
     void forget_gone_holds();
     uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
     uint64_t publisher_holds_ = 0;   // publishers held so far, logged at doublings
-    uint64_t left_received_ = 0;     // messages handled for held connections taken over or kicked (own_received)
+    uint64_t left_received_ = 0;     // messages (and route updates) handled for held connections taken over or kicked
     uint64_t routes_broadcast_ = 0;  // route updates sent to the other shards (own_received)
     uint64_t publisher_hold_expiries_ = 0;
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
