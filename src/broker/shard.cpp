@@ -2516,6 +2516,8 @@ bool shard::attach_session(connection& c, bool clean) {
         handle_kept_as_left(*slot->conn);
         slot = sessions_.find(c.client_id_); // (a DISCONNECT there ended the connection, and a clean session with it)
     }
+    // The route deletes of a session replaced here are not this CONNECT's: it must not be held for them (own_received).
+    const uint64_t routes_before = routes_broadcast_;
     if (slot) {
         if (slot->conn) {
             connection& old = *slot->conn;
@@ -2533,6 +2535,7 @@ bool shard::attach_session(connection& c, bool clean) {
             present = true;
         }
     }
+    left_received_ += routes_broadcast_ - routes_before;
     if (!slot) {
         // Node-wide, checked and counted by each home shard on its own: shards that create sessions at the same
         // moment may pass the limit by one each.
@@ -3684,7 +3687,7 @@ void shard::broadcast_route(uint32_t kind, const std::string& filter) {
     ++routes_broadcast_;
     // Weighed by what it holds, as a message is, so that updates toward a shard that does not take them count in
     // mqtt.max_cross_shard_bytes (a client churning long filters grew its backlog by theirs, each weighing nothing).
-    const size_t weight = sizeof(std::string) + (filter.size() < sizeof(std::string) ? 0 : filter.size() + 1);
+    const size_t weight = sizeof(std::string) + (filter.size() <= std::string().capacity() ? 0 : filter.size() + 1);
     for (unsigned to = 0; to < n_; ++to)
         if (to != id_) push_weighed(to, kind, weight, new std::string(filter));
 }

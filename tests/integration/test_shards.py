@@ -494,6 +494,38 @@ class CrossShardRouteUpdatesTest(BrokerTest):
         self.assert_broker_healthy("rc-after")
 
 
+    def test_a_takeover_is_not_held_for_the_routes_of_the_session_it_replaces(self):
+        # During a hold, a CONNECT taking over a clean session drops that session's subscriptions: the route deletes
+        # it sends shard 1 are not the new client's, which must be read on (it was held until the hold ended).
+        b = self.start_broker(2, {"mqtt.max_cross_shard_bytes": 65536})
+        self.broker, self.port = b, b.port
+        xid = client_id_on_shard("tk-x", 0, 2)
+        self.client(xid).subscribe([("tk/x/only", 0)])
+        churner = self.client(client_id_on_shard("tk-churn", 0, 2))
+        spare = [self.raw() for _ in range(8)]  # accepted by either shard: those on the stopped one stay unanswered
+        filler = "f" * 5000
+        with stalled_thread(b.proc.pid, "ringmq-shard1"):
+            churner.sock.settimeout(2)
+            try:
+                churner.sock.sendall(b"".join(m.subscribe(i + 1, [(f"tk/{i}/{filler}", 0)]) +
+                                              m.unsubscribe(i + 1, [f"tk/{i}/{filler}"]) for i in range(40)))
+            except socket.timeout:
+                pass  # held already
+            self.wait_until(lambda: b"stops reading its publishing clients" in b.log(), what="the hold")
+            taker = None
+            while spare and taker is None:
+                c = spare.pop()
+                c.send(m.connect(xid))
+                try:
+                    c.expect(m.CONNACK_OK, timeout=1)
+                    taker = c
+                except (AssertionError, OSError):
+                    continue
+            self.assertIsNotNone(taker, "no connection was accepted by shard 0")
+            taker.send(m.pingreq())
+            taker.expect(m.PINGRESP_BYTES, timeout=3)
+
+
 class CrossShardBacklogSleepTest(BrokerTest):
     """A shard whose messages for another shard wait for room in a full queue (under mqtt.max_cross_shard_bytes, so
     no hold) sleeps until that shard has emptied the queue, instead of going round its loop: a burst on shard 0 for
