@@ -2496,23 +2496,26 @@ class DescriptorLimitTest(BrokerTest):
 class OutgoingMemory(BrokerTest):
     """A subscriber reading 8 MB/s while its topic gets some 40 MB/s keeps its queue at mqtt.max_outgoing_bytes (24 MiB
     here) for 4.5 s. Its whole queue used to go as one batch, freed only once the socket had taken all of it while the
-    queue refilled behind it in a doubling buffer: the broker grew by 3.4x the limit (2.6x for two subscribers sharing
-    2 KB frames). A backlog now goes in chunks of 256 KiB, each freed once sent: 1.2-1.3x (some 5 MB of it the
-    shard's, not the connections')."""
+    queue refilled behind it in a doubling buffer: the broker grew by 3.1-3.4x the limit (2.05x for 2 KB frames
+    shared with a subscriber that keeps up, and still 2.06x when only bytes copied into the queue made chunks). A
+    backlog now goes in chunks of 256 KiB, each freed once sent: 1.1-1.3x (some 5 MB of it the shard's, not the
+    connection's; 1.3-1.5x under AddressSanitizer)."""
     AUTO_START = False
 
-    def slow_readers(self, subscribers: int, payload: int) -> None:
+    def slow_reader(self, payload: int, fast_reader: bool) -> None:
         limit = 24 << 20
         asan = os.environ.get("ASAN_OPTIONS", "")
         b = self.use_broker({"mqtt.max_outgoing_bytes": limit},
                             env={"ASAN_OPTIONS": f"{asan}:quarantine_size_mb=0" if asan else "quarantine_size_mb=0"})
-        slow = []
-        for i in range(subscribers):
-            c = self.client(self.sub_id(f"slow{i}"))
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            c.subscribe([("mem/t", 0)])
-            c.sock.settimeout(0.5)
-            slow.append(c)
+        slow = self.client(self.sub_id("slow"))
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.subscribe([("mem/t", 0)])
+        slow.sock.settimeout(0.5)
+        fast = None
+        if fast_reader:  # a second subscriber makes frames of 1 KiB and more shared: copied once for both queues
+            fast = self.client(self.sub_id("fast"))
+            fast.subscribe([("mem/t", 0)])
+            fast.sock.settimeout(0.5)
         pub = self.client(self.pub_id())
         before = rss_kib(b.proc.pid, "VmHWM")
         done = threading.Event()
@@ -2523,39 +2526,46 @@ class OutgoingMemory(BrokerTest):
                 pub.sock.sendall(block)
                 time.sleep(0.005)
 
-        taken = [0] * subscribers
+        taken = 0
         closed = []
 
-        def read(i: int) -> None:  # 8 MB/s
-            start = time.monotonic()
-            while time.monotonic() - start < 4.5:
-                due = start + taken[i] / 8e6
-                if due > time.monotonic():
-                    time.sleep(due - time.monotonic())
-                data = slow[i].sock.recv(65536)
-                if not data:
-                    closed.append(i)
-                    return
-                taken[i] += len(data)
+        def read_all() -> None:
+            while not done.is_set():
+                try:
+                    if not fast.sock.recv(1 << 20):
+                        closed.append("fast")
+                        return
+                except socket.timeout:
+                    pass
 
-        threads = [threading.Thread(target=flooder)] + [threading.Thread(target=read, args=(i,))
-                                                        for i in range(subscribers)]
+        threads = [threading.Thread(target=flooder)] + ([threading.Thread(target=read_all)] if fast else [])
         for t in threads:
             t.start()
-        for t in threads[1:]:
-            t.join(15)
-        done.set()
-        threads[0].join(10)
+        try:
+            start = time.monotonic()
+            while time.monotonic() - start < 4.5:  # 8 MB/s
+                due = start + taken / 8e6
+                if due > time.monotonic():
+                    time.sleep(due - time.monotonic())
+                data = slow.sock.recv(65536)
+                if not data:
+                    closed.append("slow")
+                    break
+                taken += len(data)
+        finally:
+            done.set()
+            for t in threads:
+                t.join(10)
         grown = (rss_kib(b.proc.pid, "VmHWM") - before) * 1024
-        self.assertEqual(closed, [], "a slow reader was closed")
-        for i in range(subscribers):  # every byte of a first queue went: the batch that held it was freed
-            self.assertGreater(taken[i], 1.2 * limit, f"subscriber {i} read more than its queue holds")
+        self.assertEqual(closed, [], "a reader was closed")
+        # Every byte of a first queue went: the batch that held it was freed.
+        self.assertGreater(taken, 1.2 * limit, "it read more than its queue holds")
         self.assertIn(b"client not reading, over mqtt.max_outgoing_bytes", b.log(), "its queue was at the limit")
         self.assertLess(grown, 1.75 * limit, f"the broker grew by {grown / limit:.2f}x mqtt.max_outgoing_bytes")
         self.assert_broker_healthy()
 
     def test_a_slow_reader_holds_about_max_outgoing_bytes(self):
-        self.slow_readers(1, 1000)  # frames copied into the queue
+        self.slow_reader(1000, fast_reader=False)  # frames copied into its queue
 
-    def test_slow_readers_of_shared_frames_hold_about_max_outgoing_bytes(self):
-        self.slow_readers(2, 2000)  # frames of 1 KiB and more, copied once and shared by both queues
+    def test_a_slow_reader_of_shared_frames_holds_about_max_outgoing_bytes(self):
+        self.slow_reader(2000, fast_reader=True)
