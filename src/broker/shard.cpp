@@ -3826,7 +3826,16 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
     m_.packets_publish_sent -= counted;
     m_.messages_sent -= counted;
     m_.messages_qos0_sent -= counted;
-    const std::string topic = msgs.empty() ? std::string("-") : std::string(msgs.back()->topic());
+    // The newest message's topic, for the warning (that of the newest frame when none could be kept).
+    std::string topic;
+    if (!msgs.empty()) {
+        topic = msgs.back()->topic();
+    } else {
+        const frame& f = frames.back();
+        const uint8_t* t = bytes.data() + f.body;
+        topic.assign(reinterpret_cast<const char*>(t + 2),
+                     f.len < 2 ? 0 : std::min<size_t>(t[0] << 8 | t[1], f.len - 2));
+    }
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(skipped);
     const uint64_t dropped = skipped + slot.s->requeue_front(msgs);
