@@ -47,6 +47,14 @@ void send_queue::seal() {
     if (!g_) g_ = std::make_unique<gather>();
     chunk& k = g_->chunks.emplace_back();
     k.bytes.swap(out_);
+    // A frame that went past the room reserved (or the first chunk's doubling) left up to twice its bytes allocated,
+    // which the chunk would keep while it waits: one copy to its size is cheaper than that memory.
+    if (k.bytes.capacity() - k.bytes.size() > k.bytes.size() / 8) {
+        byte_vec exact;
+        exact.reserve(k.bytes.size());
+        append(exact, k.bytes.data(), k.bytes.size());
+        k.bytes.swap(exact);
+    }
     k.pieces.swap(g_->queued);
     g_->chunks_bytes += k.bytes.size() + g_->queued_bytes;
     g_->queued_bytes = 0;
@@ -101,6 +109,15 @@ size_t send_queue::copy_flight(std::vector<uint8_t>& out) const {
     return sent_;
 }
 
+size_t send_queue::held_bytes() const {
+    size_t n = out_.capacity() + sending_.capacity();
+    if (g_) {
+        for (size_t i = g_->chunk_head; i < g_->chunks.size(); ++i)
+            n += g_->chunks[i].bytes.capacity();
+    }
+    return n;
+}
+
 void send_queue::drop_queued() {
     out_.clear();
     if (g_) {
@@ -147,8 +164,8 @@ void send_queue::start_batch() {
     }
 }
 
-void send_queue::unseal() {
-    if (!g_ || g_->chunk_head == g_->chunks.size()) return;
+void send_queue::unseal(size_t max_bytes) {
+    if (!g_ || g_->chunk_head == g_->chunks.size() || pending_bytes() > max_bytes) return;
     byte_vec all;
     std::vector<piece> pieces;
     size_t total = out_.size(), count = g_->queued.size();

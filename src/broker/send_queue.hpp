@@ -129,8 +129,9 @@ public:
     // complete.
     void start_batch();
     // Joins the backlog's chunks and what is queued after them into one, so that the next batch is all of it (a close
-    // sends what is queued in one go, the answers at its end included, before its shutdown).
-    void unseal();
+    // sends what is queued in one go, the answers at its end included, before its shutdown); not past max_bytes (a
+    // socket takes no more at once: the shutdown would cut it, after a copy of it all).
+    void unseal(size_t max_bytes);
     // What the next send of the batch carries: one contiguous range when that is all that is left to send, else an
     // iovec list in the returned msghdr (valid until the next call; at most max_iov entries, the rest goes in later
     // sends).
@@ -155,6 +156,8 @@ public:
     bool flight_unsent() const { return sent_ < flight_size(); }
     // Appends the whole batch in flight to out in the order it goes; returns how many of its bytes the socket took.
     size_t copy_flight(std::vector<uint8_t>& out) const;
+    // The memory its inline bytes hold (queued, sealed and in flight), allocated room included.
+    size_t held_bytes() const;
 
     static constexpr size_t max_iov = 256;
     // Inline bytes past which what is queued is sealed as a chunk of the backlog (a batch of its own).

@@ -64,6 +64,10 @@ constexpr int64_t held_recheck_ms = 1000;
 constexpr int64_t send_failed_grace_ms = 1000;
 // How long a close that sends the client's answers waits for the send pending before them (shard::close).
 constexpr int64_t answer_wait_ms = 1000;
+// The most of a backlog a close that sends the client's answers joins into one send (send_queue::unseal): about what
+// a loopback socket takes at once (net.ipv4.tcp_wmem's maximum on Debian); past it the answers at its end are cut by
+// the shutdown, as the rest of the backlog is.
+constexpr size_t unseal_max_bytes = 4 << 20;
 // A closing connection whose receive was cancelled gets io_uring's SHUTDOWN if that receive has not ended after this
 // long (close_op_done): the cancel ends it within the submission on every kernel seen so far.
 constexpr int64_t recv_cancel_grace_ms = 1000;
@@ -2216,7 +2220,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
         if (!lost_flights_.empty()) requeue_lost_flight(c);
         if (c.shut_deferred) [[unlikely]] {
             c.sq.finish_batch();
-            c.sq.unseal(); // a backlog's chunks go as one batch: the answers are at its end
+            c.sq.unseal(unseal_max_bytes); // a backlog's chunks go as one batch: the answers are at its end
             start_send(c);
             shutdown_socket(c);
         }
@@ -2277,7 +2281,7 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
     } else {
         // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it.
         if (c.answer_on_close) {
-            c.sq.unseal(); // a backlog's chunks go as one batch: the answers are at its end
+            c.sq.unseal(unseal_max_bytes); // a backlog's chunks go as one batch: the answers are at its end
             start_send(c);
         }
         shutdown_socket(c);
@@ -3833,8 +3837,8 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
     } else {
         const frame& f = frames.back();
         const uint8_t* t = bytes.data() + f.body;
-        topic.assign(reinterpret_cast<const char*>(t + 2),
-                     f.len < 2 ? 0 : std::min<size_t>(t[0] << 8 | t[1], f.len - 2));
+        if (f.len >= 2)
+            topic.assign(reinterpret_cast<const char*>(t + 2), std::min<size_t>(t[0] << 8 | t[1], f.len - 2));
     }
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(skipped);

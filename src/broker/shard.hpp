@@ -180,8 +180,8 @@ enum msg_kind : uint32_t {
 };
 
 // The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
-// taken (smp::note_taken): the messages that carry publishes put it in arg, the others hold nothing (each message
-// counts one besides, on both sides, so that the others' progress shows too).
+// taken (smp::note_taken): the messages that carry publishes and the route updates put it in arg, the others hold
+// nothing (each message counts one besides, on both sides, so that the others' progress shows too).
 inline uint32_t msg_weight(const reactor::smp_msg& m) {
     return m.kind == k_publish || m.kind == k_retain || m.kind == k_retain_clear || m.kind == k_publish_run ||
                    m.kind == k_publish_holdable || m.kind == k_publish_credited || m.kind == k_publish_held ||
@@ -767,8 +767,8 @@ private:
     };
     std::vector<admin_waiter> admin_waiters_;
     // While another shard falls behind on this one's messages (check_cross_shard), the receives of publishing clients
-    // are not re-armed: those whose receive brought a PUBLISH meanwhile wait here by id (they may close), each with
-    // needs_rearm set.
+    // are not re-armed: those whose receive brought a PUBLISH (or a route update: own_received) meanwhile wait here by
+    // id (they may close), each with needs_rearm set.
     bool holding_ = false;
     std::vector<uint64_t> held_;
     uint64_t holds_ = 0;         // hold episodes since the last warning

@@ -111,7 +111,9 @@ def stalled_thread(pid: int, name: str):
         os.waitpid(tid, wall)  # it is stopped once this returns
         yield tid
     finally:
-        libc.ptrace(detach, tid, None, None)
+        if libc.ptrace(detach, tid, None, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"ptrace(PTRACE_DETACH) of {name}: {os.strerror(err)}")
 
 
 def read_until_closed(client, timeout=20.0):

@@ -472,8 +472,8 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; this Python doe
 class StampingBroker(ScriptedBroker):
     """A ScriptedBroker that forwards nothing and keeps, for each read that ended on a PUBLISH's last byte, the kernel's
     receive time of those bytes (SO_TIMESTAMPNS, taken as loopback hands them over in the sender's send()) minus the
-    send time in that PUBLISH's payload (us), and how late loadgen said the read's latest sent message was on its
-    schedule (us). A read's stamp is that of the last bytes it took (later arrivals carry theirs into the segments
+    send time in that PUBLISH's payload (us), and the greatest lateness on loadgen's schedule of the read's PUBLISHes
+    (us). A read's stamp is that of the last bytes it took (later arrivals carry theirs into the segments
     they join), so it is exact only for the read's last message: the earlier ones may have come well before, when
     this thread reads slowly."""
 
@@ -504,6 +504,7 @@ class StampingBroker(ScriptedBroker):
 
     def handle(self, c, frame, body):
         if frame[0] >> 4 != 3:
+            self.in_read = []  # the read's last bytes are not a PUBLISH's: its stamp is not theirs
             return super().handle(c, frame, body)
         tlen = int.from_bytes(body[:2], "big")
         stamp, word = struct.unpack("<qQ", body[2 + tlen : 2 + tlen + 16])

@@ -432,6 +432,7 @@ class CrossShardBackpressureTest(BrokerTest):
 class CrossShardRouteUpdatesTest(BrokerTest):
     """Route updates toward a shard that takes nothing weigh what they hold in mqtt.max_cross_shard_bytes, and the
     client whose SUBSCRIBEs and UNSUBSCRIBEs make them is held as a publisher is."""
+    SHARDS = 2
     AUTO_START = False
 
     def test_a_client_churning_filters_toward_a_stalled_shard_is_held(self):
@@ -492,7 +493,6 @@ class CrossShardRouteUpdatesTest(BrokerTest):
             time.sleep(0.05)
         self.assertGreaterEqual(len(got), 9 * pairs, f"SUBACK (5 bytes) and UNSUBACK (4) for each pair: {detail}")
         self.assert_broker_healthy("rc-after")
-
 
     def test_a_takeover_is_not_held_for_the_routes_of_the_session_it_replaces(self):
         # During a hold, a CONNECT taking over a clean session drops that session's subscriptions: the route deletes

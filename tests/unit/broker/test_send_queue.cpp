@@ -479,13 +479,32 @@ TEST(SendQueue, UnsealMakesTheWholeBacklogOneBatch) {
     }
     put(q, "answers");
     model += "answers";
-    q.unseal();
-    EXPECT_EQ(q.pending_bytes(), model.size());
+    q.unseal(model.size() - 1); // past the bound: left in chunks
     q.start_batch();
-    EXPECT_EQ(drain(q, 1 << 20), model);
+    const std::string first = drain(q, 1 << 20);
+    EXPECT_LT(first.size(), model.size() / 2);
+    q.unseal(SIZE_MAX);
+    EXPECT_EQ(q.pending_bytes(), model.size() - first.size());
+    q.start_batch();
+    EXPECT_EQ(first + drain(q, 1 << 20), model);
     EXPECT_FALSE(q.has_queued());
     EXPECT_EQ(big->refs(), 1u);
     big->release();
+}
+
+// A backlog of large frames copied into the queue holds about its bytes: a chunk that a frame took past its room is
+// cut to its size when sealed, rather than waiting with twice that allocated.
+TEST(SendQueue, ABacklogOfLargeFramesHoldsAboutItsBytes) {
+    for (const size_t frame : {size_t{1000}, size_t{20000}, size_t{100000}}) {
+        send_queue q;
+        const std::string f(frame, 'L');
+        while (q.pending_bytes() < 8 * send_queue::chunk_bytes)
+            put(q, f);
+        const size_t pending = q.pending_bytes();
+        EXPECT_LE(q.held_bytes(),
+                  pending + pending / 8 + send_queue::chunk_bytes + send_queue::chunk_bytes / 16 + frame)
+            << "frames of " << frame << " bytes: " << q.held_bytes() << " held for " << pending;
+    }
 }
 
 // Dropping or destroying a queue with a backlog releases the pieces of every chunk once.
