@@ -2220,9 +2220,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
         if (!lost_flights_.empty()) requeue_lost_flight(c);
         if (c.shut_deferred) [[unlikely]] {
             c.sq.finish_batch();
-            c.sq.unseal(unseal_max_bytes); // a backlog's chunks go as one batch: the answers are at its end
-            start_send(c);
-            shutdown_socket(c);
+            answer_and_shut(c);
         }
         maybe_destroy(c);
         return;
@@ -2279,14 +2277,19 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         c.check_at_ms = now_ms_ + answer_wait_ms;
         deadlines_.schedule(c.id, c.check_at_ms);
     } else {
-        // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it.
-        if (c.answer_on_close) {
-            c.sq.unseal(unseal_max_bytes); // a backlog's chunks go as one batch: the answers are at its end
-            start_send(c);
-        }
-        shutdown_socket(c);
+        answer_and_shut(c);
     }
     maybe_destroy(c);
+}
+
+void shard::answer_and_shut(connection& c) {
+    // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it. A
+    // backlog's chunks go as one batch (up to unseal_max_bytes): the answers are at its end.
+    if (c.answer_on_close) {
+        c.sq.unseal(unseal_max_bytes);
+        start_send(c);
+    }
+    shutdown_socket(c);
 }
 
 void shard::shutdown_socket(connection& c) {
@@ -3785,6 +3788,11 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
         uint8_t flags;
     };
     std::vector<frame> frames;
+    const auto topic_of = [&bytes](const frame& f) {
+        const uint8_t* t = bytes.data() + f.body;
+        const size_t len = f.len < 2 ? 0 : std::min<size_t>(t[0] << 8 | t[1], f.len - 2);
+        return std::string_view(reinterpret_cast<const char*>(t + 2), len);
+    };
     uint64_t counted = 0; // those counted as sent when queued (count_publish_sent leaves $SYS out)
     size_t from_flight = 0;
     for (size_t off = 0; off < bytes.size();) {
@@ -3798,10 +3806,7 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
         // A frame the socket took whole may have reached the client; one it took only part of never can have.
         if (end > taken && h.type == mqtt::packet_type::publish && (h.flags & 0x06) == 0) {
             frames.push_back(frame{off + h.header_len, h.remaining_length, h.flags});
-            const uint8_t* t = bytes.data() + off + h.header_len;
-            const size_t topic_len =
-                h.remaining_length < 2 ? 0 : std::min<size_t>(t[0] << 8 | t[1], h.remaining_length - 2);
-            counted += !sys_topic({reinterpret_cast<const char*>(t + 2), topic_len});
+            counted += !sys_topic(topic_of(frames.back()));
             from_flight += off < flight_end;
         }
         off = end;
@@ -3830,16 +3835,7 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
     m_.packets_publish_sent -= counted;
     m_.messages_sent -= counted;
     m_.messages_qos0_sent -= counted;
-    // The newest message's topic, for the warning (that of the newest frame when none could be kept).
-    std::string topic;
-    if (!msgs.empty()) {
-        topic = msgs.back()->topic();
-    } else {
-        const frame& f = frames.back();
-        const uint8_t* t = bytes.data() + f.body;
-        if (f.len >= 2)
-            topic.assign(reinterpret_cast<const char*>(t + 2), std::min<size_t>(t[0] << 8 | t[1], f.len - 2));
-    }
+    const std::string topic(topic_of(frames.back())); // the newest one's, for the warning
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(skipped);
     const uint64_t dropped = skipped + slot.s->requeue_front(msgs);

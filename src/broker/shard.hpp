@@ -574,6 +574,8 @@ private:
     void start_send(connection& c);
     void close(connection& c, const char* reason, bool publish_will);
     void shutdown_socket(connection& c);
+    // A close's last send (what is queued, when it answers the client: answer_on_close) and then its shutdown.
+    void answer_and_shut(connection& c);
     // The completion of what a slot's connection closing with operations pending submitted: a cancel of its receive,
     // or io_uring's SHUTDOWN. Counted among the connection's operations, so the connection stays (and its slot is
     // closed and given out again) only after it, since SHUTDOWN runs from a worker and looks the slot up late.

@@ -429,6 +429,13 @@ class CrossShardBackpressureTest(BrokerTest):
         self.assert_broker_healthy("bp-after")
 
 
+def subscribe_and_leave(prefix: str, first: int, n: int, filler: str) -> bytes:
+    """SUBSCRIBE and UNSUBSCRIBE of n new filters `prefix/i/filler` (i from first): each pair makes the client's
+    shard send the others a route add and a route delete."""
+    return b"".join(m.subscribe(1 + i % 60000, [(f"{prefix}/{i}/{filler}", 0)]) +
+                    m.unsubscribe(1 + i % 60000, [f"{prefix}/{i}/{filler}"]) for i in range(first, first + n))
+
+
 class CrossShardRouteUpdatesTest(BrokerTest):
     """Route updates toward a shard that takes nothing weigh what they hold in mqtt.max_cross_shard_bytes, and the
     client whose SUBSCRIBEs and UNSUBSCRIBEs make them is held as a publisher is."""
@@ -471,10 +478,8 @@ class CrossShardRouteUpdatesTest(BrokerTest):
             end = time.monotonic() + 2
             try:
                 while time.monotonic() < end:
-                    batch = b"".join(m.subscribe(1 + (pairs + i) % 60000, [(f"rc/{pairs + i}/{filler}", 0)]) +
-                                     m.unsubscribe(1 + (pairs + i) % 60000, [f"rc/{pairs + i}/{filler}"])
-                                     for i in range(20))
-                    churner.sock.sendall(batch)  # a batch cut by the timeout ends the loop; `pairs` counts whole ones
+                    # A batch cut by the timeout ends the loop; `pairs` counts whole ones.
+                    churner.sock.sendall(subscribe_and_leave("rc", pairs, 20, filler))
                     pairs += 20
                     peak = max(peak, rss_kib(b.proc.pid))
             except socket.timeout:
@@ -507,8 +512,7 @@ class CrossShardRouteUpdatesTest(BrokerTest):
         with stalled_thread(b.proc.pid, "ringmq-shard1"):
             churner.sock.settimeout(2)
             try:
-                churner.sock.sendall(b"".join(m.subscribe(i + 1, [(f"tk/{i}/{filler}", 0)]) +
-                                              m.unsubscribe(i + 1, [f"tk/{i}/{filler}"]) for i in range(40)))
+                churner.sock.sendall(subscribe_and_leave("tk", 0, 40, filler))
             except socket.timeout:
                 pass  # held already
             self.wait_until(lambda: b"stops reading its publishing clients" in b.log(), what="the hold")
