@@ -731,7 +731,15 @@ reactor::task<void> server::routes(const http_request& req, const std::string* t
     for (size_t n : counts)
         total += n;
     std::vector<std::string> rows;
-    co_await routes_page(page_offset(page, size), static_cast<uint64_t>(size), rows);
+    const uint64_t offset = page_offset(page, size);
+    co_await routes_page(offset, static_cast<uint64_t>(size), rows);
+    // The count came a round before the rows: routes that came or went between would leave the page at odds with it
+    // (a count of 2 over an empty first page, as the last subscriber left). A short page is the table's end, a full
+    // one says there are at least as many.
+    if (rows.size() < static_cast<uint64_t>(size))
+        total = rows.empty() && offset > 0 ? std::min(total, offset) : offset + rows.size();
+    else
+        total = std::max<uint64_t>(total, offset + rows.size());
     w.key("current_page").value(static_cast<long long>(page));
     w.key("page_size").value(static_cast<long long>(size));
     w.key("total_num").value(static_cast<unsigned long long>(total));
