@@ -909,12 +909,12 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     }
     src->used_ms = now_ms_;
     close_staged_ = true;
-    if (log::at_doubling(publisher_holds_))
+    if (log::at_doubling(gate_closes_))
         log::info("session {}: {} messages ({} bytes) queued, {}: shard {} holds its clients publishing {} to it until "
-                  "{} (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
+                  "{} (at most mqtt.publisher_hold_ms = {}; {} such holds so far)",
                   slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), hold_reason(*slot.s), from, topic,
                   at_hold_mark(*slot.s) ? "the queue is below that again" : "their turn", cfg_.limits.publisher_hold_ms,
-                  publisher_holds_);
+                  gate_closes_);
 }
 
 void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
@@ -3228,10 +3228,10 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
         push(g->shard, k_gate_wait, 0, queue_key(g->queue));
         refused_ = true;
     }
-    if (log::at_doubling(publisher_holds_))
+    if (log::at_doubling(gated_holds_))
         log::info("client {} is not read until a queue on shard {} it publishes {} to is below three quarters of its "
-                  "limit again (at most mqtt.publisher_hold_ms = {}; {} holds so far)",
-                  p.client_id(), g->shard, topic, cfg_.limits.publisher_hold_ms, publisher_holds_);
+                  "limit again (at most mqtt.publisher_hold_ms = {}; {} such holds so far)",
+                  p.client_id(), g->shard, topic, cfg_.limits.publisher_hold_ms, gated_holds_);
 }
 
 void shard::push_holdable(unsigned to, session::message* msg) {

@@ -968,9 +968,13 @@ private:
     std::vector<uint64_t> hold_gone_;
     void forget_gone_holds();
     uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
-    uint64_t publisher_holds_ = 0;   // publishers held so far, logged at doublings
-    uint64_t left_received_ = 0;     // messages (and route updates) handled for held connections taken over or kicked
-    uint64_t routes_broadcast_ = 0;  // route updates sent to the other shards (own_received)
+    // Holds so far, each kind counted and logged at its own doublings (one count had the kind of its few logged lines
+    // follow the mix: a shard holding its own clients for a queue seldom logged its gates closed for another shard's).
+    uint64_t publisher_holds_ = 0;  // for a queue of this shard
+    uint64_t gate_closes_ = 0;      // gates closed on another shard for a queue of this one
+    uint64_t gated_holds_ = 0;      // for a gate another shard closed
+    uint64_t left_received_ = 0;    // messages (and route updates) handled for held connections taken over or kicked
+    uint64_t routes_broadcast_ = 0; // route updates sent to the other shards (own_received)
     uint64_t publisher_hold_expiries_ = 0;
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.

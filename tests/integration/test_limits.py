@@ -1819,6 +1819,23 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertNotIn(b"nothing taken from its queue", log)
         self.assertRegex(log, rb"client \S+ is not read until a queue on shard 0 it publishes hold/far to is below")
 
+    def test_its_first_gate_closed_is_logged_after_holds_of_its_own(self):
+        # Two clients of the subscriber's shard held for its queue (logged as the 1st and 2nd holds), then a client of
+        # the other shard's message finds it closed: that gate is logged too, as the first of its kind (with one count
+        # for every kind it was the 3rd, not logged; the fan-in across shards missed it in CI so).
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("hold/far", 1)])
+        for k in range(2):
+            self.flood(self.on0(f"near{k}"), "hold/far", 60, first=k * 1000)
+            self.wait_until(lambda: len(re.findall(rb"client \S+ is not read until", self.broker.log())) > k, 5,
+                            f"near{k} held")
+        self.assertNotRegex(self.broker.log(), rb"holds its clients publishing")
+        self.client(self.cid("far", 1)).send(m.publish("hold/far", b"far", qos=1, pid=1))
+        self.wait_until(lambda: re.search(rb"queued, [^:]+: shard 1 holds its clients publishing hold/far to it until",
+                                          self.broker.log()), 5, "the gate closed for shard 1 logged")
+        self.assertNotIn(b"dropped", self.broker.log())
+
     def test_a_burst_on_another_shard_before_its_gate_closes_loses_nothing(self):
         # 200 in one write, routed by the publisher's shard before the word to hold comes back, and offered to the
         # queue of 40 in one go (its subscriber, a window of 1, cannot take any meanwhile): it takes what was on its
