@@ -1097,10 +1097,10 @@ void shard::expire_gates(int64_t now) {
         while (!g.waiting.empty() && now - g.waiting.front().second >= cfg_.limits.publisher_hold_ms) {
             unheld_.push_back(g.waiting.front().first);
             g.waiting.pop_front();
-            if (log::at_doubling(publishers_let_go_))
+            if (log::at_doubling(gated_let_go_))
                 log::info("a client held for a queue on shard {} for mqtt.publisher_hold_ms = {} is read again ({} so "
                           "far)",
-                          g.shard, cfg_.limits.publisher_hold_ms, publishers_let_go_);
+                          g.shard, cfg_.limits.publisher_hold_ms, gated_let_go_);
         }
         // Credit unused for as long is forgotten, as the queue's shard forgets it gave it (expire_queue_holds).
         if (now - g.used_ms >= cfg_.limits.publisher_hold_ms) {

@@ -968,6 +968,7 @@ private:
     std::vector<uint64_t> hold_gone_;
     void forget_gone_holds();
     uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
+    uint64_t gated_let_go_ = 0;      // and while another shard's gate held them
     // Holds so far, each kind counted and logged at its own doublings (one count had the kind of its few logged lines
     // follow the mix: a shard holding its own clients for a queue seldom logged its gates closed for another shard's).
     uint64_t publisher_holds_ = 0;  // for a queue of this shard
