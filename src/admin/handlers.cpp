@@ -592,6 +592,14 @@ reactor::task<void> server::paged_list(list_kind kind, const http_request& req, 
         }
         targets.swap(next);
     }
+    // The counts came a round before the rows: a client that left between them leaves the page a row short of what
+    // its count promised (a total of 4 over 3 rows, in 2% of pages read while clients came and went), so each row
+    // missing is one fewer in all. (One that came meanwhile is not in the page, nor in the count.)
+    const uint64_t planned = static_cast<uint64_t>(size) - want;
+    uint64_t got = 0;
+    for (unsigned i = 0; i < shards; ++i)
+        got += crow[i].size() + srow[i].size() + brow[i].size();
+    if (got < planned) total -= planned - got;
     json_writer w;
     w.begin_object();
     w.key("current_page").value(static_cast<long long>(page));
