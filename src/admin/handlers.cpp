@@ -297,8 +297,12 @@ reactor::task<void> server::handle(const http_request& req, http_response& resp)
         co_return;
     }
     const seg_t rest(seg.begin() + 2, seg.end());
-    if (rest.size() == 1 && rest[0] == "auth" && req.method == "POST") {
-        auth_api(req, resp);
+    if (rest.size() == 1 && rest[0] == "auth") {
+        // EMQ X asked no credentials on this path, whatever the method: another method is just not there.
+        if (req.method == "POST")
+            auth_api(req, resp);
+        else
+            not_found(resp, fmt::format("no endpoint {} {}", req.method, req.path));
         co_return;
     }
     std::string user, password;

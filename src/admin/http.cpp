@@ -267,6 +267,12 @@ bool http_parser::push_header() {
     }
     std::string name = std::move(field_);
     std::transform(name.begin(), name.end(), name.begin(), lower_ascii);
+    // Two credentials: a proxy that checks the last and this server, the first, would not agree on who asks.
+    if (name == "authorization" && req_.header("authorization")) {
+        cb_status_ = 400;
+        cb_reason_ = "bad request: more than one Authorization header field";
+        return false;
+    }
     req_.headers.emplace_back(std::move(name), std::string(trim_ows(value_)));
     field_.clear();
     value_.clear();
@@ -327,7 +333,7 @@ http_parser::status http_parser::feed(const char* data, size_t n, size_t& consum
         } else if (e != HPE_OK) {
             const char* pos = llhttp_get_error_pos(ll);
             if (pos >= p && pos <= p + len) consumed += static_cast<size_t>(pos - p);
-            if (cb_status_ == 400) return fail(400, "bad request: invalid header name");
+            if (cb_status_ == 400) return fail(400, cb_reason_ ? cb_reason_ : "bad request: invalid header name");
             if (cb_status_ == 413) return fail(413, "request body larger than the limit");
             if (cb_status_ == 431) return head_too_large();
             if (cb_status_ == 505) return fail(505, "HTTP version not supported: HTTP/1.0 and 1.1 only");

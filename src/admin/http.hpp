@@ -98,7 +98,8 @@ private:
     bool in_message_ = false; // llhttp began a request that has not completed (bytes between requests are not one)
     bool failed_ = false;
     bool expect_continue_ = false;
-    int cb_status_ = 0; // set by a callback that stopped parsing (a limit, a bad header name)
+    int cb_status_ = 0;               // set by a callback that stopped parsing (a limit, a bad header name)
+    const char* cb_reason_ = nullptr; // a 400's own reason, where it is not a bad header name
     int error_status_ = 0;
     std::string error_reason_;
 };

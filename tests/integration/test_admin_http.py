@@ -290,6 +290,26 @@ class HttpTest(AdminTest):
                 self.assert_json_error(c.read_response(), status)
         self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the server is fine")
 
+    def test_two_authorization_fields_are_400_in_either_order(self):
+        # The first was taken and the second ignored: right credentials then wrong ones got 200. A proxy that checks
+        # the last one and this server would not agree on who asks.
+        good, bad = basic_auth("admin", "public"), basic_auth("x", "y")
+        for first, second in ((good, bad), (bad, good), (good, good)):
+            with self.subTest(first=first, second=second):
+                c = self.http()
+                c.send(f"GET /api/v2/management/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: {first}\r\n"
+                       f"authorization: {second}\r\n\r\n".encode())
+                obj = self.assert_json_error(c.read_response(), 400)
+                self.assertIn("more than one Authorization", obj["message"])
+        self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "the server is fine")
+
+    def test_the_auth_path_asks_no_credentials_for_any_method(self):
+        # Only POST is there; EMQ X asked no Basic auth on this path, so another method is a plain 404 (it was 401).
+        for method in ("GET", "PUT", "DELETE"):
+            with self.subTest(method=method):
+                obj = self.assert_json_error(self.api(method, "/api/v2/auth", auth=None), 404)
+                self.assertIn(f"no endpoint {method} /api/v2/auth", obj["message"])
+
     def test_a_target_past_the_head_limit_is_414_and_a_header_431(self):
         # A 20 KB query string was answered 431 (a header field problem) though the headers were short.
         auth = "Authorization: " + basic_auth("admin", "public") + "\r\n"
