@@ -32,6 +32,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -137,6 +138,10 @@ struct retained_reads {
         std::string filter;
         std::string after; // the last topic passed; empty before the first step
         uint8_t granted;
+        // Topics ahead of `after` whose retained message was stored here since the read began, and so delivered live
+        // to this session (held behind the read): passed over, as the live copy carries the same message (a QoS 2
+        // retained PUBLISH during a read reached the subscriber twice, neither copy marked DUP).
+        std::set<std::string, std::less<>> live = {};
     };
     session_slot* slot;
     std::deque<read> reads;
@@ -673,7 +678,9 @@ private:
     // topics (at most read_budget_; both are reduced by what was looked at). blocked: no room (no connection, send
     // queue past the pace, window full); sliced: the budget ran out.
     read_status read_retained(session_slot& slot, std::string_view filter, std::string& after, uint8_t granted,
-                              size_t& budget);
+                              size_t& budget, const std::set<std::string, std::less<>>* live = nullptr);
+    // A retained message on topic was stored: the reads it is ahead of pass it over (retained_reads::read::live).
+    void note_live_retained(std::string_view topic);
     // Runs the reads left over from earlier turns, each in turn, within this turn's budget.
     void serve_reads();
     // The reads of a slot whose queue is held (it has some), in whichever list holds them.
@@ -968,7 +975,7 @@ private:
     std::vector<uint64_t> hold_gone_;
     void forget_gone_holds();
     uint64_t publishers_let_go_ = 0; // clients read again after publisher_hold_ms while their queue moved
-    uint64_t gated_let_go_ = 0;      // and while another shard's gate held them
+    uint64_t gated_let_go_ = 0;      // clients read again after publisher_hold_ms held by another shard's gate
     // Holds so far, each kind counted and logged at its own doublings (one count had the kind of its few logged lines
     // follow the mix: a shard holding its own clients for a queue seldom logged its gates closed for another shard's).
     uint64_t publisher_holds_ = 0;  // for a queue of this shard

@@ -1,6 +1,9 @@
 """Retained messages: stored, replaced, cleared by an empty payload, delivered on subscribe with retain=1 and
 forwarded live with retain=0."""
 
+import threading
+import time
+
 import mqtt_raw as m
 from broker import BrokerTest, home_shard, shard_variants
 
@@ -239,6 +242,67 @@ class RetainedReadCases:
                          [(t, b"old", True) for t in topics] + [("ord/49", b"new49", False),
                                                                  ("ord/00", b"new00", False)])
         sub.expect_no_packet(0.3)
+
+    def test_a_retained_update_ahead_of_the_read_reaches_the_subscriber_once(self):
+        # A QoS 2 retained PUBLISH on a topic the read has not reached: its live copy waits behind the read, which
+        # passes the topic over (it sent the new message too: twice, neither copy marked DUP). One on a topic the read
+        # has passed comes live only, as before.
+        self.use_broker({"mqtt.max_inflight": 2})
+        topics = [f"upd/{i:02d}" for i in range(50)]
+        pub = self.client(self.pub_id())
+        self.store(pub, topics, qos=2)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("upd/#", 2)])
+        first = sub.recv_publishes(2, ack=False)  # the window is full: the read waits
+        pub.publish("upd/49", b"new49", qos=2, retain=True)
+        pub.publish("upd/00", b"new00", qos=2, retain=True)
+        for msg in first:
+            sub.ack(msg)
+        got = first + sub.recv_publishes(len(topics) - 1)
+        self.assertEqual([(g.topic, g.payload, g.retain, g.dup) for g in got],
+                         [(t, b"old", True, False) for t in topics[:-1]]
+                         + [("upd/49", b"new49", False, False), ("upd/00", b"new00", False, False)])
+        sub.expect_no_packet(0.3)
+
+    def test_a_subscriber_taking_its_retained_messages_is_not_counted_stuck(self):
+        # Live QoS 1 messages wait behind a read of 150 topics taken at 10 ms each: the queue stays at its mark and
+        # their publisher is held, for longer than mqtt.publisher_hold_ms. The subscriber takes all along (from the
+        # read), so nothing is dropped; its queue was counted stuck after the hold's 300 ms, and 17-20 of 30 messages
+        # acknowledged to the publisher were dropped.
+        self.use_broker({"mqtt.max_inflight": 2, "mqtt.max_queued_messages": 10, "mqtt.publisher_hold_ms": 300})
+        topics = [f"rh/{i:03d}" for i in range(150)]
+        self.store(self.client(self.pub_id()), topics)
+        sub = self.client(self.sub_id())
+        sub.subscribe([("rh/#", 1), ("rl/x", 1)])
+        live = self.client(self.pub_id("live"))
+        errors = []
+
+        def publish_live():
+            try:
+                for i in range(30):
+                    live.publish("rl/x", b"%02d" % i, qos=1, timeout=15)
+            except Exception as e:  # reported on the test's thread
+                errors.append(e)
+
+        t = threading.Thread(target=publish_live)
+        t.start()
+        got = []
+        deadline = time.monotonic() + 20
+        while len(got) < len(topics) + 30 and time.monotonic() < deadline:
+            try:
+                msg = sub.recv_publish(timeout=1, ack=False)
+            except AssertionError:
+                continue
+            got.append(msg)
+            time.sleep(0.01)
+            sub.ack(msg)
+        t.join(20)
+        self.assertEqual(errors, [])
+        self.assertEqual([g.topic for g in got if g.retain], topics)
+        self.assertEqual([g.payload for g in got if not g.retain], [b"%02d" % i for i in range(30)])
+        log = self.broker.log()
+        self.assertNotIn(b"dropped", log)
+        self.assertNotIn(b"nothing taken from its queue", log)
 
     def test_unsubscribe_ends_the_retained_read_and_lets_the_queue_go(self):
         self.use_broker({"mqtt.max_inflight": 1})
