@@ -9,7 +9,7 @@ namespace ringmq::broker {
 bool retained_store::full_for(std::string_view topic, bool clear, size_t limit) const {
     if (clear || limit == 0 || size() < limit) return false;
     const auto it = by_topic_.find(topic);
-    return it == by_topic_.end() || is_tombstone(it->second); // a new topic (a tombstone's is one)
+    return it == by_topic_.end() || is_tombstone(*it); // a new topic (a tombstone's is one)
 }
 
 retained_store::store_result retained_store::store(session::message_ref&& msg, size_t limit, int64_t now_ms,
@@ -26,11 +26,11 @@ retained_store::store_result retained_store::store_one(session::message_ref&& ms
     const std::string_view topic = msg->topic();
     // One search: `it` is the topic's entry when there is one, else where a new entry goes.
     auto it = by_topic_.lower_bound(topic);
-    const bool present = it != by_topic_.end() && it->first == topic;
+    const bool present = it != by_topic_.end() && it->topic() == topic;
     const uint64_t stamp = full_stamp(msg->stamp());
     latest_ = std::max(latest_, stamp);
-    if (present && it->second.stamp > stamp) return store_result::stale;
-    const bool was_tombstone = present && is_tombstone(it->second);
+    if (present && it->stamp > stamp) return store_result::stale;
+    const bool was_tombstone = present && is_tombstone(*it);
     const bool clear = msg->payload().empty();
     if (clear && !keep_tombstones) {
         if (!present) return store_result::absent;
@@ -44,18 +44,17 @@ retained_store::store_result retained_store::store_one(session::message_ref&& ms
         tomb_bytes_ += topic.size();
     }
     if (present) {
-        // The old key views the old message's bytes: put the new message in under a key that views its own.
+        // In place of the old one (a set's elements change only out of it; the node is reused).
         const auto next = std::next(it);
         auto node = by_topic_.extract(it);
-        node.key() = topic;
-        node.mapped() = entry{std::move(msg), stamp};
+        node.value() = entry{std::move(msg), stamp, ++applied_};
         by_topic_.insert(next, std::move(node));
         if (clear && !was_tombstone) ++tombstones_;
         if (!clear && was_tombstone) --tombstones_;
         if (clear) return was_tombstone ? store_result::absent : store_result::cleared;
         return was_tombstone ? store_result::stored : store_result::replaced;
     }
-    by_topic_.emplace_hint(it, topic, entry{std::move(msg), stamp});
+    by_topic_.emplace_hint(it, entry{std::move(msg), stamp, ++applied_});
     if (clear) {
         ++tombstones_;
         return store_result::absent;
@@ -66,7 +65,7 @@ retained_store::store_result retained_store::store_one(session::message_ref&& ms
 bool retained_store::pop_tomb() {
     const tomb& t = tomb_queue_.front();
     const auto it = by_topic_.find(t.topic);
-    const bool current = it != by_topic_.end() && is_tombstone(it->second) && it->second.stamp == t.stamp;
+    const bool current = it != by_topic_.end() && is_tombstone(*it) && it->stamp == t.stamp;
     if (current) {
         by_topic_.erase(it);
         --tombstones_;
@@ -85,7 +84,7 @@ size_t retained_store::prune_tombstones(int64_t cutoff_ms) {
 
 const session::message* retained_store::find(std::string_view topic) const {
     auto it = by_topic_.find(topic);
-    return it == by_topic_.end() || is_tombstone(it->second) ? nullptr : it->second.msg.get();
+    return it == by_topic_.end() || is_tombstone(*it) ? nullptr : it->msg.get();
 }
 
 std::string_view retained_store::literal_prefix(std::string_view filter) {

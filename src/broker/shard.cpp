@@ -3535,9 +3535,6 @@ void shard::store_retained(const session::message_ref& m) {
     // No limit here: the shard the PUBLISH came to weighed mqtt.max_retained_messages (retain_from), for every shard.
     const uint64_t early = retained_.tombstones_dropped_early();
     const auto r = retained_.store(session::message_ref(m), 0, now_ms_, n_ > 1);
-    if ((r == retained_store::store_result::stored || r == retained_store::store_result::replaced) &&
-        (!readers_.empty() || !offline_readers_.empty())) [[unlikely]]
-        note_live_retained(m->topic());
     if (r == retained_store::store_result::stale)
         log::debug("retained update of {} from another shard overtaken by a later one", m->topic());
     if (retained_.tombstones_dropped_early() != early && log::at_doubling(tombstones_early_))
@@ -3555,56 +3552,48 @@ void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_
         // messages are sent again).
         auto r = reader_of(slot);
         r->drop(filter);
-        r->reads.push_back({std::string(filter), {}, granted});
+        r->reads.push_back({std::string(filter), {}, granted, retained_.applied(), slot.s->dropped()});
         return;
     }
     std::string after;
+    const uint64_t upto = retained_.applied();
     size_t slice = std::min<size_t>(cfg_.budgets.retained_read_slice, read_budget_);
-    if (slice > 0 && read_retained(slot, filter, after, granted, slice) == read_status::done) return;
+    if (slice > 0 && read_retained(slot, filter, after, granted, slice, upto) == read_status::done) return;
     slot.s->hold(true);
     readers_.push_back({&slot, {}});
-    readers_.back().reads.push_back({std::string(filter), std::move(after), granted});
+    readers_.back().reads.push_back({std::string(filter), std::move(after), granted, upto, slot.s->dropped()});
     log::debug("client {}: the retained messages for '{}' continue over the next turns", slot.s->client_id(), filter);
 }
 
-void shard::note_live_retained(std::string_view topic) {
-    // Every update stored here is delivered live to this shard's subscribers of its topic (retain_from, k_retain), so
-    // also to a reading session subscribed to a filter it matches.
-    for (auto* list : {&readers_, &offline_readers_})
-        for (retained_reads& r : *list)
-            for (retained_reads::read& rd : r.reads)
-                if ((rd.after.empty() || topic > rd.after) && routing::topic_matches(rd.filter, topic))
-                    rd.live.emplace(topic);
-}
-
 shard::read_status shard::read_retained(session_slot& slot, std::string_view filter, std::string& after,
-                                        uint8_t granted, size_t& budget,
-                                        const std::set<std::string, std::less<>>* live) {
+                                        uint8_t granted, size_t& budget, uint64_t upto) {
     const uint64_t pace = std::min(read_pace_bytes, cfg_.limits.max_outgoing_bytes / 2);
     bool blocked = false;
     size_t sent = 0;
-    const retained_store::scan_result res = retained_.scan(filter, after, budget, [&](const session::message_ref& m) {
-        if (live && live->contains(m->topic())) return true; // its live copy is queued
-        connection* c = slot.conn;
-        if (!c || c->queued_bytes() > pace) {
-            blocked = true;
-            return false;
-        }
-        const uint8_t qos = std::min(granted, m->qos());
-        ++sent;
-        if (qos == 0 && m->payload().size() < share_min_bytes) {
-            send_publish(*c, m->topic(), m->payload(), 0, true, false, 0); // copied: no reference to take
+    const retained_store::scan_result res = retained_.scan(
+        filter, after, budget,
+        [&](const session::message_ref& m) {
+            connection* c = slot.conn;
+            if (!c || c->queued_bytes() > pace) {
+                blocked = true;
+                return false;
+            }
+            const uint8_t qos = std::min(granted, m->qos());
+            if (qos == 0 && m->payload().size() < share_min_bytes) {
+                send_publish(*c, m->topic(), m->payload(), 0, true, false, 0); // copied: no reference to take
+                ++sent;
+                return true;
+            }
+            const session::outgoing* o = slot.s->admit(session::message_ref(m), qos);
+            if (!o) {
+                blocked = true;
+                return false;
+            }
+            send_outgoing(*c, *o, false);
+            ++sent;
             return true;
-        }
-        const session::outgoing* o = slot.s->admit(session::message_ref(m), qos);
-        if (!o) {
-            --sent;
-            blocked = true;
-            return false;
-        }
-        send_outgoing(*c, *o, false);
-        return true;
-    });
+        },
+        upto);
     budget -= res.looked;
     read_budget_ -= res.looked;
     // The subscriber takes, though from the read: its live messages wait behind it, and a hold of their publishers
@@ -3633,7 +3622,9 @@ void shard::serve_reads() {
         read_status st = read_status::done;
         while (!r.reads.empty() && slice > 0) {
             retained_reads::read& rd = r.reads.front();
-            st = read_retained(*r.slot, rd.filter, rd.after, rd.granted, slice, &rd.live);
+            // (At QoS 0 the live copy may be QoS 0 too: it may be dropped, later as well.)
+            const uint64_t upto = rd.granted != 0 && r.slot->s->dropped() == rd.dropped ? rd.upto : UINT64_MAX;
+            st = read_retained(*r.slot, rd.filter, rd.after, rd.granted, slice, upto);
             if (st != read_status::done) break;
             r.reads.pop_front();
         }

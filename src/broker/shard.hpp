@@ -32,7 +32,6 @@
 #include <list>
 #include <map>
 #include <memory>
-#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -138,10 +137,13 @@ struct retained_reads {
         std::string filter;
         std::string after; // the last topic passed; empty before the first step
         uint8_t granted;
-        // Topics ahead of `after` whose retained message was stored here since the read began, and so delivered live
-        // to this session (held behind the read): passed over, as the live copy carries the same message (a QoS 2
-        // retained PUBLISH during a read reached the subscriber twice, neither copy marked DUP).
-        std::set<std::string, std::less<>> live = {};
+        // The store's applied() when the read began: what was stored here since was delivered live to this session
+        // too (held behind the read), and is passed over (a QoS 2 retained PUBLISH during a read reached the
+        // subscriber twice, neither copy marked DUP), when both are QoS 1 or 2 (a queued one is kept) and while the
+        // session has dropped nothing since (its dropped() then, `dropped`): a live copy dropped as it came, the read
+        // sends the topic as before.
+        uint64_t upto;
+        uint64_t dropped;
     };
     session_slot* slot;
     std::deque<read> reads;
@@ -678,9 +680,7 @@ private:
     // topics (at most read_budget_; both are reduced by what was looked at). blocked: no room (no connection, send
     // queue past the pace, window full); sliced: the budget ran out.
     read_status read_retained(session_slot& slot, std::string_view filter, std::string& after, uint8_t granted,
-                              size_t& budget, const std::set<std::string, std::less<>>* live = nullptr);
-    // A retained message on topic was stored: the reads it is ahead of pass it over (retained_reads::read::live).
-    void note_live_retained(std::string_view topic);
+                              size_t& budget, uint64_t upto);
     // Runs the reads left over from earlier turns, each in turn, within this turn's budget.
     void serve_reads();
     // The reads of a slot whose queue is held (it has some), in whichever list holds them.

@@ -264,6 +264,29 @@ class RetainedReadCases:
                          + [("upd/49", b"new49", False, False), ("upd/00", b"new00", False, False)])
         sub.expect_no_packet(0.3)
 
+    def test_a_retained_update_whose_live_copy_is_dropped_behind_the_read_is_still_read(self):
+        # Its live copy, queued behind the read, is dropped (QoS 0 past a full queue; QoS 1 with no hold): the read
+        # sends the topic's message, as the subscriber would get neither (a first form of the pass-over lost it).
+        for qos, settings in ((0, {}), (1, {"mqtt.publisher_hold_ms": 0})):
+            with self.subTest(qos=qos):
+                self.use_broker({"mqtt.max_inflight": 2, "mqtt.max_queued_messages": 4, **settings})
+                topics = [f"drp/{i:02d}" for i in range(50)]
+                pub = self.client(self.pub_id())
+                self.store(pub, topics)
+                sub = self.client(self.sub_id())
+                sub.subscribe([("drp/#", 1)])
+                first = sub.recv_publishes(2, ack=False)  # the window is full: the read waits
+                for i in range(8):
+                    pub.publish("drp/zz", b"fill%d" % i, qos=qos)  # the queue behind the read fills, then drops
+                pub.publish("drp/49", b"new49", qos=qos, retain=True)
+                pub.publish("sync/x", b"s", qos=1)
+                for msg in first:
+                    sub.ack(msg)
+                got = first + sub.recv_publishes(len(topics) - 2 + 4)  # the read, then the 4 queued
+                self.assertEqual([(g.topic, g.payload, g.retain) for g in got[:len(topics)]],
+                                 [(t, b"old", True) for t in topics[:-1]] + [("drp/49", b"new49", True)])
+                self.assertIn(b"dropped", self.broker.log())
+
     def test_a_subscriber_taking_its_retained_messages_is_not_counted_stuck(self):
         # Live QoS 1 messages wait behind a read of 150 topics taken at 10 ms each: the queue stays at its mark and
         # their publisher is held, for longer than mqtt.publisher_hold_ms. The subscriber takes all along (from the
