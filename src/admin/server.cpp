@@ -294,7 +294,7 @@ reactor::task<void> server::serve(int fd) {
                 const bool whole = mono_ms() >= began + request_ms;
                 const std::string why =
                     whole ? fmt::format("request not received whole within admin.request_timeout = {} ms", request_ms)
-                          : fmt::format("no byte of the request for admin.idle_timeout = {} ms", idle_ms);
+                          : fmt::format("no more of the request under way for admin.idle_timeout = {} ms", idle_ms);
                 if (log::at_doubling(request_timeouts_))
                     log::info("admin: answering 408 and closing a connection: {} ({} so far)", why, request_timeouts_);
                 http_response resp;

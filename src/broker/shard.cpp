@@ -2454,7 +2454,7 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         refuse_connect(c, 0x02, "client identifier longer than max_client_id_len");
         return false;
     }
-    if (!cfg_.limits.allow_anonymous && !cv.has_username) {
+    if (!cfg_.limits.allow_anonymous && cv.username.empty()) { // (an empty one is none)
         refuse_connect(c, 0x05, "anonymous connections are not allowed");
         return false;
     }
@@ -3410,8 +3410,12 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // A queue at its mark takes the message of a publisher it holds (from this message on) even past its limit: a
     // client is held only once it has published, so every client not held yet would have its first message dropped
     // by a full queue. It passes its limit by at most one message per held client.
+    // (With mqtt.max_queued_bytes, also a message that takes the queue past its mark: one of more than a quarter of
+    // the limit that found it below, at two fifths say, would pass the limit and was dropped though answered, and so
+    // was every one after it, the queue never reaching its mark.)
     const bool hold = (publisher_ || remote_from_) && qos != 0 && (!leaving_ || msg->qos() == 2) &&
-                      (at_hold_mark(*slot.s) || (!queue_holds_.empty() && queue_closed(slot))) &&
+                      (at_hold_mark(*slot.s) || slot.s->queued_bytes() + msg->data_size() > hold_mark_bytes_ ||
+                       (!queue_holds_.empty() && queue_closed(slot))) &&
                       may_hold_publisher(slot);
     if (remote_kind_ > k_publish_holdable) [[unlikely]]
         gated_arrived(slot, qos);

@@ -38,6 +38,20 @@ class ConnectCases:
         c.send(m.pingreq())
         c.expect(b"\xd0\x00")
 
+    def test_allow_anonymous_false_refuses_a_connect_without_a_user_name_or_with_an_empty_one(self):
+        # Return code 5 (not authorized) and the close; an empty user name is none (it was let in).
+        self.use_broker({"mqtt.allow_anonymous": False})
+        for username in (None, b""):
+            with self.subTest(username=username):
+                c = self.raw()
+                c.send(m.connect(self.cid("anon"), username=username))
+                c.expect(b"\x20\x02\x00\x05")
+                c.expect_closed(3)
+        c = self.raw()
+        c.send(m.connect(self.cid("named"), username="u"))
+        c.expect(m.CONNACK_OK)
+        self.assertIn(b"anonymous connections are not allowed", self.broker.log())
+
     def test_connect_exact_bytes_minimal(self):
         # Hand-written CONNECT: "MQTT", level 4, clean session, keepalive 10, client id "a".
         c = self.raw()
