@@ -788,6 +788,9 @@ private:
     bool sole_subscriber_ = false; // the message being offered goes to one session only (fan_out, publish_qos12)
     uint64_t hold_mark_messages_ = UINT64_MAX; // see at_hold_mark
     uint64_t hold_mark_bytes_ = UINT64_MAX;
+    // The byte limit and its quarter's slack: a message that would take a queue below its mark past the mark holds its
+    // publisher only where it fits within this, and is then taken (offer_to).
+    uint64_t hold_most_bytes_ = 0;
     // Per connected session whose queue reached its hold mark: the publishing connections that wait for it, oldest
     // first, by id (they may close meanwhile) with when each was held, and when its subscriber last took a message
     // from the queue (pump). Entries go with their session (drop_session) or its connection (ease_queue_holds), or

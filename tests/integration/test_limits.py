@@ -1133,6 +1133,26 @@ class PublisherHoldCases(PublisherHoldBase):
     def test_messages_over_a_quarter_of_the_byte_limit_hold_their_publisher_and_lose_nothing(self):
         self.large_messages_lose_nothing(0)
 
+    def test_a_message_past_the_byte_limits_slack_is_dropped_and_the_shard_reads_on(self):
+        # 600 KB for a queue of 100 KB below its mark (its slack and burst room end at 525 KB), the subscriber's
+        # window full: it cannot be taken, and is dropped though answered, as documented. Held for it (the first form
+        # of the hold above), its publisher was read again at once and refused again, for ever: the shard spun, a
+        # client beside it got no PINGRESP and the broker did not stop.
+        self.use_broker({"mqtt.max_inflight": 1, "mqtt.max_queued_bytes": 100000, "mqtt.publisher_hold_ms": 10000})
+        sub = self.on0("sub")
+        sub.subscribe([("big/y", 1)])
+        pub = self.on0("pub")
+        beside = self.on0("beside")
+        pub.publish("big/y", b"first", qos=1, pid=1)
+        first = sub.recv_publish(ack=False)
+        pub.send(m.publish("big/y", b"B" * 600000, qos=1, pid=2))
+        pub.expect(m.puback(2), timeout=5)
+        beside.send(m.pingreq())
+        beside.expect(m.PINGRESP_BYTES, timeout=3)
+        sub.ack(first)
+        sub.expect_no_packet(0.3)
+        self.assertIn(b"its queue would pass mqtt.max_queued_bytes = 100000", self.broker.log())
+
     def test_held_on_the_full_decode_too(self):
         # DUP set: not the fast path's PUBLISH, so each goes through the general decode and dispatch.
         self.slow_reader(dup=True)
