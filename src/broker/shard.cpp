@@ -1537,10 +1537,13 @@ void shard::update_gauges() { fill_gauges(st_); }
 
 void shard::note_subscriptions(size_t before) {
     const size_t now = trie_.subscription_count();
-    if (now > before)
+    if (now > before) {
         raise_peak(node_.subscriptions_peak,
                    node_.subscriptions.fetch_add(now - before, std::memory_order_relaxed) + (now - before));
-    else if (now < before)
+        // This shard's own routes peak here, not at the next tick: routes that lived less than a tick were missed.
+        st_.routes.set(trie_.filter_count());
+        st_.topics.set(trie_.filter_count());
+    } else if (now < before)
         node_.subscriptions.fetch_sub(before - now, std::memory_order_relaxed);
 }
 

@@ -248,6 +248,18 @@ class StatsCases:
         stats = self.stats()
         self.assertEqual((stats["routes/max"], stats["topics/max"]), (4, 4), stats)
 
+    def test_routes_max_counts_a_shards_routes_that_lived_less_than_a_tick(self):
+        """A shard raised its own routes peak at its tick only: 4 routes of one client, gone before the next tick and
+        before any request looked, left routes/max at 0 (subscriptions/max had them: 4)."""
+        self.use_broker()
+        c = self.raw()
+        c.send(m.connect(self.cid("brief", self.SHARDS - 1)) + m.subscribe(1, [(f"br/{i}", 0) for i in range(4)])
+               + m.disconnect())
+        c.expect_closed(3, allow=(m.CONNACK_OK, m.suback(1, [0, 0, 0, 0])))
+        self.wait_equal(lambda: self.stats()["subscriptions/count"], 0, what="the session gone")
+        stats = self.stats()
+        self.assertEqual((stats["subscriptions/max"], stats["routes/max"], stats["topics/max"]), (4, 4, 4), stats)
+
     def test_stats_shape(self):
         all_nodes = self.get("monitoring/stats")
         self.assertIsInstance(all_nodes, dict, "all nodes: an object keyed by node name")
