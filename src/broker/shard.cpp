@@ -158,10 +158,7 @@ shard::shard(node& n, unsigned id, int listen_fd)
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
     if (const auto& lim = cfg_.limits; lim.publisher_hold_ms != 0) {
         if (lim.max_queued_messages != 0) hold_mark_messages_ = lim.max_queued_messages - lim.max_queued_messages / 4;
-        if (lim.max_queued_bytes != 0) {
-            hold_mark_bytes_ = lim.max_queued_bytes - lim.max_queued_bytes / 4;
-            hold_most_bytes_ = lim.max_queued_bytes + lim.max_queued_bytes / 4;
-        }
+        if (lim.max_queued_bytes != 0) hold_mark_bytes_ = lim.max_queued_bytes - lim.max_queued_bytes / 4;
         // What a queue takes past its mark from other shards' messages routed before their gates closed (see
         // session::burst_room). Each other shard has at most the bound on its way past the message that finds the
         // queue at its mark: it goes on only by what the queue's shard had taken when this turn began, and the word
@@ -3416,13 +3413,9 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // A queue at its mark takes the message of a publisher it holds (from this message on) even past its limit: a
     // client is held only once it has published, so every client not held yet would have its first message dropped
     // by a full queue. It passes its limit by at most one message per held client.
-    // (With mqtt.max_queued_bytes, also a message that takes the queue past its mark: one of more than a quarter of
-    // the limit that found it below, at two fifths say, would pass the limit and was dropped though answered, and so
-    // was every one after it, the queue never reaching its mark. Only one that fits within the slack, so that it is
-    // taken and the queue is at its mark: one refused below the mark was read again at once, refused again, for ever.)
-    const uint64_t after = slot.s->queued_bytes() + msg->data_size();
+    // (Or one that takes it past its mark: takes_past_mark.)
     const bool hold = (publisher_ || remote_from_) && qos != 0 && (!leaving_ || msg->qos() == 2) &&
-                      (at_hold_mark(*slot.s) || (after > hold_mark_bytes_ && after <= hold_most_bytes_) ||
+                      (at_hold_mark(*slot.s) || takes_past_mark(*slot.s, msg->data_size()) ||
                        (!queue_holds_.empty() && queue_closed(slot))) &&
                       may_hold_publisher(slot);
     if (remote_kind_ > k_publish_holdable) [[unlikely]]

@@ -462,6 +462,13 @@ private:
     bool at_hold_mark(const session::session& s) const {
         return s.queue_len() >= hold_mark_messages_ || s.queued_bytes() >= hold_mark_bytes_;
     }
+    // Below it, a message of `bytes` that takes the queue past the byte mark holds its publisher too (one of more
+    // than a quarter of the limit, at two fifths say, would pass the limit, be dropped though answered, and so would
+    // every one after it, the queue never reaching its mark), where it is then taken: one refused below the mark
+    // would be read again at once and refused again, for ever.
+    bool takes_past_mark(const session::session& s, uint64_t bytes) const {
+        return s.queued_bytes() + bytes > hold_mark_bytes_ && s.takes_held(bytes);
+    }
     // At the end of a turn: reads the held publishers of each queue below its mark again, oldest first, until it is
     // at the mark once more (read_again handles what each sent meanwhile at once).
     void ease_queue_holds();
@@ -788,9 +795,6 @@ private:
     bool sole_subscriber_ = false; // the message being offered goes to one session only (fan_out, publish_qos12)
     uint64_t hold_mark_messages_ = UINT64_MAX; // see at_hold_mark
     uint64_t hold_mark_bytes_ = UINT64_MAX;
-    // The byte limit and its quarter's slack: a message that would take a queue below its mark past the mark holds its
-    // publisher only where it fits within this, and is then taken (offer_to).
-    uint64_t hold_most_bytes_ = 0;
     // Per connected session whose queue reached its hold mark: the publishing connections that wait for it, oldest
     // first, by id (they may close meanwhile) with when each was held, and when its subscriber last took a message
     // from the queue (pump). Entries go with their session (drop_session) or its connection (ease_queue_holds), or

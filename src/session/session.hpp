@@ -41,10 +41,10 @@ struct limits {
 struct outgoing {
     message_ref msg;
     uint16_t pid = 0;
-    uint8_t qos = 0;       // effective QoS: min(published, granted)
+    uint8_t qos = 0;           // effective QoS: min(published, granted)
     bool released : 1 = false; // QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
     bool burst : 1 = false;    // queued past the limits' quarter (limits::burst_kib): counted in session::burst_bytes_
-    uint32_t pid_step = 0; // the session's packet-id step when pid was given (see session::pid_step_)
+    uint32_t pid_step = 0;     // the session's packet-id step when pid was given (see session::pid_step_)
 };
 
 class session {
@@ -155,6 +155,9 @@ public:
     // whose PUBREC came is delivered and waits for PUBCOMP only).
     uint64_t undelivered() const;
     uint64_t dropped() const { return dropped_; }
+    // Whether a message of `bytes` would be taken from a publisher held for this queue (offer with past_limit: within
+    // the limits' quarter of slack or the burst room).
+    bool takes_held(uint64_t bytes) const { return room_for(bytes, true) || burst_room(bytes); }
     // Messages the broker dropped for this session outside the queue (QoS 0 backpressure), counted with the rest.
     void count_dropped(uint64_t n) { dropped_ += n; }
 
