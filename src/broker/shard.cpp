@@ -3428,7 +3428,16 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // burst, and a client of this shard is held at its next message then, which must not be lost either (one per held
     // client).
     const bool refuse = hold && refusable_;
-    switch (slot.s->offer(std::move(msg), qos, slot.conn != nullptr, &o, hold, refuse)) {
+    // A connection with mqtt.max_outgoing_bytes waiting to be sent takes no more into its window either: the message
+    // waits in the queue, under its limits (which hold its publishers), and goes as the connection sends (pump). Sent
+    // at once, a window of mqtt.max_inflight messages to a client that does not read sat in its send queue past that
+    // limit (a window of 2000 held 21 MB against 1 MiB).
+    bool sends = slot.conn != nullptr;
+    if (sends && slot.conn->queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]] {
+        sends = false;
+        slot.conn->pump_waits = true;
+    }
+    switch (slot.s->offer(std::move(msg), qos, sends, &o, hold, refuse)) {
     case session::session::offer_result::send:
         send_outgoing(*slot.conn, *o, false);
         break;

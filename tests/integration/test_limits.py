@@ -2639,3 +2639,44 @@ class OutgoingMemory(BrokerTest):
 
     def test_a_slow_reader_of_shared_frames_holds_about_max_outgoing_bytes(self):
         self.slow_reader(2000, fast_reader=True)
+
+
+class OutgoingWindow(BrokerTest):
+    """A QoS 1 window wide enough to pass mqtt.max_outgoing_bytes many times over (mqtt.max_inflight 2000 of 64 KB
+    messages, a 64 KiB limit) to a subscriber that does not read. Each message went into the window and its send queue
+    at once, whatever that queue held: 600 messages, 38 MB, against the limit (a probe saw 21 MB held against 1 MiB).
+    A connection over its limit now takes nothing more into its window: what comes waits in the session's queue, under
+    its own limits, and goes as the connection sends; nothing is lost."""
+    AUTO_START = False
+    ADMIN = True
+
+    def session_counts(self, cid: str) -> dict:
+        r = request(self.admin_port, "GET", "/api/v2/sessions/" + cid)
+        self.assertEqual(r.status, 200, r)
+        rows = r.json()["result"]["objects"]
+        self.assertEqual(len(rows), 1, rows)
+        return rows[0]
+
+    def test_a_window_to_a_client_not_reading_stays_within_max_outgoing_bytes(self):
+        self.use_broker({"mqtt.max_outgoing_bytes": 65536, "mqtt.max_inflight": 2000})
+        cid = self.sub_id()
+        sub = self.client(cid)
+        sub.subscribe([("win/t", 1)])
+        pub = self.client(self.pub_id())
+        total, filler = 600, b"w" * 64000
+        for start in range(0, total, 50):
+            pub.send(b"".join(m.publish("win/t", b"%06d" % i + filler, qos=1, pid=i + 1)
+                              for i in range(start, start + 50)))
+            for i in range(start, start + 50):
+                pub.expect(m.puback(i + 1), timeout=10)
+        s = self.session_counts(cid)
+        self.assertEqual(s["message_dropped"], 0, s)
+        self.assertEqual(s["inflight_queue"] + s["message_queue"], total, s)
+        # What went into the window is what the kernel's socket buffers took (a few MB on loopback), plus the limit:
+        # not the 38 MB that the window allows.
+        self.assertLess(s["inflight_queue"] * 64000, 16 << 20, s)
+        self.assertGreater(s["message_queue"], 0, s)
+        got = [int(p.payload[:6]) for p in sub.recv_publishes(total, timeout=10)]
+        self.assertEqual(got, list(range(total)), "lost, repeated or out of order")
+        sub.expect_no_packet(0.3)
+        self.assert_broker_healthy()
