@@ -82,9 +82,9 @@ public:
     // session::message_ref&) -> bool for each match, in topic order, until f returns false (it did not take that
     // message: the next step starts with it), `budget` (> 0) topics have been looked at, or the range ends. `after` is
     // left at the last topic passed, so that a step continues in the right place whatever was stored or cleared since
-    // the one before. Messages of QoS 1 or 2 stored after applied() was `upto` are passed over: the read began before
-    // them, and the owner delivered them live to its subscribers as it stored them (QoS 0 ones go, as a QoS 0 live
-    // copy may be dropped behind the read, or later, and the topic would then be lost to the subscriber).
+    // the one before. Messages stored after applied() was `upto` are passed over: the read began before them, and the
+    // owner delivered them live to its subscribers as it stored them, queued behind the read; sent by the read too,
+    // the newest came ahead of the older live copies of its topic (and then again).
     template <class F>
     scan_result scan(std::string_view filter, std::string& after, size_t budget, F&& f,
                      uint64_t upto = UINT64_MAX) const;
@@ -152,7 +152,7 @@ template <class F> size_t retained_store::for_each_match(std::string_view filter
 template <class F>
 retained_store::scan_result retained_store::scan(std::string_view filter, std::string& after, size_t budget, F&& f,
                                                  uint64_t upto) const {
-    const auto unseen = [upto](const entry& e) { return is_tombstone(e) || (e.applied > upto && e.msg->qos() != 0); };
+    const auto unseen = [upto](const entry& e) { return is_tombstone(e) || e.applied > upto; };
     if (filter.find_first_of("+#") == std::string_view::npos) {
         const auto it_exact = by_topic_.find(filter);
         if (it_exact == by_topic_.end() || unseen(*it_exact)) return {0, true};

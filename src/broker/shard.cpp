@@ -3636,8 +3636,8 @@ void shard::serve_reads() {
         read_status st = read_status::done;
         while (!r.reads.empty() && slice > 0) {
             retained_reads::read& rd = r.reads.front();
-            // (At QoS 0 the live copy may be QoS 0 too: it may be dropped, later as well.)
-            const uint64_t upto = rd.granted != 0 && r.slot->s->dropped() == rd.dropped ? rd.upto : UINT64_MAX;
+            // (Once the session has dropped a message, a live copy may have been the one: the read sends all.)
+            const uint64_t upto = r.slot->s->dropped() == rd.dropped ? rd.upto : UINT64_MAX;
             st = read_retained(*r.slot, rd.filter, rd.after, rd.granted, slice, upto);
             if (st != read_status::done) break;
             r.reads.pop_front();
