@@ -30,12 +30,20 @@ namespace {
 
 // Waits for SIGTERM or SIGINT; a SIGHUP (a closed terminal, or an operator expecting a reload as Mosquitto does) is
 // logged and waited past: ringmq does not reload its configuration, and a hang-up must not kill it ungracefully.
+// Likewise SIGUSR1 and SIGUSR2, which Mosquitto takes for "save the persistence file" and "dump the subscriptions":
+// by default they would end the process without a word, every session with it.
 int wait_for_stop(const sigset_t& signals) {
     for (;;) {
         int sig = 0;
         if (sigwait(&signals, &sig) != 0) continue;
-        if (sig != SIGHUP) return sig;
-        log::warn("received SIGHUP: ignored (ringmq does not reload its configuration; restart it to change it)");
+        if (sig == SIGHUP)
+            log::warn("received SIGHUP: ignored (ringmq does not reload its configuration; restart it to change it)");
+        else if (sig == SIGUSR1 || sig == SIGUSR2)
+            log::warn("received {}: ignored (ringmq keeps no persistence file and has no dump on a signal; the "
+                      "admin API lists sessions and subscriptions)",
+                      sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+        else
+            return sig;
     }
 }
 
@@ -89,6 +97,8 @@ int main(int argc, char** argv) {
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGHUP);
+    sigaddset(&signals, SIGUSR1);
+    sigaddset(&signals, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     config::load_result r = config::load(argc, argv);
     if (!r.cfg) {

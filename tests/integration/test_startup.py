@@ -1,6 +1,6 @@
 """Start-up and signals: what the binary does before it is ready and when it is told to stop. A broker that cannot
 start exits 1 with its reason on stderr, whatever log.level says; a port another broker listens on is refused (the
-listeners' SO_REUSEPORT would otherwise let both take its connections); SIGHUP does not kill the broker."""
+listeners' SO_REUSEPORT would otherwise let both take its connections); SIGHUP, SIGUSR1 and SIGUSR2 do not kill the broker."""
 
 import os
 import resource
@@ -80,18 +80,21 @@ class StartupTest(BrokerTest):
         routes = request(b.admin_port, "GET", "/api/v2/routes", timeout=10).json()["result"]["objects"]
         self.assertEqual([x["topic"] for x in routes], ["most/t"])
 
-    def test_sighup_is_logged_and_ignored(self):
+    def test_sighup_sigusr1_and_sigusr2_are_logged_and_ignored(self):
+        # SIGUSR1 and SIGUSR2 (Mosquitto's "save" and "dump") killed the broker at once, every session with it.
         b = self.start_broker(2)
-        b.proc.send_signal(signal.SIGHUP)
-        c = m.RawClient(b.port)
-        self.addCleanup(c.close)
-        c.connect("after-hup")
-        self.assertTrue(c.is_open())
-        deadline = time.monotonic() + 3
-        while b"received SIGHUP: ignored" not in b.log() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.assertIn(b"received SIGHUP: ignored", b.log())
-        self.assertIsNone(b.proc.poll(), "SIGHUP ended the broker")
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            b.proc.send_signal(sig)
+            c = m.RawClient(b.port)
+            self.addCleanup(c.close)
+            c.connect("after-" + sig.name)
+            self.assertTrue(c.is_open())
+            line = b"received %s: ignored" % sig.name.encode()
+            deadline = time.monotonic() + 3
+            while line not in b.log() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertIn(line, b.log())
+            self.assertIsNone(b.proc.poll(), f"{sig.name} ended the broker")
         # and SIGTERM still stops it gracefully (the cleanup checks exit code 0)
 
     def test_a_start_up_warning_shows_what_it_quotes_escaped_once(self):
