@@ -294,7 +294,11 @@ error decode_connect(std::span<const uint8_t> body, uint8_t flags, connect_view&
     if (!r.empty()) return error::malformed;
 
     // Last, so that every structural error wins over this policy answer.
-    if (v == protocol_version::v31 && (out.client_id.empty() || out.client_id.size() > max_v3_client_id_length))
+    // 3.1 counts its 23 in characters: a multi-byte one is one (12 x 'é' is 24 bytes and was refused).
+    if (v == protocol_version::v31 &&
+        (out.client_id.empty() || std::count_if(out.client_id.begin(), out.client_id.end(), [](char ch) {
+                                      return (static_cast<uint8_t>(ch) & 0xC0) != 0x80; // not a UTF-8 continuation byte
+                                  }) > static_cast<std::ptrdiff_t>(max_v3_client_id_length)))
         return error::client_id_rejected;
     return error::none;
 }

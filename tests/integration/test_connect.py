@@ -38,6 +38,15 @@ class ConnectCases:
         c.send(m.pingreq())
         c.expect(b"\xd0\x00")
 
+    def test_a_31_client_id_is_limited_to_23_characters_not_bytes(self):
+        # MQTT 3.1: "between 1 and 23 characters"; 12 x 'é' (24 bytes) was refused with 0x02.
+        for cid, answer in (("é" * 23, b"\x20\x02\x00\x00"), ("é" * 24, b"\x20\x02\x00\x02"),
+                            ("x" * 24, b"\x20\x02\x00\x02")):
+            with self.subTest(length=len(cid)):
+                c = self.raw()
+                c.send(m.connect(cid, level=3))
+                c.expect(answer)
+
     def test_allow_anonymous_false_refuses_a_connect_without_a_user_name_or_with_an_empty_one(self):
         # Return code 5 (not authorized) and the close; an empty user name is none (it was let in).
         self.use_broker({"mqtt.allow_anonymous": False})

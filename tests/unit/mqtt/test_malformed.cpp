@@ -369,6 +369,12 @@ TEST(connect, v31_client_id_length) {
     EXPECT_EQ(c.version, v31); // the broker needs it to frame CONNACK 0x02
     EXPECT_EQ(c.client_id, std::string(24, 'x'));
     EXPECT_EQ(decode_connect(connect_body("MQIsdp", 3, 0x02, str("")), 0, c), error::client_id_rejected);
+    // 3.1 counts characters: 23 two-byte ones (46 bytes) are taken, 24 are not.
+    std::string e23;
+    for (int i = 0; i < 23; ++i)
+        e23 += "\xc3\xa9";
+    EXPECT_EQ(decode_connect(connect_body("MQIsdp", 3, 0x02, str(e23)), 0, c), error::none);
+    EXPECT_EQ(decode_connect(connect_body("MQIsdp", 3, 0x02, str(e23 + "x")), 0, c), error::client_id_rejected);
     // v3.1.1 has no 23-byte limit in the codec.
     EXPECT_EQ(decode_connect(connect_body("MQTT", 4, 0x02, str(std::string(100, 'x'))), 0, c), error::none);
 }
