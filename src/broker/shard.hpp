@@ -139,7 +139,7 @@ struct retained_reads {
         uint8_t granted;
         // The store's applied() when the read began: what was stored here since was delivered live to this session
         // too (held behind the read), and is passed over (a QoS 2 retained PUBLISH during a read reached the
-        // subscriber twice, neither copy marked DUP), when both are QoS 1 or 2 (a queued one is kept) and while the
+        // subscriber twice, neither copy marked DUP; a QoS 0 one came ahead of the older live copies) while the
         // session has dropped nothing since (its dropped() then, `dropped`): a live copy dropped as it came, the read
         // sends the topic as before.
         uint64_t upto;
