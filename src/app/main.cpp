@@ -139,12 +139,13 @@ int main(int argc, char** argv) {
     signal(SIGPIPE, SIG_IGN);
 
     listener::bound mqtt_listen;
-    if (!listener::bind_reuseport(cfg.mqtt_listen, cfg.shards, 4096, cfg.mqtt_defer_accept, mqtt_listen, why)) {
+    if (!listener::bind_reuseport(cfg.mqtt_listen, cfg.shards, {4096, cfg.mqtt_defer_accept, cfg.mqtt_notsent_lowat},
+                                  mqtt_listen, why)) {
         log::fatal("cannot listen for MQTT: {}", why);
         return 1;
     }
     listener::bound admin_listen;
-    if (cfg.admin.enabled && !listener::bind_reuseport(cfg.admin.listen, 1, 128, false, admin_listen, why)) {
+    if (cfg.admin.enabled && !listener::bind_reuseport(cfg.admin.listen, 1, {128, false, 0}, admin_listen, why)) {
         log::fatal("cannot listen for the admin API: {}", why);
         listener::close_all(mqtt_listen);
         return 1;

@@ -501,6 +501,7 @@ void validate_keys(checker& c, config& cfg) {
 
     c.listen("mqtt.listen", cfg.mqtt_listen);
     c.boolean("mqtt.defer_accept", cfg.mqtt_defer_accept);
+    c.integer("mqtt.tcp_notsent_lowat", cfg.mqtt_notsent_lowat, 0, 1 << 30);
     c.integer("mqtt.max_connections", m.max_connections, 1, u32_max);
     c.integer("mqtt.max_packet_size", m.max_packet_size, 16, 268435460);
     c.integer("mqtt.max_client_id_len", m.max_client_id_len, 23, 65535);

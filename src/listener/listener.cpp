@@ -21,8 +21,8 @@ namespace {
 // close it again (bind_reuseport's check that nobody listens there), returning 0 when the address was free.
 enum class open_mode { listen, probe };
 
-int open_one(const config::endpoint& ep, uint16_t port, int backlog, bool defer_accept, open_mode mode,
-             uint16_t& actual, std::string& why) {
+int open_one(const config::endpoint& ep, uint16_t port, const listen_options& opt, open_mode mode, uint16_t& actual,
+             std::string& why) {
     sockaddr_storage ss{};
     socklen_t len = 0;
     int family = AF_INET;
@@ -64,9 +64,15 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, bool defer_
         ::close(fd);
         return -1;
     }
-    if (mode == open_mode::listen && defer_accept &&
+    if (mode == open_mode::listen && opt.defer_accept &&
         setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_accept_s, sizeof defer_accept_s) != 0) {
         why = fmt::format("TCP_DEFER_ACCEPT: {}", std::strerror(errno));
+        ::close(fd);
+        return -1;
+    }
+    if (mode == open_mode::listen && opt.notsent_lowat > 0 &&
+        setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &opt.notsent_lowat, sizeof opt.notsent_lowat) != 0) {
+        why = fmt::format("TCP_NOTSENT_LOWAT: {}", std::strerror(errno));
         ::close(fd);
         return -1;
     }
@@ -80,7 +86,7 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, bool defer_
         ::close(fd);
         return 0;
     }
-    if (::listen(fd, backlog) != 0) {
+    if (::listen(fd, opt.backlog) != 0) {
         why = fmt::format("listen(): {}", std::strerror(errno));
         ::close(fd);
         return -1;
@@ -95,7 +101,7 @@ int open_one(const config::endpoint& ep, uint16_t port, int backlog, bool defer_
 
 } // namespace
 
-bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bool defer_accept, bound& out,
+bool bind_reuseport(const config::endpoint& ep, unsigned count, const listen_options& opt, bound& out,
                     std::string& why) {
     out = {};
     uint16_t port = ep.port;
@@ -105,11 +111,11 @@ bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, boo
     // started within the same instant can still both pass it.
     if (port != 0) {
         uint16_t unused = 0;
-        if (open_one(ep, port, backlog, false, open_mode::probe, unused, why) < 0) return false;
+        if (open_one(ep, port, opt, open_mode::probe, unused, why) < 0) return false;
     }
     for (unsigned i = 0; i < count; ++i) {
         uint16_t actual = 0;
-        const int fd = open_one(ep, port, backlog, defer_accept, open_mode::listen, actual, why);
+        const int fd = open_one(ep, port, opt, open_mode::listen, actual, why);
         if (fd < 0) {
             close_all(out);
             return false;

@@ -24,10 +24,21 @@ struct bound {
 // the kernel answers with SYN cookies, which know nothing of the deferral: those connections come at the handshake.
 inline constexpr int defer_accept_s = 1;
 
+// The listening sockets' options, which the sockets they accept inherit (no system call per accept).
+struct listen_options {
+    int backlog = 128;
+    bool defer_accept = false;
+    // TCP_NOTSENT_LOWAT (0: the kernel's net.ipv4.tcp_notsent_lowat): a send to a socket holding this many bytes not
+    // yet sent waits until they are half gone, rather than until a third of its buffer (up to tcp_wmem's 4 MiB) is.
+    // A subscriber reading slowly is then seen taking in steps of this size, and what waits for it waits in its
+    // session's queue, under its limits, rather than in the kernel.
+    int notsent_lowat = 0;
+};
+
 // Binds `count` sockets to ep. With port 0 the first bind picks the port and the others share it. A fixed port is
 // first bound once without SO_REUSEPORT, so that an address another process listens on is refused. On failure
 // closes what it opened and returns false with a reason naming the address.
-bool bind_reuseport(const config::endpoint& ep, unsigned count, int backlog, bool defer_accept, bound& out,
+bool bind_reuseport(const config::endpoint& ep, unsigned count, const listen_options& opt, bound& out,
                     std::string& why);
 
 void close_all(bound& b);

@@ -60,6 +60,7 @@ level = "debug"
 [mqtt]
 listen = "127.0.0.1:2883"
 defer_accept = false
+tcp_notsent_lowat = 4096
 max_connections = 5000
 max_packet_size = 65536
 max_client_id_len = 128
@@ -118,6 +119,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.log_level, log::level::debug);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"127.0.0.1", 2883}));
     EXPECT_FALSE(c.mqtt_defer_accept);
+    EXPECT_EQ(c.mqtt_notsent_lowat, 4096);
     const auto& m = c.limits;
     EXPECT_EQ(m.max_connections, 5000u);
     EXPECT_EQ(m.max_packet_size, 65536u);
@@ -176,6 +178,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
     EXPECT_TRUE(c.mqtt_defer_accept);
+    EXPECT_EQ(c.mqtt_notsent_lowat, 131072);
     EXPECT_EQ(c.limits.max_connections, 1000000u);
     EXPECT_EQ(c.limits.max_packet_size, 1048576u);
     EXPECT_EQ(c.limits.max_client_id_len, 65535u);

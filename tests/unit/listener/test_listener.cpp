@@ -33,7 +33,7 @@ int connect_to(uint16_t port) {
 TEST(Listener, SocketsShareOnePortAndAcceptedSocketsHaveNoDelay) {
     bound b;
     std::string why;
-    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 2, 16, false, b, why)) << why;
+    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 2, {16, false}, b, why)) << why;
     ASSERT_EQ(b.fds.size(), 2u);
     ASSERT_NE(b.port, 0);
     for (int i = 0; i < 8; ++i) {
@@ -59,7 +59,7 @@ TEST(Listener, SocketsShareOnePortAndAcceptedSocketsHaveNoDelay) {
 TEST(Listener, WithDeferAcceptAConnectionIsHandedOverWithItsFirstBytes) {
     bound b;
     std::string why;
-    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, 16, true, b, why)) << why;
+    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, {16, true}, b, why)) << why;
     int v = 0;
     socklen_t len = sizeof v;
     ASSERT_EQ(getsockopt(b.fds[0], IPPROTO_TCP, TCP_DEFER_ACCEPT, &v, &len), 0);
@@ -79,10 +79,31 @@ TEST(Listener, WithDeferAcceptAConnectionIsHandedOverWithItsFirstBytes) {
     close_all(b);
 }
 
+TEST(Listener, AcceptedSocketsInheritTheNotSentLowWaterMark) {
+    // Set once on the listening socket, it must reach every accepted one (the shards make no call per accept).
+    for (const int lowat : {32768, 65536}) {
+        bound b;
+        std::string why;
+        ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, {16, false, lowat}, b, why)) << why;
+        const int client = connect_to(b.port);
+        pollfd p{b.fds[0], POLLIN, 0};
+        ASSERT_EQ(::poll(&p, 1, 2000), 1);
+        const int accepted = ::accept4(b.fds[0], nullptr, nullptr, SOCK_CLOEXEC);
+        ASSERT_GE(accepted, 0);
+        int v = 0;
+        socklen_t len = sizeof v;
+        ASSERT_EQ(getsockopt(accepted, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &len), 0);
+        EXPECT_EQ(v, lowat);
+        ::close(accepted);
+        ::close(client);
+        close_all(b);
+    }
+}
+
 TEST(Listener, AnAddressNotOnThisHostIsRefusedNamingIt) {
     bound b;
     std::string why;
-    EXPECT_FALSE(bind_reuseport(config::endpoint{"192.0.2.1", 0}, 2, 16, true, b, why)); // TEST-NET-1, never local
+    EXPECT_FALSE(bind_reuseport(config::endpoint{"192.0.2.1", 0}, 2, {16, true}, b, why)); // TEST-NET-1, never local
     EXPECT_NE(why.find("192.0.2.1"), std::string::npos) << why;
     EXPECT_TRUE(b.fds.empty());
 }
@@ -162,7 +183,7 @@ TEST(PeerAddr, UnknownForOtherFamiliesShortLengthsAndUnconnectedSockets) {
 TEST(PeerAddr, OfAnAcceptedSocketIsTheClientsOwnAddress) {
     bound b;
     std::string why;
-    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, 16, false, b, why)) << why;
+    ASSERT_TRUE(bind_reuseport(config::endpoint{"127.0.0.1", 0}, 1, {16, false}, b, why)) << why;
     const int client = connect_to(b.port);
     const int server = ::accept4(b.fds[0], nullptr, nullptr, SOCK_CLOEXEC);
     if (server < 0) ::close(client);
