@@ -2286,11 +2286,21 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
 }
 
 void shard::answer_and_shut(connection& c) {
-    // Sent now, the send is ahead of the shutdown in the ring; what the socket does not take at once is cut by it. A
-    // backlog's chunks go as one batch (up to unseal_max_bytes): the answers are at its end.
+    // A backlog's chunks go as one batch (up to unseal_max_bytes): the answers are at its end. The shutdown waits for
+    // that send's end (on_send carries it on and comes back here for what is left), or answer_wait_ms from the close
+    // (check_deadline): a socket takes only about mqtt.tcp_notsent_lowat at once, and a shutdown right behind the send
+    // cut the answers behind a backlog past that (a client's PUBACK before its DISCONNECT, after 1 MB of QoS 0).
     if (c.answer_on_close) {
         c.sq.unseal(unseal_max_bytes);
         start_send(c);
+        if (c.send_busy && !stopping_) {
+            if (!c.shut_deferred) {
+                c.shut_deferred = true;
+                c.check_at_ms = now_ms_ + answer_wait_ms;
+                deadlines_.schedule(c.id, c.check_at_ms);
+            }
+            return;
+        }
     }
     shutdown_socket(c);
 }

@@ -156,7 +156,7 @@ struct config {
     log::level log_level = log::level::info;
     endpoint mqtt_listen{"0.0.0.0", 1883};
     bool mqtt_defer_accept = true;   // accept a connection with its first bytes (listener::bind_reuseport)
-    int mqtt_notsent_lowat = 131072; // TCP_NOTSENT_LOWAT of the MQTT sockets (listener::listen_options), 0 = off
+    int mqtt_notsent_lowat = 1048576; // TCP_NOTSENT_LOWAT of the MQTT sockets (listener::listen_options), 0 = off
     mqtt_limits limits;
     turn_budgets budgets;
     admin_config admin;

@@ -178,7 +178,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.log_level, log::level::info);
     EXPECT_EQ(c.mqtt_listen, (endpoint{"0.0.0.0", 1883}));
     EXPECT_TRUE(c.mqtt_defer_accept);
-    EXPECT_EQ(c.mqtt_notsent_lowat, 131072);
+    EXPECT_EQ(c.mqtt_notsent_lowat, 1048576);
     EXPECT_EQ(c.limits.max_connections, 1000000u);
     EXPECT_EQ(c.limits.max_packet_size, 1048576u);
     EXPECT_EQ(c.limits.max_client_id_len, 65535u);
