@@ -30,8 +30,9 @@ struct listen_options {
     bool defer_accept = false;
     // TCP_NOTSENT_LOWAT (0: the kernel's net.ipv4.tcp_notsent_lowat): a send to a socket holding this many bytes not
     // yet sent waits until they are half gone, rather than until a third of its buffer (up to tcp_wmem's 4 MiB) is.
-    // A subscriber reading slowly is then seen taking in steps of this size, and what waits for it waits in its
-    // session's queue, under its limits, rather than in the kernel.
+    // A subscriber reading slowly is then seen taking in steps of half this size, and what waits for it waits in
+    // its session's queue, under its limits, rather than in the kernel. (A small mark costs sends: a large message
+    // goes in several.)
     int notsent_lowat = 0;
 };
 
