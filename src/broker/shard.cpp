@@ -1538,8 +1538,9 @@ void shard::note_subscriptions(size_t before) {
         raise_peak(node_.subscriptions_peak,
                    node_.subscriptions.fetch_add(now - before, std::memory_order_relaxed) + (now - before));
         // This shard's own routes peak here, not at the next tick: routes that lived less than a tick were missed.
-        st_.routes.set(trie_.filter_count());
-        st_.topics.set(trie_.filter_count());
+        const size_t filters = trie_.filter_count();
+        st_.routes.set(filters);
+        st_.topics.set(filters);
     } else if (now < before)
         node_.subscriptions.fetch_sub(before - now, std::memory_order_relaxed);
 }
@@ -2276,9 +2277,7 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         // Its answers wait behind a send still pending (often one the kernel has finished, its completion not yet
         // reaped: a first write longer than the first receive buffer): they go when it ends, and the shutdown after
         // them (on_send), or the shutdown cuts both after answer_wait_ms (check_deadline).
-        c.shut_deferred = true;
-        c.check_at_ms = now_ms_ + answer_wait_ms;
-        deadlines_.schedule(c.id, c.check_at_ms);
+        defer_shutdown(c);
     } else {
         answer_and_shut(c);
     }
@@ -2294,15 +2293,18 @@ void shard::answer_and_shut(connection& c) {
         c.sq.unseal(unseal_max_bytes);
         start_send(c);
         if (c.send_busy && !stopping_) {
-            if (!c.shut_deferred) {
-                c.shut_deferred = true;
-                c.check_at_ms = now_ms_ + answer_wait_ms;
-                deadlines_.schedule(c.id, c.check_at_ms);
-            }
+            defer_shutdown(c);
             return;
         }
     }
     shutdown_socket(c);
+}
+
+void shard::defer_shutdown(connection& c) {
+    if (c.shut_deferred) return; // its deadline runs from the close, not from each batch
+    c.shut_deferred = true;
+    c.check_at_ms = now_ms_ + answer_wait_ms;
+    deadlines_.schedule(c.id, c.check_at_ms);
 }
 
 void shard::shutdown_socket(connection& c) {

@@ -590,6 +590,8 @@ private:
     void shutdown_socket(connection& c);
     // A close's last send (what is queued, when it answers the client: answer_on_close) and then its shutdown.
     void answer_and_shut(connection& c);
+    // The shutdown of a closing connection waits for the send pending, at most answer_wait_ms from the first call.
+    void defer_shutdown(connection& c);
     // The completion of what a slot's connection closing with operations pending submitted: a cancel of its receive,
     // or io_uring's SHUTDOWN. Counted among the connection's operations, so the connection stays (and its slot is
     // closed and given out again) only after it, since SHUTDOWN runs from a worker and looks the slot up late.

@@ -53,28 +53,21 @@ int open_one(const config::endpoint& ep, uint16_t port, const listen_options& op
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (mode == open_mode::listen && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
-        why = fmt::format("SO_REUSEPORT: {}", std::strerror(errno));
+    // A listening socket's option that it cannot take ends the open, naming the option.
+    const auto set = [&](int level, int name, int value, const char* label) {
+        if (setsockopt(fd, level, name, &value, sizeof value) == 0) return true;
+        why = fmt::format("{}: {}", label, std::strerror(errno));
         ::close(fd);
-        return -1;
-    }
-    // Accepted sockets inherit TCP_NODELAY from the listening one, which saves the shards a system call per accept.
-    if (mode == open_mode::listen && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
-        why = fmt::format("TCP_NODELAY: {}", std::strerror(errno));
-        ::close(fd);
-        return -1;
-    }
-    if (mode == open_mode::listen && opt.defer_accept &&
-        setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_accept_s, sizeof defer_accept_s) != 0) {
-        why = fmt::format("TCP_DEFER_ACCEPT: {}", std::strerror(errno));
-        ::close(fd);
-        return -1;
-    }
-    if (mode == open_mode::listen && opt.notsent_lowat > 0 &&
-        setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &opt.notsent_lowat, sizeof opt.notsent_lowat) != 0) {
-        why = fmt::format("TCP_NOTSENT_LOWAT: {}", std::strerror(errno));
-        ::close(fd);
-        return -1;
+        return false;
+    };
+    if (mode == open_mode::listen) {
+        if (!set(SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT")) return -1;
+        // Accepted sockets inherit TCP_NODELAY (and the low-water mark) from the listening one, which saves the
+        // shards a system call per accept.
+        if (!set(IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY")) return -1;
+        if (opt.defer_accept && !set(IPPROTO_TCP, TCP_DEFER_ACCEPT, defer_accept_s, "TCP_DEFER_ACCEPT")) return -1;
+        if (opt.notsent_lowat > 0 && !set(IPPROTO_TCP, TCP_NOTSENT_LOWAT, opt.notsent_lowat, "TCP_NOTSENT_LOWAT"))
+            return -1;
     }
     if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
         why =
