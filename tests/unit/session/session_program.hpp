@@ -1,13 +1,13 @@
 #pragma once
 // Runs a program of session operations, read from bytes, against a session and a plain model of what the session
-// header promises (offer, admit, next_ready, hold, the three outgoing acks, clear), and reports the first
-// disagreement: a message handed out out of order or twice, a window entry without a unique non-zero packet id, a
-// window past max_inflight, a queue past its limits, a drop that was not needed or not counted, an ack answered
-// wrongly, PUBRELs not in PUBREC order, a packet-id bitmap where the window never outgrew a scan (or none where it
-// did). Bursts fill windows past 64 entries; a "burn" (at most once a program, where allowed) acknowledges 65535+
-// messages while an older one stays in the window, so the packet-id rotation comes round to ids still in use. Used by
-// the seeded unit test (test_session.cpp) and the libFuzzer target tests/fuzz/fuzz_session.cpp; test code only,
-// single-threaded.
+// header promises (offer, admit, next_ready, hold, wait_flight, requeue_front, the three outgoing acks, the incoming
+// QoS 2 ids, clear), and reports the first disagreement: a message handed out out of order or twice, a window entry
+// without a unique non-zero packet id, a window past max_inflight, a queue past its limits, a drop that was not needed
+// or not counted, an ack answered wrongly, PUBRELs not in PUBREC order, an incoming QoS 2 id taken twice or past
+// max_awaiting_rel, a packet-id bitmap where the window never outgrew a scan (or none where it did). Bursts fill
+// windows past 64 entries; a "burn" (at most once a program, where allowed) acknowledges 65535+ messages while an older
+// one stays in the window, so the packet-id rotation comes round to ids still in use. Used by the seeded unit test
+// (test_session.cpp) and the libFuzzer target tests/fuzz/fuzz_session.cpp; test code only, single-threaded.
 #include "session/session.hpp"
 
 #include <algorithm>
@@ -86,6 +86,55 @@ private:
         return true;
     }
     uint64_t queued_bytes() const { return queued_bytes_; }
+    bool blocked() const { return held_ || waits_; }
+
+    // QoS 0 messages that were on their way to a closed connection go back to the queue's front, older than anything
+    // in it: the newest of them that fit the limits (no slack), the older ones dropped and counted.
+    template <class Fail> bool requeue_front(session& s, uint32_t n, Fail& fail) {
+        std::vector<message_ref> msgs;
+        std::vector<model_entry> back;
+        for (uint32_t i = 0; i < n; ++i) {
+            const uint32_t extra = next() % 24;
+            back.push_back(model_entry{ids_++, 0, 1 + 8 + extra});
+            msgs.push_back(make(back.back().id, 0, extra));
+        }
+        size_t keep = 0;
+        uint64_t bytes = 0;
+        for (size_t i = back.size(); i-- > 0;) {
+            if ((lim_.max_queued != 0 && queue_.size() + keep >= lim_.max_queued) ||
+                (lim_.max_queued_bytes != 0 && queued_bytes_ + bytes + back[i].bytes > lim_.max_queued_bytes))
+                break;
+            ++keep;
+            bytes += back[i].bytes;
+        }
+        const uint64_t lost = back.size() - keep;
+        if (s.requeue_front(msgs) != lost) return fail("requeue_front dropped another number"), false;
+        dropped_ += lost;
+        queued_bytes_ += bytes;
+        queue_.insert(queue_.begin(), back.begin() + static_cast<std::ptrdiff_t>(lost), back.end());
+        return true;
+    }
+
+    // An incoming QoS 2 PUBLISH (or, odd b, a PUBREL), mostly for a small id, so that ids repeat; else for any id, so
+    // that the set of ids awaiting release grows.
+    template <class Fail> bool incoming(session& s, uint8_t b, Fail& fail) {
+        uint16_t pid = static_cast<uint16_t>(1 + (b >> 1) % 8);
+        if (b >= 200) pid = static_cast<uint16_t>(std::max(1, next() << 8 | next()));
+        const bool awaiting = std::find(awaiting_.begin(), awaiting_.end(), pid) != awaiting_.end();
+        if (b & 1) {
+            if (s.incoming_release(pid) != awaiting) return fail("PUBREL answered wrongly"), false;
+            if (awaiting) awaiting_.erase(std::find(awaiting_.begin(), awaiting_.end(), pid));
+            return true;
+        }
+        qos2_arrival want = qos2_arrival::fresh;
+        if (awaiting)
+            want = qos2_arrival::duplicate;
+        else if (lim_.max_awaiting_rel != 0 && awaiting_.size() >= lim_.max_awaiting_rel)
+            want = qos2_arrival::full;
+        if (s.incoming_qos2(pid) != want) return fail("incoming QoS 2 PUBLISH answered wrongly"), false;
+        if (want == qos2_arrival::fresh) awaiting_.push_back(pid);
+        return true;
+    }
     // slack: a quarter more (at least one message), for a message offered past_limit.
     bool room_for(uint32_t bytes, bool slack = false) const {
         const uint64_t most = lim_.max_queued + (slack ? std::max<uint32_t>(lim_.max_queued / 4, 1) : 0);
@@ -135,7 +184,7 @@ private:
         model_entry e{ids_++, qos, bytes};
         const outgoing* o = nullptr;
         const auto r = s.offer(make(e.id, qos, extra), qos, online, &o, past_limit, refuse);
-        const bool direct = online && queue_.empty() && !held_;
+        const bool direct = online && queue_.empty() && !blocked();
         bool fits = room_for(bytes, past_limit);
         if (!fits && past_limit && burst_room(bytes)) fits = e.burst = true;
         if (direct && (qos == 0 || window_.size() < lim_.max_inflight)) {
@@ -160,7 +209,7 @@ private:
     // rotation comes round to the ids of the entries still there, which must be skipped.
     template <class Fail> bool burn(session& s, uint32_t n, Fail& fail) {
         for (uint32_t i = 0; i < n; ++i) {
-            if (!(online_ && queue_.empty() && !held_ && window_.size() < lim_.max_inflight)) return true;
+            if (!(online_ && queue_.empty() && !blocked() && window_.size() < lim_.max_inflight)) return true;
             if (!offer(s, 1, 0, true, fail)) return false;
             const uint16_t pid = window_.back().pid;
             if (!s.on_puback(pid)) return fail("PUBACK of a burned message answered wrongly"), false;
@@ -193,7 +242,8 @@ private:
             if (id_of(*q) != m.id) return fail("queued message differs"), false;
             ++q;
         }
-        if (s.direct() != (queue_.empty() && !held_) || s.held() != held_) return fail("direct or held differs"), false;
+        if (s.direct() != (queue_.empty() && !blocked()) || s.held() != held_ || s.waits_flight() != waits_)
+            return fail("direct, held or waiting for a flight differs"), false;
         if (s.pid_bitmap() != bitmap_)
             return fail("packet-id bitmap where the window never outgrew a scan, or none"), false;
         const auto& rel = s.released_in_order();
@@ -213,6 +263,7 @@ private:
             return fail("queued QoS 0 count differs"), false;
         if (s.dropped() != dropped_) return fail("dropped count differs"), false;
         if (s.released_in_order().size() != released_.size()) return fail("PUBREL count differs"), false;
+        if (s.awaiting_rel() != awaiting_.size()) return fail("incoming QoS 2 ids awaiting PUBREL differ"), false;
         return true;
     }
 
@@ -240,9 +291,11 @@ private:
         const uint8_t burst = next() % 4;
         lim_.burst_kib = burst == 0 ? 0 : 1;
         lim_.burst_limits = burst == 1 ? 1 : 4;
+        static constexpr uint16_t awaiting_rel[] = {0, 1, 3, 0};
+        lim_.max_awaiting_rel = awaiting_rel[next() % 4];
         session s("p", false, lim_);
         for (int step = 0; step < 4096 && n_ > 0; ++step) {
-            const uint8_t op = next() % 11;
+            const uint8_t op = next() % 14;
             switch (op) {
             case 0:
             case 1:
@@ -256,8 +309,8 @@ private:
                 if (!online_) break;
                 for (;;) {
                     const outgoing* o = s.next_ready();
-                    const bool can =
-                        !queue_.empty() && !held_ && (queue_.front().qos == 0 || window_.size() < lim_.max_inflight);
+                    const bool can = !queue_.empty() && !blocked() &&
+                                     (queue_.front().qos == 0 || window_.size() < lim_.max_inflight);
                     if (!can) {
                         if (o) return fail("next_ready handed out what the model holds back");
                         break;
@@ -333,6 +386,16 @@ private:
                     if (!offer(s, 1 + i % 2, i % 8, online_, fail, mode >= 2, mode == 3)) return;
                 break;
             }
+            case 10: // the send of a closed connection pending, or ended
+                waits_ = !waits_;
+                s.wait_flight(waits_);
+                break;
+            case 11: // what that send did not take goes back
+                if (!requeue_front(s, 1 + next() % 8, fail)) return;
+                break;
+            case 12:
+                if (!incoming(s, next(), fail)) return;
+                break;
             default: {
                 const uint8_t b = next();
                 if (b == 0) { // rare: everything goes
@@ -344,6 +407,7 @@ private:
                     queued_bytes_ = 0;
                     burst_bytes_ = 0;
                     released_.clear();
+                    awaiting_.clear();
                 } else if (b == 1 && burn_left_ > 0) {
                     --burn_left_;
                     if (!burn(s, 65535 + next(), fail)) return;
@@ -368,7 +432,9 @@ private:
     uint64_t burst_bytes_ = 0;
     uint64_t ids_ = 0;
     bool online_ = true;
+    std::vector<uint16_t> awaiting_; // incoming QoS 2 ids awaiting PUBREL
     bool held_ = false;
+    bool waits_ = false;  // session::wait_flight
     bool bitmap_ = false; // the session must keep a packet-id bitmap from now on
     int burn_left_ = 0;
 };

@@ -857,8 +857,9 @@ TEST(Fifo, ReleasesMessagesAsTheyLeave) {
     EXPECT_EQ(held->refs(), 2u);
 }
 
-// Seeded random programs of offers, bursts, pumps, acks, admits, holds, reconnects and clears against a model of the
-// session's promises (session_program.hpp; tests/fuzz/fuzz_session.cpp runs the same programs coverage-guided).
+// Seeded random programs of offers, bursts, pumps, acks, admits, holds, waits for a flight, requeues, incoming QoS 2,
+// reconnects and clears against a model of the session's promises (session_program.hpp; tests/fuzz/fuzz_session.cpp
+// runs the same programs coverage-guided).
 TEST(Session, RandomProgramsKeepEveryPromiseOfTheModel) {
     std::mt19937_64 rng(20261202);
     for (int program = 0; program < 3000; ++program) {
