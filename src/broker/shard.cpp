@@ -2438,6 +2438,20 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     ++m_.packets_connect;
     mqtt::connect_view cv{};
     const mqtt::error e = mqtt::decode_connect(body, flags, cv);
+    if (cv.version == mqtt::protocol_version::v5) {
+        // MQTT 5 is not served yet: answer in v5 format "unsupported protocol version" (0x84) and close, whatever
+        // follows the level (a CONNECT of another version's shape with level 5 was closed unanswered as a malformed v5
+        // one).
+        conn_info("refusing CONNECT from {}: MQTT 5 is not supported yet", c.peer);
+        static const uint8_t v5_refuse[] = {0x20, 0x03, 0x00, 0x84, 0x00};
+        append(c.sq.bytes(), v5_refuse, sizeof v5_refuse);
+        mark_dirty(c, true);
+        ++m_.packets_connack;
+        ++m_.packets_sent;
+        c.close_after_flush = true;
+        c.refused = true;
+        return false;
+    }
     if (e == mqtt::error::unsupported_protocol_version) {
         refuse_connect(c, 0x01, "unacceptable protocol level");
         return false;
@@ -2450,18 +2464,6 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     if (e != mqtt::error::none) {
         conn_info("closing {}: malformed CONNECT: {}", c.peer, mqtt::to_string(e));
         close(c, "parser_error", false);
-        return false;
-    }
-    if (cv.version == mqtt::protocol_version::v5) {
-        // MQTT 5 is not served yet: answer in v5 format "unsupported protocol version" (0x84) and close.
-        conn_info("refusing CONNECT from {}: MQTT 5 is not supported yet", c.peer);
-        static const uint8_t v5_refuse[] = {0x20, 0x03, 0x00, 0x84, 0x00};
-        append(c.sq.bytes(), v5_refuse, sizeof v5_refuse);
-        mark_dirty(c, true);
-        ++m_.packets_connack;
-        ++m_.packets_sent;
-        c.close_after_flush = true;
-        c.refused = true;
         return false;
     }
     std::string client_id(cv.client_id);

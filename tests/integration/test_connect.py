@@ -72,6 +72,15 @@ class ConnectCases:
         c.send(m.connect("c5", level=5))
         c.expect(b"\x20\x03\x00\x84\x00")
         c.expect_closed(3)
+        # Level 5 with a 3.1.1 body (no property block: the client id's length is read as one) is not a well-formed
+        # v5 CONNECT, but the answer is the same: the level is what the broker does not serve.
+        for body in ("00 04 4d 51 54 54 05 02 00 3c 00 02 63 34", "00 04 4d 51 54 54 05 02 00 3c"):
+            with self.subTest(body=body):
+                c = self.raw()
+                raw = bytes.fromhex(body)
+                c.send(bytes([0x10, len(raw)]) + raw)
+                c.expect(b"\x20\x03\x00\x84\x00")
+                c.expect_closed(3)
         self.assert_broker_healthy()
 
     def test_unknown_protocol_level(self):
