@@ -211,8 +211,11 @@ int main(int argc, char** argv) {
     if (node.ready.load() < cfg.shards || !admin_ready()) {
         const unsigned ready = node.ready.load();
         if (node.failed.load() || (admin_server && admin_server->failed.load()))
-            log::fatal("cannot start: {} of {} shards failed to start{}", cfg.shards - ready, cfg.shards,
-                       admin_ready() ? "" : ", the admin shard failed to start");
+            log::fatal("cannot start: {} failed to start (see above; {} of {} shards were ready)",
+                       !node.failed.load()                           ? "the admin shard"
+                       : admin_server && admin_server->failed.load() ? "a shard and the admin shard"
+                                                                     : "a shard",
+                       ready, cfg.shards);
         else
             log::fatal("cannot start: {} of {} shards{} ready after 10 s", ready, cfg.shards,
                        admin_ready() ? "" : ", not the admin shard,");

@@ -102,14 +102,18 @@ struct layers {
 
     void error(std::string_view origin, std::string_view key, std::string_view reason) {
         // (A key or a value quoted in the reason may hold a line break: one error stays one line. An origin is
-        // escaped where it is made: every message is escaped whole, see main.cpp.)
+        // escaped where it is made: every message is escaped whole, see main.cpp. A reason quoting a long value is
+        // cut: a 15 MB mqtt.listen made a 15 MB line.)
         fmt::memory_buffer out;
         fmt::format_to(std::back_inserter(out), "{}: ", origin);
-        log::append_escaped(out, key);
+        log::append_escaped(out, key.substr(0, max_quoted));
         out.append(std::string_view(": "));
-        log::append_escaped(out, reason);
+        log::append_escaped(out, reason.substr(0, max_quoted));
+        if (std::max(key.size(), reason.size()) > max_quoted)
+            fmt::format_to(std::back_inserter(out), " [... cut at {} bytes]", max_quoted);
         errors.push_back(fmt::to_string(out));
     }
+    static constexpr size_t max_quoted = 512;
 
     // Later layers replace earlier ones; what they replace is kept in `shadowed`.
     void set(std::string key, const toml::node* node, std::string_view origin, std::string_view typed_number = {}) {
@@ -227,7 +231,46 @@ size_t deep_key_line(std::string_view t) {
     return 0;
 }
 
-parsed_toml parse_toml(std::string_view text, std::string_view origin) {
+// Without the blanks around it (and a CRLF line's CR).
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+        s.remove_suffix(1);
+    return s;
+}
+
+// The dotted key a line of a TOML file sets (`max_inflight = ...` under [mqtt]: "mqtt.max_inflight"), or "" where the
+// line is no `key = value` of bare keys under a plain [section]: the parser's own errors (a number past 64 bits, say)
+// name a line and column, and the checks' errors the key.
+std::string key_on_line(std::string_view text, size_t line) {
+    const auto bare = [](std::string_view k) {
+        return !k.empty() && std::all_of(k.begin(), k.end(), [](char ch) {
+            return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+                   ch == '-' || ch == '.';
+        });
+    };
+    std::string section;
+    size_t at = 0;
+    for (size_t n = 1; at <= text.size(); ++n) {
+        const size_t end = std::min(text.find('\n', at), text.size());
+        const std::string_view l = trim(text.substr(at, end - at));
+        if (n == line) {
+            const size_t eq = l.find('=');
+            const std::string_view k = eq == std::string_view::npos ? std::string_view{} : trim(l.substr(0, eq));
+            if (!bare(k)) return "";
+            return section.empty() ? std::string(k) : fmt::format("{}.{}", section, k);
+        }
+        if (l.starts_with('[')) {
+            const std::string_view h = trim(l.substr(1, l.find(']') == std::string_view::npos ? 0 : l.find(']') - 1));
+            section = bare(h) ? std::string(h) : std::string{};
+        }
+        at = end + 1;
+    }
+    return "";
+}
+
+parsed_toml parse_toml(std::string_view text, std::string_view origin, bool name_key = true) {
     parsed_toml r;
     if (const size_t line = deep_key_line(text); line != 0) {
         r.error = fmt::format("{}:{}: a key or table header with more than {} dotted parts (ringmq's have two)", origin,
@@ -236,7 +279,9 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
     }
     auto fail = [&](const toml::parse_error& e) {
         // (toml++ writes what it quotes with escapes of its own.)
-        r.error = fmt::format("{}:{}:{}: {}", origin, e.source().begin.line, e.source().begin.column, e.description());
+        const std::string key = name_key ? key_on_line(text, e.source().begin.line) : std::string{};
+        r.error = fmt::format("{}:{}:{}: {}{}", origin, e.source().begin.line, e.source().begin.column,
+                              key.empty() ? "" : log::escaped(key) + ": ", e.description());
     };
 #if TOML_EXCEPTIONS
     try {
@@ -259,13 +304,6 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin) {
 void add_set(layers& l, std::string_view arg) {
     using log::escaped; // a newline in the argument must not break a message in two
     auto eq = arg.find('=');
-    auto trim = [](std::string_view s) {
-        while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-            s.remove_prefix(1);
-        while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-            s.remove_suffix(1);
-        return s;
-    };
     std::string_view key = eq == std::string_view::npos ? std::string_view{} : trim(arg.substr(0, eq));
     if (key.empty()) {
         l.errors.push_back(
@@ -277,7 +315,7 @@ void add_set(layers& l, std::string_view arg) {
     const std::string origin = key == "admin.default_password" ? std::string("--set admin.default_password=(not shown)")
                                                                : fmt::format("--set {}", escaped(arg));
     std::string_view value = arg.substr(eq + 1);
-    parsed_toml p = parse_toml(fmt::format("v = {}", value), origin);
+    parsed_toml p = parse_toml(fmt::format("v = {}", value), origin, false);
     if (p.table && p.table->size() == 1 && p.table->contains("v")) {
         auto& t = l.override_storage.emplace_back(std::move(*p.table));
         const toml::node* v = t.get("v");
@@ -360,7 +398,7 @@ public:
         auto check = [&](const std::string& s) {
             return log::parse_level(s, parsed)
                        ? std::string{}
-                       : fmt::format("must be one of debug, info, warn, error, off, got '{}'", s);
+                       : fmt::format("must be one of debug, info, warn (or warning), error, off, got '{}'", s);
         };
         if (string(key, text, check)) field = parsed;
     }
@@ -418,6 +456,17 @@ private:
                 return;
             }
         }
+        // And a number past a double's range (1e400), which TOML does not take either.
+        if (const auto* str = e.node->as_string(); str && e.unparsed && expected == "a number") {
+            const std::string& v = str->get();
+            char* end = nullptr;
+            errno = 0;
+            (void)std::strtod(v.c_str(), &end);
+            if (!v.empty() && end == v.c_str() + v.size() && errno == ERANGE) {
+                l_.error(e.origin, key, fmt::format("expected a number, got {} (out of range)", v));
+                return;
+            }
+        }
         l_.error(e.origin, key, fmt::format("expected {}, got {}", expected, type_name(e.node->type())));
     }
 
@@ -449,6 +498,14 @@ std::string check_node_name(const std::string& s) {
     if (s.find_first_of("/+#") != std::string::npos)
         return fmt::format("must not contain '/', '+' or '#' (it is a level of the $SYS topics), got '{}'", s);
     if (!mqtt::valid_utf8(s)) return "must be UTF-8 (it is a level of the $SYS topics)";
+    // C1 controls (U+0080..U+009F, as C2 80..C2 9F) and the line and paragraph separators (U+2028/U+2029): MQTT's
+    // topics should not hold them, and some readers break a line at them.
+    for (size_t i = 0; i + 1 < s.size(); ++i) {
+        const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+        if ((b(i) == 0xc2 && b(i + 1) <= 0x9f) ||
+            (b(i) == 0xe2 && i + 2 < s.size() && b(i + 1) == 0x80 && (b(i + 2) == 0xa8 || b(i + 2) == 0xa9)))
+            return "must not contain control characters or line separators (it is a level of the $SYS topics)";
+    }
     return "";
 }
 
@@ -467,13 +524,32 @@ std::string check_default_password(const std::string& s) {
     return "";
 }
 
-bool is_ipv6(const std::string& host) { return host.find(':') != std::string::npos; }
+// A listener's address as 16 bytes, an IPv4 one in its IPv4-mapped IPv6 form, so that two ways of writing one address
+// ("::1" and "0:0:0:0:0:0:0:1", "::" and "::0") compare equal.
+bool address_bytes(const std::string& host, in6_addr& out) {
+    in_addr v4{};
+    if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+        out = in6_addr{};
+        out.s6_addr[10] = out.s6_addr[11] = 0xff;
+        std::memcpy(&out.s6_addr[12], &v4, sizeof v4);
+        return true;
+    }
+    return inet_pton(AF_INET6, host.c_str(), &out) == 1;
+}
 
-// Whether two listeners on the same port would collide: the same address, IPv6's "::" (dual-stack, so it takes the
-// IPv4 addresses too), or IPv4's 0.0.0.0 against another IPv4 address.
+// Whether two listeners on the same port would collide: the same address, IPv6's unspecified address (dual-stack, so
+// it takes the IPv4 addresses too), or IPv4's 0.0.0.0 against another IPv4 address. Compared as addresses, not text:
+// "[::0]" against the admin listener's "127.0.0.1" on one port passed, and the MQTT listener was bound on every
+// address before the admin one failed.
 bool hosts_overlap(const std::string& a, const std::string& b) {
-    if (a == b || a == "::" || b == "::") return true;
-    return (a == "0.0.0.0" && !is_ipv6(b)) || (b == "0.0.0.0" && !is_ipv6(a));
+    in6_addr x{}, y{};
+    if (!address_bytes(a, x) || !address_bytes(b, y)) return a == b;
+    if (IN6_IS_ADDR_UNSPECIFIED(&x) || IN6_IS_ADDR_UNSPECIFIED(&y)) return true;
+    if (std::memcmp(&x, &y, sizeof x) == 0) return true;
+    in6_addr any4{};
+    address_bytes("0.0.0.0", any4);
+    const bool x_any4 = std::memcmp(&x, &any4, sizeof x) == 0, y_any4 = std::memcmp(&y, &any4, sizeof y) == 0;
+    return (x_any4 && IN6_IS_ADDR_V4MAPPED(&y)) || (y_any4 && IN6_IS_ADDR_V4MAPPED(&x));
 }
 
 // One validation pass over the entries; fills cfg field by field, leaving defaults where nothing was given.
@@ -503,7 +579,9 @@ void validate_keys(checker& c, config& cfg) {
     c.boolean("mqtt.defer_accept", cfg.mqtt_defer_accept);
     c.integer("mqtt.tcp_notsent_lowat", cfg.mqtt_notsent_lowat, 0, 1 << 30);
     c.integer("mqtt.max_connections", m.max_connections, 1, u32_max);
-    c.integer("mqtt.max_packet_size", m.max_packet_size, 16, 268435460);
+    // At least 64: a CONNECT with a client id of 23 bytes, which MQTT requires a server to accept, takes 37 bytes (39
+    // for 3.1), and the limit applies to the CONNECT too (at 16 every client was refused).
+    c.integer("mqtt.max_packet_size", m.max_packet_size, 64, 268435460);
     c.integer("mqtt.max_client_id_len", m.max_client_id_len, 23, 65535);
     c.integer("mqtt.max_topic_levels", m.max_topic_levels, 1, 65535);
     c.integer("mqtt.max_inflight", m.max_inflight, 1, 65535);
@@ -561,6 +639,13 @@ void validate(layers& l, config& cfg) {
         rest = std::move(later);
     }
 
+    // --admin-listen asks for the admin listener, which a file or --set turned off: one of them is a mistake (with
+    // --no-admin, the command line refuses the pair itself).
+    if (!cfg.admin.enabled && c.origin_of("admin.listen") == "--admin-listen")
+        l.error("--admin-listen", "admin.listen",
+                fmt::format("an admin listener is asked for, but admin.enabled = false ({}): drop one of them",
+                            c.origin_of("admin.enabled")));
+
     // Caught here rather than as EADDRINUSE after the MQTT shards are already listening.
     const endpoint& a = cfg.admin.listen;
     const endpoint& q = cfg.mqtt_listen;
@@ -579,8 +664,11 @@ void validate(layers& l, config& cfg) {
     }
 }
 
-// A TOML file of every key is a few KiB; the cap keeps a wrong path (/dev/zero, a log file) from eating memory.
-constexpr size_t max_config_bytes = size_t{16} << 20;
+// A TOML file of every key is a few KiB; the cap keeps a wrong path (/dev/zero, a log file) from eating memory: the
+// parsed table takes some 50 times its text (at 16 MiB, a file of 1.5 M unknown keys took 715 MB and 23 s).
+constexpr size_t max_config_bytes = size_t{1} << 20;
+// Errors reported at most (then how many more): a file of many wrong keys printed a line for each.
+constexpr size_t max_errors = 50;
 
 load_result finish(layers& l, config cfg) {
     validate(l, cfg);
@@ -588,6 +676,11 @@ load_result finish(layers& l, config cfg) {
     r.warnings = std::move(l.warnings);
     if (!l.errors.empty()) {
         r.exit_code = k_exit_invalid;
+        if (l.errors.size() > max_errors) {
+            const size_t more = l.errors.size() - max_errors;
+            l.errors.resize(max_errors);
+            l.errors.push_back(fmt::format("... and {} more errors", more));
+        }
         r.errors = std::move(l.errors);
         return r;
     }
@@ -769,7 +862,7 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
     config cfg;
     if (o_config->count() > 0) {
         cfg.config_path = config_file;
-        const std::string file_origin = log::escaped(config_file);
+        const std::string file_origin = config_file.empty() ? std::string("''") : log::escaped(config_file);
         std::string text;
         if (const util::file_read rd = util::read_regular_file(config_file, max_config_bytes, text); !rd.ok) {
             l.errors.push_back(fmt::format("{}: cannot read config file: {}", file_origin, log::escaped(rd.why)));

@@ -384,7 +384,7 @@ TEST_F(config_test, range_bounds_are_inclusive) {
 [node]
 shards = 63
 [mqtt]
-max_packet_size = 16
+max_packet_size = 64
 max_inflight = 65535
 keepalive_multiplier = 10.0
 connect_timeout = 100
@@ -394,7 +394,7 @@ interval = 86400000
                               "b.toml");
     ASSERT_TRUE(r.cfg.has_value()) << ::testing::PrintToString(r.errors);
     EXPECT_EQ(r.cfg->shards, 63u);
-    EXPECT_EQ(r.cfg->limits.max_packet_size, 16u);
+    EXPECT_EQ(r.cfg->limits.max_packet_size, 64u);
     EXPECT_EQ(r.cfg->limits.max_inflight, 65535u);
     EXPECT_EQ(r.cfg->sys.interval_ms, 86400000u);
 
@@ -649,7 +649,7 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nwake_batch = 4097", "node.wake_batch"},
         {"[mqtt]\nmax_connections = 0", "mqtt.max_connections"},
         {"[mqtt]\nmax_connections = 4294967296", "mqtt.max_connections"},
-        {"[mqtt]\nmax_packet_size = 15", "mqtt.max_packet_size"},
+        {"[mqtt]\nmax_packet_size = 63", "mqtt.max_packet_size"},
         {"[mqtt]\nmax_packet_size = 268435461", "mqtt.max_packet_size"},
         {"[mqtt]\nmax_client_id_len = 22", "mqtt.max_client_id_len"},
         {"[mqtt]\nmax_topic_levels = 0", "mqtt.max_topic_levels"},
@@ -735,12 +735,13 @@ default_password = ""
 )",
                               "v.toml");
     EXPECT_FALSE(r.cfg.has_value());
-    EXPECT_THAT(r.errors, ::testing::UnorderedElementsAre(
-                              AllOf(HasSubstr("v.toml:3:1: node.name: "), HasSubstr("'@'"), HasSubstr("no-at-sign")),
-                              "v.toml:5:1: log.level: must be one of debug, info, warn, error, off, got 'loud'",
-                              "v.toml:7:1: admin.users_file: must not be empty",
-                              "v.toml:8:1: admin.default_user: must not be empty",
-                              "v.toml:9:1: admin.default_password: must not be empty"));
+    EXPECT_THAT(r.errors,
+                ::testing::UnorderedElementsAre(
+                    AllOf(HasSubstr("v.toml:3:1: node.name: "), HasSubstr("'@'"), HasSubstr("no-at-sign")),
+                    "v.toml:5:1: log.level: must be one of debug, info, warn (or warning), error, off, got 'loud'",
+                    "v.toml:7:1: admin.users_file: must not be empty",
+                    "v.toml:8:1: admin.default_user: must not be empty",
+                    "v.toml:9:1: admin.default_password: must not be empty"));
 }
 
 TEST_F(config_test, node_name_must_be_utf8) {
@@ -750,6 +751,14 @@ TEST_F(config_test, node_name_must_be_utf8) {
         EXPECT_FALSE(r.cfg.has_value());
         EXPECT_THAT(r.errors, ElementsAre("--node-name: node.name: must be UTF-8 (it is a level of the $SYS topics)"));
     }
+    // C1 controls and the line separators: MQTT's topics should not hold them.
+    for (const char* bad : {"a\xc2\x85@b", "a@\xe2\x80\xa8", "\xe2\x80\xa9x@b", "a\xc2\x9f@b"}) {
+        auto r = run({"--node-name", bad});
+        EXPECT_THAT(r.errors, ElementsAre("--node-name: node.name: must not contain control characters or line "
+                                          "separators (it is a level of the $SYS topics)"))
+            << bad;
+    }
+    EXPECT_TRUE(run({"--node-name", "a\xc2\xa0\xe2\x80\xa7@b"}).cfg.has_value()); // U+00A0, U+2027: no controls
     auto ok = run({"--node-name", "caf\xc3\xa9@h\xc3\xb4te"});
     ASSERT_TRUE(ok.cfg.has_value());
     EXPECT_EQ(ok.cfg->node_name, "caf\xc3\xa9@h\xc3\xb4te");
@@ -839,6 +848,13 @@ TEST_F(config_test, admin_listen_with_no_admin_is_a_usage_error) {
     EXPECT_EQ(r.exit_code, 2);
     ASSERT_THAT(r.errors, SizeIs(1));
     EXPECT_THAT(r.errors[0], AllOf(HasSubstr("--admin-listen"), HasSubstr("--no-admin")));
+    // The same pair with the admin listener turned off by --set or a file: the flag was ignored without a word.
+    auto s = run({"--set", "admin.enabled=false", "--admin-listen", "127.0.0.1:0"});
+    EXPECT_THAT(s.errors, ElementsAre("--admin-listen: admin.listen: an admin listener is asked for, but "
+                                      "admin.enabled = false (--set admin.enabled=false): drop one of them"));
+    EXPECT_EQ(s.exit_code, 1);
+    // Off in a file with a listen address there too is fine: nothing asks for it on the command line.
+    EXPECT_TRUE(load_from_string("[admin]\nenabled = false\nlisten = \"127.0.0.1:1\"\n", "a.toml").cfg.has_value());
 }
 
 TEST_F(config_test, node_name_shapes) {
@@ -943,11 +959,49 @@ TEST_F(config_test, config_file_must_be_a_regular_file_of_bounded_size) {
     EXPECT_THAT(r.errors, ElementsAre(fifo + ": cannot read config file: not a regular file"));
     auto z = run({"-c", "/dev/zero"});
     EXPECT_THAT(z.errors, ElementsAre("/dev/zero: cannot read config file: not a regular file"));
-    const std::string big = write("big.toml", "# " + std::string((16u << 20) - 2, 'x') + "\n");
+    const std::string big = write("big.toml", "# " + std::string((1u << 20) - 2, 'x') + "\n");
     auto b = run({"-c", big});
-    EXPECT_THAT(b.errors, ElementsAre(big + ": cannot read config file: larger than 16777216 bytes"));
-    const std::string fits = write("fits.toml", "# " + std::string((16u << 20) - 3, 'x') + "\n");
+    EXPECT_THAT(b.errors, ElementsAre(big + ": cannot read config file: larger than 1048576 bytes"));
+    const std::string fits = write("fits.toml", "# " + std::string((1u << 20) - 3, 'x') + "\n");
     EXPECT_TRUE(run({"-c", fits}).cfg.has_value());
+    // An empty name is named as one.
+    auto e = run({"-c", ""});
+    ASSERT_THAT(e.errors, SizeIs(1));
+    EXPECT_THAT(e.errors[0], ::testing::StartsWith("'': cannot read config file: "));
+}
+
+TEST_F(config_test, errors_are_bounded_in_number_and_length) {
+    // A file of many wrong keys printed a line for each (1.5 M lines), a long value a line as long.
+    std::string many = "[mqtt]\n";
+    for (int i = 0; i < 200; ++i)
+        many += "unknown_" + std::to_string(i) + " = 1\n";
+    auto r = load_from_string(many, "many.toml");
+    ASSERT_THAT(r.errors, SizeIs(51));
+    EXPECT_EQ(r.errors.back(), "... and 150 more errors");
+    auto l = run({"--listen", std::string(100000, '1')});
+    ASSERT_THAT(l.errors, SizeIs(1));
+    EXPECT_LT(l.errors[0].size(), 700u);
+    EXPECT_THAT(l.errors[0], AllOf(::testing::StartsWith("--listen: mqtt.listen: bad endpoint '111"),
+                                   ::testing::EndsWith(" [... cut at 512 bytes]")));
+}
+
+TEST_F(config_test, a_parse_error_names_the_key_of_its_line) {
+    // The parser's own errors name a line and column; the checks' errors name the key, and now these too.
+    auto big = load_from_string("[mqtt]\nmax_inflight = 18446744073709551616\n", "p.toml");
+    ASSERT_THAT(big.errors, SizeIs(1));
+    EXPECT_THAT(big.errors[0], AllOf(::testing::StartsWith("p.toml:2:"), HasSubstr(": mqtt.max_inflight: ")));
+    auto f = load_from_string("# x\n[mqtt]\n\n  keepalive_multiplier = 1e400\n", "f.toml");
+    ASSERT_THAT(f.errors, SizeIs(1));
+    EXPECT_THAT(f.errors[0], AllOf(::testing::StartsWith("f.toml:4:"), HasSubstr(": mqtt.keepalive_multiplier: ")));
+    // A line that sets no plain key is left as the parser says it.
+    auto odd = load_from_string("[mqtt]\n= 1\n", "o.toml");
+    ASSERT_THAT(odd.errors, SizeIs(1));
+    EXPECT_THAT(odd.errors[0], ::testing::StartsWith("o.toml:2:"));
+    EXPECT_THAT(odd.errors[0], ::testing::Not(HasSubstr("mqtt.")));
+    // --set names its key in its origin; a number past a double's range is said to be one, not "a string".
+    auto s = run({"--set", "mqtt.keepalive_multiplier=1e400"});
+    EXPECT_THAT(s.errors, ElementsAre("--set mqtt.keepalive_multiplier=1e400: mqtt.keepalive_multiplier: expected a "
+                                      "number, got 1e400 (out of range)"));
 }
 
 TEST_F(config_test, bad_endpoint_in_file) {
@@ -1063,7 +1117,7 @@ interval = 5
                     path + ":10:1: sys.interval: must be between 1000 and 86400000, got 5",
                     "--set mqtt.max_topic_levels=0: mqtt.max_topic_levels: must be between 1 and 65535, got 0",
                     "--set admin.bogus=1: admin.bogus: unknown key",
-                    "--log-level: log.level: must be one of debug, info, warn, error, off, got 'chatty'",
+                    "--log-level: log.level: must be one of debug, info, warn (or warning), error, off, got 'chatty'",
                     AllOf(::testing::StartsWith("--admin-listen: admin.listen: bad endpoint '[::1]:99999': "))));
     EXPECT_THAT(r.warnings, ElementsAre(path + ":3:1: node.shards: must be between 0 and 63, got 100 (not in force: a "
                                                "later setting replaces it)"));
@@ -1134,6 +1188,12 @@ TEST_F(config_test, admin_and_mqtt_on_the_same_port) {
     EXPECT_FALSE(run({"--listen", "[::]:7000", "--admin-listen", "127.0.0.1:7000"}).cfg.has_value());
     EXPECT_FALSE(run({"--listen", "[::1]:7000", "--admin-listen", "[::1]:7000"}).cfg.has_value());
     EXPECT_TRUE(run({"--listen", "[::1]:7000", "--admin-listen", "0.0.0.0:7000"}).cfg.has_value());
+    // Compared as addresses, whatever way they are written: "[::0]" passed against 127.0.0.1, and the MQTT listener
+    // was bound on every address before the admin one failed.
+    EXPECT_FALSE(run({"--listen", "[::0]:7000", "--admin-listen", "127.0.0.1:7000"}).cfg.has_value());
+    EXPECT_FALSE(run({"--listen", "[0:0:0:0:0:0:0:1]:7000", "--admin-listen", "[::1]:7000"}).cfg.has_value());
+    EXPECT_FALSE(run({"--listen", "[::ffff:127.0.0.1]:7000", "--admin-listen", "0.0.0.0:7000"}).cfg.has_value());
+    EXPECT_TRUE(run({"--listen", "[::2]:7000", "--admin-listen", "[::1]:7000"}).cfg.has_value());
     // Disabled admin, distinct hosts, or port 0 (ephemeral, as the integration tests use) are all fine.
     EXPECT_TRUE(run({"--listen", "0.0.0.0:8080", "--no-admin"}).cfg.has_value());
     EXPECT_TRUE(run({"--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.2:7000"}).cfg.has_value());
