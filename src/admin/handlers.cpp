@@ -151,14 +151,59 @@ struct body_params {
     bool has = false;
 };
 
+// Whether every number in a text simdjson refused with NUMBER_ERROR is written as JSON allows: then the text is JSON
+// and simdjson refused a number's size (past 64 bits, 1e400), which the API takes for no parameter. Strings are
+// skipped; a number is a run of the characters numbers are made of, checked against JSON's grammar.
+bool numbers_well_formed(std::string_view t) {
+    const auto digit = [&](size_t k) { return k < t.size() && t[k] >= '0' && t[k] <= '9'; };
+    for (size_t i = 0; i < t.size();) {
+        if (t[i] == '"') {
+            for (++i; i < t.size() && t[i] != '"'; ++i)
+                if (t[i] == '\\') ++i;
+            ++i;
+            continue;
+        }
+        if (t[i] != '-' && !digit(i)) {
+            ++i;
+            continue;
+        }
+        size_t k = i + (t[i] == '-');
+        if (!digit(k)) return false;
+        if (t[k] == '0')
+            ++k;
+        else
+            while (digit(k))
+                ++k;
+        if (k < t.size() && t[k] == '.') {
+            if (!digit(++k)) return false;
+            while (digit(k))
+                ++k;
+        }
+        if (k < t.size() && (t[k] == 'e' || t[k] == 'E')) {
+            if (k + 1 < t.size() && (t[k + 1] == '+' || t[k + 1] == '-')) ++k;
+            if (!digit(++k)) return false;
+            while (digit(k))
+                ++k;
+        }
+        if (k < t.size() && (digit(k) || t[k] == '.' || t[k] == '-' || t[k] == '+' || t[k] == 'e' || t[k] == 'E'))
+            return false; // "01", "1.2.3", "1-2"
+        i = k;
+    }
+    return true;
+}
+
 bool parse_body(const http_request& req, body_params& b, http_response& resp) {
     if (req.body.empty()) {
         b.has = false;
         return true;
     }
     simdjson::dom::element root;
-    if (b.parser.parse(req.body).get(root) != simdjson::SUCCESS) {
-        api_error(resp, 109, "Body not json");
+    if (const auto err = b.parser.parse(req.body).get(root); err != simdjson::SUCCESS) {
+        // A number too large for 64 bits is JSON, and was answered "Body not json".
+        if (err == simdjson::NUMBER_ERROR && numbers_well_formed(req.body))
+            api_error(resp, 108, "params type error");
+        else
+            api_error(resp, 109, "Body not json");
         return false;
     }
     if (root.get_object().get(b.obj) != simdjson::SUCCESS) {
@@ -175,7 +220,8 @@ bool body_json_or_empty(const http_request& req, http_response& resp) {
     if (req.body.empty()) return true;
     simdjson::dom::parser parser;
     simdjson::dom::element root;
-    if (parser.parse(req.body).get(root) == simdjson::SUCCESS) return true;
+    const auto err = parser.parse(req.body).get(root);
+    if (err == simdjson::SUCCESS || (err == simdjson::NUMBER_ERROR && numbers_well_formed(req.body))) return true;
     api_error(resp, 109, "Body not json");
     return false;
 }
@@ -203,10 +249,15 @@ pstat get_bool(const body_params& b, const char* key, bool& out) {
     return e.get_bool().get(out) == simdjson::SUCCESS ? pstat::ok : pstat::wrong_type;
 }
 
+// An integer past int64's range (up to 2^64 - 1) is taken as INT64_MAX: an integer, out of every range the API
+// takes (a qos of 2^63 was "wrong type" where 2^63 - 1 was "qos must be 0, 1 or 2").
 pstat get_int(const body_params& b, const char* key, int64_t& out) {
     simdjson::dom::element e;
     if (find_param(b, key, e) != pstat::ok) return pstat::missing;
-    return e.get_int64().get(out) == simdjson::SUCCESS ? pstat::ok : pstat::wrong_type;
+    if (e.get_int64().get(out) == simdjson::SUCCESS) return pstat::ok;
+    if (!e.is_uint64()) return pstat::wrong_type;
+    out = INT64_MAX;
+    return pstat::ok;
 }
 
 // Checks mandatory parameters in order: any missing -> 107, then any of the wrong type -> 108. Variadic rather than

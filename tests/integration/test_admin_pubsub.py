@@ -94,6 +94,16 @@ class PublishCases:
             ({"topic": ""}, 102), ({"topic": "a/+"}, 102), ({"topic": "a/#"}, 102), ({"topic": "#"}, 102),
             ({"topic": "+"}, 102), ({"topic": "a\u0000b"}, 102),
             (b"", 107),
+            # JSON with a number too large for 64 bits (or a double) was "Body not json"; an integer past int64 was
+            # "wrong type" where one within it was 102.
+            ('{"topic": "a", "qos": 123456789012345678901234567890}', 108),
+            ('{"topic": "a", "qos": -9223372036854775809}', 108), ('{"topic": "a", "qos": 1e400}', 108),
+            ('{"topic": "a", "extra": [1, {"n": -1.5e999}]}', 108),
+            ('{"topic": "a", "qos": 18446744073709551615}', 102), ('{"topic": "a", "qos": 9223372036854775807}', 102),
+            # Numbers JSON does not allow stay 109, also where one is past 64 bits.
+            ('{"topic": "a", "qos": 01}', 109), ('{"topic": "a", "qos": 1.}', 109), ('{"topic": "a", "qos": -}', 109),
+            ('{"topic": "a", "qos": 1e}', 109), ('{"topic": "a", "q": 1e400, "qos": 00}', 109),
+            ('{"topic": "a", "qos": 1.5.1}', 109),
         ] + [(text, 107) for text in NOT_OBJECTS] + [(text, 109) for text in NOT_JSON]
         for body, code in cases:
             with self.subTest(body=body):
