@@ -60,6 +60,10 @@ constexpr int64_t tombstone_keep_ms = 10000;
 constexpr int64_t hold_warn_interval_ms = 10000;
 // A client whose keepalive ran out while its receives were held is looked at again after this long.
 constexpr int64_t held_recheck_ms = 1000;
+// How long the deadlines the tick found due wait for the ring's waiting completions to be handled (run_deadlines).
+constexpr int64_t deadline_defer_max_ms = 1000;
+// A turn that handles its completions for this long or longer is remembered (shard::long_turn_from_).
+constexpr int64_t long_turn_ms = 50;
 // A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
 constexpr int64_t send_failed_grace_ms = 1000;
 // How long a close that sends the client's answers waits for the send pending before them (shard::close).
@@ -414,6 +418,7 @@ void shard::loop() {
             }
         }
         now_ms_ = mono_ms();
+        const int64_t turn_start = now_ms_;
         if (stopping_ && !stop_cancelled_ && now_ms_ - stop_started_ms_ > shutdown_grace_ms) cancel_stuck();
         if (poll_rules_.epoch_due(now_ms_))
             poll_rules_.end_epoch(now_ms_, thread_cpu_ns(), m_.packets_received + m_.packets_sent);
@@ -426,6 +431,15 @@ void shard::loop() {
         drain_smp();
         for (unsigned i = 0; i < n; ++i)
             if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
+        if (n != 0) {
+            // (One clock read a turn that handled something: what a turn that ran long stamped, see check_deadline.)
+            if (const int64_t end = mono_ms(); end - turn_start >= long_turn_ms) [[unlikely]] {
+                long_turn_from_ = turn_start;
+                long_turn_to_ = end;
+            }
+        }
+        if (deadlines_due_ms_ != 0) [[unlikely]]
+            run_deadlines(turn_start);
         if (!pending_handoffs_.empty()) {
             size_t keep = 0;
             for (auto& [t, h] : pending_handoffs_) {
@@ -1439,11 +1453,23 @@ void shard::tick(int64_t now) {
         accept_paused_ = false; // tick_ms is accept_pacer::pause_ms
         arm_accept();
     }
-    deadlines_.advance(now, [&](const reactor::deadline_wheel::entry& e) { check_deadline(e, now); });
+    if (deadlines_due_ms_ == 0) deadlines_due_ms_ = now;
     if (const uint64_t held = conn_log_.take_held(now); held != 0)
         log::info("{} more lines about refused or closed connections held back (at most {} a second)", held,
                   conn_log_.per_second());
     update_gauges();
+}
+
+void shard::run_deadlines(int64_t turn_start) {
+    // After a turn that ran long (a burst of PUBLISHes each matching thousands of wildcard filters held a shard for
+    // seconds), the tick came up among the completions of what clients sent meanwhile, and judged their keepalives
+    // before their PINGREQs were handled, at a clock the packets handled earlier in the turn had not seen: clients
+    // that pinged in time were closed as silent. Now a deadline is judged once what was reaped is handled, at the
+    // clock those packets were stamped with (the turn's start), and not while more completions wait in the ring.
+    if (io_uring_cq_ready(ring_.raw()) != 0 && turn_start - deadlines_due_ms_ < deadline_defer_max_ms) return;
+    deadlines_due_ms_ = 0;
+    if (stopping_) return; // (as the tick: the shutdown has deadlines of its own)
+    deadlines_.advance(turn_start, [&](const reactor::deadline_wheel::entry& e) { check_deadline(e, turn_start); });
 }
 
 void shard::schedule_check(connection& c) {
@@ -1497,6 +1523,9 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     const auto& lim = cfg_.limits;
+    // Packets are stamped with the clock of their turn's start: one handled late in a turn that ran long (see
+    // run_deadlines) counts from that turn's end.
+    if (c.last_rx_ms >= long_turn_from_ && c.last_rx_ms < long_turn_to_) c.last_rx_ms = long_turn_to_;
     const int64_t quiet = quiet_limit_ms(c, lim);
     const bool expired = c.st == connection::state::awaiting_connect ||
                          (c.st == connection::state::connected && quiet != 0 && now - c.last_rx_ms > quiet);

@@ -423,6 +423,10 @@ private:
     void on_accept(int res, uint32_t flags);
     reactor::task<void> housekeeping();
     void tick(int64_t now);
+    // The deadlines the tick found due (keepalives, connect timeouts...), run by the loop once the turn's completions
+    // are handled: judged at the turn's start, `turn_start`, and not while completions wait in the ring (for at most
+    // deadline_defer_max_ms).
+    void run_deadlines(int64_t turn_start);
     void cancel_stuck(); // the shutdown grace ran out: cancels what the connections still have in the ring
     // Puts c's keepalive deadline in the wheel unless an earlier deadline is already there.
     void schedule_check(connection& c);
@@ -1019,6 +1023,11 @@ private:
     idle_poll_rules poll_rules_{cfg_.budgets};
     wake_batch_rule wake_rule_{cfg_.budgets.wake_batch_us};
     int64_t now_ms_ = 0;
+    int64_t deadlines_due_ms_ = 0; // when the tick found deadlines due; 0 = none waiting (run_deadlines)
+    // The last turn that took long_turn_ms or more to handle its completions, from its start to its end: a packet
+    // handled in it was stamped with its start (check_deadline).
+    int64_t long_turn_from_ = 0;
+    int64_t long_turn_to_ = 0;
     int64_t stop_started_ms_ = 0;
     bool stop_cancelled_ = false; // cancel_stuck() has run
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).

@@ -2765,3 +2765,58 @@ class OutgoingWindow(BrokerTest):
         self.assertEqual(r["message_dropped"], 0, r)
         self.assertEqual(r["got"], list(range(r["total"])), "lost, repeated or out of order")
         self.assertNotIn(b"nothing taken from its queue", self.broker.log())
+
+
+class LongTurnKeepalive(BrokerTest):
+    """A burst of PUBLISHes each matching thousands of overlapping wildcard filters holds a shard for seconds (README:
+    "Wildcard filters"). Clients of that shard that sent their PINGREQs in time meanwhile were closed as silent once it
+    went on: the tick that judged their keepalives came up among the completions of what they had sent, before those
+    were handled, and a packet handled late in that long turn carried the clock of the turn's start."""
+    AUTO_START = False
+
+    def test_clients_that_pinged_in_time_during_a_long_turn_keep_their_connection(self):
+        self.use_broker({})
+        depth = 13
+        levels = [f"l{i}" for i in range(depth)]
+        topic = "/".join(levels)
+        # 2^13 filters, each a level or '+' at every level, then '#': every one matches every topic under `topic`.
+        filters = ["/".join("+" if (mask >> i) & 1 else levels[i] for i in range(depth)) + "/#"
+                   for mask in range(1 << depth)]
+        sub = self.client(self.sub_id(), keepalive=0)
+        for start in range(0, len(filters), 2048):
+            sub.subscribe([(f, 0) for f in filters[start:start + 2048]], timeout=30)
+        pub = self.client(self.pub_id(), keepalive=0)
+
+        def burst(n: int, tag: str) -> float:
+            start = time.monotonic()
+            pub.send(b"".join(m.publish(f"{topic}/{tag}{i}", b"x") for i in range(n)) + m.pingreq())
+            pub.expect(b"\xd0\x00", timeout=60)  # after every PUBLISH before it
+            return time.monotonic() - start
+
+        # Each new topic's route walks every filter: sized for a turn of about 4 s on this host.
+        per_publish = max(burst(40, "c") / 40, 1e-4)
+        n = min(20000, max(100, int(4.0 / per_publish)))
+        pingers = [self.client(self.cid(f"ka{i}"), keepalive=1) for i in range(6)]
+        stop = threading.Event()
+        failures = []
+
+        def ping(c):
+            try:
+                while not stop.wait(0.3):
+                    c.send(m.pingreq())
+            except OSError as e:
+                failures.append(e)
+
+        threads = [threading.Thread(target=ping, args=(c,), daemon=True) for c in pingers]
+        for t in threads:
+            t.start()
+        try:
+            took = burst(n, "b")
+            time.sleep(1.0)  # more PINGREQs, and ticks, after the long turn
+            closed = self.broker.log().count(b"keepalive 1 s exceeded")  # (while they still ping)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+        self.assertGreater(took, 2.0, f"the burst of {n} PUBLISHes held the shard only {took:.2f} s: no long turn")
+        self.assertEqual((closed, failures), (0, []), "clients that pinged every 0.3 s were closed")
