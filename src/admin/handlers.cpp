@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 #include <map>
+#include <optional>
 
 namespace ringmq::admin {
 
@@ -151,45 +153,53 @@ struct body_params {
     bool has = false;
 };
 
-// Whether every number in a text simdjson refused with NUMBER_ERROR is written as JSON allows: then the text is JSON
-// and simdjson refused a number's size (past 64 bits, 1e400), which the API takes for no parameter. Strings are
-// skipped; a number is a run of the characters numbers are made of, checked against JSON's grammar.
-bool numbers_well_formed(std::string_view t) {
+// simdjson refuses a number past 64 bits (or a double's range) as it refuses a malformed one (NUMBER_ERROR), and
+// stops there. Each number of t written as JSON writes one, between the characters that may surround one, is replaced
+// by 0 in a copy, which is parsed again: where that parses, t is JSON with numbers the API takes for no parameter.
+// Returns whether the copy's root is an object, or nullopt where t is not JSON either.
+std::optional<bool> json_but_for_large_numbers(std::string_view t) {
     const auto digit = [&](size_t k) { return k < t.size() && t[k] >= '0' && t[k] <= '9'; };
+    const auto digits = [&](size_t k) {
+        while (digit(k))
+            ++k;
+        return k;
+    };
+    const auto around = [&](size_t k, const char* chars) {
+        return t[k] != '\0' && std::strchr(chars, t[k]) != nullptr;
+    };
+    std::string copy;
+    copy.reserve(t.size());
     for (size_t i = 0; i < t.size();) {
-        if (t[i] == '"') {
-            for (++i; i < t.size() && t[i] != '"'; ++i)
-                if (t[i] == '\\') ++i;
-            ++i;
+        if (t[i] == '"') { // a string, copied whole
+            size_t k = i + 1;
+            while (k < t.size() && t[k] != '"')
+                k += t[k] == '\\' ? 2 : 1;
+            k = std::min(k + 1, t.size());
+            copy.append(t.substr(i, k - i));
+            i = k;
             continue;
         }
         if (t[i] != '-' && !digit(i)) {
-            ++i;
+            copy.push_back(t[i++]);
             continue;
         }
         size_t k = i + (t[i] == '-');
-        if (!digit(k)) return false;
-        if (t[k] == '0')
-            ++k;
-        else
-            while (digit(k))
-                ++k;
-        if (k < t.size() && t[k] == '.') {
-            if (!digit(++k)) return false;
-            while (digit(k))
-                ++k;
-        }
+        if (!digit(k)) return std::nullopt;
+        k = t[k] == '0' ? k + 1 : digits(k);
+        if (k < t.size() && t[k] == '.' && digit(k + 1)) k = digits(k + 1);
         if (k < t.size() && (t[k] == 'e' || t[k] == 'E')) {
-            if (k + 1 < t.size() && (t[k + 1] == '+' || t[k + 1] == '-')) ++k;
-            if (!digit(++k)) return false;
-            while (digit(k))
-                ++k;
+            const size_t sign = k + 1 < t.size() && (t[k + 1] == '+' || t[k + 1] == '-') ? k + 2 : k + 1;
+            if (digit(sign)) k = digits(sign);
         }
-        if (k < t.size() && (digit(k) || t[k] == '.' || t[k] == '-' || t[k] == '+' || t[k] == 'e' || t[k] == 'E'))
-            return false; // "01", "1.2.3", "1-2"
+        // What may come before and after a number in JSON (else "--1" or "1e5e3" would pass as "-0" or "0e0").
+        if ((i > 0 && !around(i - 1, " \t\r\n:[,")) || (k < t.size() && !around(k, " \t\r\n,]}"))) return std::nullopt;
+        copy.push_back('0');
         i = k;
     }
-    return true;
+    simdjson::dom::parser parser;
+    simdjson::dom::element root;
+    if (parser.parse(copy).get(root) != simdjson::SUCCESS) return std::nullopt;
+    return root.is_object();
 }
 
 bool parse_body(const http_request& req, body_params& b, http_response& resp) {
@@ -200,10 +210,13 @@ bool parse_body(const http_request& req, body_params& b, http_response& resp) {
     simdjson::dom::element root;
     if (const auto err = b.parser.parse(req.body).get(root); err != simdjson::SUCCESS) {
         // A number too large for 64 bits is JSON, and was answered "Body not json".
-        if (err == simdjson::NUMBER_ERROR && numbers_well_formed(req.body))
+        const auto json = err == simdjson::NUMBER_ERROR ? json_but_for_large_numbers(req.body) : std::nullopt;
+        if (!json)
+            api_error(resp, 109, "Body not json");
+        else if (*json)
             api_error(resp, 108, "params type error");
         else
-            api_error(resp, 109, "Body not json");
+            api_error(resp, 107, "params error"); // as for any body that is JSON but not an object
         return false;
     }
     if (root.get_object().get(b.obj) != simdjson::SUCCESS) {
@@ -221,7 +234,8 @@ bool body_json_or_empty(const http_request& req, http_response& resp) {
     simdjson::dom::parser parser;
     simdjson::dom::element root;
     const auto err = parser.parse(req.body).get(root);
-    if (err == simdjson::SUCCESS || (err == simdjson::NUMBER_ERROR && numbers_well_formed(req.body))) return true;
+    if (err == simdjson::SUCCESS || (err == simdjson::NUMBER_ERROR && json_but_for_large_numbers(req.body)))
+        return true;
     api_error(resp, 109, "Body not json");
     return false;
 }

@@ -102,18 +102,14 @@ struct layers {
 
     void error(std::string_view origin, std::string_view key, std::string_view reason) {
         // (A key or a value quoted in the reason may hold a line break: one error stays one line. An origin is
-        // escaped where it is made: every message is escaped whole, see main.cpp. A reason quoting a long value is
-        // cut: a 15 MB mqtt.listen made a 15 MB line.)
+        // escaped where it is made: every message is escaped whole, see main.cpp.)
         fmt::memory_buffer out;
         fmt::format_to(std::back_inserter(out), "{}: ", origin);
-        log::append_escaped(out, key.substr(0, max_quoted));
+        log::append_escaped(out, key);
         out.append(std::string_view(": "));
-        log::append_escaped(out, reason.substr(0, max_quoted));
-        if (std::max(key.size(), reason.size()) > max_quoted)
-            fmt::format_to(std::back_inserter(out), " [... cut at {} bytes]", max_quoted);
+        log::append_escaped(out, reason);
         errors.push_back(fmt::to_string(out));
     }
-    static constexpr size_t max_quoted = 512;
 
     // Later layers replace earlier ones; what they replace is kept in `shadowed`.
     void set(std::string key, const toml::node* node, std::string_view origin, std::string_view typed_number = {}) {
@@ -240,35 +236,7 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-// The dotted key a line of a TOML file sets (`max_inflight = ...` under [mqtt]: "mqtt.max_inflight"), or "" where the
-// line is no `key = value` of bare keys under a plain [section]: the parser's own errors (a number past 64 bits, say)
-// name a line and column, and the checks' errors the key.
-std::string key_on_line(std::string_view text, size_t line) {
-    const auto bare = [](std::string_view k) {
-        return !k.empty() && std::all_of(k.begin(), k.end(), [](char ch) {
-            return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-                   ch == '-' || ch == '.';
-        });
-    };
-    std::string section;
-    size_t at = 0;
-    for (size_t n = 1; at <= text.size(); ++n) {
-        const size_t end = std::min(text.find('\n', at), text.size());
-        const std::string_view l = trim(text.substr(at, end - at));
-        if (n == line) {
-            const size_t eq = l.find('=');
-            const std::string_view k = eq == std::string_view::npos ? std::string_view{} : trim(l.substr(0, eq));
-            if (!bare(k)) return "";
-            return section.empty() ? std::string(k) : fmt::format("{}.{}", section, k);
-        }
-        if (l.starts_with('[')) {
-            const std::string_view h = trim(l.substr(1, l.find(']') == std::string_view::npos ? 0 : l.find(']') - 1));
-            section = bare(h) ? std::string(h) : std::string{};
-        }
-        at = end + 1;
-    }
-    return "";
-}
+std::string key_on_line(std::string_view text, size_t line);
 
 parsed_toml parse_toml(std::string_view text, std::string_view origin, bool name_key = true) {
     parsed_toml r;
@@ -297,6 +265,40 @@ parsed_toml parse_toml(std::string_view text, std::string_view origin, bool name
         fail(res.error());
 #endif
     return r;
+}
+
+// The dotted key whose value begins on `line` of a TOML text the parser refused there (a number past 64 bits, say),
+// so that its error names the key as the checks' errors do; "" where there is none. Found by the parser itself, on a
+// copy with that line's value (after its first '=') replaced by 0: a line inside a multi-line string or array, a
+// section header the text itself cannot tell, make no key, or another.
+std::string key_on_line(std::string_view text, size_t line) {
+    size_t at = 0;
+    for (size_t n = 1; n < line; ++n) {
+        at = text.find('\n', at);
+        if (at == std::string_view::npos) return "";
+        ++at;
+    }
+    const size_t end = std::min(text.find('\n', at), text.size());
+    const size_t eq = text.find('=', at);
+    if (eq >= end) return "";
+    std::string copy(text.substr(0, eq + 1));
+    copy.append(" 0");
+    copy.append(text.substr(end));
+    const parsed_toml p = parse_toml(copy, "", false);
+    if (!p.table) return "";
+    std::string found;
+    const auto walk = [&](const auto& self, const toml::table& t, const std::string& prefix) -> void {
+        for (auto&& [k, v] : t) {
+            if (!found.empty()) return;
+            const std::string key = prefix.empty() ? std::string(k.str()) : fmt::format("{}.{}", prefix, k.str());
+            if (const toml::table* sub = v.as_table())
+                self(self, *sub, key);
+            else if (v.source().begin.line == line)
+                found = key;
+        }
+    };
+    walk(walk, *p.table, "");
+    return found;
 }
 
 // --set KEY=VALUE: VALUE is a TOML value (10, true, "x", 1.5). Anything that does not parse as exactly one TOML
@@ -462,7 +464,8 @@ private:
             char* end = nullptr;
             errno = 0;
             (void)std::strtod(v.c_str(), &end);
-            if (!v.empty() && end == v.c_str() + v.size() && errno == ERANGE) {
+            const bool decimal = v.find_first_not_of("0123456789+-.eE") == std::string::npos; // (not 0x1p99999)
+            if (decimal && !v.empty() && end == v.c_str() + v.size() && errno == ERANGE) {
                 l_.error(e.origin, key, fmt::format("expected a number, got {} (out of range)", v));
                 return;
             }
@@ -674,6 +677,10 @@ load_result finish(layers& l, config cfg) {
     validate(l, cfg);
     load_result r;
     r.warnings = std::move(l.warnings);
+    // Each line as long as a log line at most: a 15 MB mqtt.listen was echoed in one 15 MB line.
+    for (auto* list : {&l.errors, &r.warnings})
+        for (std::string& e : *list)
+            if (e.size() > log::max_message_bytes) e = log::cut_escaped(e);
     if (!l.errors.empty()) {
         r.exit_code = k_exit_invalid;
         if (l.errors.size() > max_errors) {

@@ -123,6 +123,12 @@ void write_escaped(level l, std::string_view msg) {
     if (current_level() <= l) write_line(l, msg, false);
 }
 
+std::string cut_escaped(std::string_view text) {
+    fmt::memory_buffer out;
+    append_cut(out, text, false);
+    return fmt::to_string(out);
+}
+
 std::string escaped(std::string_view text) {
     fmt::memory_buffer out;
     append_escaped(out, text);

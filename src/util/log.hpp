@@ -31,6 +31,9 @@ std::string escaped(std::string_view text); // append_escaped into a new string
 // then " [... N more bytes]". A client id, topic or filter may be 64 KiB; one line per refused connection stays short.
 inline constexpr size_t max_message_bytes = 4096;
 void append_message(fmt::memory_buffer& out, std::string_view msg);
+// Text escaped already (append_escaped), cut as append_message cuts (nor inside one of its \xNN): the configuration's
+// errors, printed before the log is set up.
+std::string cut_escaped(std::string_view text);
 
 // Counts one more occurrence of something a client can repeat without bound (a refusal, a drop) and says whether to
 // log this one: the 1st, 2nd, 4th, 8th... The log then shows that it happens and how often, and a flood of it is a

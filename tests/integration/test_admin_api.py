@@ -254,6 +254,8 @@ class ClientCases(Helpers):
         oid = self.cid("owner", 0)
         owner = self.client(oid, will=m.Will("will/kick", b"kicked", qos=1))
         self.err("DELETE", "clients/" + seg(oid), "not json", 109)  # refused before the kick, as EMQ X did
+        for body in ('{"x": 0x10}', '{"x": 1e400 garbage}', "1e400 ]]]"):  # (a number past 64 bits is JSON)
+            self.err("DELETE", "clients/" + seg(oid), body, 109)
         self.assertTrue(owner.is_open(), "kicked by a DELETE whose body was not JSON")
         watcher.expect_no_packet(0.1)
         self.action("DELETE", "clients/" + seg(oid))

@@ -104,6 +104,15 @@ class PublishCases:
             ('{"topic": "a", "qos": 01}', 109), ('{"topic": "a", "qos": 1.}', 109), ('{"topic": "a", "qos": -}', 109),
             ('{"topic": "a", "qos": 1e}', 109), ('{"topic": "a", "q": 1e400, "qos": 00}', 109),
             ('{"topic": "a", "qos": 1.5.1}', 109),
+            # Nor what follows a number that JSON does not allow, nor a body broken after one past 64 bits.
+            ('{"topic": "a", "qos": 0x10}', 109), ('{"topic": "a", "qos": 1_0}', 109), ('{"topic": "a", "qos": 1a}', 109),
+            ('{"topic": "a", "qos": 1true}', 109), ('{"topic": "a", "qos": --1}', 109),
+            ('{"topic": "a", "qos": 1e5e3}', 109), ('{"topic": "a", "x": 1e400 "qos": 1}', 109),
+            ('{"topic": "a", "x": 1e400,}', 109), ('{"topic": "a", "x": 1e400}}}', 109),
+            ('{"topic": "a", "x": 1e400, "qos": Infinity}', 109), ('{"topic": "a", "x": 1e400, "qos": .5}', 109),
+            ('{"topic": "a\\"1e400", "x": 1e400}', 108),
+            # JSON but no object, as "1" or "[1]".
+            ("1e400", 107), ("[1e400]", 107),
         ] + [(text, 107) for text in NOT_OBJECTS] + [(text, 109) for text in NOT_JSON]
         for body, code in cases:
             with self.subTest(body=body):
