@@ -64,6 +64,8 @@ constexpr int64_t held_recheck_ms = 1000;
 constexpr int64_t deadline_defer_max_ms = 1000;
 // A turn that handles its completions for this long or longer is remembered (shard::long_turn_from_).
 constexpr int64_t long_turn_ms = 50;
+// How long a keepalive's silence may go uncounted while the shard works through a backlog (shard::caught_up_ms_).
+constexpr int64_t backlog_credit_ms = 10000;
 // A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
 constexpr int64_t send_failed_grace_ms = 1000;
 // How long a close that sends the client's answers waits for the send pending before them (shard::close).
@@ -431,6 +433,9 @@ void shard::loop() {
         drain_smp();
         for (unsigned i = 0; i < n; ++i)
             if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
+        // Nothing posted to the ring or held back by the kernel (DEFER_TASKRUN's task work: data that came during a
+        // long turn is posted only at the next entry) is left: what clients sent before this turn began is handled.
+        if (ring_.ready() == 0 && (!ring_.deferred_known() || !ring_.deferred())) caught_up_ms_ = turn_start;
         if (n != 0) {
             // (One clock read a turn that handled something: what a turn that ran long stamped, see check_deadline.)
             if (const int64_t end = mono_ms(); end - turn_start >= long_turn_ms) [[unlikely]] {
@@ -1527,8 +1532,12 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     // run_deadlines) counts from that turn's end.
     if (c.last_rx_ms >= long_turn_from_ && c.last_rx_ms < long_turn_to_) c.last_rx_ms = long_turn_to_;
     const int64_t quiet = quiet_limit_ms(c, lim);
+    // Silence counts up to when the shard last had all that clients sent handled (for at most backlog_credit_ms): while
+    // it works through a backlog (PUBLISHes of many connections, each matching thousands of wildcard filters), a
+    // PINGREQ sent in time waits unread behind it, in the ring or in the kernel, and its client was closed as silent.
+    const int64_t seen_all = std::max(std::min(now, caught_up_ms_), now - backlog_credit_ms);
     const bool expired = c.st == connection::state::awaiting_connect ||
-                         (c.st == connection::state::connected && quiet != 0 && now - c.last_rx_ms > quiet);
+                         (c.st == connection::state::connected && quiet != 0 && seen_all - c.last_rx_ms > quiet);
     if (expired && (c.needs_rearm || c.queue_held) && c.st == connection::state::connected) {
         // Not read by this shard (a hold, or no receive buffers): what the client sent may wait in its socket. (A
         // connection awaiting CONNECT has published nothing, so no hold keeps it.)

@@ -1028,6 +1028,9 @@ private:
     // handled in it was stamped with its start (check_deadline).
     int64_t long_turn_from_ = 0;
     int64_t long_turn_to_ = 0;
+    // The start of the last turn that left nothing in the ring or held back in the kernel: what clients sent before
+    // it has been handled. Keepalives count silence up to it (check_deadline).
+    int64_t caught_up_ms_ = 0;
     int64_t stop_started_ms_ = 0;
     bool stop_cancelled_ = false; // cancel_stuck() has run
     // Keyed by a view of the session's own client id (one copy of the id per session, not two).

@@ -2771,8 +2771,8 @@ class LongTurnKeepalive(BrokerTest):
     """A burst of PUBLISHes each matching thousands of overlapping wildcard filters holds a shard for seconds (README:
     "Wildcard filters"). Clients of that shard that sent their PINGREQs in time meanwhile were closed as silent once it
     went on: the tick that judged their keepalives came up among the completions of what they had sent, before those
-    were handled, and a packet handled late in that long turn carried the clock of the turn's start. (The same work
-    spread over more connections than a turn reaps, 256, still closes them: README.)"""
+    were handled, and a packet handled late in that long turn carried the clock of the turn's start. With the work
+    spread over more connections than a turn reaps (256), their PINGREQs waited behind it for several turns."""
     AUTO_START = False
 
     def with_pingers(self, work) -> tuple:
@@ -2835,3 +2835,40 @@ class LongTurnKeepalive(BrokerTest):
         self.assertGreater(took, 2.0, f"the burst of {n} PUBLISHes held the shard only {took:.2f} s: no long turn")
         self.assertEqual((closed, failures), (0, []), "clients that pinged every 0.3 s were closed (one connection)")
 
+        # The same work from 600 connections at once: turns of 256 of them, the PINGREQs behind all 600 (in the ring,
+        # or held back by the kernel until the shard next enters it).
+        flooders = [self.client(self.cid(f"fl{i}"), keepalive=0) for i in range(600)]
+        each = max(2, int(5.0 / per_publish) // len(flooders))
+
+        def spread() -> float:
+            start = time.monotonic()
+            for j, f in enumerate(flooders):
+                f.send(b"".join(m.publish(f"{topic}/s{j}/{i}", b"x") for i in range(each)) + m.pingreq())
+            for f in flooders:
+                f.expect(b"\xd0\x00", timeout=120)
+            return time.monotonic() - start
+
+        took, closed, failures = self.with_pingers(spread)
+        self.assertGreater(took, 2.0, f"{600 * each} PUBLISHes from 600 connections took only {took:.2f} s")
+        self.assertEqual((closed, failures), (0, []), "clients that pinged every 0.3 s were closed (600 connections)")
+        # A client silent meanwhile is still closed, once the backlog is through.
+        silent = self.client(self.cid("silent"), keepalive=1)
+        start = time.monotonic()
+        spread_took = spread()
+        silent.expect_closed(spread_took + 4)
+        self.assertLess(time.monotonic() - start, spread_took + 4)
+
+
+        flooders = [self.client(self.cid(f"fl{i}"), keepalive=0) for i in range(600)]
+        each = max(2, int(5.0 / per_publish) // len(flooders))
+
+        def spread() -> float:
+            start = time.monotonic()
+            for j, f in enumerate(flooders):
+                f.send(b"".join(m.publish(f"{topic}/s{j}/{i}", b"x") for i in range(each)) + m.pingreq())
+            for f in flooders:
+                f.expect(b"\xd0\x00", timeout=120)
+            return time.monotonic() - start
+
+        took, closed, failures = self.with_pingers(spread)
+        self.assertEqual((closed, failures), (0, []), "clients that pinged every 0.3 s were closed (600 connections)")
