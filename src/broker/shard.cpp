@@ -1564,6 +1564,13 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     c.sq.trim(); // a subscriber of shared pieces keeps their bookkeeping between batches, not while it idles
+    if (c.st == connection::state::connected && quiet != 0 && now - c.last_rx_ms > quiet) [[unlikely]] {
+        // Past its keepalive but for the shard's own backlog: looked at again next tick, not in every slot the wheel
+        // still passes in this advance (its deadline from last_rx_ms lies behind the wheel's hand).
+        c.check_at_ms = now + tick_ms;
+        deadlines_.schedule(c.id, c.check_at_ms);
+        return;
+    }
     // Traffic moved the keepalive on (or CONNECT came in time): the next deadline.
     schedule_check(c);
 }
