@@ -60,8 +60,6 @@ constexpr int64_t tombstone_keep_ms = 10000;
 constexpr int64_t hold_warn_interval_ms = 10000;
 // A client whose keepalive ran out while its receives were held is looked at again after this long.
 constexpr int64_t held_recheck_ms = 1000;
-// How long the deadlines the tick found due wait for the ring's waiting completions to be handled (run_deadlines).
-constexpr int64_t deadline_defer_max_ms = 1000;
 // A turn that handles its completions for this long or longer is remembered (shard::long_turn_from_).
 constexpr int64_t long_turn_ms = 50;
 // How long a keepalive's silence may go uncounted while the shard works through a backlog (shard::caught_up_ms_).
@@ -443,7 +441,7 @@ void shard::loop() {
                 long_turn_to_ = end;
             }
         }
-        if (deadlines_due_ms_ != 0) [[unlikely]]
+        if (deadlines_due_) [[unlikely]]
             run_deadlines(turn_start);
         if (!pending_handoffs_.empty()) {
             size_t keep = 0;
@@ -1458,7 +1456,7 @@ void shard::tick(int64_t now) {
         accept_paused_ = false; // tick_ms is accept_pacer::pause_ms
         arm_accept();
     }
-    if (deadlines_due_ms_ == 0) deadlines_due_ms_ = now;
+    deadlines_due_ = true;
     if (const uint64_t held = conn_log_.take_held(now); held != 0)
         log::info("{} more lines about refused or closed connections held back (at most {} a second)", held,
                   conn_log_.per_second());
@@ -1470,9 +1468,9 @@ void shard::run_deadlines(int64_t turn_start) {
     // seconds), the tick came up among the completions of what clients sent meanwhile, and judged their keepalives
     // before their PINGREQs were handled, at a clock the packets handled earlier in the turn had not seen: clients
     // that pinged in time were closed as silent. Now a deadline is judged once what was reaped is handled, at the
-    // clock those packets were stamped with (the turn's start), and not while more completions wait in the ring.
-    if (io_uring_cq_ready(ring_.raw()) != 0 && turn_start - deadlines_due_ms_ < deadline_defer_max_ms) return;
-    deadlines_due_ms_ = 0;
+    // clock those packets were stamped with (the turn's start); a keepalive's silence only up to when the shard last
+    // had all that clients sent handled (caught_up_ms_), which also covers completions still waiting in the ring.
+    deadlines_due_ = false;
     if (stopping_) return; // (as the tick: the shutdown has deadlines of its own)
     deadlines_.advance(turn_start, [&](const reactor::deadline_wheel::entry& e) { check_deadline(e, turn_start); });
 }

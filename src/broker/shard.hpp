@@ -424,8 +424,7 @@ private:
     reactor::task<void> housekeeping();
     void tick(int64_t now);
     // The deadlines the tick found due (keepalives, connect timeouts...), run by the loop once the turn's completions
-    // are handled: judged at the turn's start, `turn_start`, and not while completions wait in the ring (for at most
-    // deadline_defer_max_ms).
+    // are handled: judged at the turn's start, `turn_start` (keepalives up to caught_up_ms_).
     void run_deadlines(int64_t turn_start);
     void cancel_stuck(); // the shutdown grace ran out: cancels what the connections still have in the ring
     // Puts c's keepalive deadline in the wheel unless an earlier deadline is already there.
@@ -1023,7 +1022,7 @@ private:
     idle_poll_rules poll_rules_{cfg_.budgets};
     wake_batch_rule wake_rule_{cfg_.budgets.wake_batch_us};
     int64_t now_ms_ = 0;
-    int64_t deadlines_due_ms_ = 0; // when the tick found deadlines due; 0 = none waiting (run_deadlines)
+    bool deadlines_due_ = false; // the tick found deadlines due: run_deadlines runs them after the turn's completions
     // The last turn that took long_turn_ms or more to handle its completions, from its start to its end: a packet
     // handled in it was stamped with its start (check_deadline).
     int64_t long_turn_from_ = 0;
