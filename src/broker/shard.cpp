@@ -221,12 +221,12 @@ bool shard::run() {
         return false;
     }
     log::debug("shard {} started (io_uring {}, {} x {} B receive buffers{}, {} x {} B for first packets; per turn {} "
-               "sends, {} retained topics, {} per session; idle poll {} us from {} packets a wake-up while {}% of "
-               "polls find work{})",
+               "sends, {} retained topics, {} per session, {} us of routing work; idle poll {} us from {} packets a "
+               "wake-up while {}% of polls find work{})",
                id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
                first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn,
-               cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.idle_poll_us,
-               cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found,
+               cfg_.budgets.retained_reads_per_turn, cfg_.budgets.retained_read_slice, cfg_.budgets.turn_work_us,
+               cfg_.budgets.idle_poll_us, cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found,
                cfg_.budgets.idle_poll_by_cpu ? ", weighed against sleeping per CPU-second" : "");
     init_file_table(ring_, cfg_, id_);
     cancel_recv_on_close_ = ring_.defer_taskrun() && io::kernel_at_least(6, 13);
@@ -354,7 +354,7 @@ void shard::loop() {
         // until the shard it waits for has taken enough (arm_wakes). It does not poll with a backlog: a poll would not
         // see the queue empty.
         const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() || !pending_handoffs_.empty() ||
-                          reads_runnable_ || !unheld_.empty();
+                          reads_runnable_ || !unheld_.empty() || !paused_.empty();
         if (busy) {
             ring_.submit();
         } else if (cfg_.budgets.idle_poll_us != 0 && !outbox_.pending() &&
@@ -417,7 +417,9 @@ void shard::loop() {
                 node_.smp.set_sleeping(id_, false);
             }
         }
-        now_ms_ = mono_ms();
+        turn_start_ns_ = mono_ns();
+        now_ms_ = turn_start_ns_ / 1'000'000;
+        turn_over_ = false;
         const int64_t turn_start = now_ms_;
         if (stopping_ && !stop_cancelled_ && now_ms_ - stop_started_ms_ > shutdown_grace_ms) cancel_stuck();
         if (poll_rules_.epoch_due(now_ms_))
@@ -429,6 +431,9 @@ void shard::loop() {
         // applied before this shard handles the client's next packet.
         if (!ungated_.empty()) snapshot_transit();
         drain_smp();
+        // What other shards sent (and the admin shard asked) is not this turn's clients' doing: their window starts
+        // after it.
+        new_work_window();
         for (unsigned i = 0; i < n; ++i)
             if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
         // Nothing posted to the ring or held back by the kernel (DEFER_TASKRUN's task work: data that came during a
@@ -474,6 +479,48 @@ void shard::loop() {
             for (const uint64_t id : ids)
                 if (const auto it = conns_.find(id); it != conns_.end()) read_again(*it->second);
         }
+        if (!paused_.empty()) resume_paused();
+    }
+}
+
+void shard::new_work_window() {
+    turn_start_ns_ = mono_ns();
+    now_ms_ = turn_start_ns_ / 1'000'000;
+    turn_over_ = false;
+}
+
+void shard::check_turn_work() {
+    work_check_at_ = work_ + work_check_every;
+    if (cfg_.budgets.turn_work_us != 0 && mono_ns() - turn_start_ns_ > int64_t{cfg_.budgets.turn_work_us} * 1000)
+        turn_over_ = true;
+}
+
+void shard::pause_reading(connection& c) {
+    // As a held publisher waits (hold_publisher), but for no queue and only until the next turn: its receive goes on,
+    // its acks and PINGREQs are served meanwhile (serve_held_acks), and past held_keep_max the receive stops, where TCP
+    // slows it down. Never waived for that (stop_held_recv): it is read again within a turn or two.
+    c.queue_held = true;
+    c.paused = true;
+    paused_.emplace_back(c.id, turn_);
+    if (log::at_doubling(pauses_))
+        log::info("client {} ({}) is read on in a later turn, its packets having taken this turn past "
+                  "node.turn_work_us = {} of routing work (new topics' matches, deliveries), so that other clients' "
+                  "packets are handled meanwhile ({} times so far on this shard)",
+                  c.client_id(), c.peer, cfg_.budgets.turn_work_us, pauses_);
+}
+
+void shard::resume_paused() {
+    // Those paused before this turn, oldest first, in a window of their own (this turn's completions had theirs): one
+    // that spends it goes to the back, and the others wait for the next turn in their order, so each gets its turn.
+    new_work_window();
+    while (!paused_.empty() && paused_.front().second != turn_ && !turn_over_) {
+        const uint64_t id = paused_.front().first;
+        paused_.pop_front();
+        const auto it = conns_.find(id);
+        if (it == conns_.end()) continue;
+        connection& c = *it->second;
+        if (!c.paused || !c.queue_held) continue; // read again otherwise since
+        read_again(c);
     }
 }
 
@@ -609,7 +656,7 @@ size_t shard::held_keep_max(const connection& c) const {
 
 bool shard::stop_held_recv(connection& c) {
     if (c.rx.size() <= held_keep_max(c)) return false;
-    if (!c.hold_waived && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
+    if (!c.hold_waived && !c.paused && c.slot && c.slot->s->inflight_len() != 0) waive_hold(c);
     stop_recv(c); // (read_again arms it again, at the end of this turn once waived)
     return true;
 }
@@ -1131,6 +1178,7 @@ void shard::expire_gates(int64_t now) {
 void shard::read_again(connection& c) {
     if (!c.queue_held) return;
     c.queue_held = false;
+    c.paused = false;
     c.held_scanned = 0;
     c.hold_listed = false; // (read again as its entry came up, or as its hold ended: in no list now)
     if (c.st != connection::state::connected) return;
@@ -1148,21 +1196,47 @@ void shard::read_again(connection& c) {
             maybe_destroy(c);
             return;
         }
+        if (c.left_how != 0) [[unlikely]] {
+            finish_left(c);
+            return;
+        }
         if (c.queue_held) {
             if (!c.rx.empty()) serve_held_acks(c);
             settle_held_recv(c);
             return;
         }
         if (holding_ && own_received() != published_before) {
-            c.needs_rearm = false;
-            hold_recv(c);
+            // (Once in held_ is enough: one paused while held, say, is there already.)
+            if (std::find(held_.begin(), held_.end(), c.id) != held_.end()) {
+                stop_recv(c);
+            } else {
+                c.needs_rearm = false;
+                hold_recv(c);
+            }
             return;
         }
+    }
+    if (c.left_how != 0) [[unlikely]] {
+        finish_left(c); // (all it kept were acks, served meanwhile)
+        return;
     }
     if (!c.needs_rearm) return;                                                         // its receive was not cancelled
     if (holding_ && std::find(held_.begin(), held_.end(), c.id) != held_.end()) return; // end_hold arms it
     c.needs_rearm = false;
     if (!c.recv_armed) arm_recv(c);
+}
+
+void shard::finish_left(connection& c) {
+    if (c.paused) return; // more in a later turn (no receive to arm: its socket has ended)
+    // Held for a queue instead: as any held client whose socket ended (its turn could be long in coming).
+    if (c.queue_held) handle_kept_as_left(c);
+    if (c.st != connection::state::closing)
+        close(c,
+              c.left_how == connection::left_closed  ? "closed"
+              : c.left_how == connection::left_reset ? "econnreset"
+                                                     : "socket_error",
+              true);
+    maybe_destroy(c);
 }
 
 void shard::publish_smp() {
@@ -1710,6 +1784,15 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         if (!c.recv_armed && !c.needs_rearm) arm_recv(c);
         return;
     }
+    if (c.paused && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]] {
+        // Its socket ended while it waits for a later turn (a burst then a close, say): what it sent is handled in its
+        // turns as the rest would have been, not all at once, and then it is closed as now (read_again).
+        if (has_buf) bufs.received_nothing(bid);
+        c.left_how = res == 0             ? connection::left_closed
+                     : res == -ECONNRESET ? connection::left_reset
+                                          : connection::left_error;
+        return;
+    }
     if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]]
         handle_kept_as_left(c);
     if (res <= 0 || c.st == connection::state::closing) {
@@ -1942,12 +2025,17 @@ void shard::handle_kept_as_left(connection& c) {
         }
     } scope{*this, publisher_, leaving_};
     c.queue_held = false;
+    c.paused = false;
     c.held_scanned = 0;
     publisher_ = &c;
     leaving_ = true;
     const uint64_t before = own_received();
+    const uint64_t work = work_;
     process_rx(c);
     left_received_ += own_received() - before; // (its route updates too: see own_received)
+    // Not counted as the work of the client whose packet brought this about (a takeover's CONNECT): it would be
+    // paused for it (should_pause). The turn's clock has seen it.
+    work_ = work;
 }
 
 void shard::process_rx(connection& c) {
@@ -2004,6 +2092,7 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
     if (c.queue_held) [[unlikely]]
         return 0;
     size_t off = 0;
+    const uint64_t work_at = work_;
     route_entry* fast_route = nullptr; // the route of this buffer's last fast-path QoS 1/2 PUBLISH (see publish_qos12)
     // A queue hold (hold_publisher) stops the loop after the PUBLISH that caused it: the rest stays unhandled.
     while (off < n && c.st != connection::state::closing) {
@@ -2041,6 +2130,11 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
             }
         }
         if (n - off < total) break;
+        // (Here, not with only part of a packet left: that waits for more bytes anyway.)
+        if (should_pause(c, work_at)) [[unlikely]] {
+            pause_reading(c);
+            break;
+        }
         if (c.st == connection::state::connected && c.ver != mqtt::protocol_version::v5) {
             // The packets of a 3.x client's steady flow, taken without the general decode (each falls back to it
             // where anything about it is unusual).
@@ -3104,6 +3198,7 @@ shard::route_entry& shard::route_lookup(std::string_view topic) {
     // A session appears twice only when two different filters match; with one filter no dedup is needed.
     const char* first_filter = nullptr;
     bool several_filters = false;
+    const uint64_t visits = trie_.visits();
     const uint64_t mask = trie_.match(topic, [&](const routing::subscriber_entry& se, std::string_view filter) {
         if (!first_filter)
             first_filter = filter.data();
@@ -3111,6 +3206,7 @@ shard::route_entry& shard::route_lookup(std::string_view topic) {
             several_filters = true;
         matches_.push_back(match{static_cast<session_slot*>(se.sub), static_cast<uint8_t>(se.options & 3)});
     });
+    note_work(matches_.size() + (trie_.visits() - visits));
     if (several_filters && matches_.size() > 1) {
         // A session with overlapping subscriptions gets one copy at the highest granted QoS.
         std::sort(matches_.begin(), matches_.end(), [](const match& a, const match& b) { return a.slot < b.slot; });
@@ -3163,6 +3259,7 @@ void shard::fan_out(const route_entry& e, std::string_view topic, std::span<cons
     frame_q0_valid_ = false;
     uint64_t mask = e.mask;
     const std::vector<match>& hits = e.matches;
+    note_work(hits.size() + 1);
     // Delivery never changes the trie or the session registry, so the matches stay valid through the loop.
     {
         // Ends the sharing however the loop is left (a throw included), so no later fan-out sees stale bytes.

@@ -252,6 +252,8 @@ inline constexpr unsigned max_file_slots = 65536;
 class connection final : public recv_completion<connection>, public send_completion<connection> {
 public:
     enum class state : uint8_t { awaiting_connect, connected, closing };
+    // How its socket ended while it was paused (left_how).
+    static constexpr uint8_t left_closed = 1, left_reset = 2, left_error = 3;
 
     connection(shard& sh, int fd, listener::peer_addr peer);
 
@@ -331,6 +333,11 @@ public:
     // Let go while held because what it kept passed its limit with messages in flight to it (waive_hold): until
     // read_again has handled what it kept, no queue holds it (its acks behind that would wait with the rest).
     bool hold_waived : 1 = false;
+    // Stopped after a packet because the turn's routing work passed node.turn_work_us (pause_reading): queue_held too,
+    // so what it sends meanwhile waits in rx (its acks and PINGREQs served), until resume_paused reads it again.
+    bool paused : 1 = false;
+    // While paused, its socket ended (left_closed, left_reset, left_error): closed once what it kept is handled.
+    uint8_t left_how : 2 = 0;
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
     // flags, in what was padding: an idle connection stays in the 256-byte class.
@@ -487,6 +494,27 @@ private:
     void expire_queue_holds(int64_t now);
     void note_queue_taken(const session_slot& slot); // its subscriber took a message from the queue (pump)
     void read_again(connection& c);
+    // A client whose socket ended while paused (left_how), read again: closed once nothing it kept is left.
+    void finish_left(connection& c);
+    // The turn's routing work (route_lookup's matches, fan_out's deliveries), counted so that the clock is read only
+    // every work_check_every units; turn_over_ once the turn has done node.turn_work_us of it (check_turn_work).
+    void note_work(uint64_t units) {
+        work_ += units;
+        if (work_ >= work_check_at_) [[unlikely]]
+            check_turn_work();
+    }
+    void check_turn_work();
+    // Whether the client process() is on stops after this packet: the turn's work is spent and this client's packets
+    // did a share of it in this call (a client sending a few packets, or ones that cost little, is not stopped for
+    // what others did: that would cost a copy and a later turn for nothing), and it is not one whose turn a queue or
+    // gate gave it (it would lose its turn), nor one leaving (what it kept is handled all at once).
+    bool should_pause(const connection& c, uint64_t work_at) const {
+        return turn_over_ && work_ - work_at >= pause_least_work && !leaving_ && c.st == connection::state::connected &&
+               c.id != turn_reading_ && c.id != gate_reading_;
+    }
+    void new_work_window();
+    void pause_reading(connection& c);
+    void resume_paused();
 
     // connections
     connection& adopt(int fd, listener::peer_addr peer);
@@ -1022,6 +1050,16 @@ private:
     idle_poll_rules poll_rules_{cfg_.budgets};
     wake_batch_rule wake_rule_{cfg_.budgets.wake_batch_us};
     int64_t now_ms_ = 0;
+    int64_t turn_start_ns_ = 0; // when the turn's routing work began to count (turn_over_)
+    uint64_t work_ = 0;
+    uint64_t work_check_at_ = 0;
+    static constexpr uint64_t work_check_every = 512;  // units: about 50-250 us of work between clock reads
+    static constexpr uint64_t pause_least_work = 2048; // units a client's packets did in a call before it may stop
+    bool turn_over_ = false;
+    // Clients paused (pause_reading) and the turn each was: read again in that order from the end of the next turn,
+    // while the turn's work allows. An entry is stale once its client was read again otherwise (paused cleared).
+    std::deque<std::pair<uint64_t, uint64_t>> paused_;
+    uint64_t pauses_ = 0;
     bool deadlines_due_ = false; // the tick found deadlines due: run_deadlines runs them after the turn's completions
     // The last turn that took long_turn_ms or more to handle its completions, from its start to its end: a packet
     // handled in it was stamped with its start (check_deadline).

@@ -92,6 +92,10 @@ struct turn_budgets {
     uint32_t sends_per_turn = 128;           // sends started per loop turn; the rest wait in the send backlog
     uint32_t retained_reads_per_turn = 1024; // retained topics looked at per loop turn, all SUBSCRIBEs together
     uint32_t retained_read_slice = 256;      // of those, per session in turn
+    // Microseconds of routing work (a new topic's matches, deliveries) a loop turn does before each client whose
+    // packets cost some stops, after the packet it is on, until the next turn (0: no bound): the packets of one client,
+    // or of a few, that each match thousands of filters or subscribers held a shard for seconds meanwhile.
+    uint32_t turn_work_us = 5000;
     // Microseconds an idle shard keeps polling its ring (and its queues) before it sleeps; 0 sleeps at once. A poll
     // that finds work saves the wake-up of a sleeping thread on the next packet; the three rules below keep it to the
     // traffic where that pays (see README, "Idle polling"). At most 10 ms: with the rules off, an idle shard wakes for
@@ -155,7 +159,7 @@ struct config {
     unsigned shards = 0; // 0 in the file/flags means "number of online cores"; resolved in load()
     log::level log_level = log::level::info;
     endpoint mqtt_listen{"0.0.0.0", 1883};
-    bool mqtt_defer_accept = true;   // accept a connection with its first bytes (listener::bind_reuseport)
+    bool mqtt_defer_accept = true;    // accept a connection with its first bytes (listener::bind_reuseport)
     int mqtt_notsent_lowat = 1048576; // TCP_NOTSENT_LOWAT of the MQTT sockets (listener::listen_options), 0 = off
     mqtt_limits limits;
     turn_budgets budgets;

@@ -58,6 +58,9 @@ public:
     // Returns the OR of the remote-shard bitmasks of all matching filters. Does not allocate. Recursion depth is at
     // most the number of levels of the deepest matching filter, so the broker should cap filter levels.
     template <class F> uint64_t match(std::string_view topic, F&& on_local) const;
+    // Nodes match() has visited, all calls together: what a lookup cost where its matches are on other shards (or
+    // none), for the shard's bound on a turn's work.
+    uint64_t visits() const { return visits_; }
 
     // Returns whether a filter currently has any local subscriber.
     bool has_local(std::string_view filter) const;
@@ -134,8 +137,10 @@ private:
     // Matches the levels still in `rest` (`done` = no level left) below n. Descends the exact child in a loop and
     // recurses only into '+', so the stack grows with the number of '+' branches taken, not with topic length.
     template <class F>
-    static void match_from(const node* n, std::string_view rest, bool done, uint64_t& mask, F& on_local) {
+    static void match_from(const node* n, std::string_view rest, bool done, uint64_t& mask, uint64_t& visits,
+                           F& on_local) {
         for (;;) {
+            ++visits;
             if (n->hash) report(*n->hash, mask, on_local); // '#' also matches the parent level itself
             if (done) {
                 report(*n, mask, on_local);
@@ -150,7 +155,7 @@ private:
                 level = rest.substr(0, slash);
                 rest.remove_prefix(slash + 1);
             }
-            if (n->plus) match_from(n->plus.get(), rest, done, mask, on_local);
+            if (n->plus) match_from(n->plus.get(), rest, done, mask, visits, on_local);
             const node* exact = n->find_child(level);
             if (!exact) return;
             n = exact;
@@ -161,6 +166,7 @@ private:
     void adopt_root_children();
 
     node root_; // by value: the root never has a parent, filter or locals, and match() saves an indirection
+    mutable uint64_t visits_ = 0;
 
     size_t filter_count_ = 0;
     size_t subscription_count_ = 0;
@@ -175,6 +181,7 @@ private:
 
 template <class F> uint64_t topic_trie::match(std::string_view topic, F&& on_local) const {
     uint64_t mask = 0;
+    uint64_t visits = 0; // (a local: the callback's stores would make a member's count go through memory each node)
     const node* root = &root_;
     if (!topic.empty() && topic.front() == '$') {
         // [MQTT-4.7.2-1]: a first-level wildcard never matches a topic starting with '$', so only the exact child
@@ -184,12 +191,14 @@ template <class F> uint64_t topic_trie::match(std::string_view topic, F&& on_loc
         const node* child = root->find_child(first);
         if (!child) return 0;
         if (slash == std::string_view::npos)
-            match_from(child, {}, true, mask, on_local);
+            match_from(child, {}, true, mask, visits, on_local);
         else
-            match_from(child, topic.substr(slash + 1), false, mask, on_local);
+            match_from(child, topic.substr(slash + 1), false, mask, visits, on_local);
+        visits_ += visits;
         return mask;
     }
-    match_from(root, topic, false, mask, on_local);
+    match_from(root, topic, false, mask, visits, on_local);
+    visits_ += visits;
     return mask;
 }
 

@@ -2772,8 +2772,29 @@ class LongTurnKeepalive(BrokerTest):
     "Wildcard filters"). Clients of that shard that sent their PINGREQs in time meanwhile were closed as silent once it
     went on: the tick that judged their keepalives came up among the completions of what they had sent, before those
     were handled, and a packet handled late in that long turn carried the clock of the turn's start. With the work
-    spread over more connections than a turn reaps (256), their PINGREQs waited behind it for several turns."""
+    spread over more connections than a turn reaps (256), their PINGREQs waited behind it for several turns. And since
+    node.turn_work_us, the work itself is cut into turns: other clients are served between them."""
     AUTO_START = False
+    DONE = m.publish("lt/done", b"", qos=1, pid=1)  # answered once every PUBLISH before it is handled (not a PINGREQ:
+    DONE_ACK = b"\x40\x02\x00\x01"                 # one behind a paused client's PUBLISHes is answered at once)
+
+    def costly_topics(self):
+        """Subscribes 2^13 filters, each a level or '+' at every level of a 13-level prefix, then '#': every one
+        matches every topic under the prefix, so each new topic's route walks them all. Returns the prefix and the
+        publisher, and the seconds one such PUBLISH takes."""
+        depth = 13
+        levels = [f"l{i}" for i in range(depth)]
+        topic = "/".join(levels)
+        filters = ["/".join("+" if (mask >> i) & 1 else levels[i] for i in range(depth)) + "/#"
+                   for mask in range(1 << depth)]
+        self.sub = self.client(self.sub_id(), keepalive=0)
+        for start in range(0, len(filters), 2048):
+            self.sub.subscribe([(f, 0) for f in filters[start:start + 2048]], timeout=30)
+        pub = self.client(self.pub_id(), keepalive=0)
+        start = time.monotonic()
+        pub.send(b"".join(m.publish(f"{topic}/c{i}", b"x") for i in range(200)) + self.DONE)
+        pub.expect(self.DONE_ACK, timeout=60)
+        return topic, pub, max((time.monotonic() - start) / 200, 1e-4)
 
     def with_pingers(self, work) -> tuple:
         """Runs work() while six keepalive-1 clients ping every 0.3 s; returns what it took (s), how many clients the
@@ -2810,26 +2831,16 @@ class LongTurnKeepalive(BrokerTest):
         return took, closed, failures
 
     def test_clients_that_pinged_in_time_during_a_long_turn_keep_their_connection(self):
-        self.use_broker({})
-        depth = 13
-        levels = [f"l{i}" for i in range(depth)]
-        topic = "/".join(levels)
-        # 2^13 filters, each a level or '+' at every level, then '#': every one matches every topic under `topic`.
-        filters = ["/".join("+" if (mask >> i) & 1 else levels[i] for i in range(depth)) + "/#"
-                   for mask in range(1 << depth)]
-        sub = self.client(self.sub_id(), keepalive=0)
-        for start in range(0, len(filters), 2048):
-            sub.subscribe([(f, 0) for f in filters[start:start + 2048]], timeout=30)
-        pub = self.client(self.pub_id(), keepalive=0)
+        self.use_broker({"node.turn_work_us": 0})  # turns as long as the work (the bound: the test below)
+        topic, pub, per_publish = self.costly_topics()
 
         def burst(n: int, tag: str) -> float:
             start = time.monotonic()
-            pub.send(b"".join(m.publish(f"{topic}/{tag}{i}", b"x") for i in range(n)) + m.pingreq())
-            pub.expect(b"\xd0\x00", timeout=60)  # after every PUBLISH before it
+            pub.send(b"".join(m.publish(f"{topic}/{tag}{i}", b"x") for i in range(n)) + self.DONE)
+            pub.expect(self.DONE_ACK, timeout=60)
             return time.monotonic() - start
 
-        # Each new topic's route walks every filter: sized for a turn of about 4 s on this host.
-        per_publish = max(burst(200, "c") / 200, 1e-4)
+        # Sized for about 4 s of work on this host (a turn of 4 s before node.turn_work_us).
         n = min(20000, max(100, int(4.0 / per_publish)))
         took, closed, failures = self.with_pingers(lambda: burst(n, "b"))
         self.assertGreater(took, 2.0, f"the burst of {n} PUBLISHes held the shard only {took:.2f} s: no long turn")
@@ -2843,9 +2854,9 @@ class LongTurnKeepalive(BrokerTest):
         def spread() -> float:
             start = time.monotonic()
             for j, f in enumerate(flooders):
-                f.send(b"".join(m.publish(f"{topic}/s{j}/{i}", b"x") for i in range(each)) + m.pingreq())
+                f.send(b"".join(m.publish(f"{topic}/s{j}/{i}", b"x") for i in range(each)) + self.DONE)
             for f in flooders:
-                f.expect(b"\xd0\x00", timeout=120)
+                f.expect(self.DONE_ACK, timeout=120)
             return time.monotonic() - start
 
         took, closed, failures = self.with_pingers(spread)
@@ -2857,3 +2868,65 @@ class LongTurnKeepalive(BrokerTest):
         spread_took = spread()
         silent.expect_closed(spread_took + 4)
         self.assertLess(time.monotonic() - start, spread_took + 4)
+
+    def ping_during_burst(self, settings: dict, shards: int = 1, close: bool = False, ping_at: float = 0.3,
+                          most: int = 20000) -> tuple:
+        """A client on the publisher's shard sends a PINGREQ `ping_at` seconds into the publisher's burst of (at most
+        `most`) PUBLISHes that each cost a millisecond or so (the subscriber of the filters on the last shard; `close`:
+        the publisher closes its socket after the burst). Returns the types of the first two packets it gets (the
+        PINGRESP and the PUBLISH the burst ends with, in the order they came) with when each came, in seconds from the
+        PINGREQ."""
+        self.SHARDS = shards
+        self.use_broker(settings)
+        topic, pub, per_publish = self.costly_topics()
+        watcher = self.client(self.cid("watcher"), keepalive=0)
+        watcher.subscribe([("lt/after", 0)])
+        n = min(most, max(100, int(3.0 / per_publish)))
+        burst = b"".join(m.publish(f"{topic}/b{i}", b"x") for i in range(n)) + m.publish("lt/after", b"end")
+
+        def send():
+            pub.send(burst)
+            if close:
+                pub.sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send, daemon=True)  # (the PINGREQ goes out on time however long it takes)
+        sender.start()
+        time.sleep(ping_at)
+        pinged = time.monotonic()
+        watcher.send(m.pingreq())
+        got = []
+        for _ in range(2):
+            pkt = watcher.read_packet(timeout=60)
+            got.append((pkt.type, round(time.monotonic() - pinged, 2)))
+        sender.join(10)
+        return got, n
+
+    def assert_served_between(self, got, n, what):
+        self.assertEqual([t for t, _ in got], [m.PINGRESP, m.PUBLISH],
+                         f"{what}: (packet type, s) after a PINGREQ 0.3 s into {n} costly PUBLISHes: {got}")
+        self.assertGreater(got[1][1], 0.7, f"{what}: {n} PUBLISHes took only {got[1][1] + 0.3} s: too short to tell")
+        self.assertLess(got[0][1], 0.5, f"{what}: the PINGREQ waited: {got}")
+
+    def test_other_clients_are_served_between_the_turns_of_a_costly_burst(self):
+        got, n = self.ping_during_burst({})
+        self.assert_served_between(got, n, "1 shard")
+
+    def test_the_walk_through_filters_of_another_shard_counts_too(self):
+        # The filters' subscriber on the other shard: the publisher's shard walks the filters' nodes for each new topic
+        # without a local match, work that the bound counts too.
+        got, n = self.ping_during_burst({}, shards=2)
+        self.assert_served_between(got, n, "2 shards")
+
+    def test_a_client_that_closes_after_its_burst_is_still_handled_in_turns(self):
+        # Its socket's end, reaped while it waits for its next turn, used to have everything it had received handled
+        # at once: the whole burst where it fits in the socket's buffer (about 100 KB). The last message still comes
+        # (handled, then the connection closed).
+        got, n = self.ping_during_burst({}, close=True, ping_at=0.1, most=1800)
+        self.assertEqual([t for t, _ in got], [m.PINGRESP, m.PUBLISH],
+                         f"(packet type, s) after a PINGREQ 0.1 s into {n} costly PUBLISHes and a close: {got}")
+        self.assertGreater(got[1][1], 0.4, f"{n} PUBLISHes took only {got[1][1] + 0.1} s: too short to tell")
+        self.assertLess(got[0][1], 0.3, f"the PINGREQ waited: {got}")
+
+    def test_without_the_bound_the_ping_waits_for_the_burst(self):
+        got, n = self.ping_during_burst({"node.turn_work_us": 0})
+        self.assertGreater(got[0][1], 0.5, f"without node.turn_work_us: {got}")

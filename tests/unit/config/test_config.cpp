@@ -44,6 +44,7 @@ shards = 3
 sends_per_turn = 17
 retained_reads_per_turn = 99
 retained_read_slice = 33
+turn_work_us = 1234
 idle_poll_us = 77
 idle_poll_min_batch = 5
 idle_poll_min_found = 60
@@ -105,6 +106,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.sends_per_turn, 17u);
     EXPECT_EQ(c.budgets.retained_reads_per_turn, 99u);
     EXPECT_EQ(c.budgets.retained_read_slice, 33u);
+    EXPECT_EQ(c.budgets.turn_work_us, 1234u);
     EXPECT_EQ(c.budgets.idle_poll_us, 77u);
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 5u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 60u);
@@ -164,6 +166,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.sends_per_turn, 128u);
     EXPECT_EQ(c.budgets.retained_reads_per_turn, 1024u);
     EXPECT_EQ(c.budgets.retained_read_slice, 256u);
+    EXPECT_EQ(c.budgets.turn_work_us, 5000u);
     EXPECT_EQ(c.budgets.idle_poll_us, 50u);
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 16u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
@@ -286,6 +289,7 @@ shards = 0
 sends_per_turn = 128
 retained_reads_per_turn = 1024
 retained_read_slice = 256
+turn_work_us = 5000
 idle_poll_us = 50
 idle_poll_min_batch = 16
 idle_poll_min_found = 75
@@ -637,6 +641,8 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nretained_reads_per_turn = 16777217", "node.retained_reads_per_turn"},
         {"[node]\nretained_read_slice = 0", "node.retained_read_slice"},
         {"[node]\nretained_read_slice = 16777217", "node.retained_read_slice"},
+        {"[node]\nturn_work_us = -1", "node.turn_work_us"},
+        {"[node]\nturn_work_us = 10000001", "node.turn_work_us"},
         {"[node]\nidle_poll_us = -1", "node.idle_poll_us"},
         {"[node]\nidle_poll_us = 10001", "node.idle_poll_us"},
         {"[node]\nidle_poll_min_batch = -1", "node.idle_poll_min_batch"},

@@ -369,6 +369,23 @@ TEST(topic_trie_remote, masks_are_ored_over_matching_filters) {
     EXPECT_EQ(run_match(t, "$x/y").mask, 0u);
 }
 
+TEST(topic_trie_remote, visits_count_the_nodes_a_match_walks_with_or_without_local_matches) {
+    // The shard bounds a turn's work by them (node.turn_work_us): a lookup whose matches are all on other shards
+    // reports nothing local, but walks the filters' nodes all the same.
+    topic_trie t;
+    for (const char* f : {"a/+/c/#", "a/b/+/#", "+/b/c/#", "a/b/c/#", "+/+/+/#"})
+        t.add_remote(f, 1);
+    const uint64_t before = t.visits();
+    EXPECT_EQ(run_match(t, "a/b/c/d").mask, uint64_t{1} << 1);
+    const uint64_t walked = t.visits() - before;
+    // The root and the 11 distinct nodes of the 5 filters' first 3 levels, each once (the '#' leaves are reported).
+    EXPECT_EQ(walked, 12u);
+    const uint64_t at = t.visits();
+    EXPECT_EQ(run_match(t, "z").mask, 0u); // only '+' then nothing: the root and its '+' child
+    EXPECT_GE(t.visits() - at, 2u);
+    EXPECT_LT(t.visits() - at, walked);
+}
+
 TEST(topic_trie_remote, remote_mask_is_exact_filter_lookup) {
     topic_trie t;
     EXPECT_EQ(t.remote_mask("a/b"), 0u);
