@@ -613,6 +613,7 @@ void shard::end_hold() {
         // A full queue holds it too: read on while under what it may keep (its acks are served), else read_again arms
         // it.
         if (held_past_keep(c)) continue;
+        if (c.left_how != 0) continue; // its socket has ended: finish_left closes it
         c.needs_rearm = false;
         // Its keepalive counts from now: it was not read (a packet cut by the hold could not be finished meanwhile).
         c.last_rx_ms = std::max(c.last_rx_ms, now_ms_);
@@ -1226,8 +1227,8 @@ void shard::read_again(connection& c) {
     if (!c.recv_armed) arm_recv(c);
 }
 
-void shard::finish_left(connection& c) {
-    if (c.paused) return; // more in a later turn (no receive to arm: its socket has ended)
+void shard::finish_left(connection& c, bool now) {
+    if (c.paused && !now) return; // more in a later turn (no receive to arm: its socket has ended)
     // Held for a queue instead: as any held client whose socket ended (its turn could be long in coming).
     if (c.queue_held) handle_kept_as_left(c);
     if (c.st != connection::state::closing)
@@ -1587,9 +1588,9 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
         return;
     }
     if (c.send_failed && c.st == connection::state::connected) {
-        if (c.needs_rearm && (holding_ || c.queue_held)) {
+        if ((c.needs_rearm && (holding_ || c.queue_held)) || c.left_how != 0) {
             // Its receive is held: what the client sent before the error (a DISCONNECT, say) is read when the hold
-            // ends, and that receive closes it.
+            // ends, and that receive closes it (or, its socket ended while paused, finish_left once it is handled).
             c.check_at_ms = now + send_failed_grace_ms;
             deadlines_.schedule(c.id, c.check_at_ms);
             return;
@@ -1684,6 +1685,9 @@ void shard::begin_shutdown() {
     waker_.stop();
     for (auto& [id, c] : conns_) {
         if (c->shut_deferred) shutdown_socket(*c); // its deadline would not come: the ticks end with the stop
+        // One whose socket ended before the stop, while paused, ends as it would have then (its will too).
+        if (c->left_how != 0 && c->st == connection::state::connected) [[unlikely]]
+            finish_left(*c, true);
         close(*c, "shutdown", false);
     }
 }
@@ -1788,9 +1792,10 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         // Its socket ended while it waits for a later turn (a burst then a close, say): what it sent is handled in its
         // turns as the rest would have been, not all at once, and then it is closed as now (read_again).
         if (has_buf) bufs.received_nothing(bid);
-        c.left_how = res == 0             ? connection::left_closed
-                     : res == -ECONNRESET ? connection::left_reset
-                                          : connection::left_error;
+        if (c.left_how == 0)
+            c.left_how = res == 0             ? connection::left_closed
+                         : res == -ECONNRESET ? connection::left_reset
+                                              : connection::left_error;
         return;
     }
     if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]]
@@ -2035,7 +2040,9 @@ void shard::handle_kept_as_left(connection& c) {
     left_received_ += own_received() - before; // (its route updates too: see own_received)
     // Not counted as the work of the client whose packet brought this about (a takeover's CONNECT): it would be
     // paused for it (should_pause). The turn's clock has seen it.
+    const uint64_t spent = work_ - work;
     work_ = work;
+    work_check_at_ = work_check_at_ > spent ? work_check_at_ - spent : 0;
 }
 
 void shard::process_rx(connection& c) {
@@ -2324,12 +2331,13 @@ void shard::on_send(connection& c, int res, uint32_t) {
     c.send_busy = false;
     if (res < 0) {
         const bool reset = res == -EPIPE || res == -ECONNRESET;
-        if (c.st == connection::state::connected && (c.recv_armed || c.needs_rearm)) {
+        if (c.st == connection::state::connected && (c.recv_armed || c.needs_rearm || c.left_how != 0)) {
             // What the client sent before the error may still wait to be read: a client that sends DISCONNECT and
             // closes with unread data resets the connection, and the send can fail before the receive hands over
             // the DISCONNECT. Closing here would publish a will the client had withdrawn [MQTT-3.14.4-3]. So stop
             // sending and let the receive close it (it delivers the bytes before the error); a deadline closes it
-            // should the receive not come (check_deadline).
+            // should the receive not come (check_deadline). One whose socket ended while paused is closed once what it
+            // sent is handled (finish_left).
             log::debug("client {}: a send failed ({}); nothing more is sent, its receive closes it", c.client_id(),
                        std::strerror(-res));
             c.send_failed = true;

@@ -494,8 +494,9 @@ private:
     void expire_queue_holds(int64_t now);
     void note_queue_taken(const session_slot& slot); // its subscriber took a message from the queue (pump)
     void read_again(connection& c);
-    // A client whose socket ended while paused (left_how), read again: closed once nothing it kept is left.
-    void finish_left(connection& c);
+    // A client whose socket ended while paused (left_how), read again: closed once nothing it kept is left (`now`:
+    // what it kept handled at once, the shard stopping).
+    void finish_left(connection& c, bool now = false);
     // The turn's routing work (route_lookup's matches, fan_out's deliveries), counted so that the clock is read only
     // every work_check_every units; turn_over_ once the turn has done node.turn_work_us of it (check_turn_work).
     void note_work(uint64_t units) {

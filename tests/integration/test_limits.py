@@ -2778,11 +2778,10 @@ class LongTurnKeepalive(BrokerTest):
     DONE = m.publish("lt/done", b"", qos=1, pid=1)  # answered once every PUBLISH before it is handled (not a PINGREQ:
     DONE_ACK = b"\x40\x02\x00\x01"                 # one behind a paused client's PUBLISHes is answered at once)
 
-    def costly_topics(self):
-        """Subscribes 2^13 filters, each a level or '+' at every level of a 13-level prefix, then '#': every one
-        matches every topic under the prefix, so each new topic's route walks them all. Returns the prefix and the
+    def costly_topics(self, depth: int = 13):
+        """Subscribes 2^depth filters, each a level or '+' at every level of a `depth`-level prefix, then '#': every
+        one matches every topic under the prefix, so each new topic's route walks them all. Returns the prefix and the
         publisher, and the seconds one such PUBLISH takes."""
-        depth = 13
         levels = [f"l{i}" for i in range(depth)]
         topic = "/".join(levels)
         filters = ["/".join("+" if (mask >> i) & 1 else levels[i] for i in range(depth)) + "/#"
@@ -2926,6 +2925,32 @@ class LongTurnKeepalive(BrokerTest):
                          f"(packet type, s) after a PINGREQ 0.1 s into {n} costly PUBLISHes and a close: {got}")
         self.assertGreater(got[1][1], 0.4, f"{n} PUBLISHes took only {got[1][1] + 0.1} s: too short to tell")
         self.assertLess(got[0][1], 0.3, f"the PINGREQ waited: {got}")
+
+    def test_a_client_that_disconnects_and_closes_after_its_burst_leaves_no_will(self):
+        # Its socket's end is reaped while it waits for its turns, the PUBACKs sent later fail (the client has gone:
+        # a reset), and its DISCONNECT is still among what it sent: the failed send must not close it with its will
+        # and drop the rest (MQTT-3.14.4-3); it is closed once its DISCONNECT is handled.
+        self.use_broker({})
+        # 2^15 filters: a burst that fits the socket's buffer and takes its turns for more than a second.
+        topic, _, per_publish = self.costly_topics(15)
+        watcher = self.client(self.cid("watcher"), keepalive=0)
+        watcher.subscribe([("lt/after", 0), ("lt/mid", 0), ("lt/will", 0)])
+        pub = self.client(self.pub_id("willed"), keepalive=0, will=m.Will("lt/will", b"gone"))
+        n = min(1600, max(100, int(3.0 / per_publish)))
+        burst = [m.publish(f"{topic}/w{i}", b"x", qos=1, pid=i % 65535 + 1) for i in range(n)]
+        # What follows the mark (12 KB) fits what a paused client keeps: read by the time the mark is handled.
+        burst.insert(n - 12000 // len(burst[-1]), m.publish("lt/mid", b"mid"))
+        pub.send(b"".join(burst) + m.publish("lt/after", b"end") + m.DISCONNECT_BYTES)
+        pub.sock.shutdown(socket.SHUT_WR)  # its end: a FIN after its bytes (then it reads nothing)
+        mid = watcher.read_packet(timeout=60)
+        self.assertEqual((mid.type, mid.body[2:8]), (m.PUBLISH, b"lt/mid"), f"{mid}")
+        pub.sock.close()  # with PUBACKs unread: a reset, and the broker's next send to it fails
+        first = watcher.read_packet(timeout=60)
+        self.assertEqual((first.type, first.body[2:10]), (m.PUBLISH, b"lt/after"),
+                         f"the burst's last message, not the will, after {n} costly QoS 1 PUBLISHes: {first}")
+        with self.assertRaises(TimeoutError, msg="a will after the client's DISCONNECT"):
+            watcher.read_packet(timeout=1.0)
+        self.assertTrue(self.broker.log().count(b"read on in a later turn"), "the client was never paused")
 
     def test_without_the_bound_the_ping_waits_for_the_burst(self):
         got, n = self.ping_during_burst({"node.turn_work_us": 0})
