@@ -608,11 +608,11 @@ class LimitCases:
         # node.* step sizes are read by each shard; its start-up line says what it runs with, and a read of 10
         # retained topics no longer fits in one step of 3 (it does in the default 256).
         for settings, steps in (({"node.sends_per_turn": 5, "node.retained_reads_per_turn": 7,
-                                  "node.retained_read_slice": 3}, True), ({}, False)):
+                                  "node.retained_read_slice": 3, "node.turn_work_us": 777}, True), ({}, False)):
             self.use_broker(settings)
             if steps:
-                line = (b"per turn 5 sends, 7 retained topics, 3 per session; idle poll 50 us from 16 packets a wake-up "
-                        b"while 75% of polls find work, weighed against sleeping per CPU-second)")
+                line = (b"per turn 5 sends, 7 retained topics, 3 per session, 777 us of routing work; idle poll 50 us "
+                        b"from 16 packets a wake-up while 75% of polls find work, weighed against sleeping per CPU-second)")
                 started = self.broker.log().count(line)
                 self.assertEqual(started, self.SHARDS)
             pub = self.client(self.pub_id())
