@@ -76,6 +76,11 @@ constexpr size_t unseal_max_bytes = 4 << 20;
 // long (close_op_done): the cancel ends it within the submission on every kernel seen so far.
 constexpr int64_t recv_cancel_grace_ms = 1000;
 static_assert(tick_ms == listener::accept_pacer::pause_ms);
+// How a receive that ended without bytes ended (1-3: connection::left_how keeps it in two bits), and the close reason.
+constexpr uint8_t recv_end(int res) { return res == 0 ? 1 : res == -ECONNRESET ? 2 : 3; }
+constexpr const char* recv_end_reason(uint8_t end) {
+    return end == 1 ? "closed" : end == 2 ? "econnreset" : "socket_error";
+}
 // 1024 ticks of 200 ms: a 205 s horizon covers the usual keepalives (60 s x 1.5); a longer deadline is looked at
 // once per horizon and put back.
 constexpr uint32_t deadline_slots = 1024;
@@ -430,10 +435,9 @@ void shard::loop() {
         // client could have reacted to it (a route before its SUBACK, a retained store before its PUBACK) is then
         // applied before this shard handles the client's next packet.
         if (!ungated_.empty()) snapshot_transit();
-        drain_smp();
         // What other shards sent (and the admin shard asked) is not this turn's clients' doing: their window starts
-        // after it.
-        new_work_window();
+        // after it (one more clock read, only in a turn that took something).
+        if (drain_smp() != 0) new_work_window();
         for (unsigned i = 0; i < n; ++i)
             if (batch[i].c) batch[i].c->on_complete(batch[i].res, batch[i].flags);
         // Nothing posted to the ring or held back by the kernel (DEFER_TASKRUN's task work: data that came during a
@@ -519,7 +523,7 @@ void shard::resume_paused() {
         const auto it = conns_.find(id);
         if (it == conns_.end()) continue;
         connection& c = *it->second;
-        if (!c.paused || !c.queue_held) continue; // read again otherwise since
+        if (!c.paused) continue; // read again otherwise since
         read_again(c);
     }
 }
@@ -1231,12 +1235,7 @@ void shard::finish_left(connection& c, bool now) {
     if (c.paused && !now) return; // more in a later turn (no receive to arm: its socket has ended)
     // Held for a queue instead: as any held client whose socket ended (its turn could be long in coming).
     if (c.queue_held) handle_kept_as_left(c);
-    if (c.st != connection::state::closing)
-        close(c,
-              c.left_how == connection::left_closed  ? "closed"
-              : c.left_how == connection::left_reset ? "econnreset"
-                                                     : "socket_error",
-              true);
+    if (c.st != connection::state::closing) close(c, recv_end_reason(c.left_how), true);
     maybe_destroy(c);
 }
 
@@ -1244,7 +1243,8 @@ void shard::publish_smp() {
     outbox_.publish([this](unsigned to) { peers_.wake(to); });
 }
 
-void shard::drain_smp() {
+size_t shard::drain_smp() {
+    size_t taken = 0;
     for (unsigned from = 0; from < parts_; ++from) {
         if (from == id_) continue;
         uint64_t weight = 0;
@@ -1266,7 +1266,9 @@ void shard::drain_smp() {
         }
         // The sender may sleep until this shard has caught up (smp_outbox::arm_wakes).
         if (n != 0 && node_.smp.note_taken(from, id_, n, weight) && node_.smp.claim_wake(from)) peers_.wake(from);
+        taken += n;
     }
+    return taken;
 }
 
 void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
@@ -1788,18 +1790,16 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         if (!c.recv_armed && !c.needs_rearm) arm_recv(c);
         return;
     }
-    if (c.paused && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]] {
-        // Its socket ended while it waits for a later turn (a burst then a close, say): what it sent is handled in its
-        // turns as the rest would have been, not all at once, and then it is closed as now (read_again).
-        if (has_buf) bufs.received_nothing(bid);
-        if (c.left_how == 0)
-            c.left_how = res == 0             ? connection::left_closed
-                         : res == -ECONNRESET ? connection::left_reset
-                                              : connection::left_error;
-        return;
-    }
-    if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]]
+    if (c.queue_held && res <= 0 && res != -ECANCELED && c.st == connection::state::connected) [[unlikely]] {
+        if (c.paused) {
+            // Its socket ended while it waits for a later turn (a burst then a close, say): what it sent is handled in
+            // its turns as the rest would have been, not all at once, and then it is closed as now (finish_left).
+            if (has_buf) bufs.received_nothing(bid);
+            if (c.left_how == 0) c.left_how = recv_end(res);
+            return;
+        }
         handle_kept_as_left(c);
+    }
     if (res <= 0 || c.st == connection::state::closing) {
         // Bytes for a closing connection are dropped; the buffer goes back as its flags say (received_nothing for
         // a completion without bytes).
@@ -1809,12 +1809,7 @@ void shard::on_recv(connection& c, int res, uint32_t flags) {
         } else if (has_buf) {
             bufs.received_nothing(bid);
         }
-        if (c.st != connection::state::closing) {
-            if (res == 0)
-                close(c, "closed", true);
-            else
-                close(c, res == -ECONNRESET ? "econnreset" : "socket_error", true);
-        }
+        if (c.st != connection::state::closing) close(c, recv_end_reason(recv_end(res)), true);
         maybe_destroy(c);
         return;
     }

@@ -252,8 +252,6 @@ inline constexpr unsigned max_file_slots = 65536;
 class connection final : public recv_completion<connection>, public send_completion<connection> {
 public:
     enum class state : uint8_t { awaiting_connect, connected, closing };
-    // How its socket ended while it was paused (left_how).
-    static constexpr uint8_t left_closed = 1, left_reset = 2, left_error = 3;
 
     connection(shard& sh, int fd, listener::peer_addr peer);
 
@@ -336,7 +334,7 @@ public:
     // Stopped after a packet because the turn's routing work passed node.turn_work_us (pause_reading): queue_held too,
     // so what it sends meanwhile waits in rx (its acks and PINGREQs served), until resume_paused reads it again.
     bool paused : 1 = false;
-    // While paused, its socket ended (left_closed, left_reset, left_error): closed once what it kept is handled.
+    // While paused, its socket ended (recv_end; 0: it has not): closed once what it kept is handled.
     uint8_t left_how : 2 = 0;
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
     // sending but does not read its answers is closed when this passes that limit too (see check_unread). After the
@@ -422,7 +420,7 @@ private:
     // Whether another shard queued something for this one, or a stop was asked for that this shard has not begun:
     // what an idle shard must look at before it sleeps (and while it polls).
     bool has_news() const;
-    void drain_smp();
+    size_t drain_smp(); // the messages taken
     void handle_smp(const reactor::smp_msg& m, unsigned from);
     void flush();
     void publish_smp();
