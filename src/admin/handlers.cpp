@@ -3,6 +3,7 @@
 #include "admin/server.hpp"
 #include "admin/sysinfo.hpp"
 #include "mqtt/validate.hpp"
+#include "mqtt/varint.hpp"
 #include "util/clock.hpp"
 #include "util/hash.hpp"
 #include "util/log.hpp"
@@ -862,6 +863,17 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
             co_return;
         }
         if (!api_topic_ok(topic, false, resp)) co_return;
+        // No larger than an MQTT client may publish: subscribers sized for mqtt.max_packet_size would otherwise get
+        // a bigger packet (admin.max_body_bytes can be set past it).
+        const uint64_t body = 2 + topic.size() + (qos != 0 ? 2 : 0) + payload.size();
+        const uint64_t whole =
+            1 + body + (body > mqtt::max_remaining_length ? 5 : mqtt::varint_size(static_cast<uint32_t>(body)));
+        if (whole > cfg_.limits.max_packet_size) {
+            api_error(resp, 102,
+                      fmt::format("a PUBLISH of {} bytes exceeds mqtt.max_packet_size = {}", whole,
+                                  cfg_.limits.max_packet_size));
+            co_return;
+        }
         // Published from the client id's home shard, so messages from one API "client" keep their order.
         const shard_fn fn6 = [&](broker::shard_control& c) {
             c.publish(topic, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()},

@@ -254,6 +254,25 @@ class ApiSubscribeCases(ApiSubscribeHelpers):
 
 
 shard_variants(PublishCases, globals(), base=AdminTest)
+
+
+class PublishSizeTest(AdminTest):
+    """mqtt/publish makes no packet larger than an MQTT client may publish (mqtt.max_packet_size, whole packet)."""
+    SETTINGS = {"mqtt.max_packet_size": 256}
+
+    def test_publish_larger_than_max_packet_size_is_refused(self):
+        s = self.client(self.cid("big"))
+        s.subscribe([("ap/big", 2)])
+        # 1 + 2 (remaining length 253) + 2 + 6 + 2 (packet id) + 243 = 256 bytes at QoS 1; 245 at QoS 0.
+        for qos, fits in ((1, 243), (0, 245)):
+            with self.subTest(qos=qos):
+                obj = self.err("POST", "mqtt/publish", {"topic": "ap/big", "payload": "y" * (fits + 1), "qos": qos},
+                               102)
+                self.assertEqual(obj["message"], "a PUBLISH of 257 bytes exceeds mqtt.max_packet_size = 256")
+                self.action("POST", "mqtt/publish", {"topic": "ap/big", "payload": "x" * fits, "qos": qos})
+                msg = s.recv_publish()
+                self.assertEqual((msg.payload, msg.qos), (b"x" * fits, qos))
+        s.expect_no_packet(0.2)
 shard_variants(ApiSubscribeCases, globals(), base=AdminTest)
 
 
