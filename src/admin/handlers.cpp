@@ -2,8 +2,8 @@
 // admin shard; every piece of broker state comes from the MQTT shards through on_shards()/on_all().
 #include "admin/server.hpp"
 #include "admin/sysinfo.hpp"
+#include "mqtt/codec.hpp"
 #include "mqtt/validate.hpp"
-#include "mqtt/varint.hpp"
 #include "util/clock.hpp"
 #include "util/hash.hpp"
 #include "util/log.hpp"
@@ -865,9 +865,7 @@ reactor::task<void> server::mqtt_action(int action, const http_request& req, htt
         if (!api_topic_ok(topic, false, resp)) co_return;
         // No larger than an MQTT client may publish: subscribers sized for mqtt.max_packet_size would otherwise get
         // a bigger packet (admin.max_body_bytes can be set past it).
-        const uint64_t body = 2 + topic.size() + (qos != 0 ? 2 : 0) + payload.size();
-        const uint64_t whole =
-            1 + body + (body > mqtt::max_remaining_length ? 5 : mqtt::varint_size(static_cast<uint32_t>(body)));
+        const uint64_t whole = mqtt::publish_packet_size(topic.size(), static_cast<uint8_t>(qos), payload.size());
         if (whole > cfg_.limits.max_packet_size) {
             api_error(resp, 102,
                       fmt::format("a PUBLISH of {} bytes exceeds mqtt.max_packet_size = {}", whole,

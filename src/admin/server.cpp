@@ -3,6 +3,7 @@
 #include "admin/sysinfo.hpp"
 #include "io/ops.hpp"
 #include "io/timer.hpp"
+#include "mqtt/codec.hpp"
 #include "util/clock.hpp"
 #include "util/log.hpp"
 
@@ -394,6 +395,17 @@ reactor::task<void> server::sys_publisher() {
             msgs->push_back({base + "stats/" + name, std::to_string(v), false});
         node_metrics(snaps).for_each([&](std::string_view name, uint64_t v) {
             msgs->push_back({base + "metrics/" + std::string(name), std::to_string(v), false});
+        });
+        // Not one larger than mqtt.max_packet_size (set as low as 64 bytes, under some topics' length with a long
+        // node name): no subscriber gets a packet over the limit.
+        std::erase_if(*msgs, [&](const sys_msg& m) {
+            const uint64_t size = mqtt::publish_packet_size(m.topic.size(), 0, m.value.size());
+            if (size <= cfg_.limits.max_packet_size) return false;
+            if (log::at_doubling(sys_too_large_))
+                log::warn("$SYS message {} not published: its PUBLISH of {} bytes exceeds mqtt.max_packet_size = {} "
+                          "({} so far)",
+                          m.topic, size, cfg_.limits.max_packet_size, sys_too_large_);
+            return true;
         });
         ++sys_wakeups_;
         const shard_fn publish_all = [msgs](broker::shard_control& c) {

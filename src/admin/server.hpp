@@ -137,6 +137,7 @@ private:
     io::peer_waker peers_; // wakes the MQTT shards that sleep, from this shard's ring
     bool sys_active_ = true;
     uint64_t sys_wakeups_ = 0;
+    uint64_t sys_too_large_ = 0;     // $SYS messages not published for mqtt.max_packet_size
     uint64_t over_limit_total_ = 0;  // connections answered 503 for admin.max_connections
     uint64_t over_limit_closed_ = 0; // and those closed at once, with admin.max_connections refusals under way
     size_t refusing_ = 0;            // refuse() coroutines running (their fds are in open_fds_ too)

@@ -33,7 +33,7 @@ struct endpoint {
 // Per-node MQTT resource limits, read by every shard's connection and session code.
 struct mqtt_limits {
     uint32_t max_connections = 1000000; // per node
-    uint32_t max_packet_size = 1048576; // bytes, whole packet incl. fixed header; 16..268435460
+    uint32_t max_packet_size = 1048576; // bytes, whole packet incl. fixed header; 64..268435460
     uint32_t max_client_id_len = 65535; // >= 23: MQTT-3.1.3-5 makes servers accept ids of 1..23 bytes
     uint32_t max_topic_levels = 128;
     uint32_t max_inflight = 32;          // QoS1/2 messages in flight to one client, 1..65535

@@ -117,6 +117,13 @@ void encode_disconnect(std::vector<uint8_t>& out, protocol_version v, uint8_t re
                        std::span<const uint8_t> props = {});
 void encode_auth(std::vector<uint8_t>& out, uint8_t reason_code, std::span<const uint8_t> props = {}); // v5 only
 
+// Bytes of a 3.1/3.1.1 PUBLISH of this topic and payload, the whole packet as mqtt.max_packet_size counts it (past
+// max_remaining_length, 5 bytes for the length: more than any limit allows).
+inline constexpr uint64_t publish_packet_size(size_t topic_len, uint8_t qos, size_t payload_len) {
+    const uint64_t body = 2 + uint64_t{topic_len} + (qos != 0 ? 2 : 0) + payload_len;
+    return 1 + body + (body > max_remaining_length ? 5 : varint_size(static_cast<uint32_t>(body)));
+}
+
 // For zero-copy fan-out: writes the PUBLISH fixed header + 2-byte topic length into out (needs <= 7 bytes) and
 // returns the size. remaining_length = 2 + topic_len + (qos ? 2 : 0) + props_block_len (v5) + payload_len; caller
 // supplies it.

@@ -465,6 +465,33 @@ class SysTopicsTest(AdminTest):
         self.assertEqual(m["messages/forward"], 0, "$SYS messages counted as forwarded to the other shard")
 
 
+class SysPacketSizeTest(AdminTest):
+    """No $SYS message reaches a subscriber in a PUBLISH larger than mqtt.max_packet_size (the limit can be below the
+    length of some $SYS topics): those are left out, and the broker says so."""
+
+    SETTINGS = {"sys.interval": 1000, "mqtt.max_packet_size": 64}
+
+    def test_sys_messages_over_max_packet_size_are_not_published(self):
+        prefix = f"$SYS/brokers/{self.NODE}/"
+        s = self.client(self.cid("sys"))
+        s.subscribe([(prefix + "#", 0)])
+        names = []
+        deadline = time.monotonic() + 4  # three rounds or more
+        while time.monotonic() < deadline:
+            try:
+                p = s.read_packet(deadline - time.monotonic())
+            except TimeoutError:
+                break
+            size = 1 + len(m.encode_remaining_length(len(p.body))) + len(p.body)
+            msg = m.parse_publish(p)
+            self.assertLessEqual(size, 64, f"{msg.topic} {msg.payload!r}")
+            names.append(msg.topic[len(prefix):])
+        self.assertIn("version", names)
+        self.assertIn("stats/topics/count", names)  # 58 bytes or so: under the limit
+        self.assertNotIn("metrics/packets/publish/received", names)  # 67 bytes or more
+        self.assertIn(b"$SYS message " + prefix.encode() + b"metrics/", self.broker.log())
+
+
 class SysRetainedTest(AdminTest):
     """As in EMQ X, $SYS/brokers and the node's version and sysdescr are retained (the rest of a round is not), so a
     later subscriber gets them at once; a subscription to "#" does not see them [MQTT-4.7.2-1]."""

@@ -1,5 +1,6 @@
 """Admin REST API v2: POST mqtt/publish, mqtt/subscribe and mqtt/unsubscribe, checked end to end over MQTT, and
-their error codes (107 missing parameter, 108 wrong type, 109 body not JSON, 102 invalid topic / unknown client).
+their error codes (107 missing parameter, 108 wrong type, 109 body not JSON, 102 invalid topic / unknown client / a
+PUBLISH over mqtt.max_packet_size).
 With --shards 2 the API's target client and the MQTT publisher/subscriber have different home shards."""
 
 
@@ -254,6 +255,7 @@ class ApiSubscribeCases(ApiSubscribeHelpers):
 
 
 shard_variants(PublishCases, globals(), base=AdminTest)
+shard_variants(ApiSubscribeCases, globals(), base=AdminTest)
 
 
 class PublishSizeTest(AdminTest):
@@ -273,7 +275,6 @@ class PublishSizeTest(AdminTest):
                 msg = s.recv_publish()
                 self.assertEqual((msg.payload, msg.qos), (b"x" * fits, qos))
         s.expect_no_packet(0.2)
-shard_variants(ApiSubscribeCases, globals(), base=AdminTest)
 
 
 class ApiSubscribeLimitCases(ApiSubscribeHelpers):

@@ -237,6 +237,25 @@ TEST(golden_publish, v311_qos1_dup_retain) {
     EXPECT_EQ(out, pkt);
 }
 
+TEST(golden_publish, packet_size_counts_what_the_encoder_writes) {
+    for (const size_t payload : {0, 2, 120, 121, 122, 123, 16376, 16377, 16378, 16379}) {
+        for (const uint8_t qos : {0, 1}) {
+            const std::string body(payload, 'p');
+            publish_view p{};
+            p.topic = "a/b";
+            p.qos = qos;
+            p.packet_id = qos != 0 ? 7 : 0;
+            p.payload = {reinterpret_cast<const uint8_t*>(body.data()), body.size()};
+            bytes out;
+            encode_publish(out, v311, p);
+            EXPECT_EQ(publish_packet_size(3, qos, payload), out.size()) << payload << " bytes at QoS " << int{qos};
+        }
+    }
+    // Past what a remaining length can say: more than any mqtt.max_packet_size allows (268435460).
+    EXPECT_EQ(publish_packet_size(0, 0, max_remaining_length - 2), uint64_t{max_remaining_length} + 5);
+    EXPECT_GT(publish_packet_size(0, 0, max_remaining_length - 1), 268435460u);
+}
+
 TEST(golden_publish, v31_qos2_empty_payload) {
     const bytes pkt = B({0x34, 0x05, 0x00, 0x01, 'x', 0x12, 0x34});
     auto f = frame(pkt);
