@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
                   cfg.budgets.io_uring_kernel, cap_major, cap_minor,
                   io::kernel_at_least(cap_major, cap_minor) ? "" : " (this kernel is older: no effect)");
     }
+    io::probe_recv_limit();
     const uint64_t queue_bytes = reactor::smp::bytes_for(cfg.shards + 1, cfg.budgets.smp_queue_size);
     const uint64_t ram = physical_memory();
     if (ram != 0 && queue_bytes > ram) {

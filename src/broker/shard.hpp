@@ -636,6 +636,7 @@ private:
     };
     void submit_shutdown(connection& c);
     bool batch_wait_ = false;           // node.wake_batch_us set and the kernel has io_uring's minimum wait
+    uint32_t recv_limit_ = 0;           // bytes a multishot receive takes before it is re-armed (0: no limit)
     bool cancel_recv_on_close_ = false; // Linux 6.13 or newer with a DEFER_TASKRUN ring (shutdown_socket), set at start
     uint64_t recv_cancels_ = 0, shutdowns_ = 0; // how closing slots' pending operations were ended (logged at exit)
     uint64_t recv_cancel_fallbacks_ = 0;        // of the SHUTDOWNs, those after a cancel that did not end the receive

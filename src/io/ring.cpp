@@ -4,9 +4,11 @@
 
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -30,6 +32,10 @@ bool kernel_release(utsname& u, int& major, int& minor) {
 
 // node.io_uring_kernel, as major * 1000 + minor (0: no cap). Written before the shards' threads start.
 int feature_cap = 0;
+// probe_recv_limit's finding; written before the shards' threads start.
+bool recv_limit = false;
+// The probe's receive buffers: static, as a receive the kernel might still hold must not write into freed memory.
+char recv_limit_bufs[2][64];
 
 } // namespace
 
@@ -54,6 +60,51 @@ void prep_peer_name(io_uring_sqe* s, int fd, void* buf, unsigned len) {
     s->file_index = len;                         // `optlen`
     s->addr3 = reinterpret_cast<uintptr_t>(buf); // `optval`
 }
+
+void probe_recv_limit() {
+    recv_limit = false;
+    if (!features_allowed(6, 17)) return;
+    io_uring r{};
+    if (io_uring_queue_init(4, &r, 0) < 0) return;
+    int sv[2] = {-1, -1};
+    void* mem = nullptr;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0 && posix_memalign(&mem, 4096, 4096) == 0) {
+        std::memset(mem, 0, 4096);
+        auto* br = static_cast<io_uring_buf_ring*>(mem);
+        io_uring_buf_reg reg{};
+        reg.ring_addr = reinterpret_cast<uint64_t>(mem);
+        reg.ring_entries = 2;
+        reg.bgid = 0;
+        if (io_uring_register_buf_ring(&r, &reg, 0) == 0) {
+            io_uring_buf_ring_init(br);
+            for (int i = 0; i < 2; ++i)
+                io_uring_buf_ring_add(br, recv_limit_bufs[i], sizeof recv_limit_bufs[i], static_cast<uint16_t>(i),
+                                      io_uring_buf_ring_mask(2), i);
+            io_uring_buf_ring_advance(br, 2);
+            // Four bytes waiting, a limit of two: a kernel with the limit takes them (into one buffer: the limit stops
+            // the receive after the buffer that reaches it) and ends the receive; one without it refuses the SQE.
+            io_uring_cqe* cqe = nullptr;
+            if (::write(sv[1], "four", 4) == 4) {
+                io_uring_sqe* s = io_uring_get_sqe(&r);
+                io_uring_prep_recv_multishot(s, sv[0], nullptr, 0, 0);
+                s->flags |= IOSQE_BUFFER_SELECT;
+                s->buf_group = 0;
+                set_recv_limit(s, 2);
+                if (io_uring_submit_and_wait(&r, 1) >= 0 && io_uring_peek_cqe(&r, &cqe) == 0) {
+                    recv_limit = cqe->res > 0 && (cqe->flags & IORING_CQE_F_MORE) == 0;
+                    io_uring_cqe_seen(&r, cqe);
+                }
+            }
+            io_uring_unregister_buf_ring(&r, 0);
+        }
+    }
+    for (const int fd : sv)
+        if (fd >= 0) ::close(fd);
+    io_uring_queue_exit(&r);
+    std::free(mem);
+}
+
+bool recv_limit_supported() { return recv_limit; }
 
 bool probe_kernel(std::string& why) {
     utsname u{};

@@ -38,6 +38,15 @@ bool probe_kernel(std::string& why);
 // below major.minor was set.
 bool kernel_at_least(int major, int minor);
 
+// Whether a multishot receive can be given a limit on all the bytes it takes (Linux 6.17: it then ends, without
+// IORING_CQE_F_MORE, once that many came; set_recv_limit). Probed once on the main thread after limit_features_to and
+// before any shard starts (probe_recv_limit); recv_limit_supported reads the result.
+void probe_recv_limit();
+bool recv_limit_supported();
+// The limit is the SQE's optlen, in the field liburing 2.3 names file_index (an older kernel refuses a receive with it
+// set: EINVAL).
+inline void set_recv_limit(io_uring_sqe* s, uint32_t bytes) { s->file_index = bytes; }
+
 // Caps the io_uring features every ring of the process uses to those of Linux major.minor (node.io_uring_kernel):
 // a ring made afterwards, and kernel_at_least, behave as on that release where the running kernel is newer. Set once
 // on the main thread before any shard starts; (0, 0) is no cap.

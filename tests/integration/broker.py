@@ -63,6 +63,28 @@ def client_id_on_shard(prefix: str, shard: int, shards: int) -> str:
     raise RuntimeError("no client id found")  # cannot happen for small shard counts
 
 
+def kernel_at_least(major: int, minor: int) -> bool:
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= (major, minor)
+
+
+def not_taken(sock) -> int:
+    """Bytes a connected loopback socket's peer has not read yet: what waits in this socket's send queue (SIOCOUTQ)
+    and in the peer socket's receive queue (/proc/net/tcp's rx_queue of the socket at the other end)."""
+    import fcntl
+    import struct
+    import termios
+    outq = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    here, there = sock.getsockname()[1], sock.getpeername()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if int(local.split(":")[1], 16) == there and int(remote.split(":")[1], 16) == here:
+                return outq + int(queues.split(":")[1], 16)
+    raise AssertionError(f"no socket from port {there} to {here} in /proc/net/tcp")
+
+
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
     """Resident set size of process pid in KiB (field "VmHWM": its peak so far)."""
     with open(f"/proc/{pid}/status") as f:

@@ -16,7 +16,7 @@ import time
 import unittest
 
 import test_shards
-from broker import BrokerTest, broker_bin
+from broker import BrokerTest, broker_bin, kernel_at_least
 from test_connect import ConnectCases
 from test_publish import PublishCases
 from test_session import SessionCases
@@ -89,6 +89,7 @@ class KernelCapTakesEffect(BrokerTest):
         self.assertIn(f"started (io_uring {ring_mode},", log)
         self.assertNotIn("consumed incrementally", log)
         self.assertIn("this kernel's io_uring has no minimum wait", log)
+        self.assertIn("receives not limited (Linux 6.17 has the limit)", log)
         cancels, shutdowns = self.closes(log)
         self.assertEqual(cancels, 0)
         self.assertGreaterEqual(shutdowns, 3)
@@ -116,6 +117,8 @@ class KernelCapTakesEffect(BrokerTest):
         self.assert_peer_names(log, by_ring=kernel_at_least(6, 7))
         self.assertEqual("consumed incrementally" in log, has_6_12)
         self.assertEqual("this kernel's io_uring has no minimum wait" in log, not has_6_12)
+        # A multishot receive's limit (6.17): what a held or paused client keeps.
+        self.assertEqual("receives re-armed every 262144 B" in log, kernel_at_least(6, 17), log[-3000:])
         cancels, shutdowns = self.closes(log)
         if kernel_at_least(6, 13):
             self.assertGreaterEqual(cancels, 3)
@@ -184,11 +187,6 @@ class KernelCapRefused(unittest.TestCase):
             self.assertEqual(run.returncode, 1, (bad, run.stderr))
             self.assertIn("node.io_uring_kernel", run.stderr, bad)
             self.assertIn("6.0" if bad == "5.19" else "major.minor", run.stderr, bad)
-
-
-def kernel_at_least(major: int, minor: int) -> bool:
-    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return found is not None and (int(found.group(1)), int(found.group(2))) >= (major, minor)
 
 
 if __name__ == "__main__":

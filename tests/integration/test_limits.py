@@ -11,8 +11,8 @@ import time
 
 import mqtt_raw as m
 from admin_client import request
-from broker import (BrokerTest, Collector, assert_bursts_in_order, client_id_on_shard, cpu_seconds,
-                    packets_until_closed, read_until_closed, read_until_quiet, rss_kib, send_rounds, shard_variants)
+from broker import (BrokerTest, Collector, assert_bursts_in_order, client_id_on_shard, cpu_seconds, kernel_at_least,
+                    not_taken, packets_until_closed, read_until_closed, read_until_quiet, rss_kib, send_rounds, shard_variants)
 
 
 class LimitCases:
@@ -2951,6 +2951,63 @@ class LongTurnKeepalive(BrokerTest):
         with self.assertRaises(TimeoutError, msg="a will after the client's DISCONNECT"):
             watcher.read_packet(timeout=1.0)
         self.assertTrue(self.broker.log().count(b"read on in a later turn"), "the client was never paused")
+
+    def test_paused_clients_keep_little_of_what_they_sent(self):
+        # A multishot receive from a client with much sent took buffers while the shard's ring had them, before the
+        # shard saw any: paused in the first, the client kept all the rest, about the whole ring (1 MiB), and again at
+        # each later pause. Since Linux 6.17 a receive ends after a limit (the shard's start-up line says it): the rest
+        # waits in the socket. Three clients, each sending as much as its socket takes of a costly burst.
+        if not kernel_at_least(6, 17):
+            self.skipTest("a multishot receive has no limit before Linux 6.17")
+        self.use_broker({})
+        topic, pub, _ = self.costly_topics()
+        limit = int(re.search(rb"receives re-armed every (\d+) B", self.broker.log()).group(1))
+        read_until_quiet(self.sub, quiet=0.5)  # costly_topics' own messages
+        pauses = self.broker.log().count(b"read on in a later turn")
+        pubs = [pub] + [self.client(self.pub_id(f"more{j}"), keepalive=0) for j in (1, 2)]
+        bursts = [b"".join(m.publish(f"{topic}/k{j}/{i:06d}", b"x") for i in range(40000)) for j in range(3)]
+        size = len(bursts[0]) // 40000
+        sent, got, stop = [0, 0, 0], [0, 0, 0], threading.Event()
+
+        def count():
+            while not stop.is_set():
+                try:
+                    msg = m.parse_publish(self.sub.read_packet(timeout=0.2))
+                except TimeoutError:
+                    continue
+                if f"{topic}/k" in msg.topic:
+                    got[int(msg.topic[len(topic) + 2])] += 1
+
+        def send(j):
+            # Counts what the kernel took, not what is still to be written.
+            pubs[j].sock.settimeout(0.2)
+            while not stop.is_set() and sent[j] < len(bursts[j]):
+                try:
+                    sent[j] += pubs[j].sock.send(bursts[j][sent[j]:sent[j] + 65536])
+                except (socket.timeout, BlockingIOError):
+                    pass
+
+        threads = [threading.Thread(target=count, daemon=True)]
+        threads += [threading.Thread(target=send, args=(j,), daemon=True) for j in range(3)]
+        for t in threads:
+            t.start()
+        kept = [[], [], []]
+        try:
+            for _ in range(8):
+                time.sleep(0.25)
+                for j in range(3):
+                    kept[j].append(sent[j] - not_taken(pubs[j].sock) - got[j] * size)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+        self.assertGreater(self.broker.log().count(b"read on in a later turn"), pauses, "no client was paused")
+        self.assertGreater(sum(got), 300, f"{got} of the bursts' messages handled: no bursts")
+        # The limit, the 16 KiB a paused client keeps before its receive stops, the buffer that passes the limit, and
+        # what the turn has in hand or the subscriber's reader has not counted yet.
+        bound = limit + 16384 + 16384 + 65536
+        self.assertLess(max(max(k) for k in kept), bound,
+                        f"bytes the broker took from each client but has not handled, every 0.25 s: {kept}")
 
     def test_without_the_bound_the_ping_waits_for_the_burst(self):
         got, n = self.ping_during_burst({"node.turn_work_us": 0})
