@@ -50,13 +50,6 @@ constexpr uint32_t first_recv_buffers = 32;
 constexpr uint32_t first_recv_buffer_size = 1024;
 // What a client held for a full queue (hold_publisher) may send before its receive is cancelled.
 constexpr size_t held_rx_max = recv_buffer_size;
-// What a multishot receive takes before it ends and is armed again (where the kernel has the limit, Linux 6.17). A
-// receive from a client with much sent fills buffers for as long as the ring has them, before the shard sees any: a
-// client held or paused (node.turn_work_us) in the first of them kept all the rest, about the whole ring (1 MiB)
-// each; now at most this and a buffer (the kernel stops after the buffer that reaches it). Not 64 KiB: that cut a
-// closed-loop publisher's reads into smaller turns (1->1 QoS 0: 9% more deliveries a second, 8% fewer per CPU-second,
-// five alternating rounds); at 256 KiB both moved within the host's noise.
-constexpr uint32_t recv_limit_bytes = 16 * recv_buffer_size;
 // The largest CONNECT 3.1 or 3.1.1 can make: protocol name (MQIsdp), level, flags and keepalive, then five strings of
 // at most 65535 bytes (client id, will topic, will message, user name, password). Before its CONNECT is taken a
 // connection may hold no more for a packet than that, whatever mqtt.max_packet_size allows.
@@ -232,14 +225,19 @@ bool shard::run() {
         node_.failed.store(true);
         return false;
     }
-    recv_limit_ = io::recv_limit_supported() ? recv_limit_bytes : 0;
+    // A receive from a client with much sent fills buffers for as long as the ring has them, before the shard sees
+    // any: a client held or paused (node.turn_work_us) in the first of them kept all the rest, about the whole ring
+    // (1 MiB). With node.receive_limit (where the kernel has it), at most that and a buffer (the kernel stops after the
+    // buffer that reaches it).
+    recv_limit_ = io::recv_limit_supported() ? cfg_.budgets.receive_limit : 0;
     log::debug(
         "shard {} started (io_uring {}, {} x {} B receive buffers{}, {}, {} x {} B for first packets; per turn {} "
         "sends, {} retained topics, {} per session, {} us of routing work; idle poll {} us from {} packets a "
         "wake-up while {}% of polls find work{})",
         id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
-        recv_limit_ != 0 ? fmt::format("receives re-armed every {} B", recv_limit_)
-                         : std::string("receives not limited (Linux 6.17 has the limit)"),
+        recv_limit_ != 0             ? fmt::format("receives re-armed every {} B", recv_limit_)
+        : io::recv_limit_supported() ? std::string("receives not limited (node.receive_limit = 0)")
+                                     : std::string("receives not limited (Linux 6.17 has the limit)"),
         first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn, cfg_.budgets.retained_reads_per_turn,
         cfg_.budgets.retained_read_slice, cfg_.budgets.turn_work_us, cfg_.budgets.idle_poll_us,
         cfg_.budgets.idle_poll_min_batch, cfg_.budgets.idle_poll_min_found,

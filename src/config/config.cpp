@@ -566,6 +566,7 @@ void validate_keys(checker& c, config& cfg) {
     c.integer("node.retained_reads_per_turn", cfg.budgets.retained_reads_per_turn, 1, 16777216);
     c.integer("node.retained_read_slice", cfg.budgets.retained_read_slice, 1, 16777216);
     c.integer("node.turn_work_us", cfg.budgets.turn_work_us, 0, 10000000);
+    c.integer("node.receive_limit", cfg.budgets.receive_limit, 0, 1073741824);
     c.integer("node.idle_poll_us", cfg.budgets.idle_poll_us, 0, 10000);
     c.integer("node.idle_poll_min_batch", cfg.budgets.idle_poll_min_batch, 0, 65536);
     c.integer("node.idle_poll_min_found", cfg.budgets.idle_poll_min_found, 0, 100);

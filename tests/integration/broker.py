@@ -79,8 +79,8 @@ def not_taken(sock) -> int:
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             fields = line.split()
-            local, remote, queues = fields[1], fields[2], fields[4]
-            if int(local.split(":")[1], 16) == there and int(remote.split(":")[1], 16) == here:
+            local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+            if state == "01" and int(local.split(":")[1], 16) == there and int(remote.split(":")[1], 16) == here:
                 return outq + int(queues.split(":")[1], 16)
     raise AssertionError(f"no socket from port {there} to {here} in /proc/net/tcp")
 

@@ -128,6 +128,31 @@ class KernelCapTakesEffect(BrokerTest):
             self.assertGreaterEqual(shutdowns, 3)
 
 
+class ReceiveLimitReachesTheShards(BrokerTest):
+    """node.receive_limit reaches every shard's receives (where the kernel has the limit), and 0 turns it off."""
+
+    AUTO_START = False
+    SHARDS = 2
+
+    def started_lines(self, limit: int) -> list:
+        self.use_broker({"node.receive_limit": limit})
+        c = self.client("receive-limit")
+        c.subscribe([("rl/t", 0)])
+        c.publish("rl/t", b"x" * 200000)  # three times the limit below: its receive ends and is armed again
+        self.assertEqual(len(c.recv_publish().payload), 200000)
+        c.disconnect()
+        log = self.broker.stop_and_read_log().decode(errors="replace")
+        return re.findall(r"shard \d started \(io_uring [^,]*, [^,]*, (receives [^,]*),", log)
+
+    def test_a_limit_and_none(self):
+        limited = "receives re-armed every 65536 B" if kernel_at_least(6, 17) else \
+            "receives not limited (Linux 6.17 has the limit)"
+        self.assertEqual(self.started_lines(65536), [limited] * 2)
+        off = "receives not limited (node.receive_limit = 0)" if kernel_at_least(6, 17) else \
+            "receives not limited (Linux 6.17 has the limit)"
+        self.assertEqual(self.started_lines(0), [off] * 2)
+
+
 class WholeBuffersRunOut(BrokerTest):
     """Below 6.12 a receive takes a whole 16 KiB buffer of 512: the publish suite's burst test is sized for the 64
     incremental ones. Here the broker is stopped while 256 publishers each write 64 KiB, and every message must still

@@ -2956,12 +2956,16 @@ class LongTurnKeepalive(BrokerTest):
         # A multishot receive from a client with much sent took buffers while the shard's ring had them, before the
         # shard saw any: paused in the first, the client kept all the rest, about the whole ring (1 MiB), and again at
         # each later pause. Since Linux 6.17 a receive ends after a limit (the shard's start-up line says it): the rest
-        # waits in the socket. Three clients, each sending as much as its socket takes of a costly burst.
+        # waits in the socket. Three clients, each sending as much as its socket takes of a costly burst. (That a
+        # receive ended by the limit is armed again: the publish suite's bursts of 640 KiB a publisher.)
         if not kernel_at_least(6, 17):
             self.skipTest("a multishot receive has no limit before Linux 6.17")
         self.use_broker({})
         topic, pub, _ = self.costly_topics()
-        limit = int(re.search(rb"receives re-armed every (\d+) B", self.broker.log()).group(1))
+        found = re.search(rb"receives re-armed every (\d+) B", self.broker.log())
+        if found is None:  # (test_kernel_paths checks that the limit is used where the kernel has it)
+            self.skipTest("receives not limited: node.io_uring_kernel below 6.17")
+        limit = int(found.group(1))
         read_until_quiet(self.sub, quiet=0.5)  # costly_topics' own messages
         pauses = self.broker.log().count(b"read on in a later turn")
         pubs = [pub] + [self.client(self.pub_id(f"more{j}"), keepalive=0) for j in (1, 2)]
@@ -3002,7 +3006,7 @@ class LongTurnKeepalive(BrokerTest):
             for t in threads:
                 t.join(5)
         self.assertGreater(self.broker.log().count(b"read on in a later turn"), pauses, "no client was paused")
-        self.assertGreater(sum(got), 300, f"{got} of the bursts' messages handled: no bursts")
+        self.assertGreater(min(got), 0, f"{got} of the bursts' messages handled: a client was never read on")
         # The limit, the 16 KiB a paused client keeps before its receive stops, the buffer that passes the limit, and
         # what the turn has in hand or the subscriber's reader has not counted yet.
         bound = limit + 16384 + 16384 + 65536

@@ -45,6 +45,7 @@ sends_per_turn = 17
 retained_reads_per_turn = 99
 retained_read_slice = 33
 turn_work_us = 1234
+receive_limit = 65536
 idle_poll_us = 77
 idle_poll_min_batch = 5
 idle_poll_min_found = 60
@@ -107,6 +108,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.budgets.retained_reads_per_turn, 99u);
     EXPECT_EQ(c.budgets.retained_read_slice, 33u);
     EXPECT_EQ(c.budgets.turn_work_us, 1234u);
+    EXPECT_EQ(c.budgets.receive_limit, 65536u);
     EXPECT_EQ(c.budgets.idle_poll_us, 77u);
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 5u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 60u);
@@ -167,6 +169,7 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.budgets.retained_reads_per_turn, 1024u);
     EXPECT_EQ(c.budgets.retained_read_slice, 256u);
     EXPECT_EQ(c.budgets.turn_work_us, 5000u);
+    EXPECT_EQ(c.budgets.receive_limit, 262144u);
     EXPECT_EQ(c.budgets.idle_poll_us, 50u);
     EXPECT_EQ(c.budgets.idle_poll_min_batch, 16u);
     EXPECT_EQ(c.budgets.idle_poll_min_found, 75u);
@@ -290,6 +293,7 @@ sends_per_turn = 128
 retained_reads_per_turn = 1024
 retained_read_slice = 256
 turn_work_us = 5000
+receive_limit = 262144
 idle_poll_us = 50
 idle_poll_min_batch = 16
 idle_poll_min_found = 75
@@ -643,6 +647,8 @@ TEST_F(config_test, every_range_is_checked) {
         {"[node]\nretained_read_slice = 16777217", "node.retained_read_slice"},
         {"[node]\nturn_work_us = -1", "node.turn_work_us"},
         {"[node]\nturn_work_us = 10000001", "node.turn_work_us"},
+        {"[node]\nreceive_limit = -1", "node.receive_limit"},
+        {"[node]\nreceive_limit = 1073741825", "node.receive_limit"},
         {"[node]\nidle_poll_us = -1", "node.idle_poll_us"},
         {"[node]\nidle_poll_us = 10001", "node.idle_poll_us"},
         {"[node]\nidle_poll_min_batch = -1", "node.idle_poll_min_batch"},
