@@ -237,6 +237,7 @@ bool shard::run() {
         id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
         recv_limit_ != 0             ? fmt::format("receives re-armed every {} B", recv_limit_)
         : io::recv_limit_supported() ? std::string("receives not limited (node.receive_limit = 0)")
+        : io::kernel_at_least(6, 17) ? std::string("receives not limited (this kernel refused the limit)")
                                      : std::string("receives not limited (Linux 6.17 has the limit)"),
         first_recv_buffers, first_recv_buffer_size, cfg_.budgets.sends_per_turn, cfg_.budgets.retained_reads_per_turn,
         cfg_.budgets.retained_read_slice, cfg_.budgets.turn_work_us, cfg_.budgets.idle_poll_us,

@@ -69,12 +69,13 @@ def kernel_at_least(major: int, minor: int) -> bool:
 
 
 def not_taken(sock) -> int:
-    """Bytes a connected loopback socket's peer has not read yet: what waits in this socket's send queue (SIOCOUTQ)
-    and in the peer socket's receive queue (/proc/net/tcp's rx_queue of the socket at the other end)."""
+    """Bytes a connected loopback socket's peer has not read yet: what this socket has not sent (SIOCOUTQNSD: sent
+    but unacknowledged bytes may be in the peer's queue already) and what waits in the peer socket's receive queue
+    (/proc/net/tcp's rx_queue of the socket at the other end)."""
     import fcntl
     import struct
-    import termios
-    outq = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    siocoutqnsd = 0x894B
+    outq = struct.unpack("i", fcntl.ioctl(sock.fileno(), siocoutqnsd, b"\0\0\0\0"))[0]
     here, there = sock.getsockname()[1], sock.getpeername()[1]
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:

@@ -487,7 +487,7 @@ class SysPacketSizeTest(AdminTest):
             self.assertLessEqual(size, 64, f"{msg.topic} {msg.payload!r}")
             names.append(msg.topic[len(prefix):])
         self.assertIn("version", names)
-        self.assertIn("stats/topics/count", names)  # 58 bytes or so: under the limit
+        self.assertIn("stats/topics/count", names)  # 53 bytes or so: under the limit
         self.assertNotIn("metrics/packets/publish/received", names)  # 67 bytes or more
         self.assertIn(b"$SYS message " + prefix.encode() + b"metrics/", self.broker.log())
 

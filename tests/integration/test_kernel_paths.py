@@ -3,7 +3,8 @@
 ringmq picks its io_uring features by what the kernel offers: DEFER_TASKRUN from Linux 6.1 (before it, COOP_TASKRUN
 and completions posted as they come), clients' addresses read through the ring from 6.7 (before, getpeername),
 incrementally consumed receive buffers and a minimum wait from 6.12 (before, whole buffers and no batched wake-ups),
-and from 6.13 a closing connection's receive is cancelled (before, io_uring's SHUTDOWN ends it). node.io_uring_kernel
+from 6.13 a closing connection's receive is cancelled (before, io_uring's SHUTDOWN ends it), and from 6.17 a receive
+takes at most node.receive_limit before it is re-armed (before, no limit). node.io_uring_kernel
 caps the features at an older release's, so the suites below run those paths on this kernel: 6.0 (every fallback at
 once) and 6.11 (DEFER_TASKRUN and the ring's peer names kept; whole buffers, no minimum wait, SHUTDOWN).
 They show the broker's own fallback code works; an older kernel's own behaviour is not reproduced.
@@ -129,7 +130,9 @@ class KernelCapTakesEffect(BrokerTest):
 
 
 class ReceiveLimitReachesTheShards(BrokerTest):
-    """node.receive_limit reaches every shard's receives (where the kernel has the limit), and 0 turns it off."""
+    """node.receive_limit reaches every shard (their start-up lines, where the kernel has the limit), 0 turns it off,
+    and a receive that ends at the limit is armed again. (That the receives carry it: the paused-clients test in
+    test_limits.py.)"""
 
     AUTO_START = False
     SHARDS = 2
@@ -138,7 +141,7 @@ class ReceiveLimitReachesTheShards(BrokerTest):
         self.use_broker({"node.receive_limit": limit})
         c = self.client("receive-limit")
         c.subscribe([("rl/t", 0)])
-        c.publish("rl/t", b"x" * 200000)  # three times the limit below: its receive ends and is armed again
+        c.publish("rl/t", b"x" * 200000)  # three times a limit of 64 KiB: its receive ends and is armed again
         self.assertEqual(len(c.recv_publish().payload), 200000)
         c.disconnect()
         log = self.broker.stop_and_read_log().decode(errors="replace")
