@@ -432,9 +432,7 @@ void shard::loop() {
                 node_.smp.set_sleeping(id_, false);
             }
         }
-        turn_start_ns_ = mono_ns();
-        now_ms_ = turn_start_ns_ / 1'000'000;
-        turn_over_ = false;
+        new_work_window();
         const int64_t turn_start = now_ms_;
         if (stopping_ && !stop_cancelled_ && now_ms_ - stop_started_ms_ > shutdown_grace_ms) cancel_stuck();
         if (poll_rules_.epoch_due(now_ms_))
