@@ -342,6 +342,10 @@ bool shard::run() {
     log::debug("shard {} ended the pending operations of closing connections {} times by cancelling the receive, {} "
                "times by SHUTDOWN ({} of them after a cancel that did not end the receive)",
                id_, recv_cancels_, shutdowns_, recv_cancel_fallbacks_);
+    if (smp_cuts_ != 0)
+        log::debug("shard {} left deliveries from other shards for a later turn {} times, and handled {} route updates "
+                   "and handoffs queued behind them ahead of them",
+                   id_, smp_cuts_, taken_ahead_);
     log::debug("shard {} stopped; it woke other shards {} times through their rings and {} through their eventfds, and "
                "was woken {} times through its ring; its send backlog held at most {} ids",
                id_, peers_.messaged(), peers_.fell_back(), waker_.messages(), backlog_peak_);
@@ -369,7 +373,7 @@ void shard::loop() {
         // until the shard it waits for has taken enough (arm_wakes). It does not poll with a backlog: a poll would not
         // see the queue empty.
         const bool busy = !dirty_.empty() || !send_backlog_.empty() || !rearm_.empty() || !pending_handoffs_.empty() ||
-                          reads_runnable_ || !unheld_.empty() || !paused_.empty();
+                          reads_runnable_ || !unheld_.empty() || !paused_.empty() || smp_left_;
         if (busy) {
             ring_.submit();
         } else if (cfg_.budgets.idle_poll_us != 0 && !outbox_.pending() &&
@@ -441,7 +445,8 @@ void shard::loop() {
         const unsigned n = ring_.reap(batch, reap_batch);
         // Drain the queues only after the completions were observed: anything another shard published before a
         // client could have reacted to it (a route before its SUBACK, a retained store before its PUBACK) is then
-        // applied before this shard handles the client's next packet.
+        // applied before this shard handles the client's next packet (deliveries may wait for a later turn: see
+        // drain_smp).
         if (!ungated_.empty()) snapshot_transit();
         // What other shards sent (and the admin shard asked) is not this turn's clients' doing: their window starts
         // after it (one more clock read, only in a turn that took something).
@@ -1253,19 +1258,67 @@ void shard::publish_smp() {
 
 size_t shard::drain_smp() {
     size_t taken = 0;
-    for (unsigned from = 0; from < parts_; ++from) {
+    // Deliveries wait for a later turn once their routing has spent the turn's work and done a share of it from this
+    // queue (a turn stretched by the host's other work cuts nothing, and one shard's flood does not stop another's
+    // deliveries), so that this shard's clients are served between slices of another shard's costly burst (a
+    // queueful of it took 1.9 s in one turn); never while stopping.
+    uint64_t work_at = 0;
+    unsigned from = 0;
+    const auto cut = [&] { return turn_over_ && work_ - work_at >= pause_least_work && !stopping_; };
+    // Whether a message queued behind deliveries left for later must be handled before this turn's completions, with
+    // every delivery before it: all but the deliveries (which no client's packet can depend on) and route updates and
+    // handoffs (handled ahead, below). A retained update (stored as it is taken), an admin call or a gate's word may
+    // be what a client reacted to, or bear on the deliveries before it.
+    const auto must_take = [](const reactor::smp_msg& m) {
+        switch (m.kind) {
+        case k_publish_run:
+        case k_route_add:
+        case k_route_del:
+        case k_handoff:
+        case k_taken_ahead:
+            return false;
+        case k_publish:
+        case k_publish_holdable:
+        case k_publish_credited:
+        case k_publish_held:
+            return static_cast<const session::message*>(m.ptr)->retain();
+        default:
+            return true;
+        }
+    };
+    // A client may have reacted to a route (its SUBACK), and routes bear on none of the deliveries before it (those go
+    // to this shard's subscribers alone); a handed-off connection's session takes them as they come. Handled at once
+    // when only deliveries, routes and handoffs are before them, so that a flood ahead neither delays them nor is
+    // taken in one turn for them.
+    const auto ahead = [&](reactor::smp_msg& m) {
+        if (m.kind != k_route_add && m.kind != k_route_del && m.kind != k_handoff) return;
+        const uint32_t weight = msg_weight(m);
+        handle_smp(m, from);
+        m = reactor::smp_msg{k_taken_ahead, weight, nullptr};
+        ++taken_ahead_;
+    };
+    smp_left_ = false;
+    // Each turn begins with another queue: the first gets the turn's work, the others their share of 2048 units.
+    const unsigned first = static_cast<unsigned>(turn_ % parts_);
+    for (unsigned k = 0; k < parts_; ++k) {
+        from = first + k < parts_ ? first + k : first + k - parts_;
         if (from == id_) continue;
         uint64_t weight = 0;
-        const size_t n = node_.smp.queue(from, id_).drain(
+        bool left = false;
+        work_at = work_;
+        auto& q = node_.smp.queue(from, id_);
+        const size_t n = q.drain_until(
             [&](const reactor::smp_msg& m) {
                 weight += msg_weight(m);
                 handle_smp(m, from);
             },
-            // A whole queueful: every message queued before this drain is taken now, before this turn handles its
-            // completions. An ack that waited until its route adds or retained update were queued (send_after_backlog)
-            // promises no more than that; at a cap under the queue's size a SUBSCRIBE of more filters than the cap
-            // had its SUBACK reach the client while the other shard still lacked some of its routes.
-            cfg_.budgets.smp_queue_size);
+            // Up to a whole queueful: every message queued before this drain that a client may depend on is taken
+            // now, before this turn handles its completions, and all queued before it. An ack that waited until its
+            // route adds or retained update were queued (send_after_backlog) promises no more than that; at a cap
+            // under the queue's size a SUBSCRIBE of more filters than the cap had its SUBACK reach the client while
+            // the other shard still lacked some of its routes.
+            cfg_.budgets.smp_queue_size, cut, must_take, ahead, left);
+        smp_left_ = smp_left_ || left;
         // A word to close a gate goes out before the messages that caused it count as taken: the sender goes on
         // routing to queues that cannot hold yet only by what it saw taken (shard::push_holdable).
         if (close_staged_) {
@@ -1276,6 +1329,12 @@ size_t shard::drain_smp() {
         if (n != 0 && node_.smp.note_taken(from, id_, n, weight) && node_.smp.claim_wake(from)) peers_.wake(from);
         taken += n;
     }
+    if (smp_left_ && log::at_doubling(smp_cuts_))
+        log::info(
+            "left deliveries from other shards for a later turn, their routing having taken this turn past "
+            "node.turn_work_us = {}, so that this shard's clients' packets are handled meanwhile ({} times so far "
+            "on this shard; {} route updates and handoffs behind them handled ahead of them)",
+            cfg_.budgets.turn_work_us, smp_cuts_, taken_ahead_);
     return taken;
 }
 
@@ -1283,6 +1342,8 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     switch (m.kind) {
     case k_handoff:
         pending_handoffs_.emplace_back(turn_, static_cast<handoff*>(m.ptr));
+        return;
+    case k_taken_ahead:
         return;
     case k_route_add: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));

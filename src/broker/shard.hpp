@@ -184,6 +184,7 @@ enum msg_kind : uint32_t {
     k_gate_return, // ptr: the queue's key, arg: credit the sender had no client waiting for
     k_gate_forget, // ptr: the queue's key: the sender let its gate go (k_gate_drop): forget it was told
     k_gate_unwait, // ptr: the queue's key, arg: turns asked for (k_publish_held, k_gate_wait) whose clients closed
+    k_taken_ahead, // arg: its weight; a route update or handoff handled ahead of deliveries before it (drain_smp)
 };
 
 // The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
@@ -192,7 +193,7 @@ enum msg_kind : uint32_t {
 inline uint32_t msg_weight(const reactor::smp_msg& m) {
     return m.kind == k_publish || m.kind == k_retain || m.kind == k_retain_clear || m.kind == k_publish_run ||
                    m.kind == k_publish_holdable || m.kind == k_publish_credited || m.kind == k_publish_held ||
-                   m.kind == k_route_add || m.kind == k_route_del
+                   m.kind == k_route_add || m.kind == k_route_del || m.kind == k_taken_ahead
                ? m.arg
                : 0;
 }
@@ -1060,6 +1061,9 @@ private:
     // while the turn's work allows. An entry is stale once its client was read again otherwise (paused cleared).
     std::deque<std::pair<uint64_t, uint64_t>> paused_;
     uint64_t pauses_ = 0;
+    bool smp_left_ = false; // the last drain left deliveries in a queue for a later turn (drain_smp)
+    uint64_t smp_cuts_ = 0;
+    uint64_t taken_ahead_ = 0;   // route updates and handoffs handled ahead of deliveries left for later
     bool deadlines_due_ = false; // the tick found deadlines due: run_deadlines runs them after the turn's completions
     // The last turn that took long_turn_ms or more to handle its completions, from its start to its end: a packet
     // handled in it was stamped with its start (check_deadline).

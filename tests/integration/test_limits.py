@@ -2778,17 +2778,18 @@ class LongTurnKeepalive(BrokerTest):
     DONE = m.publish("lt/done", b"", qos=1, pid=1)  # answered once every PUBLISH before it is handled (not a PINGREQ:
     DONE_ACK = b"\x40\x02\x00\x01"                 # one behind a paused client's PUBLISHes is answered at once)
 
-    def costly_topics(self, depth: int = 13):
-        """Subscribes 2^depth filters, each a level or '+' at every level of a `depth`-level prefix, then '#': every
-        one matches every topic under the prefix, so each new topic's route walks them all. Returns the prefix and the
-        publisher, and the seconds one such PUBLISH takes."""
+    def costly_topics(self, depth: int = 13, subscribers: int = 1):
+        """Subscribes 2^depth filters (for each of `subscribers` clients on the last shard), each a level or '+' at
+        every level of a `depth`-level prefix, then '#': every one matches every topic under the prefix, so each new
+        topic's route walks them all. Returns the prefix and the publisher, and the seconds one such PUBLISH takes."""
         levels = [f"l{i}" for i in range(depth)]
         topic = "/".join(levels)
         filters = ["/".join("+" if (mask >> i) & 1 else levels[i] for i in range(depth)) + "/#"
                    for mask in range(1 << depth)]
         self.sub = self.client(self.sub_id(), keepalive=0)
-        for start in range(0, len(filters), 2048):
-            self.sub.subscribe([(f, 0) for f in filters[start:start + 2048]], timeout=30)
+        for sub in [self.sub] + [self.client(self.sub_id(f"sub{j}"), keepalive=0) for j in range(1, subscribers)]:
+            for start in range(0, len(filters), 2048):
+                sub.subscribe([(f, 0) for f in filters[start:start + 2048]], timeout=30)
         pub = self.client(self.pub_id(), keepalive=0)
         start = time.monotonic()
         pub.send(b"".join(m.publish(f"{topic}/c{i}", b"x") for i in range(200)) + self.DONE)
@@ -2915,6 +2916,80 @@ class LongTurnKeepalive(BrokerTest):
         # without a local match, work that the bound counts too.
         got, n = self.ping_during_burst({}, shards=2)
         self.assert_served_between(got, n, "2 shards")
+
+    def assert_served_on_the_subscribers_shard(self, shards: int, what: str):
+        """The filters' subscriber and a watcher on the last shard, a costly burst from the publisher on shard 0: the
+        publisher's shard sends what each PUBLISH matched there, and the subscriber's shard routes it through its own
+        filters. Every 50 ms of the burst the watcher sends a PINGREQ (and with 3 shards a client on shard 1 publishes
+        to it): checks that no round waited 0.5 s for its answers, that there were enough to tell, and that the
+        subscriber's shard did leave deliveries for later. With 2 shards a client on shard 0 subscribes during the
+        burst, and the watcher publishes to it once it has its SUBACK: the route, queued behind the flood, is applied
+        ahead of it."""
+        self.SHARDS = shards
+        self.use_broker({})
+        # Two subscribers of the filters: their shard does twice the publisher's shard's work for each PUBLISH (the
+        # publisher's walks the filters once for both), so what it is sent piles up whatever else runs on the host.
+        topic, pub, per_publish = self.costly_topics(subscribers=2)
+        watcher = self.client(self.cid("watcher", shards - 1), keepalive=0)
+        watcher.subscribe([("lt/after", 0), ("lt/tick", 0)])
+        relay = self.client(self.cid("relay", 1), keepalive=0) if shards > 2 else None
+        late = self.client(self.cid("late", 0), keepalive=0) if shards == 2 else None
+        late_took = None
+        n = min(20000, max(100, int(3.0 / per_publish)))
+        burst = b"".join(m.publish(f"{topic}/b{i}", b"x") for i in range(n)) + m.publish("lt/after", b"end")
+        sender = threading.Thread(target=pub.send, args=(burst,), daemon=True)
+        sender.start()
+        begun, waits, ended = time.monotonic(), [], False
+        while not ended and time.monotonic() - begun < 60:
+            asked = time.monotonic()
+            watcher.send(m.pingreq())
+            want = {"pingresp"}
+            if relay:
+                relay.send(m.publish("lt/tick", b"t"))
+                want.add("tick")
+            while want:
+                pkt = watcher.read_packet(timeout=60)
+                if pkt.type == m.PINGRESP:
+                    want.discard("pingresp")
+                    continue
+                topic_got = m.parse_publish(pkt).topic
+                if topic_got == "lt/after":  # the burst's end: what this round waits for follows, it has waited this
+                    ended = True             # long at least
+                    break
+                self.assertEqual(topic_got, "lt/tick")
+                want.discard("tick")
+            waits.append(round(time.monotonic() - asked, 2))
+            # (Once the subscriber's shard has left deliveries for later: the route is queued behind those.)
+            if late and late_took is None and len(waits) >= 3 and b"left deliveries from other" in self.broker.log():
+                late.subscribe([("lt/late", 0)])
+                sent = time.monotonic()
+                watcher.send(m.publish("lt/late", b"l"))
+                self.assertEqual(m.parse_publish(late.read_packet(timeout=30)).topic, "lt/late")
+                late_took = round(time.monotonic() - sent, 2)
+            time.sleep(0.05)
+        took = time.monotonic() - begun
+        sender.join(10)
+        self.assertTrue(waits, f"no round ended before the burst did ({took:.2f} s)")
+        self.assertLess(max(waits), 0.5, f"seconds each round waited during {n} costly PUBLISHes ({what}): {waits}")
+        self.assertGreater(len(waits), 5, f"{n} PUBLISHes took only {took:.2f} s: too short to tell")
+        self.assertTrue(self.broker.log().count(b"left deliveries from other shards for a later turn"),
+                        "the subscriber's shard never left deliveries for a later turn")
+        if late:
+            self.assertIsNotNone(late_took, "the burst ended before the subscriber's shard left deliveries for later")
+            self.assertLess(late_took, 0.5, "seconds a message to a filter subscribed during the burst took")
+            ahead = re.search(rb"shard 1 left deliveries from other shards for a later turn \d+ times, and handled (\d+)",
+                              self.broker.stop_and_read_log())
+            self.assertTrue(ahead and int(ahead.group(1)) >= 1, "no route update was handled ahead of the deliveries")
+
+    def test_deliveries_from_another_shard_are_taken_in_turns(self):
+        # That shard took a queueful of them in one turn (its clients' packets waited behind it, up to 1.9 s); it now
+        # leaves the rest for a later turn once the turn's work is spent.
+        self.assert_served_on_the_subscribers_shard(2, "a PINGREQ")
+
+    def test_one_shards_costly_deliveries_do_not_stop_anothers(self):
+        # The third shard's message to the watcher is taken between slices of the flood too (each queue gets a share
+        # of the turn, not only the first one drained).
+        self.assert_served_on_the_subscribers_shard(3, "a PINGREQ and a message from shard 1")
 
     def test_a_client_that_closes_after_its_burst_is_still_handled_in_turns(self):
         # Its socket's end, reaped while it waits for its next turn, used to have everything it had received handled

@@ -584,6 +584,140 @@ TEST(spsc_queue, wraps_around_many_times_in_order) {
     EXPECT_GT(next_push, 4u * 100);
 }
 
+// drain_until with items 0..n-1 published; cut() is true once `cut_after` items were taken, and the items must_take
+// says may not wait are those in `must`. Returns what it took; `rest` gets what a later plain drain takes, `looks`
+// how many items must_take looked at.
+std::vector<uint32_t> drain_cut(uint32_t n, size_t cut_after, std::vector<uint32_t> must, std::vector<uint32_t>& rest,
+                                int& looks, uint32_t start = 0) {
+    spsc_queue<uint32_t> q(16, start);
+    for (uint32_t i = 0; i < n; ++i)
+        EXPECT_TRUE(q.try_push(i));
+    q.publish();
+    std::vector<uint32_t> out;
+    looks = 0;
+    bool left = false;
+    const size_t taken =
+        q.drain_until([&](uint32_t v) { out.push_back(v); }, 100, [&] { return out.size() >= cut_after; },
+                      [&](uint32_t v) {
+                          ++looks;
+                          return std::find(must.begin(), must.end(), v) != must.end();
+                      },
+                      [](uint32_t&) {}, left);
+    EXPECT_EQ(taken, out.size());
+    rest = drain_all(q, 100);
+    EXPECT_EQ(left, !rest.empty()) << "says whether it left items";
+    return out;
+}
+
+TEST(spsc_queue, drain_until_stops_where_cut_says) {
+    std::vector<uint32_t> rest;
+    int looks = 0;
+    EXPECT_THAT(drain_cut(6, 2, {}, rest, looks), ElementsAre(0u, 1u));
+    EXPECT_THAT(rest, ElementsAre(2u, 3u, 4u, 5u)) << "the rest waits, in order";
+    EXPECT_EQ(looks, 4) << "the items after the cut, once each";
+    EXPECT_TRUE(drain_cut(6, 0, {}, rest, looks).empty());
+    EXPECT_EQ(rest.size(), 6u);
+    EXPECT_THAT(drain_cut(3, 10, {}, rest, looks), ElementsAre(0u, 1u, 2u)) << "never cut: all taken";
+    EXPECT_TRUE(rest.empty());
+    EXPECT_EQ(looks, 0) << "nothing looked at without a cut";
+}
+
+TEST(spsc_queue, drain_until_takes_through_the_last_item_that_may_not_wait) {
+    std::vector<uint32_t> rest;
+    int looks = 0;
+    EXPECT_THAT(drain_cut(8, 2, {4}, rest, looks), ElementsAre(0u, 1u, 2u, 3u, 4u));
+    EXPECT_THAT(rest, ElementsAre(5u, 6u, 7u));
+    EXPECT_EQ(looks, 6);
+    EXPECT_THAT(drain_cut(8, 2, {3, 6}, rest, looks), ElementsAre(0u, 1u, 2u, 3u, 4u, 5u, 6u));
+    EXPECT_THAT(rest, ElementsAre(7u));
+    EXPECT_EQ(looks, 6) << "looked through once, not again at the first item found";
+    EXPECT_EQ(drain_cut(8, 2, {7}, rest, looks).size(), 8u);
+    EXPECT_TRUE(rest.empty());
+    EXPECT_THAT(drain_cut(8, 5, {1}, rest, looks), ElementsAre(0u, 1u, 2u, 3u, 4u)) << "one taken before the cut";
+    EXPECT_THAT(rest, ElementsAre(5u, 6u, 7u));
+    EXPECT_EQ(looks, 3);
+    // Indices that wrap round 2^32 (and slots round the ring): 0xfffffffc up to 3.
+    EXPECT_THAT(drain_cut(8, 1, {5}, rest, looks, 0xfffffffcu), ElementsAre(0u, 1u, 2u, 3u, 4u, 5u));
+    EXPECT_THAT(rest, ElementsAre(6u, 7u));
+    EXPECT_THAT(drain_cut(8, 1, {}, rest, looks, 0xfffffffcu), ElementsAre(0u));
+    EXPECT_EQ(rest.size(), 7u);
+    EXPECT_EQ(looks, 7);
+}
+
+TEST(spsc_queue, drain_until_handles_ahead_only_what_follows_every_item_that_may_not_wait) {
+    // 1, 4 and 6 may be handled ahead (a route update, say), 3 may not wait: 1 is taken in its place, after 0; 4 and 6
+    // are handled once 3 is taken, ahead of 5.
+    spsc_queue<uint32_t> q(8);
+    for (uint32_t i = 0; i < 7; ++i)
+        ASSERT_TRUE(q.try_push(i));
+    q.publish();
+    std::vector<std::string> events;
+    size_t taken = 0;
+    bool left = false;
+    EXPECT_EQ(q.drain_until(
+                  [&](uint32_t v) {
+                      events.push_back("take " + std::to_string(v));
+                      ++taken;
+                  },
+                  100, [&] { return taken != 0; }, [](uint32_t v) { return v == 3; },
+                  [&](uint32_t& v) {
+                      if (v != 1 && v != 4 && v != 6) return;
+                      events.push_back("ahead " + std::to_string(v));
+                      v += 100; // handled: what is taken later says so
+                  },
+                  left),
+              4u);
+    EXPECT_TRUE(left);
+    EXPECT_THAT(events, ElementsAre("take 0", "take 1", "take 2", "take 3", "ahead 4", "ahead 6"));
+    EXPECT_THAT(drain_all(q, 100), ElementsAre(104u, 5u, 106u));
+}
+
+TEST(spsc_queue, drain_until_looks_at_an_item_once_over_many_cuts) {
+    spsc_queue<uint32_t> q(16, 0xfffffff0u);
+    for (uint32_t i = 0; i < 10; ++i)
+        ASSERT_TRUE(q.try_push(i));
+    q.publish();
+    std::vector<uint32_t> out, looked, ahead;
+    const std::vector<uint32_t> must{2, 12};
+    bool left = false;
+    auto drain = [&](size_t at_least) {
+        const size_t before = out.size();
+        return q.drain_until([&](uint32_t v) { out.push_back(v); }, 100,
+                             [&] { return out.size() - before >= at_least; },
+                             [&](uint32_t v) {
+                                 looked.push_back(v);
+                                 return std::find(must.begin(), must.end(), v) != must.end();
+                             },
+                             [&](uint32_t& v) { ahead.push_back(v); }, left);
+    };
+    EXPECT_EQ(drain(1), 3u) << "through item 2";
+    EXPECT_THAT(looked, ElementsAre(1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u));
+    EXPECT_THAT(ahead, ElementsAre(3u, 4u, 5u, 6u, 7u, 8u, 9u));
+    EXPECT_TRUE(left);
+    EXPECT_EQ(drain(2), 2u) << "3 and 4: no later item may not wait";
+    EXPECT_TRUE(left);
+    for (uint32_t i = 10; i < 14; ++i)
+        ASSERT_TRUE(q.try_push(i));
+    q.publish();
+    looked.clear();
+    ahead.clear();
+    EXPECT_EQ(drain(1), 8u) << "5 to 12: a new item may not wait";
+    EXPECT_THAT(looked, ElementsAre(10u, 11u, 12u, 13u)) << "only the new items looked at";
+    EXPECT_THAT(ahead, ElementsAre(13u)) << "only the new items after 12, and once";
+    looked.clear();
+    ahead.clear();
+    EXPECT_EQ(drain(0), 0u);
+    EXPECT_TRUE(looked.empty());
+    EXPECT_TRUE(ahead.empty());
+    EXPECT_TRUE(left);
+    EXPECT_THAT(drain_all(q, 100), ElementsAre(13u));
+    EXPECT_EQ(drain(0), 0u);
+    EXPECT_FALSE(left) << "nothing left: an empty queue";
+    EXPECT_EQ(out.size(), 13u);
+    for (uint32_t i = 0; i < out.size(); ++i)
+        EXPECT_EQ(out[i], i);
+}
+
 TEST(spsc_queue, carries_struct_items) {
     spsc_queue<smp_msg> q(2);
     int target = 0;
