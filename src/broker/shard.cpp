@@ -1261,14 +1261,14 @@ size_t shard::drain_smp() {
     // Deliveries wait for a later turn once their routing has spent the turn's work and done a share of it from this
     // queue (a turn stretched by the host's other work cuts nothing, and one shard's flood does not stop another's
     // deliveries), so that this shard's clients are served between slices of another shard's costly burst (a
-    // queueful of it took 1.9 s in one turn); never while stopping.
+    // queueful of it took up to 1.9-4 s in one turn); never while stopping.
     uint64_t work_at = 0;
     unsigned from = 0;
     const auto cut = [&] { return turn_over_ && work_ - work_at >= pause_least_work && !stopping_; };
     // Whether a message queued behind deliveries left for later must be handled before this turn's completions, with
     // every delivery before it: all but the deliveries (which no client's packet can depend on) and route updates and
-    // handoffs (handled ahead, below). A retained update (stored as it is taken), an admin call or a gate's word may
-    // be what a client reacted to, or bear on the deliveries before it.
+    // handoffs (handled ahead, below). A retained update (stored as it is taken) or a gate's word may be what a client
+    // reacted to, or bear on the deliveries before it (and an admin call, whose queue is thus taken whole).
     const auto must_take = [](const reactor::smp_msg& m) {
         switch (m.kind) {
         case k_publish_run:
@@ -1298,11 +1298,18 @@ size_t shard::drain_smp() {
         ++taken_ahead_;
     };
     smp_left_ = false;
-    // Each turn begins with another queue: the first gets the turn's work, the others their share of 2048 units.
-    const unsigned first = static_cast<unsigned>(turn_ % parts_);
-    for (unsigned k = 0; k < parts_; ++k) {
-        from = first + k < parts_ ? first + k : first + k - parts_;
-        if (from == id_) continue;
+    // Each turn begins with the next MQTT shard's queue: the first gets the turn's work, the others their share of
+    // 2048 units. The admin shard's comes last, after all of theirs: an admin call may depend on a route another
+    // shard queued before its client's SUBACK (mqtt/publish to a filter just subscribed).
+    const unsigned peers = n_ - 1;
+    const unsigned first = peers != 0 ? static_cast<unsigned>(turn_ % peers) : 0;
+    for (unsigned k = 0; k + 1 < parts_; ++k) {
+        if (k < peers) {
+            const unsigned p = first + k < peers ? first + k : first + k - peers;
+            from = p < id_ ? p : p + 1;
+        } else {
+            from = k + 1; // past the MQTT shards
+        }
         uint64_t weight = 0;
         bool left = false;
         work_at = work_;

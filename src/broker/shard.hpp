@@ -1061,8 +1061,8 @@ private:
     // while the turn's work allows. An entry is stale once its client was read again otherwise (paused cleared).
     std::deque<std::pair<uint64_t, uint64_t>> paused_;
     uint64_t pauses_ = 0;
-    bool smp_left_ = false; // the last drain left deliveries in a queue for a later turn (drain_smp)
-    uint64_t smp_cuts_ = 0;
+    bool smp_left_ = false;      // the last drain left deliveries in a queue for a later turn (drain_smp)
+    uint64_t smp_cuts_ = 0;      // drains that left deliveries for later (logged at doubling)
     uint64_t taken_ahead_ = 0;   // route updates and handoffs handled ahead of deliveries left for later
     bool deadlines_due_ = false; // the tick found deadlines due: run_deadlines runs them after the turn's completions
     // The last turn that took long_turn_ms or more to handle its completions, from its start to its end: a packet

@@ -2982,7 +2982,7 @@ class LongTurnKeepalive(BrokerTest):
             self.assertTrue(ahead and int(ahead.group(1)) >= 1, "no route update was handled ahead of the deliveries")
 
     def test_deliveries_from_another_shard_are_taken_in_turns(self):
-        # That shard took a queueful of them in one turn (its clients' packets waited behind it, up to 1.9 s); it now
+        # That shard took a queueful of them in one turn (its clients' packets waited behind it, up to 4 s); it now
         # leaves the rest for a later turn once the turn's work is spent.
         self.assert_served_on_the_subscribers_shard(2, "a PINGREQ")
 
