@@ -1303,6 +1303,10 @@ size_t shard::drain_smp() {
     // shard queued before its client's SUBACK (mqtt/publish to a filter just subscribed).
     const unsigned peers = n_ - 1;
     const unsigned first = peers != 0 ? static_cast<unsigned>(turn_ % peers) : 0;
+    // And only what it held before the others' queues were read: a call that came while they were drained (for
+    // milliseconds in a cut turn) may depend on a route another shard published after its queue was read, before
+    // the SUBACK that the call's HTTP request followed (an mqtt/publish to the filter was then routed without it).
+    const uint32_t admin_tail = node_.smp.queue(n_, id_).tail_for_consumer();
     for (unsigned k = 0; k + 1 < parts_; ++k) {
         if (k < peers) {
             const unsigned p = first + k < peers ? first + k : first + k - peers;
@@ -1324,7 +1328,7 @@ size_t shard::drain_smp() {
             // route adds or retained update were queued (send_after_backlog) promises no more than that; at a cap
             // under the queue's size a SUBSCRIBE of more filters than the cap had its SUBACK reach the client while
             // the other shard still lacked some of its routes.
-            cfg_.budgets.smp_queue_size, cut, must_take, ahead, left);
+            cfg_.budgets.smp_queue_size, cut, must_take, ahead, left, from == n_ ? admin_tail : q.tail_for_consumer());
         smp_left_ = smp_left_ || left;
         // A word to close a gate goes out before the messages that caused it count as taken: the sender goes on
         // routing to queues that cannot hold yet only by what it saw taken (shard::push_holdable).

@@ -43,6 +43,8 @@ public:
     }
 
     // Consumer side.
+    // What the producer has published so far: a later drain_until may be held to it.
+    uint32_t tail_for_consumer() const { return tail_.load(std::memory_order_acquire); }
     bool empty_for_consumer() const {
         return tail_.load(std::memory_order_seq_cst) == head_.load(std::memory_order_relaxed);
     }
@@ -61,8 +63,14 @@ public:
     // it but those left for later. `left`: whether it stopped with items left for later.
     template <typename F, typename C, typename M, typename A>
     size_t drain_until(F&& f, size_t max, C&& cut, M&& must_take, A&& ahead, bool& left) {
+        return drain_until(std::forward<F>(f), max, std::forward<C>(cut), std::forward<M>(must_take),
+                           std::forward<A>(ahead), left, tail_for_consumer());
+    }
+    // As above, taking nothing published after `tail`: a tail_for_consumer() read earlier, and not before one an
+    // earlier drain used (the scan would run round the indices).
+    template <typename F, typename C, typename M, typename A>
+    size_t drain_until(F&& f, size_t max, C&& cut, M&& must_take, A&& ahead, bool& left, const uint32_t tail) {
         uint32_t head = head_.load(std::memory_order_relaxed);
-        const uint32_t tail = tail_.load(std::memory_order_acquire);
         size_t n = 0;
         bool looked = false;
         left = false;

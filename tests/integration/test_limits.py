@@ -2991,6 +2991,44 @@ class LongTurnKeepalive(BrokerTest):
         # of the turn, not only the first one drained).
         self.assert_served_on_the_subscribers_shard(3, "a PINGREQ and a message from shard 1")
 
+    def test_an_admin_publish_after_a_subscribe_on_another_shard_reaches_it_during_a_burst(self):
+        # An mqtt/publish run on one shard to a filter just subscribed on another (its route published there before
+        # the SUBACK) is routed once the route is applied: the admin shard's queue is taken after every MQTT shard's,
+        # and only up to what it held before those were read. A drain of milliseconds (a turn that leaves deliveries
+        # for later; a whole queueful before stop 70) read a call that came meanwhile, and the route published
+        # before it was still unread: every other such message during the burst was lost (one before stop 70).
+        self.SHARDS = 2
+        self.ADMIN = True
+        self.use_broker({})
+        topic, pub, per_publish = self.costly_topics(subscribers=2)
+        n = min(20000, max(100, int(3.0 / per_publish)))
+        burst = b"".join(m.publish(f"{topic}/a{i}", b"x") for i in range(n)) + self.DONE
+        sender = threading.Thread(target=pub.send, args=(burst,), daemon=True)
+        sender.start()
+        done_at = []  # when the burst had been handled (its DONE answered)
+        acker = threading.Thread(target=lambda: (pub.expect(self.DONE_ACK, timeout=90),
+                                                 done_at.append(time.monotonic())), daemon=True)
+        acker.start()
+        self.wait_until(lambda: b"left deliveries from other" in self.broker.log(), timeout=20,
+                        what="the subscriber's shard left deliveries for later")
+        lost = []
+        for i in range(20):
+            c = self.client(self.cid(f"adm{i}", 0), keepalive=0)
+            c.subscribe([(f"lt/adm/{i}", 0)])
+            r = request(self.admin_port, "POST", "/api/v2/mqtt/publish",
+                        {"topic": f"lt/adm/{i}", "payload": "x", "qos": 0, "client_id": self.cid(f"api{i}", 1)})
+            self.assertEqual((r.status, r.json()), (200, {"code": 0, "result": []}), f"{r!r}")
+            try:
+                self.assertEqual(m.parse_publish(c.read_packet(timeout=10)).topic, f"lt/adm/{i}")
+            except TimeoutError:
+                lost.append(i)
+                break
+        rounds_ended = time.monotonic()
+        sender.join(30)
+        acker.join(90)
+        self.assertEqual(lost, [], "admin publishes to filters just subscribed on the other shard that never came")
+        self.assertTrue(done_at and done_at[0] > rounds_ended, "the burst was over before the rounds were")
+
     def test_a_client_that_closes_after_its_burst_is_still_handled_in_turns(self):
         # Its socket's end, reaped while it waits for its next turn, used to have everything it had received handled
         # at once: the whole burst where it fits in the socket's buffer (about 100 KB). The last message still comes

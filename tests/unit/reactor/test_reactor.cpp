@@ -718,6 +718,26 @@ TEST(spsc_queue, drain_until_looks_at_an_item_once_over_many_cuts) {
         EXPECT_EQ(out[i], i);
 }
 
+TEST(spsc_queue, drain_until_takes_nothing_published_after_the_tail_it_is_given) {
+    spsc_queue<uint32_t> q(8);
+    for (uint32_t i = 0; i < 3; ++i)
+        ASSERT_TRUE(q.try_push(i));
+    q.publish();
+    const uint32_t tail = q.tail_for_consumer();
+    for (uint32_t i = 3; i < 5; ++i)
+        ASSERT_TRUE(q.try_push(i));
+    q.publish();
+    std::vector<uint32_t> out;
+    bool left = true;
+    EXPECT_EQ(q.drain_until([&](uint32_t v) { out.push_back(v); }, 100, [] { return false; },
+                            [](uint32_t) { return false; }, [](uint32_t&) {}, left, tail),
+              3u);
+    EXPECT_THAT(out, ElementsAre(0u, 1u, 2u));
+    EXPECT_FALSE(left) << "not cut";
+    EXPECT_FALSE(q.empty_for_consumer());
+    EXPECT_THAT(drain_all(q, 100), ElementsAre(3u, 4u));
+}
+
 TEST(spsc_queue, carries_struct_items) {
     spsc_queue<smp_msg> q(2);
     int target = 0;
