@@ -1269,12 +1269,13 @@ size_t shard::drain_smp() {
     // every delivery before it: all but the deliveries (which no client's packet can depend on) and route updates and
     // handoffs (handled ahead, below). A retained update (stored as it is taken) or a gate's word may be what a client
     // reacted to, or bear on the deliveries before it (and an admin call, whose queue is thus taken whole).
-    const auto must_take = [](const reactor::smp_msg& m) {
+    const auto goes_ahead = [](uint32_t kind) {
+        return kind == k_route_add || kind == k_route_del || kind == k_handoff;
+    };
+    const auto must_take = [&](const reactor::smp_msg& m) {
+        if (goes_ahead(m.kind)) return false;
         switch (m.kind) {
         case k_publish_run:
-        case k_route_add:
-        case k_route_del:
-        case k_handoff:
         case k_taken_ahead:
             return false;
         case k_publish:
@@ -1291,7 +1292,7 @@ size_t shard::drain_smp() {
     // when only deliveries, routes and handoffs are before them, so that a flood ahead neither delays them nor is
     // taken in one turn for them.
     const auto ahead = [&](reactor::smp_msg& m) {
-        if (m.kind != k_route_add && m.kind != k_route_del && m.kind != k_handoff) return;
+        if (!goes_ahead(m.kind)) return;
         const uint32_t weight = msg_weight(m);
         handle_smp(m, from);
         m = reactor::smp_msg{k_taken_ahead, weight, nullptr};

@@ -75,20 +75,21 @@ public:
         bool looked = false;
         left = false;
         uint32_t ahead_from = head;
-        // The items before c_.through are taken whatever cut() says; those before c_.scanned were looked at.
-        // (Brought up to the head at every call: between two calls the head moves at most a queueful.)
-        if (before(c_.through, head)) c_.through = head;
+        // The items before `through` are taken whatever cut() says; those before c_.scanned were looked at.
+        // (Brought up to the head at every call: between two calls the head moves at most a queueful. Kept in a local
+        // while taking: f is opaque, so the member would be read again for every item.)
+        uint32_t through = before(c_.through, head) ? head : c_.through;
         if (before(c_.scanned, head)) c_.scanned = head;
         while (head != tail && n < max) {
-            if (!before(head, c_.through) && cut()) {
+            if (!before(head, through) && cut()) {
                 if (!looked) {
                     looked = true;
                     if (before(c_.scanned, head)) c_.scanned = head; // (never one taken: it may be gone)
                     for (uint32_t i = c_.scanned; i != tail; ++i)
-                        if (must_take(items_[i & mask_])) c_.through = i + 1;
-                    ahead_from = before(c_.through, c_.scanned) ? c_.scanned : c_.through;
+                        if (must_take(items_[i & mask_])) through = i + 1;
+                    ahead_from = before(through, c_.scanned) ? c_.scanned : through;
                 }
-                if (!before(head, c_.through)) {
+                if (!before(head, through)) {
                     for (uint32_t i = before(ahead_from, head) ? head : ahead_from; i != tail; ++i) // (none taken)
                         ahead(items_[i & mask_]);
                     c_.scanned = tail;
@@ -101,6 +102,7 @@ public:
             ++n;
             f(v);
         }
+        c_.through = through;
         head_.store(head, std::memory_order_release);
         return n;
     }
