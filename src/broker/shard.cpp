@@ -68,6 +68,11 @@ constexpr int64_t backlog_credit_ms = 10000;
 constexpr int64_t send_failed_grace_ms = 1000;
 // How long a close that sends the client's answers waits for the send pending before them (shard::close).
 constexpr int64_t answer_wait_ms = 1000;
+// ...and how long for the messages to other shards that its answers promise to be queued (send_after_backlog): they
+// wait for room in another shard's full queue, which that shard makes as it takes, however slowly.
+constexpr int64_t smp_answer_wait_ms = 10000;
+// Entries of each shard's io_uring submission queue: a turn that queues more submits midway (ring::on_forced_submit).
+constexpr unsigned sq_entries = 4096;
 // The most of a backlog a close that sends the client's answers joins into one send (send_queue::unseal): about what
 // a loopback socket takes at once (net.ipv4.tcp_wmem's maximum on Debian); past it the answers at its end are cut by
 // the shutdown, as the rest of the backlog is.
@@ -215,7 +220,11 @@ void shard::request_stop() {
 bool shard::run() {
     log::set_shard_tag(static_cast<int>(id_));
     std::string why;
-    bool ok = waker_.usable(why) && ring_.init(4096, why);
+    bool ok = waker_.usable(why) && ring_.init(sq_entries, why);
+    // What a full submission queue submits midway through a turn (a closing client's answers, started as it closes;
+    // a SUBACK, had the turn's sends begun before its publish) goes only once what the turn queued for other shards so
+    // far is visible to them.
+    ring_.on_forced_submit([](void* self) { static_cast<shard*>(self)->publish_smp(); }, this);
     const bool inc = ok && io::buffer_ring::incremental_supported(ring_);
     const uint32_t nbufs = inc ? recv_buffers_incremental : recv_buffers_whole;
     ok = ok && bufs_.init(ring_, 0, nbufs, recv_buffer_size, why, inc) &&
@@ -231,10 +240,10 @@ bool shard::run() {
     // buffer that reaches it).
     recv_limit_ = io::recv_limit_supported() ? cfg_.budgets.receive_limit : 0;
     log::debug(
-        "shard {} started (io_uring {}, {} x {} B receive buffers{}, {}, {} x {} B for first packets; per turn {} "
-        "sends, {} retained topics, {} per session, {} us of routing work; idle poll {} us from {} packets a "
-        "wake-up while {}% of polls find work{})",
-        id_, ring_.mode(), nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
+        "shard {} started (io_uring {}, {}-entry submission queue, {} x {} B receive buffers{}, {}, {} x {} B for "
+        "first packets; per turn {} sends, {} retained topics, {} per session, {} us of routing work; idle poll {} us "
+        "from {} packets a wake-up while {}% of polls find work{})",
+        id_, ring_.mode(), sq_entries, nbufs, recv_buffer_size, bufs_.incremental() ? " consumed incrementally" : "",
         recv_limit_ != 0             ? fmt::format("receives re-armed every {} B", recv_limit_)
         : io::recv_limit_supported() ? std::string("receives not limited (node.receive_limit = 0)")
         : io::kernel_at_least(6, 17) ? std::string("receives not limited (this kernel refused the limit)")
@@ -309,9 +318,10 @@ bool shard::run() {
                    cfg_.budgets.idle_poll_min_batch, poll_rules_.count().fruitless, cfg_.budgets.idle_poll_min_found,
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.weighs_batched_sleeps() ? ", with plain sleeps" : "", poll_rules_.epochs());
-    log::debug("shard {} entered io_uring {} times for {} packets received and {} sent ({:.3f} a packet)", id_,
-               ring_.enters(), m_.packets_received, m_.packets_sent,
-               per(ring_.enters(), m_.packets_received + m_.packets_sent));
+    log::debug("shard {} entered io_uring {} times for {} packets received and {} sent ({:.3f} a packet); a full "
+               "submission queue was submitted {} times midway through a turn",
+               id_, ring_.enters(), m_.packets_received, m_.packets_sent,
+               per(ring_.enters(), m_.packets_received + m_.packets_sent), forced_before_stop_);
     if (batch_wait_)
         log::debug("shard {} slept {} times waiting for a batch of completions and {} times for the first; a batched "
                    "wake-up reaped {:.2f} completions and received {:.2f} packets, a plain one {:.2f} and {:.2f}",
@@ -359,8 +369,12 @@ void shard::loop() {
         read_budget_ = cfg_.budgets.retained_reads_per_turn;
         reads_runnable_ = false;
         if (!readers_.empty()) serve_reads();
-        flush();
+        // Published before the sends start: a send is submitted as soon as the submission queue fills, midway
+        // through flush(), and a SUBACK must not reach its client before the route adds it promises can be seen
+        // (with more sends in a turn than the queue holds, a publish on the SUBACK was routed without them). The
+        // wake-ups of other shards are then ahead of the sends in the submission, too.
         publish_smp();
+        flush();
         if (!smp_waiters_.empty() || !admin_waiters_.empty()) release_smp_waiters();
         if (outbox_.weight_moved() || holding_) check_cross_shard();
         reap_graveyard();
@@ -1253,7 +1267,10 @@ void shard::finish_left(connection& c, bool now) {
 }
 
 void shard::publish_smp() {
+    if (publishing_) return; // (a wake-up forced a submission: the queues are all published by then)
+    publishing_ = true;
     outbox_.publish([this](unsigned to) { peers_.wake(to); });
+    publishing_ = false;
 }
 
 size_t shard::drain_smp() {
@@ -1654,8 +1671,10 @@ void shard::check_deadline(const reactor::deadline_wheel::entry& e, int64_t now)
     }
     if (c.st == connection::state::closing) {
         if (c.shut_deferred) {
-            // The send its close waited for has not ended (a client not reading): shut down now, the answers unsent.
+            // The send its close waited for has not ended (a client not reading), or the messages its answers promise
+            // are still not queued: shut down now, the answers unsent.
             shutdown_socket(c);
+            maybe_destroy(c); // (one that waited for the messages may have nothing pending)
             return;
         }
         // A receive its close cancelled (close_op_done) has still not ended. (Only then: a deadline set before the
@@ -1758,6 +1777,7 @@ void shard::fill_gauges(stats& s) const {
 
 void shard::begin_shutdown() {
     stopping_ = true;
+    forced_before_stop_ = ring_.forced_submits(); // (closing every connection fills the queue too)
     stop_started_ms_ = now_ms_;
     log::debug("shard {}: shutting down, closing {} connections", id_, conns_.size());
     if (accept_armed_) {
@@ -1767,7 +1787,10 @@ void shard::begin_shutdown() {
     }
     waker_.stop();
     for (auto& [id, c] : conns_) {
-        if (c->shut_deferred) shutdown_socket(*c); // its deadline would not come: the ticks end with the stop
+        if (c->shut_deferred) { // its deadline would not come: the ticks end with the stop
+            shutdown_socket(*c);
+            maybe_destroy(*c);
+        }
         // One whose socket ended before the stop, while paused, ends as it would have then (its will too).
         if (c->left_how != 0 && c->st == connection::state::connected) [[unlikely]]
             finish_left(*c, true);
@@ -2379,7 +2402,12 @@ void shard::release_smp_waiters() {
             c.smp_wait = false;
             c.dirty = false;
             c.backlogged = false;
-            if (c.st != connection::state::closing) mark_dirty_slow(c, c.reply);
+            if (c.st != connection::state::closing) {
+                mark_dirty_slow(c, c.reply);
+            } else if (c.shut_deferred && !c.send_busy) {
+                answer_and_shut(c); // (one with a send pending goes on from its end: on_send)
+                maybe_destroy(c);
+            }
         }
         return true;
     });
@@ -2500,7 +2528,8 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         // Its answers wait behind a send still pending (often one the kernel has finished, its completion not yet
         // reaped: a first write longer than the first receive buffer): they go when it ends, and the shutdown after
         // them (on_send), or the shutdown cuts both after answer_wait_ms (check_deadline).
-        defer_shutdown(c);
+        // (Its answers may wait for another shard's queue after that send: then as long as they would without it.)
+        defer_shutdown(c, c.smp_wait ? smp_answer_wait_ms : answer_wait_ms);
     } else {
         answer_and_shut(c);
     }
@@ -2513,20 +2542,28 @@ void shard::answer_and_shut(connection& c) {
     // (check_deadline): a socket takes only about mqtt.tcp_notsent_lowat at once, and a shutdown right behind the send
     // cut the answers behind a backlog past that (a client's PUBACK before its DISCONNECT, after 1 MB of QoS 0).
     if (c.answer_on_close) {
+        // Its answers wait, as an open connection's do, for what they promise to be in the other shards' queues (a
+        // SUBACK before a DISCONNECT in one write, its route adds past a full queue: a publish on the SUBACK was
+        // routed without them and lost to the persistent session until stop 71); release_smp_waiters sends them, or
+        // the shutdown cuts them smp_answer_wait_ms from the close.
+        if (c.smp_wait && !stopping_) [[unlikely]] {
+            defer_shutdown(c, smp_answer_wait_ms);
+            return;
+        }
         c.sq.unseal(unseal_max_bytes);
         start_send(c);
         if (c.send_busy && !stopping_) {
-            defer_shutdown(c);
+            defer_shutdown(c, answer_wait_ms);
             return;
         }
     }
     shutdown_socket(c);
 }
 
-void shard::defer_shutdown(connection& c) {
+void shard::defer_shutdown(connection& c, int64_t wait_ms) {
     if (c.shut_deferred) return; // its deadline runs from the close, not from each batch
     c.shut_deferred = true;
-    c.check_at_ms = now_ms_ + answer_wait_ms;
+    c.check_at_ms = now_ms_ + wait_ms;
     deadlines_.schedule(c.id, c.check_at_ms);
 }
 
@@ -2630,7 +2667,9 @@ void shard::install_failed_op::on_complete(int res, uint32_t) {
 }
 
 void shard::maybe_destroy(connection& c) {
-    if (c.st != connection::state::closing || c.ops > 0 || c.buried) return;
+    // A close that waits to send its answers keeps the connection (and its socket) until they go or its deadline cuts
+    // them, even with nothing pending (its answers wait for messages to other shards: answer_and_shut).
+    if (c.st != connection::state::closing || c.ops > 0 || c.buried || c.shut_deferred) return;
     c.buried = true;
     if (c.fd >= 0 && !c.handed_off) {
         // Closed by the ring with the next submission instead of a system call of its own (see close_descriptor and

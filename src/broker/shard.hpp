@@ -312,7 +312,7 @@ public:
     bool disconnect_received : 1 = false;
     bool close_after_flush : 1 = false;
     bool answer_on_close : 1 = false; // closed after a DISCONNECT or protocol error: what it was answered goes first
-    bool shut_deferred : 1 = false;   // closing, its shutdown waits for the send pending (answer_on_close)
+    bool shut_deferred : 1 = false;   // closing, its shutdown waits for the send pending or its answers' smp_wait
     bool over_limit : 1 = false;      // accepted beyond max_connections: CONNECT is answered with return code 3
     bool handed_off : 1 = false;      // the socket now belongs to another shard
     bool buried : 1 = false;          // queued for destruction at the end of the loop turn
@@ -425,6 +425,8 @@ private:
     void handle_smp(const reactor::smp_msg& m, unsigned from);
     void flush();
     void publish_smp();
+    uint64_t forced_before_stop_ = 0; // ring_.forced_submits() when the stop began
+    bool publishing_ = false;         // in publish_smp: a wake-up's SQE that forces a submission does not publish again
     void arm_accept();
     void on_accept(int res, uint32_t flags);
     reactor::task<void> housekeeping();
@@ -621,8 +623,9 @@ private:
     void shutdown_socket(connection& c);
     // A close's last send (what is queued, when it answers the client: answer_on_close) and then its shutdown.
     void answer_and_shut(connection& c);
-    // The shutdown of a closing connection waits for the send pending, at most answer_wait_ms from the first call.
-    void defer_shutdown(connection& c);
+    // The shutdown of a closing connection waits for the send pending (or the messages its answers promise), at most
+    // wait_ms from the first call.
+    void defer_shutdown(connection& c, int64_t wait_ms);
     // The completion of what a slot's connection closing with operations pending submitted: a cancel of its receive,
     // or io_uring's SHUTDOWN. Counted among the connection's operations, so the connection stays (and its slot is
     // closed and given out again) only after it, since SHUTDOWN runs from a worker and looks the slot up late.

@@ -286,9 +286,20 @@ void ring::close_file(unsigned slot) {
     closing_files_.push_back(slot);
 }
 
+void ring::forced_submit() {
+    ++forced_submits_;
+    // The hook may queue SQEs of its own (a shard's wake-ups of other shards), and an SQ it fills is submitted by
+    // them without running it again.
+    if (forced_fn_ == nullptr || in_forced_) return;
+    in_forced_ = true;
+    forced_fn_(forced_arg_);
+    in_forced_ = false;
+}
+
 io_uring_sqe* ring::sqe() {
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
     while (!s) {
+        forced_submit();
         io_uring_submit(&ring_);
         submitted();
         s = io_uring_get_sqe(&ring_);
@@ -298,6 +309,7 @@ io_uring_sqe* ring::sqe() {
 
 void ring::reserve(unsigned n) {
     if (io_uring_sq_space_left(&ring_) < n) {
+        forced_submit();
         io_uring_submit(&ring_);
         submitted();
     }

@@ -68,6 +68,15 @@ public:
     io_uring* raw() { return &ring_; }
     // A free SQE; submits what is queued when the SQ is full, so it never returns null.
     io_uring_sqe* sqe();
+    // fn(arg) runs before each submission that sqe() or reserve() makes for room, not within itself: the owner makes
+    // visible there what the queued operations' effects may depend on (a shard publishes its cross-shard queues, so
+    // that an ack submitted so, midway through a turn, is not sent before the route adds it promises can be seen).
+    void on_forced_submit(void (*fn)(void*), void* arg) {
+        forced_fn_ = fn;
+        forced_arg_ = arg;
+    }
+    // Submissions that sqe() or reserve() made for room.
+    uint64_t forced_submits() const { return forced_submits_; }
     // Makes room for n SQEs taken next without a submission between them (submitting what is queued if needed): a
     // linked pair split over two submissions loses its link, and a timeout linked to nothing never fires.
     void reserve(unsigned n);
@@ -149,6 +158,8 @@ public:
 private:
     // After a submission: slots whose close went in with it become free.
     void submitted();
+    // sqe() or reserve() is about to submit for room: counts it and runs the owner's hook (on_forced_submit).
+    void forced_submit();
 
     io_uring ring_{};
     bool ok_ = false;
@@ -158,6 +169,10 @@ private:
     bool registered_fd_ = false; // the ring's fd is registered with the ring itself (io_uring_register_ring_fd)
     bool deferred_known_ = false;
     uint64_t enters_ = 0;
+    uint64_t forced_submits_ = 0;
+    void (*forced_fn_)(void*) = nullptr;
+    void* forced_arg_ = nullptr;
+    bool in_forced_ = false;
     const char* mode_ = "";
     unsigned files_ = 0;
     unsigned next_file_ = 0;              // slots from here up were never used

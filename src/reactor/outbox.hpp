@@ -37,9 +37,12 @@ public:
         flying_ |= uint64_t{1} << to;
         moved_ = true;
     }
-    // Publishes what was staged this turn and wakes the destinations that sleep, each through wake(to).
+    // Publishes what was staged this turn and wakes the destinations that sleep, each through wake(to), once every
+    // queue is published: a wake-up may take the owner's last free SQE and so submit what it had queued (a SUBACK),
+    // which must find all of its route adds visible, not only those to the destinations before it.
     template <class Wake> void publish(Wake&& wake) {
         uint64_t mask = mask_;
+        uint64_t wakes = 0;
         while (mask) {
             const unsigned to = static_cast<unsigned>(__builtin_ctzll(mask));
             mask &= mask - 1;
@@ -50,8 +53,13 @@ public:
                 bl.pop_front();
             }
             q.publish();
-            if (smp_.claim_wake(to)) wake(to);
+            if (smp_.claim_wake(to)) wakes |= uint64_t{1} << to;
             if (bl.empty()) mask_ &= ~(uint64_t{1} << to);
+        }
+        while (wakes) {
+            const unsigned to = static_cast<unsigned>(__builtin_ctzll(wakes));
+            wakes &= wakes - 1;
+            wake(to);
         }
     }
     // True while a backlog waits for room: the owner must not sleep unless arm_wakes covers it.

@@ -145,7 +145,8 @@ class ReceiveLimitReachesTheShards(BrokerTest):
         self.assertEqual(len(c.recv_publish().payload), 200000)
         c.disconnect()
         log = self.broker.stop_and_read_log().decode(errors="replace")
-        return re.findall(r"shard \d started \(io_uring [^,]*, [^,]*, (receives [^,]*),", log)
+        return re.findall(r"shard \d started \(io_uring [^,]*, \d+-entry submission queue, [^,]*, (receives [^,]*),",
+                          log)
 
     def test_a_limit_and_none(self):
         limited = "receives re-armed every 65536 B" if kernel_at_least(6, 17) else \

@@ -3,6 +3,7 @@ subscriber have different home shards (and, for comparison, the same one)."""
 
 import os
 import re
+import resource
 import socket
 import threading
 import time
@@ -10,6 +11,22 @@ import time
 import mqtt_raw as m
 from broker import (BrokerTest, Collector, client_id_on_shard, cpu_seconds, fnv1a64, home_shard, rss_kib,
                     stalled_thread)
+
+
+def read_exactly(s: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    """n bytes from s, failing if they do not come within timeout."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = s.recv(n - len(got))
+        except socket.timeout:
+            raise AssertionError(f"{len(got)} of {n} bytes within {timeout}s") from None
+        if not chunk:
+            raise AssertionError(f"closed after {len(got)} of {n} bytes")
+        got += chunk
+    return got
 
 
 class ShardHashTest(BrokerTest):
@@ -612,6 +629,31 @@ class CrossShardAckAfterBacklogTest(BrokerTest):
             self.assertEqual((msg.topic, msg.payload), (f"ab/{r}/{self.FILTERS - 1}", b"last"), f"round {r}")
             sub.disconnect()
 
+    def test_publish_right_after_a_suback_before_a_disconnect_reaches_the_offline_session(self):
+        # The SUBACK of a SUBSCRIBE sent with a DISCONNECT behind it goes with the close's answers, which waited for
+        # nothing until stop 71: with the route adds past a full queue, the publish below was lost to the session.
+        # Every other round the CONNECT is in the same write and the client ends its side right after it: the close
+        # then finds its receive ended, nothing pending, and must keep the connection for its answers.
+        pub = self.client(self.cid("ad-pub", 1))
+        for r in range(self.ROUNDS):
+            name = self.cid(f"ad-sub{r}", 0)
+            packets = m.subscribe(1, [(f"ad/{r}/{i}", 1) for i in range(self.FILTERS)]) + m.disconnect()
+            if r % 2:
+                sub = self.raw()
+                sub.send(m.connect(name, clean=False) + packets)
+                sub.sock.shutdown(socket.SHUT_WR)
+                sub.expect(m.connack(), timeout=20)
+            else:
+                sub = self.client(name, clean=False)
+                sub.send(packets)
+            sub.expect(m.suback(1, [1] * self.FILTERS), timeout=20)
+            pub.publish(f"ad/{r}/{self.FILTERS - 1}", b"kept", qos=1)
+            sub.expect_closed()
+            back = self.client(name, clean=False, expect=m.connack(session_present=True))
+            msg = back.recv_publish(timeout=5)
+            self.assertEqual((msg.topic, msg.payload), (f"ad/{r}/{self.FILTERS - 1}", b"kept"), f"round {r}")
+            back.send(m.disconnect())
+
     def test_subscribe_right_after_a_puback_gets_the_retained_message(self):
         pub = self.client(self.cid("ar-pub", 0))
         for r in range(self.ROUNDS):
@@ -631,6 +673,66 @@ class CrossShardAckAfterDrainTest(CrossShardAckAfterBacklogTest):
     and the PUBLISH could come in between)."""
     SETTINGS = {}
     FILTERS = 12000
+
+
+class CrossShardAckBeforeAFullSubmissionQueueTest(BrokerTest):
+    """A SUBACK goes out only once its route adds are visible to the other shard, even in a turn with more sends than
+    the shard's io_uring submission queue holds (4096): the queue is submitted when it fills, midway through the
+    turn's sends, and a SUBACK among the first of them reached the client before the shard published the route adds
+    after the sends (a publish on the other shard, sent on the SUBACK, was routed without the new subscriber and
+    lost: every round, until stop 71). Here a client SUBSCRIBEs and, in the same write, PUBLISHes to a topic with more
+    subscribers on its shard than that queue holds, with node.sends_per_turn raised so that one turn starts every
+    send."""
+    SHARDS = 2
+    AUTO_START = False
+    ROUNDS = 4
+
+    def test_publish_right_after_a_suback_in_a_turn_of_more_sends_than_the_ring_holds(self):
+        b = self.start_broker(self.SHARDS, {"node.sends_per_turn": 65536})
+        self.broker, self.port = b, b.port
+        sq = re.search(rb"shard 0 started \(io_uring [^,]+, (\d+)-entry submission queue", b.log())
+        self.assertIsNotNone(sq, "the shard's start-up line")
+        fanout = int(sq.group(1)) + 200
+        want = fanout + 500
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < want:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+            except (ValueError, OSError):
+                self.skipTest(f"the open-file limit ({soft}/{hard}) cannot be raised to {want}")
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        ids = []
+        i = 0
+        while len(ids) < fanout:
+            if home_shard(f"sq-fan-{i}", self.SHARDS) == 0:
+                ids.append(f"sq-fan-{i}")
+            i += 1
+        socks = []
+        self.addCleanup(lambda: [s.close() for s in socks])
+        for cid in ids:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            socks.append(s)
+            s.sendall(m.connect(cid, keepalive=600) + m.subscribe(1, [("sq/fan", 0)]))
+        greeting = m.connack() + m.suback(1, [0])
+        for s in socks:
+            self.assertEqual(read_exactly(s, len(greeting)), greeting)
+        sub = self.client(self.cid("sq-sub", 0))
+        pub = self.client(self.cid("sq-pub", 1))
+        fan = m.publish("sq/fan", b"f" * 256)
+        for r in range(self.ROUNDS):
+            sub.send(m.subscribe(10 + r, [(f"sq/new/{r}", 0)]) + fan)
+            sub.expect(m.suback(10 + r, [0]), timeout=10)
+            pub.publish(f"sq/new/{r}", b"after the suback")
+            msg = sub.recv_publish(timeout=5)
+            self.assertEqual((msg.topic, msg.payload), (f"sq/new/{r}", b"after the suback"), f"round {r}")
+        # The fan-out itself went to every subscriber, each round, in order.
+        for k, s in enumerate(socks):
+            self.assertEqual(read_exactly(s, len(fan) * self.ROUNDS), fan * self.ROUNDS, f"subscriber {k}")
+        # And the queue did fill midway through turns before the stop (else this tested nothing).
+        log = b.stop_and_read_log().decode("utf-8", "replace")
+        forced = re.search(r"shard 0 entered io_uring .* submission queue was submitted (\d+) times midway", log)
+        self.assertIsNotNone(forced, "the shard's stop line")
+        self.assertGreaterEqual(int(forced.group(1)), self.ROUNDS, forced.group(0))
 
 
 class CrossShardRetainedRaceTest(BrokerTest):

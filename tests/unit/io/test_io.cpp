@@ -454,6 +454,38 @@ TEST(Io, RecvTimeoutStaysLinkedWhenTheSubmissionQueueIsAlmostFull) {
     expect_recv_times_out(r);
 }
 
+TEST(Io, AFullSubmissionQueueRunsTheOwnersHookBeforeItIsSubmitted) {
+    io::ring r;
+    std::string why;
+    ASSERT_TRUE(r.init(8, why)) << why;
+    struct seen {
+        io::ring* r;
+        std::vector<unsigned> queued; // SQEs waiting at each call: the hook runs before the submission
+    } st{&r, {}};
+    r.on_forced_submit(
+        [](void* arg) {
+            auto* st = static_cast<seen*>(arg);
+            st->queued.push_back(io_uring_sq_ready(st->r->raw()));
+            // The hook may take SQEs itself; one that finds the queue full submits without calling it again.
+            io_uring_prep_nop(st->r->sqe());
+        },
+        &st);
+    for (int i = 0; i < 8; ++i)
+        io_uring_prep_nop(r.sqe());
+    EXPECT_TRUE(st.queued.empty()) << "no submission yet";
+    EXPECT_EQ(r.forced_submits(), 0u);
+    io_uring_prep_nop(r.sqe()); // the ninth: the queue is full
+    EXPECT_EQ(st.queued, std::vector<unsigned>{8});
+    EXPECT_EQ(r.forced_submits(), 2u) << "the full queue, then the hook's own SQE finding it full";
+    r.reserve(8); // the ninth is queued, seven free: a submission, the hook first
+    EXPECT_EQ(st.queued, (std::vector<unsigned>{8, 1}));
+    EXPECT_EQ(r.forced_submits(), 3u);
+    EXPECT_EQ(io_uring_sq_ready(r.raw()), 0u) << "the hook's own SQE went with that submission";
+    r.reserve(1); // room enough: no submission
+    EXPECT_EQ(st.queued.size(), 2u);
+    EXPECT_EQ(r.forced_submits(), 3u);
+}
+
 // ring::submit_then_wait, the batched wait of node.wake_batch_us: io_uring's minimum wait on a real ring, with recvs
 // on socket pairs as the completions (Linux 6.12+ and a DEFER_TASKRUN ring, as the shard needs).
 namespace {

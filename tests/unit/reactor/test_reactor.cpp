@@ -914,6 +914,20 @@ TEST(smp_outbox, publish_wakes_each_sleeping_destination_once_through_the_given_
     EXPECT_EQ(hook[1] + hook[2], 0) << "the hooks are the waker's business, not the outbox's";
 }
 
+TEST(smp_outbox, wakes_only_once_every_destination_is_published) {
+    // A wake-up may force the sender's submission (its last free SQE): what that submits (a SUBACK) must find the
+    // messages to every destination visible, not only to those woken before it.
+    smp s(3, 8);
+    smp_outbox out(s, 0);
+    s.set_sleeping(1, true);
+    s.set_sleeping(2, true);
+    out.push(1, smp_msg{1, 0, nullptr});
+    out.push(2, smp_msg{2, 0, nullptr});
+    std::vector<std::pair<unsigned, bool>> seen; // (woken, every destination had its message visible then)
+    out.publish([&](unsigned to) { seen.emplace_back(to, s.has_incoming(1) && s.has_incoming(2)); });
+    EXPECT_EQ(seen, (std::vector<std::pair<unsigned, bool>>{{1, true}, {2, true}}));
+}
+
 // Drains up to max messages of queue(from, to) as the receiving shard does: each carries its bytes in arg, the
 // messages and bytes taken are reported once per batch. Returns note_taken's answer (the sender asked to be woken).
 bool take(smp& s, unsigned from, unsigned to, size_t max = SIZE_MAX) {
