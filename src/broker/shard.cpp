@@ -66,10 +66,10 @@ constexpr int64_t long_turn_ms = 50;
 constexpr int64_t backlog_credit_ms = 10000;
 // A connection whose send failed is closed after this long if its receive has not closed it first (on_send).
 constexpr int64_t send_failed_grace_ms = 1000;
-// How long a close that sends the client's answers waits for the send pending before them (shard::close).
+// How long a close that sends the client's answers waits for the send pending before them (shard::defer_shutdown).
 constexpr int64_t answer_wait_ms = 1000;
-// ...and how long for the messages to other shards that its answers promise to be queued (send_after_backlog): they
-// wait for room in another shard's full queue, which that shard makes as it takes, however slowly.
+// ...and how long when its answers also wait for the messages to other shards they promise (smp_wait): those wait for
+// room in another shard's full queue, which that shard makes as it takes, however slowly.
 constexpr int64_t smp_answer_wait_ms = 10000;
 // Entries of each shard's io_uring submission queue: a turn that queues more submits midway (ring::on_forced_submit).
 constexpr unsigned sq_entries = 4096;
@@ -319,7 +319,7 @@ bool shard::run() {
                    poll_rules_.count().sleeping_epochs, poll_rules_.score(false) * 1e6, poll_rules_.score(true) * 1e6,
                    poll_rules_.weighs_batched_sleeps() ? ", with plain sleeps" : "", poll_rules_.epochs());
     log::debug("shard {} entered io_uring {} times for {} packets received and {} sent ({:.3f} a packet); a full "
-               "submission queue was submitted {} times midway through a turn",
+               "submission queue was submitted {} times midway through a turn before the stop",
                id_, ring_.enters(), m_.packets_received, m_.packets_sent,
                per(ring_.enters(), m_.packets_received + m_.packets_sent), forced_before_stop_);
     if (batch_wait_)
@@ -371,7 +371,7 @@ void shard::loop() {
         if (!readers_.empty()) serve_reads();
         // Published before the sends start: a send is submitted as soon as the submission queue fills, midway
         // through flush(), and a SUBACK must not reach its client before the route adds it promises can be seen
-        // (with more sends in a turn than the queue holds, a publish on the SUBACK was routed without them). The
+        // (the ring's hook would publish then, see run(), but once here rather than at each forced submission). The
         // wake-ups of other shards are then ahead of the sends in the submission, too.
         publish_smp();
         flush();
@@ -2527,9 +2527,8 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
     if (c.answer_on_close && c.send_busy && !stopping_) [[unlikely]] {
         // Its answers wait behind a send still pending (often one the kernel has finished, its completion not yet
         // reaped: a first write longer than the first receive buffer): they go when it ends, and the shutdown after
-        // them (on_send), or the shutdown cuts both after answer_wait_ms (check_deadline).
-        // (Its answers may wait for another shard's queue after that send: then as long as they would without it.)
-        defer_shutdown(c, c.smp_wait ? smp_answer_wait_ms : answer_wait_ms);
+        // them (on_send), or the shutdown cuts both after its deadline (check_deadline).
+        defer_shutdown(c);
     } else {
         answer_and_shut(c);
     }
@@ -2538,32 +2537,33 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
 
 void shard::answer_and_shut(connection& c) {
     // A backlog's chunks go as one batch (up to unseal_max_bytes): the answers are at its end. The shutdown waits for
-    // that send's end (on_send carries it on and comes back here for what is left), or answer_wait_ms from the close
-    // (check_deadline): a socket takes only about mqtt.tcp_notsent_lowat at once, and a shutdown right behind the send
-    // cut the answers behind a backlog past that (a client's PUBACK before its DISCONNECT, after 1 MB of QoS 0).
+    // that send's end (on_send carries it on and comes back here for what is left), or its deadline (check_deadline): a
+    // socket takes only about mqtt.tcp_notsent_lowat at once, and a shutdown right behind the send cut the answers
+    // behind a backlog past that (a client's PUBACK before its DISCONNECT, after 1 MB of QoS 0).
     if (c.answer_on_close) {
         // Its answers wait, as an open connection's do, for what they promise to be in the other shards' queues (a
         // SUBACK before a DISCONNECT in one write, its route adds past a full queue: a publish on the SUBACK was
-        // routed without them and lost to the persistent session until stop 71); release_smp_waiters sends them, or
-        // the shutdown cuts them smp_answer_wait_ms from the close.
+        // routed without them, and lost to the persistent session); release_smp_waiters sends them, or the shutdown
+        // cuts them at the deadline. (At the stop they are cut at once: begin_shutdown.)
         if (c.smp_wait && !stopping_) [[unlikely]] {
-            defer_shutdown(c, smp_answer_wait_ms);
+            defer_shutdown(c);
             return;
         }
         c.sq.unseal(unseal_max_bytes);
         start_send(c);
         if (c.send_busy && !stopping_) {
-            defer_shutdown(c, answer_wait_ms);
+            defer_shutdown(c);
             return;
         }
     }
     shutdown_socket(c);
 }
 
-void shard::defer_shutdown(connection& c, int64_t wait_ms) {
+void shard::defer_shutdown(connection& c) {
     if (c.shut_deferred) return; // its deadline runs from the close, not from each batch
     c.shut_deferred = true;
-    c.check_at_ms = now_ms_ + wait_ms;
+    // Its answers may wait for another shard's queue too (at the close, or after the send pending then).
+    c.check_at_ms = now_ms_ + (c.smp_wait ? smp_answer_wait_ms : answer_wait_ms);
     deadlines_.schedule(c.id, c.check_at_ms);
 }
 

@@ -425,8 +425,6 @@ private:
     void handle_smp(const reactor::smp_msg& m, unsigned from);
     void flush();
     void publish_smp();
-    uint64_t forced_before_stop_ = 0; // ring_.forced_submits() when the stop began
-    bool publishing_ = false;         // in publish_smp: a wake-up's SQE that forces a submission does not publish again
     void arm_accept();
     void on_accept(int res, uint32_t flags);
     reactor::task<void> housekeeping();
@@ -624,8 +622,8 @@ private:
     // A close's last send (what is queued, when it answers the client: answer_on_close) and then its shutdown.
     void answer_and_shut(connection& c);
     // The shutdown of a closing connection waits for the send pending (or the messages its answers promise), at most
-    // wait_ms from the first call.
-    void defer_shutdown(connection& c, int64_t wait_ms);
+    // answer_wait_ms from the first call (smp_answer_wait_ms for the messages).
+    void defer_shutdown(connection& c);
     // The completion of what a slot's connection closing with operations pending submitted: a cancel of its receive,
     // or io_uring's SHUTDOWN. Counted among the connection's operations, so the connection stays (and its slot is
     // closed and given out again) only after it, since SHUTDOWN runs from a worker and looks the slot up late.
@@ -811,6 +809,8 @@ private:
     std::vector<connection*> rearm_;
     // Connections whose sends wait for the SMP backlog (send_after_backlog): (id, outbox_.backlogged() mark).
     std::vector<std::pair<uint64_t, uint64_t>> smp_waiters_;
+    bool publishing_ = false;         // in publish_smp: a wake-up's SQE that forces a submission does not publish again
+    uint64_t forced_before_stop_ = 0; // ring_.forced_submits() when the stop began
     // Admin calls answered once what they sent other shards has left the backlog, as an MQTT ack would be: (the
     // outbox_.backlogged() mark, the call, the admin participant to answer).
     struct admin_waiter {

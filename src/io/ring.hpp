@@ -68,9 +68,10 @@ public:
     io_uring* raw() { return &ring_; }
     // A free SQE; submits what is queued when the SQ is full, so it never returns null.
     io_uring_sqe* sqe();
-    // fn(arg) runs before each submission that sqe() or reserve() makes for room, not within itself: the owner makes
-    // visible there what the queued operations' effects may depend on (a shard publishes its cross-shard queues, so
-    // that an ack submitted so, midway through a turn, is not sent before the route adds it promises can be seen).
+    // fn(arg) runs before each submission that sqe() or reserve() makes for room (not re-entered: one that the hook's
+    // own SQEs force runs without it), so that the owner makes visible first what the queued operations' effects may
+    // depend on: a shard publishes its cross-shard queues, so that an ack submitted so, midway through a turn, is not
+    // sent before the route adds it promises can be seen.
     void on_forced_submit(void (*fn)(void*), void* arg) {
         forced_fn_ = fn;
         forced_arg_ = arg;

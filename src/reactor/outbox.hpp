@@ -1,6 +1,7 @@
 #pragma once
-// The sending side of one participant of the SMP matrix: messages are staged per destination, made visible with one
-// publish per destination and loop turn, and a sleeping destination is woken once. A message that does not fit a
+// The sending side of one participant of the SMP matrix: messages are staged per destination, made visible by
+// publish() (at least once a loop turn, one release store per destination for all staged since), and a sleeping
+// destination is woken once. A message that does not fit a
 // full queue waits in a local backlog (in order) instead of blocking the sender; what a destination has not taken yet
 // is weighed (max_in_flight), so that the owner can stop taking new work while one falls behind; and it sleeps, rather
 // than going round its loop, until a destination it waits for has caught up (arm_wakes). Owned by one shard (or the
@@ -38,8 +39,8 @@ public:
         moved_ = true;
     }
     // Publishes what was staged this turn and wakes the destinations that sleep, each through wake(to), once every
-    // queue is published: a wake-up may take the owner's last free SQE and so submit what it had queued (a SUBACK),
-    // which must find all of its route adds visible, not only those to the destinations before it.
+    // queue is published: a wake-up that finds no free SQE submits what the owner had queued (a SUBACK), which must
+    // find all of its route adds visible, not only those to the destinations before it.
     template <class Wake> void publish(Wake&& wake) {
         uint64_t mask = mask_;
         uint64_t wakes = 0;

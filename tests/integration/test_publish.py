@@ -2,6 +2,8 @@
 
 With 2 shards the publisher and the subscriber have different home shards (see BrokerTest.pub_id/sub_id)."""
 
+import os
+import signal
 import socket
 import time
 
@@ -530,7 +532,9 @@ class PublishCases:
         # 32 publishers each write 160 PUBLISHes of 4 KiB at once: 20 MiB arrive together, far more than a shard's
         # receive buffers hold (64 x 16 KiB), so receives wait for buffers and are re-armed. Every message arrives,
         # once, in each publisher's order, and the shard says at shutdown that its buffers ran out. (The subscriber's
-        # queue limit is raised so that a slow reader here drops nothing.)
+        # queue limit is raised so that a slow reader here drops nothing.) The broker is stopped while the writes
+        # begin, so that megabytes wait in its sockets when it goes on: a shard that kept up with the writes as they
+        # came ran no buffers out (seen once, in a run of the whole suite), and the test failed without its point.
         import threading
         self.use_broker({"mqtt.max_outgoing_bytes": 256 * 1024 * 1024})
         sub = self.client(self.sub_id())
@@ -541,10 +545,17 @@ class PublishCases:
                   for i in range(32)]
         log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
         self.addCleanup(log.close)
-        threads = [threading.Thread(target=p.send, args=(w,), daemon=True) for p, w in zip(pubs, writes)]
-        for t in threads:
-            t.start()
-        got = Collector(sub, 32 * per, timeout=20).join(60)
+        collector = Collector(sub, 32 * per, timeout=20)
+        pid = self.broker.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            threads = [threading.Thread(target=p.send, args=(w,), daemon=True) for p, w in zip(pubs, writes)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)  # the bytes wait in the broker's sockets
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        got = collector.join(60)
         for t in threads:
             t.join(10)
         assert_bursts_in_order(self, got, 32, per, 2)
