@@ -515,6 +515,24 @@ def shard_variants(mixin, namespace: dict, shards=None, base=None, **attrs) -> N
         namespace[name] = cls
 
 
+def send_while_stopped(broker: Broker, clients: Sequence[RawClient], writes: Sequence[bytes],
+                       pause: float = 0.5) -> list:
+    """Stops the broker (SIGSTOP), starts each client's send of its write in a thread of its own, and lets the
+    broker go on (SIGCONT, also when starting them fails) after `pause` seconds, so that the bytes wait in its sockets
+    and arrive at once when it goes on. Returns the threads (to join)."""
+    import threading
+    pid = broker.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=c.send, args=(w,), daemon=True) for c, w in zip(clients, writes)]
+        for t in threads:
+            t.start()
+        time.sleep(pause)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return threads
+
+
 def assert_bursts_in_order(test: unittest.TestCase, got: list, publishers: int, per: int, id_digits: int,
                            size: int = 4096) -> None:
     """Each PUBLISH in `got` starts with its publisher's number (id_digits wide) and its sequence number (4 digits):

@@ -9,11 +9,8 @@ caps the features at an older release's, so the suites below run those paths on 
 once) and 6.11 (DEFER_TASKRUN and the ring's peer names kept; whole buffers, no minimum wait, SHUTDOWN).
 They show the broker's own fallback code works; an older kernel's own behaviour is not reproduced.
 """
-import os
 import re
-import signal
 import subprocess
-import time
 import unittest
 
 import test_shards
@@ -168,9 +165,8 @@ class WholeBuffersRunOut(BrokerTest):
     AUTO_START = False
 
     def burst(self, cap: str, runs_out: bool) -> None:
-        import threading
         import mqtt_raw as m
-        from broker import Collector, assert_bursts_in_order
+        from broker import Collector, assert_bursts_in_order, send_while_stopped
         self.use_broker({"node.io_uring_kernel": cap})
         log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
         self.addCleanup(log.close)
@@ -181,15 +177,7 @@ class WholeBuffersRunOut(BrokerTest):
         writes = [b"".join(m.publish(f"whole/{i}", b"%03d%04d" % (i, k) + filler) for k in range(per))
                   for i in range(n)]
         collector = Collector(sub, n * per, timeout=20)
-        pid = self.broker.proc.pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            threads = [threading.Thread(target=p.send, args=(w,), daemon=True) for p, w in zip(pubs, writes)]
-            for t in threads:
-                t.start()
-            time.sleep(0.5)  # the bytes wait in the broker's sockets
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        threads = send_while_stopped(self.broker, pubs, writes)
         got = collector.join(60)
         for t in threads:
             t.join(10)

@@ -2,13 +2,11 @@
 
 With 2 shards the publisher and the subscriber have different home shards (see BrokerTest.pub_id/sub_id)."""
 
-import os
-import signal
 import socket
 import time
 
 import mqtt_raw as m
-from broker import Collector, assert_bursts_in_order, shard_variants
+from broker import Collector, assert_bursts_in_order, send_while_stopped, shard_variants
 
 
 class PublishCases:
@@ -535,7 +533,6 @@ class PublishCases:
         # queue limit is raised so that a slow reader here drops nothing.) The broker is stopped while the writes
         # begin, so that megabytes wait in its sockets when it goes on: a shard that kept up with the writes as they
         # came ran no buffers out (seen once, in a run of the whole suite), and the test failed without its point.
-        import threading
         self.use_broker({"mqtt.max_outgoing_bytes": 256 * 1024 * 1024})
         sub = self.client(self.sub_id())
         sub.subscribe([("burst/#", 0)])
@@ -546,15 +543,7 @@ class PublishCases:
         log = open(self.broker.log_path, "rb")  # still readable after stop() removes the file
         self.addCleanup(log.close)
         collector = Collector(sub, 32 * per, timeout=20)
-        pid = self.broker.proc.pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            threads = [threading.Thread(target=p.send, args=(w,), daemon=True) for p, w in zip(pubs, writes)]
-            for t in threads:
-                t.start()
-            time.sleep(0.5)  # the bytes wait in the broker's sockets
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        threads = send_while_stopped(self.broker, pubs, writes)
         got = collector.join(60)
         for t in threads:
             t.join(10)
