@@ -785,6 +785,12 @@ class CompareCatchUp(unittest.TestCase):
             self.assertNotIn("--catch-up", closed["command"])
             self.assertIs(closed["result"]["catch_up"], False)
         self.assertIn("fixed-rate runs with loadgen --catch-up", run.stdout)
+        # Under the 20k msg/s target, each broker's longest delay in its round (one stall can set a p99)
+        target = next(t for t in doc["targets"] if t["scenario"] == "1to1-q0-20k")
+        longest = {b: [runs[("1to1-q0-20k", b)]["result"]["lat_max_us"]] for b in ("ringmq", "mosquitto")}
+        self.assertEqual(target["longest_delay_us"], longest)
+        self.assertIn("      longest delay in each round, ms: " + "; ".join(
+            f"{b} {longest[b][0] / 1000:.3g}" for b in target["longest_delay_us"]) + "\n", run.stdout)
 
     def test_fixed_rate_tells_a_rate_from_the_closed_loop(self):
         cmp = load_compare()
