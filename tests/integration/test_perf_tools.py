@@ -789,8 +789,11 @@ class CompareCatchUp(unittest.TestCase):
         target = next(t for t in doc["targets"] if t["scenario"] == "1to1-q0-20k")
         longest = {b: [runs[("1to1-q0-20k", b)]["result"]["lat_max_us"]] for b in ("ringmq", "mosquitto")}
         self.assertEqual(target["longest_delay_us"], longest)
+        cmp = load_compare()
         self.assertIn("      longest delay in each round, ms: " + "; ".join(
-            f"{b} {longest[b][0] / 1000:.3g}" for b in target["longest_delay_us"]) + "\n", run.stdout)
+            f"{b} {cmp.ms(longest[b][0])}" for b in target["longest_delay_us"]) + "\n", run.stdout)
+        self.assertEqual((cmp.ms(3180.2), cmp.ms(99_949), cmp.ms(100_730), cmp.ms(1_512_000), cmp.ms(None)),
+                         ("3.18", "99.9", "101", "1512", "-"))
 
     def test_fixed_rate_tells_a_rate_from_the_closed_loop(self):
         cmp = load_compare()
