@@ -795,6 +795,25 @@ class CompareCatchUp(unittest.TestCase):
         self.assertEqual((cmp.ms(3180.2), cmp.ms(99_949), cmp.ms(100_730), cmp.ms(1_512_000), cmp.ms(None)),
                          ("3.18", "99.9", "101", "1512", "-"))
 
+    def test_longest_delays_go_by_round_whatever_the_order_and_failures(self):
+        def run(broker, rnd, lat_max=None, scenario="s", error=False):
+            e = {"scenario": scenario, "broker": broker, "round": rnd}
+            if error:
+                e["error"] = "loadgen failed"
+            else:
+                e["result"] = {} if lat_max is None else {"lat_max_us": lat_max}
+            return e
+
+        results = [run("forwarder", 0, 30.0), run("ringmq", 0, 10.0), run("mosquitto", 0, 20.0),
+                   run("ringmq", 0, 99.0, scenario="other"),
+                   run("mosquitto", 1, 21.0), run("forwarder", 1, error=True), run("ringmq", 1, 11.0),
+                   run("ringmq", 2), run("mosquitto", 2, 22.0)]
+        got = load_compare().longest_delays(results, "s", 3)
+        self.assertEqual(got, {"ringmq": [10.0, 11.0, None], "mosquitto": [20.0, 21.0, 22.0],
+                               "forwarder": [30.0, None, None]})
+        self.assertEqual(list(got), ["ringmq", "mosquitto", "forwarder"])
+        self.assertEqual(load_compare().longest_delays(results, "none", 3), {})
+
     def test_fixed_rate_tells_a_rate_from_the_closed_loop(self):
         cmp = load_compare()
         self.assertTrue(cmp.fixed_rate(["--scenario", "pairs", "--rate", "50"]))
