@@ -792,8 +792,8 @@ class CompareCatchUp(unittest.TestCase):
         cmp = load_compare()
         self.assertIn("      longest delay in each round, ms: " + "; ".join(
             f"{b} {cmp.ms(longest[b][0])}" for b in target["longest_delay_us"]) + "\n", run.stdout)
-        self.assertEqual((cmp.ms(3180.2), cmp.ms(99_949), cmp.ms(100_730), cmp.ms(1_512_000), cmp.ms(None)),
-                         ("3.18", "99.9", "101", "1512", "-"))
+        self.assertEqual((cmp.ms(3180.2), cmp.ms(11_000), cmp.ms(4_400), cmp.ms(99_949), cmp.ms(100_730),
+                          cmp.ms(1_512_000), cmp.ms(None)), ("3.18", "11.0", "4.40", "99.9", "101", "1512", "-"))
 
     def test_longest_delays_go_by_round_whatever_the_order_and_failures(self):
         def run(broker, rnd, lat_max=None, scenario="s", error=False):
@@ -804,13 +804,15 @@ class CompareCatchUp(unittest.TestCase):
                 e["result"] = {} if lat_max is None else {"lat_max_us": lat_max}
             return e
 
-        results = [run("forwarder", 0, 30.0), run("ringmq", 0, 10.0), run("mosquitto", 0, 20.0),
+        # Listed out of round order (a broker's round 2 before its round 0), and the forwarder has no round 1 at all:
+        # each figure must land at its round's index, not where an append would put it.
+        results = [run("mosquitto", 2, 22.0), run("forwarder", 2, 32.0), run("ringmq", 2),
+                   run("forwarder", 0, 30.0), run("ringmq", 0, 10.0), run("mosquitto", 0, 20.0),
                    run("ringmq", 0, 99.0, scenario="other"),
-                   run("mosquitto", 1, 21.0), run("forwarder", 1, error=True), run("ringmq", 1, 11.0),
-                   run("ringmq", 2), run("mosquitto", 2, 22.0)]
+                   run("mosquitto", 1, error=True), run("ringmq", 1, 11.0)]
         got = load_compare().longest_delays(results, "s", 3)
-        self.assertEqual(got, {"ringmq": [10.0, 11.0, None], "mosquitto": [20.0, 21.0, 22.0],
-                               "forwarder": [30.0, None, None]})
+        self.assertEqual(got, {"ringmq": [10.0, 11.0, None], "mosquitto": [20.0, None, 22.0],
+                               "forwarder": [30.0, None, 32.0]})
         self.assertEqual(list(got), ["ringmq", "mosquitto", "forwarder"])
         self.assertEqual(load_compare().longest_delays(results, "none", 3), {})
 
