@@ -2544,8 +2544,9 @@ void shard::answer_and_shut(connection& c) {
         // Its answers wait, as an open connection's do, for what they promise to be in the other shards' queues (a
         // SUBACK before a DISCONNECT in one write, its route adds past a full queue: a publish on the SUBACK was
         // routed without them, and lost to the persistent session); release_smp_waiters sends them, or the shutdown
-        // cuts them at the deadline. (At the stop they are cut at once: begin_shutdown.)
-        if (c.smp_wait && !stopping_) [[unlikely]] {
+        // cuts them at the deadline. (At the stop they are cut at once: begin_shutdown.) Not once a send has failed:
+        // nothing more can reach the client, and waiting would only keep the connection (and its slot) up to 10 s.
+        if (c.smp_wait && !c.send_failed && !stopping_) [[unlikely]] {
             defer_shutdown(c);
             return;
         }
