@@ -12,6 +12,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -2687,6 +2688,20 @@ void shard::maybe_destroy(connection& c) {
 // ---------------------------------------------------------------------------------------------------------------
 // CONNECT
 
+uint64_t shard::generated_id_bits() {
+    uint64_t v = 0;
+    // GRND_NONBLOCK: a shard never waits (the kernel's pool is ready early in boot; until then, the fallback below).
+    if (::getrandom(&v, sizeof v, GRND_NONBLOCK) == static_cast<ssize_t>(sizeof v)) [[likely]]
+        return v;
+    // Never seen (before the pool is set up, a signal, or a seccomp filter that forbids the call): the clock's
+    // nanoseconds and a count, mixed (SplitMix64's finaliser), so ids stay unique, if guessable.
+    v = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) +
+        0x9e3779b97f4a7c15ULL * ++generated_ids_;
+    v = (v ^ (v >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    v = (v ^ (v >> 27)) * 0x94d049bb133111ebULL;
+    return v ^ (v >> 31);
+}
+
 void shard::refuse_connect(connection& c, uint8_t code, const char* why) {
     conn_info("refusing CONNECT from {} ({}): {}", c.peer, c.client_id_.empty() ? "-" : c.client_id_, why);
     scratch_.clear();
@@ -2740,12 +2755,13 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
     }
     if (cv.will_flag &&
         (!mqtt::valid_topic_name(cv.will_topic) || mqtt::topic_levels(cv.will_topic) > cfg_.limits.max_topic_levels)) {
-        if (mqtt::valid_topic_name(cv.will_topic))
+        const bool deep = mqtt::valid_topic_name(cv.will_topic);
+        if (deep)
             conn_info("closing {}: will topic of more than mqtt.max_topic_levels = {} levels", c.peer,
                       cfg_.limits.max_topic_levels);
         else
             conn_info("closing {}: invalid will topic", c.peer);
-        close(c, "protocol_error", false);
+        close(c, deep ? "topic_levels_exceeded" : "protocol_error", false);
         return false;
     }
     if (client_id.empty()) {
@@ -2753,12 +2769,14 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
             refuse_connect(c, 0x02, "empty client identifier requires clean session");
             return false;
         }
-        // Generate an id homed on this shard, so the session needs no handoff, and one no session has (a client may
-        // have chosen "ringmq-0-1" itself): taking a session over here would close that client and end its session,
-        // and the id must be unique [MQTT-3.1.3-6]. Sessions are only made on their home shard, so looking here is
-        // enough.
+        // Generate an id homed on this shard, so the session needs no handoff, and one no session has: taking a
+        // session over here would close that client and end its session, and the id must be unique [MQTT-3.1.3-6].
+        // Sessions are only made on their home shard, so looking here is enough. Random, not counted: a 3.1.1 client
+        // is never told its id, and another client that could guess it ("ringmq-0-1" until stop 73) could take the
+        // anonymous one over and end its session. 64 bits in 16 hex digits: 23 characters in all, the length MQTT
+        // has every server accept.
         do {
-            client_id = fmt::format("ringmq-{}-{}", id_, ++generated_ids_);
+            client_id = fmt::format("ringmq-{:016x}", generated_id_bits());
         } while (home_shard(client_id, n_) != id_ || sessions_.find(client_id) != nullptr);
     }
     // The address read at accept has completed before the CONNECT arrived on every kernel seen; where it failed (or,
@@ -2900,8 +2918,15 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         ++m_.messages_qos2_received;
     // A topic of N levels has at least N-1 bytes, so short topics need no count.
     if (!known && pv.topic.size() >= cfg_.limits.max_topic_levels &&
-        mqtt::topic_levels(pv.topic) > cfg_.limits.max_topic_levels)
-        return protocol_error(c, "topic has more levels than max_topic_levels");
+        mqtt::topic_levels(pv.topic) > cfg_.limits.max_topic_levels) [[unlikely]] {
+        // A limit of this broker's, not of MQTT's (which has none): so logged by its name, not as a protocol error. A
+        // 3.1.1 PUBACK cannot refuse, and dropping it unannounced would lose a QoS 1/2 message the client thinks sent.
+        conn_info("closing {} ({}): PUBLISH to a topic of more than mqtt.max_topic_levels = {} levels", c.client_id(),
+                  c.peer, cfg_.limits.max_topic_levels);
+        c.answer_on_close = true; // the answers to the packets before it, as after a protocol error
+        close(c, "topic_levels_exceeded", true);
+        return false;
+    }
     if (pv.qos == 2) {
         switch (c.slot->s->incoming_qos2(pv.packet_id)) {
         case session::qos2_arrival::fresh:

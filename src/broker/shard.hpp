@@ -650,6 +650,7 @@ private:
 
     // MQTT packet handlers (return false when the connection was closed)
     bool on_connect(connection& c, std::span<const uint8_t> body, uint8_t flags, std::span<const uint8_t> rest);
+    uint64_t generated_id_bits(); // random bits for a client id the broker assigns (an empty one's)
     void refuse_connect(connection& c, uint8_t code, const char* why);
     // False when the CONNECT was refused (no room for a new session under mqtt.max_sessions).
     bool attach_session(connection& c, bool clean);
@@ -1098,7 +1099,7 @@ private:
     std::list<retained_reads> offline_readers_;
     size_t read_budget_ = 0;      // topics reads may still look at this turn
     bool reads_runnable_ = false; // a read stopped for the turn's budget with room left: the loop must not sleep
-    uint64_t generated_ids_ = 0;
+    uint64_t generated_ids_ = 0;  // ids generated without getrandom (generated_id_bits)
 
     // scratch for routing (no per-publish allocation once grown)
     struct match {

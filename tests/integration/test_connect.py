@@ -134,26 +134,27 @@ class ConnectCases:
         self.assertEqual(a.recv_publish().payload, b"A")
         self.assertEqual(b.recv_publish().payload, b"B")
 
-    def test_a_generated_id_is_never_one_a_client_already_has(self):
-        # [MQTT-3.1.3-6] the id the broker assigns must be unique. Squat on the first id each shard would generate
-        # (its form is no secret): the anonymous client must get another, not take the squatter's session over.
-        shards = self.broker.shards
-        squatters = []
-        for s in range(shards):
-            cid = next(f"ringmq-{s}-{i}" for i in range(1, 1000) if home_shard(f"ringmq-{s}-{i}", shards) == s)
-            q = self.client(cid, clean=False)
-            q.subscribe([("squat/t", 1)])
-            squatters.append(q)
-        for _ in range(12):  # the kernel spreads them: with two shards, both get some but about once in 2000 runs
+    def test_a_generated_id_cannot_be_guessed_by_another_client(self):
+        # [MQTT-3.1.3-6] the id the broker assigns must be unique, and a 3.1.1 client is never told it: another client
+        # that could guess it could take the anonymous one over and end its session. Until stop 73 the ids were
+        # counted per shard ("ringmq-0-1", "ringmq-1-1", ...): a client trying the first of them took over the first
+        # anonymous client of each shard.
+        anons = []
+        for i in range(12):  # the kernel spreads them over the shards
             a = self.client("")
-            a.subscribe([("anon/self", 0)])
-            a.publish("anon/self", b"me")
-            self.assertEqual(a.recv_publish().payload, b"me")
+            a.subscribe([(f"anon/{i}", 0)])
+            anons.append(a)
+        shards = self.broker.shards
+        for s in range(shards):
+            for i in range(1, 30):
+                g = self.client(f"ringmq-{s}-{i}")
+                g.disconnect()
+                g.expect_closed(3)
         p = self.client(self.pub_id())
-        p.publish("squat/t", b"still here", qos=1)
-        for q in squatters:
-            self.assertTrue(q.is_open(), "a squatter was taken over by an anonymous client")
-            self.assertEqual(q.recv_publish().payload, b"still here")
+        for i, a in enumerate(anons):
+            p.publish(f"anon/{i}", b"still here")
+            self.assertTrue(a.is_open(), f"anonymous client {i} was taken over")
+            self.assertEqual(a.recv_publish().payload, b"still here", f"anonymous client {i}")
 
     def test_empty_client_id_with_persistent_session_rejected(self):
         c = self.raw()
