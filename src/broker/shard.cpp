@@ -3664,12 +3664,17 @@ void shard::drop_qos0(session_slot& slot, uint64_t n, std::string_view topic) {
 
 // Counts what the session dropped since `before` and warns when its drop count reaches 1, 2, 4, 8...: an operator
 // learns that and why it loses messages, and a subscriber that stays behind cannot flood the log.
-void shard::note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic) {
+void shard::note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic,
+                         bool topic_dropped) {
     const uint64_t after = slot.s->dropped();
     m_.messages_dropped += after - before;
     if (std::bit_width(before) == std::bit_width(after)) return;
-    log::warn("session {}: {}, message on {} dropped ({} so far)", slot.s->client_id(),
-              fmt::format(fmt::runtime(why), limit), topic, after);
+    if (topic_dropped)
+        log::warn("session {}: {}, message on {} dropped ({} so far)", slot.s->client_id(),
+                  fmt::format(fmt::runtime(why), limit), topic, after);
+    else
+        log::warn("session {}: {} on {} ({} so far)", slot.s->client_id(), fmt::format(fmt::runtime(why), limit), topic,
+                  after);
 }
 
 void shard::deliver(session_slot& slot, std::string_view topic, std::span<const uint8_t> payload, uint8_t qos,
@@ -3748,8 +3753,9 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
         break;
     case session::session::offer_result::queued:
         if (slot.s->dropped() != dropped_before) [[unlikely]]
-            note_dropped(slot, dropped_before, "queue full: its oldest QoS 0 messages dropped for a QoS {} one", qos,
-                         topic);
+            note_dropped(slot, dropped_before,
+                         "queue full: its oldest QoS 0 messages dropped to make room for a QoS {} message", qos, topic,
+                         false);
         if (hold) [[unlikely]]
             hold_publisher(slot, topic);
         break;
@@ -4168,7 +4174,6 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
     m_.packets_publish_sent -= counted;
     m_.messages_sent -= counted;
     m_.messages_qos0_sent -= counted;
-    const std::string topic(topic_of(frames.back())); // the newest one's, for the warning
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(skipped);
     const uint64_t dropped = skipped + slot.s->requeue_front(msgs);
@@ -4176,6 +4181,9 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
                "dropped)",
                c.client_id_, n, n == 1 ? "" : "s", from_flight, dropped);
     if (dropped == 0) return;
+    // The warning names the newest of those dropped: the oldest are, so it is the dropped-th frame (until stop 73 it
+    // named the newest of all, which had gone back to the session and was delivered).
+    const std::string_view topic = topic_of(frames[std::min<size_t>(dropped, frames.size()) - 1]);
     if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
         note_dropped(slot, before, "queue full (mqtt.max_queued_messages = {}) for what its connection had not sent",
                      cfg_.limits.max_queued_messages, topic);

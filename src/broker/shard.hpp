@@ -768,7 +768,9 @@ private:
     uint64_t own_received() const { return m_.messages_received - left_received_ + routes_broadcast_; }
     // Drops n QoS 0 messages for a subscriber that does not read (counted, and warned at 1, 2, 4... per session).
     void drop_qos0(session_slot& slot, uint64_t n, std::string_view topic);
-    void note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic);
+    // topic: a message dropped, or (topic_dropped false) the one the drops made room for.
+    void note_dropped(session_slot& slot, uint64_t before, const char* why, uint64_t limit, std::string_view topic,
+                      bool topic_dropped = true);
     void fill_gauges(stats& s) const;
 
     node& node_;
