@@ -89,6 +89,9 @@ void pin(std::thread& t, unsigned shard, const std::vector<int>& cpus) {
 
 int main(int argc, char** argv) {
     keep_stdio_open();
+    // First too: a line written to a stderr whose reader has gone (a configuration's warning, say) must not kill the
+    // process before it has said why it exits (it did: SIGPIPE, instead of exit code 1).
+    signal(SIGPIPE, SIG_IGN);
     // Block the signals main handles, first of all, so that one arriving during start-up is acted on once the broker
     // is ready (or ends a failed start) rather than killing the process without a word; every thread inherits the
     // mask, and main waits for them with sigwait().
@@ -111,6 +114,9 @@ int main(int argc, char** argv) {
     const config::config cfg = std::move(*r.cfg);
     log::set_level(cfg.log_level);
     log::set_shard_tag(-1);
+    // A stderr that stops taking lines must stop no thread (a shard, or main at a signal); what it has not taken by the
+    // exit is given a second more.
+    if (log::use_nonblocking_output()) std::atexit([] { log::flush(1000); });
     for (const std::string& w : r.warnings)
         log::write_escaped(log::level::warn, w); // escaped by config already
 
@@ -136,8 +142,6 @@ int main(int argc, char** argv) {
             cfg.shards, cfg.budgets.smp_queue_size, queue_bytes >> 20, ram >> 20);
         return 1;
     }
-
-    signal(SIGPIPE, SIG_IGN);
 
     listener::bound mqtt_listen;
     if (!listener::bind_reuseport(cfg.mqtt_listen, cfg.shards, {4096, cfg.mqtt_defer_accept, cfg.mqtt_notsent_lowat},
@@ -206,6 +210,7 @@ int main(int argc, char** argv) {
         std::thread([signals] {
             const int again = wait_for_stop(signals);
             log::fatal("received {} while stopping: exiting without a graceful stop", signal_name(again));
+            log::flush(200);
             std::_Exit(128 + again);
         }).detach();
     };

@@ -2,8 +2,11 @@
 start exits 1 with its reason on stderr, whatever log.level says; a port another broker listens on is refused (the
 listeners' SO_REUSEPORT would otherwise let both take its connections); SIGHUP, SIGUSR1 and SIGUSR2 do not kill the broker."""
 
+import fcntl
 import os
+import re
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -144,6 +147,95 @@ class StartupTest(BrokerTest):
                         if not pending_term:
                             failed.append(n)
         self.assertGreaterEqual(len(failed), 4, "the limits tried should stop start-up at several steps")
+
+    def test_a_stderr_nobody_reads_stops_neither_the_clients_nor_the_stop(self):
+        # stderr is a pipe of 4 KiB that nobody reads while 1500 clients come and go, each logged (about 450 KB at
+        # debug). Until stop 73 a shard's write(2) then waited for a reader for ever: new clients got no CONNACK, and
+        # not even a second SIGTERM ended the process (main's "received SIGTERM" line waited too). Now what the pipe
+        # does not take waits in memory up to 256 KiB, past which lines are dropped and counted, and a line says so
+        # once the pipe takes again.
+        r, w = os.pipe()
+        fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+        p = subprocess.Popen([broker_bin(), "--listen", "127.0.0.1:0", "--no-admin", "--log-level", "debug",
+                              "--shards", "2"], stdin=subprocess.DEVNULL, stdout=w, stderr=w, start_new_session=True)
+        os.close(w)
+        self.addCleanup(os.close, r)
+
+        def kill():
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        self.addCleanup(kill)
+        out = b""
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"ringmq ready" not in out:
+            self.assertLess(time.monotonic(), deadline, out.decode("utf-8", "replace"))
+            out += os.read(r, 65536)
+        port = int(re.search(rb"listening mqtt tcp 127\.0\.0\.1:(\d+)", out).group(1))
+        # Not read from here on.
+        for i in range(1500):
+            c = m.RawClient(port)
+            try:
+                c.connect(f"unread-{i:04d}-" + "x" * 200)
+                c.disconnect()
+            finally:
+                c.close()
+        sub = m.RawClient(port)
+        self.addCleanup(sub.close)
+        sub.connect(client_id_on_shard("unread-sub", 0, 2))
+        sub.subscribe([("unread/t", 1)])
+        pub = m.RawClient(port)
+        self.addCleanup(pub.close)
+        pub.connect(client_id_on_shard("unread-pub", 1, 2))
+        pub.publish("unread/t", b"served", qos=1)
+        self.assertEqual(sub.recv_publish().payload, b"served")
+        # Nor is the stop (the pipe still unread).
+        p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while p.poll() is None and b"received SIGTERM" not in out:
+            self.assertLess(time.monotonic(), deadline, "SIGTERM did not stop a broker whose stderr is not read")
+            if select.select([r], [], [], 0.05)[0]:
+                out += os.read(r, 65536)  # read from here on: what waited goes out, the notice of the drops last
+        while True:
+            self.assertLess(time.monotonic(), deadline, "no end of the broker's output")
+            if not select.select([r], [], [], 0.1)[0]:
+                continue
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            out += chunk
+        self.assertEqual(p.wait(5), 0)
+        text = out.decode("utf-8", "replace")
+        # Whole lines only, and the ones dropped said so.
+        for line in text.splitlines():
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} \[", "a line cut or run together")
+        self.assertRegex(text, r"\d+ log lines dropped: stderr did not take them")
+
+    def test_a_stderr_whose_reader_has_gone_does_not_kill_the_broker(self):
+        # A configuration's warning written to a pipe with no reader killed the process with SIGPIPE before it
+        # could exit 1 for a bad configuration (or start, for a warning only).
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            bad = subprocess.run([broker_bin(), "--listen", "127.0.0.1:0", "--no-admin", "--set",
+                                  "mqtt.max_inflight=0"], stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                                 timeout=START_TIMEOUT)
+            self.assertEqual(bad.returncode, 1)
+            p = subprocess.Popen([broker_bin(), "--listen", "127.0.0.1:0", "--no-admin", "--set",
+                                  "mqtt.max_inflight=0", "--set", "mqtt.max_inflight=5"],
+                                 stdin=subprocess.DEVNULL, stdout=w, stderr=w)
+        finally:
+            os.close(w)
+        try:
+            time.sleep(1.0)
+            self.assertIsNone(p.poll(), f"the broker ended: {p.returncode}")
+            p.send_signal(signal.SIGTERM)
+            self.assertEqual(p.wait(10), 0)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+
 
 if __name__ == "__main__":
     unittest.main()

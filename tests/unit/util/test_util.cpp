@@ -3,7 +3,13 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdint>
+#include <regex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -203,6 +209,71 @@ TEST(log_level, set_and_current_round_trip) {
         EXPECT_EQ(log::current_level(), l);
     }
     log::set_level(saved);
+}
+
+// log::use_nonblocking_output: a stderr nobody reads holds up no writer. In a child process (the output is the
+// process's own): stderr is a 4 KiB pipe the parent does not read while the child logs 3000 numbered lines of about
+// 200 bytes; every call must return (the child says so on a second pipe), and once the parent reads, the lines come
+// whole, the first ones in order with none missing between them, then one line saying how many were dropped: exactly
+// the rest.
+TEST(log_output, a_pipe_nobody_reads_holds_up_no_writer_and_the_dropped_lines_are_counted) {
+    constexpr int lines = 3000;
+    int out[2], done[2];
+    ASSERT_EQ(::pipe(out), 0);
+    ASSERT_EQ(::pipe(done), 0);
+    ASSERT_GE(::fcntl(out[1], F_SETPIPE_SZ, 4096), 4096);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::dup2(out[1], 2);
+        ::close(out[0]);
+        ::close(out[1]);
+        ::close(done[0]);
+        if (!log::use_nonblocking_output()) ::_exit(2);
+        for (int i = 0; i < lines; ++i)
+            log::write(log::level::info, fmt::format("line {:04} {}", i, std::string(180, 'p')));
+        if (::write(done[1], "d", 1) != 1) ::_exit(4);
+        ::_exit(log::flush(10000) ? 0 : 3);
+    }
+    ::close(out[1]);
+    ::close(done[1]);
+    pollfd p{done[0], POLLIN, 0};
+    const bool returned = ::poll(&p, 1, 10000) == 1;
+    std::string text;
+    char buf[65536];
+    for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;)
+        text.append(buf, static_cast<size_t>(n));
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ::close(out[0]);
+    ::close(done[0]);
+    ASSERT_TRUE(returned) << "a log call waited for the pipe's reader";
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    const std::regex line_re(R"(^\d{4}-\d\d-\d\dT[\d:.]{12} \[info\] main: line (\d{4}) p{180}$)");
+    const std::regex note_re(
+        R"(^\d{4}-\d\d-\d\dT[\d:.]{12} \[warn\] main: (\d+) log lines dropped: stderr did not take them .*$)");
+    int next = 0;
+    int dropped = -1;
+    size_t start = 0;
+    for (size_t end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
+        const std::string line = text.substr(start, end - start);
+        std::smatch m;
+        if (std::regex_match(line, m, line_re)) {
+            EXPECT_EQ(dropped, -1) << "a line after the notice";
+            EXPECT_EQ(std::stoi(m[1].str()), next) << "a line missing or out of order";
+            next = std::stoi(m[1].str()) + 1;
+        } else if (std::regex_match(line, m, note_re)) {
+            EXPECT_EQ(dropped, -1) << "two notices";
+            dropped = std::stoi(m[1].str());
+        } else {
+            ADD_FAILURE() << "not a whole line: " << line.substr(0, 120);
+        }
+    }
+    EXPECT_EQ(start, text.size()) << "the output ends inside a line";
+    EXPECT_GT(next, 100);   // what the pipe and the memory took
+    EXPECT_LT(next, lines); // ...was not all of it (the memory's 256 KiB)
+    EXPECT_EQ(dropped, lines - next);
 }
 
 } // namespace
