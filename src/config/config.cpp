@@ -284,8 +284,23 @@ std::string key_on_line(std::string_view text, size_t line) {
     std::string copy(text.substr(0, eq + 1));
     copy.append(" 0");
     copy.append(text.substr(end));
-    const parsed_toml p = parse_toml(copy, "", false);
-    if (!p.table) return "";
+    parsed_toml p = parse_toml(copy, "", false);
+    // A key set twice (the parser refuses the second) is still twice in that copy: then the line's key is replaced by
+    // a probe, which the parser places under the table in force there, and the line's own bare key named under it.
+    constexpr std::string_view probe = "ringmq_probe_key_";
+    const std::string_view raw = trim(text.substr(at, eq - at));
+    bool probed = false;
+    if (!p.table) {
+        if (raw.empty() || raw.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") !=
+                               std::string_view::npos)
+            return "";
+        copy.assign(text.substr(0, at));
+        copy.append(probe).append(" = 0");
+        copy.append(text.substr(end));
+        p = parse_toml(copy, "", false);
+        if (!p.table) return "";
+        probed = true;
+    }
     std::string found;
     const auto walk = [&](const auto& self, const toml::table& t, const std::string& prefix) -> void {
         for (auto&& [k, v] : t) {
@@ -298,6 +313,10 @@ std::string key_on_line(std::string_view text, size_t line) {
         }
     };
     walk(walk, *p.table, "");
+    if (probed) {
+        if (!found.ends_with(probe)) return "";
+        found.replace(found.size() - probe.size(), probe.size(), raw);
+    }
     return found;
 }
 

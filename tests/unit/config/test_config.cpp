@@ -1040,6 +1040,19 @@ TEST_F(config_test, a_parse_error_names_the_key_of_its_line) {
         ASSERT_THAT(r.errors, SizeIs(1)) << text;
         EXPECT_THAT(r.errors[0], ::testing::Not(::testing::ContainsRegex(": (node|mqtt)\\.[a-z_]+: "))) << text;
     }
+    // A key set twice: the parser refuses the second, whose line still sets it (the copy with its value replaced was
+    // refused as well, and the error named no key). Under a header, at the top and as a dotted key alike.
+    auto twice = load_from_string("[mqtt]\nmax_inflight = 5\nmax_inflight = 6\n", "d.toml");
+    ASSERT_THAT(twice.errors, SizeIs(1));
+    EXPECT_THAT(twice.errors[0], AllOf(::testing::StartsWith("d.toml:3:"), HasSubstr(": mqtt.max_inflight: ")));
+    auto top = load_from_string("x = 1\n[log]\nlevel = \"info\"\n[node]\nname = \"a@b\"\nname = \"c@d\"\n", "t.toml");
+    ASSERT_THAT(top.errors, SizeIs(1));
+    EXPECT_THAT(top.errors[0], AllOf(::testing::StartsWith("t.toml:6:"), HasSubstr(": node.name: ")));
+    // A quoted or dotted key set twice is left as the parser says it (its name under the table is not the line's).
+    auto dotted = load_from_string("mqtt.max_inflight = 5\nmqtt.max_inflight = 6\n", "m.toml");
+    ASSERT_THAT(dotted.errors, SizeIs(1));
+    EXPECT_THAT(dotted.errors[0], ::testing::StartsWith("m.toml:2:"));
+    EXPECT_THAT(dotted.errors[0], ::testing::Not(HasSubstr("probe")));
     // --set names its key in its origin; a number past a double's range is said to be one, not "a string".
     auto s = run({"--set", "mqtt.keepalive_multiplier=1e400"});
     EXPECT_THAT(s.errors, ElementsAre("--set mqtt.keepalive_multiplier=1e400: mqtt.keepalive_multiplier: expected a "
