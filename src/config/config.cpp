@@ -705,6 +705,23 @@ load_result finish(layers& l, config cfg) {
     if (!l.errors.empty()) {
         r.exit_code = k_exit_invalid;
         if (l.errors.size() > max_errors) {
+            // The first ones of the file are shown, in its order: the errors are found pass by pass (the parser's,
+            // unknown sections, the keys in the table's, alphabetical, order, the checks), so that 50 of 200 unknown
+            // keys were not the first 50. Those of the command line, with no line, come after.
+            const auto line_col = [](const std::string& e) {
+                const std::string_view origin = std::string_view(e).substr(0, e.find(": "));
+                const size_t c = origin.rfind(':');
+                const size_t l =
+                    c == std::string_view::npos || c == 0 ? std::string_view::npos : origin.rfind(':', c - 1);
+                uint64_t line = UINT64_MAX, col = 0;
+                if (l != std::string_view::npos &&
+                    std::from_chars(origin.data() + l + 1, origin.data() + c, line).ptr != origin.data() + c)
+                    line = UINT64_MAX;
+                if (line != UINT64_MAX) std::from_chars(origin.data() + c + 1, origin.data() + origin.size(), col);
+                return std::pair{line, col};
+            };
+            std::stable_sort(l.errors.begin(), l.errors.end(),
+                             [&](const std::string& a, const std::string& b) { return line_col(a) < line_col(b); });
             const size_t more = l.errors.size() - max_errors;
             l.errors.resize(max_errors);
             l.errors.push_back(fmt::format("... and {} more errors", more));

@@ -990,6 +990,11 @@ TEST_F(config_test, errors_are_bounded_in_number_and_length) {
     auto r = load_from_string(many, "many.toml");
     ASSERT_THAT(r.errors, SizeIs(51));
     EXPECT_EQ(r.errors.back(), "... and 150 more errors");
+    // The 50 shown are the file's first 50, in its order (they were the first 50 in the keys' order: unknown_0,
+    // unknown_1, unknown_10, unknown_100...).
+    for (int i = 0; i < 50; ++i)
+        EXPECT_THAT(r.errors[static_cast<size_t>(i)],
+                    ::testing::StartsWith(fmt::format("many.toml:{}:1: mqtt.unknown_{}: unknown key", i + 2, i)));
     // Each line cut as a log line is (4096 bytes), at a character's boundary, whatever part is long: the value, or
     // a --set argument named in the origin.
     auto l = run({"--listen", "x" + std::string(3000, '1') + std::string(1000, '\xc3') + "\xa9:1883"});
