@@ -116,7 +116,8 @@ int main(int argc, char** argv) {
     log::set_shard_tag(-1);
     // A stderr that stops taking lines must stop no thread (a shard, or main at a signal); what it has not taken by the
     // exit is given a second more.
-    if (log::use_nonblocking_output()) std::atexit([] { log::flush(1000); });
+    log::start_writer();
+    std::atexit([] { log::flush(1000); });
     for (const std::string& w : r.warnings)
         log::write_escaped(log::level::warn, w); // escaped by config already
 

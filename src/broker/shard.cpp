@@ -2306,8 +2306,12 @@ size_t shard::process(connection& c, const uint8_t* p, size_t n) {
 
 bool shard::protocol_error(connection& c, const char* what) {
     conn_info("closing {} ({}): protocol error: {}", c.client_id(), c.peer, what);
+    return close_answered(c, "protocol_error");
+}
+
+bool shard::close_answered(connection& c, const char* reason) {
     c.answer_on_close = true; // the answers to the packets before it (see the DISCONNECT's)
-    close(c, "protocol_error", true);
+    close(c, reason, true);
     return false;
 }
 
@@ -2695,8 +2699,7 @@ uint64_t shard::generated_id_bits() {
         return v;
     // Never seen (before the pool is set up, a signal, or a seccomp filter that forbids the call): the clock's
     // nanoseconds and a count, mixed (SplitMix64's finaliser), so ids stay unique, if guessable.
-    v = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) +
-        0x9e3779b97f4a7c15ULL * ++generated_ids_;
+    v = static_cast<uint64_t>(mono_ns()) + 0x9e3779b97f4a7c15ULL * ++generated_ids_;
     v = (v ^ (v >> 30)) * 0xbf58476d1ce4e5b9ULL;
     v = (v ^ (v >> 27)) * 0x94d049bb133111ebULL;
     return v ^ (v >> 31);
@@ -2775,9 +2778,11 @@ bool shard::on_connect(connection& c, std::span<const uint8_t> body, uint8_t fla
         // is never told its id, and another client that could guess it ("ringmq-0-1" until stop 73) could take the
         // anonymous one over and end its session. 64 bits in 16 hex digits: 23 characters in all, the length MQTT
         // has every server accept.
-        do {
-            client_id = fmt::format("ringmq-{:016x}", generated_id_bits());
-        } while (home_shard(client_id, n_) != id_ || sessions_.find(client_id) != nullptr);
+        // (One draw: the next values of it are as unguessable, for the shards' turns of the hash.)
+        for (uint64_t bits = generated_id_bits();; ++bits) {
+            client_id = fmt::format("ringmq-{:016x}", bits);
+            if (home_shard(client_id, n_) == id_ && sessions_.find(client_id) == nullptr) break;
+        }
     }
     // The address read at accept has completed before the CONNECT arrived on every kernel seen; where it failed (or,
     // never seen, has not completed), getpeername tries, so that neither the log nor a handoff carries "?" for it.
@@ -2923,9 +2928,7 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         // 3.1.1 PUBACK cannot refuse, and dropping it unannounced would lose a QoS 1/2 message the client thinks sent.
         conn_info("closing {} ({}): PUBLISH to a topic of more than mqtt.max_topic_levels = {} levels", c.client_id(),
                   c.peer, cfg_.limits.max_topic_levels);
-        c.answer_on_close = true; // the answers to the packets before it, as after a protocol error
-        close(c, "topic_levels_exceeded", true);
-        return false;
+        return close_answered(c, "topic_levels_exceeded");
     }
     if (pv.qos == 2) {
         switch (c.slot->s->incoming_qos2(pv.packet_id)) {
@@ -4159,13 +4162,17 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
         max_queued == 0 ? frames.size() : max_queued - std::min<size_t>(slot.s->queue_len(), max_queued);
     const size_t skipped = frames.size() - std::min(frames.size(), room);
     std::vector<session::message_ref> msgs;
+    std::vector<size_t> frame_of; // each message's frame, for the warning's topic below
     msgs.reserve(frames.size() - skipped);
+    frame_of.reserve(frames.size() - skipped);
     for (size_t i = skipped; i < frames.size(); ++i) {
         const frame& f = frames[i];
         mqtt::publish_view pv{};
         if (mqtt::decode_publish({bytes.data() + f.body, f.len}, f.flags, c.ver, pv, nullptr, true) ==
-            mqtt::error::none)
+            mqtt::error::none) {
             msgs.push_back(session::message_ref::adopt(session::message::make(pv.topic, pv.payload, 0, pv.retain)));
+            frame_of.push_back(i);
+        }
     }
     const size_t n = frames.size();
     // They were counted as sent when they were queued; those that go back are counted when they go. (The sent counts
@@ -4176,14 +4183,15 @@ void shard::requeue_untaken(connection& c, session_slot& slot) {
     m_.messages_qos0_sent -= counted;
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(skipped);
-    const uint64_t dropped = skipped + slot.s->requeue_front(msgs);
+    const uint64_t first = slot.s->requeue_front(msgs); // the oldest of msgs that did not go back
+    const uint64_t dropped = skipped + first;
     log::debug("client {}: {} QoS 0 message{} not yet sent went back to its session ({} from the batch in flight, {} "
                "dropped)",
                c.client_id_, n, n == 1 ? "" : "s", from_flight, dropped);
     if (dropped == 0) return;
-    // The warning names the newest of those dropped: the oldest are, so it is the dropped-th frame (until stop 73 it
-    // named the newest of all, which had gone back to the session and was delivered).
-    const std::string_view topic = topic_of(frames[std::min<size_t>(dropped, frames.size()) - 1]);
+    // The warning names the newest of those dropped, the oldest being (until stop 73 it named the newest of all, which
+    // had gone back to the session and was delivered).
+    const std::string_view topic = topic_of(frames[first != 0 ? frame_of[first - 1] : skipped - 1]);
     if (cfg_.limits.max_queued_messages != 0 && slot.s->queue_len() >= cfg_.limits.max_queued_messages)
         note_dropped(slot, before, "queue full (mqtt.max_queued_messages = {}) for what its connection had not sent",
                      cfg_.limits.max_queued_messages, topic);

@@ -534,6 +534,9 @@ private:
     void process_input(connection& c, const uint8_t* p, size_t n);
     void check_unread(connection& c, uint32_t received);
     bool protocol_error(connection& c, const char* what);
+    // Closes c for something it sent (reason: the close's name), its will published, what it was answered before sent
+    // first; false, for the packet handlers to return.
+    bool close_answered(connection& c, const char* reason);
     // An info line about one connection's refusal or close (each connection can cause one, so a client reconnecting
     // in a loop causes thousands a second): at most conn_log_'s budget a second, the next line let through saying how
     // many were held back, and tick() saying it once a flood has ended.

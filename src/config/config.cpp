@@ -709,6 +709,8 @@ load_result finish(layers& l, config cfg) {
             // unknown sections, the keys in the table's, alphabetical, order, the checks), so that 50 of 200 unknown
             // keys were not the first 50. Those of the command line, with no line, come after.
             const auto line_col = [](const std::string& e) {
+                // (A command line's origin, "--set node.name=a:1:2", is none of the file's, whatever it ends with.)
+                if (e.starts_with("--")) return std::pair{UINT64_MAX, uint64_t{0}};
                 const std::string_view origin = std::string_view(e).substr(0, e.find(": "));
                 const size_t c = origin.rfind(':');
                 const size_t l =

@@ -4,14 +4,12 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
-#include <fcntl.h>
 #include <mutex>
-#include <poll.h>
 #include <string>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/time.h>
+#include <thread>
 #include <unistd.h>
 
 namespace ringmq::log {
@@ -111,79 +109,85 @@ void append_prefix(fmt::memory_buffer& buf, level l) {
                    k_names[static_cast<int>(l)], tag);
 }
 
-// Where the lines go, shared by every thread (one process-wide instance: g_out). Until use_nonblocking_output, and
-// for a regular file, each line is one blocking write(2) to fd 2, as a file never waits for a reader. A pipe, FIFO,
-// terminal or socket can: a reader that stops reading (a supervisor stuck, a `| less` left paused) once filled the
-// pipe, and every thread that logged next waited in write(2) for ever, a shard and its clients with it, and the main
-// thread's "received SIGTERM" line too, so that not even a second signal ended the process. Those are written without
-// waiting instead; what the output does not take waits in `pending`, up to max_pending bytes, past which whole lines
-// are dropped and counted, and a line says how many once the output takes again.
+// Where the lines go, shared by every thread (one process-wide instance: g_out). Until start_writer, each line is one
+// write(2) to fd 2 by the thread that logs it. After, a thread of its own writes them: a stderr can wait for its
+// reader (a pipe, a terminal, a socket; a supervisor stuck, a `| less` left paused), and while every write waited, a
+// full pipe held the shard that logged next, its clients with it, and main's "received SIGTERM" line too, so that not
+// even a second signal ended the process. A caller hands its line over and waits for it to be written, so that the
+// log keeps its order with what the broker does (a line before the close it tells of), but at most
+// handoff_wait_ms: past that the output counts as stuck, and callers only append to `pending` (up to max_pending,
+// error lines up to error_reserve more, past which lines are dropped and counted) until the writer has emptied it; a
+// line then says how many were dropped. The writer needs no O_NONBLOCK on stderr (which it shares with the shell's
+// terminal, and which a reopen through /proc cannot give where the pipe is another user's) and writes any kind of
+// file whole lines at a time.
 struct output {
     std::mutex mu;
-    int fd = 2;
-    bool nonblocking = false; // fd is a description of our own with O_NONBLOCK, or a socket sent to with MSG_DONTWAIT
-    bool socket = false;
-    std::string pending;  // bytes written by no call yet: whole lines, but for the first, which may be a line's tail
+    std::condition_variable work; // the writer waits for lines
+    std::condition_variable done; // callers (and flush) wait for the writer
+    bool started = false;
+    bool writing = false; // the writer holds lines taken from pending (not written yet)
+    bool stuck = false;   // a caller's line waited handoff_wait_ms: callers no longer wait until pending empties
+    std::string pending;  // lines not taken by the writer yet
+    uint64_t queued = 0;  // lines appended to pending so far
+    uint64_t written = 0; // of those, written (or given up: the output failed)
     uint64_t dropped = 0; // lines dropped since the last line that said so
     static constexpr size_t max_pending = 256 * 1024;
+    static constexpr size_t error_reserve = 64 * 1024;
+    static constexpr int handoff_wait_ms = 100;
 
-    // Bytes the output took now, without waiting: -1 when it takes none (full, or gone).
-    ssize_t put(const char* p, size_t n) {
-        const ssize_t w = socket ? ::send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL) : ::write(fd, p, n);
-        return w < 0 ? -1 : w;
-    }
-    // Writes from pending what the output takes; true once it is empty.
-    bool drain() {
-        while (!pending.empty()) {
-            const ssize_t w = put(pending.data(), pending.size());
-            if (w <= 0) {
-                if (w < 0 && errno == EINTR) continue;
-                if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) pending.clear(); // gone: EPIPE, say
-                return pending.empty();
-            }
-            pending.erase(0, static_cast<size_t>(w));
+    static void write_all(const char* p, size_t n) {
+        while (n > 0) {
+            const ssize_t w = ::write(2, p, n);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) return; // gone (EPIPE with SIGPIPE ignored, say): nothing will read it
+            p += w;
+            n -= static_cast<size_t>(w);
         }
-        if (dropped != 0) {
-            fmt::memory_buffer note;
-            append_prefix(note, level::warn);
-            fmt::format_to(std::back_inserter(note),
-                           "{} log line{} dropped: stderr did not take them (its reader is not reading)\n", dropped,
-                           dropped == 1 ? "" : "s");
-            dropped = 0;
-            pending.assign(note.data(), note.size());
-            return drain();
-        }
-        return true;
     }
-    void emit(const char* p, size_t n) {
-        std::lock_guard lock(mu);
-        if (!nonblocking) {
-            while (n > 0) {
-                const ssize_t w = ::write(fd, p, n);
-                if (w <= 0) break;
-                p += w;
-                n -= static_cast<size_t>(w);
-            }
+    void emit(level l, const char* p, size_t n) {
+        std::unique_lock lock(mu);
+        if (!started) {
+            write_all(p, n);
             return;
         }
-        if (drain()) {
-            while (n > 0) {
-                const ssize_t w = put(p, n);
-                if (w < 0 && errno == EINTR) continue;
-                if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return; // gone: nothing will read it
-                if (w <= 0) break;
-                p += w;
-                n -= static_cast<size_t>(w);
-            }
-            if (n == 0) return;
-            pending.append(p, n); // the rest of a line begun: kept whatever the limit, or the output would be cut
-            return;
-        }
-        if (pending.size() + n > max_pending) {
+        if (pending.size() + n > max_pending + (l >= level::error ? error_reserve : 0)) {
             ++dropped;
             return;
         }
         pending.append(p, n);
+        const uint64_t mine = ++queued;
+        work.notify_one();
+        if (stuck) return;
+        if (!done.wait_for(lock, std::chrono::milliseconds(handoff_wait_ms), [&] { return written >= mine; }))
+            stuck = true;
+    }
+    [[noreturn]] void run() {
+        std::string batch;
+        std::unique_lock lock(mu);
+        for (;;) {
+            work.wait(lock, [&] { return !pending.empty(); });
+            batch.swap(pending); // (pending takes batch's buffer, emptied: no copy of the bytes either way)
+            pending.clear();
+            const uint64_t upto = queued;
+            writing = true;
+            lock.unlock();
+            write_all(batch.data(), batch.size());
+            lock.lock();
+            writing = false;
+            written = upto;
+            if (dropped != 0 && pending.empty()) {
+                fmt::memory_buffer note;
+                append_prefix(note, level::warn);
+                fmt::format_to(std::back_inserter(note),
+                               "{} log line{} dropped: stderr did not take them (its reader is not reading)\n", dropped,
+                               dropped == 1 ? "" : "s");
+                dropped = 0;
+                pending.assign(note.data(), note.size());
+                ++queued;
+            }
+            if (pending.empty()) stuck = false;
+            done.notify_all();
+        }
     }
 };
 
@@ -194,49 +198,25 @@ void write_line(level l, std::string_view msg, bool escape) {
     append_prefix(buf, l);
     append_cut(buf, msg, escape);
     buf.push_back('\n');
-    g_out.emit(buf.data(), buf.size());
+    g_out.emit(l, buf.data(), buf.size());
 }
 
 } // namespace
 
 void append_message(fmt::memory_buffer& out, std::string_view msg) { append_cut(out, msg, true); }
 
-bool use_nonblocking_output() {
+void start_writer() {
     std::lock_guard lock(g_out.mu);
-    if (g_out.nonblocking) return true;
-    struct stat st {};
-    if (::fstat(2, &st) != 0) return false;
-    if (S_ISSOCK(st.st_mode)) {
-        g_out.socket = true;
-        g_out.nonblocking = true;
-        return true;
-    }
-    if (!S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) return false; // a file: it never waits for a reader
-    // A description of our own: O_NONBLOCK set on fd 2's would be shared with whoever else holds it (the shell's
-    // terminal, which would then see its reads fail once we exit). Reopening through /proc makes a new one for a pipe
-    // or a terminal. Where that fails (no /proc; a FIFO whose reader has gone), fd 2 is written as before.
-    const int fd = ::open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) return false;
-    g_out.fd = fd;
-    g_out.nonblocking = true;
-    return true;
+    if (g_out.started) return;
+    std::thread([] { g_out.run(); }).detach();
+    g_out.started = true;
 }
 
 bool flush(int timeout_ms) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    for (;;) {
-        int fd = 2;
-        {
-            std::lock_guard lock(g_out.mu);
-            if (!g_out.nonblocking || g_out.drain()) return true;
-            fd = g_out.fd;
-        }
-        const auto left =
-            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-        if (left <= 0) return false;
-        pollfd p{fd, POLLOUT, 0};
-        ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 100)));
-    }
+    std::unique_lock lock(g_out.mu);
+    if (!g_out.started) return true;
+    return g_out.done.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                               [] { return g_out.pending.empty() && !g_out.writing; });
 }
 
 void write(level l, std::string_view msg) { write_line(l, msg, true); }

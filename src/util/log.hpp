@@ -1,7 +1,7 @@
 #pragma once
 // Process-wide leveled logging to stderr. Safe from any thread: each line is formatted into a local buffer and
-// written under one lock, so lines from different shards never interleave (and, after use_nonblocking_output, no
-// thread waits for a reader that does not read). Control characters in a message are
+// written whole under one lock, so lines from different shards never interleave (and, after start_writer, no thread
+// waits long for a reader that does not read). Control characters in a message are
 // written as \xNN (append_escaped): messages quote what clients sent (topics, filters, client ids, user names), which
 // MQTT lets carry line breaks, and a client must not be able to forge log lines or drive a terminal.
 #include <fmt/format.h>
@@ -18,10 +18,11 @@ void set_level(level l);
 level current_level();
 bool parse_level(std::string_view s, level& out);
 void set_shard_tag(int shard); // per-thread tag printed in each line; -1 = main, -2 = admin
-// From here on, where stderr is a pipe, FIFO, terminal or socket, no thread waits for it to take a line: what it does
-// not take waits in memory (at most 256 KiB), past which lines are dropped and counted, and a line says how many once
-// it takes again. False where stderr is a file (never waits) or cannot be reopened without O_NONBLOCK shared.
-bool use_nonblocking_output();
+// From here on a thread of the log's own writes the lines to stderr: one that stops taking them (its reader stuck)
+// holds up a caller at most 100 ms, once, after which lines wait in memory (up to 256 KiB, and 64 KiB more for error
+// lines), past which they are dropped and counted, and a line says how many once stderr takes again. Until then, and
+// while stderr takes them, a caller's line is written before log::write returns.
+void start_writer();
 // Waits up to timeout_ms for the lines waiting in memory to be written (before the process exits); false if some are
 // still waiting.
 bool flush(int timeout_ms);

@@ -995,6 +995,16 @@ TEST_F(config_test, errors_are_bounded_in_number_and_length) {
     for (int i = 0; i < 50; ++i)
         EXPECT_THAT(r.errors[static_cast<size_t>(i)],
                     ::testing::StartsWith(fmt::format("many.toml:{}:1: mqtt.unknown_{}: unknown key", i + 2, i)));
+    // The command line's come after the file's, whatever their text ends with (a value like a:1:2 is no line 1).
+    std::string few = "[mqtt]\n";
+    for (int i = 0; i < 49; ++i)
+        few += "unknown_" + std::to_string(i) + " = 1\n";
+    auto c = run({"-c", write("few.toml", few), "--set", "node.name=a:1:2", "--set", "mqtt.max_inflight=0"});
+    ASSERT_THAT(c.errors, SizeIs(51));
+    EXPECT_THAT(c.errors[0], ::testing::HasSubstr("few.toml:2:1: mqtt.unknown_0: unknown key"));
+    EXPECT_THAT(c.errors[48], ::testing::HasSubstr("few.toml:50:1: mqtt.unknown_48: unknown key"));
+    EXPECT_THAT(c.errors[49], ::testing::StartsWith("--set "));
+    EXPECT_EQ(c.errors[50], "... and 1 more errors");
     // Each line cut as a log line is (4096 bytes), at a character's boundary, whatever part is long: the value, or
     // a --set argument named in the origin.
     auto l = run({"--listen", "x" + std::string(3000, '1') + std::string(1000, '\xc3') + "\xa9:1883"});

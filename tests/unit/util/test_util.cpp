@@ -211,11 +211,11 @@ TEST(log_level, set_and_current_round_trip) {
     log::set_level(saved);
 }
 
-// log::use_nonblocking_output: a stderr nobody reads holds up no writer. In a child process (the output is the
+// log::start_writer: a stderr nobody reads holds up no caller for long. In a child process (the writer is the
 // process's own): stderr is a 4 KiB pipe the parent does not read while the child logs 3000 numbered lines of about
-// 200 bytes; every call must return (the child says so on a second pipe), and once the parent reads, the lines come
-// whole, the first ones in order with none missing between them, then one line saying how many were dropped: exactly
-// the rest.
+// 200 bytes; every call must return (the child says so on a second pipe; one call waits up to 100 ms), and once the
+// parent reads, the lines come whole, the first ones in order with none missing between them, then one line saying
+// how many were dropped: exactly the rest.
 TEST(log_output, a_pipe_nobody_reads_holds_up_no_writer_and_the_dropped_lines_are_counted) {
     constexpr int lines = 3000;
     int out[2], done[2];
@@ -229,7 +229,7 @@ TEST(log_output, a_pipe_nobody_reads_holds_up_no_writer_and_the_dropped_lines_ar
         ::close(out[0]);
         ::close(out[1]);
         ::close(done[0]);
-        if (!log::use_nonblocking_output()) ::_exit(2);
+        log::start_writer();
         for (int i = 0; i < lines; ++i)
             log::write(log::level::info, fmt::format("line {:04} {}", i, std::string(180, 'p')));
         if (::write(done[1], "d", 1) != 1) ::_exit(4);
