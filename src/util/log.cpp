@@ -117,9 +117,9 @@ void append_prefix(fmt::memory_buffer& buf, level l) {
 // log keeps its order with what the broker does (a line before the close it tells of), but at most
 // handoff_wait_ms: past that the output counts as stuck, and callers only append to `pending` (up to max_pending,
 // error lines up to error_reserve more, past which lines are dropped and counted) until the writer has emptied it; a
-// line then says how many were dropped. The writer needs no O_NONBLOCK on stderr (which it shares with the shell's
-// terminal, and which a reopen through /proc cannot give where the pipe is another user's) and writes any kind of
-// file whole lines at a time.
+// line after those that waited says how many were dropped. The writer needs no O_NONBLOCK on stderr (which it shares
+// with the shell's terminal, and which a reopen through /proc cannot give where the pipe is another user's) and writes
+// any kind of file whole lines at a time.
 struct output {
     std::mutex mu;
     std::condition_variable work; // the writer waits for lines
@@ -168,6 +168,16 @@ struct output {
             work.wait(lock, [&] { return !pending.empty(); });
             batch.swap(pending); // (pending takes batch's buffer, emptied: no copy of the bytes either way)
             pending.clear();
+            // Lines were dropped while these waited, so the gap is after them: the notice goes there.
+            if (dropped != 0) {
+                fmt::memory_buffer note;
+                append_prefix(note, level::warn);
+                fmt::format_to(std::back_inserter(note),
+                               "{} log line{} dropped: stderr did not take them (its reader is not reading)\n", dropped,
+                               dropped == 1 ? "" : "s");
+                batch.append(note.data(), note.size());
+                dropped = 0;
+            }
             const uint64_t upto = queued;
             writing = true;
             lock.unlock();
@@ -175,16 +185,6 @@ struct output {
             lock.lock();
             writing = false;
             written = upto;
-            if (dropped != 0 && pending.empty()) {
-                fmt::memory_buffer note;
-                append_prefix(note, level::warn);
-                fmt::format_to(std::back_inserter(note),
-                               "{} log line{} dropped: stderr did not take them (its reader is not reading)\n", dropped,
-                               dropped == 1 ? "" : "s");
-                dropped = 0;
-                pending.assign(note.data(), note.size());
-                ++queued;
-            }
             if (pending.empty()) stuck = false;
             done.notify_all();
         }
