@@ -2522,7 +2522,9 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
             went_offline(*slot);
         }
     }
-    if (publish_will && c.will) {
+    if (publish_will && c.will && sys_topic(c.will->topic)) [[unlikely]] {
+        drop_sys_publish(c, c.will->topic); // (see on_publish)
+    } else if (publish_will && c.will) {
         log::debug("publishing will of {} on {}", c.client_id_, c.will->topic);
         publish_from(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
     }
@@ -2949,6 +2951,20 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
             return true;
         }
     }
+    if (sys_topic(pv.topic)) [[unlikely]] {
+        // $SYS/ is the broker's: a client's message there (retained, say) would pass for the broker's own figures until
+        // their next round. Answered as usual (the client must not resend it) and dropped; never marked checked, so
+        // the QoS 0 fast path (forward_run) does not take the topic either.
+        drop_sys_publish(c, pv.topic);
+        if (pv.qos == 1) {
+            send_ack(c, mqtt::packet_type::puback, pv.packet_id);
+            ++m_.packets_puback_sent;
+        } else if (pv.qos == 2) {
+            send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
+            ++m_.packets_pubrec_sent;
+        }
+        return true;
+    }
     session::message_ref msg;
     route_entry& re = known && known->gen == trie_gen_ ? *known : route_lookup(pv.topic);
     re.checked = true; // the topic passed every PUBLISH check above
@@ -2993,6 +3009,13 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         ++m_.packets_pubrec_sent;
     }
     return true;
+}
+
+void shard::drop_sys_publish(const connection& c, std::string_view topic) {
+    ++m_.messages_dropped;
+    if (log::at_doubling(sys_publishes_dropped_))
+        log::warn("client {}: message on {} dropped: $SYS/ topics are the broker's own ({} on this shard so far)",
+                  c.client_id(), topic, sys_publishes_dropped_);
 }
 
 size_t shard::forward_run(const uint8_t* p, size_t n, const mqtt::fixed_header& h) {

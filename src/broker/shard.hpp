@@ -537,6 +537,8 @@ private:
     // Closes c for something it sent (reason: the close's name), its will published, what it was answered before sent
     // first; false, for the packet handlers to return.
     bool close_answered(connection& c, const char* reason);
+    // Counts and logs (1st, 2nd, 4th...) a client's message to a $SYS/ topic, which is dropped.
+    void drop_sys_publish(const connection& c, std::string_view topic);
     // An info line about one connection's refusal or close (each connection can cause one, so a client reconnecting
     // in a loop causes thousands a second): at most conn_log_'s budget a second, the next line let through saying how
     // many were held back, and tick() saying it once a flood has ended.
@@ -983,6 +985,7 @@ private:
     void forgotten(std::string_view topic);
     std::vector<uint64_t> transit_marks_; // per destination, the least `at` waited for (arm_wakes), or no_mark
     uint64_t transit_holds_ = 0;          // logged at doublings
+    uint64_t sys_publishes_dropped_ = 0;  // clients' messages to $SYS/ (drop_sys_publish), logged at doublings
     void close_gate(unsigned from, gate_close& g);
     void credit_gate(unsigned from, uint64_t queue, uint64_t n);
     void open_gate(unsigned from, uint64_t queue);

@@ -24,6 +24,32 @@ class PublishCases:
         sub.expect(bytes.fromhex("30 0b 00 04") + b"t/q0" + b"hello")
         pub.expect_no_packet(0.3)  # no acknowledgement for QoS 0
 
+    def test_a_clients_message_to_sys_is_answered_and_dropped(self):
+        # $SYS/ is the broker's: a client's retained message there passed for the broker's own figures until their
+        # next round (a probing review in stop 73 replaced $SYS/brokers/<node>/version). Answered, so that the client
+        # does not send it again, and dropped: neither delivered nor stored, nor its will there.
+        watcher = self.client(self.sub_id("sys-w"))
+        watcher.subscribe([("$SYS/spoof/#", 2)])
+        pub = self.client(self.pub_id("sys-p"), will=m.Will("$SYS/spoof/will", b"w"))
+        pub.send(m.publish("$SYS/spoof/q0", b"x") * 2)  # the second not taken by the cached QoS 0 path either
+        pub.send(m.publish("$SYS/spoof/q1", b"x", qos=1, pid=1, retain=True))
+        pub.expect(m.puback(1))
+        pub.send(m.publish("$SYS/spoof/q2", b"x", qos=2, pid=2, retain=True))
+        pub.expect(m.pubrec(2))
+        pub.send(m.pubrel(2))
+        pub.expect(m.pubcomp(2))
+        pub.sock.close()
+        watcher.expect_no_packet(0.5)
+        late = self.client(self.sub_id("sys-l"))
+        late.subscribe([("$SYS/spoof/#", 1)])
+        late.expect_no_packet(0.3)
+        self.assertRegex(self.broker.log(), rb"message on \$SYS/spoof/q0 dropped: \$SYS/ topics are the broker's own")
+        # Topics that only begin with $ like it are the clients' (MQTT reserves $ for the server's, forbids nothing).
+        late.subscribe([("$other/#", 1)])
+        other = self.client(self.pub_id("sys-o"))
+        other.publish("$other/t", b"mine", qos=1)
+        self.assertEqual(late.recv_publish().payload, b"mine")
+
     def test_qos1_exact_flow(self):
         pub, sub = self.pair("t/q1", 1)
         pub.send(m.publish("t/q1", b"one", qos=1, pid=0x1234))
