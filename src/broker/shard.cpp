@@ -2956,13 +2956,7 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
         // their next round. Answered as usual (the client must not resend it) and dropped; never marked checked, so
         // the QoS 0 fast path (forward_run) does not take the topic either.
         drop_sys_publish(c, pv.topic);
-        if (pv.qos == 1) {
-            send_ack(c, mqtt::packet_type::puback, pv.packet_id);
-            ++m_.packets_puback_sent;
-        } else if (pv.qos == 2) {
-            send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
-            ++m_.packets_pubrec_sent;
-        }
+        ack_publish(c, pv.qos, pv.packet_id);
         return true;
     }
     session::message_ref msg;
@@ -3001,14 +2995,18 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
     } else if (rc != retain_check::off) {
         not_retained(rc, pv.topic, pv.payload.size(), pv.qos);
     }
-    if (pv.qos == 1) {
-        send_ack(c, mqtt::packet_type::puback, pv.packet_id);
+    ack_publish(c, pv.qos, pv.packet_id);
+    return true;
+}
+
+void shard::ack_publish(connection& c, uint8_t qos, uint16_t packet_id) {
+    if (qos == 1) {
+        send_ack(c, mqtt::packet_type::puback, packet_id);
         ++m_.packets_puback_sent;
-    } else if (pv.qos == 2) {
-        send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
+    } else if (qos == 2) {
+        send_ack(c, mqtt::packet_type::pubrec, packet_id);
         ++m_.packets_pubrec_sent;
     }
-    return true;
 }
 
 void shard::drop_sys_publish(const connection& c, std::string_view topic) {

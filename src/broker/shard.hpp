@@ -537,6 +537,7 @@ private:
     // Closes c for something it sent (reason: the close's name), its will published, what it was answered before sent
     // first; false, for the packet handlers to return.
     bool close_answered(connection& c, const char* reason);
+    void ack_publish(connection& c, uint8_t qos, uint16_t packet_id); // PUBACK or PUBREC (QoS 0: nothing)
     // Counts and logs (1st, 2nd, 4th...) a client's message to a $SYS/ topic, which is dropped.
     void drop_sys_publish(const connection& c, std::string_view topic);
     // An info line about one connection's refusal or close (each connection can cause one, so a client reconnecting
