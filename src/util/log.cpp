@@ -7,7 +7,10 @@
 #include <condition_variable>
 #include <ctime>
 #include <mutex>
+#include <poll.h>
 #include <string>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/time.h>
 #include <thread>
 #include <unistd.h>
@@ -116,21 +119,24 @@ void append_prefix(fmt::memory_buffer& buf, level l) {
 // even a second signal ended the process. A caller hands its line over and waits for it to be written, so that the
 // log keeps its order with what the broker does (a line before the close it tells of), but at most
 // handoff_wait_ms: past that the output counts as stuck, and callers only append to `pending` (up to max_pending,
-// error lines up to error_reserve more, past which lines are dropped and counted) until the writer has emptied it; a
-// line after those that waited says how many were dropped. The writer needs no O_NONBLOCK on stderr (which it shares
-// with the shell's terminal, and which a reopen through /proc cannot give where the pipe is another user's) and writes
-// any kind of file whole lines at a time.
+// error lines up to error_reserve more, past which lines are dropped and counted) until the writer has written the
+// line that found it stuck and takes lines quickly again; a line where the dropped ones would have been says how many.
+// The writer needs no O_NONBLOCK of its own on stderr (a reopen through /proc cannot give one where the pipe is
+// another user's) and writes any kind of file whole lines at a time. A regular file or /dev/null gets no writer
+// (start_writer): the caller's write(2) never waits for a reader there.
 struct output {
     std::mutex mu;
     std::condition_variable work; // the writer waits for lines
     std::condition_variable done; // callers (and flush) wait for the writer
     bool started = false;
-    bool writing = false; // the writer holds lines taken from pending (not written yet)
-    bool stuck = false;   // a caller's line waited handoff_wait_ms: callers no longer wait until pending empties
-    std::string pending;  // lines not taken by the writer yet
-    uint64_t queued = 0;  // lines appended to pending so far
-    uint64_t written = 0; // of those, written (or given up: the output failed)
-    uint64_t dropped = 0; // lines dropped since the last line that said so
+    bool writing = false;    // the writer holds lines taken from pending (not written yet)
+    bool stuck = false;      // a caller's line waited handoff_wait_ms: callers no longer wait (see run)
+    uint64_t stuck_mark = 0; // the line that found it stuck
+    std::string pending;     // lines not taken by the writer yet
+    size_t gap_at = 0;       // where in pending the lines dropped since it was taken would have been
+    uint64_t queued = 0;     // lines appended to pending so far
+    uint64_t written = 0;    // of those, written (or given up: the output failed)
+    uint64_t dropped = 0;    // lines dropped since pending was taken
     static constexpr size_t max_pending = 256 * 1024;
     static constexpr size_t error_reserve = 64 * 1024;
     static constexpr int handoff_wait_ms = 100;
@@ -139,6 +145,13 @@ struct output {
         while (n > 0) {
             const ssize_t w = ::write(2, p, n);
             if (w < 0 && errno == EINTR) continue;
+            if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                // A stderr whose description another process set O_NONBLOCK: waited for here as a blocking one is
+                // (by the writer; before it starts, by main alone), not cut mid-line.
+                pollfd pf{2, POLLOUT, 0};
+                ::poll(&pf, 1, -1);
+                continue;
+            }
             if (w <= 0) return; // gone (EPIPE with SIGPIPE ignored, say): nothing will read it
             p += w;
             n -= static_cast<size_t>(w);
@@ -151,15 +164,21 @@ struct output {
             return;
         }
         if (pending.size() + n > max_pending + (l >= level::error ? error_reserve : 0)) {
-            ++dropped;
+            if (dropped++ == 0) gap_at = pending.size();
             return;
         }
         pending.append(p, n);
         const uint64_t mine = ++queued;
+        // Notified with mu released (as are the callers below): glibc's broadcast can wait for woken waiters, and
+        // one of them stopped (a debugger, a SIGSTOP) would hold every logging thread on mu.
+        lock.unlock();
         work.notify_one();
+        lock.lock();
         if (stuck) return;
-        if (!done.wait_for(lock, std::chrono::milliseconds(handoff_wait_ms), [&] { return written >= mine; }))
+        if (!done.wait_for(lock, std::chrono::milliseconds(handoff_wait_ms), [&] { return written >= mine; })) {
             stuck = true;
+            stuck_mark = mine;
+        }
     }
     [[noreturn]] void run() {
         std::string batch;
@@ -168,25 +187,32 @@ struct output {
             work.wait(lock, [&] { return !pending.empty(); });
             batch.swap(pending); // (pending takes batch's buffer, emptied: no copy of the bytes either way)
             pending.clear();
-            // Lines were dropped while these waited, so the gap is after them: the notice goes there.
+            // Lines were dropped while these waited: the notice goes where the first of them would have been.
             if (dropped != 0) {
                 fmt::memory_buffer note;
                 append_prefix(note, level::warn);
                 fmt::format_to(std::back_inserter(note),
                                "{} log line{} dropped: stderr did not take them (its reader is not reading)\n", dropped,
                                dropped == 1 ? "" : "s");
-                batch.append(note.data(), note.size());
+                batch.insert(std::min(gap_at, batch.size()), note.data(), note.size());
                 dropped = 0;
             }
             const uint64_t upto = queued;
             writing = true;
             lock.unlock();
+            const auto began = std::chrono::steady_clock::now();
             write_all(batch.data(), batch.size());
+            const bool quick =
+                std::chrono::steady_clock::now() - began < std::chrono::milliseconds(handoff_wait_ms / 4);
             lock.lock();
             writing = false;
             written = upto;
-            if (pending.empty()) stuck = false;
+            // Callers wait again once the line that found the output stuck is written and the output takes lines
+            // quickly again (not merely once pending is empty: callers that do not wait keep it filling).
+            if (stuck && written >= stuck_mark && quick) stuck = false;
+            lock.unlock();
             done.notify_all();
+            lock.lock();
         }
     }
 };
@@ -206,6 +232,13 @@ void write_line(level l, std::string_view msg, bool escape) {
 void append_message(fmt::memory_buffer& out, std::string_view msg) { append_cut(out, msg, true); }
 
 void start_writer() {
+    // A regular file (the suite's logs, perf/compare's) or /dev/null never waits for a reader: its lines stay one
+    // write(2) by the caller, written when log::write returns however loaded the host (a writer thread off its CPU
+    // for long would have made such a log late, and dropped lines from it).
+    struct stat st {};
+    if (::fstat(2, &st) == 0 &&
+        (S_ISREG(st.st_mode) || (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))) // (1, 3): /dev/null
+        return;
     std::lock_guard lock(g_out.mu);
     if (g_out.started) return;
     std::thread([] { g_out.run(); }).detach();

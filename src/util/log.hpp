@@ -18,10 +18,10 @@ void set_level(level l);
 level current_level();
 bool parse_level(std::string_view s, level& out);
 void set_shard_tag(int shard); // per-thread tag printed in each line; -1 = main, -2 = admin
-// From here on a thread of the log's own writes the lines to stderr: one that stops taking them (its reader stuck)
-// holds up a caller at most 100 ms, once, after which lines wait in memory (up to 256 KiB, and 64 KiB more for error
-// lines), past which they are dropped and counted, and a line says how many once stderr takes again. Until then, and
-// while stderr takes them, a caller's line is written before log::write returns.
+// From here on, unless stderr is a regular file or /dev/null (which never wait for a reader), a thread of the log's
+// own writes the lines: a stderr that stops taking them (its reader stuck) holds up a caller at most 100 ms, once,
+// after which lines wait in memory (up to 256 KiB, and 64 KiB more for error lines), past which they are dropped and
+// counted, and a line says how many. While stderr takes them, a caller's line is written before log::write returns.
 void start_writer();
 // Waits up to timeout_ms for the lines waiting in memory to be written (before the process exits); false if some are
 // still waiting.
