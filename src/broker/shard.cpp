@@ -2938,8 +2938,7 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
             break;
         case session::qos2_arrival::duplicate:
             // A resent QoS 2 PUBLISH whose first copy was already delivered: acknowledge only (exactly once).
-            send_ack(c, mqtt::packet_type::pubrec, pv.packet_id);
-            ++m_.packets_pubrec_sent;
+            ack_publish(c, 2, pv.packet_id);
             return true;
         case session::qos2_arrival::full:
             // EMQ X 2.x's answer (not MQTT 3.1.1's, which always answers PUBREC): no PUBREC, the message is dropped
@@ -2951,10 +2950,10 @@ bool shard::on_publish(connection& c, uint8_t flags, std::span<const uint8_t> bo
             return true;
         }
     }
-    if (sys_topic(pv.topic)) [[unlikely]] {
+    if (!known && sys_topic(pv.topic)) [[unlikely]] {
         // $SYS/ is the broker's: a client's message there (retained, say) would pass for the broker's own figures until
         // their next round. Answered as usual (the client must not resend it) and dropped; never marked checked, so
-        // the QoS 0 fast path (forward_run) does not take the topic either.
+        // neither cached path (forward_run, QoS 1/2) takes the topic, and a topic the cache knows as checked is none.
         drop_sys_publish(c, pv.topic);
         ack_publish(c, pv.qos, pv.packet_id);
         return true;
@@ -3097,13 +3096,7 @@ bool shard::publish_qos12(connection& c, const uint8_t* p, const mqtt::fixed_hea
         unreceive(c, qos, pid);
         return true;
     }
-    if constexpr (qos == 1) {
-        send_ack(c, mqtt::packet_type::puback, pid);
-        ++m_.packets_puback_sent;
-    } else {
-        send_ack(c, mqtt::packet_type::pubrec, pid);
-        ++m_.packets_pubrec_sent;
-    }
+    ack_publish(c, qos, pid);
     return true;
 }
 

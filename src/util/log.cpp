@@ -1,5 +1,7 @@
 #include "util/log.hpp"
 
+#include "util/clock.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -116,9 +118,9 @@ void append_prefix(fmt::memory_buffer& buf, level l) {
 // write(2) to fd 2 by the thread that logs it. After, a thread of its own writes them: a stderr can wait for its
 // reader (a pipe, a terminal, a socket; a supervisor stuck, a `| less` left paused), and while every write waited, a
 // full pipe held the shard that logged next, its clients with it, and main's "received SIGTERM" line too, so that not
-// even a second signal ended the process. A caller hands its line over and waits for it to be written, so that the
-// log keeps its order with what the broker does (a line before the close it tells of), but at most
-// handoff_wait_ms: past that the output counts as stuck, and callers only append to `pending` (up to max_pending,
+// even a second signal ended the process. A caller hands its line over, and of a warning or an error waits for it to
+// be written, so that such a line is out before what follows it (an exit, a crash), but at most handoff_wait_ms: past
+// that the output counts as stuck, and callers only append to `pending` (up to max_pending,
 // error lines up to error_reserve more, past which lines are dropped and counted) until the writer has written the
 // line that found it stuck and takes lines quickly again; a line where the dropped ones would have been says how many.
 // The writer needs no O_NONBLOCK of its own on stderr (a reopen through /proc cannot give one where the pipe is
@@ -163,7 +165,10 @@ struct output {
             write_all(p, n);
             return;
         }
-        if (pending.size() + n > max_pending + (l >= level::error ? error_reserve : 0)) {
+        // Once one is dropped, the others but error lines are until the writer takes pending, so that the notice
+        // stands where all it counts would have been (a shorter line would fit, after the gap).
+        if ((dropped != 0 && l < level::error) ||
+            pending.size() + n > max_pending + (l >= level::error ? error_reserve : 0)) {
             if (dropped++ == 0) gap_at = pending.size();
             return;
         }
@@ -174,7 +179,9 @@ struct output {
         lock.unlock();
         work.notify_one();
         lock.lock();
-        if (stuck) return;
+        // Only warnings and errors are waited for: the lines that tell of trouble, and the last ones before an exit
+        // or a crash; the others (a connection's debug lines, per connect and close) cost their thread no wait.
+        if (stuck || l < level::warn) return;
         if (!done.wait_for(lock, std::chrono::milliseconds(handoff_wait_ms), [&] { return written >= mine; })) {
             stuck = true;
             stuck_mark = mine;
@@ -200,10 +207,9 @@ struct output {
             const uint64_t upto = queued;
             writing = true;
             lock.unlock();
-            const auto began = std::chrono::steady_clock::now();
+            const int64_t began = mono_ms();
             write_all(batch.data(), batch.size());
-            const bool quick =
-                std::chrono::steady_clock::now() - began < std::chrono::milliseconds(handoff_wait_ms / 4);
+            const bool quick = mono_ms() - began < handoff_wait_ms / 4;
             lock.lock();
             writing = false;
             written = upto;

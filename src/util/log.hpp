@@ -19,9 +19,9 @@ level current_level();
 bool parse_level(std::string_view s, level& out);
 void set_shard_tag(int shard); // per-thread tag printed in each line; -1 = main, -2 = admin
 // From here on, unless stderr is a regular file or /dev/null (which never wait for a reader), a thread of the log's
-// own writes the lines: a stderr that stops taking them (its reader stuck) holds up a caller at most 100 ms, once,
-// after which lines wait in memory (up to 256 KiB, and 64 KiB more for error lines), past which they are dropped and
-// counted, and a line says how many. While stderr takes them, a caller's line is written before log::write returns.
+// own writes the lines: a caller of a warning or an error waits for it to be written, a stderr that stops taking them
+// (its reader stuck) holding it up 100 ms at most, after which lines wait in memory (up to 256 KiB besides what the
+// writer is writing, 64 KiB more for error lines), past which they are dropped and counted, and a line says how many.
 void start_writer();
 // Waits up to timeout_ms for the lines waiting in memory to be written (before the process exits); false if some are
 // still waiting.

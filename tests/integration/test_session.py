@@ -684,13 +684,14 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
                                             rb"\(\d+ from the batch in flight, 0 dropped\)")
         old.close()
 
-    def flood(self, prefix: str, n: int) -> list:
+    def flood(self, prefix: str, n: int, topic_each: bool = False) -> list:
         """A subscriber that does not read gets n numbered QoS 0 messages of 64 KiB on prefix/f (10 MiB for 160: its
-        send stalls at about 4 MiB of socket buffers, with a batch of megabytes in flight). Returns their numbers."""
+        send stalls at about 4 MiB of socket buffers, with a batch of megabytes in flight), or with topic_each on
+        prefix/00000, prefix/00001... Returns their numbers."""
         pub = self.client(f"{prefix}-pub")
         pad = b"." * 65530
         for i in range(n):
-            pub.publish(f"{prefix}/f", b"%05d" % i + pad)
+            pub.publish(f"{prefix}/{i:05d}" if topic_each else f"{prefix}/f", b"%05d" % i + pad)
         self.assertTrue(pub.is_open())  # PINGRESP after them: all routed
         time.sleep(0.3)  # the send stalls
         pub.disconnect()
@@ -739,20 +740,12 @@ class UnsentQos0GoesBackToTheSession(BrokerTest):
         self.use_broker({"mqtt.max_queued_messages": 20})
         old = self.client("dq", clean=False)
         old.subscribe([("dq/#", 0)])
-        pub = self.client("dq-pub")
-        pad = b"." * 65530
-        for i in range(160):
-            pub.publish(f"dq/{i:05d}", pad)
-        self.assertTrue(pub.is_open())  # PINGRESP after them: all routed
-        time.sleep(0.3)  # the send stalls
+        self.flood("dq", 160, topic_each=True)
         new = self.client("dq", clean=False, expect=m.connack(session_present=True))
         pat = rb"session dq: queue full \(mqtt.max_queued_messages = 20\) for what its connection had not sent, " \
               rb"message on dq/(\d+) dropped"
-        deadline = time.monotonic() + 10
-        while not re.search(pat, self.broker.log()):
-            self.assertLess(time.monotonic(), deadline, "no drop logged within 10 s of the takeover")
-            time.sleep(0.05)
-        named = int(re.search(pat, self.broker.log()).group(1))
+        found = self.wait_until(lambda: re.search(pat, self.broker.log()), timeout=10, what="a drop logged")
+        named = int(found.group(1))
         before = [int(m.parse_publish(p).topic.split("/")[1]) for p in packets_until_closed(old, timeout=20)]
         after = [int(new.recv_publish(timeout=20).topic.split("/")[1]) for _ in range(20)]
         new.expect_no_packet(0.3)

@@ -4,7 +4,6 @@ listeners' SO_REUSEPORT would otherwise let both take its connections); SIGHUP, 
 
 import fcntl
 import os
-import re
 import resource
 import select
 import shutil
@@ -16,7 +15,7 @@ import unittest
 
 import mqtt_raw as m
 from admin_client import request
-from broker import BrokerTest, broker_bin, client_id_on_shard
+from broker import LISTEN_RE, READY_RE, BrokerTest, broker_bin, client_id_on_shard
 
 START_TIMEOUT = 15  # a broker that cannot start says so at once; this only bounds a hang
 
@@ -168,10 +167,10 @@ class StartupTest(BrokerTest):
         self.addCleanup(kill)
         out = b""
         deadline = time.monotonic() + START_TIMEOUT
-        while b"ringmq ready" not in out:
+        while not READY_RE.search(out):
             self.assertLess(time.monotonic(), deadline, out.decode("utf-8", "replace"))
             out += os.read(r, 65536)
-        port = int(re.search(rb"listening mqtt tcp 127\.0\.0\.1:(\d+)", out).group(1))
+        port = int(LISTEN_RE.search(out).group(1))
         # Not read from here on.
         for i in range(1500):
             c = m.RawClient(port)
