@@ -2522,11 +2522,13 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
             went_offline(*slot);
         }
     }
-    if (publish_will && c.will && sys_topic(c.will->topic)) [[unlikely]] {
-        drop_sys_publish(c, c.will->topic); // (see on_publish)
-    } else if (publish_will && c.will) {
-        log::debug("publishing will of {} on {}", c.client_id_, c.will->topic);
-        publish_from(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
+    if (publish_will && c.will) {
+        if (sys_topic(c.will->topic)) [[unlikely]] {
+            drop_sys_publish(c, c.will->topic); // (see on_publish)
+        } else {
+            log::debug("publishing will of {} on {}", c.client_id_, c.will->topic);
+            publish_from(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
+        }
     }
     c.will.reset();
     if (c.hold_listed) hold_gone_.push_back(c.id);

@@ -1030,44 +1030,40 @@ TEST_F(config_test, errors_are_bounded_in_number_and_length) {
 
 TEST_F(config_test, a_parse_error_names_the_key_of_its_line) {
     // The parser's own errors name a line and column; the checks' errors name the key, and now these too.
-    auto big = load_from_string("[mqtt]\nmax_inflight = 18446744073709551616\n", "p.toml");
-    ASSERT_THAT(big.errors, SizeIs(1));
-    EXPECT_THAT(big.errors[0], AllOf(::testing::StartsWith("p.toml:2:"), HasSubstr(": mqtt.max_inflight: ")));
-    auto f = load_from_string("# x\n[mqtt]\n\n  keepalive_multiplier = 1e400\n", "f.toml");
-    ASSERT_THAT(f.errors, SizeIs(1));
-    EXPECT_THAT(f.errors[0], AllOf(::testing::StartsWith("f.toml:4:"), HasSubstr(": mqtt.keepalive_multiplier: ")));
+    // The one error a text makes ("" and a failure where it makes another number of them).
+    const auto only_error = [&](const std::string& text, const std::string& file) {
+        auto r = load_from_string(text, file);
+        EXPECT_THAT(r.errors, SizeIs(1)) << text;
+        return r.errors.size() == 1 ? r.errors[0] : std::string();
+    };
+    // That error is at `at` ("file:line:") and names `key`.
+    const auto names = [&](const std::string& text, const std::string& at, const std::string& key) {
+        EXPECT_THAT(only_error(text, at.substr(0, at.find(':'))),
+                    AllOf(::testing::StartsWith(at), HasSubstr(": " + key + ": ")))
+            << text;
+    };
+    names("[mqtt]\nmax_inflight = 18446744073709551616\n", "p.toml:2:", "mqtt.max_inflight");
+    names("# x\n[mqtt]\n\n  keepalive_multiplier = 1e400\n", "f.toml:4:", "mqtt.keepalive_multiplier");
     // A line that sets no plain key is left as the parser says it.
-    auto odd = load_from_string("[mqtt]\n= 1\n", "o.toml");
-    ASSERT_THAT(odd.errors, SizeIs(1));
-    EXPECT_THAT(odd.errors[0], ::testing::StartsWith("o.toml:2:"));
-    EXPECT_THAT(odd.errors[0], ::testing::Not(HasSubstr("mqtt.")));
+    const std::string odd = only_error("[mqtt]\n= 1\n", "o.toml");
+    EXPECT_THAT(odd, ::testing::StartsWith("o.toml:2:"));
+    EXPECT_THAT(odd, ::testing::Not(HasSubstr("mqtt.")));
     // The parser says which key a line sets: a header inside a multi-line string is none, a quoted one is one, a line
     // inside a multi-line string or array sets none.
-    auto in_string = load_from_string("[node]\nname = \"\"\"\n[mqtt]\n\"\"\"\nx = 99999999999999999999\n", "s.toml");
-    ASSERT_THAT(in_string.errors, SizeIs(1));
-    EXPECT_THAT(in_string.errors[0], AllOf(::testing::StartsWith("s.toml:5:"), HasSubstr(": node.x: ")));
-    auto quoted = load_from_string("[\"mqtt\"]\nmax_inflight = 99999999999999999999\n", "q.toml");
-    ASSERT_THAT(quoted.errors, SizeIs(1));
-    EXPECT_THAT(quoted.errors[0], AllOf(::testing::StartsWith("q.toml:2:"), HasSubstr(": mqtt.max_inflight: ")));
+    names("[node]\nname = \"\"\"\n[mqtt]\n\"\"\"\nx = 99999999999999999999\n", "s.toml:5:", "node.x");
+    names("[\"mqtt\"]\nmax_inflight = 99999999999999999999\n", "q.toml:2:", "mqtt.max_inflight");
     for (const char* text :
-         {"[node]\nname = \"\"\"\na = \\q\n\"\"\"\n", "[mqtt]\nlisten = [\n 1,\n max_inflight = 3\n]\n"}) {
-        auto r = load_from_string(text, "n.toml");
-        ASSERT_THAT(r.errors, SizeIs(1)) << text;
-        EXPECT_THAT(r.errors[0], ::testing::Not(::testing::ContainsRegex(": (node|mqtt)\\.[a-z_]+: "))) << text;
-    }
+         {"[node]\nname = \"\"\"\na = \\q\n\"\"\"\n", "[mqtt]\nlisten = [\n 1,\n max_inflight = 3\n]\n"})
+        EXPECT_THAT(only_error(text, "n.toml"), ::testing::Not(::testing::ContainsRegex(": (node|mqtt)\\.[a-z_]+: ")))
+            << text;
     // A key set twice: the parser refuses the second, whose line still sets it (the copy with its value replaced was
-    // refused as well, and the error named no key). Under a header, at the top and as a dotted key alike.
-    auto twice = load_from_string("[mqtt]\nmax_inflight = 5\nmax_inflight = 6\n", "d.toml");
-    ASSERT_THAT(twice.errors, SizeIs(1));
-    EXPECT_THAT(twice.errors[0], AllOf(::testing::StartsWith("d.toml:3:"), HasSubstr(": mqtt.max_inflight: ")));
-    auto top = load_from_string("x = 1\n[log]\nlevel = \"info\"\n[node]\nname = \"a@b\"\nname = \"c@d\"\n", "t.toml");
-    ASSERT_THAT(top.errors, SizeIs(1));
-    EXPECT_THAT(top.errors[0], AllOf(::testing::StartsWith("t.toml:6:"), HasSubstr(": node.name: ")));
+    // refused as well, and the error named no key). Under the first header and under a later one alike.
+    names("[mqtt]\nmax_inflight = 5\nmax_inflight = 6\n", "d.toml:3:", "mqtt.max_inflight");
+    names("x = 1\n[log]\nlevel = \"info\"\n[node]\nname = \"a@b\"\nname = \"c@d\"\n", "t.toml:6:", "node.name");
     // A quoted or dotted key set twice is left as the parser says it (its name under the table is not the line's).
-    auto dotted = load_from_string("mqtt.max_inflight = 5\nmqtt.max_inflight = 6\n", "m.toml");
-    ASSERT_THAT(dotted.errors, SizeIs(1));
-    EXPECT_THAT(dotted.errors[0], ::testing::StartsWith("m.toml:2:"));
-    EXPECT_THAT(dotted.errors[0], ::testing::Not(HasSubstr("probe")));
+    const std::string dotted = only_error("mqtt.max_inflight = 5\nmqtt.max_inflight = 6\n", "m.toml");
+    EXPECT_THAT(dotted, ::testing::StartsWith("m.toml:2:"));
+    EXPECT_THAT(dotted, ::testing::Not(HasSubstr("probe")));
     // --set names its key in its origin; a number past a double's range is said to be one, not "a string".
     auto s = run({"--set", "mqtt.keepalive_multiplier=1e400"});
     EXPECT_THAT(s.errors, ElementsAre("--set mqtt.keepalive_multiplier=1e400: mqtt.keepalive_multiplier: expected a "
