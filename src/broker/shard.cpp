@@ -989,15 +989,24 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     queue_hold& h = hold_of(slot);
     queue_hold_source* src = source_of(h, from);
     if (!src) src = &h.remote.emplace_back(queue_hold_source{from});
-    if (src->topics.size() < hold_topics_max) src->topics.emplace(topic);
+    const bool seen = src->topics.contains(topic);
+    if (!seen && src->topics.size() < hold_topics_max) src->topics.emplace(topic);
     const auto told = [&](const std::string& f) { return routing::topic_matches(f, topic); };
-    if (std::any_of(src->filters.begin(), src->filters.end(), told)) return; // told already
+    const bool told_before = std::any_of(src->filters.begin(), src->filters.end(), told);
+    // Told already, the gate there let the topic go for a filter no gate held (shard::ungated_filter_takes): where
+    // that filter is this session's own (alone here, it gets the message), that shard is told of it too, once per
+    // topic (up to hold_topics_max of them, or for a session of as many filters), so that the gate holds the topic.
+    if (told_before &&
+        (seen || (src->topics.size() >= hold_topics_max && slot.s->subscriptions.size() > hold_topics_max)))
+        return;
     // The gate closes for the session's filters that take the topic at QoS 1 or 2, so that one gate holds the
     // publishers of every topic a wildcard subscriber gets (gated by topic, a queue fed many new topics at once filled
     // its burst room before each had its own gate) and its list stays as long as the session's filters.
     std::vector<std::string> filters;
     for (const auto& [filter, opts] : slot.s->subscriptions)
-        if ((opts & 3) != 0 && routing::topic_matches(filter, topic)) filters.push_back(filter);
+        if ((opts & 3) != 0 && !src->filters.contains(filter) && routing::topic_matches(filter, topic))
+            filters.push_back(filter);
+    if (told_before && filters.empty()) return;
     if (filters.empty()) filters.emplace_back(topic); // (its route ends as this message passes: k_gate_drop follows)
     for (std::string& f : filters) {
         src->filters.insert(f);
@@ -1099,6 +1108,10 @@ void shard::close_gate(unsigned from, gate_close& g) {
         t->second->topics.erase(g.topic);
         t->second = &gate;
     }
+    // A topic let go for a filter there that no gate held may have been the queue's own by this one (close_remote):
+    // it is gated again, and let go again if it shows others.
+    if (!gate.exempt.empty())
+        std::erase_if(gate.exempt, [&](const std::string& e) { return routing::topic_matches(g.topic, e); });
     gate.topics.insert(std::move(g.topic));
 }
 
@@ -3507,6 +3520,20 @@ shard::remote_gate* shard::gate_for(std::string_view topic, unsigned to) {
     return nullptr;
 }
 
+bool shard::ungated_filter_takes(std::string_view topic, unsigned to) const {
+    // The filters there that take it, by the remote bits, against those of them gates here hold. (The same filter
+    // shared by a fast and a slow subscriber counts once: the first message shows the others, k_gate_drop.)
+    const size_t there = trie_.remote_matches(topic, to);
+    const uint64_t bit = uint64_t{1} << to;
+    size_t gated = 0;
+    if (const auto it = gate_topics_.find(topic);
+        it != gate_topics_.end() && it->second->shard == to && (trie_.remote_mask(topic) & bit))
+        ++gated;
+    for (const auto& [filter, g] : gate_filters_)
+        if (g->shard == to && routing::topic_matches(filter, topic) && (trie_.remote_mask(filter) & bit)) ++gated;
+    return there > gated;
+}
+
 void shard::unexempt(unsigned from, std::string_view filter) {
     // Those subscribers may have been what let a topic go ungated: it is gated again, and let go again by the next
     // message it shows still reaching others too. (Only a route's end: while any session there keeps the filter, its
@@ -3521,6 +3548,22 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     remote_gate* g = gate_for(topic, to);
     if (!g || leaving_) {
         push_holdable(to, msg.get()); // (one that has left is taken there as if no gate had closed yet)
+        return;
+    }
+    // A topic another filter there takes too goes ungated from its first message: its other subscribers are not held
+    // to the slow one's pace (until stop 74 its first message waited for a turn, and only the word that it had
+    // reached others too, k_gate_drop, let it go: 0.4 s per new topic behind a slow '#' subscriber). As on that word
+    // (drop_gate_topic), a wildcard gate lets the topic go, and a topic's own gate goes; past hold_topics_max topics
+    // let go the wildcard gate stays, and each of its messages is looked at so.
+    if (ungated_filter_takes(topic, to)) {
+        if (const auto t = gate_topics_.find(topic); t != gate_topics_.end() && t->second == g) {
+            const uint64_t queue = g->queue;
+            let_gate_go(gates_.find({to, queue}));
+            push(to, k_gate_forget, 0, queue_key(queue));
+        } else if (g->exempt.size() < hold_topics_max) {
+            g->exempt.emplace(topic);
+        }
+        push_holdable(to, msg.get());
         return;
     }
     g->used_ms = now_ms_;

@@ -899,8 +899,9 @@ private:
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
-        // Topics its wildcard filters match that other subscribers there get too (k_gate_drop): not gated, up to
-        // hold_topics_max (one more lets the gate go).
+        // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or a filter there that
+        // no gate holds, ungated_filter_takes): not gated, up to hold_topics_max (one more told by k_gate_drop lets the
+        // gate go). A filter the gate is told of later takes back those it matches (close_gate).
         topic_set exempt;
     };
     std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
@@ -917,6 +918,9 @@ private:
     const remote_gate* gate_reading_gate_ = nullptr; // and the gate whose credit it is
     // The gate fan_out found for the message it routes to one other shard, where its publisher may be held.
     remote_gate* gate_for(std::string_view topic, unsigned to);
+    // Whether a filter of shard `to` that no gate here holds takes the topic too: other subscribers there get its
+    // messages (or the gated subscriber by a filter its gate was not told of yet: see close_remote).
+    bool ungated_filter_takes(std::string_view topic, unsigned to) const;
     // A route deleted on shard `from`: topics its gates let go ungated for that route's subscribers are gated again.
     void unexempt(unsigned from, std::string_view filter);
     void push_gated(unsigned to, session::message_ref& msg, std::string_view topic);

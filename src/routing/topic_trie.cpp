@@ -257,4 +257,10 @@ uint64_t topic_trie::remote_mask(std::string_view filter) const {
     return n ? n->remote : 0;
 }
 
+size_t topic_trie::remote_matches(std::string_view topic, unsigned shard) const {
+    remote_counter c{uint64_t{1} << shard};
+    match(topic, c);
+    return c.n;
+}
+
 } // namespace ringmq::routing

@@ -66,6 +66,8 @@ public:
     bool has_local(std::string_view filter) const;
     // Bitmask of other shards interested in exactly this filter (0 if unknown).
     uint64_t remote_mask(std::string_view filter) const;
+    // How many filters matching `topic` have subscribers on shard `shard` (by the remote bits), as match() finds them.
+    size_t remote_matches(std::string_view topic, unsigned shard) const;
     size_t filter_count() const { return filter_count_; } // filters with >=1 local subscriber
     // The shard this trie belongs to (default 0). Sets which remote bits are "lower" for first_holder_count().
     void set_self(unsigned shard);
@@ -132,6 +134,15 @@ private:
         mask |= n.remote;
         for (const subscriber_entry& e : n.locals)
             on_local(e, std::string_view(n.filter));
+    }
+    // remote_matches' walk: counts the matching nodes with one shard's bit instead of reporting local subscribers.
+    struct remote_counter {
+        uint64_t bit;
+        size_t n = 0;
+    };
+    static void report(const node& n, uint64_t& mask, remote_counter& c) {
+        mask |= n.remote;
+        if (n.remote & c.bit) ++c.n;
     }
 
     // Matches the levels still in `rest` (`done` = no level left) below n. Descends the exact child in a loop and

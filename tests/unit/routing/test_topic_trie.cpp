@@ -386,6 +386,30 @@ TEST(topic_trie_remote, visits_count_the_nodes_a_match_walks_with_or_without_loc
     EXPECT_LT(t.visits() - at, walked);
 }
 
+TEST(topic_trie_remote, remote_matches_counts_one_shards_matching_filters) {
+    // The shard lets a gated topic go when a filter there that no gate holds takes it too: the count is per filter
+    // with that shard's bit, whatever other shards or local subscribers the same filters have.
+    topic_trie t;
+    t.add_remote("#", 1);
+    t.add_remote("a/+", 1);
+    t.add_remote("a/b", 1);
+    t.add_remote("a/b", 2);
+    t.add_remote("a/#", 2);
+    t.subscribe("a/b", S(7), 1);
+    t.subscribe("x/#", S(7), 1);
+    EXPECT_EQ(t.remote_matches("a/b", 1), 3u);
+    EXPECT_EQ(t.remote_matches("a/b", 2), 2u);
+    EXPECT_EQ(t.remote_matches("a/c", 1), 2u);
+    EXPECT_EQ(t.remote_matches("a", 1), 1u);
+    EXPECT_EQ(t.remote_matches("a", 2), 1u); // 'a/#' matches its parent level
+    EXPECT_EQ(t.remote_matches("x/y", 1), 1u);
+    EXPECT_EQ(t.remote_matches("x/y", 0), 0u);    // a local subscriber is no remote bit
+    EXPECT_EQ(t.remote_matches("$SYS/a", 1), 0u); // '#' at the first level takes no '$' topic
+    t.remove_remote("a/+", 1);
+    EXPECT_EQ(t.remote_matches("a/b", 1), 2u);
+    EXPECT_EQ(t.remote_matches("a/c", 1), 1u);
+}
+
 TEST(topic_trie_remote, remote_mask_is_exact_filter_lookup) {
     topic_trie t;
     EXPECT_EQ(t.remote_mask("a/b"), 0u);
