@@ -4275,9 +4275,8 @@ void shard::expire_sessions(int64_t now) {
             log::debug("session {} expired: offline for {} ms, over mqtt.session_expiry_interval = {} ms; {} message{} "
                        "dropped",
                        e.client_id, now - e.offline_since_ms, interval, n, n == 1 ? "" : "s");
-            m_.messages_dropped += n;
             lost += n;
-            drop_session(slot);
+            drop_session(slot); // (counts them in messages/dropped)
             ++expired;
         }
         expiry_bytes_ -= e.client_id.size();
@@ -4291,6 +4290,9 @@ void shard::expire_sessions(int64_t now) {
 }
 
 void shard::drop_session(session_slot* slot) {
+    // Its messages go with it, never delivered: an expired session's, a clean one's as its connection ends or a clean
+    // CONNECT replaces it (until stop 74 only expiry's were counted).
+    m_.messages_dropped += slot->s->undelivered();
     forget_lost_flights(slot);
     if (!queue_holds_.empty() || !stuck_queues_.empty()) release_publishers(*slot, false);
     if (slot->s->held()) end_reads(reader_of(*slot), false);

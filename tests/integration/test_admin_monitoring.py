@@ -78,6 +78,18 @@ class ListenerCases:
         self.not_found("GET", "monitoring/listeners/" + seg("nobody@127.0.0.1"))
 
 
+    def test_shutdown_count_names_a_publish_past_the_topic_level_limit(self):
+        # The close that a PUBLISH deeper than mqtt.max_topic_levels brings is counted under its own reason (until
+        # stop 73 it was a protocol error), on whichever shard the client lives.
+        self.use_broker({"mqtt.max_topic_levels": 4})
+        for shard in range(self.SHARDS):
+            c = self.client(self.cid(f"lv{shard}", shard))
+            c.send(m.publish("a/b/c/d/e", b"x", qos=1, pid=3))
+            c.expect_closed(3)
+        self.wait_equal(lambda: self.mqtt_row(self.get("monitoring/listeners/" + seg(self.NODE)))["shutdown_count"],
+                        {"topic_levels_exceeded": self.SHARDS}, what="shutdown_count")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Metrics
 
@@ -167,6 +179,36 @@ class MetricCases:
         expected = {"packets/publish/received": 54, "messages/received": 54, "messages/qos0/received": 54,
                     "packets/publish/sent": 102, "messages/qos0/sent": 102, "messages/dropped": 3}
         self.wait_equal(self.delta_fn(before, expected), expected, what="metric deltas")
+
+    def test_messages_a_clean_session_takes_with_it_count_as_dropped(self):
+        # One in flight and four queued, never acked, as the connection of a clean subscriber ends (1 + 4); then a
+        # persistent session's three, as a clean CONNECT with its client id replaces it (3); and a client's QoS 1
+        # message to $SYS/, answered and dropped (1). Until stop 74 only expired sessions' messages counted.
+        self.use_broker({"mqtt.max_inflight": 1})
+        before = self.metrics()
+        pub = self.client(self.cid("dpub", 0))
+        sub = self.client(self.cid("dsub", 1))
+        sub.subscribe([("md/clean", 1)])
+        for i in range(5):
+            pub.publish("md/clean", b"c%d" % i, qos=1)
+        self.assertEqual(sub.recv_publish(ack=False).payload, b"c0")
+        sub.disconnect()
+        sub.expect_closed(3)
+        keep = self.cid("dkeep", 1)
+        k = self.client(keep, clean=False)
+        k.subscribe([("md/kept", 1)])
+        k.disconnect()
+        k.expect_closed(3)
+        for i in range(3):
+            pub.publish("md/kept", b"k%d" % i, qos=1)
+        self.wait_equal(lambda: [r["message_queue"] for r in self.lookup("sessions/" + seg(keep))], [3],
+                        what="the kept session's queue")
+        self.client(keep, clean=True).disconnect()
+        pub.publish("$SYS/md/x", b"s", qos=1)
+        keys = ("messages/dropped", "messages/received", "messages/sent")
+        self.wait_equal(self.delta_fn(before, keys),
+                        {"messages/dropped": 9, "messages/received": 9, "messages/sent": 1},
+                        what="metric deltas")
 
     def test_metrics_rest_publish_counts_sent_only(self):
         s = self.client(self.cid("rs", 1))
