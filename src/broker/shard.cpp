@@ -989,24 +989,15 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     queue_hold& h = hold_of(slot);
     queue_hold_source* src = source_of(h, from);
     if (!src) src = &h.remote.emplace_back(queue_hold_source{from});
-    const bool seen = src->topics.contains(topic);
-    if (!seen && src->topics.size() < hold_topics_max) src->topics.emplace(topic);
+    if (src->topics.size() < hold_topics_max) src->topics.emplace(topic);
     const auto told = [&](const std::string& f) { return routing::topic_matches(f, topic); };
-    const bool told_before = std::any_of(src->filters.begin(), src->filters.end(), told);
-    // Told already, the gate there let the topic go for a filter no gate held (shard::ungated_filter_takes): where
-    // that filter is this session's own (alone here, it gets the message), that shard is told of it too, once per
-    // topic (up to hold_topics_max of them, or for a session of as many filters), so that the gate holds the topic.
-    if (told_before &&
-        (seen || (src->topics.size() >= hold_topics_max && slot.s->subscriptions.size() > hold_topics_max)))
-        return;
+    if (std::any_of(src->filters.begin(), src->filters.end(), told)) return; // told already
     // The gate closes for the session's filters that take the topic at QoS 1 or 2, so that one gate holds the
     // publishers of every topic a wildcard subscriber gets (gated by topic, a queue fed many new topics at once filled
     // its burst room before each had its own gate) and its list stays as long as the session's filters.
     std::vector<std::string> filters;
     for (const auto& [filter, opts] : slot.s->subscriptions)
-        if ((opts & 3) != 0 && !src->filters.contains(filter) && routing::topic_matches(filter, topic))
-            filters.push_back(filter);
-    if (told_before && filters.empty()) return;
+        if ((opts & 3) != 0 && routing::topic_matches(filter, topic)) filters.push_back(filter);
     if (filters.empty()) filters.emplace_back(topic); // (its route ends as this message passes: k_gate_drop follows)
     for (std::string& f : filters) {
         src->filters.insert(f);
@@ -1137,6 +1128,7 @@ void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
 
 void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::iterator it) {
     remote_gate& g = it->second;
+    if (gate_reading_gate_ == &g) gate_reading_gate_ = nullptr; // (only compared, but never to a gate gone)
     for (const std::string& topic : g.topics) {
         auto& index = gate_index(topic);
         if (const auto t = index.find(topic); t != index.end() && t->second == &g) index.erase(t);
@@ -1392,6 +1384,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.add_remote(*f, from);
         ++trie_gen_;
+        if (!gates_.empty()) unpin(from, *f);
         release_for_new_route(*f, nullptr);
         return;
     }
@@ -1450,6 +1443,16 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         std::unique_ptr<gate_close> g(static_cast<gate_close*>(m.ptr));
         if (!closes_seen_.empty()) ++closes_seen_[from];
         close_gate(from, *g);
+        return;
+    }
+    case k_gate_ask: {
+        std::unique_ptr<gate_close> q(static_cast<gate_close*>(m.ptr));
+        answer_gate_ask(from, *q);
+        return;
+    }
+    case k_gate_pin: {
+        std::unique_ptr<gate_close> a(static_cast<gate_close*>(m.ptr));
+        gate_answered(from, *a, m.arg != 0);
         return;
     }
     case k_gate_credit:
@@ -3511,7 +3514,8 @@ shard::remote_gate* shard::gate_for(std::string_view topic, unsigned to) {
     // (A gate of another shard's queue that had the topic before is passed over: that shard would tell anew, and a
     // filter of this one that takes it, told already, would not be.)
     if (!gate_topics_.empty())
-        if (const auto it = gate_topics_.find(topic); it != gate_topics_.end() && it->second->shard == to)
+        if (const auto it = gate_topics_.find(topic);
+            it != gate_topics_.end() && it->second->shard == to && !it->second->exempt.contains(topic))
             return it->second;
     for (const auto& [filter, g] : gate_filters_)
         if (g->shard == to && routing::topic_matches(filter, topic) &&
@@ -3534,6 +3538,36 @@ bool shard::ungated_filter_takes(std::string_view topic, unsigned to) const {
     return there > gated;
 }
 
+void shard::unpin(unsigned from, std::string_view filter) {
+    for (auto& [key, g] : gates_)
+        if (g.shard == from && !g.pinned.empty())
+            std::erase_if(g.pinned, [&](const std::string& t) { return routing::topic_matches(filter, t); });
+}
+
+void shard::answer_gate_ask(unsigned from, gate_close& q) {
+    // The route's matches are one per session (route_lookup folds a session's overlapping filters into one).
+    const route_entry& e = route_lookup(q.topic);
+    const bool alone = e.matches.size() == 1 && reinterpret_cast<uintptr_t>(queue_key(e.matches[0].slot)) == q.queue;
+    push(from, k_gate_pin, alone ? 1 : 0, new gate_close{q.queue, std::move(q.topic)});
+}
+
+void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
+    const auto it = gates_.find({from, a.queue});
+    if (it == gates_.end()) return; // opened since
+    remote_gate& g = it->second;
+    if (alone) {
+        g.exempt.erase(a.topic);
+        if (g.pinned.size() < hold_topics_max) g.pinned.insert(std::move(a.topic));
+        return;
+    }
+    // Others get it too: a wildcard gate leaves it let go; the topic's own gate goes, as on k_gate_drop (its clients
+    // are not held for a topic others get).
+    if (const auto t = gate_topics_.find(a.topic); t != gate_topics_.end() && t->second == &g) {
+        let_gate_go(it);
+        push(from, k_gate_forget, 0, queue_key(a.queue));
+    }
+}
+
 void shard::unexempt(unsigned from, std::string_view filter) {
     // Those subscribers may have been what let a topic go ungated: it is gated again, and let go again by the next
     // message it shows still reaching others too. (Only a route's end: while any session there keeps the filter, its
@@ -3552,17 +3586,15 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     }
     // A topic another filter there takes too goes ungated from its first message: its other subscribers are not held
     // to the slow one's pace (until stop 74 its first message waited for a turn, and only the word that it had
-    // reached others too, k_gate_drop, let it go: 0.4 s per new topic behind a slow '#' subscriber). As on that word
-    // (drop_gate_topic), a wildcard gate lets the topic go, and a topic's own gate goes; past hold_topics_max topics
-    // let go the wildcard gate stays, and each of its messages is looked at so.
-    if (ungated_filter_takes(topic, to)) {
-        if (const auto t = gate_topics_.find(topic); t != gate_topics_.end() && t->second == g) {
-            const uint64_t queue = g->queue;
-            let_gate_go(gates_.find({to, queue}));
-            push(to, k_gate_forget, 0, queue_key(queue));
-        } else if (g->exempt.size() < hold_topics_max) {
-            g->exempt.emplace(topic);
-        }
+    // reached others too, k_gate_drop, let it go: 0.4 s per new topic behind a slow '#' subscriber). That filter may
+    // be the slow session's own (at QoS 0, or one the gate was not told of): that shard is asked, and the topic is
+    // gated again if the queue is its only subscriber there (k_gate_pin); meanwhile its messages go as to a queue
+    // that has no gate yet (push_holdable's bound on what is on its way). Past hold_topics_max topics let go or
+    // pinned, the first message of a new one waits for a turn as before.
+    if (g->exempt.size() < hold_topics_max && g->pinned.size() < hold_topics_max && !g->pinned.contains(topic) &&
+        ungated_filter_takes(topic, to)) {
+        g->exempt.emplace(topic);
+        push(to, k_gate_ask, 0, new gate_close{g->queue, std::string(topic)});
         push_holdable(to, msg.get());
         return;
     }
@@ -4512,6 +4544,8 @@ void release_message(const reactor::smp_msg& m) {
         static_cast<session::message*>(m.ptr)->release();
         break;
     case k_gate_close:
+    case k_gate_ask:
+    case k_gate_pin:
         delete static_cast<gate_close*>(m.ptr);
         break;
     case k_gate_drop:

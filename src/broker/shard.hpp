@@ -184,6 +184,9 @@ enum msg_kind : uint32_t {
     k_gate_return, // ptr: the queue's key, arg: credit the sender had no client waiting for
     k_gate_forget, // ptr: the queue's key: the sender let its gate go (k_gate_drop): forget it was told
     k_gate_unwait, // ptr: the queue's key, arg: turns asked for (k_publish_held, k_gate_wait) whose clients closed
+    k_gate_ask,    // ptr: gate_close*: a topic let go for a filter no gate holds (ungated_filter_takes): is the queue
+                   // its only subscriber there?
+    k_gate_pin,    // ptr: gate_close*, the answer: arg 1, it is (the gate holds the topic), 0: others get it too
     k_taken_ahead, // arg: its weight; a route update or handoff handled ahead of deliveries before it (drain_smp)
 };
 
@@ -899,10 +902,15 @@ private:
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
-        // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or a filter there that
-        // no gate holds, ungated_filter_takes): not gated, up to hold_topics_max (one more told by k_gate_drop lets the
-        // gate go). A filter the gate is told of later takes back those it matches (close_gate).
+        // Topics its wildcard filters match that other subscribers there get too (k_gate_drop), or that a filter there
+        // no gate holds takes too (ungated_filter_takes; its own topic too, then, until the answer, k_gate_pin): not
+        // gated, up to hold_topics_max (one more told by k_gate_drop lets the gate go). A filter the gate is told of
+        // later takes back those it matches (close_gate).
         topic_set exempt;
+        // Topics the queue's shard said reach the queue alone however many filters there take them (k_gate_pin: the
+        // session's own, at QoS 0 say): gated without asking, up to hold_topics_max, until a filter there that takes
+        // one gets its first subscriber (k_route_add).
+        topic_set pinned;
     };
     std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
     // The gates' filters: those without a wildcard by name, the others (a wildcard subscriber's: one gate for all
@@ -923,6 +931,11 @@ private:
     bool ungated_filter_takes(std::string_view topic, unsigned to) const;
     // A route deleted on shard `from`: topics its gates let go ungated for that route's subscribers are gated again.
     void unexempt(unsigned from, std::string_view filter);
+    // A route added on shard `from`: its new subscriber may take topics its gates were told reach their queues alone.
+    void unpin(unsigned from, std::string_view filter);
+    // k_gate_ask here, k_gate_pin there.
+    void answer_gate_ask(unsigned from, gate_close& q);
+    void gate_answered(unsigned from, gate_close& a, bool alone);
     void push_gated(unsigned to, session::message_ref& msg, std::string_view topic);
     // A QoS 1/2 message for another shard's sole subscriber, routed before any gate closed for its topic (its queue's
     // shard can hold its publisher only a round trip later, by which time its PUBACK is out): what is on its way so is

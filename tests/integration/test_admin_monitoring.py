@@ -187,11 +187,15 @@ class MetricCases:
         self.use_broker({"mqtt.max_inflight": 1})
         before = self.metrics()
         pub = self.client(self.cid("dpub", 0))
-        sub = self.client(self.cid("dsub", 1))
+        dsub = self.cid("dsub", 1)
+        sub = self.client(dsub)
         sub.subscribe([("md/clean", 1)])
         for i in range(5):
             pub.publish("md/clean", b"c%d" % i, qos=1)
         self.assertEqual(sub.recv_publish(ack=False).payload, b"c0")
+        # (Acked to the publisher on shard 0 before shard 1 queued them: a DISCONNECT first would leave them nobody.)
+        self.wait_equal(lambda: [(r["inflight_queue"], r["message_queue"]) for r in self.lookup("sessions/" + seg(dsub))],
+                        [(1, 4)], what="the clean session's window and queue")
         sub.disconnect()
         sub.expect_closed(3)
         keep = self.cid("dkeep", 1)

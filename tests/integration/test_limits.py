@@ -2067,18 +2067,18 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
             b.expect(m.puback(1000 + k), timeout=10)
         self.assertEqual([int(x.payload[:6]) for x in got.join()], list(range(910000, 910300)))
 
-    def test_a_gated_subscriber_whose_other_filter_takes_a_topic_still_holds_its_publisher(self):
-        # The slow subscriber has two filters: the gate closed for ex/# (the topic ex/slow is not ex/two/+'s), so the
-        # publishers' shard sees ex/two/+ take ex/two/a and no gate hold it, and lets that topic go. Its first message
-        # finds the slow queue alone at its mark: its shard tells the gate of ex/two/+ too, and the topic is gated
-        # again. 300 in one write, more than the queue's burst room past its mark: none lost.
+    def gated_alone_by_two_filters(self, filters: list, topic: str) -> None:
+        """The slow subscriber takes `topic` alone, by two of its filters, one of which no gate holds: the publishers'
+        shard lets the topic go and asks, and the queue's shard answers that the queue is its only subscriber there
+        (k_gate_pin), so the topic is gated again. After a client is held on ex/slow, 300 in one write to `topic`, more
+        than the queue's burst room past its mark: none lost."""
         self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
         slow = self.on0("slow")
-        slow.subscribe([("ex/#", 1), ("ex/two/+", 1)])
+        slow.subscribe(filters)
         a = self.client(self.cid("a", 1))
         sent = self.send_until_held(a, "ex/slow", 0)
         b = self.client(self.cid("b", 1))
-        b.send(b"".join(m.publish("ex/two/a", b"%06d" % (900000 + k), qos=1, pid=k + 1) for k in range(300)))
+        b.send(b"".join(m.publish(topic, b"%06d" % (900000 + k), qos=1, pid=k + 1) for k in range(300)))
         time.sleep(0.5)  # routed, or refused, before the slow one reads
         got = Collector(slow, sent + 300, timeout=20)
         for k in range(300):
@@ -2088,6 +2088,18 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertEqual([i for i in msgs if i < 900000], list(range(sent)))
         self.assertEqual([i for i in msgs if i >= 900000], list(range(900000, 900300)))
         self.assertNotIn(b"dropped", self.broker.log())
+
+    def test_a_gated_subscriber_whose_other_filter_takes_a_topic_still_holds_its_publisher(self):
+        # The gate closed for ex/# (the topic ex/slow is not ex/two/+'s).
+        self.gated_alone_by_two_filters([("ex/#", 1), ("ex/two/+", 1)], "ex/two/a")
+
+    def test_a_gated_subscriber_whose_qos0_filter_takes_a_topic_too_still_holds_its_publisher(self):
+        # A QoS 0 filter is never told to a gate: ex/+ takes ex/slow too.
+        self.gated_alone_by_two_filters([("ex/#", 1), ("ex/+", 0)], "ex/slow")
+
+    def test_a_topic_gate_whose_session_has_a_qos0_filter_for_it_too_still_holds_its_publisher(self):
+        # The gate closed for the exact filter ex/slow alone: ex/+ at QoS 0 takes it too.
+        self.gated_alone_by_two_filters([("ex/slow", 1), ("ex/+", 0)], "ex/slow")
 
     def test_a_subscription_overlapping_a_gated_filter_on_no_held_topic_lets_nobody_go(self):
         # The gate holds the slow subscriber's filter hold/#: clients subscribing, on either shard, to filters that
