@@ -991,7 +991,14 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     if (!src) src = &h.remote.emplace_back(queue_hold_source{from});
     if (src->topics.size() < hold_topics_max) src->topics.emplace(topic);
     const auto told = [&](const std::string& f) { return routing::topic_matches(f, topic); };
-    if (std::any_of(src->filters.begin(), src->filters.end(), told)) return; // told already
+    if (std::any_of(src->filters.begin(), src->filters.end(), told)) {
+        // Told already: a message the gate there let go (k_gate_drop's, or k_gate_pin's answer, when others got the
+        // topic too) reached the queue alone at its mark, as once its other subscribers left a filter it keeps (no
+        // route's end there tells that shard). It is told to gate the topic again; the gate ignores it for a topic it
+        // had not let go (one on its way before the gate closed).
+        push(from, k_gate_pin, 1, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
+        return;
+    }
     // The gate closes for the session's filters that take the topic at QoS 1 or 2, so that one gate holds the
     // publishers of every topic a wildcard subscriber gets (gated by topic, a queue fed many new topics at once filled
     // its burst room before each had its own gate) and its list stays as long as the session's filters.
@@ -1135,6 +1142,7 @@ void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::it
     }
     for (const auto& [id, since] : g.waiting)
         unheld_.push_back(id);
+    unheld_.insert(unheld_.end(), g.asking_ids.begin(), g.asking_ids.end());
     gates_.erase(it);
 }
 
@@ -3514,8 +3522,7 @@ shard::remote_gate* shard::gate_for(std::string_view topic, unsigned to) {
     // (A gate of another shard's queue that had the topic before is passed over: that shard would tell anew, and a
     // filter of this one that takes it, told already, would not be.)
     if (!gate_topics_.empty())
-        if (const auto it = gate_topics_.find(topic);
-            it != gate_topics_.end() && it->second->shard == to && !it->second->exempt.contains(topic))
+        if (const auto it = gate_topics_.find(topic); it != gate_topics_.end() && it->second->shard == to)
             return it->second;
     for (const auto& [filter, g] : gate_filters_)
         if (g->shard == to && routing::topic_matches(filter, topic) &&
@@ -3555,24 +3562,31 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
     const auto it = gates_.find({from, a.queue});
     if (it == gates_.end()) return; // opened since
     remote_gate& g = it->second;
+    // Those held for an answer are read again (one asking about another topic is held again for its own).
+    unheld_.insert(unheld_.end(), g.asking_ids.begin(), g.asking_ids.end());
+    g.asking_ids.clear();
+    const bool asked = g.asking.erase(a.topic) != 0;
     if (alone) {
-        g.exempt.erase(a.topic);
-        if (g.pinned.size() < hold_topics_max) g.pinned.insert(std::move(a.topic));
+        // (Or told by close_remote: a message let go reached the queue alone at its mark.)
+        if ((asked || g.exempt.erase(a.topic) != 0) && g.pinned.size() < hold_topics_max)
+            g.pinned.insert(std::move(a.topic));
         return;
     }
-    // Others get it too: a wildcard gate leaves it let go; the topic's own gate goes, as on k_gate_drop (its clients
-    // are not held for a topic others get).
+    // Others get it too: a wildcard gate lets it go; the topic's own gate goes, as on k_gate_drop (its clients are not
+    // held for a topic others get).
     if (const auto t = gate_topics_.find(a.topic); t != gate_topics_.end() && t->second == &g) {
         let_gate_go(it);
         push(from, k_gate_forget, 0, queue_key(a.queue));
+    } else if (g.exempt.size() < hold_topics_max) {
+        g.exempt.insert(std::move(a.topic));
     }
 }
 
 void shard::unexempt(unsigned from, std::string_view filter) {
     // Those subscribers may have been what let a topic go ungated: it is gated again, and let go again by the next
-    // message it shows still reaching others too. (Only a route's end: while any session there keeps the filter, its
-    // topics reach that session too, and a session with two filters that match a topic gets it twice, so the topic
-    // still goes to more than the queue.)
+    // message it shows still reaching others too. (Only a route's end comes here: where the filter's other
+    // subscribers leave while the slow session keeps it, the queue's shard tells the gate once a message let go
+    // reaches the queue alone, close_remote.)
     for (auto& [key, g] : gates_)
         if (g.shard == from && !g.exempt.empty())
             std::erase_if(g.exempt, [&](const std::string& t) { return routing::topic_matches(filter, t); });
@@ -3584,18 +3598,31 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
         push_holdable(to, msg.get()); // (one that has left is taken there as if no gate had closed yet)
         return;
     }
-    // A topic another filter there takes too goes ungated from its first message: its other subscribers are not held
-    // to the slow one's pace (until stop 74 its first message waited for a turn, and only the word that it had
-    // reached others too, k_gate_drop, let it go: 0.4 s per new topic behind a slow '#' subscriber). That filter may
-    // be the slow session's own (at QoS 0, or one the gate was not told of): that shard is asked, and the topic is
-    // gated again if the queue is its only subscriber there (k_gate_pin); meanwhile its messages go as to a queue
-    // that has no gate yet (push_holdable's bound on what is on its way). Past hold_topics_max topics let go or
-    // pinned, the first message of a new one waits for a turn as before.
-    if (g->exempt.size() < hold_topics_max && g->pinned.size() < hold_topics_max && !g->pinned.contains(topic) &&
-        ungated_filter_takes(topic, to)) {
-        g->exempt.emplace(topic);
-        push(to, k_gate_ask, 0, new gate_close{g->queue, std::string(topic)});
-        push_holdable(to, msg.get());
+    // A topic another filter there takes too is asked about, and its publisher held only for the answer, a round
+    // trip: its other subscribers are not held to the slow one's pace (until stop 74 its first message waited for a
+    // turn of the slow queue, and only the word that it had reached others too, k_gate_drop, let it go: 0.4 s per new
+    // topic behind a slow '#' subscriber). That filter may be the slow session's own (at QoS 0, or one the gate was
+    // not told of): the topic is gated if the queue is its only subscriber there (k_gate_pin), else let go. (Sent on
+    // while asking, as a2e9f4a did, each new topic's first messages passed the queue's mark: eight publishers on new
+    // topics overflowed its burst room.) Past hold_topics_max topics asked about, let go or pinned, the first message
+    // of a new one waits for a turn as before.
+    const bool asking = !g->asking.empty() && g->asking.contains(topic);
+    if (asking ||
+        (g->asking.size() < hold_topics_max && g->exempt.size() < hold_topics_max &&
+         g->pinned.size() < hold_topics_max && !g->pinned.contains(topic) && ungated_filter_takes(topic, to))) {
+        if (!asking) {
+            g->asking.emplace(topic);
+            push(to, k_gate_ask, 0, new gate_close{g->queue, std::string(topic)});
+        }
+        if (refusable_ && publisher_holdable(*publisher_)) {
+            connection& p = *publisher_;
+            p.queue_held = true;
+            p.hold_listed = true;
+            g->asking_ids.push_back(p.id);
+            refused_ = true;
+            return;
+        }
+        push_holdable(to, msg.get()); // (one that cannot be held goes as to a queue whose gate has not closed yet)
         return;
     }
     g->used_ms = now_ms_;

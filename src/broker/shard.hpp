@@ -902,11 +902,14 @@ private:
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
-        // Topics its wildcard filters match that other subscribers there get too (k_gate_drop), or that a filter there
-        // no gate holds takes too (ungated_filter_takes; its own topic too, then, until the answer, k_gate_pin): not
-        // gated, up to hold_topics_max (one more told by k_gate_drop lets the gate go). A filter the gate is told of
-        // later takes back those it matches (close_gate).
+        // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or k_gate_pin's answer
+        // to k_gate_ask): not gated, up to hold_topics_max (one more told by k_gate_drop lets the gate go). A filter
+        // the gate is told of later takes back those it matches (close_gate).
         topic_set exempt;
+        // Topics a filter there that no gate holds takes too (ungated_filter_takes), asked about (k_gate_ask) and not
+        // answered yet, and the clients held meanwhile (each read again at the first answer: a round trip).
+        topic_set asking;
+        std::vector<uint64_t> asking_ids;
         // Topics the queue's shard said reach the queue alone however many filters there take them (k_gate_pin: the
         // session's own, at QoS 0 say): gated without asking, up to hold_topics_max, until a filter there that takes
         // one gets its first subscriber (k_route_add).
