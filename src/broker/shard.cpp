@@ -863,6 +863,8 @@ void shard::forget_gone_holds() {
     // The turns asked for there for the clients gone are withdrawn, else the queue's shard would hold its own clients
     // behind them; one given meanwhile comes as credit, handed to whoever waits here or returned (credit_gate).
     for (auto& [key, g] : gates_) {
+        std::erase_if(g.asking_ids,
+                      [&](uint64_t id) { return std::binary_search(hold_gone_.begin(), hold_gone_.end(), id); });
         if (std::erase_if(g.waiting, gone) == 0 || g.asked <= g.waiting.size()) continue;
         push(g.shard, k_gate_unwait, static_cast<uint32_t>(std::min<uint64_t>(g.asked - g.waiting.size(), UINT32_MAX)),
              queue_key(g.queue));
@@ -996,7 +998,10 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
         // topic too) reached the queue alone at its mark, as once its other subscribers left a filter it keeps (no
         // route's end there tells that shard). It is told to gate the topic again; the gate ignores it for a topic it
         // had not let go (one on its way before the gate closed).
-        push(from, k_gate_pin, 1, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
+        // (Counted as a close is, so that the bound on what is on its way here waits for it: transit_passed.)
+        push(from, k_gate_pin, 2, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
+        node_.gate_closes[id_ * n_ + from].fetch_add(1, std::memory_order_release);
+        close_staged_ = true;
         return;
     }
     // The gate closes for the session's filters that take the topic at QoS 1 or 2, so that one gate holds the
@@ -1216,8 +1221,8 @@ void shard::expire_gates(int64_t now) {
         if (now - g.used_ms >= cfg_.limits.publisher_hold_ms) {
             g.credit = 0;
         }
-        // One whose topics all went to other queues holds nobody now.
-        it = g.topics.empty() && g.waiting.empty() ? gates_.erase(it) : std::next(it);
+        // One whose topics all went to other queues holds nobody now (once those held for an answer have it).
+        it = g.topics.empty() && g.waiting.empty() && g.asking_ids.empty() ? gates_.erase(it) : std::next(it);
     }
 }
 
@@ -1460,6 +1465,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     }
     case k_gate_pin: {
         std::unique_ptr<gate_close> a(static_cast<gate_close*>(m.ptr));
+        if (m.arg == 2 && !closes_seen_.empty()) ++closes_seen_[from];
         gate_answered(from, *a, m.arg != 0);
         return;
     }
@@ -3562,10 +3568,14 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
     const auto it = gates_.find({from, a.queue});
     if (it == gates_.end()) return; // opened since
     remote_gate& g = it->second;
-    // Those held for an answer are read again (one asking about another topic is held again for its own).
-    unheld_.insert(unheld_.end(), g.asking_ids.begin(), g.asking_ids.end());
-    g.asking_ids.clear();
+    // Those held for an answer are read again (one asking about another topic is held again for its own). Not for a
+    // word from close_remote on a topic not asked about: one comes with each message let go or on its way before the
+    // gate closed that finds the queue alone at its mark.
     const bool asked = g.asking.erase(a.topic) != 0;
+    if (asked) {
+        unheld_.insert(unheld_.end(), g.asking_ids.begin(), g.asking_ids.end());
+        g.asking_ids.clear();
+    }
     if (alone) {
         // (Or told by close_remote: a message let go reached the queue alone at its mark.)
         if ((asked || g.exempt.erase(a.topic) != 0) && g.pinned.size() < hold_topics_max)
@@ -3579,6 +3589,9 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
         push(from, k_gate_forget, 0, queue_key(a.queue));
     } else if (g.exempt.size() < hold_topics_max) {
         g.exempt.insert(std::move(a.topic));
+    } else { // as drop_gate_topic: one more than it can let go lets the gate go
+        let_gate_go(it);
+        push(from, k_gate_forget, 0, queue_key(a.queue));
     }
 }
 
@@ -3618,7 +3631,8 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
             connection& p = *publisher_;
             p.queue_held = true;
             p.hold_listed = true;
-            g->asking_ids.push_back(p.id);
+            if (std::find(g->asking_ids.begin(), g->asking_ids.end(), p.id) == g->asking_ids.end())
+                g->asking_ids.push_back(p.id);
             refused_ = true;
             return;
         }

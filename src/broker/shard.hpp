@@ -186,7 +186,8 @@ enum msg_kind : uint32_t {
     k_gate_unwait, // ptr: the queue's key, arg: turns asked for (k_publish_held, k_gate_wait) whose clients closed
     k_gate_ask,    // ptr: gate_close*: a topic let go for a filter no gate holds (ungated_filter_takes): is the queue
                    // its only subscriber there?
-    k_gate_pin,    // ptr: gate_close*, the answer: arg 1, it is (the gate holds the topic), 0: others get it too
+    k_gate_pin,    // ptr: gate_close*, the answer: arg 1, it is (the gate holds the topic), 0: others get it too;
+                   // 2: unasked, a message let go reached the queue alone at its mark (counted as k_gate_close is)
     k_taken_ahead, // arg: its weight; a route update or handoff handled ahead of deliveries before it (drain_smp)
 };
 
