@@ -203,10 +203,12 @@ inline uint32_t msg_weight(const reactor::smp_msg& m) {
 }
 
 // k_gate_close: a queue on the sending shard (its slot's address, a key only) at its hold mark, and a topic on which
-// the receiver's publishers fill it.
+// the receiver's publishers fill it; also k_gate_ask's question about a topic and k_gate_pin's answer. Made by the
+// sending shard, freed by the receiving one (or release_message).
 struct gate_close {
     uint64_t queue;
-    std::string topic; // the queue's subscription filter that took the message (its topic, for an exact one)
+    std::string topic; // the queue's subscription filter that took the message (its topic, for an exact one); for
+                       // k_gate_ask and k_gate_pin, the topic asked about
 };
 
 // An accepted socket on its way to its home shard, with the bytes read so far (the CONNECT and whatever followed).
@@ -931,7 +933,7 @@ private:
     // The gate fan_out found for the message it routes to one other shard, where its publisher may be held.
     remote_gate* gate_for(std::string_view topic, unsigned to);
     // Whether a filter of shard `to` that no gate here holds takes the topic too: other subscribers there get its
-    // messages (or the gated subscriber by a filter its gate was not told of yet: see close_remote).
+    // messages, or the gated subscriber does by a filter its gate was not told of (at QoS 0, say): k_gate_ask.
     bool ungated_filter_takes(std::string_view topic, unsigned to) const;
     // A route deleted on shard `from`: topics its gates let go ungated for that route's subscribers are gated again.
     void unexempt(unsigned from, std::string_view filter);

@@ -2112,9 +2112,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         for k in range(5):
             b.expect(m.puback(k + 1), timeout=5)  # let go: the fast one gets them at once
         self.assertEqual([int(x.payload[:6]) for x in fast.recv_publishes(5)], list(range(800000, 800005)))
-        fast.unsubscribe(["ex/+"])
-        probe = self.client(self.cid("probe", 1))  # its SUBACK on shard 0 comes after the unsubscribe there
-        probe.subscribe([("probe/x", 0)])
+        fast.unsubscribe(["ex/+"])  # (the slow one keeps ex/+: no route's end goes to shard 1)
         b.send(b"".join(m.publish("ex/t", b"%06d" % (900000 + k), qos=1, pid=100 + k) for k in range(300)))
         time.sleep(0.5)  # routed, or refused, before the slow one reads
         got = Collector(slow, sent + 305, timeout=20)
