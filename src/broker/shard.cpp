@@ -999,9 +999,8 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
         // route's end there tells that shard). It is told to gate the topic again; the gate ignores it for a topic it
         // had not let go (one on its way before the gate closed).
         // (Counted as a close is, so that the bound on what is on its way here waits for it: transit_passed.)
-        push(from, k_gate_pin, 2, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
-        node_.gate_closes[id_ * n_ + from].fetch_add(1, std::memory_order_release);
-        close_staged_ = true;
+        push_close(from, k_gate_pin, 2,
+                   new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(topic)});
         return;
     }
     // The gate closes for the session's filters that take the topic at QoS 1 or 2, so that one gate holds the
@@ -1013,17 +1012,21 @@ void shard::close_remote(const session_slot& slot, std::string_view topic) {
     if (filters.empty()) filters.emplace_back(topic); // (its route ends as this message passes: k_gate_drop follows)
     for (std::string& f : filters) {
         src->filters.insert(f);
-        push(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::move(f)});
-        node_.gate_closes[id_ * n_ + from].fetch_add(1, std::memory_order_release); // (before drain_smp's note_taken)
+        push_close(from, k_gate_close, 0, new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::move(f)});
     }
     src->used_ms = now_ms_;
-    close_staged_ = true;
     if (log::at_doubling(gate_closes_))
         log::info("session {}: {} messages ({} bytes) queued, {}: shard {} holds its clients publishing {} to it until "
                   "{} (at most mqtt.publisher_hold_ms = {}; {} such holds so far)",
                   slot.s->client_id(), slot.s->queue_len(), slot.s->queued_bytes(), hold_reason(*slot.s), from, topic,
                   at_hold_mark(*slot.s) ? "the queue is below that again" : "their turn", cfg_.limits.publisher_hold_ms,
                   gate_closes_);
+}
+
+void shard::push_close(unsigned to, uint32_t kind, uint32_t arg, gate_close* g) {
+    push(to, kind, arg, g);
+    node_.gate_closes[id_ * n_ + to].fetch_add(1, std::memory_order_release); // (before drain_smp's note_taken)
+    close_staged_ = true;
 }
 
 void shard::gated_arrived(const session_slot& slot, uint8_t qos) {
@@ -1167,9 +1170,12 @@ void shard::drop_gate_topic(unsigned from, const std::string& topic, bool counte
     }
     // Its messages reach no queue that gave this shard credit: the gate lets its clients go, and the queue's shard
     // forgets it told this one (it closes a gate anew where its queue is at its mark again).
-    const uint64_t queue = g->queue;
-    let_gate_go(gates_.find({from, queue}));
-    push(from, k_gate_forget, 0, queue_key(queue));
+    forget_gate(from, g->queue);
+}
+
+void shard::forget_gate(unsigned shard, uint64_t queue) {
+    let_gate_go(gates_.find({shard, queue}));
+    push(shard, k_gate_forget, 0, queue_key(queue));
 }
 
 void shard::ease_gates() {
@@ -1397,7 +1403,8 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.add_remote(*f, from);
         ++trie_gen_;
-        if (!gates_.empty()) unpin(from, *f);
+        // Its new subscriber may take topics the gates here were told reach their queues alone: they are asked anew.
+        if (!gates_.empty()) forget_topics(from, *f, &remote_gate::pinned);
         release_for_new_route(*f, nullptr);
         return;
     }
@@ -1405,7 +1412,11 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         trie_.remove_remote(*f, from);
         ++trie_gen_;
-        if (!gates_.empty()) unexempt(from, *f);
+        // Its subscribers may have been what let a topic go ungated: it is gated again, and let go again by the next
+        // message it shows still reaching others too. (Only a route's end comes here: where the filter's other
+        // subscribers leave while the slow session keeps it, the queue's shard tells the gate once a message let go
+        // reaches the queue alone, close_remote.)
+        if (!gates_.empty()) forget_topics(from, *f, &remote_gate::exempt);
         return;
     }
     case k_publish: {
@@ -3551,12 +3562,6 @@ bool shard::ungated_filter_takes(std::string_view topic, unsigned to) const {
     return there > gated;
 }
 
-void shard::unpin(unsigned from, std::string_view filter) {
-    for (auto& [key, g] : gates_)
-        if (g.shard == from && !g.pinned.empty())
-            std::erase_if(g.pinned, [&](const std::string& t) { return routing::topic_matches(filter, t); });
-}
-
 void shard::answer_gate_ask(unsigned from, gate_close& q) {
     // The route's matches are one per session (route_lookup folds a session's overlapping filters into one).
     const route_entry& e = route_lookup(q.topic);
@@ -3582,27 +3587,19 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
             g.pinned.insert(std::move(a.topic));
         return;
     }
-    // Others get it too: a wildcard gate lets it go; the topic's own gate goes, as on k_gate_drop (its clients are not
-    // held for a topic others get).
-    if (const auto t = gate_topics_.find(a.topic); t != gate_topics_.end() && t->second == &g) {
-        let_gate_go(it);
-        push(from, k_gate_forget, 0, queue_key(a.queue));
-    } else if (g.exempt.size() < hold_topics_max) {
+    // Others get it too: a wildcard gate lets it go; as on k_gate_drop (drop_gate_topic), the topic's own gate goes
+    // (its clients are not held for a topic others get), and so does one that can let no more go.
+    const auto t = gate_topics_.find(a.topic);
+    if ((t != gate_topics_.end() && t->second == &g) || g.exempt.size() >= hold_topics_max)
+        forget_gate(from, a.queue);
+    else
         g.exempt.insert(std::move(a.topic));
-    } else { // as drop_gate_topic: one more than it can let go lets the gate go
-        let_gate_go(it);
-        push(from, k_gate_forget, 0, queue_key(a.queue));
-    }
 }
 
-void shard::unexempt(unsigned from, std::string_view filter) {
-    // Those subscribers may have been what let a topic go ungated: it is gated again, and let go again by the next
-    // message it shows still reaching others too. (Only a route's end comes here: where the filter's other
-    // subscribers leave while the slow session keeps it, the queue's shard tells the gate once a message let go
-    // reaches the queue alone, close_remote.)
+void shard::forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which) {
     for (auto& [key, g] : gates_)
-        if (g.shard == from && !g.exempt.empty())
-            std::erase_if(g.exempt, [&](const std::string& t) { return routing::topic_matches(filter, t); });
+        if (g.shard == from && !(g.*which).empty())
+            std::erase_if(g.*which, [&](const std::string& t) { return routing::topic_matches(filter, t); });
 }
 
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {

@@ -935,10 +935,14 @@ private:
     // Whether a filter of shard `to` that no gate here holds takes the topic too: other subscribers there get its
     // messages, or the gated subscriber does by a filter its gate was not told of (at QoS 0, say): k_gate_ask.
     bool ungated_filter_takes(std::string_view topic, unsigned to) const;
-    // A route deleted on shard `from`: topics its gates let go ungated for that route's subscribers are gated again.
-    void unexempt(unsigned from, std::string_view filter);
-    // A route added on shard `from`: its new subscriber may take topics its gates were told reach their queues alone.
-    void unpin(unsigned from, std::string_view filter);
+    // A route changed on shard `from`: the topics `filter` takes leave a set of that shard's gates (exempt at a
+    // route's end, pinned at a new route's start).
+    void forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which);
+    // drop_gate_topic's and gate_answered's end: the gate goes and the queue's shard is told it may forget it told.
+    void forget_gate(unsigned shard, uint64_t queue);
+    // A word to close (k_gate_close, or k_gate_pin's unasked one), counted for the bound on what is on its way from
+    // `to` (node::gate_closes, transit_passed) and published before drain_smp's note_taken (close_staged_).
+    void push_close(unsigned to, uint32_t kind, uint32_t arg, gate_close* g);
     // k_gate_ask here, k_gate_pin there.
     void answer_gate_ask(unsigned from, gate_close& q);
     void gate_answered(unsigned from, gate_close& a, bool alone);
