@@ -863,8 +863,11 @@ void shard::forget_gone_holds() {
     // The turns asked for there for the clients gone are withdrawn, else the queue's shard would hold its own clients
     // behind them; one given meanwhile comes as credit, handed to whoever waits here or returned (credit_gate).
     for (auto& [key, g] : gates_) {
-        std::erase_if(g.asking_ids,
-                      [&](uint64_t id) { return std::binary_search(hold_gone_.begin(), hold_gone_.end(), id); });
+        const auto asker_gone = [&](const remote_gate::asker& a) {
+            return std::binary_search(hold_gone_.begin(), hold_gone_.end(), a.id);
+        };
+        std::erase_if(g.askers, asker_gone);
+        std::erase_if(g.answered, asker_gone);
         if (std::erase_if(g.waiting, gone) == 0 || g.asked <= g.waiting.size()) continue;
         push(g.shard, k_gate_unwait, static_cast<uint32_t>(std::min<uint64_t>(g.asked - g.waiting.size(), UINT32_MAX)),
              queue_key(g.queue));
@@ -1150,7 +1153,8 @@ void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::it
     }
     for (const auto& [id, since] : g.waiting)
         unheld_.push_back(id);
-    unheld_.insert(unheld_.end(), g.asking_ids.begin(), g.asking_ids.end());
+    for (const auto& a : g.askers)
+        unheld_.push_back(a.id);
     gates_.erase(it);
 }
 
@@ -1164,8 +1168,8 @@ void shard::drop_gate_topic(unsigned from, const std::string& topic, bool counte
     // A topic of a wildcard filter that other subscribers there get too (its message counted by the queue, so the
     // gate's credit and turns add up): its messages go ungated from now on (its publishers are not held for one of
     // them), the rest of the filter's stay gated.
-    if (counted && !gate_topics_.contains(topic) && g->exempt.size() < hold_topics_max) {
-        g->exempt.emplace(topic);
+    if (counted && !gate_topics_.contains(topic)) {
+        keep_topic(g->exempt, topic);
         return;
     }
     // Its messages reach no queue that gave this shard credit: the gate lets its clients go, and the queue's shard
@@ -1228,7 +1232,7 @@ void shard::expire_gates(int64_t now) {
             g.credit = 0;
         }
         // One whose topics all went to other queues holds nobody now (once those held for an answer have it).
-        it = g.topics.empty() && g.waiting.empty() && g.asking_ids.empty() ? gates_.erase(it) : std::next(it);
+        it = g.topics.empty() && g.waiting.empty() && g.askers.empty() ? gates_.erase(it) : std::next(it);
     }
 }
 
@@ -3578,22 +3582,32 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
     // gate closed that finds the queue alone at its mark.
     const bool asked = g.asking.erase(a.topic) != 0;
     if (asked) {
-        unheld_.insert(unheld_.end(), g.asking_ids.begin(), g.asking_ids.end());
-        g.asking_ids.clear();
+        for (auto& k : g.askers) {
+            unheld_.push_back(k.id);
+            if (k.topic != a.topic) continue;
+            std::erase_if(g.answered, [&](const remote_gate::asker& e) { return e.id == k.id; });
+            k.alone = alone;
+            g.answered.push_back(std::move(k));
+        }
+        g.askers.clear();
     }
     if (alone) {
         // (Or told by close_remote: a message let go reached the queue alone at its mark.)
-        if ((asked || g.exempt.erase(a.topic) != 0) && g.pinned.size() < hold_topics_max)
-            g.pinned.insert(std::move(a.topic));
+        if (asked || g.exempt.erase(a.topic) != 0) keep_topic(g.pinned, std::move(a.topic));
         return;
     }
     // Others get it too: a wildcard gate lets it go; as on k_gate_drop (drop_gate_topic), the topic's own gate goes
-    // (its clients are not held for a topic others get), and so does one that can let no more go.
+    // (its clients are not held for a topic others get).
     const auto t = gate_topics_.find(a.topic);
-    if ((t != gate_topics_.end() && t->second == &g) || g.exempt.size() >= hold_topics_max)
+    if (t != gate_topics_.end() && t->second == &g)
         forget_gate(from, a.queue);
     else
-        g.exempt.insert(std::move(a.topic));
+        keep_topic(g.exempt, std::move(a.topic));
+}
+
+void shard::keep_topic(topic_set& set, std::string topic) {
+    if (set.size() >= hold_topics_max && !set.contains(topic)) set.erase(set.begin());
+    set.insert(std::move(topic));
 }
 
 void shard::forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which) {
@@ -3614,13 +3628,27 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     // topic behind a slow '#' subscriber). That filter may be the slow session's own (at QoS 0, or one the gate was
     // not told of): the topic is gated if the queue is its only subscriber there (k_gate_pin), else let go. (Sent on
     // while asking, as a2e9f4a did, each new topic's first messages passed the queue's mark: eight publishers on new
-    // topics overflowed its burst room.) Past hold_topics_max topics asked about, let go or pinned, the first message
-    // of a new one waits for a turn as before.
-    const bool asking = !g->asking.empty() && g->asking.contains(topic);
-    if (asking ||
-        (g->asking.size() < hold_topics_max && g->exempt.size() < hold_topics_max &&
-         g->pinned.size() < hold_topics_max && !g->pinned.contains(topic) && ungated_filter_takes(topic, to))) {
-        if (!asking) {
+    // topics overflowed its burst room.) A client read again with the answer to its question takes it; one that it
+    // gates keeps it until its message goes, credit may come later (until then other answers may have taken the
+    // topic's place in `pinned`: without it, read again with the credit, the client would ask again, and so on).
+    bool answered = false;
+    if (!g->answered.empty() && publisher_) {
+        const auto a = std::find_if(g->answered.begin(), g->answered.end(),
+                                    [&](const remote_gate::asker& e) { return e.id == publisher_->id; });
+        if (a != g->answered.end()) {
+            answered = a->topic == topic;
+            const bool alone = a->alone;
+            if (!answered || !alone) g->answered.erase(a);
+            if (answered && !alone) {
+                push_holdable(to, msg.get());
+                return;
+            }
+        }
+    }
+    const bool asking = !answered && !g->asking.empty() && g->asking.contains(topic);
+    if (asking || (!answered && !g->pinned.contains(topic) && ungated_filter_takes(topic, to))) {
+        // (With hold_topics_max questions out, its client waits for the first answer and asks then.)
+        if (!asking && g->asking.size() < hold_topics_max) {
             g->asking.emplace(topic);
             push(to, k_gate_ask, 0, new gate_close{g->queue, std::string(topic)});
         }
@@ -3628,8 +3656,9 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
             connection& p = *publisher_;
             p.queue_held = true;
             p.hold_listed = true;
-            if (std::find(g->asking_ids.begin(), g->asking_ids.end(), p.id) == g->asking_ids.end())
-                g->asking_ids.push_back(p.id);
+            if (std::none_of(g->askers.begin(), g->askers.end(),
+                             [&](const remote_gate::asker& e) { return e.id == p.id; }))
+                g->askers.push_back({p.id, std::string(topic)});
             refused_ = true;
             return;
         }
@@ -3654,6 +3683,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     // is sent with the credit its turn brings.
     const bool refuse = kind == k_publish_held && refusable_;
     if (!refuse) {
+        if (answered) std::erase_if(g->answered, [&](const remote_gate::asker& e) { return e.id == publisher_->id; });
         msg->add_ref();
         ++m_.messages_forward;
         push_weighed(to, kind, msg->size(), msg.get());

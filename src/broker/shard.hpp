@@ -906,16 +906,27 @@ private:
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
         // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or k_gate_pin's answer
-        // to k_gate_ask): not gated, up to hold_topics_max (one more told by k_gate_drop lets the gate go). A filter
-        // the gate is told of later takes back those it matches (close_gate).
+        // to k_gate_ask): not gated. A filter the gate is told of later takes back those it matches (close_gate).
+        // This set and `pinned` keep at most hold_topics_max topics each: one more takes an arbitrary one's place
+        // (keep_topic), which is asked about again at its next message (until stop 75 a full set sent each new topic
+        // the old way, a turn of the slow queue: the 65th new topic's publisher waited 12.8-15.4 s).
         topic_set exempt;
         // Topics a filter there that no gate holds takes too (ungated_filter_takes), asked about (k_gate_ask) and not
-        // answered yet, and the clients held meanwhile (each read again at the first answer: a round trip).
+        // answered yet (at most hold_topics_max), and the clients held meanwhile, with the topic each asked about: all
+        // read again at the first answer (a round trip), and one whose topic it answers takes the answer with it
+        // (`answered`, used at its message read again), so that answers to others' topics taking its topic's place in
+        // `pinned` or `exempt` meanwhile cannot have it ask again and again.
+        struct asker {
+            uint64_t id;
+            std::string topic;
+            bool alone = false;
+        };
         topic_set asking;
-        std::vector<uint64_t> asking_ids;
+        std::vector<asker> askers;
+        std::vector<asker> answered;
         // Topics the queue's shard said reach the queue alone however many filters there take them (k_gate_pin: the
-        // session's own, at QoS 0 say): gated without asking, up to hold_topics_max, until a filter there that takes
-        // one gets its first subscriber (k_route_add).
+        // session's own, at QoS 0 say): gated without asking, until a filter there that takes one gets its first
+        // subscriber (k_route_add).
         topic_set pinned;
     };
     std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
@@ -935,6 +946,8 @@ private:
     // Whether a filter of shard `to` that no gate here holds takes the topic too: other subscribers there get its
     // messages, or the gated subscriber does by a filter its gate was not told of (at QoS 0, say): k_gate_ask.
     bool ungated_filter_takes(std::string_view topic, unsigned to) const;
+    // Adds a topic to a gate's exempt or pinned set, in an arbitrary one's place where hold_topics_max are kept.
+    static void keep_topic(topic_set& set, std::string topic);
     // A route changed on shard `from`: the topics `filter` takes leave a set of that shard's gates (exempt at a
     // route's end, pinned at a new route's start).
     void forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which);
