@@ -1484,6 +1484,11 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         gate_answered(from, *a, m.arg != 0);
         return;
     }
+    case k_gate_join: {
+        std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
+        if (!gates_.empty()) forget_topics(from, *f, &remote_gate::pinned);
+        return;
+    }
     case k_gate_credit:
         credit_gate(from, reinterpret_cast<uintptr_t>(m.ptr), m.arg);
         return;
@@ -4163,9 +4168,24 @@ bool shard::add_subscription(session_slot& slot, const std::string& filter, uint
     trie_.subscribe(filter, &slot, qos, &active);
     note_subscriptions(before);
     ++trie_gen_;
-    if (active) broadcast_route(k_route_add, filter);
+    if (active)
+        broadcast_route(k_route_add, filter);
+    else if (!queue_holds_.empty())
+        tell_join(filter);
     release_for_new_route(filter, &slot);
     return true;
+}
+
+void shard::tell_join(const std::string& filter) {
+    // A topic a gate there pinned (the queue here its only subscriber) may reach this subscriber too, by a filter
+    // another session here had, so no route's start tells that shard (until stop 75 the topic stayed gated, its
+    // publishers held at the slow queue's pace for the new subscriber too).
+    uint64_t told = 0;
+    for (const auto& [slot, h] : queue_holds_)
+        for (const queue_hold_source& src : h.remote)
+            if (!src.filters.empty()) told |= uint64_t{1} << src.shard;
+    for (; told != 0; told &= told - 1)
+        push(static_cast<unsigned>(__builtin_ctzll(told)), k_gate_join, 0, new std::string(filter));
 }
 
 void shard::remove_subscription(session_slot& slot, const std::string& filter) {
@@ -4617,6 +4637,7 @@ void release_message(const reactor::smp_msg& m) {
         delete static_cast<gate_close*>(m.ptr);
         break;
     case k_gate_drop:
+    case k_gate_join:
         delete static_cast<std::string*>(m.ptr);
         break;
     case k_publish_run:

@@ -188,6 +188,8 @@ enum msg_kind : uint32_t {
                    // its only subscriber there?
     k_gate_pin,    // ptr: gate_close*, the answer: arg 1, it is (the gate holds the topic), 0: others get it too;
                    // 2: unasked, a message let go reached the queue alone at its mark (counted as k_gate_close is)
+    k_gate_join,   // ptr: std::string* filter: a session there subscribed a filter that had a subscriber there already
+                   // (no k_route_add), while a queue there has gates told here: its topics pinned are asked anew
     k_taken_ahead, // arg: its weight; a route update or handoff handled ahead of deliveries before it (drain_smp)
 };
 
@@ -925,8 +927,8 @@ private:
         std::vector<asker> askers;
         std::vector<asker> answered;
         // Topics the queue's shard said reach the queue alone however many filters there take them (k_gate_pin: the
-        // session's own, at QoS 0 say): gated without asking, until a filter there that takes one gets its first
-        // subscriber (k_route_add).
+        // session's own, at QoS 0 say): gated without asking, until a filter there that takes one gets a subscriber
+        // (its first, k_route_add, or another, k_gate_join).
         topic_set pinned;
     };
     std::map<std::pair<unsigned, uint64_t>, remote_gate> gates_;
@@ -953,6 +955,9 @@ private:
     void forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which);
     // drop_gate_topic's and gate_answered's end: the gate goes and the queue's shard is told it may forget it told.
     void forget_gate(unsigned shard, uint64_t queue);
+    // A subscription here to a filter that had a subscriber here already: k_gate_join to the shards a queue here has
+    // told to gate.
+    void tell_join(const std::string& filter);
     // A word to close (k_gate_close, or k_gate_pin's unasked one), counted for the bound on what is on its way from
     // `to` (node::gate_closes, transit_passed) and published before drain_smp's note_taken (close_staged_).
     void push_close(unsigned to, uint32_t kind, uint32_t arg, gate_close* g);
