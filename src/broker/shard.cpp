@@ -1169,7 +1169,7 @@ void shard::drop_gate_topic(unsigned from, const std::string& topic, bool counte
     // gate's credit and turns add up): its messages go ungated from now on (its publishers are not held for one of
     // them), the rest of the filter's stay gated.
     if (counted && !gate_topics_.contains(topic)) {
-        keep_topic(g->exempt, topic);
+        keep_topic(g->exempt, g->evict_at, topic);
         return;
     }
     // Its messages reach no queue that gave this shard credit: the gate lets its clients go, and the queue's shard
@@ -3582,23 +3582,33 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
     const auto it = gates_.find({from, a.queue});
     if (it == gates_.end()) return; // opened since
     remote_gate& g = it->second;
-    // Those held for an answer are read again (one asking about another topic is held again for its own). Not for a
-    // word from close_remote on a topic not asked about: one comes with each message let go or on its way before the
-    // gate closed that finds the queue alone at its mark.
+    // Those held for this answer are read again, and those that found every question out (they ask now); the others
+    // wait for their own (read again at each answer, one whose answer came in the same turn but after a later one
+    // took its topic's place would ask again). Not for a word from close_remote on a topic not asked about: one comes
+    // with each message let go or on its way before the gate closed that finds the queue alone at its mark.
     const bool asked = g.asking.erase(a.topic) != 0;
     if (asked) {
+        size_t kept = 0;
         for (auto& k : g.askers) {
+            if (k.topic != a.topic) {
+                if (g.asking.contains(k.topic)) {
+                    g.askers[kept++] = std::move(k);
+                    continue;
+                }
+                unheld_.push_back(k.id);
+                continue;
+            }
             unheld_.push_back(k.id);
-            if (k.topic != a.topic) continue;
+            if (!alone) continue; // (let go: exempt, or the gate goes)
             std::erase_if(g.answered, [&](const remote_gate::asker& e) { return e.id == k.id; });
-            k.alone = alone;
+            if (g.answered.size() >= answered_max) g.answered.erase(g.answered.begin());
             g.answered.push_back(std::move(k));
         }
-        g.askers.clear();
+        g.askers.resize(kept);
     }
     if (alone) {
         // (Or told by close_remote: a message let go reached the queue alone at its mark.)
-        if (asked || g.exempt.erase(a.topic) != 0) keep_topic(g.pinned, std::move(a.topic));
+        if (asked || g.exempt.erase(a.topic) != 0) keep_topic(g.pinned, g.evict_at, std::move(a.topic));
         return;
     }
     // Others get it too: a wildcard gate lets it go; as on k_gate_drop (drop_gate_topic), the topic's own gate goes
@@ -3607,18 +3617,32 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
     if (t != gate_topics_.end() && t->second == &g)
         forget_gate(from, a.queue);
     else
-        keep_topic(g.exempt, std::move(a.topic));
+        keep_topic(g.exempt, g.evict_at, std::move(a.topic));
 }
 
-void shard::keep_topic(topic_set& set, std::string topic) {
-    if (set.size() >= hold_topics_max && !set.contains(topic)) set.erase(set.begin());
+void shard::keep_topic(topic_set& set, size_t& evict_at, std::string topic) {
+    if (set.size() >= hold_topics_max && !set.contains(topic)) {
+        const size_t n = set.bucket_count();
+        for (size_t i = 0; i < n; ++i) {
+            const size_t b = (evict_at + i) % n;
+            if (set.bucket_size(b) == 0) continue;
+            set.erase(set.find(*set.begin(b)));
+            evict_at = b + 1;
+            break;
+        }
+    }
     set.insert(std::move(topic));
 }
 
 void shard::forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which) {
-    for (auto& [key, g] : gates_)
-        if (g.shard == from && !(g.*which).empty())
-            std::erase_if(g.*which, [&](const std::string& t) { return routing::topic_matches(filter, t); });
+    const auto taken = [&](const std::string& t) { return routing::topic_matches(filter, t); };
+    for (auto& [key, g] : gates_) {
+        if (g.shard != from) continue;
+        if (!(g.*which).empty()) std::erase_if(g.*which, taken);
+        // (A topic unpinned is asked about anew by those read again with the answer too.)
+        if (which == &remote_gate::pinned && !g.answered.empty())
+            std::erase_if(g.answered, [&](const remote_gate::asker& e) { return taken(e.topic); });
+    }
 }
 
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
@@ -3633,21 +3657,16 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     // topic behind a slow '#' subscriber). That filter may be the slow session's own (at QoS 0, or one the gate was
     // not told of): the topic is gated if the queue is its only subscriber there (k_gate_pin), else let go. (Sent on
     // while asking, as a2e9f4a did, each new topic's first messages passed the queue's mark: eight publishers on new
-    // topics overflowed its burst room.) A client read again with the answer to its question takes it; one that it
-    // gates keeps it until its message goes, credit may come later (until then other answers may have taken the
-    // topic's place in `pinned`: without it, read again with the credit, the client would ask again, and so on).
+    // topics overflowed its burst room.) A client read again with the answer that its topic reaches the queue alone
+    // keeps it until its message goes, credit may come later (until then other answers may have taken the topic's
+    // place in `pinned`: without it, read again with the credit, the client would ask again, and so on).
     bool answered = false;
     if (!g->answered.empty() && publisher_) {
         const auto a = std::find_if(g->answered.begin(), g->answered.end(),
                                     [&](const remote_gate::asker& e) { return e.id == publisher_->id; });
         if (a != g->answered.end()) {
             answered = a->topic == topic;
-            const bool alone = a->alone;
-            if (!answered || !alone) g->answered.erase(a);
-            if (answered && !alone) {
-                push_holdable(to, msg.get());
-                return;
-            }
+            if (!answered) g->answered.erase(a);
         }
     }
     const bool asking = !answered && !g->asking.empty() && g->asking.contains(topic);

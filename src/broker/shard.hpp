@@ -886,6 +886,7 @@ private:
     };
     static constexpr uint64_t remote_token_bit = uint64_t{1} << 63; // connection ids count up from 1
     static constexpr size_t hold_topics_max = 64;
+    static constexpr size_t answered_max = 1024;
     // Whether a client was held for h on a topic filter matches (here, or at a gate on another shard).
     static bool held_on(const queue_hold& h, std::string_view filter);
     std::unordered_map<const session_slot*, queue_hold> queue_holds_;
@@ -909,22 +910,25 @@ private:
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
         // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or k_gate_pin's answer
         // to k_gate_ask): not gated. A filter the gate is told of later takes back those it matches (close_gate).
-        // This set and `pinned` keep at most hold_topics_max topics each: one more takes an arbitrary one's place
-        // (keep_topic), which is asked about again at its next message (until stop 75 a full set sent each new topic
-        // the old way, a turn of the slow queue: the 65th new topic's publisher waited 12.8-15.4 s).
+        // This set and `pinned` keep at most hold_topics_max topics each: one more takes another's place, taken in
+        // turn from the buckets (keep_topic; begin() would be the newest most often), which is asked about again at
+        // its next message (until stop 75 a full set sent each new topic the old way, a turn of the slow queue: the
+        // 65th new topic's publisher waited 12.8-15.4 s).
         topic_set exempt;
+        size_t evict_at = 0; // the bucket keep_topic takes from next
         // Topics a filter there that no gate holds takes too (ungated_filter_takes), asked about (k_gate_ask) and not
-        // answered yet (at most hold_topics_max), and the clients held meanwhile, with the topic each asked about: all
-        // read again at the first answer (a round trip), and one whose topic it answers takes the answer with it
-        // (`answered`, used at its message read again), so that answers to others' topics taking its topic's place in
-        // `pinned` or `exempt` meanwhile cannot have it ask again and again.
+        // answered yet (at most hold_topics_max), and the clients held meanwhile, with the topic each asked about:
+        // each read again at its topic's answer (a round trip), or at the first answer where all questions were out.
         struct asker {
             uint64_t id;
             std::string topic;
-            bool alone = false;
         };
         topic_set asking;
         std::vector<asker> askers;
+        // Those read again with the answer that their topic reaches the queue alone: their message is gated without
+        // asking again, once, until it goes (credit may come later), however `pinned` changed meanwhile: else answers
+        // to others' topics taking its place there could have a client ask again and again (a version without this
+        // spun). At most answered_max (the oldest forgotten: that client asks again).
         std::vector<asker> answered;
         // Topics the queue's shard said reach the queue alone however many filters there take them (k_gate_pin: the
         // session's own, at QoS 0 say): gated without asking, until a filter there that takes one gets a subscriber
@@ -949,7 +953,7 @@ private:
     // messages, or the gated subscriber does by a filter its gate was not told of (at QoS 0, say): k_gate_ask.
     bool ungated_filter_takes(std::string_view topic, unsigned to) const;
     // Adds a topic to a gate's exempt or pinned set, in an arbitrary one's place where hold_topics_max are kept.
-    static void keep_topic(topic_set& set, std::string topic);
+    static void keep_topic(topic_set& set, size_t& evict_at, std::string topic);
     // A route changed on shard `from`: the topics `filter` takes leave a set of that shard's gates (exempt at a
     // route's end, pinned at a new route's start).
     void forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which);

@@ -2108,8 +2108,8 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         sent = self.send_until_held(a, "ex/slow", 0)
         b = self.client(self.cid("b", 1))
         # (In writes of 20: those let go at once stay within the fast one's queue, which holds nobody for a topic
-        # another subscriber gets too.) The first 64 were forgotten for the last 36 and are asked about again: the
-        # second round goes the same way.
+        # another subscriber gets too.) 36 of the first round's topics were forgotten for the last 36 and are asked
+        # about again: the second round goes the same way.
         for base in (900000, 910000):
             for w in range(5):
                 fast_got = Collector(fast, 20, timeout=8)
@@ -2131,8 +2131,8 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         # 100 topics the slow queue takes alone by ex/# and ex/two/+, more than the 64 a gate keeps pinned: each
         # answer may take the place of another publisher's topic before that one is read again. A client read again
         # takes the answer to its own question with it, so it is not sent to ask again (a version that kept only
-        # the sets spun, clients asking and read again 131,072 times in 5 s, and its queue, taking nothing, counted
-        # as stuck and dropped). Ten publishers, three rounds over their ten topics each in one write: none lost.
+        # the sets spun, clients held and read again 262,144 times in 6 s, and its queue, taking nothing, counted as
+        # stuck and dropped). Ten publishers, three rounds over their ten topics each in one write: none lost.
         self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
         slow = self.on0("slow")
         slow.subscribe([("ex/#", 1), ("ex/two/+", 1)])
