@@ -3135,7 +3135,7 @@ class LongTurnKeepalive(BrokerTest):
         watcher.subscribe([("lt/after", 0), ("lt/tick", 0)])
         relay = self.client(self.cid("relay", 1), keepalive=0) if shards > 2 else None
         late = self.client(self.cid("late", 0), keepalive=0) if shards == 2 else None
-        late_took = None
+        late_took = []
         n = min(20000, max(100, int(3.0 / per_publish)))
         burst = b"".join(m.publish(f"{topic}/b{i}", b"x") for i in range(n)) + m.publish("lt/after", b"end")
         sender = threading.Thread(target=pub.send, args=(burst,), daemon=True)
@@ -3160,13 +3160,16 @@ class LongTurnKeepalive(BrokerTest):
                 self.assertEqual(topic_got, "lt/tick")
                 want.discard("tick")
             waits.append(round(time.monotonic() - asked, 2))
-            # (Once the subscriber's shard has left deliveries for later: the route is queued behind those.)
-            if late and late_took is None and len(waits) >= 3 and b"left deliveries from other" in self.broker.log():
-                late.subscribe([("lt/late", 0)])
+            # (Once the subscriber's shard has left deliveries for later: the route is queued behind those. Up to
+            # three times, every third round: one whose route that shard found with nothing left before it, in a turn
+            # that took its whole queue, was not taken ahead, as once in stop 74's runs.)
+            if (late and len(late_took) < 3 and len(waits) >= 3 * (len(late_took) + 1) and
+                    b"left deliveries from other" in self.broker.log()):
+                late.subscribe([(f"lt/late{len(late_took)}", 0)])
                 sent = time.monotonic()
-                watcher.send(m.publish("lt/late", b"l"))
-                self.assertEqual(m.parse_publish(late.read_packet(timeout=30)).topic, "lt/late")
-                late_took = round(time.monotonic() - sent, 2)
+                watcher.send(m.publish(f"lt/late{len(late_took)}", b"l"))
+                self.assertEqual(m.parse_publish(late.read_packet(timeout=30)).topic, f"lt/late{len(late_took)}")
+                late_took.append(round(time.monotonic() - sent, 2))
             time.sleep(0.05)
         took = time.monotonic() - begun
         sender.join(10)
@@ -3176,8 +3179,8 @@ class LongTurnKeepalive(BrokerTest):
         self.assertTrue(self.broker.log().count(b"left deliveries from other shards for a later turn"),
                         "the subscriber's shard never left deliveries for a later turn")
         if late:
-            self.assertIsNotNone(late_took, "the burst ended before the subscriber's shard left deliveries for later")
-            self.assertLess(late_took, 0.5, "seconds a message to a filter subscribed during the burst took")
+            self.assertTrue(late_took, "the burst ended before the subscriber's shard left deliveries for later")
+            self.assertLess(max(late_took), 0.5, "seconds messages to filters subscribed during the burst took")
             ahead = re.search(rb"shard 1 left deliveries from other shards for a later turn \d+ times, and handled (\d+)",
                               self.broker.stop_and_read_log())
             self.assertTrue(ahead and int(ahead.group(1)) >= 1, "no route update was handled ahead of the deliveries")
