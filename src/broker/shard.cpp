@@ -1316,7 +1316,7 @@ size_t shard::drain_smp() {
     // handoffs (handled ahead, below). A retained update (stored as it is taken) or a gate's word may be what a client
     // reacted to, or bear on the deliveries before it (and an admin call, whose queue is thus taken whole).
     const auto goes_ahead = [](uint32_t kind) {
-        return kind == k_route_add || kind == k_route_del || kind == k_handoff;
+        return kind == k_route_add || kind == k_route_del || kind == k_gate_join || kind == k_handoff;
     };
     const auto must_take = [&](const reactor::smp_msg& m) {
         if (goes_ahead(m.kind)) return false;
@@ -4204,7 +4204,8 @@ void shard::tell_join(const std::string& filter) {
         for (const queue_hold_source& src : h.remote)
             if (!src.filters.empty()) told |= uint64_t{1} << src.shard;
     for (; told != 0; told &= told - 1)
-        push(static_cast<unsigned>(__builtin_ctzll(told)), k_gate_join, 0, new std::string(filter));
+        push_weighed(static_cast<unsigned>(__builtin_ctzll(told)), k_gate_join, route_weight(filter),
+                     new std::string(filter));
 }
 
 void shard::remove_subscription(session_slot& slot, const std::string& filter) {
@@ -4232,11 +4233,15 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
 void shard::broadcast_route(uint32_t kind, const std::string& filter) {
     if (n_ < 2) return;
     ++routes_broadcast_;
-    // Weighed by what it holds, as a message is, so that updates toward a shard that does not take them count in
-    // mqtt.max_cross_shard_bytes (a client churning long filters grew its backlog by theirs, each weighing nothing).
-    const size_t weight = sizeof(std::string) + (filter.size() <= std::string().capacity() ? 0 : filter.size() + 1);
+    const size_t weight = route_weight(filter);
     for (unsigned to = 0; to < n_; ++to)
         if (to != id_) push_weighed(to, kind, weight, new std::string(filter));
+}
+
+size_t shard::route_weight(const std::string& filter) {
+    // Weighed by what it holds, as a message is, so that updates toward a shard that does not take them count in
+    // mqtt.max_cross_shard_bytes (a client churning long filters grew its backlog by theirs, each weighing nothing).
+    return sizeof(std::string) + (filter.size() <= std::string().capacity() ? 0 : filter.size() + 1);
 }
 
 void shard::went_offline(session_slot& slot) {

@@ -188,8 +188,9 @@ enum msg_kind : uint32_t {
                    // its only subscriber there?
     k_gate_pin,    // ptr: gate_close*, the answer: arg 1, it is (the gate holds the topic), 0: others get it too;
                    // 2: unasked, a message let go reached the queue alone at its mark (counted as k_gate_close is)
-    k_gate_join,   // ptr: std::string* filter: a session there subscribed a filter that had a subscriber there already
-                   // (no k_route_add), while a queue there has gates told here: its topics pinned are asked anew
+    k_gate_join,   // ptr: std::string* filter, arg: its weight: a session there subscribed a filter that had a
+                   // subscriber there already (no k_route_add), while a queue there has gates told here: its topics
+                   // pinned are asked anew (taken ahead of deliveries, as route updates are)
     k_taken_ahead, // arg: its weight; a route update or handoff handled ahead of deliveries before it (drain_smp)
 };
 
@@ -199,7 +200,7 @@ enum msg_kind : uint32_t {
 inline uint32_t msg_weight(const reactor::smp_msg& m) {
     return m.kind == k_publish || m.kind == k_retain || m.kind == k_retain_clear || m.kind == k_publish_run ||
                    m.kind == k_publish_holdable || m.kind == k_publish_credited || m.kind == k_publish_held ||
-                   m.kind == k_route_add || m.kind == k_route_del || m.kind == k_taken_ahead
+                   m.kind == k_route_add || m.kind == k_route_del || m.kind == k_gate_join || m.kind == k_taken_ahead
                ? m.arg
                : 0;
 }
@@ -592,6 +593,7 @@ private:
         return publisher_ && qos != 0 && one_shard && cfg_.limits.publisher_hold_ms != 0 && (!leaving_ || qos == 2);
     }
     void broadcast_route(uint32_t kind, const std::string& filter);
+    static size_t route_weight(const std::string& filter); // a route update's (or k_gate_join's) weight
     // Completes the partial packet in c.rx from the front of p[0..n) and handles it; returns the bytes of p taken.
     size_t complete_partial(connection& c, const uint8_t* p, size_t n);
     // Handles the packets in c.rx; what is left unhandled stays in c.rx, an emptied buffer is recycled.
