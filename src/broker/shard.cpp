@@ -3583,16 +3583,19 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
     if (it == gates_.end()) return; // opened since
     remote_gate& g = it->second;
     // Those held for this answer are read again, and those that found every question out (they ask now); the others
-    // wait for their own (read again at each answer, one whose answer came in the same turn but after a later one
-    // took its topic's place would ask again). Not for a word from close_remote on a topic not asked about: one comes
-    // with each message let go or on its way before the gate closed that finds the queue alone at its mark.
+    // wait for their own (until ca07190 all were read again at each answer, and one whose answer came earlier in the
+    // same turn could find its topic's place taken by a later one and ask again). Not for a word from close_remote on
+    // a topic not asked about: one comes with each message let go or on its way before the gate closed that finds the
+    // queue alone at its mark.
     const bool asked = g.asking.erase(a.topic) != 0;
     if (asked) {
         size_t kept = 0;
         for (auto& k : g.askers) {
             if (k.topic != a.topic) {
                 if (g.asking.contains(k.topic)) {
-                    g.askers[kept++] = std::move(k);
+                    // (Not onto itself: libstdc++'s move assignment clears its source, the topic with it.)
+                    if (&g.askers[kept] != &k) g.askers[kept] = std::move(k);
+                    ++kept;
                     continue;
                 }
                 unheld_.push_back(k.id);
@@ -4181,6 +4184,7 @@ bool shard::add_subscription(session_slot& slot, const std::string& filter, uint
     auto& subs = slot.s->subscriptions;
     const uint32_t limit = cfg_.limits.max_subscriptions;
     if (limit != 0 && subs.size() >= limit && !subs.contains(filter)) return false;
+    const bool had = subs.contains(filter);
     subs[filter] = qos;
     bool active = false;
     const size_t before = trie_.subscription_count();
@@ -4189,20 +4193,24 @@ bool shard::add_subscription(session_slot& slot, const std::string& filter, uint
     ++trie_gen_;
     if (active)
         broadcast_route(k_route_add, filter);
-    else if (!queue_holds_.empty())
-        tell_join(filter);
+    else if (!had && !queue_holds_.empty())
+        tell_join(filter, &slot);
     release_for_new_route(filter, &slot);
     return true;
 }
 
-void shard::tell_join(const std::string& filter) {
+void shard::tell_join(const std::string& filter, const session_slot* by) {
     // A topic a gate there pinned (the queue here its only subscriber) may reach this subscriber too, by a filter
     // another session here had, so no route's start tells that shard (until stop 75 the topic stayed gated, its
-    // publishers held at the slow queue's pace for the new subscriber too).
+    // publishers held at the slow queue's pace for the new subscriber too). (A held queue's own session adds no
+    // subscriber to what it gets, as in release_for_new_route.)
     uint64_t told = 0;
     for (const auto& [slot, h] : queue_holds_)
-        for (const queue_hold_source& src : h.remote)
-            if (!src.filters.empty()) told |= uint64_t{1} << src.shard;
+        if (slot != by)
+            for (const queue_hold_source& src : h.remote)
+                told |= uint64_t{1} << src.shard;
+    // Counted as route updates are, so that a client subscribing so is held with them (own_received).
+    if (told != 0) ++routes_broadcast_;
     for (; told != 0; told &= told - 1)
         push_weighed(static_cast<unsigned>(__builtin_ctzll(told)), k_gate_join, route_weight(filter),
                      new std::string(filter));

@@ -191,7 +191,8 @@ enum msg_kind : uint32_t {
     k_gate_join,   // ptr: std::string* filter, arg: its weight: a session there subscribed a filter that had a
                    // subscriber there already (no k_route_add), while a queue there has gates told here: its topics
                    // pinned are asked anew (taken ahead of deliveries, as route updates are)
-    k_taken_ahead, // arg: its weight; a route update or handoff handled ahead of deliveries before it (drain_smp)
+    k_taken_ahead, // arg: its weight; a route update, k_gate_join or handoff handled ahead of deliveries before it
+                   // (drain_smp)
 };
 
 // The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
@@ -954,16 +955,18 @@ private:
     // Whether a filter of shard `to` that no gate here holds takes the topic too: other subscribers there get its
     // messages, or the gated subscriber does by a filter its gate was not told of (at QoS 0, say): k_gate_ask.
     bool ungated_filter_takes(std::string_view topic, unsigned to) const;
-    // Adds a topic to a gate's exempt or pinned set, in an arbitrary one's place where hold_topics_max are kept.
+    // Adds a topic to a gate's exempt or pinned set, where hold_topics_max are kept in the place of one taken in turn
+    // from the set's buckets (evict_at, one cursor for both sets).
     static void keep_topic(topic_set& set, size_t& evict_at, std::string topic);
     // A route changed on shard `from`: the topics `filter` takes leave a set of that shard's gates (exempt at a
-    // route's end, pinned at a new route's start).
+    // route's end, pinned at a new route's start or a new subscriber of a route there, k_gate_join, with the answers
+    // handed over for them).
     void forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which);
     // drop_gate_topic's and gate_answered's end: the gate goes and the queue's shard is told it may forget it told.
     void forget_gate(unsigned shard, uint64_t queue);
     // A subscription here to a filter that had a subscriber here already: k_gate_join to the shards a queue here has
     // told to gate.
-    void tell_join(const std::string& filter);
+    void tell_join(const std::string& filter, const session_slot* by);
     // A word to close (k_gate_close, or k_gate_pin's unasked one), counted for the bound on what is on its way from
     // `to` (node::gate_closes, transit_passed) and published before drain_smp's note_taken (close_staged_).
     void push_close(unsigned to, uint32_t kind, uint32_t arg, gate_close* g);
