@@ -1166,9 +1166,10 @@ void shard::drop_gate_topic(unsigned from, const std::string& topic, bool counte
     remote_gate* g = gate_for(topic, from);
     if (!g) return;
     // A topic of a wildcard filter that other subscribers there get too (its message counted by the queue, so the
-    // gate's credit and turns add up): its messages go ungated from now on (its publishers are not held for one of
-    // them), the rest of the filter's stay gated.
+    // gate's credit and turns add up): its messages go ungated (its publishers are not held for one of them) while it
+    // keeps its place in `exempt`, the rest of the filter's stay gated.
     if (counted && !gate_topics_.contains(topic)) {
+        g->pinned.erase(topic);
         keep_topic(g->exempt, g->evict_at, topic);
         return;
     }
@@ -3591,27 +3592,26 @@ void shard::gate_answered(unsigned from, gate_close& a, bool alone) {
     if (asked) {
         size_t kept = 0;
         for (auto& k : g.askers) {
-            if (k.topic != a.topic) {
-                if (g.asking.contains(k.topic)) {
-                    // (Not onto itself: libstdc++'s move assignment clears its source, the topic with it.)
-                    if (&g.askers[kept] != &k) g.askers[kept] = std::move(k);
-                    ++kept;
-                    continue;
-                }
-                unheld_.push_back(k.id);
+            const bool mine = k.topic == a.topic;
+            if (!mine && g.asking.contains(k.topic)) {
+                // (Not onto itself: libstdc++'s move assignment clears its source, the topic with it.)
+                if (&g.askers[kept] != &k) g.askers[kept] = std::move(k);
+                ++kept;
                 continue;
             }
             unheld_.push_back(k.id);
-            if (!alone) continue; // (let go: exempt, or the gate goes)
-            std::erase_if(g.answered, [&](const remote_gate::asker& e) { return e.id == k.id; });
+            if (!mine || !alone) continue; // (let go: exempt, or the gate goes)
+            std::erase_if(g.answered, remote_gate::of_client(k.id));
             if (g.answered.size() >= answered_max) g.answered.erase(g.answered.begin());
             g.answered.push_back(std::move(k));
         }
         g.askers.resize(kept);
     }
     if (alone) {
-        // (Or told by close_remote: a message let go reached the queue alone at its mark.)
-        if (asked || g.exempt.erase(a.topic) != 0) keep_topic(g.pinned, g.evict_at, std::move(a.topic));
+        // (Or told by close_remote: a message let go reached the queue alone at its mark.) Not exempt either way (a
+        // k_gate_drop may have put it there meanwhile, where gate_for would pass it by).
+        const bool was_exempt = g.exempt.erase(a.topic) != 0;
+        if (asked || was_exempt) keep_topic(g.pinned, g.evict_at, std::move(a.topic));
         return;
     }
     // Others get it too: a wildcard gate lets it go; as on k_gate_drop (drop_gate_topic), the topic's own gate goes
@@ -3664,11 +3664,12 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     // keeps it until its message goes, credit may come later (until then other answers may have taken the topic's
     // place in `pinned`: without it, read again with the credit, the client would ask again, and so on).
     bool answered = false;
+    size_t answered_at = 0;
     if (!g->answered.empty() && publisher_) {
-        const auto a = std::find_if(g->answered.begin(), g->answered.end(),
-                                    [&](const remote_gate::asker& e) { return e.id == publisher_->id; });
+        const auto a = std::find_if(g->answered.begin(), g->answered.end(), remote_gate::of_client(publisher_->id));
         if (a != g->answered.end()) {
             answered = a->topic == topic;
+            answered_at = static_cast<size_t>(a - g->answered.begin());
             if (!answered) g->answered.erase(a);
         }
     }
@@ -3683,8 +3684,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
             connection& p = *publisher_;
             p.queue_held = true;
             p.hold_listed = true;
-            if (std::none_of(g->askers.begin(), g->askers.end(),
-                             [&](const remote_gate::asker& e) { return e.id == p.id; }))
+            if (std::none_of(g->askers.begin(), g->askers.end(), remote_gate::of_client(p.id)))
                 g->askers.push_back({p.id, std::string(topic)});
             refused_ = true;
             return;
@@ -3710,7 +3710,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     // is sent with the credit its turn brings.
     const bool refuse = kind == k_publish_held && refusable_;
     if (!refuse) {
-        if (answered) std::erase_if(g->answered, [&](const remote_gate::asker& e) { return e.id == publisher_->id; });
+        if (answered) g->answered.erase(g->answered.begin() + static_cast<std::ptrdiff_t>(answered_at));
         msg->add_ref();
         ++m_.messages_forward;
         push_weighed(to, kind, msg->size(), msg.get());
@@ -3720,10 +3720,17 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     p.queue_held = true;
     p.hold_listed = true;
     g->waiting.emplace_back(p.id, now_ms_);
-    ++g->asked; // the held message asks for a turn there
     if (refuse) {
-        push(g->shard, k_gate_wait, 0, queue_key(g->queue));
+        // A turn asked there for each client waiting, no more: one let go at its hold's limit (expire_gates) left its
+        // turn asked, which serves it again when it is held anew (until stop 75 each such hold asked one more, and
+        // the turns of the other shard's clients, asked there once each, came ever fewer among them).
+        if (g->asked < g->waiting.size()) {
+            ++g->asked;
+            push(g->shard, k_gate_wait, 0, queue_key(g->queue));
+        }
         refused_ = true;
+    } else {
+        ++g->asked; // the held message asks for a turn there
     }
     if (log::at_doubling(gated_holds_))
         log::info("client {} is not read until a queue on shard {} it publishes {} to is below three quarters of its "
@@ -4183,8 +4190,8 @@ void shard::publish_from(std::string_view topic, std::span<const uint8_t> payloa
 bool shard::add_subscription(session_slot& slot, const std::string& filter, uint8_t qos) {
     auto& subs = slot.s->subscriptions;
     const uint32_t limit = cfg_.limits.max_subscriptions;
-    if (limit != 0 && subs.size() >= limit && !subs.contains(filter)) return false;
     const bool had = subs.contains(filter);
+    if (limit != 0 && subs.size() >= limit && !had) return false;
     subs[filter] = qos;
     bool active = false;
     const size_t before = trie_.subscription_count();

@@ -188,9 +188,10 @@ enum msg_kind : uint32_t {
                    // its only subscriber there?
     k_gate_pin,    // ptr: gate_close*, the answer: arg 1, it is (the gate holds the topic), 0: others get it too;
                    // 2: unasked, a message let go reached the queue alone at its mark (counted as k_gate_close is)
-    k_gate_join,   // ptr: std::string* filter, arg: its weight: a session there subscribed a filter that had a
-                   // subscriber there already (no k_route_add), while a queue there has gates told here: its topics
-                   // pinned are asked anew (taken ahead of deliveries, as route updates are)
+    k_gate_join,   // ptr: std::string* filter, arg: its weight: a session there subscribed a filter it did not have
+                   // and that had a subscriber there already (no k_route_add), while another session's queue there has
+                   // gates told here: its topics pinned are asked anew (taken ahead of deliveries, as route updates
+                   // are)
     k_taken_ahead, // arg: its weight; a route update, k_gate_join or handoff handled ahead of deliveries before it
                    // (drain_smp)
 };
@@ -926,12 +927,16 @@ private:
             uint64_t id;
             std::string topic;
         };
+        static auto of_client(uint64_t id) {
+            return [id](const asker& e) { return e.id == id; };
+        }
         topic_set asking;
         std::vector<asker> askers;
         // Those read again with the answer that their topic reaches the queue alone: their message is gated without
-        // asking again, once, until it goes (credit may come later), however `pinned` changed meanwhile: else answers
-        // to others' topics taking its place there could have a client ask again and again (a version without this
-        // spun). At most answered_max (the oldest forgotten: that client asks again).
+        // asking again, once, until it goes (credit may come later), whatever other answers put in `pinned` meanwhile:
+        // else answers to others' topics taking its place there could have a client ask again and again (a version
+        // without this spun). Dropped with the pin by a route's start or k_gate_join there (forget_topics); at most
+        // answered_max (the oldest forgotten: that client asks again).
         std::vector<asker> answered;
         // Topics the queue's shard said reach the queue alone however many filters there take them (k_gate_pin: the
         // session's own, at QoS 0 say): gated without asking, until a filter there that takes one gets a subscriber
@@ -1090,7 +1095,7 @@ private:
     uint64_t gate_closes_ = 0;      // gates closed on another shard for a queue of this one
     uint64_t gated_holds_ = 0;      // for a gate another shard closed
     uint64_t left_received_ = 0;    // messages (and route updates) handled for held connections taken over or kicked
-    uint64_t routes_broadcast_ = 0; // route updates sent to the other shards (own_received)
+    uint64_t routes_broadcast_ = 0; // route updates (and k_gate_join words) sent to the other shards (own_received)
     uint64_t publisher_hold_expiries_ = 0;
     // What clients of this shard sent that was refused without closing them, by reason: each reason is logged at its
     // 1st, 2nd, 4th... refusal (log::at_doubling), so a client repeating it cannot flood the log.
