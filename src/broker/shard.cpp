@@ -1178,6 +1178,11 @@ void shard::drop_gate_topic(unsigned from, const std::string& topic, bool counte
     forget_gate(from, g->queue);
 }
 
+void shard::ask_turns(remote_gate& g) {
+    for (; g.asked < g.waiting.size(); ++g.asked)
+        push(g.shard, k_gate_wait, 0, queue_key(g.queue));
+}
+
 void shard::forget_gate(unsigned shard, uint64_t queue) {
     let_gate_go(gates_.find({shard, queue}));
     push(shard, k_gate_forget, 0, queue_key(queue));
@@ -1205,8 +1210,7 @@ void shard::ease_gates() {
         // sent no held message if it had no more to send): each client still waiting must have a turn asked for.
         if (const auto it = gates_.find(key); it != gates_.end()) {
             remote_gate& g = it->second;
-            for (; g.asked < g.waiting.size(); ++g.asked)
-                push(g.shard, k_gate_wait, 0, queue_key(g.queue));
+            ask_turns(g);
             // Nobody left waiting: what credit is left goes back (see credit_gate).
             if (g.waiting.empty() && g.credit != 0) {
                 push(g.shard, k_gate_return, static_cast<uint32_t>(std::min<uint64_t>(g.credit, UINT32_MAX)),
@@ -1409,7 +1413,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         trie_.add_remote(*f, from);
         ++trie_gen_;
         // Its new subscriber may take topics the gates here were told reach their queues alone: they are asked anew.
-        if (!gates_.empty()) forget_topics(from, *f, &remote_gate::pinned);
+        if (!gates_.empty()) unpin(from, *f);
         release_for_new_route(*f, nullptr);
         return;
     }
@@ -1487,7 +1491,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     }
     case k_gate_join: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
-        if (!gates_.empty()) forget_topics(from, *f, &remote_gate::pinned);
+        if (!gates_.empty()) unpin(from, *f);
         return;
     }
     case k_gate_credit:
@@ -3638,14 +3642,18 @@ void shard::keep_topic(topic_set& set, size_t& evict_at, std::string topic) {
 }
 
 void shard::forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which) {
-    const auto taken = [&](const std::string& t) { return routing::topic_matches(filter, t); };
-    for (auto& [key, g] : gates_) {
-        if (g.shard != from) continue;
-        if (!(g.*which).empty()) std::erase_if(g.*which, taken);
-        // (A topic unpinned is asked about anew by those read again with the answer too.)
-        if (which == &remote_gate::pinned && !g.answered.empty())
-            std::erase_if(g.answered, [&](const remote_gate::asker& e) { return taken(e.topic); });
-    }
+    for (auto& [key, g] : gates_)
+        if (g.shard == from && !(g.*which).empty())
+            std::erase_if(g.*which, [&](const std::string& t) { return routing::topic_matches(filter, t); });
+}
+
+void shard::unpin(unsigned from, std::string_view filter) {
+    forget_topics(from, filter, &remote_gate::pinned);
+    // (Asked about anew by those read again with the answer too.)
+    for (auto& [key, g] : gates_)
+        if (g.shard == from && !g.answered.empty())
+            std::erase_if(g.answered,
+                          [&](const remote_gate::asker& e) { return routing::topic_matches(filter, e.topic); });
 }
 
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
@@ -3724,10 +3732,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
         // A turn asked there for each client waiting, no more: one let go at its hold's limit (expire_gates) left its
         // turn asked, which serves it again when it is held anew (until stop 75 each such hold asked one more, and
         // the turns of the other shard's clients, asked there once each, came ever fewer among them).
-        if (g->asked < g->waiting.size()) {
-            ++g->asked;
-            push(g->shard, k_gate_wait, 0, queue_key(g->queue));
-        }
+        ask_turns(*g);
         refused_ = true;
     } else {
         ++g->asked; // the held message asks for a turn there

@@ -964,9 +964,13 @@ private:
     // from the set's buckets (evict_at, one cursor for both sets).
     static void keep_topic(topic_set& set, size_t& evict_at, std::string topic);
     // A route changed on shard `from`: the topics `filter` takes leave a set of that shard's gates (exempt at a
-    // route's end, pinned at a new route's start or a new subscriber of a route there, k_gate_join, with the answers
-    // handed over for them).
+    // route's end; pinned through unpin).
     void forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which);
+    // A new route's start on shard `from`, or a new subscriber of a route there (k_gate_join): the topics `filter`
+    // takes are pinned no more, nor gated by the answers handed over for them.
+    void unpin(unsigned from, std::string_view filter);
+    // Asks the queue's shard for a turn for each client waiting at g that has none asked yet (k_gate_wait).
+    void ask_turns(remote_gate& g);
     // drop_gate_topic's and gate_answered's end: the gate goes and the queue's shard is told it may forget it told.
     void forget_gate(unsigned shard, uint64_t queue);
     // A subscription here to a filter that had a subscriber here already: k_gate_join to the shards a queue here has
