@@ -78,11 +78,31 @@ std::string_view type_name(toml::node_type t) {
     return "an unknown type";
 }
 
+// Where a value (or an error) comes from, as errors name it ("ringmq.toml:12:1", "--set k=v", "defaults"), and for a
+// file's key its line and column: more errors than are shown are picked in the file's order by these (until stop 76
+// by positions parsed back from the text, which a file name with colons in it could fool).
+struct place {
+    static constexpr uint64_t no_line = UINT64_MAX; // the command line's and the defaults': after the file's
+    std::string text;
+    uint64_t line = no_line;
+    uint64_t column = 0;
+    place() = default;
+    place(std::string t, uint64_t l = no_line, uint64_t c = 0) : text(std::move(t)), line(l), column(c) {}
+    place(const char* t) : text(t) {}
+};
+
+// One configuration error, with where it is for the order they are shown in.
+struct found_error {
+    std::string text;
+    uint64_t line = place::no_line;
+    uint64_t column = 0;
+};
+
 // Where the effective value of one dotted key came from. The node lives in the file's table or in the override
 // storage, both of which outlive the validation pass.
 struct entry {
     const toml::node* node;
-    std::string origin;
+    place origin;
     // A --set value that parsed as a number, as typed: node.io_uring_kernel takes this text instead, so
     // `--set node.io_uring_kernel=6.10` means "6.10" (the number would be 6.1).
     std::string typed_number = {};
@@ -95,27 +115,27 @@ using entry_map = std::map<std::string, entry, std::less<>>;
 struct layers {
     entry_map entries;
     std::deque<toml::table> override_storage; // one tiny table per flag value; deque keeps nodes' addresses stable
-    std::vector<std::string> errors;
+    std::vector<found_error> errors;
     std::vector<std::string> warnings;
     // Values a later layer replaced (a file's value under a flag): still validated, into a scratch config, and their
     // problems reported as warnings, so that a broken file is known now rather than when the flag is dropped.
     std::vector<std::pair<std::string, entry>> shadowed;
 
-    void error(std::string_view origin, std::string_view key, std::string_view reason) {
+    void error(const place& origin, std::string_view key, std::string_view reason) {
         // (A key or a value quoted in the reason may hold a line break: one error stays one line. An origin is
         // escaped where it is made: every message is escaped whole, see main.cpp.)
         fmt::memory_buffer out;
-        fmt::format_to(std::back_inserter(out), "{}: ", origin);
+        fmt::format_to(std::back_inserter(out), "{}: ", origin.text);
         log::append_escaped(out, key);
         out.append(std::string_view(": "));
         log::append_escaped(out, reason);
-        errors.push_back(fmt::to_string(out));
+        errors.push_back({fmt::to_string(out), origin.line, origin.column});
     }
 
     // Later layers replace earlier ones; what they replace is kept in `shadowed`.
-    void set(std::string key, const toml::node* node, std::string_view origin, std::string_view typed_number = {}) {
+    void set(std::string key, const toml::node* node, place origin, std::string_view typed_number = {}) {
         shadow(key);
-        entries.emplace(std::move(key), entry{node, std::string(origin), std::string(typed_number)});
+        entries.emplace(std::move(key), entry{node, std::move(origin), std::string(typed_number)});
     }
 
     void shadow(const std::string& key) {
@@ -126,10 +146,10 @@ struct layers {
     }
 
     // A flag's value, wrapped in a node so it is validated exactly like the same key in the file.
-    template <typename T> void set_value(std::string key, T value, std::string_view origin) {
+    template <typename T> void set_value(std::string key, T value, place origin) {
         auto& t = override_storage.emplace_back();
         t.insert_or_assign("v", std::move(value));
-        set(std::move(key), t.get("v"), origin);
+        set(std::move(key), t.get("v"), std::move(origin));
     }
 };
 
@@ -139,15 +159,16 @@ bool is_section(std::string_view s) {
 
 // The file's name with the line and column where a key is written ("ringmq.toml:12:1"), as the parser's own errors
 // name them, so that a long file's faulty line is found without searching for the key.
-std::string file_at(std::string_view origin, const toml::source_region& where) {
+place file_at(std::string_view origin, const toml::source_region& where) {
     if (where.begin.line == 0) return std::string(origin); // a key the parser did not place (none in a parsed file)
-    return fmt::format("{}:{}:{}", origin, where.begin.line, where.begin.column);
+    return {fmt::format("{}:{}:{}", origin, where.begin.line, where.begin.column), where.begin.line,
+            where.begin.column};
 }
 
 // A table inside a section that is no known key: every leaf is an unknown key named by its whole dotted path
 // (mqtt.a.b), an empty table an unknown section (`at`: where its own key is).
 void report_nested(layers& l, const std::string& prefix, const toml::table& t, std::string_view origin,
-                   std::string_view at) {
+                   const place& at) {
     if (t.empty()) l.error(at, prefix, "unknown section");
     for (auto&& [k, v] : t) {
         std::string key = fmt::format("{}.{}", prefix, k.str());
@@ -184,7 +205,7 @@ void add_file(layers& l, const toml::table& root, std::string_view origin) {
 
 struct parsed_toml {
     std::optional<toml::table> table;
-    std::string error; // "<origin>:<line>:<col>: <message>" when table is empty
+    found_error error; // "<origin>:<line>:<col>: <message>" when table is empty
 };
 
 // A table nested as deep as a key has parts is reported, and destroyed, one stack frame per level (report_nested,
@@ -242,15 +263,17 @@ std::string key_on_line(std::string_view text, size_t line);
 parsed_toml parse_toml(std::string_view text, std::string_view origin, bool name_key = true) {
     parsed_toml r;
     if (const size_t line = deep_key_line(text); line != 0) {
-        r.error = fmt::format("{}:{}: a key or table header with more than {} dotted parts (ringmq's have two)", origin,
-                              line, max_key_parts);
+        r.error = {fmt::format("{}:{}: a key or table header with more than {} dotted parts (ringmq's have two)",
+                               origin, line, max_key_parts),
+                   line, 0};
         return r;
     }
     auto fail = [&](const toml::parse_error& e) {
         // (toml++ writes what it quotes with escapes of its own.)
         const std::string key = name_key ? key_on_line(text, e.source().begin.line) : std::string{};
-        r.error = fmt::format("{}:{}:{}: {}{}", origin, e.source().begin.line, e.source().begin.column,
-                              key.empty() ? "" : log::escaped(key) + ": ", e.description());
+        r.error = {fmt::format("{}:{}:{}: {}{}", origin, e.source().begin.line, e.source().begin.column,
+                               key.empty() ? "" : log::escaped(key) + ": ", e.description()),
+                   e.source().begin.line, e.source().begin.column};
     };
 #if TOML_EXCEPTIONS
     try {
@@ -329,7 +352,7 @@ void add_set(layers& l, std::string_view arg) {
     std::string_view key = eq == std::string_view::npos ? std::string_view{} : trim(arg.substr(0, eq));
     if (key.empty()) {
         l.errors.push_back(
-            fmt::format("--set: expected KEY=VALUE (like mqtt.max_inflight=10), got '{}'", escaped(arg)));
+            {fmt::format("--set: expected KEY=VALUE (like mqtt.max_inflight=10), got '{}'", escaped(arg))});
         return;
     }
     // The whole argument names the origin, so an error shows the value as typed (`--set mqtt.max_inflight=1,5`);
@@ -425,10 +448,10 @@ public:
         if (string(key, text, check)) field = parsed;
     }
 
-    // Origin of a key's effective value, for checks that span keys; "" when the key was not given.
-    std::string origin_of(std::string_view key) const {
+    // Origin of a key's effective value, for checks that span keys; text "" when the key was not given.
+    place origin_of(std::string_view key) const {
         auto it = seen_.find(key);
-        return it == seen_.end() ? std::string{} : it->second;
+        return it == seen_.end() ? place{} : it->second;
     }
 
     void report_unknown() {
@@ -494,7 +517,7 @@ private:
     }
 
     layers& l_;
-    std::map<std::string, std::string, std::less<>> seen_;
+    std::map<std::string, place, std::less<>> seen_;
 };
 
 std::string not_empty(const std::string& s) { return s.empty() ? "must not be empty" : ""; }
@@ -659,29 +682,29 @@ void validate(layers& l, config& cfg) {
         config scratch;
         checker sc(sub);
         validate_keys(sc, scratch);
-        for (std::string& e : sub.errors)
-            l.warnings.push_back(e + " (not in force: a later setting replaces it)");
+        for (found_error& e : sub.errors)
+            l.warnings.push_back(e.text + " (not in force: a later setting replaces it)");
         rest = std::move(later);
     }
 
     // --admin-listen asks for the admin listener, which a file or --set turned off: one of them is a mistake (with
     // --no-admin, the command line refuses the pair itself).
-    if (!cfg.admin.enabled && c.origin_of("admin.listen") == "--admin-listen")
+    if (!cfg.admin.enabled && c.origin_of("admin.listen").text == "--admin-listen")
         l.error("--admin-listen", "admin.listen",
                 fmt::format("an admin listener is asked for, but admin.enabled = false ({}): drop one of them",
-                            c.origin_of("admin.enabled")));
+                            c.origin_of("admin.enabled").text));
 
     // Caught here rather than as EADDRINUSE after the MQTT shards are already listening.
     const endpoint& a = cfg.admin.listen;
     const endpoint& q = cfg.mqtt_listen;
     if (cfg.admin.enabled && a.port != 0 && a.port == q.port && hosts_overlap(a.host, q.host)) {
-        const std::string a_origin = c.origin_of("admin.listen"), q_origin = c.origin_of("mqtt.listen");
+        const place a_origin = c.origin_of("admin.listen"), q_origin = c.origin_of("mqtt.listen");
         // Blame the key that was given (the later flag when both were): the other is named with its origin.
-        const bool blame_admin = !a_origin.empty();
-        const auto side = [](std::string_view key, const endpoint& e, const std::string& origin) {
-            return fmt::format("{} {}{}", key, to_string(e), origin.empty() ? " (its default)" : "");
+        const bool blame_admin = !a_origin.text.empty();
+        const auto side = [](std::string_view key, const endpoint& e, const place& origin) {
+            return fmt::format("{} {}{}", key, to_string(e), origin.text.empty() ? " (its default)" : "");
         };
-        l.error(blame_admin ? a_origin : (q_origin.empty() ? "defaults" : q_origin),
+        l.error(blame_admin ? a_origin : (q_origin.text.empty() ? place("defaults") : q_origin),
                 blame_admin ? "admin.listen" : "mqtt.listen",
                 fmt::format("{} overlaps {} (admin and MQTT listeners need different ports; move one, or --no-admin)",
                             blame_admin ? side("admin.listen", a, a_origin) : side("mqtt.listen", q, q_origin),
@@ -700,45 +723,33 @@ load_result finish(layers& l, config cfg) {
     load_result r;
     r.warnings = std::move(l.warnings);
     // Each line as long as a log line at most: a 15 MB mqtt.listen was echoed in one 15 MB line.
-    for (auto* list : {&l.errors, &r.warnings})
-        for (std::string& e : *list)
-            if (e.size() > log::max_message_bytes) e = log::cut_escaped(e);
+    const auto cut = [](std::string& e) {
+        if (e.size() > log::max_message_bytes) e = log::cut_escaped(e);
+    };
+    for (found_error& e : l.errors)
+        cut(e.text);
+    for (std::string& w : r.warnings)
+        cut(w);
     if (!l.errors.empty()) {
         r.exit_code = k_exit_invalid;
         if (l.errors.size() > max_errors) {
             // The first ones of the file are shown, in its order: the errors are found pass by pass (the parser's,
             // unknown sections, the keys in the table's, alphabetical, order, the checks), so that 50 of 200 unknown
-            // keys were not the first 50. Those of the command line, with no line, come after.
-            const auto line_col = [](const std::string& e) {
-                // (A command line's origin, "--set node.name=a:1:2", is none of the file's, whatever it ends with.)
-                if (e.starts_with("--")) return std::pair{UINT64_MAX, uint64_t{0}};
-                const std::string_view origin = std::string_view(e).substr(0, e.find(": "));
-                const size_t c = origin.rfind(':');
-                const size_t l =
-                    c == std::string_view::npos || c == 0 ? std::string_view::npos : origin.rfind(':', c - 1);
-                uint64_t line = UINT64_MAX, col = 0;
-                if (l != std::string_view::npos &&
-                    std::from_chars(origin.data() + l + 1, origin.data() + c, line).ptr != origin.data() + c)
-                    line = UINT64_MAX;
-                if (line != UINT64_MAX) std::from_chars(origin.data() + c + 1, origin.data() + origin.size(), col);
-                return std::pair{line, col};
-            };
-            // Keyed once, then the first 50 picked (ties in the order found): a file of 100k unknown keys has as many.
+            // keys were not the first 50. Those of the command line, with no line, come after. Keyed once, then the
+            // first 50 picked (ties in the order found): a file of 100k unknown keys has as many.
             std::vector<std::tuple<uint64_t, uint64_t, size_t>> keys;
             keys.reserve(l.errors.size());
-            for (size_t i = 0; i < l.errors.size(); ++i) {
-                const auto [line, col] = line_col(l.errors[i]);
-                keys.emplace_back(line, col, i);
-            }
+            for (size_t i = 0; i < l.errors.size(); ++i)
+                keys.emplace_back(l.errors[i].line, l.errors[i].column, i);
             std::partial_sort(keys.begin(), keys.begin() + max_errors, keys.end());
-            std::vector<std::string> first;
-            first.reserve(max_errors + 1);
+            r.errors.reserve(max_errors + 1);
             for (size_t i = 0; i < max_errors; ++i)
-                first.push_back(std::move(l.errors[std::get<2>(keys[i])]));
-            first.push_back(fmt::format("... and {} more errors", l.errors.size() - max_errors));
-            l.errors.swap(first);
+                r.errors.push_back(std::move(l.errors[std::get<2>(keys[i])].text));
+            r.errors.push_back(fmt::format("... and {} more errors", l.errors.size() - max_errors));
+        } else {
+            for (found_error& e : l.errors)
+                r.errors.push_back(std::move(e.text));
         }
-        r.errors = std::move(l.errors);
         return r;
     }
     cfg.shards = resolve_shards(cfg.shards);
@@ -922,7 +933,7 @@ load_result load(int argc, const char* const* argv, std::ostream& out) {
         const std::string file_origin = config_file.empty() ? std::string("''") : log::escaped(config_file);
         std::string text;
         if (const util::file_read rd = util::read_regular_file(config_file, max_config_bytes, text); !rd.ok) {
-            l.errors.push_back(fmt::format("{}: cannot read config file: {}", file_origin, log::escaped(rd.why)));
+            l.errors.push_back({fmt::format("{}: cannot read config file: {}", file_origin, log::escaped(rd.why))});
         } else {
             parsed_toml p = parse_toml(text, file_origin);
             if (p.table) {
