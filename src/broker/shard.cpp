@@ -868,10 +868,12 @@ void shard::forget_gone_holds() {
         };
         std::erase_if(g.askers, asker_gone);
         std::erase_if(g.answered, asker_gone);
-        if (std::erase_if(g.waiting, gone) == 0 || g.asked <= g.waiting.size()) continue;
-        push(g.shard, k_gate_unwait, static_cast<uint32_t>(std::min<uint64_t>(g.asked - g.waiting.size(), UINT32_MAX)),
-             queue_key(g.queue));
-        g.asked = g.waiting.size();
+        if (std::erase_if(g.waiting, [&](const remote_gate::waiter& w) {
+                if (!std::binary_search(hold_gone_.begin(), hold_gone_.end(), w.id)) return false;
+                unwait(g, w);
+                return true;
+            }) != 0)
+            unask_turns(g);
     }
     hold_gone_.clear();
 }
@@ -1151,8 +1153,8 @@ void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::it
         auto& index = gate_index(topic);
         if (const auto t = index.find(topic); t != index.end() && t->second == &g) index.erase(t);
     }
-    for (const auto& [id, since] : g.waiting)
-        unheld_.push_back(id);
+    for (const auto& w : g.waiting)
+        unheld_.push_back(w.id);
     for (const auto& a : g.askers)
         unheld_.push_back(a.id);
     gates_.erase(it);
@@ -1183,6 +1185,20 @@ void shard::ask_turns(remote_gate& g) {
         push(g.shard, k_gate_wait, 0, queue_key(g.queue));
 }
 
+void shard::unwait(remote_gate& g, const remote_gate::waiter& w) {
+    if (w.topic.empty()) return;
+    if (const auto it = g.refused_topics.find(w.topic); it != g.refused_topics.end() && --it->second == 0)
+        g.refused_topics.erase(it);
+}
+
+void shard::unask_turns(remote_gate& g) {
+    if (g.asked <= g.waiting.size()) return;
+    // (One given meanwhile comes as credit, handed to whoever waits here or returned: credit_gate.)
+    push(g.shard, k_gate_unwait, static_cast<uint32_t>(std::min<uint64_t>(g.asked - g.waiting.size(), UINT32_MAX)),
+         queue_key(g.queue));
+    g.asked = g.waiting.size();
+}
+
 void shard::forget_gate(unsigned shard, uint64_t queue) {
     let_gate_go(gates_.find({shard, queue}));
     push(shard, k_gate_forget, 0, queue_key(queue));
@@ -1196,7 +1212,8 @@ void shard::ease_gates() {
         for (;;) {
             const auto it = gates_.find(key);
             if (it == gates_.end() || it->second.credit == 0 || it->second.waiting.empty()) break;
-            const uint64_t id = it->second.waiting.front().first;
+            const uint64_t id = it->second.waiting.front().id;
+            unwait(it->second, it->second.waiting.front());
             it->second.waiting.pop_front();
             if (const auto c = conns_.find(id); c != conns_.end()) {
                 gate_reading_ = id;
@@ -1224,8 +1241,9 @@ void shard::ease_gates() {
 void shard::expire_gates(int64_t now) {
     for (auto it = gates_.begin(); it != gates_.end();) {
         remote_gate& g = it->second;
-        while (!g.waiting.empty() && now - g.waiting.front().second >= cfg_.limits.publisher_hold_ms) {
-            unheld_.push_back(g.waiting.front().first);
+        while (!g.waiting.empty() && now - g.waiting.front().since >= cfg_.limits.publisher_hold_ms) {
+            unheld_.push_back(g.waiting.front().id);
+            unwait(g, g.waiting.front());
             g.waiting.pop_front();
             if (log::at_doubling(gated_let_go_))
                 log::info("a client held for a queue on shard {} for mqtt.publisher_hold_ms = {} is read again ({} so "
@@ -3649,11 +3667,32 @@ void shard::forget_topics(unsigned from, std::string_view filter, topic_set remo
 
 void shard::unpin(unsigned from, std::string_view filter) {
     forget_topics(from, filter, &remote_gate::pinned);
-    // (Asked about anew by those read again with the answer too.)
-    for (auto& [key, g] : gates_)
-        if (g.shard == from && !g.answered.empty())
+    for (auto& [key, g] : gates_) {
+        if (g.shard != from) continue;
+        // (Asked about anew by those read again with the answer too.)
+        if (!g.answered.empty())
             std::erase_if(g.answered,
                           [&](const remote_gate::asker& e) { return routing::topic_matches(filter, e.topic); });
+        // A client refused a message on a topic the filter takes is read again now: asked about, its message goes at
+        // once where the new subscriber takes it (until stop 76 it waited for a turn of the slow queue, which may take
+        // nothing for publisher_hold_ms). Others keep their place. (One gated again, the new filter the slow
+        // session's own say, waits at the back, its hold's clock started anew: the queue's shard still opens the gate
+        // once the queue has not moved for publisher_hold_ms.)
+        if (g.refused_topics.empty()) continue;
+        bool takes = false;
+        if (!routing::has_wildcard(filter))
+            takes = g.refused_topics.contains(filter);
+        else
+            for (const auto& [topic, n] : g.refused_topics)
+                if ((takes = routing::topic_matches(filter, topic))) break;
+        if (takes && std::erase_if(g.waiting, [&](const remote_gate::waiter& w) {
+                         if (w.topic.empty() || !routing::topic_matches(filter, w.topic)) return false;
+                         unheld_.push_back(w.id);
+                         unwait(g, w);
+                         return true;
+                     }) != 0)
+            unask_turns(g);
+    }
 }
 
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
@@ -3727,7 +3766,17 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     connection& p = *publisher_;
     p.queue_held = true;
     p.hold_listed = true;
-    g->waiting.emplace_back(p.id, now_ms_);
+    std::string refused_on;
+    if (refuse) {
+        if (const auto t = g->refused_topics.find(topic); t != g->refused_topics.end()) {
+            ++t->second;
+            refused_on = topic;
+        } else if (g->refused_topics.size() < hold_topics_max) {
+            g->refused_topics.emplace(topic, 1);
+            refused_on = topic;
+        }
+    }
+    g->waiting.push_back({p.id, now_ms_, std::move(refused_on)});
     if (refuse) {
         // A turn asked there for each client waiting, no more: one let go at its hold's limit (expire_gates) left its
         // turn asked, which serves it again when it is held anew (until stop 75 each such hold asked one more, and

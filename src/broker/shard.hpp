@@ -901,7 +901,7 @@ private:
     bool remote_ok_ = false;   // a held or credited one was counted by the queue it reached (gated_arrived)
     // This shard's side of a queue on another shard at its hold mark (k_gate_close): this shard's clients publishing
     // to it alone on one of its topics send only what its credit allows (k_gate_credit, one message per unit); one
-    // that finds it spent sends that message still and is held, oldest first in `waiting` (by id, with when), read
+    // that finds it spent sends that message still and is held, oldest first in `waiting` (waiter), read
     // again in turn as credit comes (ease_gates), or after mqtt.publisher_hold_ms, or when the queue's shard opens the
     // gate (k_gate_open: the session is gone or stuck). Keyed by (shard, queue); its topics point at it.
     struct remote_gate {
@@ -910,7 +910,18 @@ private:
         uint64_t credit = 0;
         int64_t used_ms = 0; // when credit last came or was used (unused for publisher_hold_ms, it is forgotten)
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
-        std::deque<std::pair<uint64_t, int64_t>> waiting;
+        // A client waiting for credit, since when, and the topic of the message it was refused (left unread; empty
+        // where its message went, held for the next, or past refused_topics' bound): a route's start or k_gate_join
+        // there whose filter takes that topic reads it again at once (unpin), rather than at the slow queue's turn.
+        struct waiter {
+            uint64_t id;
+            int64_t since;
+            std::string topic = {};
+        };
+        std::deque<waiter> waiting;
+        // The waiters' topics, each with how many, up to hold_topics_max topics: what unpin looks for before it walks
+        // `waiting` (a subscribe storm there, one route each, would walk it at every route).
+        std::unordered_map<std::string, uint32_t, topic_hash, std::equal_to<>> refused_topics;
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
         // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or k_gate_pin's answer
         // to k_gate_ask): not gated. A filter the gate is told of later takes back those it matches (close_gate).
@@ -971,6 +982,11 @@ private:
     void unpin(unsigned from, std::string_view filter);
     // Asks the queue's shard for a turn for each client waiting at g that has none asked yet (k_gate_wait).
     void ask_turns(remote_gate& g);
+    // The other way: turns asked for clients no longer waiting at g (gone, or read again at an unpin) are withdrawn
+    // (k_gate_unwait), else the queue's shard would hold its own clients behind them.
+    void unask_turns(remote_gate& g);
+    // A waiter leaves g.waiting (read again, or gone): its topic's count in refused_topics goes down.
+    static void unwait(remote_gate& g, const remote_gate::waiter& w);
     // drop_gate_topic's and gate_answered's end: the gate goes and the queue's shard is told it may forget it told.
     void forget_gate(unsigned shard, uint64_t queue);
     // A subscription here to a filter that had a subscriber here already: k_gate_join to the shards a queue here has
