@@ -1431,7 +1431,10 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         trie_.add_remote(*f, from);
         ++trie_gen_;
         // Its new subscriber may take topics the gates here were told reach their queues alone: they are asked anew.
-        if (!gates_.empty()) unpin(from, *f);
+        if (!gates_.empty()) {
+            unpin(from, *f);
+            read_refused_again(*f, from);
+        }
         release_for_new_route(*f, nullptr);
         return;
     }
@@ -1509,7 +1512,10 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     }
     case k_gate_join: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
-        if (!gates_.empty()) unpin(from, *f);
+        if (!gates_.empty()) {
+            unpin(from, *f);
+            read_refused_again(*f, from);
+        }
         return;
     }
     case k_gate_credit:
@@ -3673,12 +3679,21 @@ void shard::unpin(unsigned from, std::string_view filter) {
         if (!g.answered.empty())
             std::erase_if(g.answered,
                           [&](const remote_gate::asker& e) { return routing::topic_matches(filter, e.topic); });
-        // A client refused a message on a topic the filter takes is read again now: asked about, its message goes at
-        // once where the new subscriber takes it (until stop 76 it waited for a turn of the slow queue, which may take
-        // nothing for publisher_hold_ms). Others keep their place. (One gated again, the new filter the slow
-        // session's own say, waits at the back, its hold's clock started anew: the queue's shard still opens the gate
-        // once the queue has not moved for publisher_hold_ms.)
+    }
+}
+
+void shard::read_refused_again(std::string_view filter, unsigned on) {
+    for (auto& [key, g] : gates_) {
+        // A client refused a message on a topic the filter takes is read again now: asked about, or for more than
+        // one shard, its message goes at once (until stop 76 it waited for a turn of the slow queue, which may take
+        // nothing for publisher_hold_ms). Others keep their place. On the queue's own shard only where the topic is
+        // asked about now (ungated_filter_takes: a filter there no gate holds takes it): a subscriber joining the
+        // gated filter itself changes nothing here (push_gated counts filters), and a client read again for nothing
+        // would lose its place and its hold's clock. (One gated again all the same, the answer that the queue is
+        // still alone, the new filter the slow session's own say, waits at the back, its clock started anew: the
+        // queue's shard still opens the gate once the queue has not moved for publisher_hold_ms.)
         if (g.refused_topics.empty()) continue;
+        const bool asks = g.shard == on;
         bool takes = false;
         if (!routing::has_wildcard(filter))
             takes = g.refused_topics.contains(filter);
@@ -3687,6 +3702,7 @@ void shard::unpin(unsigned from, std::string_view filter) {
                 if ((takes = routing::topic_matches(filter, topic))) break;
         if (takes && std::erase_if(g.waiting, [&](const remote_gate::waiter& w) {
                          if (w.topic.empty() || !routing::topic_matches(filter, w.topic)) return false;
+                         if (asks && !ungated_filter_takes(w.topic, g.shard)) return false;
                          unheld_.push_back(w.id);
                          unwait(g, w);
                          return true;
@@ -4257,6 +4273,9 @@ bool shard::add_subscription(session_slot& slot, const std::string& filter, uint
     else if (!had && !queue_holds_.empty())
         tell_join(filter, &slot);
     release_for_new_route(filter, &slot);
+    // A message a subscriber here takes too is held for no queue elsewhere (fan_out: one_shard). (With the filter had
+    // already, its messages went here too: none was refused.)
+    if (!had && !gates_.empty()) read_refused_again(filter, id_);
     return true;
 }
 

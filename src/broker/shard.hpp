@@ -911,16 +911,17 @@ private:
         int64_t used_ms = 0; // when credit last came or was used (unused for publisher_hold_ms, it is forgotten)
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
         // A client waiting for credit, since when, and the topic of the message it was refused (left unread; empty
-        // where its message went, held for the next, or past refused_topics' bound): a route's start or k_gate_join
-        // there whose filter takes that topic reads it again at once (unpin), rather than at the slow queue's turn.
+        // where its message went, held for the next, or past refused_topics' bound): a subscription that takes that
+        // topic for another subscriber reads it again at once (read_refused_again), rather than at the slow queue's
+        // turn.
         struct waiter {
             uint64_t id;
             int64_t since;
             std::string topic = {};
         };
         std::deque<waiter> waiting;
-        // The waiters' topics, each with how many, up to hold_topics_max topics: what unpin looks for before it walks
-        // `waiting` (a subscribe storm there, one route each, would walk it at every route).
+        // The waiters' topics, each with how many, up to hold_topics_max topics: what read_refused_again looks for
+        // before it walks `waiting` (a subscribe storm, one route each, would walk it at every route).
         std::unordered_map<std::string, uint32_t, topic_hash, std::equal_to<>> refused_topics;
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
         // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or k_gate_pin's answer
@@ -980,9 +981,14 @@ private:
     // A new route's start on shard `from`, or a new subscriber of a route there (k_gate_join): the topics `filter`
     // takes are pinned no more, nor gated by the answers handed over for them.
     void unpin(unsigned from, std::string_view filter);
+    // A subscription to `filter` on shard `on` (a route's start, k_gate_join, or here): the clients refused a message
+    // on a topic it takes are read again where that message goes ungated now: to more than one shard (a gate of
+    // another shard than `on`), or asked about (a gate of `on`, where a filter no gate holds takes the topic: a
+    // pinned one, unpinned first). refused_topics first, then `waiting`.
+    void read_refused_again(std::string_view filter, unsigned on);
     // Asks the queue's shard for a turn for each client waiting at g that has none asked yet (k_gate_wait).
     void ask_turns(remote_gate& g);
-    // The other way: turns asked for clients no longer waiting at g (gone, or read again at an unpin) are withdrawn
+    // The other way: turns asked for clients no longer waiting at g (gone, or read_refused_again) are withdrawn
     // (k_gate_unwait), else the queue's shard would hold its own clients behind them.
     void unask_turns(remote_gate& g);
     // A waiter leaves g.waiting (read again, or gone): its topic's count in refused_topics goes down.

@@ -2209,10 +2209,12 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         self.assertEqual([i for i in msgs if i >= 900000], list(range(900000, 900300)))
         self.assertNotIn(b"dropped", self.broker.log())
 
-    def refused_on_a_pinned_topic(self):
+    def refused_on_a_pinned_topic(self, shards: int = 2):
         """ex/two/t reaches the slow session alone, by ex/# and by its ex/two/+ at QoS 0: the gate pins it, and c's
         message on it is refused (held behind a, whose last message the gate holds: asked about, answered, then held
-        for credit, as the log says). (slow, a, a's sent, c)."""
+        for credit, as the log says: c's is the shard's second hold, logged as the 1st, 2nd, 4th... are). (slow, a,
+        a's sent, c)."""
+        self.SHARDS = shards
         self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
         slow = self.on0("slow")
         slow.subscribe([("ex/#", 1), ("ex/two/+", 0)])
@@ -2248,6 +2250,27 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         c.expect(m.puback(1), timeout=5)  # (not 10 s, the hold's limit)
         self.assertEqual(fast.recv_publish(timeout=5).payload, b"800000")
         self.a_answered_once_slow_reads(slow, a, sent)
+
+    def refused_goes_when_subscribed_on(self, shard: int, shards: int):
+        """c, refused its message on the pinned ex/two/t, is answered within 5 s (not the hold's 10 s) of a subscriber
+        of ex/two/t on `shard` (not the slow one's), which gets the message."""
+        slow, a, sent, c = self.refused_on_a_pinned_topic(shards)
+        other = self.client(self.cid("other", shard))
+        other.subscribe([("ex/two/t", 1)])
+        c.expect(m.puback(1), timeout=5)
+        self.assertEqual(other.recv_publish(timeout=5).payload, b"800000")
+        self.a_answered_once_slow_reads(slow, a, sent)
+
+    def test_a_client_refused_on_a_pinned_topic_goes_when_a_subscriber_on_its_shard_takes_it(self):
+        # A subscriber on the publishers' own shard takes ex/two/t: c's message is for two shards now, which no gate
+        # holds, so c, refused its message on it, is read again at the SUBACK and its message goes (until stop 76 it
+        # waited for a turn of the slow queue, which takes nothing here: 10 s, the hold's limit).
+        self.refused_goes_when_subscribed_on(1, shards=2)
+
+    def test_a_client_refused_on_a_pinned_topic_goes_when_a_subscriber_on_a_third_shard_takes_it(self):
+        # A route's start on a third shard (k_route_add there): c's message is for two shards now, which no gate holds,
+        # so c is read again and its message goes (until stop 76 it waited for a turn of the slow queue: 10 s here).
+        self.refused_goes_when_subscribed_on(2, shards=3)
 
     def test_a_pinned_topic_is_asked_about_anew_when_a_subscriber_takes_a_filter_the_slow_one_has(self):
         # ex/two/t reaches the slow session alone, by ex/# and by its ex/two/+ at QoS 0: the gate pins it (c is held
