@@ -868,10 +868,8 @@ void shard::forget_gone_holds() {
         };
         std::erase_if(g.askers, asker_gone);
         std::erase_if(g.answered, asker_gone);
-        if (std::erase_if(g.waiting, [&](const remote_gate::waiter& w) {
-                if (!std::binary_search(hold_gone_.begin(), hold_gone_.end(), w.id)) return false;
-                unwait(g, w);
-                return true;
+        if (g.drop_waiters([&](const remote_gate::waiter& w) {
+                return std::binary_search(hold_gone_.begin(), hold_gone_.end(), w.id);
             }) != 0)
             unask_turns(g);
     }
@@ -1185,12 +1183,6 @@ void shard::ask_turns(remote_gate& g) {
         push(g.shard, k_gate_wait, 0, queue_key(g.queue));
 }
 
-void shard::unwait(remote_gate& g, const remote_gate::waiter& w) {
-    if (w.topic.empty()) return;
-    if (const auto it = g.refused_topics.find(w.topic); it != g.refused_topics.end() && --it->second == 0)
-        g.refused_topics.erase(it);
-}
-
 void shard::unask_turns(remote_gate& g) {
     if (g.asked <= g.waiting.size()) return;
     // (One given meanwhile comes as credit, handed to whoever waits here or returned: credit_gate.)
@@ -1212,9 +1204,7 @@ void shard::ease_gates() {
         for (;;) {
             const auto it = gates_.find(key);
             if (it == gates_.end() || it->second.credit == 0 || it->second.waiting.empty()) break;
-            const uint64_t id = it->second.waiting.front().id;
-            unwait(it->second, it->second.waiting.front());
-            it->second.waiting.pop_front();
+            const uint64_t id = it->second.pop_waiter();
             if (const auto c = conns_.find(id); c != conns_.end()) {
                 gate_reading_ = id;
                 gate_reading_gate_ = &it->second;
@@ -1242,9 +1232,7 @@ void shard::expire_gates(int64_t now) {
     for (auto it = gates_.begin(); it != gates_.end();) {
         remote_gate& g = it->second;
         while (!g.waiting.empty() && now - g.waiting.front().since >= cfg_.limits.publisher_hold_ms) {
-            unheld_.push_back(g.waiting.front().id);
-            unwait(g, g.waiting.front());
-            g.waiting.pop_front();
+            unheld_.push_back(g.pop_waiter());
             if (log::at_doubling(gated_let_go_))
                 log::info("a client held for a queue on shard {} for mqtt.publisher_hold_ms = {} is read again ({} so "
                           "far)",
@@ -3682,16 +3670,16 @@ void shard::unpin(unsigned from, std::string_view filter) {
     }
 }
 
+// A client refused a message on a topic the filter takes is read again now: for more than one shard, its message goes
+// at once; asked about, in a round trip (until stop 76 it waited for a turn of the slow queue, which may take nothing
+// for publisher_hold_ms). Others keep their place. On the queue's own shard only where the topic is asked about now
+// (ungated_filter_takes: a filter there that no gate holds takes it), a guard: push_gated counts filters there, not
+// subscribers, and a client read again for nothing would lose its place and its hold's clock. (One that the answer
+// finds gated all the same, the queue still the topic's only subscriber there, the new filter the slow session's own
+// say, waits at the back with its clock started anew: the queue's shard still opens the gate once the queue has not
+// moved for publisher_hold_ms.)
 void shard::read_refused_again(std::string_view filter, unsigned on) {
     for (auto& [key, g] : gates_) {
-        // A client refused a message on a topic the filter takes is read again now: asked about, or for more than
-        // one shard, its message goes at once (until stop 76 it waited for a turn of the slow queue, which may take
-        // nothing for publisher_hold_ms). Others keep their place. On the queue's own shard only where the topic is
-        // asked about now (ungated_filter_takes: a filter there no gate holds takes it): a subscriber joining the
-        // gated filter itself changes nothing here (push_gated counts filters), and a client read again for nothing
-        // would lose its place and its hold's clock. (One gated again all the same, the answer that the queue is
-        // still alone, the new filter the slow session's own say, waits at the back, its clock started anew: the
-        // queue's shard still opens the gate once the queue has not moved for publisher_hold_ms.)
         if (g.refused_topics.empty()) continue;
         const bool asks = g.shard == on;
         bool takes = false;
@@ -3700,13 +3688,12 @@ void shard::read_refused_again(std::string_view filter, unsigned on) {
         else
             for (const auto& [topic, n] : g.refused_topics)
                 if ((takes = routing::topic_matches(filter, topic))) break;
-        if (takes && std::erase_if(g.waiting, [&](const remote_gate::waiter& w) {
-                         if (w.topic.empty() || !routing::topic_matches(filter, w.topic)) return false;
-                         if (asks && !ungated_filter_takes(w.topic, g.shard)) return false;
-                         unheld_.push_back(w.id);
-                         unwait(g, w);
-                         return true;
-                     }) != 0)
+        if (takes && g.drop_waiters([&](const remote_gate::waiter& w) {
+                if (w.topic.empty() || !routing::topic_matches(filter, w.topic)) return false;
+                if (asks && !ungated_filter_takes(w.topic, g.shard)) return false;
+                unheld_.push_back(w.id);
+                return true;
+            }) != 0)
             unask_turns(g);
     }
 }
@@ -3782,17 +3769,7 @@ void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view 
     connection& p = *publisher_;
     p.queue_held = true;
     p.hold_listed = true;
-    std::string refused_on;
-    if (refuse) {
-        if (const auto t = g->refused_topics.find(topic); t != g->refused_topics.end()) {
-            ++t->second;
-            refused_on = topic;
-        } else if (g->refused_topics.size() < hold_topics_max) {
-            g->refused_topics.emplace(topic, 1);
-            refused_on = topic;
-        }
-    }
-    g->waiting.push_back({p.id, now_ms_, std::move(refused_on)});
+    g->add_waiter(p.id, now_ms_, topic, refuse);
     if (refuse) {
         // A turn asked there for each client waiting, no more: one let go at its hold's limit (expire_gates) left its
         // turn asked, which serves it again when it is held anew (until stop 75 each such hold asked one more, and

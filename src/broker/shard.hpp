@@ -184,6 +184,7 @@ enum msg_kind : uint32_t {
     k_gate_return, // ptr: the queue's key, arg: credit the sender had no client waiting for
     k_gate_forget, // ptr: the queue's key: the sender let its gate go (k_gate_drop): forget it was told
     k_gate_unwait, // ptr: the queue's key, arg: turns asked for (k_publish_held, k_gate_wait) whose clients closed
+                   // or were read again at a subscription (shard::read_refused_again)
     k_gate_ask,    // ptr: gate_close*: a topic let go for a filter no gate holds (ungated_filter_takes): is the queue
                    // its only subscriber there?
     k_gate_pin,    // ptr: gate_close*, the answer: arg 1, it is (the gate holds the topic), 0: others get it too;
@@ -903,7 +904,8 @@ private:
     // to it alone on one of its topics send only what its credit allows (k_gate_credit, one message per unit); one
     // that finds it spent sends that message still and is held, oldest first in `waiting` (waiter), read
     // again in turn as credit comes (ease_gates), or after mqtt.publisher_hold_ms, or when the queue's shard opens the
-    // gate (k_gate_open: the session is gone or stuck). Keyed by (shard, queue); its topics point at it.
+    // gate (k_gate_open: the session is gone or stuck), or when a subscription takes its refused message's topic for
+    // another subscriber (read_refused_again). Keyed by (shard, queue); its topics point at it.
     struct remote_gate {
         unsigned shard = 0;
         uint64_t queue = 0;
@@ -912,17 +914,49 @@ private:
         uint64_t asked = 0;  // turns asked for there and not given yet (k_publish_held, k_gate_wait)
         // A client waiting for credit, since when, and the topic of the message it was refused (left unread; empty
         // where its message went, held for the next, or past refused_topics' bound): a subscription that takes that
-        // topic for another subscriber reads it again at once (read_refused_again), rather than at the slow queue's
-        // turn.
+        // topic for another subscriber reads it again (read_refused_again) rather than the slow queue's turn: at
+        // once where its message goes to two shards now, after a round trip where it is asked about.
         struct waiter {
             uint64_t id;
             int64_t since;
             std::string topic = {};
         };
         std::deque<waiter> waiting;
-        // The waiters' topics, each with how many, up to hold_topics_max topics: what read_refused_again looks for
-        // before it walks `waiting` (a subscribe storm, one route each, would walk it at every route).
+        // The waiters' topics (at most hold_topics_max topics, each with how many wait on it): what read_refused_again
+        // looks for before it walks `waiting` (a subscribe storm, one route each, would walk it at every route).
         std::unordered_map<std::string, uint32_t, topic_hash, std::equal_to<>> refused_topics;
+        // Every change to `waiting` goes through these three, which keep refused_topics in step.
+        void add_waiter(uint64_t id, int64_t since, std::string_view topic, bool refused) {
+            std::string counted;
+            if (refused) {
+                if (const auto t = refused_topics.find(topic); t != refused_topics.end()) {
+                    ++t->second;
+                    counted = topic;
+                } else if (refused_topics.size() < hold_topics_max) {
+                    refused_topics.emplace(topic, 1);
+                    counted = topic;
+                }
+            }
+            waiting.push_back({id, since, std::move(counted)});
+        }
+        uint64_t pop_waiter() {
+            const uint64_t id = waiting.front().id;
+            uncount(waiting.front());
+            waiting.pop_front();
+            return id;
+        }
+        template <typename Pred> size_t drop_waiters(Pred&& pred) {
+            return std::erase_if(waiting, [&](const waiter& w) {
+                if (!pred(w)) return false;
+                uncount(w);
+                return true;
+            });
+        }
+        void uncount(const waiter& w) {
+            if (w.topic.empty()) return;
+            if (const auto it = refused_topics.find(w.topic); it != refused_topics.end() && --it->second == 0)
+                refused_topics.erase(it);
+        }
         topic_set topics; // the queue's filters it was closed for (a filter with no wildcard is a topic)
         // Topics its wildcard filters match that other subscribers there get too (k_gate_drop, or k_gate_pin's answer
         // to k_gate_ask): not gated. A filter the gate is told of later takes back those it matches (close_gate).
@@ -984,15 +1018,13 @@ private:
     // A subscription to `filter` on shard `on` (a route's start, k_gate_join, or here): the clients refused a message
     // on a topic it takes are read again where that message goes ungated now: to more than one shard (a gate of
     // another shard than `on`), or asked about (a gate of `on`, where a filter no gate holds takes the topic: a
-    // pinned one, unpinned first). refused_topics first, then `waiting`.
+    // pinned one, unpinned first). refused_topics first, then `waiting`; the surplus turns are withdrawn.
     void read_refused_again(std::string_view filter, unsigned on);
     // Asks the queue's shard for a turn for each client waiting at g that has none asked yet (k_gate_wait).
     void ask_turns(remote_gate& g);
     // The other way: turns asked for clients no longer waiting at g (gone, or read_refused_again) are withdrawn
     // (k_gate_unwait), else the queue's shard would hold its own clients behind them.
     void unask_turns(remote_gate& g);
-    // A waiter leaves g.waiting (read again, or gone): its topic's count in refused_topics goes down.
-    static void unwait(remote_gate& g, const remote_gate::waiter& w);
     // drop_gate_topic's and gate_answered's end: the gate goes and the queue's shard is told it may forget it told.
     void forget_gate(unsigned shard, uint64_t queue);
     // A subscription here to a filter that had a subscriber here already: k_gate_join to the shards a queue here has

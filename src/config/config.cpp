@@ -80,7 +80,7 @@ std::string_view type_name(toml::node_type t) {
 
 // Where a value (or an error) comes from, as errors name it ("ringmq.toml:12:1", "--set k=v", "defaults"), and for a
 // file's key its line and column: more errors than are shown are picked in the file's order by these (until stop 76
-// by positions parsed back from the text, which a file name with colons in it could fool).
+// by positions parsed back from the text, which a file named with ": " in it, or starting with "--", fooled).
 struct place {
     static constexpr uint64_t no_line = UINT64_MAX; // the command line's and the defaults': after the file's
     std::string text;
@@ -91,12 +91,8 @@ struct place {
     place(const char* t) : text(t) {}
 };
 
-// One configuration error, with where it is for the order they are shown in.
-struct found_error {
-    std::string text;
-    uint64_t line = place::no_line;
-    uint64_t column = 0;
-};
+// One configuration error: its whole text, at the place of what it is about (for the order errors are shown in).
+using found_error = place;
 
 // Where the effective value of one dotted key came from. The node lives in the file's table or in the override
 // storage, both of which outlive the validation pass.
