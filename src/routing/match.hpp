@@ -35,4 +35,24 @@ inline bool topic_matches(std::string_view filter, std::string_view topic) {
 // True when `filter` has a wildcard level ('+' or '#'; valid filters have them only as whole levels).
 inline bool has_wildcard(std::string_view filter) { return filter.find_first_of("+#") != std::string_view::npos; }
 
+// True when every topic `inner` matches, `outer` matches too (both valid filters): "a/#" covers "a/+/c" and "a", "+/b"
+// covers "x/b", "#" covers "$SYS/x" not (a leading wildcard never matches a '$' topic).
+inline bool filter_covers(std::string_view outer, std::string_view inner) {
+    if (!inner.empty() && inner.front() == '$' && !outer.empty() && (outer.front() == '+' || outer.front() == '#'))
+        return false;
+    size_t o = 0, i = 0;
+    for (;;) {
+        const size_t oe = outer.find('/', o), ie = inner.find('/', i);
+        const std::string_view ol = outer.substr(o, oe == std::string_view::npos ? std::string_view::npos : oe - o);
+        const std::string_view il = inner.substr(i, ie == std::string_view::npos ? std::string_view::npos : ie - i);
+        if (ol == "#") return true;                             // any number of levels, none included
+        if (il == "#" || (ol != "+" && ol != il)) return false; // (inner's '#' takes levels outer's one does not)
+        if (oe == std::string_view::npos && ie == std::string_view::npos) return true;
+        if (ie == std::string_view::npos) return outer.substr(oe + 1) == "#"; // "a/#" takes "a" too
+        if (oe == std::string_view::npos) return false;                       // inner's topics are longer
+        o = oe + 1;
+        i = ie + 1;
+    }
+}
+
 } // namespace ringmq::routing

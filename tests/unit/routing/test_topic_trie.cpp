@@ -1,3 +1,4 @@
+#include "routing/match.hpp"
 #include "routing/topic_trie.hpp"
 
 #include <gmock/gmock.h>
@@ -916,6 +917,36 @@ TEST(topic_trie_iterate, local_filters_after_lists_sorted_chunks) {
     rows.clear();
     EXPECT_TRUE(moved.local_filters_after("", 10, 1 << 20, rows));
     EXPECT_THAT(rows, IsEmpty());
+}
+
+TEST(filter_covers, a_wider_filter_covers_the_topics_of_a_narrower_one) {
+    EXPECT_TRUE(filter_covers("#", "a/b"));
+    EXPECT_TRUE(filter_covers("#", "+/#"));
+    EXPECT_TRUE(filter_covers("a/#", "a"));
+    EXPECT_TRUE(filter_covers("a/#", "a/+/c"));
+    EXPECT_TRUE(filter_covers("a/#", "a/#"));
+    EXPECT_TRUE(filter_covers("+/b", "x/b"));
+    EXPECT_TRUE(filter_covers("+/+", "+/b"));
+    EXPECT_TRUE(filter_covers("a/b", "a/b"));
+    EXPECT_FALSE(filter_covers("a/b", "a/+"));
+    EXPECT_FALSE(filter_covers("a/+", "a/#")); // a/# takes a and a/b/c
+    EXPECT_FALSE(filter_covers("a/+", "a"));
+    EXPECT_FALSE(filter_covers("a/+/#", "a"));   // takes a/x and below, not a
+    EXPECT_FALSE(filter_covers("a/b/#", "a/+")); // a/+ takes a/c
+    EXPECT_FALSE(filter_covers("a", "a/b"));
+    EXPECT_FALSE(filter_covers("a/b", "a"));
+    EXPECT_FALSE(filter_covers("#", "$SYS/#"));
+    EXPECT_FALSE(filter_covers("+/x", "$SYS/x"));
+    EXPECT_TRUE(filter_covers("$SYS/#", "$SYS/x"));
+    // Against topic_matches: where outer covers inner, every topic inner takes, outer takes.
+    const char* filters[] = {"#", "+", "a", "a/#", "a/+", "+/b", "a/b", "a/+/c", "+/+", "a/b/#", "+/#", "$SYS/#"};
+    const char* topics[] = {"a", "b", "a/b", "a/c", "x/b", "a/b/c", "a/x/c", "a/b/c/d", "$SYS", "$SYS/x", "/b", "a/"};
+    for (const char* outer : filters)
+        for (const char* inner : filters) {
+            if (!filter_covers(outer, inner)) continue;
+            for (const char* t : topics)
+                EXPECT_TRUE(!topic_matches(inner, t) || topic_matches(outer, t)) << outer << " " << inner << " " << t;
+        }
 }
 
 } // namespace
