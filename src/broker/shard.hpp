@@ -892,6 +892,9 @@ private:
     static constexpr uint64_t remote_token_bit = uint64_t{1} << 63; // connection ids count up from 1
     static constexpr size_t hold_topics_max = 64;
     static constexpr size_t answered_max = 1024;
+    // The session's filters remove_subscription looks through for one that covers the filter left (past that many,
+    // it releases the queue's publishers as if none did).
+    static constexpr size_t cover_scan_max = 1024;
     // Whether a client was held for h on a topic filter matches (here, or at a gate on another shard).
     static bool held_on(const queue_hold& h, std::string_view filter);
     std::unordered_map<const session_slot*, queue_hold> queue_holds_;

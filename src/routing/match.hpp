@@ -35,8 +35,9 @@ inline bool topic_matches(std::string_view filter, std::string_view topic) {
 // True when `filter` has a wildcard level ('+' or '#'; valid filters have them only as whole levels).
 inline bool has_wildcard(std::string_view filter) { return filter.find_first_of("+#") != std::string_view::npos; }
 
-// True when every topic `inner` matches, `outer` matches too (both valid filters): "a/#" covers "a/+/c" and "a", "+/b"
-// covers "x/b", "#" covers "$SYS/x" not (a leading wildcard never matches a '$' topic).
+// True only when every topic `inner` matches, `outer` matches too (both valid filters): "a/#" covers "a/+/c" and "a",
+// "+/b" covers "x/b", "#" covers "$SYS/x" not (a leading wildcard never matches a '$' topic). Level by level, it misses
+// the few covers where a '+' of outer meets a '#' of inner ("+/#" covers "#" and "/#"): a caller then does as if not.
 inline bool filter_covers(std::string_view outer, std::string_view inner) {
     if (!inner.empty() && inner.front() == '$' && !outer.empty() && (outer.front() == '+' || outer.front() == '#'))
         return false;

@@ -939,8 +939,10 @@ TEST(filter_covers, a_wider_filter_covers_the_topics_of_a_narrower_one) {
     EXPECT_FALSE(filter_covers("+/x", "$SYS/x"));
     EXPECT_TRUE(filter_covers("$SYS/#", "$SYS/x"));
     // Against topic_matches: where outer covers inner, every topic inner takes, outer takes.
-    const char* filters[] = {"#", "+", "a", "a/#", "a/+", "+/b", "a/b", "a/+/c", "+/+", "a/b/#", "+/#", "$SYS/#"};
-    const char* topics[] = {"a", "b", "a/b", "a/c", "x/b", "a/b/c", "a/x/c", "a/b/c/d", "$SYS", "$SYS/x", "/b", "a/"};
+    const char* filters[] = {"#",     "+",   "a",      "a/#", "a/+", "+/b",  "a/b",   "a/+/c", "+/+",
+                             "a/b/#", "+/#", "$SYS/#", "/+",  "a/",  "a//b", "+/+/#", "/#",    "+/"};
+    const char* topics[] = {"a",    "b",      "a/b", "a/c", "x/b",  "a/b/c", "a/x/c", "a/b/c/d",
+                            "$SYS", "$SYS/x", "/b",  "a/",  "a//b", "/",     "//",    "/a/b"};
     for (const char* outer : filters)
         for (const char* inner : filters) {
             if (!filter_covers(outer, inner)) continue;
