@@ -1419,10 +1419,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         trie_.add_remote(*f, from);
         ++trie_gen_;
         // Its new subscriber may take topics the gates here were told reach their queues alone: they are asked anew.
-        if (!gates_.empty()) {
-            unpin(from, *f);
-            read_refused_again(*f, from);
-        }
+        if (!gates_.empty()) unpin(from, *f);
         release_for_new_route(*f, nullptr);
         return;
     }
@@ -1500,10 +1497,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     }
     case k_gate_join: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
-        if (!gates_.empty()) {
-            unpin(from, *f);
-            read_refused_again(*f, from);
-        }
+        if (!gates_.empty()) unpin(from, *f);
         return;
     }
     case k_gate_credit:
@@ -3668,6 +3662,7 @@ void shard::unpin(unsigned from, std::string_view filter) {
             std::erase_if(g.answered,
                           [&](const remote_gate::asker& e) { return routing::topic_matches(filter, e.topic); });
     }
+    read_refused_again(filter, from);
 }
 
 // A client refused a message on a topic the filter takes is read again now: for more than one shard, its message goes

@@ -1016,7 +1016,8 @@ private:
     // route's end; pinned through unpin).
     void forget_topics(unsigned from, std::string_view filter, topic_set remote_gate::*which);
     // A new route's start on shard `from`, or a new subscriber of a route there (k_gate_join): the topics `filter`
-    // takes are pinned no more, nor gated by the answers handed over for them.
+    // takes are pinned no more, nor gated by the answers handed over for them, and the clients refused a message on
+    // one of them are read again (read_refused_again).
     void unpin(unsigned from, std::string_view filter);
     // A subscription to `filter` on shard `on` (a route's start, k_gate_join, or here): the clients refused a message
     // on a topic it takes are read again where that message goes ungated now: to more than one shard (a gate of
