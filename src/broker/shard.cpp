@@ -1353,7 +1353,10 @@ size_t shard::drain_smp() {
         const uint32_t weight = msg_weight(m);
         handle_smp(m, from);
         m = reactor::smp_msg{k_taken_ahead, weight, nullptr};
-        ++taken_ahead_;
+        if (log::at_doubling(taken_ahead_))
+            log::debug("shard {} handled a route update or handoff from shard {} ahead of the deliveries before it, "
+                       "left for a later turn ({} times so far)",
+                       id_, from, taken_ahead_);
     };
     smp_left_ = false;
     // Each turn begins with the next MQTT shard's queue: the first gets the turn's work, the others their share of
