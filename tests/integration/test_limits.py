@@ -3068,10 +3068,15 @@ class LongTurnKeepalive(BrokerTest):
             for start in range(0, len(filters), 2048):
                 sub.subscribe([(f, 0) for f in filters[start:start + 2048]], timeout=30)
         pub = self.client(self.pub_id(), keepalive=0)
-        start = time.monotonic()
-        pub.send(b"".join(m.publish(f"{topic}/c{i}", b"x") for i in range(200)) + self.DONE)
-        pub.expect(self.DONE_ACK, timeout=60)
-        return topic, pub, max((time.monotonic() - start) / 200, 1e-4)
+        # The fastest pace of three runs of 100: one run that meets a stall of the host (in one CI run the pace of
+        # 200 was 2-3 times a long burst's) would have the tests size their bursts too short to tell.
+        paces = []
+        for k in range(3):
+            start = time.monotonic()
+            pub.send(b"".join(m.publish(f"{topic}/c{k}/{i}", b"x") for i in range(100)) + self.DONE)
+            pub.expect(self.DONE_ACK, timeout=60)
+            paces.append((time.monotonic() - start) / 100)
+        return topic, pub, max(min(paces), 1e-4)
 
     def with_pingers(self, work) -> tuple:
         """Runs work() while six keepalive-1 clients ping every 0.3 s; returns what it took (s), how many clients the
