@@ -1351,12 +1351,14 @@ size_t shard::drain_smp() {
     const auto ahead = [&](reactor::smp_msg& m) {
         if (!goes_ahead(m.kind)) return;
         const uint32_t weight = msg_weight(m);
+        const bool route = m.kind != k_handoff;
         handle_smp(m, from);
         m = reactor::smp_msg{k_taken_ahead, weight, nullptr};
-        if (log::at_doubling(taken_ahead_))
-            log::debug("shard {} handled a route update or handoff from shard {} ahead of the deliveries before it, "
-                       "left for a later turn ({} times so far)",
-                       id_, from, taken_ahead_);
+        ++taken_ahead_;
+        if (route && log::at_doubling(routes_ahead_))
+            log::debug("shard {} handled a route update from shard {} ahead of the deliveries before it, left for a "
+                       "later turn ({} times so far)",
+                       id_, from, routes_ahead_);
     };
     smp_left_ = false;
     // Each turn begins with the next MQTT shard's queue: the first gets the turn's work, the others their share of

@@ -1198,6 +1198,7 @@ private:
     bool smp_left_ = false;      // the last drain left deliveries in a queue for a later turn (drain_smp)
     uint64_t smp_cuts_ = 0;      // drains that left deliveries for later (logged at doubling)
     uint64_t taken_ahead_ = 0;   // route updates and handoffs handled ahead of deliveries left for later
+    uint64_t routes_ahead_ = 0;  // the route updates among them (logged at each doubling)
     bool deadlines_due_ = false; // the tick found deadlines due: run_deadlines runs them after the turn's completions
     // The last turn that took long_turn_ms or more to handle its completions, from its start to its end: a packet
     // handled in it was stamped with its start (check_deadline).

@@ -3271,7 +3271,7 @@ class LongTurnKeepalive(BrokerTest):
             # eight times, every other round, until one is taken ahead: one whose route that shard found with nothing
             # left before it, in a turn that took its whole queue, was not, as once in stop 74's runs, and all three
             # of stop 75's once in stop 76's.)
-            if late and more.is_set() and (len(late_took) == 8 or b"handled a route update" in self.broker.log()):
+            if late and more.is_set() and (len(late_took) == 8 or b"handled a route update from shard 0" in self.broker.log()):
                 more.clear()
             if (late and more.is_set() and len(waits) >= 2 * (len(late_took) + 1) and
                     b"left deliveries from other" in self.broker.log()):
