@@ -1436,7 +1436,10 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         // message it shows still reaching others too. (Only a route's end comes here: where the filter's other
         // subscribers leave while the slow session keeps it, the queue's shard tells the gate once a message let go
         // reaches the queue alone, close_remote.)
-        if (!gates_.empty()) forget_topics(from, *f, &remote_gate::exempt);
+        if (!gates_.empty()) {
+            forget_topics(from, *f, &remote_gate::exempt);
+            read_untaken_again(*f, from);
+        }
         return;
     }
     case k_publish: {
@@ -3698,6 +3701,25 @@ void shard::read_refused_again(std::string_view filter, unsigned on) {
     }
 }
 
+void shard::read_untaken_again(std::string_view filter, unsigned from) {
+    std::vector<std::string_view> gone; // refused topics of the filter that no filter there takes now
+    for (auto& [key, g] : gates_) {
+        if (g.shard != from || g.refused_topics.empty()) continue;
+        gone.clear();
+        for (const auto& [topic, n] : g.refused_topics)
+            if (routing::topic_matches(filter, topic) && trie_.remote_matches(topic, from) == 0) gone.push_back(topic);
+        if (gone.empty()) continue;
+        // (gone's views are into refused_topics' keys, which drop_waiters may erase: copied first.)
+        const std::vector<std::string> topics(gone.begin(), gone.end());
+        if (g.drop_waiters([&](const remote_gate::waiter& w) {
+                if (std::find(topics.begin(), topics.end(), w.topic) == topics.end()) return false;
+                unheld_.push_back(w.id);
+                return true;
+            }) != 0)
+            unask_turns(g);
+    }
+}
+
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
     remote_gate* g = gate_for(topic, to);
     if (!g || leaving_) {
@@ -4293,18 +4315,46 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
     // Clients held for this queue (here or at gates on other shards) on a topic of that filter may publish to this
     // session through it only: their messages go elsewhere now, and they would wait for room they no longer need, up to
     // publisher_hold_ms for a subscriber that takes nothing. All are read again; one still routed here (by another of
-    // its filters) is held again once the queue is found at its mark again. Not where another of its filters, at the
-    // same QoS or more, takes every topic this one did: the queue is fed as before (a slow session leaving a narrower
-    // filter of its own, ex/p/+ beside ex/#, opened its gates, and what its publishers had on the way passed its limit:
-    // a probe lost 203-277 acknowledged QoS 1/2 messages in 20 s until stop 76). Looked for among at most
-    // cover_scan_max filters: a session of more, leaving them one by one, would scan them all at each.
-    if (const auto it = queue_holds_.find(&slot); it != queue_holds_.end() && held_on(it->second, filter)) {
-        const auto& subs = slot.s->subscriptions;
-        const bool covered = subs.size() <= cover_scan_max && std::any_of(subs.begin(), subs.end(), [&](const auto& o) {
-                                 return (o.second & 3) >= qos && routing::filter_covers(o.first, filter);
-                             });
-        if (!covered) release_publishers(slot, false);
-    }
+    // its filters) is held again once the queue is found at its mark again. Not where the queue is still fed what they
+    // were held for (still_fed): a slow session leaving a filter of its own, ex/p/+ beside ex/# (until stop 76) or
+    // ex/p/# beside ex/p/+/x (until stop 77), opened its gates, and what its publishers had on the way passed its
+    // limit: probes lost 203-277 and 398 acknowledged QoS 1/2 messages in 20 s. (Those held at a gate there on a topic
+    // now routed nowhere on this shard are read again at the route's end, read_untaken_again.)
+    if (const auto it = queue_holds_.find(&slot);
+        it != queue_holds_.end() && held_on(it->second, filter) && !still_fed(it->second, *slot.s, filter, qos))
+        release_publishers(slot, false);
+}
+
+bool shard::still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos) {
+    const auto& subs = s.subscriptions;
+    if (subs.size() > cover_scan_max) return false;
+    const auto keeps = [qos](uint8_t options) { return (options & 3) >= qos; }; // (options: QoS in bits 0-1)
+    if (std::any_of(subs.begin(), subs.end(),
+                    [&](const auto& o) { return keeps(o.second) && routing::filter_covers(o.first, filter); }))
+        return true;
+    // Or every topic its publishers were held on that the filter took is taken by another: known where the records
+    // are whole (a topic past hold_topics_max is not kept), and one at least is among them (a gate told the filter,
+    // and no topic recorded: which topics it holds is not known here).
+    size_t looks = 0;
+    bool any = false;
+    const auto fed = [&](const topic_set& topics) {
+        if (topics.size() >= hold_topics_max) return false;
+        for (const std::string& t : topics) {
+            if (!routing::topic_matches(filter, t)) continue;
+            any = true;
+            bool taken = false;
+            for (auto o = subs.begin(); !taken && o != subs.end(); ++o) {
+                if (++looks > fed_scan_max) return false;
+                taken = keeps(o->second) && routing::topic_matches(o->first, t);
+            }
+            if (!taken) return false;
+        }
+        return true;
+    };
+    return fed(h.topics) &&
+           std::all_of(h.remote.begin(), h.remote.end(),
+                       [&](const queue_hold_source& src) { return fed(src.topics); }) &&
+           any;
 }
 
 void shard::broadcast_route(uint32_t kind, const std::string& filter) {

@@ -895,6 +895,12 @@ private:
     // The session's filters remove_subscription looks through for one that covers the filter left (past that many,
     // it releases the queue's publishers as if none did).
     static constexpr size_t cover_scan_max = 1024;
+    // And the filters looked through, for all the topics held, for one that takes each (still_fed).
+    static constexpr size_t fed_scan_max = 4096;
+    // Whether the queue's session, leaving `filter` (at `qos`), is still fed what its publishers were held for by that
+    // filter: another of its filters, at that QoS or more, covers it (routing::filter_covers), or takes each topic the
+    // hold recorded that the filter took. Past cover_scan_max filters or fed_scan_max looks, false.
+    static bool still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos);
     // Whether a client was held for h on a topic filter matches (here, or at a gate on another shard).
     static bool held_on(const queue_hold& h, std::string_view filter);
     std::unordered_map<const session_slot*, queue_hold> queue_holds_;
@@ -1024,6 +1030,9 @@ private:
     // another shard than `on`), or asked about (a gate of `on`, where a filter no gate holds takes the topic: a
     // pinned one, unpinned first). refused_topics first, then `waiting`; the surplus turns are withdrawn.
     void read_refused_again(std::string_view filter, unsigned on);
+    // A route's end from shard `from` (k_route_del): the clients refused at its gates a message on a topic of that
+    // filter that no filter there takes now are read again (the queue's shard kept its gates closed: still_fed).
+    void read_untaken_again(std::string_view filter, unsigned from);
     // Asks the queue's shard for a turn for each client waiting at g that has none asked yet (k_gate_wait).
     void ask_turns(remote_gate& g);
     // The other way: turns asked for clients no longer waiting at g (gone, or read_refused_again) are withdrawn
