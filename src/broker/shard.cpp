@@ -1436,10 +1436,7 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
         // message it shows still reaching others too. (Only a route's end comes here: where the filter's other
         // subscribers leave while the slow session keeps it, the queue's shard tells the gate once a message let go
         // reaches the queue alone, close_remote.)
-        if (!gates_.empty()) {
-            forget_topics(from, *f, &remote_gate::exempt);
-            read_untaken_again(*f, from);
-        }
+        if (!gates_.empty()) forget_topics(from, *f, &remote_gate::exempt);
         return;
     }
     case k_publish: {
@@ -1506,6 +1503,11 @@ void shard::handle_smp(const reactor::smp_msg& m, unsigned from) {
     case k_gate_join: {
         std::unique_ptr<std::string> f(static_cast<std::string*>(m.ptr));
         if (!gates_.empty()) unpin(from, *f);
+        return;
+    }
+    case k_gate_unfilter: {
+        std::unique_ptr<gate_close> u(static_cast<gate_close*>(m.ptr));
+        unfilter_gate(from, *u);
         return;
     }
     case k_gate_credit:
@@ -3701,23 +3703,29 @@ void shard::read_refused_again(std::string_view filter, unsigned on) {
     }
 }
 
-void shard::read_untaken_again(std::string_view filter, unsigned from) {
-    std::vector<std::string_view> gone; // refused topics of the filter that no filter there takes now
-    for (auto& [key, g] : gates_) {
-        if (g.shard != from || g.refused_topics.empty()) continue;
-        gone.clear();
-        for (const auto& [topic, n] : g.refused_topics)
-            if (routing::topic_matches(filter, topic) && trie_.remote_matches(topic, from) == 0) gone.push_back(topic);
-        if (gone.empty()) continue;
-        // (gone's views are into refused_topics' keys, which drop_waiters may erase: copied first.)
-        const std::vector<std::string> topics(gone.begin(), gone.end());
-        if (g.drop_waiters([&](const remote_gate::waiter& w) {
-                if (std::find(topics.begin(), topics.end(), w.topic) == topics.end()) return false;
-                unheld_.push_back(w.id);
-                return true;
-            }) != 0)
-            unask_turns(g);
+void shard::unfilter_gate(unsigned from, const gate_close& u) {
+    const auto it = gates_.find({from, u.queue});
+    if (it == gates_.end() || it->second.topics.erase(u.topic) == 0) return;
+    remote_gate& g = it->second;
+    auto& index = gate_index(u.topic);
+    if (const auto t = index.find(u.topic); t != index.end() && t->second == &g) index.erase(t);
+    if (g.topics.empty()) {
+        forget_gate(from, g.queue); // (holds nothing: as a gate whose topic reached no queue there)
+        return;
     }
+    // Its clients refused a message on a topic that none of the gate's other filters takes wait for nothing now.
+    std::vector<std::string> gone;
+    for (const auto& [topic, n] : g.refused_topics)
+        if (routing::topic_matches(u.topic, topic) &&
+            std::none_of(g.topics.begin(), g.topics.end(),
+                         [&](const std::string& f) { return routing::topic_matches(f, topic); }))
+            gone.push_back(topic);
+    if (!gone.empty() && g.drop_waiters([&](const remote_gate::waiter& w) {
+            if (std::find(gone.begin(), gone.end(), w.topic) == gone.end()) return false;
+            unheld_.push_back(w.id);
+            return true;
+        }) != 0)
+        unask_turns(g);
 }
 
 void shard::push_gated(unsigned to, session::message_ref& msg, std::string_view topic) {
@@ -4318,11 +4326,20 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
     // its filters) is held again once the queue is found at its mark again. Not where the queue is still fed what they
     // were held for (still_fed): a slow session leaving a filter of its own, ex/p/+ beside ex/# (until stop 76) or
     // ex/p/# beside ex/p/+/x (until stop 77), opened its gates, and what its publishers had on the way passed its
-    // limit: probes lost 203-277 and 398 acknowledged QoS 1/2 messages in 20 s. (Those held at a gate there on a topic
-    // now routed nowhere on this shard are read again at the route's end, read_untaken_again.)
-    if (const auto it = queue_holds_.find(&slot);
-        it != queue_holds_.end() && held_on(it->second, filter) && !still_fed(it->second, *slot.s, filter, qos))
+    // limit: probes lost 203-277 and 398 acknowledged QoS 1/2 messages in 20 s. The gates told the filter drop it
+    // (k_gate_unfilter): a message let through on credit, on a topic of it alone, would reach nothing here, and the
+    // word back (k_gate_drop) find the gate by that filter and let it go; and a client refused on such a topic would
+    // wait for the queue's turn for nothing.
+    const auto it = queue_holds_.find(&slot);
+    if (it == queue_holds_.end() || !held_on(it->second, filter)) return;
+    if (!still_fed(it->second, *slot.s, filter, qos)) {
         release_publishers(slot, false);
+        return;
+    }
+    for (queue_hold_source& src : it->second.remote)
+        if (src.filters.erase(filter) != 0)
+            push(src.shard, k_gate_unfilter, 0,
+                 new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(filter)});
 }
 
 bool shard::still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos) {
@@ -4785,6 +4802,7 @@ void release_message(const reactor::smp_msg& m) {
     case k_gate_close:
     case k_gate_ask:
     case k_gate_pin:
+    case k_gate_unfilter:
         delete static_cast<gate_close*>(m.ptr);
         break;
     case k_gate_drop:

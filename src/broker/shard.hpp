@@ -195,6 +195,8 @@ enum msg_kind : uint32_t {
                    // are)
     k_taken_ahead, // arg: its weight; a route update, k_gate_join or handoff handled ahead of deliveries before it
                    // (drain_smp)
+    k_gate_unfilter, // ptr: gate_close*: the queue's session left that filter, the queue still fed what its publishers
+                     // were held for by others (shard::still_fed): the gate holds the filter no longer
 };
 
 // The bytes a cross-shard message holds, as its sender counted them (smp_outbox::push) and its receiver reports them
@@ -872,7 +874,7 @@ private:
         unsigned shard;
         uint64_t outstanding = 0;
         int64_t used_ms = 0; // when credit was last given or seen used (unused for publisher_hold_ms, it is forgotten)
-        topic_set filters;   // the session's filters that shard was told to gate (k_gate_close)
+        topic_set filters;   // the session's filters that shard was told to gate (k_gate_close; k_gate_unfilter)
         // The topics whose messages found the queue at its mark, up to hold_topics_max, as queue_hold::topics: a route
         // change to one of them ends the hold. (Not the filters: a wildcard subscriber's would end it at every
         // subscription anywhere that overlaps it.)
@@ -884,8 +886,9 @@ private:
         int64_t moved_ms = 0;
         std::vector<queue_hold_source> remote;
         // Those this shard's clients were held on (the other shards' are in remote), up to hold_topics_max: a route
-        // change to one of them ends the hold (release_for_new_route, remove_subscription). One past the bound (a
-        // wildcard subscriber's queue held on ever new topics) is not kept, and its clients wait as before.
+        // change to one of them ends the hold (release_for_new_route; remove_subscription, unless another of the
+        // session's filters still takes each: still_fed). One past the bound (a wildcard subscriber's queue held on
+        // ever new topics) is not kept, and its clients wait as before.
         topic_set topics;
         bool empty() const { return waiting.empty() && remote.empty(); }
     };
@@ -1030,9 +1033,9 @@ private:
     // another shard than `on`), or asked about (a gate of `on`, where a filter no gate holds takes the topic: a
     // pinned one, unpinned first). refused_topics first, then `waiting`; the surplus turns are withdrawn.
     void read_refused_again(std::string_view filter, unsigned on);
-    // A route's end from shard `from` (k_route_del): the clients refused at its gates a message on a topic of that
-    // filter that no filter there takes now are read again (the queue's shard kept its gates closed: still_fed).
-    void read_untaken_again(std::string_view filter, unsigned from);
+    // k_gate_unfilter: the gate of u's queue holds u's filter no longer (its session left it, still fed by others:
+    // still_fed); the clients refused on a topic none of its other filters takes are read again.
+    void unfilter_gate(unsigned from, const gate_close& u);
     // Asks the queue's shard for a turn for each client waiting at g that has none asked yet (k_gate_wait).
     void ask_turns(remote_gate& g);
     // The other way: turns asked for clients no longer waiting at g (gone, or read_refused_again) are withdrawn
