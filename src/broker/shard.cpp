@@ -4336,10 +4336,23 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
         release_publishers(slot, false);
         return;
     }
-    for (queue_hold_source& src : it->second.remote)
-        if (src.filters.erase(filter) != 0)
-            push(src.shard, k_gate_unfilter, 0,
-                 new gate_close{reinterpret_cast<uintptr_t>(queue_key(&slot)), std::string(filter)});
+    const uint64_t key = reinterpret_cast<uintptr_t>(queue_key(&slot));
+    for (queue_hold_source& src : it->second.remote) {
+        if (!src.filters.contains(filter)) continue;
+        // First the gate is told the session's other filters that take what this one did there, if it was not (one
+        // subscribed after the gate closed): without them it would read its clients again, or go, though still fed.
+        for (const auto& [f, opts] : slot.s->subscriptions)
+            if ((opts & 3) != 0 && !src.filters.contains(f) &&
+                (routing::filter_covers(f, filter) ||
+                 std::any_of(src.topics.begin(), src.topics.end(), [&](const std::string& t) {
+                     return routing::topic_matches(filter, t) && routing::topic_matches(f, t);
+                 }))) {
+                src.filters.insert(f);
+                push_close(src.shard, k_gate_close, 0, new gate_close{key, f});
+            }
+        src.filters.erase(filter);
+        push(src.shard, k_gate_unfilter, 0, new gate_close{key, std::string(filter)});
+    }
 }
 
 bool shard::still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos) {

@@ -2346,6 +2346,19 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         b.expect(m.puback(1), timeout=5)  # (not 10 s, the hold's limit)
         self.held_then_all_taken(slow, a, sent, "ex/p/t/x")
 
+    def test_a_slow_session_leaving_the_one_filter_its_gate_was_told_still_holds_its_publishers(self):
+        # The gate on a's shard closed for ex/p/+ alone; the slow session then takes ex/# too (no gate is told of it)
+        # and leaves ex/p/+: the gate is told ex/# before it drops ex/p/+, so a stays held. (Without that, in a review
+        # of 79f8922, the gate, left holding nothing, went, and a was let go though the queue was still fed.)
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
+        slow = self.on0("slow")
+        slow.subscribe([("ex/p/+", 1)])
+        a = self.client(self.cid("a", 1))
+        sent = self.send_until_held(a, "ex/p/t", 0)
+        slow.subscribe([("ex/#", 1)])
+        slow.unsubscribe(["ex/p/+"])
+        self.held_then_all_taken(slow, a, sent, "ex/p/t")
+
     def test_a_gated_subscriber_whose_other_filter_takes_a_topic_still_holds_its_publisher(self):
         # The gate closed for ex/# (the topic ex/slow is not ex/two/+'s).
         self.gated_alone_by_two_filters([("ex/#", 1), ("ex/two/+", 1)], "ex/two/a")
