@@ -1147,15 +1147,18 @@ void shard::credit_gate(unsigned from, uint64_t queue, uint64_t n) {
 void shard::let_gate_go(std::map<std::pair<unsigned, uint64_t>, remote_gate>::iterator it) {
     remote_gate& g = it->second;
     if (gate_reading_gate_ == &g) gate_reading_gate_ = nullptr; // (only compared, but never to a gate gone)
-    for (const std::string& topic : g.topics) {
-        auto& index = gate_index(topic);
-        if (const auto t = index.find(topic); t != index.end() && t->second == &g) index.erase(t);
-    }
+    for (const std::string& topic : g.topics)
+        unindex_gate(g, topic);
     for (const auto& w : g.waiting)
         unheld_.push_back(w.id);
     for (const auto& a : g.askers)
         unheld_.push_back(a.id);
     gates_.erase(it);
+}
+
+void shard::unindex_gate(const remote_gate& g, std::string_view topic) {
+    auto& index = gate_index(topic);
+    if (const auto t = index.find(topic); t != index.end() && t->second == &g) index.erase(t);
 }
 
 void shard::open_gate(unsigned from, uint64_t queue) {
@@ -1351,7 +1354,7 @@ size_t shard::drain_smp() {
     const auto ahead = [&](reactor::smp_msg& m) {
         if (!goes_ahead(m.kind)) return;
         const uint32_t weight = msg_weight(m);
-        const bool route = m.kind != k_handoff;
+        const bool route = m.kind == k_route_add || m.kind == k_route_del;
         handle_smp(m, from);
         m = reactor::smp_msg{k_taken_ahead, weight, nullptr};
         ++taken_ahead_;
@@ -3707,8 +3710,7 @@ void shard::unfilter_gate(unsigned from, const gate_close& u) {
     const auto it = gates_.find({from, u.queue});
     if (it == gates_.end() || it->second.topics.erase(u.topic) == 0) return;
     remote_gate& g = it->second;
-    auto& index = gate_index(u.topic);
-    if (const auto t = index.find(u.topic); t != index.end() && t->second == &g) index.erase(t);
+    unindex_gate(g, u.topic);
     if (g.topics.empty()) {
         forget_gate(from, g.queue); // (holds nothing: as a gate whose topic reached no queue there)
         return;
@@ -4332,36 +4334,38 @@ void shard::remove_subscription(session_slot& slot, const std::string& filter) {
     // wait for the queue's turn for nothing.
     const auto it = queue_holds_.find(&slot);
     if (it == queue_holds_.end() || !held_on(it->second, filter)) return;
-    if (!still_fed(it->second, *slot.s, filter, qos)) {
+    std::vector<const std::string*> takers; // the session's filters that still_fed found taking what it did
+    if (!still_fed(it->second, *slot.s, filter, qos, takers)) {
         release_publishers(slot, false);
         return;
     }
     const uint64_t key = reinterpret_cast<uintptr_t>(queue_key(&slot));
     for (queue_hold_source& src : it->second.remote) {
         if (!src.filters.contains(filter)) continue;
-        // First the gate is told the session's other filters that take what this one did there, if it was not (one
-        // subscribed after the gate closed): without them it would read its clients again, or go, though still fed.
-        for (const auto& [f, opts] : slot.s->subscriptions)
-            if ((opts & 3) != 0 && !src.filters.contains(f) &&
-                (routing::filter_covers(f, filter) ||
-                 std::any_of(src.topics.begin(), src.topics.end(), [&](const std::string& t) {
-                     return routing::topic_matches(filter, t) && routing::topic_matches(f, t);
-                 }))) {
-                src.filters.insert(f);
-                push_close(src.shard, k_gate_close, 0, new gate_close{key, f});
-            }
+        // First the gate is told those it was not (one subscribed after the gate closed): without them it would read
+        // its clients again, or go, though the queue is still fed. (One that takes only another gate's topics holds
+        // no more there than close_remote would have it hold at that topic's first message.)
+        for (const std::string* f : takers)
+            if (src.filters.insert(*f).second) push_close(src.shard, k_gate_close, 0, new gate_close{key, *f});
         src.filters.erase(filter);
         push(src.shard, k_gate_unfilter, 0, new gate_close{key, std::string(filter)});
     }
 }
 
-bool shard::still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos) {
+bool shard::still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos,
+                      std::vector<const std::string*>& takers) {
     const auto& subs = s.subscriptions;
     if (subs.size() > cover_scan_max) return false;
     const auto keeps = [qos](uint8_t options) { return (options & 3) >= qos; }; // (options: QoS in bits 0-1)
-    if (std::any_of(subs.begin(), subs.end(),
-                    [&](const auto& o) { return keeps(o.second) && routing::filter_covers(o.first, filter); }))
-        return true;
+    // (A QoS 0 one is never told to a gate, close_remote: not a taker.)
+    const auto take = [&](const std::string& f, uint8_t options) {
+        if ((options & 3) != 0 && std::find(takers.begin(), takers.end(), &f) == takers.end()) takers.push_back(&f);
+    };
+    for (const auto& [f, options] : subs)
+        if (keeps(options) && routing::filter_covers(f, filter)) {
+            take(f, options);
+            return true;
+        }
     // Or every topic its publishers were held on that the filter took is taken by another: known where the records
     // are whole (a topic past hold_topics_max is not kept), and one at least is among them (a gate told the filter,
     // and no topic recorded: which topics it holds is not known here).
@@ -4372,12 +4376,13 @@ bool shard::still_fed(const queue_hold& h, const session::session& s, std::strin
         for (const std::string& t : topics) {
             if (!routing::topic_matches(filter, t)) continue;
             any = true;
-            bool taken = false;
-            for (auto o = subs.begin(); !taken && o != subs.end(); ++o) {
+            auto o = subs.begin();
+            for (; o != subs.end(); ++o) {
                 if (++looks > fed_scan_max) return false;
-                taken = keeps(o->second) && routing::topic_matches(o->first, t);
+                if (keeps(o->second) && routing::topic_matches(o->first, t)) break;
             }
-            if (!taken) return false;
+            if (o == subs.end()) return false;
+            take(o->first, o->second);
         }
         return true;
     };

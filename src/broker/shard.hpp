@@ -895,15 +895,17 @@ private:
     static constexpr uint64_t remote_token_bit = uint64_t{1} << 63; // connection ids count up from 1
     static constexpr size_t hold_topics_max = 64;
     static constexpr size_t answered_max = 1024;
-    // The session's filters remove_subscription looks through for one that covers the filter left (past that many,
-    // it releases the queue's publishers as if none did).
+    // The session's filters still_fed looks through for one that covers the filter left (past that many, it releases
+    // the queue's publishers as if none did).
     static constexpr size_t cover_scan_max = 1024;
     // And the filters looked through, for all the topics held, for one that takes each (still_fed).
     static constexpr size_t fed_scan_max = 4096;
     // Whether the queue's session, leaving `filter` (at `qos`), is still fed what its publishers were held for by that
     // filter: another of its filters, at that QoS or more, covers it (routing::filter_covers), or takes each topic the
-    // hold recorded that the filter took. Past cover_scan_max filters or fed_scan_max looks, false.
-    static bool still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos);
+    // hold recorded that the filter took. Past cover_scan_max filters or fed_scan_max looks, false. `takers` gets the
+    // filters (QoS 1/2) it found: the covering one, or the first found for each topic (pointers into s's map).
+    static bool still_fed(const queue_hold& h, const session::session& s, std::string_view filter, uint8_t qos,
+                          std::vector<const std::string*>& takers);
     // Whether a client was held for h on a topic filter matches (here, or at a gate on another shard).
     static bool held_on(const queue_hold& h, std::string_view filter);
     std::unordered_map<const session_slot*, queue_hold> queue_holds_;
@@ -917,7 +919,8 @@ private:
     // that finds it spent sends that message still and is held, oldest first in `waiting` (waiter), read
     // again in turn as credit comes (ease_gates), or after mqtt.publisher_hold_ms, or when the queue's shard opens the
     // gate (k_gate_open: the session is gone or stuck), or when a subscription takes its refused message's topic for
-    // another subscriber (read_refused_again). Keyed by (shard, queue); its topics point at it.
+    // another subscriber (read_refused_again), or when the gate drops the filter that took it and no other of its
+    // filters does (k_gate_unfilter, unfilter_gate). Keyed by (shard, queue); its topics point at it.
     struct remote_gate {
         unsigned shard = 0;
         uint64_t queue = 0;
@@ -1036,12 +1039,15 @@ private:
     // k_gate_unfilter: the gate of u's queue holds u's filter no longer (its session left it, still fed by others:
     // still_fed); the clients refused on a topic none of its other filters takes are read again.
     void unfilter_gate(unsigned from, const gate_close& u);
+    // The index entry of g's filter or topic goes, where it is g's (another queue's gate may have taken it since).
+    void unindex_gate(const remote_gate& g, std::string_view topic);
     // Asks the queue's shard for a turn for each client waiting at g that has none asked yet (k_gate_wait).
     void ask_turns(remote_gate& g);
     // The other way: turns asked for clients no longer waiting at g (gone, or read_refused_again) are withdrawn
     // (k_gate_unwait), else the queue's shard would hold its own clients behind them.
     void unask_turns(remote_gate& g);
-    // drop_gate_topic's and gate_answered's end: the gate goes and the queue's shard is told it may forget it told.
+    // drop_gate_topic's, gate_answered's and unfilter_gate's end: the gate goes and the queue's shard is told it may
+    // forget it told.
     void forget_gate(unsigned shard, uint64_t queue);
     // A subscription here to a filter that had a subscriber here already: k_gate_join to the shards a queue here has
     // told to gate.
@@ -1210,7 +1216,7 @@ private:
     bool smp_left_ = false;      // the last drain left deliveries in a queue for a later turn (drain_smp)
     uint64_t smp_cuts_ = 0;      // drains that left deliveries for later (logged at doubling)
     uint64_t taken_ahead_ = 0;   // route updates and handoffs handled ahead of deliveries left for later
-    uint64_t routes_ahead_ = 0;  // the route updates among them (logged at each doubling)
+    uint64_t routes_ahead_ = 0;  // the route updates among them, k_route_add and k_route_del (logged at each doubling)
     bool deadlines_due_ = false; // the tick found deadlines due: run_deadlines runs them after the turn's completions
     // The last turn that took long_turn_ms or more to handle its completions, from its start to its end: a packet
     // handled in it was stamped with its start (check_deadline).
