@@ -2308,13 +2308,18 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         # The slow session takes ex/p/t by ex/# and ex/p/+ and leaves ex/p/+: ex/# still brings every such topic to the
         # same queue, so its gate stays closed and a stays held. (Until stop 76 the gate opened, a's held message went,
         # and 100 more in one write passed the queue's limit: dropped, though acknowledged.)
-        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
-        slow = self.on0("slow")
-        slow.subscribe([("ex/#", 1), ("ex/p/+", 1)])
-        a = self.client(self.cid("a", 1))
-        sent = self.send_until_held(a, "ex/p/t", 0)
+        slow, a, sent = self.slow_holding_a([("ex/#", 1), ("ex/p/+", 1)], "ex/p/t")
         slow.unsubscribe(["ex/p/+"])
         self.held_then_all_taken(slow, a, sent, "ex/p/t")
+
+    def slow_holding_a(self, filters: list, topic: str) -> tuple:
+        """A slow session on shard 0 with `filters` that takes nothing (a queue of 40, hold limit 10 s), and a on shard 1
+        held publishing to `topic`; returns them and how many a sent."""
+        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
+        slow = self.on0("slow")
+        slow.subscribe(filters)
+        a = self.client(self.cid("a", 1))
+        return slow, a, self.send_until_held(a, topic, 0)
 
     def held_then_all_taken(self, slow, a, sent: int, topic: str):
         """a, held with `sent` messages out, stays held; 100 more in one write, and the slow one (reading now) gets every
@@ -2333,11 +2338,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         # ex/p/y), but takes the topic a was held on, so a stays held. (Until stop 77 the gate opened, and what a had
         # on the way passed the queue's limit: a probe lost 398 acknowledged messages in 20 s.) b, refused its message
         # on ex/p/y, ex/p/#'s alone, is read again when the gate drops ex/p/# (k_gate_unfilter).
-        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
-        slow = self.on0("slow")
-        slow.subscribe([("ex/p/+/x", 1), ("ex/p/#", 1)])
-        a = self.client(self.cid("a", 1))
-        sent = self.send_until_held(a, "ex/p/t/x", 0)
+        slow, a, sent = self.slow_holding_a([("ex/p/+/x", 1), ("ex/p/#", 1)], "ex/p/t/x")
         b = self.client(self.cid("b", 1))
         b.send(m.publish("ex/p/y", b"b", qos=1, pid=1))
         with self.assertRaises(AssertionError):
@@ -2350,11 +2351,7 @@ class PublisherHoldAcrossShards(PublisherHoldBase, BrokerTest):
         # The gate on a's shard closed for ex/p/+ alone; the slow session then takes ex/# too (no gate is told of it)
         # and leaves ex/p/+: the gate is told ex/# before it drops ex/p/+, so a stays held. (Without that, in a review
         # of 79f8922, the gate, left holding nothing, went, and a was let go though the queue was still fed.)
-        self.use_broker({**self.FAR_LIMITS, "mqtt.publisher_hold_ms": 10000})
-        slow = self.on0("slow")
-        slow.subscribe([("ex/p/+", 1)])
-        a = self.client(self.cid("a", 1))
-        sent = self.send_until_held(a, "ex/p/t", 0)
+        slow, a, sent = self.slow_holding_a([("ex/p/+", 1)], "ex/p/t")
         slow.subscribe([("ex/#", 1)])
         slow.unsubscribe(["ex/p/+"])
         self.held_then_all_taken(slow, a, sent, "ex/p/t")
