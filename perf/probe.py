@@ -49,8 +49,9 @@ def packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + rl(len(body)) + body
 
 
-def connect(client_id: str) -> bytes:
-    return packet(0x10, s16(b"MQTT") + bytes([4, 0x02]) + struct.pack(">H", 600) + s16(client_id.encode()))
+def connect(client_id: str, clean: bool = True) -> bytes:
+    flags = 0x02 if clean else 0
+    return packet(0x10, s16(b"MQTT") + bytes([4, flags]) + struct.pack(">H", 600) + s16(client_id.encode()))
 
 
 def publish(topic: str, payload: bytes, qos: int, pid: int) -> bytes:
@@ -61,11 +62,11 @@ def publish(topic: str, payload: bytes, qos: int, pid: int) -> bytes:
 class Reader:
     """Frames MQTT packets from one blocking socket; owned by one thread or process."""
 
-    def __init__(self, port: int, client_id: str):
+    def __init__(self, port: int, client_id: str, clean: bool = True):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
-        self.sock.sendall(connect(client_id))
+        self.sock.sendall(connect(client_id, clean))
         first, body = self.next(10)
         if first >> 4 != 2 or body[1] != 0:
             raise RuntimeError(f"CONNACK refused for {client_id}: {body.hex()}")

@@ -912,6 +912,38 @@ class Broadcast(unittest.TestCase):
         self.assertIn("other client's ping p99.9 ms", run.stdout)
 
 
+class HoldChurn(unittest.TestCase):
+    """perf/hold_churn end to end: a slow subscriber that changes its filters while its publishers are held."""
+
+    def churn(self, *args: str) -> tuple:
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "hc.json")
+            run = subprocess.run([sys.executable, str(REPO / "perf" / "hold_churn"), "--json", out, *args],
+                                 capture_output=True, text=True, timeout=120, env=dict(os.environ, RINGMQ_BIN=broker_bin()))
+            with open(out) as f:
+                return run, json.load(f)
+
+    def test_nothing_answered_is_lost_while_the_held_subscriber_changes_its_filters(self):
+        run, res = self.churn("--duration", "3", "--shards", "2", "--publishers", "8", "--churners", "2")
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.assertEqual((res["missing"], res["broker_exit"], res["errors"], res["drop_warnings"]), (0, 0, [], 0))
+        # Each publisher's topics are ex/p/N/x and ex/c/N, both taken by the base filters; the subscriber reads 1000
+        # a second, so its queue of 100 holds them.
+        self.assertGreater(res["wanted"], 500)
+        self.assertEqual(res["wanted"], res["acked"])
+        self.assertGreaterEqual(res["received"], res["wanted"])
+
+    def test_messages_a_queue_drops_past_its_limit_are_counted_missing(self):
+        # Without the hold the queue drops what passes its 20: the tool must see them missing and fail.
+        run, res = self.churn("--duration", "2", "--shards", "1", "--publishers", "4", "--churners", "0", "--hold-ms",
+                              "0", "--queue", "20")
+        self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
+        self.assertGreater(res["missing"], 0)
+        self.assertGreater(res["drop_warnings"], 0)
+        self.assertEqual(res["received"] + res["missing"], res["wanted"])
+        self.assertIn("acknowledged messages missing", run.stderr)
+
+
 class ProbeStats(unittest.TestCase):
     def test_a_stall_counts_for_every_ping_a_steady_client_would_have_sent_during_it(self):
         sys.path.insert(0, str(REPO / "perf"))
