@@ -884,6 +884,7 @@ private:
     struct queue_hold {
         std::deque<std::pair<uint64_t, int64_t>> waiting;
         int64_t moved_ms = 0;
+        int64_t full_turn_ms = 0; // when ease_queue_holds last gave a turn with room for several (least_turn)
         std::vector<queue_hold_source> remote;
         // Those this shard's clients were held on (the other shards' are in remote), up to hold_topics_max: a route
         // change to one of them ends the hold (release_for_new_route; remove_subscription, unless another of the

@@ -933,6 +933,17 @@ class HoldChurn(unittest.TestCase):
         self.assertEqual(res["wanted"], res["acked"])
         self.assertGreaterEqual(res["received"], res["wanted"])
 
+    def test_a_hundred_held_publishers_take_even_turns(self):
+        # A round of 100 held publishers (20 messages each in flight, turns of 10 at the subscriber's 1000 a second)
+        # takes longer than an eighth of the hold's limit: until stop 78 each then took whatever room its turn found,
+        # and they split into two sets, one answered about three times as often as the other (fewest 39, most 125).
+        run, res = self.churn("--duration", "6", "--shards", "1", "--publishers", "100", "--window", "20", "--churn",
+                              "", "--churners", "0")
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        fewest, median, most = res["per_publisher"]
+        self.assertGreater(fewest, 0)
+        self.assertGreaterEqual(fewest * 2, most, res["per_publisher"])
+
     def test_messages_a_queue_drops_past_its_limit_are_counted_missing(self):
         # Without the hold the queue drops what passes its 20: the tool must see them missing and fail.
         run, res = self.churn("--duration", "2", "--shards", "1", "--publishers", "4", "--churners", "0", "--hold-ms",
