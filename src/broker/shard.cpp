@@ -858,7 +858,8 @@ void shard::ease_queue_holds() {
 
 void shard::forget_gone_holds() {
     // An id left in a list would keep the clients of this shard that publish to its queue (or through its gate)
-    // held behind it until the room for a whole turn came, or an eighth of publisher_hold_ms passed.
+    // held behind it until the room for a whole turn came (or, for a very slow subscriber, an eighth of
+    // publisher_hold_ms passed: ease_queue_holds).
     std::sort(hold_gone_.begin(), hold_gone_.end());
     const auto gone = [&](const std::pair<uint64_t, int64_t>& w) {
         return std::binary_search(hold_gone_.begin(), hold_gone_.end(), w.first);

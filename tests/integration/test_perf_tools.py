@@ -924,9 +924,11 @@ class HoldChurn(unittest.TestCase):
                 return run, json.load(f)
 
     def test_nothing_answered_is_lost_while_the_held_subscriber_changes_its_filters(self):
-        run, res = self.churn("--duration", "3", "--shards", "2", "--publishers", "8", "--churners", "2")
+        run, res = self.churn("--duration", "3", "--shards", "2", "--publishers", "8", "--churners", "2", "--retain")
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
         self.assertEqual((res["missing"], res["broker_exit"], res["errors"], res["drop_warnings"]), (0, 0, [], 0))
+        # Retained: each churned SUBSCRIBE brings copies, which do not count as the live deliveries.
+        self.assertGreater(res["retained_copies"], 0)
         # Each publisher's topics are ex/p/N/x and ex/c/N, both taken by the base filters; the subscriber reads 1000
         # a second, so its queue of 100 holds them.
         self.assertGreater(res["wanted"], 500)
@@ -940,9 +942,11 @@ class HoldChurn(unittest.TestCase):
         run, res = self.churn("--duration", "6", "--shards", "1", "--publishers", "100", "--window", "20", "--churn",
                               "", "--churners", "0")
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
-        fewest, median, most = res["per_publisher"]
-        self.assertGreater(fewest, 0)
-        self.assertGreaterEqual(fewest * 2, most, res["per_publisher"])
+        fewest, p10, median, p90, most = res["per_publisher"]
+        self.assertLessEqual(fewest, p10)
+        self.assertLessEqual(p90, most)
+        # (10th and 90th percentiles, so that a publisher thread or two the host held back do not decide.)
+        self.assertGreaterEqual(p10 * 2, p90, res["per_publisher"])
 
     def test_messages_a_queue_drops_past_its_limit_are_counted_missing(self):
         # Without the hold the queue drops what passes its 20: the tool must see them missing and fail.
