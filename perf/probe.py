@@ -1,7 +1,7 @@
 """What the perf scripts share for watching a broker from the side: a minimal MQTT 3.1.1 client over a blocking
 socket, a prober process that times PINGREQ round trips while a load runs, the broker's CPU time, and the rounds
-against both brokers with their table (side_by_side). Imported by perf/retained_read and perf/broadcast; it measures
-nothing by itself."""
+against both brokers with their table (side_by_side). Imported by perf/retained_read, perf/broadcast, perf/idle_scale
+and perf/hold_churn; it measures nothing by itself."""
 
 from __future__ import annotations
 

@@ -916,10 +916,13 @@ class HoldChurn(unittest.TestCase):
     """perf/hold_churn end to end: a slow subscriber that changes its filters while its publishers are held."""
 
     def churn(self, *args: str) -> tuple:
+        # (The tool ends within its --duration plus 2 minutes once its broker is up, and stops that broker itself.)
         with tempfile.TemporaryDirectory() as d:
             out = os.path.join(d, "hc.json")
+            env = dict(os.environ, RINGMQ_BIN=broker_bin())
             run = subprocess.run([sys.executable, str(REPO / "perf" / "hold_churn"), "--json", out, *args],
-                                 capture_output=True, text=True, timeout=120, env=dict(os.environ, RINGMQ_BIN=broker_bin()))
+                                 capture_output=True, text=True, timeout=180, env=env)
+            self.assertTrue(os.path.exists(out), run.stdout + run.stderr)
             with open(out) as f:
                 return run, json.load(f)
 
@@ -936,16 +939,15 @@ class HoldChurn(unittest.TestCase):
         self.assertGreaterEqual(res["received"], res["wanted"])
 
     def test_a_hundred_held_publishers_take_even_turns(self):
-        # A round of 100 held publishers (20 messages each in flight, turns of 10 at the subscriber's 1000 a second)
+        # A round of 100 held publishers (20 messages each in flight, turns of 9-10 at the subscriber's 1000 a second)
         # takes longer than an eighth of the hold's limit: until stop 78 each then took whatever room its turn found,
         # and they split into two sets, one answered about three times as often as the other (fewest 39, most 125).
         run, res = self.churn("--duration", "6", "--shards", "1", "--publishers", "100", "--window", "20", "--churn",
                               "", "--churners", "0")
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        # (The 10th and 90th percentiles, so that a publisher thread or two the host held back do not decide; each
+        # publisher's count is at least its window, as the run fails unless every message sent is answered.)
         fewest, p10, median, p90, most = res["per_publisher"]
-        self.assertLessEqual(fewest, p10)
-        self.assertLessEqual(p90, most)
-        # (10th and 90th percentiles, so that a publisher thread or two the host held back do not decide.)
         self.assertGreaterEqual(p10 * 2, p90, res["per_publisher"])
 
     def test_messages_a_queue_drops_past_its_limit_are_counted_missing(self):
