@@ -54,9 +54,14 @@ def connect(client_id: str, clean: bool = True) -> bytes:
     return packet(0x10, s16(b"MQTT") + bytes([4, flags]) + struct.pack(">H", 600) + s16(client_id.encode()))
 
 
-def publish(topic: str, payload: bytes, qos: int, pid: int) -> bytes:
+def publish(topic: str, payload: bytes, qos: int, pid: int, retain: bool = True) -> bytes:
     body = s16(topic.encode()) + (struct.pack(">H", pid) if qos else b"") + payload
-    return packet(0x31 | (qos << 1), body)
+    return packet(0x30 | (qos << 1) | int(retain), body)
+
+
+def subscribe(pid: int, filters: list[tuple[str, int]]) -> bytes:
+    """A SUBSCRIBE of (filter, QoS) pairs."""
+    return packet(0x82, struct.pack(">H", pid) + b"".join(s16(f.encode()) + bytes([q]) for f, q in filters))
 
 
 class Reader:
