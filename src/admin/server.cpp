@@ -162,7 +162,7 @@ void server::on_accept(int res, uint32_t flags) {
         } else {
             int one = 1;
             setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            if (open_fds_.size() - refusing_ < cfg_.admin.max_connections) {
+            if (open_fds_.size() - refusing_ - reclaimed_ < cfg_.admin.max_connections || reclaim()) {
                 open_fds_.insert(res);
                 reactor::spawn(gate_, serve(res));
             } else if (refusing_ < cfg_.admin.max_connections) {
@@ -185,6 +185,35 @@ void server::on_accept(int res, uint32_t flags) {
         reactor::spawn(gate_, accept_later());
     }
     if (!accept_armed_ && !stopping_ && !accept_paused_) arm_accept();
+}
+
+bool server::reclaim() {
+    // Without this, admin.max_connections clients that connect and send nothing (or trickle a request) would keep
+    // the operators out for admin.idle_timeout (admin.request_timeout), and again each time they reconnect. The
+    // longest waiter goes first, a request under way counted from its first byte; a connection whose request is
+    // being answered is never taken. admin.reclaim_after lets a new client send its request before a flood of
+    // newer connections could take its slot, and reclaimed_ bounds the closings under way (each ends within
+    // over_limit_wait_ms).
+    if (reclaimed_ >= cfg_.admin.max_connections) return false;
+    const int64_t now = mono_ms();
+    auto oldest = waiting_.end();
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+        if (oldest == waiting_.end() || it->second->since < oldest->second->since) oldest = it;
+    if (oldest == waiting_.end() || now - oldest->second->since < static_cast<int64_t>(cfg_.admin.reclaim_after_ms))
+        return false;
+    waiter& w = *oldest->second;
+    waiting_.erase(oldest);
+    w.reclaimed = true;
+    ++reclaimed_;
+    io_uring_sqe* s = ring_.sqe();
+    io_uring_prep_cancel(s, w.recv, 0);
+    io::set_completion(s, nullptr);
+    if (log::at_doubling(reclaimed_total_))
+        log::warn(
+            "admin: admin.max_connections = {} connections open and a new one came: closing the one that waited "
+            "longest for its client ({} ms, admin.reclaim_after = {} ms) to give the new one its slot ({} so far)",
+            cfg_.admin.max_connections, now - w.since, cfg_.admin.reclaim_after_ms, reclaimed_total_);
+    return true;
 }
 
 reactor::task<void> server::accept_later() {
@@ -244,7 +273,7 @@ reactor::task<void> server::collect(std::vector<broker::shard_snapshot>& out) {
 reactor::task<void> server::refuse(int fd) {
     if (log::at_doubling(over_limit_total_))
         log::warn("admin: {} connections open, over admin.max_connections = {}: answering 503 ({} so far)",
-                  open_fds_.size() - refusing_, cfg_.admin.max_connections, over_limit_total_);
+                  open_fds_.size() - refusing_ - reclaimed_, cfg_.admin.max_connections, over_limit_total_);
     // Answered before its request is read (nothing of it is kept), then read and dropped until the client closes or
     // over_limit_wait_ms have passed in all: a close with unread data would reset the connection, and the client
     // could lose the answer. A client trickling bytes cannot hold the connection past the deadline.
@@ -283,11 +312,32 @@ reactor::task<void> server::serve(int fd) {
     // admin.request_timeout, not each read: a client sending a byte now and then would otherwise hold one of the
     // admin.max_connections slots, before any authentication, for as long as it liked.
     int64_t began = 0;
+    int64_t idle_since = mono_ms(); // when the last response went out (or the connection came)
+    waiter me;
     while (open && !stopping_) {
         uint32_t wait_ms = idle_ms;
         if (began != 0)
             wait_ms = static_cast<uint32_t>(std::clamp<int64_t>(began + request_ms - mono_ms(), 1, idle_ms));
-        const int n = co_await io::recv_some(ring_, fd, buf.data(), buf.size(), wait_ms);
+        io::recv_some recv(ring_, fd, buf.data(), buf.size(), wait_ms);
+        me.recv = recv.record();
+        me.since = began != 0 ? began : idle_since;
+        waiting_[fd] = &me;
+        const int n = co_await recv;
+        waiting_.erase(fd);
+        if (me.reclaimed) {
+            // Its slot went to a new connection (reclaim()). A client that had begun a request (or sent one just as
+            // the slot was taken) is told why; an idle one is closed quietly, as admin.idle_timeout would.
+            if ((began != 0 || n > 0) && !stopping_) {
+                http_response resp;
+                json_error(resp, 503,
+                           fmt::format("too many admin connections (admin.max_connections = {}): this connection's "
+                                       "slot was given to a new one after it waited {} ms for its client",
+                                       cfg_.admin.max_connections, mono_ms() - me.since));
+                co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+            }
+            --reclaimed_;
+            break;
+        }
         if (n <= 0) {
             // Peer closed, error, or a timeout (-ECANCELED): idle between requests closes quietly, a request cut
             // short is answered.
@@ -350,6 +400,7 @@ reactor::task<void> server::serve(int fd) {
             }
             if (!keep_alive) open = false;
             began = 0;
+            idle_since = mono_ms();
         }
         // The request in progress (begun in this read, or in an earlier one) is timed from the read that began it.
         if (!parser.in_message())

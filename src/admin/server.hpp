@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -73,6 +74,16 @@ private:
     reactor::task<void> on_shards(const std::vector<unsigned>& shards, const shard_fn& fn);
     reactor::task<void> on_shard(unsigned shard, const shard_fn& fn);
     reactor::task<void> on_all(const shard_fn& fn);
+
+    // A connection's serve() while it waits for its client's bytes: what reclaim() may take its slot from.
+    struct waiter {
+        io::completion* recv = nullptr; // the recv it waits on
+        int64_t since = 0;              // mono_ms: the request under way began, or the connection went idle
+        bool reclaimed = false;
+    };
+    // With every admin.max_connections slot taken: ends the wait of the connection that has waited longest, if for
+    // admin.reclaim_after, so a new one can have its slot. False if none qualifies.
+    bool reclaim();
 
     reactor::task<void> serve(int fd);
     reactor::task<void> refuse(int fd); // a connection past admin.max_connections: 503, then closed
@@ -141,6 +152,10 @@ private:
     uint64_t over_limit_total_ = 0;  // connections answered 503 for admin.max_connections
     uint64_t over_limit_closed_ = 0; // and those closed at once, with admin.max_connections refusals under way
     size_t refusing_ = 0;            // refuse() coroutines running (their fds are in open_fds_ too)
+    // serve() coroutines waiting for their client, by fd; serve() registers and removes itself around each recv.
+    std::map<int, waiter*> waiting_;
+    size_t reclaimed_ = 0;         // serve() coroutines whose slot reclaim() gave away and that have not ended yet
+    uint64_t reclaimed_total_ = 0; // connections closed by reclaim()
     // Where refuse() reads what refused clients send: shared, as nothing read there is ever looked at.
     std::array<char, 16384> discard_{};
     uint64_t password_checks_refused_ = 0;

@@ -15,6 +15,8 @@ class socket_op : protected completion {
 public:
     bool await_ready() const noexcept { return false; }
     int await_resume() const noexcept { return res_; }
+    // What an io_uring_prep_cancel names to end the operation (-ECANCELED) while it waits.
+    completion* record() noexcept { return this; }
 
 protected:
     explicit socket_op(ring& r) : ring_(r) {}

@@ -8,7 +8,7 @@ import re
 import socket
 import time
 
-from admin_client import (AdminTest, CLIENT_KEYS, STATS_KEYS, basic_auth, build_request, seg)
+from admin_client import (AdminTest, CLIENT_KEYS, STATS_KEYS, Response, basic_auth, build_request, seg)
 
 VOLATILE = {"uptime", "datetime", "memory_total", "memory_used", "process_available", "process_used", "max_fds",
             "load1", "load5", "load15",
@@ -348,7 +348,8 @@ class HttpConnectionLimitTest(AdminTest):
     AUTO_START = False
 
     def test_connections_over_the_limit_get_503_and_close(self):
-        self.use_broker({"admin.max_connections": 3})
+        # admin.reclaim_after far off: no connection here has waited long enough to give its slot away.
+        self.use_broker({"admin.max_connections": 3, "admin.reclaim_after": 600000})
         held = [self.http() for _ in range(3)]
         for h in held:  # each answered: all three are accepted and counted
             h.send(build_request("GET", "/status", auth=None))
@@ -366,22 +367,14 @@ class HttpConnectionLimitTest(AdminTest):
             h.send(build_request("GET", "/status", auth=None))
             self.assertEqual(h.read_response().status, 200)
         held[0].close()
-        deadline = time.monotonic() + 3
-        while True:  # a slot is free once the server has seen the close
-            c = self.http()
-            c.send(build_request("GET", "/api/v2/management/nodes"))
-            r = c.read_response()
-            if r.status == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        self.assertEqual(r.status, 200, r)
+        r = self.nodes_once_a_slot_is_free(3)  # once the server has seen the close
         self.assertEqual(r.json()["code"], 0)
 
     def test_connections_over_the_limit_cannot_pile_up(self):
         # Past admin.max_connections a connection is answered 503 at once, before any request is read, and closed
         # within 2 s even while its client trickles bytes; as many such refusals at a time as the limit, and one
         # more connection is closed at once with no answer: a flood holds no memory or descriptors before auth.
-        self.use_broker({"admin.max_connections": 2})
+        self.use_broker({"admin.max_connections": 2, "admin.reclaim_after": 600000})
         held = [self.http() for _ in range(2)]
         for h in held:
             h.send(build_request("GET", "/status", auth=None))
@@ -414,12 +407,86 @@ class HttpConnectionLimitTest(AdminTest):
         self.assertIn(b"answering 503 (1 so far)", self.broker.log())
         self.assertIn(b"closing one more at once (1 so far)", self.broker.log())
 
-    def test_a_response_nobody_reads_times_out(self):
-        # A client that asks for a large answer and never reads it holds its coroutine and socket for
-        # admin.send_timeout at most, not forever; others are served meanwhile.
-        self.use_broker({"admin.send_timeout": 1000, "mqtt.max_packet_size": 4 << 20})
+    def test_silent_connections_give_their_slots_to_new_ones(self):
+        # Clients that connect and send nothing would otherwise keep the operators out for admin.idle_timeout, and
+        # again each time they reconnect. Within admin.reclaim_after of their last activity they keep their slots (a
+        # new connection gets 503); past it, a new connection takes the slot of the one that waited longest, which is
+        # closed quietly.
+        self.use_broker({"admin.max_connections": 3, "admin.reclaim_after": 2000})
+        start = time.monotonic()
+        silent = []
+        for _ in range(3):
+            silent.append(self.http())
+            time.sleep(0.05)  # one by one: the first has waited longest
+        early = self.http()
+        early.send(build_request("GET", "/api/v2/management/nodes"))
+        r = early.read_response()
+        self.assertLess(time.monotonic() - start, 1.8, "too slow to test admin.reclaim_after's grace")
+        self.assertEqual(r.status, 503, r)
+        time.sleep(max(0.0, start + 2.3 - time.monotonic()))
+        late = self.http()
+        late.send(build_request("GET", "/api/v2/management/nodes"))
+        r = late.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["code"], 0)
+        self.assertTrue(silent[0].closed_within(3), "the longest waiter kept its slot")
+        self.assertEqual(bytes(silent[0].buf), b"", "an idle connection was answered")
+        for s in silent[1:]:  # the other two keep theirs and are served
+            s.send(build_request("GET", "/status", auth=None))
+            self.assertEqual(s.read_response().status, 200)
+        late.send(build_request("GET", "/status", auth=None))
+        self.assertEqual(late.read_response().status, 200)
+        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
+                         r"admin: admin.max_connections = 3 connections open and a new one came: closing the one that "
+                         r"waited longest for its client \(\d+ ms, admin.reclaim_after = 2000 ms\) to give the new one "
+                         r"its slot \(1 so far\)")
+
+    def test_a_trickled_request_gives_its_slot_and_is_told_why(self):
+        # A request under way counts from its first byte: a client trickling one is older than one idle since its
+        # last answer, so it goes first, answered 503 with the reason; the idle one keeps its slot.
+        self.use_broker({"admin.max_connections": 2, "admin.reclaim_after": 1000})
+        start = time.monotonic()
+        slow = self.http()
+        slow.send(b"GET /api/v2/management/nodes HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.5)
+        idle = self.http()
+        idle.send(build_request("GET", "/status", auth=None))
+        self.assertEqual(idle.read_response().status, 200)
+        time.sleep(max(0.0, start + 1.7 - time.monotonic()))
+        new = self.http()
+        new.send(build_request("GET", "/api/v2/management/nodes"))
+        r = new.read_response()
+        self.assertEqual(r.status, 200, r)
+        r = slow.read_response()
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.json()["code"], 503)
+        self.assertRegex(r.json()["message"],
+                         r"^too many admin connections \(admin.max_connections = 2\): this connection's slot was given "
+                         r"to a new one after it waited \d+ ms for its client$")
+        self.assertGreaterEqual(int(re.search(r"waited (\d+) ms", r.json()["message"]).group(1)), 1000)
+        self.assertEqual((r.header("Connection") or "").lower(), "close")
+        self.assertTrue(slow.closed_within(3))
+        idle.send(build_request("GET", "/status", auth=None))
+        self.assertEqual(idle.read_response().status, 200)
+
+    def nodes_once_a_slot_is_free(self, timeout: float) -> Response:
+        """GET management/nodes on a new connection each time until one is answered 200 (asserted), within timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            c = self.http()
+            c.send(build_request("GET", "/api/v2/management/nodes"))
+            r = c.read_response()
+            if r.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(r.status, 200, r)
+        return r
+
+    def ask_routes_not_read(self) -> socket.socket:
+        """Subscribes 6 MB of routes (past loopback buffers) and asks for them all on a connection that does not
+        read: the server's send waits for admin.send_timeout. The broker needs mqtt.max_packet_size of 4 MiB."""
         sub = self.client(self.cid("routes"))
-        filters = [f"big/{i:05d}/" + "r" * 1000 for i in range(6000)]  # 6 MB of routes: past loopback buffers
+        filters = [f"big/{i:05d}/" + "r" * 1000 for i in range(6000)]
         for start in range(0, len(filters), 1000):
             sub.subscribe([(f, 0) for f in filters[start:start + 1000]], timeout=10)
         sock = socket.socket()
@@ -427,6 +494,31 @@ class HttpConnectionLimitTest(AdminTest):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", self.admin_port))
         sock.sendall(build_request("GET", "/api/v2/routes?page_size=100000"))
+        return sock
+
+    def test_a_connection_being_answered_keeps_its_slot(self):
+        # Only a connection waiting for its client's bytes gives its slot away: one whose (large) response its client
+        # does not read is in the middle of an answer, and a new connection is refused even with admin.reclaim_after
+        # at 0, until admin.send_timeout closes the stuck one.
+        self.use_broker({"admin.max_connections": 1, "admin.reclaim_after": 0, "admin.send_timeout": 3000,
+                         "mqtt.max_packet_size": 4 << 20})
+        self.ask_routes_not_read()
+        time.sleep(1.0)  # the routes gathered and the send under way (it waits for admin.send_timeout)
+        other = self.http()
+        other.send(build_request("GET", "/api/v2/management/nodes"))
+        r = other.read_response()
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.json(), {"code": 503, "message": "too many admin connections (admin.max_connections = 1)"})
+        self.assertNotIn(b"closing the one that waited longest", self.broker.log())
+        self.wait_until(lambda: b"its client did not take the response" in self.broker.log(), 15.0,
+                        "the unread response timed out")
+        self.nodes_once_a_slot_is_free(5)  # once the stuck connection has closed
+
+    def test_a_response_nobody_reads_times_out(self):
+        # A client that asks for a large answer and never reads it holds its coroutine and socket for
+        # admin.send_timeout at most, not forever; others are served meanwhile.
+        self.use_broker({"admin.send_timeout": 1000, "mqtt.max_packet_size": 4 << 20})
+        sock = self.ask_routes_not_read()
         time.sleep(0.5)  # not reading: the server's send waits, then times out
         self.assertEqual(self.get("management/nodes")[0]["name"], self.NODE, "others are served meanwhile")
         # The send starts once the routes are gathered from the shards, which takes longer on a busy host or a
