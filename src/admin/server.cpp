@@ -9,6 +9,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -191,28 +192,27 @@ bool server::reclaim() {
     // Without this, admin.max_connections clients that connect and send nothing (or trickle a request) would keep
     // the operators out for admin.idle_timeout (admin.request_timeout), and again each time they reconnect. The
     // longest waiter goes first, a request under way counted from its first byte; a connection whose request is
-    // being answered is never taken. admin.reclaim_after lets a new client send its request before a flood of
-    // newer connections could take its slot, and reclaimed_ bounds the closings under way (each ends within
-    // over_limit_wait_ms).
-    if (reclaimed_ >= cfg_.admin.max_connections) return false;
+    // being handled or answered is never taken. admin.reclaim_after lets a new client send its request before a
+    // flood of newer connections could take its slot.
     const int64_t now = mono_ms();
-    auto oldest = waiting_.end();
-    for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
-        if (oldest == waiting_.end() || it->second->since < oldest->second->since) oldest = it;
-    if (oldest == waiting_.end() || now - oldest->second->since < static_cast<int64_t>(cfg_.admin.reclaim_after_ms))
-        return false;
+    if (waiting_.empty()) return false;
+    const auto oldest = waiting_.begin();
+    const int64_t waited = now - oldest->first.first;
+    if (waited < static_cast<int64_t>(cfg_.admin.reclaim_after_ms)) return false;
     waiter& w = *oldest->second;
     waiting_.erase(oldest);
     w.reclaimed = true;
     ++reclaimed_;
+    // Ends that recv with -ECANCELED. Cancels by user_data are matched as they are issued, in submission order: a
+    // later operation at the same address (the frame freed and reused) is queued after this and cannot be hit, and a
+    // recv that has completed already makes this one -ENOENT (serve() sees reclaimed either way).
     io_uring_sqe* s = ring_.sqe();
     io_uring_prep_cancel(s, w.recv, 0);
     io::set_completion(s, nullptr);
     if (log::at_doubling(reclaimed_total_))
-        log::warn(
-            "admin: admin.max_connections = {} connections open and a new one came: closing the one that waited "
-            "longest for its client ({} ms, admin.reclaim_after = {} ms) to give the new one its slot ({} so far)",
-            cfg_.admin.max_connections, now - w.since, cfg_.admin.reclaim_after_ms, reclaimed_total_);
+        log::warn("admin: all admin.max_connections = {} slots taken and a new connection came: it takes the slot of "
+                  "the one that waited longest for its client ({} ms, admin.reclaim_after = {} ms) ({} so far)",
+                  cfg_.admin.max_connections, waited, cfg_.admin.reclaim_after_ms, reclaimed_total_);
     return true;
 }
 
@@ -320,24 +320,32 @@ reactor::task<void> server::serve(int fd) {
             wait_ms = static_cast<uint32_t>(std::clamp<int64_t>(began + request_ms - mono_ms(), 1, idle_ms));
         io::recv_some recv(ring_, fd, buf.data(), buf.size(), wait_ms);
         me.recv = recv.record();
-        me.since = began != 0 ? began : idle_since;
-        waiting_[fd] = &me;
+        const std::pair<int64_t, int> key{began != 0 ? began : idle_since, fd};
+        waiting_.emplace(key, &me);
         const int n = co_await recv;
-        waiting_.erase(fd);
         if (me.reclaimed) {
-            // Its slot went to a new connection (reclaim()). A client that had begun a request (or sent one just as
-            // the slot was taken) is told why; an idle one is closed quietly, as admin.idle_timeout would.
-            if ((began != 0 || n > 0) && !stopping_) {
+            // Its slot went to a new connection (reclaim(), which took it off waiting_). A client that had begun a
+            // request, or sent one as the slot was taken (read, or left unread by the cancel), is told why: a close
+            // with its bytes unread would reset the connection. An idle one is closed quietly, as admin.idle_timeout
+            // would. As many answering at a time as admin.max_connections (each within over_limit_wait_ms); past
+            // that, closed at once, so clients trickling a byte each cannot make closings pile up.
+            int unread = 0;
+            if (began == 0 && n <= 0) ::ioctl(fd, FIONREAD, &unread);
+            if ((began != 0 || n > 0 || unread > 0) && !stopping_ &&
+                reclaimed_answering_ < cfg_.admin.max_connections) {
+                ++reclaimed_answering_;
                 http_response resp;
                 json_error(resp, 503,
                            fmt::format("too many admin connections (admin.max_connections = {}): this connection's "
                                        "slot was given to a new one after it waited {} ms for its client",
-                                       cfg_.admin.max_connections, mono_ms() - me.since));
+                                       cfg_.admin.max_connections, mono_ms() - key.first));
                 co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+                --reclaimed_answering_;
             }
             --reclaimed_;
             break;
         }
+        waiting_.erase(key);
         if (n <= 0) {
             // Peer closed, error, or a timeout (-ECANCELED): idle between requests closes quietly, a request cut
             // short is answered.

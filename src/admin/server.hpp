@@ -24,6 +24,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ringmq::admin {
@@ -78,7 +79,6 @@ private:
     // A connection's serve() while it waits for its client's bytes: what reclaim() may take its slot from.
     struct waiter {
         io::completion* recv = nullptr; // the recv it waits on
-        int64_t since = 0;              // mono_ms: the request under way began, or the connection went idle
         bool reclaimed = false;
     };
     // With every admin.max_connections slot taken: ends the wait of the connection that has waited longest, if for
@@ -152,10 +152,12 @@ private:
     uint64_t over_limit_total_ = 0;  // connections answered 503 for admin.max_connections
     uint64_t over_limit_closed_ = 0; // and those closed at once, with admin.max_connections refusals under way
     size_t refusing_ = 0;            // refuse() coroutines running (their fds are in open_fds_ too)
-    // serve() coroutines waiting for their client, by fd; serve() registers and removes itself around each recv.
-    std::map<int, waiter*> waiting_;
-    size_t reclaimed_ = 0;         // serve() coroutines whose slot reclaim() gave away and that have not ended yet
-    uint64_t reclaimed_total_ = 0; // connections closed by reclaim()
+    // serve() coroutines waiting for their client, oldest first: (since, fd), where since (mono_ms) is when the request
+    // under way began, or when the connection went idle. serve() adds and removes itself around each recv.
+    std::map<std::pair<int64_t, int>, waiter*> waiting_;
+    size_t reclaimed_ = 0;           // serve() coroutines whose slot reclaim() gave away and that have not ended yet
+    size_t reclaimed_answering_ = 0; // of those, the ones answering 503 (at most admin.max_connections at a time)
+    uint64_t reclaimed_total_ = 0;   // connections whose slot reclaim() gave away
     // Where refuse() reads what refused clients send: shared, as nothing read there is ever looked at.
     std::array<char, 16384> discard_{};
     uint64_t password_checks_refused_ = 0;

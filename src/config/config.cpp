@@ -657,7 +657,7 @@ void validate_keys(checker& c, config& cfg) {
     c.integer("admin.send_timeout", cfg.admin.send_timeout_ms, 1000, 86400000);
     c.integer("admin.request_timeout", cfg.admin.request_timeout_ms, 1000, 86400000);
     c.integer("admin.max_connections", cfg.admin.max_connections, 1, 65536);
-    c.integer("admin.reclaim_after", cfg.admin.reclaim_after_ms, 0, 86400000);
+    c.integer("admin.reclaim_after", cfg.admin.reclaim_after_ms, 100, 86400000);
     c.integer("admin.password_checks_per_second", cfg.admin.password_checks_per_second, 1, 100000);
 
     c.boolean("sys.enabled", cfg.sys.enabled);

@@ -75,7 +75,7 @@ struct admin_config {
     uint32_t idle_timeout_ms = 60000;
     uint32_t send_timeout_ms = 15000;    // a response not taken by the client in this time closes the connection
     uint32_t request_timeout_ms = 30000; // from a request's first byte to its last: slower gets 408 and a close
-    uint32_t max_connections = 64;       // open admin connections; beyond, a request gets 503 and the connection closes
+    uint32_t max_connections = 64;       // open admin connections; beyond, see reclaim_after, else 503 and a close
     // With every admin.max_connections slot taken, a new connection takes the slot of the one that has waited
     // longest for its client (idle between requests, or a request not received whole) if it waited this long.
     uint32_t reclaim_after_ms = 1000;

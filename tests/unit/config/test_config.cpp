@@ -95,7 +95,7 @@ max_body_bytes = 4096
 idle_timeout = 5000
 send_timeout = 2500
 max_connections = 7
-reclaim_after = 0
+reclaim_after = 250
 password_checks_per_second = 3
 [sys]
 enabled = false
@@ -157,7 +157,7 @@ void expect_full(const config& c) {
     EXPECT_EQ(c.admin.idle_timeout_ms, 5000u);
     EXPECT_EQ(c.admin.send_timeout_ms, 2500u);
     EXPECT_EQ(c.admin.max_connections, 7u);
-    EXPECT_EQ(c.admin.reclaim_after_ms, 0u);
+    EXPECT_EQ(c.admin.reclaim_after_ms, 250u);
     EXPECT_EQ(c.admin.password_checks_per_second, 3u);
     EXPECT_FALSE(c.sys.enabled);
     EXPECT_EQ(c.sys.interval_ms, 2000u);
@@ -700,7 +700,7 @@ TEST_F(config_test, every_range_is_checked) {
         {"[admin]\nrequest_timeout = 999", "admin.request_timeout"},
         {"[admin]\nmax_connections = 0", "admin.max_connections"},
         {"[admin]\nmax_connections = 65537", "admin.max_connections"},
-        {"[admin]\nreclaim_after = -1", "admin.reclaim_after"},
+        {"[admin]\nreclaim_after = 99", "admin.reclaim_after"},
         {"[admin]\nreclaim_after = 86400001", "admin.reclaim_after"},
         {"[admin]\npassword_checks_per_second = 0", "admin.password_checks_per_second"},
         {"[mqtt]\nsession_expiry_interval = -1", "mqtt.session_expiry_interval"},
