@@ -202,6 +202,7 @@ bool server::reclaim() {
     waiter& w = *oldest->second;
     waiting_.erase(oldest);
     w.reclaimed = true;
+    w.waited_ms = waited;
     ++reclaimed_;
     // Ends that recv with -ECANCELED. Cancels by user_data are matched as they are issued, in submission order: a
     // later operation at the same address (the frame freed and reused) is queued after this and cannot be hit, and a
@@ -338,7 +339,7 @@ reactor::task<void> server::serve(int fd) {
                 json_error(resp, 503,
                            fmt::format("too many admin connections (admin.max_connections = {}): this connection's "
                                        "slot was given to a new one after it waited {} ms for its client",
-                                       cfg_.admin.max_connections, mono_ms() - key.first));
+                                       cfg_.admin.max_connections, me.waited_ms));
                 co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
                 --reclaimed_answering_;
             }

@@ -80,6 +80,7 @@ private:
     struct waiter {
         io::completion* recv = nullptr; // the recv it waits on
         bool reclaimed = false;
+        int64_t waited_ms = 0; // how long it had waited when reclaim() took its slot
     };
     // With every admin.max_connections slot taken: ends the wait of the connection that has waited longest, if for
     // admin.reclaim_after, so a new one can have its slot. False if none qualifies.
