@@ -194,12 +194,11 @@ bool server::reclaim() {
     // longest waiter goes first, a request under way counted from its first byte; a connection whose request is
     // being handled or answered is never taken. admin.reclaim_after lets a new client send its request before a
     // flood of newer connections could take its slot.
-    const int64_t now = mono_ms();
     if (waiting_.empty()) return false;
     const auto oldest = waiting_.begin();
-    const int64_t waited = now - oldest->first.first;
+    const int64_t waited = mono_ms() - oldest->first.first;
     if (waited < static_cast<int64_t>(cfg_.admin.reclaim_after_ms)) return false;
-    waiter& w = *oldest->second;
+    recv_wait& w = *oldest->second;
     waiting_.erase(oldest);
     w.reclaimed = true;
     w.waited_ms = waited;
@@ -278,16 +277,22 @@ reactor::task<void> server::refuse(int fd) {
     // Answered before its request is read (nothing of it is kept), then read and dropped until the client closes or
     // over_limit_wait_ms have passed in all: a close with unread data would reset the connection, and the client
     // could lose the answer. A client trickling bytes cannot hold the connection past the deadline.
-    http_response resp;
-    json_error(resp, 503,
-               fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections));
-    co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+    const std::string why = too_many_connections();
+    co_await answer_last(fd, 503, why);
     --refusing_;
     open_fds_.erase(fd);
     ::close(fd);
 }
 
-reactor::task<void> server::answer_last(int fd, const std::string& out, int64_t deadline) {
+std::string server::too_many_connections() const {
+    return fmt::format("too many admin connections (admin.max_connections = {})", cfg_.admin.max_connections);
+}
+
+reactor::task<void> server::answer_last(int fd, int status, std::string why) {
+    http_response resp;
+    json_error(resp, status, why);
+    const std::string out = serialize(resp, false);
+    const int64_t deadline = mono_ms() + over_limit_wait_ms;
     auto left_ms = [&] { return static_cast<uint32_t>(std::max<int64_t>(deadline - mono_ms(), 1)); };
     size_t sent = 0;
     while (sent < out.size() && !stopping_ && mono_ms() < deadline) {
@@ -314,7 +319,7 @@ reactor::task<void> server::serve(int fd) {
     // admin.max_connections slots, before any authentication, for as long as it liked.
     int64_t began = 0;
     int64_t idle_since = mono_ms(); // when the last response went out (or the connection came)
-    waiter me;
+    recv_wait me;
     while (open && !stopping_) {
         uint32_t wait_ms = idle_ms;
         if (began != 0)
@@ -327,23 +332,21 @@ reactor::task<void> server::serve(int fd) {
         if (me.reclaimed) {
             // Its slot went to a new connection (reclaim(), which took it off waiting_). A client that had begun a
             // request, or sent one as the slot was taken (read, or left unread by the cancel), is told why: a close
-            // with its bytes unread would reset the connection. An idle one is closed quietly, as admin.idle_timeout
-            // would. As many answering at a time as admin.max_connections (each within over_limit_wait_ms); past
-            // that, closed at once, so clients trickling a byte each cannot make closings pile up.
+            // with its bytes unread would reset the connection. (That includes one whose own request_timeout fired
+            // in the same batch: 503 rather than 408, closed all the same.) An idle one is closed quietly, as
+            // admin.idle_timeout would. Its answer counts with refuse()'s, at most admin.max_connections at a time;
+            // past that, closed at once, so clients trickling a byte each cannot make closings pile up.
+            --reclaimed_;
             int unread = 0;
             if (began == 0 && n <= 0) ::ioctl(fd, FIONREAD, &unread);
-            if ((began != 0 || n > 0 || unread > 0) && !stopping_ &&
-                reclaimed_answering_ < cfg_.admin.max_connections) {
-                ++reclaimed_answering_;
-                http_response resp;
-                json_error(resp, 503,
-                           fmt::format("too many admin connections (admin.max_connections = {}): this connection's "
-                                       "slot was given to a new one after it waited {} ms for its client",
-                                       cfg_.admin.max_connections, me.waited_ms));
-                co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
-                --reclaimed_answering_;
+            if ((began != 0 || n > 0 || unread > 0) && !stopping_ && refusing_ < cfg_.admin.max_connections) {
+                ++refusing_;
+                const std::string why = fmt::format("{}: this connection's slot was given to a new one after it waited "
+                                                    "{} ms for its client",
+                                                    too_many_connections(), me.waited_ms);
+                co_await answer_last(fd, 503, why);
+                --refusing_;
             }
-            --reclaimed_;
             break;
         }
         waiting_.erase(key);
@@ -357,9 +360,7 @@ reactor::task<void> server::serve(int fd) {
                           : fmt::format("no more of the request under way for admin.idle_timeout = {} ms", idle_ms);
                 if (log::at_doubling(request_timeouts_))
                     log::info("admin: answering 408 and closing a connection: {} ({} so far)", why, request_timeouts_);
-                http_response resp;
-                json_error(resp, 408, why);
-                co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+                co_await answer_last(fd, 408, why);
             }
             break;
         }
@@ -382,8 +383,9 @@ reactor::task<void> server::serve(int fd) {
             if (st == http_parser::status::error) {
                 // The client may still be sending the request (a body over the limit): a close with its bytes
                 // unread would reset the connection before the client read the answer.
-                json_error(resp, parser.error_status(), parser.error_reason());
-                co_await answer_last(fd, serialize(resp, false), mono_ms() + over_limit_wait_ms);
+                const int status = parser.error_status();
+                const std::string why = parser.error_reason();
+                co_await answer_last(fd, status, why);
                 open = false;
                 break;
             } else {

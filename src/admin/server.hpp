@@ -76,11 +76,12 @@ private:
     reactor::task<void> on_shard(unsigned shard, const shard_fn& fn);
     reactor::task<void> on_all(const shard_fn& fn);
 
-    // A connection's serve() while it waits for its client's bytes: what reclaim() may take its slot from.
-    struct waiter {
+    // A connection waiting for its client's bytes: what reclaim() may take its slot from. Lives in serve()'s frame;
+    // waiting_ points at it while its recv is pending.
+    struct recv_wait {
         io::completion* recv = nullptr; // the recv it waits on
-        bool reclaimed = false;
-        int64_t waited_ms = 0; // how long it had waited when reclaim() took its slot
+        bool reclaimed = false;         // reclaim() gave its slot away (and cancelled the recv)
+        int64_t waited_ms = 0;          // how long it had waited when reclaim() took its slot
     };
     // With every admin.max_connections slot taken: ends the wait of the connection that has waited longest, if for
     // admin.reclaim_after, so a new one can have its slot. False if none qualifies.
@@ -88,10 +89,11 @@ private:
 
     reactor::task<void> serve(int fd);
     reactor::task<void> refuse(int fd); // a connection past admin.max_connections: 503, then closed
-    // Sends a connection's last response, closes its sending side and drops what the client still sends until it
-    // closes or the deadline (mono_ms) passes: closing with unread data would reset the connection, and the client
-    // could lose the answer. The caller closes fd.
-    reactor::task<void> answer_last(int fd, const std::string& out, int64_t deadline);
+    // Sends a connection's last response, a JSON error with Connection: close, closes its sending side and drops what
+    // the client still sends until it closes or over_limit_wait_ms have passed: closing with unread data would reset
+    // the connection, and the client could lose the answer. The caller closes fd.
+    reactor::task<void> answer_last(int fd, int status, std::string why);
+    std::string too_many_connections() const; // the 503's reason
 
     reactor::task<void> handle(const http_request& req, http_response& resp);
     reactor::task<void> sys_publisher();
@@ -152,14 +154,17 @@ private:
     uint64_t sys_too_large_ = 0;     // $SYS messages not published for mqtt.max_packet_size
     uint64_t over_limit_total_ = 0;  // connections answered 503 for admin.max_connections
     uint64_t over_limit_closed_ = 0; // and those closed at once, with admin.max_connections refusals under way
-    size_t refusing_ = 0;            // refuse() coroutines running (their fds are in open_fds_ too)
+    // Connections answering 503 for admin.max_connections, at most that many at a time: refuse() coroutines, and
+    // serve() ones whose slot reclaim() gave away (their fds are in open_fds_ too).
+    size_t refusing_ = 0;
     // serve() coroutines waiting for their client, oldest first: (since, fd), where since (mono_ms) is when the request
-    // under way began, or when the connection went idle. serve() adds and removes itself around each recv.
-    std::map<std::pair<int64_t, int>, waiter*> waiting_;
-    size_t reclaimed_ = 0;           // serve() coroutines whose slot reclaim() gave away and that have not ended yet
-    size_t reclaimed_answering_ = 0; // of those, the ones answering 503 (at most admin.max_connections at a time)
-    uint64_t reclaimed_total_ = 0;   // connections whose slot reclaim() gave away
-    // Where refuse() reads what refused clients send: shared, as nothing read there is ever looked at.
+    // under way began, or when the connection went idle. serve() adds itself before each recv and removes itself
+    // after it, unless reclaim() took it off first.
+    std::map<std::pair<int64_t, int>, recv_wait*> waiting_;
+    size_t reclaimed_ = 0;         // serve() coroutines whose slot reclaim() gave away, until they answer or close
+    uint64_t reclaimed_total_ = 0; // connections whose slot reclaim() gave away
+    // Where answer_last() reads what clients send after their last answer: shared, as nothing read there is ever
+    // looked at.
     std::array<char, 16384> discard_{};
     uint64_t password_checks_refused_ = 0;
     uint64_t request_timeouts_ = 0; // requests answered 408 (admin.request_timeout or admin.idle_timeout mid-request)

@@ -7,8 +7,9 @@ connection dropped without a response."""
 import re
 import socket
 import time
+from typing import Tuple
 
-from admin_client import (AdminTest, CLIENT_KEYS, STATS_KEYS, Response, basic_auth, build_request, seg)
+from admin_client import (AdminTest, CLIENT_KEYS, STATS_KEYS, HttpConn, Response, basic_auth, build_request, seg)
 
 VOLATILE = {"uptime", "datetime", "memory_total", "memory_used", "process_available", "process_used", "max_fds",
             "load1", "load5", "load15",
@@ -354,9 +355,7 @@ class HttpConnectionLimitTest(AdminTest):
         for h in held:  # each answered: all three are accepted and counted
             h.send(build_request("GET", "/status", auth=None))
             self.assertEqual(h.read_response().status, 200)
-        extra = self.http()
-        extra.send(build_request("GET", "/api/v2/management/nodes"))
-        r = extra.read_response()
+        extra, r = self.nodes_on_new_connection()
         self.assertEqual(r.status, 503, r)
         self.assertEqual(r.json(), {"code": 503, "message": "too many admin connections (admin.max_connections = 3)"})
         self.assertEqual((r.header("Connection") or "").lower(), "close")
@@ -418,15 +417,11 @@ class HttpConnectionLimitTest(AdminTest):
         for _ in range(3):
             silent.append(self.http())
             time.sleep(0.05)  # one by one: the first has waited longest
-        early = self.http()
-        early.send(build_request("GET", "/api/v2/management/nodes"))
-        r = early.read_response()
+        early, r = self.nodes_on_new_connection()
         self.assertLess(time.monotonic() - start, 2.5, "too slow to test admin.reclaim_after's grace")
         self.assertEqual(r.status, 503, r)
         time.sleep(max(0.0, start + 3.8 - time.monotonic()))
-        late = self.http()
-        late.send(build_request("GET", "/api/v2/management/nodes"))
-        r = late.read_response()
+        late, r = self.nodes_on_new_connection()
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["code"], 0)
         self.assertTrue(silent[0].closed_within(3), "the longest waiter kept its slot")
@@ -436,10 +431,7 @@ class HttpConnectionLimitTest(AdminTest):
             self.assertEqual(s.read_response().status, 200)
         late.send(build_request("GET", "/status", auth=None))
         self.assertEqual(late.read_response().status, 200)
-        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
-                         r"admin: all admin.max_connections = 3 slots taken and a new connection came: it takes the "
-                         r"slot of the one that waited longest for its client \(\d+ ms, admin.reclaim_after = 3000 ms\) "
-                         r"\(1 so far\)")
+        self.assert_reclaim_logged(3000, 1)
 
     def test_a_trickled_request_gives_its_slot_and_is_told_why(self):
         # A request under way counts from its first byte, not its latest: a client trickling one is older than one
@@ -456,9 +448,7 @@ class HttpConnectionLimitTest(AdminTest):
         time.sleep(max(0.0, start + 1.0 - time.monotonic()))
         slow.send(b"Accept: */*\r\n")  # after idle's answer
         time.sleep(max(0.0, start + 1.7 - time.monotonic()))
-        new = self.http()
-        new.send(build_request("GET", "/api/v2/management/nodes"))
-        r = new.read_response()
+        new, r = self.nodes_on_new_connection()
         self.assertEqual(r.status, 200, r)
         r = slow.read_response()
         self.assertEqual(r.status, 503, r)
@@ -472,13 +462,24 @@ class HttpConnectionLimitTest(AdminTest):
         idle.send(build_request("GET", "/status", auth=None))
         self.assertEqual(idle.read_response().status, 200)
 
+    def nodes_on_new_connection(self) -> Tuple[HttpConn, Response]:
+        """GET management/nodes on a new connection: the connection and its response."""
+        c = self.http()
+        c.send(build_request("GET", "/api/v2/management/nodes"))
+        return c, c.read_response()
+
+    def assert_reclaim_logged(self, after_ms: int, count: int) -> None:
+        """The warning that reclaim() gave a slot away, at its count-th time."""
+        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
+                         rf"admin: all admin.max_connections = \d+ slots taken and a new connection came: it takes the "
+                         rf"slot of the one that waited longest for its client \(\d+ ms, admin.reclaim_after = "
+                         rf"{after_ms} ms\) \({count} so far\)")
+
     def nodes_once_a_slot_is_free(self, timeout: float) -> Response:
         """GET management/nodes on a new connection each time until one is answered 200 (asserted), within timeout."""
         deadline = time.monotonic() + timeout
         while True:
-            c = self.http()
-            c.send(build_request("GET", "/api/v2/management/nodes"))
-            r = c.read_response()
+            _, r = self.nodes_on_new_connection()
             if r.status == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -510,9 +511,7 @@ class HttpConnectionLimitTest(AdminTest):
             c.send(b"G")
             trickling.append(c)
             time.sleep(0.25)  # each older than admin.reclaim_after when the one after next comes
-        operator = self.http()
-        operator.send(build_request("GET", "/api/v2/management/nodes"))
-        r = operator.read_response()
+        operator, r = self.nodes_on_new_connection()
         self.assertEqual(r.status, 200, r)
         told, cut = 0, 0
         for c in trickling[:7]:  # every slot taken was given up: answered 503 with the reason, or closed at once
@@ -526,8 +525,7 @@ class HttpConnectionLimitTest(AdminTest):
         # answers are under way, are closed at once.
         self.assertGreaterEqual(told, 2, "none was told why")
         self.assertGreaterEqual(cut, 1, "answers past admin.max_connections at a time")
-        self.assertRegex(self.broker.log().decode("utf-8", "replace"),
-                         r"waited longest for its client \(\d+ ms, admin.reclaim_after = 100 ms\) \(4 so far\)")
+        self.assert_reclaim_logged(100, 4)
 
     def test_a_connection_being_answered_keeps_its_slot(self):
         # Only a connection waiting for its client's bytes gives its slot away: one whose (large) response its client
@@ -537,9 +535,7 @@ class HttpConnectionLimitTest(AdminTest):
                          "mqtt.max_packet_size": 4 << 20})
         self.ask_routes_not_read()
         time.sleep(1.0)  # the routes gathered and the send under way (it waits for admin.send_timeout)
-        other = self.http()
-        other.send(build_request("GET", "/api/v2/management/nodes"))
-        r = other.read_response()
+        other, r = self.nodes_on_new_connection()
         self.assertEqual(r.status, 503, r)
         self.assertEqual(r.json(), {"code": 503, "message": "too many admin connections (admin.max_connections = 1)"})
         self.assertNotIn(b"the one that waited longest", self.broker.log())
