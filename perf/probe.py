@@ -64,6 +64,37 @@ def subscribe(pid: int, filters: list[tuple[str, int]]) -> bytes:
     return packet(0x82, struct.pack(">H", pid) + b"".join(s16(f.encode()) + bytes([q]) for f, q in filters))
 
 
+
+def unsubscribe(pid: int, flt: str) -> bytes:
+    return packet(0xA2, struct.pack(">H", pid) + s16(flt.encode()))
+
+
+def parse_publish(first: int, body: bytes):
+    """(topic, qos, packet id, payload) of a PUBLISH body."""
+    n = struct.unpack_from(">H", body)[0]
+    topic = body[2:2 + n].decode()
+    qos = (first >> 1) & 3
+    pid, at = (struct.unpack_from(">H", body, 2 + n)[0], 4 + n) if qos else (0, 2 + n)
+    return topic, qos, pid, body[at:]
+
+
+def nearest_rank(samples: list, p: float):
+    """The smallest of the sorted samples with at least p of them at or below it (p99 of 100 is the 99th, not the
+    largest)."""
+    return samples[max(0, min(len(samples), math.ceil(len(samples) * p)) - 1)]
+
+
+def status_kib(pid: int) -> dict:
+    """VmRSS, RssAnon and VmHWM of a process from /proc, in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "VmHWM"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
 class Reader:
     """Frames MQTT packets from one blocking socket; owned by one thread or process."""
 
@@ -159,9 +190,7 @@ def ping_stats(rtts: list, t_from: float, t_to: float) -> dict:
     samples.sort()
 
     def pct(p: float) -> float:
-        # Nearest rank: the smallest sample with at least p of them at or below it (p99 of 100 is the 99th, not
-        # the largest).
-        return samples[max(0, min(len(samples), math.ceil(len(samples) * p)) - 1)] * 1e3
+        return nearest_rank(samples, p) * 1e3
 
     return {"pings": sum(1 for ts, _ in rtts if t_from <= ts <= t_to), "ping_p50_ms": pct(0.5),
             "ping_p99_ms": pct(0.99), "ping_p999_ms": pct(0.999), "ping_max_ms": samples[-1] * 1e3}

@@ -163,17 +163,18 @@ void server::on_accept(int res, uint32_t flags) {
         } else {
             int one = 1;
             setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            if (open_fds_.size() - refusing_ - reclaimed_ < cfg_.admin.max_connections || reclaim()) {
-                open_fds_.insert(res);
+            open_fds_.insert(res);
+            if (serving_ < cfg_.admin.max_connections || reclaim()) {
+                ++serving_;
                 reactor::spawn(gate_, serve(res));
-            } else if (refusing_ < cfg_.admin.max_connections) {
-                // Past admin.max_connections a connection gets a 503 rather than a reset, from refuse(): as many of
-                // those at a time as admin.max_connections, each with a small buffer and a fixed deadline.
-                ++refusing_;
-                open_fds_.insert(res);
-                reactor::spawn(gate_, refuse(res));
+            } else if (refuse(res, too_many_connections())) {
+                // Past admin.max_connections a connection gets a 503 rather than a reset.
+                if (log::at_doubling(over_limit_total_))
+                    log::warn("admin: {} connections open, over admin.max_connections = {}: answering 503 ({} so far)",
+                              serving_, cfg_.admin.max_connections, over_limit_total_);
             } else {
                 // A flood beyond both: closed at once, so it holds no memory and no descriptor.
+                open_fds_.erase(res);
                 ::close(res);
                 if (log::at_doubling(over_limit_closed_))
                     log::warn("admin: {} connections are being answered 503 already: closing one more at once ({} "
@@ -201,8 +202,7 @@ bool server::reclaim() {
     recv_wait& w = *oldest->second;
     waiting_.erase(oldest);
     w.reclaimed = true;
-    w.waited_ms = waited;
-    ++reclaimed_;
+    --serving_;
     // Ends that recv with -ECANCELED. Cancels by user_data are matched as they are issued, in submission order: a
     // later operation at the same address (the frame freed and reused) is queued after this and cannot be hit, and a
     // recv that has completed already makes this one -ENOENT (serve() sees reclaimed either way).
@@ -270,14 +270,18 @@ reactor::task<void> server::collect(std::vector<broker::shard_snapshot>& out) {
     co_await on_all(fn);
 }
 
-reactor::task<void> server::refuse(int fd) {
-    if (log::at_doubling(over_limit_total_))
-        log::warn("admin: {} connections open, over admin.max_connections = {}: answering 503 ({} so far)",
-                  open_fds_.size() - refusing_ - reclaimed_, cfg_.admin.max_connections, over_limit_total_);
-    // Answered before its request is read (nothing of it is kept), then read and dropped until the client closes or
-    // over_limit_wait_ms have passed in all: a close with unread data would reset the connection, and the client
-    // could lose the answer. A client trickling bytes cannot hold the connection past the deadline.
-    const std::string why = too_many_connections();
+bool server::refuse(int fd, std::string why) {
+    // As many of these at a time as admin.max_connections, each with a small buffer and a fixed deadline.
+    if (refusing_ >= cfg_.admin.max_connections) return false;
+    ++refusing_;
+    reactor::spawn(gate_, answer_and_close(fd, std::move(why)));
+    return true;
+}
+
+reactor::task<void> server::answer_and_close(int fd, std::string why) {
+    // Answered before any more of its request is read (nothing of it is kept), then read and dropped until the client
+    // closes or over_limit_wait_ms have passed in all: a close with unread data would reset the connection, and the
+    // client could lose the answer. A client trickling bytes cannot hold the connection past the deadline.
     co_await answer_last(fd, 503, why);
     --refusing_;
     open_fds_.erase(fd);
@@ -334,19 +338,15 @@ reactor::task<void> server::serve(int fd) {
             // request, or sent one as the slot was taken (read, or left unread by the cancel), is told why: a close
             // with its bytes unread would reset the connection. (That includes one whose own request_timeout fired
             // in the same batch: 503 rather than 408, closed all the same.) An idle one is closed quietly, as
-            // admin.idle_timeout would. Its answer counts with refuse()'s, at most admin.max_connections at a time;
+            // admin.idle_timeout would. Its answer is one of refuse()'s, at most admin.max_connections at a time;
             // past that, closed at once, so clients trickling a byte each cannot make closings pile up.
-            --reclaimed_;
             int unread = 0;
             if (began == 0 && n <= 0) ::ioctl(fd, FIONREAD, &unread);
-            if ((began != 0 || n > 0 || unread > 0) && !stopping_ && refusing_ < cfg_.admin.max_connections) {
-                ++refusing_;
-                const std::string why = fmt::format("{}: this connection's slot was given to a new one after it waited "
-                                                    "{} ms for its client",
-                                                    too_many_connections(), me.waited_ms);
-                co_await answer_last(fd, 503, why);
-                --refusing_;
-            }
+            if ((began != 0 || n > 0 || unread > 0) && !stopping_ &&
+                refuse(fd, fmt::format("{}: this connection's slot was given to a new one after it waited {} ms for "
+                                       "its client",
+                                       too_many_connections(), mono_ms() - key.first)))
+                co_return; // refuse() closes fd
             break;
         }
         waiting_.erase(key);
@@ -419,6 +419,7 @@ reactor::task<void> server::serve(int fd) {
         else if (began == 0)
             began = mono_ms();
     }
+    if (!me.reclaimed) --serving_;
     open_fds_.erase(fd);
     ::close(fd);
 }

@@ -81,14 +81,16 @@ private:
     struct recv_wait {
         io::completion* recv = nullptr; // the recv it waits on
         bool reclaimed = false;         // reclaim() gave its slot away (and cancelled the recv)
-        int64_t waited_ms = 0;          // how long it had waited when reclaim() took its slot
     };
     // With every admin.max_connections slot taken: ends the wait of the connection that has waited longest, if for
     // admin.reclaim_after, so a new one can have its slot. False if none qualifies.
     bool reclaim();
 
     reactor::task<void> serve(int fd);
-    reactor::task<void> refuse(int fd); // a connection past admin.max_connections: 503, then closed
+    // Answers a connection (in open_fds_) 503 with why and closes it, within over_limit_wait_ms; false, fd untouched,
+    // when admin.max_connections such answers are under way.
+    bool refuse(int fd, std::string why);
+    reactor::task<void> answer_and_close(int fd, std::string why);
     // Sends a connection's last response, a JSON error with Connection: close, closes its sending side and drops what
     // the client still sends until it closes or over_limit_wait_ms have passed: closing with unread data would reset
     // the connection, and the client could lose the answer. The caller closes fd.
@@ -154,14 +156,12 @@ private:
     uint64_t sys_too_large_ = 0;     // $SYS messages not published for mqtt.max_packet_size
     uint64_t over_limit_total_ = 0;  // connections answered 503 for admin.max_connections
     uint64_t over_limit_closed_ = 0; // and those closed at once, with admin.max_connections refusals under way
-    // Connections answering 503 for admin.max_connections, at most that many at a time: refuse() coroutines, and
-    // serve() ones whose slot reclaim() gave away (their fds are in open_fds_ too).
-    size_t refusing_ = 0;
+    size_t serving_ = 0;  // serve() coroutines holding an admin.max_connections slot (their fds are in open_fds_)
+    size_t refusing_ = 0; // connections refuse() is answering 503 (their fds are in open_fds_ too)
     // serve() coroutines waiting for their client, oldest first: (since, fd), where since (mono_ms) is when the request
     // under way began, or when the connection went idle. serve() adds itself before each recv and removes itself
     // after it, unless reclaim() took it off first.
     std::map<std::pair<int64_t, int>, recv_wait*> waiting_;
-    size_t reclaimed_ = 0;         // serve() coroutines whose slot reclaim() gave away, until they answer or close
     uint64_t reclaimed_total_ = 0; // connections whose slot reclaim() gave away
     // Where answer_last() reads what clients send after their last answer: shared, as nothing read there is ever
     // looked at.

@@ -805,6 +805,7 @@ uint64_t shard::room_below_mark(const session::session& s, const queue_hold& h) 
 }
 
 void shard::ease_queue_holds() {
+    const auto eighth = static_cast<int64_t>(cfg_.limits.publisher_hold_ms / 8);
     ease_slots_.clear();
     for (const auto& [slot, h] : queue_holds_)
         ease_slots_.push_back(slot);
@@ -831,7 +832,6 @@ void shard::ease_queue_holds() {
             // every client's wait passed it, and each took whatever room was there at its turn, one or two slots,
             // where the one before it had taken nine: 100 publishers with 20 messages each in flight split into two
             // sets, one answered about three times as often as the other, turn after turn.)
-            const auto eighth = static_cast<int64_t>(cfg_.limits.publisher_hold_ms / 8);
             const bool several = room >= least_turn(*slot->s);
             if (!several && now_ms_ - std::max(h.waiting.front().second, h.full_turn_ms) < eighth) break;
             if (several) h.full_turn_ms = now_ms_;

@@ -451,8 +451,7 @@ class HttpConnectionLimitTest(AdminTest):
         new, r = self.nodes_on_new_connection()
         self.assertEqual(r.status, 200, r)
         r = slow.read_response()
-        self.assertEqual(r.status, 503, r)
-        self.assertEqual(r.json()["code"], 503)
+        self.assertEqual(self.assert_json_error(r, 503)["code"], 503)
         self.assertRegex(r.json()["message"],
                          r"^too many admin connections \(admin.max_connections = 2\): this connection's slot was given "
                          r"to a new one after it waited \d+ ms for its client$")
@@ -477,14 +476,8 @@ class HttpConnectionLimitTest(AdminTest):
 
     def nodes_once_a_slot_is_free(self, timeout: float) -> Response:
         """GET management/nodes on a new connection each time until one is answered 200 (asserted), within timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            _, r = self.nodes_on_new_connection()
-            if r.status == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        self.assertEqual(r.status, 200, r)
-        return r
+        return self.wait_until(lambda: (r := self.nodes_on_new_connection()[1]).status == 200 and r, timeout,
+                               "a free slot answered 200")
 
     def ask_routes_not_read(self) -> socket.socket:
         """Subscribes 6 MB of routes (past loopback buffers) and asks for them all on a connection that does not
