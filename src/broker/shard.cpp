@@ -171,6 +171,9 @@ shard::shard(node& n, unsigned id, int listen_fd)
       deadlines_(tick_ms, deadline_slots), outbox_(n.smp, id), peers_(n.smp, n.cfg.budgets.ring_wakeups) {
     trie_.set_self(id_);
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
+    out_share_ = std::max<uint64_t>(cfg_.limits.max_outgoing_bytes_total / n_, 1);
+    out_mark_ = std::min(out_mark_max, cfg_.limits.max_outgoing_bytes);
+    out_limit_ = cfg_.limits.max_outgoing_bytes;
     if (const auto& lim = cfg_.limits; lim.publisher_hold_ms != 0) {
         if (lim.max_queued_messages != 0) hold_mark_messages_ = lim.max_queued_messages - lim.max_queued_messages / 4;
         if (lim.max_queued_bytes != 0) hold_mark_bytes_ = lim.max_queued_bytes - lim.max_queued_bytes / 4;
@@ -1591,6 +1594,7 @@ void shard::take_handoff(handoff* hp) {
 void shard::flush() {
     size_t budget = cfg_.budgets.sends_per_turn;
     const auto send_one = [&](connection& c) {
+        weigh(c, false);
         if (c.smp_wait) {
             c.backlogged = false; // stays dirty, out of both lists: release_smp_waiters marks it again
             return;
@@ -1627,6 +1631,7 @@ void shard::flush() {
     for (; i < dirty_.size() && budget > reserve; ++i)
         send_one(*dirty_[i]);
     for (; i < dirty_.size(); ++i) {
+        weigh(*dirty_[i], false);
         dirty_[i]->reply = false;
         dirty_[i]->backlogged = true;
         if (!dirty_[i]->in_backlog) {
@@ -1705,6 +1710,7 @@ void shard::tick(int64_t now) {
     if (!lost_flights_.empty()) give_up_flights(now);
     if (!queue_holds_.empty() || !stuck_queues_.empty()) expire_queue_holds(now);
     if (!gates_.empty()) expire_gates(now);
+    if (out_pressed_) close_stalled(now);
     // Cross-shard queues deliver in microseconds; a tombstone kept this long has seen every older update arrive.
     // By the queue, not the tombstones: a clear replaced since left its entry behind, and the queue would keep it.
     if (retained_.tombs_queued() != 0) retained_.prune_tombstones(now - tombstone_keep_ms);
@@ -2565,6 +2571,8 @@ void shard::on_send(connection& c, int res, uint32_t) {
         maybe_destroy(c);
         return;
     }
+    if (c.heavy) [[unlikely]]
+        weigh_heavy(c, true);
     if (!done) {
         submit_send(c); // partial write, or more pieces than one sendmsg takes: continue with the rest
         return;
@@ -2761,6 +2769,7 @@ void shard::maybe_destroy(connection& c) {
     // them, even with nothing pending (its answers wait for messages to other shards: answer_and_shut).
     if (c.st != connection::state::closing || c.ops > 0 || c.buried || c.shut_deferred) return;
     c.buried = true;
+    if (c.heavy) forget_heavy(c);
     if (c.fd >= 0 && !c.handed_off) {
         // Closed by the ring with the next submission instead of a system call of its own (see close_descriptor and
         // close_file for why nothing can reuse the number or slot before that).
@@ -3401,7 +3410,7 @@ void shard::pump(session_slot& slot) {
         // admitted under its queue's limits: they wait there while the connection has mqtt.max_outgoing_bytes to
         // send, and go once it has sent them (on_send), rather than be dropped as for a client that does not read. A
         // reconnecting client's whole queue once went in one go, and every QoS 0 message past the limit was dropped.
-        if (c.queued_bytes() > cfg_.limits.max_outgoing_bytes) {
+        if (c.queued_bytes() > out_limit_) {
             c.pump_waits = true;
             return;
         }
@@ -3939,8 +3948,85 @@ void shard::queue_fanned(connection& c, std::span<const uint8_t> bytes, size_t t
 void shard::drop_qos0(session_slot& slot, uint64_t n, std::string_view topic) {
     const uint64_t before = slot.s->dropped();
     slot.s->count_dropped(n);
-    note_dropped(slot, before, "client not reading, over mqtt.max_outgoing_bytes = {}", cfg_.limits.max_outgoing_bytes,
-                 topic);
+    if (slot.conn && slot.conn->queued_bytes() <= cfg_.limits.max_outgoing_bytes)
+        note_dropped(slot, before,
+                     "client behind while the shard's send queues are over its share ({}) of "
+                     "mqtt.max_outgoing_bytes_total",
+                     out_share_, topic);
+    else
+        note_dropped(slot, before, "client not reading, over mqtt.max_outgoing_bytes = {}",
+                     cfg_.limits.max_outgoing_bytes, topic);
+}
+
+void shard::weigh_heavy(connection& c, bool moved) {
+    const size_t bytes = c.queued_bytes();
+    const auto [it, added] = heavy_.try_emplace(&c);
+    heavy_queue& h = it->second;
+    if (added || moved) h.moved_ms = now_ms_;
+    c.heavy = true;
+    heavy_bytes_ += bytes - h.counted; // (modulo 2^64: the sum stays right when the queue shrank)
+    h.counted = bytes;
+    // Under half the mark, not the mark: a queue about the mark would come and go every turn.
+    if (bytes <= out_mark_ / 2) {
+        heavy_bytes_ -= bytes;
+        heavy_.erase(it);
+        c.heavy = false;
+    }
+    check_out_share();
+}
+
+void shard::forget_heavy(connection& c) {
+    if (const auto it = heavy_.find(&c); it != heavy_.end()) {
+        heavy_bytes_ -= it->second.counted;
+        heavy_.erase(it);
+    }
+    c.heavy = false;
+    check_out_share();
+}
+
+void shard::check_out_share() {
+    const uint64_t under = out_share_ - out_share_ / 8;
+    if (out_pressed_ ? heavy_bytes_ > under : heavy_bytes_ <= out_share_) return;
+    out_pressed_ = !out_pressed_;
+    out_limit_ = out_pressed_ ? out_mark_ : cfg_.limits.max_outgoing_bytes;
+    if (out_pressed_) {
+        pressed_logged_ = log::at_doubling(pressed_times_);
+        if (pressed_logged_)
+            log::warn("{} bytes wait to be sent to {} connections with more than {} each, over the shard's "
+                      "share ({}) of mqtt.max_outgoing_bytes_total = {}: until they are under {}, no send queue takes "
+                      "more than {} (QoS 0 past it is dropped, QoS 1 and 2 wait in their sessions), and a connection "
+                      "whose socket takes nothing for mqtt.send_stall_timeout = {} ms is closed ({} times so far)",
+                      heavy_bytes_, heavy_.size(), out_mark_ / 2, out_share_, cfg_.limits.max_outgoing_bytes_total,
+                      under, out_mark_, cfg_.limits.send_stall_timeout_ms, pressed_times_);
+    } else if (pressed_logged_) {
+        log::info("{} bytes wait to be sent to connections with more than {} each, under {} again: send "
+                  "queues take up to mqtt.max_outgoing_bytes = {} again",
+                  heavy_bytes_, out_mark_ / 2, under, cfg_.limits.max_outgoing_bytes);
+    }
+}
+
+void shard::close_stalled(int64_t now) {
+    // The largest first, and only as many as bring the counted bytes under the share: a connection whose socket takes
+    // nothing may be one whose client is merely slow to read while the shard is busy elsewhere.
+    std::vector<std::pair<size_t, connection*>> stalled;
+    for (const auto& [c, h] : heavy_)
+        if (now - h.moved_ms >= cfg_.limits.send_stall_timeout_ms && c->st == connection::state::connected)
+            stalled.emplace_back(h.counted, c);
+    if (stalled.empty()) return;
+    std::sort(stalled.begin(), stalled.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    uint64_t left = heavy_bytes_;
+    const uint64_t under = out_share_ - out_share_ / 8;
+    for (const auto& [bytes, c] : stalled) {
+        if (left <= under) break;
+        if (c->st != connection::state::connected) continue; // (a will published by an earlier close)
+        left -= bytes;
+        log::warn("closing {} ({}): its socket took nothing for {} ms (mqtt.send_stall_timeout = {}) while {} bytes "
+                  "waited to be sent to it, and the shard's send queues held {} bytes, over its share ({}) of "
+                  "mqtt.max_outgoing_bytes_total = {}",
+                  c->client_id(), c->peer, now - heavy_.at(c).moved_ms, cfg_.limits.send_stall_timeout_ms, bytes,
+                  heavy_bytes_, out_share_, cfg_.limits.max_outgoing_bytes_total);
+        close(*c, "send_stalled", true);
+    }
 }
 
 // Counts what the session dropped since `before` and warns when its drop count reaches 1, 2, 4, 8...: an operator
@@ -3962,7 +4048,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
                     session::message_ref& msg, uint8_t msg_qos, bool retain, const raw_frames& raw, bool last_use) {
     connection* c = slot.conn;
     if (qos == 0 && c && slot.s->direct()) {
-        if (c->queued_bytes() > cfg_.limits.max_outgoing_bytes) {
+        if (c->queued_bytes() > out_limit_) {
             drop_qos0(slot, raw.count, topic); // backpressure: a QoS 0 message for a client that does not read
             return;
         }
@@ -3975,7 +4061,7 @@ void shard::deliver(session_slot& slot, std::string_view topic, std::span<const 
             // start within the room left are sent and the rest are dropped.
             size_t take = raw.bytes.size();
             uint64_t sent = raw.count;
-            const size_t room = cfg_.limits.max_outgoing_bytes - c->queued_bytes();
+            const size_t room = out_limit_ - c->queued_bytes();
             if (raw.count > 1 && take > room) take = mqtt::frames_starting_within(raw.bytes, room, sent);
             queue_fanned(*c, raw.bytes, take);
             count_publish_sent(topic, 0, sent);
@@ -4024,7 +4110,7 @@ void shard::offer_to(session_slot& slot, session::message_ref&& msg, uint8_t qos
     // at once, a window of mqtt.max_inflight messages to a client that does not read sat in its send queue past that
     // limit (a window of 2000 held 21 MB against 1 MiB).
     bool sends = slot.conn != nullptr;
-    if (sends && slot.conn->queued_bytes() > cfg_.limits.max_outgoing_bytes) [[unlikely]] {
+    if (sends && slot.conn->queued_bytes() > out_limit_) [[unlikely]] {
         sends = false;
         slot.conn->pump_waits = true;
     }

@@ -349,6 +349,8 @@ public:
     // Stopped after a packet because the turn's routing work passed node.turn_work_us (pause_reading): queue_held too,
     // so what it sends meanwhile waits in rx (its acks and PINGREQs served), until resume_paused reads it again.
     bool paused : 1 = false;
+    // Its send queue is counted in the shard's heavy_ (it held more than out_mark_ when last weighed).
+    bool heavy : 1 = false;
     // While paused, its socket ended (recv_end; 0: it has not): closed once what it kept is handled.
     uint8_t left_how : 2 = 0;
     // Bytes received while the send queue stayed over mqtt.max_outgoing_bytes (saturating): a client that keeps
@@ -547,6 +549,16 @@ private:
     void on_send(connection& c, int res, uint32_t flags);
     void process_input(connection& c, const uint8_t* p, size_t n);
     void check_unread(connection& c, uint32_t received);
+    // Counts c's send queue in heavy_ when it is over out_mark_ or counted already (per dirty connection per turn and
+    // per completed send, not per message); moved: its socket has just taken bytes.
+    void weigh(connection& c, bool moved) {
+        if (c.heavy || c.queued_bytes() > out_mark_) [[unlikely]]
+            weigh_heavy(c, moved);
+    }
+    void weigh_heavy(connection& c, bool moved);
+    void forget_heavy(connection& c);
+    void check_out_share();
+    void close_stalled(int64_t now);
     bool protocol_error(connection& c, const char* what);
     // Closes c for something it sent (reason: the close's name), its will published, what it was answered before sent
     // first; false, for the packet handlers to return.
@@ -1283,6 +1295,25 @@ private:
     shared_bytes* fan_shared_ = nullptr;
     bool fan_share_ok_ = false;
     static constexpr size_t share_min_bytes = 1024;
+    // The node-wide bound on bytes waiting to be sent (mqtt.max_outgoing_bytes_total), out_share_ of it this shard's.
+    // Only send queues over out_mark_ are counted (heavy_: what each held when last weighed, and when its socket last
+    // took bytes), so that a queue's growth is looked at once per turn and only for those; the others hold at most
+    // out_mark_ each. While the counted bytes are over the share (out_pressed_, until they are under seven eighths of
+    // it), no queue takes more than out_mark_ (out_limit_, else mqtt.max_outgoing_bytes), and a queue whose socket has
+    // taken nothing for mqtt.send_stall_timeout is closed (close_stalled), the largest first.
+    struct heavy_queue {
+        size_t counted = 0;
+        int64_t moved_ms = 0;
+    };
+    std::unordered_map<connection*, heavy_queue> heavy_;
+    uint64_t heavy_bytes_ = 0;
+    uint64_t out_share_;
+    uint64_t out_mark_;
+    uint64_t out_limit_;
+    bool out_pressed_ = false;
+    bool pressed_logged_ = false; // its start was logged (at doublings of pressed_times_): its end is too
+    uint64_t pressed_times_ = 0;
+    static constexpr uint64_t out_mark_max = 65536;
     // A reassembly buffer kept for the next packet that straddles two receives: a stream of packets that do not line
     // up with receives (1 KiB payloads nearly always) would otherwise allocate and free one per receive. Empty between
     // uses; at most rx_spare_max bytes, so one large packet's memory does not stay behind.

@@ -637,6 +637,8 @@ void validate_keys(checker& c, config& cfg) {
     c.integer("mqtt.max_subscriptions", m.max_subscriptions, 0, u32_max);
     c.integer("mqtt.max_awaiting_rel", m.max_awaiting_rel, 0, 65535);
     c.integer("mqtt.max_outgoing_bytes", m.max_outgoing_bytes, 1024, int64_t{1} << 40);
+    c.integer("mqtt.max_outgoing_bytes_total", m.max_outgoing_bytes_total, 1048576, int64_t{1} << 44);
+    c.integer("mqtt.send_stall_timeout", m.send_stall_timeout_ms, 1000, 86400000);
     c.integer("mqtt.max_cross_shard_bytes", m.max_cross_shard_bytes, 65536, int64_t{1} << 40);
     c.number("mqtt.keepalive_multiplier", m.keepalive_multiplier, 1.0, 10.0);
     c.integer("mqtt.connect_timeout", m.connect_timeout_ms, 100, 3600000);

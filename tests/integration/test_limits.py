@@ -15,6 +15,15 @@ from broker import (BrokerTest, Collector, assert_bursts_in_order, client_id_on_
                     not_taken, packets_until_closed, read_until_closed, read_until_quiet, rss_kib, send_rounds, shard_variants)
 
 
+def publish_acked(pub, topic: str, total: int, filler: bytes, step: int = 50) -> None:
+    """total QoS 1 PUBLISHes numbered from 0 (6 digits, then filler), step of them to a write, each write's PUBACKs
+    awaited before the next."""
+    for start in range(0, total, step):
+        pub.send(b"".join(m.publish(topic, b"%06d" % i + filler, qos=1, pid=i + 1) for i in range(start, start + step)))
+        for i in range(start, start + step):
+            pub.expect(m.puback(i + 1), timeout=10)
+
+
 class LimitCases:
     AUTO_START = False
 
@@ -2973,12 +2982,8 @@ class OutgoingWindow(BrokerTest):
         sub = self.client(cid)
         sub.subscribe([("win/t", 1)])
         pub = self.client(self.pub_id())
-        total, filler = 600, b"w" * 64000
-        for start in range(0, total, 50):
-            pub.send(b"".join(m.publish("win/t", b"%06d" % i + filler, qos=1, pid=i + 1)
-                              for i in range(start, start + 50)))
-            for i in range(start, start + 50):
-                pub.expect(m.puback(i + 1), timeout=10)
+        total = 600
+        publish_acked(pub, "win/t", total, b"w" * 64000)
         s = self.session_counts(cid)
         self.assertEqual(s["message_dropped"], 0, s)
         self.assertEqual(s["inflight_queue"] + s["message_queue"], total, s)
@@ -3492,3 +3497,118 @@ class LongTurnKeepalive(BrokerTest):
     def test_without_the_bound_the_ping_waits_for_the_burst(self):
         got, n = self.ping_during_burst({"node.turn_work_us": 0})
         self.assertGreater(got[0][1], 0.5, f"without node.turn_work_us: {got}")
+
+
+class OutgoingTotal(BrokerTest):
+    """mqtt.max_outgoing_bytes_total bounds the bytes waiting to be sent over all connections, where
+    mqtt.max_outgoing_bytes bounds one connection's: subscribers that stop reading each held up to that limit (16 MiB),
+    so a few hundred of them could take the machine's memory. Past a shard's share no send queue takes more than 64
+    KiB (QoS 0 past it dropped, QoS 1/2 waiting in their sessions), and a connection whose socket takes nothing for
+    mqtt.send_stall_timeout is closed, the largest first, until the queues are under the share again."""
+    AUTO_START = False
+
+    def total_broker(self, total: int, more=None):
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        settings = {"mqtt.max_outgoing_bytes_total": total, "mqtt.send_stall_timeout": 1000}
+        settings.update(more or {})
+        return self.use_broker(settings,
+                               env={"ASAN_OPTIONS": f"{asan}:quarantine_size_mb=0" if asan else "quarantine_size_mb=0"})
+
+    def stalled(self, name: str, topic: str, qos: int = 0, clean: bool = True):
+        c = self.client(self.sub_id(name), clean=clean)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.subscribe([(topic, qos)])
+        return c
+
+    def flood_stalled(self, total: int) -> tuple:
+        """Twelve subscribers that never read, each on its own topic, get 96 MB between them (no one connection
+        near mqtt.max_outgoing_bytes), while a reader on another topic and a slow reader on a third keep reading;
+        returns the growth of the broker's peak RSS in bytes, the reader's payloads and the slow reader's state."""
+        b = self.total_broker(total)
+        stalled = [self.stalled(f"stall{i}", f"tot/s{i}") for i in range(12)]
+        reader = self.client(self.sub_id("reader"))
+        reader.subscribe([("tot/r", 0)])
+        slow = self.client(self.sub_id("slow"))
+        slow.subscribe([("tot/slow", 0)])
+        slow.sock.settimeout(0.5)
+        pub = self.client(self.pub_id())
+        before = rss_kib(b.proc.pid)
+        rounds, filler = 64, b"s" * 16000
+        col = Collector(reader, rounds, timeout=60)
+        done = threading.Event()
+        slow_state = {"taken": 0, "closed": False}
+
+        def slow_reader() -> None:  # some 320 kB/s: slower than its topic is flooded, never stalled for a second
+            while not done.is_set():
+                try:
+                    data = slow.sock.recv(16384)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    slow_state["closed"] = True
+                    return
+                if not data:
+                    slow_state["closed"] = True
+                    return
+                slow_state["taken"] += len(data)
+                time.sleep(0.05)
+
+        t = threading.Thread(target=slow_reader)
+        t.start()
+        try:
+            for r in range(rounds):  # 1.5 MB for the stalled subscribers each round
+                block = [m.publish(f"tot/s{i}", b"%06d" % r + filler) for i in range(12) for _ in range(8)]
+                block.append(m.publish("tot/slow", b"%06d" % r + filler))
+                block.append(m.publish("tot/r", b"%06d" % r))
+                pub.send(b"".join(block))
+                time.sleep(0.05)  # 3.2 s in all: past mqtt.send_stall_timeout
+            got = [p.payload for p in col.join(30)]
+            time.sleep(1.5)  # a tick past the last stall
+        finally:
+            done.set()
+            t.join(10)
+        grown = (rss_kib(b.proc.pid, "VmHWM") - before) * 1024
+        for c in stalled:
+            c.close()
+        return grown, got, slow_state
+
+    def test_subscribers_that_stop_reading_hold_at_most_the_share_and_are_closed(self):
+        total = 4 << 20
+        grown, got, slow = self.flood_stalled(total)
+        self.assertEqual(got, [b"%06d" % r for r in range(64)], "the reader lost messages")
+        # 96 MB went to subscribers that do not read: what the broker holds is the share and a mark per connection,
+        # not all of it (a build without the bound grew by some 100 MB here).
+        self.assertLess(grown, 32 << 20, f"the broker grew by {grown >> 20} MiB")
+        log = self.broker.log().decode("utf-8", "replace")
+        self.assertRegex(log, r"\[warn\] shard0: \d+ bytes wait to be sent to \d+ connections .* over the shard's "
+                              r"share \(4194304\) of mqtt.max_outgoing_bytes_total = 4194304")
+        closes = re.findall(r"closing (\S+) .*: its socket took nothing for (\d+) ms \(mqtt.send_stall_timeout = "
+                            r"1000\)", log)
+        self.assertGreater(len(closes), 0, "no stalled connection was closed")
+        for cid, ms in closes:
+            self.assertIn("stall", cid, "a connection that reads was closed")
+            self.assertGreaterEqual(int(ms), 1000)
+        self.assertIn("over its share (4194304) of mqtt.max_outgoing_bytes_total", log, "no drop was logged")
+        self.assertFalse(slow["closed"], "the slow reader was closed")
+        self.assertGreater(slow["taken"], 0)
+        self.assert_broker_healthy()
+
+    def test_a_persistent_subscriber_closed_for_a_stalled_socket_loses_nothing(self):
+        # Its QoS 1 window goes into its send queue until the share is passed, then its messages wait in its session;
+        # closed after a second of taking nothing, it gets every message when it comes back.
+        self.total_broker(1 << 20, {"mqtt.max_inflight": 400})
+        cid = self.sub_id("persist")
+        sub = self.stalled("persist", "tot/q", qos=1, clean=False)
+        pub = self.client(self.pub_id())
+        total = 300
+        publish_acked(pub, "tot/q", total, b"q" * 16000)
+        self.wait_until(lambda: re.search(rb"closing " + cid.encode() + rb" .*: its socket took nothing",
+                                          self.broker.log()), timeout=5, what="the stalled subscriber's close")
+        sub.close()
+        again = self.client(cid, clean=False, expect=m.CONNACK_OK_SESSION)
+        seqs = []
+        deadline = time.monotonic() + 20
+        while len(set(seqs)) < total and time.monotonic() < deadline:
+            seqs.append(int(again.recv_publish(timeout=5).payload[:6]))
+        self.assertEqual(sorted(set(seqs)), list(range(total)), "lost messages")
+        self.assert_broker_healthy()

@@ -76,6 +76,8 @@ max_sessions = 7000
 max_subscriptions = 50
 max_awaiting_rel = 7
 max_outgoing_bytes = 4096
+max_outgoing_bytes_total = 1048576
+send_stall_timeout = 86400000
 max_cross_shard_bytes = 131072
 keepalive_multiplier = 2.25
 connect_timeout = 2500
@@ -139,6 +141,8 @@ void expect_full(const config& c) {
     EXPECT_EQ(m.max_subscriptions, 50u);
     EXPECT_EQ(m.max_awaiting_rel, 7u);
     EXPECT_EQ(m.max_outgoing_bytes, 4096u);
+    EXPECT_EQ(m.max_outgoing_bytes_total, 1048576u); // its least
+    EXPECT_EQ(m.send_stall_timeout_ms, 86400000u);   // its most
     EXPECT_EQ(m.max_cross_shard_bytes, 131072u);
     EXPECT_DOUBLE_EQ(m.keepalive_multiplier, 2.25);
     EXPECT_EQ(m.connect_timeout_ms, 2500u);
@@ -200,6 +204,8 @@ void expect_defaults(const config& c) {
     EXPECT_EQ(c.limits.max_subscriptions, 0u);
     EXPECT_EQ(c.limits.max_awaiting_rel, 100u);
     EXPECT_EQ(c.limits.max_outgoing_bytes, 16777216u);
+    EXPECT_EQ(c.limits.max_outgoing_bytes_total, 1073741824u);
+    EXPECT_EQ(c.limits.send_stall_timeout_ms, 10000u);
     EXPECT_EQ(c.limits.max_cross_shard_bytes, 16777216u);
     EXPECT_DOUBLE_EQ(c.limits.keepalive_multiplier, 1.5);
     EXPECT_EQ(c.limits.connect_timeout_ms, 10000u);
@@ -683,6 +689,10 @@ TEST_F(config_test, every_range_is_checked) {
         {"[mqtt]\npublisher_hold_burst = 1001", "mqtt.publisher_hold_burst"},
         {"[mqtt]\nmax_awaiting_rel = 65536", "mqtt.max_awaiting_rel"},
         {"[mqtt]\nmax_outgoing_bytes = 0", "mqtt.max_outgoing_bytes"},
+        {"[mqtt]\nmax_outgoing_bytes_total = 1048575", "mqtt.max_outgoing_bytes_total"},
+        {"[mqtt]\nmax_outgoing_bytes_total = 17592186044417", "mqtt.max_outgoing_bytes_total"},
+        {"[mqtt]\nsend_stall_timeout = 999", "mqtt.send_stall_timeout"},
+        {"[mqtt]\nsend_stall_timeout = 86400001", "mqtt.send_stall_timeout"},
         {"[mqtt]\nmax_cross_shard_bytes = 65535", "mqtt.max_cross_shard_bytes"},
         {"[mqtt]\nmax_cross_shard_bytes = 1099511627777", "mqtt.max_cross_shard_bytes"},
         {"[mqtt]\nkeepalive_multiplier = 0.99", "mqtt.keepalive_multiplier"},
