@@ -95,8 +95,9 @@ constexpr int64_t shutdown_grace_ms = 3000;
 // stored topics in all, node.retained_read_slice per session in turn (defaults in config.hpp), so a filter over a
 // million retained topics holds the shard's other clients up by a slice, not by the whole read (perf/retained_read:
 // another client's ping p99 0.3 ms during a 1M-topic read, where one 90 ms stall was). A read sends only while its
-// subscriber's send queue is under read_pace_bytes (and under half of mqtt.max_outgoing_bytes): it waits for a slow
-// reader instead of dropping what it reads.
+// subscriber's send queue is under read_pace_bytes (and under half of mqtt.max_outgoing_bytes, or of 64 KiB while the
+// shard is over its share of mqtt.max_outgoing_bytes_total): it waits for a slow reader instead of dropping what it
+// reads.
 constexpr uint64_t read_pace_bytes = 256 * 1024;
 // Sends started per loop turn: node.sends_per_turn. A loopback send costs the sender the receiver's side as well, about
 // 9 us: a QoS 0 message to 10k subscribers was 90 ms of sends in one turn, and the shard's other clients waited for all
@@ -172,6 +173,7 @@ shard::shard(node& n, unsigned id, int listen_fd)
     trie_.set_self(id_);
     node_.smp.set_waker(id_, [this] { waker_.wake(); });
     out_share_ = std::max<uint64_t>(cfg_.limits.max_outgoing_bytes_total / n_, 1);
+    out_under_ = out_share_ - out_share_ / 8;
     out_mark_ = std::min(out_mark_max, cfg_.limits.max_outgoing_bytes);
     out_limit_ = cfg_.limits.max_outgoing_bytes;
     if (const auto& lim = cfg_.limits; lim.publisher_hold_ms != 0) {
@@ -1594,7 +1596,7 @@ void shard::take_handoff(handoff* hp) {
 void shard::flush() {
     size_t budget = cfg_.budgets.sends_per_turn;
     const auto send_one = [&](connection& c) {
-        weigh(c, false);
+        weigh(c);
         if (c.smp_wait) {
             c.backlogged = false; // stays dirty, out of both lists: release_smp_waiters marks it again
             return;
@@ -1631,7 +1633,7 @@ void shard::flush() {
     for (; i < dirty_.size() && budget > reserve; ++i)
         send_one(*dirty_[i]);
     for (; i < dirty_.size(); ++i) {
-        weigh(*dirty_[i], false);
+        weigh(*dirty_[i]);
         dirty_[i]->reply = false;
         dirty_[i]->backlogged = true;
         if (!dirty_[i]->in_backlog) {
@@ -2572,7 +2574,7 @@ void shard::on_send(connection& c, int res, uint32_t) {
         return;
     }
     if (c.heavy) [[unlikely]]
-        weigh_heavy(c, true);
+        weigh_heavy(c, static_cast<size_t>(res));
     if (!done) {
         submit_send(c); // partial write, or more pieces than one sendmsg takes: continue with the rest
         return;
@@ -2596,6 +2598,9 @@ void shard::close(connection& c, const char* reason, bool publish_will) {
         node_.connected.fetch_sub(1, std::memory_order_relaxed);
     }
     c.st = connection::state::closing;
+    // Its queue goes with it within the close's deadline, and a closing connection is not weighed again: counted, it
+    // would keep the shard over its share and have close_stalled close others to pay for it.
+    if (c.heavy) forget_heavy(c);
     // Reasons are short tokens (EMQ X shutdown reasons where one exists); a DISCONNECT is a normal exit, not counted.
     if (std::strcmp(reason, "normal") != 0) ++st_.closed_by_reason[reason];
     if (was_connected) log::debug("client {} ({}) closed: {}", c.client_id(), c.peer, reason);
@@ -2769,7 +2774,7 @@ void shard::maybe_destroy(connection& c) {
     // them, even with nothing pending (its answers wait for messages to other shards: answer_and_shut).
     if (c.st != connection::state::closing || c.ops > 0 || c.buried || c.shut_deferred) return;
     c.buried = true;
-    if (c.heavy) forget_heavy(c);
+    RINGMQ_ASSERT(!c.heavy); // (close took it out)
     if (c.fd >= 0 && !c.handed_off) {
         // Closed by the ring with the next submission instead of a system call of its own (see close_descriptor and
         // close_file for why nothing can reuse the number or slot before that).
@@ -3958,11 +3963,16 @@ void shard::drop_qos0(session_slot& slot, uint64_t n, std::string_view topic) {
                      cfg_.limits.max_outgoing_bytes, topic);
 }
 
-void shard::weigh_heavy(connection& c, bool moved) {
+void shard::weigh_heavy(connection& c, size_t taken) {
     const size_t bytes = c.queued_bytes();
     const auto [it, added] = heavy_.try_emplace(&c);
     heavy_queue& h = it->second;
-    if (added || moved) h.moved_ms = now_ms_;
+    if (added) h.moved_ms = now_ms_;
+    h.taken += taken;
+    if (h.taken >= out_mark_) {
+        h.moved_ms = now_ms_;
+        h.taken = 0;
+    }
     c.heavy = true;
     heavy_bytes_ += bytes - h.counted; // (modulo 2^64: the sum stays right when the queue shrank)
     h.counted = bytes;
@@ -3985,47 +3995,51 @@ void shard::forget_heavy(connection& c) {
 }
 
 void shard::check_out_share() {
-    const uint64_t under = out_share_ - out_share_ / 8;
-    if (out_pressed_ ? heavy_bytes_ > under : heavy_bytes_ <= out_share_) return;
+    if (out_pressed_ ? heavy_bytes_ > out_under_ : heavy_bytes_ <= out_share_) return;
     out_pressed_ = !out_pressed_;
     out_limit_ = out_pressed_ ? out_mark_ : cfg_.limits.max_outgoing_bytes;
     if (out_pressed_) {
         pressed_logged_ = log::at_doubling(pressed_times_);
         if (pressed_logged_)
-            log::warn("{} bytes wait to be sent to {} connections with more than {} each, over the shard's "
-                      "share ({}) of mqtt.max_outgoing_bytes_total = {}: until they are under {}, no send queue takes "
-                      "more than {} (QoS 0 past it is dropped, QoS 1 and 2 wait in their sessions), and a connection "
-                      "whose socket takes nothing for mqtt.send_stall_timeout = {} ms is closed ({} times so far)",
-                      heavy_bytes_, heavy_.size(), out_mark_ / 2, out_share_, cfg_.limits.max_outgoing_bytes_total,
-                      under, out_mark_, cfg_.limits.send_stall_timeout_ms, pressed_times_);
+            log::warn(
+                "{} bytes wait to be sent to {} connections with more than {} each, over the shard's "
+                "share ({}) of mqtt.max_outgoing_bytes_total = {}: until they are under {}, no send queue takes "
+                "more than {} (QoS 0 past it is dropped, QoS 1 and 2 wait in their sessions), and a connection "
+                "whose socket takes less than that in mqtt.send_stall_timeout = {} ms is closed ({} times so far)",
+                heavy_bytes_, heavy_.size(), out_mark_ / 2, out_share_, cfg_.limits.max_outgoing_bytes_total,
+                out_under_, out_mark_, cfg_.limits.send_stall_timeout_ms, pressed_times_);
     } else if (pressed_logged_) {
         log::info("{} bytes wait to be sent to connections with more than {} each, under {} again: send "
                   "queues take up to mqtt.max_outgoing_bytes = {} again",
-                  heavy_bytes_, out_mark_ / 2, under, cfg_.limits.max_outgoing_bytes);
+                  heavy_bytes_, out_mark_ / 2, out_under_, cfg_.limits.max_outgoing_bytes);
     }
 }
 
 void shard::close_stalled(int64_t now) {
-    // The largest first, and only as many as bring the counted bytes under the share: a connection whose socket takes
-    // nothing may be one whose client is merely slow to read while the shard is busy elsewhere.
-    std::vector<std::pair<size_t, connection*>> stalled;
+    // The largest first, and only as many as bring the counted bytes under seven eighths of the share (close takes
+    // each one's out): a connection whose socket takes little may be one whose client is merely slow to read while
+    // it is busy elsewhere. Not one whose sends the shard holds itself (smp_wait).
+    struct candidate {
+        size_t bytes;
+        int64_t moved_ms;
+        size_t taken;
+        connection* c;
+    };
+    std::vector<candidate> stalled;
     for (const auto& [c, h] : heavy_)
-        if (now - h.moved_ms >= cfg_.limits.send_stall_timeout_ms && c->st == connection::state::connected)
-            stalled.emplace_back(h.counted, c);
-    if (stalled.empty()) return;
-    std::sort(stalled.begin(), stalled.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-    uint64_t left = heavy_bytes_;
-    const uint64_t under = out_share_ - out_share_ / 8;
-    for (const auto& [bytes, c] : stalled) {
-        if (left <= under) break;
-        if (c->st != connection::state::connected) continue; // (a will published by an earlier close)
-        left -= bytes;
-        log::warn("closing {} ({}): its socket took nothing for {} ms (mqtt.send_stall_timeout = {}) while {} bytes "
-                  "waited to be sent to it, and the shard's send queues held {} bytes, over its share ({}) of "
-                  "mqtt.max_outgoing_bytes_total = {}",
-                  c->client_id(), c->peer, now - heavy_.at(c).moved_ms, cfg_.limits.send_stall_timeout_ms, bytes,
-                  heavy_bytes_, out_share_, cfg_.limits.max_outgoing_bytes_total);
-        close(*c, "send_stalled", true);
+        if (now - h.moved_ms >= cfg_.limits.send_stall_timeout_ms && !c->smp_wait)
+            stalled.push_back({h.counted, h.moved_ms, h.taken, c});
+    std::sort(stalled.begin(), stalled.end(), [](const candidate& a, const candidate& b) { return a.bytes > b.bytes; });
+    for (const candidate& s : stalled) {
+        if (heavy_bytes_ <= out_under_) break;
+        if (s.c->st != connection::state::connected) continue; // (closed by an earlier one's will: it left heavy_)
+        log::warn(
+            "closing {} ({}): its socket took {} bytes in the last {} ms (less than {} in mqtt.send_stall_timeout "
+            "= {}) while {} bytes waited to be sent to it, and the shard's send queues held {} bytes, over its "
+            "share ({}) of mqtt.max_outgoing_bytes_total = {}",
+            s.c->client_id(), s.c->peer, s.taken, now - s.moved_ms, out_mark_, cfg_.limits.send_stall_timeout_ms,
+            s.bytes, heavy_bytes_, out_share_, cfg_.limits.max_outgoing_bytes_total);
+        close(*s.c, "send_stalled", true);
     }
 }
 
@@ -4259,7 +4273,7 @@ void shard::deliver_retained(session_slot& slot, std::string_view filter, uint8_
 
 shard::read_status shard::read_retained(session_slot& slot, std::string_view filter, std::string& after,
                                         uint8_t granted, size_t& budget, uint64_t upto) {
-    const uint64_t pace = std::min(read_pace_bytes, cfg_.limits.max_outgoing_bytes / 2);
+    const uint64_t pace = std::min(read_pace_bytes, out_limit_ / 2); // (out_mark_'s half while over the share)
     bool blocked = false;
     size_t sent = 0;
     const retained_store::scan_result res = retained_.scan(

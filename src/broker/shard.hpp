@@ -349,7 +349,8 @@ public:
     // Stopped after a packet because the turn's routing work passed node.turn_work_us (pause_reading): queue_held too,
     // so what it sends meanwhile waits in rx (its acks and PINGREQs served), until resume_paused reads it again.
     bool paused : 1 = false;
-    // Its send queue is counted in the shard's heavy_ (it held more than out_mark_ when last weighed).
+    // Its send queue is counted in the shard's heavy_ (over out_mark_ when it went in; it leaves under half of that, or
+    // at the close).
     bool heavy : 1 = false;
     // While paused, its socket ended (recv_end; 0: it has not): closed once what it kept is handled.
     uint8_t left_how : 2 = 0;
@@ -550,12 +551,14 @@ private:
     void process_input(connection& c, const uint8_t* p, size_t n);
     void check_unread(connection& c, uint32_t received);
     // Counts c's send queue in heavy_ when it is over out_mark_ or counted already (per dirty connection per turn and
-    // per completed send, not per message); moved: its socket has just taken bytes.
-    void weigh(connection& c, bool moved) {
-        if (c.heavy || c.queued_bytes() > out_mark_) [[unlikely]]
-            weigh_heavy(c, moved);
+    // per completed send, not per message). Only while connected: a close takes the count out (forget_heavy), and a
+    // buried connection may still be listed to send until the turn's end.
+    void weigh(connection& c) {
+        if (c.st == connection::state::connected && (c.heavy || c.queued_bytes() > out_mark_)) [[unlikely]]
+            weigh_heavy(c, 0);
     }
-    void weigh_heavy(connection& c, bool moved);
+    // taken: what its socket has just taken.
+    void weigh_heavy(connection& c, size_t taken);
     void forget_heavy(connection& c);
     void check_out_share();
     void close_stalled(int64_t now);
@@ -1296,18 +1299,21 @@ private:
     bool fan_share_ok_ = false;
     static constexpr size_t share_min_bytes = 1024;
     // The node-wide bound on bytes waiting to be sent (mqtt.max_outgoing_bytes_total), out_share_ of it this shard's.
-    // Only send queues over out_mark_ are counted (heavy_: what each held when last weighed, and when its socket last
-    // took bytes), so that a queue's growth is looked at once per turn and only for those; the others hold at most
-    // out_mark_ each. While the counted bytes are over the share (out_pressed_, until they are under seven eighths of
-    // it), no queue takes more than out_mark_ (out_limit_, else mqtt.max_outgoing_bytes), and a queue whose socket has
-    // taken nothing for mqtt.send_stall_timeout is closed (close_stalled), the largest first.
+    // Only send queues over out_mark_ are counted (heavy_: what each held when last weighed), so that a queue's growth
+    // is looked at once per turn and only for those; the others hold at most out_mark_ each. While the counted bytes
+    // are over the share (out_pressed_, until they are under out_under_), no queue is given more once it holds
+    // out_mark_ (out_limit_, else mqtt.max_outgoing_bytes), and a connection whose socket took less than out_mark_ in
+    // mqtt.send_stall_timeout is closed (close_stalled), the largest first: a client reading a segment now and then
+    // would otherwise count as moving and keep the shard pressed.
     struct heavy_queue {
         size_t counted = 0;
-        int64_t moved_ms = 0;
+        int64_t moved_ms = 0; // when it went in, or its socket last completed out_mark_ taken (in `taken`)
+        size_t taken = 0;
     };
     std::unordered_map<connection*, heavy_queue> heavy_;
     uint64_t heavy_bytes_ = 0;
     uint64_t out_share_;
+    uint64_t out_under_; // seven eighths of out_share_
     uint64_t out_mark_;
     uint64_t out_limit_;
     bool out_pressed_ = false;

@@ -3506,6 +3506,7 @@ class OutgoingTotal(BrokerTest):
     KiB (QoS 0 past it dropped, QoS 1/2 waiting in their sessions), and a connection whose socket takes nothing for
     mqtt.send_stall_timeout is closed, the largest first, until the queues are under the share again."""
     AUTO_START = False
+    ADMIN = True
 
     def total_broker(self, total: int, more=None):
         asan = os.environ.get("ASAN_OPTIONS", "")
@@ -3522,8 +3523,9 @@ class OutgoingTotal(BrokerTest):
 
     def flood_stalled(self, total: int) -> tuple:
         """Twelve subscribers that never read, each on its own topic, get 96 MB between them (no one connection
-        near mqtt.max_outgoing_bytes), while a reader on another topic and a slow reader on a third keep reading;
-        returns the growth of the broker's peak RSS in bytes, the reader's payloads and the slow reader's state."""
+        near mqtt.max_outgoing_bytes), while a reader on another topic keeps up and a slow reader on a third (8 MB)
+        reads some 320 kB/s; returns the growth of the broker's peak RSS in bytes, the reader's payloads and the slow
+        reader's state."""
         b = self.total_broker(total)
         stalled = [self.stalled(f"stall{i}", f"tot/s{i}") for i in range(12)]
         reader = self.client(self.sub_id("reader"))
@@ -3538,7 +3540,7 @@ class OutgoingTotal(BrokerTest):
         done = threading.Event()
         slow_state = {"taken": 0, "closed": False}
 
-        def slow_reader() -> None:  # some 320 kB/s: slower than its topic is flooded, never stalled for a second
+        def slow_reader() -> None:  # some 320 kB/s: behind its topic's 2.5 MB/s, and past 64 KiB in every second
             while not done.is_set():
                 try:
                     data = slow.sock.recv(16384)
@@ -3558,7 +3560,7 @@ class OutgoingTotal(BrokerTest):
         try:
             for r in range(rounds):  # 1.5 MB for the stalled subscribers each round
                 block = [m.publish(f"tot/s{i}", b"%06d" % r + filler) for i in range(12) for _ in range(8)]
-                block.append(m.publish("tot/slow", b"%06d" % r + filler))
+                block += [m.publish("tot/slow", b"%06d" % r + filler) for _ in range(8)]
                 block.append(m.publish("tot/r", b"%06d" % r))
                 pub.send(b"".join(block))
                 time.sleep(0.05)  # 3.2 s in all: past mqtt.send_stall_timeout
@@ -3582,15 +3584,22 @@ class OutgoingTotal(BrokerTest):
         log = self.broker.log().decode("utf-8", "replace")
         self.assertRegex(log, r"\[warn\] shard0: \d+ bytes wait to be sent to \d+ connections .* over the shard's "
                               r"share \(4194304\) of mqtt.max_outgoing_bytes_total = 4194304")
-        closes = re.findall(r"closing (\S+) .*: its socket took nothing for (\d+) ms \(mqtt.send_stall_timeout = "
-                            r"1000\)", log)
+        closes = re.findall(r"closing (\S+) .*: its socket took (\d+) bytes in the last (\d+) ms \(less than 65536 "
+                            r"in mqtt.send_stall_timeout = 1000\)", log)
         self.assertGreater(len(closes), 0, "no stalled connection was closed")
-        for cid, ms in closes:
+        for cid, taken, ms in closes:
             self.assertIn("stall", cid, "a connection that reads was closed")
+            self.assertLess(int(taken), 65536)
             self.assertGreaterEqual(int(ms), 1000)
-        self.assertIn("over its share (4194304) of mqtt.max_outgoing_bytes_total", log, "no drop was logged")
+        self.assertRegex(log, r"\[info\] shard0: \d+ bytes wait to be sent to connections with more than 32768 each, "
+                              r"under 3670016 again", "the shard never went under seven eighths of its share")
+        self.assertRegex(log, r"session stall\S*: client behind while the shard's send queues are over its share "
+                              r"\(4194304\) of mqtt.max_outgoing_bytes_total, message on tot/s\d+ dropped",
+                         "no drop was logged")
+        # The slow reader fell behind its topic (its queue went past the limit that held it), yet it was not closed.
+        self.assertRegex(log, r"session slow\S*: client (behind|not reading).* message on tot/slow dropped")
         self.assertFalse(slow["closed"], "the slow reader was closed")
-        self.assertGreater(slow["taken"], 0)
+        self.assertGreater(slow["taken"], 640 << 10)
         self.assert_broker_healthy()
 
     def test_a_persistent_subscriber_closed_for_a_stalled_socket_loses_nothing(self):
@@ -3602,9 +3611,14 @@ class OutgoingTotal(BrokerTest):
         pub = self.client(self.pub_id())
         total = 300
         publish_acked(pub, "tot/q", total, b"q" * 16000)
-        self.wait_until(lambda: re.search(rb"closing " + cid.encode() + rb" .*: its socket took nothing",
+        self.wait_until(lambda: re.search(rb"closing " + cid.encode() + rb" .*: its socket took \d+ bytes in the last",
                                           self.broker.log()), timeout=5, what="the stalled subscriber's close")
         sub.close()
+        # An operator sees the close under its own reason.
+        r = request(self.admin_port, "GET", "/api/v2/monitoring/listeners")
+        self.assertEqual(r.status, 200, r)
+        rows = [row for rows in r.json()["result"].values() for row in rows if row["protocol"] == "mqtt:tcp"]
+        self.assertEqual(rows[0]["shutdown_count"], {"send_stalled": 1}, rows)
         again = self.client(cid, clean=False, expect=m.CONNACK_OK_SESSION)
         seqs = []
         deadline = time.monotonic() + 20
