@@ -3995,7 +3995,8 @@ void shard::forget_heavy(connection& c) {
 }
 
 void shard::check_out_share() {
-    if (out_pressed_ ? heavy_bytes_ > out_under_ : heavy_bytes_ <= out_share_) return;
+    // (At the stop every close takes a count out: no word of it.)
+    if (stopping_ || (out_pressed_ ? heavy_bytes_ > out_under_ : heavy_bytes_ <= out_share_)) return;
     out_pressed_ = !out_pressed_;
     out_limit_ = out_pressed_ ? out_mark_ : cfg_.limits.max_outgoing_bytes;
     if (out_pressed_) {
@@ -4018,7 +4019,8 @@ void shard::check_out_share() {
 void shard::close_stalled(int64_t now) {
     // The largest first, and only as many as bring the counted bytes under seven eighths of the share (close takes
     // each one's out): a connection whose socket takes little may be one whose client is merely slow to read while
-    // it is busy elsewhere. Not one whose sends the shard holds itself (smp_wait).
+    // it is busy elsewhere. Not one whose sends the shard holds itself (smp_wait: its clock starts again), nor one
+    // already on its way out (a failed send or an ended socket, each closed by its own path).
     struct candidate {
         size_t bytes;
         int64_t moved_ms;
@@ -4026,20 +4028,26 @@ void shard::close_stalled(int64_t now) {
         connection* c;
     };
     std::vector<candidate> stalled;
-    for (const auto& [c, h] : heavy_)
-        if (now - h.moved_ms >= cfg_.limits.send_stall_timeout_ms && !c->smp_wait)
+    for (auto& [c, h] : heavy_) {
+        if (c->smp_wait) {
+            h.moved_ms = now;
+            h.taken = 0;
+        } else if (now - h.moved_ms >= cfg_.limits.send_stall_timeout_ms && !c->send_failed && c->left_how == 0) {
             stalled.push_back({h.counted, h.moved_ms, h.taken, c});
+        }
+    }
     std::sort(stalled.begin(), stalled.end(), [](const candidate& a, const candidate& b) { return a.bytes > b.bytes; });
     for (const candidate& s : stalled) {
         if (heavy_bytes_ <= out_under_) break;
         if (s.c->st != connection::state::connected) continue; // (closed by an earlier one's will: it left heavy_)
-        log::warn(
-            "closing {} ({}): its socket took {} bytes in the last {} ms (less than {} in mqtt.send_stall_timeout "
-            "= {}) while {} bytes waited to be sent to it, and the shard's send queues held {} bytes, over its "
-            "share ({}) of mqtt.max_outgoing_bytes_total = {}",
-            s.c->client_id(), s.c->peer, s.taken, now - s.moved_ms, out_mark_, cfg_.limits.send_stall_timeout_ms,
-            s.bytes, heavy_bytes_, out_share_, cfg_.limits.max_outgoing_bytes_total);
-        close(*s.c, "send_stalled", true);
+        const uint64_t held = heavy_bytes_;
+        if (close_now(*s.c, "send_stalled"))
+            log::warn("closed {} ({}): its socket took {} bytes in the last {} ms (less than {} in "
+                      "mqtt.send_stall_timeout = {}) while {} bytes waited to be sent to it, and the shard's send "
+                      "queues held {} bytes, over its share ({}) of mqtt.max_outgoing_bytes_total = {}",
+                      s.c->client_id(), s.c->peer, s.taken, now - s.moved_ms, out_mark_,
+                      cfg_.limits.send_stall_timeout_ms, s.bytes, held, out_share_,
+                      cfg_.limits.max_outgoing_bytes_total);
     }
 }
 
@@ -4863,12 +4871,16 @@ bool shard::kick(std::string_view id) {
     const session_slot* slot = sessions_.find(id);
     if (!slot || !slot->conn) return false;
     connection& c = *slot->conn;
+    if (close_now(c, "kick")) log::info("client {} ({}) kicked by the admin API", c.client_id_, c.peer);
+    return true;
+}
+
+bool shard::close_now(connection& c, const char* reason) {
     if (c.queue_held && c.st == connection::state::connected) [[unlikely]] {
         handle_kept_as_left(c);
-        if (c.st == connection::state::closing) return true; // its own DISCONNECT came first
+        if (c.st == connection::state::closing) return false; // its own DISCONNECT came first
     }
-    log::info("client {} ({}) kicked by the admin API", c.client_id_, c.peer);
-    close(c, "kick", true);
+    close(c, reason, true);
     return true;
 }
 

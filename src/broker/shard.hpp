@@ -562,6 +562,9 @@ private:
     void forget_heavy(connection& c);
     void check_out_share();
     void close_stalled(int64_t now);
+    // Closes c for a reason of the shard's own (an admin kick, a stalled send); false when what a held connection kept
+    // closed it first (its own DISCONNECT: no will then [MQTT-3.14.4-3]).
+    bool close_now(connection& c, const char* reason);
     bool protocol_error(connection& c, const char* what);
     // Closes c for something it sent (reason: the close's name), its will published, what it was answered before sent
     // first; false, for the packet handlers to return.
@@ -1300,7 +1303,8 @@ private:
     static constexpr size_t share_min_bytes = 1024;
     // The node-wide bound on bytes waiting to be sent (mqtt.max_outgoing_bytes_total), out_share_ of it this shard's.
     // Only send queues over out_mark_ are counted (heavy_: what each held when last weighed), so that a queue's growth
-    // is looked at once per turn and only for those; the others hold at most out_mark_ each. While the counted bytes
+    // is looked at once per turn and only for those; the others held at most out_mark_ when last weighed (one in the
+    // send backlog or held for smp_wait is weighed as it goes in and comes out). While the counted bytes
     // are over the share (out_pressed_, until they are under out_under_), no queue is given more once it holds
     // out_mark_ (out_limit_, else mqtt.max_outgoing_bytes), and a connection whose socket took less than out_mark_ in
     // mqtt.send_stall_timeout is closed (close_stalled), the largest first: a client reading a segment now and then

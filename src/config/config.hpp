@@ -51,7 +51,8 @@ struct mqtt_limits {
     uint32_t max_awaiting_rel = 100;        // incoming QoS 2 awaiting PUBREL per session, 0 = unlimited (65535 ids)
     uint64_t max_outgoing_bytes = 16777216; // per connection bytes queued for send before QoS0 is dropped
     // Bytes waiting to be sent over all the node's connections (a share per shard): past a shard's share, none of its
-    // send queues takes more than 64 KiB, and those whose socket takes nothing for send_stall_timeout_ms are closed.
+    // send queues is given more once it holds 64 KiB, and those whose socket took less than that in
+    // send_stall_timeout_ms are closed.
     uint64_t max_outgoing_bytes_total = 1073741824;
     uint32_t send_stall_timeout_ms = 10000;
     // Bytes of messages one shard may have on their way to another (queued, not yet taken) before it stops reading

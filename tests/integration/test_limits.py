@@ -12,7 +12,8 @@ import time
 import mqtt_raw as m
 from admin_client import request
 from broker import (BrokerTest, Collector, assert_bursts_in_order, client_id_on_shard, cpu_seconds, kernel_at_least,
-                    not_taken, packets_until_closed, read_until_closed, read_until_quiet, rss_kib, send_rounds, shard_variants)
+                    no_quarantine_env, not_taken, packets_until_closed, read_until_closed, read_until_quiet, rss_kib, send_rounds,
+                    shard_variants)
 
 
 def publish_acked(pub, topic: str, total: int, filler: bytes, step: int = 50) -> None:
@@ -31,10 +32,7 @@ class LimitCases:
         # Each shard remembers the routes of 4096 topics. Long distinct topics used to stay there whole: 4000 topics
         # of 30 KB kept some 120 MB per shard that routed them. The cache now holds at most 16 MiB: reaching that
         # empties it, and every message is routed all the same (a wildcard subscriber gets each, in order).
-        # Under AddressSanitizer freed memory waits in a quarantine (256 MB) before it is reused: without one, RSS
-        # measures what the broker holds in sanitizer builds too. No effect on a release binary.
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        b = self.use_broker({}, env={"ASAN_OPTIONS": f"{asan}:quarantine_size_mb=0" if asan else "quarantine_size_mb=0"})
+        b = self.use_broker({}, env=no_quarantine_env())
         sub = self.client(self.sub_id())
         sub.subscribe([("rc/#", 0)])
         pub = self.client(self.pub_id())
@@ -2889,9 +2887,7 @@ class OutgoingMemory(BrokerTest):
 
     def slow_reader(self, payload: int, fast_reader: bool) -> None:
         limit = 24 << 20
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        b = self.use_broker({"mqtt.max_outgoing_bytes": limit},
-                            env={"ASAN_OPTIONS": f"{asan}:quarantine_size_mb=0" if asan else "quarantine_size_mb=0"})
+        b = self.use_broker({"mqtt.max_outgoing_bytes": limit}, env=no_quarantine_env())
         slow = self.client(self.sub_id("slow"))
         slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         slow.subscribe([("mem/t", 0)])
@@ -3502,18 +3498,17 @@ class LongTurnKeepalive(BrokerTest):
 class OutgoingTotal(BrokerTest):
     """mqtt.max_outgoing_bytes_total bounds the bytes waiting to be sent over all connections, where
     mqtt.max_outgoing_bytes bounds one connection's: subscribers that stop reading each held up to that limit (16 MiB),
-    so a few hundred of them could take the machine's memory. Past a shard's share no send queue takes more than 64
-    KiB (QoS 0 past it dropped, QoS 1/2 waiting in their sessions), and a connection whose socket takes nothing for
-    mqtt.send_stall_timeout is closed, the largest first, until the queues are under the share again."""
+    so a few hundred of them could take the machine's memory. Past a shard's share no send queue is given more once it
+    holds 64 KiB (QoS 0 past it dropped, QoS 1/2 waiting in their sessions), and a connection whose socket took less
+    than that in mqtt.send_stall_timeout is closed, the largest first, until the queues are under seven eighths of the
+    share."""
     AUTO_START = False
     ADMIN = True
 
-    def total_broker(self, total: int, more=None):
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        settings = {"mqtt.max_outgoing_bytes_total": total, "mqtt.send_stall_timeout": 1000}
+    def total_broker(self, share: int, more=None):
+        settings = {"mqtt.max_outgoing_bytes_total": share * self.SHARDS, "mqtt.send_stall_timeout": 1000}
         settings.update(more or {})
-        return self.use_broker(settings,
-                               env={"ASAN_OPTIONS": f"{asan}:quarantine_size_mb=0" if asan else "quarantine_size_mb=0"})
+        return self.use_broker(settings, env=no_quarantine_env())
 
     def stalled(self, name: str, topic: str, qos: int = 0, clean: bool = True):
         c = self.client(self.sub_id(name), clean=clean)
@@ -3521,12 +3516,12 @@ class OutgoingTotal(BrokerTest):
         c.subscribe([(topic, qos)])
         return c
 
-    def flood_stalled(self, total: int) -> tuple:
-        """Twelve subscribers that never read, each on its own topic, get 96 MB between them (no one connection
+    def flood_stalled(self, share: int) -> tuple:
+        """Twelve subscribers that never read, each on its own topic, get 98 MB between them (no one connection
         near mqtt.max_outgoing_bytes), while a reader on another topic keeps up and a slow reader on a third (8 MB)
         reads some 320 kB/s; returns the growth of the broker's peak RSS in bytes, the reader's payloads and the slow
         reader's state."""
-        b = self.total_broker(total)
+        b = self.total_broker(share)
         stalled = [self.stalled(f"stall{i}", f"tot/s{i}") for i in range(12)]
         reader = self.client(self.sub_id("reader"))
         reader.subscribe([("tot/r", 0)])
@@ -3575,26 +3570,27 @@ class OutgoingTotal(BrokerTest):
         return grown, got, slow_state
 
     def test_subscribers_that_stop_reading_hold_at_most_the_share_and_are_closed(self):
-        total = 4 << 20
-        grown, got, slow = self.flood_stalled(total)
+        share = 4 << 20
+        grown, got, slow = self.flood_stalled(share)
         self.assertEqual(got, [b"%06d" % r for r in range(64)], "the reader lost messages")
-        # 96 MB went to subscribers that do not read: what the broker holds is the share and a mark per connection,
+        # 98 MB went to subscribers that do not read: what the broker holds is the share and a mark per connection,
         # not all of it (a build without the bound grew by some 100 MB here).
         self.assertLess(grown, 32 << 20, f"the broker grew by {grown >> 20} MiB")
         log = self.broker.log().decode("utf-8", "replace")
-        self.assertRegex(log, r"\[warn\] shard0: \d+ bytes wait to be sent to \d+ connections .* over the shard's "
-                              r"share \(4194304\) of mqtt.max_outgoing_bytes_total = 4194304")
-        closes = re.findall(r"closing (\S+) .*: its socket took (\d+) bytes in the last (\d+) ms \(less than 65536 "
+        on = f"shard{self.SHARDS - 1}"  # the subscribers' shard
+        self.assertRegex(log, rf"\[warn\] {on}: \d+ bytes wait to be sent to \d+ connections .* over the shard's "
+                              rf"share \({share}\) of mqtt.max_outgoing_bytes_total = {share * self.SHARDS}")
+        closes = re.findall(r"closed (\S+) .*: its socket took (\d+) bytes in the last (\d+) ms \(less than 65536 "
                             r"in mqtt.send_stall_timeout = 1000\)", log)
         self.assertGreater(len(closes), 0, "no stalled connection was closed")
         for cid, taken, ms in closes:
             self.assertIn("stall", cid, "a connection that reads was closed")
             self.assertLess(int(taken), 65536)
             self.assertGreaterEqual(int(ms), 1000)
-        self.assertRegex(log, r"\[info\] shard0: \d+ bytes wait to be sent to connections with more than 32768 each, "
-                              r"under 3670016 again", "the shard never went under seven eighths of its share")
-        self.assertRegex(log, r"session stall\S*: client behind while the shard's send queues are over its share "
-                              r"\(4194304\) of mqtt.max_outgoing_bytes_total, message on tot/s\d+ dropped",
+        self.assertRegex(log, rf"\[info\] {on}: \d+ bytes wait to be sent to connections with more than 32768 each, "
+                              rf"under {share - share // 8} again", "the shard never went under seven eighths of its share")
+        self.assertRegex(log, rf"session stall\S*: client behind while the shard's send queues are over its share "
+                              rf"\({share}\) of mqtt.max_outgoing_bytes_total, message on tot/s\d+ dropped",
                          "no drop was logged")
         # The slow reader fell behind its topic (its queue went past the limit that held it), yet it was not closed.
         self.assertRegex(log, r"session slow\S*: client (behind|not reading).* message on tot/slow dropped")
@@ -3611,7 +3607,7 @@ class OutgoingTotal(BrokerTest):
         pub = self.client(self.pub_id())
         total = 300
         publish_acked(pub, "tot/q", total, b"q" * 16000)
-        self.wait_until(lambda: re.search(rb"closing " + cid.encode() + rb" .*: its socket took \d+ bytes in the last",
+        self.wait_until(lambda: re.search(rb"closed " + cid.encode() + rb" .*: its socket took \d+ bytes in the last",
                                           self.broker.log()), timeout=5, what="the stalled subscriber's close")
         sub.close()
         # An operator sees the close under its own reason.
@@ -3626,3 +3622,9 @@ class OutgoingTotal(BrokerTest):
             seqs.append(int(again.recv_publish(timeout=5).payload[:6]))
         self.assertEqual(sorted(set(seqs)), list(range(total)), "lost messages")
         self.assert_broker_healthy()
+
+
+class OutgoingTotalTwoShards(OutgoingTotal):
+    """The same with the publisher on one shard and the subscribers on the other: their shard weighs the queues of
+    what the other routes to it, and each shard has half of the total."""
+    SHARDS = 2
