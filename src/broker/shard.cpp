@@ -3995,20 +3995,21 @@ void shard::forget_heavy(connection& c) {
 }
 
 void shard::check_out_share() {
-    // (At the stop every close takes a count out: no word of it.)
+    // At the stop begin_shutdown closes every connection, and each close takes a count out: no line about the limit
+    // for connections that are all going.
     if (stopping_ || (out_pressed_ ? heavy_bytes_ > out_under_ : heavy_bytes_ <= out_share_)) return;
     out_pressed_ = !out_pressed_;
     out_limit_ = out_pressed_ ? out_mark_ : cfg_.limits.max_outgoing_bytes;
     if (out_pressed_) {
         pressed_logged_ = log::at_doubling(pressed_times_);
         if (pressed_logged_)
-            log::warn(
-                "{} bytes wait to be sent to {} connections with more than {} each, over the shard's "
-                "share ({}) of mqtt.max_outgoing_bytes_total = {}: until they are under {}, no send queue takes "
-                "more than {} (QoS 0 past it is dropped, QoS 1 and 2 wait in their sessions), and a connection "
-                "whose socket takes less than that in mqtt.send_stall_timeout = {} ms is closed ({} times so far)",
-                heavy_bytes_, heavy_.size(), out_mark_ / 2, out_share_, cfg_.limits.max_outgoing_bytes_total,
-                out_under_, out_mark_, cfg_.limits.send_stall_timeout_ms, pressed_times_);
+            log::warn("{} bytes wait to be sent to {} connections with more than {} each, over the shard's "
+                      "share ({}) of mqtt.max_outgoing_bytes_total = {}: until they are under {}, no send queue is "
+                      "given more once it holds {} (QoS 0 past it is dropped, QoS 1 and 2 wait in their sessions), and "
+                      "connections whose socket took less than that in mqtt.send_stall_timeout = {} ms are closed, the "
+                      "largest first ({} times so far)",
+                      heavy_bytes_, heavy_.size(), out_mark_ / 2, out_share_, cfg_.limits.max_outgoing_bytes_total,
+                      out_under_, out_mark_, cfg_.limits.send_stall_timeout_ms, pressed_times_);
     } else if (pressed_logged_) {
         log::info("{} bytes wait to be sent to connections with more than {} each, under {} again: send "
                   "queues take up to mqtt.max_outgoing_bytes = {} again",
@@ -4018,9 +4019,10 @@ void shard::check_out_share() {
 
 void shard::close_stalled(int64_t now) {
     // The largest first, and only as many as bring the counted bytes under seven eighths of the share (close takes
-    // each one's out): a connection whose socket takes little may be one whose client is merely slow to read while
-    // it is busy elsewhere. Not one whose sends the shard holds itself (smp_wait: its clock starts again), nor one
-    // already on its way out (a failed send or an ended socket, each closed by its own path).
+    // each one's out; those already on their way out count as gone): a connection whose socket takes little may be
+    // one whose client is merely slow to read while it is busy elsewhere. Not one on its way out (a failed send or an
+    // ended socket, each closed by its own path within a second), nor one whose sends the shard holds itself
+    // (smp_wait): its socket is given nothing meanwhile, so that time is not the client's, and its clock starts again.
     struct candidate {
         size_t bytes;
         int64_t moved_ms;
@@ -4028,17 +4030,20 @@ void shard::close_stalled(int64_t now) {
         connection* c;
     };
     std::vector<candidate> stalled;
+    uint64_t leaving = 0;
     for (auto& [c, h] : heavy_) {
-        if (c->smp_wait) {
+        if (c->send_failed || c->left_how != 0) {
+            leaving += h.counted;
+        } else if (c->smp_wait) {
             h.moved_ms = now;
             h.taken = 0;
-        } else if (now - h.moved_ms >= cfg_.limits.send_stall_timeout_ms && !c->send_failed && c->left_how == 0) {
+        } else if (now - h.moved_ms >= cfg_.limits.send_stall_timeout_ms) {
             stalled.push_back({h.counted, h.moved_ms, h.taken, c});
         }
     }
     std::sort(stalled.begin(), stalled.end(), [](const candidate& a, const candidate& b) { return a.bytes > b.bytes; });
     for (const candidate& s : stalled) {
-        if (heavy_bytes_ <= out_under_) break;
+        if (heavy_bytes_ - leaving <= out_under_) break;
         if (s.c->st != connection::state::connected) continue; // (closed by an earlier one's will: it left heavy_)
         const uint64_t held = heavy_bytes_;
         if (close_now(*s.c, "send_stalled"))

@@ -562,8 +562,9 @@ private:
     void forget_heavy(connection& c);
     void check_out_share();
     void close_stalled(int64_t now);
-    // Closes c for a reason of the shard's own (an admin kick, a stalled send); false when what a held connection kept
-    // closed it first (its own DISCONNECT: no will then [MQTT-3.14.4-3]).
+    // Closes c for a reason of the shard's own (an admin kick, a stalled send), what a held connection kept handled
+    // first, as the client sent it before; false when that closed it (its own DISCONNECT: no will then
+    // [MQTT-3.14.4-3]; or a protocol error, under its own reason).
     bool close_now(connection& c, const char* reason);
     bool protocol_error(connection& c, const char* what);
     // Closes c for something it sent (reason: the close's name), its will published, what it was answered before sent
