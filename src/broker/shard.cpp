@@ -4019,9 +4019,9 @@ void shard::check_out_share() {
 
 void shard::close_stalled(int64_t now) {
     // The largest first, and only as many as bring the counted bytes under seven eighths of the share (close takes
-    // each one's out; those already on their way out count as gone): a connection whose socket takes little may be
-    // one whose client is merely slow to read while it is busy elsewhere. Not one on its way out (a failed send or an
-    // ended socket, each closed by its own path within a second), nor one whose sends the shard holds itself
+    // each one's out; those already on their way out count as gone): a connection whose socket takes little may be one
+    // whose client is merely slow to read while it is busy elsewhere. Not one on its way out (a failed send or an ended
+    // socket, each closed by its own path once any hold on it ends), nor one whose sends the shard holds itself
     // (smp_wait): its socket is given nothing meanwhile, so that time is not the client's, and its clock starts again.
     struct candidate {
         size_t bytes;
@@ -4043,15 +4043,16 @@ void shard::close_stalled(int64_t now) {
     }
     std::sort(stalled.begin(), stalled.end(), [](const candidate& a, const candidate& b) { return a.bytes > b.bytes; });
     for (const candidate& s : stalled) {
-        if (heavy_bytes_ - leaving <= out_under_) break;
+        if (heavy_bytes_ <= out_under_ + leaving) break; // (no subtraction: a stale `leaving` only stops it early)
         if (s.c->st != connection::state::connected) continue; // (closed by an earlier one's will: it left heavy_)
         const uint64_t held = heavy_bytes_;
         if (close_now(*s.c, "send_stalled"))
             log::warn("closed {} ({}): its socket took {} bytes in the last {} ms (less than {} in "
                       "mqtt.send_stall_timeout = {}) while {} bytes waited to be sent to it, and the shard's send "
-                      "queues held {} bytes, over its share ({}) of mqtt.max_outgoing_bytes_total = {}",
+                      "queues held {} bytes, over seven eighths ({}) of its share ({}) of "
+                      "mqtt.max_outgoing_bytes_total = {}",
                       s.c->client_id(), s.c->peer, s.taken, now - s.moved_ms, out_mark_,
-                      cfg_.limits.send_stall_timeout_ms, s.bytes, held, out_share_,
+                      cfg_.limits.send_stall_timeout_ms, s.bytes, held, out_under_, out_share_,
                       cfg_.limits.max_outgoing_bytes_total);
     }
 }
